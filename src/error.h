@@ -1,0 +1,28 @@
+/* Internal: filling caller-owned pgg_error records. */
+#ifndef PGG_ERROR_H
+#define PGG_ERROR_H
+
+#include "pgguard.h"
+
+#if defined(__GNUC__)
+#define PGG__PRINTF(f, a) __attribute__((format(printf, f, a)))
+#else
+#define PGG__PRINTF(f, a)
+#endif
+
+/*
+ * Fill *err (when not NULL) and return code, so callers can write
+ * `return pgg__error_set(err, PGG_EINVAL, NULL, NULL, "...")`.
+ * sqlstate and host may be NULL.  The message is truncated to fit.
+ * Callers must never format a password or a full conninfo into it.
+ */
+int pgg__error_set(pgg_error *err, int code, const char *sqlstate,
+                   const char *host, const char *fmt, ...) PGG__PRINTF(5, 6);
+
+/* Copy src into dst (both may be NULL); returns src->code or PGG_OK. */
+int pgg__error_copy(pgg_error *dst, const pgg_error *src);
+
+/* Bounded string copy that always terminates (dstlen > 0). */
+void pgg__strlcpy(char *dst, const char *src, size_t dstlen);
+
+#endif
