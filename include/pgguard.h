@@ -21,6 +21,15 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/*
+ * libpq's own handle types, declared as libpq-fe.h declares them (C11
+ * allows the repetition), so that this header does not pull libpq into
+ * every file that includes it.  Include <libpq-fe.h> to use the results.
+ */
+typedef struct pg_conn PGconn;
+typedef struct pg_result PGresult;
+typedef unsigned int Oid;
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -112,6 +121,271 @@ typedef enum pgg_breaker_state {
 
 /* "closed", "open", "half-open", ...; never NULL. */
 PGG_EXPORT const char *pgg_breaker_state_name(pgg_breaker_state state);
+
+/* ---------------------------------------------------------- configuration */
+
+/*
+ * Settings for a pool: the servers (a libpq conninfo or URI, multi-host as
+ * libpq spells it) and the guard keys ("pool_max", "breaker.failure_rate",
+ * ...; the README lists every key with its default).  Not thread-safe: fill
+ * it from one thread, then hand it to pgg_pool_new(), which copies it.
+ */
+typedef struct pgg_config pgg_config;
+
+/* A config holding the defaults and no servers; NULL when out of memory. */
+PGG_EXPORT pgg_config *pgg_config_new(void);
+/* Accepts NULL. */
+PGG_EXPORT void pgg_config_free(pgg_config *cfg);
+
+/*
+ * The servers, as "host=a,b port=1,2 user=u dbname=d ..." or
+ * "postgresql://u@a:1,b:2/d?...".  Every libpq keyword other than host,
+ * hostaddr and port applies to every host.  target_session_attrs and
+ * load_balance_hosts are rejected: pgguard routes by role itself.
+ * Errors: PGG_ECONFIG (message names the problem, never the password).
+ */
+PGG_EXPORT int pgg_config_set_servers(pgg_config *cfg, const char *conninfo,
+                                      pgg_error *err);
+
+/* Set one guard key from its text form ("250", "true", "replica"). */
+PGG_EXPORT int pgg_config_set(pgg_config *cfg, const char *key,
+                              const char *value, pgg_error *err);
+/* Typed setters over the same keys; a type that does not fit the key is
+ * PGG_ECONFIG.  Durations are in the unit the key's name says (_ms). */
+PGG_EXPORT int pgg_config_set_int(pgg_config *cfg, const char *key,
+                                  long long value, pgg_error *err);
+PGG_EXPORT int pgg_config_set_double(pgg_config *cfg, const char *key,
+                                     double value, pgg_error *err);
+PGG_EXPORT int pgg_config_set_bool(pgg_config *cfg, const char *key,
+                                   int value, pgg_error *err);
+/*
+ * Parse "key=value key=value" (whitespace or newlines between pairs, '#'
+ * starts a comment to the end of the line, values may be 'single quoted'),
+ * as found in a config file or an environment variable.  The special key
+ * "servers" sets the conninfo.  Stops at the first bad pair, whose key is
+ * named in the message; pairs before it stay applied.
+ */
+PGG_EXPORT int pgg_config_parse(pgg_config *cfg, const char *text,
+                                pgg_error *err);
+/* Write the current value of a key, as text, into buf.  PGG_ECONFIG for
+ * an unknown key, PGG_EINVAL when buf is too small. */
+PGG_EXPORT int pgg_config_get(const pgg_config *cfg, const char *key,
+                              char *buf, size_t buflen, pgg_error *err);
+
+/* --------------------------------------------------------- classification */
+
+/* What an outcome says about the host it ran on. */
+typedef enum pgg_class {
+    PGG_CLASS_SUCCESS = 0,    /* the host is healthy (user errors included) */
+    PGG_CLASS_IGNORED = 1,    /* says nothing about the host */
+    PGG_CLASS_CONNECTION = 2, /* could not connect, or the connection broke */
+    PGG_CLASS_TIMEOUT = 3,    /* the deadline or statement_timeout fired */
+    PGG_CLASS_UNAVAILABLE = 4, /* shutting down, too many connections, ... */
+    PGG_CLASS_WRONG_ROLE = 5, /* a write reached a standby */
+    PGG_CLASS__COUNT
+} pgg_class;
+
+/* "success", "ignored", "connection", ...; never NULL. */
+PGG_EXPORT const char *pgg_class_name(pgg_class cls);
+
+/*
+ * Override how a SQLSTATE (five characters) or a SQLSTATE class (two
+ * characters) is classified; exact codes win over classes.  retry: whether
+ * a read that failed with it may run again on another host.
+ * Same as the config key "classify.<SQLSTATE>=<class>[,retry]".
+ */
+PGG_EXPORT int pgg_config_classify(pgg_config *cfg, const char *sqlstate,
+                                   pgg_class cls, int retry, pgg_error *err);
+
+/* ------------------------------------------------------------------- pool */
+
+typedef struct pgg_pool pgg_pool;
+typedef struct pgg_lease pgg_lease;
+
+/* The most servers one pool guards. */
+#define PGG_MAX_HOSTS 64
+
+typedef enum pgg_intent {
+    PGG_WRITE = 0,        /* the current primary only */
+    PGG_READ = 1,         /* healthy replicas first (least busy), then the primary */
+    PGG_READ_PRIMARY = 2  /* the primary: read your own writes */
+} pgg_intent;
+
+typedef enum pgg_role {
+    PGG_ROLE_UNKNOWN = 0,
+    PGG_ROLE_PRIMARY = 1,
+    PGG_ROLE_STANDBY = 2
+} pgg_role;
+
+/* "unknown", "primary", "standby"; never NULL. */
+PGG_EXPORT const char *pgg_role_name(pgg_role role);
+
+/*
+ * Start a pool over cfg's servers: it copies cfg (free it when you like),
+ * starts the health thread and, with pool_min_idle > 0, warms connections
+ * in the background (pgg_pool_new never waits on a server).
+ * Errors: PGG_ECONFIG (no servers, bad settings), PGG_ENOMEM, PGG_ESYS.
+ */
+PGG_EXPORT pgg_pool *pgg_pool_new(const pgg_config *cfg, pgg_error *err);
+
+/*
+ * Stop the health thread and close every connection.  Every lease must have
+ * been released and no call may be in flight.  Accepts NULL.
+ */
+PGG_EXPORT void pgg_pool_free(pgg_pool *pool);
+
+/* Per-call options; pass NULL for the defaults. */
+typedef struct pgg_call {
+    int timeout_ms;    /* <= 0: the pool's call_timeout_ms */
+    unsigned flags;    /* PGG_CALL_* */
+    int max_stale_ms;  /* with PGG_CALL_CACHEABLE: oldest answer accepted;
+                          <= 0: the pool's cache.max_age_ms */
+    int result_format; /* 0 text, 1 binary */
+} pgg_call;
+
+/* Attempt only once, even for a read. */
+#define PGG_CALL_NO_RETRY 0x1u
+/* A read that may be answered from the fallback cache, marked stale,
+ * when no host can serve it (needs cache.enabled). */
+#define PGG_CALL_CACHEABLE 0x2u
+
+/* What happened to one call; filled when a pgg_info * is passed. */
+typedef struct pgg_info {
+    char host[128];         /* "host:port" that served it, or "" */
+    int host_index;         /* index in the conninfo's host list, or -1 */
+    int attempts;           /* hosts tried (a breaker rejection is not one) */
+    int from_cache;         /* 1: a stale answer from the fallback cache */
+    int64_t cache_age_ms;   /* its age, when from_cache */
+    pgg_error cause;        /* from_cache: why the live read failed */
+    int64_t elapsed_us;     /* time spent in the call */
+    unsigned char reserved_[64];
+} pgg_info;
+
+/*
+ * Run one statement under an intent and a deadline: the bulkhead, the
+ * router, the breakers, bounded connect and exec, classification and, for
+ * reads, retries on the next host while time is left.  Returns a PGresult
+ * that the caller PQclear()s: PGRES_COMMAND_OK / TUPLES_OK, or a
+ * PGRES_FATAL_ERROR from the server (then *err says PGG_ESERVER with the
+ * SQLSTATE).  Returns NULL when nothing reached a server or its answer was
+ * lost: *err says why (PGG_EBULKHEAD, PGG_EOPEN, PGG_ENOPRIMARY,
+ * PGG_ETIMEDOUT, PGG_ECONNECT, PGG_EUNAVAILABLE, PGG_ECLOSED, ...).
+ * A write is retried on another host only when it provably never reached
+ * a server.  Never blocks past its deadline.
+ */
+PGG_EXPORT PGresult *pgg_exec(pgg_pool *pool, pgg_intent intent,
+                              const char *sql, const pgg_call *call,
+                              pgg_info *info, pgg_error *err);
+/* The same with parameters, as PQexecParams takes them. */
+PGG_EXPORT PGresult *pgg_exec_params(pgg_pool *pool, pgg_intent intent,
+                                     const char *sql, int nparams,
+                                     const Oid *types,
+                                     const char *const *values,
+                                     const int *lengths, const int *formats,
+                                     const pgg_call *call, pgg_info *info,
+                                     pgg_error *err);
+
+/*
+ * Borrow one connection under an intent, for a transaction or several
+ * statements.  The timeout bounds the acquisition; each pgg_lease_exec
+ * has its own.  The lease holds a bulkhead slot until released.
+ */
+PGG_EXPORT pgg_lease *pgg_acquire(pgg_pool *pool, pgg_intent intent,
+                                  int timeout_ms, pgg_info *info,
+                                  pgg_error *err);
+/* Run a statement on the lease's connection, bounded and classified like
+ * pgg_exec (no retry: the session is the point).  After a connection
+ * failure or a timeout, the lease is broken: later calls fail with
+ * PGG_ECONNECT and its connection is discarded on release. */
+PGG_EXPORT PGresult *pgg_lease_exec(pgg_lease *lease, const char *sql,
+                                    int timeout_ms, pgg_error *err);
+PGG_EXPORT PGresult *pgg_lease_exec_params(pgg_lease *lease, const char *sql,
+                                           int nparams, const Oid *types,
+                                           const char *const *values,
+                                           const int *lengths,
+                                           const int *formats,
+                                           int result_format, int timeout_ms,
+                                           pgg_error *err);
+/* The raw connection, for what pgguard does not wrap.  Never PQfinish it;
+ * calls made on it directly are not bounded by pgguard. */
+PGG_EXPORT PGconn *pgg_lease_conn(pgg_lease *lease);
+/* "host:port" of the lease's server. */
+PGG_EXPORT const char *pgg_lease_host(const pgg_lease *lease);
+/* Give the connection back: pooled again only if idle (no open
+ * transaction) and healthy, else closed.  Accepts NULL. */
+PGG_EXPORT void pgg_release(pgg_lease *lease);
+
+/* ------------------------------------------------------- stats and events */
+
+typedef struct pgg_host_stats {
+    char host[128];               /* "host:port" */
+    pgg_role role;
+    pgg_breaker_state state;
+    int64_t lag_bytes;            /* replay lag behind the primary; -1 unknown */
+    int conns_open, conns_idle, conns_busy;
+    uint64_t calls;               /* attempts that reached the breaker */
+    uint64_t successes;
+    uint64_t ignored;
+    uint64_t failures[PGG_CLASS__COUNT]; /* by class (CONNECTION, TIMEOUT, ...) */
+    uint64_t rejections;          /* refused by the breaker */
+    uint64_t connects, connect_failures;
+    double failure_rate;          /* in the breaker's window, percent; -1 too few */
+    double slow_call_rate;
+    int last_error_code;
+    char last_error[256];
+    unsigned char reserved_[64];
+} pgg_host_stats;
+
+typedef struct pgg_stats {
+    int hosts;
+    int bulkhead_capacity, bulkhead_in_use, bulkhead_waiting;
+    uint64_t bulkhead_rejections;
+    uint64_t calls, calls_failed;
+    uint64_t cache_hits, cache_misses, cache_stores, cache_evictions;
+    uint64_t cache_fallbacks;     /* stale answers served */
+    uint64_t cache_bytes, cache_entries;
+    unsigned char reserved_[64];
+} pgg_stats;
+
+/* Pool-wide counters. */
+PGG_EXPORT int pgg_pool_stats(pgg_pool *pool, pgg_stats *out);
+/* The number of hosts, in conninfo order. */
+PGG_EXPORT int pgg_pool_host_count(const pgg_pool *pool);
+/* One host's snapshot; PGG_EINVAL for a bad index. */
+PGG_EXPORT int pgg_pool_host_stats(pgg_pool *pool, int index,
+                                   pgg_host_stats *out);
+
+typedef enum pgg_event_type {
+    PGG_EVENT_BREAKER = 0, /* from/to are pgg_breaker_state */
+    PGG_EVENT_ROLE = 1     /* from/to are pgg_role */
+} pgg_event_type;
+
+typedef struct pgg_event {
+    pgg_event_type type;
+    int host_index;
+    const char *host;
+    int from, to;
+    const char *reason;
+} pgg_event;
+
+typedef void (*pgg_event_fn)(const pgg_event *ev, void *userdata);
+
+/*
+ * Call fn on every breaker state change and role change, outside any lock
+ * of the pool, on whichever thread caused it (a caller's or the health
+ * thread).  fn may call into the pool.  Replaces the previous listener;
+ * NULL removes it.
+ */
+PGG_EXPORT void pgg_pool_on_event(pgg_pool *pool, pgg_event_fn fn,
+                                  void *userdata);
+
+/* Operator control of one host's breaker. */
+PGG_EXPORT int pgg_pool_force_open(pgg_pool *pool, int index);
+PGG_EXPORT int pgg_pool_disable_breaker(pgg_pool *pool, int index);
+PGG_EXPORT int pgg_pool_reset_breaker(pgg_pool *pool, int index);
+/* Change the bulkhead's capacity at run time (waiters are admitted in
+ * order as room appears). */
+PGG_EXPORT int pgg_pool_resize_bulkhead(pgg_pool *pool, int capacity);
 
 #ifdef __cplusplus
 }

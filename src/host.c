@@ -1,0 +1,342 @@
+#include "host.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "clock.h"
+#include "error.h"
+
+int pgg__host_init(pgg_host *h, int index, const char *name,
+                   const char *const *keys, const char *const *vals,
+                   const pgg_host_limits *limits,
+                   const pgg_breaker_config *breaker, const pgg_clock *clock,
+                   pgg_error *err)
+{
+    int rc;
+
+    memset(h, 0, sizeof *h);
+    h->index = index;
+    pgg__strlcpy(h->name, name, sizeof h->name);
+    h->keys = keys;
+    h->vals = vals;
+    h->max = limits->max;
+    h->min_idle = limits->min_idle;
+    h->idle_timeout_ns = limits->idle_timeout_ns;
+    h->max_lifetime_ns = limits->max_lifetime_ns;
+    h->validate_ns = limits->validate_ns;
+    h->connect_timeout_ns = limits->connect_timeout_ns;
+    atomic_init(&h->role, PGG_ROLE_UNKNOWN);
+    atomic_init(&h->lag_bytes, -1);
+    atomic_init(&h->inflight, 0);
+    rc = pgg__breaker_init(&h->breaker, breaker, pgg__clock_now(clock), err);
+    if (rc != PGG_OK)
+        return rc;
+    pthread_mutex_init(&h->mu, NULL);
+    pgg__cond_init(&h->cv);
+    return PGG_OK;
+}
+
+static void close_list(pgg_link *l)
+{
+    while (l) {
+        pgg_link *next = l->next;
+        PQfinish(l->conn);
+        free(l);
+        l = next;
+    }
+}
+
+void pgg__host_destroy(pgg_host *h)
+{
+    if (!h)
+        return;
+    close_list(h->idle);
+    h->idle = NULL;
+    pgg__breaker_destroy(&h->breaker);
+    pthread_cond_destroy(&h->cv);
+    pthread_mutex_destroy(&h->mu);
+}
+
+static bool expired(const pgg_host *h, const pgg_link *l, int64_t now)
+{
+    if (h->max_lifetime_ns > 0 && now - l->created_ns >= h->max_lifetime_ns)
+        return true;
+    return h->idle_timeout_ns > 0 && now - l->last_used_ns >= h->idle_timeout_ns;
+}
+
+/* An empty query: the cheapest round trip that proves the session works. */
+static bool validate(pgg_host *h, pgg_link *l, int64_t deadline_ns)
+{
+    static const pgg_query empty = {"", 0, NULL, NULL, NULL, NULL, 0};
+    PGresult *res = NULL;
+    pgg_attempt_end end;
+    int rc;
+
+    rc = pgg__link_exec(l->conn, &empty, deadline_ns, h->name, &res, &end, NULL);
+    rc = rc == PGG_OK && PQresultStatus(res) == PGRES_EMPTY_QUERY &&
+         pgg__link_reusable(l->conn);
+    PQclear(res);
+    return rc;
+}
+
+static int connect_new(pgg_host *h, int64_t deadline_ns, pgg_link **out,
+                       pgg_error *err)
+{
+    int64_t now = pgg__now_ns();
+    int64_t bound = now + h->connect_timeout_ns;
+    PGconn *conn = NULL;
+    pgg_link *l;
+    int rc;
+
+    if (bound > deadline_ns)
+        bound = deadline_ns;
+    atomic_fetch_add(&h->connects, 1);
+    rc = pgg__link_connect(h->keys, h->vals, bound, h->name, &conn, err);
+    if (rc != PGG_OK) {
+        atomic_fetch_add(&h->connect_failures, 1);
+        return rc;
+    }
+    l = malloc(sizeof *l);
+    if (!l) {
+        PQfinish(conn);
+        return pgg__error_set(err, PGG_ENOMEM, NULL, h->name, "out of memory");
+    }
+    now = pgg__now_ns();
+    l->conn = conn;
+    l->created_ns = now;
+    l->last_used_ns = now;
+    l->next = NULL;
+    *out = l;
+    return PGG_OK;
+}
+
+int pgg__host_borrow(pgg_host *h, int64_t deadline_ns, pgg_link **out,
+                     pgg_borrow_fail *why, pgg_error *err)
+{
+    pgg_link *doomed = NULL;
+    int rc;
+
+    *out = NULL;
+    pthread_mutex_lock(&h->mu);
+    for (;;) {
+        int64_t now;
+
+        if (h->closed) {
+            pthread_mutex_unlock(&h->mu);
+            close_list(doomed);
+            *why = PGG_BORROW_CLOSED;
+            return pgg__error_set(err, PGG_ECLOSED, NULL, h->name,
+                                  "pool closed");
+        }
+        now = pgg__now_ns();
+        while (h->idle) {
+            pgg_link *l = h->idle;
+
+            h->idle = l->next;
+            h->n_idle--;
+            if (expired(h, l, now)) {
+                l->next = doomed;
+                doomed = l;
+                continue;
+            }
+            h->n_busy++;
+            pthread_mutex_unlock(&h->mu);
+            close_list(doomed);
+            doomed = NULL;
+            l->next = NULL;
+            if (pgg__link_alive(l->conn) &&
+                (now - l->last_used_ns < h->validate_ns ||
+                 validate(h, l, deadline_ns))) {
+                *out = l;
+                return PGG_OK;
+            }
+            /* Dead or failed validation: try the next idle one. */
+            PQfinish(l->conn);
+            free(l);
+            pthread_mutex_lock(&h->mu);
+            h->n_busy--;
+            now = pgg__now_ns();
+        }
+        if (h->n_busy + h->n_connecting + h->n_idle < h->max) {
+            h->n_connecting++;
+            pthread_mutex_unlock(&h->mu);
+            close_list(doomed);
+            rc = connect_new(h, deadline_ns, out, err);
+            pthread_mutex_lock(&h->mu);
+            h->n_connecting--;
+            if (rc == PGG_OK)
+                h->n_busy++;
+            else
+                pthread_cond_signal(&h->cv); /* the slot is free again */
+            pthread_mutex_unlock(&h->mu);
+            if (rc != PGG_OK)
+                *why = PGG_BORROW_CONNECT;
+            return rc;
+        }
+        if (now >= deadline_ns) {
+            pthread_mutex_unlock(&h->mu);
+            close_list(doomed);
+            *why = PGG_BORROW_EXHAUSTED;
+            return pgg__error_set(err, PGG_ETIMEDOUT, NULL, h->name,
+                                  "all %d connections to %s busy until the "
+                                  "deadline (pool_max)",
+                                  h->max, h->name);
+        } else {
+            struct timespec ts;
+
+            ts = pgg__ns_to_timespec(deadline_ns);
+            h->n_waiting++;
+            pthread_cond_timedwait(&h->cv, &h->mu, &ts);
+            h->n_waiting--;
+        }
+    }
+}
+
+static void release_slot(pgg_host *h, pgg_link *keep)
+{
+    pthread_mutex_lock(&h->mu);
+    h->n_busy--;
+    if (keep && !h->closed) {
+        keep->next = h->idle;
+        h->idle = keep;
+        h->n_idle++;
+        keep = NULL;
+    }
+    pthread_cond_signal(&h->cv);
+    pthread_mutex_unlock(&h->mu);
+    if (keep) {
+        PQfinish(keep->conn);
+        free(keep);
+    }
+}
+
+void pgg__host_give_back(pgg_host *h, pgg_link *l)
+{
+    int64_t now = pgg__now_ns();
+
+    if (!l)
+        return;
+    if (!pgg__link_reusable(l->conn) ||
+        (h->max_lifetime_ns > 0 && now - l->created_ns >= h->max_lifetime_ns)) {
+        pgg__host_discard(h, l);
+        return;
+    }
+    l->last_used_ns = now;
+    release_slot(h, l);
+}
+
+void pgg__host_discard(pgg_host *h, pgg_link *l)
+{
+    if (!l)
+        return;
+    /* Close before giving the slot back, so open never exceeds max. */
+    PQfinish(l->conn);
+    l->conn = NULL;
+    free(l);
+    release_slot(h, NULL);
+}
+
+void pgg__host_abandon(pgg_host *h, pgg_link *l, pgg_canceller *c)
+{
+    if (!l)
+        return;
+    pgg__canceller_drop(c, h->index, l->conn);
+    l->conn = NULL;
+    free(l);
+    release_slot(h, NULL);
+}
+
+int pgg__host_trim(pgg_host *h, int64_t now_ns, bool all)
+{
+    pgg_link *doomed = NULL, **pp;
+    int n = 0;
+
+    pthread_mutex_lock(&h->mu);
+    pp = &h->idle;
+    while (*pp) {
+        pgg_link *l = *pp;
+        if (all || expired(h, l, now_ns)) {
+            *pp = l->next;
+            l->next = doomed;
+            doomed = l;
+            h->n_idle--;
+            n++;
+        } else {
+            pp = &l->next;
+        }
+    }
+    if (n)
+        pthread_cond_broadcast(&h->cv);
+    pthread_mutex_unlock(&h->mu);
+    close_list(doomed);
+    return n;
+}
+
+int pgg__host_warm(pgg_host *h, int64_t deadline_ns)
+{
+    int opened = 0;
+
+    for (;;) {
+        pgg_link *l = NULL;
+        int rc;
+
+        pthread_mutex_lock(&h->mu);
+        if (h->closed || h->n_idle + h->n_connecting >= h->min_idle ||
+            h->n_busy + h->n_connecting + h->n_idle >= h->max) {
+            pthread_mutex_unlock(&h->mu);
+            return opened;
+        }
+        h->n_connecting++;
+        pthread_mutex_unlock(&h->mu);
+
+        rc = connect_new(h, deadline_ns, &l, NULL);
+
+        pthread_mutex_lock(&h->mu);
+        h->n_connecting--;
+        if (rc == PGG_OK && !h->closed) {
+            l->next = h->idle;
+            h->idle = l;
+            h->n_idle++;
+            l = NULL;
+            opened++;
+        }
+        pthread_cond_signal(&h->cv);
+        pthread_mutex_unlock(&h->mu);
+        if (l) {
+            PQfinish(l->conn);
+            free(l);
+        }
+        if (rc != PGG_OK)
+            return opened;
+    }
+}
+
+void pgg__host_close(pgg_host *h)
+{
+    pthread_mutex_lock(&h->mu);
+    h->closed = true;
+    pthread_cond_broadcast(&h->cv);
+    pthread_mutex_unlock(&h->mu);
+    pgg__host_trim(h, 0, true);
+}
+
+void pgg__host_note_error(pgg_host *h, const pgg_error *err)
+{
+    if (!err)
+        return;
+    pthread_mutex_lock(&h->mu);
+    h->last_error_code = err->code;
+    pgg__strlcpy(h->last_error, err->message, sizeof h->last_error);
+    pthread_mutex_unlock(&h->mu);
+}
+
+void pgg__host_counts(pgg_host *h, pgg_host_counts *out)
+{
+    pthread_mutex_lock(&h->mu);
+    out->idle = h->n_idle;
+    out->busy = h->n_busy;
+    out->connecting = h->n_connecting;
+    out->waiting = h->n_waiting;
+    out->open = h->n_idle + h->n_busy + h->n_connecting;
+    pthread_mutex_unlock(&h->mu);
+}

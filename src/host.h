@@ -1,0 +1,116 @@
+/*
+ * Internal: one server.  Its connection parameters, its role and lag as
+ * last learnt, its circuit breaker, and its pool of idle connections.
+ *
+ * Locking: `mu` guards the connection lists and counts only; it is never
+ * held across I/O (connect, validation and close happen outside it).  Role,
+ * lag and counters are atomics read lock-free by the router and by stats.
+ */
+#ifndef PGG_HOST_H
+#define PGG_HOST_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "breaker.h"
+#include "clock.h"
+#include "classify.h"
+#include "link.h"
+#include "pgguard.h"
+
+/* A pooled connection. */
+typedef struct pgg_link {
+    PGconn *conn;
+    int64_t created_ns;
+    int64_t last_used_ns;
+    struct pgg_link *next;
+} pgg_link;
+
+typedef struct pgg_host {
+    int index;
+    char name[128];
+    const char *const *keys; /* owned by the pool's config copy */
+    const char *const *vals;
+
+    int max;
+    int min_idle;
+    int64_t idle_timeout_ns;
+    int64_t max_lifetime_ns; /* 0: no limit */
+    int64_t validate_ns;
+    int64_t connect_timeout_ns;
+
+    pthread_mutex_t mu;
+    pthread_cond_t cv; /* a connection came back or a slot freed */
+    pgg_link *idle;    /* most recently used first */
+    int n_idle, n_busy, n_connecting, n_waiting;
+    bool closed;
+    int last_error_code;
+    char last_error[256];
+
+    _Atomic int role;              /* pgg_role */
+    _Atomic int_fast64_t lag_bytes; /* -1: unknown */
+    _Atomic int inflight;          /* calls running on it, for routing */
+
+    pgg_breaker breaker;
+
+    atomic_uint_fast64_t calls, successes, ignored, rejections;
+    atomic_uint_fast64_t failures[PGG_CLASS__COUNT];
+    atomic_uint_fast64_t connects, connect_failures;
+} pgg_host;
+
+typedef struct pgg_host_limits {
+    int max, min_idle;
+    int64_t idle_timeout_ns, max_lifetime_ns, validate_ns, connect_timeout_ns;
+} pgg_host_limits;
+
+/* keys/vals/name must outlive the host (the pool's config copy). */
+int pgg__host_init(pgg_host *h, int index, const char *name,
+                   const char *const *keys, const char *const *vals,
+                   const pgg_host_limits *limits,
+                   const pgg_breaker_config *breaker, const pgg_clock *clock,
+                   pgg_error *err);
+/* Closes every idle connection.  Busy ones must have come back. */
+void pgg__host_destroy(pgg_host *h);
+
+/* How borrowing failed, for the caller's breaker and retry decisions. */
+typedef enum pgg_borrow_fail {
+    PGG_BORROW_CONNECT = 1, /* a new connection failed: a host failure */
+    PGG_BORROW_EXHAUSTED,   /* pool_max busy until the deadline: not the host's fault */
+    PGG_BORROW_CLOSED
+} pgg_borrow_fail;
+
+/*
+ * A usable connection: a live idle one (checked with a round trip when it
+ * sat idle past validate_after_idle), or a new one if the host has room,
+ * or the first one given back before deadline_ns.  On failure returns the
+ * error code, fills err and *why.
+ */
+int pgg__host_borrow(pgg_host *h, int64_t deadline_ns, pgg_link **out,
+                     pgg_borrow_fail *why, pgg_error *err);
+
+/* Back to the pool if reusable (idle, healthy, young enough), else closed. */
+void pgg__host_give_back(pgg_host *h, pgg_link *l);
+/* Closed without a thought: broken or mid-transaction. */
+void pgg__host_discard(pgg_host *h, pgg_link *l);
+/* The deadline fired mid-query: close now, cancel from a worker. */
+void pgg__host_abandon(pgg_host *h, pgg_link *l, pgg_canceller *c);
+
+/* Close idle connections past idle_timeout or max_lifetime (all of them
+ * when `all`).  Returns how many were closed. */
+int pgg__host_trim(pgg_host *h, int64_t now_ns, bool all);
+/* Open connections until min_idle are idle, within deadline_ns. */
+int pgg__host_warm(pgg_host *h, int64_t deadline_ns);
+/* Refuse new borrows, wake waiters (pool shutdown). */
+void pgg__host_close(pgg_host *h);
+
+/* Remember the last host failure for stats (one line, no password). */
+void pgg__host_note_error(pgg_host *h, const pgg_error *err);
+
+typedef struct pgg_host_counts {
+    int open, idle, busy, connecting, waiting;
+} pgg_host_counts;
+void pgg__host_counts(pgg_host *h, pgg_host_counts *out);
+
+#endif

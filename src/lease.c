@@ -1,0 +1,204 @@
+/*
+ * A lease: one pooled connection borrowed for a transaction or a session,
+ * holding a bulkhead slot until it is released.  Every statement through
+ * it is bounded and classified like a one-shot call, but never retried
+ * elsewhere: the session is the point.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "error.h"
+#include "pool.h"
+
+struct pgg_lease {
+    pgg_pool *pool;
+    pgg_host *h;
+    pgg_link *l;
+    pgg_intent intent;
+    bool broken;
+    bool have_ticket; /* the acquisition's ticket, for the first statement */
+    pgg_ticket ticket;
+    int64_t ticket_at;
+};
+
+pgg_lease *pgg_acquire(pgg_pool *pool, pgg_intent intent, int timeout_ms,
+                       pgg_info *info, pgg_error *err)
+{
+    pgg_error local;
+    int cand[PGG_MAX_HOSTS];
+    int ncand, attempts = 0;
+    bool rejected = false;
+    int64_t start, deadline, wait_until;
+    pgg_lease *lease;
+
+    if (!err)
+        err = &local;
+    pgg_error_clear(err);
+    if (info) {
+        memset(info, 0, sizeof *info);
+        info->host_index = -1;
+    }
+    if (!pool || (unsigned)intent > PGG_READ_PRIMARY) {
+        pgg__error_set(err, PGG_EINVAL, NULL, NULL,
+                       "pgg_acquire: NULL pool or unknown intent");
+        return NULL;
+    }
+    if (atomic_load(&pool->closed)) {
+        pgg__error_set(err, PGG_ECLOSED, NULL, NULL, "pool closed");
+        return NULL;
+    }
+    lease = calloc(1, sizeof *lease);
+    if (!lease) {
+        pgg__error_set(err, PGG_ENOMEM, NULL, NULL, "out of memory");
+        return NULL;
+    }
+    start = pgg__now_ns();
+    deadline = start + pgg__pool_timeout_ns(pool, timeout_ms);
+    wait_until = start + pool->bulkhead_wait_ns;
+    if (pgg__bulkhead_enter(&pool->bulkhead,
+                            wait_until < deadline ? wait_until : deadline,
+                            start) != PGG_OK) {
+        pgg__error_set(err, PGG_EBULKHEAD, NULL, NULL,
+                       "bulkhead full: %d calls in flight",
+                       pgg__bulkhead_capacity(&pool->bulkhead));
+        free(lease);
+        return NULL;
+    }
+
+    ncand = pgg__pool_candidates(pool, intent, cand);
+    for (int i = 0; i < ncand; i++) {
+        pgg_host *h = &pool->hosts[cand[i]];
+        pgg_take t;
+
+        if (pgg__now_ns() >= deadline) {
+            pgg__error_set(err, PGG_ETIMEDOUT, NULL, NULL,
+                           "deadline exceeded before a connection was ready");
+            break;
+        }
+        t = pgg__pool_take(pool, h, intent, deadline, &lease->l,
+                           &lease->ticket, &rejected, err);
+        if (t == PGG_TAKE_SKIPPED)
+            continue;
+        attempts++;
+        if (t == PGG_TAKE_FAILED)
+            continue; /* nothing was sent: another host may take it */
+        lease->pool = pool;
+        lease->h = h;
+        lease->intent = intent;
+        lease->have_ticket = true;
+        lease->ticket_at = pgg__now_ns();
+        pgg_error_clear(err);
+        if (info) {
+            pgg__strlcpy(info->host, h->name, sizeof info->host);
+            info->host_index = h->index;
+            info->attempts = attempts;
+            info->elapsed_us = (pgg__now_ns() - start) / 1000;
+        }
+        return lease;
+    }
+    if (attempts == 0 &&
+        (err->code == PGG_OK ||
+         (rejected && err->code != PGG_ETIMEDOUT && err->code != PGG_ECLOSED)))
+        pgg__pool_no_host_error(pool, intent, rejected ? ncand : 0, err);
+    pgg__bulkhead_leave(&pool->bulkhead);
+    if (info) {
+        info->attempts = attempts;
+        info->elapsed_us = (pgg__now_ns() - start) / 1000;
+    }
+    free(lease);
+    return NULL;
+}
+
+PGresult *pgg_lease_exec_params(pgg_lease *lease, const char *sql, int nparams,
+                                const Oid *types, const char *const *values,
+                                const int *lengths, const int *formats,
+                                int result_format, int timeout_ms,
+                                pgg_error *err)
+{
+    pgg_error local;
+    pgg_query q = {sql, nparams, types, values, lengths, formats,
+                   result_format};
+    pgg_ticket ticket;
+    const pgg_ticket *tp = NULL;
+    pgg_attempt_end end;
+    pgg_verdict v;
+    PGresult *res = NULL;
+    int64_t start, deadline;
+
+    if (!err)
+        err = &local;
+    pgg_error_clear(err);
+    if (!lease || !sql || nparams < 0) {
+        pgg__error_set(err, PGG_EINVAL, NULL, NULL,
+                       "pgg_lease_exec: NULL lease or SQL");
+        return NULL;
+    }
+    if (lease->broken || !lease->l) {
+        pgg__error_set(err, PGG_ECONNECT, NULL, lease->h->name,
+                       "lease broken by an earlier connection failure or "
+                       "timeout; release it");
+        return NULL;
+    }
+    start = pgg__now_ns();
+    deadline = start + pgg__pool_timeout_ns(lease->pool, timeout_ms);
+    if (lease->have_ticket) {
+        ticket = lease->ticket;
+        tp = &ticket;
+        lease->have_ticket = false;
+    } else if (pgg__breaker_allow(&lease->h->breaker, start, &ticket)) {
+        tp = &ticket;
+    }
+    /* Refused by an open breaker: the statement still runs (stopping a
+     * transaction halfway helps nobody), it just does not count. */
+
+    v = pgg__pool_exec_on(lease->pool, lease->h, &lease->l, lease->intent, &q,
+                          deadline, tp, start, &res, &end, err);
+    if (end != PGG_END_RESULT || !lease->l ||
+        PQstatus(lease->l->conn) != CONNECTION_OK) {
+        lease->broken = true;
+        PQclear(res);
+        return NULL;
+    }
+    if (pgg__host_failure(v.cls) || v.cls == PGG_CLASS_WRONG_ROLE) {
+        /* The server answered, with a failure of the host (57P01 on its
+         * way down, 53300...): hand the caller the error record. */
+        PQclear(res);
+        return NULL;
+    }
+    return res;
+}
+
+PGresult *pgg_lease_exec(pgg_lease *lease, const char *sql, int timeout_ms,
+                         pgg_error *err)
+{
+    return pgg_lease_exec_params(lease, sql, 0, NULL, NULL, NULL, NULL, 0,
+                                 timeout_ms, err);
+}
+
+PGconn *pgg_lease_conn(pgg_lease *lease)
+{
+    return lease && lease->l ? lease->l->conn : NULL;
+}
+
+const char *pgg_lease_host(const pgg_lease *lease)
+{
+    return lease && lease->h ? lease->h->name : "";
+}
+
+void pgg_release(pgg_lease *lease)
+{
+    if (!lease)
+        return;
+    if (lease->have_ticket)
+        pgg__pool_record(lease->pool, lease->h, lease->ticket,
+                         PGG_CLASS_IGNORED, lease->ticket_at);
+    if (lease->l) {
+        if (lease->broken)
+            pgg__host_discard(lease->h, lease->l);
+        else
+            pgg__host_give_back(lease->h, lease->l); /* checks idle + healthy */
+    }
+    atomic_fetch_sub(&lease->h->inflight, 1);
+    pgg__bulkhead_leave(&lease->pool->bulkhead);
+    free(lease);
+}

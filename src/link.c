@@ -1,0 +1,559 @@
+#include "link.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "clock.h"
+#include "error.h"
+
+/* ------------------------------------------------------------- waiting */
+
+/*
+ * Wait for events on fd until deadline_ns.  Returns the revents (> 0),
+ * 0 when the deadline passed, -1 on a poll error other than EINTR.
+ * ppoll, not poll: a millisecond timeout would round every wait up and
+ * make a hung server cost up to a millisecond more than the deadline.
+ */
+static int wait_socket(int fd, short events, int64_t deadline_ns)
+{
+    struct pollfd p;
+
+    if (fd < 0)
+        return -1;
+    for (;;) {
+        int64_t left = deadline_ns - pgg__now_ns();
+        struct timespec ts;
+        int r;
+
+        if (left <= 0)
+            return 0;
+        ts.tv_sec = (time_t)(left / 1000000000);
+        ts.tv_nsec = (long)(left % 1000000000);
+        p.fd = fd;
+        p.events = events;
+        p.revents = 0;
+        r = ppoll(&p, 1, &ts, NULL);
+        if (r > 0)
+            return p.revents ? p.revents : events;
+        if (r == 0)
+            continue; /* re-check the clock: ppoll may wake a little early */
+        if (errno != EINTR)
+            return -1;
+    }
+}
+
+/* ------------------------------------------------------------- errors */
+
+/* libpq's messages span lines ("...failed: Connection refused\n\tIs the
+ * server running..."); an error record is one line. */
+static void one_line(char *s)
+{
+    char *w = s;
+    bool space = false;
+
+    for (char *r = s; *r; r++) {
+        if (*r == '\n' || *r == '\t' || *r == '\r') {
+            space = true;
+            continue;
+        }
+        if (space && w != s)
+            *w++ = ' ';
+        space = false;
+        *w++ = *r;
+    }
+    *w = '\0';
+}
+
+int pgg__link_error(pgg_error *err, int code, PGconn *conn,
+                    const PGresult *res, const char *host, const char *what)
+{
+    const char *msg = NULL;
+    const char *sqlstate = NULL;
+
+    if (!err)
+        return code;
+    if (res) {
+        msg = PQresultErrorMessage(res);
+        sqlstate = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+    }
+    if ((!msg || !*msg) && conn)
+        msg = PQerrorMessage(conn);
+    if (!msg || !*msg)
+        msg = pgg_strerror(code);
+    pgg__error_set(err, code, sqlstate, host, "%s%s%s", what ? what : "",
+                   what ? ": " : "", msg);
+    one_line(err->message);
+    return code;
+}
+
+/* ------------------------------------------------------------- connect */
+
+/* Pooled connections are shared by callers who never asked for the
+ * server's notices on stderr. */
+static void silent_notices(void *arg, const char *message)
+{
+    (void)arg;
+    (void)message;
+}
+
+int pgg__link_connect(const char *const *keys, const char *const *vals,
+                      int64_t deadline_ns, const char *host, PGconn **out,
+                      pgg_error *err)
+{
+    PGconn *conn;
+    PostgresPollingStatusType st = PGRES_POLLING_WRITING;
+
+    *out = NULL;
+    conn = PQconnectStartParams(keys, vals, 0);
+    if (!conn)
+        return pgg__error_set(err, PGG_ENOMEM, NULL, host,
+                              "connect: out of memory");
+    if (PQstatus(conn) == CONNECTION_BAD)
+        goto failed;
+
+    for (;;) {
+        short events;
+        int r;
+
+        if (st == PGRES_POLLING_OK)
+            break;
+        if (st == PGRES_POLLING_FAILED)
+            goto failed;
+        events = st == PGRES_POLLING_READING ? POLLIN : POLLOUT;
+        /* The socket changes when libpq moves to the next address. */
+        r = wait_socket(PQsocket(conn), events, deadline_ns);
+        if (r == 0) {
+            PQfinish(conn);
+            return pgg__error_set(err, PGG_ETIMEDOUT, NULL, host,
+                                  "connect: deadline exceeded");
+        }
+        if (r < 0)
+            goto failed;
+        st = PQconnectPoll(conn);
+    }
+
+    if (PQsetnonblocking(conn, 1) != 0)
+        goto failed;
+    PQsetNoticeProcessor(conn, silent_notices, NULL);
+    *out = conn;
+    return PGG_OK;
+
+failed:
+    pgg__link_error(err, PGG_ECONNECT, conn, NULL, host, "connect");
+    PQfinish(conn);
+    return PGG_ECONNECT;
+}
+
+/* ---------------------------------------------------------------- exec */
+
+static bool is_error(const PGresult *r)
+{
+    ExecStatusType s = PQresultStatus(r);
+    return s == PGRES_FATAL_ERROR || s == PGRES_BAD_RESPONSE ||
+           s == PGRES_NONFATAL_ERROR;
+}
+
+static bool is_copy(const PGresult *r)
+{
+    ExecStatusType s = PQresultStatus(r);
+    return s == PGRES_COPY_IN || s == PGRES_COPY_OUT || s == PGRES_COPY_BOTH;
+}
+
+static int send_query(PGconn *conn, const pgg_query *q)
+{
+    if (q->nparams == 0 && !q->types && q->result_format == 0)
+        return PQsendQuery(conn, q->sql);
+    return PQsendQueryParams(conn, q->sql, q->nparams, q->types, q->values,
+                             q->lengths, q->formats, q->result_format);
+}
+
+/*
+ * A send that failed left nothing the server could execute: the simple
+ * Query message is executed only once complete, and an extended-protocol
+ * statement commits only at Sync, the last message of the batch.
+ */
+static int lost(PGconn *conn, PGresult **out, PGresult *keep,
+                pgg_attempt_end *end, pgg_attempt_end how, const char *host,
+                pgg_error *err)
+{
+    *end = how;
+    pgg__link_error(err, PGG_ECONNECT, conn, keep, host,
+                    how == PGG_END_NOT_SENT ? "send" : "connection lost");
+    *out = keep;
+    return PGG_ECONNECT;
+}
+
+int pgg__link_exec(PGconn *conn, const pgg_query *q, int64_t deadline_ns,
+                   const char *host, PGresult **out, pgg_attempt_end *end,
+                   pgg_error *err)
+{
+    PGresult *keep = NULL;
+    int r;
+
+    *out = NULL;
+    if (PQstatus(conn) != CONNECTION_OK || !send_query(conn, q))
+        return lost(conn, out, NULL, end, PGG_END_NOT_SENT, host, err);
+
+    /* Push the query out; a hung server may stop reading our bytes. */
+    while ((r = PQflush(conn)) == 1) {
+        int ev = wait_socket(PQsocket(conn), POLLIN | POLLOUT, deadline_ns);
+        if (ev == 0)
+            goto deadline;
+        if (ev < 0 || ((ev & POLLIN) && !PQconsumeInput(conn)))
+            return lost(conn, out, NULL, end, PGG_END_LOST, host, err);
+    }
+    if (r < 0)
+        return lost(conn, out, NULL, end, PGG_END_LOST, host, err);
+
+    for (;;) {
+        while (!PQisBusy(conn)) {
+            PGresult *res = PQgetResult(conn);
+
+            if (!res)
+                goto done;
+            if (keep && is_error(keep)) {
+                PQclear(res); /* PQexec keeps the first error */
+            } else {
+                PQclear(keep);
+                keep = res;
+            }
+            /* COPY needs the caller's data: hand it back; the connection
+             * is not idle, so it will not be pooled. */
+            if (is_copy(keep))
+                goto done;
+            if (PQstatus(conn) == CONNECTION_BAD)
+                break;
+        }
+        if (PQstatus(conn) == CONNECTION_BAD) {
+            /* The server closed: a FATAL with a SQLSTATE (shutdown,
+             * terminated) is a result to classify; otherwise it is lost. */
+            if (keep && PQresultErrorField(keep, PG_DIAG_SQLSTATE))
+                goto done;
+            return lost(conn, out, keep, end, PGG_END_LOST, host, err);
+        }
+        r = wait_socket(PQsocket(conn), POLLIN, deadline_ns);
+        if (r == 0)
+            goto deadline;
+        if (r < 0 || !PQconsumeInput(conn)) {
+            /* libpq turns the failure into an error result; collect it. */
+            continue;
+        }
+    }
+
+done:
+    *end = PGG_END_RESULT;
+    *out = keep;
+    if (keep && is_error(keep))
+        pgg__link_error(err, PGG_ESERVER, conn, keep, host, NULL);
+    return PGG_OK;
+
+deadline:
+    PQclear(keep);
+    *end = PGG_END_DEADLINE;
+    return pgg__error_set(err, PGG_ETIMEDOUT, NULL, host,
+                          "query: deadline exceeded; connection dropped and "
+                          "the query cancelled");
+}
+
+/* ----------------------------------------------------------- liveness */
+
+bool pgg__link_alive(PGconn *conn)
+{
+    struct pollfd p;
+
+    if (!conn || PQstatus(conn) != CONNECTION_OK)
+        return false;
+    p.fd = PQsocket(conn);
+    p.events = POLLIN;
+    p.revents = 0;
+    if (p.fd < 0)
+        return false;
+    /* Anything readable on an idle connection is a message the server sent
+     * unprompted, or EOF: let libpq process it. */
+    if (poll(&p, 1, 0) > 0) {
+        if (!PQconsumeInput(conn))
+            return false;
+        /* An unexpected error on an idle session is queued as a result. */
+        while (!PQisBusy(conn)) {
+            PGresult *res = PQgetResult(conn);
+            if (!res)
+                break;
+            PQclear(res);
+        }
+    }
+    return PQstatus(conn) == CONNECTION_OK &&
+           PQtransactionStatus(conn) == PQTRANS_IDLE;
+}
+
+bool pgg__link_reusable(PGconn *conn)
+{
+    return conn && PQstatus(conn) == CONNECTION_OK &&
+           PQtransactionStatus(conn) == PQTRANS_IDLE &&
+           PQisBusy(conn) == 0;
+}
+
+pgg_role pgg__link_reported_role(PGconn *conn)
+{
+    const char *v = conn ? PQparameterStatus(conn, "in_hot_standby") : NULL;
+
+    if (!v)
+        return PGG_ROLE_UNKNOWN;
+    return strcmp(v, "on") == 0 ? PGG_ROLE_STANDBY : PGG_ROLE_PRIMARY;
+}
+
+/* -------------------------------------------------------------- probes */
+
+bool pgg__lsn_parse(const char *text, uint64_t *out)
+{
+    unsigned long hi, lo;
+    char *end;
+
+    if (!text || !*text)
+        return false;
+    errno = 0;
+    hi = strtoul(text, &end, 16);
+    if (errno || end == text || *end != '/' || hi > 0xFFFFFFFFul)
+        return false;
+    text = end + 1;
+    lo = strtoul(text, &end, 16);
+    if (errno || end == text || *end != '\0' || lo > 0xFFFFFFFFul)
+        return false;
+    *out = ((uint64_t)hi << 32) | (uint64_t)lo;
+    return true;
+}
+
+int pgg__link_probe(PGconn *conn, int64_t deadline_ns, const char *host,
+                    pgg_role *role, uint64_t *lsn, pgg_error *err)
+{
+    static const pgg_query q = {
+        "SELECT pg_catalog.pg_is_in_recovery(), CASE WHEN "
+        "pg_catalog.pg_is_in_recovery() THEN "
+        "pg_catalog.pg_last_wal_replay_lsn() ELSE "
+        "pg_catalog.pg_current_wal_lsn() END",
+        0, NULL, NULL, NULL, NULL, 0};
+    PGresult *res = NULL;
+    pgg_attempt_end end;
+    int rc;
+
+    *role = PGG_ROLE_UNKNOWN;
+    *lsn = 0;
+    rc = pgg__link_exec(conn, &q, deadline_ns, host, &res, &end, err);
+    if (rc != PGG_OK) {
+        PQclear(res);
+        return rc;
+    }
+    if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
+        rc = pgg__link_error(err, PGG_ESERVER, conn, res, host, "probe");
+        PQclear(res);
+        return rc;
+    }
+    *role = strcmp(PQgetvalue(res, 0, 0), "t") == 0 ? PGG_ROLE_STANDBY
+                                                     : PGG_ROLE_PRIMARY;
+    if (!PQgetisnull(res, 0, 1))
+        pgg__lsn_parse(PQgetvalue(res, 0, 1), lsn);
+    PQclear(res);
+    return PGG_OK;
+}
+
+/* ---------------------------------------------------------- canceller */
+
+/*
+ * One worker per slot.  A slot is reference-counted between the canceller
+ * and its worker, so that a worker stuck in PQcancel against a stopped
+ * postmaster can outlive the pool and clean up after itself.
+ */
+typedef struct cancel_slot {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    PGcancel **queue;
+    int head, count, cap;
+    bool started, stop, busy, done;
+    int refs;
+    atomic_uint_fast64_t *sent; /* points into the canceller; NULL once detached */
+} cancel_slot;
+
+struct pgg_canceller {
+    int nslots;
+    int queue_max;
+    atomic_uint_fast64_t sent;
+    cancel_slot *slots[];
+};
+
+static void slot_unref(cancel_slot *s)
+{
+    bool last;
+
+    pthread_mutex_lock(&s->mu);
+    last = --s->refs == 0;
+    pthread_mutex_unlock(&s->mu);
+    if (!last)
+        return;
+    for (int i = 0; i < s->count; i++)
+        PQfreeCancel(s->queue[(s->head + i) % s->cap]);
+    free(s->queue);
+    pthread_cond_destroy(&s->cv);
+    pthread_mutex_destroy(&s->mu);
+    free(s);
+}
+
+static void *cancel_worker(void *arg)
+{
+    cancel_slot *s = arg;
+    char errbuf[256];
+
+    pthread_mutex_lock(&s->mu);
+    for (;;) {
+        PGcancel *cn;
+
+        while (s->count == 0 && !s->stop)
+            pthread_cond_wait(&s->cv, &s->mu);
+        /* On stop, what is queued still goes out: each cancel ends a query
+         * that would otherwise run on with nobody waiting for it. */
+        if (s->count == 0)
+            break;
+        cn = s->queue[s->head];
+        s->head = (s->head + 1) % s->cap;
+        s->count--;
+        s->busy = true;
+        pthread_mutex_unlock(&s->mu);
+        /* May block for as long as the server is stopped; only this
+         * slot's worker waits. */
+        (void)PQcancel(cn, errbuf, (int)sizeof errbuf);
+        PQfreeCancel(cn);
+        pthread_mutex_lock(&s->mu);
+        s->busy = false;
+        if (s->sent)
+            atomic_fetch_add(s->sent, 1);
+        pthread_cond_broadcast(&s->cv);
+    }
+    s->done = true;
+    pthread_cond_broadcast(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+    slot_unref(s);
+    return NULL;
+}
+
+pgg_canceller *pgg__canceller_new(int nslots, int queue_max, pgg_error *err)
+{
+    pgg_canceller *c;
+
+    if (nslots <= 0 || queue_max <= 0) {
+        pgg__error_set(err, PGG_EINVAL, NULL, NULL, "canceller: bad size");
+        return NULL;
+    }
+    c = calloc(1, sizeof *c + (size_t)nslots * sizeof c->slots[0]);
+    if (!c) {
+        pgg__error_set(err, PGG_ENOMEM, NULL, NULL, "canceller: out of memory");
+        return NULL;
+    }
+    c->nslots = nslots;
+    c->queue_max = queue_max;
+    atomic_init(&c->sent, 0);
+    for (int i = 0; i < nslots; i++) {
+        cancel_slot *s = calloc(1, sizeof *s);
+        if (!s || !(s->queue = calloc((size_t)queue_max, sizeof *s->queue))) {
+            free(s);
+            pgg__canceller_free(c, 0);
+            pgg__error_set(err, PGG_ENOMEM, NULL, NULL,
+                           "canceller: out of memory");
+            return NULL;
+        }
+        pthread_mutex_init(&s->mu, NULL);
+        pgg__cond_init(&s->cv);
+        s->cap = queue_max;
+        s->refs = 1;
+        s->sent = &c->sent;
+        c->slots[i] = s;
+    }
+    return c;
+}
+
+void pgg__canceller_drop(pgg_canceller *c, int slot, PGconn *conn)
+{
+    PGcancel *cn;
+    cancel_slot *s;
+
+    if (!conn)
+        return;
+    cn = PQstatus(conn) == CONNECTION_OK ? PQgetCancel(conn) : NULL;
+    /* Nonblocking mode: PQfinish's Terminate message cannot block. */
+    PQfinish(conn);
+    if (!cn)
+        return;
+    if (!c || slot < 0 || slot >= c->nslots) {
+        PQfreeCancel(cn);
+        return;
+    }
+    s = c->slots[slot];
+    pthread_mutex_lock(&s->mu);
+    if (s->stop || s->count == s->cap) {
+        pthread_mutex_unlock(&s->mu);
+        PQfreeCancel(cn); /* the worker is stuck on this host: drop it */
+        return;
+    }
+    if (!s->started) {
+        pthread_t t;
+        pthread_attr_t attr;
+
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        /* PQcancel needs little stack. */
+        pthread_attr_setstacksize(&attr, 256 * 1024);
+        s->refs++;
+        if (pthread_create(&t, &attr, cancel_worker, s) != 0) {
+            s->refs--;
+            pthread_attr_destroy(&attr);
+            pthread_mutex_unlock(&s->mu);
+            PQfreeCancel(cn);
+            return;
+        }
+        pthread_attr_destroy(&attr);
+        s->started = true;
+    }
+    s->queue[(s->head + s->count) % s->cap] = cn;
+    s->count++;
+    pthread_cond_signal(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+}
+
+uint64_t pgg__canceller_sent(pgg_canceller *c)
+{
+    return c ? (uint64_t)atomic_load(&c->sent) : 0;
+}
+
+void pgg__canceller_free(pgg_canceller *c, int64_t max_wait_ns)
+{
+    int64_t deadline = pgg__now_ns() + (max_wait_ns > 0 ? max_wait_ns : 0);
+
+    if (!c)
+        return;
+    for (int i = 0; i < c->nslots; i++) {
+        cancel_slot *s = c->slots[i];
+
+        if (!s)
+            continue;
+        pthread_mutex_lock(&s->mu);
+        s->stop = true;
+        pthread_cond_broadcast(&s->cv);
+        /* Give queued cancels their chance, within the bound. */
+        while (s->started && !s->done) {
+            struct timespec ts;
+
+            if (pgg__now_ns() >= deadline)
+                break;
+            ts = pgg__ns_to_timespec(deadline);
+            pthread_cond_timedwait(&s->cv, &s->mu, &ts);
+        }
+        s->sent = NULL;
+        pthread_mutex_unlock(&s->mu);
+        slot_unref(s);
+    }
+    free(c);
+}

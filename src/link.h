@@ -1,0 +1,103 @@
+/*
+ * Internal: one libpq connection, bounded.  Connect and exec wait on the
+ * socket against an absolute CLOCK_MONOTONIC deadline (ns), never on
+ * libpq's connect_timeout (which has a 2 s minimum) and never in a
+ * blocking libpq call.  A connection whose deadline fired is handed to the
+ * canceller, which closes it at once and sends the cancel request from a
+ * worker thread (libpq 15's PQcancel blocks while a postmaster is stopped).
+ */
+#ifndef PGG_LINK_H
+#define PGG_LINK_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "classify.h"
+#include "pgguard.h"
+
+typedef struct pgg_query {
+    const char *sql;
+    int nparams;               /* 0 and no types: simple protocol (PQexec-like) */
+    const Oid *types;
+    const char *const *values;
+    const int *lengths;
+    const int *formats;
+    int result_format;
+} pgg_query;
+
+/*
+ * Connect to one host with PQconnectStartParams + PQconnectPoll + ppoll,
+ * giving up at deadline_ns.  On success *out is a CONNECTION_OK connection
+ * in nonblocking mode with a silent notice processor.
+ * Returns PGG_OK, PGG_ETIMEDOUT or PGG_ECONNECT (message from libpq; host
+ * is the display name used in the error record).
+ */
+int pgg__link_connect(const char *const *keys, const char *const *vals,
+                      int64_t deadline_ns, const char *host, PGconn **out,
+                      pgg_error *err);
+
+/*
+ * Send q and wait for its results until deadline_ns.  Like PQexec, returns
+ * the last result, or the first error result.
+ * PGG_OK: *out holds the result (perhaps an error result); *end is
+ *   PGG_END_RESULT.
+ * PGG_ETIMEDOUT: *end = PGG_END_DEADLINE, *out NULL; the connection is in an
+ *   unknown state: drop it (pgg__canceller_drop).
+ * PGG_ECONNECT: *end = PGG_END_NOT_SENT (the connection was dead before the
+ *   query left) or PGG_END_LOST; *out may hold libpq's error result.
+ */
+int pgg__link_exec(PGconn *conn, const pgg_query *q, int64_t deadline_ns,
+                   const char *host, PGresult **out, pgg_attempt_end *end,
+                   pgg_error *err);
+
+/*
+ * Is an idle pooled connection still usable?  Reads whatever the server sent
+ * while it sat idle (a FATAL from a terminated backend, a ParameterStatus
+ * after a promotion) without blocking.
+ */
+bool pgg__link_alive(PGconn *conn);
+
+/* May this connection go back to the pool: open, idle, no transaction? */
+bool pgg__link_reusable(PGconn *conn);
+
+/* The role the server reports in in_hot_standby (PostgreSQL 14+), without a
+ * round trip; PGG_ROLE_UNKNOWN when the server does not report it. */
+pgg_role pgg__link_reported_role(PGconn *conn);
+
+/*
+ * One bounded round trip: role (pg_is_in_recovery) and the WAL position
+ * that matters for lag: pg_current_wal_lsn on a primary,
+ * pg_last_wal_replay_lsn on a standby (*lsn = 0 when unknown).
+ */
+int pgg__link_probe(PGconn *conn, int64_t deadline_ns, const char *host,
+                    pgg_role *role, uint64_t *lsn, pgg_error *err);
+
+/* "16/B374D848" -> 0x16B374D848; false on junk. */
+bool pgg__lsn_parse(const char *text, uint64_t *out);
+
+/* Fill err from a connection's error message (one line, no password). */
+int pgg__link_error(pgg_error *err, int code, PGconn *conn,
+                    const PGresult *res, const char *host, const char *what);
+
+/* ---------------------------------------------------------- cancellation */
+
+typedef struct pgg_canceller pgg_canceller;
+
+/* One worker per slot (host), started on first use; each slot queues at
+ * most `queue_max` cancels and drops the rest (a hung host cannot pile up
+ * threads or memory). */
+pgg_canceller *pgg__canceller_new(int nslots, int queue_max, pgg_error *err);
+
+/* Take conn's cancel key, close conn now, queue the cancel for the slot's
+ * worker.  Never blocks on the network.  conn may be NULL. */
+void pgg__canceller_drop(pgg_canceller *c, int slot, PGconn *conn);
+
+/* Cancels sent and dropped so far (for stats). */
+uint64_t pgg__canceller_sent(pgg_canceller *c);
+
+/* Stop the workers, waiting at most max_wait_ns for them; a worker stuck in
+ * PQcancel on a hung server is detached and frees its own state when it
+ * returns.  Accepts NULL. */
+void pgg__canceller_free(pgg_canceller *c, int64_t max_wait_ns);
+
+#endif

@@ -1,0 +1,668 @@
+/*
+ * The public pool: the path of one call (DESIGN.md), composed from the
+ * bulkhead, the router, the breakers, the hosts' connection pools, the
+ * bounded link and the classifier.
+ */
+#include "pool.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "error.h"
+#include "health.h"
+
+/* ---------------------------------------------------------------- events */
+
+void pgg__pool_emit(pgg_pool *pool, const pgg_event *ev)
+{
+    pgg_event_fn fn;
+    void *ud;
+
+    pthread_mutex_lock(&pool->ev_mu);
+    fn = pool->ev_fn;
+    ud = pool->ev_ud;
+    pthread_mutex_unlock(&pool->ev_mu);
+    if (fn)
+        fn(ev, ud);
+}
+
+void pgg_pool_on_event(pgg_pool *pool, pgg_event_fn fn, void *userdata)
+{
+    if (!pool)
+        return;
+    pthread_mutex_lock(&pool->ev_mu);
+    pool->ev_fn = fn;
+    pool->ev_ud = userdata;
+    pthread_mutex_unlock(&pool->ev_mu);
+}
+
+void pgg__pool_set_role(pgg_pool *pool, pgg_host *h, pgg_role role,
+                        const char *reason)
+{
+    int old = atomic_load(&h->role);
+    pgg_event ev;
+
+    if (old == (int)role)
+        return;
+    if (!atomic_compare_exchange_strong(&h->role, &old, (int)role))
+        return; /* someone else recorded a change first; theirs is as fresh */
+    if (role == PGG_ROLE_PRIMARY)
+        atomic_store(&h->lag_bytes, 0);
+    ev.type = PGG_EVENT_ROLE;
+    ev.host_index = h->index;
+    ev.host = h->name;
+    ev.from = old;
+    ev.to = (int)role;
+    ev.reason = reason;
+    pgg__pool_emit(pool, &ev);
+}
+
+static void breaker_changed(void *ud, pgg_breaker_state from,
+                            pgg_breaker_state to, pgg_breaker_reason reason)
+{
+    pgg_host_ref *ref = ud;
+    pgg_host *h = &ref->pool->hosts[ref->index];
+    pgg_event ev;
+
+    /* A host that just failed enough to open probably holds dead
+     * connections; the next borrow would only rediscover that. */
+    if (to == PGG_BREAKER_OPEN || to == PGG_BREAKER_FORCED_OPEN)
+        pgg__host_trim(h, 0, true);
+    ev.type = PGG_EVENT_BREAKER;
+    ev.host_index = h->index;
+    ev.host = h->name;
+    ev.from = (int)from;
+    ev.to = (int)to;
+    ev.reason = pgg__breaker_reason_name(reason);
+    pgg__pool_emit(ref->pool, &ev);
+}
+
+/* --------------------------------------------------------------- create */
+
+static int64_t ms_to_ns(int64_t ms)
+{
+    return pgg__ms_to_ns(ms);
+}
+
+int64_t pgg__pool_timeout_ns(const pgg_pool *pool, int timeout_ms)
+{
+    return timeout_ms > 0 ? ms_to_ns(timeout_ms) : pool->call_timeout_ns;
+}
+
+pgg_pool *pgg_pool_new(const pgg_config *cfg, pgg_error *err)
+{
+    pgg_pool *pool;
+    pgg_host_limits limits;
+    int rc;
+
+    if (!cfg) {
+        pgg__error_set(err, PGG_EINVAL, NULL, NULL, "pgg_pool_new: NULL config");
+        return NULL;
+    }
+    if (pgg__config_validate(cfg, err) != PGG_OK)
+        return NULL;
+    pool = calloc(1, sizeof *pool);
+    if (!pool) {
+        pgg__error_set(err, PGG_ENOMEM, NULL, NULL, "out of memory");
+        return NULL;
+    }
+    pthread_mutex_init(&pool->ev_mu, NULL);
+    pool->cfg = pgg__config_copy(cfg, err);
+    if (!pool->cfg)
+        goto fail_early;
+    cfg = pool->cfg;
+    pool->clock = pgg__clock_system();
+    pool->nhosts = cfg->nhosts;
+    pool->read_policy = cfg->read_policy;
+    pool->max_attempts = cfg->max_attempts;
+    pool->call_timeout_ns = ms_to_ns(cfg->call_timeout_ms);
+    pool->bulkhead_wait_ns = ms_to_ns(cfg->bulkhead_max_wait_ms);
+    pool->max_lag_bytes = cfg->max_replica_lag_bytes;
+
+    pool->hosts = calloc((size_t)pool->nhosts, sizeof *pool->hosts);
+    pool->refs = calloc((size_t)pool->nhosts, sizeof *pool->refs);
+    if (!pool->hosts || !pool->refs) {
+        pgg__error_set(err, PGG_ENOMEM, NULL, NULL, "out of memory");
+        goto fail_early;
+    }
+    limits.max = cfg->pool_max;
+    limits.min_idle = cfg->pool_min_idle;
+    limits.idle_timeout_ns = ms_to_ns(cfg->idle_timeout_ms);
+    limits.max_lifetime_ns = ms_to_ns(cfg->max_lifetime_ms);
+    limits.validate_ns = ms_to_ns(cfg->validate_after_idle_ms);
+    limits.connect_timeout_ns = ms_to_ns(cfg->connect_timeout_ms);
+    for (int i = 0; i < pool->nhosts; i++) {
+        const pgg_host_spec *spec = &cfg->hosts[i];
+
+        rc = pgg__host_init(&pool->hosts[i], i, spec->name,
+                            (const char *const *)spec->keys,
+                            (const char *const *)spec->vals, &limits,
+                            &cfg->breaker, pool->clock, err);
+        if (rc != PGG_OK) {
+            for (int j = 0; j < i; j++)
+                pgg__host_destroy(&pool->hosts[j]);
+            goto fail_early;
+        }
+        pool->refs[i].pool = pool;
+        pool->refs[i].index = i;
+        pgg__breaker_listen(&pool->hosts[i].breaker, breaker_changed,
+                            &pool->refs[i]);
+    }
+    if (pgg__bulkhead_init(&pool->bulkhead, cfg->bulkhead_max_concurrent,
+                           pool->clock, err) != PGG_OK)
+        goto fail_hosts;
+    pool->canceller = pgg__canceller_new(pool->nhosts, 8, err);
+    if (!pool->canceller)
+        goto fail_bulkhead;
+    pool->health = pgg__health_start(pool, err);
+    if (!pool->health)
+        goto fail_canceller;
+    return pool;
+
+fail_canceller:
+    pgg__canceller_free(pool->canceller, 0);
+fail_bulkhead:
+    pgg__bulkhead_destroy(&pool->bulkhead);
+fail_hosts:
+    for (int i = 0; i < pool->nhosts; i++)
+        pgg__host_destroy(&pool->hosts[i]);
+fail_early:
+    free(pool->hosts);
+    free(pool->refs);
+    pgg_config_free(pool->cfg);
+    pthread_mutex_destroy(&pool->ev_mu);
+    free(pool);
+    return NULL;
+}
+
+void pgg_pool_free(pgg_pool *pool)
+{
+    if (!pool)
+        return;
+    atomic_store(&pool->closed, true);
+    pgg__health_stop(pool->health);
+    for (int i = 0; i < pool->nhosts; i++)
+        pgg__host_close(&pool->hosts[i]);
+    pgg__canceller_free(pool->canceller,
+                        ms_to_ns(pool->cfg->cancel_timeout_ms));
+    for (int i = 0; i < pool->nhosts; i++)
+        pgg__host_destroy(&pool->hosts[i]);
+    pgg__bulkhead_destroy(&pool->bulkhead);
+    free(pool->hosts);
+    free(pool->refs);
+    pgg_config_free(pool->cfg);
+    pthread_mutex_destroy(&pool->ev_mu);
+    free(pool);
+}
+
+/* ------------------------------------------------------------- routing */
+
+int pgg__pool_candidates(pgg_pool *pool, pgg_intent intent, int *out)
+{
+    pgg_route_host snap[PGG_MAX_HOSTS];
+
+    for (int i = 0; i < pool->nhosts; i++) {
+        pgg_host *h = &pool->hosts[i];
+        int64_t lag = atomic_load(&h->lag_bytes);
+
+        snap[i].role = (pgg_role)atomic_load(&h->role);
+        snap[i].state = pgg__breaker_state(&h->breaker);
+        snap[i].lag_ok = pool->max_lag_bytes == 0 || lag < 0 ||
+                         lag <= pool->max_lag_bytes;
+        snap[i].busy = atomic_load(&h->inflight);
+    }
+    return pgg__route(intent, pool->read_policy, snap, pool->nhosts,
+                      atomic_fetch_add(&pool->rotate, 1), out);
+}
+
+void pgg__pool_record(pgg_pool *pool, pgg_host *h,
+                      pgg_ticket ticket, pgg_class cls,
+                      int64_t started_ns)
+{
+    int64_t now = pgg__now_ns();
+    pgg_outcome o;
+
+    (void)pool;
+    atomic_fetch_add(&h->calls, 1);
+    switch (cls) {
+    case PGG_CLASS_SUCCESS:
+        atomic_fetch_add(&h->successes, 1);
+        o = PGG_OUTCOME_SUCCESS;
+        break;
+    case PGG_CLASS_IGNORED:
+        atomic_fetch_add(&h->ignored, 1);
+        o = PGG_OUTCOME_IGNORED;
+        break;
+    default:
+        atomic_fetch_add(&h->failures[cls], 1);
+        o = PGG_OUTCOME_FAILURE;
+        break;
+    }
+    pgg__breaker_record(&h->breaker, ticket, o, now - started_ns, now);
+}
+
+/* ------------------------------------------------------------ one call */
+
+bool pgg__host_failure(pgg_class cls)
+{
+    return cls == PGG_CLASS_CONNECTION || cls == PGG_CLASS_TIMEOUT ||
+           cls == PGG_CLASS_UNAVAILABLE;
+}
+
+static void info_reset(pgg_info *info)
+{
+    if (!info)
+        return;
+    memset(info, 0, sizeof *info);
+    info->host_index = -1;
+}
+
+static void info_served(pgg_info *info, const pgg_host *h)
+{
+    if (!info)
+        return;
+    pgg__strlcpy(info->host, h->name, sizeof info->host);
+    info->host_index = h->index;
+}
+
+/* The error for "every candidate refused". */
+int pgg__pool_no_host_error(pgg_pool *pool, pgg_intent intent, int ncand,
+                            pgg_error *err)
+{
+    if (ncand == 0 && intent != PGG_READ)
+        return pgg__error_set(err, PGG_ENOPRIMARY, NULL, NULL,
+                              "no primary among %d host%s (none reports "
+                              "itself primary and none is of unknown role)",
+                              pool->nhosts, pool->nhosts == 1 ? "" : "s");
+    if (ncand == 0)
+        return pgg__error_set(err, PGG_EOPEN, NULL, NULL,
+                              "no eligible host for a read among %d (roles, "
+                              "lag and read_policy exclude them all)",
+                              pool->nhosts);
+    return pgg__error_set(err, PGG_EOPEN, NULL, NULL,
+                          "no eligible host: the circuit breaker of every "
+                          "candidate (%d) is open",
+                          ncand);
+}
+
+/*
+ * Check the role of a connection before a write or a primary read is sent
+ * on it: a fresh connection tells us (in_hot_standby) without a round trip.
+ * Returns false when the host turned out to be a standby.
+ */
+static bool role_fits(pgg_pool *pool, pgg_host *h, PGconn *conn,
+                      pgg_intent intent)
+{
+    pgg_role r = pgg__link_reported_role(conn);
+
+    if (r != PGG_ROLE_UNKNOWN)
+        pgg__pool_set_role(pool, h, r, "reported by the server");
+    return intent == PGG_READ || r != PGG_ROLE_STANDBY;
+}
+
+
+pgg_take pgg__pool_take(pgg_pool *pool, pgg_host *h, pgg_intent intent,
+                        int64_t deadline, pgg_link **l, pgg_ticket *ticket,
+                        bool *rejected, pgg_error *err)
+{
+    pgg_borrow_fail why;
+    int64_t start = pgg__now_ns();
+
+    *l = NULL;
+    if (!pgg__breaker_allow(&h->breaker, start, ticket)) {
+        atomic_fetch_add(&h->rejections, 1);
+        *rejected = true;
+        return PGG_TAKE_SKIPPED;
+    }
+    if (pgg__host_borrow(h, deadline, l, &why, err) != PGG_OK) {
+        if (why != PGG_BORROW_CONNECT) {
+            pgg__pool_record(pool, h, *ticket, PGG_CLASS_IGNORED, start);
+            return PGG_TAKE_SKIPPED;
+        }
+        pgg__pool_record(pool, h, *ticket, PGG_CLASS_CONNECTION, start);
+        pgg__host_note_error(h, err);
+        return PGG_TAKE_FAILED;
+    }
+    if (!role_fits(pool, h, (*l)->conn, intent)) {
+        pgg__host_give_back(h, *l);
+        *l = NULL;
+        pgg__pool_record(pool, h, *ticket, PGG_CLASS_IGNORED, start);
+        return PGG_TAKE_SKIPPED;
+    }
+    atomic_fetch_add(&h->inflight, 1);
+    return PGG_TAKE_OK;
+}
+
+pgg_verdict pgg__pool_exec_on(pgg_pool *pool, pgg_host *h, pgg_link **lp,
+                              pgg_intent intent, const pgg_query *q,
+                              int64_t deadline, const pgg_ticket *ticket,
+                              int64_t started, PGresult **res,
+                              pgg_attempt_end *end, pgg_error *err)
+{
+    pgg_link *l = *lp;
+    pgg_verdict v;
+
+    pgg__link_exec(l->conn, q, deadline, h->name, res, end, err);
+    v = pgg__classify_result(&pool->cfg->classifier, *end, *res, intent,
+                             atomic_load(&h->role) == PGG_ROLE_STANDBY);
+    if (*end != PGG_END_DEADLINE) {
+        pgg_role now_role = pgg__link_reported_role(l->conn);
+
+        /* 25006 from a server that still says it is a primary: a read-only
+         * transaction or setting of the caller's, not a demotion. */
+        if (v.cls == PGG_CLASS_WRONG_ROLE && now_role == PGG_ROLE_PRIMARY) {
+            v.cls = PGG_CLASS_SUCCESS;
+            v.reprobe_role = false;
+            v.code = PGG_ESERVER;
+        }
+        if (now_role != PGG_ROLE_UNKNOWN)
+            pgg__pool_set_role(pool, h, now_role, "reported by the server");
+    }
+    if (v.reprobe_role) {
+        pgg__pool_set_role(pool, h, PGG_ROLE_STANDBY,
+                           "a write was refused as read-only (25006)");
+        pgg__health_wake(pool->health);
+    }
+    if (ticket)
+        pgg__pool_record(pool, h, *ticket, v.cls, started);
+    if (*end == PGG_END_DEADLINE) {
+        /* The session is in an unknown state: it never comes back. */
+        pgg__host_abandon(h, l, pool->canceller);
+        *lp = NULL;
+    }
+    if (err && v.code != PGG_OK)
+        err->code = v.code;
+    if (pgg__host_failure(v.cls) || v.cls == PGG_CLASS_WRONG_ROLE)
+        pgg__host_note_error(h, err);
+    return v;
+}
+
+typedef struct attempt {
+    PGresult *res;
+    pgg_verdict v;
+    pgg_attempt_end end;
+} attempt;
+
+/*
+ * One attempt on one host.  Returns false when the host was skipped
+ * without an attempt (breaker refused, wrong role, pool exhausted).
+ */
+static bool attempt_on(pgg_pool *pool, pgg_host *h, pgg_intent intent,
+                       const pgg_query *q, int64_t deadline, attempt *a,
+                       bool *rejected, pgg_error *err)
+{
+    pgg_ticket ticket;
+    pgg_link *l;
+    int64_t start = pgg__now_ns();
+
+    a->res = NULL;
+    switch (pgg__pool_take(pool, h, intent, deadline, &l, &ticket, rejected,
+                           err)) {
+    case PGG_TAKE_SKIPPED:
+        return false;
+    case PGG_TAKE_FAILED:
+        a->end = PGG_END_CONNECT_FAILED;
+        a->v = pgg__classify(NULL, a->end, PGRES_FATAL_ERROR, NULL, intent,
+                             false);
+        return true;
+    case PGG_TAKE_OK:
+        break;
+    }
+    a->v = pgg__pool_exec_on(pool, h, &l, intent, q, deadline, &ticket, start,
+                             &a->res, &a->end, err);
+    if (l)
+        pgg__host_give_back(h, l);
+    atomic_fetch_sub(&h->inflight, 1);
+    return true;
+}
+
+static bool may_retry(const pgg_pool *pool, pgg_intent intent,
+                      const pgg_call *call, const attempt *a, int attempts)
+{
+    if (call && (call->flags & PGG_CALL_NO_RETRY))
+        return false;
+    if (intent == PGG_WRITE)
+        /* Only what provably never reached a server may run again. */
+        return a->end == PGG_END_CONNECT_FAILED || a->end == PGG_END_NOT_SENT;
+    return a->v.retry && attempts < pool->max_attempts;
+}
+
+static PGresult *run(pgg_pool *pool, pgg_intent intent, const pgg_query *q,
+                     const pgg_call *call, pgg_info *info, pgg_error *err)
+{
+    pgg_error local;
+    int64_t start, deadline, timeout_ns;
+    int cand[PGG_MAX_HOSTS];
+    int ncand, attempts = 0;
+    bool rejected = false, served = false;
+    attempt a = {0};
+    PGresult *res = NULL;
+
+    if (!err)
+        err = &local;
+    pgg_error_clear(err);
+    info_reset(info);
+    if (!pool || !q->sql) {
+        pgg__error_set(err, PGG_EINVAL, NULL, NULL,
+                       "pgg_exec: NULL pool or SQL");
+        return NULL;
+    }
+    if ((unsigned)intent > PGG_READ_PRIMARY) {
+        pgg__error_set(err, PGG_EINVAL, NULL, NULL,
+                       "pgg_exec: unknown intent %d", (int)intent);
+        return NULL;
+    }
+    if (atomic_load(&pool->closed)) {
+        pgg__error_set(err, PGG_ECLOSED, NULL, NULL, "pool closed");
+        return NULL;
+    }
+    start = pgg__now_ns();
+    timeout_ns = pgg__pool_timeout_ns(pool, call ? call->timeout_ms : 0);
+    deadline = start + timeout_ns;
+    atomic_fetch_add(&pool->calls, 1);
+
+    {
+        int64_t wait_until = start + pool->bulkhead_wait_ns;
+        if (pgg__bulkhead_enter(&pool->bulkhead,
+                                wait_until < deadline ? wait_until : deadline,
+                                start) != PGG_OK) {
+            atomic_fetch_add(&pool->calls_failed, 1);
+            pgg__error_set(err, PGG_EBULKHEAD, NULL, NULL,
+                           "bulkhead full: %d calls in flight",
+                           pgg__bulkhead_capacity(&pool->bulkhead));
+            if (info)
+                info->elapsed_us = (pgg__now_ns() - start) / 1000;
+            return NULL;
+        }
+    }
+
+    ncand = pgg__pool_candidates(pool, intent, cand);
+    for (int i = 0; i < ncand && !served; i++) {
+        pgg_host *h = &pool->hosts[cand[i]];
+
+        if (pgg__now_ns() >= deadline) {
+            if (attempts == 0 || !err->code)
+                pgg__error_set(err, PGG_ETIMEDOUT, NULL, NULL,
+                               "deadline exceeded before a host could serve");
+            break;
+        }
+        if (!attempt_on(pool, h, intent, q, deadline, &a, &rejected, err))
+            continue;
+        attempts++;
+        if (!pgg__host_failure(a.v.cls) && a.v.cls != PGG_CLASS_WRONG_ROLE &&
+            !(a.v.cls == PGG_CLASS_IGNORED && a.v.retry &&
+              may_retry(pool, intent, call, &a, attempts))) {
+            served = true;
+            res = a.res;
+            info_served(info, h);
+            break;
+        }
+        if (!may_retry(pool, intent, call, &a, attempts)) {
+            info_served(info, h);
+            PQclear(a.res);
+            break;
+        }
+        PQclear(a.res);
+        a.res = NULL;
+    }
+    if (!served && attempts == 0 &&
+        (err->code == PGG_OK ||
+         (rejected && err->code != PGG_ETIMEDOUT && err->code != PGG_ECLOSED)))
+        pgg__pool_no_host_error(pool, intent, rejected ? ncand : 0, err);
+
+    pgg__bulkhead_leave(&pool->bulkhead);
+    if (!res)
+        atomic_fetch_add(&pool->calls_failed, 1);
+    if (info) {
+        info->attempts = attempts;
+        info->elapsed_us = (pgg__now_ns() - start) / 1000;
+    }
+    return res;
+}
+
+PGresult *pgg_exec(pgg_pool *pool, pgg_intent intent, const char *sql,
+                   const pgg_call *call, pgg_info *info, pgg_error *err)
+{
+    pgg_query q = {sql, 0, NULL, NULL, NULL, NULL,
+                   call ? call->result_format : 0};
+    return run(pool, intent, &q, call, info, err);
+}
+
+PGresult *pgg_exec_params(pgg_pool *pool, pgg_intent intent, const char *sql,
+                          int nparams, const Oid *types,
+                          const char *const *values, const int *lengths,
+                          const int *formats, const pgg_call *call,
+                          pgg_info *info, pgg_error *err)
+{
+    pgg_query q = {sql, nparams, types, values, lengths, formats,
+                   call ? call->result_format : 0};
+
+    if (nparams < 0 || (nparams > 0 && !values && !types)) {
+        pgg__error_set(err, PGG_EINVAL, NULL, NULL,
+                       "pgg_exec_params: %d parameters but no values",
+                       nparams);
+        info_reset(info);
+        return NULL;
+    }
+    /* Parameters force the extended protocol even when there are none. */
+    if (q.nparams == 0 && !q.types)
+        q.types = (const Oid *)"";
+    return run(pool, intent, &q, call, info, err);
+}
+
+/* ----------------------------------------------------------- control */
+
+static pgg_host *host_at(pgg_pool *pool, int index)
+{
+    if (!pool || index < 0 || index >= pool->nhosts)
+        return NULL;
+    return &pool->hosts[index];
+}
+
+int pgg_pool_force_open(pgg_pool *pool, int index)
+{
+    pgg_host *h = host_at(pool, index);
+    if (!h)
+        return PGG_EINVAL;
+    pgg__breaker_force_open(&h->breaker, pgg__now_ns());
+    return PGG_OK;
+}
+
+int pgg_pool_disable_breaker(pgg_pool *pool, int index)
+{
+    pgg_host *h = host_at(pool, index);
+    if (!h)
+        return PGG_EINVAL;
+    pgg__breaker_disable(&h->breaker, pgg__now_ns());
+    return PGG_OK;
+}
+
+int pgg_pool_reset_breaker(pgg_pool *pool, int index)
+{
+    pgg_host *h = host_at(pool, index);
+    if (!h)
+        return PGG_EINVAL;
+    pgg__breaker_reset(&h->breaker, pgg__now_ns());
+    return PGG_OK;
+}
+
+int pgg_pool_resize_bulkhead(pgg_pool *pool, int capacity)
+{
+    if (!pool || capacity < 1)
+        return PGG_EINVAL;
+    return pgg__bulkhead_resize(&pool->bulkhead, capacity);
+}
+
+/* ------------------------------------------------------------- stats */
+
+int pgg_pool_host_count(const pgg_pool *pool)
+{
+    return pool ? pool->nhosts : 0;
+}
+
+int pgg_pool_host_stats(pgg_pool *pool, int index, pgg_host_stats *out)
+{
+    pgg_host *h = host_at(pool, index);
+    pgg_host_counts c;
+    pgg_breaker_stats bs;
+
+    if (!h || !out)
+        return PGG_EINVAL;
+    memset(out, 0, sizeof *out);
+    pgg__strlcpy(out->host, h->name, sizeof out->host);
+    out->role = (pgg_role)atomic_load(&h->role);
+    out->lag_bytes = atomic_load(&h->lag_bytes);
+    pgg__host_counts(h, &c);
+    out->conns_open = c.open;
+    out->conns_idle = c.idle;
+    out->conns_busy = c.busy;
+    out->calls = atomic_load(&h->calls);
+    out->successes = atomic_load(&h->successes);
+    out->ignored = atomic_load(&h->ignored);
+    for (int i = 0; i < PGG_CLASS__COUNT; i++)
+        out->failures[i] = atomic_load(&h->failures[i]);
+    out->rejections = atomic_load(&h->rejections);
+    out->connects = atomic_load(&h->connects);
+    out->connect_failures = atomic_load(&h->connect_failures);
+    pgg__breaker_stats(&h->breaker, pgg__now_ns(), &bs);
+    out->state = bs.state;
+    out->failure_rate = bs.failure_rate;
+    out->slow_call_rate = bs.slow_call_rate;
+    pthread_mutex_lock(&h->mu);
+    out->last_error_code = h->last_error_code;
+    pgg__strlcpy(out->last_error, h->last_error, sizeof out->last_error);
+    pthread_mutex_unlock(&h->mu);
+    return PGG_OK;
+}
+
+int pgg_pool_stats(pgg_pool *pool, pgg_stats *out)
+{
+    pgg_bulkhead_counts bc;
+
+    if (!pool || !out)
+        return PGG_EINVAL;
+    memset(out, 0, sizeof *out);
+    out->hosts = pool->nhosts;
+    pgg__bulkhead_counts(&pool->bulkhead, &bc);
+    out->bulkhead_capacity = bc.capacity;
+    out->bulkhead_in_use = bc.in_use;
+    out->bulkhead_waiting = bc.waiting;
+    out->bulkhead_rejections = bc.rejected_full + bc.timed_out;
+    out->calls = atomic_load(&pool->calls);
+    out->calls_failed = atomic_load(&pool->calls_failed);
+    return PGG_OK;
+}
+
+const char *pgg_role_name(pgg_role role)
+{
+    switch (role) {
+    case PGG_ROLE_PRIMARY:
+        return "primary";
+    case PGG_ROLE_STANDBY:
+        return "standby";
+    case PGG_ROLE_UNKNOWN:
+        break;
+    }
+    return "unknown";
+}

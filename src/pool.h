@@ -1,0 +1,104 @@
+/*
+ * Internal: the pool object shared by pool.c (the path of one call),
+ * lease.c, health.c (the background thread) and metrics.c.
+ */
+#ifndef PGG_POOL_H
+#define PGG_POOL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+
+#include "bulkhead.h"
+#include "classify.h"
+#include "clock.h"
+#include "host.h"
+#include "link.h"
+#include "options.h"
+#include "router.h"
+
+typedef struct pgg_health pgg_health;
+typedef struct pgg_cache pgg_cache;
+
+/* What a breaker listener needs to find its pool and host. */
+typedef struct pgg_host_ref {
+    struct pgg_pool *pool;
+    int index;
+} pgg_host_ref;
+
+struct pgg_pool {
+    pgg_config *cfg; /* the pool's own copy */
+    const pgg_clock *clock;
+    int nhosts;
+    pgg_host *hosts;
+    pgg_host_ref *refs;
+    pgg_bulkhead bulkhead;
+    pgg_canceller *canceller;
+    pgg_health *health;
+    pgg_cache *cache;
+
+    pgg_read_policy read_policy;
+    int max_attempts;
+    int64_t call_timeout_ns;
+    int64_t bulkhead_wait_ns;
+    int64_t max_lag_bytes; /* 0: no limit */
+
+    atomic_uint rotate;
+    atomic_bool closed;
+
+    pthread_mutex_t ev_mu;
+    pgg_event_fn ev_fn;
+    void *ev_ud;
+
+    atomic_uint_fast64_t calls, calls_failed;
+};
+
+/* Record a host's role; emits PGG_EVENT_ROLE when it changed. */
+void pgg__pool_set_role(pgg_pool *pool, pgg_host *h, pgg_role role,
+                        const char *reason);
+/* Deliver an event to the listener, outside every lock. */
+void pgg__pool_emit(pgg_pool *pool, const pgg_event *ev);
+
+/* The router's view of every host, now. */
+int pgg__pool_candidates(pgg_pool *pool, pgg_intent intent, int *out);
+
+/* Turn a verdict into a breaker outcome and host counters. */
+void pgg__pool_record(pgg_pool *pool, pgg_host *h,
+                      pgg_ticket ticket, pgg_class cls,
+                      int64_t started_ns);
+
+/* Does this class count against the host (connection, timeout,
+ * unavailable)? */
+bool pgg__host_failure(pgg_class cls);
+
+typedef enum pgg_take {
+    PGG_TAKE_OK,      /* *l and *ticket are held: record the ticket once */
+    PGG_TAKE_SKIPPED, /* not an attempt: breaker refused, wrong role, pool busy */
+    PGG_TAKE_FAILED   /* connecting failed; recorded against the host */
+} pgg_take;
+
+/* Breaker admission, borrow (maybe connect), role check on one host. */
+pgg_take pgg__pool_take(pgg_pool *pool, pgg_host *h, pgg_intent intent,
+                        int64_t deadline, pgg_link **l, pgg_ticket *ticket,
+                        bool *rejected, pgg_error *err);
+
+/*
+ * Run q on a taken connection, classify, learn the role the server reports,
+ * record the ticket (when not NULL).  When the deadline fired the link is
+ * abandoned and *lp set to NULL; otherwise the caller still holds it.
+ */
+pgg_verdict pgg__pool_exec_on(pgg_pool *pool, pgg_host *h, pgg_link **lp,
+                              pgg_intent intent, const pgg_query *q,
+                              int64_t deadline, const pgg_ticket *ticket,
+                              int64_t started, PGresult **res,
+                              pgg_attempt_end *end, pgg_error *err);
+
+/* The error for a call no host took: PGG_ENOPRIMARY, or PGG_EOPEN when
+ * ncand candidates all refused (ncand 0: none was eligible at all). */
+int pgg__pool_no_host_error(pgg_pool *pool, pgg_intent intent, int ncand,
+                            pgg_error *err);
+
+/* The call's timeout (call->timeout_ms or the default) in ns. */
+int64_t pgg__pool_timeout_ns(const pgg_pool *pool, int timeout_ms);
+
+#endif

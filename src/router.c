@@ -1,0 +1,96 @@
+#include "router.h"
+
+/* Lower is better; -1 excludes the host. */
+static int group_of(pgg_intent intent, pgg_read_policy policy,
+                    const pgg_route_host *h)
+{
+    bool primary_only = intent != PGG_READ || policy == PGG_READ_PRIMARY_ONLY;
+
+    if (h->state == PGG_BREAKER_FORCED_OPEN)
+        return -1;
+    if (primary_only) {
+        switch (h->role) {
+        case PGG_ROLE_PRIMARY:
+            return 0;
+        case PGG_ROLE_UNKNOWN:
+            return 1;
+        case PGG_ROLE_STANDBY:
+            return -1;
+        }
+        return -1;
+    }
+    switch (h->role) {
+    case PGG_ROLE_STANDBY:
+        return h->lag_ok ? 0 : -1;
+    case PGG_ROLE_UNKNOWN:
+        return policy == PGG_READ_ANY ? 0 : 1;
+    case PGG_ROLE_PRIMARY:
+        if (policy == PGG_READ_REPLICA_ONLY)
+            return -1;
+        return policy == PGG_READ_ANY ? 0 : 2;
+    }
+    return -1;
+}
+
+static int tier_of(pgg_breaker_state s)
+{
+    switch (s) {
+    case PGG_BREAKER_HALF_OPEN:
+        return 1;
+    case PGG_BREAKER_OPEN:
+    case PGG_BREAKER_FORCED_OPEN:
+        return 2;
+    case PGG_BREAKER_CLOSED:
+    case PGG_BREAKER_DISABLED:
+    case PGG_BREAKER_METRICS_ONLY:
+        break;
+    }
+    return 0;
+}
+
+typedef struct {
+    int group, tier, busy, spin, index;
+} route_key;
+
+static bool before(const route_key *a, const route_key *b)
+{
+    if (a->group != b->group)
+        return a->group < b->group;
+    if (a->tier != b->tier)
+        return a->tier < b->tier;
+    if (a->busy != b->busy)
+        return a->busy < b->busy;
+    return a->spin < b->spin;
+}
+
+int pgg__route(pgg_intent intent, pgg_read_policy policy,
+               const pgg_route_host *hosts, int n, unsigned rotate, int *out)
+{
+    route_key keys[PGG_MAX_HOSTS];
+    int m = 0;
+
+    if (n > PGG_MAX_HOSTS)
+        n = PGG_MAX_HOSTS;
+    for (int i = 0; i < n; i++) {
+        route_key k;
+        int g = group_of(intent, policy, &hosts[i]);
+        int j;
+
+        if (g < 0)
+            continue;
+        k.group = g;
+        k.tier = tier_of(hosts[i].state);
+        k.busy = hosts[i].busy;
+        k.spin = (int)(((unsigned)i + (unsigned)n - rotate % (unsigned)n) %
+                       (unsigned)n);
+        k.index = i;
+        /* Insertion sort: n is small and usually sorted already. */
+        for (j = m; j > 0 && before(&k, &keys[j - 1]); j--)
+            keys[j] = keys[j - 1];
+        keys[j] = k;
+        m++;
+    }
+    for (int i = 0; i < m; i++)
+        out[i] = keys[i].index;
+    return m;
+}

@@ -1,0 +1,42 @@
+/*
+ * Internal, pure: an intent plus a snapshot of every host -> the hosts to
+ * try, best first.  The router only orders and excludes by role, lag and
+ * breaker state as last seen; the breaker itself decides admission when
+ * the pool walks the list.
+ */
+#ifndef PGG_ROUTER_H
+#define PGG_ROUTER_H
+
+#include <stdbool.h>
+
+#include "pgguard.h"
+
+typedef enum pgg_read_policy {
+    PGG_READ_REPLICA = 0,      /* replicas, then hosts of unknown role, then the primary */
+    PGG_READ_REPLICA_ONLY = 1, /* replicas, then unknown; never the primary */
+    PGG_READ_PRIMARY_ONLY = 2, /* reads go to the primary, like PGG_READ_PRIMARY */
+    PGG_READ_ANY = 3           /* every host that can serve, least busy first */
+} pgg_read_policy;
+
+typedef struct pgg_route_host {
+    pgg_role role;
+    pgg_breaker_state state;
+    bool lag_ok; /* a standby within max lag (or lag not known yet) */
+    int busy;    /* calls in flight on it */
+} pgg_route_host;
+
+/*
+ * Write up to n indices into out (sized for n), best first; returns how
+ * many.  rotate spreads ties between equally busy hosts (pass a counter
+ * that changes per call).
+ * - write, read-primary, and reads under PGG_READ_PRIMARY_ONLY: primaries,
+ *   then hosts of unknown role (connecting tells their role);
+ * - read: standbys within lag, then unknown, then primaries (policy
+ *   permitting); standbys beyond max lag are never candidates.
+ * Within a group: closed before half-open before open, then least busy.
+ * Forced-open hosts are never candidates.
+ */
+int pgg__route(pgg_intent intent, pgg_read_policy policy,
+               const pgg_route_host *hosts, int n, unsigned rotate, int *out);
+
+#endif

@@ -1,0 +1,137 @@
+/* Helpers shared by the pool's integration tests. */
+#ifndef PGG_TEST_POOL_UTIL_H
+#define PGG_TEST_POOL_UTIL_H
+
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "harness.h"
+#include "pgguard.h"
+
+/*
+ * Settings that make faults show within a test's patience: frequent health
+ * rounds, short open times, three consecutive failures to trip, one probe
+ * to close.  Timeouts stay well above what a loaded 2-core machine needs
+ * for a healthy local query.
+ */
+#define TEST_SETTINGS                                                       \
+    "health_interval_ms=100 connect_timeout_ms=1000 call_timeout_ms=3000 "  \
+    "pool_max=4 bulkhead.max_concurrent=16 bulkhead.max_wait_ms=100 "       \
+    "breaker.consecutive_failures=3 breaker.min_calls=10 "                  \
+    "breaker.open_ms=400 breaker.open_max_ms=2000 breaker.open_jitter=0 "   \
+    "breaker.half_open_probes=1 breaker.half_open_successes=1 "             \
+    "cancel_timeout_ms=500"
+
+static inline pgh_cluster *cluster_or_die(int replicas)
+{
+    char err[2048];
+    pgh_cluster *c = pgh_cluster_start(replicas, err, sizeof err);
+    cr_assert_not_null(c, "cluster start: %s", err);
+    return c;
+}
+
+static inline void sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+static inline pgg_host_stats host_stats(pgg_pool *p, int i)
+{
+    pgg_host_stats s;
+    cr_assert_eq(pgg_pool_host_stats(p, i, &s), PGG_OK);
+    return s;
+}
+
+/* Poll until host i has this role (health rounds run every 100 ms). */
+static inline bool wait_role(pgg_pool *p, int i, pgg_role role, int timeout_ms)
+{
+    double end = pgh_now_ms() + timeout_ms;
+    while (pgh_now_ms() < end) {
+        if (host_stats(p, i).role == role)
+            return true;
+        sleep_ms(20);
+    }
+    return false;
+}
+
+static inline bool wait_state(pgg_pool *p, int i, pgg_breaker_state st, int timeout_ms)
+{
+    double end = pgh_now_ms() + timeout_ms;
+    while (pgh_now_ms() < end) {
+        if (host_stats(p, i).state == st)
+            return true;
+        sleep_ms(20);
+    }
+    return false;
+}
+
+/* A pool over the cluster (primary first, then replicas), with the test
+ * settings plus `extra`, once every host's role is known. */
+static inline pgg_pool *pool_for_conninfo(const char *conninfo, const char *extra)
+{
+    pgg_config *cfg = pgg_config_new();
+    pgg_error e;
+    pgg_pool *p;
+
+    cr_assert_not_null(cfg);
+    cr_assert_eq(pgg_config_set_servers(cfg, conninfo, &e), PGG_OK, "servers: %s", e.message);
+    cr_assert_eq(pgg_config_parse(cfg, TEST_SETTINGS, &e), PGG_OK, "settings: %s", e.message);
+    if (extra)
+        cr_assert_eq(pgg_config_parse(cfg, extra, &e), PGG_OK, "extra settings: %s", e.message);
+    p = pgg_pool_new(cfg, &e);
+    pgg_config_free(cfg);
+    cr_assert_not_null(p, "pool: %s: %s", pgg_err_name(e.code), e.message);
+    return p;
+}
+
+static inline pgg_pool *pool_for(pgh_cluster *c, const char *extra)
+{
+    char *ci = pgh_cluster_conninfo(c);
+    pgg_pool *p = pool_for_conninfo(ci, extra);
+    free(ci);
+    cr_assert(wait_role(p, 0, PGG_ROLE_PRIMARY, 10000), "primary's role never learnt");
+    for (int i = 1; i < pgg_pool_host_count(p); i++)
+        cr_assert(wait_role(p, i, PGG_ROLE_STANDBY, 10000), "replica %d's role never learnt", i);
+    return p;
+}
+
+/*
+ * Pool accounting balances: nothing busy, nothing half-connected, every
+ * open connection idle, the bulkhead empty.  Calls are synchronous, so
+ * this holds the moment they have all returned.
+ */
+static inline void assert_balanced(pgg_pool *p)
+{
+    pgg_stats s;
+
+    cr_assert_eq(pgg_pool_stats(p, &s), PGG_OK);
+    cr_expect_eq(s.bulkhead_in_use, 0, "bulkhead slots still held: %d", s.bulkhead_in_use);
+    cr_expect_eq(s.bulkhead_waiting, 0);
+    for (int i = 0; i < pgg_pool_host_count(p); i++) {
+        pgg_host_stats h = host_stats(p, i);
+        cr_expect_eq(h.conns_busy, 0, "%s: %d connections still busy", h.host, h.conns_busy);
+        cr_expect_eq(h.conns_open, h.conns_idle, "%s: open %d != idle %d", h.host,
+                     h.conns_open, h.conns_idle);
+    }
+}
+
+/* A read that must succeed; returns the host index that served it. */
+static inline int read_ok(pgg_pool *p, pgg_intent intent, const char *sql, int timeout_ms)
+{
+    pgg_call call = {timeout_ms, 0, 0, 0};
+    pgg_info info;
+    pgg_error e;
+    PGresult *r = pgg_exec(p, intent, sql, &call, &info, &e);
+
+    cr_assert_not_null(r, "%s failed: %s %s", sql, pgg_err_name(e.code), e.message);
+    cr_assert(PQresultStatus(r) == PGRES_TUPLES_OK || PQresultStatus(r) == PGRES_COMMAND_OK,
+              "%s: %s", sql, PQresultErrorMessage(r));
+    PQclear(r);
+    return info.host_index;
+}
+
+#endif

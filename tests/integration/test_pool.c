@@ -1,0 +1,644 @@
+/*
+ * The guarded pool against a real cluster (a primary and two streaming
+ * replicas from the harness), with real faults.  Each test asserts results,
+ * error codes, where calls ran and breaker states, and ends with the pool's
+ * accounting balanced.
+ */
+#include <pthread.h>
+
+#include "pool_util.h"
+
+static void setup_table(pgh_cluster *c)
+{
+    pgh_node *p = pgh_cluster_primary(c);
+    cr_assert_eq(pgh_node_exec(p,
+                               "DROP TABLE IF EXISTS pgg_pool_t;"
+                               "CREATE TABLE pgg_pool_t (id int PRIMARY KEY, v text);"
+                               "INSERT INTO pgg_pool_t SELECT g, 'v' || g FROM generate_series(1, 100) g;"),
+                 0, "%s", pgh_node_error(p));
+    for (int i = 0; i < pgh_cluster_replica_count(c); i++)
+        cr_assert_eq(pgh_node_wait_replay(pgh_cluster_replica(c, i), p, 10000), 0);
+}
+
+/* ------------------------------------------------------------------ basics */
+
+Test(pool, routes_reads_to_replicas_and_writes_to_primary)
+{
+    pgh_cluster *c = cluster_or_die(2);
+    pgh_require_replicas(c, 2);
+    setup_table(c);
+    pgg_pool *p = pool_for(c, NULL);
+    int served[3] = {0, 0, 0};
+
+    for (int i = 0; i < 40; i++)
+        served[read_ok(p, PGG_READ, "SELECT v FROM pgg_pool_t WHERE id = 7", 0)]++;
+    cr_expect_eq(served[0], 0, "a read went to the primary while replicas were healthy");
+    cr_expect_gt(served[1], 0, "replica 1 never served");
+    cr_expect_gt(served[2], 0, "replica 2 never served");
+
+    for (int i = 0; i < 10; i++) {
+        cr_expect_eq(read_ok(p, PGG_WRITE, "UPDATE pgg_pool_t SET v = 'w' WHERE id = 1", 0), 0);
+        cr_expect_eq(read_ok(p, PGG_READ_PRIMARY, "SELECT v FROM pgg_pool_t WHERE id = 1", 0), 0);
+    }
+
+    /* Parameters, and the result is an ordinary PGresult. */
+    const char *vals[] = {"42"};
+    pgg_info info;
+    pgg_error e;
+    PGresult *r = pgg_exec_params(p, PGG_READ, "SELECT v FROM pgg_pool_t WHERE id = $1", 1,
+                                  NULL, vals, NULL, NULL, NULL, &info, &e);
+    cr_assert_not_null(r, "%s", e.message);
+    cr_expect_str_eq(PQgetvalue(r, 0, 0), "v42");
+    cr_expect_eq(info.attempts, 1);
+    cr_expect_neq(info.host_index, 0);
+    cr_expect(strchr(info.host, ':') != NULL, "host is host:port: %s", info.host);
+    PQclear(r);
+
+    pgg_stats s;
+    pgg_pool_stats(p, &s);
+    cr_expect_eq(s.calls, 61);
+    cr_expect_eq(s.calls_failed, 0);
+    assert_balanced(p);
+    pgg_pool_free(p);
+    pgh_cluster_free(c);
+}
+
+Test(pool, user_errors_never_open_a_breaker)
+{
+    pgh_cluster *c = cluster_or_die(2);
+    setup_table(c);
+    pgg_pool *p = pool_for(c, NULL);
+    pgg_error e;
+    pgg_info info;
+
+    for (int i = 0; i < 30; i++) {
+        PGresult *r = pgg_exec(p, PGG_READ, "SELEC broken", NULL, &info, &e);
+        cr_assert_not_null(r, "a user error is a server answer, not a failure");
+        cr_expect_eq(PQresultStatus(r), PGRES_FATAL_ERROR);
+        cr_expect_eq(e.code, PGG_ESERVER);
+        cr_expect_str_eq(e.sqlstate, "42601");
+        cr_expect_eq(info.attempts, 1, "a user error is not retried elsewhere");
+        PQclear(r);
+
+        r = pgg_exec(p, PGG_WRITE, "INSERT INTO pgg_pool_t VALUES (1, 'dup')", NULL, &info, &e);
+        cr_assert_not_null(r);
+        cr_expect_eq(e.code, PGG_ESERVER);
+        cr_expect_str_eq(e.sqlstate, "23505");
+        cr_expect_eq(info.host_index, 0);
+        PQclear(r);
+
+        r = pgg_exec(p, PGG_WRITE, "SELECT 1/0", NULL, &info, &e);
+        cr_assert_not_null(r);
+        cr_expect_str_eq(e.sqlstate, "22012");
+        PQclear(r);
+    }
+    for (int i = 0; i < pgg_pool_host_count(p); i++) {
+        pgg_host_stats h = host_stats(p, i);
+        cr_expect_eq(h.state, PGG_BREAKER_CLOSED, "%s opened on user errors", h.host);
+        for (int k = PGG_CLASS_CONNECTION; k < PGG_CLASS__COUNT; k++)
+            cr_expect_eq(h.failures[k], 0, "%s counted a %s failure", h.host,
+                         pgg_class_name((pgg_class)k));
+    }
+    cr_expect_eq(host_stats(p, 0).successes, 60);
+    assert_balanced(p);
+    pgg_pool_free(p);
+    pgh_cluster_free(c);
+}
+
+/* ------------------------------------------------------------ primary down */
+
+Test(pool, primary_stopped_writes_fail_fast_reads_continue)
+{
+    pgh_cluster *c = cluster_or_die(2);
+    pgh_require_local(c, "stopping the primary");
+    pgh_require_replicas(c, 2);
+    setup_table(c);
+    pgg_pool *p = pool_for(c, NULL);
+    pgg_error e;
+    pgg_info info;
+
+    read_ok(p, PGG_WRITE, "UPDATE pgg_pool_t SET v = 'x' WHERE id = 2", 0);
+    cr_assert_eq(pgh_node_stop(pgh_cluster_primary(c), PGH_STOP_IMMEDIATE), 0);
+
+    /* Writes fail (connection) until the breaker opens, then fail fast
+     * without touching the network. */
+    int failures_before_open = 0;
+    bool open = false;
+    for (int i = 0; i < 20 && !open; i++) {
+        PGresult *r = pgg_exec(p, PGG_WRITE, "UPDATE pgg_pool_t SET v = 'y' WHERE id = 2",
+                               NULL, &info, &e);
+        cr_expect_null(r);
+        if (e.code == PGG_EOPEN) {
+            open = true;
+            cr_expect_eq(info.attempts, 0, "an open breaker still let the call through");
+            cr_expect(strstr(e.message, "open") != NULL, "message: %s", e.message);
+        } else {
+            cr_expect(e.code == PGG_ECONNECT || e.code == PGG_EUNAVAILABLE,
+                      "write failed with %s: %s", pgg_err_name(e.code), e.message);
+            failures_before_open++;
+        }
+        PQclear(r);
+    }
+    cr_expect(open, "the primary's breaker never opened");
+    cr_expect_leq(failures_before_open, 3, "took %d failures to open (threshold 3)",
+                  failures_before_open);
+    cr_expect_eq(host_stats(p, 0).state, PGG_BREAKER_OPEN);
+
+    /* Reads never noticed. */
+    for (int i = 0; i < 40; i++) {
+        int h = read_ok(p, PGG_READ, "SELECT v FROM pgg_pool_t WHERE id = 3", 0);
+        cr_expect(h == 1 || h == 2, "read served by %d", h);
+    }
+    /* Reading your own writes needs the primary: it is open too. */
+    PGresult *r = pgg_exec(p, PGG_READ_PRIMARY, "SELECT 1", NULL, &info, &e);
+    cr_expect_null(r);
+    cr_expect_eq(e.code, PGG_EOPEN, "read-primary: %s", pgg_err_name(e.code));
+    PQclear(r);
+
+    assert_balanced(p);
+    pgg_pool_free(p);
+    pgh_cluster_free(c);
+}
+
+/* --------------------------------------------------------- replica hang */
+
+Test(pool, hung_replica_is_bounded_then_skipped_then_probed_back)
+{
+    pgh_cluster *c = cluster_or_die(2);
+    pgh_require_local(c, "a hang (SIGSTOP)");
+    pgh_require_replicas(c, 2);
+    setup_table(c);
+    pgg_pool *p = pool_for(c, NULL);
+    const int timeout_ms = 300;
+    double worst_overshoot = -1e9;
+
+    /* Both replicas hold pooled connections before the hang. */
+    for (int i = 0; i < 10; i++)
+        read_ok(p, PGG_READ, "SELECT 1", 0);
+
+    cr_assert_eq(pgh_node_hang(pgh_cluster_replica(c, 0)), 0);
+    int failed = 0, served_by_hung = 0;
+    for (int i = 0; i < 30; i++) {
+        pgg_call call = {timeout_ms, 0, 0, 0};
+        pgg_info info;
+        pgg_error e;
+        double t0 = pgh_now_ms();
+        PGresult *r = pgg_exec(p, PGG_READ, "SELECT v FROM pgg_pool_t WHERE id = 5", &call,
+                               &info, &e);
+        double took = pgh_now_ms() - t0;
+        if (took - timeout_ms > worst_overshoot)
+            worst_overshoot = took - timeout_ms;
+        cr_expect_leq(took, timeout_ms + 50.0, "call %d waited %.1f ms, deadline %d ms", i,
+                      took, timeout_ms);
+        if (!r) {
+            failed++;
+            cr_expect_eq(e.code, PGG_ETIMEDOUT, "failed with %s: %s", pgg_err_name(e.code),
+                         e.message);
+        } else if (info.host_index == 1) {
+            served_by_hung++;
+        }
+        PQclear(r);
+    }
+    fprintf(stderr, "hung replica: %d of 30 reads timed out; worst overshoot %.2f ms\n", failed,
+            worst_overshoot);
+    cr_expect_eq(served_by_hung, 0);
+    cr_expect_leq(failed, 3, "the breaker should open after 3 timeouts");
+    pgg_host_stats hs = host_stats(p, 1);
+    cr_expect(hs.state == PGG_BREAKER_OPEN || hs.state == PGG_BREAKER_HALF_OPEN,
+              "hung replica's breaker is %s", pgg_breaker_state_name(hs.state));
+    cr_expect_geq(hs.failures[PGG_CLASS_TIMEOUT], 1);
+
+    /* Resume: a half-open probe (the health thread's, or a call's) closes it. */
+    cr_assert_eq(pgh_node_resume(pgh_cluster_replica(c, 0)), 0);
+    cr_expect(wait_state(p, 1, PGG_BREAKER_CLOSED, 15000), "breaker did not close after resume: %s",
+              pgg_breaker_state_name(host_stats(p, 1).state));
+    bool back = false;
+    for (int i = 0; i < 40 && !back; i++)
+        back = read_ok(p, PGG_READ, "SELECT 1", 0) == 1;
+    cr_expect(back, "reads never returned to the resumed replica");
+
+    assert_balanced(p);
+    pgg_pool_free(p);
+    pgh_cluster_free(c);
+}
+
+/* ----------------------------------------------------------- promotion */
+
+Test(pool, writes_follow_a_promotion)
+{
+    pgh_cluster *c = cluster_or_die(2);
+    pgh_require_local(c, "promotion");
+    pgh_require_replicas(c, 2);
+    setup_table(c);
+    pgg_pool *p = pool_for(c, NULL);
+
+    read_ok(p, PGG_WRITE, "UPDATE pgg_pool_t SET v = 'before' WHERE id = 9", 0);
+    cr_assert_eq(pgh_node_wait_replay(pgh_cluster_replica(c, 0), pgh_cluster_primary(c), 10000), 0);
+    cr_assert_eq(pgh_node_stop(pgh_cluster_primary(c), PGH_STOP_IMMEDIATE), 0);
+    double t0 = pgh_now_ms();
+    cr_assert_eq(pgh_node_promote(pgh_cluster_replica(c, 0)), 0);
+
+    int served = -1;
+    double followed = -1;
+    while (pgh_now_ms() - t0 < 15000) {
+        pgg_info info;
+        pgg_error e;
+        PGresult *r = pgg_exec(p, PGG_WRITE, "UPDATE pgg_pool_t SET v = 'after' WHERE id = 9",
+                               NULL, &info, &e);
+        if (r && PQresultStatus(r) == PGRES_COMMAND_OK) {
+            served = info.host_index;
+            followed = pgh_now_ms() - t0;
+            PQclear(r);
+            break;
+        }
+        PQclear(r);
+        sleep_ms(10);
+    }
+    fprintf(stderr, "promotion followed by writes after %.0f ms\n", followed);
+    cr_expect_eq(served, 1, "writes never reached the promoted replica");
+    cr_expect_eq(host_stats(p, 1).role, PGG_ROLE_PRIMARY);
+    char v[64];
+    cr_expect_eq(pgh_node_query_value(pgh_cluster_replica(c, 0),
+                                      "SELECT v FROM pgg_pool_t WHERE id = 9", v, sizeof v), 0);
+    cr_expect_str_eq(v, "after");
+
+    assert_balanced(p);
+    pgg_pool_free(p);
+    pgh_cluster_free(c);
+}
+
+/* ----------------------------------------------------------------- lag */
+
+Test(pool, lagging_replica_gets_no_reads)
+{
+    pgh_cluster *c = cluster_or_die(2);
+    pgh_require_local(c, "pausing replay");
+    pgh_require_replicas(c, 2);
+    setup_table(c);
+    pgg_pool *p = pool_for(c, "max_replica_lag_bytes=65536");
+    pgh_node *lagger = pgh_cluster_replica(c, 0);
+
+    cr_assert_eq(pgh_node_pause_replay(lagger), 0);
+    read_ok(p, PGG_WRITE,
+            "INSERT INTO pgg_pool_t SELECT g, repeat('x', 500) FROM generate_series(1000, 2000) g",
+            0);
+    /* The other replica catches up; the paused one cannot. */
+    cr_assert_eq(pgh_node_wait_replay(pgh_cluster_replica(c, 1), pgh_cluster_primary(c), 10000), 0);
+    double end = pgh_now_ms() + 10000;
+    while (pgh_now_ms() < end &&
+           (host_stats(p, 1).lag_bytes <= 65536 || host_stats(p, 2).lag_bytes > 65536))
+        sleep_ms(20);
+    fprintf(stderr, "lagging replica: %lld bytes behind\n", (long long)host_stats(p, 1).lag_bytes);
+    cr_assert_gt(host_stats(p, 1).lag_bytes, 65536, "the health thread never measured the lag");
+
+    for (int i = 0; i < 30; i++) {
+        int h = read_ok(p, PGG_READ, "SELECT count(*) FROM pgg_pool_t", 0);
+        cr_expect_eq(h, 2, "a read went to host %d (lag %lld / %lld)", h,
+                     (long long)host_stats(p, 1).lag_bytes, (long long)host_stats(p, 2).lag_bytes);
+    }
+
+    cr_assert_eq(pgh_node_resume_replay(lagger), 0);
+    end = pgh_now_ms() + 10000;
+    while (pgh_now_ms() < end && host_stats(p, 1).lag_bytes > 65536)
+        sleep_ms(20);
+    bool back = false;
+    for (int i = 0; i < 40 && !back; i++)
+        back = read_ok(p, PGG_READ, "SELECT 1", 0) == 1;
+    cr_expect(back, "reads never returned to the replica after it caught up");
+
+    assert_balanced(p);
+    pgg_pool_free(p);
+    pgh_cluster_free(c);
+}
+
+/* ------------------------------------------------------- replicas down */
+
+Test(pool, all_replicas_down_reads_go_to_the_primary)
+{
+    pgh_cluster *c = cluster_or_die(2);
+    pgh_require_local(c, "stopping replicas");
+    pgh_require_replicas(c, 2);
+    setup_table(c);
+    pgg_pool *p = pool_for(c, NULL);
+
+    cr_assert_eq(pgh_node_stop(pgh_cluster_replica(c, 0), PGH_STOP_IMMEDIATE), 0);
+    cr_assert_eq(pgh_node_stop(pgh_cluster_replica(c, 1), PGH_STOP_IMMEDIATE), 0);
+    for (int i = 0; i < 40; i++)
+        cr_expect_eq(read_ok(p, PGG_READ, "SELECT v FROM pgg_pool_t WHERE id = 4", 0), 0);
+    cr_expect(wait_state(p, 1, PGG_BREAKER_OPEN, 5000) || host_stats(p, 1).state == PGG_BREAKER_HALF_OPEN);
+    cr_expect_gt(host_stats(p, 1).failures[PGG_CLASS_CONNECTION] +
+                     host_stats(p, 2).failures[PGG_CLASS_CONNECTION], 0);
+
+    assert_balanced(p);
+    pgg_pool_free(p);
+    pgh_cluster_free(c);
+}
+
+/* ------------------------------------------------------------ bulkhead */
+
+Test(pool, bulkhead_rejections_are_immediate_counted_and_open_nothing)
+{
+    pgh_cluster *c = cluster_or_die(1);
+    pgg_pool *p = pool_for(c, "bulkhead.max_concurrent=2 bulkhead.max_wait_ms=0");
+    pgg_error e;
+    pgg_info info;
+
+    pgg_lease *a = pgg_acquire(p, PGG_READ, 0, NULL, &e);
+    cr_assert_not_null(a, "%s", e.message);
+    pgg_lease *b = pgg_acquire(p, PGG_WRITE, 0, NULL, &e);
+    cr_assert_not_null(b, "%s", e.message);
+
+    for (int i = 0; i < 50; i++) {
+        double t0 = pgh_now_ms();
+        PGresult *r = pgg_exec(p, PGG_READ, "SELECT 1", NULL, &info, &e);
+        double took = pgh_now_ms() - t0;
+        cr_expect_null(r);
+        cr_expect_eq(e.code, PGG_EBULKHEAD);
+        cr_expect_eq(info.attempts, 0);
+        cr_expect_lt(took, 100.0, "a rejection waited %.1f ms", took);
+        PQclear(r);
+    }
+    pgg_lease *third = pgg_acquire(p, PGG_READ, 0, NULL, &e);
+    cr_expect_null(third);
+    cr_expect_eq(e.code, PGG_EBULKHEAD);
+
+    pgg_stats s;
+    pgg_pool_stats(p, &s);
+    cr_expect_eq(s.bulkhead_rejections, 51);
+    cr_expect_eq(s.bulkhead_in_use, 2);
+    for (int i = 0; i < pgg_pool_host_count(p); i++) {
+        pgg_host_stats h = host_stats(p, i);
+        cr_expect_eq(h.state, PGG_BREAKER_CLOSED);
+        cr_expect_eq(h.failures[PGG_CLASS_CONNECTION] + h.failures[PGG_CLASS_TIMEOUT] +
+                         h.failures[PGG_CLASS_UNAVAILABLE],
+                     0);
+    }
+    pgg_release(a);
+    pgg_release(b);
+    read_ok(p, PGG_READ, "SELECT 1", 0);
+
+    /* Waiting for a slot: the bulkhead admits a waiter when one frees. */
+    cr_assert_eq(pgg_pool_resize_bulkhead(p, 1), PGG_OK);
+    a = pgg_acquire(p, PGG_READ, 0, NULL, &e);
+    cr_assert_not_null(a);
+    PGresult *r = pgg_exec(p, PGG_READ, "SELECT 1", NULL, NULL, &e);
+    cr_expect_null(r);
+    cr_expect_eq(e.code, PGG_EBULKHEAD);
+    pgg_release(a);
+
+    assert_balanced(p);
+    pgg_pool_free(p);
+    pgh_cluster_free(c);
+}
+
+/* ------------------------------------------------------------ the proxy */
+
+Test(pool, blackhole_times_out_at_the_deadline_and_opens)
+{
+    pgh_cluster *c = cluster_or_die(1);
+    pgh_require_local(c, "a proxy between pgguard and a local replica");
+    char err[512];
+    pgh_node *replica = pgh_cluster_replica(c, 0);
+    pgh_proxy *px = pgh_proxy_start(pgh_node_host(replica), pgh_node_port(replica), err, sizeof err);
+    cr_assert_not_null(px, "%s", err);
+    char ci[512];
+    snprintf(ci, sizeof ci, "host=127.0.0.1,127.0.0.1 port=%d,%d user=postgres dbname=postgres",
+             pgh_node_port(pgh_cluster_primary(c)), pgh_proxy_port(px));
+    pgg_pool *p = pool_for_conninfo(ci, NULL);
+    cr_assert(wait_role(p, 1, PGG_ROLE_STANDBY, 10000));
+
+    cr_expect_eq(read_ok(p, PGG_READ, "SELECT 1", 0), 1);
+    pgh_proxy_set_mode(px, PGH_PROXY_BLACKHOLE, 0);
+    int timeouts = 0;
+    for (int i = 0; i < 10; i++) {
+        pgg_call call = {250, 0, 0, 0};
+        pgg_info info;
+        pgg_error e;
+        double t0 = pgh_now_ms();
+        PGresult *r = pgg_exec(p, PGG_READ, "SELECT 1", &call, &info, &e);
+        double took = pgh_now_ms() - t0;
+        cr_expect_leq(took, 250 + 50.0, "waited %.1f ms past a 250 ms deadline", took);
+        if (!r) {
+            cr_expect_eq(e.code, PGG_ETIMEDOUT, "%s: %s", pgg_err_name(e.code), e.message);
+            timeouts++;
+        } else {
+            cr_expect_eq(info.host_index, 0, "served through the blackhole?");
+        }
+        PQclear(r);
+    }
+    cr_expect_geq(timeouts, 1);
+    cr_expect_leq(timeouts, 3);
+    pgg_host_stats hs = host_stats(p, 1);
+    cr_expect(hs.state != PGG_BREAKER_CLOSED, "blackholed replica still closed");
+
+    /* RST on everything: connection failures, retried on the primary. */
+    pgh_proxy_set_mode(px, PGH_PROXY_RESET, 0);
+    pgg_pool_reset_breaker(p, 1);
+    for (int i = 0; i < 10; i++)
+        cr_expect_eq(read_ok(p, PGG_READ, "SELECT 1", 0), 0);
+
+    pgh_proxy_set_mode(px, PGH_PROXY_PASS, 0);
+    cr_expect(wait_state(p, 1, PGG_BREAKER_CLOSED, 15000), "did not close after PASS: %s",
+              pgg_breaker_state_name(host_stats(p, 1).state));
+
+    assert_balanced(p);
+    pgg_pool_free(p);
+    pgh_proxy_free(px);
+    pgh_cluster_free(c);
+}
+
+/* --------------------------------------------------------------- leases */
+
+Test(pool, lease_on_a_host_that_dies_mid_transaction)
+{
+    pgh_cluster *c = cluster_or_die(1);
+    pgh_require_local(c, "stopping the primary");
+    setup_table(c);
+    pgg_pool *p = pool_for(c, NULL);
+    pgg_error e;
+    pgg_info info;
+
+    pgg_lease *l = pgg_acquire(p, PGG_WRITE, 0, &info, &e);
+    cr_assert_not_null(l, "%s", e.message);
+    cr_expect_eq(info.host_index, 0);
+    cr_expect_not_null(pgg_lease_conn(l));
+    PGresult *r = pgg_lease_exec(l, "BEGIN", 0, &e);
+    cr_assert_not_null(r, "%s", e.message);
+    PQclear(r);
+    r = pgg_lease_exec(l, "INSERT INTO pgg_pool_t VALUES (5000, 'lost')", 0, &e);
+    cr_assert_not_null(r, "%s", e.message);
+    PQclear(r);
+    cr_expect_eq(host_stats(p, 0).conns_busy, 1);
+
+    cr_assert_eq(pgh_node_stop(pgh_cluster_primary(c), PGH_STOP_IMMEDIATE), 0);
+    r = pgg_lease_exec(l, "COMMIT", 1000, &e);
+    cr_expect_null(r, "a commit on a dead server succeeded?");
+    cr_expect(e.code == PGG_ECONNECT || e.code == PGG_EUNAVAILABLE, "%s: %s",
+              pgg_err_name(e.code), e.message);
+    r = pgg_lease_exec(l, "SELECT 1", 1000, &e);
+    cr_expect_null(r);
+    cr_expect_eq(e.code, PGG_ECONNECT, "a broken lease keeps failing");
+    pgg_release(l);
+
+    pgg_host_stats hs = host_stats(p, 0);
+    cr_expect_eq(hs.conns_busy, 0);
+    cr_expect_eq(hs.conns_open, hs.conns_idle);
+
+    cr_assert_eq(pgh_node_start(pgh_cluster_primary(c)), 0);
+    char v[16];
+    cr_assert_eq(pgh_node_query_value(pgh_cluster_primary(c),
+                                      "SELECT count(*) FROM pgg_pool_t WHERE id = 5000", v, sizeof v), 0);
+    cr_expect_str_eq(v, "0", "the uncommitted row survived");
+
+    assert_balanced(p);
+    pgg_pool_free(p);
+    pgh_cluster_free(c);
+}
+
+Test(pool, lease_transaction_commits_and_connection_returns)
+{
+    pgh_cluster *c = cluster_or_die(1);
+    setup_table(c);
+    pgg_pool *p = pool_for(c, NULL);
+    pgg_error e;
+
+    pgg_lease *l = pgg_acquire(p, PGG_WRITE, 0, NULL, &e);
+    cr_assert_not_null(l, "%s", e.message);
+    const char *vals[] = {"6000", "kept"};
+    PQclear(pgg_lease_exec(l, "BEGIN", 0, &e));
+    PGresult *r = pgg_lease_exec_params(l, "INSERT INTO pgg_pool_t VALUES ($1, $2)", 2, NULL,
+                                        vals, NULL, NULL, 0, 0, &e);
+    cr_assert_not_null(r, "%s", e.message);
+    cr_expect_eq(PQresultStatus(r), PGRES_COMMAND_OK);
+    PQclear(r);
+    /* A user error inside the transaction: the lease is not broken. */
+    r = pgg_lease_exec(l, "SELECT nonsense_column FROM pgg_pool_t", 0, &e);
+    cr_assert_not_null(r);
+    cr_expect_eq(e.code, PGG_ESERVER);
+    PQclear(r);
+    PQclear(pgg_lease_exec(l, "ROLLBACK", 0, &e));
+    PQclear(pgg_lease_exec(l, "BEGIN", 0, &e));
+    PQclear(pgg_lease_exec_params(l, "INSERT INTO pgg_pool_t VALUES ($1, $2)", 2, NULL, vals,
+                                  NULL, NULL, 0, 0, &e));
+    PQclear(pgg_lease_exec(l, "COMMIT", 0, &e));
+    cr_expect_eq(e.code, PGG_OK, "%s", e.message);
+    pgg_release(l);
+    cr_expect_eq(host_stats(p, 0).conns_idle, 1, "the clean connection went back to the pool");
+
+    /* Released mid-transaction: closed, never pooled. */
+    l = pgg_acquire(p, PGG_WRITE, 0, NULL, &e);
+    cr_assert_not_null(l);
+    PQclear(pgg_lease_exec(l, "BEGIN", 0, &e));
+    pgg_release(l);
+    pgg_host_stats hs = host_stats(p, 0);
+    cr_expect_eq(hs.conns_open, 0, "a connection in a transaction was pooled");
+
+    char v[16];
+    pgh_node_query_value(pgh_cluster_primary(c),
+                         "SELECT count(*) FROM pgg_pool_t WHERE id = 6000", v, sizeof v);
+    cr_expect_str_eq(v, "1");
+    assert_balanced(p);
+    pgg_pool_free(p);
+    pgh_cluster_free(c);
+}
+
+/* ------------------------------------------------------- bad input */
+
+Test(pool, bad_input_gets_clear_errors)
+{
+    pgg_error e;
+    pgg_config *cfg = pgg_config_new();
+
+    cr_expect_null(pgg_pool_new(NULL, &e));
+    cr_expect_eq(e.code, PGG_EINVAL);
+    cr_expect_null(pgg_pool_new(cfg, &e), "a pool without servers");
+    cr_expect_eq(e.code, PGG_ECONFIG);
+    cr_expect_neq(pgg_config_set_servers(cfg, "host=a port=1,2,3 password=sekrit", &e), PGG_OK);
+    cr_expect_null(strstr(e.message, "sekrit"), "password in: %s", e.message);
+    pgg_config_free(cfg);
+
+    cr_expect_null(pgg_exec(NULL, PGG_READ, "SELECT 1", NULL, NULL, &e));
+    cr_expect_eq(e.code, PGG_EINVAL);
+    cr_expect_null(pgg_acquire(NULL, PGG_READ, 0, NULL, &e));
+    cr_expect_eq(e.code, PGG_EINVAL);
+    cr_expect_null(pgg_lease_exec(NULL, "SELECT 1", 0, &e));
+    cr_expect_eq(e.code, PGG_EINVAL);
+    pgg_release(NULL);
+    pgg_pool_free(NULL);
+    cr_expect_eq(pgg_pool_host_stats(NULL, 0, NULL), PGG_EINVAL);
+}
+
+Test(pool, unreachable_hosts_fail_within_the_deadline_without_a_password_leak)
+{
+    /* Nothing listens on port 1: connects are refused at once. */
+    pgg_pool *p = pool_for_conninfo(
+        "host=127.0.0.1 port=1 user=postgres password=topsecret dbname=postgres", NULL);
+    pgg_error e;
+    pgg_info info;
+
+    for (int i = 0; i < 6; i++) {
+        PGresult *r = pgg_exec(p, PGG_WRITE, "SELECT 1", NULL, &info, &e);
+        cr_expect_null(r);
+        cr_expect(e.code == PGG_ECONNECT || e.code == PGG_EOPEN || e.code == PGG_ENOPRIMARY,
+                  "%s", pgg_err_name(e.code));
+        cr_expect_null(strstr(e.message, "topsecret"), "password in: %s", e.message);
+        PQclear(r);
+    }
+    pgg_host_stats hs = host_stats(p, 0);
+    cr_expect_null(strstr(hs.last_error, "topsecret"));
+    cr_expect_neq(hs.state, PGG_BREAKER_CLOSED);
+    assert_balanced(p);
+    pgg_pool_free(p);
+}
+
+/* ------------------------------------------------------------- threads */
+
+typedef struct {
+    pgg_pool *p;
+    int ok, failed;
+} worker_arg;
+
+static void *worker(void *arg)
+{
+    worker_arg *w = arg;
+    for (int i = 0; i < 300; i++) {
+        pgg_error e;
+        PGresult *r = pgg_exec(w->p, i % 5 ? PGG_READ : PGG_WRITE,
+                               i % 5 ? "SELECT v FROM pgg_pool_t WHERE id = 3"
+                                     : "UPDATE pgg_pool_t SET v = 'm' WHERE id = 3",
+                               NULL, NULL, &e);
+        if (r && (PQresultStatus(r) == PGRES_TUPLES_OK || PQresultStatus(r) == PGRES_COMMAND_OK))
+            w->ok++;
+        else
+            w->failed++;
+        PQclear(r);
+    }
+    return NULL;
+}
+
+Test(pool, many_threads_share_one_pool)
+{
+    pgh_cluster *c = cluster_or_die(2);
+    setup_table(c);
+    pgg_pool *p = pool_for(c, "pool_max=3 bulkhead.max_concurrent=8 bulkhead.max_wait_ms=2000");
+    pthread_t t[8];
+    worker_arg w[8];
+
+    for (int i = 0; i < 8; i++) {
+        w[i] = (worker_arg){p, 0, 0};
+        pthread_create(&t[i], NULL, worker, &w[i]);
+    }
+    int ok = 0, failed = 0;
+    for (int i = 0; i < 8; i++) {
+        pthread_join(t[i], NULL);
+        ok += w[i].ok;
+        failed += w[i].failed;
+    }
+    cr_expect_eq(failed, 0);
+    cr_expect_eq(ok, 2400);
+    for (int i = 0; i < pgg_pool_host_count(p); i++)
+        cr_expect_leq(host_stats(p, i).conns_open, 3, "pool_max exceeded");
+    assert_balanced(p);
+    pgg_pool_free(p);
+    pgh_cluster_free(c);
+}
