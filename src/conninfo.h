@@ -1,0 +1,63 @@
+/*
+ * Internal: splitting a multi-host libpq conninfo (key=value or URI) into
+ * one parameter set per host, exactly as libpq pairs its host, hostaddr and
+ * port lists, so that each host can be connected, pooled and guarded on its
+ * own with PQconnectStartParams(keys, vals, 0).
+ */
+#ifndef PGG_CONNINFO_H
+#define PGG_CONNINFO_H
+
+#include <stdbool.h>
+
+#include "pgguard.h"
+
+/* More hosts than this is a configuration error (a fleet, not a cluster). */
+#define PGG_MAX_HOSTS 64
+
+/* One server of the conninfo, in conninfo order. */
+typedef struct pgg_host_spec {
+    /* "host:port" for errors, stats and events: "[::1]:5432" for an IPv6
+     * address, "/socket/dir:5432" for a Unix-domain socket.  Never holds a
+     * password. */
+    char *name;
+    /* NULL-terminated, ready for PQconnectStartParams(keys, vals, 0): this
+     * host's single host / hostaddr / port, and every other keyword of the
+     * conninfo (user, dbname, password, sslmode, ...).  Owned here. */
+    const char **keys;
+    const char **vals;
+    int nparams;       /* entries before the terminating NULL */
+    bool unix_socket;  /* reached through a socket directory */
+} pgg_host_spec;
+
+/*
+ * Parse conninfo and split it into hosts.  On success *out is an array of
+ * *n specs (1 <= *n <= PGG_MAX_HOSTS), freed with pgg__host_specs_free().
+ * On failure nothing is allocated and *err (PGG_ECONFIG / PGG_ENOMEM) holds
+ * a message that never contains a password or the raw conninfo.
+ *
+ * Where libpq would take host, hostaddr or port from the environment
+ * (PGHOST, PGHOSTADDR, PGPORT) because the conninfo does not give them, the
+ * environment is read here, at parse time, so that a list in PGHOST splits
+ * like one in the conninfo.  With a service (the "service" keyword or
+ * PGSERVICE), nothing is read here: libpq resolves the service file when it
+ * connects, and the conninfo counts as one host.
+ */
+int pgg__conninfo_split(const char *conninfo, pgg_host_spec **out, int *n,
+                        pgg_error *err);
+
+/* Free n specs and the array.  Accepts NULL. */
+void pgg__host_specs_free(pgg_host_spec *specs, int n);
+
+/* A deep copy of n specs (NULL for n == 0); PGG_ENOMEM on failure. */
+int pgg__host_specs_copy(const pgg_host_spec *src, int n,
+                         pgg_host_spec **out);
+
+/*
+ * A malloc'd copy of conninfo with the value of every secret keyword
+ * (password, sslpassword) replaced, in key=value and URI forms alike; NULL
+ * when out of memory.  It parses the way libpq does, so an error that libpq
+ * reports on the copy is the one it reports on the original.
+ */
+char *pgg__conninfo_redact(const char *conninfo);
+
+#endif

@@ -1,0 +1,82 @@
+/*
+ * Internal: the pool's settings.  One key table (options.c) drives the
+ * text and typed setters, pgg_config_get, pgg_config_parse and the
+ * generated documentation, so a key cannot exist in one and not the other.
+ * The pool reads the fields below directly, after pgg__config_validate().
+ */
+#ifndef PGG_OPTIONS_H
+#define PGG_OPTIONS_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "pgguard.h"
+#include "breaker.h"
+#include "classify.h"
+#include "conninfo.h"
+#include "router.h"
+
+struct pgg_config {
+    /* The servers, split one per host, in conninfo order (see conninfo.h).
+     * nhosts == 0 until pgg_config_set_servers() succeeds. */
+    int nhosts;
+    pgg_host_spec *hosts;
+
+    /* Connections, per host. */
+    int pool_min_idle;
+    int pool_max;
+    int64_t idle_timeout_ms;        /* 0: idle connections are kept */
+    int64_t max_lifetime_ms;        /* 0: no limit */
+    int64_t validate_after_idle_ms; /* 0: check every idle connection */
+    /* Bounds the whole connect (libpq's connect_timeout, when given, stays
+     * in the host's parameters but has a 2 s floor: this one is exact). */
+    int64_t connect_timeout_ms;
+
+    /* Calls. */
+    int64_t call_timeout_ms;   /* when a call gives no timeout */
+    int64_t cancel_timeout_ms; /* a background cancel's own bound; 0: none */
+    int bulkhead_max_concurrent;
+    int64_t bulkhead_max_wait_ms; /* 0: reject at once when full */
+
+    /* Routing and health. */
+    int64_t health_interval_ms;
+    int64_t max_replica_lag_bytes; /* 0: no limit */
+    pgg_read_policy read_policy;
+    int max_attempts; /* hosts tried by one read */
+
+    /* Fallback cache. */
+    bool cache_enabled;
+    int64_t cache_max_bytes;
+    int64_t cache_max_age_ms;
+
+    /* Every host's circuit breaker ("breaker.*" keys). */
+    pgg_breaker_config breaker;
+
+    /* SQLSTATE overrides ("classify.<SQLSTATE>" keys). */
+    pgg_classifier classifier;
+};
+
+/* A deep copy (the pool keeps its own); NULL and *err on failure. */
+pgg_config *pgg__config_copy(const pgg_config *src, pgg_error *err);
+
+/*
+ * What a single key cannot check: servers present, pool_min_idle <=
+ * pool_max, the breaker's settings taken together, ...  PGG_ECONFIG with a
+ * message naming the keys involved.
+ */
+int pgg__config_validate(const pgg_config *cfg, pgg_error *err);
+
+/*
+ * The key table as a Markdown table (key, type, default, accepted values,
+ * meaning), malloc'd; NULL when out of memory.  README.md holds it between
+ * <!-- config-keys:begin --> and <!-- config-keys:end -->.
+ */
+char *pgg__config_doc_markdown(void);
+
+/* Number of keys in the table and the i-th one's name (NULL past the end),
+ * for tests and tools. */
+int pgg__config_key_count(void);
+const char *pgg__config_key_name(int i);
+
+#endif
