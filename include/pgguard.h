@@ -54,6 +54,9 @@ extern "C" {
 PGG_EXPORT const char *pgg_version(void);
 /* The same as a number, built like PGG_VERSION_NUMBER. */
 PGG_EXPORT unsigned pgg_version_number(void);
+/* 1 when built with libpqtypes: typed calls (pgguard_types.h) and PQgetf
+ * on every pooled result. */
+PGG_EXPORT int pgg_have_types(void);
 
 /* ------------------------------------------------------------------ errors */
 
@@ -354,6 +357,23 @@ PGG_EXPORT int pgg_pool_host_count(const pgg_pool *pool);
 /* One host's snapshot; PGG_EINVAL for a bad index. */
 PGG_EXPORT int pgg_pool_host_stats(pgg_pool *pool, int index,
                                    pgg_host_stats *out);
+
+/*
+ * The same stats in the Prometheus text exposition format (version 0.0.4),
+ * ready to serve as a /metrics body: every field of pgg_stats and, per
+ * host (label host="host:port"), of pgg_host_stats, with the role and the
+ * breaker state as 0/1 gauges, one per possible value.  Names start with
+ * "pgguard_".  No label ever holds a user, a database or a password.
+ *
+ * Writes at most len bytes, NUL included, into buf and sets *needed (when
+ * not NULL) to what the whole text takes, NUL included.  PGG_OK when it
+ * fit; PGG_EINVAL when it did not (buf then holds a NUL-terminated
+ * prefix), so pass buf NULL and len 0 to learn the size.  Counters grow
+ * between two calls: allocate a little more than *needed, or loop.
+ * Errors: PGG_EINVAL, PGG_ENOMEM.  Takes no lock a call could wait on.
+ */
+PGG_EXPORT int pgg_pool_metrics(pgg_pool *pool, char *buf, size_t len,
+                                size_t *needed);
 
 typedef enum pgg_event_type {
     PGG_EVENT_BREAKER = 0, /* from/to are pgg_breaker_state */

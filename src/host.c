@@ -105,6 +105,7 @@ static int connect_new(pgg_host *h, int64_t deadline_ns, pgg_link **out,
     l->conn = conn;
     l->created_ns = now;
     l->last_used_ns = now;
+    l->types_gen = 0;
     l->next = NULL;
     *out = l;
     return PGG_OK;

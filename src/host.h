@@ -25,6 +25,7 @@ typedef struct pgg_link {
     PGconn *conn;
     int64_t created_ns;
     int64_t last_used_ns;
+    unsigned types_gen; /* libpqtypes registrations applied; 0: none */
     struct pgg_link *next;
 } pgg_link;
 

@@ -194,13 +194,19 @@ int pgg__link_exec(PGconn *conn, const pgg_query *q, int64_t deadline_ns,
                    const char *host, PGresult **out, pgg_attempt_end *end,
                    pgg_error *err)
 {
+    *out = NULL;
+    if (PQstatus(conn) != CONNECTION_OK || !send_query(conn, q))
+        return lost(conn, out, NULL, end, PGG_END_NOT_SENT, host, err);
+    return pgg__link_wait(conn, deadline_ns, host, out, end, err);
+}
+
+int pgg__link_wait(PGconn *conn, int64_t deadline_ns, const char *host,
+                   PGresult **out, pgg_attempt_end *end, pgg_error *err)
+{
     PGresult *keep = NULL;
     int r;
 
     *out = NULL;
-    if (PQstatus(conn) != CONNECTION_OK || !send_query(conn, q))
-        return lost(conn, out, NULL, end, PGG_END_NOT_SENT, host, err);
-
     /* Push the query out; a hung server may stop reading our bytes. */
     while ((r = PQflush(conn)) == 1) {
         int ev = wait_socket(PQsocket(conn), POLLIN | POLLOUT, deadline_ns);

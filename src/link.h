@@ -51,6 +51,14 @@ int pgg__link_exec(PGconn *conn, const pgg_query *q, int64_t deadline_ns,
                    pgg_error *err);
 
 /*
+ * The second half of pgg__link_exec, for a query something else sent
+ * (libpqtypes' registration queries): flush, then collect the results
+ * until deadline_ns, with the same returns.
+ */
+int pgg__link_wait(PGconn *conn, int64_t deadline_ns, const char *host,
+                   PGresult **out, pgg_attempt_end *end, pgg_error *err);
+
+/*
  * Is an idle pooled connection still usable?  Reads whatever the server sent
  * while it sat idle (a FATAL from a terminated backend, a ParameterStatus
  * after a promotion) without blocking.

@@ -12,6 +12,40 @@
 #include "error.h"
 #include "health.h"
 
+/* The user and database every host is reached as: the conninfo's, or
+ * libpq's defaults (PGUSER, PGDATABASE, the OS user), resolved as libpq
+ * resolves them.  They belong in every cache key. */
+static int resolve_identity(pgg_pool *pool, pgg_error *err)
+{
+    const pgg_host_spec *h = &pool->cfg->hosts[0];
+    const char *user = NULL, *dbname = NULL;
+    PQconninfoOption *defs = NULL;
+
+    for (int i = 0; i < h->nparams; i++) {
+        if (strcmp(h->keys[i], "user") == 0 && h->vals[i][0])
+            user = h->vals[i];
+        else if (strcmp(h->keys[i], "dbname") == 0 && h->vals[i][0])
+            dbname = h->vals[i];
+    }
+    if (!user || !dbname) {
+        defs = PQconndefaults();
+        for (PQconninfoOption *o = defs; o && o->keyword; o++) {
+            if (!user && strcmp(o->keyword, "user") == 0 && o->val)
+                user = o->val;
+            else if (!dbname && strcmp(o->keyword, "dbname") == 0 && o->val)
+                dbname = o->val;
+        }
+    }
+    if (!dbname)
+        dbname = user; /* libpq's rule */
+    pool->user = strdup(user ? user : "");
+    pool->dbname = strdup(dbname ? dbname : "");
+    PQconninfoFree(defs);
+    if (!pool->user || !pool->dbname)
+        return pgg__error_set(err, PGG_ENOMEM, NULL, NULL, "out of memory");
+    return PGG_OK;
+}
+
 /* ---------------------------------------------------------------- events */
 
 void pgg__pool_emit(pgg_pool *pool, const pgg_event *ev)
@@ -155,12 +189,27 @@ pgg_pool *pgg_pool_new(const pgg_config *cfg, pgg_error *err)
     pool->canceller = pgg__canceller_new(pool->nhosts, 8, err);
     if (!pool->canceller)
         goto fail_bulkhead;
+#if PGG_HAVE_LIBPQTYPES
+    pool->types = pgg__types_new(err);
+    if (!pool->types)
+        goto fail_canceller;
+#endif
+    if (cfg->cache_enabled) {
+        if (resolve_identity(pool, err) != PGG_OK)
+            goto fail_canceller;
+        pool->cache = pgg__cache_new(cfg->cache_max_bytes,
+                                     ms_to_ns(cfg->cache_max_age_ms), err);
+        if (!pool->cache)
+            goto fail_canceller;
+    }
     pool->health = pgg__health_start(pool, err);
     if (!pool->health)
         goto fail_canceller;
     return pool;
 
 fail_canceller:
+    pgg__cache_free(pool->cache);
+    pgg__types_free(pool->types);
     pgg__canceller_free(pool->canceller, 0);
 fail_bulkhead:
     pgg__bulkhead_destroy(&pool->bulkhead);
@@ -168,6 +217,8 @@ fail_hosts:
     for (int i = 0; i < pool->nhosts; i++)
         pgg__host_destroy(&pool->hosts[i]);
 fail_early:
+    free(pool->user);
+    free(pool->dbname);
     free(pool->hosts);
     free(pool->refs);
     pgg_config_free(pool->cfg);
@@ -188,7 +239,11 @@ void pgg_pool_free(pgg_pool *pool)
                         ms_to_ns(pool->cfg->cancel_timeout_ms));
     for (int i = 0; i < pool->nhosts; i++)
         pgg__host_destroy(&pool->hosts[i]);
+    pgg__cache_free(pool->cache);
+    pgg__types_free(pool->types);
     pgg__bulkhead_destroy(&pool->bulkhead);
+    free(pool->user);
+    free(pool->dbname);
     free(pool->hosts);
     free(pool->refs);
     pgg_config_free(pool->cfg);
@@ -330,6 +385,19 @@ pgg_take pgg__pool_take(pgg_pool *pool, pgg_host *h, pgg_intent intent,
         pgg__pool_record(pool, h, *ticket, PGG_CLASS_IGNORED, start);
         return PGG_TAKE_SKIPPED;
     }
+#if PGG_HAVE_LIBPQTYPES
+    if (pool->types &&
+        pgg__types_prepare(pool->types, *l, deadline, h->name, err) != PGG_OK) {
+        /* Registration failed: a type the server lacks, or the session
+         * died meanwhile.  Either way this connection is not usable. */
+        pgg_class cls = err && err->code == PGG_ETYPES ? PGG_CLASS_IGNORED
+                                                       : PGG_CLASS_CONNECTION;
+        pgg__host_discard(h, *l);
+        *l = NULL;
+        pgg__pool_record(pool, h, *ticket, cls, start);
+        return cls == PGG_CLASS_IGNORED ? PGG_TAKE_SKIPPED : PGG_TAKE_FAILED;
+    }
+#endif
     atomic_fetch_add(&h->inflight, 1);
     return PGG_TAKE_OK;
 }
@@ -428,6 +496,53 @@ static bool may_retry(const pgg_pool *pool, pgg_intent intent,
     return a->v.retry && attempts < pool->max_attempts;
 }
 
+/* Failures that say "no host could answer", the only ones a stale answer
+ * may stand in for: never a user error, never a full bulkhead. */
+static bool host_reason(int code)
+{
+    return code == PGG_EOPEN || code == PGG_ETIMEDOUT ||
+           code == PGG_ECONNECT || code == PGG_EUNAVAILABLE ||
+           code == PGG_ENOPRIMARY;
+}
+
+/*
+ * A cacheable read: remember a good answer, or stand in for a failed one
+ * with the freshest copy the caller accepts.
+ */
+static PGresult *cache_step(pgg_pool *pool, const pgg_query *q,
+                            const pgg_call *call, bool served, PGresult *res,
+                            pgg_info *info, pgg_error *err)
+{
+    pgg_cache_key key;
+    PGresult *stale;
+    int64_t age = 0, now;
+
+    if (served ? !res || PQresultStatus(res) != PGRES_TUPLES_OK
+               : !host_reason(err->code))
+        return res;
+    if (pgg__cache_key(&key, pool->user, pool->dbname, q) != PGG_OK)
+        return res;
+    now = pgg__now_ns();
+    if (served) {
+        pgg__cache_store(pool->cache, &key, res, now);
+        pgg__cache_key_done(&key);
+        return res;
+    }
+    stale = pgg__cache_lookup(pool->cache, &key, now,
+                              ms_to_ns(call->max_stale_ms), &age);
+    pgg__cache_key_done(&key);
+    if (!stale)
+        return NULL;
+    pgg__cache_note_fallback(pool->cache);
+    if (info) {
+        info->from_cache = 1;
+        info->cache_age_ms = age / PGG_NS_PER_MS;
+        info->cause = *err;
+    }
+    pgg_error_clear(err);
+    return stale;
+}
+
 static PGresult *run(pgg_pool *pool, pgg_intent intent, const pgg_query *q,
                      const pgg_call *call, pgg_info *info, pgg_error *err)
 {
@@ -510,6 +625,10 @@ static PGresult *run(pgg_pool *pool, pgg_intent intent, const pgg_query *q,
         (err->code == PGG_OK ||
          (rejected && err->code != PGG_ETIMEDOUT && err->code != PGG_ECLOSED)))
         pgg__pool_no_host_error(pool, intent, rejected ? ncand : 0, err);
+
+    if (pool->cache && call && (call->flags & PGG_CALL_CACHEABLE) &&
+        intent != PGG_WRITE)
+        res = cache_step(pool, q, call, served, res, info, err);
 
     pgg__bulkhead_leave(&pool->bulkhead);
     if (!res)
@@ -651,6 +770,7 @@ int pgg_pool_stats(pgg_pool *pool, pgg_stats *out)
     out->bulkhead_rejections = bc.rejected_full + bc.timed_out;
     out->calls = atomic_load(&pool->calls);
     out->calls_failed = atomic_load(&pool->calls_failed);
+    pgg__cache_stats(pool->cache, out);
     return PGG_OK;
 }
 

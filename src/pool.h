@@ -10,15 +10,16 @@
 #include <stdbool.h>
 
 #include "bulkhead.h"
+#include "cache.h"
 #include "classify.h"
 #include "clock.h"
 #include "host.h"
 #include "link.h"
 #include "options.h"
 #include "router.h"
+#include "types.h"
 
 typedef struct pgg_health pgg_health;
-typedef struct pgg_cache pgg_cache;
 
 /* What a breaker listener needs to find its pool and host. */
 typedef struct pgg_host_ref {
@@ -36,6 +37,8 @@ struct pgg_pool {
     pgg_canceller *canceller;
     pgg_health *health;
     pgg_cache *cache;
+    pgg_types *types; /* NULL without libpqtypes */
+    char *user, *dbname; /* whose rows the cache holds */
 
     pgg_read_policy read_policy;
     int max_attempts;

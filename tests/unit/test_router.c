@@ -132,7 +132,7 @@ Test(router, rotate_spreads_ties)
 Test(router, empty_and_oversized_inputs)
 {
     int out[PGG_MAX_HOSTS];
-    pgg_route_host h[PGG_MAX_HOSTS + 5];
+    pgg_route_host h[PGG_MAX_HOSTS + 5] = {0};
 
     cr_assert_eq(pgg__route(PGG_READ, PGG_READ_REPLICA, h, 0, 7, out), 0);
     for (int i = 0; i < PGG_MAX_HOSTS + 5; i++)

@@ -1,0 +1,71 @@
+/*
+ * Internal: the fallback cache.  Copies of successful cacheable reads
+ * (PQcopyResult with attributes, tuples and events, so libpqtypes' PQgetf
+ * works on them), served, marked stale, when no host can answer.
+ *
+ * Keyed by everything that changes the answer or who may see it: user,
+ * database, SQL text, parameter types, values and formats, result format.
+ * Bounded by a byte cap counting the real size of what is stored
+ * (PQresultMemorySize plus key and bookkeeping), least recently used out
+ * first, and by a maximum age past which an entry is never served.
+ *
+ * Thread-safe.  One short mutex guards the table and the LRU list; copying
+ * a result in or out, the expensive part, happens outside it on a
+ * reference-counted entry.
+ */
+#ifndef PGG_CACHE_H
+#define PGG_CACHE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <libpq-fe.h>
+
+#include "link.h"
+#include "pgguard.h"
+
+typedef struct pgg_cache pgg_cache;
+
+/* A key being built: inline storage for small keys, heap beyond. */
+typedef struct pgg_cache_key {
+    unsigned char *bytes;
+    size_t len, cap;
+    uint64_t hash;
+    unsigned char inline_[512];
+} pgg_cache_key;
+
+/*
+ * Encode the key of q for (user, database).  Returns PGG_OK or PGG_ENOMEM;
+ * release with pgg__cache_key_done().
+ */
+int pgg__cache_key(pgg_cache_key *k, const char *user, const char *dbname,
+                   const pgg_query *q);
+void pgg__cache_key_done(pgg_cache_key *k);
+
+/* max_bytes > 0, max_age_ns > 0. */
+pgg_cache *pgg__cache_new(int64_t max_bytes, int64_t max_age_ns,
+                          pgg_error *err);
+/* Accepts NULL.  Results handed out earlier stay valid (they are copies). */
+void pgg__cache_free(pgg_cache *c);
+
+/* Store a copy of res (a PGRES_TUPLES_OK result) under k, replacing any
+ * older entry.  A result larger than the whole cap is not stored. */
+void pgg__cache_store(pgg_cache *c, const pgg_cache_key *k, const PGresult *res,
+                      int64_t now_ns);
+
+/*
+ * A copy of the entry for k if it is at most max_age_ns old (also capped
+ * by the cache's own maximum age), with *age_ns; NULL on a miss.  The copy
+ * belongs to the caller (PQclear).
+ */
+PGresult *pgg__cache_lookup(pgg_cache *c, const pgg_cache_key *k, int64_t now_ns,
+                            int64_t max_age_ns, int64_t *age_ns);
+
+/* Count a stale answer actually served (a lookup hit used as fallback). */
+void pgg__cache_note_fallback(pgg_cache *c);
+
+/* Fill the cache_* fields of *out.  Accepts a NULL cache (all zero). */
+void pgg__cache_stats(pgg_cache *c, pgg_stats *out);
+
+#endif

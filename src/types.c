@@ -1,0 +1,392 @@
+#include "pgg_config.h"
+
+#if PGG_HAVE_LIBPQTYPES
+
+#include "types.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <libpqtypes.h>
+
+#include "error.h"
+#include "host.h"
+#include "link.h"
+#include "pool.h"
+#include "pgguard_types.h"
+
+typedef struct registration {
+    int which;
+    int count;
+    PGregisterType *types; /* typname strings owned here */
+} registration;
+
+struct pgg_types {
+    pthread_mutex_t mu;
+    registration *regs;
+    int nregs;
+    unsigned gen;      /* 1 + number of registrations: 1 means "initialised" */
+    PGparam *tmpl;     /* handlers and format info of a prepared connection */
+    unsigned tmpl_gen; /* the gen it was taken at */
+};
+
+pgg_types *pgg__types_new(pgg_error *err)
+{
+    pgg_types *t = calloc(1, sizeof *t);
+
+    if (!t) {
+        pgg__error_set(err, PGG_ENOMEM, NULL, NULL, "out of memory");
+        return NULL;
+    }
+    pthread_mutex_init(&t->mu, NULL);
+    t->gen = 1;
+    return t;
+}
+
+static void free_registration(registration *r)
+{
+    for (int i = 0; i < r->count; i++)
+        free((char *)r->types[i].typname); /* strdup()ed here */
+    free(r->types);
+}
+
+void pgg__types_free(pgg_types *t)
+{
+    if (!t)
+        return;
+    for (int i = 0; i < t->nregs; i++)
+        free_registration(&t->regs[i]);
+    free(t->regs);
+    PQparamClear(t->tmpl);
+    pthread_mutex_destroy(&t->mu);
+    free(t);
+}
+
+/* Send one registration and collect its answer within the deadline:
+ * PQregisterTypes(..., async=1) only sends. */
+static int apply(PGconn *conn, const registration *r, int64_t deadline_ns,
+                 const char *host, pgg_error *err)
+{
+    PGresult *res = NULL;
+    pgg_attempt_end end;
+    int rc;
+
+    if (r->which == PQT_SUBCLASS) {
+        if (!PQregisterTypes(conn, r->which, r->types, r->count, 0))
+            return pgg__error_set(err, PGG_ETYPES, NULL, host,
+                                  "register types: %s", PQgeterror());
+        return PGG_OK;
+    }
+    if (!PQregisterTypes(conn, r->which, r->types, r->count, 1))
+        return pgg__error_set(err, PGG_ETYPES, NULL, host,
+                              "register types: %s", PQgeterror());
+    rc = pgg__link_wait(conn, deadline_ns, host, &res, &end, err);
+    if (rc != PGG_OK) {
+        PQclear(res);
+        return rc;
+    }
+    rc = PQregisterResult(conn, r->which, r->types, r->count, res);
+    PQclear(res);
+    if (!rc)
+        return pgg__error_set(err, PGG_ETYPES, NULL, host,
+                              "register types: %s", PQgeterror());
+    return PGG_OK;
+}
+
+int pgg__types_prepare(pgg_types *t, pgg_link *l, int64_t deadline_ns,
+                       const char *host, pgg_error *err)
+{
+    registration *todo = NULL;
+    int first, ntodo, rc = PGG_OK;
+    unsigned gen;
+    bool need_tmpl;
+    PGparam *fresh = NULL;
+
+    pthread_mutex_lock(&t->mu);
+    gen = t->gen;
+    need_tmpl = !t->tmpl || t->tmpl_gen != gen;
+    if (l->types_gen == gen && !need_tmpl) {
+        pthread_mutex_unlock(&t->mu);
+        return PGG_OK;
+    }
+    /* Registrations are append-only and never change: a connection at
+     * generation g has the first g - 1 of them. */
+    first = l->types_gen ? (int)l->types_gen - 1 : 0;
+    ntodo = t->nregs - first;
+    if (ntodo > 0 && !(todo = malloc((size_t)ntodo * sizeof *todo))) {
+        pthread_mutex_unlock(&t->mu);
+        return pgg__error_set(err, PGG_ENOMEM, NULL, host, "out of memory");
+    }
+    if (ntodo > 0)
+        memcpy(todo, t->regs + first, (size_t)ntodo * sizeof *todo);
+    pthread_mutex_unlock(&t->mu);
+
+    if (l->types_gen == 0 && !PQinitTypes(l->conn))
+        rc = pgg__error_set(err, PGG_ETYPES, NULL, host, "PQinitTypes failed");
+    for (int i = 0; i < ntodo && rc == PGG_OK; i++)
+        rc = apply(l->conn, &todo[i], deadline_ns, host, err);
+    free(todo);
+    if (rc != PGG_OK)
+        return rc;
+    l->types_gen = gen;
+
+    if (need_tmpl && (fresh = PQparamCreate(l->conn)) != NULL) {
+        pthread_mutex_lock(&t->mu);
+        if (gen == t->gen && (!t->tmpl || t->tmpl_gen != gen)) {
+            PGparam *old = t->tmpl;
+            t->tmpl = fresh;
+            t->tmpl_gen = gen;
+            fresh = old;
+        }
+        pthread_mutex_unlock(&t->mu);
+        PQparamClear(fresh);
+    }
+    return PGG_OK;
+}
+
+/* ------------------------------------------------------------ public */
+
+int pgg_pool_register_types(pgg_pool *pool, int which,
+                            const PGregisterType *types, int count,
+                            pgg_error *err)
+{
+    registration r;
+    registration *grown;
+    pgg_types *t;
+
+    if (!pool || !types || count <= 0 ||
+        (which != PQT_SUBCLASS && which != PQT_COMPOSITE &&
+         which != PQT_USERDEFINED))
+        return pgg__error_set(err, PGG_EINVAL, NULL, NULL,
+                              "pgg_pool_register_types: bad arguments");
+    t = pool->types;
+    if (!t)
+        return pgg__error_set(err, PGG_ENOTSUP, NULL, NULL,
+                              "libpqtypes is off (types.enabled=false)");
+    r.which = which;
+    r.count = count;
+    r.types = calloc((size_t)count, sizeof *r.types);
+    if (!r.types)
+        return pgg__error_set(err, PGG_ENOMEM, NULL, NULL, "out of memory");
+    for (int i = 0; i < count; i++) {
+        if (!types[i].typname ||
+            !(r.types[i].typname = strdup(types[i].typname))) {
+            free_registration(&r);
+            return pgg__error_set(err, types[i].typname ? PGG_ENOMEM : PGG_EINVAL,
+                                  NULL, NULL, "pgg_pool_register_types: type %d",
+                                  i);
+        }
+        r.types[i].typput = types[i].typput;
+        r.types[i].typget = types[i].typget;
+    }
+    pthread_mutex_lock(&t->mu);
+    grown = realloc(t->regs, (size_t)(t->nregs + 1) * sizeof *grown);
+    if (!grown) {
+        pthread_mutex_unlock(&t->mu);
+        free_registration(&r);
+        return pgg__error_set(err, PGG_ENOMEM, NULL, NULL, "out of memory");
+    }
+    t->regs = grown;
+    t->regs[t->nregs++] = r;
+    t->gen++;
+    pthread_mutex_unlock(&t->mu);
+    return PGG_OK;
+}
+
+/* A copy of the template, connecting once for it when there is none. */
+static PGparam *param_from_template(pgg_pool *pool, pgg_intent intent,
+                                    int timeout_ms, pgg_error *err)
+{
+    pgg_types *t = pool->types;
+    PGparam *p = NULL;
+
+    for (int round = 0; round < 2 && !p; round++) {
+        pthread_mutex_lock(&t->mu);
+        if (t->tmpl)
+            p = PQparamDup(t->tmpl);
+        pthread_mutex_unlock(&t->mu);
+        if (!p && round == 0) {
+            /* Borrowing prepares a connection, which makes the template. */
+            pgg_lease *lease = pgg_acquire(pool, intent, timeout_ms, NULL, err);
+            if (!lease)
+                return NULL;
+            pgg_release(lease);
+        }
+    }
+    if (!p)
+        pgg__error_set(err, PGG_ETYPES, NULL, NULL,
+                       "no libpqtypes template: %s", PQgeterror());
+    return p;
+}
+
+PGparam *pgg_pool_param(pgg_pool *pool, int timeout_ms, pgg_error *err)
+{
+    if (!pool) {
+        pgg__error_set(err, PGG_EINVAL, NULL, NULL, "pgg_pool_param: NULL pool");
+        return NULL;
+    }
+    if (!pool->types) {
+        pgg__error_set(err, PGG_ENOTSUP, NULL, NULL,
+                       "libpqtypes is off (types.enabled=false)");
+        return NULL;
+    }
+    return param_from_template(pool, PGG_READ, timeout_ms, err);
+}
+
+/*
+ * libpqtypes keeps a PGparam's values in an array it does not expose; the
+ * first members of struct pg_param (libpqtypes-int.h, 1.5) are read here
+ * to pass them to our own bounded exec and to key the cache.  The layout is
+ * verified once at run time against known values (layout_ok) and typed
+ * calls refuse to run on a library whose layout differs.
+ */
+typedef struct {
+    int ptrl;
+    void *ptr;
+    int datal;
+    char *data;
+    int format;
+    Oid oid;
+} pqt_value;
+
+typedef struct {
+    int vcnt;
+    int vmax;
+    pqt_value *vals;
+} pqt_param_head;
+
+static bool layout_checked, layout_good;
+static pthread_mutex_t layout_mu = PTHREAD_MUTEX_INITIALIZER;
+
+static bool layout_ok(PGparam *sample)
+{
+    PGparam *p;
+    const pqt_param_head *h;
+    static const char want4[4] = {0x01, 0x02, 0x03, 0x04};
+    bool ok;
+
+    pthread_mutex_lock(&layout_mu);
+    if (layout_checked) {
+        ok = layout_good;
+        pthread_mutex_unlock(&layout_mu);
+        return ok;
+    }
+    p = PQparamDup(sample);
+    PQparamReset(p);
+    ok = p && PQputf(p, "%int4 %text", (PGint4)0x01020304, "pgg") &&
+         PQparamCount(p) == 2;
+    h = (const pqt_param_head *)p;
+    ok = ok && h->vcnt == 2 && h->vmax >= 2 && h->vals &&
+         h->vals[0].datal == 4 && h->vals[0].format == 1 &&
+         h->vals[0].oid == 23 && memcmp(h->vals[0].data, want4, 4) == 0 &&
+         h->vals[1].datal == 3 && h->vals[1].oid == 25 &&
+         memcmp(h->vals[1].data, "pgg", 3) == 0;
+    PQparamClear(p);
+    layout_checked = true;
+    layout_good = ok;
+    pthread_mutex_unlock(&layout_mu);
+    return ok;
+}
+
+PGresult *pgg_execvf(pgg_pool *pool, pgg_intent intent, const pgg_call *call,
+                     pgg_info *info, pgg_error *err, const char *cmdspec,
+                     va_list ap)
+{
+    pgg_error local;
+    PGparam *param;
+    const pqt_param_head *h;
+    size_t speclen;
+    char *stmt;
+    void *arrays = NULL;
+    PGresult *res = NULL;
+    pgg_call typed = {0, 0, 0, 1};
+    int n;
+
+    if (!err)
+        err = &local;
+    pgg_error_clear(err);
+    if (info) {
+        memset(info, 0, sizeof *info);
+        info->host_index = -1;
+    }
+    if (!pool || !cmdspec || !*cmdspec) {
+        pgg__error_set(err, PGG_EINVAL, NULL, NULL,
+                       "pgg_execf: NULL pool or empty cmdspec");
+        return NULL;
+    }
+    if (!pool->types) {
+        pgg__error_set(err, PGG_ENOTSUP, NULL, NULL,
+                       "libpqtypes is off (types.enabled=false)");
+        return NULL;
+    }
+    if (call)
+        typed = *call;
+    param = param_from_template(pool, intent, typed.timeout_ms, err);
+    if (!param)
+        return NULL;
+    if (!layout_ok(param)) {
+        PQparamClear(param);
+        pgg__error_set(err, PGG_ENOTSUP, NULL, NULL,
+                       "this libpqtypes keeps parameters in a layout pgguard "
+                       "does not know (built for 1.5)");
+        return NULL;
+    }
+    speclen = strlen(cmdspec) + 1;
+    stmt = malloc(speclen);
+    if (!stmt) {
+        PQparamClear(param);
+        pgg__error_set(err, PGG_ENOMEM, NULL, NULL, "out of memory");
+        return NULL;
+    }
+    if (!PQputvf(param, stmt, speclen, cmdspec, ap)) {
+        pgg__error_set(err, PGG_ETYPES, NULL, NULL, "pgg_execf: %s",
+                       PQgeterror());
+        goto done;
+    }
+    h = (const pqt_param_head *)param;
+    n = h->vcnt;
+    {
+        Oid *oids;
+        const char **vals;
+        int *lens, *fmts;
+
+        arrays = malloc((size_t)(n ? n : 1) *
+                        (sizeof *oids + sizeof *vals + sizeof *lens + sizeof *fmts));
+        if (!arrays) {
+            pgg__error_set(err, PGG_ENOMEM, NULL, NULL, "out of memory");
+            goto done;
+        }
+        vals = arrays;
+        oids = (Oid *)(vals + n);
+        lens = (int *)(oids + n);
+        fmts = lens + n;
+        for (int i = 0; i < n; i++) {
+            vals[i] = h->vals[i].data;
+            lens[i] = h->vals[i].datal;
+            fmts[i] = h->vals[i].format;
+            oids[i] = h->vals[i].oid;
+        }
+        res = pgg_exec_params(pool, intent, stmt, n, oids, vals, lens, fmts,
+                              &typed, info, err);
+    }
+done:
+    free(arrays);
+    free(stmt);
+    PQparamClear(param);
+    return res;
+}
+
+PGresult *pgg_execf(pgg_pool *pool, pgg_intent intent, const pgg_call *call,
+                    pgg_info *info, pgg_error *err, const char *cmdspec, ...)
+{
+    va_list ap;
+    PGresult *res;
+
+    va_start(ap, cmdspec);
+    res = pgg_execvf(pool, intent, call, info, err, cmdspec, ap);
+    va_end(ap);
+    return res;
+}
+
+#endif /* PGG_HAVE_LIBPQTYPES */
