@@ -378,8 +378,12 @@ int pgg__link_probe(PGconn *conn, int64_t deadline_ns, const char *host,
 typedef struct cancel_slot {
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    PGcancel **queue;
+    struct queued_cancel {
+        PGcancel *cancel;
+        int64_t queued_ns;
+    } *queue;
     int head, count, cap;
+    int64_t max_age_ns; /* a cancel older than this is dropped, not sent */
     bool started, stop, busy, done;
     int refs;
     atomic_uint_fast64_t *sent; /* points into the canceller; NULL once detached */
@@ -402,7 +406,7 @@ static void slot_unref(cancel_slot *s)
     if (!last)
         return;
     for (int i = 0; i < s->count; i++)
-        PQfreeCancel(s->queue[(s->head + i) % s->cap]);
+        PQfreeCancel(s->queue[(s->head + i) % s->cap].cancel);
     free(s->queue);
     pthread_cond_destroy(&s->cv);
     pthread_mutex_destroy(&s->mu);
@@ -417,6 +421,7 @@ static void *cancel_worker(void *arg)
     pthread_mutex_lock(&s->mu);
     for (;;) {
         PGcancel *cn;
+        bool fresh;
 
         while (s->count == 0 && !s->stop)
             pthread_cond_wait(&s->cv, &s->mu);
@@ -424,18 +429,22 @@ static void *cancel_worker(void *arg)
          * that would otherwise run on with nobody waiting for it. */
         if (s->count == 0)
             break;
-        cn = s->queue[s->head];
+        cn = s->queue[s->head].cancel;
+        /* Queued behind a PQcancel stuck on a stopped postmaster for longer
+         * than the bound: its query has had all that time to end alone. */
+        fresh = pgg__now_ns() - s->queue[s->head].queued_ns <= s->max_age_ns;
         s->head = (s->head + 1) % s->cap;
         s->count--;
         s->busy = true;
         pthread_mutex_unlock(&s->mu);
         /* May block for as long as the server is stopped; only this
          * slot's worker waits. */
-        (void)PQcancel(cn, errbuf, (int)sizeof errbuf);
+        if (fresh)
+            (void)PQcancel(cn, errbuf, (int)sizeof errbuf);
         PQfreeCancel(cn);
         pthread_mutex_lock(&s->mu);
         s->busy = false;
-        if (s->sent)
+        if (s->sent && fresh)
             atomic_fetch_add(s->sent, 1);
         pthread_cond_broadcast(&s->cv);
     }
@@ -446,7 +455,8 @@ static void *cancel_worker(void *arg)
     return NULL;
 }
 
-pgg_canceller *pgg__canceller_new(int nslots, int queue_max, pgg_error *err)
+pgg_canceller *pgg__canceller_new(int nslots, int queue_max,
+                                  int64_t max_age_ns, pgg_error *err)
 {
     pgg_canceller *c;
 
@@ -474,6 +484,7 @@ pgg_canceller *pgg__canceller_new(int nslots, int queue_max, pgg_error *err)
         pthread_mutex_init(&s->mu, NULL);
         pgg__cond_init(&s->cv);
         s->cap = queue_max;
+        s->max_age_ns = max_age_ns;
         s->refs = 1;
         s->sent = &c->sent;
         c->slots[i] = s;
@@ -488,7 +499,7 @@ void pgg__canceller_drop(pgg_canceller *c, int slot, PGconn *conn)
 
     if (!conn)
         return;
-    cn = PQstatus(conn) == CONNECTION_OK ? PQgetCancel(conn) : NULL;
+    cn = c && PQstatus(conn) == CONNECTION_OK ? PQgetCancel(conn) : NULL;
     /* Nonblocking mode: PQfinish's Terminate message cannot block. */
     PQfinish(conn);
     if (!cn)
@@ -523,7 +534,8 @@ void pgg__canceller_drop(pgg_canceller *c, int slot, PGconn *conn)
         pthread_attr_destroy(&attr);
         s->started = true;
     }
-    s->queue[(s->head + s->count) % s->cap] = cn;
+    s->queue[(s->head + s->count) % s->cap].cancel = cn;
+    s->queue[(s->head + s->count) % s->cap].queued_ns = pgg__now_ns();
     s->count++;
     pthread_cond_signal(&s->cv);
     pthread_mutex_unlock(&s->mu);

@@ -93,8 +93,11 @@ typedef struct pgg_canceller pgg_canceller;
 
 /* One worker per slot (host), started on first use; each slot queues at
  * most `queue_max` cancels and drops the rest (a hung host cannot pile up
- * threads or memory). */
-pgg_canceller *pgg__canceller_new(int nslots, int queue_max, pgg_error *err);
+ * threads or memory), and a cancel that waited in the queue longer than
+ * max_age_ns (behind a PQcancel stuck on a stopped postmaster) is dropped
+ * rather than sent. */
+pgg_canceller *pgg__canceller_new(int nslots, int queue_max,
+                                  int64_t max_age_ns, pgg_error *err);
 
 /* Take conn's cancel key, close conn now, queue the cancel for the slot's
  * worker.  Never blocks on the network.  conn may be NULL. */

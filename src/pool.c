@@ -186,9 +186,13 @@ pgg_pool *pgg_pool_new(const pgg_config *cfg, pgg_error *err)
     if (pgg__bulkhead_init(&pool->bulkhead, cfg->bulkhead_max_concurrent,
                            pool->clock, err) != PGG_OK)
         goto fail_hosts;
-    pool->canceller = pgg__canceller_new(pool->nhosts, 8, err);
-    if (!pool->canceller)
-        goto fail_bulkhead;
+    /* cancel_timeout_ms = 0: abandoned queries are not cancelled at all. */
+    if (cfg->cancel_timeout_ms > 0) {
+        pool->canceller = pgg__canceller_new(
+            pool->nhosts, 8, ms_to_ns(cfg->cancel_timeout_ms), err);
+        if (!pool->canceller)
+            goto fail_bulkhead;
+    }
 #if PGG_HAVE_LIBPQTYPES
     pool->types = pgg__types_new(err);
     if (!pool->types)

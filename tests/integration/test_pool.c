@@ -642,3 +642,103 @@ Test(pool, many_threads_share_one_pool)
     pgg_pool_free(p);
     pgh_cluster_free(c);
 }
+
+/* ----------------------------------------------------- cancel and events */
+
+Test(pool, a_query_past_its_deadline_is_cancelled_on_the_server)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, NULL);
+    pgg_call call = {200, 0, 0, 0};
+    pgg_error e;
+    char n[16];
+
+    double t0 = pgh_now_ms();
+    PGresult *r = pgg_exec(p, PGG_WRITE, "SELECT pg_sleep(30) /* pgg-cancel-me */", &call, NULL, &e);
+    double took = pgh_now_ms() - t0;
+    cr_expect_null(r);
+    cr_expect_eq(e.code, PGG_ETIMEDOUT, "%s: %s", pgg_err_name(e.code), e.message);
+    cr_expect_leq(took, 200 + 50.0, "waited %.1f ms", took);
+    /* The connection was dropped, not pooled, and the cancel went out from
+     * the worker: the server stops the sleep long before its 30 s. */
+    double end = pgh_now_ms() + 10000;
+    do {
+        sleep_ms(50);
+        cr_assert_eq(pgh_node_query_value(pgh_cluster_primary(c),
+                                          "SELECT count(*) FROM pg_stat_activity WHERE "
+                                          "query LIKE '%pgg-cancel-me%' AND state = 'active' "
+                                          "AND pid <> pg_backend_pid()",
+                                          n, sizeof n),
+                     0);
+    } while (strcmp(n, "0") != 0 && pgh_now_ms() < end);
+    cr_expect_str_eq(n, "0", "the timed-out query still runs on the server");
+    pgg_host_stats h = host_stats(p, 0);
+    cr_expect_eq(h.failures[PGG_CLASS_TIMEOUT], 1);
+    assert_balanced(p);
+    pgg_pool_free(p);
+    pgh_cluster_free(c);
+}
+
+typedef struct {
+    pthread_mutex_t mu;
+    int n;
+    pgg_event ev[64];
+    char reasons[64][64];
+} event_log;
+
+static void on_event(const pgg_event *ev, void *ud)
+{
+    event_log *log = ud;
+    pthread_mutex_lock(&log->mu);
+    if (log->n < 64) {
+        log->ev[log->n] = *ev;
+        snprintf(log->reasons[log->n], sizeof log->reasons[0], "%s", ev->reason ? ev->reason : "");
+        log->n++;
+    }
+    pthread_mutex_unlock(&log->mu);
+}
+
+static bool saw(event_log *log, pgg_event_type type, int host, int from, int to)
+{
+    bool found = false;
+    pthread_mutex_lock(&log->mu);
+    for (int i = 0; i < log->n && !found; i++)
+        found = log->ev[i].type == type && log->ev[i].host_index == host &&
+                (from < 0 || log->ev[i].from == from) && log->ev[i].to == to;
+    pthread_mutex_unlock(&log->mu);
+    return found;
+}
+
+Test(pool, events_report_breaker_and_role_changes)
+{
+    pgh_cluster *c = cluster_or_die(1);
+    pgh_require_local(c, "stopping and promoting");
+    pgg_pool *p = pool_for(c, NULL);
+    static event_log log = {PTHREAD_MUTEX_INITIALIZER, 0, {{0}}, {{0}}};
+    pgg_error e;
+
+    pgg_pool_on_event(p, on_event, &log);
+    read_ok(p, PGG_WRITE, "SELECT 1", 0);
+    cr_assert_eq(pgh_node_stop(pgh_cluster_primary(c), PGH_STOP_IMMEDIATE), 0);
+    for (int i = 0; i < 5; i++)
+        PQclear(pgg_exec(p, PGG_WRITE, "SELECT 1", NULL, NULL, &e));
+    cr_expect(saw(&log, PGG_EVENT_BREAKER, 0, PGG_BREAKER_CLOSED, PGG_BREAKER_OPEN),
+              "no closed -> open event for the stopped primary");
+    cr_assert_eq(pgh_node_promote(pgh_cluster_replica(c, 0)), 0);
+    cr_expect(wait_role(p, 1, PGG_ROLE_PRIMARY, 10000));
+    cr_expect(saw(&log, PGG_EVENT_ROLE, 1, PGG_ROLE_STANDBY, PGG_ROLE_PRIMARY),
+              "no standby -> primary event for the promoted replica");
+    /* Forced open by the operator, then reset. */
+    cr_expect_eq(pgg_pool_force_open(p, 1), PGG_OK);
+    cr_expect(saw(&log, PGG_EVENT_BREAKER, 1, -1, PGG_BREAKER_FORCED_OPEN));
+    PGresult *r = pgg_exec(p, PGG_WRITE, "SELECT 1", NULL, NULL, &e);
+    cr_expect_null(r, "a forced-open primary took a write");
+    cr_expect(e.code == PGG_EOPEN || e.code == PGG_ENOPRIMARY, "%s", pgg_err_name(e.code));
+    cr_expect_eq(pgg_pool_reset_breaker(p, 1), PGG_OK);
+    cr_expect_eq(read_ok(p, PGG_WRITE, "SELECT 1", 0), 1);
+    cr_expect_eq(pgg_pool_force_open(p, 7), PGG_EINVAL);
+    pgg_pool_on_event(p, NULL, NULL);
+    assert_balanced(p);
+    pgg_pool_free(p);
+    pgh_cluster_free(c);
+}
