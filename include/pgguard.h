@@ -275,6 +275,14 @@ typedef struct pgg_info {
  * PGG_ETIMEDOUT, PGG_ECONNECT, PGG_EUNAVAILABLE, PGG_ECLOSED, ...).
  * A write is retried on another host only when it provably never reached
  * a server.  Never blocks past its deadline.
+ *
+ * With PGG_CALL_CACHEABLE on a read (and cache.enabled), a successful
+ * answer is remembered, and when no host can serve the read for a host
+ * reason (PGG_EOPEN, PGG_ETIMEDOUT, PGG_ECONNECT, PGG_EUNAVAILABLE,
+ * PGG_ENOPRIMARY) the freshest remembered answer no older than
+ * call->max_stale_ms is returned instead: *err is then PGG_OK and *info
+ * says from_cache = 1, its age, and in info->cause why the live read
+ * failed.  Never for a write, never in place of a user error.
  */
 PGG_EXPORT PGresult *pgg_exec(pgg_pool *pool, pgg_intent intent,
                               const char *sql, const pgg_call *call,

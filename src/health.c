@@ -339,35 +339,43 @@ static void *health_main(void *arg)
     return NULL;
 }
 
+/* Release what start allocated; the thread is not running. */
+static void health_free(pgg_health *hl)
+{
+    if (hl->conns)
+        for (int i = 0; i < hl->pool->nhosts; i++)
+            PQfinish(hl->conns[i]);
+    free(hl->conns);
+    free(hl->probes);
+    free(hl->pfds);
+    free(hl->pfd_host);
+    free(hl);
+}
+
 pgg_health *pgg__health_start(pgg_pool *pool, pgg_error *err)
 {
     pgg_health *hl = calloc(1, sizeof *hl);
     size_t n = (size_t)pool->nhosts;
 
-    if (!hl || !(hl->conns = calloc(n, sizeof *hl->conns)) ||
-        !(hl->probes = calloc(n, sizeof *hl->probes)) ||
-        !(hl->pfds = calloc(n, sizeof *hl->pfds)) ||
-        !(hl->pfd_host = calloc(n, sizeof *hl->pfd_host))) {
-        if (hl) {
-            free(hl->conns);
-            free(hl->probes);
-            free(hl->pfds);
-        }
-        free(hl);
+    if (!hl) {
         pgg__error_set(err, PGG_ENOMEM, NULL, NULL, "out of memory");
         return NULL;
     }
     hl->pool = pool;
+    if (!(hl->conns = calloc(n, sizeof *hl->conns)) ||
+        !(hl->probes = calloc(n, sizeof *hl->probes)) ||
+        !(hl->pfds = calloc(n, sizeof *hl->pfds)) ||
+        !(hl->pfd_host = calloc(n, sizeof *hl->pfd_host))) {
+        health_free(hl);
+        pgg__error_set(err, PGG_ENOMEM, NULL, NULL, "out of memory");
+        return NULL;
+    }
     pthread_mutex_init(&hl->mu, NULL);
     pgg__cond_init(&hl->cv);
     if (pthread_create(&hl->thread, NULL, health_main, hl) != 0) {
         pthread_cond_destroy(&hl->cv);
         pthread_mutex_destroy(&hl->mu);
-        free(hl->conns);
-        free(hl->probes);
-        free(hl->pfds);
-        free(hl->pfd_host);
-        free(hl);
+        health_free(hl);
         pgg__error_set(err, PGG_ESYS, NULL, NULL,
                        "could not start the health thread");
         return NULL;
@@ -384,15 +392,9 @@ void pgg__health_stop(pgg_health *hl)
     pthread_cond_broadcast(&hl->cv);
     pthread_mutex_unlock(&hl->mu);
     pthread_join(hl->thread, NULL);
-    for (int i = 0; i < hl->pool->nhosts; i++)
-        PQfinish(hl->conns[i]);
     pthread_cond_destroy(&hl->cv);
     pthread_mutex_destroy(&hl->mu);
-    free(hl->conns);
-    free(hl->probes);
-    free(hl->pfds);
-    free(hl->pfd_host);
-    free(hl);
+    health_free(hl);
 }
 
 void pgg__health_wake(pgg_health *hl)

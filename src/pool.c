@@ -683,31 +683,31 @@ static pgg_host *host_at(pgg_pool *pool, int index)
     return &pool->hosts[index];
 }
 
-int pgg_pool_force_open(pgg_pool *pool, int index)
+/* Operator control: one breaker verb on one host. */
+static int control(pgg_pool *pool, int index,
+                   void (*verb)(pgg_breaker *b, int64_t now))
 {
     pgg_host *h = host_at(pool, index);
+
     if (!h)
         return PGG_EINVAL;
-    pgg__breaker_force_open(&h->breaker, pgg__now_ns());
+    verb(&h->breaker, pgg__now_ns());
     return PGG_OK;
+}
+
+int pgg_pool_force_open(pgg_pool *pool, int index)
+{
+    return control(pool, index, pgg__breaker_force_open);
 }
 
 int pgg_pool_disable_breaker(pgg_pool *pool, int index)
 {
-    pgg_host *h = host_at(pool, index);
-    if (!h)
-        return PGG_EINVAL;
-    pgg__breaker_disable(&h->breaker, pgg__now_ns());
-    return PGG_OK;
+    return control(pool, index, pgg__breaker_disable);
 }
 
 int pgg_pool_reset_breaker(pgg_pool *pool, int index)
 {
-    pgg_host *h = host_at(pool, index);
-    if (!h)
-        return PGG_EINVAL;
-    pgg__breaker_reset(&h->breaker, pgg__now_ns());
-    return PGG_OK;
+    return control(pool, index, pgg__breaker_reset);
 }
 
 int pgg_pool_resize_bulkhead(pgg_pool *pool, int capacity)
