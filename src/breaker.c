@@ -1,0 +1,839 @@
+#include "breaker.h"
+
+#include "clock.h"
+#include "error.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ------------------------------------------------------------------ names */
+
+const char *pgg_breaker_state_name(pgg_breaker_state state)
+{
+    switch (state) {
+    case PGG_BREAKER_CLOSED:
+        return "closed";
+    case PGG_BREAKER_OPEN:
+        return "open";
+    case PGG_BREAKER_HALF_OPEN:
+        return "half-open";
+    case PGG_BREAKER_FORCED_OPEN:
+        return "forced-open";
+    case PGG_BREAKER_DISABLED:
+        return "disabled";
+    case PGG_BREAKER_METRICS_ONLY:
+        return "metrics-only";
+    }
+    return "unknown";
+}
+
+const char *pgg__breaker_mode_name(pgg_breaker_mode mode)
+{
+    switch (mode) {
+    case PGG_BREAKER_MODE_NORMAL:
+        return "normal";
+    case PGG_BREAKER_MODE_DISABLED:
+        return "disabled";
+    case PGG_BREAKER_MODE_METRICS_ONLY:
+        return "metrics-only";
+    case PGG_BREAKER_MODE_FORCED_OPEN:
+        return "forced-open";
+    }
+    return "unknown";
+}
+
+bool pgg__breaker_mode_parse(const char *s, pgg_breaker_mode *out)
+{
+    static const pgg_breaker_mode all[] = {
+        PGG_BREAKER_MODE_NORMAL, PGG_BREAKER_MODE_DISABLED,
+        PGG_BREAKER_MODE_METRICS_ONLY, PGG_BREAKER_MODE_FORCED_OPEN};
+    char buf[16];
+    size_t i, n;
+
+    if (!s || (n = strlen(s)) >= sizeof buf)
+        return false;
+    for (i = 0; i <= n; i++)
+        buf[i] = s[i] == '_' ? '-' : s[i];
+    for (i = 0; i < sizeof all / sizeof all[0]; i++) {
+        if (strcmp(buf, pgg__breaker_mode_name(all[i])) == 0) {
+            *out = all[i];
+            return true;
+        }
+    }
+    return false;
+}
+
+const char *pgg__breaker_reason_name(pgg_breaker_reason reason)
+{
+    switch (reason) {
+    case PGG_BREAKER_REASON_FAILURE_RATE:
+        return "failure-rate";
+    case PGG_BREAKER_REASON_SLOW_CALL_RATE:
+        return "slow-call-rate";
+    case PGG_BREAKER_REASON_CONSECUTIVE_FAILURES:
+        return "consecutive-failures";
+    case PGG_BREAKER_REASON_TRIP_PREDICATE:
+        return "trip-predicate";
+    case PGG_BREAKER_REASON_OPEN_ELAPSED:
+        return "open-elapsed";
+    case PGG_BREAKER_REASON_PROBES_PASSED:
+        return "probes-passed";
+    case PGG_BREAKER_REASON_PROBES_FAILED:
+        return "probes-failed";
+    case PGG_BREAKER_REASON_HALF_OPEN_TIMEOUT:
+        return "half-open-timeout";
+    case PGG_BREAKER_REASON_FORCED:
+        return "forced";
+    case PGG_BREAKER_REASON_RESET:
+        return "reset";
+    case PGG_BREAKER_REASON_MANUAL:
+        return "manual";
+    }
+    return "unknown";
+}
+
+/* ----------------------------------------------------------------- config */
+
+void pgg__breaker_config_defaults(pgg_breaker_config *cfg)
+{
+    memset(cfg, 0, sizeof *cfg);
+    cfg->failure_rate = 50.0;
+    cfg->slow_call_rate = 100.0;
+    cfg->slow_call_duration_ms = 10000;
+    cfg->min_calls = 20;
+    cfg->window_type = PGG_WINDOW_COUNT;
+    cfg->window_size = 100;
+    cfg->window_bucket_ms = 1000;
+    cfg->consecutive_failures = 5;
+    cfg->open_ms = 5000;
+    cfg->open_multiplier = 2.0;
+    cfg->open_max_ms = 60000;
+    cfg->open_jitter = 0.2;
+    cfg->half_open_probes = 3;
+    cfg->half_open_successes = 3;
+    cfg->half_open_max_ms = 30000;
+    cfg->healthy_decay_ms = 60000;
+    cfg->interval_ms = 0;
+    cfg->mode = PGG_BREAKER_MODE_NORMAL;
+}
+
+void pgg__breaker_config_gobreaker(pgg_breaker_config *cfg,
+                                   uint32_t max_requests, int64_t interval_ms,
+                                   int64_t timeout_ms)
+{
+    pgg__breaker_config_defaults(cfg);
+    if (max_requests == 0)
+        max_requests = 1;
+    cfg->failure_rate = 0;
+    cfg->slow_call_rate = 0;
+    cfg->window_type = PGG_WINDOW_FIXED;
+    cfg->consecutive_failures = 6; /* ConsecutiveFailures > 5 */
+    cfg->open_ms = timeout_ms > 0 ? timeout_ms : 60000;
+    cfg->open_multiplier = 1.0;
+    cfg->open_max_ms = cfg->open_ms;
+    cfg->open_jitter = 0;
+    cfg->half_open_probes = max_requests;
+    cfg->half_open_successes = max_requests;
+    cfg->half_open_max_ms = 0;
+    cfg->healthy_decay_ms = 0;
+    cfg->interval_ms = interval_ms > 0 ? interval_ms : 0;
+}
+
+#define MAX_PROBES 1000000u
+
+const char *pgg__breaker_config_check(const pgg_breaker_config *cfg)
+{
+    if (!cfg)
+        return "breaker config is NULL";
+    /* Written as !(ok) so that NaN fails too. */
+    if (!(cfg->failure_rate >= 0 && cfg->failure_rate <= 100))
+        return "breaker.failure_rate must be between 0 and 100 (0 turns it off)";
+    if (!(cfg->slow_call_rate >= 0 && cfg->slow_call_rate <= 100))
+        return "breaker.slow_call_rate must be between 0 and 100 (0 turns it off)";
+    if (cfg->slow_call_duration_ms <= 0)
+        return "breaker.slow_call_duration_ms must be greater than 0";
+    if (cfg->min_calls < 1)
+        return "breaker.min_calls must be at least 1";
+    if (cfg->window_type != PGG_WINDOW_COUNT && cfg->window_type != PGG_WINDOW_TIME &&
+        cfg->window_type != PGG_WINDOW_FIXED)
+        return "breaker.window_type must be count, time or fixed";
+    if (cfg->window_type != PGG_WINDOW_FIXED &&
+        (cfg->window_size < 1 || cfg->window_size > PGG_WINDOW_MAX_SIZE))
+        return "breaker.window_size must be between 1 and 1048576";
+    if (cfg->window_type == PGG_WINDOW_TIME && cfg->window_bucket_ms <= 0)
+        return "breaker.window_bucket_ms must be greater than 0";
+    if (cfg->open_ms <= 0)
+        return "breaker.open_ms must be greater than 0";
+    if (!(cfg->open_multiplier >= 1 && isfinite(cfg->open_multiplier)))
+        return "breaker.open_multiplier must be a finite number >= 1";
+    if (cfg->open_max_ms < cfg->open_ms)
+        return "breaker.open_max_ms must be at least breaker.open_ms";
+    if (!(cfg->open_jitter >= 0 && cfg->open_jitter < 1))
+        return "breaker.open_jitter must be >= 0 and < 1";
+    if (cfg->half_open_probes < 1 || cfg->half_open_probes > MAX_PROBES)
+        return "breaker.half_open_probes must be between 1 and 1000000";
+    if (cfg->half_open_successes > cfg->half_open_probes)
+        return "breaker.half_open_successes must not exceed breaker.half_open_probes";
+    if (cfg->half_open_successes == 0 && cfg->failure_rate == 0 && cfg->slow_call_rate == 0)
+        return "breaker.half_open_successes 0 judges probes by rate, but "
+               "breaker.failure_rate and breaker.slow_call_rate are both off";
+    if (cfg->half_open_max_ms < 0)
+        return "breaker.half_open_max_ms must be >= 0 (0: no limit)";
+    if (cfg->healthy_decay_ms < 0)
+        return "breaker.healthy_decay_ms must be >= 0";
+    if (cfg->interval_ms < 0)
+        return "breaker.interval_ms must be >= 0 (0: never)";
+    if (cfg->mode != PGG_BREAKER_MODE_NORMAL && cfg->mode != PGG_BREAKER_MODE_DISABLED &&
+        cfg->mode != PGG_BREAKER_MODE_METRICS_ONLY &&
+        cfg->mode != PGG_BREAKER_MODE_FORCED_OPEN)
+        return "breaker.mode must be normal, disabled, metrics-only or forced-open";
+    return NULL;
+}
+
+/* ----------------------------------------------------------- transitions */
+
+/* splitmix64: jitter needs spread, not cryptographic strength. */
+static double next_unit(pgg_breaker *b)
+{
+    uint64_t z = (b->rng += UINT64_C(0x9E3779B97F4A7C15));
+
+    z = (z ^ (z >> 30)) * UINT64_C(0xBF58476D1CE4E5B9);
+    z = (z ^ (z >> 27)) * UINT64_C(0x94D049BB133111EB);
+    z ^= z >> 31;
+    return (double)(z >> 11) * 0x1.0p-53;
+}
+
+/* Openings still held against the host after its time closed. */
+static uint32_t decayed_reopens(const pgg_breaker *b, int64_t now)
+{
+    int64_t steps;
+
+    if (b->reopens == 0 || b->decay_ns == 0)
+        return 0;
+    steps = (now - b->closed_since) / b->decay_ns;
+    if (steps <= 0)
+        return b->reopens;
+    return steps >= (int64_t)b->reopens ? 0 : b->reopens - (uint32_t)steps;
+}
+
+static int64_t open_duration(pgg_breaker *b, uint32_t k)
+{
+    double d = (double)b->open_ns * pow(b->cfg.open_multiplier, (double)k);
+    double cap = (double)b->open_max_ns;
+
+    if (!(d <= cap)) /* also catches inf */
+        d = cap;
+    if (b->cfg.open_jitter > 0)
+        d -= d * b->cfg.open_jitter * next_unit(b);
+    if (d < 1)
+        d = 1;
+    /* cap <= INT64_MAX, and doubles round, so clamp before converting. */
+    return d >= 9.2e18 ? INT64_MAX : (int64_t)d;
+}
+
+static void publish(pgg_breaker *b)
+{
+    atomic_store_explicit(&b->pub_open_until, b->open_until, memory_order_relaxed);
+    atomic_store_explicit(&b->pub_state, (uint32_t)b->state, memory_order_release);
+}
+
+static void push_event(pgg_breaker *b, pgg_breaker_state from,
+                       pgg_breaker_state to, pgg_breaker_reason reason)
+{
+    pgg_breaker_event *ev;
+
+    if (b->ev_count == PGG_BREAKER_EVENT_QUEUE) {
+        /* Keep the newest: the last event tells listeners where we are. */
+        b->ev_head = (b->ev_head + 1) % PGG_BREAKER_EVENT_QUEUE;
+        b->ev_count--;
+        b->events_dropped++;
+    }
+    ev = &b->events[(b->ev_head + b->ev_count) % PGG_BREAKER_EVENT_QUEUE];
+    ev->from = from;
+    ev->to = to;
+    ev->reason = reason;
+    b->ev_count++;
+}
+
+static void start_closed_period(pgg_breaker *b, int64_t now)
+{
+    pgg__window_reset(&b->window, now);
+    b->requests = 0;
+    b->interval_end = b->interval_ns > 0 ? pgg__time_add(now, b->interval_ns)
+                                         : PGG_TIME_NEVER;
+}
+
+/* Every change of state goes through here, under the lock. */
+static void enter_state(pgg_breaker *b, pgg_breaker_state to,
+                        pgg_breaker_reason reason, int64_t now)
+{
+    pgg_breaker_state from = b->state;
+    uint32_t k;
+
+    switch (to) {
+    case PGG_BREAKER_OPEN:
+        k = from == PGG_BREAKER_CLOSED ? decayed_reopens(b, now) : b->reopens;
+        b->open_len = open_duration(b, k);
+        b->open_until = pgg__time_add(now, b->open_len);
+        b->reopens = k == UINT32_MAX ? k : k + 1;
+        break;
+    case PGG_BREAKER_CLOSED:
+        b->closed_since = now;
+        start_closed_period(b, now);
+        break;
+    case PGG_BREAKER_METRICS_ONLY:
+        start_closed_period(b, now);
+        break;
+    case PGG_BREAKER_HALF_OPEN:
+    case PGG_BREAKER_FORCED_OPEN:
+    case PGG_BREAKER_DISABLED:
+        break;
+    }
+    if (to != PGG_BREAKER_OPEN)
+        b->open_until = 0;
+    b->state = to;
+    b->since = now;
+    b->generation++;
+    b->transitions++;
+    b->probes_admitted = b->probe_successes = b->probe_failures = 0;
+    b->probe_slow = b->probe_good = b->probe_bad = 0;
+    if (to != PGG_BREAKER_CLOSED && to != PGG_BREAKER_METRICS_ONLY)
+        b->requests = 0;
+    publish(b);
+    push_event(b, from, to, reason);
+}
+
+/* Time-driven transitions; called under the lock by every entry point. */
+static void apply_time(pgg_breaker *b, int64_t now)
+{
+    switch (b->state) {
+    case PGG_BREAKER_OPEN:
+        if (now >= b->open_until)
+            enter_state(b, PGG_BREAKER_HALF_OPEN, PGG_BREAKER_REASON_OPEN_ELAPSED, now);
+        break;
+    case PGG_BREAKER_HALF_OPEN:
+        if (b->half_open_max_ns > 0 && now - b->since >= b->half_open_max_ns)
+            enter_state(b, PGG_BREAKER_OPEN, PGG_BREAKER_REASON_HALF_OPEN_TIMEOUT, now);
+        break;
+    case PGG_BREAKER_CLOSED:
+    case PGG_BREAKER_METRICS_ONLY:
+        /* Strictly after, as gobreaker's expiry.Before(now). */
+        if (now > b->interval_end) {
+            b->generation++;
+            start_closed_period(b, now);
+        }
+        break;
+    case PGG_BREAKER_FORCED_OPEN:
+    case PGG_BREAKER_DISABLED:
+        break;
+    }
+}
+
+/* The condition that trips a closed window, or -1. */
+static int trip_reason(pgg_breaker *b, bool failure)
+{
+    const pgg_window_stats *a = pgg__window_stats(&b->window);
+    pgg_breaker_counts counts;
+
+    if (a->calls >= b->min_calls && a->calls > 0) {
+        if (b->cfg.failure_rate > 0 &&
+            (double)a->failures * 100.0 >= b->cfg.failure_rate * (double)a->calls)
+            return PGG_BREAKER_REASON_FAILURE_RATE;
+        if (b->cfg.slow_call_rate > 0 &&
+            (double)a->slow * 100.0 >= b->cfg.slow_call_rate * (double)a->calls)
+            return PGG_BREAKER_REASON_SLOW_CALL_RATE;
+    }
+    if (b->cfg.consecutive_failures > 0 &&
+        a->consecutive_failures >= b->cfg.consecutive_failures)
+        return PGG_BREAKER_REASON_CONSECUTIVE_FAILURES;
+    if (failure && b->cfg.trip) {
+        counts.requests = b->requests;
+        counts.window = *a;
+        if (b->cfg.trip(b->cfg.trip_ud, &counts))
+            return PGG_BREAKER_REASON_TRIP_PREDICATE;
+    }
+    return -1;
+}
+
+static void record_closed(pgg_breaker *b, pgg_outcome outcome, bool slow,
+                          int64_t now)
+{
+    int reason;
+
+    pgg__window_record(&b->window, outcome, slow, now);
+    if (outcome == PGG_OUTCOME_IGNORED)
+        return;
+    reason = trip_reason(b, outcome == PGG_OUTCOME_FAILURE);
+    if (reason < 0)
+        return;
+    if (b->state == PGG_BREAKER_METRICS_ONLY)
+        b->trips_suppressed++;
+    else
+        enter_state(b, PGG_BREAKER_OPEN, (pgg_breaker_reason)reason, now);
+}
+
+static void record_half_open(pgg_breaker *b, uint32_t flags,
+                             pgg_outcome outcome, bool slow, int64_t now)
+{
+    uint32_t probes = b->cfg.half_open_probes;
+    uint32_t need = b->cfg.half_open_successes;
+    uint32_t done;
+    bool failure = outcome == PGG_OUTCOME_FAILURE;
+
+    if (outcome == PGG_OUTCOME_IGNORED) {
+        /* The probe told us nothing: let someone else probe. */
+        if ((flags & PGG_TICKET_PERMIT) && b->probes_admitted > 0)
+            b->probes_admitted--;
+        return;
+    }
+    if (failure)
+        b->probe_failures++;
+    else
+        b->probe_successes++;
+    if (slow)
+        b->probe_slow++;
+    if (need > 0) {
+        /* A host that answers slowly is not healthy yet. */
+        if (!failure && !(slow && b->cfg.slow_call_rate > 0)) {
+            if (++b->probe_good >= need)
+                enter_state(b, PGG_BREAKER_CLOSED, PGG_BREAKER_REASON_PROBES_PASSED, now);
+        } else if (++b->probe_bad > probes - need) {
+            enter_state(b, PGG_BREAKER_OPEN, PGG_BREAKER_REASON_PROBES_FAILED, now);
+        }
+        return;
+    }
+    done = b->probe_successes + b->probe_failures;
+    if (done < probes)
+        return;
+    if (b->cfg.failure_rate > 0 &&
+        (double)b->probe_failures * 100.0 >= b->cfg.failure_rate * (double)done)
+        enter_state(b, PGG_BREAKER_OPEN, PGG_BREAKER_REASON_FAILURE_RATE, now);
+    else if (b->cfg.slow_call_rate > 0 &&
+             (double)b->probe_slow * 100.0 >= b->cfg.slow_call_rate * (double)done)
+        enter_state(b, PGG_BREAKER_OPEN, PGG_BREAKER_REASON_SLOW_CALL_RATE, now);
+    else
+        enter_state(b, PGG_BREAKER_CLOSED, PGG_BREAKER_REASON_PROBES_PASSED, now);
+}
+
+/* --------------------------------------------------------------- events */
+
+/*
+ * Deliver queued events with the lock released.  One thread delivers at a
+ * time, so listeners never run concurrently and see events in order; events
+ * queued meanwhile (by other threads, or by a listener calling back in) are
+ * delivered by that same thread before it stops.
+ */
+static void dispatch(pgg_breaker *b)
+{
+    pgg_breaker_event ev;
+    struct {
+        pgg_breaker_listener fn;
+        void *ud;
+    } ls[PGG_BREAKER_MAX_LISTENERS];
+    int i, n;
+
+    pthread_mutex_lock(&b->mu);
+    if (b->dispatching) {
+        pthread_mutex_unlock(&b->mu);
+        return;
+    }
+    b->dispatching = true;
+    while (b->ev_count > 0) {
+        ev = b->events[b->ev_head];
+        b->ev_head = (b->ev_head + 1) % PGG_BREAKER_EVENT_QUEUE;
+        b->ev_count--;
+        for (i = n = 0; i < PGG_BREAKER_MAX_LISTENERS; i++) {
+            if (b->listeners[i].fn) {
+                ls[n].fn = b->listeners[i].fn;
+                ls[n].ud = b->listeners[i].ud;
+                n++;
+            }
+        }
+        pthread_mutex_unlock(&b->mu);
+        for (i = 0; i < n; i++)
+            ls[i].fn(ls[i].ud, ev.from, ev.to, ev.reason);
+        pthread_mutex_lock(&b->mu);
+    }
+    b->dispatching = false;
+    pthread_mutex_unlock(&b->mu);
+}
+
+/* Unlock, then deliver whatever the critical section queued. */
+static void unlock_and_dispatch(pgg_breaker *b)
+{
+    bool deliver = b->ev_count > 0 && !b->dispatching;
+
+    pthread_mutex_unlock(&b->mu);
+    if (deliver)
+        dispatch(b);
+}
+
+/* ------------------------------------------------------------ lifecycle */
+
+int pgg__breaker_init(pgg_breaker *b, const pgg_breaker_config *cfg,
+                      int64_t now, pgg_error *err)
+{
+    const char *why = pgg__breaker_config_check(cfg);
+    pthread_mutexattr_t attr;
+    int rc;
+
+    if (why)
+        return pgg__error_set(err, PGG_ECONFIG, NULL, NULL, "%s", why);
+    memset(b, 0, sizeof *b);
+    b->cfg = *cfg;
+    b->slow_ns = pgg__ms_to_ns(cfg->slow_call_duration_ms);
+    b->open_ns = pgg__ms_to_ns(cfg->open_ms);
+    b->open_max_ns = pgg__ms_to_ns(cfg->open_max_ms);
+    b->half_open_max_ns = pgg__ms_to_ns(cfg->half_open_max_ms);
+    b->decay_ns = pgg__ms_to_ns(cfg->healthy_decay_ms);
+    b->interval_ns = pgg__ms_to_ns(cfg->interval_ms);
+    b->min_calls = cfg->min_calls;
+    if (cfg->window_type == PGG_WINDOW_COUNT && b->min_calls > cfg->window_size)
+        b->min_calls = cfg->window_size;
+    rc = pgg__window_init(&b->window, cfg->window_type, cfg->window_size,
+                          pgg__ms_to_ns(cfg->window_bucket_ms), now);
+    if (rc != PGG_OK)
+        return pgg__error_set(err, rc, NULL, NULL, "breaker window: %s",
+                              pgg_strerror(rc));
+
+    /* Critical sections are tens of nanoseconds: spin briefly before sleeping. */
+    pthread_mutexattr_init(&attr);
+#ifdef PTHREAD_ADAPTIVE_MUTEX_INITIALIZER_NP
+    pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_ADAPTIVE_NP);
+#endif
+    rc = pthread_mutex_init(&b->mu, &attr);
+    pthread_mutexattr_destroy(&attr);
+    if (rc != 0) {
+        pgg__window_destroy(&b->window);
+        return pgg__error_set(err, PGG_ESYS, NULL, NULL, "breaker mutex: error %d", rc);
+    }
+
+    b->rng = cfg->seed ? cfg->seed
+                       : (uint64_t)(uintptr_t)b ^ (uint64_t)pgg__now_ns();
+    b->generation = 1;
+    b->since = b->closed_since = now;
+    b->interval_end = PGG_TIME_NEVER;
+    switch (cfg->mode) {
+    case PGG_BREAKER_MODE_NORMAL:
+        b->state = PGG_BREAKER_CLOSED;
+        start_closed_period(b, now);
+        break;
+    case PGG_BREAKER_MODE_METRICS_ONLY:
+        b->state = PGG_BREAKER_METRICS_ONLY;
+        start_closed_period(b, now);
+        break;
+    case PGG_BREAKER_MODE_DISABLED:
+        b->state = PGG_BREAKER_DISABLED;
+        break;
+    case PGG_BREAKER_MODE_FORCED_OPEN:
+        b->state = PGG_BREAKER_FORCED_OPEN;
+        break;
+    }
+    atomic_init(&b->rejected_fast, 0);
+    atomic_init(&b->pub_open_until, 0);
+    atomic_init(&b->pub_state, (uint32_t)b->state);
+    return PGG_OK;
+}
+
+void pgg__breaker_destroy(pgg_breaker *b)
+{
+    if (!b)
+        return;
+    pgg__window_destroy(&b->window);
+    pthread_mutex_destroy(&b->mu);
+}
+
+pgg_breaker *pgg__breaker_new(const pgg_breaker_config *cfg, int64_t now,
+                              pgg_error *err)
+{
+    pgg_breaker *b = malloc(sizeof *b);
+
+    if (!b) {
+        pgg__error_set(err, PGG_ENOMEM, NULL, NULL, NULL);
+        return NULL;
+    }
+    if (pgg__breaker_init(b, cfg, now, err) != PGG_OK) {
+        free(b);
+        return NULL;
+    }
+    return b;
+}
+
+void pgg__breaker_free(pgg_breaker *b)
+{
+    if (!b)
+        return;
+    pgg__breaker_destroy(b);
+    free(b);
+}
+
+/* ------------------------------------------------------------- the path */
+
+bool pgg__breaker_allow(pgg_breaker *b, int64_t now, pgg_ticket *ticket)
+{
+    uint32_t st = atomic_load_explicit(&b->pub_state, memory_order_acquire);
+    bool ok;
+
+    /* Lock-free answers for the states that need no bookkeeping. */
+    if ((st == PGG_BREAKER_OPEN &&
+         now < atomic_load_explicit(&b->pub_open_until, memory_order_relaxed)) ||
+        st == PGG_BREAKER_FORCED_OPEN) {
+        atomic_fetch_add_explicit(&b->rejected_fast, 1, memory_order_relaxed);
+        ticket->generation = 0;
+        ticket->state = (pgg_breaker_state)st;
+        ticket->flags = 0;
+        return false;
+    }
+    if (st == PGG_BREAKER_DISABLED) {
+        ticket->generation = 0;
+        ticket->state = PGG_BREAKER_DISABLED;
+        ticket->flags = PGG_TICKET_UNTRACKED;
+        return true;
+    }
+
+    pthread_mutex_lock(&b->mu);
+    apply_time(b, now);
+    ticket->flags = 0;
+    switch (b->state) {
+    case PGG_BREAKER_CLOSED:
+    case PGG_BREAKER_METRICS_ONLY:
+        ok = true;
+        break;
+    case PGG_BREAKER_HALF_OPEN:
+        ok = b->probes_admitted < b->cfg.half_open_probes;
+        if (ok) {
+            b->probes_admitted++;
+            ticket->flags = PGG_TICKET_PERMIT;
+        }
+        break;
+    case PGG_BREAKER_DISABLED:
+        ok = true;
+        ticket->flags = PGG_TICKET_UNTRACKED;
+        break;
+    case PGG_BREAKER_OPEN:
+    case PGG_BREAKER_FORCED_OPEN:
+    default:
+        ok = false;
+        break;
+    }
+    if (ok && b->state != PGG_BREAKER_DISABLED) {
+        b->admitted++;
+        b->requests++;
+    } else if (!ok) {
+        b->rejected_locked++;
+    }
+    ticket->generation = b->generation;
+    ticket->state = b->state;
+    unlock_and_dispatch(b);
+    return ok;
+}
+
+void pgg__breaker_record(pgg_breaker *b, pgg_ticket ticket,
+                         pgg_outcome outcome, int64_t duration_ns,
+                         int64_t now)
+{
+    bool slow;
+
+    if (ticket.flags & PGG_TICKET_UNTRACKED)
+        return;
+    slow = outcome != PGG_OUTCOME_IGNORED && duration_ns > b->slow_ns;
+
+    pthread_mutex_lock(&b->mu);
+    apply_time(b, now);
+    if (ticket.generation != b->generation) {
+        b->stale++;
+    } else {
+        switch (outcome) {
+        case PGG_OUTCOME_SUCCESS:
+            b->successes++;
+            break;
+        case PGG_OUTCOME_FAILURE:
+            b->failures++;
+            break;
+        case PGG_OUTCOME_IGNORED:
+            b->ignored++;
+            break;
+        }
+        switch (b->state) {
+        case PGG_BREAKER_CLOSED:
+        case PGG_BREAKER_METRICS_ONLY:
+            record_closed(b, outcome, slow, now);
+            break;
+        case PGG_BREAKER_HALF_OPEN:
+            record_half_open(b, ticket.flags, outcome, slow, now);
+            break;
+        case PGG_BREAKER_OPEN:
+        case PGG_BREAKER_FORCED_OPEN:
+        case PGG_BREAKER_DISABLED:
+            /* No state above admits with a live generation. */
+            break;
+        }
+    }
+    unlock_and_dispatch(b);
+}
+
+static int64_t next_due(const pgg_breaker *b)
+{
+    switch (b->state) {
+    case PGG_BREAKER_OPEN:
+        return b->open_until;
+    case PGG_BREAKER_HALF_OPEN:
+        return b->half_open_max_ns > 0 ? pgg__time_add(b->since, b->half_open_max_ns)
+                                       : PGG_TIME_NEVER;
+    case PGG_BREAKER_CLOSED:
+    case PGG_BREAKER_METRICS_ONLY:
+        return b->interval_end == PGG_TIME_NEVER ? PGG_TIME_NEVER
+                                                 : pgg__time_add(b->interval_end, 1);
+    case PGG_BREAKER_FORCED_OPEN:
+    case PGG_BREAKER_DISABLED:
+        break;
+    }
+    return PGG_TIME_NEVER;
+}
+
+int64_t pgg__breaker_tick(pgg_breaker *b, int64_t now)
+{
+    int64_t due;
+
+    pthread_mutex_lock(&b->mu);
+    apply_time(b, now);
+    if (b->state == PGG_BREAKER_CLOSED || b->state == PGG_BREAKER_METRICS_ONLY)
+        pgg__window_advance(&b->window, now);
+    due = next_due(b);
+    unlock_and_dispatch(b);
+    return due;
+}
+
+pgg_breaker_state pgg__breaker_state(const pgg_breaker *b)
+{
+    /* The atomic is only read; casting const away is safe for a load. */
+    return (pgg_breaker_state)atomic_load_explicit(
+        &((pgg_breaker *)(uintptr_t)b)->pub_state, memory_order_acquire);
+}
+
+static double rate(uint64_t part, uint64_t calls, uint32_t min_calls)
+{
+    if (calls == 0 || calls < min_calls)
+        return -1.0;
+    return (double)part * 100.0 / (double)calls;
+}
+
+void pgg__breaker_stats(pgg_breaker *b, int64_t now, pgg_breaker_stats *out)
+{
+    const pgg_window_stats *w;
+    uint32_t done;
+
+    memset(out, 0, sizeof *out);
+    pthread_mutex_lock(&b->mu);
+    apply_time(b, now);
+    if (b->state == PGG_BREAKER_CLOSED || b->state == PGG_BREAKER_METRICS_ONLY)
+        pgg__window_advance(&b->window, now);
+    w = pgg__window_stats(&b->window);
+    out->state = b->state;
+    out->generation = b->generation;
+    out->state_since_ns = b->since;
+    if (b->state == PGG_BREAKER_OPEN)
+        out->open_remaining_ns = b->open_until > now ? b->open_until - now : 0;
+    out->open_duration_ns = b->open_len;
+    out->reopens = b->state == PGG_BREAKER_CLOSED ? decayed_reopens(b, now) : b->reopens;
+    out->window = *w;
+    out->failure_rate = rate(w->failures, w->calls, b->min_calls);
+    out->slow_call_rate = rate(w->slow, w->calls, b->min_calls);
+    out->requests = b->requests;
+    done = b->probe_successes + b->probe_failures;
+    out->probes_admitted = b->probes_admitted;
+    out->probes_in_flight = b->probes_admitted > done ? b->probes_admitted - done : 0;
+    out->probe_successes = b->probe_successes;
+    out->probe_failures = b->probe_failures;
+    out->probe_slow = b->probe_slow;
+    out->admitted = b->admitted;
+    out->rejected = b->rejected_locked +
+                    atomic_load_explicit(&b->rejected_fast, memory_order_relaxed);
+    out->successes = b->successes;
+    out->failures = b->failures;
+    out->ignored = b->ignored;
+    out->stale = b->stale;
+    out->transitions = b->transitions;
+    out->trips_suppressed = b->trips_suppressed;
+    out->events_dropped = b->events_dropped;
+    unlock_and_dispatch(b);
+}
+
+/* ------------------------------------------------------------- listeners */
+
+int pgg__breaker_listen(pgg_breaker *b, pgg_breaker_listener fn, void *ud)
+{
+    int i, rc = PGG_ENOMEM;
+
+    if (!fn)
+        return PGG_EINVAL;
+    pthread_mutex_lock(&b->mu);
+    for (i = 0; i < PGG_BREAKER_MAX_LISTENERS; i++) {
+        if (!b->listeners[i].fn) {
+            b->listeners[i].fn = fn;
+            b->listeners[i].ud = ud;
+            rc = PGG_OK;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&b->mu);
+    return rc;
+}
+
+void pgg__breaker_unlisten(pgg_breaker *b, pgg_breaker_listener fn, void *ud)
+{
+    int i;
+
+    pthread_mutex_lock(&b->mu);
+    for (i = 0; i < PGG_BREAKER_MAX_LISTENERS; i++) {
+        if (b->listeners[i].fn == fn && b->listeners[i].ud == ud) {
+            b->listeners[i].fn = NULL;
+            b->listeners[i].ud = NULL;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&b->mu);
+}
+
+/* --------------------------------------------------------------- control */
+
+static void manual(pgg_breaker *b, pgg_breaker_state to,
+                   pgg_breaker_reason reason, int64_t now)
+{
+    pthread_mutex_lock(&b->mu);
+    if (b->state != to)
+        enter_state(b, to, reason, now);
+    unlock_and_dispatch(b);
+}
+
+void pgg__breaker_force_open(pgg_breaker *b, int64_t now)
+{
+    manual(b, PGG_BREAKER_FORCED_OPEN, PGG_BREAKER_REASON_FORCED, now);
+}
+
+void pgg__breaker_disable(pgg_breaker *b, int64_t now)
+{
+    manual(b, PGG_BREAKER_DISABLED, PGG_BREAKER_REASON_FORCED, now);
+}
+
+void pgg__breaker_metrics_only(pgg_breaker *b, int64_t now)
+{
+    manual(b, PGG_BREAKER_METRICS_ONLY, PGG_BREAKER_REASON_FORCED, now);
+}
+
+void pgg__breaker_reset(pgg_breaker *b, int64_t now)
+{
+    pthread_mutex_lock(&b->mu);
+    b->reopens = 0;
+    enter_state(b, PGG_BREAKER_CLOSED, PGG_BREAKER_REASON_RESET, now);
+    unlock_and_dispatch(b);
+}
+
+int pgg__breaker_transition(pgg_breaker *b, pgg_breaker_state to, int64_t now)
+{
+    if (to != PGG_BREAKER_CLOSED && to != PGG_BREAKER_OPEN && to != PGG_BREAKER_HALF_OPEN)
+        return PGG_EINVAL;
+    manual(b, to, PGG_BREAKER_REASON_MANUAL, now);
+    return PGG_OK;
+}

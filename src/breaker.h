@@ -1,0 +1,317 @@
+/*
+ * Internal: one host's circuit breaker.
+ *
+ * States (the public pgg_breaker_state): closed, open, half-open, and the
+ * operator's forced-open, disabled and metrics-only.
+ *
+ * Closed -> open when any enabled condition holds after a recorded call:
+ *   - failure rate >= failure_rate % over a window holding >= min_calls calls;
+ *   - slow-call rate >= slow_call_rate % over the same window (a call is slow
+ *     when its duration is strictly greater than slow_call_duration_ms,
+ *     whether it succeeded or not);
+ *   - consecutive_failures failures in a row (no min_calls needed);
+ *   - the optional trip predicate, asked after every failure (gobreaker's
+ *     ReadyToTrip), returns true.
+ * Open -> half-open once the open time has elapsed: the next allow(), tick()
+ *   or stats() at or after that instant moves it, so the pool's health thread
+ *   can make it happen without traffic.
+ * Half-open admits at most half_open_probes probe calls (a permit is given
+ *   back when its call reports IGNORED) and tells everyone else "not now".
+ *   With half_open_successes = S > 0 it closes as soon as S probes have
+ *   succeeded without being slow, and reopens as soon as that has become
+ *   impossible (more than probes - S failed or slow probes; with S equal to
+ *   probes, the default, the first bad probe reopens it).  With S = 0 it
+ *   waits for `probes` results and closes when both rates are under their
+ *   thresholds, as resilience4j does.  A half-open state older than
+ *   half_open_max_ms (probes that never report) reopens.
+ * Open time: open_ms * open_multiplier^k, capped at open_max_ms, minus a
+ *   random fraction of at most open_jitter of it.  k counts the openings of
+ *   the current unhealthy streak; each full healthy_decay_ms spent closed
+ *   takes one off it (0: closing resets it, resilience4j's behaviour).
+ *
+ * Every admission returns a ticket holding the generation it was admitted
+ * in.  Every transition (and every interval roll-over of a fixed window)
+ * starts a new generation, and a result reported with an older ticket is
+ * counted as stale and otherwise dropped: a call admitted while closed that
+ * finishes after the breaker opened changes nothing.
+ *
+ * Listeners hear every transition with from, to and the reason.  They run
+ * with no lock held, one at a time and in transition order, on the thread
+ * that made the transition (or on a thread already delivering events, which
+ * delivers the newcomers before returning).  A listener may call any
+ * function of this breaker, including ones that cause transitions: those are
+ * queued and delivered after it returns.  The trip predicate, by contrast,
+ * runs under the breaker's lock and must not call into the breaker.
+ *
+ * Thread-safe.  No heap allocation after init.  Rejection while open or
+ * forced-open takes no lock; everything else takes one short mutex.
+ */
+#ifndef PGG_BREAKER_H
+#define PGG_BREAKER_H
+
+#include "pgguard.h"
+#include "window.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+/* The state a breaker starts in (reset always returns it to closed). */
+typedef enum pgg_breaker_mode {
+    PGG_BREAKER_MODE_NORMAL = 0,       /* closed, and free to trip */
+    PGG_BREAKER_MODE_DISABLED = 1,     /* always admits, records nothing */
+    PGG_BREAKER_MODE_METRICS_ONLY = 2, /* always admits, records, never trips */
+    PGG_BREAKER_MODE_FORCED_OPEN = 3   /* admits nothing */
+} pgg_breaker_mode;
+
+/* "normal", "disabled", "metrics-only", "forced-open". */
+const char *pgg__breaker_mode_name(pgg_breaker_mode mode);
+/* Parse one of those names ('_' accepted for '-'); false if unknown. */
+bool pgg__breaker_mode_parse(const char *s, pgg_breaker_mode *out);
+
+/* Why a transition happened. */
+typedef enum pgg_breaker_reason {
+    PGG_BREAKER_REASON_FAILURE_RATE = 0,     /* closed->open, half-open->open */
+    PGG_BREAKER_REASON_SLOW_CALL_RATE,       /* closed->open, half-open->open */
+    PGG_BREAKER_REASON_CONSECUTIVE_FAILURES, /* closed->open */
+    PGG_BREAKER_REASON_TRIP_PREDICATE,       /* closed->open */
+    PGG_BREAKER_REASON_OPEN_ELAPSED,         /* open->half-open */
+    PGG_BREAKER_REASON_PROBES_PASSED,        /* half-open->closed */
+    PGG_BREAKER_REASON_PROBES_FAILED,        /* half-open->open */
+    PGG_BREAKER_REASON_HALF_OPEN_TIMEOUT,    /* half-open->open */
+    PGG_BREAKER_REASON_FORCED,               /* force_open / disable / metrics_only */
+    PGG_BREAKER_REASON_RESET,                /* reset (from may equal to) */
+    PGG_BREAKER_REASON_MANUAL                /* pgg__breaker_transition */
+} pgg_breaker_reason;
+
+/* "failure-rate", "slow-call-rate", ...; never NULL. */
+const char *pgg__breaker_reason_name(pgg_breaker_reason reason);
+
+/* What the trip predicate sees: gobreaker's Counts, plus the window. */
+typedef struct pgg_breaker_counts {
+    uint64_t requests;       /* admitted in this generation, finished or not */
+    pgg_window_stats window; /* successes = calls - failures */
+} pgg_breaker_counts;
+
+typedef bool (*pgg_breaker_trip_fn)(void *ud, const pgg_breaker_counts *counts);
+typedef void (*pgg_breaker_listener)(void *ud, pgg_breaker_state from,
+                                     pgg_breaker_state to,
+                                     pgg_breaker_reason reason);
+
+/*
+ * Every setting.  Field names are the config keys without "breaker."; the
+ * defaults (pgg__breaker_config_defaults) are given in brackets.
+ */
+typedef struct pgg_breaker_config {
+    double failure_rate;           /* % of calls failed to trip; 0 off [50] */
+    double slow_call_rate;         /* % of calls slow to trip; 0 off [100] */
+    int64_t slow_call_duration_ms; /* slower than this is slow, > 0 [10000] */
+    uint32_t min_calls;            /* calls before a rate counts, >= 1 [20]
+                                      (a count window caps it at its size) */
+    pgg_window_type window_type;   /* count, time or fixed [count] */
+    uint32_t window_size;          /* calls (count) or buckets (time) [100] */
+    int64_t window_bucket_ms;      /* bucket width of a time window [1000] */
+    uint32_t consecutive_failures; /* failures in a row to trip; 0 off [5] */
+    int64_t open_ms;               /* first open time, > 0 [5000] */
+    double open_multiplier;        /* growth per reopening, >= 1 [2] */
+    int64_t open_max_ms;           /* cap, >= open_ms [60000] */
+    double open_jitter;            /* fraction taken off at random, [0,1) [0.2] */
+    uint32_t half_open_probes;     /* probe permits, >= 1 [3] */
+    uint32_t half_open_successes;  /* good probes to close, <= probes;
+                                      0: judge by rates after all probes [3] */
+    int64_t half_open_max_ms;      /* longest half-open stay; 0 none [30000] */
+    int64_t healthy_decay_ms;      /* closed time that forgives one reopening;
+                                      0: closing forgives all [60000] */
+    int64_t interval_ms;           /* clear the window this often while
+                                      closed (gobreaker Interval); 0 never [0] */
+    pgg_breaker_mode mode;         /* [normal] */
+
+    /* Not config keys. */
+    pgg_breaker_trip_fn trip; /* optional extra trip condition [NULL] */
+    void *trip_ud;
+    uint64_t seed; /* jitter's random seed; 0 picks one [0] */
+} pgg_breaker_config;
+
+/* Fill *cfg with the defaults above. */
+void pgg__breaker_config_defaults(pgg_breaker_config *cfg);
+
+/*
+ * NULL when *cfg is valid, else a static message that starts with the
+ * offending key ("breaker.failure_rate must be ...").
+ */
+const char *pgg__breaker_config_check(const pgg_breaker_config *cfg);
+
+/*
+ * Settings that reproduce gobreaker v2's CircuitBreaker with the given
+ * MaxRequests (0 means 1), Interval and Timeout (<= 0 means 60 s) and its
+ * default ReadyToTrip (more than 5 consecutive failures): a fixed window
+ * cleared every interval, a constant open time, MaxRequests probes that
+ * must all succeed, no rate conditions and no half-open limit.  Set
+ * cfg->trip for a custom ReadyToTrip (and consecutive_failures to 0).
+ */
+void pgg__breaker_config_gobreaker(pgg_breaker_config *cfg,
+                                   uint32_t max_requests, int64_t interval_ms,
+                                   int64_t timeout_ms);
+
+/* Admission proof; pass it back, by value, to pgg__breaker_record(). */
+typedef struct pgg_ticket {
+    uint64_t generation;
+    pgg_breaker_state state; /* the state that admitted (or refused) it */
+    uint32_t flags;          /* PGG_TICKET_* */
+} pgg_ticket;
+
+#define PGG_TICKET_PERMIT 0x1u    /* holds one half-open probe permit */
+#define PGG_TICKET_UNTRACKED 0x2u /* admitted while disabled: record is a no-op */
+
+#define PGG_BREAKER_MAX_LISTENERS 4
+#define PGG_BREAKER_EVENT_QUEUE 32
+
+typedef struct pgg_breaker_event {
+    pgg_breaker_state from;
+    pgg_breaker_state to;
+    pgg_breaker_reason reason;
+} pgg_breaker_event;
+
+/* A snapshot; see pgg__breaker_stats(). */
+typedef struct pgg_breaker_stats {
+    pgg_breaker_state state;
+    uint64_t generation;
+    int64_t state_since_ns;    /* when the current state began */
+    int64_t open_remaining_ns; /* open: time left until half-open; else 0 */
+    int64_t open_duration_ns;  /* length of the current or last open period */
+    uint32_t reopens;          /* openings in the current streak (decayed) */
+
+    /*
+     * The closed-state window: live while closed or metrics-only, frozen
+     * as it was at the trip while open and half-open.
+     */
+    pgg_window_stats window;
+    double failure_rate;   /* %, or -1 below min_calls */
+    double slow_call_rate; /* %, or -1 below min_calls */
+    uint64_t requests;     /* admitted in this generation */
+
+    /* Half-open only. */
+    uint32_t probes_admitted; /* permits in use, finished or not */
+    uint32_t probes_in_flight;
+    uint32_t probe_successes;
+    uint32_t probe_failures;
+    uint32_t probe_slow;
+
+    /* Totals since init. */
+    uint64_t admitted;    /* allow() said yes (never counted while disabled) */
+    uint64_t rejected;    /* allow() said no */
+    uint64_t successes;   /* results counted, by outcome */
+    uint64_t failures;
+    uint64_t ignored;
+    uint64_t stale;       /* results dropped: their generation had ended */
+    uint64_t transitions;
+    uint64_t trips_suppressed; /* metrics-only: times it would have tripped */
+    uint64_t events_dropped;   /* listener queue overflowed (oldest dropped) */
+} pgg_breaker_stats;
+
+typedef struct pgg_breaker {
+    /* Read without the lock by allow()'s fast paths. */
+    _Atomic uint32_t pub_state;
+    _Atomic int64_t pub_open_until;
+    _Atomic uint64_t rejected_fast;
+
+    pthread_mutex_t mu;
+    pgg_breaker_config cfg;
+    int64_t slow_ns, open_ns, open_max_ns, half_open_max_ns, decay_ns, interval_ns;
+    uint32_t min_calls; /* effective */
+
+    pgg_breaker_state state;
+    uint64_t generation;
+    int64_t since;       /* current state's start */
+    int64_t open_until;  /* open: when half-open may begin */
+    int64_t open_len;    /* last open period's length */
+    int64_t closed_since;
+    int64_t interval_end; /* closed, fixed interval: roll over after this */
+    uint32_t reopens;
+    uint64_t requests;
+    uint64_t rng;
+
+    pgg_window window;
+    uint32_t probes_admitted, probe_successes, probe_failures, probe_slow;
+    uint32_t probe_good, probe_bad;
+
+    uint64_t admitted, successes, failures, ignored, stale, transitions,
+        trips_suppressed, events_dropped, rejected_locked;
+
+    struct {
+        pgg_breaker_listener fn;
+        void *ud;
+    } listeners[PGG_BREAKER_MAX_LISTENERS];
+    pgg_breaker_event events[PGG_BREAKER_EVENT_QUEUE];
+    uint32_t ev_head, ev_count;
+    bool dispatching;
+} pgg_breaker;
+
+/*
+ * Initialise an embedded breaker at instant now (the start of its first
+ * state).  Returns PGG_OK, PGG_ECONFIG (err->message names the key) or
+ * PGG_ENOMEM.  On failure there is nothing to destroy.
+ */
+int pgg__breaker_init(pgg_breaker *b, const pgg_breaker_config *cfg,
+                      int64_t now, pgg_error *err);
+/* No other thread may use b any more.  Accepts NULL. */
+void pgg__breaker_destroy(pgg_breaker *b);
+
+/* Heap variants of init/destroy; NULL on failure.  _free accepts NULL. */
+pgg_breaker *pgg__breaker_new(const pgg_breaker_config *cfg, int64_t now,
+                              pgg_error *err);
+void pgg__breaker_free(pgg_breaker *b);
+
+/*
+ * May a call go to this host now?  True: the call is admitted and *ticket
+ * must be passed to exactly one pgg__breaker_record() (IGNORED if the call
+ * never ran).  False: "not now" (open, forced-open, or no half-open permit
+ * left); nothing to record.  Applies due time-driven transitions first.
+ */
+bool pgg__breaker_allow(pgg_breaker *b, int64_t now, pgg_ticket *ticket);
+
+/*
+ * Report how an admitted call went.  duration_ns decides whether it was
+ * slow; now is when it finished.  Results from an ended generation are
+ * counted as stale and change nothing else.
+ */
+void pgg__breaker_record(pgg_breaker *b, pgg_ticket ticket,
+                         pgg_outcome outcome, int64_t duration_ns,
+                         int64_t now);
+
+/*
+ * Apply the time-driven transitions due at now (open -> half-open,
+ * half-open timeout, interval roll-over) without any call, and return the
+ * next instant at which one may be due (PGG_TIME_NEVER for none).
+ */
+int64_t pgg__breaker_tick(pgg_breaker *b, int64_t now);
+
+/* The stored state, lock-free.  Use tick() first for the state at now. */
+pgg_breaker_state pgg__breaker_state(const pgg_breaker *b);
+
+/* tick(now), then a consistent snapshot into *out. */
+void pgg__breaker_stats(pgg_breaker *b, int64_t now, pgg_breaker_stats *out);
+
+/*
+ * Add a transition listener (up to PGG_BREAKER_MAX_LISTENERS); returns
+ * PGG_OK or PGG_ENOMEM when full.  Removing takes the same (fn, ud) pair;
+ * a listener being called while it is removed may still hear that event.
+ */
+int pgg__breaker_listen(pgg_breaker *b, pgg_breaker_listener fn, void *ud);
+void pgg__breaker_unlisten(pgg_breaker *b, pgg_breaker_listener fn, void *ud);
+
+/*
+ * Operator control.  force_open, disable and metrics_only enter those
+ * states (reason FORCED); reset returns to closed with an empty window and
+ * a forgiven streak (reason RESET, even from closed).  transition() moves
+ * to closed, open or half-open by hand (reason MANUAL; an open period is
+ * as long as the backoff says) and returns PGG_EINVAL for other states.
+ */
+void pgg__breaker_force_open(pgg_breaker *b, int64_t now);
+void pgg__breaker_disable(pgg_breaker *b, int64_t now);
+void pgg__breaker_metrics_only(pgg_breaker *b, int64_t now);
+void pgg__breaker_reset(pgg_breaker *b, int64_t now);
+int pgg__breaker_transition(pgg_breaker *b, pgg_breaker_state to, int64_t now);
+
+#endif

@@ -1,0 +1,1399 @@
+#include "unit.h"
+
+#include <math.h>
+#include <string.h>
+
+#include "breaker.h"
+
+#define S PGG_OUTCOME_SUCCESS
+#define F PGG_OUTCOME_FAILURE
+#define I PGG_OUTCOME_IGNORED
+
+/* Each test runs in its own process: one breaker and one "now" per test. */
+static pgg_breaker B;
+static int64_t NOW;
+
+typedef struct evlog {
+    int n;
+    pgg_breaker_event ev[128];
+} evlog;
+
+static evlog LOG;
+
+static void log_event(void *ud, pgg_breaker_state from, pgg_breaker_state to,
+                      pgg_breaker_reason reason)
+{
+    evlog *l = ud;
+
+    if (l->n < 128) {
+        l->ev[l->n].from = from;
+        l->ev[l->n].to = to;
+        l->ev[l->n].reason = reason;
+    }
+    l->n++;
+}
+
+/* The defaults, without jitter, without the rules a test does not study. */
+static pgg_breaker_config cfg_plain(void)
+{
+    pgg_breaker_config c;
+
+    pgg__breaker_config_defaults(&c);
+    c.failure_rate = 0;
+    c.slow_call_rate = 0;
+    c.consecutive_failures = 0;
+    c.open_jitter = 0;
+    c.seed = 42;
+    return c;
+}
+
+static void start(const pgg_breaker_config *c)
+{
+    pgg_error err;
+
+    NOW = T0;
+    memset(&LOG, 0, sizeof LOG);
+    cr_assert_eq(pgg__breaker_init(&B, c, NOW, &err), PGG_OK, "%s", err.message);
+    cr_assert_eq(pgg__breaker_listen(&B, log_event, &LOG), PGG_OK);
+}
+
+static void stop(void)
+{
+    pgg__breaker_destroy(&B);
+}
+
+static bool call_d(pgg_outcome o, int64_t duration)
+{
+    pgg_ticket t;
+
+    if (!pgg__breaker_allow(&B, NOW, &t))
+        return false;
+    pgg__breaker_record(&B, t, o, duration, NOW);
+    return true;
+}
+
+static bool call(pgg_outcome o)
+{
+    return call_d(o, 0);
+}
+
+static void calls(pgg_outcome o, int n)
+{
+    int i;
+
+    for (i = 0; i < n; i++)
+        cr_assert(call(o), "call %d of %d refused", i + 1, n);
+}
+
+static pgg_breaker_state state(void)
+{
+    return pgg__breaker_state(&B);
+}
+
+static pgg_breaker_stats stats(void)
+{
+    pgg_breaker_stats s;
+
+    pgg__breaker_stats(&B, NOW, &s);
+    return s;
+}
+
+static void expect_event(int i, pgg_breaker_state from, pgg_breaker_state to,
+                         pgg_breaker_reason reason)
+{
+    cr_assert_gt(LOG.n, i, "event %d never came (%d events)", i, LOG.n);
+    cr_assert_eq(LOG.ev[i].from, from, "event %d from %s", i,
+                 pgg_breaker_state_name(LOG.ev[i].from));
+    cr_assert_eq(LOG.ev[i].to, to, "event %d to %s", i, pgg_breaker_state_name(LOG.ev[i].to));
+    cr_assert_eq(LOG.ev[i].reason, reason, "event %d reason %s", i,
+                 pgg__breaker_reason_name(LOG.ev[i].reason));
+}
+
+/* Trip with one failure (consecutive_failures must be 1). */
+static void trip(void)
+{
+    cr_assert(call(F));
+    cr_assert_eq(state(), PGG_BREAKER_OPEN);
+}
+
+/* Let the open time pass and take the breaker to half-open. */
+static void to_half_open(void)
+{
+    NOW += stats().open_remaining_ns;
+    pgg__breaker_tick(&B, NOW);
+    cr_assert_eq(state(), PGG_BREAKER_HALF_OPEN);
+}
+
+/* ---------------------------------------------------------------- config */
+
+UTest(breaker, defaults_are_valid)
+{
+    pgg_breaker_config c;
+
+    pgg__breaker_config_defaults(&c);
+    cr_assert_null(pgg__breaker_config_check(&c));
+    cr_assert_eq(c.failure_rate, 50);
+    cr_assert_eq(c.window_type, PGG_WINDOW_COUNT);
+    cr_assert_eq(c.half_open_successes, c.half_open_probes);
+    cr_assert_eq(c.mode, PGG_BREAKER_MODE_NORMAL);
+    cr_assert_null(c.trip);
+}
+
+#define BAD(field, value, key)                                                   \
+    do {                                                                         \
+        pgg_breaker_config c_;                                                   \
+        const char *m_;                                                          \
+        pgg__breaker_config_defaults(&c_);                                       \
+        c_.field = value;                                                        \
+        m_ = pgg__breaker_config_check(&c_);                                     \
+        cr_assert_not_null(m_, "%s = %s accepted", #field, #value);              \
+        cr_assert_eq(strncmp(m_, key, strlen(key)), 0, "%s: \"%s\"", #field, m_); \
+    } while (0)
+
+#define GOOD(field, value)                                                   \
+    do {                                                                     \
+        pgg_breaker_config c_;                                               \
+        const char *m_;                                                      \
+        pgg__breaker_config_defaults(&c_);                                   \
+        c_.field = value;                                                    \
+        m_ = pgg__breaker_config_check(&c_);                                 \
+        cr_assert_null(m_, "%s = %s refused: %s", #field, #value, m_);       \
+    } while (0)
+
+UTest(breaker, config_check_names_the_bad_key)
+{
+    BAD(failure_rate, -0.001, "breaker.failure_rate");
+    BAD(failure_rate, 100.001, "breaker.failure_rate");
+    BAD(failure_rate, NAN, "breaker.failure_rate");
+    GOOD(failure_rate, 0);
+    GOOD(failure_rate, 100);
+    BAD(slow_call_rate, 101, "breaker.slow_call_rate");
+    GOOD(slow_call_rate, 0);
+    BAD(slow_call_duration_ms, 0, "breaker.slow_call_duration_ms");
+    GOOD(slow_call_duration_ms, 1);
+    BAD(min_calls, 0, "breaker.min_calls");
+    GOOD(min_calls, 1);
+    BAD(window_type, (pgg_window_type)7, "breaker.window_type");
+    BAD(window_size, 0, "breaker.window_size");
+    BAD(window_size, PGG_WINDOW_MAX_SIZE + 1, "breaker.window_size");
+    GOOD(window_size, PGG_WINDOW_MAX_SIZE);
+    GOOD(window_type, PGG_WINDOW_FIXED);
+    GOOD(consecutive_failures, 0);
+    BAD(open_ms, 0, "breaker.open_ms");
+    BAD(open_multiplier, 0.99, "breaker.open_multiplier");
+    BAD(open_multiplier, INFINITY, "breaker.open_multiplier");
+    GOOD(open_multiplier, 1);
+    BAD(open_max_ms, 4999, "breaker.open_max_ms"); /* open_ms is 5000 */
+    GOOD(open_max_ms, 5000);
+    BAD(open_jitter, 1.0, "breaker.open_jitter");
+    BAD(open_jitter, -0.01, "breaker.open_jitter");
+    GOOD(open_jitter, 0.999);
+    BAD(half_open_probes, 0, "breaker.half_open_probes");
+    BAD(half_open_successes, 4, "breaker.half_open_successes"); /* probes is 3 */
+    GOOD(half_open_successes, 0);
+    GOOD(half_open_successes, 1);
+    BAD(half_open_max_ms, -1, "breaker.half_open_max_ms");
+    GOOD(half_open_max_ms, 0);
+    BAD(healthy_decay_ms, -1, "breaker.healthy_decay_ms");
+    BAD(interval_ms, -1, "breaker.interval_ms");
+    BAD(mode, (pgg_breaker_mode)9, "breaker.mode");
+    cr_assert_not_null(pgg__breaker_config_check(NULL));
+}
+
+UTest(breaker, config_check_cross_field_rules)
+{
+    pgg_breaker_config c;
+    const char *m;
+
+    pgg__breaker_config_defaults(&c);
+    c.window_type = PGG_WINDOW_TIME;
+    c.window_bucket_ms = 0;
+    m = pgg__breaker_config_check(&c);
+    cr_assert_not_null(m);
+    cr_assert_eq(strncmp(m, "breaker.window_bucket_ms", 24), 0, "%s", m);
+    /* A count window never looks at the bucket width. */
+    c.window_type = PGG_WINDOW_COUNT;
+    cr_assert_null(pgg__breaker_config_check(&c));
+
+    /* Judging probes by rate needs a rate. */
+    pgg__breaker_config_defaults(&c);
+    c.half_open_successes = 0;
+    c.failure_rate = 0;
+    c.slow_call_rate = 0;
+    m = pgg__breaker_config_check(&c);
+    cr_assert_not_null(m);
+    cr_assert_eq(strncmp(m, "breaker.half_open_successes", 27), 0, "%s", m);
+    c.slow_call_rate = 80;
+    cr_assert_null(pgg__breaker_config_check(&c));
+}
+
+UTest(breaker, init_refuses_a_bad_config)
+{
+    pgg_breaker_config c;
+    pgg_error err;
+    pgg_breaker b;
+
+    pgg__breaker_config_defaults(&c);
+    c.open_multiplier = 0;
+    cr_assert_eq(pgg__breaker_init(&b, &c, T0, &err), PGG_ECONFIG);
+    cr_assert_eq(err.code, PGG_ECONFIG);
+    cr_assert_eq(strncmp(err.message, "breaker.open_multiplier", 23), 0, "%s", err.message);
+    cr_assert_null(pgg__breaker_new(&c, T0, &err));
+    cr_assert_null(pgg__breaker_new(&c, T0, NULL));
+}
+
+UTest(breaker, new_and_free)
+{
+    pgg_breaker_config c = cfg_plain();
+    pgg_breaker *b = pgg__breaker_new(&c, T0, NULL);
+    pgg_ticket t;
+
+    cr_assert_not_null(b);
+    cr_assert(pgg__breaker_allow(b, T0, &t));
+    pgg__breaker_record(b, t, S, 0, T0);
+    pgg__breaker_free(b);
+    pgg__breaker_free(NULL);
+    pgg__breaker_destroy(NULL);
+}
+
+UTest(breaker, names)
+{
+    pgg_breaker_mode m = PGG_BREAKER_MODE_NORMAL;
+    int r;
+
+    cr_assert_str_eq(pgg_breaker_state_name(PGG_BREAKER_HALF_OPEN), "half-open");
+    cr_assert_str_eq(pgg_breaker_state_name(PGG_BREAKER_METRICS_ONLY), "metrics-only");
+    cr_assert_str_eq(pgg_breaker_state_name((pgg_breaker_state)77), "unknown");
+    cr_assert(pgg__breaker_mode_parse("metrics_only", &m));
+    cr_assert_eq(m, PGG_BREAKER_MODE_METRICS_ONLY);
+    cr_assert(pgg__breaker_mode_parse("forced-open", &m));
+    cr_assert_eq(m, PGG_BREAKER_MODE_FORCED_OPEN);
+    cr_assert(pgg__breaker_mode_parse("normal", &m));
+    cr_assert(pgg__breaker_mode_parse("disabled", &m));
+    cr_assert_eq(m, PGG_BREAKER_MODE_DISABLED);
+    cr_assert_not(pgg__breaker_mode_parse("closed", &m));
+    cr_assert_not(pgg__breaker_mode_parse("a-very-long-mode-name", &m));
+    cr_assert_not(pgg__breaker_mode_parse(NULL, &m));
+    cr_assert_eq(m, PGG_BREAKER_MODE_DISABLED);
+    cr_assert_str_eq(pgg__breaker_mode_name((pgg_breaker_mode)9), "unknown");
+    for (r = PGG_BREAKER_REASON_FAILURE_RATE; r <= PGG_BREAKER_REASON_MANUAL; r++)
+        cr_assert_str_neq(pgg__breaker_reason_name((pgg_breaker_reason)r), "unknown");
+    cr_assert_str_eq(pgg__breaker_reason_name((pgg_breaker_reason)99), "unknown");
+}
+
+/* ------------------------------------------------------ closed -> open */
+
+UTest(breaker, failure_rate_below_threshold_stays_closed)
+{
+    pgg_breaker_config c = cfg_plain();
+    pgg_breaker_stats s;
+
+    c.failure_rate = 50;
+    c.min_calls = 10;
+    c.window_size = 10;
+    start(&c);
+    calls(S, 6);
+    calls(F, 4);
+    s = stats();
+    cr_assert_eq(s.state, PGG_BREAKER_CLOSED);
+    cr_assert_float_eq(s.failure_rate, 40.0, 1e-9);
+    cr_assert_eq(LOG.n, 0);
+    stop();
+}
+
+UTest(breaker, failure_rate_trips_exactly_at_threshold)
+{
+    pgg_breaker_config c = cfg_plain();
+
+    c.failure_rate = 50;
+    c.min_calls = 10;
+    c.window_size = 10;
+    start(&c);
+    calls(S, 5);
+    calls(F, 4);
+    cr_assert_eq(state(), PGG_BREAKER_CLOSED); /* 9 calls: below min_calls */
+    calls(F, 1);                               /* 5/10 = 50% */
+    cr_assert_eq(state(), PGG_BREAKER_OPEN);
+    expect_event(0, PGG_BREAKER_CLOSED, PGG_BREAKER_OPEN, PGG_BREAKER_REASON_FAILURE_RATE);
+    cr_assert_eq(LOG.n, 1);
+    stop();
+}
+
+UTest(breaker, min_calls_edge)
+{
+    pgg_breaker_config c = cfg_plain();
+    pgg_breaker_stats s;
+
+    c.failure_rate = 100;
+    c.min_calls = 10;
+    start(&c);
+    calls(F, 9);
+    s = stats();
+    cr_assert_eq(s.state, PGG_BREAKER_CLOSED);
+    cr_assert_eq(s.failure_rate, -1.0, "no rate below min_calls");
+    calls(F, 1);
+    cr_assert_eq(state(), PGG_BREAKER_OPEN);
+    stop();
+}
+
+UTest(breaker, min_calls_is_capped_by_a_count_window)
+{
+    pgg_breaker_config c = cfg_plain();
+
+    c.failure_rate = 100;
+    c.min_calls = 20;
+    c.window_size = 5;
+    start(&c);
+    calls(F, 4);
+    cr_assert_eq(state(), PGG_BREAKER_CLOSED);
+    calls(F, 1);
+    cr_assert_eq(state(), PGG_BREAKER_OPEN);
+    stop();
+}
+
+UTest(breaker, a_success_can_complete_min_calls_and_trip)
+{
+    pgg_breaker_config c = cfg_plain();
+
+    c.failure_rate = 50;
+    c.min_calls = 10;
+    start(&c);
+    calls(F, 9);
+    calls(S, 1); /* 9/10: the rate exists only now */
+    cr_assert_eq(state(), PGG_BREAKER_OPEN);
+    expect_event(0, PGG_BREAKER_CLOSED, PGG_BREAKER_OPEN, PGG_BREAKER_REASON_FAILURE_RATE);
+    stop();
+}
+
+UTest(breaker, slow_means_strictly_longer_than_the_threshold)
+{
+    pgg_breaker_config c = cfg_plain();
+    pgg_breaker_stats s;
+
+    c.slow_call_duration_ms = 100;
+    start(&c);
+    cr_assert(call_d(S, MS(100)));
+    cr_assert_eq(stats().window.slow, 0);
+    cr_assert(call_d(S, MS(100) + 1));
+    cr_assert(call_d(F, MS(500)));
+    s = stats();
+    cr_assert_eq(s.window.slow, 2);
+    cr_assert_eq(s.window.slow_failures, 1);
+    cr_assert_eq(s.window.failures, 1);
+    stop();
+}
+
+UTest(breaker, slow_call_rate_trips_exactly_at_threshold)
+{
+    pgg_breaker_config c = cfg_plain();
+
+    c.slow_call_rate = 50;
+    c.slow_call_duration_ms = 100;
+    c.min_calls = 4;
+    start(&c);
+    calls(S, 3);
+    cr_assert(call_d(S, MS(101)));     /* 1/4 = 25% */
+    cr_assert_eq(state(), PGG_BREAKER_CLOSED);
+    cr_assert_float_eq(stats().slow_call_rate, 25.0, 1e-9);
+    cr_assert(call_d(S, MS(101)));     /* 2/5 = 40% */
+    cr_assert_eq(state(), PGG_BREAKER_CLOSED);
+    cr_assert(call_d(S, MS(101)));     /* 3/6 = 50% */
+    cr_assert_eq(state(), PGG_BREAKER_OPEN);
+    expect_event(0, PGG_BREAKER_CLOSED, PGG_BREAKER_OPEN, PGG_BREAKER_REASON_SLOW_CALL_RATE);
+    stop();
+}
+
+UTest(breaker, consecutive_failures_edge)
+{
+    pgg_breaker_config c = cfg_plain();
+
+    c.consecutive_failures = 3;
+    c.min_calls = 100;
+    start(&c);
+    calls(F, 2);
+    calls(S, 1); /* breaks the run */
+    calls(F, 2);
+    calls(I, 5); /* does not break it */
+    cr_assert_eq(state(), PGG_BREAKER_CLOSED);
+    cr_assert_eq(stats().window.consecutive_failures, 2);
+    calls(F, 1);
+    cr_assert_eq(state(), PGG_BREAKER_OPEN);
+    expect_event(0, PGG_BREAKER_CLOSED, PGG_BREAKER_OPEN,
+                 PGG_BREAKER_REASON_CONSECUTIVE_FAILURES);
+    stop();
+}
+
+static int predicate_calls;
+
+/* gobreaker's README example: at least 3 requests, 60% of them failed. */
+static bool ratio_trip(void *ud, const pgg_breaker_counts *c)
+{
+    (void)ud;
+    predicate_calls++;
+    return c->requests >= 3 &&
+           (double)c->window.failures / (double)c->requests >= 0.6;
+}
+
+UTest(breaker, trip_predicate_is_asked_after_each_failure)
+{
+    pgg_breaker_config c = cfg_plain();
+    pgg_ticket inflight;
+
+    c.trip = ratio_trip;
+    start(&c);
+    predicate_calls = 0;
+    calls(S, 1);
+    cr_assert_eq(predicate_calls, 0, "asked after a success");
+    /* A call still in flight counts as a request, as in gobreaker. */
+    cr_assert(pgg__breaker_allow(&B, NOW, &inflight));
+    calls(F, 1); /* 1 failure / 3 requests */
+    cr_assert_eq(predicate_calls, 1);
+    cr_assert_eq(state(), PGG_BREAKER_CLOSED);
+    calls(F, 1); /* 2 / 4 */
+    cr_assert_eq(state(), PGG_BREAKER_CLOSED);
+    calls(F, 1); /* 3 / 5 = 0.6 */
+    cr_assert_eq(state(), PGG_BREAKER_OPEN);
+    expect_event(0, PGG_BREAKER_CLOSED, PGG_BREAKER_OPEN, PGG_BREAKER_REASON_TRIP_PREDICATE);
+    pgg__breaker_record(&B, inflight, S, 0, NOW);
+    cr_assert_eq(stats().stale, 1);
+    stop();
+}
+
+UTest(breaker, count_window_forgets_what_it_evicts)
+{
+    pgg_breaker_config c = cfg_plain();
+
+    c.failure_rate = 50;
+    c.min_calls = 4;
+    c.window_size = 4;
+    start(&c);
+    calls(F, 1);
+    calls(S, 3); /* F S S S: 25% */
+    calls(S, 1); /* S S S S: the failure left */
+    cr_assert_float_eq(stats().failure_rate, 0.0, 1e-9);
+    calls(F, 1); /* S S S F: 25% (3/6 = 50% had it been remembered... */
+    cr_assert_eq(state(), PGG_BREAKER_CLOSED);
+    calls(F, 1); /* S S F F: 50% */
+    cr_assert_eq(state(), PGG_BREAKER_OPEN);
+    stop();
+}
+
+UTest(breaker, time_window_forgets_old_failures)
+{
+    pgg_breaker_config c = cfg_plain();
+    pgg_breaker_stats s;
+
+    c.failure_rate = 50;
+    c.min_calls = 4;
+    c.window_type = PGG_WINDOW_TIME;
+    c.window_size = 10;
+    c.window_bucket_ms = 1000;
+    start(&c);
+    calls(F, 3);
+    NOW += SEC(9);
+    cr_assert_eq(stats().window.failures, 3);
+    NOW += SEC(1); /* the bucket of T0 leaves the 10 s window */
+    s = stats();
+    cr_assert_eq(s.window.calls, 0);
+    calls(F, 1);
+    calls(S, 3); /* 1/4 = 25%; with the old failures it would be 4/7 */
+    cr_assert_eq(state(), PGG_BREAKER_CLOSED);
+    stop();
+}
+
+/* --------------------------------------------------------------- open */
+
+UTest(breaker, open_rejects_until_the_exact_instant)
+{
+    pgg_breaker_config c = cfg_plain();
+    pgg_breaker_stats s;
+    pgg_ticket t;
+
+    c.consecutive_failures = 1;
+    c.open_ms = 1000;
+    start(&c);
+    trip();
+    s = stats();
+    cr_assert_eq(s.open_remaining_ns, SEC(1));
+    cr_assert_eq(s.open_duration_ns, SEC(1));
+    NOW = T0 + SEC(1) - 1;
+    cr_assert_not(pgg__breaker_allow(&B, NOW, &t));
+    cr_assert_eq(t.state, PGG_BREAKER_OPEN);
+    cr_assert_eq(stats().open_remaining_ns, 1);
+    NOW = T0 + SEC(1);
+    cr_assert(pgg__breaker_allow(&B, NOW, &t));
+    cr_assert_eq(t.state, PGG_BREAKER_HALF_OPEN);
+    cr_assert_eq(t.flags, PGG_TICKET_PERMIT);
+    expect_event(1, PGG_BREAKER_OPEN, PGG_BREAKER_HALF_OPEN, PGG_BREAKER_REASON_OPEN_ELAPSED);
+    s = stats();
+    cr_assert_eq(s.rejected, 1);
+    cr_assert_eq(s.admitted, 2);
+    stop();
+}
+
+UTest(breaker, tick_moves_it_without_traffic)
+{
+    pgg_breaker_config c = cfg_plain();
+
+    c.consecutive_failures = 1;
+    c.open_ms = 1000;
+    c.half_open_max_ms = 5000;
+    start(&c);
+    cr_assert_eq(pgg__breaker_tick(&B, NOW), PGG_TIME_NEVER);
+    trip();
+    cr_assert_eq(pgg__breaker_tick(&B, T0 + MS(999)), T0 + SEC(1));
+    cr_assert_eq(state(), PGG_BREAKER_OPEN);
+    cr_assert_eq(pgg__breaker_tick(&B, T0 + SEC(1)), T0 + SEC(6));
+    cr_assert_eq(state(), PGG_BREAKER_HALF_OPEN);
+    cr_assert_eq(LOG.n, 2, "tick delivers the event");
+    cr_assert_eq(pgg__breaker_tick(&B, T0 + SEC(6) - 1), T0 + SEC(6));
+    cr_assert_eq(state(), PGG_BREAKER_HALF_OPEN);
+    pgg__breaker_tick(&B, T0 + SEC(6));
+    cr_assert_eq(state(), PGG_BREAKER_OPEN);
+    expect_event(2, PGG_BREAKER_HALF_OPEN, PGG_BREAKER_OPEN,
+                 PGG_BREAKER_REASON_HALF_OPEN_TIMEOUT);
+    stop();
+}
+
+UTest(breaker, backoff_grows_then_caps)
+{
+    pgg_breaker_config c = cfg_plain();
+    const int64_t expect_ms[] = {1000, 2000, 4000, 5000, 5000};
+    pgg_breaker_stats s;
+    int i;
+
+    c.consecutive_failures = 1;
+    c.open_ms = 1000;
+    c.open_multiplier = 2;
+    c.open_max_ms = 5000;
+    c.half_open_probes = 1;
+    c.half_open_successes = 1;
+    start(&c);
+    trip();
+    for (i = 0; i < 5; i++) {
+        s = stats();
+        cr_assert_eq(s.open_duration_ns, MS(expect_ms[i]), "opening %d lasted %lld ms", i + 1,
+                     (long long)(s.open_duration_ns / PGG_NS_PER_MS));
+        cr_assert_eq(s.reopens, (uint32_t)i + 1);
+        to_half_open();
+        cr_assert(call(F));
+        cr_assert_eq(state(), PGG_BREAKER_OPEN);
+    }
+    stop();
+}
+
+UTest(breaker, backoff_jitter_only_shortens_within_bounds)
+{
+    pgg_breaker_config c = cfg_plain();
+    int64_t lo = INT64_MAX, hi = 0, d;
+    int i;
+
+    c.consecutive_failures = 1;
+    c.open_ms = 1000;
+    c.open_multiplier = 1;
+    c.open_max_ms = 1000;
+    c.open_jitter = 0.5;
+    c.half_open_probes = 1;
+    c.half_open_successes = 1;
+    start(&c);
+    trip();
+    for (i = 0; i < 200; i++) {
+        d = stats().open_duration_ns;
+        cr_assert_geq(d, MS(500));
+        cr_assert_leq(d, MS(1000));
+        lo = d < lo ? d : lo;
+        hi = d > hi ? d : hi;
+        to_half_open();
+        cr_assert(call(F));
+    }
+    cr_assert_lt(lo, MS(600), "jitter never went low (%lld)", (long long)lo);
+    cr_assert_gt(hi, MS(900), "jitter never stayed high (%lld)", (long long)hi);
+    stop();
+}
+
+UTest(breaker, backoff_decays_one_step_per_healthy_period)
+{
+    pgg_breaker_config c = cfg_plain();
+
+    c.consecutive_failures = 1;
+    c.open_ms = 1000;
+    c.open_multiplier = 2;
+    c.open_max_ms = 60000;
+    c.healthy_decay_ms = 10000;
+    c.half_open_probes = 1;
+    c.half_open_successes = 1;
+    start(&c);
+    trip();                           /* 1 s */
+    to_half_open();
+    cr_assert(call(F));               /* 2 s */
+    to_half_open();
+    cr_assert(call(S));               /* closed, streak of 2 kept */
+    cr_assert_eq(state(), PGG_BREAKER_CLOSED);
+    cr_assert_eq(stats().reopens, 2);
+    NOW += SEC(10) - 1;
+    cr_assert_eq(stats().reopens, 2);
+    NOW += 1;
+    cr_assert_eq(stats().reopens, 1);
+    trip();
+    cr_assert_eq(stats().open_duration_ns, SEC(2), "one step forgiven, not all");
+    to_half_open();
+    cr_assert(call(S));
+    NOW += SEC(20);                   /* two periods: everything forgiven */
+    cr_assert_eq(stats().reopens, 0);
+    trip();
+    cr_assert_eq(stats().open_duration_ns, SEC(1));
+    stop();
+}
+
+UTest(breaker, decay_zero_forgives_on_close)
+{
+    pgg_breaker_config c = cfg_plain();
+
+    c.consecutive_failures = 1;
+    c.open_ms = 1000;
+    c.open_max_ms = 60000;
+    c.healthy_decay_ms = 0;
+    c.half_open_probes = 1;
+    c.half_open_successes = 1;
+    start(&c);
+    trip();
+    to_half_open();
+    cr_assert(call(F));
+    cr_assert_eq(stats().open_duration_ns, SEC(2));
+    to_half_open();
+    cr_assert(call(S));
+    trip();
+    cr_assert_eq(stats().open_duration_ns, SEC(1));
+    stop();
+}
+
+/* ------------------------------------------------------------ half-open */
+
+UTest(breaker, half_open_permits_and_ignored_gives_one_back)
+{
+    pgg_breaker_config c = cfg_plain();
+    pgg_ticket t1, t2, t3, t4;
+    pgg_breaker_stats s;
+
+    c.consecutive_failures = 1;
+    c.half_open_probes = 2;
+    c.half_open_successes = 2;
+    start(&c);
+    trip();
+    to_half_open();
+    cr_assert(pgg__breaker_allow(&B, NOW, &t1));
+    cr_assert(pgg__breaker_allow(&B, NOW, &t2));
+    cr_assert_not(pgg__breaker_allow(&B, NOW, &t3), "a third probe at once");
+    cr_assert_eq(t3.state, PGG_BREAKER_HALF_OPEN);
+    s = stats();
+    cr_assert_eq(s.probes_admitted, 2);
+    cr_assert_eq(s.probes_in_flight, 2);
+    pgg__breaker_record(&B, t1, I, 0, NOW);
+    s = stats();
+    cr_assert_eq(s.probes_admitted, 1);
+    cr_assert_eq(s.probes_in_flight, 1);
+    cr_assert_eq(s.ignored, 1);
+    cr_assert(pgg__breaker_allow(&B, NOW, &t3), "the ignored probe's permit");
+    cr_assert_not(pgg__breaker_allow(&B, NOW, &t4));
+    pgg__breaker_record(&B, t2, S, 0, NOW);
+    cr_assert_eq(state(), PGG_BREAKER_HALF_OPEN);
+    /* A success keeps its permit: still no room. */
+    cr_assert_not(pgg__breaker_allow(&B, NOW, &t4));
+    pgg__breaker_record(&B, t3, S, 0, NOW);
+    cr_assert_eq(state(), PGG_BREAKER_CLOSED);
+    expect_event(2, PGG_BREAKER_HALF_OPEN, PGG_BREAKER_CLOSED,
+                 PGG_BREAKER_REASON_PROBES_PASSED);
+    s = stats();
+    cr_assert_eq(s.rejected, 3);
+    cr_assert_eq(s.window.calls, 0, "closing starts a fresh window");
+    stop();
+}
+
+UTest(breaker, half_open_first_bad_probe_reopens_when_all_must_pass)
+{
+    pgg_breaker_config c = cfg_plain();
+
+    c.consecutive_failures = 1;
+    c.half_open_probes = 3;
+    c.half_open_successes = 3;
+    start(&c);
+    trip();
+    to_half_open();
+    calls(S, 2);
+    cr_assert_eq(state(), PGG_BREAKER_HALF_OPEN);
+    calls(F, 1);
+    cr_assert_eq(state(), PGG_BREAKER_OPEN);
+    expect_event(2, PGG_BREAKER_HALF_OPEN, PGG_BREAKER_OPEN,
+                 PGG_BREAKER_REASON_PROBES_FAILED);
+    cr_assert_eq(stats().reopens, 2);
+    stop();
+}
+
+UTest(breaker, half_open_quorum_of_successes)
+{
+    pgg_breaker_config c = cfg_plain();
+
+    c.consecutive_failures = 1;
+    c.half_open_probes = 4;
+    c.half_open_successes = 2;
+    start(&c);
+    trip();
+    to_half_open();
+    calls(F, 2); /* 2 bad of the 2 the quorum can spare */
+    calls(S, 1);
+    cr_assert_eq(state(), PGG_BREAKER_HALF_OPEN);
+    calls(S, 1);
+    cr_assert_eq(state(), PGG_BREAKER_CLOSED);
+
+    trip();
+    to_half_open();
+    calls(F, 2);
+    cr_assert_eq(state(), PGG_BREAKER_HALF_OPEN);
+    calls(F, 1); /* a third bad probe: 2 successes are out of reach */
+    cr_assert_eq(state(), PGG_BREAKER_OPEN);
+    stop();
+}
+
+UTest(breaker, half_open_rate_mode_waits_for_every_probe)
+{
+    pgg_breaker_config c = cfg_plain();
+
+    c.consecutive_failures = 1;
+    c.failure_rate = 50;
+    c.half_open_probes = 4;
+    c.half_open_successes = 0;
+    start(&c);
+    trip();
+    to_half_open();
+    calls(S, 1);
+    calls(F, 1);
+    calls(I, 1); /* neither: its permit comes back */
+    calls(S, 1);
+    cr_assert_eq(state(), PGG_BREAKER_HALF_OPEN);
+    calls(S, 1); /* 1/4 = 25% < 50% */
+    cr_assert_eq(state(), PGG_BREAKER_CLOSED);
+    expect_event(2, PGG_BREAKER_HALF_OPEN, PGG_BREAKER_CLOSED,
+                 PGG_BREAKER_REASON_PROBES_PASSED);
+
+    trip();
+    to_half_open();
+    calls(S, 1);
+    calls(F, 1);
+    calls(S, 1);
+    cr_assert_eq(state(), PGG_BREAKER_HALF_OPEN);
+    calls(F, 1); /* 2/4 = 50% */
+    cr_assert_eq(state(), PGG_BREAKER_OPEN);
+    expect_event(5, PGG_BREAKER_HALF_OPEN, PGG_BREAKER_OPEN,
+                 PGG_BREAKER_REASON_FAILURE_RATE);
+    stop();
+}
+
+UTest(breaker, half_open_rate_mode_judges_slowness)
+{
+    pgg_breaker_config c = cfg_plain();
+
+    c.consecutive_failures = 1;
+    c.failure_rate = 50;
+    c.slow_call_rate = 50;
+    c.slow_call_duration_ms = 100;
+    c.half_open_probes = 2;
+    c.half_open_successes = 0;
+    start(&c);
+    trip();
+    to_half_open();
+    cr_assert(call_d(S, MS(101)));
+    cr_assert(call_d(S, 0));
+    cr_assert_eq(state(), PGG_BREAKER_OPEN);
+    expect_event(2, PGG_BREAKER_HALF_OPEN, PGG_BREAKER_OPEN,
+                 PGG_BREAKER_REASON_SLOW_CALL_RATE);
+    stop();
+}
+
+UTest(breaker, half_open_slow_probe_is_bad_only_when_slowness_trips)
+{
+    pgg_breaker_config c = cfg_plain();
+
+    c.consecutive_failures = 1;
+    c.slow_call_rate = 100;
+    c.min_calls = 100;
+    c.slow_call_duration_ms = 100;
+    c.half_open_probes = 1;
+    c.half_open_successes = 1;
+    start(&c);
+    trip();
+    to_half_open();
+    cr_assert(call_d(S, MS(200)));
+    cr_assert_eq(state(), PGG_BREAKER_OPEN);
+    stop();
+
+    c.slow_call_rate = 0;
+    start(&c);
+    trip();
+    to_half_open();
+    cr_assert(call_d(S, MS(200)));
+    cr_assert_eq(state(), PGG_BREAKER_CLOSED);
+    stop();
+}
+
+UTest(breaker, half_open_max_time_reopens_and_late_probes_are_stale)
+{
+    pgg_breaker_config c = cfg_plain();
+    pgg_ticket lost, t;
+    int64_t since;
+
+    c.consecutive_failures = 1;
+    c.half_open_probes = 1;
+    c.half_open_successes = 1;
+    c.half_open_max_ms = 5000;
+    start(&c);
+    trip();
+    to_half_open();
+    since = NOW;
+    cr_assert(pgg__breaker_allow(&B, NOW, &lost));
+    NOW = since + SEC(5) - 1;
+    cr_assert_not(pgg__breaker_allow(&B, NOW, &t));
+    cr_assert_eq(state(), PGG_BREAKER_HALF_OPEN);
+    NOW = since + SEC(5);
+    cr_assert_not(pgg__breaker_allow(&B, NOW, &t));
+    cr_assert_eq(state(), PGG_BREAKER_OPEN);
+    expect_event(2, PGG_BREAKER_HALF_OPEN, PGG_BREAKER_OPEN,
+                 PGG_BREAKER_REASON_HALF_OPEN_TIMEOUT);
+    cr_assert_eq(stats().reopens, 2);
+    /* The probe reports at last, into the next half-open period. */
+    to_half_open();
+    pgg__breaker_record(&B, lost, S, 0, NOW);
+    cr_assert_eq(state(), PGG_BREAKER_HALF_OPEN, "a stale success closed it");
+    cr_assert_eq(stats().stale, 1);
+    cr_assert(pgg__breaker_allow(&B, NOW, &t), "the stale probe took a permit");
+    stop();
+}
+
+/* ----------------------------------------------------------- generations */
+
+UTest(breaker, result_from_before_a_trip_changes_nothing)
+{
+    pgg_breaker_config c = cfg_plain();
+    pgg_ticket old;
+    pgg_breaker_stats s;
+
+    c.consecutive_failures = 2;
+    start(&c);
+    cr_assert(pgg__breaker_allow(&B, NOW, &old));
+    calls(F, 2);
+    cr_assert_eq(state(), PGG_BREAKER_OPEN);
+    pgg__breaker_record(&B, old, F, 0, NOW);
+    s = stats();
+    cr_assert_eq(s.stale, 1);
+    cr_assert_eq(s.failures, 2);
+    cr_assert_eq(s.window.failures, 2, "frozen window changed");
+    cr_assert_eq(s.reopens, 1);
+    cr_assert_eq(LOG.n, 1);
+    stop();
+}
+
+UTest(breaker, late_success_does_not_close_a_half_open_breaker)
+{
+    pgg_breaker_config c = cfg_plain();
+    pgg_ticket old;
+
+    c.consecutive_failures = 1;
+    c.half_open_probes = 1;
+    c.half_open_successes = 1;
+    start(&c);
+    cr_assert(pgg__breaker_allow(&B, NOW, &old));
+    trip();
+    to_half_open();
+    pgg__breaker_record(&B, old, S, 0, NOW);
+    cr_assert_eq(state(), PGG_BREAKER_HALF_OPEN);
+    cr_assert_eq(stats().probes_admitted, 0);
+    stop();
+}
+
+/* --------------------------------------------- fixed interval (gobreaker) */
+
+UTest(breaker, interval_clears_strictly_after_it_expires)
+{
+    pgg_breaker_config c = cfg_plain();
+    pgg_ticket inflight;
+    pgg_breaker_stats s;
+
+    c.window_type = PGG_WINDOW_FIXED;
+    c.interval_ms = 30000;
+    c.failure_rate = 0;
+    start(&c);
+    calls(F, 3);
+    cr_assert(pgg__breaker_allow(&B, NOW, &inflight));
+    NOW = T0 + SEC(30);
+    cr_assert_eq(pgg__breaker_tick(&B, NOW), T0 + SEC(30) + 1);
+    s = stats();
+    cr_assert_eq(s.window.failures, 3);
+    cr_assert_eq(s.requests, 4);
+    NOW += 1;
+    calls(S, 1);
+    s = stats();
+    cr_assert_eq(s.window.calls, 1);
+    cr_assert_eq(s.window.failures, 0);
+    cr_assert_eq(s.requests, 1);
+    cr_assert_eq(s.state, PGG_BREAKER_CLOSED);
+    cr_assert_eq(LOG.n, 0, "a roll-over is not a transition");
+    pgg__breaker_record(&B, inflight, F, 0, NOW);
+    cr_assert_eq(stats().stale, 1, "the previous interval's call counted");
+    /* The next interval starts when the roll-over was seen. */
+    cr_assert_eq(pgg__breaker_tick(&B, NOW), T0 + SEC(60) + 2);
+    stop();
+}
+
+/* gobreaker's Counts, read from our stats. */
+typedef struct gcounts {
+    uint64_t requests, successes, failures, cs, cf;
+} gcounts;
+
+static gcounts counts(void)
+{
+    pgg_breaker_stats s = stats();
+    gcounts g;
+
+    if (s.state == PGG_BREAKER_HALF_OPEN) {
+        g.requests = s.requests;
+        g.successes = s.probe_successes;
+        g.failures = s.probe_failures;
+        g.cs = s.probe_failures ? 0 : s.probe_successes;
+        g.cf = s.probe_failures;
+    } else {
+        g.requests = s.requests;
+        g.successes = s.window.calls - s.window.failures;
+        g.failures = s.window.failures;
+        g.cs = s.window.consecutive_successes;
+        g.cf = s.window.consecutive_failures;
+    }
+    return g;
+}
+
+#define COUNTS(r, ts, tf, cs_, cf_)                                                     \
+    do {                                                                                \
+        gcounts g_ = counts();                                                          \
+        cr_assert(g_.requests == (r) && g_.successes == (ts) && g_.failures == (tf) &&  \
+                      g_.cs == (cs_) && g_.cf == (cf_),                                 \
+                  "Counts{%llu,%llu,%llu,%llu,%llu} != {%d,%d,%d,%d,%d}",               \
+                  (unsigned long long)g_.requests, (unsigned long long)g_.successes,    \
+                  (unsigned long long)g_.failures, (unsigned long long)g_.cs,            \
+                  (unsigned long long)g_.cf, r, ts, tf, cs_, cf_);                      \
+    } while (0)
+
+/* gobreaker v2 TestDefaultCircuitBreaker, step by step, on the fake clock. */
+UTest(breaker, gobreaker_default_sequence)
+{
+    pgg_breaker_config c;
+
+    pgg__breaker_config_gobreaker(&c, 0, 0, 0);
+    cr_assert_null(pgg__breaker_config_check(&c));
+    start(&c);
+    calls(F, 5);
+    cr_assert_eq(state(), PGG_BREAKER_CLOSED);
+    COUNTS(5, 0, 5, 0, 5);
+    calls(S, 1);
+    COUNTS(6, 1, 5, 1, 0);
+    calls(F, 1);
+    COUNTS(7, 1, 6, 0, 1);
+    calls(F, 5); /* 6 consecutive failures */
+    cr_assert_eq(state(), PGG_BREAKER_OPEN);
+    cr_assert_eq(stats().requests, 0);
+    cr_assert_not(call(S));
+    cr_assert_not(call(F));
+    NOW += SEC(59);
+    pgg__breaker_tick(&B, NOW);
+    cr_assert_eq(state(), PGG_BREAKER_OPEN);
+    NOW += SEC(1);
+    pgg__breaker_tick(&B, NOW);
+    cr_assert_eq(state(), PGG_BREAKER_HALF_OPEN);
+    calls(F, 1);
+    cr_assert_eq(state(), PGG_BREAKER_OPEN);
+    NOW += SEC(60);
+    pgg__breaker_tick(&B, NOW);
+    cr_assert_eq(state(), PGG_BREAKER_HALF_OPEN);
+    calls(S, 1);
+    cr_assert_eq(state(), PGG_BREAKER_CLOSED);
+    COUNTS(0, 0, 0, 0, 0);
+    stop();
+}
+
+static bool gobreaker_custom_trip(void *ud, const pgg_breaker_counts *c)
+{
+    (void)ud;
+    return c->requests >= 3 &&
+           (double)c->window.failures / (double)c->requests >= 0.6;
+}
+
+/* gobreaker v2 TestCustomCircuitBreaker, step by step, on the fake clock. */
+UTest(breaker, gobreaker_custom_sequence)
+{
+    pgg_breaker_config c;
+    pgg_ticket later;
+    int i;
+
+    pgg__breaker_config_gobreaker(&c, 3, 30000, 90000);
+    c.consecutive_failures = 0;
+    c.trip = gobreaker_custom_trip;
+    start(&c);
+    for (i = 0; i < 5; i++) {
+        calls(S, 1);
+        calls(F, 1);
+    }
+    cr_assert_eq(state(), PGG_BREAKER_CLOSED);
+    COUNTS(10, 5, 5, 0, 1);
+    NOW += SEC(29);
+    calls(S, 1);
+    COUNTS(11, 6, 5, 1, 0);
+    /* gobreaker's real clock has moved on by a hair when it says "30 s". */
+    NOW += SEC(1) + 1;
+    calls(F, 1);
+    cr_assert_eq(state(), PGG_BREAKER_CLOSED);
+    COUNTS(1, 0, 1, 0, 1);
+    calls(S, 1);
+    calls(F, 1); /* 2/3 >= 0.6 */
+    cr_assert_eq(state(), PGG_BREAKER_OPEN);
+    expect_event(0, PGG_BREAKER_CLOSED, PGG_BREAKER_OPEN, PGG_BREAKER_REASON_TRIP_PREDICATE);
+    NOW += SEC(90);
+    pgg__breaker_tick(&B, NOW);
+    cr_assert_eq(state(), PGG_BREAKER_HALF_OPEN);
+    expect_event(1, PGG_BREAKER_OPEN, PGG_BREAKER_HALF_OPEN, PGG_BREAKER_REASON_OPEN_ELAPSED);
+    calls(S, 2);
+    cr_assert_eq(state(), PGG_BREAKER_HALF_OPEN);
+    COUNTS(2, 2, 0, 2, 0);
+    cr_assert(pgg__breaker_allow(&B, NOW, &later)); /* the third, still running */
+    COUNTS(3, 2, 0, 2, 0);
+    cr_assert_not(call(S), "over MaxRequests");
+    pgg__breaker_record(&B, later, S, 0, NOW);
+    cr_assert_eq(state(), PGG_BREAKER_CLOSED);
+    COUNTS(0, 0, 0, 0, 0);
+    expect_event(2, PGG_BREAKER_HALF_OPEN, PGG_BREAKER_CLOSED,
+                 PGG_BREAKER_REASON_PROBES_PASSED);
+    stop();
+}
+
+UTest(breaker, gobreaker_preset_defaults)
+{
+    pgg_breaker_config c;
+
+    pgg__breaker_config_gobreaker(&c, 0, -5, -1);
+    cr_assert_eq(c.half_open_probes, 1);
+    cr_assert_eq(c.half_open_successes, 1);
+    cr_assert_eq(c.open_ms, 60000);
+    cr_assert_eq(c.interval_ms, 0);
+    cr_assert_eq(c.window_type, PGG_WINDOW_FIXED);
+    cr_assert_eq(c.consecutive_failures, 6);
+    cr_assert_null(pgg__breaker_config_check(&c));
+}
+
+/* ------------------------------------------------------------- listeners */
+
+UTest(breaker, listener_hears_every_transition_in_order)
+{
+    pgg_breaker_config c = cfg_plain();
+
+    c.consecutive_failures = 1;
+    c.half_open_probes = 1;
+    c.half_open_successes = 1;
+    start(&c);
+    trip();
+    to_half_open();
+    calls(F, 1);
+    to_half_open();
+    calls(S, 1);
+    pgg__breaker_force_open(&B, NOW);
+    pgg__breaker_reset(&B, NOW);
+    pgg__breaker_disable(&B, NOW);
+    pgg__breaker_metrics_only(&B, NOW);
+    cr_assert_eq(pgg__breaker_transition(&B, PGG_BREAKER_HALF_OPEN, NOW), PGG_OK);
+    pgg__breaker_reset(&B, NOW);
+    pgg__breaker_reset(&B, NOW);
+    cr_assert_eq(LOG.n, 12);
+    expect_event(0, PGG_BREAKER_CLOSED, PGG_BREAKER_OPEN, PGG_BREAKER_REASON_CONSECUTIVE_FAILURES);
+    expect_event(1, PGG_BREAKER_OPEN, PGG_BREAKER_HALF_OPEN, PGG_BREAKER_REASON_OPEN_ELAPSED);
+    expect_event(2, PGG_BREAKER_HALF_OPEN, PGG_BREAKER_OPEN, PGG_BREAKER_REASON_PROBES_FAILED);
+    expect_event(3, PGG_BREAKER_OPEN, PGG_BREAKER_HALF_OPEN, PGG_BREAKER_REASON_OPEN_ELAPSED);
+    expect_event(4, PGG_BREAKER_HALF_OPEN, PGG_BREAKER_CLOSED, PGG_BREAKER_REASON_PROBES_PASSED);
+    expect_event(5, PGG_BREAKER_CLOSED, PGG_BREAKER_FORCED_OPEN, PGG_BREAKER_REASON_FORCED);
+    expect_event(6, PGG_BREAKER_FORCED_OPEN, PGG_BREAKER_CLOSED, PGG_BREAKER_REASON_RESET);
+    expect_event(7, PGG_BREAKER_CLOSED, PGG_BREAKER_DISABLED, PGG_BREAKER_REASON_FORCED);
+    expect_event(8, PGG_BREAKER_DISABLED, PGG_BREAKER_METRICS_ONLY, PGG_BREAKER_REASON_FORCED);
+    expect_event(9, PGG_BREAKER_METRICS_ONLY, PGG_BREAKER_HALF_OPEN, PGG_BREAKER_REASON_MANUAL);
+    expect_event(10, PGG_BREAKER_HALF_OPEN, PGG_BREAKER_CLOSED, PGG_BREAKER_REASON_RESET);
+    expect_event(11, PGG_BREAKER_CLOSED, PGG_BREAKER_CLOSED, PGG_BREAKER_REASON_RESET);
+    cr_assert_eq(stats().transitions, 12);
+    stop();
+}
+
+static int depth, max_depth;
+
+/* Calls back into the breaker from inside a notification. */
+static void reentrant_listener(void *ud, pgg_breaker_state from,
+                               pgg_breaker_state to, pgg_breaker_reason reason)
+{
+    pgg_breaker_stats s;
+    pgg_ticket t;
+
+    (void)ud;
+    (void)from;
+    (void)reason;
+    depth++;
+    max_depth = depth > max_depth ? depth : max_depth;
+    pgg__breaker_stats(&B, NOW, &s);
+    cr_assert_eq(s.state, to, "listener sees the state it was told about");
+    if (to == PGG_BREAKER_OPEN) {
+        cr_assert_not(pgg__breaker_allow(&B, NOW, &t));
+        pgg__breaker_force_open(&B, NOW); /* a transition from inside */
+        cr_assert_eq(pgg__breaker_state(&B), PGG_BREAKER_FORCED_OPEN);
+        cr_assert_eq(LOG.n, 1, "nested event delivered inside the listener");
+    }
+    depth--;
+}
+
+UTest(breaker, listener_may_call_back_in)
+{
+    pgg_breaker_config c = cfg_plain();
+
+    c.consecutive_failures = 1;
+    start(&c);
+    depth = max_depth = 0;
+    cr_assert_eq(pgg__breaker_listen(&B, reentrant_listener, NULL), PGG_OK);
+    cr_assert(call(F));
+    cr_assert_eq(state(), PGG_BREAKER_FORCED_OPEN);
+    cr_assert_eq(LOG.n, 2);
+    expect_event(0, PGG_BREAKER_CLOSED, PGG_BREAKER_OPEN, PGG_BREAKER_REASON_CONSECUTIVE_FAILURES);
+    expect_event(1, PGG_BREAKER_OPEN, PGG_BREAKER_FORCED_OPEN, PGG_BREAKER_REASON_FORCED);
+    cr_assert_eq(max_depth, 1, "listeners were nested");
+    stop();
+}
+
+static int flood_done;
+
+/* On the first event, causes far more transitions than the queue holds. */
+static void flooding_listener(void *ud, pgg_breaker_state from,
+                              pgg_breaker_state to, pgg_breaker_reason reason)
+{
+    int i;
+
+    (void)ud;
+    (void)from;
+    (void)to;
+    (void)reason;
+    if (flood_done++)
+        return;
+    for (i = 0; i < 40; i++) {
+        pgg__breaker_force_open(&B, NOW);
+        pgg__breaker_reset(&B, NOW);
+    }
+}
+
+UTest(breaker, event_queue_overflow_keeps_the_newest)
+{
+    pgg_breaker_config c = cfg_plain();
+    pgg_breaker_stats s;
+
+    c.consecutive_failures = 1;
+    start(&c);
+    flood_done = 0;
+    cr_assert_eq(pgg__breaker_listen(&B, flooding_listener, NULL), PGG_OK);
+    cr_assert(call(F));
+    s = stats();
+    cr_assert_eq(s.transitions, 81);
+    cr_assert_eq(s.events_dropped, 80 - PGG_BREAKER_EVENT_QUEUE);
+    cr_assert_eq(LOG.n, 1 + PGG_BREAKER_EVENT_QUEUE);
+    expect_event(LOG.n - 1, PGG_BREAKER_FORCED_OPEN, PGG_BREAKER_CLOSED,
+                 PGG_BREAKER_REASON_RESET);
+    cr_assert_eq(state(), PGG_BREAKER_CLOSED);
+    stop();
+}
+
+static void noop_listener(void *ud, pgg_breaker_state from, pgg_breaker_state to,
+                          pgg_breaker_reason reason)
+{
+    (void)ud;
+    (void)from;
+    (void)to;
+    (void)reason;
+}
+
+UTest(breaker, listener_slots)
+{
+    pgg_breaker_config c = cfg_plain();
+    int a, b2, d;
+
+    c.consecutive_failures = 1;
+    start(&c); /* LOG takes the first slot */
+    cr_assert_eq(pgg__breaker_listen(&B, NULL, NULL), PGG_EINVAL);
+    cr_assert_eq(pgg__breaker_listen(&B, noop_listener, &a), PGG_OK);
+    cr_assert_eq(pgg__breaker_listen(&B, noop_listener, &b2), PGG_OK);
+    cr_assert_eq(pgg__breaker_listen(&B, noop_listener, &d), PGG_OK);
+    cr_assert_eq(pgg__breaker_listen(&B, noop_listener, NULL), PGG_ENOMEM);
+    pgg__breaker_unlisten(&B, noop_listener, &b2);
+    cr_assert_eq(pgg__breaker_listen(&B, noop_listener, NULL), PGG_OK);
+    pgg__breaker_unlisten(&B, log_event, &LOG);
+    trip();
+    cr_assert_eq(LOG.n, 0, "an unlistened listener was called");
+    stop();
+}
+
+/* -------------------------------------------------------- operator modes */
+
+UTest(breaker, forced_open_holds_until_reset)
+{
+    pgg_breaker_config c = cfg_plain();
+    pgg_ticket t, before;
+
+    start(&c);
+    cr_assert(pgg__breaker_allow(&B, NOW, &before));
+    pgg__breaker_force_open(&B, NOW);
+    pgg__breaker_force_open(&B, NOW); /* no second event */
+    cr_assert_eq(LOG.n, 1);
+    cr_assert_not(pgg__breaker_allow(&B, NOW, &t));
+    cr_assert_eq(t.state, PGG_BREAKER_FORCED_OPEN);
+    cr_assert_eq(pgg__breaker_tick(&B, NOW + SEC(86400)), PGG_TIME_NEVER);
+    NOW += SEC(86400);
+    cr_assert_not(pgg__breaker_allow(&B, NOW, &t));
+    pgg__breaker_record(&B, before, F, 0, NOW);
+    cr_assert_eq(stats().stale, 1);
+    cr_assert_eq(stats().rejected, 2);
+    pgg__breaker_reset(&B, NOW);
+    cr_assert_eq(state(), PGG_BREAKER_CLOSED);
+    cr_assert(call(S));
+    stop();
+}
+
+UTest(breaker, disabled_admits_everything_and_records_nothing)
+{
+    pgg_breaker_config c = cfg_plain();
+    pgg_breaker_stats before, after;
+    pgg_ticket t;
+
+    c.consecutive_failures = 1;
+    start(&c);
+    pgg__breaker_disable(&B, NOW);
+    before = stats();
+    calls(F, 100);
+    cr_assert(pgg__breaker_allow(&B, NOW, &t));
+    cr_assert_eq(t.flags, PGG_TICKET_UNTRACKED);
+    after = stats();
+    cr_assert_eq(after.state, PGG_BREAKER_DISABLED);
+    cr_assert_eq(after.admitted, before.admitted);
+    cr_assert_eq(after.failures, 0);
+    cr_assert_eq(after.window.calls, 0);
+    pgg__breaker_reset(&B, NOW);
+    pgg__breaker_record(&B, t, F, 0, NOW); /* from the disabled period */
+    cr_assert_eq(state(), PGG_BREAKER_CLOSED);
+    cr_assert_eq(stats().failures, 0);
+    stop();
+}
+
+UTest(breaker, metrics_only_records_but_never_trips)
+{
+    pgg_breaker_config c = cfg_plain();
+    pgg_breaker_stats s;
+
+    c.consecutive_failures = 2;
+    c.failure_rate = 50;
+    c.min_calls = 1;
+    c.mode = PGG_BREAKER_MODE_METRICS_ONLY;
+    start(&c);
+    cr_assert_eq(state(), PGG_BREAKER_METRICS_ONLY);
+    calls(F, 10);
+    s = stats();
+    cr_assert_eq(s.state, PGG_BREAKER_METRICS_ONLY);
+    cr_assert_eq(s.window.failures, 10);
+    cr_assert_eq(s.failures, 10);
+    cr_assert_eq(s.trips_suppressed, 10);
+    cr_assert_float_eq(s.failure_rate, 100.0, 1e-9);
+    cr_assert_eq(LOG.n, 0);
+    stop();
+}
+
+UTest(breaker, modes_set_the_initial_state)
+{
+    pgg_breaker_config c = cfg_plain();
+    pgg_ticket t;
+
+    c.mode = PGG_BREAKER_MODE_FORCED_OPEN;
+    start(&c);
+    cr_assert_eq(state(), PGG_BREAKER_FORCED_OPEN);
+    cr_assert_not(pgg__breaker_allow(&B, NOW, &t));
+    stop();
+    c.mode = PGG_BREAKER_MODE_DISABLED;
+    start(&c);
+    cr_assert_eq(state(), PGG_BREAKER_DISABLED);
+    cr_assert(pgg__breaker_allow(&B, NOW, &t));
+    stop();
+    c.mode = PGG_BREAKER_MODE_NORMAL;
+    start(&c);
+    cr_assert_eq(state(), PGG_BREAKER_CLOSED);
+    stop();
+}
+
+UTest(breaker, transition_by_hand)
+{
+    pgg_breaker_config c = cfg_plain();
+    pgg_breaker_stats s;
+
+    c.open_ms = 2000;
+    start(&c);
+    cr_assert_eq(pgg__breaker_transition(&B, PGG_BREAKER_DISABLED, NOW), PGG_EINVAL);
+    cr_assert_eq(pgg__breaker_transition(&B, PGG_BREAKER_CLOSED, NOW), PGG_OK);
+    cr_assert_eq(LOG.n, 0, "closed to closed is no transition");
+    cr_assert_eq(pgg__breaker_transition(&B, PGG_BREAKER_OPEN, NOW), PGG_OK);
+    s = stats();
+    cr_assert_eq(s.state, PGG_BREAKER_OPEN);
+    cr_assert_eq(s.open_remaining_ns, SEC(2));
+    expect_event(0, PGG_BREAKER_CLOSED, PGG_BREAKER_OPEN, PGG_BREAKER_REASON_MANUAL);
+    cr_assert_eq(pgg__breaker_transition(&B, PGG_BREAKER_HALF_OPEN, NOW), PGG_OK);
+    cr_assert_eq(state(), PGG_BREAKER_HALF_OPEN);
+    cr_assert_eq(pgg__breaker_transition(&B, PGG_BREAKER_CLOSED, NOW), PGG_OK);
+    cr_assert_eq(state(), PGG_BREAKER_CLOSED);
+    cr_assert_eq(LOG.n, 3);
+    stop();
+}
+
+UTest(breaker, reset_forgives_the_streak)
+{
+    pgg_breaker_config c = cfg_plain();
+
+    c.consecutive_failures = 1;
+    c.open_ms = 1000;
+    c.open_max_ms = 60000;
+    c.half_open_probes = 1;
+    c.half_open_successes = 1;
+    start(&c);
+    trip();
+    to_half_open();
+    calls(F, 1);
+    cr_assert_eq(stats().reopens, 2);
+    pgg__breaker_reset(&B, NOW);
+    cr_assert_eq(stats().reopens, 0);
+    trip();
+    cr_assert_eq(stats().open_duration_ns, SEC(1));
+    stop();
+}
+
+UTest(breaker, stats_totals_add_up)
+{
+    pgg_breaker_config c = cfg_plain();
+    pgg_breaker_stats s;
+    pgg_ticket t;
+
+    c.consecutive_failures = 3;
+    start(&c);
+    calls(S, 4);
+    calls(I, 2);
+    calls(F, 3); /* trips */
+    cr_assert_not(pgg__breaker_allow(&B, NOW, &t));
+    s = stats();
+    cr_assert_eq(s.admitted, 9);
+    cr_assert_eq(s.rejected, 1);
+    cr_assert_eq(s.successes, 4);
+    cr_assert_eq(s.ignored, 2);
+    cr_assert_eq(s.failures, 3);
+    cr_assert_eq(s.stale, 0);
+    cr_assert_eq(s.transitions, 1);
+    cr_assert_eq(s.state_since_ns, T0);
+    cr_assert_eq(s.window.ignored, 2);
+    stop();
+}
