@@ -1,0 +1,104 @@
+/*
+ * Internal: the bulkhead, a counting semaphore on concurrent calls.
+ *
+ * At most `capacity` holders at once.  A caller that finds it full waits
+ * until its absolute deadline at the latest, in FIFO order: a slot freed
+ * while anyone waits is handed to the oldest waiter directly, so a newcomer
+ * never overtakes a waiter (no barging), and only that waiter is woken.
+ * A caller whose deadline has already passed (the pool passes
+ * min(now + bulkhead.max_wait_ms, call deadline), so a max wait of 0 means
+ * "now") is refused at once without queueing.
+ *
+ * Refusals are the bulkhead's own outcomes (PGG_EBULKHEAD, PGG_ETIMEDOUT),
+ * never a host failure: nothing here touches a breaker.
+ *
+ * Waits go through the bulkhead's clock (see clock.h): with the system
+ * clock they are pthread_cond_timedwait on CLOCK_MONOTONIC; with a fake
+ * clock, each set/advance wakes every waiter of every bulkhead built on it
+ * (through one clock watch per bulkhead) to re-check its deadline, so tests
+ * drive deadline expiry by moving the fake clock.
+ *
+ * Thread-safe; one mutex, a few instructions under it on the uncontended
+ * path; no allocation after init (a waiter lives on its own stack).
+ */
+#ifndef PGG_BULKHEAD_H
+#define PGG_BULKHEAD_H
+
+#include "clock.h"
+#include "pgguard.h"
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+typedef struct pgg_bulkhead_waiter pgg_bulkhead_waiter;
+
+typedef struct pgg_bulkhead {
+    pthread_mutex_t mu;
+    const pgg_clock *clock;
+    pgg_clock_watch watch;
+    int capacity;
+    int in_use;
+    int waiting;
+    bool closed;
+    pgg_bulkhead_waiter *head; /* oldest waiter */
+    pgg_bulkhead_waiter *tail;
+    uint64_t admitted, rejected_full, timed_out, waited;
+} pgg_bulkhead;
+
+typedef struct pgg_bulkhead_counts {
+    int capacity;
+    int in_use;  /* may exceed capacity for a while after a shrink */
+    int waiting;
+    uint64_t admitted;      /* entries, at once or after a wait */
+    uint64_t waited;        /* entries that had to queue first */
+    uint64_t rejected_full; /* refused at once (PGG_EBULKHEAD) */
+    uint64_t timed_out;     /* queued, then the deadline came (PGG_ETIMEDOUT) */
+} pgg_bulkhead_counts;
+
+/*
+ * capacity >= 0 (0 refuses everyone until resized).  clock NULL means the
+ * system clock.  Returns PGG_OK, PGG_EINVAL or PGG_ESYS.
+ */
+int pgg__bulkhead_init(pgg_bulkhead *bh, int capacity, const pgg_clock *clock,
+                       pgg_error *err);
+/* Nobody may hold, wait or call any more (see close).  Accepts NULL. */
+void pgg__bulkhead_destroy(pgg_bulkhead *bh);
+
+pgg_bulkhead *pgg__bulkhead_new(int capacity, const pgg_clock *clock,
+                                pgg_error *err);
+void pgg__bulkhead_free(pgg_bulkhead *bh);
+
+/*
+ * Take a slot, waiting until deadline at most.  now is the caller's reading
+ * of the bulkhead's clock (the pool reads it once per call).  Returns
+ *   PGG_OK        a slot is held: call pgg__bulkhead_leave() once;
+ *   PGG_EBULKHEAD full and deadline <= now: refused without waiting;
+ *   PGG_ETIMEDOUT queued, and the deadline came first;
+ *   PGG_ECLOSED   the bulkhead was closed.
+ */
+int pgg__bulkhead_enter(pgg_bulkhead *bh, int64_t deadline, int64_t now);
+
+/* Give a slot back; the oldest waiter, if any, gets it. */
+void pgg__bulkhead_leave(pgg_bulkhead *bh);
+
+/*
+ * Change the capacity (>= 0) at run time.  Growing admits waiters at once,
+ * oldest first; shrinking never interrupts a holder: newcomers wait until
+ * enough holders have left.  PGG_EINVAL for a negative capacity.
+ */
+int pgg__bulkhead_resize(pgg_bulkhead *bh, int capacity);
+
+int pgg__bulkhead_capacity(pgg_bulkhead *bh);
+
+/* A consistent snapshot. */
+void pgg__bulkhead_counts(pgg_bulkhead *bh, pgg_bulkhead_counts *out);
+
+/*
+ * Refuse every later enter with PGG_ECLOSED and wake every waiter with it
+ * (a pool being freed must not leave threads parked here).  Holders may
+ * still leave.
+ */
+void pgg__bulkhead_close(pgg_bulkhead *bh);
+
+#endif
