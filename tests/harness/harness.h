@@ -139,6 +139,12 @@ PGconn *pgh_connect(const char *conninfo, int timeout_ms, bool *timed_out,
 int pgh_conn_exec(PGconn *conn, const char *sql, int timeout_ms,
                   char sqlstate[6], char *errbuf, size_t errlen);
 
+/* Non-zero when LeakSanitizer (ASan builds) or valgrind (memcheck) finds
+ * memory leaked so far, after printing the report; 0 otherwise or when
+ * neither is present.  Call at the end of a test, after freeing everything:
+ * a leak then fails the test instead of scrolling by. */
+int pgh_leak_check(void);
+
 /* Monotonic milliseconds, for measuring in tests. */
 double pgh_now_ms(void);
 

@@ -4,6 +4,7 @@
 
 #include "test_util.h"
 
+
 Test(cluster, start_ready)
 {
     pgh_cluster *c = start_cluster(2);
@@ -40,6 +41,7 @@ Test(cluster, start_ready)
     struct stat st;
     if (dircopy[0])
         cr_expect_neq(stat(dircopy, &st), 0, "%s still exists after free", dircopy);
+    no_leaks();
 }
 
 Test(cluster, multi_host_conninfo)
@@ -69,6 +71,7 @@ Test(cluster, multi_host_conninfo)
     }
     free(ci);
     pgh_cluster_free(c);
+    no_leaks();
 }
 
 Test(cluster, sql_helpers)
@@ -116,6 +119,7 @@ Test(cluster, sql_helpers)
     PQfinish(victim);
     PQfinish(conn);
     pgh_cluster_free(c);
+    no_leaks();
 }
 
 Test(cluster, terminate_backends)
@@ -136,6 +140,7 @@ Test(cluster, terminate_backends)
     PQfinish(a);
     PQfinish(b);
     pgh_cluster_free(c);
+    no_leaks();
 }
 
 Test(cluster, external_faults_unsupported)
@@ -160,4 +165,5 @@ Test(cluster, external_faults_unsupported)
     /* and the server is untouched */
     expect_value(p, "select pg_is_in_recovery()", "f");
     pgh_cluster_free(c);
+    no_leaks();
 }

@@ -6,10 +6,10 @@
  */
 #include "test_util.h"
 
+
 Test(faults, hang_bounded_connect)
 {
-    pgh_cluster *c = start_cluster(0);
-    pgh_require_local(c, "a hang (SIGSTOP)");
+    pgh_cluster *c = start_local_cluster(0, "a hang (SIGSTOP)");
     pgh_node *p = pgh_cluster_primary(c);
     PGconn *before = connect_or_die(pgh_node_conninfo(p));
 
@@ -45,12 +45,12 @@ Test(faults, hang_bounded_connect)
     cr_expect_not_null(conn, "after resume: %s", err);
     PQfinish(conn);
     pgh_cluster_free(c);
+    no_leaks();
 }
 
 Test(faults, stop_immediate_refused)
 {
-    pgh_cluster *c = start_cluster(0);
-    pgh_require_local(c, "a server stop");
+    pgh_cluster *c = start_local_cluster(0, "a server stop");
     pgh_node *p = pgh_cluster_primary(c);
     PGconn *before = connect_or_die(pgh_node_conninfo(p));
 
@@ -81,12 +81,12 @@ Test(faults, stop_immediate_refused)
             pgh_now_ms() - t0);
     expect_value(p, "select count(*) from pgg_items", "100");
     pgh_cluster_free(c);
+    no_leaks();
 }
 
 Test(faults, stop_fast_57P01)
 {
-    pgh_cluster *c = start_cluster(0);
-    pgh_require_local(c, "a server stop");
+    pgh_cluster *c = start_local_cluster(0, "a server stop");
     pgh_node *p = pgh_cluster_primary(c);
     PGconn *busy = connect_or_die(pgh_node_conninfo(p));
     cr_assert(PQsendQuery(busy, "select pgg_sleep(30)"));
@@ -121,12 +121,12 @@ Test(faults, stop_fast_57P01)
     cr_assert_eq(pgh_node_start(p), 0, "%s", pgh_node_error(p));
     expect_value(p, "select 1", "1");
     pgh_cluster_free(c);
+    no_leaks();
 }
 
 Test(faults, restart_replicas_follow)
 {
-    pgh_cluster *c = start_cluster(1);
-    pgh_require_local(c, "a restart");
+    pgh_cluster *c = start_local_cluster(1, "a restart");
     pgh_node *p = pgh_cluster_primary(c), *r = pgh_cluster_replica(c, 0);
     double t0 = pgh_now_ms();
     cr_assert_eq(pgh_node_restart(p), 0, "%s", pgh_node_error(p));
@@ -139,12 +139,12 @@ Test(faults, restart_replicas_follow)
             pgh_now_ms() - t0);
     expect_value(r, "select v from pgg_kv where k = 'after_restart'", "x");
     pgh_cluster_free(c);
+    no_leaks();
 }
 
 Test(faults, promote)
 {
-    pgh_cluster *c = start_cluster(1);
-    pgh_require_local(c, "a promotion");
+    pgh_cluster *c = start_local_cluster(1, "a promotion");
     pgh_node *r = pgh_cluster_replica(c, 0);
     char state[6], err[1024];
     PGconn *conn = connect_or_die(pgh_node_conninfo(r));
@@ -163,12 +163,12 @@ Test(faults, promote)
     /* the old primary is still a primary: two of them now, as in a split */
     expect_value(pgh_cluster_primary(c), "select pg_is_in_recovery()", "f");
     pgh_cluster_free(c);
+    no_leaks();
 }
 
 Test(faults, replay_pause)
 {
-    pgh_cluster *c = start_cluster(1);
-    pgh_require_local(c, "a replay pause");
+    pgh_cluster *c = start_local_cluster(1, "a replay pause");
     pgh_node *p = pgh_cluster_primary(c), *r = pgh_cluster_replica(c, 0);
     cr_assert_eq(pgh_node_pause_replay(r), 0, "%s", pgh_node_error(r));
     cr_assert_eq(pgh_node_exec(p, "insert into pgg_kv(k, v) values ('lagging', 'x')"), 0, "%s",
@@ -184,4 +184,5 @@ Test(faults, replay_pause)
     fprintf(stderr, "timing: resume replay + wait: %.1f ms\n", pgh_now_ms() - t0);
     expect_value(r, "select count(*) from pgg_kv where k = 'lagging'", "1");
     pgh_cluster_free(c);
+    no_leaks();
 }

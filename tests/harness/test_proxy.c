@@ -19,11 +19,22 @@ static void setup(void)
     via = pgh_conninfo_at(pgh_node_conninfo(p), "127.0.0.1", pgh_proxy_port(proxy));
 }
 
+/* Also the .fini, for a test that failed before its end: Criterion does not
+ * count assertions made in a .fini, so the leak check is in finish(). */
 static void teardown(void)
 {
     pgh_proxy_free(proxy);
     pgh_cluster_free(cluster);
     free(via);
+    proxy = NULL;
+    cluster = NULL;
+    via = NULL;
+}
+
+static void finish(void)
+{
+    teardown();
+    no_leaks();
 }
 
 /* Median of 5 round trips of "select 1", in ms. */
@@ -71,6 +82,7 @@ Test(proxy, pass, .init = setup, .fini = teardown)
     PQfinish(a);
     PQfinish(b);
     PQfinish(d);
+    finish();
 }
 
 Test(proxy, delay, .init = setup, .fini = teardown)
@@ -98,6 +110,7 @@ Test(proxy, delay, .init = setup, .fini = teardown)
     cr_expect_geq(took, 200.0);
     PQfinish(late);
     PQfinish(conn);
+    finish();
 }
 
 Test(proxy, blackhole, .init = setup, .fini = teardown)
@@ -127,6 +140,7 @@ Test(proxy, blackhole, .init = setup, .fini = teardown)
     pgh_proxy_set_mode(proxy, PGH_PROXY_PASS, 0);
     PGconn *c3 = connect_or_die(via);
     PQfinish(c3);
+    finish();
 }
 
 Test(proxy, reset, .init = setup, .fini = teardown)
@@ -154,6 +168,7 @@ Test(proxy, reset, .init = setup, .fini = teardown)
     pgh_proxy_set_mode(proxy, PGH_PROXY_PASS, 0);
     PGconn *c3 = connect_or_die(via);
     PQfinish(c3);
+    finish();
 }
 
 Test(proxy, refuse, .init = setup, .fini = teardown)
@@ -177,4 +192,5 @@ Test(proxy, refuse, .init = setup, .fini = teardown)
     pgh_proxy_set_mode(proxy, PGH_PROXY_PASS, 0);
     PGconn *c3 = connect_or_die(via);
     PQfinish(c3);
+    finish();
 }

@@ -11,6 +11,7 @@
 
 #include "test_util.h"
 
+
 #define MAX_PIDS 3
 
 struct snapshot {
@@ -61,6 +62,7 @@ Test(teardown, free_removes_all)
     fprintf(stderr, "timing: free with one hung replica: %.0f ms\n", pgh_now_ms() - t0);
     /* synchronous: everything is gone when free returns */
     cr_expect_not(anything_left(&s), "a server or %s survived pgh_cluster_free()", s.dir);
+    no_leaks();
 }
 
 /* Start a cluster in a child, hang some of it, report it, die by `how`. */
@@ -120,9 +122,11 @@ static void crash_and_check(int how)
 Test(teardown, crash_abort)
 {
     crash_and_check(SIGABRT);
+    no_leaks();
 }
 
 Test(teardown, crash_sigkill)
 {
     crash_and_check(SIGKILL);
+    no_leaks();
 }

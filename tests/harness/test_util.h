@@ -8,6 +8,13 @@
 
 #include "harness.h"
 
+/* Fail the test when it leaked.  Call it at the end of the test body: an
+ * assertion in a .fini does not count. */
+static inline void no_leaks(void)
+{
+    cr_expect_eq(pgh_leak_check(), 0, "memory leaked (report above)");
+}
+
 /* Start a cluster or fail the test with the harness's reason. */
 static inline pgh_cluster *start_cluster(int replicas)
 {
@@ -17,6 +24,18 @@ static inline pgh_cluster *start_cluster(int replicas)
     cr_assert_not_null(c, "cluster start: %s", err);
     fprintf(stderr, "timing: cluster start, primary + %d replicas: %.0f ms\n",
             pgh_cluster_replica_count(c), pgh_now_ms() - t0);
+    return c;
+}
+
+/* A cluster for a fault test: skipped (after freeing it) on external
+ * servers, where `what` cannot be injected. */
+static inline pgh_cluster *start_local_cluster(int replicas, const char *what)
+{
+    pgh_cluster *c = start_cluster(replicas);
+    if (pgh_cluster_is_external(c)) {
+        pgh_cluster_free(c);
+        pgh_skip("%s cannot be injected into external servers", what);
+    }
     return c;
 }
 
