@@ -159,6 +159,7 @@ static struct {
     unsigned unserved_healthy[16][NCODES + 1]; /* [phase][code or SQL] */
     unsigned unserved_healthy_total, unserved_down;
     unsigned cached_down, cached_down_served; /* cacheable reads, no server up */
+    unsigned cached_down_unserved[NCODES + 1]; /* ... and why the others failed */
     double max_over_ms;
     int max_over_op, max_over_timeout;
     int64_t max_cache_age_ms;
@@ -287,68 +288,85 @@ static int code_slot(int code, bool sql_error)
     return code <= 0 && code > -NCODES ? -code : 0;
 }
 
-/*
- * Account for one finished call.  healthy: at least one server was up from
- * its start to its end (the script's ground truth).
- */
-static void record(enum op op, enum outcome out, double start, double lat_ms,
-                   int timeout_ms, const pgg_info *info, const pgg_error *e,
-                   bool sql_error, bool healthy, bool down)
-{
-    double over = lat_ms - timeout_ms;
-    int s;
+/* One finished call, as a worker reports it. */
+typedef struct finished {
+    enum op op;
+    enum outcome out;
+    double start, lat_ms; /* ms */
+    int timeout_ms;
+    const pgg_info *info;
+    const pgg_error *err;
+    bool sql_error; /* the server answered with an error */
+    bool healthy;   /* a server was up from its start to its end */
+    bool down;      /* no server was up, neither at its start nor at its end */
+} finished;
 
-    pthread_mutex_lock(&D.mu);
-    s = (int)((start + lat_ms - D.t0) / 1000.0);
+/* Its second's counters and latency, under D.mu. */
+static int record_second(const finished *f)
+{
+    int s = (int)((f->start + f->lat_ms - D.t0) / 1000.0);
+
     if (s < 0)
         s = 0;
     /* The view closes a second once it is over; a call that finished just
      * before the boundary but got here after counts in the next one. */
     while (s < MAX_SECONDS - 1 && D.secs[s].closed)
         s++;
-    if (s < MAX_SECONDS) {
-        second *sec = &D.secs[s];
-        sec->n[out]++;
-        if (op == OP_WRITE && out == OUT_OK)
-            sec->writes_acked++;
-        if (sec->nlat == sec->cap) {
-            size_t cap = sec->cap ? sec->cap * 2 : 1024;
-            double *p = realloc(sec->lat, cap * sizeof *p);
-            if (p) {
-                sec->lat = p;
-                sec->cap = cap;
-            }
+    second *sec = &D.secs[s];
+    sec->n[f->out]++;
+    if (f->op == OP_WRITE && f->out == OUT_OK)
+        sec->writes_acked++;
+    if (sec->nlat == sec->cap) {
+        size_t cap = sec->cap ? sec->cap * 2 : 1024;
+        double *p = realloc(sec->lat, cap * sizeof *p);
+        if (p) {
+            sec->lat = p;
+            sec->cap = cap;
         }
-        if (sec->nlat < sec->cap)
-            sec->lat[sec->nlat++] = lat_ms;
     }
-    D.calls[op][out]++;
+    if (sec->nlat < sec->cap)
+        sec->lat[sec->nlat++] = f->lat_ms;
+    return s;
+}
+
+/* Account for one finished call: the second it ends in, and the run's
+ * figures for the summary. */
+static void record(const finished *f)
+{
+    double over = f->lat_ms - f->timeout_ms;
+    int slot = code_slot(f->err->code, f->sql_error);
+    bool unanswered = f->out == OUT_FAILED || f->out == OUT_REJECTED;
+
+    pthread_mutex_lock(&D.mu);
+    int s = record_second(f);
+    D.calls[f->op][f->out]++;
     if (over > D.max_over_ms) {
         D.max_over_ms = over;
-        D.max_over_op = op;
-        D.max_over_timeout = timeout_ms;
+        D.max_over_op = f->op;
+        D.max_over_timeout = f->timeout_ms;
     }
-    if (op != OP_WRITE && (out == OUT_FAILED || out == OUT_REJECTED)) {
-        if (healthy) {
-            int ph = atomic_load(&D.phase);
-            D.unserved_healthy[ph < 16 ? ph : 15][code_slot(e->code, sql_error)]++;
-            D.unserved_healthy_total++;
-            if (s < MAX_SECONDS)
-                D.secs[s].unserved_healthy++;
-        } else if (down) {
-            D.unserved_down++;
-        }
+    if (f->op != OP_WRITE && unanswered && f->healthy) {
+        int ph = atomic_load(&D.phase);
+        D.unserved_healthy[ph < 16 ? ph : 15][slot]++;
+        D.unserved_healthy_total++;
+        D.secs[s].unserved_healthy++;
+    } else if (f->op != OP_WRITE && unanswered && f->down) {
+        D.unserved_down++;
     }
-    if (op == OP_CACHED_READ && down) {
+    /* Down by the script's clock, yet served live: a server still dying
+     * or already back; those are not the cache's to answer. */
+    if (f->op == OP_CACHED_READ && f->down && f->out != OUT_OK) {
         D.cached_down++;
-        if (out == OUT_FALLBACK)
+        if (f->out == OUT_FALLBACK)
             D.cached_down_served++;
+        else if (unanswered)
+            D.cached_down_unserved[slot]++;
     }
-    if (out == OUT_FALLBACK && info->cache_age_ms > D.max_cache_age_ms)
-        D.max_cache_age_ms = info->cache_age_ms;
-    if (op == OP_WRITE && out == OUT_OK && D.promote_asked_at > 0 && D.followed_at == 0 &&
-        info->host_index == atomic_load(&D.promoted))
-        D.followed_at = start + lat_ms;
+    if (f->out == OUT_FALLBACK && f->info->cache_age_ms > D.max_cache_age_ms)
+        D.max_cache_age_ms = f->info->cache_age_ms;
+    if (f->op == OP_WRITE && f->out == OUT_OK && D.promote_asked_at > 0 && D.followed_at == 0 &&
+        f->info->host_index == atomic_load(&D.promoted))
+        D.followed_at = f->start + f->lat_ms;
     pthread_mutex_unlock(&D.mu);
 }
 
@@ -435,8 +453,11 @@ static void *worker(void *arg)
                 ws = W_AMBIGUOUS;
             D.wstate[id] = ws; /* one writer per id; read after the join */
         }
-        record(op, out, t, lat, call.timeout_ms, &info, &e, sql_error,
-               healthy0 > 0 && healthy1 > 0, healthy0 == 0 && healthy1 == 0);
+        finished f = {.op = op, .out = out, .start = t, .lat_ms = lat,
+                      .timeout_ms = call.timeout_ms, .info = &info, .err = &e,
+                      .sql_error = sql_error, .healthy = healthy0 > 0 && healthy1 > 0,
+                      .down = healthy0 == 0 && healthy1 == 0};
+        record(&f);
         PQclear(r);
         /* A little pacing leaves the two cores to the servers. */
         sleep_ms(1);
@@ -1137,6 +1158,10 @@ static void print_summary(const write_check *wc, const char *csv, const char *ev
     if (tot[OUT_FALLBACK])
         printf(" (oldest %.1f s)", (double)D.max_cache_age_ms / 1000.0);
     printf("\n");
+    for (int c = 0; c <= NCODES; c++)
+        if (D.cached_down_unserved[c])
+            printf("      %u cacheable reads unanswered with every server down: %s\n",
+                   D.cached_down_unserved[c], code_label(c));
     if (D.unserved_down)
         printf("      %u plain reads while every server was down: nothing could answer them\n",
                D.unserved_down);
@@ -1354,44 +1379,52 @@ static int setup_schema(void)
     return 0;
 }
 
-int main(int argc, char **argv)
+static int init_state(void)
 {
-    char err[2048];
-    int first, status = 0;
-    pthread_t *workers = NULL, script_t, view_t;
-
-    if (parse_args(argc, argv, &first) != 0 || use_external(argc, argv, first) != 0)
-        return 2;
-    setvbuf(stdout, NULL, _IOFBF, 1 << 16);
     pthread_mutex_init(&D.mu, NULL);
     pthread_mutex_init(&D.ev_mu, NULL);
     pthread_mutex_init(&D.out_mu, NULL);
     atomic_store(&D.promoted, -1);
     atomic_store(&D.next_id, 1);
+    D.run_id = (long long)time(NULL) * 100000 + getpid() % 100000;
+    D.t_end = script[NSTEPS - 1].at;
     D.secs = calloc(MAX_SECONDS, sizeof *D.secs);
     D.events = calloc(MAX_EVENTS, sizeof *D.events);
     D.wstate = calloc(MAX_WRITES, 1);
-    workers = calloc((size_t)D.workers, sizeof *workers);
-    if (!D.secs || !D.events || !D.wstate || !workers) {
+    if (!D.secs || !D.events || !D.wstate) {
         fprintf(stderr, "out of memory\n");
-        return 1;
+        return -1;
     }
-    D.run_id = (long long)time(NULL) * 100000 + getpid() % 100000;
-    D.t_end = script[NSTEPS - 1].at;
+    return 0;
+}
 
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_signal;
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
+static void free_state(void)
+{
+    /* The pool first: its health thread may still be in our listener. */
+    pgg_pool_free(D.pool);
+    pgh_cluster_free(D.cluster);
+    for (int s = 0; D.secs && s < MAX_SECONDS; s++)
+        free(D.secs[s].lat);
+    free(D.secs);
+    free(D.events);
+    free(D.wstate);
+    pthread_mutex_destroy(&D.mu);
+    pthread_mutex_destroy(&D.ev_mu);
+    pthread_mutex_destroy(&D.out_mu);
+}
+
+/* The servers, the pool over them, the table, the output directory. */
+static int start(bool given)
+{
+    char err[2048];
 
     printf("pgguard-demo %s: %s\n", pgg_version(),
-           first < argc ? "using the servers given" : "starting a primary and two replicas on 127.0.0.1");
+           given ? "using the servers given" : "starting a primary and two replicas on 127.0.0.1");
     fflush(stdout);
     D.cluster = pgh_cluster_start(2, err, sizeof err);
     if (!D.cluster) {
         fprintf(stderr, "cluster: %s\n", err);
-        return 1;
+        return -1;
     }
     D.external = pgh_cluster_is_external(D.cluster);
     D.nhosts = 1 + pgh_cluster_replica_count(D.cluster);
@@ -1402,27 +1435,34 @@ int main(int argc, char **argv)
     D.pool = make_pool(err, sizeof err);
     if (!D.pool) {
         fprintf(stderr, "%s\n", err);
-        pgh_cluster_free(D.cluster);
-        return 1;
+        return -1;
     }
     pgg_pool_on_event(D.pool, on_pool_event, NULL);
     if (!wait_roles(10000))
         fprintf(stderr, "warning: the pool did not learn every role within 10 s\n");
-    if (setup_schema() != 0) {
-        status = 1;
-        goto out;
-    }
+    if (setup_schema() != 0)
+        return -1;
     if (mkdir_p(D.outdir) != 0) {
         fprintf(stderr, "%s: %s\n", D.outdir, strerror(errno));
-        status = 1;
-        goto out;
+        return -1;
     }
     printf("%d servers ready; %d workers for %.0f s; output in %s/\n", D.nhosts, D.workers,
            D.t_end, D.outdir);
     fflush(stdout);
+    return 0;
+}
+
+/* The workers, the view and the script, until the script's end or ^C. */
+static int run(void)
+{
+    pthread_t *workers = calloc((size_t)D.workers, sizeof *workers), script_t, view_t;
+
+    if (!workers) {
+        fprintf(stderr, "out of memory\n");
+        return -1;
+    }
     if (D.tty)
         printf("\033[?25l"); /* no cursor blinking over the view */
-
     D.t0 = now_ms();
     log_event("FAULT", "%s", script[0].title);
     for (int i = 0; i < D.workers; i++)
@@ -1436,40 +1476,47 @@ int main(int argc, char **argv)
     pthread_join(view_t, NULL);
     if (D.tty)
         printf("\033[?25h");
-    pgg_pool_on_event(D.pool, NULL, NULL);
-
-    {
-        char csv[4200], evs[4200], gp[4200], png[4200];
-        write_check wc;
-        bool plotted = false;
-
-        snprintf(csv, sizeof csv, "%s/timeline.csv", D.outdir);
-        snprintf(evs, sizeof evs, "%s/events.csv", D.outdir);
-        snprintf(gp, sizeof gp, "%s/timeline.gp", D.outdir);
-        snprintf(png, sizeof png, "%s/timeline.png", D.outdir);
-        printf("\nchecking every write against the final primary...\n");
-        fflush(stdout);
-        check_writes(&wc);
-        if (write_timeline(csv) != 0 || write_events(evs) != 0)
-            fprintf(stderr, "writing %s: %s\n", D.outdir, strerror(errno));
-        if (D.plot && write_plot_script(gp, csv, png) == 0)
-            plotted = run_gnuplot(gp);
-        print_summary(&wc, csv, evs, png, plotted);
-        if (wc.checked && wc.acked != wc.acked_present)
-            status = 3; /* an acknowledged write was lost: say so to scripts */
-    }
-out:
-    fflush(stdout);
-    pgg_pool_free(D.pool);
-    pgh_cluster_free(D.cluster);
-    for (int s = 0; s < MAX_SECONDS; s++)
-        free(D.secs[s].lat);
-    free(D.secs);
-    free(D.events);
-    free(D.wstate);
     free(workers);
-    pthread_mutex_destroy(&D.mu);
-    pthread_mutex_destroy(&D.ev_mu);
-    pthread_mutex_destroy(&D.out_mu);
+    return 0;
+}
+
+/* The files and the summary; 3 when an acknowledged write went missing. */
+static int report(void)
+{
+    char csv[4200], evs[4200], gp[4200], png[4200];
+    write_check wc;
+    bool plotted = false;
+
+    snprintf(csv, sizeof csv, "%s/timeline.csv", D.outdir);
+    snprintf(evs, sizeof evs, "%s/events.csv", D.outdir);
+    snprintf(gp, sizeof gp, "%s/timeline.gp", D.outdir);
+    snprintf(png, sizeof png, "%s/timeline.png", D.outdir);
+    printf("\nchecking every write against the final primary...\n");
+    fflush(stdout);
+    check_writes(&wc);
+    if (write_timeline(csv) != 0 || write_events(evs) != 0)
+        fprintf(stderr, "writing %s: %s\n", D.outdir, strerror(errno));
+    if (D.plot && write_plot_script(gp, csv, png) == 0)
+        plotted = run_gnuplot(gp);
+    print_summary(&wc, csv, evs, png, plotted);
+    return wc.checked && wc.acked != wc.acked_present ? 3 : 0;
+}
+
+int main(int argc, char **argv)
+{
+    struct sigaction sa;
+    int first, status = 1;
+
+    if (parse_args(argc, argv, &first) != 0 || use_external(argc, argv, first) != 0)
+        return 2;
+    setvbuf(stdout, NULL, _IOFBF, 1 << 16);
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    if (init_state() == 0 && start(first < argc) == 0 && run() == 0)
+        status = report();
+    fflush(stdout);
+    free_state();
     return status;
 }

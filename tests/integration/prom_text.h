@@ -70,7 +70,7 @@ static inline bool prom__in_family(const char *sample, size_t slen, const char *
 static inline int prom_check(const char *text, char *why, size_t why_len)
 {
     char *copy = strdup(text), *save = NULL;
-    char families[PROM_MAX_FAMILIES][128];
+    char families[PROM_MAX_FAMILIES][160];
     bool closed[PROM_MAX_FAMILIES];
     char **series = calloc(PROM_MAX_SERIES, sizeof *series);
     int nfam = 0, nseries = 0, current = -1, lineno = 0, rc = 0;

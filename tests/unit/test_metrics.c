@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "harness.h"
 #include "metrics.h"
 #include "pgguard.h"
 #include "prom_text.h"
@@ -224,4 +225,5 @@ Test(metrics, pool_metrics_of_an_unreachable_host)
     cr_expect_null(strstr(buf, "metrics_user"), "the user is in the metrics");
     free(buf);
     pgg_pool_free(p);
+    cr_expect_eq(pgh_leak_check(), 0, "leaked");
 }
