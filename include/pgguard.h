@@ -378,7 +378,9 @@ PGG_EXPORT int pgg_pool_host_stats(pgg_pool *pool, int index,
  * fit; PGG_EINVAL when it did not (buf then holds a NUL-terminated
  * prefix), so pass buf NULL and len 0 to learn the size.  Counters grow
  * between two calls: allocate a little more than *needed, or loop.
- * Errors: PGG_EINVAL, PGG_ENOMEM.  Takes no lock a call could wait on.
+ * Errors: PGG_EINVAL, PGG_ENOMEM.  Thread-safe: it takes the snapshots of
+ * pgg_pool_stats() and pgg_pool_host_stats(), whose locks are short and
+ * never held across I/O, so a scrape never waits on a server.
  */
 PGG_EXPORT int pgg_pool_metrics(pgg_pool *pool, char *buf, size_t len,
                                 size_t *needed);
