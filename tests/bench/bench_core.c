@@ -1,10 +1,11 @@
 /*
  * bench-core: the cost of the resilience core on the path of every call.
  *
- *   bench-core [millions of ops per case, default 10]
+ *   bench-core [millions of ops per thread per case, default 10] [runs, default 3]
  *
  * Prints ns/op for breaker allow+record, rejection while open and bulkhead
  * enter+leave, single-threaded and with 2 threads on one shared object,
+ * (the best of `runs` runs: noise from other processes only ever adds time)
  * and checks that no case allocates: malloc and friends are counted by
  * wrappers in this executable (glibc; not under AddressSanitizer, which
  * owns malloc there).  Not a test: numbers depend on the machine; build
@@ -169,13 +170,21 @@ static void run_ops(bench *b)
     }
 }
 
+typedef struct worker_arg {
+    bench *b;
+    pthread_t th;
+    int64_t t0, t1; /* timed by the worker: the main thread may be descheduled */
+} worker_arg;
+
 static void *worker(void *arg)
 {
-    bench *b = arg;
+    worker_arg *w = arg;
 
-    pthread_barrier_wait(&b->start);
-    run_ops(b);
-    pthread_barrier_wait(&b->stop);
+    pthread_barrier_wait(&w->b->start);
+    w->t0 = pgg__now_ns();
+    run_ops(w->b);
+    w->t1 = pgg__now_ns();
+    pthread_barrier_wait(&w->b->stop);
     return NULL;
 }
 
@@ -212,7 +221,7 @@ static void teardown(bench *b)
 }
 
 typedef struct result {
-    double ns_per_op;   /* wall time / ops of one thread */
+    double ns_per_op;   /* a thread's loop time / its ops, averaged over threads */
     double mops;        /* all threads together */
     unsigned long allocs;
 } result;
@@ -220,31 +229,35 @@ typedef struct result {
 static result measure(kind k, int threads, long ops)
 {
     bench b;
-    pthread_t th[8];
+    worker_arg w[8];
     result r;
-    int64_t t0, t1;
+    int64_t first = INT64_MAX, last = 0, busy = 0;
     unsigned long a0, a1;
     int i;
 
     setup(&b, k, ops);
     pthread_barrier_init(&b.start, NULL, (unsigned)threads + 1);
     pthread_barrier_init(&b.stop, NULL, (unsigned)threads + 1);
-    for (i = 0; i < threads; i++)
-        pthread_create(&th[i], NULL, worker, &b);
+    for (i = 0; i < threads; i++) {
+        w[i].b = &b;
+        pthread_create(&w[i].th, NULL, worker, &w[i]);
+    }
     /* Thread creation may allocate; only the loops are counted. */
-    pthread_barrier_wait(&b.start);
     a0 = atomic_load(&allocations);
-    t0 = pgg__now_ns();
+    pthread_barrier_wait(&b.start);
     pthread_barrier_wait(&b.stop);
-    t1 = pgg__now_ns();
     a1 = atomic_load(&allocations);
-    for (i = 0; i < threads; i++)
-        pthread_join(th[i], NULL);
+    for (i = 0; i < threads; i++) {
+        pthread_join(w[i].th, NULL);
+        busy += w[i].t1 - w[i].t0;
+        first = w[i].t0 < first ? w[i].t0 : first;
+        last = w[i].t1 > last ? w[i].t1 : last;
+    }
     pthread_barrier_destroy(&b.start);
     pthread_barrier_destroy(&b.stop);
     teardown(&b);
-    r.ns_per_op = (double)(t1 - t0) / (double)ops;
-    r.mops = (double)ops * threads / ((double)(t1 - t0) / 1e3);
+    r.ns_per_op = (double)busy / threads / (double)ops;
+    r.mops = (double)ops * threads / ((double)(last - first) / 1e3);
     r.allocs = a1 - a0;
     return r;
 }
@@ -269,15 +282,18 @@ static result best_of(kind k, int threads, long ops, int runs)
 int main(int argc, char **argv)
 {
     long millions = argc > 1 ? atol(argv[1]) : 10;
+    int runs = argc > 2 ? atoi(argv[2]) : 3;
     long ops;
     int k, bad = 0;
     result one, two;
 
     if (millions <= 0)
         millions = 1;
+    if (runs <= 0)
+        runs = 1;
     ops = millions * 1000000L;
-    printf("bench-core: %ld M ops per thread per case, best of 3 runs, %ld CPUs online\n",
-           millions, sysconf(_SC_NPROCESSORS_ONLN));
+    printf("bench-core: %ld M ops per thread per case, best of %d runs, %ld CPUs online\n",
+           millions, runs, sysconf(_SC_NPROCESSORS_ONLN));
 #ifdef BENCH_NO_MALLOC_COUNT
     printf("(allocation counting unavailable in this build)\n");
 #else
@@ -298,8 +314,8 @@ int main(int argc, char **argv)
     printf("%-38s %12s %18s %12s %10s\n", "", "ns/op", "ns/op per thread", "Mops/s", "in loops");
     measure(ALLOW_RECORD, 1, ops / 10); /* warm up caches and frequency */
     for (k = ALLOW_RECORD; k <= BULKHEAD; k++) {
-        one = best_of((kind)k, 1, ops, 3);
-        two = best_of((kind)k, 2, ops, 3);
+        one = best_of((kind)k, 1, ops, runs);
+        two = best_of((kind)k, 2, ops, runs);
         printf("%-38s %12.1f %18.1f %12.1f %10lu\n", kind_name[k], one.ns_per_op,
                two.ns_per_op, two.mops, one.allocs + two.allocs);
         if (one.allocs || two.allocs)
