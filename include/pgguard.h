@@ -257,6 +257,9 @@ typedef struct pgg_info {
     char host[128];         /* "host:port" that served it, or "" */
     int host_index;         /* index in the conninfo's host list, or -1 */
     int attempts;           /* hosts tried (a breaker rejection is not one) */
+    int sent;               /* 1: the last attempt's statement left for a
+                               server, so a failed write may have been
+                               applied; 0: it provably never reached one */
     int from_cache;         /* 1: a stale answer from the fallback cache */
     int64_t cache_age_ms;   /* its age, when from_cache */
     pgg_error cause;        /* from_cache: why the live read failed */
@@ -342,6 +345,8 @@ typedef struct pgg_host_stats {
     uint64_t connects, connect_failures;
     double failure_rate;          /* in the breaker's window, percent; -1 too few */
     double slow_call_rate;
+    int64_t open_remaining_ms;    /* open: until probes are let through
+                                     (a Retry-After); else 0 */
     int last_error_code;
     char last_error[256];
     unsigned char reserved_[64];
@@ -404,7 +409,9 @@ typedef void (*pgg_event_fn)(const pgg_event *ev, void *userdata);
  * Call fn on every breaker state change and role change, outside any lock
  * of the pool, on whichever thread caused it (a caller's or the health
  * thread).  fn may call into the pool.  Replaces the previous listener;
- * NULL removes it.
+ * NULL removes it.  A call of the previous listener already under way when
+ * this returns may still finish afterwards: keep its userdata alive until
+ * pgg_pool_free(), after which no listener runs.
  */
 PGG_EXPORT void pgg_pool_on_event(pgg_pool *pool, pgg_event_fn fn,
                                   void *userdata);

@@ -89,6 +89,8 @@ const char *pgg__breaker_reason_name(pgg_breaker_reason reason)
         return "reset";
     case PGG_BREAKER_REASON_MANUAL:
         return "manual";
+    case PGG_BREAKER_REASON_HOST_ANSWERED:
+        return "host-answered";
     }
     return "unknown";
 }
@@ -825,6 +827,20 @@ void pgg__breaker_reset(pgg_breaker *b, int64_t now)
     b->reopens = 0;
     enter_state(b, PGG_BREAKER_CLOSED, PGG_BREAKER_REASON_RESET, now);
     unlock_and_dispatch(b);
+}
+
+bool pgg__breaker_host_answered(pgg_breaker *b, int64_t now)
+{
+    bool moved = false;
+
+    pthread_mutex_lock(&b->mu);
+    if (b->state == PGG_BREAKER_OPEN) {
+        enter_state(b, PGG_BREAKER_HALF_OPEN, PGG_BREAKER_REASON_HOST_ANSWERED,
+                    now);
+        moved = true;
+    }
+    unlock_and_dispatch(b);
+    return moved;
 }
 
 int pgg__breaker_transition(pgg_breaker *b, pgg_breaker_state to, int64_t now)

@@ -82,7 +82,8 @@ typedef enum pgg_breaker_reason {
     PGG_BREAKER_REASON_HALF_OPEN_TIMEOUT,    /* half-open->open */
     PGG_BREAKER_REASON_FORCED,               /* force_open / disable / metrics_only */
     PGG_BREAKER_REASON_RESET,                /* reset (from may equal to) */
-    PGG_BREAKER_REASON_MANUAL                /* pgg__breaker_transition */
+    PGG_BREAKER_REASON_MANUAL,               /* pgg__breaker_transition */
+    PGG_BREAKER_REASON_HOST_ANSWERED         /* open->half-open: pgg__breaker_host_answered */
 } pgg_breaker_reason;
 
 /* "failure-rate", "slow-call-rate", ...; never NULL. */
@@ -313,5 +314,14 @@ void pgg__breaker_disable(pgg_breaker *b, int64_t now);
 void pgg__breaker_metrics_only(pgg_breaker *b, int64_t now);
 void pgg__breaker_reset(pgg_breaker *b, int64_t now);
 int pgg__breaker_transition(pgg_breaker *b, pgg_breaker_state to, int64_t now);
+
+/*
+ * An active health check reached the host while the breaker is open: move
+ * to half-open now instead of waiting out the (backed-off) open time, so
+ * that real probes decide sooner.  Only from open, never from forced-open;
+ * returns whether it moved.  Envoy's active health checking plays the same
+ * part beside its outlier detection.
+ */
+bool pgg__breaker_host_answered(pgg_breaker *b, int64_t now);
 
 #endif

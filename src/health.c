@@ -102,6 +102,7 @@ static void probe_begin(pgg_health *hl, int i)
         probe_fail(hl, i, PGG_CLASS_CONNECTION, "health connect");
         return;
     }
+    pgg__link_silence(c);
     p->phase = PROBE_CONNECTING;
     p->cst = PGRES_POLLING_WRITING;
 }
@@ -238,15 +239,14 @@ static void round_once(pgg_health *hl)
 {
     pgg_pool *pool = hl->pool;
     int64_t now = pgg__now_ns();
-    int64_t interval = pgg__ms_to_ns(pool->cfg->health_interval_ms);
+    /* A probe gets what a connection attempt gets, not the (short) interval:
+     * a loaded server that answers in 150 ms is alive, and calling it
+     * unreachable would move reads off it.  A hung host stretches its
+     * round to this bound; the next round starts an interval later. */
     int64_t timeout = pgg__ms_to_ns(pool->cfg->connect_timeout_ms);
-    int64_t deadline;
+    int64_t deadline = now + timeout;
     uint64_t primary_lsn = 0;
     bool have_primary_lsn = false;
-
-    if (timeout > interval)
-        timeout = interval;
-    deadline = now + timeout;
 
     for (int i = 0; i < pool->nhosts; i++) {
         pgg_host *h = &pool->hosts[i];
@@ -257,8 +257,12 @@ static void round_once(pgg_health *hl)
         pgg__host_trim(h, now, false);
         memset(p, 0, sizeof *p);
         st = pgg__breaker_state(&h->breaker);
-        if (st == PGG_BREAKER_OPEN || st == PGG_BREAKER_FORCED_OPEN)
-            continue; /* no traffic to an open host, probes included */
+        /* An open host is still checked: one probe per round costs little
+         * (a refused connect, or this round's bounded wait), tells when it
+         * is back long before a backed-off open time ends, and keeps its
+         * role honest.  Forced open means the operator wants it left alone. */
+        if (st == PGG_BREAKER_FORCED_OPEN)
+            continue;
         if (st == PGG_BREAKER_HALF_OPEN) {
             /* A probe of ours counts as one of the half-open trial calls,
              * so a breaker can close with no traffic at all. */
@@ -282,6 +286,7 @@ static void round_once(pgg_health *hl)
             pgg__pool_record(pool, h, p->ticket, p->cls, p->started);
         if (p->phase == PROBE_DONE && p->role != PGG_ROLE_UNKNOWN) {
             pgg__pool_set_role(pool, h, p->role, "health probe");
+            pgg__breaker_host_answered(&h->breaker, now);
             if (p->role == PGG_ROLE_PRIMARY && p->have_lsn &&
                 (!have_primary_lsn || p->lsn > primary_lsn)) {
                 primary_lsn = p->lsn;
@@ -289,6 +294,9 @@ static void round_once(pgg_health *hl)
             }
         } else if (p->phase == PROBE_FAILED) {
             pgg__host_note_error(h, &p->err);
+            /* A host we cannot reach has no role we can vouch for: a dead
+             * old primary must not go on looking like a second primary. */
+            pgg__pool_set_role(pool, h, PGG_ROLE_UNKNOWN, "unreachable");
         }
     }
     /* Lag is measured against the primary's position in the same round;

@@ -106,6 +106,7 @@ static int connect_new(pgg_host *h, int64_t deadline_ns, pgg_link **out,
     l->created_ns = now;
     l->last_used_ns = now;
     l->types_gen = 0;
+    l->fresh = true;
     l->next = NULL;
     *out = l;
     return PGG_OK;
@@ -195,6 +196,8 @@ int pgg__host_borrow(pgg_host *h, int64_t deadline_ns, pgg_link **out,
 
 static void release_slot(pgg_host *h, pgg_link *keep)
 {
+    if (keep)
+        keep->fresh = false;
     pthread_mutex_lock(&h->mu);
     h->n_busy--;
     if (keep && !h->closed) {
@@ -295,6 +298,7 @@ int pgg__host_warm(pgg_host *h, int64_t deadline_ns)
         pthread_mutex_lock(&h->mu);
         h->n_connecting--;
         if (rc == PGG_OK && !h->closed) {
+            l->fresh = false;
             l->next = h->idle;
             h->idle = l;
             h->n_idle++;

@@ -26,6 +26,10 @@ typedef struct pgg_link {
     int64_t created_ns;
     int64_t last_used_ns;
     unsigned types_gen; /* libpqtypes registrations applied; 0: none */
+    /* Just connected for this borrow: what the server reported at startup
+     * (in_hot_standby) is current.  An idle connection's report can be
+     * older than a promotion, until its next query refreshes it. */
+    bool fresh;
     struct pgg_link *next;
 } pgg_link;
 

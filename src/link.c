@@ -103,6 +103,11 @@ static void silent_notices(void *arg, const char *message)
     (void)message;
 }
 
+void pgg__link_silence(PGconn *conn)
+{
+    PQsetNoticeProcessor(conn, silent_notices, NULL);
+}
+
 int pgg__link_connect(const char *const *keys, const char *const *vals,
                       int64_t deadline_ns, const char *host, PGconn **out,
                       pgg_error *err)
@@ -141,7 +146,7 @@ int pgg__link_connect(const char *const *keys, const char *const *vals,
 
     if (PQsetnonblocking(conn, 1) != 0)
         goto failed;
-    PQsetNoticeProcessor(conn, silent_notices, NULL);
+    pgg__link_silence(conn);
     *out = conn;
     return PGG_OK;
 

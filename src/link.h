@@ -65,6 +65,10 @@ int pgg__link_wait(PGconn *conn, int64_t deadline_ns, const char *host,
  */
 bool pgg__link_alive(PGconn *conn);
 
+/* Discard the server's notices (WARNING on shutdown, NOTICE from user
+ * functions) instead of printing them on the application's stderr. */
+void pgg__link_silence(PGconn *conn);
+
 /* May this connection go back to the pool: open, idle, no transaction? */
 bool pgg__link_reusable(PGconn *conn);
 

@@ -240,6 +240,14 @@ static void host_families(out *o, const pgg_host_stats *h, int n)
         put_double(o, h[i].slow_call_rate);
         put(o, "\n");
     }
+    family(o, "pgguard_host_open_remaining_seconds", "gauge",
+           "Open breaker: time until probes are let through (a Retry-After).");
+    for (int i = 0; i < n; i++) {
+        host_sample_start(o, "pgguard_host_open_remaining_seconds", h[i].host,
+                          NULL, NULL);
+        put_double(o, (double)h[i].open_remaining_ms / 1000.0);
+        put(o, "\n");
+    }
     /* The code only: the message is free text, unfit for a label. */
     per_host(o, h, n, "pgguard_host_last_error_code", "gauge",
              "The PGG_E* code of the host's last failure; 0 for none.",

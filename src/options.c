@@ -107,6 +107,8 @@ static const opt options[] = {
              "where reads go: replicas then primary, replicas only, primary, any (least busy)"),
     OPT_INT("max_attempts", max_attempts, 1, PGG_MAX_HOSTS, "3",
             "hosts one read may try"),
+    OPT_I64("attempt_timeout_ms", attempt_timeout_ms, 0, HOUR(1), "0",
+            "bound on one read attempt while another host could still serve it; 0 none"),
     OPT_BOOL("cache.enabled", cache_enabled, "false",
              "keep read results to answer cacheable reads, marked stale, when no host can"),
     OPT_I64("cache.max_bytes", cache_max_bytes, 1024, TIB(1), "67108864",

@@ -150,6 +150,7 @@ pgg_pool *pgg_pool_new(const pgg_config *cfg, pgg_error *err)
     pool->nhosts = cfg->nhosts;
     pool->read_policy = cfg->read_policy;
     pool->max_attempts = cfg->max_attempts;
+    pool->attempt_timeout_ns = ms_to_ns(cfg->attempt_timeout_ms);
     pool->call_timeout_ns = ms_to_ns(cfg->call_timeout_ms);
     pool->bulkhead_wait_ns = ms_to_ns(cfg->bulkhead_max_wait_ms);
     pool->max_lag_bytes = cfg->max_replica_lag_bytes;
@@ -346,15 +347,21 @@ int pgg__pool_no_host_error(pgg_pool *pool, pgg_intent intent, int ncand,
 }
 
 /*
- * Check the role of a connection before a write or a primary read is sent
- * on it: a fresh connection tells us (in_hot_standby) without a round trip.
- * Returns false when the host turned out to be a standby.
+ * Check the role of a new connection before a write or a primary read is
+ * sent on it: the server told us at startup (in_hot_standby), no round trip
+ * needed.  Returns false when the host turned out to be a standby.  A
+ * pooled connection's report may predate a promotion, so it decides
+ * nothing: the host's role (health probes, the last query's report) does,
+ * and a write that reaches a standby anyway comes back as 25006.
  */
-static bool role_fits(pgg_pool *pool, pgg_host *h, PGconn *conn,
+static bool role_fits(pgg_pool *pool, pgg_host *h, const pgg_link *l,
                       pgg_intent intent)
 {
-    pgg_role r = pgg__link_reported_role(conn);
+    pgg_role r;
 
+    if (!l->fresh)
+        return true;
+    r = pgg__link_reported_role(l->conn);
     if (r != PGG_ROLE_UNKNOWN)
         pgg__pool_set_role(pool, h, r, "reported by the server");
     return intent == PGG_READ || r != PGG_ROLE_STANDBY;
@@ -383,7 +390,7 @@ pgg_take pgg__pool_take(pgg_pool *pool, pgg_host *h, pgg_intent intent,
         pgg__host_note_error(h, err);
         return PGG_TAKE_FAILED;
     }
-    if (!role_fits(pool, h, (*l)->conn, intent)) {
+    if (!role_fits(pool, h, *l, intent)) {
         pgg__host_give_back(h, *l);
         *l = NULL;
         pgg__pool_record(pool, h, *ticket, PGG_CLASS_IGNORED, start);
@@ -547,6 +554,26 @@ static PGresult *cache_step(pgg_pool *pool, const pgg_query *q,
     return stale;
 }
 
+/*
+ * The deadline of one attempt: the call's, or sooner for a read that
+ * another host could still take over (attempt_timeout_ms), so that a hung
+ * host leaves time for the next one.  A write is never cut short: its
+ * outcome would become unknowable.
+ */
+static int64_t attempt_deadline(const pgg_pool *pool, pgg_intent intent,
+                                const pgg_call *call, int64_t deadline,
+                                bool more_hosts, int attempts)
+{
+    int64_t cut;
+
+    if (intent == PGG_WRITE || pool->attempt_timeout_ns <= 0 || !more_hosts ||
+        attempts + 1 >= pool->max_attempts ||
+        (call && (call->flags & PGG_CALL_NO_RETRY)))
+        return deadline;
+    cut = pgg__now_ns() + pool->attempt_timeout_ns;
+    return cut < deadline ? cut : deadline;
+}
+
 static PGresult *run(pgg_pool *pool, pgg_intent intent, const pgg_query *q,
                      const pgg_call *call, pgg_info *info, pgg_error *err)
 {
@@ -606,9 +633,15 @@ static PGresult *run(pgg_pool *pool, pgg_intent intent, const pgg_query *q,
                                "deadline exceeded before a host could serve");
             break;
         }
-        if (!attempt_on(pool, h, intent, q, deadline, &a, &rejected, err))
+        if (!attempt_on(pool, h, intent, q,
+                        attempt_deadline(pool, intent, call, deadline,
+                                         i + 1 < ncand, attempts),
+                        &a, &rejected, err))
             continue;
         attempts++;
+        if (info)
+            info->sent = a.end != PGG_END_CONNECT_FAILED &&
+                         a.end != PGG_END_NOT_SENT;
         if (!pgg__host_failure(a.v.cls) && a.v.cls != PGG_CLASS_WRONG_ROLE &&
             !(a.v.cls == PGG_CLASS_IGNORED && a.v.retry &&
               may_retry(pool, intent, call, &a, attempts))) {
@@ -751,6 +784,7 @@ int pgg_pool_host_stats(pgg_pool *pool, int index, pgg_host_stats *out)
     pgg__breaker_stats(&h->breaker, pgg__now_ns(), &bs);
     out->state = bs.state;
     out->failure_rate = bs.failure_rate;
+    out->open_remaining_ms = bs.open_remaining_ns / PGG_NS_PER_MS;
     out->slow_call_rate = bs.slow_call_rate;
     pthread_mutex_lock(&h->mu);
     out->last_error_code = h->last_error_code;

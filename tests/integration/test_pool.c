@@ -742,3 +742,77 @@ Test(pool, events_report_breaker_and_role_changes)
     pgg_pool_free(p);
     pgh_cluster_free(c);
 }
+
+/* --------------------------------------------- recovery and per-try bounds */
+
+Test(pool, attempt_timeout_moves_a_read_off_a_hung_replica)
+{
+    pgh_cluster *c = cluster_or_die(2);
+    pgh_require_local(c, "a hang (SIGSTOP)");
+    pgh_require_replicas(c, 2);
+    setup_table(c);
+    pgg_pool *p = pool_for(c, "attempt_timeout_ms=100");
+    const int timeout_ms = 1000;
+
+    for (int i = 0; i < 10; i++)
+        read_ok(p, PGG_READ, "SELECT 1", 0);
+    cr_assert_eq(pgh_node_hang(pgh_cluster_replica(c, 0)), 0);
+    int retried = 0;
+    for (int i = 0; i < 30; i++) {
+        pgg_call call = {timeout_ms, 0, 0, 0};
+        pgg_info info;
+        pgg_error e;
+        double t0 = pgh_now_ms();
+        PGresult *r = pgg_exec(p, PGG_READ, "SELECT v FROM pgg_pool_t WHERE id = 5", &call,
+                               &info, &e);
+        double took = pgh_now_ms() - t0;
+        /* A healthy replica was there all along: no read may fail. */
+        cr_expect_not_null(r, "read %d failed after %.0f ms: %s %s", i, took,
+                           pgg_err_name(e.code), e.message);
+        cr_expect_neq(info.host_index, 1);
+        cr_expect_leq(took, timeout_ms + 50.0);
+        if (info.attempts > 1)
+            retried++;
+        PQclear(r);
+    }
+    fprintf(stderr, "hung replica with attempt_timeout_ms=100: %d of 30 reads moved on\n", retried);
+    cr_expect_geq(retried, 1, "no read ever met the hung replica");
+    cr_assert_eq(pgh_node_resume(pgh_cluster_replica(c, 0)), 0);
+    assert_balanced(p);
+    pgg_pool_free(p);
+    pgh_cluster_free(c);
+}
+
+Test(pool, a_host_that_answers_again_is_probed_back_before_its_open_time)
+{
+    pgh_cluster *c = cluster_or_die(1);
+    pgh_require_local(c, "stopping a replica");
+    setup_table(c);
+    /* An open time far beyond the test's patience: only the health
+     * thread's check can bring the replica back this soon. */
+    pgg_pool *p = pool_for(c, "breaker.open_ms=120000 breaker.open_max_ms=120000");
+
+    cr_assert_eq(pgh_node_stop(pgh_cluster_replica(c, 0), PGH_STOP_IMMEDIATE), 0);
+    for (int i = 0; i < 10; i++)
+        cr_expect_eq(read_ok(p, PGG_READ, "SELECT 1", 0), 0);
+    cr_expect(wait_state(p, 1, PGG_BREAKER_OPEN, 5000));
+    /* An unreachable host has no role to show. */
+    cr_expect(wait_role(p, 1, PGG_ROLE_UNKNOWN, 5000), "a dead replica kept its role: %s",
+              pgg_role_name(host_stats(p, 1).role));
+    cr_expect_gt(host_stats(p, 1).open_remaining_ms, 60000);
+
+    double t0 = pgh_now_ms();
+    cr_assert_eq(pgh_node_start(pgh_cluster_replica(c, 0)), 0);
+    cr_expect(wait_state(p, 1, PGG_BREAKER_CLOSED, 20000), "still %s",
+              pgg_breaker_state_name(host_stats(p, 1).state));
+    fprintf(stderr, "replica back: breaker closed %.0f ms after the server started\n",
+            pgh_now_ms() - t0);
+    cr_expect(wait_role(p, 1, PGG_ROLE_STANDBY, 5000));
+    bool back = false;
+    for (int i = 0; i < 40 && !back; i++)
+        back = read_ok(p, PGG_READ, "SELECT 1", 0) == 1;
+    cr_expect(back);
+    assert_balanced(p);
+    pgg_pool_free(p);
+    pgh_cluster_free(c);
+}

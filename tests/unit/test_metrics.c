@@ -38,6 +38,7 @@ static void fake(pgg_stats *s, pgg_host_stats h[2])
     h[0].successes = 29;
     h[0].failures[PGG_CLASS_TIMEOUT] = 1;
     h[0].failure_rate = 3.5;
+    h[0].open_remaining_ms = 1500;
     h[0].slow_call_rate = -1;
     /* A name that needs every escape the format has. */
     snprintf(h[1].host, sizeof h[1].host, "we\"ird\\ho\nst:1");
@@ -117,6 +118,7 @@ Test(metrics, every_field_appears_with_its_value)
     expect_line(t, "pgguard_host_failures_total{host=\"db1:5432\",class=\"timeout\"} 1");
     expect_line(t, "pgguard_host_failures_total{host=\"db1:5432\",class=\"connection\"} 0");
     expect_line(t, "pgguard_host_failure_rate_percent{host=\"db1:5432\"} 3.5");
+    expect_line(t, "pgguard_host_open_remaining_seconds{host=\"db1:5432\"} 1.5");
     expect_line(t, "pgguard_host_slow_call_rate_percent{host=\"db1:5432\"} -1");
     expect_line(t, "pgguard_host_lag_bytes{host=\"db1:5432\"} 0");
     free(t);

@@ -219,6 +219,7 @@ static const spec specs[] = {
     I("max_replica_lag_bytes", 0, 1099511627776LL, "16777216"),
     E("read_policy", "replica", "replica", "replica_only", "primary", "any"),
     I("max_attempts", 1, 64, "3"),
+    I("attempt_timeout_ms", 0, 3600000, "0"),
     B("cache.enabled", "false"),
     I("cache.max_bytes", 1024, 1099511627776LL, "67108864"),
     I("cache.max_age_ms", 1, 604800000, "300000"),
