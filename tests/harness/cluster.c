@@ -10,8 +10,8 @@
  * are created before any replica starts, so the WAL they need is kept.
  *
  * Teardown: a reaper (a small shell script, so that nothing but exec runs in
- * the forked child of a possibly threaded process) holds the read end of a
- * pipe whose write end only the test process holds.  When the test frees the
+ * the forked child of a possibly threaded process) reads one end of a socket
+ * pair whose other end only the test process holds.  When the test frees the
  * cluster, or dies, the reaper resumes and immediately stops every
  * postmaster found under the cluster's directory, then removes it.
  */
@@ -411,9 +411,11 @@ static const char reaper_script[] =
 
 static int start_reaper(pgh_cluster *c, char *err, size_t errlen)
 {
+    /* a socket pair, not a pipe: writing the wake-up line to a reaper that
+     * was killed must fail with EPIPE (MSG_NOSIGNAL), not raise SIGPIPE */
     int pfd[2];
-    if (pipe2(pfd, O_CLOEXEC) != 0) {
-        pgh__fmt(err, errlen, "pipe: %s", strerror(errno));
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pfd) != 0) {
+        pgh__fmt(err, errlen, "socketpair: %s", strerror(errno));
         return -1;
     }
     int devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
@@ -458,8 +460,8 @@ static int start_reaper(pgh_cluster *c, char *err, size_t errlen)
 static void stop_reaper(pgh_cluster *c)
 {
     if (c->reaper_fd >= 0) {
-        /* a line wakes the reaper even if a forked child still holds the pipe */
-        ssize_t w = write(c->reaper_fd, "\n", 1);
+        /* a line wakes the reaper even if a forked child still holds the socket */
+        ssize_t w = send(c->reaper_fd, "\n", 1, MSG_NOSIGNAL);
         (void)w;
         close(c->reaper_fd);
         c->reaper_fd = -1;
@@ -935,6 +937,18 @@ void pgh_cluster_free(pgh_cluster *c)
     /* The reaper does the teardown in both cases, freed or crashed, so the
      * crash path is the one every test exercises. */
     stop_reaper(c);
+    if (!c->external && c->dir && access(c->dir, F_OK) == 0) {
+        /* the reaper was killed or failed: do its work here */
+        fprintf(stderr, "pgh: %s survived the reaper: stopping the servers here\n", c->dir);
+        for (int i = 0; i < c->n_nodes; i++) {
+            pgh_node *n = &c->nodes[i];
+            if (n->datadir && pgh_node_pid(n)) {
+                c->nodes[i].hung = true; /* resume first, whatever we knew */
+                pgh_node_stop(n, PGH_STOP_IMMEDIATE);
+            }
+        }
+        rm_rf(c->dir);
+    }
     for (int i = 0; i < c->n_nodes; i++)
         node_clear(&c->nodes[i]);
     free(c->dir);
@@ -1323,22 +1337,18 @@ int pgh_node_terminate_backends(pgh_node *n)
 {
     if (!n)
         return PGH_ERROR;
-    /* the timeout argument (PostgreSQL 14+) waits until each is gone, so the
-     * caller's next step sees them dead */
-    char sql[512];
-    pgh__fmt(sql, sizeof sql,
-             "select count(pg_terminate_backend(pid%s)) from pg_stat_activity "
-             "where backend_type = 'client backend' and pid <> pg_backend_pid()%s",
-             "", n->external ? " and usename = current_user" : "");
     char ver[16];
     if (pgh_node_query_value(n, "select current_setting('server_version_num')::int >= 140000",
                              ver, sizeof ver) != 0)
         return PGH_ERROR;
-    if (ver[0] == 't')
-        pgh__fmt(sql, sizeof sql,
-                 "select count(pg_terminate_backend(pid, 10000)) from pg_stat_activity "
-                 "where backend_type = 'client backend' and pid <> pg_backend_pid()%s",
-                 n->external ? " and usename = current_user" : "");
+    /* with a timeout (PostgreSQL 14+) pg_terminate_backend waits until the
+     * backend is gone, so the caller's next step meets it dead */
+    char sql[512];
+    pgh__fmt(sql, sizeof sql,
+             "select count(pg_terminate_backend(pid%s)) from pg_stat_activity "
+             "where backend_type = 'client backend' and pid <> pg_backend_pid()%s",
+             ver[0] == 't' ? ", 10000" : "",
+             n->external ? " and usename = current_user" : "");
     char v[32];
     return pgh_node_query_value(n, sql, v, sizeof v);
 }

@@ -3,6 +3,7 @@
  * after the test process dies without freeing (abort, SIGKILL), even with
  * hung (SIGSTOPped) servers.
  */
+#include <dirent.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/stat.h>
@@ -61,6 +62,51 @@ Test(teardown, free_removes_all)
     pgh_cluster_free(c);
     fprintf(stderr, "timing: free with one hung replica: %.0f ms\n", pgh_now_ms() - t0);
     /* synchronous: everything is gone when free returns */
+    cr_expect_not(anything_left(&s), "a server or %s survived pgh_cluster_free()", s.dir);
+    no_leaks();
+}
+
+/* The reaper of the cluster in dir: sh -c SCRIPT pgh-reaper DIR. */
+static pid_t find_reaper(const char *dir)
+{
+    DIR *d = opendir("/proc");
+    struct dirent *e;
+    pid_t found = 0;
+    while (d && (e = readdir(d)) && !found) {
+        char path[300], buf[8192];
+        snprintf(path, sizeof path, "/proc/%s/cmdline", e->d_name);
+        FILE *f = fopen(path, "r");
+        if (!f)
+            continue;
+        size_t n = fread(buf, 1, sizeof buf - 1, f);
+        fclose(f);
+        buf[n] = '\0';
+        /* the arguments are NUL-separated: look for "pgh-reaper" then dir */
+        for (size_t i = 0; i + 1 < n; i += strlen(buf + i) + 1) {
+            if (strcmp(buf + i, "pgh-reaper") == 0 && i + 11 < n &&
+                strcmp(buf + i + 11, dir) == 0) {
+                found = (pid_t)atoi(e->d_name);
+                break;
+            }
+        }
+    }
+    if (d)
+        closedir(d);
+    return found;
+}
+
+Test(teardown, free_without_reaper)
+{
+    skip_if_external();
+    pgh_cluster *c = start_cluster(1);
+    struct snapshot s;
+    snap(c, &s);
+    pid_t reaper = find_reaper(s.dir);
+    cr_assert_gt(reaper, 0, "no reaper for %s", s.dir);
+    /* whoever killed it, free must still clean up, hung server included */
+    cr_assert_eq(kill(reaper, SIGKILL), 0);
+    cr_assert_eq(pgh_node_hang(pgh_cluster_primary(c)), 0);
+    pgh_cluster_free(c);
     cr_expect_not(anything_left(&s), "a server or %s survived pgh_cluster_free()", s.dir);
     no_leaks();
 }
