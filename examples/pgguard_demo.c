@@ -57,11 +57,14 @@
 /*
  * Guard settings tuned so that every fault shows within its few seconds:
  * health rounds every 200 ms, three failures in a row open a breaker for
- * 500 ms (doubling up to 2 s), one good probe closes it.  The cache keeps
- * answers two minutes: longer than the run.
+ * 500 ms (doubling up to 2 s), one good probe closes it.  A read attempt
+ * that another host could take over gets 150 ms, so a hung replica costs
+ * a read part of its deadline, not all of it.  The cache keeps answers two
+ * minutes: longer than the run.
  */
 static const char demo_settings[] =
     "health_interval_ms=200 connect_timeout_ms=500 call_timeout_ms=1000 "
+    "attempt_timeout_ms=150 "
     "cancel_timeout_ms=500 pool_max=4 "
     "bulkhead.max_concurrent=16 bulkhead.max_wait_ms=100 "
     "breaker.consecutive_failures=3 breaker.open_ms=500 breaker.open_max_ms=2000 "
@@ -145,6 +148,7 @@ static struct {
 
     atomic_bool stop;
     atomic_int up[MAX_NODES]; /* ground truth, written by the script */
+    _Atomic double up_at[MAX_NODES]; /* when up last became 1, in s */
     atomic_int phase;
     atomic_int promoted;      /* host index of the promoted replica, or -1 */
     double promote_asked_at;  /* ms: pg_ctl promote started, under mu */
@@ -158,6 +162,7 @@ static struct {
     unsigned calls[OP__COUNT][OUT__COUNT];
     unsigned unserved_healthy[16][NCODES + 1]; /* [phase][code or SQL] */
     unsigned unserved_healthy_total, unserved_down;
+    unsigned unserved_detecting; /* failed in the window after a return */
     unsigned cached_down, cached_down_served; /* cacheable reads, no server up */
     unsigned cached_down_unserved[NCODES + 1]; /* ... and why the others failed */
     double max_over_ms;
@@ -209,6 +214,30 @@ static int healthy_sources(void)
     int n = 0;
     for (int i = 0; i < D.nhosts; i++)
         n += atomic_load(&D.up[i]);
+    return n;
+}
+
+/*
+ * How long the pool may take to see a server that came back: its health
+ * round runs every health_interval_ms and a probe of an open host is what
+ * lets traffic back.  Reads that fail in that window are counted apart:
+ * they measure detection latency, not a routing mistake.
+ */
+#define DETECT_WINDOW_S 0.5
+
+static void set_up(int i)
+{
+    atomic_store(&D.up_at[i], now_s());
+    atomic_store(&D.up[i], 1);
+}
+
+/* Sources up for longer than the detection window. */
+static int settled_sources(void)
+{
+    double t = now_s();
+    int n = 0;
+    for (int i = 0; i < D.nhosts; i++)
+        n += atomic_load(&D.up[i]) && t - atomic_load(&D.up_at[i]) > DETECT_WINDOW_S;
     return n;
 }
 
@@ -298,6 +327,7 @@ typedef struct finished {
     const pgg_error *err;
     bool sql_error; /* the server answered with an error */
     bool healthy;   /* a server was up from its start to its end */
+    bool settled;   /* ... and had been up longer than DETECT_WINDOW_S */
     bool down;      /* no server was up, neither at its start nor at its end */
 } finished;
 
@@ -345,7 +375,9 @@ static void record(const finished *f)
         D.max_over_op = f->op;
         D.max_over_timeout = f->timeout_ms;
     }
-    if (f->op != OP_WRITE && unanswered && f->healthy) {
+    if (f->op != OP_WRITE && unanswered && f->healthy && !f->settled) {
+        D.unserved_detecting++;
+    } else if (f->op != OP_WRITE && unanswered && f->healthy) {
         int ph = atomic_load(&D.phase);
         D.unserved_healthy[ph < 16 ? ph : 15][slot]++;
         D.unserved_healthy_total++;
@@ -410,6 +442,7 @@ static void *worker(void *arg)
         PGresult *r;
         long long id = 0;
         int healthy0 = healthy_sources();
+        int settled0 = settled_sources();
         double t = now_ms();
 
         if (op == OP_WRITE) {
@@ -456,6 +489,7 @@ static void *worker(void *arg)
         finished f = {.op = op, .out = out, .start = t, .lat_ms = lat,
                       .timeout_ms = call.timeout_ms, .info = &info, .err = &e,
                       .sql_error = sql_error, .healthy = healthy0 > 0 && healthy1 > 0,
+                      .settled = settled0 > 0 && healthy1 > 0,
                       .down = healthy0 == 0 && healthy1 == 0};
         record(&f);
         PQclear(r);
@@ -490,7 +524,7 @@ static int do_hang(void)
     atomic_store(&D.up[1], 0);
     int rc = done(pgh_node_hang(node_at(1)), 1, "hang");
     if (rc == PGH_ENOTSUP)
-        atomic_store(&D.up[1], 1);
+        set_up(1);
     return rc;
 }
 
@@ -498,7 +532,7 @@ static int do_resume(void)
 {
     int rc = done(pgh_node_resume(node_at(1)), 1, "resume");
     if (rc != PGH_ERROR)
-        atomic_store(&D.up[1], 1);
+        set_up(1);
     return rc;
 }
 
@@ -510,7 +544,7 @@ static int do_stop_primary(void)
     pthread_mutex_unlock(&D.mu);
     int rc = done(pgh_node_stop(node_at(0), PGH_STOP_IMMEDIATE), 0, "stop");
     if (rc == PGH_ENOTSUP)
-        atomic_store(&D.up[0], 1);
+        set_up(0);
     return rc;
 }
 
@@ -605,7 +639,7 @@ static int do_recover(void)
         if (!stopped_all[i])
             continue;
         if (done(pgh_node_start(node_at(i)), i, "start") == 0)
-            atomic_store(&D.up[i], 1);
+            set_up(i);
         else
             rc = PGH_ERROR;
     }
@@ -1140,6 +1174,10 @@ static void print_summary(const write_check *wc, const char *csv, const char *ev
 
     printf("  %-44s %u of %u reads  (goal 0)\n", "failed reads while a source was healthy",
            D.unserved_healthy_total, reads);
+    if (D.unserved_detecting)
+        printf("      and %u within %.1f s of a server's return, before a health round "
+               "could see it (detection latency, not counted above)\n",
+               D.unserved_detecting, DETECT_WINDOW_S);
     for (int ph = 0; ph < 16; ph++)
         for (int c = 0; c <= NCODES; c++)
             if (D.unserved_healthy[ph][c])
@@ -1430,7 +1468,7 @@ static int start(bool given)
     D.nhosts = 1 + pgh_cluster_replica_count(D.cluster);
     for (int i = 0; i < D.nhosts; i++) {
         snprintf(D.names[i], sizeof D.names[i], "%s", pgh_node_name(node_at(i)));
-        atomic_store(&D.up[i], 1);
+        set_up(i);
     }
     D.pool = make_pool(err, sizeof err);
     if (!D.pool) {

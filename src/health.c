@@ -286,7 +286,13 @@ static void round_once(pgg_health *hl)
             pgg__pool_record(pool, h, p->ticket, p->cls, p->started);
         if (p->phase == PROBE_DONE && p->role != PGG_ROLE_UNKNOWN) {
             pgg__pool_set_role(pool, h, p->role, "health probe");
-            pgg__breaker_host_answered(&h->breaker, now);
+            /* An open host answered: half-open now, and this probe, a real
+             * round trip that just succeeded, is its first trial call. */
+            if (!p->ticketed && pgg__breaker_host_answered(&h->breaker, now)) {
+                pgg_ticket t;
+                if (pgg__breaker_allow(&h->breaker, now, &t))
+                    pgg__pool_record(pool, h, t, PGG_CLASS_SUCCESS, p->started);
+            }
             if (p->role == PGG_ROLE_PRIMARY && p->have_lsn &&
                 (!have_primary_lsn || p->lsn > primary_lsn)) {
                 primary_lsn = p->lsn;
