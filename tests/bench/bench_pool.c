@@ -64,6 +64,8 @@ static const char *const query_sql[Q__N] = {
 #define MAX_LEVELS 8
 #define MAX_ROUNDS 64
 #define MAX_THREADS 256
+/* How long a slice's last calls may take after it ended. */
+#define SLICE_GRACE_S 30
 
 typedef struct opts {
     const char *server;     /* conninfo; NULL: the harness's server */
@@ -77,6 +79,7 @@ typedef struct opts {
     double seconds, warmup, first_warmup;
     long calls; /* > 0: a fixed number of calls per thread and slice */
     int pool_max;
+    const char *settings; /* extra pgguard settings, key=value ... */
     bool throughput, faults;
     long reject_calls;
     int hang_cycles, hang_calls, hang_threads, hang_timeout_ms;
@@ -452,12 +455,22 @@ static void run_slice(slice *s, double warm, double secs, sample *out,
         t1 = now_ns();
         c1 = cpu_ns();
     } else {
+        struct timespec limit;
+
         sleep_s(secs);
         atomic_store(&s->phase, PH_STOP);
         t1 = now_ns();
         c1 = cpu_ns();
+        /* Raw libpq waits forever on a server that stopped answering (and
+         * PgBouncer holds a query up to its query_wait_timeout): give up
+         * rather than hang the whole run. */
+        clock_gettime(CLOCK_REALTIME, &limit);
+        limit.tv_sec += SLICE_GRACE_S;
         for (int i = 0; i < s->nthreads; i++)
-            pthread_join(ws[i].thread, NULL);
+            if (pthread_timedjoin_np(ws[i].thread, NULL, &limit) != 0)
+                die("%s, %d threads: a call has not returned %d s after the "
+                    "slice ended: is the server (or PgBouncer) still up?",
+                    client_name[s->client], s->nthreads, SLICE_GRACE_S);
     }
     if (errbuf && errlen)
         errbuf[0] = '\0';
@@ -635,7 +648,7 @@ static void run_level(const opts *o, const env *e, int nthreads,
 {
     PGconn **raw = NULL, **bouncer = NULL;
     pgg_pool *pool = NULL;
-    char settings[256];
+    char settings[1024];
 
     for (int k = 0; k < nclients; k++) {
         if (clients[k] == CL_RAW || clients[k] == CL_BOUNCER) {
@@ -648,8 +661,9 @@ static void run_level(const opts *o, const env *e, int nthreads,
         }
     }
     /* The pool as an application would size it for PgBouncer's pool:
-     * the same cap, defaults for everything else. */
-    snprintf(settings, sizeof settings, "pool_max=%d", o->pool_max);
+     * the same cap, defaults for everything else (unless --settings). */
+    snprintf(settings, sizeof settings, "pool_max=%d %s", o->pool_max,
+             o->settings ? o->settings : "");
     pool = bench_pool_new(e->conninfo, settings);
 
     for (int qi = 0; qi < nqueries; qi++) {
@@ -1172,6 +1186,7 @@ static void usage(FILE *f)
         "  --calls N              N calls per thread per slice, not timed slices\n"
         "                         (for callgrind: instruction counts per call)\n"
         "  --pool-max N           pgguard pool_max (default 32, as PgBouncer's pool)\n"
+        "  --settings 'K=V ...'   more pgguard settings for the throughput pools\n"
         "  --no-faults            skip the breaker and hung-host measurements\n"
         "  --only-faults          only those\n"
         "  --reject-calls N       refused calls timed (default 200000)\n"
@@ -1202,6 +1217,7 @@ int main(int argc, char **argv)
         {"first-warmup", required_argument, NULL, 'W'},
         {"calls", required_argument, NULL, 'n'},
         {"pool-max", required_argument, NULL, 'p'},
+        {"settings", required_argument, NULL, 'x'},
         {"no-faults", no_argument, NULL, 'F'},
         {"only-faults", no_argument, NULL, 'O'},
         {"reject-calls", required_argument, NULL, 'R'},
@@ -1248,6 +1264,7 @@ int main(int argc, char **argv)
         case 'W': o.first_warmup = atof(optarg); break;
         case 'n': o.calls = atol(optarg); break;
         case 'p': o.pool_max = atoi(optarg); break;
+        case 'x': o.settings = optarg; break;
         case 'F': o.faults = false; break;
         case 'O': o.throughput = false; break;
         case 'R': o.reject_calls = atol(optarg); break;
@@ -1311,8 +1328,9 @@ int main(int argc, char **argv)
                o.rounds, o.calls ? "fixed calls" : "timed slices",
                o.warmup, client_name[clients[0]]);
         printf("pgguard: one pool shared by all threads, pool_max=%d, one-shot "
-               "reads (PGG_READ), every other setting default\n",
-               o.pool_max);
+               "reads (PGG_READ), %s%s\n",
+               o.pool_max, o.settings ? "settings: " : "every other setting default",
+               o.settings ? o.settings : "");
         if (o.bouncer)
             printf("pgbouncer: transaction pooling, default_pool_size as set "
                    "by its runner; the same libpq client as raw\n");
