@@ -60,4 +60,63 @@ void pgh__vfmt(char *buf, size_t len, const char *fmt, va_list ap)
 /* Set by a test main that has its own way to skip (Criterion's). */
 extern void (*pgh__skip_hook)(const char *reason);
 
+/* ---------------------------------------------------- clusters and nodes */
+
+#define PGH_MAX_REPLICAS 8
+#define PGH_START_TIMEOUT_S "60"
+#define PGH_CMD_TIMEOUT_MS 90000
+#define PGH_CONNECT_MS 10000
+#define PGH_QUERY_MS 30000
+#define PGH_READY_MS 30000
+
+struct pgh_node {
+    pgh_cluster *cluster;
+    char name[16];
+    bool external;
+    bool hung;
+    char *datadir; /* local nodes */
+    char *logfile;
+    char *conninfo;
+    char *host;
+    int port;
+    char err[1024];
+};
+
+struct pgh_cluster {
+    bool external;
+    char *dir;
+    int n_nodes; /* primary + replicas */
+    pgh_node nodes[PGH_MAX_REPLICAS + 1];
+    pid_t reaper;
+    int reaper_fd; /* our end: closing it (or dying) triggers teardown */
+};
+
+/* Record why a node function failed (pgh_node_error), print it, return code. */
+int pgh__node_fail(pgh_node *n, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* pg_ctl start, split so that several nodes start in parallel. */
+int pgh__node_spawn_start(pgh_node *n, pgh__proc *p, char *err, size_t errlen);
+/* 0, or fails the node with the server log's tail; *port_taken (may be
+ * NULL) tells a lost port apart, for a retry elsewhere. */
+int pgh__node_finish_start(pgh_node *n, pgh__proc *p, bool *port_taken);
+/* n->host and n->port from n->conninfo. */
+void pgh__node_parse_host_port(pgh_node *n);
+
+/* Make the template if needed; its path goes to path. */
+int pgh__ensure_template(const pgh__env *env, char *path, size_t pathlen, char *err,
+                         size_t errlen);
+int pgh__reaper_start(pgh_cluster *c, char *err, size_t errlen);
+/* Wake the reaper and wait for its teardown. */
+void pgh__reaper_stop(pgh_cluster *c);
+
+/* ---------------------------------------------------------------- helpers */
+
+char *pgh__xstrdup(const char *s);
+char *pgh__xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+int pgh__rm_rf(const char *path);
+int pgh__append_file(const char *path, const char *text, char *err, size_t errlen);
+int pgh__touch_server_file(const pgh__env *env, const char *path, char *err, size_t errlen);
+void pgh__log_tail(const char *path, char *out, size_t outlen);
+bool pgh__file_contains(const char *path, const char *needle);
+
 #endif
