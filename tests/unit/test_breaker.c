@@ -276,7 +276,7 @@ UTest(breaker, names)
     cr_assert_not(pgg__breaker_mode_parse(NULL, &m));
     cr_assert_eq(m, PGG_BREAKER_MODE_DISABLED);
     cr_assert_str_eq(pgg__breaker_mode_name((pgg_breaker_mode)9), "unknown");
-    for (r = PGG_BREAKER_REASON_FAILURE_RATE; r <= PGG_BREAKER_REASON_MANUAL; r++)
+    for (r = PGG_BREAKER_REASON_FAILURE_RATE; r <= PGG_BREAKER_REASON_HOST_ANSWERED; r++)
         cr_assert_str_neq(pgg__breaker_reason_name((pgg_breaker_reason)r), "unknown");
     cr_assert_str_eq(pgg__breaker_reason_name((pgg_breaker_reason)99), "unknown");
 }
@@ -1349,6 +1349,28 @@ UTest(breaker, transition_by_hand)
     cr_assert_eq(pgg__breaker_transition(&B, PGG_BREAKER_CLOSED, NOW), PGG_OK);
     cr_assert_eq(state(), PGG_BREAKER_CLOSED);
     cr_assert_eq(LOG.n, 3);
+    stop();
+}
+
+UTest(breaker, host_answered_cuts_only_an_open_period_short)
+{
+    pgg_breaker_config c = cfg_plain();
+
+    c.consecutive_failures = 1;
+    c.open_ms = 60000;
+    c.open_max_ms = 60000;
+    start(&c);
+    cr_assert_not(pgg__breaker_host_answered(&B, NOW), "moved a closed breaker");
+    trip();
+    NOW += SEC(1);
+    cr_assert(pgg__breaker_host_answered(&B, NOW));
+    cr_assert_eq(state(), PGG_BREAKER_HALF_OPEN);
+    expect_event(1, PGG_BREAKER_OPEN, PGG_BREAKER_HALF_OPEN,
+                 PGG_BREAKER_REASON_HOST_ANSWERED);
+    cr_assert_not(pgg__breaker_host_answered(&B, NOW), "moved a half-open breaker");
+    pgg__breaker_force_open(&B, NOW);
+    cr_assert_not(pgg__breaker_host_answered(&B, NOW), "overrode the operator");
+    cr_assert_eq(state(), PGG_BREAKER_FORCED_OPEN);
     stop();
 }
 
