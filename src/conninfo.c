@@ -2,6 +2,7 @@
 
 #include <ctype.h>
 #include <stdio.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -38,8 +39,12 @@ typedef struct sbuf {
 
 static void sb_put(sbuf *b, const char *s, size_t n)
 {
-    if (b->oom)
+    /* A conninfo is short: a length this large is a caller's bug, and the
+     * bound lets the compiler prove the copy below stays in the buffer. */
+    if (b->oom || n > (SIZE_MAX >> 2) - b->len) {
+        b->oom = true;
         return;
+    }
     if (b->len + n + 1 > b->cap) {
         size_t cap = b->cap ? b->cap : 64;
         char *np;

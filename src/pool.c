@@ -246,6 +246,9 @@ void pgg_pool_free(pgg_pool *pool)
         pgg__host_destroy(&pool->hosts[i]);
     pgg__cache_free(pool->cache);
     pgg__types_free(pool->types);
+    /* No call may be in flight; should one still wait, it wakes with
+     * PGG_ECLOSED rather than on freed memory. */
+    pgg__bulkhead_close(&pool->bulkhead);
     pgg__bulkhead_destroy(&pool->bulkhead);
     free(pool->user);
     free(pool->dbname);
