@@ -119,6 +119,20 @@ static inline void assert_balanced(pgg_pool *p)
     }
 }
 
+/*
+ * The end of every test: accounting balanced, everything freed, and then
+ * no memory leaked (LeakSanitizer or valgrind, when present), checked in
+ * the test body because Criterion ignores a leak checker's exit code in
+ * its workers.  c may be NULL.
+ */
+static inline void end_test(pgg_pool *p, pgh_cluster *c)
+{
+    assert_balanced(p);
+    pgg_pool_free(p);
+    pgh_cluster_free(c);
+    cr_expect_eq(pgh_leak_check(), 0, "memory leaked (report above)");
+}
+
 /* A read that must succeed; returns the host index that served it. */
 static inline int read_ok(pgg_pool *p, pgg_intent intent, const char *sql, int timeout_ms)
 {

@@ -89,9 +89,7 @@ Test(cache, every_host_stopped_serves_earlier_rows_marked_stale)
     cr_expect_geq(s.cache_misses, 1);
     cr_expect_eq(s.cache_entries, 1);
     cr_expect_gt(s.cache_bytes, 0);
-    assert_balanced(p);
-    pgg_pool_free(p);
-    pgh_cluster_free(c);
+    end_test(p, c);
 }
 
 Test(cache, past_the_maximum_age_it_fails_with_the_host_error)
@@ -119,9 +117,7 @@ Test(cache, past_the_maximum_age_it_fails_with_the_host_error)
               "%s: %s", pgg_err_name(e.code), e.message);
     cr_expect_eq(info.from_cache, 0);
     PQclear(r);
-    assert_balanced(p);
-    pgg_pool_free(p);
-    pgh_cluster_free(c);
+    end_test(p, c);
 }
 
 Test(cache, user_errors_and_writes_never_come_from_the_cache)
@@ -158,9 +154,7 @@ Test(cache, user_errors_and_writes_never_come_from_the_cache)
     cr_expect_not_null(r);
     cr_expect_eq(info.from_cache, 1);
     PQclear(r);
-    assert_balanced(p);
-    pgg_pool_free(p);
-    pgh_cluster_free(c);
+    end_test(p, c);
 }
 
 Test(cache, one_users_rows_are_not_served_to_another)
@@ -192,10 +186,8 @@ Test(cache, one_users_rows_are_not_served_to_another)
     cr_expect_not_null(r, "user A's own rows: %s", e.message);
     PQclear(r);
     assert_balanced(a);
-    assert_balanced(b);
     pgg_pool_free(a);
-    pgg_pool_free(b);
-    pgh_cluster_free(c);
+    end_test(b, c);
 }
 
 Test(cache, the_byte_cap_evicts_least_recently_used_entries)
@@ -230,9 +222,7 @@ Test(cache, the_byte_cap_evicts_least_recently_used_entries)
     cr_expect_not_null(r, "the newest entry was evicted");
     cr_expect_eq(info.from_cache, 1);
     PQclear(r);
-    assert_balanced(p);
-    pgg_pool_free(p);
-    pgh_cluster_free(c);
+    end_test(p, c);
 }
 
 #if PGG_HAVE_LIBPQTYPES
@@ -266,9 +256,7 @@ Test(cache, pqgetf_works_on_a_fallback_after_its_connection_closed)
     r = pgg_execf(p, PGG_READ, &cacheable, &info, &e,
                   "SELECT id, v FROM pgg_cache_t WHERE id = %int4", 12);
     cr_expect_null(r);
-    assert_balanced(p);
-    pgg_pool_free(p);
-    pgh_cluster_free(c);
+    end_test(p, c);
 }
 
 Test(types, typed_call_round_trips)
@@ -338,9 +326,7 @@ Test(types, typed_call_round_trips)
     cr_expect_null(r);
     cr_expect_eq(e.code, PGG_ETYPES);
     cr_expect(strlen(e.message) > 0);
-    assert_balanced(p);
-    pgg_pool_free(p);
-    pgh_cluster_free(c);
+    end_test(p, c);
 }
 
 #endif

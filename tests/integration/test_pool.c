@@ -58,9 +58,7 @@ Test(pool, routes_reads_to_replicas_and_writes_to_primary)
     pgg_pool_stats(p, &s);
     cr_expect_eq(s.calls, 61);
     cr_expect_eq(s.calls_failed, 0);
-    assert_balanced(p);
-    pgg_pool_free(p);
-    pgh_cluster_free(c);
+    end_test(p, c);
 }
 
 Test(pool, user_errors_never_open_a_breaker)
@@ -100,9 +98,7 @@ Test(pool, user_errors_never_open_a_breaker)
                          pgg_class_name((pgg_class)k));
     }
     cr_expect_eq(host_stats(p, 0).successes, 60);
-    assert_balanced(p);
-    pgg_pool_free(p);
-    pgh_cluster_free(c);
+    end_test(p, c);
 }
 
 /* ------------------------------------------------------------ primary down */
@@ -155,9 +151,7 @@ Test(pool, primary_stopped_writes_fail_fast_reads_continue)
     cr_expect_eq(e.code, PGG_EOPEN, "read-primary: %s", pgg_err_name(e.code));
     PQclear(r);
 
-    assert_balanced(p);
-    pgg_pool_free(p);
-    pgh_cluster_free(c);
+    end_test(p, c);
 }
 
 /* --------------------------------------------------------- replica hang */
@@ -217,9 +211,7 @@ Test(pool, hung_replica_is_bounded_then_skipped_then_probed_back)
         back = read_ok(p, PGG_READ, "SELECT 1", 0) == 1;
     cr_expect(back, "reads never returned to the resumed replica");
 
-    assert_balanced(p);
-    pgg_pool_free(p);
-    pgh_cluster_free(c);
+    end_test(p, c);
 }
 
 /* ----------------------------------------------------------- promotion */
@@ -262,9 +254,7 @@ Test(pool, writes_follow_a_promotion)
                                       "SELECT v FROM pgg_pool_t WHERE id = 9", v, sizeof v), 0);
     cr_expect_str_eq(v, "after");
 
-    assert_balanced(p);
-    pgg_pool_free(p);
-    pgh_cluster_free(c);
+    end_test(p, c);
 }
 
 /* ----------------------------------------------------------------- lag */
@@ -306,9 +296,7 @@ Test(pool, lagging_replica_gets_no_reads)
         back = read_ok(p, PGG_READ, "SELECT 1", 0) == 1;
     cr_expect(back, "reads never returned to the replica after it caught up");
 
-    assert_balanced(p);
-    pgg_pool_free(p);
-    pgh_cluster_free(c);
+    end_test(p, c);
 }
 
 /* ------------------------------------------------------- replicas down */
@@ -329,9 +317,7 @@ Test(pool, all_replicas_down_reads_go_to_the_primary)
     cr_expect_gt(host_stats(p, 1).failures[PGG_CLASS_CONNECTION] +
                      host_stats(p, 2).failures[PGG_CLASS_CONNECTION], 0);
 
-    assert_balanced(p);
-    pgg_pool_free(p);
-    pgh_cluster_free(c);
+    end_test(p, c);
 }
 
 /* ------------------------------------------------------------ bulkhead */
@@ -386,9 +372,7 @@ Test(pool, bulkhead_rejections_are_immediate_counted_and_open_nothing)
     cr_expect_eq(e.code, PGG_EBULKHEAD);
     pgg_release(a);
 
-    assert_balanced(p);
-    pgg_pool_free(p);
-    pgh_cluster_free(c);
+    end_test(p, c);
 }
 
 /* ------------------------------------------------------------ the proxy */
@@ -441,10 +425,8 @@ Test(pool, blackhole_times_out_at_the_deadline_and_opens)
     cr_expect(wait_state(p, 1, PGG_BREAKER_CLOSED, 15000), "did not close after PASS: %s",
               pgg_breaker_state_name(host_stats(p, 1).state));
 
-    assert_balanced(p);
-    pgg_pool_free(p);
     pgh_proxy_free(px);
-    pgh_cluster_free(c);
+    end_test(p, c);
 }
 
 /* --------------------------------------------------------------- leases */
@@ -490,9 +472,7 @@ Test(pool, lease_on_a_host_that_dies_mid_transaction)
                                       "SELECT count(*) FROM pgg_pool_t WHERE id = 5000", v, sizeof v), 0);
     cr_expect_str_eq(v, "0", "the uncommitted row survived");
 
-    assert_balanced(p);
-    pgg_pool_free(p);
-    pgh_cluster_free(c);
+    end_test(p, c);
 }
 
 Test(pool, lease_transaction_commits_and_connection_returns)
@@ -537,9 +517,7 @@ Test(pool, lease_transaction_commits_and_connection_returns)
     pgh_node_query_value(pgh_cluster_primary(c),
                          "SELECT count(*) FROM pgg_pool_t WHERE id = 6000", v, sizeof v);
     cr_expect_str_eq(v, "1");
-    assert_balanced(p);
-    pgg_pool_free(p);
-    pgh_cluster_free(c);
+    end_test(p, c);
 }
 
 /* ------------------------------------------------------- bad input */
@@ -566,6 +544,7 @@ Test(pool, bad_input_gets_clear_errors)
     pgg_release(NULL);
     pgg_pool_free(NULL);
     cr_expect_eq(pgg_pool_host_stats(NULL, 0, NULL), PGG_EINVAL);
+    cr_expect_eq(pgh_leak_check(), 0, "memory leaked (report above)");
 }
 
 Test(pool, unreachable_hosts_fail_within_the_deadline_without_a_password_leak)
@@ -587,8 +566,7 @@ Test(pool, unreachable_hosts_fail_within_the_deadline_without_a_password_leak)
     pgg_host_stats hs = host_stats(p, 0);
     cr_expect_null(strstr(hs.last_error, "topsecret"));
     cr_expect_neq(hs.state, PGG_BREAKER_CLOSED);
-    assert_balanced(p);
-    pgg_pool_free(p);
+    end_test(p, NULL);
 }
 
 /* ------------------------------------------------------------- threads */
@@ -638,9 +616,7 @@ Test(pool, many_threads_share_one_pool)
     cr_expect_eq(ok, 2400);
     for (int i = 0; i < pgg_pool_host_count(p); i++)
         cr_expect_leq(host_stats(p, i).conns_open, 3, "pool_max exceeded");
-    assert_balanced(p);
-    pgg_pool_free(p);
-    pgh_cluster_free(c);
+    end_test(p, c);
 }
 
 /* ----------------------------------------------------- cancel and events */
@@ -674,9 +650,7 @@ Test(pool, a_query_past_its_deadline_is_cancelled_on_the_server)
     cr_expect_str_eq(n, "0", "the timed-out query still runs on the server");
     pgg_host_stats h = host_stats(p, 0);
     cr_expect_eq(h.failures[PGG_CLASS_TIMEOUT], 1);
-    assert_balanced(p);
-    pgg_pool_free(p);
-    pgh_cluster_free(c);
+    end_test(p, c);
 }
 
 typedef struct {
@@ -738,9 +712,7 @@ Test(pool, events_report_breaker_and_role_changes)
     cr_expect_eq(read_ok(p, PGG_WRITE, "SELECT 1", 0), 1);
     cr_expect_eq(pgg_pool_force_open(p, 7), PGG_EINVAL);
     pgg_pool_on_event(p, NULL, NULL);
-    assert_balanced(p);
-    pgg_pool_free(p);
-    pgh_cluster_free(c);
+    end_test(p, c);
 }
 
 /* --------------------------------------------- recovery and per-try bounds */
@@ -778,9 +750,7 @@ Test(pool, attempt_timeout_moves_a_read_off_a_hung_replica)
     fprintf(stderr, "hung replica with attempt_timeout_ms=100: %d of 30 reads moved on\n", retried);
     cr_expect_geq(retried, 1, "no read ever met the hung replica");
     cr_assert_eq(pgh_node_resume(pgh_cluster_replica(c, 0)), 0);
-    assert_balanced(p);
-    pgg_pool_free(p);
-    pgh_cluster_free(c);
+    end_test(p, c);
 }
 
 Test(pool, a_host_that_answers_again_is_probed_back_before_its_open_time)
@@ -812,7 +782,5 @@ Test(pool, a_host_that_answers_again_is_probed_back_before_its_open_time)
     for (int i = 0; i < 40 && !back; i++)
         back = read_ok(p, PGG_READ, "SELECT 1", 0) == 1;
     cr_expect(back);
-    assert_balanced(p);
-    pgg_pool_free(p);
-    pgh_cluster_free(c);
+    end_test(p, c);
 }
