@@ -50,9 +50,9 @@
 
 /* ------------------------------------------------------------- clients */
 
-enum { CL_RAW, CL_GUARD, CL_BOUNCER, CL_CHURN, CL__N };
+enum { CL_RAW, CL_GUARD, CL_GUARD_B, CL_BOUNCER, CL_CHURN, CL__N };
 static const char *const client_name[CL__N] = {
-    "libpq", "pgguard", "pgbouncer", "libpq, new conn/call"};
+    "libpq", "pgguard", "pgguard B", "pgbouncer", "libpq, new conn/call"};
 
 enum { Q_SELECT1, Q_PK, Q__N };
 static const char *const query_name[Q__N] = {"SELECT 1", "PK lookup"};
@@ -79,7 +79,8 @@ typedef struct opts {
     double seconds, warmup, first_warmup;
     long calls; /* > 0: a fixed number of calls per thread and slice */
     int pool_max;
-    const char *settings; /* extra pgguard settings, key=value ... */
+    const char *settings;   /* extra pgguard settings, key=value ... */
+    const char *settings_b; /* a second pool, "pgguard B", with these */
     bool throughput, faults;
     long reject_calls;
     int hang_cycles, hang_calls, hang_threads, hang_timeout_ms;
@@ -291,7 +292,7 @@ enum { PH_WARM, PH_MEASURE, PH_STOP };
 
 typedef struct slice {
     int client, query, nthreads;
-    pgg_pool *pool;       /* CL_GUARD */
+    pgg_pool *pool;       /* CL_GUARD, CL_GUARD_B */
     PGconn **conns;       /* CL_RAW, CL_BOUNCER: one per thread */
     const char *conninfo; /* CL_CHURN */
     long fixed_calls;
@@ -364,7 +365,8 @@ static bool call_once(worker *w, unsigned seq)
         if (PQresultStatus(res) != PGRES_TUPLES_OK)
             keep_error(w, PQerrorMessage(churn));
         break;
-    case CL_GUARD: {
+    case CL_GUARD:
+    case CL_GUARD_B: {
         /* As an application calls it: with an error record. */
         pgg_error e;
 
@@ -647,7 +649,7 @@ static void run_level(const opts *o, const env *e, int nthreads,
                       int nqueries, cell *cells, results *res)
 {
     PGconn **raw = NULL, **bouncer = NULL;
-    pgg_pool *pool = NULL;
+    pgg_pool *pool = NULL, *pool_b = NULL;
     char settings[1024];
 
     for (int k = 0; k < nclients; k++) {
@@ -665,6 +667,13 @@ static void run_level(const opts *o, const env *e, int nthreads,
     snprintf(settings, sizeof settings, "pool_max=%d %s", o->pool_max,
              o->settings ? o->settings : "");
     pool = bench_pool_new(e->conninfo, settings);
+    for (int k = 0; k < nclients; k++) {
+        if (clients[k] == CL_GUARD_B) {
+            snprintf(settings, sizeof settings, "pool_max=%d %s", o->pool_max,
+                     o->settings_b);
+            pool_b = bench_pool_new(e->conninfo, settings);
+        }
+    }
 
     for (int qi = 0; qi < nqueries; qi++) {
         int q = queries[qi];
@@ -672,7 +681,7 @@ static void run_level(const opts *o, const env *e, int nthreads,
 
         for (int k = 0; k < nclients; k++) {
             slice s = {.client = clients[k], .query = q, .nthreads = nthreads,
-                       .pool = pool,
+                       .pool = clients[k] == CL_GUARD_B ? pool_b : pool,
                        .conns = clients[k] == CL_RAW ? raw : bouncer,
                        .conninfo = e->conninfo};
             sample dummy;
@@ -689,7 +698,8 @@ static void run_level(const opts *o, const env *e, int nthreads,
             round_order(clients, nclients, r, order);
             for (int k = 0; k < nclients; k++) {
                 slice s = {.client = order[k], .query = q,
-                           .nthreads = nthreads, .pool = pool,
+                           .nthreads = nthreads,
+                           .pool = order[k] == CL_GUARD_B ? pool_b : pool,
                            .conns = order[k] == CL_RAW ? raw : bouncer,
                            .conninfo = e->conninfo,
                            .fixed_calls = o->calls};
@@ -712,6 +722,7 @@ static void run_level(const opts *o, const env *e, int nthreads,
                 cells[queries[qi]].guard_connects = hs.connects;
     }
     pgg_pool_free(pool);
+    pgg_pool_free(pool_b);
     for (int i = 0; raw && i < nthreads; i++)
         PQfinish(raw[i]);
     for (int i = 0; bouncer && i < nthreads; i++)
@@ -1187,6 +1198,9 @@ static void usage(FILE *f)
         "                         (for callgrind: instruction counts per call)\n"
         "  --pool-max N           pgguard pool_max (default 32, as PgBouncer's pool)\n"
         "  --settings 'K=V ...'   more pgguard settings for the throughput pools\n"
+        "  --settings-b 'K=V ...' add a client \"pgguard B\": a second pool with\n"
+        "                         these settings, interleaved with the others\n"
+        "                         (an A/B test of settings or of two builds' ideas)\n"
         "  --no-faults            skip the breaker and hung-host measurements\n"
         "  --only-faults          only those\n"
         "  --reject-calls N       refused calls timed (default 200000)\n"
@@ -1201,9 +1215,11 @@ int main(int argc, char **argv)
 {
     static const char *const qnames[Q__N] = {"select1", "pk"};
     static const char *const qalias[Q__N] = {"SELECT 1", "pk-lookup"};
-    static const char *const cnames[CL__N] = {"libpq", "pgguard", "pgbouncer",
+    static const char *const cnames[CL__N] = {"libpq", "pgguard", "pgguard-b",
+                                              "pgbouncer",
                                               "churn"};
-    static const char *const calias[CL__N] = {"raw", "guard", "bouncer", NULL};
+    static const char *const calias[CL__N] = {"raw", "guard", "b", "bouncer",
+                                              NULL};
     static const struct option longopts[] = {
         {"server", required_argument, NULL, 's'},
         {"pgbouncer", required_argument, NULL, 'b'},
@@ -1218,6 +1234,7 @@ int main(int argc, char **argv)
         {"calls", required_argument, NULL, 'n'},
         {"pool-max", required_argument, NULL, 'p'},
         {"settings", required_argument, NULL, 'x'},
+        {"settings-b", required_argument, NULL, 'y'},
         {"no-faults", no_argument, NULL, 'F'},
         {"only-faults", no_argument, NULL, 'O'},
         {"reject-calls", required_argument, NULL, 'R'},
@@ -1265,6 +1282,7 @@ int main(int argc, char **argv)
         case 'n': o.calls = atol(optarg); break;
         case 'p': o.pool_max = atoi(optarg); break;
         case 'x': o.settings = optarg; break;
+        case 'y': o.settings_b = optarg; break;
         case 'F': o.faults = false; break;
         case 'O': o.throughput = false; break;
         case 'R': o.reject_calls = atol(optarg); break;
@@ -1289,10 +1307,13 @@ int main(int argc, char **argv)
         die("a count or a duration is out of range (see --help)");
     if (!clients_given) {
         o.clients[CL_RAW] = o.clients[CL_GUARD] = true;
+        o.clients[CL_GUARD_B] = o.settings_b != NULL;
         o.clients[CL_BOUNCER] = o.bouncer != NULL;
     }
     if (o.clients[CL_BOUNCER] && !o.bouncer)
         die("--clients pgbouncer needs --pgbouncer CONNINFO");
+    if (o.clients[CL_GUARD_B] && !o.settings_b)
+        die("--clients pgguard-b needs --settings-b 'K=V ...'");
     for (int i = 0; i < CL_CHURN; i++)
         if (o.clients[i])
             clients[nclients++] = i;
@@ -1331,6 +1352,9 @@ int main(int argc, char **argv)
                "reads (PGG_READ), %s%s\n",
                o.pool_max, o.settings ? "settings: " : "every other setting default",
                o.settings ? o.settings : "");
+        if (o.clients[CL_GUARD_B])
+            printf("pgguard B: a second pool like it, with settings: %s\n",
+                   o.settings_b);
         if (o.bouncer)
             printf("pgbouncer: transaction pooling, default_pool_size as set "
                    "by its runner; the same libpq client as raw\n");
@@ -1375,6 +1399,13 @@ int main(int argc, char **argv)
                         if (n)
                             snprintf(extra, sizeof extra,
                                      "x%.2f pgbouncer [%.2f-%.2f]",
+                                     median(rv, n), vmin(rv, n), vmax(rv, n));
+                    } else if (cl == CL_GUARD_B && c->used[CL_GUARD]) {
+                        double rv[MAX_ROUNDS];
+                        int n = ratios(c, CL_GUARD_B, CL_GUARD, o.rounds, rv);
+                        if (n)
+                            snprintf(extra, sizeof extra,
+                                     "x%.3f pgguard [%.2f-%.2f]",
                                      median(rv, n), vmin(rv, n), vmax(rv, n));
                     }
                     print_row(query_name[q], o.levels[li], client_name[cl], c,
@@ -1464,6 +1495,14 @@ int main(int argc, char **argv)
                            "%.2f   %s\n",
                            query_name[queries[qi]], median(rv, n),
                            median(rv, n) >= 1.4 ? "met" : "NOT MET");
+                if (c->used[CL_RAW] && c->used[CL_GUARD_B] &&
+                    (n = ratios(c, CL_GUARD_B, CL_RAW, o.rounds, rv)) > 0)
+                    printf("  (pgguard B: %.3f x libpq", median(rv, n));
+                if (c->used[CL_BOUNCER] && c->used[CL_GUARD_B] &&
+                    (n = ratios(c, CL_GUARD_B, CL_BOUNCER, o.rounds, rv)) > 0)
+                    printf(", %.2f x pgbouncer", median(rv, n));
+                if (c->used[CL_RAW] && c->used[CL_GUARD_B])
+                    printf(")\n");
             }
         }
     }
