@@ -356,7 +356,8 @@ typedef struct pgg_stats {
     int hosts;
     int bulkhead_capacity, bulkhead_in_use, bulkhead_waiting;
     uint64_t bulkhead_rejections;
-    uint64_t calls, calls_failed;
+    uint64_t calls;               /* one-shot calls and leases, bulkhead included */
+    uint64_t calls_failed;        /* calls that returned no result */
     uint64_t cache_hits, cache_misses, cache_stores, cache_evictions;
     uint64_t cache_fallbacks;     /* stale answers served */
     uint64_t cache_bytes, cache_entries;

@@ -3,9 +3,13 @@
  * libpqtypes (pgg_have_types() returns 1); include this header instead of
  * pgguard.h in code that uses them, and link libpqtypes.
  *
- * Every pooled connection is prepared for libpqtypes (PQinitTypes), so any
- * result the pool returns, fallback copies from the cache included, can be
- * read with PQgetf.  Thread-safe like the rest of the pool.
+ * Connections are prepared for libpqtypes (PQinitTypes, then the pool's
+ * registered types) as they are borrowed, once the pool has types.enabled
+ * or has been asked for anything in this header: from then on every result
+ * the pool returns, plain calls and fallback copies from the cache
+ * included, can be read with PQgetf.  (Off until then because libpqtypes'
+ * result event costs every result about a microsecond.)  Thread-safe like
+ * the rest of the pool.
  */
 #ifndef PGGUARD_TYPES_H
 #define PGGUARD_TYPES_H
@@ -24,8 +28,7 @@ extern "C" {
  * Register types (PQT_SUBCLASS, PQT_COMPOSITE or PQT_USERDEFINED, as
  * PQregisterTypes takes them) on the pool: every connection applies them
  * once, before its next call, within that call's deadline.  The array is
- * copied.  Errors: PGG_EINVAL, PGG_ENOMEM, PGG_ENOTSUP (built without
- * libpqtypes or with types.enabled=false).
+ * copied.  Errors: PGG_EINVAL, PGG_ENOMEM.
  */
 PGG_EXPORT int pgg_pool_register_types(pgg_pool *pool, int which,
                                        const PGregisterType *types, int count,

@@ -283,7 +283,7 @@ static void round_once(pgg_health *hl)
         if (p->phase == PROBE_SKIP)
             continue;
         if (p->ticketed)
-            pgg__pool_record(pool, h, p->ticket, p->cls, p->started);
+            pgg__pool_record(pool, h, p->ticket, p->cls, p->started, now);
         if (p->phase == PROBE_DONE && p->role != PGG_ROLE_UNKNOWN) {
             pgg__pool_set_role(pool, h, p->role, "health probe");
             /* An open host answered: half-open now, and this probe, a real
@@ -291,7 +291,8 @@ static void round_once(pgg_health *hl)
             if (!p->ticketed && pgg__breaker_host_answered(&h->breaker, now)) {
                 pgg_ticket t;
                 if (pgg__breaker_allow(&h->breaker, now, &t))
-                    pgg__pool_record(pool, h, t, PGG_CLASS_SUCCESS, p->started);
+                    pgg__pool_record(pool, h, t, PGG_CLASS_SUCCESS,
+                                     p->started, now);
             }
             if (p->role == PGG_ROLE_PRIMARY && p->have_lsn &&
                 (!have_primary_lsn || p->lsn > primary_lsn)) {

@@ -24,10 +24,11 @@ int pgg__host_init(pgg_host *h, int index, const char *name,
     h->idle_timeout_ns = limits->idle_timeout_ns;
     h->max_lifetime_ns = limits->max_lifetime_ns;
     h->validate_ns = limits->validate_ns;
+    h->alive_check_ns = limits->alive_check_ns;
     h->connect_timeout_ns = limits->connect_timeout_ns;
     atomic_init(&h->role, PGG_ROLE_UNKNOWN);
     atomic_init(&h->lag_bytes, -1);
-    atomic_init(&h->inflight, 0);
+    atomic_init(&h->n_busy, 0);
     rc = pgg__breaker_init(&h->breaker, breaker, pgg__clock_now(clock), err);
     if (rc != PGG_OK)
         return rc;
@@ -112,17 +113,16 @@ static int connect_new(pgg_host *h, int64_t deadline_ns, pgg_link **out,
     return PGG_OK;
 }
 
-int pgg__host_borrow(pgg_host *h, int64_t deadline_ns, pgg_link **out,
-                     pgg_borrow_fail *why, pgg_error *err)
+int pgg__host_borrow(pgg_host *h, int64_t deadline_ns, int64_t now,
+                     pgg_link **out, pgg_borrow_fail *why, pgg_error *err)
 {
     pgg_link *doomed = NULL;
+    bool fresh_now = true; /* now is the caller's reading, still good */
     int rc;
 
     *out = NULL;
     pthread_mutex_lock(&h->mu);
     for (;;) {
-        int64_t now;
-
         if (h->closed) {
             pthread_mutex_unlock(&h->mu);
             close_list(doomed);
@@ -130,7 +130,9 @@ int pgg__host_borrow(pgg_host *h, int64_t deadline_ns, pgg_link **out,
             return pgg__error_set(err, PGG_ECLOSED, NULL, h->name,
                                   "pool closed");
         }
-        now = pgg__now_ns();
+        if (!fresh_now)
+            now = pgg__now_ns();
+        fresh_now = false;
         while (h->idle) {
             pgg_link *l = h->idle;
 
@@ -146,7 +148,8 @@ int pgg__host_borrow(pgg_host *h, int64_t deadline_ns, pgg_link **out,
             close_list(doomed);
             doomed = NULL;
             l->next = NULL;
-            if (pgg__link_alive(l->conn) &&
+            if ((now - l->last_used_ns < h->alive_check_ns ||
+                 pgg__link_alive(l->conn)) &&
                 (now - l->last_used_ns < h->validate_ns ||
                  validate(h, l, deadline_ns))) {
                 *out = l;
@@ -214,10 +217,8 @@ static void release_slot(pgg_host *h, pgg_link *keep)
     }
 }
 
-void pgg__host_give_back(pgg_host *h, pgg_link *l)
+void pgg__host_give_back(pgg_host *h, pgg_link *l, int64_t now)
 {
-    int64_t now = pgg__now_ns();
-
     if (!l)
         return;
     if (!pgg__link_reusable(l->conn) ||

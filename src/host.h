@@ -44,23 +44,28 @@ typedef struct pgg_host {
     int64_t idle_timeout_ns;
     int64_t max_lifetime_ns; /* 0: no limit */
     int64_t validate_ns;
+    int64_t alive_check_ns;
     int64_t connect_timeout_ns;
 
     pthread_mutex_t mu;
     pthread_cond_t cv; /* a connection came back or a slot freed */
     pgg_link *idle;    /* most recently used first */
-    int n_idle, n_busy, n_connecting, n_waiting;
+    int n_idle, n_connecting, n_waiting;
+    /* Lent out (calls and leases running on it).  Written under mu; read
+     * without it by the router, which wants the least busy host. */
+    _Atomic int n_busy;
     bool closed;
     int last_error_code;
     char last_error[256];
 
     _Atomic int role;              /* pgg_role */
     _Atomic int_fast64_t lag_bytes; /* -1: unknown */
-    _Atomic int inflight;          /* calls running on it, for routing */
 
     pgg_breaker breaker;
 
-    atomic_uint_fast64_t calls, successes, ignored, rejections;
+    /* One counter per outcome: the total is their sum, so a call pays one
+     * atomic add on this line, not two. */
+    atomic_uint_fast64_t successes, ignored, rejections;
     atomic_uint_fast64_t failures[PGG_CLASS__COUNT];
     atomic_uint_fast64_t connects, connect_failures;
 } pgg_host;
@@ -68,6 +73,8 @@ typedef struct pgg_host {
 typedef struct pgg_host_limits {
     int max, min_idle;
     int64_t idle_timeout_ns, max_lifetime_ns, validate_ns, connect_timeout_ns;
+    int64_t alive_check_ns; /* poll an idle connection's socket before lending
+                               it when it has been idle this long */
 } pgg_host_limits;
 
 /* keys/vals/name must outlive the host (the pool's config copy). */
@@ -92,11 +99,11 @@ typedef enum pgg_borrow_fail {
  * or the first one given back before deadline_ns.  On failure returns the
  * error code, fills err and *why.
  */
-int pgg__host_borrow(pgg_host *h, int64_t deadline_ns, pgg_link **out,
-                     pgg_borrow_fail *why, pgg_error *err);
+int pgg__host_borrow(pgg_host *h, int64_t deadline_ns, int64_t now_ns,
+                     pgg_link **out, pgg_borrow_fail *why, pgg_error *err);
 
 /* Back to the pool if reusable (idle, healthy, young enough), else closed. */
-void pgg__host_give_back(pgg_host *h, pgg_link *l);
+void pgg__host_give_back(pgg_host *h, pgg_link *l, int64_t now_ns);
 /* Closed without a thought: broken or mid-transaction. */
 void pgg__host_discard(pgg_host *h, pgg_link *l);
 /* The deadline fired mid-query: close now, cancel from a worker. */

@@ -33,7 +33,7 @@ pgg_lease *pgg_acquire(pgg_pool *pool, pgg_intent intent, int timeout_ms,
 
     if (!err)
         err = &local;
-    pgg_error_clear(err);
+    pgg__error_reset(err);
     if (info) {
         memset(info, 0, sizeof *info);
         info->host_index = -1;
@@ -75,7 +75,7 @@ pgg_lease *pgg_acquire(pgg_pool *pool, pgg_intent intent, int timeout_ms,
                            "deadline exceeded before a connection was ready");
             break;
         }
-        t = pgg__pool_take(pool, h, intent, deadline, &lease->l,
+        t = pgg__pool_take(pool, h, intent, deadline, pgg__now_ns(), &lease->l,
                            &lease->ticket, &rejected, err);
         if (t == PGG_TAKE_SKIPPED)
             continue;
@@ -87,7 +87,7 @@ pgg_lease *pgg_acquire(pgg_pool *pool, pgg_intent intent, int timeout_ms,
         lease->intent = intent;
         lease->have_ticket = true;
         lease->ticket_at = pgg__now_ns();
-        pgg_error_clear(err);
+        pgg__error_reset(err);
         if (info) {
             pgg__strlcpy(info->host, h->name, sizeof info->host);
             info->host_index = h->index;
@@ -123,11 +123,11 @@ PGresult *pgg_lease_exec_params(pgg_lease *lease, const char *sql, int nparams,
     pgg_attempt_end end;
     pgg_verdict v;
     PGresult *res = NULL;
-    int64_t start, deadline;
+    int64_t start, deadline, ended;
 
     if (!err)
         err = &local;
-    pgg_error_clear(err);
+    pgg__error_reset(err);
     if (!lease || !sql || nparams < 0) {
         pgg__error_set(err, PGG_EINVAL, NULL, NULL,
                        "pgg_lease_exec: NULL lease or SQL");
@@ -152,7 +152,7 @@ PGresult *pgg_lease_exec_params(pgg_lease *lease, const char *sql, int nparams,
      * transaction halfway helps nobody), it just does not count. */
 
     v = pgg__pool_exec_on(lease->pool, lease->h, &lease->l, lease->intent, &q,
-                          deadline, tp, start, &res, &end, err);
+                          deadline, tp, start, &res, &end, &ended, err);
     if (end != PGG_END_RESULT || !lease->l ||
         PQstatus(lease->l->conn) != CONNECTION_OK) {
         lease->broken = true;
@@ -191,14 +191,14 @@ void pgg_release(pgg_lease *lease)
         return;
     if (lease->have_ticket)
         pgg__pool_record(lease->pool, lease->h, lease->ticket,
-                         PGG_CLASS_IGNORED, lease->ticket_at);
+                         PGG_CLASS_IGNORED, lease->ticket_at, pgg__now_ns());
     if (lease->l) {
         if (lease->broken)
             pgg__host_discard(lease->h, lease->l);
         else
-            pgg__host_give_back(lease->h, lease->l); /* checks idle + healthy */
+            /* checks idle + healthy */
+            pgg__host_give_back(lease->h, lease->l, pgg__now_ns());
     }
-    atomic_fetch_sub(&lease->h->inflight, 1);
     pgg__bulkhead_leave(&lease->pool->bulkhead);
     free(lease);
 }

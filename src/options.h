@@ -29,6 +29,7 @@ struct pgg_config {
     int64_t idle_timeout_ms;        /* 0: idle connections are kept */
     int64_t max_lifetime_ms;        /* 0: no limit */
     int64_t validate_after_idle_ms; /* 0: check every idle connection */
+    int64_t alive_check_after_idle_ms; /* 0: poll every idle socket */
     /* Bounds the whole connect (libpq's connect_timeout, when given, stays
      * in the host's parameters but has a 2 s floor: this one is exact). */
     int64_t connect_timeout_ms;
@@ -49,6 +50,9 @@ struct pgg_config {
      * its deadline, not all of it.  0: an attempt may use the whole
      * deadline. */
     int64_t attempt_timeout_ms;
+
+    /* libpqtypes on every pooled connection (PQgetf on every result). */
+    bool types_enabled;
 
     /* Fallback cache. */
     bool cache_enabled;

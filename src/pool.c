@@ -166,6 +166,7 @@ pgg_pool *pgg_pool_new(const pgg_config *cfg, pgg_error *err)
     limits.idle_timeout_ns = ms_to_ns(cfg->idle_timeout_ms);
     limits.max_lifetime_ns = ms_to_ns(cfg->max_lifetime_ms);
     limits.validate_ns = ms_to_ns(cfg->validate_after_idle_ms);
+    limits.alive_check_ns = ms_to_ns(cfg->alive_check_after_idle_ms);
     limits.connect_timeout_ns = ms_to_ns(cfg->connect_timeout_ms);
     for (int i = 0; i < pool->nhosts; i++) {
         const pgg_host_spec *spec = &cfg->hosts[i];
@@ -198,6 +199,7 @@ pgg_pool *pgg_pool_new(const pgg_config *cfg, pgg_error *err)
     pool->types = pgg__types_new(err);
     if (!pool->types)
         goto fail_canceller;
+    atomic_init(&pool->types_on, cfg->types_enabled);
 #endif
     if (cfg->cache_enabled) {
         if (resolve_identity(pool, err) != PGG_OK)
@@ -261,6 +263,11 @@ void pgg_pool_free(pgg_pool *pool)
 
 /* ------------------------------------------------------------- routing */
 
+/* Ties between equally good hosts rotate per thread: a shared counter
+ * would bounce one cache line between every core on every call, for no
+ * better spread. */
+static _Thread_local unsigned route_rotate;
+
 int pgg__pool_candidates(pgg_pool *pool, pgg_intent intent, int *out)
 {
     pgg_route_host snap[PGG_MAX_HOSTS];
@@ -273,21 +280,18 @@ int pgg__pool_candidates(pgg_pool *pool, pgg_intent intent, int *out)
         snap[i].state = pgg__breaker_state(&h->breaker);
         snap[i].lag_ok = pool->max_lag_bytes == 0 || lag < 0 ||
                          lag <= pool->max_lag_bytes;
-        snap[i].busy = atomic_load(&h->inflight);
+        snap[i].busy = atomic_load_explicit(&h->n_busy, memory_order_relaxed);
     }
     return pgg__route(intent, pool->read_policy, snap, pool->nhosts,
-                      atomic_fetch_add(&pool->rotate, 1), out);
+                      route_rotate++, out);
 }
 
-void pgg__pool_record(pgg_pool *pool, pgg_host *h,
-                      pgg_ticket ticket, pgg_class cls,
-                      int64_t started_ns)
+void pgg__pool_record(pgg_pool *pool, pgg_host *h, pgg_ticket ticket,
+                      pgg_class cls, int64_t started_ns, int64_t now)
 {
-    int64_t now = pgg__now_ns();
     pgg_outcome o;
 
     (void)pool;
-    atomic_fetch_add(&h->calls, 1);
     switch (cls) {
     case PGG_CLASS_SUCCESS:
         atomic_fetch_add(&h->successes, 1);
@@ -313,12 +317,19 @@ bool pgg__host_failure(pgg_class cls)
            cls == PGG_CLASS_UNAVAILABLE;
 }
 
+/* Field by field: the record is ~1 kB and this runs on every call. */
 static void info_reset(pgg_info *info)
 {
     if (!info)
         return;
-    memset(info, 0, sizeof *info);
+    info->host[0] = '\0';
     info->host_index = -1;
+    info->attempts = 0;
+    info->sent = 0;
+    info->from_cache = 0;
+    info->cache_age_ms = 0;
+    pgg__error_reset(&info->cause);
+    info->elapsed_us = 0;
 }
 
 static void info_served(pgg_info *info, const pgg_host *h)
@@ -372,11 +383,10 @@ static bool role_fits(pgg_pool *pool, pgg_host *h, const pgg_link *l,
 
 
 pgg_take pgg__pool_take(pgg_pool *pool, pgg_host *h, pgg_intent intent,
-                        int64_t deadline, pgg_link **l, pgg_ticket *ticket,
-                        bool *rejected, pgg_error *err)
+                        int64_t deadline, int64_t start, pgg_link **l,
+                        pgg_ticket *ticket, bool *rejected, pgg_error *err)
 {
     pgg_borrow_fail why;
-    int64_t start = pgg__now_ns();
 
     *l = NULL;
     if (!pgg__breaker_allow(&h->breaker, start, ticket)) {
@@ -384,23 +394,27 @@ pgg_take pgg__pool_take(pgg_pool *pool, pgg_host *h, pgg_intent intent,
         *rejected = true;
         return PGG_TAKE_SKIPPED;
     }
-    if (pgg__host_borrow(h, deadline, l, &why, err) != PGG_OK) {
+    if (pgg__host_borrow(h, deadline, start, l, &why, err) != PGG_OK) {
+        int64_t now = pgg__now_ns();
+
         if (why != PGG_BORROW_CONNECT) {
-            pgg__pool_record(pool, h, *ticket, PGG_CLASS_IGNORED, start);
+            pgg__pool_record(pool, h, *ticket, PGG_CLASS_IGNORED, start, now);
             return PGG_TAKE_SKIPPED;
         }
-        pgg__pool_record(pool, h, *ticket, PGG_CLASS_CONNECTION, start);
+        pgg__pool_record(pool, h, *ticket, PGG_CLASS_CONNECTION, start, now);
         pgg__host_note_error(h, err);
         return PGG_TAKE_FAILED;
     }
     if (!role_fits(pool, h, *l, intent)) {
-        pgg__host_give_back(h, *l);
+        int64_t now = pgg__now_ns();
+
+        pgg__host_give_back(h, *l, now);
         *l = NULL;
-        pgg__pool_record(pool, h, *ticket, PGG_CLASS_IGNORED, start);
+        pgg__pool_record(pool, h, *ticket, PGG_CLASS_IGNORED, start, now);
         return PGG_TAKE_SKIPPED;
     }
 #if PGG_HAVE_LIBPQTYPES
-    if (pool->types &&
+    if (atomic_load_explicit(&pool->types_on, memory_order_relaxed) &&
         pgg__types_prepare(pool->types, *l, deadline, h->name, err) != PGG_OK) {
         /* Registration failed: a type the server lacks, or the session
          * died meanwhile.  Either way this connection is not usable. */
@@ -408,11 +422,10 @@ pgg_take pgg__pool_take(pgg_pool *pool, pgg_host *h, pgg_intent intent,
                                                        : PGG_CLASS_CONNECTION;
         pgg__host_discard(h, *l);
         *l = NULL;
-        pgg__pool_record(pool, h, *ticket, cls, start);
+        pgg__pool_record(pool, h, *ticket, cls, start, pgg__now_ns());
         return cls == PGG_CLASS_IGNORED ? PGG_TAKE_SKIPPED : PGG_TAKE_FAILED;
     }
 #endif
-    atomic_fetch_add(&h->inflight, 1);
     return PGG_TAKE_OK;
 }
 
@@ -420,15 +433,23 @@ pgg_verdict pgg__pool_exec_on(pgg_pool *pool, pgg_host *h, pgg_link **lp,
                               pgg_intent intent, const pgg_query *q,
                               int64_t deadline, const pgg_ticket *ticket,
                               int64_t started, PGresult **res,
-                              pgg_attempt_end *end, pgg_error *err)
+                              pgg_attempt_end *end, int64_t *ended,
+                              pgg_error *err)
 {
     pgg_link *l = *lp;
     pgg_verdict v;
+    int role = atomic_load_explicit(&h->role, memory_order_relaxed);
 
     pgg__link_exec(l->conn, q, deadline, h->name, res, end, err);
+    *ended = pgg__now_ns();
     v = pgg__classify_result(&pool->cfg->classifier, *end, *res, intent,
-                             atomic_load(&h->role) == PGG_ROLE_STANDBY);
-    if (*end != PGG_END_DEADLINE) {
+                             role == PGG_ROLE_STANDBY);
+    /* What the server reports after a query is current, but looking it up
+     * costs a list walk per call: do it when it decides something (a
+     * refused write) or teaches something (a host of unknown role).
+     * Promotions otherwise reach us through the health round. */
+    if (*end != PGG_END_DEADLINE &&
+        (v.cls == PGG_CLASS_WRONG_ROLE || role == PGG_ROLE_UNKNOWN)) {
         pgg_role now_role = pgg__link_reported_role(l->conn);
 
         /* 25006 from a server that still says it is a primary: a read-only
@@ -447,7 +468,12 @@ pgg_verdict pgg__pool_exec_on(pgg_pool *pool, pgg_host *h, pgg_link **lp,
         pgg__health_wake(pool->health);
     }
     if (ticket)
-        pgg__pool_record(pool, h, *ticket, v.cls, started);
+        pgg__pool_record(pool, h, *ticket, v.cls, started, *ended);
+    /* A pooled session that died on us rarely died alone (a restart, a
+     * failover, a network cut): its idle siblings go now, before another
+     * call finds each of them dead the hard way. */
+    if (*end == PGG_END_LOST || *end == PGG_END_NOT_SENT)
+        pgg__host_trim(h, 0, true);
     if (*end == PGG_END_DEADLINE) {
         /* The session is in an unknown state: it never comes back. */
         pgg__host_abandon(h, l, pool->canceller);
@@ -464,6 +490,7 @@ typedef struct attempt {
     PGresult *res;
     pgg_verdict v;
     pgg_attempt_end end;
+    int64_t ended; /* clock when it finished; 0 when it never ran */
 } attempt;
 
 /*
@@ -471,16 +498,16 @@ typedef struct attempt {
  * without an attempt (breaker refused, wrong role, pool exhausted).
  */
 static bool attempt_on(pgg_pool *pool, pgg_host *h, pgg_intent intent,
-                       const pgg_query *q, int64_t deadline, attempt *a,
-                       bool *rejected, pgg_error *err)
+                       const pgg_query *q, int64_t deadline, int64_t start,
+                       attempt *a, bool *rejected, pgg_error *err)
 {
     pgg_ticket ticket;
     pgg_link *l;
-    int64_t start = pgg__now_ns();
 
     a->res = NULL;
-    switch (pgg__pool_take(pool, h, intent, deadline, &l, &ticket, rejected,
-                           err)) {
+    a->ended = 0;
+    switch (pgg__pool_take(pool, h, intent, deadline, start, &l, &ticket,
+                           rejected, err)) {
     case PGG_TAKE_SKIPPED:
         return false;
     case PGG_TAKE_FAILED:
@@ -492,10 +519,9 @@ static bool attempt_on(pgg_pool *pool, pgg_host *h, pgg_intent intent,
         break;
     }
     a->v = pgg__pool_exec_on(pool, h, &l, intent, q, deadline, &ticket, start,
-                             &a->res, &a->end, err);
+                             &a->res, &a->end, &a->ended, err);
     if (l)
-        pgg__host_give_back(h, l);
-    atomic_fetch_sub(&h->inflight, 1);
+        pgg__host_give_back(h, l, a->ended);
     return true;
 }
 
@@ -565,7 +591,7 @@ static PGresult *cache_step(pgg_pool *pool, const pgg_query *q,
  */
 static int64_t attempt_deadline(const pgg_pool *pool, pgg_intent intent,
                                 const pgg_call *call, int64_t deadline,
-                                bool more_hosts, int attempts)
+                                int64_t now, bool more_hosts, int attempts)
 {
     int64_t cut;
 
@@ -573,7 +599,7 @@ static int64_t attempt_deadline(const pgg_pool *pool, pgg_intent intent,
         attempts + 1 >= pool->max_attempts ||
         (call && (call->flags & PGG_CALL_NO_RETRY)))
         return deadline;
-    cut = pgg__now_ns() + pool->attempt_timeout_ns;
+    cut = now + pool->attempt_timeout_ns;
     return cut < deadline ? cut : deadline;
 }
 
@@ -581,7 +607,7 @@ static PGresult *run(pgg_pool *pool, pgg_intent intent, const pgg_query *q,
                      const pgg_call *call, pgg_info *info, pgg_error *err)
 {
     pgg_error local;
-    int64_t start, deadline, timeout_ns;
+    int64_t start, deadline, timeout_ns, now;
     int cand[PGG_MAX_HOSTS];
     int ncand, attempts = 0;
     bool rejected = false, served = false;
@@ -590,7 +616,7 @@ static PGresult *run(pgg_pool *pool, pgg_intent intent, const pgg_query *q,
 
     if (!err)
         err = &local;
-    pgg_error_clear(err);
+    pgg__error_reset(err);
     info_reset(info);
     if (!pool || !q->sql) {
         pgg__error_set(err, PGG_EINVAL, NULL, NULL,
@@ -609,7 +635,6 @@ static PGresult *run(pgg_pool *pool, pgg_intent intent, const pgg_query *q,
     start = pgg__now_ns();
     timeout_ns = pgg__pool_timeout_ns(pool, call ? call->timeout_ms : 0);
     deadline = start + timeout_ns;
-    atomic_fetch_add(&pool->calls, 1);
 
     {
         int64_t wait_until = start + pool->bulkhead_wait_ns;
@@ -627,21 +652,27 @@ static PGresult *run(pgg_pool *pool, pgg_intent intent, const pgg_query *q,
     }
 
     ncand = pgg__pool_candidates(pool, intent, cand);
+    now = start;
     for (int i = 0; i < ncand && !served; i++) {
         pgg_host *h = &pool->hosts[cand[i]];
 
-        if (pgg__now_ns() >= deadline) {
+        if (now >= deadline) {
             if (attempts == 0 || !err->code)
                 pgg__error_set(err, PGG_ETIMEDOUT, NULL, NULL,
                                "deadline exceeded before a host could serve");
             break;
         }
         if (!attempt_on(pool, h, intent, q,
-                        attempt_deadline(pool, intent, call, deadline,
+                        attempt_deadline(pool, intent, call, deadline, now,
                                          i + 1 < ncand, attempts),
-                        &a, &rejected, err))
+                        now, &a, &rejected, err)) {
+            /* Skipping a host costs little time, unless it waited for a
+             * connection slot; read the clock again either way. */
+            now = pgg__now_ns();
             continue;
+        }
         attempts++;
+        now = a.ended ? a.ended : pgg__now_ns();
         if (info)
             info->sent = a.end != PGG_END_CONNECT_FAILED &&
                          a.end != PGG_END_NOT_SENT;
@@ -675,7 +706,8 @@ static PGresult *run(pgg_pool *pool, pgg_intent intent, const pgg_query *q,
         atomic_fetch_add(&pool->calls_failed, 1);
     if (info) {
         info->attempts = attempts;
-        info->elapsed_us = (pgg__now_ns() - start) / 1000;
+        /* The attempt's end is close enough: no clock reading for it. */
+        info->elapsed_us = ((served ? now : pgg__now_ns()) - start) / 1000;
     }
     return res;
 }
@@ -776,11 +808,13 @@ int pgg_pool_host_stats(pgg_pool *pool, int index, pgg_host_stats *out)
     out->conns_open = c.open;
     out->conns_idle = c.idle;
     out->conns_busy = c.busy;
-    out->calls = atomic_load(&h->calls);
     out->successes = atomic_load(&h->successes);
     out->ignored = atomic_load(&h->ignored);
-    for (int i = 0; i < PGG_CLASS__COUNT; i++)
+    out->calls = out->successes + out->ignored;
+    for (int i = 0; i < PGG_CLASS__COUNT; i++) {
         out->failures[i] = atomic_load(&h->failures[i]);
+        out->calls += out->failures[i];
+    }
     out->rejections = atomic_load(&h->rejections);
     out->connects = atomic_load(&h->connects);
     out->connect_failures = atomic_load(&h->connect_failures);
@@ -809,7 +843,8 @@ int pgg_pool_stats(pgg_pool *pool, pgg_stats *out)
     out->bulkhead_in_use = bc.in_use;
     out->bulkhead_waiting = bc.waiting;
     out->bulkhead_rejections = bc.rejected_full + bc.timed_out;
-    out->calls = atomic_load(&pool->calls);
+    /* Every call and lease passes the bulkhead, in or refused. */
+    out->calls = bc.admitted + out->bulkhead_rejections;
     out->calls_failed = atomic_load(&pool->calls_failed);
     pgg__cache_stats(pool->cache, out);
     return PGG_OK;

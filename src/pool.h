@@ -38,6 +38,10 @@ struct pgg_pool {
     pgg_health *health;
     pgg_cache *cache;
     pgg_types *types; /* NULL without libpqtypes */
+    /* Prepare connections for libpqtypes: types.enabled, or set for good by
+     * the first typed call.  Off by default because libpqtypes' result
+     * event costs every result it does not serve about a microsecond. */
+    atomic_bool types_on;
     char *user, *dbname; /* whose rows the cache holds */
 
     pgg_read_policy read_policy;
@@ -47,14 +51,13 @@ struct pgg_pool {
     int64_t bulkhead_wait_ns;
     int64_t max_lag_bytes; /* 0: no limit */
 
-    atomic_uint rotate;
     atomic_bool closed;
 
     pthread_mutex_t ev_mu;
     pgg_event_fn ev_fn;
     void *ev_ud;
 
-    atomic_uint_fast64_t calls, calls_failed;
+    atomic_uint_fast64_t calls_failed;
 };
 
 /* Record a host's role; emits PGG_EVENT_ROLE when it changed. */
@@ -66,10 +69,10 @@ void pgg__pool_emit(pgg_pool *pool, const pgg_event *ev);
 /* The router's view of every host, now. */
 int pgg__pool_candidates(pgg_pool *pool, pgg_intent intent, int *out);
 
-/* Turn a verdict into a breaker outcome and host counters. */
-void pgg__pool_record(pgg_pool *pool, pgg_host *h,
-                      pgg_ticket ticket, pgg_class cls,
-                      int64_t started_ns);
+/* Turn a verdict into a breaker outcome and host counters; the call ran
+ * from started_ns to now_ns. */
+void pgg__pool_record(pgg_pool *pool, pgg_host *h, pgg_ticket ticket,
+                      pgg_class cls, int64_t started_ns, int64_t now_ns);
 
 /* Does this class count against the host (connection, timeout,
  * unavailable)? */
@@ -81,21 +84,24 @@ typedef enum pgg_take {
     PGG_TAKE_FAILED   /* connecting failed; recorded against the host */
 } pgg_take;
 
-/* Breaker admission, borrow (maybe connect), role check on one host. */
+/* Breaker admission, borrow (maybe connect), role check on one host;
+ * now is the caller's clock reading. */
 pgg_take pgg__pool_take(pgg_pool *pool, pgg_host *h, pgg_intent intent,
-                        int64_t deadline, pgg_link **l, pgg_ticket *ticket,
-                        bool *rejected, pgg_error *err);
+                        int64_t deadline, int64_t now, pgg_link **l,
+                        pgg_ticket *ticket, bool *rejected, pgg_error *err);
 
 /*
- * Run q on a taken connection, classify, learn the role the server reports,
- * record the ticket (when not NULL).  When the deadline fired the link is
- * abandoned and *lp set to NULL; otherwise the caller still holds it.
+ * Run q on a taken connection, classify, record the ticket (when not NULL).
+ * When the deadline fired the link is abandoned and *lp set to NULL;
+ * otherwise the caller still holds it.  *ended is the clock when it
+ * finished (one reading serves the breaker, the pool and the caller).
  */
 pgg_verdict pgg__pool_exec_on(pgg_pool *pool, pgg_host *h, pgg_link **lp,
                               pgg_intent intent, const pgg_query *q,
                               int64_t deadline, const pgg_ticket *ticket,
                               int64_t started, PGresult **res,
-                              pgg_attempt_end *end, pgg_error *err);
+                              pgg_attempt_end *end, int64_t *ended,
+                              pgg_error *err);
 
 /* The error for a call no host took: PGG_ENOPRIMARY, or PGG_EOPEN when
  * ncand candidates all refused (ncand 0: none was eligible at all). */

@@ -67,10 +67,13 @@ int pgg__route(pgg_intent intent, pgg_read_policy policy,
                const pgg_route_host *hosts, int n, unsigned rotate, int *out)
 {
     route_key keys[PGG_MAX_HOSTS];
-    int m = 0;
+    int m = 0, r;
 
     if (n > PGG_MAX_HOSTS)
         n = PGG_MAX_HOSTS;
+    if (n <= 0)
+        return 0;
+    r = (int)(rotate % (unsigned)n); /* one division per call, not per host */
     for (int i = 0; i < n; i++) {
         route_key k;
         int g = group_of(intent, policy, &hosts[i]);
@@ -81,8 +84,7 @@ int pgg__route(pgg_intent intent, pgg_read_policy policy,
         k.group = g;
         k.tier = tier_of(hosts[i].state);
         k.busy = hosts[i].busy;
-        k.spin = (int)(((unsigned)i + (unsigned)n - rotate % (unsigned)n) %
-                       (unsigned)n);
+        k.spin = i >= r ? i - r : i + n - r;
         k.index = i;
         /* Insertion sort: n is small and usually sorted already. */
         for (j = m; j > 0 && before(&k, &keys[j - 1]); j--)

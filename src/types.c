@@ -161,9 +161,7 @@ int pgg_pool_register_types(pgg_pool *pool, int which,
         return pgg__error_set(err, PGG_EINVAL, NULL, NULL,
                               "pgg_pool_register_types: bad arguments");
     t = pool->types;
-    if (!t)
-        return pgg__error_set(err, PGG_ENOTSUP, NULL, NULL,
-                              "libpqtypes is off (types.enabled=false)");
+    atomic_store(&pool->types_on, true);
     r.which = which;
     r.count = count;
     r.types = calloc((size_t)count, sizeof *r.types);
@@ -226,11 +224,7 @@ PGparam *pgg_pool_param(pgg_pool *pool, int timeout_ms, pgg_error *err)
         pgg__error_set(err, PGG_EINVAL, NULL, NULL, "pgg_pool_param: NULL pool");
         return NULL;
     }
-    if (!pool->types) {
-        pgg__error_set(err, PGG_ENOTSUP, NULL, NULL,
-                       "libpqtypes is off (types.enabled=false)");
-        return NULL;
-    }
+    atomic_store(&pool->types_on, true);
     return param_from_template(pool, PGG_READ, timeout_ms, err);
 }
 
@@ -305,7 +299,7 @@ PGresult *pgg_execvf(pgg_pool *pool, pgg_intent intent, const pgg_call *call,
 
     if (!err)
         err = &local;
-    pgg_error_clear(err);
+    pgg__error_reset(err);
     if (info) {
         memset(info, 0, sizeof *info);
         info->host_index = -1;
@@ -315,11 +309,8 @@ PGresult *pgg_execvf(pgg_pool *pool, pgg_intent intent, const pgg_call *call,
                        "pgg_execf: NULL pool or empty cmdspec");
         return NULL;
     }
-    if (!pool->types) {
-        pgg__error_set(err, PGG_ENOTSUP, NULL, NULL,
-                       "libpqtypes is off (types.enabled=false)");
-        return NULL;
-    }
+    /* From now on every connection is prepared as it is borrowed. */
+    atomic_store(&pool->types_on, true);
     if (call)
         typed = *call;
     param = param_from_template(pool, intent, typed.timeout_ms, err);
