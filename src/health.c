@@ -323,8 +323,13 @@ static void round_once(pgg_health *hl)
     }
     for (int i = 0; i < pool->nhosts; i++) {
         pgg_host *h = &pool->hosts[i];
-        if (h->min_idle > 0 &&
-            pgg__breaker_state(&h->breaker) == PGG_BREAKER_CLOSED)
+        pgg_breaker_state st = pgg__breaker_state(&h->breaker);
+
+        /* Not into a host that is open or on trial: the breaker decides
+         * when it gets connections again.  Disabled and metrics-only are
+         * as good as closed. */
+        if (h->min_idle > 0 && st != PGG_BREAKER_OPEN &&
+            st != PGG_BREAKER_FORCED_OPEN && st != PGG_BREAKER_HALF_OPEN)
             pgg__host_warm(h, pgg__now_ns() + timeout);
     }
 }

@@ -6,8 +6,6 @@ static int group_of(pgg_intent intent, pgg_read_policy policy,
 {
     bool primary_only = intent != PGG_READ || policy == PGG_READ_PRIMARY_ONLY;
 
-    if (h->state == PGG_BREAKER_FORCED_OPEN)
-        return -1;
     if (primary_only) {
         switch (h->role) {
         case PGG_ROLE_PRIMARY:

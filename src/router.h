@@ -33,8 +33,9 @@ typedef struct pgg_route_host {
  *   then hosts of unknown role (connecting tells their role);
  * - read: standbys within lag, then unknown, then primaries (policy
  *   permitting); standbys beyond max lag are never candidates.
- * Within a group: closed before half-open before open, then least busy.
- * Forced-open hosts are never candidates.
+ * Within a group: closed before half-open before open (forced-open
+ * included: its breaker refuses it, and the caller learns that the host
+ * is there but open, PGG_EOPEN, rather than missing), then least busy.
  */
 int pgg__route(pgg_intent intent, pgg_read_policy policy,
                const pgg_route_host *hosts, int n, unsigned rotate, int *out);

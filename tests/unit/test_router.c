@@ -71,12 +71,19 @@ Test(router, open_breakers_go_last_half_open_before_them)
     cr_assert_eq(out[3], 0);
 }
 
-Test(router, forced_open_is_never_a_candidate)
+Test(router, forced_open_goes_last_like_open)
 {
-    pgg_route_host h[] = {H(PRIMARY, FORCED_OPEN, true, 0), H(STANDBY, FORCED_OPEN, true, 0)};
-    int out[2];
-    cr_assert_eq(route(PGG_WRITE, PGG_READ_REPLICA, h, 2, out), 0);
-    cr_assert_eq(route(PGG_READ, PGG_READ_REPLICA, h, 2, out), 0);
+    pgg_route_host h[] = {H(PRIMARY, FORCED_OPEN, true, 0), H(STANDBY, FORCED_OPEN, true, 0),
+                          H(STANDBY, CLOSED, true, 5)};
+    int out[3];
+    /* The forced-open primary is still the write candidate: its breaker
+     * refuses it and the caller hears "open", not "no primary". */
+    cr_assert_eq(route(PGG_WRITE, PGG_READ_REPLICA, h, 3, out), 1);
+    cr_assert_eq(out[0], 0);
+    cr_assert_eq(route(PGG_READ, PGG_READ_REPLICA, h, 3, out), 3);
+    cr_assert_eq(out[0], 2);
+    cr_assert_eq(out[1], 1);
+    cr_assert_eq(out[2], 0);
 }
 
 Test(router, disabled_and_metrics_only_count_as_closed)
