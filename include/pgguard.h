@@ -300,6 +300,26 @@ PGG_EXPORT PGresult *pgg_exec_params(pgg_pool *pool, pgg_intent intent,
                                      pgg_error *err);
 
 /*
+ * Prepared statements.  Register one on the pool (name, SQL, parameter
+ * types or NULL for the server to infer); each connection prepares it the
+ * first time a call runs it there (one extra round trip per connection,
+ * none per call after that).  Registering a name again with the same SQL
+ * is a no-op; with other SQL it is PGG_EINVAL.  At most 1024 per pool.
+ * Through PgBouncer in transaction mode, named statements do not work.
+ */
+PGG_EXPORT int pgg_pool_prepare(pgg_pool *pool, const char *name,
+                                const char *sql, int nparams,
+                                const Oid *types, pgg_error *err);
+/* Run a registered statement, like pgg_exec_params (PGG_EINVAL for an
+ * unknown name). */
+PGG_EXPORT PGresult *pgg_exec_prepared(pgg_pool *pool, pgg_intent intent,
+                                       const char *name, int nparams,
+                                       const char *const *values,
+                                       const int *lengths, const int *formats,
+                                       const pgg_call *call, pgg_info *info,
+                                       pgg_error *err);
+
+/*
  * Borrow one connection under an intent, for a transaction or several
  * statements.  The timeout bounds the acquisition; each pgg_lease_exec
  * has its own.  The lease holds a bulkhead slot until released.
@@ -320,6 +340,14 @@ PGG_EXPORT PGresult *pgg_lease_exec_params(pgg_lease *lease, const char *sql,
                                            const int *formats,
                                            int result_format, int timeout_ms,
                                            pgg_error *err);
+/* A registered statement through the lease (see pgg_pool_prepare). */
+PGG_EXPORT PGresult *pgg_lease_exec_prepared(pgg_lease *lease,
+                                             const char *name, int nparams,
+                                             const char *const *values,
+                                             const int *lengths,
+                                             const int *formats,
+                                             int result_format, int timeout_ms,
+                                             pgg_error *err);
 /* The raw connection, for what pgguard does not wrap.  Never PQfinish it;
  * calls made on it directly are not bounded by pgguard. */
 PGG_EXPORT PGconn *pgg_lease_conn(pgg_lease *lease);

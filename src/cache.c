@@ -73,8 +73,11 @@ int pgg__cache_key(pgg_cache_key *k, const char *user, const char *dbname,
     k->hash = 0;
     user = user ? user : "";
     dbname = dbname ? dbname : "";
+    /* A prepared statement's name stands for its parameter types too. */
     ok = key_str(k, user, strlen(user)) && key_str(k, dbname, strlen(dbname)) &&
          key_str(k, q->sql, strlen(q->sql)) &&
+         key_str(k, q->stmt_name ? q->stmt_name : "",
+                 q->stmt_name ? strlen(q->stmt_name) : 0) &&
          key_u32(k, (uint32_t)q->result_format) &&
          key_u32(k, (uint32_t)q->nparams);
     for (int i = 0; ok && i < q->nparams; i++) {

@@ -68,7 +68,7 @@ static bool expired(const pgg_host *h, const pgg_link *l, int64_t now)
 /* An empty query: the cheapest round trip that proves the session works. */
 static bool validate(pgg_host *h, pgg_link *l, int64_t deadline_ns)
 {
-    static const pgg_query empty = {"", 0, NULL, NULL, NULL, NULL, 0};
+    static const pgg_query empty = {.sql = ""};
     PGresult *res = NULL;
     pgg_attempt_end end;
     int rc;
@@ -97,7 +97,7 @@ static int connect_new(pgg_host *h, int64_t deadline_ns, pgg_link **out,
         atomic_fetch_add(&h->connect_failures, 1);
         return rc;
     }
-    l = malloc(sizeof *l);
+    l = calloc(1, sizeof *l);
     if (!l) {
         PQfinish(conn);
         return pgg__error_set(err, PGG_ENOMEM, NULL, h->name, "out of memory");

@@ -19,6 +19,7 @@
 #include "classify.h"
 #include "link.h"
 #include "pgguard.h"
+#include "prepared.h"
 
 /* A pooled connection. */
 typedef struct pgg_link {
@@ -30,6 +31,7 @@ typedef struct pgg_link {
      * (in_hot_standby) is current.  An idle connection's report can be
      * older than a promotion, until its next query refreshes it. */
     bool fresh;
+    pgg_stmt_set stmts; /* the pool's statements prepared on it */
     struct pgg_link *next;
 } pgg_link;
 

@@ -109,15 +109,11 @@ pgg_lease *pgg_acquire(pgg_pool *pool, pgg_intent intent, int timeout_ms,
     return NULL;
 }
 
-PGresult *pgg_lease_exec_params(pgg_lease *lease, const char *sql, int nparams,
-                                const Oid *types, const char *const *values,
-                                const int *lengths, const int *formats,
-                                int result_format, int timeout_ms,
-                                pgg_error *err)
+/* One statement through the lease: bounded, classified, recorded. */
+static PGresult *lease_run(pgg_lease *lease, const pgg_query *q,
+                           int timeout_ms, pgg_error *err)
 {
     pgg_error local;
-    pgg_query q = {sql, nparams, types, values, lengths, formats,
-                   result_format};
     pgg_ticket ticket;
     const pgg_ticket *tp = NULL;
     pgg_attempt_end end;
@@ -128,7 +124,7 @@ PGresult *pgg_lease_exec_params(pgg_lease *lease, const char *sql, int nparams,
     if (!err)
         err = &local;
     pgg__error_reset(err);
-    if (!lease || !sql || nparams < 0) {
+    if (!lease || !q->sql || q->nparams < 0) {
         pgg__error_set(err, PGG_EINVAL, NULL, NULL,
                        "pgg_lease_exec: NULL lease or SQL");
         return NULL;
@@ -151,7 +147,7 @@ PGresult *pgg_lease_exec_params(pgg_lease *lease, const char *sql, int nparams,
     /* Refused by an open breaker: the statement still runs (stopping a
      * transaction halfway helps nobody), it just does not count. */
 
-    v = pgg__pool_exec_on(lease->pool, lease->h, &lease->l, lease->intent, &q,
+    v = pgg__pool_exec_on(lease->pool, lease->h, &lease->l, lease->intent, q,
                           deadline, tp, start, &res, &end, &ended, err);
     if (end != PGG_END_RESULT || !lease->l ||
         PQstatus(lease->l->conn) != CONNECTION_OK) {
@@ -166,6 +162,51 @@ PGresult *pgg_lease_exec_params(pgg_lease *lease, const char *sql, int nparams,
         return NULL;
     }
     return res;
+}
+
+PGresult *pgg_lease_exec_params(pgg_lease *lease, const char *sql, int nparams,
+                                const Oid *types, const char *const *values,
+                                const int *lengths, const int *formats,
+                                int result_format, int timeout_ms,
+                                pgg_error *err)
+{
+    pgg_query q = {.sql = sql,
+                   .nparams = nparams,
+                   .types = types,
+                   .values = values,
+                   .lengths = lengths,
+                   .formats = formats,
+                   .result_format = result_format};
+
+    return lease_run(lease, &q, timeout_ms, err);
+}
+
+PGresult *pgg_lease_exec_prepared(pgg_lease *lease, const char *name,
+                                  int nparams, const char *const *values,
+                                  const int *lengths, const int *formats,
+                                  int result_format, int timeout_ms,
+                                  pgg_error *err)
+{
+    const pgg_stmt *stmt =
+        lease && name ? pgg__prepared_find(&lease->pool->prepared, name) : NULL;
+
+    if (!stmt) {
+        pgg__error_set(err, PGG_EINVAL, NULL, NULL,
+                       "pgg_lease_exec_prepared: no lease, or no statement "
+                       "\"%.63s\" (pgg_pool_prepare it first)",
+                       name ? name : "");
+        return NULL;
+    }
+    return lease_run(lease,
+                     &(pgg_query){.sql = stmt->sql,
+                                  .nparams = nparams,
+                                  .values = values,
+                                  .lengths = lengths,
+                                  .formats = formats,
+                                  .result_format = result_format,
+                                  .stmt = stmt,
+                                  .stmt_name = stmt->name},
+                     timeout_ms, err);
 }
 
 PGresult *pgg_lease_exec(pgg_lease *lease, const char *sql, int timeout_ms,

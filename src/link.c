@@ -173,6 +173,11 @@ static bool is_copy(const PGresult *r)
 
 static int send_query(PGconn *conn, const pgg_query *q)
 {
+    if (q->prepare)
+        return PQsendPrepare(conn, q->stmt_name, q->sql, q->nparams, q->types);
+    if (q->stmt_name)
+        return PQsendQueryPrepared(conn, q->stmt_name, q->nparams, q->values,
+                                   q->lengths, q->formats, q->result_format);
     if (q->nparams == 0 && !q->types && q->result_format == 0)
         return PQsendQuery(conn, q->sql);
     return PQsendQueryParams(conn, q->sql, q->nparams, q->types, q->values,
@@ -344,11 +349,10 @@ int pgg__link_probe(PGconn *conn, int64_t deadline_ns, const char *host,
                     pgg_role *role, uint64_t *lsn, pgg_error *err)
 {
     static const pgg_query q = {
-        "SELECT pg_catalog.pg_is_in_recovery(), CASE WHEN "
-        "pg_catalog.pg_is_in_recovery() THEN "
-        "pg_catalog.pg_last_wal_replay_lsn() ELSE "
-        "pg_catalog.pg_current_wal_lsn() END",
-        0, NULL, NULL, NULL, NULL, 0};
+        .sql = "SELECT pg_catalog.pg_is_in_recovery(), CASE WHEN "
+               "pg_catalog.pg_is_in_recovery() THEN "
+               "pg_catalog.pg_last_wal_replay_lsn() ELSE "
+               "pg_catalog.pg_current_wal_lsn() END"};
     PGresult *res = NULL;
     pgg_attempt_end end;
     int rc;

@@ -15,6 +15,8 @@
 #include "classify.h"
 #include "pgguard.h"
 
+struct pgg_stmt;
+
 typedef struct pgg_query {
     const char *sql;
     int nparams;               /* 0 and no types: simple protocol (PQexec-like) */
@@ -23,6 +25,11 @@ typedef struct pgg_query {
     const int *lengths;
     const int *formats;
     int result_format;
+    /* A prepared statement: executed by name (PQsendQueryPrepared), or,
+     * with prepare, prepared (PQsendPrepare of sql and types). */
+    const struct pgg_stmt *stmt;
+    const char *stmt_name;
+    bool prepare;
 } pgg_query;
 
 /*

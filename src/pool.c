@@ -142,6 +142,7 @@ pgg_pool *pgg_pool_new(const pgg_config *cfg, pgg_error *err)
         return NULL;
     }
     pthread_mutex_init(&pool->ev_mu, NULL);
+    pgg__prepared_init(&pool->prepared);
     pool->cfg = pgg__config_copy(cfg, err);
     if (!pool->cfg)
         goto fail_early;
@@ -229,6 +230,7 @@ fail_early:
     free(pool->hosts);
     free(pool->refs);
     pgg_config_free(pool->cfg);
+    pgg__prepared_destroy(&pool->prepared);
     pthread_mutex_destroy(&pool->ev_mu);
     free(pool);
     return NULL;
@@ -257,6 +259,7 @@ void pgg_pool_free(pgg_pool *pool)
     free(pool->hosts);
     free(pool->refs);
     pgg_config_free(pool->cfg);
+    pgg__prepared_destroy(&pool->prepared);
     pthread_mutex_destroy(&pool->ev_mu);
     free(pool);
 }
@@ -429,6 +432,30 @@ pgg_take pgg__pool_take(pgg_pool *pool, pgg_host *h, pgg_intent intent,
     return PGG_TAKE_OK;
 }
 
+/*
+ * Prepare stmt on l's connection, the first time a call needs it there.
+ * Returns true when done; false with the failure in *res / *end / *err.
+ */
+static bool prepare_on(pgg_link *l, const pgg_stmt *stmt, int64_t deadline,
+                       const char *host, PGresult **res, pgg_attempt_end *end,
+                       pgg_error *err)
+{
+    pgg_query pq = {.sql = stmt->sql,
+                    .nparams = stmt->nparams,
+                    .types = stmt->types,
+                    .stmt = stmt,
+                    .stmt_name = stmt->name,
+                    .prepare = true};
+
+    pgg__link_exec(l->conn, &pq, deadline, host, res, end, err);
+    if (*end != PGG_END_RESULT || PQresultStatus(*res) != PGRES_COMMAND_OK)
+        return false;
+    PQclear(*res);
+    *res = NULL;
+    pgg__stmt_set_add(&l->stmts, stmt->index);
+    return true;
+}
+
 pgg_verdict pgg__pool_exec_on(pgg_pool *pool, pgg_host *h, pgg_link **lp,
                               pgg_intent intent, const pgg_query *q,
                               int64_t deadline, const pgg_ticket *ticket,
@@ -440,7 +467,13 @@ pgg_verdict pgg__pool_exec_on(pgg_pool *pool, pgg_host *h, pgg_link **lp,
     pgg_verdict v;
     int role = atomic_load_explicit(&h->role, memory_order_relaxed);
 
-    pgg__link_exec(l->conn, q, deadline, h->name, res, end, err);
+    if (q->stmt && !pgg__stmt_set_has(&l->stmts, q->stmt->index) &&
+        !prepare_on(l, q->stmt, deadline, h->name, res, end, err)) {
+        /* The prepare's own failure (a syntax error, a lost connection) is
+         * the call's outcome. */
+    } else {
+        pgg__link_exec(l->conn, q, deadline, h->name, res, end, err);
+    }
     *ended = pgg__now_ns();
     v = pgg__classify_result(&pool->cfg->classifier, *end, *res, intent,
                              role == PGG_ROLE_STANDBY);
@@ -491,6 +524,7 @@ typedef struct attempt {
     pgg_verdict v;
     pgg_attempt_end end;
     int64_t ended; /* clock when it finished; 0 when it never ran */
+    bool reused;   /* ran on a pooled connection, not a new one */
 } attempt;
 
 /*
@@ -506,6 +540,7 @@ static bool attempt_on(pgg_pool *pool, pgg_host *h, pgg_intent intent,
 
     a->res = NULL;
     a->ended = 0;
+    a->reused = false;
     switch (pgg__pool_take(pool, h, intent, deadline, start, &l, &ticket,
                            rejected, err)) {
     case PGG_TAKE_SKIPPED:
@@ -518,6 +553,7 @@ static bool attempt_on(pgg_pool *pool, pgg_host *h, pgg_intent intent,
     case PGG_TAKE_OK:
         break;
     }
+    a->reused = !l->fresh;
     a->v = pgg__pool_exec_on(pool, h, &l, intent, q, deadline, &ticket, start,
                              &a->res, &a->end, &a->ended, err);
     if (l)
@@ -653,7 +689,7 @@ static PGresult *run(pgg_pool *pool, pgg_intent intent, const pgg_query *q,
 
     ncand = pgg__pool_candidates(pool, intent, cand);
     now = start;
-    for (int i = 0; i < ncand && !served; i++) {
+    for (int i = 0, again = -1; i < ncand && !served; i++) {
         pgg_host *h = &pool->hosts[cand[i]];
 
         if (now >= deadline) {
@@ -691,6 +727,14 @@ static PGresult *run(pgg_pool *pool, pgg_intent intent, const pgg_query *q,
         }
         PQclear(a.res);
         a.res = NULL;
+        /* A pooled session that was dead when we used it (a restart, a
+         * failover, terminated backends) says little about the host: its
+         * idle siblings are gone now (exec_on), so try the same host once
+         * more on a new connection before moving on. */
+        if (a.reused && a.v.cls == PGG_CLASS_CONNECTION && again != i) {
+            again = i;
+            i--;
+        }
     }
     if (!served && attempts == 0 &&
         (err->code == PGG_OK ||
@@ -715,8 +759,7 @@ static PGresult *run(pgg_pool *pool, pgg_intent intent, const pgg_query *q,
 PGresult *pgg_exec(pgg_pool *pool, pgg_intent intent, const char *sql,
                    const pgg_call *call, pgg_info *info, pgg_error *err)
 {
-    pgg_query q = {sql, 0, NULL, NULL, NULL, NULL,
-                   call ? call->result_format : 0};
+    pgg_query q = {.sql = sql, .result_format = call ? call->result_format : 0};
     return run(pool, intent, &q, call, info, err);
 }
 
@@ -726,8 +769,13 @@ PGresult *pgg_exec_params(pgg_pool *pool, pgg_intent intent, const char *sql,
                           const int *formats, const pgg_call *call,
                           pgg_info *info, pgg_error *err)
 {
-    pgg_query q = {sql, nparams, types, values, lengths, formats,
-                   call ? call->result_format : 0};
+    pgg_query q = {.sql = sql,
+                   .nparams = nparams,
+                   .types = types,
+                   .values = values,
+                   .lengths = lengths,
+                   .formats = formats,
+                   .result_format = call ? call->result_format : 0};
 
     if (nparams < 0 || (nparams > 0 && !values && !types)) {
         pgg__error_set(err, PGG_EINVAL, NULL, NULL,
@@ -739,6 +787,50 @@ PGresult *pgg_exec_params(pgg_pool *pool, pgg_intent intent, const char *sql,
     /* Parameters force the extended protocol even when there are none. */
     if (q.nparams == 0 && !q.types)
         q.types = (const Oid *)"";
+    return run(pool, intent, &q, call, info, err);
+}
+
+int pgg_pool_prepare(pgg_pool *pool, const char *name, const char *sql,
+                     int nparams, const Oid *types, pgg_error *err)
+{
+    if (!pool)
+        return pgg__error_set(err, PGG_EINVAL, NULL, NULL,
+                              "pgg_pool_prepare: NULL pool");
+    return pgg__prepared_add(&pool->prepared, name, sql, nparams, types, err);
+}
+
+PGresult *pgg_exec_prepared(pgg_pool *pool, pgg_intent intent,
+                            const char *name, int nparams,
+                            const char *const *values, const int *lengths,
+                            const int *formats, const pgg_call *call,
+                            pgg_info *info, pgg_error *err)
+{
+    const pgg_stmt *stmt;
+    pgg_query q;
+
+    if (!pool || !name || nparams < 0) {
+        info_reset(info);
+        pgg__error_set(err, PGG_EINVAL, NULL, NULL,
+                       "pgg_exec_prepared: NULL pool or name");
+        return NULL;
+    }
+    stmt = pgg__prepared_find(&pool->prepared, name);
+    if (!stmt) {
+        info_reset(info);
+        pgg__error_set(err, PGG_EINVAL, NULL, NULL,
+                       "pgg_exec_prepared: no statement \"%.63s\" "
+                       "(pgg_pool_prepare it first)",
+                       name);
+        return NULL;
+    }
+    q = (pgg_query){.sql = stmt->sql,
+                    .nparams = nparams,
+                    .values = values,
+                    .lengths = lengths,
+                    .formats = formats,
+                    .result_format = call ? call->result_format : 0,
+                    .stmt = stmt,
+                    .stmt_name = stmt->name};
     return run(pool, intent, &q, call, info, err);
 }
 

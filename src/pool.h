@@ -16,6 +16,7 @@
 #include "host.h"
 #include "link.h"
 #include "options.h"
+#include "prepared.h"
 #include "router.h"
 #include "types.h"
 
@@ -37,6 +38,7 @@ struct pgg_pool {
     pgg_canceller *canceller;
     pgg_health *health;
     pgg_cache *cache;
+    pgg_prepared prepared;
     pgg_types *types; /* NULL without libpqtypes */
     /* Prepare connections for libpqtypes: types.enabled, or set for good by
      * the first typed call.  Off by default because libpqtypes' result

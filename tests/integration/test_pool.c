@@ -803,3 +803,84 @@ Test(pool, min_idle_connections_are_warmed_also_with_the_breaker_disabled)
     cr_expect_eq(host_stats(p, 0).connects, connects);
     end_test(p, c);
 }
+
+/* ------------------------------------------------------------ prepared */
+
+static int prepared_here(PGconn *conn, const char *name)
+{
+    const char *vals[] = {name};
+    PGresult *r = PQexecParams(conn, "SELECT count(*) FROM pg_prepared_statements WHERE name = $1",
+                               1, NULL, vals, NULL, NULL, 0);
+    int n = PQresultStatus(r) == PGRES_TUPLES_OK ? atoi(PQgetvalue(r, 0, 0)) : -1;
+    PQclear(r);
+    return n;
+}
+
+Test(pool, prepared_statements_are_prepared_once_per_connection)
+{
+    pgh_cluster *c = cluster_or_die(1);
+    setup_table(c);
+    pgg_pool *p = pool_for(c, "pool_max=2");
+    pgg_error e;
+    pgg_info info;
+    Oid int4 = 23;
+
+    cr_assert_eq(pgg_pool_prepare(p, "get_v", "SELECT v FROM pgg_pool_t WHERE id = $1", 1, &int4, &e),
+                 PGG_OK, "%s", e.message);
+    cr_expect_eq(pgg_pool_prepare(p, "get_v", "SELECT v FROM pgg_pool_t WHERE id = $1", 1, &int4, &e),
+                 PGG_OK, "registering the same statement again is a no-op");
+    cr_expect_eq(pgg_pool_prepare(p, "get_v", "SELECT 2", 0, NULL, &e), PGG_EINVAL);
+    cr_expect(strstr(e.message, "get_v") != NULL, "%s", e.message);
+    cr_expect_eq(pgg_pool_prepare(p, "", "SELECT 1", 0, NULL, &e), PGG_EINVAL);
+    cr_expect_eq(pgg_pool_prepare(p, "bad_sql", "SELEC nope", 0, NULL, &e), PGG_OK,
+                 "the server judges the SQL, on first use");
+
+    for (int i = 1; i <= 40; i++) {
+        char id[16];
+        snprintf(id, sizeof id, "%d", i);
+        const char *vals[] = {id};
+        PGresult *r = pgg_exec_prepared(p, i % 2 ? PGG_READ : PGG_WRITE, "get_v", 1, vals, NULL,
+                                        NULL, NULL, &info, &e);
+        cr_assert_not_null(r, "%s: %s", pgg_err_name(e.code), e.message);
+        cr_assert_eq(PQresultStatus(r), PGRES_TUPLES_OK, "%s", PQresultErrorMessage(r));
+        char want[16];
+        snprintf(want, sizeof want, "v%d", i);
+        cr_expect_str_eq(PQgetvalue(r, 0, 0), want);
+        PQclear(r);
+    }
+    /* Prepared on the connection a lease gets, once, not once per call. */
+    pgg_lease *l = pgg_acquire(p, PGG_WRITE, 0, NULL, &e);
+    cr_assert_not_null(l, "%s", e.message);
+    const char *one[] = {"1"};
+    PGresult *r = pgg_lease_exec_prepared(l, "get_v", 1, one, NULL, NULL, 0, 0, &e);
+    cr_assert_not_null(r, "%s", e.message);
+    PQclear(r);
+    cr_expect_eq(prepared_here(pgg_lease_conn(l), "get_v"), 1);
+    r = pgg_lease_exec_prepared(l, "nope", 0, NULL, NULL, NULL, 0, 0, &e);
+    cr_expect_null(r);
+    cr_expect_eq(e.code, PGG_EINVAL);
+    pgg_release(l);
+
+    /* A statement the server refuses is the caller's error, like any SQL. */
+    r = pgg_exec_prepared(p, PGG_READ, "bad_sql", 0, NULL, NULL, NULL, NULL, &info, &e);
+    cr_assert_not_null(r);
+    cr_expect_eq(e.code, PGG_ESERVER);
+    cr_expect_str_eq(e.sqlstate, "42601");
+    PQclear(r);
+    r = pgg_exec_prepared(p, PGG_READ, "missing", 0, NULL, NULL, NULL, NULL, &info, &e);
+    cr_expect_null(r);
+    cr_expect_eq(e.code, PGG_EINVAL);
+    for (int i = 0; i < pgg_pool_host_count(p); i++)
+        cr_expect_eq(host_stats(p, i).state, PGG_BREAKER_CLOSED);
+
+    /* New connections (the old ones terminated) prepare it again. */
+    cr_assert_eq(pgh_node_terminate_backends(pgh_cluster_primary(c)), 0);
+    cr_assert_eq(pgh_node_terminate_backends(pgh_cluster_replica(c, 0)), 0);
+    for (int i = 0; i < 10; i++) {
+        const char *vals[] = {"7"};
+        r = pgg_exec_prepared(p, PGG_READ, "get_v", 1, vals, NULL, NULL, NULL, &info, &e);
+        cr_expect_not_null(r, "after terminate: %s: %s", pgg_err_name(e.code), e.message);
+        PQclear(r);
+    }
+    end_test(p, c);
+}

@@ -21,7 +21,7 @@ static PGresult *make_result(const char *value)
 static void key_for(pgg_cache_key *k, const char *user, const char *sql, int n,
                     const char *const *vals)
 {
-    pgg_query q = {sql, n, NULL, vals, NULL, NULL, 0};
+    pgg_query q = {.sql = sql, .nparams = n, .values = vals};
     cr_assert_eq(pgg__cache_key(k, user, "db", &q), PGG_OK);
 }
 
@@ -57,24 +57,24 @@ Test(cache_key, covers_user_database_sql_params_and_format)
     pgg__cache_key_done(&b);
     pgg__cache_key_done(&c);
 
-    pgg_query q = {"SELECT $1", 1, NULL, v1, NULL, NULL, 1};
+    pgg_query q = {.sql = "SELECT $1", .nparams = 1, .values = v1, .result_format = 1};
     cr_assert_eq(pgg__cache_key(&b, "alice", "db", &q), PGG_OK);
     cr_expect_not(same_key(&a, &b), "result format is part of the key");
     pgg__cache_key_done(&b);
     Oid t23 = 23, t20 = 20;
-    pgg_query q23 = {"SELECT $1", 1, &t23, v1, NULL, NULL, 0};
-    pgg_query q20 = {"SELECT $1", 1, &t20, v1, NULL, NULL, 0};
+    pgg_query q23 = {.sql = "SELECT $1", .nparams = 1, .types = &t23, .values = v1};
+    pgg_query q20 = {.sql = "SELECT $1", .nparams = 1, .types = &t20, .values = v1};
     cr_assert_eq(pgg__cache_key(&b, "alice", "db", &q23), PGG_OK);
     cr_assert_eq(pgg__cache_key(&c, "alice", "db", &q20), PGG_OK);
     cr_expect_not(same_key(&b, &c), "parameter types are part of the key");
     pgg__cache_key_done(&b);
     pgg__cache_key_done(&c);
-    q = (pgg_query){"SELECT $1", 1, NULL, v1, NULL, NULL, 0};
+    q = (pgg_query){.sql = "SELECT $1", .nparams = 1, .values = v1};
     cr_assert_eq(pgg__cache_key(&b, "alice", "other", &q), PGG_OK);
     cr_expect_not(same_key(&a, &b), "database is part of the key");
     pgg__cache_key_done(&b);
     /* Field boundaries cannot be shifted: ("ab","c") != ("a","bc"). */
-    q = (pgg_query){"c", 0, NULL, NULL, NULL, NULL, 0};
+    q = (pgg_query){.sql = "c"};
     cr_assert_eq(pgg__cache_key(&b, "ab", "db", &q), PGG_OK);
     q.sql = "bc";
     cr_assert_eq(pgg__cache_key(&c, "a", "db", &q), PGG_OK);
@@ -89,8 +89,8 @@ Test(cache_key, binary_parameters_use_their_length)
     const char bin1[] = {'a', 0, 'b'}, bin2[] = {'a', 0, 'c'};
     const char *v1[] = {bin1}, *v2[] = {bin2};
     int len[] = {3}, fmt[] = {1};
-    pgg_query q1 = {"SELECT $1", 1, NULL, v1, len, fmt, 0};
-    pgg_query q2 = {"SELECT $1", 1, NULL, v2, len, fmt, 0};
+    pgg_query q1 = {.sql = "SELECT $1", .nparams = 1, .values = v1, .lengths = len, .formats = fmt};
+    pgg_query q2 = {.sql = "SELECT $1", .nparams = 1, .values = v2, .lengths = len, .formats = fmt};
     pgg_cache_key a, b;
 
     cr_assert_eq(pgg__cache_key(&a, "u", "d", &q1), PGG_OK);
@@ -107,7 +107,7 @@ Test(cache_key, long_keys_go_to_the_heap)
 
     memset(sql, 'x', sizeof sql - 1);
     sql[sizeof sql - 1] = 0;
-    pgg_query q = {sql, 0, NULL, NULL, NULL, NULL, 0};
+    pgg_query q = {.sql = sql};
     cr_assert_eq(pgg__cache_key(&a, "u", "d", &q), PGG_OK);
     cr_expect_gt(a.len, sizeof a.inline_);
     cr_expect_neq((void *)a.bytes, (void *)a.inline_);

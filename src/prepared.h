@@ -1,0 +1,70 @@
+/*
+ * Internal: the pool's prepared statements.  Registered once on the pool
+ * (pgg_pool_prepare), prepared on each connection the first time a call
+ * needs it there, so a statement costs one extra round trip per connection
+ * and none per call after that.
+ *
+ * Lookups by name take no lock: the table is immutable, and a registration
+ * publishes a new one (the old ones are kept until the pool goes, as are
+ * the statements, so a pointer a caller holds stays valid).
+ */
+#ifndef PGG_PREPARED_H
+#define PGG_PREPARED_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "pgguard.h"
+
+/* A statement: index is its bit in a connection's "prepared here" set. */
+typedef struct pgg_stmt {
+    int index;
+    char *name;
+    char *sql;
+    int nparams;
+    Oid *types; /* NULL: the server infers them */
+} pgg_stmt;
+
+typedef struct pgg_stmt_table pgg_stmt_table;
+
+typedef struct pgg_prepared {
+    pthread_mutex_t mu; /* serialises registrations only */
+    _Atomic(pgg_stmt_table *) table;
+    pgg_stmt_table *retired; /* older tables, freed with the registry */
+} pgg_prepared;
+
+/* Statements per pool, at most: a connection's set is a fixed bitmap. */
+#define PGG_MAX_STATEMENTS 1024
+
+void pgg__prepared_init(pgg_prepared *p);
+void pgg__prepared_destroy(pgg_prepared *p);
+
+/*
+ * Register name -> sql.  Registering the same name again with the same
+ * text and types is a no-op; with another text it is PGG_EINVAL (a
+ * connection may have prepared the first one already).
+ */
+int pgg__prepared_add(pgg_prepared *p, const char *name, const char *sql,
+                      int nparams, const Oid *types, pgg_error *err);
+
+/* The statement called name, or NULL.  Lock-free. */
+const pgg_stmt *pgg__prepared_find(pgg_prepared *p, const char *name);
+
+/* A connection's set of statements prepared on it. */
+typedef struct pgg_stmt_set {
+    uint64_t bits[PGG_MAX_STATEMENTS / 64];
+} pgg_stmt_set;
+
+static inline bool pgg__stmt_set_has(const pgg_stmt_set *s, int i)
+{
+    return (s->bits[i >> 6] >> (i & 63)) & 1u;
+}
+
+static inline void pgg__stmt_set_add(pgg_stmt_set *s, int i)
+{
+    s->bits[i >> 6] |= UINT64_C(1) << (i & 63);
+}
+
+#endif
