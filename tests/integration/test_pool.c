@@ -796,11 +796,12 @@ Test(pool, min_idle_connections_are_warmed_also_with_the_breaker_disabled)
     pgg_host_stats h = host_stats(p, 0);
     cr_expect_eq(h.conns_idle, 3, "warmed %d of 3", h.conns_idle);
     cr_expect_eq(h.state, PGG_BREAKER_DISABLED);
-    /* The warm connections serve calls without a new connect. */
+    /* The warm connections serve calls: no connect per call (the health
+     * thread may top the idle ones up once while a call holds one). */
     uint64_t connects = h.connects;
     for (int i = 0; i < 10; i++)
         read_ok(p, PGG_READ, "SELECT 1", 0);
-    cr_expect_eq(host_stats(p, 0).connects, connects);
+    cr_expect_leq(host_stats(p, 0).connects, connects + 1);
     end_test(p, c);
 }
 
