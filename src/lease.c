@@ -129,6 +129,8 @@ static PGresult *lease_run(pgg_lease *lease, const pgg_query *q,
                        "pgg_lease_exec: NULL lease or SQL");
         return NULL;
     }
+    if (pgg__query_check(q, "pgg_lease_exec", err) != PGG_OK)
+        return NULL;
     if (lease->broken || !lease->l) {
         pgg__error_set(err, PGG_ECONNECT, NULL, lease->h->name,
                        "lease broken by an earlier connection failure or "

@@ -320,6 +320,25 @@ bool pgg__host_failure(pgg_class cls)
            cls == PGG_CLASS_UNAVAILABLE;
 }
 
+int pgg__query_check(const pgg_query *q, const char *fn, pgg_error *err)
+{
+    if (q->nparams < 0 || q->nparams > PGG_MAX_PARAMS)
+        return pgg__error_set(err, PGG_EINVAL, NULL, NULL,
+                              "%s: %d parameters (0..%d)", fn, q->nparams,
+                              PGG_MAX_PARAMS);
+    if (!q->values || !q->formats)
+        return PGG_OK;
+    for (int i = 0; i < q->nparams; i++) {
+        if (q->values[i] && q->formats[i] != 0 &&
+            (!q->lengths || q->lengths[i] < 0))
+            return pgg__error_set(err, PGG_EINVAL, NULL, NULL,
+                                  "%s: binary parameter $%d needs a length "
+                                  "(lengths[%d] >= 0)",
+                                  fn, i + 1, i);
+    }
+    return PGG_OK;
+}
+
 /* Field by field: the record is ~1 kB and this runs on every call. */
 static void info_reset(pgg_info *info)
 {
@@ -664,6 +683,8 @@ static PGresult *run(pgg_pool *pool, pgg_intent intent, const pgg_query *q,
                        "pgg_exec: unknown intent %d", (int)intent);
         return NULL;
     }
+    if (pgg__query_check(q, "pgg_exec", err) != PGG_OK)
+        return NULL;
     if (atomic_load(&pool->closed)) {
         pgg__error_set(err, PGG_ECLOSED, NULL, NULL, "pool closed");
         return NULL;

