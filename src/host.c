@@ -133,7 +133,10 @@ int pgg__host_borrow(pgg_host *h, int64_t deadline_ns, int64_t now,
         if (!fresh_now)
             now = pgg__now_ns();
         fresh_now = false;
-        while (h->idle) {
+        /* Nothing is lent once the deadline has passed (a waiter whose
+         * timeout raced a give-back, a validation that used the time up):
+         * a statement sent then would leave after its call gave up. */
+        while (h->idle && now < deadline_ns) {
             pgg_link *l = h->idle;
 
             h->idle = l->next;
@@ -162,6 +165,20 @@ int pgg__host_borrow(pgg_host *h, int64_t deadline_ns, int64_t now,
             h->n_busy--;
             now = pgg__now_ns();
         }
+        if (now >= deadline_ns) {
+            /* A give-back may have signalled us as the deadline came: pass
+             * the wakeup on to a waiter that can still use it. */
+            if (h->n_waiting > 0 &&
+                (h->idle || h->n_busy + h->n_connecting + h->n_idle < h->max))
+                pthread_cond_signal(&h->cv);
+            pthread_mutex_unlock(&h->mu);
+            close_list(doomed);
+            *why = PGG_BORROW_EXHAUSTED;
+            return pgg__error_set(err, PGG_ETIMEDOUT, NULL, h->name,
+                                  "all %d connections to %s busy until the "
+                                  "deadline (pool_max)",
+                                  h->max, h->name);
+        }
         if (h->n_busy + h->n_connecting + h->n_idle < h->max) {
             h->n_connecting++;
             pthread_mutex_unlock(&h->mu);
@@ -178,15 +195,7 @@ int pgg__host_borrow(pgg_host *h, int64_t deadline_ns, int64_t now,
                 *why = PGG_BORROW_CONNECT;
             return rc;
         }
-        if (now >= deadline_ns) {
-            pthread_mutex_unlock(&h->mu);
-            close_list(doomed);
-            *why = PGG_BORROW_EXHAUSTED;
-            return pgg__error_set(err, PGG_ETIMEDOUT, NULL, h->name,
-                                  "all %d connections to %s busy until the "
-                                  "deadline (pool_max)",
-                                  h->max, h->name);
-        } else {
+        {
             struct timespec ts;
 
             ts = pgg__ns_to_timespec(deadline_ns);

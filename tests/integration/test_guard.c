@@ -143,3 +143,74 @@ Test(guard, a_refused_call_leaves_nothing_for_the_next_one)
     end_test(p, c);
 }
 
+/* ------------------------------------------------------------ deadlines */
+
+typedef struct {
+    pgg_pool *p;
+    const char *sql;
+    int timeout_ms;
+    PGresult *r;
+    pgg_error e;
+    pgg_info info;
+} call_arg;
+
+static void *call_thread(void *arg)
+{
+    call_arg *a = arg;
+    pgg_call call = {a->timeout_ms, 0, 0, 0};
+
+    a->r = pgg_exec(a->p, PGG_WRITE, a->sql, &call, &a->info, &a->e);
+    return NULL;
+}
+
+/*
+ * A caller waiting for the host's only connection times out while the
+ * connection is on its way back: it must give up, not take the connection
+ * after its deadline and send a write whose outcome it then cannot know
+ * (and count a timeout against a host that was merely busy).  The host's
+ * lock is held across the deadline so that both the waiter's timeout and
+ * the give-back queue on it, give-back first.
+ */
+Test(guard, no_statement_leaves_after_its_deadline)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    setup_guard_table(c);
+    pgg_pool *p = pool_for(c, "pool_max=1 validate_after_idle_ms=60000");
+    pgg_host *h = &p->hosts[0];
+    char n[16];
+
+    read_ok(p, PGG_WRITE, "SELECT 1", 0); /* one idle connection */
+    call_arg holder = {.p = p, .sql = "SELECT pg_sleep(0.2)", .timeout_ms = 5000};
+    call_arg waiter = {.p = p, .sql = "INSERT INTO pgg_guard_t VALUES (1)", .timeout_ms = 300};
+    pthread_t th, tw;
+
+    double t0 = pgh_now_ms();
+    cr_assert_eq(pthread_create(&th, NULL, call_thread, &holder), 0);
+    sleep_ms(50);
+    cr_assert_eq(pthread_create(&tw, NULL, call_thread, &waiter), 0);
+    sleep_ms(50);
+    /* From 100 ms to 500 ms: the holder finishes (~200 ms) and queues on the
+     * lock to give back; the waiter's deadline (~350 ms) passes and it
+     * queues behind. */
+    pthread_mutex_lock(&h->mu);
+    while (pgh_now_ms() - t0 < 500)
+        sleep_ms(10);
+    pthread_mutex_unlock(&h->mu);
+    pthread_join(th, NULL);
+    pthread_join(tw, NULL);
+
+    cr_expect_not_null(holder.r, "%s", holder.e.message);
+    PQclear(holder.r);
+    cr_expect_null(waiter.r);
+    cr_expect_eq(waiter.e.code, PGG_ETIMEDOUT, "%s: %s", pgg_err_name(waiter.e.code),
+                 waiter.e.message);
+    cr_expect_eq(waiter.info.sent, 0, "the write left after its deadline");
+    sleep_ms(100);
+    cr_assert_eq(pgh_node_query_value(pgh_cluster_primary(c), "SELECT count(*) FROM pgg_guard_t",
+                                      n, sizeof n),
+                 0);
+    cr_expect_str_eq(n, "0", "a write was applied after its call had timed out");
+    expect_no_host_failures(p);
+    end_test(p, c);
+}
+
