@@ -295,6 +295,7 @@ PGresult *pgg_execvf(pgg_pool *pool, pgg_intent intent, const pgg_call *call,
     void *arrays = NULL;
     PGresult *res = NULL;
     pgg_call typed = {0, 0, 0, 1};
+    int64_t deadline, left;
     int n;
 
     if (!err)
@@ -313,9 +314,21 @@ PGresult *pgg_execvf(pgg_pool *pool, pgg_intent intent, const pgg_call *call,
     atomic_store(&pool->types_on, true);
     if (call)
         typed = *call;
+    /* One deadline for the whole call: building the template (a borrow, on
+     * a pool's first typed call) spends from it, the call gets the rest. */
+    deadline = pgg__now_ns() + pgg__pool_timeout_ns(pool, typed.timeout_ms);
     param = param_from_template(pool, intent, typed.timeout_ms, err);
     if (!param)
         return NULL;
+    left = deadline - pgg__now_ns();
+    if (left < PGG_NS_PER_MS) {
+        PQparamClear(param);
+        pgg__error_set(err, PGG_ETIMEDOUT, NULL, NULL,
+                       "pgg_execf: deadline exceeded before the call could "
+                       "be sent");
+        return NULL;
+    }
+    typed.timeout_ms = (int)(left / PGG_NS_PER_MS);
     if (!layout_ok(param)) {
         PQparamClear(param);
         pgg__error_set(err, PGG_ENOTSUP, NULL, NULL,

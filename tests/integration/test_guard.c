@@ -214,3 +214,50 @@ Test(guard, no_statement_leaves_after_its_deadline)
     end_test(p, c);
 }
 
+#if PGG_HAVE_LIBPQTYPES
+typedef struct {
+    pgg_pool *p;
+    int timeout_ms;
+    PGresult *r;
+    pgg_error e;
+    double took;
+} typed_arg;
+
+static void *typed_thread(void *arg)
+{
+    typed_arg *a = arg;
+    pgg_call call = {a->timeout_ms, 0, 0, 0};
+    double t0 = pgh_now_ms();
+
+    a->r = pgg_execf(a->p, PGG_WRITE, &call, NULL, &a->e, "SELECT pg_sleep(%float8)", 5.0);
+    a->took = pgh_now_ms() - t0;
+    return NULL;
+}
+
+/*
+ * The first typed call of a pool borrows a connection to build the
+ * libpqtypes template, then runs: both within the call's one deadline, not
+ * one deadline each.
+ */
+Test(guard, a_typed_call_keeps_one_deadline)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, "bulkhead.max_concurrent=1 bulkhead.max_wait_ms=60000");
+    pgg_error e;
+    pgg_lease *l = pgg_acquire(p, PGG_WRITE, 0, NULL, &e);
+    cr_assert_not_null(l, "%s", e.message);
+    typed_arg a = {.p = p, .timeout_ms = 600};
+    pthread_t t;
+
+    cr_assert_eq(pthread_create(&t, NULL, typed_thread, &a), 0);
+    sleep_ms(400); /* the typed call waits for the bulkhead meanwhile */
+    pgg_release(l);
+    pthread_join(t, NULL);
+    cr_expect_null(a.r);
+    cr_expect_eq(a.e.code, PGG_ETIMEDOUT, "%s: %s", pgg_err_name(a.e.code), a.e.message);
+    cr_expect_leq(a.took, 600 + 60.0, "a 600 ms typed call took %.0f ms", a.took);
+    PQclear(a.r);
+    end_test(p, c);
+}
+#endif
+
