@@ -668,6 +668,11 @@ static PGresult *run(pgg_pool *pool, pgg_intent intent, const pgg_query *q,
     bool rejected = false, served = false;
     attempt a = {0};
     PGresult *res = NULL;
+    /* A server's answer that another host may improve on (a recovery
+     * conflict): kept, with its record, in case none does. */
+    PGresult *spare = NULL;
+    pgg_error spare_err;
+    const pgg_host *spare_host = NULL;
 
     if (!err)
         err = &local;
@@ -746,7 +751,14 @@ static PGresult *run(pgg_pool *pool, pgg_intent intent, const pgg_query *q,
             PQclear(a.res);
             break;
         }
-        PQclear(a.res);
+        if (a.res && a.v.cls == PGG_CLASS_IGNORED) {
+            PQclear(spare);
+            spare = a.res;
+            spare_err = *err;
+            spare_host = h;
+        } else {
+            PQclear(a.res);
+        }
         a.res = NULL;
         /* A pooled session that was dead when we used it (a restart, a
          * failover, terminated backends) says little about the host: its
@@ -756,6 +768,17 @@ static PGresult *run(pgg_pool *pool, pgg_intent intent, const pgg_query *q,
             again = i;
             i--;
         }
+    }
+    if (!served && spare) {
+        /* No other host answered: the server's answer is the outcome. */
+        served = true;
+        res = spare;
+        *err = spare_err;
+        info_served(info, spare_host);
+        if (info)
+            info->sent = 1;
+    } else {
+        PQclear(spare);
     }
     if (!served && attempts == 0 &&
         (err->code == PGG_OK ||

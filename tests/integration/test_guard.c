@@ -261,3 +261,31 @@ Test(guard, a_typed_call_keeps_one_deadline)
 }
 #endif
 
+/* --------------------------------------------------------- the answer */
+
+/*
+ * An answer classified "ignored, may retry elsewhere" (a recovery conflict,
+ * or an override) on the last host left is still the server's answer: the
+ * caller gets the PGresult with PGG_ESERVER, not NULL.
+ */
+Test(guard, a_retryable_answer_on_the_last_host_is_returned)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, "classify.P0001=ignored,retry");
+    pgg_error e;
+    pgg_info info;
+
+    PGresult *r = pgg_exec(p, PGG_READ, "SELECT pgg_raise('P0001')", NULL, &info, &e);
+    cr_expect_not_null(r, "NULL with %s: %s", pgg_err_name(e.code), e.message);
+    cr_expect_eq(e.code, PGG_ESERVER);
+    cr_expect_str_eq(e.sqlstate, "P0001");
+    cr_expect_eq(info.attempts, 1);
+    cr_expect_eq(info.host_index, 0);
+    if (r)
+        cr_expect_eq(PQresultStatus(r), PGRES_FATAL_ERROR);
+    PQclear(r);
+    pgg_stats s;
+    pgg_pool_stats(p, &s);
+    cr_expect_eq(s.calls_failed, 0, "a server answer counted as a failed call");
+    end_test(p, c);
+}
