@@ -58,6 +58,7 @@ pgg_lease *pgg_acquire(pgg_pool *pool, pgg_intent intent, int timeout_ms,
     if (pgg__bulkhead_enter(&pool->bulkhead,
                             wait_until < deadline ? wait_until : deadline,
                             start) != PGG_OK) {
+        atomic_fetch_add(&pool->calls_failed, 1);
         pgg__error_set(err, PGG_EBULKHEAD, NULL, NULL,
                        "bulkhead full: %d calls in flight",
                        pgg__bulkhead_capacity(&pool->bulkhead));
@@ -101,6 +102,7 @@ pgg_lease *pgg_acquire(pgg_pool *pool, pgg_intent intent, int timeout_ms,
          (rejected && err->code != PGG_ETIMEDOUT && err->code != PGG_ECLOSED)))
         pgg__pool_no_host_error(pool, intent, rejected ? ncand : 0, err);
     pgg__bulkhead_leave(&pool->bulkhead);
+    atomic_fetch_add(&pool->calls_failed, 1);
     if (info) {
         info->attempts = attempts;
         info->elapsed_us = (pgg__now_ns() - start) / 1000;

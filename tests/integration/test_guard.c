@@ -289,3 +289,32 @@ Test(guard, a_retryable_answer_on_the_last_host_is_returned)
     cr_expect_eq(s.calls_failed, 0, "a server answer counted as a failed call");
     end_test(p, c);
 }
+
+/* ----------------------------------------------------------- accounting */
+
+/* calls counts leases: a lease that could not be had is a failed call,
+ * like a one-shot call refused by the bulkhead or left without a host. */
+Test(guard, failed_acquisitions_count_as_failed_calls)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, "bulkhead.max_concurrent=1 bulkhead.max_wait_ms=0");
+    pgg_error e;
+    pgg_stats s;
+
+    pgg_lease *l = pgg_acquire(p, PGG_WRITE, 0, NULL, &e);
+    cr_assert_not_null(l, "%s", e.message);
+    cr_expect_null(pgg_acquire(p, PGG_WRITE, 0, NULL, &e));
+    cr_expect_eq(e.code, PGG_EBULKHEAD);
+    cr_expect_null(pgg_exec(p, PGG_WRITE, "SELECT 1", NULL, NULL, &e));
+    cr_expect_eq(e.code, PGG_EBULKHEAD);
+    pgg_release(l);
+    cr_assert_eq(pgg_pool_force_open(p, 0), PGG_OK);
+    cr_expect_null(pgg_acquire(p, PGG_WRITE, 0, NULL, &e));
+    cr_expect_eq(e.code, PGG_EOPEN);
+    cr_assert_eq(pgg_pool_stats(p, &s), PGG_OK);
+    cr_expect_eq(s.calls, 4);
+    cr_expect_eq(s.calls_failed, 3, "calls_failed %llu of 4 calls, 3 of which failed",
+                 (unsigned long long)s.calls_failed);
+    cr_assert_eq(pgg_pool_reset_breaker(p, 0), PGG_OK);
+    end_test(p, c);
+}
