@@ -90,7 +90,8 @@ int pgg__cache_key(pgg_cache_key *k, const char *user, const char *dbname,
         if (!v) {
             ok = key_u32(k, UINT32_MAX); /* NULL differs from every value */
         } else {
-            size_t n = fmt == 1 && q->lengths ? (size_t)q->lengths[i] : strlen(v);
+            /* libpq sends any non-zero format as binary, by its length. */
+            size_t n = fmt != 0 && q->lengths ? (size_t)q->lengths[i] : strlen(v);
             ok = key_str(k, v, n);
         }
     }

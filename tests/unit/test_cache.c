@@ -100,6 +100,23 @@ Test(cache_key, binary_parameters_use_their_length)
     pgg__cache_key_done(&b);
 }
 
+Test(cache_key, any_nonzero_format_is_binary)
+{
+    /* No NUL terminator: a strlen() would read past the value. */
+    const char bin1[] = {'a', 0, 'b'}, bin2[] = {'a', 0, 'c'};
+    const char *v1[] = {bin1}, *v2[] = {bin2};
+    int len[] = {3}, fmt[] = {2};
+    pgg_query q1 = {.sql = "SELECT $1", .nparams = 1, .values = v1, .lengths = len, .formats = fmt};
+    pgg_query q2 = {.sql = "SELECT $1", .nparams = 1, .values = v2, .lengths = len, .formats = fmt};
+    pgg_cache_key a, b;
+
+    cr_assert_eq(pgg__cache_key(&a, "u", "d", &q1), PGG_OK);
+    cr_assert_eq(pgg__cache_key(&b, "u", "d", &q2), PGG_OK);
+    cr_expect_not(same_key(&a, &b), "format 2 is binary to libpq: its length counts");
+    pgg__cache_key_done(&a);
+    pgg__cache_key_done(&b);
+}
+
 Test(cache_key, long_keys_go_to_the_heap)
 {
     char sql[4096];
