@@ -9,7 +9,9 @@
 #include "pgg_config.h"
 #include "pool_util.h"
 
-/* White box: one test holds a host's lock to line up a race. */
+/* White box: one test holds a host's lock to line up a race, one counts
+ * health rounds. */
+#include "health.h"
 #include "pool.h"
 
 #if PGG_HAVE_LIBPQTYPES
@@ -317,4 +319,46 @@ Test(guard, failed_acquisitions_count_as_failed_calls)
                  (unsigned long long)s.calls_failed);
     cr_assert_eq(pgg_pool_reset_breaker(p, 0), PGG_OK);
     end_test(p, c);
+}
+
+/* ---------------------------------------------------------------- health */
+
+/*
+ * A host the health round cannot reach is not warmed in that round: each
+ * warm-up connect would wait out connect_timeout_ms, one host after
+ * another, and every host's role and lag (and pgg_pool_free) would wait
+ * for the round.
+ */
+Test(guard, an_unreachable_host_is_not_warmed_within_the_round)
+{
+    pgh_cluster *c = cluster_or_die(1);
+    pgh_require_local(c, "a proxy between pgguard and a local replica");
+    char err[256], ci[512];
+    pgh_node *replica = pgh_cluster_replica(c, 0);
+    pgh_proxy *px = pgh_proxy_start(pgh_node_host(replica), pgh_node_port(replica), err,
+                                    sizeof err);
+    cr_assert_not_null(px, "%s", err);
+    snprintf(ci, sizeof ci, "host=127.0.0.1,127.0.0.1 port=%d,%d user=postgres dbname=postgres",
+             pgh_node_port(pgh_cluster_primary(c)), pgh_proxy_port(px));
+    /* Hung from the start: no idle connection, breaker closed (no calls). */
+    pgh_proxy_set_mode(px, PGH_PROXY_BLACKHOLE, 0);
+    pgg_pool *p = pool_for_conninfo(ci, "pool_min_idle=1 connect_timeout_ms=500");
+    cr_assert(wait_role(p, 0, PGG_ROLE_PRIMARY, 5000));
+
+    unsigned long rounds = pgg__health_rounds(p->health);
+    double t0 = pgh_now_ms();
+    sleep_ms(3300);
+    unsigned long n = pgg__health_rounds(p->health) - rounds;
+    double took = pgh_now_ms() - t0;
+    cr_expect_eq(host_stats(p, 1).connects, 0, "the health thread warmed an unreachable host");
+    /* Rounds of about connect_timeout_ms (the probe's bound), not twice. */
+    cr_expect_geq(n, 4, "%lu health rounds in %.0f ms", n, took);
+    cr_expect_eq(host_stats(p, 0).conns_idle, 1, "the reachable host was not warmed");
+    t0 = pgh_now_ms();
+    pgg_pool_free(p);
+    cr_expect_leq(pgh_now_ms() - t0, 500 + 150.0, "pgg_pool_free waited %.0f ms",
+                  pgh_now_ms() - t0);
+    pgh_proxy_free(px);
+    pgh_cluster_free(c);
+    cr_expect_eq(pgh_leak_check(), 0, "memory leaked (report above)");
 }
