@@ -327,11 +327,13 @@ static void round_once(pgg_health *hl)
 
         /* Not into a host that is open or on trial: the breaker decides
          * when it gets connections again.  Disabled and metrics-only are
-         * as good as closed.  Nor into one this round could not reach:
-         * each attempt would wait out its connect bound, one host after
-         * another, stretching the round (every host's role and lag, and
-         * pgg_pool_free, wait for it). */
-        if (hl->probes[i].phase == PROBE_FAILED)
+         * as good as closed.  Nor into one this round could not reach
+         * (a probe refused by the server for its own reasons, a
+         * permission say, does not count): each attempt would wait out its
+         * connect bound, one host after another, stretching the round
+         * (every host's role and lag, and pgg_pool_free, wait for it). */
+        if (hl->probes[i].phase == PROBE_FAILED &&
+            pgg__host_failure(hl->probes[i].cls))
             continue;
         if (h->min_idle > 0 && st != PGG_BREAKER_OPEN &&
             st != PGG_BREAKER_FORCED_OPEN && st != PGG_BREAKER_HALF_OPEN)
