@@ -26,9 +26,12 @@ extern "C" {
 
 /*
  * Register types (PQT_SUBCLASS, PQT_COMPOSITE or PQT_USERDEFINED, as
- * PQregisterTypes takes them) on the pool: every connection applies them
- * once, before its next call, within that call's deadline.  The array is
- * copied.  Errors: PGG_EINVAL, PGG_ENOMEM.
+ * PQregisterTypes takes them) on the pool: tried at once on one connection
+ * (within call_timeout_ms), then applied by every other connection once,
+ * before its next call, within that call's deadline.  The array is copied.
+ * Errors: PGG_EINVAL, PGG_ENOMEM, PGG_ETYPES (the server lacks a type:
+ * nothing is registered), or why no connection could be had (PGG_EOPEN,
+ * PGG_ECONNECT, ...: retry when a host is back).
  */
 PGG_EXPORT int pgg_pool_register_types(pgg_pool *pool, int which,
                                        const PGregisterType *types, int count,

@@ -220,6 +220,11 @@ PGresult *pgg_lease_exec(pgg_lease *lease, const char *sql, int timeout_ms,
                                  timeout_ms, err);
 }
 
+pgg_link *pgg__lease_link(pgg_lease *lease)
+{
+    return lease ? lease->l : NULL;
+}
+
 PGconn *pgg_lease_conn(pgg_lease *lease)
 {
     return lease && lease->l ? lease->l->conn : NULL;

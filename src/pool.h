@@ -116,6 +116,9 @@ int pgg__pool_no_host_error(pgg_pool *pool, pgg_intent intent, int ncand,
  * counts against a host.  fn names the public function in the message. */
 int pgg__query_check(const pgg_query *q, const char *fn, pgg_error *err);
 
+/* The connection a lease holds (NULL once broken by a timeout). */
+pgg_link *pgg__lease_link(pgg_lease *lease);
+
 /* The call's timeout (call->timeout_ms or the default) in ns. */
 int64_t pgg__pool_timeout_ns(const pgg_pool *pool, int timeout_ms);
 

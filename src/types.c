@@ -154,6 +154,9 @@ int pgg_pool_register_types(pgg_pool *pool, int which,
     registration r;
     registration *grown;
     pgg_types *t;
+    pgg_lease *lease;
+    pgg_link *link;
+    int rc;
 
     if (!pool || !types || count <= 0 ||
         (which != PQT_SUBCLASS && which != PQT_COMPOSITE &&
@@ -178,17 +181,41 @@ int pgg_pool_register_types(pgg_pool *pool, int which,
         r.types[i].typput = types[i].typput;
         r.types[i].typget = types[i].typget;
     }
+
+    /* Try it on one connection first: a type the server does not have
+     * must be refused here, not make every later call of the pool fail on
+     * every new connection. */
+    lease = pgg_acquire(pool, PGG_READ, 0, NULL, err);
+    if (!lease) {
+        free_registration(&r);
+        return err ? err->code : PGG_ECONNECT;
+    }
+    link = pgg__lease_link(lease);
+    rc = apply(link->conn, &r,
+               pgg__now_ns() + pgg__pool_timeout_ns(pool, 0),
+               pgg_lease_host(lease), err);
+    if (rc != PGG_OK) {
+        pgg_release(lease);
+        free_registration(&r);
+        return rc;
+    }
+
     pthread_mutex_lock(&t->mu);
     grown = realloc(t->regs, (size_t)(t->nregs + 1) * sizeof *grown);
     if (!grown) {
         pthread_mutex_unlock(&t->mu);
+        pgg_release(lease);
         free_registration(&r);
         return pgg__error_set(err, PGG_ENOMEM, NULL, NULL, "out of memory");
     }
     t->regs = grown;
     t->regs[t->nregs++] = r;
+    /* That connection has everything up to this one: no second copy. */
+    if (link->types_gen == t->gen)
+        link->types_gen = t->gen + 1;
     t->gen++;
     pthread_mutex_unlock(&t->mu);
+    pgg_release(lease);
     return PGG_OK;
 }
 

@@ -329,4 +329,42 @@ Test(types, typed_call_round_trips)
     end_test(p, c);
 }
 
+Test(types, a_type_the_server_lacks_is_refused_at_registration)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    cr_assert_eq(pgh_node_exec(pgh_cluster_primary(c),
+                               "DROP TYPE IF EXISTS pgg_pair; CREATE TYPE pgg_pair AS (a int4, b text);"),
+                 0);
+    pgg_pool *p = pool_for(c, NULL);
+    pgg_error e;
+    pgg_info info;
+
+    PGregisterType missing[] = {{"no_such_composite", NULL, NULL}};
+    cr_expect_eq(pgg_pool_register_types(p, PQT_COMPOSITE, missing, 1, &e), PGG_ETYPES,
+                 "%s: %s", pgg_err_name(e.code), e.message);
+    /* Nothing else suffers from it. */
+    for (int i = 0; i < 5; i++) {
+        PGresult *r = pgg_exec(p, PGG_READ, "SELECT 1", NULL, &info, &e);
+        cr_expect_not_null(r, "after a refused registration: %s", e.message);
+        PQclear(r);
+    }
+    uint64_t connects = host_stats(p, 0).connects;
+
+    PGregisterType pair[] = {{"pgg_pair", NULL, NULL}};
+    cr_assert_eq(pgg_pool_register_types(p, PQT_COMPOSITE, pair, 1, &e), PGG_OK, "%s", e.message);
+    PGresult *r = pgg_execf(p, PGG_READ, NULL, &info, &e, "SELECT ROW(%int4, %text)::pgg_pair", 7, "x");
+    cr_assert_not_null(r, "%s", e.message);
+    PGresult *fields = NULL;
+    cr_assert(PQgetf(r, 0, "%pgg_pair", 0, &fields), "PQgetf: %s", PQgeterror());
+    PGint4 a;
+    PGtext b;
+    cr_assert(PQgetf(fields, 0, "%int4 %text", 0, &a, 1, &b), "%s", PQgeterror());
+    cr_expect_eq(a, 7);
+    cr_expect_str_eq(b, "x");
+    PQclear(fields);
+    PQclear(r);
+    cr_expect_leq(host_stats(p, 0).connects, connects + 1, "a connection per call?");
+    end_test(p, c);
+}
+
 #endif
