@@ -171,6 +171,17 @@ pgg_verdict pgg__classify(const pgg_classifier *c, pgg_attempt_end end,
         return verdict(PGG_CLASS_CONNECTION, true, true);
     case PGG_END_DEADLINE:
         return verdict(PGG_CLASS_TIMEOUT, true, true);
+    case PGG_END_EXPIRED: {
+        /* Time ran out on our side: nothing to say about the host. */
+        pgg_verdict v = verdict(PGG_CLASS_IGNORED, false, true);
+        v.code = PGG_ETIMEDOUT;
+        return v;
+    }
+    case PGG_END_REFUSED: {
+        pgg_verdict v = verdict(PGG_CLASS_IGNORED, false, true);
+        v.code = PGG_ESTATE;
+        return v;
+    }
     case PGG_END_RESULT:
         break;
     }

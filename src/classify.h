@@ -33,7 +33,13 @@ typedef enum pgg_attempt_end {
     PGG_END_CONNECT_FAILED, /* never connected: provably not sent */
     PGG_END_NOT_SENT,       /* connection found dead before sending */
     PGG_END_LOST,           /* connection broke after sending */
-    PGG_END_DEADLINE        /* our deadline fired; connection dropped */
+    PGG_END_DEADLINE,       /* our deadline fired; connection dropped */
+    PGG_END_EXPIRED,        /* the deadline passed before sending (a
+                               preparation used the time): not sent,
+                               connection intact */
+    PGG_END_REFUSED         /* libpq refused to send on a live connection
+                               (a caller's raw use left it busy): not sent,
+                               the connection is not reusable */
 } pgg_attempt_end;
 
 typedef struct pgg_verdict {

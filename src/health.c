@@ -2,6 +2,8 @@
 
 #include <errno.h>
 #include <poll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -41,6 +43,10 @@ struct pgg_health {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     bool stop, wake;
+    /* Readable once stop is asked: a round waiting on probes (up to
+     * connect_timeout_ms) ends at once instead of holding pgg_pool_free. */
+    int stop_fd;
+    atomic_bool stopping;
     unsigned long rounds;
     PGconn **conns; /* the health thread's own connection per host */
     probe *probes;
@@ -61,8 +67,9 @@ static void probe_fail(pgg_health *hl, int i, pgg_class cls, const char *what)
     pgg__link_error(&p->err, cls == PGG_CLASS_TIMEOUT ? PGG_ETIMEDOUT
                                                        : PGG_ECONNECT,
                     c, NULL, h->name, what);
-    /* A probe stuck in a query leaves a backend busy: cancel it. */
-    if (c && cls == PGG_CLASS_TIMEOUT)
+    /* A probe stuck in a query leaves a backend busy: cancel it, unless
+     * the pool is going away (the cancel would only hold it up). */
+    if (c && cls == PGG_CLASS_TIMEOUT && !atomic_load(&hl->stopping))
         pgg__canceller_drop(hl->pool->canceller, i, c);
     else
         PQfinish(c);
@@ -212,12 +219,17 @@ static void probe_all(pgg_health *hl, int64_t deadline)
         if (n == 0)
             return;
         left = deadline - pgg__now_ns();
-        if (left <= 0)
+        if (left <= 0 || atomic_load(&hl->stopping))
             break;
         ts.tv_sec = (time_t)(left / PGG_NS_PER_SEC);
         ts.tv_nsec = (long)(left % PGG_NS_PER_SEC);
-        r = ppoll(hl->pfds, (nfds_t)n, &ts, NULL);
+        hl->pfds[n].fd = hl->stop_fd;
+        hl->pfds[n].events = POLLIN;
+        hl->pfds[n].revents = 0;
+        r = ppoll(hl->pfds, (nfds_t)n + 1, &ts, NULL);
         if (r < 0 && errno != EINTR)
+            break;
+        if (hl->pfds[n].revents)
             break;
         for (int k = 0; r > 0 && k < n; k++) {
             if (hl->pfds[k].revents)
@@ -321,7 +333,7 @@ static void round_once(pgg_health *hl)
                          p->lsn >= primary_lsn ? 0
                                                : (int64_t)(primary_lsn - p->lsn));
     }
-    for (int i = 0; i < pool->nhosts; i++) {
+    for (int i = 0; i < pool->nhosts && !atomic_load(&hl->stopping); i++) {
         pgg_host *h = &pool->hosts[i];
         pgg_breaker_state st = pgg__breaker_state(&h->breaker);
 
@@ -376,6 +388,8 @@ static void health_free(pgg_health *hl)
     free(hl->probes);
     free(hl->pfds);
     free(hl->pfd_host);
+    if (hl->stop_fd >= 0)
+        close(hl->stop_fd);
     free(hl);
 }
 
@@ -389,14 +403,23 @@ pgg_health *pgg__health_start(pgg_pool *pool, pgg_error *err)
         return NULL;
     }
     hl->pool = pool;
+    hl->stop_fd = -1;
     if (!(hl->conns = calloc(n, sizeof *hl->conns)) ||
         !(hl->probes = calloc(n, sizeof *hl->probes)) ||
-        !(hl->pfds = calloc(n, sizeof *hl->pfds)) ||
+        !(hl->pfds = calloc(n + 1, sizeof *hl->pfds)) ||
         !(hl->pfd_host = calloc(n, sizeof *hl->pfd_host))) {
         health_free(hl);
         pgg__error_set(err, PGG_ENOMEM, NULL, NULL, "out of memory");
         return NULL;
     }
+    hl->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (hl->stop_fd < 0) {
+        health_free(hl);
+        pgg__error_set(err, PGG_ESYS, NULL, NULL,
+                       "could not create the health thread's eventfd");
+        return NULL;
+    }
+    atomic_init(&hl->stopping, false);
     pthread_mutex_init(&hl->mu, NULL);
     pgg__cond_init(&hl->cv);
     if (pthread_create(&hl->thread, NULL, health_main, hl) != 0) {
@@ -418,6 +441,12 @@ void pgg__health_stop(pgg_health *hl)
     hl->stop = true;
     pthread_cond_broadcast(&hl->cv);
     pthread_mutex_unlock(&hl->mu);
+    atomic_store(&hl->stopping, true);
+    {
+        uint64_t one = 1;
+        ssize_t w = write(hl->stop_fd, &one, sizeof one);
+        (void)w; /* a full counter is already "readable" */
+    }
     pthread_join(hl->thread, NULL);
     pthread_cond_destroy(&hl->cv);
     pthread_mutex_destroy(&hl->mu);

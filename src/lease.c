@@ -235,6 +235,41 @@ const char *pgg_lease_host(const pgg_lease *lease)
     return lease && lease->h ? lease->h->name : "";
 }
 
+/*
+ * What a lease did to its session (SET ROLE, search_path, temporary
+ * tables, its own prepared statements, a DISCARD ALL of its own) must not
+ * reach the next borrower: DISCARD ALL before the connection is pooled
+ * again (lease_reset), bounded like a connect.  Returns false when the
+ * connection must not be pooled.  A connection in a transaction is not
+ * pooled anyway.
+ */
+static bool reset_session(pgg_lease *lease)
+{
+    static const pgg_query discard = {.sql = "DISCARD ALL"};
+    pgg_link *l = lease->l;
+    PGresult *res = NULL;
+    pgg_attempt_end end;
+    bool ok;
+
+    if (!lease->pool->cfg->lease_reset || !pgg__link_reusable(l->conn))
+        return true; /* give_back decides on its own checks */
+    pgg__link_exec(l->conn, &discard,
+                   pgg__now_ns() + lease->h->connect_timeout_ns, lease->h->name,
+                   &res, &end, NULL);
+    ok = end == PGG_END_RESULT && PQresultStatus(res) == PGRES_COMMAND_OK;
+    PQclear(res);
+    if (end == PGG_END_DEADLINE) {
+        pgg__host_abandon(lease->h, l, lease->pool->canceller);
+        lease->l = NULL;
+        return true;
+    }
+    /* DISCARD ALL deallocated every prepared statement, the pool's too;
+     * the caller may have replaced the notice processor. */
+    memset(&l->stmts, 0, sizeof l->stmts);
+    pgg__link_silence(l->conn);
+    return ok;
+}
+
 void pgg_release(pgg_lease *lease)
 {
     if (!lease)
@@ -243,7 +278,7 @@ void pgg_release(pgg_lease *lease)
         pgg__pool_record(lease->pool, lease->h, lease->ticket,
                          PGG_CLASS_IGNORED, lease->ticket_at, pgg__now_ns());
     if (lease->l) {
-        if (lease->broken)
+        if (lease->broken || !reset_session(lease))
             pgg__host_discard(lease->h, lease->l);
         else
             /* checks idle + healthy */

@@ -205,8 +205,19 @@ int pgg__link_exec(PGconn *conn, const pgg_query *q, int64_t deadline_ns,
                    pgg_error *err)
 {
     *out = NULL;
-    if (PQstatus(conn) != CONNECTION_OK || !send_query(conn, q))
+    if (PQstatus(conn) != CONNECTION_OK)
         return lost(conn, out, NULL, end, PGG_END_NOT_SENT, host, err);
+    if (!send_query(conn, q)) {
+        if (PQstatus(conn) != CONNECTION_OK)
+            return lost(conn, out, NULL, end, PGG_END_NOT_SENT, host, err);
+        /* The connection is fine; libpq would not send on it (another
+         * command in progress, left by a raw use of a lease's PGconn).
+         * Not the host's fault, and the connection may hold a partial
+         * message: the caller closes it. */
+        *end = PGG_END_REFUSED;
+        return pgg__link_error(err, PGG_ESTATE, conn, NULL, host,
+                               "libpq refused to send");
+    }
     return pgg__link_wait(conn, deadline_ns, host, out, end, err);
 }
 
@@ -310,9 +321,13 @@ bool pgg__link_alive(PGconn *conn)
 
 bool pgg__link_reusable(PGconn *conn)
 {
+    /* Also as we lent it: a lease's caller may have switched the raw
+     * connection to blocking or pipeline mode, which would make the next
+     * borrower block or hang. */
     return conn && PQstatus(conn) == CONNECTION_OK &&
            PQtransactionStatus(conn) == PQTRANS_IDLE &&
-           PQisBusy(conn) == 0;
+           PQisBusy(conn) == 0 && PQisnonblocking(conn) &&
+           PQpipelineStatus(conn) == PQ_PIPELINE_OFF;
 }
 
 pgg_role pgg__link_reported_role(PGconn *conn)

@@ -109,6 +109,8 @@ static const opt options[] = {
              "where reads go: replicas then primary, replicas only, primary, any (least busy)"),
     OPT_INT("max_attempts", max_attempts, 1, PGG_MAX_HOSTS, "3",
             "hosts one read may try"),
+    OPT_BOOL("lease_reset", lease_reset, "true",
+             "DISCARD ALL when a lease is released, so its session state reaches no one else"),
     OPT_I64("attempt_timeout_ms", attempt_timeout_ms, 0, HOUR(1), "0",
             "bound on one read attempt while another host could still serve it; 0 none"),
     OPT_BOOL("types.enabled", types_enabled, "false",

@@ -45,6 +45,7 @@ struct pgg_config {
     int64_t max_replica_lag_bytes; /* 0: no limit */
     pgg_read_policy read_policy;
     int max_attempts; /* hosts tried by one read */
+    bool lease_reset; /* DISCARD ALL when a lease comes back */
     /* A read attempt that another candidate could still take over ends at
      * this (Envoy's per_try_timeout): a hung host then costs a read part of
      * its deadline, not all of it.  0: an attempt may use the whole

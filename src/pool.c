@@ -447,6 +447,21 @@ pgg_take pgg__pool_take(pgg_pool *pool, pgg_host *h, pgg_intent intent,
         pgg__pool_record(pool, h, *ticket, cls, start, pgg__now_ns());
         return cls == PGG_CLASS_IGNORED ? PGG_TAKE_SKIPPED : PGG_TAKE_FAILED;
     }
+    if (atomic_load_explicit(&pool->types_on, memory_order_relaxed)) {
+        /* Registrations may have used the time: send nothing past the
+         * deadline. */
+        int64_t now = pgg__now_ns();
+
+        if (now >= deadline) {
+            pgg__host_give_back(h, *l, now);
+            *l = NULL;
+            pgg__pool_record(pool, h, *ticket, PGG_CLASS_IGNORED, start, now);
+            pgg__error_set(err, PGG_ETIMEDOUT, NULL, h->name,
+                           "deadline exceeded while preparing the connection "
+                           "for libpqtypes; not sent");
+            return PGG_TAKE_SKIPPED;
+        }
+    }
 #endif
     return PGG_TAKE_OK;
 }
@@ -486,10 +501,23 @@ pgg_verdict pgg__pool_exec_on(pgg_pool *pool, pgg_host *h, pgg_link **lp,
     pgg_verdict v;
     int role = atomic_load_explicit(&h->role, memory_order_relaxed);
 
-    if (q->stmt && !pgg__stmt_set_has(&l->stmts, q->stmt->index) &&
-        !prepare_on(l, q->stmt, deadline, h->name, res, end, err)) {
-        /* The prepare's own failure (a syntax error, a lost connection) is
-         * the call's outcome. */
+    if (q->stmt && !pgg__stmt_set_has(&l->stmts, q->stmt->index)) {
+        if (!prepare_on(l, q->stmt, deadline, h->name, res, end, err)) {
+            /* The prepare's own failure (a syntax error, a lost
+             * connection) is the call's outcome; the statement itself
+             * never ran, so a lost connection counts as not sent. */
+            if (*end == PGG_END_LOST)
+                *end = PGG_END_NOT_SENT;
+        } else if (pgg__now_ns() >= deadline) {
+            /* The prepare used the time: do not send past the deadline. */
+            *end = PGG_END_EXPIRED;
+            pgg__error_set(err, PGG_ETIMEDOUT, NULL, h->name,
+                           "deadline exceeded while preparing \"%s\"; "
+                           "not sent",
+                           q->stmt->name);
+        } else {
+            pgg__link_exec(l->conn, q, deadline, h->name, res, end, err);
+        }
     } else {
         pgg__link_exec(l->conn, q, deadline, h->name, res, end, err);
     }
@@ -529,6 +557,9 @@ pgg_verdict pgg__pool_exec_on(pgg_pool *pool, pgg_host *h, pgg_link **lp,
     if (*end == PGG_END_DEADLINE) {
         /* The session is in an unknown state: it never comes back. */
         pgg__host_abandon(h, l, pool->canceller);
+        *lp = NULL;
+    } else if (*end == PGG_END_REFUSED) {
+        pgg__host_discard(h, l);
         *lp = NULL;
     }
     if (err && v.code != PGG_OK)
@@ -737,7 +768,8 @@ static PGresult *run(pgg_pool *pool, pgg_intent intent, const pgg_query *q,
         now = a.ended ? a.ended : pgg__now_ns();
         if (info)
             info->sent = a.end != PGG_END_CONNECT_FAILED &&
-                         a.end != PGG_END_NOT_SENT;
+                         a.end != PGG_END_NOT_SENT &&
+                         a.end != PGG_END_EXPIRED && a.end != PGG_END_REFUSED;
         if (!pgg__host_failure(a.v.cls) && a.v.cls != PGG_CLASS_WRONG_ROLE &&
             !(a.v.cls == PGG_CLASS_IGNORED && a.v.retry &&
               may_retry(pool, intent, call, &a, attempts))) {
@@ -764,7 +796,9 @@ static PGresult *run(pgg_pool *pool, pgg_intent intent, const pgg_query *q,
          * failover, terminated backends) says little about the host: its
          * idle siblings are gone now (exec_on), so try the same host once
          * more on a new connection before moving on. */
-        if (a.reused && a.v.cls == PGG_CLASS_CONNECTION && again != i) {
+        if (a.reused && a.v.retry &&
+            (a.v.cls == PGG_CLASS_CONNECTION || a.v.cls == PGG_CLASS_IGNORED) &&
+            again != i) {
             again = i;
             i--;
         }

@@ -885,3 +885,91 @@ Test(pool, prepared_statements_are_prepared_once_per_connection)
     }
     end_test(p, c);
 }
+
+Test(pool, a_leases_session_state_reaches_no_one_else)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    setup_table(c);
+    /* One connection, so every call below reuses the lease's session. */
+    pgg_pool *p = pool_for(c, "pool_max=1");
+    pgg_error e;
+    Oid int4 = 23;
+
+    cr_assert_eq(pgg_pool_prepare(p, "get_v", "SELECT v FROM pgg_pool_t WHERE id = $1", 1, &int4, &e),
+                 PGG_OK);
+    const char *one[] = {"1"};
+    PQclear(pgg_exec_prepared(p, PGG_WRITE, "get_v", 1, one, NULL, NULL, NULL, NULL, &e));
+    cr_assert_eq(e.code, PGG_OK, "%s", e.message);
+
+    pgg_lease *l = pgg_acquire(p, PGG_WRITE, 0, NULL, &e);
+    cr_assert_not_null(l, "%s", e.message);
+    PQclear(pgg_lease_exec(l, "SET search_path = nowhere", 0, &e));
+    PQclear(pgg_lease_exec(l, "SET application_name = 'leaky'", 0, &e));
+    PQclear(pgg_lease_exec(l, "DEALLOCATE ALL", 0, &e));
+    pgg_release(l);
+
+    PGresult *r = pgg_exec(p, PGG_WRITE, "SELECT current_setting('search_path'), "
+                                         "current_setting('application_name')",
+                           NULL, NULL, &e);
+    cr_assert_not_null(r, "%s", e.message);
+    cr_expect_str_eq(PQgetvalue(r, 0, 0), "\"$user\", public", "search_path leaked");
+    cr_expect_str_neq(PQgetvalue(r, 0, 1), "leaky", "application_name leaked");
+    PQclear(r);
+    /* The lease deallocated the pool's statement: it is prepared again. */
+    r = pgg_exec_prepared(p, PGG_WRITE, "get_v", 1, one, NULL, NULL, NULL, NULL, &e);
+    cr_assert_not_null(r, "%s: %s", pgg_err_name(e.code), e.message);
+    cr_expect_eq(PQresultStatus(r), PGRES_TUPLES_OK, "%s", PQresultErrorMessage(r));
+    PQclear(r);
+
+    /* A raw connection switched to blocking mode is not pooled again. */
+    l = pgg_acquire(p, PGG_WRITE, 0, NULL, &e);
+    cr_assert_not_null(l);
+    PQsetnonblocking(pgg_lease_conn(l), 0);
+    pgg_release(l);
+    cr_expect_eq(host_stats(p, 0).conns_open, 0, "a blocking-mode connection was pooled");
+    end_test(p, c);
+}
+
+Test(pool, freeing_a_pool_does_not_wait_out_a_probe_of_a_hung_host)
+{
+    pgh_cluster *c = cluster_or_die(1);
+    pgh_require_local(c, "a hang (SIGSTOP)");
+    /* A probe of the hung replica may wait 5 s; freeing must not. */
+    pgg_pool *p = pool_for(c, "connect_timeout_ms=5000 health_interval_ms=50");
+
+    read_ok(p, PGG_READ, "SELECT 1", 0);
+    cr_assert_eq(pgh_node_hang(pgh_cluster_replica(c, 0)), 0);
+    sleep_ms(300); /* a round is now waiting on the hung replica */
+    assert_balanced(p);
+    double t0 = pgh_now_ms();
+    pgg_pool_free(p);
+    double took = pgh_now_ms() - t0;
+    fprintf(stderr, "pgg_pool_free with a probe in flight to a hung host: %.1f ms\n", took);
+    cr_expect_lt(took, 2500.0, "pgg_pool_free waited %.0f ms for a health round", took);
+    cr_assert_eq(pgh_node_resume(pgh_cluster_replica(c, 0)), 0);
+    pgh_cluster_free(c);
+    cr_expect_eq(pgh_leak_check(), 0, "memory leaked (report above)");
+}
+
+Test(pool, a_lease_left_busy_by_raw_use_is_refused_not_blamed_on_the_host)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, NULL);
+    pgg_error e;
+
+    pgg_lease *l = pgg_acquire(p, PGG_WRITE, 0, NULL, &e);
+    cr_assert_not_null(l, "%s", e.message);
+    /* The caller sends on the raw connection and walks away. */
+    cr_assert(PQsendQuery(pgg_lease_conn(l), "SELECT pg_sleep(0.1)"));
+    PGresult *r = pgg_lease_exec(l, "SELECT 1", 0, &e);
+    cr_expect_null(r);
+    cr_expect_eq(e.code, PGG_ESTATE, "%s: %s", pgg_err_name(e.code), e.message);
+    pgg_release(l);
+    pgg_host_stats h = host_stats(p, 0);
+    for (int k = PGG_CLASS_CONNECTION; k < PGG_CLASS__COUNT; k++)
+        cr_expect_eq(h.failures[k], 0, "counted a %s failure", pgg_class_name((pgg_class)k));
+    cr_expect_eq(h.state, PGG_BREAKER_CLOSED);
+    cr_expect_eq(h.conns_open, 0, "the half-used connection was pooled");
+    read_ok(p, PGG_WRITE, "SELECT 1", 0);
+    end_test(p, c);
+}

@@ -172,3 +172,15 @@ Test(classify, from_result)
     v = pgg__classify_result(NULL, PGG_END_LOST, NULL, PGG_READ, false);
     cr_assert_eq(v.cls, PGG_CLASS_CONNECTION);
 }
+
+Test(classify, our_own_expiry_and_refusals_are_not_the_hosts)
+{
+    pgg_verdict v = pgg__classify(NULL, PGG_END_EXPIRED, PGRES_FATAL_ERROR, NULL, PGG_WRITE, false);
+    cr_assert_eq(v.cls, PGG_CLASS_IGNORED);
+    cr_assert_eq(v.code, PGG_ETIMEDOUT);
+    cr_assert_not(v.retry);
+    v = pgg__classify(NULL, PGG_END_REFUSED, PGRES_FATAL_ERROR, NULL, PGG_READ, false);
+    cr_assert_eq(v.cls, PGG_CLASS_IGNORED);
+    cr_assert_eq(v.code, PGG_ESTATE);
+    cr_assert_not(v.retry);
+}

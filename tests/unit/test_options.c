@@ -220,6 +220,7 @@ static const spec specs[] = {
     I("max_replica_lag_bytes", 0, 1099511627776LL, "16777216"),
     E("read_policy", "replica", "replica", "replica_only", "primary", "any"),
     I("max_attempts", 1, 64, "3"),
+    B("lease_reset", "true"),
     I("attempt_timeout_ms", 0, 3600000, "0"),
     B("types.enabled", "false"),
     B("cache.enabled", "false"),
