@@ -28,7 +28,7 @@ pgg_lease *pgg_acquire(pgg_pool *pool, pgg_intent intent, int timeout_ms,
     int cand[PGG_MAX_HOSTS];
     int ncand, attempts = 0;
     bool rejected = false;
-    int64_t start, deadline, wait_until;
+    int64_t start, deadline;
     pgg_lease *lease;
 
     if (!err)
@@ -54,14 +54,7 @@ pgg_lease *pgg_acquire(pgg_pool *pool, pgg_intent intent, int timeout_ms,
     }
     start = pgg__now_ns();
     deadline = start + pgg__pool_timeout_ns(pool, timeout_ms);
-    wait_until = start + pool->bulkhead_wait_ns;
-    if (pgg__bulkhead_enter(&pool->bulkhead,
-                            wait_until < deadline ? wait_until : deadline,
-                            start) != PGG_OK) {
-        atomic_fetch_add(&pool->calls_failed, 1);
-        pgg__error_set(err, PGG_EBULKHEAD, NULL, NULL,
-                       "bulkhead full: %d calls in flight",
-                       pgg__bulkhead_capacity(&pool->bulkhead));
+    if (pgg__pool_enter(pool, start, deadline, err) != PGG_OK) {
         free(lease);
         return NULL;
     }

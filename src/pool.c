@@ -124,11 +124,47 @@ int64_t pgg__pool_timeout_ns(const pgg_pool *pool, int timeout_ms)
     return timeout_ms > 0 ? ms_to_ns(timeout_ms) : pool->call_timeout_ns;
 }
 
+/*
+ * Free whatever part of a pool exists: pgg_pool_new's failures stop
+ * halfway, pgg_pool_free comes at the end.  Order matters: the health
+ * thread first (it uses everything), then hosts and the canceller (their
+ * connections), then what only calls used.
+ */
+static void pool_destroy(pgg_pool *pool, int hosts_ready, bool bulkhead_ready)
+{
+    atomic_store(&pool->closed, true);
+    pgg__health_stop(pool->health);
+    for (int i = 0; i < hosts_ready; i++)
+        pgg__host_close(&pool->hosts[i]);
+    if (pool->cfg)
+        pgg__canceller_free(pool->canceller,
+                            ms_to_ns(pool->cfg->cancel_timeout_ms));
+    for (int i = 0; i < hosts_ready; i++)
+        pgg__host_destroy(&pool->hosts[i]);
+    pgg__cache_free(pool->cache);
+    pgg__types_free(pool->types);
+    if (bulkhead_ready) {
+        /* No call may be in flight; should one still wait, it wakes with
+         * PGG_ECLOSED rather than on freed memory. */
+        pgg__bulkhead_close(&pool->bulkhead);
+        pgg__bulkhead_destroy(&pool->bulkhead);
+    }
+    free(pool->user);
+    free(pool->dbname);
+    free(pool->hosts);
+    free(pool->refs);
+    pgg_config_free(pool->cfg);
+    pgg__prepared_destroy(&pool->prepared);
+    pthread_mutex_destroy(&pool->ev_mu);
+    free(pool);
+}
+
 pgg_pool *pgg_pool_new(const pgg_config *cfg, pgg_error *err)
 {
     pgg_pool *pool;
     pgg_host_limits limits;
-    int rc;
+    int hosts_ready = 0;
+    bool bulkhead_ready = false;
 
     if (!cfg) {
         pgg__error_set(err, PGG_EINVAL, NULL, NULL, "pgg_pool_new: NULL config");
@@ -145,7 +181,7 @@ pgg_pool *pgg_pool_new(const pgg_config *cfg, pgg_error *err)
     pgg__prepared_init(&pool->prepared);
     pool->cfg = pgg__config_copy(cfg, err);
     if (!pool->cfg)
-        goto fail_early;
+        goto fail;
     cfg = pool->cfg;
     pool->clock = pgg__clock_system();
     pool->nhosts = cfg->nhosts;
@@ -160,7 +196,7 @@ pgg_pool *pgg_pool_new(const pgg_config *cfg, pgg_error *err)
     pool->refs = calloc((size_t)pool->nhosts, sizeof *pool->refs);
     if (!pool->hosts || !pool->refs) {
         pgg__error_set(err, PGG_ENOMEM, NULL, NULL, "out of memory");
-        goto fail_early;
+        goto fail;
     }
     limits.max = cfg->pool_max;
     limits.min_idle = cfg->pool_min_idle;
@@ -169,18 +205,15 @@ pgg_pool *pgg_pool_new(const pgg_config *cfg, pgg_error *err)
     limits.validate_ns = ms_to_ns(cfg->validate_after_idle_ms);
     limits.alive_check_ns = ms_to_ns(cfg->alive_check_after_idle_ms);
     limits.connect_timeout_ns = ms_to_ns(cfg->connect_timeout_ms);
-    for (int i = 0; i < pool->nhosts; i++) {
+    for (; hosts_ready < pool->nhosts; hosts_ready++) {
+        int i = hosts_ready;
         const pgg_host_spec *spec = &cfg->hosts[i];
 
-        rc = pgg__host_init(&pool->hosts[i], i, spec->name,
-                            (const char *const *)spec->keys,
-                            (const char *const *)spec->vals, &limits,
-                            &cfg->breaker, pool->clock, err);
-        if (rc != PGG_OK) {
-            for (int j = 0; j < i; j++)
-                pgg__host_destroy(&pool->hosts[j]);
-            goto fail_early;
-        }
+        if (pgg__host_init(&pool->hosts[i], i, spec->name,
+                           (const char *const *)spec->keys,
+                           (const char *const *)spec->vals, &limits,
+                           &cfg->breaker, pool->clock, err) != PGG_OK)
+            goto fail;
         pool->refs[i].pool = pool;
         pool->refs[i].index = i;
         pgg__breaker_listen(&pool->hosts[i].breaker, breaker_changed,
@@ -188,80 +221,43 @@ pgg_pool *pgg_pool_new(const pgg_config *cfg, pgg_error *err)
     }
     if (pgg__bulkhead_init(&pool->bulkhead, cfg->bulkhead_max_concurrent,
                            pool->clock, err) != PGG_OK)
-        goto fail_hosts;
+        goto fail;
+    bulkhead_ready = true;
     /* cancel_timeout_ms = 0: abandoned queries are not cancelled at all. */
     if (cfg->cancel_timeout_ms > 0) {
         pool->canceller = pgg__canceller_new(
             pool->nhosts, 8, ms_to_ns(cfg->cancel_timeout_ms), err);
         if (!pool->canceller)
-            goto fail_bulkhead;
+            goto fail;
     }
 #if PGG_HAVE_LIBPQTYPES
     pool->types = pgg__types_new(err);
     if (!pool->types)
-        goto fail_canceller;
+        goto fail;
     atomic_init(&pool->types_on, cfg->types_enabled);
 #endif
     if (cfg->cache_enabled) {
         if (resolve_identity(pool, err) != PGG_OK)
-            goto fail_canceller;
+            goto fail;
         pool->cache = pgg__cache_new(cfg->cache_max_bytes,
                                      ms_to_ns(cfg->cache_max_age_ms), err);
         if (!pool->cache)
-            goto fail_canceller;
+            goto fail;
     }
     pool->health = pgg__health_start(pool, err);
     if (!pool->health)
-        goto fail_canceller;
+        goto fail;
     return pool;
 
-fail_canceller:
-    pgg__cache_free(pool->cache);
-    pgg__types_free(pool->types);
-    pgg__canceller_free(pool->canceller, 0);
-fail_bulkhead:
-    pgg__bulkhead_destroy(&pool->bulkhead);
-fail_hosts:
-    for (int i = 0; i < pool->nhosts; i++)
-        pgg__host_destroy(&pool->hosts[i]);
-fail_early:
-    free(pool->user);
-    free(pool->dbname);
-    free(pool->hosts);
-    free(pool->refs);
-    pgg_config_free(pool->cfg);
-    pgg__prepared_destroy(&pool->prepared);
-    pthread_mutex_destroy(&pool->ev_mu);
-    free(pool);
+fail:
+    pool_destroy(pool, hosts_ready, bulkhead_ready);
     return NULL;
 }
 
 void pgg_pool_free(pgg_pool *pool)
 {
-    if (!pool)
-        return;
-    atomic_store(&pool->closed, true);
-    pgg__health_stop(pool->health);
-    for (int i = 0; i < pool->nhosts; i++)
-        pgg__host_close(&pool->hosts[i]);
-    pgg__canceller_free(pool->canceller,
-                        ms_to_ns(pool->cfg->cancel_timeout_ms));
-    for (int i = 0; i < pool->nhosts; i++)
-        pgg__host_destroy(&pool->hosts[i]);
-    pgg__cache_free(pool->cache);
-    pgg__types_free(pool->types);
-    /* No call may be in flight; should one still wait, it wakes with
-     * PGG_ECLOSED rather than on freed memory. */
-    pgg__bulkhead_close(&pool->bulkhead);
-    pgg__bulkhead_destroy(&pool->bulkhead);
-    free(pool->user);
-    free(pool->dbname);
-    free(pool->hosts);
-    free(pool->refs);
-    pgg_config_free(pool->cfg);
-    pgg__prepared_destroy(&pool->prepared);
-    pthread_mutex_destroy(&pool->ev_mu);
-    free(pool);
+    if (pool)
+        pool_destroy(pool, pool->nhosts, true);
 }
 
 /* ------------------------------------------------------------- routing */
@@ -622,6 +618,21 @@ static bool may_retry(const pgg_pool *pool, pgg_intent intent,
     return a->v.retry && attempts < pool->max_attempts;
 }
 
+int pgg__pool_enter(pgg_pool *pool, int64_t start, int64_t deadline,
+                    pgg_error *err)
+{
+    int64_t wait_until = start + pool->bulkhead_wait_ns;
+
+    if (pgg__bulkhead_enter(&pool->bulkhead,
+                            wait_until < deadline ? wait_until : deadline,
+                            start) == PGG_OK)
+        return PGG_OK;
+    atomic_fetch_add(&pool->calls_failed, 1);
+    return pgg__error_set(err, PGG_EBULKHEAD, NULL, NULL,
+                          "bulkhead full: %d calls in flight",
+                          pgg__bulkhead_capacity(&pool->bulkhead));
+}
+
 /* Failures that say "no host could answer", the only ones a stale answer
  * may stand in for: never a user error, never a full bulkhead. */
 static bool host_reason(int code)
@@ -729,19 +740,10 @@ static PGresult *run(pgg_pool *pool, pgg_intent intent, const pgg_query *q,
     timeout_ns = pgg__pool_timeout_ns(pool, call ? call->timeout_ms : 0);
     deadline = start + timeout_ns;
 
-    {
-        int64_t wait_until = start + pool->bulkhead_wait_ns;
-        if (pgg__bulkhead_enter(&pool->bulkhead,
-                                wait_until < deadline ? wait_until : deadline,
-                                start) != PGG_OK) {
-            atomic_fetch_add(&pool->calls_failed, 1);
-            pgg__error_set(err, PGG_EBULKHEAD, NULL, NULL,
-                           "bulkhead full: %d calls in flight",
-                           pgg__bulkhead_capacity(&pool->bulkhead));
-            if (info)
-                info->elapsed_us = (pgg__now_ns() - start) / 1000;
-            return NULL;
-        }
+    if (pgg__pool_enter(pool, start, deadline, err) != PGG_OK) {
+        if (info)
+            info->elapsed_us = (pgg__now_ns() - start) / 1000;
+        return NULL;
     }
 
     ncand = pgg__pool_candidates(pool, intent, cand);

@@ -119,6 +119,12 @@ int pgg__query_check(const pgg_query *q, const char *fn, pgg_error *err);
 /* The connection a lease holds (NULL once broken by a timeout). */
 pgg_link *pgg__lease_link(pgg_lease *lease);
 
+/* Take a bulkhead slot for a call or a lease (waiting at most
+ * bulkhead.max_wait_ms within the deadline); on refusal count the call as
+ * failed and return PGG_EBULKHEAD. */
+int pgg__pool_enter(pgg_pool *pool, int64_t start, int64_t deadline,
+                    pgg_error *err);
+
 /* The call's timeout (call->timeout_ms or the default) in ns. */
 int64_t pgg__pool_timeout_ns(const pgg_pool *pool, int timeout_ms);
 
