@@ -17,6 +17,7 @@ static void setup_rows(pgh_cluster *c)
 {
     pgh_node *p = pgh_cluster_primary(c);
     cr_assert_eq(pgh_node_exec(p,
+                               "SET client_min_messages = warning;"
                                "DROP TABLE IF EXISTS pgg_cache_t;"
                                "CREATE TABLE pgg_cache_t (id int PRIMARY KEY, v text);"
                                "INSERT INTO pgg_cache_t SELECT g, 'row' || g FROM generate_series(1, 50) g;"),

@@ -12,6 +12,7 @@ static void setup_table(pgh_cluster *c)
 {
     pgh_node *p = pgh_cluster_primary(c);
     cr_assert_eq(pgh_node_exec(p,
+                               "SET client_min_messages = warning;"
                                "DROP TABLE IF EXISTS pgg_pool_t;"
                                "CREATE TABLE pgg_pool_t (id int PRIMARY KEY, v text);"
                                "INSERT INTO pgg_pool_t SELECT g, 'v' || g FROM generate_series(1, 100) g;"),
