@@ -571,6 +571,7 @@ typedef struct attempt {
     pgg_attempt_end end;
     int64_t ended; /* clock when it finished; 0 when it never ran */
     bool reused;   /* ran on a pooled connection, not a new one */
+    bool lost;     /* ... and that session is gone now */
 } attempt;
 
 /*
@@ -587,6 +588,7 @@ static bool attempt_on(pgg_pool *pool, pgg_host *h, pgg_intent intent,
     a->res = NULL;
     a->ended = 0;
     a->reused = false;
+    a->lost = false;
     switch (pgg__pool_take(pool, h, intent, deadline, start, &l, &ticket,
                            rejected, err)) {
     case PGG_TAKE_SKIPPED:
@@ -602,6 +604,7 @@ static bool attempt_on(pgg_pool *pool, pgg_host *h, pgg_intent intent,
     a->reused = !l->fresh;
     a->v = pgg__pool_exec_on(pool, h, &l, intent, q, deadline, &ticket, start,
                              &a->res, &a->end, &a->ended, err);
+    a->lost = !l || PQstatus(l->conn) != CONNECTION_OK;
     if (l)
         pgg__host_give_back(h, l, a->ended);
     return true;
@@ -798,9 +801,7 @@ static PGresult *run(pgg_pool *pool, pgg_intent intent, const pgg_query *q,
          * failover, terminated backends) says little about the host: its
          * idle siblings are gone now (exec_on), so try the same host once
          * more on a new connection before moving on. */
-        if (a.reused && a.v.retry &&
-            (a.v.cls == PGG_CLASS_CONNECTION || a.v.cls == PGG_CLASS_IGNORED) &&
-            again != i) {
+        if (a.reused && a.lost && a.end != PGG_END_DEADLINE && again != i) {
             again = i;
             i--;
         }
