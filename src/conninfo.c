@@ -27,7 +27,7 @@
 
 /* What a secret's value becomes in a redacted conninfo: a plain token, so
  * that the redacted text still parses where the original did. */
-#define PGG__MASK "xxxxxxxx"
+#define PGG__MASK "REDACTED"
 
 /* ------------------------------------------------------------ small buffer */
 

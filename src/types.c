@@ -97,8 +97,8 @@ static int apply(PGconn *conn, const registration *r, int64_t deadline_ns,
 int pgg__types_prepare(pgg_types *t, pgg_link *l, int64_t deadline_ns,
                        const char *host, pgg_error *err)
 {
-    registration *todo = NULL;
-    int first, ntodo, rc = PGG_OK;
+    registration *pending = NULL;
+    int first, npending, rc = PGG_OK;
     unsigned gen;
     bool need_tmpl;
     PGparam *fresh = NULL;
@@ -113,20 +113,20 @@ int pgg__types_prepare(pgg_types *t, pgg_link *l, int64_t deadline_ns,
     /* Registrations are append-only and never change: a connection at
      * generation g has the first g - 1 of them. */
     first = l->types_gen ? (int)l->types_gen - 1 : 0;
-    ntodo = t->nregs - first;
-    if (ntodo > 0 && !(todo = malloc((size_t)ntodo * sizeof *todo))) {
+    npending = t->nregs - first;
+    if (npending > 0 && !(pending = malloc((size_t)npending * sizeof *pending))) {
         pthread_mutex_unlock(&t->mu);
         return pgg__error_set(err, PGG_ENOMEM, NULL, host, "out of memory");
     }
-    if (ntodo > 0)
-        memcpy(todo, t->regs + first, (size_t)ntodo * sizeof *todo);
+    if (npending > 0)
+        memcpy(pending, t->regs + first, (size_t)npending * sizeof *pending);
     pthread_mutex_unlock(&t->mu);
 
     if (l->types_gen == 0 && !PQinitTypes(l->conn))
         rc = pgg__error_set(err, PGG_ETYPES, NULL, host, "PQinitTypes failed");
-    for (int i = 0; i < ntodo && rc == PGG_OK; i++)
-        rc = apply(l->conn, &todo[i], deadline_ns, host, err);
-    free(todo);
+    for (int i = 0; i < npending && rc == PGG_OK; i++)
+        rc = apply(l->conn, &pending[i], deadline_ns, host, err);
+    free(pending);
     if (rc != PGG_OK)
         return rc;
     l->types_gen = gen;

@@ -1296,15 +1296,15 @@ OPT_TEST(redaction)
     static const struct {
         const char *in, *out;
     } cases[] = {
-        {"host=a password=pw user=u", "host=a password=xxxxxxxx user=u"},
-        {"password = 'p w\\'x' host=a", "password = xxxxxxxx host=a"},
-        {"sslpassword=k\\ ey", "sslpassword=xxxxxxxx"},
-        {"postgresql://u:pw@h/db", "postgresql://u:xxxxxxxx@h/db"},
+        {"host=a password=pw user=u", "host=a password=REDACTED user=u"},
+        {"password = 'p w\\'x' host=a", "password = REDACTED host=a"},
+        {"sslpassword=k\\ ey", "sslpassword=REDACTED"},
+        {"postgresql://u:pw@h/db", "postgresql://u:REDACTED@h/db"},
         {"postgres://u:p/w@h", "postgres://u:p/w@h"}, /* '/' ends the userinfo */
         {"postgresql://u@h/db?password=pw&sslmode=x",
-         "postgresql://u@h/db?password=xxxxxxxx&sslmode=x"},
+         "postgresql://u@h/db?password=REDACTED&sslmode=x"},
         {"postgresql://u:a@h/db?pass%77ord=b",
-         "postgresql://u:xxxxxxxx@h/db?pass%77ord=xxxxxxxx"},
+         "postgresql://u:REDACTED@h/db?pass%77ord=REDACTED"},
         {"host=a", "host=a"},
     };
 
