@@ -108,6 +108,35 @@ static void per_host(out *o, const pgg_host_stats *h, int n, const char *name,
     }
 }
 
+/* The same for a real-valued field (rates, seconds). */
+typedef double (*host_real)(const pgg_host_stats *h);
+
+static void per_host_real(out *o, const pgg_host_stats *h, int n,
+                          const char *name, const char *help, host_real f)
+{
+    family(o, name, "gauge", help);
+    for (int i = 0; i < n; i++) {
+        host_sample_start(o, name, h[i].host, NULL, NULL);
+        put_double(o, f(&h[i]));
+        put(o, "\n");
+    }
+}
+
+static double r_failure_rate(const pgg_host_stats *h)
+{
+    return h->failure_rate;
+}
+
+static double r_slow_call_rate(const pgg_host_stats *h)
+{
+    return h->slow_call_rate;
+}
+
+static double r_open_remaining_s(const pgg_host_stats *h)
+{
+    return (double)h->open_remaining_ms / 1000.0;
+}
+
 #define FIELD(fn, expr)                                                        \
     static int64_t fn(const pgg_host_stats *h) { return (int64_t)(expr); }
 FIELD(f_lag, h->lag_bytes)
@@ -224,30 +253,15 @@ static void host_families(out *o, const pgg_host_stats *h, int n)
     per_host(o, h, n, "pgguard_host_connect_failures_total", "counter",
              "Connection attempts that failed.", f_connect_failures);
 
-    family(o, "pgguard_host_failure_rate_percent", "gauge",
-           "Failure rate in the breaker's window; -1 with too few calls.");
-    for (int i = 0; i < n; i++) {
-        host_sample_start(o, "pgguard_host_failure_rate_percent", h[i].host,
-                          NULL, NULL);
-        put_double(o, h[i].failure_rate);
-        put(o, "\n");
-    }
-    family(o, "pgguard_host_slow_call_rate_percent", "gauge",
-           "Slow call rate in the breaker's window; -1 with too few calls.");
-    for (int i = 0; i < n; i++) {
-        host_sample_start(o, "pgguard_host_slow_call_rate_percent", h[i].host,
-                          NULL, NULL);
-        put_double(o, h[i].slow_call_rate);
-        put(o, "\n");
-    }
-    family(o, "pgguard_host_open_remaining_seconds", "gauge",
-           "Open breaker: time until probes are let through (a Retry-After).");
-    for (int i = 0; i < n; i++) {
-        host_sample_start(o, "pgguard_host_open_remaining_seconds", h[i].host,
-                          NULL, NULL);
-        put_double(o, (double)h[i].open_remaining_ms / 1000.0);
-        put(o, "\n");
-    }
+    per_host_real(o, h, n, "pgguard_host_failure_rate_percent",
+                  "Failure rate in the breaker's window; -1 with too few calls.",
+                  r_failure_rate);
+    per_host_real(o, h, n, "pgguard_host_slow_call_rate_percent",
+                  "Slow call rate in the breaker's window; -1 with too few calls.",
+                  r_slow_call_rate);
+    per_host_real(o, h, n, "pgguard_host_open_remaining_seconds",
+                  "Open breaker: time until probes are let through (a Retry-After).",
+                  r_open_remaining_s);
     /* The code only: the message is free text, unfit for a label. */
     per_host(o, h, n, "pgguard_host_last_error_code", "gauge",
              "The PGG_E* code of the host's last failure; 0 for none.",
