@@ -69,6 +69,26 @@ static inline bool wait_state(pgg_pool *p, int i, pgg_breaker_state st, int time
     return false;
 }
 
+/*
+ * A fresh table `name (id int primary key, v text)` with rows 1..n whose v
+ * is prefix || id, created on the primary and replayed by every replica.
+ */
+static inline void make_table(pgh_cluster *c, const char *name, const char *prefix, int n)
+{
+    pgh_node *p = pgh_cluster_primary(c);
+    char sql[512];
+
+    snprintf(sql, sizeof sql,
+             "SET client_min_messages = warning;"
+             "DROP TABLE IF EXISTS %s;"
+             "CREATE TABLE %s (id int PRIMARY KEY, v text);"
+             "INSERT INTO %s SELECT g, '%s' || g FROM generate_series(1, %d) g;",
+             name, name, name, prefix, n);
+    cr_assert_eq(pgh_node_exec(p, sql), 0, "%s", pgh_node_error(p));
+    for (int i = 0; i < pgh_cluster_replica_count(c); i++)
+        cr_assert_eq(pgh_node_wait_replay(pgh_cluster_replica(c, i), p, 10000), 0);
+}
+
 /* A pool over the cluster (primary first, then replicas), with the test
  * settings plus `extra`, once every host's role is known. */
 static inline pgg_pool *pool_for_conninfo(const char *conninfo, const char *extra)

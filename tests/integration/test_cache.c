@@ -15,15 +15,7 @@ static const pgg_call cacheable = {2000, PGG_CALL_CACHEABLE, 0, 0};
 
 static void setup_rows(pgh_cluster *c)
 {
-    pgh_node *p = pgh_cluster_primary(c);
-    cr_assert_eq(pgh_node_exec(p,
-                               "SET client_min_messages = warning;"
-                               "DROP TABLE IF EXISTS pgg_cache_t;"
-                               "CREATE TABLE pgg_cache_t (id int PRIMARY KEY, v text);"
-                               "INSERT INTO pgg_cache_t SELECT g, 'row' || g FROM generate_series(1, 50) g;"),
-                 0, "%s", pgh_node_error(p));
-    for (int i = 0; i < pgh_cluster_replica_count(c); i++)
-        cr_assert_eq(pgh_node_wait_replay(pgh_cluster_replica(c, i), p, 10000), 0);
+    make_table(c, "pgg_cache_t", "row", 50);
 }
 
 static void stop_all(pgh_cluster *c)

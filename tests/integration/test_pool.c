@@ -10,15 +10,7 @@
 
 static void setup_table(pgh_cluster *c)
 {
-    pgh_node *p = pgh_cluster_primary(c);
-    cr_assert_eq(pgh_node_exec(p,
-                               "SET client_min_messages = warning;"
-                               "DROP TABLE IF EXISTS pgg_pool_t;"
-                               "CREATE TABLE pgg_pool_t (id int PRIMARY KEY, v text);"
-                               "INSERT INTO pgg_pool_t SELECT g, 'v' || g FROM generate_series(1, 100) g;"),
-                 0, "%s", pgh_node_error(p));
-    for (int i = 0; i < pgh_cluster_replica_count(c); i++)
-        cr_assert_eq(pgh_node_wait_replay(pgh_cluster_replica(c, i), p, 10000), 0);
+    make_table(c, "pgg_pool_t", "v", 100);
 }
 
 /* ------------------------------------------------------------------ basics */
