@@ -175,4 +175,14 @@ static inline int read_ok(pgg_pool *p, pgg_intent intent, const char *sql, int t
     return info.host_index;
 }
 
+/* Does some read among `tries` land on host `index` (reads spread over
+ * equally good replicas, so one may take a few)? */
+static inline bool reads_reach(pgg_pool *p, int index, int tries)
+{
+    for (int i = 0; i < tries; i++)
+        if (read_ok(p, PGG_READ, "SELECT 1", 0) == index)
+            return true;
+    return false;
+}
+
 #endif

@@ -199,10 +199,7 @@ Test(pool, hung_replica_is_bounded_then_skipped_then_probed_back)
     cr_assert_eq(pgh_node_resume(pgh_cluster_replica(c, 0)), 0);
     cr_expect(wait_state(p, 1, PGG_BREAKER_CLOSED, 15000), "breaker did not close after resume: %s",
               pgg_breaker_state_name(host_stats(p, 1).state));
-    bool back = false;
-    for (int i = 0; i < 40 && !back; i++)
-        back = read_ok(p, PGG_READ, "SELECT 1", 0) == 1;
-    cr_expect(back, "reads never returned to the resumed replica");
+    cr_expect(reads_reach(p, 1, 40), "reads never returned to the resumed replica");
 
     end_test(p, c);
 }
@@ -284,10 +281,7 @@ Test(pool, lagging_replica_gets_no_reads)
     end = pgh_now_ms() + 10000;
     while (pgh_now_ms() < end && host_stats(p, 1).lag_bytes > 65536)
         sleep_ms(20);
-    bool back = false;
-    for (int i = 0; i < 40 && !back; i++)
-        back = read_ok(p, PGG_READ, "SELECT 1", 0) == 1;
-    cr_expect(back, "reads never returned to the replica after it caught up");
+    cr_expect(reads_reach(p, 1, 40), "reads never returned to the replica after it caught up");
 
     end_test(p, c);
 }
@@ -771,10 +765,7 @@ Test(pool, a_host_that_answers_again_is_probed_back_before_its_open_time)
     fprintf(stderr, "replica back: breaker closed %.0f ms after the server started\n",
             pgh_now_ms() - t0);
     cr_expect(wait_role(p, 1, PGG_ROLE_STANDBY, 5000));
-    bool back = false;
-    for (int i = 0; i < 40 && !back; i++)
-        back = read_ok(p, PGG_READ, "SELECT 1", 0) == 1;
-    cr_expect(back);
+    cr_expect(reads_reach(p, 1, 40));
     end_test(p, c);
 }
 
