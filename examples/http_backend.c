@@ -234,7 +234,7 @@ static PGresult *call(pgg_intent intent, const char *sql, int nparams, const cha
                       const char *p2, int flags, pgg_info *info, pgg_error *e)
 {
     const char *vals[] = {p1, p2};
-    pgg_call opts = {CALL_TIMEOUT_MS, (unsigned)flags, 0, 0};
+    pgg_call opts = {.timeout_ms = CALL_TIMEOUT_MS, .flags = (unsigned)flags};
     PGresult *r = pgg_exec_params(pool, intent, sql, nparams, NULL, vals, NULL, NULL, &opts,
                                   info, e);
     bool ok = r && (PQresultStatus(r) == PGRES_TUPLES_OK ||
@@ -583,7 +583,7 @@ out:
  * is up; later starts find it. */
 static void create_table(void)
 {
-    pgg_call opts = {10000, 0, 0, 0};
+    pgg_call opts = {.timeout_ms = 10000};
     pgg_error e;
     PGresult *r = pgg_exec(pool, PGG_WRITE,
                            "CREATE TABLE IF NOT EXISTS pgguard_http_kv ("

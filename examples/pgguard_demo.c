@@ -436,7 +436,7 @@ static void *worker(void *arg)
     while (!stopping()) {
         int dice = (int)(rand_r(&seed) % 100);
         enum op op = dice < 45 ? OP_READ : dice < 80 ? OP_CACHED_READ : OP_WRITE;
-        pgg_call call = {READ_TIMEOUT_MS, 0, 0, 0};
+        pgg_call call = {.timeout_ms = READ_TIMEOUT_MS};
         pgg_info info;
         pgg_error e;
         PGresult *r;
@@ -1075,7 +1075,7 @@ static void check_writes(write_check *wc)
 {
     char runbuf[24];
     const char *vals[] = {runbuf};
-    pgg_call call = {5000, 0, 0, 0};
+    pgg_call call = {.timeout_ms = 5000};
     PGresult *r = NULL;
     pgg_error e;
     unsigned char *present;
@@ -1384,7 +1384,7 @@ static bool wait_roles(int timeout_ms)
 static int setup_schema(void)
 {
     pgg_error e;
-    pgg_call call = {10000, 0, 0, 0};
+    pgg_call call = {.timeout_ms = 10000};
     PGresult *r = pgg_exec(D.pool, PGG_WRITE,
                            "CREATE TABLE IF NOT EXISTS pgguard_demo_writes ("
                            " run bigint NOT NULL, id bigint NOT NULL, worker int NOT NULL,"

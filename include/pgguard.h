@@ -188,6 +188,10 @@ typedef enum pgg_class {
     PGG_CLASS__COUNT
 } pgg_class;
 
+/* Slots for per-class counters in public structs: room for classes added
+ * later without changing a struct's layout (PGG_CLASS__COUNT <= this). */
+#define PGG_CLASS_SLOTS 16
+
 /* "success", "ignored", "connection", ...; never NULL. */
 PGG_EXPORT const char *pgg_class_name(pgg_class cls);
 
@@ -244,6 +248,9 @@ typedef struct pgg_call {
     int max_stale_ms;  /* with PGG_CALL_CACHEABLE: oldest answer accepted;
                           <= 0: the pool's cache.max_age_ms */
     int result_format; /* 0 text, 1 binary */
+    /* Room for options added later without an ABI break: leave zeroed
+     * (initialise the struct with = {0} or designated initialisers). */
+    uint64_t reserved_[8];
 } pgg_call;
 
 /* Attempt only once, even for a read. */
@@ -368,7 +375,9 @@ typedef struct pgg_host_stats {
     uint64_t calls;               /* attempts that reached the breaker */
     uint64_t successes;
     uint64_t ignored;
-    uint64_t failures[PGG_CLASS__COUNT]; /* by class (CONNECTION, TIMEOUT, ...) */
+    uint64_t failures[PGG_CLASS_SLOTS]; /* by pgg_class (CONNECTION, TIMEOUT,
+                                           ...); slots past PGG_CLASS__COUNT
+                                           stay 0 */
     uint64_t rejections;          /* refused by the breaker */
     uint64_t connects, connect_failures;
     double failure_rate;          /* in the breaker's window, percent; -1 too few */
@@ -430,6 +439,9 @@ typedef struct pgg_event {
     const char *host;
     int from, to;
     const char *reason;
+    /* Room for fields added later; zero today.  An event is only valid for
+     * the duration of the listener's call. */
+    uint64_t reserved_[8];
 } pgg_event;
 
 typedef void (*pgg_event_fn)(const pgg_event *ev, void *userdata);

@@ -5,6 +5,9 @@
 
 #include "error.h"
 
+_Static_assert(PGG_CLASS__COUNT <= PGG_CLASS_SLOTS,
+               "pgg_host_stats.failures has a slot for every class");
+
 /*
  * The built-in table, most specific first.  Everything it does not name is
  * a user error: the host answered, so it is healthy (PGG_CLASS_SUCCESS).

@@ -75,7 +75,7 @@ void pgg__pool_set_role(pgg_pool *pool, pgg_host *h, pgg_role role,
                         const char *reason)
 {
     int old = atomic_load(&h->role);
-    pgg_event ev;
+    pgg_event ev = {0};
 
     if (old == (int)role)
         return;
@@ -97,7 +97,7 @@ static void breaker_changed(void *ud, pgg_breaker_state from,
 {
     pgg_host_ref *ref = ud;
     pgg_host *h = &ref->pool->hosts[ref->index];
-    pgg_event ev;
+    pgg_event ev = {0};
 
     /* A host that just failed enough to open probably holds dead
      * connections; the next borrow would only rediscover that. */

@@ -321,7 +321,7 @@ PGresult *pgg_execvf(pgg_pool *pool, pgg_intent intent, const pgg_call *call,
     char *stmt;
     void *arrays = NULL;
     PGresult *res = NULL;
-    pgg_call typed = {0, 0, 0, 1};
+    pgg_call typed = {.result_format = 1};
     int64_t deadline, left;
     int n;
 

@@ -163,7 +163,7 @@ static inline void end_test(pgg_pool *p, pgh_cluster *c)
 /* A read that must succeed; returns the host index that served it. */
 static inline int read_ok(pgg_pool *p, pgg_intent intent, const char *sql, int timeout_ms)
 {
-    pgg_call call = {timeout_ms, 0, 0, 0};
+    pgg_call call = {.timeout_ms = timeout_ms};
     pgg_info info;
     pgg_error e;
     PGresult *r = pgg_exec(p, intent, sql, &call, &info, &e);

@@ -11,7 +11,7 @@
 
 #define CACHE_SETTINGS "cache.enabled=true cache.max_age_ms=60000"
 
-static const pgg_call cacheable = {2000, PGG_CALL_CACHEABLE, 0, 0};
+static const pgg_call cacheable = {.timeout_ms = 2000, .flags = PGG_CALL_CACHEABLE};
 
 static void setup_rows(pgh_cluster *c)
 {

@@ -53,7 +53,7 @@ Test(guard, malformed_parameters_are_refused_before_any_host)
 {
     pgh_cluster *c = cluster_or_die(1);
     pgg_pool *p = pool_for(c, "cache.enabled=true");
-    pgg_call cacheable = {2000, PGG_CALL_CACHEABLE, 0, 0};
+    pgg_call cacheable = {.timeout_ms = 2000, .flags = PGG_CALL_CACHEABLE};
     const char *vals[] = {"abc"};
     int bin[] = {1};
     int neg[] = {-1};
@@ -128,7 +128,7 @@ Test(guard, a_refused_call_leaves_nothing_for_the_next_one)
     pgg_pool *p = pool_for(c, "pool_max=1");
     const char *vals[] = {"abc"};
     int bin[] = {1};
-    pgg_call call = {1000, 0, 0, 0};
+    pgg_call call = {.timeout_ms = 1000};
     pgg_error e;
     PGresult *r;
 
@@ -159,7 +159,7 @@ typedef struct {
 static void *call_thread(void *arg)
 {
     call_arg *a = arg;
-    pgg_call call = {a->timeout_ms, 0, 0, 0};
+    pgg_call call = {.timeout_ms = a->timeout_ms};
 
     a->r = pgg_exec(a->p, PGG_WRITE, a->sql, &call, &a->info, &a->e);
     return NULL;
@@ -228,7 +228,7 @@ typedef struct {
 static void *typed_thread(void *arg)
 {
     typed_arg *a = arg;
-    pgg_call call = {a->timeout_ms, 0, 0, 0};
+    pgg_call call = {.timeout_ms = a->timeout_ms};
     double t0 = pgh_now_ms();
 
     a->r = pgg_execf(a->p, PGG_WRITE, &call, NULL, &a->e, "SELECT pg_sleep(%float8)", 5.0);

@@ -166,7 +166,7 @@ Test(pool, hung_replica_is_bounded_then_skipped_then_probed_back)
     cr_assert_eq(pgh_node_hang(pgh_cluster_replica(c, 0)), 0);
     int failed = 0, served_by_hung = 0;
     for (int i = 0; i < 30; i++) {
-        pgg_call call = {timeout_ms, 0, 0, 0};
+        pgg_call call = {.timeout_ms = timeout_ms};
         pgg_info info;
         pgg_error e;
         double t0 = pgh_now_ms();
@@ -382,7 +382,7 @@ Test(pool, blackhole_times_out_at_the_deadline_and_opens)
     pgh_proxy_set_mode(px, PGH_PROXY_BLACKHOLE, 0);
     int timeouts = 0;
     for (int i = 0; i < 10; i++) {
-        pgg_call call = {250, 0, 0, 0};
+        pgg_call call = {.timeout_ms = 250};
         pgg_info info;
         pgg_error e;
         double t0 = pgh_now_ms();
@@ -612,7 +612,7 @@ Test(pool, a_query_past_its_deadline_is_cancelled_on_the_server)
 {
     pgh_cluster *c = cluster_or_die(0);
     pgg_pool *p = pool_for(c, NULL);
-    pgg_call call = {200, 0, 0, 0};
+    pgg_call call = {.timeout_ms = 200};
     pgg_error e;
     char n[16];
 
@@ -718,7 +718,7 @@ Test(pool, attempt_timeout_moves_a_read_off_a_hung_replica)
     cr_assert_eq(pgh_node_hang(pgh_cluster_replica(c, 0)), 0);
     int retried = 0;
     for (int i = 0; i < 30; i++) {
-        pgg_call call = {timeout_ms, 0, 0, 0};
+        pgg_call call = {.timeout_ms = timeout_ms};
         pgg_info info;
         pgg_error e;
         double t0 = pgh_now_ms();
