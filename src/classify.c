@@ -233,3 +233,37 @@ pgg_verdict pgg__classify_result(const pgg_classifier *c, pgg_attempt_end end,
 
     return pgg__classify(c, end, status, sqlstate, intent, on_standby);
 }
+
+pgg_verdict pgg__classify_connect(const pgg_classifier *c, const char *sqlstate)
+{
+    const pgg_class_rule *rule = NULL;
+    pgg_verdict v;
+
+    if (!sqlstate || strlen(sqlstate) != 5)
+        return verdict(PGG_CLASS_CONNECTION, true, true);
+    if (c)
+        rule = find_rule(c->rules, c->n, sqlstate);
+    if (rule)
+        return verdict(rule->cls, rule->retry, true);
+    /*
+     * The server answered and refused this connection's credentials or
+     * database: the caller's configuration, the same on every attempt.
+     * The host is healthy (it ran the authentication), so its breaker
+     * hears nothing: opening it would hide this clear error behind
+     * PGG_EOPEN, and a refused startup costs the server one round trip.
+     */
+    if (memcmp(sqlstate, "28", 2) == 0 || memcmp(sqlstate, "3D000", 5) == 0 ||
+        memcmp(sqlstate, "42501", 5) == 0) {
+        v = verdict(PGG_CLASS_IGNORED, false, true);
+        v.code = PGG_ECONFIG;
+        return v;
+    }
+    /* Too many clients (53300), starting up or shutting down (57P03,
+     * 57P01): the server is there but cannot take a session now. */
+    rule = find_rule(builtin_rules,
+                     (int)(sizeof builtin_rules / sizeof builtin_rules[0]),
+                     sqlstate);
+    if (rule && rule->cls != PGG_CLASS_SUCCESS && rule->cls != PGG_CLASS_IGNORED)
+        return verdict(rule->cls, true, true);
+    return verdict(PGG_CLASS_CONNECTION, true, true);
+}

@@ -68,6 +68,16 @@ pgg_verdict pgg__classify_result(const pgg_classifier *c, pgg_attempt_end end,
                                  const PGresult *res, pgg_intent intent,
                                  bool on_standby);
 
+/*
+ * A connection the server refused at startup, by the SQLSTATE its message
+ * carried (NULL or "" when none: a network failure, a connect timeout):
+ * 53xxx and 57P0x are the host's (unavailable, retry elsewhere); 28xxx
+ * (authentication), 3D000 (no such database) and 42501 are the caller's
+ * configuration (IGNORED, not retried, code PGG_ECONFIG); the rest count
+ * as connection failures.  Overrides apply first.
+ */
+pgg_verdict pgg__classify_connect(const pgg_classifier *c, const char *sqlstate);
+
 /* Parse "failure"-style class names used in config ("connection", ...). */
 int pgg__class_from_name(const char *name, pgg_class *out);
 

@@ -16,23 +16,33 @@ static const char probe_sql[] =
     "ELSE pg_catalog.pg_current_wal_lsn() END";
 
 typedef enum probe_phase {
-    PROBE_SKIP = 0,
+    PROBE_IDLE = 0, /* waiting for its next start */
     PROBE_CONNECTING,
-    PROBE_QUERY,
-    PROBE_DONE,
-    PROBE_FAILED
+    PROBE_QUERY
 } probe_phase;
 
+typedef enum probe_ticket {
+    TICKET_NONE = 0,
+    TICKET_TRIAL, /* half-open: the probe is one of the trial calls */
+    TICKET_WATCH  /* closed: only a timeout is recorded (a hung host) */
+} probe_ticket;
+
+/* One host's probe: its own schedule, so a hung host delays nobody. */
 typedef struct probe {
     probe_phase phase;
     PostgresPollingStatusType cst;
-    bool ticketed;
+    probe_ticket ticketed;
     pgg_ticket ticket;
-    int64_t started;
+    bool on_old;   /* running on the session kept from an earlier probe */
+    bool replaced; /* that session died and a new one was started */
+    int64_t started, deadline;
+    int64_t next;    /* IDLE: when the next probe starts */
+    int64_t backoff; /* incident interval now; 0 when calm */
+    bool in_round;   /* finished since the last round was counted */
+    bool got;        /* a result arrived */
     pgg_role role;
     uint64_t lsn;
     bool have_lsn;
-    bool got; /* a result arrived */
     pgg_class cls;
     pgg_error err;
 } probe;
@@ -40,14 +50,20 @@ typedef struct probe {
 struct pgg_health {
     pgg_pool *pool;
     pthread_t thread;
+    /* mu and cv guard rounds only: waiters (tests, a write that met a
+     * standby) sleep on them; the thread itself waits on event_fd. */
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    bool stop, wake;
-    /* Readable once stop is asked: a round waiting on probes (up to
-     * connect_timeout_ms) ends at once instead of holding pgg_pool_free. */
-    int stop_fd;
-    atomic_bool stopping;
     unsigned long rounds;
+    /* Readable when woken or stopping: one poll covers probes and both. */
+    int event_fd;
+    atomic_bool stopping;
+    atomic_bool wake_pending;
+    bool was_incident;
+    int64_t interval, probe_timeout, incident_min, incident_max;
+    /* The primary's WAL position at its last probe, for replica lag. */
+    uint64_t primary_lsn;
+    int64_t primary_lsn_at; /* 0: none yet */
     PGconn **conns; /* the health thread's own connection per host */
     probe *probes;
     struct pollfd *pfds;
@@ -62,11 +78,19 @@ static void probe_fail(pgg_health *hl, int i, pgg_class cls, const char *what)
     pgg_host *h = &hl->pool->hosts[i];
     PGconn *c = hl->conns[i];
 
-    p->phase = PROBE_FAILED;
+    p->phase = PROBE_IDLE;
     p->cls = cls;
     pgg__link_error(&p->err, cls == PGG_CLASS_TIMEOUT ? PGG_ETIMEDOUT
                                                        : PGG_ECONNECT,
                     c, NULL, h->name, what);
+    /* A refused startup carries its SQLSTATE (too many clients, starting
+     * up, a wrong password): classify by it, as calls do. */
+    if (cls == PGG_CLASS_CONNECTION && p->err.sqlstate[0]) {
+        pgg_verdict v = pgg__classify_connect(&hl->pool->cfg->classifier,
+                                              p->err.sqlstate);
+        p->cls = v.cls;
+        p->err.code = v.code;
+    }
     /* A probe stuck in a query leaves a backend busy: cancel it, unless
      * the pool is going away (the cancel would only hold it up). */
     if (c && cls == PGG_CLASS_TIMEOUT && !atomic_load(&hl->stopping))
@@ -87,29 +111,19 @@ static void probe_send(pgg_health *hl, int i)
     p->phase = PROBE_QUERY;
 }
 
-static void probe_begin(pgg_health *hl, int i)
+static void probe_connect(pgg_health *hl, int i)
 {
     pgg_host *h = &hl->pool->hosts[i];
     probe *p = &hl->probes[i];
-    PGconn *c = hl->conns[i];
+    PGconn *c = PQconnectStartParams(h->keys, h->vals, 0);
 
-    /* The health connection sat idle a whole interval: drain what the
-     * server sent meanwhile, and notice a dead one before using it. */
-    if (c && !pgg__link_alive(c)) {
-        PQfinish(c);
-        hl->conns[i] = c = NULL;
-    }
-    if (c) {
-        probe_send(hl, i);
-        return;
-    }
-    c = PQconnectStartParams(h->keys, h->vals, 0);
     hl->conns[i] = c;
+    p->on_old = false;
     if (!c || PQstatus(c) == CONNECTION_BAD) {
         probe_fail(hl, i, PGG_CLASS_CONNECTION, "health connect");
         return;
     }
-    pgg__link_silence(c);
+    pgg__link_verbose_startup(c);
     p->phase = PROBE_CONNECTING;
     p->cst = PGRES_POLLING_WRITING;
 }
@@ -139,7 +153,9 @@ static void probe_result(pgg_health *hl, int i, PGresult *r)
     }
 }
 
-static void probe_step(pgg_health *hl, int i, short revents)
+/* Advance host i's probe on socket events.  Returns true when it ended
+ * (phase back to IDLE: p->cls says how). */
+static bool probe_step(pgg_health *hl, int i, short revents)
 {
     probe *p = &hl->probes[i];
     PGconn *c = hl->conns[i];
@@ -148,17 +164,26 @@ static void probe_step(pgg_health *hl, int i, short revents)
         p->cst = PQconnectPoll(c);
         if (p->cst == PGRES_POLLING_FAILED) {
             probe_fail(hl, i, PGG_CLASS_CONNECTION, "health connect");
-        } else if (p->cst == PGRES_POLLING_OK) {
-            if (PQsetnonblocking(c, 1) != 0)
-                probe_fail(hl, i, PGG_CLASS_CONNECTION, "health connect");
-            else
-                probe_send(hl, i);
+            return true;
         }
-        return;
+        if (p->cst == PGRES_POLLING_OK) {
+            if (PQsetnonblocking(c, 1) != 0) {
+                probe_fail(hl, i, PGG_CLASS_CONNECTION, "health connect");
+                return true;
+            }
+            pgg__link_started(c);
+            /* A connection accepted is the host answering: an open breaker
+             * lets trial calls through now, while the probe's query runs. */
+            (void)pgg__breaker_host_answered(&hl->pool->hosts[i].breaker,
+                                             pgg__now_ns());
+            probe_send(hl, i);
+            return p->phase == PROBE_IDLE;
+        }
+        return false;
     }
     if ((revents & POLLOUT) && PQflush(c) < 0) {
         probe_fail(hl, i, PGG_CLASS_CONNECTION, "health probe");
-        return;
+        return true;
     }
     /* On failure libpq queues an error result for the lost connection,
      * which the loop below collects and classifies. */
@@ -174,207 +199,328 @@ static void probe_step(pgg_health *hl, int i, short revents)
         }
         if (!p->got) {
             probe_fail(hl, i, PGG_CLASS_CONNECTION, "health probe");
-        } else if (p->cls == PGG_CLASS_SUCCESS) {
-            p->phase = PROBE_DONE;
-        } else {
-            p->phase = PROBE_FAILED;
-            if (!pgg__link_reusable(c)) {
-                PQfinish(c);
-                hl->conns[i] = NULL;
-            }
+            return true;
         }
-        return;
+        p->phase = PROBE_IDLE;
+        if (p->cls != PGG_CLASS_SUCCESS && !pgg__link_reusable(c)) {
+            PQfinish(c);
+            hl->conns[i] = NULL;
+        }
+        return true;
     }
-    if (PQstatus(c) == CONNECTION_BAD)
+    if (PQstatus(c) == CONNECTION_BAD) {
         probe_fail(hl, i, PGG_CLASS_CONNECTION, "health probe");
+        return true;
+    }
+    return false;
 }
 
-/* Drive every started probe until all finish or the deadline passes. */
-static void probe_all(pgg_health *hl, int64_t deadline)
+/* ------------------------------------------------------------ schedule */
+
+/* Something is wrong: a breaker open or on trial, or no primary known. */
+static bool incident(const pgg_pool *pool)
+{
+    bool primary = false;
+
+    for (int i = 0; i < pool->nhosts; i++) {
+        const pgg_host *h = &pool->hosts[i];
+        pgg_breaker_state st = pgg__breaker_state(&h->breaker);
+
+        if (st == PGG_BREAKER_OPEN || st == PGG_BREAKER_HALF_OPEN)
+            return true;
+        if (atomic_load(&h->role) == PGG_ROLE_PRIMARY)
+            primary = true;
+    }
+    return !primary;
+}
+
+/* Bring every waiting probe forward to the fast cadence.  The round under
+ * way starts over, so the next one counted holds what was learnt since
+ * (a caller awaiting it had news: a write refused as read-only). */
+static void expedite(pgg_health *hl, int64_t now)
+{
+    for (int i = 0; i < hl->pool->nhosts; i++) {
+        probe *p = &hl->probes[i];
+        int64_t soon = p->started + hl->incident_min;
+
+        p->in_round = false;
+        if (p->phase != PROBE_IDLE)
+            continue;
+        if (soon < now)
+            soon = now;
+        if (p->next > soon)
+            p->next = soon;
+        p->backoff = 0;
+    }
+}
+
+/* Start host i's probe.  Returns false when none started (forced open). */
+static bool probe_start(pgg_health *hl, int i, int64_t now)
+{
+    pgg_host *h = &hl->pool->hosts[i];
+    probe *p = &hl->probes[i];
+    PGconn *c = hl->conns[i];
+    pgg_breaker_state st = pgg__breaker_state(&h->breaker);
+    int64_t next = p->next, backoff = p->backoff;
+    bool in_round = p->in_round;
+
+    memset(p, 0, sizeof *p);
+    p->next = next;
+    p->backoff = backoff;
+    p->in_round = in_round;
+    p->started = now;
+    p->deadline = now + hl->probe_timeout;
+    /* Forced open means the operator wants the host left alone. */
+    if (st == PGG_BREAKER_FORCED_OPEN) {
+        p->next = now + hl->interval;
+        p->in_round = true;
+        return false;
+    }
+    /* A probe of ours is a call: half-open, one of the trial calls, so a
+     * breaker can close with no traffic at all; closed, a watch whose
+     * timeout counts (a hung host is found by probes too, not only by the
+     * reads it delays).  An open host is probed without one: one probe
+     * per cadence tells when it is back long before a backed-off open time
+     * ends. */
+    if (st != PGG_BREAKER_OPEN &&
+        pgg__breaker_allow(&h->breaker, now, &p->ticket))
+        p->ticketed = st == PGG_BREAKER_HALF_OPEN ? TICKET_TRIAL : TICKET_WATCH;
+    /* The session sat idle since the last probe: drain what the server
+     * sent meanwhile and notice a dead one before using it. */
+    if (c && !pgg__link_alive(c)) {
+        PQfinish(c);
+        hl->conns[i] = c = NULL;
+    }
+    if (c) {
+        p->on_old = true;
+        probe_send(hl, i);
+    } else {
+        probe_connect(hl, i);
+    }
+    return true;
+}
+
+static void count_round(pgg_health *hl)
 {
     pgg_pool *pool = hl->pool;
 
-    for (;;) {
-        int n = 0;
-        int64_t left;
-        struct timespec ts;
-        int r;
+    for (int i = 0; i < pool->nhosts; i++) {
+        if (!hl->probes[i].in_round)
+            return;
+    }
+    for (int i = 0; i < pool->nhosts; i++)
+        hl->probes[i].in_round = false;
+    pthread_mutex_lock(&hl->mu);
+    hl->rounds++;
+    pthread_cond_broadcast(&hl->cv);
+    pthread_mutex_unlock(&hl->mu);
+}
 
+static void record_ticket(pgg_health *hl, pgg_host *h, probe *p, int64_t now)
+{
+    switch (p->ticketed) {
+    case TICKET_TRIAL:
+        pgg__pool_record(hl->pool, h, p->ticket, p->cls, p->started, now);
+        break;
+    case TICKET_WATCH:
+        /* Only what a call would have met too: a host that does not answer
+         * in time.  A refused connect is found by calls at once. */
+        pgg__breaker_record(&h->breaker, p->ticket,
+                            p->cls == PGG_CLASS_TIMEOUT ? PGG_OUTCOME_FAILURE
+                                                        : PGG_OUTCOME_IGNORED,
+                            now - p->started, now);
+        break;
+    case TICKET_NONE:
+        break;
+    }
+    p->ticketed = TICKET_NONE;
+}
+
+static void probe_answered(pgg_health *hl, int i, int64_t now)
+{
+    pgg_pool *pool = hl->pool;
+    pgg_host *h = &pool->hosts[i];
+    probe *p = &hl->probes[i];
+
+    pgg__pool_set_role(pool, h, p->role, "health probe");
+    /* An open host answered: half-open now, and this probe, a real round
+     * trip that just succeeded, is its first trial call. */
+    if (p->ticketed == TICKET_NONE &&
+        (pgg__breaker_host_answered(&h->breaker, now) ||
+         pgg__breaker_state(&h->breaker) == PGG_BREAKER_HALF_OPEN)) {
+        pgg_ticket t;
+        if (pgg__breaker_allow(&h->breaker, now, &t))
+            pgg__pool_record(pool, h, t, PGG_CLASS_SUCCESS, p->started, now);
+    }
+    if (p->role == PGG_ROLE_PRIMARY && p->have_lsn) {
+        hl->primary_lsn = p->lsn;
+        hl->primary_lsn_at = now;
+    } else if (p->role == PGG_ROLE_STANDBY && hl->primary_lsn_at &&
+               now - hl->primary_lsn_at <= 2 * hl->interval + hl->probe_timeout) {
+        /* Against the primary's position at its own last probe, at most an
+         * interval or two old; without a recent one the last figure stands. */
+        if (!p->have_lsn)
+            atomic_store(&h->lag_bytes, -1);
+        else
+            atomic_store(&h->lag_bytes,
+                         p->lsn >= hl->primary_lsn
+                             ? 0
+                             : (int64_t)(hl->primary_lsn - p->lsn));
+    }
+    if (p->role != PGG_ROLE_UNKNOWN &&
+        atomic_load_explicit(&h->suspect_until_ns, memory_order_relaxed))
+        atomic_store_explicit(&h->suspect_until_ns, 0, memory_order_relaxed);
+}
+
+/* Host i's probe ended: learn from it and schedule the next one. */
+static void probe_end(pgg_health *hl, int i, int64_t now)
+{
+    pgg_pool *pool = hl->pool;
+    pgg_host *h = &pool->hosts[i];
+    probe *p = &hl->probes[i];
+    bool ok = p->cls == PGG_CLASS_SUCCESS && p->role != PGG_ROLE_UNKNOWN;
+    pgg_breaker_state st;
+
+    /* The health session itself died (terminated, a restart since): that
+     * says nothing of the host.  A new connection, within this probe's
+     * bound, does. */
+    if (!ok && p->on_old && !p->replaced && pgg__host_failure(p->cls) &&
+        p->cls != PGG_CLASS_TIMEOUT && now < p->deadline &&
+        !atomic_load(&hl->stopping)) {
+        PQfinish(hl->conns[i]);
+        hl->conns[i] = NULL;
+        p->replaced = true;
+        p->got = false;
+        pgg__error_reset(&p->err);
+        probe_connect(hl, i);
+        if (p->phase != PROBE_IDLE)
+            return;
+    }
+    record_ticket(hl, h, p, now);
+    if (ok) {
+        probe_answered(hl, i, now);
+    } else {
+        pgg__host_note_error(h, &p->err);
+        /* A host we cannot reach has no role we can vouch for: a dead
+         * old primary must not go on looking like a second primary. */
+        pgg__pool_set_role(pool, h, PGG_ROLE_UNKNOWN, "unreachable");
+    }
+    pgg__host_trim(h, now, false);
+    st = pgg__breaker_state(&h->breaker);
+    if (!ok || incident(pool)) {
+        /* Fast while something is wrong, backing off, but a breaker on
+         * trial is judged at the fast pace: its probes are trial calls. */
+        p->backoff = !p->backoff || st == PGG_BREAKER_HALF_OPEN
+                         ? hl->incident_min
+                         : p->backoff * 2;
+        if (p->backoff > hl->incident_max)
+            p->backoff = hl->incident_max;
+        p->next = p->started + p->backoff;
+    } else {
+        p->backoff = 0;
+        p->next = p->started + hl->interval;
+    }
+    if (p->next < now)
+        p->next = now;
+    p->in_round = true;
+    /* Warm only a host this probe reached and whose breaker lets traffic
+     * in (disabled and metrics-only count as closed): a host we cannot
+     * reach would make each attempt wait out its bound. */
+    if (ok && h->min_idle > 0 && st != PGG_BREAKER_OPEN &&
+        st != PGG_BREAKER_FORCED_OPEN && st != PGG_BREAKER_HALF_OPEN &&
+        !atomic_load(&hl->stopping))
+        pgg__host_warm(h, pgg__now_ns() + hl->probe_timeout);
+    count_round(hl);
+}
+
+static void drain_events(pgg_health *hl)
+{
+    uint64_t n;
+    ssize_t r = read(hl->event_fd, &n, sizeof n);
+
+    (void)r; /* EAGAIN: nothing pending */
+}
+
+static void *health_main(void *arg)
+{
+    pgg_health *hl = arg;
+    pgg_pool *pool = hl->pool;
+
+    while (!atomic_load(&hl->stopping)) {
+        int64_t now = pgg__now_ns();
+        int64_t wait_until = now + hl->interval;
+        bool now_incident;
+        struct timespec ts;
+        int n = 0, r;
+
+        for (int i = 0; i < pool->nhosts; i++)
+            pgg__breaker_tick(&pool->hosts[i].breaker, now);
+        now_incident = incident(pool);
+        if (atomic_exchange(&hl->wake_pending, false) ||
+            (now_incident && !hl->was_incident))
+            expedite(hl, now);
+        hl->was_incident = now_incident;
+
+        for (int i = 0; i < pool->nhosts; i++) {
+            probe *p = &hl->probes[i];
+
+            if (p->phase == PROBE_IDLE && p->next <= now) {
+                if (!probe_start(hl, i, now))
+                    count_round(hl); /* forced open: nothing to learn */
+                else if (p->phase == PROBE_IDLE)
+                    probe_end(hl, i, pgg__now_ns()); /* failed at once */
+            } else if (p->phase != PROBE_IDLE && p->deadline <= now) {
+                probe_fail(hl, i, PGG_CLASS_TIMEOUT,
+                           p->phase == PROBE_CONNECTING
+                               ? "health connect timed out"
+                               : "health probe timed out");
+                probe_end(hl, i, now);
+            }
+        }
         for (int i = 0; i < pool->nhosts; i++) {
             probe *p = &hl->probes[i];
             short ev;
 
+            if (p->phase == PROBE_IDLE) {
+                if (p->next < wait_until)
+                    wait_until = p->next;
+                continue;
+            }
             if (p->phase == PROBE_CONNECTING)
                 ev = p->cst == PGRES_POLLING_READING ? POLLIN : POLLOUT;
-            else if (p->phase == PROBE_QUERY)
-                ev = POLLIN | (PQflush(hl->conns[i]) == 1 ? POLLOUT : 0);
             else
-                continue;
+                ev = POLLIN | (PQflush(hl->conns[i]) == 1 ? POLLOUT : 0);
+            if (p->deadline < wait_until)
+                wait_until = p->deadline;
             hl->pfds[n].fd = PQsocket(hl->conns[i]);
             hl->pfds[n].events = ev;
             hl->pfds[n].revents = 0;
             hl->pfd_host[n] = i;
             n++;
         }
-        if (n == 0)
-            return;
-        left = deadline - pgg__now_ns();
-        if (left <= 0 || atomic_load(&hl->stopping))
-            break;
-        ts.tv_sec = (time_t)(left / PGG_NS_PER_SEC);
-        ts.tv_nsec = (long)(left % PGG_NS_PER_SEC);
-        hl->pfds[n].fd = hl->stop_fd;
+        hl->pfds[n].fd = hl->event_fd;
         hl->pfds[n].events = POLLIN;
         hl->pfds[n].revents = 0;
+        now = pgg__now_ns();
+        if (wait_until < now)
+            wait_until = now;
+        ts.tv_sec = (time_t)((wait_until - now) / PGG_NS_PER_SEC);
+        ts.tv_nsec = (long)((wait_until - now) % PGG_NS_PER_SEC);
         r = ppoll(hl->pfds, (nfds_t)n + 1, &ts, NULL);
         if (r < 0 && errno != EINTR)
             break;
+        if (r <= 0)
+            continue;
         if (hl->pfds[n].revents)
-            break;
-        for (int k = 0; r > 0 && k < n; k++) {
-            if (hl->pfds[k].revents)
-                probe_step(hl, hl->pfd_host[k], hl->pfds[k].revents);
+            drain_events(hl);
+        for (int k = 0; k < n; k++) {
+            int i = hl->pfd_host[k];
+
+            if (hl->pfds[k].revents &&
+                probe_step(hl, i, hl->pfds[k].revents))
+                probe_end(hl, i, pgg__now_ns());
         }
     }
-    for (int i = 0; i < pool->nhosts; i++) {
-        probe *p = &hl->probes[i];
-        if (p->phase == PROBE_CONNECTING || p->phase == PROBE_QUERY)
-            probe_fail(hl, i, PGG_CLASS_TIMEOUT,
-                       p->phase == PROBE_CONNECTING ? "health connect timed out"
-                                                    : "health probe timed out");
-    }
-}
-
-/* --------------------------------------------------------------- rounds */
-
-static void round_once(pgg_health *hl)
-{
-    pgg_pool *pool = hl->pool;
-    int64_t now = pgg__now_ns();
-    /* A probe gets what a connection attempt gets, not the (short) interval:
-     * a loaded server that answers in 150 ms is alive, and calling it
-     * unreachable would move reads off it.  A hung host stretches its
-     * round to this bound; the next round starts an interval later. */
-    int64_t timeout = pgg__ms_to_ns(pool->cfg->connect_timeout_ms);
-    int64_t deadline = now + timeout;
-    uint64_t primary_lsn = 0;
-    bool have_primary_lsn = false;
-
-    for (int i = 0; i < pool->nhosts; i++) {
-        pgg_host *h = &pool->hosts[i];
-        probe *p = &hl->probes[i];
-        pgg_breaker_state st;
-
-        pgg__breaker_tick(&h->breaker, now);
-        pgg__host_trim(h, now, false);
-        memset(p, 0, sizeof *p);
-        st = pgg__breaker_state(&h->breaker);
-        /* An open host is still checked: one probe per round costs little
-         * (a refused connect, or this round's bounded wait), tells when it
-         * is back long before a backed-off open time ends, and keeps its
-         * role honest.  Forced open means the operator wants it left alone. */
-        if (st == PGG_BREAKER_FORCED_OPEN)
-            continue;
-        if (st == PGG_BREAKER_HALF_OPEN) {
-            /* A probe of ours counts as one of the half-open trial calls,
-             * so a breaker can close with no traffic at all. */
-            if (!pgg__breaker_allow(&h->breaker, now, &p->ticket))
-                continue;
-            p->ticketed = true;
-        }
-        p->started = now;
-        probe_begin(hl, i);
-    }
-    probe_all(hl, deadline);
-
-    now = pgg__now_ns();
-    for (int i = 0; i < pool->nhosts; i++) {
-        probe *p = &hl->probes[i];
-        pgg_host *h = &pool->hosts[i];
-
-        if (p->phase == PROBE_SKIP)
-            continue;
-        if (p->ticketed)
-            pgg__pool_record(pool, h, p->ticket, p->cls, p->started, now);
-        if (p->phase == PROBE_DONE && p->role != PGG_ROLE_UNKNOWN) {
-            pgg__pool_set_role(pool, h, p->role, "health probe");
-            /* An open host answered: half-open now, and this probe, a real
-             * round trip that just succeeded, is its first trial call. */
-            if (!p->ticketed && pgg__breaker_host_answered(&h->breaker, now)) {
-                pgg_ticket t;
-                if (pgg__breaker_allow(&h->breaker, now, &t))
-                    pgg__pool_record(pool, h, t, PGG_CLASS_SUCCESS,
-                                     p->started, now);
-            }
-            if (p->role == PGG_ROLE_PRIMARY && p->have_lsn &&
-                (!have_primary_lsn || p->lsn > primary_lsn)) {
-                primary_lsn = p->lsn;
-                have_primary_lsn = true;
-            }
-        } else if (p->phase == PROBE_FAILED) {
-            pgg__host_note_error(h, &p->err);
-            /* A host we cannot reach has no role we can vouch for: a dead
-             * old primary must not go on looking like a second primary. */
-            pgg__pool_set_role(pool, h, PGG_ROLE_UNKNOWN, "unreachable");
-        }
-    }
-    /* Lag is measured against the primary's position in the same round;
-     * without a primary this round, the last measurement stands. */
-    for (int i = 0; have_primary_lsn && i < pool->nhosts; i++) {
-        probe *p = &hl->probes[i];
-        pgg_host *h = &pool->hosts[i];
-
-        if (p->phase != PROBE_DONE || p->role != PGG_ROLE_STANDBY)
-            continue;
-        if (!p->have_lsn)
-            atomic_store(&h->lag_bytes, -1);
-        else
-            atomic_store(&h->lag_bytes,
-                         p->lsn >= primary_lsn ? 0
-                                               : (int64_t)(primary_lsn - p->lsn));
-    }
-    for (int i = 0; i < pool->nhosts && !atomic_load(&hl->stopping); i++) {
-        pgg_host *h = &pool->hosts[i];
-        pgg_breaker_state st = pgg__breaker_state(&h->breaker);
-
-        /* Not into a host that is open or on trial: the breaker decides
-         * when it gets connections again.  Disabled and metrics-only are
-         * as good as closed.  Nor into one this round could not reach
-         * (a probe refused by the server for its own reasons, a
-         * permission say, does not count): each attempt would wait out its
-         * connect bound, one host after another, stretching the round
-         * (every host's role and lag, and pgg_pool_free, wait for it). */
-        if (hl->probes[i].phase == PROBE_FAILED &&
-            pgg__host_failure(hl->probes[i].cls))
-            continue;
-        if (h->min_idle > 0 && st != PGG_BREAKER_OPEN &&
-            st != PGG_BREAKER_FORCED_OPEN && st != PGG_BREAKER_HALF_OPEN)
-            pgg__host_warm(h, pgg__now_ns() + timeout);
-    }
-}
-
-static void *health_main(void *arg)
-{
-    pgg_health *hl = arg;
-    int64_t interval = pgg__ms_to_ns(hl->pool->cfg->health_interval_ms);
-
-    pthread_mutex_lock(&hl->mu);
-    while (!hl->stop) {
-        int64_t next;
-
-        hl->wake = false;
-        pthread_mutex_unlock(&hl->mu);
-        round_once(hl);
-        pthread_mutex_lock(&hl->mu);
-        hl->rounds++;
-        pthread_cond_broadcast(&hl->cv);
-        next = pgg__now_ns() + interval;
-        while (!hl->stop && !hl->wake && pgg__now_ns() < next) {
-            struct timespec ts = pgg__ns_to_timespec(next);
-            pthread_cond_timedwait(&hl->cv, &hl->mu, &ts);
-        }
-    }
-    pthread_mutex_unlock(&hl->mu);
     return NULL;
 }
 
@@ -388,8 +534,8 @@ static void health_free(pgg_health *hl)
     free(hl->probes);
     free(hl->pfds);
     free(hl->pfd_host);
-    if (hl->stop_fd >= 0)
-        close(hl->stop_fd);
+    if (hl->event_fd >= 0)
+        close(hl->event_fd);
     free(hl);
 }
 
@@ -397,13 +543,14 @@ pgg_health *pgg__health_start(pgg_pool *pool, pgg_error *err)
 {
     pgg_health *hl = calloc(1, sizeof *hl);
     size_t n = (size_t)pool->nhosts;
+    const pgg_config *cfg = pool->cfg;
 
     if (!hl) {
         pgg__error_set(err, PGG_ENOMEM, NULL, NULL, "out of memory");
         return NULL;
     }
     hl->pool = pool;
-    hl->stop_fd = -1;
+    hl->event_fd = -1;
     if (!(hl->conns = calloc(n, sizeof *hl->conns)) ||
         !(hl->probes = calloc(n, sizeof *hl->probes)) ||
         !(hl->pfds = calloc(n + 1, sizeof *hl->pfds)) ||
@@ -412,14 +559,25 @@ pgg_health *pgg__health_start(pgg_pool *pool, pgg_error *err)
         pgg__error_set(err, PGG_ENOMEM, NULL, NULL, "out of memory");
         return NULL;
     }
-    hl->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    if (hl->stop_fd < 0) {
+    hl->event_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (hl->event_fd < 0) {
         health_free(hl);
         pgg__error_set(err, PGG_ESYS, NULL, NULL,
                        "could not create the health thread's eventfd");
         return NULL;
     }
+    hl->interval = pgg__ms_to_ns(cfg->health_interval_ms);
+    /* A probe gets its own bound, not connect_timeout_ms: a hung host is
+     * marked within it, and a loaded server answering in 150 ms still
+     * passes. */
+    hl->probe_timeout = pgg__ms_to_ns(
+        cfg->health_probe_timeout_ms < cfg->connect_timeout_ms
+            ? cfg->health_probe_timeout_ms
+            : cfg->connect_timeout_ms);
+    hl->incident_min = pgg__ms_to_ns(cfg->health_incident_min_ms);
+    hl->incident_max = pgg__ms_to_ns(cfg->health_incident_max_ms);
     atomic_init(&hl->stopping, false);
+    atomic_init(&hl->wake_pending, false);
     pthread_mutex_init(&hl->mu, NULL);
     pgg__cond_init(&hl->cv);
     if (pthread_create(&hl->thread, NULL, health_main, hl) != 0) {
@@ -433,21 +591,25 @@ pgg_health *pgg__health_start(pgg_pool *pool, pgg_error *err)
     return hl;
 }
 
+static void signal_event(pgg_health *hl)
+{
+    uint64_t one = 1;
+    ssize_t w = write(hl->event_fd, &one, sizeof one);
+
+    (void)w; /* a full counter is already "readable" */
+}
+
 void pgg__health_stop(pgg_health *hl)
 {
     if (!hl)
         return;
+    atomic_store(&hl->stopping, true);
+    signal_event(hl);
+    pthread_join(hl->thread, NULL);
+    /* Wake anyone waiting for a round that will not come. */
     pthread_mutex_lock(&hl->mu);
-    hl->stop = true;
     pthread_cond_broadcast(&hl->cv);
     pthread_mutex_unlock(&hl->mu);
-    atomic_store(&hl->stopping, true);
-    {
-        uint64_t one = 1;
-        ssize_t w = write(hl->stop_fd, &one, sizeof one);
-        (void)w; /* a full counter is already "readable" */
-    }
-    pthread_join(hl->thread, NULL);
     pthread_cond_destroy(&hl->cv);
     pthread_mutex_destroy(&hl->mu);
     health_free(hl);
@@ -457,10 +619,36 @@ void pgg__health_wake(pgg_health *hl)
 {
     if (!hl)
         return;
+    /* Called on failure paths, maybe by many threads at once: one write
+     * per wakeup the thread has not taken yet, no lock. */
+    if (atomic_load_explicit(&hl->wake_pending, memory_order_relaxed) ||
+        atomic_exchange(&hl->wake_pending, true))
+        return;
+    signal_event(hl);
+}
+
+bool pgg__health_await_round(pgg_health *hl, int64_t deadline_ns)
+{
+    unsigned long want;
+    bool done;
+
+    if (!hl)
+        return false;
     pthread_mutex_lock(&hl->mu);
-    hl->wake = true;
-    pthread_cond_broadcast(&hl->cv);
+    /* Waking starts the round over (expedite): the next one counted is
+     * made of probes that ended after this call. */
+    want = hl->rounds + 1;
     pthread_mutex_unlock(&hl->mu);
+    pgg__health_wake(hl);
+    pthread_mutex_lock(&hl->mu);
+    while (hl->rounds < want && !atomic_load(&hl->stopping) &&
+           pgg__now_ns() < deadline_ns) {
+        struct timespec ts = pgg__ns_to_timespec(deadline_ns);
+        pthread_cond_timedwait(&hl->cv, &hl->mu, &ts);
+    }
+    done = hl->rounds >= want;
+    pthread_mutex_unlock(&hl->mu);
+    return done;
 }
 
 unsigned long pgg__health_rounds(pgg_health *hl)

@@ -1,13 +1,21 @@
 /*
- * Internal: the pool's background thread.  Every health_interval_ms (or at
- * once when woken) it moves breakers on time (tick), probes every host's
- * role and WAL position in one multiplexed round (a hung host costs the
- * round its probe timeout, not one timeout per host), computes replica lag,
- * sends half-open probes, closes idle connections past their time and
- * warms hosts up to pool_min_idle.  It never holds a lock across I/O.
+ * Internal: the pool's background thread.  Each host has its own probe
+ * schedule (a hung host delays no other host's probe): a probe is one
+ * connect-if-needed plus one query for role and WAL position, bounded by
+ * health_probe_timeout_ms.  Calm, a host is probed every
+ * health_interval_ms; in an incident (a breaker open or half-open, no
+ * primary known, the host's own probe failing) every
+ * health_incident_min_ms, doubling up to health_incident_max_ms.  Calls
+ * wake it at once on a failure.  It also moves breakers on time (tick),
+ * computes replica lag, sends half-open trial probes, closes idle
+ * connections past their time and warms hosts up to pool_min_idle.  It
+ * never holds a lock across I/O.
  */
 #ifndef PGG_HEALTH_H
 #define PGG_HEALTH_H
+
+#include <stdbool.h>
+#include <stdint.h>
 
 #include "pgguard.h"
 
@@ -18,9 +26,15 @@ typedef struct pgg_health pgg_health;
 pgg_health *pgg__health_start(struct pgg_pool *pool, pgg_error *err);
 /* Stop and join the thread, close its connections.  Accepts NULL. */
 void pgg__health_stop(pgg_health *hl);
-/* Run a round now (a write met a demoted primary, say).  Accepts NULL. */
+/* Something failed (a breaker opened, a connect failed, no primary, a
+ * session died): probe every host now at the fast cadence.  Lock-free and
+ * cheap when already woken.  Accepts NULL. */
 void pgg__health_wake(pgg_health *hl);
-/* Rounds completed so far (tests wait on this instead of sleeping). */
+/* Wake the thread and wait until a round that started after this call has
+ * probed every host, or deadline_ns.  Returns whether it did. */
+bool pgg__health_await_round(pgg_health *hl, int64_t deadline_ns);
+/* Rounds completed so far: a round ends when every host has finished a
+ * probe since the last one ended (tests wait on this instead of sleeping). */
 unsigned long pgg__health_rounds(pgg_health *hl);
 
 #endif

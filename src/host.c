@@ -29,6 +29,9 @@ int pgg__host_init(pgg_host *h, int index, const char *name,
     atomic_init(&h->role, PGG_ROLE_UNKNOWN);
     atomic_init(&h->lag_bytes, -1);
     atomic_init(&h->n_busy, 0);
+    atomic_init(&h->role_seen_ns, 0);
+    atomic_init(&h->latency_ns, 0);
+    atomic_init(&h->suspect_until_ns, 0);
     rc = pgg__breaker_init(&h->breaker, breaker, pgg__clock_now(clock), err);
     if (rc != PGG_OK)
         return rc;

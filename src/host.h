@@ -63,6 +63,18 @@ typedef struct pgg_host {
     _Atomic int role;              /* pgg_role */
     _Atomic int_fast64_t lag_bytes; /* -1: unknown */
 
+    /* Passive signals, written with relaxed stores by whichever call saw
+     * them (a lost update only delays the next look):
+     * role_seen_ns: when an answer's in_hot_standby was last read (the
+     *   lookup walks a list, so at most once per host every few ms);
+     * latency_ns: moving average of successful attempts, which bounds a
+     *   read attempt another host could take over (attempt_timeout_auto);
+     * suspect_until_ns: an attempt here just hit its deadline: fresh reads
+     *   go to other hosts first until then, or until it answers again. */
+    _Atomic int_fast64_t role_seen_ns;
+    _Atomic int_fast64_t latency_ns;
+    _Atomic int_fast64_t suspect_until_ns;
+
     pgg_breaker breaker;
 
     /* One counter per outcome: the total is their sum, so a call pays one

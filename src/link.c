@@ -71,6 +71,54 @@ static void one_line(char *s)
     *w = '\0';
 }
 
+/*
+ * A refused startup (libpq 15 keeps no PGresult for it) reads, with
+ * PQERRORS_VERBOSE, "...failed: FATAL:  53300: sorry, too many clients
+ * already\nLOCATION:  ...".  Copy the SQLSTATE after the severity into
+ * code (6 bytes); false when the message carries none.
+ */
+static bool startup_sqlstate(const char *msg, char code[6])
+{
+    static const char *const severities[] = {"FATAL:  ", "ERROR:  ",
+                                             "PANIC:  "};
+
+    for (size_t k = 0; msg && k < sizeof severities / sizeof severities[0];
+         k++) {
+        const char *p = strstr(msg, severities[k]);
+
+        if (!p)
+            continue;
+        p += strlen(severities[k]);
+        for (int i = 0; i < 5; i++) {
+            if (!((p[i] >= '0' && p[i] <= '9') || (p[i] >= 'A' && p[i] <= 'Z')))
+                return false;
+        }
+        if (p[5] != ':')
+            return false;
+        memcpy(code, p, 5);
+        code[5] = '\0';
+        return true;
+    }
+    return false;
+}
+
+/* Drop the "LOCATION:  file.c:123" lines PQERRORS_VERBOSE adds: they name
+ * the server's source, not the caller's problem. */
+static void drop_location(char *s)
+{
+    char *p;
+
+    while ((p = strstr(s, "LOCATION:  ")) != NULL) {
+        char *eol = strchr(p, '\n');
+
+        if (!eol) {
+            *p = '\0';
+            break;
+        }
+        memmove(p, eol + 1, strlen(eol + 1) + 1);
+    }
+}
+
 int pgg__link_error(pgg_error *err, int code, PGconn *conn,
                     const PGresult *res, const char *host, const char *what)
 {
@@ -89,23 +137,53 @@ int pgg__link_error(pgg_error *err, int code, PGconn *conn,
         msg = pgg_strerror(code);
     pgg__error_set(err, code, sqlstate, host, "%s%s%s", what ? what : "",
                    what ? ": " : "", msg);
+    if (!res && !err->sqlstate[0] && startup_sqlstate(err->message, err->sqlstate))
+        drop_location(err->message);
     one_line(err->message);
     return code;
 }
 
 /* ------------------------------------------------------------- connect */
 
-/* Pooled connections are shared by callers who never asked for the
- * server's notices on stderr. */
-static void silent_notices(void *arg, const char *message)
+void pgg__link_verbose_startup(PGconn *conn)
 {
+    /* A refusal at startup leaves no PGresult: only the verbose message
+     * carries its SQLSTATE, whatever the server's language. */
+    PQsetErrorVerbosity(conn, PQERRORS_VERBOSE);
+}
+
+void pgg__link_started(PGconn *conn)
+{
+    /* Results keep the default shape callers expect (no LOCATION lines). */
+    PQsetErrorVerbosity(conn, PQERRORS_DEFAULT);
+    pgg__link_silence(conn);
+}
+
+/* Set by notice_receiver when the server sent an ERROR or FATAL outside
+ * any query: pgg__link_alive arms and reads it around its own
+ * PQconsumeInput (libpq calls the receiver on the consuming thread). */
+static _Thread_local bool unprompted_error;
+
+/*
+ * Pooled connections are shared by callers who never asked for the
+ * server's notices on stderr.  A receiver rather than a processor: it sees
+ * the severity, and an error on an idle session (pg_terminate_backend's
+ * FATAL 57P01, which libpq hands over as a notice) means the session is
+ * gone, even while PQstatus still says CONNECTION_OK.
+ */
+static void notice_receiver(void *arg, const PGresult *res)
+{
+    const char *sev = PQresultErrorField(res, PG_DIAG_SEVERITY_NONLOCALIZED);
+
     (void)arg;
-    (void)message;
+    if (sev && (strcmp(sev, "FATAL") == 0 || strcmp(sev, "ERROR") == 0 ||
+                strcmp(sev, "PANIC") == 0))
+        unprompted_error = true;
 }
 
 void pgg__link_silence(PGconn *conn)
 {
-    PQsetNoticeProcessor(conn, silent_notices, NULL);
+    PQsetNoticeReceiver(conn, notice_receiver, NULL);
 }
 
 int pgg__link_connect(const char *const *keys, const char *const *vals,
@@ -122,6 +200,7 @@ int pgg__link_connect(const char *const *keys, const char *const *vals,
                               "connect: out of memory");
     if (PQstatus(conn) == CONNECTION_BAD)
         goto failed;
+    pgg__link_verbose_startup(conn);
 
     for (;;) {
         short events;
@@ -146,7 +225,7 @@ int pgg__link_connect(const char *const *keys, const char *const *vals,
 
     if (PQsetnonblocking(conn, 1) != 0)
         goto failed;
-    pgg__link_silence(conn);
+    pgg__link_started(conn);
     *out = conn;
     return PGG_OK;
 
@@ -303,17 +382,36 @@ bool pgg__link_alive(PGconn *conn)
     if (p.fd < 0)
         return false;
     /* Anything readable on an idle connection is a message the server sent
-     * unprompted, or EOF: let libpq process it. */
+     * unprompted, or EOF: let libpq process it.  A terminated backend sends
+     * FATAL then closes; one PQconsumeInput reads the FATAL (as a notice)
+     * and leaves PQstatus OK, so the error itself is the verdict, and a
+     * second read looks for the close when the receiver is not ours (a
+     * lease's caller replaced it). */
     if (poll(&p, 1, 0) > 0) {
+        bool bad;
+
+        unprompted_error = false;
         if (!PQconsumeInput(conn))
+            return false;
+        bad = unprompted_error;
+        unprompted_error = false;
+        if (bad)
             return false;
         /* An unexpected error on an idle session is queued as a result. */
         while (!PQisBusy(conn)) {
             PGresult *res = PQgetResult(conn);
             if (!res)
                 break;
+            if (PQresultStatus(res) == PGRES_FATAL_ERROR)
+                bad = true;
             PQclear(res);
         }
+        if (bad)
+            return false;
+        p.revents = 0;
+        if (PQstatus(conn) == CONNECTION_OK && poll(&p, 1, 0) > 0 &&
+            !PQconsumeInput(conn))
+            return false;
     }
     return PQstatus(conn) == CONNECTION_OK &&
            PQtransactionStatus(conn) == PQTRANS_IDLE;

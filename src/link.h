@@ -72,6 +72,12 @@ int pgg__link_wait(PGconn *conn, int64_t deadline_ns, const char *host,
  */
 bool pgg__link_alive(PGconn *conn);
 
+/* Before the first PQconnectPoll: a refused startup then reports its
+ * SQLSTATE in the message (pgg__link_error parses it into err->sqlstate). */
+void pgg__link_verbose_startup(PGconn *conn);
+/* Once connected: default error verbosity again, notices silenced. */
+void pgg__link_started(PGconn *conn);
+
 /* Discard the server's notices (WARNING on shutdown, NOTICE from user
  * functions) instead of printing them on the application's stderr. */
 void pgg__link_silence(PGconn *conn);

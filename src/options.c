@@ -113,6 +113,14 @@ static const opt options[] = {
              "DISCARD ALL when a lease is released, so its session state reaches no one else"),
     OPT_I64("attempt_timeout_ms", attempt_timeout_ms, 0, HOUR(1), "0",
             "bound on one read attempt while another host could still serve it; 0 none"),
+    OPT_BOOL("attempt_timeout_auto", attempt_timeout_auto, "true",
+             "with attempt_timeout_ms=0: bound such a read attempt by max(200 ms, 8 x the host's recent latency), at most half the time left"),
+    OPT_I64("health_probe_timeout_ms", health_probe_timeout_ms, 1, MIN_(10), "500",
+            "bound on one health probe (connect and query); at most connect_timeout_ms"),
+    OPT_I64("health_incident_min_ms", health_incident_min_ms, 1, MIN_(1), "20",
+            "probe interval when something is wrong (breaker open, no primary, a probe failing)"),
+    OPT_I64("health_incident_max_ms", health_incident_max_ms, 1, MIN_(10), "250",
+            "incident probe interval doubles up to this (>= health_incident_min_ms)"),
     OPT_BOOL("types.enabled", types_enabled, "false",
              "prepare every connection for libpqtypes (PQgetf on every result); typed calls turn it on"),
     OPT_BOOL("cache.enabled", cache_enabled, "false",
@@ -1026,6 +1034,12 @@ int pgg__config_validate(const pgg_config *cfg, pgg_error *err)
         return pgg__error_set(err, PGG_ECONFIG, NULL, NULL,
                               "pool_min_idle (%d) must not exceed pool_max (%d)",
                               cfg->pool_min_idle, cfg->pool_max);
+    if (cfg->health_incident_min_ms > cfg->health_incident_max_ms)
+        return pgg__error_set(err, PGG_ECONFIG, NULL, NULL,
+                              "health_incident_min_ms (%lld) must not exceed "
+                              "health_incident_max_ms (%lld)",
+                              (long long)cfg->health_incident_min_ms,
+                              (long long)cfg->health_incident_max_ms);
     msg = pgg__breaker_config_check(&cfg->breaker);
     if (msg)
         return pgg__error_set(err, PGG_ECONFIG, NULL, NULL, "%s", msg);

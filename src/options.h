@@ -51,6 +51,16 @@ struct pgg_config {
      * its deadline, not all of it.  0: an attempt may use the whole
      * deadline. */
     int64_t attempt_timeout_ms;
+    /* With attempt_timeout_ms = 0: bound such an attempt by the host's own
+     * recent latency instead (pool.c, attempt_deadline). */
+    bool attempt_timeout_auto;
+    /* One health probe (connect and query) ends at this, so a hung host is
+     * marked before connect_timeout_ms; each host has its own schedule. */
+    int64_t health_probe_timeout_ms;
+    /* Incident mode (a breaker open, no primary known, a probe failing):
+     * probes every incident_min, doubling to incident_max. */
+    int64_t health_incident_min_ms;
+    int64_t health_incident_max_ms;
 
     /* libpqtypes on every pooled connection (PQgetf on every result). */
     bool types_enabled;

@@ -103,6 +103,9 @@ static void breaker_changed(void *ud, pgg_breaker_state from,
      * connections; the next borrow would only rediscover that. */
     if (to == PGG_BREAKER_OPEN || to == PGG_BREAKER_FORCED_OPEN)
         pgg__host_trim(h, 0, true);
+    /* An incident: the health thread probes fast until the host answers. */
+    if (to == PGG_BREAKER_OPEN)
+        pgg__health_wake(ref->pool->health);
     ev.type = PGG_EVENT_BREAKER;
     ev.host_index = h->index;
     ev.host = h->name;
@@ -188,6 +191,7 @@ pgg_pool *pgg_pool_new(const pgg_config *cfg, pgg_error *err)
     pool->read_policy = cfg->read_policy;
     pool->max_attempts = cfg->max_attempts;
     pool->attempt_timeout_ns = ms_to_ns(cfg->attempt_timeout_ms);
+    pool->attempt_auto = cfg->attempt_timeout_auto;
     pool->call_timeout_ns = ms_to_ns(cfg->call_timeout_ms);
     pool->bulkhead_wait_ns = ms_to_ns(cfg->bulkhead_max_wait_ms);
     pool->max_lag_bytes = cfg->max_replica_lag_bytes;
@@ -292,10 +296,21 @@ void pgg__pool_record(pgg_pool *pool, pgg_host *h, pgg_ticket ticket,
 
     (void)pool;
     switch (cls) {
-    case PGG_CLASS_SUCCESS:
+    case PGG_CLASS_SUCCESS: {
+        int64_t avg = atomic_load_explicit(&h->latency_ns, memory_order_relaxed);
+
         atomic_fetch_add(&h->successes, 1);
         o = PGG_OUTCOME_SUCCESS;
+        /* An average over about eight attempts: cheap, and quick to follow
+         * a host that slows down. */
+        atomic_store_explicit(&h->latency_ns,
+                              avg + (now - started_ns - avg) / 8,
+                              memory_order_relaxed);
+        if (atomic_load_explicit(&h->suspect_until_ns, memory_order_relaxed))
+            atomic_store_explicit(&h->suspect_until_ns, 0,
+                                  memory_order_relaxed);
         break;
+    }
     case PGG_CLASS_IGNORED:
         atomic_fetch_add(&h->ignored, 1);
         o = PGG_OUTCOME_IGNORED;
@@ -362,16 +377,22 @@ static void info_served(pgg_info *info, const pgg_host *h)
 int pgg__pool_no_host_error(pgg_pool *pool, pgg_intent intent, int ncand,
                             pgg_error *err)
 {
-    if (ncand == 0 && intent != PGG_READ)
+    if (ncand == 0 && intent != PGG_READ) {
+        /* No primary known: the health thread looks now, not in a second. */
+        pgg__health_wake(pool->health);
         return pgg__error_set(err, PGG_ENOPRIMARY, NULL, NULL,
                               "no primary among %d host%s (none reports "
                               "itself primary and none is of unknown role)",
                               pool->nhosts, pool->nhosts == 1 ? "" : "s");
+    }
     if (ncand == 0)
         return pgg__error_set(err, PGG_EOPEN, NULL, NULL,
                               "no eligible host for a read among %d (roles, "
                               "lag and read_policy exclude them all)",
                               pool->nhosts);
+    /* Every breaker open: demand is waiting, so the health thread probes
+     * now; a host that answers lets trial calls in at once. */
+    pgg__health_wake(pool->health);
     return pgg__error_set(err, PGG_EOPEN, NULL, NULL,
                           "no eligible host: the circuit breaker of every "
                           "candidate (%d) is open",
@@ -379,19 +400,25 @@ int pgg__pool_no_host_error(pgg_pool *pool, pgg_intent intent, int ncand,
 }
 
 /*
- * Check the role of a new connection before a write or a primary read is
- * sent on it: the server told us at startup (in_hot_standby), no round trip
- * needed.  Returns false when the host turned out to be a standby.  A
- * pooled connection's report may predate a promotion, so it decides
- * nothing: the host's role (health probes, the last query's report) does,
- * and a write that reaches a standby anyway comes back as 25006.
+ * Check the role of a connection before a write or a primary read is sent
+ * on it: the server told us (in_hot_standby), no round trip needed.
+ * Returns false when the host turned out to be a standby.  A new
+ * connection's report is current.  A pooled one's is as old as its last
+ * answer, which is no older than what the host's role says when that role
+ * is unknown (an unreachable probe, a lost health session): then the
+ * session's report decides.  Otherwise the host's role (probes, recent
+ * answers) decides, and a write that reaches a standby anyway comes back
+ * as 25006 and is retried on the new primary.
  */
 static bool role_fits(pgg_pool *pool, pgg_host *h, const pgg_link *l,
                       pgg_intent intent)
 {
     pgg_role r;
 
-    if (!l->fresh)
+    if (!l->fresh &&
+        (intent == PGG_READ ||
+         atomic_load_explicit(&h->role, memory_order_relaxed) !=
+             PGG_ROLE_UNKNOWN))
         return true;
     r = pgg__link_reported_role(l->conn);
     if (r != PGG_ROLE_UNKNOWN)
@@ -415,12 +442,23 @@ pgg_take pgg__pool_take(pgg_pool *pool, pgg_host *h, pgg_intent intent,
     if (pgg__host_borrow(h, deadline, start, l, &why, err) != PGG_OK) {
         int64_t now = pgg__now_ns();
 
+        pgg_verdict v;
+
         if (why != PGG_BORROW_CONNECT) {
             pgg__pool_record(pool, h, *ticket, PGG_CLASS_IGNORED, start, now);
             return PGG_TAKE_SKIPPED;
         }
-        pgg__pool_record(pool, h, *ticket, PGG_CLASS_CONNECTION, start, now);
-        pgg__host_note_error(h, err);
+        /* A refusal at startup carries its SQLSTATE: too many clients is
+         * the host's, a wrong password the caller's (classify.h). */
+        v = pgg__classify_connect(&pool->cfg->classifier,
+                                  err ? err->sqlstate : NULL);
+        if (err && err->sqlstate[0])
+            err->code = v.code;
+        pgg__pool_record(pool, h, *ticket, v.cls, start, now);
+        if (pgg__host_failure(v.cls)) {
+            pgg__host_note_error(h, err);
+            pgg__health_wake(pool->health);
+        }
         return PGG_TAKE_FAILED;
     }
     if (!role_fits(pool, h, *l, intent)) {
@@ -486,6 +524,40 @@ static bool prepare_on(pgg_link *l, const pgg_stmt *stmt, int64_t deadline,
     return true;
 }
 
+/* How often an answer's in_hot_standby is looked up per host. */
+#define ROLE_SEEN_NS (5 * PGG_NS_PER_MS)
+/* How long a host whose attempt hit its deadline gets fresh reads last. */
+#define SUSPECT_NS (1000 * PGG_NS_PER_MS)
+
+/* The server sent an error with a SQLSTATE and the session is still open
+ * and idle: it answered, and its state is intact. */
+static bool session_survived(PGconn *conn, const PGresult *res)
+{
+    const char *st = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+
+    return st && st[0] && PQstatus(conn) == CONNECTION_OK &&
+           PQtransactionStatus(conn) != PQTRANS_UNKNOWN;
+}
+
+/* A pooled (not new) session that the server had closed: lost, found dead
+ * before sending, or answered with a FATAL that ended it (57P01 from
+ * pg_terminate_backend or a shutdown, 57P02 after a crash). */
+static bool session_died(const pgg_link *l, pgg_attempt_end end,
+                         const PGresult *res)
+{
+    const char *st;
+
+    if (l->fresh)
+        return false;
+    if (end == PGG_END_LOST || end == PGG_END_NOT_SENT)
+        return true;
+    if (end != PGG_END_RESULT || !res)
+        return false;
+    st = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+    return st && (strcmp(st, "57P01") == 0 || strcmp(st, "57P02") == 0) &&
+           PQstatus(l->conn) != CONNECTION_OK;
+}
+
 pgg_verdict pgg__pool_exec_on(pgg_pool *pool, pgg_host *h, pgg_link **lp,
                               pgg_intent intent, const pgg_query *q,
                               int64_t deadline, const pgg_ticket *ticket,
@@ -495,6 +567,7 @@ pgg_verdict pgg__pool_exec_on(pgg_pool *pool, pgg_host *h, pgg_link **lp,
 {
     pgg_link *l = *lp;
     pgg_verdict v;
+    bool dead;
     int role = atomic_load_explicit(&h->role, memory_order_relaxed);
 
     if (q->stmt && !pgg__stmt_set_has(&l->stmts, q->stmt->index)) {
@@ -520,12 +593,24 @@ pgg_verdict pgg__pool_exec_on(pgg_pool *pool, pgg_host *h, pgg_link **lp,
     *ended = pgg__now_ns();
     v = pgg__classify_result(&pool->cfg->classifier, *end, *res, intent,
                              role == PGG_ROLE_STANDBY);
+    if (v.cls == PGG_CLASS_CONNECTION && *end == PGG_END_RESULT &&
+        session_survived(l->conn, *res)) {
+        /* A protocol error the server answered (08P01 for a parameter
+         * count it did not expect, say) on a session that is still open
+         * and idle: the caller's request was wrong, the host is fine. */
+        v.cls = PGG_CLASS_SUCCESS;
+        v.retry = false;
+        v.code = PGG_ESERVER;
+    }
     /* What the server reports after a query is current, but looking it up
-     * costs a list walk per call: do it when it decides something (a
-     * refused write) or teaches something (a host of unknown role).
-     * Promotions otherwise reach us through the health round. */
-    if (*end != PGG_END_DEADLINE &&
-        (v.cls == PGG_CLASS_WRONG_ROLE || role == PGG_ROLE_UNKNOWN)) {
+     * walks a list: do it when it decides something (a refused write),
+     * teaches something (a host of unknown role), or at most once per host
+     * every ROLE_SEEN_NS otherwise, so that a promotion seen on any session
+     * re-routes writes at once, without waiting for a health probe. */
+    if (*end == PGG_END_RESULT &&
+        (v.cls == PGG_CLASS_WRONG_ROLE || role == PGG_ROLE_UNKNOWN ||
+         *ended - atomic_load_explicit(&h->role_seen_ns,
+                                       memory_order_relaxed) >= ROLE_SEEN_NS)) {
         pgg_role now_role = pgg__link_reported_role(l->conn);
 
         /* 25006 from a server that still says it is a primary: a read-only
@@ -535,22 +620,39 @@ pgg_verdict pgg__pool_exec_on(pgg_pool *pool, pgg_host *h, pgg_link **lp,
             v.reprobe_role = false;
             v.code = PGG_ESERVER;
         }
-        if (now_role != PGG_ROLE_UNKNOWN)
+        atomic_store_explicit(&h->role_seen_ns, *ended, memory_order_relaxed);
+        if (now_role != PGG_ROLE_UNKNOWN && now_role != (pgg_role)role) {
             pgg__pool_set_role(pool, h, now_role, "reported by the server");
+            /* Another host may still look primary: let the health thread
+             * confirm every role now. */
+            if (now_role == PGG_ROLE_PRIMARY)
+                pgg__health_wake(pool->health);
+        }
     }
     if (v.reprobe_role) {
         pgg__pool_set_role(pool, h, PGG_ROLE_STANDBY,
                            "a write was refused as read-only (25006)");
         pgg__health_wake(pool->health);
     }
+    dead = session_died(l, *end, *res);
+    /* A pooled session found dead says nothing of the host (a terminated
+     * backend, a restart since): ignored here, and the call tries a new
+     * connection to the same host, whose outcome the breaker does hear. */
     if (ticket)
-        pgg__pool_record(pool, h, *ticket, v.cls, started, *ended);
+        pgg__pool_record(pool, h, *ticket, dead ? PGG_CLASS_IGNORED : v.cls,
+                         started, *ended);
     /* A pooled session that died on us rarely died alone (a restart, a
-     * failover, a network cut): its idle siblings go now, before another
-     * call finds each of them dead the hard way. */
-    if (*end == PGG_END_LOST || *end == PGG_END_NOT_SENT)
+     * failover, pg_terminate_backend of many): its idle siblings go now,
+     * before another call finds each of them dead the hard way. */
+    if (dead || *end == PGG_END_LOST || *end == PGG_END_NOT_SENT) {
         pgg__host_trim(h, 0, true);
+        pgg__health_wake(pool->health);
+    }
     if (*end == PGG_END_DEADLINE) {
+        /* Fresh reads go elsewhere first for a while (or until this host
+         * answers one), rather than into the same wait again. */
+        atomic_store_explicit(&h->suspect_until_ns, *ended + SUSPECT_NS,
+                              memory_order_relaxed);
         /* The session is in an unknown state: it never comes back. */
         pgg__host_abandon(h, l, pool->canceller);
         *lp = NULL;
@@ -560,7 +662,7 @@ pgg_verdict pgg__pool_exec_on(pgg_pool *pool, pgg_host *h, pgg_link **lp,
     }
     if (err && v.code != PGG_OK)
         err->code = v.code;
-    if (pgg__host_failure(v.cls) || v.cls == PGG_CLASS_WRONG_ROLE)
+    if (!dead && (pgg__host_failure(v.cls) || v.cls == PGG_CLASS_WRONG_ROLE))
         pgg__host_note_error(h, err);
     return v;
 }
@@ -595,8 +697,8 @@ static bool attempt_on(pgg_pool *pool, pgg_host *h, pgg_intent intent,
         return false;
     case PGG_TAKE_FAILED:
         a->end = PGG_END_CONNECT_FAILED;
-        a->v = pgg__classify(NULL, a->end, PGRES_FATAL_ERROR, NULL, intent,
-                             false);
+        a->v = pgg__classify_connect(&pool->cfg->classifier,
+                                     err ? err->sqlstate : NULL);
         return true;
     case PGG_TAKE_OK:
         break;
@@ -616,8 +718,11 @@ static bool may_retry(const pgg_pool *pool, pgg_intent intent,
     if (call && (call->flags & PGG_CALL_NO_RETRY))
         return false;
     if (intent == PGG_WRITE)
-        /* Only what provably never reached a server may run again. */
-        return a->end == PGG_END_CONNECT_FAILED || a->end == PGG_END_NOT_SENT;
+        /* Only what provably did not apply may run again: never sent, or
+         * refused as read-only by a server in recovery (25006). */
+        return (a->end == PGG_END_CONNECT_FAILED && a->v.retry) ||
+               a->end == PGG_END_NOT_SENT ||
+               (a->v.cls == PGG_CLASS_WRONG_ROLE && attempts < PGG_MAX_HOSTS);
     return a->v.retry && attempts < pool->max_attempts;
 }
 
@@ -683,24 +788,64 @@ static PGresult *cache_step(pgg_pool *pool, const pgg_query *q,
     return stale;
 }
 
+/* The adaptive bound: never below this, nor above half the time left. */
+#define ATTEMPT_FLOOR_NS (200 * PGG_NS_PER_MS)
+#define ATTEMPT_LATENCIES 8
+
 /*
  * The deadline of one attempt: the call's, or sooner for a read that
- * another host could still take over (attempt_timeout_ms), so that a hung
- * host leaves time for the next one.  A write is never cut short: its
+ * another host could still take over, so that a hung host leaves time for
+ * the next one.  attempt_timeout_ms fixes that bound; with it 0 and
+ * attempt_timeout_auto on, the host's own recent latency sets it:
+ * max(200 ms, 8 x its average), and never more than half the time left, so
+ * the next host gets at least as long.  A write is never cut short: its
  * outcome would become unknowable.
  */
-static int64_t attempt_deadline(const pgg_pool *pool, pgg_intent intent,
-                                const pgg_call *call, int64_t deadline,
-                                int64_t now, bool more_hosts, int attempts)
+static int64_t attempt_deadline(const pgg_pool *pool, const pgg_host *h,
+                                pgg_intent intent, const pgg_call *call,
+                                int64_t deadline, int64_t now, bool more_hosts,
+                                int attempts)
 {
     int64_t cut;
 
-    if (intent == PGG_WRITE || pool->attempt_timeout_ns <= 0 || !more_hosts ||
+    if (intent == PGG_WRITE || !more_hosts ||
         attempts + 1 >= pool->max_attempts ||
         (call && (call->flags & PGG_CALL_NO_RETRY)))
         return deadline;
-    cut = now + pool->attempt_timeout_ns;
+    if (pool->attempt_timeout_ns > 0) {
+        cut = now + pool->attempt_timeout_ns;
+    } else if (pool->attempt_auto) {
+        int64_t bound = ATTEMPT_LATENCIES *
+                        atomic_load_explicit(&h->latency_ns,
+                                             memory_order_relaxed);
+        int64_t half = (deadline - now) / 2;
+
+        if (bound < ATTEMPT_FLOOR_NS)
+            bound = ATTEMPT_FLOOR_NS;
+        cut = now + (bound < half ? bound : half);
+    } else {
+        return deadline;
+    }
     return cut < deadline ? cut : deadline;
+}
+
+/* Hosts whose last attempt hit its deadline go last (stable), so a fresh
+ * read is not sent into the same wait while another host can answer. */
+static void suspects_last(pgg_pool *pool, int *cand, int n, int64_t now)
+{
+    int keep[PGG_MAX_HOSTS], late[PGG_MAX_HOSTS], nk = 0, nl = 0;
+
+    for (int i = 0; i < n; i++) {
+        if (atomic_load_explicit(&pool->hosts[cand[i]].suspect_until_ns,
+                                 memory_order_relaxed) > now)
+            late[nl++] = cand[i];
+        else
+            keep[nk++] = cand[i];
+    }
+    if (nl == 0)
+        return;
+    memcpy(cand, keep, (size_t)nk * sizeof *cand);
+    memcpy(cand + nk, late, (size_t)nl * sizeof *cand);
 }
 
 static PGresult *run(pgg_pool *pool, pgg_intent intent, const pgg_query *q,
@@ -750,8 +895,10 @@ static PGresult *run(pgg_pool *pool, pgg_intent intent, const pgg_query *q,
     }
 
     ncand = pgg__pool_candidates(pool, intent, cand);
+    if (intent == PGG_READ)
+        suspects_last(pool, cand, ncand, start);
     now = start;
-    for (int i = 0, again = -1; i < ncand && !served; i++) {
+    for (int i = 0, again = -1, reroutes = 0; i < ncand && !served; i++) {
         pgg_host *h = &pool->hosts[cand[i]];
 
         if (now >= deadline) {
@@ -761,7 +908,7 @@ static PGresult *run(pgg_pool *pool, pgg_intent intent, const pgg_query *q,
             break;
         }
         if (!attempt_on(pool, h, intent, q,
-                        attempt_deadline(pool, intent, call, deadline, now,
+                        attempt_deadline(pool, h, intent, call, deadline, now,
                                          i + 1 < ncand, attempts),
                         now, &a, &rejected, err)) {
             /* Skipping a host costs little time, unless it waited for a
@@ -781,6 +928,9 @@ static PGresult *run(pgg_pool *pool, pgg_intent intent, const pgg_query *q,
             served = true;
             res = a.res;
             info_served(info, h);
+            /* err tells the call's outcome, not an earlier attempt's. */
+            if (a.v.code == PGG_OK && err->code != PGG_OK)
+                pgg__error_reset(err);
             break;
         }
         if (!may_retry(pool, intent, call, &a, attempts)) {
@@ -804,6 +954,16 @@ static PGresult *run(pgg_pool *pool, pgg_intent intent, const pgg_query *q,
         if (a.reused && a.lost && a.end != PGG_END_DEADLINE && again != i) {
             again = i;
             i--;
+        } else if (a.v.cls == PGG_CLASS_WRONG_ROLE && reroutes++ < 2) {
+            /* The write did not apply and this host is a standby now: route
+             * again on what the pool knows, or, knowing no primary, on what
+             * the health thread (woken by the 25006) finds within the
+             * deadline. */
+            ncand = pgg__pool_candidates(pool, intent, cand);
+            if (ncand == 0 && pgg__health_await_round(pool->health, deadline))
+                ncand = pgg__pool_candidates(pool, intent, cand);
+            i = -1;
+            now = pgg__now_ns();
         }
     }
     if (!served && spare) {

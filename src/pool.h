@@ -48,7 +48,8 @@ struct pgg_pool {
 
     pgg_read_policy read_policy;
     int max_attempts;
-    int64_t attempt_timeout_ns; /* 0: none */
+    int64_t attempt_timeout_ns; /* 0: none, or adaptive (attempt_auto) */
+    bool attempt_auto;
     int64_t call_timeout_ns;
     int64_t bulkhead_wait_ns;
     int64_t max_lag_bytes; /* 0: no limit */

@@ -1,0 +1,499 @@
+/*
+ * Recovery at the speed of the servers (issue 9): each test reproduces one
+ * defect measured against real servers, and fails without its fix.
+ * Terminated sessions, a write that met a standby, roles learnt from
+ * answers, the health thread's incident mode, a hung replica under a short
+ * deadline, startup refusals with their SQLSTATE, a protocol error that is
+ * the caller's, one blip that must not open a breaker, and err telling the
+ * call's final outcome.
+ */
+#include <pthread.h>
+
+#include "pgg_config.h"
+#include "pool_util.h"
+
+/* White box: roles set by hand to line up a write with a standby, and the
+ * health thread's rounds. */
+#include "health.h"
+#include "pool.h"
+
+static void setup_table(pgh_cluster *c)
+{
+    make_table(c, "pgg_rec_t", "v", 10);
+}
+
+/* No breaker opened, no failure counted against any host. */
+static void expect_hosts_untouched(pgg_pool *p)
+{
+    for (int i = 0; i < pgg_pool_host_count(p); i++) {
+        pgg_host_stats h = host_stats(p, i);
+        cr_expect_eq(h.state, PGG_BREAKER_CLOSED, "%s: breaker %s", h.host,
+                     pgg_breaker_state_name(h.state));
+        for (int k = PGG_CLASS_CONNECTION; k < PGG_CLASS__COUNT; k++)
+            cr_expect_eq(h.failures[k], 0, "%s counted %llu %s failures", h.host,
+                         (unsigned long long)h.failures[k], pgg_class_name((pgg_class)k));
+    }
+}
+
+/* Role and breaker changes, as the pool announced them. */
+typedef struct seen {
+    pthread_mutex_t mu;
+    int unknown_roles; /* a host shown role unknown */
+    int opened;        /* a breaker opened */
+} seen;
+
+static void on_event(const pgg_event *ev, void *ud)
+{
+    seen *s = ud;
+    pthread_mutex_lock(&s->mu);
+    if (ev->type == PGG_EVENT_ROLE && ev->to == PGG_ROLE_UNKNOWN)
+        s->unknown_roles++;
+    if (ev->type == PGG_EVENT_BREAKER && ev->to == PGG_BREAKER_OPEN)
+        s->opened++;
+    pthread_mutex_unlock(&s->mu);
+}
+
+/* n idle pooled sessions on every host: leases held at once, released. */
+static void hold_sessions(pgg_pool *p, pgg_intent intent, int n)
+{
+    pgg_lease *l[8];
+    pgg_error e;
+
+    for (int i = 0; i < n; i++) {
+        l[i] = pgg_acquire(p, intent, 2000, NULL, &e);
+        cr_assert_not_null(l[i], "acquire: %s", e.message);
+    }
+    for (int i = 0; i < n; i++)
+        pgg_release(l[i]);
+}
+
+/* --------------------------------------------------- terminated sessions */
+
+/*
+ * pg_terminate_backend of every session: the idle pooled ones are found
+ * dead before a statement is sent on them (one PQconsumeInput reads the
+ * FATAL 57P01 as a notice and PQstatus stays OK), so no call fails, no
+ * breaker opens, and the health thread, whose own session died too, never
+ * shows a host of unknown role.
+ */
+Test(recovery, terminated_idle_sessions_cost_no_call)
+{
+    pgh_cluster *c = cluster_or_die(1);
+    setup_table(c);
+    pgg_pool *p = pool_for(c, NULL);
+    seen s = {.mu = PTHREAD_MUTEX_INITIALIZER};
+    int failed = 0;
+
+    hold_sessions(p, PGG_WRITE, 3);
+    hold_sessions(p, PGG_READ, 3);
+    pgg_pool_on_event(p, on_event, &s);
+    for (int round = 0; round < 3; round++) {
+        cr_assert_eq(pgh_node_terminate_backends(pgh_cluster_primary(c)), 0);
+        cr_assert_eq(pgh_node_terminate_backends(pgh_cluster_replica(c, 0)), 0);
+        sleep_ms(20); /* the FATAL and the close have reached our sockets */
+        for (int i = 0; i < 6; i++) {
+            pgg_call call = {.timeout_ms = 2000};
+            pgg_info info;
+            pgg_error e;
+            PGresult *r = i % 2 ? pgg_exec(p, PGG_WRITE, "UPDATE pgg_rec_t SET v = v WHERE id = 1",
+                                           &call, &info, &e)
+                                : pgg_exec(p, PGG_READ, "SELECT v FROM pgg_rec_t WHERE id = 1",
+                                           &call, &info, &e);
+            if (!r) {
+                failed++;
+                fprintf(stderr, "round %d call %d: %s %s (sent %d)\n", round, i,
+                        pgg_err_name(e.code), e.message, info.sent);
+            } else {
+                cr_expect_eq(e.code, PGG_OK, "a served call's err: %s", pgg_err_name(e.code));
+            }
+            PQclear(r);
+        }
+        hold_sessions(p, PGG_WRITE, 3);
+        hold_sessions(p, PGG_READ, 3);
+    }
+    sleep_ms(300); /* the health thread's probes on its dead sessions */
+    pgg_pool_on_event(p, NULL, NULL);
+    cr_expect_eq(failed, 0, "%d calls failed on terminated sessions", failed);
+    cr_expect_eq(s.unknown_roles, 0, "a host was shown role unknown %d times", s.unknown_roles);
+    cr_expect_eq(s.opened, 0, "%d breakers opened", s.opened);
+    expect_hosts_untouched(p);
+    end_test(p, c);
+}
+
+typedef struct blip_arg {
+    pgg_pool *p;
+    int failed;
+    int code;
+} blip_arg;
+
+static void *slow_read(void *arg)
+{
+    blip_arg *a = arg;
+    pgg_call call = {.timeout_ms = 5000};
+    pgg_error e;
+    PGresult *r = pgg_exec(a->p, PGG_READ, "SELECT pg_sleep(0.6)", &call, NULL, &e);
+
+    if (!r) {
+        a->failed = 1;
+        a->code = e.code;
+    }
+    PQclear(r);
+    return NULL;
+}
+
+/*
+ * Eight reads in flight on the replicas when every backend is terminated:
+ * each gets 57P01 on a pooled session.  That is one blip, not eight
+ * failures: no breaker opens (before, three in a row opened it), and each
+ * read runs again on a new connection and succeeds.
+ */
+Test(recovery, one_blip_opens_no_breaker)
+{
+    pgh_cluster *c = cluster_or_die(2);
+    pgh_require_replicas(c, 2);
+    pgg_pool *p = pool_for(c, NULL);
+    pthread_t t[8];
+    blip_arg a[8];
+    int failed = 0;
+
+    hold_sessions(p, PGG_READ, 8);
+    for (int i = 0; i < 8; i++) {
+        a[i] = (blip_arg){.p = p};
+        cr_assert_eq(pthread_create(&t[i], NULL, slow_read, &a[i]), 0);
+    }
+    sleep_ms(250);
+    cr_assert_eq(pgh_node_terminate_backends(pgh_cluster_replica(c, 0)), 0);
+    cr_assert_eq(pgh_node_terminate_backends(pgh_cluster_replica(c, 1)), 0);
+    for (int i = 0; i < 8; i++) {
+        pthread_join(t[i], NULL);
+        if (a[i].failed) {
+            failed++;
+            fprintf(stderr, "read %d failed: %s\n", i, pgg_err_name(a[i].code));
+        }
+    }
+    cr_expect_eq(failed, 0, "%d of 8 reads in flight failed", failed);
+    for (int i = 0; i < pgg_pool_host_count(p); i++) {
+        pgg_host_stats h = host_stats(p, i);
+        cr_expect_eq(h.state, PGG_BREAKER_CLOSED, "%s: breaker %s after one blip", h.host,
+                     pgg_breaker_state_name(h.state));
+    }
+    end_test(p, c);
+}
+
+/* ------------------------------------------------------------------ roles */
+
+/*
+ * A pooled session to a standby, on a host whose role is unknown (its
+ * probe failed): the session's own report is current enough to keep a
+ * write off it.  Before, the write was sent and came back 25006.
+ */
+Test(recovery, a_pooled_session_reporting_standby_gets_no_write)
+{
+    pgh_cluster *c = cluster_or_die(1);
+    setup_table(c);
+    /* No probe during the test: the roles set below stay as set. */
+    pgg_pool *p = pool_for(c, "health_interval_ms=600000 health_incident_min_ms=60000 "
+                              "health_incident_max_ms=60000");
+    pgg_call call = {.timeout_ms = 2000};
+    pgg_info info;
+    pgg_error e;
+
+    cr_assert(reads_reach(p, 1, 20)); /* a pooled session on the replica */
+    pgg__pool_set_role(p, &p->hosts[0], PGG_ROLE_STANDBY, "test");
+    pgg__pool_set_role(p, &p->hosts[1], PGG_ROLE_UNKNOWN, "test");
+    PGresult *r = pgg_exec(p, PGG_WRITE, "UPDATE pgg_rec_t SET v = 'x' WHERE id = 2", &call,
+                           &info, &e);
+    cr_expect_null(r);
+    cr_expect_eq(info.sent, 0, "the write was sent to a standby: %s %s", pgg_err_name(e.code),
+                 e.message);
+    cr_expect_neq(e.code, PGG_EWRONGROLE, "%s", e.message);
+    cr_expect_eq(host_stats(p, 1).role, PGG_ROLE_STANDBY, "the session's report was not used");
+    PQclear(r);
+    pgg__pool_set_role(p, &p->hosts[0], PGG_ROLE_PRIMARY, "test");
+    end_test(p, c);
+}
+
+/*
+ * A write answered 25006 provably did not apply: the pool re-learns roles
+ * and runs it on the primary within the same deadline.
+ */
+Test(recovery, a_write_refused_as_read_only_runs_on_the_primary)
+{
+    pgh_cluster *c = cluster_or_die(1);
+    setup_table(c);
+    /* Calm probes never come during the test; a woken one does. */
+    pgg_pool *p = pool_for(c, "health_interval_ms=600000");
+    pgg_call call = {.timeout_ms = 3000};
+    pgg_info info;
+    pgg_error e;
+    char v[64];
+
+    cr_assert(reads_reach(p, 1, 20)); /* a pooled session on the replica */
+    pgg__pool_set_role(p, &p->hosts[1], PGG_ROLE_PRIMARY, "test");
+    pgg__pool_set_role(p, &p->hosts[0], PGG_ROLE_STANDBY, "test");
+    PGresult *r = pgg_exec(p, PGG_WRITE, "UPDATE pgg_rec_t SET v = 'moved' WHERE id = 3", &call,
+                           &info, &e);
+    cr_expect_not_null(r, "the write failed: %s %s", pgg_err_name(e.code), e.message);
+    cr_expect_eq(info.host_index, 0, "served by host %d", info.host_index);
+    cr_expect_eq(e.code, PGG_OK, "%s", pgg_err_name(e.code));
+    PQclear(r);
+    cr_expect_eq(host_stats(p, 0).role, PGG_ROLE_PRIMARY);
+    cr_expect_eq(host_stats(p, 1).role, PGG_ROLE_STANDBY);
+    cr_assert_eq(pgh_node_query_value(pgh_cluster_primary(c),
+                                      "SELECT v FROM pgg_rec_t WHERE id = 3", v, sizeof v),
+                 0);
+    cr_expect_str_eq(v, "moved");
+    end_test(p, c);
+}
+
+/*
+ * The primary stopped, a replica promoted, and no health probe for a
+ * minute: the reads that keep flowing to the promoted server carry
+ * in_hot_standby=off, and that alone re-routes writes to it.
+ */
+Test(recovery, a_promotion_seen_in_an_answer_reroutes_writes)
+{
+    pgh_cluster *c = cluster_or_die(1);
+    pgh_require_local(c, "stop and promotion");
+    setup_table(c);
+    pgg_pool *p = pool_for(c, "health_interval_ms=60000 health_incident_min_ms=60000 "
+                              "health_incident_max_ms=60000");
+    bool wrote = false;
+
+    cr_assert_eq(pgh_node_stop(pgh_cluster_primary(c), PGH_STOP_IMMEDIATE), 0);
+    cr_assert_eq(pgh_node_promote(pgh_cluster_replica(c, 0)), 0);
+    for (int i = 0; i < 20 && !wrote; i++) {
+        pgg_call call = {.timeout_ms = 1000};
+        pgg_info info;
+        pgg_error e;
+        PGresult *r;
+
+        read_ok(p, PGG_READ, "SELECT 1", 1000);
+        r = pgg_exec(p, PGG_WRITE, "UPDATE pgg_rec_t SET v = 'promoted' WHERE id = 4", &call,
+                     &info, &e);
+        if (r) {
+            wrote = true;
+            cr_expect_eq(info.host_index, 1);
+        }
+        PQclear(r);
+    }
+    cr_expect(wrote, "no write reached the promoted server");
+    cr_expect_eq(host_stats(p, 1).role, PGG_ROLE_PRIMARY);
+    end_test(p, c);
+}
+
+/* ---------------------------------------------------------------- health */
+
+/*
+ * The only server restarted after its breaker opened, with a long open time
+ * and a calm cadence of 5 s: reads find it again at the incident cadence
+ * (probes woken by the refused calls), not after the calm interval or the
+ * open time.
+ */
+Test(recovery, a_restarted_server_serves_before_the_calm_interval)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgh_require_local(c, "a restart");
+    pgg_pool *p = pool_for(c, "health_interval_ms=5000 breaker.open_ms=20000 "
+                              "breaker.open_max_ms=20000");
+    pgh_node *n = pgh_cluster_primary(c);
+    double started, first = -1;
+
+    read_ok(p, PGG_READ, "SELECT 1", 0);
+    cr_assert_eq(pgh_node_stop(n, PGH_STOP_IMMEDIATE), 0);
+    for (int i = 0; i < 20 && host_stats(p, 0).state != PGG_BREAKER_OPEN; i++) {
+        pgg_call call = {.timeout_ms = 500};
+        PQclear(pgg_exec(p, PGG_READ, "SELECT 1", &call, NULL, NULL));
+    }
+    cr_assert_eq(host_stats(p, 0).state, PGG_BREAKER_OPEN);
+    cr_assert_eq(pgh_node_start(n), 0);
+    started = pgh_now_ms();
+    while (pgh_now_ms() - started < 4000) {
+        pgg_call call = {.timeout_ms = 500};
+        PGresult *r = pgg_exec(p, PGG_READ, "SELECT 1", &call, NULL, NULL);
+        if (r) {
+            first = pgh_now_ms() - started;
+            PQclear(r);
+            break;
+        }
+        sleep_ms(5);
+    }
+    fprintf(stderr, "first read %.1f ms after the server accepted\n", first);
+    cr_expect_geq(first, 0, "no read within 4 s of the restart (calm cadence 5 s, open 20 s)");
+    cr_expect(wait_state(p, 0, PGG_BREAKER_CLOSED, 4000), "breaker %s",
+              pgg_breaker_state_name(host_stats(p, 0).state));
+    end_test(p, c);
+}
+
+/*
+ * A hung replica under a 300 ms deadline: an attempt on it is bounded by
+ * the host's own latency (attempt_timeout_auto), so the read finishes on
+ * another host; fresh reads then avoid the host that timed out.
+ */
+Test(recovery, a_hung_replica_costs_no_read)
+{
+    pgh_cluster *c = cluster_or_die(2);
+    pgh_require_local(c, "a hang (SIGSTOP)");
+    pgh_require_replicas(c, 2);
+    setup_table(c);
+    pgg_pool *p = pool_for(c, NULL);
+    int failed = 0, late = 0;
+
+    for (int i = 0; i < 20; i++)
+        read_ok(p, PGG_READ, "SELECT v FROM pgg_rec_t WHERE id = 5", 0);
+    cr_assert_eq(pgh_node_hang(pgh_cluster_replica(c, 0)), 0);
+    for (int i = 0; i < 40; i++) {
+        pgg_call call = {.timeout_ms = 300};
+        pgg_info info;
+        pgg_error e;
+        double t0 = pgh_now_ms();
+        PGresult *r = pgg_exec(p, PGG_READ, "SELECT v FROM pgg_rec_t WHERE id = 5", &call,
+                               &info, &e);
+        double took = pgh_now_ms() - t0;
+
+        if (took > 300 + 50.0)
+            late++;
+        if (!r) {
+            failed++;
+            fprintf(stderr, "read %d: %s %s after %.1f ms\n", i, pgg_err_name(e.code),
+                    e.message, took);
+        } else {
+            cr_expect_eq(e.code, PGG_OK);
+        }
+        PQclear(r);
+    }
+    cr_assert_eq(pgh_node_resume(pgh_cluster_replica(c, 0)), 0);
+    cr_expect_eq(failed, 0, "%d of 40 reads failed with a replica hung", failed);
+    cr_expect_eq(late, 0, "%d reads overran their deadline", late);
+    end_test(p, c);
+}
+
+/* ------------------------------------------------------- startup refusals */
+
+static pgg_pool *pool_as(pgh_cluster *c, const char *user, const char *db)
+{
+    char ci[512];
+    pgh_node *n = pgh_cluster_primary(c);
+    snprintf(ci, sizeof ci, "host=%s port=%d user=%s dbname=%s", pgh_node_host(n),
+             pgh_node_port(n), user, db);
+    return pool_for_conninfo(ci, NULL);
+}
+
+/*
+ * Refusals at connect time keep their SQLSTATE: "too many connections"
+ * (53300) is the host's (unavailable); a role that does not exist (28000)
+ * or a database that does not exist (3D000) is the caller's configuration:
+ * PGG_ECONFIG, no breaker opens however often it is tried.  The message is
+ * one line without the server's LOCATION.
+ */
+Test(recovery, startup_refusals_keep_their_sqlstate)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgh_node *n = pgh_cluster_primary(c);
+    struct {
+        const char *user, *db, *sqlstate;
+        int code;
+    } cases[] = {
+        {"pgg_rec_full", "postgres", "53300", PGG_EUNAVAILABLE},
+        {"pgg_rec_nobody", "postgres", "28000", PGG_ECONFIG},
+        {"postgres", "pgg_rec_nodb", "3D000", PGG_ECONFIG},
+    };
+
+    cr_assert_eq(pgh_node_exec(n, "DROP ROLE IF EXISTS pgg_rec_full;"
+                                  "CREATE ROLE pgg_rec_full LOGIN CONNECTION LIMIT 0;"),
+                 0, "%s", pgh_node_error(n));
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        pgg_pool *p = pool_as(c, cases[k].user, cases[k].db);
+        for (int i = 0; i < 6; i++) {
+            pgg_call call = {.timeout_ms = 1000};
+            pgg_error e;
+            PGresult *r = pgg_exec(p, i % 2 ? PGG_READ : PGG_WRITE, "SELECT 1", &call, NULL, &e);
+            cr_expect_null(r);
+            PQclear(r);
+            if (cases[k].code == PGG_ECONFIG || i < 3) {
+                cr_expect_eq(e.code, cases[k].code, "%s/%s call %d: %s %s", cases[k].user,
+                             cases[k].db, i, pgg_err_name(e.code), e.message);
+                cr_expect_str_eq(e.sqlstate, cases[k].sqlstate, "%s", e.message);
+            }
+            cr_expect_null(strstr(e.message, "LOCATION"), "%s", e.message);
+            cr_expect_null(strchr(e.message, '\n'), "%s", e.message);
+        }
+        if (cases[k].code == PGG_ECONFIG) {
+            pgg_host_stats h = host_stats(p, 0);
+            cr_expect_eq(h.state, PGG_BREAKER_CLOSED, "%s: a configuration error opened %s",
+                         cases[k].sqlstate, pgg_breaker_state_name(h.state));
+            cr_expect_eq(h.failures[PGG_CLASS_CONNECTION], 0);
+        } else {
+            cr_expect_geq(host_stats(p, 0).failures[PGG_CLASS_UNAVAILABLE], 1);
+        }
+        pgg_pool_free(p);
+    }
+    cr_expect_eq(pgh_node_exec(n, "DROP ROLE pgg_rec_full;"), 0);
+    pgh_cluster_free(c);
+    cr_expect_eq(pgh_leak_check(), 0, "memory leaked (report above)");
+}
+
+/* ------------------------------------------------------ the caller's errors */
+
+/*
+ * A parameter count the statement does not take is answered 08P01 by a
+ * healthy server on a session that stays usable: the caller's error, not
+ * retried, no host failure (before, six such calls opened every breaker).
+ */
+Test(recovery, a_protocol_error_on_a_live_session_is_the_callers)
+{
+    pgh_cluster *c = cluster_or_die(1);
+    pgg_pool *p = pool_for(c, NULL);
+    const char *vals[] = {"1"};
+
+    for (int i = 0; i < 8; i++) {
+        pgg_call call = {.timeout_ms = 2000};
+        pgg_info info;
+        pgg_error e;
+        PGresult *r = pgg_exec_params(p, i % 2 ? PGG_WRITE : PGG_READ, "SELECT $1::int + $2::int",
+                                      1, NULL, vals, NULL, NULL, &call, &info, &e);
+        cr_expect_eq(e.code, PGG_ESERVER, "%s %s", pgg_err_name(e.code), e.message);
+        cr_expect_str_eq(e.sqlstate, "08P01", "%s", e.message);
+        cr_expect_eq(info.attempts, 1, "retried %d times", info.attempts);
+        PQclear(r);
+    }
+    expect_hosts_untouched(p);
+    read_ok(p, PGG_READ, "SELECT 1", 0);
+    end_test(p, c);
+}
+
+/* ---------------------------------------------------------- final outcome */
+
+/*
+ * A read whose first host is down and second host serves it: err tells the
+ * call's outcome (PGG_OK), not the first attempt's connection failure.
+ */
+Test(recovery, err_tells_the_final_outcome)
+{
+    pgh_cluster *c = cluster_or_die(2);
+    pgh_require_local(c, "a stop");
+    pgh_require_replicas(c, 2);
+    /* Roles stay as learnt (no probe marks the stopped replica unknown and
+     * routes it last), and its breaker stays closed. */
+    pgg_pool *p = pool_for(c, "breaker.consecutive_failures=100 health_interval_ms=600000 "
+                              "health_incident_min_ms=60000 health_incident_max_ms=60000");
+    int retried = 0;
+
+    cr_assert_eq(pgh_node_stop(pgh_cluster_replica(c, 0), PGH_STOP_IMMEDIATE), 0);
+    for (int i = 0; i < 20; i++) {
+        pgg_call call = {.timeout_ms = 2000};
+        pgg_info info;
+        pgg_error e;
+        PGresult *r = pgg_exec(p, PGG_READ, "SELECT 1", &call, &info, &e);
+
+        cr_expect_not_null(r, "%s %s", pgg_err_name(e.code), e.message);
+        if (info.attempts > 1) {
+            retried++;
+            cr_expect_eq(e.code, PGG_OK, "served on attempt %d, err still %s: %s", info.attempts,
+                         pgg_err_name(e.code), e.message);
+        }
+        PQclear(r);
+    }
+    cr_expect_geq(retried, 1, "no read met the stopped replica first");
+    end_test(p, c);
+}
