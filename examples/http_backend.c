@@ -63,7 +63,7 @@ static const char default_settings[] =
     "cache.enabled=true cache.max_age_ms=300000 bulkhead.max_wait_ms=50";
 
 static pgg_pool *pool;
-static int retry_after_s = 1; /* from breaker.open_ms */
+static int retry_after_s = 1; /* without an open breaker to ask */
 
 /* ------------------------------------------------------ latency histograms */
 
@@ -183,6 +183,31 @@ static void json_escape(char *out, size_t len, const char *s)
 }
 
 /*
+ * Retry-After for a refusal: with every breaker open, the soonest one lets
+ * a probe through is what the pool reports as left of its open time
+ * (open_remaining_ms, which a host that answers its health probe cuts
+ * short); otherwise a second.  Whole seconds, rounded up, at least one.
+ */
+static int retry_after(const pgg_error *e)
+{
+    long best = -1;
+
+    if (e->code != PGG_EOPEN)
+        return retry_after_s;
+    for (int i = 0; i < pgg_pool_host_count(pool); i++) {
+        pgg_host_stats hs;
+
+        if (pgg_pool_host_stats(pool, i, &hs) != PGG_OK || hs.state != PGG_BREAKER_OPEN)
+            continue;
+        if (best < 0 || hs.open_remaining_ms < best)
+            best = (long)hs.open_remaining_ms;
+    }
+    if (best < 0)
+        return retry_after_s;
+    return best > 0 ? (int)((best + 999) / 1000) : 1;
+}
+
+/*
  * The HTTP answer to a failed call.  Refusals pgguard makes at once mean
  * "not now": 503 with the time after which a breaker lets a probe through.
  * A deadline is a gateway timeout.  Server errors keep their meaning:
@@ -198,7 +223,7 @@ static mhd_result reply_error(struct MHD_Connection *c, const pgg_error *e, int 
     case PGG_EOPEN:
     case PGG_ENOPRIMARY:
         *status = 503;
-        snprintf(retry, sizeof retry, "%d", retry_after_s);
+        snprintf(retry, sizeof retry, "%d", retry_after(e));
         headers[0] = MHD_HTTP_HEADER_RETRY_AFTER;
         headers[1] = retry;
         break;
@@ -552,7 +577,6 @@ static pgg_pool *open_pool(const char *servers)
     pgg_config *cfg = pgg_config_new();
     pgg_pool *p = NULL;
     pgg_error e;
-    char open_ms[32];
 
     if (!cfg) {
         fprintf(stderr, "http_backend: out of memory\n");
@@ -564,12 +588,6 @@ static pgg_pool *open_pool(const char *servers)
         fprintf(stderr, "http_backend: configuration: %s: %s\n", pgg_err_name(e.code),
                 e.message);
         goto out;
-    }
-    /* Retry-After: the time an open breaker waits before letting a probe
-     * through is the soonest a refused request could succeed. */
-    if (pgg_config_get(cfg, "breaker.open_ms", open_ms, sizeof open_ms, &e) == PGG_OK) {
-        long ms = strtol(open_ms, NULL, 10);
-        retry_after_s = ms > 0 ? (int)((ms + 999) / 1000) : 1;
     }
     p = pgg_pool_new(cfg, &e);
     if (!p)
