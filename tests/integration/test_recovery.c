@@ -260,6 +260,9 @@ Test(recovery, a_promotion_seen_in_an_answer_reroutes_writes)
                               "health_incident_max_ms=60000");
     bool wrote = false;
 
+    /* A pooled session on the replica: a new one would report the new
+     * role at startup; an idle one learns it only from its next answer. */
+    cr_assert(reads_reach(p, 1, 20));
     cr_assert_eq(pgh_node_stop(pgh_cluster_primary(c), PGH_STOP_IMMEDIATE), 0);
     cr_assert_eq(pgh_node_promote(pgh_cluster_replica(c, 0)), 0);
     for (int i = 0; i < 20 && !wrote; i++) {
@@ -496,4 +499,75 @@ Test(recovery, err_tells_the_final_outcome)
     }
     cr_expect_geq(retried, 1, "no read met the stopped replica first");
     end_test(p, c);
+}
+
+/* ------------------------------------------------------ probe schedules */
+
+/* A two-host pool whose replica is reached through a proxy. */
+static pgg_pool *pool_via_proxy(pgh_cluster *c, pgh_proxy **px, const char *extra)
+{
+    char err[256], ci[512];
+    pgh_node *replica = pgh_cluster_replica(c, 0);
+    pgg_pool *p;
+
+    *px = pgh_proxy_start(pgh_node_host(replica), pgh_node_port(replica), err, sizeof err);
+    cr_assert_not_null(*px, "%s", err);
+    snprintf(ci, sizeof ci, "host=127.0.0.1,127.0.0.1 port=%d,%d user=postgres dbname=postgres",
+             pgh_node_port(pgh_cluster_primary(c)), pgh_proxy_port(*px));
+    p = pool_for_conninfo(ci, extra);
+    cr_assert(wait_role(p, 0, PGG_ROLE_PRIMARY, 10000));
+    cr_assert(wait_role(p, 1, PGG_ROLE_STANDBY, 10000));
+    return p;
+}
+
+/*
+ * A probe of a hung host ends at health_probe_timeout_ms (500 ms by
+ * default), not connect_timeout_ms (5 s here), and the host is marked
+ * then: role unknown.  Before, the round waited out the connect bound.
+ */
+Test(recovery, a_hung_host_is_marked_within_the_probe_bound)
+{
+    pgh_cluster *c = cluster_or_die(1);
+    pgh_require_local(c, "a proxy between pgguard and a local replica");
+    pgh_proxy *px;
+    pgg_pool *p = pool_via_proxy(c, &px, "connect_timeout_ms=5000");
+    double t0;
+    bool marked;
+
+    pgh_proxy_set_mode(px, PGH_PROXY_BLACKHOLE, 0);
+    t0 = pgh_now_ms();
+    marked = wait_role(p, 1, PGG_ROLE_UNKNOWN, 4000);
+    fprintf(stderr, "hung host marked after %.0f ms\n", pgh_now_ms() - t0);
+    cr_expect(marked, "the hung host was not marked within 4 s (connect_timeout_ms 5 s)");
+    pgg_pool_free(p);
+    pgh_proxy_free(px);
+    pgh_cluster_free(c);
+    cr_expect_eq(pgh_leak_check(), 0, "memory leaked (report above)");
+}
+
+/*
+ * Each host has its own probe schedule: while the replica's probe hangs
+ * (for up to 5 s here), the primary's go on, so its stop is seen at the
+ * next of them.  Before, one round waited for every probe.
+ */
+Test(recovery, a_hung_probe_delays_no_other_host)
+{
+    pgh_cluster *c = cluster_or_die(1);
+    pgh_require_local(c, "a proxy between pgguard and a local replica");
+    pgh_proxy *px;
+    pgg_pool *p = pool_via_proxy(c, &px, "connect_timeout_ms=5000 health_probe_timeout_ms=5000");
+    double t0;
+    bool seen;
+
+    pgh_proxy_set_mode(px, PGH_PROXY_BLACKHOLE, 0);
+    sleep_ms(300); /* the replica's probe is under way, and hangs */
+    cr_assert_eq(pgh_node_stop(pgh_cluster_primary(c), PGH_STOP_IMMEDIATE), 0);
+    t0 = pgh_now_ms();
+    seen = wait_role(p, 0, PGG_ROLE_UNKNOWN, 3000);
+    fprintf(stderr, "stopped primary seen after %.0f ms\n", pgh_now_ms() - t0);
+    cr_expect(seen, "the primary's stop was not seen while the replica's probe hung");
+    pgg_pool_free(p);
+    pgh_proxy_free(px);
+    pgh_cluster_free(c);
+    cr_expect_eq(pgh_leak_check(), 0, "memory leaked (report above)");
 }
