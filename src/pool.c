@@ -541,12 +541,15 @@ static bool session_survived(PGconn *conn, const PGresult *res)
 
 /* A pooled (not new) session that the server had closed: lost, found dead
  * before sending, or answered with a FATAL that ended it (57P01 from
- * pg_terminate_backend or a shutdown, 57P02 after a crash). */
+ * pg_terminate_backend or a shutdown, 57P02 after a crash).  cls first:
+ * a successful call pays one comparison. */
 static bool session_died(const pgg_link *l, pgg_attempt_end end,
-                         const PGresult *res)
+                         const PGresult *res, pgg_class cls)
 {
     const char *st;
 
+    if (cls != PGG_CLASS_CONNECTION && cls != PGG_CLASS_UNAVAILABLE)
+        return false;
     if (l->fresh)
         return false;
     if (end == PGG_END_LOST || end == PGG_END_NOT_SENT)
@@ -634,7 +637,7 @@ pgg_verdict pgg__pool_exec_on(pgg_pool *pool, pgg_host *h, pgg_link **lp,
                            "a write was refused as read-only (25006)");
         pgg__health_wake(pool->health);
     }
-    dead = session_died(l, *end, *res);
+    dead = session_died(l, *end, *res, v.cls);
     /* A pooled session found dead says nothing of the host (a terminated
      * backend, a restart since): ignored here, and the call tries a new
      * connection to the same host, whose outcome the breaker does hear. */
