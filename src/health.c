@@ -60,6 +60,7 @@ struct pgg_health {
     atomic_bool stopping;
     atomic_bool wake_pending;
     bool was_incident;
+    bool had_primary; /* some host was primary once */
     int64_t interval, probe_timeout, incident_min, incident_max;
     /* The primary's WAL position at its last probe, for replica lag. */
     uint64_t primary_lsn;
@@ -217,9 +218,12 @@ static bool probe_step(pgg_health *hl, int i, short revents)
 
 /* ------------------------------------------------------------ schedule */
 
-/* Something is wrong: a breaker open or on trial, or no primary known. */
-static bool incident(const pgg_pool *pool)
+/* Something is wrong: a breaker open or on trial, or no primary known
+ * where there was one (a pool of replicas alone is not an incident; a
+ * write that finds no primary wakes the thread anyway). */
+static bool incident(pgg_health *hl)
 {
+    const pgg_pool *pool = hl->pool;
     bool primary = false;
 
     for (int i = 0; i < pool->nhosts; i++) {
@@ -231,7 +235,9 @@ static bool incident(const pgg_pool *pool)
         if (atomic_load(&h->role) == PGG_ROLE_PRIMARY)
             primary = true;
     }
-    return !primary;
+    if (primary)
+        hl->had_primary = true;
+    return !primary && hl->had_primary;
 }
 
 /* Bring every waiting probe forward to the fast cadence.  The round under
@@ -407,7 +413,7 @@ static void probe_end(pgg_health *hl, int i, int64_t now)
     }
     pgg__host_trim(h, now, false);
     st = pgg__breaker_state(&h->breaker);
-    if (!ok || incident(pool)) {
+    if (!ok || incident(hl)) {
         /* Fast while something is wrong, backing off, but a breaker on
          * trial is judged at the fast pace: its probes are trial calls. */
         p->backoff = !p->backoff || st == PGG_BREAKER_HALF_OPEN
@@ -455,7 +461,7 @@ static void *health_main(void *arg)
 
         for (int i = 0; i < pool->nhosts; i++)
             pgg__breaker_tick(&pool->hosts[i].breaker, now);
-        now_incident = incident(pool);
+        now_incident = incident(hl);
         if (atomic_exchange(&hl->wake_pending, false) ||
             (now_incident && !hl->was_incident))
             expedite(hl, now);

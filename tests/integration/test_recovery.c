@@ -80,7 +80,9 @@ Test(recovery, terminated_idle_sessions_cost_no_call)
 {
     pgh_cluster *c = cluster_or_die(1);
     setup_table(c);
-    pgg_pool *p = pool_for(c, NULL);
+    /* Every idle session is checked before it is lent, whatever the
+     * default of alive_check_after_idle_ms. */
+    pgg_pool *p = pool_for(c, "alive_check_after_idle_ms=0");
     seen s = {.mu = PTHREAD_MUTEX_INITIALIZER};
     int failed = 0;
 
@@ -570,4 +572,61 @@ Test(recovery, a_hung_probe_delays_no_other_host)
     pgh_proxy_free(px);
     pgh_cluster_free(c);
     cr_expect_eq(pgh_leak_check(), 0, "memory leaked (report above)");
+}
+
+/*
+ * The primary stopped, then a replica promoted, writes every few ms and no
+ * reads: the writes refused meanwhile wake the health thread, which probes
+ * at the incident cadence and finds the new primary long before the calm
+ * interval (5 s here).  Prints how long the refusals took and when the
+ * first write landed after pg_ctl promote returned.
+ */
+Test(recovery, writes_find_the_promoted_server_at_the_incident_cadence)
+{
+    pgh_cluster *c = cluster_or_die(1);
+    pgh_require_local(c, "stop and promotion");
+    setup_table(c);
+    pgg_pool *p = pool_for(c, "health_interval_ms=5000");
+    double worst_refusal = 0, t0, first = -1, times[1000];
+    int refused = 0, over_1ms = 0;
+
+    cr_assert_eq(pgh_node_stop(pgh_cluster_primary(c), PGH_STOP_IMMEDIATE), 0);
+    t0 = pgh_now_ms();
+    while (pgh_now_ms() - t0 < 300) {
+        pgg_call call = {.timeout_ms = 1000};
+        pgg_error e;
+        double w0 = pgh_now_ms();
+        PGresult *r = pgg_exec(p, PGG_WRITE, "UPDATE pgg_rec_t SET v = v WHERE id = 6", &call,
+                               NULL, &e);
+        double took = pgh_now_ms() - w0;
+
+        cr_expect_null(r, "a write succeeded with no primary");
+        PQclear(r);
+        if (refused < (int)(sizeof times / sizeof times[0]))
+            times[refused] = took;
+        refused++;
+        if (took > worst_refusal)
+            worst_refusal = took;
+        sleep_ms(2);
+    }
+    cr_assert_eq(pgh_node_promote(pgh_cluster_replica(c, 0)), 0);
+    t0 = pgh_now_ms();
+    while (pgh_now_ms() - t0 < 4000) {
+        pgg_call call = {.timeout_ms = 1000};
+        PGresult *r = pgg_exec(p, PGG_WRITE, "UPDATE pgg_rec_t SET v = 'p' WHERE id = 6", &call,
+                               NULL, NULL);
+        if (r) {
+            first = pgh_now_ms() - t0;
+            PQclear(r);
+            break;
+        }
+        sleep_ms(2);
+    }
+    for (int i = 0; i < refused && i < (int)(sizeof times / sizeof times[0]); i++)
+        over_1ms += times[i] > 1.0;
+    fprintf(stderr, "%d writes refused with no primary (first %.2f ms, %d over 1 ms, slowest "
+                    "%.2f ms); first write %.1f ms after the promotion\n",
+            refused, times[0], over_1ms, worst_refusal, first);
+    cr_expect_geq(first, 0, "no write within 4 s of the promotion (calm interval 5 s)");
+    end_test(p, c);
 }
