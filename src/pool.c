@@ -137,6 +137,7 @@ static void pool_destroy(pgg_pool *pool, int hosts_ready, bool bulkhead_ready)
 {
     atomic_store(&pool->closed, true);
     pgg__health_stop(pool->health);
+    pool->health = NULL; /* late breaker events wake nothing */
     for (int i = 0; i < hosts_ready; i++)
         pgg__host_close(&pool->hosts[i]);
     if (pool->cfg)

@@ -630,3 +630,50 @@ Test(recovery, writes_find_the_promoted_server_at_the_incident_cadence)
     cr_expect_geq(first, 0, "no write within 4 s of the promotion (calm interval 5 s)");
     end_test(p, c);
 }
+
+/*
+ * The primary restarted under writes, with the default half-open rule
+ * (three good trial calls close): its breaker, open during the outage,
+ * closes at the incident cadence once the server accepts, long before the
+ * open time (20 s here) would even let a trial through.  Prints when the
+ * first write landed and when the breaker closed.
+ */
+Test(recovery, a_restarted_primary_closes_its_breaker_at_the_incident_cadence)
+{
+    pgh_cluster *c = cluster_or_die(1);
+    pgh_require_local(c, "a restart");
+    setup_table(c);
+    pgg_pool *p = pool_for(c, "health_interval_ms=5000 breaker.open_ms=20000 "
+                              "breaker.open_max_ms=20000 breaker.half_open_probes=3 "
+                              "breaker.half_open_successes=3");
+    pgh_node *n = pgh_cluster_primary(c);
+    double t0, first = -1, closed = -1;
+
+    cr_assert_eq(pgh_node_stop(n, PGH_STOP_IMMEDIATE), 0);
+    for (int i = 0; i < 50 && host_stats(p, 0).state != PGG_BREAKER_OPEN; i++) {
+        pgg_call call = {.timeout_ms = 500};
+        PQclear(pgg_exec(p, PGG_WRITE, "UPDATE pgg_rec_t SET v = v WHERE id = 7", &call, NULL,
+                         NULL));
+        sleep_ms(2);
+    }
+    cr_assert_eq(host_stats(p, 0).state, PGG_BREAKER_OPEN);
+    cr_assert_eq(pgh_node_start(n), 0);
+    t0 = pgh_now_ms();
+    while (pgh_now_ms() - t0 < 4000 && (first < 0 || closed < 0)) {
+        pgg_call call = {.timeout_ms = 500};
+        PGresult *r = pgg_exec(p, PGG_WRITE, "UPDATE pgg_rec_t SET v = 'r' WHERE id = 7", &call,
+                               NULL, NULL);
+        if (r && first < 0)
+            first = pgh_now_ms() - t0;
+        PQclear(r);
+        if (closed < 0 && host_stats(p, 0).state == PGG_BREAKER_CLOSED)
+            closed = pgh_now_ms() - t0;
+        sleep_ms(2);
+    }
+    fprintf(stderr, "restarted primary: first write %.1f ms, breaker closed %.1f ms after it "
+                    "accepted\n",
+            first, closed);
+    cr_expect_geq(first, 0, "no write within 4 s of the restart (open time 20 s)");
+    cr_expect_geq(closed, 0, "breaker not closed within 4 s of the restart (open time 20 s)");
+    end_test(p, c);
+}
