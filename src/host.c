@@ -5,6 +5,7 @@
 
 #include "clock.h"
 #include "error.h"
+#include "tls.h"
 
 int pgg__host_init(pgg_host *h, int index, const char *name,
                    const char *const *keys, const char *const *vals,
@@ -114,7 +115,7 @@ static int connect_new(pgg_host *h, int64_t deadline_ns, pgg_link **out,
 }
 
 /* A token per live thread: the address of a thread-local. */
-static _Thread_local char thread_token;
+static PGG_TLS char thread_token;
 
 /*
  * The idle connection this thread gave back last, else the most recently

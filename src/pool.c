@@ -11,6 +11,7 @@
 
 #include "error.h"
 #include "health.h"
+#include "tls.h"
 
 /* The user and database every host is reached as: the conninfo's, or
  * libpq's defaults (PGUSER, PGDATABASE, the OS user), resolved as libpq
@@ -269,7 +270,7 @@ void pgg_pool_free(pgg_pool *pool)
 /* Ties between equally good hosts rotate per thread: a shared counter
  * would bounce one cache line between every core on every call, for no
  * better spread. */
-static _Thread_local unsigned route_rotate;
+static PGG_TLS unsigned route_rotate;
 
 int pgg__pool_candidates(pgg_pool *pool, pgg_intent intent, int *out)
 {

@@ -10,6 +10,7 @@
 
 #include "clock.h"
 #include "error.h"
+#include "tls.h"
 
 /*
  * The protocol.  Each slot's state moves so:
@@ -77,7 +78,7 @@ static atomic_uint_fast64_t next_id = 1;
 
 /* The slot this thread used last, and in which watchdog: it is nearly
  * always free again at the next call and on a line this thread owns. */
-static _Thread_local struct {
+static PGG_TLS struct {
     uint64_t wd_id;
     pgg_wd_slot *slot;
 } hint;
