@@ -118,7 +118,7 @@ void pgg__bulkhead_destroy(pgg_bulkhead *bh)
 pgg_bulkhead *pgg__bulkhead_new(int capacity, const pgg_clock *clock,
                                 pgg_error *err)
 {
-    pgg_bulkhead *bh = aligned_alloc(64, (sizeof *bh + 63) / 64 * 64);
+    pgg_bulkhead *bh = malloc(sizeof *bh);
 
     if (!bh) {
         pgg__error_set(err, PGG_ENOMEM, NULL, NULL, NULL);

@@ -40,10 +40,13 @@ typedef struct pgg_bulkhead {
     /* The hot line: holders (low 32 bits) and the SLOW flag, which a
      * waiter or close sets so that every enter and leave takes mu (FIFO
      * hand-off); while it is clear, enter and leave are one CAS each. */
-    _Alignas(64) _Atomic uint64_t state;
+    _Atomic uint64_t state;
     _Atomic int capacity;
     atomic_uint_fast64_t admitted;
-    _Alignas(64) pthread_mutex_t mu;
+    /* The lock and the waiters' fields on other lines (no alignment is
+     * required of the embedding struct: padding, not _Alignas). */
+    char pad[128];
+    pthread_mutex_t mu;
     const pgg_clock *clock;
     pgg_clock_watch watch;
     int waiting;
