@@ -44,8 +44,6 @@
 enum { FREE, OWNED, ARMED, FIRING, FIRED };
 
 #define CHUNK 64
-/* Idle ticks before the watchdog stops ticking (about a second). */
-#define LINGER_NS (1000 * 1000000LL)
 
 struct pgg_wd_slot {
     _Alignas(64) atomic_int state;
@@ -69,7 +67,8 @@ struct pgg_watchdog {
     pthread_mutex_t mu; /* growth, sleep and stop */
     pthread_cond_t cv;
     bool stop;
-    atomic_bool sleeping;
+    bool kick;                    /* an arm wants an earlier wake-up */
+    _Atomic int_fast64_t next_wake; /* when the watchdog looks next */
     atomic_uint_fast64_t fired;
     pthread_t thread;
 };
@@ -83,30 +82,38 @@ static PGG_TLS struct {
     pgg_wd_slot *slot;
 } hint;
 
-/* Fire every expired armed slot; returns how many slots were armed. */
-static int scan(pgg_watchdog *wd, int64_t now)
+/* Fire every expired armed slot; returns the earliest deadline of the
+ * windows still armed (PGG_TIME_NEVER when none). */
+static int64_t scan(pgg_watchdog *wd, int64_t now)
 {
-    int armed = 0;
+    int64_t earliest = PGG_TIME_NEVER;
 
     for (chunk *c = &wd->first; c; c = atomic_load(&c->next)) {
         for (int i = 0; i < CHUNK; i++) {
             pgg_wd_slot *s = &c->slots[i];
             int st = atomic_load_explicit(&s->state, memory_order_acquire);
+            int64_t d;
 
             if (st != ARMED)
                 continue;
-            armed++;
             /* A first look, maybe at an older window of this slot. */
-            if (atomic_load_explicit(&s->deadline_ns, memory_order_relaxed) > now)
+            d = atomic_load_explicit(&s->deadline_ns, memory_order_relaxed);
+            if (d > now) {
+                if (d < earliest)
+                    earliest = d;
                 continue;
+            }
             if (!atomic_compare_exchange_strong(&s->state, &st, FIRING))
                 continue;
             /* The window is ours to end; its deadline is read again, now
              * ordered after the waiter's arm: the state may have gone
              * ARMED -> OWNED -> ARMED since the first look (a new window
              * with a later deadline). */
-            if (atomic_load_explicit(&s->deadline_ns, memory_order_relaxed) > now) {
+            d = atomic_load_explicit(&s->deadline_ns, memory_order_relaxed);
+            if (d > now) {
                 atomic_store_explicit(&s->state, ARMED, memory_order_release);
+                if (d < earliest)
+                    earliest = d;
                 continue;
             }
             /* The waiter is in its window and waits for FIRED before it
@@ -117,49 +124,56 @@ static int scan(pgg_watchdog *wd, int64_t now)
             atomic_store_explicit(&s->state, FIRED, memory_order_release);
         }
     }
-    return armed;
+    return earliest;
 }
 
+/*
+ * Sleep until the earliest deadline (no sooner than a tick from now, which
+ * bounds the watchdog's own CPU when deadlines crowd, and so the lateness),
+ * or without a timeout when nothing is armed; an arm whose deadline comes
+ * before the published wake-up time kicks the watchdog.  Under uniform
+ * call timeouts a new deadline is never the earliest, so callers kick it
+ * about once per timeout period at most, and it wakes about as rarely.
+ *
+ * No window is overlooked: the watchdog publishes next_wake and then looks
+ * at the slots again; an arm publishes ARMED and then reads next_wake (all
+ * sequentially consistent).  Either that look sees the window and its
+ * deadline, or the arm sees the new next_wake and kicks when it is later.
+ */
 static void *watchdog_main(void *arg)
 {
     pgg_watchdog *wd = arg;
-    int64_t last_busy = pgg__now_ns();
 
     pthread_mutex_lock(&wd->mu);
     while (!wd->stop) {
-        int64_t now;
-        struct timespec ts;
+        int64_t now, floor, target, again;
 
+        wd->kick = false;
         pthread_mutex_unlock(&wd->mu);
         now = pgg__now_ns();
-        if (scan(wd, now) > 0)
-            last_busy = now;
-        pthread_mutex_lock(&wd->mu);
-        if (wd->stop)
-            break;
-        if (now - last_busy < LINGER_NS) {
-            ts = pgg__ns_to_timespec(now + wd->tick_ns);
-            pthread_cond_timedwait(&wd->cv, &wd->mu, &ts);
-            continue;
-        }
-        /* Nothing to watch for a while: sleep until an arm wakes us.  The
-         * flag is set before the last look at the slots, and an arm sets
-         * ARMED before it looks at the flag (both sequentially
-         * consistent): either that look sees the new window, or the
-         * arming thread sees the flag and wakes us. */
-        atomic_store(&wd->sleeping, true);
-        pthread_mutex_unlock(&wd->mu);
-        if (scan(wd, pgg__now_ns()) > 0) {
-            pthread_mutex_lock(&wd->mu);
-            atomic_store(&wd->sleeping, false);
-            last_busy = pgg__now_ns();
-            continue;
+        floor = now + wd->tick_ns;
+        target = scan(wd, now);
+        for (;;) {
+            if (target < floor)
+                target = floor;
+            atomic_store(&wd->next_wake, target);
+            again = scan(wd, now);
+            if (again >= target || target == floor)
+                break;
+            target = again;
         }
         pthread_mutex_lock(&wd->mu);
-        while (atomic_load(&wd->sleeping) && !wd->stop)
-            pthread_cond_wait(&wd->cv, &wd->mu);
-        atomic_store(&wd->sleeping, false);
-        last_busy = pgg__now_ns();
+        while (!wd->kick && !wd->stop) {
+            struct timespec ts;
+
+            if (target == PGG_TIME_NEVER) {
+                pthread_cond_wait(&wd->cv, &wd->mu);
+                continue;
+            }
+            ts = pgg__ns_to_timespec(target);
+            if (pthread_cond_timedwait(&wd->cv, &wd->mu, &ts) == ETIMEDOUT)
+                break;
+        }
     }
     pthread_mutex_unlock(&wd->mu);
     return NULL;
@@ -194,7 +208,7 @@ pgg_watchdog *pgg__watchdog_new(int64_t tick_ns, pgg_error *err)
     wd->id = atomic_fetch_add(&next_id, 1);
     wd->tick_ns = tick_ns;
     chunk_init(&wd->first, wd);
-    atomic_init(&wd->sleeping, false);
+    atomic_init(&wd->next_wake, 0);
     atomic_init(&wd->fired, 0);
     pthread_mutex_init(&wd->mu, NULL);
     pgg__cond_init(&wd->cv);
@@ -283,12 +297,15 @@ void pgg__watchdog_arm(pgg_wd_slot *s, int fd, int64_t deadline_ns)
 
     atomic_store_explicit(&s->fd, fd, memory_order_relaxed);
     atomic_store_explicit(&s->deadline_ns, deadline_ns, memory_order_relaxed);
-    /* Sequentially consistent with the watchdog's going to sleep (see
-     * watchdog_main); also publishes fd and deadline. */
+    /* Sequentially consistent with the watchdog's publishing next_wake
+     * (see watchdog_main); also publishes fd and deadline. */
     atomic_store(&s->state, ARMED);
-    if (atomic_load(&wd->sleeping)) {
+    if (deadline_ns < atomic_load(&wd->next_wake)) {
         pthread_mutex_lock(&wd->mu);
-        atomic_store(&wd->sleeping, false);
+        /* Later arms need not kick again before the watchdog looks. */
+        if (deadline_ns < atomic_load(&wd->next_wake))
+            atomic_store(&wd->next_wake, deadline_ns);
+        wd->kick = true;
         pthread_cond_signal(&wd->cv);
         pthread_mutex_unlock(&wd->mu);
     }

@@ -15,8 +15,9 @@
  * only around the poll itself, never across a libpq call (libpq may close
  * its socket and open another).
  *
- * The watchdog ticks only while there are waits, and for a second after
- * the last one; then it sleeps until the next arm wakes it.
+ * The watchdog does not tick: it sleeps until the earliest deadline armed
+ * (at least a tick at a time), and without a timeout while nothing is
+ * armed; an arm with an earlier deadline than its next wake-up wakes it.
  *
  * Thread-safe.  The fast path (claim, arm, disarm, release) takes no lock
  * and makes no system call while the watchdog is ticking.
@@ -32,8 +33,9 @@
 typedef struct pgg_watchdog pgg_watchdog;
 typedef struct pgg_wd_slot pgg_wd_slot;
 
-/* The pool's tick: no wait outlives its deadline by more than this plus
- * the scheduler's delay in waking the watchdog. */
+/* The pool's tick, the shortest sleep of the watchdog: no wait outlives
+ * its deadline by more than this plus the scheduler's delay in waking the
+ * watchdog (usually far less: it wakes at the deadline itself). */
 #define PGG_WATCHDOG_TICK_NS (2 * 1000000)
 
 /* Starts the thread.  tick_ns > 0.  NULL with err set on failure. */
