@@ -242,7 +242,9 @@ static void release_slot(pgg_host *h, pgg_link *keep)
         h->n_idle++;
         keep = NULL;
     }
-    pthread_cond_signal(&h->cv);
+    /* Only borrowers wait on cv, and they count themselves under mu. */
+    if (h->n_waiting > 0)
+        pthread_cond_signal(&h->cv);
     pthread_mutex_unlock(&h->mu);
     if (keep) {
         PQfinish(keep->conn);
