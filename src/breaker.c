@@ -529,7 +529,7 @@ int pgg__breaker_init(pgg_breaker *b, const pgg_breaker_config *cfg,
         b->state = PGG_BREAKER_FORCED_OPEN;
         break;
     }
-    atomic_init(&b->rejected_fast, 0);
+    pgg__counter_init(&b->rejected_fast);
     atomic_init(&b->pub_open_until, 0);
     atomic_init(&b->pub_state, (uint32_t)b->state);
     return PGG_OK;
@@ -578,7 +578,7 @@ bool pgg__breaker_allow(pgg_breaker *b, int64_t now, pgg_ticket *ticket)
     if ((st == PGG_BREAKER_OPEN &&
          now < atomic_load_explicit(&b->pub_open_until, memory_order_relaxed)) ||
         st == PGG_BREAKER_FORCED_OPEN) {
-        atomic_fetch_add_explicit(&b->rejected_fast, 1, memory_order_relaxed);
+        pgg__counter_add(&b->rejected_fast, 1);
         ticket->generation = 0;
         ticket->state = (pgg_breaker_state)st;
         ticket->flags = 0;
@@ -748,7 +748,7 @@ void pgg__breaker_stats(pgg_breaker *b, int64_t now, pgg_breaker_stats *out)
     out->probe_slow = b->probe_slow;
     out->admitted = b->admitted;
     out->rejected = b->rejected_locked +
-                    atomic_load_explicit(&b->rejected_fast, memory_order_relaxed);
+                    pgg__counter_sum(&b->rejected_fast);
     out->successes = b->successes;
     out->failures = b->failures;
     out->ignored = b->ignored;

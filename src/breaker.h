@@ -49,6 +49,7 @@
 #ifndef PGG_BREAKER_H
 #define PGG_BREAKER_H
 
+#include "counter.h"
 #include "pgguard.h"
 #include "window.h"
 
@@ -212,10 +213,16 @@ typedef struct pgg_breaker_stats {
 } pgg_breaker_stats;
 
 typedef struct pgg_breaker {
-    /* Read without the lock by allow()'s fast paths. */
+    /* Read without the lock by allow()'s fast paths, written only on a
+     * change of state: kept off the lock's cache line (padding, as whatever
+     * embeds a breaker need not be aligned), so that refusals while open
+     * read a line nobody writes. */
     _Atomic uint32_t pub_state;
     _Atomic int64_t pub_open_until;
-    _Atomic uint64_t rejected_fast;
+    char pad_pub[128];
+    /* Refusals without the lock, counted per thread stripe: one shared
+     * counter cost every refusing thread a contended add. */
+    pgg_counter rejected_fast;
 
     pthread_mutex_t mu;
     pgg_breaker_config cfg;

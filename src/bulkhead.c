@@ -7,6 +7,14 @@
 
 #define PENDING 1 /* not a PGG_* code: still queued */
 
+#define SLOW ((uint64_t)1 << 32)
+#define HOLDERS(s) ((int)(uint32_t)(s))
+
+static int holders(const pgg_bulkhead *bh)
+{
+    return HOLDERS(atomic_load((_Atomic uint64_t *)&bh->state));
+}
+
 /* Lives on the waiting thread's stack, linked into the FIFO. */
 struct pgg_bulkhead_waiter {
     pthread_cond_t cv; /* its own, so a grant wakes exactly one thread */
@@ -41,20 +49,28 @@ static void dequeue(pgg_bulkhead *bh, pgg_bulkhead_waiter *w)
     bh->waiting--;
 }
 
+/* Under the lock: the fast path is open again once nobody waits. */
+static void slow_if_needed(pgg_bulkhead *bh)
+{
+    if (!bh->head && !bh->closed)
+        atomic_fetch_and(&bh->state, ~SLOW);
+}
+
 /* Hand free slots to the oldest waiters; under the lock. */
 static void grant(pgg_bulkhead *bh)
 {
     pgg_bulkhead_waiter *w;
 
-    while (bh->head && bh->in_use < bh->capacity) {
+    while (bh->head && holders(bh) < atomic_load(&bh->capacity)) {
         w = bh->head;
         dequeue(bh, w);
-        bh->in_use++;
-        bh->admitted++;
+        atomic_fetch_add(&bh->state, 1);
+        atomic_fetch_add_explicit(&bh->admitted, 1, memory_order_relaxed);
         bh->waited++;
         w->result = PGG_OK;
         pthread_cond_signal(&w->cv);
     }
+    slow_if_needed(bh);
 }
 
 /* The fake clock moved: every waiter re-checks its deadline. */
@@ -81,7 +97,9 @@ int pgg__bulkhead_init(pgg_bulkhead *bh, int capacity, const pgg_clock *clock,
     rc = pthread_mutex_init(&bh->mu, NULL);
     if (rc != 0)
         return pgg__error_set(err, PGG_ESYS, NULL, NULL, "bulkhead mutex: error %d", rc);
-    bh->capacity = capacity;
+    atomic_init(&bh->state, 0);
+    atomic_init(&bh->capacity, capacity);
+    atomic_init(&bh->admitted, 0);
     bh->clock = pgg__clock_or_system(clock);
     bh->watch.fn = wake_waiters;
     bh->watch.ud = bh;
@@ -140,6 +158,7 @@ static int wait_for_slot(pgg_bulkhead *bh, int64_t deadline)
         dequeue(bh, &w);
         bh->timed_out++;
         rc = PGG_ETIMEDOUT;
+        slow_if_needed(bh);
     }
     pthread_cond_destroy(&w.cv);
     return rc;
@@ -147,14 +166,28 @@ static int wait_for_slot(pgg_bulkhead *bh, int64_t deadline)
 
 int pgg__bulkhead_enter(pgg_bulkhead *bh, int64_t deadline, int64_t now)
 {
+    uint64_t s = atomic_load_explicit(&bh->state, memory_order_relaxed);
     int rc;
 
+    /* Nobody waits and a slot is free: take it without the lock. */
+    while (!(s & SLOW) && HOLDERS(s) < atomic_load_explicit(&bh->capacity,
+                                                            memory_order_relaxed)) {
+        if (atomic_compare_exchange_weak_explicit(&bh->state, &s, s + 1,
+                                                  memory_order_acquire,
+                                                  memory_order_relaxed)) {
+            atomic_fetch_add_explicit(&bh->admitted, 1, memory_order_relaxed);
+            return PGG_OK;
+        }
+    }
     pthread_mutex_lock(&bh->mu);
+    /* From here every change of state goes through the lock: a holder
+     * leaving now sees SLOW and hands its slot over under mu. */
+    s = atomic_fetch_or(&bh->state, SLOW) | SLOW;
     if (bh->closed) {
         rc = PGG_ECLOSED;
-    } else if (!bh->head && bh->in_use < bh->capacity) {
-        bh->in_use++;
-        bh->admitted++;
+    } else if (!bh->head && HOLDERS(s) < atomic_load(&bh->capacity)) {
+        atomic_fetch_add(&bh->state, 1);
+        atomic_fetch_add_explicit(&bh->admitted, 1, memory_order_relaxed);
         rc = PGG_OK;
     } else if (deadline <= now) {
         bh->rejected_full++;
@@ -162,15 +195,26 @@ int pgg__bulkhead_enter(pgg_bulkhead *bh, int64_t deadline, int64_t now)
     } else {
         rc = wait_for_slot(bh, deadline);
     }
+    slow_if_needed(bh);
     pthread_mutex_unlock(&bh->mu);
     return rc;
 }
 
 void pgg__bulkhead_leave(pgg_bulkhead *bh)
 {
+    uint64_t s = atomic_load_explicit(&bh->state, memory_order_relaxed);
+
+    while (!(s & SLOW)) {
+        if (HOLDERS(s) == 0)
+            return;
+        if (atomic_compare_exchange_weak_explicit(&bh->state, &s, s - 1,
+                                                  memory_order_release,
+                                                  memory_order_relaxed))
+            return;
+    }
     pthread_mutex_lock(&bh->mu);
-    if (bh->in_use > 0)
-        bh->in_use--;
+    if (holders(bh) > 0)
+        atomic_fetch_sub(&bh->state, 1);
     grant(bh);
     pthread_mutex_unlock(&bh->mu);
 }
@@ -180,7 +224,7 @@ int pgg__bulkhead_resize(pgg_bulkhead *bh, int capacity)
     if (capacity < 0)
         return PGG_EINVAL;
     pthread_mutex_lock(&bh->mu);
-    bh->capacity = capacity;
+    atomic_store(&bh->capacity, capacity);
     grant(bh);
     pthread_mutex_unlock(&bh->mu);
     return PGG_OK;
@@ -188,21 +232,16 @@ int pgg__bulkhead_resize(pgg_bulkhead *bh, int capacity)
 
 int pgg__bulkhead_capacity(pgg_bulkhead *bh)
 {
-    int c;
-
-    pthread_mutex_lock(&bh->mu);
-    c = bh->capacity;
-    pthread_mutex_unlock(&bh->mu);
-    return c;
+    return atomic_load(&bh->capacity);
 }
 
 void pgg__bulkhead_counts(pgg_bulkhead *bh, pgg_bulkhead_counts *out)
 {
     pthread_mutex_lock(&bh->mu);
-    out->capacity = bh->capacity;
-    out->in_use = bh->in_use;
+    out->capacity = atomic_load(&bh->capacity);
+    out->in_use = holders(bh);
     out->waiting = bh->waiting;
-    out->admitted = bh->admitted;
+    out->admitted = atomic_load(&bh->admitted);
     out->waited = bh->waited;
     out->rejected_full = bh->rejected_full;
     out->timed_out = bh->timed_out;
@@ -215,6 +254,7 @@ void pgg__bulkhead_close(pgg_bulkhead *bh)
 
     pthread_mutex_lock(&bh->mu);
     bh->closed = true;
+    atomic_fetch_or(&bh->state, SLOW);
     while ((w = bh->head) != NULL) {
         dequeue(bh, w);
         w->result = PGG_ECLOSED;

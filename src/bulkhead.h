@@ -18,8 +18,10 @@
  * (through one clock watch per bulkhead) to re-check its deadline, so tests
  * drive deadline expiry by moving the fake clock.
  *
- * Thread-safe; one mutex, a few instructions under it on the uncontended
- * path; no allocation after init (a waiter lives on its own stack).
+ * Thread-safe.  While nobody waits, enter and leave are one compare-and-
+ * swap each on one cache line, no lock; once someone waits (or after
+ * close), both go through the mutex so that freed slots go to waiters in
+ * order.  No allocation after init (a waiter lives on its own stack).
  */
 #ifndef PGG_BULKHEAD_H
 #define PGG_BULKHEAD_H
@@ -28,22 +30,30 @@
 #include "pgguard.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 
 typedef struct pgg_bulkhead_waiter pgg_bulkhead_waiter;
 
 typedef struct pgg_bulkhead {
+    /* The hot line: holders (low 32 bits) and the SLOW flag, which a
+     * waiter or close sets so that every enter and leave takes mu (FIFO
+     * hand-off); while it is clear, enter and leave are one CAS each. */
+    _Atomic uint64_t state;
+    _Atomic int capacity;
+    atomic_uint_fast64_t admitted;
+    /* The lock and the waiters' fields on other lines (no alignment is
+     * required of the embedding struct: padding, not _Alignas). */
+    char pad[128];
     pthread_mutex_t mu;
     const pgg_clock *clock;
     pgg_clock_watch watch;
-    int capacity;
-    int in_use;
     int waiting;
     bool closed;
     pgg_bulkhead_waiter *head; /* oldest waiter */
     pgg_bulkhead_waiter *tail;
-    uint64_t admitted, rejected_full, timed_out, waited;
+    uint64_t rejected_full, timed_out, waited;
 } pgg_bulkhead;
 
 typedef struct pgg_bulkhead_counts {
@@ -91,7 +101,8 @@ int pgg__bulkhead_resize(pgg_bulkhead *bh, int capacity);
 
 int pgg__bulkhead_capacity(pgg_bulkhead *bh);
 
-/* A consistent snapshot. */
+/* A snapshot: each field exact, read one after another (the lock-free
+ * path may admit or release in between). */
 void pgg__bulkhead_counts(pgg_bulkhead *bh, pgg_bulkhead_counts *out);
 
 /*

@@ -5,6 +5,7 @@
 
 #include "clock.h"
 #include "error.h"
+#include "tls.h"
 
 int pgg__host_init(pgg_host *h, int index, const char *name,
                    const char *const *keys, const char *const *vals,
@@ -116,6 +117,28 @@ static int connect_new(pgg_host *h, int64_t deadline_ns, pgg_link **out,
     return PGG_OK;
 }
 
+/* A token per live thread: the address of a thread-local. */
+static PGG_TLS char thread_token;
+
+/*
+ * The idle connection this thread gave back last, else the most recently
+ * used one; returns the link to it in the list.  A thread that finds its
+ * own connection again reuses a socket and a server backend nobody else
+ * touched since: warm caches on both sides, and far less kernel time per
+ * call than a connection another core just used (measured in issue 10:
+ * client CPU 1.54x raw libpq without, 1.13x with, at 8 threads).  The walk
+ * is bounded by pool_max and stays short under load, when few are idle.
+ */
+static pgg_link **pick_idle(pgg_host *h)
+{
+    const void *me = &thread_token;
+
+    for (pgg_link **pp = &h->idle; *pp; pp = &(*pp)->next)
+        if ((*pp)->owner == me)
+            return pp;
+    return &h->idle;
+}
+
 int pgg__host_borrow(pgg_host *h, int64_t deadline_ns, int64_t now,
                      pgg_link **out, pgg_borrow_fail *why, pgg_error *err)
 {
@@ -140,9 +163,10 @@ int pgg__host_borrow(pgg_host *h, int64_t deadline_ns, int64_t now,
          * timeout raced a give-back, a validation that used the time up):
          * a statement sent then would leave after its call gave up. */
         while (h->idle && now < deadline_ns) {
-            pgg_link *l = h->idle;
+            pgg_link **pp = pick_idle(h);
+            pgg_link *l = *pp;
 
-            h->idle = l->next;
+            *pp = l->next;
             h->n_idle--;
             if (expired(h, l, now)) {
                 l->next = doomed;
@@ -221,7 +245,9 @@ static void release_slot(pgg_host *h, pgg_link *keep)
         h->n_idle++;
         keep = NULL;
     }
-    pthread_cond_signal(&h->cv);
+    /* Only borrowers wait on cv, and they count themselves under mu. */
+    if (h->n_waiting > 0)
+        pthread_cond_signal(&h->cv);
     pthread_mutex_unlock(&h->mu);
     if (keep) {
         PQfinish(keep->conn);
@@ -239,6 +265,7 @@ void pgg__host_give_back(pgg_host *h, pgg_link *l, int64_t now)
         return;
     }
     l->last_used_ns = now;
+    l->owner = &thread_token;
     release_slot(h, l);
 }
 

@@ -32,6 +32,9 @@ typedef struct pgg_link {
      * older than a promotion, until its next query refreshes it. */
     bool fresh;
     pgg_stmt_set stmts; /* the pool's statements prepared on it */
+    /* The thread that gave it back last (an opaque token, compared only):
+     * that thread gets it again first. */
+    const void *owner;
     struct pgg_link *next;
 } pgg_link;
 

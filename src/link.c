@@ -18,15 +18,41 @@
 /*
  * Wait for events on fd until deadline_ns.  Returns the revents (> 0),
  * 0 when the deadline passed, -1 on a poll error other than EINTR.
- * ppoll, not poll: a millisecond timeout would round every wait up and
- * make a hung server cost up to a millisecond more than the deadline.
+ *
+ * With a watchdog slot: poll without a timeout inside an armed window; at
+ * the deadline the watchdog shuts the socket down, which ends the poll, and
+ * disarm says so.  No kernel timer is armed and no clock is read per wait;
+ * the lateness is bounded by the watchdog's tick.  The window covers the
+ * poll only: libpq may close its socket in the calls around it.
+ *
+ * Without one (connects, whose socket libpq may replace between polls, and
+ * callers without a pool): ppoll, not poll: a millisecond timeout would
+ * round every wait up and make a hung server cost up to a millisecond more
+ * than the deadline.
  */
-static int wait_socket(int fd, short events, int64_t deadline_ns)
+static int wait_socket(pgg_wd_slot *slot, int fd, short events,
+                       int64_t deadline_ns)
 {
     struct pollfd p;
 
     if (fd < 0)
         return -1;
+    if (slot) {
+        int r;
+
+        p.fd = fd;
+        p.events = events;
+        p.revents = 0;
+        pgg__watchdog_arm(slot, fd, deadline_ns);
+        do
+            r = poll(&p, 1, -1);
+        while (r < 0 && errno == EINTR);
+        if (pgg__watchdog_disarm(slot))
+            return 0;
+        if (r > 0)
+            return p.revents ? p.revents : events;
+        return -1;
+    }
     for (;;) {
         int64_t left = deadline_ns - pgg__now_ns();
         struct timespec ts;
@@ -212,7 +238,7 @@ int pgg__link_connect(const char *const *keys, const char *const *vals,
             goto failed;
         events = st == PGRES_POLLING_READING ? POLLIN : POLLOUT;
         /* The socket changes when libpq moves to the next address. */
-        r = wait_socket(PQsocket(conn), events, deadline_ns);
+        r = wait_socket(NULL, PQsocket(conn), events, deadline_ns);
         if (r == 0) {
             PQfinish(conn);
             return pgg__error_set(err, PGG_ETIMEDOUT, NULL, host,
@@ -283,6 +309,13 @@ int pgg__link_exec(PGconn *conn, const pgg_query *q, int64_t deadline_ns,
                    const char *host, PGresult **out, pgg_attempt_end *end,
                    pgg_error *err)
 {
+    return pgg__link_exec_wd(NULL, conn, q, deadline_ns, host, out, end, err);
+}
+
+int pgg__link_exec_wd(pgg_watchdog *wd, PGconn *conn, const pgg_query *q,
+                      int64_t deadline_ns, const char *host, PGresult **out,
+                      pgg_attempt_end *end, pgg_error *err)
+{
     *out = NULL;
     if (PQstatus(conn) != CONNECTION_OK)
         return lost(conn, out, NULL, end, PGG_END_NOT_SENT, host, err);
@@ -297,11 +330,33 @@ int pgg__link_exec(PGconn *conn, const pgg_query *q, int64_t deadline_ns,
         return pgg__link_error(err, PGG_ESTATE, conn, NULL, host,
                                "libpq refused to send");
     }
-    return pgg__link_wait(conn, deadline_ns, host, out, end, err);
+    return pgg__link_wait_wd(wd, conn, deadline_ns, host, out, end, err);
 }
 
 int pgg__link_wait(PGconn *conn, int64_t deadline_ns, const char *host,
                    PGresult **out, pgg_attempt_end *end, pgg_error *err)
+{
+    return pgg__link_wait_wd(NULL, conn, deadline_ns, host, out, end, err);
+}
+
+static int collect(pgg_wd_slot *slot, PGconn *conn, int64_t deadline_ns,
+                   const char *host, PGresult **out, pgg_attempt_end *end,
+                   pgg_error *err);
+
+int pgg__link_wait_wd(pgg_watchdog *wd, PGconn *conn, int64_t deadline_ns,
+                      const char *host, PGresult **out, pgg_attempt_end *end,
+                      pgg_error *err)
+{
+    pgg_wd_slot *slot = wd ? pgg__watchdog_claim(wd) : NULL;
+    int rc = collect(slot, conn, deadline_ns, host, out, end, err);
+
+    pgg__watchdog_release(slot);
+    return rc;
+}
+
+static int collect(pgg_wd_slot *slot, PGconn *conn, int64_t deadline_ns,
+                   const char *host, PGresult **out, pgg_attempt_end *end,
+                   pgg_error *err)
 {
     PGresult *keep = NULL;
     int r;
@@ -309,7 +364,8 @@ int pgg__link_wait(PGconn *conn, int64_t deadline_ns, const char *host,
     *out = NULL;
     /* Push the query out; a hung server may stop reading our bytes. */
     while ((r = PQflush(conn)) == 1) {
-        int ev = wait_socket(PQsocket(conn), POLLIN | POLLOUT, deadline_ns);
+        int ev = wait_socket(slot, PQsocket(conn), POLLIN | POLLOUT,
+                             deadline_ns);
         if (ev == 0)
             goto deadline;
         if (ev < 0 || ((ev & POLLIN) && !PQconsumeInput(conn)))
@@ -344,7 +400,7 @@ int pgg__link_wait(PGconn *conn, int64_t deadline_ns, const char *host,
                 goto done;
             return lost(conn, out, keep, end, PGG_END_LOST, host, err);
         }
-        r = wait_socket(PQsocket(conn), POLLIN, deadline_ns);
+        r = wait_socket(slot, PQsocket(conn), POLLIN, deadline_ns);
         if (r == 0)
             goto deadline;
         if (r < 0 || !PQconsumeInput(conn)) {

@@ -14,6 +14,7 @@
 
 #include "classify.h"
 #include "pgguard.h"
+#include "watchdog.h"
 
 struct pgg_stmt;
 
@@ -58,12 +59,24 @@ int pgg__link_exec(PGconn *conn, const pgg_query *q, int64_t deadline_ns,
                    pgg_error *err);
 
 /*
+ * The same, waiting under the pool's watchdog (poll without a timeout;
+ * the watchdog shuts the socket down at the deadline, so the lateness is
+ * bounded by its tick).  wd NULL: as pgg__link_exec.
+ */
+int pgg__link_exec_wd(pgg_watchdog *wd, PGconn *conn, const pgg_query *q,
+                      int64_t deadline_ns, const char *host, PGresult **out,
+                      pgg_attempt_end *end, pgg_error *err);
+
+/*
  * The second half of pgg__link_exec, for a query something else sent
  * (libpqtypes' registration queries): flush, then collect the results
  * until deadline_ns, with the same returns.
  */
 int pgg__link_wait(PGconn *conn, int64_t deadline_ns, const char *host,
                    PGresult **out, pgg_attempt_end *end, pgg_error *err);
+int pgg__link_wait_wd(pgg_watchdog *wd, PGconn *conn, int64_t deadline_ns,
+                      const char *host, PGresult **out, pgg_attempt_end *end,
+                      pgg_error *err);
 
 /*
  * Is an idle pooled connection still usable?  Reads whatever the server sent

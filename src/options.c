@@ -89,7 +89,7 @@ static const opt options[] = {
             "close a connection this old when it comes back; 0 no limit"),
     OPT_I64("validate_after_idle_ms", validate_after_idle_ms, 0, DAY(1), "5000",
             "check a connection idle longer than this before lending it; 0 always"),
-    OPT_I64("alive_check_after_idle_ms", alive_check_after_idle_ms, 0, DAY(1), "0",
+    OPT_I64("alive_check_after_idle_ms", alive_check_after_idle_ms, 0, DAY(1), "100",
             "poll an idle connection's socket for a close before lending it after this long idle; 0 always"),
     OPT_I64("connect_timeout_ms", connect_timeout_ms, 1, MIN_(10), "2000",
             "bound on one connection attempt (exact, unlike libpq's connect_timeout)"),

@@ -11,6 +11,7 @@
 
 #include "error.h"
 #include "health.h"
+#include "tls.h"
 
 /* The user and database every host is reached as: the conninfo's, or
  * libpq's defaults (PGUSER, PGDATABASE, the OS user), resolved as libpq
@@ -140,6 +141,7 @@ static void pool_destroy(pgg_pool *pool, int hosts_ready, bool bulkhead_ready)
     pool->health = NULL; /* late breaker events wake nothing */
     for (int i = 0; i < hosts_ready; i++)
         pgg__host_close(&pool->hosts[i]);
+    pgg__watchdog_free(pool->watchdog);
     if (pool->cfg)
         pgg__canceller_free(pool->canceller,
                             ms_to_ns(pool->cfg->cancel_timeout_ms));
@@ -249,6 +251,9 @@ pgg_pool *pgg_pool_new(const pgg_config *cfg, pgg_error *err)
         if (!pool->cache)
             goto fail;
     }
+    pool->watchdog = pgg__watchdog_new(PGG_WATCHDOG_TICK_NS, err);
+    if (!pool->watchdog)
+        goto fail;
     pool->health = pgg__health_start(pool, err);
     if (!pool->health)
         goto fail;
@@ -270,7 +275,7 @@ void pgg_pool_free(pgg_pool *pool)
 /* Ties between equally good hosts rotate per thread: a shared counter
  * would bounce one cache line between every core on every call, for no
  * better spread. */
-static _Thread_local unsigned route_rotate;
+static PGG_TLS unsigned route_rotate;
 
 int pgg__pool_candidates(pgg_pool *pool, pgg_intent intent, int *out)
 {
@@ -505,9 +510,9 @@ pgg_take pgg__pool_take(pgg_pool *pool, pgg_host *h, pgg_intent intent,
  * Prepare stmt on l's connection, the first time a call needs it there.
  * Returns true when done; false with the failure in *res / *end / *err.
  */
-static bool prepare_on(pgg_link *l, const pgg_stmt *stmt, int64_t deadline,
-                       const char *host, PGresult **res, pgg_attempt_end *end,
-                       pgg_error *err)
+static bool prepare_on(pgg_watchdog *wd, pgg_link *l, const pgg_stmt *stmt,
+                       int64_t deadline, const char *host, PGresult **res,
+                       pgg_attempt_end *end, pgg_error *err)
 {
     pgg_query pq = {.sql = stmt->sql,
                     .nparams = stmt->nparams,
@@ -516,7 +521,7 @@ static bool prepare_on(pgg_link *l, const pgg_stmt *stmt, int64_t deadline,
                     .stmt_name = stmt->name,
                     .prepare = true};
 
-    pgg__link_exec(l->conn, &pq, deadline, host, res, end, err);
+    pgg__link_exec_wd(wd, l->conn, &pq, deadline, host, res, end, err);
     if (*end != PGG_END_RESULT || PQresultStatus(*res) != PGRES_COMMAND_OK)
         return false;
     PQclear(*res);
@@ -575,7 +580,8 @@ pgg_verdict pgg__pool_exec_on(pgg_pool *pool, pgg_host *h, pgg_link **lp,
     int role = atomic_load_explicit(&h->role, memory_order_relaxed);
 
     if (q->stmt && !pgg__stmt_set_has(&l->stmts, q->stmt->index)) {
-        if (!prepare_on(l, q->stmt, deadline, h->name, res, end, err)) {
+        if (!prepare_on(pool->watchdog, l, q->stmt, deadline, h->name, res,
+                        end, err)) {
             /* The prepare's own failure (a syntax error, a lost
              * connection) is the call's outcome; the statement itself
              * never ran, so a lost connection counts as not sent. */
@@ -589,10 +595,12 @@ pgg_verdict pgg__pool_exec_on(pgg_pool *pool, pgg_host *h, pgg_link **lp,
                            "not sent",
                            q->stmt->name);
         } else {
-            pgg__link_exec(l->conn, q, deadline, h->name, res, end, err);
+            pgg__link_exec_wd(pool->watchdog, l->conn, q, deadline, h->name,
+                              res, end, err);
         }
     } else {
-        pgg__link_exec(l->conn, q, deadline, h->name, res, end, err);
+        pgg__link_exec_wd(pool->watchdog, l->conn, q, deadline, h->name, res,
+                          end, err);
     }
     *ended = pgg__now_ns();
     v = pgg__classify_result(&pool->cfg->classifier, *end, *res, intent,

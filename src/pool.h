@@ -36,6 +36,7 @@ struct pgg_pool {
     pgg_host_ref *refs;
     pgg_bulkhead bulkhead;
     pgg_canceller *canceller;
+    pgg_watchdog *watchdog; /* the deadlines of calls' socket waits */
     pgg_health *health;
     pgg_cache *cache;
     pgg_prepared prepared;

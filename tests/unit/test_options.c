@@ -210,7 +210,7 @@ static const spec specs[] = {
     I("idle_timeout_ms", 0, 86400000, "60000"),
     I("max_lifetime_ms", 0, 604800000, "1800000"),
     I("validate_after_idle_ms", 0, 86400000, "5000"),
-    I("alive_check_after_idle_ms", 0, 86400000, "0"),
+    I("alive_check_after_idle_ms", 0, 86400000, "100"),
     I("connect_timeout_ms", 1, 600000, "2000"),
     I("call_timeout_ms", 1, 3600000, "5000"),
     I("cancel_timeout_ms", 0, 600000, "2000"),

@@ -1,0 +1,334 @@
+#include "watchdog.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include "clock.h"
+#include "error.h"
+#include "tls.h"
+
+/*
+ * The protocol.  Each slot's state moves so:
+ *
+ *   FREE --claim (waiter, CAS)--> OWNED --arm (waiter, store)--> ARMED
+ *   ARMED --disarm (waiter, CAS)--> OWNED                      (in time)
+ *   ARMED --expiry (watchdog, CAS)--> FIRING --(shutdown; store)--> FIRED
+ *   FIRING --(not expired after all; store)--> ARMED
+ *   FIRED --disarm (waiter, store)--> OWNED                    (too late)
+ *   OWNED --release (waiter, store)--> FREE
+ *
+ * Why no shutdown can hit an fd its waiter no longer holds:
+ *  - the watchdog calls shutdown(fd) only after its CAS ARMED -> FIRING
+ *    succeeded, and reads the fd the waiter wrote before its release store
+ *    of ARMED (the CAS acquires it), so it is that window's fd;
+ *  - a waiter whose disarm CAS ARMED -> OWNED succeeded has won: the
+ *    watchdog's CAS for that window can no longer succeed (the state is no
+ *    longer ARMED until the waiter arms a new window, with a new fd and
+ *    deadline written before it);
+ *  - a waiter whose CAS failed found FIRING or FIRED: it retries until it
+ *    wins against ARMED or finds FIRED, which the watchdog stores only
+ *    after shutdown() returned;
+ *  so every shutdown happens inside the window, while the waiter is between
+ *  arm and disarm and has not closed the fd (it owns the connection and
+ *  calls nothing that could close it inside the window).
+ *
+ * Slots live in chunks that are only ever added (under mu) and freed with
+ * the watchdog, so the watchdog walks them without a lock.  Each slot has
+ * its own cache line: a waiter's arm and disarm touch only its line.
+ */
+enum { FREE, OWNED, ARMED, FIRING, FIRED };
+
+#define CHUNK 64
+
+struct pgg_wd_slot {
+    _Alignas(64) atomic_int state;
+    /* Written by the waiter before it arms, read by the watchdog after its
+     * CAS to FIRING acquired them; atomics (relaxed) only so that a stale
+     * early look (see scan) is no data race. */
+    atomic_int fd;
+    _Atomic int_fast64_t deadline_ns;
+    pgg_watchdog *wd;
+};
+
+typedef struct chunk {
+    pgg_wd_slot slots[CHUNK];
+    _Atomic(struct chunk *) next;
+} chunk;
+
+struct pgg_watchdog {
+    uint64_t id; /* unique per watchdog ever made: the threads' hint key */
+    int64_t tick_ns;
+    chunk first;
+    pthread_mutex_t mu; /* growth, sleep and stop */
+    pthread_cond_t cv;
+    bool stop;
+    bool kick;                    /* an arm wants an earlier wake-up */
+    _Atomic int_fast64_t next_wake; /* when the watchdog looks next */
+    atomic_uint_fast64_t fired;
+    pthread_t thread;
+};
+
+static atomic_uint_fast64_t next_id = 1;
+
+/* The slot this thread used last, and in which watchdog: it is nearly
+ * always free again at the next call and on a line this thread owns. */
+static PGG_TLS struct {
+    uint64_t wd_id;
+    pgg_wd_slot *slot;
+} hint;
+
+/* Fire every expired armed slot; returns the earliest deadline of the
+ * windows still armed (PGG_TIME_NEVER when none). */
+static int64_t scan(pgg_watchdog *wd, int64_t now)
+{
+    int64_t earliest = PGG_TIME_NEVER;
+
+    for (chunk *c = &wd->first; c; c = atomic_load(&c->next)) {
+        for (int i = 0; i < CHUNK; i++) {
+            pgg_wd_slot *s = &c->slots[i];
+            int st = atomic_load_explicit(&s->state, memory_order_acquire);
+            int64_t d;
+
+            if (st != ARMED)
+                continue;
+            /* A first look, maybe at an older window of this slot. */
+            d = atomic_load_explicit(&s->deadline_ns, memory_order_relaxed);
+            if (d > now) {
+                if (d < earliest)
+                    earliest = d;
+                continue;
+            }
+            if (!atomic_compare_exchange_strong(&s->state, &st, FIRING))
+                continue;
+            /* The window is ours to end; its deadline is read again, now
+             * ordered after the waiter's arm: the state may have gone
+             * ARMED -> OWNED -> ARMED since the first look (a new window
+             * with a later deadline). */
+            d = atomic_load_explicit(&s->deadline_ns, memory_order_relaxed);
+            if (d > now) {
+                atomic_store_explicit(&s->state, ARMED, memory_order_release);
+                if (d < earliest)
+                    earliest = d;
+                continue;
+            }
+            /* The waiter is in its window and waits for FIRED before it
+             * can leave it: the fd is its own until then. */
+            (void)shutdown(atomic_load_explicit(&s->fd, memory_order_relaxed),
+                           SHUT_RDWR);
+            atomic_fetch_add_explicit(&wd->fired, 1, memory_order_relaxed);
+            atomic_store_explicit(&s->state, FIRED, memory_order_release);
+        }
+    }
+    return earliest;
+}
+
+/*
+ * Sleep until the earliest deadline (no sooner than a tick from now, which
+ * bounds the watchdog's own CPU when deadlines crowd, and so the lateness),
+ * or without a timeout when nothing is armed; an arm whose deadline comes
+ * before the published wake-up time kicks the watchdog.  Under uniform
+ * call timeouts a new deadline is never the earliest, so callers kick it
+ * about once per timeout period at most, and it wakes about as rarely.
+ *
+ * No window is overlooked: the watchdog publishes next_wake and then looks
+ * at the slots again; an arm publishes ARMED and then reads next_wake (all
+ * sequentially consistent).  Either that look sees the window and its
+ * deadline, or the arm sees the new next_wake and kicks when it is later.
+ */
+static void *watchdog_main(void *arg)
+{
+    pgg_watchdog *wd = arg;
+
+    pthread_mutex_lock(&wd->mu);
+    while (!wd->stop) {
+        int64_t now, floor, target, again;
+
+        wd->kick = false;
+        pthread_mutex_unlock(&wd->mu);
+        now = pgg__now_ns();
+        floor = now + wd->tick_ns;
+        target = scan(wd, now);
+        for (;;) {
+            if (target < floor)
+                target = floor;
+            atomic_store(&wd->next_wake, target);
+            again = scan(wd, now);
+            if (again >= target || target == floor)
+                break;
+            target = again;
+        }
+        pthread_mutex_lock(&wd->mu);
+        while (!wd->kick && !wd->stop) {
+            struct timespec ts;
+
+            if (target == PGG_TIME_NEVER) {
+                pthread_cond_wait(&wd->cv, &wd->mu);
+                continue;
+            }
+            ts = pgg__ns_to_timespec(target);
+            if (pthread_cond_timedwait(&wd->cv, &wd->mu, &ts) == ETIMEDOUT)
+                break;
+        }
+    }
+    pthread_mutex_unlock(&wd->mu);
+    return NULL;
+}
+
+static void chunk_init(chunk *c, pgg_watchdog *wd)
+{
+    for (int i = 0; i < CHUNK; i++) {
+        atomic_init(&c->slots[i].state, FREE);
+        atomic_init(&c->slots[i].fd, -1);
+        atomic_init(&c->slots[i].deadline_ns, 0);
+        c->slots[i].wd = wd;
+    }
+    atomic_init(&c->next, NULL);
+}
+
+pgg_watchdog *pgg__watchdog_new(int64_t tick_ns, pgg_error *err)
+{
+    pgg_watchdog *wd;
+    int rc;
+
+    if (tick_ns <= 0) {
+        pgg__error_set(err, PGG_EINVAL, NULL, NULL, "watchdog: bad tick");
+        return NULL;
+    }
+    wd = aligned_alloc(64, (sizeof *wd + 63) / 64 * 64);
+    if (!wd) {
+        pgg__error_set(err, PGG_ENOMEM, NULL, NULL, "watchdog: out of memory");
+        return NULL;
+    }
+    memset(wd, 0, sizeof *wd);
+    wd->id = atomic_fetch_add(&next_id, 1);
+    wd->tick_ns = tick_ns;
+    chunk_init(&wd->first, wd);
+    atomic_init(&wd->next_wake, 0);
+    atomic_init(&wd->fired, 0);
+    pthread_mutex_init(&wd->mu, NULL);
+    pgg__cond_init(&wd->cv);
+    rc = pthread_create(&wd->thread, NULL, watchdog_main, wd);
+    if (rc != 0) {
+        pthread_cond_destroy(&wd->cv);
+        pthread_mutex_destroy(&wd->mu);
+        free(wd);
+        pgg__error_set(err, PGG_ESYS, NULL, NULL,
+                       "watchdog: cannot start its thread (error %d)", rc);
+        return NULL;
+    }
+    return wd;
+}
+
+void pgg__watchdog_free(pgg_watchdog *wd)
+{
+    chunk *c;
+
+    if (!wd)
+        return;
+    pthread_mutex_lock(&wd->mu);
+    wd->stop = true;
+    pthread_cond_signal(&wd->cv);
+    pthread_mutex_unlock(&wd->mu);
+    pthread_join(wd->thread, NULL);
+    c = atomic_load(&wd->first.next);
+    while (c) {
+        chunk *next = atomic_load(&c->next);
+        free(c);
+        c = next;
+    }
+    pthread_cond_destroy(&wd->cv);
+    pthread_mutex_destroy(&wd->mu);
+    free(wd);
+}
+
+static bool try_claim(pgg_wd_slot *s)
+{
+    int st = FREE;
+
+    return atomic_load_explicit(&s->state, memory_order_relaxed) == FREE &&
+           atomic_compare_exchange_strong(&s->state, &st, OWNED);
+}
+
+pgg_wd_slot *pgg__watchdog_claim(pgg_watchdog *wd)
+{
+    chunk *c, *last = NULL, *fresh;
+
+    if (hint.wd_id == wd->id && try_claim(hint.slot))
+        return hint.slot;
+    for (;;) {
+        for (c = &wd->first; c; c = atomic_load(&c->next)) {
+            last = c;
+            for (int i = 0; i < CHUNK; i++)
+                if (try_claim(&c->slots[i])) {
+                    hint.wd_id = wd->id;
+                    hint.slot = &c->slots[i];
+                    return hint.slot;
+                }
+        }
+        /* Every slot busy: more threads wait than ever before.  Grow by a
+         * chunk (rare, and never shrunk: the watchdog walks without a
+         * lock). */
+        fresh = aligned_alloc(64, (sizeof *fresh + 63) / 64 * 64);
+        if (!fresh)
+            return NULL;
+        chunk_init(fresh, wd);
+        pthread_mutex_lock(&wd->mu);
+        while ((c = atomic_load(&last->next)) != NULL)
+            last = c;
+        atomic_store(&last->next, fresh);
+        pthread_mutex_unlock(&wd->mu);
+    }
+}
+
+void pgg__watchdog_release(pgg_wd_slot *s)
+{
+    if (s)
+        atomic_store_explicit(&s->state, FREE, memory_order_release);
+}
+
+void pgg__watchdog_arm(pgg_wd_slot *s, int fd, int64_t deadline_ns)
+{
+    pgg_watchdog *wd = s->wd;
+
+    atomic_store_explicit(&s->fd, fd, memory_order_relaxed);
+    atomic_store_explicit(&s->deadline_ns, deadline_ns, memory_order_relaxed);
+    /* Sequentially consistent with the watchdog's publishing next_wake
+     * (see watchdog_main); also publishes fd and deadline. */
+    atomic_store(&s->state, ARMED);
+    if (deadline_ns < atomic_load(&wd->next_wake)) {
+        pthread_mutex_lock(&wd->mu);
+        /* Later arms need not kick again before the watchdog looks. */
+        if (deadline_ns < atomic_load(&wd->next_wake))
+            atomic_store(&wd->next_wake, deadline_ns);
+        wd->kick = true;
+        pthread_cond_signal(&wd->cv);
+        pthread_mutex_unlock(&wd->mu);
+    }
+}
+
+bool pgg__watchdog_disarm(pgg_wd_slot *s)
+{
+    for (;;) {
+        int st = ARMED;
+
+        if (atomic_compare_exchange_strong(&s->state, &st, OWNED))
+            return false;
+        if (st == FIRED) {
+            atomic_store_explicit(&s->state, OWNED, memory_order_relaxed);
+            return true;
+        }
+        /* FIRING: the watchdog holds the window for one shutdown() or a
+         * second look at the deadline; either ends at once. */
+        sched_yield();
+    }
+}
+
+uint64_t pgg__watchdog_fired(const pgg_watchdog *wd)
+{
+    return wd ? (uint64_t)atomic_load(&wd->fired) : 0;
+}

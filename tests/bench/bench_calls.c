@@ -1,0 +1,448 @@
+/*
+ * bench-calls: pgguard's one-shot calls against the same raw libpq calls,
+ * call for call, in one process.
+ *
+ *   bench-calls --conninfo CI count  CLIENT QUERY N   (for callgrind/strace)
+ *   bench-calls --conninfo CI interleave [--threads 1,8,32] [--rounds R]
+ *               [--round-calls N] [--block B] [--settings 'k=v ...']
+ *
+ * count: warms up, then makes N calls of one client (raw or guard) and one
+ * query (exec: SELECT 1 by PQexec / pgg_exec; params: a one-parameter
+ * primary-key lookup by PQexecParams / pgg_exec_params; prepared: the same
+ * lookup by PQexecPrepared / pgg_exec_prepared) inside measured_calls(),
+ * the one function tests/bench/callgrind tells callgrind to count
+ * (--toggle-collect); for strace it runs with N and with 0 calls and
+ * takes the difference.
+ * The pool exists in both cases (its health thread puts glibc on its
+ * multi-thread paths for both clients alike); `raw-alone` measures raw
+ * libpq in a process with no pool and no second thread.
+ *
+ * interleave: every client thread owns one raw connection and shares one
+ * pool; it alternates blocks of B raw calls and B pgguard calls (which
+ * goes first alternates block by block), so that both clients meet the
+ * same load, CPU state and server at the same moment.  The machine's CPU
+ * flips between a fast and a slow state for seconds at a time: separate
+ * runs compare nothing.  Per round it sums each client's wall time and
+ * thread CPU time; the process CPU that no client thread used (the pool's
+ * health and watchdog threads) is charged to pgguard.  It prints the
+ * median and range of the per-round ratios raw/pgguard (calls/s) and
+ * pgguard/raw (CPU per call).
+ *
+ * Not a meson test: it reports, asserts nothing.
+ */
+#include <errno.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <libpq-fe.h>
+
+#include "pgguard.h"
+
+enum { Q_EXEC, Q_PARAMS, Q_PREPARED, Q__N };
+static const char *const qname[Q__N] = {"exec", "params", "prepared"};
+#define PK_SQL "SELECT val FROM pgg_items WHERE id = $1"
+#define STMT "bench_pk"
+#define PK_ROWS 100 /* pgg_items holds ids 1..100 (sql/fixture.sql) */
+
+#define MAX_ROUNDS 64
+#define MAX_LEVELS 8
+
+static void die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+static void die(const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    fputs("bench-calls: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    exit(1);
+}
+
+static int64_t clock_ns(clockid_t id)
+{
+    struct timespec ts;
+
+    clock_gettime(id, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static pgg_pool *pool_new(const char *conninfo, const char *settings)
+{
+    pgg_config *cfg = pgg_config_new();
+    pgg_error e;
+    pgg_pool *p;
+
+    if (!cfg)
+        die("out of memory");
+    if (pgg_config_set_servers(cfg, conninfo, &e) != PGG_OK ||
+        pgg_config_parse(cfg, settings ? settings : "", &e) != PGG_OK)
+        die("pgguard config: %s", e.message);
+    p = pgg_pool_new(cfg, &e);
+    pgg_config_free(cfg);
+    if (!p)
+        die("pgg_pool_new: %s", e.message);
+    if (pgg_pool_prepare(p, STMT, PK_SQL, 1, NULL, &e) != PGG_OK)
+        die("pgg_pool_prepare: %s", e.message);
+    return p;
+}
+
+static PGconn *raw_new(const char *conninfo)
+{
+    PGconn *c = PQconnectdb(conninfo);
+    PGresult *r;
+
+    if (PQstatus(c) != CONNECTION_OK)
+        die("connect: %s", PQerrorMessage(c));
+    r = PQprepare(c, STMT, PK_SQL, 1, NULL);
+    if (PQresultStatus(r) != PGRES_COMMAND_OK)
+        die("prepare: %s", PQerrorMessage(c));
+    PQclear(r);
+    return c;
+}
+
+/* One call; false unless it returned the one row. */
+static bool call_raw(PGconn *c, int q, unsigned seq)
+{
+    char id[16];
+    const char *vals[1] = {id};
+    PGresult *r;
+    bool ok;
+
+    if (q == Q_EXEC) {
+        r = PQexec(c, "SELECT 1");
+    } else {
+        snprintf(id, sizeof id, "%u", seq % PK_ROWS + 1);
+        r = q == Q_PARAMS ? PQexecParams(c, PK_SQL, 1, NULL, vals, NULL, NULL, 0)
+                          : PQexecPrepared(c, STMT, 1, vals, NULL, NULL, 0);
+    }
+    ok = PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1;
+    PQclear(r);
+    return ok;
+}
+
+static bool call_guard(pgg_pool *p, int q, unsigned seq, pgg_error *e)
+{
+    char id[16];
+    const char *vals[1] = {id};
+    PGresult *r;
+    bool ok;
+
+    if (q == Q_EXEC) {
+        r = pgg_exec(p, PGG_READ, "SELECT 1", NULL, NULL, e);
+    } else {
+        snprintf(id, sizeof id, "%u", seq % PK_ROWS + 1);
+        r = q == Q_PARAMS
+                ? pgg_exec_params(p, PGG_READ, PK_SQL, 1, NULL, vals, NULL,
+                                  NULL, NULL, NULL, e)
+                : pgg_exec_prepared(p, PGG_READ, STMT, 1, vals, NULL, NULL,
+                                    NULL, NULL, e);
+    }
+    ok = r && PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1;
+    PQclear(r);
+    return ok;
+}
+
+/* ---------------------------------------------------------------- count */
+
+static long calls_loop(PGconn *c, pgg_pool *p, int q, long n)
+{
+    long bad = 0;
+    pgg_error e;
+
+    for (long i = 0; i < n; i++)
+        bad += c ? !call_raw(c, q, (unsigned)i)
+                 : !call_guard(p, q, (unsigned)i, &e);
+    return bad;
+}
+
+/* The window callgrind counts (--toggle-collect=measured_calls): out of
+ * line, its name stable, and nothing else calls it. */
+__attribute__((noinline)) long measured_calls(PGconn *c, pgg_pool *p, int q,
+                                              long n);
+__attribute__((noinline)) long measured_calls(PGconn *c, pgg_pool *p, int q,
+                                              long n)
+{
+    return calls_loop(c, p, q, n);
+}
+
+static int count(const char *conninfo, const char *settings, const char *client,
+                 const char *query, long n)
+{
+    int q = -1;
+    bool raw = strcmp(client, "raw") == 0, alone = strcmp(client, "raw-alone") == 0;
+    pgg_pool *p = NULL;
+    PGconn *c = NULL;
+    long bad;
+
+    for (int i = 0; i < Q__N; i++)
+        if (strcmp(query, qname[i]) == 0)
+            q = i;
+    if (q < 0 || (!raw && !alone && strcmp(client, "guard") != 0))
+        die("count CLIENT QUERY N: CLIENT raw, raw-alone or guard; QUERY "
+            "exec, params or prepared");
+    if (!alone)
+        p = pool_new(conninfo, settings);
+    if (raw || alone)
+        c = raw_new(conninfo);
+    /* Warm: the connection open, the statement prepared, plans cached. */
+    if (calls_loop(c, p, q, 200) != 0)
+        die("warm-up calls failed");
+    bad = measured_calls(c, p, q, n);
+    PQfinish(c);
+    pgg_pool_free(p);
+    if (bad)
+        die("%ld of %ld calls failed", bad, n);
+    return 0;
+}
+
+/* ----------------------------------------------------------- interleave */
+
+typedef struct acc {
+    int64_t wall, cpu;
+    long calls, bad;
+} acc;
+
+typedef struct shared {
+    const char *conninfo;
+    pgg_pool *pool;
+    int q, nthreads, rounds, block;
+    long round_calls;
+    pthread_barrier_t bar;
+    acc (*per)[MAX_ROUNDS][2]; /* [thread][round][raw, guard] */
+} shared;
+
+typedef struct worker {
+    shared *s;
+    int id;
+    PGconn *conn;
+    pthread_t t;
+} worker;
+
+static void run_block(worker *w, bool guard, unsigned *seq, acc *a)
+{
+    shared *s = w->s;
+    int64_t t0 = clock_ns(CLOCK_MONOTONIC), c0 = clock_ns(CLOCK_THREAD_CPUTIME_ID);
+    pgg_error e;
+
+    for (int i = 0; i < s->block; i++, (*seq)++) {
+        bool ok = guard ? call_guard(s->pool, s->q, *seq, &e)
+                        : call_raw(w->conn, s->q, *seq);
+        if (!ok)
+            a->bad++;
+    }
+    a->cpu += clock_ns(CLOCK_THREAD_CPUTIME_ID) - c0;
+    a->wall += clock_ns(CLOCK_MONOTONIC) - t0;
+    a->calls += s->block;
+}
+
+static void *worker_main(void *arg)
+{
+    worker *w = arg;
+    shared *s = w->s;
+    unsigned seq = (unsigned)w->id * 37u;
+
+    for (int r = -1; r < s->rounds; r++) {
+        acc scratch[2] = {{0}};
+        acc *a = r < 0 ? scratch : s->per[w->id][r];
+
+        pthread_barrier_wait(&s->bar);
+        for (long b = 0; b * s->block < s->round_calls; b++) {
+            bool guard_first = ((b + w->id + r) & 1) != 0;
+
+            run_block(w, guard_first, &seq, &a[guard_first]);
+            run_block(w, !guard_first, &seq, &a[!guard_first]);
+        }
+        pthread_barrier_wait(&s->bar);
+    }
+    return NULL;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static void summary(double *v, int n, double *med, double *lo, double *hi)
+{
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    *med = n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+    *lo = v[0];
+    *hi = v[n - 1];
+}
+
+static void interleave_level(const char *conninfo, const char *settings, int q,
+                             int nthreads, int rounds, long round_calls,
+                             int block)
+{
+    shared s = {.conninfo = conninfo, .q = q, .nthreads = nthreads,
+                .rounds = rounds, .block = block, .round_calls = round_calls};
+    worker *ws = calloc((size_t)nthreads, sizeof *ws);
+    int64_t proc[MAX_ROUNDS + 1];
+    double tput[MAX_ROUNDS], cpu[MAX_ROUNDS];
+    double raw_us = 0, guard_us = 0, raw_cpu = 0, guard_cpu = 0;
+    long bad[2] = {0, 0};
+    double med, lo, hi, cmed, clo, chi;
+    char ls[64] = "?";
+    FILE *lf;
+
+    s.per = calloc((size_t)nthreads, sizeof *s.per);
+    if (!ws || !s.per)
+        die("out of memory");
+    s.pool = pool_new(conninfo, settings);
+    pthread_barrier_init(&s.bar, NULL, (unsigned)nthreads + 1);
+    for (int i = 0; i < nthreads; i++) {
+        ws[i].s = &s;
+        ws[i].id = i;
+        ws[i].conn = raw_new(conninfo);
+        if (pthread_create(&ws[i].t, NULL, worker_main, &ws[i]) != 0)
+            die("pthread_create");
+    }
+    /* The warm-up round, unmeasured. */
+    pthread_barrier_wait(&s.bar);
+    pthread_barrier_wait(&s.bar);
+    for (int r = 0; r < rounds; r++) {
+        pthread_barrier_wait(&s.bar);
+        proc[r] = clock_ns(CLOCK_PROCESS_CPUTIME_ID);
+        pthread_barrier_wait(&s.bar);
+        proc[r + 1] = clock_ns(CLOCK_PROCESS_CPUTIME_ID);
+        proc[r] = proc[r + 1] - proc[r];
+    }
+    for (int i = 0; i < nthreads; i++) {
+        pthread_join(ws[i].t, NULL);
+        PQfinish(ws[i].conn);
+    }
+    for (int r = 0; r < rounds; r++) {
+        acc t[2] = {{0}};
+        double rw, gw, rc, gc, extra;
+
+        for (int i = 0; i < nthreads; i++)
+            for (int k = 0; k < 2; k++) {
+                t[k].wall += s.per[i][r][k].wall;
+                t[k].cpu += s.per[i][r][k].cpu;
+                t[k].calls += s.per[i][r][k].calls;
+                bad[k] += s.per[i][r][k].bad;
+            }
+        /* Threads run side by side: a client's calls/s is its calls over
+         * its wall time per thread. */
+        rw = (double)t[0].wall / (double)t[0].calls;
+        gw = (double)t[1].wall / (double)t[1].calls;
+        extra = (double)(proc[r] - t[0].cpu - t[1].cpu);
+        if (extra < 0)
+            extra = 0;
+        rc = (double)t[0].cpu / (double)t[0].calls;
+        gc = ((double)t[1].cpu + extra) / (double)t[1].calls;
+        tput[r] = rw / gw;
+        cpu[r] = gc / rc;
+        raw_us += rw / 1e3 / rounds;
+        guard_us += gw / 1e3 / rounds;
+        raw_cpu += rc / 1e3 / rounds;
+        guard_cpu += gc / 1e3 / rounds;
+    }
+    summary(tput, rounds, &med, &lo, &hi);
+    summary(cpu, rounds, &cmed, &clo, &chi);
+    if ((lf = fopen("/proc/loadavg", "r"))) {
+        if (!fgets(ls, sizeof ls, lf))
+            snprintf(ls, sizeof ls, "?");
+        ls[strcspn(ls, " ")] = '\0';
+        fclose(lf);
+    }
+    printf("%-9s %3d  %8.0f %8.0f  %5.3f %4.2f-%4.2f  %6.1f %6.1f  %5.3f "
+           "%4.2f-%4.2f  %5s%s\n",
+           qname[q], nthreads, nthreads * 1e6 / raw_us,
+           nthreads * 1e6 / guard_us, med, lo, hi, raw_cpu, guard_cpu, cmed,
+           clo, chi, ls, bad[0] || bad[1] ? "  ERRORS" : "");
+    fflush(stdout);
+    pthread_barrier_destroy(&s.bar);
+    pgg_pool_free(s.pool);
+    free(s.per);
+    free(ws);
+}
+
+static int parse_list(const char *s, int *out, int max)
+{
+    int n = 0;
+
+    while (*s && n < max) {
+        char *end;
+        long v = strtol(s, &end, 10);
+        if (end == s || v <= 0 || v > 1024)
+            die("bad list: %s", s);
+        out[n++] = (int)v;
+        s = *end == ',' ? end + 1 : end;
+    }
+    return n;
+}
+
+int main(int argc, char **argv)
+{
+    const char *conninfo = getenv("PGG_BENCH_CONNINFO");
+    const char *settings = "pool_max=32";
+    const char *queries = "exec,params,prepared";
+    int levels[MAX_LEVELS] = {1, 8, 32}, nlevels = 3;
+    int rounds = 9, block = 20;
+    long round_calls = 2000;
+    int i = 1;
+
+    for (; i < argc && strncmp(argv[i], "--", 2) == 0; i += 2) {
+        if (i + 1 >= argc)
+            die("%s needs a value", argv[i]);
+        if (strcmp(argv[i], "--conninfo") == 0)
+            conninfo = argv[i + 1];
+        else if (strcmp(argv[i], "--settings") == 0)
+            settings = argv[i + 1];
+        else if (strcmp(argv[i], "--threads") == 0)
+            nlevels = parse_list(argv[i + 1], levels, MAX_LEVELS);
+        else if (strcmp(argv[i], "--rounds") == 0)
+            rounds = atoi(argv[i + 1]);
+        else if (strcmp(argv[i], "--round-calls") == 0)
+            round_calls = atol(argv[i + 1]);
+        else if (strcmp(argv[i], "--block") == 0)
+            block = atoi(argv[i + 1]);
+        else if (strcmp(argv[i], "--queries") == 0)
+            queries = argv[i + 1];
+        else
+            die("unknown option %s", argv[i]);
+    }
+    if (!conninfo)
+        die("no server: --conninfo or PGG_BENCH_CONNINFO");
+    if (rounds < 1 || rounds > MAX_ROUNDS || block < 1 || round_calls < block)
+        die("bad --rounds, --block or --round-calls");
+    if (i < argc && strcmp(argv[i], "count") == 0 && i + 3 < argc)
+        return count(conninfo, settings, argv[i + 1], argv[i + 2],
+                     atol(argv[i + 3]));
+    if (i < argc && strcmp(argv[i], "interleave") == 0) {
+        printf("in-process interleaved, blocks of %d calls, %ld calls per "
+               "client per thread per round, %d rounds; settings '%s'\n",
+               block, round_calls, rounds, settings);
+        printf("%-9s %3s  %8s %8s  %5s %9s  %6s %6s  %5s %9s  %5s\n", "query",
+               "thr", "raw/s", "pgg/s", "x raw", "range", "cpu", "cpu",
+               "cpu x", "range", "load");
+        printf("%-9s %3s  %8s %8s  %5s %9s  %6s %6s  %5s %9s\n", "", "", "",
+               "", "", "", "raw us", "pgg us", "", "");
+        for (int qi = 0; qi < Q__N; qi++) {
+            if (!strstr(queries, qname[qi]))
+                continue;
+            for (int l = 0; l < nlevels; l++)
+                interleave_level(conninfo, settings, qi, levels[l], rounds,
+                                 round_calls, block);
+        }
+        return 0;
+    }
+    fprintf(stderr,
+            "usage: bench-calls [--conninfo CI] [--settings S] count "
+            "raw|raw-alone|guard exec|params|prepared N\n"
+            "       bench-calls [--conninfo CI] [--settings S] [--threads "
+            "1,8,32] [--rounds R] [--round-calls N] [--block B] [--queries "
+            "exec,params,prepared] interleave\n");
+    return 2;
+}

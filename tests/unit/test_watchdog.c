@@ -1,0 +1,152 @@
+/*
+ * The deadline watchdog (src/watchdog.c) on socket pairs whose peer never
+ * answers (a hung server, as the waiter sees it): a wait in poll(-1) ends
+ * at the deadline, reported as the deadline; a window left in time is never
+ * shut down later, not even when its fd number is reused at once.
+ * The race stress under ThreadSanitizer is tests/unit/stress_watchdog.c.
+ */
+#include <criterion/criterion.h>
+
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "clock.h"
+#include "watchdog.h"
+#include "watchdog_race.h"
+
+#define TICK_NS (2 * PGG_NS_PER_MS)
+
+static pgg_watchdog *wd_new(void)
+{
+    pgg_error e;
+    pgg_watchdog *wd = pgg__watchdog_new(TICK_NS, &e);
+
+    cr_assert_not_null(wd, "%s", e.message);
+    return wd;
+}
+
+static void pair(int sv[2])
+{
+    cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0, "socketpair: %d", errno);
+}
+
+Test(watchdog, ends_a_wait_on_a_silent_peer_at_the_deadline)
+{
+    pgg_watchdog *wd = wd_new();
+    const int64_t timeout = 60 * PGG_NS_PER_MS;
+
+    for (int i = 0; i < 3; i++) {
+        int sv[2], rev = 0;
+        pgg_wd_slot *s = pgg__watchdog_claim(wd);
+        int64_t t0 = pgg__now_ns();
+
+        cr_assert_not_null(s);
+        pair(sv);
+        bool fired = wait_fired(s, sv[0], t0 + timeout, &rev);
+        int64_t took = pgg__now_ns() - t0;
+
+        cr_expect(fired, "the wait ended without the watchdog (revents %#x)", rev);
+        cr_expect_geq(took, timeout, "woken %.2f ms before the deadline",
+                      (double)(timeout - took) / 1e6);
+        /* Deadline plus tick, plus the same slack for a loaded machine as
+         * the pool's hung-server tests allow. */
+        cr_expect_leq(took, timeout + TICK_NS + 50 * PGG_NS_PER_MS,
+                      "the wait overran its deadline by %.2f ms",
+                      (double)(took - timeout) / 1e6);
+        /* The watchdog's shutdown is what ended it: the socket is spent. */
+        cr_expect(!intact(sv[0], sv[1]));
+        pgg__watchdog_release(s);
+        close(sv[0]);
+        close(sv[1]);
+    }
+    cr_expect_eq(pgg__watchdog_fired(wd), 3);
+    pgg__watchdog_free(wd);
+}
+
+Test(watchdog, a_window_left_in_time_is_never_shut_down)
+{
+    pgg_watchdog *wd = wd_new();
+    pgg_wd_slot *s = pgg__watchdog_claim(wd);
+    int sv[2], rev = 0;
+
+    pair(sv);
+    /* The answer is there: the wait ends at once, well before the deadline. */
+    cr_assert_eq(send(sv[1], "a", 1, MSG_NOSIGNAL), 1);
+    cr_expect(!wait_fired(s, sv[0], pgg__now_ns() + 20 * PGG_NS_PER_MS, &rev));
+    cr_expect(rev & POLLIN);
+    {
+        char c;
+        cr_assert_eq(recv(sv[0], &c, 1, 0), 1);
+    }
+    /* Long past that deadline, outside any window: still whole. */
+    usleep(60 * 1000);
+    cr_expect(intact(sv[0], sv[1]), "a socket was shut down after its window");
+    cr_expect_eq(pgg__watchdog_fired(wd), 0);
+    pgg__watchdog_release(s);
+    close(sv[0]);
+    close(sv[1]);
+    pgg__watchdog_free(wd);
+}
+
+Test(watchdog, an_expired_window_then_a_reused_fd_number)
+{
+    pgg_watchdog *wd = wd_new();
+    pgg_wd_slot *s = pgg__watchdog_claim(wd);
+    int a[2], b[2], rev = 0;
+
+    pair(a);
+    cr_expect(wait_fired(s, a[0], pgg__now_ns(), &rev));
+    close(a[0]);
+    close(a[1]);
+    /* The same numbers again, in a window of the same slot that ends in
+     * time, then unwatched for many ticks. */
+    pair(b);
+    cr_assert_eq(send(b[1], "a", 1, MSG_NOSIGNAL), 1);
+    cr_expect(!wait_fired(s, b[0], pgg__now_ns() + PGG_NS_PER_SEC, &rev));
+    {
+        char c;
+        cr_assert_eq(recv(b[0], &c, 1, 0), 1);
+    }
+    usleep(20 * 1000);
+    cr_expect(intact(b[0], b[1]));
+    cr_expect_eq(pgg__watchdog_fired(wd), 1);
+    pgg__watchdog_release(s);
+    close(b[0]);
+    close(b[1]);
+    pgg__watchdog_free(wd);
+}
+
+Test(watchdog, racing_expiries_never_hit_a_socket_out_of_its_window)
+{
+    pgg_error e;
+    /* A fast tick: many expiries land while windows close. */
+    pgg_watchdog *wd = pgg__watchdog_new(50 * PGG_NS_PER_US, &e);
+    int won, lost, broken;
+
+    cr_assert_not_null(wd, "%s", e.message);
+    race_run(wd, 6, 3000, &won, &lost, &broken);
+    cr_log_info("watchdog race: %d windows left in time, %d expired", won, lost);
+    cr_expect_eq(broken, 0, "%d sockets were shut down outside their window", broken);
+    cr_expect_eq(won + lost, 6 * 3000);
+    cr_expect_eq((int)pgg__watchdog_fired(wd), lost);
+    pgg__watchdog_free(wd);
+}
+
+Test(watchdog, more_waiters_than_a_chunk_of_slots)
+{
+    pgg_watchdog *wd = wd_new();
+    pgg_wd_slot *s[200];
+
+    for (int i = 0; i < 200; i++) {
+        s[i] = pgg__watchdog_claim(wd);
+        cr_assert_not_null(s[i]);
+        for (int j = 0; j < i; j++)
+            cr_assert_neq(s[i], s[j], "slot %d handed out twice", j);
+    }
+    for (int i = 0; i < 200; i++)
+        pgg__watchdog_release(s[i]);
+    pgg__watchdog_free(wd);
+}
