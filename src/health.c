@@ -306,6 +306,8 @@ static void round_once(pgg_health *hl)
                     pgg__pool_record(pool, h, t, PGG_CLASS_SUCCESS,
                                      p->started, now);
             }
+            if (p->role == PGG_ROLE_STANDBY && p->have_lsn)
+                pgg__vis_note_replayed(pool->vis, i, p->lsn, true);
             if (p->role == PGG_ROLE_PRIMARY && p->have_lsn &&
                 (!have_primary_lsn || p->lsn > primary_lsn)) {
                 primary_lsn = p->lsn;
@@ -368,7 +370,7 @@ static void *health_main(void *arg)
         pthread_mutex_lock(&hl->mu);
         hl->rounds++;
         pthread_cond_broadcast(&hl->cv);
-        next = pgg__now_ns() + interval;
+        next = pgg__now_ns() + pgg__vis_health_interval(hl->pool->vis, interval);
         while (!hl->stop && !hl->wake && pgg__now_ns() < next) {
             struct timespec ts = pgg__ns_to_timespec(next);
             pthread_cond_timedwait(&hl->cv, &hl->mu, &ts);

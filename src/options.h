@@ -52,6 +52,11 @@ struct pgg_config {
      * deadline. */
     int64_t attempt_timeout_ms;
 
+    /* Read your writes (visibility.h): 0 off, 1 pool-wide. */
+    int ryw_mode;
+    int64_t ryw_max_wait_ms; /* a read waits this long for a replica */
+    int64_t ryw_poll_ms;     /* health rounds this often while reads wait */
+
     /* libpqtypes on every pooled connection (PQgetf on every result). */
     bool types_enabled;
 
