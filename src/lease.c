@@ -99,10 +99,14 @@ pass:
         }
         return lease;
     }
-    if (vr.need && err->code != PGG_ETIMEDOUT &&
-        (ncand = pgg__vis_retry(pool, &vr, deadline, intent, false, cand,
-                                err)) > 0)
-        goto pass;
+    if (vr.need && err->code != PGG_ETIMEDOUT) {
+        int n2 = pgg__vis_retry(pool, &vr, deadline, intent, false, cand, err);
+
+        if (n2 > 0) {
+            ncand = n2;
+            goto pass;
+        }
+    }
     if (attempts == 0 &&
         (err->code == PGG_OK ||
          (rejected && err->code != PGG_ETIMEDOUT && err->code != PGG_ECLOSED)))

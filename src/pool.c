@@ -840,11 +840,14 @@ pass:
         }
     }
     /* A read that needs a position: wait for a standby, then the primary. */
-    if (!served && !final && !spare && q->vis &&
-        (ncand = pgg__vis_retry(pool, &vr, deadline, intent, true, cand,
-                                err)) > 0) {
-        now = pgg__now_ns();
-        goto pass;
+    if (!served && !final && !spare && q->vis && vr.need) {
+        int n2 = pgg__vis_retry(pool, &vr, deadline, intent, true, cand, err);
+
+        if (n2 > 0) {
+            ncand = n2;
+            now = pgg__now_ns();
+            goto pass;
+        }
     }
     if (!served && spare) {
         /* No other host answered: the server's answer is the outcome. */
