@@ -32,6 +32,7 @@ typedef struct pgg_link {
      * older than a promotion, until its next query refreshes it. */
     bool fresh;
     pgg_stmt_set stmts; /* the pool's statements prepared on it */
+    unsigned vis_prepared; /* visibility.c's position queries prepared on it */
     struct pgg_link *next;
 } pgg_link;
 

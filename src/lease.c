@@ -330,6 +330,7 @@ static bool reset_session(pgg_lease *lease)
     /* DISCARD ALL deallocated every prepared statement, the pool's too;
      * the caller may have replaced the notice processor. */
     memset(&l->stmts, 0, sizeof l->stmts);
+    l->vis_prepared = 0;
     pgg__link_silence(l->conn);
     return ok;
 }

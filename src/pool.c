@@ -519,10 +519,10 @@ pgg_verdict pgg__pool_exec_on(pgg_pool *pool, pgg_host *h, pgg_link **lp,
                            "not sent",
                            q->stmt->name);
         } else {
-            pgg__vis_exec(pool, h, l->conn, q, deadline, res, end, err);
+            pgg__vis_exec(pool, h, l, q, deadline, res, end, err);
         }
     } else {
-        pgg__vis_exec(pool, h, l->conn, q, deadline, res, end, err);
+        pgg__vis_exec(pool, h, l, q, deadline, res, end, err);
     }
     *ended = pgg__now_ns();
     v = pgg__classify_result(&pool->cfg->classifier, *end, *res, intent,

@@ -429,12 +429,50 @@ deadline:
                           "the query cancelled");
 }
 
-/* Enter pipeline mode and send a, sync, b, sync (b may be NULL: a alone).
+/* A position query, prepared once per connection (a named statement:
+ * no parse and plan per write), in the same pipeline as its first use. */
+typedef struct posq {
+    const char *name;
+    const char *sql;
+    unsigned bit; /* in pgg_link.vis_prepared */
+} posq;
+
+static const posq lsn_q = {"_pgguard_lsn", lsn_sql, 0x1u};
+static const posq check_q = {"_pgguard_replay", check_sql, 0x2u};
+
+static bool send_posq(PGconn *conn, pgg_link *l, const posq *pq)
+{
+    if (!(l->vis_prepared & pq->bit)) {
+        if (!PQsendPrepare(conn, pq->name, pq->sql, 0, NULL))
+            return false;
+        l->vis_prepared |= pq->bit;
+    }
+    return PQsendQueryPrepared(conn, pq->name, 0, NULL, NULL, NULL, 0) != 0;
+}
+
+/* What the position query's answer says about its statement: a session
+ * that lost it (DISCARD ALL, DEALLOCATE on a lease's raw connection)
+ * prepares it again next time; one that has it already keeps it. */
+static void posq_answered(pgg_link *l, const posq *pq, const PGresult *res)
+{
+    const char *st = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+
+    if (st && strcmp(st, "26000") == 0)
+        l->vis_prepared &= ~pq->bit;
+    else if (st && strcmp(st, "42P05") == 0)
+        l->vis_prepared |= pq->bit;
+}
+
+/* Enter pipeline mode and send the write then its position (position
+ * false), or the position then the read (true), each with its own sync.
  * Returns false when nothing could be sent that way (*end says whether the
  * connection is usable: PGG_END_RESULT to fall back, NOT_SENT when dead). */
-static bool pipe_send(PGconn *conn, const pgg_query *a, const pgg_query *b,
-                      pgg_attempt_end *end)
+static bool pipe_send(pgg_link *l, const pgg_query *q, const posq *pq,
+                      bool position_first, pgg_attempt_end *end)
 {
+    PGconn *conn = l->conn;
+    bool ok;
+
     *end = PGG_END_RESULT;
     if (PQstatus(conn) != CONNECTION_OK) {
         *end = PGG_END_NOT_SENT;
@@ -442,11 +480,18 @@ static bool pipe_send(PGconn *conn, const pgg_query *a, const pgg_query *b,
     }
     if (!PQenterPipelineMode(conn))
         return false; /* busy or already in pipeline mode: the slow way */
-    if (send_stmt(conn, a) && PQpipelineSync(conn) &&
-        (!b || (send_stmt(conn, b) && PQpipelineSync(conn))))
+    if (position_first)
+        ok = send_posq(conn, l, pq) && PQpipelineSync(conn) &&
+             send_stmt(conn, q) && PQpipelineSync(conn);
+    else
+        ok = send_stmt(conn, q) && PQpipelineSync(conn) &&
+             send_posq(conn, l, pq) && PQpipelineSync(conn);
+    if (ok)
         return true;
     /* Nothing was committed: an extended-protocol statement commits only
      * at its Sync, and a dead connection rolls back what it ran. */
+    if (PQpipelineStatus(conn) != PQ_PIPELINE_OFF)
+        (void)PQexitPipelineMode(conn);
     *end = PGG_END_NOT_SENT;
     return false;
 }
@@ -467,56 +512,65 @@ static bool succeeded(const PGresult *res)
     return s == PGRES_COMMAND_OK || s == PGRES_TUPLES_OK;
 }
 
+/* A committed write's position in a round trip of its own.  The write's
+ * answer is in hand: a failure here only leaves the position unknown (a
+ * timed-out session is busy, so it is closed rather than pooled). */
+static void learn_lsn(PGconn *conn, const pgg_query *q, int64_t deadline,
+                      const char *host)
+{
+    static const pgg_query lq = {.sql = lsn_sql};
+    PGresult *lres = NULL;
+    pgg_attempt_end lend;
+
+    if (pgg__link_exec(conn, &lq, deadline, host, &lres, &lend, NULL) == PGG_OK)
+        q->vis->lsn = lsn_of(lres, 0);
+    PQclear(lres);
+}
+
 /* The write, then (only if it committed: the session is idle again) its
  * position, each a round trip: for what pipeline mode cannot carry. */
 static int write_slow(PGconn *conn, const pgg_query *q, int64_t deadline,
                       const char *host, PGresult **out, pgg_attempt_end *end,
                       pgg_error *err)
 {
-    static const pgg_query lq = {.sql = lsn_sql};
-    PGresult *lres = NULL;
-    pgg_attempt_end lend;
     int rc = pgg__link_exec(conn, q, deadline, host, out, end, err);
 
-    if (rc != PGG_OK || !succeeded(*out) ||
-        PQtransactionStatus(conn) != PQTRANS_IDLE)
-        return rc;
-    /* The write's answer is in hand: a failure to learn its position
-     * only leaves it unknown (a timed-out session is busy, so it is
-     * closed rather than pooled). */
-    if (pgg__link_exec(conn, &lq, deadline, host, &lres, &lend, NULL) == PGG_OK)
-        q->vis->lsn = lsn_of(lres, 0);
-    PQclear(lres);
+    if (rc == PGG_OK && succeeded(*out) &&
+        PQtransactionStatus(conn) == PQTRANS_IDLE)
+        learn_lsn(conn, q, deadline, host);
     return rc;
 }
 
-static int exec_write(PGconn *conn, const pgg_query *q, int64_t deadline,
+static int exec_write(pgg_link *l, const pgg_query *q, int64_t deadline,
                       const char *host, PGresult **out, pgg_attempt_end *end,
                       pgg_error *err)
 {
-    static const pgg_query lq = {.sql = lsn_sql};
+    PGconn *conn = l->conn;
     PGresult *res[2];
     int rc;
 
     *out = NULL;
-    if (!pipe_send(conn, q, &lq, end)) {
-        if (*end == PGG_END_NOT_SENT) {
-            if (PQpipelineStatus(conn) != PQ_PIPELINE_OFF)
-                (void)PQexitPipelineMode(conn);
+    if (!pipe_send(l, q, &lsn_q, false, end)) {
+        if (*end == PGG_END_NOT_SENT)
             return pgg__link_error(err, PGG_ECONNECT, conn, NULL, host, "send");
-        }
         return write_slow(conn, q, deadline, host, out, end, err);
     }
     rc = pipe_collect(conn, 2, res, deadline, host, end, err);
     if (rc != PGG_OK)
         return rc;
+    posq_answered(l, &lsn_q, res[1]);
     if (refused_at_parse(res[0])) {
         PQclear(res[0]);
         PQclear(res[1]);
         return write_slow(conn, q, deadline, host, out, end, err);
     }
-    if (succeeded(res[0]) && PQtransactionStatus(conn) == PQTRANS_IDLE)
+    if (succeeded(res[0]) && PQtransactionStatus(conn) == PQTRANS_IDLE) {
         q->vis->lsn = lsn_of(res[1], 0);
+        /* The prepared position query was gone (a lease's DEALLOCATE):
+         * a committed write must not go without its position. */
+        if (!q->vis->lsn)
+            learn_lsn(conn, q, deadline, host);
+    }
     PQclear(res[1]);
     *out = res[0];
     if (is_error(res[0]))
@@ -563,11 +617,11 @@ static int read_slow(pgg_pool *pool, pgg_host *h, PGconn *conn,
     return rc;
 }
 
-static int exec_checked(pgg_pool *pool, pgg_host *h, PGconn *conn,
+static int exec_checked(pgg_pool *pool, pgg_host *h, pgg_link *l,
                         const pgg_query *q, int64_t deadline, PGresult **out,
                         pgg_attempt_end *end, pgg_error *err)
 {
-    static const pgg_query cq = {.sql = check_sql};
+    PGconn *conn = l->conn;
     pgg_vis_req *r = q->vis;
     PGresult *res[2];
     bool met;
@@ -575,18 +629,16 @@ static int exec_checked(pgg_pool *pool, pgg_host *h, PGconn *conn,
 
     *out = NULL;
     r->checked = true;
-    if (!pipe_send(conn, &cq, q, end)) {
-        if (*end == PGG_END_NOT_SENT) {
-            if (PQpipelineStatus(conn) != PQ_PIPELINE_OFF)
-                (void)PQexitPipelineMode(conn);
+    if (!pipe_send(l, q, &check_q, true, end)) {
+        if (*end == PGG_END_NOT_SENT)
             return pgg__link_error(err, PGG_ECONNECT, conn, NULL, h->name,
                                    "send");
-        }
         return read_slow(pool, h, conn, q, deadline, out, end, err);
     }
     rc = pipe_collect(conn, 2, res, deadline, h->name, end, err);
     if (rc != PGG_OK)
         return rc;
+    posq_answered(l, &check_q, res[0]);
     /* The read's snapshot was taken after the check (a sync between them
      * ends the check's transaction, whatever the isolation level): a
      * position met by the check is in the read's data. */
@@ -604,11 +656,12 @@ static int exec_checked(pgg_pool *pool, pgg_host *h, PGconn *conn,
     return PGG_OK;
 }
 
-int pgg__vis_exec(pgg_pool *pool, pgg_host *h, PGconn *conn,
+int pgg__vis_exec(pgg_pool *pool, pgg_host *h, pgg_link *l,
                   const pgg_query *q, int64_t deadline, PGresult **out,
                   pgg_attempt_end *end, pgg_error *err)
 {
     pgg_vis_req *r = q->vis;
+    PGconn *conn = l->conn;
     uint64_t known;
     int role;
 
@@ -617,7 +670,7 @@ int pgg__vis_exec(pgg_pool *pool, pgg_host *h, PGconn *conn,
     r->not_met = false;
     r->lsn = 0;
     if (r->want_lsn)
-        return exec_write(conn, q, deadline, h->name, out, end, err);
+        return exec_write(l, q, deadline, h->name, out, end, err);
     role = atomic_load_explicit(&h->role, memory_order_relaxed);
     if (role == PGG_ROLE_PRIMARY) {
         r->lsn = max_u64(r->need, r->latest);
@@ -630,7 +683,7 @@ int pgg__vis_exec(pgg_pool *pool, pgg_host *h, PGconn *conn,
         r->lsn = known;
         return pgg__link_exec(conn, q, deadline, h->name, out, end, err);
     }
-    return exec_checked(pool, h, conn, q, deadline, out, end, err);
+    return exec_checked(pool, h, l, q, deadline, out, end, err);
 }
 
 /* ------------------------------------------------------------- public */

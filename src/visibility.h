@@ -39,6 +39,7 @@
 
 struct pgg_pool;
 struct pgg_host;
+struct pgg_link;
 struct pgg_query;
 
 typedef enum pgg_ryw_mode {
@@ -92,9 +93,10 @@ int pgg__vis_order(struct pgg_pool *pool, pgg_vis_req *r, bool can_check,
  * followed by its position, a read preceded by the host's replay
  * position.  Without r (q->vis NULL), exactly pgg__link_exec.
  */
-int pgg__vis_exec(struct pgg_pool *pool, struct pgg_host *h, PGconn *conn,
-                  const struct pgg_query *q, int64_t deadline_ns,
-                  PGresult **out, pgg_attempt_end *end, pgg_error *err);
+int pgg__vis_exec(struct pgg_pool *pool, struct pgg_host *h,
+                  struct pgg_link *l, const struct pgg_query *q,
+                  int64_t deadline_ns, PGresult **out, pgg_attempt_end *end,
+                  pgg_error *err);
 
 /*
  * The answer in *res came from a host that had not replayed r->need:

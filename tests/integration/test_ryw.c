@@ -303,10 +303,24 @@ Test(ryw, a_lease_commit_reports_its_position)
     uint64_t none = 1;
     cr_expect_eq(pgg_lease_commit(l, 2000, &none, &e), PGG_ESTATE);
     cr_expect_eq(none, 0);
+    /* A session that lost pgguard's prepared position query (the
+     * caller's DEALLOCATE ALL) still reports the commit's position. */
+    PQclear(pgg_lease_exec(l, "DEALLOCATE ALL", 2000, &e));
+    PQclear(pgg_lease_exec(l, "BEGIN", 2000, &e));
+    PQclear(pgg_lease_exec(l, "INSERT INTO pgg_ryw VALUES (2, 'lease')", 2000, &e));
+    uint64_t second = 0;
+    cr_assert_eq(pgg_lease_commit(l, 2000, &second, &e), PGG_OK, "%s", e.message);
+    cr_expect_gt(second, lsn);
+    PQclear(pgg_lease_exec(l, "BEGIN", 2000, &e));
+    PQclear(pgg_lease_exec(l, "INSERT INTO pgg_ryw VALUES (3, 'lease')", 2000, &e));
+    uint64_t third = 0;
+    cr_assert_eq(pgg_lease_commit(l, 2000, &third, &e), PGG_OK, "%s", e.message);
+    cr_expect_gt(third, second, "prepared again after it was lost");
+    lsn = third;
     pgg_release(l);
 
     pgg_call read = {.min_lsn = lsn};
-    cr_expect_eq(count_rows(p, &read, &info), 1, "the lease's commit, read stale");
+    cr_expect_eq(count_rows(p, &read, &info), 3, "the lease's commits, read stale");
     cr_expect_eq(info.host_index, 0);
     resume_replicas(c);
     end_test(p, c);
