@@ -34,6 +34,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <dirent.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
 #include <libpq-fe.h>
 
@@ -252,25 +255,83 @@ static void *write_worker(void *arg)
 
 static long next_id = 100000000;
 
-static double write_rate(pgg_pool *p)
+/* CPU seconds (user + system) used so far by the primary's postmaster and
+ * its children (the backends), from /proc: less sensitive to the
+ * neighbours' load than a rate.  0 when the server is not ours. */
+static double server_cpu(void)
+{
+    pid_t pm = pgh_node_pid(pgh_cluster_primary(cluster));
+    long ticks = sysconf(_SC_CLK_TCK);
+    double total = 0;
+    DIR *d;
+    struct dirent *de;
+
+    if (pm <= 0 || !(d = opendir("/proc")))
+        return 0;
+    while ((de = readdir(d)) != NULL) {
+        char path[300], buf[1024];
+        FILE *f;
+        size_t n;
+
+        if (de->d_name[0] < '0' || de->d_name[0] > '9')
+            continue;
+        snprintf(path, sizeof path, "/proc/%s/stat", de->d_name);
+        if (!(f = fopen(path, "r")))
+            continue;
+        n = fread(buf, 1, sizeof buf - 1, f);
+        fclose(f);
+        buf[n] = '\0';
+        /* pid (comm) state ppid ... utime(14) stime(15) */
+        char *rp = strrchr(buf, ')');
+        int ppid = 0;
+        unsigned long ut = 0, st = 0;
+        if (!rp || sscanf(rp + 2, "%*c %d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ppid,
+                          &ut, &st) != 3)
+            continue;
+        if (ppid == pm || atoi(de->d_name) == pm)
+            total += (double)(ut + st) / (double)ticks;
+    }
+    closedir(d);
+    return total;
+}
+
+static double client_cpu(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
+           (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
+}
+
+typedef struct slice_cost {
+    double rate;       /* writes per second */
+    double server_us;  /* server CPU per write */
+    double client_us;  /* client CPU per write */
+} slice_cost;
+
+static slice_cost write_rate(pgg_pool *p)
 {
     write_slice s = {.pool = p};
     pthread_t th[64];
+    slice_cost out;
 
     atomic_store(&s.id, next_id);
     for (int i = 0; i < opt_threads; i++)
         pthread_create(&th[i], NULL, write_worker, &s);
     sleep_ms(200); /* warm up */
     long before = atomic_load(&s.done);
-    double t0 = pgh_now_ms();
+    double t0 = pgh_now_ms(), s0 = server_cpu(), c0 = client_cpu();
     sleep_ms(opt_slice_ms);
     long n = atomic_load(&s.done) - before;
     double secs = (pgh_now_ms() - t0) / 1000;
+    out.server_us = n ? (server_cpu() - s0) / (double)n * 1e6 : 0;
+    out.client_us = n ? (client_cpu() - c0) / (double)n * 1e6 : 0;
     atomic_store(&s.stop, true);
     for (int i = 0; i < opt_threads; i++)
         pthread_join(th[i], NULL);
     next_id = atomic_load(&s.id) + 1;
-    return (double)n / secs;
+    out.rate = (double)n / secs;
+    return out;
 }
 
 static int cmp_double(const void *a, const void *b)
@@ -283,28 +344,40 @@ static void write_cost(void)
 {
     pgg_pool *off = make_pool("read_your_writes=off");
     pgg_pool *on = make_pool("read_your_writes=pool");
-    double ratio[64], a[64], b[64];
+    double ratio[64], a[64], b[64], sa[64], sb[64], ca[64], cb[64];
     int n = opt_rounds < 64 ? opt_rounds : 64;
 
     for (int k = 0; k < n; k++) {
+        slice_cost x, y;
         if (k % 2 == 0) {
-            a[k] = write_rate(off);
-            b[k] = write_rate(on);
+            x = write_rate(off);
+            y = write_rate(on);
         } else {
-            b[k] = write_rate(on);
-            a[k] = write_rate(off);
+            y = write_rate(on);
+            x = write_rate(off);
         }
+        a[k] = x.rate, b[k] = y.rate, sa[k] = x.server_us, sb[k] = y.server_us;
+        ca[k] = x.client_us, cb[k] = y.client_us;
         ratio[k] = b[k] / a[k];
-        printf("  round %d: off %8.0f/s  pool %8.0f/s  ratio %.3f\n", k + 1, a[k], b[k],
-               ratio[k]);
+        printf("  round %d: off %7.0f/s (server %5.1f us, client %5.1f us per write)  "
+               "pool %7.0f/s (server %5.1f us, client %5.1f us)  ratio %.3f\n",
+               k + 1, a[k], sa[k], ca[k], b[k], sb[k], cb[k], ratio[k]);
         fflush(stdout);
     }
     qsort(ratio, (size_t)n, sizeof ratio[0], cmp_double);
     qsort(a, (size_t)n, sizeof a[0], cmp_double);
     qsort(b, (size_t)n, sizeof b[0], cmp_double);
+    qsort(sa, (size_t)n, sizeof sa[0], cmp_double);
+    qsort(sb, (size_t)n, sizeof sb[0], cmp_double);
+    qsort(ca, (size_t)n, sizeof ca[0], cmp_double);
+    qsort(cb, (size_t)n, sizeof cb[0], cmp_double);
     printf("writes/s at %d threads, median of %d rounds: off %.0f, pool %.0f; "
-           "median per-round ratio pool/off %.3f (cost %.1f%%)\n",
-           opt_threads, n, a[n / 2], b[n / 2], ratio[n / 2], (1 - ratio[n / 2]) * 100);
+           "median per-round ratio pool/off %.3f (cost %.1f%%)\n"
+           "CPU per write, medians: server off %.1f us, pool %.1f us (+%.1f%%); "
+           "client off %.1f us, pool %.1f us (+%.1f%%)\n",
+           opt_threads, n, a[n / 2], b[n / 2], ratio[n / 2], (1 - ratio[n / 2]) * 100,
+           sa[n / 2], sb[n / 2], (sb[n / 2] / sa[n / 2] - 1) * 100, ca[n / 2], cb[n / 2],
+           (cb[n / 2] / ca[n / 2] - 1) * 100);
     pgg_pool_free(off);
     pgg_pool_free(on);
 }
