@@ -93,11 +93,19 @@ int main(int argc, char **argv)
         report("insert", &e);
         goto out;
     }
-    printf("wrote row %s on %s\n", PQgetvalue(r, 0, 0), info.host);
+    /* The WAL position that makes the row visible, learnt in the same round
+     * trip as the INSERT; another process could wait for it with
+     * pgg_call.min_lsn. */
+    char lsn[32];
+    pgg_lsn_format(info.lsn, lsn, sizeof lsn);
+    printf("wrote row %s on %s at %s\n", PQgetvalue(r, 0, 0), info.host, lsn);
     PQclear(r);
 
     /* A read goes to a healthy replica when there is one.  Replication is
-     * asynchronous: use PGG_READ_PRIMARY to read your own write at once. */
+     * asynchronous, but with read_your_writes=pool (the default) every read
+     * sees every write this pool acknowledged before it: it goes to a
+     * replica that has replayed the INSERT (checked in the same round trip
+     * as the read), or waits a little for one, or reads the primary. */
     r = pgg_exec(pool, PGG_READ, "SELECT count(*) FROM pgguard_basic", NULL,
                  &info, &e);
     if (!ok(r)) {

@@ -6,7 +6,7 @@
  *
  *   PUT    /kv/KEY     store the request body          204
  *   GET    /kv/KEY     the value, from a replica       200, 404
- *   GET    /kv/KEY?consistency=primary                 read your own write
+ *   GET    /kv/KEY?consistency=primary                 read from the primary
  *   DELETE /kv/KEY                                      204, 404
  *   GET    /metrics    Prometheus text: the pool's stats and this service's
  *                      latency histograms
@@ -19,6 +19,12 @@
  *   - a read that no server could answer comes from the fallback cache when
  *     it can, marked: "X-Pgguard-Stale: true", "Age: SECONDS" (RFC 9111), and
  *     "X-Pgguard-Stale-Cause: PGG_E..." (why the live read failed).
+ *   - read your writes: every read sees every write this process
+ *     acknowledged before it (read_your_writes=pool, pgguard's default),
+ *     from a replica that has replayed it or from the primary.  Across
+ *     processes, a PUT or DELETE answers "X-Pgguard-Lsn: 0/16B3748" (the
+ *     write's WAL position); a GET carrying it back as "X-Pgguard-Min-Lsn"
+ *     never sees older data, whichever process serves it (400 if malformed).
  *
  * Options: --port N (default 8080; 0 picks a free port), --listen ADDR
  * (default 127.0.0.1).  PGGUARD_SETTINGS adds guard settings ("key=value ...").
@@ -256,10 +262,12 @@ static mhd_result reply_error(struct MHD_Connection *c, const pgg_error *e, int 
 
 /* Run one statement with one text parameter or two; records its latency. */
 static PGresult *call(pgg_intent intent, const char *sql, int nparams, const char *p1,
-                      const char *p2, int flags, pgg_info *info, pgg_error *e)
+                      const char *p2, int flags, uint64_t min_lsn, pgg_info *info,
+                      pgg_error *e)
 {
     const char *vals[] = {p1, p2};
-    pgg_call opts = {.timeout_ms = CALL_TIMEOUT_MS, .flags = (unsigned)flags};
+    pgg_call opts = {.timeout_ms = CALL_TIMEOUT_MS, .flags = (unsigned)flags,
+                     .min_lsn = min_lsn};
     PGresult *r = pgg_exec_params(pool, intent, sql, nparams, NULL, vals, NULL, NULL, &opts,
                                   info, e);
     bool ok = r && (PQresultStatus(r) == PGRES_TUPLES_OK ||
@@ -274,18 +282,39 @@ static PGresult *call(pgg_intent intent, const char *sql, int nparams, const cha
     return r;
 }
 
+/* "X-Pgguard-Lsn: POSITION" for a write's reply (NULL-terminated header
+ * list), or no header when the position is unknown. */
+static const char *const *lsn_header(const pgg_info *info, char buf[32],
+                                     const char *headers[3])
+{
+    if (!info->lsn || pgg_lsn_format(info->lsn, buf, 32) != PGG_OK)
+        return NULL;
+    headers[0] = "X-Pgguard-Lsn";
+    headers[1] = buf;
+    headers[2] = NULL;
+    return headers;
+}
+
 static mhd_result kv_get(struct MHD_Connection *c, const char *key, int *status)
 {
     const char *consistency =
         MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "consistency");
     bool primary = consistency && strcmp(consistency, "primary") == 0;
+    const char *token = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "X-Pgguard-Min-Lsn");
+    uint64_t min_lsn = 0;
     pgg_info info;
     pgg_error e;
+
+    if (token && pgg_lsn_parse(token, &min_lsn) != PGG_OK) {
+        *status = 400;
+        return reply(c, 400, "text/plain", "bad X-Pgguard-Min-Lsn\n", 22, NULL);
+    }
     /* Only replica reads may fall back to the cache: a client that asked
-     * to read its own write must not get an older answer. */
+     * for the primary must not get an older answer.  With a position, the
+     * cache serves only an answer known to include it. */
     PGresult *r = call(primary ? PGG_READ_PRIMARY : PGG_READ,
                        "SELECT v FROM pgguard_http_kv WHERE k = $1", 1, key, NULL,
-                       primary ? 0 : PGG_CALL_CACHEABLE, &info, &e);
+                       primary ? 0 : PGG_CALL_CACHEABLE, min_lsn, &info, &e);
     char age[32], cause[40];
     const char *headers[9] = {"X-Pgguard-Served-By", info.host, NULL};
     mhd_result rc;
@@ -321,6 +350,8 @@ static mhd_result kv_put(struct MHD_Connection *c, const char *key, const reques
     pgg_info info;
     pgg_error e;
     PGresult *r;
+    char lsn[32];
+    const char *hdrs[3];
 
     if (rq->too_big) {
         *status = 413;
@@ -333,26 +364,28 @@ static mhd_result kv_put(struct MHD_Connection *c, const char *key, const reques
     r = call(PGG_WRITE,
              "INSERT INTO pgguard_http_kv (k, v) VALUES ($1, $2) "
              "ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v, updated_at = now()",
-             2, key, rq->body ? rq->body : "", 0, &info, &e);
+             2, key, rq->body ? rq->body : "", PGG_CALL_WANT_LSN, 0, &info, &e);
     if (!r)
         return reply_error(c, &e, status);
     PQclear(r);
     *status = 204;
-    return reply(c, 204, NULL, "", 0, NULL);
+    return reply(c, 204, NULL, "", 0, lsn_header(&info, lsn, hdrs));
 }
 
 static mhd_result kv_delete(struct MHD_Connection *c, const char *key, int *status)
 {
     pgg_info info;
     pgg_error e;
-    PGresult *r = call(PGG_WRITE, "DELETE FROM pgguard_http_kv WHERE k = $1", 1, key, NULL, 0,
-                       &info, &e);
+    char lsn[32];
+    const char *hdrs[3];
+    PGresult *r = call(PGG_WRITE, "DELETE FROM pgguard_http_kv WHERE k = $1", 1, key, NULL,
+                       PGG_CALL_WANT_LSN, 0, &info, &e);
     if (!r)
         return reply_error(c, &e, status);
     *status = strcmp(PQcmdTuples(r), "0") == 0 ? 404 : 204;
     PQclear(r);
     return reply(c, *status, "text/plain", *status == 404 ? "not found\n" : "",
-                 *status == 404 ? 10 : 0, NULL);
+                 *status == 404 ? 10 : 0, lsn_header(&info, lsn, hdrs));
 }
 
 /* ---------------------------------------------------------------- metrics */

@@ -248,9 +248,16 @@ typedef struct pgg_call {
     int max_stale_ms;  /* with PGG_CALL_CACHEABLE: oldest answer accepted;
                           <= 0: the pool's cache.max_age_ms */
     int result_format; /* 0 text, 1 binary */
+    /* Read your writes: the oldest WAL position (a write's info->lsn, or
+     * pgg_pool_lsn()) this read's answer may reflect; 0: none beyond the
+     * pool-wide one (read_your_writes=pool).  The answer then comes from a
+     * replica known to have replayed it, or one that proves it in the same
+     * round trip, or one that catches up within read_your_writes.max_wait_ms,
+     * or the primary; never from older data.  Ignored by writes. */
+    uint64_t min_lsn;
     /* Room for options added later without an ABI break: leave zeroed
      * (initialise the struct with = {0} or designated initialisers). */
-    uint64_t reserved_[8];
+    uint64_t reserved_[7];
 } pgg_call;
 
 /* Attempt only once, even for a read. */
@@ -258,6 +265,18 @@ typedef struct pgg_call {
 /* A read that may be answered from the fallback cache, marked stale,
  * when no host can serve it (needs cache.enabled). */
 #define PGG_CALL_CACHEABLE 0x2u
+/* A write: report the position that makes it visible in info->lsn (and
+ * count it as the pool's latest write) even with read_your_writes=off.
+ * Costs no extra round trip: the position is asked for in the same
+ * pipeline as the statement. */
+#define PGG_CALL_WANT_LSN 0x4u
+/* A read that does not wait for the pool's latest write
+ * (read_your_writes=pool); call->min_lsn, if set, still applies. */
+#define PGG_CALL_ANY_LSN 0x8u
+/* A cacheable read that accepts a fallback answer older than its minimum
+ * position.  Without it, a cached answer is served only if the data it
+ * holds was known to include that position when it was read. */
+#define PGG_CALL_CACHE_ANY_LSN 0x10u
 
 /* What happened to one call; filled when a pgg_info * is passed. */
 typedef struct pgg_info {
@@ -271,7 +290,16 @@ typedef struct pgg_info {
     int64_t cache_age_ms;   /* its age, when from_cache */
     pgg_error cause;        /* from_cache: why the live read failed */
     int64_t elapsed_us;     /* time spent in the call */
-    unsigned char reserved_[64];
+    /* A write: the WAL position that makes it visible (pass it as a later
+     * read's call->min_lsn); 0 when not asked for (PGG_CALL_WANT_LSN or
+     * read_your_writes=pool) or the write failed.  A read: a position the
+     * answer is known to include (a lower bound), 0 when unknown; for a
+     * from_cache answer, the one recorded with it. */
+    uint64_t lsn;
+    /* A read with a minimum position: time spent waiting for a replica to
+     * replay it (0 when none was needed). */
+    int64_t lsn_wait_us;
+    unsigned char reserved_[48];
 } pgg_info;
 
 /*
@@ -355,6 +383,21 @@ PGG_EXPORT PGresult *pgg_lease_exec_prepared(pgg_lease *lease,
                                              const int *formats,
                                              int result_format, int timeout_ms,
                                              pgg_error *err);
+/*
+ * COMMIT the lease's transaction and learn the WAL position that makes it
+ * visible, in one round trip (pipelined: COMMIT, then the position).
+ * *lsn (may be NULL) gets the position, or 0 when nothing committed:
+ * a transaction that had failed is rolled back by COMMIT (PGG_ESTATE,
+ * "rolled back"), and no transaction open is PGG_ESTATE too.  The
+ * position also becomes the pool's latest write.  Other errors as
+ * pgg_lease_exec.
+ */
+PGG_EXPORT int pgg_lease_commit(pgg_lease *lease, int timeout_ms,
+                                uint64_t *lsn, pgg_error *err);
+/* The position of the lease's last commit seen by pgguard (through
+ * pgg_lease_commit, or any statement on a write lease that ended a
+ * transaction with read_your_writes=pool); 0 when none. */
+PGG_EXPORT uint64_t pgg_lease_lsn(const pgg_lease *lease);
 /* The raw connection, for what pgguard does not wrap.  Never PQfinish it;
  * calls made on it directly are not bounded by pgguard. */
 PGG_EXPORT PGconn *pgg_lease_conn(pgg_lease *lease);
@@ -456,6 +499,20 @@ typedef void (*pgg_event_fn)(const pgg_event *ev, void *userdata);
  */
 PGG_EXPORT void pgg_pool_on_event(pgg_pool *pool, pgg_event_fn fn,
                                   void *userdata);
+
+/* ------------------------------------------------------- read your writes */
+
+/*
+ * The WAL position of the pool's latest acknowledged write whose position
+ * it learnt (read_your_writes=pool, PGG_CALL_WANT_LSN, pgg_lease_commit);
+ * 0 when none.  Hand it to another process as a token (pgg_lsn_format).
+ */
+PGG_EXPORT uint64_t pgg_pool_lsn(pgg_pool *pool);
+/* Write lsn as PostgreSQL spells it ("16/B374D848") into buf.  PGG_EINVAL
+ * when buf is NULL or shorter than 18 bytes. */
+PGG_EXPORT int pgg_lsn_format(uint64_t lsn, char *buf, size_t len);
+/* Parse "16/B374D848" into *out.  PGG_EINVAL on anything else. */
+PGG_EXPORT int pgg_lsn_parse(const char *text, uint64_t *out);
 
 /* Operator control of one host's breaker. */
 PGG_EXPORT int pgg_pool_force_open(pgg_pool *pool, int index);

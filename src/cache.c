@@ -119,6 +119,7 @@ typedef struct entry {
     struct entry *prev, *next; /* LRU: head is most recent */
     PGresult *res;
     int64_t stored_ns;
+    uint64_t lsn;             /* position the data includes; 0 unknown */
     size_t bytes;             /* what it counts against the cap */
     atomic_int refs;          /* the table's, plus readers copying out */
     uint64_t hash;
@@ -269,6 +270,12 @@ static void maybe_grow(pgg_cache *c)
 void pgg__cache_store(pgg_cache *c, const pgg_cache_key *k, const PGresult *res,
                       int64_t now_ns)
 {
+    pgg__cache_store_at(c, k, res, now_ns, 0);
+}
+
+void pgg__cache_store_at(pgg_cache *c, const pgg_cache_key *k,
+                         const PGresult *res, int64_t now_ns, uint64_t lsn)
+{
     entry *e, *old, *doomed = NULL;
     entry **pp;
     PGresult *copy;
@@ -286,6 +293,7 @@ void pgg__cache_store(pgg_cache *c, const pgg_cache_key *k, const PGresult *res,
     memset(e, 0, sizeof *e);
     e->res = copy;
     e->stored_ns = now_ns;
+    e->lsn = lsn;
     e->hash = k->hash;
     e->key_len = k->len;
     memcpy(e->key, k->bytes, k->len);
@@ -331,9 +339,18 @@ void pgg__cache_store(pgg_cache *c, const pgg_cache_key *k, const PGresult *res,
 PGresult *pgg__cache_lookup(pgg_cache *c, const pgg_cache_key *k, int64_t now_ns,
                             int64_t max_age_ns, int64_t *age_ns)
 {
+    return pgg__cache_lookup_at(c, k, now_ns, max_age_ns, 0, age_ns, NULL);
+}
+
+PGresult *pgg__cache_lookup_at(pgg_cache *c, const pgg_cache_key *k,
+                               int64_t now_ns, int64_t max_age_ns,
+                               uint64_t min_lsn, int64_t *age_ns,
+                               uint64_t *lsn)
+{
     entry *e, *doomed = NULL;
     PGresult *copy;
     int64_t age = 0;
+    uint64_t at = 0;
 
     if (!c)
         return NULL;
@@ -348,9 +365,10 @@ PGresult *pgg__cache_lookup(pgg_cache *c, const pgg_cache_key *k, int64_t now_ns
             unlink_entry(c, e);
             doomed = e;
             e = NULL;
-        } else if (age > max_age_ns) {
+        } else if (age > max_age_ns || e->lsn < min_lsn) {
             e = NULL; /* too old for this caller, maybe not for another */
         } else {
+            at = e->lsn;
             lru_unlink(c, e);
             lru_push_front(c, e);
             atomic_fetch_add(&e->refs, 1);
@@ -369,6 +387,8 @@ PGresult *pgg__cache_lookup(pgg_cache *c, const pgg_cache_key *k, int64_t now_ns
     entry_unref(e);
     if (copy && age_ns)
         *age_ns = age;
+    if (copy && lsn)
+        *lsn = at;
     return copy;
 }
 

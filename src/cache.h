@@ -54,6 +54,11 @@ void pgg__cache_free(pgg_cache *c);
 void pgg__cache_store(pgg_cache *c, const pgg_cache_key *k, const PGresult *res,
                       int64_t now_ns);
 
+/* The same, recording the WAL position the data is known to include
+ * (0: unknown). */
+void pgg__cache_store_at(pgg_cache *c, const pgg_cache_key *k,
+                         const PGresult *res, int64_t now_ns, uint64_t lsn);
+
 /*
  * A copy of the entry for k if it is at most max_age_ns old (also capped
  * by the cache's own maximum age), with *age_ns; NULL on a miss.  The copy
@@ -61,6 +66,13 @@ void pgg__cache_store(pgg_cache *c, const pgg_cache_key *k, const PGresult *res,
  */
 PGresult *pgg__cache_lookup(pgg_cache *c, const pgg_cache_key *k, int64_t now_ns,
                             int64_t max_age_ns, int64_t *age_ns);
+
+/* The same, also refusing an entry whose recorded position is below
+ * min_lsn (a miss); *lsn (may be NULL) gets the entry's position. */
+PGresult *pgg__cache_lookup_at(pgg_cache *c, const pgg_cache_key *k,
+                               int64_t now_ns, int64_t max_age_ns,
+                               uint64_t min_lsn, int64_t *age_ns,
+                               uint64_t *lsn);
 
 /* Count a stale answer actually served (a lookup hit used as fallback). */
 void pgg__cache_note_fallback(pgg_cache *c);

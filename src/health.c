@@ -358,6 +358,8 @@ static void probe_answered(pgg_health *hl, int i, int64_t now)
         if (pgg__breaker_allow(&h->breaker, now, &t))
             pgg__pool_record(pool, h, t, PGG_CLASS_SUCCESS, p->started, now);
     }
+    if (p->role == PGG_ROLE_STANDBY && p->have_lsn)
+        pgg__vis_note_replayed(pool->vis, i, p->lsn, true);
     if (p->role == PGG_ROLE_PRIMARY && p->have_lsn) {
         hl->primary_lsn = p->lsn;
         hl->primary_lsn_at = now;
@@ -424,7 +426,8 @@ static void probe_end(pgg_health *hl, int i, int64_t now)
         p->next = p->started + p->backoff;
     } else {
         p->backoff = 0;
-        p->next = p->started + hl->interval;
+        /* Faster while reads wait for a replica to replay their position. */
+        p->next = p->started + pgg__vis_health_interval(pool->vis, hl->interval);
     }
     if (p->next < now)
         p->next = now;

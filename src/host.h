@@ -35,6 +35,7 @@ typedef struct pgg_link {
     /* The thread that gave it back last (an opaque token, compared only):
      * that thread gets it again first. */
     const void *owner;
+    unsigned vis_prepared; /* visibility.c's position queries prepared on it */
     struct pgg_link *next;
 } pgg_link;
 

@@ -19,6 +19,7 @@ struct pgg_lease {
     bool have_ticket; /* the acquisition's ticket, for the first statement */
     pgg_ticket ticket;
     int64_t ticket_at;
+    uint64_t lsn; /* position of its last commit seen; 0 none */
 };
 
 pgg_lease *pgg_acquire(pgg_pool *pool, pgg_intent intent, int timeout_ms,
@@ -30,6 +31,7 @@ pgg_lease *pgg_acquire(pgg_pool *pool, pgg_intent intent, int timeout_ms,
     bool rejected = false;
     int64_t start, deadline;
     pgg_lease *lease;
+    pgg_vis_req vr;
 
     if (!err)
         err = &local;
@@ -60,6 +62,12 @@ pgg_lease *pgg_acquire(pgg_pool *pool, pgg_intent intent, int timeout_ms,
     }
 
     ncand = pgg__pool_candidates(pool, intent, cand);
+    /* A read lease under read_your_writes=pool: a standby known to have
+     * the pool's latest write, or one that gets there in time, or the
+     * primary (no statement yet to check a standby's position with). */
+    if (pgg__vis_begin_lease(pool->vis, intent, &vr) && vr.need)
+        ncand = pgg__vis_order(pool, &vr, false, cand, ncand);
+pass:
     for (int i = 0; i < ncand; i++) {
         pgg_host *h = &pool->hosts[cand[i]];
         pgg_take t;
@@ -87,8 +95,17 @@ pgg_lease *pgg_acquire(pgg_pool *pool, pgg_intent intent, int timeout_ms,
             info->host_index = h->index;
             info->attempts = attempts;
             info->elapsed_us = (pgg__now_ns() - start) / 1000;
+            info->lsn_wait_us = vr.wait_ns / 1000;
         }
         return lease;
+    }
+    if (vr.need && err->code != PGG_ETIMEDOUT) {
+        int n2 = pgg__vis_retry(pool, &vr, deadline, intent, false, cand, err);
+
+        if (n2 > 0) {
+            ncand = n2;
+            goto pass;
+        }
     }
     if (attempts == 0 &&
         (err->code == PGG_OK ||
@@ -108,6 +125,8 @@ pgg_lease *pgg_acquire(pgg_pool *pool, pgg_intent intent, int timeout_ms,
 static PGresult *lease_run(pgg_lease *lease, const pgg_query *q,
                            int timeout_ms, pgg_error *err)
 {
+    pgg_vis_req vr;
+    pgg_query qv;
     pgg_error local;
     pgg_ticket ticket;
     const pgg_ticket *tp = NULL;
@@ -132,6 +151,14 @@ static PGresult *lease_run(pgg_lease *lease, const pgg_query *q,
                        "timeout; release it");
         return NULL;
     }
+    /* A write lease under read_your_writes=pool learns the position of
+     * whatever ends a transaction, in the same round trip. */
+    if (!q->vis && pgg__vis_begin_lease(lease->pool->vis, lease->intent, &vr) &&
+        vr.want_lsn) {
+        qv = *q;
+        qv.vis = &vr;
+        q = &qv;
+    }
     start = pgg__now_ns();
     deadline = start + pgg__pool_timeout_ns(lease->pool, timeout_ms);
     if (lease->have_ticket) {
@@ -146,6 +173,10 @@ static PGresult *lease_run(pgg_lease *lease, const pgg_query *q,
 
     v = pgg__pool_exec_on(lease->pool, lease->h, &lease->l, lease->intent, q,
                           deadline, tp, start, &res, &end, &ended, err);
+    if (q->vis && q->vis->lsn && end == PGG_END_RESULT) {
+        lease->lsn = q->vis->lsn;
+        pgg__vis_note_write(lease->pool->vis, q->vis->lsn);
+    }
     if (end != PGG_END_RESULT || !lease->l ||
         PQstatus(lease->l->conn) != CONNECTION_OK) {
         lease->broken = true;
@@ -213,6 +244,46 @@ PGresult *pgg_lease_exec(pgg_lease *lease, const char *sql, int timeout_ms,
                                  timeout_ms, err);
 }
 
+int pgg_lease_commit(pgg_lease *lease, int timeout_ms, uint64_t *lsn,
+                     pgg_error *err)
+{
+    pgg_vis_req vr = {.want_lsn = true};
+    pgg_query q = {.sql = "COMMIT", .vis = &vr};
+    pgg_error local;
+    PGresult *res;
+    int rc = PGG_OK;
+
+    if (!err)
+        err = &local;
+    if (lsn)
+        *lsn = 0;
+    if (!lease)
+        return pgg__error_set(err, PGG_EINVAL, NULL, NULL,
+                              "pgg_lease_commit: NULL lease");
+    if (lease->l && !lease->broken &&
+        PQtransactionStatus(lease->l->conn) == PQTRANS_IDLE)
+        return pgg__error_set(err, PGG_ESTATE, NULL, lease->h->name,
+                              "pgg_lease_commit: no transaction open");
+    res = lease_run(lease, &q, timeout_ms, err);
+    if (!res)
+        return err->code ? err->code : PGG_ECONNECT;
+    if (PQresultStatus(res) != PGRES_COMMAND_OK)
+        rc = err->code ? err->code : PGG_ESERVER;
+    else if (strcmp(PQcmdStatus(res), "COMMIT") != 0)
+        rc = pgg__error_set(err, PGG_ESTATE, NULL, lease->h->name,
+                            "pgg_lease_commit: the transaction had failed "
+                            "and was rolled back");
+    else if (lsn)
+        *lsn = vr.lsn;
+    PQclear(res);
+    return rc;
+}
+
+uint64_t pgg_lease_lsn(const pgg_lease *lease)
+{
+    return lease ? lease->lsn : 0;
+}
+
 pgg_link *pgg__lease_link(pgg_lease *lease)
 {
     return lease ? lease->l : NULL;
@@ -259,6 +330,7 @@ static bool reset_session(pgg_lease *lease)
     /* DISCARD ALL deallocated every prepared statement, the pool's too;
      * the caller may have replaced the notice processor. */
     memset(&l->stmts, 0, sizeof l->stmts);
+    l->vis_prepared = 0;
     pgg__link_silence(l->conn);
     return ok;
 }

@@ -753,3 +753,10 @@ void pgg__canceller_free(pgg_canceller *c, int64_t max_wait_ns)
     }
     free(c);
 }
+
+/* ------------------------------------------------------------ for others */
+
+int pgg__link_poll(int fd, short events, int64_t deadline_ns)
+{
+    return wait_socket(fd, events, deadline_ns);
+}

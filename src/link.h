@@ -31,6 +31,8 @@ typedef struct pgg_query {
     const struct pgg_stmt *stmt;
     const char *stmt_name;
     bool prepare;
+    /* Read-your-writes needs of the call (visibility.h); NULL: none. */
+    struct pgg_vis_req *vis;
 } pgg_query;
 
 /*
@@ -109,6 +111,13 @@ pgg_role pgg__link_reported_role(PGconn *conn);
  */
 int pgg__link_probe(PGconn *conn, int64_t deadline_ns, const char *host,
                     pgg_role *role, uint64_t *lsn, pgg_error *err);
+
+/*
+ * Wait for events on fd until deadline_ns (the wait of pgg__link_exec, for
+ * modules that drive a connection themselves): the revents (> 0), 0 at the
+ * deadline, -1 on a poll error.
+ */
+int pgg__link_poll(int fd, short events, int64_t deadline_ns);
 
 /* "16/B374D848" -> 0x16B374D848; false on junk. */
 bool pgg__lsn_parse(const char *text, uint64_t *out);

@@ -62,6 +62,11 @@ struct pgg_config {
     int64_t health_incident_min_ms;
     int64_t health_incident_max_ms;
 
+    /* Read your writes (visibility.h): 0 off, 1 pool-wide. */
+    int ryw_mode;
+    int64_t ryw_max_wait_ms; /* a read waits this long for a replica */
+    int64_t ryw_poll_ms;     /* health rounds this often while reads wait */
+
     /* libpqtypes on every pooled connection (PQgetf on every result). */
     bool types_enabled;
 

@@ -148,6 +148,7 @@ static void pool_destroy(pgg_pool *pool, int hosts_ready, bool bulkhead_ready)
     for (int i = 0; i < hosts_ready; i++)
         pgg__host_destroy(&pool->hosts[i]);
     pgg__cache_free(pool->cache);
+    pgg__vis_free(pool->vis);
     pgg__types_free(pool->types);
     if (bulkhead_ready) {
         /* No call may be in flight; should one still wait, it wakes with
@@ -253,6 +254,10 @@ pgg_pool *pgg_pool_new(const pgg_config *cfg, pgg_error *err)
     }
     pool->watchdog = pgg__watchdog_new(PGG_WATCHDOG_TICK_NS, err);
     if (!pool->watchdog)
+        goto fail;
+    pool->vis = pgg__vis_new(pool->nhosts, cfg->ryw_mode, cfg->ryw_max_wait_ms,
+                             cfg->ryw_poll_ms, err);
+    if (!pool->vis)
         goto fail;
     pool->health = pgg__health_start(pool, err);
     if (!pool->health)
@@ -369,6 +374,8 @@ static void info_reset(pgg_info *info)
     info->cache_age_ms = 0;
     pgg__error_reset(&info->cause);
     info->elapsed_us = 0;
+    info->lsn = 0;
+    info->lsn_wait_us = 0;
 }
 
 static void info_served(pgg_info *info, const pgg_host *h)
@@ -595,12 +602,10 @@ pgg_verdict pgg__pool_exec_on(pgg_pool *pool, pgg_host *h, pgg_link **lp,
                            "not sent",
                            q->stmt->name);
         } else {
-            pgg__link_exec_wd(pool->watchdog, l->conn, q, deadline, h->name,
-                              res, end, err);
+            pgg__vis_exec(pool, h, l, q, deadline, res, end, err);
         }
     } else {
-        pgg__link_exec_wd(pool->watchdog, l->conn, q, deadline, h->name, res,
-                          end, err);
+        pgg__vis_exec(pool, h, l, q, deadline, res, end, err);
     }
     *ended = pgg__now_ns();
     v = pgg__classify_result(&pool->cfg->classifier, *end, *res, intent,
@@ -767,12 +772,17 @@ static bool host_reason(int code)
  * with the freshest copy the caller accepts.
  */
 static PGresult *cache_step(pgg_pool *pool, const pgg_query *q,
-                            const pgg_call *call, bool served, PGresult *res,
-                            pgg_info *info, pgg_error *err)
+                            const pgg_call *call, const pgg_vis_req *vr,
+                            bool served, PGresult *res, pgg_info *info,
+                            pgg_error *err)
 {
     pgg_cache_key key;
     PGresult *stale;
     int64_t age = 0, now;
+    uint64_t lsn = 0;
+    /* An answer older than the read's position is never served, unless
+     * the caller says any will do. */
+    uint64_t need = call->flags & PGG_CALL_CACHE_ANY_LSN ? 0 : vr->need;
 
     if (served ? !res || PQresultStatus(res) != PGRES_TUPLES_OK
                : !host_reason(err->code))
@@ -781,12 +791,14 @@ static PGresult *cache_step(pgg_pool *pool, const pgg_query *q,
         return res;
     now = pgg__now_ns();
     if (served) {
-        pgg__cache_store(pool->cache, &key, res, now);
+        /* With the position the data is known to include (0: unknown). */
+        pgg__cache_store_at(pool->cache, &key, res, now, vr->lsn);
         pgg__cache_key_done(&key);
         return res;
     }
-    stale = pgg__cache_lookup(pool->cache, &key, now,
-                              ms_to_ns(call->max_stale_ms), &age);
+    stale = pgg__cache_lookup_at(pool->cache, &key, now,
+                                 ms_to_ns(call->max_stale_ms), need, &age,
+                                 &lsn);
     pgg__cache_key_done(&key);
     if (!stale)
         return NULL;
@@ -794,6 +806,7 @@ static PGresult *cache_step(pgg_pool *pool, const pgg_query *q,
     if (info) {
         info->from_cache = 1;
         info->cache_age_ms = age / PGG_NS_PER_MS;
+        info->lsn = lsn;
         info->cause = *err;
     }
     pgg_error_clear(err);
@@ -863,6 +876,9 @@ static void suspects_last(pgg_pool *pool, int *cand, int n, int64_t now)
 static PGresult *run(pgg_pool *pool, pgg_intent intent, const pgg_query *q,
                      const pgg_call *call, pgg_info *info, pgg_error *err)
 {
+    pgg_vis_req vr;
+    pgg_query qv;
+    bool final = false;
     pgg_error local;
     int64_t start, deadline, timeout_ns, now;
     int cand[PGG_MAX_HOSTS];
@@ -896,6 +912,11 @@ static PGresult *run(pgg_pool *pool, pgg_intent intent, const pgg_query *q,
         pgg__error_set(err, PGG_ECLOSED, NULL, NULL, "pool closed");
         return NULL;
     }
+    if (pgg__vis_begin(pool->vis, intent, call, &vr)) {
+        qv = *q;
+        qv.vis = &vr;
+        q = &qv;
+    }
     start = pgg__now_ns();
     timeout_ns = pgg__pool_timeout_ns(pool, call ? call->timeout_ms : 0);
     deadline = start + timeout_ns;
@@ -909,7 +930,10 @@ static PGresult *run(pgg_pool *pool, pgg_intent intent, const pgg_query *q,
     ncand = pgg__pool_candidates(pool, intent, cand);
     if (intent == PGG_READ)
         suspects_last(pool, cand, ncand, start);
+    if (q->vis && vr.need)
+        ncand = pgg__vis_order(pool, &vr, true, cand, ncand);
     now = start;
+pass:
     for (int i = 0, again = -1, reroutes = 0; i < ncand && !served; i++) {
         pgg_host *h = &pool->hosts[cand[i]];
 
@@ -917,6 +941,7 @@ static PGresult *run(pgg_pool *pool, pgg_intent intent, const pgg_query *q,
             if (attempts == 0 || !err->code)
                 pgg__error_set(err, PGG_ETIMEDOUT, NULL, NULL,
                                "deadline exceeded before a host could serve");
+            final = true;
             break;
         }
         if (!attempt_on(pool, h, intent, q,
@@ -926,6 +951,11 @@ static PGresult *run(pgg_pool *pool, pgg_intent intent, const pgg_query *q,
             /* Skipping a host costs little time, unless it waited for a
              * connection slot; read the clock again either way. */
             now = pgg__now_ns();
+            continue;
+        }
+        /* A standby behind the read's position: not an answer. */
+        if (pgg__vis_discard(q->vis, &a.res)) {
+            now = a.ended ? a.ended : pgg__now_ns();
             continue;
         }
         attempts++;
@@ -948,6 +978,7 @@ static PGresult *run(pgg_pool *pool, pgg_intent intent, const pgg_query *q,
         if (!may_retry(pool, intent, call, &a, attempts)) {
             info_served(info, h);
             PQclear(a.res);
+            final = true;
             break;
         }
         if (a.res && a.v.cls == PGG_CLASS_IGNORED) {
@@ -978,6 +1009,16 @@ static PGresult *run(pgg_pool *pool, pgg_intent intent, const pgg_query *q,
             now = pgg__now_ns();
         }
     }
+    /* A read that needs a position: wait for a standby, then the primary. */
+    if (!served && !final && !spare && q->vis && vr.need) {
+        int n2 = pgg__vis_retry(pool, &vr, deadline, intent, true, cand, err);
+
+        if (n2 > 0) {
+            ncand = n2;
+            now = pgg__now_ns();
+            goto pass;
+        }
+    }
     if (!served && spare) {
         /* No other host answered: the server's answer is the outcome. */
         served = true;
@@ -994,9 +1035,16 @@ static PGresult *run(pgg_pool *pool, pgg_intent intent, const pgg_query *q,
          (rejected && err->code != PGG_ETIMEDOUT && err->code != PGG_ECLOSED)))
         pgg__pool_no_host_error(pool, intent, rejected ? ncand : 0, err);
 
+    if (q->vis && served) {
+        pgg__vis_served(pool->vis, &vr, intent, NULL);
+        if (info)
+            info->lsn = vr.lsn;
+    }
+    if (info)
+        info->lsn_wait_us = vr.wait_ns / 1000;
     if (pool->cache && call && (call->flags & PGG_CALL_CACHEABLE) &&
         intent != PGG_WRITE)
-        res = cache_step(pool, q, call, served, res, info, err);
+        res = cache_step(pool, q, call, &vr, served, res, info, err);
 
     pgg__bulkhead_leave(&pool->bulkhead);
     if (!res)

@@ -19,6 +19,7 @@
 #include "prepared.h"
 #include "router.h"
 #include "types.h"
+#include "visibility.h"
 
 typedef struct pgg_health pgg_health;
 
@@ -39,6 +40,7 @@ struct pgg_pool {
     pgg_watchdog *watchdog; /* the deadlines of calls' socket waits */
     pgg_health *health;
     pgg_cache *cache;
+    pgg_vis *vis; /* read your writes: positions known, waiting readers */
     pgg_prepared prepared;
     pgg_types *types; /* NULL without libpqtypes */
     /* Prepare connections for libpqtypes: types.enabled, or set for good by

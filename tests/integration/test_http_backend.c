@@ -125,8 +125,9 @@ typedef struct response {
 
 /* One HTTP/1.1 request on its own connection; the status is 0 when the
  * exchange failed or took longer than timeout_ms. */
-static response http(int port, const char *method, const char *path, const char *body,
-                     int timeout_ms)
+/* extra: request header lines, each ending in \r\n, or NULL. */
+static response http_h(int port, const char *method, const char *path, const char *extra,
+                       const char *body, int timeout_ms)
 {
     response r;
     char req[1024];
@@ -148,8 +149,9 @@ static response http(int port, const char *method, const char *path, const char 
     }
     int n = snprintf(req, sizeof req,
                      "%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
-                     "Content-Length: %zu\r\n\r\n%s",
-                     method, path, body ? strlen(body) : 0, body ? body : "");
+                     "%sContent-Length: %zu\r\n\r\n%s",
+                     method, path, extra ? extra : "", body ? strlen(body) : 0,
+                     body ? body : "");
     if (write(fd, req, (size_t)n) != n) {
         close(fd);
         return r;
@@ -186,6 +188,12 @@ static response http(int port, const char *method, const char *path, const char 
     if (!r.body)
         r.body = strdup("");
     return r;
+}
+
+static response http(int port, const char *method, const char *path, const char *body,
+                     int timeout_ms)
+{
+    return http_h(port, method, path, NULL, body, timeout_ms);
 }
 
 static void response_free(response *r)
@@ -270,6 +278,21 @@ Test(http_backend, reads_writes_metrics_and_faults)
     /* Writes go to the primary, read-your-writes too. */
     r = http(b.port, "PUT", "/kv/alpha", "one", 5000);
     cr_assert_eq(r.status, 204, "PUT: %d %s", r.status, r.body);
+    /* The write's position, for a client whose next read may reach
+     * another process. */
+    char token[64], hdr[128];
+    uint64_t lsn = 0;
+    cr_expect(header(&r, "X-Pgguard-Lsn", token, sizeof token), "no X-Pgguard-Lsn on a PUT");
+    cr_expect_eq(pgg_lsn_parse(token, &lsn), PGG_OK, "X-Pgguard-Lsn: %s", token);
+    cr_expect_neq(lsn, 0);
+    response_free(&r);
+    snprintf(hdr, sizeof hdr, "X-Pgguard-Min-Lsn: %s\r\n", token);
+    r = http_h(b.port, "GET", "/kv/alpha", hdr, NULL, 5000);
+    cr_expect_eq(r.status, 200, "GET with the write's position: %d %s", r.status, r.body);
+    cr_expect_str_eq(r.body, "one");
+    response_free(&r);
+    r = http_h(b.port, "GET", "/kv/alpha", "X-Pgguard-Min-Lsn: yesterday\r\n", NULL, 5000);
+    cr_expect_eq(r.status, 400, "a malformed position: %d", r.status);
     response_free(&r);
     r = http(b.port, "GET", "/kv/alpha?consistency=primary", NULL, 5000);
     cr_expect_eq(r.status, 200);

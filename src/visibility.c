@@ -1,0 +1,717 @@
+/*
+ * Read your writes across replicas: positions, the choice of host for a
+ * read that needs one, the bounded wait, and the pipelined round trips
+ * that learn a write's position and check a standby's (visibility.h).
+ */
+#include "visibility.h"
+
+#include <inttypes.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "clock.h"
+#include "error.h"
+#include "health.h"
+#include "pool.h"
+
+/* pgg_call and pgg_info took their new fields from reserved space: the
+ * layout programs were built against must not change (x86-64 and other
+ * LP64 sizes; ILP32 gets its own by the same rule). */
+_Static_assert(sizeof(void *) != 8 || sizeof(pgg_call) == 80,
+               "pgg_call changed size: take new fields from reserved_");
+_Static_assert(sizeof(void *) != 8 || sizeof(pgg_info) == 944,
+               "pgg_info changed size: take new fields from reserved_");
+
+struct pgg_vis {
+    int nhosts;
+    int mode;
+    int64_t max_wait_ns;
+    int64_t poll_ns;
+    /* The pool's latest acknowledged write whose position it learnt. */
+    _Atomic uint64_t latest;
+    /* Last health wake asked by a waiter: one per poll period is enough. */
+    _Atomic int64_t last_wake_ns;
+    _Atomic int waiters;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    _Atomic uint64_t replayed[]; /* per host; 0: unknown */
+};
+
+/* Every record up to it, the commit's included, has been inserted: the
+ * write position (pg_current_wal_lsn) can lag behind a commit that did not
+ * wait for its flush (synchronous_commit=off), the insert position
+ * cannot. */
+static const char lsn_sql[] = "SELECT pg_catalog.pg_current_wal_insert_lsn()";
+/* Both in one statement: a primary answers f and NULL. */
+static const char check_sql[] = "SELECT pg_catalog.pg_is_in_recovery(), "
+                                "pg_catalog.pg_last_wal_replay_lsn()";
+
+pgg_vis *pgg__vis_new(int nhosts, int mode, int64_t max_wait_ms,
+                      int64_t poll_ms, pgg_error *err)
+{
+    pgg_vis *v = calloc(1, sizeof *v + (size_t)nhosts * sizeof v->replayed[0]);
+
+    if (!v) {
+        pgg__error_set(err, PGG_ENOMEM, NULL, NULL, "out of memory");
+        return NULL;
+    }
+    v->nhosts = nhosts;
+    v->mode = mode;
+    v->max_wait_ns = pgg__ms_to_ns(max_wait_ms);
+    v->poll_ns = pgg__ms_to_ns(poll_ms);
+    atomic_init(&v->latest, 0);
+    atomic_init(&v->last_wake_ns, 0);
+    atomic_init(&v->waiters, 0);
+    for (int i = 0; i < nhosts; i++)
+        atomic_init(&v->replayed[i], 0);
+    pthread_mutex_init(&v->mu, NULL);
+    if (pgg__cond_init(&v->cv) != 0) {
+        pthread_mutex_destroy(&v->mu);
+        free(v);
+        pgg__error_set(err, PGG_ESYS, NULL, NULL,
+                       "could not create a condition variable");
+        return NULL;
+    }
+    return v;
+}
+
+void pgg__vis_free(pgg_vis *v)
+{
+    if (!v)
+        return;
+    pthread_cond_destroy(&v->cv);
+    pthread_mutex_destroy(&v->mu);
+    free(v);
+}
+
+/* ------------------------------------------------------------ positions */
+
+static void raise_to(_Atomic uint64_t *a, uint64_t lsn)
+{
+    uint64_t cur = atomic_load(a);
+
+    while (cur < lsn && !atomic_compare_exchange_weak(a, &cur, lsn))
+        ;
+}
+
+/* Someone may wait for this news.  The waiter counts itself before it
+ * looks at the positions, we store before we look at the count: one of us
+ * sees the other (both sequentially consistent). */
+static void wake_waiters(pgg_vis *v)
+{
+    if (atomic_load(&v->waiters) == 0)
+        return;
+    pthread_mutex_lock(&v->mu);
+    pthread_cond_broadcast(&v->cv);
+    pthread_mutex_unlock(&v->mu);
+}
+
+uint64_t pgg__vis_latest(pgg_vis *v)
+{
+    return v ? atomic_load_explicit(&v->latest, memory_order_acquire) : 0;
+}
+
+void pgg__vis_note_write(pgg_vis *v, uint64_t lsn)
+{
+    if (v && lsn)
+        raise_to(&v->latest, lsn);
+}
+
+void pgg__vis_note_replayed(pgg_vis *v, int i, uint64_t lsn, bool probe)
+{
+    if (!v || i < 0 || i >= v->nhosts || !lsn)
+        return;
+    if (probe)
+        atomic_store(&v->replayed[i], lsn);
+    else
+        raise_to(&v->replayed[i], lsn);
+    wake_waiters(v);
+}
+
+uint64_t pgg__vis_replayed(pgg_vis *v, int i)
+{
+    if (!v || i < 0 || i >= v->nhosts)
+        return 0;
+    return atomic_load_explicit(&v->replayed[i], memory_order_acquire);
+}
+
+int64_t pgg__vis_health_interval(pgg_vis *v, int64_t normal_ns)
+{
+    if (v && atomic_load(&v->waiters) > 0 && v->poll_ns < normal_ns)
+        return v->poll_ns;
+    return normal_ns;
+}
+
+/* ------------------------------------------------------------ a call */
+
+bool pgg__vis_begin(pgg_vis *v, pgg_intent intent, const pgg_call *call,
+                    pgg_vis_req *r)
+{
+    unsigned flags = call ? call->flags : 0;
+
+    memset(r, 0, sizeof *r);
+    if (!v)
+        return false;
+    if (intent == PGG_WRITE) {
+        r->want_lsn = v->mode == PGG_RYW_POOL || (flags & PGG_CALL_WANT_LSN);
+        return r->want_lsn;
+    }
+    r->latest = pgg__vis_latest(v);
+    if (v->mode == PGG_RYW_POOL && !(flags & PGG_CALL_ANY_LSN))
+        r->need = r->latest;
+    if (call && call->min_lsn > r->need)
+        r->need = call->min_lsn;
+    /* The primary has every write it acknowledged. */
+    return r->need != 0 && intent == PGG_READ;
+}
+
+bool pgg__vis_begin_lease(pgg_vis *v, pgg_intent intent, pgg_vis_req *r)
+{
+    memset(r, 0, sizeof *r);
+    if (!v)
+        return false;
+    r->latest = pgg__vis_latest(v);
+    if (intent == PGG_WRITE) {
+        r->want_lsn = v->mode == PGG_RYW_POOL;
+        return r->want_lsn;
+    }
+    if (v->mode == PGG_RYW_POOL)
+        r->need = r->latest;
+    return r->need != 0 && intent == PGG_READ;
+}
+
+static uint64_t max_u64(uint64_t a, uint64_t b)
+{
+    return a > b ? a : b;
+}
+
+int pgg__vis_order(pgg_pool *pool, pgg_vis_req *r, bool can_check, int *cand,
+                   int ncand)
+{
+    int known[PGG_MAX_HOSTS], check[PGG_MAX_HOSTS], other[PGG_MAX_HOSTS];
+    int nk = 0, nc = 0, no = 0, n = 0;
+
+    for (int k = 0; k < ncand; k++) {
+        int i = cand[k];
+        int role = atomic_load_explicit(&pool->hosts[i].role,
+                                        memory_order_relaxed);
+
+        if (role == PGG_ROLE_STANDBY && pgg__vis_replayed(pool->vis, i) >= r->need)
+            known[nk++] = i;
+        else if (role == PGG_ROLE_PRIMARY)
+            other[no++] = i;
+        else if (role == PGG_ROLE_STANDBY || (!r->waited && can_check))
+            check[nc++] = i;
+        else if (can_check)
+            other[no++] = i; /* unknown role after the wait: checked last */
+        else
+            r->unmet_seen = true; /* might be a standby behind: not unchecked */
+    }
+    if (!can_check && nc > 0)
+        r->unmet_seen = true; /* behind as far as we know, and no way to ask */
+    for (int k = 0; k < nk; k++)
+        cand[n++] = known[k];
+    if (!r->waited) {
+        for (int k = 0; can_check && k < nc; k++)
+            cand[n++] = check[k];
+        /* A standby may still get there: the primary waits for the wait. */
+        if (n > 0 || (nc > 0 && pool->vis->max_wait_ns > 0))
+            return n;
+        r->waited = true; /* nothing to wait for */
+    }
+    for (int k = 0; k < no; k++)
+        cand[n++] = other[k];
+    return n;
+}
+
+/* Wait until some host is known to have replayed need, or until. */
+static void wait_for(pgg_pool *pool, uint64_t need, int64_t until)
+{
+    pgg_vis *v = pool->vis;
+    int64_t now = pgg__now_ns();
+    int64_t last = atomic_load(&v->last_wake_ns);
+
+    pthread_mutex_lock(&v->mu);
+    atomic_fetch_add(&v->waiters, 1);
+    /* The health thread may be asleep for a whole health_interval_ms:
+     * once woken, it comes back every poll_ms while anyone waits. */
+    if (now - last >= v->poll_ns &&
+        atomic_compare_exchange_strong(&v->last_wake_ns, &last, now))
+        pgg__health_wake(pool->health);
+    for (;;) {
+        bool met = false;
+        struct timespec ts;
+
+        for (int i = 0; i < v->nhosts && !met; i++)
+            met = atomic_load(&v->replayed[i]) >= need &&
+                  atomic_load_explicit(&pool->hosts[i].role,
+                                       memory_order_relaxed) ==
+                      PGG_ROLE_STANDBY;
+        if (met || pgg__now_ns() >= until || atomic_load(&pool->closed))
+            break;
+        ts = pgg__ns_to_timespec(until);
+        pthread_cond_timedwait(&v->cv, &v->mu, &ts);
+    }
+    atomic_fetch_sub(&v->waiters, 1);
+    pthread_mutex_unlock(&v->mu);
+}
+
+int pgg__vis_retry(pgg_pool *pool, pgg_vis_req *r, int64_t deadline,
+                   pgg_intent intent, bool can_check, int *cand,
+                   pgg_error *err)
+{
+    int64_t now, until;
+    int n;
+
+    if (!r->need || r->waited || intent != PGG_READ)
+        return 0;
+    r->waited = true;
+    now = pgg__now_ns();
+    /* Half the time left stays for the primary. */
+    until = now + (deadline - now) / 2;
+    if (now + pool->vis->max_wait_ns < until)
+        until = now + pool->vis->max_wait_ns;
+    if (r->unmet_seen && until > now) {
+        wait_for(pool, r->need, until);
+        r->wait_ns += pgg__now_ns() - now;
+    }
+    n = pgg__vis_order(pool, r, can_check,
+                       cand, pgg__pool_candidates(pool, intent, cand));
+    if (n == 0 && r->unmet_seen && err && err->code == PGG_OK)
+        pgg__error_set(err, PGG_ETIMEDOUT, NULL, NULL,
+                       "no replica replayed position %X/%X in time, and no "
+                       "primary can serve the read",
+                       (unsigned)(r->need >> 32), (unsigned)r->need);
+    return n;
+}
+
+bool pgg__vis_discard(pgg_vis_req *r, PGresult **res)
+{
+    if (!r || !r->not_met)
+        return false;
+    r->not_met = false;
+    PQclear(*res);
+    *res = NULL;
+    return true;
+}
+
+void pgg__vis_served(pgg_vis *v, pgg_vis_req *r, pgg_intent intent,
+                     const pgg_host *h)
+{
+    (void)h;
+    if (intent == PGG_WRITE && r->lsn)
+        pgg__vis_note_write(v, r->lsn);
+}
+
+/* ------------------------------------------------------- round trips */
+
+static bool is_error(const PGresult *res)
+{
+    ExecStatusType s = PQresultStatus(res);
+    return s == PGRES_FATAL_ERROR || s == PGRES_BAD_RESPONSE ||
+           s == PGRES_NONFATAL_ERROR;
+}
+
+/* A simple-protocol text (several statements) refused by the extended
+ * protocol at Parse: provably nothing ran, the text may go again as a
+ * simple query.  Not a syntax error inside one statement: its position is
+ * reported, and resending it would only fail again. */
+static bool refused_at_parse(const PGresult *res)
+{
+    const char *st = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+    const char *fn = res ? PQresultErrorField(res, PG_DIAG_SOURCE_FUNCTION)
+                         : NULL;
+
+    return st && strcmp(st, "42601") == 0 && fn &&
+           strcmp(fn, "exec_parse_message") == 0;
+}
+
+static int send_stmt(PGconn *conn, const pgg_query *q)
+{
+    if (q->stmt_name)
+        return PQsendQueryPrepared(conn, q->stmt_name, q->nparams, q->values,
+                                   q->lengths, q->formats, q->result_format);
+    return PQsendQueryParams(conn, q->sql, q->nparams, q->types, q->values,
+                             q->lengths, q->formats, q->result_format);
+}
+
+static int pipe_lost(PGconn *conn, PGresult **res, int n, pgg_attempt_end *end,
+                     pgg_attempt_end how, const char *host, pgg_error *err)
+{
+    for (int k = 0; k < n; k++) {
+        PQclear(res[k]);
+        res[k] = NULL;
+    }
+    *end = how;
+    return pgg__link_error(err, PGG_ECONNECT, conn, NULL, host,
+                           how == PGG_END_NOT_SENT ? "send"
+                                                   : "connection lost");
+}
+
+/*
+ * Collect the answers of n queries sent in pipeline mode, each followed by
+ * its own sync: res[k] gets query k's result as PQexec keeps it (the first
+ * error, else the last).  Then leave pipeline mode.  Returns like
+ * pgg__link_wait; on failure every res[k] is NULL.
+ */
+static int pipe_collect(PGconn *conn, int n, PGresult **res,
+                        int64_t deadline, const char *host,
+                        pgg_attempt_end *end, pgg_error *err)
+{
+    int k = 0, nulls = 0, rc;
+
+    for (int j = 0; j < n; j++)
+        res[j] = NULL;
+    while ((rc = PQflush(conn)) == 1) {
+        int ev = pgg__link_poll(PQsocket(conn), POLLIN | POLLOUT, deadline);
+
+        if (ev == 0)
+            goto deadline;
+        if (ev < 0 || ((ev & POLLIN) && !PQconsumeInput(conn)))
+            return pipe_lost(conn, res, n, end, PGG_END_LOST, host, err);
+    }
+    if (rc < 0)
+        return pipe_lost(conn, res, n, end, PGG_END_LOST, host, err);
+    for (;;) {
+        int ev;
+
+        while (!PQisBusy(conn)) {
+            PGresult *r = PQgetResult(conn);
+
+            if (!r) {
+                /* One NULL ends a query's results; two in a row mean
+                 * libpq has nothing more coming. */
+                if (++nulls > 1)
+                    return pipe_lost(conn, res, n, end, PGG_END_LOST, host,
+                                     err);
+                continue;
+            }
+            nulls = 0;
+            if (PQresultStatus(r) == PGRES_PIPELINE_SYNC) {
+                PQclear(r);
+                if (++k == n)
+                    goto done;
+                continue;
+            }
+            if (k >= n || (res[k] && is_error(res[k]))) {
+                PQclear(r);
+            } else {
+                PQclear(res[k]);
+                res[k] = r;
+            }
+        }
+        if (PQstatus(conn) == CONNECTION_BAD)
+            return pipe_lost(conn, res, n, end, PGG_END_LOST, host, err);
+        ev = pgg__link_poll(PQsocket(conn), POLLIN, deadline);
+        if (ev == 0)
+            goto deadline;
+        if (ev < 0 || !PQconsumeInput(conn)) {
+            if (PQstatus(conn) == CONNECTION_BAD)
+                return pipe_lost(conn, res, n, end, PGG_END_LOST, host, err);
+        }
+    }
+done:
+    /* Only fails when something is still pending: then the connection is
+     * not reusable (pgg__link_reusable) and will not be pooled. */
+    (void)PQexitPipelineMode(conn);
+    *end = PGG_END_RESULT;
+    return PGG_OK;
+deadline:
+    for (int j = 0; j < n; j++)
+        PQclear(res[j]);
+    *end = PGG_END_DEADLINE;
+    return pgg__error_set(err, PGG_ETIMEDOUT, NULL, host,
+                          "query: deadline exceeded; connection dropped and "
+                          "the query cancelled");
+}
+
+/* A position query, prepared once per connection (a named statement:
+ * no parse and plan per write), in the same pipeline as its first use. */
+typedef struct posq {
+    const char *name;
+    const char *sql;
+    unsigned bit; /* in pgg_link.vis_prepared */
+} posq;
+
+static const posq lsn_q = {"_pgguard_lsn", lsn_sql, 0x1u};
+static const posq check_q = {"_pgguard_replay", check_sql, 0x2u};
+
+static bool send_posq(PGconn *conn, pgg_link *l, const posq *pq)
+{
+    if (!(l->vis_prepared & pq->bit)) {
+        if (!PQsendPrepare(conn, pq->name, pq->sql, 0, NULL))
+            return false;
+        l->vis_prepared |= pq->bit;
+    }
+    return PQsendQueryPrepared(conn, pq->name, 0, NULL, NULL, NULL, 0) != 0;
+}
+
+/* What the position query's answer says about its statement: a session
+ * that lost it (DISCARD ALL, DEALLOCATE on a lease's raw connection)
+ * prepares it again next time; one that has it already keeps it. */
+static void posq_answered(pgg_link *l, const posq *pq, const PGresult *res)
+{
+    const char *st = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+
+    if (st && strcmp(st, "26000") == 0)
+        l->vis_prepared &= ~pq->bit;
+    else if (st && strcmp(st, "42P05") == 0)
+        l->vis_prepared |= pq->bit;
+}
+
+/* Enter pipeline mode and send the write then its position (position
+ * false), or the position then the read (true), each with its own sync.
+ * Returns false when nothing could be sent that way (*end says whether the
+ * connection is usable: PGG_END_RESULT to fall back, NOT_SENT when dead). */
+static bool pipe_send(pgg_link *l, const pgg_query *q, const posq *pq,
+                      bool position_first, pgg_attempt_end *end)
+{
+    PGconn *conn = l->conn;
+    bool ok;
+
+    *end = PGG_END_RESULT;
+    if (PQstatus(conn) != CONNECTION_OK) {
+        *end = PGG_END_NOT_SENT;
+        return false;
+    }
+    if (!PQenterPipelineMode(conn))
+        return false; /* busy or already in pipeline mode: the slow way */
+    if (position_first)
+        ok = send_posq(conn, l, pq) && PQpipelineSync(conn) &&
+             send_stmt(conn, q) && PQpipelineSync(conn);
+    else
+        ok = send_stmt(conn, q) && PQpipelineSync(conn) &&
+             send_posq(conn, l, pq) && PQpipelineSync(conn);
+    if (ok)
+        return true;
+    /* Nothing was committed: an extended-protocol statement commits only
+     * at its Sync, and a dead connection rolls back what it ran. */
+    if (PQpipelineStatus(conn) != PQ_PIPELINE_OFF)
+        (void)PQexitPipelineMode(conn);
+    *end = PGG_END_NOT_SENT;
+    return false;
+}
+
+static uint64_t lsn_of(const PGresult *res, int col)
+{
+    uint64_t lsn = 0;
+
+    if (res && PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1 &&
+        PQnfields(res) > col && !PQgetisnull(res, 0, col))
+        pgg__lsn_parse(PQgetvalue(res, 0, col), &lsn);
+    return lsn;
+}
+
+static bool succeeded(const PGresult *res)
+{
+    ExecStatusType s = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
+    return s == PGRES_COMMAND_OK || s == PGRES_TUPLES_OK;
+}
+
+/* A committed write's position in a round trip of its own.  The write's
+ * answer is in hand: a failure here only leaves the position unknown (a
+ * timed-out session is busy, so it is closed rather than pooled). */
+static void learn_lsn(PGconn *conn, const pgg_query *q, int64_t deadline,
+                      const char *host)
+{
+    static const pgg_query lq = {.sql = lsn_sql};
+    PGresult *lres = NULL;
+    pgg_attempt_end lend;
+
+    if (pgg__link_exec(conn, &lq, deadline, host, &lres, &lend, NULL) == PGG_OK)
+        q->vis->lsn = lsn_of(lres, 0);
+    PQclear(lres);
+}
+
+/* The write, then (only if it committed: the session is idle again) its
+ * position, each a round trip: for what pipeline mode cannot carry. */
+static int write_slow(PGconn *conn, const pgg_query *q, int64_t deadline,
+                      const char *host, PGresult **out, pgg_attempt_end *end,
+                      pgg_error *err)
+{
+    int rc = pgg__link_exec(conn, q, deadline, host, out, end, err);
+
+    if (rc == PGG_OK && succeeded(*out) &&
+        PQtransactionStatus(conn) == PQTRANS_IDLE)
+        learn_lsn(conn, q, deadline, host);
+    return rc;
+}
+
+static int exec_write(pgg_link *l, const pgg_query *q, int64_t deadline,
+                      const char *host, PGresult **out, pgg_attempt_end *end,
+                      pgg_error *err)
+{
+    PGconn *conn = l->conn;
+    PGresult *res[2];
+    int rc;
+
+    *out = NULL;
+    if (!pipe_send(l, q, &lsn_q, false, end)) {
+        if (*end == PGG_END_NOT_SENT)
+            return pgg__link_error(err, PGG_ECONNECT, conn, NULL, host, "send");
+        return write_slow(conn, q, deadline, host, out, end, err);
+    }
+    rc = pipe_collect(conn, 2, res, deadline, host, end, err);
+    if (rc != PGG_OK)
+        return rc;
+    posq_answered(l, &lsn_q, res[1]);
+    if (refused_at_parse(res[0])) {
+        PQclear(res[0]);
+        PQclear(res[1]);
+        return write_slow(conn, q, deadline, host, out, end, err);
+    }
+    if (succeeded(res[0]) && PQtransactionStatus(conn) == PQTRANS_IDLE) {
+        q->vis->lsn = lsn_of(res[1], 0);
+        /* The prepared position query was gone (a lease's DEALLOCATE):
+         * a committed write must not go without its position. */
+        if (!q->vis->lsn)
+            learn_lsn(conn, q, deadline, host);
+    }
+    PQclear(res[1]);
+    *out = res[0];
+    if (is_error(res[0]))
+        pgg__link_error(err, PGG_ESERVER, conn, res[0], host, NULL);
+    return PGG_OK;
+}
+
+/* Is the check's answer good for need?  Notes what it learnt. */
+static bool check_met(pgg_pool *pool, pgg_host *h, pgg_vis_req *r,
+                      const PGresult *res)
+{
+    uint64_t lsn;
+
+    if (!res || PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1 ||
+        PQnfields(res) != 2)
+        return false;
+    if (strcmp(PQgetvalue(res, 0, 0), "f") == 0) {
+        /* A primary: it has every write it acknowledged. */
+        r->lsn = max_u64(r->need, r->latest);
+        return true;
+    }
+    lsn = lsn_of(res, 1);
+    pgg__vis_note_replayed(pool->vis, h->index, lsn, false);
+    r->lsn = lsn;
+    return lsn >= r->need;
+}
+
+/* The check, then the read, each a round trip. */
+static int read_slow(pgg_pool *pool, pgg_host *h, PGconn *conn,
+                     const pgg_query *q, int64_t deadline, PGresult **out,
+                     pgg_attempt_end *end, pgg_error *err)
+{
+    static const pgg_query cq = {.sql = check_sql};
+    PGresult *cres = NULL;
+    int rc = pgg__link_exec(conn, &cq, deadline, h->name, &cres, end, err);
+    bool met = rc == PGG_OK && check_met(pool, h, q->vis, cres);
+
+    PQclear(cres);
+    if (rc != PGG_OK)
+        return rc;
+    rc = pgg__link_exec(conn, q, deadline, h->name, out, end, err);
+    if (rc == PGG_OK && !met)
+        q->vis->not_met = q->vis->unmet_seen = true;
+    return rc;
+}
+
+static int exec_checked(pgg_pool *pool, pgg_host *h, pgg_link *l,
+                        const pgg_query *q, int64_t deadline, PGresult **out,
+                        pgg_attempt_end *end, pgg_error *err)
+{
+    PGconn *conn = l->conn;
+    pgg_vis_req *r = q->vis;
+    PGresult *res[2];
+    bool met;
+    int rc;
+
+    *out = NULL;
+    r->checked = true;
+    if (!pipe_send(l, q, &check_q, true, end)) {
+        if (*end == PGG_END_NOT_SENT)
+            return pgg__link_error(err, PGG_ECONNECT, conn, NULL, h->name,
+                                   "send");
+        return read_slow(pool, h, conn, q, deadline, out, end, err);
+    }
+    rc = pipe_collect(conn, 2, res, deadline, h->name, end, err);
+    if (rc != PGG_OK)
+        return rc;
+    posq_answered(l, &check_q, res[0]);
+    /* The read's snapshot was taken after the check (a sync between them
+     * ends the check's transaction, whatever the isolation level): a
+     * position met by the check is in the read's data. */
+    met = check_met(pool, h, r, res[0]);
+    PQclear(res[0]);
+    if (met && refused_at_parse(res[1])) {
+        PQclear(res[1]);
+        return pgg__link_exec_wd(pool->watchdog, conn, q, deadline, h->name,
+                                 out, end, err);
+    }
+    if (!met)
+        r->not_met = r->unmet_seen = true;
+    *out = res[1];
+    if (is_error(res[1]))
+        pgg__link_error(err, PGG_ESERVER, conn, res[1], h->name, NULL);
+    return PGG_OK;
+}
+
+int pgg__vis_exec(pgg_pool *pool, pgg_host *h, pgg_link *l,
+                  const pgg_query *q, int64_t deadline, PGresult **out,
+                  pgg_attempt_end *end, pgg_error *err)
+{
+    pgg_vis_req *r = q->vis;
+    PGconn *conn = l->conn;
+    uint64_t known;
+    int role;
+
+    if (!r || q->prepare || (!r->want_lsn && !r->need))
+        return pgg__link_exec_wd(pool->watchdog, conn, q, deadline, h->name,
+                                 out, end, err);
+    r->not_met = false;
+    r->lsn = 0;
+    if (r->want_lsn)
+        return exec_write(l, q, deadline, h->name, out, end, err);
+    role = atomic_load_explicit(&h->role, memory_order_relaxed);
+    if (role == PGG_ROLE_PRIMARY) {
+        r->lsn = max_u64(r->need, r->latest);
+        return pgg__link_exec_wd(pool->watchdog, conn, q, deadline, h->name,
+                                 out, end, err);
+    }
+    /* Read before sending: the answer's snapshot comes later, so it holds
+     * at least this. */
+    known = pgg__vis_replayed(pool->vis, h->index);
+    if (role == PGG_ROLE_STANDBY && known >= r->need) {
+        r->lsn = known;
+        return pgg__link_exec_wd(pool->watchdog, conn, q, deadline, h->name,
+                                 out, end, err);
+    }
+    return exec_checked(pool, h, l, q, deadline, out, end, err);
+}
+
+/* ------------------------------------------------------------- public */
+
+uint64_t pgg_pool_lsn(pgg_pool *pool)
+{
+    return pool ? pgg__vis_latest(pool->vis) : 0;
+}
+
+int pgg_lsn_format(uint64_t lsn, char *buf, size_t len)
+{
+    if (!buf || len < 18)
+        return PGG_EINVAL;
+    snprintf(buf, len, "%" PRIX32 "/%" PRIX32, (uint32_t)(lsn >> 32),
+             (uint32_t)lsn);
+    return PGG_OK;
+}
+
+int pgg_lsn_parse(const char *text, uint64_t *out)
+{
+    uint64_t v;
+
+    if (!out || !pgg__lsn_parse(text, &v))
+        return PGG_EINVAL;
+    *out = v;
+    return PGG_OK;
+}

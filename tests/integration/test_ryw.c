@@ -1,0 +1,386 @@
+/*
+ * Read your writes against a real primary and two replicas whose replay the
+ * tests pause and resume: a read that asks for a write's position never
+ * sees older data, wherever it is served.
+ */
+#include <pthread.h>
+#include <sys/wait.h>
+
+#include "pgg_config.h"
+#include "pool_util.h"
+
+#if PGG_HAVE_LIBPQTYPES
+#include "pgguard_types.h"
+#endif
+
+/* Short waits for a replica, so that tests that expect the primary do not
+ * spend seconds; tests that expect the wait set their own. */
+#define OFF "read_your_writes=off read_your_writes.max_wait_ms=200"
+
+static void pause_replicas(pgh_cluster *c)
+{
+    for (int i = 0; i < pgh_cluster_replica_count(c); i++)
+        cr_assert_eq(pgh_node_pause_replay(pgh_cluster_replica(c, i)), 0, "%s",
+                     pgh_node_error(pgh_cluster_replica(c, i)));
+}
+
+static void resume_replicas(pgh_cluster *c)
+{
+    for (int i = 0; i < pgh_cluster_replica_count(c); i++)
+        cr_assert_eq(pgh_node_resume_replay(pgh_cluster_replica(c, i)), 0);
+}
+
+/* One row more; returns the write's position (asserted non-zero). */
+static uint64_t insert(pgg_pool *p, const pgg_call *call, int id)
+{
+    char sql[128];
+    pgg_info info;
+    pgg_error e;
+
+    snprintf(sql, sizeof sql, "INSERT INTO pgg_ryw (id, v) VALUES (%d, 'w%d')", id, id);
+    PGresult *r = pgg_exec(p, PGG_WRITE, sql, call, &info, &e);
+    cr_assert_not_null(r, "%s", e.message);
+    cr_assert_eq(PQresultStatus(r), PGRES_COMMAND_OK, "%s", e.message);
+    PQclear(r);
+    cr_assert_eq(info.host_index, 0);
+    cr_assert_neq(info.lsn, 0, "a write must say where it becomes visible");
+    return info.lsn;
+}
+
+static int count_rows(pgg_pool *p, const pgg_call *call, pgg_info *info)
+{
+    pgg_error e;
+    PGresult *r = pgg_exec(p, PGG_READ, "SELECT count(*) FROM pgg_ryw", call, info, &e);
+    cr_assert_not_null(r, "%s: %s", pgg_err_name(e.code), e.message);
+    cr_assert_eq(PQresultStatus(r), PGRES_TUPLES_OK, "%s", e.message);
+    int n = atoi(PQgetvalue(r, 0, 0));
+    PQclear(r);
+    return n;
+}
+
+static pgh_cluster *two_replicas(void)
+{
+    pgh_cluster *c = cluster_or_die(2);
+    pgh_require_replicas(c, 2);
+    pgh_require_local(c, "pausing replay");
+    make_table(c, "pgg_ryw", "r", 0);
+    return c;
+}
+
+Test(ryw, a_minimum_position_is_never_read_stale_with_replay_paused)
+{
+    pgh_cluster *c = two_replicas();
+    pgg_pool *p = pool_for(c, OFF);
+    const pgg_call want = {.flags = PGG_CALL_WANT_LSN};
+    pgg_info info;
+
+    pause_replicas(c);
+    for (int k = 1; k <= 10; k++) {
+        pgg_call read = {.min_lsn = insert(p, &want, k)};
+
+        cr_expect_eq(count_rows(p, &read, &info), k, "a stale read after write %d", k);
+        cr_expect_eq(info.host_index, 0, "only the primary has it");
+        cr_expect_geq(info.lsn, read.min_lsn);
+        /* Without a position the replicas serve, and are behind: the test
+         * would not notice staleness if they were not. */
+        cr_expect_eq(count_rows(p, NULL, &info), 0);
+        cr_expect_neq(info.host_index, 0);
+    }
+    /* Without WANT_LSN and with the pool-wide mode off, nothing is learnt. */
+    PGresult *r = pgg_exec(p, PGG_WRITE, "INSERT INTO pgg_ryw VALUES (100, 'x')", NULL, &info,
+                           NULL);
+    cr_assert_not_null(r);
+    PQclear(r);
+    cr_expect_eq(info.lsn, 0);
+    resume_replicas(c);
+    end_test(p, c);
+}
+
+typedef struct resumer {
+    pgh_cluster *c;
+    int after_ms;
+} resumer;
+
+static void *resume_later(void *arg)
+{
+    resumer *rs = arg;
+    sleep_ms(rs->after_ms);
+    for (int i = 0; i < pgh_cluster_replica_count(rs->c); i++)
+        pgh_node_resume_replay(pgh_cluster_replica(rs->c, i));
+    return NULL;
+}
+
+Test(ryw, a_replica_that_has_replayed_serves_the_read)
+{
+    pgh_cluster *c = two_replicas();
+    pgg_pool *p = pool_for(c, "read_your_writes=off read_your_writes.max_wait_ms=10000");
+    const pgg_call want = {.flags = PGG_CALL_WANT_LSN};
+    pgg_info info;
+
+    /* Replayed before the read: a replica serves it. */
+    pgg_call read = {.min_lsn = insert(p, &want, 1)};
+    for (int i = 0; i < 2; i++)
+        cr_assert_eq(pgh_node_wait_replay(pgh_cluster_replica(c, i), pgh_cluster_primary(c),
+                                          10000), 0);
+    cr_expect_eq(count_rows(p, &read, &info), 1);
+    cr_expect_neq(info.host_index, 0, "a replica that has the write serves it");
+    cr_expect_geq(info.lsn, read.min_lsn);
+
+    /* Replayed while the read waits: a replica still serves it, after a
+     * wait, within the deadline. */
+    pause_replicas(c);
+    read.min_lsn = insert(p, &want, 2);
+    read.timeout_ms = 8000;
+    resumer rs = {c, 400};
+    pthread_t t;
+    cr_assert_eq(pthread_create(&t, NULL, resume_later, &rs), 0);
+    double t0 = pgh_now_ms();
+    cr_expect_eq(count_rows(p, &read, &info), 2);
+    double took = pgh_now_ms() - t0;
+    pthread_join(t, NULL);
+    cr_expect_neq(info.host_index, 0, "served by %s after %.0f ms", info.host, took);
+    cr_expect_gt(info.lsn_wait_us, 0, "it waited");
+    cr_expect_geq(info.lsn, read.min_lsn);
+    end_test(p, c);
+}
+
+Test(ryw, the_pool_wide_mode_reads_the_pools_own_writes)
+{
+    pgh_cluster *c = two_replicas();
+    /* read_your_writes=pool is the default: no key, no token. */
+    pgg_pool *p = pool_for(c, "read_your_writes.max_wait_ms=200");
+    pgg_info info;
+
+    pause_replicas(c);
+    for (int k = 1; k <= 5; k++) {
+        uint64_t lsn = insert(p, NULL, k);
+        cr_expect_eq(pgg_pool_lsn(p), lsn, "the pool's latest write");
+        cr_expect_eq(count_rows(p, NULL, &info), k, "stale read after write %d", k);
+        cr_expect_eq(info.host_index, 0);
+    }
+    /* A read may opt out: then the (paused) replicas serve it. */
+    const pgg_call any = {.flags = PGG_CALL_ANY_LSN};
+    cr_expect_eq(count_rows(p, &any, &info), 0);
+    cr_expect_neq(info.host_index, 0);
+    /* Resumed: the replicas catch up and serve the pool-wide reads again. */
+    resume_replicas(c);
+    for (int i = 0; i < 2; i++)
+        cr_assert_eq(pgh_node_wait_replay(pgh_cluster_replica(c, i), pgh_cluster_primary(c),
+                                          10000), 0);
+    cr_expect_eq(count_rows(p, NULL, &info), 5);
+    cr_expect_neq(info.host_index, 0, "caught-up replicas serve again");
+
+    /* Writes that are several statements (simple protocol) report their
+     * position too; so do prepared statements. */
+    pause_replicas(c);
+    PGresult *r = pgg_exec(p, PGG_WRITE,
+                           "INSERT INTO pgg_ryw VALUES (6, 'a'); INSERT INTO pgg_ryw VALUES (7, 'b')",
+                           NULL, &info, NULL);
+    cr_assert_not_null(r);
+    PQclear(r);
+    cr_expect_neq(info.lsn, 0);
+    cr_expect_eq(count_rows(p, NULL, &info), 7);
+    pgg_error e;
+    cr_assert_eq(pgg_pool_prepare(p, "ins", "INSERT INTO pgg_ryw VALUES ($1, 'p')", 1, NULL, &e),
+                 PGG_OK);
+    cr_assert_eq(pgg_pool_prepare(p, "cnt", "SELECT count(*) FROM pgg_ryw", 0, NULL, &e), PGG_OK);
+    const char *eight[] = {"8"};
+    r = pgg_exec_prepared(p, PGG_WRITE, "ins", 1, eight, NULL, NULL, NULL, &info, &e);
+    cr_assert_not_null(r, "%s", e.message);
+    PQclear(r);
+    cr_expect_neq(info.lsn, 0);
+    r = pgg_exec_prepared(p, PGG_READ, "cnt", 0, NULL, NULL, NULL, NULL, &info, &e);
+    cr_assert_not_null(r, "%s", e.message);
+    cr_expect_str_eq(PQgetvalue(r, 0, 0), "8");
+    PQclear(r);
+    resume_replicas(c);
+    end_test(p, c);
+}
+
+#if PGG_HAVE_LIBPQTYPES
+Test(ryw, typed_calls_honour_a_minimum_position)
+{
+    pgh_cluster *c = two_replicas();
+    pgg_pool *p = pool_for(c, OFF);
+    const pgg_call want = {.flags = PGG_CALL_WANT_LSN};
+    pgg_info info;
+    pgg_error e;
+
+    pause_replicas(c);
+    PGresult *r = pgg_execf(p, PGG_WRITE, &want, &info, &e,
+                            "INSERT INTO pgg_ryw VALUES (%int4, %text)", 1, "typed");
+    cr_assert_not_null(r, "%s", e.message);
+    PQclear(r);
+    cr_assert_neq(info.lsn, 0);
+    pgg_call read = {.min_lsn = info.lsn};
+    r = pgg_execf(p, PGG_READ, &read, &info, &e, "SELECT v FROM pgg_ryw WHERE id = %int4", 1);
+    cr_assert_not_null(r, "%s", e.message);
+    cr_expect_eq(PQntuples(r), 1, "a typed read older than its position");
+    cr_expect_eq(info.host_index, 0);
+    PQclear(r);
+    resume_replicas(c);
+    end_test(p, c);
+}
+#endif
+
+Test(ryw, a_cached_answer_older_than_the_position_is_not_served)
+{
+    pgh_cluster *c = two_replicas();
+    pgg_pool *p = pool_for(c, OFF " cache.enabled=true cache.max_age_ms=60000");
+    const pgg_call want = {.flags = PGG_CALL_WANT_LSN};
+    pgg_call cacheable = {.timeout_ms = 2000, .flags = PGG_CALL_CACHEABLE};
+    pgg_info info;
+    pgg_error e;
+
+    /* Cached before the write: its data's position is below the write's. */
+    cr_expect_eq(count_rows(p, &cacheable, &info), 0);
+    uint64_t lsn = insert(p, &want, 1);
+    for (int i = 0; i < 2; i++)
+        cr_assert_eq(pgh_node_wait_replay(pgh_cluster_replica(c, i), pgh_cluster_primary(c),
+                                          10000), 0);
+    /* Cached after it, by a read that asked for it. */
+    pgg_call after = cacheable;
+    after.min_lsn = lsn;
+    PGresult *r = pgg_exec(p, PGG_READ, "SELECT max(id) FROM pgg_ryw", &after, &info, &e);
+    cr_assert_not_null(r, "%s", e.message);
+    cr_expect_str_eq(PQgetvalue(r, 0, 0), "1");
+    PQclear(r);
+
+    cr_assert_eq(pgh_node_stop(pgh_cluster_primary(c), PGH_STOP_IMMEDIATE), 0);
+    for (int i = 0; i < 2; i++)
+        cr_assert_eq(pgh_node_stop(pgh_cluster_replica(c, i), PGH_STOP_IMMEDIATE), 0);
+
+    /* The old answer for a read that needs the write: refused. */
+    r = pgg_exec(p, PGG_READ, "SELECT count(*) FROM pgg_ryw", &after, &info, &e);
+    cr_expect_null(r, "a cached answer older than the read's position was served");
+    PQclear(r);
+    cr_expect_eq(info.from_cache, 0);
+    cr_expect_neq(e.code, PGG_OK);
+    /* ... unless the caller allows it explicitly, or asks for no position. */
+    pgg_call any = after;
+    any.flags |= PGG_CALL_CACHE_ANY_LSN;
+    r = pgg_exec(p, PGG_READ, "SELECT count(*) FROM pgg_ryw", &any, &info, &e);
+    cr_assert_not_null(r, "%s", e.message);
+    cr_expect_eq(info.from_cache, 1);
+    cr_expect_str_eq(PQgetvalue(r, 0, 0), "0");
+    PQclear(r);
+    r = pgg_exec(p, PGG_READ, "SELECT count(*) FROM pgg_ryw", &cacheable, &info, &e);
+    cr_assert_not_null(r, "%s", e.message);
+    cr_expect_eq(info.from_cache, 1);
+    PQclear(r);
+    /* The answer read at the position is good for it. */
+    r = pgg_exec(p, PGG_READ, "SELECT max(id) FROM pgg_ryw", &after, &info, &e);
+    cr_assert_not_null(r, "%s: %s", pgg_err_name(e.code), e.message);
+    cr_expect_eq(info.from_cache, 1);
+    cr_expect_geq(info.lsn, lsn, "the position recorded with the answer");
+    cr_expect_str_eq(PQgetvalue(r, 0, 0), "1");
+    PQclear(r);
+    end_test(p, c);
+}
+
+Test(ryw, a_lease_commit_reports_its_position)
+{
+    pgh_cluster *c = two_replicas();
+    pgg_pool *p = pool_for(c, OFF);
+    pgg_error e;
+    pgg_info info;
+    uint64_t lsn = 1;
+
+    pause_replicas(c);
+    pgg_lease *l = pgg_acquire(p, PGG_WRITE, 2000, NULL, &e);
+    cr_assert_not_null(l, "%s", e.message);
+    cr_expect_eq(pgg_lease_commit(l, 2000, &lsn, &e), PGG_ESTATE, "no transaction to commit");
+    cr_expect_eq(lsn, 0);
+    PQclear(pgg_lease_exec(l, "BEGIN", 2000, &e));
+    PQclear(pgg_lease_exec(l, "INSERT INTO pgg_ryw VALUES (1, 'lease')", 2000, &e));
+    cr_assert_eq(pgg_lease_commit(l, 2000, &lsn, &e), PGG_OK, "%s", e.message);
+    cr_expect_neq(lsn, 0);
+    cr_expect_eq(pgg_lease_lsn(l), lsn);
+    cr_expect_eq(pgg_pool_lsn(p), lsn, "the pool's latest write");
+    /* A failed transaction does not commit: no position. */
+    PQclear(pgg_lease_exec(l, "BEGIN", 2000, &e));
+    PQclear(pgg_lease_exec(l, "SELECT 1/0", 2000, &e));
+    uint64_t none = 1;
+    cr_expect_eq(pgg_lease_commit(l, 2000, &none, &e), PGG_ESTATE);
+    cr_expect_eq(none, 0);
+    /* A session that lost pgguard's prepared position query (the
+     * caller's DEALLOCATE ALL) still reports the commit's position. */
+    PQclear(pgg_lease_exec(l, "DEALLOCATE ALL", 2000, &e));
+    PQclear(pgg_lease_exec(l, "BEGIN", 2000, &e));
+    PQclear(pgg_lease_exec(l, "INSERT INTO pgg_ryw VALUES (2, 'lease')", 2000, &e));
+    uint64_t second = 0;
+    cr_assert_eq(pgg_lease_commit(l, 2000, &second, &e), PGG_OK, "%s", e.message);
+    cr_expect_gt(second, lsn);
+    PQclear(pgg_lease_exec(l, "BEGIN", 2000, &e));
+    PQclear(pgg_lease_exec(l, "INSERT INTO pgg_ryw VALUES (3, 'lease')", 2000, &e));
+    uint64_t third = 0;
+    cr_assert_eq(pgg_lease_commit(l, 2000, &third, &e), PGG_OK, "%s", e.message);
+    cr_expect_gt(third, second, "prepared again after it was lost");
+    lsn = third;
+    pgg_release(l);
+
+    pgg_call read = {.min_lsn = lsn};
+    cr_expect_eq(count_rows(p, &read, &info), 3, "the lease's commits, read stale");
+    cr_expect_eq(info.host_index, 0);
+    resume_replicas(c);
+    end_test(p, c);
+}
+
+/* Run examples/basic (its path in PGGUARD_BASIC) against the cluster;
+ * returns its exit status, its stdout in out. */
+static int run_basic(pgh_cluster *c, char *out, size_t outlen)
+{
+    const char *exe = getenv("PGGUARD_BASIC");
+    char *ci = pgh_cluster_conninfo(c);
+    int fds[2];
+
+    if (!exe || access(exe, X_OK) != 0)
+        pgh_skip("examples/basic is not built (-Dexamples=true)");
+    cr_assert_eq(pipe(fds), 0);
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        dup2(fds[1], 1);
+        close(fds[0]);
+        execl(exe, exe, ci, (char *)NULL);
+        _exit(127);
+    }
+    close(fds[1]);
+    size_t n = 0;
+    ssize_t k;
+    while (n + 1 < outlen && (k = read(fds[0], out + n, outlen - n - 1)) > 0)
+        n += (size_t)k;
+    out[n] = '\0';
+    close(fds[0]);
+    int st;
+    cr_assert_eq(waitpid(pid, &st, 0), pid);
+    free(ci);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+Test(ryw, the_basic_example_passes_against_paused_replicas)
+{
+    pgh_cluster *c = two_replicas();
+    char out[4096];
+
+    /* A fresh database: no table yet, and replicas that will not replay
+     * the CREATE before the example reads. */
+    cr_assert_eq(pgh_node_exec(pgh_cluster_primary(c), "DROP TABLE IF EXISTS pgguard_basic"), 0);
+    for (int i = 0; i < 2; i++)
+        cr_assert_eq(pgh_node_wait_replay(pgh_cluster_replica(c, i), pgh_cluster_primary(c),
+                                          10000), 0);
+    pause_replicas(c);
+    for (int run = 1; run <= 3; run++) {
+        char want[64];
+        cr_expect_eq(run_basic(c, out, sizeof out), 0, "run %d failed: %s", run, out);
+        snprintf(want, sizeof want, "read %d rows", run);
+        cr_expect(strstr(out, want) != NULL, "run %d: expected \"%s\" in: %s", run, want, out);
+    }
+    resume_replicas(c);
+    for (int i = 0; i < 2; i++)
+        cr_assert_eq(pgh_node_wait_replay(pgh_cluster_replica(c, i), pgh_cluster_primary(c),
+                                          10000), 0);
+    cr_expect_eq(run_basic(c, out, sizeof out), 0, "%s", out);
+    cr_expect(strstr(out, "read 4 rows") != NULL, "%s", out);
+    pgh_cluster_free(c);
+}
