@@ -758,5 +758,5 @@ void pgg__canceller_free(pgg_canceller *c, int64_t max_wait_ns)
 
 int pgg__link_poll(int fd, short events, int64_t deadline_ns)
 {
-    return wait_socket(fd, events, deadline_ns);
+    return wait_socket(NULL, fd, events, deadline_ns);
 }
