@@ -966,7 +966,12 @@ static void run_fault(const fault *f, double after_ms, result *out)
     out->f = f;
 
     note("%s: starting a cluster", f->name);
-    r->cluster = pgh_cluster_start(2, errbuf, sizeof errbuf);
+    /* a free port can be taken between the harness's pick and the start */
+    for (int tries = 0; !r->cluster && tries < 3; tries++) {
+        r->cluster = pgh_cluster_start(2, errbuf, sizeof errbuf);
+        if (!r->cluster)
+            note("%s: no cluster (%s)%s", f->name, errbuf, tries < 2 ? "; again" : "");
+    }
     if (!r->cluster)
         die("cluster: %s", errbuf);
     if (pgh_cluster_is_external(r->cluster))
