@@ -852,6 +852,7 @@ static double first_both(const summary *s)
 
 typedef struct result {
     const fault *f;
+    int round; /* 1.. with --rounds, else 0 */
     summary s[CL__N];
     char load[64];
     bool failed_ok, first_ok;
@@ -895,7 +896,10 @@ static void print_fault(const run *r, result *res)
 {
     char load[64];
     loadavg_text(load, sizeof load);
-    printf("\n== %s: %s\n", res->f->name, res->f->what);
+    if (res->round)
+        printf("\n== %s #%d: %s\n", res->f->name, res->round, res->f->what);
+    else
+        printf("\n== %s: %s\n", res->f->name, res->f->what);
     printf("   load average at start %s, at end %s; fault at %.0f ms, reference (its end) at "
            "%.0f ms, run ends at %.0f ms\n",
            res->load, load, r->fault_ms, r->ref_ms, r->end_ms);
@@ -1095,9 +1099,14 @@ static void print_table(const result *res, int n)
                               ? "WORSE: failed, 1st success"
                           : !res[i].failed_ok ? "WORSE: failed"
                                               : "WORSE: 1st success";
+            char name[48] = "";
+            if (cl == CL_GUARD && res[i].round)
+                snprintf(name, sizeof name, "%s #%d", res[i].f->name, res[i].round);
+            else if (cl == CL_GUARD)
+                snprintf(name, sizeof name, "%s", res[i].f->name);
             printf("| %s | %s | %ld | %ld | %ld | %ld | %.1f | %.0f | %ld | %s | %s | %s | %s "
                    "| %s |\n",
-                   cl == CL_GUARD ? res[i].f->name : "", client_name[cl], s->calls,
+                   name, client_name[cl], s->calls,
                    s->failed_reads, s->failed_writes, s->skipped, s->p99, s->max,
                    s->overruns, fr, fw, rc, lost, verdict);
         }
@@ -1106,9 +1115,10 @@ static void print_table(const result *res, int n)
 static void usage(FILE *to)
 {
     fprintf(to,
-            "usage: bench-faults [--fault NAME[,NAME...]] [--seconds S] [--list]\n"
+            "usage: bench-faults [--fault NAME[,NAME...]] [--seconds S] [--rounds N] [--list]\n"
             "  --fault    run these faults only (default: all, in the order of --list)\n"
             "  --seconds  observation after each fault's end (default 4, 1 to 60)\n"
+            "  --rounds   run every fault this many times, round by round (default 1)\n"
             "  --list     print the faults and exit\n");
 }
 
@@ -1127,6 +1137,7 @@ int main(int argc, char **argv)
     static const struct option longopts[] = {
         {"fault", required_argument, NULL, 'f'},
         {"seconds", required_argument, NULL, 's'},
+        {"rounds", required_argument, NULL, 'r'},
         {"list", no_argument, NULL, 'l'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -1134,10 +1145,11 @@ int main(int argc, char **argv)
     bool want[NFAULTS];
     bool any = false;
     double seconds = 4;
+    int rounds = 1;
     int c;
 
     memset(want, 0, sizeof want);
-    while ((c = getopt_long(argc, argv, "f:s:lh", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "f:s:r:lh", longopts, NULL)) != -1) {
         switch (c) {
         case 'f': {
             char *list = strdup(optarg), *save = NULL;
@@ -1163,6 +1175,14 @@ int main(int argc, char **argv)
                 die("--seconds wants a number from 1 to 60");
             break;
         }
+        case 'r': {
+            char *end;
+            long v = strtol(optarg, &end, 10);
+            if (*end || v < 1 || v > 10)
+                die("--rounds wants a number from 1 to 10");
+            rounds = (int)v;
+            break;
+        }
         case 'l':
             for (size_t i = 0; i < NFAULTS; i++)
                 printf("%-16s %s\n", faults[i].name, faults[i].what);
@@ -1186,6 +1206,7 @@ int main(int argc, char **argv)
     int n = 0;
     for (size_t i = 0; i < NFAULTS; i++)
         n += want[i];
+    n *= rounds;
     /* bounded whatever happens: per fault a cluster start, 1 s before, the
      * fault (4 s at most, plus its own waits), the observation, teardown */
     signal(SIGALRM, on_alarm);
@@ -1200,13 +1221,18 @@ int main(int argc, char **argv)
            pgg_version(), PQlibVersion(), THREADS, WRITERS, PERIOD_MS, DEADLINE_MS, n, load);
     fflush(stdout);
 
-    result *res = calloc(NFAULTS, sizeof *res);
+    result *res = calloc((size_t)n, sizeof *res);
     if (!res)
         die("out of memory");
+    /* round by round, so a burst of load from a neighbour spreads over the
+     * faults rather than landing on every round of one */
     int k = 0;
-    for (size_t i = 0; i < NFAULTS; i++)
-        if (want[i])
-            run_fault(&faults[i], seconds * 1000, &res[k++]);
+    for (int round = 1; round <= rounds; round++)
+        for (size_t i = 0; i < NFAULTS; i++)
+            if (want[i]) {
+                res[k].round = rounds > 1 ? round : 0;
+                run_fault(&faults[i], seconds * 1000, &res[k++]);
+            }
     print_table(res, k);
     free(res);
     return 0;
