@@ -38,7 +38,9 @@
  * acknowledged write looked up on the final primary.  A verdict line says
  * whether pgguard did at least as well as libpq on failed calls and on the
  * time to the first success of both a read and a write (within one call
- * period, the resolution at which a success can be seen).
+ * period, the resolution at which a success can be seen); where the fault
+ * measures one of issue 9's goals for pgguard, a line says whether it was
+ * met.
  *
  * Not a meson test: it asserts nothing (exit 0 whatever the verdicts), and
  * its numbers depend on the machine's load, printed with each fault.
