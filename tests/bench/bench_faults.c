@@ -1114,6 +1114,90 @@ static void print_table(const result *res, int n)
         }
 }
 
+/* "lo-hi" of one metric over the rounds of a fault ("none" counted apart). */
+typedef struct range {
+    double lo, hi;
+    int none, n;
+} range;
+
+static void range_add(range *g, double v)
+{
+    if (isnan(v)) {
+        g->none++;
+        return;
+    }
+    if (g->n == 0 || v < g->lo)
+        g->lo = v;
+    if (g->n == 0 || v > g->hi)
+        g->hi = v;
+    g->n++;
+}
+
+static void range_text(const range *g, const char *none, char *buf, size_t len)
+{
+    size_t off = 0;
+    buf[0] = '\0';
+    if (g->n && lround(g->lo) == lround(g->hi))
+        off = (size_t)snprintf(buf, len, "%.0f", g->lo);
+    else if (g->n)
+        off = (size_t)snprintf(buf, len, "%.0f-%.0f", g->lo, g->hi);
+    if (g->none && off < len)
+        snprintf(buf + off, len - off, "%s%d %s", off ? ", " : "", g->none, none);
+}
+
+/* With --rounds: one row per fault and client, each metric's range. */
+static void print_ranges(const result *res, int n, int rounds)
+{
+    printf("\nRanges over %d rounds:\n\n| fault | client | failed reads | failed writes | "
+           "p99 ms | max ms | > deadline+20 ms | 1st read ms | 1st write ms | recovered ms | "
+           "writes lost | pgguard not worse |\n",
+           rounds);
+    printf("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
+    for (size_t f = 0; f < NFAULTS; f++)
+        for (int cl = 0; cl < CL__N; cl++) {
+            range fr = {0}, fw = {0}, p99 = {0}, mx = {0}, over = {0}, r1 = {0}, w1 = {0},
+                  rec = {0};
+            long lost = 0, acked = 0, unchecked = 0;
+            int runs = 0, fine = 0;
+            for (int i = 0; i < n; i++) {
+                if (res[i].f != &faults[f])
+                    continue;
+                const summary *s = &res[i].s[cl];
+                runs++;
+                fine += res[i].failed_ok && res[i].first_ok;
+                range_add(&fr, (double)s->failed_reads);
+                range_add(&fw, (double)s->failed_writes);
+                range_add(&p99, s->p99);
+                range_add(&mx, s->max);
+                range_add(&over, (double)s->overruns);
+                range_add(&r1, s->first_read);
+                range_add(&w1, s->first_write);
+                range_add(&rec, s->recovered);
+                if (s->present < 0)
+                    unchecked++;
+                else
+                    lost += s->acked - s->present, acked += s->acked;
+            }
+            if (!runs)
+                continue;
+            char t[8][48], verdict[32] = "";
+            range_text(&fr, "", t[0], sizeof t[0]);
+            range_text(&fw, "", t[1], sizeof t[1]);
+            range_text(&p99, "", t[2], sizeof t[2]);
+            range_text(&mx, "", t[3], sizeof t[3]);
+            range_text(&over, "", t[4], sizeof t[4]);
+            range_text(&r1, "none", t[5], sizeof t[5]);
+            range_text(&w1, "none", t[6], sizeof t[6]);
+            range_text(&rec, "not yet", t[7], sizeof t[7]);
+            if (cl == CL_GUARD)
+                snprintf(verdict, sizeof verdict, "%d of %d", fine, runs);
+            printf("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %ld of %ld%s | %s |\n",
+                   cl == CL_GUARD ? faults[f].name : "", client_name[cl], t[0], t[1], t[2],
+                   t[3], t[4], t[5], t[6], t[7], lost, acked,
+                   unchecked ? " (some unchecked)" : "", verdict);
+        }
+}
+
 static void usage(FILE *to)
 {
     fprintf(to,
@@ -1236,6 +1320,8 @@ int main(int argc, char **argv)
                 run_fault(&faults[i], seconds * 1000, &res[k++]);
             }
     print_table(res, k);
+    if (rounds > 1)
+        print_ranges(res, k, rounds);
     free(res);
     return 0;
 }
