@@ -969,7 +969,24 @@ static void print_fault(const run *r, result *res)
 
 /* ------------------------------------------------------------------ run */
 
-static void run_fault(const fault *f, double after_ms, result *out)
+/* Every call of the run, one line each, for a timeline or a plot. */
+static void write_csv(FILE *csv, const run *r, const result *res)
+{
+    fprintf(csv, "# %s round %d: fault at %.3f ms, reference at %.3f ms, end at %.3f ms\n",
+            res->f->name, res->round, r->fault_ms, r->ref_ms, r->end_ms);
+    for (int cl = 0; cl < CL__N; cl++)
+        for (int t = 0; t < THREADS; t++) {
+            const worker *w = &r->w[cl][t];
+            for (size_t i = 0; i < w->n; i++) {
+                const rec *c = &w->recs[i];
+                fprintf(csv, "%s,%d,%s,%d,%.3f,%.3f,%d,%s\n", res->f->name, res->round,
+                        client_name[cl], t, c->start_ms - r->ref_ms, c->end_ms - r->ref_ms,
+                        c->ok, c->ok ? "" : r->codes[c->code]);
+            }
+        }
+}
+
+static void run_fault(const fault *f, double after_ms, FILE *csv, result *out)
 {
     char errbuf[1024];
     run *r = calloc(1, sizeof *r);
@@ -1067,6 +1084,8 @@ static void run_fault(const fault *f, double after_ms, result *out)
     out->s[CL_GUARD].roles_unknown = atomic_load(&r->roles_unknown);
     check_writes(r, out->s);
     print_fault(r, out);
+    if (csv)
+        write_csv(csv, r, out);
 
     pgg_pool_free(r->pool);
     pgh_cluster_free(r->cluster);
@@ -1211,10 +1230,13 @@ static void print_ranges(const result *res, int n, int rounds)
 static void usage(FILE *to)
 {
     fprintf(to,
-            "usage: bench-faults [--fault NAME[,NAME...]] [--seconds S] [--rounds N] [--list]\n"
+            "usage: bench-faults [--fault NAME[,NAME...]] [--seconds S] [--rounds N]\n"
+            "                    [--csv FILE] [--list]\n"
             "  --fault    run these faults only (default: all, in the order of --list)\n"
             "  --seconds  observation after each fault's end (default 4, 1 to 60)\n"
             "  --rounds   run every fault this many times, round by round (default 1)\n"
+            "  --csv      write every call to FILE: fault, round, client, thread,\n"
+            "             start and end in ms from the fault's end, ok, error code\n"
             "  --list     print the faults and exit\n");
 }
 
@@ -1234,6 +1256,7 @@ int main(int argc, char **argv)
         {"fault", required_argument, NULL, 'f'},
         {"seconds", required_argument, NULL, 's'},
         {"rounds", required_argument, NULL, 'r'},
+        {"csv", required_argument, NULL, 'c'},
         {"list", no_argument, NULL, 'l'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -1242,10 +1265,11 @@ int main(int argc, char **argv)
     bool any = false;
     double seconds = 4;
     int rounds = 1;
+    const char *csv_path = NULL;
     int c;
 
     memset(want, 0, sizeof want);
-    while ((c = getopt_long(argc, argv, "f:s:r:lh", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "f:s:r:c:lh", longopts, NULL)) != -1) {
         switch (c) {
         case 'f': {
             char *list = strdup(optarg), *save = NULL;
@@ -1271,6 +1295,9 @@ int main(int argc, char **argv)
                 die("--seconds wants a number from 1 to 60");
             break;
         }
+        case 'c':
+            csv_path = optarg;
+            break;
         case 'r': {
             char *end;
             long v = strtol(optarg, &end, 10);
@@ -1317,6 +1344,13 @@ int main(int argc, char **argv)
            pgg_version(), PQlibVersion(), THREADS, WRITERS, PERIOD_MS, DEADLINE_MS, n, load);
     fflush(stdout);
 
+    FILE *csv = NULL;
+    if (csv_path) {
+        csv = fopen(csv_path, "w");
+        if (!csv)
+            die("%s: %s", csv_path, strerror(errno));
+        fprintf(csv, "fault,round,client,thread,start_ms,end_ms,ok,code\n");
+    }
     result *res = calloc((size_t)n, sizeof *res);
     if (!res)
         die("out of memory");
@@ -1327,11 +1361,13 @@ int main(int argc, char **argv)
         for (size_t i = 0; i < NFAULTS; i++)
             if (want[i]) {
                 res[k].round = rounds > 1 ? round : 0;
-                run_fault(&faults[i], seconds * 1000, &res[k++]);
+                run_fault(&faults[i], seconds * 1000, csv, &res[k++]);
             }
     print_table(res, k);
     if (rounds > 1)
         print_ranges(res, k, rounds);
     free(res);
+    if (csv && fclose(csv) != 0)
+        die("%s: %s", csv_path, strerror(errno));
     return 0;
 }
