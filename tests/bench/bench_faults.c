@@ -136,6 +136,7 @@ typedef struct run {
     /* max_connections fault */
     PGconn *held[MAX_HOLD];
     int nheld;
+    char fault_note[160]; /* what the fault actually did, when it varies */
 } run;
 
 /* ------------------------------------------------------------- helpers */
@@ -669,8 +670,10 @@ static void fault_max_connections(run *r)
     while ((others = other_backends(r, true)) > 0 && rel_ms(r) < give_up)
         hold_free_slots(r, conninfo);
     others = other_backends(r, false);
-    note("max_connections: holding %d connections on the primary, %ld other sessions left",
-         r->nheld, others);
+    snprintf(r->fault_note, sizeof r->fault_note,
+             "held %d connections on the primary; %ld other client sessions left there",
+             r->nheld, others);
+    note("max_connections: %s", r->fault_note);
     sleep_ms(3000);
     for (int i = 0; i < r->nheld; i++)
         PQfinish(r->held[i]);
@@ -913,6 +916,8 @@ static void print_fault(const run *r, result *res)
     printf("   load average at start %s, at end %s; fault at %.0f ms, reference (its end) at "
            "%.0f ms, run ends at %.0f ms\n",
            res->load, load, r->fault_ms, r->ref_ms, r->end_ms);
+    if (r->fault_note[0])
+        printf("   the fault: %s\n", r->fault_note);
     printf("   %-8s %6s %5s %9s %6s %6s %6s %6s %8s %8s %9s %10s %6s  %s\n", "client",
            "calls", "skip", "failed/r", "/w", "lost", "p99", "max", ">dl+20", "1st read", "1st write",
            "recovered", "opens", "errors by code");
