@@ -136,7 +136,7 @@ typedef struct run {
     /* max_connections fault */
     PGconn *held[MAX_HOLD];
     int nheld;
-    char fault_note[160]; /* what the fault actually did, when it varies */
+    char fault_note[256]; /* what the fault actually did, when it varies */
 } run;
 
 /* ------------------------------------------------------------- helpers */
@@ -313,6 +313,7 @@ static void connect_code(const char *msg, char *code, size_t codelen)
         const char *needle, *code;
     } known[] = {
         {"too many clients", "CONNECT/53300"},
+        {"pg_hba.conf rejects", "CONNECT/28000"},
         {"starting up", "CONNECT/57P03"},
         {"shutting down", "CONNECT/57P03"},
         {"timeout expired", "CONNECT/timeout"},
@@ -635,7 +636,8 @@ static void hold_free_slots(run *r, const char *conninfo)
     }
 }
 
-/* Other clients' backends on n, counted (and terminated when kill). */
+/* Other clients' backends on n, counted (and terminated when kill: waiting
+ * up to 1 s for each to exit, so that its slot is free on return). */
 static long other_backends(run *r, bool kill)
 {
     if (r->nheld == 0)
@@ -643,7 +645,7 @@ static long other_backends(run *r, bool kill)
     char *pids = held_pids(r);
     char *sql = xasprintf("SELECT count(%s) FROM pg_stat_activity "
                           "WHERE backend_type = 'client backend' AND pid <> ALL(%s)",
-                          kill ? "pg_terminate_backend(pid)" : "*", pids);
+                          kill ? "pg_terminate_backend(pid, 1000)" : "*", pids);
     PGresult *res = PQexec(r->held[0], sql);
     long n = PQresultStatus(res) == PGRES_TUPLES_OK ? atol(PQgetvalue(res, 0, 0)) : -1;
     PQclear(res);
@@ -652,33 +654,86 @@ static long other_backends(run *r, bool kill)
     return n;
 }
 
+static char *read_file(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        die("%s: %s", path, strerror(errno));
+    size_t len = 0, cap = 4096;
+    char *buf = xrealloc(NULL, cap);
+    size_t got;
+    while ((got = fread(buf + len, 1, cap - len - 1, f)) > 0) {
+        len += got;
+        if (cap - len - 1 == 0)
+            buf = xrealloc(buf, cap *= 2);
+    }
+    buf[len] = '\0';
+    fclose(f);
+    return buf;
+}
+
+/* Replace the server's pg_hba.conf with text (in place: the file keeps its
+ * owner) and reload.  The reload is asynchronous: give the postmaster a
+ * moment to read it. */
+static void set_hba(PGconn *admin, const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    if (!f || fputs(text, f) < 0 || fclose(f) != 0)
+        die("%s: %s", path, strerror(errno));
+    PGresult *res = PQexec(admin, "SELECT pg_reload_conf()");
+    if (PQresultStatus(res) != PGRES_TUPLES_OK)
+        die("pg_reload_conf: %s", PQerrorMessage(admin));
+    PQclear(res);
+    sleep_ms(100);
+}
+
 /* max_connections exhausted on the primary: take every free slot, end the
- * clients' sessions there and take their slots too, hold 3 s, let go.  The
- * clients race the holder for a freed slot; it loops until it holds them
- * all (bounded at 3 s). */
+ * clients' sessions there and take their slots too, hold 3 s, let go.
+ * While the holder takes the freed slots, pg_hba.conf rejects TCP for a
+ * moment and the holder comes in over the Unix socket: otherwise the
+ * clients' reconnects win some of the slots (they did, under load).  In
+ * that moment a client's reconnect may meet 28000 instead of 53300. */
 static void fault_max_connections(run *r)
 {
     pgh_node *p = pgh_cluster_primary(r->cluster);
-    char *conninfo = xasprintf("%s connect_timeout=" LIBPQ_CONNECT_TIMEOUT,
-                               pgh_node_conninfo(p));
+    char *tcp = xasprintf("%s connect_timeout=" LIBPQ_CONNECT_TIMEOUT, pgh_node_conninfo(p));
+    char *sock = xasprintf("%s host=%s connect_timeout=" LIBPQ_CONNECT_TIMEOUT,
+                           pgh_node_conninfo(p), pgh_node_datadir(p));
+    char *hba = xasprintf("%s/pg_hba.conf", pgh_node_datadir(p));
+    char *original = read_file(hba);
     double give_up = rel_ms(r) + 3000;
 
-    hold_free_slots(r, conninfo);
+    hold_free_slots(r, tcp);
     if (r->nheld == 0)
         die("max_connections: could not take one connection on the primary");
-    long others;
-    while ((others = other_backends(r, true)) > 0 && rel_ms(r) < give_up)
-        hold_free_slots(r, conninfo);
-    others = other_backends(r, false);
+    double closed = rel_ms(r);
+    set_hba(r->held[0], hba, "local all all trust\nhost all all all reject\n");
+    long others = other_backends(r, true);
+    for (;;) {
+        int before = r->nheld;
+        hold_free_slots(r, sock);
+        others = other_backends(r, false);
+        if ((others == 0 && r->nheld == before) || rel_ms(r) > give_up)
+            break;
+        if (others > 0)
+            other_backends(r, true);
+        else
+            sleep_ms(20); /* a refused client's backend may still hold a slot */
+    }
+    set_hba(r->held[0], hba, original);
     snprintf(r->fault_note, sizeof r->fault_note,
-             "held %d connections on the primary; %ld other client sessions left there",
-             r->nheld, others);
+             "held %d connections on the primary, %ld other client sessions left there; "
+             "TCP rejected by pg_hba.conf for %.0f ms meanwhile",
+             r->nheld, others, rel_ms(r) - closed);
     note("max_connections: %s", r->fault_note);
     sleep_ms(3000);
     for (int i = 0; i < r->nheld; i++)
         PQfinish(r->held[i]);
     r->nheld = 0;
-    free(conninfo);
+    free(original);
+    free(hba);
+    free(sock);
+    free(tcp);
 }
 
 static void fault_replica_down(run *r)
