@@ -568,7 +568,8 @@ static void fault_terminate(run *r)
                               "WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()";
 
     for (int i = 0; i < n; i++) {
-        pgh_node *node = i ? pgh_cluster_replica(r->cluster, i - 1) : pgh_cluster_primary(r->cluster);
+        pgh_node *node =
+            i ? pgh_cluster_replica(r->cluster, i - 1) : pgh_cluster_primary(r->cluster);
         char *ci = xasprintf("%s connect_timeout=10", pgh_node_conninfo(node));
         conn[i] = PQconnectdb(ci);
         free(ci);
