@@ -975,7 +975,8 @@ static void print_fault(const run *r, result *res)
     if (r->fault_note[0])
         printf("   the fault: %s\n", r->fault_note);
     printf("   %-8s %6s %5s %9s %6s %6s %6s %6s %8s %8s %9s %10s %6s  %s\n", "client",
-           "calls", "skip", "failed/r", "/w", "lost", "p99", "max", ">dl+20", "1st read", "1st write",
+           "calls", "skip", "failed/r", "/w", "lost", "p99", "max", ">dl+20", "1st read",
+           "1st write",
            "recovered", "opens", "errors by code");
     for (int cl = 0; cl < CL__N; cl++) {
         const summary *s = &res->s[cl];
@@ -1236,7 +1237,8 @@ static void range_text(const range *g, const char *none, char *buf, size_t len)
 static void print_ranges(const result *res, int n, int rounds)
 {
     printf("\nRanges over %d rounds:\n\n| fault | client | failed reads | failed writes | "
-           "slots lost | p99 ms | max ms | > deadline+20 ms | 1st read ms | 1st write ms | recovered ms | "
+           "slots lost | p99 ms | max ms | > deadline+20 ms | 1st read ms | 1st write ms | "
+           "recovered ms | "
            "writes lost | pgguard not worse |\n",
            rounds);
     printf("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
