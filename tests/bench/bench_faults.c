@@ -306,7 +306,10 @@ static bool guard_call(worker *w, int seq, char *code, size_t codelen)
 /* --------------------------------------------------------------- libpq */
 
 /* A refused connect has no PGresult: tell the common reasons apart by the
- * server's (English) message, as a libpq user reading logs would. */
+ * server's (English) message, as a libpq user reading logs would.  The
+ * message has a line per host tried; the first reason found in this order
+ * names the failure ("not in hot standby mode" is only prefer-standby's
+ * first pass skipping the primary: never the reason). */
 static void connect_code(const char *msg, char *code, size_t codelen)
 {
     static const struct {
@@ -318,7 +321,7 @@ static void connect_code(const char *msg, char *code, size_t codelen)
         {"shutting down", "CONNECT/57P03"},
         {"timeout expired", "CONNECT/timeout"},
         {"read-only", "CONNECT/no-primary"},
-        {"hot standby", "CONNECT/no-primary"},
+        {"closed the connection", "CONNECT/closed"},
         {"refused", "CONNECT/refused"},
     };
     for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
