@@ -93,6 +93,10 @@ const char *pgh_node_name(const pgh_node *n);
 pid_t pgh_node_pid(const pgh_node *n);
 /* The reason of the last failure of a function on this node ("" if none). */
 const char *pgh_node_error(const pgh_node *n);
+/* The data directory, also the server's Unix socket directory (so
+ * "host=<it> port=<port>" reaches the server without TCP); NULL when
+ * external. */
+const char *pgh_node_datadir(const pgh_node *n);
 
 /* Faults.  External nodes: PGH_ENOTSUP.  Stop and restart first resume a
  * hung node.  Start and restart wait until the server accepts connections. */

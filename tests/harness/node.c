@@ -162,6 +162,11 @@ const char *pgh_node_name(const pgh_node *n)
     return n ? n->name : NULL;
 }
 
+const char *pgh_node_datadir(const pgh_node *n)
+{
+    return n && !n->external ? n->datadir : NULL;
+}
+
 const char *pgh_node_error(const pgh_node *n)
 {
     return n ? n->err : "";

@@ -1,0 +1,1493 @@
+/*
+ * bench-faults: pgguard and libpq multi-host side by side under real faults
+ * (issue 9, "How it is shown").
+ *
+ * Each fault runs on a fresh harness cluster (a primary and two streaming
+ * replicas on 127.0.0.1), so that a promotion or a stopped server never
+ * leaks into the next fault.  Two clients run in this one process, on the
+ * same schedule, at the same time, so the fault hits both alike:
+ *
+ *   pgguard  one pool with pgguard's defaults over the three servers;
+ *            writes are PGG_WRITE, reads PGG_READ, each call 300 ms.
+ *   libpq    what a careful libpq 15 user writes: one connection per
+ *            thread, multi-host, target_session_attrs=read-write for the
+ *            writers and prefer-standby for the readers (the readers
+ *            alternate the replicas' order, as libpq 15 has no
+ *            load_balance_hosts); connect_timeout=2, libpq's smallest;
+ *            each statement sent with PQsendQueryParams and waited for with
+ *            poll(2) until the same 300 ms deadline, after which the
+ *            connection is dropped (PQcancel would block on a hung
+ *            postmaster).  Any failure drops the connection and the next
+ *            call reconnects; a connect that used up the call's budget
+ *            fails that call (the connection is kept).
+ *
+ * Workload per client: 8 threads, 2 writing (an INSERT of a unique key)
+ * and 6 reading (a primary-key lookup), a call every 10 ms each; a thread
+ * still inside a call when its next slot comes skips that slot.  "Slots
+ * lost" counts the application's requests the fault cost: a failed call's
+ * slot and the slots it held up, and the slots held up by a success that
+ * overran its deadline (libpq's blocking connect).  Counting failed calls
+ * alone would favour a client that fails slowly: it makes fewer calls.
+ *
+ * Each fault: 1 s of steady load, the fault, then --seconds of observation
+ * after the fault's end.  Reported per client: calls, slots skipped,
+ * failed reads and writes, errors by code, p99 and max latency, calls that
+ * returned later than deadline + 20 ms, the time from the fault's end (or
+ * the promotion's completion) to the first successful read and write, the
+ * time to recovery (the end of the last failed call after that point:
+ * every later call succeeded), breaker openings (pgguard), and every
+ * acknowledged write looked up on the final primary.  A verdict line says
+ * whether pgguard did at least as well as libpq on slots lost and on the
+ * time to the first success of both a read and a write (within one call
+ * period, the resolution at which a success can be seen); where the fault
+ * measures one of issue 9's goals for pgguard, a line says whether it was
+ * met.
+ *
+ * Not a meson test: it asserts nothing (exit 0 whatever the verdicts), and
+ * its numbers depend on the machine's load, printed with each fault.
+ * tests/bench/faults builds it and runs it.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <math.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <libpq-fe.h>
+
+#include "harness.h"
+#include "pgguard.h"
+
+/* ------------------------------------------------------------ constants */
+
+enum { CL_GUARD, CL_LIBPQ, CL__N };
+static const char *const client_name[CL__N] = {"pgguard", "libpq"};
+
+#define THREADS 8
+#define WRITERS 2
+#define PERIOD_MS 10.0
+#define DEADLINE_MS 300
+/* A call returning later than this past its deadline counts as an overrun. */
+#define OVERRUN_MS 20.0
+#define BEFORE_MS 1000.0
+/* A fault whose last failure ends this close to the end of the run (or
+ * in the second half of a shorter observation) has not shown a recovery. */
+#define SETTLE_MS 1000.0
+#define MAX_CODES 64
+/* Connections held by the max_connections fault, at most. */
+#define MAX_HOLD 400
+/* libpq's own floor: smaller values are raised to 2 s. */
+#define LIBPQ_CONNECT_TIMEOUT "2"
+
+static const char read_sql[] = "SELECT val FROM pgg_items WHERE id = $1";
+static const char write_sql[] = "INSERT INTO fb_writes (c, t, s) VALUES ($1, $2, $3)";
+
+/* ------------------------------------------------------------- records */
+
+typedef struct rec {
+    double start_ms, end_ms; /* since the run's t0 */
+    bool ok, write;
+    short code; /* index into the run's code table; -1 when ok */
+} rec;
+
+struct run;
+
+typedef struct worker {
+    struct run *run;
+    pthread_t tid;
+    int client, thread;
+    bool write;
+    rec *recs;
+    size_t n, cap;
+    long slots;
+    long lost; /* slots not served: see worker_main */
+    int *acked; /* sequence numbers of acknowledged writes */
+    size_t nacked, capacked;
+    /* libpq */
+    char *conninfo;
+    PGconn *conn;
+} worker;
+
+typedef struct run {
+    pgh_cluster *cluster;
+    pgh_node *final_primary;
+    pgg_pool *pool;
+    atomic_bool stop;
+    double t0;       /* absolute, pgh_now_ms() */
+    double end_ms;   /* when threads stop calling (set, then stop), relative */
+    double fault_ms; /* fault start, relative */
+    double ref_ms;   /* the fault's end (or the promotion's completion) */
+    atomic_int breaker_opens;
+    atomic_int roles_unknown; /* hosts shown role unknown */
+    worker w[CL__N][THREADS];
+    pthread_mutex_t codes_mu;
+    char codes[MAX_CODES][40];
+    int ncodes;
+    /* max_connections fault */
+    PGconn *held[MAX_HOLD];
+    int nheld;
+    char fault_note[256]; /* what the fault actually did, when it varies */
+} run;
+
+/* ------------------------------------------------------------- helpers */
+
+static void die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+static void die(const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    fputs("bench-faults: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    exit(1);
+}
+
+/* Progress goes to stderr: stdout carries only the report. */
+static void note(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void note(const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    fputs("bench-faults: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+}
+
+static void sleep_ms(double ms)
+{
+    struct timespec ts;
+
+    if (ms <= 0)
+        return;
+    ts.tv_sec = (time_t)(ms / 1000);
+    ts.tv_nsec = (long)((ms - (double)ts.tv_sec * 1000) * 1e6);
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+        ;
+}
+
+static double rel_ms(const run *r)
+{
+    return pgh_now_ms() - r->t0;
+}
+
+static void sleep_until(const run *r, double rel)
+{
+    sleep_ms(rel - rel_ms(r));
+}
+
+static void *xrealloc(void *p, size_t n)
+{
+    void *q = realloc(p, n);
+
+    if (!q)
+        die("out of memory");
+    return q;
+}
+
+static char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static char *xasprintf(const char *fmt, ...)
+{
+    va_list ap;
+    char *s;
+
+    va_start(ap, fmt);
+    if (vasprintf(&s, fmt, ap) < 0)
+        die("out of memory");
+    va_end(ap);
+    return s;
+}
+
+static void loadavg_text(char *buf, size_t len)
+{
+    FILE *f = fopen("/proc/loadavg", "r");
+    double a = 0, b = 0, c = 0;
+
+    if (!f || fscanf(f, "%lf %lf %lf", &a, &b, &c) != 3)
+        snprintf(buf, len, "unknown");
+    else
+        snprintf(buf, len, "%.2f, %.2f, %.2f", a, b, c);
+    if (f)
+        fclose(f);
+}
+
+/* The index of code in the run's table, added if new. */
+static short intern_code(run *r, const char *code)
+{
+    short i;
+
+    pthread_mutex_lock(&r->codes_mu);
+    for (i = 0; i < r->ncodes; i++)
+        if (strcmp(r->codes[i], code) == 0)
+            break;
+    if (i == r->ncodes) {
+        if (r->ncodes == MAX_CODES) {
+            i = MAX_CODES - 1;
+            snprintf(r->codes[i], sizeof r->codes[i], "other");
+        } else {
+            snprintf(r->codes[i], sizeof r->codes[i], "%s", code);
+            r->ncodes++;
+        }
+    }
+    pthread_mutex_unlock(&r->codes_mu);
+    return i;
+}
+
+static void record(worker *w, double start, double end, bool ok, const char *code)
+{
+    if (w->n == w->cap) {
+        w->cap = w->cap ? w->cap * 2 : 1024;
+        w->recs = xrealloc(w->recs, w->cap * sizeof *w->recs);
+    }
+    w->recs[w->n++] = (rec){.start_ms = start, .end_ms = end, .ok = ok, .write = w->write,
+                            .code = ok ? -1 : intern_code(w->run, code)};
+}
+
+static void ack(worker *w, int seq)
+{
+    if (w->nacked == w->capacked) {
+        w->capacked = w->capacked ? w->capacked * 2 : 1024;
+        w->acked = xrealloc(w->acked, w->capacked * sizeof *w->acked);
+    }
+    w->acked[w->nacked++] = seq;
+}
+
+/* ------------------------------------------------------------- pgguard */
+
+/* One call through the pool; fills code on failure. */
+static bool guard_call(worker *w, int seq, char *code, size_t codelen)
+{
+    pgg_call call = {.timeout_ms = DEADLINE_MS};
+    pgg_error err;
+    PGresult *res;
+    char a[16], b[16], c[16];
+
+    if (w->write) {
+        snprintf(a, sizeof a, "%d", w->client);
+        snprintf(b, sizeof b, "%d", w->thread);
+        snprintf(c, sizeof c, "%d", seq);
+        const char *vals[] = {a, b, c};
+        res = pgg_exec_params(w->run->pool, PGG_WRITE, write_sql, 3, NULL, vals, NULL,
+                              NULL, &call, NULL, &err);
+    } else {
+        snprintf(a, sizeof a, "%d", 1 + seq % 100);
+        const char *vals[] = {a};
+        res = pgg_exec_params(w->run->pool, PGG_READ, read_sql, 1, NULL, vals, NULL, NULL,
+                              &call, NULL, &err);
+    }
+    ExecStatusType st = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
+    PQclear(res);
+    if (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK)
+        return true;
+    /* "ECONNECT", or "ESERVER/25006" when the server said why */
+    const char *name = pgg_err_name(err.code);
+    if (strncmp(name, "PGG_", 4) == 0)
+        name += 4;
+    if (err.sqlstate[0])
+        snprintf(code, codelen, "%s/%s", name, err.sqlstate);
+    else
+        snprintf(code, codelen, "%s", name);
+    return false;
+}
+
+/* --------------------------------------------------------------- libpq */
+
+/* A refused connect has no PGresult: tell the common reasons apart by the
+ * server's (English) message, as a libpq user reading logs would.  The
+ * message has a line per host tried; the first reason found in this order
+ * names the failure ("not in hot standby mode" is only prefer-standby's
+ * first pass skipping the primary: never the reason). */
+static void connect_code(const char *msg, char *code, size_t codelen)
+{
+    static const struct {
+        const char *needle, *code;
+    } known[] = {
+        {"too many clients", "CONNECT/53300"},
+        {"pg_hba.conf rejects", "CONNECT/28000"},
+        {"starting up", "CONNECT/57P03"},
+        {"shutting down", "CONNECT/57P03"},
+        {"timeout expired", "CONNECT/timeout"},
+        {"read-only", "CONNECT/no-primary"},
+        {"closed the connection", "CONNECT/closed"},
+        {"refused", "CONNECT/refused"},
+    };
+    for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
+        if (strstr(msg, known[i].needle)) {
+            snprintf(code, codelen, "%s", known[i].code);
+            return;
+        }
+    snprintf(code, codelen, "CONNECT");
+}
+
+/* libpq prints a server's notices (the WARNING of an immediate shutdown)
+ * on stderr by default: the report would be interleaved with them. */
+static void quiet(void *arg, const char *message)
+{
+    (void)arg;
+    (void)message;
+}
+
+static PGconn *connect_quietly(const char *conninfo)
+{
+    PGconn *c = PQconnectdb(conninfo);
+    PQsetNoticeProcessor(c, quiet, NULL);
+    return c;
+}
+
+static void lq_drop(worker *w)
+{
+    PQfinish(w->conn);
+    w->conn = NULL;
+}
+
+/* Wait for fd until the absolute deadline; 1 ready, 0 timed out, -1 error. */
+static int wait_fd(int fd, short events, double deadline)
+{
+    for (;;) {
+        double left = deadline - pgh_now_ms();
+        if (left <= 0)
+            return 0;
+        struct pollfd p = {.fd = fd, .events = events};
+        int rc = poll(&p, 1, (int)ceil(left));
+        if (rc > 0)
+            return 1;
+        if (rc < 0 && errno != EINTR)
+            return -1;
+    }
+}
+
+/* One call as a careful libpq user makes it; fills code on failure. */
+static bool lq_call(worker *w, int seq, double start_abs, char *code, size_t codelen)
+{
+    double deadline = start_abs + DEADLINE_MS;
+    char a[16], b[16], c[16];
+    const char *vals[3];
+    int nvals;
+
+    if (w->conn && PQstatus(w->conn) != CONNECTION_OK)
+        lq_drop(w);
+    if (!w->conn) {
+        /* blocking, bounded by connect_timeout per host: libpq's own way */
+        w->conn = connect_quietly(w->conninfo);
+        if (PQstatus(w->conn) != CONNECTION_OK) {
+            connect_code(PQerrorMessage(w->conn), code, codelen);
+            lq_drop(w);
+            return false;
+        }
+        PQsetnonblocking(w->conn, 1);
+        if (pgh_now_ms() >= deadline) {
+            snprintf(code, codelen, "DEADLINE/connect");
+            return false;
+        }
+    }
+    if (w->write) {
+        snprintf(a, sizeof a, "%d", w->client);
+        snprintf(b, sizeof b, "%d", w->thread);
+        snprintf(c, sizeof c, "%d", seq);
+        vals[0] = a, vals[1] = b, vals[2] = c;
+        nvals = 3;
+    } else {
+        snprintf(a, sizeof a, "%d", 1 + seq % 100);
+        vals[0] = a;
+        nvals = 1;
+    }
+    PGconn *conn = w->conn;
+    int fd = PQsocket(conn);
+    if (!PQsendQueryParams(conn, w->write ? write_sql : read_sql, nvals, NULL, vals, NULL,
+                           NULL, 0)) {
+        snprintf(code, codelen, "LOST");
+        lq_drop(w);
+        return false;
+    }
+    int fl;
+    while ((fl = PQflush(conn)) == 1) {
+        int rc = wait_fd(fd, POLLOUT | POLLIN, deadline);
+        if (rc <= 0) {
+            snprintf(code, codelen, rc == 0 ? "DEADLINE" : "LOST");
+            lq_drop(w);
+            return false;
+        }
+        if (!PQconsumeInput(conn))
+            break;
+    }
+    if (fl < 0) {
+        snprintf(code, codelen, "LOST");
+        lq_drop(w);
+        return false;
+    }
+    char sqlstate[6] = "";
+    bool ok = true;
+    for (;;) {
+        while (PQisBusy(conn)) {
+            int rc = wait_fd(fd, POLLIN, deadline);
+            if (rc == 0) {
+                /* dropped, not cancelled: PQcancel blocks on a hung postmaster */
+                snprintf(code, codelen, "DEADLINE");
+                lq_drop(w);
+                return false;
+            }
+            if (rc < 0 || !PQconsumeInput(conn)) {
+                snprintf(code, codelen, "LOST");
+                lq_drop(w);
+                return false;
+            }
+        }
+        PGresult *res = PQgetResult(conn);
+        if (!res)
+            break;
+        ExecStatusType st = PQresultStatus(res);
+        if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK && ok) {
+            ok = false;
+            const char *s = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+            snprintf(sqlstate, sizeof sqlstate, "%s", s ? s : "");
+        }
+        PQclear(res);
+    }
+    if (ok)
+        return true;
+    snprintf(code, codelen, "%s", sqlstate[0] ? sqlstate : "LOST");
+    /* a careful user reconnects after any failure: a 25006 session sits on
+     * a standby, a 57P01 one is closing */
+    lq_drop(w);
+    return false;
+}
+
+/* -------------------------------------------------------------- workers */
+
+static void *worker_main(void *arg)
+{
+    worker *w = arg;
+    run *r = w->run;
+    /* threads start spread over one period; thread i of both clients at
+     * the same offset, so each call has its twin */
+    double next = (PERIOD_MS * w->thread) / THREADS;
+    int seq = 0;
+    char code[40];
+
+    while (!atomic_load(&r->stop)) {
+        sleep_until(r, next);
+        if (atomic_load(&r->stop))
+            break;
+        double start = rel_ms(r);
+        bool ok;
+        code[0] = '\0';
+        seq++;
+        if (w->client == CL_GUARD)
+            ok = guard_call(w, seq, code, sizeof code);
+        else
+            ok = lq_call(w, seq, r->t0 + start, code, sizeof code);
+        double end = rel_ms(r);
+        record(w, start, end, ok, code);
+        if (ok && w->write)
+            ack(w, seq);
+        next += PERIOD_MS;
+        long missed = 0;
+        if (next < end) {
+            /* late: the missed slots are skipped, not burst */
+            missed = (long)ceil((end - next) / PERIOD_MS);
+            next = end;
+        }
+        /* Slots lost to the fault: a failed call's own and those it held up
+         * (a client that fails slowly makes fewer, longer failed calls: it
+         * must not look better for it), and those held up by a success that
+         * overran its deadline (libpq's blocking connect).  Slots skipped
+         * behind a normal success are the machine's load, not the client's. */
+        if (!ok)
+            w->lost += 1 + missed;
+        else if (end - start > DEADLINE_MS + OVERRUN_MS)
+            w->lost += missed;
+    }
+    lq_drop(w);
+    return NULL;
+}
+
+static void on_event(const pgg_event *ev, void *userdata)
+{
+    run *r = userdata;
+
+    if (ev->type == PGG_EVENT_BREAKER && ev->to == PGG_BREAKER_OPEN)
+        atomic_fetch_add(&r->breaker_opens, 1);
+    if (ev->type == PGG_EVENT_ROLE && ev->to == PGG_ROLE_UNKNOWN)
+        atomic_fetch_add(&r->roles_unknown, 1);
+}
+
+/* --------------------------------------------------------------- faults */
+
+static void must(pgh_node *n, int rc, const char *what)
+{
+    if (rc != 0)
+        die("%s on %s failed: %s", what, pgh_node_name(n), pgh_node_error(n));
+}
+
+static void fault_replica_hung(run *r)
+{
+    pgh_node *n = pgh_cluster_replica(r->cluster, 0);
+    must(n, pgh_node_hang(n), "SIGSTOP");
+    sleep_ms(3000);
+    must(n, pgh_node_resume(n), "SIGCONT");
+}
+
+static void fault_primary_hung(run *r)
+{
+    pgh_node *n = pgh_cluster_primary(r->cluster);
+    must(n, pgh_node_hang(n), "SIGSTOP");
+    sleep_ms(3000);
+    must(n, pgh_node_resume(n), "SIGCONT");
+}
+
+static void fault_promote(run *r)
+{
+    pgh_node *p = pgh_cluster_primary(r->cluster);
+    pgh_node *n = pgh_cluster_replica(r->cluster, 0);
+    /* fast: the walsenders ship every commit before the primary exits, so
+     * an acknowledged write can only be lost by the clients */
+    must(p, pgh_node_stop(p, PGH_STOP_FAST), "stop");
+    sleep_ms(1000);
+    must(n, pgh_node_promote(n), "promote");
+    r->final_primary = n;
+}
+
+/* Every session at once: one connection per server made first, then the
+ * three terminations sent back to back.  (pgh_node_terminate_backends
+ * waits for each backend in turn, which spreads the blip over a second.) */
+static void fault_terminate(run *r)
+{
+    int n = 1 + pgh_cluster_replica_count(r->cluster);
+    PGconn *conn[9];
+    static const char sql[] = "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                              "WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()";
+
+    for (int i = 0; i < n; i++) {
+        pgh_node *node =
+            i ? pgh_cluster_replica(r->cluster, i - 1) : pgh_cluster_primary(r->cluster);
+        char *ci = xasprintf("%s connect_timeout=10", pgh_node_conninfo(node));
+        conn[i] = PQconnectdb(ci);
+        free(ci);
+        if (PQstatus(conn[i]) != CONNECTION_OK)
+            die("terminate: cannot connect to %s: %s", pgh_node_name(node),
+                PQerrorMessage(conn[i]));
+    }
+    r->fault_ms = rel_ms(r);
+    for (int i = 0; i < n; i++)
+        if (!PQsendQuery(conn[i], sql))
+            die("terminate: %s", PQerrorMessage(conn[i]));
+    for (int i = 0; i < n; i++) {
+        PGresult *res;
+        while ((res = PQgetResult(conn[i])) != NULL) {
+            if (PQresultStatus(res) != PGRES_TUPLES_OK)
+                die("terminate: %s", PQresultErrorMessage(res));
+            PQclear(res);
+        }
+        PQfinish(conn[i]);
+    }
+}
+
+/* When a starting server first accepts a session.  pg_ctl start -w (and so
+ * pgh_node_start) notices readiness only at its next poll, up to 100 ms
+ * late: a thread connecting every 2 ms dates it instead. */
+typedef struct accept_probe {
+    pthread_t tid;
+    const run *r;
+    char *conninfo;
+    atomic_bool stop;
+    double at_ms; /* relative to the run's t0; NAN until it connected */
+} accept_probe;
+
+static void *accept_probe_main(void *arg)
+{
+    accept_probe *a = arg;
+
+    while (!atomic_load(&a->stop)) {
+        PGconn *c = connect_quietly(a->conninfo);
+        bool ok = PQstatus(c) == CONNECTION_OK;
+        double at = rel_ms(a->r);
+        PQfinish(c);
+        if (ok) {
+            a->at_ms = at;
+            break;
+        }
+        sleep_ms(2);
+    }
+    return NULL;
+}
+
+static void accept_probe_start(accept_probe *a, const run *r, pgh_node *n)
+{
+    a->r = r;
+    a->conninfo = xasprintf("%s connect_timeout=2", pgh_node_conninfo(n));
+    a->at_ms = NAN;
+    atomic_store(&a->stop, false);
+    if (pthread_create(&a->tid, NULL, accept_probe_main, a) != 0)
+        die("pthread_create failed");
+}
+
+/* The time the server first accepted; fallback when it never did. */
+static double accept_probe_end(accept_probe *a, double fallback)
+{
+    atomic_store(&a->stop, true);
+    pthread_join(a->tid, NULL);
+    free(a->conninfo);
+    return isnan(a->at_ms) ? fallback : a->at_ms;
+}
+
+static void fault_restart_all(run *r)
+{
+    int n = pgh_cluster_replica_count(r->cluster);
+    pgh_node *p = pgh_cluster_primary(r->cluster);
+
+    must(p, pgh_node_stop(p, PGH_STOP_FAST), "stop");
+    for (int i = 0; i < n; i++)
+        must(pgh_cluster_replica(r->cluster, i),
+             pgh_node_stop(pgh_cluster_replica(r->cluster, i), PGH_STOP_FAST), "stop");
+    sleep_ms(3000);
+    /* the reference: the first server (the primary) accepts a session */
+    accept_probe probe;
+    accept_probe_start(&probe, r, p);
+    must(p, pgh_node_start(p), "start");
+    r->ref_ms = accept_probe_end(&probe, rel_ms(r));
+    for (int i = 0; i < n; i++)
+        must(pgh_cluster_replica(r->cluster, i),
+             pgh_node_start(pgh_cluster_replica(r->cluster, i)), "start");
+}
+
+/* The pids of the held connections, as a SQL array literal. */
+static char *held_pids(const run *r)
+{
+    size_t len = 16 + (size_t)r->nheld * 12, off = 0;
+    char *s = xrealloc(NULL, len);
+
+    off += (size_t)snprintf(s + off, len - off, "'{");
+    for (int i = 0; i < r->nheld; i++)
+        off += (size_t)snprintf(s + off, len - off, "%s%d", i ? "," : "",
+                                PQbackendPID(r->held[i]));
+    snprintf(s + off, len - off, "}'::int[]");
+    return s;
+}
+
+/* Take every free connection slot of the server, until one is refused. */
+static void hold_free_slots(run *r, const char *conninfo)
+{
+    while (r->nheld < MAX_HOLD) {
+        PGconn *c = connect_quietly(conninfo);
+        if (PQstatus(c) != CONNECTION_OK) {
+            PQfinish(c);
+            return;
+        }
+        r->held[r->nheld++] = c;
+    }
+}
+
+/* Other clients' backends on n, counted (and terminated when kill: waiting
+ * up to 1 s for each to exit, so that its slot is free on return). */
+static long other_backends(run *r, bool kill)
+{
+    if (r->nheld == 0)
+        return -1;
+    char *pids = held_pids(r);
+    char *sql = xasprintf("SELECT count(%s) FROM pg_stat_activity "
+                          "WHERE backend_type = 'client backend' AND pid <> ALL(%s)",
+                          kill ? "pg_terminate_backend(pid, 1000)" : "*", pids);
+    PGresult *res = PQexec(r->held[0], sql);
+    long n = PQresultStatus(res) == PGRES_TUPLES_OK ? atol(PQgetvalue(res, 0, 0)) : -1;
+    PQclear(res);
+    free(sql);
+    free(pids);
+    return n;
+}
+
+static char *read_file(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        die("%s: %s", path, strerror(errno));
+    size_t len = 0, cap = 4096;
+    char *buf = xrealloc(NULL, cap);
+    size_t got;
+    while ((got = fread(buf + len, 1, cap - len - 1, f)) > 0) {
+        len += got;
+        if (cap - len - 1 == 0)
+            buf = xrealloc(buf, cap *= 2);
+    }
+    buf[len] = '\0';
+    fclose(f);
+    return buf;
+}
+
+/* Replace the server's pg_hba.conf with text (in place: the file keeps its
+ * owner) and reload.  The reload is asynchronous: give the postmaster a
+ * moment to read it. */
+static void set_hba(PGconn *admin, const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    if (!f || fputs(text, f) < 0 || fclose(f) != 0)
+        die("%s: %s", path, strerror(errno));
+    PGresult *res = PQexec(admin, "SELECT pg_reload_conf()");
+    if (PQresultStatus(res) != PGRES_TUPLES_OK)
+        die("pg_reload_conf: %s", PQerrorMessage(admin));
+    PQclear(res);
+    sleep_ms(100);
+}
+
+/* max_connections exhausted on the primary: take every free slot, end the
+ * clients' sessions there and take their slots too, hold 3 s, let go.
+ * While the holder takes the freed slots, pg_hba.conf rejects TCP for a
+ * moment and the holder comes in over the Unix socket: otherwise the
+ * clients' reconnects win some of the slots (they did, under load).  In
+ * that moment a client's reconnect may meet 28000 instead of 53300. */
+static void fault_max_connections(run *r)
+{
+    pgh_node *p = pgh_cluster_primary(r->cluster);
+    char *tcp = xasprintf("%s connect_timeout=" LIBPQ_CONNECT_TIMEOUT, pgh_node_conninfo(p));
+    char *sock = xasprintf("%s host=%s connect_timeout=" LIBPQ_CONNECT_TIMEOUT,
+                           pgh_node_conninfo(p), pgh_node_datadir(p));
+    char *hba = xasprintf("%s/pg_hba.conf", pgh_node_datadir(p));
+    char *original = read_file(hba);
+    double give_up = rel_ms(r) + 3000;
+
+    hold_free_slots(r, tcp);
+    if (r->nheld == 0)
+        die("max_connections: could not take one connection on the primary");
+    double closed = rel_ms(r);
+    set_hba(r->held[0], hba, "local all all trust\nhost all all all reject\n");
+    long others = other_backends(r, true);
+    for (;;) {
+        int before = r->nheld;
+        hold_free_slots(r, sock);
+        others = other_backends(r, false);
+        if ((others == 0 && r->nheld == before) || rel_ms(r) > give_up)
+            break;
+        if (others > 0)
+            other_backends(r, true);
+        else
+            sleep_ms(20); /* a refused client's backend may still hold a slot */
+    }
+    set_hba(r->held[0], hba, original);
+    snprintf(r->fault_note, sizeof r->fault_note,
+             "held %d connections on the primary, %ld other client sessions left there; "
+             "TCP rejected by pg_hba.conf for %.0f ms meanwhile",
+             r->nheld, others, rel_ms(r) - closed);
+    note("max_connections: %s", r->fault_note);
+    sleep_ms(3000);
+    for (int i = 0; i < r->nheld; i++)
+        PQfinish(r->held[i]);
+    r->nheld = 0;
+    free(original);
+    free(hba);
+    free(sock);
+    free(tcp);
+}
+
+static void fault_replica_down(run *r)
+{
+    pgh_node *n = pgh_cluster_replica(r->cluster, 0);
+    must(n, pgh_node_stop(n, PGH_STOP_IMMEDIATE), "stop");
+    sleep_ms(3000);
+    accept_probe probe;
+    accept_probe_start(&probe, r, n);
+    must(n, pgh_node_start(n), "start");
+    r->ref_ms = accept_probe_end(&probe, rel_ms(r));
+}
+
+typedef struct fault {
+    const char *name;
+    const char *what;
+    void (*inject)(run *r); /* from the fault's start to its end */
+} fault;
+
+static const fault faults[] = {
+    {"replica-hung", "replica1 SIGSTOPped 3 s, then SIGCONT", fault_replica_hung},
+    {"primary-hung", "the primary SIGSTOPped 3 s, then SIGCONT", fault_primary_hung},
+    {"promote", "the primary stopped (fast), replica1 promoted 1 s later", fault_promote},
+    {"terminate", "pg_terminate_backend of every session on every server", fault_terminate},
+    {"restart-all", "every server stopped (fast) 3 s, then started (the primary first)",
+     fault_restart_all},
+    {"max-connections", "every connection slot of the primary held 3 s",
+     fault_max_connections},
+    {"replica-down", "replica1 stopped (immediate) 3 s, then started", fault_replica_down},
+};
+#define NFAULTS (sizeof faults / sizeof faults[0])
+
+/* --------------------------------------------------------------- report */
+
+typedef struct summary {
+    long calls, skipped, lost_slots, reads, writes, failed_reads, failed_writes, overruns;
+    long codes[MAX_CODES];
+    double p99, max;
+    double failed_p50; /* how fast a failure comes back; NAN: none */
+    double first_read, first_write; /* since ref; NAN: none */
+    double recovered;               /* since ref; NAN: not recovered */
+    long acked, present;
+    int breaker_opens, roles_unknown;
+} summary;
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static void summarize(run *r, int cl, summary *s)
+{
+    memset(s, 0, sizeof *s);
+    s->first_read = s->first_write = NAN;
+    double last_fail = -INFINITY;
+    size_t total = 0;
+    for (int t = 0; t < THREADS; t++)
+        total += r->w[cl][t].n;
+    double *lat = xrealloc(NULL, (total ? total : 1) * sizeof *lat);
+    double *flat = xrealloc(NULL, (total ? total : 1) * sizeof *flat);
+    size_t k = 0, nf = 0;
+    for (int t = 0; t < THREADS; t++) {
+        worker *w = &r->w[cl][t];
+        s->calls += (long)w->n;
+        s->skipped += w->slots - (long)w->n;
+        s->lost_slots += w->lost;
+        for (size_t i = 0; i < w->n; i++) {
+            rec *c = &w->recs[i];
+            double d = c->end_ms - c->start_ms;
+            lat[k++] = d;
+            if (d > DEADLINE_MS + OVERRUN_MS)
+                s->overruns++;
+            if (c->write)
+                s->writes++;
+            else
+                s->reads++;
+            if (!c->ok) {
+                flat[nf++] = d;
+                if (c->write)
+                    s->failed_writes++;
+                else
+                    s->failed_reads++;
+                s->codes[c->code]++;
+                if (c->end_ms > last_fail)
+                    last_fail = c->end_ms;
+                continue;
+            }
+            if (c->end_ms < r->ref_ms)
+                continue;
+            double *first = c->write ? &s->first_write : &s->first_read;
+            double since = c->end_ms - r->ref_ms;
+            if (isnan(*first) || since < *first)
+                *first = since;
+        }
+    }
+    qsort(lat, total, sizeof *lat, cmp_double);
+    if (total) {
+        s->p99 = lat[(size_t)ceil(0.99 * (double)total) - 1];
+        s->max = lat[total - 1];
+    }
+    free(lat);
+    qsort(flat, nf, sizeof *flat, cmp_double);
+    s->failed_p50 = nf ? flat[(nf - 1) / 2] : NAN;
+    free(flat);
+    if (last_fail < r->ref_ms)
+        s->recovered = 0;
+    else if (last_fail > r->end_ms - fmin(SETTLE_MS, (r->end_ms - r->ref_ms) / 2))
+        s->recovered = NAN;
+    else
+        s->recovered = last_fail - r->ref_ms;
+}
+
+/* Every acknowledged write, looked up on the final primary. */
+static void check_writes(run *r, summary s[CL__N])
+{
+    pgh_node *p = r->final_primary;
+    char *conninfo = xasprintf("%s connect_timeout=10", pgh_node_conninfo(p));
+    PGconn *conn = PQconnectdb(conninfo);
+    PGresult *res = NULL;
+    free(conninfo);
+    if (PQstatus(conn) == CONNECTION_OK)
+        res = PQexec(conn, "SELECT c, t, s FROM fb_writes");
+    if (!res || PQresultStatus(res) != PGRES_TUPLES_OK) {
+        note("cannot read the writes back from %s: %s", pgh_node_name(p),
+             PQerrorMessage(conn));
+        for (int cl = 0; cl < CL__N; cl++)
+            s[cl].present = -1;
+        PQclear(res);
+        PQfinish(conn);
+        return;
+    }
+    /* seen[c][t]: a bitmap over sequence numbers */
+    unsigned char *seen[CL__N][THREADS];
+    int maxseq[CL__N][THREADS];
+    for (int cl = 0; cl < CL__N; cl++)
+        for (int t = 0; t < THREADS; t++) {
+            maxseq[cl][t] = (int)r->w[cl][t].n + 1;
+            seen[cl][t] = calloc((size_t)maxseq[cl][t] + 1, 1);
+            if (!seen[cl][t])
+                die("out of memory");
+        }
+    for (int i = 0; i < PQntuples(res); i++) {
+        int c = atoi(PQgetvalue(res, i, 0)), t = atoi(PQgetvalue(res, i, 1));
+        int q = atoi(PQgetvalue(res, i, 2));
+        if (c >= 0 && c < CL__N && t >= 0 && t < THREADS && q >= 0 && q <= maxseq[c][t])
+            seen[c][t][q] = 1;
+    }
+    for (int cl = 0; cl < CL__N; cl++)
+        for (int t = 0; t < THREADS; t++) {
+            worker *w = &r->w[cl][t];
+            s[cl].acked += (long)w->nacked;
+            for (size_t i = 0; i < w->nacked; i++)
+                s[cl].present += seen[cl][t][w->acked[i]];
+            free(seen[cl][t]);
+        }
+    PQclear(res);
+    PQfinish(conn);
+}
+
+static void fmt_ms(char *buf, size_t len, double v)
+{
+    if (isnan(v))
+        snprintf(buf, len, "none");
+    else
+        snprintf(buf, len, "%.0f", v);
+}
+
+static void codes_text(const run *r, const summary *s, char *buf, size_t len)
+{
+    size_t off = 0;
+    buf[0] = '\0';
+    for (int i = 0; i < r->ncodes && off < len; i++)
+        if (s->codes[i])
+            off += (size_t)snprintf(buf + off, len - off, "%s%s:%ld", off ? " " : "",
+                                    r->codes[i], s->codes[i]);
+    if (!buf[0])
+        snprintf(buf, len, "-");
+}
+
+/* first success of both kinds, for the verdict: NAN when either is missing */
+static double first_both(const summary *s)
+{
+    if (isnan(s->first_read) || isnan(s->first_write))
+        return NAN;
+    return fmax(s->first_read, s->first_write);
+}
+
+typedef struct result {
+    const fault *f;
+    int round; /* 1.. with --rounds, else 0 */
+    summary s[CL__N];
+    char load[64];
+    bool failed_ok, first_ok;
+} result;
+
+static const char *yes_no(bool met)
+{
+    return met ? "met" : "NOT MET";
+}
+
+/* Issue 9's goals for pgguard that this fault measures (goal 6, no call
+ * past its deadline and no acknowledged write lost, is in every table). */
+static void print_goals(const fault *f, const summary *g)
+{
+    char t[16];
+    if (strcmp(f->name, "restart-all") == 0) {
+        fmt_ms(t, sizeof t, g->first_read);
+        printf("   goal 2 (first read within 100 ms of the first server accepting): %s ms, %s\n",
+               t, yes_no(!isnan(g->first_read) && g->first_read <= 100));
+    } else if (strcmp(f->name, "promote") == 0) {
+        fmt_ms(t, sizeof t, g->first_write);
+        printf("   goal 3 (first write within 100 ms of the promotion; refusals under 1 ms): "
+               "%s ms, %s; failures' median %.2f ms, %s\n",
+               t, yes_no(!isnan(g->first_write) && g->first_write <= 100),
+               isnan(g->failed_p50) ? 0.0 : g->failed_p50,
+               yes_no(isnan(g->failed_p50) || g->failed_p50 < 1));
+    } else if (strcmp(f->name, "replica-hung") == 0) {
+        printf("   goal 4 (0 failed reads, 0 calls past deadline + 20 ms): %ld and %ld, %s\n",
+               g->failed_reads, g->overruns, yes_no(g->failed_reads == 0 && g->overruns == 0));
+    } else if (strcmp(f->name, "terminate") == 0) {
+        /* at most one statement per thread was in flight when it hit */
+        long failed = g->failed_reads + g->failed_writes;
+        printf("   goal 5 (no failure but the %d statements in flight; no breaker opens; no "
+               "role unknown): %ld failed, %d opened, %d unknown, %s\n",
+               THREADS, failed, g->breaker_opens, g->roles_unknown,
+               yes_no(failed <= THREADS && g->breaker_opens == 0 && g->roles_unknown == 0));
+    }
+}
+
+static void print_fault(const run *r, result *res)
+{
+    char load[64];
+    loadavg_text(load, sizeof load);
+    if (res->round)
+        printf("\n== %s #%d: %s\n", res->f->name, res->round, res->f->what);
+    else
+        printf("\n== %s: %s\n", res->f->name, res->f->what);
+    printf("   load average at start %s, at end %s; fault at %.0f ms, reference (its end) at "
+           "%.0f ms, run ends at %.0f ms\n",
+           res->load, load, r->fault_ms, r->ref_ms, r->end_ms);
+    if (r->fault_note[0])
+        printf("   the fault: %s\n", r->fault_note);
+    printf("   %-8s %6s %5s %9s %6s %6s %6s %6s %8s %8s %9s %10s %6s  %s\n", "client",
+           "calls", "skip", "failed/r", "/w", "lost", "p99", "max", ">dl+20", "1st read",
+           "1st write",
+           "recovered", "opens", "errors by code");
+    for (int cl = 0; cl < CL__N; cl++) {
+        const summary *s = &res->s[cl];
+        char fr[16], fw[16], rc[16], codes[512], opens[16];
+        fmt_ms(fr, sizeof fr, s->first_read);
+        fmt_ms(fw, sizeof fw, s->first_write);
+        if (isnan(s->recovered))
+            snprintf(rc, sizeof rc, "not yet");
+        else
+            fmt_ms(rc, sizeof rc, s->recovered);
+        codes_text(r, s, codes, sizeof codes);
+        if (cl == CL_GUARD)
+            snprintf(opens, sizeof opens, "%d", s->breaker_opens);
+        else
+            snprintf(opens, sizeof opens, "-");
+        printf("   %-8s %6ld %5ld %9ld %6ld %6ld %6.1f %6.0f %8ld %8s %9s %10s %6s  %s\n",
+               client_name[cl], s->calls, s->skipped, s->failed_reads, s->failed_writes,
+               s->lost_slots, s->p99, s->max, s->overruns, fr, fw, rc, opens, codes);
+    }
+    for (int cl = 0; cl < CL__N; cl++) {
+        const summary *s = &res->s[cl];
+        if (!isnan(s->failed_p50))
+            printf("   failures %-8s median %.2f ms (how fast a failed call came back)\n",
+                   client_name[cl], s->failed_p50);
+    }
+    for (int cl = 0; cl < CL__N; cl++) {
+        const summary *s = &res->s[cl];
+        if (s->present < 0)
+            printf("   writes %-8s %ld acknowledged, not checked (final primary unreadable)\n",
+                   client_name[cl], s->acked);
+        else
+            printf("   writes %-8s %ld acknowledged, %ld present on %s, %ld lost\n",
+                   client_name[cl], s->acked, s->present, pgh_node_name(r->final_primary),
+                   s->acked - s->present);
+    }
+    const summary *g = &res->s[CL_GUARD], *l = &res->s[CL_LIBPQ];
+    print_goals(res->f, g);
+    long gf = g->lost_slots, lf = l->lost_slots;
+    double gt = first_both(g), lt = first_both(l);
+    res->failed_ok = gf <= lf;
+    /* a success can only be seen at a call: one period is the resolution */
+    res->first_ok = isnan(lt) || (!isnan(gt) && gt <= lt + PERIOD_MS);
+    char gts[16], lts[16];
+    fmt_ms(gts, sizeof gts, gt);
+    fmt_ms(lts, sizeof lts, lt);
+    printf("   verdict: slots lost to failures %ld vs libpq %ld: %s; first read+write "
+           "%s ms vs libpq %s ms: %s\n",
+           gf, lf, res->failed_ok ? "not worse" : "WORSE", gts, lts,
+           res->first_ok ? "not worse" : "WORSE");
+    fflush(stdout);
+}
+
+/* ------------------------------------------------------------------ run */
+
+/* Every call of the run, one line each, for a timeline or a plot. */
+static void write_csv(FILE *csv, const run *r, const result *res)
+{
+    fprintf(csv, "# %s round %d: fault at %.3f ms, reference at %.3f ms, end at %.3f ms\n",
+            res->f->name, res->round, r->fault_ms, r->ref_ms, r->end_ms);
+    for (int cl = 0; cl < CL__N; cl++)
+        for (int t = 0; t < THREADS; t++) {
+            const worker *w = &r->w[cl][t];
+            for (size_t i = 0; i < w->n; i++) {
+                const rec *c = &w->recs[i];
+                fprintf(csv, "%s,%d,%s,%d,%.3f,%.3f,%d,%s\n", res->f->name, res->round,
+                        client_name[cl], t, c->start_ms - r->ref_ms, c->end_ms - r->ref_ms,
+                        c->ok, c->ok ? "" : r->codes[c->code]);
+            }
+        }
+}
+
+static void run_fault(const fault *f, double after_ms, FILE *csv, result *out)
+{
+    char errbuf[1024];
+    run *r = calloc(1, sizeof *r);
+    if (!r)
+        die("out of memory");
+    pthread_mutex_init(&r->codes_mu, NULL);
+    out->f = f;
+
+    note("%s: starting a cluster", f->name);
+    /* a free port can be taken between the harness's pick and the start */
+    for (int tries = 0; !r->cluster && tries < 3; tries++) {
+        r->cluster = pgh_cluster_start(2, errbuf, sizeof errbuf);
+        if (!r->cluster)
+            note("%s: no cluster (%s)%s", f->name, errbuf, tries < 2 ? "; again" : "");
+    }
+    if (!r->cluster)
+        die("cluster: %s", errbuf);
+    if (pgh_cluster_is_external(r->cluster))
+        die("the faults need local servers: unset PGGUARD_TEST_PRIMARY");
+    pgh_node *p = pgh_cluster_primary(r->cluster);
+    r->final_primary = p;
+    must(p, pgh_node_exec(p, "CREATE TABLE fb_writes (c int, t int, s int, "
+                             "PRIMARY KEY (c, t, s))"),
+         "create table");
+    for (int i = 0; i < 2; i++)
+        must(pgh_cluster_replica(r->cluster, i),
+             pgh_node_wait_replay(pgh_cluster_replica(r->cluster, i), p, 30000), "replay");
+
+    char *servers = pgh_cluster_conninfo(r->cluster);
+    if (!servers)
+        die("out of memory");
+    pgg_error err;
+    pgg_config *cfg = pgg_config_new();
+    if (!cfg || pgg_config_set_servers(cfg, servers, &err) != 0)
+        die("pgguard config: %s", cfg ? err.message : "out of memory");
+    r->pool = pgg_pool_new(cfg, &err);
+    pgg_config_free(cfg);
+    if (!r->pool)
+        die("pgguard pool: %s", err.message);
+    pgg_pool_on_event(r->pool, on_event, r);
+
+    /* libpq: the primary first, then the replicas, alternated per reader */
+    int pp = pgh_node_port(p);
+    int p1 = pgh_node_port(pgh_cluster_replica(r->cluster, 0));
+    int p2 = pgh_node_port(pgh_cluster_replica(r->cluster, 1));
+    const char *h = pgh_node_host(p);
+    for (int cl = 0; cl < CL__N; cl++)
+        for (int t = 0; t < THREADS; t++) {
+            worker *w = &r->w[cl][t];
+            w->run = r;
+            w->client = cl;
+            w->thread = t;
+            w->write = t < WRITERS;
+            if (cl != CL_LIBPQ)
+                continue;
+            bool swap = !w->write && t % 2;
+            w->conninfo = xasprintf(
+                "%s host=%s,%s,%s port=%d,%d,%d connect_timeout=" LIBPQ_CONNECT_TIMEOUT
+                " target_session_attrs=%s",
+                servers, h, h, h, pp, swap ? p2 : p1, swap ? p1 : p2,
+                w->write ? "read-write" : "prefer-standby");
+        }
+    free(servers);
+
+    loadavg_text(out->load, sizeof out->load);
+    r->t0 = pgh_now_ms();
+    for (int cl = 0; cl < CL__N; cl++)
+        for (int t = 0; t < THREADS; t++)
+            if (pthread_create(&r->w[cl][t].tid, NULL, worker_main, &r->w[cl][t]) != 0)
+                die("pthread_create failed");
+
+    sleep_until(r, BEFORE_MS);
+    note("%s: %s", f->name, f->what);
+    r->fault_ms = rel_ms(r);
+    r->ref_ms = NAN;
+    f->inject(r);
+    if (isnan(r->ref_ms))
+        r->ref_ms = rel_ms(r);
+    r->end_ms = rel_ms(r) + after_ms;
+    sleep_until(r, r->end_ms);
+    atomic_store(&r->stop, true);
+    for (int cl = 0; cl < CL__N; cl++)
+        for (int t = 0; t < THREADS; t++)
+            pthread_join(r->w[cl][t].tid, NULL);
+    /* the schedule's slots of each thread, from its first to end_ms */
+    for (int cl = 0; cl < CL__N; cl++)
+        for (int t = 0; t < THREADS; t++) {
+            worker *w = &r->w[cl][t];
+            double first = (PERIOD_MS * t) / THREADS;
+            w->slots = (long)floor((r->end_ms - first) / PERIOD_MS) + 1;
+        }
+    for (int cl = 0; cl < CL__N; cl++)
+        summarize(r, cl, &out->s[cl]);
+    out->s[CL_GUARD].breaker_opens = atomic_load(&r->breaker_opens);
+    out->s[CL_GUARD].roles_unknown = atomic_load(&r->roles_unknown);
+    check_writes(r, out->s);
+    print_fault(r, out);
+    if (csv)
+        write_csv(csv, r, out);
+
+    pgg_pool_free(r->pool);
+    pgh_cluster_free(r->cluster);
+    for (int cl = 0; cl < CL__N; cl++)
+        for (int t = 0; t < THREADS; t++) {
+            free(r->w[cl][t].recs);
+            free(r->w[cl][t].acked);
+            free(r->w[cl][t].conninfo);
+        }
+    pthread_mutex_destroy(&r->codes_mu);
+    free(r);
+}
+
+/* The README's table: one row per fault and client. */
+static void print_table(const result *res, int n)
+{
+    printf("\n| fault | client | calls | failed reads | failed writes | slots lost | p99 ms | "
+           "max ms | > deadline+20 ms | 1st read ms | 1st write ms | recovered ms | "
+           "writes lost | verdict |\n");
+    printf("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
+    for (int i = 0; i < n; i++)
+        for (int cl = 0; cl < CL__N; cl++) {
+            const summary *s = &res[i].s[cl];
+            char fr[16], fw[16], rc[16], lost[32];
+            fmt_ms(fr, sizeof fr, s->first_read);
+            fmt_ms(fw, sizeof fw, s->first_write);
+            if (isnan(s->recovered))
+                snprintf(rc, sizeof rc, "not yet");
+            else
+                fmt_ms(rc, sizeof rc, s->recovered);
+            if (s->present < 0)
+                snprintf(lost, sizeof lost, "unchecked");
+            else
+                snprintf(lost, sizeof lost, "%ld of %ld", s->acked - s->present, s->acked);
+            const char *verdict = "";
+            if (cl == CL_GUARD)
+                verdict = res[i].failed_ok && res[i].first_ok ? "not worse"
+                          : !res[i].failed_ok && !res[i].first_ok
+                              ? "WORSE: slots lost, 1st success"
+                          : !res[i].failed_ok ? "WORSE: slots lost"
+                                              : "WORSE: 1st success";
+            char name[48] = "";
+            if (cl == CL_GUARD && res[i].round)
+                snprintf(name, sizeof name, "%s #%d", res[i].f->name, res[i].round);
+            else if (cl == CL_GUARD)
+                snprintf(name, sizeof name, "%s", res[i].f->name);
+            printf("| %s | %s | %ld | %ld | %ld | %ld | %.1f | %.0f | %ld | %s | %s | %s | %s "
+                   "| %s |\n",
+                   name, client_name[cl], s->calls,
+                   s->failed_reads, s->failed_writes, s->lost_slots, s->p99, s->max,
+                   s->overruns, fr, fw, rc, lost, verdict);
+        }
+}
+
+/* "lo-hi" of one metric over the rounds of a fault ("none" counted apart). */
+typedef struct range {
+    double lo, hi;
+    int none, n;
+} range;
+
+static void range_add(range *g, double v)
+{
+    if (isnan(v)) {
+        g->none++;
+        return;
+    }
+    if (g->n == 0 || v < g->lo)
+        g->lo = v;
+    if (g->n == 0 || v > g->hi)
+        g->hi = v;
+    g->n++;
+}
+
+static void range_text(const range *g, const char *none, char *buf, size_t len)
+{
+    size_t off = 0;
+    buf[0] = '\0';
+    if (g->n && lround(g->lo) == lround(g->hi))
+        off = (size_t)snprintf(buf, len, "%.0f", g->lo);
+    else if (g->n)
+        off = (size_t)snprintf(buf, len, "%.0f-%.0f", g->lo, g->hi);
+    if (g->none && off < len)
+        snprintf(buf + off, len - off, "%s%d %s", off ? ", " : "", g->none, none);
+}
+
+/* With --rounds: one row per fault and client, each metric's range. */
+static void print_ranges(const result *res, int n, int rounds)
+{
+    printf("\nRanges over %d rounds:\n\n| fault | client | failed reads | failed writes | "
+           "slots lost | p99 ms | max ms | > deadline+20 ms | 1st read ms | 1st write ms | "
+           "recovered ms | "
+           "writes lost | pgguard not worse |\n",
+           rounds);
+    printf("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
+    for (size_t f = 0; f < NFAULTS; f++)
+        for (int cl = 0; cl < CL__N; cl++) {
+            range fr = {0}, fw = {0}, sl = {0}, p99 = {0}, mx = {0}, over = {0}, r1 = {0}, w1 = {0},
+                  rec = {0};
+            long lost = 0, acked = 0, unchecked = 0;
+            int runs = 0, fine = 0;
+            for (int i = 0; i < n; i++) {
+                if (res[i].f != &faults[f])
+                    continue;
+                const summary *s = &res[i].s[cl];
+                runs++;
+                fine += res[i].failed_ok && res[i].first_ok;
+                range_add(&fr, (double)s->failed_reads);
+                range_add(&fw, (double)s->failed_writes);
+                range_add(&sl, (double)s->lost_slots);
+                range_add(&p99, s->p99);
+                range_add(&mx, s->max);
+                range_add(&over, (double)s->overruns);
+                range_add(&r1, s->first_read);
+                range_add(&w1, s->first_write);
+                range_add(&rec, s->recovered);
+                if (s->present < 0)
+                    unchecked++;
+                else
+                    lost += s->acked - s->present, acked += s->acked;
+            }
+            if (!runs)
+                continue;
+            char t[9][48], verdict[32] = "";
+            range_text(&fr, "", t[0], sizeof t[0]);
+            range_text(&fw, "", t[1], sizeof t[1]);
+            range_text(&p99, "", t[2], sizeof t[2]);
+            range_text(&mx, "", t[3], sizeof t[3]);
+            range_text(&over, "", t[4], sizeof t[4]);
+            range_text(&r1, "none", t[5], sizeof t[5]);
+            range_text(&w1, "none", t[6], sizeof t[6]);
+            range_text(&rec, "not yet", t[7], sizeof t[7]);
+            range_text(&sl, "", t[8], sizeof t[8]);
+            if (cl == CL_GUARD)
+                snprintf(verdict, sizeof verdict, "%d of %d", fine, runs);
+            printf("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %ld of %ld%s | %s "
+                   "|\n",
+                   cl == CL_GUARD ? faults[f].name : "", client_name[cl], t[0], t[1], t[8], t[2],
+                   t[3], t[4], t[5], t[6], t[7], lost, acked,
+                   unchecked ? " (some unchecked)" : "", verdict);
+        }
+}
+
+static void usage(FILE *to)
+{
+    fprintf(to,
+            "usage: bench-faults [--fault NAME[,NAME...]] [--seconds S] [--rounds N]\n"
+            "                    [--csv FILE] [--list]\n"
+            "  --fault    run these faults only (default: all, in the order of --list)\n"
+            "  --seconds  observation after each fault's end (default 4, 1 to 60)\n"
+            "  --rounds   run every fault this many times, round by round (default 1)\n"
+            "  --csv      write every call to FILE: fault, round, client, thread,\n"
+            "             start and end in ms from the fault's end, ok, error code\n"
+            "  --list     print the faults and exit\n");
+}
+
+static void on_alarm(int sig)
+{
+    (void)sig;
+    static const char msg[] = "bench-faults: time limit reached, giving up\n";
+    ssize_t rc = write(2, msg, sizeof msg - 1);
+    (void)rc;
+    /* the harness's reaper stops the servers once this process is gone */
+    _exit(2);
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        {"fault", required_argument, NULL, 'f'},
+        {"seconds", required_argument, NULL, 's'},
+        {"rounds", required_argument, NULL, 'r'},
+        {"csv", required_argument, NULL, 'c'},
+        {"list", no_argument, NULL, 'l'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    bool want[NFAULTS];
+    bool any = false;
+    double seconds = 4;
+    int rounds = 1;
+    const char *csv_path = NULL;
+    int c;
+
+    memset(want, 0, sizeof want);
+    while ((c = getopt_long(argc, argv, "f:s:r:c:lh", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'f': {
+            char *list = strdup(optarg), *save = NULL;
+            if (!list)
+                die("out of memory");
+            for (char *tok = strtok_r(list, ",", &save); tok;
+                 tok = strtok_r(NULL, ",", &save)) {
+                size_t i;
+                for (i = 0; i < NFAULTS; i++)
+                    if (strcmp(tok, faults[i].name) == 0)
+                        break;
+                if (i == NFAULTS)
+                    die("unknown fault '%s' (--list)", tok);
+                want[i] = any = true;
+            }
+            free(list);
+            break;
+        }
+        case 's': {
+            char *end;
+            seconds = strtod(optarg, &end);
+            if (*end || !(seconds >= 1 && seconds <= 60))
+                die("--seconds wants a number from 1 to 60");
+            break;
+        }
+        case 'c':
+            csv_path = optarg;
+            break;
+        case 'r': {
+            char *end;
+            long v = strtol(optarg, &end, 10);
+            if (*end || v < 1 || v > 10)
+                die("--rounds wants a number from 1 to 10");
+            rounds = (int)v;
+            break;
+        }
+        case 'l':
+            for (size_t i = 0; i < NFAULTS; i++)
+                printf("%-16s %s\n", faults[i].name, faults[i].what);
+            return 0;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (optind < argc) {
+        usage(stderr);
+        return 2;
+    }
+    if (!any)
+        for (size_t i = 0; i < NFAULTS; i++)
+            want[i] = true;
+
+    int n = 0;
+    for (size_t i = 0; i < NFAULTS; i++)
+        n += want[i];
+    n *= rounds;
+    /* bounded whatever happens: per fault a cluster start, 1 s before, the
+     * fault (4 s at most, plus its own waits), the observation, teardown */
+    signal(SIGALRM, on_alarm);
+    alarm((unsigned)(n * (seconds + 60) + 60));
+    signal(SIGPIPE, SIG_IGN);
+
+    char load[64];
+    loadavg_text(load, sizeof load);
+    printf("pgguard %s against libpq %d multi-host, %d threads per client (%d writing), "
+           "a call every %.0f ms each, %d ms deadline, pgguard defaults; %d faults; load "
+           "average %s (a shared machine)\n",
+           pgg_version(), PQlibVersion(), THREADS, WRITERS, PERIOD_MS, DEADLINE_MS, n, load);
+    fflush(stdout);
+
+    FILE *csv = NULL;
+    if (csv_path) {
+        csv = fopen(csv_path, "w");
+        if (!csv)
+            die("%s: %s", csv_path, strerror(errno));
+        fprintf(csv, "fault,round,client,thread,start_ms,end_ms,ok,code\n");
+    }
+    result *res = calloc((size_t)n, sizeof *res);
+    if (!res)
+        die("out of memory");
+    /* round by round, so a burst of load from a neighbour spreads over the
+     * faults rather than landing on every round of one */
+    int k = 0;
+    for (int round = 1; round <= rounds; round++)
+        for (size_t i = 0; i < NFAULTS; i++)
+            if (want[i]) {
+                res[k].round = rounds > 1 ? round : 0;
+                run_fault(&faults[i], seconds * 1000, csv, &res[k++]);
+            }
+    print_table(res, k);
+    if (rounds > 1)
+        print_ranges(res, k, rounds);
+    free(res);
+    if (csv && fclose(csv) != 0)
+        die("%s: %s", csv_path, strerror(errno));
+    return 0;
+}
