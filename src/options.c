@@ -198,38 +198,13 @@ static const void *cfield_of(const pgg_config *cfg, const opt *o)
 
 /* ------------------------------------------------------- error messages */
 
-/* Edit distance, capped: enough to suggest a key after a typo. */
-static int distance(const char *a, const char *b)
-{
-    enum { MAXL = 48 };
-    int prev[MAXL + 1], cur[MAXL + 1];
-    size_t la = strlen(a), lb = strlen(b);
-
-    if (la > MAXL || lb > MAXL)
-        return MAXL;
-    for (size_t j = 0; j <= lb; j++)
-        prev[j] = (int)j;
-    for (size_t i = 1; i <= la; i++) {
-        cur[0] = (int)i;
-        for (size_t j = 1; j <= lb; j++) {
-            int sub = prev[j - 1] + (a[i - 1] != b[j - 1]);
-            int del = prev[j] + 1;
-            int ins = cur[j - 1] + 1;
-
-            cur[j] = sub < del ? (sub < ins ? sub : ins) : (del < ins ? del : ins);
-        }
-        memcpy(prev, cur, sizeof prev);
-    }
-    return prev[lb];
-}
-
 static int unknown_key(const char *key, pgg_error *err)
 {
     const char *best = NULL;
     int bestd = 3; /* suggest only close matches */
 
     for (int i = 0; i < NOPTIONS; i++) {
-        int d = distance(key, options[i].name);
+        int d = pgg__edit_distance(key, options[i].name);
 
         if (d < bestd) {
             bestd = d;
