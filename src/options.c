@@ -198,7 +198,30 @@ static const void *cfield_of(const pgg_config *cfg, const opt *o)
 
 /* ------------------------------------------------------- error messages */
 
-static int unknown_key(const char *key, pgg_error *err)
+/*
+ * Whether a key or value the caller wrote may appear in a message: a word
+ * of at most max printable ASCII characters, none of which carries a
+ * conninfo's structure (= @ : / ? & %, quotes, backslash), so that no
+ * piece of a malformed servers value can be one.  pgg_config_parse also
+ * quotes nothing after a servers pair (quote == false): a password that
+ * spilled out of a badly quoted conninfo can stand alone there.
+ */
+static bool quotable(const char *s, size_t max, bool quote)
+{
+    size_t n = 0;
+
+    if (!quote)
+        return false;
+    for (; s[n]; n++) {
+        unsigned char c = (unsigned char)s[n];
+
+        if (n >= max || c <= 0x20 || c >= 0x7f || strchr("=@:/?&%'\"\\", c))
+            return false;
+    }
+    return n > 0;
+}
+
+static int unknown_key(const char *key, bool quote, pgg_error *err)
 {
     const char *best = NULL;
     int bestd = 3; /* suggest only close matches */
@@ -211,12 +234,19 @@ static int unknown_key(const char *key, pgg_error *err)
             best = options[i].name;
         }
     }
+    if (!quotable(key, 64, quote)) {
+        if (best)
+            return pgg__error_set(err, PGG_ECONFIG, NULL, NULL,
+                                  "unknown key (did you mean \"%s\"?)", best);
+        return pgg__error_set(err, PGG_ECONFIG, NULL, NULL,
+                              "unknown key (the README lists every key)");
+    }
     if (best)
         return pgg__error_set(err, PGG_ECONFIG, NULL, NULL,
-                              "unknown key \"%.64s\" (did you mean \"%s\"?)",
+                              "unknown key \"%s\" (did you mean \"%s\"?)",
                               key, best);
     return pgg__error_set(err, PGG_ECONFIG, NULL, NULL,
-                          "unknown key \"%.64s\" (the README lists every key)",
+                          "unknown key \"%s\" (the README lists every key)",
                           key);
 }
 
@@ -289,11 +319,20 @@ static const char *kind_noun(opt_kind k)
     return "a value";
 }
 
-static int bad_value(const opt *o, const char *value, pgg_error *err)
+static int bad_value(const opt *o, const char *value, bool quote,
+                     pgg_error *err)
 {
     char acc[160];
 
     accepted(o, acc, sizeof acc);
+    if (!quotable(value, 40, quote))
+        return pgg__error_set(err, PGG_ECONFIG, NULL, NULL,
+                              o->kind == K_ENUM
+                                  ? "%s: the value is not one of %s%s"
+                                  : "%s: the value is not %s (expected %s)",
+                              o->name,
+                              o->kind == K_ENUM ? acc : kind_noun(o->kind),
+                              o->kind == K_ENUM ? "" : acc);
     if (o->kind == K_ENUM)
         return pgg__error_set(err, PGG_ECONFIG, NULL, NULL,
                               "%s: \"%.40s\" is not one of %s", o->name, value,
@@ -307,7 +346,9 @@ static int wrong_type(const char *key, const char *what, const char *given,
                       pgg_error *err)
 {
     return pgg__error_set(err, PGG_ECONFIG, NULL, NULL,
-                          "%.64s: expects %s, not %s", key, what, given);
+                          "%s: expects %s, not %s",
+                          quotable(key, 64, true) ? key : "this key", what,
+                          given);
 }
 
 /* ---------------------------------------------------------- typed stores */
@@ -471,7 +512,7 @@ static bool same_name(const char *a, const char *b)
 }
 
 static int set_text(pgg_config *cfg, const opt *o, const char *value,
-                    pgg_error *err)
+                    bool quote, pgg_error *err)
 {
     long long ll;
     double d;
@@ -482,15 +523,15 @@ static int set_text(pgg_config *cfg, const opt *o, const char *value,
     case K_U32:
     case K_I64:
         if (!parse_ll(value, &ll))
-            return bad_value(o, value, err);
+            return bad_value(o, value, quote, err);
         return store_int(cfg, o, ll, err);
     case K_DOUBLE:
         if (!parse_double(value, &d))
-            return bad_value(o, value, err);
+            return bad_value(o, value, quote, err);
         return store_double(cfg, o, d, err);
     case K_BOOL:
         if (!parse_bool(value, &b))
-            return bad_value(o, value, err);
+            return bad_value(o, value, quote, err);
         *(bool *)field_of(cfg, o) = b;
         return PGG_OK;
     case K_ENUM:
@@ -500,9 +541,9 @@ static int set_text(pgg_config *cfg, const opt *o, const char *value,
                 return PGG_OK;
             }
         }
-        return bad_value(o, value, err);
+        return bad_value(o, value, quote, err);
     }
-    return bad_value(o, value, err);
+    return bad_value(o, value, quote, err);
 }
 
 /* -------------------------------------------------------------- classify */
@@ -514,7 +555,7 @@ static bool is_classify_key(const char *key)
 
 /* "classify.<SQLSTATE>" = "<class>[,retry|,noretry]" */
 static int set_classify(pgg_config *cfg, const char *key, const char *value,
-                        pgg_error *err)
+                        bool quote, pgg_error *err)
 {
     const char *comma = strchr(value, ',');
     size_t n = comma ? (size_t)(comma - value) : strlen(value);
@@ -533,16 +574,30 @@ static int set_classify(pgg_config *cfg, const char *key, const char *value,
         retry = strcmp(comma + 1, "retry") == 0;
         ok = retry || strcmp(comma + 1, "noretry") == 0;
     }
-    if (ok)
-        return pgg__classifier_override(&cfg->classifier,
-                                        key + CLASSIFY_PREFIX_LEN, cls, retry,
-                                        err);
+    if (ok) {
+        int rc = pgg__classifier_override(&cfg->classifier,
+                                          key + CLASSIFY_PREFIX_LEN, cls,
+                                          retry, err);
+
+        /* The classifier quotes what it rejects. */
+        if (rc != PGG_OK && !quotable(key, 64, quote))
+            return pgg__error_set(err, rc, NULL, NULL,
+                                  "classify: the key does not name a SQLSTATE "
+                                  "(five characters 0-9/A-Z) or a SQLSTATE "
+                                  "class (two)");
+        return rc;
+    }
     acc[0] = '\0';
     for (int i = 0; i < PGG_CLASS__COUNT && len < sizeof acc; i++)
         len += (size_t)snprintf(acc + len, sizeof acc - len, "%s%s",
                                 i ? ", " : "", pgg_class_name((pgg_class)i));
+    if (!quotable(key, 64, quote) || !quotable(value, 40, quote))
+        return pgg__error_set(err, PGG_ECONFIG, NULL, NULL,
+                              "%s: the value is not <class>[,retry] (class: %s)",
+                              quotable(key, 64, quote) ? key : "classify",
+                              acc);
     return pgg__error_set(err, PGG_ECONFIG, NULL, NULL,
-                          "%.64s: \"%.40s\" is not <class>[,retry] (class: %s)",
+                          "%s: \"%s\" is not <class>[,retry] (class: %s)",
                           key, value, acc);
 }
 
@@ -560,13 +615,13 @@ static int get_classify(const pgg_config *cfg, const char *key, char *buf,
 
             if (n < 0 || (size_t)n >= buflen)
                 return pgg__error_set(err, PGG_EINVAL, NULL, NULL,
-                                      "%.64s: buffer too small", key);
+                                      "%s: buffer too small", key);
             return PGG_OK;
         }
     }
     return pgg__error_set(err, PGG_ECONFIG, NULL, NULL,
-                          "%.64s: no override set (the built-in table applies)",
-                          key);
+                          "%s: no override set (the built-in table applies)",
+                          quotable(key, 64, true) ? key : "classify");
 }
 
 /* ----------------------------------------------------------- public API */
@@ -576,7 +631,8 @@ static int apply_defaults(pgg_config *cfg)
     pgg__breaker_config_defaults(&cfg->breaker);
     pgg__classifier_init(&cfg->classifier);
     for (int i = 0; i < NOPTIONS; i++) {
-        if (options[i].def && set_text(cfg, &options[i], options[i].def, NULL))
+        if (options[i].def &&
+            set_text(cfg, &options[i], options[i].def, true, NULL))
             return PGG_ECONFIG; /* a bad table: the unit tests catch it */
     }
     return PGG_OK;
@@ -645,8 +701,9 @@ int pgg_config_set_servers(pgg_config *cfg, const char *conninfo,
     return PGG_OK;
 }
 
-int pgg_config_set(pgg_config *cfg, const char *key, const char *value,
-                   pgg_error *err)
+/* pgg_config_set; quote: whether messages may show the key or value. */
+static int config_set(pgg_config *cfg, const char *key, const char *value,
+                      bool quote, pgg_error *err)
 {
     const opt *o;
 
@@ -656,11 +713,17 @@ int pgg_config_set(pgg_config *cfg, const char *key, const char *value,
     if (strcmp(key, "servers") == 0)
         return pgg_config_set_servers(cfg, value, err);
     if (is_classify_key(key))
-        return set_classify(cfg, key, value, err);
+        return set_classify(cfg, key, value, quote, err);
     o = find_opt(key);
     if (!o)
-        return unknown_key(key, err);
-    return set_text(cfg, o, value, err);
+        return unknown_key(key, quote, err);
+    return set_text(cfg, o, value, quote, err);
+}
+
+int pgg_config_set(pgg_config *cfg, const char *key, const char *value,
+                   pgg_error *err)
+{
+    return config_set(cfg, key, value, true, err);
 }
 
 /* The key for a typed setter, or an error already filled. */
@@ -675,7 +738,7 @@ static int typed_lookup(pgg_config *cfg, const char *key, const char *given,
     if (is_classify_key(key))
         return wrong_type(key, "\"<class>[,retry]\" text", given, err);
     *out = find_opt(key);
-    return *out ? PGG_OK : unknown_key(key, err);
+    return *out ? PGG_OK : unknown_key(key, true, err);
 }
 
 int pgg_config_set_int(pgg_config *cfg, const char *key, long long value,
@@ -804,7 +867,7 @@ int pgg_config_get(const pgg_config *cfg, const char *key, char *buf,
         return get_classify(cfg, key, buf, buflen, err);
     o = find_opt(key);
     if (!o)
-        return unknown_key(key, err);
+        return unknown_key(key, true, err);
     format_value(cfg, o, tmp, sizeof tmp);
     if (strlen(tmp) >= buflen)
         return pgg__error_set(err, PGG_EINVAL, NULL, NULL,
@@ -827,6 +890,12 @@ static int at_line(pgg_error *err, int rc, int line)
     return rc;
 }
 
+/* A key for a message: itself when it may be quoted, else a word. */
+static const char *key_label(const char *key, bool quote)
+{
+    return quotable(key, 64, quote) ? key : "a value";
+}
+
 static bool blank(int c)
 {
     return c == ' ' || c == '\t' || c == '\r';
@@ -837,6 +906,8 @@ int pgg_config_parse(pgg_config *cfg, const char *text, pgg_error *err)
     const char *p = text;
     int line = 1;
     int rc = PGG_OK;
+    /* Quote no key or value after a servers pair: see quotable(). */
+    bool quote = true;
 
     if (!cfg || !text)
         return pgg__error_set(err, PGG_EINVAL, NULL, NULL,
@@ -873,11 +944,20 @@ int pgg_config_parse(pgg_config *cfg, const char *text, pgg_error *err)
                                   "config parse: expected key=value, found "
                                   "\"%c\" (line %d)",
                                   *p, kline);
-        if (*p != '=')
+        if (*p != '=') {
+            char word[65];
+
+            pgg__strlcpy(word, k0, klen < sizeof word ? klen + 1 : 1);
+            if (klen >= sizeof word || !quotable(word, 64, quote))
+                return pgg__error_set(err, PGG_ECONFIG, NULL, NULL,
+                                      "config parse: missing \"=\" after a "
+                                      "key (line %d)",
+                                      kline);
             return pgg__error_set(err, PGG_ECONFIG, NULL, NULL,
-                                  "config parse: missing \"=\" after \"%.*s\" "
+                                  "config parse: missing \"=\" after \"%s\" "
                                   "(line %d)",
-                                  (int)(klen > 64 ? 64 : klen), k0, kline);
+                                  word, kline);
+        }
         p++;
         while (blank((unsigned char)*p))
             p++;
@@ -899,9 +979,9 @@ int pgg_config_parse(pgg_config *cfg, const char *text, pgg_error *err)
             for (p++;; p++) {
                 if (!*p) {
                     rc = pgg__error_set(err, PGG_ECONFIG, NULL, NULL,
-                                        "%.64s: unterminated quoted value "
+                                        "%s: unterminated quoted value "
                                         "(line %d)",
-                                        key, kline);
+                                        key_label(key, quote), kline);
                     break;
                 }
                 if (*p == '\\' && p[1]) {
@@ -918,9 +998,9 @@ int pgg_config_parse(pgg_config *cfg, const char *text, pgg_error *err)
             }
             if (!rc && *p && *p != '#' && !isspace((unsigned char)*p))
                 rc = pgg__error_set(err, PGG_ECONFIG, NULL, NULL,
-                                    "%.64s: text after the closing quote "
+                                    "%s: text after the closing quote "
                                     "(line %d)",
-                                    key, line);
+                                    key_label(key, quote), line);
         } else {
             while (*p && *p != '#' && !isspace((unsigned char)*p)) {
                 if (*p == '\\' && p[1] && p[1] != '\n')
@@ -930,9 +1010,11 @@ int pgg_config_parse(pgg_config *cfg, const char *text, pgg_error *err)
         }
         val[vlen] = '\0';
         if (!rc) {
-            rc = pgg_config_set(cfg, key, val, err);
+            rc = config_set(cfg, key, val, quote, err);
             if (rc)
                 at_line(err, rc, kline);
+            if (strcmp(key, "servers") == 0)
+                quote = false;
         }
         /* The value may hold a password: do not leave it in the heap. */
         memset(val, 0, cap);

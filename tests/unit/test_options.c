@@ -1402,6 +1402,48 @@ OPT_TEST(issue14_through_the_parser)
     pgg_config_free(cfg);
 }
 
+/*
+ * A badly quoted servers value spills its password into the options text,
+ * where it can become a key or a value of its own: no message shows it.
+ */
+OPT_TEST(options_text_never_quotes_a_spilled_password)
+{
+    static const char *const texts[] = {
+        "servers='host=a password = ' Sup3rSecr3t'",
+        "servers='host=a password=' Sup3rSecr3t=1",
+        "servers='host=a' Sup3rSecr3t",
+        "servers=host=a password=Sup3rSecr3t",
+        "read_policy='replica servers=host=a password=Sup3rSecr3t'",
+        "pool_max=u:Sup3rSecr3t@h",
+        "pool_max=password=Sup3rSecr3t",
+        "classify.57P01='password=Sup3rSecr3t'",
+        "classify.u:Sup3rSecr3t@h=error",
+        "read_policy=postgresql://u:Sup3rSecr3t@h/db",
+        "read_policy='x' :Sup3rSecr3t@h='x",
+        "servers='host=a' read_policy=Sup3rSecr3t",
+        "servers='host=a' read_policy='Sup3rSecr3t",
+        "servers='host=a' classify.Sup3rSecr3t=error",
+    };
+    pgg_config *cfg = new_cfg();
+    pgg_error err;
+
+    for (size_t i = 0; i < sizeof texts / sizeof texts[0]; i++) {
+        cr_assert_eq(pgg_config_parse(cfg, texts[i], &err), PGG_ECONFIG, "%s",
+                     texts[i]);
+        cr_assert_not(strstr(err.message, "Sup3rSecr3t"), "%s -> %s", texts[i],
+                      err.message);
+        cr_assert(strstr(err.message, "(line 1)"), "%s", err.message);
+    }
+    /* What is not conninfo-shaped, before any servers pair, is still named. */
+    cr_assert_eq(pgg_config_parse(cfg, "read_policy=replca", &err), PGG_ECONFIG);
+    cr_assert(strstr(err.message, "\"replca\""), "%s", err.message);
+    cr_assert_eq(pgg_config_parse(cfg, "servers='host=a' pool_maxx=1", &err),
+                 PGG_ECONFIG);
+    cr_assert(strstr(err.message, "unknown key (did you mean \"pool_max\"?)"),
+              "%s", err.message);
+    pgg_config_free(cfg);
+}
+
 /* The redaction finds the password where libpq does: past a '?' inside
  * brackets, in a percent-encoded keyword, after a quoted value. */
 OPT_TEST(redaction_parses_as_libpq)
