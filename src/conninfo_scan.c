@@ -79,7 +79,7 @@ const char *pgg__conninfo_suggest(const char *kw)
     if (!have_known())
         return NULL;
     for (int i = 0; i < nknown; i++) {
-        int d = pgg__edit_distance(kw, known[i]);
+        int d = pgg__edit_distance(kw, known[i], bestd - 1);
 
         if (d < bestd) {
             bestd = d;

@@ -227,7 +227,7 @@ static int unknown_key(const char *key, bool quote, pgg_error *err)
     int bestd = 3; /* suggest only close matches */
 
     for (int i = 0; i < NOPTIONS; i++) {
-        int d = pgg__edit_distance(key, options[i].name);
+        int d = pgg__edit_distance(key, options[i].name, bestd - 1);
 
         if (d < bestd) {
             bestd = d;
