@@ -553,6 +553,20 @@ static bool is_classify_key(const char *key)
     return strncmp(key, classify_prefix, CLASSIFY_PREFIX_LEN) == 0;
 }
 
+/* classify.c's rule for a SQLSTATE or class: 5 or 2 of 0-9, A-Z. */
+static bool sqlstate_shaped(const char *s)
+{
+    size_t n = strlen(s);
+
+    if (n != 5 && n != 2)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        if (!isdigit((unsigned char)s[i]) && !isupper((unsigned char)s[i]))
+            return false;
+    }
+    return true;
+}
+
 /* "classify.<SQLSTATE>" = "<class>[,retry|,noretry]" */
 static int set_classify(pgg_config *cfg, const char *key, const char *value,
                         bool quote, pgg_error *err)
@@ -564,7 +578,22 @@ static int set_classify(pgg_config *cfg, const char *key, const char *value,
     bool retry = false;
     bool ok = n < sizeof name;
     pgg_class cls = PGG_CLASS_SUCCESS;
+    const char *sqlstate = key + CLASSIFY_PREFIX_LEN;
 
+    /* The key first: a value is shown only under a real key (the fuzzer
+     * wrote "classify.xpassword='secret'"). */
+    if (!sqlstate_shaped(sqlstate)) {
+        if (quotable(sqlstate, 16, quote))
+            return pgg__error_set(err, PGG_ECONFIG, NULL, NULL,
+                                  "classify: \"%s\" is not a SQLSTATE (five "
+                                  "characters 0-9/A-Z) or a SQLSTATE class "
+                                  "(two)",
+                                  sqlstate);
+        return pgg__error_set(err, PGG_ECONFIG, NULL, NULL,
+                              "classify: the key does not name a SQLSTATE "
+                              "(five characters 0-9/A-Z) or a SQLSTATE class "
+                              "(two)");
+    }
     if (ok) {
         memcpy(name, value, n);
         name[n] = '\0';
@@ -574,19 +603,9 @@ static int set_classify(pgg_config *cfg, const char *key, const char *value,
         retry = strcmp(comma + 1, "retry") == 0;
         ok = retry || strcmp(comma + 1, "noretry") == 0;
     }
-    if (ok) {
-        int rc = pgg__classifier_override(&cfg->classifier,
-                                          key + CLASSIFY_PREFIX_LEN, cls,
-                                          retry, err);
-
-        /* The classifier quotes what it rejects. */
-        if (rc != PGG_OK && !quotable(key, 64, quote))
-            return pgg__error_set(err, rc, NULL, NULL,
-                                  "classify: the key does not name a SQLSTATE "
-                                  "(five characters 0-9/A-Z) or a SQLSTATE "
-                                  "class (two)");
-        return rc;
-    }
+    if (ok)
+        return pgg__classifier_override(&cfg->classifier, sqlstate, cls, retry,
+                                        err);
     acc[0] = '\0';
     for (int i = 0; i < PGG_CLASS__COUNT && len < sizeof acc; i++)
         len += (size_t)snprintf(acc + len, sizeof acc - len, "%s%s",

@@ -1423,6 +1423,8 @@ OPT_TEST(options_text_never_quotes_a_spilled_password)
         "servers='host=a' read_policy=Sup3rSecr3t",
         "servers='host=a' read_policy='Sup3rSecr3t",
         "servers='host=a' classify.Sup3rSecr3t=error",
+        /* Found by fuzz_options: the value under a key that is none. */
+        "classify.Lplication_napassword='Sup3rSecr3t'",
     };
     pgg_config *cfg = new_cfg();
     pgg_error err;
