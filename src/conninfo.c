@@ -126,9 +126,8 @@ static void scrub(char *msg, size_t size, const char *secret)
 
 /* Where the secrets were written, in text order. */
 typedef struct spans {
-    size_t start[2 * PGG_MAX_HOSTS], end[2 * PGG_MAX_HOSTS];
-    int n;
-    bool overflow;
+    size_t *start, *end;
+    size_t n, cap;
 } spans;
 
 static int note_secret_span(void *arg, const pgg__ci_value *v)
@@ -137,9 +136,20 @@ static int note_secret_span(void *arg, const pgg__ci_value *v)
 
     if (!is_secret_keyword(v->keyword) || v->start == v->end)
         return 0;
-    if (sp->n == (int)(sizeof sp->start / sizeof sp->start[0])) {
-        sp->overflow = true;
-        return 0;
+    if (sp->n == sp->cap) {
+        /* No limit: a text may repeat password= any number of times. */
+        size_t cap = sp->cap ? sp->cap * 2 : 4;
+        size_t *st = realloc(sp->start, cap * sizeof *st);
+        size_t *en;
+
+        if (!st)
+            return 1;
+        sp->start = st;
+        en = realloc(sp->end, cap * sizeof *en);
+        if (!en)
+            return 1;
+        sp->end = en;
+        sp->cap = cap;
     }
     sp->start[sp->n] = v->start;
     sp->end[sp->n] = v->end;
@@ -153,7 +163,7 @@ static const char rejected[] = "(conninfo rejected by libpq; not shown)";
 
 char *pgg__conninfo_redact(const char *conninfo)
 {
-    spans *sp;
+    spans sp = {0};
     sbuf b = {0};
     pgg__ci_result res;
     size_t copied = 0;
@@ -161,27 +171,21 @@ char *pgg__conninfo_redact(const char *conninfo)
 
     if (!conninfo)
         return NULL;
-    sp = calloc(1, sizeof *sp);
-    if (!sp)
-        return NULL;
-    f = pgg__conninfo_scan(conninfo, note_secret_span, sp, &res);
-    if (f == PGG__CI_NOMEM) {
-        free(sp);
-        return NULL;
+    f = pgg__conninfo_scan(conninfo, note_secret_span, &sp, &res);
+    if (f != PGG__CI_OK) {
+        free(sp.start);
+        free(sp.end);
+        /*
+         * Where libpq stops, nothing says where the password was meant to
+         * be (inside an unclosed bracket, after a mistyped scheme, ...):
+         * show none of it.
+         */
+        return f == PGG__CI_NOMEM ? NULL : strdup(rejected);
     }
-    /*
-     * Where libpq stops, nothing says where the password was meant to be
-     * (inside an unclosed bracket, after a mistyped scheme, ...): show
-     * none of it.  Likewise past the span table's size.
-     */
-    if (f != PGG__CI_OK || sp->overflow) {
-        free(sp);
-        return strdup(rejected);
-    }
-    for (int i = 0; i < sp->n; i++) {
-        size_t e = sp->end[i];
+    for (size_t i = 0; i < sp.n; i++) {
+        size_t e = sp.end[i];
 
-        sb_put(&b, conninfo + copied, sp->start[i] - copied);
+        sb_put(&b, conninfo + copied, sp.start[i] - copied);
         sb_puts(&b, PGG__MASK);
         /* A quoted value may run straight into the next keyword
          * ("password='x'host=a"): keep them apart. */
@@ -190,7 +194,8 @@ char *pgg__conninfo_redact(const char *conninfo)
         copied = e;
     }
     sb_puts(&b, conninfo + copied);
-    free(sp);
+    free(sp.start);
+    free(sp.end);
     return sb_take(&b);
 }
 

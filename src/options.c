@@ -925,7 +925,12 @@ int pgg_config_parse(pgg_config *cfg, const char *text, pgg_error *err)
     const char *p = text;
     int line = 1;
     int rc = PGG_OK;
-    /* Quote no key or value after a servers pair: see quotable(). */
+    /*
+     * Quote no key or value after a servers pair, a quoted value or a
+     * comment: a password can spill out of any of them when a quote or a
+     * newline is misplaced ("# password='x\nsecret'"), as a word of its
+     * own.  See quotable().
+     */
     bool quote = true;
 
     if (!cfg || !text)
@@ -937,10 +942,12 @@ int pgg_config_parse(pgg_config *cfg, const char *text, pgg_error *err)
         char *key, *val;
         size_t vlen = 0;
         int kline;
+        bool quoted;
 
         /* Blanks, newlines and comments between pairs. */
         while (*p && (isspace((unsigned char)*p) || *p == '#')) {
             if (*p == '#') {
+                quote = false;
                 while (*p && *p != '\n')
                     p++;
                 continue;
@@ -993,7 +1000,8 @@ int pgg_config_parse(pgg_config *cfg, const char *text, pgg_error *err)
         }
         memcpy(key, k0, klen);
         key[klen] = '\0';
-        if (*p == '\'') {
+        quoted = *p == '\'';
+        if (quoted) {
             /* libpq's quoting: \' and \\ (any \x is x), newlines kept. */
             for (p++;; p++) {
                 if (!*p) {
@@ -1032,7 +1040,7 @@ int pgg_config_parse(pgg_config *cfg, const char *text, pgg_error *err)
             rc = config_set(cfg, key, val, quote, err);
             if (rc)
                 at_line(err, rc, kline);
-            if (strcmp(key, "servers") == 0)
+            if (quoted || strcmp(key, "servers") == 0)
                 quote = false;
         }
         /* The value may hold a password: do not leave it in the heap. */

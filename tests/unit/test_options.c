@@ -1320,6 +1320,22 @@ OPT_TEST(redaction)
     cr_assert_null(pgg__conninfo_redact(NULL));
 }
 
+/* Found by fuzz_conninfo: more password= than a fixed table held made the
+ * redaction give up on a text libpq accepts. */
+OPT_TEST(redaction_of_many_passwords)
+{
+    char text[4096] = "";
+    char *r;
+
+    for (int i = 0; i < 150; i++) /* 3300 bytes */
+        strcat(text, "password='Sup3rSecr3t'");
+    r = pgg__conninfo_redact(text);
+    cr_assert_not_null(r);
+    cr_assert_not(strstr(r, "Sup3r"), "%.80s", r);
+    cr_assert(strncmp(r, "password=REDACTED password=REDACTED", 35) == 0, "%.80s", r);
+    free(r);
+}
+
 /*
  * Issue 14's findings: a '?' inside a bracketed host, a mistyped scheme,
  * an unclosed bracket, a bad value with a newline.  libpq's message quotes
@@ -1425,6 +1441,10 @@ OPT_TEST(options_text_never_quotes_a_spilled_password)
         "servers='host=a' classify.Sup3rSecr3t=error",
         /* Found by fuzz_options: the value under a key that is none. */
         "classify.Lplication_napassword='Sup3rSecr3t'",
+        /* Found by fuzz_options: a newline in a commented-out password. */
+        "# password='x\nSup3rSecr3t' pool_max=1",
+        "# password='x\nSup3rSecr3t=1",
+        "pool_max='1' Sup3rSecr3t",
     };
     pgg_config *cfg = new_cfg();
     pgg_error err;
@@ -1434,7 +1454,7 @@ OPT_TEST(options_text_never_quotes_a_spilled_password)
                      texts[i]);
         cr_assert_not(strstr(err.message, "Sup3rSecr3t"), "%s -> %s", texts[i],
                       err.message);
-        cr_assert(strstr(err.message, "(line 1)"), "%s", err.message);
+        cr_assert(strstr(err.message, "(line "), "%s", err.message);
     }
     /* What is not conninfo-shaped, before any servers pair, is still named. */
     cr_assert_eq(pgg_config_parse(cfg, "read_policy=replca", &err), PGG_ECONFIG);
