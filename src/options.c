@@ -912,7 +912,7 @@ static int at_line(pgg_error *err, int rc, int line)
 /* A key for a message: itself when it may be quoted, else a word. */
 static const char *key_label(const char *key, bool quote)
 {
-    return quotable(key, 64, quote) ? key : "a value";
+    return quotable(key, 64, quote) ? key : "(key not shown)";
 }
 
 static bool blank(int c)

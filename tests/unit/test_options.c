@@ -1463,6 +1463,10 @@ OPT_TEST(options_text_never_quotes_a_spilled_password)
                  PGG_ECONFIG);
     cr_assert(strstr(err.message, "unknown key (did you mean \"pool_max\"?)"),
               "%s", err.message);
+    cr_assert_eq(pgg_config_parse(cfg, "servers='host=a' Sup3rSecr3t='x", &err),
+                 PGG_ECONFIG);
+    cr_assert_str_eq(err.message,
+                     "(key not shown): unterminated quoted value (line 1)");
     pgg_config_free(cfg);
 }
 
