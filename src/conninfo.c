@@ -8,6 +8,7 @@
 
 #include <libpq-fe.h>
 
+#include "conninfo_scan.h"
 #include "error.h"
 
 /*
@@ -84,51 +85,16 @@ static char *sb_take(sbuf *b)
 
 /* ----------------------------------------------------------------- secrets */
 
-/* Secret texts seen while redacting, to scrub from libpq's messages as a
- * second line of defence. */
-#define PGG__MAX_SECRETS 8
-
-typedef struct secrets {
-    int n;
-    char *text[PGG__MAX_SECRETS];
-} secrets;
-
-static void secrets_add(secrets *sec, const char *s, size_t n)
+static bool is_secret_keyword(const char *k)
 {
-    char *copy;
-
-    if (!sec || sec->n >= PGG__MAX_SECRETS || n == 0)
-        return;
-    copy = malloc(n + 1);
-    if (!copy)
-        return;
-    memcpy(copy, s, n);
-    copy[n] = '\0';
-    sec->text[sec->n++] = copy;
-}
-
-static void secrets_free(secrets *sec)
-{
-    for (int i = 0; i < sec->n; i++)
-        free(sec->text[i]);
-    sec->n = 0;
-}
-
-static bool is_secret_keyword(const char *k, size_t n)
-{
-    static const char *const names[] = {"password", "sslpassword"};
-
-    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
-        if (strlen(names[i]) == n && memcmp(k, names[i], n) == 0)
-            return true;
-    }
-    return false;
+    return strcmp(k, "password") == 0 || strcmp(k, "sslpassword") == 0;
 }
 
 /*
  * Replace every occurrence of a secret in msg (in place) by "********".
- * Very short secrets are left alone: scrubbing every "a" would ruin the
- * message, and the redacted parse already keeps them out.
+ * Our messages quote no conninfo text: this is a second line of defence
+ * for the host names and numbers they do carry.  Very short secrets are
+ * left alone: scrubbing every "a" would ruin the message.
  */
 static void scrub(char *msg, size_t size, const char *secret)
 {
@@ -156,273 +122,211 @@ static void scrub(char *msg, size_t size, const char *secret)
     }
 }
 
-static int hexval(int c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
+/* ---------------------------------------------------------------- redaction */
 
-/* Percent-decode s[0..n) into a malloc'd string; the raw text when it is
- * not valid percent-encoding (libpq will reject it anyway). */
-static char *pct_decode(const char *s, size_t n)
-{
-    char *out = malloc(n + 1);
-    size_t j = 0;
+/* Where the secrets were written, in text order. */
+typedef struct spans {
+    size_t *start, *end;
+    size_t n, cap;
+} spans;
 
-    if (!out)
-        return NULL;
-    for (size_t i = 0; i < n; i++) {
-        if (s[i] == '%' && i + 2 < n && hexval(s[i + 1]) >= 0 &&
-            hexval(s[i + 2]) >= 0) {
-            out[j++] = (char)(hexval(s[i + 1]) * 16 + hexval(s[i + 2]));
-            i += 2;
-        } else {
-            out[j++] = s[i];
-        }
+static int note_secret_span(void *arg, const pgg__ci_value *v)
+{
+    spans *sp = arg;
+
+    if (!is_secret_keyword(v->keyword) || v->start == v->end)
+        return 0;
+    if (sp->n == sp->cap) {
+        /* No limit: a text may repeat password= any number of times. */
+        size_t cap = sp->cap ? sp->cap * 2 : 4;
+        size_t *st = realloc(sp->start, cap * sizeof *st);
+        size_t *en;
+
+        if (!st)
+            return 1;
+        sp->start = st;
+        en = realloc(sp->end, cap * sizeof *en);
+        if (!en)
+            return 1;
+        sp->end = en;
+        sp->cap = cap;
     }
-    out[j] = '\0';
-    return out;
-}
-
-static size_t uri_prefix_len(const char *s)
-{
-    /* The two prefixes libpq recognizes (uri_prefix_length). */
-    if (strncmp(s, "postgresql://", 13) == 0)
-        return 13;
-    if (strncmp(s, "postgres://", 11) == 0)
-        return 11;
+    sp->start[sp->n] = v->start;
+    sp->end[sp->n] = v->end;
+    sp->n++;
     return 0;
 }
 
-/* Record a secret value both raw and as libpq will see it. */
-static void note_secret(secrets *sec, const char *raw, size_t n, bool uri)
-{
-    char *dec;
-
-    if (!sec)
-        return;
-    secrets_add(sec, raw, n);
-    if (uri) {
-        dec = pct_decode(raw, n);
-    } else {
-        /* Unquote and unescape the way conninfo_parse does. */
-        size_t i = 0, j = 0;
-
-        dec = malloc(n + 1);
-        if (dec) {
-            if (n > 0 && raw[0] == '\'')
-                i = 1;
-            for (; i < n; i++) {
-                if (raw[i] == '\\' && i + 1 < n) {
-                    dec[j++] = raw[++i];
-                    continue;
-                }
-                if (raw[i] == '\'')
-                    break;
-                dec[j++] = raw[i];
-            }
-            dec[j] = '\0';
-        }
-    }
-    if (dec) {
-        if (strcmp(dec, "") != 0)
-            secrets_add(sec, dec, strlen(dec));
-        free(dec);
-    }
-}
-
-/* key=value form: walk it as libpq's conninfo_parse does. */
-static void redact_kv(sbuf *b, const char *s, secrets *sec)
-{
-    size_t i = 0, copied = 0;
-
-    while (s[i]) {
-        size_t k0, k1, v0;
-
-        if (isspace((unsigned char)s[i])) {
-            i++;
-            continue;
-        }
-        k0 = i;
-        while (s[i] && s[i] != '=' && !isspace((unsigned char)s[i]))
-            i++;
-        k1 = i;
-        while (isspace((unsigned char)s[i]))
-            i++;
-        if (s[i] != '=')
-            break; /* libpq stops here too, quoting only the keyword */
-        i++;
-        while (isspace((unsigned char)s[i]))
-            i++;
-        v0 = i;
-        if (s[i] != '\'') {
-            while (s[i] && !isspace((unsigned char)s[i])) {
-                if (s[i] == '\\' && s[i + 1])
-                    i++;
-                i++;
-            }
-        } else {
-            i++;
-            while (s[i]) {
-                if (s[i] == '\\') {
-                    i++;
-                    if (s[i])
-                        i++;
-                    continue;
-                }
-                if (s[i++] == '\'')
-                    break;
-            }
-        }
-        if (is_secret_keyword(s + k0, k1 - k0)) {
-            note_secret(sec, s + v0, i - v0, false);
-            sb_put(b, s + copied, v0 - copied);
-            sb_puts(b, PGG__MASK);
-            copied = i;
-        }
-    }
-    sb_puts(b, s + copied);
-}
-
-/* URI form: the password of user:password@ and ?password= parameters. */
-static void redact_uri(sbuf *b, const char *s, size_t prefix, secrets *sec)
-{
-    const char *p = s + prefix;
-    const char *q = p;
-    const char *query;
-    size_t copied = 0;
-
-    /* libpq looks ahead for '@' up to the first '/' only. */
-    while (*q && *q != '@' && *q != '/')
-        q++;
-    if (*q == '@') {
-        const char *colon = memchr(p, ':', (size_t)(q - p));
-
-        if (colon) {
-            note_secret(sec, colon + 1, (size_t)(q - colon - 1), true);
-            sb_put(b, s, (size_t)(colon + 1 - s));
-            sb_puts(b, PGG__MASK);
-            copied = (size_t)(q - s);
-        }
-        p = q + 1;
-    }
-    query = strchr(p, '?');
-    if (query) {
-        const char *kw = query + 1;
-
-        while (*kw) {
-            const char *end = kw + strcspn(kw, "&");
-            const char *eq = memchr(kw, '=', (size_t)(end - kw));
-
-            if (eq) {
-                char *name = pct_decode(kw, (size_t)(eq - kw));
-
-                if (name && is_secret_keyword(name, strlen(name))) {
-                    note_secret(sec, eq + 1, (size_t)(end - eq - 1), true);
-                    sb_put(b, s + copied, (size_t)(eq + 1 - s) - copied);
-                    sb_puts(b, PGG__MASK);
-                    copied = (size_t)(end - s);
-                }
-                free(name);
-            }
-            kw = *end ? end + 1 : end;
-        }
-    }
-    sb_puts(b, s + copied);
-}
-
-static char *redact(const char *conninfo, secrets *sec)
-{
-    sbuf b = {0};
-    size_t prefix = uri_prefix_len(conninfo);
-
-    if (prefix)
-        redact_uri(&b, conninfo, prefix, sec);
-    else
-        redact_kv(&b, conninfo, sec);
-    return sb_take(&b);
-}
+/* What a rejected conninfo becomes: libpq rejects this too ("missing =")
+ * and it shows nothing of the original. */
+static const char rejected[] = "(conninfo rejected by libpq; not shown)";
 
 char *pgg__conninfo_redact(const char *conninfo)
 {
+    spans sp = {0};
+    sbuf b = {0};
+    pgg__ci_result res;
+    size_t copied = 0;
+    pgg__ci_fault f;
+
     if (!conninfo)
         return NULL;
-    return redact(conninfo, NULL);
+    f = pgg__conninfo_scan(conninfo, note_secret_span, &sp, &res);
+    if (f != PGG__CI_OK) {
+        free(sp.start);
+        free(sp.end);
+        /*
+         * Where libpq stops, nothing says where the password was meant to
+         * be (inside an unclosed bracket, after a mistyped scheme, ...):
+         * show none of it.
+         */
+        return f == PGG__CI_NOMEM ? NULL : strdup(rejected);
+    }
+    for (size_t i = 0; i < sp.n; i++) {
+        size_t e = sp.end[i];
+
+        sb_put(&b, conninfo + copied, sp.start[i] - copied);
+        sb_puts(&b, PGG__MASK);
+        /* A quoted value may run straight into the next keyword
+         * ("password='x'host=a"): keep them apart. */
+        if (!res.uri && conninfo[e] && !isspace((unsigned char)conninfo[e]))
+            sb_puts(&b, " ");
+        copied = e;
+    }
+    sb_puts(&b, conninfo + copied);
+    free(sp.start);
+    free(sp.end);
+    return sb_take(&b);
 }
 
 /* ------------------------------------------------------------ parse errors */
-
-/* libpq's message as one line, without the trailing newline. */
-static void one_line(char *dst, size_t size, const char *src)
-{
-    size_t j = 0;
-
-    for (size_t i = 0; src[i] && j + 1 < size; i++) {
-        if (src[i] == '\n') {
-            if (src[i + 1] == '\0')
-                break;
-            if (j + 2 < size) {
-                dst[j++] = ';';
-                dst[j++] = ' ';
-            }
-            continue;
-        }
-        dst[j++] = src[i];
-    }
-    dst[j] = '\0';
-}
 
 static const char unsupported_lb[] =
     "load_balance_hosts is not supported: pgguard chooses hosts itself "
     "(see read_policy)";
 
+static const char *part_name(pgg__ci_part part)
+{
+    switch (part) {
+    case PGG__CI_KEYVALUE:
+        return "";
+    case PGG__CI_USER:
+        return " in the user name";
+    case PGG__CI_PASSWORD:
+        return " in the password";
+    case PGG__CI_HOST:
+        return " in the host list";
+    case PGG__CI_PORT:
+        return " in the port list";
+    case PGG__CI_DBNAME:
+        return " in the database name";
+    case PGG__CI_QUERY_KEY:
+        return " in a parameter name";
+    case PGG__CI_QUERY_VALUE:
+        return " in a parameter value";
+    }
+    return "";
+}
+
+/* A keyword that looks like a mistyped URI scheme ("postgress://",
+ * "postgresql:/"): libpq read the whole URI as one keyword. */
+static const char *scheme_hint(const pgg__ci_result *res)
+{
+    if (strchr(res->keyword, ':') || strchr(res->keyword, '/'))
+        return " (a URI must begin with \"postgresql://\" or \"postgres://\")";
+    return "";
+}
+
 /*
- * PQconninfoParse failed on the original.  Its message may quote the
- * password (a URI error quotes the whole URI), so never use it: parse the
- * redacted copy instead and report that message, which differs from the
- * original's only where the original quoted a secret.
+ * libpq rejected the conninfo.  Its message quotes the text it stopped at
+ * (for a URI, the whole URI), password included, so it is never used: the
+ * scanner, which reads the text as libpq does, names the problem and its
+ * position instead.  No byte of the conninfo is quoted, except a keyword
+ * that is one of libpq's own.
  */
 static int parse_error(const char *conninfo, pgg_error *err)
 {
-    secrets sec = {0};
-    char msg[400];
-    char *red = redact(conninfo, &sec);
-    char *emsg = NULL;
-    PQconninfoOption *opts;
+    pgg__ci_result res;
+    char msg[256];
+    const char *sugg;
+    size_t at;
 
-    if (!red) {
-        secrets_free(&sec);
+    switch (pgg__conninfo_scan(conninfo, NULL, NULL, &res)) {
+    case PGG__CI_NOMEM:
         return pgg__error_set(err, PGG_ENOMEM, NULL, NULL,
                               "servers: out of memory");
+    case PGG__CI_OK:
+        /* The scanner and libpq disagree: say only that it was refused. */
+        pgg__strlcpy(msg, "libpq rejected it", sizeof msg);
+        break;
+    case PGG__CI_MISSING_EQUALS:
+        at = res.pos + 1;
+        if (!res.keyword_cut && pgg__conninfo_is_keyword(res.keyword))
+            snprintf(msg, sizeof msg,
+                     "missing \"=\" after \"%s\" at position %zu", res.keyword,
+                     at);
+        else
+            snprintf(msg, sizeof msg,
+                     "missing \"=\" after the word at position %zu%s", at,
+                     scheme_hint(&res));
+        break;
+    case PGG__CI_UNTERMINATED_QUOTE:
+        snprintf(msg, sizeof msg,
+                 "unterminated quoted value (the quote at position %zu)",
+                 res.pos + 1);
+        break;
+    case PGG__CI_UNKNOWN_KEYWORD:
+        if (!res.keyword_cut && strcmp(res.keyword, "load_balance_hosts") == 0)
+            return pgg__error_set(err, PGG_ECONFIG, NULL, NULL, "servers: %s",
+                                  unsupported_lb);
+        sugg = res.keyword_cut ? NULL : pgg__conninfo_suggest(res.keyword);
+        if (sugg)
+            snprintf(msg, sizeof msg,
+                     "invalid connection option at position %zu%s (did you "
+                     "mean \"%s\"?)",
+                     res.pos + 1, part_name(res.part), sugg);
+        else
+            snprintf(msg, sizeof msg,
+                     "invalid connection option at position %zu%s%s",
+                     res.pos + 1, part_name(res.part), scheme_hint(&res));
+        break;
+    case PGG__CI_UNCLOSED_BRACKET:
+        snprintf(msg, sizeof msg,
+                 "no \"]\" closes the \"[\" at position %zu in the host list",
+                 res.pos + 1);
+        break;
+    case PGG__CI_EMPTY_BRACKETS:
+        snprintf(msg, sizeof msg,
+                 "empty IPv6 address \"[]\" at position %zu in the host list",
+                 res.pos + 1);
+        break;
+    case PGG__CI_AFTER_BRACKET:
+        snprintf(msg, sizeof msg,
+                 "unexpected character at position %zu after \"]\" "
+                 "(expected \":\", \"/\", \"?\" or \",\")",
+                 res.pos + 1);
+        break;
+    case PGG__CI_EXTRA_EQUALS:
+        snprintf(msg, sizeof msg,
+                 "a second \"=\" at position %zu in a query parameter",
+                 res.pos + 1);
+        break;
+    case PGG__CI_NO_EQUALS:
+        snprintf(msg, sizeof msg,
+                 "query parameter without \"=\" at position %zu", res.pos + 1);
+        break;
+    case PGG__CI_BAD_PERCENT:
+        snprintf(msg, sizeof msg,
+                 "invalid percent-encoding at position %zu%s (\"%%\" must be "
+                 "followed by two hex digits)",
+                 res.pos + 1, part_name(res.part));
+        break;
+    case PGG__CI_PERCENT_00:
+        snprintf(msg, sizeof msg,
+                 "forbidden %%00 at position %zu%s", res.pos + 1,
+                 part_name(res.part));
+        break;
     }
-    opts = PQconninfoParse(red, &emsg);
-    free(red);
-    if (opts) {
-        /* The redacted copy parses: the fault is inside a secret. */
-        PQconninfoFree(opts);
-        pgg__strlcpy(msg, "malformed password (or sslpassword) value",
-                     sizeof msg);
-    } else if (!emsg) {
-        secrets_free(&sec);
-        return pgg__error_set(err, PGG_ENOMEM, NULL, NULL,
-                              "servers: out of memory");
-    } else {
-        one_line(msg, sizeof msg, emsg);
-        PQfreemem(emsg);
-        /* libpq < 16 does not know the keyword: say why it is not wanted. */
-        if (strstr(msg, "\"load_balance_hosts\""))
-            pgg__strlcpy(msg, unsupported_lb, sizeof msg);
-    }
-    for (int i = 0; i < sec.n; i++)
-        scrub(msg, sizeof msg, sec.text[i]);
-    secrets_free(&sec);
-    if (strcmp(msg, unsupported_lb) == 0)
-        return pgg__error_set(err, PGG_ECONFIG, NULL, NULL, "servers: %s", msg);
     return pgg__error_set(err, PGG_ECONFIG, NULL, NULL,
                           "servers: invalid conninfo: %s", msg);
 }
@@ -598,6 +502,20 @@ typedef struct slot_lists {
     int n;
 } slot_lists;
 
+/* A target_session_attrs value for a message: libpq's own words only,
+ * never text of the conninfo. */
+static const char *known_tsa(const char *v)
+{
+    static const char *const names[] = {"read-write", "read-only", "primary",
+                                        "standby", "prefer-standby"};
+
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        if (strcmp(v, names[i]) == 0)
+            return names[i];
+    }
+    return "(this value)";
+}
+
 static int check_lists(const PQconninfoOption *opts, slot_lists *l,
                        pgg_error *err)
 {
@@ -608,10 +526,10 @@ static int check_lists(const PQconninfoOption *opts, slot_lists *l,
     if (tsa && tsa[0] && strcmp(tsa, "any") != 0)
         return pgg__error_set(
             err, PGG_ECONFIG, NULL, NULL,
-            "servers: target_session_attrs=%.32s is not supported: pgguard "
+            "servers: target_session_attrs=%s is not supported: pgguard "
             "finds each host's role itself and routes by intent (write, "
             "read, read-primary) and read_policy",
-            tsa);
+            known_tsa(tsa));
     if (lb && lb[0] && strcmp(lb, "disable") != 0)
         return pgg__error_set(err, PGG_ECONFIG, NULL, NULL, "servers: %s",
                               unsupported_lb);
@@ -692,9 +610,9 @@ static int build_spec(const PQconninfoOption *opts, const slot_lists *l,
         goto out;
     if (port && port[0] && !valid_port(port)) {
         rc = pgg__error_set(err, PGG_ECONFIG, NULL, NULL,
-                            "servers: invalid port number \"%.16s\" for "
-                            "host %d",
-                            port, i + 1);
+                            "servers: invalid port number for host %d "
+                            "(expected 1..65535)",
+                            i + 1);
         goto out;
     }
     for (const PQconninfoOption *o = opts; o->keyword; o++) {

@@ -53,10 +53,13 @@ int pgg__host_specs_copy(const pgg_host_spec *src, int n,
                          pgg_host_spec **out);
 
 /*
- * A malloc'd copy of conninfo with the value of every secret keyword
- * (password, sslpassword) replaced, in key=value and URI forms alike; NULL
- * when out of memory.  It parses the way libpq does, so an error that libpq
- * reports on the copy is the one it reports on the original.
+ * A malloc'd copy of conninfo with every value libpq would store as
+ * password or sslpassword replaced by REDACTED, in key=value and URI forms
+ * alike (found by reading the text as libpq 15 does: conninfo_scan.h);
+ * NULL when out of memory.  PQconninfoParse reads the copy as it reads the
+ * original on every other keyword.  A text libpq rejects comes back as a
+ * fixed text that libpq rejects too: where its password was meant to be
+ * cannot be known.
  */
 char *pgg__conninfo_redact(const char *conninfo);
 

@@ -89,3 +89,38 @@ int pgg__error_copy(pgg_error *dst, const pgg_error *src)
         memcpy(dst, src, sizeof *dst);
     return src->code;
 }
+
+int pgg__edit_distance(const char *a, const char *b, int limit)
+{
+    enum { MAXL = 48 };
+    int prev[MAXL + 1], cur[MAXL + 1];
+    size_t la = strlen(a), lb = strlen(b);
+
+    /* Every length difference costs one edit: most names are out of reach
+     * without the table (this runs on every unknown key). */
+    if (la > MAXL || lb > MAXL ||
+        (la > lb ? la - lb : lb - la) > (size_t)limit)
+        return limit + 1;
+    for (size_t j = 0; j <= lb; j++)
+        prev[j] = (int)j;
+    for (size_t i = 1; i <= la; i++) {
+        int best;
+
+        cur[0] = (int)i;
+        best = cur[0];
+        for (size_t j = 1; j <= lb; j++) {
+            int sub = prev[j - 1] + (a[i - 1] != b[j - 1]);
+            int del = prev[j] + 1;
+            int ins = cur[j - 1] + 1;
+
+            cur[j] = sub < del ? (sub < ins ? sub : ins) : (del < ins ? del : ins);
+            if (cur[j] < best)
+                best = cur[j];
+        }
+        /* A row's minimum never shrinks further down. */
+        if (best > limit)
+            return limit + 1;
+        memcpy(prev, cur, sizeof prev);
+    }
+    return prev[lb] > limit ? limit + 1 : prev[lb];
+}

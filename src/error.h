@@ -8,6 +8,10 @@
 #define PGG__PRINTF(f, a) __attribute__((format(printf, f, a)))
 #else
 #define PGG__PRINTF(f, a)
+/* Edit distance between two names when it is at most limit, else
+ * limit + 1: for "did you mean" suggestions after a typo. */
+int pgg__edit_distance(const char *a, const char *b, int limit);
+
 #endif
 
 /*
@@ -34,5 +38,9 @@ int pgg__error_copy(pgg_error *dst, const pgg_error *src);
 
 /* Bounded string copy that always terminates (dstlen > 0). */
 void pgg__strlcpy(char *dst, const char *src, size_t dstlen);
+
+/* Edit distance between two names when it is at most limit, else
+ * limit + 1: for "did you mean" suggestions after a typo. */
+int pgg__edit_distance(const char *a, const char *b, int limit);
 
 #endif

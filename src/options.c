@@ -214,50 +214,55 @@ static const void *cfield_of(const pgg_config *cfg, const opt *o)
 
 /* ------------------------------------------------------- error messages */
 
-/* Edit distance, capped: enough to suggest a key after a typo. */
-static int distance(const char *a, const char *b)
+/*
+ * Whether a key or value the caller wrote may appear in a message: a word
+ * of at most max printable ASCII characters, none of which carries a
+ * conninfo's structure (= @ : / ? & %, quotes, backslash), so that no
+ * piece of a malformed servers value can be one.  pgg_config_parse also
+ * quotes nothing after a servers pair (quote == false): a password that
+ * spilled out of a badly quoted conninfo can stand alone there.
+ */
+static bool quotable(const char *s, size_t max, bool quote)
 {
-    enum { MAXL = 48 };
-    int prev[MAXL + 1], cur[MAXL + 1];
-    size_t la = strlen(a), lb = strlen(b);
+    size_t n = 0;
 
-    if (la > MAXL || lb > MAXL)
-        return MAXL;
-    for (size_t j = 0; j <= lb; j++)
-        prev[j] = (int)j;
-    for (size_t i = 1; i <= la; i++) {
-        cur[0] = (int)i;
-        for (size_t j = 1; j <= lb; j++) {
-            int sub = prev[j - 1] + (a[i - 1] != b[j - 1]);
-            int del = prev[j] + 1;
-            int ins = cur[j - 1] + 1;
+    if (!quote)
+        return false;
+    for (; s[n]; n++) {
+        unsigned char c = (unsigned char)s[n];
 
-            cur[j] = sub < del ? (sub < ins ? sub : ins) : (del < ins ? del : ins);
-        }
-        memcpy(prev, cur, sizeof prev);
+        if (n >= max || c <= 0x20 || c >= 0x7f || strchr("=@:/?&%'\"\\", c))
+            return false;
     }
-    return prev[lb];
+    return n > 0;
 }
 
-static int unknown_key(const char *key, pgg_error *err)
+static int unknown_key(const char *key, bool quote, pgg_error *err)
 {
     const char *best = NULL;
     int bestd = 3; /* suggest only close matches */
 
     for (int i = 0; i < NOPTIONS; i++) {
-        int d = distance(key, options[i].name);
+        int d = pgg__edit_distance(key, options[i].name, bestd - 1);
 
         if (d < bestd) {
             bestd = d;
             best = options[i].name;
         }
     }
+    if (!quotable(key, 64, quote)) {
+        if (best)
+            return pgg__error_set(err, PGG_ECONFIG, NULL, NULL,
+                                  "unknown key (did you mean \"%s\"?)", best);
+        return pgg__error_set(err, PGG_ECONFIG, NULL, NULL,
+                              "unknown key (the README lists every key)");
+    }
     if (best)
         return pgg__error_set(err, PGG_ECONFIG, NULL, NULL,
-                              "unknown key \"%.64s\" (did you mean \"%s\"?)",
+                              "unknown key \"%s\" (did you mean \"%s\"?)",
                               key, best);
     return pgg__error_set(err, PGG_ECONFIG, NULL, NULL,
-                          "unknown key \"%.64s\" (the README lists every key)",
+                          "unknown key \"%s\" (the README lists every key)",
                           key);
 }
 
@@ -330,11 +335,20 @@ static const char *kind_noun(opt_kind k)
     return "a value";
 }
 
-static int bad_value(const opt *o, const char *value, pgg_error *err)
+static int bad_value(const opt *o, const char *value, bool quote,
+                     pgg_error *err)
 {
     char acc[160];
 
     accepted(o, acc, sizeof acc);
+    if (!quotable(value, 40, quote))
+        return pgg__error_set(err, PGG_ECONFIG, NULL, NULL,
+                              o->kind == K_ENUM
+                                  ? "%s: the value is not one of %s%s"
+                                  : "%s: the value is not %s (expected %s)",
+                              o->name,
+                              o->kind == K_ENUM ? acc : kind_noun(o->kind),
+                              o->kind == K_ENUM ? "" : acc);
     if (o->kind == K_ENUM)
         return pgg__error_set(err, PGG_ECONFIG, NULL, NULL,
                               "%s: \"%.40s\" is not one of %s", o->name, value,
@@ -348,7 +362,9 @@ static int wrong_type(const char *key, const char *what, const char *given,
                       pgg_error *err)
 {
     return pgg__error_set(err, PGG_ECONFIG, NULL, NULL,
-                          "%.64s: expects %s, not %s", key, what, given);
+                          "%s: expects %s, not %s",
+                          quotable(key, 64, true) ? key : "this key", what,
+                          given);
 }
 
 /* ---------------------------------------------------------- typed stores */
@@ -512,7 +528,7 @@ static bool same_name(const char *a, const char *b)
 }
 
 static int set_text(pgg_config *cfg, const opt *o, const char *value,
-                    pgg_error *err)
+                    bool quote, pgg_error *err)
 {
     long long ll;
     double d;
@@ -523,15 +539,15 @@ static int set_text(pgg_config *cfg, const opt *o, const char *value,
     case K_U32:
     case K_I64:
         if (!parse_ll(value, &ll))
-            return bad_value(o, value, err);
+            return bad_value(o, value, quote, err);
         return store_int(cfg, o, ll, err);
     case K_DOUBLE:
         if (!parse_double(value, &d))
-            return bad_value(o, value, err);
+            return bad_value(o, value, quote, err);
         return store_double(cfg, o, d, err);
     case K_BOOL:
         if (!parse_bool(value, &b))
-            return bad_value(o, value, err);
+            return bad_value(o, value, quote, err);
         *(bool *)field_of(cfg, o) = b;
         return PGG_OK;
     case K_ENUM:
@@ -541,9 +557,9 @@ static int set_text(pgg_config *cfg, const opt *o, const char *value,
                 return PGG_OK;
             }
         }
-        return bad_value(o, value, err);
+        return bad_value(o, value, quote, err);
     }
-    return bad_value(o, value, err);
+    return bad_value(o, value, quote, err);
 }
 
 /* -------------------------------------------------------------- classify */
@@ -553,9 +569,23 @@ static bool is_classify_key(const char *key)
     return strncmp(key, classify_prefix, CLASSIFY_PREFIX_LEN) == 0;
 }
 
+/* classify.c's rule for a SQLSTATE or class: 5 or 2 of 0-9, A-Z. */
+static bool sqlstate_shaped(const char *s)
+{
+    size_t n = strlen(s);
+
+    if (n != 5 && n != 2)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        if (!isdigit((unsigned char)s[i]) && !isupper((unsigned char)s[i]))
+            return false;
+    }
+    return true;
+}
+
 /* "classify.<SQLSTATE>" = "<class>[,retry|,noretry]" */
 static int set_classify(pgg_config *cfg, const char *key, const char *value,
-                        pgg_error *err)
+                        bool quote, pgg_error *err)
 {
     const char *comma = strchr(value, ',');
     size_t n = comma ? (size_t)(comma - value) : strlen(value);
@@ -564,7 +594,22 @@ static int set_classify(pgg_config *cfg, const char *key, const char *value,
     bool retry = false;
     bool ok = n < sizeof name;
     pgg_class cls = PGG_CLASS_SUCCESS;
+    const char *sqlstate = key + CLASSIFY_PREFIX_LEN;
 
+    /* The key first: a value is shown only under a real key (the fuzzer
+     * wrote "classify.xpassword='secret'"). */
+    if (!sqlstate_shaped(sqlstate)) {
+        if (quotable(sqlstate, 16, quote))
+            return pgg__error_set(err, PGG_ECONFIG, NULL, NULL,
+                                  "classify: \"%s\" is not a SQLSTATE (five "
+                                  "characters 0-9/A-Z) or a SQLSTATE class "
+                                  "(two)",
+                                  sqlstate);
+        return pgg__error_set(err, PGG_ECONFIG, NULL, NULL,
+                              "classify: the key does not name a SQLSTATE "
+                              "(five characters 0-9/A-Z) or a SQLSTATE class "
+                              "(two)");
+    }
     if (ok) {
         memcpy(name, value, n);
         name[n] = '\0';
@@ -575,15 +620,19 @@ static int set_classify(pgg_config *cfg, const char *key, const char *value,
         ok = retry || strcmp(comma + 1, "noretry") == 0;
     }
     if (ok)
-        return pgg__classifier_override(&cfg->classifier,
-                                        key + CLASSIFY_PREFIX_LEN, cls, retry,
+        return pgg__classifier_override(&cfg->classifier, sqlstate, cls, retry,
                                         err);
     acc[0] = '\0';
     for (int i = 0; i < PGG_CLASS__COUNT && len < sizeof acc; i++)
         len += (size_t)snprintf(acc + len, sizeof acc - len, "%s%s",
                                 i ? ", " : "", pgg_class_name((pgg_class)i));
+    if (!quotable(key, 64, quote) || !quotable(value, 40, quote))
+        return pgg__error_set(err, PGG_ECONFIG, NULL, NULL,
+                              "%s: the value is not <class>[,retry] (class: %s)",
+                              quotable(key, 64, quote) ? key : "classify",
+                              acc);
     return pgg__error_set(err, PGG_ECONFIG, NULL, NULL,
-                          "%.64s: \"%.40s\" is not <class>[,retry] (class: %s)",
+                          "%s: \"%s\" is not <class>[,retry] (class: %s)",
                           key, value, acc);
 }
 
@@ -601,13 +650,13 @@ static int get_classify(const pgg_config *cfg, const char *key, char *buf,
 
             if (n < 0 || (size_t)n >= buflen)
                 return pgg__error_set(err, PGG_EINVAL, NULL, NULL,
-                                      "%.64s: buffer too small", key);
+                                      "%s: buffer too small", key);
             return PGG_OK;
         }
     }
     return pgg__error_set(err, PGG_ECONFIG, NULL, NULL,
-                          "%.64s: no override set (the built-in table applies)",
-                          key);
+                          "%s: no override set (the built-in table applies)",
+                          quotable(key, 64, true) ? key : "classify");
 }
 
 /* ----------------------------------------------------------- public API */
@@ -617,7 +666,8 @@ static int apply_defaults(pgg_config *cfg)
     pgg__breaker_config_defaults(&cfg->breaker);
     pgg__classifier_init(&cfg->classifier);
     for (int i = 0; i < NOPTIONS; i++) {
-        if (options[i].def && set_text(cfg, &options[i], options[i].def, NULL))
+        if (options[i].def &&
+            set_text(cfg, &options[i], options[i].def, true, NULL))
             return PGG_ECONFIG; /* a bad table: the unit tests catch it */
     }
     return PGG_OK;
@@ -686,8 +736,9 @@ int pgg_config_set_servers(pgg_config *cfg, const char *conninfo,
     return PGG_OK;
 }
 
-int pgg_config_set(pgg_config *cfg, const char *key, const char *value,
-                   pgg_error *err)
+/* pgg_config_set; quote: whether messages may show the key or value. */
+static int config_set(pgg_config *cfg, const char *key, const char *value,
+                      bool quote, pgg_error *err)
 {
     const opt *o;
 
@@ -697,11 +748,17 @@ int pgg_config_set(pgg_config *cfg, const char *key, const char *value,
     if (strcmp(key, "servers") == 0)
         return pgg_config_set_servers(cfg, value, err);
     if (is_classify_key(key))
-        return set_classify(cfg, key, value, err);
+        return set_classify(cfg, key, value, quote, err);
     o = find_opt(key);
     if (!o)
-        return unknown_key(key, err);
-    return set_text(cfg, o, value, err);
+        return unknown_key(key, quote, err);
+    return set_text(cfg, o, value, quote, err);
+}
+
+int pgg_config_set(pgg_config *cfg, const char *key, const char *value,
+                   pgg_error *err)
+{
+    return config_set(cfg, key, value, true, err);
 }
 
 /* The key for a typed setter, or an error already filled. */
@@ -716,7 +773,7 @@ static int typed_lookup(pgg_config *cfg, const char *key, const char *given,
     if (is_classify_key(key))
         return wrong_type(key, "\"<class>[,retry]\" text", given, err);
     *out = find_opt(key);
-    return *out ? PGG_OK : unknown_key(key, err);
+    return *out ? PGG_OK : unknown_key(key, true, err);
 }
 
 int pgg_config_set_int(pgg_config *cfg, const char *key, long long value,
@@ -845,7 +902,7 @@ int pgg_config_get(const pgg_config *cfg, const char *key, char *buf,
         return get_classify(cfg, key, buf, buflen, err);
     o = find_opt(key);
     if (!o)
-        return unknown_key(key, err);
+        return unknown_key(key, true, err);
     format_value(cfg, o, tmp, sizeof tmp);
     if (strlen(tmp) >= buflen)
         return pgg__error_set(err, PGG_EINVAL, NULL, NULL,
@@ -868,6 +925,12 @@ static int at_line(pgg_error *err, int rc, int line)
     return rc;
 }
 
+/* A key for a message: itself when it may be quoted, else a word. */
+static const char *key_label(const char *key, bool quote)
+{
+    return quotable(key, 64, quote) ? key : "(key not shown)";
+}
+
 static bool blank(int c)
 {
     return c == ' ' || c == '\t' || c == '\r';
@@ -878,6 +941,13 @@ int pgg_config_parse(pgg_config *cfg, const char *text, pgg_error *err)
     const char *p = text;
     int line = 1;
     int rc = PGG_OK;
+    /*
+     * Quote no key or value after a servers pair, a quoted value or a
+     * comment: a password can spill out of any of them when a quote or a
+     * newline is misplaced ("# password='x\nsecret'"), as a word of its
+     * own.  See quotable().
+     */
+    bool quote = true;
 
     if (!cfg || !text)
         return pgg__error_set(err, PGG_EINVAL, NULL, NULL,
@@ -888,10 +958,12 @@ int pgg_config_parse(pgg_config *cfg, const char *text, pgg_error *err)
         char *key, *val;
         size_t vlen = 0;
         int kline;
+        bool quoted;
 
         /* Blanks, newlines and comments between pairs. */
         while (*p && (isspace((unsigned char)*p) || *p == '#')) {
             if (*p == '#') {
+                quote = false;
                 while (*p && *p != '\n')
                     p++;
                 continue;
@@ -914,11 +986,20 @@ int pgg_config_parse(pgg_config *cfg, const char *text, pgg_error *err)
                                   "config parse: expected key=value, found "
                                   "\"%c\" (line %d)",
                                   *p, kline);
-        if (*p != '=')
+        if (*p != '=') {
+            char word[65];
+
+            pgg__strlcpy(word, k0, klen < sizeof word ? klen + 1 : 1);
+            if (klen >= sizeof word || !quotable(word, 64, quote))
+                return pgg__error_set(err, PGG_ECONFIG, NULL, NULL,
+                                      "config parse: missing \"=\" after a "
+                                      "key (line %d)",
+                                      kline);
             return pgg__error_set(err, PGG_ECONFIG, NULL, NULL,
-                                  "config parse: missing \"=\" after \"%.*s\" "
+                                  "config parse: missing \"=\" after \"%s\" "
                                   "(line %d)",
-                                  (int)(klen > 64 ? 64 : klen), k0, kline);
+                                  word, kline);
+        }
         p++;
         while (blank((unsigned char)*p))
             p++;
@@ -935,14 +1016,15 @@ int pgg_config_parse(pgg_config *cfg, const char *text, pgg_error *err)
         }
         memcpy(key, k0, klen);
         key[klen] = '\0';
-        if (*p == '\'') {
+        quoted = *p == '\'';
+        if (quoted) {
             /* libpq's quoting: \' and \\ (any \x is x), newlines kept. */
             for (p++;; p++) {
                 if (!*p) {
                     rc = pgg__error_set(err, PGG_ECONFIG, NULL, NULL,
-                                        "%.64s: unterminated quoted value "
+                                        "%s: unterminated quoted value "
                                         "(line %d)",
-                                        key, kline);
+                                        key_label(key, quote), kline);
                     break;
                 }
                 if (*p == '\\' && p[1]) {
@@ -959,9 +1041,9 @@ int pgg_config_parse(pgg_config *cfg, const char *text, pgg_error *err)
             }
             if (!rc && *p && *p != '#' && !isspace((unsigned char)*p))
                 rc = pgg__error_set(err, PGG_ECONFIG, NULL, NULL,
-                                    "%.64s: text after the closing quote "
+                                    "%s: text after the closing quote "
                                     "(line %d)",
-                                    key, line);
+                                    key_label(key, quote), line);
         } else {
             while (*p && *p != '#' && !isspace((unsigned char)*p)) {
                 if (*p == '\\' && p[1] && p[1] != '\n')
@@ -971,9 +1053,11 @@ int pgg_config_parse(pgg_config *cfg, const char *text, pgg_error *err)
         }
         val[vlen] = '\0';
         if (!rc) {
-            rc = pgg_config_set(cfg, key, val, err);
+            rc = config_set(cfg, key, val, quote, err);
             if (rc)
                 at_line(err, rc, kline);
+            if (quoted || strcmp(key, "servers") == 0)
+                quote = false;
         }
         /* The value may hold a password: do not leave it in the heap. */
         memset(val, 0, cap);

@@ -1219,13 +1219,15 @@ OPT_TEST(libpq_parse_errors)
     pgg_config *cfg = new_cfg();
     pgg_error err;
 
+    /* The keyword is not quoted (it may be a piece of a password written
+     * without quotes): its position is given instead. */
     expect_err(servers(cfg, "host=a bogus=1", &err), &err, PGG_ECONFIG,
-               "invalid connection option \"bogus\"");
+               "invalid connection option at position 8");
     expect_err(servers(cfg, "host=a user", &err), &err, PGG_ECONFIG,
                "missing \"=\"");
     expect_err(servers(cfg, "host='a", &err), &err, PGG_ECONFIG, "unterminated");
     expect_err(servers(cfg, "postgresql://a/db?bogus=1", &err), &err, PGG_ECONFIG,
-               "bogus");
+               "invalid connection option at position 19 in a parameter name");
     cr_assert_eq(err.message[strlen(err.message) - 1] != '\n', 1);
     pgg_config_free(cfg);
 }
@@ -1323,6 +1325,190 @@ OPT_TEST(redaction)
         free(r);
     }
     cr_assert_null(pgg__conninfo_redact(NULL));
+}
+
+/* Found by fuzz_conninfo: more password= than a fixed table held made the
+ * redaction give up on a text libpq accepts. */
+OPT_TEST(redaction_of_many_passwords)
+{
+    char text[4096] = "";
+    char *r;
+
+    for (int i = 0; i < 150; i++) /* 3300 bytes */
+        strcat(text, "password='Sup3rSecr3t'");
+    r = pgg__conninfo_redact(text);
+    cr_assert_not_null(r);
+    cr_assert_not(strstr(r, "Sup3r"), "%.80s", r);
+    cr_assert(strncmp(r, "password=REDACTED password=REDACTED", 35) == 0, "%.80s", r);
+    free(r);
+}
+
+/*
+ * Issue 14's findings: a '?' inside a bracketed host, a mistyped scheme,
+ * an unclosed bracket, a bad value with a newline.  libpq's message quotes
+ * the whole text; ours quotes none of it, names the problem and where it
+ * is, and is one line.
+ */
+static void no_quote(pgg_config *cfg, const char *conninfo, const char *secret,
+                     const char *needle)
+{
+    pgg_error err;
+    int rc = servers(cfg, conninfo, &err);
+
+    cr_assert_eq(rc, PGG_ECONFIG, "%s accepted", conninfo);
+    cr_assert_not(strstr(err.message, secret), "password leaked: %s",
+                  err.message);
+    cr_assert_not(strchr(err.message, '\n'), "not one line: %s", err.message);
+    cr_assert(strncmp(err.message, "servers: invalid conninfo: ", 27) == 0,
+              "%s", err.message);
+    cr_assert(strstr(err.message, needle), "\"%s\" does not say \"%s\"",
+              err.message, needle);
+}
+
+OPT_TEST(issue14_messages_quote_nothing)
+{
+    pgg_config *cfg = new_cfg();
+
+    no_quote(cfg, "postgresql://[a?b]x/db?password=Sup3rSecr3t", "Sup3rSecr3t",
+             "unexpected character at position 19 after \"]\"");
+    no_quote(cfg, "postgresql://[::1?x]:5432/db?password=Sup3rSecr3t%zz",
+             "Sup3rSecr3t",
+             "invalid percent-encoding at position 50 in a parameter value");
+    no_quote(cfg, "postgresql://[a?b?password=Sup3rSecr3t", "Sup3rSecr3t",
+             "no \"]\" closes the \"[\" at position 14");
+    no_quote(cfg, "postgress://u:Sup3rSecr3t@h/db", "Sup3rSecr3t",
+             "missing \"=\" after the word at position 1 (a URI must begin");
+    no_quote(cfg, "postgresql:/u:Sup3rSecr3t@h/db", "Sup3rSecr3t",
+             "missing \"=\" after the word at position 1 (a URI must begin");
+    no_quote(cfg, "postgress://u:Sup3rSecr3t@h/db?sslmode=x", "Sup3rSecr3t",
+             "invalid connection option at position 1");
+    /* A bad value with a newline: libpq's message would span two lines. */
+    no_quote(cfg, "host=a port=5432 bogus='x\nSup3rSecr3t'", "Sup3rSecr3t",
+             "invalid connection option at position 18");
+    no_quote(cfg, "postgresql://h/db?password=Sup3r%0aSecr3t&bo%0Ags=1",
+             "Secr3t", "invalid connection option at position 43");
+    no_quote(cfg, "password='Sup3rSecr3t\n", "Sup3rSecr3t",
+             "unterminated quoted value (the quote at position 10)");
+    /* The other faults libpq knows, each with its position. */
+    no_quote(cfg, "postgresql://u:Sup3rSecr3t@[]/db", "Sup3rSecr3t",
+             "empty IPv6 address \"[]\" at position 28");
+    no_quote(cfg, "postgresql://u:Sup3rSecr3t%00@h/db", "Sup3rSecr3t",
+             "forbidden %00 at position 27 in the password");
+    no_quote(cfg, "postgresql://u:Sup3rSecr3t@h/db?a=b=c", "Sup3rSecr3t",
+             "a second \"=\" at position 36");
+    no_quote(cfg, "postgresql://u:Sup3rSecr3t@h/db?sslmode", "Sup3rSecr3t",
+             "query parameter without \"=\" at position 33");
+    no_quote(cfg, "postgresql://u:Sup3rSecr3t@h/db?passwrd=x", "Sup3rSecr3t",
+             "(did you mean \"password\"?)");
+    no_quote(cfg, "Sup3rSecr3t host=a", "Sup3rSecr3t",
+             "missing \"=\" after the word at position 1");
+    /* A keyword of libpq's own is named. */
+    no_quote(cfg, "host=a password Sup3rSecr3t", "Sup3rSecr3t",
+             "missing \"=\" after \"password\" at position 8");
+    pgg_config_free(cfg);
+}
+
+/* Through the options text too, with the line. */
+OPT_TEST(issue14_through_the_parser)
+{
+    pgg_config *cfg = new_cfg();
+    pgg_error err;
+
+    cr_assert_eq(pgg_config_parse(cfg,
+                                  "pool_max=4\n"
+                                  "servers='postgresql://[a?b?password=Sup3rSecr3t'",
+                                  &err),
+                 PGG_ECONFIG);
+    cr_assert_not(strstr(err.message, "Sup3rSecr3t"), "%s", err.message);
+    cr_assert(strstr(err.message, "(line 2)"), "%s", err.message);
+    cr_assert_not(strchr(err.message, '\n'), "%s", err.message);
+    pgg_config_free(cfg);
+}
+
+/*
+ * A badly quoted servers value spills its password into the options text,
+ * where it can become a key or a value of its own: no message shows it.
+ */
+OPT_TEST(options_text_never_quotes_a_spilled_password)
+{
+    static const char *const texts[] = {
+        "servers='host=a password = ' Sup3rSecr3t'",
+        "servers='host=a password=' Sup3rSecr3t=1",
+        "servers='host=a' Sup3rSecr3t",
+        "servers=host=a password=Sup3rSecr3t",
+        "read_policy='replica servers=host=a password=Sup3rSecr3t'",
+        "pool_max=u:Sup3rSecr3t@h",
+        "pool_max=password=Sup3rSecr3t",
+        "classify.57P01='password=Sup3rSecr3t'",
+        "classify.u:Sup3rSecr3t@h=error",
+        "read_policy=postgresql://u:Sup3rSecr3t@h/db",
+        "read_policy='x' :Sup3rSecr3t@h='x",
+        "servers='host=a' read_policy=Sup3rSecr3t",
+        "servers='host=a' read_policy='Sup3rSecr3t",
+        "servers='host=a' classify.Sup3rSecr3t=error",
+        /* Found by fuzz_options: the value under a key that is none. */
+        "classify.Lplication_napassword='Sup3rSecr3t'",
+        /* Found by fuzz_options: a newline in a commented-out password. */
+        "# password='x\nSup3rSecr3t' pool_max=1",
+        "# password='x\nSup3rSecr3t=1",
+        "pool_max='1' Sup3rSecr3t",
+    };
+    pgg_config *cfg = new_cfg();
+    pgg_error err;
+
+    for (size_t i = 0; i < sizeof texts / sizeof texts[0]; i++) {
+        cr_assert_eq(pgg_config_parse(cfg, texts[i], &err), PGG_ECONFIG, "%s",
+                     texts[i]);
+        cr_assert_not(strstr(err.message, "Sup3rSecr3t"), "%s -> %s", texts[i],
+                      err.message);
+        cr_assert(strstr(err.message, "(line "), "%s", err.message);
+    }
+    /* What is not conninfo-shaped, before any servers pair, is still named. */
+    cr_assert_eq(pgg_config_parse(cfg, "read_policy=replca", &err), PGG_ECONFIG);
+    cr_assert(strstr(err.message, "\"replca\""), "%s", err.message);
+    cr_assert_eq(pgg_config_parse(cfg, "servers='host=a' pool_maxx=1", &err),
+                 PGG_ECONFIG);
+    cr_assert(strstr(err.message, "unknown key (did you mean \"pool_max\"?)"),
+              "%s", err.message);
+    cr_assert_eq(pgg_config_parse(cfg, "servers='host=a' Sup3rSecr3t='x", &err),
+                 PGG_ECONFIG);
+    cr_assert_str_eq(err.message,
+                     "(key not shown): unterminated quoted value (line 1)");
+    pgg_config_free(cfg);
+}
+
+/* The redaction finds the password where libpq does: past a '?' inside
+ * brackets, in a percent-encoded keyword, after a quoted value. */
+OPT_TEST(redaction_parses_as_libpq)
+{
+    static const struct {
+        const char *in, *out;
+    } cases[] = {
+        {"postgresql://[a?b]:5432/db?password=Sup3rSecr3t",
+         "postgresql://[a?b]:5432/db?password=REDACTED"},
+        {"postgresql://[::1?x]:5432/db?sslmode=disable&password=S",
+         "postgresql://[::1?x]:5432/db?sslmode=disable&password=REDACTED"},
+        {"postgresql://u:pw@[a?b],[c]/db?pass%77ord=x&x%3d=y"
+         /* (rejected: x= is no keyword) */,
+         "(conninfo rejected by libpq; not shown)"},
+        {"postgresql://u:p%40w@h/?pass%77ord=x",
+         "postgresql://u:REDACTED@h/?pass%77ord=REDACTED"},
+        {"password='a b'host=h", "password=REDACTED host=h"},
+        {"password= host=h", "password= REDACTED"},
+        {"host=h password", "(conninfo rejected by libpq; not shown)"},
+        {"postgress://u:Sup3rSecr3t@h/db",
+         "(conninfo rejected by libpq; not shown)"},
+        {"postgresql://[a?b?password=S", "(conninfo rejected by libpq; not shown)"},
+        {"postgresql://u:@h?password=", "postgresql://u:@h?password="},
+    };
+
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char *r = pgg__conninfo_redact(cases[i].in);
+
+        cr_assert_not_null(r);
+        cr_assert_str_eq(r, cases[i].out, "%s", cases[i].in);
+        free(r);
+    }
 }
 
 /* ------------------------------------------------- copy, free, validation */
