@@ -1000,15 +1000,16 @@ UTest(breaker, gobreaker_default_sequence)
     cr_assert_eq(stats().requests, 0);
     cr_assert_not(call(S));
     cr_assert_not(call(F));
-    NOW += SEC(59);
+    /* gobreaker half-opens strictly after Timeout (expiry.Before(now)). */
+    NOW += SEC(60);
     pgg__breaker_tick(&B, NOW);
     cr_assert_eq(state(), PGG_BREAKER_OPEN);
-    NOW += SEC(1);
+    NOW += SEC(1) - MS(1); /* its pseudoSleep(timeout - 1ms), then 1 s */
     pgg__breaker_tick(&B, NOW);
     cr_assert_eq(state(), PGG_BREAKER_HALF_OPEN);
     calls(F, 1);
     cr_assert_eq(state(), PGG_BREAKER_OPEN);
-    NOW += SEC(60);
+    NOW += SEC(60) + 1; /* timeout + 1 ns */
     pgg__breaker_tick(&B, NOW);
     cr_assert_eq(state(), PGG_BREAKER_HALF_OPEN);
     calls(S, 1);
@@ -1053,7 +1054,7 @@ UTest(breaker, gobreaker_custom_sequence)
     calls(F, 1); /* 2/3 >= 0.6 */
     cr_assert_eq(state(), PGG_BREAKER_OPEN);
     expect_event(0, PGG_BREAKER_CLOSED, PGG_BREAKER_OPEN, PGG_BREAKER_REASON_TRIP_PREDICATE);
-    NOW += SEC(90);
+    NOW += SEC(90) + 1; /* gobreaker: timeout + 1 ns */
     pgg__breaker_tick(&B, NOW);
     cr_assert_eq(state(), PGG_BREAKER_HALF_OPEN);
     expect_event(1, PGG_BREAKER_OPEN, PGG_BREAKER_HALF_OPEN, PGG_BREAKER_REASON_OPEN_ELAPSED);
