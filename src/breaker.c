@@ -144,8 +144,8 @@ void pgg__breaker_config_defaults(pgg_breaker_config *cfg)
     cfg->resilience4j.slow_call_rate_threshold = 100;
     cfg->resilience4j.slow_call_duration_threshold_ms = 60000;
     cfg->resilience4j.wait_duration_in_open_state_ms = 60000;
-    cfg->resilience4j.permitted_number_of_calls_in_half_open_state = 10;
-    cfg->resilience4j.automatic_transition_from_open_to_half_open_enabled = false;
+    cfg->resilience4j.permitted_calls_in_half_open_state = 10;
+    cfg->resilience4j.automatic_transition = false;
     cfg->resilience4j.max_wait_duration_in_half_open_state_ms = 0;
 }
 
@@ -214,7 +214,7 @@ static void effective_resilience4j(pgg_breaker_config *c)
     c->open_multiplier = 1.0;
     c->open_max_ms = c->open_ms;
     c->open_jitter = 0;
-    if (r->automatic_transition_from_open_to_half_open_enabled) {
+    if (r->automatic_transition) {
         /* Its scheduler fires at the end of the wait. */
         c->open_strict = false;
         c->half_open_on_call_only = false;
@@ -222,7 +222,7 @@ static void effective_resilience4j(pgg_breaker_config *c)
         c->open_strict = true;
         c->half_open_on_call_only = true;
     }
-    c->half_open_probes = r->permitted_number_of_calls_in_half_open_state;
+    c->half_open_probes = r->permitted_calls_in_half_open_state;
     c->half_open_successes = 0;
     c->half_open_decide_early = true;
     c->half_open_max_ms = r->max_wait_duration_in_half_open_state_ms;
@@ -306,9 +306,9 @@ static const char *check_preset(const pgg_breaker_config *cfg)
             return "breaker.resilience4j.slow_call_duration_threshold_ms must be at least 1";
         if (r->wait_duration_in_open_state_ms < 1)
             return "breaker.resilience4j.wait_duration_in_open_state_ms must be at least 1";
-        if (r->permitted_number_of_calls_in_half_open_state < 1 ||
-            r->permitted_number_of_calls_in_half_open_state > MAX_PROBES)
-            return "breaker.resilience4j.permitted_number_of_calls_in_half_open_state "
+        if (r->permitted_calls_in_half_open_state < 1 ||
+            r->permitted_calls_in_half_open_state > MAX_PROBES)
+            return "breaker.resilience4j.permitted_calls_in_half_open_state "
                    "must be between 1 and 1000000";
         if (r->max_wait_duration_in_half_open_state_ms < 0)
             return "breaker.resilience4j.max_wait_duration_in_half_open_state_ms "

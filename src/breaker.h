@@ -145,8 +145,8 @@ typedef struct pgg_resilience4j_settings {
     double slow_call_rate_threshold;                  /* % (0,100] [100] */
     int64_t slow_call_duration_threshold_ms;          /* [60000] */
     int64_t wait_duration_in_open_state_ms;           /* [60000] */
-    uint32_t permitted_number_of_calls_in_half_open_state; /* [10] */
-    bool automatic_transition_from_open_to_half_open_enabled; /* [false] */
+    uint32_t permitted_calls_in_half_open_state; /* [10] */
+    bool automatic_transition; /* [false] */
     int64_t max_wait_duration_in_half_open_state_ms;  /* 0: none [0] */
 } pgg_resilience4j_settings;
 

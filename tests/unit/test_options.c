@@ -245,6 +245,23 @@ static const spec specs[] = {
     I("breaker.interval_ms", 0, 86400000, "0"),
     E("breaker.mode", "normal", "normal", "disabled", "metrics-only",
       "forced-open"),
+    E("breaker.preset", "none", "none", "gobreaker", "resilience4j"),
+    I("breaker.gobreaker.max_requests", 0, 1000000, "0"),
+    I("breaker.gobreaker.interval_ms", 0, 86400000, "0"),
+    I("breaker.gobreaker.bucket_period_ms", 0, 86400000, "0"),
+    I("breaker.gobreaker.timeout_ms", 0, 86400000, "0"),
+    I("breaker.gobreaker.consecutive_failures", 0, 1000000, "5"),
+    E("breaker.resilience4j.sliding_window_type", "count_based", "count_based",
+      "time_based"),
+    I("breaker.resilience4j.sliding_window_size", 1, 1048576, "100"),
+    I("breaker.resilience4j.minimum_number_of_calls", 1, 1048576, "100"),
+    D("breaker.resilience4j.failure_rate_threshold", 0, 100, false, "50"),
+    D("breaker.resilience4j.slow_call_rate_threshold", 0, 100, false, "100"),
+    I("breaker.resilience4j.slow_call_duration_threshold_ms", 1, 3600000, "60000"),
+    I("breaker.resilience4j.wait_duration_in_open_state_ms", 1, 86400000, "60000"),
+    I("breaker.resilience4j.permitted_calls_in_half_open_state", 1, 1000000, "10"),
+    B("breaker.resilience4j.automatic_transition", "false"),
+    I("breaker.resilience4j.max_wait_duration_in_half_open_state_ms", 0, 86400000, "0"),
 };
 
 #define NSPECS (sizeof specs / sizeof specs[0])
