@@ -444,3 +444,27 @@ void pgg__window_advance(pgg_window *w, int64_t now)
         sync_requests(w);
     }
 }
+
+pgg_window_stats pgg__window_bucket_stats(const pgg_window *w, uint32_t back)
+{
+    pgg_window_stats st;
+    const pgg_window_bucket *b;
+    int64_t idx;
+
+    memset(&st, 0, sizeof st);
+    if (w->type != PGG_WINDOW_TIME || back >= w->size || w->head - back < w->base)
+        return st;
+    idx = w->head - (int64_t)back;
+    b = &w->buckets[(uint64_t)idx % w->size];
+    if (b->idx != idx)
+        return st;
+    st.calls = b->calls;
+    st.failures = b->failures;
+    st.slow = b->slow;
+    st.slow_failures = b->slow_failures;
+    st.ignored = b->ignored;
+    st.consecutive_failures = b->consecutive_failures;
+    st.consecutive_successes = b->consecutive_successes;
+    st.requests = b->requests;
+    return st;
+}

@@ -170,6 +170,14 @@ bool pgg__window_record_admitted(pgg_window *w, int64_t mark,
 /* Let a time window drop what is older than its span at now. */
 void pgg__window_advance(pgg_window *w, int64_t now);
 
+/*
+ * One bucket of a time window: the one `back` buckets before the newest
+ * bucket reached (0: the newest), its runs its own.  Zeros for a bucket
+ * outside the window, never written, or of another window type.  For
+ * tests and diagnostics: gobreaker's tests read its buckets so.
+ */
+pgg_window_stats pgg__window_bucket_stats(const pgg_window *w, uint32_t back);
+
 /* The running totals; valid until the next call on w. */
 static inline const pgg_window_stats *pgg__window_stats(const pgg_window *w)
 {
