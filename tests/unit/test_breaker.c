@@ -1420,3 +1420,506 @@ UTest(breaker, stats_totals_add_up)
     cr_assert_eq(s.window.ignored, 2);
     stop();
 }
+
+/* ============================================= presets: gobreaker v2 */
+
+/*
+ * The tests below reproduce sony/gobreaker v2's own tests (v2/gobreaker_test.go)
+ * scenario by scenario, on the fake clock: its pseudoSleep(d) is NOW += d,
+ * succeed/fail/exclude are one allow() and one record() each.  Where its test
+ * relies on the real clock having moved on a hair (a sleep of exactly the
+ * interval), we add the nanosecond it needs and say so.
+ */
+
+/* gobreaker's Counts{Requests, TotalSuccesses, TotalFailures,
+ * TotalExclusions, ConsecutiveSuccesses, ConsecutiveFailures}. */
+static void gb_counts(uint64_t r, uint64_t ts, uint64_t tf, uint64_t te,
+                      uint64_t cs, uint64_t cf)
+{
+    pgg_breaker_stats s = stats();
+    uint64_t g[6];
+
+    g[0] = s.requests;
+    if (s.state == PGG_BREAKER_HALF_OPEN) {
+        /* An excluded probe gives its permit back; it still was a request. */
+        g[1] = s.probe_successes;
+        g[2] = s.probe_failures;
+        g[3] = s.requests - s.probes_admitted;
+        g[4] = s.probe_failures ? 0 : s.probe_successes;
+        g[5] = s.probe_failures;
+    } else {
+        g[1] = s.window.calls - s.window.failures;
+        g[2] = s.window.failures;
+        g[3] = s.window.ignored;
+        g[4] = s.window.consecutive_successes;
+        g[5] = s.window.consecutive_failures;
+    }
+    cr_assert(g[0] == r && g[1] == ts && g[2] == tf && g[3] == te && g[4] == cs &&
+                  g[5] == cf,
+              "Counts{%llu,%llu,%llu,%llu,cs %llu,cf %llu} != {%llu,%llu,%llu,%llu,cs %llu,cf %llu}",
+              (unsigned long long)g[0], (unsigned long long)g[1], (unsigned long long)g[2],
+              (unsigned long long)g[3], (unsigned long long)g[4], (unsigned long long)g[5],
+              (unsigned long long)r, (unsigned long long)ts, (unsigned long long)tf,
+              (unsigned long long)te, (unsigned long long)cs, (unsigned long long)cf);
+}
+
+/* One bucket of the rolling window, back buckets before the current one. */
+static void gb_bucket(uint32_t back, uint64_t r, uint64_t ts, uint64_t tf,
+                      uint64_t te, uint64_t cs, uint64_t cf)
+{
+    pgg_window_stats b = pgg__window_bucket_stats(&B.window, back);
+
+    cr_assert(b.requests == r && b.calls - b.failures == ts && b.failures == tf &&
+                  b.ignored == te && b.consecutive_successes == cs &&
+                  b.consecutive_failures == cf,
+              "bucket -%u {%llu,%llu,%llu,%llu,cs %llu,cf %llu}", back,
+              (unsigned long long)b.requests, (unsigned long long)(b.calls - b.failures),
+              (unsigned long long)b.failures, (unsigned long long)b.ignored,
+              (unsigned long long)b.consecutive_successes,
+              (unsigned long long)b.consecutive_failures);
+}
+
+/* newCustom's and newRollingWindow's ReadyToTrip. */
+static bool gb_ratio_trip(void *ud, const pgg_breaker_counts *c)
+{
+    uint64_t valid = c->requests - c->window.ignored;
+
+    (void)ud;
+    return valid >= 3 && (double)c->window.failures / (double)valid >= 0.6;
+}
+
+/* newCustom: MaxRequests 3, Interval 30 s, Timeout 90 s, that ReadyToTrip. */
+static pgg_breaker_config gb_custom(int64_t bucket_period_ms)
+{
+    pgg_breaker_config c;
+
+    pgg__breaker_config_defaults(&c);
+    c.preset = PGG_BREAKER_PRESET_GOBREAKER;
+    c.gobreaker.max_requests = 3;
+    c.gobreaker.interval_ms = 30000;
+    c.gobreaker.bucket_period_ms = bucket_period_ms;
+    c.gobreaker.timeout_ms = 90000;
+    c.trip = gb_ratio_trip;
+    return c;
+}
+
+/* gobreaker v2 TestNewCircuitBreaker: the settings each Settings gives. */
+UTest(breaker, gobreaker_v2_new_circuit_breaker)
+{
+    pgg_breaker_config c, e;
+
+    /* Settings{}: MaxRequests 1, no interval, Timeout 60 s, ReadyToTrip > 5. */
+    pgg__breaker_config_defaults(&c);
+    c.preset = PGG_BREAKER_PRESET_GOBREAKER;
+    cr_assert_null(pgg__breaker_config_check(&c));
+    pgg__breaker_config_effective(&c, &e);
+    cr_assert_eq(e.half_open_probes, 1);
+    cr_assert_eq(e.half_open_successes, 1);
+    cr_assert_eq(e.interval_ms, 0);
+    cr_assert_eq(e.window_type, PGG_WINDOW_FIXED);
+    cr_assert_eq(e.open_ms, 60000);
+    cr_assert_eq(e.consecutive_failures, 6);
+    cr_assert(e.open_strict);
+    cr_assert_eq(e.failure_rate, 0);
+    cr_assert_eq(e.slow_call_rate, 0);
+
+    /* newCustom: a fixed window cleared every 30 s, Timeout 90 s. */
+    c = gb_custom(0);
+    pgg__breaker_config_effective(&c, &e);
+    cr_assert_eq(e.half_open_probes, 3);
+    cr_assert_eq(e.window_type, PGG_WINDOW_FIXED);
+    cr_assert_eq(e.interval_ms, 30000);
+    cr_assert_eq(e.open_ms, 90000);
+    cr_assert_eq(e.consecutive_failures, 0, "a custom ReadyToTrip replaces the default");
+    cr_assert_eq(e.trip, gb_ratio_trip);
+
+    /* newRollingWindow: 30 s in 3 s buckets is 10 buckets, no interval. */
+    c = gb_custom(3000);
+    pgg__breaker_config_effective(&c, &e);
+    cr_assert_eq(e.window_type, PGG_WINDOW_TIME);
+    cr_assert_eq(e.window_size, 10);
+    cr_assert_eq(e.window_bucket_ms, 3000);
+    cr_assert(e.window_by_admission);
+    cr_assert_eq(e.interval_ms, 0);
+    /* Interval is rounded up to a multiple of BucketPeriod. */
+    c.gobreaker.interval_ms = 31000;
+    pgg__breaker_config_effective(&c, &e);
+    cr_assert_eq(e.window_size, 11);
+
+    /* newNegativeDurationCB: negative Interval and Timeout are defaults. */
+    pgg__breaker_config_defaults(&c);
+    c.preset = PGG_BREAKER_PRESET_GOBREAKER;
+    c.gobreaker.interval_ms = -30000;
+    c.gobreaker.timeout_ms = -90000;
+    pgg__breaker_config_effective(&c, &e);
+    cr_assert_eq(e.interval_ms, 0);
+    cr_assert_eq(e.open_ms, 60000);
+    cr_assert_eq(e.half_open_probes, 1);
+    cr_assert_null(pgg__breaker_config_check(&c));
+
+    /* A BucketPeriod without an Interval is a fixed window, as gobreaker's. */
+    c.gobreaker.interval_ms = 0;
+    c.gobreaker.bucket_period_ms = 1000;
+    pgg__breaker_config_effective(&c, &e);
+    cr_assert_eq(e.window_type, PGG_WINDOW_FIXED);
+    cr_assert_eq(e.interval_ms, 0);
+
+    /* Too many buckets is a configuration error naming gobreaker's keys. */
+    c.gobreaker.interval_ms = 86400000;
+    c.gobreaker.bucket_period_ms = 1;
+    cr_assert_not_null(strstr(pgg__breaker_config_check(&c), "breaker.gobreaker.interval_ms"));
+}
+
+/* gobreaker v2 TestDefaultCircuitBreaker, with its Counts at every step. */
+UTest(breaker, gobreaker_v2_default_circuit_breaker)
+{
+    pgg_breaker_config c;
+
+    pgg__breaker_config_defaults(&c);
+    c.preset = PGG_BREAKER_PRESET_GOBREAKER;
+    start(&c);
+    calls(F, 5);
+    cr_assert_eq(state(), PGG_BREAKER_CLOSED);
+    gb_counts(5, 0, 5, 0, 0, 5);
+    calls(S, 1);
+    cr_assert_eq(state(), PGG_BREAKER_CLOSED);
+    gb_counts(6, 1, 5, 0, 1, 0);
+    calls(F, 1);
+    cr_assert_eq(state(), PGG_BREAKER_CLOSED);
+    gb_counts(7, 1, 6, 0, 0, 1);
+
+    calls(F, 5); /* 6 consecutive failures */
+    cr_assert_eq(state(), PGG_BREAKER_OPEN);
+    cr_assert_eq(stats().requests, 0);
+    cr_assert_not(call(S));
+    cr_assert_not(call(F));
+    cr_assert_eq(stats().requests, 0);
+
+    NOW += SEC(60) - MS(1);
+    cr_assert_eq(stats().state, PGG_BREAKER_OPEN);
+    NOW += SEC(1); /* over Timeout */
+    cr_assert_eq(stats().state, PGG_BREAKER_HALF_OPEN);
+
+    calls(F, 1);
+    cr_assert_eq(state(), PGG_BREAKER_OPEN);
+    cr_assert_eq(stats().requests, 0);
+
+    NOW += SEC(60) + 1; /* timeout + 1 ns */
+    cr_assert_eq(stats().state, PGG_BREAKER_HALF_OPEN);
+    calls(S, 1);
+    cr_assert_eq(state(), PGG_BREAKER_CLOSED);
+    gb_counts(0, 0, 0, 0, 0, 0);
+    cr_assert_eq(pgg__breaker_tick(&B, NOW), PGG_TIME_NEVER, "no interval: no expiry");
+    stop();
+}
+
+/* Half-open comes strictly after Timeout: at exactly Timeout it is open. */
+UTest(breaker, gobreaker_v2_half_open_strictly_after_timeout)
+{
+    pgg_breaker_config c;
+
+    pgg__breaker_config_defaults(&c);
+    c.preset = PGG_BREAKER_PRESET_GOBREAKER;
+    c.gobreaker.timeout_ms = 1000;
+    start(&c);
+    calls(F, 6);
+    cr_assert_eq(state(), PGG_BREAKER_OPEN);
+    NOW += SEC(1);
+    cr_assert_not(call(S), "admitted at exactly Timeout");
+    cr_assert_eq(stats().state, PGG_BREAKER_OPEN);
+    NOW += 1;
+    cr_assert(call(S));
+    cr_assert_eq(state(), PGG_BREAKER_CLOSED);
+    stop();
+}
+
+/* gobreaker v2 TestCustomCircuitBreaker, exclusions included. */
+UTest(breaker, gobreaker_v2_custom_circuit_breaker)
+{
+    pgg_breaker_config c = gb_custom(0);
+    pgg_ticket later;
+    int i;
+
+    start(&c);
+    for (i = 0; i < 5; i++) {
+        cr_assert(call(S));
+        cr_assert(call(F));
+        cr_assert(call(I));
+    }
+    cr_assert_eq(state(), PGG_BREAKER_CLOSED);
+    gb_counts(15, 5, 5, 5, 0, 1);
+
+    NOW += SEC(30) - MS(1);
+    calls(S, 1);
+    cr_assert_eq(state(), PGG_BREAKER_CLOSED);
+    gb_counts(16, 6, 5, 5, 1, 0);
+
+    NOW += SEC(1); /* over Interval */
+    calls(F, 1);
+    cr_assert_eq(state(), PGG_BREAKER_CLOSED);
+    gb_counts(1, 0, 1, 0, 0, 1);
+
+    calls(S, 1);
+    calls(F, 1); /* failure ratio 2/3 >= 0.6 */
+    cr_assert_eq(state(), PGG_BREAKER_OPEN);
+    cr_assert_eq(stats().requests, 0);
+    expect_event(0, PGG_BREAKER_CLOSED, PGG_BREAKER_OPEN, PGG_BREAKER_REASON_TRIP_PREDICATE);
+
+    NOW += SEC(90) + 1;
+    cr_assert_eq(stats().state, PGG_BREAKER_HALF_OPEN);
+    expect_event(1, PGG_BREAKER_OPEN, PGG_BREAKER_HALF_OPEN, PGG_BREAKER_REASON_OPEN_ELAPSED);
+
+    /* Excluded requests are neutral in half-open: more than MaxRequests pass. */
+    calls(I, 4);
+    cr_assert_eq(state(), PGG_BREAKER_HALF_OPEN);
+    /* The first real failure reopens it. */
+    calls(F, 1);
+    cr_assert_eq(state(), PGG_BREAKER_OPEN);
+    expect_event(2, PGG_BREAKER_HALF_OPEN, PGG_BREAKER_OPEN, PGG_BREAKER_REASON_PROBES_FAILED);
+
+    NOW += SEC(90) + 1;
+    cr_assert_eq(stats().state, PGG_BREAKER_HALF_OPEN);
+    calls(S, 2);
+    cr_assert_eq(state(), PGG_BREAKER_HALF_OPEN);
+    gb_counts(2, 2, 0, 0, 2, 0);
+
+    cr_assert(pgg__breaker_allow(&B, NOW, &later)); /* succeedLater */
+    gb_counts(3, 2, 0, 0, 2, 0);
+    cr_assert_not(call(S), "over MaxRequests");
+    NOW += MS(100);
+    pgg__breaker_record(&B, later, S, MS(100), NOW);
+    cr_assert_eq(state(), PGG_BREAKER_CLOSED);
+    gb_counts(0, 0, 0, 0, 0, 0);
+    expect_event(4, PGG_BREAKER_HALF_OPEN, PGG_BREAKER_CLOSED, PGG_BREAKER_REASON_PROBES_PASSED);
+    /* expiry is set again: the next clear is one Interval away. */
+    cr_assert_eq(pgg__breaker_tick(&B, NOW), NOW + SEC(30) + 1);
+    stop();
+}
+
+/*
+ * gobreaker v2 TestRollingWindowCircuitBreaker: Interval 30 s in 3 s buckets,
+ * results counted in the bucket their request was admitted in.
+ */
+UTest(breaker, gobreaker_v2_rolling_window_circuit_breaker)
+{
+    pgg_breaker_config c = gb_custom(3000);
+    pgg_ticket later;
+    int i;
+
+    start(&c);
+    for (i = 0; i < 5; i++) {
+        cr_assert(call(S));
+        cr_assert(call(F));
+        cr_assert(call(I));
+    }
+    cr_assert_eq(state(), PGG_BREAKER_CLOSED);
+    gb_counts(15, 5, 5, 5, 0, 1);
+    gb_bucket(0, 15, 5, 5, 5, 0, 1);
+
+    NOW += SEC(3);
+    calls(S, 1);
+    cr_assert_eq(state(), PGG_BREAKER_CLOSED);
+    gb_counts(16, 6, 5, 5, 1, 0);
+    gb_bucket(1, 15, 5, 5, 5, 0, 1);
+    gb_bucket(0, 1, 1, 0, 0, 1, 0);
+
+    NOW += SEC(2);
+    calls(S, 1);
+    calls(I, 1);
+    cr_assert_eq(state(), PGG_BREAKER_CLOSED);
+    gb_counts(18, 7, 5, 6, 2, 0);
+    gb_bucket(1, 15, 5, 5, 5, 0, 1);
+    gb_bucket(0, 3, 2, 0, 1, 2, 0);
+
+    NOW += SEC(2);
+    calls(I, 1); /* the request that moves the window on a bucket */
+    calls(S, 1);
+    cr_assert_eq(state(), PGG_BREAKER_CLOSED);
+    gb_counts(20, 8, 5, 7, 3, 0);
+    gb_bucket(2, 15, 5, 5, 5, 0, 1);
+    gb_bucket(1, 3, 2, 0, 1, 2, 0);
+    gb_bucket(0, 2, 1, 0, 1, 1, 0);
+
+    NOW += SEC(2);
+    calls(F, 1);
+    cr_assert_eq(state(), PGG_BREAKER_CLOSED);
+    gb_counts(21, 8, 6, 7, 0, 1);
+    gb_bucket(3, 15, 5, 5, 5, 0, 1);
+    gb_bucket(2, 3, 2, 0, 1, 2, 0);
+    gb_bucket(1, 2, 1, 0, 1, 1, 0);
+    gb_bucket(0, 1, 0, 1, 0, 0, 1);
+
+    /* Fill all the buckets. */
+    for (i = 0; i < 6; i++) {
+        NOW += SEC(3);
+        calls(S, 1);
+        calls(F, 1);
+        gb_counts(23 + 2 * (uint64_t)i, 9 + (uint64_t)i, 7 + (uint64_t)i, 7, 0, 1);
+    }
+
+    /* The first bucket is discarded. */
+    NOW += SEC(3);
+    calls(F, 1);
+    gb_counts(19, 9, 8, 2, 0, 2);
+    for (i = 0; i < 5; i++) {
+        calls(F, 1);
+        gb_counts(20 + (uint64_t)i, 9, 9 + (uint64_t)i, 2, 0, 3 + (uint64_t)i);
+    }
+    cr_assert_eq(state(), PGG_BREAKER_CLOSED);
+    calls(F, 1); /* failure rate 14/23 > 0.6 */
+    cr_assert_eq(state(), PGG_BREAKER_OPEN);
+    expect_event(0, PGG_BREAKER_CLOSED, PGG_BREAKER_OPEN, PGG_BREAKER_REASON_TRIP_PREDICATE);
+
+    NOW += SEC(90) + 1;
+    cr_assert_eq(stats().state, PGG_BREAKER_HALF_OPEN);
+    expect_event(1, PGG_BREAKER_OPEN, PGG_BREAKER_HALF_OPEN, PGG_BREAKER_REASON_OPEN_ELAPSED);
+    calls(S, 2);
+    cr_assert_eq(state(), PGG_BREAKER_HALF_OPEN);
+    gb_counts(2, 2, 0, 0, 2, 0);
+    cr_assert(pgg__breaker_allow(&B, NOW, &later));
+    gb_counts(3, 2, 0, 0, 2, 0);
+    cr_assert_not(call(S), "over MaxRequests");
+    NOW += MS(100);
+    pgg__breaker_record(&B, later, S, MS(100), NOW);
+    cr_assert_eq(state(), PGG_BREAKER_CLOSED);
+    gb_counts(0, 0, 0, 0, 0, 0);
+    expect_event(2, PGG_BREAKER_HALF_OPEN, PGG_BREAKER_CLOSED, PGG_BREAKER_REASON_PROBES_PASSED);
+    /* A rolling window has no expiry. */
+    cr_assert_eq(pgg__breaker_tick(&B, NOW), PGG_TIME_NEVER);
+    stop();
+}
+
+/*
+ * Issue 14: in gobreaker's rolling window a result counts in the bucket its
+ * request was admitted in, and not at all once that bucket has left the
+ * window.
+ */
+UTest(breaker, gobreaker_v2_rolling_window_counts_results_by_admission)
+{
+    pgg_breaker_config c = gb_custom(3000);
+    pgg_ticket early, old;
+
+    start(&c);
+    cr_assert(pgg__breaker_allow(&B, NOW, &early));
+    cr_assert(pgg__breaker_allow(&B, NOW, &old));
+    NOW += SEC(3);
+    calls(S, 1);
+    pgg__breaker_record(&B, early, F, SEC(3), NOW);
+    gb_bucket(1, 2, 0, 1, 0, 0, 1);
+    gb_bucket(0, 1, 1, 0, 0, 1, 0);
+    gb_counts(3, 1, 1, 0, 0, 1);
+    /*
+     * 30 s later the admission bucket has left: the result is not counted.
+     * The success's run reads 0, not 1: the late failure came after it, and
+     * gobreaker's subtract only shortens a run that spans every bucket.
+     */
+    NOW += SEC(27);
+    gb_counts(1, 1, 0, 0, 0, 0);
+    pgg__breaker_record(&B, old, F, SEC(30), NOW);
+    gb_counts(1, 1, 0, 0, 0, 0);
+    cr_assert_eq(stats().stale, 1);
+    stop();
+}
+
+/* gobreaker v2 TestGeneration: a request from an ended interval has no effect. */
+UTest(breaker, gobreaker_v2_generation)
+{
+    pgg_breaker_config c = gb_custom(0);
+    pgg_ticket later;
+
+    start(&c);
+    NOW += SEC(29);
+    calls(S, 1);
+    cr_assert(pgg__breaker_allow(&B, NOW, &later)); /* succeedLater 1.5 s */
+    NOW += MS(500);
+    gb_counts(2, 1, 0, 0, 1, 0);
+    NOW += MS(500) + 1; /* over Interval (its real clock passes 30 s by a hair) */
+    cr_assert_eq(stats().state, PGG_BREAKER_CLOSED);
+    gb_counts(0, 0, 0, 0, 0, 0);
+    NOW += MS(500);
+    pgg__breaker_record(&B, later, S, MS(1500), NOW);
+    gb_counts(0, 0, 0, 0, 0, 0);
+    cr_assert_eq(stats().stale, 1);
+    stop();
+}
+
+/*
+ * gobreaker v2 TestCustomIsSuccessful: IsSuccessful is pgguard's classifier,
+ * which hands the breaker an outcome; failures judged successes never trip.
+ */
+UTest(breaker, gobreaker_v2_custom_is_successful)
+{
+    pgg_breaker_config c;
+
+    pgg__breaker_config_defaults(&c);
+    c.preset = PGG_BREAKER_PRESET_GOBREAKER;
+    start(&c);
+    calls(S, 5); /* five errors the classifier called successes */
+    cr_assert_eq(state(), PGG_BREAKER_CLOSED);
+    gb_counts(5, 5, 0, 0, 5, 0);
+    pgg__breaker_reset(&B, NOW); /* cb.counts.clear() */
+    calls(F, 6);
+    cr_assert_eq(state(), PGG_BREAKER_OPEN);
+    stop();
+}
+
+/* gobreaker v2 TestIsExcludedAndIsSuccessfulCombination. */
+UTest(breaker, gobreaker_v2_is_excluded_and_is_successful)
+{
+    pgg_breaker_config c;
+
+    pgg__breaker_config_defaults(&c);
+    c.preset = PGG_BREAKER_PRESET_GOBREAKER;
+    start(&c);
+    calls(I, 3);
+    gb_counts(3, 0, 0, 3, 0, 0);
+    calls(S, 3);
+    gb_counts(6, 3, 0, 3, 3, 0);
+    calls(F, 2);
+    gb_counts(8, 3, 2, 3, 0, 2);
+    stop();
+}
+
+#include <pthread.h>
+
+enum { GB_THREADS = 4, GB_REQS = 5000 };
+
+static void *gb_parallel_worker(void *arg)
+{
+    pgg_ticket t;
+    int i;
+
+    (void)arg;
+    for (i = 0; i < GB_REQS; i++) {
+        if (!pgg__breaker_allow(&B, NOW, &t))
+            return (void *)1;
+        pgg__breaker_record(&B, t, i % 2 ? I : S, 0, NOW);
+    }
+    return NULL;
+}
+
+/*
+ * gobreaker v2 TestCircuitBreakerInParallel (and its rolling twin): threads
+ * alternating successes and exclusions leave exact Counts.
+ */
+UTest(breaker, gobreaker_v2_circuit_breaker_in_parallel)
+{
+    pgg_breaker_config c = gb_custom(0);
+    pthread_t th[GB_THREADS];
+    void *rv;
+    uint64_t total = (uint64_t)GB_THREADS * GB_REQS;
+    int i, rolling;
+
+    for (rolling = 0; rolling < 2; rolling++) {
+        c = gb_custom(rolling ? 3000 : 0);
+        start(&c);
+        for (i = 0; i < GB_THREADS; i++)
+            cr_assert_eq(pthread_create(&th[i], NULL, gb_parallel_worker, NULL), 0);
+        for (i = 0; i < GB_THREADS; i++) {
+            cr_assert_eq(pthread_join(th[i], &rv), 0);
+            cr_assert_null(rv, "a request was refused");
+        }
+        gb_counts(total, total / 2, 0, total / 2, total / 2, 0);
+        stop();
+    }
+}

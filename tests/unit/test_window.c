@@ -557,3 +557,31 @@ UTest(window, aligned_buckets_are_clock_seconds)
     cr_assert_eq(pgg__window_bucket_stats(&w, 0).calls, 2);
     pgg__window_destroy(&w);
 }
+
+/*
+ * Bucketed by admission, results can arrive out of bucket order.  A run
+ * then loses a leaving bucket's final run only when it spans every bucket,
+ * gobreaker's rollingCounts.subtract rule: here 2 late failures of bucket
+ * 0 arrived after bucket 1's success, so the run of 2 reads 0 once bucket
+ * 0 leaves (a plain "a run never outlives its calls" would leave 1).
+ */
+UTest(window, admission_runs_leave_by_gobreaker_rule)
+{
+    pgg_window w;
+    int64_t a0, a1;
+
+    cr_assert_eq(pgg__window_init_ex(&w, PGG_WINDOW_TIME, 2, SEC(1),
+                                     PGG_WINDOW_BY_ADMISSION, T0),
+                 PGG_OK);
+    a0 = pgg__window_admit(&w, T0);
+    pgg__window_admit(&w, T0);
+    a1 = pgg__window_admit(&w, T0 + SEC(1));
+    pgg__window_record_admitted(&w, a1, S, false, T0 + SEC(1));
+    pgg__window_record_admitted(&w, a0, F, false, T0 + SEC(1));
+    pgg__window_record_admitted(&w, a0, F, false, T0 + SEC(1));
+    gcounts(AGG(&w), 3, 1, 2, 0, 0, 2);
+    gcounts(pgg__window_bucket_stats(&w, 1), 2, 0, 2, 0, 0, 2);
+    pgg__window_advance(&w, T0 + SEC(2));
+    gcounts(AGG(&w), 1, 1, 0, 0, 0, 0);
+    pgg__window_destroy(&w);
+}
