@@ -1923,3 +1923,614 @@ UTest(breaker, gobreaker_v2_circuit_breaker_in_parallel)
         stop();
     }
 }
+
+/* ========================================== presets: resilience4j */
+
+/*
+ * The tests below reproduce resilience4j's CircuitBreakerStateMachineTest
+ * (resilience4j-circuitbreaker, internal/) and its automatic-transition
+ * test on the fake clock.  Its tryAcquirePermission() is allow(); onSuccess
+ * / onError(duration) is record() with that duration; an ignored exception
+ * is an IGNORED outcome; transitionTo*State() are pgguard's operator calls.
+ * Its MockClock advanceBySeconds(n) is NOW += SEC(n).
+ */
+
+/* Its setUp(): TIME_BASED window of 20 s, minimumNumberOfCalls 5, failure
+ * and slow-call thresholds 50 %, slow above 4 s, 4 permitted calls in
+ * half-open for at most 1 s, 5 s in open. */
+static pgg_breaker_config r4j_setup(void)
+{
+    pgg_breaker_config c;
+
+    pgg__breaker_config_defaults(&c);
+    c.preset = PGG_BREAKER_PRESET_RESILIENCE4J;
+    c.resilience4j.sliding_window_type = PGG_R4J_TIME_BASED;
+    c.resilience4j.sliding_window_size = 20;
+    c.resilience4j.minimum_number_of_calls = 5;
+    c.resilience4j.failure_rate_threshold = 50;
+    c.resilience4j.slow_call_rate_threshold = 50;
+    c.resilience4j.slow_call_duration_threshold_ms = 4000;
+    c.resilience4j.permitted_calls_in_half_open_state = 4;
+    c.resilience4j.max_wait_duration_in_half_open_state_ms = 1000;
+    c.resilience4j.wait_duration_in_open_state_ms = 5000;
+    return c;
+}
+
+/* Rejections since the last r4j_mark(): resilience4j counts them per state. */
+static uint64_t r4j_rejected_base;
+
+static void r4j_mark(void)
+{
+    r4j_rejected_base = stats().rejected;
+}
+
+/*
+ * assertCircuitBreakerMetricsEqualTo(failureRate, successfulCalls,
+ * bufferedCalls, failedCalls, notPermittedCalls): the closed window in
+ * closed and open, the probes in half-open (resilience4j's half-open
+ * metrics, whose minimum is min(minimumNumberOfCalls, permitted)).
+ */
+static void r4j_metrics(double rate, uint64_t succ, uint64_t buffered, uint64_t failed,
+                        uint64_t not_permitted)
+{
+    pgg_breaker_stats s = stats();
+    uint64_t g_succ, g_buf, g_fail;
+    double g_rate;
+
+    if (s.state == PGG_BREAKER_HALF_OPEN) {
+        g_succ = s.probe_successes;
+        g_fail = s.probe_failures;
+        g_buf = g_succ + g_fail;
+        g_rate = g_buf == 0 || g_buf < B.half_open_decide ? -1.0
+                                                          : (double)g_fail * 100.0 / (double)g_buf;
+    } else {
+        g_buf = s.window.calls;
+        g_fail = s.window.failures;
+        g_succ = g_buf - g_fail;
+        g_rate = s.failure_rate;
+    }
+    cr_assert(fabs(g_rate - rate) < 1e-9 && g_succ == succ && g_buf == buffered &&
+                  g_fail == failed && s.rejected - r4j_rejected_base == not_permitted,
+              "metrics {%g,%llu,%llu,%llu,%llu} != {%g,%llu,%llu,%llu,%llu}", g_rate,
+              (unsigned long long)g_succ, (unsigned long long)g_buf,
+              (unsigned long long)g_fail,
+              (unsigned long long)(s.rejected - r4j_rejected_base), rate,
+              (unsigned long long)succ, (unsigned long long)buffered,
+              (unsigned long long)failed, (unsigned long long)not_permitted);
+}
+
+static void r4j_open_then_half_open(void)
+{
+    cr_assert_eq(pgg__breaker_transition(&B, PGG_BREAKER_OPEN, NOW), PGG_OK);
+    cr_assert_eq(pgg__breaker_transition(&B, PGG_BREAKER_HALF_OPEN, NOW), PGG_OK);
+    cr_assert_eq(state(), PGG_BREAKER_HALF_OPEN);
+    r4j_mark();
+}
+
+UTest(breaker, resilience4j_preset_settings)
+{
+    pgg_breaker_config c, e;
+
+    /* CircuitBreakerConfig.ofDefaults(). */
+    pgg__breaker_config_defaults(&c);
+    c.preset = PGG_BREAKER_PRESET_RESILIENCE4J;
+    cr_assert_null(pgg__breaker_config_check(&c));
+    pgg__breaker_config_effective(&c, &e);
+    cr_assert_eq(e.window_type, PGG_WINDOW_COUNT);
+    cr_assert_eq(e.window_size, 100);
+    cr_assert_eq(e.min_calls, 100);
+    cr_assert_eq(e.failure_rate, 50);
+    cr_assert_eq(e.slow_call_rate, 100);
+    cr_assert_eq(e.slow_call_duration_ms, 60000);
+    cr_assert_eq(e.open_ms, 60000);
+    cr_assert_eq(e.open_multiplier, 1);
+    cr_assert_eq(e.open_jitter, 0);
+    cr_assert_eq(e.half_open_probes, 10);
+    cr_assert_eq(e.half_open_successes, 0);
+    cr_assert_eq(e.half_open_max_ms, 0);
+    cr_assert_eq(e.consecutive_failures, 0);
+    cr_assert(e.open_strict);
+    cr_assert(e.half_open_on_call_only);
+    cr_assert(e.late_results_count);
+
+    c = r4j_setup();
+    pgg__breaker_config_effective(&c, &e);
+    cr_assert_eq(e.window_type, PGG_WINDOW_TIME);
+    cr_assert_eq(e.window_size, 20);
+    cr_assert_eq(e.window_bucket_ms, 1000);
+    cr_assert(e.window_aligned);
+    cr_assert_not(e.window_by_admission);
+    c.resilience4j.automatic_transition = true;
+    pgg__breaker_config_effective(&c, &e);
+    cr_assert_not(e.half_open_on_call_only);
+    cr_assert_not(e.open_strict, "its scheduler fires at the end of the wait");
+
+    /* resilience4j rejects a threshold of 0; pgguard's "0 is off" does not apply. */
+    c.resilience4j.failure_rate_threshold = 0;
+    cr_assert_not_null(strstr(pgg__breaker_config_check(&c),
+                              "breaker.resilience4j.failure_rate_threshold"));
+    c = r4j_setup();
+    c.resilience4j.slow_call_rate_threshold = 0;
+    cr_assert_not_null(strstr(pgg__breaker_config_check(&c),
+                              "breaker.resilience4j.slow_call_rate_threshold"));
+    c = r4j_setup();
+    c.resilience4j.permitted_calls_in_half_open_state = 0;
+    cr_assert_not_null(strstr(pgg__breaker_config_check(&c),
+                              "breaker.resilience4j.permitted_calls_in_half_open_state"));
+}
+
+/* shouldOpenAfterFailureRateThresholdExceeded */
+UTest(breaker, resilience4j_open_after_failure_rate_threshold_exceeded)
+{
+    pgg_breaker_config c = r4j_setup();
+
+    start(&c);
+    r4j_mark();
+    cr_assert_eq(state(), PGG_BREAKER_CLOSED);
+    r4j_metrics(-1, 0, 0, 0, 0);
+    calls(F, 1);
+    cr_assert_eq(state(), PGG_BREAKER_CLOSED);
+    r4j_metrics(-1, 0, 1, 1, 0);
+    calls(F, 1);
+    r4j_metrics(-1, 0, 2, 2, 0);
+    calls(F, 1);
+    r4j_metrics(-1, 0, 3, 3, 0);
+    calls(S, 1);
+    cr_assert_eq(state(), PGG_BREAKER_CLOSED);
+    r4j_metrics(-1, 1, 4, 3, 0);
+    calls(S, 1);
+    cr_assert_eq(state(), PGG_BREAKER_OPEN);
+    expect_event(0, PGG_BREAKER_CLOSED, PGG_BREAKER_OPEN, PGG_BREAKER_REASON_FAILURE_RATE);
+    r4j_metrics(60, 2, 5, 3, 0);
+    cr_assert_not(call(S));
+    r4j_metrics(60, 2, 5, 3, 1);
+    stop();
+}
+
+/* shouldOpenAfterFailureRateThresholdExceeded2: one call a second. */
+UTest(breaker, resilience4j_open_after_failure_rate_threshold_exceeded_2)
+{
+    pgg_breaker_config c = r4j_setup();
+
+    start(&c);
+    calls(S, 1);
+    NOW += SEC(1);
+    calls(S, 1);
+    NOW += SEC(1);
+    calls(S, 1);
+    NOW += SEC(1);
+    calls(F, 1);
+    NOW += SEC(1);
+    calls(F, 1); /* 2 of 5: 40 % */
+    cr_assert_eq(state(), PGG_BREAKER_CLOSED);
+    NOW += SEC(1);
+    cr_assert_eq(stats().state, PGG_BREAKER_CLOSED);
+    calls(F, 1); /* 3 of 6: 50 % */
+    cr_assert_eq(state(), PGG_BREAKER_OPEN);
+    stop();
+}
+
+/* shouldOpenAfterSlowCallRateThresholdExceeded */
+UTest(breaker, resilience4j_open_after_slow_call_rate_threshold_exceeded)
+{
+    pgg_breaker_config c = r4j_setup();
+
+    start(&c);
+    cr_assert(call_d(F, SEC(5)));
+    cr_assert_eq(state(), PGG_BREAKER_CLOSED);
+    cr_assert(call_d(S, SEC(5)));
+    cr_assert(call_d(F, MS(100)));
+    cr_assert(call_d(S, MS(100)));
+    cr_assert_eq(state(), PGG_BREAKER_CLOSED);
+    cr_assert(call_d(S, SEC(5))); /* 3 of 5 slow: 60 %; failures 40 % */
+    cr_assert_eq(state(), PGG_BREAKER_OPEN);
+    expect_event(0, PGG_BREAKER_CLOSED, PGG_BREAKER_OPEN, PGG_BREAKER_REASON_SLOW_CALL_RATE);
+    cr_assert_eq(stats().window.calls, 5);
+    cr_assert_eq(stats().window.slow, 3);
+    cr_assert_eq(stats().slow_call_rate, 60);
+    stop();
+}
+
+/*
+ * shouldOpenAfterSlowCallRateThresholdExceededUsingMockClock: the clock
+ * moves while each call runs (decorateConsumer(advanceBySeconds)), so each
+ * result lands in the second it completes in.
+ */
+UTest(breaker, resilience4j_open_after_slow_call_rate_using_mock_clock)
+{
+    static const int secs[] = {5, 5, 1, 1, 5};
+    static const uint64_t slow[] = {1, 2, 2, 2, 3};
+    pgg_breaker_config c = r4j_setup();
+    pgg_ticket t;
+    int i;
+
+    start(&c);
+    for (i = 0; i < 5; i++) {
+        cr_assert(pgg__breaker_allow(&B, NOW, &t));
+        NOW += SEC(secs[i]);
+        pgg__breaker_record(&B, t, S, SEC(secs[i]), NOW);
+        cr_assert_eq(stats().window.calls, (uint64_t)i + 1);
+        cr_assert_eq(stats().window.slow, slow[i]);
+        cr_assert_eq(state(), i < 4 ? PGG_BREAKER_CLOSED : PGG_BREAKER_OPEN);
+    }
+    cr_assert_eq(stats().slow_call_rate, 60);
+    stop();
+}
+
+/*
+ * shouldTransitionToHalfOpenAfterWaitDuration: without the automatic
+ * transition only a call ends the wait, strictly after it; reading the
+ * state (tick, stats) leaves it open.
+ */
+UTest(breaker, resilience4j_half_open_after_wait_duration)
+{
+    pgg_breaker_config c = r4j_setup();
+
+    start(&c);
+    pgg__breaker_transition(&B, PGG_BREAKER_OPEN, NOW);
+    r4j_mark();
+    r4j_metrics(-1, 0, 0, 0, 0);
+    cr_assert_eq(state(), PGG_BREAKER_OPEN);
+    cr_assert_not(call(S));
+    NOW += SEC(3);
+    cr_assert_eq(stats().state, PGG_BREAKER_OPEN);
+    cr_assert_not(call(S));
+    r4j_metrics(-1, 0, 0, 0, 2);
+    NOW += SEC(2); /* exactly the wait: clock.instant().isAfter() is false */
+    cr_assert_eq(pgg__breaker_tick(&B, NOW), PGG_TIME_NEVER, "nothing but a call ends it");
+    cr_assert_not(call(S));
+    NOW += SEC(1);
+    cr_assert_eq(stats().state, PGG_BREAKER_OPEN, "a state read does not end the wait");
+    r4j_mark();
+    cr_assert(pgg__breaker_allow(&B, NOW, &(pgg_ticket){0}));
+    cr_assert_eq(state(), PGG_BREAKER_HALF_OPEN);
+    expect_event(1, PGG_BREAKER_OPEN, PGG_BREAKER_HALF_OPEN, PGG_BREAKER_REASON_OPEN_ELAPSED);
+    r4j_metrics(-1, 0, 0, 0, 0);
+    stop();
+}
+
+/*
+ * CircuitBreakerAutoTransitionStateMachineTest.testAutoTransition: with
+ * automaticTransitionFromOpenToHalfOpenEnabled the scheduler moves it to
+ * half-open at the end of the wait (2 s), no call needed: tick() does.
+ */
+UTest(breaker, resilience4j_auto_transition)
+{
+    pgg_breaker_config c;
+
+    pgg__breaker_config_defaults(&c);
+    c.preset = PGG_BREAKER_PRESET_RESILIENCE4J;
+    c.resilience4j.failure_rate_threshold = 50;
+    c.resilience4j.sliding_window_size = 5;
+    c.resilience4j.minimum_number_of_calls = 5;
+    c.resilience4j.permitted_calls_in_half_open_state = 3;
+    c.resilience4j.automatic_transition = true;
+    c.resilience4j.wait_duration_in_open_state_ms = 2000;
+    start(&c);
+    pgg__breaker_transition(&B, PGG_BREAKER_OPEN, NOW);
+    cr_assert_eq(pgg__breaker_tick(&B, NOW), NOW + SEC(2), "scheduled after 2000 ms");
+    NOW += SEC(2);
+    pgg__breaker_tick(&B, NOW);
+    cr_assert_eq(state(), PGG_BREAKER_HALF_OPEN);
+    /* transitionToForcedOpenState cancels it: forced-open never half-opens. */
+    pgg__breaker_transition(&B, PGG_BREAKER_OPEN, NOW);
+    pgg__breaker_force_open(&B, NOW);
+    NOW += SEC(10);
+    pgg__breaker_tick(&B, NOW);
+    cr_assert_eq(state(), PGG_BREAKER_FORCED_OPEN);
+    stop();
+}
+
+/* shouldOnlyPermitFourCallsInHalfOpenState and
+ * shouldThrowCallNotPermittedExceptionWhenNotFurtherTestCallsArePermitted */
+UTest(breaker, resilience4j_only_permit_four_calls_in_half_open)
+{
+    pgg_breaker_config c = r4j_setup();
+    pgg_ticket t;
+    int round, i;
+
+    start(&c);
+    for (round = 0; round < 2; round++) {
+        r4j_open_then_half_open();
+        for (i = 0; i < 4; i++)
+            cr_assert(pgg__breaker_allow(&B, NOW, &t));
+        cr_assert_not(pgg__breaker_allow(&B, NOW, &t));
+        cr_assert_not(pgg__breaker_allow(&B, NOW, &t));
+        cr_assert_eq(stats().rejected - r4j_rejected_base, 2);
+    }
+    stop();
+}
+
+/* shouldIncreaseCounterOnReleasePermission: an ignored result gives the
+ * permit back (releasePermission). */
+UTest(breaker, resilience4j_release_permission)
+{
+    pgg_breaker_config c = r4j_setup();
+    pgg_ticket t[4], u;
+    int i;
+
+    start(&c);
+    r4j_open_then_half_open();
+    for (i = 0; i < 4; i++)
+        cr_assert(pgg__breaker_allow(&B, NOW, &t[i]));
+    cr_assert_not(pgg__breaker_allow(&B, NOW, &u));
+    cr_assert_not(pgg__breaker_allow(&B, NOW, &u));
+    pgg__breaker_record(&B, t[0], I, 0, NOW);
+    cr_assert(pgg__breaker_allow(&B, NOW, &u));
+    stop();
+}
+
+/* shouldTransitionBackToOpenStateWhenFailureRateIsAboveThreshold */
+UTest(breaker, resilience4j_back_to_open_when_failure_rate_above_threshold)
+{
+    pgg_breaker_config c = r4j_setup();
+
+    start(&c);
+    r4j_open_then_half_open();
+    r4j_metrics(-1, 0, 0, 0, 0);
+    calls(F, 2);
+    calls(S, 1);
+    cr_assert_eq(state(), PGG_BREAKER_HALF_OPEN);
+    r4j_metrics(-1, 1, 3, 2, 0);
+    calls(F, 1);
+    cr_assert_eq(state(), PGG_BREAKER_OPEN);
+    expect_event(2, PGG_BREAKER_HALF_OPEN, PGG_BREAKER_OPEN, PGG_BREAKER_REASON_FAILURE_RATE);
+    stop();
+}
+
+/* shouldTransitionBackToOpenStateWhenSlowCallRateIsAboveThreshold */
+UTest(breaker, resilience4j_back_to_open_when_slow_call_rate_above_threshold)
+{
+    pgg_breaker_config c = r4j_setup();
+
+    start(&c);
+    r4j_open_then_half_open();
+    cr_assert(call_d(S, SEC(5)));
+    cr_assert(call_d(S, SEC(5)));
+    cr_assert(call_d(S, SEC(5)));
+    cr_assert_eq(state(), PGG_BREAKER_HALF_OPEN);
+    cr_assert(call_d(S, SEC(1)));
+    cr_assert_eq(state(), PGG_BREAKER_OPEN);
+    expect_event(2, PGG_BREAKER_HALF_OPEN, PGG_BREAKER_OPEN, PGG_BREAKER_REASON_SLOW_CALL_RATE);
+    stop();
+}
+
+/* shouldTransitionBackToClosedStateWhenFailureIsBelowThreshold */
+UTest(breaker, resilience4j_back_to_closed_when_failure_rate_below_threshold)
+{
+    pgg_breaker_config c = r4j_setup();
+
+    start(&c);
+    r4j_open_then_half_open();
+    r4j_metrics(-1, 0, 0, 0, 0);
+    calls(F, 1);
+    calls(S, 3); /* 25 % */
+    cr_assert(call(S));
+    cr_assert_eq(state(), PGG_BREAKER_CLOSED);
+    expect_event(2, PGG_BREAKER_HALF_OPEN, PGG_BREAKER_CLOSED, PGG_BREAKER_REASON_PROBES_PASSED);
+    r4j_metrics(-1, 1, 1, 0, 0);
+    stop();
+}
+
+/* shouldReleasePermissionWhenExceptionIgnored */
+UTest(breaker, resilience4j_release_permission_when_exception_ignored)
+{
+    pgg_breaker_config c = r4j_setup();
+
+    start(&c);
+    r4j_open_then_half_open();
+    calls(S, 1);
+    cr_assert_eq(state(), PGG_BREAKER_HALF_OPEN);
+    r4j_metrics(-1, 1, 1, 0, 0);
+    calls(S, 1);
+    r4j_metrics(-1, 2, 2, 0, 0);
+    calls(S, 1);
+    r4j_metrics(-1, 3, 3, 0, 0);
+    calls(I, 1); /* NumberFormatException: ignored, permission released */
+    cr_assert_eq(state(), PGG_BREAKER_HALF_OPEN);
+    r4j_metrics(-1, 3, 3, 0, 0);
+    calls(F, 1); /* 1 of 4: 25 % */
+    cr_assert_eq(state(), PGG_BREAKER_CLOSED);
+    r4j_metrics(-1, 0, 0, 0, 0);
+    stop();
+}
+
+/* shouldIgnoreExceptionsAndThenTransitionToClosed */
+UTest(breaker, resilience4j_ignore_exceptions_then_closed)
+{
+    pgg_breaker_config c = r4j_setup();
+    int i;
+
+    start(&c);
+    r4j_open_then_half_open();
+    for (i = 0; i < 4; i++) {
+        calls(I, 1);
+        cr_assert_eq(state(), PGG_BREAKER_HALF_OPEN);
+    }
+    r4j_metrics(-1, 0, 0, 0, 0);
+    calls(S, 3);
+    cr_assert_eq(state(), PGG_BREAKER_HALF_OPEN);
+    r4j_metrics(-1, 3, 3, 0, 0);
+    calls(S, 1);
+    cr_assert_eq(state(), PGG_BREAKER_CLOSED);
+    r4j_metrics(-1, 0, 0, 0, 0);
+    stop();
+}
+
+/* shouldForceOpenCircuitBreaker */
+UTest(breaker, resilience4j_force_open)
+{
+    pgg_breaker_config c = r4j_setup();
+
+    start(&c);
+    r4j_mark();
+    pgg__breaker_force_open(&B, NOW);
+    cr_assert_eq(state(), PGG_BREAKER_FORCED_OPEN);
+    cr_assert_not(call(S));
+    NOW += SEC(6);
+    cr_assert_not(call(S));
+    cr_assert_eq(stats().state, PGG_BREAKER_FORCED_OPEN);
+    r4j_metrics(-1, 0, 0, 0, 2);
+    stop();
+}
+
+/* shouldResetMetrics, shouldResetClosedState, shouldResetToClosedState */
+UTest(breaker, resilience4j_reset)
+{
+    pgg_breaker_config c = r4j_setup();
+
+    start(&c);
+    r4j_mark();
+    calls(S, 1);
+    calls(F, 1);
+    r4j_metrics(-1, 1, 2, 1, 0);
+    pgg__breaker_reset(&B, NOW);
+    r4j_metrics(-1, 0, 0, 0, 0);
+    pgg__breaker_transition(&B, PGG_BREAKER_OPEN, NOW);
+    pgg__breaker_reset(&B, NOW);
+    cr_assert_eq(state(), PGG_BREAKER_CLOSED);
+    stop();
+}
+
+/* shouldRecordMetricsInMetricsOnlyState */
+UTest(breaker, resilience4j_metrics_only_records_never_trips)
+{
+    pgg_breaker_config c = r4j_setup();
+
+    start(&c);
+    pgg__breaker_metrics_only(&B, NOW);
+    r4j_mark();
+    r4j_metrics(-1, 0, 0, 0, 0);
+    calls(F, 3);
+    r4j_metrics(-1, 0, 3, 3, 0);
+    calls(S, 2);
+    cr_assert_eq(state(), PGG_BREAKER_METRICS_ONLY);
+    r4j_metrics(60, 2, 5, 3, 0);
+    cr_assert_eq(stats().trips_suppressed, 1);
+    calls(F, 1);
+    cr_assert_eq(state(), PGG_BREAKER_METRICS_ONLY);
+    stop();
+}
+
+/* shouldDisableCircuitBreaker */
+UTest(breaker, resilience4j_disable)
+{
+    pgg_breaker_config c = r4j_setup();
+
+    start(&c);
+    pgg__breaker_disable(&B, NOW);
+    r4j_mark();
+    calls(S, 1);
+    calls(F, 4);
+    cr_assert_eq(state(), PGG_BREAKER_DISABLED);
+    r4j_metrics(-1, 0, 0, 0, 0);
+    stop();
+}
+
+/* circuitBreakerTransitionsToOpenAfterWaitDurationInHalfOpenState (1 s). */
+UTest(breaker, resilience4j_open_after_max_wait_in_half_open)
+{
+    pgg_breaker_config c = r4j_setup();
+
+    start(&c);
+    r4j_open_then_half_open();
+    NOW += MS(999);
+    pgg__breaker_tick(&B, NOW);
+    cr_assert_eq(state(), PGG_BREAKER_HALF_OPEN);
+    NOW += MS(1);
+    pgg__breaker_tick(&B, NOW);
+    cr_assert_eq(state(), PGG_BREAKER_OPEN);
+    expect_event(2, PGG_BREAKER_HALF_OPEN, PGG_BREAKER_OPEN, PGG_BREAKER_REASON_HALF_OPEN_TIMEOUT);
+    stop();
+}
+
+/*
+ * CircuitBreakerMetrics.forHalfOpen: a COUNT_BASED window of the permitted
+ * calls whose minimum is min(minimumNumberOfCalls, permitted): with a
+ * minimum of 2 and 3 permitted calls, 2 results decide.
+ */
+UTest(breaker, resilience4j_half_open_decides_at_the_minimum)
+{
+    pgg_breaker_config c = r4j_setup();
+
+    c.resilience4j.minimum_number_of_calls = 2;
+    c.resilience4j.permitted_calls_in_half_open_state = 3;
+    start(&c);
+    r4j_open_then_half_open();
+    calls(S, 1);
+    cr_assert_eq(state(), PGG_BREAKER_HALF_OPEN);
+    calls(F, 1); /* 1 of 2: 50 % >= 50 */
+    cr_assert_eq(state(), PGG_BREAKER_OPEN);
+    NOW += SEC(5) + 1;
+    cr_assert(call(S));
+    cr_assert(call(S)); /* 0 of 2 */
+    cr_assert_eq(state(), PGG_BREAKER_CLOSED);
+    stop();
+}
+
+/*
+ * resilience4j's OpenState.onError/onSuccess: "the onError event should
+ * still be recorded, even if it happened after the state transition".  A
+ * call admitted while closed that finishes while open counts in the window
+ * the breaker tripped on; one that finishes in half-open counts as a probe.
+ */
+UTest(breaker, resilience4j_late_results_count_in_the_current_state)
+{
+    pgg_breaker_config c = r4j_setup();
+    pgg_ticket slow_one, later;
+
+    c.resilience4j.minimum_number_of_calls = 2;
+    c.resilience4j.permitted_calls_in_half_open_state = 2;
+    start(&c);
+    cr_assert(pgg__breaker_allow(&B, NOW, &slow_one));
+    cr_assert(pgg__breaker_allow(&B, NOW, &later));
+    calls(F, 2);
+    cr_assert_eq(state(), PGG_BREAKER_OPEN);
+    pgg__breaker_record(&B, slow_one, S, 0, NOW);
+    cr_assert_eq(state(), PGG_BREAKER_OPEN);
+    cr_assert_eq(stats().window.calls, 3);
+    cr_assert_eq(stats().stale, 0);
+    NOW += SEC(5) + 1;
+    calls(S, 1);
+    cr_assert_eq(state(), PGG_BREAKER_HALF_OPEN);
+    pgg__breaker_record(&B, later, F, 0, NOW); /* 1 of 2 failed: 50 % */
+    cr_assert_eq(state(), PGG_BREAKER_OPEN);
+    stop();
+}
+
+/* A time window's seconds are the clock's seconds: resilience4j's epoch
+ * seconds.  Calls 0.9 s into a second and 19.1 s later leave together. */
+UTest(breaker, resilience4j_time_window_slides_by_clock_seconds)
+{
+    pgg_breaker_config c = r4j_setup();
+
+    NOW = T0;
+    start(&c);
+    NOW = T0 + MS(900);
+    calls(F, 4);
+    NOW = T0 + SEC(19) + MS(999);
+    cr_assert_eq(stats().window.calls, 4);
+    NOW = T0 + SEC(20); /* second T0 has left the 20 s window */
+    cr_assert_eq(stats().window.calls, 0);
+    calls(F, 4);
+    cr_assert_eq(state(), PGG_BREAKER_CLOSED, "4 calls are under the minimum of 5");
+    stop();
+}
+
+/* COUNT_BASED: the last sliding_window_size calls, minimum capped at it. */
+UTest(breaker, resilience4j_count_based_window)
+{
+    pgg_breaker_config c = r4j_setup();
+
+    c.resilience4j.sliding_window_type = PGG_R4J_COUNT_BASED;
+    c.resilience4j.sliding_window_size = 5;
+    c.resilience4j.minimum_number_of_calls = 10; /* min(10, 5) = 5 */
+    start(&c);
+    calls(S, 3);
+    calls(F, 1);
+    cr_assert_eq(state(), PGG_BREAKER_CLOSED);
+    calls(F, 1); /* 2 of 5 */
+    calls(F, 1); /* the first S leaves: 3 of 5 = 60 % */
+    cr_assert_eq(state(), PGG_BREAKER_OPEN);
+    stop();
+}
