@@ -2534,3 +2534,55 @@ UTest(breaker, resilience4j_count_based_window)
     cr_assert_eq(state(), PGG_BREAKER_OPEN);
     stop();
 }
+
+/* ============================== the trip predicate's counts (issue 14) */
+
+static uint64_t seen_requests, seen_calls;
+
+/* A ReadyToTrip written as gobreaker's README: failures / requests. */
+static bool window_ratio_trip(void *ud, const pgg_breaker_counts *c)
+{
+    (void)ud;
+    seen_requests = c->requests;
+    seen_calls = c->window.calls;
+    return c->requests >= 3 && (double)c->window.failures / (double)c->requests >= 0.6;
+}
+
+/*
+ * requests used to count the whole closed period, so after a long healthy
+ * spell the ratio could not reach 0.6 however sick the host was.  Now it
+ * describes the window the failures are counted in, on every window type.
+ */
+UTest(breaker, trip_predicate_counts_describe_one_window)
+{
+    static const pgg_window_type types[] = {PGG_WINDOW_COUNT, PGG_WINDOW_TIME};
+    pgg_breaker_config c;
+    size_t k;
+    int i;
+
+    for (k = 0; k < sizeof types / sizeof types[0]; k++) {
+        c = cfg_plain();
+        c.window_type = types[k];
+        c.window_size = 10;
+        c.window_bucket_ms = 1000;
+        c.trip = window_ratio_trip;
+        start(&c);
+        for (i = 0; i < 24; i++) {
+            calls(S, 1);
+            NOW += types[k] == PGG_WINDOW_TIME ? SEC(1) : 0;
+        }
+        for (i = 0; i < 5; i++) {
+            calls(F, 1);
+            NOW += types[k] == PGG_WINDOW_TIME ? SEC(1) : 0;
+            cr_assert_eq(state(), PGG_BREAKER_CLOSED, "%s: tripped at failure %d",
+                         pgg__window_type_name(types[k]), i + 1);
+            cr_assert_eq(seen_requests, seen_calls, "%s: %llu requests, window of %llu",
+                         pgg__window_type_name(types[k]),
+                         (unsigned long long)seen_requests, (unsigned long long)seen_calls);
+        }
+        calls(F, 1); /* 6 of the 10 calls in the window */
+        cr_assert_eq(state(), PGG_BREAKER_OPEN, "%s: 6 of 10 failed", pgg__window_type_name(types[k]));
+        cr_assert_eq(seen_requests, 10);
+        stop();
+    }
+}
