@@ -14,14 +14,17 @@
  *     ReadyToTrip), returns true.
  * Open -> half-open once the open time has elapsed: the next allow(), tick()
  *   or stats() at or after that instant moves it, so the pool's health thread
- *   can make it happen without traffic.
+ *   can make it happen without traffic.  (open_strict: only strictly after
+ *   it, as gobreaker and resilience4j; half_open_on_call_only: only allow()
+ *   moves it, as resilience4j without its automatic transition.)
  * Half-open admits at most half_open_probes probe calls (a permit is given
  *   back when its call reports IGNORED) and tells everyone else "not now".
  *   With half_open_successes = S > 0 it closes as soon as S probes have
  *   succeeded without being slow, and reopens as soon as that has become
  *   impossible (more than probes - S failed or slow probes; with S equal to
  *   probes, the default, the first bad probe reopens it).  With S = 0 it
- *   waits for `probes` results and closes when both rates are under their
+ *   waits for `probes` results (half_open_decide_early: min(min_calls,
+ *   probes), as resilience4j) and closes when both rates are under their
  *   thresholds, as resilience4j does.  A half-open state older than
  *   half_open_max_ms (probes that never report) reopens.
  * Open time: open_ms * open_multiplier^k, capped at open_max_ms, minus a
@@ -30,10 +33,15 @@
  *   takes one off it (0: closing resets it, resilience4j's behaviour).
  *
  * Every admission returns a ticket holding the generation it was admitted
- * in.  Every transition (and every interval roll-over of a fixed window)
- * starts a new generation, and a result reported with an older ticket is
- * counted as stale and otherwise dropped: a call admitted while closed that
- * finishes after the breaker opened changes nothing.
+ * in (and its window's admission mark).  Every transition (and every
+ * interval roll-over of a fixed window) starts a new generation, and a
+ * result reported with an older ticket is counted as stale and otherwise
+ * dropped: a call admitted while closed that finishes after the breaker
+ * opened changes nothing (late_results_count: it counts in the current
+ * state instead, as resilience4j).
+ *
+ * Presets (breaker.preset) build all of the above from gobreaker v2's or
+ * resilience4j's own settings: see pgg__breaker_config_effective().
  *
  * Listeners hear every transition with from, to and the reason.  They run
  * with no lock held, one at a time and in transition order, on the thread
