@@ -121,12 +121,13 @@ static int64_t end_of(int64_t start, int64_t len)
     return start > INT64_MAX - len ? INT64_MAX : start + len;
 }
 
-/* Requests of a window that does not bucket by admission. */
-static void sync_requests(pgg_window *w)
-{
-    if (!w->by_admission)
-        w->agg.requests = w->agg.calls + w->agg.ignored + w->in_flight;
-}
+/*
+ * A window that does not bucket by admission keeps
+ *   requests == calls + ignored + in_flight
+ * incrementally: an admission adds one (in flight), its result moves it
+ * from in flight to the window (no change), a result with no admission of
+ * this window adds one, and whatever leaves the window takes its share.
+ */
 
 void pgg__window_reset(pgg_window *w, int64_t now)
 {
@@ -199,6 +200,8 @@ static void count_record(pgg_window *w, pgg_outcome outcome, bool slow)
         if (w->pending < SLOT_IGNORED_MAX) {
             w->pending++;
             a->ignored++;
+        } else {
+            a->requests--; /* not kept, so no longer a request either */
         }
         return;
     }
@@ -213,6 +216,7 @@ static void count_record(pgg_window *w, pgg_outcome outcome, bool slow)
                 a->slow_failures--;
         }
         a->ignored -= old & SLOT_IGNORED_MAX;
+        a->requests -= 1 + (old & SLOT_IGNORED_MAX);
         clamp_runs(w);
     }
     w->ring[w->pos] = (failure ? SLOT_FAILURE : 0) | (slow ? SLOT_SLOW : 0) | w->pending;
@@ -261,8 +265,7 @@ static void time_drop(pgg_window *w, const pgg_window_bucket *b)
     a->slow -= b->slow;
     a->slow_failures -= b->slow_failures;
     a->ignored -= b->ignored;
-    if (w->by_admission)
-        a->requests -= b->requests;
+    a->requests -= w->by_admission ? b->requests : b->calls + b->ignored;
 }
 
 /* Make bucket idx the newest one and drop every bucket older than the span. */
@@ -408,24 +411,23 @@ void pgg__window_record(pgg_window *w, pgg_outcome outcome, bool slow,
                                     outcome, slow, now);
         return;
     }
+    w->agg.requests++;
     window_record(w, outcome, slow, now);
-    sync_requests(w);
 }
 
-bool pgg__window_record_admitted(pgg_window *w, int64_t mark,
-                                 pgg_outcome outcome, bool slow, int64_t now)
+/*
+ * Out of line: its calls would make the compiler save registers on every
+ * record of the other window shapes too.
+ */
+#if defined(__GNUC__)
+__attribute__((noinline))
+#endif
+static bool record_in_admission_bucket(pgg_window *w, int64_t mark,
+                                       pgg_outcome outcome, bool slow,
+                                       int64_t now)
 {
     pgg_window_bucket *b;
 
-    if (outcome == PGG_OUTCOME_IGNORED)
-        slow = false;
-    if (!w->by_admission) {
-        if (mark == w->serial && w->in_flight > 0)
-            w->in_flight--;
-        window_record(w, outcome, slow, now);
-        sync_requests(w);
-        return true;
-    }
     time_advance(w, now);
     /* gobreaker: counted only while head - admission < buckets. */
     if (mark > w->head || w->head - mark >= (int64_t)w->size)
@@ -437,12 +439,25 @@ bool pgg__window_record_admitted(pgg_window *w, int64_t mark,
     return true;
 }
 
+bool pgg__window_record_admitted(pgg_window *w, int64_t mark,
+                                 pgg_outcome outcome, bool slow, int64_t now)
+{
+    if (outcome == PGG_OUTCOME_IGNORED)
+        slow = false;
+    if (w->by_admission)
+        return record_in_admission_bucket(w, mark, outcome, slow, now);
+    if (mark == w->serial && w->in_flight > 0)
+        w->in_flight--;
+    else
+        w->agg.requests++;
+    window_record(w, outcome, slow, now);
+    return true;
+}
+
 void pgg__window_advance(pgg_window *w, int64_t now)
 {
-    if (w->type == PGG_WINDOW_TIME) {
+    if (w->type == PGG_WINDOW_TIME)
         time_advance(w, now);
-        sync_requests(w);
-    }
 }
 
 pgg_window_stats pgg__window_bucket_stats(const pgg_window *w, uint32_t back)
