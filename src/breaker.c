@@ -1082,7 +1082,8 @@ bool pgg__breaker_host_answered(pgg_breaker *b, int64_t now)
     bool moved = false;
 
     pthread_mutex_lock(&b->mu);
-    if (b->state == PGG_BREAKER_OPEN) {
+    /* Neither preset's library has active health checks to end it early. */
+    if (b->state == PGG_BREAKER_OPEN && b->cfg.preset == PGG_BREAKER_PRESET_NONE) {
         enter_state(b, PGG_BREAKER_HALF_OPEN, PGG_BREAKER_REASON_HOST_ANSWERED,
                     now);
         moved = true;

@@ -435,7 +435,8 @@ int pgg__breaker_transition(pgg_breaker *b, pgg_breaker_state to, int64_t now);
 /*
  * An active health check reached the host while the breaker is open: move
  * to half-open now instead of waiting out the (backed-off) open time, so
- * that real probes decide sooner.  Only from open, never from forced-open;
+ * that real probes decide sooner.  Only from open, never from forced-open,
+ * and never under a preset (neither library ends its open time early);
  * returns whether it moved.  Envoy's active health checking plays the same
  * part beside its outlier detection.
  */

@@ -2586,3 +2586,19 @@ UTest(breaker, trip_predicate_counts_describe_one_window)
         stop();
     }
 }
+
+/* A preset's open time is its library's: a health check does not end it. */
+UTest(breaker, presets_ignore_host_answered)
+{
+    pgg_breaker_config c;
+    int k;
+
+    for (k = 0; k < 2; k++) {
+        c = k ? r4j_setup() : gb_custom(0);
+        start(&c);
+        pgg__breaker_transition(&B, PGG_BREAKER_OPEN, NOW);
+        cr_assert_not(pgg__breaker_host_answered(&B, NOW));
+        cr_assert_eq(state(), PGG_BREAKER_OPEN);
+        stop();
+    }
+}
