@@ -98,7 +98,8 @@ typedef struct pgg_window {
     bool by_admission;
     bool aligned;
     uint64_t in_flight; /* admitted since the last reset, no result yet */
-    int64_t serial;     /* counts resets: an admission mark of the others */
+    int64_t serial;     /* counts resets; the admission mark when not
+                           bucketing by admission (else the bucket index) */
 
     /* count: one word per call, see window.c */
     uint32_t *ring;
@@ -141,6 +142,7 @@ void pgg__window_reset(pgg_window *w, int64_t now);
 void pgg__window_record(pgg_window *w, pgg_outcome outcome, bool slow,
                         int64_t now);
 
+/* pgg__window_admit() of a window that buckets by admission. */
 int64_t pgg__window_admit_bucket(pgg_window *w, int64_t now);
 
 /*
