@@ -95,6 +95,19 @@ const char *pgg__breaker_reason_name(pgg_breaker_reason reason)
     return "unknown";
 }
 
+const char *pgg__breaker_preset_name(pgg_breaker_preset preset)
+{
+    switch (preset) {
+    case PGG_BREAKER_PRESET_NONE:
+        return "none";
+    case PGG_BREAKER_PRESET_GOBREAKER:
+        return "gobreaker";
+    case PGG_BREAKER_PRESET_RESILIENCE4J:
+        return "resilience4j";
+    }
+    return "unknown";
+}
+
 /* ----------------------------------------------------------------- config */
 
 void pgg__breaker_config_defaults(pgg_breaker_config *cfg)
@@ -118,6 +131,130 @@ void pgg__breaker_config_defaults(pgg_breaker_config *cfg)
     cfg->healthy_decay_ms = 60000;
     cfg->interval_ms = 0;
     cfg->mode = PGG_BREAKER_MODE_NORMAL;
+    cfg->preset = PGG_BREAKER_PRESET_NONE;
+
+    /* gobreaker v2's zero Settings and default ReadyToTrip. */
+    cfg->gobreaker.consecutive_failures = 5;
+
+    /* resilience4j's CircuitBreakerConfig defaults. */
+    cfg->resilience4j.sliding_window_type = PGG_R4J_COUNT_BASED;
+    cfg->resilience4j.sliding_window_size = 100;
+    cfg->resilience4j.minimum_number_of_calls = 100;
+    cfg->resilience4j.failure_rate_threshold = 50;
+    cfg->resilience4j.slow_call_rate_threshold = 100;
+    cfg->resilience4j.slow_call_duration_threshold_ms = 60000;
+    cfg->resilience4j.wait_duration_in_open_state_ms = 60000;
+    cfg->resilience4j.permitted_calls_in_half_open_state = 10;
+    cfg->resilience4j.automatic_transition = false;
+    cfg->resilience4j.max_wait_duration_in_half_open_state_ms = 0;
+}
+
+/* gobreaker v2's window: ceil(Interval / BucketPeriod) buckets. */
+static int64_t gobreaker_buckets(const pgg_gobreaker_settings *g)
+{
+    return (g->interval_ms + g->bucket_period_ms - 1) / g->bucket_period_ms;
+}
+
+static void effective_gobreaker(pgg_breaker_config *c)
+{
+    const pgg_gobreaker_settings *g = &c->gobreaker;
+    uint32_t max = g->max_requests ? g->max_requests : 1;
+    int64_t n;
+
+    c->failure_rate = 0;
+    c->slow_call_rate = 0;
+    c->min_calls = 1;
+    /* A custom ReadyToTrip replaces the default one. */
+    c->consecutive_failures = c->trip ? 0
+                              : g->consecutive_failures == UINT32_MAX
+                                  ? UINT32_MAX
+                                  : g->consecutive_failures + 1;
+    c->open_ms = g->timeout_ms > 0 ? g->timeout_ms : 60000;
+    c->open_multiplier = 1.0;
+    c->open_max_ms = c->open_ms;
+    c->open_jitter = 0;
+    c->open_strict = true;
+    c->half_open_probes = max;
+    c->half_open_successes = max;
+    c->half_open_max_ms = 0;
+    c->healthy_decay_ms = 0;
+    c->window_type = PGG_WINDOW_FIXED;
+    c->interval_ms = 0;
+    if (g->interval_ms > 0 && g->bucket_period_ms <= 0) {
+        c->interval_ms = g->interval_ms;
+    } else if (g->interval_ms > 0) {
+        n = gobreaker_buckets(g);
+        c->window_type = PGG_WINDOW_TIME;
+        /* Too many is reported by the check, under gobreaker's keys. */
+        c->window_size = n > (int64_t)PGG_WINDOW_MAX_SIZE ? PGG_WINDOW_MAX_SIZE + 1
+                                                          : (uint32_t)n;
+        c->window_bucket_ms = g->bucket_period_ms;
+        c->window_by_admission = true;
+    }
+}
+
+static void effective_resilience4j(pgg_breaker_config *c)
+{
+    const pgg_resilience4j_settings *r = &c->resilience4j;
+
+    c->failure_rate = r->failure_rate_threshold;
+    c->slow_call_rate = r->slow_call_rate_threshold;
+    c->slow_call_duration_ms = r->slow_call_duration_threshold_ms;
+    c->min_calls = r->minimum_number_of_calls;
+    c->window_size = r->sliding_window_size;
+    if (r->sliding_window_type == PGG_R4J_TIME_BASED) {
+        c->window_type = PGG_WINDOW_TIME;
+        c->window_bucket_ms = 1000; /* epoch seconds */
+        c->window_aligned = true;
+    } else {
+        c->window_type = PGG_WINDOW_COUNT;
+    }
+    c->consecutive_failures = 0;
+    c->open_ms = r->wait_duration_in_open_state_ms;
+    c->open_multiplier = 1.0;
+    c->open_max_ms = c->open_ms;
+    c->open_jitter = 0;
+    if (r->automatic_transition) {
+        /* Its scheduler fires at the end of the wait. */
+        c->open_strict = false;
+        c->half_open_on_call_only = false;
+    } else {
+        c->open_strict = true;
+        c->half_open_on_call_only = true;
+    }
+    c->half_open_probes = r->permitted_calls_in_half_open_state;
+    c->half_open_successes = 0;
+    c->half_open_decide_early = true;
+    c->half_open_max_ms = r->max_wait_duration_in_half_open_state_ms;
+    c->healthy_decay_ms = 0;
+    c->interval_ms = 0;
+    c->late_results_count = true;
+}
+
+void pgg__breaker_config_effective(const pgg_breaker_config *in,
+                                   pgg_breaker_config *out)
+{
+    pgg_breaker_config c;
+
+    if (in->preset != PGG_BREAKER_PRESET_GOBREAKER &&
+        in->preset != PGG_BREAKER_PRESET_RESILIENCE4J) {
+        if (out != in)
+            *out = *in;
+        return;
+    }
+    pgg__breaker_config_defaults(&c);
+    c.preset = in->preset;
+    c.gobreaker = in->gobreaker;
+    c.resilience4j = in->resilience4j;
+    c.mode = in->mode;
+    c.trip = in->trip;
+    c.trip_ud = in->trip_ud;
+    c.seed = in->seed;
+    if (c.preset == PGG_BREAKER_PRESET_GOBREAKER)
+        effective_gobreaker(&c);
+    else
+        effective_resilience4j(&c);
+    *out = c;
 }
 
 void pgg__breaker_config_gobreaker(pgg_breaker_config *cfg,
@@ -125,29 +262,80 @@ void pgg__breaker_config_gobreaker(pgg_breaker_config *cfg,
                                    int64_t timeout_ms)
 {
     pgg__breaker_config_defaults(cfg);
-    if (max_requests == 0)
-        max_requests = 1;
-    cfg->failure_rate = 0;
-    cfg->slow_call_rate = 0;
-    cfg->window_type = PGG_WINDOW_FIXED;
-    cfg->consecutive_failures = 6; /* ConsecutiveFailures > 5 */
-    cfg->open_ms = timeout_ms > 0 ? timeout_ms : 60000;
-    cfg->open_multiplier = 1.0;
-    cfg->open_max_ms = cfg->open_ms;
-    cfg->open_jitter = 0;
-    cfg->half_open_probes = max_requests;
-    cfg->half_open_successes = max_requests;
-    cfg->half_open_max_ms = 0;
-    cfg->healthy_decay_ms = 0;
-    cfg->interval_ms = interval_ms > 0 ? interval_ms : 0;
+    cfg->preset = PGG_BREAKER_PRESET_GOBREAKER;
+    cfg->gobreaker.max_requests = max_requests;
+    cfg->gobreaker.interval_ms = interval_ms;
+    cfg->gobreaker.timeout_ms = timeout_ms;
+    pgg__breaker_config_effective(cfg, cfg);
 }
 
 #define MAX_PROBES 1000000u
 
+/* A preset's own settings, named by their keys. */
+static const char *check_preset(const pgg_breaker_config *cfg)
+{
+    const pgg_gobreaker_settings *g = &cfg->gobreaker;
+    const pgg_resilience4j_settings *r = &cfg->resilience4j;
+
+    switch (cfg->preset) {
+    case PGG_BREAKER_PRESET_NONE:
+        return NULL;
+    case PGG_BREAKER_PRESET_GOBREAKER:
+        if (g->max_requests > MAX_PROBES)
+            return "breaker.gobreaker.max_requests must be at most 1000000";
+        if (g->consecutive_failures > 1000000)
+            return "breaker.gobreaker.consecutive_failures must be at most 1000000";
+        if (g->interval_ms > 0 && g->bucket_period_ms > 0 &&
+            gobreaker_buckets(g) > (int64_t)PGG_WINDOW_MAX_SIZE)
+            return "breaker.gobreaker.interval_ms / breaker.gobreaker.bucket_period_ms "
+                   "must give at most 1048576 buckets";
+        return NULL;
+    case PGG_BREAKER_PRESET_RESILIENCE4J:
+        if (r->sliding_window_type != PGG_R4J_COUNT_BASED &&
+            r->sliding_window_type != PGG_R4J_TIME_BASED)
+            return "breaker.resilience4j.sliding_window_type must be count_based or time_based";
+        if (r->sliding_window_size < 1 || r->sliding_window_size > PGG_WINDOW_MAX_SIZE)
+            return "breaker.resilience4j.sliding_window_size must be between 1 and 1048576";
+        if (r->minimum_number_of_calls < 1)
+            return "breaker.resilience4j.minimum_number_of_calls must be at least 1";
+        if (!(r->failure_rate_threshold > 0 && r->failure_rate_threshold <= 100))
+            return "breaker.resilience4j.failure_rate_threshold must be > 0 and <= 100";
+        if (!(r->slow_call_rate_threshold > 0 && r->slow_call_rate_threshold <= 100))
+            return "breaker.resilience4j.slow_call_rate_threshold must be > 0 and <= 100";
+        if (r->slow_call_duration_threshold_ms < 1)
+            return "breaker.resilience4j.slow_call_duration_threshold_ms must be at least 1";
+        if (r->wait_duration_in_open_state_ms < 1)
+            return "breaker.resilience4j.wait_duration_in_open_state_ms must be at least 1";
+        if (r->permitted_calls_in_half_open_state < 1 ||
+            r->permitted_calls_in_half_open_state > MAX_PROBES)
+            return "breaker.resilience4j.permitted_calls_in_half_open_state "
+                   "must be between 1 and 1000000";
+        if (r->max_wait_duration_in_half_open_state_ms < 0)
+            return "breaker.resilience4j.max_wait_duration_in_half_open_state_ms "
+                   "must be >= 0 (0: no limit)";
+        return NULL;
+    }
+    return "breaker.preset must be none, gobreaker or resilience4j";
+}
+
+static const char *check_effective(const pgg_breaker_config *cfg);
+
 const char *pgg__breaker_config_check(const pgg_breaker_config *cfg)
 {
+    pgg_breaker_config eff;
+    const char *why;
+
     if (!cfg)
         return "breaker config is NULL";
+    why = check_preset(cfg);
+    if (why)
+        return why;
+    pgg__breaker_config_effective(cfg, &eff);
+    return check_effective(&eff);
+}
+
+static const char *check_effective(const pgg_breaker_config *cfg)
+{
     /* Written as !(ok) so that NaN fails too. */
     if (!(cfg->failure_rate >= 0 && cfg->failure_rate <= 100))
         return "breaker.failure_rate must be between 0 and 100 (0 turns it off)";
@@ -277,7 +465,12 @@ static void enter_state(pgg_breaker *b, pgg_breaker_state to,
     case PGG_BREAKER_OPEN:
         k = from == PGG_BREAKER_CLOSED ? decayed_reopens(b, now) : b->reopens;
         b->open_len = open_duration(b, k);
-        b->open_until = pgg__time_add(now, b->open_len);
+        /*
+         * open_until is the first instant a call may end it: with
+         * open_strict, one nanosecond after the open time, so that the
+         * lock-free refusal in allow() needs no second comparison.
+         */
+        b->open_until = pgg__time_add(now, b->open_len + (b->cfg.open_strict ? 1 : 0));
         b->reopens = k == UINT32_MAX ? k : k + 1;
         break;
     case PGG_BREAKER_CLOSED:
@@ -306,12 +499,16 @@ static void enter_state(pgg_breaker *b, pgg_breaker_state to,
     push_event(b, from, to, reason);
 }
 
-/* Time-driven transitions; called under the lock by every entry point. */
-static void apply_time(pgg_breaker *b, int64_t now)
+/*
+ * Time-driven transitions; called under the lock by every entry point.
+ * by_call: allow() is asking, the only one that may end an open period
+ * under half_open_on_call_only.
+ */
+static void apply_time(pgg_breaker *b, int64_t now, bool by_call)
 {
     switch (b->state) {
     case PGG_BREAKER_OPEN:
-        if (now >= b->open_until)
+        if ((by_call || !b->cfg.half_open_on_call_only) && now >= b->open_until)
             enter_state(b, PGG_BREAKER_HALF_OPEN, PGG_BREAKER_REASON_OPEN_ELAPSED, now);
         break;
     case PGG_BREAKER_HALF_OPEN:
@@ -350,7 +547,7 @@ static int trip_reason(pgg_breaker *b, bool failure)
         a->consecutive_failures >= b->cfg.consecutive_failures)
         return PGG_BREAKER_REASON_CONSECUTIVE_FAILURES;
     if (failure && b->cfg.trip) {
-        counts.requests = b->requests;
+        counts.requests = a->requests;
         counts.window = *a;
         if (b->cfg.trip(b->cfg.trip_ud, &counts))
             return PGG_BREAKER_REASON_TRIP_PREDICATE;
@@ -358,12 +555,18 @@ static int trip_reason(pgg_breaker *b, bool failure)
     return -1;
 }
 
-static void record_closed(pgg_breaker *b, pgg_outcome outcome, bool slow,
-                          int64_t now)
+static void record_closed(pgg_breaker *b, int64_t mark, pgg_outcome outcome,
+                          bool slow, int64_t now)
 {
     int reason;
 
-    pgg__window_record(&b->window, outcome, slow, now);
+    /*
+     * A result whose admission bucket has left the window is not counted,
+     * yet a failure still asks the trip rules, as gobreaker's onFailure
+     * calls ReadyToTrip either way (the window may have rolled meanwhile).
+     */
+    if (!pgg__window_record_admitted(&b->window, mark, outcome, slow, now))
+        b->stale++;
     if (outcome == PGG_OUTCOME_IGNORED)
         return;
     reason = trip_reason(b, outcome == PGG_OUTCOME_FAILURE);
@@ -406,7 +609,7 @@ static void record_half_open(pgg_breaker *b, uint32_t flags,
         return;
     }
     done = b->probe_successes + b->probe_failures;
-    if (done < probes)
+    if (done < b->half_open_decide)
         return;
     if (b->cfg.failure_rate > 0 &&
         (double)b->probe_failures * 100.0 >= b->cfg.failure_rate * (double)done)
@@ -482,7 +685,8 @@ int pgg__breaker_init(pgg_breaker *b, const pgg_breaker_config *cfg,
     if (why)
         return pgg__error_set(err, PGG_ECONFIG, NULL, NULL, "%s", why);
     memset(b, 0, sizeof *b);
-    b->cfg = *cfg;
+    pgg__breaker_config_effective(cfg, &b->cfg);
+    cfg = &b->cfg;
     b->slow_ns = pgg__ms_to_ns(cfg->slow_call_duration_ms);
     b->open_ns = pgg__ms_to_ns(cfg->open_ms);
     b->open_max_ns = pgg__ms_to_ns(cfg->open_max_ms);
@@ -492,8 +696,14 @@ int pgg__breaker_init(pgg_breaker *b, const pgg_breaker_config *cfg,
     b->min_calls = cfg->min_calls;
     if (cfg->window_type == PGG_WINDOW_COUNT && b->min_calls > cfg->window_size)
         b->min_calls = cfg->window_size;
-    rc = pgg__window_init(&b->window, cfg->window_type, cfg->window_size,
-                          pgg__ms_to_ns(cfg->window_bucket_ms), now);
+    b->half_open_decide = cfg->half_open_probes;
+    if (cfg->half_open_decide_early && cfg->min_calls < b->half_open_decide)
+        b->half_open_decide = cfg->min_calls;
+    rc = pgg__window_init_ex(&b->window, cfg->window_type, cfg->window_size,
+                             pgg__ms_to_ns(cfg->window_bucket_ms),
+                             (cfg->window_by_admission ? PGG_WINDOW_BY_ADMISSION : 0u) |
+                                 (cfg->window_aligned ? PGG_WINDOW_ALIGNED : 0u),
+                             now);
     if (rc != PGG_OK)
         return pgg__error_set(err, rc, NULL, NULL, "breaker window: %s",
                               pgg_strerror(rc));
@@ -569,35 +779,41 @@ void pgg__breaker_free(pgg_breaker *b)
 
 /* ------------------------------------------------------------- the path */
 
-bool pgg__breaker_allow(pgg_breaker *b, int64_t now, pgg_ticket *ticket)
+static void count_outcome(pgg_breaker *b, pgg_outcome outcome)
 {
-    uint32_t st = atomic_load_explicit(&b->pub_state, memory_order_acquire);
+    switch (outcome) {
+    case PGG_OUTCOME_SUCCESS:
+        b->successes++;
+        break;
+    case PGG_OUTCOME_FAILURE:
+        b->failures++;
+        break;
+    case PGG_OUTCOME_IGNORED:
+        b->ignored++;
+        break;
+    }
+}
+
+/*
+ * The locked part of allow(), kept out of line: inlined, its calls made
+ * the compiler save more registers on every lock-free refusal too.
+ */
+#if defined(__GNUC__)
+__attribute__((noinline))
+#endif
+static bool allow_locked(pgg_breaker *b, int64_t now, pgg_ticket *ticket)
+{
     bool ok;
 
-    /* Lock-free answers for the states that need no bookkeeping. */
-    if ((st == PGG_BREAKER_OPEN &&
-         now < atomic_load_explicit(&b->pub_open_until, memory_order_relaxed)) ||
-        st == PGG_BREAKER_FORCED_OPEN) {
-        pgg__counter_add(&b->rejected_fast, 1);
-        ticket->generation = 0;
-        ticket->state = (pgg_breaker_state)st;
-        ticket->flags = 0;
-        return false;
-    }
-    if (st == PGG_BREAKER_DISABLED) {
-        ticket->generation = 0;
-        ticket->state = PGG_BREAKER_DISABLED;
-        ticket->flags = PGG_TICKET_UNTRACKED;
-        return true;
-    }
-
     pthread_mutex_lock(&b->mu);
-    apply_time(b, now);
+    apply_time(b, now, true);
     ticket->flags = 0;
+    ticket->mark = 0;
     switch (b->state) {
     case PGG_BREAKER_CLOSED:
     case PGG_BREAKER_METRICS_ONLY:
         ok = true;
+        ticket->mark = pgg__window_admit(&b->window, now);
         break;
     case PGG_BREAKER_HALF_OPEN:
         ok = b->probes_admitted < b->cfg.half_open_probes;
@@ -628,6 +844,31 @@ bool pgg__breaker_allow(pgg_breaker *b, int64_t now, pgg_ticket *ticket)
     return ok;
 }
 
+bool pgg__breaker_allow(pgg_breaker *b, int64_t now, pgg_ticket *ticket)
+{
+    uint32_t st = atomic_load_explicit(&b->pub_state, memory_order_acquire);
+
+    /* Lock-free answers for the states that need no bookkeeping. */
+    if ((st == PGG_BREAKER_OPEN &&
+         now < atomic_load_explicit(&b->pub_open_until, memory_order_relaxed)) ||
+        st == PGG_BREAKER_FORCED_OPEN) {
+        pgg__counter_add(&b->rejected_fast, 1);
+        ticket->generation = 0;
+        ticket->mark = 0;
+        ticket->state = (pgg_breaker_state)st;
+        ticket->flags = 0;
+        return false;
+    }
+    if (st == PGG_BREAKER_DISABLED) {
+        ticket->generation = 0;
+        ticket->mark = 0;
+        ticket->state = PGG_BREAKER_DISABLED;
+        ticket->flags = PGG_TICKET_UNTRACKED;
+        return true;
+    }
+    return allow_locked(b, now, ticket);
+}
+
 void pgg__breaker_record(pgg_breaker *b, pgg_ticket ticket,
                          pgg_outcome outcome, int64_t duration_ns,
                          int64_t now)
@@ -639,36 +880,41 @@ void pgg__breaker_record(pgg_breaker *b, pgg_ticket ticket,
     slow = outcome != PGG_OUTCOME_IGNORED && duration_ns > b->slow_ns;
 
     pthread_mutex_lock(&b->mu);
-    apply_time(b, now);
+    apply_time(b, now, false);
     if (ticket.generation != b->generation) {
-        b->stale++;
-    } else {
-        switch (outcome) {
-        case PGG_OUTCOME_SUCCESS:
-            b->successes++;
-            break;
-        case PGG_OUTCOME_FAILURE:
-            b->failures++;
-            break;
-        case PGG_OUTCOME_IGNORED:
-            b->ignored++;
-            break;
+        /*
+         * Admitted before the last transition.  Dropped as stale, or with
+         * late_results_count (resilience4j) counted in the current state:
+         * closed, in the window, which it may trip; open, in the window
+         * the breaker tripped on (resilience4j's OpenState keeps recording
+         * into the closed state's metrics), with no transition; half-open,
+         * as a probe result, though it held no permit.
+         */
+        if (!b->cfg.late_results_count || b->state == PGG_BREAKER_FORCED_OPEN ||
+            b->state == PGG_BREAKER_DISABLED) {
+            b->stale++;
+            goto out;
         }
-        switch (b->state) {
-        case PGG_BREAKER_CLOSED:
-        case PGG_BREAKER_METRICS_ONLY:
-            record_closed(b, outcome, slow, now);
-            break;
-        case PGG_BREAKER_HALF_OPEN:
-            record_half_open(b, ticket.flags, outcome, slow, now);
-            break;
-        case PGG_BREAKER_OPEN:
-        case PGG_BREAKER_FORCED_OPEN:
-        case PGG_BREAKER_DISABLED:
-            /* No state above admits with a live generation. */
-            break;
-        }
+        ticket.flags &= ~PGG_TICKET_PERMIT;
     }
+    count_outcome(b, outcome);
+    switch (b->state) {
+    case PGG_BREAKER_CLOSED:
+    case PGG_BREAKER_METRICS_ONLY:
+        record_closed(b, ticket.mark, outcome, slow, now);
+        break;
+    case PGG_BREAKER_HALF_OPEN:
+        record_half_open(b, ticket.flags, outcome, slow, now);
+        break;
+    case PGG_BREAKER_OPEN:
+        /* Only a late result gets here (a live one would need admission). */
+        pgg__window_record_admitted(&b->window, ticket.mark, outcome, slow, now);
+        break;
+    case PGG_BREAKER_FORCED_OPEN:
+    case PGG_BREAKER_DISABLED:
+        break;
+    }
+out:
     unlock_and_dispatch(b);
 }
 
@@ -676,7 +922,7 @@ static int64_t next_due(const pgg_breaker *b)
 {
     switch (b->state) {
     case PGG_BREAKER_OPEN:
-        return b->open_until;
+        return b->cfg.half_open_on_call_only ? PGG_TIME_NEVER : b->open_until;
     case PGG_BREAKER_HALF_OPEN:
         return b->half_open_max_ns > 0 ? pgg__time_add(b->since, b->half_open_max_ns)
                                        : PGG_TIME_NEVER;
@@ -696,7 +942,7 @@ int64_t pgg__breaker_tick(pgg_breaker *b, int64_t now)
     int64_t due;
 
     pthread_mutex_lock(&b->mu);
-    apply_time(b, now);
+    apply_time(b, now, false);
     if (b->state == PGG_BREAKER_CLOSED || b->state == PGG_BREAKER_METRICS_ONLY)
         pgg__window_advance(&b->window, now);
     due = next_due(b);
@@ -725,7 +971,7 @@ void pgg__breaker_stats(pgg_breaker *b, int64_t now, pgg_breaker_stats *out)
 
     memset(out, 0, sizeof *out);
     pthread_mutex_lock(&b->mu);
-    apply_time(b, now);
+    apply_time(b, now, false);
     if (b->state == PGG_BREAKER_CLOSED || b->state == PGG_BREAKER_METRICS_ONLY)
         pgg__window_advance(&b->window, now);
     w = pgg__window_stats(&b->window);
@@ -739,7 +985,9 @@ void pgg__breaker_stats(pgg_breaker *b, int64_t now, pgg_breaker_stats *out)
     out->window = *w;
     out->failure_rate = rate(w->failures, w->calls, b->min_calls);
     out->slow_call_rate = rate(w->slow, w->calls, b->min_calls);
-    out->requests = b->requests;
+    out->requests = b->state == PGG_BREAKER_CLOSED || b->state == PGG_BREAKER_METRICS_ONLY
+                        ? w->requests
+                        : b->requests;
     done = b->probe_successes + b->probe_failures;
     out->probes_admitted = b->probes_admitted;
     out->probes_in_flight = b->probes_admitted > done ? b->probes_admitted - done : 0;
@@ -834,7 +1082,8 @@ bool pgg__breaker_host_answered(pgg_breaker *b, int64_t now)
     bool moved = false;
 
     pthread_mutex_lock(&b->mu);
-    if (b->state == PGG_BREAKER_OPEN) {
+    /* Neither preset's library has active health checks to end it early. */
+    if (b->state == PGG_BREAKER_OPEN && b->cfg.preset == PGG_BREAKER_PRESET_NONE) {
         enter_state(b, PGG_BREAKER_HALF_OPEN, PGG_BREAKER_REASON_HOST_ANSWERED,
                     now);
         moved = true;

@@ -14,14 +14,17 @@
  *     ReadyToTrip), returns true.
  * Open -> half-open once the open time has elapsed: the next allow(), tick()
  *   or stats() at or after that instant moves it, so the pool's health thread
- *   can make it happen without traffic.
+ *   can make it happen without traffic.  (open_strict: only strictly after
+ *   it, as gobreaker and resilience4j; half_open_on_call_only: only allow()
+ *   moves it, as resilience4j without its automatic transition.)
  * Half-open admits at most half_open_probes probe calls (a permit is given
  *   back when its call reports IGNORED) and tells everyone else "not now".
  *   With half_open_successes = S > 0 it closes as soon as S probes have
  *   succeeded without being slow, and reopens as soon as that has become
  *   impossible (more than probes - S failed or slow probes; with S equal to
  *   probes, the default, the first bad probe reopens it).  With S = 0 it
- *   waits for `probes` results and closes when both rates are under their
+ *   waits for `probes` results (half_open_decide_early: min(min_calls,
+ *   probes), as resilience4j) and closes when both rates are under their
  *   thresholds, as resilience4j does.  A half-open state older than
  *   half_open_max_ms (probes that never report) reopens.
  * Open time: open_ms * open_multiplier^k, capped at open_max_ms, minus a
@@ -30,10 +33,15 @@
  *   takes one off it (0: closing resets it, resilience4j's behaviour).
  *
  * Every admission returns a ticket holding the generation it was admitted
- * in.  Every transition (and every interval roll-over of a fixed window)
- * starts a new generation, and a result reported with an older ticket is
- * counted as stale and otherwise dropped: a call admitted while closed that
- * finishes after the breaker opened changes nothing.
+ * in (and its window's admission mark).  Every transition (and every
+ * interval roll-over of a fixed window) starts a new generation, and a
+ * result reported with an older ticket is counted as stale and otherwise
+ * dropped: a call admitted while closed that finishes after the breaker
+ * opened changes nothing (late_results_count: it counts in the current
+ * state instead, as resilience4j).
+ *
+ * Presets (breaker.preset) build all of the above from gobreaker v2's or
+ * resilience4j's own settings: see pgg__breaker_config_effective().
  *
  * Listeners hear every transition with from, to and the reason.  They run
  * with no lock held, one at a time and in transition order, on the thread
@@ -90,11 +98,66 @@ typedef enum pgg_breaker_reason {
 /* "failure-rate", "slow-call-rate", ...; never NULL. */
 const char *pgg__breaker_reason_name(pgg_breaker_reason reason);
 
-/* What the trip predicate sees: gobreaker's Counts, plus the window. */
+/*
+ * What the trip predicate sees: gobreaker's Counts, plus the window.  Every
+ * count describes the same window (window.h, "Requests"): requests is the
+ * window's results plus the calls admitted since it was last cleared and
+ * still running, or, in a time window that buckets by admission (the
+ * gobreaker preset's rolling window), the calls admitted in its buckets.
+ * So window.failures / requests is a ratio over one window, and it does
+ * not shrink the longer the breaker stays closed.
+ */
 typedef struct pgg_breaker_counts {
-    uint64_t requests;       /* admitted in this generation, finished or not */
+    uint64_t requests;       /* == window.requests */
     pgg_window_stats window; /* successes = calls - failures */
 } pgg_breaker_counts;
+
+/* A library whose breaker the configuration reproduces (breaker.preset). */
+typedef enum pgg_breaker_preset {
+    PGG_BREAKER_PRESET_NONE = 0,        /* pgguard's own keys */
+    PGG_BREAKER_PRESET_GOBREAKER = 1,   /* sony/gobreaker v2 */
+    PGG_BREAKER_PRESET_RESILIENCE4J = 2 /* resilience4j CircuitBreaker */
+} pgg_breaker_preset;
+
+/* "none", "gobreaker", "resilience4j"; "unknown" otherwise. */
+const char *pgg__breaker_preset_name(pgg_breaker_preset preset);
+
+/*
+ * gobreaker v2's Settings ("breaker.gobreaker.*" keys), with its own
+ * meaning of zero: MaxRequests 0 is 1, Interval 0 never clears, Timeout 0
+ * is 60 s, BucketPeriod 0 is a fixed window.  Its default ReadyToTrip is
+ * "ConsecutiveFailures > consecutive_failures" [5]; a trip predicate set
+ * in the C config replaces it, as a custom ReadyToTrip does.
+ */
+typedef struct pgg_gobreaker_settings {
+    uint32_t max_requests;         /* MaxRequests [0] */
+    int64_t interval_ms;           /* Interval [0] */
+    int64_t bucket_period_ms;      /* BucketPeriod [0] */
+    int64_t timeout_ms;            /* Timeout [0] */
+    uint32_t consecutive_failures; /* default ReadyToTrip's 5 [5] */
+} pgg_gobreaker_settings;
+
+typedef enum pgg_r4j_window_type {
+    PGG_R4J_COUNT_BASED = 0,
+    PGG_R4J_TIME_BASED = 1
+} pgg_r4j_window_type;
+
+/*
+ * resilience4j's CircuitBreakerConfig ("breaker.resilience4j.*" keys),
+ * resilience4j's defaults in brackets.
+ */
+typedef struct pgg_resilience4j_settings {
+    pgg_r4j_window_type sliding_window_type;          /* [COUNT_BASED] */
+    uint32_t sliding_window_size;                     /* calls or seconds [100] */
+    uint32_t minimum_number_of_calls;                 /* [100] */
+    double failure_rate_threshold;                    /* % (0,100] [50] */
+    double slow_call_rate_threshold;                  /* % (0,100] [100] */
+    int64_t slow_call_duration_threshold_ms;          /* [60000] */
+    int64_t wait_duration_in_open_state_ms;           /* [60000] */
+    uint32_t permitted_calls_in_half_open_state; /* [10] */
+    bool automatic_transition; /* [false] */
+    int64_t max_wait_duration_in_half_open_state_ms;  /* 0: none [0] */
+} pgg_resilience4j_settings;
 
 typedef bool (*pgg_breaker_trip_fn)(void *ud, const pgg_breaker_counts *counts);
 typedef void (*pgg_breaker_listener)(void *ud, pgg_breaker_state from,
@@ -129,6 +192,34 @@ typedef struct pgg_breaker_config {
                                       closed (gobreaker Interval); 0 never [0] */
     pgg_breaker_mode mode;         /* [normal] */
 
+    /*
+     * breaker.preset: with one set, the breaker is built from that
+     * library's settings below (pgg__breaker_config_effective) and every
+     * other key above except mode is not used.
+     */
+    pgg_breaker_preset preset;            /* [none] */
+    pgg_gobreaker_settings gobreaker;
+    pgg_resilience4j_settings resilience4j;
+
+    /*
+     * Semantics the presets select; not config keys.  Defaults are
+     * pgguard's own behaviour.
+     */
+    bool window_by_admission; /* time window: bucket a result by its admission */
+    bool window_aligned;      /* time window: buckets at multiples of their width */
+    bool open_strict;         /* half-open only once the open time has strictly
+                                 passed (gobreaker's expiry.Before(now),
+                                 resilience4j's isAfter) [false: at its end] */
+    bool half_open_on_call_only; /* only a call ends the open time, not tick()
+                                    or stats() (resilience4j without automatic
+                                    transition) [false] */
+    bool late_results_count;  /* a result admitted in an ended generation
+                                 counts in the current state, as resilience4j
+                                 does [false: dropped as stale] */
+    bool half_open_decide_early; /* half_open_successes 0: decide after
+                                    min(min_calls, probes) results, as
+                                    resilience4j [false: after all probes] */
+
     /* Not config keys. */
     pgg_breaker_trip_fn trip; /* optional extra trip condition [NULL] */
     void *trip_ud;
@@ -145,12 +236,32 @@ void pgg__breaker_config_defaults(pgg_breaker_config *cfg);
 const char *pgg__breaker_config_check(const pgg_breaker_config *cfg);
 
 /*
- * Settings that reproduce gobreaker v2's CircuitBreaker with the given
- * MaxRequests (0 means 1), Interval and Timeout (<= 0 means 60 s) and its
- * default ReadyToTrip (more than 5 consecutive failures): a fixed window
- * cleared every interval, a constant open time, MaxRequests probes that
- * must all succeed, no rate conditions and no half-open limit.  Set
- * cfg->trip for a custom ReadyToTrip (and consecutive_failures to 0).
+ * The configuration a breaker runs with: *in itself without a preset;
+ * with one, pgguard's defaults overwritten by the preset's settings (mode,
+ * trip, trip_ud and seed are kept from *in).  in may equal out.
+ *
+ * gobreaker: a fixed window cleared every Interval (never when 0), or with
+ * a BucketPeriod a time window of ceil(Interval / BucketPeriod) buckets
+ * that buckets by admission; ConsecutiveFailures > N trips (or the trip
+ * predicate alone, when set); a constant Timeout, ended strictly after it;
+ * MaxRequests probes that must all succeed; no rates, no half-open limit.
+ *
+ * resilience4j: a count window of sliding_window_size calls or a time
+ * window of that many 1 s buckets aligned on the clock's seconds, bucketed
+ * by completion; the two rate thresholds over minimum_number_of_calls; a
+ * constant wait in open, ended strictly after it by a call, or by tick()
+ * at its end with the automatic transition; permitted probes judged by the
+ * rates after min(minimum_number_of_calls, permitted) results; late results
+ * count in the state they arrive in.
+ */
+void pgg__breaker_config_effective(const pgg_breaker_config *in,
+                                   pgg_breaker_config *out);
+
+/*
+ * gobreaker v2 with the given MaxRequests, Interval and Timeout, no
+ * BucketPeriod and the default ReadyToTrip: defaults, preset gobreaker,
+ * and the effective settings filled in (see above).  Set cfg->trip for a
+ * custom ReadyToTrip.
  */
 void pgg__breaker_config_gobreaker(pgg_breaker_config *cfg,
                                    uint32_t max_requests, int64_t interval_ms,
@@ -159,6 +270,7 @@ void pgg__breaker_config_gobreaker(pgg_breaker_config *cfg,
 /* Admission proof; pass it back, by value, to pgg__breaker_record(). */
 typedef struct pgg_ticket {
     uint64_t generation;
+    int64_t mark;            /* the window's admission mark (window.h) */
     pgg_breaker_state state; /* the state that admitted (or refused) it */
     uint32_t flags;          /* PGG_TICKET_* */
 } pgg_ticket;
@@ -191,7 +303,9 @@ typedef struct pgg_breaker_stats {
     pgg_window_stats window;
     double failure_rate;   /* %, or -1 below min_calls */
     double slow_call_rate; /* %, or -1 below min_calls */
-    uint64_t requests;     /* admitted in this generation */
+    uint64_t requests;     /* closed, metrics-only: the window's requests,
+                              as the trip predicate sees them; otherwise
+                              admitted in this generation */
 
     /* Half-open only. */
     uint32_t probes_admitted; /* permits in use, finished or not */
@@ -206,7 +320,9 @@ typedef struct pgg_breaker_stats {
     uint64_t successes;   /* results counted, by outcome */
     uint64_t failures;
     uint64_t ignored;
-    uint64_t stale;       /* results dropped: their generation had ended */
+    uint64_t stale;       /* results dropped: their generation had ended
+                             (or, bucketed by admission, their admission
+                             bucket had left the window) */
     uint64_t transitions;
     uint64_t trips_suppressed; /* metrics-only: times it would have tripped */
     uint64_t events_dropped;   /* listener queue overflowed (oldest dropped) */
@@ -227,7 +343,8 @@ typedef struct pgg_breaker {
     pthread_mutex_t mu;
     pgg_breaker_config cfg;
     int64_t slow_ns, open_ns, open_max_ns, half_open_max_ns, decay_ns, interval_ns;
-    uint32_t min_calls; /* effective */
+    uint32_t min_calls;       /* effective */
+    uint32_t half_open_decide; /* results that decide half-open, successes 0 */
 
     pgg_breaker_state state;
     uint64_t generation;
@@ -325,7 +442,8 @@ int pgg__breaker_transition(pgg_breaker *b, pgg_breaker_state to, int64_t now);
 /*
  * An active health check reached the host while the breaker is open: move
  * to half-open now instead of waiting out the (backed-off) open time, so
- * that real probes decide sooner.  Only from open, never from forced-open;
+ * that real probes decide sooner.  Only from open, never from forced-open,
+ * and never under a preset (neither library ends its open time early);
  * returns whether it moved.  Envoy's active health checking plays the same
  * part beside its outlier detection.
  */

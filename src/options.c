@@ -75,6 +75,8 @@ static const char *const ryw_mode_names[] = {"off", "pool", NULL};
 static const char *const window_type_names[] = {"count", "time", "fixed", NULL};
 static const char *const mode_names[] = {"normal", "disabled", "metrics-only",
                                          "forced-open", NULL};
+static const char *const preset_names[] = {"none", "gobreaker", "resilience4j", NULL};
+static const char *const r4j_window_names[] = {"count_based", "time_based", NULL};
 
 /*
  * The one table.  Defaults favour production: a bounded everything, a
@@ -176,6 +178,49 @@ static const opt options[] = {
             "clear the window this often while closed; 0 never"),
     OPT_ENUM("breaker.mode", breaker.mode, mode_names, NULL,
              "state each breaker starts in"),
+    OPT_ENUM("breaker.preset", breaker.preset, preset_names, NULL,
+             "reproduce a library's breaker from its own settings (the breaker.gobreaker.* "
+             "or breaker.resilience4j.* keys); the other breaker keys but mode are then unused"),
+    OPT_U32("breaker.gobreaker.max_requests", breaker.gobreaker.max_requests, 0, 1000000,
+            NULL, "gobreaker MaxRequests: probes while half-open, all must succeed; 0 means 1"),
+    OPT_I64("breaker.gobreaker.interval_ms", breaker.gobreaker.interval_ms, 0, DAY(1), NULL,
+            "gobreaker Interval: clear the counts this often while closed (the rolling "
+            "window's span with a bucket period); 0 never"),
+    OPT_I64("breaker.gobreaker.bucket_period_ms", breaker.gobreaker.bucket_period_ms, 0,
+            DAY(1), NULL, "gobreaker BucketPeriod: bucket width of a rolling window; 0 a fixed window"),
+    OPT_I64("breaker.gobreaker.timeout_ms", breaker.gobreaker.timeout_ms, 0, DAY(1), NULL,
+            "gobreaker Timeout: open time, half-open strictly after it; 0 means 60 s"),
+    OPT_U32("breaker.gobreaker.consecutive_failures", breaker.gobreaker.consecutive_failures,
+            0, 1000000, NULL,
+            "gobreaker's default ReadyToTrip: open when ConsecutiveFailures exceeds this"),
+    OPT_ENUM("breaker.resilience4j.sliding_window_type", breaker.resilience4j.sliding_window_type,
+             r4j_window_names, NULL, "resilience4j slidingWindowType: the last N calls or N seconds"),
+    OPT_U32("breaker.resilience4j.sliding_window_size", breaker.resilience4j.sliding_window_size,
+            1, PGG_WINDOW_MAX_SIZE, NULL, "resilience4j slidingWindowSize: calls or seconds"),
+    OPT_U32("breaker.resilience4j.minimum_number_of_calls",
+            breaker.resilience4j.minimum_number_of_calls, 1, PGG_WINDOW_MAX_SIZE, NULL,
+            "resilience4j minimumNumberOfCalls: calls before a rate counts"),
+    OPT_DBL("breaker.resilience4j.failure_rate_threshold",
+            breaker.resilience4j.failure_rate_threshold, 0, false, 100, false, NULL,
+            "resilience4j failureRateThreshold, % (> 0)"),
+    OPT_DBL("breaker.resilience4j.slow_call_rate_threshold",
+            breaker.resilience4j.slow_call_rate_threshold, 0, false, 100, false, NULL,
+            "resilience4j slowCallRateThreshold, % (> 0)"),
+    OPT_I64("breaker.resilience4j.slow_call_duration_threshold_ms",
+            breaker.resilience4j.slow_call_duration_threshold_ms, 1, HOUR(1), NULL,
+            "resilience4j slowCallDurationThreshold: a call longer than this is slow"),
+    OPT_I64("breaker.resilience4j.wait_duration_in_open_state_ms",
+            breaker.resilience4j.wait_duration_in_open_state_ms, 1, DAY(1), NULL,
+            "resilience4j waitDurationInOpenState"),
+    OPT_U32("breaker.resilience4j.permitted_calls_in_half_open_state",
+            breaker.resilience4j.permitted_calls_in_half_open_state, 1, 1000000, NULL,
+            "resilience4j permittedNumberOfCallsInHalfOpenState"),
+    OPT_BOOL("breaker.resilience4j.automatic_transition", breaker.resilience4j.automatic_transition,
+             NULL, "resilience4j automaticTransitionFromOpenToHalfOpenEnabled: half-open at the "
+             "end of the wait without a call"),
+    OPT_I64("breaker.resilience4j.max_wait_duration_in_half_open_state_ms",
+            breaker.resilience4j.max_wait_duration_in_half_open_state_ms, 0, DAY(1), NULL,
+            "resilience4j maxWaitDurationInHalfOpenState: then open; 0 no limit"),
 };
 
 #define NOPTIONS ((int)(sizeof options / sizeof options[0]))

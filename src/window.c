@@ -22,6 +22,10 @@ struct pgg_window_bucket {
     uint64_t slow;
     uint64_t slow_failures;
     uint64_t ignored;
+    uint64_t requests; /* admitted in this bucket (by-admission windows) */
+    /* The runs among this bucket's own results, in the order they came. */
+    uint64_t consecutive_failures;
+    uint64_t consecutive_successes;
 };
 
 const char *pgg__window_type_name(pgg_window_type type)
@@ -57,6 +61,12 @@ bool pgg__window_type_parse(const char *s, pgg_window_type *out)
 int pgg__window_init(pgg_window *w, pgg_window_type type, uint32_t size,
                      int64_t bucket_ns, int64_t now)
 {
+    return pgg__window_init_ex(w, type, size, bucket_ns, 0, now);
+}
+
+int pgg__window_init_ex(pgg_window *w, pgg_window_type type, uint32_t size,
+                        int64_t bucket_ns, unsigned flags, int64_t now)
+{
     uint32_t i;
 
     memset(w, 0, sizeof *w);
@@ -64,6 +74,10 @@ int pgg__window_init(pgg_window *w, pgg_window_type type, uint32_t size,
         return PGG_EINVAL;
     if (type == PGG_WINDOW_TIME && bucket_ns <= 0)
         return PGG_EINVAL;
+    if (flags & ~(PGG_WINDOW_BY_ADMISSION | PGG_WINDOW_ALIGNED))
+        return PGG_EINVAL;
+    w->by_admission = type == PGG_WINDOW_TIME && (flags & PGG_WINDOW_BY_ADMISSION);
+    w->aligned = type == PGG_WINDOW_TIME && (flags & PGG_WINDOW_ALIGNED);
     w->type = type;
     w->size = type == PGG_WINDOW_FIXED ? 0 : size;
     w->bucket_ns = type == PGG_WINDOW_TIME ? bucket_ns : 0;
@@ -107,22 +121,40 @@ static int64_t end_of(int64_t start, int64_t len)
     return start > INT64_MAX - len ? INT64_MAX : start + len;
 }
 
+/*
+ * A window that does not bucket by admission keeps
+ *   requests == calls + ignored + in_flight
+ * incrementally: an admission adds one (in flight), its result moves it
+ * from in flight to the window (no change), a result with no admission of
+ * this window adds one, and whatever leaves the window takes its share.
+ */
+
 void pgg__window_reset(pgg_window *w, int64_t now)
 {
+    int64_t start = now, off;
+
     memset(&w->agg, 0, sizeof w->agg);
     w->pos = 0;
     w->pending = 0;
+    w->in_flight = 0;
+    w->serial++;
     if (w->type == PGG_WINDOW_TIME) {
+        if (w->aligned) {
+            off = now % w->bucket_ns;
+            if (off < 0)
+                off += w->bucket_ns;
+            start = now - off;
+        }
         /*
          * Start numbering past every index the slots may still hold, so a
-         * stale slot can never pass for a current one and the reset costs
-         * O(1) whatever the window's size.
+         * stale slot (or admission mark) can never pass for a current one
+         * and the reset costs O(1) whatever the window's size.
          */
         w->base = w->head < 0 ? 0 : w->head + (int64_t)w->size + 1;
-        w->epoch = now;
+        w->epoch = start;
         w->head = w->base;
-        w->head_start = now;
-        w->head_end = end_of(now, w->bucket_ns);
+        w->head_start = start;
+        w->head_end = end_of(start, w->bucket_ns);
         w->oldest = -1;
         w->newest = -1;
     }
@@ -168,6 +200,8 @@ static void count_record(pgg_window *w, pgg_outcome outcome, bool slow)
         if (w->pending < SLOT_IGNORED_MAX) {
             w->pending++;
             a->ignored++;
+        } else {
+            a->requests--; /* not kept, so no longer a request either */
         }
         return;
     }
@@ -182,6 +216,7 @@ static void count_record(pgg_window *w, pgg_outcome outcome, bool slow)
                 a->slow_failures--;
         }
         a->ignored -= old & SLOT_IGNORED_MAX;
+        a->requests -= 1 + (old & SLOT_IGNORED_MAX);
         clamp_runs(w);
     }
     w->ring[w->pos] = (failure ? SLOT_FAILURE : 0) | (slow ? SLOT_SLOW : 0) | w->pending;
@@ -198,6 +233,41 @@ static pgg_window_bucket *slot_of(pgg_window *w, int64_t idx)
     return &w->buckets[(uint64_t)idx % w->size];
 }
 
+/*
+ * The newest run of failures reaches into a leaving bucket exactly when it
+ * is as long as that bucket's own final run plus every failure of the
+ * other buckets; then it loses that final run.  This is gobreaker v2's
+ * rollingCounts.subtract, and with results kept in arrival order it is
+ * the plain "a run never outlives its calls".  (Bucketed by admission, a
+ * late result lands in an older bucket and arrival order is not bucket
+ * order: the rule stays gobreaker's, so a preset keeps its numbers.)
+ */
+static uint64_t run_after_drop(uint64_t run, uint64_t bucket_run,
+                               uint64_t others)
+{
+    if (run != bucket_run + others)
+        return run;
+    return run > bucket_run ? run - bucket_run : 0;
+}
+
+static void time_drop(pgg_window *w, const pgg_window_bucket *b)
+{
+    pgg_window_stats *a = &w->agg;
+
+    a->consecutive_failures = run_after_drop(a->consecutive_failures,
+                                             b->consecutive_failures,
+                                             a->failures - b->failures);
+    a->consecutive_successes = run_after_drop(
+        a->consecutive_successes, b->consecutive_successes,
+        (a->calls - a->failures) - (b->calls - b->failures));
+    a->calls -= b->calls;
+    a->failures -= b->failures;
+    a->slow -= b->slow;
+    a->slow_failures -= b->slow_failures;
+    a->ignored -= b->ignored;
+    a->requests -= w->by_admission ? b->requests : b->calls + b->ignored;
+}
+
 /* Make bucket idx the newest one and drop every bucket older than the span. */
 static void time_move_head(pgg_window *w, int64_t idx)
 {
@@ -208,22 +278,19 @@ static void time_move_head(pgg_window *w, int64_t idx)
     if (w->newest >= 0 && w->newest <= limit) {
         /* An idle gap longer than the window: nothing survives. */
         memset(&w->agg, 0, sizeof w->agg);
+        if (!w->by_admission)
+            w->agg.requests = w->in_flight;
         w->oldest = w->newest = -1;
         return;
     }
     /* Each non-empty bucket is visited here once in its life: amortised O(1). */
     while (w->oldest >= 0 && w->oldest <= limit) {
         b = slot_of(w, w->oldest);
-        w->agg.calls -= b->calls;
-        w->agg.failures -= b->failures;
-        w->agg.slow -= b->slow;
-        w->agg.slow_failures -= b->slow_failures;
-        w->agg.ignored -= b->ignored;
+        time_drop(w, b);
         w->oldest = b->next;
     }
     if (w->oldest < 0)
         w->newest = -1;
-    clamp_runs(w);
 }
 
 /* The index of the bucket that holds now (never older than the head). */
@@ -249,14 +316,11 @@ static void time_advance(pgg_window *w, int64_t now)
         time_move_head(w, idx);
 }
 
-static void time_record(pgg_window *w, pgg_outcome outcome, bool slow,
-                        int64_t now)
+/* The head bucket, put on the list of non-empty ones. */
+static pgg_window_bucket *time_head(pgg_window *w)
 {
-    pgg_window_bucket *b;
-    bool failure = outcome == PGG_OUTCOME_FAILURE;
+    pgg_window_bucket *b = slot_of(w, w->head);
 
-    time_advance(w, now);
-    b = slot_of(w, w->head);
     if (b->idx != w->head) {
         memset(b, 0, sizeof *b);
         b->idx = w->head;
@@ -267,14 +331,28 @@ static void time_record(pgg_window *w, pgg_outcome outcome, bool slow,
             w->oldest = w->head;
         w->newest = w->head;
     }
+    return b;
+}
+
+static void time_add(pgg_window *w, pgg_window_bucket *b, pgg_outcome outcome,
+                     bool slow)
+{
+    bool failure = outcome == PGG_OUTCOME_FAILURE;
+
     if (outcome == PGG_OUTCOME_IGNORED) {
         b->ignored++;
         w->agg.ignored++;
         return;
     }
     b->calls++;
-    if (failure)
+    if (failure) {
         b->failures++;
+        b->consecutive_failures++;
+        b->consecutive_successes = 0;
+    } else {
+        b->consecutive_successes++;
+        b->consecutive_failures = 0;
+    }
     if (slow) {
         b->slow++;
         if (failure)
@@ -283,13 +361,29 @@ static void time_record(pgg_window *w, pgg_outcome outcome, bool slow,
     add_call(&w->agg, failure, slow);
 }
 
-/* ---------------------------------------------------------------- common */
-
-void pgg__window_record(pgg_window *w, pgg_outcome outcome, bool slow,
+static void time_record(pgg_window *w, pgg_outcome outcome, bool slow,
                         int64_t now)
 {
-    if (outcome == PGG_OUTCOME_IGNORED)
-        slow = false;
+    time_advance(w, now);
+    time_add(w, time_head(w), outcome, slow);
+}
+
+int64_t pgg__window_admit_bucket(pgg_window *w, int64_t now)
+{
+    pgg_window_bucket *b;
+
+    time_advance(w, now);
+    b = time_head(w);
+    b->requests++;
+    w->agg.requests++;
+    return w->head;
+}
+
+/* ---------------------------------------------------------------- common */
+
+static void window_record(pgg_window *w, pgg_outcome outcome, bool slow,
+                          int64_t now)
+{
     switch (w->type) {
     case PGG_WINDOW_COUNT:
         count_record(w, outcome, slow);
@@ -306,8 +400,86 @@ void pgg__window_record(pgg_window *w, pgg_outcome outcome, bool slow,
     }
 }
 
+void pgg__window_record(pgg_window *w, pgg_outcome outcome, bool slow,
+                        int64_t now)
+{
+    if (outcome == PGG_OUTCOME_IGNORED)
+        slow = false;
+    if (w->by_admission) {
+        /* Admitted and finished at once: one request, one result. */
+        pgg__window_record_admitted(w, pgg__window_admit_bucket(w, now),
+                                    outcome, slow, now);
+        return;
+    }
+    w->agg.requests++;
+    window_record(w, outcome, slow, now);
+}
+
+/*
+ * Out of line: its calls would make the compiler save registers on every
+ * record of the other window shapes too.
+ */
+#if defined(__GNUC__)
+__attribute__((noinline))
+#endif
+static bool record_in_admission_bucket(pgg_window *w, int64_t mark,
+                                       pgg_outcome outcome, bool slow,
+                                       int64_t now)
+{
+    pgg_window_bucket *b;
+
+    time_advance(w, now);
+    /* gobreaker: counted only while head - admission < buckets. */
+    if (mark > w->head || w->head - mark >= (int64_t)w->size)
+        return false;
+    b = slot_of(w, mark);
+    if (b->idx != mark)
+        return false;
+    time_add(w, b, outcome, slow);
+    return true;
+}
+
+bool pgg__window_record_admitted(pgg_window *w, int64_t mark,
+                                 pgg_outcome outcome, bool slow, int64_t now)
+{
+    if (outcome == PGG_OUTCOME_IGNORED)
+        slow = false;
+    if (w->by_admission)
+        return record_in_admission_bucket(w, mark, outcome, slow, now);
+    if (mark == w->serial && w->in_flight > 0)
+        w->in_flight--;
+    else
+        w->agg.requests++;
+    window_record(w, outcome, slow, now);
+    return true;
+}
+
 void pgg__window_advance(pgg_window *w, int64_t now)
 {
     if (w->type == PGG_WINDOW_TIME)
         time_advance(w, now);
+}
+
+pgg_window_stats pgg__window_bucket_stats(const pgg_window *w, uint32_t back)
+{
+    pgg_window_stats st;
+    const pgg_window_bucket *b;
+    int64_t idx;
+
+    memset(&st, 0, sizeof st);
+    if (w->type != PGG_WINDOW_TIME || back >= w->size || w->head - back < w->base)
+        return st;
+    idx = w->head - (int64_t)back;
+    b = &w->buckets[(uint64_t)idx % w->size];
+    if (b->idx != idx)
+        return st;
+    st.calls = b->calls;
+    st.failures = b->failures;
+    st.slow = b->slow;
+    st.slow_failures = b->slow_failures;
+    st.ignored = b->ignored;
+    st.consecutive_failures = b->consecutive_failures;
+    st.consecutive_successes = b->consecutive_successes;
+    st.requests = b->requests;
+    return st;
 }

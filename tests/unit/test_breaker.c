@@ -1000,15 +1000,16 @@ UTest(breaker, gobreaker_default_sequence)
     cr_assert_eq(stats().requests, 0);
     cr_assert_not(call(S));
     cr_assert_not(call(F));
-    NOW += SEC(59);
+    /* gobreaker half-opens strictly after Timeout (expiry.Before(now)). */
+    NOW += SEC(60);
     pgg__breaker_tick(&B, NOW);
     cr_assert_eq(state(), PGG_BREAKER_OPEN);
-    NOW += SEC(1);
+    NOW += SEC(1) - MS(1); /* its pseudoSleep(timeout - 1ms), then 1 s */
     pgg__breaker_tick(&B, NOW);
     cr_assert_eq(state(), PGG_BREAKER_HALF_OPEN);
     calls(F, 1);
     cr_assert_eq(state(), PGG_BREAKER_OPEN);
-    NOW += SEC(60);
+    NOW += SEC(60) + 1; /* timeout + 1 ns */
     pgg__breaker_tick(&B, NOW);
     cr_assert_eq(state(), PGG_BREAKER_HALF_OPEN);
     calls(S, 1);
@@ -1053,7 +1054,7 @@ UTest(breaker, gobreaker_custom_sequence)
     calls(F, 1); /* 2/3 >= 0.6 */
     cr_assert_eq(state(), PGG_BREAKER_OPEN);
     expect_event(0, PGG_BREAKER_CLOSED, PGG_BREAKER_OPEN, PGG_BREAKER_REASON_TRIP_PREDICATE);
-    NOW += SEC(90);
+    NOW += SEC(90) + 1; /* gobreaker: timeout + 1 ns */
     pgg__breaker_tick(&B, NOW);
     cr_assert_eq(state(), PGG_BREAKER_HALF_OPEN);
     expect_event(1, PGG_BREAKER_OPEN, PGG_BREAKER_HALF_OPEN, PGG_BREAKER_REASON_OPEN_ELAPSED);
@@ -1418,4 +1419,1186 @@ UTest(breaker, stats_totals_add_up)
     cr_assert_eq(s.state_since_ns, T0);
     cr_assert_eq(s.window.ignored, 2);
     stop();
+}
+
+/* ============================================= presets: gobreaker v2 */
+
+/*
+ * The tests below reproduce sony/gobreaker v2's own tests (v2/gobreaker_test.go)
+ * scenario by scenario, on the fake clock: its pseudoSleep(d) is NOW += d,
+ * succeed/fail/exclude are one allow() and one record() each.  Where its test
+ * relies on the real clock having moved on a hair (a sleep of exactly the
+ * interval), we add the nanosecond it needs and say so.
+ */
+
+/* gobreaker's Counts{Requests, TotalSuccesses, TotalFailures,
+ * TotalExclusions, ConsecutiveSuccesses, ConsecutiveFailures}. */
+static void gb_counts(uint64_t r, uint64_t ts, uint64_t tf, uint64_t te,
+                      uint64_t cs, uint64_t cf)
+{
+    pgg_breaker_stats s = stats();
+    uint64_t g[6];
+
+    g[0] = s.requests;
+    if (s.state == PGG_BREAKER_HALF_OPEN) {
+        /* An excluded probe gives its permit back; it still was a request. */
+        g[1] = s.probe_successes;
+        g[2] = s.probe_failures;
+        g[3] = s.requests - s.probes_admitted;
+        g[4] = s.probe_failures ? 0 : s.probe_successes;
+        g[5] = s.probe_failures;
+    } else {
+        g[1] = s.window.calls - s.window.failures;
+        g[2] = s.window.failures;
+        g[3] = s.window.ignored;
+        g[4] = s.window.consecutive_successes;
+        g[5] = s.window.consecutive_failures;
+    }
+    cr_assert(g[0] == r && g[1] == ts && g[2] == tf && g[3] == te && g[4] == cs &&
+                  g[5] == cf,
+              "Counts{%llu,%llu,%llu,%llu,cs %llu,cf %llu} != {%llu,%llu,%llu,%llu,cs %llu,cf %llu}",
+              (unsigned long long)g[0], (unsigned long long)g[1], (unsigned long long)g[2],
+              (unsigned long long)g[3], (unsigned long long)g[4], (unsigned long long)g[5],
+              (unsigned long long)r, (unsigned long long)ts, (unsigned long long)tf,
+              (unsigned long long)te, (unsigned long long)cs, (unsigned long long)cf);
+}
+
+/* One bucket of the rolling window, back buckets before the current one. */
+static void gb_bucket(uint32_t back, uint64_t r, uint64_t ts, uint64_t tf,
+                      uint64_t te, uint64_t cs, uint64_t cf)
+{
+    pgg_window_stats b = pgg__window_bucket_stats(&B.window, back);
+
+    cr_assert(b.requests == r && b.calls - b.failures == ts && b.failures == tf &&
+                  b.ignored == te && b.consecutive_successes == cs &&
+                  b.consecutive_failures == cf,
+              "bucket -%u {%llu,%llu,%llu,%llu,cs %llu,cf %llu}", back,
+              (unsigned long long)b.requests, (unsigned long long)(b.calls - b.failures),
+              (unsigned long long)b.failures, (unsigned long long)b.ignored,
+              (unsigned long long)b.consecutive_successes,
+              (unsigned long long)b.consecutive_failures);
+}
+
+/* newCustom's and newRollingWindow's ReadyToTrip. */
+static bool gb_ratio_trip(void *ud, const pgg_breaker_counts *c)
+{
+    uint64_t valid = c->requests - c->window.ignored;
+
+    (void)ud;
+    return valid >= 3 && (double)c->window.failures / (double)valid >= 0.6;
+}
+
+/* newCustom: MaxRequests 3, Interval 30 s, Timeout 90 s, that ReadyToTrip. */
+static pgg_breaker_config gb_custom(int64_t bucket_period_ms)
+{
+    pgg_breaker_config c;
+
+    pgg__breaker_config_defaults(&c);
+    c.preset = PGG_BREAKER_PRESET_GOBREAKER;
+    c.gobreaker.max_requests = 3;
+    c.gobreaker.interval_ms = 30000;
+    c.gobreaker.bucket_period_ms = bucket_period_ms;
+    c.gobreaker.timeout_ms = 90000;
+    c.trip = gb_ratio_trip;
+    return c;
+}
+
+/* gobreaker v2 TestNewCircuitBreaker: the settings each Settings gives. */
+UTest(breaker, gobreaker_v2_new_circuit_breaker)
+{
+    pgg_breaker_config c, e;
+
+    /* Settings{}: MaxRequests 1, no interval, Timeout 60 s, ReadyToTrip > 5. */
+    pgg__breaker_config_defaults(&c);
+    c.preset = PGG_BREAKER_PRESET_GOBREAKER;
+    cr_assert_null(pgg__breaker_config_check(&c));
+    pgg__breaker_config_effective(&c, &e);
+    cr_assert_eq(e.half_open_probes, 1);
+    cr_assert_eq(e.half_open_successes, 1);
+    cr_assert_eq(e.interval_ms, 0);
+    cr_assert_eq(e.window_type, PGG_WINDOW_FIXED);
+    cr_assert_eq(e.open_ms, 60000);
+    cr_assert_eq(e.consecutive_failures, 6);
+    cr_assert(e.open_strict);
+    cr_assert_eq(e.failure_rate, 0);
+    cr_assert_eq(e.slow_call_rate, 0);
+
+    /* newCustom: a fixed window cleared every 30 s, Timeout 90 s. */
+    c = gb_custom(0);
+    pgg__breaker_config_effective(&c, &e);
+    cr_assert_eq(e.half_open_probes, 3);
+    cr_assert_eq(e.window_type, PGG_WINDOW_FIXED);
+    cr_assert_eq(e.interval_ms, 30000);
+    cr_assert_eq(e.open_ms, 90000);
+    cr_assert_eq(e.consecutive_failures, 0, "a custom ReadyToTrip replaces the default");
+    cr_assert_eq(e.trip, gb_ratio_trip);
+
+    /* newRollingWindow: 30 s in 3 s buckets is 10 buckets, no interval. */
+    c = gb_custom(3000);
+    pgg__breaker_config_effective(&c, &e);
+    cr_assert_eq(e.window_type, PGG_WINDOW_TIME);
+    cr_assert_eq(e.window_size, 10);
+    cr_assert_eq(e.window_bucket_ms, 3000);
+    cr_assert(e.window_by_admission);
+    cr_assert_eq(e.interval_ms, 0);
+    /* Interval is rounded up to a multiple of BucketPeriod. */
+    c.gobreaker.interval_ms = 31000;
+    pgg__breaker_config_effective(&c, &e);
+    cr_assert_eq(e.window_size, 11);
+
+    /* newNegativeDurationCB: negative Interval and Timeout are defaults. */
+    pgg__breaker_config_defaults(&c);
+    c.preset = PGG_BREAKER_PRESET_GOBREAKER;
+    c.gobreaker.interval_ms = -30000;
+    c.gobreaker.timeout_ms = -90000;
+    pgg__breaker_config_effective(&c, &e);
+    cr_assert_eq(e.interval_ms, 0);
+    cr_assert_eq(e.open_ms, 60000);
+    cr_assert_eq(e.half_open_probes, 1);
+    cr_assert_null(pgg__breaker_config_check(&c));
+
+    /* A BucketPeriod without an Interval is a fixed window, as gobreaker's. */
+    c.gobreaker.interval_ms = 0;
+    c.gobreaker.bucket_period_ms = 1000;
+    pgg__breaker_config_effective(&c, &e);
+    cr_assert_eq(e.window_type, PGG_WINDOW_FIXED);
+    cr_assert_eq(e.interval_ms, 0);
+
+    /* Too many buckets is a configuration error naming gobreaker's keys. */
+    c.gobreaker.interval_ms = 86400000;
+    c.gobreaker.bucket_period_ms = 1;
+    cr_assert_not_null(strstr(pgg__breaker_config_check(&c), "breaker.gobreaker.interval_ms"));
+}
+
+/* gobreaker v2 TestDefaultCircuitBreaker, with its Counts at every step. */
+UTest(breaker, gobreaker_v2_default_circuit_breaker)
+{
+    pgg_breaker_config c;
+
+    pgg__breaker_config_defaults(&c);
+    c.preset = PGG_BREAKER_PRESET_GOBREAKER;
+    start(&c);
+    calls(F, 5);
+    cr_assert_eq(state(), PGG_BREAKER_CLOSED);
+    gb_counts(5, 0, 5, 0, 0, 5);
+    calls(S, 1);
+    cr_assert_eq(state(), PGG_BREAKER_CLOSED);
+    gb_counts(6, 1, 5, 0, 1, 0);
+    calls(F, 1);
+    cr_assert_eq(state(), PGG_BREAKER_CLOSED);
+    gb_counts(7, 1, 6, 0, 0, 1);
+
+    calls(F, 5); /* 6 consecutive failures */
+    cr_assert_eq(state(), PGG_BREAKER_OPEN);
+    cr_assert_eq(stats().requests, 0);
+    cr_assert_not(call(S));
+    cr_assert_not(call(F));
+    cr_assert_eq(stats().requests, 0);
+
+    NOW += SEC(60) - MS(1);
+    cr_assert_eq(stats().state, PGG_BREAKER_OPEN);
+    NOW += SEC(1); /* over Timeout */
+    cr_assert_eq(stats().state, PGG_BREAKER_HALF_OPEN);
+
+    calls(F, 1);
+    cr_assert_eq(state(), PGG_BREAKER_OPEN);
+    cr_assert_eq(stats().requests, 0);
+
+    NOW += SEC(60) + 1; /* timeout + 1 ns */
+    cr_assert_eq(stats().state, PGG_BREAKER_HALF_OPEN);
+    calls(S, 1);
+    cr_assert_eq(state(), PGG_BREAKER_CLOSED);
+    gb_counts(0, 0, 0, 0, 0, 0);
+    cr_assert_eq(pgg__breaker_tick(&B, NOW), PGG_TIME_NEVER, "no interval: no expiry");
+    stop();
+}
+
+/* Half-open comes strictly after Timeout: at exactly Timeout it is open. */
+UTest(breaker, gobreaker_v2_half_open_strictly_after_timeout)
+{
+    pgg_breaker_config c;
+
+    pgg__breaker_config_defaults(&c);
+    c.preset = PGG_BREAKER_PRESET_GOBREAKER;
+    c.gobreaker.timeout_ms = 1000;
+    start(&c);
+    calls(F, 6);
+    cr_assert_eq(state(), PGG_BREAKER_OPEN);
+    NOW += SEC(1);
+    cr_assert_not(call(S), "admitted at exactly Timeout");
+    cr_assert_eq(stats().state, PGG_BREAKER_OPEN);
+    NOW += 1;
+    cr_assert(call(S));
+    cr_assert_eq(state(), PGG_BREAKER_CLOSED);
+    stop();
+}
+
+/* gobreaker v2 TestCustomCircuitBreaker, exclusions included. */
+UTest(breaker, gobreaker_v2_custom_circuit_breaker)
+{
+    pgg_breaker_config c = gb_custom(0);
+    pgg_ticket later;
+    int i;
+
+    start(&c);
+    for (i = 0; i < 5; i++) {
+        cr_assert(call(S));
+        cr_assert(call(F));
+        cr_assert(call(I));
+    }
+    cr_assert_eq(state(), PGG_BREAKER_CLOSED);
+    gb_counts(15, 5, 5, 5, 0, 1);
+
+    NOW += SEC(30) - MS(1);
+    calls(S, 1);
+    cr_assert_eq(state(), PGG_BREAKER_CLOSED);
+    gb_counts(16, 6, 5, 5, 1, 0);
+
+    NOW += SEC(1); /* over Interval */
+    calls(F, 1);
+    cr_assert_eq(state(), PGG_BREAKER_CLOSED);
+    gb_counts(1, 0, 1, 0, 0, 1);
+
+    calls(S, 1);
+    calls(F, 1); /* failure ratio 2/3 >= 0.6 */
+    cr_assert_eq(state(), PGG_BREAKER_OPEN);
+    cr_assert_eq(stats().requests, 0);
+    expect_event(0, PGG_BREAKER_CLOSED, PGG_BREAKER_OPEN, PGG_BREAKER_REASON_TRIP_PREDICATE);
+
+    NOW += SEC(90) + 1;
+    cr_assert_eq(stats().state, PGG_BREAKER_HALF_OPEN);
+    expect_event(1, PGG_BREAKER_OPEN, PGG_BREAKER_HALF_OPEN, PGG_BREAKER_REASON_OPEN_ELAPSED);
+
+    /* Excluded requests are neutral in half-open: more than MaxRequests pass. */
+    calls(I, 4);
+    cr_assert_eq(state(), PGG_BREAKER_HALF_OPEN);
+    /* The first real failure reopens it. */
+    calls(F, 1);
+    cr_assert_eq(state(), PGG_BREAKER_OPEN);
+    expect_event(2, PGG_BREAKER_HALF_OPEN, PGG_BREAKER_OPEN, PGG_BREAKER_REASON_PROBES_FAILED);
+
+    NOW += SEC(90) + 1;
+    cr_assert_eq(stats().state, PGG_BREAKER_HALF_OPEN);
+    calls(S, 2);
+    cr_assert_eq(state(), PGG_BREAKER_HALF_OPEN);
+    gb_counts(2, 2, 0, 0, 2, 0);
+
+    cr_assert(pgg__breaker_allow(&B, NOW, &later)); /* succeedLater */
+    gb_counts(3, 2, 0, 0, 2, 0);
+    cr_assert_not(call(S), "over MaxRequests");
+    NOW += MS(100);
+    pgg__breaker_record(&B, later, S, MS(100), NOW);
+    cr_assert_eq(state(), PGG_BREAKER_CLOSED);
+    gb_counts(0, 0, 0, 0, 0, 0);
+    expect_event(4, PGG_BREAKER_HALF_OPEN, PGG_BREAKER_CLOSED, PGG_BREAKER_REASON_PROBES_PASSED);
+    /* expiry is set again: the next clear is one Interval away. */
+    cr_assert_eq(pgg__breaker_tick(&B, NOW), NOW + SEC(30) + 1);
+    stop();
+}
+
+/*
+ * gobreaker v2 TestRollingWindowCircuitBreaker: Interval 30 s in 3 s buckets,
+ * results counted in the bucket their request was admitted in.
+ */
+UTest(breaker, gobreaker_v2_rolling_window_circuit_breaker)
+{
+    pgg_breaker_config c = gb_custom(3000);
+    pgg_ticket later;
+    int i;
+
+    start(&c);
+    for (i = 0; i < 5; i++) {
+        cr_assert(call(S));
+        cr_assert(call(F));
+        cr_assert(call(I));
+    }
+    cr_assert_eq(state(), PGG_BREAKER_CLOSED);
+    gb_counts(15, 5, 5, 5, 0, 1);
+    gb_bucket(0, 15, 5, 5, 5, 0, 1);
+
+    NOW += SEC(3);
+    calls(S, 1);
+    cr_assert_eq(state(), PGG_BREAKER_CLOSED);
+    gb_counts(16, 6, 5, 5, 1, 0);
+    gb_bucket(1, 15, 5, 5, 5, 0, 1);
+    gb_bucket(0, 1, 1, 0, 0, 1, 0);
+
+    NOW += SEC(2);
+    calls(S, 1);
+    calls(I, 1);
+    cr_assert_eq(state(), PGG_BREAKER_CLOSED);
+    gb_counts(18, 7, 5, 6, 2, 0);
+    gb_bucket(1, 15, 5, 5, 5, 0, 1);
+    gb_bucket(0, 3, 2, 0, 1, 2, 0);
+
+    NOW += SEC(2);
+    calls(I, 1); /* the request that moves the window on a bucket */
+    calls(S, 1);
+    cr_assert_eq(state(), PGG_BREAKER_CLOSED);
+    gb_counts(20, 8, 5, 7, 3, 0);
+    gb_bucket(2, 15, 5, 5, 5, 0, 1);
+    gb_bucket(1, 3, 2, 0, 1, 2, 0);
+    gb_bucket(0, 2, 1, 0, 1, 1, 0);
+
+    NOW += SEC(2);
+    calls(F, 1);
+    cr_assert_eq(state(), PGG_BREAKER_CLOSED);
+    gb_counts(21, 8, 6, 7, 0, 1);
+    gb_bucket(3, 15, 5, 5, 5, 0, 1);
+    gb_bucket(2, 3, 2, 0, 1, 2, 0);
+    gb_bucket(1, 2, 1, 0, 1, 1, 0);
+    gb_bucket(0, 1, 0, 1, 0, 0, 1);
+
+    /* Fill all the buckets. */
+    for (i = 0; i < 6; i++) {
+        NOW += SEC(3);
+        calls(S, 1);
+        calls(F, 1);
+        gb_counts(23 + 2 * (uint64_t)i, 9 + (uint64_t)i, 7 + (uint64_t)i, 7, 0, 1);
+    }
+
+    /* The first bucket is discarded. */
+    NOW += SEC(3);
+    calls(F, 1);
+    gb_counts(19, 9, 8, 2, 0, 2);
+    for (i = 0; i < 5; i++) {
+        calls(F, 1);
+        gb_counts(20 + (uint64_t)i, 9, 9 + (uint64_t)i, 2, 0, 3 + (uint64_t)i);
+    }
+    cr_assert_eq(state(), PGG_BREAKER_CLOSED);
+    calls(F, 1); /* failure rate 14/23 > 0.6 */
+    cr_assert_eq(state(), PGG_BREAKER_OPEN);
+    expect_event(0, PGG_BREAKER_CLOSED, PGG_BREAKER_OPEN, PGG_BREAKER_REASON_TRIP_PREDICATE);
+
+    NOW += SEC(90) + 1;
+    cr_assert_eq(stats().state, PGG_BREAKER_HALF_OPEN);
+    expect_event(1, PGG_BREAKER_OPEN, PGG_BREAKER_HALF_OPEN, PGG_BREAKER_REASON_OPEN_ELAPSED);
+    calls(S, 2);
+    cr_assert_eq(state(), PGG_BREAKER_HALF_OPEN);
+    gb_counts(2, 2, 0, 0, 2, 0);
+    cr_assert(pgg__breaker_allow(&B, NOW, &later));
+    gb_counts(3, 2, 0, 0, 2, 0);
+    cr_assert_not(call(S), "over MaxRequests");
+    NOW += MS(100);
+    pgg__breaker_record(&B, later, S, MS(100), NOW);
+    cr_assert_eq(state(), PGG_BREAKER_CLOSED);
+    gb_counts(0, 0, 0, 0, 0, 0);
+    expect_event(2, PGG_BREAKER_HALF_OPEN, PGG_BREAKER_CLOSED, PGG_BREAKER_REASON_PROBES_PASSED);
+    /* A rolling window has no expiry. */
+    cr_assert_eq(pgg__breaker_tick(&B, NOW), PGG_TIME_NEVER);
+    stop();
+}
+
+/*
+ * Issue 14: in gobreaker's rolling window a result counts in the bucket its
+ * request was admitted in, and not at all once that bucket has left the
+ * window.
+ */
+UTest(breaker, gobreaker_v2_rolling_window_counts_results_by_admission)
+{
+    pgg_breaker_config c = gb_custom(3000);
+    pgg_ticket early, old;
+
+    start(&c);
+    cr_assert(pgg__breaker_allow(&B, NOW, &early));
+    cr_assert(pgg__breaker_allow(&B, NOW, &old));
+    NOW += SEC(3);
+    calls(S, 1);
+    pgg__breaker_record(&B, early, F, SEC(3), NOW);
+    gb_bucket(1, 2, 0, 1, 0, 0, 1);
+    gb_bucket(0, 1, 1, 0, 0, 1, 0);
+    gb_counts(3, 1, 1, 0, 0, 1);
+    /*
+     * 30 s later the admission bucket has left: the result is not counted.
+     * The success's run reads 0, not 1: the late failure came after it, and
+     * gobreaker's subtract only shortens a run that spans every bucket.
+     */
+    NOW += SEC(27);
+    gb_counts(1, 1, 0, 0, 0, 0);
+    pgg__breaker_record(&B, old, F, SEC(30), NOW);
+    gb_counts(1, 1, 0, 0, 0, 0);
+    cr_assert_eq(stats().stale, 1);
+    stop();
+}
+
+/* gobreaker v2 TestGeneration: a request from an ended interval has no effect. */
+UTest(breaker, gobreaker_v2_generation)
+{
+    pgg_breaker_config c = gb_custom(0);
+    pgg_ticket later;
+
+    start(&c);
+    NOW += SEC(29);
+    calls(S, 1);
+    cr_assert(pgg__breaker_allow(&B, NOW, &later)); /* succeedLater 1.5 s */
+    NOW += MS(500);
+    gb_counts(2, 1, 0, 0, 1, 0);
+    NOW += MS(500) + 1; /* over Interval (its real clock passes 30 s by a hair) */
+    cr_assert_eq(stats().state, PGG_BREAKER_CLOSED);
+    gb_counts(0, 0, 0, 0, 0, 0);
+    NOW += MS(500);
+    pgg__breaker_record(&B, later, S, MS(1500), NOW);
+    gb_counts(0, 0, 0, 0, 0, 0);
+    cr_assert_eq(stats().stale, 1);
+    stop();
+}
+
+/*
+ * gobreaker v2 TestCustomIsSuccessful: IsSuccessful is pgguard's classifier,
+ * which hands the breaker an outcome; failures judged successes never trip.
+ */
+UTest(breaker, gobreaker_v2_custom_is_successful)
+{
+    pgg_breaker_config c;
+
+    pgg__breaker_config_defaults(&c);
+    c.preset = PGG_BREAKER_PRESET_GOBREAKER;
+    start(&c);
+    calls(S, 5); /* five errors the classifier called successes */
+    cr_assert_eq(state(), PGG_BREAKER_CLOSED);
+    gb_counts(5, 5, 0, 0, 5, 0);
+    pgg__breaker_reset(&B, NOW); /* cb.counts.clear() */
+    calls(F, 6);
+    cr_assert_eq(state(), PGG_BREAKER_OPEN);
+    stop();
+}
+
+/* gobreaker v2 TestIsExcludedAndIsSuccessfulCombination. */
+UTest(breaker, gobreaker_v2_is_excluded_and_is_successful)
+{
+    pgg_breaker_config c;
+
+    pgg__breaker_config_defaults(&c);
+    c.preset = PGG_BREAKER_PRESET_GOBREAKER;
+    start(&c);
+    calls(I, 3);
+    gb_counts(3, 0, 0, 3, 0, 0);
+    calls(S, 3);
+    gb_counts(6, 3, 0, 3, 3, 0);
+    calls(F, 2);
+    gb_counts(8, 3, 2, 3, 0, 2);
+    stop();
+}
+
+#include <pthread.h>
+
+enum { GB_THREADS = 4, GB_REQS = 5000 };
+
+static void *gb_parallel_worker(void *arg)
+{
+    pgg_ticket t;
+    int i;
+
+    (void)arg;
+    for (i = 0; i < GB_REQS; i++) {
+        if (!pgg__breaker_allow(&B, NOW, &t))
+            return (void *)1;
+        pgg__breaker_record(&B, t, i % 2 ? I : S, 0, NOW);
+    }
+    return NULL;
+}
+
+/*
+ * gobreaker v2 TestCircuitBreakerInParallel (and its rolling twin): threads
+ * alternating successes and exclusions leave exact Counts.
+ */
+UTest(breaker, gobreaker_v2_circuit_breaker_in_parallel)
+{
+    pgg_breaker_config c = gb_custom(0);
+    pthread_t th[GB_THREADS];
+    void *rv;
+    uint64_t total = (uint64_t)GB_THREADS * GB_REQS;
+    int i, rolling;
+
+    for (rolling = 0; rolling < 2; rolling++) {
+        c = gb_custom(rolling ? 3000 : 0);
+        start(&c);
+        for (i = 0; i < GB_THREADS; i++)
+            cr_assert_eq(pthread_create(&th[i], NULL, gb_parallel_worker, NULL), 0);
+        for (i = 0; i < GB_THREADS; i++) {
+            cr_assert_eq(pthread_join(th[i], &rv), 0);
+            cr_assert_null(rv, "a request was refused");
+        }
+        gb_counts(total, total / 2, 0, total / 2, total / 2, 0);
+        stop();
+    }
+}
+
+/* ========================================== presets: resilience4j */
+
+/*
+ * The tests below reproduce resilience4j's CircuitBreakerStateMachineTest
+ * (resilience4j-circuitbreaker, internal/) and its automatic-transition
+ * test on the fake clock.  Its tryAcquirePermission() is allow(); onSuccess
+ * / onError(duration) is record() with that duration; an ignored exception
+ * is an IGNORED outcome; transitionTo*State() are pgguard's operator calls.
+ * Its MockClock advanceBySeconds(n) is NOW += SEC(n).
+ */
+
+/* Its setUp(): TIME_BASED window of 20 s, minimumNumberOfCalls 5, failure
+ * and slow-call thresholds 50 %, slow above 4 s, 4 permitted calls in
+ * half-open for at most 1 s, 5 s in open. */
+static pgg_breaker_config r4j_setup(void)
+{
+    pgg_breaker_config c;
+
+    pgg__breaker_config_defaults(&c);
+    c.preset = PGG_BREAKER_PRESET_RESILIENCE4J;
+    c.resilience4j.sliding_window_type = PGG_R4J_TIME_BASED;
+    c.resilience4j.sliding_window_size = 20;
+    c.resilience4j.minimum_number_of_calls = 5;
+    c.resilience4j.failure_rate_threshold = 50;
+    c.resilience4j.slow_call_rate_threshold = 50;
+    c.resilience4j.slow_call_duration_threshold_ms = 4000;
+    c.resilience4j.permitted_calls_in_half_open_state = 4;
+    c.resilience4j.max_wait_duration_in_half_open_state_ms = 1000;
+    c.resilience4j.wait_duration_in_open_state_ms = 5000;
+    return c;
+}
+
+/* Rejections since the last r4j_mark(): resilience4j counts them per state. */
+static uint64_t r4j_rejected_base;
+
+static void r4j_mark(void)
+{
+    r4j_rejected_base = stats().rejected;
+}
+
+/*
+ * assertCircuitBreakerMetricsEqualTo(failureRate, successfulCalls,
+ * bufferedCalls, failedCalls, notPermittedCalls): the closed window in
+ * closed and open, the probes in half-open (resilience4j's half-open
+ * metrics, whose minimum is min(minimumNumberOfCalls, permitted)).
+ */
+static void r4j_metrics(double rate, uint64_t succ, uint64_t buffered, uint64_t failed,
+                        uint64_t not_permitted)
+{
+    pgg_breaker_stats s = stats();
+    uint64_t g_succ, g_buf, g_fail;
+    double g_rate;
+
+    if (s.state == PGG_BREAKER_HALF_OPEN) {
+        g_succ = s.probe_successes;
+        g_fail = s.probe_failures;
+        g_buf = g_succ + g_fail;
+        g_rate = g_buf == 0 || g_buf < B.half_open_decide ? -1.0
+                                                          : (double)g_fail * 100.0 / (double)g_buf;
+    } else {
+        g_buf = s.window.calls;
+        g_fail = s.window.failures;
+        g_succ = g_buf - g_fail;
+        g_rate = s.failure_rate;
+    }
+    cr_assert(fabs(g_rate - rate) < 1e-9 && g_succ == succ && g_buf == buffered &&
+                  g_fail == failed && s.rejected - r4j_rejected_base == not_permitted,
+              "metrics {%g,%llu,%llu,%llu,%llu} != {%g,%llu,%llu,%llu,%llu}", g_rate,
+              (unsigned long long)g_succ, (unsigned long long)g_buf,
+              (unsigned long long)g_fail,
+              (unsigned long long)(s.rejected - r4j_rejected_base), rate,
+              (unsigned long long)succ, (unsigned long long)buffered,
+              (unsigned long long)failed, (unsigned long long)not_permitted);
+}
+
+static void r4j_open_then_half_open(void)
+{
+    cr_assert_eq(pgg__breaker_transition(&B, PGG_BREAKER_OPEN, NOW), PGG_OK);
+    cr_assert_eq(pgg__breaker_transition(&B, PGG_BREAKER_HALF_OPEN, NOW), PGG_OK);
+    cr_assert_eq(state(), PGG_BREAKER_HALF_OPEN);
+    r4j_mark();
+}
+
+UTest(breaker, resilience4j_preset_settings)
+{
+    pgg_breaker_config c, e;
+
+    /* CircuitBreakerConfig.ofDefaults(). */
+    pgg__breaker_config_defaults(&c);
+    c.preset = PGG_BREAKER_PRESET_RESILIENCE4J;
+    cr_assert_null(pgg__breaker_config_check(&c));
+    pgg__breaker_config_effective(&c, &e);
+    cr_assert_eq(e.window_type, PGG_WINDOW_COUNT);
+    cr_assert_eq(e.window_size, 100);
+    cr_assert_eq(e.min_calls, 100);
+    cr_assert_eq(e.failure_rate, 50);
+    cr_assert_eq(e.slow_call_rate, 100);
+    cr_assert_eq(e.slow_call_duration_ms, 60000);
+    cr_assert_eq(e.open_ms, 60000);
+    cr_assert_eq(e.open_multiplier, 1);
+    cr_assert_eq(e.open_jitter, 0);
+    cr_assert_eq(e.half_open_probes, 10);
+    cr_assert_eq(e.half_open_successes, 0);
+    cr_assert_eq(e.half_open_max_ms, 0);
+    cr_assert_eq(e.consecutive_failures, 0);
+    cr_assert(e.open_strict);
+    cr_assert(e.half_open_on_call_only);
+    cr_assert(e.late_results_count);
+
+    c = r4j_setup();
+    pgg__breaker_config_effective(&c, &e);
+    cr_assert_eq(e.window_type, PGG_WINDOW_TIME);
+    cr_assert_eq(e.window_size, 20);
+    cr_assert_eq(e.window_bucket_ms, 1000);
+    cr_assert(e.window_aligned);
+    cr_assert_not(e.window_by_admission);
+    c.resilience4j.automatic_transition = true;
+    pgg__breaker_config_effective(&c, &e);
+    cr_assert_not(e.half_open_on_call_only);
+    cr_assert_not(e.open_strict, "its scheduler fires at the end of the wait");
+
+    /* resilience4j rejects a threshold of 0; pgguard's "0 is off" does not apply. */
+    c.resilience4j.failure_rate_threshold = 0;
+    cr_assert_not_null(strstr(pgg__breaker_config_check(&c),
+                              "breaker.resilience4j.failure_rate_threshold"));
+    c = r4j_setup();
+    c.resilience4j.slow_call_rate_threshold = 0;
+    cr_assert_not_null(strstr(pgg__breaker_config_check(&c),
+                              "breaker.resilience4j.slow_call_rate_threshold"));
+    c = r4j_setup();
+    c.resilience4j.permitted_calls_in_half_open_state = 0;
+    cr_assert_not_null(strstr(pgg__breaker_config_check(&c),
+                              "breaker.resilience4j.permitted_calls_in_half_open_state"));
+}
+
+/* shouldOpenAfterFailureRateThresholdExceeded */
+UTest(breaker, resilience4j_open_after_failure_rate_threshold_exceeded)
+{
+    pgg_breaker_config c = r4j_setup();
+
+    start(&c);
+    r4j_mark();
+    cr_assert_eq(state(), PGG_BREAKER_CLOSED);
+    r4j_metrics(-1, 0, 0, 0, 0);
+    calls(F, 1);
+    cr_assert_eq(state(), PGG_BREAKER_CLOSED);
+    r4j_metrics(-1, 0, 1, 1, 0);
+    calls(F, 1);
+    r4j_metrics(-1, 0, 2, 2, 0);
+    calls(F, 1);
+    r4j_metrics(-1, 0, 3, 3, 0);
+    calls(S, 1);
+    cr_assert_eq(state(), PGG_BREAKER_CLOSED);
+    r4j_metrics(-1, 1, 4, 3, 0);
+    calls(S, 1);
+    cr_assert_eq(state(), PGG_BREAKER_OPEN);
+    expect_event(0, PGG_BREAKER_CLOSED, PGG_BREAKER_OPEN, PGG_BREAKER_REASON_FAILURE_RATE);
+    r4j_metrics(60, 2, 5, 3, 0);
+    cr_assert_not(call(S));
+    r4j_metrics(60, 2, 5, 3, 1);
+    stop();
+}
+
+/* shouldOpenAfterFailureRateThresholdExceeded2: one call a second. */
+UTest(breaker, resilience4j_open_after_failure_rate_threshold_exceeded_2)
+{
+    pgg_breaker_config c = r4j_setup();
+
+    start(&c);
+    calls(S, 1);
+    NOW += SEC(1);
+    calls(S, 1);
+    NOW += SEC(1);
+    calls(S, 1);
+    NOW += SEC(1);
+    calls(F, 1);
+    NOW += SEC(1);
+    calls(F, 1); /* 2 of 5: 40 % */
+    cr_assert_eq(state(), PGG_BREAKER_CLOSED);
+    NOW += SEC(1);
+    cr_assert_eq(stats().state, PGG_BREAKER_CLOSED);
+    calls(F, 1); /* 3 of 6: 50 % */
+    cr_assert_eq(state(), PGG_BREAKER_OPEN);
+    stop();
+}
+
+/* shouldOpenAfterSlowCallRateThresholdExceeded */
+UTest(breaker, resilience4j_open_after_slow_call_rate_threshold_exceeded)
+{
+    pgg_breaker_config c = r4j_setup();
+
+    start(&c);
+    cr_assert(call_d(F, SEC(5)));
+    cr_assert_eq(state(), PGG_BREAKER_CLOSED);
+    cr_assert(call_d(S, SEC(5)));
+    cr_assert(call_d(F, MS(100)));
+    cr_assert(call_d(S, MS(100)));
+    cr_assert_eq(state(), PGG_BREAKER_CLOSED);
+    cr_assert(call_d(S, SEC(5))); /* 3 of 5 slow: 60 %; failures 40 % */
+    cr_assert_eq(state(), PGG_BREAKER_OPEN);
+    expect_event(0, PGG_BREAKER_CLOSED, PGG_BREAKER_OPEN, PGG_BREAKER_REASON_SLOW_CALL_RATE);
+    cr_assert_eq(stats().window.calls, 5);
+    cr_assert_eq(stats().window.slow, 3);
+    cr_assert_eq(stats().slow_call_rate, 60);
+    stop();
+}
+
+/*
+ * shouldOpenAfterSlowCallRateThresholdExceededUsingMockClock: the clock
+ * moves while each call runs (decorateConsumer(advanceBySeconds)), so each
+ * result lands in the second it completes in.
+ */
+UTest(breaker, resilience4j_open_after_slow_call_rate_using_mock_clock)
+{
+    static const int secs[] = {5, 5, 1, 1, 5};
+    static const uint64_t slow[] = {1, 2, 2, 2, 3};
+    pgg_breaker_config c = r4j_setup();
+    pgg_ticket t;
+    int i;
+
+    start(&c);
+    for (i = 0; i < 5; i++) {
+        cr_assert(pgg__breaker_allow(&B, NOW, &t));
+        NOW += SEC(secs[i]);
+        pgg__breaker_record(&B, t, S, SEC(secs[i]), NOW);
+        cr_assert_eq(stats().window.calls, (uint64_t)i + 1);
+        cr_assert_eq(stats().window.slow, slow[i]);
+        cr_assert_eq(state(), i < 4 ? PGG_BREAKER_CLOSED : PGG_BREAKER_OPEN);
+    }
+    cr_assert_eq(stats().slow_call_rate, 60);
+    stop();
+}
+
+/*
+ * shouldTransitionToHalfOpenAfterWaitDuration: without the automatic
+ * transition only a call ends the wait, strictly after it; reading the
+ * state (tick, stats) leaves it open.
+ */
+UTest(breaker, resilience4j_half_open_after_wait_duration)
+{
+    pgg_breaker_config c = r4j_setup();
+
+    start(&c);
+    pgg__breaker_transition(&B, PGG_BREAKER_OPEN, NOW);
+    r4j_mark();
+    r4j_metrics(-1, 0, 0, 0, 0);
+    cr_assert_eq(state(), PGG_BREAKER_OPEN);
+    cr_assert_not(call(S));
+    NOW += SEC(3);
+    cr_assert_eq(stats().state, PGG_BREAKER_OPEN);
+    cr_assert_not(call(S));
+    r4j_metrics(-1, 0, 0, 0, 2);
+    NOW += SEC(2); /* exactly the wait: clock.instant().isAfter() is false */
+    cr_assert_eq(pgg__breaker_tick(&B, NOW), PGG_TIME_NEVER, "nothing but a call ends it");
+    cr_assert_not(call(S));
+    NOW += SEC(1);
+    cr_assert_eq(stats().state, PGG_BREAKER_OPEN, "a state read does not end the wait");
+    r4j_mark();
+    cr_assert(pgg__breaker_allow(&B, NOW, &(pgg_ticket){0}));
+    cr_assert_eq(state(), PGG_BREAKER_HALF_OPEN);
+    expect_event(1, PGG_BREAKER_OPEN, PGG_BREAKER_HALF_OPEN, PGG_BREAKER_REASON_OPEN_ELAPSED);
+    r4j_metrics(-1, 0, 0, 0, 0);
+    stop();
+}
+
+/*
+ * CircuitBreakerAutoTransitionStateMachineTest.testAutoTransition: with
+ * automaticTransitionFromOpenToHalfOpenEnabled the scheduler moves it to
+ * half-open at the end of the wait (2 s), no call needed: tick() does.
+ */
+UTest(breaker, resilience4j_auto_transition)
+{
+    pgg_breaker_config c;
+
+    pgg__breaker_config_defaults(&c);
+    c.preset = PGG_BREAKER_PRESET_RESILIENCE4J;
+    c.resilience4j.failure_rate_threshold = 50;
+    c.resilience4j.sliding_window_size = 5;
+    c.resilience4j.minimum_number_of_calls = 5;
+    c.resilience4j.permitted_calls_in_half_open_state = 3;
+    c.resilience4j.automatic_transition = true;
+    c.resilience4j.wait_duration_in_open_state_ms = 2000;
+    start(&c);
+    pgg__breaker_transition(&B, PGG_BREAKER_OPEN, NOW);
+    cr_assert_eq(pgg__breaker_tick(&B, NOW), NOW + SEC(2), "scheduled after 2000 ms");
+    NOW += SEC(2);
+    pgg__breaker_tick(&B, NOW);
+    cr_assert_eq(state(), PGG_BREAKER_HALF_OPEN);
+    /* transitionToForcedOpenState cancels it: forced-open never half-opens. */
+    pgg__breaker_transition(&B, PGG_BREAKER_OPEN, NOW);
+    pgg__breaker_force_open(&B, NOW);
+    NOW += SEC(10);
+    pgg__breaker_tick(&B, NOW);
+    cr_assert_eq(state(), PGG_BREAKER_FORCED_OPEN);
+    stop();
+}
+
+/* shouldOnlyPermitFourCallsInHalfOpenState and
+ * shouldThrowCallNotPermittedExceptionWhenNotFurtherTestCallsArePermitted */
+UTest(breaker, resilience4j_only_permit_four_calls_in_half_open)
+{
+    pgg_breaker_config c = r4j_setup();
+    pgg_ticket t;
+    int round, i;
+
+    start(&c);
+    for (round = 0; round < 2; round++) {
+        r4j_open_then_half_open();
+        for (i = 0; i < 4; i++)
+            cr_assert(pgg__breaker_allow(&B, NOW, &t));
+        cr_assert_not(pgg__breaker_allow(&B, NOW, &t));
+        cr_assert_not(pgg__breaker_allow(&B, NOW, &t));
+        cr_assert_eq(stats().rejected - r4j_rejected_base, 2);
+    }
+    stop();
+}
+
+/* shouldIncreaseCounterOnReleasePermission: an ignored result gives the
+ * permit back (releasePermission). */
+UTest(breaker, resilience4j_release_permission)
+{
+    pgg_breaker_config c = r4j_setup();
+    pgg_ticket t[4], u;
+    int i;
+
+    start(&c);
+    r4j_open_then_half_open();
+    for (i = 0; i < 4; i++)
+        cr_assert(pgg__breaker_allow(&B, NOW, &t[i]));
+    cr_assert_not(pgg__breaker_allow(&B, NOW, &u));
+    cr_assert_not(pgg__breaker_allow(&B, NOW, &u));
+    pgg__breaker_record(&B, t[0], I, 0, NOW);
+    cr_assert(pgg__breaker_allow(&B, NOW, &u));
+    stop();
+}
+
+/* shouldTransitionBackToOpenStateWhenFailureRateIsAboveThreshold */
+UTest(breaker, resilience4j_back_to_open_when_failure_rate_above_threshold)
+{
+    pgg_breaker_config c = r4j_setup();
+
+    start(&c);
+    r4j_open_then_half_open();
+    r4j_metrics(-1, 0, 0, 0, 0);
+    calls(F, 2);
+    calls(S, 1);
+    cr_assert_eq(state(), PGG_BREAKER_HALF_OPEN);
+    r4j_metrics(-1, 1, 3, 2, 0);
+    calls(F, 1);
+    cr_assert_eq(state(), PGG_BREAKER_OPEN);
+    expect_event(2, PGG_BREAKER_HALF_OPEN, PGG_BREAKER_OPEN, PGG_BREAKER_REASON_FAILURE_RATE);
+    stop();
+}
+
+/* shouldTransitionBackToOpenStateWhenSlowCallRateIsAboveThreshold */
+UTest(breaker, resilience4j_back_to_open_when_slow_call_rate_above_threshold)
+{
+    pgg_breaker_config c = r4j_setup();
+
+    start(&c);
+    r4j_open_then_half_open();
+    cr_assert(call_d(S, SEC(5)));
+    cr_assert(call_d(S, SEC(5)));
+    cr_assert(call_d(S, SEC(5)));
+    cr_assert_eq(state(), PGG_BREAKER_HALF_OPEN);
+    cr_assert(call_d(S, SEC(1)));
+    cr_assert_eq(state(), PGG_BREAKER_OPEN);
+    expect_event(2, PGG_BREAKER_HALF_OPEN, PGG_BREAKER_OPEN, PGG_BREAKER_REASON_SLOW_CALL_RATE);
+    stop();
+}
+
+/* shouldTransitionBackToClosedStateWhenFailureIsBelowThreshold */
+UTest(breaker, resilience4j_back_to_closed_when_failure_rate_below_threshold)
+{
+    pgg_breaker_config c = r4j_setup();
+
+    start(&c);
+    r4j_open_then_half_open();
+    r4j_metrics(-1, 0, 0, 0, 0);
+    calls(F, 1);
+    calls(S, 3); /* 25 % */
+    cr_assert(call(S));
+    cr_assert_eq(state(), PGG_BREAKER_CLOSED);
+    expect_event(2, PGG_BREAKER_HALF_OPEN, PGG_BREAKER_CLOSED, PGG_BREAKER_REASON_PROBES_PASSED);
+    r4j_metrics(-1, 1, 1, 0, 0);
+    stop();
+}
+
+/* shouldReleasePermissionWhenExceptionIgnored */
+UTest(breaker, resilience4j_release_permission_when_exception_ignored)
+{
+    pgg_breaker_config c = r4j_setup();
+
+    start(&c);
+    r4j_open_then_half_open();
+    calls(S, 1);
+    cr_assert_eq(state(), PGG_BREAKER_HALF_OPEN);
+    r4j_metrics(-1, 1, 1, 0, 0);
+    calls(S, 1);
+    r4j_metrics(-1, 2, 2, 0, 0);
+    calls(S, 1);
+    r4j_metrics(-1, 3, 3, 0, 0);
+    calls(I, 1); /* NumberFormatException: ignored, permission released */
+    cr_assert_eq(state(), PGG_BREAKER_HALF_OPEN);
+    r4j_metrics(-1, 3, 3, 0, 0);
+    calls(F, 1); /* 1 of 4: 25 % */
+    cr_assert_eq(state(), PGG_BREAKER_CLOSED);
+    r4j_metrics(-1, 0, 0, 0, 0);
+    stop();
+}
+
+/* shouldIgnoreExceptionsAndThenTransitionToClosed */
+UTest(breaker, resilience4j_ignore_exceptions_then_closed)
+{
+    pgg_breaker_config c = r4j_setup();
+    int i;
+
+    start(&c);
+    r4j_open_then_half_open();
+    for (i = 0; i < 4; i++) {
+        calls(I, 1);
+        cr_assert_eq(state(), PGG_BREAKER_HALF_OPEN);
+    }
+    r4j_metrics(-1, 0, 0, 0, 0);
+    calls(S, 3);
+    cr_assert_eq(state(), PGG_BREAKER_HALF_OPEN);
+    r4j_metrics(-1, 3, 3, 0, 0);
+    calls(S, 1);
+    cr_assert_eq(state(), PGG_BREAKER_CLOSED);
+    r4j_metrics(-1, 0, 0, 0, 0);
+    stop();
+}
+
+/* shouldForceOpenCircuitBreaker */
+UTest(breaker, resilience4j_force_open)
+{
+    pgg_breaker_config c = r4j_setup();
+
+    start(&c);
+    r4j_mark();
+    pgg__breaker_force_open(&B, NOW);
+    cr_assert_eq(state(), PGG_BREAKER_FORCED_OPEN);
+    cr_assert_not(call(S));
+    NOW += SEC(6);
+    cr_assert_not(call(S));
+    cr_assert_eq(stats().state, PGG_BREAKER_FORCED_OPEN);
+    r4j_metrics(-1, 0, 0, 0, 2);
+    stop();
+}
+
+/* shouldResetMetrics, shouldResetClosedState, shouldResetToClosedState */
+UTest(breaker, resilience4j_reset)
+{
+    pgg_breaker_config c = r4j_setup();
+
+    start(&c);
+    r4j_mark();
+    calls(S, 1);
+    calls(F, 1);
+    r4j_metrics(-1, 1, 2, 1, 0);
+    pgg__breaker_reset(&B, NOW);
+    r4j_metrics(-1, 0, 0, 0, 0);
+    pgg__breaker_transition(&B, PGG_BREAKER_OPEN, NOW);
+    pgg__breaker_reset(&B, NOW);
+    cr_assert_eq(state(), PGG_BREAKER_CLOSED);
+    stop();
+}
+
+/* shouldRecordMetricsInMetricsOnlyState */
+UTest(breaker, resilience4j_metrics_only_records_never_trips)
+{
+    pgg_breaker_config c = r4j_setup();
+
+    start(&c);
+    pgg__breaker_metrics_only(&B, NOW);
+    r4j_mark();
+    r4j_metrics(-1, 0, 0, 0, 0);
+    calls(F, 3);
+    r4j_metrics(-1, 0, 3, 3, 0);
+    calls(S, 2);
+    cr_assert_eq(state(), PGG_BREAKER_METRICS_ONLY);
+    r4j_metrics(60, 2, 5, 3, 0);
+    cr_assert_eq(stats().trips_suppressed, 1);
+    calls(F, 1);
+    cr_assert_eq(state(), PGG_BREAKER_METRICS_ONLY);
+    stop();
+}
+
+/* shouldDisableCircuitBreaker */
+UTest(breaker, resilience4j_disable)
+{
+    pgg_breaker_config c = r4j_setup();
+
+    start(&c);
+    pgg__breaker_disable(&B, NOW);
+    r4j_mark();
+    calls(S, 1);
+    calls(F, 4);
+    cr_assert_eq(state(), PGG_BREAKER_DISABLED);
+    r4j_metrics(-1, 0, 0, 0, 0);
+    stop();
+}
+
+/* circuitBreakerTransitionsToOpenAfterWaitDurationInHalfOpenState (1 s). */
+UTest(breaker, resilience4j_open_after_max_wait_in_half_open)
+{
+    pgg_breaker_config c = r4j_setup();
+
+    start(&c);
+    r4j_open_then_half_open();
+    NOW += MS(999);
+    pgg__breaker_tick(&B, NOW);
+    cr_assert_eq(state(), PGG_BREAKER_HALF_OPEN);
+    NOW += MS(1);
+    pgg__breaker_tick(&B, NOW);
+    cr_assert_eq(state(), PGG_BREAKER_OPEN);
+    expect_event(2, PGG_BREAKER_HALF_OPEN, PGG_BREAKER_OPEN, PGG_BREAKER_REASON_HALF_OPEN_TIMEOUT);
+    stop();
+}
+
+/*
+ * CircuitBreakerMetrics.forHalfOpen: a COUNT_BASED window of the permitted
+ * calls whose minimum is min(minimumNumberOfCalls, permitted): with a
+ * minimum of 2 and 3 permitted calls, 2 results decide.
+ */
+UTest(breaker, resilience4j_half_open_decides_at_the_minimum)
+{
+    pgg_breaker_config c = r4j_setup();
+
+    c.resilience4j.minimum_number_of_calls = 2;
+    c.resilience4j.permitted_calls_in_half_open_state = 3;
+    start(&c);
+    r4j_open_then_half_open();
+    calls(S, 1);
+    cr_assert_eq(state(), PGG_BREAKER_HALF_OPEN);
+    calls(F, 1); /* 1 of 2: 50 % >= 50 */
+    cr_assert_eq(state(), PGG_BREAKER_OPEN);
+    NOW += SEC(5) + 1;
+    cr_assert(call(S));
+    cr_assert(call(S)); /* 0 of 2 */
+    cr_assert_eq(state(), PGG_BREAKER_CLOSED);
+    stop();
+}
+
+/*
+ * resilience4j's OpenState.onError/onSuccess: "the onError event should
+ * still be recorded, even if it happened after the state transition".  A
+ * call admitted while closed that finishes while open counts in the window
+ * the breaker tripped on; one that finishes in half-open counts as a probe.
+ */
+UTest(breaker, resilience4j_late_results_count_in_the_current_state)
+{
+    pgg_breaker_config c = r4j_setup();
+    pgg_ticket slow_one, later;
+
+    c.resilience4j.minimum_number_of_calls = 2;
+    c.resilience4j.permitted_calls_in_half_open_state = 2;
+    start(&c);
+    cr_assert(pgg__breaker_allow(&B, NOW, &slow_one));
+    cr_assert(pgg__breaker_allow(&B, NOW, &later));
+    calls(F, 2);
+    cr_assert_eq(state(), PGG_BREAKER_OPEN);
+    pgg__breaker_record(&B, slow_one, S, 0, NOW);
+    cr_assert_eq(state(), PGG_BREAKER_OPEN);
+    cr_assert_eq(stats().window.calls, 3);
+    cr_assert_eq(stats().stale, 0);
+    NOW += SEC(5) + 1;
+    calls(S, 1);
+    cr_assert_eq(state(), PGG_BREAKER_HALF_OPEN);
+    pgg__breaker_record(&B, later, F, 0, NOW); /* 1 of 2 failed: 50 % */
+    cr_assert_eq(state(), PGG_BREAKER_OPEN);
+    stop();
+}
+
+/* A time window's seconds are the clock's seconds: resilience4j's epoch
+ * seconds.  Calls 0.9 s into a second and 19.1 s later leave together. */
+UTest(breaker, resilience4j_time_window_slides_by_clock_seconds)
+{
+    pgg_breaker_config c = r4j_setup();
+
+    NOW = T0;
+    start(&c);
+    NOW = T0 + MS(900);
+    calls(F, 4);
+    NOW = T0 + SEC(19) + MS(999);
+    cr_assert_eq(stats().window.calls, 4);
+    NOW = T0 + SEC(20); /* second T0 has left the 20 s window */
+    cr_assert_eq(stats().window.calls, 0);
+    calls(F, 4);
+    cr_assert_eq(state(), PGG_BREAKER_CLOSED, "4 calls are under the minimum of 5");
+    stop();
+}
+
+/* COUNT_BASED: the last sliding_window_size calls, minimum capped at it. */
+UTest(breaker, resilience4j_count_based_window)
+{
+    pgg_breaker_config c = r4j_setup();
+
+    c.resilience4j.sliding_window_type = PGG_R4J_COUNT_BASED;
+    c.resilience4j.sliding_window_size = 5;
+    c.resilience4j.minimum_number_of_calls = 10; /* min(10, 5) = 5 */
+    start(&c);
+    calls(S, 3);
+    calls(F, 1);
+    cr_assert_eq(state(), PGG_BREAKER_CLOSED);
+    calls(F, 1); /* 2 of 5 */
+    calls(F, 1); /* the first S leaves: 3 of 5 = 60 % */
+    cr_assert_eq(state(), PGG_BREAKER_OPEN);
+    stop();
+}
+
+/* ============================== the trip predicate's counts (issue 14) */
+
+static uint64_t seen_requests, seen_calls;
+
+/* A ReadyToTrip written as gobreaker's README: failures / requests. */
+static bool window_ratio_trip(void *ud, const pgg_breaker_counts *c)
+{
+    (void)ud;
+    seen_requests = c->requests;
+    seen_calls = c->window.calls;
+    return c->requests >= 3 && (double)c->window.failures / (double)c->requests >= 0.6;
+}
+
+/*
+ * requests used to count the whole closed period, so after a long healthy
+ * spell the ratio could not reach 0.6 however sick the host was.  Now it
+ * describes the window the failures are counted in, on every window type.
+ */
+UTest(breaker, trip_predicate_counts_describe_one_window)
+{
+    static const pgg_window_type types[] = {PGG_WINDOW_COUNT, PGG_WINDOW_TIME};
+    pgg_breaker_config c;
+    size_t k;
+    int i;
+
+    for (k = 0; k < sizeof types / sizeof types[0]; k++) {
+        c = cfg_plain();
+        c.window_type = types[k];
+        c.window_size = 10;
+        c.window_bucket_ms = 1000;
+        c.trip = window_ratio_trip;
+        start(&c);
+        for (i = 0; i < 24; i++) {
+            calls(S, 1);
+            NOW += types[k] == PGG_WINDOW_TIME ? SEC(1) : 0;
+        }
+        for (i = 0; i < 5; i++) {
+            calls(F, 1);
+            NOW += types[k] == PGG_WINDOW_TIME ? SEC(1) : 0;
+            cr_assert_eq(state(), PGG_BREAKER_CLOSED, "%s: tripped at failure %d",
+                         pgg__window_type_name(types[k]), i + 1);
+            cr_assert_eq(seen_requests, seen_calls, "%s: %llu requests, window of %llu",
+                         pgg__window_type_name(types[k]),
+                         (unsigned long long)seen_requests, (unsigned long long)seen_calls);
+        }
+        calls(F, 1); /* 6 of the 10 calls in the window */
+        cr_assert_eq(state(), PGG_BREAKER_OPEN, "%s: 6 of 10 failed", pgg__window_type_name(types[k]));
+        cr_assert_eq(seen_requests, 10);
+        stop();
+    }
+}
+
+/* A preset's open time is its library's: a health check does not end it. */
+UTest(breaker, presets_ignore_host_answered)
+{
+    pgg_breaker_config c;
+    int k;
+
+    for (k = 0; k < 2; k++) {
+        c = k ? r4j_setup() : gb_custom(0);
+        start(&c);
+        pgg__breaker_transition(&B, PGG_BREAKER_OPEN, NOW);
+        cr_assert_not(pgg__breaker_host_answered(&B, NOW));
+        cr_assert_eq(state(), PGG_BREAKER_OPEN);
+        stop();
+    }
 }

@@ -252,6 +252,23 @@ static const spec specs[] = {
     I("breaker.interval_ms", 0, 86400000, "0"),
     E("breaker.mode", "normal", "normal", "disabled", "metrics-only",
       "forced-open"),
+    E("breaker.preset", "none", "none", "gobreaker", "resilience4j"),
+    I("breaker.gobreaker.max_requests", 0, 1000000, "0"),
+    I("breaker.gobreaker.interval_ms", 0, 86400000, "0"),
+    I("breaker.gobreaker.bucket_period_ms", 0, 86400000, "0"),
+    I("breaker.gobreaker.timeout_ms", 0, 86400000, "0"),
+    I("breaker.gobreaker.consecutive_failures", 0, 1000000, "5"),
+    E("breaker.resilience4j.sliding_window_type", "count_based", "count_based",
+      "time_based"),
+    I("breaker.resilience4j.sliding_window_size", 1, 1048576, "100"),
+    I("breaker.resilience4j.minimum_number_of_calls", 1, 1048576, "100"),
+    D("breaker.resilience4j.failure_rate_threshold", 0, 100, false, "50"),
+    D("breaker.resilience4j.slow_call_rate_threshold", 0, 100, false, "100"),
+    I("breaker.resilience4j.slow_call_duration_threshold_ms", 1, 3600000, "60000"),
+    I("breaker.resilience4j.wait_duration_in_open_state_ms", 1, 86400000, "60000"),
+    I("breaker.resilience4j.permitted_calls_in_half_open_state", 1, 1000000, "10"),
+    B("breaker.resilience4j.automatic_transition", "false"),
+    I("breaker.resilience4j.max_wait_duration_in_half_open_state_ms", 0, 86400000, "0"),
 };
 
 #define NSPECS (sizeof specs / sizeof specs[0])
@@ -1678,4 +1695,66 @@ OPT_TEST(readme_config_section_is_current)
                      "build/tests/unit/gen_config_doc --update README.md");
     free(doc);
     free(readme);
+}
+
+/* breaker.preset and its libraries' keys reach the breaker's settings. */
+OPT_TEST(breaker_preset_keys)
+{
+    pgg_config *cfg = new_cfg();
+    pgg_breaker_config e;
+    pgg_error err;
+
+    assert_set(cfg, "servers", "host=a");
+    cr_assert_eq(pgg_config_parse(cfg,
+                                  "breaker.preset=gobreaker breaker.gobreaker.max_requests=3 "
+                                  "breaker.gobreaker.interval_ms=30000 "
+                                  "breaker.gobreaker.bucket_period_ms=3000 "
+                                  "breaker.gobreaker.timeout_ms=90000 "
+                                  "breaker.gobreaker.consecutive_failures=2",
+                                  &err),
+                 PGG_OK, "%s", err.message);
+    cr_assert_eq(pgg__config_validate(cfg, &err), PGG_OK, "%s", err.message);
+    cr_assert_eq(cfg->breaker.preset, PGG_BREAKER_PRESET_GOBREAKER);
+    pgg__breaker_config_effective(&cfg->breaker, &e);
+    cr_assert_eq(e.half_open_probes, 3);
+    cr_assert_eq(e.window_type, PGG_WINDOW_TIME);
+    cr_assert_eq(e.window_size, 10);
+    cr_assert_eq(e.open_ms, 90000);
+    cr_assert_eq(e.consecutive_failures, 3);
+    assert_set(cfg, "breaker.gobreaker.bucket_period_ms", "1");
+    assert_set(cfg, "breaker.gobreaker.interval_ms", "86400000");
+    expect_err(pgg__config_validate(cfg, &err), &err, PGG_ECONFIG,
+               "breaker.gobreaker.bucket_period_ms");
+
+    cr_assert_eq(pgg_config_parse(cfg,
+                                  "breaker.preset=resilience4j "
+                                  "breaker.resilience4j.sliding_window_type=time_based "
+                                  "breaker.resilience4j.sliding_window_size=20 "
+                                  "breaker.resilience4j.minimum_number_of_calls=5 "
+                                  "breaker.resilience4j.failure_rate_threshold=40 "
+                                  "breaker.resilience4j.slow_call_rate_threshold=60 "
+                                  "breaker.resilience4j.slow_call_duration_threshold_ms=4000 "
+                                  "breaker.resilience4j.wait_duration_in_open_state_ms=5000 "
+                                  "breaker.resilience4j.permitted_calls_in_half_open_state=4 "
+                                  "breaker.resilience4j.automatic_transition=true "
+                                  "breaker.resilience4j.max_wait_duration_in_half_open_state_ms=1000",
+                                  &err),
+                 PGG_OK, "%s", err.message);
+    cr_assert_eq(pgg__config_validate(cfg, &err), PGG_OK, "%s", err.message);
+    pgg__breaker_config_effective(&cfg->breaker, &e);
+    cr_assert_eq(e.window_type, PGG_WINDOW_TIME);
+    cr_assert_eq(e.window_size, 20);
+    cr_assert_eq(e.min_calls, 5);
+    cr_assert_eq(e.failure_rate, 40);
+    cr_assert_eq(e.slow_call_rate, 60);
+    cr_assert_eq(e.slow_call_duration_ms, 4000);
+    cr_assert_eq(e.open_ms, 5000);
+    cr_assert_eq(e.half_open_probes, 4);
+    cr_assert_not(e.half_open_on_call_only);
+    cr_assert_eq(e.half_open_max_ms, 1000);
+    cr_assert_str_eq(get(cfg, "breaker.preset"), "resilience4j");
+    assert_set(cfg, "breaker.resilience4j.failure_rate_threshold", "0");
+    expect_err(pgg__config_validate(cfg, &err), &err, PGG_ECONFIG,
+               "breaker.resilience4j.failure_rate_threshold");
+    pgg_config_free(cfg);
 }

@@ -259,3 +259,329 @@ UTest(window, fixed_never_forgets_until_reset)
     expect(&w, 0, 0, 0, 0, 0, 0, 0);
     pgg__window_destroy(&w);
 }
+
+/* ------------------------------------------------------------- requests */
+
+/* gobreaker's Counts: requests, successes, failures, exclusions, runs. */
+static void gcounts(pgg_window_stats a, uint64_t r, uint64_t ts, uint64_t tf,
+                    uint64_t te, uint64_t cs, uint64_t cf)
+{
+    cr_assert(a.requests == r && a.calls - a.failures == ts && a.failures == tf &&
+                  a.ignored == te && a.consecutive_successes == cs &&
+                  a.consecutive_failures == cf,
+              "Counts{%llu,%llu,%llu,%llu,cs %llu,cf %llu} != {%llu,%llu,%llu,%llu,cs %llu,cf %llu}",
+              (unsigned long long)a.requests, (unsigned long long)(a.calls - a.failures),
+              (unsigned long long)a.failures, (unsigned long long)a.ignored,
+              (unsigned long long)a.consecutive_successes,
+              (unsigned long long)a.consecutive_failures, (unsigned long long)r,
+              (unsigned long long)ts, (unsigned long long)tf, (unsigned long long)te,
+              (unsigned long long)cs, (unsigned long long)cf);
+}
+
+#define AGG(w) (*pgg__window_stats(w))
+
+/*
+ * Issue 14: requests spanned the whole closed period while the other counts
+ * were windowed.  On every window type, requests is now the window's results
+ * plus the calls in flight, and leaves with them.
+ */
+UTest(window, requests_describe_the_same_window_on_every_type)
+{
+    pgg_window w;
+    int64_t m[40];
+    int i;
+
+    /* count: 4 calls; 34 admitted, 1 still running. */
+    cr_assert_eq(pgg__window_init(&w, PGG_WINDOW_COUNT, 4, 0, T0), PGG_OK);
+    for (i = 0; i < 34; i++)
+        m[i] = pgg__window_admit(&w, T0);
+    cr_assert_eq(AGG(&w).requests, 34, "in flight count as requests");
+    for (i = 0; i < 33; i++)
+        cr_assert(pgg__window_record_admitted(&w, m[i], i % 3 ? S : F, false, T0));
+    cr_assert_eq(AGG(&w).calls, 4);
+    cr_assert_eq(AGG(&w).requests, 5, "4 results in the window + 1 in flight");
+    pgg__window_record_admitted(&w, m[33], I, false, T0);
+    cr_assert_eq(AGG(&w).requests, 5, "4 calls + 1 ignored");
+    pgg__window_reset(&w, T0);
+    cr_assert_eq(AGG(&w).requests, 0);
+    /* A result admitted before the reset does not leave the new in-flight count. */
+    m[0] = pgg__window_admit(&w, T0);
+    pgg__window_record_admitted(&w, m[1], F, false, T0);
+    cr_assert_eq(AGG(&w).requests, 2);
+    pgg__window_destroy(&w);
+
+    /* time, by completion: results leave with their bucket. */
+    cr_assert_eq(pgg__window_init(&w, PGG_WINDOW_TIME, 2, MS(100), T0), PGG_OK);
+    m[0] = pgg__window_admit(&w, T0);
+    m[1] = pgg__window_admit(&w, T0);
+    pgg__window_record_admitted(&w, m[0], F, false, T0 + MS(10));
+    cr_assert_eq(AGG(&w).requests, 2);
+    pgg__window_advance(&w, T0 + MS(200));
+    cr_assert_eq(AGG(&w).calls, 0);
+    cr_assert_eq(AGG(&w).requests, 1, "the call still in flight");
+    pgg__window_record_admitted(&w, m[1], S, false, T0 + MS(250));
+    cr_assert_eq(AGG(&w).requests, 1);
+    cr_assert_eq(AGG(&w).calls, 1);
+    pgg__window_advance(&w, T0 + SEC(10)); /* a gap longer than the window */
+    cr_assert_eq(AGG(&w).requests, 0);
+    pgg__window_destroy(&w);
+
+    /* fixed */
+    cr_assert_eq(pgg__window_init(&w, PGG_WINDOW_FIXED, 0, 0, T0), PGG_OK);
+    m[0] = pgg__window_admit(&w, T0);
+    pgg__window_record(&w, S, false, T0); /* a result with no admission */
+    cr_assert_eq(AGG(&w).requests, 2);
+    pgg__window_record_admitted(&w, m[0], I, false, T0);
+    cr_assert_eq(AGG(&w).requests, 2);
+    pgg__window_destroy(&w);
+
+    /* time, by admission: requests are admissions in the window's buckets. */
+    cr_assert_eq(pgg__window_init_ex(&w, PGG_WINDOW_TIME, 2, MS(100),
+                                     PGG_WINDOW_BY_ADMISSION, T0),
+                 PGG_OK);
+    m[0] = pgg__window_admit(&w, T0);
+    m[1] = pgg__window_admit(&w, T0 + MS(100));
+    cr_assert_eq(AGG(&w).requests, 2);
+    pgg__window_advance(&w, T0 + MS(200));
+    cr_assert_eq(AGG(&w).requests, 1, "the first admission's bucket left");
+    pgg__window_destroy(&w);
+}
+
+/* ---------------------------------------- gobreaker v2 rollingCounts */
+
+/*
+ * gobreaker v2 counter_test.go TestRollingCountsMethods, on a window of 2
+ * buckets that buckets by admission: rc.onRequest() is an admission in the
+ * current bucket, onSuccess(age) a result admitted at that age, roll() one
+ * bucket of time.
+ */
+UTest(window, gobreaker_rolling_counts_methods)
+{
+    pgg_window w;
+    int64_t age0;
+
+    cr_assert_eq(pgg__window_init_ex(&w, PGG_WINDOW_TIME, 2, SEC(1),
+                                     PGG_WINDOW_BY_ADMISSION, T0),
+                 PGG_OK);
+    gcounts(AGG(&w), 0, 0, 0, 0, 0, 0);
+    age0 = pgg__window_admit(&w, T0);
+    gcounts(AGG(&w), 1, 0, 0, 0, 0, 0);
+    gcounts(pgg__window_bucket_stats(&w, 0), 1, 0, 0, 0, 0, 0);
+    cr_assert(pgg__window_record_admitted(&w, age0, S, false, T0));
+    gcounts(AGG(&w), 1, 1, 0, 0, 1, 0);
+    pgg__window_admit(&w, T0);
+    cr_assert(pgg__window_record_admitted(&w, age0, F, false, T0));
+    gcounts(AGG(&w), 2, 1, 1, 0, 0, 1);
+    gcounts(pgg__window_bucket_stats(&w, 0), 2, 1, 1, 0, 0, 1);
+    pgg__window_admit(&w, T0);
+    cr_assert(pgg__window_record_admitted(&w, age0, S, false, T0));
+    gcounts(AGG(&w), 3, 2, 1, 0, 1, 0);
+    pgg__window_admit(&w, T0);
+    gcounts(AGG(&w), 4, 2, 1, 0, 1, 0);
+    cr_assert(pgg__window_record_admitted(&w, age0, I, false, T0));
+    gcounts(AGG(&w), 4, 2, 1, 1, 1, 0);
+    gcounts(pgg__window_bucket_stats(&w, 0), 4, 2, 1, 1, 1, 0);
+    gcounts(pgg__window_bucket_stats(&w, 1), 0, 0, 0, 0, 0, 0);
+
+    pgg__window_advance(&w, T0 + SEC(1)); /* roll */
+    gcounts(AGG(&w), 4, 2, 1, 1, 1, 0);
+    gcounts(pgg__window_bucket_stats(&w, 0), 0, 0, 0, 0, 0, 0);
+    gcounts(pgg__window_bucket_stats(&w, 1), 4, 2, 1, 1, 1, 0);
+    cr_assert_eq(pgg__window_admit(&w, T0 + SEC(1)), age0 + 1);
+    gcounts(AGG(&w), 5, 2, 1, 1, 1, 0);
+    gcounts(pgg__window_bucket_stats(&w, 0), 1, 0, 0, 0, 0, 0);
+    cr_assert(pgg__window_record_admitted(&w, age0 + 1, S, false, T0 + SEC(1)));
+    gcounts(AGG(&w), 5, 3, 1, 1, 2, 0);
+    gcounts(pgg__window_bucket_stats(&w, 0), 1, 1, 0, 0, 1, 0);
+    gcounts(pgg__window_bucket_stats(&w, 1), 4, 2, 1, 1, 1, 0);
+
+    /* The run of 2 successes reached into the leaving bucket: 1 is left. */
+    pgg__window_advance(&w, T0 + SEC(2));
+    gcounts(AGG(&w), 1, 1, 0, 0, 1, 0);
+    gcounts(pgg__window_bucket_stats(&w, 0), 0, 0, 0, 0, 0, 0);
+    gcounts(pgg__window_bucket_stats(&w, 1), 1, 1, 0, 0, 1, 0);
+
+    pgg__window_reset(&w, T0 + SEC(2)); /* clear */
+    gcounts(AGG(&w), 0, 0, 0, 0, 0, 0);
+    gcounts(pgg__window_bucket_stats(&w, 1), 0, 0, 0, 0, 0, 0);
+    pgg__window_destroy(&w);
+}
+
+/*
+ * gobreaker v2 counter_test.go TestRollingCountsBucketAt: late results land
+ * in the bucket their call was admitted in, and runs are kept per bucket.
+ * (Its bucketAt(2) and bucketAt(-2) wrap around 2 buckets: they are the
+ * current one.)
+ */
+UTest(window, gobreaker_rolling_counts_bucket_at)
+{
+    pgg_window w;
+    int64_t a0, a1;
+
+    cr_assert_eq(pgg__window_init_ex(&w, PGG_WINDOW_TIME, 2, SEC(1),
+                                     PGG_WINDOW_BY_ADMISSION, T0),
+                 PGG_OK);
+    a0 = pgg__window_admit(&w, T0);
+    gcounts(pgg__window_bucket_stats(&w, 0), 1, 0, 0, 0, 0, 0);
+    pgg__window_record_admitted(&w, a0, F, false, T0);
+    gcounts(AGG(&w), 1, 0, 1, 0, 0, 1);
+    pgg__window_admit(&w, T0);
+    gcounts(pgg__window_bucket_stats(&w, 0), 2, 0, 1, 0, 0, 1);
+    pgg__window_record_admitted(&w, a0, S, false, T0);
+    gcounts(AGG(&w), 2, 1, 1, 0, 1, 0);
+    pgg__window_admit(&w, T0);
+    pgg__window_record_admitted(&w, a0, F, false, T0);
+    gcounts(AGG(&w), 3, 1, 2, 0, 0, 1);
+    gcounts(pgg__window_bucket_stats(&w, 0), 3, 1, 2, 0, 0, 1);
+
+    pgg__window_advance(&w, T0 + SEC(1)); /* roll */
+    gcounts(AGG(&w), 3, 1, 2, 0, 0, 1);
+    gcounts(pgg__window_bucket_stats(&w, 0), 0, 0, 0, 0, 0, 0);
+    gcounts(pgg__window_bucket_stats(&w, 1), 3, 1, 2, 0, 0, 1);
+    a1 = pgg__window_admit(&w, T0 + SEC(1));
+    gcounts(AGG(&w), 4, 1, 2, 0, 0, 1);
+    gcounts(pgg__window_bucket_stats(&w, 0), 1, 0, 0, 0, 0, 0);
+    pgg__window_record_admitted(&w, a1, F, false, T0 + SEC(1));
+    gcounts(AGG(&w), 4, 1, 3, 0, 0, 2);
+    gcounts(pgg__window_bucket_stats(&w, 0), 1, 0, 1, 0, 0, 1);
+    pgg__window_admit(&w, T0 + SEC(1));
+    gcounts(AGG(&w), 5, 1, 3, 0, 0, 2);
+    gcounts(pgg__window_bucket_stats(&w, 0), 2, 0, 1, 0, 0, 1);
+    /* An exclusion for a call admitted one bucket ago lands there. */
+    cr_assert(pgg__window_record_admitted(&w, a0, I, false, T0 + SEC(1)));
+    gcounts(AGG(&w), 5, 1, 3, 1, 0, 2);
+    gcounts(pgg__window_bucket_stats(&w, 0), 2, 0, 1, 0, 0, 1);
+    gcounts(pgg__window_bucket_stats(&w, 1), 3, 1, 2, 1, 0, 1);
+
+    /* The run of 2 failures reached 1 into the leaving bucket. */
+    pgg__window_advance(&w, T0 + SEC(2));
+    gcounts(AGG(&w), 2, 0, 1, 0, 0, 1);
+    gcounts(pgg__window_bucket_stats(&w, 0), 0, 0, 0, 0, 0, 0);
+    gcounts(pgg__window_bucket_stats(&w, 1), 2, 0, 1, 0, 0, 1);
+    /* A result admitted two buckets ago is not counted at all. */
+    cr_assert_not(pgg__window_record_admitted(&w, a0, F, false, T0 + SEC(2)));
+    gcounts(AGG(&w), 2, 0, 1, 0, 0, 1);
+    pgg__window_destroy(&w);
+}
+
+/*
+ * gobreaker v2 counter_test.go TestRollingCountsGrow, for the results a
+ * breaker can produce (each one admitted in a bucket it reached): growing
+ * by less than the window keeps the counts, by the window or more clears
+ * them, and results admitted before a clear are not counted.
+ */
+UTest(window, gobreaker_rolling_counts_grow)
+{
+    pgg_window w;
+    int64_t a0, a2;
+
+    cr_assert_eq(pgg__window_init_ex(&w, PGG_WINDOW_TIME, 2, SEC(1),
+                                     PGG_WINDOW_BY_ADMISSION, T0),
+                 PGG_OK);
+    a0 = pgg__window_admit(&w, T0);
+    pgg__window_record_admitted(&w, a0, S, false, T0);
+    pgg__window_admit(&w, T0);
+    pgg__window_record_admitted(&w, a0, F, false, T0);
+    pgg__window_admit(&w, T0);
+    pgg__window_record_admitted(&w, a0, I, false, T0);
+    pgg__window_advance(&w, T0); /* grow(0): no change */
+    gcounts(AGG(&w), 3, 1, 1, 1, 0, 1);
+    gcounts(pgg__window_bucket_stats(&w, 0), 3, 1, 1, 1, 0, 1);
+
+    pgg__window_advance(&w, T0 + SEC(1)); /* grow(1) */
+    gcounts(AGG(&w), 3, 1, 1, 1, 0, 1);
+    gcounts(pgg__window_bucket_stats(&w, 0), 0, 0, 0, 0, 0, 0);
+    gcounts(pgg__window_bucket_stats(&w, 1), 3, 1, 1, 1, 0, 1);
+    pgg__window_advance(&w, T0); /* grow(0) after grow(1): no change */
+    gcounts(AGG(&w), 3, 1, 1, 1, 0, 1);
+
+    pgg__window_advance(&w, T0 + SEC(2)); /* grow(2): the window is clear */
+    gcounts(AGG(&w), 0, 0, 0, 0, 0, 0);
+    gcounts(pgg__window_bucket_stats(&w, 1), 0, 0, 0, 0, 0, 0);
+
+    /* Three admissions at age 2 whose results carry age 0: not counted. */
+    a2 = pgg__window_admit(&w, T0 + SEC(2));
+    cr_assert_eq(a2, a0 + 2);
+    pgg__window_admit(&w, T0 + SEC(2));
+    pgg__window_admit(&w, T0 + SEC(2));
+    cr_assert_not(pgg__window_record_admitted(&w, a0, S, false, T0 + SEC(2)));
+    cr_assert_not(pgg__window_record_admitted(&w, a0, F, false, T0 + SEC(2)));
+    cr_assert_not(pgg__window_record_admitted(&w, a0, I, false, T0 + SEC(2)));
+    gcounts(AGG(&w), 3, 0, 0, 0, 0, 0);
+    gcounts(pgg__window_bucket_stats(&w, 0), 3, 0, 0, 0, 0, 0);
+    /* Results from the future (age 3) are not counted either. */
+    cr_assert_not(pgg__window_record_admitted(&w, a0 + 3, S, false, T0 + SEC(2)));
+    gcounts(AGG(&w), 3, 0, 0, 0, 0, 0);
+    /* Age 2, the current one: counted. */
+    pgg__window_record_admitted(&w, a2, S, false, T0 + SEC(2));
+    pgg__window_record_admitted(&w, a2, F, false, T0 + SEC(2));
+    pgg__window_record_admitted(&w, a2, I, false, T0 + SEC(2));
+    gcounts(AGG(&w), 3, 1, 1, 1, 0, 1);
+
+    pgg__window_advance(&w, T0 + SEC(4)); /* grow(4) */
+    gcounts(AGG(&w), 0, 0, 0, 0, 0, 0);
+    gcounts(pgg__window_bucket_stats(&w, 0), 0, 0, 0, 0, 0, 0);
+    gcounts(pgg__window_bucket_stats(&w, 1), 0, 0, 0, 0, 0, 0);
+    pgg__window_destroy(&w);
+}
+
+/*
+ * resilience4j SlidingTimeWindowMetricsTest: buckets are epoch seconds of the
+ * clock, not counted from the window's creation; a window of N seconds keeps
+ * the current partial second and the N - 1 before it.
+ */
+UTest(window, aligned_buckets_are_clock_seconds)
+{
+    pgg_window w;
+
+    /* Created 0.9 s into a second: that second ends 0.1 s later. */
+    cr_assert_eq(pgg__window_init_ex(&w, PGG_WINDOW_TIME, 5, SEC(1),
+                                     PGG_WINDOW_ALIGNED, T0 + MS(900)),
+                 PGG_OK);
+    pgg__window_record(&w, F, false, T0 + MS(900));
+    pgg__window_record(&w, F, false, T0 + MS(999));
+    pgg__window_record(&w, S, false, T0 + SEC(1)); /* the next second */
+    expect(&w, 3, 2, 0, 0, 0, 0, 1);
+    cr_assert_eq(pgg__window_bucket_stats(&w, 1).failures, 2);
+    pgg__window_advance(&w, T0 + SEC(5) - 1); /* still the 5th second: all in */
+    cr_assert_eq(AGG(&w).calls, 3);
+    pgg__window_advance(&w, T0 + SEC(5)); /* second T0 leaves */
+    expect(&w, 1, 0, 0, 0, 0, 0, 1);
+    pgg__window_advance(&w, T0 + SEC(6));
+    expect(&w, 0, 0, 0, 0, 0, 0, 0);
+    /* Unaligned, the same records would all still be in one bucket. */
+    pgg__window_destroy(&w);
+    cr_assert_eq(pgg__window_init(&w, PGG_WINDOW_TIME, 5, SEC(1), T0 + MS(900)), PGG_OK);
+    pgg__window_record(&w, F, false, T0 + MS(900));
+    pgg__window_record(&w, S, false, T0 + SEC(1));
+    cr_assert_eq(pgg__window_bucket_stats(&w, 0).calls, 2);
+    pgg__window_destroy(&w);
+}
+
+/*
+ * Bucketed by admission, results can arrive out of bucket order.  A run
+ * then loses a leaving bucket's final run only when it spans every bucket,
+ * gobreaker's rollingCounts.subtract rule: here 2 late failures of bucket
+ * 0 arrived after bucket 1's success, so the run of 2 reads 0 once bucket
+ * 0 leaves (a plain "a run never outlives its calls" would leave 1).
+ */
+UTest(window, admission_runs_leave_by_gobreaker_rule)
+{
+    pgg_window w;
+    int64_t a0, a1;
+
+    cr_assert_eq(pgg__window_init_ex(&w, PGG_WINDOW_TIME, 2, SEC(1),
+                                     PGG_WINDOW_BY_ADMISSION, T0),
+                 PGG_OK);
+    a0 = pgg__window_admit(&w, T0);
+    pgg__window_admit(&w, T0);
+    a1 = pgg__window_admit(&w, T0 + SEC(1));
+    pgg__window_record_admitted(&w, a1, S, false, T0 + SEC(1));
+    pgg__window_record_admitted(&w, a0, F, false, T0 + SEC(1));
+    pgg__window_record_admitted(&w, a0, F, false, T0 + SEC(1));
+    gcounts(AGG(&w), 3, 1, 2, 0, 0, 2);
+    gcounts(pgg__window_bucket_stats(&w, 1), 2, 0, 2, 0, 0, 2);
+    pgg__window_advance(&w, T0 + SEC(2));
+    gcounts(AGG(&w), 1, 1, 0, 0, 0, 0);
+    pgg__window_destroy(&w);
+}
