@@ -7,9 +7,13 @@
  * enter+leave, single-threaded and with 2 threads on one shared object,
  * (the best of `runs` runs: noise from other processes only ever adds time)
  * and checks that no case allocates: malloc and friends are counted by
- * wrappers in this executable (glibc; not under AddressSanitizer, which
- * owns malloc there).  Not a test: numbers depend on the machine; build
- * with --buildtype=release to quote them.
+ * wrappers in this executable (glibc), or under AddressSanitizer and
+ * ThreadSanitizer, which own malloc, by the sanitizer's allocation hook
+ * (wrappers there crash TSan's start-up: its dlsym calls malloc before TSan
+ * is ready).  Not a
+ * test: numbers depend on the machine; build with --buildtype=release to
+ * quote them.  The tsan suite runs it briefly (`bench-core 1 1`) as a race
+ * test of the breaker and bulkhead under two threads.
  */
 #include <pthread.h>
 #include <stdatomic.h>
@@ -25,20 +29,38 @@
 
 /* ------------------------------------------------------ allocation count */
 
-#if defined(__SANITIZE_ADDRESS__)
-#define BENCH_NO_MALLOC_COUNT 1
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define BENCH_SANITIZER_HOOK 1
 #elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define BENCH_NO_MALLOC_COUNT 1
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#define BENCH_SANITIZER_HOOK 1
 #endif
 #endif
-#if !defined(__GLIBC__)
+#if !defined(__GLIBC__) && !defined(BENCH_SANITIZER_HOOK)
 #define BENCH_NO_MALLOC_COUNT 1
 #endif
 
 static atomic_ulong allocations;
 
-#ifndef BENCH_NO_MALLOC_COUNT
+#if defined(BENCH_SANITIZER_HOOK)
+/* The sanitizers' common allocator interface (gcc ships no header for it):
+ * the hook runs on every allocation, realloc and calloc included. */
+int __sanitizer_install_malloc_and_free_hooks(void (*malloc_hook)(const volatile void *, size_t),
+                                              void (*free_hook)(const volatile void *));
+
+static void malloc_hook(const volatile void *p, size_t n)
+{
+    (void)p;
+    (void)n;
+    atomic_fetch_add_explicit(&allocations, 1, memory_order_relaxed);
+}
+
+/* The interface refuses a NULL hook. */
+static void free_hook(const volatile void *p)
+{
+    (void)p;
+}
+#elif !defined(BENCH_NO_MALLOC_COUNT)
 extern void *__libc_malloc(size_t n);
 extern void *__libc_calloc(size_t n, size_t size);
 extern void *__libc_realloc(void *p, size_t n);
@@ -298,6 +320,10 @@ int main(int argc, char **argv)
 #ifdef BENCH_NO_MALLOC_COUNT
     printf("(allocation counting unavailable in this build)\n");
 #else
+#ifdef BENCH_SANITIZER_HOOK
+    if (!__sanitizer_install_malloc_and_free_hooks(malloc_hook, free_hook))
+        printf("(allocation counting unavailable: the sanitizer refused the hook)\n");
+#endif
     {
         /* Prove the counter counts before trusting its zeros. */
         unsigned long a0 = atomic_load(&allocations);

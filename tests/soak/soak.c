@@ -1,0 +1,443 @@
+/*
+ * The chaos soak: sixteen threads of reads, writes and lease transactions
+ * on one pool over a primary and a synchronous streaming replica, while a
+ * fault chosen at random (seeded; the seed is printed) hits the cluster
+ * about every two seconds:
+ *
+ *   kill9      kill -9 of one client backend (the server restarts every
+ *              session and runs crash recovery)
+ *   hang       SIGSTOP of a server and its children, SIGCONT 0.3-1.5 s later
+ *   restart    immediate stop, then start again
+ *   terminate  pg_terminate_backend() of every client backend
+ *   promote    immediate stop of the primary, promotion of the replica, and
+ *              the old primary rebuilt with pg_basebackup as its replica
+ *
+ * Checks, each printed with its figures:
+ *   - no call fails in a way no fault explains, no read returns wrong rows;
+ *   - every acknowledged write is on the final primary (synchronous
+ *     replication: a promoted replica has every acknowledged commit);
+ *   - no call ends more than WL_OVERSHOOT_MS past its deadline;
+ *   - the pool's accounting balances at the end, and nothing leaks
+ *     (LeakSanitizer, in the sanitizer build);
+ *   - breaker refusals (PGG_EOPEN) end within REFUSAL_GRACE_MS of the end
+ *     of the fault that caused them: the pool may need one health round to
+ *     see a host answer again, no more.
+ * A crash of this process fails the test by itself.
+ *
+ *   soak [seconds]   (default: PGGUARD_SOAK_SECONDS, else 60)
+ *   PGGUARD_SOAK_SEED=N repeats a run's choice of faults.
+ *
+ * Loopback only; bounded in time: the faults stop a few seconds before the
+ * end so that the tail shows recovery, then everything is torn down.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <libpq-fe.h>
+
+#include "harness.h"
+#include "pgguard.h"
+#include "workload.h"
+
+#define THREADS 16
+#define CALL_TIMEOUT_MS 1000
+#define HEALTH_INTERVAL_MS 200
+/* One health round, plus a probe's connect and query on a loaded host. */
+#define REFUSAL_GRACE_MS (HEALTH_INTERVAL_MS + 100)
+/* The load runs this long after the last fault has ended. */
+#define QUIET_TAIL_MS 4000
+#define FAULT_EVERY_MS 2000
+#define HEAL_TIMEOUT_MS 60000
+
+/* Library defaults for the breaker: the soak checks what users get.  Only
+ * the health interval is shorter than the default, for a faster soak. */
+#define SOAK_SETTINGS                                                        \
+    "health_interval_ms=200 connect_timeout_ms=1000 call_timeout_ms=1000 "   \
+    "pool_max=8 bulkhead.max_concurrent=16 bulkhead.max_wait_ms=200 "        \
+    "cancel_timeout_ms=500"
+
+typedef enum { F_KILL9, F_HANG, F_RESTART, F_TERMINATE, F_PROMOTE, F_REBUILD, F__N } fault_kind;
+static const char *const fault_name[F__N] = {"kill9",     "hang",    "restart",
+                                             "terminate", "promote", "rebuild"};
+
+typedef struct fault_rec {
+    fault_kind kind;
+    const char *node;
+    double from, to; /* ms on the workload's clock */
+} fault_rec;
+
+static int failures;
+
+#define CHECK(cond, ...)                                                     \
+    do {                                                                     \
+        if (!(cond)) {                                                       \
+            failures++;                                                      \
+            printf("FAIL: " __VA_ARGS__);                                    \
+            printf("\n");                                                    \
+        }                                                                    \
+    } while (0)
+
+static uint64_t rnd(uint64_t *s)
+{
+    uint64_t x = *s;
+
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    return *s = x;
+}
+
+static void sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+static void print_load(const char *when)
+{
+    char buf[128] = "";
+    FILE *f = fopen("/proc/loadavg", "r");
+
+    if (f) {
+        if (!fgets(buf, sizeof buf, f))
+            buf[0] = '\0';
+        fclose(f);
+    }
+    buf[strcspn(buf, "\n")] = '\0';
+    printf("soak: load average %s: %s (%ld CPUs)\n", when, buf, sysconf(_SC_NPROCESSORS_ONLN));
+}
+
+/* ---------------------------------------------------------------- cluster */
+
+static pgh_cluster *cluster;
+static pgh_node *primary, *replica; /* current roles */
+static bool sync_on;
+
+static bool accepting(pgh_node *n)
+{
+    char err[256];
+    PGconn *conn;
+
+    if (!pgh_node_pid(n))
+        return false;
+    conn = pgh_connect(pgh_node_conninfo(n), 1000, NULL, err, sizeof err);
+    if (!conn)
+        return false;
+    PQfinish(conn);
+    return true;
+}
+
+static int set_sync(pgh_node *n, bool on)
+{
+    if (pgh_node_exec(n, on ? "ALTER SYSTEM SET synchronous_standby_names = '*'"
+                            : "ALTER SYSTEM SET synchronous_standby_names = ''") != 0 ||
+        pgh_node_exec(n, "SELECT pg_reload_conf()") != 0)
+        return -1;
+    sync_on = on;
+    return 0;
+}
+
+/*
+ * Wait until the fault is over: both servers accept connections, and with
+ * synchronous replication on, the replica streams as the primary's
+ * synchronous standby and has replayed everything.  Returns false when that
+ * never happened (the cluster is broken: the soak cannot go on).
+ */
+static bool wait_healed(void)
+{
+    double end = pgh_now_ms() + HEAL_TIMEOUT_MS;
+    char v[32];
+
+    while (pgh_now_ms() < end) {
+        if (!accepting(primary) || !accepting(replica)) {
+            sleep_ms(20);
+            continue;
+        }
+        if (sync_on &&
+            (pgh_node_query_value(primary,
+                                  "SELECT count(*) FROM pg_stat_replication "
+                                  "WHERE sync_state = 'sync' AND state = 'streaming'",
+                                  v, sizeof v) != 0 ||
+             strcmp(v, "1") != 0)) {
+            sleep_ms(20);
+            continue;
+        }
+        if (pgh_node_wait_replay(replica, primary, 5000) != 0)
+            continue;
+        return true;
+    }
+    printf("soak: the cluster did not heal within %d ms (%s: %s; %s: %s)\n", HEAL_TIMEOUT_MS,
+           pgh_node_name(primary), pgh_node_error(primary), pgh_node_name(replica),
+           pgh_node_error(replica));
+    return false;
+}
+
+/* kill -9 of one client backend of n, or of none when n has none. */
+static void kill_a_backend(pgh_node *n, uint64_t r)
+{
+    char sql[256], pid[32];
+
+    snprintf(sql, sizeof sql,
+             "SELECT pid FROM pg_stat_activity WHERE backend_type = 'client backend' "
+             "AND pid <> pg_backend_pid() ORDER BY pid OFFSET %d LIMIT 1",
+             (int)(r % 4));
+    /* no session there right now: nothing to kill, the fault is a no-op */
+    if (pgh_node_query_value(n, sql, pid, sizeof pid) == 0 && pid[0] &&
+        kill((pid_t)atol(pid), SIGKILL) != 0)
+        printf("soak: kill -9 %s: %s\n", pid, strerror(errno));
+    /* the postmaster notices its child's death and resets every session */
+    sleep_ms(50);
+}
+
+/* Run one fault, appending its window(s) to f.  false: the cluster broke. */
+static bool inject(fault_kind k, uint64_t r, wl *w, fault_rec *f, int *nf)
+{
+    pgh_node *n = (r >> 8) % 2 ? primary : replica;
+    fault_rec *rec = &f[(*nf)++];
+
+    rec->kind = k;
+    rec->node = pgh_node_name(n);
+    rec->from = wl_elapsed_ms(w);
+    switch (k) {
+    case F_KILL9:
+        kill_a_backend(n, r >> 16);
+        break;
+    case F_HANG:
+        if (pgh_node_hang(n) != 0)
+            return false;
+        sleep_ms(300 + (int)((r >> 16) % 1200));
+        if (pgh_node_resume(n) != 0)
+            return false;
+        break;
+    case F_RESTART:
+        if (pgh_node_stop(n, PGH_STOP_IMMEDIATE) != 0)
+            return false;
+        sleep_ms(100 + (int)((r >> 16) % 400));
+        if (pgh_node_start(n) != 0)
+            return false;
+        break;
+    case F_TERMINATE:
+        if (pgh_node_terminate_backends(n) != 0)
+            return false;
+        break;
+    case F_PROMOTE: {
+        pgh_node *old = primary;
+
+        rec->node = pgh_node_name(replica);
+        if (pgh_node_stop(old, PGH_STOP_IMMEDIATE) != 0 || pgh_node_promote(replica) != 0)
+            return false;
+        primary = replica;
+        replica = old;
+        /* no standby until the rebuild: commits must not wait for one */
+        if (set_sync(primary, false) != 0)
+            return false;
+        rec->to = wl_elapsed_ms(w);
+        rec = &f[(*nf)++];
+        rec->kind = F_REBUILD;
+        rec->node = pgh_node_name(old);
+        rec->from = f[*nf - 2].to;
+        if (pgh_node_rebuild_replica(old, primary) != 0 || set_sync(primary, true) != 0)
+            return false;
+        break;
+    }
+    default:
+        break;
+    }
+    if (!wait_healed())
+        return false;
+    rec->to = wl_elapsed_ms(w);
+    return true;
+}
+
+/* ---------------------------------------------------------------- checks */
+
+/*
+ * Each refusal window against the faults (they run one after another: the
+ * cause is the last one started before the window's end): it is explained
+ * when that fault was under way at its end, or when it ended at most
+ * REFUSAL_GRACE_MS after that fault's end.  Prints every window; returns
+ * how many went past the grace.
+ */
+static int check_refusals(wl *w, const fault_rec *f, int nf)
+{
+    int n, bad = 0;
+    const wl_window *rw = wl_refusals(w, &n);
+    double total = 0, worst = 0;
+
+    printf("soak: %d refusal window(s) (PGG_EOPEN), grace %d ms after a fault's end:\n", n,
+           REFUSAL_GRACE_MS);
+    for (int i = 0; i < n; i++) {
+        const fault_rec *cause = NULL;
+        double excess;
+
+        for (int j = 0; j < nf; j++)
+            if (f[j].from <= rw[i].to && (!cause || f[j].from >= cause->from))
+                cause = &f[j];
+        excess = !cause ? rw[i].to - rw[i].from + REFUSAL_GRACE_MS + 1
+                 : rw[i].to <= cause->to ? 0 : rw[i].to - cause->to;
+        total += rw[i].to - rw[i].from;
+        if (excess > worst)
+            worst = excess;
+        printf("soak:   refused %9.0f .. %9.0f ms (%6.0f ms)  fault %-9s %-8s %9.0f .. %9.0f "
+               "ms (%6.0f ms)  past its end: %6.0f ms%s\n",
+               rw[i].from, rw[i].to, rw[i].to - rw[i].from, cause ? fault_name[cause->kind] : "none",
+               cause ? cause->node : "-", cause ? cause->from : 0, cause ? cause->to : 0,
+               cause ? cause->to - cause->from : 0, excess,
+               excess > REFUSAL_GRACE_MS ? "  <-- too long" : "");
+        if (excess > REFUSAL_GRACE_MS)
+            bad++;
+    }
+    printf("soak: refusals: %d window(s), %.0f ms in all, worst %.0f ms past a fault's end, "
+           "%d past the grace\n", n, total, worst, bad);
+    return bad;
+}
+
+static long env_long(const char *name, long dflt)
+{
+    const char *v = getenv(name);
+    char *end;
+    long x;
+
+    if (!v || !*v)
+        return dflt;
+    x = strtol(v, &end, 10);
+    return *end || x <= 0 ? dflt : x;
+}
+
+int main(int argc, char **argv)
+{
+    long seconds = argc > 1 ? atol(argv[1]) : env_long("PGGUARD_SOAK_SECONDS", 60);
+    uint64_t seed = (uint64_t)env_long("PGGUARD_SOAK_SEED", 0), rs;
+    char err[2048];
+    fault_rec *faults;
+    int nfaults = 0, per_kind[F__N] = {0};
+    wl_options o = {.threads = THREADS, .timeout_ms = CALL_TIMEOUT_MS, .backoff_ms = 5};
+    pgg_config *cfg;
+    pgg_pool *pool;
+    pgg_error e;
+    wl *w;
+    bool broken = false;
+    char *ci;
+
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    if (seconds <= 0)
+        seconds = 60;
+    if (!seed)
+        seed = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 20);
+    rs = seed;
+    o.seed = seed;
+    printf("soak: %ld s, %d threads, a fault every ~%d ms, seed %" PRIu64
+           " (PGGUARD_SOAK_SEED=%" PRIu64 " repeats it)\n",
+           seconds, THREADS, FAULT_EVERY_MS, seed, seed);
+    print_load("at the start");
+
+    if (getenv("PGGUARD_TEST_PRIMARY") && *getenv("PGGUARD_TEST_PRIMARY"))
+        pgh_skip("the soak injects faults: it needs servers of its own");
+    cluster = pgh_cluster_start(1, err, sizeof err);
+    if (!cluster) {
+        printf("FAIL: cluster start: %s\n", err);
+        return 1;
+    }
+    primary = pgh_cluster_primary(cluster);
+    replica = pgh_cluster_replica(cluster, 0);
+    if (set_sync(primary, true) != 0 || wl_setup(primary) != 0 || !wait_healed()) {
+        printf("FAIL: setting up synchronous replication and the tables\n");
+        pgh_cluster_free(cluster);
+        return 1;
+    }
+
+    cfg = pgg_config_new();
+    ci = pgh_cluster_conninfo(cluster);
+    if (!cfg || !ci || pgg_config_set_servers(cfg, ci, &e) != PGG_OK ||
+        pgg_config_parse(cfg, SOAK_SETTINGS, &e) != PGG_OK ||
+        !(pool = pgg_pool_new(cfg, &e))) {
+        printf("FAIL: pool: %s\n", e.message);
+        free(ci);
+        pgg_config_free(cfg);
+        pgh_cluster_free(cluster);
+        return 1;
+    }
+    free(ci);
+    pgg_config_free(cfg);
+    /* let the health thread learn both roles before the load starts */
+    for (double end = pgh_now_ms() + 10000; pgh_now_ms() < end; sleep_ms(20)) {
+        pgg_host_stats a, b;
+
+        pgg_pool_host_stats(pool, 0, &a);
+        pgg_pool_host_stats(pool, 1, &b);
+        if (a.role == PGG_ROLE_PRIMARY && b.role == PGG_ROLE_STANDBY)
+            break;
+    }
+
+    faults = calloc((size_t)(seconds * 1000 / FAULT_EVERY_MS + 8) * 2, sizeof *faults);
+    w = wl_start(pool, &o);
+    if (!faults || !w) {
+        printf("FAIL: starting the load\n");
+        return 1;
+    }
+    double stop_faults = (double)seconds * 1000 - QUIET_TAIL_MS;
+    int cap = (int)(seconds * 1000 / FAULT_EVERY_MS + 8) * 2 - 2;
+    for (;;) {
+        uint64_t r = rnd(&rs);
+        int wait = FAULT_EVERY_MS / 2 + (int)(r % FAULT_EVERY_MS); /* 1..3 s */
+
+        if (wl_elapsed_ms(w) + wait >= stop_faults || nfaults >= cap)
+            break;
+        sleep_ms(wait);
+        fault_kind k = (fault_kind)((r >> 32) % (F_PROMOTE + 1));
+        printf("soak: %8.0f ms: %s\n", wl_elapsed_ms(w), fault_name[k]);
+        per_kind[k]++;
+        if (!inject(k, r >> 12, w, faults, &nfaults)) {
+            broken = true;
+            break;
+        }
+        printf("soak: %8.0f ms: %s over (%s, %.0f ms)\n", wl_elapsed_ms(w), fault_name[k],
+               faults[nfaults - 1].node, faults[nfaults - 1].to - faults[nfaults - 1].from);
+    }
+    while (!broken && wl_elapsed_ms(w) < (double)seconds * 1000)
+        sleep_ms(50);
+    wl_stop(w);
+
+    printf("soak: faults:");
+    for (int k = 0; k <= F_PROMOTE; k++)
+        printf(" %s %d", fault_name[k], per_kind[k]);
+    printf(" (final primary: %s)\n", pgh_node_name(primary));
+    wl_print(w, "soak");
+    CHECK(!broken, "the cluster broke under the faults (see above)");
+
+    wl_totals t;
+    wl_totals_get(w, &t);
+    CHECK(t.unexpected == 0, "%" PRIu64 " failures no fault explains", t.unexpected);
+    CHECK(t.wrong_answers == 0, "%" PRIu64 " wrong answers", t.wrong_answers);
+    CHECK(t.overshoots == 0, "%" PRIu64 " calls ended more than %.0f ms past their deadline "
+          "(worst %.1f ms)", t.overshoots, WL_OVERSHOOT_MS, t.worst_overshoot_ms);
+    CHECK(t.reads > 0 && t.writes > 0 && t.leases > 0, "some kind of call never succeeded");
+    CHECK(nfaults > 0 || seconds * 1000 <= QUIET_TAIL_MS + FAULT_EVERY_MS,
+          "no fault was injected");
+    if (!broken || accepting(primary)) {
+        long missing = wl_missing_writes(w, primary);
+        printf("soak: acknowledged writes missing on the final primary: %ld of %" PRIu64 "\n",
+               missing, t.acked);
+        CHECK(missing == 0, "%ld acknowledged writes missing", missing);
+    }
+    CHECK(wl_pool_unbalanced(pool) == 0, "the pool's accounting does not balance");
+    int too_long = check_refusals(w, faults, nfaults);
+    CHECK(too_long == 0, "%d refusal window(s) outlasted their fault by more than %d ms",
+          too_long, REFUSAL_GRACE_MS);
+
+    wl_free(w);
+    free(faults);
+    pgg_pool_free(pool);
+    pgh_cluster_free(cluster);
+    CHECK(pgh_leak_check() == 0, "memory leaked (report above)");
+    print_load("at the end");
+    printf(failures ? "soak: FAILED (%d checks)\n" : "soak: passed\n", failures);
+    return failures ? 1 : 0;
+}
