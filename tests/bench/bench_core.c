@@ -1,7 +1,8 @@
 /*
  * bench-core: the cost of the resilience core on the path of every call.
  *
- *   bench-core [millions of ops per thread per case, default 10] [runs, default 3]
+ *   bench-core [millions of ops per thread per case, default 10; fractions
+ *              such as 0.1 are fine] [runs, default 3]
  *
  * Prints ns/op for breaker allow+record, rejection while open and bulkhead
  * enter+leave, single-threaded and with 2 threads on one shared object,
@@ -12,7 +13,7 @@
  * (wrappers there crash TSan's start-up: its dlsym calls malloc before TSan
  * is ready).  Not a
  * test: numbers depend on the machine; build with --buildtype=release to
- * quote them.  The tsan suite runs it briefly (`bench-core 1 1`) as a race
+ * quote them.  The tsan suite runs it briefly (`bench-core 0.1 1`) as a race
  * test of the breaker and bulkhead under two threads.
  */
 #include <pthread.h>
@@ -303,20 +304,22 @@ static result best_of(kind k, int threads, long ops, int runs)
 
 int main(int argc, char **argv)
 {
-    long millions = argc > 1 ? atol(argv[1]) : 10;
+    double millions = argc > 1 ? atof(argv[1]) : 10;
     int runs = argc > 2 ? atoi(argv[2]) : 3;
     long ops;
     int k, bad = 0;
     bool counting = false;
     result one, two;
 
-    if (millions <= 0)
+    if (!(millions > 0))
         millions = 1;
     if (runs <= 0)
         runs = 1;
-    ops = millions * 1000000L;
-    printf("bench-core: %ld M ops per thread per case, best of %d runs, %ld CPUs online\n",
-           millions, runs, sysconf(_SC_NPROCESSORS_ONLN));
+    ops = (long)(millions * 1e6);
+    if (ops < 1000)
+        ops = 1000;
+    printf("bench-core: %g M ops per thread per case, best of %d runs, %ld CPUs online\n",
+           (double)ops / 1e6, runs, sysconf(_SC_NPROCESSORS_ONLN));
 #ifdef BENCH_NO_MALLOC_COUNT
     printf("(allocation counting unavailable in this build)\n");
 #else

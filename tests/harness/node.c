@@ -309,6 +309,20 @@ int pgh_node_rebuild_replica(pgh_node *n, pgh_node *source)
                           "-c", "fast", "-C", "-S", n->name, NULL};
     if (pgh__run(argv, true, PGH_CMD_TIMEOUT_MS, out, sizeof out) != 0)
         return pgh__node_fail(n, PGH_ERROR, "pg_basebackup failed: %s", out);
+    /* pg_basebackup copies the source's socket lock files (its sockets live
+     * in its data directory); a stale one of our port would stop the start */
+    DIR *d = opendir(n->datadir);
+    if (d) {
+        struct dirent *e;
+        while ((e = readdir(d))) {
+            if (strncmp(e->d_name, ".s.PGSQL.", 9) == 0) {
+                char path[PATH_MAX + 300];
+                pgh__fmt(path, sizeof path, "%s/%s", n->datadir, e->d_name);
+                unlink(path);
+            }
+        }
+        closedir(d);
+    }
     /* the copy carries the source's port, socket directory and name; the
      * last setting in the file wins (-R put primary_conninfo and the slot in
      * postgresql.auto.conf, which is read after postgresql.conf) */

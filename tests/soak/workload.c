@@ -383,6 +383,7 @@ wl *wl_start(pgg_pool *pool, const wl_options *o)
 
         t->w = w;
         t->index = i;
+        t->t.worst_overshoot_ms = -1e9; /* before any call */
         t->seed = (o->seed + 1) * 0x9E3779B97F4A7C15u ^ (uint64_t)(i + 1) * 0xBF58476D1CE4E5B9u;
         if (!t->seed)
             t->seed = 1;
@@ -557,8 +558,10 @@ void wl_print(const wl *w, const char *who)
     for (size_t k = 1; k < sizeof t.by_code / sizeof t.by_code[0]; k++)
         if (t.by_code[k])
             printf(" %s %" PRIu64, pgg_err_name(-(int)k), t.by_code[k]);
-    printf("\n%s: worst call %.1f ms past its deadline (bound %.0f ms), %" PRIu64
-           " past the bound\n", who, t.worst_overshoot_ms, WL_OVERSHOOT_MS, t.overshoots);
+    printf("\n%s: the call closest to its deadline ended %.1f ms %s it (bound: %.0f ms past); "
+           "%" PRIu64 " past the bound\n", who,
+           t.worst_overshoot_ms < 0 ? -t.worst_overshoot_ms : t.worst_overshoot_ms,
+           t.worst_overshoot_ms < 0 ? "before" : "past", WL_OVERSHOOT_MS, t.overshoots);
 }
 
 void wl_free(wl *w)
