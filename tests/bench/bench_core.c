@@ -138,7 +138,7 @@ typedef struct bench {
     long ops; /* per thread */
     pgg_breaker breaker;
     pgg_bulkhead bulkhead;
-    pthread_barrier_t start, stop;
+    pthread_barrier_t ready, start, stop;
 } bench;
 
 /* Instants are made up (one microsecond apart) unless the case reads the clock. */
@@ -203,6 +203,7 @@ static void *worker(void *arg)
 {
     worker_arg *w = arg;
 
+    pthread_barrier_wait(&w->b->ready);
     pthread_barrier_wait(&w->b->start);
     w->t0 = pgg__now_ns();
     run_ops(w->b);
@@ -259,13 +260,16 @@ static result measure(kind k, int threads, long ops)
     int i;
 
     setup(&b, k, ops);
+    pthread_barrier_init(&b.ready, NULL, (unsigned)threads + 1);
     pthread_barrier_init(&b.start, NULL, (unsigned)threads + 1);
     pthread_barrier_init(&b.stop, NULL, (unsigned)threads + 1);
     for (i = 0; i < threads; i++) {
         w[i].b = &b;
         pthread_create(&w[i].th, NULL, worker, &w[i]);
     }
-    /* Thread creation may allocate; only the loops are counted. */
+    /* Thread creation and start-up may allocate (in the new thread too,
+     * under the sanitizers): only the loops are counted. */
+    pthread_barrier_wait(&b.ready);
     a0 = atomic_load(&allocations);
     pthread_barrier_wait(&b.start);
     pthread_barrier_wait(&b.stop);
@@ -276,6 +280,7 @@ static result measure(kind k, int threads, long ops)
         first = w[i].t0 < first ? w[i].t0 : first;
         last = w[i].t1 > last ? w[i].t1 : last;
     }
+    pthread_barrier_destroy(&b.ready);
     pthread_barrier_destroy(&b.start);
     pthread_barrier_destroy(&b.stop);
     teardown(&b);
