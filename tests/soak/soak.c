@@ -28,7 +28,8 @@
  *   PGGUARD_SOAK_SEED=N repeats a run's choice of faults.
  *
  * Loopback only; bounded in time: the faults stop a few seconds before the
- * end so that the tail shows recovery, then everything is torn down.
+ * end so that the tail shows recovery (a promotion's rebuild may push the
+ * end by a few seconds), then everything is torn down.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -53,6 +54,8 @@
 #define REFUSAL_GRACE_MS (HEALTH_INTERVAL_MS + 100)
 /* The load runs this long after the last fault has ended. */
 #define QUIET_TAIL_MS 4000
+/* ... and at least this long, when the last fault ran into the tail. */
+#define MIN_TAIL_MS 2000
 #define FAULT_EVERY_MS 2000
 #define HEAL_TIMEOUT_MS 60000
 
@@ -426,7 +429,11 @@ int main(int argc, char **argv)
         printf("soak: %8.0f ms: %s over (%s, %.0f ms)\n", wl_elapsed_ms(w), fault_name[k],
                faults[nfaults - 1].node, faults[nfaults - 1].to - faults[nfaults - 1].from);
     }
-    while (!broken && wl_elapsed_ms(w) < (double)seconds * 1000)
+    /* a fault that ran long (a rebuild) still gets a tail to show recovery */
+    double until = (double)seconds * 1000;
+    if (nfaults > 0 && faults[nfaults - 1].to + MIN_TAIL_MS > until)
+        until = faults[nfaults - 1].to + MIN_TAIL_MS;
+    while (!broken && wl_elapsed_ms(w) < until)
         sleep_ms(50);
     wl_stop(w);
 
