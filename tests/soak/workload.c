@@ -33,6 +33,12 @@ struct wl {
     atomic_int unexpected_printed;
     int n;
     wl_thread *th;
+    /* the canary: a thread that sleeps 1 ms at a time and notes how late it
+     * wakes, to tell the machine's stalls from the pool's */
+    pthread_t canary;
+    bool canary_running;
+    double canary_worst_ms;
+    uint64_t canary_late;
     wl_window *merged;
     int nmerged;
 };
@@ -90,8 +96,9 @@ double wl_elapsed_ms(const wl *w)
 
 /* ------------------------------------------------------------ accounting */
 
-/* A call's duration against its deadline. */
-static void timed(wl_thread *t, double started, int deadline_ms)
+/* A call's duration against its deadline; e says how it ended. */
+static void timed(wl_thread *t, const char *what, double started, int deadline_ms,
+                  const pgg_error *e)
 {
     double over = pgh_now_ms() - started - deadline_ms;
 
@@ -99,8 +106,9 @@ static void timed(wl_thread *t, double started, int deadline_ms)
         t->t.worst_overshoot_ms = over;
     if (over > WL_OVERSHOOT_MS) {
         t->t.overshoots++;
-        fprintf(stderr, "workload: a call ended %.1f ms past its %d ms deadline\n", over,
-                deadline_ms);
+        fprintf(stderr, "workload: %s ended %.1f ms past its %d ms deadline (%s%s%s)\n", what,
+                over, deadline_ms, pgg_err_name(e->code), e->message[0] ? ": " : "",
+                e->message);
     }
 }
 
@@ -203,7 +211,7 @@ static void do_read(wl_thread *t, uint64_t r)
     pgg_error_clear(&e);
     res = pgg_exec_params(t->w->pool, PGG_READ, "SELECT v FROM wl_r WHERE id = $1", 1, NULL,
                           vals, NULL, NULL, &call, NULL, &e);
-    timed(t, t0, call.timeout_ms);
+    timed(t, "a read", t0, call.timeout_ms, &e);
     if (res && PQresultStatus(res) == PGRES_TUPLES_OK) {
         if (PQntuples(res) != 1 || strcmp(PQgetvalue(res, 0, 0), want) != 0) {
             t->t.wrong_answers++;
@@ -234,7 +242,7 @@ static void do_write(wl_thread *t)
     pgg_error_clear(&e);
     res = pgg_exec_params(t->w->pool, PGG_WRITE, "INSERT INTO wl_w VALUES ($1, 'exec')", 1,
                           NULL, vals, NULL, NULL, &call, NULL, &e);
-    timed(t, t0, call.timeout_ms);
+    timed(t, "a write", t0, call.timeout_ms, &e);
     if (res && PQresultStatus(res) == PGRES_COMMAND_OK) {
         acknowledged(t, id);
         t->t.writes++;
@@ -259,7 +267,7 @@ static bool lease_step(wl_thread *t, pgg_lease *l, const char *sql, const char *
     pgg_error_clear(e);
     res = pgg_lease_exec_params(l, sql, param ? 1 : 0, NULL, param ? vals : NULL, NULL, NULL, 0,
                                 t->w->o.timeout_ms, e);
-    timed(t, t0, t->w->o.timeout_ms);
+    timed(t, sql, t0, t->w->o.timeout_ms, e);
     if (res && PQresultStatus(res) == want) {
         if (out)
             *out = res;
@@ -289,7 +297,7 @@ static void do_lease(wl_thread *t, uint64_t r)
 
     pgg_error_clear(&e);
     l = pgg_acquire(t->w->pool, writing ? PGG_WRITE : PGG_READ, t->w->o.timeout_ms, NULL, &e);
-    timed(t, t0, t->w->o.timeout_ms);
+    timed(t, "an acquisition", t0, t->w->o.timeout_ms, &e);
     if (!l) {
         failed(t, "acquire", &e);
         return;
@@ -362,6 +370,23 @@ static void *run(void *arg)
     return NULL;
 }
 
+static void *canary(void *arg)
+{
+    wl *w = arg;
+
+    while (!atomic_load(&w->stop)) {
+        double t0 = pgh_now_ms(), late;
+
+        pause_ms(1);
+        late = pgh_now_ms() - t0 - 1;
+        if (late > w->canary_worst_ms)
+            w->canary_worst_ms = late;
+        if (late > WL_OVERSHOOT_MS)
+            w->canary_late++;
+    }
+    return NULL;
+}
+
 wl *wl_start(pgg_pool *pool, const wl_options *o)
 {
     wl *w = calloc(1, sizeof *w);
@@ -378,6 +403,7 @@ wl *wl_start(pgg_pool *pool, const wl_options *o)
         return NULL;
     }
     w->t0 = pgh_now_ms();
+    w->canary_running = pthread_create(&w->canary, NULL, canary, w) == 0;
     for (int i = 0; i < w->n; i++) {
         wl_thread *t = &w->th[i];
 
@@ -392,6 +418,8 @@ wl *wl_start(pgg_pool *pool, const wl_options *o)
             atomic_store(&w->stop, 1);
             for (int j = 0; j < i; j++)
                 pthread_join(w->th[j].th, NULL);
+            if (w->canary_running)
+                pthread_join(w->canary, NULL);
             free(w->th);
             free(w);
             return NULL;
@@ -406,6 +434,8 @@ void wl_stop(wl *w)
         return;
     for (int i = 0; i < w->n; i++)
         pthread_join(w->th[i].th, NULL);
+    if (w->canary_running)
+        pthread_join(w->canary, NULL);
 }
 
 void wl_totals_get(const wl *w, wl_totals *out)
@@ -427,6 +457,8 @@ void wl_totals_get(const wl *w, wl_totals *out)
             out->worst_overshoot_ms = t->worst_overshoot_ms;
         out->acked += t->acked;
     }
+    out->stall_worst_ms = w->canary_worst_ms;
+    out->stalls = w->canary_late;
 }
 
 static int cmp_window(const void *a, const void *b)
@@ -562,6 +594,8 @@ void wl_print(const wl *w, const char *who)
            "%" PRIu64 " past the bound\n", who,
            t.worst_overshoot_ms < 0 ? -t.worst_overshoot_ms : t.worst_overshoot_ms,
            t.worst_overshoot_ms < 0 ? "before" : "past", WL_OVERSHOOT_MS, t.overshoots);
+    printf("%s: the machine: a thread sleeping 1 ms woke up to %.1f ms late, %" PRIu64
+           " times more than %.0f ms late\n", who, t.stall_worst_ms, t.stalls, WL_OVERSHOOT_MS);
 }
 
 void wl_free(wl *w)

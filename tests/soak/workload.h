@@ -44,6 +44,11 @@ typedef struct wl_totals {
     uint64_t overshoots;                 /* calls past deadline + WL_OVERSHOOT_MS */
     double worst_overshoot_ms;           /* the largest (elapsed - deadline) seen */
     uint64_t acked;                      /* acknowledged writes */
+    /* The machine's own stalls, for reading overshoots: a thread sleeping
+     * 1 ms at a time woke up this late at worst, and this many times more
+     * than WL_OVERSHOOT_MS late. */
+    double stall_worst_ms;
+    uint64_t stalls;
 } wl_totals;
 
 /* A time window, in ms since wl_start (pgh_now_ms based). */
