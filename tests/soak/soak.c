@@ -184,18 +184,22 @@ static bool wait_healed(void)
     return false;
 }
 
-/* kill -9 of one client backend of n, or of none when n has none. */
-static void kill_a_backend(pgh_node *n, uint64_t r)
-{
-    char sql[256], pid[32];
+static int kills_missed; /* kill9 faults that found no session to kill */
 
-    snprintf(sql, sizeof sql,
-             "SELECT pid FROM pg_stat_activity WHERE backend_type = 'client backend' "
-             "AND pid <> pg_backend_pid() ORDER BY pid OFFSET %d LIMIT 1",
-             (int)(r % 4));
-    /* no session there right now: nothing to kill, the fault is a no-op */
-    if (pgh_node_query_value(n, sql, pid, sizeof pid) == 0 && pid[0] &&
-        kill((pid_t)atol(pid), SIGKILL) != 0)
+/* kill -9 of one client backend of n (a no-op, counted, when n has none). */
+static void kill_a_backend(pgh_node *n)
+{
+    char pid[32];
+
+    if (pgh_node_query_value(n,
+                             "SELECT pid FROM pg_stat_activity "
+                             "WHERE backend_type = 'client backend' "
+                             "AND pid <> pg_backend_pid() ORDER BY random() LIMIT 1",
+                             pid, sizeof pid) != 0 || !pid[0]) {
+        kills_missed++;
+        return;
+    }
+    if (kill((pid_t)atol(pid), SIGKILL) != 0)
         printf("soak: kill -9 %s: %s\n", pid, strerror(errno));
     /* the postmaster notices its child's death and resets every session */
     sleep_ms(50);
@@ -212,7 +216,7 @@ static bool inject(fault_kind k, uint64_t r, wl *w, fault_rec *f, int *nf)
     rec->from = wl_elapsed_ms(w);
     switch (k) {
     case F_KILL9:
-        kill_a_backend(n, r >> 16);
+        kill_a_backend(n);
         break;
     case F_HANG:
         if (pgh_node_hang(n) != 0)
@@ -449,7 +453,8 @@ int main(int argc, char **argv)
     printf("soak: faults:");
     for (int k = 0; k <= F_PROMOTE; k++)
         printf(" %s %d", fault_name[k], per_kind[k]);
-    printf(" (final primary: %s)\n", pgh_node_name(primary));
+    printf(" (final primary: %s); %d kill9 found no session to kill\n", pgh_node_name(primary),
+           kills_missed);
     wl_print(w, "soak");
     CHECK(!broken, "the cluster broke under the faults (see above)");
 
