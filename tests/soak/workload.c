@@ -22,6 +22,8 @@ typedef struct wl_thread {
     wl_window *ref;
     int nref, capref;
     bool refusing; /* the last answer was PGG_EOPEN */
+    wl_window *over; /* [deadline, end] of each call past the bound */
+    int nover, capover;
 } wl_thread;
 
 struct wl {
@@ -39,6 +41,8 @@ struct wl {
     bool canary_running;
     double canary_worst_ms;
     uint64_t canary_late;
+    wl_window *stalls; /* the canary's late wake-ups (> 5 ms): [due, woke] */
+    int nstalls, capstalls;
     wl_window *merged;
     int nmerged;
 };
@@ -53,6 +57,15 @@ static void *xrealloc(void *p, size_t n)
         abort();
     }
     return p;
+}
+
+static void push_window(wl_window **a, int *n, int *cap, double from, double to)
+{
+    if (*n == *cap) {
+        *cap = *cap ? *cap * 2 : 64;
+        *a = xrealloc(*a, (size_t)*cap * sizeof **a);
+    }
+    (*a)[(*n)++] = (wl_window){from, to};
 }
 
 static uint64_t next_rand(uint64_t *s)
@@ -106,6 +119,8 @@ static void timed(wl_thread *t, const char *what, double started, int deadline_m
         t->t.worst_overshoot_ms = over;
     if (over > WL_OVERSHOOT_MS) {
         t->t.overshoots++;
+        push_window(&t->over, &t->nover, &t->capover, started + deadline_ms - t->w->t0,
+                    pgh_now_ms() - t->w->t0);
         fprintf(stderr, "workload: %s ended %.1f ms past its %d ms deadline (%s%s%s)\n", what,
                 over, deadline_ms, pgg_err_name(e->code), e->message[0] ? ": " : "",
                 e->message);
@@ -160,11 +175,7 @@ static void failed(wl_thread *t, const char *what, const pgg_error *e)
         if (t->refusing) {
             t->ref[t->nref - 1].to = now;
         } else {
-            if (t->nref == t->capref) {
-                t->capref = t->capref ? t->capref * 2 : 64;
-                t->ref = xrealloc(t->ref, (size_t)t->capref * sizeof *t->ref);
-            }
-            t->ref[t->nref++] = (wl_window){now, now};
+            push_window(&t->ref, &t->nref, &t->capref, now, now);
             t->refusing = true;
         }
     }
@@ -383,6 +394,9 @@ static void *canary(void *arg)
             w->canary_worst_ms = late;
         if (late > WL_OVERSHOOT_MS)
             w->canary_late++;
+        if (late > 5)
+            push_window(&w->stalls, &w->nstalls, &w->capstalls, t0 + 1 - w->t0,
+                        t0 + 1 + late - w->t0);
     }
     return NULL;
 }
@@ -459,6 +473,22 @@ void wl_totals_get(const wl *w, wl_totals *out)
     }
     out->stall_worst_ms = w->canary_worst_ms;
     out->stalls = w->canary_late;
+    /* an overshoot the machine explains: the canary, too, slept through the
+     * moment the call was due, and woke up no earlier than 20 ms before the
+     * call ended (it stalled over the same stretch) */
+    for (int i = 0; i < w->n; i++) {
+        for (int j = 0; j < w->th[i].nover; j++) {
+            const wl_window *o = &w->th[i].over[j];
+
+            for (int k = 0; k < w->nstalls; k++) {
+                if (w->stalls[k].from <= o->from + 1 &&
+                    w->stalls[k].to >= o->to - WL_OVERSHOOT_MS) {
+                    out->overshoots_in_stalls++;
+                    break;
+                }
+            }
+        }
+    }
 }
 
 static int cmp_window(const void *a, const void *b)
@@ -595,7 +625,9 @@ void wl_print(const wl *w, const char *who)
            t.worst_overshoot_ms < 0 ? -t.worst_overshoot_ms : t.worst_overshoot_ms,
            t.worst_overshoot_ms < 0 ? "before" : "past", WL_OVERSHOOT_MS, t.overshoots);
     printf("%s: the machine: a thread sleeping 1 ms woke up to %.1f ms late, %" PRIu64
-           " times more than %.0f ms late\n", who, t.stall_worst_ms, t.stalls, WL_OVERSHOOT_MS);
+           " times more than %.0f ms late; %" PRIu64 " of the %" PRIu64 " calls past the bound "
+           "were due while that thread, too, was stalled\n", who, t.stall_worst_ms, t.stalls,
+           WL_OVERSHOOT_MS, t.overshoots_in_stalls, t.overshoots);
 }
 
 void wl_free(wl *w)
@@ -606,7 +638,9 @@ void wl_free(wl *w)
     for (int i = 0; i < w->n; i++) {
         free(w->th[i].acked);
         free(w->th[i].ref);
+        free(w->th[i].over);
     }
+    free(w->stalls);
     free(w->th);
     free(w->merged);
     free(w);

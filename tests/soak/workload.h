@@ -49,6 +49,11 @@ typedef struct wl_totals {
      * than WL_OVERSHOOT_MS late. */
     double stall_worst_ms;
     uint64_t stalls;
+    /* Calls past the bound that were due while the canary was stalled too
+     * (it slept through their deadline and woke at most WL_OVERSHOOT_MS
+     * before they ended): the machine, not the pool, is the likely cause.
+     * Reported only; such calls still fail the soak. */
+    uint64_t overshoots_in_stalls;
 } wl_totals;
 
 /* A time window, in ms since wl_start (pgh_now_ms based). */
@@ -65,6 +70,7 @@ wl *wl_start(pgg_pool *pool, const wl_options *o);
 void wl_stop(wl *w);
 /* Milliseconds since wl_start, on the clock of the windows. */
 double wl_elapsed_ms(const wl *w);
+/* After wl_stop. */
 void wl_totals_get(const wl *w, wl_totals *out);
 /*
  * The refusal windows: per thread, a run of PGG_EOPEN answers with no
