@@ -348,38 +348,131 @@ static long env_long(const char *name, long dflt)
     return *end || x <= 0 ? dflt : x;
 }
 
+/* A pool over both servers with the soak's settings (and extra), once the
+ * health thread knows both roles.  NULL on failure (printed). */
+static pgg_pool *start_pool(const char *extra)
+{
+    pgg_config *cfg = pgg_config_new();
+    char *ci = pgh_cluster_conninfo(cluster);
+    pgg_pool *pool = NULL;
+    pgg_error e;
+
+    pgg_error_clear(&e);
+    if (cfg && ci && pgg_config_set_servers(cfg, ci, &e) == PGG_OK &&
+        pgg_config_parse(cfg, SOAK_SETTINGS, &e) == PGG_OK &&
+        (!extra || pgg_config_parse(cfg, extra, &e) == PGG_OK))
+        pool = pgg_pool_new(cfg, &e);
+    free(ci);
+    pgg_config_free(cfg);
+    if (!pool) {
+        printf("FAIL: pool: %s\n", e.message);
+        return NULL;
+    }
+    for (double end = pgh_now_ms() + 10000; pgh_now_ms() < end; sleep_ms(20)) {
+        pgg_host_stats a, b;
+
+        pgg_pool_host_stats(pool, 0, &a);
+        pgg_pool_host_stats(pool, 1, &b);
+        if (a.role == PGG_ROLE_PRIMARY && b.role == PGG_ROLE_STANDBY)
+            return pool;
+    }
+    printf("FAIL: the pool did not learn the servers' roles within 10 s\n");
+    pgg_pool_free(pool);
+    return NULL;
+}
+
+/*
+ * Inject faults until QUIET_TAIL_MS before the end, then let the load run
+ * on (at least MIN_TAIL_MS past the last fault).  Fills f (room for cap
+ * records) and per_kind.  false when the cluster broke.
+ */
+static bool run_faults(wl *w, long seconds, uint64_t *rs, fault_rec *f, int cap, int *nf,
+                       int per_kind[F__N])
+{
+    double stop_faults = (double)seconds * 1000 - QUIET_TAIL_MS, until;
+
+    for (;;) {
+        uint64_t r = rnd(rs);
+        int wait = FAULT_EVERY_MS / 2 + (int)(r % FAULT_EVERY_MS); /* 1..3 s */
+        fault_kind k = (fault_kind)((r >> 32) % (F_PROMOTE + 1));
+
+        if (wl_elapsed_ms(w) + wait >= stop_faults || *nf + 2 > cap)
+            break;
+        sleep_ms(wait);
+        printf("soak: %8.0f ms: %s\n", wl_elapsed_ms(w), fault_name[k]);
+        per_kind[k]++;
+        if (!inject(k, r >> 12, w, f, nf))
+            return false;
+        printf("soak: %8.0f ms: %s over (%s, %.0f ms)\n", wl_elapsed_ms(w), fault_name[k],
+               f[*nf - 1].node, f[*nf - 1].to - f[*nf - 1].from);
+    }
+    /* a fault that ran long (a rebuild) still gets a tail to show recovery */
+    until = (double)seconds * 1000;
+    if (*nf > 0 && f[*nf - 1].to + MIN_TAIL_MS > until)
+        until = f[*nf - 1].to + MIN_TAIL_MS;
+    while (wl_elapsed_ms(w) < until)
+        sleep_ms(50);
+    return true;
+}
+
+/* Every check of the header comment but the leak check, which comes after
+ * everything is freed. */
+static void check_results(wl *w, pgg_pool *pool, const fault_rec *f, int nf, bool broken,
+                          long seconds)
+{
+    wl_totals t;
+    long missing;
+    int too_long;
+
+    wl_print(w, "soak");
+    wl_totals_get(w, &t);
+    CHECK(!broken, "the cluster broke under the faults (see above)");
+    CHECK(t.unexpected == 0, "%" PRIu64 " failures no fault explains", t.unexpected);
+    CHECK(t.wrong_answers == 0, "%" PRIu64 " wrong answers", t.wrong_answers);
+    CHECK(t.overshoots == 0, "%" PRIu64 " calls ended more than %.0f ms past their deadline "
+          "(worst %.1f ms)", t.overshoots, WL_OVERSHOOT_MS, t.worst_overshoot_ms);
+    CHECK(t.reads > 0 && t.writes > 0 && t.leases > 0, "some kind of call never succeeded");
+    CHECK(nf > 0 || seconds * 1000 <= QUIET_TAIL_MS + FAULT_EVERY_MS, "no fault was injected");
+    if (!broken || accepting(primary)) {
+        missing = wl_missing_writes(w, primary);
+        printf("soak: acknowledged writes missing on the final primary: %ld of %" PRIu64 "\n",
+               missing, t.acked);
+        CHECK(missing == 0, "%ld acknowledged writes missing", missing);
+    }
+    CHECK(wl_pool_unbalanced(pool) == 0, "the pool's accounting does not balance");
+    too_long = check_refusals(w, f, nf);
+    CHECK(too_long == 0, "%d fault(s) caused refusals that outlasted them by more than %d ms "
+          "(or had no cause)", too_long, REFUSAL_GRACE_MS);
+}
+
 int main(int argc, char **argv)
 {
     long seconds = argc > 1 ? atol(argv[1]) : env_long("PGGUARD_SOAK_SECONDS", 60);
     uint64_t seed = (uint64_t)env_long("PGGUARD_SOAK_SEED", 0), rs;
-    char err[2048];
-    fault_rec *faults;
-    int nfaults = 0, per_kind[F__N] = {0};
-    wl_options o = {.threads = THREADS, .timeout_ms = CALL_TIMEOUT_MS, .backoff_ms = 5};
-    pgg_config *cfg;
-    pgg_pool *pool;
-    pgg_error e;
-    wl *w;
-    bool broken = false;
-    char *ci;
     const char *extra = getenv("PGGUARD_SOAK_SETTINGS");
+    wl_options o = {.threads = THREADS, .timeout_ms = CALL_TIMEOUT_MS, .backoff_ms = 5};
+    int nfaults = 0, cap, per_kind[F__N] = {0};
+    fault_rec *faults;
+    char err[2048];
+    pgg_pool *pool;
+    bool broken;
+    wl *w;
 
     setvbuf(stdout, NULL, _IOLBF, 0);
     if (seconds <= 0)
         seconds = 60;
     if (!seed)
         seed = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 20);
-    rs = seed;
-    o.seed = seed;
+    rs = o.seed = seed;
     printf("soak: %ld s, %d threads, a fault every ~%d ms, seed %" PRIu64
            " (PGGUARD_SOAK_SEED=%" PRIu64 " repeats it)\n",
            seconds, THREADS, FAULT_EVERY_MS, seed, seed);
     print_load("at the start");
     if (extra && *extra)
         printf("soak: extra settings: %s\n", extra);
-
     if (getenv("PGGUARD_TEST_PRIMARY") && *getenv("PGGUARD_TEST_PRIMARY"))
         pgh_skip("the soak injects faults: it needs servers of its own");
+
     cluster = pgh_cluster_start(1, err, sizeof err);
     if (!cluster) {
         printf("FAIL: cluster start: %s\n", err);
@@ -392,92 +485,30 @@ int main(int argc, char **argv)
         pgh_cluster_free(cluster);
         return 1;
     }
-
-    cfg = pgg_config_new();
-    ci = pgh_cluster_conninfo(cluster);
-    if (!cfg || !ci || pgg_config_set_servers(cfg, ci, &e) != PGG_OK ||
-        pgg_config_parse(cfg, SOAK_SETTINGS, &e) != PGG_OK ||
-        (extra && pgg_config_parse(cfg, extra, &e) != PGG_OK) ||
-        !(pool = pgg_pool_new(cfg, &e))) {
-        printf("FAIL: pool: %s\n", e.message);
-        free(ci);
-        pgg_config_free(cfg);
+    if (!(pool = start_pool(extra))) {
         pgh_cluster_free(cluster);
         return 1;
     }
-    free(ci);
-    pgg_config_free(cfg);
-    /* let the health thread learn both roles before the load starts */
-    for (double end = pgh_now_ms() + 10000; pgh_now_ms() < end; sleep_ms(20)) {
-        pgg_host_stats a, b;
-
-        pgg_pool_host_stats(pool, 0, &a);
-        pgg_pool_host_stats(pool, 1, &b);
-        if (a.role == PGG_ROLE_PRIMARY && b.role == PGG_ROLE_STANDBY)
-            break;
-    }
-
-    faults = calloc((size_t)(seconds * 1000 / FAULT_EVERY_MS + 8) * 2, sizeof *faults);
-    w = wl_start(pool, &o);
-    if (!faults || !w) {
+    /* a promotion takes two records (promote, rebuild) */
+    cap = (int)(seconds * 1000 / (FAULT_EVERY_MS / 2) + 2) * 2;
+    faults = calloc((size_t)cap, sizeof *faults);
+    w = faults ? wl_start(pool, &o) : NULL;
+    if (!w) {
         printf("FAIL: starting the load\n");
+        free(faults);
+        pgg_pool_free(pool);
+        pgh_cluster_free(cluster);
         return 1;
     }
-    double stop_faults = (double)seconds * 1000 - QUIET_TAIL_MS;
-    int cap = (int)(seconds * 1000 / FAULT_EVERY_MS + 8) * 2 - 2;
-    for (;;) {
-        uint64_t r = rnd(&rs);
-        int wait = FAULT_EVERY_MS / 2 + (int)(r % FAULT_EVERY_MS); /* 1..3 s */
 
-        if (wl_elapsed_ms(w) + wait >= stop_faults || nfaults >= cap)
-            break;
-        sleep_ms(wait);
-        fault_kind k = (fault_kind)((r >> 32) % (F_PROMOTE + 1));
-        printf("soak: %8.0f ms: %s\n", wl_elapsed_ms(w), fault_name[k]);
-        per_kind[k]++;
-        if (!inject(k, r >> 12, w, faults, &nfaults)) {
-            broken = true;
-            break;
-        }
-        printf("soak: %8.0f ms: %s over (%s, %.0f ms)\n", wl_elapsed_ms(w), fault_name[k],
-               faults[nfaults - 1].node, faults[nfaults - 1].to - faults[nfaults - 1].from);
-    }
-    /* a fault that ran long (a rebuild) still gets a tail to show recovery */
-    double until = (double)seconds * 1000;
-    if (nfaults > 0 && faults[nfaults - 1].to + MIN_TAIL_MS > until)
-        until = faults[nfaults - 1].to + MIN_TAIL_MS;
-    while (!broken && wl_elapsed_ms(w) < until)
-        sleep_ms(50);
+    broken = !run_faults(w, seconds, &rs, faults, cap, &nfaults, per_kind);
     wl_stop(w);
-
     printf("soak: faults:");
     for (int k = 0; k <= F_PROMOTE; k++)
         printf(" %s %d", fault_name[k], per_kind[k]);
     printf(" (final primary: %s); %d kill9 found no session to kill\n", pgh_node_name(primary),
            kills_missed);
-    wl_print(w, "soak");
-    CHECK(!broken, "the cluster broke under the faults (see above)");
-
-    wl_totals t;
-    wl_totals_get(w, &t);
-    CHECK(t.unexpected == 0, "%" PRIu64 " failures no fault explains", t.unexpected);
-    CHECK(t.wrong_answers == 0, "%" PRIu64 " wrong answers", t.wrong_answers);
-    CHECK(t.overshoots == 0, "%" PRIu64 " calls ended more than %.0f ms past their deadline "
-          "(worst %.1f ms)", t.overshoots, WL_OVERSHOOT_MS, t.worst_overshoot_ms);
-    CHECK(t.reads > 0 && t.writes > 0 && t.leases > 0, "some kind of call never succeeded");
-    CHECK(nfaults > 0 || seconds * 1000 <= QUIET_TAIL_MS + FAULT_EVERY_MS,
-          "no fault was injected");
-    if (!broken || accepting(primary)) {
-        long missing = wl_missing_writes(w, primary);
-        printf("soak: acknowledged writes missing on the final primary: %ld of %" PRIu64 "\n",
-               missing, t.acked);
-        CHECK(missing == 0, "%ld acknowledged writes missing", missing);
-    }
-    CHECK(wl_pool_unbalanced(pool) == 0, "the pool's accounting does not balance");
-    int too_long = check_refusals(w, faults, nfaults);
-    CHECK(too_long == 0, "%d fault(s) caused refusals that outlasted them by more than %d ms "
-          "(or had no cause)",
-          too_long, REFUSAL_GRACE_MS);
+    check_results(w, pool, faults, nfaults, broken, seconds);
 
     wl_free(w);
     free(faults);

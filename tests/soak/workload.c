@@ -121,9 +121,9 @@ static void timed(wl_thread *t, const char *what, double started, int deadline_m
         t->t.overshoots++;
         push_window(&t->over, &t->nover, &t->capover, started + deadline_ms - t->w->t0,
                     pgh_now_ms() - t->w->t0);
-        fprintf(stderr, "workload: %s ended %.1f ms past its %d ms deadline (%s%s%s)\n", what,
-                over, deadline_ms, pgg_err_name(e->code), e->message[0] ? ": " : "",
-                e->message);
+        fprintf(stderr, "workload: at %.0f ms, %s ended %.1f ms past its %d ms deadline "
+                "(%s%s%s)\n", pgh_now_ms() - t->w->t0, what, over, deadline_ms,
+                pgg_err_name(e->code), e->message[0] ? ": " : "", e->message);
     }
 }
 
@@ -452,6 +452,31 @@ void wl_stop(wl *w)
         pthread_join(w->canary, NULL);
 }
 
+/*
+ * An overshoot the machine explains: the canary, too, slept through the
+ * moment the call was due, and woke up no earlier than WL_OVERSHOOT_MS
+ * before the call ended (it stalled over the same stretch).
+ */
+static bool stalled_through(const wl *w, const wl_window *o)
+{
+    for (int k = 0; k < w->nstalls; k++)
+        if (w->stalls[k].from <= o->from + 1 && w->stalls[k].to >= o->to - WL_OVERSHOOT_MS)
+            return true;
+    return false;
+}
+
+/* The canary's longest stall overlapping [from, to], in ms; 0 for none. */
+static double longest_stall(const wl *w, double from, double to)
+{
+    double worst = 0;
+
+    for (int k = 0; k < w->nstalls; k++)
+        if (w->stalls[k].to >= from && w->stalls[k].from <= to &&
+            w->stalls[k].to - w->stalls[k].from > worst)
+            worst = w->stalls[k].to - w->stalls[k].from;
+    return worst;
+}
+
 void wl_totals_get(const wl *w, wl_totals *out)
 {
     memset(out, 0, sizeof *out);
@@ -473,22 +498,10 @@ void wl_totals_get(const wl *w, wl_totals *out)
     }
     out->stall_worst_ms = w->canary_worst_ms;
     out->stalls = w->canary_late;
-    /* an overshoot the machine explains: the canary, too, slept through the
-     * moment the call was due, and woke up no earlier than 20 ms before the
-     * call ended (it stalled over the same stretch) */
-    for (int i = 0; i < w->n; i++) {
-        for (int j = 0; j < w->th[i].nover; j++) {
-            const wl_window *o = &w->th[i].over[j];
-
-            for (int k = 0; k < w->nstalls; k++) {
-                if (w->stalls[k].from <= o->from + 1 &&
-                    w->stalls[k].to >= o->to - WL_OVERSHOOT_MS) {
-                    out->overshoots_in_stalls++;
-                    break;
-                }
-            }
-        }
-    }
+    for (int i = 0; i < w->n; i++)
+        for (int j = 0; j < w->th[i].nover; j++)
+            if (stalled_through(w, &w->th[i].over[j]))
+                out->overshoots_in_stalls++;
 }
 
 static int cmp_window(const void *a, const void *b)
@@ -628,6 +641,17 @@ void wl_print(const wl *w, const char *who)
            " times more than %.0f ms late; %" PRIu64 " of the %" PRIu64 " calls past the bound "
            "were due while that thread, too, was stalled\n", who, t.stall_worst_ms, t.stalls,
            WL_OVERSHOOT_MS, t.overshoots_in_stalls, t.overshoots);
+    for (int i = 0; i < w->n; i++) {
+        for (int j = 0; j < w->th[i].nover; j++) {
+            const wl_window *o = &w->th[i].over[j];
+
+            printf("%s:   due at %.0f ms, ended %.1f ms later: %s (its longest stall then: "
+                   "%.0f ms)\n", who, o->from, o->to - o->from,
+                   stalled_through(w, o) ? "the canary was stalled too"
+                                         : "the canary was not stalled through it",
+                   longest_stall(w, o->from - 50, o->to));
+        }
+    }
 }
 
 void wl_free(wl *w)
