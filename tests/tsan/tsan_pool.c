@@ -65,6 +65,23 @@ static void *scraper(void *arg)
     return NULL;
 }
 
+/* Failed attempts and connects on every host: the pool may hide a fault
+ * from its callers (a read retried elsewhere), never from these counters. */
+static uint64_t host_failures(pgg_pool *p)
+{
+    uint64_t n = 0;
+
+    for (int i = 0; i < pgg_pool_host_count(p); i++) {
+        pgg_host_stats h;
+
+        pgg_pool_host_stats(p, i, &h);
+        n += h.connect_failures;
+        for (int k = 0; k < PGG_CLASS_SLOTS; k++)
+            n += h.failures[k];
+    }
+    return n;
+}
+
 static pgg_pool *make_pool(pgh_cluster *c)
 {
     pgg_config *cfg = pgg_config_new();
@@ -128,11 +145,12 @@ int main(void)
     pthread_join(sc, NULL);
     wl_print(w, "tsan_pool");
     wl_totals_get(w, &t);
-    printf("tsan_pool: %d events\n", atomic_load(&events));
+    printf("tsan_pool: %d events, %llu failed attempts or connects on the hosts\n",
+           atomic_load(&events), (unsigned long long)host_failures(p));
     CHECK(t.unexpected == 0, "%llu failures no fault explains", (unsigned long long)t.unexpected);
     CHECK(t.wrong_answers == 0, "%llu wrong answers", (unsigned long long)t.wrong_answers);
     CHECK(t.reads > 0 && t.writes > 0 && t.leases > 0, "some kind of call never succeeded");
-    CHECK(t.failed > 0, "no call failed: the faults did not reach the pool");
+    CHECK(host_failures(p) > 0, "no attempt failed on any host: the faults missed the pool");
     CHECK(wl_missing_writes(w, primary) == 0, "acknowledged writes are missing");
     CHECK(wl_pool_unbalanced(p) == 0, "the pool's accounting does not balance");
     wl_free(w);
