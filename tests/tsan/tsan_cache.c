@@ -34,7 +34,8 @@ static PGresult *make_result(const char *value)
     PGresult *r = PQmakeEmptyPGresult(NULL, PGRES_TUPLES_OK);
     PGresAttDesc att = {(char *)"v", 0, 0, 0, 25, -1, 0};
 
-    if (!r || !PQsetResultAttrs(r, 1, &att) || !PQsetvalue(r, 0, 0, (char *)value, (int)strlen(value)))
+    if (!r || !PQsetResultAttrs(r, 1, &att) ||
+        !PQsetvalue(r, 0, 0, (char *)value, (int)strlen(value)))
         abort();
     return r;
 }
