@@ -1,7 +1,8 @@
 /*
  * bench-core: the cost of the resilience core on the path of every call.
  *
- *   bench-core [millions of ops per thread per case, default 10] [runs, default 3]
+ *   bench-core [millions of ops per thread per case, default 10; fractions
+ *              such as 0.1 are fine] [runs, default 3]
  *
  * Prints ns/op for breaker allow+record, rejection while open and bulkhead
  * enter+leave, single-threaded and with 2 threads on one shared object, in
@@ -9,9 +10,13 @@
  * disturbs less: wall time counts other processes' turns),
  * (the best of `runs` runs: noise from other processes only ever adds time)
  * and checks that no case allocates: malloc and friends are counted by
- * wrappers in this executable (glibc; not under AddressSanitizer, which
- * owns malloc there).  Not a test: numbers depend on the machine; build
- * with --buildtype=release to quote them.
+ * wrappers in this executable (glibc), or under AddressSanitizer and
+ * ThreadSanitizer, which own malloc, by the sanitizer's allocation hook
+ * (wrappers there crash TSan's start-up: its dlsym calls malloc before TSan
+ * is ready).  Not a
+ * test: numbers depend on the machine; build with --buildtype=release to
+ * quote them.  The tsan suite runs it briefly (`bench-core 0.1 1`) as a race
+ * test of the breaker and bulkhead under two threads.
  */
 #include <pthread.h>
 #include <stdatomic.h>
@@ -28,20 +33,38 @@
 
 /* ------------------------------------------------------ allocation count */
 
-#if defined(__SANITIZE_ADDRESS__)
-#define BENCH_NO_MALLOC_COUNT 1
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define BENCH_SANITIZER_HOOK 1
 #elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define BENCH_NO_MALLOC_COUNT 1
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#define BENCH_SANITIZER_HOOK 1
 #endif
 #endif
-#if !defined(__GLIBC__)
+#if !defined(__GLIBC__) && !defined(BENCH_SANITIZER_HOOK)
 #define BENCH_NO_MALLOC_COUNT 1
 #endif
 
 static atomic_ulong allocations;
 
-#ifndef BENCH_NO_MALLOC_COUNT
+#if defined(BENCH_SANITIZER_HOOK)
+/* The sanitizers' common allocator interface (gcc ships no header for it):
+ * the hook runs on every allocation, realloc and calloc included. */
+int __sanitizer_install_malloc_and_free_hooks(void (*malloc_hook)(const volatile void *, size_t),
+                                              void (*free_hook)(const volatile void *));
+
+static void malloc_hook(const volatile void *p, size_t n)
+{
+    (void)p;
+    (void)n;
+    atomic_fetch_add_explicit(&allocations, 1, memory_order_relaxed);
+}
+
+/* The interface refuses a NULL hook. */
+static void free_hook(const volatile void *p)
+{
+    (void)p;
+}
+#elif !defined(BENCH_NO_MALLOC_COUNT)
 extern void *__libc_malloc(size_t n);
 extern void *__libc_calloc(size_t n, size_t size);
 extern void *__libc_realloc(void *p, size_t n);
@@ -118,7 +141,7 @@ typedef struct bench {
     long ops; /* per thread */
     pgg_breaker breaker;
     pgg_bulkhead bulkhead;
-    pthread_barrier_t start, stop;
+    pthread_barrier_t ready, start, stop;
 } bench;
 
 /* Instants are made up (one microsecond apart) unless the case reads the clock. */
@@ -193,6 +216,7 @@ static void *worker(void *arg)
 {
     worker_arg *w = arg;
 
+    pthread_barrier_wait(&w->b->ready);
     pthread_barrier_wait(&w->b->start);
     w->t0 = pgg__now_ns();
     w->c0 = thread_cpu_ns();
@@ -252,13 +276,16 @@ static result measure(kind k, int threads, long ops)
     int i;
 
     setup(&b, k, ops);
+    pthread_barrier_init(&b.ready, NULL, (unsigned)threads + 1);
     pthread_barrier_init(&b.start, NULL, (unsigned)threads + 1);
     pthread_barrier_init(&b.stop, NULL, (unsigned)threads + 1);
     for (i = 0; i < threads; i++) {
         w[i].b = &b;
         pthread_create(&w[i].th, NULL, worker, &w[i]);
     }
-    /* Thread creation may allocate; only the loops are counted. */
+    /* Thread creation and start-up may allocate (in the new thread too,
+     * under the sanitizers): only the loops are counted. */
+    pthread_barrier_wait(&b.ready);
     a0 = atomic_load(&allocations);
     pthread_barrier_wait(&b.start);
     pthread_barrier_wait(&b.stop);
@@ -270,6 +297,7 @@ static result measure(kind k, int threads, long ops)
         first = w[i].t0 < first ? w[i].t0 : first;
         last = w[i].t1 > last ? w[i].t1 : last;
     }
+    pthread_barrier_destroy(&b.ready);
     pthread_barrier_destroy(&b.start);
     pthread_barrier_destroy(&b.stop);
     teardown(&b);
@@ -301,23 +329,29 @@ static result best_of(kind k, int threads, long ops, int runs)
 
 int main(int argc, char **argv)
 {
-    long millions = argc > 1 ? atol(argv[1]) : 10;
+    double millions = argc > 1 ? atof(argv[1]) : 10;
     int runs = argc > 2 ? atoi(argv[2]) : 3;
     long ops;
     int k, bad = 0;
     bool counting = false;
     result one, two;
 
-    if (millions <= 0)
+    if (!(millions > 0))
         millions = 1;
     if (runs <= 0)
         runs = 1;
-    ops = millions * 1000000L;
-    printf("bench-core: %ld M ops per thread per case, best of %d runs, %ld CPUs online\n",
-           millions, runs, sysconf(_SC_NPROCESSORS_ONLN));
+    ops = (long)(millions * 1e6);
+    if (ops < 1000)
+        ops = 1000;
+    printf("bench-core: %g M ops per thread per case, best of %d runs, %ld CPUs online\n",
+           (double)ops / 1e6, runs, sysconf(_SC_NPROCESSORS_ONLN));
 #ifdef BENCH_NO_MALLOC_COUNT
     printf("(allocation counting unavailable in this build)\n");
 #else
+#ifdef BENCH_SANITIZER_HOOK
+    if (!__sanitizer_install_malloc_and_free_hooks(malloc_hook, free_hook))
+        printf("(allocation counting unavailable: the sanitizer refused the hook)\n");
+#endif
     {
         /* Prove the counter counts before trusting its zeros. */
         unsigned long a0 = atomic_load(&allocations);

@@ -110,6 +110,12 @@ int pgh_node_hang(pgh_node *n);
 int pgh_node_resume(pgh_node *n);
 /* Promote a replica; returns once pg_is_in_recovery() is false there. */
 int pgh_node_promote(pgh_node *n);
+/* Rebuild n as a streaming replica of source after a promotion (the old
+ * data directory cannot rejoin without pg_rewind): stop n if it runs,
+ * replace its data directory with a pg_basebackup of source (slot and
+ * application_name are n's name), keep n's port, and start it.  Returns
+ * once it accepts connections; wait for replay separately. */
+int pgh_node_rebuild_replica(pgh_node *n, pgh_node *source);
 /* Pause / resume WAL replay on a replica; pause returns once replay is
  * paused, so later commits on the primary stay invisible there. */
 int pgh_node_pause_replay(pgh_node *n);

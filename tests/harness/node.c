@@ -284,6 +284,64 @@ int pgh_node_promote(pgh_node *n)
     return 0;
 }
 
+int pgh_node_rebuild_replica(pgh_node *n, pgh_node *source)
+{
+    int rc = local_only(n, "rebuild");
+    if (rc)
+        return rc;
+    if (!source || source->external)
+        return pgh__node_fail(n, PGH_ENOTSUP, "rebuild: the source must be a local node");
+    if (pgh_node_pid(n) && (rc = pgh_node_stop(n, PGH_STOP_IMMEDIATE)) != 0)
+        return rc;
+    char err[512];
+    const pgh__env *env = pgh__env_get(err, sizeof err);
+    if (!env)
+        return pgh__node_fail(n, PGH_ERROR, "%s", err);
+    /* a slot of that name left by an earlier rebuild would make -C fail */
+    char sql[256];
+    pgh__fmt(sql, sizeof sql,
+             "select count(pg_drop_replication_slot(slot_name)) from pg_replication_slots "
+             "where slot_name = '%s'", n->name);
+    if (pgh_node_exec(source, sql) != 0)
+        return pgh__node_fail(n, PGH_ERROR, "dropping the old slot: %s", source->err);
+    if (pgh__rm_rf(n->datadir) != 0)
+        return pgh__node_fail(n, PGH_ERROR, "could not remove %s", n->datadir);
+    char tool[PATH_MAX + 32], dsn[256], out[2048];
+    pgh__fmt(tool, sizeof tool, "%s/pg_basebackup", env->bindir);
+    pgh__fmt(dsn, sizeof dsn, "host=%s port=%d user=postgres application_name=%s", source->host,
+             source->port, n->name);
+    const char *argv[] = {tool, "-d", dsn, "-D", n->datadir, "-R", "-X", "stream",
+                          "-c", "fast", "-C", "-S", n->name, NULL};
+    if (pgh__run(argv, true, PGH_CMD_TIMEOUT_MS, out, sizeof out) != 0)
+        return pgh__node_fail(n, PGH_ERROR, "pg_basebackup failed: %s", out);
+    /* pg_basebackup copies the source's socket lock files (its sockets live
+     * in its data directory); a stale one of our port would stop the start */
+    DIR *d = opendir(n->datadir);
+    if (d) {
+        struct dirent *e;
+        while ((e = readdir(d))) {
+            if (strncmp(e->d_name, ".s.PGSQL.", 9) == 0) {
+                char path[PATH_MAX + 300];
+                pgh__fmt(path, sizeof path, "%s/%s", n->datadir, e->d_name);
+                unlink(path);
+            }
+        }
+        closedir(d);
+    }
+    /* the copy carries the source's port, socket directory and name; the
+     * last setting in the file wins (-R put primary_conninfo and the slot in
+     * postgresql.auto.conf, which is read after postgresql.conf) */
+    char conf[PATH_MAX + 32], text[PATH_MAX + 128];
+    pgh__fmt(conf, sizeof conf, "%s/postgresql.conf", n->datadir);
+    pgh__fmt(text, sizeof text,
+             "port = %d\nunix_socket_directories = '%s'\ncluster_name = 'pgh-%s'\n", n->port,
+             n->datadir, n->name);
+    if (pgh__append_file(conf, text, err, sizeof err) != 0)
+        return pgh__node_fail(n, PGH_ERROR, "%s", err);
+    n->hung = false;
+    return pgh_node_start(n);
+}
+
 int pgh_node_pause_replay(pgh_node *n)
 {
     int rc = local_only(n, "pause replay");

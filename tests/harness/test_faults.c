@@ -166,6 +166,39 @@ Test(faults, promote)
     no_leaks();
 }
 
+/* Fail over and back: each time the old primary is rebuilt as a replica of
+ * the new one, streams from it, and keeps its port; the second rebuild
+ * copies a data directory that was itself a copy (stale socket locks). */
+Test(faults, rebuild_after_promotion)
+{
+    pgh_cluster *c = start_local_cluster(1, "a rebuild");
+    pgh_node *a = pgh_cluster_primary(c), *b = pgh_cluster_replica(c, 0);
+    int port_a = pgh_node_port(a), port_b = pgh_node_port(b);
+
+    for (int round = 0; round < 2; round++) {
+        pgh_node *old = round ? b : a, *new = round ? a : b;
+        char sql[128];
+
+        cr_assert_eq(pgh_node_stop(old, PGH_STOP_IMMEDIATE), 0, "%s", pgh_node_error(old));
+        cr_assert_eq(pgh_node_promote(new), 0, "%s", pgh_node_error(new));
+        double t0 = pgh_now_ms();
+        cr_assert_eq(pgh_node_rebuild_replica(old, new), 0, "%s", pgh_node_error(old));
+        fprintf(stderr, "timing: rebuild: %.0f ms\n", pgh_now_ms() - t0);
+        expect_value(old, "select pg_is_in_recovery()", "t");
+        snprintf(sql, sizeof sql, "insert into pgg_kv(k, v) values ('round%d', 'y')", round);
+        cr_assert_eq(pgh_node_exec(new, sql), 0, "%s", pgh_node_error(new));
+        cr_assert_eq(pgh_node_wait_replay(old, new, 20000), 0, "%s", pgh_node_error(old));
+        snprintf(sql, sizeof sql, "select count(*) from pgg_kv where k = 'round%d'", round);
+        expect_value(old, sql, "1");
+        expect_value(new, "select application_name from pg_stat_replication",
+                     pgh_node_name(old));
+    }
+    cr_expect_eq(pgh_node_port(a), port_a);
+    cr_expect_eq(pgh_node_port(b), port_b);
+    pgh_cluster_free(c);
+    no_leaks();
+}
+
 Test(faults, replay_pause)
 {
     pgh_cluster *c = start_local_cluster(1, "a replay pause");
