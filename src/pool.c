@@ -1,5 +1,5 @@
 /*
- * The public pool: the path of one call (DESIGN.md), composed from the
+ * The public pool: the path of one call (docs/DESIGN.md), composed from the
  * bulkhead, the router, the breakers, the hosts' connection pools, the
  * bounded link and the classifier.
  */
