@@ -236,8 +236,12 @@ PGG_EXPORT const char *pgg_role_name(pgg_role role);
 PGG_EXPORT pgg_pool *pgg_pool_new(const pgg_config *cfg, pgg_error *err);
 
 /*
- * Stop the health thread and close every connection.  Every lease must have
- * been released and no call may be in flight.  Accepts NULL.
+ * Stop the health thread and close every connection.  No call may be in
+ * flight, on the pool or on a lease.  A lease still out (never released) is
+ * reported with a PGG_EVENT_LEASE_LEAK event (reason "the pool was freed
+ * with the lease still out"), its connection is closed and it becomes an
+ * orphan: pgg_lease_exec* and the other lease calls fail with PGG_ECLOSED,
+ * pgg_lease_conn returns NULL, and pgg_release frees it.  Accepts NULL.
  */
 PGG_EXPORT void pgg_pool_free(pgg_pool *pool);
 
@@ -398,7 +402,10 @@ typedef struct pgg_stats {
     uint64_t cache_hits, cache_misses, cache_stores, cache_evictions;
     uint64_t cache_fallbacks;     /* stale answers served */
     uint64_t cache_bytes, cache_entries;
-    unsigned char reserved_[64];
+    int leases_out;               /* leases acquired and not yet released */
+    int64_t lease_oldest_ms;      /* how long the oldest of them is held; 0 none */
+    uint64_t lease_leaks;         /* leases reported held past lease_leak_ms */
+    unsigned char reserved_[40];  /* 64 bytes in all with the three above */
 } pgg_stats;
 
 /* Pool-wide counters. */
@@ -430,7 +437,12 @@ PGG_EXPORT int pgg_pool_metrics(pgg_pool *pool, char *buf, size_t len,
 
 typedef enum pgg_event_type {
     PGG_EVENT_BREAKER = 0, /* from/to are pgg_breaker_state */
-    PGG_EVENT_ROLE = 1     /* from/to are pgg_role */
+    PGG_EVENT_ROLE = 1,    /* from/to are pgg_role */
+    /* A lease held past lease_leak_ms (once per lease), or still out when
+     * the pool was freed: from is how long it has been held, in ms
+     * (INT_MAX at most), to the lease_leak_ms setting; host is the lease's
+     * server. */
+    PGG_EVENT_LEASE_LEAK = 2
 } pgg_event_type;
 
 typedef struct pgg_event {

@@ -260,6 +260,7 @@ static void round_once(pgg_health *hl)
     uint64_t primary_lsn = 0;
     bool have_primary_lsn = false;
 
+    pgg__leases_check(pool, now);
     for (int i = 0; i < pool->nhosts; i++) {
         pgg_host *h = &pool->hosts[i];
         probe *p = &hl->probes[i];

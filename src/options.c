@@ -111,6 +111,8 @@ static const opt options[] = {
             "hosts one read may try"),
     OPT_BOOL("lease_reset", lease_reset, "true",
              "DISCARD ALL when a lease is released, so its session state reaches no one else"),
+    OPT_I64("lease_leak_ms", lease_leak_ms, 0, DAY(1), "0",
+            "report a lease held longer than this (a PGG_EVENT_LEASE_LEAK event, checked every health round); 0 off"),
     OPT_I64("attempt_timeout_ms", attempt_timeout_ms, 0, HOUR(1), "0",
             "bound on one read attempt while another host could still serve it; 0 none"),
     OPT_BOOL("types.enabled", types_enabled, "false",

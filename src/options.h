@@ -46,6 +46,7 @@ struct pgg_config {
     pgg_read_policy read_policy;
     int max_attempts; /* hosts tried by one read */
     bool lease_reset; /* DISCARD ALL when a lease comes back */
+    int64_t lease_leak_ms; /* report a lease held longer; 0: never */
     /* A read attempt that another candidate could still take over ends at
      * this (Envoy's per_try_timeout): a hung host then costs a read part of
      * its deadline, not all of it.  0: an attempt may use the whole

@@ -134,6 +134,7 @@ static void pool_destroy(pgg_pool *pool, int hosts_ready, bool bulkhead_ready)
 {
     atomic_store(&pool->closed, true);
     pgg__health_stop(pool->health);
+    pgg__leases_orphan(pool);
     for (int i = 0; i < hosts_ready; i++)
         pgg__host_close(&pool->hosts[i]);
     if (pool->cfg)
@@ -156,6 +157,7 @@ static void pool_destroy(pgg_pool *pool, int hosts_ready, bool bulkhead_ready)
     pgg_config_free(pool->cfg);
     pgg__prepared_destroy(&pool->prepared);
     pthread_mutex_destroy(&pool->ev_mu);
+    pgg__leases_destroy(pool);
     free(pool);
 }
 
@@ -178,6 +180,7 @@ pgg_pool *pgg_pool_new(const pgg_config *cfg, pgg_error *err)
         return NULL;
     }
     pthread_mutex_init(&pool->ev_mu, NULL);
+    pgg__leases_init(pool);
     pgg__prepared_init(&pool->prepared);
     pool->cfg = pgg__config_copy(cfg, err);
     if (!pool->cfg)
@@ -1020,6 +1023,7 @@ int pgg_pool_stats(pgg_pool *pool, pgg_stats *out)
     out->calls = bc.admitted + out->bulkhead_rejections;
     out->calls_failed = atomic_load(&pool->calls_failed);
     pgg__cache_stats(pool->cache, out);
+    pgg__leases_stats(pool, out);
     return PGG_OK;
 }
 
