@@ -175,6 +175,22 @@ PGG_EXPORT int pgg_config_parse(pgg_config *cfg, const char *text,
 PGG_EXPORT int pgg_config_get(const pgg_config *cfg, const char *key,
                               char *buf, size_t buflen, pgg_error *err);
 
+/*
+ * Settings from the environment, as libpq reads PG* variables for its
+ * connection parameters:
+ *   PGGUARD_SERVERS  the servers, as pgg_config_set_servers takes them;
+ *   PGGUARD_OPTIONS  guard keys, as pgg_config_parse takes them
+ *                    ("pool_max=20 breaker.failure_rate=25").
+ * An unset or empty variable leaves cfg as it is, so call it after setting
+ * your defaults and the environment wins; PG* variables (PGHOST, PGUSER,
+ * PGPASSWORD...) keep applying through libpq as usual.  On an error the
+ * message starts with the variable's name and never holds a password;
+ * pairs of PGGUARD_OPTIONS before the bad one stay applied.
+ * Errors: PGG_EINVAL (NULL cfg), PGG_ECONFIG.  Reads the environment with
+ * getenv(): not safe while another thread calls setenv() or putenv().
+ */
+PGG_EXPORT int pgg_config_from_env(pgg_config *cfg, pgg_error *err);
+
 /* --------------------------------------------------------- classification */
 
 /* What an outcome says about the host it ran on. */

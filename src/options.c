@@ -1111,3 +1111,48 @@ fail:
     free(out);
     return NULL;
 }
+
+/* ---------------------------------------------------------- environment */
+
+/* The error of a setter, told as coming from variable `var`: the message
+ * keeps its own text (never a password) behind the variable's name. */
+static int from_var(const char *var, int rc, pgg_error *err)
+{
+    char msg[sizeof err->message];
+    size_t n;
+
+    if (rc == PGG_OK || !err)
+        return rc;
+    pgg__strlcpy(msg, err->message, sizeof msg);
+    /* "VAR: message", the message cut to what is left of the room */
+    pgg__strlcpy(err->message, var, sizeof err->message);
+    n = strlen(err->message);
+    pgg__strlcpy(err->message + n, ": ", sizeof err->message - n);
+    n = strlen(err->message);
+    pgg__strlcpy(err->message + n, msg, sizeof err->message - n);
+    return rc;
+}
+
+int pgg_config_from_env(pgg_config *cfg, pgg_error *err)
+{
+    const char *servers, *options;
+    int rc;
+
+    pgg__error_reset(err);
+    if (!cfg)
+        return pgg__error_set(err, PGG_EINVAL, NULL, NULL,
+                              "pgg_config_from_env: NULL config");
+    servers = getenv("PGGUARD_SERVERS");
+    options = getenv("PGGUARD_OPTIONS");
+    if (servers && *servers) {
+        rc = pgg_config_set_servers(cfg, servers, err);
+        if (rc != PGG_OK)
+            return from_var("PGGUARD_SERVERS", rc, err);
+    }
+    if (options && *options) {
+        rc = pgg_config_parse(cfg, options, err);
+        if (rc != PGG_OK)
+            return from_var("PGGUARD_OPTIONS", rc, err);
+    }
+    return PGG_OK;
+}
