@@ -79,7 +79,8 @@ PGG_EXPORT int pgg_have_types(void);
     X(ESTATE, -13, "operation not valid in the current state")                 \
     X(ESYS, -14, "system error")                                               \
     X(ETYPES, -15, "libpqtypes error")                                         \
-    X(ENOTSUP, -16, "not supported by this build")
+    X(ENOTSUP, -16, "not supported by this build")                             \
+    X(EONCONNECT, -17, "the on-connect hook refused the connection")
 
 typedef enum pgg_errno {
     PGG_OK = 0,
@@ -190,6 +191,42 @@ PGG_EXPORT int pgg_config_get(const pgg_config *cfg, const char *key,
  * getenv(): not safe while another thread calls setenv() or putenv().
  */
 PGG_EXPORT int pgg_config_from_env(pgg_config *cfg, pgg_error *err);
+
+/*
+ * A callback run on every new connection before it is lent (pgx's
+ * AfterConnect): the session is connected and idle, in nonblocking mode.
+ * Return 0 to accept it; anything else refuses it, with the reason written
+ * into errbuf (NUL-terminated, never a password).  It must return within
+ * timeout_ms, what is left of the connect bound: libpq calls it makes are
+ * not bounded by pgguard, and one that returns later has the connection
+ * dropped as a timeout.  It runs on the thread that connects (a caller's,
+ * or the health thread warming pool_min_idle), outside every lock.
+ */
+typedef int (*pgg_connect_fn)(PGconn *conn, int timeout_ms, void *userdata,
+                              char *errbuf, size_t errlen);
+
+/*
+ * Run sql and then fn (either may be NULL; both NULL removes the hook) on
+ * every new connection before it is lent (HikariCP's connectionInitSql),
+ * and again after the DISCARD ALL that resets a released lease
+ * (lease_reset), so the session state it sets (SET search_path, SET ROLE,
+ * ...) is always there.  sql may hold several statements; it is copied.
+ * Both run within the connect bound (connect_timeout_ms, and never past the
+ * call's deadline).  A connection the hook refuses is closed and the call
+ * that wanted it fails:
+ *   - the SQL fails with a user error (a syntax error, a missing role...),
+ *     fn refuses it, or either leaves a transaction open: PGG_EONCONNECT,
+ *     with the SQLSTATE and "on_connect: ..." in the message; the host's
+ *     breaker does not count it (the host is healthy, the hook is not) and
+ *     a read may try the next host;
+ *   - the session breaks, the server is shutting down, or the bound runs
+ *     out: PGG_ECONNECT / PGG_EUNAVAILABLE / PGG_ETIMEDOUT, counted as a
+ *     connection failure of the host, like a failed connect.
+ * Errors of this call: PGG_EINVAL (NULL cfg), PGG_ENOMEM.
+ */
+PGG_EXPORT int pgg_config_on_connect(pgg_config *cfg, const char *sql,
+                                     pgg_connect_fn fn, void *userdata,
+                                     pgg_error *err);
 
 /* --------------------------------------------------------- classification */
 

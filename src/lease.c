@@ -449,6 +449,15 @@ static bool reset_session(pgg_lease *lease)
      * the caller may have replaced the notice processor. */
     memset(&l->stmts, 0, sizeof l->stmts);
     pgg__link_silence(l->conn);
+    /* ... and what the on-connect hook set up: set it up again, or the
+     * connection is not pooled. */
+    if (ok) {
+        bool host_fault;
+
+        ok = pgg__host_on_connect(lease->h, l->conn,
+                                  pgg__now_ns() + lease->h->connect_timeout_ns,
+                                  &host_fault, NULL) == PGG_OK;
+    }
     return ok;
 }
 

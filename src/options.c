@@ -625,6 +625,7 @@ void pgg_config_free(pgg_config *cfg)
     if (!cfg)
         return;
     pgg__host_specs_free(cfg->hosts, cfg->nhosts);
+    free(cfg->on_connect.sql);
     free(cfg);
 }
 
@@ -651,6 +652,12 @@ pgg_config *pgg__config_copy(const pgg_config *src, pgg_error *err)
         return NULL;
     }
     dst->nhosts = src->hosts ? src->nhosts : 0;
+    dst->on_connect.sql = NULL;
+    if (src->on_connect.sql && !(dst->on_connect.sql = strdup(src->on_connect.sql))) {
+        pgg_config_free(dst);
+        pgg__error_set(err, PGG_ENOMEM, NULL, NULL, "out of memory");
+        return NULL;
+    }
     return dst;
 }
 
@@ -1154,5 +1161,25 @@ int pgg_config_from_env(pgg_config *cfg, pgg_error *err)
         if (rc != PGG_OK)
             return from_var("PGGUARD_OPTIONS", rc, err);
     }
+    return PGG_OK;
+}
+
+/* ------------------------------------------------------ on-connect hook */
+
+int pgg_config_on_connect(pgg_config *cfg, const char *sql, pgg_connect_fn fn,
+                          void *userdata, pgg_error *err)
+{
+    char *copy = NULL;
+
+    pgg__error_reset(err);
+    if (!cfg)
+        return pgg__error_set(err, PGG_EINVAL, NULL, NULL,
+                              "pgg_config_on_connect: NULL config");
+    if (sql && !(copy = strdup(sql)))
+        return pgg__error_set(err, PGG_ENOMEM, NULL, NULL, "out of memory");
+    free(cfg->on_connect.sql);
+    cfg->on_connect.sql = copy;
+    cfg->on_connect.fn = fn;
+    cfg->on_connect.userdata = userdata;
     return PGG_OK;
 }

@@ -208,6 +208,7 @@ pgg_pool *pgg_pool_new(const pgg_config *cfg, pgg_error *err)
     limits.validate_ns = ms_to_ns(cfg->validate_after_idle_ms);
     limits.alive_check_ns = ms_to_ns(cfg->alive_check_after_idle_ms);
     limits.connect_timeout_ns = ms_to_ns(cfg->connect_timeout_ms);
+    limits.on_connect = &cfg->on_connect;
     for (; hosts_ready < pool->nhosts; hosts_ready++) {
         int i = hosts_ready;
         const pgg_host_spec *spec = &cfg->hosts[i];
