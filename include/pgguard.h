@@ -421,6 +421,43 @@ PGG_EXPORT const char *pgg_lease_host(const pgg_lease *lease);
  * transaction) and healthy, else closed.  Accepts NULL. */
 PGG_EXPORT void pgg_release(pgg_lease *lease);
 
+/*
+ * COPY through a lease, bounded by one deadline for the whole transfer
+ * (timeout_ms; <= 0: call_timeout_ms).  A one-shot call or pgg_lease_exec
+ * refuses COPY ... FROM STDIN / TO STDOUT with PGG_ESTATE: only a lease can
+ * carry the data.
+ *
+ * pgg_lease_copy_in runs sql, a COPY ... FROM STDIN, and sends what source
+ * gives: source writes up to cap bytes of COPY data (in the statement's
+ * format: text, csv or binary) into buf and returns how many, 0 at the end,
+ * or -1 to abort the COPY (the server then answers with an error, SQLSTATE
+ * 57014, and rolls the COPY back).
+ * pgg_lease_copy_out runs sql, a COPY ... TO STDOUT, and hands each data
+ * row to sink; a non-zero return stops the transfer: the connection is
+ * dropped (a COPY TO STDOUT cannot be stopped otherwise), PGG_EINVAL.
+ *
+ * Both return the server's final result, which the caller PQclear()s:
+ * PGRES_COMMAND_OK (PQcmdTuples: the rows copied) or PGRES_FATAL_ERROR
+ * (*err PGG_ESERVER with the SQLSTATE; a bad row, say).  NULL when there
+ * is none: PGG_ETIMEDOUT (the deadline fired: the connection is dropped,
+ * the statement cancelled, the lease broken), PGG_ECONNECT (the session
+ * broke; the lease is broken), PGG_EINVAL (sql is not that kind of COPY;
+ * a COPY of the other direction drops the connection), PGG_ESTATE (the
+ * lease's connection is busy), PGG_ECLOSED (an orphaned lease).
+ * The callbacks run on the caller's thread and their time counts against
+ * the deadline.  One thread at a time per lease, as for pgg_lease_exec.
+ */
+typedef long (*pgg_copy_source_fn)(void *userdata, char *buf, size_t cap);
+typedef int (*pgg_copy_sink_fn)(void *userdata, const char *data, size_t len);
+
+PGG_EXPORT PGresult *pgg_lease_copy_in(pgg_lease *lease, const char *sql,
+                                       pgg_copy_source_fn source,
+                                       void *userdata, int timeout_ms,
+                                       pgg_error *err);
+PGG_EXPORT PGresult *pgg_lease_copy_out(pgg_lease *lease, const char *sql,
+                                        pgg_copy_sink_fn sink, void *userdata,
+                                        int timeout_ms, pgg_error *err);
+
 /* ------------------------------------------------------- stats and events */
 
 typedef struct pgg_host_stats {

@@ -407,6 +407,50 @@ pgg_link *pgg__lease_link(pgg_lease *lease)
     return lease ? lease->l : NULL;
 }
 
+int pgg__lease_use(pgg_lease *lease, const char *fn, int timeout_ms, PGconn **conn,
+                   const char **host, int64_t *deadline, pgg_error *err)
+{
+    pgg__error_reset(err);
+    if (!lease)
+        return pgg__error_set(err, PGG_EINVAL, NULL, NULL, "%s: NULL lease", fn);
+    if (orphaned(lease))
+        return orphan_error(err, fn);
+    if (lease->broken || !lease->l)
+        return pgg__error_set(err, PGG_ECONNECT, NULL, lease->h->name,
+                              "%s: lease broken by an earlier connection "
+                              "failure or timeout; release it",
+                              fn);
+    /* In a transaction is fine (BEGIN; COPY ...; COMMIT); a command still
+     * running, or a mode pgguard did not leave it in, is not. */
+    if (PQstatus(lease->l->conn) != CONNECTION_OK) {
+        lease->broken = true;
+        return pgg__error_set(err, PGG_ECONNECT, NULL, lease->h->name,
+                              "%s: the lease's session is gone", fn);
+    }
+    if (PQisBusy(lease->l->conn) ||
+        PQtransactionStatus(lease->l->conn) == PQTRANS_ACTIVE ||
+        !PQisnonblocking(lease->l->conn) ||
+        PQpipelineStatus(lease->l->conn) != PQ_PIPELINE_OFF)
+        return pgg__error_set(err, PGG_ESTATE, NULL, lease->h->name,
+                              "%s: the lease's connection is busy (a raw "
+                              "use of pgg_lease_conn left a command "
+                              "running)",
+                              fn);
+    *conn = lease->l->conn;
+    *host = lease->h->name;
+    *deadline = pgg__now_ns() + pgg__pool_timeout_ns(lease->pool, timeout_ms);
+    return PGG_OK;
+}
+
+void pgg__lease_fail(pgg_lease *lease, bool abandon)
+{
+    lease->broken = true;
+    if (abandon && lease->l) {
+        pgg__host_abandon(lease->h, lease->l, lease->pool->canceller);
+        lease->l = NULL;
+    }
+}
+
 PGconn *pgg_lease_conn(pgg_lease *lease)
 {
     return lease && lease->l ? lease->l->conn : NULL;

@@ -131,6 +131,17 @@ int pgg__query_check(const pgg_query *q, const char *fn, pgg_error *err);
 /* The connection a lease holds (NULL once broken by a timeout). */
 pgg_link *pgg__lease_link(pgg_lease *lease);
 
+/* For helpers running their own protocol on a lease (copy.c, notify.c):
+ * its live, idle connection, server name and the deadline timeout_ms gives
+ * (<= 0: call_timeout_ms), or the error (orphan, broken, busy), fn naming
+ * the public function. */
+int pgg__lease_use(pgg_lease *lease, const char *fn, int timeout_ms, PGconn **conn,
+                   const char **host, int64_t *deadline, pgg_error *err);
+/* The helper's session broke (abandon false: discarded at release) or is
+ * in an unknown state (abandon true: closed now, its query cancelled from
+ * the canceller); later calls on the lease fail with PGG_ECONNECT. */
+void pgg__lease_fail(pgg_lease *lease, bool abandon);
+
 /* Take a bulkhead slot for a call or a lease (waiting at most
  * bulkhead.max_wait_ms within the deadline); on refusal count the call as
  * failed and return PGG_EBULKHEAD. */
