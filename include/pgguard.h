@@ -28,6 +28,7 @@
  */
 typedef struct pg_conn PGconn;
 typedef struct pg_result PGresult;
+typedef struct pgNotify PGnotify;
 typedef unsigned int Oid;
 
 #ifdef __cplusplus
@@ -457,6 +458,24 @@ PGG_EXPORT PGresult *pgg_lease_copy_in(pgg_lease *lease, const char *sql,
 PGG_EXPORT PGresult *pgg_lease_copy_out(pgg_lease *lease, const char *sql,
                                         pgg_copy_sink_fn sink, void *userdata,
                                         int timeout_ms, pgg_error *err);
+
+/*
+ * LISTEN/NOTIFY through a lease: LISTEN (one or more channels) with
+ * pgg_lease_exec, keep the lease, and wait here for notifications.  Returns
+ * the next one, which the caller frees with PQfreemem: those that arrived
+ * during earlier statements on the lease first, then waiting until
+ * timeout_ms (<= 0: call_timeout_ms) for a new one.  NULL with PGG_ETIMEDOUT
+ * when none came in time: not a failure, the lease is as it was.  NULL with
+ * PGG_ECONNECT when the session broke (the server went down, the backend
+ * was terminated): the lease is broken; LISTEN again on a new one.  Also
+ * PGG_ESTATE (the connection is busy), PGG_ECLOSED (an orphaned lease).
+ * On pgg_release the registrations end with the session reset (lease_reset
+ * runs DISCARD ALL, which is UNLISTEN *) and unread notifications are
+ * dropped; with lease_reset=false a lease that waited here is closed, not
+ * pooled.  One thread at a time per lease.
+ */
+PGG_EXPORT PGnotify *pgg_lease_notify(pgg_lease *lease, int timeout_ms,
+                                      pgg_error *err);
 
 /* ------------------------------------------------------- stats and events */
 

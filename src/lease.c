@@ -23,6 +23,7 @@ struct pgg_lease {
     pgg_link *l;
     pgg_intent intent;
     bool broken;
+    bool listener;    /* pgg_lease_notify was used: LISTEN registrations */
     bool have_ticket; /* the acquisition's ticket, for the first statement */
     pgg_ticket ticket;
     int64_t ticket_at;
@@ -442,6 +443,11 @@ int pgg__lease_use(pgg_lease *lease, const char *fn, int timeout_ms, PGconn **co
     return PGG_OK;
 }
 
+void pgg__lease_mark_listener(pgg_lease *lease)
+{
+    lease->listener = true;
+}
+
 void pgg__lease_fail(pgg_lease *lease, bool abandon)
 {
     lease->broken = true;
@@ -493,6 +499,10 @@ static bool reset_session(pgg_lease *lease)
      * the caller may have replaced the notice processor. */
     memset(&l->stmts, 0, sizeof l->stmts);
     pgg__link_silence(l->conn);
+    /* DISCARD ALL ran UNLISTEN *; what libpq already queued for this
+     * lease is not the next borrower's. */
+    for (PGnotify *n; (n = PQnotifies(l->conn)) != NULL;)
+        PQfreemem(n);
     /* ... and what the on-connect hook set up: set it up again, or the
      * connection is not pooled. */
     if (ok) {
@@ -520,7 +530,10 @@ void pgg_release(pgg_lease *lease)
         pgg__pool_record(lease->pool, lease->h, lease->ticket,
                          PGG_CLASS_IGNORED, lease->ticket_at, pgg__now_ns());
     if (lease->l) {
-        if (lease->broken || !reset_session(lease))
+        /* Without lease_reset nothing runs UNLISTEN *: a listener's session
+         * would send its notifications to whoever borrows it next. */
+        if (lease->broken || (lease->listener && !lease->pool->cfg->lease_reset) ||
+            !reset_session(lease))
             pgg__host_discard(lease->h, lease->l);
         else
             /* checks idle + healthy */

@@ -141,6 +141,9 @@ int pgg__lease_use(pgg_lease *lease, const char *fn, int timeout_ms, PGconn **co
  * in an unknown state (abandon true: closed now, its query cancelled from
  * the canceller); later calls on the lease fail with PGG_ECONNECT. */
 void pgg__lease_fail(pgg_lease *lease, bool abandon);
+/* The lease waited for notifications: its session may hold LISTEN
+ * registrations, so without lease_reset it is not pooled again. */
+void pgg__lease_mark_listener(pgg_lease *lease);
 
 /* Take a bulkhead slot for a call or a lease (waiting at most
  * bulkhead.max_wait_ms within the deadline); on refusal count the call as
