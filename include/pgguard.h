@@ -28,6 +28,7 @@
  */
 typedef struct pg_conn PGconn;
 typedef struct pg_result PGresult;
+typedef struct pgNotify PGnotify;
 typedef unsigned int Oid;
 
 #ifdef __cplusplus
@@ -79,7 +80,8 @@ PGG_EXPORT int pgg_have_types(void);
     X(ESTATE, -13, "operation not valid in the current state")                 \
     X(ESYS, -14, "system error")                                               \
     X(ETYPES, -15, "libpqtypes error")                                         \
-    X(ENOTSUP, -16, "not supported by this build")
+    X(ENOTSUP, -16, "not supported by this build")                             \
+    X(EONCONNECT, -17, "the on-connect hook refused the connection")
 
 typedef enum pgg_errno {
     PGG_OK = 0,
@@ -175,6 +177,58 @@ PGG_EXPORT int pgg_config_parse(pgg_config *cfg, const char *text,
 PGG_EXPORT int pgg_config_get(const pgg_config *cfg, const char *key,
                               char *buf, size_t buflen, pgg_error *err);
 
+/*
+ * Settings from the environment, as libpq reads PG* variables for its
+ * connection parameters:
+ *   PGGUARD_SERVERS  the servers, as pgg_config_set_servers takes them;
+ *   PGGUARD_OPTIONS  guard keys, as pgg_config_parse takes them
+ *                    ("pool_max=20 breaker.failure_rate=25").
+ * An unset or empty variable leaves cfg as it is, so call it after setting
+ * your defaults and the environment wins; PG* variables (PGHOST, PGUSER,
+ * PGPASSWORD...) keep applying through libpq as usual.  On an error the
+ * message starts with the variable's name and never holds a password;
+ * pairs of PGGUARD_OPTIONS before the bad one stay applied.
+ * Errors: PGG_EINVAL (NULL cfg), PGG_ECONFIG.  Reads the environment with
+ * getenv(): not safe while another thread calls setenv() or putenv().
+ */
+PGG_EXPORT int pgg_config_from_env(pgg_config *cfg, pgg_error *err);
+
+/*
+ * A callback run on every new connection before it is lent (pgx's
+ * AfterConnect): the session is connected and idle, in nonblocking mode.
+ * Return 0 to accept it; anything else refuses it, with the reason written
+ * into errbuf (NUL-terminated, never a password).  It must return within
+ * timeout_ms, what is left of the connect bound: libpq calls it makes are
+ * not bounded by pgguard, and one that returns later has the connection
+ * dropped as a timeout.  It runs on the thread that connects (a caller's,
+ * or the health thread warming pool_min_idle), outside every lock.
+ */
+typedef int (*pgg_connect_fn)(PGconn *conn, int timeout_ms, void *userdata,
+                              char *errbuf, size_t errlen);
+
+/*
+ * Run sql and then fn (either may be NULL; both NULL removes the hook) on
+ * every new connection before it is lent (HikariCP's connectionInitSql),
+ * and again after the DISCARD ALL that resets a released lease
+ * (lease_reset), so the session state it sets (SET search_path, SET ROLE,
+ * ...) is always there.  sql may hold several statements; it is copied.
+ * Both run within the connect bound (connect_timeout_ms, and never past the
+ * call's deadline).  A connection the hook refuses is closed and the call
+ * that wanted it fails:
+ *   - the SQL fails with a user error (a syntax error, a missing role...),
+ *     fn refuses it, or either leaves a transaction open: PGG_EONCONNECT,
+ *     with the SQLSTATE and "on_connect: ..." in the message; the host's
+ *     breaker does not count it (the host is healthy, the hook is not) and
+ *     a read may try the next host;
+ *   - the session breaks, the server is shutting down, or the bound runs
+ *     out: PGG_ECONNECT / PGG_EUNAVAILABLE / PGG_ETIMEDOUT, counted as a
+ *     connection failure of the host, like a failed connect.
+ * Errors of this call: PGG_EINVAL (NULL cfg), PGG_ENOMEM.
+ */
+PGG_EXPORT int pgg_config_on_connect(pgg_config *cfg, const char *sql,
+                                     pgg_connect_fn fn, void *userdata,
+                                     pgg_error *err);
+
 /* --------------------------------------------------------- classification */
 
 /* What an outcome says about the host it ran on. */
@@ -236,8 +290,12 @@ PGG_EXPORT const char *pgg_role_name(pgg_role role);
 PGG_EXPORT pgg_pool *pgg_pool_new(const pgg_config *cfg, pgg_error *err);
 
 /*
- * Stop the health thread and close every connection.  Every lease must have
- * been released and no call may be in flight.  Accepts NULL.
+ * Stop the health thread and close every connection.  No call may be in
+ * flight, on the pool or on a lease.  A lease still out (never released) is
+ * reported with a PGG_EVENT_LEASE_LEAK event (reason "the pool was freed
+ * with the lease still out"), its connection is closed and it becomes an
+ * orphan: pgg_lease_exec* and the other lease calls fail with PGG_ECLOSED,
+ * pgg_lease_conn returns NULL, and pgg_release frees it.  Accepts NULL.
  */
 PGG_EXPORT void pgg_pool_free(pgg_pool *pool);
 
@@ -407,6 +465,61 @@ PGG_EXPORT const char *pgg_lease_host(const pgg_lease *lease);
  * transaction) and healthy, else closed.  Accepts NULL. */
 PGG_EXPORT void pgg_release(pgg_lease *lease);
 
+/*
+ * COPY through a lease, bounded by one deadline for the whole transfer
+ * (timeout_ms; <= 0: call_timeout_ms).  A one-shot call or pgg_lease_exec
+ * refuses COPY ... FROM STDIN / TO STDOUT with PGG_ESTATE: only a lease can
+ * carry the data.
+ *
+ * pgg_lease_copy_in runs sql, a COPY ... FROM STDIN, and sends what source
+ * gives: source writes up to cap bytes of COPY data (in the statement's
+ * format: text, csv or binary) into buf and returns how many, 0 at the end,
+ * or -1 to abort the COPY (the server then answers with an error, SQLSTATE
+ * 57014, and rolls the COPY back).
+ * pgg_lease_copy_out runs sql, a COPY ... TO STDOUT, and hands each data
+ * row to sink; a non-zero return stops the transfer: the connection is
+ * dropped (a COPY TO STDOUT cannot be stopped otherwise), PGG_EINVAL.
+ *
+ * Both return the server's final result, which the caller PQclear()s:
+ * PGRES_COMMAND_OK (PQcmdTuples: the rows copied) or PGRES_FATAL_ERROR
+ * (*err PGG_ESERVER with the SQLSTATE; a bad row, say).  NULL when there
+ * is none: PGG_ETIMEDOUT (the deadline fired: the connection is dropped,
+ * the statement cancelled, the lease broken), PGG_ECONNECT (the session
+ * broke; the lease is broken), PGG_EINVAL (sql is not that kind of COPY;
+ * a COPY of the other direction drops the connection), PGG_ESTATE (the
+ * lease's connection is busy), PGG_ECLOSED (an orphaned lease).
+ * The callbacks run on the caller's thread and their time counts against
+ * the deadline.  One thread at a time per lease, as for pgg_lease_exec.
+ */
+typedef long (*pgg_copy_source_fn)(void *userdata, char *buf, size_t cap);
+typedef int (*pgg_copy_sink_fn)(void *userdata, const char *data, size_t len);
+
+PGG_EXPORT PGresult *pgg_lease_copy_in(pgg_lease *lease, const char *sql,
+                                       pgg_copy_source_fn source,
+                                       void *userdata, int timeout_ms,
+                                       pgg_error *err);
+PGG_EXPORT PGresult *pgg_lease_copy_out(pgg_lease *lease, const char *sql,
+                                        pgg_copy_sink_fn sink, void *userdata,
+                                        int timeout_ms, pgg_error *err);
+
+/*
+ * LISTEN/NOTIFY through a lease: LISTEN (one or more channels) with
+ * pgg_lease_exec, keep the lease, and wait here for notifications.  Returns
+ * the next one, which the caller frees with PQfreemem: those that arrived
+ * during earlier statements on the lease first, then waiting until
+ * timeout_ms (<= 0: call_timeout_ms) for a new one.  NULL with PGG_ETIMEDOUT
+ * when none came in time: not a failure, the lease is as it was.  NULL with
+ * PGG_ECONNECT when the session broke (the server went down, the backend
+ * was terminated): the lease is broken; LISTEN again on a new one.  Also
+ * PGG_ESTATE (the connection is busy), PGG_ECLOSED (an orphaned lease).
+ * On pgg_release the registrations end with the session reset (lease_reset
+ * runs DISCARD ALL, which is UNLISTEN *) and unread notifications are
+ * dropped; with lease_reset=false a lease that waited here is closed, not
+ * pooled.  One thread at a time per lease.
+ */
+PGG_EXPORT PGnotify *pgg_lease_notify(pgg_lease *lease, int timeout_ms,
+                                      pgg_error *err);
+
 /* ------------------------------------------------------- stats and events */
 
 typedef struct pgg_host_stats {
@@ -441,7 +554,10 @@ typedef struct pgg_stats {
     uint64_t cache_hits, cache_misses, cache_stores, cache_evictions;
     uint64_t cache_fallbacks;     /* stale answers served */
     uint64_t cache_bytes, cache_entries;
-    unsigned char reserved_[64];
+    int leases_out;               /* leases acquired and not yet released */
+    int64_t lease_oldest_ms;      /* how long the oldest of them is held; 0 none */
+    uint64_t lease_leaks;         /* leases reported held past lease_leak_ms */
+    unsigned char reserved_[40];  /* 64 bytes in all with the three above */
 } pgg_stats;
 
 /* Pool-wide counters. */
@@ -473,7 +589,12 @@ PGG_EXPORT int pgg_pool_metrics(pgg_pool *pool, char *buf, size_t len,
 
 typedef enum pgg_event_type {
     PGG_EVENT_BREAKER = 0, /* from/to are pgg_breaker_state */
-    PGG_EVENT_ROLE = 1     /* from/to are pgg_role */
+    PGG_EVENT_ROLE = 1,    /* from/to are pgg_role */
+    /* A lease held past lease_leak_ms (once per lease), or still out when
+     * the pool was freed: from is how long it has been held, in ms
+     * (INT_MAX at most), to the lease_leak_ms setting; host is the lease's
+     * server. */
+    PGG_EVENT_LEASE_LEAK = 2
 } pgg_event_type;
 
 typedef struct pgg_event {

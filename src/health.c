@@ -464,6 +464,7 @@ static void *health_main(void *arg)
 
         for (int i = 0; i < pool->nhosts; i++)
             pgg__breaker_tick(&pool->hosts[i].breaker, now);
+        pgg__leases_check(pool, now);
         now_incident = incident(hl);
         if (atomic_exchange(&hl->wake_pending, false) ||
             (now_incident && !hl->was_incident))

@@ -6,6 +6,7 @@
 #include "clock.h"
 #include "error.h"
 #include "tls.h"
+#include "options.h"
 
 int pgg__host_init(pgg_host *h, int index, const char *name,
                    const char *const *keys, const char *const *vals,
@@ -27,6 +28,7 @@ int pgg__host_init(pgg_host *h, int index, const char *name,
     h->validate_ns = limits->validate_ns;
     h->alive_check_ns = limits->alive_check_ns;
     h->connect_timeout_ns = limits->connect_timeout_ns;
+    h->on_connect = limits->on_connect;
     atomic_init(&h->role, PGG_ROLE_UNKNOWN);
     atomic_init(&h->lag_bytes, -1);
     atomic_init(&h->n_busy, 0);
@@ -84,21 +86,128 @@ static bool validate(pgg_host *h, pgg_link *l, int64_t deadline_ns)
     return rc;
 }
 
+/* What pool.c's pgg__host_failure says, for a layer below the pool. */
+static bool counts_against_host(pgg_class cls)
+{
+    return cls == PGG_CLASS_CONNECTION || cls == PGG_CLASS_TIMEOUT ||
+           cls == PGG_CLASS_UNAVAILABLE;
+}
+
+/* The hook's SQL failed: a server error the classifier blames on the host
+ * (57P01 on its way down, 53300...), or one it does not (the hook's own
+ * mistake: a syntax error, a missing role). */
+static int hook_sql_failed(const pgg_host *h, PGresult *res, pgg_attempt_end end,
+                           bool *host_fault, pgg_error *err)
+{
+    const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+    pgg_verdict v = pgg__classify(NULL, end, res ? PQresultStatus(res) : PGRES_FATAL_ERROR,
+                                  state, PGG_WRITE, false);
+    char msg[256];
+
+    *host_fault = end != PGG_END_RESULT || counts_against_host(v.cls);
+    if (end != PGG_END_RESULT) {
+        /* link_exec's record says what happened (timeout, lost session) */
+        if (err) {
+            pgg__strlcpy(msg, err->message, sizeof msg);
+            snprintf(err->message, sizeof err->message, "on_connect: %s", msg);
+        }
+        return err && err->code ? err->code : PGG_ECONNECT;
+    }
+    pgg__strlcpy(msg, PQresultErrorMessage(res), sizeof msg);
+    msg[strcspn(msg, "\n")] = '\0';
+    return pgg__error_set(err, *host_fault ? (v.code ? v.code : PGG_EUNAVAILABLE) : PGG_EONCONNECT,
+                          state, h->name, "on_connect: SQL failed: %s", msg);
+}
+
+int pgg__host_on_connect(pgg_host *h, PGconn *conn, int64_t deadline_ns,
+                         bool *host_fault, pgg_error *err)
+{
+    const pgg_on_connect *hook = h->on_connect;
+
+    *host_fault = false;
+    if (!hook || (!hook->sql && !hook->fn))
+        return PGG_OK;
+    if (hook->sql) {
+        pgg_query q = {.sql = hook->sql};
+        PGresult *res = NULL;
+        pgg_attempt_end end;
+        int rc;
+
+        pgg__link_exec(conn, &q, deadline_ns, h->name, &res, &end, err);
+        if (end != PGG_END_RESULT || (PQresultStatus(res) != PGRES_COMMAND_OK &&
+                                      PQresultStatus(res) != PGRES_TUPLES_OK)) {
+            rc = hook_sql_failed(h, res, end, host_fault, err);
+            PQclear(res);
+            return rc;
+        }
+        PQclear(res);
+    }
+    if (hook->fn) {
+        char why[256] = "";
+        int64_t left = deadline_ns - pgg__now_ns();
+        int rc;
+
+        if (left <= 0) {
+            *host_fault = true;
+            return pgg__error_set(err, PGG_ETIMEDOUT, NULL, h->name,
+                                  "on_connect: the connect bound ran out "
+                                  "before the callback");
+        }
+        rc = hook->fn(conn, (int)((left + PGG_NS_PER_MS - 1) / PGG_NS_PER_MS),
+                      hook->userdata, why, sizeof why);
+        why[sizeof why - 1] = '\0';
+        if (pgg__now_ns() > deadline_ns) {
+            *host_fault = true;
+            return pgg__error_set(err, PGG_ETIMEDOUT, NULL, h->name,
+                                  "on_connect: the callback returned after "
+                                  "the connect bound");
+        }
+        if (PQstatus(conn) != CONNECTION_OK) {
+            *host_fault = true;
+            return pgg__error_set(err, PGG_ECONNECT, NULL, h->name,
+                                  "on_connect: the session broke in the "
+                                  "callback");
+        }
+        if (rc != 0)
+            return pgg__error_set(err, PGG_EONCONNECT, NULL, h->name,
+                                  "on_connect: the callback refused the "
+                                  "connection: %s",
+                                  why[0] ? why : "(no reason given)");
+    }
+    /* Lent to the next caller as it stands: no transaction, no results
+     * waiting. */
+    if (!pgg__link_reusable(conn))
+        return pgg__error_set(err, PGG_EONCONNECT, NULL, h->name,
+                              "on_connect: the hook left the session in a "
+                              "transaction or busy");
+    return PGG_OK;
+}
+
 static int connect_new(pgg_host *h, int64_t deadline_ns, pgg_link **out,
-                       pgg_error *err)
+                       bool *hook_refused, pgg_error *err)
 {
     int64_t now = pgg__now_ns();
     int64_t bound = now + h->connect_timeout_ns;
     PGconn *conn = NULL;
     pgg_link *l;
+    bool host_fault;
     int rc;
 
+    *hook_refused = false;
     if (bound > deadline_ns)
         bound = deadline_ns;
     atomic_fetch_add(&h->connects, 1);
     rc = pgg__link_connect(h->keys, h->vals, bound, h->name, &conn, err);
     if (rc != PGG_OK) {
         atomic_fetch_add(&h->connect_failures, 1);
+        return rc;
+    }
+    rc = pgg__host_on_connect(h, conn, bound, &host_fault, err);
+    if (rc != PGG_OK) {
+        PQfinish(conn);
+        if (host_fault)
+            atomic_fetch_add(&h->connect_failures, 1);
+        *hook_refused = !host_fault;
         return rc;
     }
     l = calloc(1, sizeof *l);
@@ -210,7 +319,9 @@ int pgg__host_borrow(pgg_host *h, int64_t deadline_ns, int64_t now,
             h->n_connecting++;
             pthread_mutex_unlock(&h->mu);
             close_list(doomed);
-            rc = connect_new(h, deadline_ns, out, err);
+            bool hook_refused;
+
+            rc = connect_new(h, deadline_ns, out, &hook_refused, err);
             pthread_mutex_lock(&h->mu);
             h->n_connecting--;
             if (rc == PGG_OK)
@@ -219,7 +330,7 @@ int pgg__host_borrow(pgg_host *h, int64_t deadline_ns, int64_t now,
                 pthread_cond_signal(&h->cv); /* the slot is free again */
             pthread_mutex_unlock(&h->mu);
             if (rc != PGG_OK)
-                *why = PGG_BORROW_CONNECT;
+                *why = hook_refused ? PGG_BORROW_HOOK : PGG_BORROW_CONNECT;
             return rc;
         }
         {
@@ -333,7 +444,9 @@ int pgg__host_warm(pgg_host *h, int64_t deadline_ns)
         h->n_connecting++;
         pthread_mutex_unlock(&h->mu);
 
-        rc = connect_new(h, deadline_ns, &l, NULL);
+        bool hook_refused;
+
+        rc = connect_new(h, deadline_ns, &l, &hook_refused, NULL);
 
         pthread_mutex_lock(&h->mu);
         h->n_connecting--;

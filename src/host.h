@@ -21,6 +21,8 @@
 #include "pgguard.h"
 #include "prepared.h"
 
+struct pgg_on_connect;
+
 /* A pooled connection. */
 typedef struct pgg_link {
     PGconn *conn;
@@ -52,6 +54,8 @@ typedef struct pgg_host {
     int64_t validate_ns;
     int64_t alive_check_ns;
     int64_t connect_timeout_ns;
+    /* The pool's config copy's; run on each new connection.  NULL: none. */
+    const struct pgg_on_connect *on_connect;
 
     pthread_mutex_t mu;
     pthread_cond_t cv; /* a connection came back or a slot freed */
@@ -93,6 +97,7 @@ typedef struct pgg_host_limits {
     int64_t idle_timeout_ns, max_lifetime_ns, validate_ns, connect_timeout_ns;
     int64_t alive_check_ns; /* poll an idle connection's socket before lending
                                it when it has been idle this long */
+    const struct pgg_on_connect *on_connect; /* outlives the host; may be NULL */
 } pgg_host_limits;
 
 /* keys/vals/name must outlive the host (the pool's config copy). */
@@ -108,7 +113,9 @@ void pgg__host_destroy(pgg_host *h);
 typedef enum pgg_borrow_fail {
     PGG_BORROW_CONNECT = 1, /* a new connection failed: a host failure */
     PGG_BORROW_EXHAUSTED,   /* pool_max busy until the deadline: not the host's fault */
-    PGG_BORROW_CLOSED
+    PGG_BORROW_CLOSED,
+    PGG_BORROW_HOOK         /* the on-connect hook refused a healthy session:
+                               PGG_EONCONNECT, not the host's fault */
 } pgg_borrow_fail;
 
 /*
@@ -132,6 +139,16 @@ void pgg__host_abandon(pgg_host *h, pgg_link *l, pgg_canceller *c);
 int pgg__host_trim(pgg_host *h, int64_t now_ns, bool all);
 /* Open connections until min_idle are idle, within deadline_ns. */
 int pgg__host_warm(pgg_host *h, int64_t deadline_ns);
+/*
+ * Run the on-connect hook (pgg_config_on_connect) on conn within
+ * deadline_ns: after a new connection's connect, and after a lease's
+ * DISCARD ALL.  PGG_OK, or the error with *host_fault telling whether it
+ * counts against the host (a broken session, a shutdown, the bound) or not
+ * (PGG_EONCONNECT: the hook's SQL or callback refused a healthy session).
+ */
+int pgg__host_on_connect(pgg_host *h, PGconn *conn, int64_t deadline_ns,
+                         bool *host_fault, pgg_error *err);
+
 /* Refuse new borrows, wake waiters (pool shutdown). */
 void pgg__host_close(pgg_host *h);
 

@@ -4,11 +4,18 @@
  * it is bounded and classified like a one-shot call, but never retried
  * elsewhere: the session is the point.
  */
+#include <limits.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "error.h"
 #include "pool.h"
+
+/* The lease fields took their room from reserved_: the layout is 0.1's. */
+_Static_assert(offsetof(pgg_stats, reserved_) + sizeof(((pgg_stats *)0)->reserved_) ==
+                   offsetof(pgg_stats, cache_entries) + sizeof(uint64_t) + 64,
+               "pgg_stats changed size");
 
 struct pgg_lease {
     pgg_pool *pool;
@@ -16,11 +23,185 @@ struct pgg_lease {
     pgg_link *l;
     pgg_intent intent;
     bool broken;
+    bool listener;    /* pgg_lease_notify was used: LISTEN registrations */
     bool have_ticket; /* the acquisition's ticket, for the first statement */
     pgg_ticket ticket;
     int64_t ticket_at;
     uint64_t lsn; /* position of its last commit seen; 0 none */
+
+    /* In the pool's registry (guarded by its mu) while out. */
+    struct pgg_lease *next, *prev;
+    int64_t acquired_ns;
+    bool leak_reported;
+    /* The pool was freed with this lease out: pool and h are gone, only
+     * pgg_release (which frees it) means anything now. */
+    atomic_bool orphaned;
 };
+
+/* ------------------------------------------------------------ registry */
+
+void pgg__leases_init(pgg_pool *pool)
+{
+    pthread_mutex_init(&pool->leases.mu, NULL);
+    pool->leases.head = NULL;
+    pool->leases.count = 0;
+    atomic_init(&pool->leases.leaks, 0);
+}
+
+void pgg__leases_destroy(pgg_pool *pool)
+{
+    pthread_mutex_destroy(&pool->leases.mu);
+}
+
+static void registry_add(pgg_pool *pool, pgg_lease *lease, int64_t now)
+{
+    pgg_lease_registry *r = &pool->leases;
+
+    lease->acquired_ns = now;
+    lease->leak_reported = false;
+    atomic_init(&lease->orphaned, false);
+    pthread_mutex_lock(&r->mu);
+    lease->prev = NULL;
+    lease->next = r->head;
+    if (r->head)
+        r->head->prev = lease;
+    r->head = lease;
+    r->count++;
+    pthread_mutex_unlock(&r->mu);
+}
+
+static void registry_remove(pgg_lease_registry *r, pgg_lease *lease)
+{
+    if (lease->prev)
+        lease->prev->next = lease->next;
+    else
+        r->head = lease->next;
+    if (lease->next)
+        lease->next->prev = lease->prev;
+    lease->next = lease->prev = NULL;
+    r->count--;
+}
+
+static int held_ms(const pgg_lease *lease, int64_t now)
+{
+    int64_t ms = (now - lease->acquired_ns) / PGG_NS_PER_MS;
+
+    return ms > INT_MAX ? INT_MAX : ms < 0 ? 0 : (int)ms;
+}
+
+static void emit_leak(pgg_pool *pool, int host_index, const char *host, int held,
+                      const char *reason)
+{
+    pgg_event ev = {0};
+    int64_t limit = pool->cfg->lease_leak_ms;
+
+    ev.type = PGG_EVENT_LEASE_LEAK;
+    ev.host_index = host_index;
+    ev.host = host;
+    ev.from = held;
+    ev.to = limit > INT_MAX ? INT_MAX : (int)limit;
+    ev.reason = reason;
+    pgg__pool_emit(pool, &ev);
+}
+
+void pgg__leases_check(pgg_pool *pool, int64_t now)
+{
+    /* Reported outside the lock, a batch per round: a listener may call
+     * into the pool, even acquire or release. */
+    enum { BATCH = 32 };
+    struct {
+        int host_index;
+        const char *host;
+        int held;
+    } found[BATCH];
+    int n = 0;
+    int64_t limit_ns = pgg__ms_to_ns(pool->cfg->lease_leak_ms);
+    pgg_lease_registry *r = &pool->leases;
+
+    if (limit_ns <= 0)
+        return;
+    pthread_mutex_lock(&r->mu);
+    for (pgg_lease *l = r->head; l && n < BATCH; l = l->next) {
+        if (l->leak_reported || now - l->acquired_ns < limit_ns)
+            continue;
+        l->leak_reported = true;
+        found[n].host_index = l->h->index;
+        found[n].host = l->h->name; /* the host outlives every lease */
+        found[n].held = held_ms(l, now);
+        n++;
+    }
+    atomic_fetch_add(&r->leaks, (uint_fast64_t)n);
+    pthread_mutex_unlock(&r->mu);
+    for (int i = 0; i < n; i++)
+        emit_leak(pool, found[i].host_index, found[i].host, found[i].held,
+                  "a lease was held longer than lease_leak_ms");
+}
+
+void pgg__leases_stats(pgg_pool *pool, pgg_stats *out)
+{
+    pgg_lease_registry *r = &pool->leases;
+    int64_t now = pgg__now_ns(), oldest = now;
+
+    pthread_mutex_lock(&r->mu);
+    out->leases_out = r->count;
+    for (pgg_lease *l = r->head; l; l = l->next)
+        if (l->acquired_ns < oldest)
+            oldest = l->acquired_ns;
+    pthread_mutex_unlock(&r->mu);
+    out->lease_oldest_ms = (now - oldest) / PGG_NS_PER_MS;
+    out->lease_leaks = atomic_load(&r->leaks);
+}
+
+/*
+ * pgg_pool_free with leases out: a defined outcome instead of a lease
+ * pointing into freed memory.  Each is reported, its connection closed and
+ * its bulkhead slot returned (the hosts and the bulkhead must balance when
+ * they are destroyed), and it is marked an orphan for pgg_release to free.
+ */
+void pgg__leases_orphan(pgg_pool *pool)
+{
+    pgg_lease_registry *r = &pool->leases;
+    int64_t now = pgg__now_ns();
+
+    for (;;) {
+        pgg_lease *l;
+        int host_index, held;
+        const char *host;
+
+        pthread_mutex_lock(&r->mu);
+        l = r->head;
+        if (l)
+            registry_remove(r, l);
+        pthread_mutex_unlock(&r->mu);
+        if (!l)
+            break;
+        host_index = l->h->index;
+        host = l->h->name;
+        held = held_ms(l, now);
+        if (l->l)
+            pgg__host_discard(l->h, l->l);
+        l->l = NULL;
+        pgg__bulkhead_leave(&pool->bulkhead);
+        l->pool = NULL;
+        l->h = NULL;
+        atomic_store(&l->orphaned, true);
+        emit_leak(pool, host_index, host, held,
+                  "the pool was freed with the lease still out");
+    }
+}
+
+static bool orphaned(const pgg_lease *lease)
+{
+    return atomic_load(&lease->orphaned);
+}
+
+static int orphan_error(pgg_error *err, const char *fn)
+{
+    return pgg__error_set(err, PGG_ECLOSED, NULL, NULL,
+                          "%s: the pool was freed with this lease out; "
+                          "release it",
+                          fn);
+}
 
 pgg_lease *pgg_acquire(pgg_pool *pool, pgg_intent intent, int timeout_ms,
                        pgg_info *info, pgg_error *err)
@@ -89,6 +270,7 @@ pass:
         lease->intent = intent;
         lease->have_ticket = true;
         lease->ticket_at = pgg__now_ns();
+        registry_add(pool, lease, lease->ticket_at);
         pgg__error_reset(err);
         if (info) {
             pgg__strlcpy(info->host, h->name, sizeof info->host);
@@ -141,6 +323,10 @@ static PGresult *lease_run(pgg_lease *lease, const pgg_query *q,
     if (!lease || !q->sql || q->nparams < 0) {
         pgg__error_set(err, PGG_EINVAL, NULL, NULL,
                        "pgg_lease_exec: NULL lease or SQL");
+        return NULL;
+    }
+    if (orphaned(lease)) {
+        orphan_error(err, "pgg_lease_exec");
         return NULL;
     }
     if (pgg__query_check(q, "pgg_lease_exec", err) != PGG_OK)
@@ -215,9 +401,13 @@ PGresult *pgg_lease_exec_prepared(pgg_lease *lease, const char *name,
                                   int result_format, int timeout_ms,
                                   pgg_error *err)
 {
-    const pgg_stmt *stmt =
-        lease && name ? pgg__prepared_find(&lease->pool->prepared, name) : NULL;
+    const pgg_stmt *stmt;
 
+    if (lease && orphaned(lease)) {
+        orphan_error(err, "pgg_lease_exec_prepared");
+        return NULL;
+    }
+    stmt = lease && name ? pgg__prepared_find(&lease->pool->prepared, name) : NULL;
     if (!stmt) {
         pgg__error_set(err, PGG_EINVAL, NULL, NULL,
                        "pgg_lease_exec_prepared: no lease, or no statement "
@@ -289,6 +479,55 @@ pgg_link *pgg__lease_link(pgg_lease *lease)
     return lease ? lease->l : NULL;
 }
 
+int pgg__lease_use(pgg_lease *lease, const char *fn, int timeout_ms, PGconn **conn,
+                   const char **host, int64_t *deadline, pgg_error *err)
+{
+    pgg__error_reset(err);
+    if (!lease)
+        return pgg__error_set(err, PGG_EINVAL, NULL, NULL, "%s: NULL lease", fn);
+    if (orphaned(lease))
+        return orphan_error(err, fn);
+    if (lease->broken || !lease->l)
+        return pgg__error_set(err, PGG_ECONNECT, NULL, lease->h->name,
+                              "%s: lease broken by an earlier connection "
+                              "failure or timeout; release it",
+                              fn);
+    /* In a transaction is fine (BEGIN; COPY ...; COMMIT); a command still
+     * running, or a mode pgguard did not leave it in, is not. */
+    if (PQstatus(lease->l->conn) != CONNECTION_OK) {
+        lease->broken = true;
+        return pgg__error_set(err, PGG_ECONNECT, NULL, lease->h->name,
+                              "%s: the lease's session is gone", fn);
+    }
+    if (PQisBusy(lease->l->conn) ||
+        PQtransactionStatus(lease->l->conn) == PQTRANS_ACTIVE ||
+        !PQisnonblocking(lease->l->conn) ||
+        PQpipelineStatus(lease->l->conn) != PQ_PIPELINE_OFF)
+        return pgg__error_set(err, PGG_ESTATE, NULL, lease->h->name,
+                              "%s: the lease's connection is busy (a raw "
+                              "use of pgg_lease_conn left a command "
+                              "running)",
+                              fn);
+    *conn = lease->l->conn;
+    *host = lease->h->name;
+    *deadline = pgg__now_ns() + pgg__pool_timeout_ns(lease->pool, timeout_ms);
+    return PGG_OK;
+}
+
+void pgg__lease_mark_listener(pgg_lease *lease)
+{
+    lease->listener = true;
+}
+
+void pgg__lease_fail(pgg_lease *lease, bool abandon)
+{
+    lease->broken = true;
+    if (abandon && lease->l) {
+        pgg__host_abandon(lease->h, lease->l, lease->pool->canceller);
+        lease->l = NULL;
+    }
+}
+
 PGconn *pgg_lease_conn(pgg_lease *lease)
 {
     return lease && lease->l ? lease->l->conn : NULL;
@@ -296,7 +535,7 @@ PGconn *pgg_lease_conn(pgg_lease *lease)
 
 const char *pgg_lease_host(const pgg_lease *lease)
 {
-    return lease && lease->h ? lease->h->name : "";
+    return lease && !orphaned(lease) && lease->h ? lease->h->name : "";
 }
 
 /*
@@ -332,6 +571,19 @@ static bool reset_session(pgg_lease *lease)
     memset(&l->stmts, 0, sizeof l->stmts);
     l->vis_prepared = 0;
     pgg__link_silence(l->conn);
+    /* DISCARD ALL ran UNLISTEN *; what libpq already queued for this
+     * lease is not the next borrower's. */
+    for (PGnotify *n; (n = PQnotifies(l->conn)) != NULL;)
+        PQfreemem(n);
+    /* ... and what the on-connect hook set up: set it up again, or the
+     * connection is not pooled. */
+    if (ok) {
+        bool host_fault;
+
+        ok = pgg__host_on_connect(lease->h, l->conn,
+                                  pgg__now_ns() + lease->h->connect_timeout_ns,
+                                  &host_fault, NULL) == PGG_OK;
+    }
     return ok;
 }
 
@@ -339,11 +591,21 @@ void pgg_release(pgg_lease *lease)
 {
     if (!lease)
         return;
+    if (orphaned(lease)) {
+        free(lease);
+        return;
+    }
+    pthread_mutex_lock(&lease->pool->leases.mu);
+    registry_remove(&lease->pool->leases, lease);
+    pthread_mutex_unlock(&lease->pool->leases.mu);
     if (lease->have_ticket)
         pgg__pool_record(lease->pool, lease->h, lease->ticket,
                          PGG_CLASS_IGNORED, lease->ticket_at, pgg__now_ns());
     if (lease->l) {
-        if (lease->broken || !reset_session(lease))
+        /* Without lease_reset nothing runs UNLISTEN *: a listener's session
+         * would send its notifications to whoever borrows it next. */
+        if (lease->broken || (lease->listener && !lease->pool->cfg->lease_reset) ||
+            !reset_session(lease))
             pgg__host_discard(lease->h, lease->l);
         else
             /* checks idle + healthy */

@@ -33,6 +33,11 @@
 static int wait_socket(pgg_wd_slot *slot, int fd, short events,
                        int64_t deadline_ns)
 {
+    return pgg__link_wait_socket(fd, events, deadline_ns);
+}
+
+int pgg__link_wait_socket(int fd, short events, int64_t deadline_ns)
+{
     struct pollfd p;
 
     if (fd < 0)
@@ -386,10 +391,23 @@ static int collect(pgg_wd_slot *slot, PGconn *conn, int64_t deadline_ns,
                 PQclear(keep);
                 keep = res;
             }
-            /* COPY needs the caller's data: hand it back; the connection
-             * is not idle, so it will not be pooled. */
-            if (is_copy(keep))
-                goto done;
+            /* COPY needs the caller's data, and nobody can give it through
+             * a one-shot call: refuse it plainly.  The connection is
+             * mid-COPY; the caller closes it (PGG_END_REFUSED), and the
+             * server aborts the COPY when it goes. */
+            if (is_copy(keep)) {
+                bool in = PQresultStatus(keep) == PGRES_COPY_IN;
+
+                PQclear(keep);
+                *end = PGG_END_REFUSED;
+                return pgg__error_set(err, PGG_ESTATE, NULL, host,
+                                      "COPY %s cannot run through a one-shot "
+                                      "call or pgg_lease_exec: use %s on a "
+                                      "lease",
+                                      in ? "FROM STDIN" : "TO STDOUT",
+                                      in ? "pgg_lease_copy_in"
+                                         : "pgg_lease_copy_out");
+            }
             if (PQstatus(conn) == CONNECTION_BAD)
                 break;
         }

@@ -188,6 +188,15 @@ static void pool_families(out *o, const pgg_stats *s)
            "Bytes held by the fallback cache.", s->cache_bytes);
     scalar(o, "pgguard_cache_entries", "gauge",
            "Results held by the fallback cache.", s->cache_entries);
+    scalar(o, "pgguard_leases_out", "gauge",
+           "Leases acquired and not yet released.", (uint64_t)s->leases_out);
+    family(o, "pgguard_lease_oldest_seconds", "gauge",
+           "How long the oldest lease out has been held.");
+    put(o, "pgguard_lease_oldest_seconds ");
+    put_double(o, (double)s->lease_oldest_ms / 1000.0);
+    put(o, "\n");
+    scalar(o, "pgguard_lease_leaks_total", "counter",
+           "Leases reported held longer than lease_leak_ms.", s->lease_leaks);
 }
 
 /* An enumeration as a state set: one 0/1 sample per possible value, the

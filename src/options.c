@@ -115,6 +115,8 @@ static const opt options[] = {
             "hosts one read may try"),
     OPT_BOOL("lease_reset", lease_reset, "true",
              "DISCARD ALL when a lease is released, so its session state reaches no one else"),
+    OPT_I64("lease_leak_ms", lease_leak_ms, 0, DAY(1), "0",
+            "report a lease held longer than this (a PGG_EVENT_LEASE_LEAK event, checked every health round); 0 off"),
     OPT_I64("attempt_timeout_ms", attempt_timeout_ms, 0, HOUR(1), "0",
             "bound on one read attempt while another host could still serve it; 0: adaptive (attempt_timeout_auto) or none"),
     OPT_BOOL("attempt_timeout_auto", attempt_timeout_auto, "true",
@@ -734,6 +736,7 @@ void pgg_config_free(pgg_config *cfg)
     if (!cfg)
         return;
     pgg__host_specs_free(cfg->hosts, cfg->nhosts);
+    free(cfg->on_connect.sql);
     free(cfg);
 }
 
@@ -760,6 +763,12 @@ pgg_config *pgg__config_copy(const pgg_config *src, pgg_error *err)
         return NULL;
     }
     dst->nhosts = src->hosts ? src->nhosts : 0;
+    dst->on_connect.sql = NULL;
+    if (src->on_connect.sql && !(dst->on_connect.sql = strdup(src->on_connect.sql))) {
+        pgg_config_free(dst);
+        pgg__error_set(err, PGG_ENOMEM, NULL, NULL, "out of memory");
+        return NULL;
+    }
     return dst;
 }
 
@@ -1259,4 +1268,69 @@ fail:
     pgg_config_free(def);
     free(out);
     return NULL;
+}
+
+/* ---------------------------------------------------------- environment */
+
+/* The error of a setter, told as coming from variable `var`: the message
+ * keeps its own text (never a password) behind the variable's name. */
+static int from_var(const char *var, int rc, pgg_error *err)
+{
+    char msg[sizeof err->message];
+    size_t n;
+
+    if (rc == PGG_OK || !err)
+        return rc;
+    pgg__strlcpy(msg, err->message, sizeof msg);
+    /* "VAR: message", the message cut to what is left of the room */
+    pgg__strlcpy(err->message, var, sizeof err->message);
+    n = strlen(err->message);
+    pgg__strlcpy(err->message + n, ": ", sizeof err->message - n);
+    n = strlen(err->message);
+    pgg__strlcpy(err->message + n, msg, sizeof err->message - n);
+    return rc;
+}
+
+int pgg_config_from_env(pgg_config *cfg, pgg_error *err)
+{
+    const char *servers, *options;
+    int rc;
+
+    pgg__error_reset(err);
+    if (!cfg)
+        return pgg__error_set(err, PGG_EINVAL, NULL, NULL,
+                              "pgg_config_from_env: NULL config");
+    servers = getenv("PGGUARD_SERVERS");
+    options = getenv("PGGUARD_OPTIONS");
+    if (servers && *servers) {
+        rc = pgg_config_set_servers(cfg, servers, err);
+        if (rc != PGG_OK)
+            return from_var("PGGUARD_SERVERS", rc, err);
+    }
+    if (options && *options) {
+        rc = pgg_config_parse(cfg, options, err);
+        if (rc != PGG_OK)
+            return from_var("PGGUARD_OPTIONS", rc, err);
+    }
+    return PGG_OK;
+}
+
+/* ------------------------------------------------------ on-connect hook */
+
+int pgg_config_on_connect(pgg_config *cfg, const char *sql, pgg_connect_fn fn,
+                          void *userdata, pgg_error *err)
+{
+    char *copy = NULL;
+
+    pgg__error_reset(err);
+    if (!cfg)
+        return pgg__error_set(err, PGG_EINVAL, NULL, NULL,
+                              "pgg_config_on_connect: NULL config");
+    if (sql && !(copy = strdup(sql)))
+        return pgg__error_set(err, PGG_ENOMEM, NULL, NULL, "out of memory");
+    free(cfg->on_connect.sql);
+    cfg->on_connect.sql = copy;
+    cfg->on_connect.fn = fn;
+    cfg->on_connect.userdata = userdata;
+    return PGG_OK;
 }

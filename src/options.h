@@ -17,6 +17,13 @@
 #include "conninfo.h"
 #include "router.h"
 
+/* pgg_config_on_connect: what runs on each new connection (host.c). */
+typedef struct pgg_on_connect {
+    char *sql;         /* owned; NULL: none */
+    pgg_connect_fn fn; /* NULL: none */
+    void *userdata;
+} pgg_on_connect;
+
 struct pgg_config {
     /* The servers, split one per host, in conninfo order (see conninfo.h).
      * nhosts == 0 until pgg_config_set_servers() succeeds. */
@@ -46,6 +53,8 @@ struct pgg_config {
     pgg_read_policy read_policy;
     int max_attempts; /* hosts tried by one read */
     bool lease_reset; /* DISCARD ALL when a lease comes back */
+    pgg_on_connect on_connect; /* run on each new connection */
+    int64_t lease_leak_ms; /* report a lease held longer; 0: never */
     /* A read attempt that another candidate could still take over ends at
      * this (Envoy's per_try_timeout): a hung host then costs a read part of
      * its deadline, not all of it.  0: an attempt may use the whole

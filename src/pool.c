@@ -1,5 +1,5 @@
 /*
- * The public pool: the path of one call (DESIGN.md), composed from the
+ * The public pool: the path of one call (docs/DESIGN.md), composed from the
  * bulkhead, the router, the breakers, the hosts' connection pools, the
  * bounded link and the classifier.
  */
@@ -139,6 +139,7 @@ static void pool_destroy(pgg_pool *pool, int hosts_ready, bool bulkhead_ready)
     atomic_store(&pool->closed, true);
     pgg__health_stop(pool->health);
     pool->health = NULL; /* late breaker events wake nothing */
+    pgg__leases_orphan(pool);
     for (int i = 0; i < hosts_ready; i++)
         pgg__host_close(&pool->hosts[i]);
     pgg__watchdog_free(pool->watchdog);
@@ -163,6 +164,7 @@ static void pool_destroy(pgg_pool *pool, int hosts_ready, bool bulkhead_ready)
     pgg_config_free(pool->cfg);
     pgg__prepared_destroy(&pool->prepared);
     pthread_mutex_destroy(&pool->ev_mu);
+    pgg__leases_destroy(pool);
     free(pool);
 }
 
@@ -185,6 +187,7 @@ pgg_pool *pgg_pool_new(const pgg_config *cfg, pgg_error *err)
         return NULL;
     }
     pthread_mutex_init(&pool->ev_mu, NULL);
+    pgg__leases_init(pool);
     pgg__prepared_init(&pool->prepared);
     pool->cfg = pgg__config_copy(cfg, err);
     if (!pool->cfg)
@@ -213,6 +216,7 @@ pgg_pool *pgg_pool_new(const pgg_config *cfg, pgg_error *err)
     limits.validate_ns = ms_to_ns(cfg->validate_after_idle_ms);
     limits.alive_check_ns = ms_to_ns(cfg->alive_check_after_idle_ms);
     limits.connect_timeout_ns = ms_to_ns(cfg->connect_timeout_ms);
+    limits.on_connect = &cfg->on_connect;
     for (; hosts_ready < pool->nhosts; hosts_ready++) {
         int i = hosts_ready;
         const pgg_host_spec *spec = &cfg->hosts[i];
@@ -1240,6 +1244,7 @@ int pgg_pool_stats(pgg_pool *pool, pgg_stats *out)
     out->calls = bc.admitted + out->bulkhead_rejections;
     out->calls_failed = atomic_load(&pool->calls_failed);
     pgg__cache_stats(pool->cache, out);
+    pgg__leases_stats(pool, out);
     return PGG_OK;
 }
 

@@ -23,6 +23,16 @@
 
 typedef struct pgg_health pgg_health;
 
+/* The leases out (lease.c): their age for stats, leak events, and what
+ * pgg_pool_free does with the ones never released.  mu guards the list and
+ * each listed lease's registry fields. */
+typedef struct pgg_lease_registry {
+    pthread_mutex_t mu;
+    struct pgg_lease *head;
+    int count;
+    atomic_uint_fast64_t leaks; /* leases reported held past lease_leak_ms */
+} pgg_lease_registry;
+
 /* What a breaker listener needs to find its pool and host. */
 typedef struct pgg_host_ref {
     struct pgg_pool *pool;
@@ -64,6 +74,8 @@ struct pgg_pool {
     void *ev_ud;
 
     atomic_uint_fast64_t calls_failed;
+
+    pgg_lease_registry leases;
 };
 
 /* Record a host's role; emits PGG_EVENT_ROLE when it changed. */
@@ -123,6 +135,20 @@ int pgg__query_check(const pgg_query *q, const char *fn, pgg_error *err);
 /* The connection a lease holds (NULL once broken by a timeout). */
 pgg_link *pgg__lease_link(pgg_lease *lease);
 
+/* For helpers running their own protocol on a lease (copy.c, notify.c):
+ * its live, idle connection, server name and the deadline timeout_ms gives
+ * (<= 0: call_timeout_ms), or the error (orphan, broken, busy), fn naming
+ * the public function. */
+int pgg__lease_use(pgg_lease *lease, const char *fn, int timeout_ms, PGconn **conn,
+                   const char **host, int64_t *deadline, pgg_error *err);
+/* The helper's session broke (abandon false: discarded at release) or is
+ * in an unknown state (abandon true: closed now, its query cancelled from
+ * the canceller); later calls on the lease fail with PGG_ECONNECT. */
+void pgg__lease_fail(pgg_lease *lease, bool abandon);
+/* The lease waited for notifications: its session may hold LISTEN
+ * registrations, so without lease_reset it is not pooled again. */
+void pgg__lease_mark_listener(pgg_lease *lease);
+
 /* Take a bulkhead slot for a call or a lease (waiting at most
  * bulkhead.max_wait_ms within the deadline); on refusal count the call as
  * failed and return PGG_EBULKHEAD. */
@@ -131,5 +157,18 @@ int pgg__pool_enter(pgg_pool *pool, int64_t start, int64_t deadline,
 
 /* The call's timeout (call->timeout_ms or the default) in ns. */
 int64_t pgg__pool_timeout_ns(const pgg_pool *pool, int timeout_ms);
+
+/* Lease registry (lease.c).  init: first thing in pgg_pool_new;
+ * orphan: pgg_pool_free, after the health thread stopped and before the
+ * hosts close (each lease still out is reported, its connection closed, its
+ * bulkhead slot returned; pgg_release later frees it); destroy: last. */
+void pgg__leases_init(pgg_pool *pool);
+void pgg__leases_orphan(pgg_pool *pool);
+void pgg__leases_destroy(pgg_pool *pool);
+/* Report (PGG_EVENT_LEASE_LEAK, once each) leases held past lease_leak_ms;
+ * the health thread calls it every round. */
+void pgg__leases_check(pgg_pool *pool, int64_t now_ns);
+/* leases_out, lease_oldest_ms and lease_leaks of pgg_stats. */
+void pgg__leases_stats(pgg_pool *pool, pgg_stats *out);
 
 #endif

@@ -101,6 +101,11 @@ char *pgh_cluster_conninfo(pgh_cluster *c)
     return buf;
 }
 
+char *pgh_conninfo_hosts(const char *conninfo, const char *hosts, const char *ports)
+{
+    return conninfo_build(conninfo, hosts, ports);
+}
+
 char *pgh_conninfo_at(const char *conninfo, const char *host, int port)
 {
     char ports[16];

@@ -73,6 +73,10 @@ char *pgh_cluster_conninfo(pgh_cluster *c);
 /* conninfo (key=value or URI) with its host and port replaced, every other
  * setting kept: e.g. to reach a node through a proxy.  malloc'd. */
 char *pgh_conninfo_at(const char *conninfo, const char *host, int port);
+/* conninfo with its host and port lists replaced ("a,127.0.0.1", "5432,P"),
+ * every other setting kept: a multi-host conninfo with some hosts reached
+ * through proxies, external servers included.  malloc'd. */
+char *pgh_conninfo_hosts(const char *conninfo, const char *hosts, const char *ports);
 /* The temporary directory holding the data directories; NULL when external. */
 const char *pgh_cluster_dir(const pgh_cluster *c);
 /* Skip the running test (see pgh_skip) unless the cluster has n replicas. */

@@ -33,6 +33,22 @@ static inline pgh_cluster *cluster_or_die(int replicas)
     return c;
 }
 
+/*
+ * "primary, replica 0 through px" as one multi-host conninfo, with the
+ * primary's other settings (user, password, dbname): the fault proxy works
+ * in front of any server, external ones included.  malloc'd.
+ */
+static inline char *conninfo_via_proxy(pgh_cluster *c, pgh_proxy *px)
+{
+    pgh_node *prim = pgh_cluster_primary(c);
+    char hosts[512], ports[32];
+    snprintf(hosts, sizeof hosts, "%s,127.0.0.1", pgh_node_host(prim));
+    snprintf(ports, sizeof ports, "%d,%d", pgh_node_port(prim), pgh_proxy_port(px));
+    char *ci = pgh_conninfo_hosts(pgh_node_conninfo(prim), hosts, ports);
+    cr_assert_not_null(ci);
+    return ci;
+}
+
 static inline void sleep_ms(int ms)
 {
     struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};

@@ -338,17 +338,17 @@ Test(guard, failed_acquisitions_count_as_failed_calls)
 Test(guard, an_unreachable_host_is_not_warmed_within_the_round)
 {
     pgh_cluster *c = cluster_or_die(1);
-    pgh_require_local(c, "a proxy between pgguard and a local replica");
-    char err[256], ci[512];
+    pgh_require_replicas(c, 1);
+    char err[256];
     pgh_node *replica = pgh_cluster_replica(c, 0);
     pgh_proxy *px = pgh_proxy_start(pgh_node_host(replica), pgh_node_port(replica), err,
                                     sizeof err);
     cr_assert_not_null(px, "%s", err);
-    snprintf(ci, sizeof ci, "host=127.0.0.1,127.0.0.1 port=%d,%d user=postgres dbname=postgres",
-             pgh_node_port(pgh_cluster_primary(c)), pgh_proxy_port(px));
+    char *ci = conninfo_via_proxy(c, px);
     /* Hung from the start: no idle connection, breaker closed (no calls). */
     pgh_proxy_set_mode(px, PGH_PROXY_BLACKHOLE, 0);
     pgg_pool *p = pool_for_conninfo(ci, "pool_min_idle=1 connect_timeout_ms=500");
+    free(ci);
     cr_assert(wait_role(p, 0, PGG_ROLE_PRIMARY, 5000));
 
     unsigned long rounds = pgg__health_rounds(p->health);

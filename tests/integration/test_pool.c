@@ -372,15 +372,14 @@ Test(pool, bulkhead_rejections_are_immediate_counted_and_open_nothing)
 Test(pool, blackhole_times_out_at_the_deadline_and_opens)
 {
     pgh_cluster *c = cluster_or_die(1);
-    pgh_require_local(c, "a proxy between pgguard and a local replica");
+    pgh_require_replicas(c, 1);
     char err[512];
     pgh_node *replica = pgh_cluster_replica(c, 0);
     pgh_proxy *px = pgh_proxy_start(pgh_node_host(replica), pgh_node_port(replica), err, sizeof err);
     cr_assert_not_null(px, "%s", err);
-    char ci[512];
-    snprintf(ci, sizeof ci, "host=127.0.0.1,127.0.0.1 port=%d,%d user=postgres dbname=postgres",
-             pgh_node_port(pgh_cluster_primary(c)), pgh_proxy_port(px));
+    char *ci = conninfo_via_proxy(c, px);
     pgg_pool *p = pool_for_conninfo(ci, NULL);
+    free(ci);
     cr_assert(wait_role(p, 1, PGG_ROLE_STANDBY, 10000));
 
     cr_expect_eq(read_ok(p, PGG_READ, "SELECT 1", 0), 1);

@@ -221,6 +221,7 @@ static const spec specs[] = {
     E("read_policy", "replica", "replica", "replica_only", "primary", "any"),
     I("max_attempts", 1, 64, "3"),
     B("lease_reset", "true"),
+    I("lease_leak_ms", 0, 86400000, "0"),
     I("attempt_timeout_ms", 0, 3600000, "0"),
     B("attempt_timeout_auto", "true"),
     I("health_probe_timeout_ms", 1, 600000, "500"),
