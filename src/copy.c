@@ -52,7 +52,7 @@ static int flush_all(copy_run *r)
     int f;
 
     while ((f = PQflush(r->conn)) == 1) {
-        int ev = pgg__link_wait_socket(PQsocket(r->conn), POLLIN | POLLOUT, r->deadline);
+        int ev = pgg__link_poll(PQsocket(r->conn), POLLIN | POLLOUT, r->deadline);
 
         if (ev == 0)
             return 0;
@@ -67,7 +67,7 @@ static int flush_all(copy_run *r)
 static int next_result(copy_run *r, PGresult **out)
 {
     while (PQisBusy(r->conn)) {
-        int ev = pgg__link_wait_socket(PQsocket(r->conn), POLLIN, r->deadline);
+        int ev = pgg__link_poll(PQsocket(r->conn), POLLIN, r->deadline);
 
         if (ev == 0)
             return 0;
@@ -229,7 +229,7 @@ static bool drain(copy_run *r, pgg_copy_sink_fn sink, void *ud)
             lost(r, NULL);
             return false;
         }
-        n = pgg__link_wait_socket(PQsocket(r->conn), POLLIN, r->deadline);
+        n = pgg__link_poll(PQsocket(r->conn), POLLIN, r->deadline);
         if (n == 0) {
             expired(r);
             return false;

@@ -33,11 +33,6 @@
 static int wait_socket(pgg_wd_slot *slot, int fd, short events,
                        int64_t deadline_ns)
 {
-    return pgg__link_wait_socket(fd, events, deadline_ns);
-}
-
-int pgg__link_wait_socket(int fd, short events, int64_t deadline_ns)
-{
     struct pollfd p;
 
     if (fd < 0)

@@ -100,10 +100,6 @@ void pgg__link_silence(PGconn *conn);
 /* May this connection go back to the pool: open, idle, no transaction? */
 bool pgg__link_reusable(PGconn *conn);
 
-/* Wait for events on fd until deadline_ns (ppoll, exact): the revents
- * (> 0), 0 when the deadline passed, -1 on a poll error. */
-int pgg__link_wait_socket(int fd, short events, int64_t deadline_ns);
-
 /* The role the server reports in in_hot_standby (PostgreSQL 14+), without a
  * round trip; PGG_ROLE_UNKNOWN when the server does not report it. */
 pgg_role pgg__link_reported_role(PGconn *conn);

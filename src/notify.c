@@ -37,7 +37,7 @@ PGnotify *pgg_lease_notify(pgg_lease *lease, int timeout_ms, pgg_error *err)
         n = PQnotifies(conn);
         if (n)
             return n;
-        ev = pgg__link_wait_socket(PQsocket(conn), POLLIN, deadline);
+        ev = pgg__link_poll(PQsocket(conn), POLLIN, deadline);
         if (ev == 0) {
             pgg__error_set(err, PGG_ETIMEDOUT, NULL, host,
                            "%s: no notification before the deadline", fn);
