@@ -276,6 +276,23 @@ static bool is_copy(const PGresult *r)
     return s == PGRES_COPY_IN || s == PGRES_COPY_OUT || s == PGRES_COPY_BOTH;
 }
 
+int pgg__link_refuse_copy(const PGresult *res, const char *host,
+                          pgg_error *err)
+{
+    bool in = PQresultStatus(res) == PGRES_COPY_IN;
+
+    return pgg__error_set(err, PGG_ESTATE, NULL, host,
+                          "COPY %s cannot run through a one-shot call or "
+                          "pgg_lease_exec: use %s on a lease",
+                          in ? "FROM STDIN" : "TO STDOUT",
+                          in ? "pgg_lease_copy_in" : "pgg_lease_copy_out");
+}
+
+bool pgg__link_is_copy(const PGresult *res)
+{
+    return res && is_copy(res);
+}
+
 static int send_query(PGconn *conn, const pgg_query *q)
 {
     if (q->prepare)
@@ -391,17 +408,10 @@ static int collect(pgg_wd_slot *slot, PGconn *conn, int64_t deadline_ns,
              * mid-COPY; the caller closes it (PGG_END_REFUSED), and the
              * server aborts the COPY when it goes. */
             if (is_copy(keep)) {
-                bool in = PQresultStatus(keep) == PGRES_COPY_IN;
-
-                PQclear(keep);
                 *end = PGG_END_REFUSED;
-                return pgg__error_set(err, PGG_ESTATE, NULL, host,
-                                      "COPY %s cannot run through a one-shot "
-                                      "call or pgg_lease_exec: use %s on a "
-                                      "lease",
-                                      in ? "FROM STDIN" : "TO STDOUT",
-                                      in ? "pgg_lease_copy_in"
-                                         : "pgg_lease_copy_out");
+                r = pgg__link_refuse_copy(keep, host, err);
+                PQclear(keep);
+                return r;
             }
             if (PQstatus(conn) == CONNECTION_BAD)
                 break;

@@ -122,6 +122,13 @@ int pgg__link_poll(int fd, short events, int64_t deadline_ns);
 /* "16/B374D848" -> 0x16B374D848; false on junk. */
 bool pgg__lsn_parse(const char *text, uint64_t *out);
 
+/* A COPY result reached a path that cannot feed or drain it (a one-shot
+ * call, pgg_lease_exec, a pipelined write): PGG_ESTATE naming the lease
+ * helper to use instead.  The caller closes the connection (mid-COPY). */
+int pgg__link_refuse_copy(const PGresult *res, const char *host,
+                          pgg_error *err);
+bool pgg__link_is_copy(const PGresult *res);
+
 /* Fill err from a connection's error message (one line, no password). */
 int pgg__link_error(pgg_error *err, int code, PGconn *conn,
                     const PGresult *res, const char *host, const char *what);

@@ -391,6 +391,20 @@ static int pipe_collect(PGconn *conn, int n, PGresult **res,
                 continue;
             }
             nulls = 0;
+            /* libpq hands out a COPY result again on every call while the
+             * server waits for data that no one here can give: refuse it
+             * now, or this loop would spin past the deadline.  The
+             * connection is mid-COPY and is closed by the caller. */
+            if (pgg__link_is_copy(r)) {
+                rc = pgg__link_refuse_copy(r, host, err);
+                PQclear(r);
+                for (int j = 0; j < n; j++) {
+                    PQclear(res[j]);
+                    res[j] = NULL;
+                }
+                *end = PGG_END_REFUSED;
+                return rc;
+            }
             if (PQresultStatus(r) == PGRES_PIPELINE_SYNC) {
                 PQclear(r);
                 if (++k == n)
