@@ -59,6 +59,7 @@ struct pgg_health {
     int event_fd;
     atomic_bool stopping;
     atomic_bool wake_pending;
+    atomic_bool restart_round; /* set with wake_pending by await_round */
     bool was_incident;
     bool had_primary; /* some host was primary once */
     int64_t interval, probe_timeout, incident_min, incident_max;
@@ -240,16 +241,19 @@ static bool incident(pgg_health *hl)
     return !primary && hl->had_primary;
 }
 
-/* Bring every waiting probe forward to the fast cadence.  The round under
- * way starts over, so the next one counted holds what was learnt since
- * (a caller awaiting it had news: a write refused as read-only). */
-static void expedite(pgg_health *hl, int64_t now)
+/* Bring every waiting probe forward to the fast cadence.  With restart,
+ * the round under way starts over, so the next one counted holds what was
+ * learnt since (a caller awaiting it had news: a write refused as
+ * read-only); plain wakes, which failing calls send continually, must not
+ * keep a round from ever completing. */
+static void expedite(pgg_health *hl, int64_t now, bool restart)
 {
     for (int i = 0; i < hl->pool->nhosts; i++) {
         probe *p = &hl->probes[i];
         int64_t soon = p->started + hl->incident_min;
 
-        p->in_round = false;
+        if (restart)
+            p->in_round = false;
         if (p->phase != PROBE_IDLE)
             continue;
         if (soon < now)
@@ -464,7 +468,7 @@ static void *health_main(void *arg)
         now_incident = incident(hl);
         if (atomic_exchange(&hl->wake_pending, false) ||
             (now_incident && !hl->was_incident))
-            expedite(hl, now);
+            expedite(hl, now, atomic_exchange(&hl->restart_round, false));
         hl->was_incident = now_incident;
 
         for (int i = 0; i < pool->nhosts; i++) {
@@ -584,6 +588,7 @@ pgg_health *pgg__health_start(pgg_pool *pool, pgg_error *err)
     hl->incident_max = pgg__ms_to_ns(cfg->health_incident_max_ms);
     atomic_init(&hl->stopping, false);
     atomic_init(&hl->wake_pending, false);
+    atomic_init(&hl->restart_round, false);
     pthread_mutex_init(&hl->mu, NULL);
     pgg__cond_init(&hl->cv);
     if (pthread_create(&hl->thread, NULL, health_main, hl) != 0) {
@@ -641,11 +646,13 @@ bool pgg__health_await_round(pgg_health *hl, int64_t deadline_ns)
     if (!hl)
         return false;
     pthread_mutex_lock(&hl->mu);
-    /* Waking starts the round over (expedite): the next one counted is
-     * made of probes that ended after this call. */
+    /* The round starts over (expedite): the next one counted is made of
+     * probes that ended after this call. */
     want = hl->rounds + 1;
     pthread_mutex_unlock(&hl->mu);
-    pgg__health_wake(hl);
+    atomic_store(&hl->restart_round, true);
+    atomic_store(&hl->wake_pending, true);
+    signal_event(hl);
     pthread_mutex_lock(&hl->mu);
     while (hl->rounds < want && !atomic_load(&hl->stopping) &&
            pgg__now_ns() < deadline_ns) {
