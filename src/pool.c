@@ -442,7 +442,6 @@ pgg_take pgg__pool_take(pgg_pool *pool, pgg_host *h, pgg_intent intent,
     }
     if (pgg__host_borrow(h, deadline, start, l, &why, err) != PGG_OK) {
         int64_t now = pgg__now_ns();
-
         pgg_verdict v;
 
         if (why != PGG_BORROW_CONNECT) {
@@ -967,6 +966,7 @@ static PGresult *run(pgg_pool *pool, pgg_intent intent, const pgg_query *q,
             if (ncand == 0 && pgg__health_await_round(pool->health, deadline))
                 ncand = pgg__pool_candidates(pool, intent, cand);
             i = -1;
+            again = -1;
             now = pgg__now_ns();
         }
     }
