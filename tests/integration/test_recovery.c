@@ -563,10 +563,10 @@ Test(recovery, a_hung_probe_delays_no_other_host)
 
     pgh_proxy_set_mode(px, PGH_PROXY_BLACKHOLE, 0);
     sleep_ms(300); /* the replica's probe is under way, and hangs */
-    cr_assert_eq(pgh_node_stop(pgh_cluster_primary(c), PGH_STOP_IMMEDIATE), 0);
     t0 = pgh_now_ms();
+    cr_assert_eq(pgh_node_stop(pgh_cluster_primary(c), PGH_STOP_IMMEDIATE), 0);
     seen = wait_role(p, 0, PGG_ROLE_UNKNOWN, 3000);
-    fprintf(stderr, "stopped primary seen after %.0f ms\n", pgh_now_ms() - t0);
+    fprintf(stderr, "stopped primary seen %.0f ms after the stop began\n", pgh_now_ms() - t0);
     cr_expect(seen, "the primary's stop was not seen while the replica's probe hung");
     pgg_pool_free(p);
     pgh_proxy_free(px);
