@@ -39,6 +39,10 @@ typedef struct probe {
     int64_t next;    /* IDLE: when the next probe starts */
     int64_t backoff; /* incident interval now; 0 when calm */
     bool in_round;   /* finished since the last round was counted */
+    /* A standby's replay position at its last good probe (0: none), kept
+     * across probes so that the primary's next probe can update its lag. */
+    uint64_t replay_lsn;
+    int64_t replay_at;
     bool got;        /* a result arrived */
     pgg_role role;
     uint64_t lsn;
@@ -271,13 +275,14 @@ static bool probe_start(pgg_health *hl, int i, int64_t now)
     probe *p = &hl->probes[i];
     PGconn *c = hl->conns[i];
     pgg_breaker_state st = pgg__breaker_state(&h->breaker);
-    int64_t next = p->next, backoff = p->backoff;
-    bool in_round = p->in_round;
+    probe keep = *p;
 
     memset(p, 0, sizeof *p);
-    p->next = next;
-    p->backoff = backoff;
-    p->in_round = in_round;
+    p->next = keep.next;
+    p->backoff = keep.backoff;
+    p->in_round = keep.in_round;
+    p->replay_lsn = keep.replay_lsn;
+    p->replay_at = keep.replay_at;
     p->started = now;
     p->deadline = now + hl->probe_timeout;
     /* Forced open means the operator wants the host left alone. */
@@ -343,7 +348,23 @@ static void record_ticket(pgg_health *hl, pgg_host *h, probe *p, int64_t now)
     case TICKET_NONE:
         break;
     }
-    p->ticketed = TICKET_NONE;
+}
+
+/* A standby's lag against the primary's position, both as last probed. */
+static void set_lag(pgg_health *hl, int i, int64_t now)
+{
+    probe *p = &hl->probes[i];
+    pgg_host *h = &hl->pool->hosts[i];
+
+    /* Both positions at most an interval or two old; without them the
+     * last figure stands. */
+    if (!hl->primary_lsn_at || !p->replay_at ||
+        now - hl->primary_lsn_at > 2 * hl->interval + hl->probe_timeout ||
+        now - p->replay_at > 2 * hl->interval + hl->probe_timeout)
+        return;
+    atomic_store(&h->lag_bytes, p->replay_lsn >= hl->primary_lsn
+                                    ? 0
+                                    : (int64_t)(hl->primary_lsn - p->replay_lsn));
 }
 
 static void probe_answered(pgg_health *hl, int i, int64_t now)
@@ -362,20 +383,23 @@ static void probe_answered(pgg_health *hl, int i, int64_t now)
         if (pgg__breaker_allow(&h->breaker, now, &t))
             pgg__pool_record(pool, h, t, PGG_CLASS_SUCCESS, p->started, now);
     }
+    /* Probes no longer run in lockstep: whichever of a standby and the
+     * primary answers last measures the standby's lag, each against the
+     * other's latest position. */
     if (p->role == PGG_ROLE_PRIMARY && p->have_lsn) {
         hl->primary_lsn = p->lsn;
         hl->primary_lsn_at = now;
-    } else if (p->role == PGG_ROLE_STANDBY && hl->primary_lsn_at &&
-               now - hl->primary_lsn_at <= 2 * hl->interval + hl->probe_timeout) {
-        /* Against the primary's position at its own last probe, at most an
-         * interval or two old; without a recent one the last figure stands. */
+        for (int k = 0; k < pool->nhosts; k++) {
+            if (atomic_load(&pool->hosts[k].role) == PGG_ROLE_STANDBY)
+                set_lag(hl, k, now);
+        }
+    } else if (p->role == PGG_ROLE_STANDBY) {
+        p->replay_lsn = p->have_lsn ? p->lsn : 0;
+        p->replay_at = p->have_lsn ? now : 0;
         if (!p->have_lsn)
             atomic_store(&h->lag_bytes, -1);
         else
-            atomic_store(&h->lag_bytes,
-                         p->lsn >= hl->primary_lsn
-                             ? 0
-                             : (int64_t)(hl->primary_lsn - p->lsn));
+            set_lag(hl, i, now);
     }
     if (p->role != PGG_ROLE_UNKNOWN &&
         atomic_load_explicit(&h->suspect_until_ns, memory_order_relaxed))
