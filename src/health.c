@@ -39,6 +39,10 @@ typedef struct probe {
     int64_t next;    /* IDLE: when the next probe starts */
     int64_t backoff; /* incident interval now; 0 when calm */
     bool in_round;   /* finished since the last round was counted */
+    /* A standby's replay position at its last good probe (0: none), kept
+     * across probes so that the primary's next probe can update its lag. */
+    uint64_t replay_lsn;
+    int64_t replay_at;
     bool got;        /* a result arrived */
     pgg_role role;
     uint64_t lsn;
@@ -59,6 +63,7 @@ struct pgg_health {
     int event_fd;
     atomic_bool stopping;
     atomic_bool wake_pending;
+    atomic_bool restart_round; /* set with wake_pending by await_round */
     bool was_incident;
     bool had_primary; /* some host was primary once */
     int64_t interval, probe_timeout, incident_min, incident_max;
@@ -240,16 +245,19 @@ static bool incident(pgg_health *hl)
     return !primary && hl->had_primary;
 }
 
-/* Bring every waiting probe forward to the fast cadence.  The round under
- * way starts over, so the next one counted holds what was learnt since
- * (a caller awaiting it had news: a write refused as read-only). */
-static void expedite(pgg_health *hl, int64_t now)
+/* Bring every waiting probe forward to the fast cadence.  With restart,
+ * the round under way starts over, so the next one counted holds what was
+ * learnt since (a caller awaiting it had news: a write refused as
+ * read-only); plain wakes, which failing calls send continually, must not
+ * keep a round from ever completing. */
+static void expedite(pgg_health *hl, int64_t now, bool restart)
 {
     for (int i = 0; i < hl->pool->nhosts; i++) {
         probe *p = &hl->probes[i];
         int64_t soon = p->started + hl->incident_min;
 
-        p->in_round = false;
+        if (restart)
+            p->in_round = false;
         if (p->phase != PROBE_IDLE)
             continue;
         if (soon < now)
@@ -267,13 +275,14 @@ static bool probe_start(pgg_health *hl, int i, int64_t now)
     probe *p = &hl->probes[i];
     PGconn *c = hl->conns[i];
     pgg_breaker_state st = pgg__breaker_state(&h->breaker);
-    int64_t next = p->next, backoff = p->backoff;
-    bool in_round = p->in_round;
+    probe keep = *p;
 
     memset(p, 0, sizeof *p);
-    p->next = next;
-    p->backoff = backoff;
-    p->in_round = in_round;
+    p->next = keep.next;
+    p->backoff = keep.backoff;
+    p->in_round = keep.in_round;
+    p->replay_lsn = keep.replay_lsn;
+    p->replay_at = keep.replay_at;
     p->started = now;
     p->deadline = now + hl->probe_timeout;
     /* Forced open means the operator wants the host left alone. */
@@ -339,7 +348,23 @@ static void record_ticket(pgg_health *hl, pgg_host *h, probe *p, int64_t now)
     case TICKET_NONE:
         break;
     }
-    p->ticketed = TICKET_NONE;
+}
+
+/* A standby's lag against the primary's position, both as last probed. */
+static void set_lag(pgg_health *hl, int i, int64_t now)
+{
+    probe *p = &hl->probes[i];
+    pgg_host *h = &hl->pool->hosts[i];
+
+    /* Both positions at most an interval or two old; without them the
+     * last figure stands. */
+    if (!hl->primary_lsn_at || !p->replay_at ||
+        now - hl->primary_lsn_at > 2 * hl->interval + hl->probe_timeout ||
+        now - p->replay_at > 2 * hl->interval + hl->probe_timeout)
+        return;
+    atomic_store(&h->lag_bytes, p->replay_lsn >= hl->primary_lsn
+                                    ? 0
+                                    : (int64_t)(hl->primary_lsn - p->replay_lsn));
 }
 
 static void probe_answered(pgg_health *hl, int i, int64_t now)
@@ -358,22 +383,25 @@ static void probe_answered(pgg_health *hl, int i, int64_t now)
         if (pgg__breaker_allow(&h->breaker, now, &t))
             pgg__pool_record(pool, h, t, PGG_CLASS_SUCCESS, p->started, now);
     }
+    /* Probes no longer run in lockstep: whichever of a standby and the
+     * primary answers last measures the standby's lag, each against the
+     * other's latest position. */
     if (p->role == PGG_ROLE_STANDBY && p->have_lsn)
         pgg__vis_note_replayed(pool->vis, i, p->lsn, true);
     if (p->role == PGG_ROLE_PRIMARY && p->have_lsn) {
         hl->primary_lsn = p->lsn;
         hl->primary_lsn_at = now;
-    } else if (p->role == PGG_ROLE_STANDBY && hl->primary_lsn_at &&
-               now - hl->primary_lsn_at <= 2 * hl->interval + hl->probe_timeout) {
-        /* Against the primary's position at its own last probe, at most an
-         * interval or two old; without a recent one the last figure stands. */
+        for (int k = 0; k < pool->nhosts; k++) {
+            if (atomic_load(&pool->hosts[k].role) == PGG_ROLE_STANDBY)
+                set_lag(hl, k, now);
+        }
+    } else if (p->role == PGG_ROLE_STANDBY) {
+        p->replay_lsn = p->have_lsn ? p->lsn : 0;
+        p->replay_at = p->have_lsn ? now : 0;
         if (!p->have_lsn)
             atomic_store(&h->lag_bytes, -1);
         else
-            atomic_store(&h->lag_bytes,
-                         p->lsn >= hl->primary_lsn
-                             ? 0
-                             : (int64_t)(hl->primary_lsn - p->lsn));
+            set_lag(hl, i, now);
     }
     if (p->role != PGG_ROLE_UNKNOWN &&
         atomic_load_explicit(&h->suspect_until_ns, memory_order_relaxed))
@@ -468,7 +496,7 @@ static void *health_main(void *arg)
         now_incident = incident(hl);
         if (atomic_exchange(&hl->wake_pending, false) ||
             (now_incident && !hl->was_incident))
-            expedite(hl, now);
+            expedite(hl, now, atomic_exchange(&hl->restart_round, false));
         hl->was_incident = now_incident;
 
         for (int i = 0; i < pool->nhosts; i++) {
@@ -588,6 +616,7 @@ pgg_health *pgg__health_start(pgg_pool *pool, pgg_error *err)
     hl->incident_max = pgg__ms_to_ns(cfg->health_incident_max_ms);
     atomic_init(&hl->stopping, false);
     atomic_init(&hl->wake_pending, false);
+    atomic_init(&hl->restart_round, false);
     pthread_mutex_init(&hl->mu, NULL);
     pgg__cond_init(&hl->cv);
     if (pthread_create(&hl->thread, NULL, health_main, hl) != 0) {
@@ -645,11 +674,13 @@ bool pgg__health_await_round(pgg_health *hl, int64_t deadline_ns)
     if (!hl)
         return false;
     pthread_mutex_lock(&hl->mu);
-    /* Waking starts the round over (expedite): the next one counted is
-     * made of probes that ended after this call. */
+    /* The round starts over (expedite): the next one counted is made of
+     * probes that ended after this call. */
     want = hl->rounds + 1;
     pthread_mutex_unlock(&hl->mu);
-    pgg__health_wake(hl);
+    atomic_store(&hl->restart_round, true);
+    atomic_store(&hl->wake_pending, true);
+    signal_event(hl);
     pthread_mutex_lock(&hl->mu);
     while (hl->rounds < want && !atomic_load(&hl->stopping) &&
            pgg__now_ns() < deadline_ns) {

@@ -248,6 +248,10 @@ static pgg_link **pick_idle(pgg_host *h)
     return &h->idle;
 }
 
+/* How long a host that refused a session as full (53300) gets no new
+ * connect attempt while sessions of ours are out to come back. */
+#define FULL_RETRY_NS (100 * PGG_NS_PER_MS)
+
 int pgg__host_borrow(pgg_host *h, int64_t deadline_ns, int64_t now,
                      pgg_link **out, pgg_borrow_fail *why, pgg_error *err)
 {
@@ -310,33 +314,64 @@ int pgg__host_borrow(pgg_host *h, int64_t deadline_ns, int64_t now,
             pthread_mutex_unlock(&h->mu);
             close_list(doomed);
             *why = PGG_BORROW_EXHAUSTED;
+            if (now < h->full_until_ns)
+                return pgg__error_set(err, PGG_ETIMEDOUT, "53300", h->name,
+                                      "%s has no room for another session "
+                                      "(53300) and ours were busy until the "
+                                      "deadline",
+                                      h->name);
             return pgg__error_set(err, PGG_ETIMEDOUT, NULL, h->name,
                                   "all %d connections to %s busy until the "
                                   "deadline (pool_max)",
                                   h->max, h->name);
         }
-        if (h->n_busy + h->n_connecting + h->n_idle < h->max) {
+        if (h->n_busy + h->n_connecting + h->n_idle < h->max &&
+            (now >= h->full_until_ns || h->n_busy == 0)) {
+            pgg_error cerr;
+            bool hook_refused = false;
+
+            pgg__error_reset(&cerr);
             h->n_connecting++;
             pthread_mutex_unlock(&h->mu);
             close_list(doomed);
-            bool hook_refused;
-
-            rc = connect_new(h, deadline_ns, out, &hook_refused, err);
+            doomed = NULL;
+            rc = connect_new(h, deadline_ns, out, &hook_refused, &cerr);
             pthread_mutex_lock(&h->mu);
             h->n_connecting--;
-            if (rc == PGG_OK)
+            if (rc == PGG_OK) {
                 h->n_busy++;
-            else
+                h->full_until_ns = 0;
+            } else {
                 pthread_cond_signal(&h->cv); /* the slot is free again */
+            }
+            /*
+             * The server has no room for another session (53300: its
+             * max_connections, or the role's limit) but ours are working:
+             * the host is healthy and full.  Wait for one of ours to come
+             * back, as at pool_max, rather than fail the call and count it
+             * against the host; connect again only after FULL_RETRY_NS.
+             */
+            if (rc != PGG_OK && h->n_busy > 0 &&
+                strcmp(cerr.sqlstate, "53300") == 0) {
+                h->full_until_ns = pgg__now_ns() + FULL_RETRY_NS;
+                fresh_now = false;
+                continue;
+            }
             pthread_mutex_unlock(&h->mu);
-            if (rc != PGG_OK)
+            if (rc != PGG_OK) {
+                pgg__error_copy(err, &cerr);
                 *why = hook_refused ? PGG_BORROW_HOOK : PGG_BORROW_CONNECT;
+            }
             return rc;
         }
         {
             struct timespec ts;
 
-            ts = pgg__ns_to_timespec(deadline_ns);
+            /* Full server: look again when a connect may be let in. */
+            ts = pgg__ns_to_timespec(now < h->full_until_ns &&
+                                             h->full_until_ns < deadline_ns
+                                         ? h->full_until_ns
+                                         : deadline_ns);
             h->n_waiting++;
             pthread_cond_timedwait(&h->cv, &h->mu, &ts);
             h->n_waiting--;

@@ -65,6 +65,9 @@ typedef struct pgg_host {
      * without it by the router, which wants the least busy host. */
     _Atomic int n_busy;
     bool closed;
+    /* The server refused a session as full (53300) while ours were busy:
+     * no new connect before this, wait for ours instead (under mu). */
+    int64_t full_until_ns;
     int last_error_code;
     char last_error[256];
 

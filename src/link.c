@@ -200,10 +200,14 @@ static _Thread_local bool unprompted_error;
 static void notice_receiver(void *arg, const PGresult *res)
 {
     const char *sev = PQresultErrorField(res, PG_DIAG_SEVERITY_NONLOCALIZED);
+    const char *code = PQresultErrorField(res, PG_DIAG_SQLSTATE);
 
     (void)arg;
-    if (sev && (strcmp(sev, "FATAL") == 0 || strcmp(sev, "ERROR") == 0 ||
-                strcmp(sev, "PANIC") == 0))
+    /* Also the WARNING an immediate shutdown sends before it closes
+     * (57P02, "because of crash of another server process"). */
+    if ((sev && (strcmp(sev, "FATAL") == 0 || strcmp(sev, "ERROR") == 0 ||
+                 strcmp(sev, "PANIC") == 0)) ||
+        (code && strncmp(code, "57P", 3) == 0))
         unprompted_error = true;
 }
 

@@ -458,7 +458,6 @@ pgg_take pgg__pool_take(pgg_pool *pool, pgg_host *h, pgg_intent intent,
     }
     if (pgg__host_borrow(h, deadline, start, l, &why, err) != PGG_OK) {
         int64_t now = pgg__now_ns();
-
         pgg_verdict v;
 
         if (why != PGG_BORROW_CONNECT) {
@@ -556,18 +555,16 @@ static bool session_survived(PGconn *conn, const PGresult *res)
            PQtransactionStatus(conn) != PQTRANS_UNKNOWN;
 }
 
-/* A pooled (not new) session that the server had closed: lost, found dead
- * before sending, or answered with a FATAL that ended it (57P01 from
- * pg_terminate_backend or a shutdown, 57P02 after a crash).  cls first:
- * a successful call pays one comparison. */
-static bool session_died(const pgg_link *l, pgg_attempt_end end,
-                         const PGresult *res, pgg_class cls)
+/* The server ended the session: lost, found dead before sending, or
+ * answered with a FATAL that closed it (57P01 from pg_terminate_backend or
+ * a shutdown, 57P02 after a crash).  cls first: a successful call pays one
+ * comparison. */
+static bool session_ended(PGconn *conn, pgg_attempt_end end,
+                          const PGresult *res, pgg_class cls)
 {
     const char *st;
 
     if (cls != PGG_CLASS_CONNECTION && cls != PGG_CLASS_UNAVAILABLE)
-        return false;
-    if (l->fresh)
         return false;
     if (end == PGG_END_LOST || end == PGG_END_NOT_SENT)
         return true;
@@ -575,7 +572,7 @@ static bool session_died(const pgg_link *l, pgg_attempt_end end,
         return false;
     st = PQresultErrorField(res, PG_DIAG_SQLSTATE);
     return st && (strcmp(st, "57P01") == 0 || strcmp(st, "57P02") == 0) &&
-           PQstatus(l->conn) != CONNECTION_OK;
+           PQstatus(conn) != CONNECTION_OK;
 }
 
 pgg_verdict pgg__pool_exec_on(pgg_pool *pool, pgg_host *h, pgg_link **lp,
@@ -587,7 +584,7 @@ pgg_verdict pgg__pool_exec_on(pgg_pool *pool, pgg_host *h, pgg_link **lp,
 {
     pgg_link *l = *lp;
     pgg_verdict v;
-    bool dead;
+    bool ended_by_server, dead;
     int role = atomic_load_explicit(&h->role, memory_order_relaxed);
 
     if (q->stmt && !pgg__stmt_set_has(&l->stmts, q->stmt->index)) {
@@ -655,17 +652,19 @@ pgg_verdict pgg__pool_exec_on(pgg_pool *pool, pgg_host *h, pgg_link **lp,
                            "a write was refused as read-only (25006)");
         pgg__health_wake(pool->health);
     }
-    dead = session_died(l, *end, *res, v.cls);
+    ended_by_server = session_ended(l->conn, *end, *res, v.cls);
     /* A pooled session found dead says nothing of the host (a terminated
      * backend, a restart since): ignored here, and the call tries a new
-     * connection to the same host, whose outcome the breaker does hear. */
+     * connection to the same host, whose outcome the breaker does hear.
+     * A new one that dies does speak for the host. */
+    dead = ended_by_server && !l->fresh;
     if (ticket)
         pgg__pool_record(pool, h, *ticket, dead ? PGG_CLASS_IGNORED : v.cls,
                          started, *ended);
     /* A pooled session that died on us rarely died alone (a restart, a
      * failover, pg_terminate_backend of many): its idle siblings go now,
      * before another call finds each of them dead the hard way. */
-    if (dead || *end == PGG_END_LOST || *end == PGG_END_NOT_SENT) {
+    if (ended_by_server) {
         pgg__host_trim(h, 0, true);
         pgg__health_wake(pool->health);
     }
@@ -1010,6 +1009,7 @@ pass:
             if (ncand == 0 && pgg__health_await_round(pool->health, deadline))
                 ncand = pgg__pool_candidates(pool, intent, cand);
             i = -1;
+            again = -1;
             now = pgg__now_ns();
         }
     }

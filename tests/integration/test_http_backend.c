@@ -473,3 +473,47 @@ Test(http_backend, full_bulkhead_is_503_at_once)
     pgh_cluster_free(c);
     cr_expect_eq(pgh_leak_check(), 0, "the test leaked");
 }
+
+/* The first 503 with a Retry-After for a PUT, or 0 when none came. */
+static int refused_retry_after(int port)
+{
+    char v[64];
+
+    for (int i = 0; i < 40; i++) {
+        response r = http(port, "PUT", "/kv/delta", "four", 5000);
+        int s = 0;
+
+        if (r.status == 503 && header(&r, "Retry-After", v, sizeof v) &&
+            strstr(r.body, "\"PGG_EOPEN\""))
+            s = atoi(v);
+        response_free(&r);
+        if (s > 0)
+            return s;
+        sleep_ms(20);
+    }
+    return 0;
+}
+
+/*
+ * Retry-After tells the time the breaker actually has left open, not its
+ * configured open time: asked again 3 s later, it is smaller.
+ */
+Test(http_backend, retry_after_is_the_time_left_open)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgh_require_local(c, "a stop");
+    backend b = start_backend(c, "breaker.open_ms=10000 breaker.open_max_ms=10000");
+    int first, later;
+
+    cr_assert_eq(pgh_node_stop(pgh_cluster_primary(c), PGH_STOP_IMMEDIATE), 0);
+    first = refused_retry_after(b.port);
+    cr_assert_gt(first, 0, "no 503 with Retry-After for a PUT with the primary down");
+    cr_expect_leq(first, 10, "Retry-After %d s, the open time is 10 s", first);
+    sleep_ms(3000);
+    later = refused_retry_after(b.port);
+    cr_expect_gt(later, 0, "no Retry-After 3 s later");
+    cr_expect_leq(later, first - 2, "Retry-After %d s, then %d s 3 s later", first, later);
+    stop_backend(&b);
+    pgh_cluster_free(c);
+    cr_expect_eq(pgh_leak_check(), 0, "the test leaked");
+}

@@ -563,10 +563,10 @@ Test(recovery, a_hung_probe_delays_no_other_host)
 
     pgh_proxy_set_mode(px, PGH_PROXY_BLACKHOLE, 0);
     sleep_ms(300); /* the replica's probe is under way, and hangs */
-    cr_assert_eq(pgh_node_stop(pgh_cluster_primary(c), PGH_STOP_IMMEDIATE), 0);
     t0 = pgh_now_ms();
+    cr_assert_eq(pgh_node_stop(pgh_cluster_primary(c), PGH_STOP_IMMEDIATE), 0);
     seen = wait_role(p, 0, PGG_ROLE_UNKNOWN, 3000);
-    fprintf(stderr, "stopped primary seen after %.0f ms\n", pgh_now_ms() - t0);
+    fprintf(stderr, "stopped primary seen %.0f ms after the stop began\n", pgh_now_ms() - t0);
     cr_expect(seen, "the primary's stop was not seen while the replica's probe hung");
     pgg_pool_free(p);
     pgh_proxy_free(px);
@@ -676,4 +676,70 @@ Test(recovery, a_restarted_primary_closes_its_breaker_at_the_incident_cadence)
     cr_expect_geq(first, 0, "no write within 4 s of the restart (open time 20 s)");
     cr_expect_geq(closed, 0, "breaker not closed within 4 s of the restart (open time 20 s)");
     end_test(p, c);
+}
+
+typedef struct full_arg {
+    pgg_pool *p;
+    int failed;
+    int code;
+} full_arg;
+
+static void *sleepy_reads(void *arg)
+{
+    full_arg *a = arg;
+    for (int i = 0; i < 8; i++) {
+        pgg_call call = {.timeout_ms = 3000};
+        pgg_error e;
+        PGresult *r = pgg_exec(a->p, PGG_READ, "SELECT pg_sleep(0.03)", &call, NULL, &e);
+        if (!r) {
+            a->failed++;
+            a->code = e.code;
+        }
+        PQclear(r);
+    }
+    return NULL;
+}
+
+/*
+ * A server with no room for another session (53300: here the role's
+ * connection limit, as max_connections taken by other clients) while the
+ * pool's own sessions work: the host is full, not sick.  Calls wait for
+ * one of the pool's sessions within their deadline, as at pool_max, and
+ * nothing counts against the host (before, each refused connect was an
+ * "unavailable" failure, and the breaker opened).
+ */
+Test(recovery, a_full_server_is_waited_for_not_failed)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgh_node *n = pgh_cluster_primary(c);
+    char ci[512];
+    pthread_t t[4];
+    full_arg a[4];
+    int failed = 0;
+
+    /* Three sessions for the role: the health thread's, and two for calls. */
+    cr_assert_eq(pgh_node_exec(n, "DROP ROLE IF EXISTS pgg_rec_three;"
+                                  "CREATE ROLE pgg_rec_three LOGIN CONNECTION LIMIT 3;"),
+                 0, "%s", pgh_node_error(n));
+    snprintf(ci, sizeof ci, "host=%s port=%d user=pgg_rec_three dbname=postgres",
+             pgh_node_host(n), pgh_node_port(n));
+    pgg_pool *p = pool_for_conninfo(ci, "pool_max=4");
+    cr_assert(wait_role(p, 0, PGG_ROLE_PRIMARY, 10000));
+    for (int i = 0; i < 4; i++) {
+        a[i] = (full_arg){.p = p};
+        cr_assert_eq(pthread_create(&t[i], NULL, sleepy_reads, &a[i]), 0);
+    }
+    for (int i = 0; i < 4; i++) {
+        pthread_join(t[i], NULL);
+        failed += a[i].failed;
+        if (a[i].failed)
+            fprintf(stderr, "thread %d: %d failed, last %s\n", i, a[i].failed,
+                    pgg_err_name(a[i].code));
+    }
+    cr_expect_eq(failed, 0, "%d of 32 reads failed against a full server", failed);
+    expect_hosts_untouched(p);
+    cr_expect_leq(host_stats(p, 0).conns_open, 2);
+    end_test(p, NULL);
+    cr_assert_eq(pgh_node_exec(n, "DROP ROLE pgg_rec_three;"), 0);
+    pgh_cluster_free(c);
 }

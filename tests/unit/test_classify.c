@@ -184,3 +184,38 @@ Test(classify, our_own_expiry_and_refusals_are_not_the_hosts)
     cr_assert_eq(v.code, PGG_ESTATE);
     cr_assert_not(v.retry);
 }
+
+/* A refused startup, by the SQLSTATE its verbose message carried. */
+Test(classify, startup_refusals)
+{
+    pgg_classifier c;
+    pgg_error e;
+    pgg_verdict v = pgg__classify_connect(NULL, NULL);
+
+    cr_assert_eq(v.cls, PGG_CLASS_CONNECTION); /* refused TCP, a timeout */
+    cr_assert(v.retry);
+    v = pgg__classify_connect(NULL, "");
+    cr_assert_eq(v.cls, PGG_CLASS_CONNECTION);
+    v = pgg__classify_connect(NULL, "53300");
+    cr_assert_eq(v.cls, PGG_CLASS_UNAVAILABLE);
+    cr_assert_eq(v.code, PGG_EUNAVAILABLE);
+    cr_assert(v.retry);
+    v = pgg__classify_connect(NULL, "57P03");
+    cr_assert_eq(v.cls, PGG_CLASS_UNAVAILABLE);
+    const char *config[] = {"28P01", "28000", "3D000", "42501"};
+    for (size_t i = 0; i < sizeof config / sizeof config[0]; i++) {
+        v = pgg__classify_connect(NULL, config[i]);
+        cr_assert_eq(v.cls, PGG_CLASS_IGNORED, "%s", config[i]);
+        cr_assert_eq(v.code, PGG_ECONFIG, "%s", config[i]);
+        cr_assert_not(v.retry, "%s", config[i]);
+    }
+    /* Anything else the server refused with counts as a connection failure. */
+    v = pgg__classify_connect(NULL, "0A000");
+    cr_assert_eq(v.cls, PGG_CLASS_CONNECTION);
+    /* Overrides come first. */
+    pgg__classifier_init(&c);
+    cr_assert_eq(pgg__classifier_override(&c, "28P01", PGG_CLASS_CONNECTION, true, &e), PGG_OK);
+    v = pgg__classify_connect(&c, "28P01");
+    cr_assert_eq(v.cls, PGG_CLASS_CONNECTION);
+    cr_assert(v.retry);
+}
