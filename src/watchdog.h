@@ -36,7 +36,7 @@ typedef struct pgg_wd_slot pgg_wd_slot;
 /* The pool's tick, the shortest sleep of the watchdog: no wait outlives
  * its deadline by more than this plus the scheduler's delay in waking the
  * watchdog (usually far less: it wakes at the deadline itself). */
-#define PGG_WATCHDOG_TICK_NS (2 * 1000000)
+#define PGG_WATCHDOG_TICK_NS (1 * 1000000)
 
 /* Starts the thread.  tick_ns > 0.  NULL with err set on failure. */
 pgg_watchdog *pgg__watchdog_new(int64_t tick_ns, pgg_error *err);

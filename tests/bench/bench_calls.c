@@ -153,7 +153,8 @@ static bool call_guard(pgg_pool *p, int q, unsigned seq, pgg_error *e)
 
 /* ---------------------------------------------------------------- count */
 
-static long calls_loop(PGconn *c, pgg_pool *p, int q, long n)
+static inline __attribute__((always_inline)) long
+calls_loop(PGconn *c, pgg_pool *p, int q, long n)
 {
     long bad = 0;
     pgg_error e;

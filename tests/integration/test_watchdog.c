@@ -1,0 +1,112 @@
+/*
+ * The pool's deadline watchdog against a hung server (SIGSTOP of the
+ * primary): calls blocked in poll without a timeout on pooled connections
+ * end at their deadline because the watchdog shuts their sockets down, one
+ * shutdown per such call, within the deadline plus a tick (plus the slack
+ * for a loaded machine that the pool's hung-server tests allow); the pool
+ * stays balanced and serves again after the resume.
+ */
+#include <pthread.h>
+
+#include "pool.h"
+#include "pool_util.h"
+
+#define THREADS 4 /* = TEST_SETTINGS' pool_max: each holds a warm connection */
+#define CALLS 3
+#define TIMEOUT_MS 150
+
+typedef struct waiter {
+    pgg_pool *p;
+    pthread_t t;
+    int timeouts, query_timeouts, other;
+    double worst_ms;
+    char what[256];
+} waiter;
+
+static void *hung_calls(void *arg)
+{
+    waiter *w = arg;
+    pgg_call call = {.timeout_ms = TIMEOUT_MS, .flags = PGG_CALL_NO_RETRY};
+
+    for (int i = 0; i < CALLS; i++) {
+        pgg_error e;
+        double t0 = pgh_now_ms();
+        PGresult *r = pgg_exec(w->p, PGG_WRITE, "SELECT 1", &call, NULL, &e);
+        double took = pgh_now_ms() - t0;
+
+        if (took > w->worst_ms)
+            w->worst_ms = took;
+        if (r || e.code != PGG_ETIMEDOUT) {
+            w->other++;
+            snprintf(w->what, sizeof w->what, "%s: %.200s", pgg_err_name(e.code), e.message);
+        } else {
+            w->timeouts++;
+            /* Sent on a pooled connection, then the wait in poll(-1):
+             * only the watchdog could end it. */
+            if (strncmp(e.message, "query:", 6) == 0)
+                w->query_timeouts++;
+        }
+        PQclear(r);
+    }
+    return NULL;
+}
+
+static void *slow_call(void *arg)
+{
+    pgg_pool *p = arg;
+    pgg_error e;
+    PGresult *r = pgg_exec(p, PGG_WRITE, "SELECT pg_sleep(0.3)", NULL, NULL, &e);
+
+    cr_expect_not_null(r, "warm-up: %s", e.message);
+    PQclear(r);
+    return NULL;
+}
+
+Test(watchdog, a_hung_server_costs_each_wait_its_deadline_plus_a_tick_at_most)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgh_require_local(c, "a hang (SIGSTOP)");
+    /* Every call must meet the hang: no breaker in the way. */
+    pgg_pool *p = pool_for(c, "breaker.mode=disabled");
+    pthread_t warm[THREADS];
+    waiter ws[THREADS];
+    uint64_t fired0;
+    int timeouts = 0, query_timeouts = 0;
+    double worst = 0;
+
+    /* THREADS pooled connections, all idle when the server stops. */
+    for (int i = 0; i < THREADS; i++)
+        cr_assert_eq(pthread_create(&warm[i], NULL, slow_call, p), 0);
+    for (int i = 0; i < THREADS; i++)
+        pthread_join(warm[i], NULL);
+    cr_assert_eq(host_stats(p, 0).conns_idle, THREADS);
+    fired0 = pgg__watchdog_fired(p->watchdog);
+
+    cr_assert_eq(pgh_node_hang(pgh_cluster_primary(c)), 0);
+    for (int i = 0; i < THREADS; i++) {
+        ws[i] = (waiter){.p = p};
+        cr_assert_eq(pthread_create(&ws[i].t, NULL, hung_calls, &ws[i]), 0);
+    }
+    for (int i = 0; i < THREADS; i++) {
+        pthread_join(ws[i].t, NULL);
+        timeouts += ws[i].timeouts;
+        query_timeouts += ws[i].query_timeouts;
+        if (ws[i].worst_ms > worst)
+            worst = ws[i].worst_ms;
+        cr_expect_eq(ws[i].other, 0, "a call did not time out: %s", ws[i].what);
+    }
+    fprintf(stderr, "watchdog: %d timeouts (%d in a query wait), worst %.2f ms for a %d ms deadline\n",
+            timeouts, query_timeouts, worst, TIMEOUT_MS);
+    cr_expect_eq(timeouts, THREADS * CALLS);
+    /* The first call of each thread took a warm connection. */
+    cr_expect_geq(query_timeouts, THREADS);
+    /* One shutdown per query wait that met its deadline, no more: connect
+     * waits have their own timeout, and no other socket was touched. */
+    cr_expect_eq(pgg__watchdog_fired(p->watchdog) - fired0, (uint64_t)query_timeouts);
+    cr_expect_leq(worst, TIMEOUT_MS + PGG_WATCHDOG_TICK_NS / 1e6 + 50.0,
+                  "a call took %.2f ms for a %d ms deadline", worst, TIMEOUT_MS);
+
+    cr_assert_eq(pgh_node_resume(pgh_cluster_primary(c)), 0);
+    cr_expect_eq(read_ok(p, PGG_WRITE, "SELECT 1", 0), 0, "no call succeeded after the resume");
+    end_test(p, c);
+}
