@@ -440,7 +440,7 @@ int main(int argc, char **argv)
             return c == 'h' ? 0 : 2;
         }
     }
-    if (opt_threads < 1 || opt_threads > 64 || opt_pairs < 1 || opt_rounds < 1) {
+    if (opt_threads < 1 || opt_threads > 64 || opt_pairs < 1 || opt_rounds < 0) {
         fprintf(stderr, "bench-ryw: bad option value\n");
         return 2;
     }
