@@ -22,6 +22,7 @@
  *   bench-ryw [--pairs N] [--threads T] [--rounds R] [--slice-ms MS]
  *             [--timeout-ms MS] [--max-wait-ms MS] [--modes none,token,pool]
  *             [--pause-all PCT]   (% of pauses that stop every replica; 30)
+ *             [--wide]            (part 2 writes four columns, two indexes)
  *
  * Not a meson test: it reports, asserts nothing, and exits 1 only when a
  * read with a position came back older than its write.
@@ -48,6 +49,12 @@ static int opt_pairs = 10000, opt_threads = 8, opt_rounds = 6, opt_slice_ms = 10
 static int opt_timeout_ms = 3000, opt_max_wait_ms = 1000;
 static const char *opt_modes = "none,token,pool";
 static int opt_pause_all = 30; /* % of pauses that stop every replica */
+/* Part 2's write: a one-column row, or (--wide) a row of four columns with
+ * two secondary indexes, closer to what an application writes. */
+static bool opt_wide;
+static const char narrow_insert[] = "INSERT INTO bench_ryw (id) VALUES ($1)";
+static const char wide_insert[] =
+    "INSERT INTO bench_ryw_wide (id, name, n) VALUES ($1, md5($1::text), $1 % 1000)";
 
 static pgh_cluster *cluster;
 static char *conninfo;
@@ -256,7 +263,7 @@ static void *write_worker(void *arg)
     while (!atomic_load(&s->stop)) {
         snprintf(idbuf, sizeof idbuf, "%ld", atomic_fetch_add(&s->id, 1));
         PGresult *r = pgg_exec_params(s->pool, PGG_WRITE,
-                                      "INSERT INTO bench_ryw (id) VALUES ($1)", 1, NULL, vals,
+                                      opt_wide ? wide_insert : narrow_insert, 1, NULL, vals,
                                       NULL, NULL, NULL, NULL, NULL);
         if (r && PQresultStatus(r) == PGRES_COMMAND_OK)
             atomic_fetch_add(&s->done, 1);
@@ -416,13 +423,13 @@ int main(int argc, char **argv)
         {"timeout-ms", required_argument, NULL, 'T'},
         {"max-wait-ms", required_argument, NULL, 'w'},
         {"modes", required_argument, NULL, 'm'},   {"help", no_argument, NULL, 'h'},
-        {"pause-all", required_argument, NULL, 'a'},
+        {"pause-all", required_argument, NULL, 'a'}, {"wide", no_argument, NULL, 'W'},
         {NULL, 0, NULL, 0}};
     char err[2048];
     int c;
     bool ok = true;
 
-    while ((c = getopt_long(argc, argv, "p:t:r:s:T:w:m:a:h", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "p:t:r:s:T:w:m:a:Wh", longopts, NULL)) != -1) {
         switch (c) {
         case 'p': opt_pairs = atoi(optarg); break;
         case 't': opt_threads = atoi(optarg); break;
@@ -432,10 +439,11 @@ int main(int argc, char **argv)
         case 'w': opt_max_wait_ms = atoi(optarg); break;
         case 'm': opt_modes = optarg; break;
         case 'a': opt_pause_all = atoi(optarg); break;
+        case 'W': opt_wide = true; break;
         default:
             fprintf(stderr, "usage: %s [--pairs N] [--threads T] [--rounds R] [--slice-ms MS] "
                             "[--timeout-ms MS] [--max-wait-ms MS] [--modes none,token,pool] "
-                            "[--pause-all PCT]\n",
+                            "[--pause-all PCT] [--wide]\n",
                     argv[0]);
             return c == 'h' ? 0 : 2;
         }
@@ -452,7 +460,11 @@ int main(int argc, char **argv)
     conninfo = pgh_cluster_conninfo(cluster);
     if (pgh_node_exec(pgh_cluster_primary(cluster),
                       "DROP TABLE IF EXISTS bench_ryw;"
-                      "CREATE TABLE bench_ryw (id bigint PRIMARY KEY)") != 0)
+                      "CREATE TABLE bench_ryw (id bigint PRIMARY KEY);"
+                      "DROP TABLE IF EXISTS bench_ryw_wide;"
+                      "CREATE TABLE bench_ryw_wide (id bigint PRIMARY KEY, name text, n bigint,"
+                      " at timestamptz DEFAULT now());"
+                      "CREATE INDEX ON bench_ryw_wide (name); CREATE INDEX ON bench_ryw_wide (n)") != 0)
         die("create table", NULL);
     for (int i = 0; i < pgh_cluster_replica_count(cluster); i++)
         pgh_node_wait_replay(pgh_cluster_replica(cluster, i), pgh_cluster_primary(cluster),
@@ -467,9 +479,10 @@ int main(int argc, char **argv)
         if (strstr(opt_modes, mode_name[m]))
             ok = run_pairs((enum mode)m) && ok;
     print_load("after part 1");
-    printf("part 2: INSERT throughput, read_your_writes=off vs pool, %d threads, %d rounds of "
-           "%d ms\n",
-           opt_threads, opt_rounds, opt_slice_ms);
+    printf("part 2: INSERT throughput (%s), read_your_writes=off vs pool, %d threads, %d "
+           "rounds of %d ms\n",
+           opt_wide ? "4 columns, 2 secondary indexes" : "1 column", opt_threads, opt_rounds,
+           opt_slice_ms);
     if (opt_rounds > 0 && opt_slice_ms > 0)
         write_cost();
     print_load("at end");
