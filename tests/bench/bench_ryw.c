@@ -54,7 +54,7 @@ static int opt_pause_all = 30; /* % of pauses that stop every replica */
 static bool opt_wide;
 static const char narrow_insert[] = "INSERT INTO bench_ryw (id) VALUES ($1)";
 static const char wide_insert[] =
-    "INSERT INTO bench_ryw_wide (id, name, n) VALUES ($1, md5($1::text), $1 % 1000)";
+    "INSERT INTO bench_ryw_wide (id, name, n) VALUES ($1::bigint, md5($1::text), $1::bigint % 1000)";
 
 static pgh_cluster *cluster;
 static char *conninfo;
@@ -265,8 +265,14 @@ static void *write_worker(void *arg)
         PGresult *r = pgg_exec_params(s->pool, PGG_WRITE,
                                       opt_wide ? wide_insert : narrow_insert, 1, NULL, vals,
                                       NULL, NULL, NULL, NULL, NULL);
-        if (r && PQresultStatus(r) == PGRES_COMMAND_OK)
+        if (r && PQresultStatus(r) == PGRES_COMMAND_OK) {
             atomic_fetch_add(&s->done, 1);
+        } else {
+            static atomic_bool said;
+            if (!atomic_exchange(&said, true))
+                fprintf(stderr, "bench-ryw: a write failed: %s\n",
+                        r ? PQresultErrorMessage(r) : "no result");
+        }
         PQclear(r);
     }
     return NULL;
