@@ -193,7 +193,8 @@ int pgg__vis_order(pgg_pool *pool, pgg_vis_req *r, bool can_check, int *cand,
                    int ncand)
 {
     int known[PGG_MAX_HOSTS], check[PGG_MAX_HOSTS], other[PGG_MAX_HOSTS];
-    int nk = 0, nc = 0, no = 0, n = 0;
+    int unknown[PGG_MAX_HOSTS];
+    int nk = 0, nc = 0, no = 0, nu = 0, n = 0;
 
     for (int k = 0; k < ncand; k++) {
         int i = cand[k];
@@ -207,9 +208,9 @@ int pgg__vis_order(pgg_pool *pool, pgg_vis_req *r, bool can_check, int *cand,
         else if (role == PGG_ROLE_STANDBY || (!r->waited && can_check))
             check[nc++] = i;
         else if (can_check)
-            other[no++] = i; /* unknown role after the wait: checked last */
+            unknown[nu++] = i; /* unknown role after the wait: checked last */
         else
-            r->unmet_seen = true; /* might be a standby behind: not unchecked */
+            r->unmet_seen = true; /* maybe a standby behind; a lease cannot ask */
     }
     if (!can_check && nc > 0)
         r->unmet_seen = true; /* behind as far as we know, and no way to ask */
@@ -225,6 +226,8 @@ int pgg__vis_order(pgg_pool *pool, pgg_vis_req *r, bool can_check, int *cand,
     }
     for (int k = 0; k < no; k++)
         cand[n++] = other[k];
+    for (int k = 0; k < nu; k++)
+        cand[n++] = unknown[k];
     return n;
 }
 
@@ -706,7 +709,10 @@ int pgg_lsn_parse(const char *text, uint64_t *out)
 {
     uint64_t v;
 
-    if (!out || !pgg__lsn_parse(text, &v))
+    /* What PostgreSQL prints and nothing else: strtoul alone would take
+     * leading blanks and signs. */
+    if (!out || !text || strspn(text, "0123456789abcdefABCDEF/") != strlen(text) ||
+        !pgg__lsn_parse(text, &v))
         return PGG_EINVAL;
     *out = v;
     return PGG_OK;
