@@ -20,6 +20,10 @@ struct pgg_lease {
     pgg_ticket ticket;
     int64_t ticket_at;
     uint64_t lsn; /* position of its last commit seen; 0 none */
+    /* A write lease under read_your_writes=pool that did what pgguard
+     * could not follow (a COPY, raw use of its PGconn): its position is
+     * learnt when it is released. */
+    bool unsettled;
 };
 
 pgg_lease *pgg_acquire(pgg_pool *pool, pgg_intent intent, int timeout_ms,
@@ -155,9 +159,14 @@ static PGresult *lease_run(pgg_lease *lease, const pgg_query *q,
      * whatever ends a transaction, in the same round trip. */
     if (!q->vis && pgg__vis_begin_lease(lease->pool->vis, lease->intent, &vr) &&
         vr.want_lsn) {
-        qv = *q;
-        qv.vis = &vr;
-        q = &qv;
+        if (pgg__vis_is_copy(q->sql)) {
+            /* The caller feeds it on the raw connection: no pipeline. */
+            lease->unsettled = true;
+        } else {
+            qv = *q;
+            qv.vis = &vr;
+            q = &qv;
+        }
     }
     start = pgg__now_ns();
     deadline = start + pgg__pool_timeout_ns(lease->pool, timeout_ms);
@@ -291,7 +300,10 @@ pgg_link *pgg__lease_link(pgg_lease *lease)
 
 PGconn *pgg_lease_conn(pgg_lease *lease)
 {
-    return lease && lease->l ? lease->l->conn : NULL;
+    if (!lease || !lease->l)
+        return NULL;
+    lease->unsettled = lease->unsettled || lease->intent == PGG_WRITE;
+    return lease->l->conn;
 }
 
 const char *pgg_lease_host(const pgg_lease *lease)
@@ -342,6 +354,18 @@ void pgg_release(pgg_lease *lease)
     if (lease->have_ticket)
         pgg__pool_record(lease->pool, lease->h, lease->ticket,
                          PGG_CLASS_IGNORED, lease->ticket_at, pgg__now_ns());
+    if (lease->l && lease->unsettled && !lease->broken) {
+        pgg_vis_req vr;
+
+        if (pgg__vis_begin_lease(lease->pool->vis, lease->intent, &vr) &&
+            vr.want_lsn) {
+            uint64_t lsn = pgg__vis_learn(
+                lease->pool->vis, lease->l->conn,
+                pgg__now_ns() + lease->h->connect_timeout_ns, lease->h->name);
+            if (lsn)
+                lease->lsn = lsn;
+        }
+    }
     if (lease->l) {
         if (lease->broken || !reset_session(lease))
             pgg__host_discard(lease->h, lease->l);

@@ -5,6 +5,7 @@
  */
 #include "visibility.h"
 
+#include <ctype.h>
 #include <inttypes.h>
 #include <poll.h>
 #include <pthread.h>
@@ -12,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "clock.h"
 #include "error.h"
@@ -530,16 +532,56 @@ static bool succeeded(const PGresult *res)
 /* A committed write's position in a round trip of its own.  The write's
  * answer is in hand: a failure here only leaves the position unknown (a
  * timed-out session is busy, so it is closed rather than pooled). */
-static void learn_lsn(PGconn *conn, const pgg_query *q, int64_t deadline,
-                      const char *host)
+static uint64_t query_lsn(PGconn *conn, int64_t deadline, const char *host)
 {
     static const pgg_query lq = {.sql = lsn_sql};
     PGresult *lres = NULL;
     pgg_attempt_end lend;
+    uint64_t lsn = 0;
 
     if (pgg__link_exec(conn, &lq, deadline, host, &lres, &lend, NULL) == PGG_OK)
-        q->vis->lsn = lsn_of(lres, 0);
+        lsn = lsn_of(lres, 0);
     PQclear(lres);
+    return lsn;
+}
+
+static void learn_lsn(PGconn *conn, const pgg_query *q, int64_t deadline,
+                      const char *host)
+{
+    q->vis->lsn = query_lsn(conn, deadline, host);
+}
+
+uint64_t pgg__vis_learn(pgg_vis *v, PGconn *conn, int64_t deadline_ns,
+                        const char *host)
+{
+    uint64_t lsn;
+
+    if (!conn || PQtransactionStatus(conn) != PQTRANS_IDLE)
+        return 0;
+    lsn = query_lsn(conn, deadline_ns, host);
+    pgg__vis_note_write(v, lsn);
+    return lsn;
+}
+
+bool pgg__vis_is_copy(const char *sql)
+{
+    const char *p = sql;
+
+    /* Past blanks and comments to the first keyword. */
+    while (p && *p) {
+        if (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r' || *p == '(') {
+            p++;
+        } else if (p[0] == '-' && p[1] == '-') {
+            p = strchr(p, '\n');
+        } else if (p[0] == '/' && p[1] == '*') {
+            p = strstr(p + 2, "*/");
+            p = p ? p + 2 : NULL;
+        } else {
+            break;
+        }
+    }
+    return p && strncasecmp(p, "copy", 4) == 0 &&
+           !(isalnum((unsigned char)p[4]) || p[4] == '_');
 }
 
 /* The write, then (only if it committed: the session is idle again) its

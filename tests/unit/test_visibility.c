@@ -160,3 +160,17 @@ Test(vis, nothing_to_wait_for_means_the_primary_at_once)
     cr_expect_eq(out[0], 0);
     fake_free(p);
 }
+
+Test(vis, a_copy_is_told_by_its_first_keyword)
+{
+    cr_expect(pgg__vis_is_copy("COPY t FROM STDIN"));
+    cr_expect(pgg__vis_is_copy("  copy t to stdout"));
+    cr_expect(pgg__vis_is_copy("-- load\n/* bulk */ Copy t FROM STDIN"));
+    cr_expect_not(pgg__vis_is_copy("INSERT INTO copy VALUES (1)"));
+    cr_expect_not(pgg__vis_is_copy("copying"));
+    cr_expect_not(pgg__vis_is_copy("copy_t"));
+    cr_expect_not(pgg__vis_is_copy("-- COPY\nSELECT 1"));
+    cr_expect_not(pgg__vis_is_copy("/* unterminated"));
+    cr_expect_not(pgg__vis_is_copy("-- only a comment"));
+    cr_expect_not(pgg__vis_is_copy(""));
+}
