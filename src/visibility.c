@@ -233,36 +233,54 @@ int pgg__vis_order(pgg_pool *pool, pgg_vis_req *r, bool can_check, int *cand,
     return n;
 }
 
-/* Wait until some host is known to have replayed need, or until. */
+/*
+ * Ask for a health round, at most once per poll_ms for the whole pool: the
+ * health thread may be asleep for a whole health_interval_ms, and a round
+ * serves every waiter at once.  Never under v->mu.
+ */
+static void want_round(pgg_pool *pool, int64_t now)
+{
+    pgg_vis *v = pool->vis;
+    int64_t last = atomic_load(&v->last_wake_ns);
+
+    if (now - last >= v->poll_ns &&
+        atomic_compare_exchange_strong(&v->last_wake_ns, &last, now))
+        pgg__health_wake(pool->health);
+}
+
+static bool some_standby_has(pgg_pool *pool, uint64_t need)
+{
+    for (int i = 0; i < pool->nhosts; i++)
+        if (atomic_load(&pool->vis->replayed[i]) >= need &&
+            atomic_load_explicit(&pool->hosts[i].role, memory_order_relaxed) ==
+                PGG_ROLE_STANDBY)
+            return true;
+    return false;
+}
+
+/* Wait until some standby is known to have replayed need, or until.  Woken
+ * by the news (a probe, another call's check); between news, every
+ * poll_ms at most, to ask for a round again. */
 static void wait_for(pgg_pool *pool, uint64_t need, int64_t until)
 {
     pgg_vis *v = pool->vis;
     int64_t now = pgg__now_ns();
-    int64_t last = atomic_load(&v->last_wake_ns);
 
-    pthread_mutex_lock(&v->mu);
+    /* Counted before looking (see wake_waiters). */
     atomic_fetch_add(&v->waiters, 1);
-    /* The health thread may be asleep for a whole health_interval_ms:
-     * once woken, it comes back every poll_ms while anyone waits. */
-    if (now - last >= v->poll_ns &&
-        atomic_compare_exchange_strong(&v->last_wake_ns, &last, now))
-        pgg__health_wake(pool->health);
-    for (;;) {
-        bool met = false;
-        struct timespec ts;
+    while (!some_standby_has(pool, need) && now < until &&
+           !atomic_load(&pool->closed)) {
+        int64_t wake_at = now + v->poll_ns < until ? now + v->poll_ns : until;
+        struct timespec ts = pgg__ns_to_timespec(wake_at);
 
-        for (int i = 0; i < v->nhosts && !met; i++)
-            met = atomic_load(&v->replayed[i]) >= need &&
-                  atomic_load_explicit(&pool->hosts[i].role,
-                                       memory_order_relaxed) ==
-                      PGG_ROLE_STANDBY;
-        if (met || pgg__now_ns() >= until || atomic_load(&pool->closed))
-            break;
-        ts = pgg__ns_to_timespec(until);
-        pthread_cond_timedwait(&v->cv, &v->mu, &ts);
+        want_round(pool, now);
+        pthread_mutex_lock(&v->mu);
+        if (!some_standby_has(pool, need))
+            pthread_cond_timedwait(&v->cv, &v->mu, &ts);
+        pthread_mutex_unlock(&v->mu);
+        now = pgg__now_ns();
     }
     atomic_fetch_sub(&v->waiters, 1);
-    pthread_mutex_unlock(&v->mu);
 }
 
 int pgg__vis_retry(pgg_pool *pool, pgg_vis_req *r, int64_t deadline,
@@ -304,10 +322,8 @@ bool pgg__vis_discard(pgg_vis_req *r, PGresult **res)
     return true;
 }
 
-void pgg__vis_served(pgg_vis *v, pgg_vis_req *r, pgg_intent intent,
-                     const pgg_host *h)
+void pgg__vis_served(pgg_vis *v, pgg_vis_req *r, pgg_intent intent)
 {
-    (void)h;
     if (intent == PGG_WRITE && r->lsn)
         pgg__vis_note_write(v, r->lsn);
 }

@@ -116,10 +116,8 @@ int pgg__vis_retry(struct pgg_pool *pool, pgg_vis_req *r, int64_t deadline,
                    pgg_intent intent, bool can_check, int *cand,
                    pgg_error *err);
 
-/* A call was served by h: note a write's position as the pool's latest,
- * and set r->lsn for a read (the lower bound its answer includes). */
-void pgg__vis_served(pgg_vis *v, pgg_vis_req *r, pgg_intent intent,
-                     const struct pgg_host *h);
+/* A call was served: a write's position becomes the pool's latest. */
+void pgg__vis_served(pgg_vis *v, pgg_vis_req *r, pgg_intent intent);
 
 /* A COPY statement (its first keyword, past blanks and comments): its data
  * comes from the caller on the raw connection, which pipeline mode cannot
