@@ -36,6 +36,10 @@ struct pgg_lease {
     /* The pool was freed with this lease out: pool and h are gone, only
      * pgg_release (which frees it) means anything now. */
     atomic_bool orphaned;
+    /* A write lease under read_your_writes=pool that did what pgguard
+     * could not follow (a COPY, raw use of its PGconn): its position is
+     * learnt when it is released. */
+    bool unsettled;
 };
 
 /* ------------------------------------------------------------ registry */
@@ -341,9 +345,14 @@ static PGresult *lease_run(pgg_lease *lease, const pgg_query *q,
      * whatever ends a transaction, in the same round trip. */
     if (!q->vis && pgg__vis_begin_lease(lease->pool->vis, lease->intent, &vr) &&
         vr.want_lsn) {
-        qv = *q;
-        qv.vis = &vr;
-        q = &qv;
+        if (pgg__vis_is_copy(q->sql)) {
+            /* The caller feeds it on the raw connection: no pipeline. */
+            lease->unsettled = true;
+        } else {
+            qv = *q;
+            qv.vis = &vr;
+            q = &qv;
+        }
     }
     start = pgg__now_ns();
     deadline = start + pgg__pool_timeout_ns(lease->pool, timeout_ms);
@@ -530,7 +539,10 @@ void pgg__lease_fail(pgg_lease *lease, bool abandon)
 
 PGconn *pgg_lease_conn(pgg_lease *lease)
 {
-    return lease && lease->l ? lease->l->conn : NULL;
+    if (!lease || !lease->l)
+        return NULL;
+    lease->unsettled = lease->unsettled || lease->intent == PGG_WRITE;
+    return lease->l->conn;
 }
 
 const char *pgg_lease_host(const pgg_lease *lease)
@@ -601,6 +613,18 @@ void pgg_release(pgg_lease *lease)
     if (lease->have_ticket)
         pgg__pool_record(lease->pool, lease->h, lease->ticket,
                          PGG_CLASS_IGNORED, lease->ticket_at, pgg__now_ns());
+    if (lease->l && lease->unsettled && !lease->broken) {
+        pgg_vis_req vr;
+
+        if (pgg__vis_begin_lease(lease->pool->vis, lease->intent, &vr) &&
+            vr.want_lsn) {
+            uint64_t lsn = pgg__vis_learn(
+                lease->pool->vis, lease->l->conn,
+                pgg__now_ns() + lease->h->connect_timeout_ns, lease->h->name);
+            if (lsn)
+                lease->lsn = lsn;
+        }
+    }
     if (lease->l) {
         /* Without lease_reset nothing runs UNLISTEN *: a listener's session
          * would send its notifications to whoever borrows it next. */

@@ -1040,7 +1040,7 @@ pass:
         pgg__pool_no_host_error(pool, intent, rejected ? ncand : 0, err);
 
     if (q->vis && served) {
-        pgg__vis_served(pool->vis, &vr, intent, NULL);
+        pgg__vis_served(pool->vis, &vr, intent);
         if (info)
             info->lsn = vr.lsn;
     }

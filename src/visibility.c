@@ -5,6 +5,7 @@
  */
 #include "visibility.h"
 
+#include <ctype.h>
 #include <inttypes.h>
 #include <poll.h>
 #include <pthread.h>
@@ -12,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "clock.h"
 #include "error.h"
@@ -193,7 +195,8 @@ int pgg__vis_order(pgg_pool *pool, pgg_vis_req *r, bool can_check, int *cand,
                    int ncand)
 {
     int known[PGG_MAX_HOSTS], check[PGG_MAX_HOSTS], other[PGG_MAX_HOSTS];
-    int nk = 0, nc = 0, no = 0, n = 0;
+    int unknown[PGG_MAX_HOSTS];
+    int nk = 0, nc = 0, no = 0, nu = 0, n = 0;
 
     for (int k = 0; k < ncand; k++) {
         int i = cand[k];
@@ -207,9 +210,9 @@ int pgg__vis_order(pgg_pool *pool, pgg_vis_req *r, bool can_check, int *cand,
         else if (role == PGG_ROLE_STANDBY || (!r->waited && can_check))
             check[nc++] = i;
         else if (can_check)
-            other[no++] = i; /* unknown role after the wait: checked last */
+            unknown[nu++] = i; /* unknown role after the wait: checked last */
         else
-            r->unmet_seen = true; /* might be a standby behind: not unchecked */
+            r->unmet_seen = true; /* maybe a standby behind; a lease cannot ask */
     }
     if (!can_check && nc > 0)
         r->unmet_seen = true; /* behind as far as we know, and no way to ask */
@@ -225,39 +228,59 @@ int pgg__vis_order(pgg_pool *pool, pgg_vis_req *r, bool can_check, int *cand,
     }
     for (int k = 0; k < no; k++)
         cand[n++] = other[k];
+    for (int k = 0; k < nu; k++)
+        cand[n++] = unknown[k];
     return n;
 }
 
-/* Wait until some host is known to have replayed need, or until. */
+/*
+ * Ask for a health round, at most once per poll_ms for the whole pool: the
+ * health thread may be asleep for a whole health_interval_ms, and a round
+ * serves every waiter at once.  Never under v->mu.
+ */
+static void want_round(pgg_pool *pool, int64_t now)
+{
+    pgg_vis *v = pool->vis;
+    int64_t last = atomic_load(&v->last_wake_ns);
+
+    if (now - last >= v->poll_ns &&
+        atomic_compare_exchange_strong(&v->last_wake_ns, &last, now))
+        pgg__health_wake(pool->health);
+}
+
+static bool some_standby_has(pgg_pool *pool, uint64_t need)
+{
+    for (int i = 0; i < pool->nhosts; i++)
+        if (atomic_load(&pool->vis->replayed[i]) >= need &&
+            atomic_load_explicit(&pool->hosts[i].role, memory_order_relaxed) ==
+                PGG_ROLE_STANDBY)
+            return true;
+    return false;
+}
+
+/* Wait until some standby is known to have replayed need, or until.  Woken
+ * by the news (a probe, another call's check); between news, every
+ * poll_ms at most, to ask for a round again. */
 static void wait_for(pgg_pool *pool, uint64_t need, int64_t until)
 {
     pgg_vis *v = pool->vis;
     int64_t now = pgg__now_ns();
-    int64_t last = atomic_load(&v->last_wake_ns);
 
-    pthread_mutex_lock(&v->mu);
+    /* Counted before looking (see wake_waiters). */
     atomic_fetch_add(&v->waiters, 1);
-    /* The health thread may be asleep for a whole health_interval_ms:
-     * once woken, it comes back every poll_ms while anyone waits. */
-    if (now - last >= v->poll_ns &&
-        atomic_compare_exchange_strong(&v->last_wake_ns, &last, now))
-        pgg__health_wake(pool->health);
-    for (;;) {
-        bool met = false;
-        struct timespec ts;
+    while (!some_standby_has(pool, need) && now < until &&
+           !atomic_load(&pool->closed)) {
+        int64_t wake_at = now + v->poll_ns < until ? now + v->poll_ns : until;
+        struct timespec ts = pgg__ns_to_timespec(wake_at);
 
-        for (int i = 0; i < v->nhosts && !met; i++)
-            met = atomic_load(&v->replayed[i]) >= need &&
-                  atomic_load_explicit(&pool->hosts[i].role,
-                                       memory_order_relaxed) ==
-                      PGG_ROLE_STANDBY;
-        if (met || pgg__now_ns() >= until || atomic_load(&pool->closed))
-            break;
-        ts = pgg__ns_to_timespec(until);
-        pthread_cond_timedwait(&v->cv, &v->mu, &ts);
+        want_round(pool, now);
+        pthread_mutex_lock(&v->mu);
+        if (!some_standby_has(pool, need))
+            pthread_cond_timedwait(&v->cv, &v->mu, &ts);
+        pthread_mutex_unlock(&v->mu);
+        now = pgg__now_ns();
     }
     atomic_fetch_sub(&v->waiters, 1);
-    pthread_mutex_unlock(&v->mu);
 }
 
 int pgg__vis_retry(pgg_pool *pool, pgg_vis_req *r, int64_t deadline,
@@ -299,10 +322,8 @@ bool pgg__vis_discard(pgg_vis_req *r, PGresult **res)
     return true;
 }
 
-void pgg__vis_served(pgg_vis *v, pgg_vis_req *r, pgg_intent intent,
-                     const pgg_host *h)
+void pgg__vis_served(pgg_vis *v, pgg_vis_req *r, pgg_intent intent)
 {
-    (void)h;
     if (intent == PGG_WRITE && r->lsn)
         pgg__vis_note_write(v, r->lsn);
 }
@@ -314,6 +335,12 @@ static bool is_error(const PGresult *res)
     ExecStatusType s = PQresultStatus(res);
     return s == PGRES_FATAL_ERROR || s == PGRES_BAD_RESPONSE ||
            s == PGRES_NONFATAL_ERROR;
+}
+
+static bool is_copy(const PGresult *res)
+{
+    ExecStatusType s = PQresultStatus(res);
+    return s == PGRES_COPY_IN || s == PGRES_COPY_OUT || s == PGRES_COPY_BOTH;
 }
 
 /* A simple-protocol text (several statements) refused by the extended
@@ -417,6 +444,12 @@ static int pipe_collect(PGconn *conn, int n, PGresult **res,
                 PQclear(res[k]);
                 res[k] = r;
             }
+            /* COPY needs the caller's data, and libpq hands out its result
+             * again on every call: stop here, as pgg__link_wait does.  The
+             * session is mid-COPY and still in pipeline mode: never pooled
+             * again. */
+            if (k < n && is_copy(res[k]))
+                goto done;
         }
         if (PQstatus(conn) == CONNECTION_BAD)
             return pipe_lost(conn, res, n, end, PGG_END_LOST, host, err);
@@ -529,16 +562,56 @@ static bool succeeded(const PGresult *res)
 /* A committed write's position in a round trip of its own.  The write's
  * answer is in hand: a failure here only leaves the position unknown (a
  * timed-out session is busy, so it is closed rather than pooled). */
-static void learn_lsn(PGconn *conn, const pgg_query *q, int64_t deadline,
-                      const char *host)
+static uint64_t query_lsn(PGconn *conn, int64_t deadline, const char *host)
 {
     static const pgg_query lq = {.sql = lsn_sql};
     PGresult *lres = NULL;
     pgg_attempt_end lend;
+    uint64_t lsn = 0;
 
     if (pgg__link_exec(conn, &lq, deadline, host, &lres, &lend, NULL) == PGG_OK)
-        q->vis->lsn = lsn_of(lres, 0);
+        lsn = lsn_of(lres, 0);
     PQclear(lres);
+    return lsn;
+}
+
+static void learn_lsn(PGconn *conn, const pgg_query *q, int64_t deadline,
+                      const char *host)
+{
+    q->vis->lsn = query_lsn(conn, deadline, host);
+}
+
+uint64_t pgg__vis_learn(pgg_vis *v, PGconn *conn, int64_t deadline_ns,
+                        const char *host)
+{
+    uint64_t lsn;
+
+    if (!conn || PQtransactionStatus(conn) != PQTRANS_IDLE)
+        return 0;
+    lsn = query_lsn(conn, deadline_ns, host);
+    pgg__vis_note_write(v, lsn);
+    return lsn;
+}
+
+bool pgg__vis_is_copy(const char *sql)
+{
+    const char *p = sql;
+
+    /* Past blanks and comments to the first keyword. */
+    while (p && *p) {
+        if (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r' || *p == '(') {
+            p++;
+        } else if (p[0] == '-' && p[1] == '-') {
+            p = strchr(p, '\n');
+        } else if (p[0] == '/' && p[1] == '*') {
+            p = strstr(p + 2, "*/");
+            p = p ? p + 2 : NULL;
+        } else {
+            break;
+        }
+    }
+    return p && strncasecmp(p, "copy", 4) == 0 &&
+           !(isalnum((unsigned char)p[4]) || p[4] == '_');
 }
 
 /* The write, then (only if it committed: the session is idle again) its
@@ -724,7 +797,10 @@ int pgg_lsn_parse(const char *text, uint64_t *out)
 {
     uint64_t v;
 
-    if (!out || !pgg__lsn_parse(text, &v))
+    /* What PostgreSQL prints and nothing else: strtoul alone would take
+     * leading blanks and signs. */
+    if (!out || !text || strspn(text, "0123456789abcdefABCDEF/") != strlen(text) ||
+        !pgg__lsn_parse(text, &v))
         return PGG_EINVAL;
     *out = v;
     return PGG_OK;

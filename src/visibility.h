@@ -116,10 +116,19 @@ int pgg__vis_retry(struct pgg_pool *pool, pgg_vis_req *r, int64_t deadline,
                    pgg_intent intent, bool can_check, int *cand,
                    pgg_error *err);
 
-/* A call was served by h: note a write's position as the pool's latest,
- * and set r->lsn for a read (the lower bound its answer includes). */
-void pgg__vis_served(pgg_vis *v, pgg_vis_req *r, pgg_intent intent,
-                     const struct pgg_host *h);
+/* A call was served: a write's position becomes the pool's latest. */
+void pgg__vis_served(pgg_vis *v, pgg_vis_req *r, pgg_intent intent);
+
+/* A COPY statement (its first keyword, past blanks and comments): its data
+ * comes from the caller on the raw connection, which pipeline mode cannot
+ * carry. */
+bool pgg__vis_is_copy(const char *sql);
+
+/* The primary's position now, in a round trip on an idle session, noted as
+ * the pool's latest write: it covers whatever that session committed,
+ * through pgguard or not.  0 when the session is not idle or it failed. */
+uint64_t pgg__vis_learn(pgg_vis *v, PGconn *conn, int64_t deadline_ns,
+                        const char *host);
 
 /* The pool's latest acknowledged write (0: none); note a newer one. */
 uint64_t pgg__vis_latest(pgg_vis *v);

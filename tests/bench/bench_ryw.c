@@ -21,6 +21,8 @@
  *
  *   bench-ryw [--pairs N] [--threads T] [--rounds R] [--slice-ms MS]
  *             [--timeout-ms MS] [--max-wait-ms MS] [--modes none,token,pool]
+ *             [--pause-all PCT]   (% of pauses that stop every replica; 30)
+ *             [--wide]            (part 2 writes four columns, two indexes)
  *
  * Not a meson test: it reports, asserts nothing, and exits 1 only when a
  * read with a position came back older than its write.
@@ -46,6 +48,13 @@
 static int opt_pairs = 10000, opt_threads = 8, opt_rounds = 6, opt_slice_ms = 1000;
 static int opt_timeout_ms = 3000, opt_max_wait_ms = 1000;
 static const char *opt_modes = "none,token,pool";
+static int opt_pause_all = 30; /* % of pauses that stop every replica */
+/* Part 2's write: a one-column row, or (--wide) a row of four columns with
+ * two secondary indexes, closer to what an application writes. */
+static bool opt_wide;
+static const char narrow_insert[] = "INSERT INTO bench_ryw (id) VALUES ($1)";
+static const char wide_insert[] =
+    "INSERT INTO bench_ryw_wide (id, name, n) VALUES ($1::bigint, md5($1::text), $1::bigint % 1000)";
 
 static pgh_cluster *cluster;
 static char *conninfo;
@@ -109,7 +118,7 @@ typedef struct pairs_run {
     atomic_long lat_us;
     atomic_bool stop_chaos;
     int paused_ms_total;
-    int pauses;
+    int pauses, all_pauses;
 } pairs_run;
 
 static void *pair_worker(void *arg)
@@ -162,8 +171,9 @@ static void *pair_worker(void *arg)
     return NULL;
 }
 
-/* Pause a random replica's replay for 20..1500 ms, rest 20..500 ms, until
- * the workers finish; every replica resumed at the end. */
+/* Pause a random replica's replay (every replica's, opt_pause_all % of
+ * the time) for 20..1500 ms, rest 20..500 ms, until the workers finish;
+ * every replica resumed at the end. */
 static void *chaos(void *arg)
 {
     pairs_run *run = arg;
@@ -171,16 +181,24 @@ static void *chaos(void *arg)
     int n = pgh_cluster_replica_count(cluster);
 
     while (!atomic_load(&run->stop_chaos) && n > 0) {
-        pgh_node *r = pgh_cluster_replica(cluster, (int)(rand_r(&seed) % (unsigned)n));
+        int pick = (int)(rand_r(&seed) % (unsigned)n);
+        bool all = (int)(rand_r(&seed) % 100) < opt_pause_all;
         int pause = 20 + (int)(rand_r(&seed) % 1480);
         int rest = 20 + (int)(rand_r(&seed) % 480);
+        int paused = 0;
 
-        if (pgh_node_pause_replay(r) == 0) {
+        for (int i = 0; i < n; i++)
+            if ((all || i == pick) && pgh_node_pause_replay(pgh_cluster_replica(cluster, i)) == 0)
+                paused++;
+        if (paused) {
             run->pauses++;
+            run->all_pauses += all;
             run->paused_ms_total += pause;
             for (int t = 0; t < pause && !atomic_load(&run->stop_chaos); t += 10)
                 sleep_ms(10);
-            pgh_node_resume_replay(r);
+            for (int i = 0; i < n; i++)
+                if (all || i == pick)
+                    pgh_node_resume_replay(pgh_cluster_replica(cluster, i));
         }
         for (int t = 0; t < rest && !atomic_load(&run->stop_chaos); t += 10)
             sleep_ms(10);
@@ -215,13 +233,14 @@ static bool run_pairs(enum mode m)
 
     long served = run.replica + run.primary;
     printf("%-6s %6d pairs %5.1f s  stale %5ld  replica %5.1f%%  primary %5ld  failed %ld  "
-           "waited %5ld (mean %6.1f ms)  read mean %6.2f ms  [%d pauses, %.1f s paused]\n",
+           "waited %5ld (mean %6.1f ms)  read mean %6.2f ms  [%d pauses (%d of every "
+           "replica), %.1f s paused]\n",
            mode_name[m], opt_pairs, secs, (long)run.stale,
            served ? 100.0 * (double)run.replica / (double)served : 0.0, (long)run.primary,
            (long)run.failed, (long)run.waited,
            run.waited ? (double)run.wait_us / (double)run.waited / 1000 : 0.0,
            served ? (double)run.lat_us / (double)served / 1000 : 0.0, run.pauses,
-           run.paused_ms_total / 1000.0);
+           run.all_pauses, run.paused_ms_total / 1000.0);
     fflush(stdout);
     return m == M_NONE || run.stale == 0;
 }
@@ -244,10 +263,16 @@ static void *write_worker(void *arg)
     while (!atomic_load(&s->stop)) {
         snprintf(idbuf, sizeof idbuf, "%ld", atomic_fetch_add(&s->id, 1));
         PGresult *r = pgg_exec_params(s->pool, PGG_WRITE,
-                                      "INSERT INTO bench_ryw (id) VALUES ($1)", 1, NULL, vals,
+                                      opt_wide ? wide_insert : narrow_insert, 1, NULL, vals,
                                       NULL, NULL, NULL, NULL, NULL);
-        if (r && PQresultStatus(r) == PGRES_COMMAND_OK)
+        if (r && PQresultStatus(r) == PGRES_COMMAND_OK) {
             atomic_fetch_add(&s->done, 1);
+        } else {
+            static atomic_bool said;
+            if (!atomic_exchange(&said, true))
+                fprintf(stderr, "bench-ryw: a write failed: %s\n",
+                        r ? PQresultErrorMessage(r) : "no result");
+        }
         PQclear(r);
     }
     return NULL;
@@ -404,12 +429,13 @@ int main(int argc, char **argv)
         {"timeout-ms", required_argument, NULL, 'T'},
         {"max-wait-ms", required_argument, NULL, 'w'},
         {"modes", required_argument, NULL, 'm'},   {"help", no_argument, NULL, 'h'},
+        {"pause-all", required_argument, NULL, 'a'}, {"wide", no_argument, NULL, 'W'},
         {NULL, 0, NULL, 0}};
     char err[2048];
     int c;
     bool ok = true;
 
-    while ((c = getopt_long(argc, argv, "p:t:r:s:T:w:m:h", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "p:t:r:s:T:w:m:a:Wh", longopts, NULL)) != -1) {
         switch (c) {
         case 'p': opt_pairs = atoi(optarg); break;
         case 't': opt_threads = atoi(optarg); break;
@@ -418,14 +444,17 @@ int main(int argc, char **argv)
         case 'T': opt_timeout_ms = atoi(optarg); break;
         case 'w': opt_max_wait_ms = atoi(optarg); break;
         case 'm': opt_modes = optarg; break;
+        case 'a': opt_pause_all = atoi(optarg); break;
+        case 'W': opt_wide = true; break;
         default:
             fprintf(stderr, "usage: %s [--pairs N] [--threads T] [--rounds R] [--slice-ms MS] "
-                            "[--timeout-ms MS] [--max-wait-ms MS] [--modes none,token,pool]\n",
+                            "[--timeout-ms MS] [--max-wait-ms MS] [--modes none,token,pool] "
+                            "[--pause-all PCT] [--wide]\n",
                     argv[0]);
             return c == 'h' ? 0 : 2;
         }
     }
-    if (opt_threads < 1 || opt_threads > 64 || opt_pairs < 1 || opt_rounds < 1) {
+    if (opt_threads < 1 || opt_threads > 64 || opt_pairs < 1 || opt_rounds < 0) {
         fprintf(stderr, "bench-ryw: bad option value\n");
         return 2;
     }
@@ -437,23 +466,29 @@ int main(int argc, char **argv)
     conninfo = pgh_cluster_conninfo(cluster);
     if (pgh_node_exec(pgh_cluster_primary(cluster),
                       "DROP TABLE IF EXISTS bench_ryw;"
-                      "CREATE TABLE bench_ryw (id bigint PRIMARY KEY)") != 0)
+                      "CREATE TABLE bench_ryw (id bigint PRIMARY KEY);"
+                      "DROP TABLE IF EXISTS bench_ryw_wide;"
+                      "CREATE TABLE bench_ryw_wide (id bigint PRIMARY KEY, name text, n bigint,"
+                      " at timestamptz DEFAULT now());"
+                      "CREATE INDEX ON bench_ryw_wide (name); CREATE INDEX ON bench_ryw_wide (n)") != 0)
         die("create table", NULL);
     for (int i = 0; i < pgh_cluster_replica_count(cluster); i++)
         pgh_node_wait_replay(pgh_cluster_replica(cluster, i), pgh_cluster_primary(cluster),
                              10000);
     print_load("at start");
     printf("part 1: %d write-then-read pairs, %d threads, primary + %d replicas, "
-           "replay paused at random; call timeout %d ms, max wait %d ms\n",
-           opt_pairs, opt_threads, pgh_cluster_replica_count(cluster), opt_timeout_ms,
-           opt_max_wait_ms);
+           "replay paused at random (%d%% of pauses on every replica); call timeout %d ms, "
+           "max wait %d ms\n",
+           opt_pairs, opt_threads, pgh_cluster_replica_count(cluster), opt_pause_all,
+           opt_timeout_ms, opt_max_wait_ms);
     for (int m = M_NONE; m <= M_POOL; m++)
         if (strstr(opt_modes, mode_name[m]))
             ok = run_pairs((enum mode)m) && ok;
     print_load("after part 1");
-    printf("part 2: INSERT throughput, read_your_writes=off vs pool, %d threads, %d rounds of "
-           "%d ms\n",
-           opt_threads, opt_rounds, opt_slice_ms);
+    printf("part 2: INSERT throughput (%s), read_your_writes=off vs pool, %d threads, %d "
+           "rounds of %d ms\n",
+           opt_wide ? "4 columns, 2 secondary indexes" : "1 column", opt_threads, opt_rounds,
+           opt_slice_ms);
     if (opt_rounds > 0 && opt_slice_ms > 0)
         write_cost();
     print_load("at end");

@@ -384,3 +384,78 @@ Test(ryw, the_basic_example_passes_against_paused_replicas)
     cr_expect(strstr(out, "read 4 rows") != NULL, "%s", out);
     pgh_cluster_free(c);
 }
+
+/* What a pipeline cannot carry still works in the pool-wide mode, within
+ * its deadline: COPY (handed back, as without read your writes), VACUUM
+ * (refused inside a transaction block, not inside a pipeline's first
+ * segment), a string of several statements (a second round trip). */
+Test(ryw, copy_vacuum_and_several_statements_still_work)
+{
+    pgh_cluster *c = two_replicas();
+    pgg_pool *p = pool_for(c, NULL);
+    const pgg_call call = {.timeout_ms = 3000};
+    pgg_info info;
+    pgg_error e;
+
+    insert(p, NULL, 1); /* a position for the reads below to wait for */
+    double t0 = pgh_now_ms();
+    PGresult *r = pgg_exec(p, PGG_WRITE, "COPY pgg_ryw FROM STDIN", &call, &info, &e);
+    cr_assert_not_null(r, "%s", e.message);
+    cr_expect_eq(PQresultStatus(r), PGRES_COPY_IN);
+    cr_expect_eq(info.lsn, 0, "nothing committed");
+    PQclear(r);
+    r = pgg_exec(p, PGG_READ, "COPY pgg_ryw TO STDOUT", &call, &info, &e);
+    cr_assert_not_null(r, "%s", e.message);
+    cr_expect_eq(PQresultStatus(r), PGRES_COPY_OUT);
+    PQclear(r);
+    cr_expect_lt(pgh_now_ms() - t0, 6000, "COPY held a call past its deadline");
+
+    r = pgg_exec(p, PGG_WRITE, "VACUUM pgg_ryw", &call, &info, &e);
+    cr_assert_not_null(r, "%s", e.message);
+    cr_expect_eq(PQresultStatus(r), PGRES_COMMAND_OK, "%s", e.message);
+    PQclear(r);
+    r = pgg_exec(p, PGG_WRITE,
+                 "INSERT INTO pgg_ryw VALUES (2, 'a'); UPDATE pgg_ryw SET v = 'b' WHERE id = 2",
+                 &call, &info, &e);
+    cr_assert_not_null(r, "%s", e.message);
+    cr_expect_eq(PQresultStatus(r), PGRES_COMMAND_OK, "%s", e.message);
+    cr_expect_neq(info.lsn, 0);
+    PQclear(r);
+    cr_expect_eq(count_rows(p, NULL, &info), 2);
+    end_test(p, c);
+}
+
+/* A write lease in the pool-wide mode: a COPY fed on the raw connection
+ * works (no pipeline around it), and its rows count as the pool's latest
+ * write from the lease's release on. */
+Test(ryw, a_leases_copy_works_and_is_read_after_release)
+{
+    pgh_cluster *c = two_replicas();
+    pgg_pool *p = pool_for(c, "read_your_writes.max_wait_ms=200");
+    pgg_error e;
+    pgg_info info;
+
+    pause_replicas(c);
+    pgg_lease *l = pgg_acquire(p, PGG_WRITE, 2000, NULL, &e);
+    cr_assert_not_null(l, "%s", e.message);
+    PGresult *r = pgg_lease_exec(l, "COPY pgg_ryw FROM STDIN", 2000, &e);
+    cr_assert_not_null(r, "%s", e.message);
+    cr_assert_eq(PQresultStatus(r), PGRES_COPY_IN, "%s", PQresultErrorMessage(r));
+    PQclear(r);
+    PGconn *conn = pgg_lease_conn(l);
+    cr_assert_eq(PQsetnonblocking(conn, 0), 0);
+    cr_assert_eq(PQputCopyData(conn, "1\tcopied\n2\tcopied\n", 18), 1);
+    cr_assert_eq(PQputCopyEnd(conn, NULL), 1);
+    while ((r = PQgetResult(conn)) != NULL) {
+        cr_expect_eq(PQresultStatus(r), PGRES_COMMAND_OK, "%s", PQresultErrorMessage(r));
+        PQclear(r);
+    }
+    cr_assert_eq(PQsetnonblocking(conn, 1), 0);
+    uint64_t before = pgg_pool_lsn(p);
+    pgg_release(l);
+    cr_expect_gt(pgg_pool_lsn(p), before, "the COPY's position was not learnt at release");
+    cr_expect_eq(count_rows(p, NULL, &info), 2, "the lease's COPY, read stale");
+    cr_expect_eq(info.host_index, 0);
+    resume_replicas(c);
+    end_test(p, c);
+}

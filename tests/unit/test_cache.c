@@ -270,3 +270,36 @@ Test(cache, bad_arguments)
     pgg__cache_stats(NULL, &s);
     cr_expect_eq(s.cache_entries, 0);
 }
+
+/* Read your writes: an entry keeps the position its data includes, and a
+ * lookup that needs a later one misses without losing the entry. */
+Test(cache, a_position_older_than_asked_is_a_miss)
+{
+    pgg_cache *c = pgg__cache_new(1 << 20, 1000 * MS, NULL);
+    pgg_cache_key k;
+    PGresult *r = make_result("at-100");
+    uint64_t lsn = 0;
+    int64_t age = 0;
+
+    key_for(&k, "u", "q", 0, NULL);
+    pgg__cache_store_at(c, &k, r, 1, 100);
+    PQclear(r);
+    r = pgg__cache_lookup_at(c, &k, 2, 0, 150, &age, &lsn);
+    cr_expect_null(r, "an answer at 100 served to a read that needs 150");
+    r = pgg__cache_lookup_at(c, &k, 3, 0, 100, &age, &lsn);
+    cr_assert_not_null(r, "the entry is kept for reads it is good for");
+    cr_expect_eq(lsn, 100);
+    cr_expect_eq(age, 2);
+    PQclear(r);
+    /* The old entry points know no position: good only for reads that
+     * need none. */
+    store(c, "q", "unknown", 4);
+    r = pgg__cache_lookup_at(c, &k, 5, 0, 1, &age, &lsn);
+    cr_expect_null(r);
+    r = pgg__cache_lookup_at(c, &k, 5, 0, 0, &age, &lsn);
+    cr_expect_not_null(r);
+    cr_expect_eq(lsn, 0);
+    PQclear(r);
+    pgg__cache_key_done(&k);
+    pgg__cache_free(c);
+}
