@@ -235,7 +235,9 @@ static pgg__ci_fault scan_keyvalue(scan *sc)
         if (s[i] && space(s[i]))
             i++;
     }
-    /* The value may be a password: leave none in the heap. */
+    /* The value may be a password, and with a misplaced quote so may the
+     * keyword: leave neither in the heap. */
+    memset(key, 0, cap);
     memset(val, 0, cap);
     free(key);
     free(val);

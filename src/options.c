@@ -266,8 +266,9 @@ static const void *cfield_of(const pgg_config *cfg, const opt *o)
  * of at most max printable ASCII characters, none of which carries a
  * conninfo's structure (= @ : / ? & %, quotes, backslash), so that no
  * piece of a malformed servers value can be one.  pgg_config_parse also
- * quotes nothing after a servers pair (quote == false): a password that
- * spilled out of a badly quoted conninfo can stand alone there.
+ * quotes nothing after a servers pair, a quoted value or a comment
+ * (quote == false): a password that spilled out of one of them, through a
+ * misplaced quote or newline, can stand alone there as a plain word.
  */
 static bool quotable(const char *s, size_t max, bool quote)
 {
@@ -388,14 +389,13 @@ static int bad_value(const opt *o, const char *value, bool quote,
     char acc[160];
 
     accepted(o, acc, sizeof acc);
+    if (!quotable(value, 40, quote) && o->kind == K_ENUM)
+        return pgg__error_set(err, PGG_ECONFIG, NULL, NULL,
+                              "%s: the value is not one of %s", o->name, acc);
     if (!quotable(value, 40, quote))
         return pgg__error_set(err, PGG_ECONFIG, NULL, NULL,
-                              o->kind == K_ENUM
-                                  ? "%s: the value is not one of %s%s"
-                                  : "%s: the value is not %s (expected %s)",
-                              o->name,
-                              o->kind == K_ENUM ? acc : kind_noun(o->kind),
-                              o->kind == K_ENUM ? "" : acc);
+                              "%s: the value is not %s (expected %s)", o->name,
+                              kind_noun(o->kind), acc);
     if (o->kind == K_ENUM)
         return pgg__error_set(err, PGG_ECONFIG, NULL, NULL,
                               "%s: \"%.40s\" is not one of %s", o->name, value,
