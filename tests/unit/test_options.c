@@ -262,6 +262,9 @@ static const spec specs[] = {
     I("breaker.resilience4j.permitted_calls_in_half_open_state", 1, 1000000, "10"),
     B("breaker.resilience4j.automatic_transition", "false"),
     I("breaker.resilience4j.max_wait_duration_in_half_open_state_ms", 0, 86400000, "0"),
+    B("breaker.resilience4j.enable_exponential_backoff", "false"),
+    D("breaker.resilience4j.exponential_backoff_multiplier", 1, 100, false, "1.5"),
+    I("breaker.resilience4j.exponential_max_wait_ms", 0, 604800000, "0"),
 };
 
 #define NSPECS (sizeof specs / sizeof specs[0])
