@@ -155,7 +155,9 @@ void pgg__breaker_config_defaults(pgg_breaker_config *cfg)
 /* gobreaker v2's window: ceil(Interval / BucketPeriod) buckets. */
 static int64_t gobreaker_buckets(const pgg_gobreaker_settings *g)
 {
-    return (g->interval_ms + g->bucket_period_ms - 1) / g->bucket_period_ms;
+    /* Written so that no sum can overflow, whatever the C caller set. */
+    return g->interval_ms / g->bucket_period_ms +
+           (g->interval_ms % g->bucket_period_ms != 0);
 }
 
 static void effective_gobreaker(pgg_breaker_config *c)

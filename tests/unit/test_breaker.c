@@ -1568,6 +1568,9 @@ UTest(breaker, gobreaker_v2_new_circuit_breaker)
     c.gobreaker.interval_ms = 86400000;
     c.gobreaker.bucket_period_ms = 1;
     cr_assert_not_null(strstr(pgg__breaker_config_check(&c), "breaker.gobreaker.interval_ms"));
+    c.gobreaker.interval_ms = INT64_MAX; /* through the C API: no overflow */
+    c.gobreaker.bucket_period_ms = 2;
+    cr_assert_not_null(strstr(pgg__breaker_config_check(&c), "breaker.gobreaker.interval_ms"));
 }
 
 /* gobreaker v2 TestDefaultCircuitBreaker, with its Counts at every step. */

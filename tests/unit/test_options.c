@@ -435,6 +435,11 @@ OPT_TEST(enum_names_match_their_owners)
         cr_assert_str_eq(get(cfg, "breaker.window_type"),
                          pgg__window_type_name((pgg_window_type)t));
     }
+    for (int p = PGG_BREAKER_PRESET_NONE; p <= PGG_BREAKER_PRESET_RESILIENCE4J; p++) {
+        assert_set(cfg, "breaker.preset",
+                   pgg__breaker_preset_name((pgg_breaker_preset)p));
+        cr_assert_eq((int)cfg->breaker.preset, p);
+    }
     for (int m = PGG_BREAKER_MODE_NORMAL; m <= PGG_BREAKER_MODE_FORCED_OPEN; m++) {
         assert_set(cfg, "breaker.mode",
                    pgg__breaker_mode_name((pgg_breaker_mode)m));
