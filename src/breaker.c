@@ -147,12 +147,17 @@ void pgg__breaker_config_defaults(pgg_breaker_config *cfg)
     cfg->resilience4j.permitted_calls_in_half_open_state = 10;
     cfg->resilience4j.automatic_transition = false;
     cfg->resilience4j.max_wait_duration_in_half_open_state_ms = 0;
+    cfg->resilience4j.enable_exponential_backoff = false;
+    cfg->resilience4j.exponential_backoff_multiplier = 1.5; /* IntervalFunction.DEFAULT_MULTIPLIER */
+    cfg->resilience4j.exponential_max_wait_ms = 0;
 }
 
 /* gobreaker v2's window: ceil(Interval / BucketPeriod) buckets. */
 static int64_t gobreaker_buckets(const pgg_gobreaker_settings *g)
 {
-    return (g->interval_ms + g->bucket_period_ms - 1) / g->bucket_period_ms;
+    /* Written so that no sum can overflow, whatever the C caller set. */
+    return g->interval_ms / g->bucket_period_ms +
+           (g->interval_ms % g->bucket_period_ms != 0);
 }
 
 static void effective_gobreaker(pgg_breaker_config *c)
@@ -193,6 +198,9 @@ static void effective_gobreaker(pgg_breaker_config *c)
     }
 }
 
+/* resilience4j's uncapped backoff, capped where a wait stops meaning anything. */
+#define R4J_NO_MAX_WAIT_MS ((int64_t)7 * 24 * 3600 * 1000)
+
 static void effective_resilience4j(pgg_breaker_config *c)
 {
     const pgg_resilience4j_settings *r = &c->resilience4j;
@@ -214,6 +222,16 @@ static void effective_resilience4j(pgg_breaker_config *c)
     c->open_multiplier = 1.0;
     c->open_max_ms = c->open_ms;
     c->open_jitter = 0;
+    if (r->enable_exponential_backoff) {
+        /*
+         * Its attempts count the openings since the last closed state, the
+         * k of pgguard's backoff with closing forgiving all (decay 0):
+         * wait * multiplier^(attempts - 1), up to the maximum.
+         */
+        c->open_multiplier = r->exponential_backoff_multiplier;
+        c->open_max_ms = r->exponential_max_wait_ms > 0 ? r->exponential_max_wait_ms
+                                                        : R4J_NO_MAX_WAIT_MS;
+    }
     if (r->automatic_transition) {
         /* Its scheduler fires at the end of the wait. */
         c->open_strict = false;
@@ -310,6 +328,14 @@ static const char *check_preset(const pgg_breaker_config *cfg)
             r->permitted_calls_in_half_open_state > MAX_PROBES)
             return "breaker.resilience4j.permitted_calls_in_half_open_state "
                    "must be between 1 and 1000000";
+        if (r->enable_exponential_backoff &&
+            !(r->exponential_backoff_multiplier >= 1 &&
+              r->exponential_backoff_multiplier <= 100))
+            return "breaker.resilience4j.exponential_backoff_multiplier must be between 1 and 100";
+        if (r->enable_exponential_backoff && r->exponential_max_wait_ms > 0 &&
+            r->exponential_max_wait_ms < r->wait_duration_in_open_state_ms)
+            return "breaker.resilience4j.exponential_max_wait_ms must be 0 (none) or at least "
+                   "breaker.resilience4j.wait_duration_in_open_state_ms";
         if (r->max_wait_duration_in_half_open_state_ms < 0)
             return "breaker.resilience4j.max_wait_duration_in_half_open_state_ms "
                    "must be >= 0 (0: no limit)";

@@ -157,6 +157,11 @@ typedef struct pgg_resilience4j_settings {
     uint32_t permitted_calls_in_half_open_state; /* [10] */
     bool automatic_transition; /* [false] */
     int64_t max_wait_duration_in_half_open_state_ms;  /* 0: none [0] */
+    /* waitIntervalFunctionInOpenState = IntervalFunction.ofExponentialBackoff(
+     * wait_duration_in_open_state, multiplier, max) when enabled. */
+    bool enable_exponential_backoff;                  /* [false] */
+    double exponential_backoff_multiplier;            /* [1.5] */
+    int64_t exponential_max_wait_ms;                  /* 0: no maximum [0] */
 } pgg_resilience4j_settings;
 
 typedef bool (*pgg_breaker_trip_fn)(void *ud, const pgg_breaker_counts *counts);

@@ -223,6 +223,16 @@ static const opt options[] = {
     OPT_I64("breaker.resilience4j.max_wait_duration_in_half_open_state_ms",
             breaker.resilience4j.max_wait_duration_in_half_open_state_ms, 0, DAY(1), NULL,
             "resilience4j maxWaitDurationInHalfOpenState: then open; 0 no limit"),
+    OPT_BOOL("breaker.resilience4j.enable_exponential_backoff",
+             breaker.resilience4j.enable_exponential_backoff, NULL,
+             "resilience4j exponential waitIntervalFunctionInOpenState: each reopening "
+             "before closing waits multiplier times longer"),
+    OPT_DBL("breaker.resilience4j.exponential_backoff_multiplier",
+            breaker.resilience4j.exponential_backoff_multiplier, 1, false, 100, false, NULL,
+            "resilience4j exponentialBackoffMultiplier"),
+    OPT_I64("breaker.resilience4j.exponential_max_wait_ms",
+            breaker.resilience4j.exponential_max_wait_ms, 0, DAY(7), NULL,
+            "resilience4j exponentialMaxWaitDurationInOpenState; 0 none"),
 };
 
 #define NOPTIONS ((int)(sizeof options / sizeof options[0]))

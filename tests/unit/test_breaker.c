@@ -1568,6 +1568,9 @@ UTest(breaker, gobreaker_v2_new_circuit_breaker)
     c.gobreaker.interval_ms = 86400000;
     c.gobreaker.bucket_period_ms = 1;
     cr_assert_not_null(strstr(pgg__breaker_config_check(&c), "breaker.gobreaker.interval_ms"));
+    c.gobreaker.interval_ms = INT64_MAX; /* through the C API: no overflow */
+    c.gobreaker.bucket_period_ms = 2;
+    cr_assert_not_null(strstr(pgg__breaker_config_check(&c), "breaker.gobreaker.interval_ms"));
 }
 
 /* gobreaker v2 TestDefaultCircuitBreaker, with its Counts at every step. */
@@ -2601,4 +2604,62 @@ UTest(breaker, presets_ignore_host_answered)
         cr_assert_eq(state(), PGG_BREAKER_OPEN);
         stop();
     }
+}
+
+/*
+ * resilience4j shouldTransitionToHalfOpenAfterWaitInterval:
+ * waitIntervalFunctionInOpenState(IntervalFunction.ofExponentialBackoff(5000L))
+ * waits 5 s, then 7.5 s after reopening from half-open (its default
+ * multiplier 1.5); closing starts the attempts again.
+ */
+UTest(breaker, resilience4j_half_open_after_wait_interval)
+{
+    pgg_breaker_config c;
+
+    pgg__breaker_config_defaults(&c);
+    c.preset = PGG_BREAKER_PRESET_RESILIENCE4J;
+    c.resilience4j.failure_rate_threshold = 50;
+    c.resilience4j.sliding_window_size = 5;
+    c.resilience4j.permitted_calls_in_half_open_state = 4;
+    c.resilience4j.wait_duration_in_open_state_ms = 5000;
+    c.resilience4j.enable_exponential_backoff = true;
+    cr_assert_null(pgg__breaker_config_check(&c));
+    start(&c);
+    pgg__breaker_transition(&B, PGG_BREAKER_OPEN, NOW);
+    r4j_mark();
+    cr_assert_not(call(S));
+    NOW += SEC(3);
+    cr_assert_eq(stats().state, PGG_BREAKER_OPEN);
+    cr_assert_not(call(S));
+    r4j_metrics(-1, 0, 0, 0, 2);
+    NOW += SEC(3);
+    cr_assert(pgg__breaker_allow(&B, NOW, &(pgg_ticket){0}));
+    cr_assert_eq(state(), PGG_BREAKER_HALF_OPEN);
+
+    pgg__breaker_transition(&B, PGG_BREAKER_OPEN, NOW);
+    NOW += SEC(6); /* the new wait is 7.5 s */
+    cr_assert_eq(stats().state, PGG_BREAKER_OPEN);
+    cr_assert_not(call(S));
+    NOW += SEC(5);
+    cr_assert(call(S));
+    cr_assert_eq(state(), PGG_BREAKER_HALF_OPEN);
+
+    /* Closed again: the next opening waits the first interval. */
+    pgg__breaker_transition(&B, PGG_BREAKER_CLOSED, NOW);
+    pgg__breaker_transition(&B, PGG_BREAKER_OPEN, NOW);
+    cr_assert_eq(stats().open_duration_ns, SEC(5));
+
+    /* A maximum caps it. */
+    c.resilience4j.exponential_max_wait_ms = 6000;
+    c.resilience4j.exponential_backoff_multiplier = 2;
+    stop();
+    start(&c);
+    pgg__breaker_transition(&B, PGG_BREAKER_OPEN, NOW);
+    pgg__breaker_transition(&B, PGG_BREAKER_HALF_OPEN, NOW);
+    pgg__breaker_transition(&B, PGG_BREAKER_OPEN, NOW);
+    cr_assert_eq(stats().open_duration_ns, SEC(6));
+    c.resilience4j.exponential_max_wait_ms = 4000;
+    cr_assert_not_null(strstr(pgg__breaker_config_check(&c),
+                              "breaker.resilience4j.exponential_max_wait_ms"));
+    stop();
 }

@@ -270,6 +270,9 @@ static const spec specs[] = {
     I("breaker.resilience4j.permitted_calls_in_half_open_state", 1, 1000000, "10"),
     B("breaker.resilience4j.automatic_transition", "false"),
     I("breaker.resilience4j.max_wait_duration_in_half_open_state_ms", 0, 86400000, "0"),
+    B("breaker.resilience4j.enable_exponential_backoff", "false"),
+    D("breaker.resilience4j.exponential_backoff_multiplier", 1, 100, false, "1.5"),
+    I("breaker.resilience4j.exponential_max_wait_ms", 0, 604800000, "0"),
 };
 
 #define NSPECS (sizeof specs / sizeof specs[0])
@@ -439,6 +442,11 @@ OPT_TEST(enum_names_match_their_owners)
         cr_assert_eq((int)cfg->breaker.window_type, t);
         cr_assert_str_eq(get(cfg, "breaker.window_type"),
                          pgg__window_type_name((pgg_window_type)t));
+    }
+    for (int p = PGG_BREAKER_PRESET_NONE; p <= PGG_BREAKER_PRESET_RESILIENCE4J; p++) {
+        assert_set(cfg, "breaker.preset",
+                   pgg__breaker_preset_name((pgg_breaker_preset)p));
+        cr_assert_eq((int)cfg->breaker.preset, p);
     }
     for (int m = PGG_BREAKER_MODE_NORMAL; m <= PGG_BREAKER_MODE_FORCED_OPEN; m++) {
         assert_set(cfg, "breaker.mode",

@@ -585,3 +585,119 @@ UTest(window, admission_runs_leave_by_gobreaker_rule)
     gcounts(AGG(&w), 1, 1, 0, 0, 0, 0);
     pgg__window_destroy(&w);
 }
+
+/* -------------------------------------- resilience4j sliding windows */
+
+/* calls, successes, failures of a window. */
+static void csf(const pgg_window *w, uint64_t calls, uint64_t succ, uint64_t fail)
+{
+    const pgg_window_stats *a = pgg__window_stats(w);
+
+    cr_assert(a->calls == calls && a->calls - a->failures == succ && a->failures == fail,
+              "{%llu,%llu,%llu} != {%llu,%llu,%llu}", (unsigned long long)a->calls,
+              (unsigned long long)(a->calls - a->failures), (unsigned long long)a->failures,
+              (unsigned long long)calls, (unsigned long long)succ, (unsigned long long)fail);
+}
+
+/* resilience4j FixedSizeSlidingWindowMetricsTest.testSlidingWindowMetrics (size 4). */
+UTest(window, resilience4j_fixed_size_sliding_window)
+{
+    pgg_window w;
+
+    cr_assert_eq(pgg__window_init(&w, PGG_WINDOW_COUNT, 4, 0, T0), PGG_OK);
+    pgg__window_record(&w, F, false, T0);
+    csf(&w, 1, 0, 1);
+    pgg__window_record(&w, S, false, T0);
+    csf(&w, 2, 1, 1);
+    pgg__window_record(&w, S, false, T0);
+    csf(&w, 3, 2, 1);
+    pgg__window_record(&w, S, false, T0);
+    csf(&w, 4, 3, 1);
+    pgg__window_record(&w, S, false, T0);
+    csf(&w, 4, 4, 0);
+    pgg__window_destroy(&w);
+}
+
+/* ... .testSlidingWindowMetricsWithSlowCalls (size 2). */
+UTest(window, resilience4j_fixed_size_sliding_window_with_slow_calls)
+{
+    pgg_window w;
+
+    cr_assert_eq(pgg__window_init(&w, PGG_WINDOW_COUNT, 2, 0, T0), PGG_OK);
+    pgg__window_record(&w, F, true, T0);
+    csf(&w, 1, 0, 1);
+    cr_assert_eq(AGG(&w).slow_failures, 1);
+    pgg__window_record(&w, S, true, T0);
+    csf(&w, 2, 1, 1);
+    cr_assert_eq(AGG(&w).slow - AGG(&w).slow_failures, 1);
+    cr_assert_eq(AGG(&w).slow_failures, 1);
+    pgg__window_record(&w, S, false, T0);
+    csf(&w, 2, 2, 0);
+    cr_assert_eq(AGG(&w).slow - AGG(&w).slow_failures, 1);
+    cr_assert_eq(AGG(&w).slow_failures, 0);
+    pgg__window_destroy(&w);
+}
+
+/*
+ * resilience4j SlidingTimeWindowMetricsTest.testSlidingTimeWindowMetrics:
+ * 5 one-second buckets on the clock's seconds (its MockClock starts on a
+ * whole second, as T0 is).
+ */
+UTest(window, resilience4j_sliding_time_window)
+{
+    static const struct {
+        int64_t advance;
+        pgg_outcome o;
+        uint64_t calls, succ, fail;
+    } steps[] = {
+        {0, F, 1, 0, 1},         {MS(100), S, 2, 1, 1},   {MS(100), S, 3, 2, 1},
+        {SEC(1), S, 4, 3, 1},    {SEC(1), S, 5, 4, 1},    {SEC(1), F, 6, 4, 2},
+        {SEC(1), S, 7, 5, 2},    {SEC(1), S, 5, 4, 1},    {SEC(1), S, 5, 4, 1},
+        {SEC(5), S, 1, 1, 0},
+    };
+    pgg_window w;
+    int64_t now = T0;
+    size_t i;
+
+    cr_assert_eq(pgg__window_init_ex(&w, PGG_WINDOW_TIME, 5, SEC(1), PGG_WINDOW_ALIGNED, now),
+                 PGG_OK);
+    for (i = 0; i < sizeof steps / sizeof steps[0]; i++) {
+        now += steps[i].advance;
+        pgg__window_record(&w, steps[i].o, false, now);
+        csf(&w, steps[i].calls, steps[i].succ, steps[i].fail);
+    }
+    pgg__window_destroy(&w);
+}
+
+/* ... .shouldClearSlidingTimeWindowMetrics */
+UTest(window, resilience4j_clear_sliding_time_window)
+{
+    pgg_window w;
+    int64_t now = T0;
+
+    cr_assert_eq(pgg__window_init_ex(&w, PGG_WINDOW_TIME, 5, SEC(1), PGG_WINDOW_ALIGNED, now),
+                 PGG_OK);
+    pgg__window_record(&w, F, false, now);
+    csf(&w, 1, 0, 1);
+    now += MS(100);
+    pgg__window_record(&w, S, false, now);
+    csf(&w, 2, 1, 1);
+    now += MS(700);
+    pgg__window_record(&w, F, true, now);
+    csf(&w, 3, 1, 2);
+    cr_assert_eq(AGG(&w).slow_failures, 1);
+    now += SEC(4);
+    pgg__window_advance(&w, now);
+    csf(&w, 3, 1, 2);
+    now += SEC(1);
+    pgg__window_advance(&w, now);
+    csf(&w, 0, 0, 0);
+    cr_assert_eq(AGG(&w).slow_failures, 0);
+    now += MS(100);
+    pgg__window_record(&w, S, false, now);
+    csf(&w, 1, 1, 0);
+    now += SEC(5);
+    pgg__window_record(&w, S, false, now);
+    csf(&w, 1, 1, 0);
+    pgg__window_destroy(&w);
+}
