@@ -40,9 +40,8 @@
  * whether pgguard did at least as well as libpq on slots lost and on the
  * time to the first success of each kind (read, write) that failed for
  * either client (within one call period, the resolution at which a success
- * can be seen); where the fault
- * measures one of issue 9's goals for pgguard, a line says whether it was
- * met.
+ * can be seen); where the fault measures one of issue 9's goals for
+ * pgguard, a line says whether it was met.
  *
  * Not a meson test: it asserts nothing (exit 0 whatever the verdicts), and
  * its numbers depend on the machine's load, printed with each fault.
