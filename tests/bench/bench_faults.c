@@ -38,10 +38,10 @@
  * every later call succeeded), breaker openings (pgguard), and every
  * acknowledged write looked up on the final primary.  A verdict line says
  * whether pgguard did at least as well as libpq on slots lost and on the
- * time to the first success of both a read and a write (within one call
- * period, the resolution at which a success can be seen); where the fault
- * measures one of issue 9's goals for pgguard, a line says whether it was
- * met.
+ * time to the first success of each kind (read, write) that failed for
+ * either client (within one call period, the resolution at which a success
+ * can be seen); where the fault measures one of issue 9's goals for
+ * pgguard, a line says whether it was met.
  *
  * Not a meson test: it asserts nothing (exit 0 whatever the verdicts), and
  * its numbers depend on the machine's load, printed with each fault.
@@ -968,12 +968,20 @@ static void codes_text(const run *r, const summary *s, char *buf, size_t len)
         snprintf(buf, len, "-");
 }
 
-/* first success of both kinds, for the verdict: NAN when either is missing */
-static double first_both(const summary *s)
+/* pgguard's first success of one kind not later than libpq's, within one
+ * period: a success can only be seen at a call. */
+static bool first_not_worse(double guard, double libpq)
 {
-    if (isnan(s->first_read) || isnan(s->first_write))
-        return NAN;
-    return fmax(s->first_read, s->first_write);
+    return isnan(libpq) || (!isnan(guard) && guard <= libpq + PERIOD_MS);
+}
+
+/* "r 3/5 ms" for the verdict line: pgguard's and libpq's first success. */
+static void first_text(char *buf, size_t len, const char *kind, double g, double l)
+{
+    char gs[16], ls[16];
+    fmt_ms(gs, sizeof gs, g);
+    fmt_ms(ls, sizeof ls, l);
+    snprintf(buf, len, "%s %s vs %s ms", kind, gs, ls);
 }
 
 typedef struct result {
@@ -1072,17 +1080,22 @@ static void print_fault(const run *r, result *res)
     const summary *g = &res->s[CL_GUARD], *l = &res->s[CL_LIBPQ];
     print_goals(res->f, g);
     long gf = g->lost_slots, lf = l->lost_slots;
-    double gt = first_both(g), lt = first_both(l);
     res->failed_ok = gf <= lf;
-    /* a success can only be seen at a call: one period is the resolution */
-    res->first_ok = isnan(lt) || (!isnan(gt) && gt <= lt + PERIOD_MS);
-    char gts[16], lts[16];
-    fmt_ms(gts, sizeof gts, gt);
-    fmt_ms(lts, sizeof lts, lt);
-    printf("   verdict: slots lost to failures %ld vs libpq %ld: %s; first read+write "
-           "%s ms vs libpq %s ms: %s\n",
-           gf, lf, res->failed_ok ? "not worse" : "WORSE", gts, lts,
-           res->first_ok ? "not worse" : "WORSE");
+    /* Only a kind that failed (for either client) has a recovery to time:
+     * the first write after a replica's fault is the scheduler's noise. */
+    bool reads_hit = g->failed_reads || l->failed_reads;
+    bool writes_hit = g->failed_writes || l->failed_writes;
+    res->first_ok = (!reads_hit || first_not_worse(g->first_read, l->first_read)) &&
+                    (!writes_hit || first_not_worse(g->first_write, l->first_write));
+    char rt[64] = "", wt[64] = "";
+    if (reads_hit)
+        first_text(rt, sizeof rt, "reads", g->first_read, l->first_read);
+    if (writes_hit)
+        first_text(wt, sizeof wt, "writes", g->first_write, l->first_write);
+    printf("   verdict: slots lost to failures %ld vs libpq %ld: %s; first success after the "
+           "fault (kinds that failed) %s%s%s%s: %s\n",
+           gf, lf, res->failed_ok ? "not worse" : "WORSE", rt, rt[0] && wt[0] ? ", " : "", wt,
+           rt[0] || wt[0] ? "" : "none failed", res->first_ok ? "not worse" : "WORSE");
     fflush(stdout);
 }
 
