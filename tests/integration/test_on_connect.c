@@ -169,7 +169,7 @@ Test(on_connect, a_callback_sets_up_each_connection_or_refuses_it)
 Test(on_connect, a_hanging_hook_is_bounded_and_counted_against_the_host)
 {
     pgh_cluster *c = cluster_or_die(0);
-    pgg_pool *p = hooked_pool(c, "SELECT pg_sleep(30)", NULL, NULL,
+    pgg_pool *p = hooked_pool(c, "SELECT pg_sleep(5)", NULL, NULL,
                               "connect_timeout_ms=500 breaker.consecutive_failures=100");
     pgg_call call = {.timeout_ms = 3000};
     pgg_error e;
