@@ -28,6 +28,7 @@ int pgg__host_init(pgg_host *h, int index, const char *name,
     h->alive_check_ns = limits->alive_check_ns;
     h->connect_timeout_ns = limits->connect_timeout_ns;
     h->on_connect = limits->on_connect;
+    h->canceller = limits->canceller;
     atomic_init(&h->role, PGG_ROLE_UNKNOWN);
     atomic_init(&h->lag_bytes, -1);
     atomic_init(&h->n_busy, 0);
@@ -200,7 +201,10 @@ static int connect_new(pgg_host *h, int64_t deadline_ns, pgg_link **out,
     }
     rc = pgg__host_on_connect(h, conn, bound, &host_fault, err);
     if (rc != PGG_OK) {
-        PQfinish(conn);
+        if (rc == PGG_ETIMEDOUT) /* its SQL may still run: cancel it */
+            pgg__canceller_drop(h->canceller ? *h->canceller : NULL, h->index, conn);
+        else
+            PQfinish(conn);
         if (host_fault)
             atomic_fetch_add(&h->connect_failures, 1);
         *hook_refused = !host_fault;
