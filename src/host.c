@@ -103,12 +103,16 @@ static int hook_sql_failed(const pgg_host *h, PGresult *res, pgg_attempt_end end
 
     *host_fault = end != PGG_END_RESULT || counts_against_host(v.cls);
     if (end != PGG_END_RESULT) {
-        /* link_exec's record says what happened (timeout, lost session) */
+        /* link_exec's record says what happened (timeout, lost session);
+         * the code comes from the end, for callers passing no record */
+        int code = end == PGG_END_DEADLINE ? PGG_ETIMEDOUT : PGG_ECONNECT;
+
         if (err) {
             pgg__strlcpy(msg, err->message, sizeof msg);
             snprintf(err->message, sizeof err->message, "on_connect: %s", msg);
+            err->code = code;
         }
-        return err && err->code ? err->code : PGG_ECONNECT;
+        return code;
     }
     pgg__strlcpy(msg, PQresultErrorMessage(res), sizeof msg);
     msg[strcspn(msg, "\n")] = '\0';
