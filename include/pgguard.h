@@ -465,6 +465,12 @@ PGG_EXPORT const char *pgg_lease_host(const pgg_lease *lease);
  * transaction) and healthy, else closed.  Accepts NULL. */
 PGG_EXPORT void pgg_release(pgg_lease *lease);
 
+/* COPY data for pgg_lease_copy_in: up to cap bytes into buf; returns how
+ * many, 0 at the end, -1 to abort the COPY. */
+typedef long (*pgg_copy_source_fn)(void *userdata, char *buf, size_t cap);
+/* One COPY data row from pgg_lease_copy_out; non-zero stops the transfer. */
+typedef int (*pgg_copy_sink_fn)(void *userdata, const char *data, size_t len);
+
 /*
  * COPY through a lease, bounded by one deadline for the whole transfer
  * (timeout_ms; <= 0: call_timeout_ms).  A one-shot call or pgg_lease_exec
@@ -491,9 +497,6 @@ PGG_EXPORT void pgg_release(pgg_lease *lease);
  * The callbacks run on the caller's thread and their time counts against
  * the deadline.  One thread at a time per lease, as for pgg_lease_exec.
  */
-typedef long (*pgg_copy_source_fn)(void *userdata, char *buf, size_t cap);
-typedef int (*pgg_copy_sink_fn)(void *userdata, const char *data, size_t len);
-
 PGG_EXPORT PGresult *pgg_lease_copy_in(pgg_lease *lease, const char *sql,
                                        pgg_copy_source_fn source,
                                        void *userdata, int timeout_ms,

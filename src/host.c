@@ -29,6 +29,7 @@ int pgg__host_init(pgg_host *h, int index, const char *name,
     h->alive_check_ns = limits->alive_check_ns;
     h->connect_timeout_ns = limits->connect_timeout_ns;
     h->on_connect = limits->on_connect;
+    h->canceller = limits->canceller;
     atomic_init(&h->role, PGG_ROLE_UNKNOWN);
     atomic_init(&h->lag_bytes, -1);
     atomic_init(&h->n_busy, 0);
@@ -106,12 +107,16 @@ static int hook_sql_failed(const pgg_host *h, PGresult *res, pgg_attempt_end end
 
     *host_fault = end != PGG_END_RESULT || counts_against_host(v.cls);
     if (end != PGG_END_RESULT) {
-        /* link_exec's record says what happened (timeout, lost session) */
+        /* link_exec's record says what happened (timeout, lost session);
+         * the code comes from the end, for callers passing no record */
+        int code = end == PGG_END_DEADLINE ? PGG_ETIMEDOUT : PGG_ECONNECT;
+
         if (err) {
             pgg__strlcpy(msg, err->message, sizeof msg);
             snprintf(err->message, sizeof err->message, "on_connect: %s", msg);
+            err->code = code;
         }
-        return err && err->code ? err->code : PGG_ECONNECT;
+        return code;
     }
     pgg__strlcpy(msg, PQresultErrorMessage(res), sizeof msg);
     msg[strcspn(msg, "\n")] = '\0';
@@ -204,7 +209,10 @@ static int connect_new(pgg_host *h, int64_t deadline_ns, pgg_link **out,
     }
     rc = pgg__host_on_connect(h, conn, bound, &host_fault, err);
     if (rc != PGG_OK) {
-        PQfinish(conn);
+        if (rc == PGG_ETIMEDOUT) /* its SQL may still run: cancel it */
+            pgg__canceller_drop(h->canceller ? *h->canceller : NULL, h->index, conn);
+        else
+            PQfinish(conn);
         if (host_fault)
             atomic_fetch_add(&h->connect_failures, 1);
         *hook_refused = !host_fault;

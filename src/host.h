@@ -56,6 +56,9 @@ typedef struct pgg_host {
     int64_t connect_timeout_ns;
     /* The pool's config copy's; run on each new connection.  NULL: none. */
     const struct pgg_on_connect *on_connect;
+    /* Where the pool keeps its canceller (NULL inside: cancels off): a hook
+     * that overran has its statement cancelled like a query's. */
+    pgg_canceller *const *canceller;
 
     pthread_mutex_t mu;
     pthread_cond_t cv; /* a connection came back or a slot freed */
@@ -101,6 +104,7 @@ typedef struct pgg_host_limits {
     int64_t alive_check_ns; /* poll an idle connection's socket before lending
                                it when it has been idle this long */
     const struct pgg_on_connect *on_connect; /* outlives the host; may be NULL */
+    pgg_canceller *const *canceller;         /* the pool's field; may be NULL */
 } pgg_host_limits;
 
 /* keys/vals/name must outlive the host (the pool's config copy). */

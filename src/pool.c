@@ -217,6 +217,7 @@ pgg_pool *pgg_pool_new(const pgg_config *cfg, pgg_error *err)
     limits.alive_check_ns = ms_to_ns(cfg->alive_check_after_idle_ms);
     limits.connect_timeout_ns = ms_to_ns(cfg->connect_timeout_ms);
     limits.on_connect = &cfg->on_connect;
+    limits.canceller = &pool->canceller;
     for (; hosts_ready < pool->nhosts; hosts_ready++) {
         int i = hosts_ready;
         const pgg_host_spec *spec = &cfg->hosts[i];

@@ -169,7 +169,7 @@ Test(on_connect, a_callback_sets_up_each_connection_or_refuses_it)
 Test(on_connect, a_hanging_hook_is_bounded_and_counted_against_the_host)
 {
     pgh_cluster *c = cluster_or_die(0);
-    pgg_pool *p = hooked_pool(c, "SELECT pg_sleep(30)", NULL, NULL,
+    pgg_pool *p = hooked_pool(c, "SELECT pg_sleep(5)", NULL, NULL,
                               "connect_timeout_ms=500 breaker.consecutive_failures=100");
     pgg_call call = {.timeout_ms = 3000};
     pgg_error e;
@@ -187,6 +187,19 @@ Test(on_connect, a_hanging_hook_is_bounded_and_counted_against_the_host)
     cr_expect_geq(h.failures[PGG_CLASS_CONNECTION], 1, "a hung hook was not the host's failure");
     cr_expect_geq(h.connect_failures, 1);
     cr_expect_eq(h.conns_open, 0);
+    /* The hook's statement was cancelled on the server, as a query past its
+     * deadline is, well before its own 5 s. */
+    char n[32];
+    double end = pgh_now_ms() + 4000;
+    do {
+        sleep_ms(50);
+        cr_assert_eq(pgh_node_query_value(pgh_cluster_primary(c),
+                                          "SELECT count(*) FROM pg_stat_activity WHERE "
+                                          "query = 'SELECT pg_sleep(5)' AND pid <> pg_backend_pid()",
+                                          n, sizeof n),
+                     0);
+    } while (strcmp(n, "0") != 0 && pgh_now_ms() < end);
+    cr_expect_str_eq(n, "0", "the hook's statement still runs on the server");
     pgg_pool_free(p);
     pgh_cluster_free(c);
     cr_expect_eq(pgh_leak_check(), 0, "memory leaked (report above)");
