@@ -520,6 +520,9 @@ int pgg__lease_use(pgg_lease *lease, const char *fn, int timeout_ms, PGconn **co
     *conn = lease->l->conn;
     *host = lease->h->name;
     *deadline = pgg__now_ns() + pgg__pool_timeout_ns(lease->pool, timeout_ms);
+    /* A COPY or a LISTEN runs outside the statement path that learns a
+     * write lease's positions: learn it at release, as after raw use. */
+    lease->unsettled = lease->unsettled || lease->intent == PGG_WRITE;
     return PGG_OK;
 }
 

@@ -337,12 +337,6 @@ static bool is_error(const PGresult *res)
            s == PGRES_NONFATAL_ERROR;
 }
 
-static bool is_copy(const PGresult *res)
-{
-    ExecStatusType s = PQresultStatus(res);
-    return s == PGRES_COPY_IN || s == PGRES_COPY_OUT || s == PGRES_COPY_BOTH;
-}
-
 /* A simple-protocol text (several statements) refused by the extended
  * protocol at Parse: provably nothing ran, the text may go again as a
  * simple query.  Not a syntax error inside one statement: its position is
@@ -444,12 +438,6 @@ static int pipe_collect(PGconn *conn, int n, PGresult **res,
                 PQclear(res[k]);
                 res[k] = r;
             }
-            /* COPY needs the caller's data, and libpq hands out its result
-             * again on every call: stop here, as pgg__link_wait does.  The
-             * session is mid-COPY and still in pipeline mode: never pooled
-             * again. */
-            if (k < n && is_copy(res[k]))
-                goto done;
         }
         if (PQstatus(conn) == CONNECTION_BAD)
             return pipe_lost(conn, res, n, end, PGG_END_LOST, host, err);
