@@ -61,7 +61,8 @@ int main(int argc, char **argv)
         return 1;
     }
     if (pgg_config_set_servers(cfg, servers, &e) != PGG_OK ||
-        pgg_config_parse(cfg, "call_timeout_ms=2000 connect_timeout_ms=1000",
+        pgg_config_parse(cfg, "call_timeout_ms=2000 connect_timeout_ms=1000 "
+                              "read_your_writes=pool",
                          &e) != PGG_OK) {
         report("configuration", &e);
         pgg_config_free(cfg);
@@ -102,7 +103,7 @@ int main(int argc, char **argv)
     PQclear(r);
 
     /* A read goes to a healthy replica when there is one.  Replication is
-     * asynchronous, but with read_your_writes=pool (the default) every read
+     * asynchronous, but with read_your_writes=pool (set above) every read
      * sees every write this pool acknowledged before it: it goes to a
      * replica that has replayed the INSERT (checked in the same round trip
      * as the read), or waits a little for one, or reads the primary. */

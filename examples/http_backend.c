@@ -20,7 +20,7 @@
  *     it can, marked: "X-Pgguard-Stale: true", "Age: SECONDS" (RFC 9111), and
  *     "X-Pgguard-Stale-Cause: PGG_E..." (why the live read failed).
  *   - read your writes: every read sees every write this process
- *     acknowledged before it (read_your_writes=pool, pgguard's default),
+ *     acknowledged before it (read_your_writes=pool, set below),
  *     from a replica that has replayed it or from the primary.  Across
  *     processes, a PUT or DELETE answers "X-Pgguard-Lsn: 0/16B3748" (the
  *     write's WAL position); a GET carrying it back as "X-Pgguard-Min-Lsn"
@@ -66,7 +66,8 @@ typedef int mhd_result;
 /* Guard settings unless PGGUARD_SETTINGS says otherwise: the cache is what
  * lets reads outlive the servers. */
 static const char default_settings[] =
-    "cache.enabled=true cache.max_age_ms=300000 bulkhead.max_wait_ms=50";
+    "cache.enabled=true cache.max_age_ms=300000 bulkhead.max_wait_ms=50 "
+    "read_your_writes=pool";
 
 static pgg_pool *pool;
 static int retry_after_s = 1; /* without an open breaker to ask */

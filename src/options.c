@@ -127,7 +127,7 @@ static const opt options[] = {
             "probe interval when something is wrong (breaker open, no primary, a probe failing)"),
     OPT_I64("health_incident_max_ms", health_incident_max_ms, 1, MIN_(10), "250",
             "incident probe interval doubles up to this (>= health_incident_min_ms)"),
-    OPT_ENUM("read_your_writes", ryw_mode, ryw_mode_names, "pool",
+    OPT_ENUM("read_your_writes", ryw_mode, ryw_mode_names, "off",
              "pool: every read sees every write this pool acknowledged before it began; off: only what call->min_lsn asks"),
     OPT_I64("read_your_writes.max_wait_ms", ryw_max_wait_ms, 0, HOUR(1), "1000",
             "a read behind its minimum position waits this long (at most half its time left) for a replica, then goes to the primary"),

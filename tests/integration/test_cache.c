@@ -325,12 +325,12 @@ Test(types, typed_call_round_trips)
 Test(types, a_type_the_server_lacks_is_refused_at_registration)
 {
     pgh_cluster *c = cluster_or_die(0);
-    pgg_pool *p = pool_for(c, NULL);
+    pgg_pool *p = pool_for(c, "read_your_writes=pool");
     pgg_error e;
     pgg_info info;
 
-    /* Created through the pool, not behind its back: with read_your_writes
-     * at its default (pool), the registration and the typed read below
+    /* Created through the pool, not behind its back: with
+     * read_your_writes=pool, the registration and the typed read below
      * find the type on whichever host serves them, a replica that has not
      * replayed it yet included (external mode, a fresh database). */
     PGresult *created = pgg_exec(p, PGG_WRITE,

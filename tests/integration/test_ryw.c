@@ -147,8 +147,8 @@ Test(ryw, a_replica_that_has_replayed_serves_the_read)
 Test(ryw, the_pool_wide_mode_reads_the_pools_own_writes)
 {
     pgh_cluster *c = two_replicas();
-    /* read_your_writes=pool is the default: no key, no token. */
-    pgg_pool *p = pool_for(c, "read_your_writes.max_wait_ms=200");
+    /* The pool-wide mode: one key, no token. */
+    pgg_pool *p = pool_for(c, "read_your_writes=pool read_your_writes.max_wait_ms=200");
     pgg_info info;
 
     pause_replicas(c);
@@ -393,7 +393,7 @@ Test(ryw, the_basic_example_passes_against_paused_replicas)
 Test(ryw, copy_vacuum_and_several_statements_still_work)
 {
     pgh_cluster *c = two_replicas();
-    pgg_pool *p = pool_for(c, NULL);
+    pgg_pool *p = pool_for(c, "read_your_writes=pool");
     const pgg_call call = {.timeout_ms = 3000};
     pgg_info info;
     pgg_error e;
@@ -444,7 +444,7 @@ static long two_rows(void *ud, char *buf, size_t cap)
 Test(ryw, a_leases_copy_works_and_is_read_after_release)
 {
     pgh_cluster *c = two_replicas();
-    pgg_pool *p = pool_for(c, "read_your_writes.max_wait_ms=200");
+    pgg_pool *p = pool_for(c, "read_your_writes=pool read_your_writes.max_wait_ms=200");
     pgg_error e;
     pgg_info info;
     int sent = 0;
