@@ -256,7 +256,7 @@ PGresult *pgg_lease_exec(pgg_lease *lease, const char *sql, int timeout_ms,
 int pgg_lease_commit(pgg_lease *lease, int timeout_ms, uint64_t *lsn,
                      pgg_error *err)
 {
-    pgg_vis_req vr = {.want_lsn = true};
+    pgg_vis_req vr = {.want_lsn = true, .in_lease = true};
     pgg_query q = {.sql = "COMMIT", .vis = &vr};
     pgg_error local;
     PGresult *res;

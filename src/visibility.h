@@ -54,6 +54,7 @@ typedef struct pgg_vis_req {
     uint64_t need;   /* a read: the position its answer must include */
     uint64_t latest; /* the pool's latest write when the call began */
     bool want_lsn;   /* a write: learn the position of its commit */
+    bool in_lease;   /* a lease's statement: never wrapped in BEGIN/COMMIT */
     bool checked;    /* the read went through a same-round-trip check */
     bool not_met;    /* the host had not replayed need: answer discarded */
     bool unmet_seen; /* some standby was behind during this call */

@@ -422,6 +422,41 @@ Test(ryw, copy_vacuum_and_several_statements_still_work)
     cr_expect_neq(info.lsn, 0);
     PQclear(r);
     cr_expect_eq(count_rows(p, NULL, &info), 2);
+
+    /* Refused inside a transaction block: done the two-sync way. */
+    r = pgg_exec(p, PGG_WRITE, "CREATE INDEX CONCURRENTLY pgg_ryw_v ON pgg_ryw (v)", &call,
+                 &info, &e);
+    cr_assert_not_null(r, "%s", e.message);
+    cr_expect_eq(PQresultStatus(r), PGRES_COMMAND_OK, "%s", e.message);
+    cr_expect_neq(info.lsn, 0);
+    PQclear(r);
+    /* A failed write: its error, no position, and the session is usable
+     * again (not left in a failed transaction block). */
+    uint64_t connects = host_stats(p, 0).connects;
+    for (int i = 0; i < 3; i++) {
+        r = pgg_exec(p, PGG_WRITE, "INSERT INTO pgg_ryw VALUES (1, 'dup')", &call, &info, &e);
+        cr_assert_not_null(r, "%s", e.message);
+        cr_expect_str_eq(e.sqlstate, "23505");
+        cr_expect_eq(info.lsn, 0);
+        PQclear(r);
+        insert(p, NULL, 10 + i);
+    }
+    cr_expect_leq(host_stats(p, 0).connects, connects + 1, "failed writes cost connections");
+    /* A constraint checked at COMMIT: the write's outcome is its error. */
+    cr_assert_eq(pgh_node_exec(pgh_cluster_primary(c),
+                               "CREATE TABLE pgg_ryw_child (id int PRIMARY KEY, parent int "
+                               "REFERENCES pgg_ryw (id) DEFERRABLE INITIALLY DEFERRED)"),
+                 0);
+    r = pgg_exec(p, PGG_WRITE, "INSERT INTO pgg_ryw_child VALUES (1, 999)", &call, &info, &e);
+    cr_assert_not_null(r, "%s", e.message);
+    cr_expect_eq(PQresultStatus(r), PGRES_FATAL_ERROR);
+    cr_expect_str_eq(e.sqlstate, "23503");
+    cr_expect_eq(info.lsn, 0);
+    PQclear(r);
+    r = pgg_exec(p, PGG_READ_PRIMARY, "SELECT count(*) FROM pgg_ryw_child", &call, &info, &e);
+    cr_assert_not_null(r, "%s", e.message);
+    cr_expect_str_eq(PQgetvalue(r, 0, 0), "0", "the failed write was committed");
+    PQclear(r);
     end_test(p, c);
 }
 
