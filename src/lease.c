@@ -29,6 +29,16 @@ struct pgg_lease {
 pgg_lease *pgg_acquire(pgg_pool *pool, pgg_intent intent, int timeout_ms,
                        pgg_info *info, pgg_error *err)
 {
+    pgg_call call = {.timeout_ms = timeout_ms};
+
+    return pgg_acquire_call(pool, intent, &call, info, err);
+}
+
+pgg_lease *pgg_acquire_call(pgg_pool *pool, pgg_intent intent,
+                            const pgg_call *call, pgg_info *info,
+                            pgg_error *err)
+{
+    int timeout_ms = call ? call->timeout_ms : 0;
     pgg_error local;
     int cand[PGG_MAX_HOSTS];
     int ncand, attempts = 0;
@@ -69,7 +79,7 @@ pgg_lease *pgg_acquire(pgg_pool *pool, pgg_intent intent, int timeout_ms,
     /* A read lease under read_your_writes=pool: a standby known to have
      * the pool's latest write, or one that gets there in time, or the
      * primary (no statement yet to check a standby's position with). */
-    if (pgg__vis_begin_lease(pool->vis, intent, &vr) && vr.need)
+    if (pgg__vis_begin_lease(pool->vis, intent, call, &vr) && vr.need)
         ncand = pgg__vis_order(pool, &vr, false, cand, ncand);
 pass:
     for (int i = 0; i < ncand; i++) {
@@ -157,7 +167,8 @@ static PGresult *lease_run(pgg_lease *lease, const pgg_query *q,
     }
     /* A write lease under read_your_writes=pool learns the position of
      * whatever ends a transaction, in the same round trip. */
-    if (!q->vis && pgg__vis_begin_lease(lease->pool->vis, lease->intent, &vr) &&
+    if (!q->vis &&
+        pgg__vis_begin_lease(lease->pool->vis, lease->intent, NULL, &vr) &&
         vr.want_lsn) {
         if (pgg__vis_is_copy(q->sql)) {
             /* The caller feeds it on the raw connection: no pipeline. */
@@ -357,7 +368,7 @@ void pgg_release(pgg_lease *lease)
     if (lease->l && lease->unsettled && !lease->broken) {
         pgg_vis_req vr;
 
-        if (pgg__vis_begin_lease(lease->pool->vis, lease->intent, &vr) &&
+        if (pgg__vis_begin_lease(lease->pool->vis, lease->intent, NULL, &vr) &&
             vr.want_lsn) {
             uint64_t lsn = pgg__vis_learn(
                 lease->pool->vis, lease->l->conn,

@@ -171,8 +171,11 @@ bool pgg__vis_begin(pgg_vis *v, pgg_intent intent, const pgg_call *call,
     return r->need != 0 && intent == PGG_READ;
 }
 
-bool pgg__vis_begin_lease(pgg_vis *v, pgg_intent intent, pgg_vis_req *r)
+bool pgg__vis_begin_lease(pgg_vis *v, pgg_intent intent,
+                          const pgg_call *call, pgg_vis_req *r)
 {
+    unsigned flags = call ? call->flags : 0;
+
     memset(r, 0, sizeof *r);
     if (!v)
         return false;
@@ -182,8 +185,10 @@ bool pgg__vis_begin_lease(pgg_vis *v, pgg_intent intent, pgg_vis_req *r)
         r->want_lsn = v->mode == PGG_RYW_POOL;
         return r->want_lsn;
     }
-    if (v->mode == PGG_RYW_POOL)
+    if (v->mode == PGG_RYW_POOL && !(flags & PGG_CALL_ANY_LSN))
         r->need = r->latest;
+    if (call && call->min_lsn > r->need)
+        r->need = call->min_lsn;
     return r->need != 0 && intent == PGG_READ;
 }
 
