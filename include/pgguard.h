@@ -420,6 +420,17 @@ PGG_EXPORT PGresult *pgg_exec_prepared(pgg_pool *pool, pgg_intent intent,
 PGG_EXPORT pgg_lease *pgg_acquire(pgg_pool *pool, pgg_intent intent,
                                   int timeout_ms, pgg_info *info,
                                   pgg_error *err);
+/*
+ * pgg_acquire with per-call options: call->timeout_ms bounds the
+ * acquisition, and a read lease honours call->min_lsn (and
+ * PGG_CALL_ANY_LSN against the pool-wide mode): it lands on a replica
+ * known to have replayed the position, or one that does within
+ * read_your_writes.max_wait_ms, or the primary; never on one behind it.
+ * call may be NULL.
+ */
+PGG_EXPORT pgg_lease *pgg_acquire_call(pgg_pool *pool, pgg_intent intent,
+                                       const pgg_call *call, pgg_info *info,
+                                       pgg_error *err);
 /* Run a statement on the lease's connection, bounded and classified like
  * pgg_exec (no retry: the session is the point).  After a connection
  * failure or a timeout, the lease is broken: later calls fail with

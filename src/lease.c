@@ -210,6 +210,16 @@ static int orphan_error(pgg_error *err, const char *fn)
 pgg_lease *pgg_acquire(pgg_pool *pool, pgg_intent intent, int timeout_ms,
                        pgg_info *info, pgg_error *err)
 {
+    pgg_call call = {.timeout_ms = timeout_ms};
+
+    return pgg_acquire_call(pool, intent, &call, info, err);
+}
+
+pgg_lease *pgg_acquire_call(pgg_pool *pool, pgg_intent intent,
+                            const pgg_call *call, pgg_info *info,
+                            pgg_error *err)
+{
+    int timeout_ms = call ? call->timeout_ms : 0;
     pgg_error local;
     int cand[PGG_MAX_HOSTS];
     int ncand, attempts = 0;
@@ -250,7 +260,7 @@ pgg_lease *pgg_acquire(pgg_pool *pool, pgg_intent intent, int timeout_ms,
     /* A read lease under read_your_writes=pool: a standby known to have
      * the pool's latest write, or one that gets there in time, or the
      * primary (no statement yet to check a standby's position with). */
-    if (pgg__vis_begin_lease(pool->vis, intent, &vr) && vr.need)
+    if (pgg__vis_begin_lease(pool->vis, intent, call, &vr) && vr.need)
         ncand = pgg__vis_order(pool, &vr, false, cand, ncand);
 pass:
     for (int i = 0; i < ncand; i++) {
@@ -343,7 +353,8 @@ static PGresult *lease_run(pgg_lease *lease, const pgg_query *q,
     }
     /* A write lease under read_your_writes=pool learns the position of
      * whatever ends a transaction, in the same round trip. */
-    if (!q->vis && pgg__vis_begin_lease(lease->pool->vis, lease->intent, &vr) &&
+    if (!q->vis &&
+        pgg__vis_begin_lease(lease->pool->vis, lease->intent, NULL, &vr) &&
         vr.want_lsn) {
         if (pgg__vis_is_copy(q->sql)) {
             /* The caller feeds it on the raw connection: no pipeline. */
@@ -446,7 +457,7 @@ PGresult *pgg_lease_exec(pgg_lease *lease, const char *sql, int timeout_ms,
 int pgg_lease_commit(pgg_lease *lease, int timeout_ms, uint64_t *lsn,
                      pgg_error *err)
 {
-    pgg_vis_req vr = {.want_lsn = true};
+    pgg_vis_req vr = {.want_lsn = true, .in_lease = true};
     pgg_query q = {.sql = "COMMIT", .vis = &vr};
     pgg_error local;
     PGresult *res;
@@ -619,7 +630,7 @@ void pgg_release(pgg_lease *lease)
     if (lease->l && lease->unsettled && !lease->broken) {
         pgg_vis_req vr;
 
-        if (pgg__vis_begin_lease(lease->pool->vis, lease->intent, &vr) &&
+        if (pgg__vis_begin_lease(lease->pool->vis, lease->intent, NULL, &vr) &&
             vr.want_lsn) {
             uint64_t lsn = pgg__vis_learn(
                 lease->pool->vis, lease->l->conn,

@@ -171,18 +171,24 @@ bool pgg__vis_begin(pgg_vis *v, pgg_intent intent, const pgg_call *call,
     return r->need != 0 && intent == PGG_READ;
 }
 
-bool pgg__vis_begin_lease(pgg_vis *v, pgg_intent intent, pgg_vis_req *r)
+bool pgg__vis_begin_lease(pgg_vis *v, pgg_intent intent,
+                          const pgg_call *call, pgg_vis_req *r)
 {
+    unsigned flags = call ? call->flags : 0;
+
     memset(r, 0, sizeof *r);
     if (!v)
         return false;
     r->latest = pgg__vis_latest(v);
+    r->in_lease = true;
     if (intent == PGG_WRITE) {
         r->want_lsn = v->mode == PGG_RYW_POOL;
         return r->want_lsn;
     }
-    if (v->mode == PGG_RYW_POOL)
+    if (v->mode == PGG_RYW_POOL && !(flags & PGG_CALL_ANY_LSN))
         r->need = r->latest;
+    if (call && call->min_lsn > r->need)
+        r->need = call->min_lsn;
     return r->need != 0 && intent == PGG_READ;
 }
 
@@ -375,11 +381,12 @@ static int pipe_lost(PGconn *conn, PGresult **res, int n, pgg_attempt_end *end,
 
 /*
  * Collect the answers of n queries sent in pipeline mode, each followed by
- * its own sync: res[k] gets query k's result as PQexec keeps it (the first
- * error, else the last).  Then leave pipeline mode.  Returns like
- * pgg__link_wait; on failure every res[k] is NULL.
+ * its own sync (per_query false), or all under one final sync (per_query
+ * true): res[k] gets query k's result as PQexec keeps it (the first error,
+ * else the last).  Then leave pipeline mode.  Returns like pgg__link_wait;
+ * on failure every res[k] is NULL.
  */
-static int pipe_collect(PGconn *conn, int n, PGresult **res,
+static int pipe_collect(PGconn *conn, int n, PGresult **res, bool per_query,
                         int64_t deadline, const char *host,
                         pgg_attempt_end *end, pgg_error *err)
 {
@@ -409,6 +416,8 @@ static int pipe_collect(PGconn *conn, int n, PGresult **res,
                 if (++nulls > 1)
                     return pipe_lost(conn, res, n, end, PGG_END_LOST, host,
                                      err);
+                if (per_query)
+                    k++;
                 continue;
             }
             nulls = 0;
@@ -428,7 +437,7 @@ static int pipe_collect(PGconn *conn, int n, PGresult **res,
             }
             if (PQresultStatus(r) == PGRES_PIPELINE_SYNC) {
                 PQclear(r);
-                if (++k == n)
+                if (per_query || ++k == n)
                     goto done;
                 continue;
             }
@@ -581,11 +590,12 @@ uint64_t pgg__vis_learn(pgg_vis *v, PGconn *conn, int64_t deadline_ns,
     return lsn;
 }
 
-bool pgg__vis_is_copy(const char *sql)
+/* Is the first keyword of sql (past blanks, parentheses and comments)
+ * one of words (NULL-terminated, lower case)? */
+static bool first_word_in(const char *sql, const char *const *words)
 {
     const char *p = sql;
 
-    /* Past blanks and comments to the first keyword. */
     while (p && *p) {
         if (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r' || *p == '(') {
             p++;
@@ -598,8 +608,34 @@ bool pgg__vis_is_copy(const char *sql)
             break;
         }
     }
-    return p && strncasecmp(p, "copy", 4) == 0 &&
-           !(isalnum((unsigned char)p[4]) || p[4] == '_');
+    for (; p && *words; words++) {
+        size_t n = strlen(*words);
+
+        if (strncasecmp(p, *words, n) == 0 &&
+            !(isalnum((unsigned char)p[n]) || p[n] == '_'))
+            return true;
+    }
+    return false;
+}
+
+bool pgg__vis_is_copy(const char *sql)
+{
+    static const char *const copy[] = {"copy", NULL};
+    return first_word_in(sql, copy);
+}
+
+/* Statements that must not be wrapped in BEGIN ... COMMIT: transaction
+ * control (it would end or nest ours), COPY (pipeline mode cannot carry
+ * it), and those that refuse a transaction block outright.  Others refused
+ * there (CREATE DATABASE, CREATE INDEX CONCURRENTLY...) come back as 25001
+ * before doing anything, and go the two-sync way then. */
+static bool wrappable(const char *sql)
+{
+    static const char *const no[] = {
+        "begin",   "start",   "commit",  "end",      "rollback", "abort",
+        "savepoint", "release", "prepare", "copy",   "vacuum",   "discard",
+        "reindex", "cluster", "checkpoint", "lock", NULL};
+    return !first_word_in(sql, no);
 }
 
 /* The write, then (only if it committed: the session is idle again) its
@@ -616,9 +652,124 @@ static int write_slow(PGconn *conn, const pgg_query *q, int64_t deadline,
     return rc;
 }
 
+/* ROLLBACK what the wrap left open (a failed statement, a refused one),
+ * so that the session is idle again; false when it is not. */
+static bool unwrap(PGconn *conn, int64_t deadline, const char *host)
+{
+    static const pgg_query rq = {.sql = "ROLLBACK"};
+    PGresult *res = NULL;
+    pgg_attempt_end e;
+
+    if (PQtransactionStatus(conn) == PQTRANS_IDLE)
+        return true;
+    pgg__link_exec(conn, &rq, deadline, host, &res, &e, NULL);
+    PQclear(res);
+    return e == PGG_END_RESULT && PQtransactionStatus(conn) == PQTRANS_IDLE;
+}
+
+static int exec_write_two_syncs(pgg_link *l, const pgg_query *q,
+                                int64_t deadline, const char *host,
+                                PGresult **out, pgg_attempt_end *end,
+                                pgg_error *err);
+
+/*
+ * A one-shot write in one Sync: BEGIN, the statement, COMMIT, then the
+ * position (outside the committed transaction).  One ReadyForQuery, so
+ * one flush each way, against two for statement-Sync-position-Sync.  What
+ * a transaction block refuses (25001) or several statements in one string
+ * (refused at Parse) is rolled back, having done nothing, and goes the
+ * other way; a failed statement is rolled back and its error returned.
+ */
+static int exec_write_wrapped(pgg_link *l, const pgg_query *q,
+                              int64_t deadline, const char *host,
+                              PGresult **out, pgg_attempt_end *end,
+                              pgg_error *err)
+{
+    static const pgg_query begin_q = {.sql = "BEGIN"};
+    static const pgg_query commit_q = {.sql = "COMMIT"};
+    PGconn *conn = l->conn;
+    /* BEGIN, statement, COMMIT, then the position (and its Parse the
+     * first time on this connection). */
+    PGresult *res[5];
+    int nq = l->vis_prepared & lsn_q.bit ? 4 : 5;
+    bool ok;
+    int rc;
+    const char *st;
+
+    *out = NULL;
+    *end = PGG_END_RESULT;
+    if (PQstatus(conn) != CONNECTION_OK) {
+        *end = PGG_END_NOT_SENT;
+        return pgg__link_error(err, PGG_ECONNECT, conn, NULL, host, "send");
+    }
+    if (!PQenterPipelineMode(conn))
+        return write_slow(conn, q, deadline, host, out, end, err);
+    ok = send_stmt(conn, &begin_q) && send_stmt(conn, q) &&
+         send_stmt(conn, &commit_q) && send_posq(conn, l, &lsn_q) &&
+         PQpipelineSync(conn);
+    if (!ok) {
+        /* Nothing committed: the COMMIT never arrived, and a dead
+         * connection rolls back what it ran. */
+        if (PQpipelineStatus(conn) != PQ_PIPELINE_OFF)
+            (void)PQexitPipelineMode(conn);
+        *end = PGG_END_NOT_SENT;
+        return pgg__link_error(err, PGG_ECONNECT, conn, NULL, host, "send");
+    }
+    rc = pipe_collect(conn, nq, res, true, deadline, host, end, err);
+    if (rc != PGG_OK)
+        return rc;
+    posq_answered(l, &lsn_q, res[nq - 1]);
+    st = res[1] ? PQresultErrorField(res[1], PG_DIAG_SQLSTATE) : NULL;
+    if (!succeeded(res[0]) || refused_at_parse(res[1]) ||
+        (st && strcmp(st, "25001") == 0)) {
+        /* Nothing of the statement ran. */
+        for (int k = 0; k < nq; k++)
+            PQclear(res[k]);
+        if (!unwrap(conn, deadline, host)) {
+            *end = PGG_END_NOT_SENT;
+            return pgg__link_error(err, PGG_ECONNECT, conn, NULL, host,
+                                   "rollback");
+        }
+        return exec_write_two_syncs(l, q, deadline, host, out, end, err);
+    }
+    if (succeeded(res[1]) && !succeeded(res[2])) {
+        /* COMMIT failed (a deferred constraint, a serialization failure):
+         * that is the write's outcome, as it would have been at a Sync. */
+        PQclear(res[1]);
+        res[1] = res[2];
+        res[2] = NULL;
+    }
+    if (succeeded(res[1]) && PQtransactionStatus(conn) == PQTRANS_IDLE) {
+        q->vis->lsn = lsn_of(res[nq - 1], 0);
+        if (!q->vis->lsn)
+            learn_lsn(conn, q, deadline, host);
+    }
+    *out = res[1];
+    res[1] = NULL;
+    for (int k = 0; k < nq; k++)
+        PQclear(res[k]);
+    if (is_error(*out)) {
+        pgg__link_error(err, PGG_ESERVER, conn, *out, host, NULL);
+        /* A connection left in the failed block is not pooled again. */
+        (void)unwrap(conn, deadline, host);
+    }
+    return PGG_OK;
+}
+
 static int exec_write(pgg_link *l, const pgg_query *q, int64_t deadline,
                       const char *host, PGresult **out, pgg_attempt_end *end,
                       pgg_error *err)
+{
+    if (!q->vis->in_lease && PQtransactionStatus(l->conn) == PQTRANS_IDLE &&
+        wrappable(q->sql))
+        return exec_write_wrapped(l, q, deadline, host, out, end, err);
+    return exec_write_two_syncs(l, q, deadline, host, out, end, err);
+}
+
+static int exec_write_two_syncs(pgg_link *l, const pgg_query *q,
+                                int64_t deadline, const char *host,
+                                PGresult **out, pgg_attempt_end *end,
+                                pgg_error *err)
 {
     PGconn *conn = l->conn;
     PGresult *res[2];
@@ -630,7 +781,7 @@ static int exec_write(pgg_link *l, const pgg_query *q, int64_t deadline,
             return pgg__link_error(err, PGG_ECONNECT, conn, NULL, host, "send");
         return write_slow(conn, q, deadline, host, out, end, err);
     }
-    rc = pipe_collect(conn, 2, res, deadline, host, end, err);
+    rc = pipe_collect(conn, 2, res, false, deadline, host, end, err);
     if (rc != PGG_OK)
         return rc;
     posq_answered(l, &lsn_q, res[1]);
@@ -710,7 +861,7 @@ static int exec_checked(pgg_pool *pool, pgg_host *h, pgg_link *l,
                                    "send");
         return read_slow(pool, h, conn, q, deadline, out, end, err);
     }
-    rc = pipe_collect(conn, 2, res, deadline, h->name, end, err);
+    rc = pipe_collect(conn, 2, res, false, deadline, h->name, end, err);
     if (rc != PGG_OK)
         return rc;
     posq_answered(l, &check_q, res[0]);

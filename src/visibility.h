@@ -54,6 +54,7 @@ typedef struct pgg_vis_req {
     uint64_t need;   /* a read: the position its answer must include */
     uint64_t latest; /* the pool's latest write when the call began */
     bool want_lsn;   /* a write: learn the position of its commit */
+    bool in_lease;   /* a lease's statement: never wrapped in BEGIN/COMMIT */
     bool checked;    /* the read went through a same-round-trip check */
     bool not_met;    /* the host had not replayed need: answer discarded */
     bool unmet_seen; /* some standby was behind during this call */
@@ -75,8 +76,12 @@ void pgg__vis_free(pgg_vis *v);
  */
 bool pgg__vis_begin(pgg_vis *v, pgg_intent intent, const pgg_call *call,
                     pgg_vis_req *r);
-/* A write lease's statements: want_lsn in the pool-wide mode. */
-bool pgg__vis_begin_lease(pgg_vis *v, pgg_intent intent, pgg_vis_req *r);
+/* A lease: a read lease's acquisition needs the pool's latest write in
+ * the pool-wide mode (unless PGG_CALL_ANY_LSN) and call->min_lsn (call
+ * may be NULL); a write lease's statements want their position in the
+ * pool-wide mode. */
+bool pgg__vis_begin_lease(pgg_vis *v, pgg_intent intent, const pgg_call *call,
+                          pgg_vis_req *r);
 
 /*
  * Reorder the router's candidates for a read that needs r->need (first

@@ -423,6 +423,41 @@ Test(ryw, copy_vacuum_and_several_statements_still_work)
     cr_expect_neq(info.lsn, 0);
     PQclear(r);
     cr_expect_eq(count_rows(p, NULL, &info), 2);
+
+    /* Refused inside a transaction block: done the two-sync way. */
+    r = pgg_exec(p, PGG_WRITE, "CREATE INDEX CONCURRENTLY pgg_ryw_v ON pgg_ryw (v)", &call,
+                 &info, &e);
+    cr_assert_not_null(r, "%s", e.message);
+    cr_expect_eq(PQresultStatus(r), PGRES_COMMAND_OK, "%s", e.message);
+    cr_expect_neq(info.lsn, 0);
+    PQclear(r);
+    /* A failed write: its error, no position, and the session is usable
+     * again (not left in a failed transaction block). */
+    uint64_t connects = host_stats(p, 0).connects;
+    for (int i = 0; i < 3; i++) {
+        r = pgg_exec(p, PGG_WRITE, "INSERT INTO pgg_ryw VALUES (1, 'dup')", &call, &info, &e);
+        cr_assert_not_null(r, "%s", e.message);
+        cr_expect_str_eq(e.sqlstate, "23505");
+        cr_expect_eq(info.lsn, 0);
+        PQclear(r);
+        insert(p, NULL, 10 + i);
+    }
+    cr_expect_leq(host_stats(p, 0).connects, connects + 1, "failed writes cost connections");
+    /* A constraint checked at COMMIT: the write's outcome is its error. */
+    cr_assert_eq(pgh_node_exec(pgh_cluster_primary(c),
+                               "CREATE TABLE pgg_ryw_child (id int PRIMARY KEY, parent int "
+                               "REFERENCES pgg_ryw (id) DEFERRABLE INITIALLY DEFERRED)"),
+                 0);
+    r = pgg_exec(p, PGG_WRITE, "INSERT INTO pgg_ryw_child VALUES (1, 999)", &call, &info, &e);
+    cr_assert_not_null(r, "%s", e.message);
+    cr_expect_eq(PQresultStatus(r), PGRES_FATAL_ERROR);
+    cr_expect_str_eq(e.sqlstate, "23503");
+    cr_expect_eq(info.lsn, 0);
+    PQclear(r);
+    r = pgg_exec(p, PGG_READ_PRIMARY, "SELECT count(*) FROM pgg_ryw_child", &call, &info, &e);
+    cr_assert_not_null(r, "%s", e.message);
+    cr_expect_str_eq(PQgetvalue(r, 0, 0), "0", "the failed write was committed");
+    PQclear(r);
     end_test(p, c);
 }
 
@@ -462,5 +497,51 @@ Test(ryw, a_leases_copy_works_and_is_read_after_release)
     cr_expect_eq(count_rows(p, NULL, &info), 2, "the lease's COPY, read stale");
     cr_expect_eq(info.host_index, 0);
     resume_replicas(c);
+    end_test(p, c);
+}
+
+/* A read lease with a minimum position (read_your_writes=off, so only the
+ * call asks): on the primary while the replicas are behind, on a replica
+ * once one has it. */
+Test(ryw, a_read_lease_lands_where_its_position_is)
+{
+    pgh_cluster *c = two_replicas();
+    pgg_pool *p = pool_for(c, OFF);
+    const pgg_call want = {.flags = PGG_CALL_WANT_LSN};
+    pgg_info info;
+    pgg_error e;
+
+    pause_replicas(c);
+    pgg_call at = {.timeout_ms = 3000, .min_lsn = insert(p, &want, 1)};
+    pgg_lease *l = pgg_acquire_call(p, PGG_READ, &at, &info, &e);
+    cr_assert_not_null(l, "%s", e.message);
+    cr_expect_eq(info.host_index, 0, "a lease on a replica behind its position");
+    PGresult *r = pgg_lease_exec(l, "SELECT count(*) FROM pgg_ryw", 2000, &e);
+    cr_assert_not_null(r, "%s", e.message);
+    cr_expect_str_eq(PQgetvalue(r, 0, 0), "1");
+    PQclear(r);
+    pgg_release(l);
+    /* Without a position the paused replicas take it. */
+    l = pgg_acquire_call(p, PGG_READ, NULL, &info, &e);
+    cr_assert_not_null(l, "%s", e.message);
+    cr_expect_neq(info.host_index, 0);
+    pgg_release(l);
+
+    resume_replicas(c);
+    for (int i = 0; i < 2; i++)
+        cr_assert_eq(pgh_node_wait_replay(pgh_cluster_replica(c, i), pgh_cluster_primary(c),
+                                          10000), 0);
+    /* Known once a health round (every 100 ms here) has seen it. */
+    double end = pgh_now_ms() + 5000;
+    bool on_replica = false;
+    while (!on_replica && pgh_now_ms() < end) {
+        l = pgg_acquire_call(p, PGG_READ, &at, &info, &e);
+        cr_assert_not_null(l, "%s", e.message);
+        on_replica = info.host_index != 0;
+        pgg_release(l);
+        if (!on_replica)
+            sleep_ms(50);
+    }
+    cr_expect(on_replica, "a replica that has the position never got the lease");
     end_test(p, c);
 }
