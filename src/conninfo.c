@@ -157,6 +157,16 @@ static int note_secret_span(void *arg, const pgg__ci_value *v)
     return 0;
 }
 
+/* Where libpq's look-ahead for "user@" stops: the first '@' or '/' after
+ * the scheme. */
+static size_t uri_lookahead(const char *uri)
+{
+    const char *p = strstr(uri, "://");
+
+    p = p ? p + 3 : uri;
+    return (size_t)(p - uri) + strcspn(p, "@/");
+}
+
 /* What a rejected conninfo becomes: libpq rejects this too ("missing =")
  * and it shows nothing of the original. */
 static const char rejected[] = "(conninfo rejected by libpq; not shown)";
@@ -166,7 +176,7 @@ char *pgg__conninfo_redact(const char *conninfo)
     spans sp = {0};
     sbuf b = {0};
     pgg__ci_result res;
-    size_t copied = 0;
+    size_t copied = 0, look;
     pgg__ci_fault f;
 
     if (!conninfo)
@@ -182,11 +192,20 @@ char *pgg__conninfo_redact(const char *conninfo)
          */
         return f == PGG__CI_NOMEM ? NULL : strdup(rejected);
     }
+    /*
+     * libpq looks for a URI's user info up to the first '@' or '/' of the
+     * whole text, query included: when that '/' is inside a masked value
+     * ("?sslpassword=a/b&user=u@h"), the copy keeps one, or it would read
+     * "...u@" as user info.
+     */
+    look = res.uri ? uri_lookahead(conninfo) : (size_t)-1;
     for (size_t i = 0; i < sp.n; i++) {
         size_t e = sp.end[i];
 
         sb_put(&b, conninfo + copied, sp.start[i] - copied);
         sb_puts(&b, PGG__MASK);
+        if (look >= sp.start[i] && look < e)
+            sb_put(&b, conninfo + look, 1);
         /* A quoted value may run straight into the next keyword
          * ("password='x'host=a"): keep them apart. */
         if (!res.uri && conninfo[e] && !isspace((unsigned char)conninfo[e]))

@@ -173,7 +173,10 @@ static void check_redaction(const char *text, const PQconninfoOption *opts)
             FUZZ_REQUIRE(strcmp(opts[i].keyword, ropts[i].keyword) == 0, text,
                          "keyword order");
             if (is_secret(opts[i].keyword) && a && a[0]) {
-                FUZZ_REQUIRE(b && strcmp(b, "REDACTED") == 0, text,
+                /* "REDACTED/" where the value held libpq's look-ahead stop */
+                FUZZ_REQUIRE(b && (strcmp(b, "REDACTED") == 0 ||
+                                   strcmp(b, "REDACTED/") == 0),
+                             text,
                              "redacted: %s: %s not masked", red,
                              opts[i].keyword);
             } else if (is_secret(opts[i].keyword)) {

@@ -13,6 +13,7 @@
 #ifndef PGG_FUZZ_INPUT_H
 #define PGG_FUZZ_INPUT_H
 
+#include <ctype.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -74,6 +75,46 @@ static int fuzz_shows_secret(const char *s)
 }
 
 /*
+ * Whether the fuzzer's own bytes spell a piece of the secret once the
+ * parsers have read them: backslashes and quotes dropped ("2J\\w7"), or
+ * percent-decoded ("%51z9V").  In place: raw is scratch.
+ */
+static int fuzz_unescaped_shows_secret(char *raw)
+{
+    static const char hex[] = "0123456789abcdef";
+    size_t j = 0;
+    char *copy = strdup(raw);
+    int found;
+
+    if (!copy)
+        abort();
+    for (size_t i = 0; raw[i]; i++) {
+        if (raw[i] != '\\' && raw[i] != '\'')
+            raw[j++] = raw[i];
+    }
+    raw[j] = '\0';
+    found = fuzz_shows_secret(raw);
+    j = 0;
+    for (size_t i = 0; copy[i]; i++) {
+        const char *h1, *h2;
+
+        if (copy[i] == '%' && isxdigit((unsigned char)copy[i + 1]) &&
+            isxdigit((unsigned char)copy[i + 2]) &&
+            (h1 = strchr(hex, copy[i + 1] | 0x20)) != NULL &&
+            (h2 = strchr(hex, copy[i + 2] | 0x20)) != NULL) {
+            copy[j++] = (char)((h1 - hex) << 4 | (h2 - hex));
+            i += 2;
+        } else {
+            copy[j++] = copy[i];
+        }
+    }
+    copy[j] = '\0';
+    found = found || fuzz_shows_secret(copy);
+    free(copy);
+    return found;
+}
+
+/*
  * The input as a malloc'd C string with the secret planted.  *raw_secret
  * is set when the fuzzer's own bytes spell a piece of the secret (its
  * comparison tracing learns them from the checks below): such a piece was
@@ -106,7 +147,7 @@ static char *fuzz_text(const uint8_t *data, size_t size, int *raw_secret)
     }
     out[len] = '\0';
     raw[rlen] = '\0';
-    *raw_secret = fuzz_shows_secret(raw);
+    *raw_secret = fuzz_shows_secret(raw) || fuzz_unescaped_shows_secret(raw);
     free(raw);
     return out;
 }
