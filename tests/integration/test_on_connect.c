@@ -204,3 +204,42 @@ Test(on_connect, a_hanging_hook_is_bounded_and_counted_against_the_host)
     pgh_cluster_free(c);
     cr_expect_eq(pgh_leak_check(), 0, "memory leaked (report above)");
 }
+
+Test(on_connect, a_hook_that_hangs_after_a_lease_reset_is_cut_and_cancelled)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    /* A sequence survives DISCARD ALL: the hook hangs from its second run,
+     * the one after the lease's reset, on. */
+    cr_assert_eq(pgh_node_exec(pgh_cluster_primary(c), "DROP SEQUENCE IF EXISTS pgg_hook_seq;"
+                                                       "CREATE SEQUENCE pgg_hook_seq"),
+                 0);
+    pgg_pool *p = hooked_pool(c,
+                              "SELECT pg_sleep(CASE WHEN nextval('pgg_hook_seq') > 1 "
+                              "THEN 5 ELSE 0 END) /* pgg-hook-reset */",
+                              NULL, NULL, "connect_timeout_ms=500");
+    pgg_error e;
+
+    pgg_lease *l = pgg_acquire(p, PGG_WRITE, 0, NULL, &e);
+    cr_assert_not_null(l, "%s: %s", pgg_err_name(e.code), e.message);
+    double t0 = pgh_now_ms();
+    pgg_release(l);
+    double took = pgh_now_ms() - t0;
+    /* the reset's own bound (connect_timeout_ms), not the hook's 5 s */
+    cr_expect_lt(took, 500 + 250.0, "pgg_release waited %.0f ms", took);
+    cr_expect_eq(host_stats(p, 0).conns_open, 0, "a session whose hook hung was pooled");
+    char n[32];
+    double end = pgh_now_ms() + 4000;
+    do {
+        sleep_ms(50);
+        cr_assert_eq(pgh_node_query_value(pgh_cluster_primary(c),
+                                          "SELECT count(*) FROM pg_stat_activity WHERE "
+                                          "query LIKE '%pgg-hook-reset%' AND "
+                                          "pid <> pg_backend_pid()",
+                                          n, sizeof n),
+                     0);
+    } while (strcmp(n, "0") != 0 && pgh_now_ms() < end);
+    cr_expect_str_eq(n, "0", "the hook's statement still runs on the server");
+    pgg_pool_free(p);
+    pgh_cluster_free(c);
+    cr_expect_eq(pgh_leak_check(), 0, "memory leaked (report above)");
+}
