@@ -528,6 +528,11 @@ void pgg__lease_mark_listener(pgg_lease *lease)
     lease->listener = true;
 }
 
+void pgg__lease_mark_unsettled(pgg_lease *lease)
+{
+    lease->unsettled = true;
+}
+
 void pgg__lease_fail(pgg_lease *lease, bool abandon)
 {
     lease->broken = true;

@@ -426,7 +426,20 @@ Test(ryw, copy_vacuum_and_several_statements_still_work)
     end_test(p, c);
 }
 
-/* A write lease in the pool-wide mode: a COPY fed on the raw connection
+/* Two rows for pgg_lease_copy_in, in one piece. */
+static long two_rows(void *ud, char *buf, size_t cap)
+{
+    static const char rows[] = "1\tcopied\n2\tcopied\n";
+    int *sent = ud;
+
+    if (*sent || cap < sizeof rows - 1)
+        return 0;
+    memcpy(buf, rows, sizeof rows - 1);
+    *sent = 1;
+    return (long)(sizeof rows - 1);
+}
+
+/* A write lease in the pool-wide mode: a COPY through pgg_lease_copy_in
  * works (no pipeline around it), and its rows count as the pool's latest
  * write from the lease's release on. */
 Test(ryw, a_leases_copy_works_and_is_read_after_release)
@@ -435,16 +448,42 @@ Test(ryw, a_leases_copy_works_and_is_read_after_release)
     pgg_pool *p = pool_for(c, "read_your_writes.max_wait_ms=200");
     pgg_error e;
     pgg_info info;
+    int sent = 0;
 
     pause_replicas(c);
     pgg_lease *l = pgg_acquire(p, PGG_WRITE, 2000, NULL, &e);
     cr_assert_not_null(l, "%s", e.message);
-    PGresult *r = pgg_lease_exec(l, "COPY pgg_ryw FROM STDIN", 2000, &e);
+    PGresult *r = pgg_lease_copy_in(l, "COPY pgg_ryw FROM STDIN", two_rows, &sent, 2000, &e);
     cr_assert_not_null(r, "%s", e.message);
-    cr_assert_eq(PQresultStatus(r), PGRES_COPY_IN, "%s", PQresultErrorMessage(r));
+    cr_assert_eq(PQresultStatus(r), PGRES_COMMAND_OK, "%s", PQresultErrorMessage(r));
     PQclear(r);
+    uint64_t before = pgg_pool_lsn(p);
+    pgg_release(l);
+    cr_expect_gt(pgg_pool_lsn(p), before, "the COPY's position was not learnt at release");
+    cr_expect_eq(count_rows(p, NULL, &info), 2, "the lease's COPY, read stale");
+    cr_expect_eq(info.host_index, 0);
+    resume_replicas(c);
+    end_test(p, c);
+}
+
+/* The same COPY fed on the lease's raw connection (pgg_lease_exec refuses
+ * it, the caller sends it itself): learnt at release too. */
+Test(ryw, a_raw_copy_on_a_lease_is_read_after_release)
+{
+    pgh_cluster *c = two_replicas();
+    pgg_pool *p = pool_for(c, "read_your_writes.max_wait_ms=200");
+    pgg_error e;
+    pgg_info info;
+    PGresult *r;
+
+    pause_replicas(c);
+    pgg_lease *l = pgg_acquire(p, PGG_WRITE, 2000, NULL, &e);
+    cr_assert_not_null(l, "%s", e.message);
     PGconn *conn = pgg_lease_conn(l);
     cr_assert_eq(PQsetnonblocking(conn, 0), 0);
+    r = PQexec(conn, "COPY pgg_ryw FROM STDIN");
+    cr_assert_eq(PQresultStatus(r), PGRES_COPY_IN, "%s", PQresultErrorMessage(r));
+    PQclear(r);
     cr_assert_eq(PQputCopyData(conn, "1\tcopied\n2\tcopied\n", 18), 1);
     cr_assert_eq(PQputCopyEnd(conn, NULL), 1);
     while ((r = PQgetResult(conn)) != NULL) {
