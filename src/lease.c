@@ -596,10 +596,17 @@ static bool reset_session(pgg_lease *lease)
      * connection is not pooled. */
     if (ok) {
         bool host_fault;
+        int rc = pgg__host_on_connect(lease->h, l->conn,
+                                      pgg__now_ns() + lease->h->connect_timeout_ns,
+                                      &host_fault, NULL);
 
-        ok = pgg__host_on_connect(lease->h, l->conn,
-                                  pgg__now_ns() + lease->h->connect_timeout_ns,
-                                  &host_fault, NULL) == PGG_OK;
+        if (rc == PGG_ETIMEDOUT) {
+            /* Its SQL may still run: cancel it, as on a new connection. */
+            pgg__host_abandon(lease->h, l, lease->pool->canceller);
+            lease->l = NULL;
+            return true;
+        }
+        ok = rc == PGG_OK;
     }
     return ok;
 }

@@ -204,3 +204,42 @@ Test(on_connect, a_hanging_hook_is_bounded_and_counted_against_the_host)
     pgh_cluster_free(c);
     cr_expect_eq(pgh_leak_check(), 0, "memory leaked (report above)");
 }
+
+/* The hook runs again after a lease's DISCARD ALL: past the connect bound
+ * there too, its statement is cancelled on the server, not left running
+ * on a closed session. */
+Test(on_connect, a_hook_hanging_after_a_lease_reset_is_cancelled_on_the_server)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgh_node *prim = pgh_cluster_primary(c);
+
+    cr_assert_eq(pgh_node_exec(prim, "DROP TABLE IF EXISTS pgg_hook_sleep;"
+                                     "CREATE TABLE pgg_hook_sleep (s float8);"
+                                     "INSERT INTO pgg_hook_sleep VALUES (0)"),
+                 0, "%s", pgh_node_error(prim));
+    pgg_pool *p = hooked_pool(c, "SELECT pg_sleep((SELECT s FROM pgg_hook_sleep))", NULL, NULL,
+                              "connect_timeout_ms=500 breaker.consecutive_failures=100");
+    pgg_error e;
+
+    pgg_lease *l = pgg_acquire(p, PGG_WRITE, 0, NULL, &e);
+    cr_assert_not_null(l, "%s: %s", pgg_err_name(e.code), e.message);
+    /* From now on the hook hangs: at the release's reset. */
+    cr_assert_eq(pgh_node_exec(prim, "UPDATE pgg_hook_sleep SET s = 10"), 0, "%s",
+                 pgh_node_error(prim));
+    pgg_release(l);
+    char n[32];
+    double end = pgh_now_ms() + 4000;
+    do {
+        sleep_ms(50);
+        cr_assert_eq(pgh_node_query_value(prim,
+                                          "SELECT count(*) FROM pg_stat_activity WHERE query = "
+                                          "'SELECT pg_sleep((SELECT s FROM pgg_hook_sleep))' "
+                                          "AND state = 'active' AND pid <> pg_backend_pid()",
+                                          n, sizeof n),
+                     0);
+    } while (strcmp(n, "0") != 0 && pgh_now_ms() < end);
+    cr_expect_str_eq(n, "0", "the reset hook's statement still runs on the server");
+    cr_assert_eq(pgh_node_exec(prim, "UPDATE pgg_hook_sleep SET s = 0"), 0, "%s",
+                 pgh_node_error(prim));
+    end_test(p, c);
+}
