@@ -258,6 +258,10 @@ static PGresult *copy(pgg_lease *lease, const char *fn, copy_dir dir, const char
                        dir == COPY_IN ? "source" : "sink");
         return NULL;
     }
+    /* Its commit (a COPY FROM, or a COPY of a data-modifying query) comes
+     * outside any pipeline: pgg_release learns the position, or reads
+     * after the release could miss the rows. */
+    pgg__lease_mark_unsettled(lease);
     if (!PQsendQuery(r.conn, sql))
         return lost(&r, NULL);
     switch (flush_all(&r)) {

@@ -148,6 +148,10 @@ void pgg__lease_fail(pgg_lease *lease, bool abandon);
 /* The lease waited for notifications: its session may hold LISTEN
  * registrations, so without lease_reset it is not pooled again. */
 void pgg__lease_mark_listener(pgg_lease *lease);
+/* The lease ran what pgguard cannot follow (a COPY): under
+ * read_your_writes=pool a write lease learns the pool's position when it
+ * is released. */
+void pgg__lease_mark_unsettled(pgg_lease *lease);
 
 /* Take a bulkhead slot for a call or a lease (waiting at most
  * bulkhead.max_wait_ms within the deadline); on refusal count the call as

@@ -545,3 +545,37 @@ Test(ryw, a_read_lease_lands_where_its_position_is)
     cr_expect(on_replica, "a replica that has the position never got the lease");
     end_test(p, c);
 }
+
+/* The same COPY fed on the lease's raw connection (pgg_lease_exec refuses
+ * it, the caller sends it itself): learnt at release too. */
+Test(ryw, a_raw_copy_on_a_lease_is_read_after_release)
+{
+    pgh_cluster *c = two_replicas();
+    pgg_pool *p = pool_for(c, "read_your_writes=pool read_your_writes.max_wait_ms=200");
+    pgg_error e;
+    pgg_info info;
+    PGresult *r;
+
+    pause_replicas(c);
+    pgg_lease *l = pgg_acquire(p, PGG_WRITE, 2000, NULL, &e);
+    cr_assert_not_null(l, "%s", e.message);
+    PGconn *conn = pgg_lease_conn(l);
+    cr_assert_eq(PQsetnonblocking(conn, 0), 0);
+    r = PQexec(conn, "COPY pgg_ryw FROM STDIN");
+    cr_assert_eq(PQresultStatus(r), PGRES_COPY_IN, "%s", PQresultErrorMessage(r));
+    PQclear(r);
+    cr_assert_eq(PQputCopyData(conn, "1\tcopied\n2\tcopied\n", 18), 1);
+    cr_assert_eq(PQputCopyEnd(conn, NULL), 1);
+    while ((r = PQgetResult(conn)) != NULL) {
+        cr_expect_eq(PQresultStatus(r), PGRES_COMMAND_OK, "%s", PQresultErrorMessage(r));
+        PQclear(r);
+    }
+    cr_assert_eq(PQsetnonblocking(conn, 1), 0);
+    uint64_t before = pgg_pool_lsn(p);
+    pgg_release(l);
+    cr_expect_gt(pgg_pool_lsn(p), before, "the COPY's position was not learnt at release");
+    cr_expect_eq(count_rows(p, NULL, &info), 2, "the lease's COPY, read stale");
+    cr_expect_eq(info.host_index, 0);
+    resume_replicas(c);
+    end_test(p, c);
+}

@@ -67,7 +67,10 @@ Test(watchdog, a_hung_server_costs_each_wait_its_deadline_plus_a_tick_at_most)
     pgh_cluster *c = cluster_or_die(0);
     pgh_require_local(c, "a hang (SIGSTOP)");
     /* Every call must meet the hang: no breaker in the way. */
-    pgg_pool *p = pool_for(c, "breaker.mode=disabled");
+    /* Writes on the plain path (read_your_writes=off): the pool-wide mode
+     * pipelines them through pgg__link_poll, which does not use the
+     * watchdog. */
+    pgg_pool *p = pool_for(c, "breaker.mode=disabled read_your_writes=off");
     pthread_t warm[THREADS];
     waiter ws[THREADS];
     uint64_t fired0;
@@ -108,5 +111,42 @@ Test(watchdog, a_hung_server_costs_each_wait_its_deadline_plus_a_tick_at_most)
 
     cr_assert_eq(pgh_node_resume(pgh_cluster_primary(c)), 0);
     cr_expect_eq(read_ok(p, PGG_WRITE, "SELECT 1", 0), 0, "no call succeeded after the resume");
+    end_test(p, c);
+}
+
+/* A large answer the client takes more slowly than the server sends finds
+ * data at every wait: the watchdog, which ends a wait only while it is in
+ * poll, may never catch one armed, so the call must look at the clock
+ * between waits.  Each read below would take far longer than its
+ * deadline; each must end at it, as a hung server's wait does. */
+#define BIG_TIMEOUT_MS 60
+#define BIG_CALLS 16
+
+Test(watchdog, a_large_answer_still_ends_at_the_deadline)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, "breaker.mode=disabled");
+    pgg_call call = {.timeout_ms = BIG_TIMEOUT_MS, .flags = PGG_CALL_NO_RETRY};
+    double worst = 0;
+
+    for (int i = 0; i < BIG_CALLS; i++) {
+        pgg_error e;
+        double t0 = pgh_now_ms();
+        /* A read on a pooled connection, with no position to wait for:
+         * the watchdog's wait. */
+        PGresult *r = pgg_exec(p, PGG_READ,
+                               "SELECT repeat('x', 1000000) FROM generate_series(1, 300)",
+                               &call, NULL, &e);
+        double took = pgh_now_ms() - t0;
+
+        cr_expect_null(r, "300 MB arrived within %d ms", BIG_TIMEOUT_MS);
+        cr_expect_eq(e.code, PGG_ETIMEDOUT, "%s: %s", pgg_err_name(e.code), e.message);
+        PQclear(r);
+        if (took > worst)
+            worst = took;
+    }
+    fprintf(stderr, "large answers: worst %.2f ms for a %d ms deadline\n", worst, BIG_TIMEOUT_MS);
+    cr_expect_leq(worst, BIG_TIMEOUT_MS + PGG_WATCHDOG_TICK_NS / 1e6 + 50.0,
+                  "a call took %.2f ms for a %d ms deadline", worst, BIG_TIMEOUT_MS);
     end_test(p, c);
 }
