@@ -531,15 +531,17 @@ int pgg__lease_use(pgg_lease *lease, const char *fn, int timeout_ms, PGconn **co
     *conn = lease->l->conn;
     *host = lease->h->name;
     *deadline = pgg__now_ns() + pgg__pool_timeout_ns(lease->pool, timeout_ms);
-    /* A COPY or a LISTEN runs outside the statement path that learns a
-     * write lease's positions: learn it at release, as after raw use. */
-    lease->unsettled = lease->unsettled || lease->intent == PGG_WRITE;
     return PGG_OK;
 }
 
 void pgg__lease_mark_listener(pgg_lease *lease)
 {
     lease->listener = true;
+}
+
+void pgg__lease_mark_unsettled(pgg_lease *lease)
+{
+    lease->unsettled = lease->unsettled || lease->intent == PGG_WRITE;
 }
 
 void pgg__lease_fail(pgg_lease *lease, bool abandon)
