@@ -10,6 +10,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "cancel.h"
 #include "clock.h"
 #include "error.h"
 
@@ -44,21 +45,27 @@ static int wait_socket(pgg_wd_slot *slot, int fd, short events,
         p.events = events;
         p.revents = 0;
         pgg__watchdog_arm(slot, fd, deadline_ns);
-        do
-            r = poll(&p, 1, -1);
-        while (r < 0 && errno == EINTR);
-        if (pgg__watchdog_disarm(slot))
+        /* A fire the watchdog may have missed (watchdog.c): look after
+         * arming, before sleeping. */
+        if (pgg__cancel_now())
+            r = 0;
+        else
+            do
+                r = poll(&p, 1, -1);
+            while (r < 0 && errno == EINTR);
+        if (pgg__watchdog_disarm(slot) || r == 0)
             return 0;
         if (r > 0)
             return p.revents ? p.revents : events;
         return -1;
     }
     for (;;) {
-        int64_t left = deadline_ns - pgg__now_ns();
+        int64_t now = pgg__now_ns();
+        int64_t left = pgg__cancel_slice(now, deadline_ns) - now;
         struct timespec ts;
         int r;
 
-        if (left <= 0)
+        if (left <= 0 || pgg__cancel_now())
             return 0;
         ts.tv_sec = (time_t)(left / 1000000000);
         ts.tv_nsec = (long)(left % 1000000000);
@@ -369,7 +376,11 @@ int pgg__link_wait_wd(pgg_watchdog *wd, PGconn *conn, int64_t deadline_ns,
                       pgg_error *err)
 {
     pgg_wd_slot *slot = wd ? pgg__watchdog_claim(wd) : NULL;
-    int rc = collect(slot, conn, deadline_ns, host, out, end, err);
+    int rc;
+
+    if (slot && pgg__cancel_cur)
+        pgg__watchdog_set_cancel(slot, pgg__cancel_cur);
+    rc = collect(slot, conn, deadline_ns, host, out, end, err);
 
     pgg__watchdog_release(slot);
     return rc;
