@@ -31,8 +31,8 @@
  * round every wait up and make a hung server cost up to a millisecond more
  * than the deadline.
  */
-static int wait_socket(pgg_wd_slot *slot, int fd, short events,
-                       int64_t deadline_ns)
+static int wait_socket(pgg_wd_slot *slot, const pgg_cancel *cancel, int fd,
+                       short events, int64_t deadline_ns)
 {
     struct pollfd p;
 
@@ -47,7 +47,7 @@ static int wait_socket(pgg_wd_slot *slot, int fd, short events,
         pgg__watchdog_arm(slot, fd, deadline_ns);
         /* A fire the watchdog may have missed (watchdog.c): look after
          * arming, before sleeping. */
-        if (pgg__cancel_now())
+        if (cancel && pgg__cancel_fired(cancel))
             r = 0;
         else
             do
@@ -249,7 +249,7 @@ int pgg__link_connect(const char *const *keys, const char *const *vals,
             goto failed;
         events = st == PGRES_POLLING_READING ? POLLIN : POLLOUT;
         /* The socket changes when libpq moves to the next address. */
-        r = wait_socket(NULL, PQsocket(conn), events, deadline_ns);
+        r = wait_socket(NULL, NULL, PQsocket(conn), events, deadline_ns);
         if (r == 0) {
             PQfinish(conn);
             return pgg__error_set(err, PGG_ETIMEDOUT, NULL, host,
@@ -367,28 +367,29 @@ int pgg__link_wait(PGconn *conn, int64_t deadline_ns, const char *host,
     return pgg__link_wait_wd(NULL, conn, deadline_ns, host, out, end, err);
 }
 
-static int collect(pgg_wd_slot *slot, PGconn *conn, int64_t deadline_ns,
-                   const char *host, PGresult **out, pgg_attempt_end *end,
-                   pgg_error *err);
+static int collect(pgg_wd_slot *slot, const pgg_cancel *cancel, PGconn *conn,
+                   int64_t deadline_ns, const char *host, PGresult **out,
+                   pgg_attempt_end *end, pgg_error *err);
 
 int pgg__link_wait_wd(pgg_watchdog *wd, PGconn *conn, int64_t deadline_ns,
                       const char *host, PGresult **out, pgg_attempt_end *end,
                       pgg_error *err)
 {
     pgg_wd_slot *slot = wd ? pgg__watchdog_claim(wd) : NULL;
+    pgg_cancel *cancel = slot ? pgg__cancel_cur : NULL;
     int rc;
 
-    if (slot && pgg__cancel_cur)
-        pgg__watchdog_set_cancel(slot, pgg__cancel_cur);
-    rc = collect(slot, conn, deadline_ns, host, out, end, err);
+    if (cancel)
+        pgg__watchdog_set_cancel(slot, cancel);
+    rc = collect(slot, cancel, conn, deadline_ns, host, out, end, err);
 
     pgg__watchdog_release(slot);
     return rc;
 }
 
-static int collect(pgg_wd_slot *slot, PGconn *conn, int64_t deadline_ns,
-                   const char *host, PGresult **out, pgg_attempt_end *end,
-                   pgg_error *err)
+static int collect(pgg_wd_slot *slot, const pgg_cancel *cancel, PGconn *conn,
+                   int64_t deadline_ns, const char *host, PGresult **out,
+                   pgg_attempt_end *end, pgg_error *err)
 {
     PGresult *keep = NULL;
     int r;
@@ -396,7 +397,7 @@ static int collect(pgg_wd_slot *slot, PGconn *conn, int64_t deadline_ns,
     *out = NULL;
     /* Push the query out; a hung server may stop reading our bytes. */
     while ((r = PQflush(conn)) == 1) {
-        int ev = wait_socket(slot, PQsocket(conn), POLLIN | POLLOUT,
+        int ev = wait_socket(slot, cancel, PQsocket(conn), POLLIN | POLLOUT,
                              deadline_ns);
         if (ev == 0)
             goto deadline;
@@ -438,7 +439,7 @@ static int collect(pgg_wd_slot *slot, PGconn *conn, int64_t deadline_ns,
                 goto done;
             return lost(conn, out, keep, end, PGG_END_LOST, host, err);
         }
-        r = wait_socket(slot, PQsocket(conn), POLLIN, deadline_ns);
+        r = wait_socket(slot, cancel, PQsocket(conn), POLLIN, deadline_ns);
         if (r == 0)
             goto deadline;
         if (r < 0 || !PQconsumeInput(conn)) {
@@ -796,5 +797,5 @@ void pgg__canceller_free(pgg_canceller *c, int64_t max_wait_ns)
 
 int pgg__link_poll(int fd, short events, int64_t deadline_ns)
 {
-    return wait_socket(NULL, fd, events, deadline_ns);
+    return wait_socket(NULL, NULL, fd, events, deadline_ns);
 }

@@ -913,9 +913,11 @@ static void cancelled(pgg_error *err)
                    "call cancelled by the caller");
 }
 
+/* cancel: the call's handle, current on this thread (run_cancellable), or
+ * NULL: a call without one tests a register, not the thread's state. */
 static PGresult *run_call(pgg_pool *pool, pgg_intent intent,
                           const pgg_query *q, const pgg_call *call,
-                          pgg_info *info, pgg_error *err)
+                          pgg_info *info, pgg_error *err, pgg_cancel *cancel)
 {
     pgg_vis_req vr;
     pgg_query qv;
@@ -963,7 +965,7 @@ static PGresult *run_call(pgg_pool *pool, pgg_intent intent,
     deadline = start + timeout_ns;
 
     if (pgg__pool_enter(pool, start, deadline, err) != PGG_OK) {
-        if (pgg__cancel_now())
+        if (pgg__cancel_fired(cancel))
             cancelled(err);
         if (info)
             info->elapsed_us = (pgg__now_ns() - start) / 1000;
@@ -980,7 +982,7 @@ pass:
     for (int i = 0, again = -1, reroutes = 0; i < ncand && !served; i++) {
         pgg_host *h = &pool->hosts[cand[i]];
 
-        if (pgg__cancel_now()) {
+        if (cancel && pgg__cancel_fired(cancel)) {
             cancelled(err);
             final = true;
             break;
@@ -1086,7 +1088,8 @@ pass:
     } else {
         PQclear(spare);
     }
-    if (!served && err->code != PGG_ECANCELED && pgg__cancel_now())
+    if (cancel && !served && err->code != PGG_ECANCELED &&
+        pgg__cancel_fired(cancel))
         cancelled(err); /* a read-your-writes wait the fire ended */
     else if (!served && attempts == 0 &&
         (err->code == PGG_OK ||
@@ -1116,16 +1119,18 @@ pass:
 }
 
 /* A call with a cancel handle: refused at once when it is already fired,
- * else run with the handle current on this thread (cancel.h). */
-static PGresult *run_guarded(pgg_pool *pool, pgg_intent intent,
-                             const pgg_query *q, const pgg_call *call,
-                             pgg_info *info, pgg_error *err)
+ * else run with the handle current on this thread (cancel.h).  Kept out of
+ * line so that a call without one reaches run_call by a tail call. */
+#if defined(__GNUC__)
+__attribute__((noinline))
+#endif
+static PGresult *run_cancellable(pgg_pool *pool, pgg_intent intent,
+                                 const pgg_query *q, const pgg_call *call,
+                                 pgg_info *info, pgg_error *err)
 {
-    pgg_cancel *c = call ? call->cancel : NULL, *prev;
+    pgg_cancel *c = call->cancel, *prev;
     PGresult *res;
 
-    if (!c || !pool)
-        return run_call(pool, intent, q, call, info, err);
     if (pgg__cancel_fired(c)) {
         info_reset(info);
         cancelled(err);
@@ -1133,11 +1138,23 @@ static PGresult *run_guarded(pgg_pool *pool, pgg_intent intent,
         return NULL;
     }
     prev = pgg__cancel_enter(c, pool->watchdog);
-    res = run_call(pool, intent, q, call, info, err);
+    res = run_call(pool, intent, q, call, info, err, c);
     pgg__cancel_leave(c, prev);
     return res;
 }
 
+static PGresult *run_guarded(pgg_pool *pool, pgg_intent intent,
+                             const pgg_query *q, const pgg_call *call,
+                             pgg_info *info, pgg_error *err)
+{
+    if (call && call->cancel && pool)
+        return run_cancellable(pool, intent, q, call, info, err);
+    return run_call(pool, intent, q, call, info, err, NULL);
+}
+
+#if defined(__GNUC__)
+__attribute__((noinline))
+#endif
 static PGresult *run_traced(pgg_pool *pool, pgg_intent intent,
                             const pgg_query *q, const pgg_call *call,
                             pgg_info *info, pgg_error *err)
