@@ -163,6 +163,38 @@ Test(cancel, a_handle_fired_before_the_call_touches_no_server)
     end_test(p, c);
 }
 
+Test(cancel, a_connect_to_a_hung_server_is_cancelled)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgh_require_local(c, "a hang (SIGSTOP)");
+    /* No pooled session: the call must connect, and the connect hangs
+     * after the TCP handshake.  Its own bound is far away. */
+    pgg_pool *p = pool_for(c, "connect_timeout_ms=20000");
+    pgg_cancel *h = pgg_cancel_new();
+    pgg_call call = {.timeout_ms = 20000, .cancel = h};
+    pgg_info info;
+    pgg_error e;
+    firer f;
+
+    cr_assert_eq(host_stats(p, 0).conns_open, 0, "a session was already pooled");
+    cr_assert_eq(pgh_node_hang(pgh_cluster_primary(c)), 0);
+    fire_in(&f, h, 100);
+    double t0 = pgh_now_ms();
+    PGresult *r = pgg_exec(p, PGG_WRITE, "SELECT 1", &call, &info, &e);
+    double done = pgh_now_ms();
+    pthread_join(f.t, NULL);
+    cr_expect_null(r);
+    cr_expect_eq(e.code, PGG_ECANCELED, "%s: %s", pgg_err_name(e.code), e.message);
+    cr_expect(strstr(e.message, "connecting") != NULL, "%s", e.message);
+    cr_expect_eq(info.sent, 0, "nothing left for the server");
+    fprintf(stderr, "hung connect: the call returned %.2f ms after the fire\n", done - f.fired_at);
+    /* The connect's bound and the call's deadline are 20 s away. */
+    cr_expect_lt(done - t0, 10000.0, "the fire did not end the connect");
+    cr_assert_eq(pgh_node_resume(pgh_cluster_primary(c)), 0);
+    pgg_cancel_free(h);
+    end_test(p, c);
+}
+
 typedef struct caller {
     pgg_pool *p;
     pgg_call call;
