@@ -81,7 +81,8 @@ PGG_EXPORT int pgg_have_types(void);
     X(ESYS, -14, "system error")                                               \
     X(ETYPES, -15, "libpqtypes error")                                         \
     X(ENOTSUP, -16, "not supported by this build")                             \
-    X(EONCONNECT, -17, "the on-connect hook refused the connection")
+    X(EONCONNECT, -17, "the on-connect hook refused the connection")          \
+    X(ECANCELED, -18, "call cancelled by the caller")
 
 typedef enum pgg_errno {
     PGG_OK = 0,
@@ -299,6 +300,53 @@ PGG_EXPORT pgg_pool *pgg_pool_new(const pgg_config *cfg, pgg_error *err);
  */
 PGG_EXPORT void pgg_pool_free(pgg_pool *pool);
 
+/*
+ * Cancel a call early (the HTTP client went away): a handle the caller
+ * owns, given to a call in pgg_call.cancel.  pgg_cancel_fire() ends the
+ * call's wait at once, wherever it is: the bulkhead queue, a wait for a
+ * connection slot, a connect, the query, a read-your-writes wait.  The call
+ * then returns NULL with PGG_ECANCELED ("call cancelled by the caller"):
+ *   - it is classified like a deadline for the caller, but it is not a
+ *     failure of the host: the breaker counts it as ignored, it is never
+ *     retried on another host, and no stale answer from the cache stands
+ *     in for it;
+ *   - a query in flight is ended as at its deadline: the connection is
+ *     dropped and the server-side cancel sent (in the background, bounded
+ *     by cancel_timeout_ms), so info->sent = 1 says a write may have been
+ *     applied (or may still commit before the cancel reaches the server),
+ *     and info->sent = 0 that it provably never left;
+ *   - a handle already fired when the call starts fails it at once, with
+ *     nothing sent and no server touched.
+ * A fire that comes after the call returned changes nothing for it.  The
+ * lateness is the watchdog's (a query wait ends at the fire itself) or at
+ * most 2 ms for the other waits, which look at the handle between slices
+ * while a call has one (a call without one pays nothing).
+ *
+ * Ownership and threads: the caller creates and frees the handle; it must
+ * outlive every call it was given to (free it after they returned).  fire,
+ * fired and reset may be called from any thread at any time (a server's
+ * disconnect callback, a signal-handling thread; not from a signal handler:
+ * fire takes a mutex).  One handle may serve several calls, in turn or at
+ * once (all of them end on a fire), on one pool at a time.  Reuse a handle
+ * for the next request with pgg_cancel_reset(), once no call that should
+ * stay cancelled is still running.  Leases take no handle: bound them with
+ * their timeouts.
+ */
+typedef struct pgg_cancel pgg_cancel;
+
+/* A new, unfired handle; NULL when out of memory. */
+PGG_EXPORT pgg_cancel *pgg_cancel_new(void);
+/* Fire: every call under way with the handle ends with PGG_ECANCELED, and
+ * every later one fails at once, until pgg_cancel_reset().  Idempotent;
+ * accepts NULL. */
+PGG_EXPORT void pgg_cancel_fire(pgg_cancel *c);
+/* 1 when fired (and not reset since), else 0; NULL: 0. */
+PGG_EXPORT int pgg_cancel_fired(const pgg_cancel *c);
+/* Unfire, for reuse by a later call.  Accepts NULL. */
+PGG_EXPORT void pgg_cancel_reset(pgg_cancel *c);
+/* Accepts NULL.  No call given the handle may still be running. */
+PGG_EXPORT void pgg_cancel_free(pgg_cancel *c);
+
 /* Per-call options; pass NULL for the defaults. */
 typedef struct pgg_call {
     int timeout_ms;    /* <= 0: the pool's call_timeout_ms */
@@ -313,9 +361,15 @@ typedef struct pgg_call {
      * round trip, or one that catches up within read_your_writes.max_wait_ms,
      * or the primary; never from older data.  Ignored by writes. */
     uint64_t min_lsn;
+    /* Early cancel (see pgg_cancel above); NULL: none.  A union so that the
+     * struct keeps its size and layout where pointers are 4 bytes. */
+    union {
+        pgg_cancel *cancel;
+        uint64_t cancel_pad_;
+    };
     /* Room for options added later without an ABI break: leave zeroed
      * (initialise the struct with = {0} or designated initialisers). */
-    uint64_t reserved_[7];
+    uint64_t reserved_[6];
 } pgg_call;
 
 /* Attempt only once, even for a read. */
@@ -634,6 +688,61 @@ typedef void (*pgg_event_fn)(const pgg_event *ev, void *userdata);
  */
 PGG_EXPORT void pgg_pool_on_event(pgg_pool *pool, pgg_event_fn fn,
                                   void *userdata);
+
+/* ---------------------------------------------------------------- tracing */
+
+/* What a traced call is. */
+typedef enum pgg_trace_kind {
+    PGG_TRACE_EXEC = 0,     /* pgg_exec, pgg_exec_params, pgg_execf */
+    PGG_TRACE_PREPARED = 1, /* pgg_exec_prepared */
+    PGG_TRACE_LEASE = 2     /* pgg_lease_exec, _params, _prepared */
+} pgg_trace_kind;
+
+/*
+ * One call, as a tracer sees it (pgx's QueryTracer).  Valid only during
+ * the callback; the strings too (copy what you keep).  At the start, the
+ * fields marked "end" are zero / NULL / "".
+ */
+typedef struct pgg_trace {
+    pgg_trace_kind kind;
+    pgg_intent intent;      /* a lease's: the intent it was acquired with */
+    const char *sql;        /* the SQL text (a prepared statement's too) */
+    const char *stmt_name;  /* PGG_TRACE_PREPARED (or a lease's): the name */
+    /* end: */
+    int code;               /* PGG_OK or the PGG_E* code the call returned */
+    char sqlstate[6];       /* the server's SQLSTATE, or "" */
+    const char *host;       /* "host:port" that served it (the last tried),
+                               or NULL when none */
+    int host_index;         /* its index, or -1 */
+    int attempts;           /* hosts tried (1 for a lease) */
+    int sent;               /* as pgg_info.sent */
+    int from_cache;         /* as pgg_info.from_cache */
+    int64_t elapsed_us;     /* time spent in the call */
+    /* Room for fields added later; zero today. */
+    uint64_t reserved_[8];
+} pgg_trace;
+
+/* Called when a call starts; its return value (a span, a timestamp, NULL)
+ * is handed to the end callback of the same call. */
+typedef void *(*pgg_trace_start_fn)(const pgg_trace *t, void *userdata);
+/* Called when the same call ends, on the same thread, before it returns. */
+typedef void (*pgg_trace_end_fn)(const pgg_trace *t, void *span,
+                                 void *userdata);
+
+/*
+ * Trace every one-shot call (plain, with parameters, typed, prepared) and
+ * every lease statement: start is called as the call starts, end as it
+ * ends (either may be NULL; both NULL removes the tracer).  Set on the
+ * config, so fixed for the pool's life: a pool without one pays one load
+ * and a branch per call.  Callbacks run on the caller's thread, outside
+ * every lock of the pool, and their time counts against the call's
+ * deadline: keep them short.  They must not call into the same pool with
+ * the same lease.  userdata must outlive the pool.
+ * Errors: PGG_EINVAL (NULL cfg).
+ */
+PGG_EXPORT int pgg_config_on_trace(pgg_config *cfg, pgg_trace_start_fn start,
+                                   pgg_trace_end_fn end, void *userdata,
+                                   pgg_error *err);
 
 /* ------------------------------------------------------- read your writes */
 

@@ -1,5 +1,6 @@
 #include "bulkhead.h"
 
+#include "cancel.h"
 #include "error.h"
 
 #include <stdlib.h>
@@ -150,8 +151,16 @@ static int wait_for_slot(pgg_bulkhead *bh, int64_t deadline)
     }
     w.result = PENDING;
     enqueue(bh, &w);
-    while (w.result == PENDING && pgg__clock_now(bh->clock) < deadline)
-        pgg__clock_wait(bh->clock, &w.cv, &bh->mu, deadline);
+    for (;;) {
+        int64_t now = pgg__clock_now(bh->clock);
+
+        if (w.result != PENDING || now >= deadline || pgg__cancel_now())
+            break;
+        /* Sliced while the call has a cancel handle, so a fire is seen
+         * within a slice. */
+        pgg__clock_wait(bh->clock, &w.cv, &bh->mu,
+                        pgg__cancel_slice(now, deadline));
+    }
     rc = w.result;
     if (rc == PENDING) {
         /* Nobody dequeued us, so nobody will signal w.cv again. */

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cancel.h"
 #include "error.h"
 #include "pool.h"
 
@@ -682,9 +683,15 @@ bool pgg__health_await_round(pgg_health *hl, int64_t deadline_ns)
     atomic_store(&hl->wake_pending, true);
     signal_event(hl);
     pthread_mutex_lock(&hl->mu);
-    while (hl->rounds < want && !atomic_load(&hl->stopping) &&
-           pgg__now_ns() < deadline_ns) {
-        struct timespec ts = pgg__ns_to_timespec(deadline_ns);
+    for (;;) {
+        int64_t now = pgg__now_ns();
+        struct timespec ts;
+
+        if (hl->rounds >= want || atomic_load(&hl->stopping) ||
+            now >= deadline_ns || pgg__cancel_now())
+            break;
+        /* Sliced while the caller's call has a cancel handle. */
+        ts = pgg__ns_to_timespec(pgg__cancel_slice(now, deadline_ns));
         pthread_cond_timedwait(&hl->cv, &hl->mu, &ts);
     }
     done = hl->rounds >= want;

@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cancel.h"
 #include "clock.h"
 #include "error.h"
 #include "tls.h"
@@ -313,7 +314,7 @@ int pgg__host_borrow(pgg_host *h, int64_t deadline_ns, int64_t now,
             h->n_busy--;
             now = pgg__now_ns();
         }
-        if (now >= deadline_ns) {
+        if (now >= deadline_ns || pgg__cancel_now()) {
             /* A give-back may have signalled us as the deadline came: pass
              * the wakeup on to a waiter that can still use it. */
             if (h->n_waiting > 0 &&
@@ -376,10 +377,10 @@ int pgg__host_borrow(pgg_host *h, int64_t deadline_ns, int64_t now,
             struct timespec ts;
 
             /* Full server: look again when a connect may be let in. */
-            ts = pgg__ns_to_timespec(now < h->full_until_ns &&
-                                             h->full_until_ns < deadline_ns
-                                         ? h->full_until_ns
-                                         : deadline_ns);
+            ts = pgg__ns_to_timespec(pgg__cancel_slice(
+                now, now < h->full_until_ns && h->full_until_ns < deadline_ns
+                         ? h->full_until_ns
+                         : deadline_ns));
             h->n_waiting++;
             pthread_cond_timedwait(&h->cv, &h->mu, &ts);
             h->n_waiting--;

@@ -317,9 +317,11 @@ pass:
     return NULL;
 }
 
-/* One statement through the lease: bounded, classified, recorded. */
-static PGresult *lease_run(pgg_lease *lease, const pgg_query *q,
-                           int timeout_ms, pgg_error *err)
+/* One statement through the lease: bounded, classified, recorded.  info
+ * (may be NULL, as for an untraced pool) gets what a tracer is told. */
+static PGresult *lease_run_call(pgg_lease *lease, const pgg_query *q,
+                                int timeout_ms, pgg_error *err,
+                                pgg_info *info)
 {
     pgg_vis_req vr;
     pgg_query qv;
@@ -379,6 +381,14 @@ static PGresult *lease_run(pgg_lease *lease, const pgg_query *q,
 
     v = pgg__pool_exec_on(lease->pool, lease->h, &lease->l, lease->intent, q,
                           deadline, tp, start, &res, &end, &ended, err);
+    if (info) {
+        pgg__strlcpy(info->host, lease->h->name, sizeof info->host);
+        info->host_index = lease->h->index;
+        info->attempts = 1;
+        info->sent = end != PGG_END_NOT_SENT && end != PGG_END_EXPIRED &&
+                     end != PGG_END_REFUSED;
+        info->elapsed_us = (ended - start) / 1000;
+    }
     if (q->vis && q->vis->lsn && end == PGG_END_RESULT) {
         lease->lsn = q->vis->lsn;
         pgg__vis_note_write(lease->pool->vis, q->vis->lsn);
@@ -395,6 +405,30 @@ static PGresult *lease_run(pgg_lease *lease, const pgg_query *q,
         PQclear(res);
         return NULL;
     }
+    return res;
+}
+
+static PGresult *lease_run(pgg_lease *lease, const pgg_query *q,
+                           int timeout_ms, pgg_error *err)
+{
+    pgg_info info;
+    pgg_error local;
+    pgg_trace t;
+    void *span;
+    PGresult *res;
+
+    if (!lease || orphaned(lease) || !lease->pool->traced)
+        return lease_run_call(lease, q, timeout_ms, err, NULL);
+    if (!err)
+        err = &local;
+    memset(&info, 0, sizeof info);
+    t = (pgg_trace){.kind = PGG_TRACE_LEASE,
+                    .intent = lease->intent,
+                    .sql = q->sql,
+                    .stmt_name = q->stmt_name};
+    span = pgg__trace_begin(lease->pool, &t);
+    res = lease_run_call(lease, q, timeout_ms, err, &info);
+    pgg__trace_finish(lease->pool, &t, span, &info, err);
     return res;
 }
 

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "cancel.h"
 #include "clock.h"
 #include "error.h"
 
@@ -30,8 +31,8 @@
  * round every wait up and make a hung server cost up to a millisecond more
  * than the deadline.
  */
-static int wait_socket(pgg_wd_slot *slot, int fd, short events,
-                       int64_t deadline_ns)
+static int wait_socket(pgg_wd_slot *slot, const pgg_cancel *cancel, int fd,
+                       short events, int64_t deadline_ns)
 {
     struct pollfd p;
 
@@ -44,21 +45,27 @@ static int wait_socket(pgg_wd_slot *slot, int fd, short events,
         p.events = events;
         p.revents = 0;
         pgg__watchdog_arm(slot, fd, deadline_ns);
-        do
-            r = poll(&p, 1, -1);
-        while (r < 0 && errno == EINTR);
-        if (pgg__watchdog_disarm(slot))
+        /* A fire the watchdog may have missed (watchdog.c): look after
+         * arming, before sleeping. */
+        if (cancel && pgg__cancel_fired(cancel))
+            r = 0;
+        else
+            do
+                r = poll(&p, 1, -1);
+            while (r < 0 && errno == EINTR);
+        if (pgg__watchdog_disarm(slot) || r == 0)
             return 0;
         if (r > 0)
             return p.revents ? p.revents : events;
         return -1;
     }
     for (;;) {
-        int64_t left = deadline_ns - pgg__now_ns();
+        int64_t now = pgg__now_ns();
+        int64_t left = pgg__cancel_slice(now, deadline_ns) - now;
         struct timespec ts;
         int r;
 
-        if (left <= 0)
+        if (left <= 0 || pgg__cancel_now())
             return 0;
         ts.tv_sec = (time_t)(left / 1000000000);
         ts.tv_nsec = (long)(left % 1000000000);
@@ -242,7 +249,7 @@ int pgg__link_connect(const char *const *keys, const char *const *vals,
             goto failed;
         events = st == PGRES_POLLING_READING ? POLLIN : POLLOUT;
         /* The socket changes when libpq moves to the next address. */
-        r = wait_socket(NULL, PQsocket(conn), events, deadline_ns);
+        r = wait_socket(NULL, NULL, PQsocket(conn), events, deadline_ns);
         if (r == 0) {
             PQfinish(conn);
             return pgg__error_set(err, PGG_ETIMEDOUT, NULL, host,
@@ -360,16 +367,21 @@ int pgg__link_wait(PGconn *conn, int64_t deadline_ns, const char *host,
     return pgg__link_wait_wd(NULL, conn, deadline_ns, host, out, end, err);
 }
 
-static int collect(pgg_wd_slot *slot, PGconn *conn, int64_t deadline_ns,
-                   const char *host, PGresult **out, pgg_attempt_end *end,
-                   pgg_error *err);
+static int collect(pgg_wd_slot *slot, const pgg_cancel *cancel, PGconn *conn,
+                   int64_t deadline_ns, const char *host, PGresult **out,
+                   pgg_attempt_end *end, pgg_error *err);
 
 int pgg__link_wait_wd(pgg_watchdog *wd, PGconn *conn, int64_t deadline_ns,
                       const char *host, PGresult **out, pgg_attempt_end *end,
                       pgg_error *err)
 {
     pgg_wd_slot *slot = wd ? pgg__watchdog_claim(wd) : NULL;
-    int rc = collect(slot, conn, deadline_ns, host, out, end, err);
+    pgg_cancel *cancel = slot ? pgg__cancel_cur : NULL;
+    int rc;
+
+    if (cancel)
+        pgg__watchdog_set_cancel(slot, cancel);
+    rc = collect(slot, cancel, conn, deadline_ns, host, out, end, err);
 
     pgg__watchdog_release(slot);
     return rc;
@@ -384,17 +396,17 @@ int pgg__link_wait_wd(pgg_watchdog *wd, PGconn *conn, int64_t deadline_ns,
  * from the second wait of a call on, the clock decides first; the first
  * wait, all that a small answer needs, still reads no clock.
  */
-static int wait_next(pgg_wd_slot *slot, int fd, short events,
-                     int64_t deadline_ns, int *waits)
+static int wait_next(pgg_wd_slot *slot, const pgg_cancel *cancel, int fd,
+                     short events, int64_t deadline_ns, int *waits)
 {
     if (slot && (*waits)++ > 0 && pgg__now_ns() >= deadline_ns)
         return 0;
-    return wait_socket(slot, fd, events, deadline_ns);
+    return wait_socket(slot, cancel, fd, events, deadline_ns);
 }
 
-static int collect(pgg_wd_slot *slot, PGconn *conn, int64_t deadline_ns,
-                   const char *host, PGresult **out, pgg_attempt_end *end,
-                   pgg_error *err)
+static int collect(pgg_wd_slot *slot, const pgg_cancel *cancel, PGconn *conn,
+                   int64_t deadline_ns, const char *host, PGresult **out,
+                   pgg_attempt_end *end, pgg_error *err)
 {
     PGresult *keep = NULL;
     int r, waits = 0;
@@ -402,7 +414,7 @@ static int collect(pgg_wd_slot *slot, PGconn *conn, int64_t deadline_ns,
     *out = NULL;
     /* Push the query out; a hung server may stop reading our bytes. */
     while ((r = PQflush(conn)) == 1) {
-        int ev = wait_next(slot, PQsocket(conn), POLLIN | POLLOUT,
+        int ev = wait_next(slot, cancel, PQsocket(conn), POLLIN | POLLOUT,
                            deadline_ns, &waits);
         if (ev == 0)
             goto deadline;
@@ -444,7 +456,8 @@ static int collect(pgg_wd_slot *slot, PGconn *conn, int64_t deadline_ns,
                 goto done;
             return lost(conn, out, keep, end, PGG_END_LOST, host, err);
         }
-        r = wait_next(slot, PQsocket(conn), POLLIN, deadline_ns, &waits);
+        r = wait_next(slot, cancel, PQsocket(conn), POLLIN, deadline_ns,
+                      &waits);
         if (r == 0)
             goto deadline;
         if (r < 0 || !PQconsumeInput(conn)) {
@@ -802,5 +815,5 @@ void pgg__canceller_free(pgg_canceller *c, int64_t max_wait_ns)
 
 int pgg__link_poll(int fd, short events, int64_t deadline_ns)
 {
-    return wait_socket(NULL, fd, events, deadline_ns);
+    return wait_socket(NULL, NULL, fd, events, deadline_ns);
 }

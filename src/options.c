@@ -1344,3 +1344,16 @@ int pgg_config_on_connect(pgg_config *cfg, const char *sql, pgg_connect_fn fn,
     cfg->on_connect.userdata = userdata;
     return PGG_OK;
 }
+
+int pgg_config_on_trace(pgg_config *cfg, pgg_trace_start_fn start,
+                        pgg_trace_end_fn end, void *userdata, pgg_error *err)
+{
+    pgg__error_reset(err);
+    if (!cfg)
+        return pgg__error_set(err, PGG_EINVAL, NULL, NULL,
+                              "pgg_config_on_trace: NULL config");
+    cfg->trace_start = start;
+    cfg->trace_end = end;
+    cfg->trace_ud = start || end ? userdata : NULL;
+    return PGG_OK;
+}

@@ -54,6 +54,10 @@ struct pgg_config {
     int max_attempts; /* hosts tried by one read */
     bool lease_reset; /* DISCARD ALL when a lease comes back */
     pgg_on_connect on_connect; /* run on each new connection */
+    /* pgg_config_on_trace: called at each call's start and end. */
+    pgg_trace_start_fn trace_start;
+    pgg_trace_end_fn trace_end;
+    void *trace_ud;
     int64_t lease_leak_ms; /* report a lease held longer; 0: never */
     /* A read attempt that another candidate could still take over ends at
      * this (Envoy's per_try_timeout): a hung host then costs a read part of

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cancel.h"
 #include "error.h"
 #include "health.h"
 #include "tls.h"
@@ -196,6 +197,10 @@ pgg_pool *pgg_pool_new(const pgg_config *cfg, pgg_error *err)
     pool->clock = pgg__clock_system();
     pool->nhosts = cfg->nhosts;
     pool->read_policy = cfg->read_policy;
+    pool->traced = cfg->trace_start || cfg->trace_end;
+    pool->trace_start = cfg->trace_start;
+    pool->trace_end = cfg->trace_end;
+    pool->trace_ud = cfg->trace_ud;
     pool->max_attempts = cfg->max_attempts;
     pool->attempt_timeout_ns = ms_to_ns(cfg->attempt_timeout_ms);
     pool->attempt_auto = cfg->attempt_timeout_auto;
@@ -465,6 +470,14 @@ pgg_take pgg__pool_take(pgg_pool *pool, pgg_host *h, pgg_intent intent,
             pgg__pool_record(pool, h, *ticket, PGG_CLASS_IGNORED, start, now);
             return PGG_TAKE_SKIPPED;
         }
+        if (pgg__cancel_now()) {
+            /* Our own doing, not the host's. */
+            pgg__pool_record(pool, h, *ticket, PGG_CLASS_IGNORED, start, now);
+            pgg__error_set(err, PGG_ECANCELED, NULL, h->name,
+                           "call cancelled by the caller while connecting; "
+                           "not sent");
+            return PGG_TAKE_SKIPPED;
+        }
         /* A refusal at startup carries its SQLSTATE: too many clients is
          * the host's, a wrong password the caller's (classify.h). */
         v = pgg__classify_connect(&pool->cfg->classifier,
@@ -612,6 +625,21 @@ pgg_verdict pgg__pool_exec_on(pgg_pool *pool, pgg_host *h, pgg_link **lp,
     *ended = pgg__now_ns();
     v = pgg__classify_result(&pool->cfg->classifier, *end, *res, intent,
                              role == PGG_ROLE_STANDBY);
+    if (v.cls != PGG_CLASS_SUCCESS && pgg__cancel_now()) {
+        /* The caller cancelled: the wait ended by its fire (or failed
+         * after it), which says nothing of the host and is not retried.
+         * A query in flight is abandoned below as at a deadline, with the
+         * server-side cancel. */
+        v.cls = PGG_CLASS_IGNORED;
+        v.retry = false;
+        v.reprobe_role = false;
+        v.code = PGG_ECANCELED;
+        pgg__error_set(err, PGG_ECANCELED, NULL, h->name,
+                       *end == PGG_END_DEADLINE
+                           ? "call cancelled by the caller; connection "
+                             "dropped and the query cancelled"
+                           : "call cancelled by the caller");
+    }
     if (v.cls == PGG_CLASS_CONNECTION && *end == PGG_END_RESULT &&
         session_survived(l->conn, *res)) {
         /* A protocol error the server answered (08P01 for a parameter
@@ -671,9 +699,11 @@ pgg_verdict pgg__pool_exec_on(pgg_pool *pool, pgg_host *h, pgg_link **lp,
     }
     if (*end == PGG_END_DEADLINE) {
         /* Fresh reads go elsewhere first for a while (or until this host
-         * answers one), rather than into the same wait again. */
-        atomic_store_explicit(&h->suspect_until_ns, *ended + SUSPECT_NS,
-                              memory_order_relaxed);
+         * answers one), rather than into the same wait again; not after a
+         * cancel, which says nothing of the host. */
+        if (v.code != PGG_ECANCELED)
+            atomic_store_explicit(&h->suspect_until_ns, *ended + SUSPECT_NS,
+                                  memory_order_relaxed);
         /* The session is in an unknown state: it never comes back. */
         pgg__host_abandon(h, l, pool->canceller);
         *lp = NULL;
@@ -877,8 +907,17 @@ static void suspects_last(pgg_pool *pool, int *cand, int n, int64_t now)
     memcpy(cand + nk, late, (size_t)nl * sizeof *cand);
 }
 
-static PGresult *run(pgg_pool *pool, pgg_intent intent, const pgg_query *q,
-                     const pgg_call *call, pgg_info *info, pgg_error *err)
+static void cancelled(pgg_error *err)
+{
+    pgg__error_set(err, PGG_ECANCELED, NULL, NULL,
+                   "call cancelled by the caller");
+}
+
+/* cancel: the call's handle, current on this thread (run_cancellable), or
+ * NULL: a call without one tests a register, not the thread's state. */
+static PGresult *run_call(pgg_pool *pool, pgg_intent intent,
+                          const pgg_query *q, const pgg_call *call,
+                          pgg_info *info, pgg_error *err, pgg_cancel *cancel)
 {
     pgg_vis_req vr;
     pgg_query qv;
@@ -926,6 +965,8 @@ static PGresult *run(pgg_pool *pool, pgg_intent intent, const pgg_query *q,
     deadline = start + timeout_ns;
 
     if (pgg__pool_enter(pool, start, deadline, err) != PGG_OK) {
+        if (pgg__cancel_fired(cancel))
+            cancelled(err);
         if (info)
             info->elapsed_us = (pgg__now_ns() - start) / 1000;
         return NULL;
@@ -941,6 +982,11 @@ pass:
     for (int i = 0, again = -1, reroutes = 0; i < ncand && !served; i++) {
         pgg_host *h = &pool->hosts[cand[i]];
 
+        if (cancel && pgg__cancel_fired(cancel)) {
+            cancelled(err);
+            final = true;
+            break;
+        }
         if (now >= deadline) {
             if (attempts == 0 || !err->code)
                 pgg__error_set(err, PGG_ETIMEDOUT, NULL, NULL,
@@ -968,6 +1014,13 @@ pass:
             info->sent = a.end != PGG_END_CONNECT_FAILED &&
                          a.end != PGG_END_NOT_SENT &&
                          a.end != PGG_END_EXPIRED && a.end != PGG_END_REFUSED;
+        if (a.v.code == PGG_ECANCELED) {
+            info_served(info, h);
+            PQclear(a.res);
+            a.res = NULL;
+            final = true;
+            break;
+        }
         if (!pgg__host_failure(a.v.cls) && a.v.cls != PGG_CLASS_WRONG_ROLE &&
             !(a.v.cls == PGG_CLASS_IGNORED && a.v.retry &&
               may_retry(pool, intent, call, &a, attempts))) {
@@ -1035,7 +1088,10 @@ pass:
     } else {
         PQclear(spare);
     }
-    if (!served && attempts == 0 &&
+    if (cancel && !served && err->code != PGG_ECANCELED &&
+        pgg__cancel_fired(cancel))
+        cancelled(err); /* a read-your-writes wait the fire ended */
+    else if (!served && attempts == 0 &&
         (err->code == PGG_OK ||
          (rejected && err->code != PGG_ETIMEDOUT && err->code != PGG_ECLOSED)))
         pgg__pool_no_host_error(pool, intent, rejected ? ncand : 0, err);
@@ -1060,6 +1116,74 @@ pass:
         info->elapsed_us = ((served ? now : pgg__now_ns()) - start) / 1000;
     }
     return res;
+}
+
+/* A call with a cancel handle: refused at once when it is already fired,
+ * else run with the handle current on this thread (cancel.h).  Kept out of
+ * line so that a call without one reaches run_call by a tail call. */
+#if defined(__GNUC__)
+__attribute__((noinline))
+#endif
+static PGresult *run_cancellable(pgg_pool *pool, pgg_intent intent,
+                                 const pgg_query *q, const pgg_call *call,
+                                 pgg_info *info, pgg_error *err)
+{
+    pgg_cancel *c = call->cancel, *prev;
+    PGresult *res;
+
+    if (pgg__cancel_fired(c)) {
+        info_reset(info);
+        cancelled(err);
+        atomic_fetch_add(&pool->calls_failed, 1);
+        return NULL;
+    }
+    prev = pgg__cancel_enter(c, pool->watchdog);
+    res = run_call(pool, intent, q, call, info, err, c);
+    pgg__cancel_leave(c, prev);
+    return res;
+}
+
+static PGresult *run_guarded(pgg_pool *pool, pgg_intent intent,
+                             const pgg_query *q, const pgg_call *call,
+                             pgg_info *info, pgg_error *err)
+{
+    if (call && call->cancel && pool)
+        return run_cancellable(pool, intent, q, call, info, err);
+    return run_call(pool, intent, q, call, info, err, NULL);
+}
+
+#if defined(__GNUC__)
+__attribute__((noinline))
+#endif
+static PGresult *run_traced(pgg_pool *pool, pgg_intent intent,
+                            const pgg_query *q, const pgg_call *call,
+                            pgg_info *info, pgg_error *err)
+{
+    pgg_info local_info;
+    pgg_error local_err;
+    pgg_trace t = {.kind = q->stmt ? PGG_TRACE_PREPARED : PGG_TRACE_EXEC,
+                   .intent = intent,
+                   .sql = q->sql,
+                   .stmt_name = q->stmt ? q->stmt->name : NULL};
+    void *span;
+    PGresult *res;
+
+    if (!info)
+        info = &local_info;
+    if (!err)
+        err = &local_err;
+    span = pgg__trace_begin(pool, &t);
+    res = run_guarded(pool, intent, q, call, info, err);
+    pgg__trace_finish(pool, &t, span, info, err);
+    return res;
+}
+
+static PGresult *run(pgg_pool *pool, pgg_intent intent, const pgg_query *q,
+                     const pgg_call *call, pgg_info *info, pgg_error *err)
+{
+    if (pool && pool->traced)
+        return run_traced(pool, intent, q, call, info, err);
+    return run_guarded(pool, intent, q, call, info, err);
 }
 
 PGresult *pgg_exec(pgg_pool *pool, pgg_intent intent, const char *sql,

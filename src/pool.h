@@ -59,6 +59,12 @@ struct pgg_pool {
     atomic_bool types_on;
     char *user, *dbname; /* whose rows the cache holds */
 
+    /* The tracer (pgg_config_on_trace), fixed for the pool's life. */
+    bool traced;
+    pgg_trace_start_fn trace_start;
+    pgg_trace_end_fn trace_end;
+    void *trace_ud;
+
     pgg_read_policy read_policy;
     int max_attempts;
     int64_t attempt_timeout_ns; /* 0: none, or adaptive (attempt_auto) */
@@ -81,6 +87,13 @@ struct pgg_pool {
 /* Record a host's role; emits PGG_EVENT_ROLE when it changed. */
 void pgg__pool_set_role(pgg_pool *pool, pgg_host *h, pgg_role role,
                         const char *reason);
+/* The tracer's two calls (trace.c): t holds the call's kind, intent and
+ * SQL; begin returns the span, finish fills the end fields from info and
+ * err and hands the span back. */
+void *pgg__trace_begin(pgg_pool *pool, pgg_trace *t);
+void pgg__trace_finish(pgg_pool *pool, pgg_trace *t, void *span,
+                       const pgg_info *info, const pgg_error *err);
+
 /* Deliver an event to the listener, outside every lock. */
 void pgg__pool_emit(pgg_pool *pool, const pgg_event *ev);
 

@@ -15,6 +15,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "cancel.h"
 #include "clock.h"
 #include "error.h"
 #include "health.h"
@@ -275,9 +276,9 @@ static void wait_for(pgg_pool *pool, uint64_t need, int64_t until)
     /* Counted before looking (see wake_waiters). */
     atomic_fetch_add(&v->waiters, 1);
     while (!some_standby_has(pool, need) && now < until &&
-           !atomic_load(&pool->closed)) {
+           !atomic_load(&pool->closed) && !pgg__cancel_now()) {
         int64_t wake_at = now + v->poll_ns < until ? now + v->poll_ns : until;
-        struct timespec ts = pgg__ns_to_timespec(wake_at);
+        struct timespec ts = pgg__ns_to_timespec(pgg__cancel_slice(now, wake_at));
 
         want_round(pool, now);
         pthread_mutex_lock(&v->mu);

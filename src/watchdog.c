@@ -8,6 +8,7 @@
 #include <string.h>
 #include <sys/socket.h>
 
+#include "cancel.h"
 #include "clock.h"
 #include "error.h"
 #include "tls.h"
@@ -37,6 +38,15 @@
  *  arm and disarm and has not closed the fd (it owns the connection and
  *  calls nothing that could close it inside the window).
  *
+ * A caller's cancel (cancel.h) changes only when a window expires, never
+ * who may shut it down: a fire sets its handle's flag and kicks the
+ * watchdog (cancel_scan), whose next scan takes every armed window that
+ * has a handle through the same CAS ARMED -> FIRING, reads the handle only
+ * then (the window, and so the call that owns the handle, is still live),
+ * and shuts the fd down if it is fired or puts the window back ARMED.  A
+ * window armed after that scan looked is the waiter's to check: it reads
+ * the flag after its ARMED store and does not poll when it is set.
+ *
  * Slots live in chunks that are only ever added (under mu) and freed with
  * the watchdog, so the watchdog walks them without a lock.  Each slot has
  * its own cache line: a waiter's arm and disarm touch only its line.
@@ -52,6 +62,12 @@ struct pgg_wd_slot {
      * early look (see scan) is no data race. */
     atomic_int fd;
     _Atomic int_fast64_t deadline_ns;
+    /* The caller's cancel handle for the slot's windows (set while OWNED,
+     * so published by the ARMED store like fd): a fired handle ends a
+     * window as its deadline would.  Dereferenced only after the CAS to
+     * FIRING, while the waiter is inside the window and its call (which
+     * keeps the handle alive) under way. */
+    _Atomic(pgg_cancel *) cancel;
     pgg_watchdog *wd;
 };
 
@@ -70,6 +86,7 @@ struct pgg_watchdog {
     bool kick;                    /* an arm wants an earlier wake-up */
     _Atomic int_fast64_t next_wake; /* when the watchdog looks next */
     atomic_uint_fast64_t fired;
+    atomic_bool cancel_scan; /* a handle fired: look at windows that have one */
     pthread_t thread;
 };
 
@@ -87,18 +104,27 @@ static PGG_TLS struct {
 static int64_t scan(pgg_watchdog *wd, int64_t now)
 {
     int64_t earliest = PGG_TIME_NEVER;
+    /* Sequentially consistent with pgg__watchdog_kick_cancel's store, and
+     * the loads of state below too in that pass, so that a window armed
+     * before the fire (in that order) is seen ARMED here. */
+    bool cancels = atomic_exchange(&wd->cancel_scan, false);
 
     for (chunk *c = &wd->first; c; c = atomic_load(&c->next)) {
         for (int i = 0; i < CHUNK; i++) {
             pgg_wd_slot *s = &c->slots[i];
-            int st = atomic_load_explicit(&s->state, memory_order_acquire);
+            int st = cancels ? atomic_load(&s->state)
+                             : atomic_load_explicit(&s->state,
+                                                    memory_order_acquire);
             int64_t d;
+            bool by_cancel = false;
 
             if (st != ARMED)
                 continue;
             /* A first look, maybe at an older window of this slot. */
             d = atomic_load_explicit(&s->deadline_ns, memory_order_relaxed);
-            if (d > now) {
+            if (d > now &&
+                !(cancels && atomic_load_explicit(&s->cancel,
+                                                  memory_order_relaxed))) {
                 if (d < earliest)
                     earliest = d;
                 continue;
@@ -110,7 +136,10 @@ static int64_t scan(pgg_watchdog *wd, int64_t now)
              * ARMED -> OWNED -> ARMED since the first look (a new window
              * with a later deadline). */
             d = atomic_load_explicit(&s->deadline_ns, memory_order_relaxed);
-            if (d > now) {
+            if (d > now)
+                by_cancel = pgg__cancel_fired(atomic_load_explicit(
+                    &s->cancel, memory_order_relaxed));
+            if (d > now && !by_cancel) {
                 atomic_store_explicit(&s->state, ARMED, memory_order_release);
                 if (d < earliest)
                     earliest = d;
@@ -185,6 +214,7 @@ static void chunk_init(chunk *c, pgg_watchdog *wd)
         atomic_init(&c->slots[i].state, FREE);
         atomic_init(&c->slots[i].fd, -1);
         atomic_init(&c->slots[i].deadline_ns, 0);
+        atomic_init(&c->slots[i].cancel, NULL);
         c->slots[i].wd = wd;
     }
     atomic_init(&c->next, NULL);
@@ -210,6 +240,7 @@ pgg_watchdog *pgg__watchdog_new(int64_t tick_ns, pgg_error *err)
     chunk_init(&wd->first, wd);
     atomic_init(&wd->next_wake, 0);
     atomic_init(&wd->fired, 0);
+    atomic_init(&wd->cancel_scan, false);
     pthread_mutex_init(&wd->mu, NULL);
     pgg__cond_init(&wd->cv);
     rc = pthread_create(&wd->thread, NULL, watchdog_main, wd);
@@ -287,8 +318,25 @@ pgg_wd_slot *pgg__watchdog_claim(pgg_watchdog *wd)
 
 void pgg__watchdog_release(pgg_wd_slot *s)
 {
-    if (s)
+    if (s) {
+        if (atomic_load_explicit(&s->cancel, memory_order_relaxed))
+            atomic_store_explicit(&s->cancel, NULL, memory_order_relaxed);
         atomic_store_explicit(&s->state, FREE, memory_order_release);
+    }
+}
+
+void pgg__watchdog_set_cancel(pgg_wd_slot *s, pgg_cancel *c)
+{
+    atomic_store_explicit(&s->cancel, c, memory_order_relaxed);
+}
+
+void pgg__watchdog_kick_cancel(pgg_watchdog *wd)
+{
+    atomic_store(&wd->cancel_scan, true);
+    pthread_mutex_lock(&wd->mu);
+    wd->kick = true;
+    pthread_cond_signal(&wd->cv);
+    pthread_mutex_unlock(&wd->mu);
 }
 
 void pgg__watchdog_arm(pgg_wd_slot *s, int fd, int64_t deadline_ns)

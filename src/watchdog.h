@@ -59,6 +59,15 @@ void pgg__watchdog_arm(pgg_wd_slot *s, int fd, int64_t deadline_ns);
  * deadline passed); then no later shutdown can come from this window. */
 bool pgg__watchdog_disarm(pgg_wd_slot *s);
 
+/* The caller's cancel handle (or NULL) for the windows of this claim: set
+ * it while the slot is claimed and not armed.  A fired handle ends an armed
+ * window as a passed deadline does (disarm returns true). */
+void pgg__watchdog_set_cancel(pgg_wd_slot *s, pgg_cancel *c);
+
+/* A handle fired: end every armed window whose handle is fired, now.
+ * Safe from any thread while the watchdog exists. */
+void pgg__watchdog_kick_cancel(pgg_watchdog *wd);
+
 /* Sockets shut down so far (for tests and stats). */
 uint64_t pgg__watchdog_fired(const pgg_watchdog *wd);
 
