@@ -86,6 +86,7 @@ struct pgg_watchdog {
     bool kick;                    /* an arm wants an earlier wake-up */
     _Atomic int_fast64_t next_wake; /* when the watchdog looks next */
     atomic_uint_fast64_t fired;
+    atomic_uint_fast64_t kicks; /* arms that had to wake the watchdog */
     atomic_bool cancel_scan; /* a handle fired: look at windows that have one */
     pthread_t thread;
 };
@@ -100,8 +101,9 @@ static PGG_TLS struct {
 } hint;
 
 /* Fire every expired armed slot; returns the earliest deadline of the
- * windows still armed (PGG_TIME_NEVER when none). */
-static int64_t scan(pgg_watchdog *wd, int64_t now)
+ * windows still armed (PGG_TIME_NEVER when none).  *latest gets the latest
+ * deadline any slot was ever armed with (it grows while calls come). */
+static int64_t scan(pgg_watchdog *wd, int64_t now, int64_t *latest)
 {
     int64_t earliest = PGG_TIME_NEVER;
     /* Sequentially consistent with pgg__watchdog_kick_cancel's store, and
@@ -118,10 +120,12 @@ static int64_t scan(pgg_watchdog *wd, int64_t now)
             int64_t d;
             bool by_cancel = false;
 
-            if (st != ARMED)
-                continue;
             /* A first look, maybe at an older window of this slot. */
             d = atomic_load_explicit(&s->deadline_ns, memory_order_relaxed);
+            if (d > *latest)
+                *latest = d;
+            if (st != ARMED)
+                continue;
             if (d > now &&
                 !(cancels && atomic_load_explicit(&s->cancel,
                                                   memory_order_relaxed))) {
@@ -158,11 +162,17 @@ static int64_t scan(pgg_watchdog *wd, int64_t now)
 
 /*
  * Sleep until the earliest deadline (no sooner than a tick from now, which
- * bounds the watchdog's own CPU when deadlines crowd, and so the lateness),
- * or without a timeout when nothing is armed; an arm whose deadline comes
- * before the published wake-up time kicks the watchdog.  Under uniform
- * call timeouts a new deadline is never the earliest, so callers kick it
- * about once per timeout period at most, and it wakes about as rarely.
+ * bounds the watchdog's own CPU when deadlines crowd, and so the lateness);
+ * an arm whose deadline comes before the published wake-up time kicks the
+ * watchdog.  With nothing armed: while calls keep coming (a slot was armed
+ * with a later deadline since the last look), until the latest deadline
+ * seen, so that the next calls, whose deadlines come later still under
+ * uniform timeouts, need not kick it (a call's waits are short: most looks
+ * find nothing armed, and a watchdog that then slept without a timeout had
+ * every few calls pay a futex wake-up); once no call came since the last
+ * look, without a timeout, and the first call after the lull kicks it.  So
+ * callers kick it about once per lull and it wakes about once per timeout
+ * period while calls come.
  *
  * No window is overlooked: the watchdog publishes next_wake and then looks
  * at the slots again; an arm publishes ARMED and then reads next_wake (all
@@ -173,20 +183,29 @@ static void *watchdog_main(void *arg)
 {
     pgg_watchdog *wd = arg;
 
+    int64_t seen = 0; /* the latest deadline at the previous look */
+
     pthread_mutex_lock(&wd->mu);
     while (!wd->stop) {
-        int64_t now, floor, target, again;
+        int64_t now, floor, target, again, latest = seen, ignored = 0;
 
         wd->kick = false;
         pthread_mutex_unlock(&wd->mu);
         now = pgg__now_ns();
         floor = now + wd->tick_ns;
-        target = scan(wd, now);
+        target = scan(wd, now, &latest);
+        /* Nothing armed, but calls came since the last look: wake when the
+         * latest of them would have expired.  A finite next_wake keeps the
+         * protocol as it is: an arm before it kicks, one after it is seen
+         * by that look. */
+        if (target == PGG_TIME_NEVER && latest > seen && latest > now)
+            target = latest;
+        seen = latest;
         for (;;) {
             if (target < floor)
                 target = floor;
             atomic_store(&wd->next_wake, target);
-            again = scan(wd, now);
+            again = scan(wd, now, &ignored);
             if (again >= target || target == floor)
                 break;
             target = again;
@@ -240,6 +259,7 @@ pgg_watchdog *pgg__watchdog_new(int64_t tick_ns, pgg_error *err)
     chunk_init(&wd->first, wd);
     atomic_init(&wd->next_wake, 0);
     atomic_init(&wd->fired, 0);
+    atomic_init(&wd->kicks, 0);
     atomic_init(&wd->cancel_scan, false);
     pthread_mutex_init(&wd->mu, NULL);
     pgg__cond_init(&wd->cv);
@@ -356,6 +376,7 @@ void pgg__watchdog_arm(pgg_wd_slot *s, int fd, int64_t deadline_ns)
         wd->kick = true;
         pthread_cond_signal(&wd->cv);
         pthread_mutex_unlock(&wd->mu);
+        atomic_fetch_add_explicit(&wd->kicks, 1, memory_order_relaxed);
     }
 }
 
@@ -379,4 +400,9 @@ bool pgg__watchdog_disarm(pgg_wd_slot *s)
 uint64_t pgg__watchdog_fired(const pgg_watchdog *wd)
 {
     return wd ? (uint64_t)atomic_load(&wd->fired) : 0;
+}
+
+uint64_t pgg__watchdog_kicks(const pgg_watchdog *wd)
+{
+    return wd ? (uint64_t)atomic_load(&wd->kicks) : 0;
 }

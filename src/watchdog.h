@@ -70,5 +70,7 @@ void pgg__watchdog_kick_cancel(pgg_watchdog *wd);
 
 /* Sockets shut down so far (for tests and stats). */
 uint64_t pgg__watchdog_fired(const pgg_watchdog *wd);
+/* Arms that had to wake the watchdog (a futex call on the caller's path). */
+uint64_t pgg__watchdog_kicks(const pgg_watchdog *wd);
 
 #endif

@@ -91,6 +91,40 @@ Test(watchdog, a_window_left_in_time_is_never_shut_down)
     pgg__watchdog_free(wd);
 }
 
+/* Calls in a stream, each wait answered at once, all with the same
+ * timeout: the watchdog, finding nothing armed at each look, must not go
+ * back to sleeping without a timeout, or every few calls pay a futex call to
+ * wake it (issue 10: no more syscalls per call than raw libpq). */
+Test(watchdog, a_stream_of_short_calls_does_not_keep_waking_it)
+{
+    pgg_watchdog *wd = wd_new();
+    int sv[2];
+
+    pair(sv);
+    for (int i = 0; i < 100; i++) {
+        pgg_wd_slot *s = pgg__watchdog_claim(wd);
+        int rev = 0;
+        char c;
+
+        cr_assert_not_null(s);
+        cr_assert_eq(send(sv[1], "a", 1, MSG_NOSIGNAL), 1);
+        cr_assert(!wait_fired(s, sv[0], pgg__now_ns() + PGG_NS_PER_SEC, &rev));
+        cr_assert_eq(recv(sv[0], &c, 1, 0), 1);
+        pgg__watchdog_release(s);
+        /* Let the watchdog take its look while nothing is armed, as it
+         * does between a client's calls. */
+        usleep(2000);
+    }
+    /* The first call of the stream wakes it; later deadlines come after
+     * the one it waits for. */
+    cr_expect_leq(pgg__watchdog_kicks(wd), 3, "%llu of 100 calls woke the watchdog",
+                  (unsigned long long)pgg__watchdog_kicks(wd));
+    cr_expect_eq(pgg__watchdog_fired(wd), 0);
+    close(sv[0]);
+    close(sv[1]);
+    pgg__watchdog_free(wd);
+}
+
 Test(watchdog, an_expired_window_then_a_reused_fd_number)
 {
     pgg_watchdog *wd = wd_new();
