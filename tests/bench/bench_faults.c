@@ -68,6 +68,9 @@
 #include "harness.h"
 #include "pgguard.h"
 
+#define BENCH_NAME "bench-faults"
+#include "bench_util.h"
+
 /* ------------------------------------------------------------ constants */
 
 enum { CL_GUARD, CL_LIBPQ, CL__N };
@@ -140,32 +143,6 @@ typedef struct run {
 } run;
 
 /* ------------------------------------------------------------- helpers */
-
-static void die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
-static void die(const char *fmt, ...)
-{
-    va_list ap;
-
-    va_start(ap, fmt);
-    fputs("bench-faults: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
-    va_end(ap);
-    exit(1);
-}
-
-/* Progress goes to stderr: stdout carries only the report. */
-static void note(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void note(const char *fmt, ...)
-{
-    va_list ap;
-
-    va_start(ap, fmt);
-    fputs("bench-faults: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
-    va_end(ap);
-}
 
 static void sleep_ms(double ms)
 {

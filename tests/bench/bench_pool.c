@@ -48,6 +48,9 @@
 #include "harness.h"
 #include "pgguard.h"
 
+#define BENCH_NAME "bench-pool"
+#include "bench_util.h"
+
 /* ------------------------------------------------------------- clients */
 
 enum { CL_RAW, CL_GUARD, CL_GUARD_B, CL_BOUNCER, CL_CHURN, CL__N };
@@ -115,33 +118,6 @@ static void sleep_s(double s)
     ts.tv_nsec = (long)((s - (double)ts.tv_sec) * 1e9);
     while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
         ;
-}
-
-static void die(const char *fmt, ...)
-    __attribute__((format(printf, 1, 2), noreturn));
-static void die(const char *fmt, ...)
-{
-    va_list ap;
-
-    va_start(ap, fmt);
-    fputs("bench-pool: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
-    va_end(ap);
-    exit(1);
-}
-
-/* Progress goes to stderr: stdout carries only the report. */
-static void note(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void note(const char *fmt, ...)
-{
-    va_list ap;
-
-    va_start(ap, fmt);
-    fputs("bench-pool: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
-    va_end(ap);
 }
 
 static void *xcalloc(size_t n, size_t size)

@@ -19,52 +19,10 @@
 #define CALLS 50000
 #define CAPACITY_MAX 4
 
-static pgg_bulkhead BH;
-static atomic_int inside, max_inside, done;
+#define SCENARIO_CALLS CALLS
+#include "tests/unit/bulkhead_scenario.h"
 
-typedef struct tally {
-    pthread_t th;
-    uint64_t seed;
-    uint64_t ok, full, timeout, other;
-} tally;
-
-static void *worker(void *arg)
-{
-    tally *t = arg;
-
-    for (int i = 0; i < CALLS; i++) {
-        uint64_t r = tsan_xorshift(&t->seed);
-        int64_t now = pgg__now_ns();
-        /* A quarter of the callers may wait a little, the others not at all. */
-        int rc = pgg__bulkhead_enter(&BH, r % 4 ? now : now + (int64_t)(r % 200) * PGG_NS_PER_US,
-                                     now);
-        int n, m;
-
-        switch (rc) {
-        case PGG_OK:
-            n = atomic_fetch_add(&inside, 1) + 1;
-            m = atomic_load(&max_inside);
-            while (n > m && !atomic_compare_exchange_weak(&max_inside, &m, n))
-                ;
-            if (r % 64 == 0) /* hold on, so that the slots fill up */
-                sched_yield();
-            atomic_fetch_sub(&inside, 1);
-            pgg__bulkhead_leave(&BH);
-            t->ok++;
-            break;
-        case PGG_EBULKHEAD:
-            t->full++;
-            break;
-        case PGG_ETIMEDOUT:
-            t->timeout++;
-            break;
-        default:
-            t->other++;
-            break;
-        }
-    }
-    return NULL;
-}
+static atomic_int done;
 
 static void *resizer(void *arg)
 {
@@ -83,7 +41,7 @@ static void *resizer(void *arg)
 
 int main(void)
 {
-    tally t[THREADS];
+    bh_tally t[THREADS];
     pgg_bulkhead_counts c;
     pthread_t rs;
     uint64_t ok = 0, full = 0, timeout = 0, other = 0;
@@ -96,7 +54,7 @@ int main(void)
     for (int i = 0; i < THREADS; i++) {
         memset(&t[i], 0, sizeof t[i]);
         t[i].seed = 0x2545F4914F6CDD1Du * (uint64_t)(i + 1);
-        pthread_create(&t[i].th, NULL, worker, &t[i]);
+        pthread_create(&t[i].th, NULL, bulkhead_worker, &t[i]);
     }
     for (int i = 0; i < THREADS; i++) {
         pthread_join(t[i].th, NULL);

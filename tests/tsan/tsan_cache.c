@@ -14,6 +14,7 @@
 #include "cache.h"
 #include "clock.h"
 #include "tsan_util.h"
+#include "tests/unit/scenario_rand.h"
 
 #define THREADS 8
 #define OPS 20000
@@ -57,7 +58,7 @@ static void *worker(void *arg)
     char value[64], prefix[16];
 
     for (int i = 0; i < OPS; i++) {
-        uint64_t r = tsan_xorshift(&t->seed);
+        uint64_t r = scenario_xorshift(&t->seed);
         int key = (int)(r % KEYS);
         pgg_cache_key k;
         int64_t now = pgg__now_ns(), age;

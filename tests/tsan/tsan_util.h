@@ -38,16 +38,6 @@ static inline int tsan_exit(const char *name)
     return 0;
 }
 
-static inline uint64_t tsan_xorshift(uint64_t *s)
-{
-    uint64_t x = *s;
-
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    return *s = x;
-}
-
 static inline void tsan_sleep_ms(int ms)
 {
     struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};

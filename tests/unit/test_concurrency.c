@@ -18,103 +18,8 @@ TestSuite(concurrency, .timeout = 600);
 #define THREADS 8
 #define CALLS 100000
 
-static uint64_t xorshift(uint64_t *s)
-{
-    uint64_t x = *s;
-
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    return *s = x;
-}
-
-/* ---------------------------------------------------------------- breaker */
-
-static pgg_fake_clock FC;
-static pgg_breaker B;
-
-typedef struct tally {
-    pthread_t th;
-    uint64_t seed;
-    uint64_t allowed, rejected, recorded;
-} tally;
-
-/* Written only by the listener: listeners never run concurrently. */
-static struct {
-    uint64_t n;
-    pgg_breaker_state last;
-    bool broken_chain;
-    pgg_breaker_state bad_from, bad_to;
-} chain;
-static atomic_int in_listener;
-static atomic_int overlapped;
-
-static void chain_listener(void *ud, pgg_breaker_state from, pgg_breaker_state to,
-                           pgg_breaker_reason reason)
-{
-    (void)ud;
-    (void)reason;
-    if (atomic_fetch_add(&in_listener, 1) != 0)
-        atomic_store(&overlapped, 1);
-    if (from != chain.last && !chain.broken_chain) {
-        chain.broken_chain = true;
-        chain.bad_from = chain.last;
-        chain.bad_to = from;
-    }
-    chain.last = to;
-    chain.n++;
-    atomic_fetch_sub(&in_listener, 1);
-}
-
-static void *breaker_worker(void *arg)
-{
-    tally *t = arg;
-    pgg_ticket held = {0}, tk;
-    bool holding = false;
-    uint64_t r;
-    int64_t now;
-    pgg_outcome o;
-    int i;
-
-    for (i = 0; i < CALLS; i++) {
-        /* One microsecond of fake time per call, across all threads. */
-        now = pgg__fake_clock_advance(&FC, PGG_NS_PER_US);
-        r = xorshift(&t->seed);
-        /* Alternate sick and healthy periods of 20 ms. */
-        if (((now - T0) / MS(20)) % 2)
-            o = r % 100 < 70 ? PGG_OUTCOME_FAILURE : PGG_OUTCOME_SUCCESS;
-        else
-            o = r % 100 < 3 ? PGG_OUTCOME_FAILURE : PGG_OUTCOME_SUCCESS;
-        if ((r >> 8) % 10 == 0)
-            o = PGG_OUTCOME_IGNORED;
-        if (!pgg__breaker_allow(&B, now, &tk)) {
-            t->rejected++;
-            continue;
-        }
-        t->allowed++;
-        /* Some calls finish later, across transitions: stale results. */
-        if (!holding && (r >> 16) % 20 == 0) {
-            held = tk;
-            holding = true;
-            continue;
-        }
-        pgg__breaker_record(&B, tk, o, (int64_t)((r >> 24) % MS(5)) / 4, now); /* 20% slow */
-        t->recorded++;
-        if (holding && (r >> 32) % 400 == 0) {
-            pgg__breaker_record(&B, held, PGG_OUTCOME_SUCCESS, 0, now);
-            t->recorded++;
-            holding = false;
-        }
-        if ((r >> 40) % 5000 == 0)
-            pgg__breaker_tick(&B, now);
-    }
-    if (holding) {
-        pgg__breaker_record(&B, held, PGG_OUTCOME_FAILURE, 0,
-                            pgg__clock_now(pgg__fake_clock_base(&FC)));
-        t->recorded++;
-    }
-    return NULL;
-}
+#define SCENARIO_CALLS CALLS
+#include "breaker_scenario.h"
 
 UTest(concurrency, breaker_totals_add_up_exactly)
 {
@@ -125,24 +30,7 @@ UTest(concurrency, breaker_totals_add_up_exactly)
     int i;
 
     pgg__fake_clock_init(&FC, T0);
-    pgg__breaker_config_defaults(&c);
-    c.failure_rate = 50;
-    c.slow_call_rate = 80;
-    c.slow_call_duration_ms = 1;
-    c.min_calls = 10;
-    c.window_type = PGG_WINDOW_TIME;
-    c.window_size = 10;
-    c.window_bucket_ms = 1;
-    c.consecutive_failures = 4;
-    c.open_ms = 1;
-    c.open_multiplier = 2;
-    c.open_max_ms = 8;
-    c.open_jitter = 0.3;
-    c.half_open_probes = 4;
-    c.half_open_successes = 3;
-    c.half_open_max_ms = 3;
-    c.healthy_decay_ms = 10;
-    c.seed = 7;
+    scenario_breaker_config(&c);
     cr_assert_eq(pgg__breaker_init(&B, &c, T0, NULL), PGG_OK);
     memset(&chain, 0, sizeof chain);
     chain.last = PGG_BREAKER_CLOSED;
@@ -198,54 +86,9 @@ UTest(concurrency, breaker_totals_add_up_exactly)
 
 #define CAPACITY_MAX 4
 
-static pgg_bulkhead BH;
-static atomic_int inside, max_inside;
+#include "bulkhead_scenario.h"
+
 static atomic_int resizing_done;
-
-typedef struct bh_tally {
-    pthread_t th;
-    uint64_t seed;
-    uint64_t ok, full, timeout, other;
-} bh_tally;
-
-static void *bulkhead_worker(void *arg)
-{
-    bh_tally *t = arg;
-    int64_t now;
-    int n, m, rc, i;
-    uint64_t r;
-
-    for (i = 0; i < CALLS; i++) {
-        r = xorshift(&t->seed);
-        now = pgg__now_ns();
-        /* A quarter of the callers may wait a little, the others not at all. */
-        rc = pgg__bulkhead_enter(&BH, r % 4 ? now : now + (int64_t)(r % 200) * PGG_NS_PER_US,
-                                 now);
-        switch (rc) {
-        case PGG_OK:
-            n = atomic_fetch_add(&inside, 1) + 1;
-            m = atomic_load(&max_inside);
-            while (n > m && !atomic_compare_exchange_weak(&max_inside, &m, n))
-                ;
-            if (r % 64 == 0) /* hold on, so that the slots fill up */
-                sched_yield();
-            atomic_fetch_sub(&inside, 1);
-            pgg__bulkhead_leave(&BH);
-            t->ok++;
-            break;
-        case PGG_EBULKHEAD:
-            t->full++;
-            break;
-        case PGG_ETIMEDOUT:
-            t->timeout++;
-            break;
-        default:
-            t->other++;
-            break;
-        }
-    }
-    return NULL;
-}
 
 static void *resizer(void *arg)
 {
