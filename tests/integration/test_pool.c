@@ -129,9 +129,17 @@ Test(pool, primary_stopped_writes_fail_fast_reads_continue)
         PQclear(r);
     }
     cr_expect(open, "the primary's breaker never opened");
-    cr_expect_leq(failures_before_open, 3, "took %d failures to open (threshold 3)",
+    /* Three host failures open it.  The one pooled session the stop killed
+     * may cost a call of its own: a write sent on it fails, but a dead
+     * pooled session says nothing of the host and is not counted. */
+    pgg_host_stats hs = host_stats(p, 0);
+    uint64_t counted = hs.failures[PGG_CLASS_CONNECTION] + hs.failures[PGG_CLASS_TIMEOUT] +
+                       hs.failures[PGG_CLASS_UNAVAILABLE];
+    cr_expect_eq(counted, 3, "the breaker counted %llu failures (threshold 3)",
+                 (unsigned long long)counted);
+    cr_expect_leq(failures_before_open, 3 + 1, "took %d failures to open (threshold 3)",
                   failures_before_open);
-    cr_expect_eq(host_stats(p, 0).state, PGG_BREAKER_OPEN);
+    cr_expect_eq(hs.state, PGG_BREAKER_OPEN);
 
     /* Reads never noticed. */
     for (int i = 0; i < 40; i++) {
