@@ -388,6 +388,107 @@ int pgg__host_borrow(pgg_host *h, int64_t deadline_ns, int64_t now,
     }
 }
 
+int pgg__host_try_borrow(pgg_host *h, int64_t now, pgg_link **out,
+                         bool *connect, pgg_error *err)
+{
+    pgg_link *doomed = NULL;
+
+    *out = NULL;
+    *connect = false;
+    pthread_mutex_lock(&h->mu);
+    while (!h->closed && h->idle) {
+        pgg_link **pp = pick_idle(h);
+        pgg_link *l = *pp;
+
+        *pp = l->next;
+        h->n_idle--;
+        if (expired(h, l, now)) {
+            l->next = doomed;
+            doomed = l;
+            continue;
+        }
+        h->n_busy++;
+        pthread_mutex_unlock(&h->mu);
+        close_list(doomed);
+        doomed = NULL;
+        l->next = NULL;
+        /* The liveness check reads only what is already there; a session
+         * that died since is found dead when sent to, and the call tries
+         * a new connection (the path's rule for a reused session). */
+        if (now - l->last_used_ns < h->alive_check_ns ||
+            pgg__link_alive(l->conn)) {
+            *out = l;
+            return PGG_OK;
+        }
+        PQfinish(l->conn);
+        free(l);
+        pthread_mutex_lock(&h->mu);
+        h->n_busy--;
+    }
+    if (h->closed) {
+        pthread_mutex_unlock(&h->mu);
+        close_list(doomed);
+        return pgg__error_set(err, PGG_ECLOSED, NULL, h->name, "pool closed");
+    }
+    if (h->n_busy + h->n_connecting + h->n_idle < h->max &&
+        (now >= h->full_until_ns || h->n_busy == 0)) {
+        h->n_connecting++;
+        pthread_mutex_unlock(&h->mu);
+        close_list(doomed);
+        *connect = true;
+        atomic_fetch_add(&h->connects, 1);
+        return PGG_OK;
+    }
+    pthread_mutex_unlock(&h->mu);
+    close_list(doomed);
+    return pgg__error_set(err, PGG_ETIMEDOUT, NULL, h->name,
+                          "all %d connections to %s busy (pool_max)", h->max,
+                          h->name);
+}
+
+int pgg__host_connected(pgg_host *h, PGconn *conn, pgg_link **out,
+                        pgg_error *err)
+{
+    pgg_link *l = calloc(1, sizeof *l);
+    int64_t now = pgg__now_ns();
+
+    *out = NULL;
+    if (l) {
+        l->conn = conn;
+        l->created_ns = now;
+        l->last_used_ns = now;
+        l->fresh = true;
+    }
+    pthread_mutex_lock(&h->mu);
+    h->n_connecting--;
+    if (l) {
+        h->n_busy++;
+        h->full_until_ns = 0;
+    } else if (h->n_waiting > 0) {
+        pthread_cond_signal(&h->cv);
+    }
+    pthread_mutex_unlock(&h->mu);
+    if (!l) {
+        PQfinish(conn);
+        return pgg__error_set(err, PGG_ENOMEM, NULL, h->name, "out of memory");
+    }
+    *out = l;
+    return PGG_OK;
+}
+
+void pgg__host_connect_failed(pgg_host *h, const pgg_error *err)
+{
+    atomic_fetch_add(&h->connect_failures, 1);
+    pthread_mutex_lock(&h->mu);
+    h->n_connecting--;
+    /* Full (53300) while ours are out: no new connect for a while. */
+    if (err && h->n_busy > 0 && strcmp(err->sqlstate, "53300") == 0)
+        h->full_until_ns = pgg__now_ns() + FULL_RETRY_NS;
+    if (h->n_waiting > 0)
+        pthread_cond_signal(&h->cv); /* the slot is free again */
+    pthread_mutex_unlock(&h->mu);
+}
+
 static void release_slot(pgg_host *h, pgg_link *keep)
 {
     if (keep)

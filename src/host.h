@@ -134,6 +134,23 @@ typedef enum pgg_borrow_fail {
 int pgg__host_borrow(pgg_host *h, int64_t deadline_ns, int64_t now_ns,
                      pgg_link **out, pgg_borrow_fail *why, pgg_error *err);
 
+/*
+ * For an event loop: never waits, never connects, never validates with a
+ * round trip.  PGG_OK with *out: an idle connection (liveness checked
+ * without blocking).  PGG_OK with *connect: a connection slot is reserved
+ * for a connect the caller makes without blocking; it ends with
+ * pgg__host_connected or pgg__host_connect_failed.  PGG_ETIMEDOUT: every
+ * connection is busy (pool_max); PGG_ECLOSED.
+ */
+int pgg__host_try_borrow(pgg_host *h, int64_t now, pgg_link **out,
+                         bool *connect, pgg_error *err);
+/* The reserved connect succeeded: conn becomes a lent link (NULL and
+ * PGG_ENOMEM: closed). */
+int pgg__host_connected(pgg_host *h, PGconn *conn, pgg_link **out,
+                        pgg_error *err);
+/* The reserved connect failed (err: why, for a server that was full). */
+void pgg__host_connect_failed(pgg_host *h, const pgg_error *err);
+
 /* Back to the pool if reusable (idle, healthy, young enough), else closed. */
 void pgg__host_give_back(pgg_host *h, pgg_link *l, int64_t now_ns);
 /* Closed without a thought: broken or mid-transaction. */

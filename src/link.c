@@ -223,53 +223,78 @@ void pgg__link_silence(PGconn *conn)
     PQsetNoticeReceiver(conn, notice_receiver, NULL);
 }
 
+int pgg__link_connect_start(const char *const *keys, const char *const *vals,
+                            const char *host, PGconn **out, pgg_error *err)
+{
+    PGconn *conn = PQconnectStartParams(keys, vals, 0);
+
+    *out = NULL;
+    if (!conn)
+        return pgg__error_set(err, PGG_ENOMEM, NULL, host,
+                              "connect: out of memory");
+    if (PQstatus(conn) == CONNECTION_BAD) {
+        pgg__link_error(err, PGG_ECONNECT, conn, NULL, host, "connect");
+        PQfinish(conn);
+        return PGG_ECONNECT;
+    }
+    pgg__link_verbose_startup(conn);
+    *out = conn;
+    return PGG_OK;
+}
+
+int pgg__link_connect_step(PGconn **connp, bool ready, const char *host,
+                           pgg_error *err)
+{
+    PGconn *conn = *connp;
+    PostgresPollingStatusType st =
+        ready ? PQconnectPoll(conn) : PGRES_POLLING_WRITING;
+
+    if (st == PGRES_POLLING_READING)
+        return POLLIN;
+    if (st == PGRES_POLLING_WRITING)
+        return POLLOUT;
+    if (st == PGRES_POLLING_OK && PQsetnonblocking(conn, 1) == 0) {
+        pgg__link_started(conn);
+        return 0;
+    }
+    pgg__link_error(err, PGG_ECONNECT, conn, NULL, host, "connect");
+    PQfinish(conn);
+    *connp = NULL;
+    return -1;
+}
+
 int pgg__link_connect(const char *const *keys, const char *const *vals,
                       int64_t deadline_ns, const char *host, PGconn **out,
                       pgg_error *err)
 {
     PGconn *conn;
-    PostgresPollingStatusType st = PGRES_POLLING_WRITING;
+    int rc = pgg__link_connect_start(keys, vals, host, &conn, err);
+    int events;
 
-    *out = NULL;
-    conn = PQconnectStartParams(keys, vals, 0);
-    if (!conn)
-        return pgg__error_set(err, PGG_ENOMEM, NULL, host,
-                              "connect: out of memory");
-    if (PQstatus(conn) == CONNECTION_BAD)
-        goto failed;
-    pgg__link_verbose_startup(conn);
-
-    for (;;) {
-        short events;
-        int r;
-
-        if (st == PGRES_POLLING_OK)
-            break;
-        if (st == PGRES_POLLING_FAILED)
-            goto failed;
-        events = st == PGRES_POLLING_READING ? POLLIN : POLLOUT;
+    if (rc != PGG_OK)
+        return rc;
+    events = pgg__link_connect_step(&conn, false, host, err);
+    while (events > 0) {
         /* The socket changes when libpq moves to the next address. */
-        r = wait_socket(NULL, NULL, PQsocket(conn), events, deadline_ns);
+        int r = wait_socket(NULL, NULL, PQsocket(conn), (short)events,
+                            deadline_ns);
+
         if (r == 0) {
             PQfinish(conn);
             return pgg__error_set(err, PGG_ETIMEDOUT, NULL, host,
                                   "connect: deadline exceeded");
         }
-        if (r < 0)
-            goto failed;
-        st = PQconnectPoll(conn);
+        if (r < 0) {
+            pgg__link_error(err, PGG_ECONNECT, conn, NULL, host, "connect");
+            PQfinish(conn);
+            return PGG_ECONNECT;
+        }
+        events = pgg__link_connect_step(&conn, true, host, err);
     }
-
-    if (PQsetnonblocking(conn, 1) != 0)
-        goto failed;
-    pgg__link_started(conn);
+    if (events < 0)
+        return PGG_ECONNECT;
     *out = conn;
     return PGG_OK;
-
-failed:
-    pgg__link_error(err, PGG_ECONNECT, conn, NULL, host, "connect");
-    PQfinish(conn);
-    return PGG_ECONNECT;
 }
 
 /* ---------------------------------------------------------------- exec */
@@ -340,9 +365,9 @@ int pgg__link_exec(PGconn *conn, const pgg_query *q, int64_t deadline_ns,
     return pgg__link_exec_wd(NULL, conn, q, deadline_ns, host, out, end, err);
 }
 
-int pgg__link_exec_wd(pgg_watchdog *wd, PGconn *conn, const pgg_query *q,
-                      int64_t deadline_ns, const char *host, PGresult **out,
-                      pgg_attempt_end *end, pgg_error *err)
+static inline int link_send(PGconn *conn, const pgg_query *q,
+                            const char *host, PGresult **out,
+                            pgg_attempt_end *end, pgg_error *err)
 {
     *out = NULL;
     if (PQstatus(conn) != CONNECTION_OK)
@@ -358,6 +383,23 @@ int pgg__link_exec_wd(pgg_watchdog *wd, PGconn *conn, const pgg_query *q,
         return pgg__link_error(err, PGG_ESTATE, conn, NULL, host,
                                "libpq refused to send");
     }
+    return PGG_OK;
+}
+
+int pgg__link_send(PGconn *conn, const pgg_query *q, const char *host,
+                   PGresult **out, pgg_attempt_end *end, pgg_error *err)
+{
+    return link_send(conn, q, host, out, end, err);
+}
+
+int pgg__link_exec_wd(pgg_watchdog *wd, PGconn *conn, const pgg_query *q,
+                      int64_t deadline_ns, const char *host, PGresult **out,
+                      pgg_attempt_end *end, pgg_error *err)
+{
+    int rc = link_send(conn, q, host, out, end, err);
+
+    if (rc != PGG_OK)
+        return rc;
     return pgg__link_wait_wd(wd, conn, deadline_ns, host, out, end, err);
 }
 
@@ -404,81 +446,112 @@ static int wait_next(pgg_wd_slot *slot, const pgg_cancel *cancel, int fd,
     return wait_socket(slot, cancel, fd, events, deadline_ns);
 }
 
-static int collect(pgg_wd_slot *slot, const pgg_cancel *cancel, PGconn *conn,
-                   int64_t deadline_ns, const char *host, PGresult **out,
-                   pgg_attempt_end *end, pgg_error *err)
+static inline int io_step(PGconn *conn, pgg_link_io *io, int revents,
+                          const char *host, PGresult **out,
+                          pgg_attempt_end *end, pgg_error *err, int *rc)
 {
-    PGresult *keep = NULL;
-    int r, waits = 0;
+    int r;
 
-    *out = NULL;
-    /* Push the query out; a hung server may stop reading our bytes. */
-    while ((r = PQflush(conn)) == 1) {
-        int ev = wait_next(slot, cancel, PQsocket(conn), POLLIN | POLLOUT,
-                           deadline_ns, &waits);
-        if (ev == 0)
-            goto deadline;
-        if (ev < 0 || ((ev & POLLIN) && !PQconsumeInput(conn)))
-            return lost(conn, out, NULL, end, PGG_END_LOST, host, err);
+    if (!io->flushed) {
+        /* Push the query out; a hung server may stop reading our bytes. */
+        if (revents < 0 ||
+            ((revents & POLLIN) && !PQconsumeInput(conn))) {
+            *rc = lost(conn, out, NULL, end, PGG_END_LOST, host, err);
+            return 0;
+        }
+        r = PQflush(conn);
+        if (r == 1)
+            return POLLIN | POLLOUT;
+        if (r < 0) {
+            *rc = lost(conn, out, NULL, end, PGG_END_LOST, host, err);
+            return 0;
+        }
+        io->flushed = true;
+    } else if (revents > 0) {
+        /* A failure here becomes libpq's error result; collect it. */
+        (void)PQconsumeInput(conn);
     }
-    if (r < 0)
-        return lost(conn, out, NULL, end, PGG_END_LOST, host, err);
+    while (!PQisBusy(conn)) {
+        PGresult *res = PQgetResult(conn);
 
-    for (;;) {
-        while (!PQisBusy(conn)) {
-            PGresult *res = PQgetResult(conn);
-
-            if (!res)
-                goto done;
-            if (keep && is_error(keep)) {
-                PQclear(res); /* PQexec keeps the first error */
-            } else {
-                PQclear(keep);
-                keep = res;
-            }
-            /* COPY needs the caller's data, and nobody can give it through
-             * a one-shot call: refuse it plainly.  The connection is
-             * mid-COPY; the caller closes it (PGG_END_REFUSED), and the
-             * server aborts the COPY when it goes. */
-            if (is_copy(keep)) {
-                *end = PGG_END_REFUSED;
-                r = pgg__link_refuse_copy(keep, host, err);
-                PQclear(keep);
-                return r;
-            }
-            if (PQstatus(conn) == CONNECTION_BAD)
-                break;
+        if (!res)
+            goto done;
+        if (io->keep && is_error(io->keep)) {
+            PQclear(res); /* PQexec keeps the first error */
+        } else {
+            PQclear(io->keep);
+            io->keep = res;
         }
-        if (PQstatus(conn) == CONNECTION_BAD) {
-            /* The server closed: a FATAL with a SQLSTATE (shutdown,
-             * terminated) is a result to classify; otherwise it is lost. */
-            if (keep && PQresultErrorField(keep, PG_DIAG_SQLSTATE))
-                goto done;
-            return lost(conn, out, keep, end, PGG_END_LOST, host, err);
+        /* COPY needs the caller's data, and nobody can give it through a
+         * one-shot call: refuse it plainly.  The connection is mid-COPY;
+         * the caller closes it (PGG_END_REFUSED), and the server aborts
+         * the COPY when it goes. */
+        if (is_copy(io->keep)) {
+            *end = PGG_END_REFUSED;
+            *rc = pgg__link_refuse_copy(io->keep, host, err);
+            PQclear(io->keep);
+            io->keep = NULL;
+            *out = NULL;
+            return 0;
         }
-        r = wait_next(slot, cancel, PQsocket(conn), POLLIN, deadline_ns,
-                      &waits);
-        if (r == 0)
-            goto deadline;
-        if (r < 0 || !PQconsumeInput(conn)) {
-            /* libpq turns the failure into an error result; collect it. */
-            continue;
-        }
+        if (PQstatus(conn) == CONNECTION_BAD)
+            break;
     }
+    if (PQstatus(conn) == CONNECTION_BAD) {
+        /* The server closed: a FATAL with a SQLSTATE (shutdown,
+         * terminated) is a result to classify; otherwise it is lost. */
+        if (io->keep && PQresultErrorField(io->keep, PG_DIAG_SQLSTATE))
+            goto done;
+        *rc = lost(conn, out, io->keep, end, PGG_END_LOST, host, err);
+        io->keep = NULL;
+        return 0;
+    }
+    return POLLIN;
 
 done:
     *end = PGG_END_RESULT;
-    *out = keep;
-    if (keep && is_error(keep))
-        pgg__link_error(err, PGG_ESERVER, conn, keep, host, NULL);
-    return PGG_OK;
+    *out = io->keep;
+    if (io->keep && is_error(io->keep))
+        pgg__link_error(err, PGG_ESERVER, conn, io->keep, host, NULL);
+    io->keep = NULL;
+    *rc = PGG_OK;
+    return 0;
+}
 
-deadline:
-    PQclear(keep);
+int pgg__link_io_deadline(pgg_link_io *io, const char *host, PGresult **out,
+                          pgg_attempt_end *end, pgg_error *err)
+{
+    PQclear(io->keep);
+    io->keep = NULL;
+    *out = NULL;
     *end = PGG_END_DEADLINE;
     return pgg__error_set(err, PGG_ETIMEDOUT, NULL, host,
                           "query: deadline exceeded; connection dropped and "
                           "the query cancelled");
+}
+
+int pgg__link_io_step(PGconn *conn, pgg_link_io *io, int revents,
+                      const char *host, PGresult **out, pgg_attempt_end *end,
+                      pgg_error *err, int *rc)
+{
+    return io_step(conn, io, revents, host, out, end, err, rc);
+}
+
+static int collect(pgg_wd_slot *slot, const pgg_cancel *cancel, PGconn *conn,
+                   int64_t deadline_ns, const char *host, PGresult **out,
+                   pgg_attempt_end *end, pgg_error *err)
+{
+    pgg_link_io io = {.keep = NULL, .flushed = false};
+    int rc = PGG_OK, waits = 0, ev = 0, want;
+
+    *out = NULL;
+    while ((want = io_step(conn, &io, ev, host, out, end, err, &rc)) != 0) {
+        ev = wait_next(slot, cancel, PQsocket(conn), (short)want, deadline_ns,
+                       &waits);
+        if (ev == 0)
+            return pgg__link_io_deadline(&io, host, out, end, err);
+    }
+    return rc;
 }
 
 /* ----------------------------------------------------------- liveness */

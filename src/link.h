@@ -47,6 +47,49 @@ int pgg__link_connect(const char *const *keys, const char *const *vals,
                       pgg_error *err);
 
 /*
+ * The same without waiting, for an event loop: start (PGG_OK, *out the new
+ * connection, or the error), then step: ready false for the first step,
+ * true once the socket (PQsocket, which may change between steps) showed
+ * the events the last step asked for.  A step returns the poll events to
+ * wait for next (> 0), 0 when connected (set up as pgg__link_connect's), or
+ * -1 when it failed (err filled, *conn freed and NULL).  The caller bounds
+ * it with its own timer and PQfinish()es it at the deadline.
+ */
+int pgg__link_connect_start(const char *const *keys, const char *const *vals,
+                            const char *host, PGconn **out, pgg_error *err);
+int pgg__link_connect_step(PGconn **conn, bool ready, const char *host,
+                           pgg_error *err);
+
+/*
+ * Send q without waiting.  PGG_OK: sent (queued in libpq; pgg__link_io_step
+ * flushes it).  Otherwise pgg__link_exec's failure returns (PGG_END_NOT_SENT
+ * or PGG_END_REFUSED in *end).
+ */
+int pgg__link_send(PGconn *conn, const pgg_query *q, const char *host,
+                   PGresult **out, pgg_attempt_end *end, pgg_error *err);
+
+/* A query in flight after pgg__link_send, advanced without blocking. */
+typedef struct pgg_link_io {
+    PGresult *keep; /* the result kept so far (the last, or the first error) */
+    bool flushed;   /* the whole query has left */
+} pgg_link_io;
+
+/*
+ * Advance it: revents is what the socket showed since the last step (0 for
+ * the first step, -1 for a poll error).  Returns the poll events to wait
+ * for (> 0), or 0 when finished: then *rc, *out, *end and err are
+ * pgg__link_exec's returns.  Never blocks.  The blocking exec is a loop
+ * over this step.
+ */
+int pgg__link_io_step(PGconn *conn, pgg_link_io *io, int revents,
+                      const char *host, PGresult **out, pgg_attempt_end *end,
+                      pgg_error *err, int *rc);
+/* The deadline came first: PGG_ETIMEDOUT, *end PGG_END_DEADLINE; drop the
+ * connection (its state is unknown). */
+int pgg__link_io_deadline(pgg_link_io *io, const char *host, PGresult **out,
+                          pgg_attempt_end *end, pgg_error *err);
+
+/*
  * Send q and wait for its results until deadline_ns.  Like PQexec, returns
  * the last result, or the first error result.
  * PGG_OK: *out holds the result (perhaps an error result); *end is

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "call.h"
 #include "cancel.h"
 #include "error.h"
 #include "health.h"
@@ -371,31 +372,6 @@ int pgg__query_check(const pgg_query *q, const char *fn, pgg_error *err)
     return PGG_OK;
 }
 
-/* Field by field: the record is ~1 kB and this runs on every call. */
-static void info_reset(pgg_info *info)
-{
-    if (!info)
-        return;
-    info->host[0] = '\0';
-    info->host_index = -1;
-    info->attempts = 0;
-    info->sent = 0;
-    info->from_cache = 0;
-    info->cache_age_ms = 0;
-    pgg__error_reset(&info->cause);
-    info->elapsed_us = 0;
-    info->lsn = 0;
-    info->lsn_wait_us = 0;
-}
-
-static void info_served(pgg_info *info, const pgg_host *h)
-{
-    if (!info)
-        return;
-    pgg__strlcpy(info->host, h->name, sizeof info->host);
-    info->host_index = h->index;
-}
-
 /* The error for "every candidate refused". */
 int pgg__pool_no_host_error(pgg_pool *pool, pgg_intent intent, int ncand,
                             pgg_error *err)
@@ -450,6 +426,53 @@ static bool role_fits(pgg_pool *pool, pgg_host *h, const pgg_link *l,
 }
 
 
+pgg_take pgg__pool_take_failed(pgg_pool *pool, pgg_host *h, pgg_ticket ticket,
+                               int64_t start, pgg_borrow_fail why,
+                               pgg_error *err)
+{
+    int64_t now = pgg__now_ns();
+    pgg_verdict v;
+
+    if (why != PGG_BORROW_CONNECT) {
+        pgg__pool_record(pool, h, ticket, PGG_CLASS_IGNORED, start, now);
+        return PGG_TAKE_SKIPPED;
+    }
+    if (pgg__cancel_now()) {
+        /* Our own doing, not the host's. */
+        pgg__pool_record(pool, h, ticket, PGG_CLASS_IGNORED, start, now);
+        pgg__error_set(err, PGG_ECANCELED, NULL, h->name,
+                       "call cancelled by the caller while connecting; "
+                       "not sent");
+        return PGG_TAKE_SKIPPED;
+    }
+    /* A refusal at startup carries its SQLSTATE: too many clients is the
+     * host's, a wrong password the caller's (classify.h). */
+    v = pgg__classify_connect(&pool->cfg->classifier,
+                              err ? err->sqlstate : NULL);
+    if (err && err->sqlstate[0])
+        err->code = v.code;
+    pgg__pool_record(pool, h, ticket, v.cls, start, now);
+    if (pgg__host_failure(v.cls)) {
+        pgg__host_note_error(h, err);
+        pgg__health_wake(pool->health);
+    }
+    return PGG_TAKE_FAILED;
+}
+
+pgg_take pgg__pool_taken(pgg_pool *pool, pgg_host *h, pgg_intent intent,
+                         pgg_link **l, pgg_ticket ticket, int64_t start)
+{
+    if (!role_fits(pool, h, *l, intent)) {
+        int64_t now = pgg__now_ns();
+
+        pgg__host_give_back(h, *l, now);
+        *l = NULL;
+        pgg__pool_record(pool, h, ticket, PGG_CLASS_IGNORED, start, now);
+        return PGG_TAKE_SKIPPED;
+    }
+    return PGG_TAKE_OK;
+}
+
 pgg_take pgg__pool_take(pgg_pool *pool, pgg_host *h, pgg_intent intent,
                         int64_t deadline, int64_t start, pgg_link **l,
                         pgg_ticket *ticket, bool *rejected, pgg_error *err)
@@ -462,43 +485,10 @@ pgg_take pgg__pool_take(pgg_pool *pool, pgg_host *h, pgg_intent intent,
         *rejected = true;
         return PGG_TAKE_SKIPPED;
     }
-    if (pgg__host_borrow(h, deadline, start, l, &why, err) != PGG_OK) {
-        int64_t now = pgg__now_ns();
-        pgg_verdict v;
-
-        if (why != PGG_BORROW_CONNECT) {
-            pgg__pool_record(pool, h, *ticket, PGG_CLASS_IGNORED, start, now);
-            return PGG_TAKE_SKIPPED;
-        }
-        if (pgg__cancel_now()) {
-            /* Our own doing, not the host's. */
-            pgg__pool_record(pool, h, *ticket, PGG_CLASS_IGNORED, start, now);
-            pgg__error_set(err, PGG_ECANCELED, NULL, h->name,
-                           "call cancelled by the caller while connecting; "
-                           "not sent");
-            return PGG_TAKE_SKIPPED;
-        }
-        /* A refusal at startup carries its SQLSTATE: too many clients is
-         * the host's, a wrong password the caller's (classify.h). */
-        v = pgg__classify_connect(&pool->cfg->classifier,
-                                  err ? err->sqlstate : NULL);
-        if (err && err->sqlstate[0])
-            err->code = v.code;
-        pgg__pool_record(pool, h, *ticket, v.cls, start, now);
-        if (pgg__host_failure(v.cls)) {
-            pgg__host_note_error(h, err);
-            pgg__health_wake(pool->health);
-        }
-        return PGG_TAKE_FAILED;
-    }
-    if (!role_fits(pool, h, *l, intent)) {
-        int64_t now = pgg__now_ns();
-
-        pgg__host_give_back(h, *l, now);
-        *l = NULL;
-        pgg__pool_record(pool, h, *ticket, PGG_CLASS_IGNORED, start, now);
+    if (pgg__host_borrow(h, deadline, start, l, &why, err) != PGG_OK)
+        return pgg__pool_take_failed(pool, h, *ticket, start, why, err);
+    if (pgg__pool_taken(pool, h, intent, l, *ticket, start) != PGG_TAKE_OK)
         return PGG_TAKE_SKIPPED;
-    }
 #if PGG_HAVE_LIBPQTYPES
     if (atomic_load_explicit(&pool->types_on, memory_order_relaxed) &&
         pgg__types_prepare(pool->types, *l, deadline, h->name, err) != PGG_OK) {
@@ -589,41 +579,19 @@ static bool session_ended(PGconn *conn, pgg_attempt_end end,
            PQstatus(conn) != CONNECTION_OK;
 }
 
-pgg_verdict pgg__pool_exec_on(pgg_pool *pool, pgg_host *h, pgg_link **lp,
-                              pgg_intent intent, const pgg_query *q,
-                              int64_t deadline, const pgg_ticket *ticket,
-                              int64_t started, PGresult **res,
-                              pgg_attempt_end *end, int64_t *ended,
-                              pgg_error *err)
+static inline pgg_verdict exec_done(pgg_pool *pool, pgg_host *h,
+                                    pgg_link **lp, pgg_intent intent,
+                                    const pgg_ticket *ticket, int role,
+                                    int64_t started, PGresult *res,
+                                    pgg_attempt_end end, int64_t *ended,
+                                    pgg_error *err)
 {
     pgg_link *l = *lp;
     pgg_verdict v;
     bool ended_by_server, dead;
-    int role = atomic_load_explicit(&h->role, memory_order_relaxed);
 
-    if (q->stmt && !pgg__stmt_set_has(&l->stmts, q->stmt->index)) {
-        if (!prepare_on(pool->watchdog, l, q->stmt, deadline, h->name, res,
-                        end, err)) {
-            /* The prepare's own failure (a syntax error, a lost
-             * connection) is the call's outcome; the statement itself
-             * never ran, so a lost connection counts as not sent. */
-            if (*end == PGG_END_LOST)
-                *end = PGG_END_NOT_SENT;
-        } else if (pgg__now_ns() >= deadline) {
-            /* The prepare used the time: do not send past the deadline. */
-            *end = PGG_END_EXPIRED;
-            pgg__error_set(err, PGG_ETIMEDOUT, NULL, h->name,
-                           "deadline exceeded while preparing \"%s\"; "
-                           "not sent",
-                           q->stmt->name);
-        } else {
-            pgg__vis_exec(pool, h, l, q, deadline, res, end, err);
-        }
-    } else {
-        pgg__vis_exec(pool, h, l, q, deadline, res, end, err);
-    }
     *ended = pgg__now_ns();
-    v = pgg__classify_result(&pool->cfg->classifier, *end, *res, intent,
+    v = pgg__classify_result(&pool->cfg->classifier, end, res, intent,
                              role == PGG_ROLE_STANDBY);
     if (v.cls != PGG_CLASS_SUCCESS && pgg__cancel_now()) {
         /* The caller cancelled: the wait ended by its fire (or failed
@@ -635,13 +603,13 @@ pgg_verdict pgg__pool_exec_on(pgg_pool *pool, pgg_host *h, pgg_link **lp,
         v.reprobe_role = false;
         v.code = PGG_ECANCELED;
         pgg__error_set(err, PGG_ECANCELED, NULL, h->name,
-                       *end == PGG_END_DEADLINE
+                       end == PGG_END_DEADLINE
                            ? "call cancelled by the caller; connection "
                              "dropped and the query cancelled"
                            : "call cancelled by the caller");
     }
-    if (v.cls == PGG_CLASS_CONNECTION && *end == PGG_END_RESULT &&
-        session_survived(l->conn, *res)) {
+    if (v.cls == PGG_CLASS_CONNECTION && end == PGG_END_RESULT &&
+        session_survived(l->conn, res)) {
         /* A protocol error the server answered (08P01 for a parameter
          * count it did not expect, say) on a session that is still open
          * and idle: the caller's request was wrong, the host is fine. */
@@ -654,7 +622,7 @@ pgg_verdict pgg__pool_exec_on(pgg_pool *pool, pgg_host *h, pgg_link **lp,
      * teaches something (a host of unknown role), or at most once per host
      * every ROLE_SEEN_NS otherwise, so that a promotion seen on any session
      * re-routes writes at once, without waiting for a health probe. */
-    if (*end == PGG_END_RESULT &&
+    if (end == PGG_END_RESULT &&
         (v.cls == PGG_CLASS_WRONG_ROLE || role == PGG_ROLE_UNKNOWN ||
          *ended - atomic_load_explicit(&h->role_seen_ns,
                                        memory_order_relaxed) >= ROLE_SEEN_NS)) {
@@ -681,7 +649,7 @@ pgg_verdict pgg__pool_exec_on(pgg_pool *pool, pgg_host *h, pgg_link **lp,
                            "a write was refused as read-only (25006)");
         pgg__health_wake(pool->health);
     }
-    ended_by_server = session_ended(l->conn, *end, *res, v.cls);
+    ended_by_server = session_ended(l->conn, end, res, v.cls);
     /* A pooled session found dead says nothing of the host (a terminated
      * backend, a restart since): ignored here, and the call tries a new
      * connection to the same host, whose outcome the breaker does hear.
@@ -697,7 +665,7 @@ pgg_verdict pgg__pool_exec_on(pgg_pool *pool, pgg_host *h, pgg_link **lp,
         pgg__host_trim(h, 0, true);
         pgg__health_wake(pool->health);
     }
-    if (*end == PGG_END_DEADLINE) {
+    if (end == PGG_END_DEADLINE) {
         /* Fresh reads go elsewhere first for a while (or until this host
          * answers one), rather than into the same wait again; not after a
          * cancel, which says nothing of the host. */
@@ -707,7 +675,7 @@ pgg_verdict pgg__pool_exec_on(pgg_pool *pool, pgg_host *h, pgg_link **lp,
         /* The session is in an unknown state: it never comes back. */
         pgg__host_abandon(h, l, pool->canceller);
         *lp = NULL;
-    } else if (*end == PGG_END_REFUSED) {
+    } else if (end == PGG_END_REFUSED) {
         pgg__host_discard(h, l);
         *lp = NULL;
     }
@@ -718,63 +686,49 @@ pgg_verdict pgg__pool_exec_on(pgg_pool *pool, pgg_host *h, pgg_link **lp,
     return v;
 }
 
-typedef struct attempt {
-    PGresult *res;
-    pgg_verdict v;
-    pgg_attempt_end end;
-    int64_t ended; /* clock when it finished; 0 when it never ran */
-    bool reused;   /* ran on a pooled connection, not a new one */
-    bool lost;     /* ... and that session is gone now */
-} attempt;
-
-/*
- * One attempt on one host.  Returns false when the host was skipped
- * without an attempt (breaker refused, wrong role, pool exhausted).
- */
-static bool attempt_on(pgg_pool *pool, pgg_host *h, pgg_intent intent,
-                       const pgg_query *q, int64_t deadline, int64_t start,
-                       attempt *a, bool *rejected, pgg_error *err)
+pgg_verdict pgg__pool_exec_on(pgg_pool *pool, pgg_host *h, pgg_link **lp,
+                              pgg_intent intent, const pgg_query *q,
+                              int64_t deadline, const pgg_ticket *ticket,
+                              int64_t started, PGresult **res,
+                              pgg_attempt_end *end, int64_t *ended,
+                              pgg_error *err)
 {
-    pgg_ticket ticket;
-    pgg_link *l;
+    pgg_link *l = *lp;
+    int role = atomic_load_explicit(&h->role, memory_order_relaxed);
 
-    a->res = NULL;
-    a->ended = 0;
-    a->reused = false;
-    a->lost = false;
-    switch (pgg__pool_take(pool, h, intent, deadline, start, &l, &ticket,
-                           rejected, err)) {
-    case PGG_TAKE_SKIPPED:
-        return false;
-    case PGG_TAKE_FAILED:
-        a->end = PGG_END_CONNECT_FAILED;
-        a->v = pgg__classify_connect(&pool->cfg->classifier,
-                                     err ? err->sqlstate : NULL);
-        return true;
-    case PGG_TAKE_OK:
-        break;
+    if (q->stmt && !pgg__stmt_set_has(&l->stmts, q->stmt->index)) {
+        if (!prepare_on(pool->watchdog, l, q->stmt, deadline, h->name, res,
+                        end, err)) {
+            /* The prepare's own failure (a syntax error, a lost
+             * connection) is the call's outcome; the statement itself
+             * never ran, so a lost connection counts as not sent. */
+            if (*end == PGG_END_LOST)
+                *end = PGG_END_NOT_SENT;
+        } else if (pgg__now_ns() >= deadline) {
+            /* The prepare used the time: do not send past the deadline. */
+            *end = PGG_END_EXPIRED;
+            pgg__error_set(err, PGG_ETIMEDOUT, NULL, h->name,
+                           "deadline exceeded while preparing \"%s\"; "
+                           "not sent",
+                           q->stmt->name);
+        } else {
+            pgg__vis_exec(pool, h, l, q, deadline, res, end, err);
+        }
+    } else {
+        pgg__vis_exec(pool, h, l, q, deadline, res, end, err);
     }
-    a->reused = !l->fresh;
-    a->v = pgg__pool_exec_on(pool, h, &l, intent, q, deadline, &ticket, start,
-                             &a->res, &a->end, &a->ended, err);
-    a->lost = !l || PQstatus(l->conn) != CONNECTION_OK;
-    if (l)
-        pgg__host_give_back(h, l, a->ended);
-    return true;
+    return exec_done(pool, h, lp, intent, ticket, role, started, *res, *end,
+                     ended, err);
 }
 
-static bool may_retry(const pgg_pool *pool, pgg_intent intent,
-                      const pgg_call *call, const attempt *a, int attempts)
+pgg_verdict pgg__pool_exec_done(pgg_pool *pool, pgg_host *h, pgg_link **lp,
+                                pgg_intent intent, const pgg_ticket *ticket,
+                                int role, int64_t started, PGresult *res,
+                                pgg_attempt_end end, int64_t *ended,
+                                pgg_error *err)
 {
-    if (call && (call->flags & PGG_CALL_NO_RETRY))
-        return false;
-    if (intent == PGG_WRITE)
-        /* Only what provably did not apply may run again: never sent, or
-         * refused as read-only by a server in recovery (25006). */
-        return (a->end == PGG_END_CONNECT_FAILED && a->v.retry) ||
-               a->end == PGG_END_NOT_SENT ||
-               (a->v.cls == PGG_CLASS_WRONG_ROLE && attempts < PGG_MAX_HOSTS);
-    return a->v.retry && attempts < pool->max_attempts;
+    return exec_done(pool, h, lp, intent, ticket, role, started, res, end,
+                     ended, err);
 }
 
 int pgg__pool_enter(pgg_pool *pool, int64_t start, int64_t deadline,
@@ -792,335 +746,9 @@ int pgg__pool_enter(pgg_pool *pool, int64_t start, int64_t deadline,
                           pgg__bulkhead_capacity(&pool->bulkhead));
 }
 
-/* Failures that say "no host could answer", the only ones a stale answer
- * may stand in for: never a user error, never a full bulkhead. */
-static bool host_reason(int code)
-{
-    return code == PGG_EOPEN || code == PGG_ETIMEDOUT ||
-           code == PGG_ECONNECT || code == PGG_EUNAVAILABLE ||
-           code == PGG_ENOPRIMARY;
-}
-
-/*
- * A cacheable read: remember a good answer, or stand in for a failed one
- * with the freshest copy the caller accepts.
- */
-static PGresult *cache_step(pgg_pool *pool, const pgg_query *q,
-                            const pgg_call *call, const pgg_vis_req *vr,
-                            bool served, PGresult *res, pgg_info *info,
-                            pgg_error *err)
-{
-    pgg_cache_key key;
-    PGresult *stale;
-    int64_t age = 0, now;
-    uint64_t lsn = 0;
-    /* An answer older than the read's position is never served, unless
-     * the caller says any will do. */
-    uint64_t need = call->flags & PGG_CALL_CACHE_ANY_LSN ? 0 : vr->need;
-
-    if (served ? !res || PQresultStatus(res) != PGRES_TUPLES_OK
-               : !host_reason(err->code))
-        return res;
-    if (pgg__cache_key(&key, pool->user, pool->dbname, q) != PGG_OK)
-        return res;
-    now = pgg__now_ns();
-    if (served) {
-        /* With the position the data is known to include (0: unknown). */
-        pgg__cache_store_at(pool->cache, &key, res, now, vr->lsn);
-        pgg__cache_key_done(&key);
-        return res;
-    }
-    stale = pgg__cache_lookup_at(pool->cache, &key, now,
-                                 ms_to_ns(call->max_stale_ms), need, &age,
-                                 &lsn);
-    pgg__cache_key_done(&key);
-    if (!stale)
-        return NULL;
-    pgg__cache_note_fallback(pool->cache);
-    if (info) {
-        info->from_cache = 1;
-        info->cache_age_ms = age / PGG_NS_PER_MS;
-        info->lsn = lsn;
-        info->cause = *err;
-    }
-    pgg_error_clear(err);
-    return stale;
-}
-
-/* The adaptive bound: never below this, nor above half the time left. */
-#define ATTEMPT_FLOOR_NS (200 * PGG_NS_PER_MS)
-#define ATTEMPT_LATENCIES 8
-
-/*
- * The deadline of one attempt: the call's, or sooner for a read that
- * another host could still take over, so that a hung host leaves time for
- * the next one.  attempt_timeout_ms fixes that bound; with it 0 and
- * attempt_timeout_auto on, the host's own recent latency sets it:
- * max(200 ms, 8 x its average), and never more than half the time left, so
- * the next host gets at least as long.  A write is never cut short: its
- * outcome would become unknowable.
- */
-static int64_t attempt_deadline(const pgg_pool *pool, const pgg_host *h,
-                                pgg_intent intent, const pgg_call *call,
-                                int64_t deadline, int64_t now, bool more_hosts,
-                                int attempts)
-{
-    int64_t cut;
-
-    if (intent == PGG_WRITE || !more_hosts ||
-        attempts + 1 >= pool->max_attempts ||
-        (call && (call->flags & PGG_CALL_NO_RETRY)))
-        return deadline;
-    if (pool->attempt_timeout_ns > 0) {
-        cut = now + pool->attempt_timeout_ns;
-    } else if (pool->attempt_auto) {
-        int64_t bound = ATTEMPT_LATENCIES *
-                        atomic_load_explicit(&h->latency_ns,
-                                             memory_order_relaxed);
-        int64_t half = (deadline - now) / 2;
-
-        if (bound < ATTEMPT_FLOOR_NS)
-            bound = ATTEMPT_FLOOR_NS;
-        cut = now + (bound < half ? bound : half);
-    } else {
-        return deadline;
-    }
-    return cut < deadline ? cut : deadline;
-}
-
-/* Hosts whose last attempt hit its deadline go last (stable), so a fresh
- * read is not sent into the same wait while another host can answer. */
-static void suspects_last(pgg_pool *pool, int *cand, int n, int64_t now)
-{
-    int keep[PGG_MAX_HOSTS], late[PGG_MAX_HOSTS], nk = 0, nl = 0;
-
-    for (int i = 0; i < n; i++) {
-        if (atomic_load_explicit(&pool->hosts[cand[i]].suspect_until_ns,
-                                 memory_order_relaxed) > now)
-            late[nl++] = cand[i];
-        else
-            keep[nk++] = cand[i];
-    }
-    if (nl == 0)
-        return;
-    memcpy(cand, keep, (size_t)nk * sizeof *cand);
-    memcpy(cand + nk, late, (size_t)nl * sizeof *cand);
-}
-
-static void cancelled(pgg_error *err)
-{
-    pgg__error_set(err, PGG_ECANCELED, NULL, NULL,
-                   "call cancelled by the caller");
-}
-
-/* cancel: the call's handle, current on this thread (run_cancellable), or
- * NULL: a call without one tests a register, not the thread's state. */
-static PGresult *run_call(pgg_pool *pool, pgg_intent intent,
-                          const pgg_query *q, const pgg_call *call,
-                          pgg_info *info, pgg_error *err, pgg_cancel *cancel)
-{
-    pgg_vis_req vr;
-    pgg_query qv;
-    bool final = false;
-    pgg_error local;
-    int64_t start, deadline, timeout_ns, now;
-    int cand[PGG_MAX_HOSTS];
-    int ncand, attempts = 0;
-    bool rejected = false, served = false;
-    attempt a = {0};
-    PGresult *res = NULL;
-    /* A server's answer that another host may improve on (a recovery
-     * conflict): kept, with its record, in case none does. */
-    PGresult *spare = NULL;
-    pgg_error spare_err;
-    const pgg_host *spare_host = NULL;
-
-    if (!err)
-        err = &local;
-    pgg__error_reset(err);
-    info_reset(info);
-    if (!pool || !q->sql) {
-        pgg__error_set(err, PGG_EINVAL, NULL, NULL,
-                       "pgg_exec: NULL pool or SQL");
-        return NULL;
-    }
-    if ((unsigned)intent > PGG_READ_PRIMARY) {
-        pgg__error_set(err, PGG_EINVAL, NULL, NULL,
-                       "pgg_exec: unknown intent %d", (int)intent);
-        return NULL;
-    }
-    if (pgg__query_check(q, "pgg_exec", err) != PGG_OK)
-        return NULL;
-    if (atomic_load(&pool->closed)) {
-        pgg__error_set(err, PGG_ECLOSED, NULL, NULL, "pool closed");
-        return NULL;
-    }
-    if (pgg__vis_begin(pool->vis, intent, call, &vr)) {
-        qv = *q;
-        qv.vis = &vr;
-        q = &qv;
-    }
-    start = pgg__now_ns();
-    timeout_ns = pgg__pool_timeout_ns(pool, call ? call->timeout_ms : 0);
-    deadline = start + timeout_ns;
-
-    if (pgg__pool_enter(pool, start, deadline, err) != PGG_OK) {
-        if (pgg__cancel_fired(cancel))
-            cancelled(err);
-        if (info)
-            info->elapsed_us = (pgg__now_ns() - start) / 1000;
-        return NULL;
-    }
-
-    ncand = pgg__pool_candidates(pool, intent, cand);
-    if (intent == PGG_READ)
-        suspects_last(pool, cand, ncand, start);
-    if (q->vis && vr.need)
-        ncand = pgg__vis_order(pool, &vr, true, cand, ncand);
-    now = start;
-pass:
-    for (int i = 0, again = -1, reroutes = 0; i < ncand && !served; i++) {
-        pgg_host *h = &pool->hosts[cand[i]];
-
-        if (cancel && pgg__cancel_fired(cancel)) {
-            cancelled(err);
-            final = true;
-            break;
-        }
-        if (now >= deadline) {
-            if (attempts == 0 || !err->code)
-                pgg__error_set(err, PGG_ETIMEDOUT, NULL, NULL,
-                               "deadline exceeded before a host could serve");
-            final = true;
-            break;
-        }
-        if (!attempt_on(pool, h, intent, q,
-                        attempt_deadline(pool, h, intent, call, deadline, now,
-                                         i + 1 < ncand, attempts),
-                        now, &a, &rejected, err)) {
-            /* Skipping a host costs little time, unless it waited for a
-             * connection slot; read the clock again either way. */
-            now = pgg__now_ns();
-            continue;
-        }
-        /* A standby behind the read's position: not an answer. */
-        if (pgg__vis_discard(q->vis, &a.res)) {
-            now = a.ended ? a.ended : pgg__now_ns();
-            continue;
-        }
-        attempts++;
-        now = a.ended ? a.ended : pgg__now_ns();
-        if (info)
-            info->sent = a.end != PGG_END_CONNECT_FAILED &&
-                         a.end != PGG_END_NOT_SENT &&
-                         a.end != PGG_END_EXPIRED && a.end != PGG_END_REFUSED;
-        if (a.v.code == PGG_ECANCELED) {
-            info_served(info, h);
-            PQclear(a.res);
-            a.res = NULL;
-            final = true;
-            break;
-        }
-        if (!pgg__host_failure(a.v.cls) && a.v.cls != PGG_CLASS_WRONG_ROLE &&
-            !(a.v.cls == PGG_CLASS_IGNORED && a.v.retry &&
-              may_retry(pool, intent, call, &a, attempts))) {
-            served = true;
-            res = a.res;
-            info_served(info, h);
-            /* err tells the call's outcome, not an earlier attempt's. */
-            if (a.v.code == PGG_OK && err->code != PGG_OK)
-                pgg__error_reset(err);
-            break;
-        }
-        if (!may_retry(pool, intent, call, &a, attempts)) {
-            info_served(info, h);
-            PQclear(a.res);
-            final = true;
-            break;
-        }
-        if (a.res && a.v.cls == PGG_CLASS_IGNORED) {
-            PQclear(spare);
-            spare = a.res;
-            spare_err = *err;
-            spare_host = h;
-        } else {
-            PQclear(a.res);
-        }
-        a.res = NULL;
-        /* A pooled session that was dead when we used it (a restart, a
-         * failover, terminated backends) says little about the host: its
-         * idle siblings are gone now (exec_on), so try the same host once
-         * more on a new connection before moving on. */
-        if (a.reused && a.lost && a.end != PGG_END_DEADLINE && again != i) {
-            again = i;
-            i--;
-        } else if (a.v.cls == PGG_CLASS_WRONG_ROLE && reroutes++ < 2) {
-            /* The write did not apply and this host is a standby now: route
-             * again on what the pool knows, or, knowing no primary, on what
-             * the health thread (woken by the 25006) finds within the
-             * deadline. */
-            ncand = pgg__pool_candidates(pool, intent, cand);
-            if (ncand == 0 && pgg__health_await_round(pool->health, deadline))
-                ncand = pgg__pool_candidates(pool, intent, cand);
-            i = -1;
-            again = -1;
-            now = pgg__now_ns();
-        }
-    }
-    /* A read that needs a position: wait for a standby, then the primary. */
-    if (!served && !final && !spare && q->vis && vr.need) {
-        int n2 = pgg__vis_retry(pool, &vr, deadline, intent, true, cand, err);
-
-        if (n2 > 0) {
-            ncand = n2;
-            now = pgg__now_ns();
-            goto pass;
-        }
-    }
-    if (!served && spare) {
-        /* No other host answered: the server's answer is the outcome. */
-        served = true;
-        res = spare;
-        *err = spare_err;
-        info_served(info, spare_host);
-        if (info)
-            info->sent = 1;
-    } else {
-        PQclear(spare);
-    }
-    if (cancel && !served && err->code != PGG_ECANCELED &&
-        pgg__cancel_fired(cancel))
-        cancelled(err); /* a read-your-writes wait the fire ended */
-    else if (!served && attempts == 0 &&
-        (err->code == PGG_OK ||
-         (rejected && err->code != PGG_ETIMEDOUT && err->code != PGG_ECLOSED)))
-        pgg__pool_no_host_error(pool, intent, rejected ? ncand : 0, err);
-
-    if (q->vis && served) {
-        pgg__vis_served(pool->vis, &vr, intent);
-        if (info)
-            info->lsn = vr.lsn;
-    }
-    if (info)
-        info->lsn_wait_us = vr.wait_ns / 1000;
-    if (pool->cache && call && (call->flags & PGG_CALL_CACHEABLE) &&
-        intent != PGG_WRITE)
-        res = cache_step(pool, q, call, &vr, served, res, info, err);
-
-    pgg__bulkhead_leave(&pool->bulkhead);
-    if (!res)
-        atomic_fetch_add(&pool->calls_failed, 1);
-    if (info) {
-        info->attempts = attempts;
-        /* The attempt's end is close enough: no clock reading for it. */
-        info->elapsed_us = ((served ? now : pgg__now_ns()) - start) / 1000;
-    }
-    return res;
-}
-
 /* A call with a cancel handle: refused at once when it is already fired,
  * else run with the handle current on this thread (cancel.h).  Kept out of
- * line so that a call without one reaches run_call by a tail call. */
+ * line so that a call without one reaches pgg__call_run by a tail call. */
 #if defined(__GNUC__)
 __attribute__((noinline))
 #endif
@@ -1132,13 +760,13 @@ static PGresult *run_cancellable(pgg_pool *pool, pgg_intent intent,
     PGresult *res;
 
     if (pgg__cancel_fired(c)) {
-        info_reset(info);
-        cancelled(err);
+        pgg__info_reset(info);
+        pgg__call_cancelled(err);
         atomic_fetch_add(&pool->calls_failed, 1);
         return NULL;
     }
     prev = pgg__cancel_enter(c, pool->watchdog);
-    res = run_call(pool, intent, q, call, info, err, c);
+    res = pgg__call_run(pool, intent, q, call, info, err, c);
     pgg__cancel_leave(c, prev);
     return res;
 }
@@ -1149,7 +777,7 @@ static PGresult *run_guarded(pgg_pool *pool, pgg_intent intent,
 {
     if (call && call->cancel && pool)
         return run_cancellable(pool, intent, q, call, info, err);
-    return run_call(pool, intent, q, call, info, err, NULL);
+    return pgg__call_run(pool, intent, q, call, info, err, NULL);
 }
 
 #if defined(__GNUC__)
@@ -1211,7 +839,7 @@ PGresult *pgg_exec_params(pgg_pool *pool, pgg_intent intent, const char *sql,
         pgg__error_set(err, PGG_EINVAL, NULL, NULL,
                        "pgg_exec_params: %d parameters but no values",
                        nparams);
-        info_reset(info);
+        pgg__info_reset(info);
         return NULL;
     }
     /* Parameters force the extended protocol even when there are none. */
@@ -1239,14 +867,14 @@ PGresult *pgg_exec_prepared(pgg_pool *pool, pgg_intent intent,
     pgg_query q;
 
     if (!pool || !name || nparams < 0) {
-        info_reset(info);
+        pgg__info_reset(info);
         pgg__error_set(err, PGG_EINVAL, NULL, NULL,
                        "pgg_exec_prepared: NULL pool or name");
         return NULL;
     }
     stmt = pgg__prepared_find(&pool->prepared, name);
     if (!stmt) {
-        info_reset(info);
+        pgg__info_reset(info);
         pgg__error_set(err, PGG_EINVAL, NULL, NULL,
                        "pgg_exec_prepared: no statement \"%.63s\" "
                        "(pgg_pool_prepare it first)",

@@ -121,6 +121,16 @@ pgg_take pgg__pool_take(pgg_pool *pool, pgg_host *h, pgg_intent intent,
                         int64_t deadline, int64_t now, pgg_link **l,
                         pgg_ticket *ticket, bool *rejected, pgg_error *err);
 
+/* The two halves of pgg__pool_take after admission, for a loop driver
+ * that borrows and connects without waiting: a failed borrow (why) recorded
+ * and classified (SKIPPED or FAILED), and the role check of a borrowed
+ * connection (OK, or SKIPPED with the link given back). */
+pgg_take pgg__pool_take_failed(pgg_pool *pool, pgg_host *h, pgg_ticket ticket,
+                               int64_t start, pgg_borrow_fail why,
+                               pgg_error *err);
+pgg_take pgg__pool_taken(pgg_pool *pool, pgg_host *h, pgg_intent intent,
+                         pgg_link **l, pgg_ticket ticket, int64_t start);
+
 /*
  * Run q on a taken connection, classify, record the ticket (when not NULL).
  * When the deadline fired the link is abandoned and *lp set to NULL;
@@ -133,6 +143,19 @@ pgg_verdict pgg__pool_exec_on(pgg_pool *pool, pgg_host *h, pgg_link **lp,
                               int64_t started, PGresult **res,
                               pgg_attempt_end *end, int64_t *ended,
                               pgg_error *err);
+
+/*
+ * The second half of pgg__pool_exec_on, for drivers that ran the query
+ * themselves (an event loop): res and end are the attempt's (res stays the
+ * caller's), role the host's role read before it was sent.  Classify,
+ * learn the role, record the ticket, drop the link when its state is
+ * unknown (*lp NULL), exactly as after a blocking exec.
+ */
+pgg_verdict pgg__pool_exec_done(pgg_pool *pool, pgg_host *h, pgg_link **lp,
+                                pgg_intent intent, const pgg_ticket *ticket,
+                                int role, int64_t started, PGresult *res,
+                                pgg_attempt_end end, int64_t *ended,
+                                pgg_error *err);
 
 /* The error for a call no host took: PGG_ENOPRIMARY, or PGG_EOPEN when
  * ncand candidates all refused (ncand 0: none was eligible at all). */

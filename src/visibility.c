@@ -884,36 +884,42 @@ static int exec_checked(pgg_pool *pool, pgg_host *h, pgg_link *l,
     return PGG_OK;
 }
 
-int pgg__vis_exec(pgg_pool *pool, pgg_host *h, pgg_link *l,
-                  const pgg_query *q, int64_t deadline, PGresult **out,
-                  pgg_attempt_end *end, pgg_error *err)
+bool pgg__vis_plain(pgg_pool *pool, pgg_host *h, const pgg_query *q)
 {
     pgg_vis_req *r = q->vis;
-    PGconn *conn = l->conn;
     uint64_t known;
     int role;
 
     if (!r || q->prepare || (!r->want_lsn && !r->need))
-        return pgg__link_exec_wd(pool->watchdog, conn, q, deadline, h->name,
-                                 out, end, err);
+        return true;
     r->not_met = false;
     r->lsn = 0;
     if (r->want_lsn)
-        return exec_write(l, q, deadline, h->name, out, end, err);
+        return false;
     role = atomic_load_explicit(&h->role, memory_order_relaxed);
     if (role == PGG_ROLE_PRIMARY) {
         r->lsn = max_u64(r->need, r->latest);
-        return pgg__link_exec_wd(pool->watchdog, conn, q, deadline, h->name,
-                                 out, end, err);
+        return true;
     }
     /* Read before sending: the answer's snapshot comes later, so it holds
      * at least this. */
     known = pgg__vis_replayed(pool->vis, h->index);
     if (role == PGG_ROLE_STANDBY && known >= r->need) {
         r->lsn = known;
-        return pgg__link_exec_wd(pool->watchdog, conn, q, deadline, h->name,
-                                 out, end, err);
+        return true;
     }
+    return false;
+}
+
+int pgg__vis_exec(pgg_pool *pool, pgg_host *h, pgg_link *l,
+                  const pgg_query *q, int64_t deadline, PGresult **out,
+                  pgg_attempt_end *end, pgg_error *err)
+{
+    if (!q->vis || pgg__vis_plain(pool, h, q))
+        return pgg__link_exec_wd(pool->watchdog, l->conn, q, deadline,
+                                 h->name, out, end, err);
+    if (q->vis->want_lsn)
+        return exec_write(l, q, deadline, h->name, out, end, err);
     return exec_checked(pool, h, l, q, deadline, out, end, err);
 }
 

@@ -104,6 +104,14 @@ int pgg__vis_exec(struct pgg_pool *pool, struct pgg_host *h,
                   pgg_error *err);
 
 /*
+ * Does q run on h as it is (no position to learn or check)?  Then r's
+ * position fields are set as pgg__vis_exec sets them for a plain run.  A
+ * driver that runs queries itself (the event loop) runs only these.
+ */
+bool pgg__vis_plain(struct pgg_pool *pool, struct pgg_host *h,
+                    const struct pgg_query *q);
+
+/*
  * The answer in *res came from a host that had not replayed r->need:
  * clear it, so the call moves on.  Returns true when it did.
  */
