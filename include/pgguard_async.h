@@ -1,0 +1,179 @@
+/*
+ * pgguard_async.h: guarded calls on an event loop.
+ *
+ * A pgg_async attaches a pool (pgguard.h) to one event loop.  Its calls go
+ * the same path as blocking calls (bulkhead, routing, breakers, borrow or
+ * connect, exec, classification, records, retries on the next host, the
+ * fallback cache), on the same pool: hosts, breakers, connections, cache and
+ * metrics are shared with blocking callers on other threads.  Nothing a
+ * pgg_async does blocks the loop: connects are non-blocking
+ * (PQconnectStartParams + PQconnectPoll), queries are sent and read as the
+ * loop reports the socket ready, every deadline is a loop timer, a full
+ * bulkhead refuses at once, and a query abandoned at its deadline is
+ * cancelled on the server from the pool's canceller thread.
+ *
+ * DNS: libpq resolves a host name inside PQconnectStartParams, which
+ * blocks.  Give the pool numeric addresses (hostaddr=, or host=127.0.0.1)
+ * when it serves a loop, or resolve names off the loop and pass hostaddr.
+ *
+ * The loop is reached through a table of hooks (pgg_async_ev), filled by an
+ * adapter: include <pgguard/adapters/libevent.h>, libev.h or libuv.h and
+ * call its pgg_async_<loop>_attach(ac, loop).  Another loop needs the six
+ * functions described at pgg_async_ev.
+ *
+ * Threads: a pgg_async and its calls belong to the loop's thread; every
+ * function here must be called on it (the pool itself stays shareable).
+ *
+ *   pgg_async *ac = pgg_async_new(pool, &err);
+ *   pgg_async_libevent_attach(ac, base);
+ *   pgg_async_exec(ac, PGG_READ, "SELECT 1", NULL, done, ctx, NULL);
+ *   ...
+ *   static void done(pgg_async *ac, PGresult *res, const pgg_info *info,
+ *                    const pgg_error *err, void *ctx)
+ *   { ... PQclear(res); }
+ */
+#ifndef PGGUARD_ASYNC_H
+#define PGGUARD_ASYNC_H
+
+#include "pgguard.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct pgg_async pgg_async;
+/* One call in flight, for pgg_async_cancel.  Valid until its callback
+ * starts. */
+typedef struct pgg_async_call pgg_async_call;
+/* One socket the loop watches for a call (connect or query). */
+typedef struct pgg_async_sock pgg_async_sock;
+
+/*
+ * A call's completion, on the loop's thread, exactly once for every call
+ * pgg_async_exec* accepted (returned PGG_OK), and never from inside the
+ * function that started it.  res, info and err are what the blocking call
+ * returns: res (NULL on failure) is the callback's, to PQclear; info and
+ * err live until the callback returns.  The callback may start new calls
+ * and cancel others; it must not free the pgg_async.
+ */
+typedef void (*pgg_async_fn)(pgg_async *ac, PGresult *res,
+                             const pgg_info *info, const pgg_error *err,
+                             void *userdata);
+
+/*
+ * The loop's hooks (in the style of hiredis' redisAsyncContext.ev, with
+ * one socket per call in flight rather than one per context, and one timer
+ * per context as in libcurl's multi interface).
+ *
+ *   add_read, del_read, add_write, del_write: start or stop watching the
+ *     socket pgg_async_sock_fd(s) for readability or writability.  When it
+ *     is ready, call pgg_async_handle_read(s) / pgg_async_handle_write(s).
+ *     Several interests on one socket may be on at once.
+ *   close_sock: no event of s is wanted any more (interests are off): free
+ *     whatever the adapter attached to it (pgg_async_sock_data).  The fd
+ *     may be closed or reused right after this returns, so the adapter must
+ *     have stopped watching it synchronously.
+ *   schedule_timer: (re)arm the context's one timer to fire once in
+ *     timeout_us microseconds (0: as soon as the loop can); < 0: disarm.
+ *     When it fires, call pgg_async_handle_timer(ac).
+ *   cleanup: the context is being freed; free the adapter's state (data).
+ */
+typedef struct pgg_async_ev {
+    void *data;
+    void (*add_read)(void *data, pgg_async_sock *s);
+    void (*del_read)(void *data, pgg_async_sock *s);
+    void (*add_write)(void *data, pgg_async_sock *s);
+    void (*del_write)(void *data, pgg_async_sock *s);
+    void (*close_sock)(void *data, pgg_async_sock *s);
+    void (*schedule_timer)(void *data, int64_t timeout_us);
+    void (*cleanup)(void *data);
+} pgg_async_ev;
+
+/* A context for pool on one loop; attach an adapter before the first
+ * call.  NULL with err set when out of memory, pool is NULL, or the pool
+ * has an on-connect hook (it runs blocking SQL or a callback on each new
+ * connection: PGG_ENOTSUP). */
+PGG_EXPORT pgg_async *pgg_async_new(pgg_pool *pool, pgg_error *err);
+
+/* Install the loop's hooks (copied).  Adapters call it.  PGG_ESTATE when
+ * hooks are installed already, PGG_EINVAL for a missing hook. */
+PGG_EXPORT int pgg_async_attach(pgg_async *ac, const pgg_async_ev *ev);
+
+/* The adapter's data (ev.data), for its own use. */
+PGG_EXPORT void *pgg_async_ev_data(const pgg_async *ac);
+
+/*
+ * Free the context: every call still in flight completes first, with
+ * PGG_ECANCELED (its query dropped and cancelled on the server), then the
+ * adapter's cleanup runs.  The pool outlives it.  Accepts NULL.  Not from
+ * inside a callback.
+ */
+PGG_EXPORT void pgg_async_free(pgg_async *ac);
+
+/*
+ * Start a call; the arguments are those of pgg_exec, pgg_exec_params and
+ * pgg_exec_prepared (pgguard.h), copied: the caller's buffers may go once
+ * this returns.  PGG_OK: fn will be called once.  Any other return (err
+ * filled, fn never called): PGG_EINVAL, PGG_ECLOSED, PGG_ENOMEM,
+ * PGG_ESTATE (no adapter attached), PGG_EBULKHEAD (the pool's bulkhead is
+ * full: refused at once, never queued), PGG_ENOTSUP (a write that must
+ * learn its WAL position: read_your_writes=pool or PGG_CALL_WANT_LSN; not
+ * on the loop yet).  *handle (may be NULL) identifies the call for
+ * pgg_async_cancel.
+ *
+ * The deadline is call->timeout_ms (or call_timeout_ms) from now, bulkhead
+ * included.  On the loop: the bulkhead never waits (bulkhead.max_wait_ms
+ * does not apply), a busy host (pool_max) is skipped like an open breaker,
+ * an idle connection is checked for liveness without a round trip
+ * (validate_after_idle_ms does not apply; a session found dead when used
+ * is retried on a new connection, as for blocking calls), a read that
+ * needs a WAL position goes to replicas known to have it and then to the
+ * primary without waiting, and a write refused by a demoted primary is
+ * rerouted on what the pool knows without awaiting a health round.
+ * call->cancel, when set, is looked at between attempts.
+ */
+PGG_EXPORT int pgg_async_exec(pgg_async *ac, pgg_intent intent,
+                              const char *sql, const pgg_call *call,
+                              pgg_async_fn fn, void *userdata,
+                              pgg_async_call **handle, pgg_error *err);
+PGG_EXPORT int pgg_async_exec_params(pgg_async *ac, pgg_intent intent,
+                                     const char *sql, int nparams,
+                                     const Oid *types,
+                                     const char *const *values,
+                                     const int *lengths, const int *formats,
+                                     const pgg_call *call, pgg_async_fn fn,
+                                     void *userdata, pgg_async_call **handle,
+                                     pgg_error *err);
+PGG_EXPORT int pgg_async_exec_prepared(pgg_async *ac, pgg_intent intent,
+                                       const char *name, int nparams,
+                                       const char *const *values,
+                                       const int *lengths, const int *formats,
+                                       const pgg_call *call, pgg_async_fn fn,
+                                       void *userdata,
+                                       pgg_async_call **handle,
+                                       pgg_error *err);
+
+/*
+ * End a call in flight now: its callback runs before this returns, with
+ * PGG_ECANCELED; a query on the wire is dropped with its connection and
+ * cancelled on the server from a worker thread; the attempt counts against
+ * no host.  c must be a call whose callback has not started.
+ */
+PGG_EXPORT void pgg_async_cancel(pgg_async_call *c);
+
+/* Calls in flight. */
+PGG_EXPORT int pgg_async_pending(const pgg_async *ac);
+
+/* For adapters. */
+PGG_EXPORT int pgg_async_sock_fd(const pgg_async_sock *s);
+/* A pointer the adapter may set (its watcher for s); NULL at first. */
+PGG_EXPORT void **pgg_async_sock_data(pgg_async_sock *s);
+PGG_EXPORT void pgg_async_handle_read(pgg_async_sock *s);
+PGG_EXPORT void pgg_async_handle_write(pgg_async_sock *s);
+PGG_EXPORT void pgg_async_handle_timer(pgg_async *ac);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

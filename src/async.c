@@ -1,0 +1,878 @@
+/*
+ * The loop driver of the call path (pgguard_async.h).  call.c decides;
+ * this file waits the way a loop waits: it tells the adapter which socket
+ * to watch and when to fire the context's one timer, and advances a call
+ * when the loop reports readiness, the deadline or a cancel.
+ *
+ * A call's states:
+ *   IDLE     between attempts: the path picks the next host (call.c)
+ *   PARKED   admitted on a host whose connections are all busy: waits for
+ *            one (the blocking path waits on the host's condition variable)
+ *   CONNECT  a new connection being made (PQconnectPoll)
+ *   PREPARE  a registered statement being prepared on its connection
+ *   QUERY    the statement on the wire
+ *   DONE     finished, its callback due from the timer (a call never
+ *            completes inside the function that started it)
+ */
+#include "pgguard_async.h"
+
+#include <poll.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "call.h"
+#include "cancel.h"
+#include "error.h"
+
+enum { ST_IDLE, ST_PARKED, ST_CONNECT, ST_PREPARE, ST_QUERY, ST_DONE };
+
+/* How often a call parked on a busy host looks again for a connection
+ * another thread gave back (its own context's give-backs wake it at
+ * once). */
+#define PARK_POLL_NS (1 * PGG_NS_PER_MS)
+
+struct pgg_async_sock {
+    int fd;
+    int on; /* POLLIN / POLLOUT interests the adapter holds */
+    bool open;
+    void *data;
+    pgg_async_call *call;
+};
+
+struct pgg_async_call {
+    pgg_async *ac;
+    pgg_async_call *prev, *next;
+    int state;
+    bool has_opts;
+    bool unpark; /* it gave a connection back: wake calls parked on its host */
+    pgg_async_fn fn;
+    void *userdata;
+    int64_t wait_until; /* the current wait's deadline (DONE: 0) */
+    /* The attempt under way. */
+    pgg_host *h;
+    pgg_link *l;
+    PGconn *conn; /* CONNECT */
+    pgg_ticket ticket;
+    int role;
+    int64_t attempt_deadline;
+    PGresult *res;
+    pgg_link_io io;
+    pgg__attempt a;
+    pgg_async_sock sock;
+    pgg_query q;
+    pgg_call opts;
+    pgg_info info;
+    pgg_error err;
+    pgg__call c;
+    /* The copied SQL and parameters follow. */
+};
+
+struct pgg_async {
+    pgg_pool *pool;
+    pgg_async_ev ev;
+    bool attached;
+    pgg_async_call *head;
+    int pending;
+    int64_t timer_at; /* INT64_MAX: disarmed */
+    /* Fired once for good: made the call's handle when it is cancelled,
+     * so that the path's own cancel rules apply (call.c, pool.c). */
+    pgg_cancel *fired;
+};
+
+/* ------------------------------------------------------------ context */
+
+pgg_async *pgg_async_new(pgg_pool *pool, pgg_error *err)
+{
+    pgg_async *ac;
+
+    if (!pool) {
+        pgg__error_set(err, PGG_EINVAL, NULL, NULL, "pgg_async_new: NULL pool");
+        return NULL;
+    }
+    if (pool->nhosts > 0 && pool->hosts[0].on_connect &&
+        (pool->hosts[0].on_connect->sql || pool->hosts[0].on_connect->fn)) {
+        pgg__error_set(err, PGG_ENOTSUP, NULL, NULL,
+                       "pgg_async_new: the pool has an on-connect hook, "
+                       "which would block the loop on each new connection");
+        return NULL;
+    }
+    ac = calloc(1, sizeof *ac);
+    if (ac)
+        ac->fired = pgg_cancel_new();
+    if (!ac || !ac->fired) {
+        free(ac);
+        pgg__error_set(err, PGG_ENOMEM, NULL, NULL, "out of memory");
+        return NULL;
+    }
+    pgg_cancel_fire(ac->fired);
+    ac->pool = pool;
+    ac->timer_at = INT64_MAX;
+    return ac;
+}
+
+int pgg_async_attach(pgg_async *ac, const pgg_async_ev *ev)
+{
+    if (!ac || !ev || !ev->add_read || !ev->del_read || !ev->add_write ||
+        !ev->del_write || !ev->close_sock || !ev->schedule_timer)
+        return PGG_EINVAL;
+    if (ac->attached)
+        return PGG_ESTATE;
+    ac->ev = *ev;
+    ac->attached = true;
+    return PGG_OK;
+}
+
+void *pgg_async_ev_data(const pgg_async *ac)
+{
+    return ac ? ac->ev.data : NULL;
+}
+
+int pgg_async_pending(const pgg_async *ac)
+{
+    return ac ? ac->pending : 0;
+}
+
+int pgg_async_sock_fd(const pgg_async_sock *s)
+{
+    return s->fd;
+}
+
+void **pgg_async_sock_data(pgg_async_sock *s)
+{
+    return &s->data;
+}
+
+/* The one timer: at the earliest wait of any call (now for a DONE one). */
+static void rearm(pgg_async *ac)
+{
+    int64_t at = INT64_MAX, now;
+
+    for (pgg_async_call *k = ac->head; k; k = k->next)
+        if (k->wait_until < at)
+            at = k->wait_until;
+    if (at == ac->timer_at)
+        return;
+    ac->timer_at = at;
+    if (at == INT64_MAX) {
+        ac->ev.schedule_timer(ac->ev.data, -1);
+        return;
+    }
+    now = pgg__now_ns();
+    ac->ev.schedule_timer(ac->ev.data,
+                          at <= now ? 0 : (at - now + 999) / 1000);
+}
+
+/* --------------------------------------------------------------- sockets */
+
+static void sock_close(pgg_async_call *k)
+{
+    pgg_async *ac = k->ac;
+    pgg_async_sock *s = &k->sock;
+
+    if (!s->open)
+        return;
+    if (s->on & POLLIN)
+        ac->ev.del_read(ac->ev.data, s);
+    if (s->on & POLLOUT)
+        ac->ev.del_write(ac->ev.data, s);
+    s->on = 0;
+    ac->ev.close_sock(ac->ev.data, s);
+    s->data = NULL;
+    s->open = false;
+}
+
+/* Watch fd for want (POLLIN / POLLOUT) until deadline. */
+static void sock_want(pgg_async_call *k, int fd, int want, int64_t until)
+{
+    pgg_async *ac = k->ac;
+    pgg_async_sock *s = &k->sock;
+
+    if (s->open && s->fd != fd)
+        sock_close(k); /* libpq moved to another socket (connect) */
+    if (!s->open) {
+        s->fd = fd;
+        s->on = 0;
+        s->data = NULL;
+        s->call = k;
+        s->open = true;
+    }
+    if ((want & POLLIN) && !(s->on & POLLIN))
+        ac->ev.add_read(ac->ev.data, s);
+    else if (!(want & POLLIN) && (s->on & POLLIN))
+        ac->ev.del_read(ac->ev.data, s);
+    if ((want & POLLOUT) && !(s->on & POLLOUT))
+        ac->ev.add_write(ac->ev.data, s);
+    else if (!(want & POLLOUT) && (s->on & POLLOUT))
+        ac->ev.del_write(ac->ev.data, s);
+    s->on = want & (POLLIN | POLLOUT);
+    k->wait_until = until;
+}
+
+/* ------------------------------------------------------------ attempts */
+
+static void drive(pgg_async_call *k);
+static void borrow(pgg_async_call *k);
+static void settle(pgg_async_call *k);
+static void unpark(pgg_async *ac, const pgg_host *h);
+
+/* The attempt on k->h is over (its verdict in k->a): back to the path. */
+static void attempt_over(pgg_async_call *k)
+{
+    sock_close(k);
+    pgg__call_attempted(&k->c, k->h, &k->a);
+    k->state = ST_IDLE;
+}
+
+/* The query or prepare ended (res, end): classify and record as the
+ * blocking path does, give the connection back. */
+static void exec_over(pgg_async_call *k, PGresult *res, pgg_attempt_end end)
+{
+    pgg_cancel *prev = pgg__cancel_cur;
+
+    sock_close(k);
+    /* A cancelled call's fired handle is current, as on a blocking call's
+     * thread: the attempt is then ignored and not retried (pool.c). */
+    pgg__cancel_cur = k->c.cancel;
+    k->a.res = res;
+    k->a.end = end;
+    k->a.v = pgg__pool_exec_done(k->c.pool, k->h, &k->l, k->c.intent,
+                                 &k->ticket, k->role, k->c.now, res, end,
+                                 &k->a.ended, k->c.err);
+    pgg__cancel_cur = prev;
+    k->a.lost = !k->l || PQstatus(k->l->conn) != CONNECTION_OK;
+    if (k->l)
+        pgg__host_give_back(k->h, k->l, k->a.ended);
+    k->l = NULL;
+    attempt_over(k);
+    k->unpark = true; /* after this call's own next step (advance) */
+}
+
+/* Advance the statement on the wire by what the socket showed. */
+static void io(pgg_async_call *k, int revents)
+{
+    PGresult *res = NULL;
+    pgg_attempt_end end;
+    int rc;
+    int want = pgg__link_io_step(k->l->conn, &k->io, revents, k->h->name, &res,
+                                 &end, k->c.err, &rc);
+
+    if (want) {
+        sock_want(k, PQsocket(k->l->conn), want, k->attempt_deadline);
+        return;
+    }
+    if (k->state == ST_PREPARE) {
+        const pgg_stmt *stmt = k->q.stmt;
+
+        if (end != PGG_END_RESULT || PQresultStatus(res) != PGRES_COMMAND_OK) {
+            /* The statement itself never ran. */
+            if (end == PGG_END_LOST)
+                end = PGG_END_NOT_SENT;
+            exec_over(k, res, end);
+            return;
+        }
+        PQclear(res);
+        pgg__stmt_set_add(&k->l->stmts, stmt->index);
+        if (pgg__now_ns() >= k->attempt_deadline) {
+            pgg__error_set(k->c.err, PGG_ETIMEDOUT, NULL, k->h->name,
+                           "deadline exceeded while preparing \"%s\"; "
+                           "not sent",
+                           stmt->name);
+            exec_over(k, NULL, PGG_END_EXPIRED);
+            return;
+        }
+        k->state = ST_QUERY;
+        if (pgg__link_send(k->l->conn, k->c.q, k->h->name, &res, &end,
+                           k->c.err) != PGG_OK) {
+            exec_over(k, res, end);
+            return;
+        }
+        k->io = (pgg_link_io){0};
+        io(k, 0);
+        return;
+    }
+    exec_over(k, res, end);
+}
+
+/* A connection is taken: prepare if needed, then send. */
+static void exec_start(pgg_async_call *k)
+{
+    PGresult *res = NULL;
+    pgg_attempt_end end;
+    const pgg_query *q = k->c.q;
+    int rc;
+
+    k->a.reused = !k->l->fresh;
+    k->role = atomic_load_explicit(&k->h->role, memory_order_relaxed);
+    k->io = (pgg_link_io){0};
+    /* Only plain runs happen here (pgg_async_exec* refuses writes that
+     * learn a position): a read whose position this host is not known to
+     * have is not sent, as a blocking call would not use its answer. */
+    if (!pgg__vis_plain(k->c.pool, k->h, q)) {
+        int64_t now = pgg__now_ns();
+
+        k->c.vr.unmet_seen = true;
+        pgg__host_give_back(k->h, k->l, now);
+        k->l = NULL;
+        pgg__pool_record(k->c.pool, k->h, k->ticket, PGG_CLASS_IGNORED,
+                         k->c.now, now);
+        pgg__call_skipped(&k->c);
+        k->state = ST_IDLE;
+        return;
+    }
+    if (q->stmt && !pgg__stmt_set_has(&k->l->stmts, q->stmt->index)) {
+        pgg_query pq = {.sql = q->stmt->sql,
+                        .nparams = q->stmt->nparams,
+                        .types = q->stmt->types,
+                        .stmt = q->stmt,
+                        .stmt_name = q->stmt->name,
+                        .prepare = true};
+
+        k->state = ST_PREPARE;
+        rc = pgg__link_send(k->l->conn, &pq, k->h->name, &res, &end, k->c.err);
+    } else {
+        k->state = ST_QUERY;
+        rc = pgg__link_send(k->l->conn, q, k->h->name, &res, &end, k->c.err);
+    }
+    if (rc != PGG_OK) {
+        if (k->state == ST_PREPARE && end == PGG_END_LOST)
+            end = PGG_END_NOT_SENT;
+        exec_over(k, res, end);
+        return;
+    }
+    io(k, 0);
+}
+
+static void taken(pgg_async_call *k)
+{
+    if (pgg__pool_taken(k->c.pool, k->h, k->c.intent, &k->l, k->ticket,
+                        k->c.now) != PGG_TAKE_OK) {
+        pgg__call_skipped(&k->c);
+        k->state = ST_IDLE;
+        return;
+    }
+    exec_start(k);
+}
+
+/* The connect failed (err says why): recorded and classified as a failed
+ * borrow of the blocking path. */
+static void connect_failed(pgg_async_call *k)
+{
+    pgg_cancel *prev = pgg__cancel_cur;
+    pgg_take t;
+
+    sock_close(k);
+    pgg__host_connect_failed(k->h, k->c.err);
+    pgg__cancel_cur = k->c.cancel;
+    t = pgg__pool_take_failed(k->c.pool, k->h, k->ticket, k->c.now,
+                              PGG_BORROW_CONNECT, k->c.err);
+    pgg__cancel_cur = prev;
+    if (t == PGG_TAKE_SKIPPED) {
+        pgg__call_skipped(&k->c);
+        k->state = ST_IDLE;
+        return;
+    }
+    k->a.res = NULL;
+    k->a.ended = 0;
+    k->a.reused = false;
+    k->a.lost = false;
+    k->a.end = PGG_END_CONNECT_FAILED;
+    k->a.v = pgg__classify_connect(&k->c.pool->cfg->classifier,
+                                   k->c.err->sqlstate);
+    attempt_over(k);
+}
+
+static void connect_step(pgg_async_call *k, bool ready)
+{
+    int want = pgg__link_connect_step(&k->conn, ready, k->h->name, k->c.err);
+    int64_t bound;
+
+    if (want > 0) {
+        bound = k->c.now + k->h->connect_timeout_ns;
+        if (bound > k->attempt_deadline)
+            bound = k->attempt_deadline;
+        sock_want(k, PQsocket(k->conn), want, bound);
+        return;
+    }
+    if (want < 0) {
+        connect_failed(k);
+        return;
+    }
+    sock_close(k);
+    if (pgg__host_connected(k->h, k->conn, &k->l, k->c.err) != PGG_OK) {
+        k->conn = NULL;
+        pgg__pool_take_failed(k->c.pool, k->h, k->ticket, k->c.now,
+                              PGG_BORROW_CLOSED, k->c.err);
+        pgg__call_skipped(&k->c);
+        k->state = ST_IDLE;
+        return;
+    }
+    k->conn = NULL;
+    taken(k);
+}
+
+/* Start an attempt on h: admission, a connection or a connect. */
+static void attempt_start(pgg_async_call *k, pgg_host *h)
+{
+
+    k->h = h;
+    k->l = NULL;
+    k->a.res = NULL;
+    k->a.ended = 0;
+    k->a.reused = false;
+    k->a.lost = false;
+    if (!pgg__breaker_allow(&h->breaker, k->c.now, &k->ticket)) {
+        atomic_fetch_add(&h->rejections, 1);
+        k->c.rejected = true;
+        pgg__call_skipped(&k->c);
+        return;
+    }
+    borrow(k);
+}
+
+/* Admitted on k->h: a connection, a connect, or a wait for one. */
+static void borrow(pgg_async_call *k)
+{
+    pgg_pool *pool = k->c.pool;
+    pgg_host *h = k->h;
+    int64_t now = k->state == ST_PARKED ? pgg__now_ns() : k->c.now;
+    bool connect;
+
+    if (pgg__host_try_borrow(h, now, &k->l, &connect, k->c.err) != PGG_OK) {
+        if (k->c.err->code != PGG_ECLOSED && now < k->attempt_deadline) {
+            /* Busy until one comes back: park (no error for now). */
+            pgg__error_reset(k->c.err);
+            k->state = ST_PARKED;
+            k->wait_until = now + PARK_POLL_NS < k->attempt_deadline
+                                ? now + PARK_POLL_NS
+                                : k->attempt_deadline;
+            return;
+        }
+        k->state = ST_IDLE;
+        pgg__pool_take_failed(pool, h, k->ticket, k->c.now,
+                              k->c.err->code == PGG_ECLOSED
+                                  ? PGG_BORROW_CLOSED
+                                  : PGG_BORROW_EXHAUSTED,
+                              k->c.err);
+        pgg__call_skipped(&k->c);
+        return;
+    }
+    k->state = ST_IDLE;
+    if (!connect) {
+        taken(k);
+        return;
+    }
+    if (pgg__link_connect_start(h->keys, h->vals, h->name, &k->conn,
+                                k->c.err) != PGG_OK) {
+        connect_failed(k);
+        return;
+    }
+    k->state = ST_CONNECT;
+    connect_step(k, false);
+}
+
+/* ----------------------------------------------------------- the path */
+
+static void unlink_call(pgg_async_call *k)
+{
+    pgg_async *ac = k->ac;
+
+    if (k->prev)
+        k->prev->next = k->next;
+    else
+        ac->head = k->next;
+    if (k->next)
+        k->next->prev = k->prev;
+    ac->pending--;
+}
+
+/* Run the callback and free the call. */
+static void complete(pgg_async_call *k)
+{
+    pgg_async *ac = k->ac;
+    PGresult *res = k->res;
+
+    unlink_call(k);
+    k->fn(ac, res, &k->info, &k->err, k->userdata);
+    free(k);
+}
+
+/* Advance k through the steps that need no wait, until it waits or ends. */
+static void drive(pgg_async_call *k)
+{
+    pgg_host *h;
+    int64_t dl;
+
+    while (k->state == ST_IDLE) {
+        h = pgg__call_next(&k->c, &dl);
+        if (!h) {
+            if (pgg__call_again(&k->c))
+                continue;
+            k->res = pgg__call_finish(&k->c);
+            k->state = ST_DONE;
+            k->wait_until = 0;
+            return;
+        }
+        k->attempt_deadline = dl;
+        attempt_start(k, h);
+    }
+}
+
+/* Something happened to k: advance it, then complete it when it ended. */
+static void settle(pgg_async_call *k)
+{
+    pgg_async *ac = k->ac;
+    const pgg_host *gave = k->unpark ? k->h : NULL;
+
+    k->unpark = false;
+    drive(k);
+    if (k->state == ST_DONE)
+        complete(k);
+    if (gave)
+        unpark(ac, gave);
+}
+
+static void advance(pgg_async_call *k)
+{
+    pgg_async *ac = k->ac;
+
+    settle(k);
+    rearm(ac);
+}
+
+/* A connection to h came back: the oldest call parked on h (the list's
+ * tail: calls are added at the head) looks again. */
+static void unpark(pgg_async *ac, const pgg_host *h)
+{
+    pgg_async_call *k = NULL;
+
+    for (pgg_async_call *i = ac->head; i; i = i->next)
+        if (i->state == ST_PARKED && i->h == h)
+            k = i;
+    if (!k)
+        return;
+    borrow(k);
+    settle(k);
+}
+
+static void on_ready(pgg_async_sock *s, int revents)
+{
+    pgg_async_call *k = s->call;
+
+    switch (k->state) {
+    case ST_CONNECT:
+        connect_step(k, true);
+        break;
+    case ST_PREPARE:
+    case ST_QUERY:
+        io(k, revents);
+        break;
+    default:
+        return;
+    }
+    advance(k);
+}
+
+void pgg_async_handle_read(pgg_async_sock *s)
+{
+    on_ready(s, POLLIN);
+}
+
+void pgg_async_handle_write(pgg_async_sock *s)
+{
+    on_ready(s, POLLOUT);
+}
+
+/* The wait of k ended without the socket (its deadline, or a cancel):
+ * end the attempt the way the blocking path ends it at a deadline. */
+static void expire(pgg_async_call *k)
+{
+    PGresult *res = NULL;
+    pgg_attempt_end end;
+
+    switch (k->state) {
+    case ST_CONNECT:
+        PQfinish(k->conn);
+        k->conn = NULL;
+        pgg__error_set(k->c.err, PGG_ETIMEDOUT, NULL, k->h->name,
+                       "connect: deadline exceeded");
+        connect_failed(k);
+        break;
+    case ST_PREPARE:
+    case ST_QUERY:
+        pgg__link_io_deadline(&k->io, k->h->name, &res, &end, k->c.err);
+        exec_over(k, res, end);
+        break;
+    case ST_PARKED:
+        /* A cancel: the wait for a connection ends as the blocking one
+         * does (not the host's failure). */
+        k->state = ST_IDLE;
+        pgg__pool_take_failed(k->c.pool, k->h, k->ticket, k->c.now,
+                              PGG_BORROW_EXHAUSTED, k->c.err);
+        pgg__call_skipped(&k->c);
+        break;
+    default:
+        break;
+    }
+}
+
+void pgg_async_handle_timer(pgg_async *ac)
+{
+    int64_t now = pgg__now_ns();
+
+    ac->timer_at = INT64_MAX; /* it fired */
+    /* Callbacks may start and cancel calls: look again from the head
+     * after each one. */
+    for (;;) {
+        pgg_async_call *k = ac->head;
+
+        while (k && k->wait_until > now)
+            k = k->next;
+        if (!k)
+            break;
+        if (k->state == ST_PARKED)
+            borrow(k); /* looks again; fails past the attempt's deadline */
+        else if (k->state != ST_DONE)
+            expire(k);
+        settle(k);
+    }
+    rearm(ac);
+}
+
+void pgg_async_cancel(pgg_async_call *k)
+{
+    pgg_async *ac;
+
+    if (!k)
+        return;
+    ac = k->ac;
+    k->c.cancel = ac->fired;
+    if (k->state != ST_DONE)
+        expire(k);
+    settle(k); /* ends it: the path sees the fired handle */
+    rearm(ac);
+}
+
+/* --------------------------------------------------------------- start */
+
+static size_t values_size(int n, const char *const *values, const int *lengths,
+                          const int *formats)
+{
+    size_t z = 0;
+
+    for (int i = 0; values && i < n; i++) {
+        if (!values[i])
+            continue;
+        if (formats && formats[i] && lengths)
+            z += (size_t)lengths[i];
+        else
+            z += strlen(values[i]) + 1;
+    }
+    return z;
+}
+
+/* Copy q's SQL and parameters behind the call: the caller's buffers may
+ * go once pgg_async_exec* returns. */
+static pgg_async_call *call_new(const pgg_query *q)
+{
+    size_t n = (size_t)(q->nparams > 0 ? q->nparams : 0);
+    size_t sql = strlen(q->sql) + 1;
+    size_t z = sizeof(pgg_async_call) + sql + n * sizeof(char *) +
+               3 * n * sizeof(int) + n * sizeof(Oid) +
+               values_size(q->nparams, q->values, q->lengths, q->formats) + 16;
+    pgg_async_call *k = malloc(z);
+    char *p;
+
+    if (!k)
+        return NULL;
+    memset(k, 0, offsetof(pgg_async_call, c));
+    k->q = *q;
+    p = (char *)(k + 1);
+    if (n && q->values) {
+        const char **v = (const char **)(void *)p;
+
+        p += n * sizeof(char *);
+        for (size_t i = 0; i < n; i++)
+            v[i] = NULL;
+        k->q.values = v;
+    }
+    if (n && q->lengths) {
+        memcpy(p, q->lengths, n * sizeof(int));
+        k->q.lengths = (const int *)(void *)p;
+        p += n * sizeof(int);
+    }
+    if (n && q->formats) {
+        memcpy(p, q->formats, n * sizeof(int));
+        k->q.formats = (const int *)(void *)p;
+        p += n * sizeof(int);
+    }
+    if (n && q->types) {
+        memcpy(p, q->types, n * sizeof(Oid));
+        k->q.types = (const Oid *)(void *)p;
+        p += n * sizeof(Oid);
+    }
+    for (size_t i = 0; n && q->values && i < n; i++) {
+        size_t len;
+
+        if (!q->values[i])
+            continue;
+        len = q->formats && q->formats[i] && q->lengths
+                  ? (size_t)q->lengths[i]
+                  : strlen(q->values[i]) + 1;
+        memcpy(p, q->values[i], len);
+        ((const char **)k->q.values)[i] = p;
+        p += len;
+    }
+    memcpy(p, q->sql, sql);
+    k->q.sql = p;
+    return k;
+}
+
+static int start(pgg_async *ac, pgg_intent intent, const pgg_query *q,
+                 const pgg_call *call, pgg_async_fn fn, void *userdata,
+                 pgg_async_call **handle, pgg_error *err)
+{
+    pgg_async_call *k;
+    pgg_error local;
+
+    if (handle)
+        *handle = NULL;
+    if (!err)
+        err = &local;
+    if (!ac || !fn || !q->sql)
+        return pgg__error_set(err, PGG_EINVAL, NULL, NULL,
+                              "pgg_async_exec: NULL context, callback or SQL");
+    if (!ac->attached)
+        return pgg__error_set(err, PGG_ESTATE, NULL, NULL,
+                              "pgg_async_exec: no loop adapter attached");
+    if (pgg__query_check(q, "pgg_async_exec", err) != PGG_OK)
+        return err->code;
+    k = call_new(q);
+    if (!k)
+        return pgg__error_set(err, PGG_ENOMEM, NULL, NULL, "out of memory");
+    k->ac = ac;
+    k->fn = fn;
+    k->userdata = userdata;
+    if (call) {
+        k->opts = *call;
+        k->has_opts = true;
+    }
+    k->c.on_loop = true;
+    if (!pgg__call_begin(&k->c, ac->pool, intent, &k->q,
+                         k->has_opts ? &k->opts : NULL, &k->info, &k->err,
+                         call ? call->cancel : NULL)) {
+        *err = k->err;
+        free(k);
+        return err->code;
+    }
+    if (k->c.q->vis && k->c.vr.want_lsn) {
+        free(k);
+        return pgg__error_set(err, PGG_ENOTSUP, NULL, NULL,
+                              "pgg_async_exec: a write that learns its WAL "
+                              "position (read_your_writes=pool or "
+                              "PGG_CALL_WANT_LSN) cannot run on the loop yet");
+    }
+    if (call && call->cancel && pgg__cancel_fired(call->cancel)) {
+        free(k);
+        atomic_fetch_add(&ac->pool->calls_failed, 1);
+        pgg__call_cancelled(err);
+        return PGG_ECANCELED;
+    }
+    /* The loop never waits for a slot: refused at once. */
+    if (pgg__pool_enter(ac->pool, k->c.start, k->c.start, k->c.err) != PGG_OK) {
+        *err = k->err;
+        free(k);
+        return err->code;
+    }
+    k->next = ac->head;
+    if (ac->head)
+        ac->head->prev = k;
+    ac->head = k;
+    ac->pending++;
+    pgg__call_route(&k->c);
+    drive(k); /* a DONE call completes from the timer, never in here */
+    if (handle)
+        *handle = k;
+    rearm(ac);
+    return PGG_OK;
+}
+
+int pgg_async_exec(pgg_async *ac, pgg_intent intent, const char *sql,
+                   const pgg_call *call, pgg_async_fn fn, void *userdata,
+                   pgg_async_call **handle, pgg_error *err)
+{
+    pgg_query q = {.sql = sql, .result_format = call ? call->result_format : 0};
+
+    return start(ac, intent, &q, call, fn, userdata, handle, err);
+}
+
+int pgg_async_exec_params(pgg_async *ac, pgg_intent intent, const char *sql,
+                          int nparams, const Oid *types,
+                          const char *const *values, const int *lengths,
+                          const int *formats, const pgg_call *call,
+                          pgg_async_fn fn, void *userdata,
+                          pgg_async_call **handle, pgg_error *err)
+{
+    pgg_query q = {.sql = sql,
+                   .nparams = nparams,
+                   .types = types,
+                   .values = values,
+                   .lengths = lengths,
+                   .formats = formats,
+                   .result_format = call ? call->result_format : 0};
+
+    if (nparams < 0 || (nparams > 0 && !values && !types))
+        return pgg__error_set(err, PGG_EINVAL, NULL, NULL,
+                              "pgg_async_exec_params: %d parameters but no "
+                              "values",
+                              nparams);
+    /* Parameters force the extended protocol even when there are none. */
+    if (q.nparams == 0 && !q.types)
+        q.types = (const Oid *)"";
+    return start(ac, intent, &q, call, fn, userdata, handle, err);
+}
+
+int pgg_async_exec_prepared(pgg_async *ac, pgg_intent intent,
+                            const char *name, int nparams,
+                            const char *const *values, const int *lengths,
+                            const int *formats, const pgg_call *call,
+                            pgg_async_fn fn, void *userdata,
+                            pgg_async_call **handle, pgg_error *err)
+{
+    const pgg_stmt *stmt;
+    pgg_query q;
+
+    if (!ac || !name || nparams < 0)
+        return pgg__error_set(err, PGG_EINVAL, NULL, NULL,
+                              "pgg_async_exec_prepared: NULL context or name");
+    stmt = pgg__prepared_find(&ac->pool->prepared, name);
+    if (!stmt)
+        return pgg__error_set(err, PGG_EINVAL, NULL, NULL,
+                              "pgg_async_exec_prepared: no statement "
+                              "\"%.63s\" (pgg_pool_prepare it first)",
+                              name);
+    q = (pgg_query){.sql = stmt->sql,
+                    .nparams = nparams,
+                    .values = values,
+                    .lengths = lengths,
+                    .formats = formats,
+                    .result_format = call ? call->result_format : 0,
+                    .stmt = stmt,
+                    .stmt_name = stmt->name};
+    return start(ac, intent, &q, call, fn, userdata, handle, err);
+}
+
+void pgg_async_free(pgg_async *ac)
+{
+    if (!ac)
+        return;
+    while (ac->head)
+        pgg_async_cancel(ac->head);
+    if (ac->attached) {
+        ac->ev.schedule_timer(ac->ev.data, -1);
+        if (ac->ev.cleanup)
+            ac->ev.cleanup(ac->ev.data);
+    }
+    pgg_cancel_free(ac->fired);
+    free(ac);
+}

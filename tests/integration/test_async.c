@@ -1,0 +1,339 @@
+/*
+ * The asynchronous front (pgguard_async.h) on libevent, against real
+ * clusters and real faults: calls complete on the loop with the results and
+ * codes blocking calls get, a full bulkhead refuses at once, a cancel ends a
+ * call in flight, a hung server (SIGSTOP) costs each call its deadline and
+ * never the loop, a stopped server or replica is handled as for blocking
+ * calls.  A loop-lag probe (a 1 ms repeating timer) reports the longest gap
+ * between its ticks; a loop blocked in a wait would show a gap of a whole
+ * deadline.
+ */
+#include <event2/event.h>
+#include <sys/resource.h>
+
+#include "pool.h"
+#include "pool_util.h"
+#include "pgguard/adapters/libevent.h"
+
+typedef struct outcome {
+    int done;
+    int code;
+    int host_index;
+    int attempts;
+    int sent;
+    double ms; /* from start to callback */
+    double started;
+    char sqlstate[6];
+    char message[512];
+    char value[64]; /* first cell of a successful result */
+} outcome;
+
+static void on_done(pgg_async *ac, PGresult *res, const pgg_info *info,
+                    const pgg_error *err, void *ud)
+{
+    outcome *o = ud;
+
+    (void)ac;
+    o->done++;
+    o->code = err->code;
+    o->host_index = info->host_index;
+    o->attempts = info->attempts;
+    o->sent = info->sent;
+    o->ms = pgh_now_ms() - o->started;
+    memcpy(o->sqlstate, err->sqlstate, sizeof o->sqlstate);
+    snprintf(o->message, sizeof o->message, "%s", err->message);
+    if (res && PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) > 0)
+        snprintf(o->value, sizeof o->value, "%s", PQgetvalue(res, 0, 0));
+    PQclear(res);
+}
+
+/* The loop-lag probe: the longest gap between ticks of a 1 ms timer. */
+typedef struct probe {
+    struct event *ev;
+    double last, worst;
+} probe;
+
+static void on_tick(evutil_socket_t fd, short what, void *arg)
+{
+    probe *p = arg;
+    double now = pgh_now_ms();
+
+    (void)fd;
+    (void)what;
+    if (p->last > 0 && now - p->last > p->worst)
+        p->worst = now - p->last;
+    p->last = now;
+}
+
+static void probe_start(probe *p, struct event_base *base)
+{
+    struct timeval tv = {0, 1000};
+
+    *p = (probe){0};
+    p->ev = event_new(base, -1, EV_PERSIST, on_tick, p);
+    cr_assert_not_null(p->ev);
+    event_add(p->ev, &tv);
+}
+
+static void probe_stop(probe *p)
+{
+    event_free(p->ev);
+}
+
+/* Run the loop until every outcome is done, at most timeout_ms. */
+static void run_until(struct event_base *base, outcome *o, int n, int timeout_ms)
+{
+    double end = pgh_now_ms() + timeout_ms;
+
+    for (;;) {
+        int left = 0;
+
+        for (int i = 0; i < n; i++)
+            left += o[i].done == 0;
+        if (!left || pgh_now_ms() > end)
+            break;
+        event_base_loop(base, EVLOOP_ONCE);
+    }
+    for (int i = 0; i < n; i++)
+        cr_assert_eq(o[i].done, 1, "call %d: callback ran %d times", i, o[i].done);
+}
+
+static pgg_async *async_for(pgg_pool *p, struct event_base *base)
+{
+    pgg_error e;
+    pgg_async *ac = pgg_async_new(p, &e);
+
+    cr_assert_not_null(ac, "pgg_async_new: %s", e.message);
+    cr_assert_eq(pgg_async_libevent_attach(ac, base), PGG_OK);
+    return ac;
+}
+
+static void start_call(pgg_async *ac, pgg_intent intent, const char *sql,
+                       int timeout_ms, unsigned flags, outcome *o)
+{
+    pgg_call call = {.timeout_ms = timeout_ms, .flags = flags};
+    pgg_error e;
+
+    *o = (outcome){.started = pgh_now_ms()};
+    cr_assert_eq(pgg_async_exec(ac, intent, sql, &call, on_done, o, NULL, &e),
+                 PGG_OK, "%s: %s", sql, e.message);
+}
+
+Test(async, calls_complete_on_the_loop_like_blocking_calls)
+{
+    pgh_cluster *c = cluster_or_die(1);
+    pgg_pool *p = pool_for(c, "bulkhead.max_concurrent=3");
+    struct event_base *base = event_base_new();
+    pgg_async *ac = async_for(p, base);
+    outcome o[8];
+    pgg_error e;
+    const char *vals[] = {"41"};
+    pgg_async_call *h;
+
+    /* Reads to the replica, writes to the primary, the values right. */
+    start_call(ac, PGG_READ, "SELECT 'r'", 0, 0, &o[0]);
+    start_call(ac, PGG_WRITE, "SELECT 'w'", 0, 0, &o[1]);
+    cr_expect_eq(pgg_async_pending(ac), 2);
+    cr_expect_eq(o[0].done + o[1].done, 0, "a callback ran inside pgg_async_exec");
+    run_until(base, o, 2, 5000);
+    cr_expect_eq(o[0].code, PGG_OK, "%s", o[0].message);
+    cr_expect_eq(o[0].host_index, 1);
+    cr_expect_str_eq(o[0].value, "r");
+    cr_expect_eq(o[1].code, PGG_OK, "%s", o[1].message);
+    cr_expect_eq(o[1].host_index, 0);
+    cr_expect_str_eq(o[1].value, "w");
+
+    /* Parameters and a prepared statement, copied at the call. */
+    {
+        char buf[8] = "41";
+        const char *v[] = {buf};
+
+        o[2] = (outcome){.started = pgh_now_ms()};
+        cr_assert_eq(pgg_async_exec_params(ac, PGG_READ, "SELECT $1::int + 1", 1,
+                                           NULL, v, NULL, NULL, NULL, on_done,
+                                           &o[2], NULL, &e),
+                     PGG_OK, "%s", e.message);
+        strcpy(buf, "xx"); /* the call has its own copy */
+    }
+    cr_assert_eq(pgg_pool_prepare(p, "plus2", "SELECT $1::int + 2", 1, NULL, &e), PGG_OK);
+    o[3] = (outcome){.started = pgh_now_ms()};
+    cr_assert_eq(pgg_async_exec_prepared(ac, PGG_READ_PRIMARY, "plus2", 1, vals,
+                                         NULL, NULL, NULL, on_done, &o[3], NULL,
+                                         &e),
+                 PGG_OK, "%s", e.message);
+    run_until(base, o + 2, 2, 5000);
+    cr_expect_str_eq(o[2].value, "42", "%s", o[2].message);
+    cr_expect_str_eq(o[3].value, "43", "%s", o[3].message);
+    cr_expect_eq(o[3].host_index, 0);
+
+    /* A user error: the server's answer, classified as for a blocking call,
+     * sent once, nothing retried, no breaker moved. */
+    start_call(ac, PGG_READ, "SELECT 1/0", 0, 0, &o[4]);
+    run_until(base, o + 4, 1, 5000);
+    {
+        PGresult *r = pgg_exec(p, PGG_READ, "SELECT 1/0", NULL, NULL, &e);
+
+        cr_expect_eq(o[4].code, e.code, "async %s, blocking %s",
+                     pgg_err_name(o[4].code), pgg_err_name(e.code));
+        cr_expect_str_eq(o[4].sqlstate, "22012");
+        cr_expect_eq(o[4].attempts, 1);
+        PQclear(r);
+    }
+
+    /* The bulkhead (3): the fourth call is refused at once, in the call,
+     * and its callback never runs. */
+    for (int i = 0; i < 3; i++)
+        start_call(ac, PGG_READ, "SELECT pg_sleep(0.3)", 0, 0, &o[5 + (i % 3)]);
+    {
+        outcome x = {0};
+        double t0 = pgh_now_ms();
+
+        cr_expect_eq(pgg_async_exec(ac, PGG_READ, "SELECT 1", NULL, on_done, &x,
+                                    NULL, &e),
+                     PGG_EBULKHEAD);
+        cr_expect_lt(pgh_now_ms() - t0, 100.0, "the refusal waited");
+        run_until(base, o + 5, 3, 5000);
+        cr_expect_eq(x.done, 0);
+    }
+    for (int i = 5; i < 8; i++)
+        cr_expect_eq(o[i].code, PGG_OK, "%s", o[i].message);
+
+    /* Cancel a call in flight: its callback runs in pgg_async_cancel with
+     * PGG_ECANCELED; the pool stays balanced (the session dropped). */
+    o[0] = (outcome){.started = pgh_now_ms()};
+    cr_assert_eq(pgg_async_exec(ac, PGG_WRITE, "SELECT pg_sleep(5)", NULL, on_done,
+                                &o[0], &h, &e),
+                 PGG_OK);
+    for (int i = 0; i < 20; i++)
+        event_base_loop(base, EVLOOP_NONBLOCK);
+    pgg_async_cancel(h);
+    cr_expect_eq(o[0].done, 1);
+    cr_expect_eq(o[0].code, PGG_ECANCELED, "%s", o[0].message);
+    cr_expect_eq(pgg_async_pending(ac), 0);
+
+    /* Freeing the context completes what is in flight. */
+    start_call(ac, PGG_READ, "SELECT pg_sleep(5)", 0, 0, &o[1]);
+    pgg_async_free(ac);
+    cr_expect_eq(o[1].done, 1);
+    cr_expect_eq(o[1].code, PGG_ECANCELED);
+    event_base_free(base);
+    end_test(p, c);
+}
+
+#define HUNG_TIMEOUT_MS 300
+#define HUNG_CALLS 6
+
+Test(async, a_hung_server_costs_each_call_its_deadline_and_never_the_loop)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgh_require_local(c, "a hang (SIGSTOP)");
+    pgg_pool *p = pool_for(c, "breaker.mode=disabled");
+    struct event_base *base = event_base_new();
+    pgg_async *ac = async_for(p, base);
+    outcome o[HUNG_CALLS + 2];
+    probe pr;
+    double worst = 0;
+    pgg_error e;
+
+    /* Two warm connections: calls meet the hang on a pooled session (a
+     * query wait) and on new ones (a connect wait). */
+    for (int i = 0; i < 2; i++)
+        start_call(ac, PGG_WRITE, "SELECT pg_sleep(0.1)", 0, 0, &o[i]);
+    run_until(base, o, 2, 5000);
+
+    cr_assert_eq(pgh_node_hang(pgh_cluster_primary(c)), 0);
+    probe_start(&pr, base);
+    for (int i = 0; i < HUNG_CALLS; i++)
+        start_call(ac, PGG_WRITE, "SELECT 1", HUNG_TIMEOUT_MS, 0, &o[i]);
+    run_until(base, o, HUNG_CALLS, 10 * HUNG_TIMEOUT_MS);
+    probe_stop(&pr);
+    for (int i = 0; i < HUNG_CALLS; i++) {
+        cr_expect_eq(o[i].code, PGG_ETIMEDOUT, "call %d: %s %s", i,
+                     pgg_err_name(o[i].code), o[i].message);
+        if (o[i].ms > worst)
+            worst = o[i].ms;
+    }
+    /* The same fault, one blocking call: the same code. */
+    {
+        pgg_call call = {.timeout_ms = HUNG_TIMEOUT_MS};
+        PGresult *r = pgg_exec(p, PGG_WRITE, "SELECT 1", &call, NULL, &e);
+
+        cr_expect_null(r);
+        cr_expect_eq(e.code, PGG_ETIMEDOUT);
+    }
+    fprintf(stderr, "async hung: %d calls, worst %.2f ms for a %d ms deadline; "
+            "longest loop gap %.2f ms\n",
+            HUNG_CALLS, worst, HUNG_TIMEOUT_MS, pr.worst);
+    /* The bound of the blocking hung-server tests (test_watchdog.c). */
+    cr_expect_leq(worst, HUNG_TIMEOUT_MS + PGG_WATCHDOG_TICK_NS / 1e6 + 50.0,
+                  "a call took %.2f ms for a %d ms deadline", worst, HUNG_TIMEOUT_MS);
+    /* A loop that waited on the hung server would have missed its ticks for
+     * a whole deadline. */
+    cr_expect_lt(pr.worst, (double)HUNG_TIMEOUT_MS,
+                 "the loop stalled %.2f ms", pr.worst);
+
+    cr_assert_eq(pgh_node_resume(pgh_cluster_primary(c)), 0);
+    start_call(ac, PGG_WRITE, "SELECT 1", 0, 0, &o[0]);
+    run_until(base, o, 1, 5000);
+    cr_expect_eq(o[0].code, PGG_OK, "after the resume: %s", o[0].message);
+    pgg_async_free(ac);
+    event_base_free(base);
+    end_test(p, c);
+}
+
+Test(async, a_stopped_replica_moves_reads_and_a_stopped_primary_fails_like_blocking_calls)
+{
+    pgh_cluster *c = cluster_or_die(1);
+    pgh_require_local(c, "stopping servers");
+    pgg_pool *p = pool_for(c, NULL);
+    struct event_base *base = event_base_new();
+    pgg_async *ac = async_for(p, base);
+    outcome o[8];
+    probe pr;
+    double worst;
+    pgg_error e;
+
+    /* Warm sessions on both hosts. */
+    start_call(ac, PGG_READ, "SELECT 1", 0, 0, &o[0]);
+    start_call(ac, PGG_WRITE, "SELECT 1", 0, 0, &o[1]);
+    run_until(base, o, 2, 5000);
+
+    /* The replica goes: every read is still served, by the primary. */
+    cr_assert_eq(pgh_node_stop(pgh_cluster_replica(c, 0), PGH_STOP_IMMEDIATE), 0);
+    probe_start(&pr, base);
+    for (int i = 0; i < 8; i++)
+        start_call(ac, PGG_READ, "SELECT 'ok'", 0, 0, &o[i]);
+    run_until(base, o, 8, 10000);
+    for (int i = 0; i < 8; i++) {
+        cr_expect_eq(o[i].code, PGG_OK, "read %d: %s %s", i,
+                     pgg_err_name(o[i].code), o[i].message);
+        cr_expect_eq(o[i].host_index, 0);
+    }
+
+    probe_stop(&pr);
+    worst = pr.worst;
+
+    /* The primary goes too: writes fail with the blocking call's code. */
+    cr_assert_eq(pgh_node_stop(pgh_cluster_primary(c), PGH_STOP_IMMEDIATE), 0);
+    probe_start(&pr, base);
+    start_call(ac, PGG_WRITE, "SELECT 1", 1000, 0, &o[0]);
+    run_until(base, o, 1, 5000);
+    probe_stop(&pr);
+    if (pr.worst > worst)
+        worst = pr.worst;
+    fprintf(stderr, "async stopped servers: longest loop gap %.2f ms\n", worst);
+    cr_expect_lt(worst, 1000.0, "the loop stalled %.2f ms", worst);
+    {
+        pgg_call call = {.timeout_ms = 1000};
+        PGresult *r = pgg_exec(p, PGG_WRITE, "SELECT 1", &call, NULL, &e);
+
+        cr_expect_null(r);
+        cr_expect_neq(o[0].code, PGG_OK);
+        cr_expect_eq(o[0].code, e.code, "async %s (%s), blocking %s (%s)",
+                     pgg_err_name(o[0].code), o[0].message,
+                     pgg_err_name(e.code), e.message);
+    }
+    pgg_async_free(ac);
+    event_base_free(base);
+    end_test(p, c);
+}
