@@ -32,12 +32,19 @@ enum { ST_IDLE, ST_PARKED, ST_CONNECT, ST_PREPARE, ST_QUERY, ST_DONE };
  * once). */
 #define PARK_POLL_NS (1 * PGG_NS_PER_MS)
 
+/* Calls whose SQL and parameters fit in this much room come from the
+ * context's free list (up to FREE_MAX kept): no malloc per call once the
+ * loop runs. */
+#define CALL_ROOM 512
+#define FREE_MAX 64
+
 struct pgg_async_sock {
     int fd;
     int on; /* POLLIN / POLLOUT interests the adapter holds */
-    bool open;
     void *data;
-    pgg_async_call *call;
+    pgg_async_call *call; /* NULL: the context's spare, or free */
+    const PGconn *conn;   /* the spare's connection */
+    pgg_async_sock *next; /* on the free list */
 };
 
 struct pgg_async_call {
@@ -46,6 +53,7 @@ struct pgg_async_call {
     int state;
     bool has_opts;
     bool unpark; /* it gave a connection back: wake calls parked on its host */
+    bool pooled; /* a CALL_ROOM block, back to the free list when done */
     pgg_async_fn fn;
     void *userdata;
     int64_t wait_until; /* the current wait's deadline (DONE: 0) */
@@ -59,7 +67,7 @@ struct pgg_async_call {
     PGresult *res;
     pgg_link_io io;
     pgg__attempt a;
-    pgg_async_sock sock;
+    pgg_async_sock *sock; /* the socket it waits on, or NULL */
     pgg_query q;
     pgg_call opts;
     pgg_info info;
@@ -75,6 +83,17 @@ struct pgg_async {
     pgg_async_call *head;
     int pending;
     int64_t timer_at; /* INT64_MAX: disarmed */
+    pgg_async_call *free_calls; /* CALL_ROOM blocks, linked by next */
+    int nfree;
+    /*
+     * The socket of a query that just ended, its read interest still on:
+     * the next call on the same connection (the callback's own next call,
+     * which borrows the connection this thread gave back last) adopts it,
+     * sparing the loop a delete and an add (two epoll_ctl per call).  Not
+     * adopted by the time the loop gets control back, it is closed.
+     */
+    pgg_async_sock *spare;
+    pgg_async_sock *free_socks;
     /* Fired once for good: made the call's handle when it is cancelled,
      * so that the path's own cancel rules apply (call.c, pool.c). */
     pgg_cancel *fired;
@@ -143,35 +162,50 @@ void **pgg_async_sock_data(pgg_async_sock *s)
     return &s->data;
 }
 
-/* The one timer: at the earliest wait of any call (now for a DONE one). */
-static void rearm(pgg_async *ac)
+/*
+ * The one timer.  A wait that ends before the timer is due moves it
+ * earlier; a wait that ends or moves later leaves it: it then fires early,
+ * finds nothing due, and is armed again for the earliest wait.  So a
+ * stream of calls with equal timeouts touches the loop's timer about once
+ * per timeout, not once per call.
+ */
+static void want_timer(pgg_async *ac, int64_t at)
 {
-    int64_t at = INT64_MAX, now;
+    int64_t now;
 
-    for (pgg_async_call *k = ac->head; k; k = k->next)
-        if (k->wait_until < at)
-            at = k->wait_until;
-    if (at == ac->timer_at)
+    if (at >= ac->timer_at)
         return;
     ac->timer_at = at;
-    if (at == INT64_MAX) {
-        ac->ev.schedule_timer(ac->ev.data, -1);
-        return;
-    }
     now = pgg__now_ns();
     ac->ev.schedule_timer(ac->ev.data,
                           at <= now ? 0 : (at - now + 999) / 1000);
 }
 
+/* After the timer fired: armed again for the earliest wait, if any. */
+static void rearm(pgg_async *ac)
+{
+    int64_t at = INT64_MAX;
+
+    for (pgg_async_call *k = ac->head; k; k = k->next)
+        if (k->wait_until < at)
+            at = k->wait_until;
+    ac->timer_at = INT64_MAX;
+    if (at < INT64_MAX)
+        want_timer(ac, at);
+}
+
+/* A call's wait: until at (0: due now, a finished call's callback). */
+static void wait_until(pgg_async_call *k, int64_t at)
+{
+    k->wait_until = at;
+    want_timer(k->ac, at);
+}
+
 /* --------------------------------------------------------------- sockets */
 
-static void sock_close(pgg_async_call *k)
+/* Tell the adapter to forget s, and keep s for reuse. */
+static void sock_free(pgg_async *ac, pgg_async_sock *s)
 {
-    pgg_async *ac = k->ac;
-    pgg_async_sock *s = &k->sock;
-
-    if (!s->open)
-        return;
     if (s->on & POLLIN)
         ac->ev.del_read(ac->ev.data, s);
     if (s->on & POLLOUT)
@@ -179,23 +213,75 @@ static void sock_close(pgg_async_call *k)
     s->on = 0;
     ac->ev.close_sock(ac->ev.data, s);
     s->data = NULL;
-    s->open = false;
+    s->call = NULL;
+    s->next = ac->free_socks;
+    ac->free_socks = s;
 }
 
-/* Watch fd for want (POLLIN / POLLOUT) until deadline. */
-static void sock_want(pgg_async_call *k, int fd, int want, int64_t until)
+static void sock_close(pgg_async_call *k)
+{
+    if (!k->sock)
+        return;
+    sock_free(k->ac, k->sock);
+    k->sock = NULL;
+}
+
+/* The spare was not adopted: closed before the loop waits again. */
+static void flush_spare(pgg_async *ac)
+{
+    if (ac->spare) {
+        sock_free(ac, ac->spare);
+        ac->spare = NULL;
+    }
+}
+
+/* k's query ended on a connection going back to the pool: keep its socket
+ * as the spare (see struct pgg_async). */
+static void sock_keep(pgg_async_call *k, const PGconn *conn)
 {
     pgg_async *ac = k->ac;
-    pgg_async_sock *s = &k->sock;
+    pgg_async_sock *s = k->sock;
 
-    if (s->open && s->fd != fd)
+    if (!s)
+        return;
+    k->sock = NULL;
+    if (s->on != POLLIN) {
+        sock_free(ac, s);
+        return;
+    }
+    flush_spare(ac);
+    s->call = NULL;
+    s->conn = conn;
+    ac->spare = s;
+}
+
+/* Watch fd (conn's) for want (POLLIN / POLLOUT) until deadline.  False
+ * when out of memory. */
+static bool sock_want(pgg_async_call *k, const PGconn *conn, int fd, int want,
+                      int64_t until)
+{
+    pgg_async *ac = k->ac;
+    pgg_async_sock *s = k->sock;
+
+    if (s && s->fd != fd)
         sock_close(k); /* libpq moved to another socket (connect) */
-    if (!s->open) {
-        s->fd = fd;
-        s->on = 0;
-        s->data = NULL;
+    if (!k->sock) {
+        s = ac->spare;
+        if (s && s->fd == fd && s->conn == conn) {
+            ac->spare = NULL; /* adopted: read interest still on */
+        } else {
+            s = ac->free_socks;
+            if (s)
+                ac->free_socks = s->next;
+            else if (!(s = malloc(sizeof *s)))
+                return false;
+            s->fd = fd;
+            s->on = 0;
+            s->data = NULL;
+        }
+        s->conn = NULL;
         s->call = k;
-        s->open = true;
+        k->sock = s;
     }
     if ((want & POLLIN) && !(s->on & POLLIN))
         ac->ev.add_read(ac->ev.data, s);
@@ -206,7 +292,8 @@ static void sock_want(pgg_async_call *k, int fd, int want, int64_t until)
     else if (!(want & POLLOUT) && (s->on & POLLOUT))
         ac->ev.del_write(ac->ev.data, s);
     s->on = want & (POLLIN | POLLOUT);
-    k->wait_until = until;
+    wait_until(k, until);
+    return true;
 }
 
 /* ------------------------------------------------------------ attempts */
@@ -230,7 +317,10 @@ static void exec_over(pgg_async_call *k, PGresult *res, pgg_attempt_end end)
 {
     pgg_cancel *prev = pgg__cancel_cur;
 
-    sock_close(k);
+    /* Only an answered query's connection survives exec_done for sure;
+     * the others may be closed in it. */
+    if (end != PGG_END_RESULT)
+        sock_close(k);
     /* A cancelled call's fired handle is current, as on a blocking call's
      * thread: the attempt is then ignored and not retried (pool.c). */
     pgg__cancel_cur = k->c.cancel;
@@ -241,6 +331,11 @@ static void exec_over(pgg_async_call *k, PGresult *res, pgg_attempt_end end)
                                  &k->a.ended, k->c.err);
     pgg__cancel_cur = prev;
     k->a.lost = !k->l || PQstatus(k->l->conn) != CONNECTION_OK;
+    /* Before the connection can go (closed, or to another thread). */
+    if (k->l && !k->a.lost && end == PGG_END_RESULT)
+        sock_keep(k, k->l->conn);
+    else
+        sock_close(k);
     if (k->l)
         pgg__host_give_back(k->h, k->l, k->a.ended);
     k->l = NULL;
@@ -258,7 +353,13 @@ static void io(pgg_async_call *k, int revents)
                                  &end, k->c.err, &rc);
 
     if (want) {
-        sock_want(k, PQsocket(k->l->conn), want, k->attempt_deadline);
+        if (!sock_want(k, k->l->conn, PQsocket(k->l->conn), want,
+                       k->attempt_deadline)) {
+            pgg__link_io_deadline(&k->io, k->h->name, &res, &end, k->c.err);
+            pgg__error_set(k->c.err, PGG_ENOMEM, NULL, k->h->name,
+                           "out of memory; connection dropped");
+            exec_over(k, res, end);
+        }
         return;
     }
     if (k->state == ST_PREPARE) {
@@ -391,7 +492,13 @@ static void connect_step(pgg_async_call *k, bool ready)
         bound = k->c.now + k->h->connect_timeout_ns;
         if (bound > k->attempt_deadline)
             bound = k->attempt_deadline;
-        sock_want(k, PQsocket(k->conn), want, bound);
+        if (!sock_want(k, k->conn, PQsocket(k->conn), want, bound)) {
+            PQfinish(k->conn);
+            k->conn = NULL;
+            pgg__error_set(k->c.err, PGG_ENOMEM, NULL, k->h->name,
+                           "connect: out of memory");
+            connect_failed(k);
+        }
         return;
     }
     if (want < 0) {
@@ -443,9 +550,9 @@ static void borrow(pgg_async_call *k)
             /* Busy until one comes back: park (no error for now). */
             pgg__error_reset(k->c.err);
             k->state = ST_PARKED;
-            k->wait_until = now + PARK_POLL_NS < k->attempt_deadline
-                                ? now + PARK_POLL_NS
-                                : k->attempt_deadline;
+            wait_until(k, now + PARK_POLL_NS < k->attempt_deadline
+                              ? now + PARK_POLL_NS
+                              : k->attempt_deadline);
             return;
         }
         k->state = ST_IDLE;
@@ -473,6 +580,17 @@ static void borrow(pgg_async_call *k)
 
 /* ----------------------------------------------------------- the path */
 
+static void call_free(pgg_async *ac, pgg_async_call *k)
+{
+    if (k->pooled && ac->nfree < FREE_MAX) {
+        k->next = ac->free_calls;
+        ac->free_calls = k;
+        ac->nfree++;
+        return;
+    }
+    free(k);
+}
+
 static void unlink_call(pgg_async_call *k)
 {
     pgg_async *ac = k->ac;
@@ -494,7 +612,7 @@ static void complete(pgg_async_call *k)
 
     unlink_call(k);
     k->fn(ac, res, &k->info, &k->err, k->userdata);
-    free(k);
+    call_free(ac, k);
 }
 
 /* Advance k through the steps that need no wait, until it waits or ends. */
@@ -510,7 +628,7 @@ static void drive(pgg_async_call *k)
                 continue;
             k->res = pgg__call_finish(&k->c);
             k->state = ST_DONE;
-            k->wait_until = 0;
+            k->wait_until = 0; /* complete() runs it, or the timer */
             return;
         }
         k->attempt_deadline = dl;
@@ -534,10 +652,7 @@ static void settle(pgg_async_call *k)
 
 static void advance(pgg_async_call *k)
 {
-    pgg_async *ac = k->ac;
-
     settle(k);
-    rearm(ac);
 }
 
 /* A connection to h came back: the oldest call parked on h (the list's
@@ -559,6 +674,8 @@ static void on_ready(pgg_async_sock *s, int revents)
 {
     pgg_async_call *k = s->call;
 
+    if (!k)
+        return; /* the spare: nobody waits on it */
     switch (k->state) {
     case ST_CONNECT:
         connect_step(k, true);
@@ -575,12 +692,20 @@ static void on_ready(pgg_async_sock *s, int revents)
 
 void pgg_async_handle_read(pgg_async_sock *s)
 {
+    pgg_async *ac = s->call ? s->call->ac : NULL;
+
     on_ready(s, POLLIN);
+    if (ac)
+        flush_spare(ac);
 }
 
 void pgg_async_handle_write(pgg_async_sock *s)
 {
+    pgg_async *ac = s->call ? s->call->ac : NULL;
+
     on_ready(s, POLLOUT);
+    if (ac)
+        flush_spare(ac);
 }
 
 /* The wait of k ended without the socket (its deadline, or a cancel):
@@ -636,6 +761,7 @@ void pgg_async_handle_timer(pgg_async *ac)
             expire(k);
         settle(k);
     }
+    flush_spare(ac);
     rearm(ac);
 }
 
@@ -650,7 +776,7 @@ void pgg_async_cancel(pgg_async_call *k)
     if (k->state != ST_DONE)
         expire(k);
     settle(k); /* ends it: the path sees the fired handle */
-    rearm(ac);
+    flush_spare(ac);
 }
 
 /* --------------------------------------------------------------- start */
@@ -673,19 +799,28 @@ static size_t values_size(int n, const char *const *values, const int *lengths,
 
 /* Copy q's SQL and parameters behind the call: the caller's buffers may
  * go once pgg_async_exec* returns. */
-static pgg_async_call *call_new(const pgg_query *q)
+static pgg_async_call *call_new(pgg_async *ac, const pgg_query *q)
 {
     size_t n = (size_t)(q->nparams > 0 ? q->nparams : 0);
     size_t sql = strlen(q->sql) + 1;
     size_t z = sizeof(pgg_async_call) + sql + n * sizeof(char *) +
                3 * n * sizeof(int) + n * sizeof(Oid) +
                values_size(q->nparams, q->values, q->lengths, q->formats) + 16;
-    pgg_async_call *k = malloc(z);
+    bool pooled = z <= sizeof(pgg_async_call) + CALL_ROOM;
+    pgg_async_call *k;
     char *p;
 
-    if (!k)
-        return NULL;
+    if (pooled && ac->free_calls) {
+        k = ac->free_calls;
+        ac->free_calls = k->next;
+        ac->nfree--;
+    } else {
+        k = malloc(pooled ? sizeof(pgg_async_call) + CALL_ROOM : z);
+        if (!k)
+            return NULL;
+    }
     memset(k, 0, offsetof(pgg_async_call, c));
+    k->pooled = pooled;
     k->q = *q;
     p = (char *)(k + 1);
     if (n && q->values) {
@@ -747,7 +882,7 @@ static int start(pgg_async *ac, pgg_intent intent, const pgg_query *q,
                               "pgg_async_exec: no loop adapter attached");
     if (pgg__query_check(q, "pgg_async_exec", err) != PGG_OK)
         return err->code;
-    k = call_new(q);
+    k = call_new(ac, q);
     if (!k)
         return pgg__error_set(err, PGG_ENOMEM, NULL, NULL, "out of memory");
     k->ac = ac;
@@ -762,18 +897,18 @@ static int start(pgg_async *ac, pgg_intent intent, const pgg_query *q,
                          k->has_opts ? &k->opts : NULL, &k->info, &k->err,
                          call ? call->cancel : NULL)) {
         *err = k->err;
-        free(k);
+        call_free(ac, k);
         return err->code;
     }
     if (k->c.q->vis && k->c.vr.want_lsn) {
-        free(k);
+        call_free(ac, k);
         return pgg__error_set(err, PGG_ENOTSUP, NULL, NULL,
                               "pgg_async_exec: a write that learns its WAL "
                               "position (read_your_writes=pool or "
                               "PGG_CALL_WANT_LSN) cannot run on the loop yet");
     }
     if (call && call->cancel && pgg__cancel_fired(call->cancel)) {
-        free(k);
+        call_free(ac, k);
         atomic_fetch_add(&ac->pool->calls_failed, 1);
         pgg__call_cancelled(err);
         return PGG_ECANCELED;
@@ -781,7 +916,7 @@ static int start(pgg_async *ac, pgg_intent intent, const pgg_query *q,
     /* The loop never waits for a slot: refused at once. */
     if (pgg__pool_enter(ac->pool, k->c.start, k->c.start, k->c.err) != PGG_OK) {
         *err = k->err;
-        free(k);
+        call_free(ac, k);
         return err->code;
     }
     k->next = ac->head;
@@ -790,10 +925,11 @@ static int start(pgg_async *ac, pgg_intent intent, const pgg_query *q,
     ac->head = k;
     ac->pending++;
     pgg__call_route(&k->c);
-    drive(k); /* a DONE call completes from the timer, never in here */
+    drive(k);
+    if (k->state == ST_DONE)
+        want_timer(ac, 0); /* it completes from the timer, never in here */
     if (handle)
         *handle = k;
-    rearm(ac);
     return PGG_OK;
 }
 
@@ -868,10 +1004,23 @@ void pgg_async_free(pgg_async *ac)
         return;
     while (ac->head)
         pgg_async_cancel(ac->head);
+    flush_spare(ac);
     if (ac->attached) {
         ac->ev.schedule_timer(ac->ev.data, -1);
         if (ac->ev.cleanup)
             ac->ev.cleanup(ac->ev.data);
+    }
+    while (ac->free_socks) {
+        pgg_async_sock *s = ac->free_socks;
+
+        ac->free_socks = s->next;
+        free(s);
+    }
+    while (ac->free_calls) {
+        pgg_async_call *k = ac->free_calls;
+
+        ac->free_calls = k->next;
+        free(k);
     }
     pgg_cancel_free(ac->fired);
     free(ac);

@@ -20,16 +20,21 @@
 
 #include "../../pgguard_async.h"
 
+typedef struct pgg_libevent_sock {
+    struct event *ev;
+    short want; /* EV_READ | EV_WRITE */
+    struct pgg_libevent_sock *next; /* on the free list */
+} pgg_libevent_sock;
+
+/* Watchers are kept for reuse (up to 64): a call per query would
+ * otherwise cost an event_new and an event_free. */
 typedef struct pgg_libevent {
     struct event_base *base;
     struct event *timer;
     pgg_async *ac;
+    pgg_libevent_sock *free_socks;
+    int nfree;
 } pgg_libevent;
-
-typedef struct pgg_libevent_sock {
-    struct event *ev;
-    short want; /* EV_READ | EV_WRITE */
-} pgg_libevent_sock;
 
 static void pgg_libevent_on_sock(evutil_socket_t fd, short what, void *arg)
 {
@@ -59,9 +64,17 @@ static void pgg_libevent_update(void *data, pgg_async_sock *s, short add,
     short want;
 
     if (!w) {
-        w = (pgg_libevent_sock *)calloc(1, sizeof *w);
-        if (!w)
-            abort(); /* no way to report it from a hook */
+        if (e->free_socks) {
+            w = e->free_socks;
+            e->free_socks = w->next;
+            e->nfree--;
+        } else {
+            w = (pgg_libevent_sock *)calloc(1, sizeof *w);
+            if (!w)
+                abort(); /* no way to report it from a hook */
+        }
+        w->want = 0;
+        w->next = NULL;
         *slot = w;
     }
     want = (short)((w->want | add) & ~del);
@@ -76,7 +89,7 @@ static void pgg_libevent_update(void *data, pgg_async_sock *s, short add,
     if (!w->ev)
         w->ev = event_new(e->base, pgg_async_sock_fd(s), want | EV_PERSIST,
                           pgg_libevent_on_sock, s);
-    else
+    else /* not pending: deleted above, or never added since reuse */
         event_assign(w->ev, e->base, pgg_async_sock_fd(s), want | EV_PERSIST,
                      pgg_libevent_on_sock, s);
     if (!w->ev)
@@ -107,16 +120,24 @@ static void pgg_libevent_del_write(void *data, pgg_async_sock *s)
 
 static void pgg_libevent_close_sock(void *data, pgg_async_sock *s)
 {
+    pgg_libevent *e = (pgg_libevent *)data;
     void **slot = pgg_async_sock_data(s);
     pgg_libevent_sock *w = (pgg_libevent_sock *)*slot;
 
-    (void)data;
     if (!w)
         return;
-    if (w->ev)
-        event_free(w->ev); /* deletes it first: synchronous */
-    free(w);
     *slot = NULL;
+    if (w->ev && w->want)
+        event_del(w->ev); /* synchronous: the fd may close next */
+    if (e->nfree < 64) {
+        w->next = e->free_socks;
+        e->free_socks = w;
+        e->nfree++;
+        return;
+    }
+    if (w->ev)
+        event_free(w->ev);
+    free(w);
 }
 
 static void pgg_libevent_schedule_timer(void *data, int64_t timeout_us)
@@ -137,6 +158,14 @@ static void pgg_libevent_cleanup(void *data)
 {
     pgg_libevent *e = (pgg_libevent *)data;
 
+    while (e->free_socks) {
+        pgg_libevent_sock *w = e->free_socks;
+
+        e->free_socks = w->next;
+        if (w->ev)
+            event_free(w->ev);
+        free(w);
+    }
     event_free(e->timer);
     free(e);
 }

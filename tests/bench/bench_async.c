@@ -1,0 +1,304 @@
+/*
+ * bench-async: one libevent loop thread keeping N calls in flight (32 by
+ * default) on SELECT 1, through pgguard's asynchronous front
+ * (pgguard_async.h, libevent adapter) and through raw libpq's own
+ * asynchronous API (PQsendQuery + PQconsumeInput on N connections, each
+ * with a persistent read event), in the same process, round by round, the
+ * order alternated every round (the machine's CPU speed flips: see
+ * /work/shared/ENVIRONMENT.md).  Reports calls/s and CPU time per call of
+ * each, per round and as medians, and the per-round ratio.
+ *
+ *   bench-async [--conninfo CI] [--inflight N] [--rounds R] [--round-ms MS]
+ *
+ * Without --conninfo (or PGG_BENCH_CONNINFO) it starts a local server
+ * through the test harness.
+ */
+#define BENCH_NAME "bench-async"
+
+#include <event2/event.h>
+#include <libpq-fe.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+
+#include "bench_util.h"
+#include "harness.h"
+#include "pgguard.h"
+#include "pgguard/adapters/libevent.h"
+
+#define MAX_INFLIGHT 256
+#define SQL "SELECT 1"
+
+static double now_s(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static double cpu_s(void)
+{
+    struct rusage ru;
+
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
+           (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
+}
+
+typedef struct round_state {
+    struct event_base *base;
+    double end; /* stop issuing new calls after this */
+    long done;
+    long failed;
+    int inflight;
+} round_state;
+
+/* ------------------------------------------------------------- raw libpq */
+
+typedef struct raw_conn {
+    PGconn *conn;
+    struct event *ev;
+    round_state *rs;
+    bool busy;
+} raw_conn;
+
+static void raw_send(raw_conn *c)
+{
+    if (!PQsendQuery(c->conn, SQL) || PQflush(c->conn) < 0)
+        die("raw send: %s", PQerrorMessage(c->conn));
+    c->busy = true;
+    c->rs->inflight++;
+}
+
+static void raw_on_read(evutil_socket_t fd, short what, void *arg)
+{
+    raw_conn *c = arg;
+    round_state *rs = c->rs;
+
+    (void)fd;
+    (void)what;
+    if (!PQconsumeInput(c->conn))
+        die("raw read: %s", PQerrorMessage(c->conn));
+    while (!PQisBusy(c->conn)) {
+        PGresult *r = PQgetResult(c->conn);
+
+        if (!r) {
+            c->busy = false;
+            rs->inflight--;
+            rs->done++;
+            if (now_s() < rs->end)
+                raw_send(c);
+            else if (rs->inflight == 0)
+                event_base_loopbreak(rs->base);
+            return;
+        }
+        if (PQresultStatus(r) != PGRES_TUPLES_OK)
+            rs->failed++;
+        PQclear(r);
+    }
+}
+
+static void raw_round(raw_conn *cs, int n, round_state *rs)
+{
+    for (int i = 0; i < n; i++) {
+        cs[i].rs = rs;
+        raw_send(&cs[i]);
+    }
+    event_base_dispatch(rs->base);
+}
+
+/* --------------------------------------------------------------- pgguard */
+
+static void pgg_on_done(pgg_async *ac, PGresult *res, const pgg_info *info,
+                        const pgg_error *err, void *ud);
+
+static void pgg_issue(pgg_async *ac, round_state *rs)
+{
+    pgg_error e;
+
+    if (pgg_async_exec(ac, PGG_READ, SQL, NULL, pgg_on_done, rs, NULL, &e) != PGG_OK)
+        die("pgg_async_exec: %s", e.message);
+    rs->inflight++;
+}
+
+static void pgg_on_done(pgg_async *ac, PGresult *res, const pgg_info *info,
+                        const pgg_error *err, void *ud)
+{
+    round_state *rs = ud;
+
+    (void)info;
+    rs->inflight--;
+    if (!res || PQresultStatus(res) != PGRES_TUPLES_OK) {
+        rs->failed++;
+        if (rs->failed == 1)
+            note("pgguard call failed: %s", err->message);
+    }
+    rs->done++;
+    PQclear(res);
+    if (now_s() < rs->end)
+        pgg_issue(ac, rs);
+    else if (rs->inflight == 0)
+        event_base_loopbreak(rs->base);
+}
+
+static void pgg_round(pgg_async *ac, int n, round_state *rs)
+{
+    for (int i = 0; i < n; i++)
+        pgg_issue(ac, rs);
+    event_base_dispatch(rs->base);
+}
+
+/* ------------------------------------------------------------------ main */
+
+static int cmp_d(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double median(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof *v, cmp_d);
+    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+int main(int argc, char **argv)
+{
+    const char *conninfo = getenv("PGG_BENCH_CONNINFO");
+    int inflight = 32, rounds = 10, round_ms = 1000;
+    pgh_cluster *cluster = NULL;
+    struct event_base *base;
+    raw_conn cs[MAX_INFLIGHT];
+    pgg_config *cfg;
+    pgg_pool *pool;
+    pgg_async *ac;
+    pgg_error e;
+    char settings[256], errbuf[2048];
+    double raw_rate[64], pgg_rate[64], raw_cpu[64], pgg_cpu[64], ratio[64];
+    double load[3] = {0};
+    FILE *f;
+
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--conninfo") == 0 && i + 1 < argc)
+            conninfo = argv[++i];
+        else if (strcmp(argv[i], "--inflight") == 0 && i + 1 < argc)
+            inflight = atoi(argv[++i]);
+        else if (strcmp(argv[i], "--rounds") == 0 && i + 1 < argc)
+            rounds = atoi(argv[++i]);
+        else if (strcmp(argv[i], "--round-ms") == 0 && i + 1 < argc)
+            round_ms = atoi(argv[++i]);
+        else
+            die("usage: bench-async [--conninfo CI] [--inflight N] [--rounds R] [--round-ms MS]");
+    }
+    if (inflight < 1 || inflight > MAX_INFLIGHT || rounds < 1 || rounds > 64 || round_ms < 10)
+        die("--inflight 1..%d, --rounds 1..64, --round-ms >= 10", MAX_INFLIGHT);
+    if (!conninfo || !*conninfo) {
+        cluster = pgh_cluster_start(0, errbuf, sizeof errbuf);
+        if (!cluster)
+            die("server: %s", errbuf);
+        conninfo = pgh_node_conninfo(pgh_cluster_primary(cluster));
+    }
+
+    base = event_base_new();
+    if (!base)
+        die("event_base_new failed");
+    for (int i = 0; i < inflight; i++) {
+        cs[i].conn = PQconnectdb(conninfo);
+        if (PQstatus(cs[i].conn) != CONNECTION_OK)
+            die("raw connect: %s", PQerrorMessage(cs[i].conn));
+        PQsetnonblocking(cs[i].conn, 1);
+        cs[i].ev = event_new(base, PQsocket(cs[i].conn), EV_READ | EV_PERSIST,
+                             raw_on_read, &cs[i]);
+        event_add(cs[i].ev, NULL);
+    }
+    cfg = pgg_config_new();
+    snprintf(settings, sizeof settings,
+             "pool_max=%d pool_min_idle=%d bulkhead.max_concurrent=%d",
+             inflight, inflight, inflight);
+    if (!cfg || pgg_config_set_servers(cfg, conninfo, &e) != PGG_OK ||
+        pgg_config_parse(cfg, settings, &e) != PGG_OK)
+        die("config: %s", e.message);
+    pool = pgg_pool_new(cfg, &e);
+    pgg_config_free(cfg);
+    if (!pool)
+        die("pool: %s", e.message);
+    ac = pgg_async_new(pool, &e);
+    if (!ac || pgg_async_libevent_attach(ac, base) != PGG_OK)
+        die("async: %s", e.message);
+
+    /* Warm both: every connection open, caches hot. */
+    for (int w = 0; w < 2; w++) {
+        round_state rs = {.base = base, .end = now_s() + 0.2};
+
+        raw_round(cs, inflight, &rs);
+        rs = (round_state){.base = base, .end = now_s() + 0.2};
+        pgg_round(ac, inflight, &rs);
+    }
+
+    printf("bench-async: SELECT 1, one libevent loop thread, %d calls in flight, "
+           "%d rounds of %d ms each, order alternated\n",
+           inflight, rounds, round_ms);
+    printf("round  raw calls/s  pgguard calls/s  ratio  raw CPU us/call  pgguard CPU us/call\n");
+    for (int r = 0; r < rounds; r++) {
+        for (int k = 0; k < 2; k++) {
+            bool raw = (k == 0) == (r % 2 == 0);
+            round_state rs = {.base = base};
+            double t0, c0, t, c;
+
+            t0 = now_s();
+            c0 = cpu_s();
+            rs.end = t0 + round_ms / 1000.0;
+            if (raw)
+                raw_round(cs, inflight, &rs);
+            else
+                pgg_round(ac, inflight, &rs);
+            t = now_s() - t0;
+            c = cpu_s() - c0;
+            if (rs.failed)
+                die("%ld calls failed in a %s round", rs.failed, raw ? "raw" : "pgguard");
+            if (raw) {
+                raw_rate[r] = rs.done / t;
+                raw_cpu[r] = c * 1e6 / rs.done;
+            } else {
+                pgg_rate[r] = rs.done / t;
+                pgg_cpu[r] = c * 1e6 / rs.done;
+            }
+        }
+        ratio[r] = pgg_rate[r] / raw_rate[r];
+        printf("%5d  %11.0f  %15.0f  %5.2f  %15.2f  %19.2f\n", r + 1, raw_rate[r],
+               pgg_rate[r], ratio[r], raw_cpu[r], pgg_cpu[r]);
+    }
+    f = fopen("/proc/loadavg", "r");
+    if (f) {
+        if (fscanf(f, "%lf %lf %lf", &load[0], &load[1], &load[2]) != 3)
+            load[0] = load[1] = load[2] = 0;
+        fclose(f);
+    }
+    {
+        double rr[64], pr[64], q[64];
+
+        memcpy(q, ratio, sizeof(double) * (size_t)rounds);
+        qsort(q, (size_t)rounds, sizeof *q, cmp_d);
+        memcpy(rr, raw_rate, sizeof rr);
+        memcpy(pr, pgg_rate, sizeof pr);
+        printf("median: raw %.0f calls/s, pgguard %.0f calls/s, ratio %.2f (range %.2f-%.2f); "
+               "CPU per call raw %.2f us, pgguard %.2f us; load average %.2f %.2f %.2f\n",
+               median(rr, rounds), median(pr, rounds), median(ratio, rounds), q[0],
+               q[rounds - 1], median(raw_cpu, rounds), median(pgg_cpu, rounds), load[0],
+               load[1], load[2]);
+    }
+
+    pgg_async_free(ac);
+    pgg_pool_free(pool);
+    for (int i = 0; i < inflight; i++) {
+        event_free(cs[i].ev);
+        PQfinish(cs[i].conn);
+    }
+    event_base_free(base);
+    pgh_cluster_free(cluster);
+    return 0;
+}
