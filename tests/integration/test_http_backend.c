@@ -39,10 +39,15 @@ typedef struct backend {
     int port;
 } backend;
 
+/* Which build of the service start_backend runs: the variable holding its
+ * path (examples/async_http_backend is the same service on one event-loop
+ * thread). */
+static const char *backend_env = "PGGUARD_HTTP_BACKEND";
+
 /* Start the service on a free port; returns once it listens. */
 static backend start_backend(pgh_cluster *c, const char *extra_settings)
 {
-    const char *exe = getenv("PGGUARD_HTTP_BACKEND");
+    const char *exe = getenv(backend_env);
     char settings[1024], line[256];
     int out[2];
     backend b = {0, 0};
@@ -513,6 +518,70 @@ Test(http_backend, retry_after_is_the_time_left_open)
     later = refused_retry_after(b.port);
     cr_expect_gt(later, 0, "no Retry-After 3 s later");
     cr_expect_leq(later, first - 2, "Retry-After %d s, then %d s 3 s later", first, later);
+    stop_backend(&b);
+    pgh_cluster_free(c);
+    cr_expect_eq(pgh_leak_check(), 0, "the test leaked");
+}
+
+static void *get_primary(void *arg)
+{
+    int port = *(int *)arg;
+    response r = http(port, "GET", "/kv/alpha?consistency=primary", NULL, 15000);
+    int *status = malloc(sizeof *status);
+
+    *status = r.status;
+    response_free(&r);
+    return status;
+}
+
+/* The event-loop build: one thread serves every request, so a request
+ * that waits on a hung primary must not hold up the others. */
+Test(http_backend, the_async_build_serves_and_stays_responsive_while_the_primary_hangs)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgh_require_local(c, "a hang (SIGSTOP)");
+    backend_env = "PGGUARD_ASYNC_HTTP_BACKEND";
+    backend b = start_backend(c, NULL);
+    response r;
+    pthread_t t;
+    void *st;
+    char v[64];
+
+    r = http(b.port, "PUT", "/kv/alpha", "one", 5000);
+    cr_assert_eq(r.status, 204, "PUT: %d %s", r.status, r.body);
+    response_free(&r);
+    r = http(b.port, "GET", "/kv/alpha?consistency=primary", NULL, 5000);
+    cr_assert_eq(r.status, 200, "GET: %d %s", r.status, r.body);
+    cr_expect_str_eq(r.body, "one");
+    response_free(&r);
+    r = http(b.port, "DELETE", "/kv/nothing", NULL, 5000);
+    cr_expect_eq(r.status, 404, "DELETE of a missing key: %d %s", r.status, r.body);
+    response_free(&r);
+
+    cr_assert_eq(pgh_node_hang(pgh_cluster_primary(c)), 0);
+    pthread_create(&t, NULL, get_primary, &b.port);
+    sleep_ms(200); /* the read is on the hung server now */
+    for (int i = 0; i < 5; i++) {
+        r = http(b.port, "GET", "/healthz", NULL, 5000);
+        cr_expect_eq(r.status, 200);
+        /* The read in flight holds its call 2 s: a loop it blocked would
+         * answer after it (the bound of full_bulkhead_is_503_at_once). */
+        cr_expect_lt(r.ms, 1000.0, "/healthz took %.0f ms", r.ms);
+        response_free(&r);
+    }
+    pthread_join(t, &st);
+    /* The cache answers for the hung primary: marked stale. */
+    cr_expect_eq(*(int *)st, 200, "the read on the hung primary: %d", *(int *)st);
+    free(st);
+    r = http(b.port, "GET", "/kv/alpha?consistency=primary", NULL, 15000);
+    cr_expect_eq(r.status, 200, "a stale read: %d %s", r.status, r.body);
+    cr_expect(header(&r, "X-Pgguard-Stale", v, sizeof v), "no X-Pgguard-Stale");
+    response_free(&r);
+    r = http(b.port, "PUT", "/kv/beta", "two", 15000);
+    cr_expect(r.status == 504 || r.status == 503, "PUT on a hung primary: %d %s", r.status,
+              r.body);
+    response_free(&r);
+    cr_assert_eq(pgh_node_resume(pgh_cluster_primary(c)), 0);
     stop_backend(&b);
     pgh_cluster_free(c);
     cr_expect_eq(pgh_leak_check(), 0, "the test leaked");
