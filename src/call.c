@@ -11,6 +11,15 @@
 #include "health.h"
 #include "tls.h"
 
+/* The steps are inlined into the blocking driver (the path of every
+ * blocking call: measured by tests/bench/callgrind), and exported once
+ * more for the loop driver. */
+#if defined(__GNUC__)
+#define STEP static inline __attribute__((always_inline))
+#else
+#define STEP static inline
+#endif
+
 /* ----------------------------------------------------------- helpers */
 
 void pgg__info_reset(pgg_info *info)
@@ -173,7 +182,7 @@ static void suspects_last(pgg_pool *pool, int *cand, int n, int64_t now)
 
 /* ------------------------------------------------------------- steps */
 
-bool pgg__call_begin(pgg__call *c, pgg_pool *pool, pgg_intent intent,
+STEP bool call_begin(pgg__call *c, pgg_pool *pool, pgg_intent intent,
                      const pgg_query *q, const pgg_call *opts, pgg_info *info,
                      pgg_error *err, pgg_cancel *cancel)
 {
@@ -231,7 +240,7 @@ void pgg__call_refused(pgg__call *c)
         c->info->elapsed_us = (pgg__now_ns() - c->start) / 1000;
 }
 
-void pgg__call_route(pgg__call *c)
+STEP void call_route(pgg__call *c)
 {
     pgg_pool *pool = c->pool;
 
@@ -247,7 +256,7 @@ void pgg__call_route(pgg__call *c)
     c->reroutes = 0;
 }
 
-pgg_host *pgg__call_next(pgg__call *c, int64_t *attempt_dl)
+STEP pgg_host *call_next(pgg__call *c, int64_t *attempt_dl)
 {
     pgg_host *h;
 
@@ -270,7 +279,7 @@ pgg_host *pgg__call_next(pgg__call *c, int64_t *attempt_dl)
     return h;
 }
 
-void pgg__call_skipped(pgg__call *c)
+STEP void call_skipped(pgg__call *c)
 {
     /* Skipping a host costs little time, unless it waited for a
      * connection slot; read the clock again either way. */
@@ -278,7 +287,7 @@ void pgg__call_skipped(pgg__call *c)
     c->i++;
 }
 
-void pgg__call_attempted(pgg__call *c, pgg_host *h, pgg__attempt *a)
+STEP void call_attempted(pgg__call *c, pgg_host *h, pgg__attempt *a)
 {
     pgg_pool *pool = c->pool;
     pgg_info *info = c->info;
@@ -353,7 +362,7 @@ void pgg__call_attempted(pgg__call *c, pgg_host *h, pgg__attempt *a)
     c->i++;
 }
 
-bool pgg__call_again(pgg__call *c)
+STEP bool call_again(pgg__call *c)
 {
     int n;
 
@@ -372,7 +381,7 @@ bool pgg__call_again(pgg__call *c)
     return true;
 }
 
-PGresult *pgg__call_finish(pgg__call *c)
+STEP PGresult *call_finish(pgg__call *c)
 {
     pgg_pool *pool = c->pool;
     pgg_info *info = c->info;
@@ -426,6 +435,45 @@ PGresult *pgg__call_finish(pgg__call *c)
     return res;
 }
 
+/* The steps for the loop driver (async.c). */
+
+bool pgg__call_begin(pgg__call *c, pgg_pool *pool, pgg_intent intent,
+                     const pgg_query *q, const pgg_call *opts, pgg_info *info,
+                     pgg_error *err, pgg_cancel *cancel)
+{
+    return call_begin(c, pool, intent, q, opts, info, err, cancel);
+}
+
+void pgg__call_route(pgg__call *c)
+{
+    call_route(c);
+}
+
+pgg_host *pgg__call_next(pgg__call *c, int64_t *attempt_dl)
+{
+    return call_next(c, attempt_dl);
+}
+
+void pgg__call_skipped(pgg__call *c)
+{
+    call_skipped(c);
+}
+
+void pgg__call_attempted(pgg__call *c, pgg_host *h, pgg__attempt *a)
+{
+    call_attempted(c, h, a);
+}
+
+bool pgg__call_again(pgg__call *c)
+{
+    return call_again(c);
+}
+
+PGresult *pgg__call_finish(pgg__call *c)
+{
+    return call_finish(c);
+}
+
 /* ---------------------------------------------------- blocking driver */
 
 /*
@@ -475,20 +523,20 @@ PGresult *pgg__call_run(pgg_pool *pool, pgg_intent intent, const pgg_query *q,
     int64_t dl;
 
     c.on_loop = false;
-    if (!pgg__call_begin(&c, pool, intent, q, opts, info, err, cancel))
+    if (!call_begin(&c, pool, intent, q, opts, info, err, cancel))
         return NULL;
     if (pgg__pool_enter(pool, c.start, c.deadline, c.err) != PGG_OK) {
         pgg__call_refused(&c);
         return NULL;
     }
-    pgg__call_route(&c);
+    call_route(&c);
     do {
-        while ((h = pgg__call_next(&c, &dl)) != NULL) {
+        while ((h = call_next(&c, &dl)) != NULL) {
             if (attempt_on(&c, h, dl, &a))
-                pgg__call_attempted(&c, h, &a);
+                call_attempted(&c, h, &a);
             else
-                pgg__call_skipped(&c);
+                call_skipped(&c);
         }
-    } while (pgg__call_again(&c));
-    return pgg__call_finish(&c);
+    } while (call_again(&c));
+    return call_finish(&c);
 }

@@ -446,6 +446,9 @@ static int wait_next(pgg_wd_slot *slot, const pgg_cancel *cancel, int fd,
     return wait_socket(slot, cancel, fd, events, deadline_ns);
 }
 
+#if defined(__GNUC__)
+__attribute__((always_inline))
+#endif
 static inline int io_step(PGconn *conn, pgg_link_io *io, int revents,
                           const char *host, PGresult **out,
                           pgg_attempt_end *end, pgg_error *err, int *rc)

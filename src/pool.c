@@ -459,8 +459,8 @@ pgg_take pgg__pool_take_failed(pgg_pool *pool, pgg_host *h, pgg_ticket ticket,
     return PGG_TAKE_FAILED;
 }
 
-pgg_take pgg__pool_taken(pgg_pool *pool, pgg_host *h, pgg_intent intent,
-                         pgg_link **l, pgg_ticket ticket, int64_t start)
+static inline pgg_take taken(pgg_pool *pool, pgg_host *h, pgg_intent intent,
+                             pgg_link **l, pgg_ticket ticket, int64_t start)
 {
     if (!role_fits(pool, h, *l, intent)) {
         int64_t now = pgg__now_ns();
@@ -471,6 +471,12 @@ pgg_take pgg__pool_taken(pgg_pool *pool, pgg_host *h, pgg_intent intent,
         return PGG_TAKE_SKIPPED;
     }
     return PGG_TAKE_OK;
+}
+
+pgg_take pgg__pool_taken(pgg_pool *pool, pgg_host *h, pgg_intent intent,
+                         pgg_link **l, pgg_ticket ticket, int64_t start)
+{
+    return taken(pool, h, intent, l, ticket, start);
 }
 
 pgg_take pgg__pool_take(pgg_pool *pool, pgg_host *h, pgg_intent intent,
@@ -487,7 +493,7 @@ pgg_take pgg__pool_take(pgg_pool *pool, pgg_host *h, pgg_intent intent,
     }
     if (pgg__host_borrow(h, deadline, start, l, &why, err) != PGG_OK)
         return pgg__pool_take_failed(pool, h, *ticket, start, why, err);
-    if (pgg__pool_taken(pool, h, intent, l, *ticket, start) != PGG_TAKE_OK)
+    if (taken(pool, h, intent, l, *ticket, start) != PGG_TAKE_OK)
         return PGG_TAKE_SKIPPED;
 #if PGG_HAVE_LIBPQTYPES
     if (atomic_load_explicit(&pool->types_on, memory_order_relaxed) &&
@@ -579,6 +585,9 @@ static bool session_ended(PGconn *conn, pgg_attempt_end end,
            PQstatus(conn) != CONNECTION_OK;
 }
 
+#if defined(__GNUC__)
+__attribute__((always_inline))
+#endif
 static inline pgg_verdict exec_done(pgg_pool *pool, pgg_host *h,
                                     pgg_link **lp, pgg_intent intent,
                                     const pgg_ticket *ticket, int role,
