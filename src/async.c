@@ -43,7 +43,6 @@ struct pgg_async_sock {
     int on; /* POLLIN / POLLOUT interests the adapter holds */
     void *data;
     pgg_async_call *call; /* NULL: the context's spare, or free */
-    const PGconn *conn;   /* the spare's connection */
     pgg_async_sock *next; /* on the free list */
 };
 
@@ -86,13 +85,17 @@ struct pgg_async {
     pgg_async_call *free_calls; /* CALL_ROOM blocks, linked by next */
     int nfree;
     /*
-     * The socket of a query that just ended, its read interest still on:
-     * the next call on the same connection (the callback's own next call,
-     * which borrows the connection this thread gave back last) adopts it,
-     * sparing the loop a delete and an add (two epoll_ctl per call).  Not
-     * adopted by the time the loop gets control back, it is closed.
+     * The connection of a query that just ended, with its socket still
+     * watched for reading: the next call of this context to the same host
+     * (the callback's own next call, usually) takes both, sparing the loop
+     * a delete and an add (two epoll_ctl per call) and the pool a give-back
+     * and a borrow.  Nobody else can touch the connection meanwhile: it is
+     * given back (its socket forgotten first) before the loop waits again.
      */
     pgg_async_sock *spare;
+    pgg_link *spare_link;
+    pgg_host *spare_host;
+    int64_t spare_ended;
     pgg_async_sock *free_socks;
     /* Fired once for good: made the call's handle when it is cancelled,
      * so that the path's own cancel rules apply (call.c, pool.c). */
@@ -226,39 +229,71 @@ static void sock_close(pgg_async_call *k)
     k->sock = NULL;
 }
 
-/* The spare was not adopted: closed before the loop waits again. */
+static void unpark(pgg_async *ac, const pgg_host *h);
+
+/* The spare was not taken: its socket forgotten, its connection given back
+ * (and a call parked on its host woken) before the loop waits again. */
 static void flush_spare(pgg_async *ac)
 {
-    if (ac->spare) {
-        sock_free(ac, ac->spare);
-        ac->spare = NULL;
-    }
+    pgg_host *h = ac->spare_host;
+
+    if (!ac->spare_link)
+        return;
+    sock_free(ac, ac->spare);
+    pgg__host_give_back(h, ac->spare_link, ac->spare_ended);
+    ac->spare = NULL;
+    ac->spare_link = NULL;
+    ac->spare_host = NULL;
+    unpark(ac, h);
 }
 
-/* k's query ended on a connection going back to the pool: keep its socket
- * as the spare (see struct pgg_async). */
-static void sock_keep(pgg_async_call *k, const PGconn *conn)
+/* k's query was answered on a session that stays usable: keep its
+ * connection and socket as the spare (see struct pgg_async).  False when
+ * they do not qualify (the caller gives them back). */
+static bool keep_spare(pgg_async_call *k)
 {
     pgg_async *ac = k->ac;
-    pgg_async_sock *s = k->sock;
 
-    if (!s)
-        return;
+    /* One spare at a time: flushing one here would run other calls'
+     * steps in the middle of k's. */
+    if (ac->spare_link || !k->sock || k->sock->on != POLLIN ||
+        !pgg__link_reusable(k->l->conn))
+        return false;
+    k->sock->call = NULL;
+    /* As a give-back would leave it: its startup report is no longer
+     * current. */
+    k->l->fresh = false;
+    ac->spare = k->sock;
+    ac->spare_link = k->l;
+    ac->spare_host = k->h;
+    ac->spare_ended = k->a.ended;
     k->sock = NULL;
-    if (s->on != POLLIN) {
-        sock_free(ac, s);
-        return;
-    }
-    flush_spare(ac);
-    s->call = NULL;
-    s->conn = conn;
-    ac->spare = s;
+    k->l = NULL;
+    return true;
+}
+
+/* Take the spare for an attempt on h, when it is h's and the role check
+ * needs no report from the session (pgg__pool_taken then passes it). */
+static bool take_spare(pgg_async_call *k, pgg_host *h)
+{
+    pgg_async *ac = k->ac;
+
+    if (ac->spare_host != h ||
+        (k->c.intent != PGG_READ &&
+         atomic_load_explicit(&h->role, memory_order_relaxed) == PGG_ROLE_UNKNOWN))
+        return false;
+    k->l = ac->spare_link;
+    k->sock = ac->spare;
+    k->sock->call = k;
+    ac->spare = NULL;
+    ac->spare_link = NULL;
+    ac->spare_host = NULL;
+    return true;
 }
 
 /* Watch fd (conn's) for want (POLLIN / POLLOUT) until deadline.  False
  * when out of memory. */
-static bool sock_want(pgg_async_call *k, const PGconn *conn, int fd, int want,
-                      int64_t until)
+static bool sock_want(pgg_async_call *k, int fd, int want, int64_t until)
 {
     pgg_async *ac = k->ac;
     pgg_async_sock *s = k->sock;
@@ -266,20 +301,14 @@ static bool sock_want(pgg_async_call *k, const PGconn *conn, int fd, int want,
     if (s && s->fd != fd)
         sock_close(k); /* libpq moved to another socket (connect) */
     if (!k->sock) {
-        s = ac->spare;
-        if (s && s->fd == fd && s->conn == conn) {
-            ac->spare = NULL; /* adopted: read interest still on */
-        } else {
-            s = ac->free_socks;
-            if (s)
-                ac->free_socks = s->next;
-            else if (!(s = malloc(sizeof *s)))
-                return false;
-            s->fd = fd;
-            s->on = 0;
-            s->data = NULL;
-        }
-        s->conn = NULL;
+        s = ac->free_socks;
+        if (s)
+            ac->free_socks = s->next;
+        else if (!(s = malloc(sizeof *s)))
+            return false;
+        s->fd = fd;
+        s->on = 0;
+        s->data = NULL;
         s->call = k;
         k->sock = s;
     }
@@ -301,7 +330,6 @@ static bool sock_want(pgg_async_call *k, const PGconn *conn, int fd, int want,
 static void drive(pgg_async_call *k);
 static void borrow(pgg_async_call *k);
 static void settle(pgg_async_call *k);
-static void unpark(pgg_async *ac, const pgg_host *h);
 
 /* The attempt on k->h is over (its verdict in k->a): back to the path. */
 static void attempt_over(pgg_async_call *k)
@@ -331,16 +359,16 @@ static void exec_over(pgg_async_call *k, PGresult *res, pgg_attempt_end end)
                                  &k->a.ended, k->c.err);
     pgg__cancel_cur = prev;
     k->a.lost = !k->l || PQstatus(k->l->conn) != CONNECTION_OK;
-    /* Before the connection can go (closed, or to another thread). */
-    if (k->l && !k->a.lost && end == PGG_END_RESULT)
-        sock_keep(k, k->l->conn);
-    else
+    if (!k->l || k->a.lost || !keep_spare(k)) {
+        /* The socket is forgotten before its connection can go. */
         sock_close(k);
-    if (k->l)
-        pgg__host_give_back(k->h, k->l, k->a.ended);
+        if (k->l) {
+            pgg__host_give_back(k->h, k->l, k->a.ended);
+            k->unpark = true; /* after this call's own next step (settle) */
+        }
+    }
     k->l = NULL;
     attempt_over(k);
-    k->unpark = true; /* after this call's own next step (advance) */
 }
 
 /* Advance the statement on the wire by what the socket showed. */
@@ -353,8 +381,7 @@ static void io(pgg_async_call *k, int revents)
                                  &end, k->c.err, &rc);
 
     if (want) {
-        if (!sock_want(k, k->l->conn, PQsocket(k->l->conn), want,
-                       k->attempt_deadline)) {
+        if (!sock_want(k, PQsocket(k->l->conn), want, k->attempt_deadline)) {
             pgg__link_io_deadline(&k->io, k->h->name, &res, &end, k->c.err);
             pgg__error_set(k->c.err, PGG_ENOMEM, NULL, k->h->name,
                            "out of memory; connection dropped");
@@ -413,6 +440,7 @@ static void exec_start(pgg_async_call *k)
         int64_t now = pgg__now_ns();
 
         k->c.vr.unmet_seen = true;
+        sock_close(k); /* a spare's, taken with the connection */
         pgg__host_give_back(k->h, k->l, now);
         k->l = NULL;
         pgg__pool_record(k->c.pool, k->h, k->ticket, PGG_CLASS_IGNORED,
@@ -492,7 +520,7 @@ static void connect_step(pgg_async_call *k, bool ready)
         bound = k->c.now + k->h->connect_timeout_ns;
         if (bound > k->attempt_deadline)
             bound = k->attempt_deadline;
-        if (!sock_want(k, k->conn, PQsocket(k->conn), want, bound)) {
+        if (!sock_want(k, PQsocket(k->conn), want, bound)) {
             PQfinish(k->conn);
             k->conn = NULL;
             pgg__error_set(k->c.err, PGG_ENOMEM, NULL, k->h->name,
@@ -532,6 +560,10 @@ static void attempt_start(pgg_async_call *k, pgg_host *h)
         atomic_fetch_add(&h->rejections, 1);
         k->c.rejected = true;
         pgg__call_skipped(&k->c);
+        return;
+    }
+    if (take_spare(k, h)) {
+        taken(k);
         return;
     }
     borrow(k);

@@ -57,6 +57,24 @@ typedef struct round_state {
     int inflight;
 } round_state;
 
+/* The loop-lag probe: the longest gap between ticks of a 1 ms timer, the
+ * same for both clients (the machine's own stalls show in both). */
+typedef struct probe {
+    double last, worst;
+} probe;
+
+static void on_tick(evutil_socket_t fd, short what, void *arg)
+{
+    probe *p = arg;
+    double t = now_s();
+
+    (void)fd;
+    (void)what;
+    if (p->last > 0 && t - p->last > p->worst)
+        p->worst = t - p->last;
+    p->last = t;
+}
+
 /* ------------------------------------------------------------- raw libpq */
 
 typedef struct raw_conn {
@@ -180,6 +198,10 @@ int main(int argc, char **argv)
     char settings[256], errbuf[2048];
     double raw_rate[64], pgg_rate[64], raw_cpu[64], pgg_cpu[64], ratio[64];
     double load[3] = {0};
+    double raw_gap[64], pgg_gap[64];
+    struct event *tick;
+    probe pr;
+    struct timeval ms1 = {0, 1000};
     FILE *f;
 
     for (int i = 1; i < argc; i++) {
@@ -239,16 +261,20 @@ int main(int argc, char **argv)
         pgg_round(ac, inflight, &rs);
     }
 
+    tick = event_new(base, -1, EV_PERSIST, on_tick, &pr);
     printf("bench-async: SELECT 1, one libevent loop thread, %d calls in flight, "
            "%d rounds of %d ms each, order alternated\n",
            inflight, rounds, round_ms);
-    printf("round  raw calls/s  pgguard calls/s  ratio  raw CPU us/call  pgguard CPU us/call\n");
+    printf("round  raw calls/s  pgguard calls/s  ratio  raw CPU us/call  pgguard CPU us/call"
+           "  raw worst gap ms  pgguard worst gap ms\n");
     for (int r = 0; r < rounds; r++) {
         for (int k = 0; k < 2; k++) {
             bool raw = (k == 0) == (r % 2 == 0);
             round_state rs = {.base = base};
             double t0, c0, t, c;
 
+            pr = (probe){0};
+            event_add(tick, &ms1);
             t0 = now_s();
             c0 = cpu_s();
             rs.end = t0 + round_ms / 1000.0;
@@ -258,19 +284,23 @@ int main(int argc, char **argv)
                 pgg_round(ac, inflight, &rs);
             t = now_s() - t0;
             c = cpu_s() - c0;
+            event_del(tick);
             if (rs.failed)
                 die("%ld calls failed in a %s round", rs.failed, raw ? "raw" : "pgguard");
             if (raw) {
                 raw_rate[r] = rs.done / t;
                 raw_cpu[r] = c * 1e6 / rs.done;
+                raw_gap[r] = pr.worst * 1e3;
             } else {
+                pgg_gap[r] = pr.worst * 1e3;
                 pgg_rate[r] = rs.done / t;
                 pgg_cpu[r] = c * 1e6 / rs.done;
             }
         }
         ratio[r] = pgg_rate[r] / raw_rate[r];
-        printf("%5d  %11.0f  %15.0f  %5.2f  %15.2f  %19.2f\n", r + 1, raw_rate[r],
-               pgg_rate[r], ratio[r], raw_cpu[r], pgg_cpu[r]);
+        printf("%5d  %11.0f  %15.0f  %5.2f  %15.2f  %19.2f  %16.2f  %20.2f\n", r + 1,
+               raw_rate[r], pgg_rate[r], ratio[r], raw_cpu[r], pgg_cpu[r], raw_gap[r],
+               pgg_gap[r]);
     }
     f = fopen("/proc/loadavg", "r");
     if (f) {
@@ -286,12 +316,15 @@ int main(int argc, char **argv)
         memcpy(rr, raw_rate, sizeof rr);
         memcpy(pr, pgg_rate, sizeof pr);
         printf("median: raw %.0f calls/s, pgguard %.0f calls/s, ratio %.2f (range %.2f-%.2f); "
-               "CPU per call raw %.2f us, pgguard %.2f us; load average %.2f %.2f %.2f\n",
+               "CPU per call raw %.2f us, pgguard %.2f us; worst loop gap median raw %.2f ms, "
+               "pgguard %.2f ms; load average %.2f %.2f %.2f\n",
                median(rr, rounds), median(pr, rounds), median(ratio, rounds), q[0],
-               q[rounds - 1], median(raw_cpu, rounds), median(pgg_cpu, rounds), load[0],
+               q[rounds - 1], median(raw_cpu, rounds), median(pgg_cpu, rounds),
+               median(raw_gap, rounds), median(pgg_gap, rounds), load[0],
                load[1], load[2]);
     }
 
+    event_free(tick);
     pgg_async_free(ac);
     pgg_pool_free(pool);
     for (int i = 0; i < inflight; i++) {
