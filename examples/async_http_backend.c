@@ -17,9 +17,11 @@
  * What the guard changes for the client, as in http_backend: 503 with
  * Retry-After when pgguard refuses at once (a full bulkhead, every breaker
  * open, no primary), 504 at a deadline, and a read no server could answer
- * served from the fallback cache, marked "X-Pgguard-Stale: true" and "Age".
- * Not here: read your writes (a write that learns its WAL position does not
- * run on the loop yet), so neither X-Pgguard-Lsn nor X-Pgguard-Min-Lsn.
+ * served from the fallback cache, marked "X-Pgguard-Stale: true" and "Age";
+ * read your writes (read_your_writes=pool): every read sees every write
+ * this process acknowledged before it; a PUT or DELETE answers
+ * "X-Pgguard-Lsn: POSITION", and a GET carrying it back as
+ * "X-Pgguard-Min-Lsn" never sees older data (400 if malformed).
  *
  * Give the pool numeric addresses (hostaddr= or host=127.0.0.1): libpq
  * resolves a host name inside the connect call, which would block the loop.
@@ -36,6 +38,7 @@
 #include <libpq-fe.h>
 #include <signal.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -49,7 +52,7 @@
 #define CALL_TIMEOUT_MS 2000
 
 static const char default_settings[] =
-    "cache.enabled=true cache.max_age_ms=300000";
+    "cache.enabled=true cache.max_age_ms=300000 read_your_writes=pool";
 
 static pgg_pool *pool;
 static pgg_async *ac;
@@ -167,10 +170,15 @@ static void on_done(pgg_async *a, PGresult *res, const pgg_info *info,
         else
             reply(req, 200, "text/plain; charset=utf-8", PQgetvalue(res, 0, 0),
                   (size_t)PQgetlength(res, 0, 0));
-    } else if (p->op == OP_DELETE && strcmp(PQcmdTuples(res), "0") == 0) {
-        reply(req, 404, "text/plain", "not found\n", 10);
     } else {
-        reply(req, 204, NULL, "", 0);
+        char lsn[32];
+
+        if (info->lsn && pgg_lsn_format(info->lsn, lsn, sizeof lsn) == PGG_OK)
+            evhttp_add_header(evhttp_request_get_output_headers(req), "X-Pgguard-Lsn", lsn);
+        if (p->op == OP_DELETE && strcmp(PQcmdTuples(res), "0") == 0)
+            reply(req, 404, "text/plain", "not found\n", 10);
+        else
+            reply(req, 204, NULL, "", 0);
     }
     PQclear(res);
     free(p);
@@ -179,10 +187,10 @@ static void on_done(pgg_async *a, PGresult *res, const pgg_info *info,
 /* Start the call for a request; a refusal (a full bulkhead) answers now. */
 static void start(struct evhttp_request *req, enum op op, pgg_intent intent,
                   const char *sql, int nparams, const char *p1, const char *p2,
-                  unsigned flags)
+                  unsigned flags, uint64_t min_lsn)
 {
     const char *vals[] = {p1, p2};
-    pgg_call call = {.timeout_ms = CALL_TIMEOUT_MS, .flags = flags};
+    pgg_call call = {.timeout_ms = CALL_TIMEOUT_MS, .flags = flags, .min_lsn = min_lsn};
     pending *p = malloc(sizeof *p);
     pgg_error e;
 
@@ -205,11 +213,18 @@ static void kv(struct evhttp_request *req, const char *key)
 
     if (m == EVHTTP_REQ_GET) {
         const char *q = evhttp_uri_get_query(evhttp_request_get_evhttp_uri(req));
+        const char *token = evhttp_find_header(evhttp_request_get_input_headers(req),
+                                               "X-Pgguard-Min-Lsn");
         bool primary = q && strstr(q, "consistency=primary");
+        uint64_t min_lsn = 0;
 
+        if (token && pgg_lsn_parse(token, &min_lsn) != PGG_OK) {
+            reply(req, 400, "text/plain", "bad X-Pgguard-Min-Lsn\n", 22);
+            return;
+        }
         start(req, OP_GET, primary ? PGG_READ_PRIMARY : PGG_READ,
               "SELECT v FROM pgguard_http_kv WHERE k = $1", 1, key, NULL,
-              PGG_CALL_CACHEABLE);
+              PGG_CALL_CACHEABLE, min_lsn);
     } else if (m == EVHTTP_REQ_PUT) {
         struct evbuffer *in = evhttp_request_get_input_buffer(req);
         size_t len = evbuffer_get_length(in);
@@ -235,11 +250,11 @@ static void kv(struct evhttp_request *req, const char *key)
         start(req, OP_PUT, PGG_WRITE,
               "INSERT INTO pgguard_http_kv (k, v) VALUES ($1, $2) "
               "ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v, updated_at = now()",
-              2, key, body, 0);
+              2, key, body, PGG_CALL_WANT_LSN, 0);
         free(body);
     } else if (m == EVHTTP_REQ_DELETE) {
         start(req, OP_DELETE, PGG_WRITE, "DELETE FROM pgguard_http_kv WHERE k = $1", 1,
-              key, NULL, 0);
+              key, NULL, PGG_CALL_WANT_LSN, 0);
     } else {
         reply(req, 405, "text/plain", "method not allowed\n", 19);
     }

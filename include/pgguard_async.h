@@ -116,10 +116,8 @@ PGG_EXPORT void pgg_async_free(pgg_async *ac);
  * this returns.  PGG_OK: fn will be called once.  Any other return (err
  * filled, fn never called): PGG_EINVAL, PGG_ECLOSED, PGG_ENOMEM,
  * PGG_ESTATE (no adapter attached), PGG_EBULKHEAD (the pool's bulkhead is
- * full: refused at once, never queued), PGG_ENOTSUP (a write that must
- * learn its WAL position: read_your_writes=pool or PGG_CALL_WANT_LSN; not
- * on the loop yet).  *handle (may be NULL) identifies the call for
- * pgg_async_cancel.
+ * full: refused at once, never queued).  *handle (may be NULL) identifies
+ * the call for pgg_async_cancel.
  *
  * The deadline is call->timeout_ms (or call_timeout_ms) from now, bulkhead
  * included.  On the loop: the bulkhead never waits (bulkhead.max_wait_ms
@@ -128,7 +126,9 @@ PGG_EXPORT void pgg_async_free(pgg_async *ac);
  * (validate_after_idle_ms does not apply; a session found dead when used
  * is retried on a new connection, as for blocking calls), a read that
  * needs a WAL position goes to replicas known to have it and then to the
- * primary without waiting, and a write refused by a demoted primary is
+ * primary without waiting, a write that learns its position
+ * (read_your_writes=pool, PGG_CALL_WANT_LSN) asks for it in a second round
+ * trip once it committed, and a write refused by a demoted primary is
  * rerouted on what the pool knows without awaiting a health round.
  * call->cancel, when set, is looked at between attempts.
  */

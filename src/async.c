@@ -11,6 +11,8 @@
  *   CONNECT  a new connection being made (PQconnectPoll)
  *   PREPARE  a registered statement being prepared on its connection
  *   QUERY    the statement on the wire
+ *   LSN      a committed write's position asked in a second round trip
+ *            (read_your_writes=pool, PGG_CALL_WANT_LSN)
  *   DONE     finished, its callback due from the timer (a call never
  *            completes inside the function that started it)
  */
@@ -25,7 +27,7 @@
 #include "cancel.h"
 #include "error.h"
 
-enum { ST_IDLE, ST_PARKED, ST_CONNECT, ST_PREPARE, ST_QUERY, ST_DONE };
+enum { ST_IDLE, ST_PARKED, ST_CONNECT, ST_PREPARE, ST_QUERY, ST_LSN, ST_DONE };
 
 /* How often a call parked on a busy host looks again for a connection
  * another thread gave back (its own context's give-backs wake it at
@@ -64,6 +66,7 @@ struct pgg_async_call {
     int role;
     int64_t attempt_deadline;
     PGresult *res;
+    PGresult *written; /* LSN: the write's answer, returned after */
     pgg_link_io io;
     pgg__attempt a;
     pgg_async_sock *sock; /* the socket it waits on, or NULL */
@@ -389,6 +392,36 @@ static void io(pgg_async_call *k, int revents)
         }
         return;
     }
+    if (k->state == ST_LSN) {
+        /* The write committed whatever this says: its answer is the
+         * outcome, with the position when the query told it. */
+        if (end == PGG_END_RESULT)
+            k->c.vr.lsn = pgg__vis_lsn_of(res);
+        PQclear(res);
+        res = k->written;
+        k->written = NULL;
+        pgg__error_reset(k->c.err);
+        exec_over(k, res, PGG_END_RESULT);
+        return;
+    }
+    if (k->state == ST_QUERY && end == PGG_END_RESULT && k->c.q->vis &&
+        k->c.vr.want_lsn && pgg__vis_write_learns(k->l->conn, res)) {
+        k->written = res;
+        k->state = ST_LSN;
+        res = NULL;
+        if (pgg__link_send(k->l->conn, pgg__vis_lsn_query(), k->h->name, &res,
+                           &end, k->c.err) != PGG_OK) {
+            PQclear(res);
+            res = k->written;
+            k->written = NULL;
+            pgg__error_reset(k->c.err);
+            exec_over(k, res, PGG_END_RESULT);
+            return;
+        }
+        k->io = (pgg_link_io){0};
+        io(k, 0);
+        return;
+    }
     if (k->state == ST_PREPARE) {
         const pgg_stmt *stmt = k->q.stmt;
 
@@ -433,10 +466,11 @@ static void exec_start(pgg_async_call *k)
     k->a.reused = !k->l->fresh;
     k->role = atomic_load_explicit(&k->h->role, memory_order_relaxed);
     k->io = (pgg_link_io){0};
-    /* Only plain runs happen here (pgg_async_exec* refuses writes that
-     * learn a position): a read whose position this host is not known to
-     * have is not sent, as a blocking call would not use its answer. */
-    if (!pgg__vis_plain(k->c.pool, k->h, q)) {
+    /* A read whose position this host is not known to have is not sent
+     * (the loop does not check it in the same round trip): a blocking call
+     * would not use its answer either.  A write that wants its position
+     * asks for it after it committed (ST_LSN). */
+    if (!pgg__vis_plain(k->c.pool, k->h, q) && !k->c.vr.want_lsn) {
         int64_t now = pgg__now_ns();
 
         k->c.vr.unmet_seen = true;
@@ -714,6 +748,7 @@ static void on_ready(pgg_async_sock *s, int revents)
         break;
     case ST_PREPARE:
     case ST_QUERY:
+    case ST_LSN:
         io(k, revents);
         break;
     default:
@@ -759,6 +794,15 @@ static void expire(pgg_async_call *k)
     case ST_QUERY:
         pgg__link_io_deadline(&k->io, k->h->name, &res, &end, k->c.err);
         exec_over(k, res, end);
+        break;
+    case ST_LSN:
+        /* The write committed: its answer stands, its position unknown;
+         * the session, busy, is not pooled again. */
+        PQclear(k->io.keep);
+        k->io.keep = NULL;
+        res = k->written;
+        k->written = NULL;
+        exec_over(k, res, PGG_END_RESULT);
         break;
     case ST_PARKED:
         /* A cancel: the wait for a connection ends as the blocking one
@@ -931,13 +975,6 @@ static int start(pgg_async *ac, pgg_intent intent, const pgg_query *q,
         *err = k->err;
         call_free(ac, k);
         return err->code;
-    }
-    if (k->c.q->vis && k->c.vr.want_lsn) {
-        call_free(ac, k);
-        return pgg__error_set(err, PGG_ENOTSUP, NULL, NULL,
-                              "pgg_async_exec: a write that learns its WAL "
-                              "position (read_your_writes=pool or "
-                              "PGG_CALL_WANT_LSN) cannot run on the loop yet");
     }
     if (call && call->cancel && pgg__cancel_fired(call->cancel)) {
         call_free(ac, k);

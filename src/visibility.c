@@ -911,6 +911,23 @@ bool pgg__vis_plain(pgg_pool *pool, pgg_host *h, const pgg_query *q)
     return false;
 }
 
+bool pgg__vis_write_learns(PGconn *conn, const PGresult *res)
+{
+    return succeeded(res) && PQtransactionStatus(conn) == PQTRANS_IDLE;
+}
+
+const pgg_query *pgg__vis_lsn_query(void)
+{
+    static const pgg_query lq = {.sql = lsn_sql};
+
+    return &lq;
+}
+
+uint64_t pgg__vis_lsn_of(const PGresult *res)
+{
+    return lsn_of(res, 0);
+}
+
 int pgg__vis_exec(pgg_pool *pool, pgg_host *h, pgg_link *l,
                   const pgg_query *q, int64_t deadline, PGresult **out,
                   pgg_attempt_end *end, pgg_error *err)

@@ -112,6 +112,17 @@ bool pgg__vis_plain(struct pgg_pool *pool, struct pgg_host *h,
                     const struct pgg_query *q);
 
 /*
+ * For a driver that runs a write that wants its position as two round
+ * trips (the event loop; the blocking path's fallback, write_slow, does
+ * the same): does the write's answer on conn call for its position (it
+ * committed and the session is idle), the query that asks for it, and the
+ * position in that query's answer (0: unknown).
+ */
+bool pgg__vis_write_learns(PGconn *conn, const PGresult *res);
+const struct pgg_query *pgg__vis_lsn_query(void);
+uint64_t pgg__vis_lsn_of(const PGresult *res);
+
+/*
  * The answer in *res came from a host that had not replayed r->need:
  * clear it, so the call moves on.  Returns true when it did.
  */

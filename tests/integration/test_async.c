@@ -19,6 +19,7 @@ typedef struct outcome {
     int done;
     int code;
     int host_index;
+    uint64_t lsn;
     int attempts;
     int sent;
     double ms; /* from start to callback */
@@ -39,6 +40,7 @@ static void on_done(pgg_async *ac, PGresult *res, const pgg_info *info,
     o->host_index = info->host_index;
     o->attempts = info->attempts;
     o->sent = info->sent;
+    o->lsn = info->lsn;
     o->ms = pgh_now_ms() - o->started;
     memcpy(o->sqlstate, err->sqlstate, sizeof o->sqlstate);
     snprintf(o->message, sizeof o->message, "%s", err->message);
@@ -333,6 +335,55 @@ Test(async, a_stopped_replica_moves_reads_and_a_stopped_primary_fails_like_block
                      pgg_err_name(o[0].code), o[0].message,
                      pgg_err_name(e.code), e.message);
     }
+    pgg_async_free(ac);
+    event_base_free(base);
+    end_test(p, c);
+}
+
+Test(async, read_your_writes_on_the_loop_with_replay_paused)
+{
+    pgh_cluster *c = cluster_or_die(1);
+    pgh_require_local(c, "pausing replay");
+    make_table(c, "async_ryw", "old", 3);
+    pgg_pool *p = pool_for(c, "read_your_writes=pool");
+    struct event_base *base = event_base_new();
+    pgg_async *ac = async_for(p, base);
+    outcome o[4];
+
+    /* The replica sees nothing new from here on. */
+    cr_assert_eq(pgh_node_pause_replay(pgh_cluster_replica(c, 0)), 0);
+    for (int i = 0; i < 3; i++) {
+        char sql[128];
+
+        snprintf(sql, sizeof sql, "UPDATE async_ryw SET v = 'new%d' WHERE id = 1", i);
+        start_call(ac, PGG_WRITE, sql, 0, 0, &o[0]);
+        run_until(base, o, 1, 5000);
+        cr_assert_eq(o[0].code, PGG_OK, "write: %s", o[0].message);
+        cr_expect_gt(o[0].lsn, 0, "the write's position was not learnt");
+        cr_expect_eq(pgg_pool_lsn(p), o[0].lsn);
+        /* Every read after it sees it: the replica has not replayed it,
+         * so the primary serves. */
+        start_call(ac, PGG_READ, "SELECT v FROM async_ryw WHERE id = 1", 0, 0, &o[1]);
+        run_until(base, o + 1, 1, 5000);
+        snprintf(sql, sizeof sql, "new%d", i);
+        cr_expect_str_eq(o[1].value, sql, "%s", o[1].message);
+        cr_expect_eq(o[1].host_index, 0);
+        cr_expect_geq(o[1].lsn, o[0].lsn);
+    }
+    /* A read that asks for no position still goes to the replica. */
+    {
+        pgg_call call = {.flags = PGG_CALL_ANY_LSN};
+        pgg_error e;
+
+        o[2] = (outcome){.started = pgh_now_ms()};
+        cr_assert_eq(pgg_async_exec(ac, PGG_READ, "SELECT v FROM async_ryw WHERE id = 1",
+                                    &call, on_done, &o[2], NULL, &e),
+                     PGG_OK);
+        run_until(base, o + 2, 1, 5000);
+        cr_expect_str_eq(o[2].value, "old1", "%s", o[2].message);
+        cr_expect_eq(o[2].host_index, 1);
+    }
+    cr_assert_eq(pgh_node_resume_replay(pgh_cluster_replica(c, 0)), 0);
     pgg_async_free(ac);
     event_base_free(base);
     end_test(p, c);
