@@ -388,3 +388,94 @@ Test(async, read_your_writes_on_the_loop_with_replay_paused)
     event_base_free(base);
     end_test(p, c);
 }
+
+static void never(pgg_async *ac, PGresult *res, const pgg_info *info,
+                  const pgg_error *err, void *ud)
+{
+    (void)ac;
+    (void)info;
+    (void)err;
+    PQclear(res);
+    ++*(int *)ud;
+}
+
+Test(async, bad_input_gets_clear_errors_and_no_callback)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, NULL);
+    struct event_base *base = event_base_new();
+    pgg_async *ac;
+    pgg_error e;
+    int calls = 0;
+    const char *vals[] = {"x"};
+    const int fmt[] = {1};
+
+    cr_expect_null(pgg_async_new(NULL, &e));
+    cr_expect_eq(e.code, PGG_EINVAL);
+    ac = pgg_async_new(p, &e);
+    cr_assert_not_null(ac);
+    /* No adapter yet. */
+    cr_expect_eq(pgg_async_exec(ac, PGG_READ, "SELECT 1", NULL, never, &calls, NULL, &e),
+                 PGG_ESTATE);
+    cr_expect_eq(e.code, PGG_ESTATE);
+    {
+        pgg_async_ev half = {0};
+
+        cr_expect_eq(pgg_async_attach(ac, &half), PGG_EINVAL);
+    }
+    cr_assert_eq(pgg_async_libevent_attach(ac, base), PGG_OK);
+    cr_expect_eq(pgg_async_libevent_attach(ac, base), PGG_ESTATE);
+    cr_expect_eq(pgg_async_exec(ac, PGG_READ, NULL, NULL, never, &calls, NULL, &e), PGG_EINVAL);
+    cr_expect_eq(pgg_async_exec(ac, PGG_READ, "SELECT 1", NULL, NULL, &calls, NULL, &e),
+                 PGG_EINVAL);
+    cr_expect_eq(pgg_async_exec(ac, (pgg_intent)42, "SELECT 1", NULL, never, &calls, NULL, &e),
+                 PGG_EINVAL);
+    cr_expect_eq(pgg_async_exec_params(ac, PGG_READ, "SELECT $1", -1, NULL, vals, NULL, NULL,
+                                       NULL, never, &calls, NULL, &e),
+                 PGG_EINVAL);
+    /* A binary parameter without a length: refused before any copy. */
+    cr_expect_eq(pgg_async_exec_params(ac, PGG_READ, "SELECT $1", 1, NULL, vals, NULL, fmt,
+                                       NULL, never, &calls, NULL, &e),
+                 PGG_EINVAL);
+    cr_expect_eq(pgg_async_exec_prepared(ac, PGG_READ, "nosuch", 0, NULL, NULL, NULL, NULL,
+                                         never, &calls, NULL, &e),
+                 PGG_EINVAL);
+    cr_expect_not_null(strstr(e.message, "nosuch"), "%s", e.message);
+    /* A fired cancel handle: refused at once. */
+    {
+        pgg_cancel *h = pgg_cancel_new();
+        pgg_call call = {.cancel = h};
+
+        pgg_cancel_fire(h);
+        cr_expect_eq(pgg_async_exec(ac, PGG_READ, "SELECT 1", &call, never, &calls, NULL, &e),
+                     PGG_ECANCELED);
+        pgg_cancel_free(h);
+    }
+    cr_expect_eq(pgg_async_pending(ac), 0);
+    for (int i = 0; i < 5; i++)
+        event_base_loop(base, EVLOOP_NONBLOCK);
+    cr_expect_eq(calls, 0, "a refused call's callback ran");
+    pgg_async_cancel(NULL);
+    pgg_async_free(ac);
+    pgg_async_free(NULL);
+    event_base_free(base);
+
+    /* A pool with an on-connect hook: its SQL would block the loop. */
+    {
+        char *ci = pgh_cluster_conninfo(c);
+        pgg_config *cfg = pgg_config_new();
+        pgg_pool *hooked;
+
+        cr_assert_eq(pgg_config_set_servers(cfg, ci, &e), PGG_OK);
+        cr_assert_eq(pgg_config_on_connect(cfg, "SET application_name = 'x'", NULL, NULL, &e),
+                     PGG_OK, "%s", e.message);
+        hooked = pgg_pool_new(cfg, &e);
+        cr_assert_not_null(hooked, "%s", e.message);
+        cr_expect_null(pgg_async_new(hooked, &e));
+        cr_expect_eq(e.code, PGG_ENOTSUP);
+        pgg_pool_free(hooked);
+        pgg_config_free(cfg);
+        free(ci);
+    }
+    end_test(p, c);
+}

@@ -9,6 +9,8 @@
  * (millisecond resolution: a deadline may fire up to 1 ms late).  libuv
  * closes handles asynchronously: after pgg_async_free, let the loop run
  * once more (uv_run(loop, UV_RUN_NOWAIT)) so that their memory is freed.
+ * uv.h needs the POSIX declarations: under -std=c11, define
+ * _POSIX_C_SOURCE=200809L (or use -std=gnu11).
  */
 #ifndef PGGUARD_ADAPTERS_LIBUV_H
 #define PGGUARD_ADAPTERS_LIBUV_H
