@@ -439,8 +439,11 @@ static void probe_end(pgg_health *hl, int i, int64_t now)
     } else {
         pgg__host_note_error(h, &p->err);
         /* A host we cannot reach has no role we can vouch for: a dead
-         * old primary must not go on looking like a second primary. */
-        pgg__pool_set_role(pool, h, PGG_ROLE_UNKNOWN, "unreachable");
+         * old primary must not go on looking like a second primary.  One
+         * that answered "too many clients" is reached, and running: what
+         * it was it still is, as far as anyone can tell. */
+        if (strcmp(p->err.sqlstate, "53300") != 0)
+            pgg__pool_set_role(pool, h, PGG_ROLE_UNKNOWN, "unreachable");
     }
     pgg__host_trim(h, now, false);
     st = pgg__breaker_state(&h->breaker);
