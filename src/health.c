@@ -35,6 +35,10 @@ typedef struct probe {
     probe_ticket ticketed;
     pgg_ticket ticket;
     bool on_old;   /* running on the session kept from an earlier probe */
+    bool donated;  /* its new session went to the pool: no query ran */
+    /* It ended refused at connect: by nobody listening (no SQLSTATE), or
+     * by the server (53300, 57P03). */
+    bool refused_closed, refused_by_server;
     bool replaced; /* that session died and a new one was started */
     int64_t started, deadline;
     int64_t next;    /* IDLE: when the next probe starts */
@@ -85,11 +89,19 @@ static void probe_fail(pgg_health *hl, int i, pgg_class cls, const char *what)
     pgg_host *h = &hl->pool->hosts[i];
     PGconn *c = hl->conns[i];
 
+    p->refused_closed = p->refused_by_server = false;
+    if (p->phase == PROBE_CONNECTING && cls == PGG_CLASS_CONNECTION)
+        p->refused_closed = true; /* until the message shows a SQLSTATE */
     p->phase = PROBE_IDLE;
     p->cls = cls;
     pgg__link_error(&p->err, cls == PGG_CLASS_TIMEOUT ? PGG_ETIMEDOUT
                                                        : PGG_ECONNECT,
                     c, NULL, h->name, what);
+    if (p->refused_closed && p->err.sqlstate[0]) {
+        p->refused_closed = false;
+        p->refused_by_server = strcmp(p->err.sqlstate, "53300") == 0 ||
+                               strcmp(p->err.sqlstate, "57P03") == 0;
+    }
     /* A refused startup carries its SQLSTATE (too many clients, starting
      * up, a wrong password): classify by it, as calls do. */
     if (cls == PGG_CLASS_CONNECTION && p->err.sqlstate[0]) {
@@ -160,6 +172,34 @@ static void probe_result(pgg_health *hl, int i, PGresult *r)
     }
 }
 
+/*
+ * Host i's probe has just connected to a host whose breaker was open or on
+ * trial: calls are being refused there, and the first one let through
+ * would have to connect too (behind everyone else's connects to a server
+ * just back).  Give this session to the pool instead, and let the startup
+ * report (in_hot_standby) stand for the probe's answer.  Returns whether
+ * it did (not before PostgreSQL 14, which reports no in_hot_standby, nor
+ * when the pool has an idle session there, no room, or an on-connect
+ * hook).
+ */
+static bool probe_donate(pgg_health *hl, int i, int64_t now)
+{
+    probe *p = &hl->probes[i];
+    PGconn *c = hl->conns[i];
+    pgg_role role = pgg__link_reported_role(c);
+
+    if (role == PGG_ROLE_UNKNOWN || !pgg__host_adopt(&hl->pool->hosts[i], c, now))
+        return false;
+    hl->conns[i] = NULL;
+    p->phase = PROBE_IDLE;
+    p->got = true;
+    p->donated = true;
+    p->role = role;
+    p->have_lsn = false;
+    p->cls = PGG_CLASS_SUCCESS;
+    return true;
+}
+
 /* Advance host i's probe on socket events.  Returns true when it ended
  * (phase back to IDLE: p->cls says how). */
 static bool probe_step(pgg_health *hl, int i, short revents)
@@ -178,11 +218,20 @@ static bool probe_step(pgg_health *hl, int i, short revents)
                 probe_fail(hl, i, PGG_CLASS_CONNECTION, "health connect");
                 return true;
             }
+            pgg_breaker *b = &hl->pool->hosts[i].breaker;
+            pgg_breaker_state was = pgg__breaker_state(b);
+            int64_t now = pgg__now_ns();
+
             pgg__link_started(c);
             /* A connection accepted is the host answering: an open breaker
-             * lets trial calls through now, while the probe's query runs. */
-            (void)pgg__breaker_host_answered(&hl->pool->hosts[i].breaker,
-                                             pgg__now_ns());
+             * closes, the first time the host comes back in a streak, or
+             * else lets trial calls through now, while the probe's query
+             * runs. */
+            if (!pgg__breaker_host_back(b, now))
+                (void)pgg__breaker_host_answered(b, now);
+            if ((was == PGG_BREAKER_OPEN || was == PGG_BREAKER_HALF_OPEN) &&
+                probe_donate(hl, i, now))
+                return true;
             probe_send(hl, i);
             return p->phase == PROBE_IDLE;
         }
@@ -246,6 +295,28 @@ static bool incident(pgg_health *hl)
     return !primary && hl->had_primary;
 }
 
+/*
+ * How soon after its last probe a host is probed again while failing calls
+ * keep waking the thread.  A probe refused by nobody listening costs the
+ * server nothing: ask every 2 ms, so that a server starting up is found
+ * about as soon as by clients that connect on every call (libpq
+ * multi-host).  One refused by the server itself (too many clients,
+ * starting up) costs it a backend fork: every 5 ms, as calls do
+ * (host.c).  Anything else (an answer that failed, a timeout) at the
+ * incident cadence.
+ */
+#define DEMAND_CLOSED_NS (2 * PGG_NS_PER_MS)
+#define DEMAND_REFUSED_NS (5 * PGG_NS_PER_MS)
+
+static int64_t demand_gap(const pgg_health *hl, const probe *p)
+{
+    int64_t gap = p->refused_closed      ? DEMAND_CLOSED_NS
+                  : p->refused_by_server ? DEMAND_REFUSED_NS
+                                         : hl->incident_min;
+
+    return gap < hl->incident_min ? gap : hl->incident_min;
+}
+
 /* Bring every waiting probe forward to the fast cadence.  With restart,
  * the round under way starts over, so the next one counted holds what was
  * learnt since (a caller awaiting it had news: a write refused as
@@ -255,7 +326,7 @@ static void expedite(pgg_health *hl, int64_t now, bool restart)
 {
     for (int i = 0; i < hl->pool->nhosts; i++) {
         probe *p = &hl->probes[i];
-        int64_t soon = p->started + hl->incident_min;
+        int64_t soon = p->started + demand_gap(hl, p);
 
         if (restart)
             p->in_round = false;
@@ -375,8 +446,10 @@ static void probe_answered(pgg_health *hl, int i, int64_t now)
     probe *p = &hl->probes[i];
 
     pgg__pool_set_role(pool, h, p->role, "health probe");
-    /* An open host answered: half-open now, and this probe, a real round
-     * trip that just succeeded, is its first trial call. */
+    /* An open host answered: closed now the first time it comes back in a
+     * streak; else half-open now, and this probe, a real round trip that
+     * just succeeded, is its first trial call. */
+    (void)pgg__breaker_host_back(&h->breaker, now);
     if (p->ticketed == TICKET_NONE &&
         (pgg__breaker_host_answered(&h->breaker, now) ||
          pgg__breaker_state(&h->breaker) == PGG_BREAKER_HALF_OPEN)) {
@@ -384,6 +457,10 @@ static void probe_answered(pgg_health *hl, int i, int64_t now)
         if (pgg__breaker_allow(&h->breaker, now, &t))
             pgg__pool_record(pool, h, t, PGG_CLASS_SUCCESS, p->started, now);
     }
+    /* A donated session ran no query: the positions (and the lag they
+     * give) wait for the next probe, which comes at the incident pace. */
+    if (p->donated)
+        goto reached;
     /* Probes no longer run in lockstep: whichever of a standby and the
      * primary answers last measures the standby's lag, each against the
      * other's latest position. */
@@ -404,9 +481,42 @@ static void probe_answered(pgg_health *hl, int i, int64_t now)
         else
             set_lag(hl, i, now);
     }
+reached:
     if (p->role != PGG_ROLE_UNKNOWN &&
         atomic_load_explicit(&h->suspect_until_ns, memory_order_relaxed))
         atomic_store_explicit(&h->suspect_until_ns, 0, memory_order_relaxed);
+}
+
+/*
+ * Host i's probe reached its deadline while connecting.  When the host's
+ * breaker is open (the host is marked: nothing more to learn from a
+ * timeout) and its kernel accepted the connection (the startup packet
+ * waits in the server's queue: a stopped or overloaded postmaster), keep
+ * waiting: a new connect would queue behind every connection the server
+ * will get to first, among them this one, abandoned.  It completes the
+ * moment the server takes it, and the host answers then.  For at most
+ * HOLD_BOUNDS probe bounds: a connection something between us dropped
+ * silently would never complete.  Returns whether it was kept (counted as
+ * a probe for the rounds).
+ */
+#define HOLD_BOUNDS 10
+
+static bool probe_hold(pgg_health *hl, int i, int64_t now)
+{
+    probe *p = &hl->probes[i];
+    ConnStatusType st;
+
+    if (p->phase != PROBE_CONNECTING || atomic_load(&hl->stopping) ||
+        now - p->started >= HOLD_BOUNDS * hl->probe_timeout ||
+        pgg__breaker_state(&hl->pool->hosts[i].breaker) != PGG_BREAKER_OPEN)
+        return false;
+    st = PQstatus(hl->conns[i]);
+    if (st == CONNECTION_STARTED || st == CONNECTION_MADE || st == CONNECTION_BAD)
+        return false; /* no answer from its kernel: the network; start over */
+    p->deadline = now + hl->probe_timeout;
+    p->in_round = true;
+    count_round(hl);
+    return true;
 }
 
 /* Host i's probe ended: learn from it and schedule the next one. */
@@ -511,7 +621,8 @@ static void *health_main(void *arg)
                     count_round(hl); /* forced open: nothing to learn */
                 else if (p->phase == PROBE_IDLE)
                     probe_end(hl, i, pgg__now_ns()); /* failed at once */
-            } else if (p->phase != PROBE_IDLE && p->deadline <= now) {
+            } else if (p->phase != PROBE_IDLE && p->deadline <= now &&
+                       !probe_hold(hl, i, now)) {
                 probe_fail(hl, i, PGG_CLASS_TIMEOUT,
                            p->phase == PROBE_CONNECTING
                                ? "health connect timed out"

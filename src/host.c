@@ -480,6 +480,36 @@ void pgg__host_abandon(pgg_host *h, pgg_link *l, pgg_canceller *c)
     release_slot(h, NULL);
 }
 
+bool pgg__host_adopt(pgg_host *h, PGconn *conn, int64_t now_ns)
+{
+    pgg_link *l;
+
+    if (h->on_connect && (h->on_connect->sql || h->on_connect->fn))
+        return false;
+    l = calloc(1, sizeof *l);
+    if (!l)
+        return false;
+    l->conn = conn;
+    l->created_ns = now_ns;
+    l->last_used_ns = now_ns;
+    pthread_mutex_lock(&h->mu);
+    if (h->closed || h->idle ||
+        h->n_busy + h->n_connecting + h->n_idle >= h->max) {
+        pthread_mutex_unlock(&h->mu);
+        free(l);
+        return false;
+    }
+    l->next = h->idle;
+    h->idle = l;
+    h->n_idle++;
+    h->refused_until_ns = 0;
+    atomic_fetch_add(&h->connects, 1);
+    if (h->n_waiting > 0)
+        pthread_cond_signal(&h->cv);
+    pthread_mutex_unlock(&h->mu);
+    return true;
+}
+
 int pgg__host_trim(pgg_host *h, int64_t now_ns, bool all)
 {
     pgg_link *doomed = NULL, **pp;
