@@ -56,6 +56,19 @@ typedef struct probe {
     pgg_error err;
 } probe;
 
+/*
+ * Connects made ahead of calls to a host coming back (spares_tend): up to
+ * SPARES per host, on top of the probe's.
+ */
+#define SPARES 3
+
+typedef struct spare {
+    PGconn *conn; /* NULL: none pending */
+    PostgresPollingStatusType cst;
+    int64_t started;
+    int64_t retry_at; /* no new one before this */
+} spare;
+
 struct pgg_health {
     pgg_pool *pool;
     pthread_t thread;
@@ -77,8 +90,11 @@ struct pgg_health {
     int64_t primary_lsn_at; /* 0: none yet */
     PGconn **conns; /* the health thread's own connection per host */
     probe *probes;
+    spare *spares;  /* SPARES per host */
+    int64_t demand_at; /* when failing calls last woke the thread */
     struct pollfd *pfds;
     int *pfd_host;
+    int *pfd_spare; /* -1: the probe's socket; else the spare's index */
 };
 
 /* ------------------------------------------------------------- probing */
@@ -188,7 +204,7 @@ static bool probe_donate(pgg_health *hl, int i, int64_t now)
     PGconn *c = hl->conns[i];
     pgg_role role = pgg__link_reported_role(c);
 
-    if (role == PGG_ROLE_UNKNOWN || !pgg__host_adopt(&hl->pool->hosts[i], c, now))
+    if (role == PGG_ROLE_UNKNOWN || !pgg__host_adopt(&hl->pool->hosts[i], c, now, 1))
         return false;
     hl->conns[i] = NULL;
     p->phase = PROBE_IDLE;
@@ -584,6 +600,114 @@ static void probe_end(pgg_health *hl, int i, int64_t now)
     count_round(hl);
 }
 
+/* ------------------------------------------------------------- spares */
+
+/* The connect reached the server's queue: its kernel took it, and the
+ * server has not answered yet (stopped, starting, busy). */
+static bool queued(PGconn *c)
+{
+    ConnStatusType st = PQstatus(c);
+
+    return st != CONNECTION_OK && st != CONNECTION_BAD &&
+           st != CONNECTION_STARTED && st != CONNECTION_MADE;
+}
+
+/*
+ * Calls are being refused for host i (its breaker open or on trial, failing
+ * calls waking this thread) and the probe's connect waits in the server's
+ * queue: the server is about to take sessions.  Queue a few more now, so
+ * that the first calls let through find sessions ready, instead of each
+ * connecting then, behind every connect other clients queued meanwhile
+ * (clients that connect on every call have one queued per thread).  Each
+ * goes to the pool when it completes.
+ */
+static void spares_tend(pgg_health *hl, int i, int64_t now)
+{
+    pgg_host *h = &hl->pool->hosts[i];
+    probe *p = &hl->probes[i];
+    pgg_breaker_state st = pgg__breaker_state(&h->breaker);
+
+    if ((st != PGG_BREAKER_OPEN && st != PGG_BREAKER_HALF_OPEN) ||
+        p->phase != PROBE_CONNECTING || !queued(hl->conns[i]) ||
+        now - hl->demand_at > hl->incident_max || atomic_load(&hl->stopping) ||
+        (h->on_connect && (h->on_connect->sql || h->on_connect->fn)))
+        return;
+    for (int s = 0; s < SPARES && s < h->max - 1; s++) {
+        spare *sp = &hl->spares[i * SPARES + s];
+        PGconn *c;
+
+        if (sp->conn || now < sp->retry_at)
+            continue;
+        c = PQconnectStartParams(h->keys, h->vals, 0);
+        if (!c || PQstatus(c) == CONNECTION_BAD) {
+            PQfinish(c);
+            sp->retry_at = now + DEMAND_REFUSED_NS;
+            continue;
+        }
+        pgg__link_verbose_startup(c);
+        sp->conn = c;
+        sp->cst = PGRES_POLLING_WRITING;
+        sp->started = now;
+    }
+}
+
+static void spare_drop(spare *sp, int64_t retry_at)
+{
+    PQfinish(sp->conn);
+    sp->conn = NULL;
+    sp->retry_at = retry_at;
+}
+
+/* Advance spare k (host i) on socket events. */
+static void spare_step(pgg_health *hl, int i, int k)
+{
+    spare *sp = &hl->spares[k];
+    pgg_host *h = &hl->pool->hosts[i];
+    PGconn *c = sp->conn;
+    int64_t now;
+    pgg_role role;
+
+    sp->cst = PQconnectPoll(c);
+    if (sp->cst == PGRES_POLLING_FAILED) {
+        spare_drop(sp, pgg__now_ns() + DEMAND_REFUSED_NS);
+        return;
+    }
+    if (sp->cst != PGRES_POLLING_OK)
+        return;
+    now = pgg__now_ns();
+    if (PQsetnonblocking(c, 1) != 0) {
+        spare_drop(sp, now);
+        return;
+    }
+    pgg__link_started(c);
+    if (!pgg__breaker_host_back(&h->breaker, now))
+        (void)pgg__breaker_host_answered(&h->breaker, now);
+    role = pgg__link_reported_role(c);
+    if (role == PGG_ROLE_UNKNOWN || !pgg__host_adopt(h, c, now, SPARES + 1)) {
+        spare_drop(sp, now);
+        return;
+    }
+    pgg__pool_set_role(hl->pool, h, role, "reported by the server");
+    sp->conn = NULL;
+}
+
+/* A spare the server never took (a connection dropped silently on the
+ * way) is given up after as long as a held probe. */
+static void spares_expire(pgg_health *hl, int i, int64_t now, int64_t *wait_until)
+{
+    for (int s = 0; s < SPARES; s++) {
+        spare *sp = &hl->spares[i * SPARES + s];
+        int64_t end = sp->started + HOLD_BOUNDS * hl->probe_timeout;
+
+        if (!sp->conn)
+            continue;
+        if (now >= end || atomic_load(&hl->stopping))
+            spare_drop(sp, now);
+        else if (end < *wait_until)
+            *wait_until = end;
+    }
+}
+
 static void drain_events(pgg_health *hl)
 {
     uint64_t n;
@@ -608,9 +732,12 @@ static void *health_main(void *arg)
             pgg__breaker_tick(&pool->hosts[i].breaker, now);
         pgg__leases_check(pool, now);
         now_incident = incident(hl);
-        if (atomic_exchange(&hl->wake_pending, false) ||
-            (now_incident && !hl->was_incident))
+        if (atomic_exchange(&hl->wake_pending, false)) {
+            hl->demand_at = now;
             expedite(hl, now, atomic_exchange(&hl->restart_round, false));
+        } else if (now_incident && !hl->was_incident) {
+            expedite(hl, now, atomic_exchange(&hl->restart_round, false));
+        }
         hl->was_incident = now_incident;
 
         for (int i = 0; i < pool->nhosts; i++) {
@@ -649,7 +776,25 @@ static void *health_main(void *arg)
             hl->pfds[n].events = ev;
             hl->pfds[n].revents = 0;
             hl->pfd_host[n] = i;
+            hl->pfd_spare[n] = -1;
             n++;
+        }
+        for (int i = 0; i < pool->nhosts; i++) {
+            spares_tend(hl, i, now);
+            spares_expire(hl, i, now, &wait_until);
+            for (int s = 0; s < SPARES; s++) {
+                spare *sp = &hl->spares[i * SPARES + s];
+
+                if (!sp->conn)
+                    continue;
+                hl->pfds[n].fd = PQsocket(sp->conn);
+                hl->pfds[n].events =
+                    sp->cst == PGRES_POLLING_READING ? POLLIN : POLLOUT;
+                hl->pfds[n].revents = 0;
+                hl->pfd_host[n] = i;
+                hl->pfd_spare[n] = i * SPARES + s;
+                n++;
+            }
         }
         hl->pfds[n].fd = hl->event_fd;
         hl->pfds[n].events = POLLIN;
@@ -669,8 +814,11 @@ static void *health_main(void *arg)
         for (int k = 0; k < n; k++) {
             int i = hl->pfd_host[k];
 
-            if (hl->pfds[k].revents &&
-                probe_step(hl, i, hl->pfds[k].revents))
+            if (!hl->pfds[k].revents)
+                continue;
+            if (hl->pfd_spare[k] >= 0)
+                spare_step(hl, i, hl->pfd_spare[k]);
+            else if (probe_step(hl, i, hl->pfds[k].revents))
                 probe_end(hl, i, pgg__now_ns());
         }
     }
@@ -683,10 +831,15 @@ static void health_free(pgg_health *hl)
     if (hl->conns)
         for (int i = 0; i < hl->pool->nhosts; i++)
             PQfinish(hl->conns[i]);
+    if (hl->spares)
+        for (int k = 0; k < hl->pool->nhosts * SPARES; k++)
+            PQfinish(hl->spares[k].conn);
     free(hl->conns);
     free(hl->probes);
+    free(hl->spares);
     free(hl->pfds);
     free(hl->pfd_host);
+    free(hl->pfd_spare);
     if (hl->event_fd >= 0)
         close(hl->event_fd);
     free(hl);
@@ -706,8 +859,10 @@ pgg_health *pgg__health_start(pgg_pool *pool, pgg_error *err)
     hl->event_fd = -1;
     if (!(hl->conns = calloc(n, sizeof *hl->conns)) ||
         !(hl->probes = calloc(n, sizeof *hl->probes)) ||
-        !(hl->pfds = calloc(n + 1, sizeof *hl->pfds)) ||
-        !(hl->pfd_host = calloc(n, sizeof *hl->pfd_host))) {
+        !(hl->spares = calloc(n * SPARES, sizeof *hl->spares)) ||
+        !(hl->pfds = calloc(n * (1 + SPARES) + 1, sizeof *hl->pfds)) ||
+        !(hl->pfd_host = calloc(n * (1 + SPARES), sizeof *hl->pfd_host)) ||
+        !(hl->pfd_spare = calloc(n * (1 + SPARES), sizeof *hl->pfd_spare))) {
         health_free(hl);
         pgg__error_set(err, PGG_ENOMEM, NULL, NULL, "out of memory");
         return NULL;

@@ -480,7 +480,7 @@ void pgg__host_abandon(pgg_host *h, pgg_link *l, pgg_canceller *c)
     release_slot(h, NULL);
 }
 
-bool pgg__host_adopt(pgg_host *h, PGconn *conn, int64_t now_ns)
+bool pgg__host_adopt(pgg_host *h, PGconn *conn, int64_t now_ns, int max_idle)
 {
     pgg_link *l;
 
@@ -493,7 +493,7 @@ bool pgg__host_adopt(pgg_host *h, PGconn *conn, int64_t now_ns)
     l->created_ns = now_ns;
     l->last_used_ns = now_ns;
     pthread_mutex_lock(&h->mu);
-    if (h->closed || h->idle ||
+    if (h->closed || h->n_idle >= max_idle ||
         h->n_busy + h->n_connecting + h->n_idle >= h->max) {
         pthread_mutex_unlock(&h->mu);
         free(l);

@@ -152,11 +152,11 @@ void pgg__host_abandon(pgg_host *h, pgg_link *l, pgg_canceller *c);
 
 /*
  * Take conn, connected with this host's parameters elsewhere (the health
- * thread's probe), as an idle connection, when the host has none idle and
- * room for it, and no on-connect hook (which has not run on it).  Returns
- * whether it did; if not, conn stays the caller's.
+ * thread), as an idle connection, when the host has fewer than max_idle
+ * idle, room for it, and no on-connect hook (which has not run on it).
+ * Returns whether it did; if not, conn stays the caller's.
  */
-bool pgg__host_adopt(pgg_host *h, PGconn *conn, int64_t now_ns);
+bool pgg__host_adopt(pgg_host *h, PGconn *conn, int64_t now_ns, int max_idle);
 
 /* Close idle connections past idle_timeout or max_lifetime (all of them
  * when `all`).  Returns how many were closed. */

@@ -603,6 +603,56 @@ Test(recovery, an_open_host_answering_slowly_is_found_and_its_session_kept)
 }
 
 /*
+ * Calls refused by a host's open breaker while its server is about to take
+ * sessions (the probe's connect waits in its queue, here behind a proxy
+ * holding every chunk 400 ms): the pool queues a few more connects then,
+ * so that several sessions are ready when the host is back, not only the
+ * probe's, and the first calls let through need no connect of their own
+ * (clients that connect on every call have one queued per thread).
+ */
+Test(recovery, refused_calls_find_sessions_ready_when_the_host_is_back)
+{
+    pgh_cluster *c = cluster_or_die(1);
+    pgh_require_local(c, "a proxy between pgguard and a local replica");
+    pgh_proxy *px;
+    pgg_pool *p = pool_via_proxy(c, &px, "breaker.open_ms=60000 breaker.open_max_ms=60000 "
+                                         "health_probe_timeout_ms=300 "
+                                         "read_policy=replica_only");
+    int open = 0;
+
+    pgh_proxy_set_mode(px, PGH_PROXY_RESET, 0);
+    for (int i = 0; i < 50 && host_stats(p, 1).state != PGG_BREAKER_OPEN; i++) {
+        pgg_call call = {.timeout_ms = 1000};
+        PQclear(pgg_exec(p, PGG_READ, "SELECT 1", &call, NULL, NULL));
+        sleep_ms(5);
+    }
+    cr_assert_eq(host_stats(p, 1).state, PGG_BREAKER_OPEN);
+    pgh_proxy_set_mode(px, PGH_PROXY_DELAY, 400);
+    /* Demand: reads refused (PGG_EOPEN) for 100 ms, then none. */
+    for (int i = 0; i < 10; i++) {
+        pgg_call call = {.timeout_ms = 1000};
+        pgg_error e;
+        PGresult *r = pgg_exec(p, PGG_READ, "SELECT 1", &call, NULL, &e);
+        cr_assert_null(r, "a read served by a host whose breaker is open");
+        cr_assert_eq(e.code, PGG_EOPEN, "%s", e.message);
+        sleep_ms(10);
+    }
+    /* (Later probes, slower than their bound, open the breaker again and
+     * close the sessions: the most seen at once counts.) */
+    for (int i = 0; i < 500 && open < 2; i++) {
+        int now = host_stats(p, 1).conns_open;
+        open = now > open ? now : open;
+        sleep_ms(10);
+    }
+    cr_expect_geq(open, 2, "at most %d session(s) ready for the first calls to the host back",
+                  open);
+    pgh_proxy_set_mode(px, PGH_PROXY_PASS, 0);
+    end_test(p, NULL);
+    pgh_proxy_free(px);
+    pgh_cluster_free(c);
+}
+
+/*
  * Each host has its own probe schedule: while the replica's probe hangs
  * (for up to 5 s here), the primary's go on, so its stop is seen at the
  * next of them.  Before, one round waited for every probe.
