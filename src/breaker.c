@@ -91,6 +91,8 @@ const char *pgg__breaker_reason_name(pgg_breaker_reason reason)
         return "manual";
     case PGG_BREAKER_REASON_HOST_ANSWERED:
         return "host-answered";
+    case PGG_BREAKER_REASON_HOST_BACK:
+        return "host-back";
     }
     return "unknown";
 }
@@ -131,6 +133,7 @@ void pgg__breaker_config_defaults(pgg_breaker_config *cfg)
     cfg->healthy_decay_ms = 60000;
     cfg->interval_ms = 0;
     cfg->mode = PGG_BREAKER_MODE_NORMAL;
+    cfg->answer_closes = true;
     cfg->preset = PGG_BREAKER_PRESET_NONE;
 
     /* gobreaker v2's zero Settings and default ReadyToTrip. */
@@ -1112,6 +1115,21 @@ bool pgg__breaker_host_answered(pgg_breaker *b, int64_t now)
     if (b->state == PGG_BREAKER_OPEN && b->cfg.preset == PGG_BREAKER_PRESET_NONE) {
         enter_state(b, PGG_BREAKER_HALF_OPEN, PGG_BREAKER_REASON_HOST_ANSWERED,
                     now);
+        moved = true;
+    }
+    unlock_and_dispatch(b);
+    return moved;
+}
+
+bool pgg__breaker_host_back(pgg_breaker *b, int64_t now)
+{
+    bool moved = false;
+
+    pthread_mutex_lock(&b->mu);
+    if ((b->state == PGG_BREAKER_OPEN || b->state == PGG_BREAKER_HALF_OPEN) &&
+        b->cfg.preset == PGG_BREAKER_PRESET_NONE && b->cfg.answer_closes &&
+        b->reopens <= 1) {
+        enter_state(b, PGG_BREAKER_CLOSED, PGG_BREAKER_REASON_HOST_BACK, now);
         moved = true;
     }
     unlock_and_dispatch(b);

@@ -92,7 +92,9 @@ typedef enum pgg_breaker_reason {
     PGG_BREAKER_REASON_FORCED,               /* force_open / disable / metrics_only */
     PGG_BREAKER_REASON_RESET,                /* reset (from may equal to) */
     PGG_BREAKER_REASON_MANUAL,               /* pgg__breaker_transition */
-    PGG_BREAKER_REASON_HOST_ANSWERED         /* open->half-open: pgg__breaker_host_answered */
+    PGG_BREAKER_REASON_HOST_ANSWERED,        /* open->half-open: pgg__breaker_host_answered */
+    PGG_BREAKER_REASON_HOST_BACK             /* open or half-open->closed:
+                                                pgg__breaker_host_back */
 } pgg_breaker_reason;
 
 /* "failure-rate", "slow-call-rate", ...; never NULL. */
@@ -196,6 +198,7 @@ typedef struct pgg_breaker_config {
     int64_t interval_ms;           /* clear the window this often while
                                       closed (gobreaker Interval); 0 never [0] */
     pgg_breaker_mode mode;         /* [normal] */
+    bool answer_closes;            /* pgg__breaker_host_back may close it [true] */
 
     /*
      * breaker.preset: with one set, the breaker is built from that
@@ -453,5 +456,19 @@ int pgg__breaker_transition(pgg_breaker *b, pgg_breaker_state to, int64_t now);
  * part beside its outlier detection.
  */
 bool pgg__breaker_host_answered(pgg_breaker *b, int64_t now);
+
+/*
+ * An active health check opened a session on the host while the breaker is
+ * open or half-open, and this is the first opening of the host's unhealthy
+ * streak (reopens <= 1): the outage is over, close now, so that calls flow
+ * at once (a stopped, hung or restarted server is back the moment it takes
+ * a session).  A host that failed again after coming back (reopens >= 2)
+ * answers health checks but not calls: it is left to half-open trials
+ * (pgg__breaker_host_answered), which reopen it on one bad call.  Only for
+ * pgguard's own breaker (no preset: neither library ends its open time
+ * early) with answer_closes set, never from forced-open.  Returns whether
+ * it closed.
+ */
+bool pgg__breaker_host_back(pgg_breaker *b, int64_t now);
 
 #endif

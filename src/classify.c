@@ -258,8 +258,22 @@ pgg_verdict pgg__classify_connect(const pgg_classifier *c, const char *sqlstate)
         v.code = PGG_ECONFIG;
         return v;
     }
-    /* Too many clients (53300), starting up or shutting down (57P03,
-     * 57P01): the server is there but cannot take a session now. */
+    /*
+     * Too many clients (53300), starting up or shutting down (57P03): the
+     * server is alive and answering, it only has no session for us now.
+     * That is the caller's bad luck, not the host's failure: the call is
+     * told PGG_EUNAVAILABLE at once and may try another host, the breaker
+     * hears nothing (an open breaker would outlast the refusal: the first
+     * call after a slot frees up would meet PGG_EOPEN), and host.c spaces
+     * the next connects to that host out.
+     */
+    if (memcmp(sqlstate, "53300", 5) == 0 || memcmp(sqlstate, "57P03", 5) == 0) {
+        v = verdict(PGG_CLASS_IGNORED, true, true);
+        v.code = PGG_EUNAVAILABLE;
+        return v;
+    }
+    /* Shutting down (57P01) and other resource shortages (53xxx): the
+     * server is there but cannot take a session now. */
     rule = find_rule(builtin_rules,
                      (int)(sizeof builtin_rules / sizeof builtin_rules[0]),
                      sqlstate);

@@ -71,7 +71,10 @@ pgg_verdict pgg__classify_result(const pgg_classifier *c, pgg_attempt_end end,
 /*
  * A connection the server refused at startup, by the SQLSTATE its message
  * carried (NULL or "" when none: a network failure, a connect timeout):
- * 53xxx and 57P0x are the host's (unavailable, retry elsewhere); 28xxx
+ * 53300 (too many clients) and 57P03 (starting up, shutting down) are
+ * capacity refusals of a live host (IGNORED, retry elsewhere, code
+ * PGG_EUNAVAILABLE); other 53xxx and 57P0x are the host's (unavailable,
+ * retry elsewhere); 28xxx
  * (authentication), 3D000 (no such database) and 42501 are the caller's
  * configuration (IGNORED, not retried, code PGG_ECONFIG); the rest count
  * as connection failures.  Overrides apply first.

@@ -35,6 +35,10 @@ typedef struct probe {
     probe_ticket ticketed;
     pgg_ticket ticket;
     bool on_old;   /* running on the session kept from an earlier probe */
+    bool donated;  /* its new session went to the pool: no query ran */
+    /* It ended refused at connect: by nobody listening (no SQLSTATE), or
+     * by the server (53300, 57P03). */
+    bool refused_closed, refused_by_server;
     bool replaced; /* that session died and a new one was started */
     int64_t started, deadline;
     int64_t next;    /* IDLE: when the next probe starts */
@@ -51,6 +55,19 @@ typedef struct probe {
     pgg_class cls;
     pgg_error err;
 } probe;
+
+/*
+ * Connects made ahead of calls to a host coming back (spares_tend): up to
+ * SPARES per host, on top of the probe's.
+ */
+#define SPARES 3
+
+typedef struct spare {
+    PGconn *conn; /* NULL: none pending */
+    PostgresPollingStatusType cst;
+    int64_t started;
+    int64_t retry_at; /* no new one before this */
+} spare;
 
 struct pgg_health {
     pgg_pool *pool;
@@ -73,8 +90,11 @@ struct pgg_health {
     int64_t primary_lsn_at; /* 0: none yet */
     PGconn **conns; /* the health thread's own connection per host */
     probe *probes;
+    spare *spares;  /* SPARES per host */
+    int64_t demand_at; /* when failing calls last woke the thread */
     struct pollfd *pfds;
     int *pfd_host;
+    int *pfd_spare; /* -1: the probe's socket; else the spare's index */
 };
 
 /* ------------------------------------------------------------- probing */
@@ -85,11 +105,19 @@ static void probe_fail(pgg_health *hl, int i, pgg_class cls, const char *what)
     pgg_host *h = &hl->pool->hosts[i];
     PGconn *c = hl->conns[i];
 
+    p->refused_closed = p->refused_by_server = false;
+    if (p->phase == PROBE_CONNECTING && cls == PGG_CLASS_CONNECTION)
+        p->refused_closed = true; /* until the message shows a SQLSTATE */
     p->phase = PROBE_IDLE;
     p->cls = cls;
     pgg__link_error(&p->err, cls == PGG_CLASS_TIMEOUT ? PGG_ETIMEDOUT
                                                        : PGG_ECONNECT,
                     c, NULL, h->name, what);
+    if (p->refused_closed && p->err.sqlstate[0]) {
+        p->refused_closed = false;
+        p->refused_by_server = strcmp(p->err.sqlstate, "53300") == 0 ||
+                               strcmp(p->err.sqlstate, "57P03") == 0;
+    }
     /* A refused startup carries its SQLSTATE (too many clients, starting
      * up, a wrong password): classify by it, as calls do. */
     if (cls == PGG_CLASS_CONNECTION && p->err.sqlstate[0]) {
@@ -160,6 +188,34 @@ static void probe_result(pgg_health *hl, int i, PGresult *r)
     }
 }
 
+/*
+ * Host i's probe has just connected to a host whose breaker was open or on
+ * trial: calls are being refused there, and the first one let through
+ * would have to connect too (behind everyone else's connects to a server
+ * just back).  Give this session to the pool instead, and let the startup
+ * report (in_hot_standby) stand for the probe's answer.  Returns whether
+ * it did (not before PostgreSQL 14, which reports no in_hot_standby, nor
+ * when the pool has an idle session there, no room, or an on-connect
+ * hook).
+ */
+static bool probe_donate(pgg_health *hl, int i, int64_t now)
+{
+    probe *p = &hl->probes[i];
+    PGconn *c = hl->conns[i];
+    pgg_role role = pgg__link_reported_role(c);
+
+    if (role == PGG_ROLE_UNKNOWN || !pgg__host_adopt(&hl->pool->hosts[i], c, now, 1))
+        return false;
+    hl->conns[i] = NULL;
+    p->phase = PROBE_IDLE;
+    p->got = true;
+    p->donated = true;
+    p->role = role;
+    p->have_lsn = false;
+    p->cls = PGG_CLASS_SUCCESS;
+    return true;
+}
+
 /* Advance host i's probe on socket events.  Returns true when it ended
  * (phase back to IDLE: p->cls says how). */
 static bool probe_step(pgg_health *hl, int i, short revents)
@@ -178,11 +234,20 @@ static bool probe_step(pgg_health *hl, int i, short revents)
                 probe_fail(hl, i, PGG_CLASS_CONNECTION, "health connect");
                 return true;
             }
+            pgg_breaker *b = &hl->pool->hosts[i].breaker;
+            pgg_breaker_state was = pgg__breaker_state(b);
+            int64_t now = pgg__now_ns();
+
             pgg__link_started(c);
             /* A connection accepted is the host answering: an open breaker
-             * lets trial calls through now, while the probe's query runs. */
-            (void)pgg__breaker_host_answered(&hl->pool->hosts[i].breaker,
-                                             pgg__now_ns());
+             * closes, the first time the host comes back in a streak, or
+             * else lets trial calls through now, while the probe's query
+             * runs. */
+            if (!pgg__breaker_host_back(b, now))
+                (void)pgg__breaker_host_answered(b, now);
+            if ((was == PGG_BREAKER_OPEN || was == PGG_BREAKER_HALF_OPEN) &&
+                probe_donate(hl, i, now))
+                return true;
             probe_send(hl, i);
             return p->phase == PROBE_IDLE;
         }
@@ -246,6 +311,28 @@ static bool incident(pgg_health *hl)
     return !primary && hl->had_primary;
 }
 
+/*
+ * How soon after its last probe a host is probed again while failing calls
+ * keep waking the thread.  A probe refused by nobody listening costs the
+ * server nothing: ask every 2 ms, so that a server starting up is found
+ * about as soon as by clients that connect on every call (libpq
+ * multi-host).  One refused by the server itself (too many clients,
+ * starting up) costs it a backend fork: every 5 ms, as calls do
+ * (host.c).  Anything else (an answer that failed, a timeout) at the
+ * incident cadence.
+ */
+#define DEMAND_CLOSED_NS (2 * PGG_NS_PER_MS)
+#define DEMAND_REFUSED_NS (5 * PGG_NS_PER_MS)
+
+static int64_t demand_gap(const pgg_health *hl, const probe *p)
+{
+    int64_t gap = p->refused_closed      ? DEMAND_CLOSED_NS
+                  : p->refused_by_server ? DEMAND_REFUSED_NS
+                                         : hl->incident_min;
+
+    return gap < hl->incident_min ? gap : hl->incident_min;
+}
+
 /* Bring every waiting probe forward to the fast cadence.  With restart,
  * the round under way starts over, so the next one counted holds what was
  * learnt since (a caller awaiting it had news: a write refused as
@@ -255,7 +342,7 @@ static void expedite(pgg_health *hl, int64_t now, bool restart)
 {
     for (int i = 0; i < hl->pool->nhosts; i++) {
         probe *p = &hl->probes[i];
-        int64_t soon = p->started + hl->incident_min;
+        int64_t soon = p->started + demand_gap(hl, p);
 
         if (restart)
             p->in_round = false;
@@ -375,8 +462,10 @@ static void probe_answered(pgg_health *hl, int i, int64_t now)
     probe *p = &hl->probes[i];
 
     pgg__pool_set_role(pool, h, p->role, "health probe");
-    /* An open host answered: half-open now, and this probe, a real round
-     * trip that just succeeded, is its first trial call. */
+    /* An open host answered: closed now the first time it comes back in a
+     * streak; else half-open now, and this probe, a real round trip that
+     * just succeeded, is its first trial call. */
+    (void)pgg__breaker_host_back(&h->breaker, now);
     if (p->ticketed == TICKET_NONE &&
         (pgg__breaker_host_answered(&h->breaker, now) ||
          pgg__breaker_state(&h->breaker) == PGG_BREAKER_HALF_OPEN)) {
@@ -384,6 +473,10 @@ static void probe_answered(pgg_health *hl, int i, int64_t now)
         if (pgg__breaker_allow(&h->breaker, now, &t))
             pgg__pool_record(pool, h, t, PGG_CLASS_SUCCESS, p->started, now);
     }
+    /* A donated session ran no query: the positions (and the lag they
+     * give) wait for the next probe, which comes at the incident pace. */
+    if (p->donated)
+        goto reached;
     /* Probes no longer run in lockstep: whichever of a standby and the
      * primary answers last measures the standby's lag, each against the
      * other's latest position. */
@@ -404,9 +497,42 @@ static void probe_answered(pgg_health *hl, int i, int64_t now)
         else
             set_lag(hl, i, now);
     }
+reached:
     if (p->role != PGG_ROLE_UNKNOWN &&
         atomic_load_explicit(&h->suspect_until_ns, memory_order_relaxed))
         atomic_store_explicit(&h->suspect_until_ns, 0, memory_order_relaxed);
+}
+
+/*
+ * Host i's probe reached its deadline while connecting.  When the host's
+ * breaker is open (the host is marked: nothing more to learn from a
+ * timeout) and its kernel accepted the connection (the startup packet
+ * waits in the server's queue: a stopped or overloaded postmaster), keep
+ * waiting: a new connect would queue behind every connection the server
+ * will get to first, among them this one, abandoned.  It completes the
+ * moment the server takes it, and the host answers then.  For at most
+ * HOLD_BOUNDS probe bounds: a connection something between us dropped
+ * silently would never complete.  Returns whether it was kept (counted as
+ * a probe for the rounds).
+ */
+#define HOLD_BOUNDS 10
+
+static bool probe_hold(pgg_health *hl, int i, int64_t now)
+{
+    probe *p = &hl->probes[i];
+    ConnStatusType st;
+
+    if (p->phase != PROBE_CONNECTING || atomic_load(&hl->stopping) ||
+        now - p->started >= HOLD_BOUNDS * hl->probe_timeout ||
+        pgg__breaker_state(&hl->pool->hosts[i].breaker) != PGG_BREAKER_OPEN)
+        return false;
+    st = PQstatus(hl->conns[i]);
+    if (st == CONNECTION_STARTED || st == CONNECTION_MADE || st == CONNECTION_BAD)
+        return false; /* no answer from its kernel: the network; start over */
+    p->deadline = now + hl->probe_timeout;
+    p->in_round = true;
+    count_round(hl);
+    return true;
 }
 
 /* Host i's probe ended: learn from it and schedule the next one. */
@@ -439,8 +565,11 @@ static void probe_end(pgg_health *hl, int i, int64_t now)
     } else {
         pgg__host_note_error(h, &p->err);
         /* A host we cannot reach has no role we can vouch for: a dead
-         * old primary must not go on looking like a second primary. */
-        pgg__pool_set_role(pool, h, PGG_ROLE_UNKNOWN, "unreachable");
+         * old primary must not go on looking like a second primary.  One
+         * that answered "too many clients" is reached, and running: what
+         * it was it still is, as far as anyone can tell. */
+        if (strcmp(p->err.sqlstate, "53300") != 0)
+            pgg__pool_set_role(pool, h, PGG_ROLE_UNKNOWN, "unreachable");
     }
     pgg__host_trim(h, now, false);
     st = pgg__breaker_state(&h->breaker);
@@ -471,6 +600,114 @@ static void probe_end(pgg_health *hl, int i, int64_t now)
     count_round(hl);
 }
 
+/* ------------------------------------------------------------- spares */
+
+/* The connect reached the server's queue: its kernel took it, and the
+ * server has not answered yet (stopped, starting, busy). */
+static bool queued(PGconn *c)
+{
+    ConnStatusType st = PQstatus(c);
+
+    return st != CONNECTION_OK && st != CONNECTION_BAD &&
+           st != CONNECTION_STARTED && st != CONNECTION_MADE;
+}
+
+/*
+ * Calls are being refused for host i (its breaker open or on trial, failing
+ * calls waking this thread) and the probe's connect waits in the server's
+ * queue: the server is about to take sessions.  Queue a few more now, so
+ * that the first calls let through find sessions ready, instead of each
+ * connecting then, behind every connect other clients queued meanwhile
+ * (clients that connect on every call have one queued per thread).  Each
+ * goes to the pool when it completes.
+ */
+static void spares_tend(pgg_health *hl, int i, int64_t now)
+{
+    pgg_host *h = &hl->pool->hosts[i];
+    probe *p = &hl->probes[i];
+    pgg_breaker_state st = pgg__breaker_state(&h->breaker);
+
+    if ((st != PGG_BREAKER_OPEN && st != PGG_BREAKER_HALF_OPEN) ||
+        p->phase != PROBE_CONNECTING || !queued(hl->conns[i]) ||
+        now - hl->demand_at > hl->incident_max || atomic_load(&hl->stopping) ||
+        (h->on_connect && (h->on_connect->sql || h->on_connect->fn)))
+        return;
+    for (int s = 0; s < SPARES && s < h->max - 1; s++) {
+        spare *sp = &hl->spares[i * SPARES + s];
+        PGconn *c;
+
+        if (sp->conn || now < sp->retry_at)
+            continue;
+        c = PQconnectStartParams(h->keys, h->vals, 0);
+        if (!c || PQstatus(c) == CONNECTION_BAD) {
+            PQfinish(c);
+            sp->retry_at = now + DEMAND_REFUSED_NS;
+            continue;
+        }
+        pgg__link_verbose_startup(c);
+        sp->conn = c;
+        sp->cst = PGRES_POLLING_WRITING;
+        sp->started = now;
+    }
+}
+
+static void spare_drop(spare *sp, int64_t retry_at)
+{
+    PQfinish(sp->conn);
+    sp->conn = NULL;
+    sp->retry_at = retry_at;
+}
+
+/* Advance spare k (host i) on socket events. */
+static void spare_step(pgg_health *hl, int i, int k)
+{
+    spare *sp = &hl->spares[k];
+    pgg_host *h = &hl->pool->hosts[i];
+    PGconn *c = sp->conn;
+    int64_t now;
+    pgg_role role;
+
+    sp->cst = PQconnectPoll(c);
+    if (sp->cst == PGRES_POLLING_FAILED) {
+        spare_drop(sp, pgg__now_ns() + DEMAND_REFUSED_NS);
+        return;
+    }
+    if (sp->cst != PGRES_POLLING_OK)
+        return;
+    now = pgg__now_ns();
+    if (PQsetnonblocking(c, 1) != 0) {
+        spare_drop(sp, now);
+        return;
+    }
+    pgg__link_started(c);
+    if (!pgg__breaker_host_back(&h->breaker, now))
+        (void)pgg__breaker_host_answered(&h->breaker, now);
+    role = pgg__link_reported_role(c);
+    if (role == PGG_ROLE_UNKNOWN || !pgg__host_adopt(h, c, now, SPARES + 1)) {
+        spare_drop(sp, now);
+        return;
+    }
+    pgg__pool_set_role(hl->pool, h, role, "reported by the server");
+    sp->conn = NULL;
+}
+
+/* A spare the server never took (a connection dropped silently on the
+ * way) is given up after as long as a held probe. */
+static void spares_expire(pgg_health *hl, int i, int64_t now, int64_t *wait_until)
+{
+    for (int s = 0; s < SPARES; s++) {
+        spare *sp = &hl->spares[i * SPARES + s];
+        int64_t end = sp->started + HOLD_BOUNDS * hl->probe_timeout;
+
+        if (!sp->conn)
+            continue;
+        if (now >= end || atomic_load(&hl->stopping))
+            spare_drop(sp, now);
+        else if (end < *wait_until)
+            *wait_until = end;
+    }
+}
+
 static void drain_events(pgg_health *hl)
 {
     uint64_t n;
@@ -495,9 +732,12 @@ static void *health_main(void *arg)
             pgg__breaker_tick(&pool->hosts[i].breaker, now);
         pgg__leases_check(pool, now);
         now_incident = incident(hl);
-        if (atomic_exchange(&hl->wake_pending, false) ||
-            (now_incident && !hl->was_incident))
+        if (atomic_exchange(&hl->wake_pending, false)) {
+            hl->demand_at = now;
             expedite(hl, now, atomic_exchange(&hl->restart_round, false));
+        } else if (now_incident && !hl->was_incident) {
+            expedite(hl, now, atomic_exchange(&hl->restart_round, false));
+        }
         hl->was_incident = now_incident;
 
         for (int i = 0; i < pool->nhosts; i++) {
@@ -508,7 +748,8 @@ static void *health_main(void *arg)
                     count_round(hl); /* forced open: nothing to learn */
                 else if (p->phase == PROBE_IDLE)
                     probe_end(hl, i, pgg__now_ns()); /* failed at once */
-            } else if (p->phase != PROBE_IDLE && p->deadline <= now) {
+            } else if (p->phase != PROBE_IDLE && p->deadline <= now &&
+                       !probe_hold(hl, i, now)) {
                 probe_fail(hl, i, PGG_CLASS_TIMEOUT,
                            p->phase == PROBE_CONNECTING
                                ? "health connect timed out"
@@ -535,7 +776,25 @@ static void *health_main(void *arg)
             hl->pfds[n].events = ev;
             hl->pfds[n].revents = 0;
             hl->pfd_host[n] = i;
+            hl->pfd_spare[n] = -1;
             n++;
+        }
+        for (int i = 0; i < pool->nhosts; i++) {
+            spares_tend(hl, i, now);
+            spares_expire(hl, i, now, &wait_until);
+            for (int s = 0; s < SPARES; s++) {
+                spare *sp = &hl->spares[i * SPARES + s];
+
+                if (!sp->conn)
+                    continue;
+                hl->pfds[n].fd = PQsocket(sp->conn);
+                hl->pfds[n].events =
+                    sp->cst == PGRES_POLLING_READING ? POLLIN : POLLOUT;
+                hl->pfds[n].revents = 0;
+                hl->pfd_host[n] = i;
+                hl->pfd_spare[n] = i * SPARES + s;
+                n++;
+            }
         }
         hl->pfds[n].fd = hl->event_fd;
         hl->pfds[n].events = POLLIN;
@@ -555,8 +814,11 @@ static void *health_main(void *arg)
         for (int k = 0; k < n; k++) {
             int i = hl->pfd_host[k];
 
-            if (hl->pfds[k].revents &&
-                probe_step(hl, i, hl->pfds[k].revents))
+            if (!hl->pfds[k].revents)
+                continue;
+            if (hl->pfd_spare[k] >= 0)
+                spare_step(hl, i, hl->pfd_spare[k]);
+            else if (probe_step(hl, i, hl->pfds[k].revents))
                 probe_end(hl, i, pgg__now_ns());
         }
     }
@@ -569,10 +831,15 @@ static void health_free(pgg_health *hl)
     if (hl->conns)
         for (int i = 0; i < hl->pool->nhosts; i++)
             PQfinish(hl->conns[i]);
+    if (hl->spares)
+        for (int k = 0; k < hl->pool->nhosts * SPARES; k++)
+            PQfinish(hl->spares[k].conn);
     free(hl->conns);
     free(hl->probes);
+    free(hl->spares);
     free(hl->pfds);
     free(hl->pfd_host);
+    free(hl->pfd_spare);
     if (hl->event_fd >= 0)
         close(hl->event_fd);
     free(hl);
@@ -592,8 +859,10 @@ pgg_health *pgg__health_start(pgg_pool *pool, pgg_error *err)
     hl->event_fd = -1;
     if (!(hl->conns = calloc(n, sizeof *hl->conns)) ||
         !(hl->probes = calloc(n, sizeof *hl->probes)) ||
-        !(hl->pfds = calloc(n + 1, sizeof *hl->pfds)) ||
-        !(hl->pfd_host = calloc(n, sizeof *hl->pfd_host))) {
+        !(hl->spares = calloc(n * SPARES, sizeof *hl->spares)) ||
+        !(hl->pfds = calloc(n * (1 + SPARES) + 1, sizeof *hl->pfds)) ||
+        !(hl->pfd_host = calloc(n * (1 + SPARES), sizeof *hl->pfd_host)) ||
+        !(hl->pfd_spare = calloc(n * (1 + SPARES), sizeof *hl->pfd_spare))) {
         health_free(hl);
         pgg__error_set(err, PGG_ENOMEM, NULL, NULL, "out of memory");
         return NULL;

@@ -260,6 +260,18 @@ static pgg_link **pick_idle(pgg_host *h)
 /* How long a host that refused a session as full (53300) gets no new
  * connect attempt while sessions of ours are out to come back. */
 #define FULL_RETRY_NS (100 * PGG_NS_PER_MS)
+/* How long a host that refused a session (53300, 57P03) with none of ours
+ * there gets no new connect attempt.  Short: the first call after a slot
+ * frees up must find it (libpq multi-host asks on every call), yet a full
+ * server is asked at most 200 times a second by a pool, however many
+ * threads call (each refused startup costs it a backend fork). */
+#define REFUSED_RETRY_NS (5 * PGG_NS_PER_MS)
+
+/* A startup refusal of a live server with no session for us now. */
+static bool refusal(const pgg_error *e)
+{
+    return strcmp(e->sqlstate, "53300") == 0 || strcmp(e->sqlstate, "57P03") == 0;
+}
 
 int pgg__host_borrow(pgg_host *h, int64_t deadline_ns, int64_t now,
                      pgg_link **out, pgg_borrow_fail *why, pgg_error *err)
@@ -334,6 +346,18 @@ int pgg__host_borrow(pgg_host *h, int64_t deadline_ns, int64_t now,
                                   "deadline (pool_max)",
                                   h->max, h->name);
         }
+        if (now < h->refused_until_ns && h->n_busy == 0) {
+            int64_t ago = now - (h->refused_until_ns - REFUSED_RETRY_NS);
+
+            pthread_mutex_unlock(&h->mu);
+            close_list(doomed);
+            *why = PGG_BORROW_REFUSED;
+            return pgg__error_set(err, PGG_EUNAVAILABLE, h->refused_state,
+                                  h->name,
+                                  "%s (%.1f ms ago; not asked again yet)",
+                                  h->refused_msg,
+                                  (double)ago / (double)PGG_NS_PER_MS);
+        }
         if (h->n_busy + h->n_connecting + h->n_idle < h->max &&
             (now >= h->full_until_ns || h->n_busy == 0)) {
             pgg_error cerr;
@@ -350,6 +374,7 @@ int pgg__host_borrow(pgg_host *h, int64_t deadline_ns, int64_t now,
             if (rc == PGG_OK) {
                 h->n_busy++;
                 h->full_until_ns = 0;
+                h->refused_until_ns = 0;
             } else {
                 pthread_cond_signal(&h->cv); /* the slot is free again */
             }
@@ -365,6 +390,16 @@ int pgg__host_borrow(pgg_host *h, int64_t deadline_ns, int64_t now,
                 h->full_until_ns = pgg__now_ns() + FULL_RETRY_NS;
                 fresh_now = false;
                 continue;
+            }
+            /* Refused with none of ours there: nothing to wait for.  The
+             * call hears it now; the next ones, for a moment, without
+             * asking the server again. */
+            if (rc != PGG_OK && refusal(&cerr)) {
+                h->refused_until_ns = pgg__now_ns() + REFUSED_RETRY_NS;
+                pgg__strlcpy(h->refused_state, cerr.sqlstate,
+                             sizeof h->refused_state);
+                pgg__strlcpy(h->refused_msg, cerr.message,
+                             sizeof h->refused_msg);
             }
             pthread_mutex_unlock(&h->mu);
             if (rc != PGG_OK) {
@@ -544,6 +579,36 @@ void pgg__host_abandon(pgg_host *h, pgg_link *l, pgg_canceller *c)
     l->conn = NULL;
     free(l);
     release_slot(h, NULL);
+}
+
+bool pgg__host_adopt(pgg_host *h, PGconn *conn, int64_t now_ns, int max_idle)
+{
+    pgg_link *l;
+
+    if (h->on_connect && (h->on_connect->sql || h->on_connect->fn))
+        return false;
+    l = calloc(1, sizeof *l);
+    if (!l)
+        return false;
+    l->conn = conn;
+    l->created_ns = now_ns;
+    l->last_used_ns = now_ns;
+    pthread_mutex_lock(&h->mu);
+    if (h->closed || h->n_idle >= max_idle ||
+        h->n_busy + h->n_connecting + h->n_idle >= h->max) {
+        pthread_mutex_unlock(&h->mu);
+        free(l);
+        return false;
+    }
+    l->next = h->idle;
+    h->idle = l;
+    h->n_idle++;
+    h->refused_until_ns = 0;
+    atomic_fetch_add(&h->connects, 1);
+    if (h->n_waiting > 0)
+        pthread_cond_signal(&h->cv);
+    pthread_mutex_unlock(&h->mu);
+    return true;
 }
 
 int pgg__host_trim(pgg_host *h, int64_t now_ns, bool all)

@@ -71,6 +71,12 @@ typedef struct pgg_host {
     /* The server refused a session as full (53300) while ours were busy:
      * no new connect before this, wait for ours instead (under mu). */
     int64_t full_until_ns;
+    /* The server refused a session (53300, 57P03) with none of ours
+     * there: borrows fail at once, without a connect, until this; the
+     * refusal is repeated to them (under mu). */
+    int64_t refused_until_ns;
+    char refused_state[6];
+    char refused_msg[200];
     int last_error_code;
     char last_error[256];
 
@@ -121,8 +127,11 @@ typedef enum pgg_borrow_fail {
     PGG_BORROW_CONNECT = 1, /* a new connection failed: a host failure */
     PGG_BORROW_EXHAUSTED,   /* pool_max busy until the deadline: not the host's fault */
     PGG_BORROW_CLOSED,
-    PGG_BORROW_HOOK         /* the on-connect hook refused a healthy session:
+    PGG_BORROW_HOOK,        /* the on-connect hook refused a healthy session:
                                PGG_EONCONNECT, not the host's fault */
+    PGG_BORROW_REFUSED      /* the server refused a session (53300, 57P03)
+                               moments ago: not asked again yet,
+                               PGG_EUNAVAILABLE, not the host's fault */
 } pgg_borrow_fail;
 
 /*
@@ -157,6 +166,14 @@ void pgg__host_give_back(pgg_host *h, pgg_link *l, int64_t now_ns);
 void pgg__host_discard(pgg_host *h, pgg_link *l);
 /* The deadline fired mid-query: close now, cancel from a worker. */
 void pgg__host_abandon(pgg_host *h, pgg_link *l, pgg_canceller *c);
+
+/*
+ * Take conn, connected with this host's parameters elsewhere (the health
+ * thread), as an idle connection, when the host has fewer than max_idle
+ * idle, room for it, and no on-connect hook (which has not run on it).
+ * Returns whether it did; if not, conn stays the caller's.
+ */
+bool pgg__host_adopt(pgg_host *h, PGconn *conn, int64_t now_ns, int max_idle);
 
 /* Close idle connections past idle_timeout or max_lifetime (all of them
  * when `all`).  Returns how many were closed. */

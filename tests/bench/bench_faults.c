@@ -667,8 +667,12 @@ static void hold_free_slots(run *r, const char *conninfo)
     }
 }
 
-/* Other clients' backends on n, counted (and terminated when kill: waiting
- * up to 1 s for each to exit, so that its slot is free on return). */
+/* Other clients' backends on n, counted (and terminated when kill: all
+ * signalled at once, so that the fault hits both clients in the same
+ * instant; pg_terminate_backend(pid, 1000) waited for each in turn, which
+ * spread the kills over up to 300 ms under load and ended one client's
+ * sessions that much before the other's, whichever came first in
+ * pg_stat_activity.  The caller looks again until they are gone). */
 static long other_backends(run *r, bool kill)
 {
     if (r->nheld == 0)
@@ -676,7 +680,7 @@ static long other_backends(run *r, bool kill)
     char *pids = held_pids(r);
     char *sql = xasprintf("SELECT count(%s) FROM pg_stat_activity "
                           "WHERE backend_type = 'client backend' AND pid <> ALL(%s)",
-                          kill ? "pg_terminate_backend(pid, 1000)" : "*", pids);
+                          kill ? "pg_terminate_backend(pid)" : "*", pids);
     PGresult *res = PQexec(r->held[0], sql);
     long n = PQresultStatus(res) == PGRES_TUPLES_OK ? atol(PQgetvalue(res, 0, 0)) : -1;
     PQclear(res);
@@ -748,8 +752,8 @@ static void fault_max_connections(run *r)
             break;
         if (others > 0)
             other_backends(r, true);
-        else
-            sleep_ms(20); /* a refused client's backend may still hold a slot */
+        /* a terminated or refused client's backend may still hold a slot */
+        sleep_ms(others > 0 ? 2 : 20);
     }
     set_hba(r->held[0], hba, original);
     snprintf(r->fault_note, sizeof r->fault_note,

@@ -276,7 +276,7 @@ UTest(breaker, names)
     cr_assert_not(pgg__breaker_mode_parse(NULL, &m));
     cr_assert_eq(m, PGG_BREAKER_MODE_DISABLED);
     cr_assert_str_eq(pgg__breaker_mode_name((pgg_breaker_mode)9), "unknown");
-    for (r = PGG_BREAKER_REASON_FAILURE_RATE; r <= PGG_BREAKER_REASON_HOST_ANSWERED; r++)
+    for (r = PGG_BREAKER_REASON_FAILURE_RATE; r <= PGG_BREAKER_REASON_HOST_BACK; r++)
         cr_assert_str_neq(pgg__breaker_reason_name((pgg_breaker_reason)r), "unknown");
     cr_assert_str_eq(pgg__breaker_reason_name((pgg_breaker_reason)99), "unknown");
 }
@@ -1372,6 +1372,62 @@ UTest(breaker, host_answered_cuts_only_an_open_period_short)
     pgg__breaker_force_open(&B, NOW);
     cr_assert_not(pgg__breaker_host_answered(&B, NOW), "overrode the operator");
     cr_assert_eq(state(), PGG_BREAKER_FORCED_OPEN);
+    stop();
+}
+
+/*
+ * A host back from its first outage of a streak closes the breaker at
+ * once; one that failed again after coming back is left to trial calls.
+ */
+UTest(breaker, host_back_closes_only_the_first_opening_of_a_streak)
+{
+    pgg_breaker_config c = cfg_plain();
+
+    c.consecutive_failures = 1;
+    c.open_ms = 60000;
+    c.open_max_ms = 60000;
+    c.half_open_probes = 1;
+    c.half_open_successes = 1;
+    start(&c);
+    cr_assert_not(pgg__breaker_host_back(&B, NOW), "moved a closed breaker");
+    trip();
+    NOW += SEC(1);
+    cr_assert(pgg__breaker_host_back(&B, NOW));
+    cr_assert_eq(state(), PGG_BREAKER_CLOSED);
+    expect_event(1, PGG_BREAKER_OPEN, PGG_BREAKER_CLOSED, PGG_BREAKER_REASON_HOST_BACK);
+    /* Failed again right after: it answers, but not calls. */
+    NOW += SEC(1);
+    trip();
+    cr_assert_eq(stats().reopens, 2);
+    cr_assert_not(pgg__breaker_host_back(&B, NOW), "closed a second opening");
+    cr_assert_eq(state(), PGG_BREAKER_OPEN);
+    cr_assert(pgg__breaker_host_answered(&B, NOW));
+    cr_assert_not(pgg__breaker_host_back(&B, NOW), "closed a second opening on trial");
+    cr_assert_eq(state(), PGG_BREAKER_HALF_OPEN);
+    /* A healthy stretch forgives it: the next outage is a first one again. */
+    cr_assert(call(S));
+    cr_assert_eq(state(), PGG_BREAKER_CLOSED);
+    NOW += SEC(60) * 3;
+    trip();
+    cr_assert_eq(stats().reopens, 1);
+    cr_assert(pgg__breaker_host_back(&B, NOW));
+    stop();
+    /* Half-open after its open time, the first opening closes too. */
+    start(&c);
+    trip();
+    to_half_open();
+    cr_assert(pgg__breaker_host_back(&B, NOW));
+    cr_assert_eq(state(), PGG_BREAKER_CLOSED);
+    pgg__breaker_force_open(&B, NOW);
+    cr_assert_not(pgg__breaker_host_back(&B, NOW), "overrode the operator");
+    cr_assert_eq(state(), PGG_BREAKER_FORCED_OPEN);
+    stop();
+    /* Off: only trial calls close it. */
+    c.answer_closes = false;
+    start(&c);
+    trip();
+    cr_assert_not(pgg__breaker_host_back(&B, NOW));
+    cr_assert_eq(state(), PGG_BREAKER_OPEN);
     stop();
 }
 
@@ -2601,6 +2657,7 @@ UTest(breaker, presets_ignore_host_answered)
         start(&c);
         pgg__breaker_transition(&B, PGG_BREAKER_OPEN, NOW);
         cr_assert_not(pgg__breaker_host_answered(&B, NOW));
+        cr_assert_not(pgg__breaker_host_back(&B, NOW));
         cr_assert_eq(state(), PGG_BREAKER_OPEN);
         stop();
     }

@@ -196,11 +196,21 @@ Test(classify, startup_refusals)
     cr_assert(v.retry);
     v = pgg__classify_connect(NULL, "");
     cr_assert_eq(v.cls, PGG_CLASS_CONNECTION);
-    v = pgg__classify_connect(NULL, "53300");
+    /* A live server with no session for us now: unavailable to the
+     * caller, retried elsewhere, nothing against the host's breaker. */
+    const char *capacity[] = {"53300", "57P03"};
+    for (size_t i = 0; i < sizeof capacity / sizeof capacity[0]; i++) {
+        v = pgg__classify_connect(NULL, capacity[i]);
+        cr_assert_eq(v.cls, PGG_CLASS_IGNORED, "%s", capacity[i]);
+        cr_assert_eq(v.code, PGG_EUNAVAILABLE, "%s", capacity[i]);
+        cr_assert(v.retry, "%s", capacity[i]);
+    }
+    /* Other shortages and a shutdown under way count against the host. */
+    v = pgg__classify_connect(NULL, "53200");
     cr_assert_eq(v.cls, PGG_CLASS_UNAVAILABLE);
     cr_assert_eq(v.code, PGG_EUNAVAILABLE);
     cr_assert(v.retry);
-    v = pgg__classify_connect(NULL, "57P03");
+    v = pgg__classify_connect(NULL, "57P01");
     cr_assert_eq(v.cls, PGG_CLASS_UNAVAILABLE);
     const char *config[] = {"28P01", "28000", "3D000", "42501"};
     for (size_t i = 0; i < sizeof config / sizeof config[0]; i++) {
@@ -218,4 +228,7 @@ Test(classify, startup_refusals)
     v = pgg__classify_connect(&c, "28P01");
     cr_assert_eq(v.cls, PGG_CLASS_CONNECTION);
     cr_assert(v.retry);
+    cr_assert_eq(pgg__classifier_override(&c, "53300", PGG_CLASS_UNAVAILABLE, true, &e), PGG_OK);
+    v = pgg__classify_connect(&c, "53300");
+    cr_assert_eq(v.cls, PGG_CLASS_UNAVAILABLE);
 }
