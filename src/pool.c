@@ -1086,7 +1086,7 @@ pass:
         info_served(info, spare_host);
         if (info)
             info->sent = 1;
-    } else {
+    } else if (spare) {
         PQclear(spare);
     }
     if (cancel && !served && err->code != PGG_ECANCELED &&
