@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "autoprep.h"
 #include "cancel.h"
 #include "clock.h"
 #include "error.h"
@@ -51,12 +52,19 @@ int pgg__host_init(pgg_host *h, int index, const char *name,
     return PGG_OK;
 }
 
+/* The link's memory (its connection is closed or handed on already). */
+static void link_free(pgg_link *l)
+{
+    pgg__autoprep_free(l->autoprep);
+    free(l);
+}
+
 static void close_list(pgg_link *l)
 {
     while (l) {
         pgg_link *next = l->next;
         PQfinish(l->conn);
-        free(l);
+        link_free(l);
         l = next;
     }
 }
@@ -421,7 +429,7 @@ static bool lend_unparked(pgg_host *h, pgg_link *l, int64_t now,
         return true;
     }
     PQfinish(l->conn);
-    free(l);
+    link_free(l);
     pthread_mutex_lock(&h->mu);
     h->n_busy--;
     return false;
@@ -455,7 +463,7 @@ int pgg__host_borrow(pgg_host *h, int64_t deadline_ns, int64_t now,
             return PGG_OK;
         }
         PQfinish(l->conn);
-        free(l);
+        link_free(l);
         release_slot(h, NULL);
         now = pgg__now_ns();
     }
@@ -509,7 +517,7 @@ static int borrow_locked(pgg_host *h, int64_t deadline_ns, int64_t now,
             }
             /* Dead or failed validation: try the next idle one. */
             PQfinish(l->conn);
-            free(l);
+            link_free(l);
             pthread_mutex_lock(&h->mu);
             h->n_busy--;
             now = pgg__now_ns();
@@ -619,7 +627,7 @@ static void release_slot(pgg_host *h, pgg_link *keep)
     pthread_mutex_unlock(&h->mu);
     if (keep) {
         PQfinish(keep->conn);
-        free(keep);
+        link_free(keep);
     }
 }
 
@@ -648,7 +656,7 @@ void pgg__host_discard(pgg_host *h, pgg_link *l)
     /* Close before giving the slot back, so open never exceeds max. */
     PQfinish(l->conn);
     l->conn = NULL;
-    free(l);
+    link_free(l);
     release_slot(h, NULL);
 }
 
@@ -658,7 +666,7 @@ void pgg__host_abandon(pgg_host *h, pgg_link *l, pgg_canceller *c)
         return;
     pgg__canceller_drop(c, h->index, l->conn);
     l->conn = NULL;
-    free(l);
+    link_free(l);
     release_slot(h, NULL);
 }
 
@@ -724,7 +732,7 @@ int pgg__host_warm(pgg_host *h, int64_t deadline_ns)
         pthread_mutex_unlock(&h->mu);
         if (l) {
             PQfinish(l->conn);
-            free(l);
+            link_free(l);
         }
         if (rc != PGG_OK)
             return opened;

@@ -45,6 +45,7 @@ typedef struct pgg_link {
      * that thread gets it again first. */
     const void *owner;
     unsigned vis_prepared; /* visibility.c's position queries prepared on it */
+    struct pgg_autoprep *autoprep; /* auto_prepare's cache; NULL until used */
     struct pgg_link *next;
 } pgg_link;
 

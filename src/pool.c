@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "autoprep.h"
 #include "cancel.h"
 #include "error.h"
 #include "health.h"
@@ -620,6 +621,8 @@ pgg_verdict pgg__pool_exec_on(pgg_pool *pool, pgg_host *h, pgg_link **lp,
         } else {
             pgg__vis_exec(pool, h, l, q, deadline, res, end, err);
         }
+    } else if (pool->cfg->auto_prepare > 0 && !q->stmt) {
+        pgg__autoprep_exec(pool, h, l, q, deadline, res, end, err);
     } else {
         pgg__vis_exec(pool, h, l, q, deadline, res, end, err);
     }
