@@ -650,6 +650,142 @@ static void record_half_open(pgg_breaker *b, uint32_t flags,
         enter_state(b, PGG_BREAKER_CLOSED, PGG_BREAKER_REASON_PROBES_PASSED, now);
 }
 
+/* ------------------------------------------------------ the closed fast path */
+
+/*
+ * A closed breaker spends nearly all its life admitting calls and hearing
+ * that they succeeded, and the mutex pair of each (two per call) was most
+ * of its cost.  Those two steps take no lock while it is safe to defer
+ * them:
+ *   - state closed (not metrics-only), a count window, no interval: time
+ *     moves nothing, so a result counts the same whenever it is folded in;
+ *   - no success can trip it: for each rate on, its count times 100 is
+ *     below threshold x max(calls, min_calls).  Successes that are not slow
+ *     only lower the failure and slow counts (a count window drops its
+ *     oldest call) and raise the calls, so this holds whatever number of
+ *     them comes before the next locked operation, which decides afresh.
+ *     A success cannot trip on consecutive failures (it ends the run), and
+ *     the trip predicate is asked after failures only.
+ * Then the word `fast` holds: the low 32 bits of the generation it belongs
+ * to, an OK bit, the admissions made (A) and the successes recorded (P)
+ * without the lock since the last fold.  allow() adds to A and record()
+ * to P with one compare-and-swap each, which fails if anything changed the
+ * word meanwhile (another call, or a locked operation).
+ *
+ * Every locked operation starts with fold(): it swaps in a word with the
+ * OK bit clear, so that no call can add to it while the lock is held, and
+ * applies A and P to the window and the totals exactly as the locked path
+ * would have, admissions first (each success's admission precedes it, in
+ * this batch or an earlier one).  A call whose compare-and-swap succeeded
+ * is linearised at it: before the fold, so before whatever the locked
+ * operation does (a failure after those successes, a transition).  Every
+ * locked operation ends with publish(), which sets the word for the
+ * generation and state it leaves behind.  A transition therefore always
+ * changes the word's generation, and a ticket of an earlier generation
+ * never passes the fast record: it takes the locked path, stale or late.
+ * A fast admission's ticket carries the full generation (pub_generation,
+ * stored before the word it belongs to) and no window mark; the locked
+ * record gives it the window's mark when its generation is current (one
+ * window per generation: every reset of the window starts a new one).
+ */
+#define FAST_P_MASK UINT64_C(0xFFFF)
+#define FAST_A_ONE (UINT64_C(1) << 16)
+#define FAST_A_MASK (UINT64_C(0x7FFF) << 16)
+#define FAST_OK (UINT64_C(1) << 31)
+/* Successes a fold applies one by one under the lock: at most this many,
+ * so that a fold holds the lock briefly. */
+#define FAST_P_MAX 1024u
+
+static uint64_t fast_word(uint64_t generation, bool ok)
+{
+    return (generation << 32) | (ok ? FAST_OK : 0);
+}
+
+static bool fast_safe(const pgg_breaker *b)
+{
+    const pgg_window_stats *a = pgg__window_stats(&b->window);
+    double c;
+
+    if (b->state != PGG_BREAKER_CLOSED || b->cfg.window_type != PGG_WINDOW_COUNT ||
+        b->interval_ns != 0)
+        return false;
+    c = (double)(a->calls > b->min_calls ? a->calls : b->min_calls);
+    if (b->cfg.failure_rate > 0 &&
+        !((double)a->failures * 100.0 < b->cfg.failure_rate * c))
+        return false;
+    if (b->cfg.slow_call_rate > 0 &&
+        !((double)a->slow * 100.0 < b->cfg.slow_call_rate * c))
+        return false;
+    return true;
+}
+
+/* Under the lock: apply what calls did without it, and close that path. */
+static void fold(pgg_breaker *b, int64_t now)
+{
+    uint64_t w = atomic_exchange_explicit(&b->fast, fast_word(b->generation, false),
+                                          memory_order_acq_rel);
+    uint32_t admits = (uint32_t)((w & FAST_A_MASK) >> 16);
+    uint32_t done = (uint32_t)(w & FAST_P_MASK);
+
+    if (admits == 0 && done == 0)
+        return;
+    /* The word carried the OK bit only in this generation: whatever it
+     * holds belongs to this window. */
+    pgg__window_admit_n(&b->window, admits);
+    b->admitted += admits;
+    b->requests += admits;
+    b->successes += done;
+    pgg__window_record_successes(&b->window, b->window.serial, done, now);
+}
+
+static void lock_and_fold(pgg_breaker *b, int64_t now)
+{
+    pthread_mutex_lock(&b->mu);
+    fold(b, now);
+}
+
+/* Under the lock, last: open the fast path again if it is safe. */
+static void fast_publish(pgg_breaker *b)
+{
+    atomic_store_explicit(&b->pub_generation, b->generation, memory_order_relaxed);
+    atomic_store_explicit(&b->fast, fast_word(b->generation, fast_safe(b)),
+                          memory_order_release);
+}
+
+static inline bool fast_allow(pgg_breaker *b, pgg_ticket *ticket)
+{
+    uint64_t w = atomic_load_explicit(&b->fast, memory_order_acquire);
+    uint64_t g;
+
+    if (!(w & FAST_OK) || (w & FAST_A_MASK) == FAST_A_MASK)
+        return false;
+    g = atomic_load_explicit(&b->pub_generation, memory_order_relaxed);
+    if ((uint32_t)g != (uint32_t)(w >> 32) ||
+        !atomic_compare_exchange_strong_explicit(&b->fast, &w, w + FAST_A_ONE,
+                                                 memory_order_relaxed,
+                                                 memory_order_relaxed))
+        return false;
+    ticket->generation = g;
+    ticket->mark = 0;
+    ticket->state = PGG_BREAKER_CLOSED;
+    ticket->flags = PGG_TICKET_FAST;
+    return true;
+}
+
+static inline bool fast_record(pgg_breaker *b, const pgg_ticket *ticket)
+{
+    uint64_t w = atomic_load_explicit(&b->fast, memory_order_acquire);
+
+    if (!(w & FAST_OK) || (w & FAST_P_MASK) >= FAST_P_MAX ||
+        (uint32_t)(w >> 32) != (uint32_t)ticket->generation ||
+        atomic_load_explicit(&b->pub_generation, memory_order_relaxed) !=
+            ticket->generation)
+        return false;
+    return atomic_compare_exchange_strong_explicit(&b->fast, &w, w + 1,
+                                                   memory_order_relaxed,
+                                                   memory_order_relaxed);
+}
+
 /* --------------------------------------------------------------- events */
 
 /*
@@ -698,6 +834,7 @@ static void unlock_and_dispatch(pgg_breaker *b)
 {
     bool deliver = b->ev_count > 0 && !b->dispatching;
 
+    fast_publish(b);
     pthread_mutex_unlock(&b->mu);
     if (deliver)
         dispatch(b);
@@ -771,6 +908,8 @@ int pgg__breaker_init(pgg_breaker *b, const pgg_breaker_config *cfg,
     pgg__counter_init(&b->rejected_fast);
     atomic_init(&b->pub_open_until, 0);
     atomic_init(&b->pub_state, (uint32_t)b->state);
+    atomic_init(&b->pub_generation, b->generation);
+    atomic_init(&b->fast, fast_word(b->generation, fast_safe(b)));
     return PGG_OK;
 }
 
@@ -834,7 +973,7 @@ static bool allow_locked(pgg_breaker *b, int64_t now, pgg_ticket *ticket)
 {
     bool ok;
 
-    pthread_mutex_lock(&b->mu);
+    lock_and_fold(b, now);
     apply_time(b, now, true);
     ticket->flags = 0;
     ticket->mark = 0;
@@ -875,7 +1014,11 @@ static bool allow_locked(pgg_breaker *b, int64_t now, pgg_ticket *ticket)
 
 bool pgg__breaker_allow(pgg_breaker *b, int64_t now, pgg_ticket *ticket)
 {
-    uint32_t st = atomic_load_explicit(&b->pub_state, memory_order_acquire);
+    uint32_t st;
+
+    if (fast_allow(b, ticket))
+        return true;
+    st = atomic_load_explicit(&b->pub_state, memory_order_acquire);
 
     /* Lock-free answers for the states that need no bookkeeping. */
     if ((st == PGG_BREAKER_OPEN &&
@@ -907,9 +1050,15 @@ void pgg__breaker_record(pgg_breaker *b, pgg_ticket ticket,
     if (ticket.flags & PGG_TICKET_UNTRACKED)
         return;
     slow = outcome != PGG_OUTCOME_IGNORED && duration_ns > b->slow_ns;
+    if (outcome == PGG_OUTCOME_SUCCESS && !slow &&
+        !(ticket.flags & PGG_TICKET_PERMIT) && fast_record(b, &ticket))
+        return;
 
-    pthread_mutex_lock(&b->mu);
+    lock_and_fold(b, now);
     apply_time(b, now, false);
+    /* A fast admission's mark: this generation's window (see fold()). */
+    if ((ticket.flags & PGG_TICKET_FAST) && ticket.generation == b->generation)
+        ticket.mark = b->window.serial;
     if (ticket.generation != b->generation) {
         /*
          * Admitted before the last transition.  Dropped as stale, or with
@@ -970,7 +1119,7 @@ int64_t pgg__breaker_tick(pgg_breaker *b, int64_t now)
 {
     int64_t due;
 
-    pthread_mutex_lock(&b->mu);
+    lock_and_fold(b, now);
     apply_time(b, now, false);
     if (b->state == PGG_BREAKER_CLOSED || b->state == PGG_BREAKER_METRICS_ONLY)
         pgg__window_advance(&b->window, now);
@@ -999,7 +1148,7 @@ void pgg__breaker_stats(pgg_breaker *b, int64_t now, pgg_breaker_stats *out)
     uint32_t done;
 
     memset(out, 0, sizeof *out);
-    pthread_mutex_lock(&b->mu);
+    lock_and_fold(b, now);
     apply_time(b, now, false);
     if (b->state == PGG_BREAKER_CLOSED || b->state == PGG_BREAKER_METRICS_ONLY)
         pgg__window_advance(&b->window, now);
@@ -1077,7 +1226,7 @@ void pgg__breaker_unlisten(pgg_breaker *b, pgg_breaker_listener fn, void *ud)
 static void manual(pgg_breaker *b, pgg_breaker_state to,
                    pgg_breaker_reason reason, int64_t now)
 {
-    pthread_mutex_lock(&b->mu);
+    lock_and_fold(b, now);
     if (b->state != to)
         enter_state(b, to, reason, now);
     unlock_and_dispatch(b);
@@ -1100,7 +1249,7 @@ void pgg__breaker_metrics_only(pgg_breaker *b, int64_t now)
 
 void pgg__breaker_reset(pgg_breaker *b, int64_t now)
 {
-    pthread_mutex_lock(&b->mu);
+    lock_and_fold(b, now);
     b->reopens = 0;
     enter_state(b, PGG_BREAKER_CLOSED, PGG_BREAKER_REASON_RESET, now);
     unlock_and_dispatch(b);
@@ -1110,7 +1259,7 @@ bool pgg__breaker_host_answered(pgg_breaker *b, int64_t now)
 {
     bool moved = false;
 
-    pthread_mutex_lock(&b->mu);
+    lock_and_fold(b, now);
     /* Neither preset's library has active health checks to end it early. */
     if (b->state == PGG_BREAKER_OPEN && b->cfg.preset == PGG_BREAKER_PRESET_NONE) {
         enter_state(b, PGG_BREAKER_HALF_OPEN, PGG_BREAKER_REASON_HOST_ANSWERED,

@@ -52,7 +52,12 @@
  * runs under the breaker's lock and must not call into the breaker.
  *
  * Thread-safe.  No heap allocation after init.  Rejection while open or
- * forced-open takes no lock; everything else takes one short mutex.
+ * forced-open takes no lock.  While closed, with a count window, no
+ * interval, and rates far enough from their thresholds that no success
+ * could trip them, admissions and results of successes that were not slow
+ * take no lock either: they are counted in one atomic word and folded into
+ * the window, in the same order, by the next locked operation (breaker.c,
+ * "The closed fast path").  Everything else takes one short mutex.
  */
 #ifndef PGG_BREAKER_H
 #define PGG_BREAKER_H
@@ -285,6 +290,7 @@ typedef struct pgg_ticket {
 
 #define PGG_TICKET_PERMIT 0x1u    /* holds one half-open probe permit */
 #define PGG_TICKET_UNTRACKED 0x2u /* admitted while disabled: record is a no-op */
+#define PGG_TICKET_FAST 0x4u      /* admitted by the closed fast path (no mark) */
 
 #define PGG_BREAKER_MAX_LISTENERS 4
 #define PGG_BREAKER_EVENT_QUEUE 32
@@ -343,6 +349,11 @@ typedef struct pgg_breaker {
      * read a line nobody writes. */
     _Atomic uint32_t pub_state;
     _Atomic int64_t pub_open_until;
+    /* The closed fast path (breaker.c): its word, and the generation it
+     * belongs to.  Written by calls only while closed, when refusals are
+     * not being served from this line. */
+    _Atomic uint64_t fast;
+    _Atomic uint64_t pub_generation;
     char pad_pub[128];
     /* Refusals without the lock, counted per thread stripe: one shared
      * counter cost every refusing thread a contended add. */

@@ -167,6 +167,8 @@ static void suspects_last(pgg_pool *pool, int *cand, int n, int64_t now)
 {
     int keep[PGG_MAX_HOSTS], late[PGG_MAX_HOSTS], nk = 0, nl = 0;
 
+    if (n < 2)
+        return; /* nothing to reorder */
     for (int i = 0; i < n; i++) {
         if (atomic_load_explicit(&pool->hosts[cand[i]].suspect_until_ns,
                                  memory_order_relaxed) > now)
@@ -398,7 +400,7 @@ STEP PGresult *call_finish(pgg__call *c)
         info_served(info, c->spare_host);
         if (info)
             info->sent = 1;
-    } else {
+    } else if (c->spare) {
         PQclear(c->spare);
     }
     c->spare = NULL;

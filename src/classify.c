@@ -154,6 +154,12 @@ static int code_for(pgg_class cls, bool error_result)
     return PGG_ESERVER;
 }
 
+static bool is_error_status(ExecStatusType status)
+{
+    return status == PGRES_FATAL_ERROR || status == PGRES_BAD_RESPONSE ||
+           status == PGRES_NONFATAL_ERROR;
+}
+
 static pgg_verdict verdict(pgg_class cls, bool retry, bool error_result)
 {
     pgg_verdict v = {cls, retry, false, code_for(cls, error_result)};
@@ -189,8 +195,7 @@ pgg_verdict pgg__classify(const pgg_classifier *c, pgg_attempt_end end,
         break;
     }
 
-    error_result = status == PGRES_FATAL_ERROR || status == PGRES_BAD_RESPONSE ||
-                   status == PGRES_NONFATAL_ERROR;
+    error_result = is_error_status(status);
     if (!error_result)
         return verdict(PGG_CLASS_SUCCESS, false, false);
 
@@ -228,9 +233,12 @@ pgg_verdict pgg__classify_result(const pgg_classifier *c, pgg_attempt_end end,
                                  bool on_standby)
 {
     ExecStatusType status = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
-    const char *sqlstate =
-        res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+    const char *sqlstate;
 
+    /* The common case, without looking up a SQLSTATE there is none of. */
+    if (end == PGG_END_RESULT && !is_error_status(status))
+        return verdict(PGG_CLASS_SUCCESS, false, false);
+    sqlstate = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
     return pgg__classify(c, end, status, sqlstate, intent, on_standby);
 }
 

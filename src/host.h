@@ -5,6 +5,13 @@
  * Locking: `mu` guards the connection lists and counts only; it is never
  * held across I/O (connect, validation and close happen outside it).  Role,
  * lag and counters are atomics read lock-free by the router and by stats.
+ *
+ * Parking (host.c, "Parking"): a connection given back by a thread waits
+ * for that thread's next borrow in a slot of `park`, taken and filled with
+ * one atomic operation each, without `mu`.  A parked connection is counted
+ * as busy under `mu` (so pool_max holds), reported as idle by stats and the
+ * router, and taken by any borrower that would otherwise wait, by trim
+ * and by close.
  */
 #ifndef PGG_HOST_H
 #define PGG_HOST_H
@@ -38,8 +45,19 @@ typedef struct pgg_link {
      * that thread gets it again first. */
     const void *owner;
     unsigned vis_prepared; /* visibility.c's position queries prepared on it */
+    struct pgg_autoprep *autoprep; /* auto_prepare's cache; NULL until used */
     struct pgg_link *next;
 } pgg_link;
+
+/* Parking slots per host; threads are spread over them round-robin. */
+#define PGG_PARK_SLOTS 16
+
+typedef struct pgg_park_slot {
+    _Atomic(pgg_link *) link;
+    /* One slot per cache line and its prefetch partner: a thread's slot is
+     * written on every call. */
+    char pad[128 - sizeof(pgg_link *)];
+} pgg_park_slot;
 
 typedef struct pgg_host {
     int index;
@@ -54,6 +72,9 @@ typedef struct pgg_host {
     int64_t validate_ns;
     int64_t alive_check_ns;
     int64_t connect_timeout_ns;
+    /* The least of alive_check_ns, validate_ns and idle_timeout_ns (when
+     * set): a connection idle less long needs no look before lending. */
+    int64_t quick_ns;
     /* The pool's config copy's; run on each new connection.  NULL: none. */
     const struct pgg_on_connect *on_connect;
     /* Where the pool keeps its canceller (NULL inside: cancels off): a hook
@@ -96,6 +117,11 @@ typedef struct pgg_host {
     _Atomic int_fast64_t suspect_until_ns;
 
     pgg_breaker breaker;
+
+    /* Parked connections (see the top), and what stops parking: borrowers
+     * waiting for a connection, plus PARK_CLOSED once the host closes. */
+    pgg_park_slot park[PGG_PARK_SLOTS];
+    _Atomic int park_block;
 
     /* One counter per outcome: the total is their sum, so a call pays one
      * atomic add on this line, not two. */
@@ -199,6 +225,11 @@ void pgg__host_note_error(pgg_host *h, const pgg_error *err);
 typedef struct pgg_host_counts {
     int open, idle, busy, connecting, waiting;
 } pgg_host_counts;
+/* Parked connections count as idle. */
 void pgg__host_counts(pgg_host *h, pgg_host_counts *out);
+
+/* Calls in flight on the host (lent connections, not parked ones), read
+ * without the lock for the router. */
+int pgg__host_busy(pgg_host *h);
 
 #endif

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "autoprep.h"
 #include "error.h"
 #include "pool.h"
 
@@ -632,6 +633,7 @@ static bool reset_session(pgg_lease *lease)
      * the caller may have replaced the notice processor. */
     memset(&l->stmts, 0, sizeof l->stmts);
     l->vis_prepared = 0;
+    pgg__autoprep_clear(l->autoprep);
     pgg__link_silence(l->conn);
     /* DISCARD ALL ran UNLISTEN *; what libpq already queued for this
      * lease is not the next borrower's. */

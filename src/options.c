@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "autoprep.h"
 #include "error.h"
 
 /* ------------------------------------------------------------- key table */
@@ -115,6 +116,10 @@ static const opt options[] = {
             "hosts one read may try"),
     OPT_BOOL("lease_reset", lease_reset, "true",
              "DISCARD ALL when a lease is released, so its session state reaches no one else"),
+    OPT_INT("auto_prepare", auto_prepare, 0, PGG_AUTOPREP_MAX, "0",
+            "per connection, prepare the SQL of up to this many pgg_exec_params calls (LRU) after auto_prepare_after uses; 0 off (not behind a transaction-mode pooler)"),
+    OPT_INT("auto_prepare_after", auto_prepare_after, 1, 1000, "2",
+            "uses of the same SQL on a connection before auto_prepare prepares it there"),
     OPT_I64("lease_leak_ms", lease_leak_ms, 0, DAY(1), "0",
             "report a lease held longer than this (a PGG_EVENT_LEASE_LEAK event, checked every health round); 0 off"),
     OPT_I64("attempt_timeout_ms", attempt_timeout_ms, 0, HOUR(1), "0",

@@ -53,6 +53,11 @@ struct pgg_config {
     pgg_read_policy read_policy;
     int max_attempts; /* hosts tried by one read */
     bool lease_reset; /* DISCARD ALL when a lease comes back */
+    /* Automatic prepared statements (autoprep.h): per connection, the SQL
+     * of this many parameterised calls (0: off), prepared at its
+     * auto_prepare_after-th use there. */
+    int auto_prepare;
+    int auto_prepare_after;
     pgg_on_connect on_connect; /* run on each new connection */
     /* pgg_config_on_trace: called at each call's start and end. */
     pgg_trace_start_fn trace_start;

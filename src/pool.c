@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "call.h"
+#include "autoprep.h"
 #include "cancel.h"
 #include "error.h"
 #include "health.h"
@@ -305,7 +306,8 @@ int pgg__pool_candidates(pgg_pool *pool, pgg_intent intent, int *out)
         snap[i].state = pgg__breaker_state(&h->breaker);
         snap[i].lag_ok = pool->max_lag_bytes == 0 || lag < 0 ||
                          lag <= pool->max_lag_bytes;
-        snap[i].busy = atomic_load_explicit(&h->n_busy, memory_order_relaxed);
+        /* Only ties between hosts look at it. */
+        snap[i].busy = pool->nhosts > 1 ? pgg__host_busy(h) : 0;
     }
     return pgg__route(intent, pool->read_policy, snap, pool->nhosts,
                       route_rotate++, out);
@@ -723,6 +725,8 @@ pgg_verdict pgg__pool_exec_on(pgg_pool *pool, pgg_host *h, pgg_link **lp,
         } else {
             pgg__vis_exec(pool, h, l, q, deadline, res, end, err);
         }
+    } else if (pool->cfg->auto_prepare > 0 && !q->stmt) {
+        pgg__autoprep_exec(pool, h, l, q, deadline, res, end, err);
     } else {
         pgg__vis_exec(pool, h, l, q, deadline, res, end, err);
     }

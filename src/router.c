@@ -71,6 +71,13 @@ int pgg__route(pgg_intent intent, pgg_read_policy policy,
         n = PGG_MAX_HOSTS;
     if (n <= 0)
         return 0;
+    if (n == 1) {
+        /* One host: nothing to order, only whether it may serve. */
+        if (group_of(intent, policy, &hosts[0]) < 0)
+            return 0;
+        out[0] = 0;
+        return 1;
+    }
     r = (int)(rotate % (unsigned)n); /* one division per call, not per host */
     for (int i = 0; i < n; i++) {
         route_key k;

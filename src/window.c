@@ -189,10 +189,28 @@ static void add_call(pgg_window_stats *a, bool failure, bool slow)
 
 /* ---------------------------------------------------------------- count */
 
+/* A full count window: the call in the slot about to be written leaves. */
+static inline void count_drop_oldest(pgg_window *w)
+{
+    pgg_window_stats *a = &w->agg;
+    uint32_t old = w->ring[w->pos];
+
+    a->calls--;
+    if (old & SLOT_FAILURE)
+        a->failures--;
+    if (old & SLOT_SLOW) {
+        a->slow--;
+        if (old & SLOT_FAILURE)
+            a->slow_failures--;
+    }
+    a->ignored -= old & SLOT_IGNORED_MAX;
+    a->requests -= 1 + (old & SLOT_IGNORED_MAX);
+    clamp_runs(w);
+}
+
 static void count_record(pgg_window *w, pgg_outcome outcome, bool slow)
 {
     pgg_window_stats *a = &w->agg;
-    uint32_t old;
     bool failure = outcome == PGG_OUTCOME_FAILURE;
 
     if (outcome == PGG_OUTCOME_IGNORED) {
@@ -205,20 +223,8 @@ static void count_record(pgg_window *w, pgg_outcome outcome, bool slow)
         }
         return;
     }
-    if (a->calls == w->size) {
-        old = w->ring[w->pos];
-        a->calls--;
-        if (old & SLOT_FAILURE)
-            a->failures--;
-        if (old & SLOT_SLOW) {
-            a->slow--;
-            if (old & SLOT_FAILURE)
-                a->slow_failures--;
-        }
-        a->ignored -= old & SLOT_IGNORED_MAX;
-        a->requests -= 1 + (old & SLOT_IGNORED_MAX);
-        clamp_runs(w);
-    }
+    if (a->calls == w->size)
+        count_drop_oldest(w);
     w->ring[w->pos] = (failure ? SLOT_FAILURE : 0) | (slow ? SLOT_SLOW : 0) | w->pending;
     w->pending = 0;
     if (++w->pos == w->size)
@@ -452,6 +458,53 @@ bool pgg__window_record_admitted(pgg_window *w, int64_t mark,
         w->agg.requests++;
     window_record(w, outcome, slow, now);
     return true;
+}
+
+void pgg__window_record_successes(pgg_window *w, int64_t mark, uint32_t n,
+                                  int64_t now)
+{
+    pgg_window_stats *a = &w->agg;
+
+    if (w->type != PGG_WINDOW_COUNT || w->by_admission) {
+        while (n-- > 0)
+            pgg__window_record_admitted(w, mark, PGG_OUTCOME_SUCCESS, false, now);
+        return;
+    }
+    /*
+     * Past size + 1 of them, a success only replaces another plain success
+     * (the first size + 1 have pushed out every earlier call and the
+     * ignored outcomes that came with them): the calls stay, the run stays
+     * at its cap, and a success admitted in this window takes its request
+     * out of flight while the one it pushes out leaves.  So only the first
+     * size + 1 are walked.
+     */
+    if (n > w->size + 1u) {
+        uint32_t skip = n - (w->size + 1u);
+        uint64_t k;
+
+        pgg__window_record_successes(w, mark, w->size + 1u, now);
+        k = mark != w->serial ? 0 : w->in_flight < skip ? w->in_flight : skip;
+        w->in_flight -= k;
+        a->requests -= k;
+        w->pos = (uint32_t)(((uint64_t)w->pos + skip) % w->size);
+        return;
+    }
+    /* count_record() and add_call() for a success that is not slow. */
+    for (; n > 0; n--) {
+        if (mark == w->serial && w->in_flight > 0)
+            w->in_flight--;
+        else
+            a->requests++;
+        if (a->calls == w->size)
+            count_drop_oldest(w);
+        w->ring[w->pos] = w->pending;
+        w->pending = 0;
+        if (++w->pos == w->size)
+            w->pos = 0;
+        a->calls++;
+        a->consecutive_successes++;
+        a->consecutive_failures = 0;
+    }
 }
 
 void pgg__window_advance(pgg_window *w, int64_t now)

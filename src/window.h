@@ -160,6 +160,16 @@ static inline int64_t pgg__window_admit(pgg_window *w, int64_t now)
 }
 
 /*
+ * n calls admitted at once, as n pgg__window_admit() would (their mark is
+ * w->serial).  Not for a window that buckets by admission.
+ */
+static inline void pgg__window_admit_n(pgg_window *w, uint64_t n)
+{
+    w->in_flight += n;
+    w->agg.requests += n;
+}
+
+/*
  * The result of a call admitted with mark.  Returns false when it was not
  * counted: bucketed by admission, its bucket has left the window (or the
  * window was reset since).  A window bucketing by completion counts every
@@ -168,6 +178,14 @@ static inline int64_t pgg__window_admit(pgg_window *w, int64_t now)
  */
 bool pgg__window_record_admitted(pgg_window *w, int64_t mark,
                                  pgg_outcome outcome, bool slow, int64_t now);
+
+/*
+ * n successes, none slow, of calls admitted with mark, one after another:
+ * the same as n pgg__window_record_admitted() calls, in a tight loop for a
+ * count window.
+ */
+void pgg__window_record_successes(pgg_window *w, int64_t mark, uint32_t n,
+                                  int64_t now);
 
 /* Let a time window drop what is older than its span at now. */
 void pgg__window_advance(pgg_window *w, int64_t now);

@@ -623,6 +623,59 @@ Test(pool, many_threads_share_one_pool)
     end_test(p, c);
 }
 
+/* A thread's connection is kept for it (parked, without the host lock),
+ * yet serves another thread rather than make it connect or wait. */
+static void *one_read(void *arg)
+{
+    pgg_pool *p = arg;
+    pgg_error e;
+    PGresult *r = pgg_exec(p, PGG_READ, "SELECT 1", NULL, NULL, &e);
+    bool ok = r && PQresultStatus(r) == PGRES_TUPLES_OK;
+
+    PQclear(r);
+    return ok ? p : NULL;
+}
+
+Test(pool, a_parked_connection_serves_other_threads)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, "pool_max=1 call_timeout_ms=3000 health_interval_ms=60000");
+    pthread_t t;
+    void *ok;
+    double t0;
+
+    read_ok(p, PGG_READ, "SELECT 1", 0);
+    /* Parked in this thread's slot, and counted idle. */
+    cr_expect_eq(host_stats(p, 0).conns_idle, 1);
+    cr_expect_eq(host_stats(p, 0).conns_busy, 0);
+    /* Other threads, one after another: each takes the one connection
+     * from wherever the last one left it, at once (pool_max=1: a thread
+     * that could not would wait out its 3 s deadline and fail). */
+    t0 = pgh_now_ms();
+    for (int i = 0; i < 20; i++) {
+        pthread_create(&t, NULL, one_read, p);
+        pthread_join(t, &ok);
+        cr_assert_not_null(ok, "call %d failed", i);
+        read_ok(p, PGG_READ, "SELECT 1", 0);
+    }
+    cr_expect_lt(pgh_now_ms() - t0, 2500, "the calls waited for the connection");
+    cr_expect_eq(host_stats(p, 0).connects, 1, "a new connection was opened");
+    /* Eight threads at once on the one connection: waiters are woken by
+     * the give-backs, none fails. */
+    {
+        pthread_t ts[8];
+
+        for (int i = 0; i < 8; i++)
+            pthread_create(&ts[i], NULL, one_read, p);
+        for (int i = 0; i < 8; i++) {
+            pthread_join(ts[i], &ok);
+            cr_expect_not_null(ok, "thread %d failed", i);
+        }
+    }
+    cr_expect_eq(host_stats(p, 0).connects, 1);
+    end_test(p, c);
+}
+
 /* ----------------------------------------------------- cancel and events */
 
 Test(pool, a_query_past_its_deadline_is_cancelled_on_the_server)

@@ -3,12 +3,14 @@
  * clock), with stale results, ticks and a listener.  Besides TSan's own
  * verdict, every admission, refusal and result must be accounted for
  * exactly and the listener must see one unbroken chain of transitions,
- * never two at once (the same workload as tests/unit/test_concurrency.c,
+ * never two at once; once with a time window, once with a count window
+ * whose closed state admits and records successes without the lock (the same workload as tests/unit/test_concurrency.c,
  * which Criterion runs outside TSan).
  */
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "breaker.h"
@@ -20,18 +22,22 @@
 #define SCENARIO_CALLS CALLS
 #include "tests/unit/breaker_scenario.h"
 
-int main(void)
+static void run(bool count_window)
 {
     pgg_breaker_config c;
     pgg_breaker_stats s;
     tally t[THREADS];
-    uint64_t allowed = 0, rejected = 0, recorded = 0;
+    uint64_t allowed = 0, rejected = 0, recorded = 0, fast = 0;
 
     pgg__fake_clock_init(&FC, SCENARIO_T0);
-    scenario_breaker_config(&c);
+    memset(&chain, 0, sizeof chain);
+    if (count_window)
+        scenario_breaker_config_count(&c);
+    else
+        scenario_breaker_config(&c);
     if (pgg__breaker_init(&B, &c, SCENARIO_T0, NULL) != PGG_OK) {
         fprintf(stderr, "breaker init failed\n");
-        return 1;
+        exit(1);
     }
     chain.last = PGG_BREAKER_CLOSED;
     CHECK(pgg__breaker_listen(&B, chain_listener, NULL) == PGG_OK, "listen");
@@ -46,6 +52,7 @@ int main(void)
         allowed += t[i].allowed;
         rejected += t[i].rejected;
         recorded += t[i].recorded;
+        fast += t[i].fast;
     }
     pgg__breaker_stats(&B, pgg__clock_now(pgg__fake_clock_base(&FC)), &s);
     printf("allowed %llu rejected %llu: %llu ok %llu failed %llu ignored %llu stale; "
@@ -73,7 +80,16 @@ int main(void)
         CHECK(!chain.broken_chain, "a transition did not start where the previous one ended");
         CHECK(chain.last == s.state, "the last event is not the current state");
     }
+    if (count_window)
+        CHECK(fast > allowed / 10, "only %llu of %llu admitted by the lock-free path",
+              (unsigned long long)fast, (unsigned long long)allowed);
     pgg__breaker_destroy(&B);
     pgg__fake_clock_destroy(&FC);
+}
+
+int main(void)
+{
+    run(false);
+    run(true);
     return tsan_exit("tsan_breaker");
 }

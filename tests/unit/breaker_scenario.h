@@ -4,7 +4,9 @@
  * Criterion does not start under ThreadSanitizer): eight threads on one
  * breaker and a shared fake clock, alternating sick and healthy periods,
  * stale results held across transitions, ticks, scrapes and a listener
- * that checks the chain of transitions.  The includer defines
+ * that checks the chain of transitions; with a time window
+ * (scenario_breaker_config) or a count window, whose closed state takes no
+ * lock for successes (scenario_breaker_config_count).  The includer defines
  * SCENARIO_CALLS (calls per thread) and checks the totals its own way.
  */
 #ifndef PGG_TESTS_BREAKER_SCENARIO_H
@@ -29,6 +31,7 @@ typedef struct tally {
     pthread_t th;
     uint64_t seed;
     uint64_t allowed, rejected, recorded;
+    uint64_t fast; /* admitted by the closed fast path (lock-free) */
 } tally;
 
 /* Written only by the listener: listeners never run concurrently. */
@@ -81,6 +84,18 @@ static inline void scenario_breaker_config(pgg_breaker_config *c)
     c->seed = 7;
 }
 
+/*
+ * The same with a count window, whose closed state admits and records
+ * successes without the lock (breaker.c, "The closed fast path"): those
+ * race the locked operations that fold them in.
+ */
+static inline void scenario_breaker_config_count(pgg_breaker_config *c)
+{
+    scenario_breaker_config(c);
+    c->window_type = PGG_WINDOW_COUNT;
+    c->window_size = 20;
+}
+
 static inline void *breaker_worker(void *arg)
 {
     tally *t = arg;
@@ -105,6 +120,8 @@ static inline void *breaker_worker(void *arg)
             continue;
         }
         t->allowed++;
+        if (tk.flags & PGG_TICKET_FAST)
+            t->fast++;
         /* Some calls finish later, across transitions: stale results. */
         if (!holding && (r >> 16) % 20 == 0) {
             held = tk;

@@ -2720,3 +2720,160 @@ UTest(breaker, resilience4j_half_open_after_wait_interval)
                               "breaker.resilience4j.exponential_max_wait_ms"));
     stop();
 }
+
+/* ------------------------------------------------- the closed fast path */
+
+static uint64_t wrand64(uint64_t *s)
+{
+    *s ^= *s << 13;
+    *s ^= *s >> 7;
+    *s ^= *s << 17;
+    return *s;
+}
+
+static void same_breaker_stats(pgg_breaker *a, pgg_breaker *b, int64_t now,
+                               int step)
+{
+    pgg_breaker_stats x, y;
+
+    pgg__breaker_stats(a, now, &x);
+    pgg__breaker_stats(b, now, &y);
+    cr_assert_eq(x.state, y.state, "step %d: state %s != %s", step,
+                 pgg_breaker_state_name(x.state), pgg_breaker_state_name(y.state));
+    cr_assert_eq(x.generation, y.generation, "step %d: generation", step);
+    cr_assert_eq(x.open_duration_ns, y.open_duration_ns, "step %d: open time", step);
+    cr_assert_eq(x.window.calls, y.window.calls, "step %d: calls %llu != %llu", step,
+                 (unsigned long long)x.window.calls, (unsigned long long)y.window.calls);
+    cr_assert_eq(x.window.failures, y.window.failures, "step %d: failures", step);
+    cr_assert_eq(x.window.slow, y.window.slow, "step %d: slow", step);
+    cr_assert_eq(x.window.ignored, y.window.ignored, "step %d: ignored", step);
+    cr_assert_eq(x.window.consecutive_failures, y.window.consecutive_failures,
+                 "step %d: cf", step);
+    cr_assert_eq(x.window.consecutive_successes, y.window.consecutive_successes,
+                 "step %d: cs", step);
+    cr_assert_eq(x.window.requests, y.window.requests, "step %d: window requests %llu != %llu",
+                 step, (unsigned long long)x.window.requests,
+                 (unsigned long long)y.window.requests);
+    cr_assert_eq(x.requests, y.requests, "step %d: requests", step);
+    cr_assert_eq(x.admitted, y.admitted, "step %d: admitted %llu != %llu", step,
+                 (unsigned long long)x.admitted, (unsigned long long)y.admitted);
+    cr_assert_eq(x.rejected, y.rejected, "step %d: rejected", step);
+    cr_assert_eq(x.successes, y.successes, "step %d: successes", step);
+    cr_assert_eq(x.failures, y.failures, "step %d: failures", step);
+    cr_assert_eq(x.ignored, y.ignored, "step %d: ignored", step);
+    cr_assert_eq(x.stale, y.stale, "step %d: stale", step);
+    cr_assert_eq(x.transitions, y.transitions, "step %d: transitions", step);
+    cr_assert_eq(x.probes_admitted, y.probes_admitted, "step %d: probes", step);
+}
+
+/*
+ * Differential: a count-window breaker, whose closed state admits and
+ * records successes without its lock, against the same breaker with an
+ * interval too long to ever end (which keeps every call on the locked
+ * path and changes nothing else).  The same random calls, results held
+ * across transitions, slow and ignored outcomes, ticks and the passing of
+ * time give the same breaker, transitions included, at every step.
+ */
+UTest(breaker, the_closed_fast_path_counts_exactly_as_the_locked_path)
+{
+    pgg_breaker_config c = cfg_plain();
+    pgg_breaker fast, locked;
+    pgg_ticket held_f[8], held_l[8];
+    int nheld = 0, fast_steps = 0;
+    uint64_t seed = 0x2545F4914F6CDD1Du;
+    int64_t now = T0;
+
+    c.failure_rate = 50;
+    c.slow_call_rate = 60;
+    c.slow_call_duration_ms = 100;
+    c.min_calls = 10;
+    c.window_size = 20;
+    c.consecutive_failures = 6;
+    c.open_ms = 50;
+    c.open_multiplier = 1;
+    c.half_open_probes = 3;
+    c.half_open_successes = 2;
+    cr_assert_eq(pgg__breaker_init(&fast, &c, now, NULL), PGG_OK);
+    c.interval_ms = INT64_C(1000000000000);
+    cr_assert_eq(pgg__breaker_init(&locked, &c, now, NULL), PGG_OK);
+
+    for (int step = 0; step < 60000; step++) {
+        uint64_t r = wrand64(&seed);
+        /* Sick phases of 500 steps among healthy ones of 1500. */
+        bool sick = step % 2000 >= 1500;
+        pgg_outcome o = r % 100 < (sick ? 60u : 2u) ? F : (r >> 8) % 50 == 0 ? I : S;
+        int64_t d = (r >> 16) % 100 == 0 ? MS(200) : MS(1);
+        pgg_ticket tf, tl;
+        bool af, al;
+        uint64_t before = atomic_load(&fast.fast) & 0xFFFF;
+
+        now += MS(1) / 4;
+        af = pgg__breaker_allow(&fast, now, &tf);
+        al = pgg__breaker_allow(&locked, now, &tl);
+        cr_assert_eq(af, al, "step %d: admitted by one only", step);
+        if (af) {
+            if (nheld < 8 && (r >> 24) % 50 == 0) {
+                held_f[nheld] = tf;
+                held_l[nheld++] = tl;
+            } else {
+                pgg__breaker_record(&fast, tf, o, d, now);
+                pgg__breaker_record(&locked, tl, o, d, now);
+                if ((atomic_load(&fast.fast) & 0xFFFF) == before + 1)
+                    fast_steps++;
+            }
+        }
+        if (nheld > 0 && (r >> 32) % 40 == 0) {
+            nheld--;
+            pgg__breaker_record(&fast, held_f[nheld], (r >> 40) % 2 ? S : F, MS(1), now);
+            pgg__breaker_record(&locked, held_l[nheld], (r >> 40) % 2 ? S : F, MS(1), now);
+        }
+        if ((r >> 48) % 500 == 0) {
+            pgg__breaker_tick(&fast, now);
+            pgg__breaker_tick(&locked, now);
+        }
+        if (step % 97 == 0 || (r >> 56) % 64 == 0)
+            same_breaker_stats(&fast, &locked, now, step);
+    }
+    same_breaker_stats(&fast, &locked, now, -1);
+    /* The comparison meant something: both paths ran, and it tripped. */
+    cr_assert_gt(fast_steps, 10000, "only %d results took the fast path", fast_steps);
+    cr_assert_eq(atomic_load(&locked.fast) & UINT64_C(0x7FFFFFFF), 0,
+                 "the locked breaker took the fast path");
+    {
+        pgg_breaker_stats s;
+
+        pgg__breaker_stats(&fast, now, &s);
+        cr_assert_gt(s.transitions, 20);
+        cr_assert_gt(s.stale, 0);
+    }
+    pgg__breaker_destroy(&fast);
+    pgg__breaker_destroy(&locked);
+}
+
+/*
+ * Admitted without the lock, finished after the breaker opened and closed
+ * again: the result belongs to a generation that ended, and counts as
+ * stale, not in the new window.
+ */
+UTest(breaker, a_fast_ticket_across_a_transition_is_stale)
+{
+    pgg_breaker_config c = cfg_plain();
+    pgg_ticket t;
+    pgg_breaker_stats s;
+
+    c.consecutive_failures = 2;
+    start(&c);
+    cr_assert(pgg__breaker_allow(&B, NOW, &t));
+    cr_assert(t.flags & PGG_TICKET_FAST, "not admitted by the fast path");
+    calls(F, 2);
+    cr_assert_eq(state(), PGG_BREAKER_OPEN);
+    pgg__breaker_reset(&B, NOW);
+    pgg__breaker_record(&B, t, S, 0, NOW);
+    pgg__breaker_stats(&B, NOW, &s);
+    cr_assert_eq(s.stale, 1);
+    cr_assert_eq(s.window.calls, 0);
+    cr_assert_eq(s.window.requests, 0);
+    cr_assert_eq(s.admitted, 3);
+    cr_assert_eq(s.successes, 0);
+    stop();
+}

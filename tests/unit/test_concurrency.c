@@ -21,16 +21,19 @@ TestSuite(concurrency, .timeout = 600);
 #define SCENARIO_CALLS CALLS
 #include "breaker_scenario.h"
 
-UTest(concurrency, breaker_totals_add_up_exactly)
+static void breaker_scenario(bool count_window)
 {
     pgg_breaker_config c;
     pgg_breaker_stats s;
     tally t[THREADS];
-    uint64_t allowed = 0, rejected = 0, recorded = 0;
+    uint64_t allowed = 0, rejected = 0, recorded = 0, fast = 0;
     int i;
 
     pgg__fake_clock_init(&FC, T0);
-    scenario_breaker_config(&c);
+    if (count_window)
+        scenario_breaker_config_count(&c);
+    else
+        scenario_breaker_config(&c);
     cr_assert_eq(pgg__breaker_init(&B, &c, T0, NULL), PGG_OK);
     memset(&chain, 0, sizeof chain);
     chain.last = PGG_BREAKER_CLOSED;
@@ -46,8 +49,13 @@ UTest(concurrency, breaker_totals_add_up_exactly)
         allowed += t[i].allowed;
         rejected += t[i].rejected;
         recorded += t[i].recorded;
+        fast += t[i].fast;
     }
     pgg__breaker_stats(&B, pgg__clock_now(pgg__fake_clock_base(&FC)), &s);
+    /* The lock-free admissions really raced the rest. */
+    if (count_window)
+        cr_assert_gt(fast, allowed / 10, "%llu of %llu admitted by the fast path",
+                     (unsigned long long)fast, (unsigned long long)allowed);
 
     cr_log_info("allowed %llu rejected %llu: %llu ok %llu failed %llu ignored %llu stale; "
                 "%llu transitions, %llu events dropped",
@@ -80,6 +88,16 @@ UTest(concurrency, breaker_totals_add_up_exactly)
     }
     pgg__breaker_destroy(&B);
     pgg__fake_clock_destroy(&FC);
+}
+
+UTest(concurrency, breaker_totals_add_up_exactly)
+{
+    breaker_scenario(false);
+}
+
+UTest(concurrency, breaker_totals_add_up_exactly_with_the_lock_free_closed_path)
+{
+    breaker_scenario(true);
 }
 
 /* --------------------------------------------------------------- bulkhead */

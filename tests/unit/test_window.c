@@ -1,5 +1,7 @@
 #include "unit.h"
 
+#include <stdio.h>
+
 #include "pgguard.h"
 #include "window.h"
 
@@ -700,4 +702,96 @@ UTest(window, resilience4j_clear_sliding_time_window)
     pgg__window_record(&w, S, false, now);
     csf(&w, 1, 1, 0);
     pgg__window_destroy(&w);
+}
+
+static uint64_t wrand(uint64_t *s)
+{
+    *s ^= *s << 13;
+    *s ^= *s >> 7;
+    *s ^= *s << 17;
+    return *s;
+}
+
+static void same_stats(const pgg_window *a, const pgg_window *b, const char *when)
+{
+    const pgg_window_stats *x = pgg__window_stats(a), *y = pgg__window_stats(b);
+
+    cr_assert_eq(x->calls, y->calls, "%s: calls %llu != %llu", when,
+                 (unsigned long long)x->calls, (unsigned long long)y->calls);
+    cr_assert_eq(x->failures, y->failures, "%s: failures", when);
+    cr_assert_eq(x->slow, y->slow, "%s: slow", when);
+    cr_assert_eq(x->slow_failures, y->slow_failures, "%s: slow failures", when);
+    cr_assert_eq(x->ignored, y->ignored, "%s: ignored", when);
+    cr_assert_eq(x->consecutive_failures, y->consecutive_failures, "%s: cf", when);
+    cr_assert_eq(x->consecutive_successes, y->consecutive_successes, "%s: cs", when);
+    cr_assert_eq(x->requests, y->requests, "%s: requests %llu != %llu", when,
+                 (unsigned long long)x->requests, (unsigned long long)y->requests);
+    cr_assert_eq(a->in_flight, b->in_flight, "%s: in flight", when);
+    cr_assert_eq(a->pos, b->pos, "%s: pos", when);
+}
+
+/*
+ * The breaker's fold applies a batch of successes at once: it must leave a
+ * window exactly as the same successes recorded one by one, whatever came
+ * before (failures, slow calls, ignored outcomes, calls in flight, marks
+ * of an earlier window) and however many they are (the batch skips what a
+ * long run only pushes through); and the window must go on the same.
+ */
+UTest(window, a_batch_of_successes_equals_them_one_by_one)
+{
+    static const uint32_t sizes[] = {1, 2, 7, 100};
+    uint64_t seed = 88172645463325252u;
+
+    for (size_t si = 0; si < sizeof sizes / sizeof sizes[0]; si++) {
+        for (int round = 0; round < 300; round++) {
+            pgg_window one, batch;
+            int64_t mark;
+            uint32_t n;
+            char when[64];
+
+            cr_assert_eq(pgg__window_init(&one, PGG_WINDOW_COUNT, sizes[si], 0, T0), PGG_OK);
+            cr_assert_eq(pgg__window_init(&batch, PGG_WINDOW_COUNT, sizes[si], 0, T0), PGG_OK);
+            /* A random past, the same for both. */
+            for (int k = (int)(wrand(&seed) % 250); k > 0; k--) {
+                uint64_t r = wrand(&seed);
+                pgg_outcome o = r % 3 == 0 ? F : r % 3 == 1 ? S : I;
+                bool slow = (r >> 8) % 4 == 0;
+
+                if ((r >> 12) % 5 == 0) {
+                    pgg__window_admit(&one, T0);
+                    pgg__window_admit(&batch, T0);
+                } else {
+                    pgg__window_record_admitted(&one, one.serial - (int64_t)((r >> 16) % 2),
+                                                o, slow, T0);
+                    pgg__window_record_admitted(&batch, batch.serial - (int64_t)((r >> 16) % 2),
+                                                o, slow, T0);
+                }
+            }
+            /* Calls in flight for the batch to take out, sometimes more
+             * than the batch, sometimes none. */
+            for (int k = (int)(wrand(&seed) % 40); k > 0; k--) {
+                pgg__window_admit(&one, T0);
+                pgg__window_admit(&batch, T0);
+            }
+            n = (uint32_t)(wrand(&seed) % (3 * sizes[si] + 20));
+            mark = wrand(&seed) % 4 == 0 ? one.serial - 1 : one.serial;
+            for (uint32_t k = 0; k < n; k++)
+                pgg__window_record_admitted(&one, mark, S, false, T0);
+            pgg__window_record_successes(&batch, mark, n, T0);
+            snprintf(when, sizeof when, "size %u, round %d, %u successes", sizes[si],
+                     round, n);
+            same_stats(&one, &batch, when);
+            /* And what follows pushes the same calls out of both. */
+            for (uint32_t k = 0; k < 2 * sizes[si] + 3; k++) {
+                uint64_t r = wrand(&seed);
+                pgg_outcome o = r % 2 ? F : I;
+
+                pgg__window_record_admitted(&one, one.serial, o, (r >> 4) % 2, T0);
+                pgg__window_record_admitted(&batch, batch.serial, o, (r >> 4) % 2, T0);
+                same_stats(&one, &batch, when);
+            }
+            pgg__window_destroy(&one);
+            pgg__window_destroy(&batch);
+        }
+    }
 }

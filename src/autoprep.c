@@ -1,0 +1,430 @@
+#include "autoprep.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "clock.h"
+#include "error.h"
+#include "link.h"
+#include "pool.h"
+
+/*
+ * Two LRU lists share one table of entries: SQL seen but not prepared yet
+ * (`tracked`, at most capacity of them), and SQL prepared on the server
+ * (`prepared`, at most capacity).  New SQL only ever pushes out tracked
+ * entries, which costs nothing; a stream of one-off statements therefore
+ * never makes a prepared one go.  Only a promotion (the after-th use) can
+ * push out a prepared statement, which is then deallocated.
+ */
+typedef struct entry {
+    uint64_t hash;
+    char *sql;
+    Oid *types;     /* nparams of them, when given */
+    bool has_types; /* types given (for none, "", the extended protocol) */
+    int nparams;
+    unsigned uses;
+    unsigned id; /* the statement's name: pgg_auto_<id> */
+    bool prepared;
+    int prev, next; /* in its list, most recent first; -1 ends */
+    int chain;      /* next in its hash bucket, or in the free list */
+} entry;
+
+typedef struct lru {
+    int head, tail, n;
+} lru;
+
+struct pgg_autoprep {
+    int cap;
+    entry *e;     /* 2 * cap */
+    int *bucket;  /* mask + 1 heads, -1 empty */
+    unsigned mask;
+    int free_head;
+    lru tracked, prepared;
+    unsigned next_id;
+    int pending; /* the entry a PREPARE step is about, -1 none */
+    int last;    /* the entry of the last RUN or PREPARE step, -1 none */
+    char name[32];
+    char evict[32];
+};
+
+/* Eight bytes at a time: the SQL is hashed on every call. */
+static uint64_t hash_query(const char *sql, size_t len, int nparams, const Oid *types)
+{
+    uint64_t h = 0x9E3779B97F4A7C15u ^ (uint64_t)len * 0xff51afd7ed558ccdu;
+    size_t i = 0;
+
+    for (; i + 8 <= len; i += 8) {
+        uint64_t w;
+
+        memcpy(&w, sql + i, 8);
+        h = (h ^ w) * 0xbf58476d1ce4e5b9u;
+        h ^= h >> 29;
+    }
+    for (; i < len; i++)
+        h = (h ^ (unsigned char)sql[i]) * 0x100000001b3u;
+    h ^= (uint64_t)(unsigned)nparams * 0x94d049bb133111ebu;
+    if (types)
+        for (int k = 0; k < nparams; k++)
+            h = (h ^ types[k]) * 0x100000001b3u;
+    return h ^ (h >> 31);
+}
+
+pgg_autoprep *pgg__autoprep_new(int capacity)
+{
+    pgg_autoprep *ap;
+    unsigned nb = 16;
+    int n;
+
+    if (capacity < 1 || capacity > PGG_AUTOPREP_MAX)
+        return NULL;
+    n = 2 * capacity;
+    while (nb < (unsigned)n * 2)
+        nb *= 2;
+    ap = calloc(1, sizeof *ap);
+    if (!ap)
+        return NULL;
+    ap->e = calloc((size_t)n, sizeof *ap->e);
+    ap->bucket = malloc(nb * sizeof *ap->bucket);
+    if (!ap->e || !ap->bucket) {
+        free(ap->e);
+        free(ap->bucket);
+        free(ap);
+        return NULL;
+    }
+    ap->cap = capacity;
+    ap->mask = nb - 1;
+    pgg__autoprep_clear(ap);
+    return ap;
+}
+
+static void entry_drop(entry *e)
+{
+    free(e->sql);
+    free(e->types);
+    e->sql = NULL;
+    e->types = NULL;
+}
+
+void pgg__autoprep_clear(pgg_autoprep *ap)
+{
+    int n;
+
+    if (!ap)
+        return;
+    n = 2 * ap->cap;
+    for (int i = 0; i < n; i++) {
+        entry_drop(&ap->e[i]);
+        ap->e[i].chain = i + 1 < n ? i + 1 : -1;
+    }
+    ap->free_head = 0;
+    for (unsigned b = 0; b <= ap->mask; b++)
+        ap->bucket[b] = -1;
+    ap->tracked = (lru){-1, -1, 0};
+    ap->prepared = (lru){-1, -1, 0};
+    ap->pending = -1;
+    ap->last = -1;
+}
+
+void pgg__autoprep_free(pgg_autoprep *ap)
+{
+    if (!ap)
+        return;
+    for (int i = 0; i < 2 * ap->cap; i++)
+        entry_drop(&ap->e[i]);
+    free(ap->e);
+    free(ap->bucket);
+    free(ap);
+}
+
+static void lru_unlink(pgg_autoprep *ap, lru *l, int i)
+{
+    entry *e = &ap->e[i];
+
+    if (e->prev >= 0)
+        ap->e[e->prev].next = e->next;
+    else
+        l->head = e->next;
+    if (e->next >= 0)
+        ap->e[e->next].prev = e->prev;
+    else
+        l->tail = e->prev;
+    l->n--;
+}
+
+static void lru_push(pgg_autoprep *ap, lru *l, int i)
+{
+    entry *e = &ap->e[i];
+
+    e->prev = -1;
+    e->next = l->head;
+    if (l->head >= 0)
+        ap->e[l->head].prev = i;
+    else
+        l->tail = i;
+    l->head = i;
+    l->n++;
+}
+
+static void name_of(char *buf, size_t len, const entry *e)
+{
+    snprintf(buf, len, "pgg_auto_%u", e->id);
+}
+
+/* Out of the table altogether; its slot goes back to the free list. */
+static void entry_remove(pgg_autoprep *ap, int i)
+{
+    entry *e = &ap->e[i];
+    int *pp = &ap->bucket[e->hash & ap->mask];
+
+    while (*pp != i)
+        pp = &ap->e[*pp].chain;
+    *pp = e->chain;
+    lru_unlink(ap, e->prepared ? &ap->prepared : &ap->tracked, i);
+    entry_drop(e);
+    e->chain = ap->free_head;
+    ap->free_head = i;
+}
+
+static bool same_query(const entry *e, uint64_t hash, const char *sql, int nparams,
+                       const Oid *types)
+{
+    if (e->hash != hash || e->nparams != nparams || e->has_types != (types != NULL))
+        return false;
+    if (types && nparams > 0 &&
+        memcmp(e->types, types, (size_t)nparams * sizeof *types) != 0)
+        return false;
+    return strcmp(e->sql, sql) == 0;
+}
+
+/* A new tracked entry for q, or -1 (no memory). */
+static int entry_add(pgg_autoprep *ap, uint64_t hash, const pgg_query *q, size_t len)
+{
+    entry *e;
+    int i;
+
+    if (ap->tracked.n >= ap->cap)
+        entry_remove(ap, ap->tracked.tail);
+    i = ap->free_head; /* 2 * cap slots, at most cap in each list: never -1 */
+    e = &ap->e[i];
+    e->sql = malloc(len + 1);
+    if (q->types && q->nparams > 0)
+        e->types = malloc((size_t)q->nparams * sizeof *q->types);
+    if (!e->sql || (q->types && q->nparams > 0 && !e->types)) {
+        entry_drop(e);
+        return -1;
+    }
+    ap->free_head = e->chain;
+    memcpy(e->sql, q->sql, len + 1);
+    if (e->types)
+        memcpy(e->types, q->types, (size_t)q->nparams * sizeof *q->types);
+    e->hash = hash;
+    e->nparams = q->nparams;
+    e->has_types = q->types != NULL;
+    e->uses = 0;
+    e->prepared = false;
+    e->id = ap->next_id++;
+    e->chain = ap->bucket[hash & ap->mask];
+    ap->bucket[hash & ap->mask] = i;
+    lru_push(ap, &ap->tracked, i);
+    return i;
+}
+
+pgg_autoprep_step pgg__autoprep_lookup(pgg_autoprep *ap, const pgg_query *q,
+                                       int after, const char **name,
+                                       const char **evict)
+{
+    size_t len;
+    uint64_t hash;
+    entry *e;
+    int i;
+
+    *name = NULL;
+    *evict = NULL;
+    ap->pending = -1;
+    ap->last = -1;
+    if (!q->sql || q->stmt || q->stmt_name || q->prepare ||
+        (q->nparams == 0 && !q->types))
+        return PGG_AUTOPREP_PLAIN;
+    len = strlen(q->sql);
+    hash = hash_query(q->sql, len, q->nparams, q->nparams > 0 ? q->types : NULL);
+    for (i = ap->bucket[hash & ap->mask]; i >= 0; i = ap->e[i].chain)
+        if (same_query(&ap->e[i], hash, q->sql, q->nparams, q->types))
+            break;
+    if (i < 0 && (i = entry_add(ap, hash, q, len)) < 0)
+        return PGG_AUTOPREP_PLAIN;
+    e = &ap->e[i];
+    if (e->prepared) {
+        if (ap->prepared.head != i) {
+            lru_unlink(ap, &ap->prepared, i);
+            lru_push(ap, &ap->prepared, i);
+        }
+        name_of(ap->name, sizeof ap->name, e);
+        *name = ap->name;
+        ap->last = i;
+        return PGG_AUTOPREP_RUN;
+    }
+    if (ap->tracked.head != i) {
+        lru_unlink(ap, &ap->tracked, i);
+        lru_push(ap, &ap->tracked, i);
+    }
+    if (++e->uses < (unsigned)(after > 0 ? after : 1))
+        return PGG_AUTOPREP_PLAIN;
+    if (ap->prepared.n >= ap->cap) {
+        name_of(ap->evict, sizeof ap->evict, &ap->e[ap->prepared.tail]);
+        *evict = ap->evict;
+        entry_remove(ap, ap->prepared.tail);
+    }
+    ap->pending = ap->last = i;
+    name_of(ap->name, sizeof ap->name, e);
+    *name = ap->name;
+    return PGG_AUTOPREP_PREPARE;
+}
+
+void pgg__autoprep_prepared(pgg_autoprep *ap, bool ok)
+{
+    int i = ap->pending;
+    entry *e;
+
+    ap->pending = -1;
+    if (i < 0)
+        return;
+    e = &ap->e[i];
+    if (!ok) {
+        e->uses = 0;
+        return;
+    }
+    lru_unlink(ap, &ap->tracked, i);
+    e->prepared = true;
+    lru_push(ap, &ap->prepared, i);
+}
+
+void pgg__autoprep_forget_last(pgg_autoprep *ap)
+{
+    if (ap && ap->last >= 0) {
+        entry_remove(ap, ap->last);
+        ap->last = ap->pending = -1;
+    }
+}
+
+void pgg__autoprep_counts(const pgg_autoprep *ap, int *entries, int *prepared)
+{
+    *entries = ap ? ap->tracked.n + ap->prepared.n : 0;
+    *prepared = ap ? ap->prepared.n : 0;
+}
+
+/* ------------------------------------------------------------ running */
+
+/* The statement may be gone, or unusable, and the call never started. */
+static bool run_again_plain(const PGresult *res, bool *all_gone)
+{
+    const char *st = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+    const char *msg;
+
+    if (!st)
+        return false;
+    if (strcmp(st, "26000") == 0) {
+        *all_gone = true;
+        return true;
+    }
+    msg = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+    return strcmp(st, "0A000") == 0 && msg &&
+           strstr(msg, "cached plan must not change result type") != NULL;
+}
+
+/* One statement of ours that needs no answer but "done": PREPARE or
+ * DEALLOCATE.  Returns true when it was done; else the call's outcome is
+ * in *res / *end / *err (a server error as it would have come, a lost
+ * connection as not sent). */
+static bool side_step(pgg_pool *pool, pgg_host *h, pgg_link *l, const pgg_query *sq,
+                      int64_t deadline, PGresult **res, pgg_attempt_end *end,
+                      pgg_error *err)
+{
+    pgg__link_exec_wd(pool->watchdog, l->conn, sq, deadline, h->name, res, end, err);
+    if (*end == PGG_END_RESULT && PQresultStatus(*res) == PGRES_COMMAND_OK) {
+        PQclear(*res);
+        *res = NULL;
+        return true;
+    }
+    /* The call's statement itself never ran. */
+    if (*end == PGG_END_LOST)
+        *end = PGG_END_NOT_SENT;
+    return false;
+}
+
+int pgg__autoprep_exec(pgg_pool *pool, pgg_host *h, pgg_link *l, const pgg_query *q,
+                       int64_t deadline, PGresult **res, pgg_attempt_end *end,
+                       pgg_error *err)
+{
+    pgg_autoprep_step step;
+    const char *name, *evict;
+    pgg_query run;
+    bool all_gone = false;
+    int rc;
+
+    if (!l->autoprep)
+        l->autoprep = pgg__autoprep_new(pool->cfg->auto_prepare);
+    if (!l->autoprep)
+        return pgg__vis_exec(pool, h, l, q, deadline, res, end, err);
+    step = pgg__autoprep_lookup(l->autoprep, q, pool->cfg->auto_prepare_after, &name,
+                                &evict);
+    if (evict) {
+        char sql[64];
+        pgg_query dq = {.sql = sql};
+
+        snprintf(sql, sizeof sql, "DEALLOCATE %s", evict);
+        if (!side_step(pool, h, l, &dq, deadline, res, end, err)) {
+            pgg__autoprep_prepared(l->autoprep, false);
+            return err ? err->code : PGG_ESERVER;
+        }
+    }
+    if (step == PGG_AUTOPREP_PLAIN)
+        return pgg__vis_exec(pool, h, l, q, deadline, res, end, err);
+    if (step == PGG_AUTOPREP_PREPARE) {
+        pgg_query pq = {.sql = q->sql,
+                        .nparams = q->nparams,
+                        .types = q->nparams > 0 ? q->types : NULL,
+                        .stmt_name = name,
+                        .prepare = true};
+        bool ok = side_step(pool, h, l, &pq, deadline, res, end, err);
+
+        pgg__autoprep_prepared(l->autoprep, ok);
+        if (!ok)
+            return err ? err->code : PGG_ESERVER;
+        if (pgg__now_ns() >= deadline) {
+            *end = PGG_END_EXPIRED;
+            return pgg__error_set(err, PGG_ETIMEDOUT, NULL, h->name,
+                                  "deadline exceeded while preparing the "
+                                  "statement (auto_prepare); not sent");
+        }
+    }
+    run = *q;
+    run.stmt_name = name;
+    rc = pgg__vis_exec(pool, h, l, &run, deadline, res, end, err);
+    if (step == PGG_AUTOPREP_RUN && *end == PGG_END_RESULT &&
+        run_again_plain(*res, &all_gone)) {
+        if (all_gone) {
+            pgg__autoprep_clear(l->autoprep);
+        } else {
+            /* Only this one: let it be prepared afresh later. */
+            char sql[64];
+
+            snprintf(sql, sizeof sql, "DEALLOCATE %s", name);
+            pgg__autoprep_forget_last(l->autoprep);
+            PQclear(*res);
+            *res = NULL;
+            {
+                pgg_query dq = {.sql = sql};
+
+                if (!side_step(pool, h, l, &dq, deadline, res, end, err))
+                    return err ? err->code : PGG_ESERVER;
+            }
+        }
+        PQclear(*res);
+        *res = NULL;
+        if (err)
+            pgg__error_reset(err);
+        rc = pgg__vis_exec(pool, h, l, q, deadline, res, end, err);
+    }
+    return rc;
+}

@@ -1,0 +1,101 @@
+/*
+ * Internal: automatic prepared statements (issue 10, part 3).
+ *
+ * With auto_prepare = N > 0, each connection remembers the SQL of the last
+ * N distinct parameterised one-shot calls (pgg_exec_params) it ran, least
+ * recently used out first.  The auto_prepare_after-th time the same SQL
+ * (with the same parameter types) runs on that connection, it is prepared
+ * there (one extra round trip, PQsendPrepare) under a name of its own
+ * ("pgg_auto_<n>"), and from then on executed by name (PQsendQueryPrepared):
+ * the server neither parses nor plans it again, and libpq sends less.
+ * A prepared entry pushed out of the cache is deallocated on the server
+ * first (DEALLOCATE, one round trip), so a connection never holds more
+ * than N of them.
+ *
+ * The cache belongs to one connection and is used only by the thread that
+ * borrowed it: no locking.  A lease's reset (DISCARD ALL) clears it; a
+ * statement found missing on the server (26000: a lease's own DEALLOCATE)
+ * clears it too, and the call runs unprepared at once (the statement never
+ * started, so even a write runs once).
+ *
+ * Not for servers behind a pooler in transaction mode (PgBouncer before
+ * 1.21): a statement prepared on one server session is missing on the
+ * next.  Off by default (auto_prepare = 0) until measured otherwise.
+ */
+#ifndef PGG_AUTOPREP_H
+#define PGG_AUTOPREP_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <libpq-fe.h>
+
+#include "classify.h"
+#include "pgguard.h"
+
+struct pgg_query;
+
+typedef struct pgg_autoprep pgg_autoprep;
+
+/* A cache of `capacity` entries (1..PGG_AUTOPREP_MAX); NULL on no memory. */
+pgg_autoprep *pgg__autoprep_new(int capacity);
+/* Accepts NULL. */
+void pgg__autoprep_free(pgg_autoprep *ap);
+/* Forget every entry (the server's statements are already gone). */
+void pgg__autoprep_clear(pgg_autoprep *ap);
+
+#define PGG_AUTOPREP_MAX 10000
+
+/* What to do with a call, from pgg__autoprep_lookup(). */
+typedef enum pgg_autoprep_step {
+    PGG_AUTOPREP_PLAIN = 0, /* run it as it is */
+    PGG_AUTOPREP_RUN,       /* run it by name: prepared on this connection */
+    PGG_AUTOPREP_PREPARE    /* prepare it under the name first, then run it */
+} pgg_autoprep_step;
+
+/*
+ * Count one use of q's SQL and parameter types on this connection and say
+ * how to run it; *name is the statement's name for RUN and PREPARE.  With
+ * PREPARE, *evict may name a statement to DEALLOCATE first (prepared,
+ * pushed out; NULL when none); the caller then reports the outcome with
+ * pgg__autoprep_prepared().  `after`: uses before preparing (>= 1).
+ * Only calls that use the extended protocol qualify (parameters, or
+ * types given); anything else is PLAIN.  No memory allocation fails the
+ * call: an entry that cannot be stored makes it PLAIN.
+ */
+pgg_autoprep_step pgg__autoprep_lookup(pgg_autoprep *ap, const struct pgg_query *q,
+                                       int after, const char **name,
+                                       const char **evict);
+
+/* The PREPARE step's outcome: ok, the statement exists under *name; not
+ * ok, it does not (the entry goes back to counting uses).  The eviction
+ * named, if any, is done either way. */
+void pgg__autoprep_prepared(pgg_autoprep *ap, bool ok);
+
+/* Forget the statement of the last RUN or PREPARE step (the caller
+ * deallocates it on the server, or knows it gone). */
+void pgg__autoprep_forget_last(pgg_autoprep *ap);
+
+struct pgg_pool;
+struct pgg_host;
+struct pgg_link;
+
+/*
+ * Run q on l as pgg__vis_exec() does, through l's cache (created on first
+ * use): plain, by name, or prepared first.  The outcome in *res, *end and
+ * *err is the call's, as if it had run plain: a statement the server
+ * refuses to prepare (a syntax error) fails as it would have; a connection
+ * lost while preparing or deallocating is PGG_END_NOT_SENT; time used up
+ * by them is PGG_END_EXPIRED.  A statement found gone (26000), or whose
+ * cached plan may not change its result type (0A000, after DDL), is
+ * forgotten and the call runs plain at once: it never started.
+ */
+int pgg__autoprep_exec(struct pgg_pool *pool, struct pgg_host *h,
+                       struct pgg_link *l, const struct pgg_query *q,
+                       int64_t deadline, PGresult **res, pgg_attempt_end *end,
+                       pgg_error *err);
+
+/* Entries held, and how many of them are prepared (tests, stats). */
+void pgg__autoprep_counts(const pgg_autoprep *ap, int *entries, int *prepared);
+
+#endif

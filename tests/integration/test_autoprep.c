@@ -1,0 +1,115 @@
+/*
+ * auto_prepare against a real server: parameterised calls are prepared on
+ * their connection at the configured use and give the same answers; a
+ * connection never holds more than auto_prepare of them (the ones pushed
+ * out are deallocated); a statement gone from the server (a lease's
+ * DEALLOCATE ALL) or made stale by DDL does not fail the call.
+ */
+#include "pool_util.h"
+
+/* The auto-prepared statements on the pool's connection (pool_max=1),
+ * seen from inside it through a lease. */
+static int auto_statements(pgg_pool *p)
+{
+    pgg_error e;
+    pgg_lease *l = pgg_acquire(p, PGG_WRITE, 2000, NULL, &e);
+    PGresult *r;
+    int n;
+
+    cr_assert_not_null(l, "acquire: %s", e.message);
+    r = pgg_lease_exec(l, "SELECT count(*) FROM pg_prepared_statements "
+                          "WHERE name LIKE 'pgg\\_auto\\_%'", 2000, &e);
+    cr_assert_not_null(r, "%s", e.message);
+    n = atoi(PQgetvalue(r, 0, 0));
+    PQclear(r);
+    pgg_release(l);
+    return n;
+}
+
+static int lookup(pgg_pool *p, const char *sql, int id, const char *want)
+{
+    char v[16];
+    const char *vals[1] = {v};
+    pgg_error e;
+    PGresult *r;
+    int cols;
+
+    snprintf(v, sizeof v, "%d", id);
+    r = pgg_exec_params(p, PGG_WRITE, sql, 1, NULL, vals, NULL, NULL, NULL, NULL, &e);
+    cr_assert_not_null(r, "%s: %s %s", sql, pgg_err_name(e.code), e.message);
+    cr_assert_eq(PQresultStatus(r), PGRES_TUPLES_OK, "%s", PQresultErrorMessage(r));
+    cr_assert_eq(PQntuples(r), 1);
+    cr_assert_str_eq(PQgetvalue(r, 0, 1), want);
+    cols = PQnfields(r);
+    PQclear(r);
+    return cols;
+}
+
+Test(autoprep, repeated_calls_are_prepared_once_and_bounded)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p;
+    char sql[128], want[16];
+
+    make_table(c, "pgg_ap_t", "v", 100);
+    p = pool_for(c, "pool_max=1 auto_prepare=2 auto_prepare_after=3 lease_reset=false");
+    for (int i = 1; i <= 2; i++) {
+        snprintf(want, sizeof want, "v%d", i);
+        lookup(p, "SELECT id, v FROM pgg_ap_t WHERE id = $1", i, want);
+    }
+    cr_expect_eq(auto_statements(p), 0, "prepared before its third use");
+    for (int i = 3; i <= 20; i++) {
+        snprintf(want, sizeof want, "v%d", i);
+        lookup(p, "SELECT id, v FROM pgg_ap_t WHERE id = $1", i, want);
+    }
+    cr_expect_eq(auto_statements(p), 1);
+    /* Four more statements, each used enough to be prepared: never more
+     * than two on the connection. */
+    for (int k = 0; k < 4; k++) {
+        snprintf(sql, sizeof sql, "SELECT id, v FROM pgg_ap_t WHERE id = $1 AND %d = %d", k, k);
+        for (int i = 1; i <= 4; i++) {
+            snprintf(want, sizeof want, "v%d", i);
+            lookup(p, sql, i, want);
+        }
+        cr_expect_leq(auto_statements(p), 2, "statement %d: more than auto_prepare", k);
+    }
+    cr_expect_eq(auto_statements(p), 2);
+    end_test(p, c);
+}
+
+Test(autoprep, a_statement_gone_or_stale_runs_plain)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p;
+    pgg_lease *l;
+    pgg_error e;
+    PGresult *r;
+
+    make_table(c, "pgg_ap_t", "v", 10);
+    p = pool_for(c, "pool_max=1 auto_prepare=4 auto_prepare_after=1 lease_reset=false");
+    lookup(p, "SELECT * FROM pgg_ap_t WHERE id = $1", 1, "v1");
+    lookup(p, "SELECT * FROM pgg_ap_t WHERE id = $1", 2, "v2");
+    cr_expect_eq(auto_statements(p), 1);
+
+    /* Gone: a lease's own DEALLOCATE ALL (no reset on release). */
+    l = pgg_acquire(p, PGG_WRITE, 2000, NULL, &e);
+    cr_assert_not_null(l, "%s", e.message);
+    r = pgg_lease_exec(l, "DEALLOCATE ALL", 2000, &e);
+    cr_assert_not_null(r, "%s", e.message);
+    PQclear(r);
+    pgg_release(l);
+    cr_expect_eq(auto_statements(p), 0);
+    lookup(p, "SELECT * FROM pgg_ap_t WHERE id = $1", 3, "v3");
+    lookup(p, "SELECT * FROM pgg_ap_t WHERE id = $1", 4, "v4");
+    cr_expect_eq(auto_statements(p), 1, "not prepared again after it was lost");
+
+    /* Stale: a column added under a prepared SELECT * (0A000, "cached
+     * plan must not change result type"): the call sees the new column. */
+    cr_assert_eq(pgh_node_exec(pgh_cluster_primary(c),
+                               "ALTER TABLE pgg_ap_t ADD COLUMN w int"),
+                 0);
+    cr_expect_eq(lookup(p, "SELECT * FROM pgg_ap_t WHERE id = $1", 5, "v5"), 3);
+    cr_expect_eq(lookup(p, "SELECT * FROM pgg_ap_t WHERE id = $1", 6, "v6"), 3);
+    cr_expect_eq(auto_statements(p), 1);
+    end_test(p, c);
+}
