@@ -484,6 +484,14 @@ typedef struct posq {
 
 static const posq lsn_q = {"_pgguard_lsn", lsn_sql, 0x1u};
 static const posq check_q = {"_pgguard_replay", check_sql, 0x2u};
+static const posq begin_q = {"_pgguard_begin", "BEGIN", 0x4u};
+static const posq commit_q = {"_pgguard_commit", "COMMIT", 0x8u};
+
+/* Execute a statement of ours that the pipeline prepared already. */
+static int send_named(PGconn *conn, const posq *pq)
+{
+    return PQsendQueryPrepared(conn, pq->name, 0, NULL, NULL, NULL, 0);
+}
 
 static bool send_posq(PGconn *conn, pgg_link *l, const posq *pq)
 {
@@ -506,6 +514,18 @@ static void posq_answered(pgg_link *l, const posq *pq, const PGresult *res)
         l->vis_prepared &= ~pq->bit;
     else if (st && strcmp(st, "42P05") == 0)
         l->vis_prepared |= pq->bit;
+}
+
+/* A Parse of ours that failed (aborted by an earlier error in its
+ * pipeline) did not prepare it: prepare it again next time.  42P05 says
+ * the session had it already. */
+static void parse_answered(pgg_link *l, const posq *pq, const PGresult *res)
+{
+    const char *st = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+
+    if (!res || (PQresultStatus(res) != PGRES_COMMAND_OK &&
+                 !(st && strcmp(st, "42P05") == 0)))
+        l->vis_prepared &= ~pq->bit;
 }
 
 /* Enter pipeline mode and send the write then its position (position
@@ -676,26 +696,30 @@ static int exec_write_two_syncs(pgg_link *l, const pgg_query *q,
 /*
  * A one-shot write in one Sync: BEGIN, the statement, COMMIT, then the
  * position (outside the committed transaction).  One ReadyForQuery, so
- * one flush each way, against two for statement-Sync-position-Sync.  What
- * a transaction block refuses (25001) or several statements in one string
- * (refused at Parse) is rolled back, having done nothing, and goes the
- * other way; a failed statement is rolled back and its error returned.
+ * one flush each way, against two for statement-Sync-position-Sync.
+ * BEGIN and COMMIT are named statements prepared once per connection, as
+ * the position query is: the server binds them without parsing (measured:
+ * about a third of the wrap's server CPU).  What a transaction block
+ * refuses (25001), several statements in one string (refused at Parse),
+ * or a session that lost one of our statements is rolled back, having
+ * committed nothing, and goes the other way; a failed statement is rolled
+ * back and its error returned.
  */
 static int exec_write_wrapped(pgg_link *l, const pgg_query *q,
                               int64_t deadline, const char *host,
                               PGresult **out, pgg_attempt_end *end,
                               pgg_error *err)
 {
-    static const pgg_query begin_q = {.sql = "BEGIN"};
-    static const pgg_query commit_q = {.sql = "COMMIT"};
+    static const posq *const wrap[] = {&begin_q, &commit_q, &lsn_q};
     PGconn *conn = l->conn;
-    /* BEGIN, statement, COMMIT, then the position (and its Parse the
-     * first time on this connection). */
-    PGresult *res[5];
-    int nq = l->vis_prepared & lsn_q.bit ? 4 : 5;
+    /* The Parses of what this connection lacks, then BEGIN, statement,
+     * COMMIT, position. */
+    PGresult *res[7];
+    const posq *parsed[3];
+    int np = 0, nq, b;
     bool ok;
     int rc;
-    const char *st;
+    const char *st, *cst;
 
     *out = NULL;
     *end = PGG_END_RESULT;
@@ -705,8 +729,15 @@ static int exec_write_wrapped(pgg_link *l, const pgg_query *q,
     }
     if (!PQenterPipelineMode(conn))
         return write_slow(conn, q, deadline, host, out, end, err);
-    ok = send_stmt(conn, &begin_q) && send_stmt(conn, q) &&
-         send_stmt(conn, &commit_q) && send_posq(conn, l, &lsn_q) &&
+    ok = true;
+    for (int k = 0; k < 3 && ok; k++)
+        if (!(l->vis_prepared & wrap[k]->bit)) {
+            ok = PQsendPrepare(conn, wrap[k]->name, wrap[k]->sql, 0, NULL);
+            l->vis_prepared |= wrap[k]->bit;
+            parsed[np++] = wrap[k];
+        }
+    ok = ok && send_named(conn, &begin_q) && send_stmt(conn, q) &&
+         send_named(conn, &commit_q) && send_named(conn, &lsn_q) &&
          PQpipelineSync(conn);
     if (!ok) {
         /* Nothing committed: the COMMIT never arrived, and a dead
@@ -716,14 +747,23 @@ static int exec_write_wrapped(pgg_link *l, const pgg_query *q,
         *end = PGG_END_NOT_SENT;
         return pgg__link_error(err, PGG_ECONNECT, conn, NULL, host, "send");
     }
+    nq = np + 4;
+    b = np; /* res[b] BEGIN, [b + 1] statement, [b + 2] COMMIT, [b + 3] position */
     rc = pipe_collect(conn, nq, res, true, deadline, host, end, err);
     if (rc != PGG_OK)
         return rc;
-    posq_answered(l, &lsn_q, res[nq - 1]);
-    st = res[1] ? PQresultErrorField(res[1], PG_DIAG_SQLSTATE) : NULL;
-    if (!succeeded(res[0]) || refused_at_parse(res[1]) ||
-        (st && strcmp(st, "25001") == 0)) {
-        /* Nothing of the statement ran. */
+    for (int k = 0; k < np; k++)
+        parse_answered(l, parsed[k], res[k]);
+    posq_answered(l, &begin_q, res[b]);
+    posq_answered(l, &commit_q, res[b + 2]);
+    posq_answered(l, &lsn_q, res[b + 3]);
+    st = res[b + 1] ? PQresultErrorField(res[b + 1], PG_DIAG_SQLSTATE) : NULL;
+    cst = res[b + 2] ? PQresultErrorField(res[b + 2], PG_DIAG_SQLSTATE) : NULL;
+    if (!succeeded(res[b]) || refused_at_parse(res[b + 1]) ||
+        (st && strcmp(st, "25001") == 0) ||
+        (succeeded(res[b + 1]) && cst && strcmp(cst, "26000") == 0)) {
+        /* Nothing of the statement committed: it did not run, or our
+         * COMMIT was gone and the block failed around it. */
         for (int k = 0; k < nq; k++)
             PQclear(res[k]);
         if (!unwrap(conn, deadline, host)) {
@@ -733,20 +773,20 @@ static int exec_write_wrapped(pgg_link *l, const pgg_query *q,
         }
         return exec_write_two_syncs(l, q, deadline, host, out, end, err);
     }
-    if (succeeded(res[1]) && !succeeded(res[2])) {
+    if (succeeded(res[b + 1]) && !succeeded(res[b + 2])) {
         /* COMMIT failed (a deferred constraint, a serialization failure):
          * that is the write's outcome, as it would have been at a Sync. */
-        PQclear(res[1]);
-        res[1] = res[2];
-        res[2] = NULL;
+        PQclear(res[b + 1]);
+        res[b + 1] = res[b + 2];
+        res[b + 2] = NULL;
     }
-    if (succeeded(res[1]) && PQtransactionStatus(conn) == PQTRANS_IDLE) {
-        q->vis->lsn = lsn_of(res[nq - 1], 0);
+    if (succeeded(res[b + 1]) && PQtransactionStatus(conn) == PQTRANS_IDLE) {
+        q->vis->lsn = lsn_of(res[b + 3], 0);
         if (!q->vis->lsn)
             learn_lsn(conn, q, deadline, host);
     }
-    *out = res[1];
-    res[1] = NULL;
+    *out = res[b + 1];
+    res[b + 1] = NULL;
     for (int k = 0; k < nq; k++)
         PQclear(res[k]);
     if (is_error(*out)) {
