@@ -975,6 +975,8 @@ static PGresult *run_call(pgg_pool *pool, pgg_intent intent,
     ncand = pgg__pool_candidates(pool, intent, cand);
     if (intent == PGG_READ)
         suspects_last(pool, cand, ncand, start);
+    if (q->vis && vr.sample)
+        pgg__vis_sample(pool, &vr, deadline, err);
     if (q->vis && vr.need)
         ncand = pgg__vis_order(pool, &vr, true, cand, ncand);
     now = start;
@@ -1096,7 +1098,7 @@ pass:
          (rejected && err->code != PGG_ETIMEDOUT && err->code != PGG_ECLOSED)))
         pgg__pool_no_host_error(pool, intent, rejected ? ncand : 0, err);
 
-    if (q->vis && served) {
+    if (served) {
         pgg__vis_served(pool->vis, &vr, intent);
         if (info)
             info->lsn = vr.lsn;
@@ -1370,6 +1372,7 @@ int pgg_pool_stats(pgg_pool *pool, pgg_stats *out)
     out->calls_failed = atomic_load(&pool->calls_failed);
     pgg__cache_stats(pool->cache, out);
     pgg__leases_stats(pool, out);
+    pgg__vis_stats(pool->vis, out);
     return PGG_OK;
 }
 
