@@ -975,11 +975,11 @@ static PGresult *run_call(pgg_pool *pool, pgg_intent intent,
     ncand = pgg__pool_candidates(pool, intent, cand);
     if (intent == PGG_READ)
         suspects_last(pool, cand, ncand, start);
+    now = start;
     if (q->vis && vr.sample)
-        pgg__vis_sample(pool, &vr, deadline, err);
+        now = pgg__vis_sample(pool, &vr, deadline, err);
     if (q->vis && vr.need)
         ncand = pgg__vis_order(pool, &vr, true, cand, ncand);
-    now = start;
 pass:
     for (int i = 0, again = -1, reroutes = 0; i < ncand && !served; i++) {
         pgg_host *h = &pool->hosts[cand[i]];

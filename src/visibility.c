@@ -51,7 +51,8 @@ struct pgg_vis {
     _Atomic uint64_t s_epoch;
     _Atomic uint64_t s_lsn;
     /* One sample in flight (s_busy, covering s_flight writes); s_seq
-     * counts finished ones, s_failed / s_err tell the last one's fate. */
+     * counts finished ones; s_failed / s_err: the last one failed, and
+     * none began since. */
     pthread_mutex_t smu;
     pthread_cond_t scv;
     bool s_busy, s_failed;
@@ -481,8 +482,8 @@ static int sample_primary(pgg_pool *pool, int64_t deadline, uint64_t *lsn,
     return err->code;
 }
 
-void pgg__vis_sample(pgg_pool *pool, pgg_vis_req *r, int64_t deadline,
-                     pgg_error *err)
+int64_t pgg__vis_sample(pgg_pool *pool, pgg_vis_req *r, int64_t deadline,
+                        pgg_error *err)
 {
     pgg_vis *v = pool->vis;
     bool failed = false;
@@ -497,6 +498,7 @@ void pgg__vis_sample(pgg_pool *pool, pgg_vis_req *r, int64_t deadline,
             int rc;
 
             v->s_busy = true;
+            v->s_failed = false;
             v->s_flight = e;
             pthread_mutex_unlock(&v->smu);
             atomic_fetch_add_explicit(&v->n_samples, 1, memory_order_relaxed);
@@ -546,9 +548,10 @@ void pgg__vis_sample(pgg_pool *pool, pgg_vis_req *r, int64_t deadline,
         /* Past every position: no standby, no cached answer proves it. */
         r->blind = true;
         r->need = UINT64_MAX;
-        return;
+        return pgg__now_ns();
     }
     r->need = max_u64(r->need, atomic_load(&v->s_lsn));
+    return pgg__now_ns();
 }
 
 /* ------------------------------------------------------- round trips */

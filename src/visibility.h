@@ -146,10 +146,10 @@ void pgg__vis_wrote(pgg_vis *v);
  * for the next when they need newer writes), bounded by deadline.  Sets
  * r->need to it; when none could be learnt (no primary, deadline, the
  * sample failed), r->blind: only a primary may serve the read, and err
- * says why.
+ * says why.  Returns the clock when done.
  */
-void pgg__vis_sample(struct pgg_pool *pool, pgg_vis_req *r, int64_t deadline,
-                     pgg_error *err);
+int64_t pgg__vis_sample(struct pgg_pool *pool, pgg_vis_req *r,
+                        int64_t deadline, pgg_error *err);
 
 /* A COPY statement (its first keyword, past blanks and comments): its data
  * comes from the caller on the raw connection, which pipeline mode cannot
