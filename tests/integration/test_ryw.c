@@ -613,6 +613,28 @@ static uint64_t write_row(pgg_pool *p, int id)
     return info.lsn;
 }
 
+/* Resume replay, and pause it again once a replica serves the pool's
+ * reads (it has replayed the pool's last sample): n rows by then. */
+static void catch_up_then_pause(pgg_pool *p, pgh_cluster *c, int n)
+{
+    pgg_info info;
+
+    resume_replicas(c);
+    for (int i = 0; i < 2; i++)
+        cr_assert_eq(pgh_node_wait_replay(pgh_cluster_replica(c, i), pgh_cluster_primary(c),
+                                          10000), 0);
+    double end = pgh_now_ms() + 5000;
+    bool on_replica = false;
+    while (!on_replica && pgh_now_ms() < end) {
+        cr_expect_eq(count_rows(p, NULL, &info), n);
+        on_replica = info.host_index != 0;
+        if (!on_replica)
+            sleep_ms(50);
+    }
+    cr_assert(on_replica, "caught-up replicas never served again");
+    pause_replicas(c);
+}
+
 /* read_your_writes=sampled: writes learn nothing (they pay nothing), and
  * every read still sees every write the pool acknowledged before it: the
  * first read after new writes samples the primary's position, the reads
@@ -645,14 +667,18 @@ Test(ryw, the_sampled_mode_reads_the_pools_own_writes)
     cr_expect_eq(count_rows(p, &any, &info), 0);
     cr_expect_neq(info.host_index, 0);
 
-    /* A write lease's statement counts at once, before its release; a
-     * read lease honours the mode too. */
+    /* A write lease's statement counts at once, before its release, and
+     * raw use of its connection at release; a read lease honours the mode
+     * too.  Each time the replicas have the pool's last sample first, so
+     * that only a new sample keeps the read off them. */
+    catch_up_then_pause(p, c, 5);
     pgg_lease *l = pgg_acquire(p, PGG_WRITE, 2000, NULL, &e);
     cr_assert_not_null(l, "%s", e.message);
     PQclear(pgg_lease_exec(l, "INSERT INTO pgg_ryw VALUES (6, 'lease')", 2000, &e));
     cr_expect_eq(count_rows(p, NULL, &info), 6, "a lease's committed write, read stale");
     cr_expect_eq(info.host_index, 0);
     pgg_release(l);
+    catch_up_then_pause(p, c, 6);
     l = pgg_acquire(p, PGG_WRITE, 2000, NULL, &e);
     cr_assert_not_null(l, "%s", e.message);
     raw_exec(l, "INSERT INTO pgg_ryw VALUES (7, 'raw')");
@@ -665,22 +691,7 @@ Test(ryw, the_sampled_mode_reads_the_pools_own_writes)
     cr_expect_str_eq(PQgetvalue(r, 0, 0), "7", "raw use of a write lease, read stale");
     PQclear(r);
     pgg_release(l);
-
-    /* Resumed: once a health round sees a replica past the sample, the
-     * replicas serve the reads again. */
     resume_replicas(c);
-    for (int i = 0; i < 2; i++)
-        cr_assert_eq(pgh_node_wait_replay(pgh_cluster_replica(c, i), pgh_cluster_primary(c),
-                                          10000), 0);
-    double end = pgh_now_ms() + 5000;
-    bool on_replica = false;
-    while (!on_replica && pgh_now_ms() < end) {
-        cr_expect_eq(count_rows(p, NULL, &info), 7);
-        on_replica = info.host_index != 0;
-        if (!on_replica)
-            sleep_ms(50);
-    }
-    cr_expect(on_replica, "caught-up replicas never served again");
     end_test(p, c);
 }
 
