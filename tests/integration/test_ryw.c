@@ -701,13 +701,28 @@ Test(ryw, the_sampled_mode_reads_the_pools_own_writes)
 Test(ryw, a_sampled_read_fails_rather_than_read_stale_without_a_primary)
 {
     pgh_cluster *c = two_replicas();
-    pgg_pool *p = pool_for(c, "read_your_writes=sampled read_your_writes.max_wait_ms=200");
+    pgg_pool *p = pool_for(c, "read_your_writes=sampled read_your_writes.max_wait_ms=200 "
+                              "cache.enabled=true cache.max_age_ms=60000");
+    pgg_call cacheable = {.timeout_ms = 1500, .flags = PGG_CALL_CACHEABLE};
     pgg_info info;
     pgg_error e;
 
     pause_replicas(c);
+    /* Cached before the write. */
+    cr_expect_eq(count_rows(p, &cacheable, &info), 0);
     write_row(p, 1);
     cr_assert_eq(pgh_node_stop(pgh_cluster_primary(c), PGH_STOP_IMMEDIATE), 0);
+    /* Nor may the cache stand in with its older answer, unless allowed. */
+    PGresult *cr = pgg_exec(p, PGG_READ, "SELECT count(*) FROM pgg_ryw", &cacheable, &info, &e);
+    cr_expect_null(cr, "a cached answer older than the write was served");
+    PQclear(cr);
+    pgg_call any_cached = cacheable;
+    any_cached.flags |= PGG_CALL_CACHE_ANY_LSN | PGG_CALL_ANY_LSN;
+    any_cached.timeout_ms = 300;
+    cr = pgg_exec(p, PGG_READ, "SELECT count(*) FROM pgg_ryw", &any_cached, &info, &e);
+    cr_assert_not_null(cr, "%s", e.message);
+    cr_expect_str_eq(PQgetvalue(cr, 0, 0), "0");
+    PQclear(cr);
     for (int k = 0; k < 3; k++) {
         pgg_call call = {.timeout_ms = 1500};
         PGresult *r = pgg_exec(p, PGG_READ, "SELECT count(*) FROM pgg_ryw", &call, &info, &e);
