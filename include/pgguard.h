@@ -625,7 +625,12 @@ typedef struct pgg_stats {
     int leases_out;               /* leases acquired and not yet released */
     int64_t lease_oldest_ms;      /* how long the oldest of them is held; 0 none */
     uint64_t lease_leaks;         /* leases reported held past lease_leak_ms */
-    unsigned char reserved_[40];  /* 64 bytes in all with the three above */
+    /* Read your writes (reads that needed a position): */
+    uint64_t ryw_samples;         /* sampled=mode samples of the primary's position */
+    uint64_t ryw_checks;          /* standbys checked in the read's round trip */
+    uint64_t ryw_waits;           /* reads that waited for a standby to catch up */
+    uint64_t ryw_primary;         /* reads the primary served */
+    unsigned char reserved_[8];   /* 64 bytes in all with the seven above */
 } pgg_stats;
 
 /* Pool-wide counters. */

@@ -249,10 +249,16 @@ STEP void call_route(pgg__call *c)
     c->ncand = pgg__pool_candidates(pool, c->intent, c->cand);
     if (c->intent == PGG_READ)
         suspects_last(pool, c->cand, c->ncand, c->start);
+    c->now = c->start;
+    if (c->q->vis && c->vr.sample) {
+        if (c->on_loop)
+            pgg__vis_sample_known(pool, &c->vr);
+        else
+            c->now = pgg__vis_sample(pool, &c->vr, c->deadline, c->err);
+    }
     if (c->q->vis && c->vr.need)
         c->ncand = pgg__vis_order(pool, &c->vr, !c->on_loop, c->cand,
                                   c->ncand);
-    c->now = c->start;
     c->i = 0;
     c->again = -1;
     c->reroutes = 0;
@@ -414,7 +420,7 @@ STEP PGresult *call_finish(pgg__call *c)
         pgg__pool_no_host_error(pool, c->intent, c->rejected ? c->ncand : 0,
                                 err);
 
-    if (c->q->vis && served) {
+    if (served) {
         pgg__vis_served(pool->vis, &c->vr, c->intent);
         if (info)
             info->lsn = c->vr.lsn;

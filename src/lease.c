@@ -261,7 +261,9 @@ pgg_lease *pgg_acquire_call(pgg_pool *pool, pgg_intent intent,
     /* A read lease under read_your_writes=pool: a standby known to have
      * the pool's latest write, or one that gets there in time, or the
      * primary (no statement yet to check a standby's position with). */
-    if (pgg__vis_begin_lease(pool->vis, intent, call, &vr) && vr.need)
+    if (pgg__vis_begin_lease(pool->vis, intent, call, &vr) && vr.sample)
+        pgg__vis_sample(pool, &vr, deadline, err);
+    if (vr.need)
         ncand = pgg__vis_order(pool, &vr, false, cand, ncand);
 pass:
     for (int i = 0; i < ncand; i++) {
@@ -390,6 +392,9 @@ static PGresult *lease_run_call(pgg_lease *lease, const pgg_query *q,
                      end != PGG_END_REFUSED;
         info->elapsed_us = (ended - start) / 1000;
     }
+    /* read_your_writes=sampled counts it, whatever it did. */
+    if (lease->intent == PGG_WRITE)
+        pgg__vis_wrote(lease->pool->vis);
     if (q->vis && q->vis->lsn && end == PGG_END_RESULT) {
         lease->lsn = q->vis->lsn;
         pgg__vis_note_write(lease->pool->vis, q->vis->lsn);
@@ -684,6 +689,9 @@ void pgg_release(pgg_lease *lease)
                 lease->lsn = lsn;
         }
     }
+    /* Raw use of its PGconn too. */
+    if (lease->intent == PGG_WRITE)
+        pgg__vis_wrote(lease->pool->vis);
     if (lease->l) {
         /* Without lease_reset nothing runs UNLISTEN *: a listener's session
          * would send its notifications to whoever borrows it next. */

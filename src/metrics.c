@@ -197,6 +197,17 @@ static void pool_families(out *o, const pgg_stats *s)
     put(o, "\n");
     scalar(o, "pgguard_lease_leaks_total", "counter",
            "Leases reported held longer than lease_leak_ms.", s->lease_leaks);
+    scalar(o, "pgguard_ryw_samples_total", "counter",
+           "Read your writes: samples of the primary's WAL position (read_your_writes=sampled).",
+           s->ryw_samples);
+    scalar(o, "pgguard_ryw_checks_total", "counter",
+           "Read your writes: replicas' replay positions checked in a read's round trip.",
+           s->ryw_checks);
+    scalar(o, "pgguard_ryw_waits_total", "counter",
+           "Read your writes: reads that waited for a replica to catch up.", s->ryw_waits);
+    scalar(o, "pgguard_ryw_primary_reads_total", "counter",
+           "Read your writes: reads with a position that the primary served.",
+           s->ryw_primary);
 }
 
 /* An enumeration as a state set: one 0/1 sample per possible value, the

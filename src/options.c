@@ -72,7 +72,7 @@ typedef struct opt {
 static const char *const read_policy_names[] = {"replica", "replica_only",
                                                 "primary", "any", NULL};
 /* Index = pgg_ryw_mode (visibility.h). */
-static const char *const ryw_mode_names[] = {"off", "pool", NULL};
+static const char *const ryw_mode_names[] = {"off", "pool", "sampled", NULL};
 static const char *const window_type_names[] = {"count", "time", "fixed", NULL};
 static const char *const mode_names[] = {"normal", "disabled", "metrics-only",
                                          "forced-open", NULL};
@@ -133,7 +133,7 @@ static const opt options[] = {
     OPT_I64("health_incident_max_ms", health_incident_max_ms, 1, MIN_(10), "250",
             "incident probe interval doubles up to this (>= health_incident_min_ms)"),
     OPT_ENUM("read_your_writes", ryw_mode, ryw_mode_names, "off",
-             "pool: every read sees every write this pool acknowledged before it began; off: only what call->min_lsn asks"),
+             "pool: every read sees every write this pool acknowledged before it began, each write learning its position; sampled: the same, writes pay nothing and a read after new writes samples the primary's position once for all such reads; off: only what call->min_lsn asks"),
     OPT_I64("read_your_writes.max_wait_ms", ryw_max_wait_ms, 0, HOUR(1), "1000",
             "a read behind its minimum position waits this long (at most half its time left) for a replica, then goes to the primary"),
     OPT_I64("read_your_writes.poll_ms", ryw_poll_ms, 1, MIN_(1), "10",

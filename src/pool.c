@@ -1011,6 +1011,7 @@ int pgg_pool_stats(pgg_pool *pool, pgg_stats *out)
     out->calls_failed = atomic_load(&pool->calls_failed);
     pgg__cache_stats(pool->cache, out);
     pgg__leases_stats(pool, out);
+    pgg__vis_stats(pool->vis, out);
     return PGG_OK;
 }
 

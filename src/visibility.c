@@ -28,6 +28,8 @@ _Static_assert(sizeof(void *) != 8 || sizeof(pgg_call) == 80,
                "pgg_call changed size: take new fields from reserved_");
 _Static_assert(sizeof(void *) != 8 || sizeof(pgg_info) == 944,
                "pgg_info changed size: take new fields from reserved_");
+_Static_assert(sizeof(void *) != 8 || sizeof(pgg_stats) == 160,
+               "pgg_stats changed size: take new fields from reserved_");
 
 struct pgg_vis {
     int nhosts;
@@ -41,6 +43,23 @@ struct pgg_vis {
     _Atomic int waiters;
     pthread_mutex_t mu;
     pthread_cond_t cv;
+    /* read_your_writes=sampled: writes acknowledged so far, and the
+     * latest sample of a primary's position taken after s_epoch of them
+     * (s_lsn is raised before s_epoch, so whoever sees the epoch sees a
+     * position at least as new). */
+    _Atomic uint64_t epoch;
+    _Atomic uint64_t s_epoch;
+    _Atomic uint64_t s_lsn;
+    /* One sample in flight (s_busy, covering s_flight writes); s_seq
+     * counts finished ones; s_failed / s_err: the last one failed, and
+     * none began since. */
+    pthread_mutex_t smu;
+    pthread_cond_t scv;
+    bool s_busy, s_failed;
+    uint64_t s_flight, s_seq;
+    pgg_error s_err;
+    /* pgg_stats' ryw_* counters. */
+    _Atomic uint64_t n_samples, n_checks, n_waits, n_primary;
     _Atomic uint64_t replayed[]; /* per host; 0: unknown */
 };
 
@@ -71,9 +90,27 @@ pgg_vis *pgg__vis_new(int nhosts, int mode, int64_t max_wait_ms,
     atomic_init(&v->waiters, 0);
     for (int i = 0; i < nhosts; i++)
         atomic_init(&v->replayed[i], 0);
+    atomic_init(&v->epoch, 0);
+    atomic_init(&v->s_epoch, 0);
+    atomic_init(&v->s_lsn, 0);
+    atomic_init(&v->n_samples, 0);
+    atomic_init(&v->n_checks, 0);
+    atomic_init(&v->n_waits, 0);
+    atomic_init(&v->n_primary, 0);
     pthread_mutex_init(&v->mu, NULL);
+    pthread_mutex_init(&v->smu, NULL);
     if (pgg__cond_init(&v->cv) != 0) {
         pthread_mutex_destroy(&v->mu);
+        pthread_mutex_destroy(&v->smu);
+        free(v);
+        pgg__error_set(err, PGG_ESYS, NULL, NULL,
+                       "could not create a condition variable");
+        return NULL;
+    }
+    if (pgg__cond_init(&v->scv) != 0) {
+        pthread_cond_destroy(&v->cv);
+        pthread_mutex_destroy(&v->mu);
+        pthread_mutex_destroy(&v->smu);
         free(v);
         pgg__error_set(err, PGG_ESYS, NULL, NULL,
                        "could not create a condition variable");
@@ -87,7 +124,9 @@ void pgg__vis_free(pgg_vis *v)
     if (!v)
         return;
     pthread_cond_destroy(&v->cv);
+    pthread_cond_destroy(&v->scv);
     pthread_mutex_destroy(&v->mu);
+    pthread_mutex_destroy(&v->smu);
     free(v);
 }
 
@@ -151,6 +190,24 @@ int64_t pgg__vis_health_interval(pgg_vis *v, int64_t normal_ns)
 
 /* ------------------------------------------------------------ a call */
 
+/* read_your_writes=sampled: the latest sample covers every write
+ * acknowledged so far (a read after none pays nothing), or this read
+ * needs a newer one. */
+static void use_sample(pgg_vis *v, pgg_vis_req *r)
+{
+    r->epoch = atomic_load(&v->epoch);
+    if (r->epoch == 0)
+        return;
+    if (atomic_load(&v->s_epoch) >= r->epoch) {
+        uint64_t lsn = atomic_load(&v->s_lsn);
+
+        if (lsn > r->need)
+            r->need = lsn;
+    } else {
+        r->sample = true;
+    }
+}
+
 bool pgg__vis_begin(pgg_vis *v, pgg_intent intent, const pgg_call *call,
                     pgg_vis_req *r)
 {
@@ -164,12 +221,15 @@ bool pgg__vis_begin(pgg_vis *v, pgg_intent intent, const pgg_call *call,
         return r->want_lsn;
     }
     r->latest = pgg__vis_latest(v);
-    if (v->mode == PGG_RYW_POOL && !(flags & PGG_CALL_ANY_LSN))
+    if (v->mode != PGG_RYW_OFF && !(flags & PGG_CALL_ANY_LSN)) {
         r->need = r->latest;
+        if (v->mode == PGG_RYW_SAMPLED && intent == PGG_READ)
+            use_sample(v, r);
+    }
     if (call && call->min_lsn > r->need)
         r->need = call->min_lsn;
     /* The primary has every write it acknowledged. */
-    return r->need != 0 && intent == PGG_READ;
+    return (r->need != 0 || r->sample) && intent == PGG_READ;
 }
 
 bool pgg__vis_begin_lease(pgg_vis *v, pgg_intent intent,
@@ -186,11 +246,14 @@ bool pgg__vis_begin_lease(pgg_vis *v, pgg_intent intent,
         r->want_lsn = v->mode == PGG_RYW_POOL;
         return r->want_lsn;
     }
-    if (v->mode == PGG_RYW_POOL && !(flags & PGG_CALL_ANY_LSN))
+    if (v->mode != PGG_RYW_OFF && !(flags & PGG_CALL_ANY_LSN)) {
         r->need = r->latest;
+        if (v->mode == PGG_RYW_SAMPLED && intent == PGG_READ)
+            use_sample(v, r);
+    }
     if (call && call->min_lsn > r->need)
         r->need = call->min_lsn;
-    return r->need != 0 && intent == PGG_READ;
+    return (r->need != 0 || r->sample) && intent == PGG_READ;
 }
 
 static uint64_t max_u64(uint64_t a, uint64_t b)
@@ -205,12 +268,16 @@ int pgg__vis_order(pgg_pool *pool, pgg_vis_req *r, bool can_check, int *cand,
     int unknown[PGG_MAX_HOSTS];
     int nk = 0, nc = 0, no = 0, nu = 0, n = 0;
 
+    /* No position to prove: no standby can serve, no wait can help. */
+    if (r->blind)
+        r->waited = true;
     for (int k = 0; k < ncand; k++) {
         int i = cand[k];
         int role = atomic_load_explicit(&pool->hosts[i].role,
                                         memory_order_relaxed);
 
-        if (role == PGG_ROLE_STANDBY && pgg__vis_replayed(pool->vis, i) >= r->need)
+        if (role == PGG_ROLE_STANDBY && !r->blind &&
+            pgg__vis_replayed(pool->vis, i) >= r->need)
             known[nk++] = i;
         else if (role == PGG_ROLE_PRIMARY)
             other[no++] = i;
@@ -306,6 +373,7 @@ int pgg__vis_retry(pgg_pool *pool, pgg_vis_req *r, int64_t deadline,
     if (now + pool->vis->max_wait_ns < until)
         until = now + pool->vis->max_wait_ns;
     if (r->unmet_seen && until > now) {
+        atomic_fetch_add_explicit(&pool->vis->n_waits, 1, memory_order_relaxed);
         wait_for(pool, r->need, until);
         r->wait_ns += pgg__now_ns() - now;
     }
@@ -331,8 +399,174 @@ bool pgg__vis_discard(pgg_vis_req *r, PGresult **res)
 
 void pgg__vis_served(pgg_vis *v, pgg_vis_req *r, pgg_intent intent)
 {
-    if (intent == PGG_WRITE && r->lsn)
+    if (!v)
+        return;
+    if (r->on_primary && intent == PGG_READ)
+        atomic_fetch_add_explicit(&v->n_primary, 1, memory_order_relaxed);
+    if (intent != PGG_WRITE)
+        return;
+    if (r->lsn)
         pgg__vis_note_write(v, r->lsn);
+    /* Counted after its answer came: a sample that reads the count later
+     * is taken after this write committed. */
+    if (v->mode == PGG_RYW_SAMPLED)
+        atomic_fetch_add(&v->epoch, 1);
+}
+
+void pgg__vis_stats(pgg_vis *v, pgg_stats *out)
+{
+    if (!v)
+        return;
+    out->ryw_samples = atomic_load_explicit(&v->n_samples, memory_order_relaxed);
+    out->ryw_checks = atomic_load_explicit(&v->n_checks, memory_order_relaxed);
+    out->ryw_waits = atomic_load_explicit(&v->n_waits, memory_order_relaxed);
+    out->ryw_primary = atomic_load_explicit(&v->n_primary, memory_order_relaxed);
+}
+
+void pgg__vis_wrote(pgg_vis *v)
+{
+    if (v && v->mode == PGG_RYW_SAMPLED)
+        atomic_fetch_add(&v->epoch, 1);
+}
+
+/* ------------------------------------------------------------ samples */
+
+/* One sample on a primary the router offers: returns PGG_OK with *lsn,
+ * or the failure in err.  A pooled session found dead is tried once more
+ * on a new connection, as a call would. */
+static int sample_primary(pgg_pool *pool, int64_t deadline, uint64_t *lsn,
+                          pgg_error *err)
+{
+    int cand[PGG_MAX_HOSTS];
+    int n = pgg__pool_candidates(pool, PGG_WRITE, cand);
+    bool rejected = false;
+    int again = -1;
+
+    for (int k = 0; k < n; k++) {
+        pgg_host *h = &pool->hosts[cand[k]];
+        pgg_vis_req sr = {.is_sample = true};
+        pgg_query sq = {.sql = lsn_sql, .vis = &sr};
+        int64_t now = pgg__now_ns(), ended;
+        PGresult *res = NULL;
+        pgg_attempt_end end;
+        pgg_ticket ticket;
+        pgg_link *l;
+        bool reused;
+
+        if (now >= deadline)
+            return pgg__error_set(err, PGG_ETIMEDOUT, NULL, NULL,
+                                  "read your writes: deadline exceeded "
+                                  "before the primary's position was known");
+        if (pgg__pool_take(pool, h, PGG_WRITE, deadline, now, &l, &ticket,
+                           &rejected, err) != PGG_TAKE_OK)
+            continue;
+        reused = !l->fresh;
+        pgg__pool_exec_on(pool, h, &l, PGG_WRITE, &sq, deadline, &ticket, now,
+                          &res, &end, &ended, err);
+        PQclear(res);
+        if (l)
+            pgg__host_give_back(h, l, ended);
+        if (end == PGG_END_RESULT && sr.lsn) {
+            *lsn = sr.lsn;
+            pgg__error_reset(err);
+            return PGG_OK;
+        }
+        if (reused && (end == PGG_END_LOST || end == PGG_END_NOT_SENT) &&
+            again != k) {
+            again = k;
+            k--;
+        }
+    }
+    if (err->code == PGG_OK)
+        pgg__pool_no_host_error(pool, PGG_WRITE, rejected ? n : 0, err);
+    return err->code;
+}
+
+void pgg__vis_sample_known(pgg_pool *pool, pgg_vis_req *r)
+{
+    pgg_vis *v = pool->vis;
+
+    r->sample = false;
+    if (atomic_load(&v->s_epoch) >= r->epoch) {
+        r->need = max_u64(r->need, atomic_load(&v->s_lsn));
+        return;
+    }
+    /* No sample covers this call's writes and the loop cannot wait for
+     * one: only a primary proves the read is not older. */
+    r->blind = true;
+    r->need = UINT64_MAX;
+}
+
+int64_t pgg__vis_sample(pgg_pool *pool, pgg_vis_req *r, int64_t deadline,
+                        pgg_error *err)
+{
+    pgg_vis *v = pool->vis;
+    bool failed = false;
+
+    r->sample = false;
+    pthread_mutex_lock(&v->smu);
+    while (atomic_load(&v->s_epoch) < r->epoch) {
+        if (!v->s_busy) {
+            /* Lead: whatever was acknowledged before the sample is sent
+             * is in the position it reads. */
+            uint64_t e = atomic_load(&v->epoch), lsn = 0;
+            int rc;
+
+            v->s_busy = true;
+            v->s_failed = false;
+            v->s_flight = e;
+            pthread_mutex_unlock(&v->smu);
+            atomic_fetch_add_explicit(&v->n_samples, 1, memory_order_relaxed);
+            rc = sample_primary(pool, deadline, &lsn, err);
+            pthread_mutex_lock(&v->smu);
+            v->s_busy = false;
+            v->s_seq++;
+            v->s_failed = rc != PGG_OK;
+            if (rc == PGG_OK) {
+                raise_to(&v->s_lsn, lsn);
+                raise_to(&v->s_epoch, e);
+            } else {
+                v->s_err = *err;
+            }
+            pthread_cond_broadcast(&v->scv);
+            failed = rc != PGG_OK;
+            break;
+        }
+        /* Follow the flight in progress; if it covers fewer writes than
+         * this call needs, lead the next one. */
+        uint64_t seq = v->s_seq;
+        int64_t now = pgg__now_ns();
+
+        while (v->s_busy && v->s_seq == seq && now < deadline &&
+               !pgg__cancel_now()) {
+            struct timespec ts =
+                pgg__ns_to_timespec(pgg__cancel_slice(now, deadline));
+
+            pthread_cond_timedwait(&v->scv, &v->smu, &ts);
+            now = pgg__now_ns();
+        }
+        if (v->s_seq == seq) {
+            pgg__error_set(err, PGG_ETIMEDOUT, NULL, NULL,
+                           "read your writes: deadline exceeded waiting for "
+                           "the primary's position");
+            failed = true;
+            break;
+        }
+        if (v->s_failed && v->s_flight >= r->epoch) {
+            *err = v->s_err;
+            failed = true;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&v->smu);
+    if (failed) {
+        /* Past every position: no standby, no cached answer proves it. */
+        r->blind = true;
+        r->need = UINT64_MAX;
+        return pgg__now_ns();
+    }
+    r->need = max_u64(r->need, atomic_load(&v->s_lsn));
+    return pgg__now_ns();
 }
 
 /* ------------------------------------------------------- round trips */
@@ -484,6 +718,14 @@ typedef struct posq {
 
 static const posq lsn_q = {"_pgguard_lsn", lsn_sql, 0x1u};
 static const posq check_q = {"_pgguard_replay", check_sql, 0x2u};
+static const posq begin_q = {"_pgguard_begin", "BEGIN", 0x4u};
+static const posq commit_q = {"_pgguard_commit", "COMMIT", 0x8u};
+
+/* Execute a statement of ours that the pipeline prepared already. */
+static int send_named(PGconn *conn, const posq *pq)
+{
+    return PQsendQueryPrepared(conn, pq->name, 0, NULL, NULL, NULL, 0);
+}
 
 static bool send_posq(PGconn *conn, pgg_link *l, const posq *pq)
 {
@@ -506,6 +748,18 @@ static void posq_answered(pgg_link *l, const posq *pq, const PGresult *res)
         l->vis_prepared &= ~pq->bit;
     else if (st && strcmp(st, "42P05") == 0)
         l->vis_prepared |= pq->bit;
+}
+
+/* A Parse of ours that failed (aborted by an earlier error in its
+ * pipeline) did not prepare it: prepare it again next time.  42P05 says
+ * the session had it already. */
+static void parse_answered(pgg_link *l, const posq *pq, const PGresult *res)
+{
+    const char *st = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+
+    if (!res || (PQresultStatus(res) != PGRES_COMMAND_OK &&
+                 !(st && strcmp(st, "42P05") == 0)))
+        l->vis_prepared &= ~pq->bit;
 }
 
 /* Enter pipeline mode and send the write then its position (position
@@ -676,26 +930,30 @@ static int exec_write_two_syncs(pgg_link *l, const pgg_query *q,
 /*
  * A one-shot write in one Sync: BEGIN, the statement, COMMIT, then the
  * position (outside the committed transaction).  One ReadyForQuery, so
- * one flush each way, against two for statement-Sync-position-Sync.  What
- * a transaction block refuses (25001) or several statements in one string
- * (refused at Parse) is rolled back, having done nothing, and goes the
- * other way; a failed statement is rolled back and its error returned.
+ * one flush each way, against two for statement-Sync-position-Sync.
+ * BEGIN and COMMIT are named statements prepared once per connection, as
+ * the position query is: the server binds them without parsing (measured:
+ * about a third of the wrap's server CPU).  What a transaction block
+ * refuses (25001), several statements in one string (refused at Parse),
+ * or a session that lost one of our statements is rolled back, having
+ * committed nothing, and goes the other way; a failed statement is rolled
+ * back and its error returned.
  */
 static int exec_write_wrapped(pgg_link *l, const pgg_query *q,
                               int64_t deadline, const char *host,
                               PGresult **out, pgg_attempt_end *end,
                               pgg_error *err)
 {
-    static const pgg_query begin_q = {.sql = "BEGIN"};
-    static const pgg_query commit_q = {.sql = "COMMIT"};
+    static const posq *const wrap[] = {&begin_q, &commit_q, &lsn_q};
     PGconn *conn = l->conn;
-    /* BEGIN, statement, COMMIT, then the position (and its Parse the
-     * first time on this connection). */
-    PGresult *res[5];
-    int nq = l->vis_prepared & lsn_q.bit ? 4 : 5;
+    /* The Parses of what this connection lacks, then BEGIN, statement,
+     * COMMIT, position. */
+    PGresult *res[7];
+    const posq *parsed[3];
+    int np = 0, nq, b;
     bool ok;
     int rc;
-    const char *st;
+    const char *st, *cst;
 
     *out = NULL;
     *end = PGG_END_RESULT;
@@ -705,8 +963,15 @@ static int exec_write_wrapped(pgg_link *l, const pgg_query *q,
     }
     if (!PQenterPipelineMode(conn))
         return write_slow(conn, q, deadline, host, out, end, err);
-    ok = send_stmt(conn, &begin_q) && send_stmt(conn, q) &&
-         send_stmt(conn, &commit_q) && send_posq(conn, l, &lsn_q) &&
+    ok = true;
+    for (int k = 0; k < 3 && ok; k++)
+        if (!(l->vis_prepared & wrap[k]->bit)) {
+            ok = PQsendPrepare(conn, wrap[k]->name, wrap[k]->sql, 0, NULL);
+            l->vis_prepared |= wrap[k]->bit;
+            parsed[np++] = wrap[k];
+        }
+    ok = ok && send_named(conn, &begin_q) && send_stmt(conn, q) &&
+         send_named(conn, &commit_q) && send_named(conn, &lsn_q) &&
          PQpipelineSync(conn);
     if (!ok) {
         /* Nothing committed: the COMMIT never arrived, and a dead
@@ -716,14 +981,23 @@ static int exec_write_wrapped(pgg_link *l, const pgg_query *q,
         *end = PGG_END_NOT_SENT;
         return pgg__link_error(err, PGG_ECONNECT, conn, NULL, host, "send");
     }
+    nq = np + 4;
+    b = np; /* res[b] BEGIN, [b + 1] statement, [b + 2] COMMIT, [b + 3] position */
     rc = pipe_collect(conn, nq, res, true, deadline, host, end, err);
     if (rc != PGG_OK)
         return rc;
-    posq_answered(l, &lsn_q, res[nq - 1]);
-    st = res[1] ? PQresultErrorField(res[1], PG_DIAG_SQLSTATE) : NULL;
-    if (!succeeded(res[0]) || refused_at_parse(res[1]) ||
-        (st && strcmp(st, "25001") == 0)) {
-        /* Nothing of the statement ran. */
+    for (int k = 0; k < np; k++)
+        parse_answered(l, parsed[k], res[k]);
+    posq_answered(l, &begin_q, res[b]);
+    posq_answered(l, &commit_q, res[b + 2]);
+    posq_answered(l, &lsn_q, res[b + 3]);
+    st = res[b + 1] ? PQresultErrorField(res[b + 1], PG_DIAG_SQLSTATE) : NULL;
+    cst = res[b + 2] ? PQresultErrorField(res[b + 2], PG_DIAG_SQLSTATE) : NULL;
+    if (!succeeded(res[b]) || refused_at_parse(res[b + 1]) ||
+        (st && strcmp(st, "25001") == 0) ||
+        (succeeded(res[b + 1]) && cst && strcmp(cst, "26000") == 0)) {
+        /* Nothing of the statement committed: it did not run, or our
+         * COMMIT was gone and the block failed around it. */
         for (int k = 0; k < nq; k++)
             PQclear(res[k]);
         if (!unwrap(conn, deadline, host)) {
@@ -733,20 +1007,20 @@ static int exec_write_wrapped(pgg_link *l, const pgg_query *q,
         }
         return exec_write_two_syncs(l, q, deadline, host, out, end, err);
     }
-    if (succeeded(res[1]) && !succeeded(res[2])) {
+    if (succeeded(res[b + 1]) && !succeeded(res[b + 2])) {
         /* COMMIT failed (a deferred constraint, a serialization failure):
          * that is the write's outcome, as it would have been at a Sync. */
-        PQclear(res[1]);
-        res[1] = res[2];
-        res[2] = NULL;
+        PQclear(res[b + 1]);
+        res[b + 1] = res[b + 2];
+        res[b + 2] = NULL;
     }
-    if (succeeded(res[1]) && PQtransactionStatus(conn) == PQTRANS_IDLE) {
-        q->vis->lsn = lsn_of(res[nq - 1], 0);
+    if (succeeded(res[b + 1]) && PQtransactionStatus(conn) == PQTRANS_IDLE) {
+        q->vis->lsn = lsn_of(res[b + 3], 0);
         if (!q->vis->lsn)
             learn_lsn(conn, q, deadline, host);
     }
-    *out = res[1];
-    res[1] = NULL;
+    *out = res[b + 1];
+    res[b + 1] = NULL;
     for (int k = 0; k < nq; k++)
         PQclear(res[k]);
     if (is_error(*out)) {
@@ -805,6 +1079,68 @@ static int exec_write_two_syncs(pgg_link *l, const pgg_query *q,
     return PGG_OK;
 }
 
+/* The sample's query: the primary's insert position, prepared once per
+ * connection.  Its answer goes back as the call's result for
+ * pgg__pool_exec_on to classify; the position in q->vis->lsn. */
+static int exec_sample(pgg_link *l, const pgg_query *q, int64_t deadline,
+                       const char *host, PGresult **out, pgg_attempt_end *end,
+                       pgg_error *err)
+{
+    PGconn *conn = l->conn;
+    PGresult *res[2];
+    int n = l->vis_prepared & lsn_q.bit ? 1 : 2;
+    int rc;
+
+    *out = NULL;
+    *end = PGG_END_RESULT;
+    if (PQstatus(conn) != CONNECTION_OK || !PQenterPipelineMode(conn)) {
+        if (PQstatus(conn) != CONNECTION_OK) {
+            *end = PGG_END_NOT_SENT;
+            return pgg__link_error(err, PGG_ECONNECT, conn, NULL, host,
+                                   "send");
+        }
+        rc = pgg__link_exec(conn, q, deadline, host, out, end, err);
+        if (rc == PGG_OK)
+            q->vis->lsn = lsn_of(*out, 0);
+        return rc;
+    }
+    if (!send_posq(conn, l, &lsn_q) || !PQpipelineSync(conn)) {
+        if (PQpipelineStatus(conn) != PQ_PIPELINE_OFF)
+            (void)PQexitPipelineMode(conn);
+        *end = PGG_END_NOT_SENT;
+        return pgg__link_error(err, PGG_ECONNECT, conn, NULL, host, "send");
+    }
+    rc = pipe_collect(conn, n, res, true, deadline, host, end, err);
+    if (rc != PGG_OK)
+        return rc;
+    if (n == 2)
+        parse_answered(l, &lsn_q, res[0]);
+    posq_answered(l, &lsn_q, res[n - 1]);
+    q->vis->lsn = lsn_of(res[n - 1], 0);
+    if (n == 2)
+        PQclear(res[0]);
+    *out = res[n - 1];
+    if (!q->vis->lsn && !is_error(*out)) {
+        /* Our prepared query was gone: ask without it. */
+        PQclear(*out);
+        *out = NULL;
+        rc = pgg__link_exec(conn, q, deadline, host, out, end, err);
+        if (rc == PGG_OK)
+            q->vis->lsn = lsn_of(*out, 0);
+        return rc;
+    }
+    if (is_error(*out))
+        pgg__link_error(err, PGG_ESERVER, conn, *out, host, NULL);
+    return PGG_OK;
+}
+
+/* What a primary's answer is known to include. */
+static uint64_t primary_lsn(pgg_vis_req *r)
+{
+    r->on_primary = true;
+    return r->blind ? r->latest : max_u64(r->need, r->latest);
+}
+
 /* Is the check's answer good for need?  Notes what it learnt. */
 static bool check_met(pgg_pool *pool, pgg_host *h, pgg_vis_req *r,
                       const PGresult *res)
@@ -816,7 +1152,7 @@ static bool check_met(pgg_pool *pool, pgg_host *h, pgg_vis_req *r,
         return false;
     if (strcmp(PQgetvalue(res, 0, 0), "f") == 0) {
         /* A primary: it has every write it acknowledged. */
-        r->lsn = max_u64(r->need, r->latest);
+        r->lsn = primary_lsn(r);
         return true;
     }
     lsn = lsn_of(res, 1);
@@ -856,6 +1192,7 @@ static int exec_checked(pgg_pool *pool, pgg_host *h, pgg_link *l,
 
     *out = NULL;
     r->checked = true;
+    atomic_fetch_add_explicit(&pool->vis->n_checks, 1, memory_order_relaxed);
     if (!pipe_send(l, q, &check_q, true, end)) {
         if (*end == PGG_END_NOT_SENT)
             return pgg__link_error(err, PGG_ECONNECT, conn, NULL, h->name,
@@ -890,15 +1227,18 @@ bool pgg__vis_plain(pgg_pool *pool, pgg_host *h, const pgg_query *q)
     uint64_t known;
     int role;
 
+    if (r && r->is_sample)
+        return false; /* the sample's own query: pgg__vis_exec runs it */
     if (!r || q->prepare || (!r->want_lsn && !r->need))
         return true;
     r->not_met = false;
+    r->on_primary = false;
     r->lsn = 0;
     if (r->want_lsn)
         return false;
     role = atomic_load_explicit(&h->role, memory_order_relaxed);
     if (role == PGG_ROLE_PRIMARY) {
-        r->lsn = max_u64(r->need, r->latest);
+        r->lsn = primary_lsn(r);
         return true;
     }
     /* Read before sending: the answer's snapshot comes later, so it holds
@@ -932,6 +1272,8 @@ int pgg__vis_exec(pgg_pool *pool, pgg_host *h, pgg_link *l,
                   const pgg_query *q, int64_t deadline, PGresult **out,
                   pgg_attempt_end *end, pgg_error *err)
 {
+    if (q->vis && q->vis->is_sample)
+        return exec_sample(l, q, deadline, h->name, out, end, err);
     if (!q->vis || pgg__vis_plain(pool, h, q))
         return pgg__link_exec_wd(pool->watchdog, l->conn, q, deadline,
                                  h->name, out, end, err);

@@ -43,8 +43,12 @@ struct pgg_link;
 struct pgg_query;
 
 typedef enum pgg_ryw_mode {
-    PGG_RYW_OFF = 0, /* only what a call's min_lsn asks */
-    PGG_RYW_POOL = 1 /* every read waits for the pool's latest write */
+    PGG_RYW_OFF = 0,    /* only what a call's min_lsn asks */
+    PGG_RYW_POOL = 1,   /* every read waits for the pool's latest write,
+                           whose position every write learns */
+    PGG_RYW_SAMPLED = 2 /* the same guarantee; writes only count, and a
+                           read after new writes samples the primary's
+                           position (one sample for all such reads) */
 } pgg_ryw_mode;
 
 typedef struct pgg_vis pgg_vis;
@@ -59,6 +63,11 @@ typedef struct pgg_vis_req {
     bool not_met;    /* the host had not replayed need: answer discarded */
     bool unmet_seen; /* some standby was behind during this call */
     bool waited;     /* the one wait of this call is spent */
+    bool sample;     /* a read: needs a sample covering writes <= epoch */
+    bool is_sample;  /* the sample's own query (answer: its position) */
+    bool blind;      /* no position could be learnt: the primary only */
+    uint64_t epoch;  /* the pool's acknowledged writes when it began */
+    bool on_primary; /* a read with a position: a primary answered */
     uint64_t lsn;    /* out: see pgg_info.lsn */
     int64_t wait_ns; /* out: time spent waiting for a standby */
 } pgg_vis_req;
@@ -140,8 +149,30 @@ int pgg__vis_retry(struct pgg_pool *pool, pgg_vis_req *r, int64_t deadline,
                    pgg_intent intent, bool can_check, int *cand,
                    pgg_error *err);
 
-/* A call was served: a write's position becomes the pool's latest. */
+/* A call was served: a write's position becomes the pool's latest, and a
+ * write counts (read_your_writes=sampled).  Any call, with r filled by
+ * pgg__vis_begin, whether or not it needed this module on its path. */
 void pgg__vis_served(pgg_vis *v, pgg_vis_req *r, pgg_intent intent);
+
+/* A write lease ran a statement or was released: it counts as a write
+ * (read_your_writes=sampled). */
+void pgg__vis_wrote(pgg_vis *v);
+
+/*
+ * read_your_writes=sampled, r->sample: learn a primary's position taken
+ * after every write this pool acknowledged before the call began (one
+ * sample in flight per pool; calls that come meanwhile wait for it, or
+ * for the next when they need newer writes), bounded by deadline.  Sets
+ * r->need to it; when none could be learnt (no primary, deadline, the
+ * sample failed), r->blind: only a primary may serve the read, and err
+ * says why.  Returns the clock when done.
+ */
+int64_t pgg__vis_sample(struct pgg_pool *pool, pgg_vis_req *r,
+                        int64_t deadline, pgg_error *err);
+
+/* The same without a round trip, for the event loop: the pool's last
+ * sample when it covers the call's writes, else r->blind (a primary only). */
+void pgg__vis_sample_known(struct pgg_pool *pool, pgg_vis_req *r);
 
 /* A COPY statement (its first keyword, past blanks and comments): its data
  * comes from the caller on the raw connection, which pipeline mode cannot
@@ -162,6 +193,9 @@ void pgg__vis_note_write(pgg_vis *v, uint64_t lsn);
  * word replaces (a rebuilt standby may be behind); an answer's raises. */
 void pgg__vis_note_replayed(pgg_vis *v, int i, uint64_t lsn, bool probe);
 uint64_t pgg__vis_replayed(pgg_vis *v, int i);
+
+/* The ryw_* counters of pgg_stats. */
+void pgg__vis_stats(pgg_vis *v, pgg_stats *out);
 
 /* The health thread's sleep: poll_ms while reads wait, else normal_ns. */
 int64_t pgg__vis_health_interval(pgg_vis *v, int64_t normal_ns);

@@ -12,17 +12,22 @@
  *
  *   none   a plain PGG_READ, read_your_writes=off: the race, measured;
  *   token  call.min_lsn = the write's info.lsn (read_your_writes=off);
- *   pool   read_your_writes=pool, no token.
+ *   pool   read_your_writes=pool, no token;
+ *   sampled  read_your_writes=sampled, no token.
  *
  * Part 2: what learning a write's position costs the writes: INSERTs from
- * 8 threads with read_your_writes=off and =pool, in alternating slices
- * (AB BA ...), medians of the per-round ratios.  The machine is shared:
- * the report prints the load it met.
+ * 8 threads with read_your_writes=off, =pool and =sampled, in rotating
+ * slices (ABC CBA BCA ...), medians and ranges of the per-round ratios.
+ * Part 3: a mixed load without faults (--write-pct writes, the rest reads
+ * of the thread's latest row): operations/s, read latency, reads on the
+ * primary, samples per read, primary CPU per operation, per mode.  The
+ * machine is shared: the report prints the load it met.
  *
  *   bench-ryw [--pairs N] [--threads T] [--rounds R] [--slice-ms MS]
  *             [--timeout-ms MS] [--max-wait-ms MS] [--modes none,token,pool]
  *             [--pause-all PCT]   (% of pauses that stop every replica; 30)
  *             [--wide]            (part 2 writes four columns, two indexes)
+ *             [--write-pct PCT]   (part 3: % of operations that write; 20)
  *
  * Not a meson test: it reports, asserts nothing, and exits 1 only when a
  * read with a position came back older than its write.
@@ -47,7 +52,8 @@
 
 static int opt_pairs = 10000, opt_threads = 8, opt_rounds = 6, opt_slice_ms = 1000;
 static int opt_timeout_ms = 3000, opt_max_wait_ms = 1000;
-static const char *opt_modes = "none,token,pool";
+static const char *opt_modes = "none,token,pool,sampled";
+static int opt_write_pct = 20; /* part 3: % of operations that write */
 static int opt_pause_all = 30; /* % of pauses that stop every replica */
 /* Part 2's write: a one-column row, or (--wide) a row of four columns with
  * two secondary indexes, closer to what an application writes. */
@@ -107,8 +113,10 @@ static pgg_pool *make_pool(const char *settings)
 
 /* ------------------------------------------------------------ part 1 */
 
-enum mode { M_NONE, M_TOKEN, M_POOL };
-static const char *const mode_name[] = {"none", "token", "pool"};
+enum mode { M_NONE, M_TOKEN, M_POOL, M_SAMPLED };
+static const char *const mode_name[] = {"none", "token", "pool", "sampled"};
+static const char *const mode_setting[] = {"read_your_writes=off", "read_your_writes=off",
+                                           "read_your_writes=pool", "read_your_writes=sampled"};
 
 typedef struct pairs_run {
     pgg_pool *pool;
@@ -215,7 +223,7 @@ static bool run_pairs(enum mode m)
     pgg_error e;
 
     PGresult *r = NULL;
-    run.pool = make_pool(m == M_POOL ? "read_your_writes=pool" : "read_your_writes=off");
+    run.pool = make_pool(mode_setting[m]);
     r = pgg_exec(run.pool, PGG_WRITE, "TRUNCATE bench_ryw", NULL, NULL, &e);
     if (!r || PQresultStatus(r) != PGRES_COMMAND_OK)
         die("truncate", &e);
@@ -229,6 +237,8 @@ static bool run_pairs(enum mode m)
     double secs = (pgh_now_ms() - t0) / 1000;
     atomic_store(&run.stop_chaos, true);
     pthread_join(ch, NULL);
+    pgg_stats st;
+    pgg_pool_stats(run.pool, &st);
     pgg_pool_free(run.pool);
 
     long served = run.replica + run.primary;
@@ -241,6 +251,9 @@ static bool run_pairs(enum mode m)
            run.waited ? (double)run.wait_us / (double)run.waited / 1000 : 0.0,
            served ? (double)run.lat_us / (double)served / 1000 : 0.0, run.pauses,
            run.all_pauses, run.paused_ms_total / 1000.0);
+    printf("       counters: %llu samples, %llu checks, %llu waits, %llu reads on the primary\n",
+           (unsigned long long)st.ryw_samples, (unsigned long long)st.ryw_checks,
+           (unsigned long long)st.ryw_waits, (unsigned long long)st.ryw_primary);
     fflush(stdout);
     return m == M_NONE || run.stale == 0;
 }
@@ -365,46 +378,201 @@ static int cmp_double(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
+/* Median and range of v[0..n) (sorted in place). */
+static void stats3(double *v, int n, double *med, double *lo, double *hi)
+{
+    qsort(v, (size_t)n, sizeof v[0], cmp_double);
+    *med = v[n / 2];
+    *lo = v[0];
+    *hi = v[n - 1];
+}
+
+/* off, pool and sampled in rotating order each round (ABC, CBA, BCA...),
+ * so that a slow moment of the shared machine hits each alike. */
 static void write_cost(void)
 {
-    pgg_pool *off = make_pool("read_your_writes=off");
-    pgg_pool *on = make_pool("read_your_writes=pool");
-    double ratio[64], a[64], b[64], sa[64], sb[64], ca[64], cb[64];
+    static const char *const name[3] = {"off", "pool", "sampled"};
+    pgg_pool *p[3] = {make_pool("read_your_writes=off"), make_pool("read_your_writes=pool"),
+                      make_pool("read_your_writes=sampled")};
+    static const int order[6][3] = {{0, 1, 2}, {2, 1, 0}, {1, 2, 0},
+                                    {0, 2, 1}, {2, 0, 1}, {1, 0, 2}};
+    double rate[3][64], srv[3][64], cli[3][64], ratio[3][64];
     int n = opt_rounds < 64 ? opt_rounds : 64;
 
     for (int k = 0; k < n; k++) {
-        slice_cost x, y;
-        if (k % 2 == 0) {
-            x = write_rate(off);
-            y = write_rate(on);
-        } else {
-            y = write_rate(on);
-            x = write_rate(off);
+        slice_cost x[3];
+        for (int j = 0; j < 3; j++) {
+            int m = order[k % 6][j];
+            x[m] = write_rate(p[m]);
         }
-        a[k] = x.rate, b[k] = y.rate, sa[k] = x.server_us, sb[k] = y.server_us;
-        ca[k] = x.client_us, cb[k] = y.client_us;
-        ratio[k] = b[k] / a[k];
-        printf("  round %d: off %7.0f/s (server %5.1f us, client %5.1f us per write)  "
-               "pool %7.0f/s (server %5.1f us, client %5.1f us)  ratio %.3f\n",
-               k + 1, a[k], sa[k], ca[k], b[k], sb[k], cb[k], ratio[k]);
+        printf("  round %d:", k + 1);
+        for (int m = 0; m < 3; m++) {
+            rate[m][k] = x[m].rate, srv[m][k] = x[m].server_us, cli[m][k] = x[m].client_us;
+            ratio[m][k] = x[m].rate / x[0].rate;
+            printf("  %s %6.0f/s (server %5.1f, client %5.1f us)", name[m], x[m].rate,
+                   x[m].server_us, x[m].client_us);
+        }
+        printf("  ratios %.3f %.3f\n", ratio[1][k], ratio[2][k]);
         fflush(stdout);
     }
-    qsort(ratio, (size_t)n, sizeof ratio[0], cmp_double);
-    qsort(a, (size_t)n, sizeof a[0], cmp_double);
-    qsort(b, (size_t)n, sizeof b[0], cmp_double);
-    qsort(sa, (size_t)n, sizeof sa[0], cmp_double);
-    qsort(sb, (size_t)n, sizeof sb[0], cmp_double);
-    qsort(ca, (size_t)n, sizeof ca[0], cmp_double);
-    qsort(cb, (size_t)n, sizeof cb[0], cmp_double);
-    printf("writes/s at %d threads, median of %d rounds: off %.0f, pool %.0f; "
-           "median per-round ratio pool/off %.3f (cost %.1f%%)\n"
-           "CPU per write, medians: server off %.1f us, pool %.1f us (+%.1f%%); "
-           "client off %.1f us, pool %.1f us (+%.1f%%)\n",
-           opt_threads, n, a[n / 2], b[n / 2], ratio[n / 2], (1 - ratio[n / 2]) * 100,
-           sa[n / 2], sb[n / 2], (sb[n / 2] / sa[n / 2] - 1) * 100, ca[n / 2], cb[n / 2],
-           (cb[n / 2] / ca[n / 2] - 1) * 100);
-    pgg_pool_free(off);
-    pgg_pool_free(on);
+    printf("writes/s at %d threads, %d rounds (median, range):\n", opt_threads, n);
+    for (int m = 0; m < 3; m++) {
+        double r, rl, rh, a, al, ah, sv, sl, sh, c, cl, ch;
+        stats3(ratio[m], n, &r, &rl, &rh);
+        stats3(rate[m], n, &a, &al, &ah);
+        stats3(srv[m], n, &sv, &sl, &sh);
+        stats3(cli[m], n, &c, &cl, &ch);
+        printf("  %-8s %7.0f/s (%.0f-%.0f)  ratio to off %.3f (%.3f-%.3f)  server CPU per write "
+               "%5.1f us (%.1f-%.1f)  client %5.1f us\n",
+               name[m], a, al, ah, r, rl, rh, sv, sl, sh, c);
+    }
+    for (int m = 0; m < 3; m++)
+        pgg_pool_free(p[m]);
+}
+
+/* ------------------------------------------------------------ part 3 */
+
+/* A mixed load without faults: each operation writes a new row
+ * (opt_write_pct %) or reads back this thread's latest row by key.  What
+ * the modes cost reads (latency, who serves them, samples) and the whole. */
+typedef struct mixed_slice {
+    pgg_pool *pool;
+    atomic_bool stop;
+    atomic_long writes, reads, stale, failed, read_us, on_primary;
+    atomic_long id;
+} mixed_slice;
+
+static void *mixed_worker(void *arg)
+{
+    mixed_slice *s = arg;
+    unsigned seed = (unsigned)(uintptr_t)&seed;
+    char idbuf[24];
+    const char *vals[1] = {idbuf};
+    long mine = -1;
+
+    while (!atomic_load(&s->stop)) {
+        pgg_info info;
+        pgg_error e;
+        if (mine < 0 || (int)(rand_r(&seed) % 100) < opt_write_pct) {
+            long id = atomic_fetch_add(&s->id, 1);
+            snprintf(idbuf, sizeof idbuf, "%ld", id);
+            PGresult *r = pgg_exec_params(s->pool, PGG_WRITE, narrow_insert, 1, NULL, vals,
+                                          NULL, NULL, NULL, &info, &e);
+            if (r && PQresultStatus(r) == PGRES_COMMAND_OK) {
+                atomic_fetch_add(&s->writes, 1);
+                mine = id;
+            } else {
+                atomic_fetch_add(&s->failed, 1);
+            }
+            PQclear(r);
+            continue;
+        }
+        snprintf(idbuf, sizeof idbuf, "%ld", mine);
+        double t0 = pgh_now_ms();
+        PGresult *r = pgg_exec_params(s->pool, PGG_READ, "SELECT id FROM bench_ryw WHERE id = $1",
+                                      1, NULL, vals, NULL, NULL, NULL, &info, &e);
+        long us = (long)((pgh_now_ms() - t0) * 1000);
+        if (r && PQresultStatus(r) == PGRES_TUPLES_OK) {
+            atomic_fetch_add(&s->reads, 1);
+            atomic_fetch_add(&s->read_us, us);
+            atomic_fetch_add(&s->stale, PQntuples(r) != 1);
+            atomic_fetch_add(&s->on_primary, info.host_index == 0);
+        } else {
+            atomic_fetch_add(&s->failed, 1);
+        }
+        PQclear(r);
+    }
+    return NULL;
+}
+
+typedef struct mixed_cost {
+    double ops, reads, read_us, server_us, primary_pct, stale, samples_per_read;
+} mixed_cost;
+
+static mixed_cost mixed_rate(pgg_pool *p)
+{
+    mixed_slice s = {.pool = p};
+    pthread_t th[64];
+    mixed_cost out;
+    pgg_stats st0, st1;
+
+    atomic_store(&s.id, next_id);
+    for (int i = 0; i < opt_threads; i++)
+        pthread_create(&th[i], NULL, mixed_worker, &s);
+    sleep_ms(200);
+    long w0 = atomic_load(&s.writes), r0 = atomic_load(&s.reads), l0 = atomic_load(&s.read_us);
+    long p0 = atomic_load(&s.on_primary), x0 = atomic_load(&s.stale);
+    pgg_pool_stats(p, &st0);
+    double t0 = pgh_now_ms(), c0 = server_cpu();
+    sleep_ms(opt_slice_ms);
+    double secs = (pgh_now_ms() - t0) / 1000, c1 = server_cpu();
+    pgg_pool_stats(p, &st1);
+    long w = atomic_load(&s.writes) - w0, r = atomic_load(&s.reads) - r0;
+    long l = atomic_load(&s.read_us) - l0, pr = atomic_load(&s.on_primary) - p0;
+    long x = atomic_load(&s.stale) - x0;
+    atomic_store(&s.stop, true);
+    for (int i = 0; i < opt_threads; i++)
+        pthread_join(th[i], NULL);
+    next_id = atomic_load(&s.id) + 1;
+    out.ops = (double)(w + r) / secs;
+    out.reads = (double)r / secs;
+    out.read_us = r ? (double)l / (double)r : 0;
+    out.server_us = w + r ? (c1 - c0) / (double)(w + r) * 1e6 : 0;
+    out.primary_pct = r ? 100.0 * (double)pr / (double)r : 0;
+    out.stale = (double)x;
+    out.samples_per_read = r ? (double)(st1.ryw_samples - st0.ryw_samples) / (double)r : 0;
+    return out;
+}
+
+static void mixed_cost_run(void)
+{
+    static const char *const name[3] = {"off", "pool", "sampled"};
+    pgg_pool *p[3] = {make_pool("read_your_writes=off"), make_pool("read_your_writes=pool"),
+                      make_pool("read_your_writes=sampled")};
+    static const int order[6][3] = {{0, 1, 2}, {2, 1, 0}, {1, 2, 0},
+                                    {0, 2, 1}, {2, 0, 1}, {1, 0, 2}};
+    double ops[3][64], rd[3][64], lat[3][64], srv[3][64], prim[3][64], spr[3][64], ratio[3][64];
+    double stale[3] = {0};
+    int n = opt_rounds < 64 ? opt_rounds : 64;
+
+    for (int k = 0; k < n; k++) {
+        mixed_cost x[3];
+        for (int j = 0; j < 3; j++) {
+            int m = order[k % 6][j];
+            x[m] = mixed_rate(p[m]);
+        }
+        printf("  round %d:", k + 1);
+        for (int m = 0; m < 3; m++) {
+            ops[m][k] = x[m].ops, rd[m][k] = x[m].reads, lat[m][k] = x[m].read_us;
+            srv[m][k] = x[m].server_us, prim[m][k] = x[m].primary_pct;
+            spr[m][k] = x[m].samples_per_read, ratio[m][k] = x[m].ops / x[0].ops;
+            stale[m] += x[m].stale;
+            printf("  %s %6.0f ops/s read %6.0f us (primary %4.1f%%)", name[m], x[m].ops,
+                   x[m].read_us, x[m].primary_pct);
+        }
+        printf("\n");
+        fflush(stdout);
+    }
+    printf("operations/s at %d threads, %d%% writes, %d rounds (median, range):\n", opt_threads,
+           opt_write_pct, n);
+    for (int m = 0; m < 3; m++) {
+        double a, al, ah, r, rl, rh, l, ll, lh, sv, sl, sh, pm, pl, ph, sp, spl, sph, rr, rrl, rrh;
+        stats3(ops[m], n, &a, &al, &ah);
+        stats3(ratio[m], n, &r, &rl, &rh);
+        stats3(lat[m], n, &l, &ll, &lh);
+        stats3(srv[m], n, &sv, &sl, &sh);
+        stats3(prim[m], n, &pm, &pl, &ph);
+        stats3(spr[m], n, &sp, &spl, &sph);
+        stats3(rd[m], n, &rr, &rrl, &rrh);
+        printf("  %-8s %7.0f ops/s (%.0f-%.0f), ratio to off %.3f (%.3f-%.3f); reads %6.0f/s, "
+               "mean read %5.0f us (%.0f-%.0f), on the primary %4.1f%% (%.1f-%.1f), "
+               "samples per read %.2f (%.2f-%.2f); primary CPU per op %5.1f us (%.1f-%.1f); "
+               "stale reads %.0f\n",
+               name[m], a, al, ah, r, rl, rh, rr, l, ll, lh, pm, pl, ph, sp, spl, sph, sv, sl, sh,
+               stale[m]);
+    }
+    for (int m = 0; m < 3; m++)
+        pgg_pool_free(p[m]);
 }
 
 /* ------------------------------------------------------------- main */
@@ -430,12 +598,13 @@ int main(int argc, char **argv)
         {"max-wait-ms", required_argument, NULL, 'w'},
         {"modes", required_argument, NULL, 'm'},   {"help", no_argument, NULL, 'h'},
         {"pause-all", required_argument, NULL, 'a'}, {"wide", no_argument, NULL, 'W'},
+        {"write-pct", required_argument, NULL, 'P'},
         {NULL, 0, NULL, 0}};
     char err[2048];
     int c;
     bool ok = true;
 
-    while ((c = getopt_long(argc, argv, "p:t:r:s:T:w:m:a:Wh", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "p:t:r:s:T:w:m:a:WP:h", longopts, NULL)) != -1) {
         switch (c) {
         case 'p': opt_pairs = atoi(optarg); break;
         case 't': opt_threads = atoi(optarg); break;
@@ -446,10 +615,11 @@ int main(int argc, char **argv)
         case 'm': opt_modes = optarg; break;
         case 'a': opt_pause_all = atoi(optarg); break;
         case 'W': opt_wide = true; break;
+        case 'P': opt_write_pct = atoi(optarg); break;
         default:
             fprintf(stderr, "usage: %s [--pairs N] [--threads T] [--rounds R] [--slice-ms MS] "
                             "[--timeout-ms MS] [--max-wait-ms MS] [--modes none,token,pool] "
-                            "[--pause-all PCT] [--wide]\n",
+                            "[--pause-all PCT] [--wide] [--write-pct PCT]\n",
                     argv[0]);
             return c == 'h' ? 0 : 2;
         }
@@ -481,16 +651,22 @@ int main(int argc, char **argv)
            "max wait %d ms\n",
            opt_pairs, opt_threads, pgh_cluster_replica_count(cluster), opt_pause_all,
            opt_timeout_ms, opt_max_wait_ms);
-    for (int m = M_NONE; m <= M_POOL; m++)
+    for (int m = M_NONE; m <= M_SAMPLED; m++)
         if (strstr(opt_modes, mode_name[m]))
             ok = run_pairs((enum mode)m) && ok;
     print_load("after part 1");
-    printf("part 2: INSERT throughput (%s), read_your_writes=off vs pool, %d threads, %d "
+    printf("part 2: INSERT throughput (%s), read_your_writes=off vs pool vs sampled, %d threads, %d "
            "rounds of %d ms\n",
            opt_wide ? "4 columns, 2 secondary indexes" : "1 column", opt_threads, opt_rounds,
            opt_slice_ms);
     if (opt_rounds > 0 && opt_slice_ms > 0)
         write_cost();
+    print_load("after part 2");
+    printf("part 3: mixed load, %d%% writes (INSERT a row) and reads of this thread's latest "
+           "row, replicas replaying, off vs pool vs sampled, %d threads, %d rounds of %d ms\n",
+           opt_write_pct, opt_threads, opt_rounds, opt_slice_ms);
+    if (opt_rounds > 0 && opt_slice_ms > 0 && opt_write_pct >= 0)
+        mixed_cost_run();
     print_load("at end");
     free(conninfo);
     pgh_cluster_free(cluster);

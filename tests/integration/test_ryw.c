@@ -579,3 +579,202 @@ Test(ryw, a_raw_copy_on_a_lease_is_read_after_release)
     resume_replicas(c);
     end_test(p, c);
 }
+
+static pgg_stats stats_of(pgg_pool *p)
+{
+    pgg_stats s;
+    cr_assert_eq(pgg_pool_stats(p, &s), PGG_OK);
+    return s;
+}
+
+/* A statement on a lease's raw connection (pgguard's are non-blocking). */
+static void raw_exec(pgg_lease *l, const char *sql)
+{
+    PGconn *conn = pgg_lease_conn(l);
+    cr_assert_eq(PQsetnonblocking(conn, 0), 0);
+    PGresult *r = PQexec(conn, sql);
+    cr_expect_eq(PQresultStatus(r), PGRES_COMMAND_OK, "%s", PQresultErrorMessage(r));
+    PQclear(r);
+    cr_assert_eq(PQsetnonblocking(conn, 1), 0);
+}
+
+/* A write that must succeed; returns its pgg_info.lsn (0 when not learnt). */
+static uint64_t write_row(pgg_pool *p, int id)
+{
+    char sql[128];
+    pgg_info info;
+    pgg_error e;
+
+    snprintf(sql, sizeof sql, "INSERT INTO pgg_ryw (id, v) VALUES (%d, 'w%d')", id, id);
+    PGresult *r = pgg_exec(p, PGG_WRITE, sql, NULL, &info, &e);
+    cr_assert_not_null(r, "%s", e.message);
+    cr_assert_eq(PQresultStatus(r), PGRES_COMMAND_OK, "%s", e.message);
+    PQclear(r);
+    return info.lsn;
+}
+
+/* Resume replay, and pause it again once a replica serves the pool's
+ * reads (it has replayed the pool's last sample): n rows by then. */
+static void catch_up_then_pause(pgg_pool *p, pgh_cluster *c, int n)
+{
+    pgg_info info;
+
+    resume_replicas(c);
+    for (int i = 0; i < 2; i++)
+        cr_assert_eq(pgh_node_wait_replay(pgh_cluster_replica(c, i), pgh_cluster_primary(c),
+                                          10000), 0);
+    double end = pgh_now_ms() + 5000;
+    bool on_replica = false;
+    while (!on_replica && pgh_now_ms() < end) {
+        cr_expect_eq(count_rows(p, NULL, &info), n);
+        on_replica = info.host_index != 0;
+        if (!on_replica)
+            sleep_ms(50);
+    }
+    cr_assert(on_replica, "caught-up replicas never served again");
+    pause_replicas(c);
+}
+
+/* read_your_writes=sampled: writes learn nothing (they pay nothing), and
+ * every read still sees every write the pool acknowledged before it: the
+ * first read after new writes samples the primary's position, the reads
+ * after it share that sample while no write comes. */
+Test(ryw, the_sampled_mode_reads_the_pools_own_writes)
+{
+    pgh_cluster *c = two_replicas();
+    pgg_pool *p = pool_for(c, "read_your_writes=sampled read_your_writes.max_wait_ms=200");
+    pgg_info info;
+    pgg_error e;
+
+    pause_replicas(c);
+    /* No write yet: nothing to wait for, the (paused) replicas serve. */
+    cr_expect_eq(count_rows(p, NULL, &info), 0);
+    cr_expect_neq(info.host_index, 0);
+    cr_expect_eq(stats_of(p).ryw_samples, 0, "a sample with no write to cover");
+    for (int k = 1; k <= 5; k++) {
+        cr_expect_eq(write_row(p, k), 0, "a write learnt its position: it paid for it");
+        uint64_t before = stats_of(p).ryw_samples;
+        for (int j = 0; j < 3; j++) {
+            cr_expect_eq(count_rows(p, NULL, &info), k, "stale read after write %d", k);
+            cr_expect_eq(info.host_index, 0);
+        }
+        cr_expect_eq(stats_of(p).ryw_samples, before + 1,
+                     "one sample for the reads after a write, not one each");
+    }
+    cr_expect_geq(stats_of(p).ryw_primary, 15);
+    /* A read may opt out: then the paused replicas serve it. */
+    const pgg_call any = {.flags = PGG_CALL_ANY_LSN};
+    cr_expect_eq(count_rows(p, &any, &info), 0);
+    cr_expect_neq(info.host_index, 0);
+
+    /* A write lease's statement counts at once, before its release, and
+     * raw use of its connection at release; a read lease honours the mode
+     * too.  Each time the replicas have the pool's last sample first, so
+     * that only a new sample keeps the read off them. */
+    catch_up_then_pause(p, c, 5);
+    pgg_lease *l = pgg_acquire(p, PGG_WRITE, 2000, NULL, &e);
+    cr_assert_not_null(l, "%s", e.message);
+    PQclear(pgg_lease_exec(l, "INSERT INTO pgg_ryw VALUES (6, 'lease')", 2000, &e));
+    cr_expect_eq(count_rows(p, NULL, &info), 6, "a lease's committed write, read stale");
+    cr_expect_eq(info.host_index, 0);
+    pgg_release(l);
+    catch_up_then_pause(p, c, 6);
+    l = pgg_acquire(p, PGG_WRITE, 2000, NULL, &e);
+    cr_assert_not_null(l, "%s", e.message);
+    raw_exec(l, "INSERT INTO pgg_ryw VALUES (7, 'raw')");
+    pgg_release(l);
+    l = pgg_acquire(p, PGG_READ, 2000, &info, &e);
+    cr_assert_not_null(l, "%s", e.message);
+    cr_expect_eq(info.host_index, 0, "a read lease on a replica behind the pool's writes");
+    PGresult *r = pgg_lease_exec(l, "SELECT count(*) FROM pgg_ryw", 2000, &e);
+    cr_assert_not_null(r, "%s", e.message);
+    cr_expect_str_eq(PQgetvalue(r, 0, 0), "7", "raw use of a write lease, read stale");
+    PQclear(r);
+    pgg_release(l);
+    resume_replicas(c);
+    end_test(p, c);
+}
+
+/* read_your_writes=sampled with the primary gone after a write: no sample
+ * can be taken, and no replica may serve the read (it might be older than
+ * the write); the read fails rather than return old data. */
+Test(ryw, a_sampled_read_fails_rather_than_read_stale_without_a_primary)
+{
+    pgh_cluster *c = two_replicas();
+    pgg_pool *p = pool_for(c, "read_your_writes=sampled read_your_writes.max_wait_ms=200 "
+                              "cache.enabled=true cache.max_age_ms=60000");
+    pgg_call cacheable = {.timeout_ms = 1500, .flags = PGG_CALL_CACHEABLE};
+    pgg_info info;
+    pgg_error e;
+
+    pause_replicas(c);
+    /* Cached before the write. */
+    cr_expect_eq(count_rows(p, &cacheable, &info), 0);
+    write_row(p, 1);
+    cr_assert_eq(pgh_node_stop(pgh_cluster_primary(c), PGH_STOP_IMMEDIATE), 0);
+    /* Nor may the cache stand in with its older answer, unless allowed. */
+    PGresult *cr = pgg_exec(p, PGG_READ, "SELECT count(*) FROM pgg_ryw", &cacheable, &info, &e);
+    cr_expect_null(cr, "a cached answer older than the write was served");
+    PQclear(cr);
+    pgg_call any_cached = cacheable;
+    any_cached.flags |= PGG_CALL_CACHE_ANY_LSN | PGG_CALL_ANY_LSN;
+    any_cached.timeout_ms = 300;
+    cr = pgg_exec(p, PGG_READ, "SELECT count(*) FROM pgg_ryw", &any_cached, &info, &e);
+    cr_assert_not_null(cr, "%s", e.message);
+    cr_expect_str_eq(PQgetvalue(cr, 0, 0), "0");
+    PQclear(cr);
+    for (int k = 0; k < 3; k++) {
+        pgg_call call = {.timeout_ms = 1500};
+        PGresult *r = pgg_exec(p, PGG_READ, "SELECT count(*) FROM pgg_ryw", &call, &info, &e);
+        if (r)
+            cr_expect_str_eq(PQgetvalue(r, 0, 0), "1", "a read older than its write");
+        cr_expect_null(r, "served by %s without a position", info.host);
+        cr_expect_neq(e.code, PGG_OK);
+        PQclear(r);
+    }
+    /* Opting out, the replicas still serve (old data, knowingly). */
+    const pgg_call any = {.flags = PGG_CALL_ANY_LSN, .timeout_ms = 1500};
+    cr_expect_eq(count_rows(p, &any, &info), 0);
+    cr_expect_neq(info.host_index, 0);
+    /* Back: the next read samples it and is served. */
+    cr_assert_eq(pgh_node_start(pgh_cluster_primary(c)), 0);
+    double end = pgh_now_ms() + 8000;
+    PGresult *r = NULL;
+    while (!r && pgh_now_ms() < end) {
+        r = pgg_exec(p, PGG_READ, "SELECT count(*) FROM pgg_ryw", NULL, &info, &e);
+        if (!r)
+            sleep_ms(100);
+    }
+    cr_assert_not_null(r, "%s", e.message);
+    cr_expect_str_eq(PQgetvalue(r, 0, 0), "1");
+    PQclear(r);
+    resume_replicas(c);
+    end_test(p, c);
+}
+
+/* The pool-wide mode's one-Sync write uses BEGIN and COMMIT prepared once
+ * per connection: a session that lost them (a lease's DEALLOCATE ALL, no
+ * lease_reset) still writes once, and learns the position. */
+Test(ryw, a_write_on_a_session_that_lost_its_statements_still_commits_once)
+{
+    pgh_cluster *c = two_replicas();
+    pgg_pool *p = pool_for(c, "read_your_writes=pool read_your_writes.max_wait_ms=200 "
+                              "pool_max=1 lease_reset=false");
+    pgg_info info;
+    pgg_error e;
+
+    pause_replicas(c);
+    cr_expect_neq(write_row(p, 1), 0);
+    for (int k = 2; k <= 3; k++) {
+        pgg_lease *l = pgg_acquire(p, PGG_WRITE, 2000, NULL, &e);
+        cr_assert_not_null(l, "%s", e.message);
+        raw_exec(l, "DEALLOCATE ALL");
+        pgg_release(l);
+        /* Run twice it would fail on the primary key. */
+        cr_expect_neq(write_row(p, k), 0, "no position after the session lost our statements");
+        cr_expect_eq(count_rows(p, NULL, &info), k);
+        cr_expect_eq(info.host_index, 0);
+    }
+    resume_replicas(c);
+    end_test(p, c);
+}

@@ -27,6 +27,10 @@ static void fake(pgg_stats *s, pgg_host_stats h[2])
     s->calls_failed = 5;
     s->cache_fallbacks = 2;
     s->cache_bytes = 4096;
+    s->ryw_samples = 11;
+    s->ryw_checks = 12;
+    s->ryw_waits = 13;
+    s->ryw_primary = 14;
     snprintf(h[0].host, sizeof h[0].host, "db1:5432");
     h[0].role = PGG_ROLE_PRIMARY;
     h[0].state = PGG_BREAKER_CLOSED;
@@ -104,6 +108,10 @@ Test(metrics, every_field_appears_with_its_value)
     expect_line(t, "pgguard_bulkhead_rejections_total 7");
     expect_line(t, "pgguard_cache_fallbacks_total 2");
     expect_line(t, "pgguard_cache_bytes 4096");
+    expect_line(t, "pgguard_ryw_samples_total 11");
+    expect_line(t, "pgguard_ryw_checks_total 12");
+    expect_line(t, "pgguard_ryw_waits_total 13");
+    expect_line(t, "pgguard_ryw_primary_reads_total 14");
     expect_line(t, "pgguard_info{version=\"" PGG_VERSION_STRING "\"} 1");
     expect_line(t, "pgguard_host_role{host=\"db1:5432\",role=\"primary\"} 1");
     expect_line(t, "pgguard_host_role{host=\"db1:5432\",role=\"standby\"} 0");

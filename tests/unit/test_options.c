@@ -229,7 +229,7 @@ static const spec specs[] = {
     I("health_probe_timeout_ms", 1, 600000, "500"),
     I("health_incident_min_ms", 1, 60000, "20"),
     I("health_incident_max_ms", 1, 600000, "250"),
-    E("read_your_writes", "off", "off", "pool"),
+    E("read_your_writes", "off", "off", "pool", "sampled"),
     I("read_your_writes.max_wait_ms", 0, 3600000, "1000"),
     I("read_your_writes.poll_ms", 1, 60000, "10"),
     B("types.enabled", "false"),

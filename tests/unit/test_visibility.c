@@ -161,6 +161,53 @@ Test(vis, nothing_to_wait_for_means_the_primary_at_once)
     fake_free(p);
 }
 
+/* read_your_writes=sampled: writes learn nothing and count; a read after
+ * none needs nothing, a read after new ones needs a sample. */
+Test(vis, the_sampled_mode_asks_for_a_sample_after_new_writes_only)
+{
+    pgg_vis *v = pgg__vis_new(3, PGG_RYW_SAMPLED, 1000, 10, NULL);
+    pgg_call any = {.flags = PGG_CALL_ANY_LSN}, at = {.min_lsn = 500};
+    pgg_vis_req r;
+
+    cr_assert(v);
+    cr_expect_not(pgg__vis_begin(v, PGG_WRITE, NULL, &r), "a write pays nothing");
+    cr_expect_not(pgg__vis_begin(v, PGG_READ, NULL, &r), "no write yet");
+    cr_expect_not(r.sample);
+    pgg__vis_served(v, &r, PGG_WRITE);
+    cr_expect(pgg__vis_begin(v, PGG_READ, NULL, &r));
+    cr_expect(r.sample, "a write since the last sample");
+    cr_expect_eq(r.epoch, 1);
+    cr_expect_not(pgg__vis_begin(v, PGG_READ, &any, &r), "opted out");
+    cr_expect_not(r.sample);
+    cr_expect_not(pgg__vis_begin(v, PGG_READ_PRIMARY, NULL, &r));
+    cr_expect_not(r.sample, "the primary has every write");
+    cr_expect(pgg__vis_begin(v, PGG_READ, &at, &r));
+    cr_expect(r.sample && r.need == 500, "a token and a sample: both");
+    pgg__vis_wrote(v);
+    cr_expect(pgg__vis_begin_lease(v, PGG_READ, NULL, &r) && r.sample && r.epoch == 2,
+              "a write lease's statement counts; a read lease samples");
+    cr_expect_not(pgg__vis_begin_lease(v, PGG_WRITE, NULL, &r));
+    pgg__vis_free(v);
+}
+
+/* No position could be learnt (no primary for the sample): only a
+ * primary, never a standby, however far it has replayed. */
+Test(vis, a_blind_read_goes_to_the_primary_only)
+{
+    pgg_role roles[] = {PGG_ROLE_PRIMARY, PGG_ROLE_STANDBY, PGG_ROLE_STANDBY};
+    uint64_t replayed[] = {0, UINT64_MAX, 150};
+    pgg_pool *p = fake_pool(3, roles, replayed, 1000);
+    int out[3];
+    pgg_vis_req r = {.need = UINT64_MAX, .blind = true};
+
+    cr_assert_eq(order(p, &r, true, (int[]){1, 2, 0}, 3, out), 1);
+    cr_expect_eq(out[0], 0);
+    cr_expect(r.waited, "nothing to wait for");
+    pgg_vis_req lr = {.need = UINT64_MAX, .blind = true};
+    cr_assert_eq(order(p, &lr, false, (int[]){1, 2}, 2, out), 0, "no primary: no host");
+    fake_free(p);
+}
+
 Test(vis, a_copy_is_told_by_its_first_keyword)
 {
     cr_expect(pgg__vis_is_copy("COPY t FROM STDIN"));
