@@ -144,6 +144,7 @@ static void pool_destroy(pgg_pool *pool, int hosts_ready, bool bulkhead_ready)
     for (int i = 0; i < hosts_ready; i++)
         pgg__host_close(&pool->hosts[i]);
     pgg__watchdog_free(pool->watchdog);
+    pgg__pipes_free(pool->pipes);
     if (pool->cfg)
         pgg__canceller_free(pool->canceller,
                             ms_to_ns(pool->cfg->cancel_timeout_ms));
@@ -265,6 +266,12 @@ pgg_pool *pgg_pool_new(const pgg_config *cfg, pgg_error *err)
     pool->watchdog = pgg__watchdog_new(PGG_WATCHDOG_TICK_NS, err);
     if (!pool->watchdog)
         goto fail;
+    if (cfg->pipeline) {
+        pool->pipes = pgg__pipes_new(pool->nhosts,
+                                     ms_to_ns(cfg->pipeline_stall_ms), err);
+        if (!pool->pipes)
+            goto fail;
+    }
     pool->vis = pgg__vis_new(pool->nhosts, cfg->ryw_mode, cfg->ryw_max_wait_ms,
                              cfg->ryw_poll_ms, err);
     if (!pool->vis)
@@ -718,14 +725,7 @@ pgg_verdict pgg__pool_exec_on(pgg_pool *pool, pgg_host *h, pgg_link **lp,
     return v;
 }
 
-typedef struct attempt {
-    PGresult *res;
-    pgg_verdict v;
-    pgg_attempt_end end;
-    int64_t ended; /* clock when it finished; 0 when it never ran */
-    bool reused;   /* ran on a pooled connection, not a new one */
-    bool lost;     /* ... and that session is gone now */
-} attempt;
+typedef pgg_attempt attempt;
 
 /*
  * One attempt on one host.  Returns false when the host was skipped
@@ -738,6 +738,17 @@ static bool attempt_on(pgg_pool *pool, pgg_host *h, pgg_intent intent,
     pgg_ticket ticket;
     pgg_link *l;
 
+    if (pool->pipes) {
+        switch (pgg__pipe_attempt(pool, h, intent, q, deadline, start, a,
+                                  rejected, err)) {
+        case PGG_PIPE_BYPASS:
+            break;
+        case PGG_PIPE_SKIPPED:
+            return false;
+        case PGG_PIPE_ATTEMPTED:
+            return true;
+        }
+    }
     a->res = NULL;
     a->ended = 0;
     a->reused = false;

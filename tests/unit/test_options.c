@@ -230,6 +230,8 @@ static const spec specs[] = {
     E("read_your_writes", "off", "off", "pool"),
     I("read_your_writes.max_wait_ms", 0, 3600000, "1000"),
     I("read_your_writes.poll_ms", 1, 60000, "10"),
+    B("pipeline", "false"),
+    I("pipeline.stall_ms", 0, 3600000, "2"),
     B("types.enabled", "false"),
     B("cache.enabled", "false"),
     I("cache.max_bytes", 1024, 1099511627776LL, "67108864"),

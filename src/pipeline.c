@@ -1,0 +1,906 @@
+/*
+ * Pipelining concurrent one-shot calls onto a shared connection per host
+ * (pipeline.h says what and when).
+ *
+ * Locking: one mutex per host's pipe guards the queue of requests not yet
+ * sent, the ring of statements in flight (who waits for each: `w`), the
+ * link, and the leader flag.  It is a leaf, and never held across I/O: the
+ * leader sends and reads with it released.  Only the leader touches the
+ * PGconn and a segment's results; a waiter that gives up only clears its
+ * `w` in the ring (under the mutex), so the leader never writes to a
+ * caller's stack after it left.  A request the leader is sending (SENDING)
+ * cannot be given up on until it is sent: the leader reads the caller's
+ * parameters then.
+ *
+ * A statement is one or two Sync-terminated segments in the ring: the
+ * prepare of a registered statement the connection lacks, then the
+ * statement itself.
+ */
+#include "pipeline.h"
+
+#include <ctype.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "cancel.h"
+#include "clock.h"
+#include "error.h"
+#include "health.h"
+#include "pool.h"
+
+/* Segments in flight on one connection (a power of two).  A caller that
+ * finds no room takes today's path. */
+#define RING 128
+
+enum req_state { REQ_PENDING, REQ_SENDING, REQ_SENT, REQ_DONE };
+
+/* How a request ended, beyond its attempt end. */
+enum req_why {
+    WHY_ANSWER,  /* a result came (maybe an error) */
+    WHY_GAVE_UP, /* its own deadline passed */
+    WHY_BROKEN,  /* the connection broke under it */
+    WHY_HUNG     /* dropped: an older statement on it hung */
+};
+
+/* One call waiting on a pipe; lives on the caller's stack. */
+typedef struct pipe_req {
+    const pgg_query *q;
+    int64_t deadline;
+    pthread_cond_t cv;
+    enum req_state state;
+    bool lead;      /* it holds the leadership now */
+    bool want_sent; /* gave up while SENDING: signal it when sent */
+    int seg;        /* ring index of its statement's segment; -1: none */
+    int prep_seg;   /* ring index of its prepare segment; -1: none */
+    /* The outcome, written under the mutex before REQ_DONE. */
+    PGresult *res;
+    pgg_attempt_end end;
+    enum req_why why;
+    bool conn_ok;   /* the connection was usable after its answer */
+    bool fresh;     /* nothing had been answered on the link before */
+    int reported;   /* pgg_role the server reported with the answer */
+    char msg[200];  /* the connection's message, for BROKEN */
+    struct pipe_req *next;
+} pipe_req;
+
+typedef struct pipe_seg {
+    pipe_req *w;        /* NULL: nobody wants it any more (under mu) */
+    int64_t deadline;   /* its statement's, to tell a hung connection */
+    int64_t sent_ns;    /* when the leader sent it */
+    PGresult *res;      /* the leader's, while it collects */
+    PGresult *override; /* a failed prepare's error stands for the result */
+    int prep_stmt;      /* >= 0: a prepare of this statement index */
+} pipe_seg;
+
+typedef struct pgg_pipe {
+    pthread_mutex_t mu;
+    pgg_link *link;        /* NULL: none held */
+    _Atomic bool has_link; /* read without mu to choose the join path */
+    bool taking;           /* a caller is borrowing a link for it */
+    bool leader;           /* some caller leads (or was told to) */
+    bool retire;           /* take no new requests: give it back when empty */
+    bool typed;            /* prepared for libpqtypes when taken */
+    bool answered;         /* something was answered on this link */
+    pipe_req *pend, *pend_tail;
+    int npend;
+    int head, nseg;
+    pipe_seg ring[RING];
+} pgg_pipe;
+
+struct pgg_pipes {
+    int n;
+    int64_t stall_ns; /* pipeline.stall_ms */
+    atomic_uint_fast64_t sent;
+    pgg_pipe pipe[];
+};
+
+/* ------------------------------------------------------------ pure part */
+
+static const char *skip_space_and_comments(const char *p)
+{
+    while (p && *p) {
+        if (isspace((unsigned char)*p) || *p == '(') {
+            p++;
+        } else if (p[0] == '-' && p[1] == '-') {
+            p = strchr(p, '\n');
+        } else if (p[0] == '/' && p[1] == '*') {
+            p = strstr(p + 2, "*/");
+            p = p ? p + 2 : NULL;
+        } else {
+            break;
+        }
+    }
+    return p;
+}
+
+bool pgg__pipe_sql_ok(const char *sql, bool simple)
+{
+    /* Statements that leave no state behind their own implicit
+     * transaction; BEGIN, SET LOCAL, COPY, VACUUM... would reach the
+     * neighbours queued behind them or cannot run in a pipeline. */
+    static const char *const ok[] = {"select", "with",   "values", "table",
+                                     "insert", "update", "delete", "merge",
+                                     NULL};
+    const char *p = skip_space_and_comments(sql);
+    bool first = false;
+
+    if (!p || !*p)
+        return false;
+    for (const char *const *w = ok; *w; w++) {
+        size_t n = strlen(*w);
+
+        if (strncasecmp(p, *w, n) == 0 &&
+            !(isalnum((unsigned char)p[n]) || p[n] == '_' || p[n] == '$')) {
+            first = true;
+            break;
+        }
+    }
+    if (!first)
+        return false;
+    if (!simple)
+        return true; /* the extended protocol refuses several statements */
+    /* Several statements in one simple-protocol string cannot be sent in
+     * a pipeline: allow a ';' only at the very end (comments and space
+     * after it).  A ';' inside a literal is refused too: that costs the
+     * call the pipeline, never its meaning. */
+    for (const char *s = strchr(p, ';'); s; s = strchr(s + 1, ';')) {
+        const char *rest = skip_space_and_comments(s + 1);
+
+        if (!rest || *rest)
+            return false;
+        return true;
+    }
+    return true;
+}
+
+/* ------------------------------------------------------------- lifecycle */
+
+pgg_pipes *pgg__pipes_new(int nhosts, int64_t stall_ns, pgg_error *err)
+{
+    pgg_pipes *ps = calloc(1, sizeof *ps + (size_t)nhosts * sizeof(pgg_pipe));
+
+    if (!ps) {
+        pgg__error_set(err, PGG_ENOMEM, NULL, NULL, "out of memory");
+        return NULL;
+    }
+    ps->n = nhosts;
+    ps->stall_ns = stall_ns;
+    for (int i = 0; i < nhosts; i++)
+        pthread_mutex_init(&ps->pipe[i].mu, NULL);
+    return ps;
+}
+
+void pgg__pipes_free(pgg_pipes *ps)
+{
+    if (!ps)
+        return;
+    for (int i = 0; i < ps->n; i++)
+        pthread_mutex_destroy(&ps->pipe[i].mu);
+    free(ps);
+}
+
+uint64_t pgg__pipes_sent(const pgg_pipes *ps)
+{
+    return ps ? atomic_load(&ps->sent) : 0;
+}
+
+/* ------------------------------------------------------------- the ring */
+
+static pipe_seg *seg_at(pgg_pipe *p, int k)
+{
+    return &p->ring[(p->head + k) & (RING - 1)];
+}
+
+/* Push at position k of the ring (the leader counts its pushes while it
+ * sends, unlocked, and publishes them in nseg under the lock). */
+static int seg_push(pgg_pipe *p, int k, pipe_req *w, int prep_stmt,
+                    int64_t now)
+{
+    int i = (p->head + k) & (RING - 1);
+    pipe_seg *s = &p->ring[i];
+
+    s->w = w;
+    s->deadline = w->deadline;
+    s->sent_ns = now;
+    s->res = NULL;
+    s->override = NULL;
+    s->prep_stmt = prep_stmt;
+    return i;
+}
+
+static void seg_pop(pgg_pipe *p)
+{
+    p->head = (p->head + 1) & (RING - 1);
+    p->nseg--;
+}
+
+/* Hand a request its outcome (mu held). */
+static void finish(pipe_req *w, pipe_req *me, PGresult *res,
+                   pgg_attempt_end end, enum req_why why)
+{
+    w->res = res;
+    w->end = end;
+    w->why = why;
+    w->state = REQ_DONE;
+    w->seg = w->prep_seg = -1;
+    if (w != me)
+        pthread_cond_signal(&w->cv);
+}
+
+static bool is_error(const PGresult *r)
+{
+    ExecStatusType s = PQresultStatus(r);
+    return s == PGRES_FATAL_ERROR || s == PGRES_BAD_RESPONSE ||
+           s == PGRES_NONFATAL_ERROR;
+}
+
+/*
+ * The connection is gone (broken: the server closed or a send failed;
+ * hung: the oldest statement passed its deadline), mu held.  Every
+ * statement in flight fails as sent, the oldest one with its server's
+ * last words when it has them; queued requests fail as not sent.  Returns
+ * the link, detached, for the caller to close outside the lock.
+ */
+static pgg_link *fail_all(pgg_pipe *p, pipe_req *me, bool hung, int64_t now,
+                          const char *why)
+{
+    pgg_link *l = p->link;
+
+    while (p->nseg > 0) {
+        pipe_seg *s = seg_at(p, 0);
+        pipe_req *w = s->w;
+        PGresult *keep = s->override ? s->override : s->res;
+
+        if (keep == s->override)
+            PQclear(s->res);
+        else
+            PQclear(s->override);
+        if (w && w->state != REQ_DONE && s->prep_stmt < 0) {
+            bool last_words = !hung && keep &&
+                              PQresultErrorField(keep, PG_DIAG_SQLSTATE);
+
+            pgg__strlcpy(w->msg, why, sizeof w->msg);
+            w->conn_ok = false;
+            w->fresh = !p->answered;
+            if (last_words)
+                finish(w, me, keep, PGG_END_RESULT, WHY_ANSWER);
+            else if (hung && now >= s->deadline)
+                finish(w, me, NULL, PGG_END_DEADLINE, WHY_GAVE_UP);
+            else
+                finish(w, me, NULL, PGG_END_LOST,
+                       hung ? WHY_HUNG : WHY_BROKEN);
+            if (last_words)
+                keep = NULL;
+        }
+        PQclear(keep);
+        seg_pop(p);
+    }
+    p->head = 0;
+    while (p->pend) {
+        pipe_req *w = p->pend;
+
+        p->pend = w->next;
+        w->conn_ok = false;
+        w->fresh = !p->answered;
+        pgg__strlcpy(w->msg, why, sizeof w->msg);
+        finish(w, me, NULL, PGG_END_NOT_SENT, WHY_BROKEN);
+    }
+    p->pend_tail = NULL;
+    p->npend = 0;
+    p->link = NULL;
+    atomic_store_explicit(&p->has_link, false, memory_order_relaxed);
+    p->answered = false;
+    p->retire = false;
+    return l;
+}
+
+/* ------------------------------------------------------------ the leader */
+
+static bool send_one(PGconn *conn, const pgg_query *q)
+{
+    if (q->stmt_name)
+        return PQsendQueryPrepared(conn, q->stmt_name, q->nparams, q->values,
+                                   q->lengths, q->formats, q->result_format) &&
+               PQpipelineSync(conn);
+    return PQsendQueryParams(conn, q->sql, q->nparams, q->types, q->values,
+                             q->lengths, q->formats, q->result_format) &&
+           PQpipelineSync(conn);
+}
+
+/*
+ * Send the queued requests (mu held on entry and return; released while
+ * sending).  Returns false when the connection failed: the caller fails
+ * everything.
+ */
+static bool send_pending(pgg_pipes *ps, pgg_pipe *p, pipe_req *me,
+                         int64_t now)
+{
+    pipe_req *batch = p->pend, *w;
+    PGconn *conn = p->link->conn;
+    pgg_link *l = p->link;
+    bool ok = true;
+    int sent = 0, k = p->nseg;
+
+    if (!batch)
+        return true;
+    p->pend = p->pend_tail = NULL;
+    p->npend = 0;
+    for (w = batch; w; w = w->next)
+        w->state = REQ_SENDING;
+    pthread_mutex_unlock(&p->mu);
+    for (w = batch; w && ok; w = w->next) {
+        const pgg_query *q = w->q;
+
+        if (now >= w->deadline)
+            continue; /* not sent: finished below */
+        /* Ring slots are the leader's; a waiter reads its indices only
+         * once it is SENT (under mu). */
+        if (q->stmt && !pgg__stmt_set_has(&l->stmts, q->stmt->index)) {
+            ok = PQsendPrepare(conn, q->stmt_name, q->stmt->sql,
+                               q->stmt->nparams, q->stmt->types) &&
+                 PQpipelineSync(conn);
+            if (!ok)
+                break;
+            w->prep_seg = seg_push(p, k++, w, q->stmt->index, now);
+            /* Later requests in flight need not prepare it again; a failed
+             * prepare takes the mark back. */
+            pgg__stmt_set_add(&l->stmts, q->stmt->index);
+        }
+        ok = send_one(conn, q);
+        if (!ok)
+            break;
+        w->seg = seg_push(p, k++, w, -1, now);
+        sent++;
+    }
+    pthread_mutex_lock(&p->mu);
+    p->nseg = k;
+    atomic_fetch_add_explicit(&ps->sent, (uint64_t)sent, memory_order_relaxed);
+    for (pipe_req *n; batch; batch = n) {
+        n = batch->next;
+        if (batch->seg >= 0) {
+            batch->state = REQ_SENT;
+        } else if (!ok) {
+            /* Not sent: with the connection failing, it goes back to the
+             * queue, which fail_all empties. */
+            batch->state = REQ_PENDING;
+            batch->next = NULL;
+            if (p->pend_tail)
+                p->pend_tail->next = batch;
+            else
+                p->pend = batch;
+            p->pend_tail = batch;
+            p->npend++;
+            continue;
+        } else {
+            batch->conn_ok = true;
+            finish(batch, me, NULL, PGG_END_EXPIRED, WHY_GAVE_UP);
+        }
+        if (batch->want_sent && batch != me)
+            pthread_cond_signal(&batch->cv);
+    }
+    return ok;
+}
+
+/*
+ * Take every complete segment libpq can give without waiting (mu not
+ * held; taken per segment to deliver).  Returns false when the
+ * connection broke.
+ */
+static bool collect(pgg_pipe *p, pipe_req *me)
+{
+    PGconn *conn = p->link->conn;
+    int nulls = 0;
+
+    while (p->nseg > 0 && !PQisBusy(conn)) {
+        pipe_seg *s = seg_at(p, 0);
+        PGresult *r = PQgetResult(conn);
+
+        if (!r) {
+            /* One NULL ends a statement's results; two in a row: libpq
+             * has nothing ready. */
+            if (++nulls > 1)
+                break;
+            continue;
+        }
+        nulls = 0;
+        if (PQresultStatus(r) == PGRES_PIPELINE_SYNC) {
+            PQclear(r);
+            pthread_mutex_lock(&p->mu);
+            if (s->prep_stmt >= 0) {
+                /* Its slot is reused once popped: the owner forgets it. */
+                if (s->w)
+                    s->w->prep_seg = -1;
+                if (s->res && is_error(s->res)) {
+                    /* The statement behind it fails for want of it: its
+                     * caller gets the prepare's own error. */
+                    p->link->stmts.bits[s->prep_stmt >> 6] &=
+                        ~(UINT64_C(1) << (s->prep_stmt & 63));
+                    seg_at(p, 1)->override = s->res;
+                } else {
+                    PQclear(s->res);
+                }
+            } else {
+                PGresult *keep = s->override ? s->override : s->res;
+
+                if (s->override)
+                    PQclear(s->res);
+                if (s->w) {
+                    s->w->conn_ok = PQstatus(conn) == CONNECTION_OK;
+                    s->w->fresh = !p->answered;
+                    s->w->reported = (int)pgg__link_reported_role(conn);
+                    finish(s->w, me, keep, PGG_END_RESULT, WHY_ANSWER);
+                } else {
+                    PQclear(keep);
+                }
+                p->answered = true;
+            }
+            seg_pop(p);
+            pthread_mutex_unlock(&p->mu);
+            continue;
+        }
+        /* COPY cannot come from the statements allowed here; should a
+         * function start one, the connection is unusable. */
+        if (pgg__link_is_copy(r)) {
+            PQclear(r);
+            return false;
+        }
+        if (s->res && is_error(s->res)) {
+            PQclear(r); /* as PQexec: the first error stands */
+        } else {
+            PQclear(s->res);
+            s->res = r;
+        }
+        if (PQstatus(conn) == CONNECTION_BAD)
+            return false;
+    }
+    return PQstatus(conn) != CONNECTION_BAD;
+}
+
+/* Close a link the pipe gave up on, outside the lock: a hung one with a
+ * cancel (its statements may still run), a broken one plainly. */
+static void drop_link(pgg_pool *pool, pgg_host *h, pgg_link *l, bool hung)
+{
+    if (!l)
+        return;
+    if (hung)
+        pgg__host_abandon(h, l, pool->canceller);
+    else
+        pgg__host_discard(h, l);
+}
+
+/* me is done (mu held): pass the leadership to the oldest caller still
+ * waiting, or, with nobody left, give the link back (or drop it, when
+ * statements nobody waits for are still in flight). */
+static void hand_off(pgg_pool *pool, pgg_host *h, pgg_pipe *p, pipe_req *me)
+{
+    pipe_req *next = NULL;
+    pgg_link *l;
+    bool orphans;
+
+    me->lead = false;
+    for (int k = 0; k < p->nseg && !next; k++) {
+        pipe_req *w = seg_at(p, k)->w;
+
+        if (w && w->state != REQ_DONE)
+            next = w;
+    }
+    if (!next)
+        next = p->pend;
+    if (next) {
+        next->lead = true;
+        pthread_cond_signal(&next->cv);
+        return;
+    }
+    p->leader = false;
+    l = p->link;
+    if (!l)
+        return;
+    orphans = p->nseg > 0;
+    if (orphans) {
+        /* Answers nobody will read: closing is cheaper than waiting. */
+        l = fail_all(p, me, true, 0, "connection dropped");
+    } else {
+        p->link = NULL;
+        atomic_store_explicit(&p->has_link, false, memory_order_relaxed);
+        p->answered = false;
+        p->retire = false;
+    }
+    pthread_mutex_unlock(&p->mu);
+    if (orphans) {
+        drop_link(pool, h, l, true);
+    } else {
+        /* Nothing pending: leaving pipeline mode succeeds, and a link that
+         * would not is closed by give_back (pgg__link_reusable). */
+        (void)PQexitPipelineMode(l->conn);
+        pgg__host_give_back(h, l, pgg__now_ns());
+    }
+    pthread_mutex_lock(&p->mu);
+}
+
+/* me gives up at its deadline (mu held). */
+static void give_up(pgg_pipe *p, pipe_req *me, pipe_req *w)
+{
+    if (w->state == REQ_PENDING) {
+        pipe_req **pp = &p->pend, *prev = NULL;
+
+        for (; *pp && *pp != w; prev = *pp, pp = &(*pp)->next)
+            ;
+        if (*pp) {
+            *pp = w->next;
+            if (p->pend_tail == w)
+                p->pend_tail = prev;
+            p->npend--;
+        }
+        w->conn_ok = true;
+        finish(w, me, NULL, PGG_END_EXPIRED, WHY_GAVE_UP);
+        return;
+    }
+    /* SENT: the answer, when it comes, goes nowhere. */
+    if (w->seg >= 0)
+        p->ring[w->seg].w = NULL;
+    if (w->prep_seg >= 0)
+        p->ring[w->prep_seg].w = NULL;
+    w->conn_ok = true;
+    finish(w, me, NULL, PGG_END_DEADLINE, WHY_GAVE_UP);
+}
+
+/*
+ * Lead until me has its outcome (mu held on entry and return).  Sends what
+ * is queued, reads what has come, and waits on the socket until the
+ * oldest statement's deadline or me's, whichever is first.
+ */
+static void lead(pgg_pool *pool, pgg_host *h, pgg_pipe *p, pipe_req *me)
+{
+    pgg_pipes *ps = pool->pipes;
+
+    while (me->state != REQ_DONE) {
+        int64_t now = pgg__now_ns(), until;
+        PGconn *conn;
+        pgg_link *dead = NULL;
+        bool hung = false;
+        int r, flush;
+
+        if (!send_pending(ps, p, me, now)) {
+            dead = fail_all(p, me, false, now, PQerrorMessage(p->link->conn));
+            goto drop;
+        }
+        if (me->state == REQ_DONE)
+            break;
+        conn = p->link->conn;
+        pthread_mutex_unlock(&p->mu);
+        flush = PQflush(conn);
+        if (flush >= 0 && collect(p, me)) {
+            pthread_mutex_lock(&p->mu);
+            if (me->state == REQ_DONE || p->pend)
+                continue;
+            until = me->deadline;
+            if (p->nseg > 0 && seg_at(p, 0)->deadline < until)
+                until = seg_at(p, 0)->deadline;
+            pthread_mutex_unlock(&p->mu);
+            r = pgg__link_poll(PQsocket(conn),
+                               flush == 1 ? POLLIN | POLLOUT : POLLIN, until);
+            if (r > 0) {
+                /* A failed read still leaves the server's last words (a
+                 * FATAL before the close) for collect to hand over. */
+                if (r & (POLLIN | POLLERR | POLLHUP))
+                    (void)PQconsumeInput(conn);
+                if (collect(p, me)) {
+                    pthread_mutex_lock(&p->mu);
+                    continue;
+                }
+            }
+            if (r == 0) {
+                now = pgg__now_ns();
+                pthread_mutex_lock(&p->mu);
+                if (p->nseg == 0 || now < seg_at(p, 0)->deadline) {
+                    /* me's own deadline, the connection still fine. */
+                    if (me->state != REQ_DONE)
+                        give_up(p, me, me);
+                    continue;
+                }
+                hung = true;
+                dead = fail_all(p, me, true, now,
+                                "connection dropped: a statement ahead of "
+                                "this one on the shared connection passed "
+                                "its deadline");
+                goto drop;
+            }
+        }
+        pthread_mutex_lock(&p->mu);
+        dead = fail_all(p, me, false, now, PQerrorMessage(conn));
+    drop:
+        pthread_mutex_unlock(&p->mu);
+        drop_link(pool, h, dead, hung);
+        pthread_mutex_lock(&p->mu);
+    }
+    hand_off(pool, h, p, me);
+}
+
+/* ------------------------------------------------------------ the caller */
+
+static bool pipeable(pgg_host *h, const pgg_query *q)
+{
+    pgg_breaker_state st;
+
+    if (q->vis || q->prepare || pgg__cancel_cur)
+        return false;
+    /* Half-open trial calls (and the refusals while open) stay one by
+     * one, as the breaker counts them. */
+    st = pgg__breaker_state(&h->breaker);
+    if (st != PGG_BREAKER_CLOSED && st != PGG_BREAKER_DISABLED &&
+        st != PGG_BREAKER_METRICS_ONLY)
+        return false;
+    if (q->stmt)
+        return pgg__pipe_sql_ok(q->stmt->sql, false);
+    return pgg__pipe_sql_ok(q->sql, q->nparams == 0 && !q->types &&
+                                        q->result_format == 0);
+}
+
+/* May a request join p's link now (mu held)?  now: the caller's clock. */
+static bool joinable(pgg_pool *pool, pgg_pipe *p, int64_t now)
+{
+    if (!p->link || p->retire)
+        return false;
+    if (p->nseg + 2 * (p->npend + 1) > RING)
+        return false;
+    /* The server runs them in order: behind a slow statement a call would
+     * wait it out.  It takes a connection of its own instead. */
+    if (p->nseg > 0 && pool->pipes->stall_ns > 0 &&
+        now - seg_at(p, 0)->sent_ns >= pool->pipes->stall_ns)
+        return false;
+    if (atomic_load_explicit(&pool->types_on, memory_order_relaxed) &&
+        !p->typed) {
+        /* Typed calls began after the link was prepared: a fresh one will
+         * carry libpqtypes' registrations. */
+        p->retire = true;
+        return false;
+    }
+    return true;
+}
+
+/* Borrow a link for the pipe (the caller won `taking`).  Returns what
+ * pgg__pool_take said; on PGG_TAKE_OK the link is the pipe's. */
+static pgg_take take_link(pgg_pool *pool, pgg_host *h, pgg_pipe *p,
+                          pgg_intent intent, int64_t deadline, int64_t start,
+                          pgg_ticket *ticket, bool *rejected, pgg_error *err)
+{
+    pgg_link *l;
+    pgg_take t = pgg__pool_take(pool, h, intent, deadline, start, &l, ticket,
+                                rejected, err);
+
+    if (t == PGG_TAKE_OK && !PQenterPipelineMode(l->conn)) {
+        int64_t now = pgg__now_ns();
+
+        pgg__host_give_back(h, l, now);
+        pgg__pool_record(pool, h, *ticket, PGG_CLASS_IGNORED, start, now);
+        t = PGG_TAKE_SKIPPED;
+        l = NULL;
+    }
+    pthread_mutex_lock(&p->mu);
+    p->taking = false;
+    if (t == PGG_TAKE_OK) {
+        p->link = l;
+        p->typed = atomic_load_explicit(&pool->types_on, memory_order_relaxed);
+        p->answered = !l->fresh;
+        atomic_store_explicit(&p->has_link, true, memory_order_relaxed);
+    }
+    return t;
+}
+
+/* The attempt's verdict and bookkeeping, as pgg__pool_exec_on does for a
+ * connection of the caller's own. */
+static void judge(pgg_pool *pool, pgg_host *h, pgg_intent intent,
+                  pipe_req *w, pgg_ticket ticket, int64_t start,
+                  pgg_attempt *a, pgg_error *err)
+{
+    const pgg_classifier *c = &pool->cfg->classifier;
+    int role = atomic_load_explicit(&h->role, memory_order_relaxed);
+    pgg_verdict v;
+    pgg_class rec;
+    bool ended_by_server = false;
+
+    if (w->end == PGG_END_RESULT && !w->res) {
+        /* Nothing came for it (libpq lost track): as a broken link. */
+        w->end = PGG_END_LOST;
+        w->why = WHY_BROKEN;
+        pgg__strlcpy(w->msg, "no result", sizeof w->msg);
+    }
+    a->res = w->res;
+    a->end = w->end;
+    a->ended = pgg__now_ns();
+    a->lost = !w->conn_ok;
+    /* A pooled session that died: the same host once more, on a new
+     * connection; not when it was dropped for a hung neighbour. */
+    a->reused = w->why != WHY_HUNG;
+    v = pgg__classify_result(c, w->end, w->res, intent,
+                             role == PGG_ROLE_STANDBY);
+    switch (w->end) {
+    case PGG_END_RESULT: {
+        const char *st = w->res ? PQresultErrorField(w->res, PG_DIAG_SQLSTATE)
+                                : NULL;
+
+        if (w->res && is_error(w->res))
+            pgg__link_error(err, PGG_ESERVER, NULL, w->res, h->name, NULL);
+        if (v.cls == PGG_CLASS_CONNECTION && st && st[0] && w->conn_ok) {
+            /* Answered on a session that stays usable: the caller's. */
+            v.cls = PGG_CLASS_SUCCESS;
+            v.retry = false;
+            v.code = PGG_ESERVER;
+        }
+        if (v.cls == PGG_CLASS_WRONG_ROLE &&
+            w->reported == PGG_ROLE_PRIMARY) {
+            v.cls = PGG_CLASS_SUCCESS;
+            v.reprobe_role = false;
+            v.code = PGG_ESERVER;
+        }
+        if (w->reported != PGG_ROLE_UNKNOWN && w->reported != role) {
+            pgg__pool_set_role(pool, h, (pgg_role)w->reported,
+                               "reported by the server");
+            if (w->reported == PGG_ROLE_PRIMARY)
+                pgg__health_wake(pool->health);
+        }
+        ended_by_server =
+            (v.cls == PGG_CLASS_CONNECTION || v.cls == PGG_CLASS_UNAVAILABLE) &&
+            st && (strcmp(st, "57P01") == 0 || strcmp(st, "57P02") == 0) &&
+            !w->conn_ok;
+        break;
+    }
+    case PGG_END_DEADLINE:
+        pgg__error_set(err, PGG_ETIMEDOUT, NULL, h->name,
+                       "query: deadline exceeded on a shared connection; "
+                       "its answer is discarded");
+        atomic_store_explicit(&h->suspect_until_ns,
+                              a->ended + 1000 * PGG_NS_PER_MS,
+                              memory_order_relaxed);
+        break;
+    case PGG_END_EXPIRED:
+        pgg__error_set(err, PGG_ETIMEDOUT, NULL, h->name,
+                       "deadline exceeded while queued for a shared "
+                       "connection; not sent");
+        break;
+    case PGG_END_LOST:
+        pgg__error_set(err, PGG_ECONNECT, NULL, h->name, "connection lost: %s",
+                       w->msg);
+        if (w->why == WHY_HUNG) {
+            /* The host hung under an older statement: as good as a
+             * timeout of this one, and the next host may do better. */
+            v.cls = PGG_CLASS_TIMEOUT;
+            atomic_store_explicit(&h->suspect_until_ns,
+                                  a->ended + 1000 * PGG_NS_PER_MS,
+                                  memory_order_relaxed);
+        } else {
+            ended_by_server = true;
+        }
+        break;
+    default: /* NOT_SENT */
+        pgg__error_set(err, PGG_ECONNECT, NULL, h->name, "send: %s", w->msg);
+        ended_by_server = true;
+        a->lost = true;
+        break;
+    }
+    if (v.reprobe_role) {
+        pgg__pool_set_role(pool, h, PGG_ROLE_STANDBY,
+                           "a write was refused as read-only (25006)");
+        pgg__health_wake(pool->health);
+    }
+    rec = ended_by_server && !w->fresh ? PGG_CLASS_IGNORED : v.cls;
+    if (w->end == PGG_END_NOT_SENT)
+        rec = PGG_CLASS_IGNORED; /* it never reached the host */
+    pgg__pool_record(pool, h, ticket, rec, start, a->ended);
+    if (ended_by_server) {
+        pgg__host_trim(h, 0, true);
+        pgg__health_wake(pool->health);
+    }
+    if (err && v.code != PGG_OK)
+        err->code = v.code;
+    if (rec != PGG_CLASS_IGNORED &&
+        (pgg__host_failure(v.cls) || v.cls == PGG_CLASS_WRONG_ROLE))
+        pgg__host_note_error(h, err);
+    a->v = v;
+}
+
+pgg_pipe_did pgg__pipe_attempt(pgg_pool *pool, pgg_host *h, pgg_intent intent,
+                               const pgg_query *q, int64_t deadline,
+                               int64_t start, pgg_attempt *a, bool *rejected,
+                               pgg_error *err)
+{
+    pgg_pipe *p = &pool->pipes->pipe[h->index];
+    pgg_ticket ticket;
+    pipe_req w;
+
+    if (!pipeable(h, q))
+        return PGG_PIPE_BYPASS;
+    if (atomic_load_explicit(&p->has_link, memory_order_relaxed)) {
+        /* Admission first: the breaker's lock is not taken under ours. */
+        if (!pgg__breaker_allow(&h->breaker, start, &ticket)) {
+            atomic_fetch_add(&h->rejections, 1);
+            *rejected = true;
+            return PGG_PIPE_SKIPPED;
+        }
+        pthread_mutex_lock(&p->mu);
+        if (!joinable(pool, p, start)) {
+            pthread_mutex_unlock(&p->mu);
+            pgg__pool_record(pool, h, ticket, PGG_CLASS_IGNORED, start, start);
+            return PGG_PIPE_BYPASS;
+        }
+    } else {
+        pthread_mutex_lock(&p->mu);
+        if (p->link || p->taking) {
+            /* Being set up (or just set up): this call goes its own way
+             * rather than wait for a connect. */
+            pthread_mutex_unlock(&p->mu);
+            return PGG_PIPE_BYPASS;
+        }
+        p->taking = true;
+        pthread_mutex_unlock(&p->mu);
+        switch (take_link(pool, h, p, intent, deadline, start, &ticket,
+                          rejected, err)) {
+        case PGG_TAKE_OK:
+            break;
+        case PGG_TAKE_SKIPPED:
+            pthread_mutex_unlock(&p->mu);
+            return PGG_PIPE_SKIPPED;
+        case PGG_TAKE_FAILED:
+            pthread_mutex_unlock(&p->mu);
+            a->res = NULL;
+            a->ended = 0;
+            a->reused = false;
+            a->lost = false;
+            a->end = PGG_END_CONNECT_FAILED;
+            a->v = pgg__classify_connect(&pool->cfg->classifier,
+                                         err ? err->sqlstate : NULL);
+            return PGG_PIPE_ATTEMPTED;
+        }
+    }
+
+    /* Joined (mu held). */
+    memset(&w, 0, sizeof w);
+    w.q = q;
+    w.deadline = deadline;
+    w.seg = w.prep_seg = -1;
+    w.state = REQ_PENDING;
+    w.reported = PGG_ROLE_UNKNOWN;
+    pgg__cond_init(&w.cv);
+    if (p->pend_tail)
+        p->pend_tail->next = &w;
+    else
+        p->pend = &w;
+    p->pend_tail = &w;
+    p->npend++;
+    if (!p->leader) {
+        p->leader = true;
+        w.lead = true;
+    }
+    while (w.state != REQ_DONE) {
+        int64_t now;
+
+        if (w.lead) {
+            lead(pool, h, p, &w);
+            continue;
+        }
+        now = pgg__now_ns();
+        if (now >= w.deadline) {
+            if (w.state == REQ_SENDING) {
+                /* The leader is reading our parameters: wait for it. */
+                w.want_sent = true;
+                pthread_cond_wait(&w.cv, &p->mu);
+                continue;
+            }
+            give_up(p, &w, &w);
+            break;
+        }
+        {
+            struct timespec ts = pgg__ns_to_timespec(w.deadline);
+
+            pthread_cond_timedwait(&w.cv, &p->mu, &ts);
+        }
+    }
+    pthread_mutex_unlock(&p->mu);
+    pthread_cond_destroy(&w.cv);
+    judge(pool, h, intent, &w, ticket, start, a, err);
+    return PGG_PIPE_ATTEMPTED;
+}
