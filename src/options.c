@@ -135,6 +135,8 @@ static const opt options[] = {
             "health rounds run this often while reads wait for a replica to catch up"),
     OPT_BOOL("pipeline", pipeline, "false",
              "concurrent one-shot calls to a host share connections in libpq pipeline mode, a Sync after each statement"),
+    OPT_INT("pipeline.connections", pipeline_connections, 1, 64, "2",
+            "shared pipelined connections per host (each calling thread keeps to one of them)"),
     OPT_I64("pipeline.stall_ms", pipeline_stall_ms, 0, HOUR(1), "2",
             "a call does not join a shared connection whose oldest statement has been in flight this long (it would wait that statement out); 0 joins always"),
     OPT_BOOL("types.enabled", types_enabled, "false",

@@ -83,6 +83,7 @@ struct pgg_config {
     /* Concurrent one-shot calls to a host share connections in libpq
      * pipeline mode (pipeline.h). */
     bool pipeline;
+    int pipeline_connections;  /* shared links per host */
     int64_t pipeline_stall_ms; /* no joining behind a statement this old */
 
     /* libpqtypes on every pooled connection (PQgetf on every result). */

@@ -20,7 +20,9 @@
 
 #include <ctype.h>
 #include <poll.h>
+#include <errno.h>
 #include <pthread.h>
+#include <semaphore.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,6 +33,7 @@
 #include "error.h"
 #include "health.h"
 #include "pool.h"
+#include "tls.h"
 
 /* Segments in flight on one connection (a power of two).  A caller that
  * finds no room takes today's path. */
@@ -46,14 +49,21 @@ enum req_why {
     WHY_HUNG     /* dropped: an older statement on it hung */
 };
 
-/* One call waiting on a pipe; lives on the caller's stack. */
+/*
+ * One call waiting on a pipe; lives on the caller's stack.  state and lead
+ * change under the pipe's mutex and are read without it by their waiter,
+ * which sleeps on its own semaphore: whoever changes them posts it, still
+ * under the mutex, so the waiter cannot leave (and destroy the semaphore)
+ * before the post.  A waiter that wakes needs no lock to read an outcome
+ * published with REQ_DONE.
+ */
 typedef struct pipe_req {
     const pgg_query *q;
     int64_t deadline;
-    pthread_cond_t cv;
-    enum req_state state;
-    bool lead;      /* it holds the leadership now */
-    bool want_sent; /* gave up while SENDING: signal it when sent */
+    sem_t sem;
+    _Atomic int state;     /* enum req_state */
+    atomic_bool lead;      /* it holds the leadership now */
+    bool want_sent;        /* gave up while SENDING: post it when sent */
     int seg;        /* ring index of its statement's segment; -1: none */
     int prep_seg;   /* ring index of its prepare segment; -1: none */
     /* The outcome, written under the mutex before REQ_DONE. */
@@ -88,11 +98,13 @@ typedef struct pgg_pipe {
     pipe_req *pend, *pend_tail;
     int npend;
     int head, nseg;
+    int reserved; /* segments the leader is pushing, not yet in nseg */
     pipe_seg ring[RING];
 } pgg_pipe;
 
 struct pgg_pipes {
-    int n;
+    int n;        /* pipes: per_host for each host */
+    int per_host; /* pipeline.connections */
     int64_t stall_ns; /* pipeline.stall_ms */
     atomic_uint_fast64_t sent;
     pgg_pipe pipe[];
@@ -106,8 +118,11 @@ static const char *skip_space_and_comments(const char *p)
         if (isspace((unsigned char)*p) || *p == '(') {
             p++;
         } else if (p[0] == '-' && p[1] == '-') {
-            p = strchr(p, '\n');
+            const char *eol = strchr(p, '\n');
+
+            p = eol ? eol : p + strlen(p); /* a comment to the end */
         } else if (p[0] == '/' && p[1] == '*') {
+            /* Unterminated: the server's error, not ours to guess at. */
             p = strstr(p + 2, "*/");
             p = p ? p + 2 : NULL;
         } else {
@@ -159,18 +174,32 @@ bool pgg__pipe_sql_ok(const char *sql, bool simple)
 
 /* ------------------------------------------------------------- lifecycle */
 
-pgg_pipes *pgg__pipes_new(int nhosts, int64_t stall_ns, pgg_error *err)
+pgg_pipes *pgg__pipes_new(int nhosts, int per_host, int64_t stall_ns,
+                          pgg_error *err)
 {
-    pgg_pipes *ps = calloc(1, sizeof *ps + (size_t)nhosts * sizeof(pgg_pipe));
+    int n = nhosts * per_host;
+    pgg_pipes *ps = calloc(1, sizeof *ps + (size_t)n * sizeof(pgg_pipe));
 
     if (!ps) {
         pgg__error_set(err, PGG_ENOMEM, NULL, NULL, "out of memory");
         return NULL;
     }
-    ps->n = nhosts;
+    ps->n = n;
+    ps->per_host = per_host;
     ps->stall_ns = stall_ns;
-    for (int i = 0; i < nhosts; i++)
-        pthread_mutex_init(&ps->pipe[i].mu, NULL);
+    {
+        pthread_mutexattr_t attr;
+
+        /* Held for a few hundred instructions at a time by many threads:
+         * a short spin beats sleeping in the kernel and waking again. */
+        pthread_mutexattr_init(&attr);
+#ifdef PTHREAD_ADAPTIVE_MUTEX_INITIALIZER_NP
+        pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_ADAPTIVE_NP);
+#endif
+        for (int i = 0; i < n; i++)
+            pthread_mutex_init(&ps->pipe[i].mu, &attr);
+        pthread_mutexattr_destroy(&attr);
+    }
     return ps;
 }
 
@@ -218,6 +247,20 @@ static void seg_pop(pgg_pipe *p)
     p->nseg--;
 }
 
+static int req_state(const pipe_req *w)
+{
+    return atomic_load_explicit(&w->state, memory_order_acquire);
+}
+
+static int batch_len(const pipe_req *w)
+{
+    int n = 0;
+
+    for (; w; w = w->next)
+        n++;
+    return n;
+}
+
 /* Hand a request its outcome (mu held). */
 static void finish(pipe_req *w, pipe_req *me, PGresult *res,
                    pgg_attempt_end end, enum req_why why)
@@ -225,10 +268,39 @@ static void finish(pipe_req *w, pipe_req *me, PGresult *res,
     w->res = res;
     w->end = end;
     w->why = why;
-    w->state = REQ_DONE;
     w->seg = w->prep_seg = -1;
+    atomic_store_explicit(&w->state, REQ_DONE, memory_order_release);
     if (w != me)
-        pthread_cond_signal(&w->cv);
+        sem_post(&w->sem);
+}
+
+/* After a send (mu held): what went out is in flight; what was past its
+ * deadline is done, not sent; when the send failed, the rest goes back to
+ * the queue for fail_all. */
+static void publish_batch(pgg_pipe *p, pipe_req *me, pipe_req *batch, bool ok)
+{
+    for (pipe_req *n; batch; batch = n) {
+        n = batch->next;
+        if (batch->seg >= 0) {
+            atomic_store_explicit(&batch->state, REQ_SENT,
+                                  memory_order_relaxed);
+            if (batch->want_sent && batch != me)
+                sem_post(&batch->sem);
+        } else if (!ok) {
+            atomic_store_explicit(&batch->state, REQ_PENDING,
+                                  memory_order_relaxed);
+            batch->next = NULL;
+            if (p->pend_tail)
+                p->pend_tail->next = batch;
+            else
+                p->pend = batch;
+            p->pend_tail = batch;
+            p->npend++;
+        } else {
+            batch->conn_ok = true;
+            finish(batch, me, NULL, PGG_END_EXPIRED, WHY_GAVE_UP);
+        }
+    }
 }
 
 static bool is_error(const PGresult *r)
@@ -259,7 +331,7 @@ static pgg_link *fail_all(pgg_pipe *p, pipe_req *me, bool hung, int64_t now,
             PQclear(s->res);
         else
             PQclear(s->override);
-        if (w && w->state != REQ_DONE && s->prep_stmt < 0) {
+        if (w && req_state(w) != REQ_DONE && s->prep_stmt < 0) {
             bool last_words = !hung && keep &&
                               PQresultErrorField(keep, PG_DIAG_SQLSTATE);
 
@@ -312,91 +384,52 @@ static bool send_one(PGconn *conn, const pgg_query *q)
 }
 
 /*
- * Send the queued requests (mu held on entry and return; released while
- * sending).  Returns false when the connection failed: the caller fails
- * everything.
+ * Send a batch taken from the queue (mu not held), pushing its segments
+ * at ring positions k...  Requests past their deadline are skipped (not
+ * sent).  Returns false when libpq could not send.
  */
-static bool send_pending(pgg_pipes *ps, pgg_pipe *p, pipe_req *me,
-                         int64_t now)
+static bool send_batch(pgg_pipe *p, pipe_req *batch, int *k, int64_t now,
+                       int *sent)
 {
-    pipe_req *batch = p->pend, *w;
-    PGconn *conn = p->link->conn;
     pgg_link *l = p->link;
-    bool ok = true;
-    int sent = 0, k = p->nseg;
+    PGconn *conn = l->conn;
 
-    if (!batch)
-        return true;
-    p->pend = p->pend_tail = NULL;
-    p->npend = 0;
-    for (w = batch; w; w = w->next)
-        w->state = REQ_SENDING;
-    pthread_mutex_unlock(&p->mu);
-    for (w = batch; w && ok; w = w->next) {
+    for (pipe_req *w = batch; w; w = w->next) {
         const pgg_query *q = w->q;
 
         if (now >= w->deadline)
-            continue; /* not sent: finished below */
-        /* Ring slots are the leader's; a waiter reads its indices only
-         * once it is SENT (under mu). */
+            continue; /* not sent: finished when published */
         if (q->stmt && !pgg__stmt_set_has(&l->stmts, q->stmt->index)) {
-            ok = PQsendPrepare(conn, q->stmt_name, q->stmt->sql,
-                               q->stmt->nparams, q->stmt->types) &&
-                 PQpipelineSync(conn);
-            if (!ok)
-                break;
-            w->prep_seg = seg_push(p, k++, w, q->stmt->index, now);
-            /* Later requests in flight need not prepare it again; a failed
-             * prepare takes the mark back. */
+            if (!PQsendPrepare(conn, q->stmt_name, q->stmt->sql,
+                               q->stmt->nparams, q->stmt->types) ||
+                !PQpipelineSync(conn))
+                return false;
+            w->prep_seg = seg_push(p, (*k)++, w, q->stmt->index, now);
+            /* Later requests need not prepare it again; a failed prepare
+             * takes the mark back. */
             pgg__stmt_set_add(&l->stmts, q->stmt->index);
         }
-        ok = send_one(conn, q);
-        if (!ok)
-            break;
-        w->seg = seg_push(p, k++, w, -1, now);
-        sent++;
+        if (!send_one(conn, q))
+            return false;
+        w->seg = seg_push(p, (*k)++, w, -1, now);
+        (*sent)++;
     }
-    pthread_mutex_lock(&p->mu);
-    p->nseg = k;
-    atomic_fetch_add_explicit(&ps->sent, (uint64_t)sent, memory_order_relaxed);
-    for (pipe_req *n; batch; batch = n) {
-        n = batch->next;
-        if (batch->seg >= 0) {
-            batch->state = REQ_SENT;
-        } else if (!ok) {
-            /* Not sent: with the connection failing, it goes back to the
-             * queue, which fail_all empties. */
-            batch->state = REQ_PENDING;
-            batch->next = NULL;
-            if (p->pend_tail)
-                p->pend_tail->next = batch;
-            else
-                p->pend = batch;
-            p->pend_tail = batch;
-            p->npend++;
-            continue;
-        } else {
-            batch->conn_ok = true;
-            finish(batch, me, NULL, PGG_END_EXPIRED, WHY_GAVE_UP);
-        }
-        if (batch->want_sent && batch != me)
-            pthread_cond_signal(&batch->cv);
-    }
-    return ok;
+    return true;
 }
 
 /*
- * Take every complete segment libpq can give without waiting (mu not
- * held; taken per segment to deliver).  Returns false when the
- * connection broke.
+ * Read the segments libpq can complete without waiting (mu not held): the
+ * first *ndone segments from the ring's head have all their results in
+ * res / override when it returns.  Returns false when the connection
+ * broke (what was read so far stays in the segments).
  */
-static bool collect(pgg_pipe *p, pipe_req *me)
+static bool collect(pgg_pipe *p, int nseg, int *ndone)
 {
     PGconn *conn = p->link->conn;
     int nulls = 0;
 
-    while (p->nseg > 0 && !PQisBusy(conn)) {
-        pipe_seg *s = seg_at(p, 0);
+    while (*ndone < nseg && !PQisBusy(conn)) {
+        pipe_seg *s = seg_at(p, *ndone);
         PGresult *r = PQgetResult(conn);
 
         if (!r) {
@@ -409,37 +442,15 @@ static bool collect(pgg_pipe *p, pipe_req *me)
         nulls = 0;
         if (PQresultStatus(r) == PGRES_PIPELINE_SYNC) {
             PQclear(r);
-            pthread_mutex_lock(&p->mu);
-            if (s->prep_stmt >= 0) {
-                /* Its slot is reused once popped: the owner forgets it. */
-                if (s->w)
-                    s->w->prep_seg = -1;
-                if (s->res && is_error(s->res)) {
-                    /* The statement behind it fails for want of it: its
-                     * caller gets the prepare's own error. */
-                    p->link->stmts.bits[s->prep_stmt >> 6] &=
-                        ~(UINT64_C(1) << (s->prep_stmt & 63));
-                    seg_at(p, 1)->override = s->res;
-                } else {
-                    PQclear(s->res);
-                }
-            } else {
-                PGresult *keep = s->override ? s->override : s->res;
-
-                if (s->override)
-                    PQclear(s->res);
-                if (s->w) {
-                    s->w->conn_ok = PQstatus(conn) == CONNECTION_OK;
-                    s->w->fresh = !p->answered;
-                    s->w->reported = (int)pgg__link_reported_role(conn);
-                    finish(s->w, me, keep, PGG_END_RESULT, WHY_ANSWER);
-                } else {
-                    PQclear(keep);
-                }
-                p->answered = true;
+            if (s->prep_stmt >= 0 && s->res && is_error(s->res)) {
+                /* The statement behind it fails for want of it: its
+                 * caller gets the prepare's own error. */
+                p->link->stmts.bits[s->prep_stmt >> 6] &=
+                    ~(UINT64_C(1) << (s->prep_stmt & 63));
+                seg_at(p, *ndone + 1)->override = s->res;
+                s->res = NULL;
             }
-            seg_pop(p);
-            pthread_mutex_unlock(&p->mu);
+            (*ndone)++;
             continue;
         }
         /* COPY cannot come from the statements allowed here; should a
@@ -460,6 +471,42 @@ static bool collect(pgg_pipe *p, pipe_req *me)
     return PQstatus(conn) != CONNECTION_BAD;
 }
 
+/* Hand the first ndone segments to their callers and drop them from the
+ * ring (mu held). */
+static void deliver(pgg_pipe *p, pipe_req *me, int ndone)
+{
+    PGconn *conn = p->link->conn;
+    bool conn_ok = PQstatus(conn) == CONNECTION_OK;
+    int reported = ndone ? (int)pgg__link_reported_role(conn) : 0;
+
+    for (; ndone > 0; ndone--) {
+        pipe_seg *s = seg_at(p, 0);
+        pipe_req *w = s->w;
+
+        if (s->prep_stmt >= 0) {
+            PQclear(s->res);
+            /* Its slot is reused once popped: the owner forgets it. */
+            if (w)
+                w->prep_seg = -1;
+        } else {
+            PGresult *keep = s->override ? s->override : s->res;
+
+            if (s->override)
+                PQclear(s->res);
+            if (w) {
+                w->conn_ok = conn_ok;
+                w->fresh = !p->answered;
+                w->reported = reported;
+                finish(w, me, keep, PGG_END_RESULT, WHY_ANSWER);
+            } else {
+                PQclear(keep);
+            }
+            p->answered = true;
+        }
+        seg_pop(p);
+    }
+}
+
 /* Close a link the pipe gave up on, outside the lock: a hung one with a
  * cancel (its statements may still run), a broken one plainly. */
 static void drop_link(pgg_pool *pool, pgg_host *h, pgg_link *l, bool hung)
@@ -472,6 +519,13 @@ static void drop_link(pgg_pool *pool, pgg_host *h, pgg_link *l, bool hung)
         pgg__host_discard(h, l);
 }
 
+/* Tell a waiter to look at its state again (mu held, so that it cannot
+ * leave, and destroy the semaphore, before the post). */
+static void wake(pipe_req *w)
+{
+    sem_post(&w->sem);
+}
+
 /* me is done (mu held): pass the leadership to the oldest caller still
  * waiting, or, with nobody left, give the link back (or drop it, when
  * statements nobody waits for are still in flight). */
@@ -481,18 +535,18 @@ static void hand_off(pgg_pool *pool, pgg_host *h, pgg_pipe *p, pipe_req *me)
     pgg_link *l;
     bool orphans;
 
-    me->lead = false;
+    atomic_store_explicit(&me->lead, false, memory_order_relaxed);
     for (int k = 0; k < p->nseg && !next; k++) {
         pipe_req *w = seg_at(p, k)->w;
 
-        if (w && w->state != REQ_DONE)
+        if (w && w != me && req_state(w) != REQ_DONE)
             next = w;
     }
     if (!next)
         next = p->pend;
     if (next) {
-        next->lead = true;
-        pthread_cond_signal(&next->cv);
+        atomic_store_explicit(&next->lead, true, memory_order_relaxed);
+        wake(next);
         return;
     }
     p->leader = false;
@@ -521,10 +575,10 @@ static void hand_off(pgg_pool *pool, pgg_host *h, pgg_pipe *p, pipe_req *me)
     pthread_mutex_lock(&p->mu);
 }
 
-/* me gives up at its deadline (mu held). */
+/* w gives up at its deadline (mu held). */
 static void give_up(pgg_pipe *p, pipe_req *me, pipe_req *w)
 {
-    if (w->state == REQ_PENDING) {
+    if (req_state(w) == REQ_PENDING) {
         pipe_req **pp = &p->pend, *prev = NULL;
 
         for (; *pp && *pp != w; prev = *pp, pp = &(*pp)->next)
@@ -549,70 +603,77 @@ static void give_up(pgg_pipe *p, pipe_req *me, pipe_req *w)
 }
 
 /*
- * Lead until me has its outcome (mu held on entry and return).  Sends what
- * is queued, reads what has come, and waits on the socket until the
- * oldest statement's deadline or me's, whichever is first.
+ * Lead until me has its outcome (mu held on entry and return).  Each turn
+ * takes the queue, sends it, reads what has come, then takes the lock once
+ * to publish both; then waits on the socket until the oldest statement's
+ * deadline or me's, whichever is first.
  */
 static void lead(pgg_pool *pool, pgg_host *h, pgg_pipe *p, pipe_req *me)
 {
     pgg_pipes *ps = pool->pipes;
+    bool polled = false;
 
-    while (me->state != REQ_DONE) {
+    while (req_state(me) != REQ_DONE) {
         int64_t now = pgg__now_ns(), until;
-        PGconn *conn;
-        pgg_link *dead = NULL;
-        bool hung = false;
-        int r, flush;
+        PGconn *conn = p->link->conn;
+        pipe_req *batch = p->pend;
+        int k = p->nseg, sent = 0, ndone = 0, flush, r;
+        pgg_link *dead;
+        bool ok, hung = false;
+        const char *why;
 
-        if (!send_pending(ps, p, me, now)) {
-            dead = fail_all(p, me, false, now, PQerrorMessage(p->link->conn));
-            goto drop;
-        }
-        if (me->state == REQ_DONE)
-            break;
-        conn = p->link->conn;
+        p->pend = p->pend_tail = NULL;
+        p->npend = 0;
+        for (pipe_req *w = batch; w; w = w->next)
+            atomic_store_explicit(&w->state, REQ_SENDING, memory_order_relaxed);
+        p->reserved = 2 * batch_len(batch);
         pthread_mutex_unlock(&p->mu);
-        flush = PQflush(conn);
-        if (flush >= 0 && collect(p, me)) {
-            pthread_mutex_lock(&p->mu);
-            if (me->state == REQ_DONE || p->pend)
-                continue;
-            until = me->deadline;
-            if (p->nseg > 0 && seg_at(p, 0)->deadline < until)
-                until = seg_at(p, 0)->deadline;
-            pthread_mutex_unlock(&p->mu);
-            r = pgg__link_poll(PQsocket(conn),
-                               flush == 1 ? POLLIN | POLLOUT : POLLIN, until);
-            if (r > 0) {
-                /* A failed read still leaves the server's last words (a
-                 * FATAL before the close) for collect to hand over. */
-                if (r & (POLLIN | POLLERR | POLLHUP))
-                    (void)PQconsumeInput(conn);
-                if (collect(p, me)) {
-                    pthread_mutex_lock(&p->mu);
-                    continue;
-                }
-            }
-            if (r == 0) {
-                now = pgg__now_ns();
-                pthread_mutex_lock(&p->mu);
-                if (p->nseg == 0 || now < seg_at(p, 0)->deadline) {
-                    /* me's own deadline, the connection still fine. */
-                    if (me->state != REQ_DONE)
-                        give_up(p, me, me);
-                    continue;
-                }
-                hung = true;
-                dead = fail_all(p, me, true, now,
-                                "connection dropped: a statement ahead of "
-                                "this one on the shared connection passed "
-                                "its deadline");
-                goto drop;
-            }
-        }
+
+        ok = send_batch(p, batch, &k, now, &sent);
+        flush = ok ? PQflush(conn) : -1;
+        if (polled)
+            (void)PQconsumeInput(conn); /* a failure shows in collect */
+        ok = ok && flush >= 0 && collect(p, k, &ndone);
+
         pthread_mutex_lock(&p->mu);
-        dead = fail_all(p, me, false, now, PQerrorMessage(conn));
-    drop:
+        p->nseg = k;
+        p->reserved = 0;
+        atomic_fetch_add_explicit(&ps->sent, (uint64_t)sent,
+                                  memory_order_relaxed);
+        publish_batch(p, me, batch, ok);
+        deliver(p, me, ndone);
+        if (!ok) {
+            why = PQerrorMessage(conn);
+            goto failed;
+        }
+        if (req_state(me) == REQ_DONE || p->pend)
+            continue;
+        until = me->deadline;
+        if (p->nseg > 0 && seg_at(p, 0)->deadline < until)
+            until = seg_at(p, 0)->deadline;
+        pthread_mutex_unlock(&p->mu);
+        r = pgg__link_poll(PQsocket(conn),
+                           flush == 1 ? POLLIN | POLLOUT : POLLIN, until);
+        pthread_mutex_lock(&p->mu);
+        polled = r > 0;
+        if (r > 0)
+            continue;
+        if (r == 0) {
+            now = pgg__now_ns();
+            if (p->nseg == 0 || now < seg_at(p, 0)->deadline) {
+                /* me's own deadline, the connection still fine. */
+                if (req_state(me) != REQ_DONE)
+                    give_up(p, me, me);
+                continue;
+            }
+            hung = true;
+            why = "connection dropped: a statement ahead of this one on the "
+                  "shared connection passed its deadline";
+        } else {
+            why = "poll failed";
+        }
+    failed:
+        dead = fail_all(p, me, hung, now, why);
         pthread_mutex_unlock(&p->mu);
         drop_link(pool, h, dead, hung);
         pthread_mutex_lock(&p->mu);
@@ -645,7 +706,7 @@ static bool joinable(pgg_pool *pool, pgg_pipe *p, int64_t now)
 {
     if (!p->link || p->retire)
         return false;
-    if (p->nseg + 2 * (p->npend + 1) > RING)
+    if (p->nseg + p->reserved + 2 * (p->npend + 1) > RING)
         return false;
     /* The server runs them in order: behind a slow statement a call would
      * wait it out.  It takes a connection of its own instead. */
@@ -803,12 +864,28 @@ static void judge(pgg_pool *pool, pgg_host *h, pgg_intent intent,
     a->v = v;
 }
 
+/* A thread keeps to one of a host's pipes: its calls meet the same
+ * neighbours, and spreading threads over the pipes uses several server
+ * processes (one backend runs a connection's statements one by one). */
+static PGG_TLS unsigned thread_pipe;
+static atomic_uint next_thread_pipe;
+
+static pgg_pipe *pick(pgg_pipes *ps, int host)
+{
+    if (thread_pipe == 0)
+        thread_pipe = atomic_fetch_add_explicit(&next_thread_pipe, 1,
+                                                memory_order_relaxed) +
+                      1;
+    return &ps->pipe[host * ps->per_host +
+                     (int)(thread_pipe % (unsigned)ps->per_host)];
+}
+
 pgg_pipe_did pgg__pipe_attempt(pgg_pool *pool, pgg_host *h, pgg_intent intent,
                                const pgg_query *q, int64_t deadline,
                                int64_t start, pgg_attempt *a, bool *rejected,
                                pgg_error *err)
 {
-    pgg_pipe *p = &pool->pipes->pipe[h->index];
+    pgg_pipe *p = pick(pool->pipes, h->index);
     pgg_ticket ticket;
     pipe_req w;
 
@@ -858,13 +935,19 @@ pgg_pipe_did pgg__pipe_attempt(pgg_pool *pool, pgg_host *h, pgg_intent intent,
     }
 
     /* Joined (mu held). */
-    memset(&w, 0, sizeof w);
     w.q = q;
     w.deadline = deadline;
     w.seg = w.prep_seg = -1;
-    w.state = REQ_PENDING;
+    w.want_sent = false;
+    w.res = NULL;
+    w.fresh = false;
+    w.conn_ok = false;
     w.reported = PGG_ROLE_UNKNOWN;
-    pgg__cond_init(&w.cv);
+    w.msg[0] = '\0';
+    w.next = NULL;
+    atomic_init(&w.state, REQ_PENDING);
+    atomic_init(&w.lead, false);
+    sem_init(&w.sem, 0, 0);
     if (p->pend_tail)
         p->pend_tail->next = &w;
     else
@@ -873,34 +956,47 @@ pgg_pipe_did pgg__pipe_attempt(pgg_pool *pool, pgg_host *h, pgg_intent intent,
     p->npend++;
     if (!p->leader) {
         p->leader = true;
-        w.lead = true;
+        atomic_store_explicit(&w.lead, true, memory_order_relaxed);
     }
-    while (w.state != REQ_DONE) {
-        int64_t now;
+    while (req_state(&w) != REQ_DONE) {
+        struct timespec ts;
+        int r;
 
-        if (w.lead) {
+        if (atomic_load_explicit(&w.lead, memory_order_relaxed)) {
             lead(pool, h, p, &w);
             continue;
         }
-        now = pgg__now_ns();
-        if (now >= w.deadline) {
-            if (w.state == REQ_SENDING) {
-                /* The leader is reading our parameters: wait for it. */
-                w.want_sent = true;
-                pthread_cond_wait(&w.cv, &p->mu);
-                continue;
-            }
-            give_up(p, &w, &w);
-            break;
+        pthread_mutex_unlock(&p->mu);
+        ts = pgg__ns_to_timespec(w.deadline);
+        while ((r = sem_clockwait(&w.sem, CLOCK_MONOTONIC, &ts)) != 0 &&
+               errno == EINTR)
+            ;
+        /* Woken by the post of our outcome (the only one left once it is
+         * DONE and we do not lead): its update of the semaphore is over,
+         * so we may go without the lock. */
+        if (r == 0 && req_state(&w) == REQ_DONE &&
+            !atomic_load_explicit(&w.lead, memory_order_relaxed))
+            goto done;
+        pthread_mutex_lock(&p->mu);
+        if (req_state(&w) == REQ_DONE ||
+            atomic_load_explicit(&w.lead, memory_order_relaxed) ||
+            pgg__now_ns() < w.deadline)
+            continue;
+        if (req_state(&w) == REQ_SENDING) {
+            /* The leader is reading our parameters: wait for it. */
+            w.want_sent = true;
+            pthread_mutex_unlock(&p->mu);
+            while (sem_wait(&w.sem) != 0 && errno == EINTR)
+                ;
+            pthread_mutex_lock(&p->mu);
+            continue;
         }
-        {
-            struct timespec ts = pgg__ns_to_timespec(w.deadline);
-
-            pthread_cond_timedwait(&w.cv, &p->mu, &ts);
-        }
+        give_up(p, &w, &w);
     }
+    /* Every post was made under the mutex, before we took it last. */
     pthread_mutex_unlock(&p->mu);
-    pthread_cond_destroy(&w.cv);
+done:
+    sem_destroy(&w.sem);
     judge(pool, h, intent, &w, ticket, start, a, err);
     return PGG_PIPE_ATTEMPTED;
 }

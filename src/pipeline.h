@@ -45,10 +45,11 @@ struct pgg_attempt;
 
 typedef struct pgg_pipes pgg_pipes;
 
-/* One shared link per host; a call does not join one whose oldest
- * statement has been in flight stall_ns (0: it always may).  NULL with err
- * set when out of memory. */
-pgg_pipes *pgg__pipes_new(int nhosts, int64_t stall_ns, pgg_error *err);
+/* per_host shared links per host (a thread keeps to one of them); a call
+ * does not join one whose oldest statement has been in flight stall_ns
+ * (0: it always may).  NULL with err set when out of memory. */
+pgg_pipes *pgg__pipes_new(int nhosts, int per_host, int64_t stall_ns,
+                          pgg_error *err);
 /* Every call has returned, so no link is held any more.  Accepts NULL. */
 void pgg__pipes_free(pgg_pipes *ps);
 

@@ -267,7 +267,7 @@ pgg_pool *pgg_pool_new(const pgg_config *cfg, pgg_error *err)
     if (!pool->watchdog)
         goto fail;
     if (cfg->pipeline) {
-        pool->pipes = pgg__pipes_new(pool->nhosts,
+        pool->pipes = pgg__pipes_new(pool->nhosts, cfg->pipeline_connections,
                                      ms_to_ns(cfg->pipeline_stall_ms), err);
         if (!pool->pipes)
             goto fail;

@@ -87,8 +87,9 @@ Test(pipeline, concurrent_calls_share_one_connection)
 {
     pgh_cluster *c = cluster_or_die(0);
     /* Room for a connection per call: only pipelining puts them on one.
-     * stall_ms=0: they join even behind the long head. */
-    pgg_pool *p = pool_for(c, "pipeline=on pipeline.stall_ms=0 pool_max=10");
+     * One shared connection per host, which they join even behind the
+     * long head (stall_ms=0). */
+    pgg_pool *p = pool_for(c, "pipeline=on pipeline.connections=1 pipeline.stall_ms=0 pool_max=10");
     call head = {.p = p, .intent = PGG_READ, .sql = HEAD_SQL};
     call joins[8];
     uint64_t sent0 = pgg__pipes_sent(p->pipes);
@@ -134,7 +135,7 @@ Test(pipeline, concurrent_calls_share_one_connection)
 Test(pipeline, an_error_in_one_statement_aborts_no_neighbour)
 {
     pgh_cluster *c = cluster_or_die(0);
-    pgg_pool *p = pool_for(c, "pipeline=on pipeline.stall_ms=0 pool_max=10");
+    pgg_pool *p = pool_for(c, "pipeline=on pipeline.connections=1 pipeline.stall_ms=0 pool_max=10");
     call head = {.p = p, .intent = PGG_WRITE, .sql = HEAD_SQL};
     call bad = {.p = p, .intent = PGG_WRITE, .sql = "SELECT pg_backend_pid()::text, 1/0"};
     call ins = {.p = p,

@@ -231,6 +231,7 @@ static const spec specs[] = {
     I("read_your_writes.max_wait_ms", 0, 3600000, "1000"),
     I("read_your_writes.poll_ms", 1, 60000, "10"),
     B("pipeline", "false"),
+    I("pipeline.connections", 1, 64, "2"),
     I("pipeline.stall_ms", 0, 3600000, "2"),
     B("types.enabled", "false"),
     B("cache.enabled", "false"),
