@@ -774,9 +774,11 @@ static void judge(pgg_pool *pool, pgg_host *h, pgg_intent intent,
     a->end = w->end;
     a->ended = pgg__now_ns();
     a->lost = !w->conn_ok;
-    /* A pooled session that died: the same host once more, on a new
-     * connection; not when it was dropped for a hung neighbour. */
-    a->reused = w->why != WHY_HUNG;
+    /* The same host once more, on a new connection, as for a pooled
+     * session found dead: what was never sent, and what a session that
+     * had answered before lost; not what a hung neighbour took down. */
+    a->reused = w->end == PGG_END_NOT_SENT ||
+                (!w->fresh && w->why != WHY_HUNG);
     v = pgg__classify_result(c, w->end, w->res, intent,
                              role == PGG_ROLE_STANDBY);
     switch (w->end) {

@@ -256,7 +256,10 @@ Test(pipeline, a_hung_server_costs_each_call_its_deadline_at_most)
 {
     pgh_cluster *c = cluster_or_die(0);
     pgh_require_local(c, "a hang (SIGSTOP)");
-    pgg_pool *p = pool_for(c, "pipeline=on breaker.mode=disabled pool_max=10");
+    /* Every call onto one shared connection, however long its head has
+     * been waiting: the hang meets statements queued and in flight. */
+    pgg_pool *p = pool_for(c, "pipeline=on pipeline.connections=1 pipeline.stall_ms=0 "
+                              "breaker.mode=disabled pool_max=10");
     hung_worker ws[HUNG_THREADS];
     int timeouts = 0, dropped = 0;
     double worst = -1e9;
