@@ -52,9 +52,11 @@ enum req_why {
 /*
  * One call waiting on a pipe; lives on the caller's stack.  state and lead
  * change under the pipe's mutex and are read without it by their waiter,
- * which sleeps on its own semaphore: whoever changes them posts it, still
- * under the mutex, so the waiter cannot leave (and destroy the semaphore)
- * before the post.  A waiter that wakes needs no lock to read an outcome
+ * which sleeps on its own semaphore.  Whoever changes them counts a post
+ * in posts_due under the mutex and makes it after releasing the mutex (a
+ * post is a system call: not while others wait for the lock); the waiter
+ * takes every post counted before it leaves, so the semaphore outlives
+ * them all.  A waiter that wakes needs no lock to read an outcome
  * published with REQ_DONE.
  */
 typedef struct pipe_req {
@@ -63,6 +65,8 @@ typedef struct pipe_req {
     sem_t sem;
     _Atomic int state;     /* enum req_state */
     atomic_bool lead;      /* it holds the leadership now */
+    _Atomic int posts_due; /* posts decided for it (under mu), each of
+                              which it takes before it leaves */
     bool want_sent;        /* gave up while SENDING: post it when sent */
     int seg;        /* ring index of its statement's segment; -1: none */
     int prep_seg;   /* ring index of its prepare segment; -1: none */
@@ -109,6 +113,28 @@ struct pgg_pipes {
     atomic_uint_fast64_t sent;
     pgg_pipe pipe[];
 };
+
+/* Posts the leader owes, made once it has released the mutex: at most a
+ * want-sent and an outcome per request in the ring or the queue, and a
+ * hand-off. */
+typedef struct wakes {
+    int n;
+    pipe_req *w[2 * RING + 2];
+} wakes;
+
+static void post_later(wakes *wk, pipe_req *w)
+{
+    atomic_fetch_add_explicit(&w->posts_due, 1, memory_order_relaxed);
+    wk->w[wk->n++] = w;
+}
+
+/* mu not held. */
+static void post_all(wakes *wk)
+{
+    for (int i = 0; i < wk->n; i++)
+        sem_post(&wk->w[i]->sem);
+    wk->n = 0;
+}
 
 /* ------------------------------------------------------------ pure part */
 
@@ -261,23 +287,24 @@ static int batch_len(const pipe_req *w)
     return n;
 }
 
-/* Hand a request its outcome (mu held). */
-static void finish(pipe_req *w, pipe_req *me, PGresult *res,
+/* Hand a request its outcome (mu held); its post goes on wk. */
+static void finish(wakes *wk, pipe_req *w, pipe_req *me, PGresult *res,
                    pgg_attempt_end end, enum req_why why)
 {
     w->res = res;
     w->end = end;
     w->why = why;
     w->seg = w->prep_seg = -1;
-    atomic_store_explicit(&w->state, REQ_DONE, memory_order_release);
     if (w != me)
-        sem_post(&w->sem);
+        post_later(wk, w);
+    atomic_store_explicit(&w->state, REQ_DONE, memory_order_release);
 }
 
 /* After a send (mu held): what went out is in flight; what was past its
  * deadline is done, not sent; when the send failed, the rest goes back to
  * the queue for fail_all. */
-static void publish_batch(pgg_pipe *p, pipe_req *me, pipe_req *batch, bool ok)
+static void publish_batch(wakes *wk, pgg_pipe *p, pipe_req *me,
+                          pipe_req *batch, bool ok)
 {
     for (pipe_req *n; batch; batch = n) {
         n = batch->next;
@@ -285,7 +312,7 @@ static void publish_batch(pgg_pipe *p, pipe_req *me, pipe_req *batch, bool ok)
             atomic_store_explicit(&batch->state, REQ_SENT,
                                   memory_order_relaxed);
             if (batch->want_sent && batch != me)
-                sem_post(&batch->sem);
+                post_later(wk, batch);
         } else if (!ok) {
             atomic_store_explicit(&batch->state, REQ_PENDING,
                                   memory_order_relaxed);
@@ -298,7 +325,7 @@ static void publish_batch(pgg_pipe *p, pipe_req *me, pipe_req *batch, bool ok)
             p->npend++;
         } else {
             batch->conn_ok = true;
-            finish(batch, me, NULL, PGG_END_EXPIRED, WHY_GAVE_UP);
+            finish(wk, batch, me, NULL, PGG_END_EXPIRED, WHY_GAVE_UP);
         }
     }
 }
@@ -317,8 +344,8 @@ static bool is_error(const PGresult *r)
  * last words when it has them; queued requests fail as not sent.  Returns
  * the link, detached, for the caller to close outside the lock.
  */
-static pgg_link *fail_all(pgg_pipe *p, pipe_req *me, bool hung, int64_t now,
-                          const char *why)
+static pgg_link *fail_all(wakes *wk, pgg_pipe *p, pipe_req *me, bool hung,
+                          int64_t now, const char *why)
 {
     pgg_link *l = p->link;
 
@@ -339,11 +366,11 @@ static pgg_link *fail_all(pgg_pipe *p, pipe_req *me, bool hung, int64_t now,
             w->conn_ok = false;
             w->fresh = !p->answered;
             if (last_words)
-                finish(w, me, keep, PGG_END_RESULT, WHY_ANSWER);
+                finish(wk, w, me, keep, PGG_END_RESULT, WHY_ANSWER);
             else if (hung && now >= s->deadline)
-                finish(w, me, NULL, PGG_END_DEADLINE, WHY_GAVE_UP);
+                finish(wk, w, me, NULL, PGG_END_DEADLINE, WHY_GAVE_UP);
             else
-                finish(w, me, NULL, PGG_END_LOST,
+                finish(wk, w, me, NULL, PGG_END_LOST,
                        hung ? WHY_HUNG : WHY_BROKEN);
             if (last_words)
                 keep = NULL;
@@ -359,7 +386,7 @@ static pgg_link *fail_all(pgg_pipe *p, pipe_req *me, bool hung, int64_t now,
         w->conn_ok = false;
         w->fresh = !p->answered;
         pgg__strlcpy(w->msg, why, sizeof w->msg);
-        finish(w, me, NULL, PGG_END_NOT_SENT, WHY_BROKEN);
+        finish(wk, w, me, NULL, PGG_END_NOT_SENT, WHY_BROKEN);
     }
     p->pend_tail = NULL;
     p->npend = 0;
@@ -473,7 +500,7 @@ static bool collect(pgg_pipe *p, int nseg, int *ndone)
 
 /* Hand the first ndone segments to their callers and drop them from the
  * ring (mu held). */
-static void deliver(pgg_pipe *p, pipe_req *me, int ndone)
+static void deliver(wakes *wk, pgg_pipe *p, pipe_req *me, int ndone)
 {
     PGconn *conn = p->link->conn;
     bool conn_ok = PQstatus(conn) == CONNECTION_OK;
@@ -497,7 +524,7 @@ static void deliver(pgg_pipe *p, pipe_req *me, int ndone)
                 w->conn_ok = conn_ok;
                 w->fresh = !p->answered;
                 w->reported = reported;
-                finish(w, me, keep, PGG_END_RESULT, WHY_ANSWER);
+                finish(wk, w, me, keep, PGG_END_RESULT, WHY_ANSWER);
             } else {
                 PQclear(keep);
             }
@@ -519,17 +546,11 @@ static void drop_link(pgg_pool *pool, pgg_host *h, pgg_link *l, bool hung)
         pgg__host_discard(h, l);
 }
 
-/* Tell a waiter to look at its state again (mu held, so that it cannot
- * leave, and destroy the semaphore, before the post). */
-static void wake(pipe_req *w)
-{
-    sem_post(&w->sem);
-}
-
 /* me is done (mu held): pass the leadership to the oldest caller still
  * waiting, or, with nobody left, give the link back (or drop it, when
  * statements nobody waits for are still in flight). */
-static void hand_off(pgg_pool *pool, pgg_host *h, pgg_pipe *p, pipe_req *me)
+static void hand_off(wakes *wk, pgg_pool *pool, pgg_host *h, pgg_pipe *p,
+                     pipe_req *me)
 {
     pipe_req *next = NULL;
     pgg_link *l;
@@ -546,7 +567,7 @@ static void hand_off(pgg_pool *pool, pgg_host *h, pgg_pipe *p, pipe_req *me)
         next = p->pend;
     if (next) {
         atomic_store_explicit(&next->lead, true, memory_order_relaxed);
-        wake(next);
+        post_later(wk, next);
         return;
     }
     p->leader = false;
@@ -556,7 +577,7 @@ static void hand_off(pgg_pool *pool, pgg_host *h, pgg_pipe *p, pipe_req *me)
     orphans = p->nseg > 0;
     if (orphans) {
         /* Answers nobody will read: closing is cheaper than waiting. */
-        l = fail_all(p, me, true, 0, "connection dropped");
+        l = fail_all(wk, p, me, true, 0, "connection dropped");
     } else {
         p->link = NULL;
         atomic_store_explicit(&p->has_link, false, memory_order_relaxed);
@@ -576,7 +597,7 @@ static void hand_off(pgg_pool *pool, pgg_host *h, pgg_pipe *p, pipe_req *me)
 }
 
 /* w gives up at its deadline (mu held). */
-static void give_up(pgg_pipe *p, pipe_req *me, pipe_req *w)
+static void give_up(wakes *wk, pgg_pipe *p, pipe_req *me, pipe_req *w)
 {
     if (req_state(w) == REQ_PENDING) {
         pipe_req **pp = &p->pend, *prev = NULL;
@@ -590,7 +611,7 @@ static void give_up(pgg_pipe *p, pipe_req *me, pipe_req *w)
             p->npend--;
         }
         w->conn_ok = true;
-        finish(w, me, NULL, PGG_END_EXPIRED, WHY_GAVE_UP);
+        finish(wk, w, me, NULL, PGG_END_EXPIRED, WHY_GAVE_UP);
         return;
     }
     /* SENT: the answer, when it comes, goes nowhere. */
@@ -599,7 +620,7 @@ static void give_up(pgg_pipe *p, pipe_req *me, pipe_req *w)
     if (w->prep_seg >= 0)
         p->ring[w->prep_seg].w = NULL;
     w->conn_ok = true;
-    finish(w, me, NULL, PGG_END_DEADLINE, WHY_GAVE_UP);
+    finish(wk, w, me, NULL, PGG_END_DEADLINE, WHY_GAVE_UP);
 }
 
 /*
@@ -612,7 +633,9 @@ static void lead(pgg_pool *pool, pgg_host *h, pgg_pipe *p, pipe_req *me)
 {
     pgg_pipes *ps = pool->pipes;
     bool polled = false;
+    wakes wk;
 
+    wk.n = 0;
     while (req_state(me) != REQ_DONE) {
         int64_t now = pgg__now_ns(), until;
         PGconn *conn = p->link->conn;
@@ -628,6 +651,7 @@ static void lead(pgg_pool *pool, pgg_host *h, pgg_pipe *p, pipe_req *me)
             atomic_store_explicit(&w->state, REQ_SENDING, memory_order_relaxed);
         p->reserved = 2 * batch_len(batch);
         pthread_mutex_unlock(&p->mu);
+        post_all(&wk);
 
         ok = send_batch(p, batch, &k, now, &sent);
         flush = ok ? PQflush(conn) : -1;
@@ -640,8 +664,8 @@ static void lead(pgg_pool *pool, pgg_host *h, pgg_pipe *p, pipe_req *me)
         p->reserved = 0;
         atomic_fetch_add_explicit(&ps->sent, (uint64_t)sent,
                                   memory_order_relaxed);
-        publish_batch(p, me, batch, ok);
-        deliver(p, me, ndone);
+        publish_batch(&wk, p, me, batch, ok);
+        deliver(&wk, p, me, ndone);
         if (!ok) {
             why = PQerrorMessage(conn);
             goto failed;
@@ -652,6 +676,7 @@ static void lead(pgg_pool *pool, pgg_host *h, pgg_pipe *p, pipe_req *me)
         if (p->nseg > 0 && seg_at(p, 0)->deadline < until)
             until = seg_at(p, 0)->deadline;
         pthread_mutex_unlock(&p->mu);
+        post_all(&wk);
         r = pgg__link_poll(PQsocket(conn),
                            flush == 1 ? POLLIN | POLLOUT : POLLIN, until);
         pthread_mutex_lock(&p->mu);
@@ -663,7 +688,7 @@ static void lead(pgg_pool *pool, pgg_host *h, pgg_pipe *p, pipe_req *me)
             if (p->nseg == 0 || now < seg_at(p, 0)->deadline) {
                 /* me's own deadline, the connection still fine. */
                 if (req_state(me) != REQ_DONE)
-                    give_up(p, me, me);
+                    give_up(&wk, p, me, me);
                 continue;
             }
             hung = true;
@@ -673,12 +698,16 @@ static void lead(pgg_pool *pool, pgg_host *h, pgg_pipe *p, pipe_req *me)
             why = "poll failed";
         }
     failed:
-        dead = fail_all(p, me, hung, now, why);
+        dead = fail_all(&wk, p, me, hung, now, why);
         pthread_mutex_unlock(&p->mu);
+        post_all(&wk);
         drop_link(pool, h, dead, hung);
         pthread_mutex_lock(&p->mu);
     }
-    hand_off(pool, h, p, me);
+    hand_off(&wk, pool, h, p, me);
+    /* Posted with mu held, as the caller expects it back; the waiters are
+     * behind the lock for a moment only. */
+    post_all(&wk);
 }
 
 /* ------------------------------------------------------------ the caller */
@@ -890,6 +919,7 @@ pgg_pipe_did pgg__pipe_attempt(pgg_pool *pool, pgg_host *h, pgg_intent intent,
     pgg_pipe *p = pick(pool->pipes, h->index);
     pgg_ticket ticket;
     pipe_req w;
+    int taken = 0, due;
 
     if (!pipeable(h, q))
         return PGG_PIPE_BYPASS;
@@ -949,6 +979,7 @@ pgg_pipe_did pgg__pipe_attempt(pgg_pool *pool, pgg_host *h, pgg_intent intent,
     w.next = NULL;
     atomic_init(&w.state, REQ_PENDING);
     atomic_init(&w.lead, false);
+    atomic_init(&w.posts_due, 0);
     sem_init(&w.sem, 0, 0);
     if (p->pend_tail)
         p->pend_tail->next = &w;
@@ -973,11 +1004,13 @@ pgg_pipe_did pgg__pipe_attempt(pgg_pool *pool, pgg_host *h, pgg_intent intent,
         while ((r = sem_clockwait(&w.sem, CLOCK_MONOTONIC, &ts)) != 0 &&
                errno == EINTR)
             ;
-        /* Woken by the post of our outcome (the only one left once it is
-         * DONE and we do not lead): its update of the semaphore is over,
-         * so we may go without the lock. */
-        if (r == 0 && req_state(&w) == REQ_DONE &&
-            !atomic_load_explicit(&w.lead, memory_order_relaxed))
+        if (r == 0)
+            taken++;
+        /* Our outcome, and every post counted for us taken: go without
+         * the lock. */
+        if (req_state(&w) == REQ_DONE &&
+            !atomic_load_explicit(&w.lead, memory_order_relaxed) &&
+            atomic_load_explicit(&w.posts_due, memory_order_relaxed) == taken)
             goto done;
         pthread_mutex_lock(&p->mu);
         if (req_state(&w) == REQ_DONE ||
@@ -990,13 +1023,19 @@ pgg_pipe_did pgg__pipe_attempt(pgg_pool *pool, pgg_host *h, pgg_intent intent,
             pthread_mutex_unlock(&p->mu);
             while (sem_wait(&w.sem) != 0 && errno == EINTR)
                 ;
+            taken++;
             pthread_mutex_lock(&p->mu);
             continue;
         }
-        give_up(p, &w, &w);
+        give_up(NULL, p, &w, &w); /* our own: nothing to post */
     }
-    /* Every post was made under the mutex, before we took it last. */
+    due = atomic_load_explicit(&w.posts_due, memory_order_relaxed);
     pthread_mutex_unlock(&p->mu);
+    /* Posts counted for us may still be on their way (a leader makes them
+     * after releasing the lock): the semaphore must outlive them. */
+    for (; taken < due; taken++)
+        while (sem_wait(&w.sem) != 0 && errno == EINTR)
+            ;
 done:
     sem_destroy(&w.sem);
     judge(pool, h, intent, &w, ticket, start, a, err);
