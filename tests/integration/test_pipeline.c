@@ -194,8 +194,9 @@ Test(pipeline, an_error_in_one_statement_aborts_no_neighbour)
 Test(pipeline, a_call_does_not_queue_behind_a_slow_statement)
 {
     pgh_cluster *c = cluster_or_die(0);
-    /* The default pipeline.stall_ms. */
-    pgg_pool *p = pool_for(c, "pipeline=on pool_max=10");
+    /* The default pipeline.stall_ms; one shared connection per host, so
+     * that only the stall bound keeps the call off the head's. */
+    pgg_pool *p = pool_for(c, "pipeline=on pipeline.connections=1 pool_max=10");
     call head = {.p = p, .intent = PGG_READ, .sql = HEAD_SQL};
     call next = {.p = p, .intent = PGG_READ, .sql = "SELECT pg_backend_pid()::text"};
 
