@@ -8,8 +8,13 @@
 #include <pthread.h>
 #include <stdatomic.h>
 
+#include "pgg_config.h"
 #include "pool.h"
 #include "pool_util.h"
+
+#if PGG_HAVE_LIBPQTYPES
+#include "pgguard_types.h"
+#endif
 
 /* The statement at the head of the shared connection: long enough that
  * the others join it while it runs. */
@@ -214,6 +219,64 @@ Test(pipeline, a_call_does_not_queue_behind_a_slow_statement)
     PQclear(next.res);
     end_test(p, c);
 }
+
+#if PGG_HAVE_LIBPQTYPES
+typedef struct typed_call {
+    pgg_pool *p;
+    int value;
+    pthread_t t;
+    PGint4 got, pid;
+    bool ok;
+    char what[256];
+} typed_call;
+
+static void *run_typed(void *arg)
+{
+    typed_call *c = arg;
+    pgg_error e;
+    PGresult *r = pgg_execf(c->p, PGG_READ, NULL, NULL, &e, "SELECT %int4, pg_backend_pid()",
+                            (PGint4)c->value);
+
+    if (!r)
+        snprintf(c->what, sizeof c->what, "%s: %.200s", pgg_err_name(e.code), e.message);
+    else if (!PQgetf(r, 0, "%int4 %int4", 0, &c->got, 1, &c->pid))
+        snprintf(c->what, sizeof c->what, "PQgetf: %s", PQgeterror());
+    else
+        c->ok = true;
+    PQclear(r);
+    return NULL;
+}
+
+Test(pipeline, typed_calls_share_the_connection_and_keep_pqgetf)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, "pipeline=on pipeline.connections=1 pipeline.stall_ms=0 pool_max=10");
+    call head = {.p = p, .intent = PGG_READ, .sql = HEAD_SQL};
+    typed_call tc[4];
+    typed_call first = {.p = p, .value = 1};
+
+    /* The first typed call prepares connections for libpqtypes from then
+     * on: the shared one the head takes next carries the registrations. */
+    run_typed(&first);
+    cr_assert(first.ok, "%s", first.what);
+    start(&head);
+    head_running(c);
+    for (int i = 0; i < 4; i++) {
+        tc[i] = (typed_call){.p = p, .value = 100 + i};
+        cr_assert_eq(pthread_create(&tc[i].t, NULL, run_typed, &tc[i]), 0);
+    }
+    pthread_join(head.t, NULL);
+    for (int i = 0; i < 4; i++) {
+        pthread_join(tc[i].t, NULL);
+        cr_expect(tc[i].ok, "typed call %d: %s", i, tc[i].what);
+        cr_expect_eq(tc[i].got, 100 + i);
+        cr_expect_eq(tc[i].pid, atoi(pid_of(&head)), "typed call %d ran on backend %d, not %s",
+                     i, tc[i].pid, pid_of(&head));
+    }
+    PQclear(head.res);
+    end_test(p, c);
+}
+#endif
 
 #define HUNG_THREADS 8
 #define HUNG_CALLS 3
