@@ -2,10 +2,11 @@
  * Pipelining concurrent one-shot calls onto a shared connection per host
  * (pipeline.h says what and when).
  *
- * Locking: one mutex per host's pipe guards the queue of requests not yet
- * sent, the ring of statements in flight (who waits for each: `w`), the
- * link, and the leader flag.  It is a leaf, and never held across I/O: the
- * leader sends and reads with it released.  Only the leader touches the
+ * Locking: one mutex per pipe guards the queue of requests not yet sent,
+ * the ring of statements in flight (who waits for each: `w`), the link,
+ * and the leader flag.  It is a leaf, and never held across I/O: the
+ * leader sends and reads with it released, and wakes waiters (each on its
+ * own semaphore) after releasing it.  Only the leader touches the
  * PGconn and a segment's results; a waiter that gives up only clears its
  * `w` in the ring (under the mutex), so the leader never writes to a
  * caller's stack after it left.  A request the leader is sending (SENDING)
@@ -657,6 +658,7 @@ static void lead(pgg_pool *pool, pgg_host *h, pgg_pipe *p, pipe_req *me)
         flush = ok ? PQflush(conn) : -1;
         if (polled)
             (void)PQconsumeInput(conn); /* a failure shows in collect */
+        polled = false;
         ok = ok && flush >= 0 && collect(p, k, &ndone);
 
         pthread_mutex_lock(&p->mu);
