@@ -496,6 +496,17 @@ static bool attempt_on(pgg__call *c, pgg_host *h, int64_t deadline,
     pgg_ticket ticket;
     pgg_link *l;
 
+    if (pool->pipes) {
+        switch (pgg__pipe_attempt(pool, h, c->intent, c->q, deadline, c->now,
+                                  a, &c->rejected, c->err)) {
+        case PGG_PIPE_BYPASS:
+            break;
+        case PGG_PIPE_SKIPPED:
+            return false;
+        case PGG_PIPE_ATTEMPTED:
+            return true;
+        }
+    }
     a->res = NULL;
     a->ended = 0;
     a->reused = false;

@@ -30,15 +30,8 @@
 
 #include "pool.h"
 
-/* One attempt on one host, as the path judges it. */
-typedef struct pgg__attempt {
-    PGresult *res;
-    pgg_verdict v;
-    pgg_attempt_end end;
-    int64_t ended; /* clock when it finished; 0 when it never ran */
-    bool reused;   /* ran on a pooled connection, not a new one */
-    bool lost;     /* ... and that session is gone now */
-} pgg__attempt;
+/* One attempt on one host, as the path judges it (pool.h). */
+typedef pgg_attempt pgg__attempt;
 
 typedef struct pgg__call {
     pgg_pool *pool;

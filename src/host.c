@@ -541,6 +541,9 @@ static int borrow_locked(pgg_host *h, int64_t deadline_ns, int64_t now,
             continue;
         }
         if (now >= deadline_ns || pgg__cancel_now()) {
+            /* Read under mu: a connect on another thread writes it. */
+            bool full = now < h->full_until_ns;
+
             /* A give-back may have signalled us as the deadline came: pass
              * the wakeup on to a waiter that can still use it. */
             if (h->n_waiting > 0 &&
@@ -549,7 +552,7 @@ static int borrow_locked(pgg_host *h, int64_t deadline_ns, int64_t now,
             pthread_mutex_unlock(&h->mu);
             close_list(doomed);
             *why = PGG_BORROW_EXHAUSTED;
-            if (now < h->full_until_ns)
+            if (full)
                 return pgg__error_set(err, PGG_ETIMEDOUT, "53300", h->name,
                                       "%s has no room for another session "
                                       "(53300) and ours were busy until the "

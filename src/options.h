@@ -85,6 +85,12 @@ struct pgg_config {
     int64_t ryw_max_wait_ms; /* a read waits this long for a replica */
     int64_t ryw_poll_ms;     /* health rounds this often while reads wait */
 
+    /* Concurrent one-shot calls to a host share connections in libpq
+     * pipeline mode (pipeline.h). */
+    bool pipeline;
+    int pipeline_connections;  /* shared links per host */
+    int64_t pipeline_stall_ms; /* no joining behind a statement this old */
+
     /* libpqtypes on every pooled connection (PQgetf on every result). */
     bool types_enabled;
 

@@ -146,6 +146,7 @@ static void pool_destroy(pgg_pool *pool, int hosts_ready, bool bulkhead_ready)
     for (int i = 0; i < hosts_ready; i++)
         pgg__host_close(&pool->hosts[i]);
     pgg__watchdog_free(pool->watchdog);
+    pgg__pipes_free(pool->pipes);
     if (pool->cfg)
         pgg__canceller_free(pool->canceller,
                             ms_to_ns(pool->cfg->cancel_timeout_ms));
@@ -267,6 +268,12 @@ pgg_pool *pgg_pool_new(const pgg_config *cfg, pgg_error *err)
     pool->watchdog = pgg__watchdog_new(PGG_WATCHDOG_TICK_NS, err);
     if (!pool->watchdog)
         goto fail;
+    if (cfg->pipeline) {
+        pool->pipes = pgg__pipes_new(pool->nhosts, cfg->pipeline_connections,
+                                     ms_to_ns(cfg->pipeline_stall_ms), err);
+        if (!pool->pipes)
+            goto fail;
+    }
     pool->vis = pgg__vis_new(pool->nhosts, cfg->ryw_mode, cfg->ryw_max_wait_ms,
                              cfg->ryw_poll_ms, err);
     if (!pool->vis)

@@ -16,6 +16,7 @@
 #include "host.h"
 #include "link.h"
 #include "options.h"
+#include "pipeline.h"
 #include "prepared.h"
 #include "router.h"
 #include "types.h"
@@ -51,6 +52,7 @@ struct pgg_pool {
     pgg_health *health;
     pgg_cache *cache;
     pgg_vis *vis; /* read your writes: positions known, waiting readers */
+    pgg_pipes *pipes; /* pipeline=on: the shared pipelined links; NULL off */
     pgg_prepared prepared;
     pgg_types *types; /* NULL without libpqtypes */
     /* Prepare connections for libpqtypes: types.enabled, or set for good by
@@ -108,6 +110,17 @@ void pgg__pool_record(pgg_pool *pool, pgg_host *h, pgg_ticket ticket,
 /* Does this class count against the host (connection, timeout,
  * unavailable)? */
 bool pgg__host_failure(pgg_class cls);
+
+/* One attempt of a call on one host, as run() weighs it (pool.c's
+ * attempt_on, or pipeline.c's for a shared connection). */
+typedef struct pgg_attempt {
+    PGresult *res;
+    pgg_verdict v;
+    pgg_attempt_end end;
+    int64_t ended; /* clock when it finished; 0 when it never ran */
+    bool reused;   /* ran on a pooled connection, not a new one */
+    bool lost;     /* ... and that session is gone now */
+} pgg_attempt;
 
 typedef enum pgg_take {
     PGG_TAKE_OK,      /* *l and *ticket are held: record the ticket once */

@@ -5,6 +5,7 @@
  *   bench-calls --conninfo CI count  CLIENT QUERY N   (for callgrind/strace)
  *   bench-calls --conninfo CI interleave [--threads 1,8,32] [--rounds R]
  *               [--round-calls N] [--block B] [--settings 'k=v ...']
+ *               [--pipelined 'k=v ...']
  *
  * count: warms up, then makes N calls of one client (raw or guard) and one
  * query (exec: SELECT 1 by PQexec / pgg_exec; params: a one-parameter
@@ -27,6 +28,13 @@
  * health and watchdog threads) is charged to pgguard.  It prints the
  * median and range of the per-round ratios raw/pgguard (calls/s) and
  * pgguard/raw (CPU per call).
+ *
+ * --pipelined adds a third client, a second pool with pipeline=on (plus
+ * the --pipe-settings), and runs the blocks aligned: every thread runs the
+ * same client in a block (a barrier between blocks, the order of the three
+ * rotating block by block and round by round), because pipelining shares
+ * a connection between calls that run at the same moment.  The process
+ * CPU no client thread used is split evenly between the two pools.
  *
  * Not a meson test: it reports, asserts nothing.
  */
@@ -212,13 +220,15 @@ typedef struct acc {
     long calls, bad;
 } acc;
 
+enum { C_RAW, C_GUARD, C_PIPE, C__N };
+
 typedef struct shared {
     const char *conninfo;
-    pgg_pool *pool;
-    int q, nthreads, rounds, block;
+    pgg_pool *pool, *pipe_pool;
+    int q, nthreads, rounds, block, nclients;
     long round_calls;
-    pthread_barrier_t bar;
-    acc (*per)[MAX_ROUNDS][2]; /* [thread][round][raw, guard] */
+    pthread_barrier_t bar, block_bar;
+    acc (*per)[MAX_ROUNDS][C__N]; /* [thread][round][raw, guard, pipe] */
 } shared;
 
 typedef struct worker {
@@ -228,15 +238,16 @@ typedef struct worker {
     pthread_t t;
 } worker;
 
-static void run_block(worker *w, bool guard, unsigned *seq, acc *a)
+static void run_block(worker *w, int client, unsigned *seq, acc *a)
 {
     shared *s = w->s;
     int64_t t0 = clock_ns(CLOCK_MONOTONIC), c0 = clock_ns(CLOCK_THREAD_CPUTIME_ID);
     pgg_error e;
 
     for (int i = 0; i < s->block; i++, (*seq)++) {
-        bool ok = guard ? call_guard(s->pool, s->q, *seq, &e)
-                        : call_raw(w->conn, s->q, *seq);
+        bool ok = client == C_RAW ? call_raw(w->conn, s->q, *seq)
+                  : call_guard(client == C_GUARD ? s->pool : s->pipe_pool,
+                               s->q, *seq, &e);
         if (!ok)
             a->bad++;
     }
@@ -252,11 +263,21 @@ static void *worker_main(void *arg)
     unsigned seq = (unsigned)w->id * 37u;
 
     for (int r = -1; r < s->rounds; r++) {
-        acc scratch[2] = {{0}};
+        acc scratch[C__N] = {{0}};
         acc *a = r < 0 ? scratch : s->per[w->id][r];
 
         pthread_barrier_wait(&s->bar);
         for (long b = 0; b * s->block < s->round_calls; b++) {
+            if (s->nclients == C__N) {
+                /* Aligned: all threads in one client at a time. */
+                for (int k = 0; k < C__N; k++) {
+                    int client = (int)((b + r + 3 + k) % C__N);
+
+                    pthread_barrier_wait(&s->block_bar);
+                    run_block(w, client, &seq, &a[client]);
+                }
+                continue;
+            }
             bool guard_first = ((b + w->id + r) & 1) != 0;
 
             run_block(w, guard_first, &seq, &a[guard_first]);
@@ -281,17 +302,20 @@ static void summary(double *v, int n, double *med, double *lo, double *hi)
     *hi = v[n - 1];
 }
 
-static void interleave_level(const char *conninfo, const char *settings, int q,
-                             int nthreads, int rounds, long round_calls,
-                             int block)
+static void interleave_level(const char *conninfo, const char *settings,
+                             const char *pipe_settings, int q, int nthreads,
+                             int rounds, long round_calls, int block)
 {
     shared s = {.conninfo = conninfo, .q = q, .nthreads = nthreads,
-                .rounds = rounds, .block = block, .round_calls = round_calls};
+                .rounds = rounds, .block = block, .round_calls = round_calls,
+                .nclients = pipe_settings ? C__N : 2};
+    double ptput[MAX_ROUNDS], pcpu[MAX_ROUNDS], pipe_us = 0, pipe_cpu = 0;
+    double pmed = 0, plo = 0, phi = 0, pcmed = 0, pclo = 0, pchi = 0;
     worker *ws = calloc((size_t)nthreads, sizeof *ws);
     int64_t proc[MAX_ROUNDS + 1];
     double tput[MAX_ROUNDS], cpu[MAX_ROUNDS];
     double raw_us = 0, guard_us = 0, raw_cpu = 0, guard_cpu = 0;
-    long bad[2] = {0, 0};
+    long bad[C__N] = {0, 0, 0};
     double med, lo, hi, cmed, clo, chi;
     char ls[64] = "?";
     FILE *lf;
@@ -300,7 +324,14 @@ static void interleave_level(const char *conninfo, const char *settings, int q,
     if (!ws || !s.per)
         die("out of memory");
     s.pool = pool_new(conninfo, settings);
+    if (pipe_settings) {
+        char ps[512];
+
+        snprintf(ps, sizeof ps, "%s pipeline=on %s", settings, pipe_settings);
+        s.pipe_pool = pool_new(conninfo, ps);
+    }
     pthread_barrier_init(&s.bar, NULL, (unsigned)nthreads + 1);
+    pthread_barrier_init(&s.block_bar, NULL, (unsigned)nthreads);
     for (int i = 0; i < nthreads; i++) {
         ws[i].s = &s;
         ws[i].id = i;
@@ -323,11 +354,11 @@ static void interleave_level(const char *conninfo, const char *settings, int q,
         PQfinish(ws[i].conn);
     }
     for (int r = 0; r < rounds; r++) {
-        acc t[2] = {{0}};
+        acc t[C__N] = {{0}};
         double rw, gw, rc, gc, extra;
 
         for (int i = 0; i < nthreads; i++)
-            for (int k = 0; k < 2; k++) {
+            for (int k = 0; k < s.nclients; k++) {
                 t[k].wall += s.per[i][r][k].wall;
                 t[k].cpu += s.per[i][r][k].cpu;
                 t[k].calls += s.per[i][r][k].calls;
@@ -337,11 +368,23 @@ static void interleave_level(const char *conninfo, const char *settings, int q,
          * its wall time per thread. */
         rw = (double)t[0].wall / (double)t[0].calls;
         gw = (double)t[1].wall / (double)t[1].calls;
-        extra = (double)(proc[r] - t[0].cpu - t[1].cpu);
+        extra = (double)(proc[r] - t[0].cpu - t[1].cpu - t[2].cpu);
         if (extra < 0)
             extra = 0;
+        if (s.nclients == C__N)
+            extra /= 2; /* two pools' background threads */
         rc = (double)t[0].cpu / (double)t[0].calls;
         gc = ((double)t[1].cpu + extra) / (double)t[1].calls;
+        if (s.nclients == C__N) {
+            double pw = (double)t[2].wall / (double)t[2].calls;
+            double pc = ((double)t[2].cpu + extra) / (double)t[2].calls;
+
+            ptput[r] = rw / pw;
+            pcpu[r] = pc / rc;
+            pipe_us += pw / 1e3 / rounds;
+            pipe_cpu += pc / 1e3 / rounds;
+            bad[1] += t[2].bad;
+        }
         tput[r] = rw / gw;
         cpu[r] = gc / rc;
         raw_us += rw / 1e3 / rounds;
@@ -351,6 +394,10 @@ static void interleave_level(const char *conninfo, const char *settings, int q,
     }
     summary(tput, rounds, &med, &lo, &hi);
     summary(cpu, rounds, &cmed, &clo, &chi);
+    if (s.nclients == C__N) {
+        summary(ptput, rounds, &pmed, &plo, &phi);
+        summary(pcpu, rounds, &pcmed, &pclo, &pchi);
+    }
     if ((lf = fopen("/proc/loadavg", "r"))) {
         if (!fgets(ls, sizeof ls, lf))
             snprintf(ls, sizeof ls, "?");
@@ -362,9 +409,16 @@ static void interleave_level(const char *conninfo, const char *settings, int q,
            qname[q], nthreads, nthreads * 1e6 / raw_us,
            nthreads * 1e6 / guard_us, med, lo, hi, raw_cpu, guard_cpu, cmed,
            clo, chi, ls, bad[0] || bad[1] ? "  ERRORS" : "");
+    if (s.nclients == C__N)
+        printf("%-9s %3s  %8s %8.0f  %5.3f %4.2f-%4.2f  %6s %6.1f  %5.3f "
+               "%4.2f-%4.2f  (pipelined)\n",
+               "", "", "", nthreads * 1e6 / pipe_us, pmed, plo, phi, "",
+               pipe_cpu, pcmed, pclo, pchi);
     fflush(stdout);
     pthread_barrier_destroy(&s.bar);
+    pthread_barrier_destroy(&s.block_bar);
     pgg_pool_free(s.pool);
+    pgg_pool_free(s.pipe_pool);
     free(s.per);
     free(ws);
 }
@@ -389,6 +443,7 @@ int main(int argc, char **argv)
     const char *conninfo = getenv("PGG_BENCH_CONNINFO");
     const char *settings = "pool_max=32";
     const char *queries = "exec,params,prepared";
+    const char *pipe_settings = NULL;
     int levels[MAX_LEVELS] = {1, 8, 32}, nlevels = 3;
     int rounds = 9, block = 20;
     long round_calls = 2000;
@@ -411,6 +466,8 @@ int main(int argc, char **argv)
             block = atoi(argv[i + 1]);
         else if (strcmp(argv[i], "--queries") == 0)
             queries = argv[i + 1];
+        else if (strcmp(argv[i], "--pipelined") == 0)
+            pipe_settings = argv[i + 1];
         else
             die("unknown option %s", argv[i]);
     }
@@ -434,8 +491,8 @@ int main(int argc, char **argv)
             if (!strstr(queries, qname[qi]))
                 continue;
             for (int l = 0; l < nlevels; l++)
-                interleave_level(conninfo, settings, qi, levels[l], rounds,
-                                 round_calls, block);
+                interleave_level(conninfo, settings, pipe_settings, qi,
+                                 levels[l], rounds, round_calls, block);
         }
         return 0;
     }
@@ -444,6 +501,7 @@ int main(int argc, char **argv)
             "raw|raw-alone|guard exec|params|prepared N\n"
             "       bench-calls [--conninfo CI] [--settings S] [--threads "
             "1,8,32] [--rounds R] [--round-calls N] [--block B] [--queries "
-            "exec,params,prepared] interleave\n");
+            "exec,params,prepared] [--pipelined 'extra settings'] "
+            "interleave\n");
     return 2;
 }
