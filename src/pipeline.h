@@ -21,7 +21,9 @@
  *     never retried), queued ones as not sent;
  *   - a connection that breaks fails its statements the same way.
  *
- * What is not pipelined takes today's path: simple-protocol text that may
+ * What is not pipelined takes today's path: a call alone on its host (no
+ * connection of it busy, no shared link: nothing to share), simple-protocol
+ * text that may
  * hold several statements, statements other than SELECT / WITH / VALUES /
  * TABLE / INSERT / UPDATE / DELETE / MERGE (transaction control would
  * reach the neighbours), calls with a cancel handle or read-your-writes
