@@ -21,10 +21,12 @@
  *     never retried), queued ones as not sent;
  *   - a connection that breaks fails its statements the same way.
  *
- * What is not pipelined takes today's path: simple-protocol text that may
- * hold several statements, statements other than SELECT / WITH / VALUES /
- * TABLE / INSERT / UPDATE / DELETE / MERGE (transaction control would
- * reach the neighbours), calls with a cancel handle or read-your-writes
+ * What is not pipelined takes today's path: a call alone on its host (no
+ * connection of it busy, no shared link: nothing to share), simple-protocol
+ * text that may hold several statements, statements other than SELECT /
+ * WITH / VALUES / TABLE / INSERT / UPDATE / DELETE / MERGE (transaction
+ * control would reach the neighbours), calls with a cancel handle or
+ * read-your-writes
  * needs, hosts whose breaker is open or half-open, and calls arriving
  * while the shared connection is being set up, is full, or has had its
  * oldest statement in flight for pipeline.stall_ms (the server runs a

@@ -20,23 +20,38 @@
  * the others join it while it runs. */
 #define HEAD_SQL "SELECT pg_backend_pid()::text, pg_sleep(1)::text"
 
-/* Wait until the head statement runs on the server, so that the calls
- * started next find it in flight. */
-static void head_running(pgh_cluster *c)
+/* Wait until a statement runs on the server, so that the calls started
+ * next find it in flight. */
+static void running(pgh_cluster *c, const char *sql)
 {
-    char n[16] = "0";
+    char n[16] = "0", q[256];
     double end = pgh_now_ms() + 10000;
 
+    snprintf(q, sizeof q,
+             "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query = '%s'",
+             sql);
     while (strcmp(n, "1") != 0 && pgh_now_ms() < end) {
-        cr_assert_eq(pgh_node_query_value(pgh_cluster_primary(c),
-                                          "SELECT count(*) FROM pg_stat_activity "
-                                          "WHERE state = 'active' AND query = '" HEAD_SQL "'",
-                                          n, sizeof n),
-                     0);
+        cr_assert_eq(pgh_node_query_value(pgh_cluster_primary(c), q, n, sizeof n), 0);
         if (strcmp(n, "1") != 0)
             sleep_ms(5);
     }
-    cr_assert_str_eq(n, "1", "the head statement never ran");
+    cr_assert_str_eq(n, "1", "the statement never ran: %s", sql);
+}
+
+static void head_running(pgh_cluster *c)
+{
+    running(c, HEAD_SQL);
+}
+
+/* A call alone on its host takes the ordinary path (nothing to share): a
+ * lease held through the test makes every call find company. */
+static pgg_lease *company(pgg_pool *p)
+{
+    pgg_error e;
+    pgg_lease *l = pgg_acquire(p, PGG_READ, 0, NULL, &e);
+
+    cr_assert_not_null(l, "acquire: %s", e.message);
+    return l;
 }
 
 typedef struct call {
@@ -95,6 +110,7 @@ Test(pipeline, concurrent_calls_share_one_connection)
      * One shared connection per host, which they join even behind the
      * long head (stall_ms=0). */
     pgg_pool *p = pool_for(c, "pipeline=on pipeline.connections=1 pipeline.stall_ms=0 pool_max=10");
+    pgg_lease *hold = company(p);
     call head = {.p = p, .intent = PGG_READ, .sql = HEAD_SQL};
     call joins[8];
     uint64_t sent0 = pgg__pipes_sent(p->pipes);
@@ -127,13 +143,15 @@ Test(pipeline, concurrent_calls_share_one_connection)
             cr_expect_str_eq(PQgetvalue(joins[i].res, 0, 1), "42");
     }
     cr_expect_eq(pgg__pipes_sent(p->pipes) - sent0, 9);
-    /* One backend served all nine: the pool opened no other for them. */
-    cr_expect_eq(host_stats(p, 0).conns_open, 1, "%d connections open",
+    /* One backend served all nine: the pool opened no other for them (the
+     * second connection is the lease's). */
+    cr_expect_eq(host_stats(p, 0).conns_open, 2, "%d connections open",
                  host_stats(p, 0).conns_open);
     fprintf(stderr, "pipeline: 9 calls on backend %s\n", pid_of(&head));
     PQclear(head.res);
     for (int i = 0; i < 8; i++)
         PQclear(joins[i].res);
+    pgg_release(hold);
     end_test(p, c);
 }
 
@@ -141,6 +159,7 @@ Test(pipeline, an_error_in_one_statement_aborts_no_neighbour)
 {
     pgh_cluster *c = cluster_or_die(0);
     pgg_pool *p = pool_for(c, "pipeline=on pipeline.connections=1 pipeline.stall_ms=0 pool_max=10");
+    pgg_lease *hold = company(p);
     call head = {.p = p, .intent = PGG_WRITE, .sql = HEAD_SQL};
     call bad = {.p = p, .intent = PGG_WRITE, .sql = "SELECT pg_backend_pid()::text, 1/0"};
     call ins = {.p = p,
@@ -193,6 +212,7 @@ Test(pipeline, an_error_in_one_statement_aborts_no_neighbour)
     PQclear(badprep.res);
     PQclear(ins.res);
     PQclear(after.res);
+    pgg_release(hold);
     end_test(p, c);
 }
 
@@ -202,6 +222,7 @@ Test(pipeline, a_call_does_not_queue_behind_a_slow_statement)
     /* The default pipeline.stall_ms; one shared connection per host, so
      * that only the stall bound keeps the call off the head's. */
     pgg_pool *p = pool_for(c, "pipeline=on pipeline.connections=1 pool_max=10");
+    pgg_lease *hold = company(p);
     call head = {.p = p, .intent = PGG_READ, .sql = HEAD_SQL};
     call next = {.p = p, .intent = PGG_READ, .sql = "SELECT pg_backend_pid()::text"};
 
@@ -217,6 +238,7 @@ Test(pipeline, a_call_does_not_queue_behind_a_slow_statement)
     cr_expect_lt(next.ended_ms, head.ended_ms, "the call waited for the slow statement");
     PQclear(head.res);
     PQclear(next.res);
+    pgg_release(hold);
     end_test(p, c);
 }
 
@@ -251,6 +273,7 @@ Test(pipeline, typed_calls_share_the_connection_and_keep_pqgetf)
 {
     pgh_cluster *c = cluster_or_die(0);
     pgg_pool *p = pool_for(c, "pipeline=on pipeline.connections=1 pipeline.stall_ms=0 pool_max=10");
+    pgg_lease *hold = company(p);
     call head = {.p = p, .intent = PGG_READ, .sql = HEAD_SQL};
     typed_call tc[4];
     typed_call first = {.p = p, .value = 1};
@@ -274,6 +297,7 @@ Test(pipeline, typed_calls_share_the_connection_and_keep_pqgetf)
                      i, tc[i].pid, pid_of(&head));
     }
     PQclear(head.res);
+    pgg_release(hold);
     end_test(p, c);
 }
 #endif
@@ -281,11 +305,15 @@ Test(pipeline, typed_calls_share_the_connection_and_keep_pqgetf)
 #define HUNG_THREADS 8
 #define HUNG_CALLS 3
 #define HUNG_TIMEOUT_MS 150
+/* The statement in flight when the server stops: its deadline falls
+ * during the third round of calls queued behind it. */
+#define HUNG_HEAD_SQL "SELECT pg_sleep(5)"
+#define HUNG_HEAD_TIMEOUT_MS 400
 
 typedef struct hung_worker {
     pgg_pool *p;
     pthread_t t;
-    int timeouts, dropped, other;
+    int timeouts, queued, dropped, other;
     double worst_over_ms;
     char what[256];
 } hung_worker;
@@ -303,11 +331,13 @@ static void *hung_calls(void *arg)
 
         if (over > w->worst_over_ms)
             w->worst_over_ms = over;
-        if (!r && e.code == PGG_ETIMEDOUT)
+        if (!r && e.code == PGG_ETIMEDOUT) {
             w->timeouts++;
-        else if (!r && e.code == PGG_ECONNECT)
-            w->dropped++; /* behind a statement that hung: dropped with it */
-        else {
+            if (strstr(e.message, "queued for a shared connection"))
+                w->queued++;
+        } else if (!r && e.code == PGG_ECONNECT) {
+            w->dropped++; /* behind the statement that hung: dropped with it */
+        } else {
             w->other++;
             snprintf(w->what, sizeof w->what, "%s: %.200s", pgg_err_name(e.code), e.message);
         }
@@ -321,17 +351,19 @@ Test(pipeline, a_hung_server_costs_each_call_its_deadline_at_most)
     pgh_cluster *c = cluster_or_die(0);
     pgh_require_local(c, "a hang (SIGSTOP)");
     /* Every call onto one shared connection, however long its head has
-     * been waiting: the hang meets statements queued and in flight. */
+     * been running. */
     pgg_pool *p = pool_for(c, "pipeline=on pipeline.connections=1 pipeline.stall_ms=0 "
                               "breaker.mode=disabled pool_max=10");
+    pgg_lease *hold = company(p);
     hung_worker ws[HUNG_THREADS];
-    int timeouts = 0, dropped = 0;
+    call head = {.p = p, .intent = PGG_READ, .sql = HUNG_HEAD_SQL,
+                 .timeout_ms = HUNG_HEAD_TIMEOUT_MS};
+    int timeouts = 0, queued = 0, dropped = 0;
     double worst = -1e9;
-    uint64_t sent0;
+    uint64_t sent0 = pgg__pipes_sent(p->pipes);
 
-    /* A warm connection for the pipe, idle when the server stops. */
-    cr_expect_eq(read_ok(p, PGG_READ, "SELECT 1", 0), 0);
-    sent0 = pgg__pipes_sent(p->pipes);
+    start(&head);
+    running(c, HUNG_HEAD_SQL);
     cr_assert_eq(pgh_node_hang(pgh_cluster_primary(c)), 0);
     for (int i = 0; i < HUNG_THREADS; i++) {
         ws[i] = (hung_worker){.p = p, .worst_over_ms = -1e9};
@@ -340,26 +372,37 @@ Test(pipeline, a_hung_server_costs_each_call_its_deadline_at_most)
     for (int i = 0; i < HUNG_THREADS; i++) {
         pthread_join(ws[i].t, NULL);
         timeouts += ws[i].timeouts;
+        queued += ws[i].queued;
         dropped += ws[i].dropped;
         if (ws[i].worst_over_ms > worst)
             worst = ws[i].worst_over_ms;
         cr_expect_eq(ws[i].other, 0, "a call neither timed out nor was dropped: %s",
                      ws[i].what);
     }
-    fprintf(stderr, "pipeline hung: %d timeouts, %d dropped behind a hung statement, "
-            "%llu pipelined, worst %.2f ms past a %d ms deadline\n",
-            timeouts, dropped, (unsigned long long)(pgg__pipes_sent(p->pipes) - sent0), worst,
-            HUNG_TIMEOUT_MS);
+    pthread_join(head.t, NULL);
+    fprintf(stderr, "pipeline hung: %d timeouts (%d while queued), %d dropped behind the "
+            "hung statement, %llu pipelined, worst %.2f ms past a %d ms deadline; the "
+            "head: %s after %.2f ms of %d\n",
+            timeouts, queued, dropped,
+            (unsigned long long)(pgg__pipes_sent(p->pipes) - sent0), worst, HUNG_TIMEOUT_MS,
+            pgg_err_name(head.e.code), head.took_ms, HUNG_HEAD_TIMEOUT_MS);
     cr_expect_eq(timeouts + dropped, HUNG_THREADS * HUNG_CALLS);
-    cr_expect_gt(timeouts, 0);
-    /* Some calls met the hang on the shared connection. */
-    cr_expect_gt(pgg__pipes_sent(p->pipes) - sent0, 0);
+    /* The first calls joined the shared connection behind the head. */
+    cr_expect_gt(queued, 0);
+    /* The head itself met its deadline on the hung connection. */
+    cr_expect_null(head.res);
+    cr_expect_eq(head.e.code, PGG_ETIMEDOUT, "%s: %s", pgg_err_name(head.e.code),
+                 head.e.message);
     /* The bound of the pool's other hung-server tests. */
     cr_expect_leq(worst, PGG_WATCHDOG_TICK_NS / 1e6 + 50.0,
                   "a call took %.2f ms past its %d ms deadline", worst, HUNG_TIMEOUT_MS);
+    cr_expect_leq(head.took_ms, HUNG_HEAD_TIMEOUT_MS + PGG_WATCHDOG_TICK_NS / 1e6 + 50.0,
+                  "the head took %.2f ms for its %d ms deadline", head.took_ms,
+                  HUNG_HEAD_TIMEOUT_MS);
 
     cr_assert_eq(pgh_node_resume(pgh_cluster_primary(c)), 0);
     cr_expect_eq(read_ok(p, PGG_READ, "SELECT 1", 0), 0, "no call succeeded after the resume");
+    pgg_release(hold);
     end_test(p, c);
 }
 
