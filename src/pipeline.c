@@ -819,24 +819,9 @@ static void judge(pgg_pool *pool, pgg_host *h, pgg_intent intent,
 
         if (w->res && is_error(w->res))
             pgg__link_error(err, PGG_ESERVER, NULL, w->res, h->name, NULL);
-        if (v.cls == PGG_CLASS_CONNECTION && st && st[0] && w->conn_ok) {
-            /* Answered on a session that stays usable: the caller's. */
-            v.cls = PGG_CLASS_SUCCESS;
-            v.retry = false;
-            v.code = PGG_ESERVER;
-        }
-        if (v.cls == PGG_CLASS_WRONG_ROLE &&
-            w->reported == PGG_ROLE_PRIMARY) {
-            v.cls = PGG_CLASS_SUCCESS;
-            v.reprobe_role = false;
-            v.code = PGG_ESERVER;
-        }
-        if (w->reported != PGG_ROLE_UNKNOWN && w->reported != role) {
-            pgg__pool_set_role(pool, h, (pgg_role)w->reported,
-                               "reported by the server");
-            if (w->reported == PGG_ROLE_PRIMARY)
-                pgg__health_wake(pool->health);
-        }
+        if (v.cls == PGG_CLASS_CONNECTION && st && st[0] && w->conn_ok)
+            pgg__verdict_callers(&v); /* the session stays usable */
+        pgg__pool_reported_role(pool, h, role, (pgg_role)w->reported, &v);
         ended_by_server =
             (v.cls == PGG_CLASS_CONNECTION || v.cls == PGG_CLASS_UNAVAILABLE) &&
             st && (strcmp(st, "57P01") == 0 || strcmp(st, "57P02") == 0) &&
@@ -876,24 +861,12 @@ static void judge(pgg_pool *pool, pgg_host *h, pgg_intent intent,
         a->lost = true;
         break;
     }
-    if (v.reprobe_role) {
-        pgg__pool_set_role(pool, h, PGG_ROLE_STANDBY,
-                           "a write was refused as read-only (25006)");
-        pgg__health_wake(pool->health);
-    }
+    pgg__pool_reprobe(pool, h, &v);
     rec = ended_by_server && !w->fresh ? PGG_CLASS_IGNORED : v.cls;
     if (w->end == PGG_END_NOT_SENT)
         rec = PGG_CLASS_IGNORED; /* it never reached the host */
-    pgg__pool_record(pool, h, ticket, rec, start, a->ended);
-    if (ended_by_server) {
-        pgg__host_trim(h, 0, true);
-        pgg__health_wake(pool->health);
-    }
-    if (err && v.code != PGG_OK)
-        err->code = v.code;
-    if (rec != PGG_CLASS_IGNORED &&
-        (pgg__host_failure(v.cls) || v.cls == PGG_CLASS_WRONG_ROLE))
-        pgg__host_note_error(h, err);
+    pgg__pool_settle(pool, h, &ticket, rec, ended_by_server, start, a->ended);
+    pgg__pool_settle_error(h, v, rec == PGG_CLASS_IGNORED, err);
     a->v = v;
 }
 

@@ -594,6 +594,64 @@ static bool session_ended(PGconn *conn, pgg_attempt_end end,
            PQstatus(conn) != CONNECTION_OK;
 }
 
+void pgg__verdict_callers(pgg_verdict *v)
+{
+    v->cls = PGG_CLASS_SUCCESS;
+    v->retry = false;
+    v->reprobe_role = false;
+    v->code = PGG_ESERVER;
+}
+
+void pgg__pool_reported_role(pgg_pool *pool, pgg_host *h, int role,
+                             pgg_role reported, pgg_verdict *v)
+{
+    /* 25006 from a server that still says it is a primary: a read-only
+     * transaction or setting of the caller's, not a demotion. */
+    if (v->cls == PGG_CLASS_WRONG_ROLE && reported == PGG_ROLE_PRIMARY)
+        pgg__verdict_callers(v);
+    if (reported != PGG_ROLE_UNKNOWN && reported != (pgg_role)role) {
+        pgg__pool_set_role(pool, h, reported, "reported by the server");
+        /* Another host may still look primary: let the health thread
+         * confirm every role now. */
+        if (reported == PGG_ROLE_PRIMARY)
+            pgg__health_wake(pool->health);
+    }
+}
+
+void pgg__pool_reprobe(pgg_pool *pool, pgg_host *h, const pgg_verdict *v)
+{
+    if (v->reprobe_role) {
+        pgg__pool_set_role(pool, h, PGG_ROLE_STANDBY,
+                           "a write was refused as read-only (25006)");
+        pgg__health_wake(pool->health);
+    }
+}
+
+void pgg__pool_settle(pgg_pool *pool, pgg_host *h, const pgg_ticket *ticket,
+                      pgg_class rec, bool ended_by_server, int64_t started,
+                      int64_t ended)
+{
+    if (ticket)
+        pgg__pool_record(pool, h, *ticket, rec, started, ended);
+    /* A pooled session that died on us rarely died alone (a restart, a
+     * failover, pg_terminate_backend of many): its idle siblings go now,
+     * before another call finds each of them dead the hard way. */
+    if (ended_by_server) {
+        pgg__host_trim(h, 0, true);
+        pgg__health_wake(pool->health);
+    }
+}
+
+void pgg__pool_settle_error(pgg_host *h, pgg_verdict v, bool ignored,
+                            pgg_error *err)
+{
+    if (err && v.code != PGG_OK)
+        err->code = v.code;
+    if (!ignored &&
+        (pgg__host_failure(v.cls) || v.cls == PGG_CLASS_WRONG_ROLE))
+        pgg__host_note_error(h, err);
+}
+
 #if defined(__GNUC__)
 __attribute__((always_inline))
 #endif
@@ -627,14 +685,8 @@ static inline pgg_verdict exec_done(pgg_pool *pool, pgg_host *h,
                            : "call cancelled by the caller");
     }
     if (v.cls == PGG_CLASS_CONNECTION && end == PGG_END_RESULT &&
-        session_survived(l->conn, res)) {
-        /* A protocol error the server answered (08P01 for a parameter
-         * count it did not expect, say) on a session that is still open
-         * and idle: the caller's request was wrong, the host is fine. */
-        v.cls = PGG_CLASS_SUCCESS;
-        v.retry = false;
-        v.code = PGG_ESERVER;
-    }
+        session_survived(l->conn, res))
+        pgg__verdict_callers(&v);
     /* What the server reports after a query is current, but looking it up
      * walks a list: do it when it decides something (a refused write),
      * teaches something (a host of unknown role), or at most once per host
@@ -644,45 +696,19 @@ static inline pgg_verdict exec_done(pgg_pool *pool, pgg_host *h,
         (v.cls == PGG_CLASS_WRONG_ROLE || role == PGG_ROLE_UNKNOWN ||
          *ended - atomic_load_explicit(&h->role_seen_ns,
                                        memory_order_relaxed) >= ROLE_SEEN_NS)) {
-        pgg_role now_role = pgg__link_reported_role(l->conn);
-
-        /* 25006 from a server that still says it is a primary: a read-only
-         * transaction or setting of the caller's, not a demotion. */
-        if (v.cls == PGG_CLASS_WRONG_ROLE && now_role == PGG_ROLE_PRIMARY) {
-            v.cls = PGG_CLASS_SUCCESS;
-            v.reprobe_role = false;
-            v.code = PGG_ESERVER;
-        }
         atomic_store_explicit(&h->role_seen_ns, *ended, memory_order_relaxed);
-        if (now_role != PGG_ROLE_UNKNOWN && now_role != (pgg_role)role) {
-            pgg__pool_set_role(pool, h, now_role, "reported by the server");
-            /* Another host may still look primary: let the health thread
-             * confirm every role now. */
-            if (now_role == PGG_ROLE_PRIMARY)
-                pgg__health_wake(pool->health);
-        }
+        pgg__pool_reported_role(pool, h, role,
+                                pgg__link_reported_role(l->conn), &v);
     }
-    if (v.reprobe_role) {
-        pgg__pool_set_role(pool, h, PGG_ROLE_STANDBY,
-                           "a write was refused as read-only (25006)");
-        pgg__health_wake(pool->health);
-    }
+    pgg__pool_reprobe(pool, h, &v);
     ended_by_server = session_ended(l->conn, end, res, v.cls);
     /* A pooled session found dead says nothing of the host (a terminated
      * backend, a restart since): ignored here, and the call tries a new
      * connection to the same host, whose outcome the breaker does hear.
      * A new one that dies does speak for the host. */
     dead = ended_by_server && !l->fresh;
-    if (ticket)
-        pgg__pool_record(pool, h, *ticket, dead ? PGG_CLASS_IGNORED : v.cls,
-                         started, *ended);
-    /* A pooled session that died on us rarely died alone (a restart, a
-     * failover, pg_terminate_backend of many): its idle siblings go now,
-     * before another call finds each of them dead the hard way. */
-    if (ended_by_server) {
-        pgg__host_trim(h, 0, true);
-        pgg__health_wake(pool->health);
-    }
+    pgg__pool_settle(pool, h, ticket, dead ? PGG_CLASS_IGNORED : v.cls,
+                     ended_by_server, started, *ended);
     if (end == PGG_END_DEADLINE) {
         /* Fresh reads go elsewhere first for a while (or until this host
          * answers one), rather than into the same wait again; not after a
@@ -697,10 +723,7 @@ static inline pgg_verdict exec_done(pgg_pool *pool, pgg_host *h,
         pgg__host_discard(h, l);
         *lp = NULL;
     }
-    if (err && v.code != PGG_OK)
-        err->code = v.code;
-    if (!dead && (pgg__host_failure(v.cls) || v.cls == PGG_CLASS_WRONG_ROLE))
-        pgg__host_note_error(h, err);
+    pgg__pool_settle_error(h, v, dead, err);
     return v;
 }
 

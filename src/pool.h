@@ -164,6 +164,32 @@ pgg_verdict pgg__pool_exec_on(pgg_pool *pool, pgg_host *h, pgg_link **lp,
  * learn the role, record the ticket, drop the link when its state is
  * unknown (*lp NULL), exactly as after a blocking exec.
  */
+/*
+ * The judgement of an attempt's answer, one copy for every driver (a
+ * connection of its own, a shared pipelined one, the event loop):
+ * - pgg__verdict_callers: an error the server answered on a session that
+ *   stays usable (08P01 for a bad parameter count, 25006 from a server
+ *   that is still primary) is the caller's: not the host's, not retried.
+ * - pgg__pool_reported_role: what the server reports after a query
+ *   (in_hot_standby) re-routes at once, and clears a 25006 from a primary.
+ * - pgg__pool_reprobe: a write refused as read-only marks the host standby
+ *   and wakes the health round.
+ * - pgg__pool_settle: the breaker's record (rec: PGG_CLASS_IGNORED for a
+ *   pooled session found dead or a statement never sent) and, when the
+ *   server ended a session, the host's idle siblings trimmed.
+ * - pgg__pool_settle_error: err's code from the verdict, and the host's
+ *   last error unless the attempt was ignored.
+ */
+void pgg__verdict_callers(pgg_verdict *v);
+void pgg__pool_reported_role(pgg_pool *pool, pgg_host *h, int role,
+                             pgg_role reported, pgg_verdict *v);
+void pgg__pool_reprobe(pgg_pool *pool, pgg_host *h, const pgg_verdict *v);
+void pgg__pool_settle(pgg_pool *pool, pgg_host *h, const pgg_ticket *ticket,
+                      pgg_class rec, bool ended_by_server, int64_t started,
+                      int64_t ended);
+void pgg__pool_settle_error(pgg_host *h, pgg_verdict v, bool ignored,
+                            pgg_error *err);
+
 pgg_verdict pgg__pool_exec_done(pgg_pool *pool, pgg_host *h, pgg_link **lp,
                                 pgg_intent intent, const pgg_ticket *ticket,
                                 int role, int64_t started, PGresult *res,
