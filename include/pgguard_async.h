@@ -115,14 +115,16 @@ PGG_EXPORT void pgg_async_free(pgg_async *ac);
  * pgg_exec_prepared (pgguard.h), copied: the caller's buffers may go once
  * this returns.  PGG_OK: fn will be called once.  Any other return (err
  * filled, fn never called): PGG_EINVAL, PGG_ECLOSED, PGG_ENOMEM,
- * PGG_ESTATE (no adapter attached), PGG_EBULKHEAD (the pool's bulkhead is
- * full: refused at once, never queued).  *handle (may be NULL) identifies
+ * PGG_ESTATE (no adapter attached), PGG_ECANCELED (call->cancel fired
+ * already), PGG_EBULKHEAD (the pool's bulkhead is full: refused at once,
+ * never queued).  *handle (may be NULL) identifies
  * the call for pgg_async_cancel.
  *
  * The deadline is call->timeout_ms (or call_timeout_ms) from now, bulkhead
  * included.  On the loop: the bulkhead never waits (bulkhead.max_wait_ms
- * does not apply), a busy host (pool_max) is skipped like an open breaker,
- * an idle connection is checked for liveness without a round trip
+ * does not apply), a call finding every connection of its host busy
+ * (pool_max) waits for one on the loop (woken by this context's give-backs,
+ * and looking every millisecond for other threads'), an idle connection is checked for liveness without a round trip
  * (validate_after_idle_ms does not apply; a session found dead when used
  * is retried on a new connection, as for blocking calls), a read that
  * needs a WAL position goes to replicas known to have it and then to the

@@ -70,6 +70,8 @@ struct pgg_async_call {
     pgg_link_io io;
     pgg__attempt a;
     pgg_async_sock *sock; /* the socket it waits on, or NULL */
+    /* From here on, set by the start (q, opts when has_opts) or by
+     * pgg__call_begin (info, err, c): not zeroed per call (2 kB). */
     pgg_query q;
     pgg_call opts;
     pgg_info info;
@@ -895,7 +897,7 @@ static pgg_async_call *call_new(pgg_async *ac, const pgg_query *q)
         if (!k)
             return NULL;
     }
-    memset(k, 0, offsetof(pgg_async_call, c));
+    memset(k, 0, offsetof(pgg_async_call, q));
     k->pooled = pooled;
     k->q = *q;
     p = (char *)(k + 1);

@@ -43,6 +43,13 @@
  * can be seen); where the fault measures one of issue 9's goals for
  * pgguard, a line says whether it was met.
  *
+ * --async (built with libevent): the pgguard client's calls go through the
+ * asynchronous front (pgguard_async.h), one libevent loop per thread, one
+ * call in flight on it, the same schedule and accounting; each fault's block
+ * then also reports the longest gap between ticks of a 1 ms timer on those
+ * loops while a call was in flight (a loop blocked in a wait would show a
+ * whole deadline).
+ *
  * Not a meson test: it asserts nothing (exit 0 whatever the verdicts), and
  * its numbers depend on the machine's load, printed with each fault.
  * tests/bench/faults builds it and runs it.
@@ -67,6 +74,12 @@
 
 #include "harness.h"
 #include "pgguard.h"
+#if PGG_BENCH_ASYNC
+#include <event2/event.h>
+
+#include "pgguard/adapters/libevent.h"
+#include "pgguard_async.h"
+#endif
 
 #define BENCH_NAME "bench-faults"
 #include "bench_util.h"
@@ -119,6 +132,14 @@ typedef struct worker {
     /* libpq */
     char *conninfo;
     PGconn *conn;
+#if PGG_BENCH_ASYNC
+    /* pgguard with --async: this thread's loop */
+    struct event_base *base;
+    pgg_async *ac;
+    struct event *tick;
+    double last_tick;
+    bool in_call;
+#endif
 } worker;
 
 typedef struct run {
@@ -244,6 +265,100 @@ static void ack(worker *w, int seq)
 
 /* ------------------------------------------------------------- pgguard */
 
+/* --async: calls through pgguard_async.h; the loops' longest gap, in us. */
+static bool use_async;
+static atomic_long async_worst_gap_us;
+
+#if PGG_BENCH_ASYNC
+typedef struct async_done {
+    bool done;
+    PGresult *res;
+    pgg_error err;
+} async_done;
+
+static void on_async_done(pgg_async *ac, PGresult *res, const pgg_info *info,
+                          const pgg_error *err, void *ud)
+{
+    async_done *d = ud;
+
+    (void)ac;
+    (void)info;
+    d->done = true;
+    d->res = res;
+    d->err = *err;
+}
+
+static void on_async_tick(evutil_socket_t fd, short what, void *arg)
+{
+    worker *w = arg;
+    double now = pgh_now_ms();
+
+    (void)fd;
+    (void)what;
+    if (w->in_call && w->last_tick > 0) {
+        long gap = (long)((now - w->last_tick) * 1000);
+        long worst = atomic_load(&async_worst_gap_us);
+
+        while (gap > worst && !atomic_compare_exchange_weak(&async_worst_gap_us, &worst, gap))
+            ;
+    }
+    w->last_tick = now;
+}
+
+/* One call through the thread's loop: start it, run the loop until its
+ * callback ran. */
+static PGresult *async_call(worker *w, pgg_intent intent, const char *sql, int n,
+                            const char *const *vals, const pgg_call *call, pgg_error *err)
+{
+    async_done d = {.done = false};
+    struct timeval ms1 = {0, 1000};
+
+    if (!w->base) {
+        pgg_error e;
+
+        w->base = event_base_new();
+        w->ac = w->base ? pgg_async_new(w->run->pool, &e) : NULL;
+        if (!w->ac || pgg_async_libevent_attach(w->ac, w->base) != PGG_OK)
+            die("async context failed");
+        w->tick = event_new(w->base, -1, EV_PERSIST, on_async_tick, w);
+        event_add(w->tick, &ms1);
+    }
+    w->last_tick = pgh_now_ms();
+    w->in_call = true;
+    if (pgg_async_exec_params(w->ac, intent, sql, n, NULL, vals, NULL, NULL, call,
+                              on_async_done, &d, NULL, err) != PGG_OK) {
+        w->in_call = false;
+        return NULL;
+    }
+    while (!d.done)
+        event_base_loop(w->base, EVLOOP_ONCE);
+    w->in_call = false;
+    *err = d.err;
+    return d.res;
+}
+
+static void async_drop(worker *w)
+{
+    if (!w->base)
+        return;
+    event_free(w->tick);
+    pgg_async_free(w->ac);
+    event_base_free(w->base);
+    w->base = NULL;
+}
+#endif
+
+static PGresult *guard_exec(worker *w, pgg_intent intent, const char *sql, int n,
+                            const char *const *vals, const pgg_call *call, pgg_error *err)
+{
+#if PGG_BENCH_ASYNC
+    if (use_async)
+        return async_call(w, intent, sql, n, vals, call, err);
+#endif
+    return pgg_exec_params(w->run->pool, intent, sql, n, NULL, vals, NULL, NULL, call, NULL,
+                           err);
+}
+
 /* One call through the pool; fills code on failure. */
 static bool guard_call(worker *w, int seq, char *code, size_t codelen)
 {
@@ -257,13 +372,11 @@ static bool guard_call(worker *w, int seq, char *code, size_t codelen)
         snprintf(b, sizeof b, "%d", w->thread);
         snprintf(c, sizeof c, "%d", seq);
         const char *vals[] = {a, b, c};
-        res = pgg_exec_params(w->run->pool, PGG_WRITE, write_sql, 3, NULL, vals, NULL,
-                              NULL, &call, NULL, &err);
+        res = guard_exec(w, PGG_WRITE, write_sql, 3, vals, &call, &err);
     } else {
         snprintf(a, sizeof a, "%d", 1 + seq % 100);
         const char *vals[] = {a};
-        res = pgg_exec_params(w->run->pool, PGG_READ, read_sql, 1, NULL, vals, NULL, NULL,
-                              &call, NULL, &err);
+        res = guard_exec(w, PGG_READ, read_sql, 1, vals, &call, &err);
     }
     ExecStatusType st = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
     PQclear(res);
@@ -488,6 +601,9 @@ static void *worker_main(void *arg)
             w->lost += missed;
     }
     lq_drop(w);
+#if PGG_BENCH_ASYNC
+    async_drop(w);
+#endif
     return NULL;
 }
 
@@ -1020,6 +1136,10 @@ static void print_fault(const run *r, result *res)
            res->load, load, r->fault_ms, r->ref_ms, r->end_ms);
     if (r->fault_note[0])
         printf("   the fault: %s\n", r->fault_note);
+    if (use_async)
+        printf("   pgguard through pgguard_async.h, a libevent loop per thread: longest gap "
+               "between 1 ms ticks during a call %.1f ms\n",
+               atomic_load(&async_worst_gap_us) / 1000.0);
     printf("   %-8s %6s %5s %9s %6s %6s %6s %6s %8s %8s %9s %10s %6s  %s\n", "client",
            "calls", "skip", "failed/r", "/w", "lost", "p99", "max", ">dl+20", "1st read",
            "1st write",
@@ -1165,6 +1285,7 @@ static void run_fault(const fault *f, double after_ms, FILE *csv, result *out)
     free(servers);
 
     loadavg_text(out->load, sizeof out->load);
+    atomic_store(&async_worst_gap_us, 0);
     r->t0 = pgh_now_ms();
     for (int cl = 0; cl < CL__N; cl++)
         for (int t = 0; t < THREADS; t++)
@@ -1345,13 +1466,15 @@ static void usage(FILE *to)
 {
     fprintf(to,
             "usage: bench-faults [--fault NAME[,NAME...]] [--seconds S] [--rounds N]\n"
-            "                    [--csv FILE] [--list]\n"
+            "                    [--csv FILE] [--list] [--async]\n"
             "  --fault    run these faults only (default: all, in the order of --list)\n"
             "  --seconds  observation after each fault's end (default 4, 1 to 60)\n"
             "  --rounds   run every fault this many times, round by round (default 1)\n"
             "  --csv      write every call to FILE: fault, round, client, thread,\n"
             "             start and end in ms from the fault's end, ok, error code\n"
-            "  --list     print the faults and exit\n");
+            "  --list     print the faults and exit\n"
+            "  --async    pgguard's calls through pgguard_async.h, a libevent loop per\n"
+            "             thread (a build with libevent)\n");
 }
 
 static void on_alarm(int sig)
@@ -1372,6 +1495,7 @@ int main(int argc, char **argv)
         {"rounds", required_argument, NULL, 'r'},
         {"csv", required_argument, NULL, 'c'},
         {"list", no_argument, NULL, 'l'},
+        {"async", no_argument, NULL, 'a'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -1383,8 +1507,15 @@ int main(int argc, char **argv)
     int c;
 
     memset(want, 0, sizeof want);
-    while ((c = getopt_long(argc, argv, "f:s:r:c:lh", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "f:s:r:c:lha", longopts, NULL)) != -1) {
         switch (c) {
+        case 'a':
+#if PGG_BENCH_ASYNC
+            use_async = true;
+            break;
+#else
+            die("--async needs a build with libevent (-Devent_loops)");
+#endif
         case 'f': {
             char *list = strdup(optarg), *save = NULL;
             if (!list)
