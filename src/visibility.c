@@ -403,6 +403,10 @@ void pgg__vis_served(pgg_vis *v, pgg_vis_req *r, pgg_intent intent)
         return;
     if (r->on_primary && intent == PGG_READ)
         atomic_fetch_add_explicit(&v->n_primary, 1, memory_order_relaxed);
+    /* A primary-only read has every write acknowledged before it began:
+     * its answer (and a cached copy of it) holds that position. */
+    if (intent == PGG_READ_PRIMARY && !r->lsn)
+        r->lsn = max_u64(r->need, r->latest);
     if (intent != PGG_WRITE)
         return;
     if (r->lsn)

@@ -278,6 +278,38 @@ Test(ryw, a_cached_answer_older_than_the_position_is_not_served)
     end_test(p, c);
 }
 
+/* A primary-only read holds every write acknowledged before it: the copy it
+ * caches must say so, or it would hide the position a PGG_READ of the same
+ * SQL cached before it (found through http_backend's ?consistency=primary). */
+Test(ryw, a_primary_read_caches_its_answer_with_the_pools_position)
+{
+    pgh_cluster *c = two_replicas();
+    pgg_pool *p = pool_for(c, "read_your_writes=pool cache.enabled=true "
+                              "cache.max_age_ms=60000");
+    pgg_call cacheable = {.timeout_ms = 2000, .flags = PGG_CALL_CACHEABLE};
+    pgg_info info;
+    pgg_error e;
+
+    uint64_t lsn = insert(p, NULL, 1);
+    PGresult *r = pgg_exec(p, PGG_READ_PRIMARY, "SELECT max(id) FROM pgg_ryw",
+                           &cacheable, &info, &e);
+    cr_assert_not_null(r, "%s", e.message);
+    cr_expect_geq(info.lsn, lsn, "a primary's answer holds the pool's writes");
+    PQclear(r);
+
+    cr_assert_eq(pgh_node_stop(pgh_cluster_primary(c), PGH_STOP_IMMEDIATE), 0);
+    for (int i = 0; i < 2; i++)
+        cr_assert_eq(pgh_node_stop(pgh_cluster_replica(c, i), PGH_STOP_IMMEDIATE), 0);
+
+    /* A read that needs the pool's write may stand on that copy. */
+    r = pgg_exec(p, PGG_READ, "SELECT max(id) FROM pgg_ryw", &cacheable, &info, &e);
+    cr_assert_not_null(r, "%s: %s", pgg_err_name(e.code), e.message);
+    cr_expect_eq(info.from_cache, 1);
+    cr_expect_str_eq(PQgetvalue(r, 0, 0), "1");
+    PQclear(r);
+    end_test(p, c);
+}
+
 Test(ryw, a_lease_commit_reports_its_position)
 {
     pgh_cluster *c = two_replicas();
