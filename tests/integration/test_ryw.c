@@ -4,6 +4,7 @@
  * sees older data, wherever it is served.
  */
 #include <pthread.h>
+#include <stdatomic.h>
 #include <sys/wait.h>
 
 #include "pgg_config.h"
@@ -635,6 +636,26 @@ static void catch_up_then_pause(pgg_pool *p, pgh_cluster *c, int n)
     pause_replicas(c);
 }
 
+typedef struct together {
+    pgg_pool *p;
+    pthread_barrier_t go;
+    atomic_int right;
+} together;
+
+/* One read of row 100, started with the others. */
+static void *read_together(void *arg)
+{
+    together *t = arg;
+    pgg_error e;
+
+    pthread_barrier_wait(&t->go);
+    PGresult *r = pgg_exec(t->p, PGG_READ, "SELECT 1 FROM pgg_ryw WHERE id = 100", NULL, NULL, &e);
+    if (r && PQntuples(r) == 1)
+        atomic_fetch_add(&t->right, 1);
+    PQclear(r);
+    return NULL;
+}
+
 /* read_your_writes=sampled: writes learn nothing (they pay nothing), and
  * every read still sees every write the pool acknowledged before it: the
  * first read after new writes samples the primary's position, the reads
@@ -662,6 +683,21 @@ Test(ryw, the_sampled_mode_reads_the_pools_own_writes)
                      "one sample for the reads after a write, not one each");
     }
     cr_expect_geq(stats_of(p).ryw_primary, 15);
+    /* Reads that come together after a write share one sample. */
+    write_row(p, 100);
+    uint64_t before = stats_of(p).ryw_samples;
+    together t = {.p = p};
+    pthread_t th[8];
+    pthread_barrier_init(&t.go, NULL, 8);
+    for (int i = 0; i < 8; i++)
+        cr_assert_eq(pthread_create(&th[i], NULL, read_together, &t), 0);
+    for (int i = 0; i < 8; i++)
+        pthread_join(th[i], NULL);
+    pthread_barrier_destroy(&t.go);
+    cr_expect_eq(atomic_load(&t.right), 8, "a stale or failed read among them");
+    cr_expect_eq(stats_of(p).ryw_samples, before + 1, "%llu samples for 8 reads together",
+                 (unsigned long long)(stats_of(p).ryw_samples - before));
+    PQclear(pgg_exec(p, PGG_WRITE, "DELETE FROM pgg_ryw WHERE id = 100", NULL, NULL, NULL));
     /* A read may opt out: then the paused replicas serve it. */
     const pgg_call any = {.flags = PGG_CALL_ANY_LSN};
     cr_expect_eq(count_rows(p, &any, &info), 0);
