@@ -356,10 +356,11 @@ typedef struct pgg_call {
     int result_format; /* 0 text, 1 binary */
     /* Read your writes: the oldest WAL position (a write's info->lsn, or
      * pgg_pool_lsn()) this read's answer may reflect; 0: none beyond the
-     * pool-wide one (read_your_writes=pool).  The answer then comes from a
-     * replica known to have replayed it, or one that proves it in the same
-     * round trip, or one that catches up within read_your_writes.max_wait_ms,
-     * or the primary; never from older data.  Ignored by writes. */
+     * pool-wide one (read_your_writes=pool or sampled).  The answer then
+     * comes from a replica known to have replayed it, or one that proves it
+     * in the same round trip, or one that catches up within
+     * read_your_writes.max_wait_ms, or the primary; never from older data.
+     * Ignored by writes. */
     uint64_t min_lsn;
     /* Early cancel (see pgg_cancel above); NULL: none.  A union so that the
      * struct keeps its size and layout where pointers are 4 bytes. */
@@ -383,7 +384,8 @@ typedef struct pgg_call {
  * pipeline as the statement. */
 #define PGG_CALL_WANT_LSN 0x4u
 /* A read that does not wait for the pool's latest write
- * (read_your_writes=pool); call->min_lsn, if set, still applies. */
+ * (read_your_writes=pool or sampled); call->min_lsn, if set, still
+ * applies. */
 #define PGG_CALL_ANY_LSN 0x8u
 /* A cacheable read that accepts a fallback answer older than its minimum
  * position.  Without it, a cached answer is served only if the data it
@@ -626,7 +628,7 @@ typedef struct pgg_stats {
     int64_t lease_oldest_ms;      /* how long the oldest of them is held; 0 none */
     uint64_t lease_leaks;         /* leases reported held past lease_leak_ms */
     /* Read your writes (reads that needed a position): */
-    uint64_t ryw_samples;         /* sampled=mode samples of the primary's position */
+    uint64_t ryw_samples;         /* read_your_writes=sampled: primary positions sampled */
     uint64_t ryw_checks;          /* standbys checked in the read's round trip */
     uint64_t ryw_waits;           /* reads that waited for a standby to catch up */
     uint64_t ryw_primary;         /* reads the primary served */

@@ -3,7 +3,8 @@
  *
  * A write's visibility is a WAL position (an LSN): the primary's insert
  * position read right after the write committed, in the same pipeline as
- * the statement.  Every record up to it, the commit's included, has been
+ * the statement (read_your_writes=pool), or read later by a sample that
+ * covers every write acknowledged before it (read_your_writes=sampled).  Every record up to it, the commit's included, has been
  * inserted, so a standby whose replay position has reached it shows the
  * write to every snapshot taken from then on.
  *
@@ -13,8 +14,9 @@
  *
  *   1. a standby known to have replayed it: a plain read, no extra cost;
  *   2. else each standby the router offers, checked in the same round trip
- *      as the read (pipeline: its replay position, a sync, then the read);
- *      the answer is used only if the position was met;
+ *      as the read (pipeline: its replay position, then the read, under one
+ *      sync at read committed, with a sync between them otherwise); the
+ *      answer is used only if the position was met;
  *   3. else wait (on a condition variable, no polling of our own: the
  *      health thread runs its rounds every read_your_writes.poll_ms while
  *      anyone waits) for a standby to reach it, at most

@@ -4,6 +4,7 @@
  * sees older data, wherever it is served.
  */
 #include <pthread.h>
+#include <stdatomic.h>
 #include <sys/wait.h>
 
 #include "pgg_config.h"
@@ -155,8 +156,14 @@ Test(ryw, the_pool_wide_mode_reads_the_pools_own_writes)
     for (int k = 1; k <= 5; k++) {
         uint64_t lsn = insert(p, NULL, k);
         cr_expect_eq(pgg_pool_lsn(p), lsn, "the pool's latest write");
+        pgg_stats before, after;
+        cr_assert_eq(pgg_pool_stats(p, &before), PGG_OK);
         cr_expect_eq(count_rows(p, NULL, &info), k, "stale read after write %d", k);
         cr_expect_eq(info.host_index, 0);
+        /* Each paused replica checked once (read committed: no second
+         * check in a transaction of its own). */
+        cr_assert_eq(pgg_pool_stats(p, &after), PGG_OK);
+        cr_expect_eq(after.ryw_checks - before.ryw_checks, 2);
     }
     /* A read may opt out: then the (paused) replicas serve it. */
     const pgg_call any = {.flags = PGG_CALL_ANY_LSN};
@@ -667,6 +674,26 @@ static void catch_up_then_pause(pgg_pool *p, pgh_cluster *c, int n)
     pause_replicas(c);
 }
 
+typedef struct together {
+    pgg_pool *p;
+    pthread_barrier_t go;
+    atomic_int right;
+} together;
+
+/* One read of row 100, started with the others. */
+static void *read_together(void *arg)
+{
+    together *t = arg;
+    pgg_error e;
+
+    pthread_barrier_wait(&t->go);
+    PGresult *r = pgg_exec(t->p, PGG_READ, "SELECT 1 FROM pgg_ryw WHERE id = 100", NULL, NULL, &e);
+    if (r && PQntuples(r) == 1)
+        atomic_fetch_add(&t->right, 1);
+    PQclear(r);
+    return NULL;
+}
+
 /* read_your_writes=sampled: writes learn nothing (they pay nothing), and
  * every read still sees every write the pool acknowledged before it: the
  * first read after new writes samples the primary's position, the reads
@@ -694,6 +721,21 @@ Test(ryw, the_sampled_mode_reads_the_pools_own_writes)
                      "one sample for the reads after a write, not one each");
     }
     cr_expect_geq(stats_of(p).ryw_primary, 15);
+    /* Reads that come together after a write share one sample. */
+    write_row(p, 100);
+    uint64_t before = stats_of(p).ryw_samples;
+    together t = {.p = p};
+    pthread_t th[8];
+    pthread_barrier_init(&t.go, NULL, 8);
+    for (int i = 0; i < 8; i++)
+        cr_assert_eq(pthread_create(&th[i], NULL, read_together, &t), 0);
+    for (int i = 0; i < 8; i++)
+        pthread_join(th[i], NULL);
+    pthread_barrier_destroy(&t.go);
+    cr_expect_eq(atomic_load(&t.right), 8, "a stale or failed read among them");
+    cr_expect_eq(stats_of(p).ryw_samples, before + 1, "%llu samples for 8 reads together",
+                 (unsigned long long)(stats_of(p).ryw_samples - before));
+    PQclear(pgg_exec(p, PGG_WRITE, "DELETE FROM pgg_ryw WHERE id = 100", NULL, NULL, NULL));
     /* A read may opt out: then the paused replicas serve it. */
     const pgg_call any = {.flags = PGG_CALL_ANY_LSN};
     cr_expect_eq(count_rows(p, &any, &info), 0);
@@ -808,5 +850,59 @@ Test(ryw, a_write_on_a_session_that_lost_its_statements_still_commits_once)
         cr_expect_eq(info.host_index, 0);
     }
     resume_replicas(c);
+    end_test(p, c);
+}
+
+/* A read's snapshot shared with its transaction (repeatable read by
+ * default): a check in the read's own transaction would be older than the
+ * position it reads, so the check reports the isolation level, and such a
+ * session checks in a transaction of its own (once found, every time).
+ * Replicas still serve, never stale. */
+Test(ryw, a_replica_check_holds_at_repeatable_read)
+{
+    pgh_cluster *c = two_replicas();
+    pgh_node *pr = pgh_cluster_primary(c);
+    cr_assert_eq(pgh_node_exec(pr, "DO $$BEGIN EXECUTE format('ALTER DATABASE %I SET "
+                                   "default_transaction_isolation = ''repeatable read''', "
+                                   "current_database()); END$$"),
+                 0, "%s", pgh_node_error(pr));
+    for (int i = 0; i < 2; i++)
+        cr_assert_eq(pgh_node_wait_replay(pgh_cluster_replica(c, i), pr, 10000), 0);
+    pgg_pool *p = pool_for(c, "read_your_writes=pool read_your_writes.max_wait_ms=200 pool_max=1");
+    pgg_info info;
+    pgg_error e;
+    const pgg_call any = {.flags = PGG_CALL_ANY_LSN};
+    PGresult *r = pgg_exec(p, PGG_READ, "SHOW transaction_isolation", &any, &info, &e);
+    cr_assert_not_null(r, "%s", e.message);
+    cr_expect_str_eq(PQgetvalue(r, 0, 0), "repeatable read", "the setup did not take");
+    PQclear(r);
+
+    pause_replicas(c);
+    insert(p, NULL, 1);
+    for (int k = 0; k < 2; k++) {
+        pgg_stats before, after;
+        cr_assert_eq(pgg_pool_stats(p, &before), PGG_OK);
+        cr_expect_eq(count_rows(p, NULL, &info), 1, "a stale read");
+        cr_expect_eq(info.host_index, 0);
+        cr_assert_eq(pgg_pool_stats(p, &after), PGG_OK);
+        /* First on each replica's session: one Sync, which the check's
+         * answer refuses, then two; after that two at once. */
+        cr_expect_eq(after.ryw_checks - before.ryw_checks, k == 0 ? 4 : 2,
+                     "read %d: %llu checks", k,
+                     (unsigned long long)(after.ryw_checks - before.ryw_checks));
+    }
+    resume_replicas(c);
+    for (int i = 0; i < 2; i++)
+        cr_assert_eq(pgh_node_wait_replay(pgh_cluster_replica(c, i), pr, 10000), 0);
+    insert(p, NULL, 2);
+    double end = pgh_now_ms() + 5000;
+    bool on_replica = false;
+    while (!on_replica && pgh_now_ms() < end) {
+        cr_expect_eq(count_rows(p, NULL, &info), 2);
+        on_replica = info.host_index != 0;
+    }
+    cr_expect(on_replica, "replicas never served a read at repeatable read");
+    pgh_node_exec(pr, "DO $$BEGIN EXECUTE format('ALTER DATABASE %I RESET "
+                      "default_transaction_isolation', current_database()); END$$");
     end_test(p, c);
 }
