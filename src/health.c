@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <poll.h>
+#include <stdio.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 #include <stdlib.h>
@@ -14,7 +15,13 @@
 static const char probe_sql[] =
     "SELECT pg_catalog.pg_is_in_recovery(), CASE WHEN "
     "pg_catalog.pg_is_in_recovery() THEN pg_catalog.pg_last_wal_replay_lsn() "
-    "ELSE pg_catalog.pg_current_wal_lsn() END";
+    "ELSE pg_catalog.pg_current_wal_lsn() END, "
+    /* The WAL layout, for read your writes (visibility.h): a 64-bit
+     * server's page size and segment size. */
+    "CASE WHEN pg_catalog.version() LIKE '%64-bit' THEN "
+    "pg_catalog.current_setting('wal_block_size') || ' ' || "
+    "pg_catalog.pg_size_bytes(pg_catalog.current_setting('wal_segment_size')) "
+    "END";
 
 typedef enum probe_phase {
     PROBE_IDLE = 0, /* waiting for its next start */
@@ -175,6 +182,13 @@ static void probe_result(pgg_health *hl, int i, PGresult *r)
                                                         : PGG_ROLE_PRIMARY;
         p->have_lsn = !PQgetisnull(r, 0, 1) &&
                       pgg__lsn_parse(PQgetvalue(r, 0, 1), &p->lsn);
+        if (PQnfields(r) > 2 && !PQgetisnull(r, 0, 2)) {
+            unsigned blk;
+            unsigned long long seg;
+
+            if (sscanf(PQgetvalue(r, 0, 2), "%u %llu", &blk, &seg) == 2)
+                pgg__vis_set_layout(hl->pool->vis, blk, seg);
+        }
         p->cls = PGG_CLASS_SUCCESS;
         return;
     }

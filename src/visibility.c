@@ -60,6 +60,10 @@ struct pgg_vis {
     pgg_error s_err;
     /* pgg_stats' ryw_* counters. */
     _Atomic uint64_t n_samples, n_checks, n_waits, n_primary;
+    /* The servers' WAL layout (pgg__vis_set_layout), once a probe told
+     * it: 0 unknown, or a 32-bit server (its headers are not ours). */
+    _Atomic uint32_t wal_blk;
+    _Atomic uint64_t wal_seg;
     _Atomic uint64_t replayed[]; /* per host; 0: unknown */
 };
 
@@ -197,6 +201,49 @@ int64_t pgg__vis_health_interval(pgg_vis *v, int64_t normal_ns)
 /* read_your_writes=sampled: the latest sample covers every write
  * acknowledged so far (a read after none pays nothing), or this read
  * needs a newer one. */
+/* 64-bit servers' page headers: MAXALIGN(sizeof XLogPageHeaderData) and
+ * of XLogLongPageHeaderData, the first page of a segment. */
+#define WAL_SHORT_HEADER 24
+#define WAL_LONG_HEADER 40
+
+uint64_t pgg__lsn_page_floor(uint64_t lsn, uint32_t blk, uint64_t seg)
+{
+    uint64_t page;
+
+    if (blk == 0 || seg == 0 || seg % blk != 0)
+        return lsn;
+    page = lsn - lsn % blk;
+    /* The insert position at the start of a page's room for records: the
+     * last record ended at the page's start, nothing of any record lies
+     * between (a record continued from the page before would put it at
+     * least 8 bytes further), and a replica's replay position stops there. */
+    if (lsn - page == (page % seg == 0 ? WAL_LONG_HEADER : WAL_SHORT_HEADER))
+        return page;
+    return lsn;
+}
+
+void pgg__vis_set_layout(pgg_vis *v, uint32_t blk, uint64_t seg)
+{
+    if (!v || atomic_load_explicit(&v->wal_blk, memory_order_relaxed))
+        return;
+    atomic_store_explicit(&v->wal_seg, seg, memory_order_relaxed);
+    atomic_store_explicit(&v->wal_blk, blk, memory_order_release);
+}
+
+/* The position a read must see, lowered to a page's start when it points
+ * just past that page's header: otherwise, with no WAL after it, no
+ * replica would ever be seen to reach it, and every such read would wait
+ * read_your_writes.max_wait_ms for nothing, then go to the primary. */
+static void floor_need(pgg_vis *v, pgg_vis_req *r)
+{
+    uint32_t blk = atomic_load_explicit(&v->wal_blk, memory_order_acquire);
+
+    if (blk && r->need && r->need != UINT64_MAX)
+        r->need = pgg__lsn_page_floor(
+            r->need, blk,
+            atomic_load_explicit(&v->wal_seg, memory_order_relaxed));
+}
+
 static void use_sample(pgg_vis *v, pgg_vis_req *r)
 {
     r->epoch = atomic_load(&v->epoch);
@@ -232,6 +279,7 @@ bool pgg__vis_begin(pgg_vis *v, pgg_intent intent, const pgg_call *call,
     }
     if (call && call->min_lsn > r->need)
         r->need = call->min_lsn;
+    floor_need(v, r);
     /* The primary has every write it acknowledged. */
     return (r->need != 0 || r->sample) && intent == PGG_READ;
 }
@@ -257,6 +305,7 @@ bool pgg__vis_begin_lease(pgg_vis *v, pgg_intent intent,
     }
     if (call && call->min_lsn > r->need)
         r->need = call->min_lsn;
+    floor_need(v, r);
     return (r->need != 0 || r->sample) && intent == PGG_READ;
 }
 
@@ -497,6 +546,7 @@ void pgg__vis_sample_known(pgg_pool *pool, pgg_vis_req *r)
     r->sample = false;
     if (atomic_load(&v->s_epoch) >= r->epoch) {
         r->need = max_u64(r->need, atomic_load(&v->s_lsn));
+        floor_need(v, r);
         return;
     }
     /* No sample covers this call's writes and the loop cannot wait for
@@ -574,6 +624,7 @@ int64_t pgg__vis_sample(pgg_pool *pool, pgg_vis_req *r, int64_t deadline,
         return pgg__now_ns();
     }
     r->need = max_u64(r->need, atomic_load(&v->s_lsn));
+    floor_need(v, r);
     return pgg__now_ns();
 }
 

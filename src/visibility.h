@@ -196,6 +196,19 @@ void pgg__vis_note_write(pgg_vis *v, uint64_t lsn);
 void pgg__vis_note_replayed(pgg_vis *v, int i, uint64_t lsn, bool probe);
 uint64_t pgg__vis_replayed(pgg_vis *v, int i);
 
+/*
+ * lsn, or the start of its WAL page when lsn points just past that page's
+ * header (where pg_current_wal_insert_lsn() points when the last record
+ * ended on the page boundary; a replica's replay position stops at the
+ * boundary).  blk, seg: the server's wal_block_size and wal_segment_size
+ * (0: unknown, lsn returned as is).  For 64-bit servers' header sizes only.
+ */
+uint64_t pgg__lsn_page_floor(uint64_t lsn, uint32_t blk, uint64_t seg);
+
+/* The servers' WAL layout, learnt by a health probe (the first wins; a
+ * 32-bit server's is never given: its headers differ). */
+void pgg__vis_set_layout(pgg_vis *v, uint32_t blk, uint64_t seg);
+
 /* The ryw_* counters of pgg_stats. */
 void pgg__vis_stats(pgg_vis *v, pgg_stats *out);
 

@@ -221,3 +221,38 @@ Test(vis, a_copy_is_told_by_its_first_keyword)
     cr_expect_not(pgg__vis_is_copy("-- only a comment"));
     cr_expect_not(pgg__vis_is_copy(""));
 }
+
+/* An insert position just past a page header (the last record ended on the
+ * page boundary) is reached by a replica at the boundary; nothing else is
+ * lowered, and nothing at all while the layout is unknown. */
+Test(vis, a_position_just_past_a_page_header_is_the_page_boundary)
+{
+    const uint32_t blk = 8192;
+    const uint64_t seg = 16u << 20, page = 5 * seg + 3 * blk;
+
+    cr_expect_eq(pgg__lsn_page_floor(page + 24, blk, seg), page);
+    cr_expect_eq(pgg__lsn_page_floor(5 * seg + 40, blk, seg), 5 * seg,
+                 "a segment's first page has the long header");
+    cr_expect_eq(pgg__lsn_page_floor(5 * seg + 24, blk, seg), 5 * seg + 24,
+                 "24 bytes into a segment is record data after a long header");
+    cr_expect_eq(pgg__lsn_page_floor(page + 40, blk, seg), page + 40,
+                 "40 bytes into an inner page is record data");
+    cr_expect_eq(pgg__lsn_page_floor(page + 32, blk, seg), page + 32,
+                 "a record continued from the page before");
+    cr_expect_eq(pgg__lsn_page_floor(page, blk, seg), page);
+    cr_expect_eq(pgg__lsn_page_floor(page + 24, 0, seg), page + 24, "unknown");
+    cr_expect_eq(pgg__lsn_page_floor(page + 24, blk, 0), page + 24, "unknown");
+
+    /* A read's need is lowered only once the layout is known. */
+    pgg_vis *v = pgg__vis_new(3, PGG_RYW_POOL, 1000, 10, NULL);
+    pgg_vis_req r;
+
+    cr_assert(v);
+    pgg__vis_note_write(v, page + 24);
+    cr_expect(pgg__vis_begin(v, PGG_READ, NULL, &r));
+    cr_expect_eq(r.need, page + 24);
+    pgg__vis_set_layout(v, blk, seg);
+    cr_expect(pgg__vis_begin(v, PGG_READ, NULL, &r));
+    cr_expect_eq(r.need, page);
+    pgg__vis_free(v);
+}
