@@ -24,7 +24,7 @@ typedef struct entry {
     bool has_types; /* types given (for none, "", the extended protocol) */
     int nparams;
     unsigned uses;
-    unsigned id; /* the statement's name: pgg_auto_<id> */
+    char name[24]; /* pgg_auto_<n>, made once: snprintf costs a call's worth */
     bool prepared;
     int prev, next; /* in its list, most recent first; -1 ends */
     int chain;      /* next in its hash bucket, or in the free list */
@@ -44,29 +44,37 @@ struct pgg_autoprep {
     unsigned next_id;
     int pending; /* the entry a PREPARE step is about, -1 none */
     int last;    /* the entry of the last RUN or PREPARE step, -1 none */
-    char name[32];
-    char evict[32];
+    char evict[24];
 };
 
-/* Eight bytes at a time: the SQL is hashed on every call. */
+/*
+ * The SQL is hashed on every call, so only its length, its first and its
+ * last sixteen bytes (where statements of one program usually differ:
+ * their verb and table, their last condition) and the parameter types go
+ * in; a bucket's entries are told apart by the whole text.
+ */
+static uint64_t mix(uint64_t h, uint64_t w)
+{
+    h = (h ^ w) * 0xbf58476d1ce4e5b9u;
+    return h ^ (h >> 29);
+}
+
 static uint64_t hash_query(const char *sql, size_t len, int nparams, const Oid *types)
 {
     uint64_t h = 0x9E3779B97F4A7C15u ^ (uint64_t)len * 0xff51afd7ed558ccdu;
-    size_t i = 0;
+    uint64_t w[4] = {0, 0, 0, 0};
 
-    for (; i + 8 <= len; i += 8) {
-        uint64_t w;
-
-        memcpy(&w, sql + i, 8);
-        h = (h ^ w) * 0xbf58476d1ce4e5b9u;
-        h ^= h >> 29;
+    if (len >= 32) {
+        memcpy(w, sql, 16);
+        memcpy(w + 2, sql + len - 16, 16);
+    } else {
+        memcpy(w, sql, len);
     }
-    for (; i < len; i++)
-        h = (h ^ (unsigned char)sql[i]) * 0x100000001b3u;
+    h = mix(mix(mix(mix(h, w[0]), w[1]), w[2]), w[3]);
     h ^= (uint64_t)(unsigned)nparams * 0x94d049bb133111ebu;
     if (types)
         for (int k = 0; k < nparams; k++)
-            h = (h ^ types[k]) * 0x100000001b3u;
+            h = mix(h, types[k]);
     return h ^ (h >> 31);
 }
 
@@ -166,11 +174,6 @@ static void lru_push(pgg_autoprep *ap, lru *l, int i)
     l->n++;
 }
 
-static void name_of(char *buf, size_t len, const entry *e)
-{
-    snprintf(buf, len, "pgg_auto_%u", e->id);
-}
-
 /* Out of the table altogether; its slot goes back to the free list. */
 static void entry_remove(pgg_autoprep *ap, int i)
 {
@@ -223,7 +226,7 @@ static int entry_add(pgg_autoprep *ap, uint64_t hash, const pgg_query *q, size_t
     e->has_types = q->types != NULL;
     e->uses = 0;
     e->prepared = false;
-    e->id = ap->next_id++;
+    snprintf(e->name, sizeof e->name, "pgg_auto_%u", ap->next_id++);
     e->chain = ap->bucket[hash & ap->mask];
     ap->bucket[hash & ap->mask] = i;
     lru_push(ap, &ap->tracked, i);
@@ -259,8 +262,7 @@ pgg_autoprep_step pgg__autoprep_lookup(pgg_autoprep *ap, const pgg_query *q,
             lru_unlink(ap, &ap->prepared, i);
             lru_push(ap, &ap->prepared, i);
         }
-        name_of(ap->name, sizeof ap->name, e);
-        *name = ap->name;
+        *name = e->name;
         ap->last = i;
         return PGG_AUTOPREP_RUN;
     }
@@ -271,13 +273,12 @@ pgg_autoprep_step pgg__autoprep_lookup(pgg_autoprep *ap, const pgg_query *q,
     if (++e->uses < (unsigned)(after > 0 ? after : 1))
         return PGG_AUTOPREP_PLAIN;
     if (ap->prepared.n >= ap->cap) {
-        name_of(ap->evict, sizeof ap->evict, &ap->e[ap->prepared.tail]);
+        memcpy(ap->evict, ap->e[ap->prepared.tail].name, sizeof ap->evict);
         *evict = ap->evict;
         entry_remove(ap, ap->prepared.tail);
     }
     ap->pending = ap->last = i;
-    name_of(ap->name, sizeof ap->name, e);
-    *name = ap->name;
+    *name = e->name;
     return PGG_AUTOPREP_PREPARE;
 }
 
@@ -318,9 +319,11 @@ void pgg__autoprep_counts(const pgg_autoprep *ap, int *entries, int *prepared)
 /* The statement may be gone, or unusable, and the call never started. */
 static bool run_again_plain(const PGresult *res, bool *all_gone)
 {
-    const char *st = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
-    const char *msg;
+    const char *st, *msg;
 
+    if (!res || PQresultStatus(res) != PGRES_FATAL_ERROR)
+        return false;
+    st = PQresultErrorField(res, PG_DIAG_SQLSTATE);
     if (!st)
         return false;
     if (strcmp(st, "26000") == 0) {
