@@ -42,6 +42,10 @@ struct pgg_autoprep {
     int free_head;
     lru tracked, prepared;
     unsigned next_id;
+    /* Off for good on this connection: its statements come and go
+     * behind our back (a pooler in transaction mode, see autoprep.h). */
+    bool off;
+    int gone; /* times a statement of ours was found missing */
     int pending; /* the entry a PREPARE step is about, -1 none */
     int last;    /* the entry of the last RUN or PREPARE step, -1 none */
     char evict[24];
@@ -246,7 +250,7 @@ pgg_autoprep_step pgg__autoprep_lookup(pgg_autoprep *ap, const pgg_query *q,
     *evict = NULL;
     ap->pending = -1;
     ap->last = -1;
-    if (!q->sql || q->stmt || q->stmt_name || q->prepare ||
+    if (ap->off || !q->sql || q->stmt || q->stmt_name || q->prepare ||
         (q->nparams == 0 && !q->types))
         return PGG_AUTOPREP_PLAIN;
     len = strlen(q->sql);
@@ -316,14 +320,18 @@ void pgg__autoprep_counts(const pgg_autoprep *ap, int *entries, int *prepared)
 
 /* ------------------------------------------------------------ running */
 
+static const char *sqlstate_of(const PGresult *res)
+{
+    if (!res || PQresultStatus(res) != PGRES_FATAL_ERROR)
+        return NULL;
+    return PQresultErrorField(res, PG_DIAG_SQLSTATE);
+}
+
 /* The statement may be gone, or unusable, and the call never started. */
 static bool run_again_plain(const PGresult *res, bool *all_gone)
 {
-    const char *st, *msg;
+    const char *st = sqlstate_of(res), *msg;
 
-    if (!res || PQresultStatus(res) != PGRES_FATAL_ERROR)
-        return false;
-    st = PQresultErrorField(res, PG_DIAG_SQLSTATE);
     if (!st)
         return false;
     if (strcmp(st, "26000") == 0) {
@@ -340,13 +348,18 @@ static bool run_again_plain(const PGresult *res, bool *all_gone)
  * in *res / *end / *err (a server error as it would have come, a lost
  * connection as not sent). */
 static bool side_step(pgg_pool *pool, pgg_host *h, pgg_link *l, const pgg_query *sq,
-                      int64_t deadline, PGresult **res, pgg_attempt_end *end,
-                      pgg_error *err)
+                      bool any_answer, int64_t deadline, PGresult **res,
+                      pgg_attempt_end *end, pgg_error *err)
 {
     pgg__link_exec_wd(pool->watchdog, l->conn, sq, deadline, h->name, res, end, err);
-    if (*end == PGG_END_RESULT && PQresultStatus(*res) == PGRES_COMMAND_OK) {
+    /* any_answer (DEALLOCATE): the server answered; a statement already
+     * gone is as good as deallocated. */
+    if (*end == PGG_END_RESULT &&
+        (any_answer || PQresultStatus(*res) == PGRES_COMMAND_OK)) {
         PQclear(*res);
         *res = NULL;
+        if (err)
+            pgg__error_reset(err);
         return true;
     }
     /* The call's statement itself never ran. */
@@ -376,7 +389,7 @@ int pgg__autoprep_exec(pgg_pool *pool, pgg_host *h, pgg_link *l, const pgg_query
         pgg_query dq = {.sql = sql};
 
         snprintf(sql, sizeof sql, "DEALLOCATE %s", evict);
-        if (!side_step(pool, h, l, &dq, deadline, res, end, err)) {
+        if (!side_step(pool, h, l, &dq, true, deadline, res, end, err)) {
             pgg__autoprep_prepared(l->autoprep, false);
             return err ? err->code : PGG_ESERVER;
         }
@@ -389,9 +402,23 @@ int pgg__autoprep_exec(pgg_pool *pool, pgg_host *h, pgg_link *l, const pgg_query
                         .types = q->nparams > 0 ? q->types : NULL,
                         .stmt_name = name,
                         .prepare = true};
-        bool ok = side_step(pool, h, l, &pq, deadline, res, end, err);
+        bool ok = side_step(pool, h, l, &pq, false, deadline, res, end, err);
+        const char *st = ok ? NULL : sqlstate_of(*res);
 
         pgg__autoprep_prepared(l->autoprep, ok);
+        if (st && strcmp(st, "42P05") == 0) {
+            /* Our name exists already on this session: someone else's
+             * statements share it (a pooler in transaction mode hands
+             * us another server session per transaction).  Stop here on
+             * this connection, and run the call as it is: it never
+             * started. */
+            l->autoprep->off = true;
+            PQclear(*res);
+            *res = NULL;
+            if (err)
+                pgg__error_reset(err);
+            return pgg__vis_exec(pool, h, l, q, deadline, res, end, err);
+        }
         if (!ok)
             return err ? err->code : PGG_ESERVER;
         if (pgg__now_ns() >= deadline) {
@@ -407,6 +434,10 @@ int pgg__autoprep_exec(pgg_pool *pool, pgg_host *h, pgg_link *l, const pgg_query
     if (step == PGG_AUTOPREP_RUN && *end == PGG_END_RESULT &&
         run_again_plain(*res, &all_gone)) {
         if (all_gone) {
+            /* Once is a lease's DEALLOCATE ALL; twice on one connection,
+             * statements vanish under us (a pooler): stop preparing. */
+            if (++l->autoprep->gone >= 2)
+                l->autoprep->off = true;
             pgg__autoprep_clear(l->autoprep);
         } else {
             /* Only this one: let it be prepared afresh later. */
@@ -419,7 +450,7 @@ int pgg__autoprep_exec(pgg_pool *pool, pgg_host *h, pgg_link *l, const pgg_query
             {
                 pgg_query dq = {.sql = sql};
 
-                if (!side_step(pool, h, l, &dq, deadline, res, end, err))
+                if (!side_step(pool, h, l, &dq, true, deadline, res, end, err))
                     return err ? err->code : PGG_ESERVER;
             }
         }

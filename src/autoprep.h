@@ -18,9 +18,16 @@
  * clears it too, and the call runs unprepared at once (the statement never
  * started, so even a write runs once).
  *
- * Not for servers behind a pooler in transaction mode (PgBouncer before
- * 1.21): a statement prepared on one server session is missing on the
- * next.  Off by default (auto_prepare = 0) until measured otherwise.
+ * Behind a pooler in transaction mode (PgBouncer before 1.21), a statement
+ * prepared on one server session is missing on the next, and our name may
+ * exist already on another: a PREPARE refused with 42P05, or a second
+ * statement found missing (26000) on one connection, turns auto_prepare
+ * off for that connection, and the call runs as it is (it never started).
+ * Set auto_prepare=0 there to spare those round trips.
+ *
+ * On by default (auto_prepare=100, auto_prepare_after=2): measured in
+ * issue 10, a one-parameter primary-key lookup costs the server about
+ * 0.54x the CPU of PQexecParams and the client no more.
  */
 #ifndef PGG_AUTOPREP_H
 #define PGG_AUTOPREP_H
