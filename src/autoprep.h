@@ -38,9 +38,8 @@
 #include <libpq-fe.h>
 
 #include "classify.h"
+#include "link.h"
 #include "pgguard.h"
-
-struct pgg_query;
 
 typedef struct pgg_autoprep pgg_autoprep;
 
@@ -82,6 +81,14 @@ void pgg__autoprep_prepared(pgg_autoprep *ap, bool ok);
 /* Forget the statement of the last RUN or PREPARE step (the caller
  * deallocates it on the server, or knows it gone). */
 void pgg__autoprep_forget_last(pgg_autoprep *ap);
+
+/* Whether q is a call auto_prepare may prepare: the extended protocol
+ * (parameters, or types given), not a statement of the pool's own.  Asked
+ * before anything else, so that other calls pay one test. */
+static inline bool pgg__autoprep_wants(const pgg_query *q)
+{
+    return (q->nparams > 0 || q->types) && !q->stmt && !q->stmt_name && !q->prepare;
+}
 
 struct pgg_pool;
 struct pgg_host;
