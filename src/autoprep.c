@@ -24,7 +24,7 @@ typedef struct entry {
     bool has_types; /* types given (for none, "", the extended protocol) */
     int nparams;
     unsigned uses;
-    unsigned id; /* the statement's name: pgg_auto_<id> */
+    char name[24]; /* pgg_auto_<n>, made once: snprintf costs a call's worth */
     bool prepared;
     int prev, next; /* in its list, most recent first; -1 ends */
     int chain;      /* next in its hash bucket, or in the free list */
@@ -42,31 +42,43 @@ struct pgg_autoprep {
     int free_head;
     lru tracked, prepared;
     unsigned next_id;
+    /* Off for good on this connection: its statements come and go
+     * behind our back (a pooler in transaction mode, see autoprep.h). */
+    bool off;
+    int gone; /* times a statement of ours was found missing */
     int pending; /* the entry a PREPARE step is about, -1 none */
     int last;    /* the entry of the last RUN or PREPARE step, -1 none */
-    char name[32];
-    char evict[32];
+    char evict[24];
 };
 
-/* Eight bytes at a time: the SQL is hashed on every call. */
+/*
+ * The SQL is hashed on every call, so only its length, its first and its
+ * last sixteen bytes (where statements of one program usually differ:
+ * their verb and table, their last condition) and the parameter types go
+ * in; a bucket's entries are told apart by the whole text.
+ */
+static uint64_t mix(uint64_t h, uint64_t w)
+{
+    h = (h ^ w) * 0xbf58476d1ce4e5b9u;
+    return h ^ (h >> 29);
+}
+
 static uint64_t hash_query(const char *sql, size_t len, int nparams, const Oid *types)
 {
     uint64_t h = 0x9E3779B97F4A7C15u ^ (uint64_t)len * 0xff51afd7ed558ccdu;
-    size_t i = 0;
+    uint64_t w[4] = {0, 0, 0, 0};
 
-    for (; i + 8 <= len; i += 8) {
-        uint64_t w;
-
-        memcpy(&w, sql + i, 8);
-        h = (h ^ w) * 0xbf58476d1ce4e5b9u;
-        h ^= h >> 29;
+    if (len >= 32) {
+        memcpy(w, sql, 16);
+        memcpy(w + 2, sql + len - 16, 16);
+    } else {
+        memcpy(w, sql, len);
     }
-    for (; i < len; i++)
-        h = (h ^ (unsigned char)sql[i]) * 0x100000001b3u;
+    h = mix(mix(mix(mix(h, w[0]), w[1]), w[2]), w[3]);
     h ^= (uint64_t)(unsigned)nparams * 0x94d049bb133111ebu;
     if (types)
         for (int k = 0; k < nparams; k++)
-            h = (h ^ types[k]) * 0x100000001b3u;
+            h = mix(h, types[k]);
     return h ^ (h >> 31);
 }
 
@@ -166,11 +178,6 @@ static void lru_push(pgg_autoprep *ap, lru *l, int i)
     l->n++;
 }
 
-static void name_of(char *buf, size_t len, const entry *e)
-{
-    snprintf(buf, len, "pgg_auto_%u", e->id);
-}
-
 /* Out of the table altogether; its slot goes back to the free list. */
 static void entry_remove(pgg_autoprep *ap, int i)
 {
@@ -223,7 +230,7 @@ static int entry_add(pgg_autoprep *ap, uint64_t hash, const pgg_query *q, size_t
     e->has_types = q->types != NULL;
     e->uses = 0;
     e->prepared = false;
-    e->id = ap->next_id++;
+    snprintf(e->name, sizeof e->name, "pgg_auto_%u", ap->next_id++);
     e->chain = ap->bucket[hash & ap->mask];
     ap->bucket[hash & ap->mask] = i;
     lru_push(ap, &ap->tracked, i);
@@ -243,7 +250,7 @@ pgg_autoprep_step pgg__autoprep_lookup(pgg_autoprep *ap, const pgg_query *q,
     *evict = NULL;
     ap->pending = -1;
     ap->last = -1;
-    if (!q->sql || q->stmt || q->stmt_name || q->prepare ||
+    if (ap->off || !q->sql || q->stmt || q->stmt_name || q->prepare ||
         (q->nparams == 0 && !q->types))
         return PGG_AUTOPREP_PLAIN;
     len = strlen(q->sql);
@@ -259,8 +266,7 @@ pgg_autoprep_step pgg__autoprep_lookup(pgg_autoprep *ap, const pgg_query *q,
             lru_unlink(ap, &ap->prepared, i);
             lru_push(ap, &ap->prepared, i);
         }
-        name_of(ap->name, sizeof ap->name, e);
-        *name = ap->name;
+        *name = e->name;
         ap->last = i;
         return PGG_AUTOPREP_RUN;
     }
@@ -271,13 +277,12 @@ pgg_autoprep_step pgg__autoprep_lookup(pgg_autoprep *ap, const pgg_query *q,
     if (++e->uses < (unsigned)(after > 0 ? after : 1))
         return PGG_AUTOPREP_PLAIN;
     if (ap->prepared.n >= ap->cap) {
-        name_of(ap->evict, sizeof ap->evict, &ap->e[ap->prepared.tail]);
+        memcpy(ap->evict, ap->e[ap->prepared.tail].name, sizeof ap->evict);
         *evict = ap->evict;
         entry_remove(ap, ap->prepared.tail);
     }
     ap->pending = ap->last = i;
-    name_of(ap->name, sizeof ap->name, e);
-    *name = ap->name;
+    *name = e->name;
     return PGG_AUTOPREP_PREPARE;
 }
 
@@ -315,11 +320,17 @@ void pgg__autoprep_counts(const pgg_autoprep *ap, int *entries, int *prepared)
 
 /* ------------------------------------------------------------ running */
 
+static const char *sqlstate_of(const PGresult *res)
+{
+    if (!res || PQresultStatus(res) != PGRES_FATAL_ERROR)
+        return NULL;
+    return PQresultErrorField(res, PG_DIAG_SQLSTATE);
+}
+
 /* The statement may be gone, or unusable, and the call never started. */
 static bool run_again_plain(const PGresult *res, bool *all_gone)
 {
-    const char *st = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
-    const char *msg;
+    const char *st = sqlstate_of(res), *msg;
 
     if (!st)
         return false;
@@ -337,13 +348,18 @@ static bool run_again_plain(const PGresult *res, bool *all_gone)
  * in *res / *end / *err (a server error as it would have come, a lost
  * connection as not sent). */
 static bool side_step(pgg_pool *pool, pgg_host *h, pgg_link *l, const pgg_query *sq,
-                      int64_t deadline, PGresult **res, pgg_attempt_end *end,
-                      pgg_error *err)
+                      bool any_answer, int64_t deadline, PGresult **res,
+                      pgg_attempt_end *end, pgg_error *err)
 {
     pgg__link_exec_wd(pool->watchdog, l->conn, sq, deadline, h->name, res, end, err);
-    if (*end == PGG_END_RESULT && PQresultStatus(*res) == PGRES_COMMAND_OK) {
+    /* any_answer (DEALLOCATE): the server answered; a statement already
+     * gone is as good as deallocated. */
+    if (*end == PGG_END_RESULT &&
+        (any_answer || PQresultStatus(*res) == PGRES_COMMAND_OK)) {
         PQclear(*res);
         *res = NULL;
+        if (err)
+            pgg__error_reset(err);
         return true;
     }
     /* The call's statement itself never ran. */
@@ -373,7 +389,7 @@ int pgg__autoprep_exec(pgg_pool *pool, pgg_host *h, pgg_link *l, const pgg_query
         pgg_query dq = {.sql = sql};
 
         snprintf(sql, sizeof sql, "DEALLOCATE %s", evict);
-        if (!side_step(pool, h, l, &dq, deadline, res, end, err)) {
+        if (!side_step(pool, h, l, &dq, true, deadline, res, end, err)) {
             pgg__autoprep_prepared(l->autoprep, false);
             return err ? err->code : PGG_ESERVER;
         }
@@ -386,9 +402,23 @@ int pgg__autoprep_exec(pgg_pool *pool, pgg_host *h, pgg_link *l, const pgg_query
                         .types = q->nparams > 0 ? q->types : NULL,
                         .stmt_name = name,
                         .prepare = true};
-        bool ok = side_step(pool, h, l, &pq, deadline, res, end, err);
+        bool ok = side_step(pool, h, l, &pq, false, deadline, res, end, err);
+        const char *st = ok ? NULL : sqlstate_of(*res);
 
         pgg__autoprep_prepared(l->autoprep, ok);
+        if (st && strcmp(st, "42P05") == 0) {
+            /* Our name exists already on this session: someone else's
+             * statements share it (a pooler in transaction mode hands
+             * us another server session per transaction).  Stop here on
+             * this connection, and run the call as it is: it never
+             * started. */
+            l->autoprep->off = true;
+            PQclear(*res);
+            *res = NULL;
+            if (err)
+                pgg__error_reset(err);
+            return pgg__vis_exec(pool, h, l, q, deadline, res, end, err);
+        }
         if (!ok)
             return err ? err->code : PGG_ESERVER;
         if (pgg__now_ns() >= deadline) {
@@ -404,6 +434,10 @@ int pgg__autoprep_exec(pgg_pool *pool, pgg_host *h, pgg_link *l, const pgg_query
     if (step == PGG_AUTOPREP_RUN && *end == PGG_END_RESULT &&
         run_again_plain(*res, &all_gone)) {
         if (all_gone) {
+            /* Once is a lease's DEALLOCATE ALL; twice on one connection,
+             * statements vanish under us (a pooler): stop preparing. */
+            if (++l->autoprep->gone >= 2)
+                l->autoprep->off = true;
             pgg__autoprep_clear(l->autoprep);
         } else {
             /* Only this one: let it be prepared afresh later. */
@@ -416,7 +450,7 @@ int pgg__autoprep_exec(pgg_pool *pool, pgg_host *h, pgg_link *l, const pgg_query
             {
                 pgg_query dq = {.sql = sql};
 
-                if (!side_step(pool, h, l, &dq, deadline, res, end, err))
+                if (!side_step(pool, h, l, &dq, true, deadline, res, end, err))
                     return err ? err->code : PGG_ESERVER;
             }
         }

@@ -18,9 +18,16 @@
  * clears it too, and the call runs unprepared at once (the statement never
  * started, so even a write runs once).
  *
- * Not for servers behind a pooler in transaction mode (PgBouncer before
- * 1.21): a statement prepared on one server session is missing on the
- * next.  Off by default (auto_prepare = 0) until measured otherwise.
+ * Behind a pooler in transaction mode (PgBouncer before 1.21), a statement
+ * prepared on one server session is missing on the next, and our name may
+ * exist already on another: a PREPARE refused with 42P05, or a second
+ * statement found missing (26000) on one connection, turns auto_prepare
+ * off for that connection, and the call runs as it is (it never started).
+ * Set auto_prepare=0 there to spare those round trips.
+ *
+ * On by default (auto_prepare=100, auto_prepare_after=2): measured in
+ * issue 10, a one-parameter primary-key lookup costs the server about
+ * 0.54x the CPU of PQexecParams and the client no more.
  */
 #ifndef PGG_AUTOPREP_H
 #define PGG_AUTOPREP_H
@@ -31,9 +38,8 @@
 #include <libpq-fe.h>
 
 #include "classify.h"
+#include "link.h"
 #include "pgguard.h"
-
-struct pgg_query;
 
 typedef struct pgg_autoprep pgg_autoprep;
 
@@ -75,6 +81,14 @@ void pgg__autoprep_prepared(pgg_autoprep *ap, bool ok);
 /* Forget the statement of the last RUN or PREPARE step (the caller
  * deallocates it on the server, or knows it gone). */
 void pgg__autoprep_forget_last(pgg_autoprep *ap);
+
+/* Whether q is a call auto_prepare may prepare: the extended protocol
+ * (parameters, or types given), not a statement of the pool's own.  Asked
+ * before anything else, so that other calls pay one test. */
+static inline bool pgg__autoprep_wants(const pgg_query *q)
+{
+    return (q->nparams > 0 || q->types) && !q->stmt && !q->stmt_name && !q->prepare;
+}
 
 struct pgg_pool;
 struct pgg_host;

@@ -755,7 +755,7 @@ pgg_verdict pgg__pool_exec_on(pgg_pool *pool, pgg_host *h, pgg_link **lp,
         } else {
             pgg__vis_exec(pool, h, l, q, deadline, res, end, err);
         }
-    } else if (pool->cfg->auto_prepare > 0 && !q->stmt) {
+    } else if (pgg__autoprep_wants(q) && pool->cfg->auto_prepare > 0) {
         pgg__autoprep_exec(pool, h, l, q, deadline, res, end, err);
     } else {
         pgg__vis_exec(pool, h, l, q, deadline, res, end, err);

@@ -27,7 +27,10 @@
  * thread CPU time; the process CPU that no client thread used (the pool's
  * health and watchdog threads) is charged to pgguard.  It prints the
  * median and range of the per-round ratios raw/pgguard (calls/s) and
- * pgguard/raw (CPU per call).
+ * pgguard/raw (CPU per call).  When the server runs on this machine, it
+ * also reads the server's CPU per call (from /proc/PID/schedstat, in ns):
+ * the backends of the raw connections against every other client backend
+ * (the pool's sessions, its health thread's included), per round.
  *
  * --pipelined adds a third client, a second pool with pipeline=on (plus
  * the --pipe-settings), and runs the blocks aligned: every thread runs the
@@ -288,6 +291,79 @@ static void *worker_main(void *arg)
     return NULL;
 }
 
+/* ------------------------------------------------------ server CPU */
+
+#define MAX_PIDS 256
+
+typedef struct srv_sample {
+    int n;
+    int pid[MAX_PIDS];
+    int64_t ns[MAX_PIDS];
+} srv_sample;
+
+/* A backend's CPU time so far (ns), or -1 when it cannot be read. */
+static int64_t pid_cpu_ns(int pid)
+{
+    char path[64];
+    long long run = -1;
+    FILE *f;
+
+    snprintf(path, sizeof path, "/proc/%d/schedstat", pid);
+    if (!(f = fopen(path, "r")))
+        return -1;
+    if (fscanf(f, "%lld", &run) != 1)
+        run = -1;
+    fclose(f);
+    return run;
+}
+
+/* Every client backend but the monitor's own, with its CPU so far. */
+static void srv_sample_take(PGconn *mon, srv_sample *out)
+{
+    PGresult *r = PQexec(mon, "SELECT pid FROM pg_stat_activity WHERE backend_type = "
+                              "'client backend' AND pid <> pg_backend_pid()");
+
+    out->n = 0;
+    if (PQresultStatus(r) == PGRES_TUPLES_OK)
+        for (int i = 0; i < PQntuples(r) && out->n < MAX_PIDS; i++) {
+            int pid = atoi(PQgetvalue(r, i, 0));
+            int64_t ns = pid_cpu_ns(pid);
+
+            if (ns >= 0) {
+                out->pid[out->n] = pid;
+                out->ns[out->n++] = ns;
+            }
+        }
+    PQclear(r);
+}
+
+static bool is_raw(int pid, const int *raw, int nraw)
+{
+    for (int i = 0; i < nraw; i++)
+        if (raw[i] == pid)
+            return true;
+    return false;
+}
+
+/* CPU used between two samples by raw backends and by the others (a
+ * backend that started in between counts from 0). */
+static void srv_delta(const srv_sample *a, const srv_sample *b, const int *raw,
+                      int nraw, int64_t *raw_ns, int64_t *other_ns)
+{
+    *raw_ns = *other_ns = 0;
+    for (int j = 0; j < b->n; j++) {
+        int64_t before = 0;
+
+        for (int i = 0; i < a->n; i++)
+            if (a->pid[i] == b->pid[j])
+                before = a->ns[i];
+        if (is_raw(b->pid[j], raw, nraw))
+            *raw_ns += b->ns[j] - before;
+        else
+            *other_ns += b->ns[j] - before;
+    }
+}
+
 static int cmp_double(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
@@ -313,6 +389,12 @@ static void interleave_level(const char *conninfo, const char *settings,
     double pmed = 0, plo = 0, phi = 0, pcmed = 0, pclo = 0, pchi = 0;
     worker *ws = calloc((size_t)nthreads, sizeof *ws);
     int64_t proc[MAX_ROUNDS + 1];
+    int64_t srv_raw[MAX_ROUNDS], srv_guard[MAX_ROUNDS];
+    srv_sample *smp = calloc(2, sizeof *smp);
+    int *raw_pids = calloc((size_t)nthreads, sizeof *raw_pids);
+    PGconn *mon = PQconnectdb(conninfo);
+    bool srv = PQstatus(mon) == CONNECTION_OK && smp && raw_pids;
+    double srv_ratio[MAX_ROUNDS], srv_raw_us = 0, srv_guard_us = 0, smed = 0, slo = 0, shi = 0;
     double tput[MAX_ROUNDS], cpu[MAX_ROUNDS];
     double raw_us = 0, guard_us = 0, raw_cpu = 0, guard_cpu = 0;
     long bad[C__N] = {0, 0, 0};
@@ -336,6 +418,8 @@ static void interleave_level(const char *conninfo, const char *settings,
         ws[i].s = &s;
         ws[i].id = i;
         ws[i].conn = raw_new(conninfo);
+        if (raw_pids)
+            raw_pids[i] = PQbackendPID(ws[i].conn);
         if (pthread_create(&ws[i].t, NULL, worker_main, &ws[i]) != 0)
             die("pthread_create");
     }
@@ -343,12 +427,22 @@ static void interleave_level(const char *conninfo, const char *settings,
     pthread_barrier_wait(&s.bar);
     pthread_barrier_wait(&s.bar);
     for (int r = 0; r < rounds; r++) {
+        if (srv)
+            srv_sample_take(mon, &smp[0]);
         pthread_barrier_wait(&s.bar);
         proc[r] = clock_ns(CLOCK_PROCESS_CPUTIME_ID);
         pthread_barrier_wait(&s.bar);
         proc[r + 1] = clock_ns(CLOCK_PROCESS_CPUTIME_ID);
         proc[r] = proc[r + 1] - proc[r];
+        if (srv) {
+            srv_sample_take(mon, &smp[1]);
+            srv_delta(&smp[0], &smp[1], raw_pids, nthreads, &srv_raw[r], &srv_guard[r]);
+            /* Nothing read (another machine's server): no server column. */
+            if (srv_raw[r] <= 0)
+                srv = false;
+        }
     }
+    PQfinish(mon);
     for (int i = 0; i < nthreads; i++) {
         pthread_join(ws[i].t, NULL);
         PQfinish(ws[i].conn);
@@ -391,7 +485,17 @@ static void interleave_level(const char *conninfo, const char *settings,
         guard_us += gw / 1e3 / rounds;
         raw_cpu += rc / 1e3 / rounds;
         guard_cpu += gc / 1e3 / rounds;
+        if (srv) {
+            double sr = (double)srv_raw[r] / (double)t[0].calls;
+            double sg = (double)srv_guard[r] / (double)t[1].calls;
+
+            srv_ratio[r] = sg / sr;
+            srv_raw_us += sr / 1e3 / rounds;
+            srv_guard_us += sg / 1e3 / rounds;
+        }
     }
+    if (srv)
+        summary(srv_ratio, rounds, &smed, &slo, &shi);
     summary(tput, rounds, &med, &lo, &hi);
     summary(cpu, rounds, &cmed, &clo, &chi);
     if (s.nclients == C__N) {
@@ -405,10 +509,13 @@ static void interleave_level(const char *conninfo, const char *settings,
         fclose(lf);
     }
     printf("%-9s %3d  %8.0f %8.0f  %5.3f %4.2f-%4.2f  %6.1f %6.1f  %5.3f "
-           "%4.2f-%4.2f  %5s%s\n",
+           "%4.2f-%4.2f  %5s",
            qname[q], nthreads, nthreads * 1e6 / raw_us,
            nthreads * 1e6 / guard_us, med, lo, hi, raw_cpu, guard_cpu, cmed,
-           clo, chi, ls, bad[0] || bad[1] ? "  ERRORS" : "");
+           clo, chi, ls);
+    if (srv)
+        printf("  %6.1f %6.1f  %5.3f %4.2f-%4.2f", srv_raw_us, srv_guard_us, smed, slo, shi);
+    printf("%s\n", bad[0] || bad[1] ? "  ERRORS" : "");
     if (s.nclients == C__N)
         printf("%-9s %3s  %8s %8.0f  %5.3f %4.2f-%4.2f  %6s %6.1f  %5.3f "
                "%4.2f-%4.2f  (pipelined)\n",
@@ -421,6 +528,8 @@ static void interleave_level(const char *conninfo, const char *settings,
     pgg_pool_free(s.pipe_pool);
     free(s.per);
     free(ws);
+    free(smp);
+    free(raw_pids);
 }
 
 static int parse_list(const char *s, int *out, int max)
@@ -482,11 +591,11 @@ int main(int argc, char **argv)
         printf("in-process interleaved, blocks of %d calls, %ld calls per "
                "client per thread per round, %d rounds; settings '%s'\n",
                block, round_calls, rounds, settings);
-        printf("%-9s %3s  %8s %8s  %5s %9s  %6s %6s  %5s %9s  %5s\n", "query",
-               "thr", "raw/s", "pgg/s", "x raw", "range", "cpu", "cpu",
-               "cpu x", "range", "load");
-        printf("%-9s %3s  %8s %8s  %5s %9s  %6s %6s  %5s %9s\n", "", "", "",
-               "", "", "", "raw us", "pgg us", "", "");
+        printf("%-9s %3s  %8s %8s  %5s %9s  %6s %6s  %5s %9s  %5s  %6s %6s  %5s %9s\n",
+               "query", "thr", "raw/s", "pgg/s", "x raw", "range", "cpu", "cpu",
+               "cpu x", "range", "load", "srv", "srv", "srv x", "range");
+        printf("%-9s %3s  %8s %8s  %5s %9s  %6s %6s  %5s %9s  %5s  %6s %6s\n", "", "", "",
+               "", "", "", "raw us", "pgg us", "", "", "", "raw us", "pgg us");
         for (int qi = 0; qi < Q__N; qi++) {
             if (!strstr(queries, qname[qi]))
                 continue;

@@ -113,3 +113,33 @@ Test(autoprep, a_statement_gone_or_stale_runs_plain)
     cr_expect_eq(auto_statements(p), 1);
     end_test(p, c);
 }
+
+/* Our statement name already taken on the session (as behind a pooler in
+ * transaction mode): the call runs all the same, and the connection stops
+ * preparing. */
+Test(autoprep, a_name_already_taken_turns_it_off_and_the_call_runs)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p;
+    pgg_lease *l;
+    pgg_error e;
+    PGresult *r;
+
+    make_table(c, "pgg_ap_t", "v", 10);
+    p = pool_for(c, "pool_max=1 auto_prepare_after=1 lease_reset=false");
+    /* The first name this connection would use, taken by someone else. */
+    l = pgg_acquire(p, PGG_WRITE, 2000, NULL, &e);
+    cr_assert_not_null(l, "%s", e.message);
+    r = pgg_lease_exec(l, "PREPARE pgg_auto_0 AS SELECT 1", 2000, &e);
+    cr_assert_not_null(r, "%s", e.message);
+    PQclear(r);
+    pgg_release(l);
+    for (int i = 1; i <= 5; i++) {
+        char want[16];
+
+        snprintf(want, sizeof want, "v%d", i);
+        lookup(p, "SELECT id, v FROM pgg_ap_t WHERE id = $1", i, want);
+    }
+    cr_expect_eq(auto_statements(p), 1, "only the stranger's statement");
+    end_test(p, c);
+}

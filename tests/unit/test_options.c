@@ -221,7 +221,7 @@ static const spec specs[] = {
     E("read_policy", "replica", "replica", "replica_only", "primary", "any"),
     I("max_attempts", 1, 64, "3"),
     B("lease_reset", "true"),
-    I("auto_prepare", 0, 10000, "0"),
+    I("auto_prepare", 0, 10000, "100"),
     I("auto_prepare_after", 1, 1000, "2"),
     I("lease_leak_ms", 0, 86400000, "0"),
     I("attempt_timeout_ms", 0, 3600000, "0"),
