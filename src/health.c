@@ -115,8 +115,7 @@ static void probe_fail(pgg_health *hl, int i, pgg_class cls, const char *what)
                     c, NULL, h->name, what);
     if (p->refused_closed && p->err.sqlstate[0]) {
         p->refused_closed = false;
-        p->refused_by_server = strcmp(p->err.sqlstate, "53300") == 0 ||
-                               strcmp(p->err.sqlstate, "57P03") == 0;
+        p->refused_by_server = pgg__capacity_refusal(p->err.sqlstate);
     }
     /* A refused startup carries its SQLSTATE (too many clients, starting
      * up, a wrong password): classify by it, as calls do. */

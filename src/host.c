@@ -267,12 +267,6 @@ static pgg_link **pick_idle(pgg_host *h)
  * threads call (each refused startup costs it a backend fork). */
 #define REFUSED_RETRY_NS (5 * PGG_NS_PER_MS)
 
-/* A startup refusal of a live server with no session for us now. */
-static bool refusal(const pgg_error *e)
-{
-    return strcmp(e->sqlstate, "53300") == 0 || strcmp(e->sqlstate, "57P03") == 0;
-}
-
 int pgg__host_borrow(pgg_host *h, int64_t deadline_ns, int64_t now,
                      pgg_link **out, pgg_borrow_fail *why, pgg_error *err)
 {
@@ -394,7 +388,7 @@ int pgg__host_borrow(pgg_host *h, int64_t deadline_ns, int64_t now,
             /* Refused with none of ours there: nothing to wait for.  The
              * call hears it now; the next ones, for a moment, without
              * asking the server again. */
-            if (rc != PGG_OK && refusal(&cerr)) {
+            if (rc != PGG_OK && pgg__capacity_refusal(cerr.sqlstate)) {
                 h->refused_until_ns = pgg__now_ns() + REFUSED_RETRY_NS;
                 pgg__strlcpy(h->refused_state, cerr.sqlstate,
                              sizeof h->refused_state);
