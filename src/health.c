@@ -153,12 +153,14 @@ static void probe_connect(pgg_health *hl, int i)
 
     hl->conns[i] = c;
     p->on_old = false;
+    p->phase = PROBE_CONNECTING;
     if (!c || PQstatus(c) == CONNECTION_BAD) {
+        /* Refused on the spot (loopback, nobody listening): still a
+         * refused connect, which probe_fail records as such. */
         probe_fail(hl, i, PGG_CLASS_CONNECTION, "health connect");
         return;
     }
     pgg__link_verbose_startup(c);
-    p->phase = PROBE_CONNECTING;
     p->cst = PGRES_POLLING_WRITING;
 }
 
