@@ -39,6 +39,7 @@ typedef struct probe {
     /* It ended refused at connect: by nobody listening (no SQLSTATE), or
      * by the server (53300, 57P03). */
     bool refused_closed, refused_by_server;
+    bool prev_refused; /* the probe before it was refused by nobody listening */
     bool replaced; /* that session died and a new one was started */
     int64_t started, deadline;
     int64_t next;    /* IDLE: when the next probe starts */
@@ -372,6 +373,7 @@ static bool probe_start(pgg_health *hl, int i, int64_t now)
     p->in_round = keep.in_round;
     p->replay_lsn = keep.replay_lsn;
     p->replay_at = keep.replay_at;
+    p->prev_refused = keep.refused_closed;
     p->started = now;
     p->deadline = now + hl->probe_timeout;
     /* Forced open means the operator wants the host left alone. */
@@ -531,6 +533,8 @@ static bool probe_hold(pgg_health *hl, int i, int64_t now)
     if (st == CONNECTION_STARTED || st == CONNECTION_MADE || st == CONNECTION_BAD)
         return false; /* no answer from its kernel: the network; start over */
     p->deadline = now + hl->probe_timeout;
+    p->prev_refused = false; /* waiting that long: stuck, not starting */
+    pgg__host_set_starting(&hl->pool->hosts[i], false);
     p->in_round = true;
     count_round(hl);
     return true;
@@ -561,6 +565,9 @@ static void probe_end(pgg_health *hl, int i, int64_t now)
             return;
     }
     record_ticket(hl, h, p, now);
+    /* Answered (the breaker closed or on trial) or not: waiting calls
+     * learn which. */
+    pgg__host_set_starting(h, false);
     if (ok) {
         probe_answered(hl, i, now);
     } else {
@@ -650,6 +657,24 @@ static void spares_tend(pgg_health *hl, int i, int64_t now)
         sp->cst = PGRES_POLLING_WRITING;
         sp->started = now;
     }
+}
+
+/*
+ * Host i's port refused the last probe (nobody listening) and now took this
+ * one, which waits for the server: the server is starting.  Calls refused
+ * by its open breaker wait for it meanwhile (pgg__host_await_back), until
+ * this probe ends one way or the other.  A probe kept waiting past its
+ * bound (probe_hold) means a stuck server instead: calls are refused at
+ * once again.
+ */
+static void mark_starting(pgg_health *hl, int i)
+{
+    probe *p = &hl->probes[i];
+    pgg_host *h = &hl->pool->hosts[i];
+
+    if (p->phase == PROBE_CONNECTING && p->prev_refused && queued(hl->conns[i]) &&
+        pgg__breaker_state(&h->breaker) == PGG_BREAKER_OPEN)
+        pgg__host_set_starting(h, true);
 }
 
 static void spare_drop(spare *sp, int64_t retry_at)
@@ -781,6 +806,7 @@ static void *health_main(void *arg)
             n++;
         }
         for (int i = 0; i < pool->nhosts; i++) {
+            mark_starting(hl, i);
             spares_tend(hl, i, now);
             spares_expire(hl, i, now, &wait_until);
             for (int s = 0; s < SPARES; s++) {

@@ -42,6 +42,8 @@ int pgg__host_init(pgg_host *h, int index, const char *name,
         return rc;
     pthread_mutex_init(&h->mu, NULL);
     pgg__cond_init(&h->cv);
+    pgg__cond_init(&h->back_cv);
+    atomic_init(&h->starting, false);
     return PGG_OK;
 }
 
@@ -63,6 +65,7 @@ void pgg__host_destroy(pgg_host *h)
     h->idle = NULL;
     pgg__breaker_destroy(&h->breaker);
     pthread_cond_destroy(&h->cv);
+    pthread_cond_destroy(&h->back_cv);
     pthread_mutex_destroy(&h->mu);
 }
 
@@ -572,11 +575,45 @@ int pgg__host_warm(pgg_host *h, int64_t deadline_ns)
     }
 }
 
+bool pgg__host_await_back(pgg_host *h, int64_t deadline_ns)
+{
+    bool back;
+
+    if (!atomic_load_explicit(&h->starting, memory_order_relaxed))
+        return false;
+    pthread_mutex_lock(&h->mu);
+    while (atomic_load(&h->starting) && !h->closed &&
+           pgg__breaker_state(&h->breaker) == PGG_BREAKER_OPEN) {
+        int64_t now = pgg__now_ns();
+        struct timespec ts;
+
+        if (now >= deadline_ns || pgg__cancel_now())
+            break;
+        ts = pgg__ns_to_timespec(pgg__cancel_slice(now, deadline_ns));
+        pthread_cond_timedwait(&h->back_cv, &h->mu, &ts);
+    }
+    back = !h->closed && pgg__breaker_state(&h->breaker) != PGG_BREAKER_OPEN;
+    pthread_mutex_unlock(&h->mu);
+    return back;
+}
+
+void pgg__host_set_starting(pgg_host *h, bool on)
+{
+    if (atomic_load_explicit(&h->starting, memory_order_relaxed) == on)
+        return;
+    pthread_mutex_lock(&h->mu);
+    atomic_store(&h->starting, on);
+    if (!on)
+        pthread_cond_broadcast(&h->back_cv);
+    pthread_mutex_unlock(&h->mu);
+}
+
 void pgg__host_close(pgg_host *h)
 {
     pthread_mutex_lock(&h->mu);
     h->closed = true;
     pthread_cond_broadcast(&h->cv);
+    pthread_cond_broadcast(&h->back_cv);
     pthread_mutex_unlock(&h->mu);
     pgg__host_trim(h, 0, true);
 }
