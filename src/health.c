@@ -39,7 +39,8 @@ typedef struct probe {
     /* It ended refused at connect: by nobody listening (no SQLSTATE), or
      * by the server (53300, 57P03). */
     bool refused_closed, refused_by_server;
-    bool prev_refused; /* the probe before it was refused by nobody listening */
+    bool prev_refused; /* the probe before it was refused by nobody
+                          listening or as starting up (57P03) */
     bool replaced; /* that session died and a new one was started */
     int64_t started, deadline;
     int64_t next;    /* IDLE: when the next probe starts */
@@ -373,7 +374,10 @@ static bool probe_start(pgg_health *hl, int i, int64_t now)
     p->in_round = keep.in_round;
     p->replay_lsn = keep.replay_lsn;
     p->replay_at = keep.replay_at;
-    p->prev_refused = keep.refused_closed;
+    /* Refused by nobody listening, or by a server starting up (57P03;
+     * also said while shutting down, which the next refusal shows). */
+    p->prev_refused = keep.refused_closed ||
+                      (keep.refused_by_server && strcmp(keep.err.sqlstate, "57P03") == 0);
     p->started = now;
     p->deadline = now + hl->probe_timeout;
     /* Forced open means the operator wants the host left alone. */
@@ -660,8 +664,9 @@ static void spares_tend(pgg_health *hl, int i, int64_t now)
 }
 
 /*
- * Host i's port refused the last probe (nobody listening) and now took this
- * one, which waits for the server: the server is starting.  Calls refused
+ * Host i's port refused the last probe (nobody listening, or the server
+ * said it was starting up) and now took this one, which waits for the
+ * server: the server is starting.  Calls refused
  * by its open breaker wait for it meanwhile (pgg__host_await_back), until
  * this probe ends one way or the other.  A probe kept waiting past its
  * bound (probe_hold) means a stuck server instead: calls are refused at
