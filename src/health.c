@@ -59,10 +59,13 @@ typedef struct probe {
 } probe;
 
 /*
- * Connects made ahead of calls to a host coming back (spares_tend): up to
- * SPARES per host, on top of the probe's.
+ * Connects made ahead of calls to a host coming back (spares_tend): on top
+ * of the probe's, one for each call waiting for the host (at least
+ * SPARES_MIN: calls refused meanwhile come back), at most SPARES per host
+ * and pool_max - 1.
  */
-#define SPARES 3
+#define SPARES 8
+#define SPARES_MIN 3
 
 typedef struct spare {
     PGconn *conn; /* NULL: none pending */
@@ -638,13 +641,18 @@ static void spares_tend(pgg_health *hl, int i, int64_t now)
     pgg_host *h = &hl->pool->hosts[i];
     probe *p = &hl->probes[i];
     pgg_breaker_state st = pgg__breaker_state(&h->breaker);
+    int want = atomic_load_explicit(&h->n_back_waiting, memory_order_relaxed);
 
+    /* Demand: calls refused lately (they wake this thread), or waiting. */
     if ((st != PGG_BREAKER_OPEN && st != PGG_BREAKER_HALF_OPEN) ||
         p->phase != PROBE_CONNECTING || !queued(hl->conns[i]) ||
-        now - hl->demand_at > hl->incident_max || atomic_load(&hl->stopping) ||
+        (now - hl->demand_at > hl->incident_max && want == 0) ||
+        atomic_load(&hl->stopping) ||
         (h->on_connect && (h->on_connect->sql || h->on_connect->fn)))
         return;
-    for (int s = 0; s < SPARES && s < h->max - 1; s++) {
+    if (want < SPARES_MIN)
+        want = SPARES_MIN;
+    for (int s = 0; s < SPARES && s < want && s < h->max - 1; s++) {
         spare *sp = &hl->spares[i * SPARES + s];
         PGconn *c;
 

@@ -44,6 +44,7 @@ int pgg__host_init(pgg_host *h, int index, const char *name,
     pgg__cond_init(&h->cv);
     pgg__cond_init(&h->back_cv);
     atomic_init(&h->starting, false);
+    atomic_init(&h->n_back_waiting, 0);
     return PGG_OK;
 }
 
@@ -590,7 +591,9 @@ bool pgg__host_await_back(pgg_host *h, int64_t deadline_ns)
         if (now >= deadline_ns || pgg__cancel_now())
             break;
         ts = pgg__ns_to_timespec(pgg__cancel_slice(now, deadline_ns));
+        atomic_fetch_add(&h->n_back_waiting, 1);
         pthread_cond_timedwait(&h->back_cv, &h->mu, &ts);
+        atomic_fetch_sub(&h->n_back_waiting, 1);
     }
     back = !h->closed && pgg__breaker_state(&h->breaker) != PGG_BREAKER_OPEN;
     pthread_mutex_unlock(&h->mu);

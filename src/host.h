@@ -67,6 +67,7 @@ typedef struct pgg_host {
      * took the health probe's, which waits for the server to answer.
      * Written by the health thread under mu; read lock-free first. */
     atomic_bool starting;
+    _Atomic int n_back_waiting; /* calls in pgg__host_await_back */
     pgg_link *idle;    /* most recently used first */
     int n_idle, n_connecting, n_waiting;
     /* Lent out (calls and leases running on it).  Written under mu; read
