@@ -614,7 +614,10 @@ static void borrow(pgg_async_call *k)
     bool connect;
 
     if (pgg__host_try_borrow(h, now, &k->l, &connect, k->c.err) != PGG_OK) {
-        if (k->c.err->code != PGG_ECLOSED && now < k->attempt_deadline) {
+        int code = k->c.err->code;
+
+        if (code != PGG_ECLOSED && code != PGG_EUNAVAILABLE &&
+            now < k->attempt_deadline) {
             /* Busy until one comes back: park (no error for now). */
             pgg__error_reset(k->c.err);
             k->state = ST_PARKED;
@@ -624,10 +627,12 @@ static void borrow(pgg_async_call *k)
             return;
         }
         k->state = ST_IDLE;
+        /* A refusal moments ago (53300, 57P03) is told as it is: the next
+         * host, and the error if none serves. */
         pgg__pool_take_failed(pool, h, k->ticket, k->c.now,
-                              k->c.err->code == PGG_ECLOSED
-                                  ? PGG_BORROW_CLOSED
-                                  : PGG_BORROW_EXHAUSTED,
+                              code == PGG_ECLOSED       ? PGG_BORROW_CLOSED
+                              : code == PGG_EUNAVAILABLE ? PGG_BORROW_REFUSED
+                                                         : PGG_BORROW_EXHAUSTED,
                               k->c.err);
         pgg__call_skipped(&k->c);
         return;

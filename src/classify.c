@@ -242,6 +242,11 @@ pgg_verdict pgg__classify_result(const pgg_classifier *c, pgg_attempt_end end,
     return pgg__classify(c, end, status, sqlstate, intent, on_standby);
 }
 
+bool pgg__capacity_refusal(const char *sqlstate)
+{
+    return sqlstate && (strcmp(sqlstate, "53300") == 0 || strcmp(sqlstate, "57P03") == 0);
+}
+
 pgg_verdict pgg__classify_connect(const pgg_classifier *c, const char *sqlstate)
 {
     const pgg_class_rule *rule = NULL;
@@ -275,7 +280,7 @@ pgg_verdict pgg__classify_connect(const pgg_classifier *c, const char *sqlstate)
      * call after a slot frees up would meet PGG_EOPEN), and host.c spaces
      * the next connects to that host out.
      */
-    if (memcmp(sqlstate, "53300", 5) == 0 || memcmp(sqlstate, "57P03", 5) == 0) {
+    if (pgg__capacity_refusal(sqlstate)) {
         v = verdict(PGG_CLASS_IGNORED, true, true);
         v.code = PGG_EUNAVAILABLE;
         return v;

@@ -81,6 +81,10 @@ pgg_verdict pgg__classify_result(const pgg_classifier *c, pgg_attempt_end end,
  */
 pgg_verdict pgg__classify_connect(const pgg_classifier *c, const char *sqlstate);
 
+/* 53300 (too many clients) or 57P03 (starting up, shutting down): a live
+ * server refusing a session for want of room or readiness.  NULL: false. */
+bool pgg__capacity_refusal(const char *sqlstate);
+
 /* Parse "failure"-style class names used in config ("connection", ...). */
 int pgg__class_from_name(const char *name, pgg_class *out);
 

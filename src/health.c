@@ -46,6 +46,8 @@ typedef struct probe {
     /* It ended refused at connect: by nobody listening (no SQLSTATE), or
      * by the server (53300, 57P03). */
     bool refused_closed, refused_by_server;
+    bool prev_refused; /* the probe before it was refused by nobody
+                          listening or as starting up (57P03) */
     bool replaced; /* that session died and a new one was started */
     int64_t started, deadline;
     int64_t next;    /* IDLE: when the next probe starts */
@@ -64,10 +66,13 @@ typedef struct probe {
 } probe;
 
 /*
- * Connects made ahead of calls to a host coming back (spares_tend): up to
- * SPARES per host, on top of the probe's.
+ * Connects made ahead of calls to a host coming back (spares_tend): on top
+ * of the probe's, one for each call waiting for the host (at least
+ * SPARES_MIN: calls refused meanwhile come back), at most SPARES per host
+ * and pool_max - 1.
  */
-#define SPARES 3
+#define SPARES 8
+#define SPARES_MIN 3
 
 typedef struct spare {
     PGconn *conn; /* NULL: none pending */
@@ -122,8 +127,7 @@ static void probe_fail(pgg_health *hl, int i, pgg_class cls, const char *what)
                     c, NULL, h->name, what);
     if (p->refused_closed && p->err.sqlstate[0]) {
         p->refused_closed = false;
-        p->refused_by_server = strcmp(p->err.sqlstate, "53300") == 0 ||
-                               strcmp(p->err.sqlstate, "57P03") == 0;
+        p->refused_by_server = pgg__capacity_refusal(p->err.sqlstate);
     }
     /* A refused startup carries its SQLSTATE (too many clients, starting
      * up, a wrong password): classify by it, as calls do. */
@@ -161,12 +165,14 @@ static void probe_connect(pgg_health *hl, int i)
 
     hl->conns[i] = c;
     p->on_old = false;
+    p->phase = PROBE_CONNECTING;
     if (!c || PQstatus(c) == CONNECTION_BAD) {
+        /* Refused on the spot (loopback, nobody listening): still a
+         * refused connect, which probe_fail records as such. */
         probe_fail(hl, i, PGG_CLASS_CONNECTION, "health connect");
         return;
     }
     pgg__link_verbose_startup(c);
-    p->phase = PROBE_CONNECTING;
     p->cst = PGRES_POLLING_WRITING;
 }
 
@@ -385,6 +391,10 @@ static bool probe_start(pgg_health *hl, int i, int64_t now)
     p->in_round = keep.in_round;
     p->replay_lsn = keep.replay_lsn;
     p->replay_at = keep.replay_at;
+    /* Refused by nobody listening, or by a server starting up (57P03;
+     * also said while shutting down, which the next refusal shows). */
+    p->prev_refused = keep.refused_closed ||
+                      (keep.refused_by_server && strcmp(keep.err.sqlstate, "57P03") == 0);
     p->started = now;
     p->deadline = now + hl->probe_timeout;
     /* Forced open means the operator wants the host left alone. */
@@ -544,6 +554,8 @@ static bool probe_hold(pgg_health *hl, int i, int64_t now)
     if (st == CONNECTION_STARTED || st == CONNECTION_MADE || st == CONNECTION_BAD)
         return false; /* no answer from its kernel: the network; start over */
     p->deadline = now + hl->probe_timeout;
+    p->prev_refused = false; /* waiting that long: stuck, not starting */
+    pgg__host_set_starting(&hl->pool->hosts[i], false);
     p->in_round = true;
     count_round(hl);
     return true;
@@ -574,6 +586,9 @@ static void probe_end(pgg_health *hl, int i, int64_t now)
             return;
     }
     record_ticket(hl, h, p, now);
+    /* Answered (the breaker closed or on trial) or not: waiting calls
+     * learn which. */
+    pgg__host_set_starting(h, false);
     if (ok) {
         probe_answered(hl, i, now);
     } else {
@@ -640,13 +655,18 @@ static void spares_tend(pgg_health *hl, int i, int64_t now)
     pgg_host *h = &hl->pool->hosts[i];
     probe *p = &hl->probes[i];
     pgg_breaker_state st = pgg__breaker_state(&h->breaker);
+    int want = atomic_load_explicit(&h->n_back_waiting, memory_order_relaxed);
 
+    /* Demand: calls refused lately (they wake this thread), or waiting. */
     if ((st != PGG_BREAKER_OPEN && st != PGG_BREAKER_HALF_OPEN) ||
         p->phase != PROBE_CONNECTING || !queued(hl->conns[i]) ||
-        now - hl->demand_at > hl->incident_max || atomic_load(&hl->stopping) ||
+        (now - hl->demand_at > hl->incident_max && want == 0) ||
+        atomic_load(&hl->stopping) ||
         (h->on_connect && (h->on_connect->sql || h->on_connect->fn)))
         return;
-    for (int s = 0; s < SPARES && s < h->max - 1; s++) {
+    if (want < SPARES_MIN)
+        want = SPARES_MIN;
+    for (int s = 0; s < SPARES && s < want && s < h->max - 1; s++) {
         spare *sp = &hl->spares[i * SPARES + s];
         PGconn *c;
 
@@ -663,6 +683,25 @@ static void spares_tend(pgg_health *hl, int i, int64_t now)
         sp->cst = PGRES_POLLING_WRITING;
         sp->started = now;
     }
+}
+
+/*
+ * Host i's port refused the last probe (nobody listening, or the server
+ * said it was starting up) and now took this one, which waits for the
+ * server: the server is starting.  Calls refused
+ * by its open breaker wait for it meanwhile (pgg__host_await_back), until
+ * this probe ends one way or the other.  A probe kept waiting past its
+ * bound (probe_hold) means a stuck server instead: calls are refused at
+ * once again.
+ */
+static void mark_starting(pgg_health *hl, int i)
+{
+    probe *p = &hl->probes[i];
+    pgg_host *h = &hl->pool->hosts[i];
+
+    if (p->phase == PROBE_CONNECTING && p->prev_refused && queued(hl->conns[i]) &&
+        pgg__breaker_state(&h->breaker) == PGG_BREAKER_OPEN)
+        pgg__host_set_starting(h, true);
 }
 
 static void spare_drop(spare *sp, int64_t retry_at)
@@ -794,6 +833,7 @@ static void *health_main(void *arg)
             n++;
         }
         for (int i = 0; i < pool->nhosts; i++) {
+            mark_starting(hl, i);
             spares_tend(hl, i, now);
             spares_expire(hl, i, now, &wait_until);
             for (int s = 0; s < SPARES; s++) {

@@ -10,6 +10,17 @@
  * computes replica lag, sends half-open trial probes, closes idle
  * connections past their time and warms hosts up to pool_min_idle.  It
  * never holds a lock across I/O.
+ *
+ * While a host's breaker is open it makes the host's return cheap to see
+ * and cheap to use: failing calls bring its probes to 2 ms apart when
+ * nobody listens there (5 ms when the server refuses sessions); a probe
+ * connect the server's kernel took and queued is kept past the probe
+ * bound (a new one would queue behind it); the session a probe opens goes
+ * to the pool, and while calls wait a few more connects are queued beside
+ * it (spares); a host reached again closes its breaker at once the first
+ * time in a streak (pgg__breaker_host_back), else goes half-open; and a
+ * server seen starting (refused, then queued) makes refused calls wait for
+ * it within their deadline (pgg__host_await_back).
  */
 #ifndef PGG_HEALTH_H
 #define PGG_HEALTH_H

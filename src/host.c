@@ -49,6 +49,9 @@ int pgg__host_init(pgg_host *h, int index, const char *name,
         return rc;
     pthread_mutex_init(&h->mu, NULL);
     pgg__cond_init(&h->cv);
+    pgg__cond_init(&h->back_cv);
+    atomic_init(&h->starting, false);
+    atomic_init(&h->n_back_waiting, 0);
     return PGG_OK;
 }
 
@@ -79,6 +82,7 @@ void pgg__host_destroy(pgg_host *h)
     h->idle = NULL;
     pgg__breaker_destroy(&h->breaker);
     pthread_cond_destroy(&h->cv);
+    pthread_cond_destroy(&h->back_cv);
     pthread_mutex_destroy(&h->mu);
 }
 
@@ -409,12 +413,6 @@ static pgg_link **pick_idle(pgg_host *h)
  * threads call (each refused startup costs it a backend fork). */
 #define REFUSED_RETRY_NS (5 * PGG_NS_PER_MS)
 
-/* A startup refusal of a live server with no session for us now. */
-static bool refusal(const pgg_error *e)
-{
-    return strcmp(e->sqlstate, "53300") == 0 || strcmp(e->sqlstate, "57P03") == 0;
-}
-
 /* Alive, and validated when it sat idle long enough: may be lent. */
 static bool lendable(pgg_host *h, pgg_link *l, int64_t now, int64_t deadline_ns)
 {
@@ -611,7 +609,7 @@ static int borrow_locked(pgg_host *h, int64_t deadline_ns, int64_t now,
             /* Refused with none of ours there: nothing to wait for.  The
              * call hears it now; the next ones, for a moment, without
              * asking the server again. */
-            if (rc != PGG_OK && refusal(&cerr)) {
+            if (rc != PGG_OK && pgg__capacity_refusal(cerr.sqlstate)) {
                 h->refused_until_ns = pgg__now_ns() + REFUSED_RETRY_NS;
                 pgg__strlcpy(h->refused_state, cerr.sqlstate,
                              sizeof h->refused_state);
@@ -650,15 +648,32 @@ static int borrow_locked(pgg_host *h, int64_t deadline_ns, int64_t now,
 int pgg__host_try_borrow(pgg_host *h, int64_t now, pgg_link **out,
                          bool *connect, pgg_error *err)
 {
-    pgg_link *doomed = NULL;
+    pgg_link *doomed = NULL, *l;
 
     *out = NULL;
     *connect = false;
+    /* A parked connection first (the loop's own give-back parks in its
+     * thread's slot, see "Parking"): still counted busy, it is the
+     * caller's as it is, or closed here when it is too old or dead. */
+    while ((l = unpark_mine(h)) || (l = unpark_any(h))) {
+        if (!expired(h, l, now) &&
+            (now - l->last_used_ns < h->alive_check_ns ||
+             pgg__link_alive(l->conn))) {
+            l->next = NULL;
+            *out = l;
+            return PGG_OK;
+        }
+        PQfinish(l->conn);
+        link_free(l);
+        pthread_mutex_lock(&h->mu);
+        h->n_busy--;
+        pthread_mutex_unlock(&h->mu);
+    }
     pthread_mutex_lock(&h->mu);
     while (!h->closed && h->idle) {
         pgg_link **pp = pick_idle(h);
-        pgg_link *l = *pp;
 
+        l = *pp;
         *pp = l->next;
         h->n_idle--;
         if (expired(h, l, now)) {
@@ -680,7 +695,7 @@ int pgg__host_try_borrow(pgg_host *h, int64_t now, pgg_link **out,
             return PGG_OK;
         }
         PQfinish(l->conn);
-        free(l);
+        link_free(l);
         pthread_mutex_lock(&h->mu);
         h->n_busy--;
     }
@@ -688,6 +703,12 @@ int pgg__host_try_borrow(pgg_host *h, int64_t now, pgg_link **out,
         pthread_mutex_unlock(&h->mu);
         close_list(doomed);
         return pgg__error_set(err, PGG_ECLOSED, NULL, h->name, "pool closed");
+    }
+    if (now < h->refused_until_ns && h->n_busy == 0) {
+        pthread_mutex_unlock(&h->mu);
+        close_list(doomed);
+        return pgg__error_set(err, PGG_EUNAVAILABLE, h->refused_state, h->name,
+                              "%s (not asked again yet)", h->refused_msg);
     }
     if (h->n_busy + h->n_connecting + h->n_idle < h->max &&
         (now >= h->full_until_ns || h->n_busy == 0)) {
@@ -723,6 +744,7 @@ int pgg__host_connected(pgg_host *h, PGconn *conn, pgg_link **out,
     if (l) {
         h->n_busy++;
         h->full_until_ns = 0;
+        h->refused_until_ns = 0;
     } else if (h->n_waiting > 0) {
         pthread_cond_signal(&h->cv);
     }
@@ -743,6 +765,13 @@ void pgg__host_connect_failed(pgg_host *h, const pgg_error *err)
     /* Full (53300) while ours are out: no new connect for a while. */
     if (err && h->n_busy > 0 && strcmp(err->sqlstate, "53300") == 0)
         h->full_until_ns = pgg__now_ns() + FULL_RETRY_NS;
+    /* Refused with none of ours there: as pgg__host_borrow, the next calls
+     * hear it for a moment without asking the server again. */
+    if (err && h->n_busy == 0 && pgg__capacity_refusal(err->sqlstate)) {
+        h->refused_until_ns = pgg__now_ns() + REFUSED_RETRY_NS;
+        pgg__strlcpy(h->refused_state, err->sqlstate, sizeof h->refused_state);
+        pgg__strlcpy(h->refused_msg, err->message, sizeof h->refused_msg);
+    }
     if (h->n_waiting > 0)
         pthread_cond_signal(&h->cv); /* the slot is free again */
     pthread_mutex_unlock(&h->mu);
@@ -908,6 +937,41 @@ int pgg__host_warm(pgg_host *h, int64_t deadline_ns)
     }
 }
 
+bool pgg__host_await_back(pgg_host *h, int64_t deadline_ns)
+{
+    bool back;
+
+    if (!atomic_load_explicit(&h->starting, memory_order_relaxed))
+        return false;
+    pthread_mutex_lock(&h->mu);
+    while (atomic_load(&h->starting) && !h->closed &&
+           pgg__breaker_state(&h->breaker) == PGG_BREAKER_OPEN) {
+        int64_t now = pgg__now_ns();
+        struct timespec ts;
+
+        if (now >= deadline_ns || pgg__cancel_now())
+            break;
+        ts = pgg__ns_to_timespec(pgg__cancel_slice(now, deadline_ns));
+        atomic_fetch_add(&h->n_back_waiting, 1);
+        pthread_cond_timedwait(&h->back_cv, &h->mu, &ts);
+        atomic_fetch_sub(&h->n_back_waiting, 1);
+    }
+    back = !h->closed && pgg__breaker_state(&h->breaker) != PGG_BREAKER_OPEN;
+    pthread_mutex_unlock(&h->mu);
+    return back;
+}
+
+void pgg__host_set_starting(pgg_host *h, bool on)
+{
+    if (atomic_load_explicit(&h->starting, memory_order_relaxed) == on)
+        return;
+    pthread_mutex_lock(&h->mu);
+    atomic_store(&h->starting, on);
+    if (!on)
+        pthread_cond_broadcast(&h->back_cv);
+    pthread_mutex_unlock(&h->mu);
+}
+
 void pgg__host_close(pgg_host *h)
 {
     pthread_mutex_lock(&h->mu);
@@ -915,6 +979,7 @@ void pgg__host_close(pgg_host *h)
     /* Before trim empties the slots: nothing parks for good after. */
     atomic_fetch_add_explicit(&h->park_block, PARK_CLOSED, memory_order_seq_cst);
     pthread_cond_broadcast(&h->cv);
+    pthread_cond_broadcast(&h->back_cv);
     pthread_mutex_unlock(&h->mu);
     pgg__host_trim(h, 0, true);
 }

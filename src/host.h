@@ -83,6 +83,12 @@ typedef struct pgg_host {
 
     pthread_mutex_t mu;
     pthread_cond_t cv; /* a connection came back or a slot freed */
+    pthread_cond_t back_cv; /* `starting` ended (pgg__host_await_back) */
+    /* The host's server is starting: its port refused connections, then
+     * took the health probe's, which waits for the server to answer.
+     * Written by the health thread under mu; read lock-free first. */
+    atomic_bool starting;
+    _Atomic int n_back_waiting; /* calls in pgg__host_await_back */
     pgg_link *idle;    /* most recently used first */
     int n_idle, n_connecting, n_waiting;
     /* Lent out (calls and leases running on it).  Written under mu; read
@@ -215,6 +221,18 @@ int pgg__host_warm(pgg_host *h, int64_t deadline_ns);
  */
 int pgg__host_on_connect(pgg_host *h, PGconn *conn, int64_t deadline_ns,
                          bool *host_fault, pgg_error *err);
+
+/*
+ * The host's breaker refused a call.  While its server is starting
+ * (`starting`), wait until the health thread finds it answering (the
+ * breaker is no longer open) or finds otherwise, or deadline_ns: a server
+ * about to take sessions is as good as one taking them, as for a client
+ * whose connect waits in its queue.  Returns whether the breaker is no
+ * longer open; false at once when the host is not starting.
+ */
+bool pgg__host_await_back(pgg_host *h, int64_t deadline_ns);
+/* The health thread's view of `starting`; clearing it wakes the waiters. */
+void pgg__host_set_starting(pgg_host *h, bool on);
 
 /* Refuse new borrows, wake waiters (pool shutdown). */
 void pgg__host_close(pgg_host *h);

@@ -493,9 +493,16 @@ pgg_take pgg__pool_take(pgg_pool *pool, pgg_host *h, pgg_intent intent,
                         pgg_ticket *ticket, bool *rejected, pgg_error *err)
 {
     pgg_borrow_fail why;
+    bool admitted;
 
     *l = NULL;
-    if (!pgg__breaker_allow(&h->breaker, start, ticket)) {
+    admitted = pgg__breaker_allow(&h->breaker, start, ticket);
+    /* A host whose server is starting is waited for (host.h). */
+    if (!admitted && pgg__host_await_back(h, deadline)) {
+        start = pgg__now_ns();
+        admitted = pgg__breaker_allow(&h->breaker, start, ticket);
+    }
+    if (!admitted) {
         atomic_fetch_add(&h->rejections, 1);
         *rejected = true;
         return PGG_TAKE_SKIPPED;

@@ -653,6 +653,60 @@ Test(recovery, refused_calls_find_sessions_ready_when_the_host_is_back)
 }
 
 /*
+ * A host whose server is starting (its port refused connections, then took
+ * one that waits for the server to answer; here a proxy that stopped
+ * listening, then listens again and holds every chunk 400 ms) is waited
+ * for: a read refused by its open breaker then waits within its deadline
+ * and is served once the server answers, as a client whose connect waits
+ * in the server's queue would be.  Before, it was refused with PGG_EOPEN
+ * until the breaker closed.
+ */
+Test(recovery, a_call_waits_for_a_server_that_is_starting)
+{
+    pgh_cluster *c = cluster_or_die(1);
+    pgh_require_local(c, "a proxy between pgguard and a local replica");
+    pgh_proxy *px;
+    /* A probe bound above the proxy's connect (about 1.6 s): a probe kept
+     * waiting past its bound means a stuck server, not a starting one. */
+    pgg_pool *p = pool_via_proxy(c, &px, "breaker.open_ms=60000 breaker.open_max_ms=60000 "
+                                         "health_probe_timeout_ms=4000 connect_timeout_ms=5000 "
+                                         "read_policy=replica_only");
+    bool served_while_open = false;
+
+    pgh_proxy_set_mode(px, PGH_PROXY_REFUSE, 0);
+    pgh_proxy_set_mode(px, PGH_PROXY_RESET, 0); /* the pooled sessions too */
+    pgh_proxy_set_mode(px, PGH_PROXY_REFUSE, 0);
+    for (int i = 0; i < 50 && host_stats(p, 1).state != PGG_BREAKER_OPEN; i++) {
+        pgg_call call = {.timeout_ms = 1000};
+        PQclear(pgg_exec(p, PGG_READ, "SELECT 1", &call, NULL, NULL));
+        sleep_ms(5);
+    }
+    cr_assert_eq(host_stats(p, 1).state, PGG_BREAKER_OPEN);
+    sleep_ms(50); /* a probe or two refused by nobody listening */
+    pgh_proxy_set_mode(px, PGH_PROXY_DELAY, 400);
+    for (int i = 0; i < 100 && !served_while_open; i++) {
+        pgg_call call = {.timeout_ms = 10000};
+        pgg_error e;
+        PGresult *r;
+
+        if (host_stats(p, 1).state != PGG_BREAKER_OPEN)
+            break; /* too late: the host is back */
+        r = pgg_exec(p, PGG_READ, "SELECT 1", &call, NULL, &e);
+        served_while_open = r != NULL;
+        if (!r)
+            cr_expect_eq(e.code, PGG_EOPEN, "%s %s", pgg_err_name(e.code), e.message);
+        PQclear(r);
+        sleep_ms(20);
+    }
+    cr_expect(served_while_open, "no read made while the breaker was open waited for the "
+                                 "starting server");
+    pgh_proxy_set_mode(px, PGH_PROXY_PASS, 0);
+    end_test(p, NULL);
+    pgh_proxy_free(px);
+    pgh_cluster_free(c);
+}
+
+/*
  * Each host has its own probe schedule: while the replica's probe hangs
  * (for up to 5 s here), the primary's go on, so its stop is seen at the
  * next of them.  Before, one round waited for every probe.

@@ -205,6 +205,11 @@ Test(classify, startup_refusals)
         cr_assert_eq(v.code, PGG_EUNAVAILABLE, "%s", capacity[i]);
         cr_assert(v.retry, "%s", capacity[i]);
     }
+    cr_assert(pgg__capacity_refusal("53300"));
+    cr_assert(pgg__capacity_refusal("57P03"));
+    cr_assert_not(pgg__capacity_refusal("53200"));
+    cr_assert_not(pgg__capacity_refusal(""));
+    cr_assert_not(pgg__capacity_refusal(NULL));
     /* Other shortages and a shutdown under way count against the host. */
     v = pgg__classify_connect(NULL, "53200");
     cr_assert_eq(v.cls, PGG_CLASS_UNAVAILABLE);
