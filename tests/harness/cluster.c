@@ -228,6 +228,15 @@ static void node_clear(pgh_node *n)
 
 static pgh_cluster *start_external(const char *primary, char *errbuf, size_t errlen)
 {
+    /* The servers are shared with the test processes running beside this
+     * one: every session this process opens (its pools' included, which
+     * name no application) carries a name of its own, so that what a test
+     * does to "its" sessions (pgh_node_terminate_backends, counts in
+     * pg_stat_activity) leaves the neighbours' alone. */
+    char app[32];
+    snprintf(app, sizeof app, "pgh-test-%ld", (long)getpid());
+    setenv("PGAPPNAME", app, 1);
+
     pgh_cluster *c = calloc(1, sizeof *c);
     if (!c)
         abort();

@@ -130,7 +130,9 @@ int pgh_node_resume_replay(pgh_node *n);
  * once at the call.  PGH_ETIMEDOUT after timeout_ms. */
 int pgh_node_wait_replay(pgh_node *replica, pgh_node *primary, int timeout_ms);
 /* pg_terminate_backend() every client backend but the harness's own; on an
- * external node only those of the connecting user. */
+ * external node only those of the connecting user opened by this test
+ * process (in external mode the harness names every session of the process,
+ * PGAPPNAME=pgh-test-PID, because other test processes share the servers). */
 int pgh_node_terminate_backends(pgh_node *n);
 /* Run SQL (several statements are fine) on a fresh connection. */
 int pgh_node_exec(pgh_node *n, const char *sql);

@@ -474,7 +474,9 @@ int pgh_node_terminate_backends(pgh_node *n)
              "select count(pg_terminate_backend(pid%s)) from pg_stat_activity "
              "where backend_type = 'client backend' and pid <> pg_backend_pid()%s",
              ver[0] == 't' ? ", 10000" : "",
-             n->external ? " and usename = current_user" : "");
+             n->external ? " and usename = current_user"
+                           " and application_name = current_setting('application_name')"
+                         : "");
     char v[32];
     return pgh_node_query_value(n, sql, v, sizeof v);
 }

@@ -28,7 +28,8 @@ static void running(pgh_cluster *c, const char *sql)
     double end = pgh_now_ms() + 10000;
 
     snprintf(q, sizeof q,
-             "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query = '%s'",
+             "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query = '%s'"
+             " AND application_name = current_setting('application_name')",
              sql);
     while (strcmp(n, "1") != 0 && pgh_now_ms() < end) {
         cr_assert_eq(pgh_node_query_value(pgh_cluster_primary(c), q, n, sizeof n), 0);
@@ -48,7 +49,7 @@ static void head_running(pgh_cluster *c)
 static pgg_lease *company(pgg_pool *p)
 {
     pgg_error e;
-    pgg_lease *l = pgg_acquire(p, PGG_READ, 0, NULL, &e);
+    pgg_lease *l = pgg_acquire(p, PGG_READ_PRIMARY, 0, NULL, &e);
 
     cr_assert_not_null(l, "acquire: %s", e.message);
     return l;
@@ -111,7 +112,7 @@ Test(pipeline, concurrent_calls_share_one_connection)
      * long head (stall_ms=0). */
     pgg_pool *p = pool_for(c, "pipeline=on pipeline.connections=1 pipeline.stall_ms=0 pool_max=10");
     pgg_lease *hold = company(p);
-    call head = {.p = p, .intent = PGG_READ, .sql = HEAD_SQL};
+    call head = {.p = p, .intent = PGG_READ_PRIMARY, .sql = HEAD_SQL};
     call joins[8];
     uint64_t sent0 = pgg__pipes_sent(p->pipes);
 
@@ -123,7 +124,7 @@ Test(pipeline, concurrent_calls_share_one_connection)
     for (int i = 0; i < 8; i++) {
         /* Plain text, parameters, and a prepared statement the shared
          * connection has not prepared yet. */
-        joins[i] = (call){.p = p, .intent = i % 2 ? PGG_WRITE : PGG_READ};
+        joins[i] = (call){.p = p, .intent = i % 2 ? PGG_WRITE : PGG_READ_PRIMARY};
         if (i % 3 == 0)
             joins[i].sql = "SELECT pg_backend_pid()::text";
         else if (i % 3 == 1)
@@ -165,8 +166,8 @@ Test(pipeline, an_error_in_one_statement_aborts_no_neighbour)
     call ins = {.p = p,
                 .intent = PGG_WRITE,
                 .sql = "INSERT INTO pipe_t VALUES (1) RETURNING pg_backend_pid()::text"};
-    call badprep = {.p = p, .intent = PGG_READ, .stmt = "broken"};
-    call after = {.p = p, .intent = PGG_READ, .sql = "SELECT pg_backend_pid()::text"};
+    call badprep = {.p = p, .intent = PGG_READ_PRIMARY, .stmt = "broken"};
+    call after = {.p = p, .intent = PGG_READ_PRIMARY, .sql = "SELECT pg_backend_pid()::text"};
     char n[16];
 
     cr_assert_eq(pgh_node_exec(pgh_cluster_primary(c),
@@ -223,8 +224,8 @@ Test(pipeline, a_call_does_not_queue_behind_a_slow_statement)
      * that only the stall bound keeps the call off the head's. */
     pgg_pool *p = pool_for(c, "pipeline=on pipeline.connections=1 pool_max=10");
     pgg_lease *hold = company(p);
-    call head = {.p = p, .intent = PGG_READ, .sql = HEAD_SQL};
-    call next = {.p = p, .intent = PGG_READ, .sql = "SELECT pg_backend_pid()::text"};
+    call head = {.p = p, .intent = PGG_READ_PRIMARY, .sql = HEAD_SQL};
+    call next = {.p = p, .intent = PGG_READ_PRIMARY, .sql = "SELECT pg_backend_pid()::text"};
 
     start(&head);
     head_running(c);
@@ -256,7 +257,7 @@ static void *run_typed(void *arg)
 {
     typed_call *c = arg;
     pgg_error e;
-    PGresult *r = pgg_execf(c->p, PGG_READ, NULL, NULL, &e, "SELECT %int4, pg_backend_pid()",
+    PGresult *r = pgg_execf(c->p, PGG_READ_PRIMARY, NULL, NULL, &e, "SELECT %int4, pg_backend_pid()",
                             (PGint4)c->value);
 
     if (!r)
@@ -274,7 +275,7 @@ Test(pipeline, typed_calls_share_the_connection_and_keep_pqgetf)
     pgh_cluster *c = cluster_or_die(0);
     pgg_pool *p = pool_for(c, "pipeline=on pipeline.connections=1 pipeline.stall_ms=0 pool_max=10");
     pgg_lease *hold = company(p);
-    call head = {.p = p, .intent = PGG_READ, .sql = HEAD_SQL};
+    call head = {.p = p, .intent = PGG_READ_PRIMARY, .sql = HEAD_SQL};
     typed_call tc[4];
     typed_call first = {.p = p, .value = 1};
 
@@ -326,7 +327,7 @@ static void *hung_calls(void *arg)
     for (int i = 0; i < HUNG_CALLS; i++) {
         pgg_error e;
         double t0 = pgh_now_ms();
-        PGresult *r = pgg_exec(w->p, i % 2 ? PGG_WRITE : PGG_READ, "SELECT 1", &opt, NULL, &e);
+        PGresult *r = pgg_exec(w->p, i % 2 ? PGG_WRITE : PGG_READ_PRIMARY, "SELECT 1", &opt, NULL, &e);
         double over = pgh_now_ms() - t0 - HUNG_TIMEOUT_MS;
 
         if (over > w->worst_over_ms)
@@ -356,7 +357,7 @@ Test(pipeline, a_hung_server_costs_each_call_its_deadline_at_most)
                               "breaker.mode=disabled pool_max=10");
     pgg_lease *hold = company(p);
     hung_worker ws[HUNG_THREADS];
-    call head = {.p = p, .intent = PGG_READ, .sql = HUNG_HEAD_SQL,
+    call head = {.p = p, .intent = PGG_READ_PRIMARY, .sql = HUNG_HEAD_SQL,
                  .timeout_ms = HUNG_HEAD_TIMEOUT_MS};
     int timeouts = 0, queued = 0, dropped = 0;
     double worst = -1e9;
@@ -401,7 +402,7 @@ Test(pipeline, a_hung_server_costs_each_call_its_deadline_at_most)
                   HUNG_HEAD_TIMEOUT_MS);
 
     cr_assert_eq(pgh_node_resume(pgh_cluster_primary(c)), 0);
-    cr_expect_eq(read_ok(p, PGG_READ, "SELECT 1", 0), 0, "no call succeeded after the resume");
+    cr_expect_eq(read_ok(p, PGG_READ_PRIMARY, "SELECT 1", 0), 0, "no call succeeded after the resume");
     pgg_release(hold);
     end_test(p, c);
 }
@@ -450,7 +451,7 @@ static void *term_calls(void *arg)
                      r ? PQresultErrorMessage(r) : e.message);
         }
         PQclear(r);
-        r = pgg_exec(w->p, PGG_READ, "SELECT count(*) FROM pipe_w", &opt, NULL, &e);
+        r = pgg_exec(w->p, PGG_READ_PRIMARY, "SELECT count(*) FROM pipe_w", &opt, NULL, &e);
         if (r && PQresultStatus(r) == PGRES_TUPLES_OK) {
             w->read_ok++;
         } else if (!r && (e.code == PGG_ECONNECT || e.code == PGG_EUNAVAILABLE)) {

@@ -629,7 +629,7 @@ static void *one_read(void *arg)
 {
     pgg_pool *p = arg;
     pgg_error e;
-    PGresult *r = pgg_exec(p, PGG_READ, "SELECT 1", NULL, NULL, &e);
+    PGresult *r = pgg_exec(p, PGG_READ_PRIMARY, "SELECT 1", NULL, NULL, &e);
     bool ok = r && PQresultStatus(r) == PGRES_TUPLES_OK;
 
     PQclear(r);
@@ -639,12 +639,13 @@ static void *one_read(void *arg)
 Test(pool, a_parked_connection_serves_other_threads)
 {
     pgh_cluster *c = cluster_or_die(0);
+    /* The primary's reads: external servers may have replicas. */
     pgg_pool *p = pool_for(c, "pool_max=1 call_timeout_ms=3000 health_interval_ms=60000");
     pthread_t t;
     void *ok;
     double t0;
 
-    read_ok(p, PGG_READ, "SELECT 1", 0);
+    read_ok(p, PGG_READ_PRIMARY, "SELECT 1", 0);
     /* Parked in this thread's slot, and counted idle. */
     cr_expect_eq(host_stats(p, 0).conns_idle, 1);
     cr_expect_eq(host_stats(p, 0).conns_busy, 0);
@@ -656,7 +657,7 @@ Test(pool, a_parked_connection_serves_other_threads)
         pthread_create(&t, NULL, one_read, p);
         pthread_join(t, &ok);
         cr_assert_not_null(ok, "call %d failed", i);
-        read_ok(p, PGG_READ, "SELECT 1", 0);
+        read_ok(p, PGG_READ_PRIMARY, "SELECT 1", 0);
     }
     cr_expect_lt(pgh_now_ms() - t0, 2500, "the calls waited for the connection");
     cr_expect_eq(host_stats(p, 0).connects, 1, "a new connection was opened");
