@@ -20,17 +20,46 @@
  * Wait for events on fd until deadline_ns.  Returns the revents (> 0),
  * 0 when the deadline passed, -1 on a poll error other than EINTR.
  *
- * With a watchdog slot: poll without a timeout inside an armed window; at
- * the deadline the watchdog shuts the socket down, which ends the poll, and
- * disarm says so.  No kernel timer is armed and no clock is read per wait;
- * the lateness is bounded by the watchdog's tick.  The window covers the
- * poll only: libpq may close its socket in the calls around it.
+ * With a watchdog slot: poll inside an armed window, with only a backstop
+ * timeout (WAIT_BACKSTOP_MS past the deadline); at the deadline the
+ * watchdog shuts the socket down, which ends the poll, and disarm says so.
+ * The window covers the poll only: libpq may close its socket in the calls
+ * around it.
  *
  * Without one (connects, whose socket libpq may replace between polls, and
  * callers without a pool): ppoll, not poll: a millisecond timeout would
  * round every wait up and make a hung server cost up to a millisecond more
  * than the deadline.
  */
+/*
+ * A wait under the watchdog also carries its own timeout, this long past
+ * the deadline: the watchdog ends it at the deadline, but it is one more
+ * thread to be scheduled, and under load it was seen releasing a batch of
+ * waits 30-40 ms late (the soak, load ~30, while a thread sleeping 1 ms was
+ * at most 13 ms late).  The backstop bounds that by the waiter's own wake-up.
+ */
+#define WAIT_BACKSTOP_MS 5
+
+/* Waits the backstop ended before the watchdog did (pgg__link_backstops). */
+static _Atomic uint64_t backstops;
+
+uint64_t pgg__link_backstops(void)
+{
+    return atomic_load_explicit(&backstops, memory_order_relaxed);
+}
+
+static int backstop_ms(int64_t deadline_ns)
+{
+    int64_t left;
+
+    if (deadline_ns == PGG_TIME_NEVER)
+        return -1;
+    left = (deadline_ns - pgg__now_ns()) / PGG_NS_PER_MS + WAIT_BACKSTOP_MS;
+    if (left < 0)
+        return 0;
+    return left > INT32_MAX ? -1 : (int)left;
+}
+
 static int wait_socket(pgg_wd_slot *slot, const pgg_cancel *cancel, int fd,
                        short events, int64_t deadline_ns)
 {
@@ -51,10 +80,14 @@ static int wait_socket(pgg_wd_slot *slot, const pgg_cancel *cancel, int fd,
             r = 0;
         else
             do
-                r = poll(&p, 1, -1);
+                r = poll(&p, 1, backstop_ms(deadline_ns));
             while (r < 0 && errno == EINTR);
-        if (pgg__watchdog_disarm(slot) || r == 0)
+        if (pgg__watchdog_disarm(slot))
             return 0;
+        if (r == 0) {
+            atomic_fetch_add_explicit(&backstops, 1, memory_order_relaxed);
+            return 0;
+        }
         if (r > 0)
             return p.revents ? p.revents : events;
         return -1;

@@ -200,4 +200,8 @@ uint64_t pgg__canceller_sent(pgg_canceller *c);
  * returns.  Accepts NULL. */
 void pgg__canceller_free(pgg_canceller *c, int64_t max_wait_ns);
 
+/* Socket waits that their own backstop timeout ended because the watchdog
+ * had not yet (a late watchdog thread); for tests and diagnosis. */
+uint64_t pgg__link_backstops(void);
+
 #endif
