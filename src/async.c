@@ -547,6 +547,16 @@ static void connect_failed(pgg_async_call *k)
     attempt_over(k);
 }
 
+/* A connect given up on our side (its deadline, no memory to watch it):
+ * closed, and failed as a connect that failed. */
+static void connect_abort(pgg_async_call *k, int code, const char *msg)
+{
+    PQfinish(k->conn);
+    k->conn = NULL;
+    pgg__error_set(k->c.err, code, NULL, k->h->name, "%s", msg);
+    connect_failed(k);
+}
+
 static void connect_step(pgg_async_call *k, bool ready)
 {
     int want = pgg__link_connect_step(&k->conn, ready, k->h->name, k->c.err);
@@ -556,13 +566,8 @@ static void connect_step(pgg_async_call *k, bool ready)
         bound = k->c.now + k->h->connect_timeout_ns;
         if (bound > k->attempt_deadline)
             bound = k->attempt_deadline;
-        if (!sock_want(k, PQsocket(k->conn), want, bound)) {
-            PQfinish(k->conn);
-            k->conn = NULL;
-            pgg__error_set(k->c.err, PGG_ENOMEM, NULL, k->h->name,
-                           "connect: out of memory");
-            connect_failed(k);
-        }
+        if (!sock_want(k, PQsocket(k->conn), want, bound))
+            connect_abort(k, PGG_ENOMEM, "connect: out of memory");
         return;
     }
     if (want < 0) {
@@ -791,11 +796,7 @@ static void expire(pgg_async_call *k)
 
     switch (k->state) {
     case ST_CONNECT:
-        PQfinish(k->conn);
-        k->conn = NULL;
-        pgg__error_set(k->c.err, PGG_ETIMEDOUT, NULL, k->h->name,
-                       "connect: deadline exceeded");
-        connect_failed(k);
+        connect_abort(k, PGG_ETIMEDOUT, "connect: deadline exceeded");
         break;
     case ST_PREPARE:
     case ST_QUERY:
@@ -1051,26 +1052,17 @@ int pgg_async_exec_prepared(pgg_async *ac, pgg_intent intent,
                             pgg_async_fn fn, void *userdata,
                             pgg_async_call **handle, pgg_error *err)
 {
-    const pgg_stmt *stmt;
     pgg_query q;
+    int rc;
 
     if (!ac || !name || nparams < 0)
         return pgg__error_set(err, PGG_EINVAL, NULL, NULL,
                               "pgg_async_exec_prepared: NULL context or name");
-    stmt = pgg__prepared_find(&ac->pool->prepared, name);
-    if (!stmt)
-        return pgg__error_set(err, PGG_EINVAL, NULL, NULL,
-                              "pgg_async_exec_prepared: no statement "
-                              "\"%.63s\" (pgg_pool_prepare it first)",
-                              name);
-    q = (pgg_query){.sql = stmt->sql,
-                    .nparams = nparams,
-                    .values = values,
-                    .lengths = lengths,
-                    .formats = formats,
-                    .result_format = call ? call->result_format : 0,
-                    .stmt = stmt,
-                    .stmt_name = stmt->name};
+    rc = pgg__pool_prepared_query(ac->pool, "pgg_async_exec_prepared", name,
+                                  nparams, values, lengths, formats, call, &q,
+                                  err);
+    if (rc != PGG_OK)
+        return rc;
     return start(ac, intent, &q, call, fn, userdata, handle, err);
 }
 

@@ -403,6 +403,29 @@ static pgg_link **pick_idle(pgg_host *h)
     return &h->idle;
 }
 
+/* Under mu: the next idle connection within its age, now counted busy, or
+ * NULL; the expired ones met on the way go to *doomed, for the caller to
+ * close once mu is released. */
+static pgg_link *take_idle_locked(pgg_host *h, int64_t now, pgg_link **doomed)
+{
+    while (h->idle) {
+        pgg_link **pp = pick_idle(h);
+        pgg_link *l = *pp;
+
+        *pp = l->next;
+        h->n_idle--;
+        if (expired(h, l, now)) {
+            l->next = *doomed;
+            *doomed = l;
+            continue;
+        }
+        h->n_busy++;
+        l->next = NULL;
+        return l;
+    }
+    return NULL;
+}
+
 /* How long a host that refused a session as full (53300) gets no new
  * connect attempt while sessions of ours are out to come back. */
 #define FULL_RETRY_NS (100 * PGG_NS_PER_MS)
@@ -505,22 +528,11 @@ static int borrow_locked(pgg_host *h, int64_t deadline_ns, int64_t now,
         /* Nothing is lent once the deadline has passed (a waiter whose
          * timeout raced a give-back, a validation that used the time up):
          * a statement sent then would leave after its call gave up. */
-        while (h->idle && now < deadline_ns) {
-            pgg_link **pp = pick_idle(h);
-            pgg_link *l = *pp;
-
-            *pp = l->next;
-            h->n_idle--;
-            if (expired(h, l, now)) {
-                l->next = doomed;
-                doomed = l;
-                continue;
-            }
-            h->n_busy++;
+        while (now < deadline_ns &&
+               (l = take_idle_locked(h, now, &doomed)) != NULL) {
             pthread_mutex_unlock(&h->mu);
             close_list(doomed);
             doomed = NULL;
-            l->next = NULL;
             if (lendable(h, l, now, deadline_ns)) {
                 *out = l;
                 return PGG_OK;
@@ -670,22 +682,10 @@ int pgg__host_try_borrow(pgg_host *h, int64_t now, pgg_link **out,
         pthread_mutex_unlock(&h->mu);
     }
     pthread_mutex_lock(&h->mu);
-    while (!h->closed && h->idle) {
-        pgg_link **pp = pick_idle(h);
-
-        l = *pp;
-        *pp = l->next;
-        h->n_idle--;
-        if (expired(h, l, now)) {
-            l->next = doomed;
-            doomed = l;
-            continue;
-        }
-        h->n_busy++;
+    while (!h->closed && (l = take_idle_locked(h, now, &doomed)) != NULL) {
         pthread_mutex_unlock(&h->mu);
         close_list(doomed);
         doomed = NULL;
-        l->next = NULL;
         /* The liveness check reads only what is already there; a session
          * that died since is found dead when sent to, and the call tries
          * a new connection (the path's rule for a reused session). */

@@ -907,13 +907,36 @@ int pgg_pool_prepare(pgg_pool *pool, const char *name, const char *sql,
     return pgg__prepared_add(&pool->prepared, name, sql, nparams, types, err);
 }
 
+int pgg__pool_prepared_query(pgg_pool *pool, const char *fn,
+                             const char *name, int nparams,
+                             const char *const *values, const int *lengths,
+                             const int *formats, const pgg_call *call,
+                             pgg_query *q, pgg_error *err)
+{
+    const pgg_stmt *stmt = pgg__prepared_find(&pool->prepared, name);
+
+    if (!stmt)
+        return pgg__error_set(err, PGG_EINVAL, NULL, NULL,
+                              "%s: no statement \"%.63s\" "
+                              "(pgg_pool_prepare it first)",
+                              fn, name);
+    *q = (pgg_query){.sql = stmt->sql,
+                     .nparams = nparams,
+                     .values = values,
+                     .lengths = lengths,
+                     .formats = formats,
+                     .result_format = call ? call->result_format : 0,
+                     .stmt = stmt,
+                     .stmt_name = stmt->name};
+    return PGG_OK;
+}
+
 PGresult *pgg_exec_prepared(pgg_pool *pool, pgg_intent intent,
                             const char *name, int nparams,
                             const char *const *values, const int *lengths,
                             const int *formats, const pgg_call *call,
                             pgg_info *info, pgg_error *err)
 {
-    const pgg_stmt *stmt;
     pgg_query q;
 
     if (!pool || !name || nparams < 0) {
@@ -922,23 +945,12 @@ PGresult *pgg_exec_prepared(pgg_pool *pool, pgg_intent intent,
                        "pgg_exec_prepared: NULL pool or name");
         return NULL;
     }
-    stmt = pgg__prepared_find(&pool->prepared, name);
-    if (!stmt) {
+    if (pgg__pool_prepared_query(pool, "pgg_exec_prepared", name, nparams,
+                                 values, lengths, formats, call, &q,
+                                 err) != PGG_OK) {
         pgg__info_reset(info);
-        pgg__error_set(err, PGG_EINVAL, NULL, NULL,
-                       "pgg_exec_prepared: no statement \"%.63s\" "
-                       "(pgg_pool_prepare it first)",
-                       name);
         return NULL;
     }
-    q = (pgg_query){.sql = stmt->sql,
-                    .nparams = nparams,
-                    .values = values,
-                    .lengths = lengths,
-                    .formats = formats,
-                    .result_format = call ? call->result_format : 0,
-                    .stmt = stmt,
-                    .stmt_name = stmt->name};
     return run(pool, intent, &q, call, info, err);
 }
 

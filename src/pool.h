@@ -198,6 +198,15 @@ pgg_verdict pgg__pool_exec_done(pgg_pool *pool, pgg_host *h, pgg_link **lp,
 
 /* The error for a call no host took: PGG_ENOPRIMARY, or PGG_EOPEN when
  * ncand candidates all refused (ncand 0: none was eligible at all). */
+/* The query of the statement registered as name (pgg_pool_prepare), for
+ * pgg_exec_prepared and pgg_async_exec_prepared (fn names the caller in
+ * the error): PGG_EINVAL when there is none. */
+int pgg__pool_prepared_query(pgg_pool *pool, const char *fn,
+                             const char *name, int nparams,
+                             const char *const *values, const int *lengths,
+                             const int *formats, const pgg_call *call,
+                             pgg_query *q, pgg_error *err);
+
 int pgg__pool_no_host_error(pgg_pool *pool, pgg_intent intent, int ncand,
                             pgg_error *err);
 

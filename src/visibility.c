@@ -259,16 +259,22 @@ static void use_sample(pgg_vis *v, pgg_vis_req *r)
     }
 }
 
-bool pgg__vis_begin(pgg_vis *v, pgg_intent intent, const pgg_call *call,
-                    pgg_vis_req *r)
+/* The call's needs; a lease's write learns its position only pool-wide
+ * (its statements are never wrapped one by one, pgg_lease_commit asks). */
+static bool begin(pgg_vis *v, pgg_intent intent, const pgg_call *call,
+                  pgg_vis_req *r, bool lease)
 {
     unsigned flags = call ? call->flags : 0;
 
     memset(r, 0, sizeof *r);
     if (!v)
         return false;
+    r->in_lease = lease;
     if (intent == PGG_WRITE) {
-        r->want_lsn = v->mode == PGG_RYW_POOL || (flags & PGG_CALL_WANT_LSN);
+        r->want_lsn = v->mode == PGG_RYW_POOL ||
+                      (!lease && (flags & PGG_CALL_WANT_LSN));
+        if (lease)
+            r->latest = pgg__vis_latest(v);
         return r->want_lsn;
     }
     r->latest = pgg__vis_latest(v);
@@ -284,29 +290,16 @@ bool pgg__vis_begin(pgg_vis *v, pgg_intent intent, const pgg_call *call,
     return (r->need != 0 || r->sample) && intent == PGG_READ;
 }
 
+bool pgg__vis_begin(pgg_vis *v, pgg_intent intent, const pgg_call *call,
+                    pgg_vis_req *r)
+{
+    return begin(v, intent, call, r, false);
+}
+
 bool pgg__vis_begin_lease(pgg_vis *v, pgg_intent intent,
                           const pgg_call *call, pgg_vis_req *r)
 {
-    unsigned flags = call ? call->flags : 0;
-
-    memset(r, 0, sizeof *r);
-    if (!v)
-        return false;
-    r->latest = pgg__vis_latest(v);
-    r->in_lease = true;
-    if (intent == PGG_WRITE) {
-        r->want_lsn = v->mode == PGG_RYW_POOL;
-        return r->want_lsn;
-    }
-    if (v->mode != PGG_RYW_OFF && !(flags & PGG_CALL_ANY_LSN)) {
-        r->need = r->latest;
-        if (v->mode == PGG_RYW_SAMPLED && intent == PGG_READ)
-            use_sample(v, r);
-    }
-    if (call && call->min_lsn > r->need)
-        r->need = call->min_lsn;
-    floor_need(v, r);
-    return (r->need != 0 || r->sample) && intent == PGG_READ;
+    return begin(v, intent, call, r, true);
 }
 
 static uint64_t max_u64(uint64_t a, uint64_t b)
