@@ -426,6 +426,15 @@ static pgg_link *take_idle_locked(pgg_host *h, int64_t now, pgg_link **doomed)
     return NULL;
 }
 
+/* Under mu: sessions of ours on the host, busy or being opened.  A refusal
+ * for want of room (53300) while one is on its way is waited for like one
+ * while ours are busy: a connect that raced its siblings' must not fail the
+ * call as if the pool had no session there. */
+static int ours(const pgg_host *h)
+{
+    return h->n_busy + h->n_connecting;
+}
+
 /* How long a host that refused a session as full (53300) gets no new
  * connect attempt while sessions of ours are out to come back. */
 #define FULL_RETRY_NS (100 * PGG_NS_PER_MS)
@@ -573,7 +582,7 @@ static int borrow_locked(pgg_host *h, int64_t deadline_ns, int64_t now,
                                   "deadline (pool_max)",
                                   h->max, h->name);
         }
-        if (now < h->refused_until_ns && h->n_busy == 0) {
+        if (now < h->refused_until_ns && ours(h) == 0) {
             int64_t ago = now - (h->refused_until_ns - REFUSED_RETRY_NS);
 
             pthread_mutex_unlock(&h->mu);
@@ -612,7 +621,7 @@ static int borrow_locked(pgg_host *h, int64_t deadline_ns, int64_t now,
              * back, as at pool_max, rather than fail the call and count it
              * against the host; connect again only after FULL_RETRY_NS.
              */
-            if (rc != PGG_OK && h->n_busy > 0 &&
+            if (rc != PGG_OK && ours(h) > 0 &&
                 strcmp(cerr.sqlstate, "53300") == 0) {
                 h->full_until_ns = pgg__now_ns() + FULL_RETRY_NS;
                 fresh_now = false;
@@ -704,7 +713,7 @@ int pgg__host_try_borrow(pgg_host *h, int64_t now, pgg_link **out,
         close_list(doomed);
         return pgg__error_set(err, PGG_ECLOSED, NULL, h->name, "pool closed");
     }
-    if (now < h->refused_until_ns && h->n_busy == 0) {
+    if (now < h->refused_until_ns && ours(h) == 0) {
         pthread_mutex_unlock(&h->mu);
         close_list(doomed);
         return pgg__error_set(err, PGG_EUNAVAILABLE, h->refused_state, h->name,
@@ -763,11 +772,11 @@ void pgg__host_connect_failed(pgg_host *h, const pgg_error *err)
     pthread_mutex_lock(&h->mu);
     h->n_connecting--;
     /* Full (53300) while ours are out: no new connect for a while. */
-    if (err && h->n_busy > 0 && strcmp(err->sqlstate, "53300") == 0)
+    if (err && ours(h) > 0 && strcmp(err->sqlstate, "53300") == 0)
         h->full_until_ns = pgg__now_ns() + FULL_RETRY_NS;
     /* Refused with none of ours there: as pgg__host_borrow, the next calls
      * hear it for a moment without asking the server again. */
-    if (err && h->n_busy == 0 && pgg__capacity_refusal(err->sqlstate)) {
+    if (err && ours(h) == 0 && pgg__capacity_refusal(err->sqlstate)) {
         h->refused_until_ns = pgg__now_ns() + REFUSED_RETRY_NS;
         pgg__strlcpy(h->refused_state, err->sqlstate, sizeof h->refused_state);
         pgg__strlcpy(h->refused_msg, err->message, sizeof h->refused_msg);
