@@ -3,8 +3,9 @@
  * socket against an absolute CLOCK_MONOTONIC deadline (ns), never on
  * libpq's connect_timeout (which has a 2 s minimum) and never in a
  * blocking libpq call.  A connection whose deadline fired is handed to the
- * canceller, which closes it at once and sends the cancel request from a
- * worker thread (libpq 15's PQcancel blocks while a postmaster is stopped).
+ * canceller, which closes it off the caller's thread and sends the cancel
+ * request from a worker thread (libpq 15's PQcancel blocks while a
+ * postmaster is stopped).
  */
 #ifndef PGG_LINK_H
 #define PGG_LINK_H
@@ -188,12 +189,17 @@ typedef struct pgg_canceller pgg_canceller;
 pgg_canceller *pgg__canceller_new(int nslots, int queue_max,
                                   int64_t max_age_ns, pgg_error *err);
 
-/* Take conn's cancel key, close conn now, queue the cancel for the slot's
- * worker.  Never blocks on the network.  conn may be NULL. */
+/* Take conn's cancel key, hand conn to the canceller's closer thread (its
+ * PQfinish frees whatever answer it holds, off the caller's deadline),
+ * queue the cancel for the slot's worker.  Never blocks on the network.
+ * conn may be NULL. */
 void pgg__canceller_drop(pgg_canceller *c, int slot, PGconn *conn);
 
 /* Cancels sent and dropped so far (for stats). */
 uint64_t pgg__canceller_sent(pgg_canceller *c);
+
+/* Dropped connections the closer thread has closed (for tests). */
+uint64_t pgg__canceller_closed(pgg_canceller *c);
 
 /* Stop the workers, waiting at most max_wait_ns for them; a worker stuck in
  * PQcancel on a hung server is detached and frees its own state when it
