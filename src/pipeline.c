@@ -149,9 +149,21 @@ static const char *skip_space_and_comments(const char *p)
 
             p = eol ? eol : p + strlen(p); /* a comment to the end */
         } else if (p[0] == '/' && p[1] == '*') {
-            /* Unterminated: the server's error, not ours to guess at. */
-            p = strstr(p + 2, "*/");
-            p = p ? p + 2 : NULL;
+            /* Block comments nest in PostgreSQL: "/ * / * * / SELECT * /
+             * BEGIN" (without the spaces) is a BEGIN.  Unterminated: the
+             * server's error, not ours to guess at. */
+            int depth = 1;
+
+            for (p += 2; *p && depth > 0;) {
+                if (p[0] == '/' && p[1] == '*')
+                    depth++, p += 2;
+                else if (p[0] == '*' && p[1] == '/')
+                    depth--, p += 2;
+                else
+                    p++;
+            }
+            if (depth > 0)
+                p = NULL;
         } else {
             break;
         }
