@@ -378,6 +378,12 @@ int pgg__autoprep_exec(pgg_pool *pool, pgg_host *h, pgg_link *l, const pgg_query
     bool all_gone = false;
     int rc;
 
+    /* In a transaction block (a lease's), a statement the server refuses
+     * by name (26000, 0A000 after DDL) aborts the transaction, and running
+     * it again plain would only fail with 25P02: there the call runs as
+     * it is, as if auto_prepare were off. */
+    if (PQtransactionStatus(l->conn) != PQTRANS_IDLE)
+        return pgg__vis_exec(pool, h, l, q, deadline, res, end, err);
     if (!l->autoprep)
         l->autoprep = pgg__autoprep_new(pool->cfg->auto_prepare);
     if (!l->autoprep)

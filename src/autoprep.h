@@ -12,6 +12,10 @@
  * first (DEALLOCATE, one round trip), so a connection never holds more
  * than N of them.
  *
+ * Only outside a transaction block: inside one (a lease's BEGIN ...), a
+ * statement refused by name would abort the transaction, so the call runs
+ * as it is there.
+ *
  * The cache belongs to one connection and is used only by the thread that
  * borrowed it: no locking.  A lease's reset (DISCARD ALL) clears it; a
  * statement found missing on the server (26000: a lease's own DEALLOCATE)

@@ -100,13 +100,19 @@ static PGresult *finish(copy_run *r, PGresult *keep)
             return lost(r, keep);
         if (!res)
             break;
-        /* a COPY state again means the server wants more: never for a
-         * finished COPY; treat the session as unusable */
+        /* A COPY state here is a COPY that sql held after another
+         * statement ("SET ...; COPY ..."), not one COPY statement: bad
+         * input, and the session, mid-COPY, is unusable. */
         if (PQresultStatus(res) == PGRES_COPY_IN || PQresultStatus(res) == PGRES_COPY_OUT ||
             PQresultStatus(res) == PGRES_COPY_BOTH) {
             PQclear(res);
             PQclear(keep);
-            return expired(r);
+            pgg__lease_fail(r->lease, true);
+            pgg__error_set(r->err, PGG_EINVAL, NULL, r->host,
+                           "%s: a COPY after another statement (give one COPY "
+                           "statement alone); connection dropped",
+                           r->fn);
+            return NULL;
         }
         if (keep && PQresultStatus(keep) == PGRES_FATAL_ERROR) {
             PQclear(res);

@@ -35,6 +35,7 @@
 #include "health.h"
 #include "pool.h"
 #include "tls.h"
+#include "types.h"
 
 /* Segments in flight on one connection (a power of two).  A caller that
  * finds no room takes today's path. */
@@ -98,7 +99,8 @@ typedef struct pgg_pipe {
     bool taking;           /* a caller is borrowing a link for it */
     bool leader;           /* some caller leads (or was told to) */
     bool retire;           /* take no new requests: give it back when empty */
-    bool typed;            /* prepared for libpqtypes when taken */
+    unsigned types_gen;    /* libpqtypes generation of the link when taken
+                              (0: not prepared for libpqtypes) */
     bool answered;         /* something was answered on this link */
     pipe_req *pend, *pend_tail;
     int npend;
@@ -149,9 +151,21 @@ static const char *skip_space_and_comments(const char *p)
 
             p = eol ? eol : p + strlen(p); /* a comment to the end */
         } else if (p[0] == '/' && p[1] == '*') {
-            /* Unterminated: the server's error, not ours to guess at. */
-            p = strstr(p + 2, "*/");
-            p = p ? p + 2 : NULL;
+            /* Block comments nest in PostgreSQL: "/ * / * * / SELECT * /
+             * BEGIN" (without the spaces) is a BEGIN.  Unterminated: the
+             * server's error, not ours to guess at. */
+            int depth = 1;
+
+            for (p += 2; *p && depth > 0;) {
+                if (p[0] == '/' && p[1] == '*')
+                    depth++, p += 2;
+                else if (p[0] == '*' && p[1] == '/')
+                    depth--, p += 2;
+                else
+                    p++;
+            }
+            if (depth > 0)
+                p = NULL;
         } else {
             break;
         }
@@ -745,9 +759,10 @@ static bool joinable(pgg_pool *pool, pgg_pipe *p, int64_t now)
         now - seg_at(p, 0)->sent_ns >= pool->pipes->stall_ns)
         return false;
     if (atomic_load_explicit(&pool->types_on, memory_order_relaxed) &&
-        !p->typed) {
-        /* Typed calls began after the link was prepared: a fresh one will
-         * carry libpqtypes' registrations. */
+        p->types_gen < pgg__types_gen(pool->types)) {
+        /* Typed calls began, or types were registered, after the link was
+         * prepared: its results could not read them.  A fresh one will
+         * carry every registration. */
         p->retire = true;
         return false;
     }
@@ -776,7 +791,10 @@ static pgg_take take_link(pgg_pool *pool, pgg_host *h, pgg_pipe *p,
     p->taking = false;
     if (t == PGG_TAKE_OK) {
         p->link = l;
-        p->typed = atomic_load_explicit(&pool->types_on, memory_order_relaxed);
+        p->types_gen =
+            atomic_load_explicit(&pool->types_on, memory_order_relaxed)
+                ? l->types_gen
+                : 0;
         p->answered = !l->fresh;
         atomic_store_explicit(&p->has_link, true, memory_order_relaxed);
     }

@@ -86,6 +86,9 @@ const pgg_stmt *pgg__prepared_find(pgg_prepared *p, const char *name)
 
 static bool same_types(const pgg_stmt *s, int nparams, const Oid *types)
 {
+    /* With no parameters a types array holds nothing (and none is kept). */
+    if (nparams == 0)
+        types = NULL;
     if (s->nparams != nparams || (!s->types) != (!types))
         return false;
     return !types || memcmp(s->types, types, (size_t)nparams * sizeof *types) == 0;

@@ -5,6 +5,7 @@
 #include "types.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -26,10 +27,17 @@ struct pgg_types {
     pthread_mutex_t mu;
     registration *regs;
     int nregs;
-    unsigned gen;      /* 1 + number of registrations: 1 means "initialised" */
+    /* 1 + number of registrations: 1 means "initialised".  Written under
+     * mu; read without it by pgg__types_gen. */
+    _Atomic unsigned gen;
     PGparam *tmpl;     /* handlers and format info of a prepared connection */
     unsigned tmpl_gen; /* the gen it was taken at */
 };
+
+unsigned pgg__types_gen(pgg_types *t)
+{
+    return atomic_load_explicit(&t->gen, memory_order_acquire);
+}
 
 pgg_types *pgg__types_new(pgg_error *err)
 {
@@ -40,7 +48,7 @@ pgg_types *pgg__types_new(pgg_error *err)
         return NULL;
     }
     pthread_mutex_init(&t->mu, NULL);
-    t->gen = 1;
+    atomic_init(&t->gen, 1);
     return t;
 }
 

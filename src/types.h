@@ -35,7 +35,17 @@ void pgg__types_free(pgg_types *t);
 int pgg__types_prepare(pgg_types *t, struct pgg_link *l, int64_t deadline_ns,
                        const char *host, pgg_error *err);
 
+/* The generation a connection prepared now would reach (l->types_gen):
+ * one with less lacks a registration.  Lock-free. */
+unsigned pgg__types_gen(pgg_types *t);
+
 #else
+
+static inline unsigned pgg__types_gen(pgg_types *t)
+{
+    (void)t;
+    return 0;
+}
 
 static inline void pgg__types_free(pgg_types *t)
 {

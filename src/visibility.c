@@ -942,13 +942,16 @@ bool pgg__vis_is_copy(const char *sql)
  * control (it would end or nest ours), COPY (pipeline mode cannot carry
  * it), and those that refuse a transaction block outright.  Others refused
  * there (CREATE DATABASE, CREATE INDEX CONCURRENTLY...) come back as 25001
- * before doing anything, and go the two-sync way then. */
+ * before doing anything, and go the two-sync way then.  CALL and DO may
+ * commit inside (a procedure's COMMIT): in a block the server refuses
+ * that only when it gets there, as 2D000 after running part of the body,
+ * so they never go in one. */
 static bool wrappable(const char *sql)
 {
     static const char *const no[] = {
         "begin",   "start",   "commit",  "end",      "rollback", "abort",
         "savepoint", "release", "prepare", "copy",   "vacuum",   "discard",
-        "reindex", "cluster", "checkpoint", "lock", NULL};
+        "reindex", "cluster", "checkpoint", "lock", "call", "do", NULL};
     return !first_word_in(sql, no);
 }
 

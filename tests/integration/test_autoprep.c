@@ -143,3 +143,64 @@ Test(autoprep, a_name_already_taken_turns_it_off_and_the_call_runs)
     cr_expect_eq(auto_statements(p), 1, "only the stranger's statement");
     end_test(p, c);
 }
+
+static PGresult *lease_ok(pgg_lease *l, const char *sql, const char *param)
+{
+    const char *vals[1] = {param};
+    pgg_error e;
+    PGresult *r = pgg_lease_exec_params(l, sql, param ? 1 : 0, NULL, param ? vals : NULL,
+                                        NULL, NULL, 0, 2000, &e);
+
+    cr_assert_not_null(r, "%s: %s %s", sql, pgg_err_name(e.code), e.message);
+    cr_assert(PQresultStatus(r) == PGRES_TUPLES_OK || PQresultStatus(r) == PGRES_COMMAND_OK,
+              "%s: %s", sql, PQresultErrorMessage(r));
+    return r;
+}
+
+/* Inside a lease's transaction a statement the server refuses (0A000 after
+ * DDL, 26000) aborts the transaction, so running it again plain cannot
+ * help: auto_prepare keeps out of transaction blocks, and a transaction
+ * on a connection with a stale statement commits as it would without
+ * auto_prepare.  Outside one, a lease's statements are still prepared. */
+Test(autoprep, a_transaction_on_a_lease_is_not_aborted_by_a_stale_statement)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    const char *sql = "SELECT * FROM pgg_ap_t WHERE id = $1";
+    pgg_pool *p;
+    pgg_lease *l;
+    pgg_error e;
+    PGresult *r;
+
+    make_table(c, "pgg_ap_t", "v", 10);
+    /* No reset: the lease gets the session with the statement. */
+    p = pool_for(c, "pool_max=1 auto_prepare=4 auto_prepare_after=1 lease_reset=false");
+    lookup(p, sql, 1, "v1");
+    lookup(p, sql, 2, "v2");
+    cr_expect_eq(auto_statements(p), 1);
+    /* Another session's migration makes the prepared SELECT * stale. */
+    cr_assert_eq(pgh_node_exec(pgh_cluster_primary(c), "ALTER TABLE pgg_ap_t ADD COLUMN w int"),
+                 0);
+    l = pgg_acquire(p, PGG_WRITE, 2000, NULL, &e);
+    cr_assert_not_null(l, "%s", e.message);
+    PQclear(lease_ok(l, "BEGIN", NULL));
+    r = lease_ok(l, sql, "3");
+    cr_expect_eq(PQnfields(r), 3);
+    cr_expect_str_eq(PQgetvalue(r, 0, 1), "v3");
+    PQclear(r);
+    PQclear(lease_ok(l, "UPDATE pgg_ap_t SET w = 7 WHERE id = $1", "3"));
+    PQclear(lease_ok(l, "UPDATE pgg_ap_t SET w = 7 WHERE id = $1", "4"));
+    r = lease_ok(l, "COMMIT", NULL);
+    cr_expect_str_eq(PQcmdStatus(r), "COMMIT", "the transaction was rolled back");
+    PQclear(r);
+    /* Outside a transaction block the lease's statements are prepared. */
+    for (int i = 0; i < 2; i++)
+        PQclear(lease_ok(l, "SELECT id FROM pgg_ap_t WHERE w = $1", "7"));
+    r = lease_ok(l, "SELECT count(*) FROM pg_prepared_statements WHERE statement LIKE "
+                    "'%WHERE w = $1%'",
+                 NULL);
+    cr_expect_str_eq(PQgetvalue(r, 0, 0), "1");
+    PQclear(r);
+    pgg_release(l);
+    cr_expect_eq(lookup(p, sql, 5, "v5"), 3);
+    end_test(p, c);
+}

@@ -260,3 +260,45 @@ Test(copy, a_copy_past_its_deadline_is_cut_and_the_lease_broken)
     cr_expect_str_eq(n, "0");
     end_test(p, c);
 }
+
+/* A COPY behind another statement in the same string ("SET ...; COPY ...")
+ * is not one COPY statement: refused as bad input (the session, mid-COPY,
+ * is dropped), not reported as a deadline that never fired. */
+Test(copy, a_copy_behind_another_statement_is_bad_input_not_a_timeout)
+{
+    pgh_cluster *c = copy_cluster();
+    pgg_pool *p = pool_for(c, NULL);
+    pgg_error e;
+    char rows[] = "1\tone\n";
+    source src = {.text = rows, .len = strlen(rows), .step = 4096};
+    sink out = {0};
+
+    pgg_lease *l = pgg_acquire(p, PGG_WRITE, 0, NULL, &e);
+    cr_assert_not_null(l, "%s", e.message);
+    PGresult *r = pgg_lease_copy_in(l, "SELECT 1; COPY pgg_copy_t FROM STDIN", read_source,
+                                    &src, 5000, &e);
+    cr_expect_null(r);
+    PQclear(r);
+    cr_expect_eq(e.code, PGG_EINVAL, "%s: %s", pgg_err_name(e.code), e.message);
+    r = pgg_lease_exec(l, "SELECT 1", 0, &e);
+    cr_expect_null(r, "a session left mid-COPY was used again");
+    PQclear(r);
+    pgg_release(l);
+
+    l = pgg_acquire(p, PGG_WRITE, 0, NULL, &e);
+    cr_assert_not_null(l, "%s", e.message);
+    r = pgg_lease_copy_out(l, "SELECT 1; COPY pgg_copy_t TO STDOUT", write_sink, &out, 5000,
+                           &e);
+    cr_expect_null(r);
+    PQclear(r);
+    cr_expect_eq(e.code, PGG_EINVAL, "%s: %s", pgg_err_name(e.code), e.message);
+    pgg_release(l);
+    free(out.text);
+
+    l = pgg_acquire(p, PGG_WRITE, 0, NULL, &e);
+    cr_assert_not_null(l, "%s", e.message);
+    expect_count(l, "0");
+    pgg_release(l);
+    cr_expect_eq(host_stats(p, 0).state, PGG_BREAKER_CLOSED);
+    end_test(p, c);
+}

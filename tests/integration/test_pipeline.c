@@ -301,6 +301,73 @@ Test(pipeline, typed_calls_share_the_connection_and_keep_pqgetf)
     pgg_release(hold);
     end_test(p, c);
 }
+
+typedef struct pair_call {
+    pgg_pool *p;
+    pthread_t t;
+    PGint4 a;
+    bool ok;
+    char what[256];
+} pair_call;
+
+static void *run_pair(void *arg)
+{
+    pair_call *c = arg;
+    PGresult *fields = NULL;
+    PGtext b;
+    pgg_error e;
+    PGresult *r = pgg_execf(c->p, PGG_READ_PRIMARY, NULL, NULL, &e,
+                            "SELECT ROW(%int4, %text)::pgg_pipe_pair", (PGint4)7, "x");
+
+    if (!r)
+        snprintf(c->what, sizeof c->what, "%s: %.200s", pgg_err_name(e.code), e.message);
+    else if (!PQgetf(r, 0, "%pgg_pipe_pair", 0, &fields))
+        snprintf(c->what, sizeof c->what, "PQgetf: %s", PQgeterror());
+    else if (!PQgetf(fields, 0, "%int4 %text", 0, &c->a, 1, &b))
+        snprintf(c->what, sizeof c->what, "PQgetf fields: %s", PQgeterror());
+    else
+        c->ok = true;
+    PQclear(fields);
+    PQclear(r);
+    return NULL;
+}
+
+/* Types registered while a shared connection is out (pgguard_types.h:
+ * "applied by every other connection once, before its next call"): a typed
+ * call does not join a link prepared before them, whose results cannot
+ * read the new type. */
+Test(pipeline, types_registered_while_a_link_is_shared_reach_every_typed_call)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, "pipeline=on pipeline.connections=1 pipeline.stall_ms=0 pool_max=10");
+    pgg_lease *hold = company(p);
+    call head = {.p = p, .intent = PGG_READ_PRIMARY, .sql = HEAD_SQL};
+    typed_call first = {.p = p, .value = 1};
+    pair_call pc = {.p = p};
+    pgg_error e;
+
+    cr_assert_eq(pgh_node_exec(pgh_cluster_primary(c),
+                               "SET client_min_messages = warning;"
+                               "DROP TYPE IF EXISTS pgg_pipe_pair;"
+                               "CREATE TYPE pgg_pipe_pair AS (a int4, b text)"),
+                 0);
+    run_typed(&first);
+    cr_assert(first.ok, "%s", first.what);
+    /* The shared link, prepared for libpqtypes now, then a registration. */
+    start(&head);
+    head_running(c);
+    PGregisterType pair[] = {{"pgg_pipe_pair", NULL, NULL}};
+    cr_assert_eq(pgg_pool_register_types(p, PQT_COMPOSITE, pair, 1, &e), PGG_OK, "%s",
+                 e.message);
+    cr_assert_eq(pthread_create(&pc.t, NULL, run_pair, &pc), 0);
+    pthread_join(pc.t, NULL);
+    pthread_join(head.t, NULL);
+    cr_expect(pc.ok, "%s", pc.what);
+    cr_expect_eq(pc.a, 7);
+    PQclear(head.res);
+    pgg_release(hold);
+    end_test(p, c);
+}
 #endif
 
 #define HUNG_THREADS 8

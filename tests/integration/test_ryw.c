@@ -906,3 +906,56 @@ Test(ryw, a_replica_check_holds_at_repeatable_read)
                       "default_transaction_isolation', current_database()); END$$");
     end_test(p, c);
 }
+
+/* A procedure or DO block that commits inside (transaction control) runs
+ * as it does without read_your_writes: it must not be wrapped in our
+ * BEGIN ... COMMIT, where the server refuses its COMMIT (2D000, "invalid
+ * transaction termination") and rolls everything back.  Each way of
+ * asking for a write's position: the pool-wide mode, and
+ * PGG_CALL_WANT_LSN with it off. */
+Test(ryw, a_procedure_that_commits_runs_and_learns_its_position)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgh_node *pr = pgh_cluster_primary(c);
+    const char *modes[] = {"read_your_writes=pool", "read_your_writes=off"};
+
+    make_table(c, "pgg_ryw", "r", 0);
+    cr_assert_eq(pgh_node_exec(pr, "CREATE OR REPLACE PROCEDURE pgg_ryw_two(a int) "
+                                   "LANGUAGE plpgsql AS $$BEGIN "
+                                   "INSERT INTO pgg_ryw VALUES (a, 'p'); COMMIT; "
+                                   "INSERT INTO pgg_ryw VALUES (a + 1, 'p'); END$$"),
+                 0, "%s", pgh_node_error(pr));
+    for (int m = 0; m < 2; m++) {
+        pgg_pool *p = pool_for(c, modes[m]);
+        const pgg_call call = {.timeout_ms = 3000, .flags = m ? PGG_CALL_WANT_LSN : 0};
+        char sql[160];
+        pgg_info info;
+        pgg_error e;
+
+        snprintf(sql, sizeof sql, "CALL pgg_ryw_two(%d)", 10 * m + 1);
+        PGresult *r = pgg_exec(p, PGG_WRITE, sql, &call, &info, &e);
+        cr_assert_not_null(r, "%s: %s: %s", modes[m], pgg_err_name(e.code), e.message);
+        cr_expect_eq(PQresultStatus(r), PGRES_COMMAND_OK, "%s: %s: %s", modes[m], sql,
+                     PQresultErrorMessage(r));
+        cr_expect_neq(info.lsn, 0, "%s: no position for a committed CALL", modes[m]);
+        PQclear(r);
+        snprintf(sql, sizeof sql,
+                 "DO $$BEGIN INSERT INTO pgg_ryw VALUES (%d, 'd'); COMMIT; "
+                 "INSERT INTO pgg_ryw VALUES (%d, 'd'); END$$",
+                 10 * m + 3, 10 * m + 4);
+        r = pgg_exec(p, PGG_WRITE, sql, &call, &info, &e);
+        cr_assert_not_null(r, "%s: %s: %s", modes[m], pgg_err_name(e.code), e.message);
+        cr_expect_eq(PQresultStatus(r), PGRES_COMMAND_OK, "%s: DO: %s", modes[m],
+                     PQresultErrorMessage(r));
+        cr_expect_neq(info.lsn, 0, "%s: no position for a committed DO", modes[m]);
+        PQclear(r);
+        r = pgg_exec(p, PGG_READ_PRIMARY, "SELECT count(*) FROM pgg_ryw", &call, &info, &e);
+        cr_assert_not_null(r, "%s", e.message);
+        cr_expect_str_eq(PQgetvalue(r, 0, 0), m ? "8" : "4", "%s", modes[m]);
+        PQclear(r);
+        if (m == 1)
+            end_test(p, c);
+        else
+            pgg_pool_free(p);
+    }
+}

@@ -21,6 +21,8 @@ Test(pipeline_sql, plain_statements_are_pipelined)
         "DELETE FROM t",
         "SELECT 1; -- done",
         "SELECT 1;  /* done */  ",
+        "/* a /* b */ c */ SELECT 1",
+        "SELECT 1; /* a /* b */ c */",
     };
 
     for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++)
@@ -38,6 +40,9 @@ Test(pipeline_sql, session_and_transaction_statements_are_not)
         "PREPARE p AS SELECT 1", "DISCARD ALL", "LOCK t", "EXPLAIN SELECT 1",
         "CREATE TABLE t (id int)", "selectx", "select_1", "", "   ", "-- only a comment",
         "/* unterminated", NULL,
+        /* PostgreSQL's block comments nest: the statement is BEGIN. */
+        "/* a /* b */ SELECT */ BEGIN", "/* /* */ SELECT 1 */ COMMIT",
+        "/* a /* b */ SELECT 1", /* unterminated at the outer level */
     };
 
     for (size_t i = 0; i < sizeof no / sizeof no[0]; i++)
