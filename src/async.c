@@ -6,6 +6,9 @@
  *
  * A call's states:
  *   IDLE     between attempts: the path picks the next host (call.c)
+ *   BACK     refused by the breaker of a host whose server is starting:
+ *            waits for it within the attempt's deadline (the blocking
+ *            path waits in pgg__host_await_back)
  *   PARKED   admitted on a host whose connections are all busy: waits for
  *            one (the blocking path waits on the host's condition variable)
  *   CONNECT  a new connection being made (PQconnectPoll)
@@ -27,11 +30,12 @@
 #include "cancel.h"
 #include "error.h"
 
-enum { ST_IDLE, ST_PARKED, ST_CONNECT, ST_PREPARE, ST_QUERY, ST_LSN, ST_DONE };
+enum { ST_IDLE, ST_BACK, ST_PARKED, ST_CONNECT, ST_PREPARE, ST_QUERY, ST_LSN, ST_DONE };
 
 /* How often a call parked on a busy host looks again for a connection
  * another thread gave back (its own context's give-backs wake it at
- * once). */
+ * once), and a call waiting for a starting host looks again at it (the
+ * health thread cannot wake a loop). */
 #define PARK_POLL_NS (1 * PGG_NS_PER_MS)
 
 /* Calls whose SQL and parameters fit in this much room come from the
@@ -334,6 +338,7 @@ static bool sock_want(pgg_async_call *k, int fd, int want, int64_t until)
 
 static void drive(pgg_async_call *k);
 static void borrow(pgg_async_call *k);
+static void park(pgg_async_call *k, int64_t now);
 static void settle(pgg_async_call *k);
 
 /* The attempt on k->h is over (its verdict in k->a): back to the path. */
@@ -527,7 +532,13 @@ static void connect_failed(pgg_async_call *k)
     pgg_take t;
 
     sock_close(k);
-    pgg__host_connect_failed(k->h, k->c.err);
+    if (pgg__host_connect_failed(k->h, k->c.err)) {
+        /* Full (53300) while ours work: wait for one of them, no error
+         * and no record yet (pgg__host_borrow's rule). */
+        pgg__error_reset(k->c.err);
+        park(k, pgg__now_ns());
+        return;
+    }
     pgg__cancel_cur = k->c.cancel;
     t = pgg__pool_take_failed(k->c.pool, k->h, k->ticket, k->c.now,
                               PGG_BORROW_CONNECT, k->c.err);
@@ -587,17 +598,53 @@ static void connect_step(pgg_async_call *k, bool ready)
     taken(k);
 }
 
-/* Start an attempt on h: admission, a connection or a connect. */
-static void attempt_start(pgg_async_call *k, pgg_host *h)
+/* Wait for a connection of k->h (look_again: the next look, or the
+ * deadline): looks again on this context's
+ * give-backs (unpark) and every PARK_POLL_NS, until the attempt's
+ * deadline. */
+static void look_again(pgg_async_call *k, int64_t now)
 {
+    wait_until(k, now + PARK_POLL_NS < k->attempt_deadline
+                      ? now + PARK_POLL_NS
+                      : k->attempt_deadline);
+}
 
-    k->h = h;
-    k->l = NULL;
-    k->a.res = NULL;
-    k->a.ended = 0;
-    k->a.reused = false;
-    k->a.lost = false;
-    if (!pgg__breaker_allow(&h->breaker, k->c.now, &k->ticket)) {
+static void park(pgg_async_call *k, int64_t now)
+{
+    k->state = ST_PARKED;
+    look_again(k, now);
+}
+
+/* Admission on k->h, then a connection or a connect.  A call the breaker
+ * refuses waits while the host's server is starting (the rule of
+ * pgg__host_await_back, pgg__host_coming_back here), looking again every
+ * PARK_POLL_NS within the attempt's deadline, then asks the breaker once
+ * more, as pgg__pool_take does after the wait. */
+static void admit(pgg_async_call *k)
+{
+    pgg_host *h = k->h;
+    bool allowed;
+
+    if (k->state == ST_BACK) {
+        int64_t now = pgg__now_ns();
+
+        if (now < k->attempt_deadline && pgg__host_coming_back(h)) {
+            look_again(k, now);
+            return;
+        }
+        k->state = ST_IDLE;
+        k->c.now = now;
+        allowed = pgg__breaker_allow(&h->breaker, now, &k->ticket);
+    } else {
+        allowed = pgg__breaker_allow(&h->breaker, k->c.now, &k->ticket);
+        if (!allowed && k->c.now < k->attempt_deadline &&
+            pgg__host_coming_back(h)) {
+            k->state = ST_BACK;
+            look_again(k, k->c.now);
+            return;
+        }
+    }
+    if (!allowed) {
         atomic_fetch_add(&h->rejections, 1);
         k->c.rejected = true;
         pgg__call_skipped(&k->c);
@@ -610,6 +657,18 @@ static void attempt_start(pgg_async_call *k, pgg_host *h)
     borrow(k);
 }
 
+/* Start an attempt on h. */
+static void attempt_start(pgg_async_call *k, pgg_host *h)
+{
+    k->h = h;
+    k->l = NULL;
+    k->a.res = NULL;
+    k->a.ended = 0;
+    k->a.reused = false;
+    k->a.lost = false;
+    admit(k);
+}
+
 /* Admitted on k->h: a connection, a connect, or a wait for one. */
 static void borrow(pgg_async_call *k)
 {
@@ -618,17 +677,15 @@ static void borrow(pgg_async_call *k)
     int64_t now = k->state == ST_PARKED ? pgg__now_ns() : k->c.now;
     bool connect;
 
-    if (pgg__host_try_borrow(h, now, &k->l, &connect, k->c.err) != PGG_OK) {
+    if (pgg__host_try_borrow(h, now, k->attempt_deadline, &k->l, &connect,
+                             k->c.err) != PGG_OK) {
         int code = k->c.err->code;
 
         if (code != PGG_ECLOSED && code != PGG_EUNAVAILABLE &&
             now < k->attempt_deadline) {
             /* Busy until one comes back: park (no error for now). */
             pgg__error_reset(k->c.err);
-            k->state = ST_PARKED;
-            wait_until(k, now + PARK_POLL_NS < k->attempt_deadline
-                              ? now + PARK_POLL_NS
-                              : k->attempt_deadline);
+            park(k, now);
             return;
         }
         k->state = ST_IDLE;
@@ -812,6 +869,14 @@ static void expire(pgg_async_call *k)
         k->written = NULL;
         exec_over(k, res, PGG_END_RESULT);
         break;
+    case ST_BACK:
+        /* A cancel: refused by the breaker, as pgg__pool_take after a
+         * wait the cancel ended. */
+        k->state = ST_IDLE;
+        atomic_fetch_add(&k->h->rejections, 1);
+        k->c.rejected = true;
+        pgg__call_skipped(&k->c);
+        break;
     case ST_PARKED:
         /* A cancel: the wait for a connection ends as the blocking one
          * does (not the host's failure). */
@@ -841,6 +906,8 @@ void pgg_async_handle_timer(pgg_async *ac)
             break;
         if (k->state == ST_PARKED)
             borrow(k); /* looks again; fails past the attempt's deadline */
+        else if (k->state == ST_BACK)
+            admit(k); /* looks again; refused past the attempt's deadline */
         else if (k->state != ST_DONE)
             expire(k);
         settle(k);

@@ -181,16 +181,21 @@ int pgg__host_borrow(pgg_host *h, int64_t deadline_ns, int64_t now_ns,
  * without blocking).  PGG_OK with *connect: a connection slot is reserved
  * for a connect the caller makes without blocking; it ends with
  * pgg__host_connected or pgg__host_connect_failed.  PGG_ETIMEDOUT: every
- * connection is busy (pool_max); PGG_ECLOSED.
+ * connection is busy (pool_max, or a full server while ours are out), or
+ * deadline_ns has passed: nothing is lent then; PGG_ECLOSED;
+ * PGG_EUNAVAILABLE: the server refused a session moments ago.
  */
-int pgg__host_try_borrow(pgg_host *h, int64_t now, pgg_link **out,
-                         bool *connect, pgg_error *err);
+int pgg__host_try_borrow(pgg_host *h, int64_t now, int64_t deadline_ns,
+                         pgg_link **out, bool *connect, pgg_error *err);
 /* The reserved connect succeeded: conn becomes a lent link (NULL and
  * PGG_ENOMEM: closed). */
 int pgg__host_connected(pgg_host *h, PGconn *conn, pgg_link **out,
                         pgg_error *err);
-/* The reserved connect failed (err: why, for a server that was full). */
-void pgg__host_connect_failed(pgg_host *h, const pgg_error *err);
+/* The reserved connect failed (err: why).  True: the server is full
+ * (53300) while sessions of ours are out: the caller waits for one of them
+ * to come back (pgg__host_try_borrow again), as pgg__host_borrow does,
+ * instead of failing the attempt. */
+bool pgg__host_connect_failed(pgg_host *h, const pgg_error *err);
 
 /* Back to the pool if reusable (idle, healthy, young enough), else closed. */
 void pgg__host_give_back(pgg_host *h, pgg_link *l, int64_t now_ns);
@@ -231,6 +236,10 @@ int pgg__host_on_connect(pgg_host *h, PGconn *conn, int64_t deadline_ns,
  * longer open; false at once when the host is not starting.
  */
 bool pgg__host_await_back(pgg_host *h, int64_t deadline_ns);
+/* For an event loop, which cannot wait in pgg__host_await_back: whether a
+ * call refused by the breaker should still wait for the host (look again
+ * later, within its deadline). */
+bool pgg__host_coming_back(pgg_host *h);
 /* The health thread's view of `starting`; clearing it wakes the waiters. */
 void pgg__host_set_starting(pgg_host *h, bool on);
 

@@ -479,3 +479,239 @@ Test(async, bad_input_gets_clear_errors_and_no_callback)
     }
     end_test(p, c);
 }
+
+/* ------------------------------------------- issue 9's recovery on the loop */
+
+/* No breaker opened, no failure counted against any host. */
+static void expect_hosts_untouched(pgg_pool *p)
+{
+    for (int i = 0; i < pgg_pool_host_count(p); i++) {
+        pgg_host_stats h = host_stats(p, i);
+        cr_expect_eq(h.state, PGG_BREAKER_CLOSED, "%s: breaker %s", h.host,
+                     pgg_breaker_state_name(h.state));
+        for (int k = PGG_CLASS_CONNECTION; k < PGG_CLASS__COUNT; k++)
+            cr_expect_eq(h.failures[k], 0, "%s counted %llu %s failures", h.host,
+                         (unsigned long long)h.failures[k], pgg_class_name((pgg_class)k));
+    }
+}
+
+/* A pool on one server as `user`, limited to `limit` sessions server-side. */
+static pgg_pool *pool_limited(pgh_cluster *c, const char *user, int limit, const char *extra,
+                              char *ci, size_t cisz)
+{
+    pgh_node *n = pgh_cluster_primary(c);
+    char sql[256];
+    pgg_pool *p;
+
+    snprintf(sql, sizeof sql,
+             "DROP ROLE IF EXISTS %s; CREATE ROLE %s LOGIN CONNECTION LIMIT %d;", user, user,
+             limit);
+    cr_assert_eq(pgh_node_exec(n, sql), 0, "%s", pgh_node_error(n));
+    snprintf(ci, cisz, "host=%s port=%d user=%s dbname=postgres", pgh_node_host(n),
+             pgh_node_port(n), user);
+    p = pool_for_conninfo(ci, extra);
+    cr_assert(wait_role(p, 0, PGG_ROLE_PRIMARY, 10000));
+    return p;
+}
+
+/* Four chains of eight reads: each callback starts its chain's next read. */
+typedef struct chain {
+    pgg_async *ac;
+    int left, failed, code;
+    char message[512];
+} chain;
+
+static void chain_next(chain *ch);
+
+static void on_chain(pgg_async *ac, PGresult *res, const pgg_info *info,
+                     const pgg_error *err, void *ud)
+{
+    chain *ch = ud;
+
+    (void)ac;
+    (void)info;
+    if (!res) {
+        ch->failed++;
+        ch->code = err->code;
+        snprintf(ch->message, sizeof ch->message, "%s", err->message);
+    }
+    PQclear(res);
+    chain_next(ch);
+}
+
+static void chain_next(chain *ch)
+{
+    pgg_call call = {.timeout_ms = 3000};
+    pgg_error e;
+
+    if (ch->left == 0)
+        return;
+    ch->left--;
+    cr_assert_eq(pgg_async_exec(ch->ac, PGG_READ, "SELECT pg_sleep(0.03)", &call, on_chain,
+                                ch, NULL, &e),
+                 PGG_OK, "%s", e.message);
+}
+
+/*
+ * A server with no room for another session (53300: the role's connection
+ * limit) while the pool's own sessions work is full, not sick: a call whose
+ * connect it refuses waits on the loop for one of the pool's sessions
+ * within its deadline, as a blocking call does (pgg__host_borrow;
+ * recovery/a_full_server_is_waited_for_not_failed), and nothing counts
+ * against the host.  Before, the loop failed such a call with
+ * PGG_EUNAVAILABLE.
+ */
+Test(async, a_full_server_is_waited_for_on_the_loop)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    char ci[512];
+    /* Three sessions for the role: the health thread's, and two for calls. */
+    pgg_pool *p = pool_limited(c, "pgg_async_three", 3, "pool_max=4", ci, sizeof ci);
+    struct event_base *base = event_base_new();
+    pgg_async *ac = async_for(p, base);
+    chain ch[4];
+    double end = pgh_now_ms() + 30000;
+    int failed = 0;
+
+    for (int i = 0; i < 4; i++) {
+        ch[i] = (chain){.ac = ac, .left = 8};
+        chain_next(&ch[i]);
+    }
+    while (pgg_async_pending(ac) > 0 && pgh_now_ms() < end)
+        event_base_loop(base, EVLOOP_ONCE);
+    cr_assert_eq(pgg_async_pending(ac), 0);
+    for (int i = 0; i < 4; i++) {
+        failed += ch[i].failed;
+        if (ch[i].failed)
+            cr_log_warn("chain %d: %d failed, last %s: %s", i, ch[i].failed,
+                        pgg_err_name(ch[i].code), ch[i].message);
+    }
+    cr_expect_eq(failed, 0, "%d of 32 reads failed on the loop against a full server", failed);
+    expect_hosts_untouched(p);
+    cr_expect_leq(host_stats(p, 0).conns_open, 2);
+    pgg_async_free(ac);
+    event_base_free(base);
+    end_test(p, NULL);
+    cr_assert_eq(pgh_node_exec(pgh_cluster_primary(c), "DROP ROLE pgg_async_three;"), 0);
+    pgh_cluster_free(c);
+}
+
+/*
+ * A server with no room and none of the pool's sessions there: calls on
+ * the loop are refused at once with PGG_EUNAVAILABLE and the SQLSTATE, as
+ * blocking calls are; the breaker stays closed; the server is asked again
+ * only after host.c's pause (refused_until_ns), however many calls come:
+ * of 12 calls made at once (the bulkhead takes 16), those beyond the
+ * first connects are told the refusal without a connect of their own.
+ */
+Test(async, a_full_server_with_none_of_ours_is_refused_at_once_and_spaced)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    char ci[512];
+    pgg_pool *p = pool_limited(c, "pgg_async_cap", 2, NULL, ci, sizeof ci);
+    struct event_base *base = event_base_new();
+    pgg_async *ac = async_for(p, base);
+    PGconn *held[2];
+    int nheld = 0;
+    outcome o[12];
+    uint64_t before;
+
+    while (nheld < 2) {
+        char why[256];
+        PGconn *h = pgh_connect(ci, 5000, NULL, why, sizeof why);
+        if (!h)
+            break;
+        held[nheld++] = h;
+    }
+    cr_assert_geq(nheld, 1, "no session left for another client");
+    before = host_stats(p, 0).connects;
+    for (int i = 0; i < 12; i++)
+        start_call(ac, PGG_WRITE, "SELECT 1", 1000, 0, &o[i]);
+    run_until(base, o, 12, 10000);
+    for (int i = 0; i < 12; i++) {
+        cr_expect_eq(o[i].code, PGG_EUNAVAILABLE, "call %d: %s %s", i, pgg_err_name(o[i].code),
+                     o[i].message);
+        cr_expect_str_eq(o[i].sqlstate, "53300", "call %d: %s", i, o[i].message);
+    }
+    {
+        uint64_t n = host_stats(p, 0).connects - before;
+        cr_expect_lt(n, 12, "%llu connects for 12 calls refused within moments",
+                     (unsigned long long)n);
+    }
+    expect_hosts_untouched(p);
+    for (int i = 0; i < nheld; i++)
+        PQfinish(held[i]);
+    sleep_ms(200);
+    start_call(ac, PGG_WRITE, "SELECT 1", 3000, 0, &o[0]);
+    run_until(base, o, 1, 5000);
+    cr_expect_eq(o[0].code, PGG_OK, "the first write once a slot was free: %s %s",
+                 pgg_err_name(o[0].code), o[0].message);
+    pgg_async_free(ac);
+    event_base_free(base);
+    end_test(p, NULL);
+    cr_assert_eq(pgh_node_exec(pgh_cluster_primary(c), "DROP ROLE pgg_async_cap;"), 0);
+    pgh_cluster_free(c);
+}
+
+/*
+ * A host whose server is starting (its port refused connections, then took
+ * one that waits for the server to answer; here a proxy that stopped
+ * listening, then listens again and holds every chunk 400 ms) is waited
+ * for on the loop: a read refused by its open breaker waits within its
+ * deadline and is served once the server answers, as a blocking call is
+ * (pgg__host_await_back; recovery/a_call_waits_for_a_server_that_is_starting).
+ * Before, the loop skipped the host and the read failed with PGG_EOPEN at
+ * once.
+ */
+Test(async, a_call_on_the_loop_waits_for_a_server_that_is_starting)
+{
+    pgh_cluster *c = cluster_or_die(1);
+    pgh_require_local(c, "a proxy between pgguard and a local replica");
+    pgh_node *replica = pgh_cluster_replica(c, 0);
+    char err[256], ci[512];
+    pgh_proxy *px = pgh_proxy_start(pgh_node_host(replica), pgh_node_port(replica), err,
+                                    sizeof err);
+    cr_assert_not_null(px, "%s", err);
+    snprintf(ci, sizeof ci, "host=127.0.0.1,127.0.0.1 port=%d,%d user=postgres dbname=postgres",
+             pgh_node_port(pgh_cluster_primary(c)), pgh_proxy_port(px));
+    /* A probe bound above the proxy's connect (about 1.6 s). */
+    pgg_pool *p = pool_for_conninfo(ci, "breaker.open_ms=60000 breaker.open_max_ms=60000 "
+                                        "health_probe_timeout_ms=4000 connect_timeout_ms=5000 "
+                                        "read_policy=replica_only");
+    struct event_base *base = event_base_new();
+    pgg_async *ac;
+    bool served_while_open = false;
+    outcome o[1];
+
+    cr_assert(wait_role(p, 1, PGG_ROLE_STANDBY, 10000));
+    ac = async_for(p, base);
+    pgh_proxy_set_mode(px, PGH_PROXY_REFUSE, 0);
+    pgh_proxy_set_mode(px, PGH_PROXY_RESET, 0); /* the pooled sessions too */
+    pgh_proxy_set_mode(px, PGH_PROXY_REFUSE, 0);
+    for (int i = 0; i < 50 && host_stats(p, 1).state != PGG_BREAKER_OPEN; i++) {
+        start_call(ac, PGG_READ, "SELECT 1", 1000, 0, &o[0]);
+        run_until(base, o, 1, 5000);
+        sleep_ms(5);
+    }
+    cr_assert_eq(host_stats(p, 1).state, PGG_BREAKER_OPEN);
+    sleep_ms(50); /* a probe or two refused by nobody listening */
+    pgh_proxy_set_mode(px, PGH_PROXY_DELAY, 400);
+    for (int i = 0; i < 100 && !served_while_open; i++) {
+        if (host_stats(p, 1).state != PGG_BREAKER_OPEN)
+            break; /* too late: the host is back */
+        start_call(ac, PGG_READ, "SELECT 1", 10000, 0, &o[0]);
+        run_until(base, o, 1, 15000);
+        served_while_open = o[0].code == PGG_OK;
+        if (!served_while_open)
+            cr_expect_eq(o[0].code, PGG_EOPEN, "%s %s", pgg_err_name(o[0].code), o[0].message);
+        sleep_ms(20);
+    }
+    cr_expect(served_while_open, "no read on the loop made while the breaker was open waited "
+                                 "for the starting server");
+    pgh_proxy_set_mode(px, PGH_PROXY_PASS, 0);
+    pgg_async_free(ac);
+    event_base_free(base);
+    end_test(p, NULL);
+    pgh_proxy_free(px);
+    pgh_cluster_free(c);
+}
