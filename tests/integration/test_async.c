@@ -6,7 +6,9 @@
  * never the loop, a stopped server or replica is handled as for blocking
  * calls.  A loop-lag probe (a 1 ms repeating timer) reports the longest gap
  * between its ticks; a loop blocked in a wait would show a gap of a whole
- * deadline.
+ * deadline.  The loop guard (test_async_guard.h) counts every call that
+ * can wait made by the loop thread inside pgguard or the loop; each test
+ * asserts there was none.
  */
 #include <event2/event.h>
 #include <sys/resource.h>
@@ -14,6 +16,7 @@
 #include "pool.h"
 #include "pool_util.h"
 #include "pgguard/adapters/libevent.h"
+#include "test_async_guard.h"
 
 typedef struct outcome {
     int done;
@@ -82,6 +85,14 @@ static void probe_stop(probe *p)
     event_free(p->ev);
 }
 
+/* One turn of the loop, watched by the loop guard. */
+static void loop_once(struct event_base *base, int flags)
+{
+    loop_guard_on();
+    event_base_loop(base, flags);
+    loop_guard_off();
+}
+
 /* Run the loop until every outcome is done, at most timeout_ms. */
 static void run_until(struct event_base *base, outcome *o, int n, int timeout_ms)
 {
@@ -94,10 +105,11 @@ static void run_until(struct event_base *base, outcome *o, int n, int timeout_ms
             left += o[i].done == 0;
         if (!left || pgh_now_ms() > end)
             break;
-        event_base_loop(base, EVLOOP_ONCE);
+        loop_once(base, EVLOOP_ONCE);
     }
     for (int i = 0; i < n; i++)
         cr_assert_eq(o[i].done, 1, "call %d: callback ran %d times", i, o[i].done);
+    loop_guard_check("run_until");
 }
 
 static pgg_async *async_for(pgg_pool *p, struct event_base *base)
@@ -115,10 +127,13 @@ static void start_call(pgg_async *ac, pgg_intent intent, const char *sql,
 {
     pgg_call call = {.timeout_ms = timeout_ms, .flags = flags};
     pgg_error e;
+    int rc;
 
     *o = (outcome){.started = pgh_now_ms()};
-    cr_assert_eq(pgg_async_exec(ac, intent, sql, &call, on_done, o, NULL, &e),
-                 PGG_OK, "%s: %s", sql, e.message);
+    loop_guard_on();
+    rc = pgg_async_exec(ac, intent, sql, &call, on_done, o, NULL, &e);
+    loop_guard_off();
+    cr_assert_eq(rc, PGG_OK, "%s: %s", sql, e.message);
 }
 
 Test(async, calls_complete_on_the_loop_like_blocking_calls)
@@ -207,8 +222,10 @@ Test(async, calls_complete_on_the_loop_like_blocking_calls)
                                 &o[0], &h, &e),
                  PGG_OK);
     for (int i = 0; i < 20; i++)
-        event_base_loop(base, EVLOOP_NONBLOCK);
+        loop_once(base, EVLOOP_NONBLOCK);
+    loop_guard_on();
     pgg_async_cancel(h);
+    loop_guard_off();
     cr_expect_eq(o[0].done, 1);
     cr_expect_eq(o[0].code, PGG_ECANCELED, "%s", o[0].message);
     cr_expect_eq(pgg_async_pending(ac), 0);
@@ -278,7 +295,10 @@ Test(async, a_hung_server_costs_each_call_its_deadline_and_never_the_loop)
     start_call(ac, PGG_WRITE, "SELECT 1", 0, 0, &o[0]);
     run_until(base, o, 1, 5000);
     cr_expect_eq(o[0].code, PGG_OK, "after the resume: %s", o[0].message);
+    loop_guard_on();
     pgg_async_free(ac);
+    loop_guard_off();
+    loop_guard_check("the end");
     event_base_free(base);
     end_test(p, c);
 }
@@ -335,7 +355,10 @@ Test(async, a_stopped_replica_moves_reads_and_a_stopped_primary_fails_like_block
                      pgg_err_name(o[0].code), o[0].message,
                      pgg_err_name(e.code), e.message);
     }
+    loop_guard_on();
     pgg_async_free(ac);
+    loop_guard_off();
+    loop_guard_check("the end");
     event_base_free(base);
     end_test(p, c);
 }
@@ -384,7 +407,10 @@ Test(async, read_your_writes_on_the_loop_with_replay_paused)
         cr_expect_eq(o[2].host_index, 1);
     }
     cr_assert_eq(pgh_node_resume_replay(pgh_cluster_replica(c, 0)), 0);
+    loop_guard_on();
     pgg_async_free(ac);
+    loop_guard_off();
+    loop_guard_check("the end");
     event_base_free(base);
     end_test(p, c);
 }
@@ -453,7 +479,7 @@ Test(async, bad_input_gets_clear_errors_and_no_callback)
     }
     cr_expect_eq(pgg_async_pending(ac), 0);
     for (int i = 0; i < 5; i++)
-        event_base_loop(base, EVLOOP_NONBLOCK);
+        loop_once(base, EVLOOP_NONBLOCK);
     cr_expect_eq(calls, 0, "a refused call's callback ran");
     pgg_async_cancel(NULL);
     pgg_async_free(ac);
@@ -543,13 +569,16 @@ static void chain_next(chain *ch)
 {
     pgg_call call = {.timeout_ms = 3000};
     pgg_error e;
+    int rc;
 
     if (ch->left == 0)
         return;
     ch->left--;
-    cr_assert_eq(pgg_async_exec(ch->ac, PGG_READ, "SELECT pg_sleep(0.03)", &call, on_chain,
-                                ch, NULL, &e),
-                 PGG_OK, "%s", e.message);
+    loop_guard_on();
+    rc = pgg_async_exec(ch->ac, PGG_READ, "SELECT pg_sleep(0.03)", &call, on_chain, ch, NULL,
+                        &e);
+    loop_guard_off();
+    cr_assert_eq(rc, PGG_OK, "%s", e.message);
 }
 
 /*
@@ -578,7 +607,7 @@ Test(async, a_full_server_is_waited_for_on_the_loop)
         chain_next(&ch[i]);
     }
     while (pgg_async_pending(ac) > 0 && pgh_now_ms() < end)
-        event_base_loop(base, EVLOOP_ONCE);
+        loop_once(base, EVLOOP_ONCE);
     cr_assert_eq(pgg_async_pending(ac), 0);
     for (int i = 0; i < 4; i++) {
         failed += ch[i].failed;
@@ -589,7 +618,10 @@ Test(async, a_full_server_is_waited_for_on_the_loop)
     cr_expect_eq(failed, 0, "%d of 32 reads failed on the loop against a full server", failed);
     expect_hosts_untouched(p);
     cr_expect_leq(host_stats(p, 0).conns_open, 2);
+    loop_guard_on();
     pgg_async_free(ac);
+    loop_guard_off();
+    loop_guard_check("the end");
     event_base_free(base);
     end_test(p, NULL);
     cr_assert_eq(pgh_node_exec(pgh_cluster_primary(c), "DROP ROLE pgg_async_three;"), 0);
@@ -646,7 +678,10 @@ Test(async, a_full_server_with_none_of_ours_is_refused_at_once_and_spaced)
     run_until(base, o, 1, 5000);
     cr_expect_eq(o[0].code, PGG_OK, "the first write once a slot was free: %s %s",
                  pgg_err_name(o[0].code), o[0].message);
+    loop_guard_on();
     pgg_async_free(ac);
+    loop_guard_off();
+    loop_guard_check("the end");
     event_base_free(base);
     end_test(p, NULL);
     cr_assert_eq(pgh_node_exec(pgh_cluster_primary(c), "DROP ROLE pgg_async_cap;"), 0);
@@ -709,9 +744,179 @@ Test(async, a_call_on_the_loop_waits_for_a_server_that_is_starting)
     cr_expect(served_while_open, "no read on the loop made while the breaker was open waited "
                                  "for the starting server");
     pgh_proxy_set_mode(px, PGH_PROXY_PASS, 0);
+    loop_guard_on();
     pgg_async_free(ac);
+    loop_guard_off();
+    loop_guard_check("the end");
     event_base_free(base);
     end_test(p, NULL);
     pgh_proxy_free(px);
     pgh_cluster_free(c);
+}
+
+/* ------------------------------------------------- the loop under faults */
+
+#define FAULT_STREAMS 6
+
+/* Calls kept going on the loop: every 5 ms, each idle stream starts its
+ * next call (streams 0 and 1 write, the others read; 300 ms deadlines). */
+typedef struct traffic {
+    pgg_async *ac;
+    struct event *tick;
+    bool busy[FAULT_STREAMS];
+    int calls, ok;
+    _Atomic bool stop;
+} traffic;
+
+typedef struct stream_call {
+    traffic *t;
+    int i;
+} stream_call;
+
+static stream_call stream_calls[FAULT_STREAMS];
+
+static void on_stream_done(pgg_async *ac, PGresult *res, const pgg_info *info,
+                           const pgg_error *err, void *ud)
+{
+    stream_call *sc = ud;
+
+    (void)ac;
+    (void)info;
+    (void)err;
+    sc->t->busy[sc->i] = false;
+    sc->t->calls++;
+    sc->t->ok += res != NULL;
+    PQclear(res);
+}
+
+static void on_traffic_tick(evutil_socket_t fd, short what, void *arg)
+{
+    traffic *t = arg;
+
+    (void)fd;
+    (void)what;
+    for (int i = 0; i < FAULT_STREAMS && !atomic_load(&t->stop); i++) {
+        pgg_call call = {.timeout_ms = 300};
+        pgg_error e;
+        int rc;
+
+        if (t->busy[i])
+            continue;
+        stream_calls[i] = (stream_call){t, i};
+        rc = pgg_async_exec(t->ac, i < 2 ? PGG_WRITE : PGG_READ, "SELECT 1", &call,
+                            on_stream_done, &stream_calls[i], NULL, &e);
+        /* A full bulkhead is the only refusal a start may give here. */
+        cr_assert(rc == PGG_OK || rc == PGG_EBULKHEAD, "%s", e.message);
+        t->busy[i] = rc == PGG_OK;
+    }
+}
+
+typedef struct fault_plan {
+    pgh_cluster *c;
+    _Atomic bool done;
+    char failed[256];
+} fault_plan;
+
+/* Issue 9's faults that the other tests of this file do not make, one
+ * after the other, on a thread of their own while the loop runs: a
+ * replica hung, every backend terminated, every server restarted, the
+ * primary stopped and a replica promoted.  (The primary hung, one replica
+ * down and a full server are the tests above, under the same guard.) */
+static void *fault_main(void *arg)
+{
+    fault_plan *f = arg;
+    pgh_node *prim = pgh_cluster_primary(f->c);
+    pgh_node *r0 = pgh_cluster_replica(f->c, 0);
+    pgh_node *r1 = pgh_cluster_replica(f->c, 1);
+    struct {
+        const char *what;
+        int rc;
+    } step[12];
+    int n = 0;
+
+#define STEP(w, x) (step[n].what = (w), step[n++].rc = (x))
+    sleep_ms(300);
+    STEP("hang replica", pgh_node_hang(r0));
+    sleep_ms(800);
+    STEP("resume replica", pgh_node_resume(r0));
+    sleep_ms(300);
+    STEP("terminate primary", pgh_node_terminate_backends(prim));
+    STEP("terminate replica 0", pgh_node_terminate_backends(r0));
+    STEP("terminate replica 1", pgh_node_terminate_backends(r1));
+    sleep_ms(300);
+    STEP("stop primary", pgh_node_stop(prim, PGH_STOP_FAST));
+    STEP("stop replica 0", pgh_node_stop(r0, PGH_STOP_FAST));
+    STEP("stop replica 1", pgh_node_stop(r1, PGH_STOP_FAST));
+    sleep_ms(500);
+    STEP("start primary", pgh_node_start(prim));
+    STEP("start replica 0", pgh_node_start(r0));
+    STEP("start replica 1", pgh_node_start(r1));
+    sleep_ms(800);
+    STEP("stop primary for the promotion", pgh_node_stop(prim, PGH_STOP_FAST));
+    sleep_ms(300);
+    if (pgh_node_promote(r0) != 0)
+        snprintf(f->failed, sizeof f->failed, "promote: %s", pgh_node_error(r0));
+    sleep_ms(1000);
+#undef STEP
+    for (int i = 0; i < n && !f->failed[0]; i++)
+        if (step[i].rc != 0)
+            snprintf(f->failed, sizeof f->failed, "%s failed", step[i].what);
+    atomic_store(&f->done, true);
+    return NULL;
+}
+
+/*
+ * The loop under issue 9's faults never makes a call that can wait (the
+ * loop guard: no poll or select with a timeout, no sleep, no condition
+ * variable, no blocking connect, no DNS), whatever the servers do: six
+ * streams of calls with 300 ms deadlines run through a hung replica,
+ * every backend terminated, every server restarted, and a promotion.
+ * Every call's callback runs; calls are served again once the promoted
+ * server is the primary.
+ */
+Test(async, the_loop_never_waits_under_the_faults_of_the_fault_bench)
+{
+    pgh_cluster *c = cluster_or_die(2);
+    pgh_require_local(c, "faults (SIGSTOP, restarts, a promotion)");
+    pgg_pool *p = pool_for(c, NULL);
+    struct event_base *base = event_base_new();
+    traffic t = {0};
+    fault_plan f = {.c = c};
+    pthread_t th;
+    struct timeval tv = {0, 5000};
+    double end;
+
+    t.ac = async_for(p, base);
+    t.tick = event_new(base, -1, EV_PERSIST, on_traffic_tick, &t);
+    cr_assert_not_null(t.tick);
+    event_add(t.tick, &tv);
+    cr_assert_eq(pthread_create(&th, NULL, fault_main, &f), 0);
+    end = pgh_now_ms() + 60000;
+    while (!atomic_load(&f.done) && pgh_now_ms() < end)
+        loop_once(base, EVLOOP_ONCE);
+    pthread_join(th, NULL);
+    cr_assert_eq(f.failed[0], '\0', "%s", f.failed);
+    /* The promoted server takes writes: the streams are served again. */
+    {
+        int ok = t.ok;
+
+        end = pgh_now_ms() + 20000;
+        while (t.ok < ok + 20 && pgh_now_ms() < end)
+            loop_once(base, EVLOOP_ONCE);
+        cr_expect_geq(t.ok, ok + 20, "%d calls served after the promotion", t.ok - ok);
+    }
+    atomic_store(&t.stop, true);
+    end = pgh_now_ms() + 5000;
+    while (pgg_async_pending(t.ac) > 0 && pgh_now_ms() < end)
+        loop_once(base, EVLOOP_ONCE);
+    cr_expect_eq(pgg_async_pending(t.ac), 0);
+    fprintf(stderr, "the loop under faults: %d calls, %d served, %d waiting call(s) on the "
+            "loop thread\n", t.calls, t.ok, LOOP_GUARD ? atomic_load(&loop_guard_hits) : -1);
+    event_free(t.tick);
+    loop_guard_on();
+    pgg_async_free(t.ac);
+    loop_guard_off();
+    loop_guard_check("the loop under faults");
+    event_base_free(base);
+    end_test(p, c);
 }
