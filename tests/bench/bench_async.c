@@ -6,7 +6,10 @@
  * with a persistent read event), in the same process, round by round, the
  * order alternated every round (the machine's CPU speed flips: see
  * /work/shared/ENVIRONMENT.md).  Reports calls/s and CPU time per call of
- * each, per round and as medians, and the per-round ratio.
+ * each, per round and as medians, and the per-round ratio.  Then one more
+ * round of each with every callback timed (async_cpu.h: the loop thread's
+ * CPU and wall time per call into pgguard, and per call of raw libpq's own
+ * read callback), kept out of the throughput rounds.
  *
  *   bench-async [--conninfo CI] [--inflight N] [--rounds R] [--round-ms MS]
  *
@@ -28,6 +31,11 @@
 #include "harness.h"
 #include "pgguard.h"
 #include "pgguard/adapters/libevent.h"
+#if PGG_BENCH_CALLBACK_CPU
+#include "async_cpu.h"
+#else
+#define ASYNC_CPU_TIMED(call) call
+#endif
 
 #define MAX_INFLIGHT 256
 #define SQL "SELECT 1"
@@ -92,13 +100,10 @@ static void raw_send(raw_conn *c)
     c->rs->inflight++;
 }
 
-static void raw_on_read(evutil_socket_t fd, short what, void *arg)
+static void raw_read(raw_conn *c)
 {
-    raw_conn *c = arg;
     round_state *rs = c->rs;
 
-    (void)fd;
-    (void)what;
     if (!PQconsumeInput(c->conn))
         die("raw read: %s", PQerrorMessage(c->conn));
     while (!PQisBusy(c->conn)) {
@@ -118,6 +123,13 @@ static void raw_on_read(evutil_socket_t fd, short what, void *arg)
             rs->failed++;
         PQclear(r);
     }
+}
+
+static void raw_on_read(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    ASYNC_CPU_TIMED(raw_read(arg));
 }
 
 static void raw_round(raw_conn *cs, int n, round_state *rs)
@@ -323,6 +335,25 @@ int main(int argc, char **argv)
                median(raw_gap, rounds), median(pgg_gap, rounds), load[0],
                load[1], load[2]);
     }
+
+#if PGG_BENCH_CALLBACK_CPU
+    /* Every callback timed: one round of each, not in the figures above. */
+    for (int k = 0; k < 2; k++) {
+        round_state rs = {.base = base, .end = now_s() + round_ms / 1000.0};
+        char text[512];
+
+        async_cpu_reset();
+        async_cpu_on(true);
+        if (k == 0)
+            pgg_round(ac, inflight, &rs);
+        else
+            raw_round(cs, inflight, &rs);
+        async_cpu_on(false);
+        async_cpu_text(text, sizeof text);
+        printf("callbacks timed, %s: %ld calls; %s\n", k == 0 ? "pgguard" : "raw libpq",
+               rs.done, text);
+    }
+#endif
 
     event_free(tick);
     pgg_async_free(ac);
