@@ -156,6 +156,24 @@ PGG_EXPORT int pgg_async_exec_prepared(pgg_async *ac, pgg_intent intent,
                                        pgg_error *err);
 
 /*
+ * A typed call (pgguard_types.h's pgg_execf) on the loop: cmdspec's
+ * arguments are put into parameters now (libpqtypes' PQputvf, with the
+ * pool's template) and sent in binary; the result is binary unless
+ * call->result_format says otherwise: read it with PQgetf.  A connection
+ * the call takes first gets what it lacks of PQinitTypes and the pool's
+ * registrations (pgg_pool_register_types), on the loop, one round trip per
+ * registration.  Returns as pgg_async_exec, and PGG_ETYPES (cmdspec or an
+ * argument refused), PGG_ESTATE when no connection of the pool has been
+ * prepared for libpqtypes yet (the loop does not wait to make one: call
+ * pgg_pool_param once first, as a server does at start), PGG_ENOTSUP when
+ * pgguard was built without libpqtypes.
+ */
+PGG_EXPORT int pgg_async_execf(pgg_async *ac, pgg_intent intent,
+                               const pgg_call *call, pgg_async_fn fn,
+                               void *userdata, pgg_async_call **handle,
+                               pgg_error *err, const char *cmdspec, ...);
+
+/*
  * End a call in flight now: its callback runs before this returns, with
  * PGG_ECANCELED; a query on the wire is dropped with its connection and
  * cancelled on the server from a worker thread; the attempt counts against

@@ -12,6 +12,8 @@
  *   PARKED   admitted on a host whose connections are all busy: waits for
  *            one (the blocking path waits on the host's condition variable)
  *   CONNECT  a new connection being made (PQconnectPoll)
+ *   TYPES    the pool's libpqtypes registrations being applied to a
+ *            connection that lacks them (typed calls on: types_on)
  *   PREPARE  a registered statement being prepared on its connection
  *   QUERY    the statement on the wire
  *   LSN      a committed write's position asked in a second round trip
@@ -22,6 +24,7 @@
 #include "pgguard_async.h"
 
 #include <poll.h>
+#include <stdarg.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,8 +32,19 @@
 #include "call.h"
 #include "cancel.h"
 #include "error.h"
+#include "types.h"
 
-enum { ST_IDLE, ST_BACK, ST_PARKED, ST_CONNECT, ST_PREPARE, ST_QUERY, ST_LSN, ST_DONE };
+enum {
+    ST_IDLE,
+    ST_BACK,
+    ST_PARKED,
+    ST_CONNECT,
+    ST_TYPES,
+    ST_PREPARE,
+    ST_QUERY,
+    ST_LSN,
+    ST_DONE
+};
 
 /* How often a call parked on a busy host looks again for a connection
  * another thread gave back (its own context's give-backs wake it at
@@ -337,6 +351,11 @@ static bool sock_want(pgg_async_call *k, int fd, int want, int64_t until)
 /* ------------------------------------------------------------ attempts */
 
 static void drive(pgg_async_call *k);
+static void exec_start(pgg_async_call *k);
+#if PGG_HAVE_LIBPQTYPES
+static void types_next(pgg_async_call *k);
+static void types_failed(pgg_async_call *k);
+#endif
 static void borrow(pgg_async_call *k);
 static void park(pgg_async_call *k, int64_t now);
 static void settle(pgg_async_call *k);
@@ -399,6 +418,21 @@ static void io(pgg_async_call *k, int revents)
         }
         return;
     }
+#if PGG_HAVE_LIBPQTYPES
+    if (k->state == ST_TYPES) {
+        int r = end == PGG_END_RESULT
+                    ? pgg__types_registered(k->c.pool->types, k->l, res,
+                                            k->h->name, k->c.err)
+                    : k->c.err->code;
+
+        PQclear(res);
+        if (r != PGG_OK)
+            types_failed(k);
+        else
+            types_next(k);
+        return;
+    }
+#endif
     if (k->state == ST_LSN) {
         /* The write committed whatever this says: its answer is the
          * outcome, with the position when the query told it. */
@@ -513,6 +547,67 @@ static void exec_start(pgg_async_call *k)
     io(k, 0);
 }
 
+/* A connection failed before its query was sent (err says why): the
+ * attempt is over as a failed borrow of the blocking path is
+ * (pgg__pool_take's PGG_TAKE_FAILED, in attempt_on). */
+static void attempt_failed(pgg_async_call *k)
+{
+    k->a.res = NULL;
+    k->a.ended = 0;
+    k->a.reused = false;
+    k->a.lost = false;
+    k->a.end = PGG_END_CONNECT_FAILED;
+    k->a.v = pgg__classify_connect(&k->c.pool->cfg->classifier,
+                                   k->c.err->sqlstate);
+    attempt_over(k);
+}
+
+#if PGG_HAVE_LIBPQTYPES
+/* Typed calls are on: the connection gets what it lacks of PQinitTypes and
+ * the pool's registrations (pgg__types_step, one round trip per
+ * registration, ST_TYPES), then pgg__pool_take's last step. */
+static void types_next(pgg_async_call *k)
+{
+    int64_t now;
+    bool sent;
+
+    k->state = ST_IDLE;
+    if (pgg__types_step(k->c.pool->types, k->l, k->h->name, &sent,
+                        k->c.err) != PGG_OK) {
+        types_failed(k);
+        return;
+    }
+    if (sent) {
+        k->state = ST_TYPES;
+        k->io = (pgg_link_io){0};
+        io(k, 0);
+        return;
+    }
+    now = pgg__now_ns();
+    if (now >= k->attempt_deadline)
+        sock_close(k); /* a spare's, before its connection is given back */
+    if (pgg__pool_types_ready(k->c.pool, k->h, &k->l, k->ticket, k->c.now,
+                              k->attempt_deadline, now,
+                              k->c.err) != PGG_TAKE_OK) {
+        pgg__call_skipped(&k->c);
+        return;
+    }
+    exec_start(k);
+}
+
+static void types_failed(pgg_async_call *k)
+{
+    k->state = ST_IDLE;
+    sock_close(k);
+    if (pgg__pool_types_failed(k->c.pool, k->h, &k->l, k->ticket, k->c.now,
+                               k->c.err) == PGG_TAKE_SKIPPED) {
+        pgg__call_skipped(&k->c);
+        return;
+    }
+    attempt_failed(k);
+}
+#endif
+
 static void taken(pgg_async_call *k)
 {
     if (pgg__pool_taken(k->c.pool, k->h, k->c.intent, &k->l, k->ticket,
@@ -521,6 +616,12 @@ static void taken(pgg_async_call *k)
         k->state = ST_IDLE;
         return;
     }
+#if PGG_HAVE_LIBPQTYPES
+    if (atomic_load_explicit(&k->c.pool->types_on, memory_order_relaxed)) {
+        types_next(k);
+        return;
+    }
+#endif
     exec_start(k);
 }
 
@@ -548,14 +649,7 @@ static void connect_failed(pgg_async_call *k)
         k->state = ST_IDLE;
         return;
     }
-    k->a.res = NULL;
-    k->a.ended = 0;
-    k->a.reused = false;
-    k->a.lost = false;
-    k->a.end = PGG_END_CONNECT_FAILED;
-    k->a.v = pgg__classify_connect(&k->c.pool->cfg->classifier,
-                                   k->c.err->sqlstate);
-    attempt_over(k);
+    attempt_failed(k);
 }
 
 /* A connect given up on our side (its deadline, no memory to watch it):
@@ -815,6 +909,7 @@ static void on_ready(pgg_async_sock *s, int revents)
     case ST_CONNECT:
         connect_step(k, true);
         break;
+    case ST_TYPES:
     case ST_PREPARE:
     case ST_QUERY:
     case ST_LSN:
@@ -855,6 +950,16 @@ static void expire(pgg_async_call *k)
     case ST_CONNECT:
         connect_abort(k, PGG_ETIMEDOUT, "connect: deadline exceeded");
         break;
+#if PGG_HAVE_LIBPQTYPES
+    case ST_TYPES:
+        /* The session is mid-query: dropped.  A cancel is not the host's
+         * failure (pgg__pool_types_failed). */
+        pgg__link_io_deadline(&k->io, k->h->name, &res, &end, k->c.err);
+        if (pgg__cancel_fired(k->c.cancel))
+            pgg__call_cancelled(k->c.err);
+        types_failed(k);
+        break;
+#endif
     case ST_PREPARE:
     case ST_QUERY:
         pgg__link_io_deadline(&k->io, k->h->name, &res, &end, k->c.err);
@@ -1131,6 +1236,55 @@ int pgg_async_exec_prepared(pgg_async *ac, pgg_intent intent,
     if (rc != PGG_OK)
         return rc;
     return start(ac, intent, &q, call, fn, userdata, handle, err);
+}
+
+int pgg_async_execf(pgg_async *ac, pgg_intent intent, const pgg_call *call,
+                    pgg_async_fn fn, void *userdata, pgg_async_call **handle,
+                    pgg_error *err, const char *cmdspec, ...)
+{
+    pgg_error local;
+
+    if (handle)
+        *handle = NULL;
+    if (!err)
+        err = &local;
+    if (!ac)
+        return pgg__error_set(err, PGG_EINVAL, NULL, NULL,
+                              "pgg_async_execf: NULL context");
+#if PGG_HAVE_LIBPQTYPES
+    {
+        pgg__typed tc;
+        va_list ap;
+        int rc;
+
+        va_start(ap, cmdspec);
+        rc = pgg__typed_build(ac->pool, &tc, err, cmdspec, ap);
+        va_end(ap);
+        if (rc == PGG_OK) {
+            /* As pgg_execf: binary parameters, binary results unless the
+             * call says otherwise. */
+            pgg_query q = {.sql = tc.stmt,
+                           .nparams = tc.n,
+                           .types = tc.oids,
+                           .values = tc.vals,
+                           .lengths = tc.lens,
+                           .formats = tc.fmts,
+                           .result_format = call ? call->result_format : 1};
+
+            rc = start(ac, intent, &q, call, fn, userdata, handle, err);
+        }
+        pgg__typed_done(&tc);
+        return rc;
+    }
+#else
+    (void)intent;
+    (void)call;
+    (void)fn;
+    (void)userdata;
+    (void)cmdspec;
+    return pgg__error_set(err, PGG_ENOTSUP, NULL, NULL,
+                          "pgg_async_execf: built without libpqtypes");
+#endif
 }
 
 void pgg_async_free(pgg_async *ac)

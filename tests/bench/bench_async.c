@@ -12,6 +12,10 @@
  * read callback), kept out of the throughput rounds.
  *
  *   bench-async [--conninfo CI] [--inflight N] [--rounds R] [--round-ms MS]
+ *               [--only pgguard|raw]
+ *
+ * --only runs one client's rounds (no ratio): for strace -c -f and
+ * callgrind, which want one client's costs alone.
  *
  * Without --conninfo (or PGG_BENCH_CONNINFO) it starts a local server
  * through the test harness.
@@ -200,6 +204,7 @@ int main(int argc, char **argv)
 {
     const char *conninfo = getenv("PGG_BENCH_CONNINFO");
     int inflight = 32, rounds = 10, round_ms = 1000;
+    int only = -1; /* 0: pgguard, 1: raw */
     pgh_cluster *cluster = NULL;
     struct event_base *base;
     raw_conn cs[MAX_INFLIGHT];
@@ -225,8 +230,14 @@ int main(int argc, char **argv)
             rounds = atoi(argv[++i]);
         else if (strcmp(argv[i], "--round-ms") == 0 && i + 1 < argc)
             round_ms = atoi(argv[++i]);
-        else
-            die("usage: bench-async [--conninfo CI] [--inflight N] [--rounds R] [--round-ms MS]");
+        else if (strcmp(argv[i], "--only") == 0 && i + 1 < argc) {
+            i++;
+            only = strcmp(argv[i], "pgguard") == 0 ? 0 : strcmp(argv[i], "raw") == 0 ? 1 : -2;
+            if (only == -2)
+                die("--only pgguard|raw");
+        } else
+            die("usage: bench-async [--conninfo CI] [--inflight N] [--rounds R] [--round-ms MS] "
+                "[--only pgguard|raw]");
     }
     if (inflight < 1 || inflight > MAX_INFLIGHT || rounds < 1 || rounds > 64 || round_ms < 10)
         die("--inflight 1..%d, --rounds 1..64, --round-ms >= 10", MAX_INFLIGHT);
@@ -285,6 +296,12 @@ int main(int argc, char **argv)
             round_state rs = {.base = base};
             double t0, c0, t, c;
 
+            if (only >= 0 && raw != (only == 1)) {
+                /* One client only: the other's figures are copies, so the
+                 * ratio reads 1. */
+                continue;
+            }
+
             pr = (probe){0};
             event_add(tick, &ms1);
             t0 = now_s();
@@ -308,6 +325,15 @@ int main(int argc, char **argv)
                 pgg_rate[r] = rs.done / t;
                 pgg_cpu[r] = c * 1e6 / rs.done;
             }
+        }
+        if (only == 0) {
+            raw_rate[r] = pgg_rate[r];
+            raw_cpu[r] = pgg_cpu[r];
+            raw_gap[r] = pgg_gap[r];
+        } else if (only == 1) {
+            pgg_rate[r] = raw_rate[r];
+            pgg_cpu[r] = raw_cpu[r];
+            pgg_gap[r] = raw_gap[r];
         }
         ratio[r] = pgg_rate[r] / raw_rate[r];
         printf("%5d  %11.0f  %15.0f  %5.2f  %15.2f  %19.2f  %16.2f  %20.2f\n", r + 1,
@@ -342,6 +368,8 @@ int main(int argc, char **argv)
         round_state rs = {.base = base, .end = now_s() + round_ms / 1000.0};
         char text[512];
 
+        if (only >= 0 && k != only)
+            continue;
         async_cpu_reset();
         async_cpu_on(true);
         if (k == 0)

@@ -920,3 +920,104 @@ Test(async, the_loop_never_waits_under_the_faults_of_the_fault_bench)
     event_base_free(base);
     end_test(p, c);
 }
+
+/* ------------------------------------------------------ typed calls */
+
+#if PGG_HAVE_LIBPQTYPES
+#include <libpqtypes.h>
+
+#include "pgguard_types.h"
+
+typedef struct typed_outcome {
+    int done, code;
+    PGint4 sum, x;
+    char y[16];
+    char message[512];
+} typed_outcome;
+
+static void on_typed(pgg_async *ac, PGresult *res, const pgg_info *info, const pgg_error *err,
+                     void *ud)
+{
+    typed_outcome *o = ud;
+    PGresult *pt = NULL;
+    PGtext y = NULL;
+
+    (void)ac;
+    (void)info;
+    o->done++;
+    o->code = err->code;
+    snprintf(o->message, sizeof o->message, "%s", err->message);
+    if (res && PQgetf(res, 0, "%int4 %async_pt", 0, &o->sum, 1, &pt) &&
+        PQgetf(pt, 0, "%int4 %text", 0, &o->x, 1, &y))
+        snprintf(o->y, sizeof o->y, "%s", y);
+    else if (res)
+        snprintf(o->message, sizeof o->message, "PQgetf: %s", PQgeterror());
+    PQclear(pt);
+    PQclear(res);
+}
+
+/*
+ * pgg_async_execf: typed calls on the loop, composite results read with
+ * PQgetf.  New connections the loop opens get the pool's registrations on
+ * the loop (a round trip each, never a wait); without a template (no
+ * connection prepared for libpqtypes yet) the call is refused at once.
+ */
+Test(async, typed_calls_on_the_loop)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, NULL);
+    struct event_base *base = event_base_new();
+    pgg_async *ac = async_for(p, base);
+    typed_outcome o[4] = {{0}};
+    PGregisterType pt[] = {{"async_pt", NULL, NULL}};
+    double end;
+    int calls = 0, rc, left;
+    pgg_error e;
+
+    loop_guard_on();
+    rc = pgg_async_execf(ac, PGG_READ, NULL, never, &calls, NULL, &e, "SELECT %int4 + 1", 41);
+    loop_guard_off();
+    cr_expect_eq(rc, PGG_ESTATE, "%s: %s", pgg_err_name(rc), e.message);
+    cr_expect_eq(pgg_async_pending(ac), 0);
+
+    cr_assert_eq(pgh_node_exec(pgh_cluster_primary(c),
+                               "SET client_min_messages = warning;"
+                               "DROP TYPE IF EXISTS async_pt;"
+                               "CREATE TYPE async_pt AS (x int4, y text);"),
+                 0);
+    /* One connection prepared (a lease): the template, and the type. */
+    cr_assert_eq(pgg_pool_register_types(p, PQT_COMPOSITE, pt, 1, &e), PGG_OK, "%s", e.message);
+    /* Four at once: three of them on connections the loop opens, which
+     * get the registration on the loop before their query. */
+    loop_guard_on();
+    for (int i = 0; i < 4; i++) {
+        rc = pgg_async_execf(ac, PGG_READ, NULL, on_typed, &o[i], NULL, &e,
+                             "SELECT %int4 + 1, ROW(%int4, %text)::async_pt", 40 + i, i, "v");
+        cr_assert_eq(rc, PGG_OK, "%s", e.message);
+    }
+    loop_guard_off();
+    end = pgh_now_ms() + 10000;
+    do {
+        left = 0;
+        for (int i = 0; i < 4; i++)
+            left += o[i].done == 0;
+        if (left)
+            loop_once(base, EVLOOP_ONCE);
+    } while (left && pgh_now_ms() < end);
+    for (int i = 0; i < 4; i++) {
+        cr_expect_eq(o[i].done, 1);
+        cr_expect_eq(o[i].code, PGG_OK, "call %d: %s", i, o[i].message);
+        cr_expect_eq(o[i].sum, 41 + i, "call %d: %s", i, o[i].message);
+        cr_expect_eq(o[i].x, i);
+        cr_expect_str_eq(o[i].y, "v");
+    }
+    cr_expect_geq(host_stats(p, 0).conns_open, 2, "the calls did not need new connections");
+    cr_expect_eq(calls, 0, "a refused call's callback ran");
+    loop_guard_on();
+    pgg_async_free(ac);
+    loop_guard_off();
+    loop_guard_check("typed calls");
+    event_base_free(base);
+    end_test(p, c);
+}
+#endif
