@@ -12,6 +12,8 @@
  *   PARKED   admitted on a host whose connections are all busy: waits for
  *            one (the blocking path waits on the host's condition variable)
  *   CONNECT  a new connection being made (PQconnectPoll)
+ *   HOOK     the pool's on-connect SQL running on it (pgg_config_on_connect
+ *            with SQL only: a callback may block, and is refused)
  *   TYPES    the pool's libpqtypes registrations being applied to a
  *            connection that lacks them (typed calls on: types_on)
  *   PREPARE  a registered statement being prepared on its connection
@@ -39,6 +41,7 @@ enum {
     ST_BACK,
     ST_PARKED,
     ST_CONNECT,
+    ST_HOOK,
     ST_TYPES,
     ST_PREPARE,
     ST_QUERY,
@@ -135,12 +138,17 @@ pgg_async *pgg_async_new(pgg_pool *pool, pgg_error *err)
         pgg__error_set(err, PGG_EINVAL, NULL, NULL, "pgg_async_new: NULL pool");
         return NULL;
     }
-    if (pool->nhosts > 0 && pool->hosts[0].on_connect &&
-        (pool->hosts[0].on_connect->sql || pool->hosts[0].on_connect->fn)) {
-        pgg__error_set(err, PGG_ENOTSUP, NULL, NULL,
-                       "pgg_async_new: the pool has an on-connect hook, "
-                       "which would block the loop on each new connection");
-        return NULL;
+    if (pool->nhosts > 0) {
+        bool callback;
+
+        (void)pgg__host_hook_sql(&pool->hosts[0], &callback);
+        if (callback) {
+            pgg__error_set(err, PGG_ENOTSUP, NULL, NULL,
+                           "pgg_async_new: the pool's on-connect hook has a "
+                           "callback, which may block the loop on each new "
+                           "connection (an SQL-only hook runs on the loop)");
+            return NULL;
+        }
     }
     ac = calloc(1, sizeof *ac);
     if (ac)
@@ -352,6 +360,8 @@ static bool sock_want(pgg_async_call *k, int fd, int want, int64_t until)
 
 static void drive(pgg_async_call *k);
 static void exec_start(pgg_async_call *k);
+static int64_t connect_bound(const pgg_async_call *k);
+static void hook_over(pgg_async_call *k, PGresult *res, pgg_attempt_end end);
 #if PGG_HAVE_LIBPQTYPES
 static void types_next(pgg_async_call *k);
 static void types_failed(pgg_async_call *k);
@@ -406,16 +416,27 @@ static void io(pgg_async_call *k, int revents)
     PGresult *res = NULL;
     pgg_attempt_end end;
     int rc;
-    int want = pgg__link_io_step(k->l->conn, &k->io, revents, k->h->name, &res,
+    /* The hook runs on the connection before it is a link. */
+    PGconn *conn = k->state == ST_HOOK ? k->conn : k->l->conn;
+    int want = pgg__link_io_step(conn, &k->io, revents, k->h->name, &res,
                                  &end, k->c.err, &rc);
 
     if (want) {
-        if (!sock_want(k, PQsocket(k->l->conn), want, k->attempt_deadline)) {
+        if (!sock_want(k, PQsocket(conn), want,
+                       k->state == ST_HOOK ? connect_bound(k)
+                                           : k->attempt_deadline)) {
             pgg__link_io_deadline(&k->io, k->h->name, &res, &end, k->c.err);
             pgg__error_set(k->c.err, PGG_ENOMEM, NULL, k->h->name,
                            "out of memory; connection dropped");
-            exec_over(k, res, end);
+            if (k->state == ST_HOOK)
+                hook_over(k, res, end);
+            else
+                exec_over(k, res, end);
         }
+        return;
+    }
+    if (k->state == ST_HOOK) {
+        hook_over(k, res, end);
         return;
     }
 #if PGG_HAVE_LIBPQTYPES
@@ -627,13 +648,13 @@ static void taken(pgg_async_call *k)
 
 /* The connect failed (err says why): recorded and classified as a failed
  * borrow of the blocking path. */
-static void connect_failed(pgg_async_call *k)
+static void connect_failed_as(pgg_async_call *k, pgg_borrow_fail why)
 {
     pgg_cancel *prev = pgg__cancel_cur;
     pgg_take t;
 
     sock_close(k);
-    if (pgg__host_connect_failed(k->h, k->c.err)) {
+    if (pgg__host_connect_failed(k->h, k->c.err, why == PGG_BORROW_CONNECT)) {
         /* Full (53300) while ours work: wait for one of them, no error
          * and no record yet (pgg__host_borrow's rule). */
         pgg__error_reset(k->c.err);
@@ -641,8 +662,8 @@ static void connect_failed(pgg_async_call *k)
         return;
     }
     pgg__cancel_cur = k->c.cancel;
-    t = pgg__pool_take_failed(k->c.pool, k->h, k->ticket, k->c.now,
-                              PGG_BORROW_CONNECT, k->c.err);
+    t = pgg__pool_take_failed(k->c.pool, k->h, k->ticket, k->c.now, why,
+                              k->c.err);
     pgg__cancel_cur = prev;
     if (t == PGG_TAKE_SKIPPED) {
         pgg__call_skipped(&k->c);
@@ -650,6 +671,11 @@ static void connect_failed(pgg_async_call *k)
         return;
     }
     attempt_failed(k);
+}
+
+static void connect_failed(pgg_async_call *k)
+{
+    connect_failed_as(k, PGG_BORROW_CONNECT);
 }
 
 /* A connect given up on our side (its deadline, no memory to watch it):
@@ -662,23 +688,17 @@ static void connect_abort(pgg_async_call *k, int code, const char *msg)
     connect_failed(k);
 }
 
-static void connect_step(pgg_async_call *k, bool ready)
+/* A new connection's bound, its hook included (pgg__host_borrow's). */
+static int64_t connect_bound(const pgg_async_call *k)
 {
-    int want = pgg__link_connect_step(&k->conn, ready, k->h->name, k->c.err);
-    int64_t bound;
+    int64_t bound = k->c.now + k->h->connect_timeout_ns;
 
-    if (want > 0) {
-        bound = k->c.now + k->h->connect_timeout_ns;
-        if (bound > k->attempt_deadline)
-            bound = k->attempt_deadline;
-        if (!sock_want(k, PQsocket(k->conn), want, bound))
-            connect_abort(k, PGG_ENOMEM, "connect: out of memory");
-        return;
-    }
-    if (want < 0) {
-        connect_failed(k);
-        return;
-    }
+    return bound < k->attempt_deadline ? bound : k->attempt_deadline;
+}
+
+/* The connection is made and its hook, if any, has run: lent to k. */
+static void connected(pgg_async_call *k)
+{
     sock_close(k);
     if (pgg__host_connected(k->h, k->conn, &k->l, k->c.err) != PGG_OK) {
         k->conn = NULL;
@@ -690,6 +710,60 @@ static void connect_step(pgg_async_call *k, bool ready)
     }
     k->conn = NULL;
     taken(k);
+}
+
+/* The hook's SQL ended (res, end): the connection is lent, or dropped as
+ * pgg__host_borrow drops it (a host fault, or the hook's own failure). */
+static void hook_over(pgg_async_call *k, PGresult *res, pgg_attempt_end end)
+{
+    bool host_fault;
+    int rc = pgg__host_hook_sql_done(k->h, res, end, &host_fault, k->c.err);
+
+    PQclear(res);
+    if (rc == PGG_OK)
+        rc = pgg__host_hook_usable(k->h, k->conn, k->c.err);
+    if (rc == PGG_OK) {
+        connected(k);
+        return;
+    }
+    sock_close(k);
+    pgg__host_hook_failed(k->h, k->conn, rc);
+    k->conn = NULL;
+    connect_failed_as(k, host_fault ? PGG_BORROW_CONNECT : PGG_BORROW_HOOK);
+}
+
+static void connect_step(pgg_async_call *k, bool ready)
+{
+    int want = pgg__link_connect_step(&k->conn, ready, k->h->name, k->c.err);
+    bool callback;
+    const char *sql;
+
+    if (want > 0) {
+        if (!sock_want(k, PQsocket(k->conn), want, connect_bound(k)))
+            connect_abort(k, PGG_ENOMEM, "connect: out of memory");
+        return;
+    }
+    if (want < 0) {
+        connect_failed(k);
+        return;
+    }
+    sql = pgg__host_hook_sql(k->h, &callback);
+    if (sql) {
+        pgg_query q = {.sql = sql};
+        PGresult *res = NULL;
+        pgg_attempt_end end;
+
+        k->state = ST_HOOK;
+        k->io = (pgg_link_io){0};
+        if (pgg__link_send(k->conn, &q, k->h->name, &res, &end, k->c.err) !=
+            PGG_OK) {
+            hook_over(k, res, end);
+            return;
+        }
+        io(k, 0);
+        return;
+    }
+    connected(k);
 }
 
 /* Wait for a connection of k->h (look_again: the next look, or the
@@ -909,6 +983,7 @@ static void on_ready(pgg_async_sock *s, int revents)
     case ST_CONNECT:
         connect_step(k, true);
         break;
+    case ST_HOOK:
     case ST_TYPES:
     case ST_PREPARE:
     case ST_QUERY:
@@ -949,6 +1024,11 @@ static void expire(pgg_async_call *k)
     switch (k->state) {
     case ST_CONNECT:
         connect_abort(k, PGG_ETIMEDOUT, "connect: deadline exceeded");
+        break;
+    case ST_HOOK:
+        /* Its SQL may still run: hook_over has it cancelled. */
+        pgg__link_io_deadline(&k->io, k->h->name, &res, &end, k->c.err);
+        hook_over(k, res, end);
         break;
 #if PGG_HAVE_LIBPQTYPES
     case ST_TYPES:

@@ -145,6 +145,44 @@ static int hook_sql_failed(const pgg_host *h, PGresult *res, pgg_attempt_end end
                           state, h->name, "on_connect: SQL failed: %s", msg);
 }
 
+const char *pgg__host_hook_sql(const pgg_host *h, bool *other)
+{
+    const pgg_on_connect *hook = h->on_connect;
+
+    *other = hook && hook->fn;
+    return hook ? hook->sql : NULL;
+}
+
+int pgg__host_hook_sql_done(const pgg_host *h, PGresult *res,
+                            pgg_attempt_end end, bool *host_fault,
+                            pgg_error *err)
+{
+    *host_fault = false;
+    if (end != PGG_END_RESULT || (PQresultStatus(res) != PGRES_COMMAND_OK &&
+                                  PQresultStatus(res) != PGRES_TUPLES_OK))
+        return hook_sql_failed(h, res, end, host_fault, err);
+    return PGG_OK;
+}
+
+int pgg__host_hook_usable(const pgg_host *h, PGconn *conn, pgg_error *err)
+{
+    /* Lent to the next caller as it stands: no transaction, no results
+     * waiting. */
+    if (!pgg__link_reusable(conn))
+        return pgg__error_set(err, PGG_EONCONNECT, NULL, h->name,
+                              "on_connect: the hook left the session in a "
+                              "transaction or busy");
+    return PGG_OK;
+}
+
+void pgg__host_hook_failed(pgg_host *h, PGconn *conn, int rc)
+{
+    if (rc == PGG_ETIMEDOUT) /* its SQL may still run: cancel it */
+        pgg__canceller_drop(h->canceller ? *h->canceller : NULL, h->index, conn);
+    else
+        PQfinish(conn);
+}
+
 int pgg__host_on_connect(pgg_host *h, PGconn *conn, int64_t deadline_ns,
                          bool *host_fault, pgg_error *err)
 {
@@ -160,13 +198,10 @@ int pgg__host_on_connect(pgg_host *h, PGconn *conn, int64_t deadline_ns,
         int rc;
 
         pgg__link_exec(conn, &q, deadline_ns, h->name, &res, &end, err);
-        if (end != PGG_END_RESULT || (PQresultStatus(res) != PGRES_COMMAND_OK &&
-                                      PQresultStatus(res) != PGRES_TUPLES_OK)) {
-            rc = hook_sql_failed(h, res, end, host_fault, err);
-            PQclear(res);
-            return rc;
-        }
+        rc = pgg__host_hook_sql_done(h, res, end, host_fault, err);
         PQclear(res);
+        if (rc != PGG_OK)
+            return rc;
     }
     if (hook->fn) {
         char why[256] = "";
@@ -200,13 +235,7 @@ int pgg__host_on_connect(pgg_host *h, PGconn *conn, int64_t deadline_ns,
                                   "connection: %s",
                                   why[0] ? why : "(no reason given)");
     }
-    /* Lent to the next caller as it stands: no transaction, no results
-     * waiting. */
-    if (!pgg__link_reusable(conn))
-        return pgg__error_set(err, PGG_EONCONNECT, NULL, h->name,
-                              "on_connect: the hook left the session in a "
-                              "transaction or busy");
-    return PGG_OK;
+    return pgg__host_hook_usable(h, conn, err);
 }
 
 static int connect_new(pgg_host *h, int64_t deadline_ns, pgg_link **out,
@@ -230,10 +259,7 @@ static int connect_new(pgg_host *h, int64_t deadline_ns, pgg_link **out,
     }
     rc = pgg__host_on_connect(h, conn, bound, &host_fault, err);
     if (rc != PGG_OK) {
-        if (rc == PGG_ETIMEDOUT) /* its SQL may still run: cancel it */
-            pgg__canceller_drop(h->canceller ? *h->canceller : NULL, h->index, conn);
-        else
-            PQfinish(conn);
+        pgg__host_hook_failed(h, conn, rc);
         if (host_fault)
             atomic_fetch_add(&h->connect_failures, 1);
         *hook_refused = !host_fault;
@@ -801,11 +827,13 @@ int pgg__host_connected(pgg_host *h, PGconn *conn, pgg_link **out,
     return PGG_OK;
 }
 
-bool pgg__host_connect_failed(pgg_host *h, const pgg_error *err)
+bool pgg__host_connect_failed(pgg_host *h, const pgg_error *err,
+                              bool host_fault)
 {
     bool wait;
 
-    atomic_fetch_add(&h->connect_failures, 1);
+    if (host_fault)
+        atomic_fetch_add(&h->connect_failures, 1);
     pthread_mutex_lock(&h->mu);
     h->n_connecting--;
     wait = refusal_locked(h, err);

@@ -191,11 +191,14 @@ int pgg__host_try_borrow(pgg_host *h, int64_t now, int64_t deadline_ns,
  * PGG_ENOMEM: closed). */
 int pgg__host_connected(pgg_host *h, PGconn *conn, pgg_link **out,
                         pgg_error *err);
-/* The reserved connect failed (err: why).  True: the server is full
+/* The reserved connect failed (err: why; host_fault: counted as a
+ * failed connect, not when its on-connect hook refused a healthy
+ * session).  True: the server is full
  * (53300) while sessions of ours are out: the caller waits for one of them
  * to come back (pgg__host_try_borrow again), as pgg__host_borrow does,
  * instead of failing the attempt. */
-bool pgg__host_connect_failed(pgg_host *h, const pgg_error *err);
+bool pgg__host_connect_failed(pgg_host *h, const pgg_error *err,
+                              bool host_fault);
 
 /* Back to the pool if reusable (idle, healthy, young enough), else closed. */
 void pgg__host_give_back(pgg_host *h, pgg_link *l, int64_t now_ns);
@@ -226,6 +229,21 @@ int pgg__host_warm(pgg_host *h, int64_t deadline_ns);
  */
 int pgg__host_on_connect(pgg_host *h, PGconn *conn, int64_t deadline_ns,
                          bool *host_fault, pgg_error *err);
+
+/*
+ * pgg__host_on_connect's steps, for an event loop, which runs the hook's
+ * SQL on its own socket: the SQL (NULL: none; *other: the hook also has a
+ * callback, which may block, and the loop does not run), the verdict on
+ * its result (end: how the exec ended), the check that it left the
+ * session idle, and a failed hook's connection dropped (or, after a
+ * timeout, its statement cancelled from a worker).
+ */
+const char *pgg__host_hook_sql(const pgg_host *h, bool *other);
+int pgg__host_hook_sql_done(const pgg_host *h, PGresult *res,
+                            pgg_attempt_end end, bool *host_fault,
+                            pgg_error *err);
+int pgg__host_hook_usable(const pgg_host *h, PGconn *conn, pgg_error *err);
+void pgg__host_hook_failed(pgg_host *h, PGconn *conn, int rc);
 
 /*
  * The host's breaker refused a call.  While its server is starting

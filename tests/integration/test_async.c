@@ -425,6 +425,16 @@ static void never(pgg_async *ac, PGresult *res, const pgg_info *info,
     ++*(int *)ud;
 }
 
+static int hook_fn(PGconn *conn, int timeout_ms, void *userdata, char *errbuf, size_t errlen)
+{
+    (void)conn;
+    (void)timeout_ms;
+    (void)userdata;
+    (void)errbuf;
+    (void)errlen;
+    return 0;
+}
+
 Test(async, bad_input_gets_clear_errors_and_no_callback)
 {
     pgh_cluster *c = cluster_or_die(0);
@@ -486,14 +496,16 @@ Test(async, bad_input_gets_clear_errors_and_no_callback)
     pgg_async_free(NULL);
     event_base_free(base);
 
-    /* A pool with an on-connect hook: its SQL would block the loop. */
+    /* A pool whose on-connect hook has a callback: it may block the loop
+     * (an SQL-only hook runs on the loop: on_connect_sql_runs_on_the_loop). */
     {
         char *ci = pgh_cluster_conninfo(c);
         pgg_config *cfg = pgg_config_new();
         pgg_pool *hooked;
 
         cr_assert_eq(pgg_config_set_servers(cfg, ci, &e), PGG_OK);
-        cr_assert_eq(pgg_config_on_connect(cfg, "SET application_name = 'x'", NULL, NULL, &e),
+        cr_assert_eq(pgg_config_on_connect(cfg, "SET application_name = 'x'", hook_fn, NULL,
+                                           &e),
                      PGG_OK, "%s", e.message);
         hooked = pgg_pool_new(cfg, &e);
         cr_assert_not_null(hooked, "%s", e.message);
@@ -1021,3 +1033,86 @@ Test(async, typed_calls_on_the_loop)
     end_test(p, c);
 }
 #endif
+
+/* ------------------------------------------------- the on-connect hook */
+
+static pgg_pool *hooked_pool(pgh_cluster *c, const char *sql, const char *extra)
+{
+    char *ci = pgh_cluster_conninfo(c);
+    pgg_config *cfg = pgg_config_new();
+    pgg_pool *p;
+    pgg_error e;
+
+    cr_assert_eq(pgg_config_set_servers(cfg, ci, &e), PGG_OK);
+    cr_assert_eq(pgg_config_parse(cfg, TEST_SETTINGS, &e), PGG_OK, "%s", e.message);
+    if (extra)
+        cr_assert_eq(pgg_config_parse(cfg, extra, &e), PGG_OK, "%s", e.message);
+    cr_assert_eq(pgg_config_on_connect(cfg, sql, NULL, NULL, &e), PGG_OK, "%s", e.message);
+    p = pgg_pool_new(cfg, &e);
+    cr_assert_not_null(p, "%s", e.message);
+    pgg_config_free(cfg);
+    free(ci);
+    cr_assert(wait_role(p, 0, PGG_ROLE_PRIMARY, 10000));
+    return p;
+}
+
+/*
+ * An on-connect hook with SQL only runs on the loop, on every connection
+ * the loop opens, before its first query, as pgg__host_borrow runs it for
+ * blocking calls: its settings are there; a hook whose SQL fails is the
+ * hook's mistake (PGG_EONCONNECT, SQLSTATE kept, no breaker moved); a hook
+ * that hangs is cut at the connect bound and the call fails with
+ * PGG_ETIMEDOUT, the loop never waiting (the loop guard).
+ */
+Test(async, on_connect_sql_runs_on_the_loop)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    struct event_base *base = event_base_new();
+    outcome o[4];
+    pgg_pool *p = hooked_pool(c, "SET application_name = 'pgg_async_hooked'", NULL);
+    pgg_async *ac = async_for(p, base);
+
+    for (int i = 0; i < 4; i++)
+        start_call(ac, PGG_WRITE, "SELECT current_setting('application_name')", 0, 0, &o[i]);
+    run_until(base, o, 4, 10000);
+    for (int i = 0; i < 4; i++) {
+        cr_expect_eq(o[i].code, PGG_OK, "call %d: %s", i, o[i].message);
+        cr_expect_str_eq(o[i].value, "pgg_async_hooked", "call %d", i);
+    }
+    cr_expect_geq(host_stats(p, 0).conns_open, 2, "the calls opened no connection");
+    loop_guard_on();
+    pgg_async_free(ac);
+    loop_guard_off();
+    end_test(p, NULL);
+
+    /* The hook's own mistake: refused clearly, not blamed on the host. */
+    p = hooked_pool(c, "SELEC 1", NULL);
+    ac = async_for(p, base);
+    for (int i = 0; i < 4; i++)
+        start_call(ac, PGG_WRITE, "SELECT 1", 0, 0, &o[i]);
+    run_until(base, o, 4, 10000);
+    for (int i = 0; i < 4; i++) {
+        cr_expect_eq(o[i].code, PGG_EONCONNECT, "call %d: %s %s", i, pgg_err_name(o[i].code),
+                     o[i].message);
+        cr_expect_str_eq(o[i].sqlstate, "42601");
+    }
+    expect_hosts_untouched(p);
+    loop_guard_on();
+    pgg_async_free(ac);
+    loop_guard_off();
+    end_test(p, NULL);
+
+    /* A hook that hangs: cut at connect_timeout_ms, the call times out. */
+    p = hooked_pool(c, "SELECT pg_sleep(30)", "connect_timeout_ms=300");
+    ac = async_for(p, base);
+    start_call(ac, PGG_WRITE, "SELECT 1", 2000, 0, &o[0]);
+    run_until(base, o, 1, 10000);
+    cr_expect_eq(o[0].code, PGG_ETIMEDOUT, "%s %s", pgg_err_name(o[0].code), o[0].message);
+    cr_expect_lt(o[0].ms, 2000.0, "the hook was not cut at its bound: %.0f ms", o[0].ms);
+    loop_guard_on();
+    pgg_async_free(ac);
+    loop_guard_off();
+    loop_guard_check("the on-connect hook");
+    event_base_free(base);
+    end_test(p, c);
+}
