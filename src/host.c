@@ -492,6 +492,10 @@ static bool refusal_locked(pgg_host *h, const pgg_error *cerr)
         h->refused_until_ns = pgg__now_ns() + REFUSED_RETRY_NS;
         pgg__strlcpy(h->refused_state, cerr->sqlstate, sizeof h->refused_state);
         pgg__strlcpy(h->refused_msg, cerr->message, sizeof h->refused_msg);
+        /* Borrowers waiting for the sibling connects that raced this one
+         * (may_connect_locked) hear the refusal now, not at full_until. */
+        if (h->n_waiting > 0)
+            pthread_cond_broadcast(&h->cv);
     }
     return false;
 }
