@@ -15,6 +15,10 @@
  * DNS: libpq resolves a host name inside PQconnectStartParams, which
  * blocks.  Give the pool numeric addresses (hostaddr=, or host=127.0.0.1)
  * when it serves a loop, or resolve names off the loop and pass hostaddr.
+ * GSSAPI: with libpq's default gssencmode=prefer, every connect asks the
+ * GSSAPI library for credentials (it reads /etc/krb5.conf and the
+ * credential cache: about 90% of a connect's client instructions here);
+ * set gssencmode=disable in the pool's conninfo unless you use Kerberos.
  *
  * The loop is reached through a table of hooks (pgg_async_ev), filled by an
  * adapter: include <pgguard/adapters/libevent.h>, libev.h or libuv.h and
@@ -90,9 +94,11 @@ typedef struct pgg_async_ev {
 } pgg_async_ev;
 
 /* A context for pool on one loop; attach an adapter before the first
- * call.  NULL with err set when out of memory, pool is NULL, or the pool
- * has an on-connect hook (it runs blocking SQL or a callback on each new
- * connection: PGG_ENOTSUP). */
+ * call.  NULL with err set when out of memory, pool is NULL, or the pool's
+ * on-connect hook has a callback (pgg_config_on_connect's fn: user code
+ * that may block, run on each new connection: PGG_ENOTSUP).  An SQL-only
+ * hook runs on the loop, on each connection the loop opens, before its
+ * first query, within the connect bound. */
 PGG_EXPORT pgg_async *pgg_async_new(pgg_pool *pool, pgg_error *err);
 
 /* Install the loop's hooks (copied).  Adapters call it.  PGG_ESTATE when
@@ -154,6 +160,24 @@ PGG_EXPORT int pgg_async_exec_prepared(pgg_async *ac, pgg_intent intent,
                                        void *userdata,
                                        pgg_async_call **handle,
                                        pgg_error *err);
+
+/*
+ * A typed call (pgguard_types.h's pgg_execf) on the loop: cmdspec's
+ * arguments are put into parameters now (libpqtypes' PQputvf, with the
+ * pool's template) and sent in binary; the result is binary unless
+ * call->result_format says otherwise: read it with PQgetf.  A connection
+ * the call takes first gets what it lacks of PQinitTypes and the pool's
+ * registrations (pgg_pool_register_types), on the loop, one round trip per
+ * registration.  Returns as pgg_async_exec, and PGG_ETYPES (cmdspec or an
+ * argument refused), PGG_ESTATE when no connection of the pool has been
+ * prepared for libpqtypes yet (the loop does not wait to make one: call
+ * pgg_pool_param once first, as a server does at start), PGG_ENOTSUP when
+ * pgguard was built without libpqtypes.
+ */
+PGG_EXPORT int pgg_async_execf(pgg_async *ac, pgg_intent intent,
+                               const pgg_call *call, pgg_async_fn fn,
+                               void *userdata, pgg_async_call **handle,
+                               pgg_error *err, const char *cmdspec, ...);
 
 /*
  * End a call in flight now: its callback runs before this returns, with

@@ -6,9 +6,16 @@
  *
  * A call's states:
  *   IDLE     between attempts: the path picks the next host (call.c)
+ *   BACK     refused by the breaker of a host whose server is starting:
+ *            waits for it within the attempt's deadline (the blocking
+ *            path waits in pgg__host_await_back)
  *   PARKED   admitted on a host whose connections are all busy: waits for
  *            one (the blocking path waits on the host's condition variable)
  *   CONNECT  a new connection being made (PQconnectPoll)
+ *   HOOK     the pool's on-connect SQL running on it (pgg_config_on_connect
+ *            with SQL only: a callback may block, and is refused)
+ *   TYPES    the pool's libpqtypes registrations being applied to a
+ *            connection that lacks them (typed calls on: types_on)
  *   PREPARE  a registered statement being prepared on its connection
  *   QUERY    the statement on the wire
  *   LSN      a committed write's position asked in a second round trip
@@ -19,6 +26,7 @@
 #include "pgguard_async.h"
 
 #include <poll.h>
+#include <stdarg.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,12 +34,25 @@
 #include "call.h"
 #include "cancel.h"
 #include "error.h"
+#include "types.h"
 
-enum { ST_IDLE, ST_PARKED, ST_CONNECT, ST_PREPARE, ST_QUERY, ST_LSN, ST_DONE };
+enum {
+    ST_IDLE,
+    ST_BACK,
+    ST_PARKED,
+    ST_CONNECT,
+    ST_HOOK,
+    ST_TYPES,
+    ST_PREPARE,
+    ST_QUERY,
+    ST_LSN,
+    ST_DONE
+};
 
 /* How often a call parked on a busy host looks again for a connection
  * another thread gave back (its own context's give-backs wake it at
- * once). */
+ * once), and a call waiting for a starting host looks again at it (the
+ * health thread cannot wake a loop). */
 #define PARK_POLL_NS (1 * PGG_NS_PER_MS)
 
 /* Calls whose SQL and parameters fit in this much room come from the
@@ -117,12 +138,17 @@ pgg_async *pgg_async_new(pgg_pool *pool, pgg_error *err)
         pgg__error_set(err, PGG_EINVAL, NULL, NULL, "pgg_async_new: NULL pool");
         return NULL;
     }
-    if (pool->nhosts > 0 && pool->hosts[0].on_connect &&
-        (pool->hosts[0].on_connect->sql || pool->hosts[0].on_connect->fn)) {
-        pgg__error_set(err, PGG_ENOTSUP, NULL, NULL,
-                       "pgg_async_new: the pool has an on-connect hook, "
-                       "which would block the loop on each new connection");
-        return NULL;
+    if (pool->nhosts > 0) {
+        bool callback;
+
+        (void)pgg__host_hook_sql(&pool->hosts[0], &callback);
+        if (callback) {
+            pgg__error_set(err, PGG_ENOTSUP, NULL, NULL,
+                           "pgg_async_new: the pool's on-connect hook has a "
+                           "callback, which may block the loop on each new "
+                           "connection (an SQL-only hook runs on the loop)");
+            return NULL;
+        }
     }
     ac = calloc(1, sizeof *ac);
     if (ac)
@@ -333,7 +359,15 @@ static bool sock_want(pgg_async_call *k, int fd, int want, int64_t until)
 /* ------------------------------------------------------------ attempts */
 
 static void drive(pgg_async_call *k);
+static void exec_start(pgg_async_call *k);
+static int64_t connect_bound(const pgg_async_call *k);
+static void hook_over(pgg_async_call *k, PGresult *res, pgg_attempt_end end);
+#if PGG_HAVE_LIBPQTYPES
+static void types_next(pgg_async_call *k);
+static void types_failed(pgg_async_call *k);
+#endif
 static void borrow(pgg_async_call *k);
+static void park(pgg_async_call *k, int64_t now);
 static void settle(pgg_async_call *k);
 
 /* The attempt on k->h is over (its verdict in k->a): back to the path. */
@@ -382,18 +416,44 @@ static void io(pgg_async_call *k, int revents)
     PGresult *res = NULL;
     pgg_attempt_end end;
     int rc;
-    int want = pgg__link_io_step(k->l->conn, &k->io, revents, k->h->name, &res,
+    /* The hook runs on the connection before it is a link. */
+    PGconn *conn = k->state == ST_HOOK ? k->conn : k->l->conn;
+    int want = pgg__link_io_step(conn, &k->io, revents, k->h->name, &res,
                                  &end, k->c.err, &rc);
 
     if (want) {
-        if (!sock_want(k, PQsocket(k->l->conn), want, k->attempt_deadline)) {
+        if (!sock_want(k, PQsocket(conn), want,
+                       k->state == ST_HOOK ? connect_bound(k)
+                                           : k->attempt_deadline)) {
             pgg__link_io_deadline(&k->io, k->h->name, &res, &end, k->c.err);
             pgg__error_set(k->c.err, PGG_ENOMEM, NULL, k->h->name,
                            "out of memory; connection dropped");
-            exec_over(k, res, end);
+            if (k->state == ST_HOOK)
+                hook_over(k, res, end);
+            else
+                exec_over(k, res, end);
         }
         return;
     }
+    if (k->state == ST_HOOK) {
+        hook_over(k, res, end);
+        return;
+    }
+#if PGG_HAVE_LIBPQTYPES
+    if (k->state == ST_TYPES) {
+        int r = end == PGG_END_RESULT
+                    ? pgg__types_registered(k->c.pool->types, k->l, res,
+                                            k->h->name, k->c.err)
+                    : k->c.err->code;
+
+        PQclear(res);
+        if (r != PGG_OK)
+            types_failed(k);
+        else
+            types_next(k);
+        return;
+    }
+#endif
     if (k->state == ST_LSN) {
         /* The write committed whatever this says: its answer is the
          * outcome, with the position when the query told it. */
@@ -508,35 +568,11 @@ static void exec_start(pgg_async_call *k)
     io(k, 0);
 }
 
-static void taken(pgg_async_call *k)
+/* A connection failed before its query was sent (err says why): the
+ * attempt is over as a failed borrow of the blocking path is
+ * (pgg__pool_take's PGG_TAKE_FAILED, in attempt_on). */
+static void attempt_failed(pgg_async_call *k)
 {
-    if (pgg__pool_taken(k->c.pool, k->h, k->c.intent, &k->l, k->ticket,
-                        k->c.now) != PGG_TAKE_OK) {
-        pgg__call_skipped(&k->c);
-        k->state = ST_IDLE;
-        return;
-    }
-    exec_start(k);
-}
-
-/* The connect failed (err says why): recorded and classified as a failed
- * borrow of the blocking path. */
-static void connect_failed(pgg_async_call *k)
-{
-    pgg_cancel *prev = pgg__cancel_cur;
-    pgg_take t;
-
-    sock_close(k);
-    pgg__host_connect_failed(k->h, k->c.err);
-    pgg__cancel_cur = k->c.cancel;
-    t = pgg__pool_take_failed(k->c.pool, k->h, k->ticket, k->c.now,
-                              PGG_BORROW_CONNECT, k->c.err);
-    pgg__cancel_cur = prev;
-    if (t == PGG_TAKE_SKIPPED) {
-        pgg__call_skipped(&k->c);
-        k->state = ST_IDLE;
-        return;
-    }
     k->a.res = NULL;
     k->a.ended = 0;
     k->a.reused = false;
@@ -545,6 +581,101 @@ static void connect_failed(pgg_async_call *k)
     k->a.v = pgg__classify_connect(&k->c.pool->cfg->classifier,
                                    k->c.err->sqlstate);
     attempt_over(k);
+}
+
+#if PGG_HAVE_LIBPQTYPES
+/* Typed calls are on: the connection gets what it lacks of PQinitTypes and
+ * the pool's registrations (pgg__types_step, one round trip per
+ * registration, ST_TYPES), then pgg__pool_take's last step. */
+static void types_next(pgg_async_call *k)
+{
+    int64_t now;
+    bool sent;
+
+    k->state = ST_IDLE;
+    if (pgg__types_step(k->c.pool->types, k->l, k->h->name, &sent,
+                        k->c.err) != PGG_OK) {
+        types_failed(k);
+        return;
+    }
+    if (sent) {
+        k->state = ST_TYPES;
+        k->io = (pgg_link_io){0};
+        io(k, 0);
+        return;
+    }
+    now = pgg__now_ns();
+    if (now >= k->attempt_deadline)
+        sock_close(k); /* a spare's, before its connection is given back */
+    if (pgg__pool_types_ready(k->c.pool, k->h, &k->l, k->ticket, k->c.now,
+                              k->attempt_deadline, now,
+                              k->c.err) != PGG_TAKE_OK) {
+        pgg__call_skipped(&k->c);
+        return;
+    }
+    exec_start(k);
+}
+
+static void types_failed(pgg_async_call *k)
+{
+    k->state = ST_IDLE;
+    sock_close(k);
+    if (pgg__pool_types_failed(k->c.pool, k->h, &k->l, k->ticket, k->c.now,
+                               k->c.err) == PGG_TAKE_SKIPPED) {
+        pgg__call_skipped(&k->c);
+        return;
+    }
+    attempt_failed(k);
+}
+#endif
+
+static void taken(pgg_async_call *k)
+{
+    if (pgg__pool_taken(k->c.pool, k->h, k->c.intent, &k->l, k->ticket,
+                        k->c.now) != PGG_TAKE_OK) {
+        pgg__call_skipped(&k->c);
+        k->state = ST_IDLE;
+        return;
+    }
+#if PGG_HAVE_LIBPQTYPES
+    if (atomic_load_explicit(&k->c.pool->types_on, memory_order_relaxed)) {
+        types_next(k);
+        return;
+    }
+#endif
+    exec_start(k);
+}
+
+/* The connect failed (err says why): recorded and classified as a failed
+ * borrow of the blocking path. */
+static void connect_failed_as(pgg_async_call *k, pgg_borrow_fail why)
+{
+    pgg_cancel *prev = pgg__cancel_cur;
+    pgg_take t;
+
+    sock_close(k);
+    if (pgg__host_connect_failed(k->h, k->c.err, why == PGG_BORROW_CONNECT)) {
+        /* Full (53300) while ours work: wait for one of them, no error
+         * and no record yet (pgg__host_borrow's rule). */
+        pgg__error_reset(k->c.err);
+        park(k, pgg__now_ns());
+        return;
+    }
+    pgg__cancel_cur = k->c.cancel;
+    t = pgg__pool_take_failed(k->c.pool, k->h, k->ticket, k->c.now, why,
+                              k->c.err);
+    pgg__cancel_cur = prev;
+    if (t == PGG_TAKE_SKIPPED) {
+        pgg__call_skipped(&k->c);
+        k->state = ST_IDLE;
+        return;
+    }
+    attempt_failed(k);
+}
+
+static void connect_failed(pgg_async_call *k)
+{
+    connect_failed_as(k, PGG_BORROW_CONNECT);
 }
 
 /* A connect given up on our side (its deadline, no memory to watch it):
@@ -557,23 +688,17 @@ static void connect_abort(pgg_async_call *k, int code, const char *msg)
     connect_failed(k);
 }
 
-static void connect_step(pgg_async_call *k, bool ready)
+/* A new connection's bound, its hook included (pgg__host_borrow's). */
+static int64_t connect_bound(const pgg_async_call *k)
 {
-    int want = pgg__link_connect_step(&k->conn, ready, k->h->name, k->c.err);
-    int64_t bound;
+    int64_t bound = k->c.now + k->h->connect_timeout_ns;
 
-    if (want > 0) {
-        bound = k->c.now + k->h->connect_timeout_ns;
-        if (bound > k->attempt_deadline)
-            bound = k->attempt_deadline;
-        if (!sock_want(k, PQsocket(k->conn), want, bound))
-            connect_abort(k, PGG_ENOMEM, "connect: out of memory");
-        return;
-    }
-    if (want < 0) {
-        connect_failed(k);
-        return;
-    }
+    return bound < k->attempt_deadline ? bound : k->attempt_deadline;
+}
+
+/* The connection is made and its hook, if any, has run: lent to k. */
+static void connected(pgg_async_call *k)
+{
     sock_close(k);
     if (pgg__host_connected(k->h, k->conn, &k->l, k->c.err) != PGG_OK) {
         k->conn = NULL;
@@ -587,17 +712,107 @@ static void connect_step(pgg_async_call *k, bool ready)
     taken(k);
 }
 
-/* Start an attempt on h: admission, a connection or a connect. */
-static void attempt_start(pgg_async_call *k, pgg_host *h)
+/* The hook's SQL ended (res, end): the connection is lent, or dropped as
+ * pgg__host_borrow drops it (a host fault, or the hook's own failure). */
+static void hook_over(pgg_async_call *k, PGresult *res, pgg_attempt_end end)
 {
+    bool host_fault;
+    int rc = pgg__host_hook_sql_done(k->h, res, end, &host_fault, k->c.err);
 
-    k->h = h;
-    k->l = NULL;
-    k->a.res = NULL;
-    k->a.ended = 0;
-    k->a.reused = false;
-    k->a.lost = false;
-    if (!pgg__breaker_allow(&h->breaker, k->c.now, &k->ticket)) {
+    PQclear(res);
+    if (rc == PGG_OK)
+        rc = pgg__host_hook_usable(k->h, k->conn, k->c.err);
+    if (rc == PGG_OK) {
+        connected(k);
+        return;
+    }
+    sock_close(k);
+    pgg__host_hook_failed(k->h, k->conn, rc);
+    k->conn = NULL;
+    connect_failed_as(k, host_fault ? PGG_BORROW_CONNECT : PGG_BORROW_HOOK);
+}
+
+static void connect_step(pgg_async_call *k, bool ready)
+{
+    int want = pgg__link_connect_step(&k->conn, ready, k->h->name, k->c.err);
+    bool callback;
+    const char *sql;
+
+    if (want > 0) {
+        if (!sock_want(k, PQsocket(k->conn), want, connect_bound(k)))
+            connect_abort(k, PGG_ENOMEM, "connect: out of memory");
+        return;
+    }
+    if (want < 0) {
+        connect_failed(k);
+        return;
+    }
+    sql = pgg__host_hook_sql(k->h, &callback);
+    if (sql) {
+        pgg_query q = {.sql = sql};
+        PGresult *res = NULL;
+        pgg_attempt_end end;
+
+        k->state = ST_HOOK;
+        k->io = (pgg_link_io){0};
+        if (pgg__link_send(k->conn, &q, k->h->name, &res, &end, k->c.err) !=
+            PGG_OK) {
+            hook_over(k, res, end);
+            return;
+        }
+        io(k, 0);
+        return;
+    }
+    connected(k);
+}
+
+/* Wait for a connection of k->h (look_again: the next look, or the
+ * deadline): looks again on this context's
+ * give-backs (unpark) and every PARK_POLL_NS, until the attempt's
+ * deadline. */
+static void look_again(pgg_async_call *k, int64_t now)
+{
+    wait_until(k, now + PARK_POLL_NS < k->attempt_deadline
+                      ? now + PARK_POLL_NS
+                      : k->attempt_deadline);
+}
+
+static void park(pgg_async_call *k, int64_t now)
+{
+    k->state = ST_PARKED;
+    look_again(k, now);
+}
+
+/* Admission on k->h, then a connection or a connect.  A call the breaker
+ * refuses waits while the host's server is starting (the rule of
+ * pgg__host_await_back, pgg__host_coming_back here), looking again every
+ * PARK_POLL_NS within the attempt's deadline, then asks the breaker once
+ * more, as pgg__pool_take does after the wait. */
+static void admit(pgg_async_call *k)
+{
+    pgg_host *h = k->h;
+    bool allowed;
+
+    if (k->state == ST_BACK) {
+        int64_t now = pgg__now_ns();
+
+        if (now < k->attempt_deadline && pgg__host_coming_back(h)) {
+            look_again(k, now);
+            return;
+        }
+        k->state = ST_IDLE;
+        k->c.now = now;
+        allowed = pgg__breaker_allow(&h->breaker, now, &k->ticket);
+    } else {
+        allowed = pgg__breaker_allow(&h->breaker, k->c.now, &k->ticket);
+        if (!allowed && k->c.now < k->attempt_deadline &&
+            pgg__host_coming_back(h)) {
+            k->state = ST_BACK;
+            look_again(k, k->c.now);
+            return;
+        }
+    }
+    if (!allowed) {
         atomic_fetch_add(&h->rejections, 1);
         k->c.rejected = true;
         pgg__call_skipped(&k->c);
@@ -610,6 +825,18 @@ static void attempt_start(pgg_async_call *k, pgg_host *h)
     borrow(k);
 }
 
+/* Start an attempt on h. */
+static void attempt_start(pgg_async_call *k, pgg_host *h)
+{
+    k->h = h;
+    k->l = NULL;
+    k->a.res = NULL;
+    k->a.ended = 0;
+    k->a.reused = false;
+    k->a.lost = false;
+    admit(k);
+}
+
 /* Admitted on k->h: a connection, a connect, or a wait for one. */
 static void borrow(pgg_async_call *k)
 {
@@ -618,17 +845,15 @@ static void borrow(pgg_async_call *k)
     int64_t now = k->state == ST_PARKED ? pgg__now_ns() : k->c.now;
     bool connect;
 
-    if (pgg__host_try_borrow(h, now, &k->l, &connect, k->c.err) != PGG_OK) {
+    if (pgg__host_try_borrow(h, now, k->attempt_deadline, &k->l, &connect,
+                             k->c.err) != PGG_OK) {
         int code = k->c.err->code;
 
         if (code != PGG_ECLOSED && code != PGG_EUNAVAILABLE &&
             now < k->attempt_deadline) {
             /* Busy until one comes back: park (no error for now). */
             pgg__error_reset(k->c.err);
-            k->state = ST_PARKED;
-            wait_until(k, now + PARK_POLL_NS < k->attempt_deadline
-                              ? now + PARK_POLL_NS
-                              : k->attempt_deadline);
+            park(k, now);
             return;
         }
         k->state = ST_IDLE;
@@ -758,6 +983,8 @@ static void on_ready(pgg_async_sock *s, int revents)
     case ST_CONNECT:
         connect_step(k, true);
         break;
+    case ST_HOOK:
+    case ST_TYPES:
     case ST_PREPARE:
     case ST_QUERY:
     case ST_LSN:
@@ -798,6 +1025,21 @@ static void expire(pgg_async_call *k)
     case ST_CONNECT:
         connect_abort(k, PGG_ETIMEDOUT, "connect: deadline exceeded");
         break;
+    case ST_HOOK:
+        /* Its SQL may still run: hook_over has it cancelled. */
+        pgg__link_io_deadline(&k->io, k->h->name, &res, &end, k->c.err);
+        hook_over(k, res, end);
+        break;
+#if PGG_HAVE_LIBPQTYPES
+    case ST_TYPES:
+        /* The session is mid-query: dropped.  A cancel is not the host's
+         * failure (pgg__pool_types_failed). */
+        pgg__link_io_deadline(&k->io, k->h->name, &res, &end, k->c.err);
+        if (pgg__cancel_fired(k->c.cancel))
+            pgg__call_cancelled(k->c.err);
+        types_failed(k);
+        break;
+#endif
     case ST_PREPARE:
     case ST_QUERY:
         pgg__link_io_deadline(&k->io, k->h->name, &res, &end, k->c.err);
@@ -811,6 +1053,14 @@ static void expire(pgg_async_call *k)
         res = k->written;
         k->written = NULL;
         exec_over(k, res, PGG_END_RESULT);
+        break;
+    case ST_BACK:
+        /* A cancel: refused by the breaker, as pgg__pool_take after a
+         * wait the cancel ended. */
+        k->state = ST_IDLE;
+        atomic_fetch_add(&k->h->rejections, 1);
+        k->c.rejected = true;
+        pgg__call_skipped(&k->c);
         break;
     case ST_PARKED:
         /* A cancel: the wait for a connection ends as the blocking one
@@ -841,6 +1091,8 @@ void pgg_async_handle_timer(pgg_async *ac)
             break;
         if (k->state == ST_PARKED)
             borrow(k); /* looks again; fails past the attempt's deadline */
+        else if (k->state == ST_BACK)
+            admit(k); /* looks again; refused past the attempt's deadline */
         else if (k->state != ST_DONE)
             expire(k);
         settle(k);
@@ -1064,6 +1316,55 @@ int pgg_async_exec_prepared(pgg_async *ac, pgg_intent intent,
     if (rc != PGG_OK)
         return rc;
     return start(ac, intent, &q, call, fn, userdata, handle, err);
+}
+
+int pgg_async_execf(pgg_async *ac, pgg_intent intent, const pgg_call *call,
+                    pgg_async_fn fn, void *userdata, pgg_async_call **handle,
+                    pgg_error *err, const char *cmdspec, ...)
+{
+    pgg_error local;
+
+    if (handle)
+        *handle = NULL;
+    if (!err)
+        err = &local;
+    if (!ac)
+        return pgg__error_set(err, PGG_EINVAL, NULL, NULL,
+                              "pgg_async_execf: NULL context");
+#if PGG_HAVE_LIBPQTYPES
+    {
+        pgg__typed tc;
+        va_list ap;
+        int rc;
+
+        va_start(ap, cmdspec);
+        rc = pgg__typed_build(ac->pool, &tc, err, cmdspec, ap);
+        va_end(ap);
+        if (rc == PGG_OK) {
+            /* As pgg_execf: binary parameters, binary results unless the
+             * call says otherwise. */
+            pgg_query q = {.sql = tc.stmt,
+                           .nparams = tc.n,
+                           .types = tc.oids,
+                           .values = tc.vals,
+                           .lengths = tc.lens,
+                           .formats = tc.fmts,
+                           .result_format = call ? call->result_format : 1};
+
+            rc = start(ac, intent, &q, call, fn, userdata, handle, err);
+        }
+        pgg__typed_done(&tc);
+        return rc;
+    }
+#else
+    (void)intent;
+    (void)call;
+    (void)fn;
+    (void)userdata;
+    (void)cmdspec;
+    return pgg__error_set(err, PGG_ENOTSUP, NULL, NULL,
+                          "pgg_async_execf: built without libpqtypes");
+#endif
 }
 
 void pgg_async_free(pgg_async *ac)

@@ -145,6 +145,44 @@ static int hook_sql_failed(const pgg_host *h, PGresult *res, pgg_attempt_end end
                           state, h->name, "on_connect: SQL failed: %s", msg);
 }
 
+const char *pgg__host_hook_sql(const pgg_host *h, bool *other)
+{
+    const pgg_on_connect *hook = h->on_connect;
+
+    *other = hook && hook->fn;
+    return hook ? hook->sql : NULL;
+}
+
+int pgg__host_hook_sql_done(const pgg_host *h, PGresult *res,
+                            pgg_attempt_end end, bool *host_fault,
+                            pgg_error *err)
+{
+    *host_fault = false;
+    if (end != PGG_END_RESULT || (PQresultStatus(res) != PGRES_COMMAND_OK &&
+                                  PQresultStatus(res) != PGRES_TUPLES_OK))
+        return hook_sql_failed(h, res, end, host_fault, err);
+    return PGG_OK;
+}
+
+int pgg__host_hook_usable(const pgg_host *h, PGconn *conn, pgg_error *err)
+{
+    /* Lent to the next caller as it stands: no transaction, no results
+     * waiting. */
+    if (!pgg__link_reusable(conn))
+        return pgg__error_set(err, PGG_EONCONNECT, NULL, h->name,
+                              "on_connect: the hook left the session in a "
+                              "transaction or busy");
+    return PGG_OK;
+}
+
+void pgg__host_hook_failed(pgg_host *h, PGconn *conn, int rc)
+{
+    if (rc == PGG_ETIMEDOUT) /* its SQL may still run: cancel it */
+        pgg__canceller_drop(h->canceller ? *h->canceller : NULL, h->index, conn);
+    else
+        PQfinish(conn);
+}
+
 int pgg__host_on_connect(pgg_host *h, PGconn *conn, int64_t deadline_ns,
                          bool *host_fault, pgg_error *err)
 {
@@ -160,13 +198,10 @@ int pgg__host_on_connect(pgg_host *h, PGconn *conn, int64_t deadline_ns,
         int rc;
 
         pgg__link_exec(conn, &q, deadline_ns, h->name, &res, &end, err);
-        if (end != PGG_END_RESULT || (PQresultStatus(res) != PGRES_COMMAND_OK &&
-                                      PQresultStatus(res) != PGRES_TUPLES_OK)) {
-            rc = hook_sql_failed(h, res, end, host_fault, err);
-            PQclear(res);
-            return rc;
-        }
+        rc = pgg__host_hook_sql_done(h, res, end, host_fault, err);
         PQclear(res);
+        if (rc != PGG_OK)
+            return rc;
     }
     if (hook->fn) {
         char why[256] = "";
@@ -200,13 +235,7 @@ int pgg__host_on_connect(pgg_host *h, PGconn *conn, int64_t deadline_ns,
                                   "connection: %s",
                                   why[0] ? why : "(no reason given)");
     }
-    /* Lent to the next caller as it stands: no transaction, no results
-     * waiting. */
-    if (!pgg__link_reusable(conn))
-        return pgg__error_set(err, PGG_EONCONNECT, NULL, h->name,
-                              "on_connect: the hook left the session in a "
-                              "transaction or busy");
-    return PGG_OK;
+    return pgg__host_hook_usable(h, conn, err);
 }
 
 static int connect_new(pgg_host *h, int64_t deadline_ns, pgg_link **out,
@@ -230,10 +259,7 @@ static int connect_new(pgg_host *h, int64_t deadline_ns, pgg_link **out,
     }
     rc = pgg__host_on_connect(h, conn, bound, &host_fault, err);
     if (rc != PGG_OK) {
-        if (rc == PGG_ETIMEDOUT) /* its SQL may still run: cancel it */
-            pgg__canceller_drop(h->canceller ? *h->canceller : NULL, h->index, conn);
-        else
-            PQfinish(conn);
+        pgg__host_hook_failed(h, conn, rc);
         if (host_fault)
             atomic_fetch_add(&h->connect_failures, 1);
         *hook_refused = !host_fault;
@@ -445,6 +471,64 @@ static int ours(const pgg_host *h)
  * threads call (each refused startup costs it a backend fork). */
 #define REFUSED_RETRY_NS (5 * PGG_NS_PER_MS)
 
+/*
+ * Under mu, after a connect of ours failed (cerr: why): what the refusal
+ * means for the next borrows, decided once for the blocking borrow and the
+ * loop's.  The server has no room for another session (53300: its
+ * max_connections, or the role's limit) but ours are working: the host is
+ * healthy and full; no new connect for FULL_RETRY_NS, and true: the caller
+ * waits for one of ours to come back, as at pool_max, rather than fail and
+ * count it against the host.  Refused (53300, 57P03) with none of ours
+ * there: nothing to wait for; the call hears it now, the next ones, for
+ * REFUSED_RETRY_NS, without asking the server again.
+ */
+static bool refusal_locked(pgg_host *h, const pgg_error *cerr)
+{
+    if (ours(h) > 0 && strcmp(cerr->sqlstate, "53300") == 0) {
+        h->full_until_ns = pgg__now_ns() + FULL_RETRY_NS;
+        return true;
+    }
+    if (ours(h) == 0 && pgg__capacity_refusal(cerr->sqlstate)) {
+        h->refused_until_ns = pgg__now_ns() + REFUSED_RETRY_NS;
+        pgg__strlcpy(h->refused_state, cerr->sqlstate, sizeof h->refused_state);
+        pgg__strlcpy(h->refused_msg, cerr->message, sizeof h->refused_msg);
+        /* Borrowers waiting for the sibling connects that raced this one
+         * (may_connect_locked) hear the refusal now, not at full_until. */
+        if (h->n_waiting > 0)
+            pthread_cond_broadcast(&h->cv);
+    }
+    return false;
+}
+
+/*
+ * Under mu: a new connect may start: room under pool_max, and the server
+ * not found full (refusal_locked) moments ago while sessions of ours, busy
+ * or still connecting, are out: those are waited for first.  (A refusal
+ * that raced sibling connects must not connect again while they run: the
+ * last of them to be refused tells every waiter, refused_until_ns.)
+ */
+static bool may_connect_locked(const pgg_host *h, int64_t now)
+{
+    return h->n_busy + h->n_connecting + h->n_idle < h->max &&
+           (now >= h->full_until_ns || ours(h) == 0);
+}
+
+/* Under mu: every connection busy (pool_max, or a full server while ours
+ * are out) when the caller's wait ends: the error both borrows give. */
+static int busy_error_locked(const pgg_host *h, int64_t now, pgg_error *err)
+{
+    if (now < h->full_until_ns)
+        return pgg__error_set(err, PGG_ETIMEDOUT, "53300", h->name,
+                              "%s has no room for another session "
+                              "(53300) and ours were busy until the "
+                              "deadline",
+                              h->name);
+    return pgg__error_set(err, PGG_ETIMEDOUT, NULL, h->name,
+                          "all %d connections to %s busy until the "
+                          "deadline (pool_max)",
+                          h->max, h->name);
+}
+
 /* Alive, and validated when it sat idle long enough: may be lent. */
 static bool lendable(pgg_host *h, pgg_link *l, int64_t now, int64_t deadline_ns)
 {
@@ -560,27 +644,17 @@ static int borrow_locked(pgg_host *h, int64_t deadline_ns, int64_t now,
             continue;
         }
         if (now >= deadline_ns || pgg__cancel_now()) {
-            /* Read under mu: a connect on another thread writes it. */
-            bool full = now < h->full_until_ns;
-
             /* A give-back may have signalled us as the deadline came: pass
              * the wakeup on to a waiter that can still use it. */
             if (h->n_waiting > 0 &&
                 (h->idle || h->n_busy + h->n_connecting + h->n_idle < h->max))
                 pthread_cond_signal(&h->cv);
+            /* Read under mu: a connect on another thread writes it. */
+            rc = busy_error_locked(h, now, err);
             pthread_mutex_unlock(&h->mu);
             close_list(doomed);
             *why = PGG_BORROW_EXHAUSTED;
-            if (full)
-                return pgg__error_set(err, PGG_ETIMEDOUT, "53300", h->name,
-                                      "%s has no room for another session "
-                                      "(53300) and ours were busy until the "
-                                      "deadline",
-                                      h->name);
-            return pgg__error_set(err, PGG_ETIMEDOUT, NULL, h->name,
-                                  "all %d connections to %s busy until the "
-                                  "deadline (pool_max)",
-                                  h->max, h->name);
+            return rc;
         }
         if (now < h->refused_until_ns && ours(h) == 0) {
             int64_t ago = now - (h->refused_until_ns - REFUSED_RETRY_NS);
@@ -594,8 +668,7 @@ static int borrow_locked(pgg_host *h, int64_t deadline_ns, int64_t now,
                                   h->refused_msg,
                                   (double)ago / (double)PGG_NS_PER_MS);
         }
-        if (h->n_busy + h->n_connecting + h->n_idle < h->max &&
-            (now >= h->full_until_ns || h->n_busy == 0)) {
+        if (may_connect_locked(h, now)) {
             pgg_error cerr;
             bool hook_refused = false;
 
@@ -614,28 +687,10 @@ static int borrow_locked(pgg_host *h, int64_t deadline_ns, int64_t now,
             } else {
                 pthread_cond_signal(&h->cv); /* the slot is free again */
             }
-            /*
-             * The server has no room for another session (53300: its
-             * max_connections, or the role's limit) but ours are working:
-             * the host is healthy and full.  Wait for one of ours to come
-             * back, as at pool_max, rather than fail the call and count it
-             * against the host; connect again only after FULL_RETRY_NS.
-             */
-            if (rc != PGG_OK && ours(h) > 0 &&
-                strcmp(cerr.sqlstate, "53300") == 0) {
-                h->full_until_ns = pgg__now_ns() + FULL_RETRY_NS;
+            /* Full while ours work: wait for one of ours (no error). */
+            if (rc != PGG_OK && refusal_locked(h, &cerr)) {
                 fresh_now = false;
                 continue;
-            }
-            /* Refused with none of ours there: nothing to wait for.  The
-             * call hears it now; the next ones, for a moment, without
-             * asking the server again. */
-            if (rc != PGG_OK && pgg__capacity_refusal(cerr.sqlstate)) {
-                h->refused_until_ns = pgg__now_ns() + REFUSED_RETRY_NS;
-                pgg__strlcpy(h->refused_state, cerr.sqlstate,
-                             sizeof h->refused_state);
-                pgg__strlcpy(h->refused_msg, cerr.message,
-                             sizeof h->refused_msg);
             }
             pthread_mutex_unlock(&h->mu);
             if (rc != PGG_OK) {
@@ -666,13 +721,22 @@ static int borrow_locked(pgg_host *h, int64_t deadline_ns, int64_t now,
     }
 }
 
-int pgg__host_try_borrow(pgg_host *h, int64_t now, pgg_link **out,
-                         bool *connect, pgg_error *err)
+int pgg__host_try_borrow(pgg_host *h, int64_t now, int64_t deadline_ns,
+                         pgg_link **out, bool *connect, pgg_error *err)
 {
     pgg_link *doomed = NULL, *l;
 
     *out = NULL;
     *connect = false;
+    if (now >= deadline_ns) {
+        /* Nothing is lent past the deadline (as pgg__host_borrow). */
+        int rc;
+
+        pthread_mutex_lock(&h->mu);
+        rc = busy_error_locked(h, now, err);
+        pthread_mutex_unlock(&h->mu);
+        return rc;
+    }
     /* A parked connection first (the loop's own give-back parks in its
      * thread's slot, see "Parking"): still counted busy, it is the
      * caller's as it is, or closed here when it is too old or dead. */
@@ -719,8 +783,7 @@ int pgg__host_try_borrow(pgg_host *h, int64_t now, pgg_link **out,
         return pgg__error_set(err, PGG_EUNAVAILABLE, h->refused_state, h->name,
                               "%s (not asked again yet)", h->refused_msg);
     }
-    if (h->n_busy + h->n_connecting + h->n_idle < h->max &&
-        (now >= h->full_until_ns || h->n_busy == 0)) {
+    if (may_connect_locked(h, now)) {
         h->n_connecting++;
         pthread_mutex_unlock(&h->mu);
         close_list(doomed);
@@ -728,11 +791,13 @@ int pgg__host_try_borrow(pgg_host *h, int64_t now, pgg_link **out,
         atomic_fetch_add(&h->connects, 1);
         return PGG_OK;
     }
-    pthread_mutex_unlock(&h->mu);
-    close_list(doomed);
-    return pgg__error_set(err, PGG_ETIMEDOUT, NULL, h->name,
-                          "all %d connections to %s busy (pool_max)", h->max,
-                          h->name);
+    {
+        int rc = busy_error_locked(h, now, err);
+
+        pthread_mutex_unlock(&h->mu);
+        close_list(doomed);
+        return rc;
+    }
 }
 
 int pgg__host_connected(pgg_host *h, PGconn *conn, pgg_link **out,
@@ -766,24 +831,20 @@ int pgg__host_connected(pgg_host *h, PGconn *conn, pgg_link **out,
     return PGG_OK;
 }
 
-void pgg__host_connect_failed(pgg_host *h, const pgg_error *err)
+bool pgg__host_connect_failed(pgg_host *h, const pgg_error *err,
+                              bool host_fault)
 {
-    atomic_fetch_add(&h->connect_failures, 1);
+    bool wait;
+
+    if (host_fault)
+        atomic_fetch_add(&h->connect_failures, 1);
     pthread_mutex_lock(&h->mu);
     h->n_connecting--;
-    /* Full (53300) while ours are out: no new connect for a while. */
-    if (err && ours(h) > 0 && strcmp(err->sqlstate, "53300") == 0)
-        h->full_until_ns = pgg__now_ns() + FULL_RETRY_NS;
-    /* Refused with none of ours there: as pgg__host_borrow, the next calls
-     * hear it for a moment without asking the server again. */
-    if (err && ours(h) == 0 && pgg__capacity_refusal(err->sqlstate)) {
-        h->refused_until_ns = pgg__now_ns() + REFUSED_RETRY_NS;
-        pgg__strlcpy(h->refused_state, err->sqlstate, sizeof h->refused_state);
-        pgg__strlcpy(h->refused_msg, err->message, sizeof h->refused_msg);
-    }
+    wait = refusal_locked(h, err);
     if (h->n_waiting > 0)
         pthread_cond_signal(&h->cv); /* the slot is free again */
     pthread_mutex_unlock(&h->mu);
+    return wait;
 }
 
 static void release_slot(pgg_host *h, pgg_link *keep)
@@ -946,6 +1007,26 @@ int pgg__host_warm(pgg_host *h, int64_t deadline_ns)
     }
 }
 
+/* Under mu: a call its breaker refused may still wait for the host (the
+ * one rule of pgg__host_await_back and pgg__host_coming_back). */
+static bool coming_back_locked(pgg_host *h)
+{
+    return atomic_load(&h->starting) && !h->closed &&
+           pgg__breaker_state(&h->breaker) == PGG_BREAKER_OPEN;
+}
+
+bool pgg__host_coming_back(pgg_host *h)
+{
+    bool r;
+
+    if (!atomic_load_explicit(&h->starting, memory_order_relaxed))
+        return false;
+    pthread_mutex_lock(&h->mu);
+    r = coming_back_locked(h);
+    pthread_mutex_unlock(&h->mu);
+    return r;
+}
+
 bool pgg__host_await_back(pgg_host *h, int64_t deadline_ns)
 {
     bool back;
@@ -953,8 +1034,7 @@ bool pgg__host_await_back(pgg_host *h, int64_t deadline_ns)
     if (!atomic_load_explicit(&h->starting, memory_order_relaxed))
         return false;
     pthread_mutex_lock(&h->mu);
-    while (atomic_load(&h->starting) && !h->closed &&
-           pgg__breaker_state(&h->breaker) == PGG_BREAKER_OPEN) {
+    while (coming_back_locked(h)) {
         int64_t now = pgg__now_ns();
         struct timespec ts;
 

@@ -181,16 +181,24 @@ int pgg__host_borrow(pgg_host *h, int64_t deadline_ns, int64_t now_ns,
  * without blocking).  PGG_OK with *connect: a connection slot is reserved
  * for a connect the caller makes without blocking; it ends with
  * pgg__host_connected or pgg__host_connect_failed.  PGG_ETIMEDOUT: every
- * connection is busy (pool_max); PGG_ECLOSED.
+ * connection is busy (pool_max, or a full server while ours are out), or
+ * deadline_ns has passed: nothing is lent then; PGG_ECLOSED;
+ * PGG_EUNAVAILABLE: the server refused a session moments ago.
  */
-int pgg__host_try_borrow(pgg_host *h, int64_t now, pgg_link **out,
-                         bool *connect, pgg_error *err);
+int pgg__host_try_borrow(pgg_host *h, int64_t now, int64_t deadline_ns,
+                         pgg_link **out, bool *connect, pgg_error *err);
 /* The reserved connect succeeded: conn becomes a lent link (NULL and
  * PGG_ENOMEM: closed). */
 int pgg__host_connected(pgg_host *h, PGconn *conn, pgg_link **out,
                         pgg_error *err);
-/* The reserved connect failed (err: why, for a server that was full). */
-void pgg__host_connect_failed(pgg_host *h, const pgg_error *err);
+/* The reserved connect failed (err: why; host_fault: counted as a
+ * failed connect, not when its on-connect hook refused a healthy
+ * session).  True: the server is full
+ * (53300) while sessions of ours are out: the caller waits for one of them
+ * to come back (pgg__host_try_borrow again), as pgg__host_borrow does,
+ * instead of failing the attempt. */
+bool pgg__host_connect_failed(pgg_host *h, const pgg_error *err,
+                              bool host_fault);
 
 /* Back to the pool if reusable (idle, healthy, young enough), else closed. */
 void pgg__host_give_back(pgg_host *h, pgg_link *l, int64_t now_ns);
@@ -223,6 +231,21 @@ int pgg__host_on_connect(pgg_host *h, PGconn *conn, int64_t deadline_ns,
                          bool *host_fault, pgg_error *err);
 
 /*
+ * pgg__host_on_connect's steps, for an event loop, which runs the hook's
+ * SQL on its own socket: the SQL (NULL: none; *other: the hook also has a
+ * callback, which may block, and the loop does not run), the verdict on
+ * its result (end: how the exec ended), the check that it left the
+ * session idle, and a failed hook's connection dropped (or, after a
+ * timeout, its statement cancelled from a worker).
+ */
+const char *pgg__host_hook_sql(const pgg_host *h, bool *other);
+int pgg__host_hook_sql_done(const pgg_host *h, PGresult *res,
+                            pgg_attempt_end end, bool *host_fault,
+                            pgg_error *err);
+int pgg__host_hook_usable(const pgg_host *h, PGconn *conn, pgg_error *err);
+void pgg__host_hook_failed(pgg_host *h, PGconn *conn, int rc);
+
+/*
  * The host's breaker refused a call.  While its server is starting
  * (`starting`), wait until the health thread finds it answering (the
  * breaker is no longer open) or finds otherwise, or deadline_ns: a server
@@ -231,6 +254,10 @@ int pgg__host_on_connect(pgg_host *h, PGconn *conn, int64_t deadline_ns,
  * longer open; false at once when the host is not starting.
  */
 bool pgg__host_await_back(pgg_host *h, int64_t deadline_ns);
+/* For an event loop, which cannot wait in pgg__host_await_back: whether a
+ * call refused by the breaker should still wait for the host (look again
+ * later, within its deadline). */
+bool pgg__host_coming_back(pgg_host *h);
 /* The health thread's view of `starting`; clearing it wakes the waiters. */
 void pgg__host_set_starting(pgg_host *h, bool on);
 

@@ -512,35 +512,52 @@ pgg_take pgg__pool_take(pgg_pool *pool, pgg_host *h, pgg_intent intent,
     if (taken(pool, h, intent, l, *ticket, start) != PGG_TAKE_OK)
         return PGG_TAKE_SKIPPED;
 #if PGG_HAVE_LIBPQTYPES
-    if (atomic_load_explicit(&pool->types_on, memory_order_relaxed) &&
-        pgg__types_prepare(pool->types, *l, deadline, h->name, err) != PGG_OK) {
-        /* Registration failed: a type the server lacks, or the session
-         * died meanwhile.  Either way this connection is not usable. */
-        pgg_class cls = err && err->code == PGG_ETYPES ? PGG_CLASS_IGNORED
-                                                       : PGG_CLASS_CONNECTION;
-        pgg__host_discard(h, *l);
-        *l = NULL;
-        pgg__pool_record(pool, h, *ticket, cls, start, pgg__now_ns());
-        return cls == PGG_CLASS_IGNORED ? PGG_TAKE_SKIPPED : PGG_TAKE_FAILED;
-    }
     if (atomic_load_explicit(&pool->types_on, memory_order_relaxed)) {
-        /* Registrations may have used the time: send nothing past the
-         * deadline. */
-        int64_t now = pgg__now_ns();
-
-        if (now >= deadline) {
-            pgg__host_give_back(h, *l, now);
-            *l = NULL;
-            pgg__pool_record(pool, h, *ticket, PGG_CLASS_IGNORED, start, now);
-            pgg__error_set(err, PGG_ETIMEDOUT, NULL, h->name,
-                           "deadline exceeded while preparing the connection "
-                           "for libpqtypes; not sent");
-            return PGG_TAKE_SKIPPED;
-        }
+        if (pgg__types_prepare(pool->types, *l, deadline, h->name, err) != PGG_OK)
+            return pgg__pool_types_failed(pool, h, l, *ticket, start, err);
+        return pgg__pool_types_ready(pool, h, l, *ticket, start, deadline,
+                                     pgg__now_ns(), err);
     }
 #endif
     return PGG_TAKE_OK;
 }
+
+#if PGG_HAVE_LIBPQTYPES
+pgg_take pgg__pool_types_failed(pgg_pool *pool, pgg_host *h, pgg_link **l,
+                                pgg_ticket ticket, int64_t start,
+                                pgg_error *err)
+{
+    /* Registration failed: a type the server lacks, or the session died
+     * meanwhile (or the caller cancelled: not the host's doing).  Either
+     * way this connection is not usable. */
+    pgg_class cls = err && (err->code == PGG_ETYPES ||
+                            err->code == PGG_ECANCELED)
+                        ? PGG_CLASS_IGNORED
+                        : PGG_CLASS_CONNECTION;
+
+    pgg__host_discard(h, *l);
+    *l = NULL;
+    pgg__pool_record(pool, h, ticket, cls, start, pgg__now_ns());
+    return cls == PGG_CLASS_IGNORED ? PGG_TAKE_SKIPPED : PGG_TAKE_FAILED;
+}
+
+pgg_take pgg__pool_types_ready(pgg_pool *pool, pgg_host *h, pgg_link **l,
+                               pgg_ticket ticket, int64_t start,
+                               int64_t deadline, int64_t now, pgg_error *err)
+{
+    /* Registrations may have used the time: send nothing past the
+     * deadline. */
+    if (now < deadline)
+        return PGG_TAKE_OK;
+    pgg__host_give_back(h, *l, now);
+    *l = NULL;
+    pgg__pool_record(pool, h, ticket, PGG_CLASS_IGNORED, start, now);
+    pgg__error_set(err, PGG_ETIMEDOUT, NULL, h->name,
+                   "deadline exceeded while preparing the connection for "
+                   "libpqtypes; not sent");
+    return PGG_TAKE_SKIPPED;
+}
+#endif
 
 /*
  * Prepare stmt on l's connection, the first time a call needs it there.

@@ -144,6 +144,20 @@ pgg_take pgg__pool_take_failed(pgg_pool *pool, pgg_host *h, pgg_ticket ticket,
 pgg_take pgg__pool_taken(pgg_pool *pool, pgg_host *h, pgg_intent intent,
                          pgg_link **l, pgg_ticket ticket, int64_t start);
 
+#if PGG_HAVE_LIBPQTYPES
+/* The last step of pgg__pool_take when typed calls are on (types_on), for
+ * both drivers: the connection's libpqtypes preparation failed (err: why;
+ * the link is discarded, recorded as the host's failure or not: SKIPPED or
+ * FAILED), or it is done (OK, or SKIPPED with the link given back when
+ * now, the clock after it, is past deadline). */
+pgg_take pgg__pool_types_failed(pgg_pool *pool, pgg_host *h, pgg_link **l,
+                                pgg_ticket ticket, int64_t start,
+                                pgg_error *err);
+pgg_take pgg__pool_types_ready(pgg_pool *pool, pgg_host *h, pgg_link **l,
+                               pgg_ticket ticket, int64_t start,
+                               int64_t deadline, int64_t now, pgg_error *err);
+#endif
+
 /*
  * Run q on a taken connection, classify, record the ticket (when not NULL).
  * When the deadline fired the link is abandoned and *lp set to NULL;

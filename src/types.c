@@ -102,43 +102,55 @@ static int apply(PGconn *conn, const registration *r, int64_t deadline_ns,
     return PGG_OK;
 }
 
-int pgg__types_prepare(pgg_types *t, pgg_link *l, int64_t deadline_ns,
-                       const char *host, pgg_error *err)
+/*
+ * Registrations are append-only and never change: a connection at
+ * generation g has the first g - 1 of them (0: not even PQinitTypes).  Each
+ * step brings l one registration further, so that a driver that cannot
+ * wait (an event loop) and one that can (pgg__types_prepare) take the same
+ * steps: the blocking one waits for each answer, the loop lets its socket
+ * tell it.
+ */
+int pgg__types_step(pgg_types *t, pgg_link *l, const char *host, bool *sent,
+                    pgg_error *err)
 {
-    registration *pending = NULL;
-    int first, npending, rc = PGG_OK;
+    registration r;
     unsigned gen;
     bool need_tmpl;
-    PGparam *fresh = NULL;
+    PGparam *fresh;
 
-    pthread_mutex_lock(&t->mu);
-    gen = t->gen;
-    need_tmpl = !t->tmpl || t->tmpl_gen != gen;
-    if (l->types_gen == gen && !need_tmpl) {
+    *sent = false;
+    if (l->types_gen == 0) {
+        if (!PQinitTypes(l->conn))
+            return pgg__error_set(err, PGG_ETYPES, NULL, host,
+                                  "PQinitTypes failed");
+        l->types_gen = 1;
+    }
+    for (;;) {
+        pthread_mutex_lock(&t->mu);
+        gen = t->gen;
+        need_tmpl = !t->tmpl || t->tmpl_gen != gen;
+        if (l->types_gen >= gen) {
+            pthread_mutex_unlock(&t->mu);
+            break;
+        }
+        r = t->regs[l->types_gen - 1]; /* its types outlive the pool's */
         pthread_mutex_unlock(&t->mu);
+        if (r.which == PQT_SUBCLASS) {
+            /* Local: no round trip. */
+            if (!PQregisterTypes(l->conn, r.which, r.types, r.count, 0))
+                return pgg__error_set(err, PGG_ETYPES, NULL, host,
+                                      "register types: %s", PQgeterror());
+            l->types_gen++;
+            continue;
+        }
+        /* The asynchronous form only sends; pgg__types_registered reads
+         * the answer. */
+        if (!PQregisterTypes(l->conn, r.which, r.types, r.count, 1))
+            return pgg__error_set(err, PGG_ETYPES, NULL, host,
+                                  "register types: %s", PQgeterror());
+        *sent = true;
         return PGG_OK;
     }
-    /* Registrations are append-only and never change: a connection at
-     * generation g has the first g - 1 of them. */
-    first = l->types_gen ? (int)l->types_gen - 1 : 0;
-    npending = t->nregs - first;
-    if (npending > 0 && !(pending = malloc((size_t)npending * sizeof *pending))) {
-        pthread_mutex_unlock(&t->mu);
-        return pgg__error_set(err, PGG_ENOMEM, NULL, host, "out of memory");
-    }
-    if (npending > 0)
-        memcpy(pending, t->regs + first, (size_t)npending * sizeof *pending);
-    pthread_mutex_unlock(&t->mu);
-
-    if (l->types_gen == 0 && !PQinitTypes(l->conn))
-        rc = pgg__error_set(err, PGG_ETYPES, NULL, host, "PQinitTypes failed");
-    for (int i = 0; i < npending && rc == PGG_OK; i++)
-        rc = apply(l->conn, &pending[i], deadline_ns, host, err);
-    free(pending);
-    if (rc != PGG_OK)
-        return rc;
-    l->types_gen = gen;
-
     if (need_tmpl && (fresh = PQparamCreate(l->conn)) != NULL) {
         pthread_mutex_lock(&t->mu);
         if (gen == t->gen && (!t->tmpl || t->tmpl_gen != gen)) {
@@ -151,6 +163,48 @@ int pgg__types_prepare(pgg_types *t, pgg_link *l, int64_t deadline_ns,
         PQparamClear(fresh);
     }
     return PGG_OK;
+}
+
+int pgg__types_registered(pgg_types *t, pgg_link *l, PGresult *res,
+                          const char *host, pgg_error *err)
+{
+    registration r;
+
+    pthread_mutex_lock(&t->mu);
+    r = t->regs[l->types_gen - 1];
+    pthread_mutex_unlock(&t->mu);
+    if (!PQregisterResult(l->conn, r.which, r.types, r.count, res))
+        return pgg__error_set(err, PGG_ETYPES, NULL, host,
+                              "register types: %s", PQgeterror());
+    l->types_gen++;
+    return PGG_OK;
+}
+
+int pgg__types_prepare(pgg_types *t, pgg_link *l, int64_t deadline_ns,
+                       const char *host, pgg_error *err)
+{
+    pgg_attempt_end end;
+    PGresult *res;
+    bool sent;
+    int rc;
+
+    pthread_mutex_lock(&t->mu);
+    rc = l->types_gen == t->gen && t->tmpl && t->tmpl_gen == t->gen;
+    pthread_mutex_unlock(&t->mu);
+    if (rc)
+        return PGG_OK; /* up to date: no lock taken again */
+    for (;;) {
+        rc = pgg__types_step(t, l, host, &sent, err);
+        if (rc != PGG_OK || !sent)
+            return rc;
+        res = NULL;
+        rc = pgg__link_wait(l->conn, deadline_ns, host, &res, &end, err);
+        if (rc == PGG_OK)
+            rc = pgg__types_registered(t, l, res, host, err);
+        PQclear(res);
+        if (rc != PGG_OK)
+            return rc;
+    }
 }
 
 /* ------------------------------------------------------------ public */
@@ -227,9 +281,11 @@ int pgg_pool_register_types(pgg_pool *pool, int which,
     return PGG_OK;
 }
 
-/* A copy of the template, connecting once for it when there is none. */
+/* A copy of the template, connecting once for it when there is none (and
+ * may_wait: an event loop may not). */
 static PGparam *param_from_template(pgg_pool *pool, pgg_intent intent,
-                                    int timeout_ms, pgg_error *err)
+                                    int timeout_ms, bool may_wait,
+                                    pgg_error *err)
 {
     pgg_types *t = pool->types;
     PGparam *p = NULL;
@@ -239,6 +295,14 @@ static PGparam *param_from_template(pgg_pool *pool, pgg_intent intent,
         if (t->tmpl)
             p = PQparamDup(t->tmpl);
         pthread_mutex_unlock(&t->mu);
+        if (!p && round == 0 && !may_wait) {
+            pgg__error_set(err, PGG_ESTATE, NULL, NULL,
+                           "no connection of the pool has been prepared for "
+                           "libpqtypes yet, and the loop does not wait for "
+                           "one: call pgg_pool_param (or make one blocking "
+                           "typed call) first");
+            return NULL;
+        }
         if (!p && round == 0) {
             /* Borrowing prepares a connection, which makes the template. */
             pgg_lease *lease = pgg_acquire(pool, intent, timeout_ms, NULL, err);
@@ -260,7 +324,7 @@ PGparam *pgg_pool_param(pgg_pool *pool, int timeout_ms, pgg_error *err)
         return NULL;
     }
     atomic_store(&pool->types_on, true);
-    return param_from_template(pool, PGG_READ, timeout_ms, err);
+    return param_from_template(pool, PGG_READ, timeout_ms, true, err);
 }
 
 /*
@@ -318,20 +382,83 @@ static bool layout_ok(PGparam *sample)
     return ok;
 }
 
+void pgg__typed_done(pgg__typed *tc)
+{
+    free(tc->arrays);
+    free(tc->stmt);
+    PQparamClear(tc->param);
+    memset(tc, 0, sizeof *tc);
+}
+
+/* Put cmdspec's arguments into param (taken: freed by pgg__typed_done,
+ * whatever this returns) and lay them out as pgg_exec_params wants. */
+static int typed_fill(PGparam *param, pgg__typed *tc, pgg_error *err,
+                      const char *cmdspec, va_list ap)
+{
+    const pqt_param_head *h;
+    size_t speclen;
+    int n;
+
+    memset(tc, 0, sizeof *tc);
+    tc->param = param;
+    if (!layout_ok(param))
+        return pgg__error_set(err, PGG_ENOTSUP, NULL, NULL,
+                              "this libpqtypes keeps parameters in a layout "
+                              "pgguard does not know (built for 1.5)");
+    speclen = strlen(cmdspec) + 1;
+    tc->stmt = malloc(speclen);
+    if (!tc->stmt)
+        return pgg__error_set(err, PGG_ENOMEM, NULL, NULL, "out of memory");
+    if (!PQputvf(param, tc->stmt, speclen, cmdspec, ap))
+        return pgg__error_set(err, PGG_ETYPES, NULL, NULL, "pgg_execf: %s",
+                              PQgeterror());
+    h = (const pqt_param_head *)param;
+    n = h->vcnt;
+    tc->arrays = malloc((size_t)(n ? n : 1) *
+                        (sizeof *tc->oids + sizeof *tc->vals +
+                         sizeof *tc->lens + sizeof *tc->fmts));
+    if (!tc->arrays)
+        return pgg__error_set(err, PGG_ENOMEM, NULL, NULL, "out of memory");
+    tc->n = n;
+    tc->vals = tc->arrays;
+    tc->oids = (Oid *)(tc->vals + n);
+    tc->lens = (int *)(tc->oids + n);
+    tc->fmts = tc->lens + n;
+    for (int i = 0; i < n; i++) {
+        tc->vals[i] = h->vals[i].data;
+        tc->lens[i] = h->vals[i].datal;
+        tc->fmts[i] = h->vals[i].format;
+        tc->oids[i] = h->vals[i].oid;
+    }
+    return PGG_OK;
+}
+
+int pgg__typed_build(pgg_pool *pool, pgg__typed *tc, pgg_error *err,
+                     const char *cmdspec, va_list ap)
+{
+    PGparam *param;
+
+    memset(tc, 0, sizeof *tc);
+    if (!pool || !cmdspec || !*cmdspec)
+        return pgg__error_set(err, PGG_EINVAL, NULL, NULL,
+                              "pgg_async_execf: NULL pool or empty cmdspec");
+    atomic_store(&pool->types_on, true);
+    param = param_from_template(pool, PGG_READ, 0, false, err);
+    if (!param)
+        return err->code;
+    return typed_fill(param, tc, err, cmdspec, ap);
+}
+
 PGresult *pgg_execvf(pgg_pool *pool, pgg_intent intent, const pgg_call *call,
                      pgg_info *info, pgg_error *err, const char *cmdspec,
                      va_list ap)
 {
     pgg_error local;
     PGparam *param;
-    const pqt_param_head *h;
-    size_t speclen;
-    char *stmt;
-    void *arrays = NULL;
+    pgg__typed tc;
     PGresult *res = NULL;
     pgg_call typed = {.result_format = 1};
     int64_t deadline, left;
-    int n;
 
     if (!err)
         err = &local;
@@ -352,7 +479,7 @@ PGresult *pgg_execvf(pgg_pool *pool, pgg_intent intent, const pgg_call *call,
     /* One deadline for the whole call: building the template (a borrow, on
      * a pool's first typed call) spends from it, the call gets the rest. */
     deadline = pgg__now_ns() + pgg__pool_timeout_ns(pool, typed.timeout_ms);
-    param = param_from_template(pool, intent, typed.timeout_ms, err);
+    param = param_from_template(pool, intent, typed.timeout_ms, true, err);
     if (!param)
         return NULL;
     left = deadline - pgg__now_ns();
@@ -364,55 +491,10 @@ PGresult *pgg_execvf(pgg_pool *pool, pgg_intent intent, const pgg_call *call,
         return NULL;
     }
     typed.timeout_ms = (int)(left / PGG_NS_PER_MS);
-    if (!layout_ok(param)) {
-        PQparamClear(param);
-        pgg__error_set(err, PGG_ENOTSUP, NULL, NULL,
-                       "this libpqtypes keeps parameters in a layout pgguard "
-                       "does not know (built for 1.5)");
-        return NULL;
-    }
-    speclen = strlen(cmdspec) + 1;
-    stmt = malloc(speclen);
-    if (!stmt) {
-        PQparamClear(param);
-        pgg__error_set(err, PGG_ENOMEM, NULL, NULL, "out of memory");
-        return NULL;
-    }
-    if (!PQputvf(param, stmt, speclen, cmdspec, ap)) {
-        pgg__error_set(err, PGG_ETYPES, NULL, NULL, "pgg_execf: %s",
-                       PQgeterror());
-        goto done;
-    }
-    h = (const pqt_param_head *)param;
-    n = h->vcnt;
-    {
-        Oid *oids;
-        const char **vals;
-        int *lens, *fmts;
-
-        arrays = malloc((size_t)(n ? n : 1) *
-                        (sizeof *oids + sizeof *vals + sizeof *lens + sizeof *fmts));
-        if (!arrays) {
-            pgg__error_set(err, PGG_ENOMEM, NULL, NULL, "out of memory");
-            goto done;
-        }
-        vals = arrays;
-        oids = (Oid *)(vals + n);
-        lens = (int *)(oids + n);
-        fmts = lens + n;
-        for (int i = 0; i < n; i++) {
-            vals[i] = h->vals[i].data;
-            lens[i] = h->vals[i].datal;
-            fmts[i] = h->vals[i].format;
-            oids[i] = h->vals[i].oid;
-        }
-        res = pgg_exec_params(pool, intent, stmt, n, oids, vals, lens, fmts,
-                              &typed, info, err);
-    }
-done:
-    free(arrays);
-    free(stmt);
-    PQparamClear(param);
+    if (typed_fill(param, &tc, err, cmdspec, ap) == PGG_OK)
+        res = pgg_exec_params(pool, intent, tc.stmt, tc.n, tc.oids, tc.vals,
+                              tc.lens, tc.fmts, &typed, info, err);
+    pgg__typed_done(&tc);
     return res;
 }
 

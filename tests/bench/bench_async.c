@@ -6,9 +6,16 @@
  * with a persistent read event), in the same process, round by round, the
  * order alternated every round (the machine's CPU speed flips: see
  * /work/shared/ENVIRONMENT.md).  Reports calls/s and CPU time per call of
- * each, per round and as medians, and the per-round ratio.
+ * each, per round and as medians, and the per-round ratio.  Then one more
+ * round of each with every callback timed (async_cpu.h: the loop thread's
+ * CPU and wall time per call into pgguard, and per call of raw libpq's own
+ * read callback), kept out of the throughput rounds.
  *
  *   bench-async [--conninfo CI] [--inflight N] [--rounds R] [--round-ms MS]
+ *               [--only pgguard|raw]
+ *
+ * --only runs one client's rounds (no ratio): for strace -c -f and
+ * callgrind, which want one client's costs alone.
  *
  * Without --conninfo (or PGG_BENCH_CONNINFO) it starts a local server
  * through the test harness.
@@ -28,6 +35,11 @@
 #include "harness.h"
 #include "pgguard.h"
 #include "pgguard/adapters/libevent.h"
+#if PGG_BENCH_CALLBACK_CPU
+#include "async_cpu.h"
+#else
+#define ASYNC_CPU_TIMED(call) call
+#endif
 
 #define MAX_INFLIGHT 256
 #define SQL "SELECT 1"
@@ -92,13 +104,10 @@ static void raw_send(raw_conn *c)
     c->rs->inflight++;
 }
 
-static void raw_on_read(evutil_socket_t fd, short what, void *arg)
+static void raw_read(raw_conn *c)
 {
-    raw_conn *c = arg;
     round_state *rs = c->rs;
 
-    (void)fd;
-    (void)what;
     if (!PQconsumeInput(c->conn))
         die("raw read: %s", PQerrorMessage(c->conn));
     while (!PQisBusy(c->conn)) {
@@ -118,6 +127,13 @@ static void raw_on_read(evutil_socket_t fd, short what, void *arg)
             rs->failed++;
         PQclear(r);
     }
+}
+
+static void raw_on_read(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    ASYNC_CPU_TIMED(raw_read(arg));
 }
 
 static void raw_round(raw_conn *cs, int n, round_state *rs)
@@ -188,6 +204,7 @@ int main(int argc, char **argv)
 {
     const char *conninfo = getenv("PGG_BENCH_CONNINFO");
     int inflight = 32, rounds = 10, round_ms = 1000;
+    int only = -1; /* 0: pgguard, 1: raw */
     pgh_cluster *cluster = NULL;
     struct event_base *base;
     raw_conn cs[MAX_INFLIGHT];
@@ -213,8 +230,14 @@ int main(int argc, char **argv)
             rounds = atoi(argv[++i]);
         else if (strcmp(argv[i], "--round-ms") == 0 && i + 1 < argc)
             round_ms = atoi(argv[++i]);
-        else
-            die("usage: bench-async [--conninfo CI] [--inflight N] [--rounds R] [--round-ms MS]");
+        else if (strcmp(argv[i], "--only") == 0 && i + 1 < argc) {
+            i++;
+            only = strcmp(argv[i], "pgguard") == 0 ? 0 : strcmp(argv[i], "raw") == 0 ? 1 : -2;
+            if (only == -2)
+                die("--only pgguard|raw");
+        } else
+            die("usage: bench-async [--conninfo CI] [--inflight N] [--rounds R] [--round-ms MS] "
+                "[--only pgguard|raw]");
     }
     if (inflight < 1 || inflight > MAX_INFLIGHT || rounds < 1 || rounds > 64 || round_ms < 10)
         die("--inflight 1..%d, --rounds 1..64, --round-ms >= 10", MAX_INFLIGHT);
@@ -273,6 +296,12 @@ int main(int argc, char **argv)
             round_state rs = {.base = base};
             double t0, c0, t, c;
 
+            if (only >= 0 && raw != (only == 1)) {
+                /* One client only: the other's figures are copies, so the
+                 * ratio reads 1. */
+                continue;
+            }
+
             pr = (probe){0};
             event_add(tick, &ms1);
             t0 = now_s();
@@ -296,6 +325,15 @@ int main(int argc, char **argv)
                 pgg_rate[r] = rs.done / t;
                 pgg_cpu[r] = c * 1e6 / rs.done;
             }
+        }
+        if (only == 0) {
+            raw_rate[r] = pgg_rate[r];
+            raw_cpu[r] = pgg_cpu[r];
+            raw_gap[r] = pgg_gap[r];
+        } else if (only == 1) {
+            pgg_rate[r] = raw_rate[r];
+            pgg_cpu[r] = raw_cpu[r];
+            pgg_gap[r] = raw_gap[r];
         }
         ratio[r] = pgg_rate[r] / raw_rate[r];
         printf("%5d  %11.0f  %15.0f  %5.2f  %15.2f  %19.2f  %16.2f  %20.2f\n", r + 1,
@@ -323,6 +361,27 @@ int main(int argc, char **argv)
                median(raw_gap, rounds), median(pgg_gap, rounds), load[0],
                load[1], load[2]);
     }
+
+#if PGG_BENCH_CALLBACK_CPU
+    /* Every callback timed: one round of each, not in the figures above. */
+    for (int k = 0; k < 2; k++) {
+        round_state rs = {.base = base, .end = now_s() + round_ms / 1000.0};
+        char text[512];
+
+        if (only >= 0 && k != only)
+            continue;
+        async_cpu_reset();
+        async_cpu_on(true);
+        if (k == 0)
+            pgg_round(ac, inflight, &rs);
+        else
+            raw_round(cs, inflight, &rs);
+        async_cpu_on(false);
+        async_cpu_text(text, sizeof text);
+        printf("callbacks timed, %s: %ld calls; %s\n", k == 0 ? "pgguard" : "raw libpq",
+               rs.done, text);
+    }
+#endif
 
     event_free(tick);
     pgg_async_free(ac);

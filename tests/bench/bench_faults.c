@@ -79,6 +79,9 @@
 
 #include "pgguard/adapters/libevent.h"
 #include "pgguard_async.h"
+#if PGG_BENCH_CALLBACK_CPU
+#include "async_cpu.h"
+#endif
 #endif
 
 #define BENCH_NAME "bench-faults"
@@ -1136,10 +1139,19 @@ static void print_fault(const run *r, result *res)
            res->load, load, r->fault_ms, r->ref_ms, r->end_ms);
     if (r->fault_note[0])
         printf("   the fault: %s\n", r->fault_note);
-    if (use_async)
+    if (use_async) {
         printf("   pgguard through pgguard_async.h, a libevent loop per thread: longest gap "
                "between 1 ms ticks during a call %.1f ms\n",
                atomic_load(&async_worst_gap_us) / 1000.0);
+#if PGG_BENCH_CALLBACK_CPU
+        {
+            char text[512];
+
+            async_cpu_text(text, sizeof text);
+            printf("   the loops' calls into pgguard: %s\n", text);
+        }
+#endif
+    }
     printf("   %-8s %6s %5s %9s %6s %6s %6s %6s %8s %8s %9s %10s %6s  %s\n", "client",
            "calls", "skip", "failed/r", "/w", "lost", "p99", "max", ">dl+20", "1st read",
            "1st write",
@@ -1286,6 +1298,10 @@ static void run_fault(const fault *f, double after_ms, FILE *csv, result *out)
 
     loadavg_text(out->load, sizeof out->load);
     atomic_store(&async_worst_gap_us, 0);
+#if PGG_BENCH_CALLBACK_CPU
+    async_cpu_reset();
+    async_cpu_on(use_async);
+#endif
     r->t0 = pgh_now_ms();
     for (int cl = 0; cl < CL__N; cl++)
         for (int t = 0; t < THREADS; t++)

@@ -6,7 +6,9 @@
  * never the loop, a stopped server or replica is handled as for blocking
  * calls.  A loop-lag probe (a 1 ms repeating timer) reports the longest gap
  * between its ticks; a loop blocked in a wait would show a gap of a whole
- * deadline.
+ * deadline.  The loop guard (test_async_guard.h) counts every call that
+ * can wait made by the loop thread inside pgguard or the loop; each test
+ * asserts there was none.
  */
 #include <event2/event.h>
 #include <sys/resource.h>
@@ -14,6 +16,7 @@
 #include "pool.h"
 #include "pool_util.h"
 #include "pgguard/adapters/libevent.h"
+#include "test_async_guard.h"
 
 typedef struct outcome {
     int done;
@@ -82,6 +85,14 @@ static void probe_stop(probe *p)
     event_free(p->ev);
 }
 
+/* One turn of the loop, watched by the loop guard. */
+static void loop_once(struct event_base *base, int flags)
+{
+    loop_guard_on();
+    event_base_loop(base, flags);
+    loop_guard_off();
+}
+
 /* Run the loop until every outcome is done, at most timeout_ms. */
 static void run_until(struct event_base *base, outcome *o, int n, int timeout_ms)
 {
@@ -94,10 +105,11 @@ static void run_until(struct event_base *base, outcome *o, int n, int timeout_ms
             left += o[i].done == 0;
         if (!left || pgh_now_ms() > end)
             break;
-        event_base_loop(base, EVLOOP_ONCE);
+        loop_once(base, EVLOOP_ONCE);
     }
     for (int i = 0; i < n; i++)
         cr_assert_eq(o[i].done, 1, "call %d: callback ran %d times", i, o[i].done);
+    loop_guard_check("run_until");
 }
 
 static pgg_async *async_for(pgg_pool *p, struct event_base *base)
@@ -115,10 +127,13 @@ static void start_call(pgg_async *ac, pgg_intent intent, const char *sql,
 {
     pgg_call call = {.timeout_ms = timeout_ms, .flags = flags};
     pgg_error e;
+    int rc;
 
     *o = (outcome){.started = pgh_now_ms()};
-    cr_assert_eq(pgg_async_exec(ac, intent, sql, &call, on_done, o, NULL, &e),
-                 PGG_OK, "%s: %s", sql, e.message);
+    loop_guard_on();
+    rc = pgg_async_exec(ac, intent, sql, &call, on_done, o, NULL, &e);
+    loop_guard_off();
+    cr_assert_eq(rc, PGG_OK, "%s: %s", sql, e.message);
 }
 
 Test(async, calls_complete_on_the_loop_like_blocking_calls)
@@ -207,8 +222,10 @@ Test(async, calls_complete_on_the_loop_like_blocking_calls)
                                 &o[0], &h, &e),
                  PGG_OK);
     for (int i = 0; i < 20; i++)
-        event_base_loop(base, EVLOOP_NONBLOCK);
+        loop_once(base, EVLOOP_NONBLOCK);
+    loop_guard_on();
     pgg_async_cancel(h);
+    loop_guard_off();
     cr_expect_eq(o[0].done, 1);
     cr_expect_eq(o[0].code, PGG_ECANCELED, "%s", o[0].message);
     cr_expect_eq(pgg_async_pending(ac), 0);
@@ -278,7 +295,10 @@ Test(async, a_hung_server_costs_each_call_its_deadline_and_never_the_loop)
     start_call(ac, PGG_WRITE, "SELECT 1", 0, 0, &o[0]);
     run_until(base, o, 1, 5000);
     cr_expect_eq(o[0].code, PGG_OK, "after the resume: %s", o[0].message);
+    loop_guard_on();
     pgg_async_free(ac);
+    loop_guard_off();
+    loop_guard_check("the end");
     event_base_free(base);
     end_test(p, c);
 }
@@ -335,7 +355,10 @@ Test(async, a_stopped_replica_moves_reads_and_a_stopped_primary_fails_like_block
                      pgg_err_name(o[0].code), o[0].message,
                      pgg_err_name(e.code), e.message);
     }
+    loop_guard_on();
     pgg_async_free(ac);
+    loop_guard_off();
+    loop_guard_check("the end");
     event_base_free(base);
     end_test(p, c);
 }
@@ -384,7 +407,10 @@ Test(async, read_your_writes_on_the_loop_with_replay_paused)
         cr_expect_eq(o[2].host_index, 1);
     }
     cr_assert_eq(pgh_node_resume_replay(pgh_cluster_replica(c, 0)), 0);
+    loop_guard_on();
     pgg_async_free(ac);
+    loop_guard_off();
+    loop_guard_check("the end");
     event_base_free(base);
     end_test(p, c);
 }
@@ -397,6 +423,16 @@ static void never(pgg_async *ac, PGresult *res, const pgg_info *info,
     (void)err;
     PQclear(res);
     ++*(int *)ud;
+}
+
+static int hook_fn(PGconn *conn, int timeout_ms, void *userdata, char *errbuf, size_t errlen)
+{
+    (void)conn;
+    (void)timeout_ms;
+    (void)userdata;
+    (void)errbuf;
+    (void)errlen;
+    return 0;
 }
 
 Test(async, bad_input_gets_clear_errors_and_no_callback)
@@ -453,21 +489,23 @@ Test(async, bad_input_gets_clear_errors_and_no_callback)
     }
     cr_expect_eq(pgg_async_pending(ac), 0);
     for (int i = 0; i < 5; i++)
-        event_base_loop(base, EVLOOP_NONBLOCK);
+        loop_once(base, EVLOOP_NONBLOCK);
     cr_expect_eq(calls, 0, "a refused call's callback ran");
     pgg_async_cancel(NULL);
     pgg_async_free(ac);
     pgg_async_free(NULL);
     event_base_free(base);
 
-    /* A pool with an on-connect hook: its SQL would block the loop. */
+    /* A pool whose on-connect hook has a callback: it may block the loop
+     * (an SQL-only hook runs on the loop: on_connect_sql_runs_on_the_loop). */
     {
         char *ci = pgh_cluster_conninfo(c);
         pgg_config *cfg = pgg_config_new();
         pgg_pool *hooked;
 
         cr_assert_eq(pgg_config_set_servers(cfg, ci, &e), PGG_OK);
-        cr_assert_eq(pgg_config_on_connect(cfg, "SET application_name = 'x'", NULL, NULL, &e),
+        cr_assert_eq(pgg_config_on_connect(cfg, "SET application_name = 'x'", hook_fn, NULL,
+                                           &e),
                      PGG_OK, "%s", e.message);
         hooked = pgg_pool_new(cfg, &e);
         cr_assert_not_null(hooked, "%s", e.message);
@@ -477,5 +515,604 @@ Test(async, bad_input_gets_clear_errors_and_no_callback)
         pgg_config_free(cfg);
         free(ci);
     }
+    end_test(p, c);
+}
+
+/* ------------------------------------------- issue 9's recovery on the loop */
+
+/* No breaker opened, no failure counted against any host. */
+static void expect_hosts_untouched(pgg_pool *p)
+{
+    for (int i = 0; i < pgg_pool_host_count(p); i++) {
+        pgg_host_stats h = host_stats(p, i);
+        cr_expect_eq(h.state, PGG_BREAKER_CLOSED, "%s: breaker %s", h.host,
+                     pgg_breaker_state_name(h.state));
+        for (int k = PGG_CLASS_CONNECTION; k < PGG_CLASS__COUNT; k++)
+            cr_expect_eq(h.failures[k], 0, "%s counted %llu %s failures", h.host,
+                         (unsigned long long)h.failures[k], pgg_class_name((pgg_class)k));
+    }
+}
+
+/* A pool on one server as `user`, limited to `limit` sessions server-side. */
+static pgg_pool *pool_limited(pgh_cluster *c, const char *user, int limit, const char *extra,
+                              char *ci, size_t cisz)
+{
+    pgh_node *n = pgh_cluster_primary(c);
+    char sql[256];
+    pgg_pool *p;
+
+    snprintf(sql, sizeof sql,
+             "DROP ROLE IF EXISTS %s; CREATE ROLE %s LOGIN CONNECTION LIMIT %d;", user, user,
+             limit);
+    cr_assert_eq(pgh_node_exec(n, sql), 0, "%s", pgh_node_error(n));
+    snprintf(ci, cisz, "host=%s port=%d user=%s dbname=postgres", pgh_node_host(n),
+             pgh_node_port(n), user);
+    p = pool_for_conninfo(ci, extra);
+    cr_assert(wait_role(p, 0, PGG_ROLE_PRIMARY, 10000));
+    return p;
+}
+
+/* Four chains of eight reads: each callback starts its chain's next read. */
+typedef struct chain {
+    pgg_async *ac;
+    int left, failed, code;
+    char message[512];
+} chain;
+
+static void chain_next(chain *ch);
+
+static void on_chain(pgg_async *ac, PGresult *res, const pgg_info *info,
+                     const pgg_error *err, void *ud)
+{
+    chain *ch = ud;
+
+    (void)ac;
+    (void)info;
+    if (!res) {
+        ch->failed++;
+        ch->code = err->code;
+        snprintf(ch->message, sizeof ch->message, "%s", err->message);
+    }
+    PQclear(res);
+    chain_next(ch);
+}
+
+static void chain_next(chain *ch)
+{
+    pgg_call call = {.timeout_ms = 3000};
+    pgg_error e;
+    int rc;
+
+    if (ch->left == 0)
+        return;
+    ch->left--;
+    loop_guard_on();
+    rc = pgg_async_exec(ch->ac, PGG_READ, "SELECT pg_sleep(0.03)", &call, on_chain, ch, NULL,
+                        &e);
+    loop_guard_off();
+    cr_assert_eq(rc, PGG_OK, "%s", e.message);
+}
+
+/*
+ * A server with no room for another session (53300: the role's connection
+ * limit) while the pool's own sessions work is full, not sick: a call whose
+ * connect it refuses waits on the loop for one of the pool's sessions
+ * within its deadline, as a blocking call does (pgg__host_borrow;
+ * recovery/a_full_server_is_waited_for_not_failed), and nothing counts
+ * against the host.  Before, the loop failed such a call with
+ * PGG_EUNAVAILABLE.
+ */
+Test(async, a_full_server_is_waited_for_on_the_loop)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    char ci[512];
+    /* Three sessions for the role: the health thread's, and two for calls. */
+    pgg_pool *p = pool_limited(c, "pgg_async_three", 3, "pool_max=4", ci, sizeof ci);
+    struct event_base *base = event_base_new();
+    pgg_async *ac = async_for(p, base);
+    chain ch[4];
+    double end = pgh_now_ms() + 30000;
+    int failed = 0;
+
+    for (int i = 0; i < 4; i++) {
+        ch[i] = (chain){.ac = ac, .left = 8};
+        chain_next(&ch[i]);
+    }
+    while (pgg_async_pending(ac) > 0 && pgh_now_ms() < end)
+        loop_once(base, EVLOOP_ONCE);
+    cr_assert_eq(pgg_async_pending(ac), 0);
+    for (int i = 0; i < 4; i++) {
+        failed += ch[i].failed;
+        if (ch[i].failed)
+            cr_log_warn("chain %d: %d failed, last %s: %s", i, ch[i].failed,
+                        pgg_err_name(ch[i].code), ch[i].message);
+    }
+    cr_expect_eq(failed, 0, "%d of 32 reads failed on the loop against a full server", failed);
+    expect_hosts_untouched(p);
+    cr_expect_leq(host_stats(p, 0).conns_open, 2);
+    loop_guard_on();
+    pgg_async_free(ac);
+    loop_guard_off();
+    loop_guard_check("the end");
+    event_base_free(base);
+    end_test(p, NULL);
+    cr_assert_eq(pgh_node_exec(pgh_cluster_primary(c), "DROP ROLE pgg_async_three;"), 0);
+    pgh_cluster_free(c);
+}
+
+/*
+ * A server with no room and none of the pool's sessions there: calls on
+ * the loop are refused at once with PGG_EUNAVAILABLE and the SQLSTATE, as
+ * blocking calls are; the breaker stays closed; the server is asked again
+ * only after host.c's pause (refused_until_ns), however many calls come:
+ * of 12 calls made at once (the bulkhead takes 16), those beyond the
+ * first connects are told the refusal without a connect of their own.
+ */
+Test(async, a_full_server_with_none_of_ours_is_refused_at_once_and_spaced)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    char ci[512];
+    pgg_pool *p = pool_limited(c, "pgg_async_cap", 2, NULL, ci, sizeof ci);
+    struct event_base *base = event_base_new();
+    pgg_async *ac = async_for(p, base);
+    PGconn *held[2];
+    int nheld = 0;
+    outcome o[12];
+    uint64_t before;
+
+    while (nheld < 2) {
+        char why[256];
+        PGconn *h = pgh_connect(ci, 5000, NULL, why, sizeof why);
+        if (!h)
+            break;
+        held[nheld++] = h;
+    }
+    cr_assert_geq(nheld, 1, "no session left for another client");
+    before = host_stats(p, 0).connects;
+    for (int i = 0; i < 12; i++)
+        start_call(ac, PGG_WRITE, "SELECT 1", 1000, 0, &o[i]);
+    run_until(base, o, 12, 10000);
+    for (int i = 0; i < 12; i++) {
+        cr_expect_eq(o[i].code, PGG_EUNAVAILABLE, "call %d: %s %s", i, pgg_err_name(o[i].code),
+                     o[i].message);
+        cr_expect_str_eq(o[i].sqlstate, "53300", "call %d: %s", i, o[i].message);
+    }
+    {
+        uint64_t n = host_stats(p, 0).connects - before;
+        cr_expect_lt(n, 12, "%llu connects for 12 calls refused within moments",
+                     (unsigned long long)n);
+    }
+    expect_hosts_untouched(p);
+    for (int i = 0; i < nheld; i++)
+        PQfinish(held[i]);
+    sleep_ms(200);
+    start_call(ac, PGG_WRITE, "SELECT 1", 3000, 0, &o[0]);
+    run_until(base, o, 1, 5000);
+    cr_expect_eq(o[0].code, PGG_OK, "the first write once a slot was free: %s %s",
+                 pgg_err_name(o[0].code), o[0].message);
+    loop_guard_on();
+    pgg_async_free(ac);
+    loop_guard_off();
+    loop_guard_check("the end");
+    event_base_free(base);
+    end_test(p, NULL);
+    cr_assert_eq(pgh_node_exec(pgh_cluster_primary(c), "DROP ROLE pgg_async_cap;"), 0);
+    pgh_cluster_free(c);
+}
+
+/*
+ * A host whose server is starting (its port refused connections, then took
+ * one that waits for the server to answer; here a proxy that stopped
+ * listening, then listens again and holds every chunk 400 ms) is waited
+ * for on the loop: a read refused by its open breaker waits within its
+ * deadline and is served once the server answers, as a blocking call is
+ * (pgg__host_await_back; recovery/a_call_waits_for_a_server_that_is_starting).
+ * Before, the loop skipped the host and the read failed with PGG_EOPEN at
+ * once.
+ */
+Test(async, a_call_on_the_loop_waits_for_a_server_that_is_starting)
+{
+    pgh_cluster *c = cluster_or_die(1);
+    pgh_require_local(c, "a proxy between pgguard and a local replica");
+    pgh_node *replica = pgh_cluster_replica(c, 0);
+    char err[256], ci[512];
+    pgh_proxy *px = pgh_proxy_start(pgh_node_host(replica), pgh_node_port(replica), err,
+                                    sizeof err);
+    cr_assert_not_null(px, "%s", err);
+    snprintf(ci, sizeof ci, "host=127.0.0.1,127.0.0.1 port=%d,%d user=postgres dbname=postgres",
+             pgh_node_port(pgh_cluster_primary(c)), pgh_proxy_port(px));
+    /* A probe bound above the proxy's connect (about 1.6 s). */
+    pgg_pool *p = pool_for_conninfo(ci, "breaker.open_ms=60000 breaker.open_max_ms=60000 "
+                                        "health_probe_timeout_ms=4000 connect_timeout_ms=5000 "
+                                        "read_policy=replica_only");
+    struct event_base *base = event_base_new();
+    pgg_async *ac;
+    bool served_while_open = false;
+    outcome o[1];
+
+    cr_assert(wait_role(p, 1, PGG_ROLE_STANDBY, 10000));
+    ac = async_for(p, base);
+    pgh_proxy_set_mode(px, PGH_PROXY_REFUSE, 0);
+    pgh_proxy_set_mode(px, PGH_PROXY_RESET, 0); /* the pooled sessions too */
+    pgh_proxy_set_mode(px, PGH_PROXY_REFUSE, 0);
+    for (int i = 0; i < 50 && host_stats(p, 1).state != PGG_BREAKER_OPEN; i++) {
+        start_call(ac, PGG_READ, "SELECT 1", 1000, 0, &o[0]);
+        run_until(base, o, 1, 5000);
+        sleep_ms(5);
+    }
+    cr_assert_eq(host_stats(p, 1).state, PGG_BREAKER_OPEN);
+    sleep_ms(50); /* a probe or two refused by nobody listening */
+    pgh_proxy_set_mode(px, PGH_PROXY_DELAY, 400);
+    for (int i = 0; i < 100 && !served_while_open; i++) {
+        if (host_stats(p, 1).state != PGG_BREAKER_OPEN)
+            break; /* too late: the host is back */
+        start_call(ac, PGG_READ, "SELECT 1", 10000, 0, &o[0]);
+        run_until(base, o, 1, 15000);
+        served_while_open = o[0].code == PGG_OK;
+        if (!served_while_open)
+            cr_expect_eq(o[0].code, PGG_EOPEN, "%s %s", pgg_err_name(o[0].code), o[0].message);
+        sleep_ms(20);
+    }
+    cr_expect(served_while_open, "no read on the loop made while the breaker was open waited "
+                                 "for the starting server");
+    pgh_proxy_set_mode(px, PGH_PROXY_PASS, 0);
+    loop_guard_on();
+    pgg_async_free(ac);
+    loop_guard_off();
+    loop_guard_check("the end");
+    event_base_free(base);
+    end_test(p, NULL);
+    pgh_proxy_free(px);
+    pgh_cluster_free(c);
+}
+
+/* ------------------------------------------------- the loop under faults */
+
+#define FAULT_STREAMS 6
+
+/* Calls kept going on the loop: every 5 ms, each idle stream starts its
+ * next call (streams 0 and 1 write, the others read; 300 ms deadlines). */
+typedef struct traffic {
+    pgg_async *ac;
+    struct event *tick;
+    bool busy[FAULT_STREAMS];
+    int calls, ok;
+    _Atomic bool stop;
+} traffic;
+
+typedef struct stream_call {
+    traffic *t;
+    int i;
+} stream_call;
+
+static stream_call stream_calls[FAULT_STREAMS];
+
+static void on_stream_done(pgg_async *ac, PGresult *res, const pgg_info *info,
+                           const pgg_error *err, void *ud)
+{
+    stream_call *sc = ud;
+
+    (void)ac;
+    (void)info;
+    (void)err;
+    sc->t->busy[sc->i] = false;
+    sc->t->calls++;
+    sc->t->ok += res != NULL;
+    PQclear(res);
+}
+
+static void on_traffic_tick(evutil_socket_t fd, short what, void *arg)
+{
+    traffic *t = arg;
+
+    (void)fd;
+    (void)what;
+    for (int i = 0; i < FAULT_STREAMS && !atomic_load(&t->stop); i++) {
+        pgg_call call = {.timeout_ms = 300};
+        pgg_error e;
+        int rc;
+
+        if (t->busy[i])
+            continue;
+        stream_calls[i] = (stream_call){t, i};
+        rc = pgg_async_exec(t->ac, i < 2 ? PGG_WRITE : PGG_READ, "SELECT 1", &call,
+                            on_stream_done, &stream_calls[i], NULL, &e);
+        /* A full bulkhead is the only refusal a start may give here. */
+        cr_assert(rc == PGG_OK || rc == PGG_EBULKHEAD, "%s", e.message);
+        t->busy[i] = rc == PGG_OK;
+    }
+}
+
+typedef struct fault_plan {
+    pgh_cluster *c;
+    _Atomic bool done;
+    char failed[256];
+} fault_plan;
+
+/* Issue 9's faults that the other tests of this file do not make, one
+ * after the other, on a thread of their own while the loop runs: a
+ * replica hung, every backend terminated, every server restarted, the
+ * primary stopped and a replica promoted.  (The primary hung, one replica
+ * down and a full server are the tests above, under the same guard.) */
+static void *fault_main(void *arg)
+{
+    fault_plan *f = arg;
+    pgh_node *prim = pgh_cluster_primary(f->c);
+    pgh_node *r0 = pgh_cluster_replica(f->c, 0);
+    pgh_node *r1 = pgh_cluster_replica(f->c, 1);
+    struct {
+        const char *what;
+        int rc;
+    } step[12];
+    int n = 0;
+
+#define STEP(w, x) (step[n].what = (w), step[n++].rc = (x))
+    sleep_ms(300);
+    STEP("hang replica", pgh_node_hang(r0));
+    sleep_ms(800);
+    STEP("resume replica", pgh_node_resume(r0));
+    sleep_ms(300);
+    STEP("terminate primary", pgh_node_terminate_backends(prim));
+    STEP("terminate replica 0", pgh_node_terminate_backends(r0));
+    STEP("terminate replica 1", pgh_node_terminate_backends(r1));
+    sleep_ms(300);
+    STEP("stop primary", pgh_node_stop(prim, PGH_STOP_FAST));
+    STEP("stop replica 0", pgh_node_stop(r0, PGH_STOP_FAST));
+    STEP("stop replica 1", pgh_node_stop(r1, PGH_STOP_FAST));
+    sleep_ms(500);
+    STEP("start primary", pgh_node_start(prim));
+    STEP("start replica 0", pgh_node_start(r0));
+    STEP("start replica 1", pgh_node_start(r1));
+    sleep_ms(800);
+    STEP("stop primary for the promotion", pgh_node_stop(prim, PGH_STOP_FAST));
+    sleep_ms(300);
+    if (pgh_node_promote(r0) != 0)
+        snprintf(f->failed, sizeof f->failed, "promote: %s", pgh_node_error(r0));
+    sleep_ms(1000);
+#undef STEP
+    for (int i = 0; i < n && !f->failed[0]; i++)
+        if (step[i].rc != 0)
+            snprintf(f->failed, sizeof f->failed, "%s failed", step[i].what);
+    atomic_store(&f->done, true);
+    return NULL;
+}
+
+/*
+ * The loop under issue 9's faults never makes a call that can wait (the
+ * loop guard: no poll or select with a timeout, no sleep, no condition
+ * variable, no blocking connect, no DNS), whatever the servers do: six
+ * streams of calls with 300 ms deadlines run through a hung replica,
+ * every backend terminated, every server restarted, and a promotion.
+ * Every call's callback runs; calls are served again once the promoted
+ * server is the primary.
+ */
+Test(async, the_loop_never_waits_under_the_faults_of_the_fault_bench)
+{
+    pgh_cluster *c = cluster_or_die(2);
+    pgh_require_local(c, "faults (SIGSTOP, restarts, a promotion)");
+    pgg_pool *p = pool_for(c, NULL);
+    struct event_base *base = event_base_new();
+    traffic t = {0};
+    fault_plan f = {.c = c};
+    pthread_t th;
+    struct timeval tv = {0, 5000};
+    double end;
+
+    t.ac = async_for(p, base);
+    t.tick = event_new(base, -1, EV_PERSIST, on_traffic_tick, &t);
+    cr_assert_not_null(t.tick);
+    event_add(t.tick, &tv);
+    cr_assert_eq(pthread_create(&th, NULL, fault_main, &f), 0);
+    end = pgh_now_ms() + 60000;
+    while (!atomic_load(&f.done) && pgh_now_ms() < end)
+        loop_once(base, EVLOOP_ONCE);
+    pthread_join(th, NULL);
+    cr_assert_eq(f.failed[0], '\0', "%s", f.failed);
+    /* The promoted server takes writes: the streams are served again. */
+    {
+        int ok = t.ok;
+
+        end = pgh_now_ms() + 20000;
+        while (t.ok < ok + 20 && pgh_now_ms() < end)
+            loop_once(base, EVLOOP_ONCE);
+        cr_expect_geq(t.ok, ok + 20, "%d calls served after the promotion", t.ok - ok);
+    }
+    atomic_store(&t.stop, true);
+    end = pgh_now_ms() + 5000;
+    while (pgg_async_pending(t.ac) > 0 && pgh_now_ms() < end)
+        loop_once(base, EVLOOP_ONCE);
+    cr_expect_eq(pgg_async_pending(t.ac), 0);
+    fprintf(stderr, "the loop under faults: %d calls, %d served, %d waiting call(s) on the "
+            "loop thread\n", t.calls, t.ok, LOOP_GUARD ? atomic_load(&loop_guard_hits) : -1);
+    event_free(t.tick);
+    loop_guard_on();
+    pgg_async_free(t.ac);
+    loop_guard_off();
+    loop_guard_check("the loop under faults");
+    event_base_free(base);
+    end_test(p, c);
+}
+
+/* ------------------------------------------------------ typed calls */
+
+#if PGG_HAVE_LIBPQTYPES
+#include <libpqtypes.h>
+
+#include "pgguard_types.h"
+
+typedef struct typed_outcome {
+    int done, code;
+    PGint4 sum, x;
+    char y[16];
+    char message[512];
+} typed_outcome;
+
+static void on_typed(pgg_async *ac, PGresult *res, const pgg_info *info, const pgg_error *err,
+                     void *ud)
+{
+    typed_outcome *o = ud;
+    PGresult *pt = NULL;
+    PGtext y = NULL;
+
+    (void)ac;
+    (void)info;
+    o->done++;
+    o->code = err->code;
+    snprintf(o->message, sizeof o->message, "%s", err->message);
+    if (res && PQgetf(res, 0, "%int4 %async_pt", 0, &o->sum, 1, &pt) &&
+        PQgetf(pt, 0, "%int4 %text", 0, &o->x, 1, &y))
+        snprintf(o->y, sizeof o->y, "%s", y);
+    else if (res)
+        snprintf(o->message, sizeof o->message, "PQgetf: %s", PQgeterror());
+    PQclear(pt);
+    PQclear(res);
+}
+
+/*
+ * pgg_async_execf: typed calls on the loop, composite results read with
+ * PQgetf.  New connections the loop opens get the pool's registrations on
+ * the loop (a round trip each, never a wait); without a template (no
+ * connection prepared for libpqtypes yet) the call is refused at once.
+ */
+Test(async, typed_calls_on_the_loop)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, NULL);
+    struct event_base *base = event_base_new();
+    pgg_async *ac = async_for(p, base);
+    typed_outcome o[4] = {{0}};
+    PGregisterType pt[] = {{"async_pt", NULL, NULL}};
+    double end;
+    int calls = 0, rc, left;
+    pgg_error e;
+
+    loop_guard_on();
+    rc = pgg_async_execf(ac, PGG_READ, NULL, never, &calls, NULL, &e, "SELECT %int4 + 1", 41);
+    loop_guard_off();
+    cr_expect_eq(rc, PGG_ESTATE, "%s: %s", pgg_err_name(rc), e.message);
+    cr_expect_eq(pgg_async_pending(ac), 0);
+
+    cr_assert_eq(pgh_node_exec(pgh_cluster_primary(c),
+                               "SET client_min_messages = warning;"
+                               "DROP TYPE IF EXISTS async_pt;"
+                               "CREATE TYPE async_pt AS (x int4, y text);"),
+                 0);
+    /* One connection prepared (a lease): the template, and the type. */
+    cr_assert_eq(pgg_pool_register_types(p, PQT_COMPOSITE, pt, 1, &e), PGG_OK, "%s", e.message);
+    /* Four at once: three of them on connections the loop opens, which
+     * get the registration on the loop before their query. */
+    loop_guard_on();
+    for (int i = 0; i < 4; i++) {
+        rc = pgg_async_execf(ac, PGG_READ, NULL, on_typed, &o[i], NULL, &e,
+                             "SELECT %int4 + 1, ROW(%int4, %text)::async_pt", 40 + i, i, "v");
+        cr_assert_eq(rc, PGG_OK, "%s", e.message);
+    }
+    loop_guard_off();
+    end = pgh_now_ms() + 10000;
+    do {
+        left = 0;
+        for (int i = 0; i < 4; i++)
+            left += o[i].done == 0;
+        if (left)
+            loop_once(base, EVLOOP_ONCE);
+    } while (left && pgh_now_ms() < end);
+    for (int i = 0; i < 4; i++) {
+        cr_expect_eq(o[i].done, 1);
+        cr_expect_eq(o[i].code, PGG_OK, "call %d: %s", i, o[i].message);
+        cr_expect_eq(o[i].sum, 41 + i, "call %d: %s", i, o[i].message);
+        cr_expect_eq(o[i].x, i);
+        cr_expect_str_eq(o[i].y, "v");
+    }
+    cr_expect_geq(host_stats(p, 0).conns_open, 2, "the calls did not need new connections");
+    cr_expect_eq(calls, 0, "a refused call's callback ran");
+    loop_guard_on();
+    pgg_async_free(ac);
+    loop_guard_off();
+    loop_guard_check("typed calls");
+    event_base_free(base);
+    end_test(p, c);
+}
+#endif
+
+/* ------------------------------------------------- the on-connect hook */
+
+static pgg_pool *hooked_pool(pgh_cluster *c, const char *sql, const char *extra)
+{
+    char *ci = pgh_cluster_conninfo(c);
+    pgg_config *cfg = pgg_config_new();
+    pgg_pool *p;
+    pgg_error e;
+
+    cr_assert_eq(pgg_config_set_servers(cfg, ci, &e), PGG_OK);
+    cr_assert_eq(pgg_config_parse(cfg, TEST_SETTINGS, &e), PGG_OK, "%s", e.message);
+    if (extra)
+        cr_assert_eq(pgg_config_parse(cfg, extra, &e), PGG_OK, "%s", e.message);
+    cr_assert_eq(pgg_config_on_connect(cfg, sql, NULL, NULL, &e), PGG_OK, "%s", e.message);
+    p = pgg_pool_new(cfg, &e);
+    cr_assert_not_null(p, "%s", e.message);
+    pgg_config_free(cfg);
+    free(ci);
+    cr_assert(wait_role(p, 0, PGG_ROLE_PRIMARY, 10000));
+    return p;
+}
+
+/*
+ * An on-connect hook with SQL only runs on the loop, on every connection
+ * the loop opens, before its first query, as pgg__host_borrow runs it for
+ * blocking calls: its settings are there; a hook whose SQL fails is the
+ * hook's mistake (PGG_EONCONNECT, SQLSTATE kept, no breaker moved); a hook
+ * that hangs is cut at the connect bound and the call fails with
+ * PGG_ETIMEDOUT, the loop never waiting (the loop guard).
+ */
+Test(async, on_connect_sql_runs_on_the_loop)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    struct event_base *base = event_base_new();
+    outcome o[4];
+    pgg_pool *p = hooked_pool(c, "SET application_name = 'pgg_async_hooked'", NULL);
+    pgg_async *ac = async_for(p, base);
+
+    for (int i = 0; i < 4; i++)
+        start_call(ac, PGG_WRITE, "SELECT current_setting('application_name')", 0, 0, &o[i]);
+    run_until(base, o, 4, 10000);
+    for (int i = 0; i < 4; i++) {
+        cr_expect_eq(o[i].code, PGG_OK, "call %d: %s", i, o[i].message);
+        cr_expect_str_eq(o[i].value, "pgg_async_hooked", "call %d", i);
+    }
+    cr_expect_geq(host_stats(p, 0).conns_open, 2, "the calls opened no connection");
+    loop_guard_on();
+    pgg_async_free(ac);
+    loop_guard_off();
+    end_test(p, NULL);
+
+    /* The hook's own mistake: refused clearly, not blamed on the host. */
+    p = hooked_pool(c, "SELEC 1", NULL);
+    ac = async_for(p, base);
+    for (int i = 0; i < 4; i++)
+        start_call(ac, PGG_WRITE, "SELECT 1", 0, 0, &o[i]);
+    run_until(base, o, 4, 10000);
+    for (int i = 0; i < 4; i++) {
+        cr_expect_eq(o[i].code, PGG_EONCONNECT, "call %d: %s %s", i, pgg_err_name(o[i].code),
+                     o[i].message);
+        cr_expect_str_eq(o[i].sqlstate, "42601");
+    }
+    expect_hosts_untouched(p);
+    loop_guard_on();
+    pgg_async_free(ac);
+    loop_guard_off();
+    end_test(p, NULL);
+
+    /* A hook that hangs: cut at connect_timeout_ms, the call times out. */
+    p = hooked_pool(c, "SELECT pg_sleep(30)", "connect_timeout_ms=300");
+    ac = async_for(p, base);
+    start_call(ac, PGG_WRITE, "SELECT 1", 2000, 0, &o[0]);
+    run_until(base, o, 1, 10000);
+    cr_expect_eq(o[0].code, PGG_ETIMEDOUT, "%s %s", pgg_err_name(o[0].code), o[0].message);
+    cr_expect_lt(o[0].ms, 2000.0, "the hook was not cut at its bound: %.0f ms", o[0].ms);
+    loop_guard_on();
+    pgg_async_free(ac);
+    loop_guard_off();
+    loop_guard_check("the on-connect hook");
+    event_base_free(base);
     end_test(p, c);
 }

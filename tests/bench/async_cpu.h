@@ -1,0 +1,151 @@
+/*
+ * Per-callback time of the loop thread inside pgguard, for bench-async and
+ * bench-faults --async.
+ *
+ * The benches are linked with -Wl,--wrap for pgg_async_handle_read,
+ * pgg_async_handle_write and pgg_async_handle_timer: the libevent
+ * adapter's calls into pgguard (compiled into the bench) land in the
+ * __wrap_ functions below, which time each one with the thread's CPU clock
+ * (CLOCK_THREAD_CPUTIME_ID) and the wall clock (CLOCK_MONOTONIC).  A
+ * callback's CPU time is what pgguard (and the application's completion
+ * callback it runs) costs the loop; its wall time also holds whatever the
+ * thread waited or was preempted inside it.  A callback that waited on a
+ * server would show a wall time far above its CPU time, every time; a
+ * loaded VM's preemption shows the same, now and then: the wall maximum
+ * alone cannot tell them apart (the loop guard of the integration tests
+ * can: test_async_guard.h).
+ *
+ * Timing costs two clock_gettime per clock per callback (the thread CPU
+ * clock is a system call): on only when asked (async_cpu_on), and never in
+ * the rounds whose throughput is reported.
+ */
+#ifndef PGG_BENCH_ASYNC_CPU_H
+#define PGG_BENCH_ASYNC_CPU_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <time.h>
+
+#include "pgguard_async.h"
+
+/* 1 us buckets up to 20 ms; longer ones in the last. */
+#define ASYNC_CPU_BUCKETS 20001
+
+typedef struct async_cpu_hist {
+    atomic_uint_fast64_t n[ASYNC_CPU_BUCKETS];
+    atomic_uint_fast64_t count;
+    atomic_int_fast64_t max_ns;
+} async_cpu_hist;
+
+static async_cpu_hist async_cpu_thread, async_cpu_wall;
+static atomic_bool async_cpu_enabled;
+
+static void async_cpu_on(bool on)
+{
+    atomic_store(&async_cpu_enabled, on);
+}
+
+static void async_cpu_reset(void)
+{
+    async_cpu_hist *h[2] = {&async_cpu_thread, &async_cpu_wall};
+
+    for (int k = 0; k < 2; k++) {
+        for (int i = 0; i < ASYNC_CPU_BUCKETS; i++)
+            atomic_store_explicit(&h[k]->n[i], 0, memory_order_relaxed);
+        atomic_store(&h[k]->count, 0);
+        atomic_store(&h[k]->max_ns, 0);
+    }
+}
+
+static void async_cpu_add(async_cpu_hist *h, int64_t ns)
+{
+    int64_t b = ns / 1000, m = atomic_load_explicit(&h->max_ns, memory_order_relaxed);
+
+    if (b >= ASYNC_CPU_BUCKETS)
+        b = ASYNC_CPU_BUCKETS - 1;
+    atomic_fetch_add_explicit(&h->n[b], 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&h->count, 1, memory_order_relaxed);
+    while (ns > m && !atomic_compare_exchange_weak(&h->max_ns, &m, ns))
+        ;
+}
+
+/* The q-quantile (0..1), in us: the upper edge of its bucket. */
+static double async_cpu_quantile(async_cpu_hist *h, double q)
+{
+    uint64_t total = atomic_load(&h->count), seen = 0;
+    uint64_t want = (uint64_t)(q * (double)total);
+
+    if (total == 0)
+        return 0;
+    if (want >= total)
+        want = total - 1;
+    for (int i = 0; i < ASYNC_CPU_BUCKETS; i++) {
+        seen += atomic_load_explicit(&h->n[i], memory_order_relaxed);
+        if (seen > want)
+            return i + 1.0;
+    }
+    return ASYNC_CPU_BUCKETS;
+}
+
+static int64_t async_cpu_ns(clockid_t clk)
+{
+    struct timespec ts;
+
+    clock_gettime(clk, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* "callbacks N; CPU p50/p99/max ...; wall p50/p99/max ..." */
+static void async_cpu_text(char *buf, size_t len)
+{
+    snprintf(buf, len,
+             "%llu callbacks; thread CPU per callback p50 %.0f us, p99 %.0f us, "
+             "max %.3f ms; wall p50 %.0f us, p99 %.0f us, max %.3f ms",
+             (unsigned long long)atomic_load(&async_cpu_thread.count),
+             async_cpu_quantile(&async_cpu_thread, 0.5),
+             async_cpu_quantile(&async_cpu_thread, 0.99),
+             atomic_load(&async_cpu_thread.max_ns) / 1e6,
+             async_cpu_quantile(&async_cpu_wall, 0.5), async_cpu_quantile(&async_cpu_wall, 0.99),
+             atomic_load(&async_cpu_wall.max_ns) / 1e6);
+}
+
+#define ASYNC_CPU_TIMED(call)                                                   \
+    do {                                                                        \
+        int64_t c0, w0;                                                         \
+        if (!atomic_load_explicit(&async_cpu_enabled, memory_order_relaxed)) { \
+            call;                                                               \
+            break;                                                              \
+        }                                                                       \
+        c0 = async_cpu_ns(CLOCK_THREAD_CPUTIME_ID);                             \
+        w0 = async_cpu_ns(CLOCK_MONOTONIC);                                     \
+        call;                                                                   \
+        async_cpu_add(&async_cpu_wall, async_cpu_ns(CLOCK_MONOTONIC) - w0);     \
+        async_cpu_add(&async_cpu_thread,                                        \
+                      async_cpu_ns(CLOCK_THREAD_CPUTIME_ID) - c0);              \
+    } while (0)
+
+void __real_pgg_async_handle_read(pgg_async_sock *s);
+void __real_pgg_async_handle_write(pgg_async_sock *s);
+void __real_pgg_async_handle_timer(pgg_async *ac);
+void __wrap_pgg_async_handle_read(pgg_async_sock *s);
+void __wrap_pgg_async_handle_write(pgg_async_sock *s);
+void __wrap_pgg_async_handle_timer(pgg_async *ac);
+
+void __wrap_pgg_async_handle_read(pgg_async_sock *s)
+{
+    ASYNC_CPU_TIMED(__real_pgg_async_handle_read(s));
+}
+
+void __wrap_pgg_async_handle_write(pgg_async_sock *s)
+{
+    ASYNC_CPU_TIMED(__real_pgg_async_handle_write(s));
+}
+
+void __wrap_pgg_async_handle_timer(pgg_async *ac)
+{
+    ASYNC_CPU_TIMED(__real_pgg_async_handle_timer(ac));
+}
+
+#endif
