@@ -713,7 +713,8 @@ typedef enum pgg_trace_kind {
 typedef struct pgg_trace {
     pgg_trace_kind kind;
     pgg_intent intent;      /* a lease's: the intent it was acquired with */
-    const char *sql;        /* the SQL text (a prepared statement's too) */
+    const char *sql;        /* the SQL text (a prepared statement's too;
+                               "" for a call refused for having none) */
     const char *stmt_name;  /* PGG_TRACE_PREPARED (or a lease's): the name */
     /* end: */
     int code;               /* PGG_OK or the PGG_E* code the call returned */

@@ -430,7 +430,7 @@ static PGresult *lease_run(pgg_lease *lease, const pgg_query *q,
     memset(&info, 0, sizeof info);
     t = (pgg_trace){.kind = PGG_TRACE_LEASE,
                     .intent = lease->intent,
-                    .sql = q->sql,
+                    .sql = q->sql ? q->sql : "",
                     .stmt_name = q->stmt_name};
     span = pgg__trace_begin(lease->pool, &t);
     res = lease_run_call(lease, q, timeout_ms, err, &info);

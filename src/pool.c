@@ -858,7 +858,7 @@ static PGresult *run_traced(pgg_pool *pool, pgg_intent intent,
     pgg_error local_err;
     pgg_trace t = {.kind = q->stmt ? PGG_TRACE_PREPARED : PGG_TRACE_EXEC,
                    .intent = intent,
-                   .sql = q->sql,
+                   .sql = q->sql ? q->sql : "",
                    .stmt_name = q->stmt ? q->stmt->name : NULL};
     void *span;
     PGresult *res;

@@ -426,6 +426,43 @@ Test(trace, user_errors_prepared_and_lease_statements_are_traced)
     end_test(p, c);
 }
 
+/* pgguard.h: sql is "the SQL text": a tracer may take it as a string. */
+static size_t sql_bytes;
+
+static void *strlen_start(const pgg_trace *t, void *ud)
+{
+    (void)ud;
+    sql_bytes += strlen(t->sql);
+    return NULL;
+}
+
+Test(trace, a_call_refused_for_no_sql_gives_the_tracer_a_string)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    char *ci = pgh_cluster_conninfo(c);
+    pgg_config *cfg = pgg_config_new();
+    pgg_error e;
+
+    cr_assert_eq(pgg_config_set_servers(cfg, ci, &e), PGG_OK, "%s", e.message);
+    free(ci);
+    cr_assert_eq(pgg_config_parse(cfg, TEST_SETTINGS, &e), PGG_OK, "%s", e.message);
+    cr_assert_eq(pgg_config_on_trace(cfg, strlen_start, NULL, NULL, &e), PGG_OK);
+    pgg_pool *p = pgg_pool_new(cfg, &e);
+    pgg_config_free(cfg);
+    cr_assert_not_null(p, "%s", e.message);
+
+    cr_expect_null(pgg_exec(p, PGG_READ, NULL, NULL, NULL, &e));
+    cr_expect_eq(e.code, PGG_EINVAL, "%s", pgg_err_name(e.code));
+    cr_expect_null(pgg_exec_params(p, PGG_READ, NULL, 0, NULL, NULL, NULL, NULL, NULL, NULL, &e));
+    cr_expect_eq(e.code, PGG_EINVAL, "%s", pgg_err_name(e.code));
+    pgg_lease *l = pgg_acquire(p, PGG_WRITE, 2000, NULL, &e);
+    cr_assert_not_null(l, "%s", e.message);
+    cr_expect_null(pgg_lease_exec(l, NULL, 0, &e));
+    cr_expect_eq(e.code, PGG_EINVAL, "%s", pgg_err_name(e.code));
+    pgg_release(l);
+    end_test(p, c);
+}
+
 static int untraced_calls;
 
 static void *count_start(const pgg_trace *t, void *ud)
