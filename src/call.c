@@ -495,6 +495,7 @@ static bool attempt_on(pgg__call *c, pgg_host *h, int64_t deadline,
     pgg_pool *pool = c->pool;
     pgg_ticket ticket;
     pgg_link *l;
+    int64_t now = c->now;
 
     if (pool->pipes) {
         switch (pgg__pipe_attempt(pool, h, c->intent, c->q, deadline, c->now,
@@ -511,8 +512,8 @@ static bool attempt_on(pgg__call *c, pgg_host *h, int64_t deadline,
     a->ended = 0;
     a->reused = false;
     a->lost = false;
-    switch (pgg__pool_take(pool, h, c->intent, deadline, c->now, &l, &ticket,
-                           &c->rejected, c->err)) {
+    switch (pgg__pool_take_at(pool, h, c->intent, deadline, &now, &l,
+                              &ticket, &c->rejected, c->err)) {
     case PGG_TAKE_SKIPPED:
         return false;
     case PGG_TAKE_FAILED:
@@ -524,8 +525,9 @@ static bool attempt_on(pgg__call *c, pgg_host *h, int64_t deadline,
         break;
     }
     a->reused = !l->fresh;
-    a->v = pgg__pool_exec_on(pool, h, &l, c->intent, c->q, deadline, &ticket,
-                             c->now, &a->res, &a->end, &a->ended, c->err);
+    a->v = pgg__pool_exec_at(pool, h, &l, c->intent, c->q, deadline, &ticket,
+                             c->now, now, &a->res, &a->end, &a->ended,
+                             c->err);
     a->lost = !l || PQstatus(l->conn) != CONNECTION_OK;
     if (l)
         pgg__host_give_back(h, l, a->ended);

@@ -170,9 +170,11 @@ typedef enum pgg_borrow_fail {
  * A usable connection: a live idle one (checked with a round trip when it
  * sat idle past validate_after_idle), or a new one if the host has room,
  * or the first one given back before deadline_ns.  On failure returns the
- * error code, fills err and *why.
+ * error code, fills err and *why.  *now_ns: a clock reading in; out, one
+ * taken after anything the borrow waited for (unchanged when it did not
+ * wait: the parked connection of this thread, lent at once).
  */
-int pgg__host_borrow(pgg_host *h, int64_t deadline_ns, int64_t now_ns,
+int pgg__host_borrow(pgg_host *h, int64_t deadline_ns, int64_t *now_ns,
                      pgg_link **out, pgg_borrow_fail *why, pgg_error *err);
 
 /*

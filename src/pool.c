@@ -505,18 +505,19 @@ pgg_take pgg__pool_taken(pgg_pool *pool, pgg_host *h, pgg_intent intent,
     return taken(pool, h, intent, l, ticket, start);
 }
 
-pgg_take pgg__pool_take(pgg_pool *pool, pgg_host *h, pgg_intent intent,
-                        int64_t deadline, int64_t start, pgg_link **l,
-                        pgg_ticket *ticket, bool *rejected, pgg_error *err)
+pgg_take pgg__pool_take_at(pgg_pool *pool, pgg_host *h, pgg_intent intent,
+                           int64_t deadline, int64_t *now, pgg_link **l,
+                           pgg_ticket *ticket, bool *rejected, pgg_error *err)
 {
     pgg_borrow_fail why;
     bool admitted;
+    int64_t start = *now;
 
     *l = NULL;
     admitted = pgg__breaker_allow(&h->breaker, start, ticket);
     /* A host whose server is starting is waited for (host.h). */
     if (!admitted && pgg__host_await_back(h, deadline)) {
-        start = pgg__now_ns();
+        start = *now = pgg__now_ns();
         admitted = pgg__breaker_allow(&h->breaker, start, ticket);
     }
     if (!admitted) {
@@ -524,7 +525,7 @@ pgg_take pgg__pool_take(pgg_pool *pool, pgg_host *h, pgg_intent intent,
         *rejected = true;
         return PGG_TAKE_SKIPPED;
     }
-    if (pgg__host_borrow(h, deadline, start, l, &why, err) != PGG_OK)
+    if (pgg__host_borrow(h, deadline, now, l, &why, err) != PGG_OK)
         return pgg__pool_take_failed(pool, h, *ticket, start, why, err);
     if (taken(pool, h, intent, l, *ticket, start) != PGG_TAKE_OK)
         return PGG_TAKE_SKIPPED;
@@ -543,12 +544,11 @@ pgg_take pgg__pool_take(pgg_pool *pool, pgg_host *h, pgg_intent intent,
     if (atomic_load_explicit(&pool->types_on, memory_order_relaxed)) {
         /* Registrations may have used the time: send nothing past the
          * deadline. */
-        int64_t now = pgg__now_ns();
-
-        if (now >= deadline) {
-            pgg__host_give_back(h, *l, now);
+        *now = pgg__now_ns();
+        if (*now >= deadline) {
+            pgg__host_give_back(h, *l, *now);
             *l = NULL;
-            pgg__pool_record(pool, h, *ticket, PGG_CLASS_IGNORED, start, now);
+            pgg__pool_record(pool, h, *ticket, PGG_CLASS_IGNORED, start, *now);
             pgg__error_set(err, PGG_ETIMEDOUT, NULL, h->name,
                            "deadline exceeded while preparing the connection "
                            "for libpqtypes; not sent");
@@ -557,6 +557,14 @@ pgg_take pgg__pool_take(pgg_pool *pool, pgg_host *h, pgg_intent intent,
     }
 #endif
     return PGG_TAKE_OK;
+}
+
+pgg_take pgg__pool_take(pgg_pool *pool, pgg_host *h, pgg_intent intent,
+                        int64_t deadline, int64_t now, pgg_link **l,
+                        pgg_ticket *ticket, bool *rejected, pgg_error *err)
+{
+    return pgg__pool_take_at(pool, h, intent, deadline, &now, l, ticket,
+                             rejected, err);
 }
 
 /*
@@ -751,10 +759,10 @@ static inline pgg_verdict exec_done(pgg_pool *pool, pgg_host *h,
     return v;
 }
 
-pgg_verdict pgg__pool_exec_on(pgg_pool *pool, pgg_host *h, pgg_link **lp,
+pgg_verdict pgg__pool_exec_at(pgg_pool *pool, pgg_host *h, pgg_link **lp,
                               pgg_intent intent, const pgg_query *q,
                               int64_t deadline, const pgg_ticket *ticket,
-                              int64_t started, PGresult **res,
+                              int64_t started, int64_t now, PGresult **res,
                               pgg_attempt_end *end, int64_t *ended,
                               pgg_error *err)
 {
@@ -781,11 +789,27 @@ pgg_verdict pgg__pool_exec_on(pgg_pool *pool, pgg_host *h, pgg_link **lp,
         }
     } else if (pgg__autoprep_wants(q) && pool->cfg->auto_prepare > 0) {
         pgg__autoprep_exec(pool, h, l, q, deadline, res, end, err);
+    } else if (!q->vis) {
+        /* Nothing to learn or check about positions: the plain exec,
+         * whose first wait takes our reading of the clock. */
+        pgg__link_exec_at(pool->watchdog, l->conn, q, deadline, now, h->name,
+                          res, end, err);
     } else {
         pgg__vis_exec(pool, h, l, q, deadline, res, end, err);
     }
     return exec_done(pool, h, lp, intent, ticket, role, started, *res, *end,
                      ended, err);
+}
+
+pgg_verdict pgg__pool_exec_on(pgg_pool *pool, pgg_host *h, pgg_link **lp,
+                              pgg_intent intent, const pgg_query *q,
+                              int64_t deadline, const pgg_ticket *ticket,
+                              int64_t started, PGresult **res,
+                              pgg_attempt_end *end, int64_t *ended,
+                              pgg_error *err)
+{
+    return pgg__pool_exec_at(pool, h, lp, intent, q, deadline, ticket,
+                             started, 0, res, end, ended, err);
 }
 
 pgg_verdict pgg__pool_exec_done(pgg_pool *pool, pgg_host *h, pgg_link **lp,

@@ -133,6 +133,11 @@ typedef enum pgg_take {
 pgg_take pgg__pool_take(pgg_pool *pool, pgg_host *h, pgg_intent intent,
                         int64_t deadline, int64_t now, pgg_link **l,
                         pgg_ticket *ticket, bool *rejected, pgg_error *err);
+/* The same; *now is a clock reading in, and one no older than the end of
+ * whatever waited (a connect, a busy pool, a starting server) out. */
+pgg_take pgg__pool_take_at(pgg_pool *pool, pgg_host *h, pgg_intent intent,
+                           int64_t deadline, int64_t *now, pgg_link **l,
+                           pgg_ticket *ticket, bool *rejected, pgg_error *err);
 
 /* The two halves of pgg__pool_take after admission, for a loop driver
  * that borrows and connects without waiting: a failed borrow (why) recorded
@@ -154,6 +159,14 @@ pgg_verdict pgg__pool_exec_on(pgg_pool *pool, pgg_host *h, pgg_link **lp,
                               pgg_intent intent, const pgg_query *q,
                               int64_t deadline, const pgg_ticket *ticket,
                               int64_t started, PGresult **res,
+                              pgg_attempt_end *end, int64_t *ended,
+                              pgg_error *err);
+/* The same, with now a clock reading taken after the connection was taken
+ * (pgg__pool_take_at's), for the first wait's backstop (0: none). */
+pgg_verdict pgg__pool_exec_at(pgg_pool *pool, pgg_host *h, pgg_link **lp,
+                              pgg_intent intent, const pgg_query *q,
+                              int64_t deadline, const pgg_ticket *ticket,
+                              int64_t started, int64_t now, PGresult **res,
                               pgg_attempt_end *end, int64_t *ended,
                               pgg_error *err);
 
