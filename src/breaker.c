@@ -1012,13 +1012,21 @@ static bool allow_locked(pgg_breaker *b, int64_t now, pgg_ticket *ticket)
     return ok;
 }
 
+static bool allow_slow(pgg_breaker *b, int64_t now, pgg_ticket *ticket);
+
 bool pgg__breaker_allow(pgg_breaker *b, int64_t now, pgg_ticket *ticket)
 {
-    uint32_t st;
-
     if (fast_allow(b, ticket))
         return true;
-    st = atomic_load_explicit(&b->pub_state, memory_order_acquire);
+    return allow_slow(b, now, ticket);
+}
+
+#if defined(__GNUC__)
+__attribute__((noinline))
+#endif
+static bool allow_slow(pgg_breaker *b, int64_t now, pgg_ticket *ticket)
+{
+    uint32_t st = atomic_load_explicit(&b->pub_state, memory_order_acquire);
 
     /* Lock-free answers for the states that need no bookkeeping. */
     if ((st == PGG_BREAKER_OPEN &&
@@ -1041,6 +1049,11 @@ bool pgg__breaker_allow(pgg_breaker *b, int64_t now, pgg_ticket *ticket)
     return allow_locked(b, now, ticket);
 }
 
+static void record_locked(pgg_breaker *b, pgg_ticket ticket,
+                          pgg_outcome outcome, bool slow, int64_t now);
+
+/* The fast path first, with the rest out of line: a success on a closed
+ * breaker saves no registers for the locked path. */
 void pgg__breaker_record(pgg_breaker *b, pgg_ticket ticket,
                          pgg_outcome outcome, int64_t duration_ns,
                          int64_t now)
@@ -1053,7 +1066,15 @@ void pgg__breaker_record(pgg_breaker *b, pgg_ticket ticket,
     if (outcome == PGG_OUTCOME_SUCCESS && !slow &&
         !(ticket.flags & PGG_TICKET_PERMIT) && fast_record(b, &ticket))
         return;
+    record_locked(b, ticket, outcome, slow, now);
+}
 
+#if defined(__GNUC__)
+__attribute__((noinline))
+#endif
+static void record_locked(pgg_breaker *b, pgg_ticket ticket,
+                          pgg_outcome outcome, bool slow, int64_t now)
+{
     lock_and_fold(b, now);
     apply_time(b, now, false);
     /* A fast admission's mark: this generation's window (see fold()). */
