@@ -337,12 +337,15 @@ int pgg__pool_candidates(pgg_pool *pool, pgg_intent intent, int *out)
                       route_rotate++, out);
 }
 
-void pgg__pool_record(pgg_pool *pool, pgg_host *h, pgg_ticket ticket,
-                      pgg_class cls, int64_t started_ns, int64_t now)
+/* pgg__pool_record, inlined into the path of every call. */
+#if defined(__GNUC__)
+__attribute__((always_inline))
+#endif
+static inline void record(pgg_host *h, const pgg_ticket *ticket,
+                          pgg_class cls, int64_t started_ns, int64_t now)
 {
     pgg_outcome o;
 
-    (void)pool;
     switch (cls) {
     case PGG_CLASS_SUCCESS: {
         int64_t avg = atomic_load_explicit(&h->latency_ns, memory_order_relaxed);
@@ -368,7 +371,14 @@ void pgg__pool_record(pgg_pool *pool, pgg_host *h, pgg_ticket ticket,
         o = PGG_OUTCOME_FAILURE;
         break;
     }
-    pgg__breaker_record(&h->breaker, ticket, o, now - started_ns, now);
+    pgg__breaker_record(&h->breaker, *ticket, o, now - started_ns, now);
+}
+
+void pgg__pool_record(pgg_pool *pool, pgg_host *h, pgg_ticket ticket,
+                      pgg_class cls, int64_t started_ns, int64_t now)
+{
+    (void)pool;
+    record(h, &ticket, cls, started_ns, now);
 }
 
 /* ------------------------------------------------------------ one call */
@@ -610,7 +620,7 @@ static bool session_survived(PGconn *conn, const PGresult *res)
  * answered with a FATAL that closed it (57P01 from pg_terminate_backend or
  * a shutdown, 57P02 after a crash).  cls first: a successful call pays one
  * comparison. */
-static bool session_ended(PGconn *conn, pgg_attempt_end end,
+static inline bool session_ended(PGconn *conn, pgg_attempt_end end,
                           const PGresult *res, pgg_class cls)
 {
     const char *st;
@@ -664,7 +674,7 @@ void pgg__pool_settle(pgg_pool *pool, pgg_host *h, const pgg_ticket *ticket,
                       int64_t ended)
 {
     if (ticket)
-        pgg__pool_record(pool, h, *ticket, rec, started, ended);
+        record(h, ticket, rec, started, ended);
     /* A pooled session that died on us rarely died alone (a restart, a
      * failover, pg_terminate_backend of many): its idle siblings go now,
      * before another call finds each of them dead the hard way. */
@@ -684,6 +694,14 @@ void pgg__pool_settle_error(pgg_host *h, pgg_verdict v, bool ignored,
         pgg__host_note_error(h, err);
 }
 
+/* A result that is no error (classify.c: always a success).  NULL (a lost
+ * connection) reads as PGRES_FATAL_ERROR. */
+static inline bool ok_status(ExecStatusType s)
+{
+    return s != PGRES_FATAL_ERROR && s != PGRES_BAD_RESPONSE &&
+           s != PGRES_NONFATAL_ERROR;
+}
+
 #if defined(__GNUC__)
 __attribute__((always_inline))
 #endif
@@ -699,8 +717,12 @@ static inline pgg_verdict exec_done(pgg_pool *pool, pgg_host *h,
     bool ended_by_server, dead;
 
     *ended = pgg__now_ns();
-    v = pgg__classify_result(&pool->cfg->classifier, end, res, intent,
-                             role == PGG_ROLE_STANDBY);
+    if (end == PGG_END_RESULT && ok_status(PQresultStatus(res)))
+        /* The common case, as the classifier judges it: no lookup. */
+        v = (pgg_verdict){PGG_CLASS_SUCCESS, false, false, PGG_OK};
+    else
+        v = pgg__classify_result(&pool->cfg->classifier, end, res, intent,
+                                 role == PGG_ROLE_STANDBY);
     if (v.cls != PGG_CLASS_SUCCESS && pgg__cancel_now()) {
         /* The caller cancelled: the wait ended by its fire (or failed
          * after it), which says nothing of the host and is not retried.
