@@ -219,7 +219,13 @@ STEP bool call_begin(pgg__call *c, pgg_pool *pool, pgg_intent intent,
     c->res = c->spare = NULL;
     c->spare_host = NULL;
     c->q = q;
-    if (pgg__vis_begin(pool->vis, intent, opts, &c->vr)) {
+    c->vis = !(pool->ryw_off && intent == PGG_READ &&
+               !(opts && opts->min_lsn));
+    if (!c->vis) {
+        /* What pgg__vis_begin gives such a read: no position to meet,
+         * none to learn; the module stays off its path (finish too). */
+        memset(&c->vr, 0, sizeof c->vr);
+    } else if (pgg__vis_begin(pool->vis, intent, opts, &c->vr)) {
         c->qv = *q;
         c->qv.vis = &c->vr;
         c->q = &c->qv;
@@ -302,7 +308,7 @@ STEP void call_attempted(pgg__call *c, pgg_host *h, pgg__attempt *a)
     pgg_error *err = c->err;
 
     /* A standby behind the read's position: not an answer. */
-    if (pgg__vis_discard(c->q->vis, &a->res)) {
+    if (c->q->vis && pgg__vis_discard(c->q->vis, &a->res)) {
         c->now = a->ended ? a->ended : pgg__now_ns();
         c->i++;
         return;
@@ -421,7 +427,8 @@ STEP PGresult *call_finish(pgg__call *c)
                                 err);
 
     if (served) {
-        pgg__vis_served(pool->vis, &c->vr, c->intent);
+        if (c->vis)
+            pgg__vis_served(pool->vis, &c->vr, c->intent);
         if (info)
             info->lsn = c->vr.lsn;
     }

@@ -126,10 +126,7 @@ static int64_t ms_to_ns(int64_t ms)
     return pgg__ms_to_ns(ms);
 }
 
-int64_t pgg__pool_timeout_ns(const pgg_pool *pool, int timeout_ms)
-{
-    return timeout_ms > 0 ? ms_to_ns(timeout_ms) : pool->call_timeout_ns;
-}
+
 
 /*
  * Free whatever part of a pool exists: pgg_pool_new's failures stop
@@ -274,6 +271,7 @@ pgg_pool *pgg_pool_new(const pgg_config *cfg, pgg_error *err)
         if (!pool->pipes)
             goto fail;
     }
+    pool->ryw_off = cfg->ryw_mode == PGG_RYW_OFF;
     pool->vis = pgg__vis_new(pool->nhosts, cfg->ryw_mode, cfg->ryw_max_wait_ms,
                              cfg->ryw_poll_ms, err);
     if (!pool->vis)
@@ -383,13 +381,8 @@ void pgg__pool_record(pgg_pool *pool, pgg_host *h, pgg_ticket ticket,
 
 /* ------------------------------------------------------------ one call */
 
-bool pgg__host_failure(pgg_class cls)
-{
-    return cls == PGG_CLASS_CONNECTION || cls == PGG_CLASS_TIMEOUT ||
-           cls == PGG_CLASS_UNAVAILABLE;
-}
-
-int pgg__query_check(const pgg_query *q, const char *fn, pgg_error *err)
+int pgg__query_check_params(const pgg_query *q, const char *fn,
+                            pgg_error *err)
 {
     if (q->nparams < 0 || q->nparams > PGG_MAX_PARAMS)
         return pgg__error_set(err, PGG_EINVAL, NULL, NULL,

@@ -76,6 +76,9 @@ struct pgg_pool {
     int64_t max_lag_bytes; /* 0: no limit */
 
     atomic_bool closed;
+    /* read_your_writes=off: a plain read (no min_lsn) needs nothing of the
+     * visibility module, not even its begin (call.c). */
+    bool ryw_off;
 
     pthread_mutex_t ev_mu;
     pgg_event_fn ev_fn;
@@ -109,7 +112,11 @@ void pgg__pool_record(pgg_pool *pool, pgg_host *h, pgg_ticket ticket,
 
 /* Does this class count against the host (connection, timeout,
  * unavailable)? */
-bool pgg__host_failure(pgg_class cls);
+static inline bool pgg__host_failure(pgg_class cls)
+{
+    return cls == PGG_CLASS_CONNECTION || cls == PGG_CLASS_TIMEOUT ||
+           cls == PGG_CLASS_UNAVAILABLE;
+}
 
 /* One attempt of a call on one host, as run() weighs it (pool.c's
  * attempt_on, or pipeline.c's for a shared connection). */
@@ -227,7 +234,15 @@ int pgg__pool_no_host_error(pgg_pool *pool, pgg_intent intent, int ncand,
  * 0..65535, a binary value without a length or with a negative one):
  * PGG_EINVAL before any host is touched, so a caller's mistake never
  * counts against a host.  fn names the public function in the message. */
-int pgg__query_check(const pgg_query *q, const char *fn, pgg_error *err);
+int pgg__query_check_params(const pgg_query *q, const char *fn,
+                            pgg_error *err);
+static inline int pgg__query_check(const pgg_query *q, const char *fn,
+                                   pgg_error *err)
+{
+    if (q->nparams == 0)
+        return PGG_OK; /* nothing to check: the call of every pgg_exec */
+    return pgg__query_check_params(q, fn, err);
+}
 
 /* The connection a lease holds (NULL once broken by a timeout). */
 pgg_link *pgg__lease_link(pgg_lease *lease);
@@ -257,7 +272,11 @@ int pgg__pool_enter(pgg_pool *pool, int64_t start, int64_t deadline,
                     pgg_error *err);
 
 /* The call's timeout (call->timeout_ms or the default) in ns. */
-int64_t pgg__pool_timeout_ns(const pgg_pool *pool, int timeout_ms);
+static inline int64_t pgg__pool_timeout_ns(const pgg_pool *pool,
+                                           int timeout_ms)
+{
+    return timeout_ms > 0 ? pgg__ms_to_ns(timeout_ms) : pool->call_timeout_ns;
+}
 
 /* Lease registry (lease.c).  init: first thing in pgg_pool_new;
  * orphan: pgg_pool_free, after the health thread stopped and before the
