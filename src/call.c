@@ -535,7 +535,9 @@ static bool attempt_on(pgg__call *c, pgg_host *h, int64_t deadline,
     a->v = pgg__pool_exec_at(pool, h, &l, c->intent, c->q, deadline, &ticket,
                              c->now, now, &a->res, &a->end, &a->ended,
                              c->err);
-    a->lost = !l || PQstatus(l->conn) != CONNECTION_OK;
+    /* Read only after a failure: a success is served whatever it says. */
+    a->lost = !l || (a->v.cls != PGG_CLASS_SUCCESS &&
+                     PQstatus(l->conn) != CONNECTION_OK);
     if (l)
         pgg__host_give_back(h, l, a->ended);
     return true;

@@ -716,8 +716,9 @@ bool pgg__link_reusable(PGconn *conn)
     /* Also as we lent it: a lease's caller may have switched the raw
      * connection to blocking or pipeline mode, which would make the next
      * borrower block or hang. */
-    return conn && PQstatus(conn) == CONNECTION_OK &&
-           PQtransactionStatus(conn) == PQTRANS_IDLE &&
+    /* PQTRANS_IDLE implies CONNECTION_OK (UNKNOWN otherwise, and for
+     * NULL). */
+    return PQtransactionStatus(conn) == PQTRANS_IDLE &&
            (!busy_says_more() || PQisBusy(conn) == 0) && PQisnonblocking(conn) &&
            PQpipelineStatus(conn) == PQ_PIPELINE_OFF;
 }
