@@ -500,9 +500,6 @@ static bool attempt_on(pgg__call *c, pgg_host *h, int64_t deadline,
                        pgg__attempt *a)
 {
     pgg_pool *pool = c->pool;
-    pgg_ticket ticket;
-    pgg_link *l;
-    int64_t now = c->now;
 
     if (pool->pipes) {
         switch (pgg__pipe_attempt(pool, h, c->intent, c->q, deadline, c->now,
@@ -515,32 +512,8 @@ static bool attempt_on(pgg__call *c, pgg_host *h, int64_t deadline,
             return true;
         }
     }
-    a->res = NULL;
-    a->ended = 0;
-    a->reused = false;
-    a->lost = false;
-    switch (pgg__pool_take_at(pool, h, c->intent, deadline, &now, &l,
-                              &ticket, &c->rejected, c->err)) {
-    case PGG_TAKE_SKIPPED:
-        return false;
-    case PGG_TAKE_FAILED:
-        a->end = PGG_END_CONNECT_FAILED;
-        a->v = pgg__classify_connect(&pool->cfg->classifier,
-                                     c->err->sqlstate);
-        return true;
-    case PGG_TAKE_OK:
-        break;
-    }
-    a->reused = !l->fresh;
-    a->v = pgg__pool_exec_at(pool, h, &l, c->intent, c->q, deadline, &ticket,
-                             c->now, now, &a->res, &a->end, &a->ended,
-                             c->err);
-    /* Read only after a failure: a success is served whatever it says. */
-    a->lost = !l || (a->v.cls != PGG_CLASS_SUCCESS &&
-                     PQstatus(l->conn) != CONNECTION_OK);
-    if (l)
-        pgg__host_give_back(h, l, a->ended);
-    return true;
+    return pgg__pool_attempt(pool, h, c->intent, c->q, deadline, c->now,
+                             &c->rejected, c->err, a);
 }
 
 PGresult *pgg__call_run(pgg_pool *pool, pgg_intent intent, const pgg_query *q,

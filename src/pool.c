@@ -508,9 +508,15 @@ pgg_take pgg__pool_taken(pgg_pool *pool, pgg_host *h, pgg_intent intent,
     return taken(pool, h, intent, l, ticket, start);
 }
 
-pgg_take pgg__pool_take_at(pgg_pool *pool, pgg_host *h, pgg_intent intent,
-                           int64_t deadline, int64_t *now, pgg_link **l,
-                           pgg_ticket *ticket, bool *rejected, pgg_error *err)
+/* pgg__pool_take, with *now a clock reading in, and one no older than the
+ * end of whatever waited (a connect, a busy pool, a starting server) out. */
+#if defined(__GNUC__)
+__attribute__((always_inline))
+#endif
+static inline pgg_take take_at(pgg_pool *pool, pgg_host *h, pgg_intent intent,
+                               int64_t deadline, int64_t *now, pgg_link **l,
+                               pgg_ticket *ticket, bool *rejected,
+                               pgg_error *err)
 {
     pgg_borrow_fail why;
     bool admitted;
@@ -566,8 +572,7 @@ pgg_take pgg__pool_take(pgg_pool *pool, pgg_host *h, pgg_intent intent,
                         int64_t deadline, int64_t now, pgg_link **l,
                         pgg_ticket *ticket, bool *rejected, pgg_error *err)
 {
-    return pgg__pool_take_at(pool, h, intent, deadline, &now, l, ticket,
-                             rejected, err);
+    return take_at(pool, h, intent, deadline, &now, l, ticket, rejected, err);
 }
 
 /*
@@ -662,9 +667,13 @@ void pgg__pool_reprobe(pgg_pool *pool, pgg_host *h, const pgg_verdict *v)
     }
 }
 
-void pgg__pool_settle(pgg_pool *pool, pgg_host *h, const pgg_ticket *ticket,
-                      pgg_class rec, bool ended_by_server, int64_t started,
-                      int64_t ended)
+#if defined(__GNUC__)
+__attribute__((always_inline))
+#endif
+static inline void settle(pgg_pool *pool, pgg_host *h,
+                          const pgg_ticket *ticket, pgg_class rec,
+                          bool ended_by_server, int64_t started,
+                          int64_t ended)
 {
     if (ticket)
         record(h, ticket, rec, started, ended);
@@ -675,6 +684,13 @@ void pgg__pool_settle(pgg_pool *pool, pgg_host *h, const pgg_ticket *ticket,
         pgg__host_trim(h, 0, true);
         pgg__health_wake(pool->health);
     }
+}
+
+void pgg__pool_settle(pgg_pool *pool, pgg_host *h, const pgg_ticket *ticket,
+                      pgg_class rec, bool ended_by_server, int64_t started,
+                      int64_t ended)
+{
+    settle(pool, h, ticket, rec, ended_by_server, started, ended);
 }
 
 void pgg__pool_settle_error(pgg_host *h, pgg_verdict v, bool ignored,
@@ -754,8 +770,8 @@ static inline pgg_verdict exec_done(pgg_pool *pool, pgg_host *h,
      * connection to the same host, whose outcome the breaker does hear.
      * A new one that dies does speak for the host. */
     dead = ended_by_server && !l->fresh;
-    pgg__pool_settle(pool, h, ticket, dead ? PGG_CLASS_IGNORED : v.cls,
-                     ended_by_server, started, *ended);
+    settle(pool, h, ticket, dead ? PGG_CLASS_IGNORED : v.cls,
+           ended_by_server, started, *ended);
     if (end == PGG_END_DEADLINE) {
         /* Fresh reads go elsewhere first for a while (or until this host
          * answers one), rather than into the same wait again; not after a
@@ -774,12 +790,17 @@ static inline pgg_verdict exec_done(pgg_pool *pool, pgg_host *h,
     return v;
 }
 
-pgg_verdict pgg__pool_exec_at(pgg_pool *pool, pgg_host *h, pgg_link **lp,
-                              pgg_intent intent, const pgg_query *q,
-                              int64_t deadline, const pgg_ticket *ticket,
-                              int64_t started, int64_t now, PGresult **res,
-                              pgg_attempt_end *end, int64_t *ended,
-                              pgg_error *err)
+/* pgg__pool_exec_on, with now a clock reading taken after the connection
+ * was taken (take_at's), for the first wait's backstop (0: none). */
+#if defined(__GNUC__)
+__attribute__((always_inline))
+#endif
+static inline pgg_verdict exec_at(pgg_pool *pool, pgg_host *h, pgg_link **lp,
+                                  pgg_intent intent, const pgg_query *q,
+                                  int64_t deadline, const pgg_ticket *ticket,
+                                  int64_t started, int64_t now,
+                                  PGresult **res, pgg_attempt_end *end,
+                                  int64_t *ended, pgg_error *err)
 {
     pgg_link *l = *lp;
     int role = atomic_load_explicit(&h->role, memory_order_relaxed);
@@ -823,8 +844,42 @@ pgg_verdict pgg__pool_exec_on(pgg_pool *pool, pgg_host *h, pgg_link **lp,
                               pgg_attempt_end *end, int64_t *ended,
                               pgg_error *err)
 {
-    return pgg__pool_exec_at(pool, h, lp, intent, q, deadline, ticket,
-                             started, 0, res, end, ended, err);
+    return exec_at(pool, h, lp, intent, q, deadline, ticket, started, 0, res,
+                   end, ended, err);
+}
+
+bool pgg__pool_attempt(pgg_pool *pool, pgg_host *h, pgg_intent intent,
+                       const pgg_query *q, int64_t deadline, int64_t now,
+                       bool *rejected, pgg_error *err, pgg_attempt *a)
+{
+    int64_t started = now;
+    pgg_ticket ticket;
+    pgg_link *l;
+
+    a->res = NULL;
+    a->ended = 0;
+    a->reused = false;
+    a->lost = false;
+    switch (take_at(pool, h, intent, deadline, &now, &l, &ticket, rejected,
+                    err)) {
+    case PGG_TAKE_SKIPPED:
+        return false;
+    case PGG_TAKE_FAILED:
+        a->end = PGG_END_CONNECT_FAILED;
+        a->v = pgg__classify_connect(&pool->cfg->classifier, err->sqlstate);
+        return true;
+    case PGG_TAKE_OK:
+        break;
+    }
+    a->reused = !l->fresh;
+    a->v = exec_at(pool, h, &l, intent, q, deadline, &ticket, started, now,
+                   &a->res, &a->end, &a->ended, err);
+    /* Read only after a failure: a success is served whatever it says. */
+    a->lost = !l || (a->v.cls != PGG_CLASS_SUCCESS &&
+                     PQstatus(l->conn) != CONNECTION_OK);
+    if (l)
+        pgg__host_give_back(h, l, a->ended);
+    return true;
 }
 
 pgg_verdict pgg__pool_exec_done(pgg_pool *pool, pgg_host *h, pgg_link **lp,

@@ -140,11 +140,6 @@ typedef enum pgg_take {
 pgg_take pgg__pool_take(pgg_pool *pool, pgg_host *h, pgg_intent intent,
                         int64_t deadline, int64_t now, pgg_link **l,
                         pgg_ticket *ticket, bool *rejected, pgg_error *err);
-/* The same; *now is a clock reading in, and one no older than the end of
- * whatever waited (a connect, a busy pool, a starting server) out. */
-pgg_take pgg__pool_take_at(pgg_pool *pool, pgg_host *h, pgg_intent intent,
-                           int64_t deadline, int64_t *now, pgg_link **l,
-                           pgg_ticket *ticket, bool *rejected, pgg_error *err);
 
 /* The two halves of pgg__pool_take after admission, for a loop driver
  * that borrows and connects without waiting: a failed borrow (why) recorded
@@ -168,14 +163,18 @@ pgg_verdict pgg__pool_exec_on(pgg_pool *pool, pgg_host *h, pgg_link **lp,
                               int64_t started, PGresult **res,
                               pgg_attempt_end *end, int64_t *ended,
                               pgg_error *err);
-/* The same, with now a clock reading taken after the connection was taken
- * (pgg__pool_take_at's), for the first wait's backstop (0: none). */
-pgg_verdict pgg__pool_exec_at(pgg_pool *pool, pgg_host *h, pgg_link **lp,
-                              pgg_intent intent, const pgg_query *q,
-                              int64_t deadline, const pgg_ticket *ticket,
-                              int64_t started, int64_t now, PGresult **res,
-                              pgg_attempt_end *end, int64_t *ended,
-                              pgg_error *err);
+
+/*
+ * One attempt of the blocking driver on a connection of its own: admit
+ * (breaker), take (pgg__pool_take), exec (pgg__pool_exec_on), give back.
+ * now: the path's latest clock reading, the attempt's start.  Returns false
+ * when the host was skipped without an attempt (breaker refused, wrong
+ * role, pool exhausted); otherwise *a is the attempt (its verdict
+ * recorded).
+ */
+bool pgg__pool_attempt(pgg_pool *pool, pgg_host *h, pgg_intent intent,
+                       const pgg_query *q, int64_t deadline, int64_t now,
+                       bool *rejected, pgg_error *err, pgg_attempt *a);
 
 /*
  * The second half of pgg__pool_exec_on, for drivers that ran the query
