@@ -892,15 +892,8 @@ pgg_verdict pgg__pool_exec_done(pgg_pool *pool, pgg_host *h, pgg_link **lp,
                      ended, err);
 }
 
-int pgg__pool_enter(pgg_pool *pool, int64_t start, int64_t deadline,
-                    pgg_error *err)
+int pgg__pool_enter_refused(pgg_pool *pool, pgg_error *err)
 {
-    int64_t wait_until = start + pool->bulkhead_wait_ns;
-
-    if (pgg__bulkhead_enter(&pool->bulkhead,
-                            wait_until < deadline ? wait_until : deadline,
-                            start) == PGG_OK)
-        return PGG_OK;
     atomic_fetch_add(&pool->calls_failed, 1);
     return pgg__error_set(err, PGG_EBULKHEAD, NULL, NULL,
                           "bulkhead full: %d calls in flight",

@@ -267,8 +267,18 @@ void pgg__lease_mark_unsettled(pgg_lease *lease);
 /* Take a bulkhead slot for a call or a lease (waiting at most
  * bulkhead.max_wait_ms within the deadline); on refusal count the call as
  * failed and return PGG_EBULKHEAD. */
-int pgg__pool_enter(pgg_pool *pool, int64_t start, int64_t deadline,
-                    pgg_error *err);
+int pgg__pool_enter_refused(pgg_pool *pool, pgg_error *err);
+static inline int pgg__pool_enter(pgg_pool *pool, int64_t start,
+                                  int64_t deadline, pgg_error *err)
+{
+    int64_t wait_until = start + pool->bulkhead_wait_ns;
+
+    if (pgg__bulkhead_enter(&pool->bulkhead,
+                            wait_until < deadline ? wait_until : deadline,
+                            start) == PGG_OK)
+        return PGG_OK;
+    return pgg__pool_enter_refused(pool, err);
+}
 
 /* The call's timeout (call->timeout_ms or the default) in ns. */
 static inline int64_t pgg__pool_timeout_ns(const pgg_pool *pool,
