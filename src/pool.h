@@ -46,6 +46,10 @@ struct pgg_pool {
     int nhosts;
     pgg_host *hosts;
     pgg_host_ref *refs;
+    /* Every call reads the fields above and CASes the bulkhead's state
+     * twice: keep them on different lines (pools come from calloc, so
+     * padding, not alignment; the bulkhead pads after its own). */
+    char pad_bulkhead[128];
     pgg_bulkhead bulkhead;
     pgg_canceller *canceller;
     pgg_watchdog *watchdog; /* the deadlines of calls' socket waits */
