@@ -439,10 +439,10 @@ int pgg__link_send(PGconn *conn, const pgg_query *q, const char *host,
     return link_send(conn, q, host, out, end, err);
 }
 
-static int collect(pgg_wd_slot *slot, const pgg_cancel *cancel, PGconn *conn,
-                   int64_t deadline_ns, int64_t now, bool sent,
-                   const char *host, PGresult **out, pgg_attempt_end *end,
-                   pgg_error *err);
+static inline int collect(pgg_wd_slot *slot, const pgg_cancel *cancel,
+                          PGconn *conn, int64_t deadline_ns, int64_t now,
+                          bool sent, const char *host, PGresult **out,
+                          pgg_attempt_end *end, pgg_error *err);
 
 /* sent: the query was sent just now, by us (see pgg_link_io.sent). */
 #if defined(__GNUC__)
@@ -624,10 +624,14 @@ int pgg__link_io_step(PGconn *conn, pgg_link_io *io, int revents,
     return io_step(conn, io, revents, host, out, end, err, rc);
 }
 
-static int collect(pgg_wd_slot *slot, const pgg_cancel *cancel, PGconn *conn,
-                   int64_t deadline_ns, int64_t now, bool sent,
-                   const char *host, PGresult **out, pgg_attempt_end *end,
-                   pgg_error *err)
+/* Inline: the blocking exec of every call is this loop. */
+#if defined(__GNUC__)
+__attribute__((always_inline))
+#endif
+static inline int collect(pgg_wd_slot *slot, const pgg_cancel *cancel,
+                          PGconn *conn, int64_t deadline_ns, int64_t now,
+                          bool sent, const char *host, PGresult **out,
+                          pgg_attempt_end *end, pgg_error *err)
 {
     pgg_link_io io = {.keep = NULL, .flushed = false, .sent = sent};
     int rc = PGG_OK, waits = 0, ev = 0, want;
