@@ -688,13 +688,11 @@ static void record_half_open(pgg_breaker *b, uint32_t flags,
  * record gives it the window's mark when its generation is current (one
  * window per generation: every reset of the window starts a new one).
  */
-#define FAST_P_MASK UINT64_C(0xFFFF)
-#define FAST_A_ONE (UINT64_C(1) << 16)
-#define FAST_A_MASK (UINT64_C(0x7FFF) << 16)
-#define FAST_OK (UINT64_C(1) << 31)
-/* Successes a fold applies one by one under the lock: at most this many,
- * so that a fold holds the lock briefly. */
-#define FAST_P_MAX 1024u
+#define FAST_P_MASK PGG_BREAKER_FAST_P_MASK
+#define FAST_A_ONE PGG_BREAKER_FAST_A_ONE
+#define FAST_A_MASK PGG_BREAKER_FAST_A_MASK
+#define FAST_OK PGG_BREAKER_FAST_OK
+#define FAST_P_MAX PGG_BREAKER_FAST_P_MAX
 
 static uint64_t fast_word(uint64_t generation, bool ok)
 {
@@ -750,40 +748,6 @@ static void fast_publish(pgg_breaker *b)
     atomic_store_explicit(&b->pub_generation, b->generation, memory_order_relaxed);
     atomic_store_explicit(&b->fast, fast_word(b->generation, fast_safe(b)),
                           memory_order_release);
-}
-
-static inline bool fast_allow(pgg_breaker *b, pgg_ticket *ticket)
-{
-    uint64_t w = atomic_load_explicit(&b->fast, memory_order_acquire);
-    uint64_t g;
-
-    if (!(w & FAST_OK) || (w & FAST_A_MASK) == FAST_A_MASK)
-        return false;
-    g = atomic_load_explicit(&b->pub_generation, memory_order_relaxed);
-    if ((uint32_t)g != (uint32_t)(w >> 32) ||
-        !atomic_compare_exchange_strong_explicit(&b->fast, &w, w + FAST_A_ONE,
-                                                 memory_order_relaxed,
-                                                 memory_order_relaxed))
-        return false;
-    ticket->generation = g;
-    ticket->mark = 0;
-    ticket->state = PGG_BREAKER_CLOSED;
-    ticket->flags = PGG_TICKET_FAST;
-    return true;
-}
-
-static inline bool fast_record(pgg_breaker *b, const pgg_ticket *ticket)
-{
-    uint64_t w = atomic_load_explicit(&b->fast, memory_order_acquire);
-
-    if (!(w & FAST_OK) || (w & FAST_P_MASK) >= FAST_P_MAX ||
-        (uint32_t)(w >> 32) != (uint32_t)ticket->generation ||
-        atomic_load_explicit(&b->pub_generation, memory_order_relaxed) !=
-            ticket->generation)
-        return false;
-    return atomic_compare_exchange_strong_explicit(&b->fast, &w, w + 1,
-                                                   memory_order_relaxed,
-                                                   memory_order_relaxed);
 }
 
 /* --------------------------------------------------------------- events */
@@ -1012,13 +976,9 @@ static bool allow_locked(pgg_breaker *b, int64_t now, pgg_ticket *ticket)
     return ok;
 }
 
-bool pgg__breaker_allow(pgg_breaker *b, int64_t now, pgg_ticket *ticket)
+bool pgg__breaker_allow_slow(pgg_breaker *b, int64_t now, pgg_ticket *ticket)
 {
-    uint32_t st;
-
-    if (fast_allow(b, ticket))
-        return true;
-    st = atomic_load_explicit(&b->pub_state, memory_order_acquire);
+    uint32_t st = atomic_load_explicit(&b->pub_state, memory_order_acquire);
 
     /* Lock-free answers for the states that need no bookkeeping. */
     if ((st == PGG_BREAKER_OPEN &&
@@ -1041,19 +1001,9 @@ bool pgg__breaker_allow(pgg_breaker *b, int64_t now, pgg_ticket *ticket)
     return allow_locked(b, now, ticket);
 }
 
-void pgg__breaker_record(pgg_breaker *b, pgg_ticket ticket,
-                         pgg_outcome outcome, int64_t duration_ns,
-                         int64_t now)
+void pgg__breaker_record_slow(pgg_breaker *b, pgg_ticket ticket,
+                              pgg_outcome outcome, bool slow, int64_t now)
 {
-    bool slow;
-
-    if (ticket.flags & PGG_TICKET_UNTRACKED)
-        return;
-    slow = outcome != PGG_OUTCOME_IGNORED && duration_ns > b->slow_ns;
-    if (outcome == PGG_OUTCOME_SUCCESS && !slow &&
-        !(ticket.flags & PGG_TICKET_PERMIT) && fast_record(b, &ticket))
-        return;
-
     lock_and_fold(b, now);
     apply_time(b, now, false);
     /* A fast admission's mark: this generation's window (see fold()). */

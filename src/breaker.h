@@ -413,16 +413,85 @@ void pgg__breaker_free(pgg_breaker *b);
  * never ran).  False: "not now" (open, forced-open, or no half-open permit
  * left); nothing to record.  Applies due time-driven transitions first.
  */
-bool pgg__breaker_allow(pgg_breaker *b, int64_t now, pgg_ticket *ticket);
+static inline bool pgg__breaker_allow(pgg_breaker *b, int64_t now,
+                                      pgg_ticket *ticket);
 
 /*
  * Report how an admitted call went.  duration_ns decides whether it was
  * slow; now is when it finished.  Results from an ended generation are
  * counted as stale and change nothing else.
  */
-void pgg__breaker_record(pgg_breaker *b, pgg_ticket ticket,
-                         pgg_outcome outcome, int64_t duration_ns,
-                         int64_t now);
+static inline void pgg__breaker_record(pgg_breaker *b, pgg_ticket ticket,
+                                       pgg_outcome outcome,
+                                       int64_t duration_ns, int64_t now);
+
+/*
+ * The closed fast path (breaker.c, "The closed fast path"), inline: every
+ * call admits and records, and on a closed breaker with room that is one
+ * compare-and-swap each.  The word: the low 32 bits of the generation it
+ * belongs to, an OK bit, the admissions (A) and the successes (P) made
+ * without the lock since the last fold.
+ */
+#define PGG_BREAKER_FAST_P_MASK UINT64_C(0xFFFF)
+#define PGG_BREAKER_FAST_A_ONE (UINT64_C(1) << 16)
+#define PGG_BREAKER_FAST_A_MASK (UINT64_C(0x7FFF) << 16)
+#define PGG_BREAKER_FAST_OK (UINT64_C(1) << 31)
+/* Successes a fold applies one by one under the lock: at most this many,
+ * so that a fold holds the lock briefly. */
+#define PGG_BREAKER_FAST_P_MAX 1024u
+
+/* The rest of allow and record, under the lock (breaker.c). */
+bool pgg__breaker_allow_slow(pgg_breaker *b, int64_t now, pgg_ticket *ticket);
+void pgg__breaker_record_slow(pgg_breaker *b, pgg_ticket ticket,
+                              pgg_outcome outcome, bool slow, int64_t now);
+
+static inline bool pgg__breaker_allow(pgg_breaker *b, int64_t now,
+                                      pgg_ticket *ticket)
+{
+    uint64_t w = atomic_load_explicit(&b->fast, memory_order_acquire);
+    uint64_t g;
+
+    if (!(w & PGG_BREAKER_FAST_OK) ||
+        (w & PGG_BREAKER_FAST_A_MASK) == PGG_BREAKER_FAST_A_MASK)
+        return pgg__breaker_allow_slow(b, now, ticket);
+    g = atomic_load_explicit(&b->pub_generation, memory_order_relaxed);
+    if ((uint32_t)g != (uint32_t)(w >> 32) ||
+        !atomic_compare_exchange_strong_explicit(
+            &b->fast, &w, w + PGG_BREAKER_FAST_A_ONE, memory_order_relaxed,
+            memory_order_relaxed))
+        return pgg__breaker_allow_slow(b, now, ticket);
+    ticket->generation = g;
+    ticket->mark = 0;
+    ticket->state = PGG_BREAKER_CLOSED;
+    ticket->flags = PGG_TICKET_FAST;
+    return true;
+}
+
+static inline void pgg__breaker_record(pgg_breaker *b, pgg_ticket ticket,
+                                       pgg_outcome outcome,
+                                       int64_t duration_ns, int64_t now)
+{
+    bool slow;
+    uint64_t w;
+
+    if (ticket.flags & PGG_TICKET_UNTRACKED)
+        return;
+    slow = outcome != PGG_OUTCOME_IGNORED && duration_ns > b->slow_ns;
+    if (outcome == PGG_OUTCOME_SUCCESS && !slow &&
+        !(ticket.flags & PGG_TICKET_PERMIT)) {
+        w = atomic_load_explicit(&b->fast, memory_order_acquire);
+        if ((w & PGG_BREAKER_FAST_OK) &&
+            (w & PGG_BREAKER_FAST_P_MASK) < PGG_BREAKER_FAST_P_MAX &&
+            (uint32_t)(w >> 32) == (uint32_t)ticket.generation &&
+            atomic_load_explicit(&b->pub_generation, memory_order_relaxed) ==
+                ticket.generation &&
+            atomic_compare_exchange_strong_explicit(&b->fast, &w, w + 1,
+                                                    memory_order_relaxed,
+                                                    memory_order_relaxed))
+            return;
+    }
+    pgg__breaker_record_slow(b, ticket, outcome, slow, now);
+}
 
 /*
  * Apply the time-driven transitions due at now (open -> half-open,

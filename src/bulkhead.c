@@ -8,8 +8,8 @@
 
 #define PENDING 1 /* not a PGG_* code: still queued */
 
-#define SLOW ((uint64_t)1 << 32)
-#define HOLDERS(s) ((int)(uint32_t)(s))
+#define SLOW PGG_BULKHEAD_SLOW
+#define HOLDERS(s) PGG_BULKHEAD_HOLDERS(s)
 
 static int holders(const pgg_bulkhead *bh)
 {
@@ -173,21 +173,11 @@ static int wait_for_slot(pgg_bulkhead *bh, int64_t deadline)
     return rc;
 }
 
-int pgg__bulkhead_enter(pgg_bulkhead *bh, int64_t deadline, int64_t now)
+int pgg__bulkhead_enter_slow(pgg_bulkhead *bh, int64_t deadline, int64_t now)
 {
-    uint64_t s = atomic_load_explicit(&bh->state, memory_order_relaxed);
+    uint64_t s;
     int rc;
 
-    /* Nobody waits and a slot is free: take it without the lock. */
-    while (!(s & SLOW) && HOLDERS(s) < atomic_load_explicit(&bh->capacity,
-                                                            memory_order_relaxed)) {
-        if (atomic_compare_exchange_weak_explicit(&bh->state, &s, s + 1,
-                                                  memory_order_acquire,
-                                                  memory_order_relaxed)) {
-            atomic_fetch_add_explicit(&bh->admitted, 1, memory_order_relaxed);
-            return PGG_OK;
-        }
-    }
     pthread_mutex_lock(&bh->mu);
     /* From here every change of state goes through the lock: a holder
      * leaving now sees SLOW and hands its slot over under mu. */
@@ -209,18 +199,8 @@ int pgg__bulkhead_enter(pgg_bulkhead *bh, int64_t deadline, int64_t now)
     return rc;
 }
 
-void pgg__bulkhead_leave(pgg_bulkhead *bh)
+void pgg__bulkhead_leave_slow(pgg_bulkhead *bh)
 {
-    uint64_t s = atomic_load_explicit(&bh->state, memory_order_relaxed);
-
-    while (!(s & SLOW)) {
-        if (HOLDERS(s) == 0)
-            return;
-        if (atomic_compare_exchange_weak_explicit(&bh->state, &s, s - 1,
-                                                  memory_order_release,
-                                                  memory_order_relaxed))
-            return;
-    }
     pthread_mutex_lock(&bh->mu);
     if (holders(bh) > 0)
         atomic_fetch_sub(&bh->state, 1);

@@ -87,10 +87,52 @@ void pgg__bulkhead_free(pgg_bulkhead *bh);
  *   PGG_ETIMEDOUT queued, and the deadline came first;
  *   PGG_ECLOSED   the bulkhead was closed.
  */
-int pgg__bulkhead_enter(pgg_bulkhead *bh, int64_t deadline, int64_t now);
+static inline int pgg__bulkhead_enter(pgg_bulkhead *bh, int64_t deadline,
+                                      int64_t now);
 
 /* Give a slot back; the oldest waiter, if any, gets it. */
-void pgg__bulkhead_leave(pgg_bulkhead *bh);
+static inline void pgg__bulkhead_leave(pgg_bulkhead *bh);
+
+/* The lock-free halves are inline (every call enters and leaves); the
+ * rest, under mu, is in bulkhead.c. */
+#define PGG_BULKHEAD_SLOW ((uint64_t)1 << 32)
+#define PGG_BULKHEAD_HOLDERS(s) ((int)(uint32_t)(s))
+int pgg__bulkhead_enter_slow(pgg_bulkhead *bh, int64_t deadline, int64_t now);
+void pgg__bulkhead_leave_slow(pgg_bulkhead *bh);
+
+static inline int pgg__bulkhead_enter(pgg_bulkhead *bh, int64_t deadline,
+                                      int64_t now)
+{
+    uint64_t s = atomic_load_explicit(&bh->state, memory_order_relaxed);
+
+    /* Nobody waits and a slot is free: take it without the lock. */
+    while (!(s & PGG_BULKHEAD_SLOW) &&
+           PGG_BULKHEAD_HOLDERS(s) <
+               atomic_load_explicit(&bh->capacity, memory_order_relaxed)) {
+        if (atomic_compare_exchange_weak_explicit(&bh->state, &s, s + 1,
+                                                  memory_order_acquire,
+                                                  memory_order_relaxed)) {
+            atomic_fetch_add_explicit(&bh->admitted, 1, memory_order_relaxed);
+            return PGG_OK;
+        }
+    }
+    return pgg__bulkhead_enter_slow(bh, deadline, now);
+}
+
+static inline void pgg__bulkhead_leave(pgg_bulkhead *bh)
+{
+    uint64_t s = atomic_load_explicit(&bh->state, memory_order_relaxed);
+
+    while (!(s & PGG_BULKHEAD_SLOW)) {
+        if (PGG_BULKHEAD_HOLDERS(s) == 0)
+            return;
+        if (atomic_compare_exchange_weak_explicit(&bh->state, &s, s - 1,
+                                                  memory_order_release,
+                                                  memory_order_relaxed))
+            return;
+    }
+    pgg__bulkhead_leave_slow(bh);
+}
 
 /*
  * Change the capacity (>= 0) at run time.  Growing admits waiters at once,

@@ -219,7 +219,13 @@ STEP bool call_begin(pgg__call *c, pgg_pool *pool, pgg_intent intent,
     c->res = c->spare = NULL;
     c->spare_host = NULL;
     c->q = q;
-    if (pgg__vis_begin(pool->vis, intent, opts, &c->vr)) {
+    c->vis = !(pool->ryw_off && intent == PGG_READ &&
+               !(opts && opts->min_lsn));
+    if (!c->vis) {
+        /* What pgg__vis_begin gives such a read: no position to meet,
+         * none to learn; the module stays off its path (finish too). */
+        memset(&c->vr, 0, sizeof c->vr);
+    } else if (pgg__vis_begin(pool->vis, intent, opts, &c->vr)) {
         c->qv = *q;
         c->qv.vis = &c->vr;
         c->q = &c->qv;
@@ -302,7 +308,7 @@ STEP void call_attempted(pgg__call *c, pgg_host *h, pgg__attempt *a)
     pgg_error *err = c->err;
 
     /* A standby behind the read's position: not an answer. */
-    if (pgg__vis_discard(c->q->vis, &a->res)) {
+    if (c->q->vis && pgg__vis_discard(c->q->vis, &a->res)) {
         c->now = a->ended ? a->ended : pgg__now_ns();
         c->i++;
         return;
@@ -421,7 +427,8 @@ STEP PGresult *call_finish(pgg__call *c)
                                 err);
 
     if (served) {
-        pgg__vis_served(pool->vis, &c->vr, c->intent);
+        if (c->vis)
+            pgg__vis_served(pool->vis, &c->vr, c->intent);
         if (info)
             info->lsn = c->vr.lsn;
     }
@@ -493,8 +500,6 @@ static bool attempt_on(pgg__call *c, pgg_host *h, int64_t deadline,
                        pgg__attempt *a)
 {
     pgg_pool *pool = c->pool;
-    pgg_ticket ticket;
-    pgg_link *l;
 
     if (pool->pipes) {
         switch (pgg__pipe_attempt(pool, h, c->intent, c->q, deadline, c->now,
@@ -507,29 +512,8 @@ static bool attempt_on(pgg__call *c, pgg_host *h, int64_t deadline,
             return true;
         }
     }
-    a->res = NULL;
-    a->ended = 0;
-    a->reused = false;
-    a->lost = false;
-    switch (pgg__pool_take(pool, h, c->intent, deadline, c->now, &l, &ticket,
-                           &c->rejected, c->err)) {
-    case PGG_TAKE_SKIPPED:
-        return false;
-    case PGG_TAKE_FAILED:
-        a->end = PGG_END_CONNECT_FAILED;
-        a->v = pgg__classify_connect(&pool->cfg->classifier,
-                                     c->err->sqlstate);
-        return true;
-    case PGG_TAKE_OK:
-        break;
-    }
-    a->reused = !l->fresh;
-    a->v = pgg__pool_exec_on(pool, h, &l, c->intent, c->q, deadline, &ticket,
-                             c->now, &a->res, &a->end, &a->ended, c->err);
-    a->lost = !l || PQstatus(l->conn) != CONNECTION_OK;
-    if (l)
-        pgg__host_give_back(h, l, a->ended);
-    return true;
+    return pgg__pool_attempt(pool, h, c->intent, c->q, deadline, c->now,
+                             &c->rejected, c->err, a);
 }
 
 PGresult *pgg__call_run(pgg_pool *pool, pgg_intent intent, const pgg_query *q,

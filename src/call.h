@@ -47,6 +47,7 @@ typedef struct pgg__call {
     bool rejected;  /* some breaker refused us */
     bool served;    /* an answer (success or the caller's error) is the outcome */
     bool final;     /* no further attempt: the outcome is err */
+    bool vis;       /* the visibility module is on the path (begin, served) */
     int64_t start, deadline;
     int64_t now;    /* the latest clock reading of the path */
     int ncand, i;   /* the candidates, and the one to try next */

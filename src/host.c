@@ -568,10 +568,12 @@ static int borrow_locked(pgg_host *h, int64_t deadline_ns, int64_t now,
  * The connection this thread parked, without a lock (see "Parking"); the
  * rest out of line, so that this path saves no registers for it.
  */
-int pgg__host_borrow(pgg_host *h, int64_t deadline_ns, int64_t now,
+int pgg__host_borrow(pgg_host *h, int64_t deadline_ns, int64_t *nowp,
                      pgg_link **out, pgg_borrow_fail *why, pgg_error *err)
 {
     pgg_link *l;
+    int64_t now = *nowp;
+    int rc;
 
     *out = NULL;
     if (now < deadline_ns &&
@@ -586,6 +588,7 @@ int pgg__host_borrow(pgg_host *h, int64_t deadline_ns, int64_t now,
         }
         if (!expired(h, l, now) && lendable(h, l, now, deadline_ns)) {
             *out = l;
+            *nowp = pgg__now_ns(); /* a validation may have waited */
             return PGG_OK;
         }
         PQfinish(l->conn);
@@ -593,7 +596,10 @@ int pgg__host_borrow(pgg_host *h, int64_t deadline_ns, int64_t now,
         release_slot(h, NULL);
         now = pgg__now_ns();
     }
-    return borrow_locked(h, deadline_ns, now, out, why, err);
+    rc = borrow_locked(h, deadline_ns, now, out, why, err);
+    /* It may have waited (a connect, a busy pool, a validation). */
+    *nowp = pgg__now_ns();
+    return rc;
 }
 
 #if defined(__GNUC__)

@@ -109,6 +109,10 @@ typedef struct pgg_host {
 
     _Atomic int role;              /* pgg_role */
     _Atomic int_fast64_t lag_bytes; /* -1: unknown */
+    /* Read by every call, so kept off the line every call writes (the
+     * signals and the count below, the breaker's fast word): padding, as
+     * the pool's array of hosts is not aligned. */
+    char pad_read[128];
 
     /* Passive signals, written with relaxed stores by whichever call saw
      * them (a lost update only delays the next look):
@@ -121,6 +125,10 @@ typedef struct pgg_host {
     _Atomic int_fast64_t role_seen_ns;
     _Atomic int_fast64_t latency_ns;
     _Atomic int_fast64_t suspect_until_ns;
+    /* Counted by every call that succeeds: next to what it writes anyway
+     * (the breaker's fast word comes next), not beside park_block, which
+     * every borrow and give-back reads. */
+    atomic_uint_fast64_t successes;
 
     pgg_breaker breaker;
 
@@ -129,9 +137,9 @@ typedef struct pgg_host {
     pgg_park_slot park[PGG_PARK_SLOTS];
     _Atomic int park_block;
 
-    /* One counter per outcome: the total is their sum, so a call pays one
-     * atomic add on this line, not two. */
-    atomic_uint_fast64_t successes, ignored, rejections;
+    /* One counter per outcome (successes above): the total is their sum,
+     * so a call pays one atomic add, not two. */
+    atomic_uint_fast64_t ignored, rejections;
     atomic_uint_fast64_t failures[PGG_CLASS__COUNT];
     atomic_uint_fast64_t connects, connect_failures;
 } pgg_host;
@@ -170,9 +178,11 @@ typedef enum pgg_borrow_fail {
  * A usable connection: a live idle one (checked with a round trip when it
  * sat idle past validate_after_idle), or a new one if the host has room,
  * or the first one given back before deadline_ns.  On failure returns the
- * error code, fills err and *why.
+ * error code, fills err and *why.  *now_ns: a clock reading in; out, one
+ * taken after anything the borrow waited for (unchanged when it did not
+ * wait: the parked connection of this thread, lent at once).
  */
-int pgg__host_borrow(pgg_host *h, int64_t deadline_ns, int64_t now_ns,
+int pgg__host_borrow(pgg_host *h, int64_t deadline_ns, int64_t *now_ns,
                      pgg_link **out, pgg_borrow_fail *why, pgg_error *err);
 
 /*

@@ -48,16 +48,53 @@ uint64_t pgg__link_backstops(void)
     return atomic_load_explicit(&backstops, memory_order_relaxed);
 }
 
-static int backstop_ms(int64_t deadline_ns)
+/* now: a clock reading taken just before (0: read it here). */
+static int backstop_ms(int64_t deadline_ns, int64_t now)
 {
     int64_t left;
 
     if (deadline_ns == PGG_TIME_NEVER)
         return -1;
-    left = (deadline_ns - pgg__now_ns()) / PGG_NS_PER_MS + WAIT_BACKSTOP_MS;
+    left = (deadline_ns - (now ? now : pgg__now_ns())) / PGG_NS_PER_MS +
+           WAIT_BACKSTOP_MS;
     if (left < 0)
         return 0;
     return left > INT32_MAX ? -1 : (int)left;
+}
+
+/* The wait under a watchdog slot: see above.  now is a clock reading
+ * taken just before, for the backstop (0: read it here). */
+#if defined(__GNUC__)
+__attribute__((always_inline))
+#endif
+static inline int wait_armed(pgg_wd_slot *slot, const pgg_cancel *cancel,
+                             int fd, short events, int64_t deadline_ns,
+                             int64_t now)
+{
+    struct pollfd p;
+    int r;
+
+    p.fd = fd;
+    p.events = events;
+    p.revents = 0;
+    pgg__watchdog_arm(slot, fd, deadline_ns);
+    /* A fire the watchdog may have missed (watchdog.c): look after
+     * arming, before sleeping. */
+    if (cancel && pgg__cancel_fired(cancel))
+        r = 0;
+    else
+        do
+            r = poll(&p, 1, backstop_ms(deadline_ns, now));
+        while (r < 0 && errno == EINTR);
+    if (pgg__watchdog_disarm(slot))
+        return 0;
+    if (r == 0) {
+        atomic_fetch_add_explicit(&backstops, 1, memory_order_relaxed);
+        return 0;
+    }
+    if (r > 0)
+        return p.revents ? p.revents : events;
+    return -1;
 }
 
 static int wait_socket(pgg_wd_slot *slot, const pgg_cancel *cancel, int fd,
@@ -67,31 +104,8 @@ static int wait_socket(pgg_wd_slot *slot, const pgg_cancel *cancel, int fd,
 
     if (fd < 0)
         return -1;
-    if (slot) {
-        int r;
-
-        p.fd = fd;
-        p.events = events;
-        p.revents = 0;
-        pgg__watchdog_arm(slot, fd, deadline_ns);
-        /* A fire the watchdog may have missed (watchdog.c): look after
-         * arming, before sleeping. */
-        if (cancel && pgg__cancel_fired(cancel))
-            r = 0;
-        else
-            do
-                r = poll(&p, 1, backstop_ms(deadline_ns));
-            while (r < 0 && errno == EINTR);
-        if (pgg__watchdog_disarm(slot))
-            return 0;
-        if (r == 0) {
-            atomic_fetch_add_explicit(&backstops, 1, memory_order_relaxed);
-            return 0;
-        }
-        if (r > 0)
-            return p.revents ? p.revents : events;
-        return -1;
-    }
+    if (slot)
+        return wait_armed(slot, cancel, fd, events, deadline_ns, 0);
     for (;;) {
         int64_t now = pgg__now_ns();
         int64_t left = pgg__cancel_slice(now, deadline_ns) - now;
@@ -425,30 +439,18 @@ int pgg__link_send(PGconn *conn, const pgg_query *q, const char *host,
     return link_send(conn, q, host, out, end, err);
 }
 
-int pgg__link_exec_wd(pgg_watchdog *wd, PGconn *conn, const pgg_query *q,
-                      int64_t deadline_ns, const char *host, PGresult **out,
-                      pgg_attempt_end *end, pgg_error *err)
-{
-    int rc = link_send(conn, q, host, out, end, err);
+static inline int collect(pgg_wd_slot *slot, const pgg_cancel *cancel,
+                          PGconn *conn, int64_t deadline_ns, int64_t now,
+                          bool sent, const char *host, PGresult **out,
+                          pgg_attempt_end *end, pgg_error *err);
 
-    if (rc != PGG_OK)
-        return rc;
-    return pgg__link_wait_wd(wd, conn, deadline_ns, host, out, end, err);
-}
-
-int pgg__link_wait(PGconn *conn, int64_t deadline_ns, const char *host,
-                   PGresult **out, pgg_attempt_end *end, pgg_error *err)
-{
-    return pgg__link_wait_wd(NULL, conn, deadline_ns, host, out, end, err);
-}
-
-static int collect(pgg_wd_slot *slot, const pgg_cancel *cancel, PGconn *conn,
-                   int64_t deadline_ns, const char *host, PGresult **out,
-                   pgg_attempt_end *end, pgg_error *err);
-
-int pgg__link_wait_wd(pgg_watchdog *wd, PGconn *conn, int64_t deadline_ns,
-                      const char *host, PGresult **out, pgg_attempt_end *end,
-                      pgg_error *err)
+/* sent: the query was sent just now, by us (see pgg_link_io.sent). */
+#if defined(__GNUC__)
+__attribute__((always_inline))
+#endif
+static inline int wait_wd(pgg_watchdog *wd, PGconn *conn, int64_t deadline_ns,
+                          int64_t now, bool sent, const char *host,
+                          PGresult **out, pgg_attempt_end *end, pgg_error *err)
 {
     pgg_wd_slot *slot = wd ? pgg__watchdog_claim(wd) : NULL;
     pgg_cancel *cancel = slot ? pgg__cancel_cur : NULL;
@@ -456,10 +458,42 @@ int pgg__link_wait_wd(pgg_watchdog *wd, PGconn *conn, int64_t deadline_ns,
 
     if (cancel)
         pgg__watchdog_set_cancel(slot, cancel);
-    rc = collect(slot, cancel, conn, deadline_ns, host, out, end, err);
-
+    rc = collect(slot, cancel, conn, deadline_ns, now, sent, host, out, end,
+                 err);
     pgg__watchdog_release(slot);
     return rc;
+}
+
+int pgg__link_exec_at(pgg_watchdog *wd, PGconn *conn, const pgg_query *q,
+                      int64_t deadline_ns, int64_t now, const char *host,
+                      PGresult **out, pgg_attempt_end *end, pgg_error *err)
+{
+    int rc = link_send(conn, q, host, out, end, err);
+
+    if (rc != PGG_OK)
+        return rc;
+    return wait_wd(wd, conn, deadline_ns, now, true, host, out, end, err);
+}
+
+int pgg__link_exec_wd(pgg_watchdog *wd, PGconn *conn, const pgg_query *q,
+                      int64_t deadline_ns, const char *host, PGresult **out,
+                      pgg_attempt_end *end, pgg_error *err)
+{
+    return pgg__link_exec_at(wd, conn, q, deadline_ns, 0, host, out, end,
+                             err);
+}
+
+int pgg__link_wait(PGconn *conn, int64_t deadline_ns, const char *host,
+                   PGresult **out, pgg_attempt_end *end, pgg_error *err)
+{
+    return wait_wd(NULL, conn, deadline_ns, 0, false, host, out, end, err);
+}
+
+int pgg__link_wait_wd(pgg_watchdog *wd, PGconn *conn, int64_t deadline_ns,
+                      const char *host, PGresult **out, pgg_attempt_end *end,
+                      pgg_error *err)
+{
+    return wait_wd(wd, conn, deadline_ns, 0, false, host, out, end, err);
 }
 
 /*
@@ -471,12 +505,21 @@ int pgg__link_wait_wd(pgg_watchdog *wd, PGconn *conn, int64_t deadline_ns,
  * from the second wait of a call on, the clock decides first; the first
  * wait, all that a small answer needs, still reads no clock.
  */
-static int wait_next(pgg_wd_slot *slot, const pgg_cancel *cancel, int fd,
-                     short events, int64_t deadline_ns, int *waits)
+static inline int wait_next(pgg_wd_slot *slot, const pgg_cancel *cancel,
+                            int fd, short events, int64_t deadline_ns,
+                            int64_t *now, int *waits)
 {
-    if (slot && (*waits)++ > 0 && pgg__now_ns() >= deadline_ns)
+    if (fd < 0)
+        return -1;
+    if (!slot)
+        return wait_socket(NULL, cancel, fd, events, deadline_ns);
+    if ((*waits)++ > 0 && (*now = pgg__now_ns()) >= deadline_ns)
         return 0;
-    return wait_socket(slot, cancel, fd, events, deadline_ns);
+    /* The backstop's reading: the caller's for the first wait, this one's
+     * own for the next; a reading serves one wait only. */
+    events = (short)wait_armed(slot, cancel, fd, events, deadline_ns, *now);
+    *now = 0;
+    return events;
 }
 
 #if defined(__GNUC__)
@@ -503,6 +546,13 @@ static inline int io_step(PGconn *conn, pgg_link_io *io, int revents,
             return 0;
         }
         io->flushed = true;
+        /* Just sent by us: no answer can be in libpq's buffer yet.  The
+         * server answers (and ends, with ReadyForQuery) only after our
+         * last byte, and libpq reads between writes only while part of
+         * the query is still to go; so the answer is on the socket, and
+         * the poll sees it. */
+        if (io->sent)
+            return POLLIN;
     } else if (revents > 0) {
         /* A failure here becomes libpq's error result; collect it. */
         (void)PQconsumeInput(conn);
@@ -574,17 +624,22 @@ int pgg__link_io_step(PGconn *conn, pgg_link_io *io, int revents,
     return io_step(conn, io, revents, host, out, end, err, rc);
 }
 
-static int collect(pgg_wd_slot *slot, const pgg_cancel *cancel, PGconn *conn,
-                   int64_t deadline_ns, const char *host, PGresult **out,
-                   pgg_attempt_end *end, pgg_error *err)
+/* Inline: the blocking exec of every call is this loop. */
+#if defined(__GNUC__)
+__attribute__((always_inline))
+#endif
+static inline int collect(pgg_wd_slot *slot, const pgg_cancel *cancel,
+                          PGconn *conn, int64_t deadline_ns, int64_t now,
+                          bool sent, const char *host, PGresult **out,
+                          pgg_attempt_end *end, pgg_error *err)
 {
-    pgg_link_io io = {.keep = NULL, .flushed = false};
+    pgg_link_io io = {.keep = NULL, .flushed = false, .sent = sent};
     int rc = PGG_OK, waits = 0, ev = 0, want;
 
     *out = NULL;
     while ((want = io_step(conn, &io, ev, host, out, end, err, &rc)) != 0) {
         ev = wait_next(slot, cancel, PQsocket(conn), (short)want, deadline_ns,
-                       &waits);
+                       &now, &waits);
         if (ev == 0)
             return pgg__link_io_deadline(&io, host, out, end, err);
     }
@@ -665,8 +720,9 @@ bool pgg__link_reusable(PGconn *conn)
     /* Also as we lent it: a lease's caller may have switched the raw
      * connection to blocking or pipeline mode, which would make the next
      * borrower block or hang. */
-    return conn && PQstatus(conn) == CONNECTION_OK &&
-           PQtransactionStatus(conn) == PQTRANS_IDLE &&
+    /* PQTRANS_IDLE implies CONNECTION_OK (UNKNOWN otherwise, and for
+     * NULL). */
+    return PQtransactionStatus(conn) == PQTRANS_IDLE &&
            (!busy_says_more() || PQisBusy(conn) == 0) && PQisnonblocking(conn) &&
            PQpipelineStatus(conn) == PQ_PIPELINE_OFF;
 }

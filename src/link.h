@@ -73,6 +73,11 @@ int pgg__link_send(PGconn *conn, const pgg_query *q, const char *host,
 typedef struct pgg_link_io {
     PGresult *keep; /* the result kept so far (the last, or the first error) */
     bool flushed;   /* the whole query has left */
+    /* pgg__link_send sent it just now and nothing read since: until it has
+     * all left, no answer can be in libpq's buffer, so the step that
+     * flushes its last byte waits for the socket without parsing.  false
+     * (as zeroed): parse first, as for a query someone else sent. */
+    bool sent;
 } pgg_link_io;
 
 /*
@@ -112,6 +117,14 @@ int pgg__link_exec(PGconn *conn, const pgg_query *q, int64_t deadline_ns,
 int pgg__link_exec_wd(pgg_watchdog *wd, PGconn *conn, const pgg_query *q,
                       int64_t deadline_ns, const char *host, PGresult **out,
                       pgg_attempt_end *end, pgg_error *err);
+/* The same with now, a clock reading the caller took since its last wait
+ * (0: none), which spares the first wait under the watchdog its own
+ * reading for the backstop (a reading earlier than the true time only
+ * makes the backstop later by as much; the watchdog still ends the wait at
+ * the deadline). */
+int pgg__link_exec_at(pgg_watchdog *wd, PGconn *conn, const pgg_query *q,
+                      int64_t deadline_ns, int64_t now, const char *host,
+                      PGresult **out, pgg_attempt_end *end, pgg_error *err);
 
 /*
  * The second half of pgg__link_exec, for a query something else sent

@@ -126,10 +126,7 @@ static int64_t ms_to_ns(int64_t ms)
     return pgg__ms_to_ns(ms);
 }
 
-int64_t pgg__pool_timeout_ns(const pgg_pool *pool, int timeout_ms)
-{
-    return timeout_ms > 0 ? ms_to_ns(timeout_ms) : pool->call_timeout_ns;
-}
+
 
 /*
  * Free whatever part of a pool exists: pgg_pool_new's failures stop
@@ -274,6 +271,7 @@ pgg_pool *pgg_pool_new(const pgg_config *cfg, pgg_error *err)
         if (!pool->pipes)
             goto fail;
     }
+    pool->ryw_off = cfg->ryw_mode == PGG_RYW_OFF;
     pool->vis = pgg__vis_new(pool->nhosts, cfg->ryw_mode, cfg->ryw_max_wait_ms,
                              cfg->ryw_poll_ms, err);
     if (!pool->vis)
@@ -301,31 +299,51 @@ void pgg_pool_free(pgg_pool *pool)
  * better spread. */
 static PGG_TLS unsigned route_rotate;
 
+static bool lag_ok(const pgg_pool *pool, pgg_host *h)
+{
+    int64_t lag = atomic_load(&h->lag_bytes);
+
+    return pool->max_lag_bytes == 0 || lag < 0 || lag <= pool->max_lag_bytes;
+}
+
 int pgg__pool_candidates(pgg_pool *pool, pgg_intent intent, int *out)
 {
     pgg_route_host snap[PGG_MAX_HOSTS];
 
+    if (pool->nhosts == 1) {
+        /* Nothing to order: only whether the host may serve (the router's
+         * rule for one host), without a snapshot of what orders. */
+        pgg_host *h = &pool->hosts[0];
+
+        snap[0].role = (pgg_role)atomic_load_explicit(&h->role,
+                                                      memory_order_relaxed);
+        snap[0].lag_ok = snap[0].role != PGG_ROLE_STANDBY || lag_ok(pool, h);
+        if (pgg__route_group(intent, pool->read_policy, &snap[0]) < 0)
+            return 0;
+        out[0] = 0;
+        return 1;
+    }
     for (int i = 0; i < pool->nhosts; i++) {
         pgg_host *h = &pool->hosts[i];
-        int64_t lag = atomic_load(&h->lag_bytes);
 
         snap[i].role = (pgg_role)atomic_load(&h->role);
         snap[i].state = pgg__breaker_state(&h->breaker);
-        snap[i].lag_ok = pool->max_lag_bytes == 0 || lag < 0 ||
-                         lag <= pool->max_lag_bytes;
-        /* Only ties between hosts look at it. */
-        snap[i].busy = pool->nhosts > 1 ? pgg__host_busy(h) : 0;
+        snap[i].lag_ok = lag_ok(pool, h);
+        snap[i].busy = pgg__host_busy(h);
     }
     return pgg__route(intent, pool->read_policy, snap, pool->nhosts,
                       route_rotate++, out);
 }
 
-void pgg__pool_record(pgg_pool *pool, pgg_host *h, pgg_ticket ticket,
-                      pgg_class cls, int64_t started_ns, int64_t now)
+/* pgg__pool_record, inlined into the path of every call. */
+#if defined(__GNUC__)
+__attribute__((always_inline))
+#endif
+static inline void record(pgg_host *h, const pgg_ticket *ticket,
+                          pgg_class cls, int64_t started_ns, int64_t now)
 {
     pgg_outcome o;
 
-    (void)pool;
     switch (cls) {
     case PGG_CLASS_SUCCESS: {
         int64_t avg = atomic_load_explicit(&h->latency_ns, memory_order_relaxed);
@@ -351,18 +369,20 @@ void pgg__pool_record(pgg_pool *pool, pgg_host *h, pgg_ticket ticket,
         o = PGG_OUTCOME_FAILURE;
         break;
     }
-    pgg__breaker_record(&h->breaker, ticket, o, now - started_ns, now);
+    pgg__breaker_record(&h->breaker, *ticket, o, now - started_ns, now);
+}
+
+void pgg__pool_record(pgg_pool *pool, pgg_host *h, pgg_ticket ticket,
+                      pgg_class cls, int64_t started_ns, int64_t now)
+{
+    (void)pool;
+    record(h, &ticket, cls, started_ns, now);
 }
 
 /* ------------------------------------------------------------ one call */
 
-bool pgg__host_failure(pgg_class cls)
-{
-    return cls == PGG_CLASS_CONNECTION || cls == PGG_CLASS_TIMEOUT ||
-           cls == PGG_CLASS_UNAVAILABLE;
-}
-
-int pgg__query_check(const pgg_query *q, const char *fn, pgg_error *err)
+int pgg__query_check_params(const pgg_query *q, const char *fn,
+                            pgg_error *err)
 {
     if (q->nparams < 0 || q->nparams > PGG_MAX_PARAMS)
         return pgg__error_set(err, PGG_EINVAL, NULL, NULL,
@@ -488,18 +508,25 @@ pgg_take pgg__pool_taken(pgg_pool *pool, pgg_host *h, pgg_intent intent,
     return taken(pool, h, intent, l, ticket, start);
 }
 
-pgg_take pgg__pool_take(pgg_pool *pool, pgg_host *h, pgg_intent intent,
-                        int64_t deadline, int64_t start, pgg_link **l,
-                        pgg_ticket *ticket, bool *rejected, pgg_error *err)
+/* pgg__pool_take, with *now a clock reading in, and one no older than the
+ * end of whatever waited (a connect, a busy pool, a starting server) out. */
+#if defined(__GNUC__)
+__attribute__((always_inline))
+#endif
+static inline pgg_take take_at(pgg_pool *pool, pgg_host *h, pgg_intent intent,
+                               int64_t deadline, int64_t *now, pgg_link **l,
+                               pgg_ticket *ticket, bool *rejected,
+                               pgg_error *err)
 {
     pgg_borrow_fail why;
     bool admitted;
+    int64_t start = *now;
 
     *l = NULL;
     admitted = pgg__breaker_allow(&h->breaker, start, ticket);
     /* A host whose server is starting is waited for (host.h). */
     if (!admitted && pgg__host_await_back(h, deadline)) {
-        start = pgg__now_ns();
+        start = *now = pgg__now_ns();
         admitted = pgg__breaker_allow(&h->breaker, start, ticket);
     }
     if (!admitted) {
@@ -507,7 +534,7 @@ pgg_take pgg__pool_take(pgg_pool *pool, pgg_host *h, pgg_intent intent,
         *rejected = true;
         return PGG_TAKE_SKIPPED;
     }
-    if (pgg__host_borrow(h, deadline, start, l, &why, err) != PGG_OK)
+    if (pgg__host_borrow(h, deadline, now, l, &why, err) != PGG_OK)
         return pgg__pool_take_failed(pool, h, *ticket, start, why, err);
     if (taken(pool, h, intent, l, *ticket, start) != PGG_TAKE_OK)
         return PGG_TAKE_SKIPPED;
@@ -515,8 +542,9 @@ pgg_take pgg__pool_take(pgg_pool *pool, pgg_host *h, pgg_intent intent,
     if (atomic_load_explicit(&pool->types_on, memory_order_relaxed)) {
         if (pgg__types_prepare(pool->types, *l, deadline, h->name, err) != PGG_OK)
             return pgg__pool_types_failed(pool, h, l, *ticket, start, err);
+        *now = pgg__now_ns();
         return pgg__pool_types_ready(pool, h, l, *ticket, start, deadline,
-                                     pgg__now_ns(), err);
+                                     *now, err);
     }
 #endif
     return PGG_TAKE_OK;
@@ -558,6 +586,13 @@ pgg_take pgg__pool_types_ready(pgg_pool *pool, pgg_host *h, pgg_link **l,
     return PGG_TAKE_SKIPPED;
 }
 #endif
+
+pgg_take pgg__pool_take(pgg_pool *pool, pgg_host *h, pgg_intent intent,
+                        int64_t deadline, int64_t now, pgg_link **l,
+                        pgg_ticket *ticket, bool *rejected, pgg_error *err)
+{
+    return take_at(pool, h, intent, deadline, &now, l, ticket, rejected, err);
+}
 
 /*
  * Prepare stmt on l's connection, the first time a call needs it there.
@@ -602,7 +637,7 @@ static bool session_survived(PGconn *conn, const PGresult *res)
  * answered with a FATAL that closed it (57P01 from pg_terminate_backend or
  * a shutdown, 57P02 after a crash).  cls first: a successful call pays one
  * comparison. */
-static bool session_ended(PGconn *conn, pgg_attempt_end end,
+static inline bool session_ended(PGconn *conn, pgg_attempt_end end,
                           const PGresult *res, pgg_class cls)
 {
     const char *st;
@@ -651,12 +686,16 @@ void pgg__pool_reprobe(pgg_pool *pool, pgg_host *h, const pgg_verdict *v)
     }
 }
 
-void pgg__pool_settle(pgg_pool *pool, pgg_host *h, const pgg_ticket *ticket,
-                      pgg_class rec, bool ended_by_server, int64_t started,
-                      int64_t ended)
+#if defined(__GNUC__)
+__attribute__((always_inline))
+#endif
+static inline void settle(pgg_pool *pool, pgg_host *h,
+                          const pgg_ticket *ticket, pgg_class rec,
+                          bool ended_by_server, int64_t started,
+                          int64_t ended)
 {
     if (ticket)
-        pgg__pool_record(pool, h, *ticket, rec, started, ended);
+        record(h, ticket, rec, started, ended);
     /* A pooled session that died on us rarely died alone (a restart, a
      * failover, pg_terminate_backend of many): its idle siblings go now,
      * before another call finds each of them dead the hard way. */
@@ -664,6 +703,13 @@ void pgg__pool_settle(pgg_pool *pool, pgg_host *h, const pgg_ticket *ticket,
         pgg__host_trim(h, 0, true);
         pgg__health_wake(pool->health);
     }
+}
+
+void pgg__pool_settle(pgg_pool *pool, pgg_host *h, const pgg_ticket *ticket,
+                      pgg_class rec, bool ended_by_server, int64_t started,
+                      int64_t ended)
+{
+    settle(pool, h, ticket, rec, ended_by_server, started, ended);
 }
 
 void pgg__pool_settle_error(pgg_host *h, pgg_verdict v, bool ignored,
@@ -674,6 +720,14 @@ void pgg__pool_settle_error(pgg_host *h, pgg_verdict v, bool ignored,
     if (!ignored &&
         (pgg__host_failure(v.cls) || v.cls == PGG_CLASS_WRONG_ROLE))
         pgg__host_note_error(h, err);
+}
+
+/* A result that is no error (classify.c: always a success).  NULL (a lost
+ * connection) reads as PGRES_FATAL_ERROR. */
+static inline bool ok_status(ExecStatusType s)
+{
+    return s != PGRES_FATAL_ERROR && s != PGRES_BAD_RESPONSE &&
+           s != PGRES_NONFATAL_ERROR;
 }
 
 #if defined(__GNUC__)
@@ -691,8 +745,12 @@ static inline pgg_verdict exec_done(pgg_pool *pool, pgg_host *h,
     bool ended_by_server, dead;
 
     *ended = pgg__now_ns();
-    v = pgg__classify_result(&pool->cfg->classifier, end, res, intent,
-                             role == PGG_ROLE_STANDBY);
+    if (end == PGG_END_RESULT && ok_status(PQresultStatus(res)))
+        /* The common case, as the classifier judges it: no lookup. */
+        v = (pgg_verdict){PGG_CLASS_SUCCESS, false, false, PGG_OK};
+    else
+        v = pgg__classify_result(&pool->cfg->classifier, end, res, intent,
+                                 role == PGG_ROLE_STANDBY);
     if (v.cls != PGG_CLASS_SUCCESS && pgg__cancel_now()) {
         /* The caller cancelled: the wait ended by its fire (or failed
          * after it), which says nothing of the host and is not retried.
@@ -731,8 +789,8 @@ static inline pgg_verdict exec_done(pgg_pool *pool, pgg_host *h,
      * connection to the same host, whose outcome the breaker does hear.
      * A new one that dies does speak for the host. */
     dead = ended_by_server && !l->fresh;
-    pgg__pool_settle(pool, h, ticket, dead ? PGG_CLASS_IGNORED : v.cls,
-                     ended_by_server, started, *ended);
+    settle(pool, h, ticket, dead ? PGG_CLASS_IGNORED : v.cls,
+           ended_by_server, started, *ended);
     if (end == PGG_END_DEADLINE) {
         /* Fresh reads go elsewhere first for a while (or until this host
          * answers one), rather than into the same wait again; not after a
@@ -751,12 +809,17 @@ static inline pgg_verdict exec_done(pgg_pool *pool, pgg_host *h,
     return v;
 }
 
-pgg_verdict pgg__pool_exec_on(pgg_pool *pool, pgg_host *h, pgg_link **lp,
-                              pgg_intent intent, const pgg_query *q,
-                              int64_t deadline, const pgg_ticket *ticket,
-                              int64_t started, PGresult **res,
-                              pgg_attempt_end *end, int64_t *ended,
-                              pgg_error *err)
+/* pgg__pool_exec_on, with now a clock reading taken after the connection
+ * was taken (take_at's), for the first wait's backstop (0: none). */
+#if defined(__GNUC__)
+__attribute__((always_inline))
+#endif
+static inline pgg_verdict exec_at(pgg_pool *pool, pgg_host *h, pgg_link **lp,
+                                  pgg_intent intent, const pgg_query *q,
+                                  int64_t deadline, const pgg_ticket *ticket,
+                                  int64_t started, int64_t now,
+                                  PGresult **res, pgg_attempt_end *end,
+                                  int64_t *ended, pgg_error *err)
 {
     pgg_link *l = *lp;
     int role = atomic_load_explicit(&h->role, memory_order_relaxed);
@@ -781,11 +844,61 @@ pgg_verdict pgg__pool_exec_on(pgg_pool *pool, pgg_host *h, pgg_link **lp,
         }
     } else if (pgg__autoprep_wants(q) && pool->cfg->auto_prepare > 0) {
         pgg__autoprep_exec(pool, h, l, q, deadline, res, end, err);
+    } else if (!q->vis) {
+        /* Nothing to learn or check about positions: the plain exec,
+         * whose first wait takes our reading of the clock. */
+        pgg__link_exec_at(pool->watchdog, l->conn, q, deadline, now, h->name,
+                          res, end, err);
     } else {
         pgg__vis_exec(pool, h, l, q, deadline, res, end, err);
     }
     return exec_done(pool, h, lp, intent, ticket, role, started, *res, *end,
                      ended, err);
+}
+
+pgg_verdict pgg__pool_exec_on(pgg_pool *pool, pgg_host *h, pgg_link **lp,
+                              pgg_intent intent, const pgg_query *q,
+                              int64_t deadline, const pgg_ticket *ticket,
+                              int64_t started, PGresult **res,
+                              pgg_attempt_end *end, int64_t *ended,
+                              pgg_error *err)
+{
+    return exec_at(pool, h, lp, intent, q, deadline, ticket, started, 0, res,
+                   end, ended, err);
+}
+
+bool pgg__pool_attempt(pgg_pool *pool, pgg_host *h, pgg_intent intent,
+                       const pgg_query *q, int64_t deadline, int64_t now,
+                       bool *rejected, pgg_error *err, pgg_attempt *a)
+{
+    int64_t started = now;
+    pgg_ticket ticket;
+    pgg_link *l;
+
+    a->res = NULL;
+    a->ended = 0;
+    a->reused = false;
+    a->lost = false;
+    switch (take_at(pool, h, intent, deadline, &now, &l, &ticket, rejected,
+                    err)) {
+    case PGG_TAKE_SKIPPED:
+        return false;
+    case PGG_TAKE_FAILED:
+        a->end = PGG_END_CONNECT_FAILED;
+        a->v = pgg__classify_connect(&pool->cfg->classifier, err->sqlstate);
+        return true;
+    case PGG_TAKE_OK:
+        break;
+    }
+    a->reused = !l->fresh;
+    a->v = exec_at(pool, h, &l, intent, q, deadline, &ticket, started, now,
+                   &a->res, &a->end, &a->ended, err);
+    /* Read only after a failure: a success is served whatever it says. */
+    a->lost = !l || (a->v.cls != PGG_CLASS_SUCCESS &&
+                     PQstatus(l->conn) != CONNECTION_OK);
+    if (l)
+        pgg__host_give_back(h, l, a->ended);
+    return true;
 }
 
 pgg_verdict pgg__pool_exec_done(pgg_pool *pool, pgg_host *h, pgg_link **lp,
@@ -798,15 +911,8 @@ pgg_verdict pgg__pool_exec_done(pgg_pool *pool, pgg_host *h, pgg_link **lp,
                      ended, err);
 }
 
-int pgg__pool_enter(pgg_pool *pool, int64_t start, int64_t deadline,
-                    pgg_error *err)
+int pgg__pool_enter_refused(pgg_pool *pool, pgg_error *err)
 {
-    int64_t wait_until = start + pool->bulkhead_wait_ns;
-
-    if (pgg__bulkhead_enter(&pool->bulkhead,
-                            wait_until < deadline ? wait_until : deadline,
-                            start) == PGG_OK)
-        return PGG_OK;
     atomic_fetch_add(&pool->calls_failed, 1);
     return pgg__error_set(err, PGG_EBULKHEAD, NULL, NULL,
                           "bulkhead full: %d calls in flight",

@@ -46,6 +46,10 @@ struct pgg_pool {
     int nhosts;
     pgg_host *hosts;
     pgg_host_ref *refs;
+    /* Every call reads the fields above and CASes the bulkhead's state
+     * twice: keep them on different lines (pools come from calloc, so
+     * padding, not alignment; the bulkhead pads after its own). */
+    char pad_bulkhead[128];
     pgg_bulkhead bulkhead;
     pgg_canceller *canceller;
     pgg_watchdog *watchdog; /* the deadlines of calls' socket waits */
@@ -76,6 +80,9 @@ struct pgg_pool {
     int64_t max_lag_bytes; /* 0: no limit */
 
     atomic_bool closed;
+    /* read_your_writes=off: a plain read (no min_lsn) needs nothing of the
+     * visibility module, not even its begin (call.c). */
+    bool ryw_off;
 
     pthread_mutex_t ev_mu;
     pgg_event_fn ev_fn;
@@ -109,7 +116,11 @@ void pgg__pool_record(pgg_pool *pool, pgg_host *h, pgg_ticket ticket,
 
 /* Does this class count against the host (connection, timeout,
  * unavailable)? */
-bool pgg__host_failure(pgg_class cls);
+static inline bool pgg__host_failure(pgg_class cls)
+{
+    return cls == PGG_CLASS_CONNECTION || cls == PGG_CLASS_TIMEOUT ||
+           cls == PGG_CLASS_UNAVAILABLE;
+}
 
 /* One attempt of a call on one host, as run() weighs it (pool.c's
  * attempt_on, or pipeline.c's for a shared connection). */
@@ -172,6 +183,18 @@ pgg_verdict pgg__pool_exec_on(pgg_pool *pool, pgg_host *h, pgg_link **lp,
                               pgg_error *err);
 
 /*
+ * One attempt of the blocking driver on a connection of its own: admit
+ * (breaker), take (pgg__pool_take), exec (pgg__pool_exec_on), give back.
+ * now: the path's latest clock reading, the attempt's start.  Returns false
+ * when the host was skipped without an attempt (breaker refused, wrong
+ * role, pool exhausted); otherwise *a is the attempt (its verdict
+ * recorded).
+ */
+bool pgg__pool_attempt(pgg_pool *pool, pgg_host *h, pgg_intent intent,
+                       const pgg_query *q, int64_t deadline, int64_t now,
+                       bool *rejected, pgg_error *err, pgg_attempt *a);
+
+/*
  * The second half of pgg__pool_exec_on, for drivers that ran the query
  * themselves (an event loop): res and end are the attempt's (res stays the
  * caller's), role the host's role read before it was sent.  Classify,
@@ -228,7 +251,15 @@ int pgg__pool_no_host_error(pgg_pool *pool, pgg_intent intent, int ncand,
  * 0..65535, a binary value without a length or with a negative one):
  * PGG_EINVAL before any host is touched, so a caller's mistake never
  * counts against a host.  fn names the public function in the message. */
-int pgg__query_check(const pgg_query *q, const char *fn, pgg_error *err);
+int pgg__query_check_params(const pgg_query *q, const char *fn,
+                            pgg_error *err);
+static inline int pgg__query_check(const pgg_query *q, const char *fn,
+                                   pgg_error *err)
+{
+    if (q->nparams == 0)
+        return PGG_OK; /* nothing to check: the call of every pgg_exec */
+    return pgg__query_check_params(q, fn, err);
+}
 
 /* The connection a lease holds (NULL once broken by a timeout). */
 pgg_link *pgg__lease_link(pgg_lease *lease);
@@ -254,11 +285,25 @@ void pgg__lease_mark_unsettled(pgg_lease *lease);
 /* Take a bulkhead slot for a call or a lease (waiting at most
  * bulkhead.max_wait_ms within the deadline); on refusal count the call as
  * failed and return PGG_EBULKHEAD. */
-int pgg__pool_enter(pgg_pool *pool, int64_t start, int64_t deadline,
-                    pgg_error *err);
+int pgg__pool_enter_refused(pgg_pool *pool, pgg_error *err);
+static inline int pgg__pool_enter(pgg_pool *pool, int64_t start,
+                                  int64_t deadline, pgg_error *err)
+{
+    int64_t wait_until = start + pool->bulkhead_wait_ns;
+
+    if (pgg__bulkhead_enter(&pool->bulkhead,
+                            wait_until < deadline ? wait_until : deadline,
+                            start) == PGG_OK)
+        return PGG_OK;
+    return pgg__pool_enter_refused(pool, err);
+}
 
 /* The call's timeout (call->timeout_ms or the default) in ns. */
-int64_t pgg__pool_timeout_ns(const pgg_pool *pool, int timeout_ms);
+static inline int64_t pgg__pool_timeout_ns(const pgg_pool *pool,
+                                           int timeout_ms)
+{
+    return timeout_ms > 0 ? pgg__ms_to_ns(timeout_ms) : pool->call_timeout_ns;
+}
 
 /* Lease registry (lease.c).  init: first thing in pgg_pool_new;
  * orphan: pgg_pool_free, after the health thread stopped and before the

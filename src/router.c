@@ -1,35 +1,5 @@
 #include "router.h"
 
-/* Lower is better; -1 excludes the host. */
-static int group_of(pgg_intent intent, pgg_read_policy policy,
-                    const pgg_route_host *h)
-{
-    bool primary_only = intent != PGG_READ || policy == PGG_READ_PRIMARY_ONLY;
-
-    if (primary_only) {
-        switch (h->role) {
-        case PGG_ROLE_PRIMARY:
-            return 0;
-        case PGG_ROLE_UNKNOWN:
-            return 1;
-        case PGG_ROLE_STANDBY:
-            return -1;
-        }
-        return -1;
-    }
-    switch (h->role) {
-    case PGG_ROLE_STANDBY:
-        return h->lag_ok ? 0 : -1;
-    case PGG_ROLE_UNKNOWN:
-        return policy == PGG_READ_ANY ? 0 : 1;
-    case PGG_ROLE_PRIMARY:
-        if (policy == PGG_READ_REPLICA_ONLY)
-            return -1;
-        return policy == PGG_READ_ANY ? 0 : 2;
-    }
-    return -1;
-}
-
 static int tier_of(pgg_breaker_state s)
 {
     switch (s) {
@@ -73,7 +43,7 @@ int pgg__route(pgg_intent intent, pgg_read_policy policy,
         return 0;
     if (n == 1) {
         /* One host: nothing to order, only whether it may serve. */
-        if (group_of(intent, policy, &hosts[0]) < 0)
+        if (pgg__route_group(intent, policy, &hosts[0]) < 0)
             return 0;
         out[0] = 0;
         return 1;
@@ -81,7 +51,7 @@ int pgg__route(pgg_intent intent, pgg_read_policy policy,
     r = (int)(rotate % (unsigned)n); /* one division per call, not per host */
     for (int i = 0; i < n; i++) {
         route_key k;
-        int g = group_of(intent, policy, &hosts[i]);
+        int g = pgg__route_group(intent, policy, &hosts[i]);
         int j;
 
         if (g < 0)

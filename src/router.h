@@ -40,4 +40,35 @@ typedef struct pgg_route_host {
 int pgg__route(pgg_intent intent, pgg_read_policy policy,
                const pgg_route_host *hosts, int n, unsigned rotate, int *out);
 
+/* A host's group for the intent: lower is better; -1 excludes the host.
+ * Inline: a pool of one host asks only this, on every call. */
+static inline int pgg__route_group(pgg_intent intent, pgg_read_policy policy,
+                                   const pgg_route_host *h)
+{
+    bool primary_only = intent != PGG_READ || policy == PGG_READ_PRIMARY_ONLY;
+
+    if (primary_only) {
+        switch (h->role) {
+        case PGG_ROLE_PRIMARY:
+            return 0;
+        case PGG_ROLE_UNKNOWN:
+            return 1;
+        case PGG_ROLE_STANDBY:
+            return -1;
+        }
+        return -1;
+    }
+    switch (h->role) {
+    case PGG_ROLE_STANDBY:
+        return h->lag_ok ? 0 : -1;
+    case PGG_ROLE_UNKNOWN:
+        return policy == PGG_READ_ANY ? 0 : 1;
+    case PGG_ROLE_PRIMARY:
+        if (policy == PGG_READ_REPLICA_ONLY)
+            return -1;
+        return policy == PGG_READ_ANY ? 0 : 2;
+    }
+    return -1;
+}
+
 #endif

@@ -51,25 +51,16 @@
  * the watchdog, so the watchdog walks them without a lock.  Each slot has
  * its own cache line: a waiter's arm and disarm touch only its line.
  */
-enum { FREE, OWNED, ARMED, FIRING, FIRED };
+enum {
+    FREE = PGG_WD_FREE,
+    OWNED = PGG_WD_OWNED,
+    ARMED = PGG_WD_ARMED,
+    FIRING = PGG_WD_FIRING,
+    FIRED = PGG_WD_FIRED
+};
 
 #define CHUNK 64
 
-struct pgg_wd_slot {
-    _Alignas(64) atomic_int state;
-    /* Written by the waiter before it arms, read by the watchdog after its
-     * CAS to FIRING acquired them; atomics (relaxed) only so that a stale
-     * early look (see scan) is no data race. */
-    atomic_int fd;
-    _Atomic int_fast64_t deadline_ns;
-    /* The caller's cancel handle for the slot's windows (set while OWNED,
-     * so published by the ARMED store like fd): a fired handle ends a
-     * window as its deadline would.  Dereferenced only after the CAS to
-     * FIRING, while the waiter is inside the window and its call (which
-     * keeps the handle alive) under way. */
-    _Atomic(pgg_cancel *) cancel;
-    pgg_watchdog *wd;
-};
 
 typedef struct chunk {
     pgg_wd_slot slots[CHUNK];
@@ -77,14 +68,14 @@ typedef struct chunk {
 } chunk;
 
 struct pgg_watchdog {
-    uint64_t id; /* unique per watchdog ever made: the threads' hint key */
+    /* id and next_wake, read by the inline fast path (watchdog.h). */
+    pgg_wd_head head;
     int64_t tick_ns;
     chunk first;
     pthread_mutex_t mu; /* growth, sleep and stop */
     pthread_cond_t cv;
     bool stop;
     bool kick;                    /* an arm wants an earlier wake-up */
-    _Atomic int_fast64_t next_wake; /* when the watchdog looks next */
     atomic_uint_fast64_t fired;
     atomic_uint_fast64_t kicks; /* arms that had to wake the watchdog */
     atomic_bool cancel_scan; /* a handle fired: look at windows that have one */
@@ -93,12 +84,8 @@ struct pgg_watchdog {
 
 static atomic_uint_fast64_t next_id = 1;
 
-/* The slot this thread used last, and in which watchdog: it is nearly
- * always free again at the next call and on a line this thread owns. */
-static PGG_TLS struct {
-    uint64_t wd_id;
-    pgg_wd_slot *slot;
-} hint;
+PGG_TLS pgg_wd_hint pgg__wd_hint;
+#define hint pgg__wd_hint
 
 /* Fire every expired armed slot; returns the earliest deadline of the
  * windows still armed (PGG_TIME_NEVER when none).  *latest gets the latest
@@ -204,7 +191,7 @@ static void *watchdog_main(void *arg)
         for (;;) {
             if (target < floor)
                 target = floor;
-            atomic_store(&wd->next_wake, target);
+            atomic_store(&wd->head.next_wake, target);
             again = scan(wd, now, &ignored);
             if (again >= target || target == floor)
                 break;
@@ -254,10 +241,10 @@ pgg_watchdog *pgg__watchdog_new(int64_t tick_ns, pgg_error *err)
         return NULL;
     }
     memset(wd, 0, sizeof *wd);
-    wd->id = atomic_fetch_add(&next_id, 1);
+    wd->head.id = atomic_fetch_add(&next_id, 1);
     wd->tick_ns = tick_ns;
     chunk_init(&wd->first, wd);
-    atomic_init(&wd->next_wake, 0);
+    atomic_init(&wd->head.next_wake, 0);
     atomic_init(&wd->fired, 0);
     atomic_init(&wd->kicks, 0);
     atomic_init(&wd->cancel_scan, false);
@@ -297,26 +284,16 @@ void pgg__watchdog_free(pgg_watchdog *wd)
     free(wd);
 }
 
-static bool try_claim(pgg_wd_slot *s)
-{
-    int st = FREE;
-
-    return atomic_load_explicit(&s->state, memory_order_relaxed) == FREE &&
-           atomic_compare_exchange_strong(&s->state, &st, OWNED);
-}
-
-pgg_wd_slot *pgg__watchdog_claim(pgg_watchdog *wd)
+pgg_wd_slot *pgg__watchdog_claim_slow(pgg_watchdog *wd)
 {
     chunk *c, *last = NULL, *fresh;
 
-    if (hint.wd_id == wd->id && try_claim(hint.slot))
-        return hint.slot;
     for (;;) {
         for (c = &wd->first; c; c = atomic_load(&c->next)) {
             last = c;
             for (int i = 0; i < CHUNK; i++)
-                if (try_claim(&c->slots[i])) {
-                    hint.wd_id = wd->id;
+                if (pgg__wd_try_claim(&c->slots[i])) {
+                    hint.wd_id = wd->head.id;
                     hint.slot = &c->slots[i];
                     return hint.slot;
                 }
@@ -336,15 +313,6 @@ pgg_wd_slot *pgg__watchdog_claim(pgg_watchdog *wd)
     }
 }
 
-void pgg__watchdog_release(pgg_wd_slot *s)
-{
-    if (s) {
-        if (atomic_load_explicit(&s->cancel, memory_order_relaxed))
-            atomic_store_explicit(&s->cancel, NULL, memory_order_relaxed);
-        atomic_store_explicit(&s->state, FREE, memory_order_release);
-    }
-}
-
 void pgg__watchdog_set_cancel(pgg_wd_slot *s, pgg_cancel *c)
 {
     atomic_store_explicit(&s->cancel, c, memory_order_relaxed);
@@ -359,28 +327,21 @@ void pgg__watchdog_kick_cancel(pgg_watchdog *wd)
     pthread_mutex_unlock(&wd->mu);
 }
 
-void pgg__watchdog_arm(pgg_wd_slot *s, int fd, int64_t deadline_ns)
+void pgg__watchdog_kick(pgg_wd_slot *s, int64_t deadline_ns)
 {
     pgg_watchdog *wd = s->wd;
 
-    atomic_store_explicit(&s->fd, fd, memory_order_relaxed);
-    atomic_store_explicit(&s->deadline_ns, deadline_ns, memory_order_relaxed);
-    /* Sequentially consistent with the watchdog's publishing next_wake
-     * (see watchdog_main); also publishes fd and deadline. */
-    atomic_store(&s->state, ARMED);
-    if (deadline_ns < atomic_load(&wd->next_wake)) {
-        pthread_mutex_lock(&wd->mu);
-        /* Later arms need not kick again before the watchdog looks. */
-        if (deadline_ns < atomic_load(&wd->next_wake))
-            atomic_store(&wd->next_wake, deadline_ns);
-        wd->kick = true;
-        pthread_cond_signal(&wd->cv);
-        pthread_mutex_unlock(&wd->mu);
-        atomic_fetch_add_explicit(&wd->kicks, 1, memory_order_relaxed);
-    }
+    pthread_mutex_lock(&wd->mu);
+    /* Later arms need not kick again before the watchdog looks. */
+    if (deadline_ns < atomic_load(&wd->head.next_wake))
+        atomic_store(&wd->head.next_wake, deadline_ns);
+    wd->kick = true;
+    pthread_cond_signal(&wd->cv);
+    pthread_mutex_unlock(&wd->mu);
+    atomic_fetch_add_explicit(&wd->kicks, 1, memory_order_relaxed);
 }
 
-bool pgg__watchdog_disarm(pgg_wd_slot *s)
+bool pgg__watchdog_disarm_slow(pgg_wd_slot *s)
 {
     for (;;) {
         int st = ARMED;

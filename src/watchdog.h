@@ -25,10 +25,12 @@
 #ifndef PGG_WATCHDOG_H
 #define PGG_WATCHDOG_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 
 #include "pgguard.h"
+#include "tls.h"
 
 typedef struct pgg_watchdog pgg_watchdog;
 typedef struct pgg_wd_slot pgg_wd_slot;
@@ -48,16 +50,17 @@ void pgg__watchdog_free(pgg_watchdog *wd);
 /* A slot for one thread's waits: claim it before the first wait of a
  * call, release it after the last.  NULL only when out of memory (the
  * caller then waits with a kernel timeout instead). */
-pgg_wd_slot *pgg__watchdog_claim(pgg_watchdog *wd);
-void pgg__watchdog_release(pgg_wd_slot *s);
+static inline pgg_wd_slot *pgg__watchdog_claim(pgg_watchdog *wd);
+static inline void pgg__watchdog_release(pgg_wd_slot *s);
 
 /* Enter an armed window: from now until disarm, the watchdog may shut fd
  * down once deadline_ns (CLOCK_MONOTONIC) has passed. */
-void pgg__watchdog_arm(pgg_wd_slot *s, int fd, int64_t deadline_ns);
+static inline void pgg__watchdog_arm(pgg_wd_slot *s, int fd,
+                                     int64_t deadline_ns);
 
 /* Leave the window.  Returns true when the watchdog shut fd down (the
  * deadline passed); then no later shutdown can come from this window. */
-bool pgg__watchdog_disarm(pgg_wd_slot *s);
+static inline bool pgg__watchdog_disarm(pgg_wd_slot *s);
 
 /* The caller's cancel handle (or NULL) for the windows of this claim: set
  * it while the slot is claimed and not armed.  A fired handle ends an armed
@@ -72,5 +75,101 @@ void pgg__watchdog_kick_cancel(pgg_watchdog *wd);
 uint64_t pgg__watchdog_fired(const pgg_watchdog *wd);
 /* Arms that had to wake the watchdog (a futex call on the caller's path). */
 uint64_t pgg__watchdog_kicks(const pgg_watchdog *wd);
+
+/* ------------------------------------------------- the inline fast path
+ *
+ * Claim, arm, disarm and release run around every wait of every call:
+ * their lock-free common case is here; the protocol (the states, and why
+ * no shutdown can hit an fd its waiter no longer holds) and the rest are
+ * in watchdog.c. */
+
+enum {
+    PGG_WD_FREE,
+    PGG_WD_OWNED,
+    PGG_WD_ARMED,
+    PGG_WD_FIRING,
+    PGG_WD_FIRED
+};
+
+struct pgg_wd_slot {
+    _Alignas(64) atomic_int state;
+    /* Written by the waiter before it arms, read by the watchdog after its
+     * CAS to FIRING acquired them; atomics (relaxed) only so that a stale
+     * early look (see scan) is no data race. */
+    atomic_int fd;
+    _Atomic int_fast64_t deadline_ns;
+    /* The caller's cancel handle for the slot's windows (set while OWNED,
+     * so published by the ARMED store like fd): a fired handle ends a
+     * window as its deadline would.  Dereferenced only after the CAS to
+     * FIRING, while the waiter is inside the window and its call (which
+     * keeps the handle alive) under way. */
+    _Atomic(pgg_cancel *) cancel;
+    pgg_watchdog *wd;
+};
+
+/* The head of struct pgg_watchdog (its first member). */
+typedef struct pgg_wd_head {
+    uint64_t id; /* unique per watchdog ever made: the threads' hint key */
+    _Atomic int_fast64_t next_wake; /* when the watchdog looks next */
+} pgg_wd_head;
+
+/* The slot this thread used last, and in which watchdog: it is nearly
+ * always free again at the next call and on a line this thread owns. */
+typedef struct pgg_wd_hint {
+    uint64_t wd_id;
+    pgg_wd_slot *slot;
+} pgg_wd_hint;
+extern PGG_TLS pgg_wd_hint pgg__wd_hint;
+
+pgg_wd_slot *pgg__watchdog_claim_slow(pgg_watchdog *wd);
+void pgg__watchdog_kick(pgg_wd_slot *s, int64_t deadline_ns);
+bool pgg__watchdog_disarm_slow(pgg_wd_slot *s);
+
+static inline bool pgg__wd_try_claim(pgg_wd_slot *s)
+{
+    int st = PGG_WD_FREE;
+
+    return atomic_load_explicit(&s->state, memory_order_relaxed) ==
+               PGG_WD_FREE &&
+           atomic_compare_exchange_strong(&s->state, &st, PGG_WD_OWNED);
+}
+
+static inline pgg_wd_slot *pgg__watchdog_claim(pgg_watchdog *wd)
+{
+    if (pgg__wd_hint.wd_id == ((const pgg_wd_head *)(void *)wd)->id &&
+        pgg__wd_try_claim(pgg__wd_hint.slot))
+        return pgg__wd_hint.slot;
+    return pgg__watchdog_claim_slow(wd);
+}
+
+static inline void pgg__watchdog_release(pgg_wd_slot *s)
+{
+    if (s) {
+        if (atomic_load_explicit(&s->cancel, memory_order_relaxed))
+            atomic_store_explicit(&s->cancel, NULL, memory_order_relaxed);
+        atomic_store_explicit(&s->state, PGG_WD_FREE, memory_order_release);
+    }
+}
+
+static inline void pgg__watchdog_arm(pgg_wd_slot *s, int fd,
+                                     int64_t deadline_ns)
+{
+    atomic_store_explicit(&s->fd, fd, memory_order_relaxed);
+    atomic_store_explicit(&s->deadline_ns, deadline_ns, memory_order_relaxed);
+    /* Sequentially consistent with the watchdog's publishing next_wake
+     * (see watchdog_main); also publishes fd and deadline. */
+    atomic_store(&s->state, PGG_WD_ARMED);
+    if (deadline_ns < atomic_load(&((pgg_wd_head *)(void *)s->wd)->next_wake))
+        pgg__watchdog_kick(s, deadline_ns);
+}
+
+static inline bool pgg__watchdog_disarm(pgg_wd_slot *s)
+{
+    int st = PGG_WD_ARMED;
+
+    if (atomic_compare_exchange_strong(&s->state, &st, PGG_WD_OWNED))
+        return false;
+    return pgg__watchdog_disarm_slow(s);
+}
 
 #endif
