@@ -7,6 +7,7 @@
 #include "cancel.h"
 #include "clock.h"
 #include "error.h"
+#include "health.h"
 #include "tls.h"
 #include "options.h"
 
@@ -594,8 +595,11 @@ static int borrow_locked(pgg_host *h, int64_t deadline_ns, int64_t now,
                                   h->refused_msg,
                                   (double)ago / (double)PGG_NS_PER_MS);
         }
+        /* A spare on its way (queued at the server before this connect
+         * would be) is waited for, one borrower per spare. */
         if (h->n_busy + h->n_connecting + h->n_idle < h->max &&
-            (now >= h->full_until_ns || h->n_busy == 0)) {
+            (now >= h->full_until_ns || h->n_busy == 0) &&
+            h->n_spares <= h->n_waiting) {
             pgg_error cerr;
             bool hook_refused = false;
 
@@ -946,9 +950,9 @@ int pgg__host_warm(pgg_host *h, int64_t deadline_ns)
     }
 }
 
-bool pgg__host_await_back(pgg_host *h, int64_t deadline_ns)
+bool pgg__host_await_back(pgg_host *h, int64_t deadline_ns, pgg_health *health)
 {
-    bool back;
+    bool back, counted = false;
 
     if (!atomic_load_explicit(&h->starting, memory_order_relaxed))
         return false;
@@ -962,6 +966,11 @@ bool pgg__host_await_back(pgg_host *h, int64_t deadline_ns)
             break;
         ts = pgg__ns_to_timespec(pgg__cancel_slice(now, deadline_ns));
         atomic_fetch_add(&h->n_back_waiting, 1);
+        if (!counted) {
+            /* Lock-free, and coalesced with the other waiters' wakes. */
+            counted = true;
+            pgg__health_wake(health);
+        }
         pthread_cond_timedwait(&h->back_cv, &h->mu, &ts);
         atomic_fetch_sub(&h->n_back_waiting, 1);
     }
@@ -978,6 +987,17 @@ void pgg__host_set_starting(pgg_host *h, bool on)
     atomic_store(&h->starting, on);
     if (!on)
         pthread_cond_broadcast(&h->back_cv);
+    pthread_mutex_unlock(&h->mu);
+}
+
+void pgg__host_spares(pgg_host *h, int delta)
+{
+    pthread_mutex_lock(&h->mu);
+    h->n_spares += delta;
+    /* One fewer to wait for: a waiter may connect itself now (an adopted
+     * one has signalled already). */
+    if (delta < 0 && h->n_waiting > 0)
+        pthread_cond_signal(&h->cv);
     pthread_mutex_unlock(&h->mu);
 }
 

@@ -91,6 +91,10 @@ typedef struct pgg_host {
     _Atomic int n_back_waiting; /* calls in pgg__host_await_back */
     pgg_link *idle;    /* most recently used first */
     int n_idle, n_connecting, n_waiting;
+    /* Connects the health thread has on their way to the idle list
+     * (spares, health.c): a borrower waits for one of them rather than
+     * queue its own connect behind them. */
+    int n_spares;
     /* Lent out (calls and leases running on it).  Written under mu; read
      * without it by the router, which wants the least busy host. */
     _Atomic int n_busy;
@@ -222,17 +226,23 @@ int pgg__host_warm(pgg_host *h, int64_t deadline_ns);
 int pgg__host_on_connect(pgg_host *h, PGconn *conn, int64_t deadline_ns,
                          bool *host_fault, pgg_error *err);
 
+struct pgg_health;
 /*
  * The host's breaker refused a call.  While its server is starting
  * (`starting`), wait until the health thread finds it answering (the
  * breaker is no longer open) or finds otherwise, or deadline_ns: a server
  * about to take sessions is as good as one taking them, as for a client
- * whose connect waits in its queue.  Returns whether the breaker is no
- * longer open; false at once when the host is not starting.
+ * whose connect waits in its queue.  The waiter wakes health (may be NULL)
+ * once it counts in n_back_waiting, which queues a spare connect for it
+ * then, not at its next event.  Returns whether the breaker is no longer
+ * open; false at once when the host is not starting.
  */
-bool pgg__host_await_back(pgg_host *h, int64_t deadline_ns);
+bool pgg__host_await_back(pgg_host *h, int64_t deadline_ns, struct pgg_health *health);
 /* The health thread's view of `starting`; clearing it wakes the waiters. */
 void pgg__host_set_starting(pgg_host *h, bool on);
+/* The health thread started a spare connect to the host (delta 1), or one
+ * ended, adopted or not (-1): borrowers wait for it, see n_spares. */
+void pgg__host_spares(pgg_host *h, int delta);
 
 /* Refuse new borrows, wake waiters (pool shutdown). */
 void pgg__host_close(pgg_host *h);

@@ -498,7 +498,7 @@ pgg_take pgg__pool_take(pgg_pool *pool, pgg_host *h, pgg_intent intent,
     *l = NULL;
     admitted = pgg__breaker_allow(&h->breaker, start, ticket);
     /* A host whose server is starting is waited for (host.h). */
-    if (!admitted && pgg__host_await_back(h, deadline)) {
+    if (!admitted && pgg__host_await_back(h, deadline, pool->health)) {
         start = pgg__now_ns();
         admitted = pgg__breaker_allow(&h->breaker, start, ticket);
     }
