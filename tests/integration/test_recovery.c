@@ -1037,3 +1037,78 @@ Test(recovery, a_full_server_is_waited_for_not_failed)
     cr_assert_eq(pgh_node_exec(n, "DROP ROLE pgg_rec_three;"), 0);
     pgh_cluster_free(c);
 }
+
+/* ------------------------------------------------ spares on their way */
+
+typedef struct spare_borrow {
+    pgg_host *h;
+    pgg_link *l;
+    int rc;
+    atomic_bool done;
+} spare_borrow;
+
+static void *borrow_once(void *arg)
+{
+    spare_borrow *b = arg;
+    pgg_borrow_fail why;
+    pgg_error e;
+    int64_t now = pgg__now_ns();
+
+    b->rc = pgg__host_borrow(b->h, now + 5 * PGG_NS_PER_SEC, now, &b->l, &why, &e);
+    atomic_store(&b->done, true);
+    return NULL;
+}
+
+/*
+ * A host coming back has spare connects of the health thread on their way
+ * (queued at its server before any call's): a call that finds no idle
+ * session waits for one of them, and takes it, rather than queue a connect
+ * of its own behind them (after a full restart the two writers did, and
+ * wrote 20-90 ms after libpq's first write, while the spares completed 5-15
+ * ms later and sat idle).  A spare given up lets the waiter connect.
+ * White box: the test plays the health thread's part on the host.
+ */
+Test(recovery, a_call_takes_a_spare_on_its_way_rather_than_connect_behind_it)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, "pool_min_idle=0");
+    pgg_host *h = &p->hosts[0];
+    pgg_link *own;
+    spare_borrow b = {.h = h};
+    pthread_t t;
+    PGconn *spare;
+    char *ci = pgh_cluster_conninfo(c);
+
+    cr_assert(wait_role(p, 0, PGG_ROLE_PRIMARY, 10000));
+    pgg__host_trim(h, pgg__now_ns(), true);
+    /* One spare on its way: the borrower waits for it. */
+    pgg__host_spares(h, 1);
+    cr_assert_eq(pthread_create(&t, NULL, borrow_once, &b), 0);
+    sleep_ms(300);
+    cr_expect(!atomic_load(&b.done), "the call connected itself while a spare was on its way");
+    spare = PQconnectdb(ci);
+    cr_assert_eq(PQstatus(spare), CONNECTION_OK, "%s", PQerrorMessage(spare));
+    cr_assert(pgg__host_adopt(h, spare, pgg__now_ns(), 9));
+    pgg__host_spares(h, -1);
+    pthread_join(t, NULL);
+    cr_assert_eq(b.rc, PGG_OK);
+    cr_expect_eq(b.l->conn, spare, "the waiting call did not get the spare");
+    pgg__host_give_back(h, b.l, pgg__now_ns());
+    pgg__host_trim(h, pgg__now_ns(), true);
+
+    /* A spare given up: the waiter connects for itself at once. */
+    b.l = NULL;
+    atomic_store(&b.done, false);
+    pgg__host_spares(h, 1);
+    cr_assert_eq(pthread_create(&t, NULL, borrow_once, &b), 0);
+    sleep_ms(100);
+    cr_expect(!atomic_load(&b.done));
+    pgg__host_spares(h, -1);
+    pthread_join(t, NULL);
+    cr_assert_eq(b.rc, PGG_OK);
+    own = b.l;
+    cr_expect_neq(own->conn, spare);
+    pgg__host_give_back(h, own, pgg__now_ns());
+    free(ci);
+    end_test(p, c);
+}
