@@ -597,8 +597,12 @@ static int borrow_locked(pgg_host *h, int64_t deadline_ns, int64_t now,
         }
         /* A spare on its way (queued at the server before this connect
          * would be) is waited for, one borrower per spare. */
+        /* Full (53300) with a session or a connect of ours there: wait
+         * for it (it comes back, or fails and signals), not connect again
+         * (two callers whose connects raced refused each other into a
+         * connect every few ms until their deadline). */
         if (h->n_busy + h->n_connecting + h->n_idle < h->max &&
-            (now >= h->full_until_ns || h->n_busy == 0) &&
+            (now >= h->full_until_ns || ours(h) == 0) &&
             h->n_spares <= h->n_waiting) {
             pgg_error cerr;
             bool hook_refused = false;

@@ -1112,3 +1112,86 @@ Test(recovery, a_call_takes_a_spare_on_its_way_rather_than_connect_behind_it)
     free(ci);
     end_test(p, c);
 }
+
+typedef struct full_writer {
+    pgg_pool *p;
+    int writes, unavailable, other;
+    char last[sizeof(pgg_error){0}.message + 32];
+} full_writer;
+
+static void *writes_to_a_full_primary(void *arg)
+{
+    full_writer *w = arg;
+
+    for (int i = 0; i < 15; i++) {
+        pgg_call call = {.timeout_ms = 1000};
+        pgg_error e;
+        PGresult *r = pgg_exec(w->p, PGG_WRITE, "SELECT 1", &call, NULL, &e);
+
+        w->writes++;
+        if (!r && e.code == PGG_EUNAVAILABLE && strcmp(e.sqlstate, "53300") == 0) {
+            w->unavailable++;
+        } else {
+            w->other++;
+            snprintf(w->last, sizeof w->last, "%s %s", pgg_err_name(e.code), e.message);
+        }
+        PQclear(r);
+        sleep_ms(3);
+    }
+    return NULL;
+}
+
+/*
+ * Two callers writing to a primary with no room for a session (53300)
+ * while none of the pool's sessions is there: each refusal, seen while the
+ * other caller's connect was on its way, counted that connect as "one of
+ * ours" to wait for, yet connected again at once: the two refused each
+ * other into a connect every few ms until their deadline, which ended with
+ * PGG_ETIMEDOUT, counted as a connection failure, and opened the breaker
+ * (the bench's max-connections fault: the first write after the slots
+ * freed up then waited for the breaker).  Now each write is refused with
+ * PGG_EUNAVAILABLE/53300 and the breaker stays closed.
+ */
+Test(recovery, two_callers_on_a_full_primary_are_refused_not_timed_out)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgh_node *n = pgh_cluster_primary(c);
+    char ci[512];
+    PGconn *held[3];
+    int nheld = 0;
+    pthread_t t[2];
+    full_writer w[2];
+
+    cr_assert_eq(pgh_node_exec(n, "DROP ROLE IF EXISTS pgg_rec_cap2;"
+                                  "CREATE ROLE pgg_rec_cap2 LOGIN CONNECTION LIMIT 3;"),
+                 0, "%s", pgh_node_error(n));
+    snprintf(ci, sizeof ci, "host=%s port=%d user=pgg_rec_cap2 dbname=postgres",
+             pgh_node_host(n), pgh_node_port(n));
+    pgg_pool *p = pool_for_conninfo(ci, NULL);
+    cr_assert(wait_role(p, 0, PGG_ROLE_PRIMARY, 10000));
+    while (nheld < 3) {
+        char why[256];
+        PGconn *h = pgh_connect(ci, 5000, NULL, why, sizeof why);
+        if (!h)
+            break;
+        held[nheld++] = h;
+    }
+    cr_assert_geq(nheld, 1, "no session left for another client");
+    for (int i = 0; i < 2; i++) {
+        w[i] = (full_writer){.p = p};
+        cr_assert_eq(pthread_create(&t[i], NULL, writes_to_a_full_primary, &w[i]), 0);
+    }
+    for (int i = 0; i < 2; i++) {
+        pthread_join(t[i], NULL);
+        cr_expect_eq(w[i].other, 0, "writer %d: %d of %d writes not refused with 53300, last: %s",
+                     i, w[i].other, w[i].writes, w[i].last);
+    }
+    cr_expect_eq(host_stats(p, 0).state, PGG_BREAKER_CLOSED, "a full primary's breaker: %s",
+                 pgg_breaker_state_name(host_stats(p, 0).state));
+    expect_hosts_untouched(p);
+    for (int i = 0; i < nheld; i++)
+        PQfinish(held[i]);
+    end_test(p, NULL);
+    cr_assert_eq(pgh_node_exec(n, "DROP ROLE pgg_rec_cap2;"), 0);
+    pgh_cluster_free(c);
+}
