@@ -67,12 +67,26 @@ typedef struct probe {
 
 /*
  * Connects made ahead of calls to a host coming back (spares_tend): on top
- * of the probe's, one for each call waiting for the host (at least
- * SPARES_MIN: calls refused meanwhile come back), at most SPARES per host
- * and pool_max - 1.
+ * of the probe's, one for each call waiting for the host or refused by its
+ * breaker over the last health_incident_min_ms (at least SPARES_MIN), at
+ * most SPARES per host and pool_max - 1.
  */
 #define SPARES 8
 #define SPARES_MIN 3
+
+/*
+ * Calls a host's breaker refused lately: how many sessions its callers
+ * will want the moment it is back.  When the server starts listening, the
+ * callers have not come back to wait for it yet (they were refused, and
+ * call again at their own pace), and clients that connect on every call
+ * queue one connect per thread within that time: the spares must be
+ * queued beside the probe's at once, not as the callers come back.
+ */
+typedef struct refusals {
+    uint64_t mark; /* the host's rejections counter at `at` */
+    int64_t at;
+    int recent;    /* refusals per health_incident_min_ms, at most SPARES */
+} refusals;
 
 typedef struct spare {
     PGconn *conn; /* NULL: none pending */
@@ -103,6 +117,7 @@ struct pgg_health {
     PGconn **conns; /* the health thread's own connection per host */
     probe *probes;
     spare *spares;  /* SPARES per host */
+    refusals *refused; /* per host */
     int64_t demand_at; /* when failing calls last woke the thread */
     struct pollfd *pfds;
     int *pfd_host;
@@ -656,6 +671,7 @@ static void spares_tend(pgg_health *hl, int i, int64_t now)
     probe *p = &hl->probes[i];
     pgg_breaker_state st = pgg__breaker_state(&h->breaker);
     int want = atomic_load_explicit(&h->n_back_waiting, memory_order_relaxed);
+    int refused = hl->refused[i].recent;
 
     /* Demand: calls refused lately (they wake this thread), or waiting. */
     if ((st != PGG_BREAKER_OPEN && st != PGG_BREAKER_HALF_OPEN) ||
@@ -664,6 +680,8 @@ static void spares_tend(pgg_health *hl, int i, int64_t now)
         atomic_load(&hl->stopping) ||
         (h->on_connect && (h->on_connect->sql || h->on_connect->fn)))
         return;
+    if (want < refused)
+        want = refused;
     if (want < SPARES_MIN)
         want = SPARES_MIN;
     for (int s = 0; s < SPARES && s < want && s < h->max - 1; s++) {
@@ -679,6 +697,7 @@ static void spares_tend(pgg_health *hl, int i, int64_t now)
             continue;
         }
         pgg__link_verbose_startup(c);
+        pgg__host_spares(h, 1);
         sp->conn = c;
         sp->cst = PGRES_POLLING_WRITING;
         sp->started = now;
@@ -704,11 +723,12 @@ static void mark_starting(pgg_health *hl, int i)
         pgg__host_set_starting(h, true);
 }
 
-static void spare_drop(spare *sp, int64_t retry_at)
+static void spare_drop(pgg_host *h, spare *sp, int64_t retry_at)
 {
     PQfinish(sp->conn);
     sp->conn = NULL;
     sp->retry_at = retry_at;
+    pgg__host_spares(h, -1);
 }
 
 /* Advance spare k (host i) on socket events. */
@@ -722,14 +742,14 @@ static void spare_step(pgg_health *hl, int i, int k)
 
     sp->cst = PQconnectPoll(c);
     if (sp->cst == PGRES_POLLING_FAILED) {
-        spare_drop(sp, pgg__now_ns() + DEMAND_REFUSED_NS);
+        spare_drop(h, sp, pgg__now_ns() + DEMAND_REFUSED_NS);
         return;
     }
     if (sp->cst != PGRES_POLLING_OK)
         return;
     now = pgg__now_ns();
     if (PQsetnonblocking(c, 1) != 0) {
-        spare_drop(sp, now);
+        spare_drop(h, sp, now);
         return;
     }
     pgg__link_started(c);
@@ -737,11 +757,34 @@ static void spare_step(pgg_health *hl, int i, int k)
         (void)pgg__breaker_host_answered(&h->breaker, now);
     role = pgg__link_reported_role(c);
     if (role == PGG_ROLE_UNKNOWN || !pgg__host_adopt(h, c, now, SPARES + 1)) {
-        spare_drop(sp, now);
+        spare_drop(h, sp, now);
         return;
     }
     pgg__pool_set_role(hl->pool, h, role, "reported by the server");
     sp->conn = NULL;
+    pgg__host_spares(h, -1);
+    /* The breaker let traffic in again: calls waiting for the starting
+     * server go now, to this session, not when the probe ends. */
+    if (pgg__breaker_state(&h->breaker) != PGG_BREAKER_OPEN)
+        pgg__host_set_starting(h, false);
+}
+
+/* Host i's refusals over the last window of at least incident_min. */
+static void refusals_count(pgg_health *hl, int i, int64_t now)
+{
+    refusals *r = &hl->refused[i];
+    uint64_t n = atomic_load_explicit(&hl->pool->hosts[i].rejections,
+                                      memory_order_relaxed);
+    int64_t span = now - r->at;
+    uint64_t per;
+
+    if (span < hl->incident_min)
+        return;
+    /* Scaled to one incident_min: the loop may have slept a calm interval. */
+    per = (n - r->mark) * (uint64_t)hl->incident_min / (uint64_t)span;
+    r->recent = per > SPARES ? SPARES : (int)per;
+    r->mark = n;
+    r->at = now;
 }
 
 /* A spare the server never took (a connection dropped silently on the
@@ -755,7 +798,7 @@ static void spares_expire(pgg_health *hl, int i, int64_t now, int64_t *wait_unti
         if (!sp->conn)
             continue;
         if (now >= end || atomic_load(&hl->stopping))
-            spare_drop(sp, now);
+            spare_drop(&hl->pool->hosts[i], sp, now);
         else if (end < *wait_until)
             *wait_until = end;
     }
@@ -833,6 +876,7 @@ static void *health_main(void *arg)
             n++;
         }
         for (int i = 0; i < pool->nhosts; i++) {
+            refusals_count(hl, i, now);
             mark_starting(hl, i);
             spares_tend(hl, i, now);
             spares_expire(hl, i, now, &wait_until);
@@ -887,10 +931,12 @@ static void health_free(pgg_health *hl)
             PQfinish(hl->conns[i]);
     if (hl->spares)
         for (int k = 0; k < hl->pool->nhosts * SPARES; k++)
-            PQfinish(hl->spares[k].conn);
+            if (hl->spares[k].conn)
+                spare_drop(&hl->pool->hosts[k / SPARES], &hl->spares[k], 0);
     free(hl->conns);
     free(hl->probes);
     free(hl->spares);
+    free(hl->refused);
     free(hl->pfds);
     free(hl->pfd_host);
     free(hl->pfd_spare);
@@ -914,6 +960,7 @@ pgg_health *pgg__health_start(pgg_pool *pool, pgg_error *err)
     if (!(hl->conns = calloc(n, sizeof *hl->conns)) ||
         !(hl->probes = calloc(n, sizeof *hl->probes)) ||
         !(hl->spares = calloc(n * SPARES, sizeof *hl->spares)) ||
+        !(hl->refused = calloc(n, sizeof *hl->refused)) ||
         !(hl->pfds = calloc(n * (1 + SPARES) + 1, sizeof *hl->pfds)) ||
         !(hl->pfd_host = calloc(n * (1 + SPARES), sizeof *hl->pfd_host)) ||
         !(hl->pfd_spare = calloc(n * (1 + SPARES), sizeof *hl->pfd_spare))) {

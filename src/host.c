@@ -509,8 +509,15 @@ static bool refusal_locked(pgg_host *h, const pgg_error *cerr)
  */
 static bool may_connect_locked(const pgg_host *h, int64_t now)
 {
+    /* Full (53300) with a session or a connect of ours there: wait for it
+     * (it comes back, or fails and signals), not connect again (two
+     * callers whose connects raced refused each other into a connect every
+     * few ms until their deadline).  A spare on its way (queued at the
+     * server before this connect would be) is waited for, one borrower per
+     * spare (an event loop's parked calls wait for every spare). */
     return h->n_busy + h->n_connecting + h->n_idle < h->max &&
-           (now >= h->full_until_ns || ours(h) == 0);
+           (now >= h->full_until_ns || ours(h) == 0) &&
+           h->n_spares <= h->n_waiting;
 }
 
 /* Under mu: every connection busy (pool_max, or a full server while ours
@@ -1033,9 +1040,10 @@ bool pgg__host_coming_back(pgg_host *h)
     return r;
 }
 
-bool pgg__host_await_back(pgg_host *h, int64_t deadline_ns)
+bool pgg__host_await_back(pgg_host *h, int64_t deadline_ns,
+                          void (*wake)(void *), void *wake_arg)
 {
-    bool back;
+    bool back, counted = false;
 
     if (!atomic_load_explicit(&h->starting, memory_order_relaxed))
         return false;
@@ -1048,6 +1056,12 @@ bool pgg__host_await_back(pgg_host *h, int64_t deadline_ns)
             break;
         ts = pgg__ns_to_timespec(pgg__cancel_slice(now, deadline_ns));
         atomic_fetch_add(&h->n_back_waiting, 1);
+        if (!counted) {
+            /* Lock-free, and coalesced with the other waiters' wakes. */
+            counted = true;
+            if (wake)
+                wake(wake_arg);
+        }
         pthread_cond_timedwait(&h->back_cv, &h->mu, &ts);
         atomic_fetch_sub(&h->n_back_waiting, 1);
     }
@@ -1064,6 +1078,17 @@ void pgg__host_set_starting(pgg_host *h, bool on)
     atomic_store(&h->starting, on);
     if (!on)
         pthread_cond_broadcast(&h->back_cv);
+    pthread_mutex_unlock(&h->mu);
+}
+
+void pgg__host_spares(pgg_host *h, int delta)
+{
+    pthread_mutex_lock(&h->mu);
+    h->n_spares += delta;
+    /* One fewer to wait for: a waiter may connect itself now (an adopted
+     * one has signalled already). */
+    if (delta < 0 && h->n_waiting > 0)
+        pthread_cond_signal(&h->cv);
     pthread_mutex_unlock(&h->mu);
 }
 

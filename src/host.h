@@ -91,6 +91,10 @@ typedef struct pgg_host {
     _Atomic int n_back_waiting; /* calls in pgg__host_await_back */
     pgg_link *idle;    /* most recently used first */
     int n_idle, n_connecting, n_waiting;
+    /* Connects the health thread has on their way to the idle list
+     * (spares, health.c): a borrower waits for one of them rather than
+     * queue its own connect behind them. */
+    int n_spares;
     /* Lent out (calls and leases running on it).  Written under mu; read
      * without it by the router, which wants the least busy host. */
     _Atomic int n_busy;
@@ -260,16 +264,22 @@ void pgg__host_hook_failed(pgg_host *h, PGconn *conn, int rc);
  * (`starting`), wait until the health thread finds it answering (the
  * breaker is no longer open) or finds otherwise, or deadline_ns: a server
  * about to take sessions is as good as one taking them, as for a client
- * whose connect waits in its queue.  Returns whether the breaker is no
- * longer open; false at once when the host is not starting.
+ * whose connect waits in its queue.  The waiter calls wake(wake_arg) (the
+ * pool's health thread) once it counts in n_back_waiting, which queues a
+ * spare connect for it then, not at its next event.  Returns whether the breaker is no longer
+ * open; false at once when the host is not starting.
  */
-bool pgg__host_await_back(pgg_host *h, int64_t deadline_ns);
+bool pgg__host_await_back(pgg_host *h, int64_t deadline_ns,
+                          void (*wake)(void *), void *wake_arg);
 /* For an event loop, which cannot wait in pgg__host_await_back: whether a
  * call refused by the breaker should still wait for the host (look again
  * later, within its deadline). */
 bool pgg__host_coming_back(pgg_host *h);
 /* The health thread's view of `starting`; clearing it wakes the waiters. */
 void pgg__host_set_starting(pgg_host *h, bool on);
+/* The health thread started a spare connect to the host (delta 1), or one
+ * ended, adopted or not (-1): borrowers wait for it, see n_spares. */
+void pgg__host_spares(pgg_host *h, int delta);
 
 /* Refuse new borrows, wake waiters (pool shutdown). */
 void pgg__host_close(pgg_host *h);

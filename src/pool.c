@@ -508,6 +508,12 @@ pgg_take pgg__pool_taken(pgg_pool *pool, pgg_host *h, pgg_intent intent,
     return taken(pool, h, intent, l, ticket, start);
 }
 
+/* pgg__host_await_back's wake: host.c knows nothing of the health thread. */
+static void wake_health(void *health)
+{
+    pgg__health_wake(health);
+}
+
 /* pgg__pool_take, with *now a clock reading in, and one no older than the
  * end of whatever waited (a connect, a busy pool, a starting server) out. */
 #if defined(__GNUC__)
@@ -525,7 +531,7 @@ static inline pgg_take take_at(pgg_pool *pool, pgg_host *h, pgg_intent intent,
     *l = NULL;
     admitted = pgg__breaker_allow(&h->breaker, start, ticket);
     /* A host whose server is starting is waited for (host.h). */
-    if (!admitted && pgg__host_await_back(h, deadline)) {
+    if (!admitted && pgg__host_await_back(h, deadline, wake_health, pool->health)) {
         start = *now = pgg__now_ns();
         admitted = pgg__breaker_allow(&h->breaker, start, ticket);
     }

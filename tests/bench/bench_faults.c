@@ -103,6 +103,8 @@ static const char *const client_name[CL__N] = {"pgguard", "libpq"};
  * in the second half of a shorter observation) has not shown a recovery. */
 #define SETTLE_MS 1000.0
 #define MAX_CODES 64
+/* pgguard's breaker and role events kept per run for --csv, at most. */
+#define MAX_EVENTS 4096
 /* Connections held by the max_connections fault, at most. */
 #define MAX_HOLD 400
 /* libpq's own floor: smaller values are raised to 2 s. */
@@ -117,6 +119,7 @@ typedef struct rec {
     double start_ms, end_ms; /* since the run's t0 */
     bool ok, write;
     short code; /* index into the run's code table; -1 when ok */
+    short host; /* pgguard: the host that served or failed it last, or -1 */
 } rec;
 
 struct run;
@@ -164,6 +167,14 @@ typedef struct run {
     PGconn *held[MAX_HOLD];
     int nheld;
     char fault_note[256]; /* what the fault actually did, when it varies */
+    /* pgguard's events, timed, for --csv (a timeline needs them) */
+    pthread_mutex_t ev_mu;
+    struct {
+        double at_ms;
+        int type, host, from, to;
+        char reason[32];
+    } ev[MAX_EVENTS];
+    int nev;
 } run;
 
 /* ------------------------------------------------------------- helpers */
@@ -247,14 +258,15 @@ static short intern_code(run *r, const char *code)
     return i;
 }
 
-static void record(worker *w, double start, double end, bool ok, const char *code)
+static void record(worker *w, double start, double end, bool ok, const char *code, int host)
 {
     if (w->n == w->cap) {
         w->cap = w->cap ? w->cap * 2 : 1024;
         w->recs = xrealloc(w->recs, w->cap * sizeof *w->recs);
     }
     w->recs[w->n++] = (rec){.start_ms = start, .end_ms = end, .ok = ok, .write = w->write,
-                            .code = ok ? -1 : intern_code(w->run, code)};
+                            .code = ok ? -1 : intern_code(w->run, code),
+                            .host = (short)host};
 }
 
 static void ack(worker *w, int seq)
@@ -277,6 +289,7 @@ typedef struct async_done {
     bool done;
     PGresult *res;
     pgg_error err;
+    int host;
 } async_done;
 
 static void on_async_done(pgg_async *ac, PGresult *res, const pgg_info *info,
@@ -285,10 +298,10 @@ static void on_async_done(pgg_async *ac, PGresult *res, const pgg_info *info,
     async_done *d = ud;
 
     (void)ac;
-    (void)info;
     d->done = true;
     d->res = res;
     d->err = *err;
+    d->host = info ? info->host_index : -1;
 }
 
 static void on_async_tick(evutil_socket_t fd, short what, void *arg)
@@ -311,9 +324,10 @@ static void on_async_tick(evutil_socket_t fd, short what, void *arg)
 /* One call through the thread's loop: start it, run the loop until its
  * callback ran. */
 static PGresult *async_call(worker *w, pgg_intent intent, const char *sql, int n,
-                            const char *const *vals, const pgg_call *call, pgg_error *err)
+                            const char *const *vals, const pgg_call *call, int *host,
+                            pgg_error *err)
 {
-    async_done d = {.done = false};
+    async_done d = {.done = false, .host = -1};
     struct timeval ms1 = {0, 1000};
 
     if (!w->base) {
@@ -337,6 +351,7 @@ static PGresult *async_call(worker *w, pgg_intent intent, const char *sql, int n
         event_base_loop(w->base, EVLOOP_ONCE);
     w->in_call = false;
     *err = d.err;
+    *host = d.host;
     return d.res;
 }
 
@@ -352,18 +367,25 @@ static void async_drop(worker *w)
 #endif
 
 static PGresult *guard_exec(worker *w, pgg_intent intent, const char *sql, int n,
-                            const char *const *vals, const pgg_call *call, pgg_error *err)
+                            const char *const *vals, const pgg_call *call, int *host,
+                            pgg_error *err)
 {
+    pgg_info info;
+    PGresult *res;
+
 #if PGG_BENCH_ASYNC
     if (use_async)
-        return async_call(w, intent, sql, n, vals, call, err);
+        return async_call(w, intent, sql, n, vals, call, host, err);
 #endif
-    return pgg_exec_params(w->run->pool, intent, sql, n, NULL, vals, NULL, NULL, call, NULL,
-                           err);
+    res = pgg_exec_params(w->run->pool, intent, sql, n, NULL, vals, NULL, NULL, call, &info,
+                          err);
+    *host = info.host[0] ? info.host_index : -1;
+    return res;
 }
 
-/* One call through the pool; fills code on failure. */
-static bool guard_call(worker *w, int seq, char *code, size_t codelen)
+/* One call through the pool; fills code on failure, and *host with the
+ * host that served it (or failed it last), -1 when none was tried. */
+static bool guard_call(worker *w, int seq, char *code, size_t codelen, int *host)
 {
     pgg_call call = {.timeout_ms = DEADLINE_MS};
     pgg_error err;
@@ -375,11 +397,11 @@ static bool guard_call(worker *w, int seq, char *code, size_t codelen)
         snprintf(b, sizeof b, "%d", w->thread);
         snprintf(c, sizeof c, "%d", seq);
         const char *vals[] = {a, b, c};
-        res = guard_exec(w, PGG_WRITE, write_sql, 3, vals, &call, &err);
+        res = guard_exec(w, PGG_WRITE, write_sql, 3, vals, &call, host, &err);
     } else {
         snprintf(a, sizeof a, "%d", 1 + seq % 100);
         const char *vals[] = {a};
-        res = guard_exec(w, PGG_READ, read_sql, 1, vals, &call, &err);
+        res = guard_exec(w, PGG_READ, read_sql, 1, vals, &call, host, &err);
     }
     ExecStatusType st = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
     PQclear(res);
@@ -578,12 +600,13 @@ static void *worker_main(void *arg)
         bool ok;
         code[0] = '\0';
         seq++;
+        int host = -1;
         if (w->client == CL_GUARD)
-            ok = guard_call(w, seq, code, sizeof code);
+            ok = guard_call(w, seq, code, sizeof code, &host);
         else
             ok = lq_call(w, seq, r->t0 + start, code, sizeof code);
         double end = rel_ms(r);
-        record(w, start, end, ok, code);
+        record(w, start, end, ok, code, host);
         if (ok && w->write)
             ack(w, seq);
         next += PERIOD_MS;
@@ -618,6 +641,18 @@ static void on_event(const pgg_event *ev, void *userdata)
         atomic_fetch_add(&r->breaker_opens, 1);
     if (ev->type == PGG_EVENT_ROLE && ev->to == PGG_ROLE_UNKNOWN)
         atomic_fetch_add(&r->roles_unknown, 1);
+    pthread_mutex_lock(&r->ev_mu);
+    if (r->nev < MAX_EVENTS) {
+        r->ev[r->nev].at_ms = rel_ms(r);
+        r->ev[r->nev].type = (int)ev->type;
+        r->ev[r->nev].host = ev->host_index;
+        r->ev[r->nev].from = ev->from;
+        r->ev[r->nev].to = ev->to;
+        snprintf(r->ev[r->nev].reason, sizeof r->ev[r->nev].reason, "%s",
+                 ev->reason ? ev->reason : "");
+        r->nev++;
+    }
+    pthread_mutex_unlock(&r->ev_mu);
 }
 
 /* --------------------------------------------------------------- faults */
@@ -1214,21 +1249,39 @@ static void print_fault(const run *r, result *res)
 
 /* ------------------------------------------------------------------ run */
 
-/* Every call of the run, one line each, for a timeline or a plot. */
-static void write_csv(FILE *csv, const run *r, const result *res)
+/* Every call of the run, one line each, for a timeline or a plot, then
+ * pgguard's breaker and role events as comment lines. */
+static void write_csv(FILE *csv, run *r, const result *res)
 {
-    fprintf(csv, "# %s round %d: fault at %.3f ms, reference at %.3f ms, end at %.3f ms\n",
-            res->f->name, res->round, r->fault_ms, r->ref_ms, r->end_ms);
+    fprintf(csv,
+            "# %s round %d: fault at %.3f ms, reference at %.3f ms, end at %.3f ms "
+            "(t0 %.3f ms on CLOCK_MONOTONIC)\n",
+            res->f->name, res->round, r->fault_ms, r->ref_ms, r->end_ms, r->t0);
     for (int cl = 0; cl < CL__N; cl++)
         for (int t = 0; t < THREADS; t++) {
             const worker *w = &r->w[cl][t];
             for (size_t i = 0; i < w->n; i++) {
                 const rec *c = &w->recs[i];
-                fprintf(csv, "%s,%d,%s,%d,%.3f,%.3f,%d,%s\n", res->f->name, res->round,
+                fprintf(csv, "%s,%d,%s,%d,%.3f,%.3f,%d,%s,%d\n", res->f->name, res->round,
                         client_name[cl], t, c->start_ms - r->ref_ms, c->end_ms - r->ref_ms,
-                        c->ok, c->ok ? "" : r->codes[c->code]);
+                        c->ok, c->ok ? "" : r->codes[c->code], c->host);
             }
         }
+    pthread_mutex_lock(&r->ev_mu);
+    for (int i = 0; i < r->nev; i++) {
+        bool br = r->ev[i].type == PGG_EVENT_BREAKER;
+        int from = r->ev[i].from, to = r->ev[i].to;
+
+        if (r->ev[i].type != PGG_EVENT_BREAKER && r->ev[i].type != PGG_EVENT_ROLE)
+            continue;
+        fprintf(csv, "# event %.3f ms host %d %s %s -> %s (%s)\n",
+                r->ev[i].at_ms - r->ref_ms, r->ev[i].host, br ? "breaker" : "role",
+                br ? pgg_breaker_state_name((pgg_breaker_state)from)
+                   : pgg_role_name((pgg_role)from),
+                br ? pgg_breaker_state_name((pgg_breaker_state)to) : pgg_role_name((pgg_role)to),
+                r->ev[i].reason);
+    }
+    pthread_mutex_unlock(&r->ev_mu);
 }
 
 static void run_fault(const fault *f, double after_ms, FILE *csv, result *out)
@@ -1238,6 +1291,7 @@ static void run_fault(const fault *f, double after_ms, FILE *csv, result *out)
     if (!r)
         die("out of memory");
     pthread_mutex_init(&r->codes_mu, NULL);
+    pthread_mutex_init(&r->ev_mu, NULL);
     out->f = f;
 
     note("%s: starting a cluster", f->name);
@@ -1346,6 +1400,7 @@ static void run_fault(const fault *f, double after_ms, FILE *csv, result *out)
             free(r->w[cl][t].conninfo);
         }
     pthread_mutex_destroy(&r->codes_mu);
+    pthread_mutex_destroy(&r->ev_mu);
     free(r);
 }
 
@@ -1487,7 +1542,9 @@ static void usage(FILE *to)
             "  --seconds  observation after each fault's end (default 4, 1 to 60)\n"
             "  --rounds   run every fault this many times, round by round (default 1)\n"
             "  --csv      write every call to FILE: fault, round, client, thread,\n"
-            "             start and end in ms from the fault's end, ok, error code\n"
+            "             start and end in ms from the fault's end, ok, error code,\n"
+            "             host index (pgguard; -1: none); then pgguard's breaker and\n"
+            "             role events, timed, as # lines\n"
             "  --list     print the faults and exit\n"
             "  --async    pgguard's calls through pgguard_async.h, a libevent loop per\n"
             "             thread (a build with libevent)\n");
@@ -1610,7 +1667,7 @@ int main(int argc, char **argv)
         csv = fopen(csv_path, "w");
         if (!csv)
             die("%s: %s", csv_path, strerror(errno));
-        fprintf(csv, "fault,round,client,thread,start_ms,end_ms,ok,code\n");
+        fprintf(csv, "fault,round,client,thread,start_ms,end_ms,ok,code,host\n");
     }
     result *res = calloc((size_t)n, sizeof *res);
     if (!res)

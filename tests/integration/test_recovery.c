@@ -1037,3 +1037,161 @@ Test(recovery, a_full_server_is_waited_for_not_failed)
     cr_assert_eq(pgh_node_exec(n, "DROP ROLE pgg_rec_three;"), 0);
     pgh_cluster_free(c);
 }
+
+/* ------------------------------------------------ spares on their way */
+
+typedef struct spare_borrow {
+    pgg_host *h;
+    pgg_link *l;
+    int rc;
+    atomic_bool done;
+} spare_borrow;
+
+static void *borrow_once(void *arg)
+{
+    spare_borrow *b = arg;
+    pgg_borrow_fail why;
+    pgg_error e;
+    int64_t now = pgg__now_ns();
+
+    b->rc = pgg__host_borrow(b->h, now + 5 * PGG_NS_PER_SEC, now, &b->l, &why, &e);
+    atomic_store(&b->done, true);
+    return NULL;
+}
+
+/*
+ * A host coming back has spare connects of the health thread on their way
+ * (queued at its server before any call's): a call that finds no idle
+ * session waits for one of them, and takes it, rather than queue a connect
+ * of its own behind them (after a full restart the two writers did, and
+ * wrote 20-90 ms after libpq's first write, while the spares completed 5-15
+ * ms later and sat idle).  A spare given up lets the waiter connect.
+ * White box: the test plays the health thread's part on the host.
+ */
+Test(recovery, a_call_takes_a_spare_on_its_way_rather_than_connect_behind_it)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, "pool_min_idle=0");
+    pgg_host *h = &p->hosts[0];
+    pgg_link *own;
+    spare_borrow b = {.h = h};
+    pthread_t t;
+    PGconn *spare;
+    char *ci = pgh_cluster_conninfo(c);
+
+    cr_assert(wait_role(p, 0, PGG_ROLE_PRIMARY, 10000));
+    pgg__host_trim(h, pgg__now_ns(), true);
+    /* One spare on its way: the borrower waits for it. */
+    pgg__host_spares(h, 1);
+    cr_assert_eq(pthread_create(&t, NULL, borrow_once, &b), 0);
+    sleep_ms(300);
+    cr_expect(!atomic_load(&b.done), "the call connected itself while a spare was on its way");
+    spare = PQconnectdb(ci);
+    cr_assert_eq(PQstatus(spare), CONNECTION_OK, "%s", PQerrorMessage(spare));
+    cr_assert(pgg__host_adopt(h, spare, pgg__now_ns(), 9));
+    pgg__host_spares(h, -1);
+    pthread_join(t, NULL);
+    cr_assert_eq(b.rc, PGG_OK);
+    cr_expect_eq(b.l->conn, spare, "the waiting call did not get the spare");
+    pgg__host_give_back(h, b.l, pgg__now_ns());
+    pgg__host_trim(h, pgg__now_ns(), true);
+
+    /* A spare given up: the waiter connects for itself at once. */
+    b.l = NULL;
+    atomic_store(&b.done, false);
+    pgg__host_spares(h, 1);
+    cr_assert_eq(pthread_create(&t, NULL, borrow_once, &b), 0);
+    sleep_ms(100);
+    cr_expect(!atomic_load(&b.done));
+    pgg__host_spares(h, -1);
+    pthread_join(t, NULL);
+    cr_assert_eq(b.rc, PGG_OK);
+    own = b.l;
+    cr_expect_neq(own->conn, spare);
+    pgg__host_give_back(h, own, pgg__now_ns());
+    free(ci);
+    end_test(p, c);
+}
+
+typedef struct full_writer {
+    pgg_pool *p;
+    int writes, unavailable, other;
+    char last[sizeof(pgg_error){0}.message + 32];
+} full_writer;
+
+static void *writes_to_a_full_primary(void *arg)
+{
+    full_writer *w = arg;
+
+    for (int i = 0; i < 15; i++) {
+        pgg_call call = {.timeout_ms = 1000};
+        pgg_error e;
+        PGresult *r = pgg_exec(w->p, PGG_WRITE, "SELECT 1", &call, NULL, &e);
+
+        w->writes++;
+        if (!r && e.code == PGG_EUNAVAILABLE && strcmp(e.sqlstate, "53300") == 0) {
+            w->unavailable++;
+        } else {
+            w->other++;
+            snprintf(w->last, sizeof w->last, "%s %s", pgg_err_name(e.code), e.message);
+        }
+        PQclear(r);
+        sleep_ms(3);
+    }
+    return NULL;
+}
+
+/*
+ * Two callers writing to a primary with no room for a session (53300)
+ * while none of the pool's sessions is there: each refusal, seen while the
+ * other caller's connect was on its way, counted that connect as "one of
+ * ours" to wait for, yet connected again at once: the two refused each
+ * other into a connect every few ms until their deadline, which ended with
+ * PGG_ETIMEDOUT, counted as a connection failure, and opened the breaker
+ * (the bench's max-connections fault: the first write after the slots
+ * freed up then waited for the breaker).  Now each write is refused with
+ * PGG_EUNAVAILABLE/53300 and the breaker stays closed.
+ */
+Test(recovery, two_callers_on_a_full_primary_are_refused_not_timed_out)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgh_node *n = pgh_cluster_primary(c);
+    char ci[512];
+    PGconn *held[3];
+    int nheld = 0;
+    pthread_t t[2];
+    full_writer w[2];
+
+    cr_assert_eq(pgh_node_exec(n, "DROP ROLE IF EXISTS pgg_rec_cap2;"
+                                  "CREATE ROLE pgg_rec_cap2 LOGIN CONNECTION LIMIT 3;"),
+                 0, "%s", pgh_node_error(n));
+    snprintf(ci, sizeof ci, "host=%s port=%d user=pgg_rec_cap2 dbname=postgres",
+             pgh_node_host(n), pgh_node_port(n));
+    pgg_pool *p = pool_for_conninfo(ci, NULL);
+    cr_assert(wait_role(p, 0, PGG_ROLE_PRIMARY, 10000));
+    while (nheld < 3) {
+        char why[256];
+        PGconn *h = pgh_connect(ci, 5000, NULL, why, sizeof why);
+        if (!h)
+            break;
+        held[nheld++] = h;
+    }
+    cr_assert_geq(nheld, 1, "no session left for another client");
+    for (int i = 0; i < 2; i++) {
+        w[i] = (full_writer){.p = p};
+        cr_assert_eq(pthread_create(&t[i], NULL, writes_to_a_full_primary, &w[i]), 0);
+    }
+    for (int i = 0; i < 2; i++) {
+        pthread_join(t[i], NULL);
+        cr_expect_eq(w[i].other, 0, "writer %d: %d of %d writes not refused with 53300, last: %s",
+                     i, w[i].other, w[i].writes, w[i].last);
+    }
+    cr_expect_eq(host_stats(p, 0).state, PGG_BREAKER_CLOSED, "a full primary's breaker: %s",
+                 pgg_breaker_state_name(host_stats(p, 0).state));
+    expect_hosts_untouched(p);
+    for (int i = 0; i < nheld; i++)
+        PQfinish(held[i]);
+    end_test(p, NULL);
+    cr_assert_eq(pgh_node_exec(n, "DROP ROLE pgg_rec_cap2;"), 0);
+    pgh_cluster_free(c);
+}
