@@ -1054,7 +1054,7 @@ static void *borrow_once(void *arg)
     pgg_error e;
     int64_t now = pgg__now_ns();
 
-    b->rc = pgg__host_borrow(b->h, now + 5 * PGG_NS_PER_SEC, now, &b->l, &why, &e);
+    b->rc = pgg__host_borrow(b->h, now + 5 * PGG_NS_PER_SEC, &now, &b->l, &why, &e);
     atomic_store(&b->done, true);
     return NULL;
 }
