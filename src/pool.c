@@ -624,6 +624,63 @@ static bool prepare_on(pgg_watchdog *wd, pgg_link *l, const pgg_stmt *stmt,
     return true;
 }
 
+/* The server answered 26000: the statement is not prepared here after
+ * all, and nothing ran. */
+static bool statement_gone(const PGresult *res, pgg_attempt_end end)
+{
+    const char *st;
+
+    return end == PGG_END_RESULT && PQresultStatus(res) == PGRES_FATAL_ERROR &&
+           (st = PQresultErrorField(res, PG_DIAG_SQLSTATE)) != NULL &&
+           strcmp(st, "26000") == 0;
+}
+
+/*
+ * A registered statement on l: prepared there first if it is not yet.  A
+ * session can lose what we prepared on it (DEALLOCATE ALL or DISCARD ALL
+ * through a lease kept without reset, or a one-shot call): the server then
+ * answers 26000 and runs nothing, so the statement is forgotten here,
+ * prepared again and run once more within the deadline; otherwise every
+ * later call on that connection would fail the same way.
+ */
+#if defined(__GNUC__)
+__attribute__((noinline))
+#endif
+static void exec_registered(pgg_pool *pool, pgg_host *h, pgg_link *l,
+                            const pgg_query *q, int64_t deadline,
+                            PGresult **res, pgg_attempt_end *end,
+                            pgg_error *err)
+{
+    bool again = pgg__stmt_set_has(&l->stmts, q->stmt->index);
+
+    if (again) {
+        pgg__vis_exec(pool, h, l, q, deadline, res, end, err);
+        if (!statement_gone(*res, *end))
+            return;
+        pgg__stmt_set_del(&l->stmts, q->stmt->index);
+        PQclear(*res);
+        *res = NULL;
+        if (err)
+            pgg__error_reset(err);
+    }
+    if (!prepare_on(pool->watchdog, l, q->stmt, deadline, h->name, res, end,
+                    err)) {
+        /* The prepare's own failure (a syntax error, a lost connection)
+         * is the call's outcome; the statement itself never ran, so a
+         * lost connection counts as not sent. */
+        if (*end == PGG_END_LOST)
+            *end = PGG_END_NOT_SENT;
+    } else if (pgg__now_ns() >= deadline) {
+        /* The prepare used the time: do not send past the deadline. */
+        *end = PGG_END_EXPIRED;
+        pgg__error_set(err, PGG_ETIMEDOUT, NULL, h->name,
+                       "deadline exceeded while preparing \"%s\"; not sent",
+                       q->stmt->name);
+    } else {
+        pgg__vis_exec(pool, h, l, q, deadline, res, end, err);
+    }
+}
+
 /* How often an answer's in_hot_standby is looked up per host. */
 #define ROLE_SEEN_NS (5 * PGG_NS_PER_MS)
 /* How long a host whose attempt hit its deadline gets fresh reads last. */
@@ -830,24 +887,8 @@ static inline pgg_verdict exec_at(pgg_pool *pool, pgg_host *h, pgg_link **lp,
     pgg_link *l = *lp;
     int role = atomic_load_explicit(&h->role, memory_order_relaxed);
 
-    if (q->stmt && !pgg__stmt_set_has(&l->stmts, q->stmt->index)) {
-        if (!prepare_on(pool->watchdog, l, q->stmt, deadline, h->name, res,
-                        end, err)) {
-            /* The prepare's own failure (a syntax error, a lost
-             * connection) is the call's outcome; the statement itself
-             * never ran, so a lost connection counts as not sent. */
-            if (*end == PGG_END_LOST)
-                *end = PGG_END_NOT_SENT;
-        } else if (pgg__now_ns() >= deadline) {
-            /* The prepare used the time: do not send past the deadline. */
-            *end = PGG_END_EXPIRED;
-            pgg__error_set(err, PGG_ETIMEDOUT, NULL, h->name,
-                           "deadline exceeded while preparing \"%s\"; "
-                           "not sent",
-                           q->stmt->name);
-        } else {
-            pgg__vis_exec(pool, h, l, q, deadline, res, end, err);
-        }
+    if (q->stmt) {
+        exec_registered(pool, h, l, q, deadline, res, end, err);
     } else if (pgg__autoprep_wants(q) && pool->cfg->auto_prepare > 0) {
         pgg__autoprep_exec(pool, h, l, q, deadline, res, end, err);
     } else if (!q->vis) {

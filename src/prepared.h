@@ -71,4 +71,9 @@ static inline void pgg__stmt_set_add(pgg_stmt_set *s, int i)
     s->bits[i >> 6] |= UINT64_C(1) << (i & 63);
 }
 
+static inline void pgg__stmt_set_del(pgg_stmt_set *s, int i)
+{
+    s->bits[i >> 6] &= ~(UINT64_C(1) << (i & 63));
+}
+
 #endif

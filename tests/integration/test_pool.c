@@ -1051,3 +1051,29 @@ Test(pool, a_lease_left_busy_by_raw_use_is_refused_not_blamed_on_the_host)
     read_ok(p, PGG_WRITE, "SELECT 1", 0);
     end_test(p, c);
 }
+
+/* A session can lose what pgguard prepared on it (DEALLOCATE ALL through a
+ * lease kept without reset): the next call of the statement there is
+ * answered 26000 with nothing run; it must be prepared again, not fail on
+ * that connection for good. */
+Test(pool, a_session_that_lost_a_registered_statement_prepares_it_again)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, "pool_max=1 lease_reset=false");
+    pgg_error e;
+
+    cr_assert_eq(pgg_pool_prepare(p, "one", "SELECT 1", 0, NULL, &e), PGG_OK);
+    for (int i = 0; i < 4; i++) {
+        if (i == 2) {
+            pgg_lease *l = pgg_acquire(p, PGG_WRITE, 2000, NULL, &e);
+            cr_assert_not_null(l, "%s", e.message);
+            PQclear(pgg_lease_exec(l, "DEALLOCATE ALL", 2000, &e));
+            pgg_release(l);
+        }
+        PGresult *r = pgg_exec_prepared(p, PGG_WRITE, "one", 0, NULL, NULL, NULL, NULL, NULL, &e);
+        cr_expect(r && PQresultStatus(r) == PGRES_TUPLES_OK, "call %d: %s", i, e.message);
+        cr_expect_eq(e.code, PGG_OK, "call %d: %s", i, pgg_err_name(e.code));
+        PQclear(r);
+    }
+    end_test(p, c);
+}
