@@ -90,6 +90,7 @@ typedef struct pipe_seg {
     PGresult *res;      /* the leader's, while it collects */
     PGresult *override; /* a failed prepare's error stands for the result */
     int prep_stmt;      /* >= 0: a prepare of this statement index */
+    int stmt;           /* >= 0: a run of this registered statement */
 } pipe_seg;
 
 typedef struct pgg_pipe {
@@ -279,6 +280,7 @@ static int seg_push(pgg_pipe *p, int k, pipe_req *w, int prep_stmt,
     s->res = NULL;
     s->override = NULL;
     s->prep_stmt = prep_stmt;
+    s->stmt = prep_stmt < 0 && w->q->stmt ? w->q->stmt->index : -1;
     return i;
 }
 
@@ -459,6 +461,14 @@ static bool send_batch(pgg_pipe *p, pipe_req *batch, int *k, int64_t now,
     return true;
 }
 
+/* A 26000 answer: the statement is not prepared on the session. */
+static bool gone(const PGresult *res)
+{
+    const char *st = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+
+    return st && strcmp(st, "26000") == 0;
+}
+
 /*
  * Read the segments libpq can complete without waiting (mu not held): the
  * first *ndone segments from the ring's head have all their results in
@@ -491,6 +501,11 @@ static bool collect(pgg_pipe *p, int nseg, int *ndone)
                     ~(UINT64_C(1) << (s->prep_stmt & 63));
                 seg_at(p, *ndone + 1)->override = s->res;
                 s->res = NULL;
+            } else if (s->stmt >= 0 && s->res && gone(s->res)) {
+                /* The session lost our statement (a DEALLOCATE ALL run
+                 * on it): prepare it again at its next use here.  This
+                 * call keeps its 26000 (nothing ran). */
+                pgg__stmt_set_del(&p->link->stmts, s->stmt);
             }
             (*ndone)++;
             continue;
