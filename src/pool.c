@@ -877,8 +877,15 @@ bool pgg__pool_attempt(pgg_pool *pool, pgg_host *h, pgg_intent intent,
     /* Read only after a failure: a success is served whatever it says. */
     a->lost = !l || (a->v.cls != PGG_CLASS_SUCCESS &&
                      PQstatus(l->conn) != CONNECTION_OK);
-    if (l)
+    if (!l)
+        return true;
+    /* A pooled connection was reusable when it came back last, and only
+     * the read-your-writes exec may change its modes (pipeline) during a
+     * call; a new one's modes are the on_connect hook's: ask them all. */
+    if (q->vis || !a->reused)
         pgg__host_give_back(h, l, a->ended);
+    else
+        pgg__host_give_back_call(h, l, a->ended);
     return true;
 }
 
