@@ -882,11 +882,11 @@ static void release_slot(pgg_host *h, pgg_link *keep)
     }
 }
 
-void pgg__host_give_back(pgg_host *h, pgg_link *l, int64_t now)
+/* l was judged reusable (or not): pool it, or close it. */
+static inline void give_back_judged(pgg_host *h, pgg_link *l, int64_t now,
+                                    bool reusable)
 {
-    if (!l)
-        return;
-    if (!pgg__link_reusable(l->conn) ||
+    if (!reusable ||
         (h->max_lifetime_ns > 0 && now - l->created_ns >= h->max_lifetime_ns)) {
         pgg__host_discard(h, l);
         return;
@@ -898,6 +898,17 @@ void pgg__host_give_back(pgg_host *h, pgg_link *l, int64_t now)
     if (park(h, l))
         return;
     release_slot(h, l);
+}
+
+void pgg__host_give_back(pgg_host *h, pgg_link *l, int64_t now)
+{
+    if (l)
+        give_back_judged(h, l, now, pgg__link_reusable(l->conn));
+}
+
+void pgg__host_give_back_call(pgg_host *h, pgg_link *l, int64_t now)
+{
+    give_back_judged(h, l, now, pgg__link_idle_after_call(l->conn));
 }
 
 void pgg__host_discard(pgg_host *h, pgg_link *l)

@@ -216,6 +216,9 @@ bool pgg__host_connect_failed(pgg_host *h, const pgg_error *err,
 
 /* Back to the pool if reusable (idle, healthy, young enough), else closed. */
 void pgg__host_give_back(pgg_host *h, pgg_link *l, int64_t now_ns);
+/* The same for l (not NULL) after a one-shot call that only sent and
+ * collected on it (pgg__link_idle_after_call): its modes are as lent. */
+void pgg__host_give_back_call(pgg_host *h, pgg_link *l, int64_t now_ns);
 /* Closed without a thought: broken or mid-transaction. */
 void pgg__host_discard(pgg_host *h, pgg_link *l);
 /* The deadline fired mid-query: close now, cancel from a worker. */

@@ -727,6 +727,12 @@ bool pgg__link_reusable(PGconn *conn)
            PQpipelineStatus(conn) == PQ_PIPELINE_OFF;
 }
 
+bool pgg__link_idle_after_call(PGconn *conn)
+{
+    return PQtransactionStatus(conn) == PQTRANS_IDLE &&
+           (!busy_says_more() || PQisBusy(conn) == 0);
+}
+
 pgg_role pgg__link_reported_role(PGconn *conn)
 {
     const char *v = conn ? PQparameterStatus(conn, "in_hot_standby") : NULL;

@@ -156,6 +156,11 @@ void pgg__link_silence(PGconn *conn);
 
 /* May this connection go back to the pool: open, idle, no transaction? */
 bool pgg__link_reusable(PGconn *conn);
+/* The same after a one-shot call that did nothing but send and collect on
+ * a connection that was reusable when lent: only the session's state can
+ * have changed (a transaction left open, a lost connection), not the modes
+ * a lease's caller may set (blocking, pipeline), so those are not asked. */
+bool pgg__link_idle_after_call(PGconn *conn);
 
 /* The role the server reports in in_hot_standby (PostgreSQL 14+), without a
  * round trip; PGG_ROLE_UNKNOWN when the server does not report it. */

@@ -299,36 +299,16 @@ void pgg_pool_free(pgg_pool *pool)
  * better spread. */
 static PGG_TLS unsigned route_rotate;
 
-static bool lag_ok(const pgg_pool *pool, pgg_host *h)
-{
-    int64_t lag = atomic_load(&h->lag_bytes);
-
-    return pool->max_lag_bytes == 0 || lag < 0 || lag <= pool->max_lag_bytes;
-}
-
-int pgg__pool_candidates(pgg_pool *pool, pgg_intent intent, int *out)
+int pgg__pool_candidates_of(pgg_pool *pool, pgg_intent intent, int *out)
 {
     pgg_route_host snap[PGG_MAX_HOSTS];
 
-    if (pool->nhosts == 1) {
-        /* Nothing to order: only whether the host may serve (the router's
-         * rule for one host), without a snapshot of what orders. */
-        pgg_host *h = &pool->hosts[0];
-
-        snap[0].role = (pgg_role)atomic_load_explicit(&h->role,
-                                                      memory_order_relaxed);
-        snap[0].lag_ok = snap[0].role != PGG_ROLE_STANDBY || lag_ok(pool, h);
-        if (pgg__route_group(intent, pool->read_policy, &snap[0]) < 0)
-            return 0;
-        out[0] = 0;
-        return 1;
-    }
     for (int i = 0; i < pool->nhosts; i++) {
         pgg_host *h = &pool->hosts[i];
 
         snap[i].role = (pgg_role)atomic_load(&h->role);
         snap[i].state = pgg__breaker_state(&h->breaker);
-        snap[i].lag_ok = lag_ok(pool, h);
+        snap[i].lag_ok = pgg__pool_lag_ok(pool, h);
         snap[i].busy = pgg__host_busy(h);
     }
     return pgg__route(intent, pool->read_policy, snap, pool->nhosts,
@@ -943,8 +923,15 @@ bool pgg__pool_attempt(pgg_pool *pool, pgg_host *h, pgg_intent intent,
     /* Read only after a failure: a success is served whatever it says. */
     a->lost = !l || (a->v.cls != PGG_CLASS_SUCCESS &&
                      PQstatus(l->conn) != CONNECTION_OK);
-    if (l)
+    if (!l)
+        return true;
+    /* A pooled connection was reusable when it came back last, and only
+     * the read-your-writes exec may change its modes (pipeline) during a
+     * call; a new one's modes are the on_connect hook's: ask them all. */
+    if (q->vis || !a->reused)
         pgg__host_give_back(h, l, a->ended);
+    else
+        pgg__host_give_back_call(h, l, a->ended);
     return true;
 }
 

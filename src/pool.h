@@ -107,7 +107,37 @@ void pgg__trace_finish(pgg_pool *pool, pgg_trace *t, void *span,
 void pgg__pool_emit(pgg_pool *pool, const pgg_event *ev);
 
 /* The router's view of every host, now. */
-int pgg__pool_candidates(pgg_pool *pool, pgg_intent intent, int *out);
+static inline int pgg__pool_candidates(pgg_pool *pool, pgg_intent intent,
+                                       int *out);
+/* The same for several hosts (pool.c). */
+int pgg__pool_candidates_of(pgg_pool *pool, pgg_intent intent, int *out);
+
+/* A standby within max lag, or lag not known yet. */
+static inline bool pgg__pool_lag_ok(const pgg_pool *pool, pgg_host *h)
+{
+    int64_t lag = atomic_load(&h->lag_bytes);
+
+    return pool->max_lag_bytes == 0 || lag < 0 || lag <= pool->max_lag_bytes;
+}
+
+static inline int pgg__pool_candidates(pgg_pool *pool, pgg_intent intent,
+                                       int *out)
+{
+    pgg_route_host one;
+    pgg_host *h;
+
+    if (pool->nhosts != 1)
+        return pgg__pool_candidates_of(pool, intent, out);
+    /* Nothing to order: only whether the host may serve (the router's rule
+     * for one host), without a snapshot of what orders. */
+    h = &pool->hosts[0];
+    one.role = (pgg_role)atomic_load_explicit(&h->role, memory_order_relaxed);
+    one.lag_ok = one.role != PGG_ROLE_STANDBY || pgg__pool_lag_ok(pool, h);
+    if (pgg__route_group(intent, pool->read_policy, &one) < 0)
+        return 0;
+    out[0] = 0;
+    return 1;
+}
 
 /* Turn a verdict into a breaker outcome and host counters; the call ran
  * from started_ns to now_ns. */
