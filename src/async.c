@@ -20,6 +20,9 @@
  *   QUERY    the statement on the wire
  *   LSN      a committed write's position asked in a second round trip
  *            (read_your_writes=pool, PGG_CALL_WANT_LSN)
+ *   PIPED    pipeline=on: its statement queued, with its own Sync, on the
+ *            context's connection to its host in pipeline mode (struct
+ *            apipe), behind other calls' statements
  *   DONE     finished, its callback due from the timer (a call never
  *            completes inside the function that started it)
  */
@@ -46,6 +49,7 @@ enum {
     ST_PREPARE,
     ST_QUERY,
     ST_LSN,
+    ST_PIPED,
     ST_DONE
 };
 
@@ -61,7 +65,10 @@ enum {
 #define CALL_ROOM 512
 #define FREE_MAX 64
 
+typedef struct apipe apipe;
+
 struct pgg_async_sock {
+    apipe *pipe; /* a pipe's socket (then call is NULL) */
     int fd;
     int on; /* POLLIN / POLLOUT interests the adapter holds */
     void *data;
@@ -91,6 +98,8 @@ struct pgg_async_call {
     pgg_link_io io;
     pgg__attempt a;
     pgg_async_sock *sock; /* the socket it waits on, or NULL */
+    pgg_async_call *pnext; /* PIPED: the next statement in flight */
+    int64_t sent;          /* PIPED: when it was queued */
     /* From here on, set by the start (q, opts when has_opts) or by
      * pgg__call_begin (info, err, c): not zeroed per call (2 kB). */
     pgg_query q;
@@ -101,8 +110,40 @@ struct pgg_async_call {
     /* The copied SQL and parameters follow. */
 };
 
+/*
+ * pipeline=on: one connection per host of this context in libpq pipeline
+ * mode.  A call that would borrow or connect queues its statement there
+ * instead, with its own Sync (its own implicit transaction: an error
+ * aborts no neighbour), while fewer than PIPE_DEPTH are in flight and the
+ * oldest has been in flight less than pipeline.stall_ms; answers are taken
+ * in order as the socket becomes readable, each judged as the call's own
+ * attempt (pgg__pool_exec_done).  No thread hand-off: the loop reads for
+ * everyone.  When a call's deadline passes (or it is cancelled) with its
+ * statement in flight, the connection is dropped and cancelled (pipeline.h's
+ * rule): that call ends at its deadline, the other statements in flight are
+ * lost, sent (a write's outcome unknown, never retried).  Every statement
+ * is sent when queued, so none is ever "not sent".  An empty pipe leaves
+ * pipeline mode and goes back to the host before the loop waits again, as
+ * the spare does.
+ */
+#define PIPE_DEPTH 128
+
+struct apipe {
+    pgg_async *ac;
+    pgg_host *h;
+    pgg_link *l; /* NULL: no pipe on this host now */
+    pgg_async_sock *sock;
+    pgg_async_call *first, *last; /* in flight, oldest first */
+    int n;
+    bool got;       /* first's result came: its Sync is next */
+    PGresult *res;  /* first's result */
+    int64_t ended;  /* when the last answer came */
+};
+
 struct pgg_async {
     pgg_pool *pool;
+    apipe *pipes; /* one per host; NULL when pipeline=off */
+    int64_t stall_ns;
     pgg_async_ev ev;
     bool attached;
     pgg_async_call *head;
@@ -153,7 +194,17 @@ pgg_async *pgg_async_new(pgg_pool *pool, pgg_error *err)
     ac = calloc(1, sizeof *ac);
     if (ac)
         ac->fired = pgg_cancel_new();
-    if (!ac || !ac->fired) {
+    if (ac && ac->fired && pool->cfg->pipeline && pool->nhosts > 0) {
+        ac->pipes = calloc((size_t)pool->nhosts, sizeof *ac->pipes);
+        for (int i = 0; ac->pipes && i < pool->nhosts; i++) {
+            ac->pipes[i].ac = ac;
+            ac->pipes[i].h = &pool->hosts[i];
+        }
+        ac->stall_ns = pool->cfg->pipeline_stall_ms * PGG_NS_PER_MS;
+    }
+    if (!ac || !ac->fired || (pool->cfg->pipeline && !ac->pipes)) {
+        if (ac)
+            pgg_cancel_free(ac->fired);
         free(ac);
         pgg__error_set(err, PGG_ENOMEM, NULL, NULL, "out of memory");
         return NULL;
@@ -248,6 +299,7 @@ static void sock_free(pgg_async *ac, pgg_async_sock *s)
     ac->ev.close_sock(ac->ev.data, s);
     s->data = NULL;
     s->call = NULL;
+    s->pipe = NULL;
     s->next = ac->free_socks;
     ac->free_socks = s;
 }
@@ -264,10 +316,14 @@ static void unpark(pgg_async *ac, const pgg_host *h);
 
 /* The spare was not taken: its socket forgotten, its connection given back
  * (and a call parked on its host woken) before the loop waits again. */
+static void flush_pipes(pgg_async *ac);
+
 static void flush_spare(pgg_async *ac)
 {
     pgg_host *h = ac->spare_host;
 
+    if (ac->pipes)
+        flush_pipes(ac);
     if (!ac->spare_link)
         return;
     sock_free(ac, ac->spare);
@@ -324,25 +380,25 @@ static bool take_spare(pgg_async_call *k, pgg_host *h)
 
 /* Watch fd (conn's) for want (POLLIN / POLLOUT) until deadline.  False
  * when out of memory. */
-static bool sock_want(pgg_async_call *k, int fd, int want, int64_t until)
+static pgg_async_sock *sock_new(pgg_async *ac, int fd)
 {
-    pgg_async *ac = k->ac;
-    pgg_async_sock *s = k->sock;
+    pgg_async_sock *s = ac->free_socks;
 
-    if (s && s->fd != fd)
-        sock_close(k); /* libpq moved to another socket (connect) */
-    if (!k->sock) {
-        s = ac->free_socks;
-        if (s)
-            ac->free_socks = s->next;
-        else if (!(s = malloc(sizeof *s)))
-            return false;
-        s->fd = fd;
-        s->on = 0;
-        s->data = NULL;
-        s->call = k;
-        k->sock = s;
-    }
+    if (s)
+        ac->free_socks = s->next;
+    else if (!(s = malloc(sizeof *s)))
+        return NULL;
+    s->fd = fd;
+    s->on = 0;
+    s->data = NULL;
+    s->call = NULL;
+    s->pipe = NULL;
+    return s;
+}
+
+/* Tell the adapter s's interests: want (POLLIN / POLLOUT). */
+static void sock_interest(pgg_async *ac, pgg_async_sock *s, int want)
+{
     if ((want & POLLIN) && !(s->on & POLLIN))
         ac->ev.add_read(ac->ev.data, s);
     else if (!(want & POLLIN) && (s->on & POLLIN))
@@ -352,6 +408,21 @@ static bool sock_want(pgg_async_call *k, int fd, int want, int64_t until)
     else if (!(want & POLLOUT) && (s->on & POLLOUT))
         ac->ev.del_write(ac->ev.data, s);
     s->on = want & (POLLIN | POLLOUT);
+}
+
+static bool sock_want(pgg_async_call *k, int fd, int want, int64_t until)
+{
+    pgg_async_sock *s = k->sock;
+
+    if (s && s->fd != fd)
+        sock_close(k); /* libpq moved to another socket (connect) */
+    if (!k->sock) {
+        if (!(s = sock_new(k->ac, fd)))
+            return false;
+        s->call = k;
+        k->sock = s;
+    }
+    sock_interest(k->ac, s, want);
     wait_until(k, until);
     return true;
 }
@@ -517,6 +588,306 @@ static void io(pgg_async_call *k, int revents)
     exec_over(k, res, end);
 }
 
+/* -------------------------------------------------------------- pipes */
+
+static apipe *pipe_of(pgg_async *ac, const pgg_host *h)
+{
+    return ac->pipes ? &ac->pipes[h - ac->pool->hosts] : NULL;
+}
+
+/* May k's statement go on a pipe on l's connection?  pipeline.c's rules
+ * (pgg__pipe_query_ok), and what the loop would otherwise do first on a
+ * connection: a prepare it lacks, libpqtypes registrations, a second
+ * round trip for a write's position. */
+static bool pipeable(const pgg_async_call *k, const pgg_link *l)
+{
+    const pgg_query *q = k->c.q;
+
+    if (q->stmt && !pgg__stmt_set_has(&l->stmts, q->stmt->index))
+        return false;
+#if PGG_HAVE_LIBPQTYPES
+    if (atomic_load_explicit(&k->c.pool->types_on, memory_order_relaxed))
+        return false;
+#endif
+    return !k->c.vr.want_lsn && pgg__pipe_query_ok(k->h, q);
+}
+
+static void pipe_end(apipe *p, pgg_async_call *late);
+
+/* Watch p's socket for want. */
+static bool pipe_watch(apipe *p, int want)
+{
+    if (!p->sock) {
+        if (!(p->sock = sock_new(p->ac, PQsocket(p->l->conn))))
+            return false;
+        p->sock->pipe = p;
+    }
+    sock_interest(p->ac, p->sock, want);
+    return true;
+}
+
+/* Queue k's statement on p with its own Sync: k waits for its answer until
+ * its attempt's deadline. */
+static void pipe_send(apipe *p, pgg_async_call *k)
+{
+    PGconn *conn = p->l->conn;
+    const pgg_query *q = k->c.q;
+    int sent, f;
+
+    k->state = ST_PIPED;
+    k->l = NULL;
+    k->role = atomic_load_explicit(&k->h->role, memory_order_relaxed);
+    k->a.reused = !p->l->fresh;
+    k->pnext = NULL;
+    k->sent = pgg__now_ns();
+    sent = q->stmt_name
+               ? PQsendQueryPrepared(conn, q->stmt_name, q->nparams, q->values,
+                                     q->lengths, q->formats, q->result_format)
+               : PQsendQueryParams(conn, q->sql, q->nparams, q->types,
+                                   q->values, q->lengths, q->formats,
+                                   q->result_format);
+    if (!sent) {
+        /* Nothing of it left: the connection is broken for everyone, and
+         * k goes back to the path as a connection found dead. */
+        pgg__error_set(k->c.err, PGG_ECONNECT, NULL, k->h->name, "send: %s",
+                       PQerrorMessage(conn));
+        pipe_end(p, NULL);
+        k->a.res = NULL;
+        k->a.end = PGG_END_NOT_SENT;
+        k->a.v = pgg__pool_exec_done(k->c.pool, k->h, &(pgg_link *){NULL},
+                                     k->c.intent, &k->ticket, k->role,
+                                     k->c.now, NULL, PGG_END_NOT_SENT,
+                                     &k->a.ended, k->c.err);
+        k->a.lost = true;
+        attempt_over(k);
+        return;
+    }
+    if (p->last)
+        p->last->pnext = k;
+    else
+        p->first = k;
+    p->last = k;
+    p->n++;
+    wait_until(k, k->attempt_deadline);
+    f = PQpipelineSync(conn) ? PQflush(conn) : -1;
+    if (f < 0 || !pipe_watch(p, POLLIN | (f > 0 ? POLLOUT : 0)))
+        pipe_end(p, NULL); /* k is lost with the others, sent */
+}
+
+/* Join the pipe on k->h instead of borrowing or connecting, when there is
+ * one with room and its oldest statement is not stalled. */
+static bool pipe_join(pgg_async_call *k)
+{
+    apipe *p = pipe_of(k->ac, k->h);
+
+    if (!p || !p->l || p->n >= PIPE_DEPTH || !pipeable(k, p->l) ||
+        (p->first && k->ac->stall_ns > 0 &&
+         k->c.now - p->first->sent >= k->ac->stall_ns))
+        return false;
+    pipe_send(p, k);
+    return true;
+}
+
+/* k was lent its own connection (l): make it the pipe of its host when
+ * there is none and k's statement may share it. */
+static bool pipe_open(pgg_async_call *k)
+{
+    apipe *p = pipe_of(k->ac, k->h);
+
+    if (!p || p->l || !pipeable(k, k->l) || !PQenterPipelineMode(k->l->conn))
+        return false;
+    p->l = k->l;
+    p->got = false;
+    k->l = NULL;
+    if (k->sock) { /* the spare's: its interest is POLLIN already */
+        p->sock = k->sock;
+        p->sock->call = NULL;
+        p->sock->pipe = p;
+        k->sock = NULL;
+    }
+    pipe_send(p, k);
+    return true;
+}
+
+static void pipe_pop(apipe *p)
+{
+    p->first = p->first->pnext;
+    if (!p->first)
+        p->last = NULL;
+    p->n--;
+}
+
+/* The oldest statement's answer came (res): judged as k's own attempt. */
+static void pipe_answered(apipe *p, PGresult *res)
+{
+    pgg_async_call *k = p->first;
+    pgg_cancel *prev = pgg__cancel_cur;
+
+    pipe_pop(p);
+    pgg__cancel_cur = k->c.cancel;
+    k->a.res = res;
+    k->a.end = PGG_END_RESULT;
+    k->a.v = pgg__pool_exec_done(k->c.pool, k->h, &p->l, k->c.intent,
+                                 &k->ticket, k->role, k->c.now, res,
+                                 PGG_END_RESULT, &k->a.ended, k->c.err);
+    pgg__cancel_cur = prev;
+    k->a.lost = PQstatus(p->l->conn) != CONNECTION_OK;
+    p->ended = k->a.ended;
+    p->l->fresh = false; /* as a give-back would leave it */
+    attempt_over(k);
+    settle(k);
+}
+
+/*
+ * The connection is dropped with statements in flight: late's deadline
+ * passed (or it was cancelled), or (late NULL) the connection broke.  late
+ * ends as a query at its deadline; every other statement in flight was
+ * sent and is lost (a write's outcome unknown: never retried).  The others
+ * go on from the timer (due now), not inside this call's step.
+ */
+static void pipe_end(apipe *p, pgg_async_call *late)
+{
+    pgg_async *ac = p->ac;
+    pgg_host *h = p->h;
+    pgg_link *l = p->l;
+    pgg_async_call *k = p->first;
+    pgg_cancel *prev = pgg__cancel_cur;
+
+    p->l = NULL;
+    p->first = p->last = NULL;
+    p->n = 0;
+    p->got = false;
+    PQclear(p->res);
+    p->res = NULL;
+    if (p->sock) { /* forgotten before its connection can go */
+        sock_free(ac, p->sock);
+        p->sock = NULL;
+    }
+    for (pgg_async_call *next; k; k = next) {
+        next = k->pnext;
+        if (k == late)
+            continue;
+        if (late)
+            pgg__error_set(k->c.err, PGG_ECONNECT, NULL, h->name,
+                           "connection lost: another statement on the shared "
+                           "connection passed its deadline; sent, outcome "
+                           "unknown");
+        else
+            pgg__error_set(k->c.err, PGG_ECONNECT, NULL, h->name,
+                           "connection lost: %s", PQerrorMessage(l->conn));
+        pgg__cancel_cur = k->c.cancel;
+        k->a.res = NULL;
+        k->a.end = PGG_END_LOST;
+        k->a.v = pgg__pool_exec_done(ac->pool, h, &l, k->c.intent, &k->ticket,
+                                     k->role, k->c.now, NULL, PGG_END_LOST,
+                                     &k->a.ended, k->c.err);
+        pgg__cancel_cur = prev;
+        k->a.lost = true;
+        attempt_over(k);
+        k->wait_until = 0;
+        want_timer(ac, 0);
+    }
+    if (late) {
+        pgg__error_set(late->c.err, PGG_ETIMEDOUT, NULL, h->name,
+                       "query: deadline exceeded on a shared connection; "
+                       "connection dropped and its statements cancelled");
+        pgg__cancel_cur = late->c.cancel;
+        late->a.res = NULL;
+        late->a.end = PGG_END_DEADLINE;
+        /* Abandons the connection (dropped, the server's work cancelled). */
+        late->a.v = pgg__pool_exec_done(ac->pool, h, &l, late->c.intent,
+                                        &late->ticket, late->role,
+                                        late->c.now, NULL, PGG_END_DEADLINE,
+                                        &late->a.ended, late->c.err);
+        pgg__cancel_cur = prev;
+        late->a.lost = true;
+        attempt_over(late);
+    }
+    if (l)
+        pgg__host_discard(h, l);
+    unpark(ac, h);
+}
+
+/* p's socket is ready: send what waits, take every answer there is. */
+static void pipe_io(apipe *p, int revents)
+{
+    PGconn *conn = p->l->conn;
+    bool broken = false;
+
+    if (revents & POLLOUT) {
+        int f = PQflush(conn);
+
+        if (f < 0)
+            broken = true;
+        else if (f == 0 && !pipe_watch(p, POLLIN))
+            broken = true;
+    }
+    if (!broken && (revents & POLLIN) && !PQconsumeInput(conn))
+        broken = true;
+    /* Each answer runs its call's next steps, which may queue more here,
+     * or end the pipe (a cancel, a deadline): looked at again each time. */
+    while (p->l && p->first && !PQisBusy(p->l->conn)) {
+        PGresult *r = PQgetResult(p->l->conn);
+
+        if (!p->got) {
+            if (r && PQresultStatus(r) != PGRES_PIPELINE_SYNC) {
+                PQclear(p->res); /* one statement: one result, the last */
+                p->res = r;
+                continue;
+            }
+            if (!r && p->res) {
+                p->got = true; /* its Sync is next */
+                continue;
+            }
+            if (!r)
+                break; /* nothing parsed for it yet */
+            PQclear(r);
+            broken = true; /* a Sync before any result: out of step */
+            break;
+        }
+        if (r && PQresultStatus(r) == PGRES_PIPELINE_SYNC) {
+            PGresult *res = p->res;
+
+            PQclear(r);
+            p->res = NULL;
+            p->got = false;
+            pipe_answered(p, res);
+            continue;
+        }
+        PQclear(r);
+        if (!r)
+            break; /* nothing more parsed yet */
+        broken = true;
+        break;
+    }
+    /* Empty, a broken pipe is discarded when flushed (flush_pipes). */
+    if (p->l && p->first &&
+        (broken || PQstatus(p->l->conn) != CONNECTION_OK))
+        pipe_end(p, NULL);
+}
+
+/* Empty pipes leave pipeline mode and go back before the loop waits. */
+static void flush_pipes(pgg_async *ac)
+{
+    for (int i = 0; ac->pipes && i < ac->pool->nhosts; i++) {
+        apipe *p = &ac->pipes[i];
+        pgg_link *l = p->l;
+
+        if (!l || p->first)
+            continue;
+        p->l = NULL;
+        if (p->sock) {
+            sock_free(ac, p->sock);
+            p->sock = NULL;
+        }
+        if (PQstatus(l->conn) == CONNECTION_OK && PQexitPipelineMode(l->conn))
+            pgg__host_give_back(p->h, l, p->ended);
+        else
+            pgg__host_discard(p->h, l);
+        unpark(ac, p->h);
+    }
+}
+
 /* A connection is taken: prepare if needed, then send. */
 static void exec_start(pgg_async_call *k)
 {
@@ -525,6 +896,8 @@ static void exec_start(pgg_async_call *k)
     const pgg_query *q = k->c.q;
     int rc;
 
+    if (pipe_open(k))
+        return;
     k->a.reused = !k->l->fresh;
     k->role = atomic_load_explicit(&k->h->role, memory_order_relaxed);
     k->io = (pgg_link_io){0};
@@ -818,6 +1191,8 @@ static void admit(pgg_async_call *k)
         pgg__call_skipped(&k->c);
         return;
     }
+    if (pipe_join(k))
+        return;
     if (take_spare(k, h)) {
         taken(k);
         return;
@@ -977,6 +1352,10 @@ static void on_ready(pgg_async_sock *s, int revents)
 {
     pgg_async_call *k = s->call;
 
+    if (s->pipe) {
+        pipe_io(s->pipe, revents);
+        return;
+    }
     if (!k)
         return; /* the spare: nobody waits on it */
     switch (k->state) {
@@ -998,7 +1377,9 @@ static void on_ready(pgg_async_sock *s, int revents)
 
 void pgg_async_handle_read(pgg_async_sock *s)
 {
-    pgg_async *ac = s->call ? s->call->ac : NULL;
+    pgg_async *ac = s->call   ? s->call->ac
+                    : s->pipe ? s->pipe->ac
+                              : NULL;
 
     on_ready(s, POLLIN);
     if (ac)
@@ -1007,7 +1388,9 @@ void pgg_async_handle_read(pgg_async_sock *s)
 
 void pgg_async_handle_write(pgg_async_sock *s)
 {
-    pgg_async *ac = s->call ? s->call->ac : NULL;
+    pgg_async *ac = s->call   ? s->call->ac
+                    : s->pipe ? s->pipe->ac
+                              : NULL;
 
     on_ready(s, POLLOUT);
     if (ac)
@@ -1044,6 +1427,9 @@ static void expire(pgg_async_call *k)
     case ST_QUERY:
         pgg__link_io_deadline(&k->io, k->h->name, &res, &end, k->c.err);
         exec_over(k, res, end);
+        break;
+    case ST_PIPED:
+        pipe_end(pipe_of(k->ac, k->h), k);
         break;
     case ST_LSN:
         /* The write committed: its answer stands, its position unknown;
@@ -1392,5 +1778,6 @@ void pgg_async_free(pgg_async *ac)
         free(k);
     }
     pgg_cancel_free(ac->fired);
+    free(ac->pipes);
     free(ac);
 }

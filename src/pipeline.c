@@ -743,7 +743,7 @@ static void lead(pgg_pool *pool, pgg_host *h, pgg_pipe *p, pipe_req *me)
 
 /* ------------------------------------------------------------ the caller */
 
-static bool pipeable(pgg_host *h, const pgg_query *q)
+bool pgg__pipe_query_ok(pgg_host *h, const pgg_query *q)
 {
     pgg_breaker_state st;
 
@@ -938,7 +938,7 @@ pgg_pipe_did pgg__pipe_attempt(pgg_pool *pool, pgg_host *h, pgg_intent intent,
     if (!has_link &&
         atomic_load_explicit(&h->n_busy, memory_order_relaxed) == 0)
         return PGG_PIPE_BYPASS;
-    if (!pipeable(h, q))
+    if (!pgg__pipe_query_ok(h, q))
         return PGG_PIPE_BYPASS;
     if (has_link) {
         /* Admission first: the breaker's lock is not taken under ours. */

@@ -82,6 +82,12 @@ pgg_pipe_did pgg__pipe_attempt(struct pgg_pool *pool, struct pgg_host *h,
  */
 bool pgg__pipe_sql_ok(const char *sql, bool simple);
 
+/* May this call's statement share a connection on h now?  Its SQL
+ * (pgg__pipe_sql_ok), no read-your-writes needs, not a prepare, no cancel
+ * handle current, and h's breaker closed (half-open trials stay one by
+ * one).  Both drivers ask it: this file and the loop (async.c). */
+bool pgg__pipe_query_ok(struct pgg_host *h, const pgg_query *q);
+
 /* Statements sent through shared connections so far (tests, stats). */
 uint64_t pgg__pipes_sent(const pgg_pipes *ps);
 

@@ -12,7 +12,10 @@
  * read callback), kept out of the throughput rounds.
  *
  *   bench-async [--conninfo CI] [--inflight N] [--rounds R] [--round-ms MS]
- *               [--only pgguard|raw]
+ *               [--only pgguard|raw] [--settings 'key=value ...']
+ *
+ * --settings adds pool keys to pgguard's (e.g. 'pipeline=on': the loop's
+ * calls share connections in pipeline mode, src/async.c).
  *
  * --only runs one client's rounds (no ratio): for strace -c -f and
  * callgrind, which want one client's costs alone.
@@ -203,6 +206,7 @@ static double median(double *v, int n)
 int main(int argc, char **argv)
 {
     const char *conninfo = getenv("PGG_BENCH_CONNINFO");
+    const char *extra = "";
     int inflight = 32, rounds = 10, round_ms = 1000;
     int only = -1; /* 0: pgguard, 1: raw */
     pgh_cluster *cluster = NULL;
@@ -212,7 +216,7 @@ int main(int argc, char **argv)
     pgg_pool *pool;
     pgg_async *ac;
     pgg_error e;
-    char settings[256], errbuf[2048];
+    char settings[512], errbuf[2048];
     double raw_rate[64], pgg_rate[64], raw_cpu[64], pgg_cpu[64], ratio[64];
     double load[3] = {0};
     double raw_gap[64], pgg_gap[64];
@@ -230,6 +234,8 @@ int main(int argc, char **argv)
             rounds = atoi(argv[++i]);
         else if (strcmp(argv[i], "--round-ms") == 0 && i + 1 < argc)
             round_ms = atoi(argv[++i]);
+        else if (strcmp(argv[i], "--settings") == 0 && i + 1 < argc)
+            extra = argv[++i];
         else if (strcmp(argv[i], "--only") == 0 && i + 1 < argc) {
             i++;
             only = strcmp(argv[i], "pgguard") == 0 ? 0 : strcmp(argv[i], "raw") == 0 ? 1 : -2;
@@ -237,7 +243,7 @@ int main(int argc, char **argv)
                 die("--only pgguard|raw");
         } else
             die("usage: bench-async [--conninfo CI] [--inflight N] [--rounds R] [--round-ms MS] "
-                "[--only pgguard|raw]");
+                "[--only pgguard|raw] [--settings 'key=value ...']");
     }
     if (inflight < 1 || inflight > MAX_INFLIGHT || rounds < 1 || rounds > 64 || round_ms < 10)
         die("--inflight 1..%d, --rounds 1..64, --round-ms >= 10", MAX_INFLIGHT);
@@ -262,8 +268,8 @@ int main(int argc, char **argv)
     }
     cfg = pgg_config_new();
     snprintf(settings, sizeof settings,
-             "pool_max=%d pool_min_idle=%d bulkhead.max_concurrent=%d",
-             inflight, inflight, inflight);
+             "pool_max=%d pool_min_idle=%d bulkhead.max_concurrent=%d %s",
+             inflight, inflight, inflight, extra);
     if (!cfg || pgg_config_set_servers(cfg, conninfo, &e) != PGG_OK ||
         pgg_config_parse(cfg, settings, &e) != PGG_OK)
         die("config: %s", e.message);
