@@ -727,6 +727,13 @@ static void pipe_answered(apipe *p, PGresult *res)
     pgg__cancel_cur = k->c.cancel;
     k->a.res = res;
     k->a.end = PGG_END_RESULT;
+    /* As the loop's own query step and pgg__link_io_step leave it: the
+     * server's error, with its SQLSTATE, is the call's. */
+    if (res && (PQresultStatus(res) == PGRES_FATAL_ERROR ||
+                PQresultStatus(res) == PGRES_NONFATAL_ERROR ||
+                PQresultStatus(res) == PGRES_BAD_RESPONSE))
+        pgg__link_error(k->c.err, PGG_ESERVER, p->l->conn, res, k->h->name,
+                        NULL);
     k->a.v = pgg__pool_exec_done(k->c.pool, k->h, &p->l, k->c.intent,
                                  &k->ticket, k->role, k->c.now, res,
                                  PGG_END_RESULT, &k->a.ended, k->c.err);

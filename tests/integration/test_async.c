@@ -11,6 +11,7 @@
  * asserts there was none.
  */
 #include <event2/event.h>
+#include <inttypes.h>
 #include <sys/resource.h>
 
 #include "pool.h"
@@ -411,6 +412,113 @@ Test(async, read_your_writes_on_the_loop_with_replay_paused)
     pgg_async_free(ac);
     loop_guard_off();
     loop_guard_check("the end");
+    event_base_free(base);
+    end_test(p, c);
+}
+
+/*
+ * pipeline=on on the loop: calls started together on a host share the
+ * connection one of them was lent, each statement with its own Sync, so an
+ * error aborts none of its neighbours and a write behind it commits.
+ */
+#define PIPED 8
+
+Test(async, pipelined_calls_share_a_backend_and_an_error_aborts_no_neighbour)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, "pipeline=on pipeline.stall_ms=1000 pool_max=10");
+    struct event_base *base = event_base_new();
+    pgg_async *ac = async_for(p, base);
+    outcome o[PIPED];
+    char rows[32];
+
+    cr_assert_eq(pgh_node_exec(pgh_cluster_primary(c),
+                               "DROP TABLE IF EXISTS async_piped;"
+                               "CREATE TABLE async_piped (pid text)"),
+                 0);
+    /* One warm connection: the first call below is lent it and opens the
+     * pipe; the others would otherwise each open one of their own. */
+    start_call(ac, PGG_WRITE, "SELECT 1", 0, 0, &o[0]);
+    run_until(base, o, 1, 5000);
+    cr_assert_eq(o[0].code, PGG_OK, "%s", o[0].message);
+    for (int i = 0; i < PIPED; i++) {
+        const char *sql = i == 3   ? "SELECT pg_backend_pid()::text, 1/0"
+                          : i % 2 ? "INSERT INTO async_piped VALUES (pg_backend_pid()::text) "
+                                    "RETURNING pid"
+                                  : "SELECT pg_backend_pid()::text";
+
+        start_call(ac, i % 2 ? PGG_WRITE : PGG_READ_PRIMARY, sql, 5000, 0, &o[i]);
+    }
+    run_until(base, o, PIPED, 10000);
+    for (int i = 0; i < PIPED; i++) {
+        if (i == 3) {
+            cr_expect_eq(o[i].code, PGG_ESERVER, "call %d: %s", i, pgg_err_name(o[i].code));
+            cr_expect_str_eq(o[i].sqlstate, "22012", "%s", o[i].message);
+            continue;
+        }
+        cr_expect_eq(o[i].code, PGG_OK, "call %d: %s", i, o[i].message);
+        cr_expect_str_eq(o[i].value, o[0].value, "call %d ran on backend %s, call 0 on %s", i,
+                         o[i].value, o[0].value);
+    }
+    /* The writes after the error committed, each on its own. */
+    cr_assert_eq(pgh_node_query_value(pgh_cluster_primary(c),
+                                      "SELECT count(*) FROM async_piped", rows, sizeof rows),
+                 0);
+    cr_expect_str_eq(rows, "3");
+    {
+        pgg_host_stats hs = host_stats(p, 0);
+        uint64_t failed = 0;
+
+        for (int i = 0; i < PGG_CLASS_SLOTS; i++)
+            failed += hs.failures[i];
+        cr_expect_eq(failed, 0, "%" PRIu64 " breaker failures", failed);
+    }
+    loop_guard_on();
+    pgg_async_free(ac);
+    loop_guard_off();
+    loop_guard_check("pipelined calls");
+    event_base_free(base);
+    end_test(p, c);
+}
+
+/* pipeline=on on the loop against a hung server: every call on the shared
+ * connection ends by its own deadline (its own, or an earlier neighbour's
+ * that dropped the connection), and the loop never waits. */
+Test(async, pipelined_calls_on_a_hung_server_end_by_their_own_deadlines)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgh_require_local(c, "a hang (SIGSTOP)");
+    pgg_pool *p = pool_for(c, "pipeline=on pipeline.stall_ms=1000 breaker.mode=disabled");
+    struct event_base *base = event_base_new();
+    pgg_async *ac = async_for(p, base);
+    outcome o[PIPED];
+
+    start_call(ac, PGG_WRITE, "SELECT 1", 0, 0, &o[0]);
+    run_until(base, o, 1, 5000);
+    cr_assert_eq(o[0].code, PGG_OK, "%s", o[0].message);
+    cr_assert_eq(pgh_node_hang(pgh_cluster_primary(c)), 0);
+    for (int i = 0; i < PIPED; i++)
+        start_call(ac, i % 2 ? PGG_WRITE : PGG_READ_PRIMARY, "SELECT pg_backend_pid()::text",
+                   100 + 25 * i, 0, &o[i]);
+    run_until(base, o, PIPED, 10000);
+    for (int i = 0; i < PIPED; i++) {
+        int deadline = 100 + 25 * i;
+
+        cr_expect(o[i].code == PGG_ETIMEDOUT || o[i].code == PGG_ECONNECT,
+                  "call %d: %s %s", i, pgg_err_name(o[i].code), o[i].message);
+        /* The bound of the blocking hung-server tests (test_watchdog.c). */
+        cr_expect_leq(o[i].ms, deadline + PGG_WATCHDOG_TICK_NS / 1e6 + 50.0,
+                      "call %d took %.2f ms for a %d ms deadline", i, o[i].ms, deadline);
+    }
+    cr_expect_eq(o[0].code, PGG_ETIMEDOUT, "the first deadline: %s", pgg_err_name(o[0].code));
+    cr_assert_eq(pgh_node_resume(pgh_cluster_primary(c)), 0);
+    start_call(ac, PGG_WRITE, "SELECT 1", 0, 0, &o[0]);
+    run_until(base, o, 1, 5000);
+    cr_expect_eq(o[0].code, PGG_OK, "after the resume: %s", o[0].message);
+    loop_guard_on();
+    pgg_async_free(ac);
+    loop_guard_off();
+    loop_guard_check("pipelined calls on a hung server");
     event_base_free(base);
     end_test(p, c);
 }
