@@ -176,6 +176,19 @@ static inline void end_test(pgg_pool *p, pgh_cluster *c)
     cr_expect_eq(pgh_leak_check(), 0, "memory leaked (report above)");
 }
 
+/* No breaker opened, no failure counted against any host. */
+static inline void expect_hosts_untouched(pgg_pool *p)
+{
+    for (int i = 0; i < pgg_pool_host_count(p); i++) {
+        pgg_host_stats h = host_stats(p, i);
+        cr_expect_eq(h.state, PGG_BREAKER_CLOSED, "%s: breaker %s", h.host,
+                     pgg_breaker_state_name(h.state));
+        for (int k = PGG_CLASS_CONNECTION; k < PGG_CLASS__COUNT; k++)
+            cr_expect_eq(h.failures[k], 0, "%s counted %llu %s failures", h.host,
+                         (unsigned long long)h.failures[k], pgg_class_name((pgg_class)k));
+    }
+}
+
 /* A read that must succeed; returns the host index that served it. */
 static inline int read_ok(pgg_pool *p, pgg_intent intent, const char *sql, int timeout_ms)
 {

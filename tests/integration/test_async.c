@@ -628,19 +628,6 @@ Test(async, bad_input_gets_clear_errors_and_no_callback)
 
 /* ------------------------------------------- issue 9's recovery on the loop */
 
-/* No breaker opened, no failure counted against any host. */
-static void expect_hosts_untouched(pgg_pool *p)
-{
-    for (int i = 0; i < pgg_pool_host_count(p); i++) {
-        pgg_host_stats h = host_stats(p, i);
-        cr_expect_eq(h.state, PGG_BREAKER_CLOSED, "%s: breaker %s", h.host,
-                     pgg_breaker_state_name(h.state));
-        for (int k = PGG_CLASS_CONNECTION; k < PGG_CLASS__COUNT; k++)
-            cr_expect_eq(h.failures[k], 0, "%s counted %llu %s failures", h.host,
-                         (unsigned long long)h.failures[k], pgg_class_name((pgg_class)k));
-    }
-}
-
 /* A pool on one server as `user`, limited to `limit` sessions server-side. */
 static pgg_pool *pool_limited(pgh_cluster *c, const char *user, int limit, const char *extra,
                               char *ci, size_t cisz)

@@ -22,19 +22,6 @@ static void setup_table(pgh_cluster *c)
     make_table(c, "pgg_rec_t", "v", 10);
 }
 
-/* No breaker opened, no failure counted against any host. */
-static void expect_hosts_untouched(pgg_pool *p)
-{
-    for (int i = 0; i < pgg_pool_host_count(p); i++) {
-        pgg_host_stats h = host_stats(p, i);
-        cr_expect_eq(h.state, PGG_BREAKER_CLOSED, "%s: breaker %s", h.host,
-                     pgg_breaker_state_name(h.state));
-        for (int k = PGG_CLASS_CONNECTION; k < PGG_CLASS__COUNT; k++)
-            cr_expect_eq(h.failures[k], 0, "%s counted %llu %s failures", h.host,
-                         (unsigned long long)h.failures[k], pgg_class_name((pgg_class)k));
-    }
-}
-
 /* Role and breaker changes, as the pool announced them. */
 typedef struct seen {
     pthread_mutex_t mu;
