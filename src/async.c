@@ -83,6 +83,7 @@ struct pgg_async_call {
     bool has_opts;
     bool unpark; /* it gave a connection back: wake calls parked on its host */
     bool pooled; /* a CALL_ROOM block, back to the free list when done */
+    bool reprepared; /* its registered statement was found gone once */
     pgg_async_fn fn;
     void *userdata;
     int64_t wait_until; /* the current wait's deadline (DONE: 0) */
@@ -481,6 +482,22 @@ static void exec_over(pgg_async_call *k, PGresult *res, pgg_attempt_end end)
     attempt_over(k);
 }
 
+/* Send the PREPARE of k's registered statement on its connection
+ * (state PREPARE); as pgg__link_send. */
+static int send_prepare(pgg_async_call *k, PGresult **res, pgg_attempt_end *end)
+{
+    const pgg_stmt *stmt = k->c.q->stmt;
+    pgg_query pq = {.sql = stmt->sql,
+                    .nparams = stmt->nparams,
+                    .types = stmt->types,
+                    .stmt = stmt,
+                    .stmt_name = stmt->name,
+                    .prepare = true};
+
+    k->state = ST_PREPARE;
+    return pgg__link_send(k->l->conn, &pq, k->h->name, res, end, k->c.err);
+}
+
 /* Advance the statement on the wire by what the socket showed. */
 static void io(pgg_async_call *k, int revents)
 {
@@ -578,6 +595,26 @@ static void io(pgg_async_call *k, int revents)
         k->state = ST_QUERY;
         if (pgg__link_send(k->l->conn, k->c.q, k->h->name, &res, &end,
                            k->c.err) != PGG_OK) {
+            exec_over(k, res, end);
+            return;
+        }
+        k->io = (pgg_link_io){0};
+        io(k, 0);
+        return;
+    }
+    if (k->state == ST_QUERY && k->c.q->stmt && !k->reprepared &&
+        end == PGG_END_RESULT && pgg__link_statement_gone(res)) {
+        /* The session lost our statement (a DEALLOCATE ALL run on it):
+         * nothing ran; forget it here, prepare it again and run it once
+         * more, as the blocking path does (pool.c, exec_registered). */
+        k->reprepared = true;
+        PQclear(res);
+        res = NULL;
+        pgg__error_reset(k->c.err);
+        pgg__stmt_set_del(&k->l->stmts, k->c.q->stmt->index);
+        if (send_prepare(k, &res, &end) != PGG_OK) {
+            if (end == PGG_END_LOST)
+                end = PGG_END_NOT_SENT;
             exec_over(k, res, end);
             return;
         }
@@ -926,15 +963,7 @@ static void exec_start(pgg_async_call *k)
         return;
     }
     if (q->stmt && !pgg__stmt_set_has(&k->l->stmts, q->stmt->index)) {
-        pgg_query pq = {.sql = q->stmt->sql,
-                        .nparams = q->stmt->nparams,
-                        .types = q->stmt->types,
-                        .stmt = q->stmt,
-                        .stmt_name = q->stmt->name,
-                        .prepare = true};
-
-        k->state = ST_PREPARE;
-        rc = pgg__link_send(k->l->conn, &pq, k->h->name, &res, &end, k->c.err);
+        rc = send_prepare(k, &res, &end);
     } else {
         k->state = ST_QUERY;
         rc = pgg__link_send(k->l->conn, q, k->h->name, &res, &end, k->c.err);

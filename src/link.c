@@ -353,6 +353,15 @@ static bool is_error(const PGresult *r)
            s == PGRES_NONFATAL_ERROR;
 }
 
+bool pgg__link_statement_gone(const PGresult *res)
+{
+    const char *st;
+
+    return res && PQresultStatus(res) == PGRES_FATAL_ERROR &&
+           (st = PQresultErrorField(res, PG_DIAG_SQLSTATE)) != NULL &&
+           strcmp(st, "26000") == 0;
+}
+
 static bool is_copy(const PGresult *r)
 {
     ExecStatusType s = PQresultStatus(r);

@@ -224,6 +224,10 @@ uint64_t pgg__canceller_closed(pgg_canceller *c);
  * returns.  Accepts NULL. */
 void pgg__canceller_free(pgg_canceller *c, int64_t max_wait_ns);
 
+/* The server answered 26000 (no such prepared statement): a registered
+ * statement the session lost (DEALLOCATE ALL, DISCARD ALL); nothing ran. */
+bool pgg__link_statement_gone(const PGresult *res);
+
 /* Socket waits that their own backstop timeout ended because the watchdog
  * had not yet (a late watchdog thread); for tests and diagnosis. */
 uint64_t pgg__link_backstops(void);

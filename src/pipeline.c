@@ -461,14 +461,6 @@ static bool send_batch(pgg_pipe *p, pipe_req *batch, int *k, int64_t now,
     return true;
 }
 
-/* A 26000 answer: the statement is not prepared on the session. */
-static bool gone(const PGresult *res)
-{
-    const char *st = PQresultErrorField(res, PG_DIAG_SQLSTATE);
-
-    return st && strcmp(st, "26000") == 0;
-}
-
 /*
  * Read the segments libpq can complete without waiting (mu not held): the
  * first *ndone segments from the ring's head have all their results in
@@ -501,7 +493,7 @@ static bool collect(pgg_pipe *p, int nseg, int *ndone)
                     ~(UINT64_C(1) << (s->prep_stmt & 63));
                 seg_at(p, *ndone + 1)->override = s->res;
                 s->res = NULL;
-            } else if (s->stmt >= 0 && s->res && gone(s->res)) {
+            } else if (s->stmt >= 0 && pgg__link_statement_gone(s->res)) {
                 /* The session lost our statement (a DEALLOCATE ALL run
                  * on it): prepare it again at its next use here.  This
                  * call keeps its 26000 (nothing ran). */

@@ -604,17 +604,6 @@ static bool prepare_on(pgg_watchdog *wd, pgg_link *l, const pgg_stmt *stmt,
     return true;
 }
 
-/* The server answered 26000: the statement is not prepared here after
- * all, and nothing ran. */
-static bool statement_gone(const PGresult *res, pgg_attempt_end end)
-{
-    const char *st;
-
-    return end == PGG_END_RESULT && PQresultStatus(res) == PGRES_FATAL_ERROR &&
-           (st = PQresultErrorField(res, PG_DIAG_SQLSTATE)) != NULL &&
-           strcmp(st, "26000") == 0;
-}
-
 /*
  * A registered statement on l: prepared there first if it is not yet.  A
  * session can lose what we prepared on it (DEALLOCATE ALL or DISCARD ALL
@@ -635,7 +624,7 @@ static void exec_registered(pgg_pool *pool, pgg_host *h, pgg_link *l,
 
     if (again) {
         pgg__vis_exec(pool, h, l, q, deadline, res, end, err);
-        if (!statement_gone(*res, *end))
+        if (*end != PGG_END_RESULT || !pgg__link_statement_gone(*res))
             return;
         pgg__stmt_set_del(&l->stmts, q->stmt->index);
         PQclear(*res);

@@ -523,6 +523,44 @@ Test(async, pipelined_calls_on_a_hung_server_end_by_their_own_deadlines)
     end_test(p, c);
 }
 
+/* A session that lost a registered statement (DEALLOCATE ALL through a
+ * lease kept without reset) answers 26000 with nothing run: the loop
+ * prepares it again, as the blocking path does. */
+Test(async, a_session_that_lost_a_registered_statement_prepares_it_again)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, "pool_max=1 lease_reset=false");
+    struct event_base *base = event_base_new();
+    pgg_async *ac = async_for(p, base);
+    pgg_error e;
+
+    cr_assert_eq(pgg_pool_prepare(p, "async_one", "SELECT 1", 0, NULL, &e), PGG_OK);
+    for (int i = 0; i < 4; i++) {
+        outcome o = {.started = pgh_now_ms()};
+        int rc;
+
+        if (i == 2) {
+            pgg_lease *l = pgg_acquire(p, PGG_WRITE, 2000, NULL, &e);
+            cr_assert_not_null(l, "%s", e.message);
+            PQclear(pgg_lease_exec(l, "DEALLOCATE ALL", 2000, &e));
+            pgg_release(l);
+        }
+        loop_guard_on();
+        rc = pgg_async_exec_prepared(ac, PGG_WRITE, "async_one", 0, NULL, NULL, NULL, NULL,
+                                     on_done, &o, NULL, &e);
+        loop_guard_off();
+        cr_assert_eq(rc, PGG_OK, "%s", e.message);
+        run_until(base, &o, 1, 5000);
+        cr_expect_eq(o.code, PGG_OK, "call %d: %s", i, o.message);
+        cr_expect_str_eq(o.value, "1", "call %d", i);
+    }
+    loop_guard_on();
+    pgg_async_free(ac);
+    loop_guard_off();
+    event_base_free(base);
+    end_test(p, c);
+}
+
 static void never(pgg_async *ac, PGresult *res, const pgg_info *info,
                   const pgg_error *err, void *ud)
 {
