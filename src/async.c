@@ -1088,9 +1088,13 @@ static void connect_failed(pgg_async_call *k)
 }
 
 /* A connect given up on our side (its deadline, no memory to watch it):
- * closed, and failed as a connect that failed. */
+ * closed, and failed as a connect that failed.  Its socket is forgotten
+ * before PQfinish closes the descriptor: once closed, the number may be
+ * another thread's new socket before the adapter's del_read/del_write
+ * (epoll_ctl, uv_poll_stop, ev_io_stop) would act on it. */
 static void connect_abort(pgg_async_call *k, int code, const char *msg)
 {
+    sock_close(k);
     PQfinish(k->conn);
     k->conn = NULL;
     pgg__error_set(k->c.err, code, NULL, k->h->name, "%s", msg);
