@@ -67,6 +67,11 @@ bool pgg__cancel_fired(const pgg_cancel *c)
     return c && atomic_load((atomic_int *)&c->fired) != 0;
 }
 
+const atomic_int *pgg__cancel_flag(const pgg_cancel *c)
+{
+    return &c->fired;
+}
+
 pgg_cancel *pgg__cancel_enter(pgg_cancel *c, pgg_watchdog *wd)
 {
     pgg_cancel *prev = pgg__cancel_cur;

@@ -38,6 +38,10 @@ extern PGG_TLS pgg_cancel *pgg__cancel_cur;
 /* Whether c has been fired (c may be NULL: false). */
 bool pgg__cancel_fired(const pgg_cancel *c);
 
+/* c's flag, set by a fire (c not NULL): what the watchdog looks at, so
+ * that it needs nothing of this module (it sits below it). */
+const atomic_int *pgg__cancel_flag(const pgg_cancel *c);
+
 /* Whether the thread's current call was cancelled. */
 static inline bool pgg__cancel_now(void)
 {

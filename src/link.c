@@ -466,7 +466,7 @@ static inline int wait_wd(pgg_watchdog *wd, PGconn *conn, int64_t deadline_ns,
     int rc;
 
     if (cancel)
-        pgg__watchdog_set_cancel(slot, cancel);
+        pgg__watchdog_set_cancel(slot, pgg__cancel_flag(cancel));
     rc = collect(slot, cancel, conn, deadline_ns, now, sent, host, out, end,
                  err);
     pgg__watchdog_release(slot);

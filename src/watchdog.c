@@ -8,7 +8,6 @@
 #include <string.h>
 #include <sys/socket.h>
 
-#include "cancel.h"
 #include "clock.h"
 #include "error.h"
 #include "tls.h"
@@ -127,9 +126,12 @@ static int64_t scan(pgg_watchdog *wd, int64_t now, int64_t *latest)
              * ARMED -> OWNED -> ARMED since the first look (a new window
              * with a later deadline). */
             d = atomic_load_explicit(&s->deadline_ns, memory_order_relaxed);
-            if (d > now)
-                by_cancel = pgg__cancel_fired(atomic_load_explicit(
-                    &s->cancel, memory_order_relaxed));
+            if (d > now) {
+                const atomic_int *fired = atomic_load_explicit(
+                    &s->cancel, memory_order_relaxed);
+
+                by_cancel = fired && atomic_load(fired) != 0;
+            }
             if (d > now && !by_cancel) {
                 atomic_store_explicit(&s->state, ARMED, memory_order_release);
                 if (d < earliest)
@@ -313,9 +315,9 @@ pgg_wd_slot *pgg__watchdog_claim_slow(pgg_watchdog *wd)
     }
 }
 
-void pgg__watchdog_set_cancel(pgg_wd_slot *s, pgg_cancel *c)
+void pgg__watchdog_set_cancel(pgg_wd_slot *s, const atomic_int *fired)
 {
-    atomic_store_explicit(&s->cancel, c, memory_order_relaxed);
+    atomic_store_explicit(&s->cancel, fired, memory_order_relaxed);
 }
 
 void pgg__watchdog_kick_cancel(pgg_watchdog *wd)

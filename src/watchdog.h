@@ -62,10 +62,12 @@ static inline void pgg__watchdog_arm(pgg_wd_slot *s, int fd,
  * deadline passed); then no later shutdown can come from this window. */
 static inline bool pgg__watchdog_disarm(pgg_wd_slot *s);
 
-/* The caller's cancel handle (or NULL) for the windows of this claim: set
- * it while the slot is claimed and not armed.  A fired handle ends an armed
- * window as a passed deadline does (disarm returns true). */
-void pgg__watchdog_set_cancel(pgg_wd_slot *s, pgg_cancel *c);
+/* The caller's cancel flag (pgg__cancel_flag, or NULL) for the windows of
+ * this claim: set it while the slot is claimed and not armed.  A flag that
+ * is set ends an armed window as a passed deadline does (disarm returns
+ * true).  The flag, not the handle: the watchdog sits below cancel.c,
+ * which kicks it. */
+void pgg__watchdog_set_cancel(pgg_wd_slot *s, const atomic_int *fired);
 
 /* A handle fired: end every armed window whose handle is fired, now.
  * Safe from any thread while the watchdog exists. */
@@ -98,12 +100,12 @@ struct pgg_wd_slot {
      * early look (see scan) is no data race. */
     atomic_int fd;
     _Atomic int_fast64_t deadline_ns;
-    /* The caller's cancel handle for the slot's windows (set while OWNED,
-     * so published by the ARMED store like fd): a fired handle ends a
+    /* The caller's cancel flag for the slot's windows (set while OWNED,
+     * so published by the ARMED store like fd): a set flag ends a
      * window as its deadline would.  Dereferenced only after the CAS to
      * FIRING, while the waiter is inside the window and its call (which
      * keeps the handle alive) under way. */
-    _Atomic(pgg_cancel *) cancel;
+    _Atomic(const atomic_int *) cancel;
     pgg_watchdog *wd;
 };
 

@@ -101,7 +101,7 @@ Test(cancel, a_fire_ends_an_armed_window_through_the_watchdog)
     pgg_cancel *prev = pgg__cancel_enter(c, wd);
     pgg_wd_slot *s = pgg__watchdog_claim(wd);
     cr_assert_not_null(s);
-    pgg__watchdog_set_cancel(s, c);
+    pgg__watchdog_set_cancel(s, pgg__cancel_flag(c));
     firer f = {.c = c, .delay_ms = 30};
     cr_assert_eq(pthread_create(&f.t, NULL, fire_later, &f), 0);
     int64_t t0 = pgg__now_ns();
@@ -138,7 +138,7 @@ static void *wait_in_window(void *arg)
     int rev = 0;
     pgg_wd_slot *s = pgg__watchdog_claim(w->wd);
 
-    pgg__watchdog_set_cancel(s, w->c);
+    pgg__watchdog_set_cancel(s, pgg__cancel_flag(w->c));
     w->fired = wait_fired(s, w->fd, w->deadline, &rev);
     pgg__watchdog_release(s);
     return NULL;
