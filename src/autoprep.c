@@ -7,7 +7,6 @@
 #include "clock.h"
 #include "error.h"
 #include "link.h"
-#include "pool.h"
 
 /*
  * Two LRU lists share one table of entries: SQL seen but not prepared yet
@@ -318,153 +317,16 @@ void pgg__autoprep_counts(const pgg_autoprep *ap, int *entries, int *prepared)
     *prepared = ap ? ap->prepared.n : 0;
 }
 
-/* ------------------------------------------------------------ running */
-
-static const char *sqlstate_of(const PGresult *res)
+void pgg__autoprep_stop(pgg_autoprep *ap)
 {
-    if (!res || PQresultStatus(res) != PGRES_FATAL_ERROR)
-        return NULL;
-    return PQresultErrorField(res, PG_DIAG_SQLSTATE);
+    ap->off = true;
 }
 
-/* The statement may be gone, or unusable, and the call never started. */
-static bool run_again_plain(const PGresult *res, bool *all_gone)
+void pgg__autoprep_all_gone(pgg_autoprep *ap)
 {
-    const char *st = sqlstate_of(res), *msg;
-
-    if (!st)
-        return false;
-    if (strcmp(st, "26000") == 0) {
-        *all_gone = true;
-        return true;
-    }
-    msg = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
-    return strcmp(st, "0A000") == 0 && msg &&
-           strstr(msg, "cached plan must not change result type") != NULL;
-}
-
-/* One statement of ours that needs no answer but "done": PREPARE or
- * DEALLOCATE.  Returns true when it was done; else the call's outcome is
- * in *res / *end / *err (a server error as it would have come, a lost
- * connection as not sent). */
-static bool side_step(pgg_pool *pool, pgg_host *h, pgg_link *l, const pgg_query *sq,
-                      bool any_answer, int64_t deadline, PGresult **res,
-                      pgg_attempt_end *end, pgg_error *err)
-{
-    pgg__link_exec_wd(pool->watchdog, l->conn, sq, deadline, h->name, res, end, err);
-    /* any_answer (DEALLOCATE): the server answered; a statement already
-     * gone is as good as deallocated. */
-    if (*end == PGG_END_RESULT &&
-        (any_answer || PQresultStatus(*res) == PGRES_COMMAND_OK)) {
-        PQclear(*res);
-        *res = NULL;
-        if (err)
-            pgg__error_reset(err);
-        return true;
-    }
-    /* The call's statement itself never ran. */
-    if (*end == PGG_END_LOST)
-        *end = PGG_END_NOT_SENT;
-    return false;
-}
-
-int pgg__autoprep_exec(pgg_pool *pool, pgg_host *h, pgg_link *l, const pgg_query *q,
-                       int64_t deadline, PGresult **res, pgg_attempt_end *end,
-                       pgg_error *err)
-{
-    pgg_autoprep_step step;
-    const char *name, *evict;
-    pgg_query run;
-    bool all_gone = false;
-    int rc;
-
-    /* In a transaction block (a lease's), a statement the server refuses
-     * by name (26000, 0A000 after DDL) aborts the transaction, and running
-     * it again plain would only fail with 25P02: there the call runs as
-     * it is, as if auto_prepare were off. */
-    if (PQtransactionStatus(l->conn) != PQTRANS_IDLE)
-        return pgg__vis_exec(pool, h, l, q, deadline, res, end, err);
-    if (!l->autoprep)
-        l->autoprep = pgg__autoprep_new(pool->cfg->auto_prepare);
-    if (!l->autoprep)
-        return pgg__vis_exec(pool, h, l, q, deadline, res, end, err);
-    step = pgg__autoprep_lookup(l->autoprep, q, pool->cfg->auto_prepare_after, &name,
-                                &evict);
-    if (evict) {
-        char sql[64];
-        pgg_query dq = {.sql = sql};
-
-        snprintf(sql, sizeof sql, "DEALLOCATE %s", evict);
-        if (!side_step(pool, h, l, &dq, true, deadline, res, end, err)) {
-            pgg__autoprep_prepared(l->autoprep, false);
-            return err ? err->code : PGG_ESERVER;
-        }
-    }
-    if (step == PGG_AUTOPREP_PLAIN)
-        return pgg__vis_exec(pool, h, l, q, deadline, res, end, err);
-    if (step == PGG_AUTOPREP_PREPARE) {
-        pgg_query pq = {.sql = q->sql,
-                        .nparams = q->nparams,
-                        .types = q->nparams > 0 ? q->types : NULL,
-                        .stmt_name = name,
-                        .prepare = true};
-        bool ok = side_step(pool, h, l, &pq, false, deadline, res, end, err);
-        const char *st = ok ? NULL : sqlstate_of(*res);
-
-        pgg__autoprep_prepared(l->autoprep, ok);
-        if (st && strcmp(st, "42P05") == 0) {
-            /* Our name exists already on this session: someone else's
-             * statements share it (a pooler in transaction mode hands
-             * us another server session per transaction).  Stop here on
-             * this connection, and run the call as it is: it never
-             * started. */
-            l->autoprep->off = true;
-            PQclear(*res);
-            *res = NULL;
-            if (err)
-                pgg__error_reset(err);
-            return pgg__vis_exec(pool, h, l, q, deadline, res, end, err);
-        }
-        if (!ok)
-            return err ? err->code : PGG_ESERVER;
-        if (pgg__now_ns() >= deadline) {
-            *end = PGG_END_EXPIRED;
-            return pgg__error_set(err, PGG_ETIMEDOUT, NULL, h->name,
-                                  "deadline exceeded while preparing the "
-                                  "statement (auto_prepare); not sent");
-        }
-    }
-    run = *q;
-    run.stmt_name = name;
-    rc = pgg__vis_exec(pool, h, l, &run, deadline, res, end, err);
-    if (step == PGG_AUTOPREP_RUN && *end == PGG_END_RESULT &&
-        run_again_plain(*res, &all_gone)) {
-        if (all_gone) {
-            /* Once is a lease's DEALLOCATE ALL; twice on one connection,
-             * statements vanish under us (a pooler): stop preparing. */
-            if (++l->autoprep->gone >= 2)
-                l->autoprep->off = true;
-            pgg__autoprep_clear(l->autoprep);
-        } else {
-            /* Only this one: let it be prepared afresh later. */
-            char sql[64];
-
-            snprintf(sql, sizeof sql, "DEALLOCATE %s", name);
-            pgg__autoprep_forget_last(l->autoprep);
-            PQclear(*res);
-            *res = NULL;
-            {
-                pgg_query dq = {.sql = sql};
-
-                if (!side_step(pool, h, l, &dq, true, deadline, res, end, err))
-                    return err ? err->code : PGG_ESERVER;
-            }
-        }
-        PQclear(*res);
-        *res = NULL;
-        if (err)
-            pgg__error_reset(err);
-        rc = pgg__vis_exec(pool, h, l, q, deadline, res, end, err);
-    }
-    return rc;
+    /* Once is a lease's DEALLOCATE ALL; twice on one connection,
+     * statements vanish under us (a pooler): stop preparing. */
+    if (++ap->gone >= 2)
+        ap->off = true;
+    pgg__autoprep_clear(ap);
 }

@@ -94,24 +94,12 @@ static inline bool pgg__autoprep_wants(const pgg_query *q)
     return (q->nparams > 0 || q->types) && !q->stmt && !q->stmt_name && !q->prepare;
 }
 
-struct pgg_pool;
-struct pgg_host;
-struct pgg_link;
-
-/*
- * Run q on l as pgg__vis_exec() does, through l's cache (created on first
- * use): plain, by name, or prepared first.  The outcome in *res, *end and
- * *err is the call's, as if it had run plain: a statement the server
- * refuses to prepare (a syntax error) fails as it would have; a connection
- * lost while preparing or deallocating is PGG_END_NOT_SENT; time used up
- * by them is PGG_END_EXPIRED.  A statement found gone (26000), or whose
- * cached plan may not change its result type (0A000, after DDL), is
- * forgotten and the call runs plain at once: it never started.
- */
-int pgg__autoprep_exec(struct pgg_pool *pool, struct pgg_host *h,
-                       struct pgg_link *l, const struct pgg_query *q,
-                       int64_t deadline, PGresult **res, pgg_attempt_end *end,
-                       pgg_error *err);
+/* Prepare nothing more on this connection (autoprep_exec.c: our name is
+ * taken there, someone else's statements share the session). */
+void pgg__autoprep_stop(pgg_autoprep *ap);
+/* Every statement of ours was found gone (26000): forget them all, and
+ * stop after the second time on one connection. */
+void pgg__autoprep_all_gone(pgg_autoprep *ap);
 
 /* Entries held, and how many of them are prepared (tests, stats). */
 void pgg__autoprep_counts(const pgg_autoprep *ap, int *entries, int *prepared);

@@ -9,6 +9,7 @@
 #include "cancel.h"
 #include "error.h"
 #include "health.h"
+#include "pipeline.h"
 #include "tls.h"
 
 /* The steps are inlined into the blocking driver (the path of every

@@ -14,6 +14,7 @@
 
 #include "error.h"
 #include "pool.h"
+#include "lease.h"
 
 typedef enum copy_dir { COPY_IN, COPY_OUT } copy_dir;
 

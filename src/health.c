@@ -11,6 +11,7 @@
 #include "cancel.h"
 #include "error.h"
 #include "pool.h"
+#include "lease.h"
 
 static const char probe_sql[] =
     "SELECT pg_catalog.pg_is_in_recovery(), CASE WHEN "

@@ -12,6 +12,7 @@
 #include "autoprep.h"
 #include "error.h"
 #include "pool.h"
+#include "lease.h"
 
 /* The lease fields took their room from reserved_: the layout is 0.1's. */
 _Static_assert(offsetof(pgg_stats, reserved_) + sizeof(((pgg_stats *)0)->reserved_) ==

@@ -9,6 +9,7 @@
 
 #include "error.h"
 #include "pool.h"
+#include "lease.h"
 
 PGnotify *pgg_lease_notify(pgg_lease *lease, int timeout_ms, pgg_error *err)
 {

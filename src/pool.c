@@ -1,7 +1,8 @@
 /*
- * The public pool: the path of one call (docs/DESIGN.md), composed from the
- * bulkhead, the router, the breakers, the hosts' connection pools, the
- * bounded link and the classifier.
+ * One attempt of a call on one host (pool.h): breaker admission, borrow or
+ * connect, role check, exec, and the judgement of its answer, composed
+ * from the breakers, the hosts' connection pools, the bounded link and the
+ * classifier.  The public object around it is pool_api.c.
  */
 #include "pool.h"
 
@@ -9,403 +10,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "call.h"
 #include "autoprep.h"
+#include "autoprep_exec.h"
 #include "cancel.h"
 #include "error.h"
-#include "health.h"
-#include "tls.h"
-
-/* The user and database every host is reached as: the conninfo's, or
- * libpq's defaults (PGUSER, PGDATABASE, the OS user), resolved as libpq
- * resolves them.  They belong in every cache key. */
-static int resolve_identity(pgg_pool *pool, pgg_error *err)
-{
-    const pgg_host_spec *h = &pool->cfg->hosts[0];
-    const char *user = NULL, *dbname = NULL;
-    PQconninfoOption *defs = NULL;
-
-    for (int i = 0; i < h->nparams; i++) {
-        if (strcmp(h->keys[i], "user") == 0 && h->vals[i][0])
-            user = h->vals[i];
-        else if (strcmp(h->keys[i], "dbname") == 0 && h->vals[i][0])
-            dbname = h->vals[i];
-    }
-    if (!user || !dbname) {
-        defs = PQconndefaults();
-        for (PQconninfoOption *o = defs; o && o->keyword; o++) {
-            if (!user && strcmp(o->keyword, "user") == 0 && o->val)
-                user = o->val;
-            else if (!dbname && strcmp(o->keyword, "dbname") == 0 && o->val)
-                dbname = o->val;
-        }
-    }
-    if (!dbname)
-        dbname = user; /* libpq's rule */
-    pool->user = strdup(user ? user : "");
-    pool->dbname = strdup(dbname ? dbname : "");
-    PQconninfoFree(defs);
-    if (!pool->user || !pool->dbname)
-        return pgg__error_set(err, PGG_ENOMEM, NULL, NULL, "out of memory");
-    return PGG_OK;
-}
-
-/* ---------------------------------------------------------------- events */
-
-void pgg__pool_emit(pgg_pool *pool, const pgg_event *ev)
-{
-    pgg_event_fn fn;
-    void *ud;
-
-    pthread_mutex_lock(&pool->ev_mu);
-    fn = pool->ev_fn;
-    ud = pool->ev_ud;
-    pthread_mutex_unlock(&pool->ev_mu);
-    if (fn)
-        fn(ev, ud);
-}
-
-void pgg_pool_on_event(pgg_pool *pool, pgg_event_fn fn, void *userdata)
-{
-    if (!pool)
-        return;
-    pthread_mutex_lock(&pool->ev_mu);
-    pool->ev_fn = fn;
-    pool->ev_ud = userdata;
-    pthread_mutex_unlock(&pool->ev_mu);
-}
-
-void pgg__pool_set_role(pgg_pool *pool, pgg_host *h, pgg_role role,
-                        const char *reason)
-{
-    int old = atomic_load(&h->role);
-    pgg_event ev = {0};
-
-    if (old == (int)role)
-        return;
-    if (!atomic_compare_exchange_strong(&h->role, &old, (int)role))
-        return; /* someone else recorded a change first; theirs is as fresh */
-    if (role == PGG_ROLE_PRIMARY)
-        atomic_store(&h->lag_bytes, 0);
-    ev.type = PGG_EVENT_ROLE;
-    ev.host_index = h->index;
-    ev.host = h->name;
-    ev.from = old;
-    ev.to = (int)role;
-    ev.reason = reason;
-    pgg__pool_emit(pool, &ev);
-}
-
-static void breaker_changed(void *ud, pgg_breaker_state from,
-                            pgg_breaker_state to, pgg_breaker_reason reason)
-{
-    pgg_host_ref *ref = ud;
-    pgg_host *h = &ref->pool->hosts[ref->index];
-    pgg_event ev = {0};
-
-    /* A host that just failed enough to open probably holds dead
-     * connections; the next borrow would only rediscover that. */
-    if (to == PGG_BREAKER_OPEN || to == PGG_BREAKER_FORCED_OPEN)
-        pgg__host_trim(h, 0, true);
-    /* An incident: the health thread probes fast until the host answers. */
-    if (to == PGG_BREAKER_OPEN)
-        pgg__health_wake(ref->pool->health);
-    ev.type = PGG_EVENT_BREAKER;
-    ev.host_index = h->index;
-    ev.host = h->name;
-    ev.from = (int)from;
-    ev.to = (int)to;
-    ev.reason = pgg__breaker_reason_name(reason);
-    pgg__pool_emit(ref->pool, &ev);
-}
-
-/* --------------------------------------------------------------- create */
-
-static int64_t ms_to_ns(int64_t ms)
-{
-    return pgg__ms_to_ns(ms);
-}
-
-
-
-/*
- * Free whatever part of a pool exists: pgg_pool_new's failures stop
- * halfway, pgg_pool_free comes at the end.  Order matters: the health
- * thread first (it uses everything), then hosts and the canceller (their
- * connections), then what only calls used.
- */
-static void pool_destroy(pgg_pool *pool, int hosts_ready, bool bulkhead_ready)
-{
-    atomic_store(&pool->closed, true);
-    pgg__health_stop(pool->health);
-    pool->health = NULL; /* late breaker events wake nothing */
-    pgg__leases_orphan(pool);
-    for (int i = 0; i < hosts_ready; i++)
-        pgg__host_close(&pool->hosts[i]);
-    pgg__watchdog_free(pool->watchdog);
-    pgg__pipes_free(pool->pipes);
-    if (pool->cfg)
-        pgg__canceller_free(pool->canceller,
-                            ms_to_ns(pool->cfg->cancel_timeout_ms));
-    for (int i = 0; i < hosts_ready; i++)
-        pgg__host_destroy(&pool->hosts[i]);
-    pgg__cache_free(pool->cache);
-    pgg__vis_free(pool->vis);
-    pgg__types_free(pool->types);
-    if (bulkhead_ready) {
-        /* No call may be in flight; should one still wait, it wakes with
-         * PGG_ECLOSED rather than on freed memory. */
-        pgg__bulkhead_close(&pool->bulkhead);
-        pgg__bulkhead_destroy(&pool->bulkhead);
-    }
-    free(pool->user);
-    free(pool->dbname);
-    free(pool->hosts);
-    free(pool->refs);
-    pgg_config_free(pool->cfg);
-    pgg__prepared_destroy(&pool->prepared);
-    pthread_mutex_destroy(&pool->ev_mu);
-    pgg__leases_destroy(pool);
-    free(pool);
-}
-
-pgg_pool *pgg_pool_new(const pgg_config *cfg, pgg_error *err)
-{
-    pgg_pool *pool;
-    pgg_host_limits limits;
-    int hosts_ready = 0;
-    bool bulkhead_ready = false;
-
-    if (!cfg) {
-        pgg__error_set(err, PGG_EINVAL, NULL, NULL, "pgg_pool_new: NULL config");
-        return NULL;
-    }
-    if (pgg__config_validate(cfg, err) != PGG_OK)
-        return NULL;
-    pool = calloc(1, sizeof *pool);
-    if (!pool) {
-        pgg__error_set(err, PGG_ENOMEM, NULL, NULL, "out of memory");
-        return NULL;
-    }
-    pthread_mutex_init(&pool->ev_mu, NULL);
-    pgg__leases_init(pool);
-    pgg__prepared_init(&pool->prepared);
-    pool->cfg = pgg__config_copy(cfg, err);
-    if (!pool->cfg)
-        goto fail;
-    cfg = pool->cfg;
-    pool->clock = pgg__clock_system();
-    pool->nhosts = cfg->nhosts;
-    pool->read_policy = cfg->read_policy;
-    pool->traced = cfg->trace_start || cfg->trace_end;
-    pool->trace_start = cfg->trace_start;
-    pool->trace_end = cfg->trace_end;
-    pool->trace_ud = cfg->trace_ud;
-    pool->max_attempts = cfg->max_attempts;
-    pool->attempt_timeout_ns = ms_to_ns(cfg->attempt_timeout_ms);
-    pool->attempt_auto = cfg->attempt_timeout_auto;
-    pool->call_timeout_ns = ms_to_ns(cfg->call_timeout_ms);
-    pool->bulkhead_wait_ns = ms_to_ns(cfg->bulkhead_max_wait_ms);
-    pool->max_lag_bytes = cfg->max_replica_lag_bytes;
-
-    pool->hosts = calloc((size_t)pool->nhosts, sizeof *pool->hosts);
-    pool->refs = calloc((size_t)pool->nhosts, sizeof *pool->refs);
-    if (!pool->hosts || !pool->refs) {
-        pgg__error_set(err, PGG_ENOMEM, NULL, NULL, "out of memory");
-        goto fail;
-    }
-    limits.max = cfg->pool_max;
-    limits.min_idle = cfg->pool_min_idle;
-    limits.idle_timeout_ns = ms_to_ns(cfg->idle_timeout_ms);
-    limits.max_lifetime_ns = ms_to_ns(cfg->max_lifetime_ms);
-    limits.validate_ns = ms_to_ns(cfg->validate_after_idle_ms);
-    limits.alive_check_ns = ms_to_ns(cfg->alive_check_after_idle_ms);
-    limits.connect_timeout_ns = ms_to_ns(cfg->connect_timeout_ms);
-    limits.on_connect = &cfg->on_connect;
-    limits.canceller = &pool->canceller;
-    for (; hosts_ready < pool->nhosts; hosts_ready++) {
-        int i = hosts_ready;
-        const pgg_host_spec *spec = &cfg->hosts[i];
-
-        if (pgg__host_init(&pool->hosts[i], i, spec->name,
-                           (const char *const *)spec->keys,
-                           (const char *const *)spec->vals, &limits,
-                           &cfg->breaker, pool->clock, err) != PGG_OK)
-            goto fail;
-        pool->refs[i].pool = pool;
-        pool->refs[i].index = i;
-        pgg__breaker_listen(&pool->hosts[i].breaker, breaker_changed,
-                            &pool->refs[i]);
-    }
-    if (pgg__bulkhead_init(&pool->bulkhead, cfg->bulkhead_max_concurrent,
-                           pool->clock, err) != PGG_OK)
-        goto fail;
-    bulkhead_ready = true;
-    /* cancel_timeout_ms = 0: abandoned queries are not cancelled at all. */
-    if (cfg->cancel_timeout_ms > 0) {
-        pool->canceller = pgg__canceller_new(
-            pool->nhosts, 8, ms_to_ns(cfg->cancel_timeout_ms), err);
-        if (!pool->canceller)
-            goto fail;
-    }
-#if PGG_HAVE_LIBPQTYPES
-    pool->types = pgg__types_new(err);
-    if (!pool->types)
-        goto fail;
-    atomic_init(&pool->types_on, cfg->types_enabled);
-#endif
-    if (cfg->cache_enabled) {
-        if (resolve_identity(pool, err) != PGG_OK)
-            goto fail;
-        pool->cache = pgg__cache_new(cfg->cache_max_bytes,
-                                     ms_to_ns(cfg->cache_max_age_ms), err);
-        if (!pool->cache)
-            goto fail;
-    }
-    pool->watchdog = pgg__watchdog_new(PGG_WATCHDOG_TICK_NS, err);
-    if (!pool->watchdog)
-        goto fail;
-    if (cfg->pipeline) {
-        pool->pipes = pgg__pipes_new(pool->nhosts, cfg->pipeline_connections,
-                                     ms_to_ns(cfg->pipeline_stall_ms), err);
-        if (!pool->pipes)
-            goto fail;
-    }
-    pool->ryw_off = cfg->ryw_mode == PGG_RYW_OFF;
-    pool->vis = pgg__vis_new(pool->nhosts, cfg->ryw_mode, cfg->ryw_max_wait_ms,
-                             cfg->ryw_poll_ms, err);
-    if (!pool->vis)
-        goto fail;
-    pool->health = pgg__health_start(pool, err);
-    if (!pool->health)
-        goto fail;
-    return pool;
-
-fail:
-    pool_destroy(pool, hosts_ready, bulkhead_ready);
-    return NULL;
-}
-
-void pgg_pool_free(pgg_pool *pool)
-{
-    if (pool)
-        pool_destroy(pool, pool->nhosts, true);
-}
-
-/* ------------------------------------------------------------- routing */
-
-/* Ties between equally good hosts rotate per thread: a shared counter
- * would bounce one cache line between every core on every call, for no
- * better spread. */
-static PGG_TLS unsigned route_rotate;
-
-int pgg__pool_candidates_of(pgg_pool *pool, pgg_intent intent, int *out)
-{
-    pgg_route_host snap[PGG_MAX_HOSTS];
-
-    for (int i = 0; i < pool->nhosts; i++) {
-        pgg_host *h = &pool->hosts[i];
-
-        snap[i].role = (pgg_role)atomic_load(&h->role);
-        snap[i].state = pgg__breaker_state(&h->breaker);
-        snap[i].lag_ok = pgg__pool_lag_ok(pool, h);
-        snap[i].busy = pgg__host_busy(h);
-    }
-    return pgg__route(intent, pool->read_policy, snap, pool->nhosts,
-                      route_rotate++, out);
-}
-
-/* pgg__pool_record, inlined into the path of every call. */
-#if defined(__GNUC__)
-__attribute__((always_inline))
-#endif
-static inline void record(pgg_host *h, const pgg_ticket *ticket,
-                          pgg_class cls, int64_t started_ns, int64_t now)
-{
-    pgg_outcome o;
-
-    switch (cls) {
-    case PGG_CLASS_SUCCESS: {
-        int64_t avg = atomic_load_explicit(&h->latency_ns, memory_order_relaxed);
-
-        atomic_fetch_add(&h->successes, 1);
-        o = PGG_OUTCOME_SUCCESS;
-        /* An average over about eight attempts: cheap, and quick to follow
-         * a host that slows down. */
-        atomic_store_explicit(&h->latency_ns,
-                              avg + (now - started_ns - avg) / 8,
-                              memory_order_relaxed);
-        if (atomic_load_explicit(&h->suspect_until_ns, memory_order_relaxed))
-            atomic_store_explicit(&h->suspect_until_ns, 0,
-                                  memory_order_relaxed);
-        break;
-    }
-    case PGG_CLASS_IGNORED:
-        atomic_fetch_add(&h->ignored, 1);
-        o = PGG_OUTCOME_IGNORED;
-        break;
-    default:
-        atomic_fetch_add(&h->failures[cls], 1);
-        o = PGG_OUTCOME_FAILURE;
-        break;
-    }
-    pgg__breaker_record(&h->breaker, *ticket, o, now - started_ns, now);
-}
-
-void pgg__pool_record(pgg_pool *pool, pgg_host *h, pgg_ticket ticket,
-                      pgg_class cls, int64_t started_ns, int64_t now)
-{
-    (void)pool;
-    record(h, &ticket, cls, started_ns, now);
-}
 
 /* ------------------------------------------------------------ one call */
-
-int pgg__query_check_params(const pgg_query *q, const char *fn,
-                            pgg_error *err)
-{
-    if (q->nparams < 0 || q->nparams > PGG_MAX_PARAMS)
-        return pgg__error_set(err, PGG_EINVAL, NULL, NULL,
-                              "%s: %d parameters (0..%d)", fn, q->nparams,
-                              PGG_MAX_PARAMS);
-    if (!q->values || !q->formats)
-        return PGG_OK;
-    for (int i = 0; i < q->nparams; i++) {
-        if (q->values[i] && q->formats[i] != 0 &&
-            (!q->lengths || q->lengths[i] < 0))
-            return pgg__error_set(err, PGG_EINVAL, NULL, NULL,
-                                  "%s: binary parameter $%d needs a length "
-                                  "(lengths[%d] >= 0)",
-                                  fn, i + 1, i);
-    }
-    return PGG_OK;
-}
-
-/* The error for "every candidate refused". */
-int pgg__pool_no_host_error(pgg_pool *pool, pgg_intent intent, int ncand,
-                            pgg_error *err)
-{
-    if (ncand == 0 && intent != PGG_READ) {
-        /* No primary known: the health thread looks now, not in a second. */
-        pgg__health_wake(pool->health);
-        return pgg__error_set(err, PGG_ENOPRIMARY, NULL, NULL,
-                              "no primary among %d host%s (none reports "
-                              "itself primary and none is of unknown role)",
-                              pool->nhosts, pool->nhosts == 1 ? "" : "s");
-    }
-    if (ncand == 0)
-        return pgg__error_set(err, PGG_EOPEN, NULL, NULL,
-                              "no eligible host for a read among %d (roles, "
-                              "lag and read_policy exclude them all)",
-                              pool->nhosts);
-    /* Every breaker open: demand is waiting, so the health thread probes
-     * now; a host that answers lets trial calls in at once. */
-    pgg__health_wake(pool->health);
-    return pgg__error_set(err, PGG_EOPEN, NULL, NULL,
-                          "no eligible host: the circuit breaker of every "
-                          "candidate (%d) is open",
-                          ncand);
-}
 
 /*
  * Check the role of a connection before a write or a primary read is sent
@@ -463,7 +73,7 @@ pgg_take pgg__pool_take_failed(pgg_pool *pool, pgg_host *h, pgg_ticket ticket,
     pgg__pool_record(pool, h, ticket, v.cls, start, now);
     if (pgg__host_failure(v.cls)) {
         pgg__host_note_error(h, err);
-        pgg__health_wake(pool->health);
+        pgg__pool_wake_health(pool);
     }
     return PGG_TAKE_FAILED;
 }
@@ -488,10 +98,11 @@ pgg_take pgg__pool_taken(pgg_pool *pool, pgg_host *h, pgg_intent intent,
     return taken(pool, h, intent, l, ticket, start);
 }
 
-/* pgg__host_await_back's wake: host.c knows nothing of the health thread. */
-static void wake_health(void *health)
+/* pgg__host_await_back's wake: host.c knows nothing of the health thread,
+ * nor this module (pool_state.h). */
+static void wake_health(void *pool)
 {
-    pgg__health_wake(health);
+    pgg__pool_wake_health(pool);
 }
 
 /* pgg__pool_take, with *now a clock reading in, and one no older than the
@@ -511,7 +122,7 @@ static inline pgg_take take_at(pgg_pool *pool, pgg_host *h, pgg_intent intent,
     *l = NULL;
     admitted = pgg__breaker_allow(&h->breaker, start, ticket);
     /* A host whose server is starting is waited for (host.h). */
-    if (!admitted && pgg__host_await_back(h, deadline, wake_health, pool->health)) {
+    if (!admitted && pgg__host_await_back(h, deadline, wake_health, pool)) {
         start = *now = pgg__now_ns();
         admitted = pgg__breaker_allow(&h->breaker, start, ticket);
     }
@@ -705,7 +316,7 @@ void pgg__pool_reported_role(pgg_pool *pool, pgg_host *h, int role,
         /* Another host may still look primary: let the health thread
          * confirm every role now. */
         if (reported == PGG_ROLE_PRIMARY)
-            pgg__health_wake(pool->health);
+            pgg__pool_wake_health(pool);
     }
 }
 
@@ -714,7 +325,7 @@ void pgg__pool_reprobe(pgg_pool *pool, pgg_host *h, const pgg_verdict *v)
     if (v->reprobe_role) {
         pgg__pool_set_role(pool, h, PGG_ROLE_STANDBY,
                            "a write was refused as read-only (25006)");
-        pgg__health_wake(pool->health);
+        pgg__pool_wake_health(pool);
     }
 }
 
@@ -727,13 +338,13 @@ static inline void settle(pgg_pool *pool, pgg_host *h,
                           int64_t ended)
 {
     if (ticket)
-        record(h, ticket, rec, started, ended);
+        pgg__pool_record_at(h, ticket, rec, started, ended);
     /* A pooled session that died on us rarely died alone (a restart, a
      * failover, pg_terminate_backend of many): its idle siblings go now,
      * before another call finds each of them dead the hard way. */
     if (ended_by_server) {
         pgg__host_trim(h, 0, true);
-        pgg__health_wake(pool->health);
+        pgg__pool_wake_health(pool);
     }
 }
 
@@ -934,115 +545,8 @@ pgg_verdict pgg__pool_exec_done(pgg_pool *pool, pgg_host *h, pgg_link **lp,
                      ended, err);
 }
 
-int pgg__pool_enter_refused(pgg_pool *pool, pgg_error *err)
-{
-    atomic_fetch_add(&pool->calls_failed, 1);
-    return pgg__error_set(err, PGG_EBULKHEAD, NULL, NULL,
-                          "bulkhead full: %d calls in flight",
-                          pgg__bulkhead_capacity(&pool->bulkhead));
-}
 
-/* A call with a cancel handle: refused at once when it is already fired,
- * else run with the handle current on this thread (cancel.h).  Kept out of
- * line so that a call without one reaches pgg__call_run by a tail call. */
-#if defined(__GNUC__)
-__attribute__((noinline))
-#endif
-static PGresult *run_cancellable(pgg_pool *pool, pgg_intent intent,
-                                 const pgg_query *q, const pgg_call *call,
-                                 pgg_info *info, pgg_error *err)
-{
-    pgg_cancel *c = call->cancel, *prev;
-    PGresult *res;
 
-    if (pgg__cancel_fired(c)) {
-        pgg__info_reset(info);
-        pgg__call_cancelled(err);
-        atomic_fetch_add(&pool->calls_failed, 1);
-        return NULL;
-    }
-    prev = pgg__cancel_enter(c, pool->watchdog);
-    res = pgg__call_run(pool, intent, q, call, info, err, c);
-    pgg__cancel_leave(c, prev);
-    return res;
-}
-
-static PGresult *run_guarded(pgg_pool *pool, pgg_intent intent,
-                             const pgg_query *q, const pgg_call *call,
-                             pgg_info *info, pgg_error *err)
-{
-    if (call && call->cancel && pool)
-        return run_cancellable(pool, intent, q, call, info, err);
-    return pgg__call_run(pool, intent, q, call, info, err, NULL);
-}
-
-#if defined(__GNUC__)
-__attribute__((noinline))
-#endif
-static PGresult *run_traced(pgg_pool *pool, pgg_intent intent,
-                            const pgg_query *q, const pgg_call *call,
-                            pgg_info *info, pgg_error *err)
-{
-    pgg_info local_info;
-    pgg_error local_err;
-    pgg_trace t = {.kind = q->stmt ? PGG_TRACE_PREPARED : PGG_TRACE_EXEC,
-                   .intent = intent,
-                   .sql = q->sql ? q->sql : "",
-                   .stmt_name = q->stmt ? q->stmt->name : NULL};
-    void *span;
-    PGresult *res;
-
-    if (!info)
-        info = &local_info;
-    if (!err)
-        err = &local_err;
-    span = pgg__trace_begin(pool, &t);
-    res = run_guarded(pool, intent, q, call, info, err);
-    pgg__trace_finish(pool, &t, span, info, err);
-    return res;
-}
-
-static PGresult *run(pgg_pool *pool, pgg_intent intent, const pgg_query *q,
-                     const pgg_call *call, pgg_info *info, pgg_error *err)
-{
-    if (pool && pool->traced)
-        return run_traced(pool, intent, q, call, info, err);
-    return run_guarded(pool, intent, q, call, info, err);
-}
-
-PGresult *pgg_exec(pgg_pool *pool, pgg_intent intent, const char *sql,
-                   const pgg_call *call, pgg_info *info, pgg_error *err)
-{
-    pgg_query q = {.sql = sql, .result_format = call ? call->result_format : 0};
-    return run(pool, intent, &q, call, info, err);
-}
-
-PGresult *pgg_exec_params(pgg_pool *pool, pgg_intent intent, const char *sql,
-                          int nparams, const Oid *types,
-                          const char *const *values, const int *lengths,
-                          const int *formats, const pgg_call *call,
-                          pgg_info *info, pgg_error *err)
-{
-    pgg_query q = {.sql = sql,
-                   .nparams = nparams,
-                   .types = types,
-                   .values = values,
-                   .lengths = lengths,
-                   .formats = formats,
-                   .result_format = call ? call->result_format : 0};
-
-    if (nparams < 0 || (nparams > 0 && !values && !types)) {
-        pgg__error_set(err, PGG_EINVAL, NULL, NULL,
-                       "pgg_exec_params: %d parameters but no values",
-                       nparams);
-        pgg__info_reset(info);
-        return NULL;
-    }
-    /* Parameters force the extended protocol even when there are none. */
-    if (q.nparams == 0 && !q.types)
-        q.types = (const Oid *)"";
-    return run(pool, intent, &q, call, info, err);
-}
 
 int pgg_pool_prepare(pgg_pool *pool, const char *name, const char *sql,
                      int nparams, const Oid *types, pgg_error *err)
@@ -1077,28 +581,6 @@ int pgg__pool_prepared_query(pgg_pool *pool, const char *fn,
     return PGG_OK;
 }
 
-PGresult *pgg_exec_prepared(pgg_pool *pool, pgg_intent intent,
-                            const char *name, int nparams,
-                            const char *const *values, const int *lengths,
-                            const int *formats, const pgg_call *call,
-                            pgg_info *info, pgg_error *err)
-{
-    pgg_query q;
-
-    if (!pool || !name || nparams < 0) {
-        pgg__info_reset(info);
-        pgg__error_set(err, PGG_EINVAL, NULL, NULL,
-                       "pgg_exec_prepared: NULL pool or name");
-        return NULL;
-    }
-    if (pgg__pool_prepared_query(pool, "pgg_exec_prepared", name, nparams,
-                                 values, lengths, formats, call, &q,
-                                 err) != PGG_OK) {
-        pgg__info_reset(info);
-        return NULL;
-    }
-    return run(pool, intent, &q, call, info, err);
-}
 
 /* ----------------------------------------------------------- control */
 
@@ -1188,27 +670,6 @@ int pgg_pool_host_stats(pgg_pool *pool, int index, pgg_host_stats *out)
     return PGG_OK;
 }
 
-int pgg_pool_stats(pgg_pool *pool, pgg_stats *out)
-{
-    pgg_bulkhead_counts bc;
-
-    if (!pool || !out)
-        return PGG_EINVAL;
-    memset(out, 0, sizeof *out);
-    out->hosts = pool->nhosts;
-    pgg__bulkhead_counts(&pool->bulkhead, &bc);
-    out->bulkhead_capacity = bc.capacity;
-    out->bulkhead_in_use = bc.in_use;
-    out->bulkhead_waiting = bc.waiting;
-    out->bulkhead_rejections = bc.rejected_full + bc.timed_out;
-    /* Every call and lease passes the bulkhead, in or refused. */
-    out->calls = bc.admitted + out->bulkhead_rejections;
-    out->calls_failed = atomic_load(&pool->calls_failed);
-    pgg__cache_stats(pool->cache, out);
-    pgg__leases_stats(pool, out);
-    pgg__vis_stats(pool->vis, out);
-    return PGG_OK;
-}
 
 const char *pgg_role_name(pgg_role role)
 {

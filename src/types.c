@@ -16,6 +16,7 @@
 #include "link.h"
 #include "pool.h"
 #include "pgguard_types.h"
+#include "lease.h"
 
 typedef struct registration {
     int which;

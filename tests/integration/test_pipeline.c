@@ -9,6 +9,7 @@
 #include <stdatomic.h>
 
 #include "pgg_config.h"
+#include "pipeline.h"
 #include "pool.h"
 #include "pool_util.h"
 

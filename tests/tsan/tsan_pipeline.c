@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "harness.h"
+#include "pipeline.h"
 #include "pool.h"
 #include "tsan_util.h"
 

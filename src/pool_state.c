@@ -1,0 +1,137 @@
+/*
+ * The pool's state shared by the modules that serve calls (pool_state.h):
+ * events, roles, the router's view of the hosts, the breaker's record, the
+ * bulkhead's refusal, the error of a call no host took.
+ */
+#include "pool_state.h"
+
+#include <string.h>
+
+#include "error.h"
+#include "tls.h"
+
+void pgg__pool_emit(pgg_pool *pool, const pgg_event *ev)
+{
+    pgg_event_fn fn;
+    void *ud;
+
+    pthread_mutex_lock(&pool->ev_mu);
+    fn = pool->ev_fn;
+    ud = pool->ev_ud;
+    pthread_mutex_unlock(&pool->ev_mu);
+    if (fn)
+        fn(ev, ud);
+}
+
+void pgg_pool_on_event(pgg_pool *pool, pgg_event_fn fn, void *userdata)
+{
+    if (!pool)
+        return;
+    pthread_mutex_lock(&pool->ev_mu);
+    pool->ev_fn = fn;
+    pool->ev_ud = userdata;
+    pthread_mutex_unlock(&pool->ev_mu);
+}
+
+void pgg__pool_set_role(pgg_pool *pool, pgg_host *h, pgg_role role,
+                        const char *reason)
+{
+    int old = atomic_load(&h->role);
+    pgg_event ev = {0};
+
+    if (old == (int)role)
+        return;
+    if (!atomic_compare_exchange_strong(&h->role, &old, (int)role))
+        return; /* someone else recorded a change first; theirs is as fresh */
+    if (role == PGG_ROLE_PRIMARY)
+        atomic_store(&h->lag_bytes, 0);
+    ev.type = PGG_EVENT_ROLE;
+    ev.host_index = h->index;
+    ev.host = h->name;
+    ev.from = old;
+    ev.to = (int)role;
+    ev.reason = reason;
+    pgg__pool_emit(pool, &ev);
+}
+
+/* Ties between equally good hosts rotate per thread: a shared counter
+ * would bounce one cache line between every core on every call, for no
+ * better spread. */
+static PGG_TLS unsigned route_rotate;
+
+int pgg__pool_candidates_of(pgg_pool *pool, pgg_intent intent, int *out)
+{
+    pgg_route_host snap[PGG_MAX_HOSTS];
+
+    for (int i = 0; i < pool->nhosts; i++) {
+        pgg_host *h = &pool->hosts[i];
+
+        snap[i].role = (pgg_role)atomic_load(&h->role);
+        snap[i].state = pgg__breaker_state(&h->breaker);
+        snap[i].lag_ok = pgg__pool_lag_ok(pool, h);
+        snap[i].busy = pgg__host_busy(h);
+    }
+    return pgg__route(intent, pool->read_policy, snap, pool->nhosts,
+                      route_rotate++, out);
+}
+
+void pgg__pool_record(pgg_pool *pool, pgg_host *h, pgg_ticket ticket,
+                      pgg_class cls, int64_t started_ns, int64_t now)
+{
+    (void)pool;
+    pgg__pool_record_at(h, &ticket, cls, started_ns, now);
+}
+
+int pgg__query_check_params(const pgg_query *q, const char *fn,
+                            pgg_error *err)
+{
+    if (q->nparams < 0 || q->nparams > PGG_MAX_PARAMS)
+        return pgg__error_set(err, PGG_EINVAL, NULL, NULL,
+                              "%s: %d parameters (0..%d)", fn, q->nparams,
+                              PGG_MAX_PARAMS);
+    if (!q->values || !q->formats)
+        return PGG_OK;
+    for (int i = 0; i < q->nparams; i++) {
+        if (q->values[i] && q->formats[i] != 0 &&
+            (!q->lengths || q->lengths[i] < 0))
+            return pgg__error_set(err, PGG_EINVAL, NULL, NULL,
+                                  "%s: binary parameter $%d needs a length "
+                                  "(lengths[%d] >= 0)",
+                                  fn, i + 1, i);
+    }
+    return PGG_OK;
+}
+
+/* The error for "every candidate refused". */
+int pgg__pool_no_host_error(pgg_pool *pool, pgg_intent intent, int ncand,
+                            pgg_error *err)
+{
+    if (ncand == 0 && intent != PGG_READ) {
+        /* No primary known: the health thread looks now, not in a second. */
+        pgg__pool_wake_health(pool);
+        return pgg__error_set(err, PGG_ENOPRIMARY, NULL, NULL,
+                              "no primary among %d host%s (none reports "
+                              "itself primary and none is of unknown role)",
+                              pool->nhosts, pool->nhosts == 1 ? "" : "s");
+    }
+    if (ncand == 0)
+        return pgg__error_set(err, PGG_EOPEN, NULL, NULL,
+                              "no eligible host for a read among %d (roles, "
+                              "lag and read_policy exclude them all)",
+                              pool->nhosts);
+    /* Every breaker open: demand is waiting, so the health thread probes
+     * now; a host that answers lets trial calls in at once. */
+    pgg__pool_wake_health(pool);
+    return pgg__error_set(err, PGG_EOPEN, NULL, NULL,
+                          "no eligible host: the circuit breaker of every "
+                          "candidate (%d) is open",
+                          ncand);
+}
+
+int pgg__pool_enter_refused(pgg_pool *pool, pgg_error *err)
+{
+    atomic_fetch_add(&pool->calls_failed, 1);
+    return pgg__error_set(err, PGG_EBULKHEAD, NULL, NULL,
+                          "bulkhead full: %d calls in flight",
+                          pgg__bulkhead_capacity(&pool->bulkhead));
+}
