@@ -37,6 +37,8 @@
 #include "call.h"
 #include "cancel.h"
 #include "error.h"
+#include "pipeline.h"
+#include "typed.h"
 #include "types.h"
 
 enum {

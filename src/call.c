@@ -10,6 +10,7 @@
 #include "error.h"
 #include "health.h"
 #include "pipeline.h"
+#include "sample.h"
 #include "tls.h"
 
 /* The steps are inlined into the blocking driver (the path of every
@@ -261,7 +262,8 @@ STEP void call_route(pgg__call *c)
         if (c->on_loop)
             pgg__vis_sample_known(pool, &c->vr);
         else
-            c->now = pgg__vis_sample(pool, &c->vr, c->deadline, c->err);
+            c->now = pgg__vis_sample(pool, &c->vr, c->deadline,
+                                     pgg__sample_primary, c->err);
     }
     if (c->q->vis && c->vr.need)
         c->ncand = pgg__vis_order(pool, &c->vr, !c->on_loop, c->cand,

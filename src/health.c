@@ -10,8 +10,9 @@
 
 #include "cancel.h"
 #include "error.h"
-#include "pool.h"
 #include "lease.h"
+#include "pool_state.h"
+#include "visibility.h"
 
 static const char probe_sql[] =
     "SELECT pg_catalog.pg_is_in_recovery(), CASE WHEN "

@@ -13,6 +13,8 @@
 #include "error.h"
 #include "pool.h"
 #include "lease.h"
+#include "trace.h"
+#include "sample.h"
 
 /* The lease fields took their room from reserved_: the layout is 0.1's. */
 _Static_assert(offsetof(pgg_stats, reserved_) + sizeof(((pgg_stats *)0)->reserved_) ==
@@ -263,7 +265,7 @@ pgg_lease *pgg_acquire_call(pgg_pool *pool, pgg_intent intent,
      * the pool's latest write, or one that gets there in time, or the
      * primary (no statement yet to check a standby's position with). */
     if (pgg__vis_begin_lease(pool->vis, intent, call, &vr) && vr.sample)
-        pgg__vis_sample(pool, &vr, deadline, err);
+        pgg__vis_sample(pool, &vr, deadline, pgg__sample_primary, err);
     if (vr.need)
         ncand = pgg__vis_order(pool, &vr, false, cand, ncand);
 pass:

@@ -32,7 +32,6 @@
 #include "cancel.h"
 #include "clock.h"
 #include "error.h"
-#include "health.h"
 #include "pool.h"
 #include "tls.h"
 #include "types.h"

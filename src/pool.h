@@ -12,15 +12,6 @@
 #include "types.h"
 #include "visibility.h"
 
-/* The tracer's two calls (trace.c): t holds the call's kind, intent and
- * SQL; begin returns the span, finish fills the end fields from info and
- * err and hands the span back. */
-void *pgg__trace_begin(pgg_pool *pool, pgg_trace *t);
-void pgg__trace_finish(pgg_pool *pool, pgg_trace *t, void *span,
-                       const pgg_info *info, const pgg_error *err);
-
-
-
 /* One attempt of a call on one host, as run() weighs it (pool.c's
  * attempt_on, or pipeline.c's for a shared connection). */
 typedef struct pgg_attempt {
@@ -140,10 +131,5 @@ int pgg__pool_prepared_query(pgg_pool *pool, const char *fn,
                              const char *const *values, const int *lengths,
                              const int *formats, const pgg_call *call,
                              pgg_query *q, pgg_error *err);
-
-
-
-
-
 
 #endif

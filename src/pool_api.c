@@ -17,6 +17,7 @@
 #include "health.h"
 #include "lease.h"
 #include "pipeline.h"
+#include "trace.h"
 
 /* The user and database every host is reached as: the conninfo's, or
  * libpq's defaults (PGUSER, PGDATABASE, the OS user), resolved as libpq

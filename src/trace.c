@@ -3,10 +3,11 @@
  * start and the end of a call.  The calls reach here only when the pool has
  * a tracer: an untraced call pays the test of pool->traced and nothing else.
  */
+#include "trace.h"
+
 #include <string.h>
 
 #include "error.h"
-#include "pool.h"
 
 void *pgg__trace_begin(pgg_pool *pool, pgg_trace *t)
 {

@@ -14,9 +14,6 @@
 #include "error.h"
 #include "host.h"
 #include "link.h"
-#include "pool.h"
-#include "pgguard_types.h"
-#include "lease.h"
 
 typedef struct registration {
     int which;
@@ -208,26 +205,16 @@ int pgg__types_prepare(pgg_types *t, pgg_link *l, int64_t deadline_ns,
     }
 }
 
-/* ------------------------------------------------------------ public */
+/* ------------------------------------------------------ registrations */
 
-int pgg_pool_register_types(pgg_pool *pool, int which,
-                            const PGregisterType *types, int count,
-                            pgg_error *err)
+int pgg__types_add(pgg_types *t, int which, const PGregisterType *types,
+                   int count, pgg_link *link, int64_t deadline_ns,
+                   const char *host, pgg_error *err)
 {
     registration r;
     registration *grown;
-    pgg_types *t;
-    pgg_lease *lease;
-    pgg_link *link;
     int rc;
 
-    if (!pool || !types || count <= 0 ||
-        (which != PQT_SUBCLASS && which != PQT_COMPOSITE &&
-         which != PQT_USERDEFINED))
-        return pgg__error_set(err, PGG_EINVAL, NULL, NULL,
-                              "pgg_pool_register_types: bad arguments");
-    t = pool->types;
-    atomic_store(&pool->types_on, true);
     r.which = which;
     r.count = count;
     r.types = calloc((size_t)count, sizeof *r.types);
@@ -244,21 +231,8 @@ int pgg_pool_register_types(pgg_pool *pool, int which,
         r.types[i].typput = types[i].typput;
         r.types[i].typget = types[i].typget;
     }
-
-    /* Try it on one connection first: a type the server does not have
-     * must be refused here, not make every later call of the pool fail on
-     * every new connection. */
-    lease = pgg_acquire(pool, PGG_READ, 0, NULL, err);
-    if (!lease) {
-        free_registration(&r);
-        return err ? err->code : PGG_ECONNECT;
-    }
-    link = pgg__lease_link(lease);
-    rc = apply(link->conn, &r,
-               pgg__now_ns() + pgg__pool_timeout_ns(pool, 0),
-               pgg_lease_host(lease), err);
+    rc = apply(link->conn, &r, deadline_ns, host, err);
     if (rc != PGG_OK) {
-        pgg_release(lease);
         free_registration(&r);
         return rc;
     }
@@ -267,7 +241,6 @@ int pgg_pool_register_types(pgg_pool *pool, int which,
     grown = realloc(t->regs, (size_t)(t->nregs + 1) * sizeof *grown);
     if (!grown) {
         pthread_mutex_unlock(&t->mu);
-        pgg_release(lease);
         free_registration(&r);
         return pgg__error_set(err, PGG_ENOMEM, NULL, NULL, "out of memory");
     }
@@ -278,237 +251,18 @@ int pgg_pool_register_types(pgg_pool *pool, int which,
         link->types_gen = t->gen + 1;
     t->gen++;
     pthread_mutex_unlock(&t->mu);
-    pgg_release(lease);
     return PGG_OK;
 }
 
-/* A copy of the template, connecting once for it when there is none (and
- * may_wait: an event loop may not). */
-static PGparam *param_from_template(pgg_pool *pool, pgg_intent intent,
-                                    int timeout_ms, bool may_wait,
-                                    pgg_error *err)
+PGparam *pgg__types_template(pgg_types *t)
 {
-    pgg_types *t = pool->types;
     PGparam *p = NULL;
 
-    for (int round = 0; round < 2 && !p; round++) {
-        pthread_mutex_lock(&t->mu);
-        if (t->tmpl)
-            p = PQparamDup(t->tmpl);
-        pthread_mutex_unlock(&t->mu);
-        if (!p && round == 0 && !may_wait) {
-            pgg__error_set(err, PGG_ESTATE, NULL, NULL,
-                           "no connection of the pool has been prepared for "
-                           "libpqtypes yet, and the loop does not wait for "
-                           "one: call pgg_pool_param (or make one blocking "
-                           "typed call) first");
-            return NULL;
-        }
-        if (!p && round == 0) {
-            /* Borrowing prepares a connection, which makes the template. */
-            pgg_lease *lease = pgg_acquire(pool, intent, timeout_ms, NULL, err);
-            if (!lease)
-                return NULL;
-            pgg_release(lease);
-        }
-    }
-    if (!p)
-        pgg__error_set(err, PGG_ETYPES, NULL, NULL,
-                       "no libpqtypes template: %s", PQgeterror());
+    pthread_mutex_lock(&t->mu);
+    if (t->tmpl)
+        p = PQparamDup(t->tmpl);
+    pthread_mutex_unlock(&t->mu);
     return p;
-}
-
-PGparam *pgg_pool_param(pgg_pool *pool, int timeout_ms, pgg_error *err)
-{
-    if (!pool) {
-        pgg__error_set(err, PGG_EINVAL, NULL, NULL, "pgg_pool_param: NULL pool");
-        return NULL;
-    }
-    atomic_store(&pool->types_on, true);
-    return param_from_template(pool, PGG_READ, timeout_ms, true, err);
-}
-
-/*
- * libpqtypes keeps a PGparam's values in an array it does not expose; the
- * first members of struct pg_param (libpqtypes-int.h, 1.5) are read here
- * to pass them to our own bounded exec and to key the cache.  The layout is
- * verified once at run time against known values (layout_ok) and typed
- * calls refuse to run on a library whose layout differs.
- */
-typedef struct {
-    int ptrl;
-    void *ptr;
-    int datal;
-    char *data;
-    int format;
-    Oid oid;
-} pqt_value;
-
-typedef struct {
-    int vcnt;
-    int vmax;
-    pqt_value *vals;
-} pqt_param_head;
-
-static bool layout_checked, layout_good;
-static pthread_mutex_t layout_mu = PTHREAD_MUTEX_INITIALIZER;
-
-static bool layout_ok(PGparam *sample)
-{
-    PGparam *p;
-    const pqt_param_head *h;
-    static const char want4[4] = {0x01, 0x02, 0x03, 0x04};
-    bool ok;
-
-    pthread_mutex_lock(&layout_mu);
-    if (layout_checked) {
-        ok = layout_good;
-        pthread_mutex_unlock(&layout_mu);
-        return ok;
-    }
-    p = PQparamDup(sample);
-    PQparamReset(p);
-    ok = p && PQputf(p, "%int4 %text", (PGint4)0x01020304, "pgg") &&
-         PQparamCount(p) == 2;
-    h = (const pqt_param_head *)p;
-    ok = ok && h->vcnt == 2 && h->vmax >= 2 && h->vals &&
-         h->vals[0].datal == 4 && h->vals[0].format == 1 &&
-         h->vals[0].oid == 23 && memcmp(h->vals[0].data, want4, 4) == 0 &&
-         h->vals[1].datal == 3 && h->vals[1].oid == 25 &&
-         memcmp(h->vals[1].data, "pgg", 3) == 0;
-    PQparamClear(p);
-    layout_checked = true;
-    layout_good = ok;
-    pthread_mutex_unlock(&layout_mu);
-    return ok;
-}
-
-void pgg__typed_done(pgg__typed *tc)
-{
-    free(tc->arrays);
-    free(tc->stmt);
-    PQparamClear(tc->param);
-    memset(tc, 0, sizeof *tc);
-}
-
-/* Put cmdspec's arguments into param (taken: freed by pgg__typed_done,
- * whatever this returns) and lay them out as pgg_exec_params wants. */
-static int typed_fill(PGparam *param, pgg__typed *tc, pgg_error *err,
-                      const char *cmdspec, va_list ap)
-{
-    const pqt_param_head *h;
-    size_t speclen;
-    int n;
-
-    memset(tc, 0, sizeof *tc);
-    tc->param = param;
-    if (!layout_ok(param))
-        return pgg__error_set(err, PGG_ENOTSUP, NULL, NULL,
-                              "this libpqtypes keeps parameters in a layout "
-                              "pgguard does not know (built for 1.5)");
-    speclen = strlen(cmdspec) + 1;
-    tc->stmt = malloc(speclen);
-    if (!tc->stmt)
-        return pgg__error_set(err, PGG_ENOMEM, NULL, NULL, "out of memory");
-    if (!PQputvf(param, tc->stmt, speclen, cmdspec, ap))
-        return pgg__error_set(err, PGG_ETYPES, NULL, NULL, "pgg_execf: %s",
-                              PQgeterror());
-    h = (const pqt_param_head *)param;
-    n = h->vcnt;
-    tc->arrays = malloc((size_t)(n ? n : 1) *
-                        (sizeof *tc->oids + sizeof *tc->vals +
-                         sizeof *tc->lens + sizeof *tc->fmts));
-    if (!tc->arrays)
-        return pgg__error_set(err, PGG_ENOMEM, NULL, NULL, "out of memory");
-    tc->n = n;
-    tc->vals = tc->arrays;
-    tc->oids = (Oid *)(tc->vals + n);
-    tc->lens = (int *)(tc->oids + n);
-    tc->fmts = tc->lens + n;
-    for (int i = 0; i < n; i++) {
-        tc->vals[i] = h->vals[i].data;
-        tc->lens[i] = h->vals[i].datal;
-        tc->fmts[i] = h->vals[i].format;
-        tc->oids[i] = h->vals[i].oid;
-    }
-    return PGG_OK;
-}
-
-int pgg__typed_build(pgg_pool *pool, pgg__typed *tc, pgg_error *err,
-                     const char *cmdspec, va_list ap)
-{
-    PGparam *param;
-
-    memset(tc, 0, sizeof *tc);
-    if (!pool || !cmdspec || !*cmdspec)
-        return pgg__error_set(err, PGG_EINVAL, NULL, NULL,
-                              "pgg_async_execf: NULL pool or empty cmdspec");
-    atomic_store(&pool->types_on, true);
-    param = param_from_template(pool, PGG_READ, 0, false, err);
-    if (!param)
-        return err->code;
-    return typed_fill(param, tc, err, cmdspec, ap);
-}
-
-PGresult *pgg_execvf(pgg_pool *pool, pgg_intent intent, const pgg_call *call,
-                     pgg_info *info, pgg_error *err, const char *cmdspec,
-                     va_list ap)
-{
-    pgg_error local;
-    PGparam *param;
-    pgg__typed tc;
-    PGresult *res = NULL;
-    pgg_call typed = {.result_format = 1};
-    int64_t deadline, left;
-
-    if (!err)
-        err = &local;
-    pgg__error_reset(err);
-    if (info) {
-        memset(info, 0, sizeof *info);
-        info->host_index = -1;
-    }
-    if (!pool || !cmdspec || !*cmdspec) {
-        pgg__error_set(err, PGG_EINVAL, NULL, NULL,
-                       "pgg_execf: NULL pool or empty cmdspec");
-        return NULL;
-    }
-    /* From now on every connection is prepared as it is borrowed. */
-    atomic_store(&pool->types_on, true);
-    if (call)
-        typed = *call;
-    /* One deadline for the whole call: building the template (a borrow, on
-     * a pool's first typed call) spends from it, the call gets the rest. */
-    deadline = pgg__now_ns() + pgg__pool_timeout_ns(pool, typed.timeout_ms);
-    param = param_from_template(pool, intent, typed.timeout_ms, true, err);
-    if (!param)
-        return NULL;
-    left = deadline - pgg__now_ns();
-    if (left < PGG_NS_PER_MS) {
-        PQparamClear(param);
-        pgg__error_set(err, PGG_ETIMEDOUT, NULL, NULL,
-                       "pgg_execf: deadline exceeded before the call could "
-                       "be sent");
-        return NULL;
-    }
-    typed.timeout_ms = (int)(left / PGG_NS_PER_MS);
-    if (typed_fill(param, &tc, err, cmdspec, ap) == PGG_OK)
-        res = pgg_exec_params(pool, intent, tc.stmt, tc.n, tc.oids, tc.vals,
-                              tc.lens, tc.fmts, &typed, info, err);
-    pgg__typed_done(&tc);
-    return res;
-}
-
-PGresult *pgg_execf(pgg_pool *pool, pgg_intent intent, const pgg_call *call,
-                    pgg_info *info, pgg_error *err, const char *cmdspec, ...)
-{
-    va_list ap;
-    PGresult *res;
-
-    va_start(ap, cmdspec);
-    res = pgg_execvf(pool, intent, call, info, err, cmdspec, ap);
-    va_end(ap);
-    return res;
 }
 
 #endif /* PGG_HAVE_LIBPQTYPES */

@@ -25,6 +25,8 @@ typedef struct pgg_types pgg_types;
 
 #if PGG_HAVE_LIBPQTYPES
 
+#include <libpqtypes.h>
+
 pgg_types *pgg__types_new(pgg_error *err);
 /* Accepts NULL. */
 void pgg__types_free(pgg_types *t);
@@ -56,24 +58,18 @@ int pgg__types_step(pgg_types *t, struct pgg_link *l, const char *host,
 int pgg__types_registered(pgg_types *t, struct pgg_link *l, PGresult *res,
                           const char *host, pgg_error *err);
 
-/* A typed call's statement and parameters (pgg_execf's cmdspec, put into
- * the pool's template), laid out for pgg_exec_params. */
-typedef struct pgg__typed {
-    char *stmt;
-    int n;
-    Oid *oids;
-    const char **vals;
-    int *lens, *fmts;
-    void *arrays;
-    void *param; /* the PGparam the values live in */
-} pgg__typed;
-
-/* Build one without waiting: PGG_ESTATE when the pool has no template yet
- * (no connection prepared for libpqtypes).  pgg__typed_done frees it,
- * whatever this returned. */
-int pgg__typed_build(pgg_pool *pool, pgg__typed *tc, pgg_error *err,
-                     const char *cmdspec, va_list ap);
-void pgg__typed_done(pgg__typed *tc);
+/*
+ * pgg_pool_register_types' registration: copy types, apply them on link's
+ * connection (bounded by deadline_ns: a type the server lacks is refused
+ * here, PGG_ETYPES), then add them for every connection; that one counts
+ * as up to date.  Called on a lease's link (typed.c).
+ */
+int pgg__types_add(pgg_types *t, int which, const PGregisterType *types,
+                   int count, struct pgg_link *link, int64_t deadline_ns,
+                   const char *host, pgg_error *err);
+/* A copy of the template (PQparamDup), or NULL when no connection has been
+ * prepared yet. */
+PGparam *pgg__types_template(pgg_types *t);
 
 #else
 

@@ -18,8 +18,7 @@
 #include "cancel.h"
 #include "clock.h"
 #include "error.h"
-#include "health.h"
-#include "pool.h"
+#include "pool_state.h"
 
 /* pgg_call and pgg_info took their new fields from reserved space: the
  * layout programs were built against must not change (x86-64 and other
@@ -365,7 +364,7 @@ static void want_round(pgg_pool *pool, int64_t now)
 
     if (now - last >= v->poll_ns &&
         atomic_compare_exchange_strong(&v->last_wake_ns, &last, now))
-        pgg__health_wake(pool->health);
+        pgg__pool_wake_health(pool);
 }
 
 static bool some_standby_has(pgg_pool *pool, uint64_t need)
@@ -481,57 +480,6 @@ void pgg__vis_wrote(pgg_vis *v)
 
 /* ------------------------------------------------------------ samples */
 
-/* One sample on a primary the router offers: returns PGG_OK with *lsn,
- * or the failure in err.  A pooled session found dead is tried once more
- * on a new connection, as a call would. */
-static int sample_primary(pgg_pool *pool, int64_t deadline, uint64_t *lsn,
-                          pgg_error *err)
-{
-    int cand[PGG_MAX_HOSTS];
-    int n = pgg__pool_candidates(pool, PGG_WRITE, cand);
-    bool rejected = false;
-    int again = -1;
-
-    for (int k = 0; k < n; k++) {
-        pgg_host *h = &pool->hosts[cand[k]];
-        pgg_vis_req sr = {.is_sample = true};
-        pgg_query sq = {.sql = lsn_sql, .vis = &sr};
-        int64_t now = pgg__now_ns(), ended;
-        PGresult *res = NULL;
-        pgg_attempt_end end;
-        pgg_ticket ticket;
-        pgg_link *l;
-        bool reused;
-
-        if (now >= deadline)
-            return pgg__error_set(err, PGG_ETIMEDOUT, NULL, NULL,
-                                  "read your writes: deadline exceeded "
-                                  "before the primary's position was known");
-        if (pgg__pool_take(pool, h, PGG_WRITE, deadline, now, &l, &ticket,
-                           &rejected, err) != PGG_TAKE_OK)
-            continue;
-        reused = !l->fresh;
-        pgg__pool_exec_on(pool, h, &l, PGG_WRITE, &sq, deadline, &ticket, now,
-                          &res, &end, &ended, err);
-        PQclear(res);
-        if (l)
-            pgg__host_give_back(h, l, ended);
-        if (end == PGG_END_RESULT && sr.lsn) {
-            *lsn = sr.lsn;
-            pgg__error_reset(err);
-            return PGG_OK;
-        }
-        if (reused && (end == PGG_END_LOST || end == PGG_END_NOT_SENT) &&
-            again != k) {
-            again = k;
-            k--;
-        }
-    }
-    if (err->code == PGG_OK)
-        pgg__pool_no_host_error(pool, PGG_WRITE, rejected ? n : 0, err);
-    return err->code;
-}
-
 void pgg__vis_sample_known(pgg_pool *pool, pgg_vis_req *r)
 {
     pgg_vis *v = pool->vis;
@@ -549,7 +497,7 @@ void pgg__vis_sample_known(pgg_pool *pool, pgg_vis_req *r)
 }
 
 int64_t pgg__vis_sample(pgg_pool *pool, pgg_vis_req *r, int64_t deadline,
-                        pgg_error *err)
+                        pgg_sample_fn sample, pgg_error *err)
 {
     pgg_vis *v = pool->vis;
     bool failed = false;
@@ -568,7 +516,7 @@ int64_t pgg__vis_sample(pgg_pool *pool, pgg_vis_req *r, int64_t deadline,
             v->s_flight = e;
             pthread_mutex_unlock(&v->smu);
             atomic_fetch_add_explicit(&v->n_samples, 1, memory_order_relaxed);
-            rc = sample_primary(pool, deadline, &lsn, err);
+            rc = sample(pool, deadline, &lsn, err);
             pthread_mutex_lock(&v->smu);
             v->s_busy = false;
             v->s_seq++;

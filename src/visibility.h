@@ -167,10 +167,15 @@ void pgg__vis_wrote(pgg_vis *v);
  * for the next when they need newer writes), bounded by deadline.  Sets
  * r->need to it; when none could be learnt (no primary, deadline, the
  * sample failed), r->blind: only a primary may serve the read, and err
- * says why.  Returns the clock when done.
+ * says why.  Returns the clock when done.  sample takes one (sample.h's
+ * pgg__sample_primary): passed down, because taking it runs an attempt
+ * (pool.c), which sits above this module.
  */
+typedef int (*pgg_sample_fn)(struct pgg_pool *pool, int64_t deadline,
+                             uint64_t *lsn, pgg_error *err);
 int64_t pgg__vis_sample(struct pgg_pool *pool, pgg_vis_req *r,
-                        int64_t deadline, pgg_error *err);
+                        int64_t deadline, pgg_sample_fn sample,
+                        pgg_error *err);
 
 /* The same without a round trip, for the event loop: the pool's last
  * sample when it covers the call's writes, else r->blind (a primary only). */
