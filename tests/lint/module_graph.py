@@ -55,6 +55,38 @@ def object_module(obj, modules):
     return best
 
 
+def archive_members(path):
+    """The member names of an ar archive (GNU or BSD long names), read
+    directly: nm prints nothing for an object without symbols (types.c
+    built without libpqtypes), which is not a missing object."""
+    names = []
+    with open(path, 'rb') as f:
+        data = f.read()
+    if data[:8] == b'!<thin>\n':
+        raise ValueError('%s: a thin archive' % path)
+    if data[:8] != b'!<arch>\n':
+        raise ValueError('%s: not an ar archive' % path)
+    pos, longnames = 8, b''
+    while pos + 60 <= len(data):
+        hdr = data[pos:pos + 60]
+        name = hdr[:16].decode('ascii', 'replace').rstrip()
+        size = int(hdr[48:58].decode('ascii').strip())
+        body = data[pos + 60:pos + 60 + size]
+        if name == '//':
+            longnames = body
+        elif name.startswith('#1/'):  # BSD: the name opens the body
+            n = int(name[3:])
+            names.append(body[:n].rstrip(b'\0').decode())
+        elif name.startswith('/') and name[1:].isdigit():
+            off = int(name[1:])
+            end = longnames.find(b'/\n', off)
+            names.append(longnames[off:end].decode())
+        elif name not in ('/', '/SYM64/', '__.SYMDEF', '__.SYMDEF SORTED'):
+            names.append(name.rstrip('/'))
+        pos += 60 + size + (size & 1)
+    return names
+
+
 def parse_nm(text, modules):
     """nm -A -P output of the archive -> ({module: defined}, {module: used}).
     Lines look like 'lib.a[src_pool.c.o]: pgg__x T 0 10'."""
@@ -223,9 +255,14 @@ def run(args):
         sys.stderr.write('module_graph: %s -A -P %s: %s\n' % (args.nm, args.lib, e))
         return 2
     defined, used = parse_nm(nm, modules)
+    try:
+        members = {object_module(m, modules) for m in archive_members(args.lib)}
+    except (OSError, ValueError) as e:
+        sys.stderr.write('module_graph: %s\n' % e)
+        return 2
     # A .c without an object would hide its edges: refuse to pass then.
     missing = sorted(os.path.splitext(f)[0] for f in os.listdir(args.src)
-                     if f.endswith('.c') and os.path.splitext(f)[0] not in defined)
+                     if f.endswith('.c') and os.path.splitext(f)[0] not in members)
     if missing:
         sys.stderr.write('module_graph: no object in %s for: %s\n' %
                          (args.lib, ', '.join(missing)))
