@@ -38,6 +38,7 @@
 #include "cancel.h"
 #include "error.h"
 #include "pipeline.h"
+#include "pool_api.h"
 #include "typed.h"
 #include "types.h"
 

@@ -548,40 +548,6 @@ pgg_verdict pgg__pool_exec_done(pgg_pool *pool, pgg_host *h, pgg_link **lp,
 
 
 
-int pgg_pool_prepare(pgg_pool *pool, const char *name, const char *sql,
-                     int nparams, const Oid *types, pgg_error *err)
-{
-    if (!pool)
-        return pgg__error_set(err, PGG_EINVAL, NULL, NULL,
-                              "pgg_pool_prepare: NULL pool");
-    return pgg__prepared_add(&pool->prepared, name, sql, nparams, types, err);
-}
-
-int pgg__pool_prepared_query(pgg_pool *pool, const char *fn,
-                             const char *name, int nparams,
-                             const char *const *values, const int *lengths,
-                             const int *formats, const pgg_call *call,
-                             pgg_query *q, pgg_error *err)
-{
-    const pgg_stmt *stmt = pgg__prepared_find(&pool->prepared, name);
-
-    if (!stmt)
-        return pgg__error_set(err, PGG_EINVAL, NULL, NULL,
-                              "%s: no statement \"%.63s\" "
-                              "(pgg_pool_prepare it first)",
-                              fn, name);
-    *q = (pgg_query){.sql = stmt->sql,
-                     .nparams = nparams,
-                     .values = values,
-                     .lengths = lengths,
-                     .formats = formats,
-                     .result_format = call ? call->result_format : 0,
-                     .stmt = stmt,
-                     .stmt_name = stmt->name};
-    return PGG_OK;
-}
-
-
 /* ----------------------------------------------------------- control */
 
 static pgg_host *host_at(pgg_pool *pool, int index)

@@ -123,13 +123,4 @@ pgg_verdict pgg__pool_exec_done(pgg_pool *pool, pgg_host *h, pgg_link **lp,
                                 pgg_attempt_end end, int64_t *ended,
                                 pgg_error *err);
 
-/* The query of the statement registered as name (pgg_pool_prepare), for
- * pgg_exec_prepared and pgg_async_exec_prepared (fn names the caller in
- * the error): PGG_EINVAL when there is none. */
-int pgg__pool_prepared_query(pgg_pool *pool, const char *fn,
-                             const char *name, int nparams,
-                             const char *const *values, const int *lengths,
-                             const int *formats, const pgg_call *call,
-                             pgg_query *q, pgg_error *err);
-
 #endif
