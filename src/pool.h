@@ -2,8 +2,9 @@
  * Internal: one attempt of a call on one host (pool.c): breaker admission,
  * borrow or connect, role check, exec, and the one judgement of an answer
  * every driver uses.  The pool's state is pool_state.h, below it; the
- * public object (pgg_pool_new, pgg_exec...) is pool_api.c, above every
- * module this one's callers are (lease, pipeline, call, health).
+ * modules that run attempts (lease, pipeline, sample, call, async) sit
+ * above it, and the public object (pgg_pool_new, pgg_exec, stats,
+ * controls) is pool_api.c, at the top.
  */
 #ifndef PGG_POOL_H
 #define PGG_POOL_H

@@ -261,6 +261,8 @@ void pgg_pool_free(pgg_pool *pool)
         pool_destroy(pool, pool->nhosts, true);
 }
 
+/* ---------------------------------------------------------------- calls */
+
 /* A call with a cancel handle: refused at once when it is already fired,
  * else run with the handle current on this thread (cancel.h).  Kept out of
  * line so that a call without one reaches pgg__call_run by a tail call. */
@@ -419,6 +421,95 @@ PGresult *pgg_exec_prepared(pgg_pool *pool, pgg_intent intent,
     return run(pool, intent, &q, call, info, err);
 }
 
+/* ----------------------------------------------------------- control */
+
+static pgg_host *host_at(pgg_pool *pool, int index)
+{
+    if (!pool || index < 0 || index >= pool->nhosts)
+        return NULL;
+    return &pool->hosts[index];
+}
+
+/* Operator control: one breaker verb on one host. */
+static int control(pgg_pool *pool, int index,
+                   void (*verb)(pgg_breaker *b, int64_t now))
+{
+    pgg_host *h = host_at(pool, index);
+
+    if (!h)
+        return PGG_EINVAL;
+    verb(&h->breaker, pgg__now_ns());
+    return PGG_OK;
+}
+
+int pgg_pool_force_open(pgg_pool *pool, int index)
+{
+    return control(pool, index, pgg__breaker_force_open);
+}
+
+int pgg_pool_disable_breaker(pgg_pool *pool, int index)
+{
+    return control(pool, index, pgg__breaker_disable);
+}
+
+int pgg_pool_reset_breaker(pgg_pool *pool, int index)
+{
+    return control(pool, index, pgg__breaker_reset);
+}
+
+int pgg_pool_resize_bulkhead(pgg_pool *pool, int capacity)
+{
+    if (!pool || capacity < 1)
+        return PGG_EINVAL;
+    return pgg__bulkhead_resize(&pool->bulkhead, capacity);
+}
+
+/* ------------------------------------------------------------- stats */
+
+int pgg_pool_host_count(const pgg_pool *pool)
+{
+    return pool ? pool->nhosts : 0;
+}
+
+int pgg_pool_host_stats(pgg_pool *pool, int index, pgg_host_stats *out)
+{
+    pgg_host *h = host_at(pool, index);
+    pgg_host_counts c;
+    pgg_breaker_stats bs;
+
+    if (!h || !out)
+        return PGG_EINVAL;
+    memset(out, 0, sizeof *out);
+    pgg__strlcpy(out->host, h->name, sizeof out->host);
+    out->role = (pgg_role)atomic_load(&h->role);
+    out->lag_bytes = atomic_load(&h->lag_bytes);
+    pgg__host_counts(h, &c);
+    out->conns_open = c.open;
+    out->conns_idle = c.idle;
+    out->conns_busy = c.busy;
+    out->successes = atomic_load(&h->successes);
+    out->ignored = atomic_load(&h->ignored);
+    out->calls = out->successes + out->ignored;
+    for (int i = 0; i < PGG_CLASS__COUNT; i++) {
+        out->failures[i] = atomic_load(&h->failures[i]);
+        out->calls += out->failures[i];
+    }
+    out->rejections = atomic_load(&h->rejections);
+    out->connects = atomic_load(&h->connects);
+    out->connect_failures = atomic_load(&h->connect_failures);
+    pgg__breaker_stats(&h->breaker, pgg__now_ns(), &bs);
+    out->state = bs.state;
+    out->failure_rate = bs.failure_rate;
+    out->open_remaining_ms = bs.open_remaining_ns / PGG_NS_PER_MS;
+    out->slow_call_rate = bs.slow_call_rate;
+    pthread_mutex_lock(&h->mu);
+    out->last_error_code = h->last_error_code;
+    pgg__strlcpy(out->last_error, h->last_error, sizeof out->last_error);
+    pthread_mutex_unlock(&h->mu);
+    return PGG_OK;
+}
+
+
 int pgg_pool_stats(pgg_pool *pool, pgg_stats *out)
 {
     pgg_bulkhead_counts bc;
@@ -439,4 +530,17 @@ int pgg_pool_stats(pgg_pool *pool, pgg_stats *out)
     pgg__leases_stats(pool, out);
     pgg__vis_stats(pool->vis, out);
     return PGG_OK;
+}
+
+const char *pgg_role_name(pgg_role role)
+{
+    switch (role) {
+    case PGG_ROLE_PRIMARY:
+        return "primary";
+    case PGG_ROLE_STANDBY:
+        return "standby";
+    case PGG_ROLE_UNKNOWN:
+        break;
+    }
+    return "unknown";
 }

@@ -71,7 +71,7 @@ struct pgg_pool {
     pgg_canceller *canceller;
     pgg_watchdog *watchdog; /* the deadlines of calls' socket waits */
     pgg_health *health;
-    pgg_wake_fn wake_health; /* pgg__health_wake, on health; NULL before it starts */
+    pgg_wake_fn wake_health; /* pgg__health_wake on health (pool_api.c) */
     pgg_cache *cache;
     pgg_vis *vis; /* read your writes: positions known, waiting readers */
     pgg_pipes *pipes; /* pipeline=on: the shared pipelined links; NULL off */
