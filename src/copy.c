@@ -13,8 +13,8 @@
 #include <stdbool.h>
 
 #include "error.h"
-#include "pool.h"
 #include "lease.h"
+#include "pool.h"
 
 typedef enum copy_dir { COPY_IN, COPY_OUT } copy_dir;
 

@@ -4,6 +4,8 @@
  * it is bounded and classified like a one-shot call, but never retried
  * elsewhere: the session is the point.
  */
+#include "lease.h"
+
 #include <limits.h>
 #include <stddef.h>
 #include <stdlib.h>
@@ -12,9 +14,8 @@
 #include "autoprep.h"
 #include "error.h"
 #include "pool.h"
-#include "lease.h"
-#include "trace.h"
 #include "sample.h"
+#include "trace.h"
 
 /* The lease fields took their room from reserved_: the layout is 0.1's. */
 _Static_assert(offsetof(pgg_stats, reserved_) + sizeof(((pgg_stats *)0)->reserved_) ==

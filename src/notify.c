@@ -8,8 +8,8 @@
 #include <poll.h>
 
 #include "error.h"
-#include "pool.h"
 #include "lease.h"
+#include "pool.h"
 
 PGnotify *pgg_lease_notify(pgg_lease *lease, int timeout_ms, pgg_error *err)
 {
