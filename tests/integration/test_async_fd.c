@@ -31,7 +31,7 @@ int getaddrinfo(const char *node, const char *service, const struct addrinfo *hi
 {
     static int (*next)(const char *, const char *, const struct addrinfo *,
                        struct addrinfo **);
-    struct addrinfo h, *first, *second;
+    struct addrinfo h, *first, *second, *tail;
     int rc;
 
     if (!next) {
@@ -41,7 +41,7 @@ int getaddrinfo(const char *node, const char *service, const struct addrinfo *hi
     }
     if (!node || strcmp(node, TWO_ADDRESSES) != 0)
         return next(node, service, hints, res);
-    /* Two numeric lookups chained: freeaddrinfo frees node by node. */
+    /* Two numeric lookups chained: freeaddrinfo frees entry by entry. */
     h = hints ? *hints : (struct addrinfo){0};
     h.ai_family = AF_INET;
     h.ai_flags |= AI_NUMERICHOST;
@@ -53,7 +53,9 @@ int getaddrinfo(const char *node, const char *service, const struct addrinfo *hi
         freeaddrinfo(first);
         return rc;
     }
-    first->ai_next = second;
+    for (tail = first; tail->ai_next; tail = tail->ai_next)
+        ; /* several entries without a socket type in the hints */
+    tail->ai_next = second;
     *res = first;
     return 0;
 }
