@@ -28,11 +28,15 @@
  */
 #include "pgguard_async.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "call.h"
 #include "cancel.h"
@@ -72,7 +76,7 @@ typedef struct apipe apipe;
 
 struct pgg_async_sock {
     apipe *pipe; /* a pipe's socket (then call is NULL) */
-    int fd;
+    int fd; /* the loop's own descriptor of it (loop_fd, connect_fd) */
     int on; /* POLLIN / POLLOUT interests the adapter holds */
     void *data;
     pgg_async_call *call; /* NULL: the context's spare, or free */
@@ -102,6 +106,10 @@ struct pgg_async_call {
     pgg_link_io io;
     pgg__attempt a;
     pgg_async_sock *sock; /* the socket it waits on, or NULL */
+    /* CONNECT, HOOK: the loop's descriptor of conn's socket (0: none yet)
+     * and that socket's inode (connect_fd); the link's once connected. */
+    int conn_fd;
+    ino_t conn_ino;
     pgg_async_call *pnext; /* PIPED: the next statement in flight */
     int64_t sent;          /* PIPED: when it was queued */
     /* From here on, set by the start (q, opts when has_opts) or by
@@ -292,6 +300,38 @@ static void wait_until(pgg_async_call *k, int64_t at)
 
 /* --------------------------------------------------------------- sockets */
 
+/*
+ * The descriptors the adapter watches are the loop's own duplicates of
+ * libpq's sockets, never libpq's: libpq closes its descriptor when it gives
+ * up (a connection lost inside PQconsumeInput, an address given up inside
+ * PQconnectPoll), before this file can tell the adapter to stop watching,
+ * and a socket another thread opens meanwhile can get that number: the
+ * adapter's del_read/del_write (epoll_ctl, uv_poll_stop, ev_io_stop) would
+ * then act on someone else's socket.  A duplicate stays open until the
+ * adapter has forgotten it.  A connection's is made once, the first time a
+ * loop watches it, and lives on its link (pgg_link.loop_fd, closed with the
+ * link): a call on a pooled connection costs no extra syscall.
+ */
+static int loop_fd(pgg_link *l)
+{
+    if (!l->loop_fd) {
+        /* At 1 or above: 0 means none. */
+        int fd = fcntl(PQsocket(l->conn), F_DUPFD_CLOEXEC, 1);
+
+        if (fd < 0)
+            return -1;
+        l->loop_fd = fd;
+    }
+    return l->loop_fd;
+}
+
+/* A socket could not be watched for want of descriptors (errno, set by
+ * loop_fd or connect_fd), not of memory (sock_new). */
+static bool out_of_fds(void)
+{
+    return errno == EMFILE || errno == ENFILE;
+}
+
 /* Tell the adapter to forget s, and keep s for reuse. */
 static void sock_free(pgg_async *ac, pgg_async_sock *s)
 {
@@ -382,8 +422,8 @@ static bool take_spare(pgg_async_call *k, pgg_host *h)
     return true;
 }
 
-/* Watch fd (conn's) for want (POLLIN / POLLOUT) until deadline.  False
- * when out of memory. */
+/* A socket to watch on fd (loop_fd, connect_fd).  NULL when out of
+ * memory. */
 static pgg_async_sock *sock_new(pgg_async *ac, int fd)
 {
     pgg_async_sock *s = ac->free_socks;
@@ -414,13 +454,13 @@ static void sock_interest(pgg_async *ac, pgg_async_sock *s, int want)
     s->on = want & (POLLIN | POLLOUT);
 }
 
+/* Watch fd (k's connection's, from loop_fd or connect_fd) for want
+ * (POLLIN / POLLOUT) until deadline.  False when out of memory. */
 static bool sock_want(pgg_async_call *k, int fd, int want, int64_t until)
 {
     pgg_async_sock *s = k->sock;
 
-    if (s && s->fd != fd)
-        sock_close(k); /* libpq moved to another socket (connect) */
-    if (!k->sock) {
+    if (!s) {
         if (!(s = sock_new(k->ac, fd)))
             return false;
         s->call = k;
@@ -436,6 +476,7 @@ static bool sock_want(pgg_async_call *k, int fd, int want, int64_t until)
 static void drive(pgg_async_call *k);
 static void exec_start(pgg_async_call *k);
 static int64_t connect_bound(const pgg_async_call *k);
+static int connect_fd(pgg_async_call *k);
 static void hook_over(pgg_async_call *k, PGresult *res, pgg_attempt_end end);
 #if PGG_HAVE_LIBPQTYPES
 static void types_next(pgg_async_call *k);
@@ -513,12 +554,17 @@ static void io(pgg_async_call *k, int revents)
                                  &end, k->c.err, &rc);
 
     if (want) {
-        if (!sock_want(k, PQsocket(conn), want,
-                       k->state == ST_HOOK ? connect_bound(k)
-                                           : k->attempt_deadline)) {
+        int fd = k->state == ST_HOOK ? connect_fd(k) : loop_fd(k->l);
+
+        if (fd < 0 || !sock_want(k, fd, want,
+                                 k->state == ST_HOOK ? connect_bound(k)
+                                                     : k->attempt_deadline)) {
+            bool fds = out_of_fds();
+
             pgg__link_io_deadline(&k->io, k->h->name, &res, &end, k->c.err);
-            pgg__error_set(k->c.err, PGG_ENOMEM, NULL, k->h->name,
-                           "out of memory; connection dropped");
+            pgg__error_set(k->c.err, fds ? PGG_ESYS : PGG_ENOMEM, NULL,
+                           k->h->name, "%s; connection dropped",
+                           fds ? "too many open files" : "out of memory");
             if (k->state == ST_HOOK)
                 hook_over(k, res, end);
             else
@@ -658,7 +704,9 @@ static void pipe_end(apipe *p, pgg_async_call *late);
 static bool pipe_watch(apipe *p, int want)
 {
     if (!p->sock) {
-        if (!(p->sock = sock_new(p->ac, PQsocket(p->l->conn))))
+        int fd = loop_fd(p->l);
+
+        if (fd < 0 || !(p->sock = sock_new(p->ac, fd)))
             return false;
         p->sock->pipe = p;
     }
@@ -1058,6 +1106,44 @@ static void taken(pgg_async_call *k)
     exec_start(k);
 }
 
+/* The connect's socket is no longer watched: forgotten by the adapter,
+ * then its descriptor closed. */
+static void connect_fd_close(pgg_async_call *k)
+{
+    sock_close(k);
+    if (k->conn_fd) {
+        close(k->conn_fd);
+        k->conn_fd = 0;
+    }
+}
+
+/*
+ * The loop's descriptor of the socket a connect (or its hook) uses now
+ * (loop_fd's reason), -1 with errno when none can be had.  libpq may move
+ * to another socket between two steps (the host's next address, a retry
+ * without SSL), usually under the same number since it closed the old one
+ * just before: the socket is known by its inode, one fstat per step of a
+ * connect.  The old one is forgotten by the adapter before its descriptor
+ * closes.
+ */
+static int connect_fd(pgg_async_call *k)
+{
+    struct stat st;
+    int fd;
+
+    if (fstat(PQsocket(k->conn), &st) != 0)
+        return -1;
+    if (k->conn_fd && st.st_ino == k->conn_ino)
+        return k->conn_fd;
+    connect_fd_close(k);
+    fd = fcntl(PQsocket(k->conn), F_DUPFD_CLOEXEC, 1);
+    if (fd < 0)
+        return -1;
+    k->conn_fd = fd;
+    k->conn_ino = st.st_ino;
+    return fd;
+}
+
 /* The connect failed (err says why): recorded and classified as a failed
  * borrow of the blocking path. */
 static void connect_failed_as(pgg_async_call *k, pgg_borrow_fail why)
@@ -1065,7 +1151,7 @@ static void connect_failed_as(pgg_async_call *k, pgg_borrow_fail why)
     pgg_cancel *prev = pgg__cancel_cur;
     pgg_take t;
 
-    sock_close(k);
+    connect_fd_close(k);
     if (pgg__host_connect_failed(k->h, k->c.err, why == PGG_BORROW_CONNECT)) {
         /* Full (53300) while ours work: wait for one of them, no error
          * and no record yet (pgg__host_borrow's rule). */
@@ -1090,11 +1176,11 @@ static void connect_failed(pgg_async_call *k)
     connect_failed_as(k, PGG_BORROW_CONNECT);
 }
 
-/* A connect given up on our side (its deadline, no memory to watch it):
- * closed, and failed as a connect that failed.  Its socket is forgotten
- * before PQfinish closes the descriptor: once closed, the number may be
- * another thread's new socket before the adapter's del_read/del_write
- * (epoll_ctl, uv_poll_stop, ev_io_stop) would act on it. */
+/* A connect given up on our side (its deadline, no memory or descriptor
+ * to watch it): closed, and failed as a connect that failed.  Its socket
+ * is forgotten first, as everywhere: the adapter never watches a socket
+ * whose connection is gone (connect_failed closes the loop's descriptor of
+ * it, connect_fd). */
 static void connect_abort(pgg_async_call *k, int code, const char *msg)
 {
     sock_close(k);
@@ -1112,11 +1198,17 @@ static int64_t connect_bound(const pgg_async_call *k)
     return bound < k->attempt_deadline ? bound : k->attempt_deadline;
 }
 
-/* The connection is made and its hook, if any, has run: lent to k. */
+/* The connection is made and its hook, if any, has run: lent to k, with
+ * the descriptor the loop watched it by (its link's loop_fd from now on). */
 static void connected(pgg_async_call *k)
 {
+    int fd = k->conn_fd;
+
     sock_close(k);
+    k->conn_fd = 0;
     if (pgg__host_connected(k->h, k->conn, &k->l, k->c.err) != PGG_OK) {
+        if (fd)
+            close(fd);
         k->conn = NULL;
         pgg__pool_take_failed(k->c.pool, k->h, k->ticket, k->c.now,
                               PGG_BORROW_CLOSED, k->c.err);
@@ -1124,6 +1216,7 @@ static void connected(pgg_async_call *k)
         k->state = ST_IDLE;
         return;
     }
+    k->l->loop_fd = fd;
     k->conn = NULL;
     taken(k);
 }
@@ -1155,8 +1248,15 @@ static void connect_step(pgg_async_call *k, bool ready)
     const char *sql;
 
     if (want > 0) {
-        if (!sock_want(k, PQsocket(k->conn), want, connect_bound(k)))
-            connect_abort(k, PGG_ENOMEM, "connect: out of memory");
+        int fd = connect_fd(k);
+
+        if (fd < 0 || !sock_want(k, fd, want, connect_bound(k))) {
+            bool fds = out_of_fds();
+
+            connect_abort(k, fds ? PGG_ESYS : PGG_ENOMEM,
+                          fds ? "connect: too many open files"
+                              : "connect: out of memory");
+        }
         return;
     }
     if (want < 0) {

@@ -2,6 +2,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "autoprep.h"
 #include "cancel.h"
@@ -58,6 +59,9 @@ int pgg__host_init(pgg_host *h, int index, const char *name,
 /* The link's memory (its connection is closed or handed on already). */
 static void link_free(pgg_link *l)
 {
+    /* No loop watches it: async.c forgets its socket before giving it back. */
+    if (l->loop_fd > 0)
+        close(l->loop_fd);
     pgg__autoprep_free(l->autoprep);
     free(l);
 }

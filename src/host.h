@@ -46,6 +46,11 @@ typedef struct pgg_link {
     const void *owner;
     unsigned vis_prepared; /* visibility.c's position queries prepared on it */
     struct pgg_autoprep *autoprep; /* auto_prepare's cache; NULL until used */
+    /* The event loop's own descriptor of the socket (async.c: a dup of
+     * PQsocket, made the first time a loop watches the connection; 0:
+     * none, dups are never below 1), closed with the link: libpq may close
+     * its descriptor before the loop can stop watching, this one it cannot. */
+    int loop_fd;
     struct pgg_link *next;
 } pgg_link;
 

@@ -1,0 +1,233 @@
+/*
+ * The descriptors the event loop watches (async.c, loop_fd and connect_fd)
+ * against what libpq does to its own socket: libpq closes it when a query
+ * is lost (inside PQconsumeInput) and when a connect fails (inside
+ * PQconnectPoll, or PQfinish of the failed attempt), before pgguard can tell
+ * the adapter to stop watching it -- and a socket another thread opens
+ * meanwhile may get the number; and during a connect it may move to another
+ * socket (the host name's next address), usually under the same number.
+ * Every hook the adapter gets acts on a descriptor that is still open and
+ * still the socket it added (adapter_check.h), and a connect that moved is
+ * watched on its new socket.
+ *
+ * This binary interposes getaddrinfo (pgguard is linked in statically and
+ * libpq resolves the symbol through the executable first): the name
+ * TWO_ADDRESSES resolves to 127.0.0.2, where no server listens (refused
+ * after the connect started: libpq then moves on), then 127.0.0.1.
+ */
+#include <arpa/inet.h>
+#include <dlfcn.h>
+#include <event2/event.h>
+#include <netdb.h>
+
+#include "adapter_check.h"
+#include "pool.h"
+#include "pool_util.h"
+
+#define TWO_ADDRESSES "pgg-two-addresses.invalid"
+
+int getaddrinfo(const char *node, const char *service, const struct addrinfo *hints,
+                struct addrinfo **res)
+{
+    static int (*next)(const char *, const char *, const struct addrinfo *,
+                       struct addrinfo **);
+    struct addrinfo h, *first, *second, *tail;
+    int rc;
+
+    if (!next) {
+        *(void **)&next = dlsym(RTLD_NEXT, "getaddrinfo");
+        if (!next)
+            abort();
+    }
+    if (!node || strcmp(node, TWO_ADDRESSES) != 0)
+        return next(node, service, hints, res);
+    /* Two numeric lookups chained: freeaddrinfo frees entry by entry. */
+    h = hints ? *hints : (struct addrinfo){0};
+    h.ai_family = AF_INET;
+    h.ai_flags |= AI_NUMERICHOST;
+    rc = next("127.0.0.2", service, &h, &first);
+    if (rc != 0)
+        return rc;
+    rc = next("127.0.0.1", service, &h, &second);
+    if (rc != 0) {
+        freeaddrinfo(first);
+        return rc;
+    }
+    for (tail = first; tail->ai_next; tail = tail->ai_next)
+        ; /* several entries without a socket type in the hints */
+    tail->ai_next = second;
+    *res = first;
+    return 0;
+}
+
+typedef struct outcome {
+    int done, code;
+    char message[512];
+} outcome;
+
+static void on_done(pgg_async *ac, PGresult *res, const pgg_info *info, const pgg_error *err,
+                    void *ud)
+{
+    outcome *o = ud;
+
+    (void)ac;
+    (void)info;
+    o->done++;
+    o->code = err->code;
+    snprintf(o->message, sizeof o->message, "%s", err->message);
+    PQclear(res);
+}
+
+static void start_call(pgg_async *ac, pgg_intent intent, const char *sql, int timeout_ms,
+                       outcome *o)
+{
+    pgg_call call = {.timeout_ms = timeout_ms};
+    pgg_error e;
+
+    *o = (outcome){0};
+    cr_assert_eq(pgg_async_exec(ac, intent, sql, &call, on_done, o, NULL, &e), PGG_OK, "%s: %s",
+                 sql, e.message);
+}
+
+static void run_until(struct event_base *base, outcome *o, int n, int timeout_ms)
+{
+    double end = pgh_now_ms() + timeout_ms;
+
+    for (;;) {
+        int left = 0;
+
+        for (int i = 0; i < n; i++)
+            left += o[i].done == 0;
+        if (!left || pgh_now_ms() > end)
+            break;
+        event_base_loop(base, EVLOOP_ONCE);
+    }
+    for (int i = 0; i < n; i++)
+        cr_assert_eq(o[i].done, 1, "call %d: callback ran %d times", i, o[i].done);
+}
+
+static pgg_async *checked_async(pgg_pool *p, struct event_base *base, adapter_check *chk)
+{
+    pgg_error e;
+    pgg_async *ac = pgg_async_new(p, &e);
+
+    cr_assert_not_null(ac, "pgg_async_new: %s", e.message);
+    cr_assert_eq(adapter_check_attach(chk, ac, base), PGG_OK);
+    return ac;
+}
+
+static void expect_contract_kept(const adapter_check *chk)
+{
+    cr_expect_gt(chk->hooks, 0, "no hook checked");
+    cr_expect_eq(chk->bad, 0, "%d hooks on a descriptor no longer the socket added; first: %s",
+                 chk->bad, chk->first);
+}
+
+/* Run the loop until the server runs n statements like pattern. */
+static void loop_until_running(struct event_base *base, pgh_node *n, const char *pattern,
+                               int want)
+{
+    char sql[256], v[32] = "";
+    double end = pgh_now_ms() + 10000;
+
+    snprintf(sql, sizeof sql,
+             "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%s' AND state = 'active'",
+             pattern);
+    while (pgh_now_ms() < end) {
+        for (int i = 0; i < 20; i++)
+            event_base_loop(base, EVLOOP_NONBLOCK);
+        cr_assert_eq(pgh_node_query_value(n, sql, v, sizeof v), 0, "%s", pgh_node_error(n));
+        if (atoi(v) >= want)
+            return;
+    }
+    cr_assert_fail("%d statements like %s never ran (%s seen)", want, pattern, v);
+}
+
+/* Lost queries (one alone, two sharing a pipe) and a connect the server
+ * refuses after the loop watched it (3D000). */
+Test(async_fd, lost_queries_and_a_refused_connect_leave_the_adapter_open_descriptors)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgh_node *n = pgh_cluster_primary(c);
+    pgg_pool *p = pool_for(c, NULL);
+    pgg_pool *pp = pool_for(c, "pipeline=on");
+    pgg_pool *bad;
+    struct event_base *base = event_base_new();
+    static adapter_check chk;
+    pgg_async *ac = checked_async(p, base, &chk);
+    pgg_async *acp = checked_async(pp, base, &chk);
+    pgg_async *acb;
+    outcome o[4];
+    char ci[512];
+
+    /* Writes, so that nothing is retried. */
+    start_call(ac, PGG_WRITE, "SELECT pg_sleep(30) /* alone */", 20000, &o[0]);
+    start_call(acp, PGG_WRITE, "SELECT pg_sleep(30) /* piped */", 20000, &o[1]);
+    start_call(acp, PGG_WRITE, "SELECT pg_sleep(30) /* piped */", 20000, &o[2]);
+    loop_until_running(base, n, "SELECT pg_sleep(30) /* %", 2);
+    cr_assert_eq(pgh_node_terminate_backends(n), 0, "%s", pgh_node_error(n));
+    run_until(base, o, 3, 15000);
+    for (int i = 0; i < 3; i++)
+        cr_expect(o[i].code == PGG_ECONNECT || o[i].code == PGG_EUNAVAILABLE, "call %d: %s %s",
+                  i, pgg_err_name(o[i].code), o[i].message);
+
+    snprintf(ci, sizeof ci, "host=%s port=%d dbname=pgg_no_such_db", pgh_node_host(n),
+             pgh_node_port(n));
+    bad = pool_for_conninfo(ci, NULL);
+    acb = checked_async(bad, base, &chk);
+    start_call(acb, PGG_WRITE, "SELECT 1", 3000, &o[3]);
+    run_until(base, o + 3, 1, 10000);
+    cr_expect_neq(o[3].code, PGG_OK);
+
+    pgg_async_free(ac);
+    pgg_async_free(acp);
+    pgg_async_free(acb);
+    expect_contract_kept(&chk);
+    event_base_free(base);
+    end_test(bad, NULL);
+    end_test(pp, NULL);
+    end_test(p, c);
+}
+
+/* A connect whose first address refuses: libpq closes that socket and
+ * opens the next address's, most often under the same number, inside one
+ * PQconnectPoll.  The loop follows it to the new socket (by inode, not by
+ * number): the calls succeed on their first attempt, and the adapter
+ * never acts on the socket libpq closed. */
+Test(async_fd, a_connect_that_moves_to_the_next_address_is_watched_on_its_new_socket)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgh_node *n = pgh_cluster_primary(c);
+    struct event_base *base = event_base_new();
+    static adapter_check chk;
+    pgg_async *ac;
+    pgg_pool *p;
+    outcome o[4];
+    char *all, *ci;
+    struct addrinfo *ai;
+
+    if (strcmp(pgh_node_host(n), "127.0.0.1") != 0)
+        cr_skip_test("the server is not on 127.0.0.1, where TWO_ADDRESSES leads");
+    /* The interposer is what libpq calls. */
+    cr_assert_eq(getaddrinfo(TWO_ADDRESSES, "5432", NULL, &ai), 0);
+    cr_assert_not_null(ai->ai_next);
+    freeaddrinfo(ai);
+    all = pgh_cluster_conninfo(c);
+    ci = pgh_conninfo_at(all, TWO_ADDRESSES, pgh_node_port(n));
+    cr_assert_not_null(ci);
+    p = pool_for_conninfo(ci, "connect_timeout_ms=2000");
+    free(all);
+    free(ci);
+    ac = checked_async(p, base, &chk);
+    /* Each makes its own connection: none is idle yet. */
+    for (int i = 0; i < 4; i++)
+        start_call(ac, PGG_READ_PRIMARY, "SELECT 1", 5000, &o[i]);
+    run_until(base, o, 4, 15000);
+    for (int i = 0; i < 4; i++)
+        cr_expect_eq(o[i].code, PGG_OK, "call %d: %s %s", i, pgg_err_name(o[i].code),
+                     o[i].message);
+    pgg_async_free(ac);
+    expect_contract_kept(&chk);
+    event_base_free(base);
+    end_test(p, c);
+}
