@@ -72,7 +72,11 @@ typedef void (*pgg_async_fn)(pgg_async *ac, PGresult *res,
  *   add_read, del_read, add_write, del_write: start or stop watching the
  *     socket pgg_async_sock_fd(s) for readability or writability.  When it
  *     is ready, call pgg_async_handle_read(s) / pgg_async_handle_write(s).
- *     Several interests on one socket may be on at once.
+ *     Several interests on one socket may be on at once.  The descriptor
+ *     is pgguard's own copy of libpq's socket, not PQsocket(): libpq may
+ *     close its socket at any time (a lost connection), but this copy stays
+ *     open, and stays the same socket, from the first add until close_sock
+ *     returns, so a del is always safe.
  *   close_sock: no event of s is wanted any more (interests are off): free
  *     whatever the adapter attached to it (pgg_async_sock_data).  The fd
  *     may be closed or reused right after this returns, so the adapter must
