@@ -777,12 +777,22 @@ static inline pgg_verdict exec_done(pgg_pool *pool, pgg_host *h,
     bool ended_by_server, dead;
 
     *ended = pgg__now_ns();
-    if (end == PGG_END_RESULT && ok_status(PQresultStatus(res)))
+    if (end == PGG_END_RESULT && ok_status(PQresultStatus(res))) {
         /* The common case, as the classifier judges it: no lookup. */
         v = (pgg_verdict){PGG_CLASS_SUCCESS, false, false, PGG_OK};
-    else
+        /* And with the host's role known and its report looked up
+         * lately, nothing below applies to a success (no cancel, no role
+         * to learn, no session ended, no error to note): its record only. */
+        if (role != PGG_ROLE_UNKNOWN &&
+            *ended - atomic_load_explicit(&h->role_seen_ns,
+                                          memory_order_relaxed) < ROLE_SEEN_NS) {
+            settle(pool, h, ticket, PGG_CLASS_SUCCESS, false, started, *ended);
+            return v;
+        }
+    } else {
         v = pgg__classify_result(&pool->cfg->classifier, end, res, intent,
                                  role == PGG_ROLE_STANDBY);
+    }
     if (v.cls != PGG_CLASS_SUCCESS && pgg__cancel_now()) {
         /* The caller cancelled: the wait ended by its fire (or failed
          * after it), which says nothing of the host and is not retried.
