@@ -617,13 +617,19 @@ __attribute__((noinline))
 #endif
 static void exec_registered(pgg_pool *pool, pgg_host *h, pgg_link *l,
                             const pgg_query *q, int64_t deadline,
-                            PGresult **res, pgg_attempt_end *end,
-                            pgg_error *err)
+                            int64_t now, PGresult **res,
+                            pgg_attempt_end *end, pgg_error *err)
 {
     bool again = pgg__stmt_set_has(&l->stmts, q->stmt->index);
 
     if (again) {
-        pgg__vis_exec(pool, h, l, q, deadline, res, end, err);
+        /* Nothing to learn or check about positions: the plain exec, its
+         * first wait on the path's clock reading (now, as exec_at's). */
+        if (!q->vis)
+            pgg__link_exec_at(pool->watchdog, l->conn, q, deadline, now,
+                              h->name, res, end, err);
+        else
+            pgg__vis_exec(pool, h, l, q, deadline, res, end, err);
         if (*end != PGG_END_RESULT || !pgg__link_statement_gone(*res))
             return;
         pgg__stmt_set_del(&l->stmts, q->stmt->index);
@@ -867,7 +873,7 @@ static inline pgg_verdict exec_at(pgg_pool *pool, pgg_host *h, pgg_link **lp,
     int role = atomic_load_explicit(&h->role, memory_order_relaxed);
 
     if (q->stmt) {
-        exec_registered(pool, h, l, q, deadline, res, end, err);
+        exec_registered(pool, h, l, q, deadline, now, res, end, err);
     } else if (pgg__autoprep_wants(q) && pool->cfg->auto_prepare > 0) {
         pgg__autoprep_exec(pool, h, l, q, deadline, res, end, err);
     } else if (!q->vis) {
