@@ -875,7 +875,7 @@ static inline pgg_verdict exec_at(pgg_pool *pool, pgg_host *h, pgg_link **lp,
     if (q->stmt) {
         exec_registered(pool, h, l, q, deadline, now, res, end, err);
     } else if (pgg__autoprep_wants(q) && pool->cfg->auto_prepare > 0) {
-        pgg__autoprep_exec(pool, h, l, q, deadline, res, end, err);
+        pgg__autoprep_exec(pool, h, l, q, deadline, now, res, end, err);
     } else if (!q->vis) {
         /* Nothing to learn or check about positions: the plain exec,
          * whose first wait takes our reading of the clock. */
