@@ -64,9 +64,21 @@ static bool side_step(pgg_pool *pool, pgg_host *h, pgg_link *l, const pgg_query 
     return false;
 }
 
+/* The exec itself, as pgg__vis_exec runs it: without read-your-writes
+ * needs (q->vis NULL) that is the plain exec, which takes now (0: none). */
+static int run_exec(pgg_pool *pool, pgg_host *h, pgg_link *l,
+                    const pgg_query *q, int64_t deadline, int64_t now,
+                    PGresult **res, pgg_attempt_end *end, pgg_error *err)
+{
+    if (!q->vis)
+        return pgg__link_exec_at(pool->watchdog, l->conn, q, deadline, now,
+                                 h->name, res, end, err);
+    return pgg__vis_exec(pool, h, l, q, deadline, res, end, err);
+}
+
 int pgg__autoprep_exec(pgg_pool *pool, pgg_host *h, pgg_link *l, const pgg_query *q,
-                       int64_t deadline, PGresult **res, pgg_attempt_end *end,
-                       pgg_error *err)
+                       int64_t deadline, int64_t now, PGresult **res,
+                       pgg_attempt_end *end, pgg_error *err)
 {
     pgg_autoprep_step step;
     const char *name, *evict;
@@ -90,6 +102,7 @@ int pgg__autoprep_exec(pgg_pool *pool, pgg_host *h, pgg_link *l, const pgg_query
         char sql[64];
         pgg_query dq = {.sql = sql};
 
+        now = 0; /* a round trip of ours before the exec */
         snprintf(sql, sizeof sql, "DEALLOCATE %s", evict);
         if (!side_step(pool, h, l, &dq, true, deadline, res, end, err)) {
             pgg__autoprep_prepared(l->autoprep, false);
@@ -97,7 +110,7 @@ int pgg__autoprep_exec(pgg_pool *pool, pgg_host *h, pgg_link *l, const pgg_query
         }
     }
     if (step == PGG_AUTOPREP_PLAIN)
-        return pgg__vis_exec(pool, h, l, q, deadline, res, end, err);
+        return run_exec(pool, h, l, q, deadline, now, res, end, err);
     if (step == PGG_AUTOPREP_PREPARE) {
         pgg_query pq = {.sql = q->sql,
                         .nparams = q->nparams,
@@ -123,7 +136,7 @@ int pgg__autoprep_exec(pgg_pool *pool, pgg_host *h, pgg_link *l, const pgg_query
         }
         if (!ok)
             return err ? err->code : PGG_ESERVER;
-        if (pgg__now_ns() >= deadline) {
+        if ((now = pgg__now_ns()) >= deadline) {
             *end = PGG_END_EXPIRED;
             return pgg__error_set(err, PGG_ETIMEDOUT, NULL, h->name,
                                   "deadline exceeded while preparing the "
@@ -132,7 +145,7 @@ int pgg__autoprep_exec(pgg_pool *pool, pgg_host *h, pgg_link *l, const pgg_query
     }
     run = *q;
     run.stmt_name = name;
-    rc = pgg__vis_exec(pool, h, l, &run, deadline, res, end, err);
+    rc = run_exec(pool, h, l, &run, deadline, now, res, end, err);
     if (step == PGG_AUTOPREP_RUN && *end == PGG_END_RESULT &&
         run_again_plain(*res, &all_gone)) {
         if (all_gone) {

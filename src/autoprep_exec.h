@@ -24,11 +24,14 @@ struct pgg_link;
  * lost while preparing or deallocating is PGG_END_NOT_SENT; time used up
  * by them is PGG_END_EXPIRED.  A statement found gone (26000), or whose
  * cached plan may not change its result type (0A000, after DDL), is
- * forgotten and the call runs plain at once: it never started.
+ * forgotten and the call runs plain at once: it never started.  now: the
+ * path's clock reading, taken after anything that waited (0: none), for
+ * the first wait's backstop of an exec sent before any round trip of
+ * ours (as pgg__link_exec_at's).
  */
 int pgg__autoprep_exec(struct pgg_pool *pool, struct pgg_host *h,
                        struct pgg_link *l, const struct pgg_query *q,
-                       int64_t deadline, PGresult **res, pgg_attempt_end *end,
-                       pgg_error *err);
+                       int64_t deadline, int64_t now, PGresult **res,
+                       pgg_attempt_end *end, pgg_error *err);
 
 #endif

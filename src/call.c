@@ -255,7 +255,7 @@ STEP void call_route(pgg__call *c)
     pgg_pool *pool = c->pool;
 
     c->ncand = pgg__pool_candidates(pool, c->intent, c->cand);
-    if (c->intent == PGG_READ)
+    if (c->intent == PGG_READ && c->ncand > 1) /* else nothing to reorder */
         suspects_last(pool, c->cand, c->ncand, c->start);
     c->now = c->start;
     if (c->q->vis && c->vr.sample) {

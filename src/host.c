@@ -313,33 +313,22 @@ static void release_slot(pgg_host *h, pgg_link *keep);
  * connection back out of the slot (unless someone already took it) and
  * gives it back under mu, which wakes the borrower.  Close adds
  * PARK_CLOSED to park_block before it empties the slots, so nothing parks
- * in a closed host for good.
+ * in a closed host for good.  The halves on the path of every call, take
+ * back and park, are inline in host.h.
  */
-#define PARK_CLOSED (1 << 24)
+#define PARK_CLOSED PGG_PARK_CLOSED
 
-static PGG_TLS unsigned park_index_plus1;
+PGG_TLS unsigned pgg__park_index_plus1;
 static atomic_uint park_next;
 
-static pgg_park_slot *my_slot(pgg_host *h)
+unsigned pgg__park_assign(void)
 {
-    unsigned i = park_index_plus1;
+    unsigned i = atomic_fetch_add_explicit(&park_next, 1,
+                                           memory_order_relaxed) %
+                     PGG_PARK_SLOTS + 1;
 
-    if (!i) {
-        i = atomic_fetch_add_explicit(&park_next, 1, memory_order_relaxed) %
-                PGG_PARK_SLOTS + 1;
-        park_index_plus1 = i;
-    }
-    return &h->park[i - 1];
-}
-
-/* This thread's parked connection, now the caller's. */
-static pgg_link *unpark_mine(pgg_host *h)
-{
-    pgg_park_slot *s = my_slot(h);
-
-    if (!atomic_load_explicit(&s->link, memory_order_relaxed))
-        return NULL;
-    return atomic_exchange_explicit(&s->link, NULL, memory_order_acquire);
+    pgg__park_index_plus1 = i;
+    return i;
 }
 
 /* Any parked connection, now the caller's (still counted busy). */
@@ -355,26 +344,6 @@ static pgg_link *unpark_any(pgg_host *h)
             return l;
     }
     return NULL;
-}
-
-/* Park l in this thread's slot; false: give it back under mu instead. */
-static bool park(pgg_host *h, pgg_link *l)
-{
-    pgg_park_slot *s = my_slot(h);
-    pgg_link *empty = NULL, *mine = l;
-
-    if (atomic_load_explicit(&h->park_block, memory_order_relaxed) != 0 ||
-        !atomic_compare_exchange_strong_explicit(&s->link, &empty, l,
-                                                 memory_order_seq_cst,
-                                                 memory_order_relaxed))
-        return false;
-    if (atomic_load_explicit(&h->park_block, memory_order_seq_cst) == 0)
-        return true;
-    /* A borrower began to wait, or the host closed: back out, unless one
-     * of them took it already (then it is theirs). */
-    return !atomic_compare_exchange_strong_explicit(&s->link, &mine, NULL,
-                                                    memory_order_seq_cst,
-                                                    memory_order_relaxed);
 }
 
 static int parked_count(pgg_host *h)
@@ -412,7 +381,7 @@ int pgg__host_busy(pgg_host *h)
 }
 
 /* A token per live thread: the address of a thread-local. */
-static PGG_TLS char thread_token;
+PGG_TLS char pgg__thread_token;
 
 /*
  * The idle connection this thread gave back last, else the most recently
@@ -425,7 +394,7 @@ static PGG_TLS char thread_token;
  */
 static pgg_link **pick_idle(pgg_host *h)
 {
-    const void *me = &thread_token;
+    const void *me = &pgg__thread_token;
 
     for (pgg_link **pp = &h->idle; *pp; pp = &(*pp)->next)
         if ((*pp)->owner == me)
@@ -576,27 +545,18 @@ static int borrow_locked(pgg_host *h, int64_t deadline_ns, int64_t now,
                          pgg_link **out, pgg_borrow_fail *why, pgg_error *err);
 
 /*
- * The connection this thread parked, without a lock (see "Parking"); the
- * rest out of line, so that this path saves no registers for it.
+ * pgg__host_borrow (host.h) when this thread's parked connection was not
+ * lent at once (l: it, out of its slot, or NULL).
  */
-int pgg__host_borrow(pgg_host *h, int64_t deadline_ns, int64_t *nowp,
-                     pgg_link **out, pgg_borrow_fail *why, pgg_error *err)
+int pgg__host_borrow_slow(pgg_host *h, int64_t deadline_ns, int64_t *nowp,
+                          pgg_link *l, pgg_link **out, pgg_borrow_fail *why,
+                          pgg_error *err)
 {
-    pgg_link *l;
     int64_t now = *nowp;
     int rc;
 
     *out = NULL;
-    if (now < deadline_ns &&
-        atomic_load_explicit(&h->park_block, memory_order_relaxed) < PARK_CLOSED &&
-        (l = unpark_mine(h)) != NULL) {
-        /* Used moments ago: no check is due (quick_ns, the shortest of
-         * them), unless it is past its lifetime. */
-        if (now - l->last_used_ns < h->quick_ns &&
-            !(h->max_lifetime_ns > 0 && now - l->created_ns >= h->max_lifetime_ns)) {
-            *out = l;
-            return PGG_OK;
-        }
+    if (l) {
         if (!expired(h, l, now) && lendable(h, l, now, deadline_ns)) {
             *out = l;
             *nowp = pgg__now_ns(); /* a validation may have waited */
@@ -757,7 +717,7 @@ int pgg__host_try_borrow(pgg_host *h, int64_t now, int64_t deadline_ns,
     /* A parked connection first (the loop's own give-back parks in its
      * thread's slot, see "Parking"): still counted busy, it is the
      * caller's as it is, or closed here when it is too old or dead. */
-    while ((l = unpark_mine(h)) || (l = unpark_any(h))) {
+    while ((l = pgg__host_unpark_mine(h)) || (l = unpark_any(h))) {
         if (!expired(h, l, now) &&
             (now - l->last_used_ns < h->alive_check_ns ||
              pgg__link_alive(l->conn))) {
@@ -886,33 +846,15 @@ static void release_slot(pgg_host *h, pgg_link *keep)
     }
 }
 
-/* l was judged reusable (or not): pool it, or close it. */
-static inline void give_back_judged(pgg_host *h, pgg_link *l, int64_t now,
-                                    bool reusable)
+void pgg__host_give_back_unparked(pgg_host *h, pgg_link *l)
 {
-    if (!reusable ||
-        (h->max_lifetime_ns > 0 && now - l->created_ns >= h->max_lifetime_ns)) {
-        pgg__host_discard(h, l);
-        return;
-    }
-    l->last_used_ns = now;
-    l->owner = &thread_token;
-    l->fresh = false;
-    l->next = NULL;
-    if (park(h, l))
-        return;
     release_slot(h, l);
 }
 
 void pgg__host_give_back(pgg_host *h, pgg_link *l, int64_t now)
 {
     if (l)
-        give_back_judged(h, l, now, pgg__link_reusable(l->conn));
-}
-
-void pgg__host_give_back_call(pgg_host *h, pgg_link *l, int64_t now)
-{
-    give_back_judged(h, l, now, pgg__link_idle_after_call(l->conn));
+        pgg__host_give_back_judged(h, l, now, pgg__link_reusable(l->conn));
 }
 
 void pgg__host_discard(pgg_host *h, pgg_link *l)

@@ -27,6 +27,7 @@
 #include "link.h"
 #include "pgguard.h"
 #include "prepared.h"
+#include "tls.h"
 
 struct pgg_on_connect;
 
@@ -142,7 +143,7 @@ typedef struct pgg_host {
     pgg_breaker breaker;
 
     /* Parked connections (see the top), and what stops parking: borrowers
-     * waiting for a connection, plus PARK_CLOSED once the host closes. */
+     * waiting for a connection, plus PGG_PARK_CLOSED once the host closes. */
     pgg_park_slot park[PGG_PARK_SLOTS];
     _Atomic int park_block;
 
@@ -184,6 +185,71 @@ typedef enum pgg_borrow_fail {
 } pgg_borrow_fail;
 
 /*
+ * Parking's fast halves (host.c, "Parking", tells the protocol), inline on
+ * the path of every call: a borrow takes this thread's parked connection
+ * back, a give-back parks it, each with one atomic operation and no call.
+ */
+#define PGG_PARK_CLOSED (1 << 24) /* in park_block once the host closed */
+
+/* This thread's slot index + 1 (0: none yet), and the first assignment. */
+extern PGG_TLS unsigned pgg__park_index_plus1;
+unsigned pgg__park_assign(void);
+/* A token per live thread (its address, compared only): pgg_link.owner. */
+extern PGG_TLS char pgg__thread_token;
+
+static inline pgg_park_slot *pgg__park_slot_mine(pgg_host *h)
+{
+    unsigned i = pgg__park_index_plus1;
+
+    if (!i)
+        i = pgg__park_assign();
+    return &h->park[i - 1];
+}
+
+/* This thread's parked connection, now the caller's (NULL: none). */
+static inline pgg_link *pgg__host_unpark_mine(pgg_host *h)
+{
+    pgg_park_slot *s = pgg__park_slot_mine(h);
+
+    if (!atomic_load_explicit(&s->link, memory_order_relaxed))
+        return NULL;
+    return atomic_exchange_explicit(&s->link, NULL, memory_order_acquire);
+}
+
+/* Park l in this thread's slot; false: give it back under mu instead. */
+static inline bool pgg__host_park(pgg_host *h, pgg_link *l)
+{
+    pgg_park_slot *s = pgg__park_slot_mine(h);
+    pgg_link *empty = NULL, *mine = l;
+
+    if (atomic_load_explicit(&h->park_block, memory_order_relaxed) != 0 ||
+        !atomic_compare_exchange_strong_explicit(&s->link, &empty, l,
+                                                 memory_order_seq_cst,
+                                                 memory_order_relaxed))
+        return false;
+    if (atomic_load_explicit(&h->park_block, memory_order_seq_cst) == 0)
+        return true;
+    /* A borrower began to wait, or the host closed: back out, unless one
+     * of them took it already (then it is theirs). */
+    return !atomic_compare_exchange_strong_explicit(&s->link, &mine, NULL,
+                                                    memory_order_seq_cst,
+                                                    memory_order_relaxed);
+}
+
+/* Past max_lifetime (0: no limit). */
+static inline bool pgg__link_too_old(const pgg_host *h, const pgg_link *l,
+                                     int64_t now)
+{
+    return h->max_lifetime_ns > 0 && now - l->created_ns >= h->max_lifetime_ns;
+}
+
+/* pgg__host_borrow past its fast path; mine: this thread's parked
+ * connection, taken out of its slot but not lent at once (or NULL). */
+int pgg__host_borrow_slow(pgg_host *h, int64_t deadline_ns, int64_t *now_ns,
+                          pgg_link *mine, pgg_link **out, pgg_borrow_fail *why,
+                          pgg_error *err);
+
+/*
  * A usable connection: a live idle one (checked with a round trip when it
  * sat idle past validate_after_idle), or a new one if the host has room,
  * or the first one given back before deadline_ns.  On failure returns the
@@ -191,8 +257,25 @@ typedef enum pgg_borrow_fail {
  * taken after anything the borrow waited for (unchanged when it did not
  * wait: the parked connection of this thread, lent at once).
  */
-int pgg__host_borrow(pgg_host *h, int64_t deadline_ns, int64_t *now_ns,
-                     pgg_link **out, pgg_borrow_fail *why, pgg_error *err);
+static inline int pgg__host_borrow(pgg_host *h, int64_t deadline_ns,
+                                   int64_t *now_ns, pgg_link **out,
+                                   pgg_borrow_fail *why, pgg_error *err)
+{
+    int64_t now = *now_ns;
+    pgg_link *l = NULL;
+
+    if (now < deadline_ns &&
+        atomic_load_explicit(&h->park_block, memory_order_relaxed) <
+            PGG_PARK_CLOSED &&
+        (l = pgg__host_unpark_mine(h)) != NULL &&
+        /* Used moments ago: no check is due (quick_ns, the shortest of
+         * them), unless it is past its lifetime. */
+        now - l->last_used_ns < h->quick_ns && !pgg__link_too_old(h, l, now)) {
+        *out = l;
+        return PGG_OK;
+    }
+    return pgg__host_borrow_slow(h, deadline_ns, now_ns, l, out, why, err);
+}
 
 /*
  * For an event loop: never waits, never connects, never validates with a
@@ -221,11 +304,37 @@ bool pgg__host_connect_failed(pgg_host *h, const pgg_error *err,
 
 /* Back to the pool if reusable (idle, healthy, young enough), else closed. */
 void pgg__host_give_back(pgg_host *h, pgg_link *l, int64_t now_ns);
-/* The same for l (not NULL) after a one-shot call that only sent and
- * collected on it (pgg__link_idle_after_call): its modes are as lent. */
-void pgg__host_give_back_call(pgg_host *h, pgg_link *l, int64_t now_ns);
 /* Closed without a thought: broken or mid-transaction. */
 void pgg__host_discard(pgg_host *h, pgg_link *l);
+/* l, judged reusable and stamped, could not park: pooled under mu. */
+void pgg__host_give_back_unparked(pgg_host *h, pgg_link *l);
+
+/* l was judged reusable (or not): stamped and parked, or pooled under mu,
+ * or closed. */
+static inline void pgg__host_give_back_judged(pgg_host *h, pgg_link *l,
+                                              int64_t now, bool reusable)
+{
+    if (!reusable || pgg__link_too_old(h, l, now)) {
+        pgg__host_discard(h, l);
+        return;
+    }
+    l->last_used_ns = now;
+    l->owner = &pgg__thread_token;
+    l->fresh = false;
+    l->next = NULL;
+    if (!pgg__host_park(h, l))
+        pgg__host_give_back_unparked(h, l);
+}
+
+/* The same as pgg__host_give_back for l (not NULL) after a one-shot call
+ * that only sent and collected on it (pgg__link_idle_after_call): its
+ * modes are as lent.  Inline: the give-back of every call. */
+static inline void pgg__host_give_back_call(pgg_host *h, pgg_link *l,
+                                            int64_t now_ns)
+{
+    pgg__host_give_back_judged(h, l, now_ns,
+                               pgg__link_idle_after_call(l->conn));
+}
 /* The deadline fired mid-query: close now, cancel from a worker. */
 void pgg__host_abandon(pgg_host *h, pgg_link *l, pgg_canceller *c);
 

@@ -712,16 +712,22 @@ bool pgg__link_alive(PGconn *conn)
  * was also true after a failed write, which transaction status does not
  * show: ask it there.
  */
+atomic_int pgg__link_busy_says_more; /* 0 unknown, 1 yes, 2 no */
+
+int pgg__link_busy_learn(void)
+{
+    int x = PQlibVersion() < 140000 ? 1 : 2;
+
+    atomic_store_explicit(&pgg__link_busy_says_more, x, memory_order_relaxed);
+    return x;
+}
+
 static bool busy_says_more(void)
 {
-    static atomic_int v; /* 0 unknown, 1 yes, 2 no */
-    int x = atomic_load_explicit(&v, memory_order_relaxed);
+    int x = atomic_load_explicit(&pgg__link_busy_says_more,
+                                 memory_order_relaxed);
 
-    if (!x) {
-        x = PQlibVersion() < 140000 ? 1 : 2;
-        atomic_store_explicit(&v, x, memory_order_relaxed);
-    }
-    return x == 1;
+    return (x ? x : pgg__link_busy_learn()) == 1;
 }
 
 bool pgg__link_reusable(PGconn *conn)
@@ -734,12 +740,6 @@ bool pgg__link_reusable(PGconn *conn)
     return PQtransactionStatus(conn) == PQTRANS_IDLE &&
            (!busy_says_more() || PQisBusy(conn) == 0) && PQisnonblocking(conn) &&
            PQpipelineStatus(conn) == PQ_PIPELINE_OFF;
-}
-
-bool pgg__link_idle_after_call(PGconn *conn)
-{
-    return PQtransactionStatus(conn) == PQTRANS_IDLE &&
-           (!busy_says_more() || PQisBusy(conn) == 0);
 }
 
 pgg_role pgg__link_reported_role(PGconn *conn)

@@ -10,6 +10,7 @@
 #ifndef PGG_LINK_H
 #define PGG_LINK_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -156,11 +157,28 @@ void pgg__link_silence(PGconn *conn);
 
 /* May this connection go back to the pool: open, idle, no transaction? */
 bool pgg__link_reusable(PGconn *conn);
+/* Does PQisBusy say more than PQtransactionStatus's IDLE (libpq < 14)?
+ * 1 yes, 2 no, 0 not known yet (learn: link.c). */
+extern atomic_int pgg__link_busy_says_more;
+int pgg__link_busy_learn(void);
+
 /* The same after a one-shot call that did nothing but send and collect on
  * a connection that was reusable when lent: only the session's state can
  * have changed (a transaction left open, a lost connection), not the modes
- * a lease's caller may set (blocking, pipeline), so those are not asked. */
-bool pgg__link_idle_after_call(PGconn *conn);
+ * a lease's caller may set (blocking, pipeline), so those are not asked.
+ * Inline: every call gives its connection back through it. */
+static inline bool pgg__link_idle_after_call(PGconn *conn)
+{
+    int x;
+
+    /* PQTRANS_IDLE implies CONNECTION_OK (UNKNOWN otherwise). */
+    if (PQtransactionStatus(conn) != PQTRANS_IDLE)
+        return false;
+    x = atomic_load_explicit(&pgg__link_busy_says_more, memory_order_relaxed);
+    if (!x)
+        x = pgg__link_busy_learn();
+    return x == 2 || PQisBusy(conn) == 0;
+}
 
 /* The role the server reports in in_hot_standby (PostgreSQL 14+), without a
  * round trip; PGG_ROLE_UNKNOWN when the server does not report it. */

@@ -228,13 +228,19 @@ __attribute__((noinline))
 #endif
 static void exec_registered(pgg_pool *pool, pgg_host *h, pgg_link *l,
                             const pgg_query *q, int64_t deadline,
-                            PGresult **res, pgg_attempt_end *end,
-                            pgg_error *err)
+                            int64_t now, PGresult **res,
+                            pgg_attempt_end *end, pgg_error *err)
 {
     bool again = pgg__stmt_set_has(&l->stmts, q->stmt->index);
 
     if (again) {
-        pgg__vis_exec(pool, h, l, q, deadline, res, end, err);
+        /* Nothing to learn or check about positions: the plain exec, its
+         * first wait on the path's clock reading (now, as exec_at's). */
+        if (!q->vis)
+            pgg__link_exec_at(pool->watchdog, l->conn, q, deadline, now,
+                              h->name, res, end, err);
+        else
+            pgg__vis_exec(pool, h, l, q, deadline, res, end, err);
         if (*end != PGG_END_RESULT || !pgg__link_statement_gone(*res))
             return;
         pgg__stmt_set_del(&l->stmts, q->stmt->index);
@@ -388,12 +394,22 @@ static inline pgg_verdict exec_done(pgg_pool *pool, pgg_host *h,
     bool ended_by_server, dead;
 
     *ended = pgg__now_ns();
-    if (end == PGG_END_RESULT && ok_status(PQresultStatus(res)))
+    if (end == PGG_END_RESULT && ok_status(PQresultStatus(res))) {
         /* The common case, as the classifier judges it: no lookup. */
         v = (pgg_verdict){PGG_CLASS_SUCCESS, false, false, PGG_OK};
-    else
+        /* And with the host's role known and its report looked up
+         * lately, nothing below applies to a success (no cancel, no role
+         * to learn, no session ended, no error to note): its record only. */
+        if (role != PGG_ROLE_UNKNOWN &&
+            *ended - atomic_load_explicit(&h->role_seen_ns,
+                                          memory_order_relaxed) < ROLE_SEEN_NS) {
+            settle(pool, h, ticket, PGG_CLASS_SUCCESS, false, started, *ended);
+            return v;
+        }
+    } else {
         v = pgg__classify_result(&pool->cfg->classifier, end, res, intent,
                                  role == PGG_ROLE_STANDBY);
+    }
     if (v.cls != PGG_CLASS_SUCCESS && pgg__cancel_now()) {
         /* The caller cancelled: the wait ended by its fire (or failed
          * after it), which says nothing of the host and is not retried.
@@ -468,9 +484,9 @@ static inline pgg_verdict exec_at(pgg_pool *pool, pgg_host *h, pgg_link **lp,
     int role = atomic_load_explicit(&h->role, memory_order_relaxed);
 
     if (q->stmt) {
-        exec_registered(pool, h, l, q, deadline, res, end, err);
+        exec_registered(pool, h, l, q, deadline, now, res, end, err);
     } else if (pgg__autoprep_wants(q) && pool->cfg->auto_prepare > 0) {
-        pgg__autoprep_exec(pool, h, l, q, deadline, res, end, err);
+        pgg__autoprep_exec(pool, h, l, q, deadline, now, res, end, err);
     } else if (!q->vis) {
         /* Nothing to learn or check about positions: the plain exec,
          * whose first wait takes our reading of the clock. */
