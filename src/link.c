@@ -657,6 +657,36 @@ static inline int collect(pgg_wd_slot *slot, const pgg_cancel *cancel,
 
 /* ----------------------------------------------------------- liveness */
 
+/* Parse what libpq already read of an idle session (no syscall), with
+ * unprompted_error armed by the caller: does it hold the server's
+ * unprompted error?  Ours is told to the receiver (libpq hands an error on
+ * an idle session over as a notice); one another receiver hides may still
+ * be queued as a result. */
+static bool held_bad(PGconn *conn)
+{
+    bool bad = false;
+
+    while (!PQisBusy(conn)) {
+        PGresult *res = PQgetResult(conn);
+        if (!res)
+            break;
+        if (PQresultStatus(res) == PGRES_FATAL_ERROR)
+            bad = true;
+        PQclear(res);
+    }
+    bad = bad || unprompted_error;
+    unprompted_error = false;
+    return bad;
+}
+
+bool pgg__link_held_ok(PGconn *conn)
+{
+    if (!conn || PQstatus(conn) != CONNECTION_OK)
+        return false;
+    unprompted_error = false;
+    return !held_bad(conn) && PQstatus(conn) == CONNECTION_OK;
+}
+
 bool pgg__link_alive(PGconn *conn)
 {
     struct pollfd p;
@@ -675,25 +705,8 @@ bool pgg__link_alive(PGconn *conn)
      * second read looks for the close when the receiver is not ours (a
      * lease's caller replaced it). */
     if (poll(&p, 1, 0) > 0) {
-        bool bad;
-
         unprompted_error = false;
-        if (!PQconsumeInput(conn))
-            return false;
-        bad = unprompted_error;
-        unprompted_error = false;
-        if (bad)
-            return false;
-        /* An unexpected error on an idle session is queued as a result. */
-        while (!PQisBusy(conn)) {
-            PGresult *res = PQgetResult(conn);
-            if (!res)
-                break;
-            if (PQresultStatus(res) == PGRES_FATAL_ERROR)
-                bad = true;
-            PQclear(res);
-        }
-        if (bad)
+        if (!PQconsumeInput(conn) || held_bad(conn))
             return false;
         p.revents = 0;
         if (PQstatus(conn) == CONNECTION_OK && poll(&p, 1, 0) > 0 &&

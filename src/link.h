@@ -144,6 +144,14 @@ int pgg__link_wait_wd(pgg_watchdog *wd, PGconn *conn, int64_t deadline_ns,
  */
 bool pgg__link_alive(PGconn *conn);
 
+/*
+ * pgg__link_alive without the read: does what libpq already read of an
+ * idle connection (parsed here, no syscall) leave it usable?  False when it
+ * holds the server's unprompted FATAL or ERROR (pg_terminate_backend's
+ * 57P01, read behind the last answer) or the connection is closed.
+ */
+bool pgg__link_held_ok(PGconn *conn);
+
 /* Before the first PQconnectPoll: a refused startup then reports its
  * SQLSTATE in the message (pgg__link_error parses it into err->sqlstate). */
 void pgg__link_verbose_startup(PGconn *conn);
