@@ -85,6 +85,8 @@ struct pgg_async_call {
     bool unpark; /* it gave a connection back: wake calls parked on its host */
     bool pooled; /* a CALL_ROOM block, back to the free list when done */
     bool reprepared; /* its registered statement was found gone once */
+    bool ended_behind; /* the server's FATAL was read behind an answer of
+                          this attempt's: its session is not reused */
     pgg_async_fn fn;
     void *userdata;
     int64_t wait_until; /* the current wait's deadline (DONE: 0) */
@@ -487,7 +489,18 @@ static void exec_over(pgg_async_call *k, PGresult *res, pgg_attempt_end end)
                                  &k->a.ended, k->c.err);
     pgg__cancel_cur = prev;
     k->a.lost = !k->l || PQstatus(k->l->conn) != CONNECTION_OK;
-    if (!k->l || k->a.lost || !keep_spare(k)) {
+    if (k->l && !k->a.lost && k->ended_behind) {
+        /* Answered, then terminated: libpq read the FATAL with the answer
+         * and PQstatus still says OK.  Not given back, where the next
+         * borrow, within alive_check_after_idle_ms, would not look; its
+         * idle siblings go too (pool.c's rule for a session that ended). */
+        sock_close(k);
+        pgg__host_discard(k->h, k->l);
+        k->l = NULL;
+        pgg__pool_settle(k->c.pool, k->h, NULL, PGG_CLASS_IGNORED, true,
+                         k->a.ended, k->a.ended);
+        k->unpark = true;
+    } else if (!k->l || k->a.lost || !keep_spare(k)) {
         /* The socket is forgotten before its connection can go. */
         sock_close(k);
         if (k->l) {
@@ -523,9 +536,13 @@ static void io(pgg_async_call *k, int revents)
     int rc;
     /* The hook runs on the connection before it is a link. */
     PGconn *conn = k->state == ST_HOOK ? k->conn : k->l->conn;
-    int want = pgg__link_io_step(conn, &k->io, revents, k->h->name, &res,
-                                 &end, k->c.err, &rc);
+    int want;
 
+    pgg__link_unprompted_arm();
+    want = pgg__link_io_step(conn, &k->io, revents, k->h->name, &res, &end,
+                             k->c.err, &rc);
+    if (pgg__link_unprompted())
+        k->ended_behind = true;
     if (want) {
         if (!sock_want(k, PQsocket(conn), want,
                        k->state == ST_HOOK ? connect_bound(k)
@@ -1355,6 +1372,7 @@ static void attempt_start(pgg_async_call *k, pgg_host *h)
     k->a.ended = 0;
     k->a.reused = false;
     k->a.lost = false;
+    k->ended_behind = false;
     admit(k);
 }
 

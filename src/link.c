@@ -679,6 +679,19 @@ static bool held_bad(PGconn *conn)
     return bad;
 }
 
+void pgg__link_unprompted_arm(void)
+{
+    unprompted_error = false;
+}
+
+bool pgg__link_unprompted(void)
+{
+    bool seen = unprompted_error;
+
+    unprompted_error = false;
+    return seen;
+}
+
 bool pgg__link_held_ok(PGconn *conn)
 {
     if (!conn || PQstatus(conn) != CONNECTION_OK)

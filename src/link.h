@@ -152,6 +152,16 @@ bool pgg__link_alive(PGconn *conn);
  */
 bool pgg__link_held_ok(PGconn *conn);
 
+/*
+ * The notice receiver's note of an error the server sent outside any query,
+ * e.g. pg_terminate_backend's FATAL parsed right behind a query's last
+ * answer (the answer stands; the session is over).  Armed before one
+ * connection's parse and read (and cleared) right after it on the same
+ * thread, it speaks for that connection alone.
+ */
+void pgg__link_unprompted_arm(void);
+bool pgg__link_unprompted(void);
+
 /* Before the first PQconnectPoll: a refused startup then reports its
  * SQLSTATE in the message (pgg__link_error parses it into err->sqlstate). */
 void pgg__link_verbose_startup(PGconn *conn);

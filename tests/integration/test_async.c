@@ -689,6 +689,48 @@ Test(async, pipelined_writes_behind_a_terminated_statement_run_once_on_a_new_con
     end_test(p, c);
 }
 
+/* Once the server committed the writes v in [from, from + n) of table and
+ * runs none of them, terminate every backend: their answers wait in the
+ * sockets, each followed by its session's FATAL. */
+static void terminate_after_answers(pgh_cluster *c, const char *table, int from, int n)
+{
+    char sql[160], want[16];
+
+    snprintf(sql, sizeof sql, "SELECT count(*) FROM %s WHERE v >= %d AND v < %d", table, from,
+             from + n);
+    snprintf(want, sizeof want, "%d", n);
+    cr_assert(await_value(pgh_cluster_primary(c), sql, want, 5000), "the writes never committed");
+    snprintf(sql, sizeof sql,
+             "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' "
+             "AND query LIKE 'INSERT INTO %s%%'",
+             table);
+    cr_assert(await_value(pgh_cluster_primary(c), sql, "0", 5000), "a write is still running");
+    cr_assert_eq(pgh_node_terminate_backends(pgh_cluster_primary(c)), 0);
+}
+
+/* Start writes v = from .. from + n - 1 into table, one call each. */
+static void start_writes(pgg_async *ac, const char *table, int from, int n, outcome *o)
+{
+    char sql[128];
+
+    for (int i = 0; i < n; i++) {
+        snprintf(sql, sizeof sql, "INSERT INTO %s VALUES (%d)", table, from + i);
+        start_call(ac, PGG_WRITE, sql, 3000, 0, &o[i]);
+    }
+}
+
+/* Every write of o acknowledged, its row v = from + i there once. */
+static void expect_written_once(pgh_cluster *c, const char *table, int from, int n,
+                                const outcome *o, const char *when)
+{
+    for (int i = 0; i < n; i++) {
+        cr_expect_eq(o[i].code, PGG_OK, "%s, call %d: %s %s (%d attempts, sent %d)", when, i,
+                     pgg_err_name(o[i].code), o[i].message, o[i].attempts, o[i].sent);
+        cr_expect_eq(rows_with(c, table, from + i), 1, "%s, call %d: its row is not there once",
+                     when, i);
+    }
+}
+
 /*
  * pipeline=on on the loop: the answers of eight writes wait in the socket,
  * followed by the server's FATAL (every backend terminated meanwhile).  The
@@ -704,7 +746,6 @@ Test(async, pipelined_writes_right_after_every_backend_is_terminated_all_succeed
     struct event_base *base = event_base_new();
     pgg_async *ac = async_for(p, base);
     outcome o[PIPED];
-    char sql[160];
 
     cr_assert_eq(pgh_node_exec(pgh_cluster_primary(c),
                                "DROP TABLE IF EXISTS async_piped_after;"
@@ -718,21 +759,8 @@ Test(async, pipelined_writes_right_after_every_backend_is_terminated_all_succeed
         cr_assert_eq(o[0].code, PGG_OK, "round %d warm-up: %s", r, o[0].message);
         /* Sent in the calls; the loop does not run until the server has
          * answered them all and every backend is gone. */
-        for (int i = 0; i < PIPED; i++) {
-            snprintf(sql, sizeof sql, "INSERT INTO async_piped_after VALUES (%d)", base_v + i);
-            start_call(ac, PGG_WRITE, sql, 3000, 0, &o[i]);
-        }
-        snprintf(sql, sizeof sql,
-                 "SELECT count(*) FROM async_piped_after WHERE v >= %d AND v < %d", base_v,
-                 base_v + PIPED);
-        cr_assert(await_value(pgh_cluster_primary(c), sql, "8", 5000),
-                  "round %d: the writes never committed", r);
-        cr_assert(await_value(pgh_cluster_primary(c),
-                              "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' "
-                              "AND query LIKE 'INSERT INTO async_piped_after%'",
-                              "0", 5000),
-                  "round %d: a write is still running", r);
-        cr_assert_eq(pgh_node_terminate_backends(pgh_cluster_primary(c)), 0);
+        start_writes(ac, "async_piped_after", base_v, PIPED, o);
+        terminate_after_answers(c, "async_piped_after", base_v, PIPED);
         run_until(base, o, PIPED, 10000);
         for (int i = 0; i < PIPED; i++)
             cr_expect(o[i].code == PGG_OK ||
@@ -740,24 +768,57 @@ Test(async, pipelined_writes_right_after_every_backend_is_terminated_all_succeed
                       "round %d call %d, before the blip: %s %s", r, i,
                       pgg_err_name(o[i].code), o[i].message);
         /* Right after the blip. */
-        for (int i = 0; i < PIPED; i++) {
-            snprintf(sql, sizeof sql, "INSERT INTO async_piped_after VALUES (%d)",
-                     base_v + PIPED + i);
-            start_call(ac, PGG_WRITE, sql, 3000, 0, &o[i]);
-        }
+        start_writes(ac, "async_piped_after", base_v + PIPED, PIPED, o);
         run_until(base, o, PIPED, 10000);
-        for (int i = 0; i < PIPED; i++) {
-            cr_expect_eq(o[i].code, PGG_OK, "round %d call %d, right after the blip: %s %s (%d "
-                         "attempts, sent %d)", r, i, pgg_err_name(o[i].code), o[i].message,
-                         o[i].attempts, o[i].sent);
-            cr_expect_eq(rows_with(c, "async_piped_after", base_v + PIPED + i), 1,
-                         "round %d call %d: its row is not there once", r, i);
-        }
+        expect_written_once(c, "async_piped_after", base_v + PIPED, PIPED, o,
+                            "right after the blip");
     }
     loop_guard_on();
     pgg_async_free(ac);
     loop_guard_off();
     loop_guard_check("pipelined writes right after a blip");
+    event_base_free(base);
+    end_test(p, c);
+}
+
+/*
+ * The same without pipelining: four writes answered on the pool's four
+ * connections, four more parked for a connection, and every backend
+ * terminated before the loop reads the answers.  The four parked writes,
+ * never sent before the blip, must not be handed a session whose FATAL
+ * libpq read behind its answer: all eight acknowledged, each once.
+ */
+Test(async, parked_writes_are_not_handed_a_session_terminated_behind_its_answer)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, "pool_max=4 breaker.mode=disabled");
+    struct event_base *base = event_base_new();
+    pgg_async *ac = async_for(p, base);
+    outcome o[PIPED];
+
+    cr_assert_eq(pgh_node_exec(pgh_cluster_primary(c),
+                               "DROP TABLE IF EXISTS async_parked_after;"
+                               "CREATE TABLE async_parked_after (v int PRIMARY KEY)"),
+                 0);
+    for (int r = 0; r < BEHIND_ROUNDS; r++) {
+        int base_v = r * PIPED;
+
+        /* Four connections open and idle. */
+        for (int i = 0; i < 4; i++)
+            start_call(ac, PGG_WRITE, "SELECT pg_sleep(0.05)", 0, 0, &o[i]);
+        run_until(base, o, 4, 5000);
+        for (int i = 0; i < 4; i++)
+            cr_assert_eq(o[i].code, PGG_OK, "round %d warm-up %d: %s", r, i, o[i].message);
+        /* The first four are sent in the calls, the others park. */
+        start_writes(ac, "async_parked_after", base_v, PIPED, o);
+        terminate_after_answers(c, "async_parked_after", base_v, 4);
+        run_until(base, o, PIPED, 10000);
+        expect_written_once(c, "async_parked_after", base_v, PIPED, o, "parked across the blip");
+    }
+    loop_guard_on();
+    pgg_async_free(ac);
+    loop_guard_off();
+    loop_guard_check("parked writes across a blip");
     event_base_free(base);
     end_test(p, c);
 }
