@@ -609,6 +609,16 @@ static bool await_value(pgh_node *n, const char *sql, const char *want, int ms)
     }
 }
 
+/* A new empty table (v int PRIMARY KEY) on the primary. */
+static void new_table(pgh_cluster *c, const char *table)
+{
+    char sql[160];
+
+    snprintf(sql, sizeof sql, "DROP TABLE IF EXISTS %s; CREATE TABLE %s (v int PRIMARY KEY)",
+             table, table);
+    cr_assert_eq(pgh_node_exec(pgh_cluster_primary(c), sql), 0);
+}
+
 /* How many rows of table hold v. */
 static int rows_with(pgh_cluster *c, const char *table, int v)
 {
@@ -639,10 +649,7 @@ Test(async, pipelined_writes_behind_a_terminated_statement_run_once_on_a_new_con
     outcome o[PIPED];
     char sql[128];
 
-    cr_assert_eq(pgh_node_exec(pgh_cluster_primary(c),
-                               "DROP TABLE IF EXISTS async_piped_behind;"
-                               "CREATE TABLE async_piped_behind (v int PRIMARY KEY)"),
-                 0);
+    new_table(c, "async_piped_behind");
     for (int r = 0; r < BEHIND_ROUNDS; r++) {
         int base_v = r * PIPED;
 
@@ -747,10 +754,7 @@ Test(async, pipelined_writes_right_after_every_backend_is_terminated_all_succeed
     pgg_async *ac = async_for(p, base);
     outcome o[PIPED];
 
-    cr_assert_eq(pgh_node_exec(pgh_cluster_primary(c),
-                               "DROP TABLE IF EXISTS async_piped_after;"
-                               "CREATE TABLE async_piped_after (v int PRIMARY KEY)"),
-                 0);
+    new_table(c, "async_piped_after");
     for (int r = 0; r < BEHIND_ROUNDS; r++) {
         int base_v = r * 2 * PIPED;
 
@@ -796,10 +800,7 @@ Test(async, parked_writes_are_not_handed_a_session_terminated_behind_its_answer)
     pgg_async *ac = async_for(p, base);
     outcome o[PIPED];
 
-    cr_assert_eq(pgh_node_exec(pgh_cluster_primary(c),
-                               "DROP TABLE IF EXISTS async_parked_after;"
-                               "CREATE TABLE async_parked_after (v int PRIMARY KEY)"),
-                 0);
+    new_table(c, "async_parked_after");
     for (int r = 0; r < BEHIND_ROUNDS; r++) {
         int base_v = r * PIPED;
 
