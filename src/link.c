@@ -240,9 +240,10 @@ void pgg__link_started(PGconn *conn)
 }
 
 /* Set by notice_receiver when the server sent an ERROR or FATAL outside
- * any query: pgg__link_alive arms and reads it around its own
- * PQconsumeInput (libpq calls the receiver on the consuming thread). */
-static _Thread_local bool unprompted_error;
+ * any query: pgg__link_alive and pgg__link_held_ok arm and read it around
+ * their own parse, the loop around each step of a connection's (libpq
+ * calls the receiver on the parsing thread; link.h). */
+PGG_TLS bool pgg__link_unprompted_seen;
 
 /*
  * Pooled connections are shared by callers who never asked for the
@@ -262,7 +263,7 @@ static void notice_receiver(void *arg, const PGresult *res)
     if ((sev && (strcmp(sev, "FATAL") == 0 || strcmp(sev, "ERROR") == 0 ||
                  strcmp(sev, "PANIC") == 0)) ||
         (code && strncmp(code, "57P", 3) == 0))
-        unprompted_error = true;
+        pgg__link_unprompted_seen = true;
 }
 
 void pgg__link_silence(PGconn *conn)
@@ -658,7 +659,7 @@ static inline int collect(pgg_wd_slot *slot, const pgg_cancel *cancel,
 /* ----------------------------------------------------------- liveness */
 
 /* Parse what libpq already read of an idle session (no syscall), with
- * unprompted_error armed by the caller: does it hold the server's
+ * pgg__link_unprompted_seen armed by the caller: does it hold the server's
  * unprompted error?  Ours is told to the receiver (libpq hands an error on
  * an idle session over as a notice); one another receiver hides may still
  * be queued as a result. */
@@ -674,29 +675,16 @@ static bool held_bad(PGconn *conn)
             bad = true;
         PQclear(res);
     }
-    bad = bad || unprompted_error;
-    unprompted_error = false;
+    bad = bad || pgg__link_unprompted_seen;
+    pgg__link_unprompted_seen = false;
     return bad;
-}
-
-void pgg__link_unprompted_arm(void)
-{
-    unprompted_error = false;
-}
-
-bool pgg__link_unprompted(void)
-{
-    bool seen = unprompted_error;
-
-    unprompted_error = false;
-    return seen;
 }
 
 bool pgg__link_held_ok(PGconn *conn)
 {
     if (!conn || PQstatus(conn) != CONNECTION_OK)
         return false;
-    unprompted_error = false;
+    pgg__link_unprompted_seen = false;
     return !held_bad(conn) && PQstatus(conn) == CONNECTION_OK;
 }
 
@@ -718,7 +706,7 @@ bool pgg__link_alive(PGconn *conn)
      * second read looks for the close when the receiver is not ours (a
      * lease's caller replaced it). */
     if (poll(&p, 1, 0) > 0) {
-        unprompted_error = false;
+        pgg__link_unprompted_seen = false;
         if (!PQconsumeInput(conn) || held_bad(conn))
             return false;
         p.revents = 0;

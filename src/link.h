@@ -15,6 +15,7 @@
 
 #include "classify.h"
 #include "pgguard.h"
+#include "tls.h"
 #include "watchdog.h"
 
 struct pgg_stmt;
@@ -159,8 +160,20 @@ bool pgg__link_held_ok(PGconn *conn);
  * connection's parse and read (and cleared) right after it on the same
  * thread, it speaks for that connection alone.
  */
-void pgg__link_unprompted_arm(void);
-bool pgg__link_unprompted(void);
+extern PGG_TLS bool pgg__link_unprompted_seen;
+
+static inline void pgg__link_unprompted_arm(void)
+{
+    pgg__link_unprompted_seen = false;
+}
+
+static inline bool pgg__link_unprompted(void)
+{
+    bool seen = pgg__link_unprompted_seen;
+
+    pgg__link_unprompted_seen = false;
+    return seen;
+}
 
 /* Before the first PQconnectPoll: a refused startup then reports its
  * SQLSTATE in the message (pgg__link_error parses it into err->sqlstate). */
