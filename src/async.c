@@ -528,6 +528,23 @@ static int send_prepare(pgg_async_call *k, PGresult **res, pgg_attempt_end *end)
     return pgg__link_send(k->l->conn, &pq, k->h->name, res, end, k->c.err);
 }
 
+/* k's connection turned out dead before k's statement was sent on it: the
+ * server's FATAL already read (a session terminated behind its last
+ * answer).  As borrow does with an idle one found dead: closed, its idle
+ * siblings too (pool.c's rule for a session that ended), and k borrows
+ * again within its attempt, taking the slot it gave back. */
+static void dead_before_send(pgg_async_call *k)
+{
+    int64_t now = pgg__now_ns();
+
+    sock_close(k); /* forgotten before its connection can go */
+    pgg__host_discard(k->h, k->l);
+    k->l = NULL;
+    k->ended_behind = false;
+    pgg__pool_settle(k->c.pool, k->h, NULL, PGG_CLASS_IGNORED, true, now, now);
+    borrow(k);
+}
+
 /* Advance the statement on the wire by what the socket showed. */
 static void io(pgg_async_call *k, int revents)
 {
@@ -617,6 +634,11 @@ static void io(pgg_async_call *k, int revents)
             return;
         }
         PQclear(res);
+        if (k->ended_behind) {
+            /* Prepared, then terminated: the statement was not sent. */
+            dead_before_send(k);
+            return;
+        }
         pgg__stmt_set_add(&k->l->stmts, stmt->index);
         if (pgg__now_ns() >= k->attempt_deadline) {
             pgg__error_set(k->c.err, PGG_ETIMEDOUT, NULL, k->h->name,
@@ -770,17 +792,8 @@ static bool pipe_open(pgg_async_call *k)
     if (!k->l->fresh && !pgg__link_held_ok(k->l->conn)) {
         /* libpq already read the server's FATAL behind the session's last
          * answer (a spare, or one given back moments ago, which borrow
-         * does not poll): dead before anything of k's was sent, as an
-         * idle one found dead by borrow is.  Its siblings go too, and k
-         * borrows again within its attempt. */
-        int64_t now = pgg__now_ns();
-
-        sock_close(k); /* a spare's, taken with the connection */
-        pgg__host_discard(k->h, k->l);
-        k->l = NULL;
-        pgg__pool_settle(k->c.pool, k->h, NULL, PGG_CLASS_IGNORED, true, now,
-                         now);
-        borrow(k); /* takes the slot it gave back */
+         * does not poll). */
+        dead_before_send(k);
         return true;
     }
     if (!PQenterPipelineMode(k->l->conn))

@@ -824,6 +824,63 @@ Test(async, parked_writes_are_not_handed_a_session_terminated_behind_its_answer)
     end_test(p, c);
 }
 
+/*
+ * A registered statement is prepared on a connection first; every backend
+ * is terminated after the server answered the PREPARE and before the loop
+ * reads it.  The write itself was never sent: it must not go out on that
+ * session, but on a new one (each round's statement is new to every
+ * connection).
+ */
+Test(async, a_write_is_not_sent_on_a_session_terminated_behind_its_prepare)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, "pool_max=1 breaker.mode=disabled");
+    struct event_base *base = event_base_new();
+    pgg_async *ac = async_for(p, base);
+    pgg_error e;
+
+    new_table(c, "async_prep_after");
+    for (int r = 0; r < BEHIND_ROUNDS; r++) {
+        outcome o = {0};
+        char name[32], v[16];
+        const char *vals[] = {v};
+        int rc;
+
+        snprintf(name, sizeof name, "async_prep_after_%d", r);
+        snprintf(v, sizeof v, "%d", r);
+        cr_assert_eq(pgg_pool_prepare(p, name, "INSERT INTO async_prep_after VALUES ($1)", 1,
+                                      NULL, &e),
+                     PGG_OK, "%s", e.message);
+        start_call(ac, PGG_WRITE, "SELECT 1", 0, 0, &o);
+        run_until(base, &o, 1, 5000);
+        cr_assert_eq(o.code, PGG_OK, "round %d warm-up: %s", r, o.message);
+        /* Its PREPARE is sent in the call. */
+        o = (outcome){.started = pgh_now_ms()};
+        loop_guard_on();
+        rc = pgg_async_exec_prepared(ac, PGG_WRITE, name, 1, vals, NULL, NULL, NULL, on_done,
+                                     &o, NULL, &e);
+        loop_guard_off();
+        cr_assert_eq(rc, PGG_OK, "%s", e.message);
+        cr_assert(await_value(pgh_cluster_primary(c),
+                              "SELECT count(*) FROM pg_stat_activity WHERE state = 'idle' AND "
+                              "query = 'INSERT INTO async_prep_after VALUES ($1)'",
+                              "1", 5000),
+                  "round %d: the PREPARE was never answered", r);
+        cr_assert_eq(pgh_node_terminate_backends(pgh_cluster_primary(c)), 0);
+        run_until(base, &o, 1, 10000);
+        cr_expect_eq(o.code, PGG_OK, "round %d: %s %s (%d attempts, sent %d)", r,
+                     pgg_err_name(o.code), o.message, o.attempts, o.sent);
+        cr_expect_eq(rows_with(c, "async_prep_after", r), 1, "round %d: the row is not there once",
+                     r);
+    }
+    loop_guard_on();
+    pgg_async_free(ac);
+    loop_guard_off();
+    loop_guard_check("a write behind a terminated prepare");
+    event_base_free(base);
+    end_test(p, c);
+}
+
 /* A session that lost a registered statement (DEALLOCATE ALL through a
  * lease kept without reset) answers 26000 with nothing run: the loop
  * prepares it again, as the blocking path does. */
