@@ -33,6 +33,7 @@
 #include <poll.h>
 #include <stdarg.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -91,6 +92,8 @@ struct pgg_async_call {
     bool unpark; /* it gave a connection back: wake calls parked on its host */
     bool pooled; /* a CALL_ROOM block, back to the free list when done */
     bool reprepared; /* its registered statement was found gone once */
+    bool ended_behind; /* the server's FATAL was read behind an answer of
+                          this attempt's: its session is not reused */
     pgg_async_fn fn;
     void *userdata;
     int64_t wait_until; /* the current wait's deadline (DONE: 0) */
@@ -133,12 +136,26 @@ struct pgg_async_call {
  * everyone.  When a call's deadline passes (or it is cancelled) with its
  * statement in flight, the connection is dropped and cancelled (pipeline.h's
  * rule): that call ends at its deadline, the other statements in flight are
- * lost, sent (a write's outcome unknown, never retried).  Every statement
- * is sent when queued, so none is ever "not sent".  An empty pipe leaves
- * pipeline mode and goes back to the host before the loop waits again, as
- * the spare does.
+ * lost, sent (a write's outcome unknown, never retried).  When the server
+ * ends the session itself (pg_terminate_backend, a shutdown), its FATAL is
+ * its last message and it reads its input in order, a Sync's answer
+ * flushed before the next statement is read: every statement behind the
+ * one it was at never ran, and goes back to the path as not sent (a
+ * reused session: once more on a new connection, writes too).  An empty
+ * pipe leaves pipeline mode and goes back to the host before the loop
+ * waits again, as the spare does; one whose server's FATAL libpq already
+ * read behind the last answer is discarded instead.
  */
 #define PIPE_DEPTH 128
+
+/* apipe.over: how the server ended the session, at first's statement. */
+enum {
+    OVER_NO,
+    OVER_ANSWER, /* its FATAL was first's answer (res): first ran at most
+                    in part, and was never committed by its Sync */
+    OVER_SYNC    /* its FATAL came after first's answer, before its Sync's:
+                    first may have committed */
+};
 
 struct apipe {
     pgg_async *ac;
@@ -150,6 +167,8 @@ struct apipe {
     bool got;       /* first's result came: its Sync is next */
     PGresult *res;  /* first's result */
     int64_t ended;  /* when the last answer came */
+    int over;       /* OVER_*: nothing joins; the close is awaited */
+    char why[160];  /* over: the server's message */
 };
 
 struct pgg_async {
@@ -514,7 +533,18 @@ static void exec_over(pgg_async_call *k, PGresult *res, pgg_attempt_end end)
                                  &k->a.ended, k->c.err);
     pgg__cancel_cur = prev;
     k->a.lost = !k->l || PQstatus(k->l->conn) != CONNECTION_OK;
-    if (!k->l || k->a.lost || !keep_spare(k)) {
+    if (k->l && !k->a.lost && k->ended_behind) {
+        /* Answered, then terminated: libpq read the FATAL with the answer
+         * and PQstatus still says OK.  Not given back, where the next
+         * borrow, within alive_check_after_idle_ms, would not look; its
+         * idle siblings go too (pool.c's rule for a session that ended). */
+        sock_close(k);
+        pgg__host_discard(k->h, k->l);
+        k->l = NULL;
+        pgg__pool_settle(k->c.pool, k->h, NULL, PGG_CLASS_IGNORED, true,
+                         k->a.ended, k->a.ended);
+        k->unpark = true;
+    } else if (!k->l || k->a.lost || !keep_spare(k)) {
         /* The socket is forgotten before its connection can go. */
         sock_close(k);
         if (k->l) {
@@ -542,6 +572,23 @@ static int send_prepare(pgg_async_call *k, PGresult **res, pgg_attempt_end *end)
     return pgg__link_send(k->l->conn, &pq, k->h->name, res, end, k->c.err);
 }
 
+/* k's connection turned out dead before k's statement was sent on it: the
+ * server's FATAL already read (a session terminated behind its last
+ * answer).  As borrow does with an idle one found dead: closed, its idle
+ * siblings too (pool.c's rule for a session that ended), and k borrows
+ * again within its attempt, taking the slot it gave back. */
+static void dead_before_send(pgg_async_call *k)
+{
+    int64_t now = pgg__now_ns();
+
+    sock_close(k); /* forgotten before its connection can go */
+    pgg__host_discard(k->h, k->l);
+    k->l = NULL;
+    k->ended_behind = false;
+    pgg__pool_settle(k->c.pool, k->h, NULL, PGG_CLASS_IGNORED, true, now, now);
+    borrow(k);
+}
+
 /* Advance the statement on the wire by what the socket showed. */
 static void io(pgg_async_call *k, int revents)
 {
@@ -550,9 +597,13 @@ static void io(pgg_async_call *k, int revents)
     int rc;
     /* The hook runs on the connection before it is a link. */
     PGconn *conn = k->state == ST_HOOK ? k->conn : k->l->conn;
-    int want = pgg__link_io_step(conn, &k->io, revents, k->h->name, &res,
-                                 &end, k->c.err, &rc);
+    int want;
 
+    pgg__link_unprompted_arm();
+    want = pgg__link_io_step(conn, &k->io, revents, k->h->name, &res, &end,
+                             k->c.err, &rc);
+    if (pgg__link_unprompted())
+        k->ended_behind = true;
     if (want) {
         int fd = k->state == ST_HOOK ? connect_fd(k) : loop_fd(k->l);
 
@@ -632,6 +683,11 @@ static void io(pgg_async_call *k, int revents)
             return;
         }
         PQclear(res);
+        if (k->ended_behind) {
+            /* Prepared, then terminated: the statement was not sent. */
+            dead_before_send(k);
+            return;
+        }
         pgg__stmt_set_add(&k->l->stmts, stmt->index);
         if (pgg__now_ns() >= k->attempt_deadline) {
             pgg__error_set(k->c.err, PGG_ETIMEDOUT, NULL, k->h->name,
@@ -768,7 +824,7 @@ static bool pipe_join(pgg_async_call *k)
 {
     apipe *p = pipe_of(k->ac, k->h);
 
-    if (!p || !p->l || p->n >= PIPE_DEPTH || !pipeable(k, p->l) ||
+    if (!p || !p->l || p->over || p->n >= PIPE_DEPTH || !pipeable(k, p->l) ||
         (p->first && k->ac->stall_ns > 0 &&
          k->c.now - p->first->sent >= k->ac->stall_ns))
         return false;
@@ -782,10 +838,20 @@ static bool pipe_open(pgg_async_call *k)
 {
     apipe *p = pipe_of(k->ac, k->h);
 
-    if (!p || p->l || !pipeable(k, k->l) || !PQenterPipelineMode(k->l->conn))
+    if (!p || p->l || !pipeable(k, k->l))
+        return false;
+    if (!k->l->fresh && !pgg__link_held_ok(k->l->conn)) {
+        /* libpq already read the server's FATAL behind the session's last
+         * answer (a spare, or one given back moments ago, which borrow
+         * does not poll). */
+        dead_before_send(k);
+        return true;
+    }
+    if (!PQenterPipelineMode(k->l->conn))
         return false;
     p->l = k->l;
     p->got = false;
+    p->over = OVER_NO;
     k->l = NULL;
     if (k->sock) { /* the spare's: its interest is POLLIN already */
         p->sock = k->sock;
@@ -837,21 +903,32 @@ static void pipe_answered(apipe *p, PGresult *res)
  * The connection is dropped with statements in flight: late's deadline
  * passed (or it was cancelled), or (late NULL) the connection broke.  late
  * ends as a query at its deadline; every other statement in flight was
- * sent and is lost (a write's outcome unknown: never retried).  The others
- * go on from the timer (due now), not inside this call's step.
+ * sent and is lost (a write's outcome unknown: never retried), unless the
+ * server ended the session (p->over): then the first is judged by the FATAL
+ * that was its answer (OVER_ANSWER, once libpq saw the close, as the loop's
+ * own query step judges it) or is lost (OVER_SYNC), and those behind it
+ * were never read by the server: not sent.  The others go on from the
+ * timer (due now), not inside this call's step.
  */
 static void pipe_end(apipe *p, pgg_async_call *late)
 {
     pgg_async *ac = p->ac;
     pgg_host *h = p->h;
     pgg_link *l = p->l;
-    pgg_async_call *k = p->first;
+    pgg_async_call *first = p->first, *k = first;
     pgg_cancel *prev = pgg__cancel_cur;
+    int over = p->over;
+    PGresult *answer = NULL;
 
+    if (over == OVER_ANSWER && PQstatus(l->conn) != CONNECTION_OK) {
+        answer = p->res;
+        p->res = NULL;
+    }
     p->l = NULL;
     p->first = p->last = NULL;
     p->n = 0;
     p->got = false;
+    p->over = OVER_NO;
     PQclear(p->res);
     p->res = NULL;
     if (p->sock) { /* forgotten before its connection can go */
@@ -859,22 +936,38 @@ static void pipe_end(apipe *p, pgg_async_call *late)
         p->sock = NULL;
     }
     for (pgg_async_call *next; k; k = next) {
+        PGresult *res = NULL;
+        pgg_attempt_end end = PGG_END_LOST;
+
         next = k->pnext;
         if (k == late)
             continue;
-        if (late)
+        if (k == first && answer) {
+            res = answer;
+            end = PGG_END_RESULT;
+            pgg__link_error(k->c.err, PGG_ESERVER, l->conn, res, h->name,
+                            NULL);
+        } else if (over && k != first) {
+            end = PGG_END_NOT_SENT;
+            pgg__error_set(k->c.err, PGG_ECONNECT, NULL, h->name,
+                           "connection lost: the server ended the session "
+                           "before it read this statement (%s); not run",
+                           p->why);
+        } else if (late) {
             pgg__error_set(k->c.err, PGG_ECONNECT, NULL, h->name,
                            "connection lost: another statement on the shared "
                            "connection passed its deadline; sent, outcome "
                            "unknown");
-        else
+        } else {
             pgg__error_set(k->c.err, PGG_ECONNECT, NULL, h->name,
-                           "connection lost: %s", PQerrorMessage(l->conn));
+                           "connection lost: %s",
+                           over ? p->why : PQerrorMessage(l->conn));
+        }
         pgg__cancel_cur = k->c.cancel;
-        k->a.res = NULL;
-        k->a.end = PGG_END_LOST;
+        k->a.res = res;
+        k->a.end = end;
         k->a.v = pgg__pool_exec_done(ac->pool, h, &l, k->c.intent, &k->ticket,
-                                     k->role, k->c.now, NULL, PGG_END_LOST,
+                                     k->role, k->c.now, res, end,
                                      &k->a.ended, k->c.err);
         pgg__cancel_cur = prev;
         k->a.lost = true;
@@ -903,6 +996,26 @@ static void pipe_end(apipe *p, pgg_async_call *late)
     unpark(ac, h);
 }
 
+/* A server's FATAL (or PANIC) error: the last message of its session.
+ * libpq's own errors (a lost connection) carry no severity field. */
+static bool server_fatal(const PGresult *r)
+{
+    const char *sev = PQresultErrorField(r, PG_DIAG_SEVERITY_NONLOCALIZED);
+
+    return sev && PQresultErrorField(r, PG_DIAG_SQLSTATE) &&
+           (strcmp(sev, "FATAL") == 0 || strcmp(sev, "PANIC") == 0);
+}
+
+/* The server ended p's session at first's statement (how: OVER_*). */
+static void pipe_over(apipe *p, int how, const PGresult *r)
+{
+    const char *msg = PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY);
+
+    p->over = how;
+    snprintf(p->why, sizeof p->why, "%s: %s",
+             PQresultErrorField(r, PG_DIAG_SQLSTATE), msg ? msg : "");
+}
+
 /* p's socket is ready: send what waits, take every answer there is. */
 static void pipe_io(apipe *p, int revents)
 {
@@ -926,6 +1039,12 @@ static void pipe_io(apipe *p, int revents)
 
         if (!p->got) {
             if (r && PQresultStatus(r) != PGRES_PIPELINE_SYNC) {
+                if (p->over) {
+                    PQclear(r); /* the server's FATAL stays the answer */
+                    continue;
+                }
+                if (server_fatal(r))
+                    pipe_over(p, OVER_ANSWER, r);
                 PQclear(p->res); /* one statement: one result, the last */
                 p->res = r;
                 continue;
@@ -949,13 +1068,17 @@ static void pipe_io(apipe *p, int revents)
             pipe_answered(p, res);
             continue;
         }
+        if (r && !p->over && server_fatal(r))
+            pipe_over(p, OVER_SYNC, r);
         PQclear(r);
         if (!r)
             break; /* nothing more parsed yet */
         broken = true;
         break;
     }
-    /* Empty, a broken pipe is discarded when flushed (flush_pipes). */
+    /* Empty, a broken pipe is discarded when flushed (flush_pipes).  One
+     * whose server sent its FATAL waits for the close (the session's end,
+     * seen by libpq) unless broken already. */
     if (p->l && p->first &&
         (broken || PQstatus(p->l->conn) != CONNECTION_OK))
         pipe_end(p, NULL);
@@ -975,10 +1098,23 @@ static void flush_pipes(pgg_async *ac)
             sock_free(ac, p->sock);
             p->sock = NULL;
         }
-        if (PQstatus(l->conn) == CONNECTION_OK && PQexitPipelineMode(l->conn))
-            pgg__host_give_back(p->h, l, p->ended);
-        else
+        if (PQstatus(l->conn) != CONNECTION_OK ||
+            !PQexitPipelineMode(l->conn)) {
             pgg__host_discard(p->h, l);
+        } else if (!pgg__link_held_ok(l->conn)) {
+            /* The server's FATAL, read behind the last answer (a
+             * terminated backend): the next borrow, within
+             * alive_check_after_idle_ms, would not look.  Its idle
+             * siblings rarely died alone (pool.c's rule for a session
+             * that ended). */
+            int64_t now = pgg__now_ns();
+
+            pgg__host_discard(p->h, l);
+            pgg__pool_settle(ac->pool, p->h, NULL, PGG_CLASS_IGNORED, true,
+                             now, now);
+        } else {
+            pgg__host_give_back(p->h, l, p->ended);
+        }
         unpark(ac, p->h);
     }
 }
@@ -1352,6 +1488,7 @@ static void attempt_start(pgg_async_call *k, pgg_host *h)
     k->a.ended = 0;
     k->a.reused = false;
     k->a.lost = false;
+    k->ended_behind = false;
     admit(k);
 }
 

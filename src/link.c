@@ -240,9 +240,10 @@ void pgg__link_started(PGconn *conn)
 }
 
 /* Set by notice_receiver when the server sent an ERROR or FATAL outside
- * any query: pgg__link_alive arms and reads it around its own
- * PQconsumeInput (libpq calls the receiver on the consuming thread). */
-static _Thread_local bool unprompted_error;
+ * any query: pgg__link_alive and pgg__link_held_ok arm and read it around
+ * their own parse, the loop around each step of a connection's (libpq
+ * calls the receiver on the parsing thread; link.h). */
+PGG_TLS bool pgg__link_unprompted_seen;
 
 /*
  * Pooled connections are shared by callers who never asked for the
@@ -262,7 +263,7 @@ static void notice_receiver(void *arg, const PGresult *res)
     if ((sev && (strcmp(sev, "FATAL") == 0 || strcmp(sev, "ERROR") == 0 ||
                  strcmp(sev, "PANIC") == 0)) ||
         (code && strncmp(code, "57P", 3) == 0))
-        unprompted_error = true;
+        pgg__link_unprompted_seen = true;
 }
 
 void pgg__link_silence(PGconn *conn)
@@ -657,6 +658,36 @@ static inline int collect(pgg_wd_slot *slot, const pgg_cancel *cancel,
 
 /* ----------------------------------------------------------- liveness */
 
+/* Parse what libpq already read of an idle session (no syscall), with
+ * pgg__link_unprompted_seen armed by the caller: does it hold the server's
+ * unprompted error?  Ours is told to the receiver (libpq hands an error on
+ * an idle session over as a notice); one another receiver hides may still
+ * be queued as a result. */
+static bool held_bad(PGconn *conn)
+{
+    bool bad = false;
+
+    while (!PQisBusy(conn)) {
+        PGresult *res = PQgetResult(conn);
+        if (!res)
+            break;
+        if (PQresultStatus(res) == PGRES_FATAL_ERROR)
+            bad = true;
+        PQclear(res);
+    }
+    bad = bad || pgg__link_unprompted_seen;
+    pgg__link_unprompted_seen = false;
+    return bad;
+}
+
+bool pgg__link_held_ok(PGconn *conn)
+{
+    if (!conn || PQstatus(conn) != CONNECTION_OK)
+        return false;
+    pgg__link_unprompted_seen = false;
+    return !held_bad(conn) && PQstatus(conn) == CONNECTION_OK;
+}
+
 bool pgg__link_alive(PGconn *conn)
 {
     struct pollfd p;
@@ -675,25 +706,8 @@ bool pgg__link_alive(PGconn *conn)
      * second read looks for the close when the receiver is not ours (a
      * lease's caller replaced it). */
     if (poll(&p, 1, 0) > 0) {
-        bool bad;
-
-        unprompted_error = false;
-        if (!PQconsumeInput(conn))
-            return false;
-        bad = unprompted_error;
-        unprompted_error = false;
-        if (bad)
-            return false;
-        /* An unexpected error on an idle session is queued as a result. */
-        while (!PQisBusy(conn)) {
-            PGresult *res = PQgetResult(conn);
-            if (!res)
-                break;
-            if (PQresultStatus(res) == PGRES_FATAL_ERROR)
-                bad = true;
-            PQclear(res);
-        }
-        if (bad)
+        pgg__link_unprompted_seen = false;
+        if (!PQconsumeInput(conn) || held_bad(conn))
             return false;
         p.revents = 0;
         if (PQstatus(conn) == CONNECTION_OK && poll(&p, 1, 0) > 0 &&

@@ -16,6 +16,7 @@
 
 #include "classify.h"
 #include "pgguard.h"
+#include "tls.h"
 #include "watchdog.h"
 
 struct pgg_stmt;
@@ -144,6 +145,36 @@ int pgg__link_wait_wd(pgg_watchdog *wd, PGconn *conn, int64_t deadline_ns,
  * after a promotion) without blocking.
  */
 bool pgg__link_alive(PGconn *conn);
+
+/*
+ * pgg__link_alive without the read: does what libpq already read of an
+ * idle connection (parsed here, no syscall) leave it usable?  False when it
+ * holds the server's unprompted FATAL or ERROR (pg_terminate_backend's
+ * 57P01, read behind the last answer) or the connection is closed.
+ */
+bool pgg__link_held_ok(PGconn *conn);
+
+/*
+ * The notice receiver's note of an error the server sent outside any query,
+ * e.g. pg_terminate_backend's FATAL parsed right behind a query's last
+ * answer (the answer stands; the session is over).  Armed before one
+ * connection's parse and read (and cleared) right after it on the same
+ * thread, it speaks for that connection alone.
+ */
+extern PGG_TLS bool pgg__link_unprompted_seen;
+
+static inline void pgg__link_unprompted_arm(void)
+{
+    pgg__link_unprompted_seen = false;
+}
+
+static inline bool pgg__link_unprompted(void)
+{
+    bool seen = pgg__link_unprompted_seen;
+
+    pgg__link_unprompted_seen = false;
+    return seen;
+}
 
 /* Before the first PQconnectPoll: a refused startup then reports its
  * SQLSTATE in the message (pgg__link_error parses it into err->sqlstate). */
