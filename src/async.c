@@ -1225,12 +1225,42 @@ static void types_failed(pgg_async_call *k)
 }
 #endif
 
+/*
+ * The connection k took has no loop descriptor and none can be had (the
+ * process is at its descriptor limit): nothing was sent on it, so the
+ * call is told why and the host is not blamed, as when the blocking path
+ * lacks resources of its own.  Found only after sending, the statement
+ * would have run (a write applied) and the wait failed as a deadline
+ * against the host.
+ */
+static void no_loop_fd(pgg_async_call *k)
+{
+    int e = errno;
+    int64_t now = pgg__now_ns();
+
+    sock_close(k);
+    pgg__host_give_back(k->h, k->l, now);
+    k->l = NULL;
+    pgg__pool_record(k->c.pool, k->h, k->ticket, PGG_CLASS_IGNORED, k->c.now,
+                     now);
+    pgg__error_set(k->c.err, PGG_ESYS, NULL, k->h->name,
+                   "no descriptor for the event loop (%s); not sent",
+                   strerror(e));
+    pgg__call_skipped(&k->c);
+    k->state = ST_IDLE;
+}
+
 static void taken(pgg_async_call *k)
 {
     if (pgg__pool_taken(k->c.pool, k->h, k->c.intent, &k->l, k->ticket,
                         k->c.now) != PGG_TAKE_OK) {
         pgg__call_skipped(&k->c);
         k->state = ST_IDLE;
+        return;
+    }
+    /* Before anything is sent on it (no_loop_fd). */
+    if (loop_fd(k->l) < 0) {
+        no_loop_fd(k);
         return;
     }
 #if PGG_HAVE_LIBPQTYPES

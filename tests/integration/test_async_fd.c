@@ -18,7 +18,10 @@
 #include <arpa/inet.h>
 #include <dlfcn.h>
 #include <event2/event.h>
+#include <errno.h>
 #include <netdb.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
 #include "adapter_check.h"
 #include "pool.h"
@@ -229,5 +232,88 @@ Test(async_fd, a_connect_that_moves_to_the_next_address_is_watched_on_its_new_so
     pgg_async_free(ac);
     expect_contract_kept(&chk);
     event_base_free(base);
+    end_test(p, c);
+}
+
+/* Take every descriptor the process may still open (up to a lowered
+ * limit, so that this is quick); returns how many, in fds. */
+static int exhaust_fds(int *fds, int max)
+{
+    int n = 0;
+
+    while (n < max) {
+        int fd = dup(0);
+
+        if (fd < 0) {
+            cr_assert(errno == EMFILE || errno == ENFILE, "dup: %s", strerror(errno));
+            break;
+        }
+        fds[n++] = fd;
+    }
+    cr_assert_lt(n, max, "the descriptor limit was not reached");
+    return n;
+}
+
+/* A pooled connection the loop has never watched needs the loop's own
+ * descriptor of it (loop_fd).  When none can be had (the process is at
+ * its descriptor limit), the statement is not sent, the call says why
+ * (PGG_ESYS), and the host is not blamed: no failure for its breaker, as
+ * for any other want of resources on the client. */
+Test(async_fd, no_descriptor_for_the_loop_sends_nothing_and_blames_no_host)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgh_node *n = pgh_cluster_primary(c);
+    pgg_pool *p = pool_for(c, NULL);
+    struct event_base *base = event_base_new();
+    static adapter_check chk;
+    pgg_async *ac = checked_async(p, base, &chk);
+    struct rlimit old, low;
+    pgg_host_stats hs;
+    pgg_error e;
+    PGresult *r;
+    outcome o[1];
+    static int fds[4096];
+    int nfds;
+    char v[32] = "";
+    uint64_t failed = 0;
+
+    cr_assert_eq(pgh_node_exec(n, "DROP TABLE IF EXISTS pgg_async_fd_sent; "
+                                  "CREATE TABLE pgg_async_fd_sent (x int)"),
+                 0, "%s", pgh_node_error(n));
+    /* One pooled connection, made and used by a blocking call: the loop
+     * has no descriptor of it yet. */
+    r = pgg_exec(p, PGG_WRITE, "SELECT 1", NULL, NULL, &e);
+    cr_assert_not_null(r, "%s", e.message);
+    PQclear(r);
+
+    cr_assert_eq(getrlimit(RLIMIT_NOFILE, &old), 0);
+    low = old;
+    low.rlim_cur = 256 < old.rlim_cur ? 256 : old.rlim_cur;
+    cr_assert_eq(setrlimit(RLIMIT_NOFILE, &low), 0);
+    nfds = exhaust_fds(fds, (int)(sizeof fds / sizeof fds[0]));
+    start_call(ac, PGG_WRITE, "INSERT INTO pgg_async_fd_sent VALUES (1)", 5000, &o[0]);
+    run_until(base, o, 1, 10000);
+    for (int i = 0; i < nfds; i++)
+        close(fds[i]);
+    cr_assert_eq(setrlimit(RLIMIT_NOFILE, &old), 0);
+
+    cr_expect_eq(o[0].code, PGG_ESYS, "%s %s", pgg_err_name(o[0].code), o[0].message);
+    cr_assert_eq(pgg_pool_host_stats(p, 0, &hs), PGG_OK);
+    for (int i = 0; i < PGG_CLASS_SLOTS; i++)
+        failed += hs.failures[i];
+    cr_expect_eq(failed, 0, "the host was blamed: %llu failures, breaker %d",
+                 (unsigned long long)failed, (int)hs.state);
+    cr_assert_eq(pgh_node_query_value(n, "SELECT count(*) FROM pgg_async_fd_sent", v, sizeof v),
+                 0, "%s", pgh_node_error(n));
+    cr_expect_str_eq(v, "0", "the statement was sent");
+    /* With descriptors again, the loop's calls are served. */
+    start_call(ac, PGG_WRITE, "SELECT 1", 5000, &o[0]);
+    run_until(base, o, 1, 10000);
+    cr_expect_eq(o[0].code, PGG_OK, "%s %s", pgg_err_name(o[0].code), o[0].message);
+
+    pgg_async_free(ac);
+    expect_contract_kept(&chk);
+    event_base_free(base);
+    cr_assert_eq(pgh_node_exec(n, "DROP TABLE pgg_async_fd_sent"), 0, "%s", pgh_node_error(n));
     end_test(p, c);
 }
