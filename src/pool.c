@@ -501,7 +501,8 @@ static inline pgg_verdict exec_at(pgg_pool *pool, pgg_host *h, pgg_link **lp,
     } else {
         pgg__vis_exec(pool, h, l, q, deadline, res, end, err);
     }
-    *over = pgg__link_unprompted();
+    /* Read, not cleared: every reader arms it first (link.h). */
+    *over = pgg__link_unprompted_seen;
     return exec_done(pool, h, lp, intent, ticket, role, started, *res, *end,
                      *over, ended, err);
 }
