@@ -158,8 +158,9 @@ bool pgg__link_held_ok(PGconn *conn);
  * The notice receiver's note of an error the server sent outside any query,
  * e.g. pg_terminate_backend's FATAL parsed right behind a query's last
  * answer (the answer stands; the session is over).  Armed before one
- * connection's parse and read (and cleared) right after it on the same
- * thread, it speaks for that connection alone.
+ * connection's parse and read right after it on the same thread, it
+ * speaks for that connection alone (every reader arms it first, so a read
+ * need not clear it: pool.c's exec_at does not).
  */
 extern PGG_TLS bool pgg__link_unprompted_seen;
 

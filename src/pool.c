@@ -386,8 +386,8 @@ static inline pgg_verdict exec_done(pgg_pool *pool, pgg_host *h,
                                     pgg_link **lp, pgg_intent intent,
                                     const pgg_ticket *ticket, int role,
                                     int64_t started, PGresult *res,
-                                    pgg_attempt_end end, int64_t *ended,
-                                    pgg_error *err)
+                                    pgg_attempt_end end, bool over,
+                                    int64_t *ended, pgg_error *err)
 {
     pgg_link *l = *lp;
     pgg_verdict v;
@@ -400,7 +400,7 @@ static inline pgg_verdict exec_done(pgg_pool *pool, pgg_host *h,
         /* And with the host's role known and its report looked up
          * lately, nothing below applies to a success (no cancel, no role
          * to learn, no session ended, no error to note): its record only. */
-        if (role != PGG_ROLE_UNKNOWN &&
+        if (!over && role != PGG_ROLE_UNKNOWN &&
             *ended - atomic_load_explicit(&h->role_seen_ns,
                                           memory_order_relaxed) < ROLE_SEEN_NS) {
             settle(pool, h, ticket, PGG_CLASS_SUCCESS, false, started, *ended);
@@ -442,12 +442,14 @@ static inline pgg_verdict exec_done(pgg_pool *pool, pgg_host *h,
                                 pgg__link_reported_role(l->conn), &v);
     }
     pgg__pool_reprobe(pool, h, &v);
-    ended_by_server = session_ended(l->conn, end, res, v.cls);
+    /* over: the server ended the session right behind its answer (the
+     * answer stands, a success is one), as if it had ended it instead. */
+    ended_by_server = over || session_ended(l->conn, end, res, v.cls);
     /* A pooled session found dead says nothing of the host (a terminated
      * backend, a restart since): ignored here, and the call tries a new
      * connection to the same host, whose outcome the breaker does hear.
      * A new one that dies does speak for the host. */
-    dead = ended_by_server && !l->fresh;
+    dead = ended_by_server && !l->fresh && v.cls != PGG_CLASS_SUCCESS;
     settle(pool, h, ticket, dead ? PGG_CLASS_IGNORED : v.cls,
            ended_by_server, started, *ended);
     if (end == PGG_END_DEADLINE) {
@@ -478,11 +480,15 @@ static inline pgg_verdict exec_at(pgg_pool *pool, pgg_host *h, pgg_link **lp,
                                   int64_t deadline, const pgg_ticket *ticket,
                                   int64_t started, int64_t now,
                                   PGresult **res, pgg_attempt_end *end,
-                                  int64_t *ended, pgg_error *err)
+                                  int64_t *ended, bool *over, pgg_error *err)
 {
     pgg_link *l = *lp;
     int role = atomic_load_explicit(&h->role, memory_order_relaxed);
 
+    /* The notice receiver notes a FATAL parsed behind the answer (a
+     * terminated backend, idle once it answered): PQstatus stays OK, and
+     * the next borrow may not look at the session before sending on it. */
+    pgg__link_unprompted_arm();
     if (q->stmt) {
         exec_registered(pool, h, l, q, deadline, now, res, end, err);
     } else if (pgg__autoprep_wants(q) && pool->cfg->auto_prepare > 0) {
@@ -495,8 +501,10 @@ static inline pgg_verdict exec_at(pgg_pool *pool, pgg_host *h, pgg_link **lp,
     } else {
         pgg__vis_exec(pool, h, l, q, deadline, res, end, err);
     }
+    /* Read, not cleared: every reader arms it first (link.h). */
+    *over = pgg__link_unprompted_seen;
     return exec_done(pool, h, lp, intent, ticket, role, started, *res, *end,
-                     ended, err);
+                     *over, ended, err);
 }
 
 pgg_verdict pgg__pool_exec_on(pgg_pool *pool, pgg_host *h, pgg_link **lp,
@@ -506,8 +514,13 @@ pgg_verdict pgg__pool_exec_on(pgg_pool *pool, pgg_host *h, pgg_link **lp,
                               pgg_attempt_end *end, int64_t *ended,
                               pgg_error *err)
 {
+    bool over;
+
+    /* A session over behind its answer stays the caller's (a lease's
+     * answer stands; its next statement finds the end); its idle siblings
+     * went in exec_done. */
     return exec_at(pool, h, lp, intent, q, deadline, ticket, started, 0, res,
-                   end, ended, err);
+                   end, ended, &over, err);
 }
 
 bool pgg__pool_attempt(pgg_pool *pool, pgg_host *h, pgg_intent intent,
@@ -517,6 +530,7 @@ bool pgg__pool_attempt(pgg_pool *pool, pgg_host *h, pgg_intent intent,
     int64_t started = now;
     pgg_ticket ticket;
     pgg_link *l;
+    bool over;
 
     a->res = NULL;
     a->ended = 0;
@@ -535,12 +549,18 @@ bool pgg__pool_attempt(pgg_pool *pool, pgg_host *h, pgg_intent intent,
     }
     a->reused = !l->fresh;
     a->v = exec_at(pool, h, &l, intent, q, deadline, &ticket, started, now,
-                   &a->res, &a->end, &a->ended, err);
+                   &a->res, &a->end, &a->ended, &over, err);
     /* Read only after a failure: a success is served whatever it says. */
     a->lost = !l || (a->v.cls != PGG_CLASS_SUCCESS &&
                      PQstatus(l->conn) != CONNECTION_OK);
     if (!l)
         return true;
+    if (over) {
+        /* Its answer came with the server's end of the session right
+         * behind it: not lent again. */
+        pgg__host_discard(h, l);
+        return true;
+    }
     /* A pooled connection was reusable when it came back last, and only
      * the read-your-writes exec may change its modes (pipeline) during a
      * call; a new one's modes are the on_connect hook's: ask them all. */
@@ -557,6 +577,7 @@ pgg_verdict pgg__pool_exec_done(pgg_pool *pool, pgg_host *h, pgg_link **lp,
                                 pgg_attempt_end end, int64_t *ended,
                                 pgg_error *err)
 {
+    /* The loop reads the notice receiver's note itself (async.c). */
     return exec_done(pool, h, lp, intent, ticket, role, started, res, end,
-                     ended, err);
+                     false, ended, err);
 }

@@ -119,6 +119,147 @@ Test(recovery, terminated_idle_sessions_cost_no_call)
     end_test(p, c);
 }
 
+/*
+ * The blip right behind an answer (the blocking path): the statement's
+ * answer and the server's FATAL 57P01 (pg_terminate_backend of the session,
+ * idle once it answered) arrive in one read.  libpq hands the FATAL to the
+ * notice receiver and PQstatus stays OK, so the session looks reusable, and
+ * the next borrow within alive_check_after_idle_ms does not look at it: a
+ * write sent on it would fail as sent though the blip came before it.
+ *
+ * This binary interposes recv and send (libpq resolves them through the
+ * executable first; glibc only): armed for the calling thread, the first
+ * recv after the statement was sent first waits until the session's backend
+ * is idle (its answer is on its way), terminates every session of ours and
+ * waits until the server closed this one (its FATAL and end of connection
+ * are in the socket behind the answer), then reads.
+ */
+#if defined(__GLIBC__)
+#include <dlfcn.h>
+#include <poll.h>
+#include <sys/socket.h>
+
+/* 0 off; 1 armed: the statement's send comes; 2 sent: the next recv meets
+ * the blip; 3 in the blip (its own libpq calls pass through). */
+static _Thread_local int blip_state;
+static pgh_node *blip_node;
+static int blip_done;
+static ssize_t (*real_recv)(int, void *, size_t, int);
+static ssize_t (*real_send)(int, const void *, size_t, int);
+
+__attribute__((constructor)) static void blip_resolve(void)
+{
+    *(void **)&real_recv = dlsym(RTLD_NEXT, "recv");
+    *(void **)&real_send = dlsym(RTLD_NEXT, "send");
+    if (!real_recv || !real_send)
+        abort();
+}
+
+static void blip_before_read(int fd)
+{
+    char v[32] = "";
+    struct pollfd pf = {.fd = fd, .events = POLLRDHUP};
+
+    /* The backend idle: it has sent the statement's answer. */
+    for (int i = 0; i < 1000; i++) {
+        if (pgh_node_query_value(blip_node,
+                                 "select count(*) from pg_stat_activity "
+                                 "where backend_type = 'client backend' "
+                                 "and pid <> pg_backend_pid() and state = 'active'",
+                                 v, sizeof v) == 0 &&
+            strcmp(v, "0") == 0)
+            break;
+        sleep_ms(10);
+    }
+    if (strcmp(v, "0") != 0 || pgh_node_terminate_backends(blip_node) != 0)
+        return;
+    /* The server's close has reached this socket, behind the answer and
+     * the FATAL. */
+    for (int i = 0; i < 1000 && !(pf.revents & POLLRDHUP); i++)
+        if (poll(&pf, 1, 10) < 0)
+            return;
+    blip_done = (pf.revents & POLLRDHUP) != 0;
+}
+
+ssize_t send(int fd, const void *buf, size_t len, int flags)
+{
+    if (blip_state == 1)
+        blip_state = 2;
+    return real_send(fd, buf, len, flags);
+}
+
+ssize_t recv(int fd, void *buf, size_t len, int flags)
+{
+    if (blip_state == 2) {
+        blip_state = 3;
+        blip_before_read(fd);
+        blip_state = 0;
+    }
+    return real_recv(fd, buf, len, flags);
+}
+
+static int counter_value(pgh_cluster *c)
+{
+    char v[32];
+
+    cr_assert_eq(pgh_node_query_value(pgh_cluster_primary(c),
+                                      "select n from pgg_rec_n where id = 1", v, sizeof v),
+                 0);
+    return atoi(v);
+}
+
+Test(recovery, a_session_ended_behind_its_answer_is_not_lent_again)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    /* The next borrow never looks at an idle session (not within the
+     * default 100 ms, not ever here, whatever the machine's load): only
+     * what the call itself saw can keep the session out. */
+    pgg_pool *p = pool_for(c, "pool_max=2 alive_check_after_idle_ms=86400000");
+    seen s = {.mu = PTHREAD_MUTEX_INITIALIZER};
+    const char *inc = "UPDATE pgg_rec_n SET n = n + 1 WHERE id = 1";
+    pgg_call call = {.timeout_ms = 10000};
+    pgg_info info;
+    pgg_error e;
+    PGresult *r;
+    int failed = 0;
+
+    cr_assert_eq(pgh_node_exec(pgh_cluster_primary(c),
+                               "DROP TABLE IF EXISTS pgg_rec_n;"
+                               "CREATE TABLE pgg_rec_n (id int PRIMARY KEY, n int);"
+                               "INSERT INTO pgg_rec_n VALUES (1, 0);"),
+                 0);
+    /* A pooled session to reuse (its connect's reads are not the blip's). */
+    r = pgg_exec(p, PGG_WRITE, "SELECT 1", &call, NULL, &e);
+    cr_assert_not_null(r, "warm-up: %s", e.message);
+    PQclear(r);
+    pgg_pool_on_event(p, on_event, &s);
+
+    blip_node = pgh_cluster_primary(c);
+    blip_state = 1;
+    r = pgg_exec(p, PGG_WRITE, inc, &call, &info, &e);
+    blip_state = 0;
+    cr_assert(blip_done, "the blip did not come between the answer and its read");
+    cr_expect_not_null(r, "the answered write failed: %s %s", pgg_err_name(e.code), e.message);
+    cr_expect_eq(info.attempts, 1);
+    PQclear(r);
+    /* At once, on the same thread: the session it came back on is over. */
+    for (int i = 0; i < 4; i++) {
+        r = pgg_exec(p, PGG_WRITE, inc, &call, &info, &e);
+        if (!r) {
+            failed++;
+            fprintf(stderr, "write %d after the blip: %s %s (sent %d)\n", i,
+                    pgg_err_name(e.code), e.message, info.sent);
+        }
+        PQclear(r);
+    }
+    pgg_pool_on_event(p, NULL, NULL);
+    cr_expect_eq(failed, 0, "%d writes failed after the blip", failed);
+    cr_expect_eq(counter_value(c), 5 - failed, "each acknowledged write applied once");
+    cr_expect_eq(s.opened, 0, "%d breakers opened", s.opened);
+    end_test(p, c);
+}
+#endif
+
 typedef struct blip_arg {
     pgg_pool *p;
     int failed;
