@@ -853,7 +853,11 @@ void pgg__host_give_back_unparked(pgg_host *h, pgg_link *l)
 
 void pgg__host_give_back(pgg_host *h, pgg_link *l, int64_t now)
 {
-    if (l)
+    if (!l)
+        return;
+    if (l->ended)
+        pgg__host_discard(h, l);
+    else
         pgg__host_give_back_judged(h, l, now, pgg__link_reusable(l->conn));
 }
 

@@ -515,12 +515,16 @@ pgg_verdict pgg__pool_exec_on(pgg_pool *pool, pgg_host *h, pgg_link **lp,
                               pgg_error *err)
 {
     bool over;
+    pgg_verdict v;
 
     /* A session over behind its answer stays the caller's (a lease's
-     * answer stands; its next statement finds the end); its idle siblings
-     * went in exec_done. */
-    return exec_at(pool, h, lp, intent, q, deadline, ticket, started, 0, res,
-                   end, ended, &over, err);
+     * answer stands; its next statement finds the end), marked so that
+     * its give-back discards it; its idle siblings went in exec_done. */
+    v = exec_at(pool, h, lp, intent, q, deadline, ticket, started, 0, res,
+                end, ended, &over, err);
+    if (over && *lp)
+        (*lp)->ended = true;
+    return v;
 }
 
 bool pgg__pool_attempt(pgg_pool *pool, pgg_host *h, pgg_intent intent,

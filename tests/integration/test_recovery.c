@@ -258,6 +258,63 @@ Test(recovery, a_session_ended_behind_its_answer_is_not_lent_again)
     cr_expect_eq(s.opened, 0, "%d breakers opened", s.opened);
     end_test(p, c);
 }
+
+/*
+ * The same through a lease: its answer stands, and at release the session
+ * is discarded, not pooled (lease_reset=off: no DISCARD ALL on release to
+ * find the end first), so the next call does not send on it.
+ */
+Test(recovery, a_lease_session_ended_behind_its_answer_is_not_pooled_at_release)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, "pool_max=2 alive_check_after_idle_ms=86400000 "
+                              "lease_reset=off");
+    seen s = {.mu = PTHREAD_MUTEX_INITIALIZER};
+    const char *inc = "UPDATE pgg_rec_n SET n = n + 1 WHERE id = 1";
+    pgg_call call = {.timeout_ms = 10000};
+    pgg_info info;
+    pgg_error e;
+    pgg_lease *l;
+    PGresult *r;
+    int failed = 0;
+
+    cr_assert_eq(pgh_node_exec(pgh_cluster_primary(c),
+                               "DROP TABLE IF EXISTS pgg_rec_n;"
+                               "CREATE TABLE pgg_rec_n (id int PRIMARY KEY, n int);"
+                               "INSERT INTO pgg_rec_n VALUES (1, 0);"),
+                 0);
+    r = pgg_exec(p, PGG_WRITE, "SELECT 1", &call, NULL, &e);
+    cr_assert_not_null(r, "warm-up: %s", e.message);
+    PQclear(r);
+    pgg_pool_on_event(p, on_event, &s);
+
+    l = pgg_acquire(p, PGG_WRITE, 10000, NULL, &e);
+    cr_assert_not_null(l, "acquire: %s", e.message);
+    blip_done = 0;
+    blip_node = pgh_cluster_primary(c);
+    blip_state = 1;
+    r = pgg_lease_exec(l, inc, 10000, &e);
+    blip_state = 0;
+    cr_assert(blip_done, "the blip did not come between the answer and its read");
+    cr_expect_not_null(r, "the lease's answered write failed: %s %s",
+                       pgg_err_name(e.code), e.message);
+    PQclear(r);
+    pgg_release(l);
+    for (int i = 0; i < 4; i++) {
+        r = pgg_exec(p, PGG_WRITE, inc, &call, &info, &e);
+        if (!r) {
+            failed++;
+            fprintf(stderr, "write %d after the blip: %s %s (sent %d)\n", i,
+                    pgg_err_name(e.code), e.message, info.sent);
+        }
+        PQclear(r);
+    }
+    pgg_pool_on_event(p, NULL, NULL);
+    cr_expect_eq(failed, 0, "%d writes failed after the blip", failed);
+    cr_expect_eq(counter_value(c), 5 - failed, "each acknowledged write applied once");
+    cr_expect_eq(s.opened, 0, "%d breakers opened", s.opened);
+    end_test(p, c);
+}
 #endif
 
 typedef struct blip_arg {
