@@ -719,8 +719,15 @@ static void mark_starting(pgg_health *hl, int i)
     pgg_host *h = &hl->pool->hosts[i];
 
     if (p->phase == PROBE_CONNECTING && p->prev_refused && queued(hl->conns[i]) &&
-        pgg__breaker_state(&h->breaker) == PGG_BREAKER_OPEN)
+        pgg__breaker_state(&h->breaker) == PGG_BREAKER_OPEN) {
         pgg__host_set_starting(h, true);
+        /* Waiting for it is for a read no other host can serve: fresh
+         * reads try the others first (call.c, suspects_last), until the
+         * probe's bound, when this loop looks again (the host answering
+         * ends it sooner). */
+        atomic_store_explicit(&h->suspect_until_ns, p->deadline,
+                              memory_order_relaxed);
+    }
 }
 
 static void spare_drop(pgg_host *h, spare *sp, int64_t retry_at)
@@ -764,9 +771,12 @@ static void spare_step(pgg_health *hl, int i, int k)
     sp->conn = NULL;
     pgg__host_spares(h, -1);
     /* The breaker let traffic in again: calls waiting for the starting
-     * server go now, to this session, not when the probe ends. */
-    if (pgg__breaker_state(&h->breaker) != PGG_BREAKER_OPEN)
+     * server go now, to this session, not when the probe ends; fresh
+     * reads no longer go elsewhere first. */
+    if (pgg__breaker_state(&h->breaker) != PGG_BREAKER_OPEN) {
         pgg__host_set_starting(h, false);
+        atomic_store_explicit(&h->suspect_until_ns, 0, memory_order_relaxed);
+    }
 }
 
 /* Host i's refusals over the last window of at least incident_min. */

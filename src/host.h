@@ -124,8 +124,9 @@ typedef struct pgg_host {
      *   lookup walks a list, so at most once per host every few ms);
      * latency_ns: moving average of successful attempts, which bounds a
      *   read attempt another host could take over (attempt_timeout_auto);
-     * suspect_until_ns: an attempt here just hit its deadline: fresh reads
-     *   go to other hosts first until then, or until it answers again. */
+     * suspect_until_ns: an attempt here just hit its deadline, or its
+     *   server is starting (health.c): fresh reads go to other hosts first
+     *   until then, or until it answers again. */
     _Atomic int_fast64_t role_seen_ns;
     _Atomic int_fast64_t latency_ns;
     _Atomic int_fast64_t suspect_until_ns;

@@ -1182,3 +1182,63 @@ Test(recovery, two_callers_on_a_full_primary_are_refused_not_timed_out)
     cr_assert_eq(pgh_node_exec(n, "DROP ROLE pgg_rec_cap2;"), 0);
     pgh_cluster_free(c);
 }
+
+/*
+ * A replica whose server is starting (as in
+ * a_call_waits_for_a_server_that_is_starting, a proxy that refused
+ * connections, then takes them and holds every chunk 400 ms) is waited
+ * for only by a read that no other host can serve.  While the primary can
+ * serve, reads go to it and never meet the replica's open breaker (whose
+ * refusal made each of them wait up to its attempt bound, 150 ms of a 300
+ * ms deadline in the fault bench's restart); with the primary out too, a
+ * read still waits for the starting replica and is served by it.
+ */
+Test(recovery, a_read_waits_for_a_starting_replica_only_when_no_other_host_can_serve)
+{
+    pgh_cluster *c = cluster_or_die(1);
+    pgh_require_local(c, "a proxy between pgguard and a local replica");
+    pgh_proxy *px;
+    pgg_pool *p = pool_via_proxy(c, &px, "breaker.open_ms=60000 breaker.open_max_ms=60000 "
+                                         "health_probe_timeout_ms=4000 connect_timeout_ms=5000");
+    pgg_host *replica = &p->hosts[1];
+    pgg_host_stats before, after;
+    int reads = 0;
+
+    pgh_proxy_set_mode(px, PGH_PROXY_REFUSE, 0);
+    pgh_proxy_set_mode(px, PGH_PROXY_RESET, 0); /* the pooled sessions too */
+    pgh_proxy_set_mode(px, PGH_PROXY_REFUSE, 0);
+    /* Reads refused by the replica are served by the primary meanwhile. */
+    for (int i = 0; i < 50 && host_stats(p, 1).state != PGG_BREAKER_OPEN; i++) {
+        read_ok(p, PGG_READ, "SELECT 1", 2000);
+        sleep_ms(5);
+    }
+    cr_assert_eq(host_stats(p, 1).state, PGG_BREAKER_OPEN);
+    sleep_ms(50); /* a probe or two refused by nobody listening */
+    pgh_proxy_set_mode(px, PGH_PROXY_DELAY, 400);
+    for (int i = 0; i < 1000 && !atomic_load(&replica->starting); i++)
+        sleep_ms(5);
+    cr_assert(atomic_load(&replica->starting), "the replica was never seen starting");
+
+    before = host_stats(p, 1);
+    for (int i = 0; i < 5 && atomic_load(&replica->starting); i++, reads++)
+        cr_expect_eq(read_ok(p, PGG_READ, "SELECT 1", 10000), 0,
+                     "a read was not served by the primary");
+    after = host_stats(p, 1);
+    cr_assert_gt(reads, 0, "the replica stopped starting before any read");
+    cr_expect_eq(after.rejections, before.rejections,
+                 "%llu of %d reads met the starting replica's breaker first (and waited "
+                 "for it) while the primary could serve them",
+                 (unsigned long long)(after.rejections - before.rejections), reads);
+
+    /* The primary out as well: the starting replica is the read's last
+     * candidate, waited for within the deadline. */
+    cr_assert_eq(pgg_pool_force_open(p, 0), PGG_OK);
+    if (atomic_load(&replica->starting))
+        cr_expect_eq(read_ok(p, PGG_READ, "SELECT 1", 10000), 1,
+                     "a read with the primary out was not served by the starting replica");
+    cr_assert_eq(pgg_pool_reset_breaker(p, 0), PGG_OK);
+    pgh_proxy_set_mode(px, PGH_PROXY_PASS, 0);
+    end_test(p, NULL);
+    pgh_proxy_free(px);
+    pgh_cluster_free(c);
+}
