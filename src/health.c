@@ -657,6 +657,53 @@ static bool queued(PGconn *c)
 }
 
 /*
+ * Spare connects of host i on their way, up to `want` of them (at most
+ * SPARES and pool_max - 1).  A slot whose connect was refused moments ago
+ * counts as taken until its retry time: a refusing server is not asked
+ * again at once from another slot.
+ */
+static int spares_taken(const pgg_health *hl, int i, int64_t now)
+{
+    const spare *sps = &hl->spares[i * SPARES];
+    int taken = 0;
+
+    for (int s = 0; s < SPARES; s++)
+        taken += sps[s].conn != NULL || now < sps[s].retry_at;
+    return taken;
+}
+
+static void spares_start(pgg_health *hl, int i, int want, int64_t now)
+{
+    pgg_host *h = &hl->pool->hosts[i];
+    spare *sps = &hl->spares[i * SPARES];
+    int taken = spares_taken(hl, i, now);
+
+    if (want > SPARES)
+        want = SPARES;
+    if (want > h->max - 1)
+        want = h->max - 1;
+    for (int s = 0; s < SPARES && taken < want; s++) {
+        spare *sp = &sps[s];
+        PGconn *c;
+
+        if (sp->conn || now < sp->retry_at)
+            continue;
+        taken++;
+        c = PQconnectStartParams(h->keys, h->vals, 0);
+        if (!c || PQstatus(c) == CONNECTION_BAD) {
+            PQfinish(c);
+            sp->retry_at = now + DEMAND_REFUSED_NS;
+            continue;
+        }
+        pgg__link_verbose_startup(c);
+        pgg__host_spares(h, 1);
+        sp->conn = c;
+        sp->cst = PGRES_POLLING_WRITING;
+        sp->started = now;
+    }
+}
+
+/*
  * Calls are being refused for host i (its breaker open or on trial, failing
  * calls waking this thread) and the probe's connect waits in the server's
  * queue: the server is about to take sessions.  Queue a few more now, so
@@ -684,24 +731,35 @@ static void spares_tend(pgg_health *hl, int i, int64_t now)
         want = refused;
     if (want < SPARES_MIN)
         want = SPARES_MIN;
-    for (int s = 0; s < SPARES && s < want && s < h->max - 1; s++) {
-        spare *sp = &hl->spares[i * SPARES + s];
-        PGconn *c;
+    spares_start(hl, i, want, now);
+}
 
-        if (sp->conn || now < sp->retry_at)
-            continue;
-        c = PQconnectStartParams(h->keys, h->vals, 0);
-        if (!c || PQstatus(c) == CONNECTION_BAD) {
-            PQfinish(c);
-            sp->retry_at = now + DEMAND_REFUSED_NS;
-            continue;
-        }
-        pgg__link_verbose_startup(c);
-        pgg__host_spares(h, 1);
-        sp->conn = c;
-        sp->cst = PGRES_POLLING_WRITING;
-        sp->started = now;
-    }
+/*
+ * Sessions of host i that its server ended (pool.c's settle: a pooled
+ * session found closed by the server, pg_terminate_backend of many, and
+ * its idle siblings closed with it) while its breaker lets calls in: their
+ * callers come back for them at their own pace (a write that failed on one
+ * is not retried; a caller between two calls does not know yet), and would
+ * each connect then.  Their replacements start now, so that the first of
+ * them find a session ready or on its way (a borrower waits for a spare
+ * rather than queue a connect behind it).  A server going down refuses
+ * them (no record: a spare is not a call).
+ */
+static void spares_replace(pgg_health *hl, int i, int64_t now)
+{
+    pgg_host *h = &hl->pool->hosts[i];
+    pgg_breaker_state st;
+    int lost;
+
+    if (!atomic_load_explicit(&h->n_lost, memory_order_relaxed))
+        return;
+    lost = atomic_exchange(&h->n_lost, 0);
+    st = pgg__breaker_state(&h->breaker);
+    if (st == PGG_BREAKER_OPEN || st == PGG_BREAKER_FORCED_OPEN ||
+        st == PGG_BREAKER_HALF_OPEN || atomic_load(&hl->stopping) ||
+        (h->on_connect && (h->on_connect->sql || h->on_connect->fn)))
+        return;
+    spares_start(hl, i, spares_taken(hl, i, now) + lost, now);
 }
 
 /*
@@ -889,6 +947,7 @@ static void *health_main(void *arg)
             refusals_count(hl, i, now);
             mark_starting(hl, i);
             spares_tend(hl, i, now);
+            spares_replace(hl, i, now);
             spares_expire(hl, i, now, &wait_until);
             for (int s = 0; s < SPARES; s++) {
                 spare *sp = &hl->spares[i * SPARES + s];

@@ -52,6 +52,7 @@ int pgg__host_init(pgg_host *h, int index, const char *name,
     pgg__cond_init(&h->back_cv);
     atomic_init(&h->starting, false);
     atomic_init(&h->n_back_waiting, 0);
+    atomic_init(&h->n_lost, 0);
     return PGG_OK;
 }
 

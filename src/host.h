@@ -89,6 +89,10 @@ typedef struct pgg_host {
      * Written by the health thread under mu; read lock-free first. */
     atomic_bool starting;
     _Atomic int n_back_waiting; /* calls in pgg__host_await_back */
+    /* Sessions the server ended, closed with a dead sibling (pool.c's
+     * settle): the health thread starts their replacements and takes the
+     * count (health.c, spares_replace). */
+    _Atomic int n_lost;
     pgg_link *idle;    /* most recently used first */
     int n_idle, n_connecting, n_waiting;
     /* Connects the health thread has on their way to the idle list

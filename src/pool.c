@@ -730,9 +730,13 @@ static inline void settle(pgg_pool *pool, pgg_host *h,
         record(h, ticket, rec, started, ended);
     /* A pooled session that died on us rarely died alone (a restart, a
      * failover, pg_terminate_backend of many): its idle siblings go now,
-     * before another call finds each of them dead the hard way. */
+     * before another call finds each of them dead the hard way, and the
+     * health thread replaces them before their callers come back. */
     if (ended_by_server) {
-        pgg__host_trim(h, 0, true);
+        int closed = pgg__host_trim(h, 0, true);
+
+        if (closed > 0)
+            atomic_fetch_add(&h->n_lost, closed);
         pgg__health_wake(pool->health);
     }
 }
