@@ -963,11 +963,15 @@ bool pgg__host_adopt(pgg_host *h, PGconn *conn, int64_t now_ns, int max_idle)
     return true;
 }
 
-int pgg__host_trim(pgg_host *h, int64_t now_ns, bool all)
+/* Close the idle connections past their age (all of them when `all`);
+ * *recent: how many of those closed were used within recent_ns. */
+static int trim(pgg_host *h, int64_t now_ns, bool all, int64_t recent_ns,
+                int *recent)
 {
     pgg_link *doomed = NULL, **pp;
     int n = 0;
 
+    *recent = 0;
     pthread_mutex_lock(&h->mu);
     unpark_all_locked(h);
     pp = &h->idle;
@@ -979,6 +983,7 @@ int pgg__host_trim(pgg_host *h, int64_t now_ns, bool all)
             doomed = l;
             h->n_idle--;
             n++;
+            *recent += now_ns - l->last_used_ns < recent_ns;
         } else {
             pp = &l->next;
         }
@@ -988,6 +993,21 @@ int pgg__host_trim(pgg_host *h, int64_t now_ns, bool all)
     pthread_mutex_unlock(&h->mu);
     close_list(doomed);
     return n;
+}
+
+int pgg__host_trim(pgg_host *h, int64_t now_ns, bool all)
+{
+    int recent;
+
+    return trim(h, now_ns, all, 0, &recent);
+}
+
+int pgg__host_drop_idle(pgg_host *h, int64_t now_ns, int64_t used_within_ns)
+{
+    int recent;
+
+    trim(h, now_ns, true, used_within_ns, &recent);
+    return recent;
 }
 
 int pgg__host_warm(pgg_host *h, int64_t deadline_ns)

@@ -240,6 +240,10 @@ bool pgg__host_adopt(pgg_host *h, PGconn *conn, int64_t now_ns, int max_idle);
 /* Close idle connections past idle_timeout or max_lifetime (all of them
  * when `all`).  Returns how many were closed. */
 int pgg__host_trim(pgg_host *h, int64_t now_ns, bool all);
+/* Close every idle connection (their server ended a sibling).  Returns
+ * how many of them were used within used_within_ns before now_ns: the ones
+ * their callers will want back soon. */
+int pgg__host_drop_idle(pgg_host *h, int64_t now_ns, int64_t used_within_ns);
 /* Open connections until min_idle are idle, within deadline_ns. */
 int pgg__host_warm(pgg_host *h, int64_t deadline_ns);
 /*

@@ -654,6 +654,9 @@ static void exec_registered(pgg_pool *pool, pgg_host *h, pgg_link *l,
 #define ROLE_SEEN_NS (5 * PGG_NS_PER_MS)
 /* How long a host whose attempt hit its deadline gets fresh reads last. */
 #define SUSPECT_NS (1000 * PGG_NS_PER_MS)
+/* Idle sessions used this recently are replaced when their server ends
+ * them (settle): their callers are about to come back for them. */
+#define REPLACE_RECENT_NS (1000 * PGG_NS_PER_MS)
 
 /* The server sent an error with a SQLSTATE and the session is still open
  * and idle: it answered, and its state is intact. */
@@ -733,10 +736,10 @@ static inline void settle(pgg_pool *pool, pgg_host *h,
      * before another call finds each of them dead the hard way, and the
      * health thread replaces them before their callers come back. */
     if (ended_by_server) {
-        int closed = pgg__host_trim(h, 0, true);
+        int wanted = pgg__host_drop_idle(h, ended, REPLACE_RECENT_NS);
 
-        if (closed > 0)
-            atomic_fetch_add(&h->n_lost, closed);
+        if (wanted > 0)
+            atomic_fetch_add(&h->n_lost, wanted);
         pgg__health_wake(pool->health);
     }
 }
