@@ -735,6 +735,35 @@ static void spares_tend(pgg_health *hl, int i, int64_t now)
 }
 
 /*
+ * A call found a pooled session ended by its server (pool.c's settle sets
+ * the host's ended_seen, and closes that host's idle sessions): the
+ * servers may have ended more of them (pg_terminate_backend of every
+ * session, here or on the other servers).  Every host's idle sessions are
+ * looked at now, without a round trip; those found dead are closed, and
+ * those in recent use replaced (spares_replace), before a call sends a
+ * statement on one (a write that meets a dead session fails: it cannot be
+ * known not to have run).
+ */
+static void sweep(pgg_health *hl, int64_t now)
+{
+    pgg_pool *pool = hl->pool;
+    bool seen = false;
+
+    for (int i = 0; i < pool->nhosts; i++)
+        if (atomic_load_explicit(&pool->hosts[i].ended_seen, memory_order_relaxed))
+            seen |= atomic_exchange(&pool->hosts[i].ended_seen, false);
+    if (!seen || atomic_load(&hl->stopping))
+        return;
+    for (int i = 0; i < pool->nhosts; i++) {
+        pgg_host *h = &pool->hosts[i];
+        int lost = pgg__host_drop_dead(h, now, PGG_LOST_RECENT_NS);
+
+        if (lost > 0)
+            atomic_fetch_add(&h->n_lost, lost);
+    }
+}
+
+/*
  * Sessions of host i that its server ended (pool.c's settle: a pooled
  * session found closed by the server, pg_terminate_backend of many, and
  * its idle siblings closed with it) while its breaker lets calls in: their
@@ -943,6 +972,7 @@ static void *health_main(void *arg)
             hl->pfd_spare[n] = -1;
             n++;
         }
+        sweep(hl, now);
         for (int i = 0; i < pool->nhosts; i++) {
             refusals_count(hl, i, now);
             mark_starting(hl, i);

@@ -53,6 +53,7 @@ int pgg__host_init(pgg_host *h, int index, const char *name,
     atomic_init(&h->starting, false);
     atomic_init(&h->n_back_waiting, 0);
     atomic_init(&h->n_lost, 0);
+    atomic_init(&h->ended_seen, false);
     return PGG_OK;
 }
 
@@ -1007,6 +1008,60 @@ int pgg__host_drop_idle(pgg_host *h, int64_t now_ns, int64_t used_within_ns)
     int recent;
 
     trim(h, now_ns, true, used_within_ns, &recent);
+    return recent;
+}
+
+int pgg__host_drop_dead(pgg_host *h, int64_t now_ns, int64_t used_within_ns)
+{
+    pgg_link *look, *keep = NULL, **tail = &keep, *dead = NULL;
+    int n, kept = 0, recent = 0;
+
+    pthread_mutex_lock(&h->mu);
+    if (h->closed) {
+        pthread_mutex_unlock(&h->mu);
+        return 0;
+    }
+    unpark_all_locked(h);
+    look = h->idle;
+    n = h->n_idle;
+    h->idle = NULL;
+    h->n_idle = 0;
+    h->n_busy += n; /* out for a look: still counted against pool_max */
+    pthread_mutex_unlock(&h->mu);
+    /* Only what the server sent meanwhile is read: no round trip. */
+    while (look) {
+        pgg_link *l = look;
+
+        look = l->next;
+        l->next = NULL;
+        if (pgg__link_alive(l->conn)) {
+            *tail = l; /* in their order: most recently used first */
+            tail = &l->next;
+            kept++;
+        } else {
+            l->next = dead;
+            dead = l;
+            recent += now_ns - l->last_used_ns < used_within_ns;
+        }
+    }
+    pthread_mutex_lock(&h->mu);
+    h->n_busy -= n;
+    if (h->closed) {
+        *tail = dead;
+        dead = keep;
+    } else if (keep) {
+        /* After any given back meanwhile: those were used since. */
+        pgg_link **end = &h->idle;
+
+        while (*end)
+            end = &(*end)->next;
+        *end = keep;
+        h->n_idle += kept;
+    }
+    if (n && h->n_waiting > 0)
+        pthread_cond_broadcast(&h->cv);
+    pthread_mutex_unlock(&h->mu);
+    close_list(dead);
     return recent;
 }
 

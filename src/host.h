@@ -90,9 +90,12 @@ typedef struct pgg_host {
     atomic_bool starting;
     _Atomic int n_back_waiting; /* calls in pgg__host_await_back */
     /* Sessions the server ended, closed with a dead sibling (pool.c's
-     * settle): the health thread starts their replacements and takes the
-     * count (health.c, spares_replace). */
+     * settle) or found dead by the health thread: it starts their
+     * replacements and takes the count (health.c, spares_replace). */
     _Atomic int n_lost;
+    /* A call found a pooled session here ended by the server (settle):
+     * the health thread looks at every host's idle sessions (sweep). */
+    atomic_bool ended_seen;
     pgg_link *idle;    /* most recently used first */
     int n_idle, n_connecting, n_waiting;
     /* Connects the health thread has on their way to the idle list
@@ -237,6 +240,10 @@ void pgg__host_abandon(pgg_host *h, pgg_link *l, pgg_canceller *c);
  */
 bool pgg__host_adopt(pgg_host *h, PGconn *conn, int64_t now_ns, int max_idle);
 
+/* Idle sessions used this recently are replaced when their server ends
+ * them: their callers are about to come back for them. */
+#define PGG_LOST_RECENT_NS (1000 * PGG_NS_PER_MS)
+
 /* Close idle connections past idle_timeout or max_lifetime (all of them
  * when `all`).  Returns how many were closed. */
 int pgg__host_trim(pgg_host *h, int64_t now_ns, bool all);
@@ -244,6 +251,10 @@ int pgg__host_trim(pgg_host *h, int64_t now_ns, bool all);
  * how many of them were used within used_within_ns before now_ns: the ones
  * their callers will want back soon. */
 int pgg__host_drop_idle(pgg_host *h, int64_t now_ns, int64_t used_within_ns);
+/* Close the idle connections found dead by what their server sent
+ * meanwhile (a FATAL, the close; read without a round trip), the others
+ * kept.  Returns how many of the dead were used within used_within_ns. */
+int pgg__host_drop_dead(pgg_host *h, int64_t now_ns, int64_t used_within_ns);
 /* Open connections until min_idle are idle, within deadline_ns. */
 int pgg__host_warm(pgg_host *h, int64_t deadline_ns);
 /*

@@ -654,9 +654,6 @@ static void exec_registered(pgg_pool *pool, pgg_host *h, pgg_link *l,
 #define ROLE_SEEN_NS (5 * PGG_NS_PER_MS)
 /* How long a host whose attempt hit its deadline gets fresh reads last. */
 #define SUSPECT_NS (1000 * PGG_NS_PER_MS)
-/* Idle sessions used this recently are replaced when their server ends
- * them (settle): their callers are about to come back for them. */
-#define REPLACE_RECENT_NS (1000 * PGG_NS_PER_MS)
 
 /* The server sent an error with a SQLSTATE and the session is still open
  * and idle: it answered, and its state is intact. */
@@ -734,12 +731,14 @@ static inline void settle(pgg_pool *pool, pgg_host *h,
     /* A pooled session that died on us rarely died alone (a restart, a
      * failover, pg_terminate_backend of many): its idle siblings go now,
      * before another call finds each of them dead the hard way, and the
-     * health thread replaces them before their callers come back. */
+     * health thread replaces them before their callers come back (and
+     * looks at the other hosts' idle sessions). */
     if (ended_by_server) {
-        int wanted = pgg__host_drop_idle(h, ended, REPLACE_RECENT_NS);
+        int wanted = pgg__host_drop_idle(h, ended, PGG_LOST_RECENT_NS);
 
         if (wanted > 0)
             atomic_fetch_add(&h->n_lost, wanted);
+        atomic_store(&h->ended_seen, true);
         pgg__health_wake(pool->health);
     }
 }

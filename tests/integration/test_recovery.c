@@ -1285,3 +1285,54 @@ Test(recovery, sessions_the_server_ended_are_replaced_before_their_callers_retur
     expect_hosts_untouched(p);
     end_test(p, c);
 }
+
+/*
+ * pg_terminate_backend of every session on every server: once a call finds
+ * one pooled session ended by its server, the health thread looks at every
+ * host's idle sessions (reading what their servers sent, no round trip),
+ * closes the dead ones and replaces those in recent use, before any call
+ * meets them.  Here a read finds its replica session dead; the primary's
+ * idle sessions, which no call touches, are replaced, and the next write
+ * lands on a live session (a write sent on a dead one fails: it cannot be
+ * known not to have run).  Pooled sessions are lent without a look here.
+ */
+Test(recovery, a_blip_found_on_one_host_replaces_the_dead_sessions_of_the_others)
+{
+    pgh_cluster *c = cluster_or_die(1);
+    pgg_pool *p = pool_for(c, "alive_check_after_idle_ms=600000 validate_after_idle_ms=600000 "
+                              "idle_timeout_ms=600000 pool_min_idle=0");
+    pgg_host_stats before, after;
+    pgg_call call = {.timeout_ms = 5000};
+    pgg_info info;
+    pgg_error e;
+    PGresult *r;
+
+    cr_assert(wait_role(p, 0, PGG_ROLE_PRIMARY, 10000));
+    cr_assert(wait_role(p, 1, PGG_ROLE_STANDBY, 10000));
+    hold_sessions(p, PGG_WRITE, 2);
+    hold_sessions(p, PGG_READ, 2);
+    before = host_stats(p, 0);
+    cr_assert_eq(before.conns_open, 2);
+    cr_assert_eq(host_stats(p, 1).conns_open, 2);
+    cr_assert_eq(pgh_node_terminate_backends(pgh_cluster_primary(c)), 0);
+    cr_assert_eq(pgh_node_terminate_backends(pgh_cluster_replica(c, 0)), 0);
+
+    cr_expect_eq(read_ok(p, PGG_READ, "SELECT 1", 5000), 1);
+    after = host_stats(p, 0);
+    for (int i = 0; i < 1000 && after.connects - before.connects < 2; i++) {
+        sleep_ms(10);
+        after = host_stats(p, 0);
+    }
+    cr_expect_eq(after.connects - before.connects, 2,
+                 "the primary's 2 dead idle sessions were not replaced (%llu connects)",
+                 (unsigned long long)(after.connects - before.connects));
+    r = pgg_exec(p, PGG_WRITE, "SELECT 1", &call, &info, &e);
+    cr_expect_not_null(r, "the write after the blip failed: %s %s", pgg_err_name(e.code),
+                       e.message);
+    cr_expect_eq(info.attempts, 1);
+    PQclear(r);
+    cr_expect_eq(host_stats(p, 0).connects, after.connects,
+                 "the write found no replacement ready and connected");
+    expect_hosts_untouched(p);
+    end_test(p, c);
+}
