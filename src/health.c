@@ -656,12 +656,8 @@ static bool queued(PGconn *c)
            st != CONNECTION_STARTED && st != CONNECTION_MADE;
 }
 
-/*
- * Spare connects of host i on their way, up to `want` of them (at most
- * SPARES and pool_max - 1).  A slot whose connect was refused moments ago
- * counts as taken until its retry time: a refusing server is not asked
- * again at once from another slot.
- */
+/* Host i's spare slots with a connect on its way, or refused moments ago
+ * (retry_at). */
 static int spares_taken(const pgg_health *hl, int i, int64_t now)
 {
     const spare *sps = &hl->spares[i * SPARES];
@@ -672,6 +668,12 @@ static int spares_taken(const pgg_health *hl, int i, int64_t now)
     return taken;
 }
 
+/*
+ * Spare connects of host i on their way, up to `want` of them (at most
+ * SPARES and pool_max - 1).  A slot whose connect was refused moments ago
+ * counts as taken until its retry time: a refusing server is not asked
+ * again at once from another slot.
+ */
 static void spares_start(pgg_health *hl, int i, int want, int64_t now)
 {
     pgg_host *h = &hl->pool->hosts[i];
