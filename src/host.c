@@ -1127,7 +1127,7 @@ bool pgg__host_coming_back(pgg_host *h)
     return r;
 }
 
-bool pgg__host_await_back(pgg_host *h, int64_t deadline_ns,
+bool pgg__host_await_back(pgg_host *h, int64_t deadline_ns, bool write,
                           void (*wake)(void *), void *wake_arg)
 {
     bool back, counted = false;
@@ -1135,6 +1135,7 @@ bool pgg__host_await_back(pgg_host *h, int64_t deadline_ns,
     if (!atomic_load_explicit(&h->starting, memory_order_relaxed))
         return false;
     pthread_mutex_lock(&h->mu);
+    h->n_back_writes += write;
     while (coming_back_locked(h)) {
         int64_t now = pgg__now_ns();
         struct timespec ts;
@@ -1153,6 +1154,23 @@ bool pgg__host_await_back(pgg_host *h, int64_t deadline_ns,
         atomic_fetch_sub(&h->n_back_waiting, 1);
     }
     back = !h->closed && pgg__breaker_state(&h->breaker) != PGG_BREAKER_OPEN;
+    if (write) {
+        if (--h->n_back_writes == 0)
+            pthread_cond_broadcast(&h->back_cv);
+    } else {
+        /* Back: the writes that waited with this read go to its first
+         * sessions first (they have no other host; a read may, and the
+         * first sessions of a server just back come one at a time). */
+        while (back && h->n_back_writes > 0 && !h->closed) {
+            int64_t now = pgg__now_ns();
+            struct timespec ts;
+
+            if (now >= deadline_ns || pgg__cancel_now())
+                break;
+            ts = pgg__ns_to_timespec(pgg__cancel_slice(now, deadline_ns));
+            pthread_cond_timedwait(&h->back_cv, &h->mu, &ts);
+        }
+    }
     pthread_mutex_unlock(&h->mu);
     return back;
 }

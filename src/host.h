@@ -89,6 +89,7 @@ typedef struct pgg_host {
      * Written by the health thread under mu; read lock-free first. */
     atomic_bool starting;
     _Atomic int n_back_waiting; /* calls in pgg__host_await_back */
+    int n_back_writes; /* writes among them, and leaving them (under mu) */
     /* Sessions the server ended, closed with a dead sibling (pool.c's
      * settle) or found dead by the health thread: it starts their
      * replacements and takes the count (health.c, spares_replace). */
@@ -287,12 +288,15 @@ void pgg__host_hook_failed(pgg_host *h, PGconn *conn, int rc);
  * (`starting`), wait until the health thread finds it answering (the
  * breaker is no longer open) or finds otherwise, or deadline_ns: a server
  * about to take sessions is as good as one taking them, as for a client
- * whose connect waits in its queue.  The waiter calls wake(wake_arg) (the
- * pool's health thread) once it counts in n_back_waiting, which queues a
+ * whose connect waits in its queue.  A read (write false) that waited
+ * leaves only once the writes that waited with it have left (within its
+ * deadline): they take the first sessions.  The waiter calls
+ * wake(wake_arg) (the pool's health thread) once it counts in
+ * n_back_waiting, which queues a
  * spare connect for it then, not at its next event.  Returns whether the breaker is no longer
  * open; false at once when the host is not starting.
  */
-bool pgg__host_await_back(pgg_host *h, int64_t deadline_ns,
+bool pgg__host_await_back(pgg_host *h, int64_t deadline_ns, bool write,
                           void (*wake)(void *), void *wake_arg);
 /* For an event loop, which cannot wait in pgg__host_await_back: whether a
  * call refused by the breaker should still wait for the host (look again

@@ -511,7 +511,8 @@ static inline pgg_take take_at(pgg_pool *pool, pgg_host *h, pgg_intent intent,
     *l = NULL;
     admitted = pgg__breaker_allow(&h->breaker, start, ticket);
     /* A host whose server is starting is waited for (host.h). */
-    if (!admitted && pgg__host_await_back(h, deadline, wake_health, pool->health)) {
+    if (!admitted && pgg__host_await_back(h, deadline, intent != PGG_READ,
+                                          wake_health, pool->health)) {
         start = *now = pgg__now_ns();
         admitted = pgg__breaker_allow(&h->breaker, start, ticket);
     }

@@ -1336,3 +1336,84 @@ Test(recovery, a_blip_found_on_one_host_replaces_the_dead_sessions_of_the_others
     expect_hosts_untouched(p);
     end_test(p, c);
 }
+
+typedef struct back_wait {
+    pgg_host *h;
+    atomic_bool done;
+    bool back;
+} back_wait;
+
+static void *read_awaits_back(void *arg)
+{
+    back_wait *b = arg;
+
+    b->back = pgg__host_await_back(b->h, pgg__now_ns() + 20 * PGG_NS_PER_SEC, false, NULL,
+                                   NULL);
+    atomic_store(&b->done, true);
+    return NULL;
+}
+
+/*
+ * Every server restarted, the replicas still down: reads and writes wait
+ * together for the primary's server to start, and its first sessions come
+ * one at a time.  The writes, which have no other host, take them first: a
+ * read that waited leaves its wait only once the writes that waited with it
+ * have left theirs (in the fault bench the readers, arriving first, took
+ * the first sessions and the first write came 20 ms after libpq's).  White
+ * box: a write waiting is counted by hand; the host starts through a proxy
+ * as in a_call_waits_for_a_server_that_is_starting.
+ */
+Test(recovery, reads_that_waited_for_a_starting_host_let_the_writes_go_first)
+{
+    pgh_cluster *c = cluster_or_die(1);
+    pgh_require_local(c, "a proxy between pgguard and a local replica");
+    pgh_proxy *px;
+    pgg_pool *p = pool_via_proxy(c, &px, "breaker.open_ms=60000 breaker.open_max_ms=60000 "
+                                         "health_probe_timeout_ms=4000 connect_timeout_ms=5000 "
+                                         "read_policy=replica_only");
+    pgg_host *h = &p->hosts[1];
+    back_wait b = {.h = h};
+    pthread_t t;
+
+    pgh_proxy_set_mode(px, PGH_PROXY_REFUSE, 0);
+    pgh_proxy_set_mode(px, PGH_PROXY_RESET, 0);
+    pgh_proxy_set_mode(px, PGH_PROXY_REFUSE, 0);
+    for (int i = 0; i < 50 && host_stats(p, 1).state != PGG_BREAKER_OPEN; i++) {
+        pgg_call call = {.timeout_ms = 1000};
+        PQclear(pgg_exec(p, PGG_READ, "SELECT 1", &call, NULL, NULL));
+        sleep_ms(5);
+    }
+    cr_assert_eq(host_stats(p, 1).state, PGG_BREAKER_OPEN);
+    sleep_ms(50); /* a probe or two refused by nobody listening */
+    pgh_proxy_set_mode(px, PGH_PROXY_DELAY, 400);
+    for (int i = 0; i < 1000 && !atomic_load(&h->starting); i++)
+        sleep_ms(5);
+    cr_assert(atomic_load(&h->starting), "the host was never seen starting");
+
+    pthread_mutex_lock(&h->mu);
+    h->n_back_writes++; /* a write waiting with the read */
+    pthread_mutex_unlock(&h->mu);
+    cr_assert_eq(pthread_create(&t, NULL, read_awaits_back, &b), 0);
+    for (int i = 0; i < 1000 && atomic_load(&h->n_back_waiting) == 0 && !atomic_load(&b.done);
+         i++)
+        sleep_ms(1);
+    cr_assert(!atomic_load(&b.done), "the read did not wait for the starting host");
+    pgh_proxy_set_mode(px, PGH_PROXY_PASS, 0); /* the host answers now */
+    for (int i = 0; i < 2000 && (atomic_load(&h->starting) ||
+                                 host_stats(p, 1).state == PGG_BREAKER_OPEN);
+         i++)
+        sleep_ms(5);
+    cr_assert(!atomic_load(&h->starting) && host_stats(p, 1).state != PGG_BREAKER_OPEN,
+              "the host never came back");
+    sleep_ms(200); /* room for a read that does not wait for the write */
+    cr_expect(!atomic_load(&b.done), "the read left before the write that waited with it");
+    pthread_mutex_lock(&h->mu);
+    h->n_back_writes--; /* the write leaves (pgg__host_await_back) */
+    pthread_cond_broadcast(&h->back_cv);
+    pthread_mutex_unlock(&h->mu);
+    pthread_join(t, NULL);
+    cr_expect(b.back, "the read was not told the host is back");
+    end_test(p, NULL);
+    pgh_proxy_free(px);
+    pgh_cluster_free(c);
+}
