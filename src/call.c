@@ -163,8 +163,10 @@ static int64_t attempt_deadline(const pgg__call *c, const pgg_host *h,
     return cut < deadline ? cut : deadline;
 }
 
-/* Hosts whose last attempt hit its deadline go last (stable), so a fresh
- * read is not sent into the same wait while another host can answer. */
+/* Hosts whose last attempt hit its deadline, or whose server is starting,
+ * go last (stable), so a fresh read is not sent into the same wait (nor
+ * waits for the server, pgg__host_await_back) while another host can
+ * answer. */
 static void suspects_last(pgg_pool *pool, int *cand, int n, int64_t now)
 {
     int keep[PGG_MAX_HOSTS], late[PGG_MAX_HOSTS], nk = 0, nl = 0;

@@ -658,6 +658,55 @@ static bool queued(PGconn *c)
            st != CONNECTION_STARTED && st != CONNECTION_MADE;
 }
 
+/* Host i's spare slots with a connect on its way, or refused moments ago
+ * (retry_at). */
+static int spares_taken(const pgg_health *hl, int i, int64_t now)
+{
+    const spare *sps = &hl->spares[i * SPARES];
+    int taken = 0;
+
+    for (int s = 0; s < SPARES; s++)
+        taken += sps[s].conn != NULL || now < sps[s].retry_at;
+    return taken;
+}
+
+/*
+ * Spare connects of host i on their way, up to `want` of them (at most
+ * SPARES and pool_max - 1).  A slot whose connect was refused moments ago
+ * counts as taken until its retry time: a refusing server is not asked
+ * again at once from another slot.
+ */
+static void spares_start(pgg_health *hl, int i, int want, int64_t now)
+{
+    pgg_host *h = &hl->pool->hosts[i];
+    spare *sps = &hl->spares[i * SPARES];
+    int taken = spares_taken(hl, i, now);
+
+    if (want > SPARES)
+        want = SPARES;
+    if (want > h->max - 1)
+        want = h->max - 1;
+    for (int s = 0; s < SPARES && taken < want; s++) {
+        spare *sp = &sps[s];
+        PGconn *c;
+
+        if (sp->conn || now < sp->retry_at)
+            continue;
+        taken++;
+        c = PQconnectStartParams(h->keys, h->vals, 0);
+        if (!c || PQstatus(c) == CONNECTION_BAD) {
+            PQfinish(c);
+            sp->retry_at = now + DEMAND_REFUSED_NS;
+            continue;
+        }
+        pgg__link_verbose_startup(c);
+        pgg__host_spares(h, 1);
+        sp->conn = c;
+        sp->cst = PGRES_POLLING_WRITING;
+        sp->started = now;
+    }
+}
+
 /*
  * Calls are being refused for host i (its breaker open or on trial, failing
  * calls waking this thread) and the probe's connect waits in the server's
@@ -686,24 +735,64 @@ static void spares_tend(pgg_health *hl, int i, int64_t now)
         want = refused;
     if (want < SPARES_MIN)
         want = SPARES_MIN;
-    for (int s = 0; s < SPARES && s < want && s < h->max - 1; s++) {
-        spare *sp = &hl->spares[i * SPARES + s];
-        PGconn *c;
+    spares_start(hl, i, want, now);
+}
 
-        if (sp->conn || now < sp->retry_at)
-            continue;
-        c = PQconnectStartParams(h->keys, h->vals, 0);
-        if (!c || PQstatus(c) == CONNECTION_BAD) {
-            PQfinish(c);
-            sp->retry_at = now + DEMAND_REFUSED_NS;
-            continue;
-        }
-        pgg__link_verbose_startup(c);
-        pgg__host_spares(h, 1);
-        sp->conn = c;
-        sp->cst = PGRES_POLLING_WRITING;
-        sp->started = now;
+/*
+ * A call found a pooled session ended by its server (pool.c's settle sets
+ * the host's ended_seen, and closes that host's idle sessions): the
+ * servers may have ended more of them (pg_terminate_backend of every
+ * session, here or on the other servers).  Every host's idle sessions are
+ * looked at now, without a round trip; those found dead are closed, and
+ * those in recent use replaced (spares_replace), before a call sends a
+ * statement on one (a write that meets a dead session fails: it cannot be
+ * known not to have run).
+ */
+static void sweep(pgg_health *hl, int64_t now)
+{
+    pgg_pool *pool = hl->pool;
+    bool seen = false;
+
+    for (int i = 0; i < pool->nhosts; i++)
+        if (atomic_load_explicit(&pool->hosts[i].ended_seen, memory_order_relaxed))
+            seen |= atomic_exchange(&pool->hosts[i].ended_seen, false);
+    if (!seen || atomic_load(&hl->stopping))
+        return;
+    for (int i = 0; i < pool->nhosts; i++) {
+        pgg_host *h = &pool->hosts[i];
+        int lost = pgg__host_drop_dead(h, now, PGG_LOST_RECENT_NS);
+
+        if (lost > 0)
+            atomic_fetch_add(&h->n_lost, lost);
     }
+}
+
+/*
+ * Sessions of host i that its server ended (pool.c's settle: a pooled
+ * session found closed by the server, pg_terminate_backend of many, and
+ * its idle siblings closed with it) while its breaker lets calls in: their
+ * callers come back for them at their own pace (a write that failed on one
+ * is not retried; a caller between two calls does not know yet), and would
+ * each connect then.  Their replacements start now, so that the first of
+ * them find a session ready or on its way (a borrower waits for a spare
+ * rather than queue a connect behind it).  A server going down refuses
+ * them (no record: a spare is not a call).
+ */
+static void spares_replace(pgg_health *hl, int i, int64_t now)
+{
+    pgg_host *h = &hl->pool->hosts[i];
+    pgg_breaker_state st;
+    int lost;
+
+    if (!atomic_load_explicit(&h->n_lost, memory_order_relaxed))
+        return;
+    lost = atomic_exchange(&h->n_lost, 0);
+    st = pgg__breaker_state(&h->breaker);
+    if (st == PGG_BREAKER_OPEN || st == PGG_BREAKER_FORCED_OPEN ||
+        st == PGG_BREAKER_HALF_OPEN || atomic_load(&hl->stopping) ||
+        (h->on_connect && (h->on_connect->sql || h->on_connect->fn)))
+        return;
+    spares_start(hl, i, spares_taken(hl, i, now) + lost, now);
 }
 
 /*
@@ -721,8 +810,15 @@ static void mark_starting(pgg_health *hl, int i)
     pgg_host *h = &hl->pool->hosts[i];
 
     if (p->phase == PROBE_CONNECTING && p->prev_refused && queued(hl->conns[i]) &&
-        pgg__breaker_state(&h->breaker) == PGG_BREAKER_OPEN)
+        pgg__breaker_state(&h->breaker) == PGG_BREAKER_OPEN) {
         pgg__host_set_starting(h, true);
+        /* Waiting for it is for a read no other host can serve: fresh
+         * reads try the others first (call.c, suspects_last), until the
+         * probe's bound, when this loop looks again (the host answering
+         * ends it sooner). */
+        atomic_store_explicit(&h->suspect_until_ns, p->deadline,
+                              memory_order_relaxed);
+    }
 }
 
 static void spare_drop(pgg_host *h, spare *sp, int64_t retry_at)
@@ -766,9 +862,12 @@ static void spare_step(pgg_health *hl, int i, int k)
     sp->conn = NULL;
     pgg__host_spares(h, -1);
     /* The breaker let traffic in again: calls waiting for the starting
-     * server go now, to this session, not when the probe ends. */
-    if (pgg__breaker_state(&h->breaker) != PGG_BREAKER_OPEN)
+     * server go now, to this session, not when the probe ends; fresh
+     * reads no longer go elsewhere first. */
+    if (pgg__breaker_state(&h->breaker) != PGG_BREAKER_OPEN) {
         pgg__host_set_starting(h, false);
+        atomic_store_explicit(&h->suspect_until_ns, 0, memory_order_relaxed);
+    }
 }
 
 /* Host i's refusals over the last window of at least incident_min. */
@@ -877,10 +976,12 @@ static void *health_main(void *arg)
             hl->pfd_spare[n] = -1;
             n++;
         }
+        sweep(hl, now);
         for (int i = 0; i < pool->nhosts; i++) {
             refusals_count(hl, i, now);
             mark_starting(hl, i);
             spares_tend(hl, i, now);
+            spares_replace(hl, i, now);
             spares_expire(hl, i, now, &wait_until);
             for (int s = 0; s < SPARES; s++) {
                 spare *sp = &hl->spares[i * SPARES + s];

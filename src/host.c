@@ -53,6 +53,8 @@ int pgg__host_init(pgg_host *h, int index, const char *name,
     pgg__cond_init(&h->back_cv);
     atomic_init(&h->starting, false);
     atomic_init(&h->n_back_waiting, 0);
+    atomic_init(&h->n_lost, 0);
+    atomic_init(&h->ended_seen, false);
     return PGG_OK;
 }
 
@@ -912,11 +914,15 @@ bool pgg__host_adopt(pgg_host *h, PGconn *conn, int64_t now_ns, int max_idle)
     return true;
 }
 
-int pgg__host_trim(pgg_host *h, int64_t now_ns, bool all)
+/* Close the idle connections past their age (all of them when `all`);
+ * *recent: how many of those closed were used within recent_ns. */
+static int trim(pgg_host *h, int64_t now_ns, bool all, int64_t recent_ns,
+                int *recent)
 {
     pgg_link *doomed = NULL, **pp;
     int n = 0;
 
+    *recent = 0;
     pthread_mutex_lock(&h->mu);
     unpark_all_locked(h);
     pp = &h->idle;
@@ -928,6 +934,7 @@ int pgg__host_trim(pgg_host *h, int64_t now_ns, bool all)
             doomed = l;
             h->n_idle--;
             n++;
+            *recent += now_ns - l->last_used_ns < recent_ns;
         } else {
             pp = &l->next;
         }
@@ -937,6 +944,75 @@ int pgg__host_trim(pgg_host *h, int64_t now_ns, bool all)
     pthread_mutex_unlock(&h->mu);
     close_list(doomed);
     return n;
+}
+
+int pgg__host_trim(pgg_host *h, int64_t now_ns, bool all)
+{
+    int recent;
+
+    return trim(h, now_ns, all, 0, &recent);
+}
+
+int pgg__host_drop_idle(pgg_host *h, int64_t now_ns, int64_t used_within_ns)
+{
+    int recent;
+
+    trim(h, now_ns, true, used_within_ns, &recent);
+    return recent;
+}
+
+int pgg__host_drop_dead(pgg_host *h, int64_t now_ns, int64_t used_within_ns)
+{
+    pgg_link *look, *keep = NULL, **tail = &keep, *dead = NULL;
+    int n, kept = 0, recent = 0;
+
+    pthread_mutex_lock(&h->mu);
+    if (h->closed) {
+        pthread_mutex_unlock(&h->mu);
+        return 0;
+    }
+    unpark_all_locked(h);
+    look = h->idle;
+    n = h->n_idle;
+    h->idle = NULL;
+    h->n_idle = 0;
+    h->n_busy += n; /* out for a look: still counted against pool_max */
+    pthread_mutex_unlock(&h->mu);
+    /* Only what the server sent meanwhile is read: no round trip. */
+    while (look) {
+        pgg_link *l = look;
+
+        look = l->next;
+        l->next = NULL;
+        if (pgg__link_alive(l->conn)) {
+            *tail = l; /* in their order: most recently used first */
+            tail = &l->next;
+            kept++;
+        } else {
+            l->next = dead;
+            dead = l;
+            recent += now_ns - l->last_used_ns < used_within_ns;
+        }
+    }
+    pthread_mutex_lock(&h->mu);
+    h->n_busy -= n;
+    if (h->closed) {
+        *tail = dead;
+        dead = keep;
+    } else if (keep) {
+        /* After any given back meanwhile: those were used since. */
+        pgg_link **end = &h->idle;
+
+        while (*end)
+            end = &(*end)->next;
+        *end = keep;
+        h->n_idle += kept;
+    }
+    if (n && h->n_waiting > 0)
+        pthread_cond_broadcast(&h->cv);
+    pthread_mutex_unlock(&h->mu);
+    close_list(dead);
+    return recent;
 }
 
 int pgg__host_warm(pgg_host *h, int64_t deadline_ns)
@@ -1001,7 +1077,7 @@ bool pgg__host_coming_back(pgg_host *h)
     return r;
 }
 
-bool pgg__host_await_back(pgg_host *h, int64_t deadline_ns,
+bool pgg__host_await_back(pgg_host *h, int64_t deadline_ns, bool write,
                           void (*wake)(void *), void *wake_arg)
 {
     bool back, counted = false;
@@ -1009,6 +1085,7 @@ bool pgg__host_await_back(pgg_host *h, int64_t deadline_ns,
     if (!atomic_load_explicit(&h->starting, memory_order_relaxed))
         return false;
     pthread_mutex_lock(&h->mu);
+    h->n_back_writes += write;
     while (coming_back_locked(h)) {
         int64_t now = pgg__now_ns();
         struct timespec ts;
@@ -1027,6 +1104,23 @@ bool pgg__host_await_back(pgg_host *h, int64_t deadline_ns,
         atomic_fetch_sub(&h->n_back_waiting, 1);
     }
     back = !h->closed && pgg__breaker_state(&h->breaker) != PGG_BREAKER_OPEN;
+    if (write) {
+        if (--h->n_back_writes == 0)
+            pthread_cond_broadcast(&h->back_cv);
+    } else {
+        /* Back: the writes that waited with this read go to its first
+         * sessions first (they have no other host; a read may, and the
+         * first sessions of a server just back come one at a time). */
+        while (back && h->n_back_writes > 0 && !h->closed) {
+            int64_t now = pgg__now_ns();
+            struct timespec ts;
+
+            if (now >= deadline_ns || pgg__cancel_now())
+                break;
+            ts = pgg__ns_to_timespec(pgg__cancel_slice(now, deadline_ns));
+            pthread_cond_timedwait(&h->back_cv, &h->mu, &ts);
+        }
+    }
     pthread_mutex_unlock(&h->mu);
     return back;
 }

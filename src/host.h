@@ -99,6 +99,14 @@ typedef struct pgg_host {
      * Written by the health thread under mu; read lock-free first. */
     atomic_bool starting;
     _Atomic int n_back_waiting; /* calls in pgg__host_await_back */
+    int n_back_writes; /* writes among them, and leaving them (under mu) */
+    /* Sessions the server ended, closed with a dead sibling (pool.c's
+     * settle) or found dead by the health thread: it starts their
+     * replacements and takes the count (health.c, spares_replace). */
+    _Atomic int n_lost;
+    /* A call found a pooled session here ended by the server (settle):
+     * the health thread looks at every host's idle sessions (sweep). */
+    atomic_bool ended_seen;
     pgg_link *idle;    /* most recently used first */
     int n_idle, n_connecting, n_waiting;
     /* Connects the health thread has on their way to the idle list
@@ -134,8 +142,9 @@ typedef struct pgg_host {
      *   lookup walks a list, so at most once per host every few ms);
      * latency_ns: moving average of successful attempts, which bounds a
      *   read attempt another host could take over (attempt_timeout_auto);
-     * suspect_until_ns: an attempt here just hit its deadline: fresh reads
-     *   go to other hosts first until then, or until it answers again. */
+     * suspect_until_ns: an attempt here just hit its deadline, or its
+     *   server is starting (health.c): fresh reads go to other hosts first
+     *   until then, or until it answers again. */
     _Atomic int_fast64_t role_seen_ns;
     _Atomic int_fast64_t latency_ns;
     _Atomic int_fast64_t suspect_until_ns;
@@ -350,9 +359,21 @@ void pgg__host_abandon(pgg_host *h, pgg_link *l, pgg_canceller *c);
  */
 bool pgg__host_adopt(pgg_host *h, PGconn *conn, int64_t now_ns, int max_idle);
 
+/* Idle sessions used this recently are replaced when their server ends
+ * them: their callers are about to come back for them. */
+#define PGG_LOST_RECENT_NS (1000 * PGG_NS_PER_MS)
+
 /* Close idle connections past idle_timeout or max_lifetime (all of them
  * when `all`).  Returns how many were closed. */
 int pgg__host_trim(pgg_host *h, int64_t now_ns, bool all);
+/* Close every idle connection (their server ended a sibling).  Returns
+ * how many of them were used within used_within_ns before now_ns: the ones
+ * their callers will want back soon. */
+int pgg__host_drop_idle(pgg_host *h, int64_t now_ns, int64_t used_within_ns);
+/* Close the idle connections found dead by what their server sent
+ * meanwhile (a FATAL, the close; read without a round trip), the others
+ * kept.  Returns how many of the dead were used within used_within_ns. */
+int pgg__host_drop_dead(pgg_host *h, int64_t now_ns, int64_t used_within_ns);
 /* Open connections until min_idle are idle, within deadline_ns. */
 int pgg__host_warm(pgg_host *h, int64_t deadline_ns);
 /*
@@ -385,12 +406,15 @@ void pgg__host_hook_failed(pgg_host *h, PGconn *conn, int rc);
  * (`starting`), wait until the health thread finds it answering (the
  * breaker is no longer open) or finds otherwise, or deadline_ns: a server
  * about to take sessions is as good as one taking them, as for a client
- * whose connect waits in its queue.  The waiter calls wake(wake_arg) (the
- * pool's health thread) once it counts in n_back_waiting, which queues a
+ * whose connect waits in its queue.  A read (write false) that waited
+ * leaves only once the writes that waited with it have left (within its
+ * deadline): they take the first sessions.  The waiter calls
+ * wake(wake_arg) (the pool's health thread) once it counts in
+ * n_back_waiting, which queues a
  * spare connect for it then, not at its next event.  Returns whether the breaker is no longer
  * open; false at once when the host is not starting.
  */
-bool pgg__host_await_back(pgg_host *h, int64_t deadline_ns,
+bool pgg__host_await_back(pgg_host *h, int64_t deadline_ns, bool write,
                           void (*wake)(void *), void *wake_arg);
 /* For an event loop, which cannot wait in pgg__host_await_back: whether a
  * call refused by the breaker should still wait for the host (look again

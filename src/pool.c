@@ -122,7 +122,8 @@ static inline pgg_take take_at(pgg_pool *pool, pgg_host *h, pgg_intent intent,
     *l = NULL;
     admitted = pgg__breaker_allow(&h->breaker, start, ticket);
     /* A host whose server is starting is waited for (host.h). */
-    if (!admitted && pgg__host_await_back(h, deadline, wake_health, pool)) {
+    if (!admitted && pgg__host_await_back(h, deadline, intent != PGG_READ,
+                                          wake_health, pool)) {
         start = *now = pgg__now_ns();
         admitted = pgg__breaker_allow(&h->breaker, start, ticket);
     }
@@ -347,9 +348,15 @@ static inline void settle(pgg_pool *pool, pgg_host *h,
         pgg__pool_record_at(h, ticket, rec, started, ended);
     /* A pooled session that died on us rarely died alone (a restart, a
      * failover, pg_terminate_backend of many): its idle siblings go now,
-     * before another call finds each of them dead the hard way. */
+     * before another call finds each of them dead the hard way, and the
+     * health thread replaces them before their callers come back (and
+     * looks at the other hosts' idle sessions). */
     if (ended_by_server) {
-        pgg__host_trim(h, 0, true);
+        int wanted = pgg__host_drop_idle(h, ended, PGG_LOST_RECENT_NS);
+
+        if (wanted > 0)
+            atomic_fetch_add(&h->n_lost, wanted);
+        atomic_store(&h->ended_seen, true);
         pgg__pool_wake_health(pool);
     }
 }

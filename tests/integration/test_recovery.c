@@ -1380,3 +1380,238 @@ Test(recovery, two_callers_on_a_full_primary_are_refused_not_timed_out)
     cr_assert_eq(pgh_node_exec(n, "DROP ROLE pgg_rec_cap2;"), 0);
     pgh_cluster_free(c);
 }
+
+/*
+ * A replica whose server is starting (as in
+ * a_call_waits_for_a_server_that_is_starting, a proxy that refused
+ * connections, then takes them and holds every chunk 400 ms) is waited
+ * for only by a read that no other host can serve.  While the primary can
+ * serve, reads go to it and never meet the replica's open breaker (whose
+ * refusal made each of them wait up to its attempt bound, 150 ms of a 300
+ * ms deadline in the fault bench's restart); with the primary out too, a
+ * read still waits for the starting replica and is served by it.
+ */
+Test(recovery, a_read_waits_for_a_starting_replica_only_when_no_other_host_can_serve)
+{
+    pgh_cluster *c = cluster_or_die(1);
+    pgh_require_local(c, "a proxy between pgguard and a local replica");
+    pgh_proxy *px;
+    pgg_pool *p = pool_via_proxy(c, &px, "breaker.open_ms=60000 breaker.open_max_ms=60000 "
+                                         "health_probe_timeout_ms=4000 connect_timeout_ms=5000");
+    pgg_host *replica = &p->hosts[1];
+    pgg_host_stats before, after;
+    int reads = 0;
+
+    pgh_proxy_set_mode(px, PGH_PROXY_REFUSE, 0);
+    pgh_proxy_set_mode(px, PGH_PROXY_RESET, 0); /* the pooled sessions too */
+    pgh_proxy_set_mode(px, PGH_PROXY_REFUSE, 0);
+    /* Reads refused by the replica are served by the primary meanwhile. */
+    for (int i = 0; i < 50 && host_stats(p, 1).state != PGG_BREAKER_OPEN; i++) {
+        read_ok(p, PGG_READ, "SELECT 1", 2000);
+        sleep_ms(5);
+    }
+    cr_assert_eq(host_stats(p, 1).state, PGG_BREAKER_OPEN);
+    sleep_ms(50); /* a probe or two refused by nobody listening */
+    pgh_proxy_set_mode(px, PGH_PROXY_DELAY, 400);
+    for (int i = 0; i < 1000 && !atomic_load(&replica->starting); i++)
+        sleep_ms(5);
+    cr_assert(atomic_load(&replica->starting), "the replica was never seen starting");
+
+    before = host_stats(p, 1);
+    for (int i = 0; i < 5 && atomic_load(&replica->starting); i++, reads++)
+        cr_expect_eq(read_ok(p, PGG_READ, "SELECT 1", 10000), 0,
+                     "a read was not served by the primary");
+    after = host_stats(p, 1);
+    cr_assert_gt(reads, 0, "the replica stopped starting before any read");
+    cr_expect_eq(after.rejections, before.rejections,
+                 "%llu of %d reads met the starting replica's breaker first (and waited "
+                 "for it) while the primary could serve them",
+                 (unsigned long long)(after.rejections - before.rejections), reads);
+
+    /* The primary out as well: the starting replica is the read's last
+     * candidate, waited for within the deadline. */
+    cr_assert_eq(pgg_pool_force_open(p, 0), PGG_OK);
+    if (atomic_load(&replica->starting))
+        cr_expect_eq(read_ok(p, PGG_READ, "SELECT 1", 10000), 1,
+                     "a read with the primary out was not served by the starting replica");
+    cr_assert_eq(pgg_pool_reset_breaker(p, 0), PGG_OK);
+    pgh_proxy_set_mode(px, PGH_PROXY_PASS, 0);
+    end_test(p, NULL);
+    pgh_proxy_free(px);
+    pgh_cluster_free(c);
+}
+
+/*
+ * pg_terminate_backend of every session: the call that finds its pooled
+ * session dead closes the host's idle ones with it (they died too), and
+ * the health thread connects their replacements at once, before their
+ * callers come back (a write that failed on a dead session is not
+ * retried; its next call, and the callers of the other sessions, would
+ * each have connected then, up to a period later, behind every other
+ * client's reconnects: the fault bench's first write after the blip came
+ * 23-45 ms after it against libpq's 9-23).  No breaker opens.  Pooled
+ * sessions are lent without a look here, so the call finds its own dead by
+ * using it.
+ */
+Test(recovery, sessions_the_server_ended_are_replaced_before_their_callers_return)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, "alive_check_after_idle_ms=600000 validate_after_idle_ms=600000 "
+                              "idle_timeout_ms=600000 pool_min_idle=0");
+    pgg_host_stats before, after;
+
+    cr_assert(wait_role(p, 0, PGG_ROLE_PRIMARY, 10000));
+    hold_sessions(p, PGG_WRITE, 3);
+    before = host_stats(p, 0);
+    cr_assert_eq(before.conns_open, 3);
+    /* Returns once every backend is gone: our sockets hold the FATAL. */
+    cr_assert_eq(pgh_node_terminate_backends(pgh_cluster_primary(c)), 0);
+
+    /* Served on a new connection (its own, or a replacement already on
+     * its way). */
+    read_ok(p, PGG_READ, "SELECT 1", 5000);
+    after = host_stats(p, 0);
+    for (int i = 0; i < 1000 && after.conns_open < 2; i++) {
+        sleep_ms(10);
+        after = host_stats(p, 0);
+    }
+    cr_expect_geq(after.conns_open, 2,
+                  "%d session(s) open after the blip and one call: the two closed with the "
+                  "dead one were not replaced",
+                  after.conns_open);
+    cr_expect_geq(after.connects - before.connects, 2);
+    expect_hosts_untouched(p);
+    end_test(p, c);
+}
+
+/*
+ * pg_terminate_backend of every session on every server: once a call finds
+ * one pooled session ended by its server, the health thread looks at every
+ * host's idle sessions (reading what their servers sent, no round trip),
+ * closes the dead ones and replaces those in recent use, before any call
+ * meets them.  Here a read finds its replica session dead; the primary's
+ * idle sessions, which no call touches, are replaced, and the next write
+ * lands on a live session (a write sent on a dead one fails: it cannot be
+ * known not to have run).  Pooled sessions are lent without a look here.
+ */
+Test(recovery, a_blip_found_on_one_host_replaces_the_dead_sessions_of_the_others)
+{
+    pgh_cluster *c = cluster_or_die(1);
+    pgg_pool *p = pool_for(c, "alive_check_after_idle_ms=600000 validate_after_idle_ms=600000 "
+                              "idle_timeout_ms=600000 pool_min_idle=0");
+    pgg_host_stats before, after;
+    pgg_call call = {.timeout_ms = 5000};
+    pgg_info info;
+    pgg_error e;
+    PGresult *r;
+
+    cr_assert(wait_role(p, 0, PGG_ROLE_PRIMARY, 10000));
+    cr_assert(wait_role(p, 1, PGG_ROLE_STANDBY, 10000));
+    hold_sessions(p, PGG_WRITE, 2);
+    hold_sessions(p, PGG_READ, 2);
+    before = host_stats(p, 0);
+    cr_assert_eq(before.conns_open, 2);
+    cr_assert_eq(host_stats(p, 1).conns_open, 2);
+    cr_assert_eq(pgh_node_terminate_backends(pgh_cluster_primary(c)), 0);
+    cr_assert_eq(pgh_node_terminate_backends(pgh_cluster_replica(c, 0)), 0);
+
+    cr_expect_eq(read_ok(p, PGG_READ, "SELECT 1", 5000), 1);
+    after = host_stats(p, 0);
+    for (int i = 0; i < 1000 && after.connects - before.connects < 2; i++) {
+        sleep_ms(10);
+        after = host_stats(p, 0);
+    }
+    cr_expect_eq(after.connects - before.connects, 2,
+                 "the primary's 2 dead idle sessions were not replaced (%llu connects)",
+                 (unsigned long long)(after.connects - before.connects));
+    r = pgg_exec(p, PGG_WRITE, "SELECT 1", &call, &info, &e);
+    cr_expect_not_null(r, "the write after the blip failed: %s %s", pgg_err_name(e.code),
+                       e.message);
+    cr_expect_eq(info.attempts, 1);
+    PQclear(r);
+    cr_expect_eq(host_stats(p, 0).connects, after.connects,
+                 "the write found no replacement ready and connected");
+    expect_hosts_untouched(p);
+    end_test(p, c);
+}
+
+typedef struct back_wait {
+    pgg_host *h;
+    atomic_bool done;
+    bool back;
+} back_wait;
+
+static void *read_awaits_back(void *arg)
+{
+    back_wait *b = arg;
+
+    b->back = pgg__host_await_back(b->h, pgg__now_ns() + 20 * PGG_NS_PER_SEC, false, NULL,
+                                   NULL);
+    atomic_store(&b->done, true);
+    return NULL;
+}
+
+/*
+ * Every server restarted, the replicas still down: reads and writes wait
+ * together for the primary's server to start, and its first sessions come
+ * one at a time.  The writes, which have no other host, take them first: a
+ * read that waited leaves its wait only once the writes that waited with it
+ * have left theirs (in the fault bench the readers, arriving first, took
+ * the first sessions and the first write came 20 ms after libpq's).  White
+ * box: a write waiting is counted by hand; the host starts through a proxy
+ * as in a_call_waits_for_a_server_that_is_starting.
+ */
+Test(recovery, reads_that_waited_for_a_starting_host_let_the_writes_go_first)
+{
+    pgh_cluster *c = cluster_or_die(1);
+    pgh_require_local(c, "a proxy between pgguard and a local replica");
+    pgh_proxy *px;
+    pgg_pool *p = pool_via_proxy(c, &px, "breaker.open_ms=60000 breaker.open_max_ms=60000 "
+                                         "health_probe_timeout_ms=4000 connect_timeout_ms=5000 "
+                                         "read_policy=replica_only");
+    pgg_host *h = &p->hosts[1];
+    back_wait b = {.h = h};
+    pthread_t t;
+
+    pgh_proxy_set_mode(px, PGH_PROXY_REFUSE, 0);
+    pgh_proxy_set_mode(px, PGH_PROXY_RESET, 0);
+    pgh_proxy_set_mode(px, PGH_PROXY_REFUSE, 0);
+    for (int i = 0; i < 50 && host_stats(p, 1).state != PGG_BREAKER_OPEN; i++) {
+        pgg_call call = {.timeout_ms = 1000};
+        PQclear(pgg_exec(p, PGG_READ, "SELECT 1", &call, NULL, NULL));
+        sleep_ms(5);
+    }
+    cr_assert_eq(host_stats(p, 1).state, PGG_BREAKER_OPEN);
+    sleep_ms(50); /* a probe or two refused by nobody listening */
+    pgh_proxy_set_mode(px, PGH_PROXY_DELAY, 400);
+    for (int i = 0; i < 1000 && !atomic_load(&h->starting); i++)
+        sleep_ms(5);
+    cr_assert(atomic_load(&h->starting), "the host was never seen starting");
+
+    pthread_mutex_lock(&h->mu);
+    h->n_back_writes++; /* a write waiting with the read */
+    pthread_mutex_unlock(&h->mu);
+    cr_assert_eq(pthread_create(&t, NULL, read_awaits_back, &b), 0);
+    for (int i = 0; i < 1000 && atomic_load(&h->n_back_waiting) == 0 && !atomic_load(&b.done);
+         i++)
+        sleep_ms(1);
+    cr_assert(!atomic_load(&b.done), "the read did not wait for the starting host");
+    pgh_proxy_set_mode(px, PGH_PROXY_PASS, 0); /* the host answers now */
+    for (int i = 0; i < 2000 && (atomic_load(&h->starting) ||
+                                 host_stats(p, 1).state == PGG_BREAKER_OPEN);
+         i++)
+        sleep_ms(5);
+    cr_assert(!atomic_load(&h->starting) && host_stats(p, 1).state != PGG_BREAKER_OPEN,
+              "the host never came back");
+    sleep_ms(200); /* room for a read that does not wait for the write */
+    cr_expect(!atomic_load(&b.done), "the read left before the write that waited with it");
+    pthread_mutex_lock(&h->mu);
+    h->n_back_writes--; /* the write leaves (pgg__host_await_back) */
+    pthread_cond_broadcast(&h->back_cv);
+    pthread_mutex_unlock(&h->mu);
+    pthread_join(t, NULL);
+    cr_expect(b.back, "the read was not told the host is back");
+    end_test(p, NULL);
+    pgh_proxy_free(px);
+    pgh_cluster_free(c);
+}
