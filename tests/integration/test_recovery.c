@@ -208,6 +208,53 @@ static int counter_value(pgh_cluster *c)
     return atoi(v);
 }
 
+/* A counter to write and a pooled session to reuse (its connect's reads
+ * are not the blip's); events watched from here on. */
+static void blip_setup(pgh_cluster *c, pgg_pool *p, seen *s)
+{
+    pgg_call call = {.timeout_ms = 10000};
+    pgg_error e;
+    PGresult *r;
+
+    cr_assert_eq(pgh_node_exec(pgh_cluster_primary(c),
+                               "DROP TABLE IF EXISTS pgg_rec_n;"
+                               "CREATE TABLE pgg_rec_n (id int PRIMARY KEY, n int);"
+                               "INSERT INTO pgg_rec_n VALUES (1, 0);"),
+                 0);
+    r = pgg_exec(p, PGG_WRITE, "SELECT 1", &call, NULL, &e);
+    cr_assert_not_null(r, "warm-up: %s", e.message);
+    PQclear(r);
+    pgg_pool_on_event(p, on_event, s);
+}
+
+/* After the blip's write (the counter's first increment): four more at
+ * once, on the same thread, all served and each applied once, and no
+ * breaker opened. */
+static void blip_after(pgh_cluster *c, pgg_pool *p, seen *s)
+{
+    const char *inc = "UPDATE pgg_rec_n SET n = n + 1 WHERE id = 1";
+    pgg_call call = {.timeout_ms = 10000};
+    pgg_info info;
+    pgg_error e;
+    PGresult *r;
+    int failed = 0;
+
+    for (int i = 0; i < 4; i++) {
+        r = pgg_exec(p, PGG_WRITE, inc, &call, &info, &e);
+        if (!r) {
+            failed++;
+            fprintf(stderr, "write %d after the blip: %s %s (sent %d)\n", i,
+                    pgg_err_name(e.code), e.message, info.sent);
+        }
+        PQclear(r);
+    }
+    pgg_pool_on_event(p, NULL, NULL);
+    cr_expect_eq(failed, 0, "%d writes failed after the blip", failed);
+    cr_expect_eq(counter_value(c), 5 - failed, "each acknowledged write applied once");
+    cr_expect_eq(s->opened, 0, "%d breakers opened", s->opened);
+    end_test(p, c);
+}
+
 Test(recovery, a_session_ended_behind_its_answer_is_not_lent_again)
 {
     pgh_cluster *c = cluster_or_die(0);
@@ -221,18 +268,8 @@ Test(recovery, a_session_ended_behind_its_answer_is_not_lent_again)
     pgg_info info;
     pgg_error e;
     PGresult *r;
-    int failed = 0;
 
-    cr_assert_eq(pgh_node_exec(pgh_cluster_primary(c),
-                               "DROP TABLE IF EXISTS pgg_rec_n;"
-                               "CREATE TABLE pgg_rec_n (id int PRIMARY KEY, n int);"
-                               "INSERT INTO pgg_rec_n VALUES (1, 0);"),
-                 0);
-    /* A pooled session to reuse (its connect's reads are not the blip's). */
-    r = pgg_exec(p, PGG_WRITE, "SELECT 1", &call, NULL, &e);
-    cr_assert_not_null(r, "warm-up: %s", e.message);
-    PQclear(r);
-    pgg_pool_on_event(p, on_event, &s);
+    blip_setup(c, p, &s);
 
     blip_node = pgh_cluster_primary(c);
     blip_state = 1;
@@ -243,20 +280,7 @@ Test(recovery, a_session_ended_behind_its_answer_is_not_lent_again)
     cr_expect_eq(info.attempts, 1);
     PQclear(r);
     /* At once, on the same thread: the session it came back on is over. */
-    for (int i = 0; i < 4; i++) {
-        r = pgg_exec(p, PGG_WRITE, inc, &call, &info, &e);
-        if (!r) {
-            failed++;
-            fprintf(stderr, "write %d after the blip: %s %s (sent %d)\n", i,
-                    pgg_err_name(e.code), e.message, info.sent);
-        }
-        PQclear(r);
-    }
-    pgg_pool_on_event(p, NULL, NULL);
-    cr_expect_eq(failed, 0, "%d writes failed after the blip", failed);
-    cr_expect_eq(counter_value(c), 5 - failed, "each acknowledged write applied once");
-    cr_expect_eq(s.opened, 0, "%d breakers opened", s.opened);
-    end_test(p, c);
+    blip_after(c, p, &s);
 }
 
 /*
@@ -271,22 +295,11 @@ Test(recovery, a_lease_session_ended_behind_its_answer_is_not_pooled_at_release)
                               "lease_reset=off");
     seen s = {.mu = PTHREAD_MUTEX_INITIALIZER};
     const char *inc = "UPDATE pgg_rec_n SET n = n + 1 WHERE id = 1";
-    pgg_call call = {.timeout_ms = 10000};
-    pgg_info info;
     pgg_error e;
     pgg_lease *l;
     PGresult *r;
-    int failed = 0;
 
-    cr_assert_eq(pgh_node_exec(pgh_cluster_primary(c),
-                               "DROP TABLE IF EXISTS pgg_rec_n;"
-                               "CREATE TABLE pgg_rec_n (id int PRIMARY KEY, n int);"
-                               "INSERT INTO pgg_rec_n VALUES (1, 0);"),
-                 0);
-    r = pgg_exec(p, PGG_WRITE, "SELECT 1", &call, NULL, &e);
-    cr_assert_not_null(r, "warm-up: %s", e.message);
-    PQclear(r);
-    pgg_pool_on_event(p, on_event, &s);
+    blip_setup(c, p, &s);
 
     l = pgg_acquire(p, PGG_WRITE, 10000, NULL, &e);
     cr_assert_not_null(l, "acquire: %s", e.message);
@@ -300,20 +313,7 @@ Test(recovery, a_lease_session_ended_behind_its_answer_is_not_pooled_at_release)
                        pgg_err_name(e.code), e.message);
     PQclear(r);
     pgg_release(l);
-    for (int i = 0; i < 4; i++) {
-        r = pgg_exec(p, PGG_WRITE, inc, &call, &info, &e);
-        if (!r) {
-            failed++;
-            fprintf(stderr, "write %d after the blip: %s %s (sent %d)\n", i,
-                    pgg_err_name(e.code), e.message, info.sent);
-        }
-        PQclear(r);
-    }
-    pgg_pool_on_event(p, NULL, NULL);
-    cr_expect_eq(failed, 0, "%d writes failed after the blip", failed);
-    cr_expect_eq(counter_value(c), 5 - failed, "each acknowledged write applied once");
-    cr_expect_eq(s.opened, 0, "%d breakers opened", s.opened);
-    end_test(p, c);
+    blip_after(c, p, &s);
 }
 #endif
 
