@@ -52,9 +52,9 @@ typedef struct pgg_link {
      * none, dups are never below 1), closed with the link: libpq may close
      * its descriptor before the loop can stop watching, this one it cannot. */
     int loop_fd;
-    /* The server ended the session right behind an answer a lease or the
-     * read-your-writes sample got on it (pool.c): the answer stands, the
-     * session is never lent again (pgg__host_give_back discards it). */
+    /* The server ended the session right behind an answer got on it
+     * (pool.c exec_at): the answer stands, the session is never lent again
+     * (the one-shot attempt and pgg__host_give_back discard it). */
     bool ended;
     struct pgg_link *next;
 } pgg_link;

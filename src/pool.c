@@ -487,10 +487,12 @@ static inline pgg_verdict exec_at(pgg_pool *pool, pgg_host *h, pgg_link **lp,
                                   int64_t deadline, const pgg_ticket *ticket,
                                   int64_t started, int64_t now,
                                   PGresult **res, pgg_attempt_end *end,
-                                  int64_t *ended, bool *over, pgg_error *err)
+                                  int64_t *ended, pgg_error *err)
 {
     pgg_link *l = *lp;
     int role = atomic_load_explicit(&h->role, memory_order_relaxed);
+    bool over;
+    pgg_verdict v;
 
     /* The notice receiver notes a FATAL parsed behind the answer (a
      * terminated backend, idle once it answered): PQstatus stays OK, and
@@ -509,9 +511,14 @@ static inline pgg_verdict exec_at(pgg_pool *pool, pgg_host *h, pgg_link **lp,
         pgg__vis_exec(pool, h, l, q, deadline, res, end, err);
     }
     /* Read, not cleared: every reader arms it first (link.h). */
-    *over = pgg__link_unprompted_seen;
-    return exec_done(pool, h, lp, intent, ticket, role, started, *res, *end,
-                     *over, ended, err);
+    over = pgg__link_unprompted_seen;
+    v = exec_done(pool, h, lp, intent, ticket, role, started, *res, *end, over,
+                  ended, err);
+    /* The answer stands; the session is never lent again (its give-back
+     * discards it), its idle siblings went in exec_done. */
+    if (over && *lp)
+        (*lp)->ended = true;
+    return v;
 }
 
 pgg_verdict pgg__pool_exec_on(pgg_pool *pool, pgg_host *h, pgg_link **lp,
@@ -521,17 +528,10 @@ pgg_verdict pgg__pool_exec_on(pgg_pool *pool, pgg_host *h, pgg_link **lp,
                               pgg_attempt_end *end, int64_t *ended,
                               pgg_error *err)
 {
-    bool over;
-    pgg_verdict v;
-
-    /* A session over behind its answer stays the caller's (a lease's
-     * answer stands; its next statement finds the end), marked so that
-     * its give-back discards it; its idle siblings went in exec_done. */
-    v = exec_at(pool, h, lp, intent, q, deadline, ticket, started, 0, res,
-                end, ended, &over, err);
-    if (over && *lp)
-        (*lp)->ended = true;
-    return v;
+    /* A session over behind its answer stays the caller's until its
+     * give-back (a lease's next statement finds the end). */
+    return exec_at(pool, h, lp, intent, q, deadline, ticket, started, 0, res,
+                   end, ended, err);
 }
 
 bool pgg__pool_attempt(pgg_pool *pool, pgg_host *h, pgg_intent intent,
@@ -541,7 +541,6 @@ bool pgg__pool_attempt(pgg_pool *pool, pgg_host *h, pgg_intent intent,
     int64_t started = now;
     pgg_ticket ticket;
     pgg_link *l;
-    bool over;
 
     a->res = NULL;
     a->ended = 0;
@@ -560,13 +559,13 @@ bool pgg__pool_attempt(pgg_pool *pool, pgg_host *h, pgg_intent intent,
     }
     a->reused = !l->fresh;
     a->v = exec_at(pool, h, &l, intent, q, deadline, &ticket, started, now,
-                   &a->res, &a->end, &a->ended, &over, err);
+                   &a->res, &a->end, &a->ended, err);
     /* Read only after a failure: a success is served whatever it says. */
     a->lost = !l || (a->v.cls != PGG_CLASS_SUCCESS &&
                      PQstatus(l->conn) != CONNECTION_OK);
     if (!l)
         return true;
-    if (over) {
+    if (l->ended) {
         /* Its answer came with the server's end of the session right
          * behind it: not lent again. */
         pgg__host_discard(h, l);
