@@ -1939,7 +1939,7 @@ static int start(pgg_async *ac, pgg_intent intent, const pgg_query *q,
         return PGG_ECANCELED;
     }
     /* The loop never waits for a slot: refused at once. */
-    if (pgg__pool_enter(ac->pool, k->c.start, k->c.start, k->c.err) != PGG_OK) {
+    if (pgg__pool_enter(ac->pool, &k->c.now, k->c.start, k->c.err) != PGG_OK) {
         *err = k->err;
         call_free(ac, k);
         return err->code;

@@ -100,12 +100,12 @@ static inline void pgg__bulkhead_leave(pgg_bulkhead *bh);
 int pgg__bulkhead_enter_slow(pgg_bulkhead *bh, int64_t deadline, int64_t now);
 void pgg__bulkhead_leave_slow(pgg_bulkhead *bh);
 
-static inline int pgg__bulkhead_enter(pgg_bulkhead *bh, int64_t deadline,
-                                      int64_t now)
+/* The lock-free half of pgg__bulkhead_enter: true if a slot was taken
+ * (nobody waits and one is free); false: go the slow way. */
+static inline bool pgg__bulkhead_try_enter(pgg_bulkhead *bh)
 {
     uint64_t s = atomic_load_explicit(&bh->state, memory_order_relaxed);
 
-    /* Nobody waits and a slot is free: take it without the lock. */
     while (!(s & PGG_BULKHEAD_SLOW) &&
            PGG_BULKHEAD_HOLDERS(s) <
                atomic_load_explicit(&bh->capacity, memory_order_relaxed)) {
@@ -113,9 +113,17 @@ static inline int pgg__bulkhead_enter(pgg_bulkhead *bh, int64_t deadline,
                                                   memory_order_acquire,
                                                   memory_order_relaxed)) {
             atomic_fetch_add_explicit(&bh->admitted, 1, memory_order_relaxed);
-            return PGG_OK;
+            return true;
         }
     }
+    return false;
+}
+
+static inline int pgg__bulkhead_enter(pgg_bulkhead *bh, int64_t deadline,
+                                      int64_t now)
+{
+    if (pgg__bulkhead_try_enter(bh))
+        return PGG_OK;
     return pgg__bulkhead_enter_slow(bh, deadline, now);
 }
 

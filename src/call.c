@@ -239,7 +239,7 @@ STEP bool call_begin(pgg__call *c, pgg_pool *pool, pgg_intent intent,
         if (c->on_loop)
             c->vr.waited = true;
     }
-    c->start = pgg__now_ns();
+    c->start = c->now = pgg__now_ns();
     c->deadline = c->start + pgg__pool_timeout_ns(pool, opts ? opts->timeout_ms : 0);
     return true;
 }
@@ -258,8 +258,7 @@ STEP void call_route(pgg__call *c)
 
     c->ncand = pgg__pool_candidates(pool, c->intent, c->cand);
     if (c->intent == PGG_READ && c->ncand > 1) /* else nothing to reorder */
-        suspects_last(pool, c->cand, c->ncand, c->start);
-    c->now = c->start;
+        suspects_last(pool, c->cand, c->ncand, c->now);
     if (c->q->vis && c->vr.sample) {
         if (c->on_loop)
             pgg__vis_sample_known(pool, &c->vr);
@@ -533,7 +532,7 @@ PGresult *pgg__call_run(pgg_pool *pool, pgg_intent intent, const pgg_query *q,
     c.on_loop = false;
     if (!call_begin(&c, pool, intent, q, opts, info, err, cancel))
         return NULL;
-    if (pgg__pool_enter(pool, c.start, c.deadline, c.err) != PGG_OK) {
+    if (pgg__pool_enter(pool, &c.now, c.deadline, c.err) != PGG_OK) {
         pgg__call_refused(&c);
         return NULL;
     }

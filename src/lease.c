@@ -229,7 +229,7 @@ pgg_lease *pgg_acquire_call(pgg_pool *pool, pgg_intent intent,
     int cand[PGG_MAX_HOSTS];
     int ncand, attempts = 0;
     bool rejected = false;
-    int64_t start, deadline;
+    int64_t start, now, deadline;
     pgg_lease *lease;
     pgg_vis_req vr;
 
@@ -256,7 +256,8 @@ pgg_lease *pgg_acquire_call(pgg_pool *pool, pgg_intent intent,
     }
     start = pgg__now_ns();
     deadline = start + pgg__pool_timeout_ns(pool, timeout_ms);
-    if (pgg__pool_enter(pool, start, deadline, err) != PGG_OK) {
+    now = start; /* the lease's later steps read the clock afresh */
+    if (pgg__pool_enter(pool, &now, deadline, err) != PGG_OK) {
         free(lease);
         return NULL;
     }

@@ -128,8 +128,17 @@ int pgg__pool_no_host_error(pgg_pool *pool, pgg_intent intent, int ncand,
                           ncand);
 }
 
-int pgg__pool_enter_refused(pgg_pool *pool, pgg_error *err)
+int pgg__pool_enter_slow(pgg_pool *pool, int64_t *now, int64_t deadline,
+                         pgg_error *err)
 {
+    int64_t wait_until = *now + pool->bulkhead_wait_ns;
+
+    if (pgg__bulkhead_enter_slow(&pool->bulkhead,
+                                 wait_until < deadline ? wait_until : deadline,
+                                 *now) == PGG_OK) {
+        *now = pgg__now_ns();
+        return PGG_OK;
+    }
     atomic_fetch_add(&pool->calls_failed, 1);
     return pgg__error_set(err, PGG_EBULKHEAD, NULL, NULL,
                           "bulkhead full: %d calls in flight",

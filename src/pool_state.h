@@ -224,18 +224,18 @@ static inline int pgg__query_check(const pgg_query *q, const char *fn,
 
 /* Take a bulkhead slot for a call or a lease (waiting at most
  * bulkhead.max_wait_ms within the deadline); on refusal count the call as
- * failed and return PGG_EBULKHEAD. */
-int pgg__pool_enter_refused(pgg_pool *pool, pgg_error *err);
-static inline int pgg__pool_enter(pgg_pool *pool, int64_t start,
+ * failed and return PGG_EBULKHEAD.  *now: the call's clock reading, read
+ * again if the call may have waited for its slot: every later step (the
+ * liveness poll of an idle connection, the breaker's clock, an attempt's
+ * deadline) must see the time after the wait, not before it. */
+int pgg__pool_enter_slow(pgg_pool *pool, int64_t *now, int64_t deadline,
+                         pgg_error *err);
+static inline int pgg__pool_enter(pgg_pool *pool, int64_t *now,
                                   int64_t deadline, pgg_error *err)
 {
-    int64_t wait_until = start + pool->bulkhead_wait_ns;
-
-    if (pgg__bulkhead_enter(&pool->bulkhead,
-                            wait_until < deadline ? wait_until : deadline,
-                            start) == PGG_OK)
+    if (pgg__bulkhead_try_enter(&pool->bulkhead))
         return PGG_OK;
-    return pgg__pool_enter_refused(pool, err);
+    return pgg__pool_enter_slow(pool, now, deadline, err);
 }
 
 /* The call's timeout (call->timeout_ms or the default) in ns. */

@@ -1621,3 +1621,91 @@ Test(recovery, reads_that_waited_for_a_starting_host_let_the_writes_go_first)
     pgh_proxy_free(px);
     pgh_cluster_free(c);
 }
+
+/* ------------------------------------------- a call that waited for a slot */
+
+typedef struct sleeper_arg {
+    pgg_pool *p;
+    int code;
+} sleeper_arg;
+
+static void *long_write(void *arg)
+{
+    sleeper_arg *a = arg;
+    pgg_call call = {.timeout_ms = 5000};
+    pgg_error e;
+    PGresult *r = pgg_exec(a->p, PGG_WRITE, "SELECT pg_sleep(0.8)", &call, NULL, &e);
+    a->code = r ? PGG_OK : e.code;
+    PQclear(r);
+    return NULL;
+}
+
+/*
+ * A call that waited for its bulkhead slot longer than
+ * alive_check_after_idle_ms: its idle session (here the thread's own,
+ * ended by the server while the call waited) is polled before it is lent.
+ * Before, the call judged the session's idle time by its clock reading from
+ * before the wait, saw it used moments ago, and sent the write on a dead
+ * session: it failed as sent.
+ */
+Test(recovery, a_call_that_waited_for_its_slot_checks_its_idle_session)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    setup_table(c);
+    pgg_pool *p = pool_for(c, "bulkhead.max_concurrent=1 bulkhead.max_wait_ms=4000 "
+                              "alive_check_after_idle_ms=300 pool_min_idle=2");
+    pgh_node *primary = pgh_cluster_primary(c);
+    sleeper_arg sa = {.p = p, .code = -1};
+    char pid[32], sql[160], out[32];
+    pthread_t t;
+    pgg_call call = {.timeout_ms = 5000};
+    pgg_info info;
+    pgg_error e;
+    PGresult *r;
+
+    /* Two sessions: one for each thread (the one slot admits one call
+     * at a time, so calls cannot open them). */
+    for (double end = pgh_now_ms() + 10000; host_stats(p, 0).conns_idle < 2;) {
+        cr_assert_lt(pgh_now_ms(), end, "pool_min_idle=2 never warmed");
+        sleep_ms(10);
+    }
+    /* The session this thread parks, and its server process. */
+    r = pgg_exec(p, PGG_WRITE, "SELECT pg_backend_pid()", &call, NULL, &e);
+    cr_assert_not_null(r, "%s", e.message);
+    snprintf(pid, sizeof pid, "%s", PQgetvalue(r, 0, 0));
+    PQclear(r);
+
+    /* Another thread takes the only slot for 0.8 s on another session. */
+    cr_assert_eq(pthread_create(&t, NULL, long_write, &sa), 0);
+    for (int i = 0;; i++) {
+        cr_assert_eq(pgh_node_query_value(primary,
+                                          "SELECT count(*) FROM pg_stat_activity "
+                                          "WHERE query = 'SELECT pg_sleep(0.8)' AND state = 'active'",
+                                          out, sizeof out), 0);
+        if (strcmp(out, "1") == 0)
+            break;
+        cr_assert_lt(i, 500, "the long write never started");
+        sleep_ms(2);
+    }
+    /* The server ends this thread's idle session, and it is gone. */
+    snprintf(sql, sizeof sql, "SELECT pg_terminate_backend(%s)", pid);
+    cr_assert_eq(pgh_node_exec(primary, sql), 0);
+    snprintf(sql, sizeof sql, "SELECT count(*) FROM pg_stat_activity WHERE pid = %s", pid);
+    for (int i = 0;; i++) {
+        cr_assert_eq(pgh_node_query_value(primary, sql, out, sizeof out), 0);
+        if (strcmp(out, "0") == 0)
+            break;
+        cr_assert_lt(i, 500, "the terminated session never ended");
+        sleep_ms(2);
+    }
+
+    /* The write waits for the slot (the long write still holds it), then
+     * must find its session dead and take another. */
+    r = pgg_exec(p, PGG_WRITE, "UPDATE pgg_rec_t SET v = v WHERE id = 1", &call, &info, &e);
+    cr_expect_not_null(r, "the write after the wait failed: %s %s (sent %d)",
+                       pgg_err_name(e.code), e.message, info.sent);
+    PQclear(r);
+    pthread_join(t, NULL);
+    cr_expect_eq(sa.code, PGG_OK, "the long write: %s", pgg_err_name(sa.code));
+    end_test(p, c);
+}
