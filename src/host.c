@@ -427,13 +427,15 @@ static pgg_link *take_idle_locked(pgg_host *h, int64_t now, pgg_link **doomed)
     return NULL;
 }
 
-/* Under mu: sessions of ours on the host, busy or being opened.  A refusal
- * for want of room (53300) while one is on its way is waited for like one
- * while ours are busy: a connect that raced its siblings' must not fail the
- * call as if the pool had no session there. */
+/* Under mu: sessions of ours on the host, busy, idle or being opened.  A
+ * refusal for want of room (53300) while one is on its way is waited for
+ * like one while ours are busy: a connect that raced its siblings' must not
+ * fail the call as if the pool had no session there.  Idle ones count too:
+ * those given back while this connect was on its way (it started when none
+ * was idle) are what filled the server, and the caller takes one. */
 static int ours(const pgg_host *h)
 {
-    return h->n_busy + h->n_connecting;
+    return h->n_busy + h->n_connecting + h->n_idle;
 }
 
 /* How long a host that refused a session as full (53300) gets no new
