@@ -52,14 +52,19 @@ uint64_t pgg__link_backstops(void)
 static int backstop_ms(int64_t deadline_ns, int64_t now)
 {
     int64_t left;
+    uint64_t ms;
 
     if (deadline_ns == PGG_TIME_NEVER)
         return -1;
-    left = (deadline_ns - (now ? now : pgg__now_ns())) / PGG_NS_PER_MS +
-           WAIT_BACKSTOP_MS;
-    if (left < 0)
-        return 0;
-    return left > INT32_MAX ? -1 : (int)left;
+    left = deadline_ns - (now ? now : pgg__now_ns());
+    if (left < 0) {
+        /* Already past (a wait at its deadline): rare, signed. */
+        left = left / PGG_NS_PER_MS + WAIT_BACKSTOP_MS;
+        return left < 0 ? 0 : (int)left;
+    }
+    /* Unsigned: the division by a constant needs no sign fix-up. */
+    ms = (uint64_t)left / PGG_NS_PER_MS + WAIT_BACKSTOP_MS;
+    return ms > INT32_MAX ? -1 : (int)ms;
 }
 
 /* The wait under a watchdog slot: see above.  now is a clock reading
