@@ -230,8 +230,11 @@ STEP bool call_begin(pgg__call *c, pgg__call_mem *m, pgg_pool *pool,
                !(opts && opts->min_lsn));
     if (!c->vis) {
         /* What pgg__vis_begin gives such a read: no position to meet,
-         * none to learn; the module stays off its path (finish too). */
-        memset(&m->vr, 0, sizeof m->vr);
+         * none to learn; the module stays off its path (finish too, which
+         * then reads no_vis).  The loop driver reads m->vr itself
+         * (async.c): it gets it zeroed. */
+        if (c->on_loop)
+            memset(&m->vr, 0, sizeof m->vr);
     } else if (pgg__vis_begin(pool->vis, intent, opts, &m->vr)) {
         m->qv = *q;
         m->qv.vis = &m->vr;
@@ -407,7 +410,9 @@ STEP bool call_again(pgg__call *c)
 STEP PGresult *call_finish(pgg__call *c)
 {
     pgg_pool *pool = c->pool;
-    pgg__call_mem *m = c->m;
+    /* The request of a call without the visibility module: all zero. */
+    static const pgg_vis_req no_vis;
+    const pgg_vis_req *vr = c->vis ? &c->m->vr : &no_vis;
     pgg_info *info = c->info;
     pgg_error *err = c->err;
     const pgg_call *call = c->opts;
@@ -418,7 +423,7 @@ STEP PGresult *call_finish(pgg__call *c)
         /* No other host answered: the server's answer is the outcome. */
         served = true;
         res = c->spare;
-        *err = m->spare_err;
+        *err = c->m->spare_err;
         info_served(info, c->spare_host);
         if (info)
             info->sent = 1;
@@ -431,22 +436,22 @@ STEP PGresult *call_finish(pgg__call *c)
         pgg__call_cancelled(err); /* a read-your-writes wait the fire ended */
     else if (!served && c->attempts == 0 &&
              (err->code == PGG_OK ||
-              (m->rejected && err->code != PGG_ETIMEDOUT &&
+              (c->m->rejected && err->code != PGG_ETIMEDOUT &&
                err->code != PGG_ECLOSED)))
-        pgg__pool_no_host_error(pool, c->intent, m->rejected ? c->ncand : 0,
-                                err);
+        pgg__pool_no_host_error(pool, c->intent,
+                                c->m->rejected ? c->ncand : 0, err);
 
     if (served) {
         if (c->vis)
-            pgg__vis_served(pool->vis, &m->vr, c->intent);
+            pgg__vis_served(pool->vis, &c->m->vr, c->intent);
         if (info)
-            info->lsn = m->vr.lsn;
+            info->lsn = vr->lsn;
     }
     if (info)
-        info->lsn_wait_us = m->vr.wait_ns / 1000;
+        info->lsn_wait_us = vr->wait_ns / 1000;
     if (pool->cache && call && (call->flags & PGG_CALL_CACHEABLE) &&
         c->intent != PGG_WRITE)
-        res = cache_step(pool, c->q, call, &m->vr, served, res, info, err);
+        res = cache_step(pool, c->q, call, vr, served, res, info, err);
 
     pgg__bulkhead_leave(&pool->bulkhead);
     if (!res)
