@@ -296,7 +296,18 @@ static inline int pgg__host_borrow(pgg_host *h, int64_t deadline_ns,
         *out = l;
         return PGG_OK;
     }
-    return pgg__host_borrow_slow(h, deadline_ns, now_ns, l, out, why, err);
+    {
+        /* The slow path writes its own copies: the caller's reading and
+         * connection, whose addresses go no further, can stay in
+         * registers on the fast path. */
+        int64_t n = now;
+        pgg_link *got = NULL;
+        int rc = pgg__host_borrow_slow(h, deadline_ns, &n, l, &got, why, err);
+
+        *now_ns = n;
+        *out = got;
+        return rc;
+    }
 }
 
 /*
