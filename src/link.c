@@ -352,9 +352,8 @@ int pgg__link_connect(const char *const *keys, const char *const *vals,
 
 /* ---------------------------------------------------------------- exec */
 
-static bool is_error(const PGresult *r)
+static bool status_is_error(ExecStatusType s)
 {
-    ExecStatusType s = PQresultStatus(r);
     return s == PGRES_FATAL_ERROR || s == PGRES_BAD_RESPONSE ||
            s == PGRES_NONFATAL_ERROR;
 }
@@ -368,9 +367,8 @@ bool pgg__link_statement_gone(const PGresult *res)
            strcmp(st, "26000") == 0;
 }
 
-static bool is_copy(const PGresult *r)
+static bool status_is_copy(ExecStatusType s)
 {
-    ExecStatusType s = PQresultStatus(r);
     return s == PGRES_COPY_IN || s == PGRES_COPY_OUT || s == PGRES_COPY_BOTH;
 }
 
@@ -388,7 +386,7 @@ int pgg__link_refuse_copy(const PGresult *res, const char *host,
 
 bool pgg__link_is_copy(const PGresult *res)
 {
-    return res && is_copy(res);
+    return res && status_is_copy(PQresultStatus(res));
 }
 
 static int send_query(PGconn *conn, const pgg_query *q)
@@ -577,18 +575,20 @@ static inline int io_step(PGconn *conn, pgg_link_io *io, int revents,
 
         if (!res)
             goto done;
-        if (io->keep && is_error(io->keep)) {
+        if (io->keep && status_is_error(io->keep_status)) {
             PQclear(res); /* PQexec keeps the first error */
         } else {
             if (io->keep) /* the first result, usually: no call for nothing */
                 PQclear(io->keep);
             io->keep = res;
+            /* Asked once per result kept, for the tests here and below. */
+            io->keep_status = PQresultStatus(res);
         }
         /* COPY needs the caller's data, and nobody can give it through a
          * one-shot call: refuse it plainly.  The connection is mid-COPY;
          * the caller closes it (PGG_END_REFUSED), and the server aborts
          * the COPY when it goes. */
-        if (is_copy(io->keep)) {
+        if (status_is_copy(io->keep_status)) {
             *end = PGG_END_REFUSED;
             *rc = pgg__link_refuse_copy(io->keep, host, err);
             PQclear(io->keep);
@@ -613,7 +613,7 @@ static inline int io_step(PGconn *conn, pgg_link_io *io, int revents,
 done:
     *end = PGG_END_RESULT;
     *out = io->keep;
-    if (io->keep && is_error(io->keep))
+    if (io->keep && status_is_error(io->keep_status))
         pgg__link_error(err, PGG_ESERVER, conn, io->keep, host, NULL);
     io->keep = NULL;
     *rc = PGG_OK;
