@@ -430,8 +430,10 @@ static inline int link_send(PGconn *conn, const pgg_query *q,
                             pgg_attempt_end *end, pgg_error *err)
 {
     *out = NULL;
-    if (PQstatus(conn) != CONNECTION_OK)
-        return lost(conn, out, NULL, end, PGG_END_NOT_SENT, host, err);
+    /* No status look first: libpq sends nothing on a connection it knows
+     * is closed, and the look after a refusal tells that case (its
+     * message then is libpq's, "no connection to the server", as for
+     * PQexec; the cause went with the call that found the close). */
     if (!send_query(conn, q)) {
         if (PQstatus(conn) != CONNECTION_OK)
             return lost(conn, out, NULL, end, PGG_END_NOT_SENT, host, err);
