@@ -555,14 +555,14 @@ bool pgg__pool_attempt(pgg_pool *pool, pgg_host *h, pgg_intent intent,
     pgg_link *l;
 
     a->res = NULL;
-    a->ended = 0;
-    a->reused = false;
-    a->lost = false;
     switch (take_at(pool, h, intent, deadline, &now, &l, &ticket, rejected,
                     err)) {
     case PGG_TAKE_SKIPPED:
-        return false;
+        return false; /* *a is not read */
     case PGG_TAKE_FAILED:
+        a->ended = 0;
+        a->reused = false;
+        a->lost = false;
         a->end = PGG_END_CONNECT_FAILED;
         a->v = pgg__classify_connect(&pool->cfg->classifier, err->sqlstate);
         return true;
