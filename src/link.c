@@ -501,6 +501,7 @@ int pgg__link_exec_wd(pgg_watchdog *wd, PGconn *conn, const pgg_query *q,
 int pgg__link_wait(PGconn *conn, int64_t deadline_ns, const char *host,
                    PGresult **out, pgg_attempt_end *end, pgg_error *err)
 {
+    *out = NULL;
     return wait_wd(NULL, conn, deadline_ns, 0, false, host, out, end, err);
 }
 
@@ -508,6 +509,7 @@ int pgg__link_wait_wd(pgg_watchdog *wd, PGconn *conn, int64_t deadline_ns,
                       const char *host, PGresult **out, pgg_attempt_end *end,
                       pgg_error *err)
 {
+    *out = NULL;
     return wait_wd(wd, conn, deadline_ns, 0, false, host, out, end, err);
 }
 
@@ -653,7 +655,7 @@ static inline int collect(pgg_wd_slot *slot, const pgg_cancel *cancel,
     pgg_link_io io = {.keep = NULL, .flushed = false, .sent = sent};
     int rc = PGG_OK, waits = 0, ev = 0, want;
 
-    *out = NULL;
+    /* *out is NULL already (the send's, or the callers' below). */
     while ((want = io_step(conn, &io, ev, host, out, end, err, &rc)) != 0) {
         ev = wait_next(slot, cancel, PQsocket(conn), (short)want, deadline_ns,
                        &now, &waits);
