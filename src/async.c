@@ -116,12 +116,13 @@ struct pgg_async_call {
     pgg_async_call *pnext; /* PIPED: the next statement in flight */
     int64_t sent;          /* PIPED: when it was queued */
     /* From here on, set by the start (q, opts when has_opts) or by
-     * pgg__call_begin (info, err, c): not zeroed per call (2 kB). */
+     * pgg__call_begin (info, err, c, cm): not zeroed per call (2 kB). */
     pgg_query q;
     pgg_call opts;
     pgg_info info;
     pgg_error err;
     pgg__call c;
+    pgg__call_mem cm;
     /* The copied SQL and parameters follow. */
 };
 
@@ -646,7 +647,7 @@ static void io(pgg_async_call *k, int revents)
         /* The write committed whatever this says: its answer is the
          * outcome, with the position when the query told it. */
         if (end == PGG_END_RESULT)
-            k->c.vr.lsn = pgg__vis_lsn_of(res);
+            k->cm.vr.lsn = pgg__vis_lsn_of(res);
         PQclear(res);
         res = k->written;
         k->written = NULL;
@@ -655,7 +656,7 @@ static void io(pgg_async_call *k, int revents)
         return;
     }
     if (k->state == ST_QUERY && end == PGG_END_RESULT && k->c.q->vis &&
-        k->c.vr.want_lsn && pgg__vis_write_learns(k->l->conn, res)) {
+        k->cm.vr.want_lsn && pgg__vis_write_learns(k->l->conn, res)) {
         k->written = res;
         k->state = ST_LSN;
         res = NULL;
@@ -751,7 +752,7 @@ static bool pipeable(const pgg_async_call *k, const pgg_link *l)
     if (atomic_load_explicit(&k->c.pool->types_on, memory_order_relaxed))
         return false;
 #endif
-    return !k->c.vr.want_lsn && pgg__pipe_query_ok(k->h, q);
+    return !k->cm.vr.want_lsn && pgg__pipe_query_ok(k->h, q);
 }
 
 static void pipe_end(apipe *p, pgg_async_call *late);
@@ -1136,10 +1137,10 @@ static void exec_start(pgg_async_call *k)
      * (the loop does not check it in the same round trip): a blocking call
      * would not use its answer either.  A write that wants its position
      * asks for it after it committed (ST_LSN). */
-    if (!pgg__vis_plain(k->c.pool, k->h, q) && !k->c.vr.want_lsn) {
+    if (!pgg__vis_plain(k->c.pool, k->h, q) && !k->cm.vr.want_lsn) {
         int64_t now = pgg__now_ns();
 
-        k->c.vr.unmet_seen = true;
+        k->cm.vr.unmet_seen = true;
         sock_close(k); /* a spare's, taken with the connection */
         pgg__host_give_back(k->h, k->l, now);
         k->l = NULL;
@@ -1496,7 +1497,7 @@ static void admit(pgg_async_call *k)
     }
     if (!allowed) {
         atomic_fetch_add(&h->rejections, 1);
-        k->c.rejected = true;
+        k->cm.rejected = true;
         pgg__call_skipped(&k->c);
         return;
     }
@@ -1755,7 +1756,7 @@ static void expire(pgg_async_call *k)
          * wait the cancel ended. */
         k->state = ST_IDLE;
         atomic_fetch_add(&k->h->rejections, 1);
-        k->c.rejected = true;
+        k->cm.rejected = true;
         pgg__call_skipped(&k->c);
         break;
     case ST_PARKED:
@@ -1925,7 +1926,7 @@ static int start(pgg_async *ac, pgg_intent intent, const pgg_query *q,
         k->has_opts = true;
     }
     k->c.on_loop = true;
-    if (!pgg__call_begin(&k->c, ac->pool, intent, &k->q,
+    if (!pgg__call_begin(&k->c, &k->cm, ac->pool, intent, &k->q,
                          k->has_opts ? &k->opts : NULL, &k->info, &k->err,
                          call ? call->cancel : NULL)) {
         *err = k->err;

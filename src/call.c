@@ -54,7 +54,7 @@ void pgg__call_cancelled(pgg_error *err)
                    "call cancelled by the caller");
 }
 
-static bool may_retry(const pgg__call *c, const pgg__attempt *a)
+STEP bool may_retry(const pgg__call *c, const pgg__attempt *a)
 {
     if (c->opts && (c->opts->flags & PGG_CALL_NO_RETRY))
         return false;
@@ -136,8 +136,8 @@ static PGresult *cache_step(pgg_pool *pool, const pgg_query *q,
  * the next host gets at least as long.  A write is never cut short: its
  * outcome would become unknowable.
  */
-static int64_t attempt_deadline(const pgg__call *c, const pgg_host *h,
-                                bool more_hosts)
+STEP int64_t attempt_deadline(const pgg__call *c, const pgg_host *h,
+                              bool more_hosts)
 {
     const pgg_pool *pool = c->pool;
     int64_t cut, deadline = c->deadline, now = c->now;
@@ -188,12 +188,14 @@ static void suspects_last(pgg_pool *pool, int *cand, int n, int64_t now)
 
 /* ------------------------------------------------------------- steps */
 
-STEP bool call_begin(pgg__call *c, pgg_pool *pool, pgg_intent intent,
-                     const pgg_query *q, const pgg_call *opts, pgg_info *info,
-                     pgg_error *err, pgg_cancel *cancel)
+STEP bool call_begin(pgg__call *c, pgg__call_mem *m, pgg_pool *pool,
+                     pgg_intent intent, const pgg_query *q,
+                     const pgg_call *opts, pgg_info *info, pgg_error *err,
+                     pgg_cancel *cancel)
 {
     if (!err)
-        err = &c->local_err;
+        err = &m->local_err;
+    c->m = m;
     c->err = err;
     c->info = info;
     pgg__error_reset(err);
@@ -218,7 +220,8 @@ STEP bool call_begin(pgg__call *c, pgg_pool *pool, pgg_intent intent,
     c->intent = intent;
     c->opts = opts;
     c->cancel = cancel;
-    c->rejected = c->served = c->final = false;
+    m->rejected = false;
+    c->served = c->final = false;
     c->attempts = 0;
     c->res = c->spare = NULL;
     c->spare_host = NULL;
@@ -227,24 +230,27 @@ STEP bool call_begin(pgg__call *c, pgg_pool *pool, pgg_intent intent,
                !(opts && opts->min_lsn));
     if (!c->vis) {
         /* What pgg__vis_begin gives such a read: no position to meet,
-         * none to learn; the module stays off its path (finish too). */
-        memset(&c->vr, 0, sizeof c->vr);
-    } else if (pgg__vis_begin(pool->vis, intent, opts, &c->vr)) {
-        c->qv = *q;
-        c->qv.vis = &c->vr;
-        c->q = &c->qv;
+         * none to learn; the module stays off its path (finish too, which
+         * then reads no_vis).  The loop driver reads m->vr itself
+         * (async.c): it gets it zeroed. */
+        if (c->on_loop)
+            memset(&m->vr, 0, sizeof m->vr);
+    } else if (pgg__vis_begin(pool->vis, intent, opts, &m->vr)) {
+        m->qv = *q;
+        m->qv.vis = &m->vr;
+        c->q = &m->qv;
         /* The loop cannot wait for a replica: the candidates are the
          * second pass's at once (replicas known to have the position,
          * then the primary). */
         if (c->on_loop)
-            c->vr.waited = true;
+            m->vr.waited = true;
     }
     c->start = c->now = pgg__now_ns();
     c->deadline = c->start + pgg__pool_timeout_ns(pool, opts ? opts->timeout_ms : 0);
     return true;
 }
 
-void pgg__call_refused(pgg__call *c)
+STEP void call_refused(pgg__call *c)
 {
     if (pgg__cancel_fired(c->cancel))
         pgg__call_cancelled(c->err);
@@ -255,19 +261,20 @@ void pgg__call_refused(pgg__call *c)
 STEP void call_route(pgg__call *c)
 {
     pgg_pool *pool = c->pool;
+    pgg__call_mem *m = c->m;
 
-    c->ncand = pgg__pool_candidates(pool, c->intent, c->cand);
+    c->ncand = pgg__pool_candidates(pool, c->intent, m->cand);
     if (c->intent == PGG_READ && c->ncand > 1) /* else nothing to reorder */
-        suspects_last(pool, c->cand, c->ncand, c->now);
-    if (c->q->vis && c->vr.sample) {
+        suspects_last(pool, m->cand, c->ncand, c->now);
+    if (c->q->vis && m->vr.sample) {
         if (c->on_loop)
-            pgg__vis_sample_known(pool, &c->vr);
+            pgg__vis_sample_known(pool, &m->vr);
         else
-            c->now = pgg__vis_sample(pool, &c->vr, c->deadline,
+            c->now = pgg__vis_sample(pool, &m->vr, c->deadline,
                                      pgg__sample_primary, c->err);
     }
-    if (c->q->vis && c->vr.need)
-        c->ncand = pgg__vis_order(pool, &c->vr, !c->on_loop, c->cand,
+    if (c->q->vis && m->vr.need)
+        c->ncand = pgg__vis_order(pool, &m->vr, !c->on_loop, m->cand,
                                   c->ncand);
     c->i = 0;
     c->again = -1;
@@ -292,7 +299,7 @@ STEP pgg_host *call_next(pgg__call *c, int64_t *attempt_dl)
         c->final = true;
         return NULL;
     }
-    h = &c->pool->hosts[c->cand[c->i]];
+    h = &c->pool->hosts[c->m->cand[c->i]];
     *attempt_dl = attempt_deadline(c, h, c->i + 1 < c->ncand);
     return h;
 }
@@ -348,7 +355,7 @@ STEP void call_attempted(pgg__call *c, pgg_host *h, pgg__attempt *a)
     if (a->res && a->v.cls == PGG_CLASS_IGNORED) {
         PQclear(c->spare);
         c->spare = a->res;
-        c->spare_err = *err;
+        c->m->spare_err = *err;
         c->spare_host = h;
     } else {
         PQclear(a->res);
@@ -368,10 +375,10 @@ STEP void call_attempted(pgg__call *c, pgg_host *h, pgg__attempt *a)
          * again on what the pool knows, or, knowing no primary, on what the
          * health thread (woken by the 25006) finds within the deadline (on
          * a loop, on what it knows now). */
-        c->ncand = pgg__pool_candidates(pool, c->intent, c->cand);
+        c->ncand = pgg__pool_candidates(pool, c->intent, c->m->cand);
         if (c->ncand == 0 && !c->on_loop &&
             pgg__health_await_round(pool->health, c->deadline))
-            c->ncand = pgg__pool_candidates(pool, c->intent, c->cand);
+            c->ncand = pgg__pool_candidates(pool, c->intent, c->m->cand);
         c->i = 0;
         c->again = -1;
         c->now = pgg__now_ns();
@@ -385,10 +392,10 @@ STEP bool call_again(pgg__call *c)
     int n;
 
     /* A read that needs a position: wait for a standby, then the primary. */
-    if (c->served || c->final || c->spare || !c->q->vis || !c->vr.need)
+    if (c->served || c->final || c->spare || !c->q->vis || !c->m->vr.need)
         return false;
-    n = pgg__vis_retry(c->pool, &c->vr, c->deadline, c->intent, !c->on_loop,
-                       c->cand, c->err);
+    n = pgg__vis_retry(c->pool, &c->m->vr, c->deadline, c->intent,
+                       !c->on_loop, c->m->cand, c->err);
     if (n <= 0)
         return false;
     c->ncand = n;
@@ -402,6 +409,9 @@ STEP bool call_again(pgg__call *c)
 STEP PGresult *call_finish(pgg__call *c)
 {
     pgg_pool *pool = c->pool;
+    /* The request of a call without the visibility module: all zero. */
+    static const pgg_vis_req no_vis;
+    const pgg_vis_req *vr = c->vis ? &c->m->vr : &no_vis;
     pgg_info *info = c->info;
     pgg_error *err = c->err;
     const pgg_call *call = c->opts;
@@ -412,7 +422,7 @@ STEP PGresult *call_finish(pgg__call *c)
         /* No other host answered: the server's answer is the outcome. */
         served = true;
         res = c->spare;
-        *err = c->spare_err;
+        *err = c->m->spare_err;
         info_served(info, c->spare_host);
         if (info)
             info->sent = 1;
@@ -425,22 +435,22 @@ STEP PGresult *call_finish(pgg__call *c)
         pgg__call_cancelled(err); /* a read-your-writes wait the fire ended */
     else if (!served && c->attempts == 0 &&
              (err->code == PGG_OK ||
-              (c->rejected && err->code != PGG_ETIMEDOUT &&
+              (c->m->rejected && err->code != PGG_ETIMEDOUT &&
                err->code != PGG_ECLOSED)))
-        pgg__pool_no_host_error(pool, c->intent, c->rejected ? c->ncand : 0,
-                                err);
+        pgg__pool_no_host_error(pool, c->intent,
+                                c->m->rejected ? c->ncand : 0, err);
 
     if (served) {
         if (c->vis)
-            pgg__vis_served(pool->vis, &c->vr, c->intent);
+            pgg__vis_served(pool->vis, &c->m->vr, c->intent);
         if (info)
-            info->lsn = c->vr.lsn;
+            info->lsn = vr->lsn;
     }
     if (info)
-        info->lsn_wait_us = c->vr.wait_ns / 1000;
+        info->lsn_wait_us = vr->wait_ns / 1000;
     if (pool->cache && call && (call->flags & PGG_CALL_CACHEABLE) &&
         c->intent != PGG_WRITE)
-        res = cache_step(pool, c->q, call, &c->vr, served, res, info, err);
+        res = cache_step(pool, c->q, call, vr, served, res, info, err);
 
     pgg__bulkhead_leave(&pool->bulkhead);
     if (!res)
@@ -456,11 +466,17 @@ STEP PGresult *call_finish(pgg__call *c)
 
 /* The steps for the loop driver (async.c). */
 
-bool pgg__call_begin(pgg__call *c, pgg_pool *pool, pgg_intent intent,
-                     const pgg_query *q, const pgg_call *opts, pgg_info *info,
-                     pgg_error *err, pgg_cancel *cancel)
+bool pgg__call_begin(pgg__call *c, pgg__call_mem *m, pgg_pool *pool,
+                     pgg_intent intent, const pgg_query *q,
+                     const pgg_call *opts, pgg_info *info, pgg_error *err,
+                     pgg_cancel *cancel)
 {
-    return call_begin(c, pool, intent, q, opts, info, err, cancel);
+    return call_begin(c, m, pool, intent, q, opts, info, err, cancel);
+}
+
+void pgg__call_refused(pgg__call *c)
+{
+    call_refused(c);
 }
 
 void pgg__call_route(pgg__call *c)
@@ -500,14 +516,14 @@ PGresult *pgg__call_finish(pgg__call *c)
  * host was skipped without an attempt (breaker refused, wrong role, pool
  * exhausted).
  */
-static bool attempt_on(pgg__call *c, pgg_host *h, int64_t deadline,
-                       pgg__attempt *a)
+STEP bool attempt_on(pgg__call *c, pgg_host *h, int64_t deadline,
+                     pgg__attempt *a)
 {
     pgg_pool *pool = c->pool;
 
     if (pool->pipes) {
         switch (pgg__pipe_attempt(pool, h, c->intent, c->q, deadline, c->now,
-                                  a, &c->rejected, c->err)) {
+                                  a, &c->m->rejected, c->err)) {
         case PGG_PIPE_BYPASS:
             break;
         case PGG_PIPE_SKIPPED:
@@ -517,26 +533,45 @@ static bool attempt_on(pgg__call *c, pgg_host *h, int64_t deadline,
         }
     }
     return pgg__pool_attempt(pool, h, c->intent, c->q, deadline, c->now,
-                             &c->rejected, c->err, a);
+                             &c->m->rejected, c->err, a);
 }
 
 PGresult *pgg__call_run(pgg_pool *pool, pgg_intent intent, const pgg_query *q,
                         const pgg_call *opts, pgg_info *info, pgg_error *err,
                         pgg_cancel *cancel)
 {
+    /* c's address goes nowhere (every step is inlined here): its fields
+     * stay in registers; what other modules are handed lives in m. */
     pgg__call c;
+    pgg__call_mem m;
     pgg__attempt a;
     pgg_host *h;
-    int64_t dl;
+    int64_t dl, entered;
 
     c.on_loop = false;
-    if (!call_begin(&c, pool, intent, q, opts, info, err, cancel))
+    if (!call_begin(&c, &m, pool, intent, q, opts, info, err, cancel))
         return NULL;
-    if (pgg__pool_enter(pool, &c.now, c.deadline, c.err) != PGG_OK) {
-        pgg__call_refused(&c);
+    /* Through a local: c's address must go nowhere. */
+    entered = c.now;
+    if (pgg__pool_enter(pool, &entered, c.deadline, c.err) != PGG_OK) {
+        call_refused(&c);
         return NULL;
     }
+    c.now = entered;
     call_route(&c);
+    /* The first candidate apart: when it serves, the call is over with
+     * what the compiler knows of the state here (one attempt, no spare,
+     * nothing rerouted), and the loop below is not entered.  The same
+     * steps in the same order as the loop's first turn. */
+    if ((h = call_next(&c, &dl)) != NULL) {
+        if (attempt_on(&c, h, dl, &a)) {
+            call_attempted(&c, h, &a);
+            if (c.served)
+                return call_finish(&c);
+        } else {
+            call_skipped(&c);
+        }
+    }
     do {
         while ((h = call_next(&c, &dl)) != NULL) {
             if (attempt_on(&c, h, dl, &a))

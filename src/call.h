@@ -33,47 +33,61 @@
 /* One attempt on one host, as the path judges it (pool.h). */
 typedef pgg_attempt pgg__attempt;
 
-typedef struct pgg__call {
-    pgg_pool *pool;
-    pgg_intent intent;
-    const pgg_query *q;  /* the caller's, or qv with the visibility needs */
-    const pgg_call *opts; /* the caller's per-call options, may be NULL */
-    pgg_info *info;       /* may be NULL */
-    pgg_error *err;       /* never NULL once begun */
-    pgg_cancel *cancel;   /* NULL: none */
-    /* On an event loop: the path never waits inside a step (no health
-     * round awaited on a reroute, no read-your-writes wait). */
-    bool on_loop;
-    bool rejected;  /* some breaker refused us */
-    bool served;    /* an answer (success or the caller's error) is the outcome */
-    bool final;     /* no further attempt: the outcome is err */
-    bool vis;       /* the visibility module is on the path (begin, served) */
-    int64_t start, deadline;
-    int64_t now;    /* the latest clock reading of the path */
-    int ncand, i;   /* the candidates, and the one to try next */
-    int again;      /* the candidate already given a second connection */
-    int reroutes;
-    int attempts;
-    PGresult *res;
-    /* A server's answer that another host may improve on (a recovery
-     * conflict): kept, with its record, in case none does. */
-    PGresult *spare;
-    const pgg_host *spare_host;
+/*
+ * The parts of a call whose address goes to other modules (the candidates,
+ * the visibility request and the query that carries it, the error records,
+ * the breakers' refusal flag).  Kept apart from pgg__call so that the
+ * blocking driver's pgg__call never has its address taken: the compiler
+ * then keeps its fields in registers (tests/bench/callgrind), and memory
+ * is touched only where a step hands one of these to another module.
+ */
+typedef struct pgg__call_mem {
+    bool rejected; /* some breaker refused us */
     pgg_vis_req vr;
     pgg_query qv;
     int cand[PGG_MAX_HOSTS];
     pgg_error spare_err;
     pgg_error local_err; /* err when the caller passed none */
+} pgg__call_mem;
+
+typedef struct pgg__call {
+    pgg_pool *pool;
+    pgg_intent intent;
+    const pgg_query *q;  /* the caller's, or m->qv with the visibility needs */
+    const pgg_call *opts; /* the caller's per-call options, may be NULL */
+    pgg_info *info;       /* may be NULL */
+    pgg_error *err;       /* never NULL once begun */
+    pgg_cancel *cancel;   /* NULL: none */
+    pgg__call_mem *m;     /* the driver's, given to begin */
+    /* On an event loop: the path never waits inside a step (no health
+     * round awaited on a reroute, no read-your-writes wait). */
+    bool on_loop;
+    bool served;    /* an answer (success or the caller's error) is the outcome */
+    bool final;     /* no further attempt: the outcome is err */
+    bool vis;       /* the visibility module is on the path (begin, served) */
+    int64_t start, deadline;
+    int64_t now;    /* the latest clock reading of the path */
+    int ncand, i;   /* the candidates (m->cand), and the one to try next */
+    int again;      /* the candidate already given a second connection */
+    int reroutes;
+    int attempts;
+    PGresult *res;
+    /* A server's answer that another host may improve on (a recovery
+     * conflict): kept, with its record (m->spare_err), in case none does. */
+    PGresult *spare;
+    const pgg_host *spare_host;
 } pgg__call;
 
 /*
  * Check the arguments, the pool and the cancel handle; set the deadline.
+ * m: the call's memory part, the driver's, as long-lived as c.
  * Returns false when the call is already over (err says why; the bulkhead
  * was not entered): the driver returns NULL.
  */
-bool pgg__call_begin(pgg__call *c, pgg_pool *pool, pgg_intent intent,
-                     const pgg_query *q, const pgg_call *opts, pgg_info *info,
-                     pgg_error *err, pgg_cancel *cancel);
+bool pgg__call_begin(pgg__call *c, pgg__call_mem *m, pgg_pool *pool,
+                     pgg_intent intent, const pgg_query *q,
+                     const pgg_call *opts, pgg_info *info, pgg_error *err,
+                     pgg_cancel *cancel);
 
 /* The bulkhead refused the call (pgg__pool_enter filled err): the call is
  * over. */

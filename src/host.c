@@ -94,7 +94,7 @@ void pgg__host_destroy(pgg_host *h)
 
 static bool expired(const pgg_host *h, const pgg_link *l, int64_t now)
 {
-    if (h->max_lifetime_ns > 0 && now - l->created_ns >= h->max_lifetime_ns)
+    if (pgg__link_too_old(l, now))
         return true;
     return h->idle_timeout_ns > 0 && now - l->last_used_ns >= h->idle_timeout_ns;
 }
@@ -278,7 +278,7 @@ static int connect_new(pgg_host *h, int64_t deadline_ns, pgg_link **out,
     }
     now = pgg__now_ns();
     l->conn = conn;
-    l->created_ns = now;
+    l->expires_ns = pgg__link_expiry(h, now);
     l->last_used_ns = now;
     l->types_gen = 0;
     l->fresh = true;
@@ -790,7 +790,7 @@ int pgg__host_connected(pgg_host *h, PGconn *conn, pgg_link **out,
     *out = NULL;
     if (l) {
         l->conn = conn;
-        l->created_ns = now;
+        l->expires_ns = pgg__link_expiry(h, now);
         l->last_used_ns = now;
         l->fresh = true;
     }
@@ -896,7 +896,7 @@ bool pgg__host_adopt(pgg_host *h, PGconn *conn, int64_t now_ns, int max_idle)
     if (!l)
         return false;
     l->conn = conn;
-    l->created_ns = now_ns;
+    l->expires_ns = pgg__link_expiry(h, now_ns);
     l->last_used_ns = now_ns;
     pthread_mutex_lock(&h->mu);
     if (h->closed || h->n_idle >= max_idle ||

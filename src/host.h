@@ -34,7 +34,10 @@ struct pgg_on_connect;
 /* A pooled connection. */
 typedef struct pgg_link {
     PGconn *conn;
-    int64_t created_ns;
+    /* When it is past max_lifetime: its start plus max_lifetime, or
+     * PGG_TIME_NEVER (no limit); one comparison on every borrow and
+     * give-back (pgg__link_expiry). */
+    int64_t expires_ns;
     int64_t last_used_ns;
     unsigned types_gen; /* libpqtypes registrations applied; 0: none */
     /* Just connected for this borrow: what the server reported at startup
@@ -249,11 +252,17 @@ static inline bool pgg__host_park(pgg_host *h, pgg_link *l)
                                                     memory_order_relaxed);
 }
 
-/* Past max_lifetime (0: no limit). */
-static inline bool pgg__link_too_old(const pgg_host *h, const pgg_link *l,
-                                     int64_t now)
+/* pgg_link.expires_ns of a connection made at now. */
+static inline int64_t pgg__link_expiry(const pgg_host *h, int64_t now)
 {
-    return h->max_lifetime_ns > 0 && now - l->created_ns >= h->max_lifetime_ns;
+    return h->max_lifetime_ns > 0 ? pgg__time_add(now, h->max_lifetime_ns)
+                                  : PGG_TIME_NEVER;
+}
+
+/* Past max_lifetime. */
+static inline bool pgg__link_too_old(const pgg_link *l, int64_t now)
+{
+    return now >= l->expires_ns;
 }
 
 /* pgg__host_borrow past its fast path; mine: this thread's parked
@@ -283,11 +292,22 @@ static inline int pgg__host_borrow(pgg_host *h, int64_t deadline_ns,
         (l = pgg__host_unpark_mine(h)) != NULL &&
         /* Used moments ago: no check is due (quick_ns, the shortest of
          * them), unless it is past its lifetime. */
-        now - l->last_used_ns < h->quick_ns && !pgg__link_too_old(h, l, now)) {
+        now - l->last_used_ns < h->quick_ns && !pgg__link_too_old(l, now)) {
         *out = l;
         return PGG_OK;
     }
-    return pgg__host_borrow_slow(h, deadline_ns, now_ns, l, out, why, err);
+    {
+        /* The slow path writes its own copies: the caller's reading and
+         * connection, whose addresses go no further, can stay in
+         * registers on the fast path. */
+        int64_t n = now;
+        pgg_link *got = NULL;
+        int rc = pgg__host_borrow_slow(h, deadline_ns, &n, l, &got, why, err);
+
+        *now_ns = n;
+        *out = got;
+        return rc;
+    }
 }
 
 /*
@@ -327,7 +347,7 @@ void pgg__host_give_back_unparked(pgg_host *h, pgg_link *l);
 static inline void pgg__host_give_back_judged(pgg_host *h, pgg_link *l,
                                               int64_t now, bool reusable)
 {
-    if (!reusable || pgg__link_too_old(h, l, now)) {
+    if (!reusable || pgg__link_too_old(l, now)) {
         pgg__host_discard(h, l);
         return;
     }

@@ -52,14 +52,19 @@ uint64_t pgg__link_backstops(void)
 static int backstop_ms(int64_t deadline_ns, int64_t now)
 {
     int64_t left;
+    uint64_t ms;
 
     if (deadline_ns == PGG_TIME_NEVER)
         return -1;
-    left = (deadline_ns - (now ? now : pgg__now_ns())) / PGG_NS_PER_MS +
-           WAIT_BACKSTOP_MS;
-    if (left < 0)
-        return 0;
-    return left > INT32_MAX ? -1 : (int)left;
+    left = deadline_ns - (now ? now : pgg__now_ns());
+    if (left < 0) {
+        /* Already past (a wait at its deadline): rare, signed. */
+        left = left / PGG_NS_PER_MS + WAIT_BACKSTOP_MS;
+        return left < 0 ? 0 : (int)left;
+    }
+    /* Unsigned: the division by a constant needs no sign fix-up. */
+    ms = (uint64_t)left / PGG_NS_PER_MS + WAIT_BACKSTOP_MS;
+    return ms > INT32_MAX ? -1 : (int)ms;
 }
 
 /* The wait under a watchdog slot: see above.  now is a clock reading
@@ -347,9 +352,8 @@ int pgg__link_connect(const char *const *keys, const char *const *vals,
 
 /* ---------------------------------------------------------------- exec */
 
-static bool is_error(const PGresult *r)
+static bool status_is_error(ExecStatusType s)
 {
-    ExecStatusType s = PQresultStatus(r);
     return s == PGRES_FATAL_ERROR || s == PGRES_BAD_RESPONSE ||
            s == PGRES_NONFATAL_ERROR;
 }
@@ -363,9 +367,8 @@ bool pgg__link_statement_gone(const PGresult *res)
            strcmp(st, "26000") == 0;
 }
 
-static bool is_copy(const PGresult *r)
+static bool status_is_copy(ExecStatusType s)
 {
-    ExecStatusType s = PQresultStatus(r);
     return s == PGRES_COPY_IN || s == PGRES_COPY_OUT || s == PGRES_COPY_BOTH;
 }
 
@@ -383,7 +386,7 @@ int pgg__link_refuse_copy(const PGresult *res, const char *host,
 
 bool pgg__link_is_copy(const PGresult *res)
 {
-    return res && is_copy(res);
+    return res && status_is_copy(PQresultStatus(res));
 }
 
 static int send_query(PGconn *conn, const pgg_query *q)
@@ -427,8 +430,10 @@ static inline int link_send(PGconn *conn, const pgg_query *q,
                             pgg_attempt_end *end, pgg_error *err)
 {
     *out = NULL;
-    if (PQstatus(conn) != CONNECTION_OK)
-        return lost(conn, out, NULL, end, PGG_END_NOT_SENT, host, err);
+    /* No status look first: libpq sends nothing on a connection it knows
+     * is closed, and the look after a refusal tells that case (its
+     * message then is libpq's, "no connection to the server", as for
+     * PQexec; the cause went with the call that found the close). */
     if (!send_query(conn, q)) {
         if (PQstatus(conn) != CONNECTION_OK)
             return lost(conn, out, NULL, end, PGG_END_NOT_SENT, host, err);
@@ -496,6 +501,7 @@ int pgg__link_exec_wd(pgg_watchdog *wd, PGconn *conn, const pgg_query *q,
 int pgg__link_wait(PGconn *conn, int64_t deadline_ns, const char *host,
                    PGresult **out, pgg_attempt_end *end, pgg_error *err)
 {
+    *out = NULL;
     return wait_wd(NULL, conn, deadline_ns, 0, false, host, out, end, err);
 }
 
@@ -503,6 +509,7 @@ int pgg__link_wait_wd(pgg_watchdog *wd, PGconn *conn, int64_t deadline_ns,
                       const char *host, PGresult **out, pgg_attempt_end *end,
                       pgg_error *err)
 {
+    *out = NULL;
     return wait_wd(wd, conn, deadline_ns, 0, false, host, out, end, err);
 }
 
@@ -572,18 +579,20 @@ static inline int io_step(PGconn *conn, pgg_link_io *io, int revents,
 
         if (!res)
             goto done;
-        if (io->keep && is_error(io->keep)) {
+        if (io->keep && status_is_error(io->keep_status)) {
             PQclear(res); /* PQexec keeps the first error */
         } else {
             if (io->keep) /* the first result, usually: no call for nothing */
                 PQclear(io->keep);
             io->keep = res;
+            /* Asked once per result kept, for the tests here and below. */
+            io->keep_status = PQresultStatus(res);
         }
         /* COPY needs the caller's data, and nobody can give it through a
          * one-shot call: refuse it plainly.  The connection is mid-COPY;
          * the caller closes it (PGG_END_REFUSED), and the server aborts
          * the COPY when it goes. */
-        if (is_copy(io->keep)) {
+        if (status_is_copy(io->keep_status)) {
             *end = PGG_END_REFUSED;
             *rc = pgg__link_refuse_copy(io->keep, host, err);
             PQclear(io->keep);
@@ -608,7 +617,7 @@ static inline int io_step(PGconn *conn, pgg_link_io *io, int revents,
 done:
     *end = PGG_END_RESULT;
     *out = io->keep;
-    if (io->keep && is_error(io->keep))
+    if (io->keep && status_is_error(io->keep_status))
         pgg__link_error(err, PGG_ESERVER, conn, io->keep, host, NULL);
     io->keep = NULL;
     *rc = PGG_OK;
@@ -646,7 +655,7 @@ static inline int collect(pgg_wd_slot *slot, const pgg_cancel *cancel,
     pgg_link_io io = {.keep = NULL, .flushed = false, .sent = sent};
     int rc = PGG_OK, waits = 0, ev = 0, want;
 
-    *out = NULL;
+    /* *out is NULL already (the send's, or the callers' below). */
     while ((want = io_step(conn, &io, ev, host, out, end, err, &rc)) != 0) {
         ev = wait_next(slot, cancel, PQsocket(conn), (short)want, deadline_ns,
                        &now, &waits);

@@ -74,6 +74,7 @@ int pgg__link_send(PGconn *conn, const pgg_query *q, const char *host,
 /* A query in flight after pgg__link_send, advanced without blocking. */
 typedef struct pgg_link_io {
     PGresult *keep; /* the result kept so far (the last, or the first error) */
+    ExecStatusType keep_status; /* PQresultStatus(keep), while keep */
     bool flushed;   /* the whole query has left */
     /* pgg__link_send sent it just now and nothing read since: until it has
      * all left, no answer can be in libpq's buffer, so the step that

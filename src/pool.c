@@ -78,15 +78,17 @@ pgg_take pgg__pool_take_failed(pgg_pool *pool, pgg_host *h, pgg_ticket ticket,
     return PGG_TAKE_FAILED;
 }
 
+/* ticket by address: copied only on the way out (a refusal). */
 static inline pgg_take taken(pgg_pool *pool, pgg_host *h, pgg_intent intent,
-                             pgg_link **l, pgg_ticket ticket, int64_t start)
+                             pgg_link **l, const pgg_ticket *ticket,
+                             int64_t start)
 {
     if (!role_fits(pool, h, *l, intent)) {
         int64_t now = pgg__now_ns();
 
         pgg__host_give_back(h, *l, now);
         *l = NULL;
-        pgg__pool_record(pool, h, ticket, PGG_CLASS_IGNORED, start, now);
+        pgg__pool_record(pool, h, *ticket, PGG_CLASS_IGNORED, start, now);
         return PGG_TAKE_SKIPPED;
     }
     return PGG_TAKE_OK;
@@ -95,7 +97,7 @@ static inline pgg_take taken(pgg_pool *pool, pgg_host *h, pgg_intent intent,
 pgg_take pgg__pool_taken(pgg_pool *pool, pgg_host *h, pgg_intent intent,
                          pgg_link **l, pgg_ticket ticket, int64_t start)
 {
-    return taken(pool, h, intent, l, ticket, start);
+    return taken(pool, h, intent, l, &ticket, start);
 }
 
 /* pgg__host_await_back's wake: host.c knows nothing of the health thread,
@@ -134,15 +136,25 @@ static inline pgg_take take_at(pgg_pool *pool, pgg_host *h, pgg_intent intent,
     }
     if (pgg__host_borrow(h, deadline, now, l, &why, err) != PGG_OK)
         return pgg__pool_take_failed(pool, h, *ticket, start, why, err);
-    if (taken(pool, h, intent, l, *ticket, start) != PGG_TAKE_OK)
+    if (taken(pool, h, intent, l, ticket, start) != PGG_TAKE_OK)
         return PGG_TAKE_SKIPPED;
 #if PGG_HAVE_LIBPQTYPES
     if (atomic_load_explicit(&pool->types_on, memory_order_relaxed)) {
-        if (pgg__types_prepare(pool->types, *l, deadline, h->name, err) != PGG_OK)
-            return pgg__pool_types_failed(pool, h, l, *ticket, start, err);
-        *now = pgg__now_ns();
-        return pgg__pool_types_ready(pool, h, l, *ticket, start, deadline,
-                                     *now, err);
+        /* A copy: l's address goes no further (the attempt keeps its
+         * connection in a register). */
+        pgg_link *tl = *l;
+        pgg_take t;
+
+        if (pgg__types_prepare(pool->types, tl, deadline, h->name, err) !=
+            PGG_OK) {
+            t = pgg__pool_types_failed(pool, h, &tl, *ticket, start, err);
+        } else {
+            *now = pgg__now_ns();
+            t = pgg__pool_types_ready(pool, h, &tl, *ticket, start, deadline,
+                                      *now, err);
+        }
+        *l = tl;
+        return t;
     }
 #endif
     return PGG_TAKE_OK;
@@ -543,14 +555,14 @@ bool pgg__pool_attempt(pgg_pool *pool, pgg_host *h, pgg_intent intent,
     pgg_link *l;
 
     a->res = NULL;
-    a->ended = 0;
-    a->reused = false;
-    a->lost = false;
     switch (take_at(pool, h, intent, deadline, &now, &l, &ticket, rejected,
                     err)) {
     case PGG_TAKE_SKIPPED:
-        return false;
+        return false; /* *a is not read */
     case PGG_TAKE_FAILED:
+        a->ended = 0;
+        a->reused = false;
+        a->lost = false;
         a->end = PGG_END_CONNECT_FAILED;
         a->v = pgg__classify_connect(&pool->cfg->classifier, err->sqlstate);
         return true;
