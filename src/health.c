@@ -51,6 +51,11 @@ typedef struct probe {
     bool prev_refused; /* the probe before it was refused by nobody
                           listening or as starting up (57P03) */
     bool replaced; /* that session died and a new one was started */
+    /* A call got no answer from the host (verify_take): this probe decides
+     * whether the host answers anything (verifying), or the next one
+     * started will (silent_since: since when, kept across starts). */
+    bool verifying;
+    int64_t silent_since;
     int64_t started, deadline;
     int64_t next;    /* IDLE: when the next probe starts */
     int64_t backoff; /* incident interval now; 0 when calm */
@@ -393,6 +398,67 @@ static void expedite(pgg_health *hl, int64_t now, bool restart)
     }
 }
 
+/*
+ * A call that got no answer (pool.c's note_silent): its statement, or its
+ * connect, reached the call's deadline on the host with nothing from it.
+ * That alone proves nothing about the host (a lock wait, a statement
+ * longer than its deadline): it is one failure, as ever, toward
+ * consecutive_failures.  A host that answers nothing at all is hung, and
+ * waiting for those failures costs each caller a deadline apart (with the
+ * defaults three rounds of them for two writers).  So the host is probed
+ * now (at most once per health_incident_min_ms), and when neither the
+ * call nor the probe got an answer for a whole health_probe_timeout_ms
+ * counted from the call's silence (the probe itself waiting at least a
+ * quarter of it), the breaker opens (pgg__breaker_host_silent) and the
+ * probe's connect, if the host's kernel queued it, is kept for the host's
+ * return (probe_hold).  A probe answered in time changes nothing: a slow
+ * statement is the caller's.  Only while the breaker is closed.
+ */
+static void verify_arm(pgg_health *hl, probe *p)
+{
+    int64_t by = p->silent_since + hl->probe_timeout;
+    int64_t least = p->started + hl->probe_timeout / 4;
+
+    if (by < least)
+        by = least;
+    if (by < p->deadline)
+        p->deadline = by;
+    p->verifying = true;
+    p->silent_since = 0;
+}
+
+static void verify_take(pgg_health *hl, int i, int64_t now)
+{
+    pgg_host *h = &hl->pool->hosts[i];
+    probe *p = &hl->probes[i];
+    int64_t since, soon;
+
+    if (!atomic_load_explicit(&h->silent_since_ns, memory_order_relaxed))
+        return;
+    since = atomic_exchange(&h->silent_since_ns, 0);
+    if (!since || atomic_load(&hl->stopping) ||
+        pgg__breaker_state(&h->breaker) != PGG_BREAKER_CLOSED)
+        return;
+    if (!p->silent_since || since < p->silent_since)
+        p->silent_since = since;
+    if (p->phase != PROBE_IDLE) {
+        verify_arm(hl, p);
+        return;
+    }
+    soon = p->started + hl->incident_min;
+    if (soon < now)
+        soon = now;
+    if (p->next > soon)
+        p->next = soon;
+}
+
+/* Host i's verifying probe reached its bound unanswered. */
+static void verify_failed(pgg_health *hl, int i, int64_t now)
+{
+    hl->probes[i].verifying = false;
+    (void)pgg__breaker_host_silent(&hl->pool->hosts[i].breaker, now);
+}
+
 /* Start host i's probe.  Returns false when none started (forced open). */
 static bool probe_start(pgg_health *hl, int i, int64_t now)
 {
@@ -408,6 +474,7 @@ static bool probe_start(pgg_health *hl, int i, int64_t now)
     p->in_round = keep.in_round;
     p->replay_lsn = keep.replay_lsn;
     p->replay_at = keep.replay_at;
+    p->silent_since = keep.silent_since;
     /* Refused by nobody listening, or by a server starting up (57P03;
      * also said while shutting down, which the next refusal shows). */
     p->prev_refused = keep.refused_closed ||
@@ -420,6 +487,9 @@ static bool probe_start(pgg_health *hl, int i, int64_t now)
         p->in_round = true;
         return false;
     }
+    if (p->silent_since && st == PGG_BREAKER_CLOSED)
+        verify_arm(hl, p);
+    p->silent_since = 0;
     /* A probe of ours is a call: half-open, one of the trial calls, so a
      * breaker can close with no traffic at all; closed, a watch whose
      * timeout counts (a hung host is found by probes too, not only by the
@@ -936,6 +1006,8 @@ static void *health_main(void *arg)
             expedite(hl, now, atomic_exchange(&hl->restart_round, false));
         }
         hl->was_incident = now_incident;
+        for (int i = 0; i < pool->nhosts; i++)
+            verify_take(hl, i, now);
 
         for (int i = 0; i < pool->nhosts; i++) {
             probe *p = &hl->probes[i];
@@ -945,8 +1017,12 @@ static void *health_main(void *arg)
                     count_round(hl); /* forced open: nothing to learn */
                 else if (p->phase == PROBE_IDLE)
                     probe_end(hl, i, pgg__now_ns()); /* failed at once */
-            } else if (p->phase != PROBE_IDLE && p->deadline <= now &&
-                       !probe_hold(hl, i, now)) {
+            } else if (p->phase != PROBE_IDLE && p->deadline <= now) {
+                /* Opened first: a connect the host queued is then kept. */
+                if (p->verifying)
+                    verify_failed(hl, i, now);
+                if (probe_hold(hl, i, now))
+                    continue;
                 probe_fail(hl, i, PGG_CLASS_TIMEOUT,
                            p->phase == PROBE_CONNECTING
                                ? "health connect timed out"
