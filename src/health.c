@@ -56,6 +56,7 @@ typedef struct probe {
      * started will (silent_since: since when, kept across starts). */
     bool verifying;
     int64_t silent_since;
+    int64_t answered_at; /* when a probe of the host was last answered */
     int64_t started, deadline;
     int64_t next;    /* IDLE: when the next probe starts */
     int64_t backoff; /* incident interval now; 0 when calm */
@@ -409,11 +410,21 @@ static void expedite(pgg_health *hl, int64_t now, bool restart)
  * now (at most once per health_incident_min_ms), and when neither the
  * call nor the probe got an answer for a whole health_probe_timeout_ms
  * counted from the call's silence (the probe itself waiting at least a
- * quarter of it), the breaker opens (pgg__breaker_host_silent) and the
- * probe's connect, if the host's kernel queued it, is kept for the host's
- * return (probe_hold).  A probe answered in time changes nothing: a slow
- * statement is the caller's.  Only while the breaker is closed.
+ * quarter of it), the breaker opens (pgg__breaker_host_silent).  A probe
+ * answered in time changes nothing: a slow statement is the caller's; so
+ * does a call whose silence began before a probe's answer (the host
+ * answered meanwhile), which also keeps a stream of slow statements from
+ * sending a probe each.  Only while the breaker is closed.
+ *
+ * With the probe (on the health thread's session when it has one) goes one
+ * spare connect (spares_start): on a host that answers it joins the pool
+ * in a few ms; on a hung one it waits in the server's queue from the first
+ * evidence on, ahead of every connect made later, and the moment the
+ * server takes it the breaker closes (spare_step, pgg__breaker_host_back)
+ * and the session serves the first call let through.
  */
+static void spares_start(pgg_health *hl, int i, int want, int64_t now);
+
 static void verify_arm(pgg_health *hl, probe *p)
 {
     int64_t by = p->silent_since + hl->probe_timeout;
@@ -436,9 +447,11 @@ static void verify_take(pgg_health *hl, int i, int64_t now)
     if (!atomic_load_explicit(&h->silent_since_ns, memory_order_relaxed))
         return;
     since = atomic_exchange(&h->silent_since_ns, 0);
-    if (!since || atomic_load(&hl->stopping) ||
+    if (!since || since < p->answered_at || atomic_load(&hl->stopping) ||
         pgg__breaker_state(&h->breaker) != PGG_BREAKER_CLOSED)
         return;
+    if (!(h->on_connect && (h->on_connect->sql || h->on_connect->fn)))
+        spares_start(hl, i, 1, now);
     if (!p->silent_since || since < p->silent_since)
         p->silent_since = since;
     if (p->phase != PROBE_IDLE) {
@@ -475,6 +488,7 @@ static bool probe_start(pgg_health *hl, int i, int64_t now)
     p->replay_lsn = keep.replay_lsn;
     p->replay_at = keep.replay_at;
     p->silent_since = keep.silent_since;
+    p->answered_at = keep.answered_at;
     /* Refused by nobody listening, or by a server starting up (57P03;
      * also said while shutting down, which the next refusal shows). */
     p->prev_refused = keep.refused_closed ||
@@ -572,6 +586,7 @@ static void probe_answered(pgg_health *hl, int i, int64_t now)
     pgg_host *h = &pool->hosts[i];
     probe *p = &hl->probes[i];
 
+    p->answered_at = now;
     pgg__pool_set_role(pool, h, p->role, "health probe");
     /* An open host answered: closed now the first time it comes back in a
      * streak; else half-open now, and this probe, a real round trip that
