@@ -409,12 +409,13 @@ static void expedite(pgg_health *hl, int64_t now, bool restart)
  * defaults three rounds of them for two writers).  So the host is probed
  * now (at most once per health_incident_min_ms), and when neither the
  * call nor the probe got an answer for a whole health_probe_timeout_ms
- * counted from the call's silence (the probe itself waiting at least a
- * quarter of it), the breaker opens (pgg__breaker_host_silent).  A probe
- * answered in time changes nothing: a slow statement is the caller's; so
- * does a call whose silence began before a probe's answer (the host
- * answered meanwhile), which also keeps a stream of slow statements from
- * sending a probe each.  Only while the breaker is closed.
+ * counted from the call's silence (the probe itself waiting at least
+ * two fifths of it, 200 ms by default: a loaded server answering a probe
+ * in 150 ms passes), the breaker opens (pgg__breaker_host_silent).  A probe
+ * answered in time changes nothing: a slow statement is the caller's.  A
+ * call whose silence began before a probe's answer is not checked (the
+ * host answered meanwhile), so a stream of slow statements sends at most
+ * one probe per deadline.  Only while the breaker is closed.
  *
  * With the probe (on the health thread's session when it has one) goes one
  * spare connect (spares_start): on a host that answers it joins the pool
@@ -428,7 +429,7 @@ static void spares_start(pgg_health *hl, int i, int want, int64_t now);
 static void verify_arm(pgg_health *hl, probe *p)
 {
     int64_t by = p->silent_since + hl->probe_timeout;
-    int64_t least = p->started + hl->probe_timeout / 4;
+    int64_t least = p->started + hl->probe_timeout * 2 / 5;
 
     if (by < least)
         by = least;
