@@ -93,6 +93,8 @@ const char *pgg__breaker_reason_name(pgg_breaker_reason reason)
         return "host-answered";
     case PGG_BREAKER_REASON_HOST_BACK:
         return "host-back";
+    case PGG_BREAKER_REASON_HOST_SILENT:
+        return "host-silent";
     }
     return "unknown";
 }
@@ -134,6 +136,7 @@ void pgg__breaker_config_defaults(pgg_breaker_config *cfg)
     cfg->interval_ms = 0;
     cfg->mode = PGG_BREAKER_MODE_NORMAL;
     cfg->answer_closes = true;
+    cfg->silence_opens = true;
     cfg->preset = PGG_BREAKER_PRESET_NONE;
 
     /* gobreaker v2's zero Settings and default ReadyToTrip. */
@@ -1233,6 +1236,23 @@ bool pgg__breaker_host_back(pgg_breaker *b, int64_t now)
     }
     unlock_and_dispatch(b);
     return moved;
+}
+
+bool pgg__breaker_host_silent(pgg_breaker *b, int64_t now)
+{
+    bool opened = false;
+
+    lock_and_fold(b, now);
+    if (b->cfg.preset == PGG_BREAKER_PRESET_NONE && b->cfg.silence_opens) {
+        if (b->state == PGG_BREAKER_CLOSED) {
+            enter_state(b, PGG_BREAKER_OPEN, PGG_BREAKER_REASON_HOST_SILENT, now);
+            opened = true;
+        } else if (b->state == PGG_BREAKER_METRICS_ONLY) {
+            b->trips_suppressed++;
+        }
+    }
+    unlock_and_dispatch(b);
+    return opened;
 }
 
 int pgg__breaker_transition(pgg_breaker *b, pgg_breaker_state to, int64_t now)

@@ -98,8 +98,10 @@ typedef enum pgg_breaker_reason {
     PGG_BREAKER_REASON_RESET,                /* reset (from may equal to) */
     PGG_BREAKER_REASON_MANUAL,               /* pgg__breaker_transition */
     PGG_BREAKER_REASON_HOST_ANSWERED,        /* open->half-open: pgg__breaker_host_answered */
-    PGG_BREAKER_REASON_HOST_BACK             /* open or half-open->closed:
+    PGG_BREAKER_REASON_HOST_BACK,            /* open or half-open->closed:
                                                 pgg__breaker_host_back */
+    PGG_BREAKER_REASON_HOST_SILENT           /* closed->open:
+                                                pgg__breaker_host_silent */
 } pgg_breaker_reason;
 
 /* "failure-rate", "slow-call-rate", ...; never NULL. */
@@ -204,6 +206,7 @@ typedef struct pgg_breaker_config {
                                       closed (gobreaker Interval); 0 never [0] */
     pgg_breaker_mode mode;         /* [normal] */
     bool answer_closes;            /* pgg__breaker_host_back may close it [true] */
+    bool silence_opens;            /* pgg__breaker_host_silent may open it [true] */
 
     /*
      * breaker.preset: with one set, the breaker is built from that
@@ -550,5 +553,21 @@ bool pgg__breaker_host_answered(pgg_breaker *b, int64_t now);
  * it closed.
  */
 bool pgg__breaker_host_back(pgg_breaker *b, int64_t now);
+
+/*
+ * The host answered nothing for a whole health probe bound, counted from
+ * a call that got no answer there before its deadline, and a probe of its
+ * own sent since got none either (health.c, "A call that got no answer"):
+ * the host is hung, not a statement slow.  Closed -> open now (reason
+ * HOST_SILENT), instead of waiting for the failures those calls would
+ * still add up to (consecutive_failures of them, one deadline apart for
+ * each caller).  A timeout is one result whatever it says of the host;
+ * this is the evidence that it says the host.  Only from closed (in
+ * metrics-only it counts as a suppressed trip), only for pgguard's own
+ * breaker (no preset: neither library has active checks) with
+ * silence_opens set.  The open time and the streak are a trip's.  Returns
+ * whether it opened.
+ */
+bool pgg__breaker_host_silent(pgg_breaker *b, int64_t now);
 
 #endif

@@ -51,6 +51,12 @@ typedef struct probe {
     bool prev_refused; /* the probe before it was refused by nobody
                           listening or as starting up (57P03) */
     bool replaced; /* that session died and a new one was started */
+    /* A call got no answer from the host (verify_take): this probe decides
+     * whether the host answers anything (verifying), or the next one
+     * started will (silent_since: since when, kept across starts). */
+    bool verifying;
+    int64_t silent_since;
+    int64_t answered_at; /* when a probe of the host was last answered */
     int64_t started, deadline;
     int64_t next;    /* IDLE: when the next probe starts */
     int64_t backoff; /* incident interval now; 0 when calm */
@@ -393,6 +399,80 @@ static void expedite(pgg_health *hl, int64_t now, bool restart)
     }
 }
 
+/*
+ * A call that got no answer (pool.c's note_silent): its statement, or its
+ * connect, reached the call's deadline on the host with nothing from it.
+ * That alone proves nothing about the host (a lock wait, a statement
+ * longer than its deadline): it is one failure, as ever, toward
+ * consecutive_failures.  A host that answers nothing at all is hung, and
+ * waiting for those failures costs each caller a deadline apart (with the
+ * defaults three rounds of them for two writers).  So the host is probed
+ * now (at most once per health_incident_min_ms), and when neither the
+ * call nor the probe got an answer for a whole health_probe_timeout_ms
+ * counted from the call's silence (the probe itself waiting at least
+ * two fifths of it, 200 ms by default: a loaded server answering a probe
+ * in 150 ms passes), the breaker opens (pgg__breaker_host_silent).  A probe
+ * answered in time changes nothing: a slow statement is the caller's.  A
+ * call whose silence began before a probe's answer is not checked (the
+ * host answered meanwhile), so a stream of slow statements sends at most
+ * one probe per deadline.  Only while the breaker is closed.
+ *
+ * With the probe (on the health thread's session when it has one) goes one
+ * spare connect (spares_start): on a host that answers it joins the pool
+ * in a few ms; on a hung one it waits in the server's queue from the first
+ * evidence on, ahead of every connect made later, and the moment the
+ * server takes it the breaker closes (spare_step, pgg__breaker_host_back)
+ * and the session serves the first call let through.
+ */
+static void spares_start(pgg_health *hl, int i, int want, int64_t now);
+
+static void verify_arm(pgg_health *hl, probe *p)
+{
+    int64_t by = p->silent_since + hl->probe_timeout;
+    int64_t least = p->started + hl->probe_timeout * 2 / 5;
+
+    if (by < least)
+        by = least;
+    if (by < p->deadline)
+        p->deadline = by;
+    p->verifying = true;
+    p->silent_since = 0;
+}
+
+static void verify_take(pgg_health *hl, int i, int64_t now)
+{
+    pgg_host *h = &hl->pool->hosts[i];
+    probe *p = &hl->probes[i];
+    int64_t since, soon;
+
+    if (!atomic_load_explicit(&h->silent_since_ns, memory_order_relaxed))
+        return;
+    since = atomic_exchange(&h->silent_since_ns, 0);
+    if (!since || since < p->answered_at || atomic_load(&hl->stopping) ||
+        pgg__breaker_state(&h->breaker) != PGG_BREAKER_CLOSED)
+        return;
+    if (!(h->on_connect && (h->on_connect->sql || h->on_connect->fn)))
+        spares_start(hl, i, 1, now);
+    if (!p->silent_since || since < p->silent_since)
+        p->silent_since = since;
+    if (p->phase != PROBE_IDLE) {
+        verify_arm(hl, p);
+        return;
+    }
+    soon = p->started + hl->incident_min;
+    if (soon < now)
+        soon = now;
+    if (p->next > soon)
+        p->next = soon;
+}
+
+/* Host i's verifying probe reached its bound unanswered. */
+static void verify_failed(pgg_health *hl, int i, int64_t now)
+{
+    hl->probes[i].verifying = false;
+    (void)pgg__breaker_host_silent(&hl->pool->hosts[i].breaker, now);
+}
+
 /* Start host i's probe.  Returns false when none started (forced open). */
 static bool probe_start(pgg_health *hl, int i, int64_t now)
 {
@@ -408,6 +488,8 @@ static bool probe_start(pgg_health *hl, int i, int64_t now)
     p->in_round = keep.in_round;
     p->replay_lsn = keep.replay_lsn;
     p->replay_at = keep.replay_at;
+    p->silent_since = keep.silent_since;
+    p->answered_at = keep.answered_at;
     /* Refused by nobody listening, or by a server starting up (57P03;
      * also said while shutting down, which the next refusal shows). */
     p->prev_refused = keep.refused_closed ||
@@ -420,6 +502,9 @@ static bool probe_start(pgg_health *hl, int i, int64_t now)
         p->in_round = true;
         return false;
     }
+    if (p->silent_since && st == PGG_BREAKER_CLOSED)
+        verify_arm(hl, p);
+    p->silent_since = 0;
     /* A probe of ours is a call: half-open, one of the trial calls, so a
      * breaker can close with no traffic at all; closed, a watch whose
      * timeout counts (a hung host is found by probes too, not only by the
@@ -502,6 +587,7 @@ static void probe_answered(pgg_health *hl, int i, int64_t now)
     pgg_host *h = &pool->hosts[i];
     probe *p = &hl->probes[i];
 
+    p->answered_at = now;
     pgg__pool_set_role(pool, h, p->role, "health probe");
     /* An open host answered: closed now the first time it comes back in a
      * streak; else half-open now, and this probe, a real round trip that
@@ -936,6 +1022,8 @@ static void *health_main(void *arg)
             expedite(hl, now, atomic_exchange(&hl->restart_round, false));
         }
         hl->was_incident = now_incident;
+        for (int i = 0; i < pool->nhosts; i++)
+            verify_take(hl, i, now);
 
         for (int i = 0; i < pool->nhosts; i++) {
             probe *p = &hl->probes[i];
@@ -945,8 +1033,12 @@ static void *health_main(void *arg)
                     count_round(hl); /* forced open: nothing to learn */
                 else if (p->phase == PROBE_IDLE)
                     probe_end(hl, i, pgg__now_ns()); /* failed at once */
-            } else if (p->phase != PROBE_IDLE && p->deadline <= now &&
-                       !probe_hold(hl, i, now)) {
+            } else if (p->phase != PROBE_IDLE && p->deadline <= now) {
+                /* Opened first: a connect the host queued is then kept. */
+                if (p->verifying)
+                    verify_failed(hl, i, now);
+                if (probe_hold(hl, i, now))
+                    continue;
                 probe_fail(hl, i, PGG_CLASS_TIMEOUT,
                            p->phase == PROBE_CONNECTING
                                ? "health connect timed out"

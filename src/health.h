@@ -21,6 +21,13 @@
  * time in a streak (pgg__breaker_host_back), else goes half-open; and a
  * server seen starting (refused, then queued) makes refused calls wait for
  * it within their deadline (pgg__host_await_back).
+ *
+ * A call that got no answer before its deadline (pool.c marks the host
+ * silent) has the host probed at once, with one spare connect queued
+ * beside the probe: no answer to either call or probe for a whole
+ * health_probe_timeout_ms opens the breaker (host-silent), the spare
+ * waiting in the server's queue for its return (health.c, "A call that
+ * got no answer").
  */
 #ifndef PGG_HEALTH_H
 #define PGG_HEALTH_H

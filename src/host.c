@@ -55,6 +55,7 @@ int pgg__host_init(pgg_host *h, int index, const char *name,
     atomic_init(&h->n_back_waiting, 0);
     atomic_init(&h->n_lost, 0);
     atomic_init(&h->ended_seen, false);
+    atomic_init(&h->silent_since_ns, 0);
     return PGG_OK;
 }
 

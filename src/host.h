@@ -110,6 +110,12 @@ typedef struct pgg_host {
     /* A call found a pooled session here ended by the server (settle):
      * the health thread looks at every host's idle sessions (sweep). */
     atomic_bool ended_seen;
+    /* A call got no answer here before its deadline (a statement, or a
+     * connect the host's kernel took): since when the host has been silent
+     * as far as that call knows (0: nothing to check).  The health thread
+     * takes it and verifies with a probe of its own (health.c, "A call
+     * that got no answer"). */
+    _Atomic int_fast64_t silent_since_ns;
     pgg_link *idle;    /* most recently used first */
     int n_idle, n_connecting, n_waiting;
     /* Connects the health thread has on their way to the idle list

@@ -45,6 +45,22 @@ static bool role_fits(pgg_pool *pool, pgg_host *h, const pgg_link *l,
 }
 
 
+/*
+ * A call got no answer from h before its deadline: its statement, or a
+ * connect the host did not complete.  Not the caller's cancel (ignored
+ * before this), nor 57014 from statement_timeout, which is an answer.
+ * The health thread checks at once whether the host answers anything at
+ * all (health.c, "A call that got no answer"); since is when the host went
+ * silent as far as this call knows.  The oldest mark not yet taken stands.
+ */
+static void note_silent(pgg_pool *pool, pgg_host *h, int64_t since)
+{
+    int_fast64_t none = 0;
+
+    (void)atomic_compare_exchange_strong(&h->silent_since_ns, &none, since);
+    pgg__pool_wake_health(pool);
+}
+
 pgg_take pgg__pool_take_failed(pgg_pool *pool, pgg_host *h, pgg_ticket ticket,
                                int64_t start, pgg_borrow_fail why,
                                pgg_error *err)
@@ -73,7 +89,10 @@ pgg_take pgg__pool_take_failed(pgg_pool *pool, pgg_host *h, pgg_ticket ticket,
     pgg__pool_record(pool, h, ticket, v.cls, start, now);
     if (pgg__host_failure(v.cls)) {
         pgg__host_note_error(h, err);
-        pgg__pool_wake_health(pool);
+        if (err && err->code == PGG_ETIMEDOUT)
+            note_silent(pool, h, start);
+        else
+            pgg__pool_wake_health(pool);
     }
     return PGG_TAKE_FAILED;
 }
@@ -475,9 +494,13 @@ static inline pgg_verdict exec_done(pgg_pool *pool, pgg_host *h,
         /* Fresh reads go elsewhere first for a while (or until this host
          * answers one), rather than into the same wait again; not after a
          * cancel, which says nothing of the host. */
-        if (v.code != PGG_ECANCELED)
+        if (v.code != PGG_ECANCELED) {
             atomic_store_explicit(&h->suspect_until_ns, *ended + SUSPECT_NS,
                                   memory_order_relaxed);
+            /* A new session's connect was answered: the silence began
+             * after it, somewhere inside the attempt. */
+            note_silent(pool, h, l->fresh ? *ended : started);
+        }
         /* The session is in an unknown state: it never comes back. */
         pgg__host_abandon(h, l, pool->canceller);
         *lp = NULL;

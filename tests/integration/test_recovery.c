@@ -1709,3 +1709,186 @@ Test(recovery, a_call_that_waited_for_its_slot_checks_its_idle_session)
     cr_expect_eq(sa.code, PGG_OK, "the long write: %s", pgg_err_name(sa.code));
     end_test(p, c);
 }
+
+/* ----------------------------------------------------- a host found silent */
+
+/* Breaker openings of host 0, and the reason of the first. */
+typedef struct opened_by {
+    pthread_mutex_t mu;
+    int opened;
+    char reason[64];
+} opened_by;
+
+static void on_open(const pgg_event *ev, void *ud)
+{
+    opened_by *o = ud;
+
+    if (ev->type != PGG_EVENT_BREAKER || ev->host_index != 0 || ev->to != PGG_BREAKER_OPEN)
+        return;
+    pthread_mutex_lock(&o->mu);
+    if (o->opened++ == 0)
+        snprintf(o->reason, sizeof o->reason, "%s", ev->reason ? ev->reason : "");
+    pthread_mutex_unlock(&o->mu);
+}
+
+/* Two writers at once, each one statement under a 300 ms deadline. */
+typedef struct writer {
+    pgg_pool *p;
+    const char *sql;
+    int code;
+    bool sent;
+} writer;
+
+static void *write_once(void *arg)
+{
+    writer *w = arg;
+    pgg_call call = {.timeout_ms = 300};
+    pgg_info info = {0};
+    pgg_error e;
+    PGresult *r = pgg_exec(w->p, PGG_WRITE, w->sql, &call, &info, &e);
+
+    w->code = r ? PGG_OK : e.code;
+    w->sent = info.sent;
+    PQclear(r);
+    return NULL;
+}
+
+static void write_twice_at_once(pgg_pool *p, const char *sql, writer w[2])
+{
+    pthread_t t[2];
+
+    for (int i = 0; i < 2; i++) {
+        w[i] = (writer){.p = p, .sql = sql};
+        cr_assert_eq(pthread_create(&t[i], NULL, write_once, &w[i]), 0);
+    }
+    for (int i = 0; i < 2; i++)
+        pthread_join(t[i], NULL);
+}
+
+/*
+ * Settings for the two tests below: the default breaker (five consecutive
+ * failures to trip), an open time longer than the test, and no calm probe
+ * of its own during it (a round is asked for): two timeouts alone cannot
+ * open it, nor can the one probe of that round.
+ */
+#define SILENT_SETTINGS                                                   \
+    "breaker.consecutive_failures=5 breaker.min_calls=20 "                \
+    "breaker.open_ms=60000 breaker.open_max_ms=60000 "                    \
+    "health_interval_ms=60000 health_probe_timeout_ms=500"
+
+/*
+ * A hung primary (SIGSTOP) hit by two writes at once: both time out, and
+ * the health thread's probe, sent at once, gets no answer either: the
+ * breaker opens on that evidence (host-silent), within one health round,
+ * with two failures counted, not five (three rounds of 300 ms timeouts for
+ * two writers with the defaults).  Later writes are refused at once
+ * (PGG_EOPEN), not sent.  Before, the round ended with the breaker closed
+ * and the next writes were sent into the hung server.
+ */
+Test(recovery, a_hung_primary_opens_its_breaker_on_one_deadline_of_silence)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgh_require_local(c, "a hang (SIGSTOP)");
+    setup_table(c);
+    pgg_pool *p = pool_for(c, SILENT_SETTINGS);
+    opened_by o = {.mu = PTHREAD_MUTEX_INITIALIZER};
+    writer w[2];
+    pgg_host_stats h;
+    int refused = 0;
+
+    hold_sessions(p, PGG_WRITE, 2); /* the writes go on pooled sessions */
+    pgg_pool_on_event(p, on_open, &o);
+    cr_assert_eq(pgh_node_hang(pgh_cluster_primary(c)), 0);
+    write_twice_at_once(p, "UPDATE pgg_rec_t SET v = v WHERE id = 1", w);
+    for (int i = 0; i < 2; i++) {
+        cr_expect_eq(w[i].code, PGG_ETIMEDOUT, "write %d: %s", i, pgg_err_name(w[i].code));
+        cr_expect(w[i].sent, "write %d was not sent", i);
+    }
+    cr_assert(pgg__health_await_round(p->health, pgg__now_ns() + 10 * PGG_NS_PER_SEC),
+              "no health round completed");
+    h = host_stats(p, 0);
+    cr_expect_eq(h.state, PGG_BREAKER_OPEN, "breaker %s after the round",
+                 pgg_breaker_state_name(h.state));
+    pthread_mutex_lock(&o.mu);
+    cr_expect_eq(o.opened, 1);
+    cr_expect_str_eq(o.reason, "host-silent");
+    pthread_mutex_unlock(&o.mu);
+    cr_expect_lt(h.failures[PGG_CLASS_TIMEOUT], 5, "%llu timeouts counted",
+                 (unsigned long long)h.failures[PGG_CLASS_TIMEOUT]);
+    for (int i = 0; i < 10; i++) {
+        pgg_call call = {.timeout_ms = 300};
+        pgg_info info = {0};
+        pgg_error e;
+        PGresult *r = pgg_exec(p, PGG_WRITE, "UPDATE pgg_rec_t SET v = v WHERE id = 1",
+                               &call, &info, &e);
+        if (!r && e.code == PGG_EOPEN && !info.sent)
+            refused++;
+        else
+            fprintf(stderr, "write %d: %s sent %d\n", i, r ? "ok" : pgg_err_name(e.code),
+                    info.sent);
+        PQclear(r);
+    }
+    cr_expect_eq(refused, 10, "%d of 10 writes refused unsent by the open breaker", refused);
+    cr_assert_eq(pgh_node_resume(pgh_cluster_primary(c)), 0);
+    /* The host's return closes it (its first outage of a streak). */
+    cr_expect(wait_state(p, 0, PGG_BREAKER_CLOSED, 5000), "breaker %s after the resume",
+              pgg_breaker_state_name(host_stats(p, 0).state));
+    pgg_pool_on_event(p, NULL, NULL);
+    end_test(p, c);
+}
+
+/*
+ * A primary that is slow but answers: statements longer than their
+ * deadline (pg_sleep, two writers at once, twice) and statements ended by
+ * the session's own statement_timeout (57014, the caller's setting) count
+ * as failures, as ever, but the probe each timeout sends is answered: no
+ * breaker opens, and the next write succeeds.
+ */
+Test(recovery, a_slow_primary_that_answers_opens_no_breaker)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    setup_table(c);
+    pgg_pool *p = pool_for(c, SILENT_SETTINGS);
+    opened_by o = {.mu = PTHREAD_MUTEX_INITIALIZER};
+    writer w[2];
+    pgg_host_stats h;
+
+    hold_sessions(p, PGG_WRITE, 2);
+    pgg_pool_on_event(p, on_open, &o);
+    for (int round = 0; round < 2; round++) {
+        write_twice_at_once(p, "SELECT pg_catalog.pg_sleep(1)", w);
+        for (int i = 0; i < 2; i++)
+            cr_expect_eq(w[i].code, PGG_ETIMEDOUT, "round %d write %d: %s", round, i,
+                         pgg_err_name(w[i].code));
+        cr_assert(pgg__health_await_round(p->health, pgg__now_ns() + 10 * PGG_NS_PER_SEC),
+                  "no health round completed");
+        h = host_stats(p, 0);
+        cr_expect_eq(h.state, PGG_BREAKER_CLOSED, "round %d: breaker %s", round,
+                     pgg_breaker_state_name(h.state));
+        /* The next write is answered (and ends the run of failures). */
+        read_ok(p, PGG_WRITE, "UPDATE pgg_rec_t SET v = v WHERE id = 2", 3000);
+    }
+    /* statement_timeout's 57014: an answer of the server, the caller's. */
+    for (int i = 0; i < 4; i++) {
+        pgg_call call = {.timeout_ms = 3000};
+        pgg_error e;
+        PGresult *r = pgg_exec(p, PGG_WRITE,
+                               "SET statement_timeout = 50; SELECT pg_catalog.pg_sleep(1)",
+                               &call, NULL, &e);
+        cr_expect_null(r);
+        cr_expect_str_eq(e.sqlstate, "57014", "%s: %s", pgg_err_name(e.code), e.message);
+        PQclear(r);
+    }
+    cr_assert(pgg__health_await_round(p->health, pgg__now_ns() + 10 * PGG_NS_PER_SEC),
+              "no health round completed");
+    h = host_stats(p, 0);
+    cr_expect_eq(h.state, PGG_BREAKER_CLOSED, "after 57014: breaker %s",
+                 pgg_breaker_state_name(h.state));
+    cr_expect_geq(h.failures[PGG_CLASS_TIMEOUT], 8, "the timeouts were not counted (%llu)",
+                  (unsigned long long)h.failures[PGG_CLASS_TIMEOUT]);
+    pthread_mutex_lock(&o.mu);
+    cr_expect_eq(o.opened, 0, "the breaker opened (%s)", o.reason);
+    pthread_mutex_unlock(&o.mu);
+    pgg_pool_on_event(p, NULL, NULL);
+    end_test(p, c);
+}

@@ -276,7 +276,7 @@ UTest(breaker, names)
     cr_assert_not(pgg__breaker_mode_parse(NULL, &m));
     cr_assert_eq(m, PGG_BREAKER_MODE_DISABLED);
     cr_assert_str_eq(pgg__breaker_mode_name((pgg_breaker_mode)9), "unknown");
-    for (r = PGG_BREAKER_REASON_FAILURE_RATE; r <= PGG_BREAKER_REASON_HOST_BACK; r++)
+    for (r = PGG_BREAKER_REASON_FAILURE_RATE; r <= PGG_BREAKER_REASON_HOST_SILENT; r++)
         cr_assert_str_neq(pgg__breaker_reason_name((pgg_breaker_reason)r), "unknown");
     cr_assert_str_eq(pgg__breaker_reason_name((pgg_breaker_reason)99), "unknown");
 }
@@ -1428,6 +1428,69 @@ UTest(breaker, host_back_closes_only_the_first_opening_of_a_streak)
     trip();
     cr_assert_not(pgg__breaker_host_back(&B, NOW));
     cr_assert_eq(state(), PGG_BREAKER_OPEN);
+    stop();
+}
+
+/*
+ * A host found silent (health.c: a call and then a probe got no answer for
+ * a whole probe bound) opens a closed breaker at once, whatever the
+ * failures counted so far: an opening like a trip (open time, streak), so
+ * the host's return closes it as for any first outage.  Nothing else moves:
+ * open, half-open, the operator's states, a preset's breaker, or with
+ * silence_opens off; metrics-only counts a suppressed trip.
+ */
+UTest(breaker, host_silent_opens_only_a_closed_breaker)
+{
+    pgg_breaker_config c = cfg_plain();
+    pgg_breaker_stats st;
+
+    c.consecutive_failures = 5;
+    c.open_ms = 5000;
+    c.open_max_ms = 60000;
+    c.half_open_probes = 1;
+    c.half_open_successes = 1;
+    start(&c);
+    calls(F, 2); /* two timeouts: far from consecutive_failures */
+    cr_assert_eq(state(), PGG_BREAKER_CLOSED);
+    cr_assert(pgg__breaker_host_silent(&B, NOW));
+    cr_assert_eq(state(), PGG_BREAKER_OPEN);
+    expect_event(0, PGG_BREAKER_CLOSED, PGG_BREAKER_OPEN, PGG_BREAKER_REASON_HOST_SILENT);
+    st = stats();
+    cr_assert_eq(st.reopens, 1);
+    cr_assert_eq(st.open_remaining_ns, SEC(5));
+    cr_assert_not(call(S), "an open breaker admitted a call");
+    /* Already open, then on trial: nothing moves. */
+    cr_assert_not(pgg__breaker_host_silent(&B, NOW));
+    cr_assert_eq(LOG.n, 1);
+    cr_assert(pgg__breaker_host_answered(&B, NOW));
+    cr_assert_not(pgg__breaker_host_silent(&B, NOW), "moved a half-open breaker");
+    cr_assert_eq(state(), PGG_BREAKER_HALF_OPEN);
+    /* The host's return closes it as any first opening of a streak. */
+    cr_assert(pgg__breaker_host_back(&B, NOW));
+    cr_assert_eq(state(), PGG_BREAKER_CLOSED);
+    pgg__breaker_force_open(&B, NOW);
+    cr_assert_not(pgg__breaker_host_silent(&B, NOW), "overrode the operator");
+    cr_assert_eq(state(), PGG_BREAKER_FORCED_OPEN);
+    pgg__breaker_disable(&B, NOW);
+    cr_assert_not(pgg__breaker_host_silent(&B, NOW));
+    cr_assert_eq(state(), PGG_BREAKER_DISABLED);
+    pgg__breaker_metrics_only(&B, NOW);
+    cr_assert_not(pgg__breaker_host_silent(&B, NOW));
+    cr_assert_eq(state(), PGG_BREAKER_METRICS_ONLY);
+    cr_assert_eq(stats().trips_suppressed, 1);
+    stop();
+    /* Off: only the failures decide. */
+    c.silence_opens = false;
+    start(&c);
+    cr_assert_not(pgg__breaker_host_silent(&B, NOW));
+    cr_assert_eq(state(), PGG_BREAKER_CLOSED);
+    cr_assert_eq(LOG.n, 0);
+    stop();
+    /* A preset's breaker is its library's: no active checks there. */
+    pgg__breaker_config_gobreaker(&c, 1, 0, 60000);
+    start(&c);
+    cr_assert_not(pgg__breaker_host_silent(&B, NOW));
+    cr_assert_eq(state(), PGG_BREAKER_CLOSED);
     stop();
 }
 
