@@ -493,6 +493,7 @@ static bool sock_want(pgg_async_call *k, int fd, int want, int64_t until)
 /* ------------------------------------------------------------ attempts */
 
 static void drive(pgg_async_call *k);
+static void io_sent(pgg_async_call *k);
 static void exec_start(pgg_async_call *k);
 static int64_t connect_bound(const pgg_async_call *k);
 static int connect_fd(pgg_async_call *k);
@@ -668,8 +669,7 @@ static void io(pgg_async_call *k, int revents)
             exec_over(k, res, PGG_END_RESULT);
             return;
         }
-        k->io = (pgg_link_io){0};
-        io(k, 0);
+        io_sent(k);
         return;
     }
     if (k->state == ST_PREPARE) {
@@ -703,8 +703,7 @@ static void io(pgg_async_call *k, int revents)
             exec_over(k, res, end);
             return;
         }
-        k->io = (pgg_link_io){0};
-        io(k, 0);
+        io_sent(k);
         return;
     }
     if (k->state == ST_QUERY && k->c.q->stmt && !k->reprepared &&
@@ -723,11 +722,20 @@ static void io(pgg_async_call *k, int revents)
             exec_over(k, res, end);
             return;
         }
-        k->io = (pgg_link_io){0};
-        io(k, 0);
+        io_sent(k);
         return;
     }
     exec_over(k, res, end);
+}
+
+/* k's statement (or prepare, or hook SQL) was sent just now by
+ * pgg__link_send: its first step pushes it out and waits for the socket
+ * without parsing first, since no answer can be in libpq's buffer before
+ * the server has it all (pgg_link_io.sent). */
+static void io_sent(pgg_async_call *k)
+{
+    k->io = (pgg_link_io){.sent = true};
+    io(k, 0);
 }
 
 /* -------------------------------------------------------------- pipes */
@@ -1131,7 +1139,6 @@ static void exec_start(pgg_async_call *k)
         return;
     k->a.reused = !k->l->fresh;
     k->role = atomic_load_explicit(&k->h->role, memory_order_relaxed);
-    k->io = (pgg_link_io){0};
     /* A read whose position this host is not known to have is not sent
      * (the loop does not check it in the same round trip): a blocking call
      * would not use its answer either.  A write that wants its position
@@ -1161,7 +1168,7 @@ static void exec_start(pgg_async_call *k)
         exec_over(k, res, end);
         return;
     }
-    io(k, 0);
+    io_sent(k);
 }
 
 /* A connection failed before its query was sent (err says why): the
@@ -1436,13 +1443,12 @@ static void connect_step(pgg_async_call *k, bool ready)
         pgg_attempt_end end;
 
         k->state = ST_HOOK;
-        k->io = (pgg_link_io){0};
         if (pgg__link_send(k->conn, &q, k->h->name, &res, &end, k->c.err) !=
             PGG_OK) {
             hook_over(k, res, end);
             return;
         }
-        io(k, 0);
+        io_sent(k);
         return;
     }
     connected(k);
