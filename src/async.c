@@ -397,6 +397,17 @@ static void flush_spare(pgg_async *ac)
     unpark(ac, h);
 }
 
+/* May k's connection be lent again after its query?  A pooled one was
+ * reusable when lent, and only a read-your-writes exec may change its
+ * modes (pipeline) on the loop: then only its session's state is asked
+ * (pgg__pool_attempt's rule); a new one's modes are the hook's: all. */
+static bool still_reusable(const pgg_async_call *k)
+{
+    if (k->a.reused && !k->c.q->vis)
+        return pgg__link_idle_after_call(k->l->conn);
+    return pgg__link_reusable(k->l->conn);
+}
+
 /* k's query was answered on a session that stays usable: keep its
  * connection and socket as the spare (see struct pgg_async).  False when
  * they do not qualify (the caller gives them back). */
@@ -407,7 +418,7 @@ static bool keep_spare(pgg_async_call *k)
     /* One spare at a time: flushing one here would run other calls'
      * steps in the middle of k's. */
     if (ac->spare_link || !k->sock || k->sock->on != POLLIN ||
-        !pgg__link_reusable(k->l->conn))
+        !still_reusable(k))
         return false;
     k->sock->call = NULL;
     /* As a give-back would leave it: its startup report is no longer
@@ -533,8 +544,12 @@ static void exec_over(pgg_async_call *k, PGresult *res, pgg_attempt_end end)
                                  &k->ticket, k->role, k->c.now, res, end,
                                  &k->a.ended, k->c.err);
     pgg__cancel_cur = prev;
-    k->a.lost = !k->l || PQstatus(k->l->conn) != CONNECTION_OK;
-    if (k->l && !k->a.lost && k->ended_behind) {
+    /* Read only after a failure (pgg__call_attempted reads it then): a
+     * success is served whatever it says, and the spare and the give-back
+     * check the session themselves. */
+    k->a.lost = !k->l || (k->a.v.cls != PGG_CLASS_SUCCESS &&
+                          PQstatus(k->l->conn) != CONNECTION_OK);
+    if (k->l && k->ended_behind && PQstatus(k->l->conn) == CONNECTION_OK) {
         /* Answered, then terminated: libpq read the FATAL with the answer
          * and PQstatus still says OK.  Not given back, where the next
          * borrow, within alive_check_after_idle_ms, would not look; its
