@@ -1995,22 +1995,13 @@ int pgg_async_exec_params(pgg_async *ac, pgg_intent intent, const char *sql,
                           pgg_async_fn fn, void *userdata,
                           pgg_async_call **handle, pgg_error *err)
 {
-    pgg_query q = {.sql = sql,
-                   .nparams = nparams,
-                   .types = types,
-                   .values = values,
-                   .lengths = lengths,
-                   .formats = formats,
-                   .result_format = call ? call->result_format : 0};
+    pgg_query q;
+    int rc = pgg__query_params(&q, "pgg_async_exec_params", sql, nparams,
+                               types, values, lengths, formats,
+                               call ? call->result_format : 0, err);
 
-    if (nparams < 0 || (nparams > 0 && !values && !types))
-        return pgg__error_set(err, PGG_EINVAL, NULL, NULL,
-                              "pgg_async_exec_params: %d parameters but no "
-                              "values",
-                              nparams);
-    /* Parameters force the extended protocol even when there are none. */
-    if (q.nparams == 0 && !q.types)
-        q.types = (const Oid *)"";
+    if (rc != PGG_OK)
+        return rc;
     return start(ac, intent, &q, call, fn, userdata, handle, err);
 }
 
