@@ -381,7 +381,7 @@ static void unpark(pgg_async *ac, const pgg_host *h);
  * (and a call parked on its host woken) before the loop waits again. */
 static void flush_pipes(pgg_async *ac);
 
-static void flush_spare(pgg_async *ac)
+static void flush_spare_now(pgg_async *ac)
 {
     pgg_host *h = ac->spare_host;
 
@@ -395,6 +395,14 @@ static void flush_spare(pgg_async *ac)
     ac->spare_link = NULL;
     ac->spare_host = NULL;
     unpark(ac, h);
+}
+
+/* Inline: after every callback, and usually nothing to do (the callback's
+ * own next call took the spare). */
+static inline void flush_spare(pgg_async *ac)
+{
+    if (ac->spare_link || ac->pipes)
+        flush_spare_now(ac);
 }
 
 /* May k's connection be lent again after its query?  A pooled one was
