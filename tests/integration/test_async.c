@@ -939,6 +939,81 @@ static int hook_fn(PGconn *conn, int timeout_ms, void *userdata, char *errbuf, s
     return 0;
 }
 
+/* A call whose callback starts the next one (the spare's path: the
+ * connection just answered, still watched, taken by the next call). */
+typedef struct chained {
+    const char *next_sql;
+    outcome first, next;
+} chained;
+
+static void on_first(pgg_async *ac, PGresult *res, const pgg_info *info,
+                     const pgg_error *err, void *ud)
+{
+    chained *ch = ud;
+    pgg_error e;
+
+    on_done(ac, res, info, err, &ch->first);
+    ch->next = (outcome){.started = pgh_now_ms()};
+    if (pgg_async_exec(ac, PGG_WRITE, ch->next_sql, NULL, on_done, &ch->next, NULL, &e) !=
+        PGG_OK)
+        snprintf(ch->next.message, sizeof ch->next.message, "not started: %.400s", e.message);
+}
+
+/*
+ * A session its call left inside a transaction is never lent again: not
+ * kept as the spare for the callback's next call, nor given back when the
+ * loop waits.  The next call on it would run inside that transaction (its
+ * SET LOCAL showing, its write rolled back with it).  One connection at
+ * most, so both paths are taken every time.
+ */
+Test(async, a_session_left_in_a_transaction_is_not_lent_again)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, "pool_max=1 pool_min_idle=0");
+    struct event_base *base = event_base_new();
+    pgg_async *ac = async_for(p, base);
+    const char *open_txn = "BEGIN; SET LOCAL statement_timeout = 12345; "
+                           "SELECT pg_backend_pid()";
+    const char *look = "SELECT current_setting('statement_timeout') || ' ' || "
+                       "pg_backend_pid()";
+    chained ch = {.next_sql = look};
+    outcome o[2];
+
+    for (int round = 0; round < 3; round++) {
+        /* The spare's path: the next call starts in the callback. */
+        ch.first = (outcome){.started = pgh_now_ms()};
+        ch.next = (outcome){0};
+        loop_guard_on();
+        cr_assert_eq(pgg_async_exec(ac, PGG_WRITE, open_txn, NULL, on_first, &ch, NULL, NULL),
+                     PGG_OK);
+        loop_guard_off();
+        run_until(base, &ch.first, 1, 5000);
+        run_until(base, &ch.next, 1, 5000);
+        cr_assert_eq(ch.first.code, PGG_OK, "%s", ch.first.message);
+        cr_assert_eq(ch.next.code, PGG_OK, "%s", ch.next.message);
+        cr_expect_eq(strncmp(ch.next.value, "0 ", 2), 0,
+                     "round %d: the next call ran inside the open transaction (%s)", round,
+                     ch.next.value);
+        cr_expect_str_neq(ch.next.value + 2, ch.first.value,
+                          "round %d: the next call had the same session", round);
+
+        /* The give-back's path: nothing waits when the loop does. */
+        start_call(ac, PGG_WRITE, open_txn, 0, 0, &o[0]);
+        run_until(base, &o[0], 1, 5000);
+        cr_assert_eq(o[0].code, PGG_OK, "%s", o[0].message);
+        start_call(ac, PGG_WRITE, look, 0, 0, &o[1]);
+        run_until(base, &o[1], 1, 5000);
+        cr_assert_eq(o[1].code, PGG_OK, "%s", o[1].message);
+        cr_expect_eq(strncmp(o[1].value, "0 ", 2), 0,
+                     "round %d: a later call ran inside the open transaction (%s)", round,
+                     o[1].value);
+        cr_expect_str_neq(o[1].value + 2, o[0].value, "round %d: the same session", round);
+    }
+    pgg_async_free(ac);
+    event_base_free(base);
+    end_test(p, c);
+}
+
 Test(async, bad_input_gets_clear_errors_and_no_callback)
 {
     pgh_cluster *c = cluster_or_die(0);
