@@ -20,8 +20,9 @@
  * --only runs one client's rounds (no ratio), warms that client alone and
  * skips the timed round: for strace -c -f and callgrind, which want one
  * client's costs alone.  It prints the number of calls of the measured
- * rounds; `valgrind --tool=callgrind --toggle-collect=measured_round`
- * counts exactly those rounds (the 1 ms loop-lag probe is off with --only).
+ * rounds and of the warm-up (strace counts both);
+ * `valgrind --tool=callgrind --toggle-collect=measured_round` counts
+ * exactly the measured rounds (the 1 ms loop-lag probe is off with --only).
  *
  * Without --conninfo (or PGG_BENCH_CONNINFO) it starts a local server
  * through the test harness.
@@ -236,7 +237,7 @@ int main(int argc, char **argv)
     char settings[512], errbuf[2048];
     double raw_rate[64], pgg_rate[64], raw_cpu[64], pgg_cpu[64], ratio[64];
     double load[3] = {0};
-    long total_done = 0;
+    long total_done = 0, warm_done = 0;
     double raw_gap[64], pgg_gap[64];
     struct event *tick;
     probe pr;
@@ -305,9 +306,11 @@ int main(int argc, char **argv)
 
         if (only != 0)
             raw_round(cs, inflight, &rs);
+        warm_done += rs.done;
         rs = (round_state){.base = base, .end = now_s() + 0.2};
         if (only != 1)
             pgg_round(ac, inflight, &rs);
+        warm_done += rs.done;
     }
 
     tick = event_new(base, -1, EV_PERSIST, on_tick, &pr);
@@ -388,7 +391,8 @@ int main(int argc, char **argv)
     }
 
     if (only >= 0)
-        printf("calls in the measured rounds: %ld\n", total_done);
+        printf("calls in the measured rounds: %ld (and %ld warming up)\n", total_done,
+               warm_done);
 
 #if PGG_BENCH_CALLBACK_CPU
     /* Every callback timed: one round of each, not in the figures above
