@@ -1014,6 +1014,82 @@ Test(async, a_session_left_in_a_transaction_is_not_lent_again)
     end_test(p, c);
 }
 
+/*
+ * A finished call's record goes back to its context's free list and the
+ * next call takes it (last in, first out): nothing of the call before
+ * shows in the next one, whatever that one was (its own timeout, a server
+ * error, parameters, a cancel in flight); and nothing leaks after many
+ * calls (the test's leak check, under ASan or valgrind).
+ */
+Test(async, recycled_call_records_carry_nothing_of_the_previous_call)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, "pool_max=2");
+    struct event_base *base = event_base_new();
+    pgg_async *ac = async_for(p, base);
+    const char *vals[] = {"param"};
+    outcome o[2];
+    pgg_async_call *h;
+    pgg_error e;
+
+    for (int round = 0; round < 8; round++) {
+        /* Each call's predecessor leaves its record on the free list; the
+         * plain call after it (no options, no parameters) must be plain. */
+        for (int kind = 0; kind < 4; kind++) {
+            o[0] = (outcome){.started = pgh_now_ms()};
+            switch (kind) {
+            case 0: /* its own short timeout, passed */
+                start_call(ac, PGG_READ, "SELECT pg_sleep(0.3)", 60, PGG_CALL_CACHEABLE, &o[0]);
+                run_until(base, o, 1, 5000);
+                cr_assert_eq(o[0].code, PGG_ETIMEDOUT, "%s", o[0].message);
+                break;
+            case 1: /* a server error */
+                start_call(ac, PGG_READ, "SELECT 1/0", 0, 0, &o[0]);
+                run_until(base, o, 1, 5000);
+                cr_assert_str_eq(o[0].sqlstate, "22012");
+                break;
+            case 2: /* parameters, as text */
+                cr_assert_eq(pgg_async_exec_params(ac, PGG_READ, "SELECT $1::text", 1, NULL,
+                                                   vals, NULL, NULL, NULL, on_done, &o[0],
+                                                   NULL, &e),
+                             PGG_OK, "%s", e.message);
+                run_until(base, o, 1, 5000);
+                cr_assert_str_eq(o[0].value, "param", "%s", o[0].message);
+                break;
+            case 3: /* cancelled in flight */
+                cr_assert_eq(pgg_async_exec(ac, PGG_WRITE, "SELECT pg_sleep(5)", NULL, on_done,
+                                            &o[0], &h, &e),
+                             PGG_OK);
+                for (int i = 0; i < 5; i++)
+                    loop_once(base, EVLOOP_NONBLOCK);
+                pgg_async_cancel(h);
+                cr_assert_eq(o[0].code, PGG_ECANCELED, "%s", o[0].message);
+                break;
+            }
+            /* No options at all; longer than the timeout of case 0,
+             * within the default. */
+            o[1] = (outcome){.started = pgh_now_ms()};
+            cr_assert_eq(pgg_async_exec(ac, PGG_READ, "SELECT 'plain' FROM pg_sleep(0.1)", NULL,
+                                        on_done, &o[1], NULL, &e),
+                         PGG_OK, "%s", e.message);
+            cr_assert_eq(pgg_async_pending(ac), 1);
+            run_until(base, &o[1], 1, 5000);
+            cr_expect_eq(o[1].code, PGG_OK, "round %d after kind %d: %s", round, kind,
+                         o[1].message);
+            cr_expect_str_eq(o[1].value, "plain", "round %d after kind %d", round, kind);
+            cr_expect_str_eq(o[1].message, "", "round %d after kind %d", round, kind);
+            cr_expect_str_eq(o[1].sqlstate, "", "round %d after kind %d", round, kind);
+            cr_expect_eq(o[1].attempts, 1, "round %d after kind %d", round, kind);
+            cr_expect_eq(o[1].sent, 1, "round %d after kind %d", round, kind);
+            cr_expect_eq(o[1].host_index, 0, "round %d after kind %d", round, kind);
+        }
+    }
+    loop_guard_check("recycled records");
+    pgg_async_free(ac);
+    event_base_free(base);
+    end_test(p, c);
+}
+
 Test(async, bad_input_gets_clear_errors_and_no_callback)
 {
     pgh_cluster *c = cluster_or_die(0);
