@@ -12,7 +12,12 @@
  * read callback), kept out of the throughput rounds.
  *
  *   bench-async [--conninfo CI] [--inflight N] [--rounds R] [--round-ms MS]
- *               [--only pgguard|raw] [--settings 'key=value ...']
+ *               [--only pgguard|raw] [--deferred] [--settings 'key=value ...']
+ *
+ * --deferred starts each next call from a zero timeout on the loop instead
+ * of inside the callback of the call before (for pgguard: the connection
+ * just used goes back to the pool before the loop waits, and the next call
+ * borrows one).
  *
  * --settings adds pool keys to pgguard's (e.g. 'pipeline=on': the loop's
  * calls share connections in pipeline mode, src/async.c).
@@ -70,6 +75,7 @@ static double cpu_s(void)
 
 typedef struct round_state {
     struct event_base *base;
+    pgg_async *ac;
     double end; /* stop issuing new calls after this */
     long done;
     long failed;
@@ -94,6 +100,13 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
     p->last = t;
 }
 
+/* --deferred: each client's next call starts from a zero timeout on the
+ * loop, not inside the callback of the call before (a server whose next
+ * request arrives after the answer went out); the call is counted in
+ * flight meanwhile. */
+static bool deferred;
+static const struct timeval zero_tv = {0, 0};
+
 /* ------------------------------------------------------------- raw libpq */
 
 typedef struct raw_conn {
@@ -111,6 +124,16 @@ static void raw_send(raw_conn *c)
     c->rs->inflight++;
 }
 
+static void raw_later(evutil_socket_t fd, short what, void *arg)
+{
+    raw_conn *c = arg;
+
+    (void)fd;
+    (void)what;
+    c->rs->inflight--;
+    raw_send(c);
+}
+
 static void raw_read(raw_conn *c)
 {
     round_state *rs = c->rs;
@@ -124,7 +147,10 @@ static void raw_read(raw_conn *c)
             c->busy = false;
             rs->inflight--;
             rs->done++;
-            if (now_s() < rs->end)
+            if (now_s() < rs->end && deferred) {
+                rs->inflight++;
+                event_base_once(rs->base, -1, EV_TIMEOUT, raw_later, c, &zero_tv);
+            } else if (now_s() < rs->end)
                 raw_send(c);
             else if (rs->inflight == 0)
                 event_base_loopbreak(rs->base);
@@ -166,6 +192,16 @@ static void pgg_issue(pgg_async *ac, round_state *rs)
     rs->inflight++;
 }
 
+static void pgg_later(evutil_socket_t fd, short what, void *arg)
+{
+    round_state *rs = arg;
+
+    (void)fd;
+    (void)what;
+    rs->inflight--;
+    pgg_issue(rs->ac, rs);
+}
+
 static void pgg_on_done(pgg_async *ac, PGresult *res, const pgg_info *info,
                         const pgg_error *err, void *ud)
 {
@@ -180,7 +216,10 @@ static void pgg_on_done(pgg_async *ac, PGresult *res, const pgg_info *info,
     }
     rs->done++;
     PQclear(res);
-    if (now_s() < rs->end)
+    if (now_s() < rs->end && deferred) {
+        rs->inflight++;
+        event_base_once(rs->base, -1, EV_TIMEOUT, pgg_later, rs, &zero_tv);
+    } else if (now_s() < rs->end)
         pgg_issue(ac, rs);
     else if (rs->inflight == 0)
         event_base_loopbreak(rs->base);
@@ -188,6 +227,7 @@ static void pgg_on_done(pgg_async *ac, PGresult *res, const pgg_info *info,
 
 static void pgg_round(pgg_async *ac, int n, round_state *rs)
 {
+    rs->ac = ac;
     for (int i = 0; i < n; i++)
         pgg_issue(ac, rs);
     event_base_dispatch(rs->base);
@@ -253,6 +293,8 @@ int main(int argc, char **argv)
             rounds = atoi(argv[++i]);
         else if (strcmp(argv[i], "--round-ms") == 0 && i + 1 < argc)
             round_ms = atoi(argv[++i]);
+        else if (strcmp(argv[i], "--deferred") == 0)
+            deferred = true;
         else if (strcmp(argv[i], "--settings") == 0 && i + 1 < argc)
             extra = argv[++i];
         else if (strcmp(argv[i], "--only") == 0 && i + 1 < argc) {
@@ -262,7 +304,7 @@ int main(int argc, char **argv)
                 die("--only pgguard|raw");
         } else
             die("usage: bench-async [--conninfo CI] [--inflight N] [--rounds R] [--round-ms MS] "
-                "[--only pgguard|raw] [--settings 'key=value ...']");
+                "[--only pgguard|raw] [--deferred] [--settings 'key=value ...']");
     }
     if (inflight < 1 || inflight > MAX_INFLIGHT || rounds < 1 || rounds > 64 || round_ms < 10)
         die("--inflight 1..%d, --rounds 1..64, --round-ms >= 10", MAX_INFLIGHT);
@@ -315,8 +357,9 @@ int main(int argc, char **argv)
 
     tick = event_new(base, -1, EV_PERSIST, on_tick, &pr);
     printf("bench-async: SELECT 1, one libevent loop thread, %d calls in flight, "
-           "%d rounds of %d ms each, order alternated\n",
-           inflight, rounds, round_ms);
+           "%d rounds of %d ms each, order alternated%s\n",
+           inflight, rounds, round_ms,
+           deferred ? ", each next call from a zero timeout" : "");
     printf("round  raw calls/s  pgguard calls/s  ratio  raw CPU us/call  pgguard CPU us/call"
            "  raw worst gap ms  pgguard worst gap ms\n");
     for (int r = 0; r < rounds; r++) {
