@@ -39,6 +39,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "async.h"
 #include "call.h"
 #include "cancel.h"
 #include "error.h"
@@ -179,6 +180,9 @@ struct pgg_async {
     bool attached;
     pgg_async_call *head;
     int pending;
+    /* Calls in ST_PARKED: a give-back looks for one to wake only when
+     * there is one, instead of walking every call in flight each time. */
+    int nparked;
     int64_t timer_at; /* INT64_MAX: disarmed */
     pgg_async_call *free_calls; /* CALL_ROOM blocks, linked by next */
     int nfree;
@@ -266,6 +270,11 @@ void *pgg_async_ev_data(const pgg_async *ac)
 int pgg_async_pending(const pgg_async *ac)
 {
     return ac ? ac->pending : 0;
+}
+
+int pgg__async_parked(const pgg_async *ac)
+{
+    return ac->nparked;
 }
 
 int pgg_async_sock_fd(const pgg_async_sock *s)
@@ -1490,8 +1499,17 @@ static void look_again(pgg_async_call *k, int64_t now)
 
 static void park(pgg_async_call *k, int64_t now)
 {
+    if (k->state != ST_PARKED)
+        k->ac->nparked++;
     k->state = ST_PARKED;
     look_again(k, now);
+}
+
+/* k leaves ST_PARKED (it looks again, or is cancelled). */
+static void unparked(pgg_async_call *k)
+{
+    k->ac->nparked--;
+    k->state = ST_IDLE;
 }
 
 /* Admission on k->h, then a connection or a connect.  A call the breaker
@@ -1556,9 +1574,13 @@ static void borrow(pgg_async_call *k)
 {
     pgg_pool *pool = k->c.pool;
     pgg_host *h = k->h;
-    int64_t now = k->state == ST_PARKED ? pgg__now_ns() : k->c.now;
+    int64_t now = k->c.now;
     bool connect;
 
+    if (k->state == ST_PARKED) {
+        now = pgg__now_ns();
+        unparked(k); /* park() again below if still busy */
+    }
     if (pgg__host_try_borrow(h, now, k->attempt_deadline, &k->l, &connect,
                              k->c.err) != PGG_OK) {
         int code = k->c.err->code;
@@ -1678,6 +1700,8 @@ static void unpark(pgg_async *ac, const pgg_host *h)
 {
     pgg_async_call *k = NULL;
 
+    if (ac->nparked == 0)
+        return;
     for (pgg_async_call *i = ac->head; i; i = i->next)
         if (i->state == ST_PARKED && i->h == h)
             k = i;
@@ -1790,7 +1814,7 @@ static void expire(pgg_async_call *k)
     case ST_PARKED:
         /* A cancel: the wait for a connection ends as the blocking one
          * does (not the host's failure). */
-        k->state = ST_IDLE;
+        unparked(k);
         pgg__pool_take_failed(k->c.pool, k->h, k->ticket, k->c.now,
                               PGG_BORROW_EXHAUSTED, k->c.err);
         pgg__call_skipped(&k->c);

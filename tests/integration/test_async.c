@@ -15,6 +15,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include "async.h"
 #include "pool.h"
 #include "pool_util.h"
 #include "pgguard/adapters/libevent.h"
@@ -812,8 +813,12 @@ Test(async, parked_writes_are_not_handed_a_session_terminated_behind_its_answer)
             cr_assert_eq(o[i].code, PGG_OK, "round %d warm-up %d: %s", r, i, o[i].message);
         /* The first four are sent in the calls, the others park. */
         start_writes(ac, "async_parked_after", base_v, PIPED, o);
+        /* Counted as parked, so that a connection given back looks for
+         * them (and only then: pgg__async_parked). */
+        cr_expect_eq(pgg__async_parked(ac), PIPED - 4, "round %d", r);
         terminate_after_answers(c, "async_parked_after", base_v, 4);
         run_until(base, o, PIPED, 10000);
+        cr_expect_eq(pgg__async_parked(ac), 0, "round %d: a call still counted as parked", r);
         expect_written_once(c, "async_parked_after", base_v, PIPED, o, "parked across the blip");
     }
     loop_guard_on();
@@ -1263,6 +1268,7 @@ Test(async, a_full_server_is_waited_for_on_the_loop)
     while (pgg_async_pending(ac) > 0 && pgh_now_ms() < end)
         loop_once(base, EVLOOP_ONCE);
     cr_assert_eq(pgg_async_pending(ac), 0);
+    cr_expect_eq(pgg__async_parked(ac), 0, "a call still counted as parked");
     for (int i = 0; i < 4; i++) {
         failed += ch[i].failed;
         if (ch[i].failed)
