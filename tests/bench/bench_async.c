@@ -137,6 +137,7 @@ static void raw_later(evutil_socket_t fd, short what, void *arg)
 static void raw_read(raw_conn *c)
 {
     round_state *rs = c->rs;
+    bool more;
 
     if (!PQconsumeInput(c->conn))
         die("raw read: %s", PQerrorMessage(c->conn));
@@ -147,10 +148,11 @@ static void raw_read(raw_conn *c)
             c->busy = false;
             rs->inflight--;
             rs->done++;
-            if (now_s() < rs->end && deferred) {
+            more = now_s() < rs->end;
+            if (more && deferred) {
                 rs->inflight++;
                 event_base_once(rs->base, -1, EV_TIMEOUT, raw_later, c, &zero_tv);
-            } else if (now_s() < rs->end)
+            } else if (more)
                 raw_send(c);
             else if (rs->inflight == 0)
                 event_base_loopbreak(rs->base);
@@ -206,6 +208,7 @@ static void pgg_on_done(pgg_async *ac, PGresult *res, const pgg_info *info,
                         const pgg_error *err, void *ud)
 {
     round_state *rs = ud;
+    bool more;
 
     (void)info;
     rs->inflight--;
@@ -216,10 +219,11 @@ static void pgg_on_done(pgg_async *ac, PGresult *res, const pgg_info *info,
     }
     rs->done++;
     PQclear(res);
-    if (now_s() < rs->end && deferred) {
+    more = now_s() < rs->end;
+    if (more && deferred) {
         rs->inflight++;
         event_base_once(rs->base, -1, EV_TIMEOUT, pgg_later, rs, &zero_tv);
-    } else if (now_s() < rs->end)
+    } else if (more)
         pgg_issue(ac, rs);
     else if (rs->inflight == 0)
         event_base_loopbreak(rs->base);
