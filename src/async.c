@@ -39,6 +39,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "async.h"
 #include "call.h"
 #include "cancel.h"
 #include "error.h"
@@ -180,6 +181,9 @@ struct pgg_async {
     bool attached;
     pgg_async_call *head;
     int pending;
+    /* Calls in ST_PARKED: a give-back looks for one to wake only when
+     * there is one, instead of walking every call in flight each time. */
+    int nparked;
     int64_t timer_at; /* INT64_MAX: disarmed */
     pgg_async_call *free_calls; /* CALL_ROOM blocks, linked by next */
     int nfree;
@@ -267,6 +271,11 @@ void *pgg_async_ev_data(const pgg_async *ac)
 int pgg_async_pending(const pgg_async *ac)
 {
     return ac ? ac->pending : 0;
+}
+
+int pgg__async_parked(const pgg_async *ac)
+{
+    return ac->nparked;
 }
 
 int pgg_async_sock_fd(const pgg_async_sock *s)
@@ -382,7 +391,7 @@ static void unpark(pgg_async *ac, const pgg_host *h);
  * (and a call parked on its host woken) before the loop waits again. */
 static void flush_pipes(pgg_async *ac);
 
-static void flush_spare(pgg_async *ac)
+static void flush_spare_now(pgg_async *ac)
 {
     pgg_host *h = ac->spare_host;
 
@@ -398,6 +407,25 @@ static void flush_spare(pgg_async *ac)
     unpark(ac, h);
 }
 
+/* Inline: after every callback, and usually nothing to do (the callback's
+ * own next call took the spare). */
+static inline void flush_spare(pgg_async *ac)
+{
+    if (ac->spare_link || ac->pipes)
+        flush_spare_now(ac);
+}
+
+/* May k's connection be lent again after its query?  A pooled one was
+ * reusable when lent, and only a read-your-writes exec may change its
+ * modes (pipeline) on the loop: then only its session's state is asked
+ * (pgg__pool_attempt's rule); a new one's modes are the hook's: all. */
+static bool still_reusable(const pgg_async_call *k)
+{
+    if (k->a.reused && !k->c.q->vis)
+        return pgg__link_idle_after_call(k->l->conn);
+    return pgg__link_reusable(k->l->conn);
+}
+
 /* k's query was answered on a session that stays usable: keep its
  * connection and socket as the spare (see struct pgg_async).  False when
  * they do not qualify (the caller gives them back). */
@@ -408,7 +436,7 @@ static bool keep_spare(pgg_async_call *k)
     /* One spare at a time: flushing one here would run other calls'
      * steps in the middle of k's. */
     if (ac->spare_link || !k->sock || k->sock->on != POLLIN ||
-        !pgg__link_reusable(k->l->conn))
+        !still_reusable(k))
         return false;
     k->sock->call = NULL;
     /* As a give-back would leave it: its startup report is no longer
@@ -494,6 +522,7 @@ static bool sock_want(pgg_async_call *k, int fd, int want, int64_t until)
 /* ------------------------------------------------------------ attempts */
 
 static void drive(pgg_async_call *k);
+static void io_sent(pgg_async_call *k);
 static void exec_start(pgg_async_call *k);
 static int64_t connect_bound(const pgg_async_call *k);
 static int connect_fd(pgg_async_call *k);
@@ -533,8 +562,12 @@ static void exec_over(pgg_async_call *k, PGresult *res, pgg_attempt_end end)
                                  &k->ticket, k->role, k->c.now, res, end,
                                  &k->a.ended, k->c.err);
     pgg__cancel_cur = prev;
-    k->a.lost = !k->l || PQstatus(k->l->conn) != CONNECTION_OK;
-    if (k->l && !k->a.lost && k->ended_behind) {
+    /* Read only after a failure (pgg__call_attempted reads it then): a
+     * success is served whatever it says, and the spare and the give-back
+     * check the session themselves. */
+    k->a.lost = !k->l || (k->a.v.cls != PGG_CLASS_SUCCESS &&
+                          PQstatus(k->l->conn) != CONNECTION_OK);
+    if (k->l && k->ended_behind && PQstatus(k->l->conn) == CONNECTION_OK) {
         /* Answered, then terminated: libpq read the FATAL with the answer
          * and PQstatus still says OK.  Not given back, where the next
          * borrow, within alive_check_after_idle_ms, would not look; its
@@ -669,8 +702,7 @@ static void io(pgg_async_call *k, int revents)
             exec_over(k, res, PGG_END_RESULT);
             return;
         }
-        k->io = (pgg_link_io){0};
-        io(k, 0);
+        io_sent(k);
         return;
     }
     if (k->state == ST_PREPARE) {
@@ -704,8 +736,7 @@ static void io(pgg_async_call *k, int revents)
             exec_over(k, res, end);
             return;
         }
-        k->io = (pgg_link_io){0};
-        io(k, 0);
+        io_sent(k);
         return;
     }
     if (k->state == ST_QUERY && k->c.q->stmt && !k->reprepared &&
@@ -724,11 +755,20 @@ static void io(pgg_async_call *k, int revents)
             exec_over(k, res, end);
             return;
         }
-        k->io = (pgg_link_io){0};
-        io(k, 0);
+        io_sent(k);
         return;
     }
     exec_over(k, res, end);
+}
+
+/* k's statement (or prepare, or hook SQL) was sent just now by
+ * pgg__link_send: its first step pushes it out and waits for the socket
+ * without parsing first, since no answer can be in libpq's buffer before
+ * the server has it all (pgg_link_io.sent). */
+static void io_sent(pgg_async_call *k)
+{
+    k->io = (pgg_link_io){.sent = true};
+    io(k, 0);
 }
 
 /* -------------------------------------------------------------- pipes */
@@ -1132,7 +1172,6 @@ static void exec_start(pgg_async_call *k)
         return;
     k->a.reused = !k->l->fresh;
     k->role = atomic_load_explicit(&k->h->role, memory_order_relaxed);
-    k->io = (pgg_link_io){0};
     /* A read whose position this host is not known to have is not sent
      * (the loop does not check it in the same round trip): a blocking call
      * would not use its answer either.  A write that wants its position
@@ -1162,7 +1201,7 @@ static void exec_start(pgg_async_call *k)
         exec_over(k, res, end);
         return;
     }
-    io(k, 0);
+    io_sent(k);
 }
 
 /* A connection failed before its query was sent (err says why): the
@@ -1437,13 +1476,12 @@ static void connect_step(pgg_async_call *k, bool ready)
         pgg_attempt_end end;
 
         k->state = ST_HOOK;
-        k->io = (pgg_link_io){0};
         if (pgg__link_send(k->conn, &q, k->h->name, &res, &end, k->c.err) !=
             PGG_OK) {
             hook_over(k, res, end);
             return;
         }
-        io(k, 0);
+        io_sent(k);
         return;
     }
     connected(k);
@@ -1462,8 +1500,17 @@ static void look_again(pgg_async_call *k, int64_t now)
 
 static void park(pgg_async_call *k, int64_t now)
 {
+    if (k->state != ST_PARKED)
+        k->ac->nparked++;
     k->state = ST_PARKED;
     look_again(k, now);
+}
+
+/* k leaves ST_PARKED (it looks again, or is cancelled). */
+static void unparked(pgg_async_call *k)
+{
+    k->ac->nparked--;
+    k->state = ST_IDLE;
 }
 
 /* Admission on k->h, then a connection or a connect.  A call the breaker
@@ -1528,9 +1575,13 @@ static void borrow(pgg_async_call *k)
 {
     pgg_pool *pool = k->c.pool;
     pgg_host *h = k->h;
-    int64_t now = k->state == ST_PARKED ? pgg__now_ns() : k->c.now;
+    int64_t now = k->c.now;
     bool connect;
 
+    if (k->state == ST_PARKED) {
+        now = pgg__now_ns();
+        unparked(k); /* park() again below if still busy */
+    }
     if (pgg__host_try_borrow(h, now, k->attempt_deadline, &k->l, &connect,
                              k->c.err) != PGG_OK) {
         int code = k->c.err->code;
@@ -1650,6 +1701,8 @@ static void unpark(pgg_async *ac, const pgg_host *h)
 {
     pgg_async_call *k = NULL;
 
+    if (ac->nparked == 0)
+        return;
     for (pgg_async_call *i = ac->head; i; i = i->next)
         if (i->state == ST_PARKED && i->h == h)
             k = i;
@@ -1762,7 +1815,7 @@ static void expire(pgg_async_call *k)
     case ST_PARKED:
         /* A cancel: the wait for a connection ends as the blocking one
          * does (not the host's failure). */
-        k->state = ST_IDLE;
+        unparked(k);
         pgg__pool_take_failed(k->c.pool, k->h, k->ticket, k->c.now,
                               PGG_BORROW_EXHAUSTED, k->c.err);
         pgg__call_skipped(&k->c);
@@ -1975,22 +2028,13 @@ int pgg_async_exec_params(pgg_async *ac, pgg_intent intent, const char *sql,
                           pgg_async_fn fn, void *userdata,
                           pgg_async_call **handle, pgg_error *err)
 {
-    pgg_query q = {.sql = sql,
-                   .nparams = nparams,
-                   .types = types,
-                   .values = values,
-                   .lengths = lengths,
-                   .formats = formats,
-                   .result_format = call ? call->result_format : 0};
+    pgg_query q;
+    int rc = pgg__query_params(&q, "pgg_async_exec_params", sql, nparams,
+                               types, values, lengths, formats,
+                               call ? call->result_format : 0, err);
 
-    if (nparams < 0 || (nparams > 0 && !values && !types))
-        return pgg__error_set(err, PGG_EINVAL, NULL, NULL,
-                              "pgg_async_exec_params: %d parameters but no "
-                              "values",
-                              nparams);
-    /* Parameters force the extended protocol even when there are none. */
-    if (q.nparams == 0 && !q.types)
-        q.types = (const Oid *)"";
+    if (rc != PGG_OK)
+        return rc;
     return start(ac, intent, &q, call, fn, userdata, handle, err);
 }
 

@@ -344,24 +344,14 @@ PGresult *pgg_exec_params(pgg_pool *pool, pgg_intent intent, const char *sql,
                           const int *formats, const pgg_call *call,
                           pgg_info *info, pgg_error *err)
 {
-    pgg_query q = {.sql = sql,
-                   .nparams = nparams,
-                   .types = types,
-                   .values = values,
-                   .lengths = lengths,
-                   .formats = formats,
-                   .result_format = call ? call->result_format : 0};
+    pgg_query q;
 
-    if (nparams < 0 || (nparams > 0 && !values && !types)) {
-        pgg__error_set(err, PGG_EINVAL, NULL, NULL,
-                       "pgg_exec_params: %d parameters but no values",
-                       nparams);
+    if (pgg__query_params(&q, "pgg_exec_params", sql, nparams, types, values,
+                          lengths, formats, call ? call->result_format : 0,
+                          err) != PGG_OK) {
         pgg__info_reset(info);
         return NULL;
     }
-    /* Parameters force the extended protocol even when there are none. */
-    if (q.nparams == 0 && !q.types)
-        q.types = (const Oid *)"";
     return run(pool, intent, &q, call, info, err);
 }
 

@@ -208,6 +208,15 @@ static inline void pgg__pool_record_at(pgg_host *h, const pgg_ticket *ticket,
 int pgg__pool_no_host_error(pgg_pool *pool, pgg_intent intent, int ncand,
                             pgg_error *err);
 
+/* The query of pgg_exec_params and pgg_async_exec_params (fn names the
+ * caller in the error): PGG_EINVAL for a negative count, or parameters
+ * with neither values nor types.  With no parameters it still goes by the
+ * extended protocol, as the caller asked. */
+int pgg__query_params(pgg_query *q, const char *fn, const char *sql,
+                      int nparams, const Oid *types, const char *const *values,
+                      const int *lengths, const int *formats,
+                      int result_format, pgg_error *err);
+
 /* Arguments libpq would refuse to send (a parameter count out of
  * 0..65535, a binary value without a length or with a negative one):
  * PGG_EINVAL before any host is touched, so a caller's mistake never

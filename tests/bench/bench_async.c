@@ -12,13 +12,22 @@
  * read callback), kept out of the throughput rounds.
  *
  *   bench-async [--conninfo CI] [--inflight N] [--rounds R] [--round-ms MS]
- *               [--only pgguard|raw] [--settings 'key=value ...']
+ *               [--only pgguard|raw] [--deferred] [--settings 'key=value ...']
+ *
+ * --deferred starts each next call from a zero timeout on the loop instead
+ * of inside the callback of the call before (for pgguard: the connection
+ * just used goes back to the pool before the loop waits, and the next call
+ * borrows one).
  *
  * --settings adds pool keys to pgguard's (e.g. 'pipeline=on': the loop's
  * calls share connections in pipeline mode, src/async.c).
  *
- * --only runs one client's rounds (no ratio): for strace -c -f and
- * callgrind, which want one client's costs alone.
+ * --only runs one client's rounds (no ratio), warms that client alone and
+ * skips the timed round: for strace -c -f and callgrind, which want one
+ * client's costs alone.  It prints the number of calls of the measured
+ * rounds and of the warm-up (strace counts both);
+ * `valgrind --tool=callgrind --toggle-collect=measured_round` counts
+ * exactly the measured rounds (the 1 ms loop-lag probe is off with --only).
  *
  * Without --conninfo (or PGG_BENCH_CONNINFO) it starts a local server
  * through the test harness.
@@ -66,6 +75,7 @@ static double cpu_s(void)
 
 typedef struct round_state {
     struct event_base *base;
+    pgg_async *ac;
     double end; /* stop issuing new calls after this */
     long done;
     long failed;
@@ -90,6 +100,13 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
     p->last = t;
 }
 
+/* --deferred: each client's next call starts from a zero timeout on the
+ * loop, not inside the callback of the call before (a server whose next
+ * request arrives after the answer went out); the call is counted in
+ * flight meanwhile. */
+static bool deferred;
+static const struct timeval zero_tv = {0, 0};
+
 /* ------------------------------------------------------------- raw libpq */
 
 typedef struct raw_conn {
@@ -107,9 +124,20 @@ static void raw_send(raw_conn *c)
     c->rs->inflight++;
 }
 
+static void raw_later(evutil_socket_t fd, short what, void *arg)
+{
+    raw_conn *c = arg;
+
+    (void)fd;
+    (void)what;
+    c->rs->inflight--;
+    raw_send(c);
+}
+
 static void raw_read(raw_conn *c)
 {
     round_state *rs = c->rs;
+    bool more;
 
     if (!PQconsumeInput(c->conn))
         die("raw read: %s", PQerrorMessage(c->conn));
@@ -120,7 +148,11 @@ static void raw_read(raw_conn *c)
             c->busy = false;
             rs->inflight--;
             rs->done++;
-            if (now_s() < rs->end)
+            more = now_s() < rs->end;
+            if (more && deferred) {
+                rs->inflight++;
+                event_base_once(rs->base, -1, EV_TIMEOUT, raw_later, c, &zero_tv);
+            } else if (more)
                 raw_send(c);
             else if (rs->inflight == 0)
                 event_base_loopbreak(rs->base);
@@ -162,10 +194,21 @@ static void pgg_issue(pgg_async *ac, round_state *rs)
     rs->inflight++;
 }
 
+static void pgg_later(evutil_socket_t fd, short what, void *arg)
+{
+    round_state *rs = arg;
+
+    (void)fd;
+    (void)what;
+    rs->inflight--;
+    pgg_issue(rs->ac, rs);
+}
+
 static void pgg_on_done(pgg_async *ac, PGresult *res, const pgg_info *info,
                         const pgg_error *err, void *ud)
 {
     round_state *rs = ud;
+    bool more;
 
     (void)info;
     rs->inflight--;
@@ -176,7 +219,11 @@ static void pgg_on_done(pgg_async *ac, PGresult *res, const pgg_info *info,
     }
     rs->done++;
     PQclear(res);
-    if (now_s() < rs->end)
+    more = now_s() < rs->end;
+    if (more && deferred) {
+        rs->inflight++;
+        event_base_once(rs->base, -1, EV_TIMEOUT, pgg_later, rs, &zero_tv);
+    } else if (more)
         pgg_issue(ac, rs);
     else if (rs->inflight == 0)
         event_base_loopbreak(rs->base);
@@ -184,9 +231,24 @@ static void pgg_on_done(pgg_async *ac, PGresult *res, const pgg_info *info,
 
 static void pgg_round(pgg_async *ac, int n, round_state *rs)
 {
+    rs->ac = ac;
     for (int i = 0; i < n; i++)
         pgg_issue(ac, rs);
     event_base_dispatch(rs->base);
+}
+
+/* One measured round: the window callgrind counts
+ * (--toggle-collect=measured_round): out of line, its name stable, and
+ * nothing else calls it. */
+__attribute__((noinline)) void measured_round(bool raw, raw_conn *cs, pgg_async *ac, int n,
+                                              round_state *rs);
+__attribute__((noinline)) void measured_round(bool raw, raw_conn *cs, pgg_async *ac, int n,
+                                              round_state *rs)
+{
+    if (raw)
+        raw_round(cs, n, rs);
+    else
+        pgg_round(ac, n, rs);
 }
 
 /* ------------------------------------------------------------------ main */
@@ -219,6 +281,7 @@ int main(int argc, char **argv)
     char settings[512], errbuf[2048];
     double raw_rate[64], pgg_rate[64], raw_cpu[64], pgg_cpu[64], ratio[64];
     double load[3] = {0};
+    long total_done = 0, warm_done = 0;
     double raw_gap[64], pgg_gap[64];
     struct event *tick;
     probe pr;
@@ -234,6 +297,8 @@ int main(int argc, char **argv)
             rounds = atoi(argv[++i]);
         else if (strcmp(argv[i], "--round-ms") == 0 && i + 1 < argc)
             round_ms = atoi(argv[++i]);
+        else if (strcmp(argv[i], "--deferred") == 0)
+            deferred = true;
         else if (strcmp(argv[i], "--settings") == 0 && i + 1 < argc)
             extra = argv[++i];
         else if (strcmp(argv[i], "--only") == 0 && i + 1 < argc) {
@@ -243,7 +308,7 @@ int main(int argc, char **argv)
                 die("--only pgguard|raw");
         } else
             die("usage: bench-async [--conninfo CI] [--inflight N] [--rounds R] [--round-ms MS] "
-                "[--only pgguard|raw] [--settings 'key=value ...']");
+                "[--only pgguard|raw] [--deferred] [--settings 'key=value ...']");
     }
     if (inflight < 1 || inflight > MAX_INFLIGHT || rounds < 1 || rounds > 64 || round_ms < 10)
         die("--inflight 1..%d, --rounds 1..64, --round-ms >= 10", MAX_INFLIGHT);
@@ -281,19 +346,24 @@ int main(int argc, char **argv)
     if (!ac || pgg_async_libevent_attach(ac, base) != PGG_OK)
         die("async: %s", e.message);
 
-    /* Warm both: every connection open, caches hot. */
+    /* Warm both (with --only, that one): every connection open, caches hot. */
     for (int w = 0; w < 2; w++) {
         round_state rs = {.base = base, .end = now_s() + 0.2};
 
-        raw_round(cs, inflight, &rs);
+        if (only != 0)
+            raw_round(cs, inflight, &rs);
+        warm_done += rs.done;
         rs = (round_state){.base = base, .end = now_s() + 0.2};
-        pgg_round(ac, inflight, &rs);
+        if (only != 1)
+            pgg_round(ac, inflight, &rs);
+        warm_done += rs.done;
     }
 
     tick = event_new(base, -1, EV_PERSIST, on_tick, &pr);
     printf("bench-async: SELECT 1, one libevent loop thread, %d calls in flight, "
-           "%d rounds of %d ms each, order alternated\n",
-           inflight, rounds, round_ms);
+           "%d rounds of %d ms each, order alternated%s\n",
+           inflight, rounds, round_ms,
+           deferred ? ", each next call from a zero timeout" : "");
     printf("round  raw calls/s  pgguard calls/s  ratio  raw CPU us/call  pgguard CPU us/call"
            "  raw worst gap ms  pgguard worst gap ms\n");
     for (int r = 0; r < rounds; r++) {
@@ -309,19 +379,18 @@ int main(int argc, char **argv)
             }
 
             pr = (probe){0};
-            event_add(tick, &ms1);
+            if (only < 0)
+                event_add(tick, &ms1);
             t0 = now_s();
             c0 = cpu_s();
             rs.end = t0 + round_ms / 1000.0;
-            if (raw)
-                raw_round(cs, inflight, &rs);
-            else
-                pgg_round(ac, inflight, &rs);
+            measured_round(raw, cs, ac, inflight, &rs);
             t = now_s() - t0;
             c = cpu_s() - c0;
             event_del(tick);
             if (rs.failed)
                 die("%ld calls failed in a %s round", rs.failed, raw ? "raw" : "pgguard");
+            total_done += rs.done;
             if (raw) {
                 raw_rate[r] = rs.done / t;
                 raw_cpu[r] = c * 1e6 / rs.done;
@@ -368,9 +437,14 @@ int main(int argc, char **argv)
                load[1], load[2]);
     }
 
+    if (only >= 0)
+        printf("calls in the measured rounds: %ld (and %ld warming up)\n", total_done,
+               warm_done);
+
 #if PGG_BENCH_CALLBACK_CPU
-    /* Every callback timed: one round of each, not in the figures above. */
-    for (int k = 0; k < 2; k++) {
+    /* Every callback timed: one round of each, not in the figures above
+     * (nor with --only: strace and callgrind count the rounds alone). */
+    for (int k = 0; k < 2 && only < 0; k++) {
         round_state rs = {.base = base, .end = now_s() + round_ms / 1000.0};
         char text[512];
 

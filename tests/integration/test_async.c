@@ -15,6 +15,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include "async.h"
 #include "pool.h"
 #include "pool_util.h"
 #include "pgguard/adapters/libevent.h"
@@ -812,8 +813,12 @@ Test(async, parked_writes_are_not_handed_a_session_terminated_behind_its_answer)
             cr_assert_eq(o[i].code, PGG_OK, "round %d warm-up %d: %s", r, i, o[i].message);
         /* The first four are sent in the calls, the others park. */
         start_writes(ac, "async_parked_after", base_v, PIPED, o);
+        /* Counted as parked, so that a connection given back looks for
+         * them (and only then: pgg__async_parked). */
+        cr_expect_eq(pgg__async_parked(ac), PIPED - 4, "round %d", r);
         terminate_after_answers(c, "async_parked_after", base_v, 4);
         run_until(base, o, PIPED, 10000);
+        cr_expect_eq(pgg__async_parked(ac), 0, "round %d: a call still counted as parked", r);
         expect_written_once(c, "async_parked_after", base_v, PIPED, o, "parked across the blip");
     }
     loop_guard_on();
@@ -937,6 +942,157 @@ static int hook_fn(PGconn *conn, int timeout_ms, void *userdata, char *errbuf, s
     (void)errbuf;
     (void)errlen;
     return 0;
+}
+
+/* A call whose callback starts the next one (the spare's path: the
+ * connection just answered, still watched, taken by the next call). */
+typedef struct chained {
+    const char *next_sql;
+    outcome first, next;
+} chained;
+
+static void on_first(pgg_async *ac, PGresult *res, const pgg_info *info,
+                     const pgg_error *err, void *ud)
+{
+    chained *ch = ud;
+    pgg_error e;
+
+    on_done(ac, res, info, err, &ch->first);
+    ch->next = (outcome){.started = pgh_now_ms()};
+    if (pgg_async_exec(ac, PGG_WRITE, ch->next_sql, NULL, on_done, &ch->next, NULL, &e) !=
+        PGG_OK)
+        snprintf(ch->next.message, sizeof ch->next.message, "not started: %.400s", e.message);
+}
+
+/*
+ * A session its call left inside a transaction is never lent again: not
+ * kept as the spare for the callback's next call, nor given back when the
+ * loop waits.  The next call on it would run inside that transaction (its
+ * SET LOCAL showing, its write rolled back with it).  One connection at
+ * most, so both paths are taken every time.
+ */
+Test(async, a_session_left_in_a_transaction_is_not_lent_again)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, "pool_max=1 pool_min_idle=0");
+    struct event_base *base = event_base_new();
+    pgg_async *ac = async_for(p, base);
+    const char *open_txn = "BEGIN; SET LOCAL statement_timeout = 12345; "
+                           "SELECT pg_backend_pid()";
+    const char *look = "SELECT current_setting('statement_timeout') || ' ' || "
+                       "pg_backend_pid()";
+    chained ch = {.next_sql = look};
+    outcome o[2];
+
+    for (int round = 0; round < 3; round++) {
+        /* The spare's path: the next call starts in the callback. */
+        ch.first = (outcome){.started = pgh_now_ms()};
+        ch.next = (outcome){0};
+        loop_guard_on();
+        cr_assert_eq(pgg_async_exec(ac, PGG_WRITE, open_txn, NULL, on_first, &ch, NULL, NULL),
+                     PGG_OK);
+        loop_guard_off();
+        run_until(base, &ch.first, 1, 5000);
+        run_until(base, &ch.next, 1, 5000);
+        cr_assert_eq(ch.first.code, PGG_OK, "%s", ch.first.message);
+        cr_assert_eq(ch.next.code, PGG_OK, "%s", ch.next.message);
+        cr_expect_eq(strncmp(ch.next.value, "0 ", 2), 0,
+                     "round %d: the next call ran inside the open transaction (%s)", round,
+                     ch.next.value);
+        cr_expect_str_neq(ch.next.value + 2, ch.first.value,
+                          "round %d: the next call had the same session", round);
+
+        /* The give-back's path: nothing waits when the loop does. */
+        start_call(ac, PGG_WRITE, open_txn, 0, 0, &o[0]);
+        run_until(base, &o[0], 1, 5000);
+        cr_assert_eq(o[0].code, PGG_OK, "%s", o[0].message);
+        start_call(ac, PGG_WRITE, look, 0, 0, &o[1]);
+        run_until(base, &o[1], 1, 5000);
+        cr_assert_eq(o[1].code, PGG_OK, "%s", o[1].message);
+        cr_expect_eq(strncmp(o[1].value, "0 ", 2), 0,
+                     "round %d: a later call ran inside the open transaction (%s)", round,
+                     o[1].value);
+        cr_expect_str_neq(o[1].value + 2, o[0].value, "round %d: the same session", round);
+    }
+    pgg_async_free(ac);
+    event_base_free(base);
+    end_test(p, c);
+}
+
+/*
+ * A finished call's record goes back to its context's free list and the
+ * next call takes it (last in, first out): nothing of the call before
+ * shows in the next one, whatever that one was (its own timeout, a server
+ * error, parameters, a cancel in flight); and nothing leaks after many
+ * calls (the test's leak check, under ASan or valgrind).
+ */
+Test(async, recycled_call_records_carry_nothing_of_the_previous_call)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, "pool_max=2");
+    struct event_base *base = event_base_new();
+    pgg_async *ac = async_for(p, base);
+    const char *vals[] = {"param"};
+    outcome o[2];
+    pgg_async_call *h;
+    pgg_error e;
+
+    for (int round = 0; round < 8; round++) {
+        /* Each call's predecessor leaves its record on the free list; the
+         * plain call after it (no options, no parameters) must be plain. */
+        for (int kind = 0; kind < 4; kind++) {
+            o[0] = (outcome){.started = pgh_now_ms()};
+            switch (kind) {
+            case 0: /* its own short timeout, passed */
+                start_call(ac, PGG_READ, "SELECT pg_sleep(0.3)", 60, PGG_CALL_CACHEABLE, &o[0]);
+                run_until(base, o, 1, 5000);
+                cr_assert_eq(o[0].code, PGG_ETIMEDOUT, "%s", o[0].message);
+                break;
+            case 1: /* a server error */
+                start_call(ac, PGG_READ, "SELECT 1/0", 0, 0, &o[0]);
+                run_until(base, o, 1, 5000);
+                cr_assert_str_eq(o[0].sqlstate, "22012");
+                break;
+            case 2: /* parameters, as text */
+                cr_assert_eq(pgg_async_exec_params(ac, PGG_READ, "SELECT $1::text", 1, NULL,
+                                                   vals, NULL, NULL, NULL, on_done, &o[0],
+                                                   NULL, &e),
+                             PGG_OK, "%s", e.message);
+                run_until(base, o, 1, 5000);
+                cr_assert_str_eq(o[0].value, "param", "%s", o[0].message);
+                break;
+            case 3: /* cancelled in flight */
+                cr_assert_eq(pgg_async_exec(ac, PGG_WRITE, "SELECT pg_sleep(5)", NULL, on_done,
+                                            &o[0], &h, &e),
+                             PGG_OK);
+                for (int i = 0; i < 5; i++)
+                    loop_once(base, EVLOOP_NONBLOCK);
+                pgg_async_cancel(h);
+                cr_assert_eq(o[0].code, PGG_ECANCELED, "%s", o[0].message);
+                break;
+            }
+            /* No options at all; longer than the timeout of case 0,
+             * within the default. */
+            o[1] = (outcome){.started = pgh_now_ms()};
+            cr_assert_eq(pgg_async_exec(ac, PGG_READ, "SELECT 'plain' FROM pg_sleep(0.1)", NULL,
+                                        on_done, &o[1], NULL, &e),
+                         PGG_OK, "%s", e.message);
+            cr_assert_eq(pgg_async_pending(ac), 1);
+            run_until(base, &o[1], 1, 5000);
+            cr_expect_eq(o[1].code, PGG_OK, "round %d after kind %d: %s", round, kind,
+                         o[1].message);
+            cr_expect_str_eq(o[1].value, "plain", "round %d after kind %d", round, kind);
+            cr_expect_str_eq(o[1].message, "", "round %d after kind %d", round, kind);
+            cr_expect_str_eq(o[1].sqlstate, "", "round %d after kind %d", round, kind);
+            cr_expect_eq(o[1].attempts, 1, "round %d after kind %d", round, kind);
+            cr_expect_eq(o[1].sent, 1, "round %d after kind %d", round, kind);
+            cr_expect_eq(o[1].host_index, 0, "round %d after kind %d", round, kind);
+        }
+    }
+    loop_guard_check("recycled records");
+    pgg_async_free(ac);
+    event_base_free(base);
+    end_test(p, c);
 }
 
 Test(async, bad_input_gets_clear_errors_and_no_callback)
@@ -1112,6 +1268,7 @@ Test(async, a_full_server_is_waited_for_on_the_loop)
     while (pgg_async_pending(ac) > 0 && pgh_now_ms() < end)
         loop_once(base, EVLOOP_ONCE);
     cr_assert_eq(pgg_async_pending(ac), 0);
+    cr_expect_eq(pgg__async_parked(ac), 0, "a call still counted as parked");
     for (int i = 0; i < 4; i++) {
         failed += ch[i].failed;
         if (ch[i].failed)

@@ -1,0 +1,13 @@
+/*
+ * Internal: what the tests may ask of a loop context (async.c) beyond
+ * pgguard_async.h.
+ */
+#ifndef PGG_ASYNC_H
+#define PGG_ASYNC_H
+
+#include "pgguard_async.h"
+
+/* Calls of ac waiting for a connection (ST_PARKED): 0 once none waits. */
+int pgg__async_parked(const pgg_async *ac);
+
+#endif
