@@ -457,7 +457,8 @@ int pgg__link_send(PGconn *conn, const pgg_query *q, const char *host,
 static inline int collect(pgg_wd_slot *slot, const pgg_cancel *cancel,
                           PGconn *conn, int64_t deadline_ns, int64_t now,
                           bool sent, const char *host, PGresult **out,
-                          pgg_attempt_end *end, pgg_error *err);
+                          pgg_attempt_end *end, pgg_error *err,
+                          ExecStatusType *status);
 
 /* sent: the query was sent just now, by us (see pgg_link_io.sent). */
 #if defined(__GNUC__)
@@ -465,7 +466,8 @@ __attribute__((always_inline))
 #endif
 static inline int wait_wd(pgg_watchdog *wd, PGconn *conn, int64_t deadline_ns,
                           int64_t now, bool sent, const char *host,
-                          PGresult **out, pgg_attempt_end *end, pgg_error *err)
+                          PGresult **out, pgg_attempt_end *end, pgg_error *err,
+                          ExecStatusType *status)
 {
     pgg_wd_slot *slot = wd ? pgg__watchdog_claim(wd) : NULL;
     pgg_cancel *cancel = slot ? pgg__cancel_cur : NULL;
@@ -474,20 +476,50 @@ static inline int wait_wd(pgg_watchdog *wd, PGconn *conn, int64_t deadline_ns,
     if (cancel)
         pgg__watchdog_set_cancel(slot, pgg__cancel_flag(cancel));
     rc = collect(slot, cancel, conn, deadline_ns, now, sent, host, out, end,
-                 err);
+                 err, status);
     pgg__watchdog_release(slot);
     return rc;
+}
+
+/* status: see pgg__link_exec_status. */
+#if defined(__GNUC__)
+__attribute__((always_inline))
+#endif
+static inline int exec_at(pgg_watchdog *wd, PGconn *conn, const pgg_query *q,
+                          int64_t deadline_ns, int64_t now, const char *host,
+                          PGresult **out, pgg_attempt_end *end, pgg_error *err,
+                          ExecStatusType *status)
+{
+    int rc = link_send(conn, q, host, out, end, err);
+
+    if (rc != PGG_OK) {
+        *status = PGRES_FATAL_ERROR;
+        return rc;
+    }
+    return wait_wd(wd, conn, deadline_ns, now, true, host, out, end, err,
+                   status);
 }
 
 int pgg__link_exec_at(pgg_watchdog *wd, PGconn *conn, const pgg_query *q,
                       int64_t deadline_ns, int64_t now, const char *host,
                       PGresult **out, pgg_attempt_end *end, pgg_error *err)
 {
-    int rc = link_send(conn, q, host, out, end, err);
+    ExecStatusType status;
 
-    if (rc != PGG_OK)
-        return rc;
-    return wait_wd(wd, conn, deadline_ns, now, true, host, out, end, err);
+    return exec_at(wd, conn, q, deadline_ns, now, host, out, end, err,
+                   &status);
+}
+
+ExecStatusType pgg__link_exec_status(pgg_watchdog *wd, PGconn *conn,
+                                     const pgg_query *q, int64_t deadline_ns,
+                                     int64_t now, const char *host,
+                                     PGresult **out, pgg_attempt_end *end,
+                                     pgg_error *err)
+{
+    ExecStatusType status;
+
+    exec_at(wd, conn, q, deadline_ns, now, host, out, end, err, &status);
+    return status;
 }
 
 int pgg__link_exec_wd(pgg_watchdog *wd, PGconn *conn, const pgg_query *q,
@@ -501,16 +533,22 @@ int pgg__link_exec_wd(pgg_watchdog *wd, PGconn *conn, const pgg_query *q,
 int pgg__link_wait(PGconn *conn, int64_t deadline_ns, const char *host,
                    PGresult **out, pgg_attempt_end *end, pgg_error *err)
 {
+    ExecStatusType status;
+
     *out = NULL;
-    return wait_wd(NULL, conn, deadline_ns, 0, false, host, out, end, err);
+    return wait_wd(NULL, conn, deadline_ns, 0, false, host, out, end, err,
+                   &status);
 }
 
 int pgg__link_wait_wd(pgg_watchdog *wd, PGconn *conn, int64_t deadline_ns,
                       const char *host, PGresult **out, pgg_attempt_end *end,
                       pgg_error *err)
 {
+    ExecStatusType status;
+
     *out = NULL;
-    return wait_wd(wd, conn, deadline_ns, 0, false, host, out, end, err);
+    return wait_wd(wd, conn, deadline_ns, 0, false, host, out, end, err,
+                   &status);
 }
 
 /*
@@ -650,7 +688,8 @@ __attribute__((always_inline))
 static inline int collect(pgg_wd_slot *slot, const pgg_cancel *cancel,
                           PGconn *conn, int64_t deadline_ns, int64_t now,
                           bool sent, const char *host, PGresult **out,
-                          pgg_attempt_end *end, pgg_error *err)
+                          pgg_attempt_end *end, pgg_error *err,
+                          ExecStatusType *status)
 {
     pgg_link_io io = {.keep = NULL, .flushed = false, .sent = sent};
     int rc = PGG_OK, waits = 0, ev = 0, want;
@@ -659,9 +698,14 @@ static inline int collect(pgg_wd_slot *slot, const pgg_cancel *cancel,
     while ((want = io_step(conn, &io, ev, host, out, end, err, &rc)) != 0) {
         ev = wait_next(slot, cancel, PQsocket(conn), (short)want, deadline_ns,
                        &now, &waits);
-        if (ev == 0)
+        if (ev == 0) {
+            *status = PGRES_FATAL_ERROR;
             return pgg__link_io_deadline(&io, host, out, end, err);
+        }
     }
+    /* The result's status as io_step asked it, for the caller's verdict
+     * (keep_status stays that of the result handed out in *out). */
+    *status = *out ? io.keep_status : PGRES_FATAL_ERROR;
     return rc;
 }
 

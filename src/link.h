@@ -128,6 +128,15 @@ int pgg__link_exec_wd(pgg_watchdog *wd, PGconn *conn, const pgg_query *q,
 int pgg__link_exec_at(pgg_watchdog *wd, PGconn *conn, const pgg_query *q,
                       int64_t deadline_ns, int64_t now, const char *host,
                       PGresult **out, pgg_attempt_end *end, pgg_error *err);
+/* pgg__link_exec_at that also returns PQresultStatus(*out) when *end is
+ * PGG_END_RESULT (PGRES_FATAL_ERROR for no result, as PQresultStatus of
+ * NULL; the same when *end is anything else): the status was asked once
+ * already, and the caller's verdict needs it. */
+ExecStatusType pgg__link_exec_status(pgg_watchdog *wd, PGconn *conn,
+                                     const pgg_query *q, int64_t deadline_ns,
+                                     int64_t now, const char *host,
+                                     PGresult **out, pgg_attempt_end *end,
+                                     pgg_error *err);
 
 /*
  * The second half of pgg__link_exec, for a query something else sent

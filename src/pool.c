@@ -411,6 +411,13 @@ void pgg__pool_settle_error(pgg_host *h, pgg_verdict v, bool ignored,
 
 /* A result that is no error (classify.c: always a success).  NULL (a lost
  * connection) reads as PGRES_FATAL_ERROR. */
+static inline ExecStatusType result_status(const PGresult *res,
+                                           pgg_attempt_end end)
+{
+    /* exec_done reads it only for a result. */
+    return end == PGG_END_RESULT ? PQresultStatus(res) : PGRES_FATAL_ERROR;
+}
+
 static inline bool ok_status(ExecStatusType s)
 {
     return s != PGRES_FATAL_ERROR && s != PGRES_BAD_RESPONSE &&
@@ -424,6 +431,7 @@ static inline pgg_verdict exec_done(pgg_pool *pool, pgg_host *h,
                                     pgg_link **lp, pgg_intent intent,
                                     const pgg_ticket *ticket, int role,
                                     int64_t started, PGresult *res,
+                                    ExecStatusType status,
                                     pgg_attempt_end end, bool over,
                                     int64_t *ended, pgg_error *err)
 {
@@ -432,7 +440,7 @@ static inline pgg_verdict exec_done(pgg_pool *pool, pgg_host *h,
     bool ended_by_server, dead;
 
     *ended = pgg__now_ns();
-    if (end == PGG_END_RESULT && ok_status(PQresultStatus(res))) {
+    if (end == PGG_END_RESULT && ok_status(status)) {
         /* The common case, as the classifier judges it: no lookup. */
         v = (pgg_verdict){PGG_CLASS_SUCCESS, false, false, PGG_OK};
         /* And with the host's role known and its report looked up
@@ -528,6 +536,7 @@ static inline pgg_verdict exec_at(pgg_pool *pool, pgg_host *h, pgg_link **lp,
     int role = atomic_load_explicit(&h->role, memory_order_relaxed);
     bool over;
     pgg_verdict v;
+    ExecStatusType status;
 
     /* The notice receiver notes a FATAL parsed behind the answer (a
      * terminated backend, idle once it answered): PQstatus stays OK, and
@@ -535,20 +544,24 @@ static inline pgg_verdict exec_at(pgg_pool *pool, pgg_host *h, pgg_link **lp,
     pgg__link_unprompted_arm();
     if (q->stmt) {
         exec_registered(pool, h, l, q, deadline, now, res, end, err);
+        status = result_status(*res, *end);
     } else if (pgg__autoprep_wants(q) && pool->cfg->auto_prepare > 0) {
         pgg__autoprep_exec(pool, h, l, q, deadline, now, res, end, err);
+        status = result_status(*res, *end);
     } else if (!q->vis) {
         /* Nothing to learn or check about positions: the plain exec,
-         * whose first wait takes our reading of the clock. */
-        pgg__link_exec_at(pool->watchdog, l->conn, q, deadline, now, h->name,
-                          res, end, err);
+         * whose first wait takes our reading of the clock, and which
+         * asked the result's status already. */
+        status = pgg__link_exec_status(pool->watchdog, l->conn, q, deadline,
+                                       now, h->name, res, end, err);
     } else {
         pgg__vis_exec(pool, h, l, q, deadline, res, end, err);
+        status = result_status(*res, *end);
     }
     /* Read, not cleared: every reader arms it first (link.h). */
     over = pgg__link_unprompted_seen;
-    v = exec_done(pool, h, lp, intent, ticket, role, started, *res, *end, over,
-                  ended, err);
+    v = exec_done(pool, h, lp, intent, ticket, role, started, *res, status,
+                  *end, over, ended, err);
     /* The answer stands; the session is never lent again (its give-back
      * discards it), its idle siblings went in exec_done. */
     if (over && *lp)
@@ -623,6 +636,6 @@ pgg_verdict pgg__pool_exec_done(pgg_pool *pool, pgg_host *h, pgg_link **lp,
                                 pgg_error *err)
 {
     /* The loop reads the notice receiver's note itself (async.c). */
-    return exec_done(pool, h, lp, intent, ticket, role, started, res, end,
-                     false, ended, err);
+    return exec_done(pool, h, lp, intent, ticket, role, started, res,
+                     result_status(res, end), end, false, ended, err);
 }
