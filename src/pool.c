@@ -582,26 +582,28 @@ pgg_verdict pgg__pool_exec_on(pgg_pool *pool, pgg_host *h, pgg_link **lp,
                    end, ended, err);
 }
 
-bool pgg__pool_attempt(pgg_pool *pool, pgg_host *h, pgg_intent intent,
-                       const pgg_query *q, int64_t deadline, int64_t now,
-                       bool *rejected, pgg_error *err, pgg_attempt *a)
+pgg_attempt_made pgg__pool_attempt(pgg_pool *pool, pgg_host *h,
+                                   pgg_intent intent, const pgg_query *q,
+                                   int64_t deadline, int64_t now,
+                                   pgg_error *err, pgg_attempt *a)
 {
     int64_t started = now;
     pgg_ticket ticket;
     pgg_link *l;
+    bool rejected = false;
 
     a->res = NULL;
-    switch (take_at(pool, h, intent, deadline, &now, &l, &ticket, rejected,
+    switch (take_at(pool, h, intent, deadline, &now, &l, &ticket, &rejected,
                     err)) {
-    case PGG_TAKE_SKIPPED:
-        return false; /* *a is not read */
+    case PGG_TAKE_SKIPPED: /* *a is not read */
+        return rejected ? PGG_ATTEMPT_REFUSED : PGG_ATTEMPT_SKIPPED;
     case PGG_TAKE_FAILED:
         a->ended = 0;
         a->reused = false;
         a->lost = false;
         a->end = PGG_END_CONNECT_FAILED;
         a->v = pgg__classify_connect(&pool->cfg->classifier, err->sqlstate);
-        return true;
+        return PGG_ATTEMPT_MADE;
     case PGG_TAKE_OK:
         break;
     }
@@ -612,12 +614,12 @@ bool pgg__pool_attempt(pgg_pool *pool, pgg_host *h, pgg_intent intent,
     a->lost = !l || (a->v.cls != PGG_CLASS_SUCCESS &&
                      PQstatus(l->conn) != CONNECTION_OK);
     if (!l)
-        return true;
+        return PGG_ATTEMPT_MADE;
     if (l->ended) {
         /* Its answer came with the server's end of the session right
          * behind it: not lent again. */
         pgg__host_discard(h, l);
-        return true;
+        return PGG_ATTEMPT_MADE;
     }
     /* A pooled connection was reusable when it came back last, and only
      * the read-your-writes exec may change its modes (pipeline) during a
@@ -626,7 +628,7 @@ bool pgg__pool_attempt(pgg_pool *pool, pgg_host *h, pgg_intent intent,
         pgg__host_give_back(h, l, a->ended);
     else
         pgg__host_give_back_call(h, l, a->ended);
-    return true;
+    return PGG_ATTEMPT_MADE;
 }
 
 pgg_verdict pgg__pool_exec_done(pgg_pool *pool, pgg_host *h, pgg_link **lp,
