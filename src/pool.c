@@ -552,8 +552,8 @@ static inline pgg_verdict exec_at(pgg_pool *pool, pgg_host *h, pgg_link **lp,
         /* Nothing to learn or check about positions: the plain exec,
          * whose first wait takes our reading of the clock, and which
          * asked the result's status already. */
-        status = pgg__link_exec_status(pool->watchdog, l->conn, q, deadline,
-                                       now, h->name, res, end, err);
+        pgg__link_exec_inline(pool->watchdog, l->conn, q, deadline, now,
+                              h->name, res, end, err, &status);
     } else {
         pgg__vis_exec(pool, h, l, q, deadline, res, end, err);
         status = result_status(*res, *end);
