@@ -264,13 +264,15 @@ static void exec_registered(pgg_pool *pool, pgg_host *h, pgg_link *l,
                             pgg_attempt_end *end, pgg_error *err)
 {
     bool again = pgg__stmt_set_has(&l->stmts, q->stmt->index);
+    ExecStatusType status; /* exec_at asks it itself */
 
     if (again) {
-        /* Nothing to learn or check about positions: the plain exec, its
-         * first wait on the path's clock reading (now, as exec_at's). */
+        /* Nothing to learn or check about positions: the plain exec
+         * (inline, link.h), its first wait on the path's clock reading
+         * (now, as exec_at's). */
         if (!q->vis)
-            pgg__link_exec_at(pool->watchdog, l->conn, q, deadline, now,
-                              h->name, res, end, err);
+            pgg__link_exec_inline(pool->watchdog, l->conn, q, deadline, now,
+                                  h->name, res, end, err, &status);
         else
             pgg__vis_exec(pool, h, l, q, deadline, res, end, err);
         if (*end != PGG_END_RESULT || !pgg__link_statement_gone(*res))
@@ -411,12 +413,6 @@ void pgg__pool_settle_error(pgg_host *h, pgg_verdict v, bool ignored,
 
 /* A result that is no error (classify.c: always a success).  NULL (a lost
  * connection) reads as PGRES_FATAL_ERROR. */
-static inline ExecStatusType result_status(const PGresult *res,
-                                           pgg_attempt_end end)
-{
-    /* exec_done reads it only for a result. */
-    return end == PGG_END_RESULT ? PQresultStatus(res) : PGRES_FATAL_ERROR;
-}
 
 static inline bool ok_status(ExecStatusType s)
 {
@@ -544,10 +540,10 @@ static inline pgg_verdict exec_at(pgg_pool *pool, pgg_host *h, pgg_link **lp,
     pgg__link_unprompted_arm();
     if (q->stmt) {
         exec_registered(pool, h, l, q, deadline, now, res, end, err);
-        status = result_status(*res, *end);
+        status = PQresultStatus(*res); /* read for a result only */
     } else if (pgg__autoprep_wants(q) && pool->cfg->auto_prepare > 0) {
         pgg__autoprep_exec(pool, h, l, q, deadline, now, res, end, err);
-        status = result_status(*res, *end);
+        status = PQresultStatus(*res); /* read for a result only */
     } else if (!q->vis) {
         /* Nothing to learn or check about positions: the plain exec,
          * whose first wait takes our reading of the clock, and which
@@ -556,7 +552,7 @@ static inline pgg_verdict exec_at(pgg_pool *pool, pgg_host *h, pgg_link **lp,
                               h->name, res, end, err, &status);
     } else {
         pgg__vis_exec(pool, h, l, q, deadline, res, end, err);
-        status = result_status(*res, *end);
+        status = PQresultStatus(*res); /* read for a result only */
     }
     /* Read, not cleared: every reader arms it first (link.h). */
     over = pgg__link_unprompted_seen;
@@ -639,5 +635,5 @@ pgg_verdict pgg__pool_exec_done(pgg_pool *pool, pgg_host *h, pgg_link **lp,
 {
     /* The loop reads the notice receiver's note itself (async.c). */
     return exec_done(pool, h, lp, intent, ticket, role, started, res,
-                     result_status(res, end), end, false, ended, err);
+                     PQresultStatus(res), end, false, ended, err);
 }
