@@ -1004,9 +1004,11 @@ bool pgg__breaker_allow_slow(pgg_breaker *b, int64_t now, pgg_ticket *ticket)
     return allow_locked(b, now, ticket);
 }
 
-void pgg__breaker_record_slow(pgg_breaker *b, pgg_ticket ticket,
+void pgg__breaker_record_slow(pgg_breaker *b, const pgg_ticket *held,
                               pgg_outcome outcome, bool slow, int64_t now)
 {
+    pgg_ticket ticket = *held;
+
     lock_and_fold(b, now);
     apply_time(b, now, false);
     /* A fast admission's mark: this generation's window (see fold()). */

@@ -445,7 +445,7 @@ static inline void pgg__breaker_record(pgg_breaker *b, pgg_ticket ticket,
 
 /* The rest of allow and record, under the lock (breaker.c). */
 bool pgg__breaker_allow_slow(pgg_breaker *b, int64_t now, pgg_ticket *ticket);
-void pgg__breaker_record_slow(pgg_breaker *b, pgg_ticket ticket,
+void pgg__breaker_record_slow(pgg_breaker *b, const pgg_ticket *ticket,
                               pgg_outcome outcome, bool slow, int64_t now);
 
 static inline bool pgg__breaker_allow(pgg_breaker *b, int64_t now,
@@ -470,30 +470,41 @@ static inline bool pgg__breaker_allow(pgg_breaker *b, int64_t now,
     return true;
 }
 
-static inline void pgg__breaker_record(pgg_breaker *b, pgg_ticket ticket,
-                                       pgg_outcome outcome,
-                                       int64_t duration_ns, int64_t now)
+/* pgg__breaker_record with the ticket by address (the pool's path of
+ * every call): a 24-byte ticket by value is copied to the stack for the
+ * locked half, even when the fast path returns first. */
+static inline void pgg__breaker_record_held(pgg_breaker *b,
+                                            const pgg_ticket *ticket,
+                                            pgg_outcome outcome,
+                                            int64_t duration_ns, int64_t now)
 {
     bool slow;
     uint64_t w;
 
-    if (ticket.flags & PGG_TICKET_UNTRACKED)
+    if (ticket->flags & PGG_TICKET_UNTRACKED)
         return;
     slow = outcome != PGG_OUTCOME_IGNORED && duration_ns > b->slow_ns;
     if (outcome == PGG_OUTCOME_SUCCESS && !slow &&
-        !(ticket.flags & PGG_TICKET_PERMIT)) {
+        !(ticket->flags & PGG_TICKET_PERMIT)) {
         w = atomic_load_explicit(&b->fast, memory_order_acquire);
         if ((w & PGG_BREAKER_FAST_OK) &&
             (w & PGG_BREAKER_FAST_P_MASK) < PGG_BREAKER_FAST_P_MAX &&
-            (uint32_t)(w >> 32) == (uint32_t)ticket.generation &&
+            (uint32_t)(w >> 32) == (uint32_t)ticket->generation &&
             atomic_load_explicit(&b->pub_generation, memory_order_relaxed) ==
-                ticket.generation &&
+                ticket->generation &&
             atomic_compare_exchange_strong_explicit(&b->fast, &w, w + 1,
                                                     memory_order_relaxed,
                                                     memory_order_relaxed))
             return;
     }
     pgg__breaker_record_slow(b, ticket, outcome, slow, now);
+}
+
+static inline void pgg__breaker_record(pgg_breaker *b, pgg_ticket ticket,
+                                       pgg_outcome outcome,
+                                       int64_t duration_ns, int64_t now)
+{
+    pgg__breaker_record_held(b, &ticket, outcome, duration_ns, now);
 }
 
 /*

@@ -532,8 +532,17 @@ STEP bool attempt_on(pgg__call *c, pgg_host *h, int64_t deadline,
             return true;
         }
     }
-    return pgg__pool_attempt(pool, h, c->intent, c->q, deadline, c->now,
-                             &c->m->rejected, c->err, a);
+    switch (pgg__pool_attempt(pool, h, c->intent, c->q, deadline, c->now,
+                              c->err, a)) {
+    case PGG_ATTEMPT_MADE:
+        return true;
+    case PGG_ATTEMPT_REFUSED:
+        c->m->rejected = true;
+        return false;
+    case PGG_ATTEMPT_SKIPPED:
+        break;
+    }
+    return false;
 }
 
 PGresult *pgg__call_run(pgg_pool *pool, pgg_intent intent, const pgg_query *q,

@@ -21,7 +21,7 @@
  * 0 when the deadline passed, -1 on a poll error other than EINTR.
  *
  * With a watchdog slot: poll inside an armed window, with only a backstop
- * timeout (WAIT_BACKSTOP_MS past the deadline); at the deadline the
+ * timeout (PGG_LINK_BACKSTOP_MS past the deadline); at the deadline the
  * watchdog shuts the socket down, which ends the poll, and disarm says so.
  * The window covers the poll only: libpq may close its socket in the calls
  * around it.
@@ -31,86 +31,24 @@
  * round every wait up and make a hung server cost up to a millisecond more
  * than the deadline.
  */
-/*
- * A wait under the watchdog also carries its own timeout, this long past
- * the deadline: the watchdog ends it at the deadline, but it is one more
- * thread to be scheduled, and under load it was seen releasing a batch of
- * waits 30-40 ms late (the soak, load ~30, while a thread sleeping 1 ms was
- * at most 13 ms late).  The backstop bounds that by the waiter's own wake-up.
- */
-#define WAIT_BACKSTOP_MS 5
-
 /* Waits the backstop ended before the watchdog did (pgg__link_backstops). */
-static _Atomic uint64_t backstops;
+_Atomic uint64_t pgg__link_backstop_count;
 
 uint64_t pgg__link_backstops(void)
 {
-    return atomic_load_explicit(&backstops, memory_order_relaxed);
+    return atomic_load_explicit(&pgg__link_backstop_count,
+                                memory_order_relaxed);
 }
 
-/* now: a clock reading taken just before (0: read it here). */
-static int backstop_ms(int64_t deadline_ns, int64_t now)
-{
-    int64_t left;
-    uint64_t ms;
-
-    if (deadline_ns == PGG_TIME_NEVER)
-        return -1;
-    left = deadline_ns - (now ? now : pgg__now_ns());
-    if (left < 0) {
-        /* Already past (a wait at its deadline): rare, signed. */
-        left = left / PGG_NS_PER_MS + WAIT_BACKSTOP_MS;
-        return left < 0 ? 0 : (int)left;
-    }
-    /* Unsigned: the division by a constant needs no sign fix-up. */
-    ms = (uint64_t)left / PGG_NS_PER_MS + WAIT_BACKSTOP_MS;
-    return ms > INT32_MAX ? -1 : (int)ms;
-}
-
-/* The wait under a watchdog slot: see above.  now is a clock reading
- * taken just before, for the backstop (0: read it here). */
-#if defined(__GNUC__)
-__attribute__((always_inline))
-#endif
-static inline int wait_armed(pgg_wd_slot *slot, const pgg_cancel *cancel,
-                             int fd, short events, int64_t deadline_ns,
-                             int64_t now)
-{
-    struct pollfd p;
-    int r;
-
-    p.fd = fd;
-    p.events = events;
-    p.revents = 0;
-    pgg__watchdog_arm(slot, fd, deadline_ns);
-    /* A fire the watchdog may have missed (watchdog.c): look after
-     * arming, before sleeping. */
-    if (cancel && pgg__cancel_fired(cancel))
-        r = 0;
-    else
-        do
-            r = poll(&p, 1, backstop_ms(deadline_ns, now));
-        while (r < 0 && errno == EINTR);
-    if (pgg__watchdog_disarm(slot))
-        return 0;
-    if (r == 0) {
-        atomic_fetch_add_explicit(&backstops, 1, memory_order_relaxed);
-        return 0;
-    }
-    if (r > 0)
-        return p.revents ? p.revents : events;
-    return -1;
-}
-
-static int wait_socket(pgg_wd_slot *slot, const pgg_cancel *cancel, int fd,
-                       short events, int64_t deadline_ns)
+int pgg__link_wait_socket(pgg_wd_slot *slot, const pgg_cancel *cancel, int fd,
+                          short events, int64_t deadline_ns)
 {
     struct pollfd p;
 
     if (fd < 0)
         return -1;
     if (slot)
-        return wait_armed(slot, cancel, fd, events, deadline_ns, 0);
+        return pgg__link_wait_armed(slot, cancel, fd, events, deadline_ns, 0);
     for (;;) {
         int64_t now = pgg__now_ns();
         int64_t left = pgg__cancel_slice(now, deadline_ns) - now;
@@ -329,8 +267,8 @@ int pgg__link_connect(const char *const *keys, const char *const *vals,
     events = pgg__link_connect_step(&conn, false, host, err);
     while (events > 0) {
         /* The socket changes when libpq moves to the next address. */
-        int r = wait_socket(NULL, NULL, PQsocket(conn), (short)events,
-                            deadline_ns);
+        int r = pgg__link_wait_socket(NULL, NULL, PQsocket(conn),
+                                      (short)events, deadline_ns);
 
         if (r == 0) {
             PQfinish(conn);
@@ -352,12 +290,6 @@ int pgg__link_connect(const char *const *keys, const char *const *vals,
 
 /* ---------------------------------------------------------------- exec */
 
-static bool status_is_error(ExecStatusType s)
-{
-    return s == PGRES_FATAL_ERROR || s == PGRES_BAD_RESPONSE ||
-           s == PGRES_NONFATAL_ERROR;
-}
-
 bool pgg__link_statement_gone(const PGresult *res)
 {
     const char *st;
@@ -365,11 +297,6 @@ bool pgg__link_statement_gone(const PGresult *res)
     return res && PQresultStatus(res) == PGRES_FATAL_ERROR &&
            (st = PQresultErrorField(res, PG_DIAG_SQLSTATE)) != NULL &&
            strcmp(st, "26000") == 0;
-}
-
-static bool status_is_copy(ExecStatusType s)
-{
-    return s == PGRES_COPY_IN || s == PGRES_COPY_OUT || s == PGRES_COPY_BOTH;
 }
 
 int pgg__link_refuse_copy(const PGresult *res, const char *host,
@@ -386,20 +313,7 @@ int pgg__link_refuse_copy(const PGresult *res, const char *host,
 
 bool pgg__link_is_copy(const PGresult *res)
 {
-    return res && status_is_copy(PQresultStatus(res));
-}
-
-static int send_query(PGconn *conn, const pgg_query *q)
-{
-    if (q->prepare)
-        return PQsendPrepare(conn, q->stmt_name, q->sql, q->nparams, q->types);
-    if (q->stmt_name)
-        return PQsendQueryPrepared(conn, q->stmt_name, q->nparams, q->values,
-                                   q->lengths, q->formats, q->result_format);
-    if (q->nparams == 0 && !q->types && q->result_format == 0)
-        return PQsendQuery(conn, q->sql);
-    return PQsendQueryParams(conn, q->sql, q->nparams, q->types, q->values,
-                             q->lengths, q->formats, q->result_format);
+    return res && pgg__link_status_copy(PQresultStatus(res));
 }
 
 /*
@@ -407,9 +321,9 @@ static int send_query(PGconn *conn, const pgg_query *q)
  * Query message is executed only once complete, and an extended-protocol
  * statement commits only at Sync, the last message of the batch.
  */
-static int lost(PGconn *conn, PGresult **out, PGresult *keep,
-                pgg_attempt_end *end, pgg_attempt_end how, const char *host,
-                pgg_error *err)
+int pgg__link_lost(PGconn *conn, PGresult **out, PGresult *keep,
+                   pgg_attempt_end *end, pgg_attempt_end how, const char *host,
+                   pgg_error *err)
 {
     *end = how;
     pgg__link_error(err, PGG_ECONNECT, conn, keep, host,
@@ -425,69 +339,20 @@ int pgg__link_exec(PGconn *conn, const pgg_query *q, int64_t deadline_ns,
     return pgg__link_exec_wd(NULL, conn, q, deadline_ns, host, out, end, err);
 }
 
-static inline int link_send(PGconn *conn, const pgg_query *q,
-                            const char *host, PGresult **out,
-                            pgg_attempt_end *end, pgg_error *err)
-{
-    *out = NULL;
-    /* No status look first: libpq sends nothing on a connection it knows
-     * is closed, and the look after a refusal tells that case (its
-     * message then is libpq's, "no connection to the server", as for
-     * PQexec; the cause went with the call that found the close). */
-    if (!send_query(conn, q)) {
-        if (PQstatus(conn) != CONNECTION_OK)
-            return lost(conn, out, NULL, end, PGG_END_NOT_SENT, host, err);
-        /* The connection is fine; libpq would not send on it (another
-         * command in progress, left by a raw use of a lease's PGconn).
-         * Not the host's fault, and the connection may hold a partial
-         * message: the caller closes it. */
-        *end = PGG_END_REFUSED;
-        return pgg__link_error(err, PGG_ESTATE, conn, NULL, host,
-                               "libpq refused to send");
-    }
-    return PGG_OK;
-}
-
 int pgg__link_send(PGconn *conn, const pgg_query *q, const char *host,
                    PGresult **out, pgg_attempt_end *end, pgg_error *err)
 {
-    return link_send(conn, q, host, out, end, err);
-}
-
-static inline int collect(pgg_wd_slot *slot, const pgg_cancel *cancel,
-                          PGconn *conn, int64_t deadline_ns, int64_t now,
-                          bool sent, const char *host, PGresult **out,
-                          pgg_attempt_end *end, pgg_error *err);
-
-/* sent: the query was sent just now, by us (see pgg_link_io.sent). */
-#if defined(__GNUC__)
-__attribute__((always_inline))
-#endif
-static inline int wait_wd(pgg_watchdog *wd, PGconn *conn, int64_t deadline_ns,
-                          int64_t now, bool sent, const char *host,
-                          PGresult **out, pgg_attempt_end *end, pgg_error *err)
-{
-    pgg_wd_slot *slot = wd ? pgg__watchdog_claim(wd) : NULL;
-    pgg_cancel *cancel = slot ? pgg__cancel_cur : NULL;
-    int rc;
-
-    if (cancel)
-        pgg__watchdog_set_cancel(slot, pgg__cancel_flag(cancel));
-    rc = collect(slot, cancel, conn, deadline_ns, now, sent, host, out, end,
-                 err);
-    pgg__watchdog_release(slot);
-    return rc;
+    return pgg__link_send_checked(conn, q, host, out, end, err);
 }
 
 int pgg__link_exec_at(pgg_watchdog *wd, PGconn *conn, const pgg_query *q,
                       int64_t deadline_ns, int64_t now, const char *host,
                       PGresult **out, pgg_attempt_end *end, pgg_error *err)
 {
-    int rc = link_send(conn, q, host, out, end, err);
+    ExecStatusType status;
 
-    if (rc != PGG_OK)
-        return rc;
-    return wait_wd(wd, conn, deadline_ns, now, true, host, out, end, err);
+    return pgg__link_exec_inline(wd, conn, q, deadline_ns, now, host, out, end,
+                                 err, &status);
 }
 
 int pgg__link_exec_wd(pgg_watchdog *wd, PGconn *conn, const pgg_query *q,
@@ -501,127 +366,22 @@ int pgg__link_exec_wd(pgg_watchdog *wd, PGconn *conn, const pgg_query *q,
 int pgg__link_wait(PGconn *conn, int64_t deadline_ns, const char *host,
                    PGresult **out, pgg_attempt_end *end, pgg_error *err)
 {
+    ExecStatusType status;
+
     *out = NULL;
-    return wait_wd(NULL, conn, deadline_ns, 0, false, host, out, end, err);
+    return pgg__link_wait_under(NULL, conn, deadline_ns, 0, false, host, out,
+                                end, err, &status);
 }
 
 int pgg__link_wait_wd(pgg_watchdog *wd, PGconn *conn, int64_t deadline_ns,
                       const char *host, PGresult **out, pgg_attempt_end *end,
                       pgg_error *err)
 {
+    ExecStatusType status;
+
     *out = NULL;
-    return wait_wd(wd, conn, deadline_ns, 0, false, host, out, end, err);
-}
-
-/*
- * wait_socket for collect, whose waits follow one another within a call.
- * The watchdog ends a wait only while it is in poll: a large answer that
- * the client is slower to take than the server to send finds data at once
- * at every wait, and the watchdog may not catch one armed for the whole
- * transfer (measured: 180 ms past a 60 ms deadline for 1 MB rows).  So
- * from the second wait of a call on, the clock decides first; the first
- * wait, all that a small answer needs, still reads no clock.
- */
-static inline int wait_next(pgg_wd_slot *slot, const pgg_cancel *cancel,
-                            int fd, short events, int64_t deadline_ns,
-                            int64_t *now, int *waits)
-{
-    if (fd < 0)
-        return -1;
-    if (!slot)
-        return wait_socket(NULL, cancel, fd, events, deadline_ns);
-    if ((*waits)++ > 0 && (*now = pgg__now_ns()) >= deadline_ns)
-        return 0;
-    /* The backstop's reading: the caller's for the first wait, this one's
-     * own for the next; a reading serves one wait only. */
-    events = (short)wait_armed(slot, cancel, fd, events, deadline_ns, *now);
-    *now = 0;
-    return events;
-}
-
-#if defined(__GNUC__)
-__attribute__((always_inline))
-#endif
-static inline int io_step(PGconn *conn, pgg_link_io *io, int revents,
-                          const char *host, PGresult **out,
-                          pgg_attempt_end *end, pgg_error *err, int *rc)
-{
-    int r;
-
-    if (!io->flushed) {
-        /* Push the query out; a hung server may stop reading our bytes. */
-        if (revents < 0 ||
-            ((revents & POLLIN) && !PQconsumeInput(conn))) {
-            *rc = lost(conn, out, NULL, end, PGG_END_LOST, host, err);
-            return 0;
-        }
-        r = PQflush(conn);
-        if (r == 1)
-            return POLLIN | POLLOUT;
-        if (r < 0) {
-            *rc = lost(conn, out, NULL, end, PGG_END_LOST, host, err);
-            return 0;
-        }
-        io->flushed = true;
-        /* Just sent by us: no answer can be in libpq's buffer yet.  The
-         * server answers (and ends, with ReadyForQuery) only after our
-         * last byte, and libpq reads between writes only while part of
-         * the query is still to go; so the answer is on the socket, and
-         * the poll sees it. */
-        if (io->sent)
-            return POLLIN;
-    } else if (revents > 0) {
-        /* A failure here becomes libpq's error result; collect it. */
-        (void)PQconsumeInput(conn);
-    }
-    while (!PQisBusy(conn)) {
-        PGresult *res = PQgetResult(conn);
-
-        if (!res)
-            goto done;
-        if (io->keep && status_is_error(io->keep_status)) {
-            PQclear(res); /* PQexec keeps the first error */
-        } else {
-            if (io->keep) /* the first result, usually: no call for nothing */
-                PQclear(io->keep);
-            io->keep = res;
-            /* Asked once per result kept, for the tests here and below. */
-            io->keep_status = PQresultStatus(res);
-        }
-        /* COPY needs the caller's data, and nobody can give it through a
-         * one-shot call: refuse it plainly.  The connection is mid-COPY;
-         * the caller closes it (PGG_END_REFUSED), and the server aborts
-         * the COPY when it goes. */
-        if (status_is_copy(io->keep_status)) {
-            *end = PGG_END_REFUSED;
-            *rc = pgg__link_refuse_copy(io->keep, host, err);
-            PQclear(io->keep);
-            io->keep = NULL;
-            *out = NULL;
-            return 0;
-        }
-        if (PQstatus(conn) == CONNECTION_BAD)
-            break;
-    }
-    if (PQstatus(conn) == CONNECTION_BAD) {
-        /* The server closed: a FATAL with a SQLSTATE (shutdown,
-         * terminated) is a result to classify; otherwise it is lost. */
-        if (io->keep && PQresultErrorField(io->keep, PG_DIAG_SQLSTATE))
-            goto done;
-        *rc = lost(conn, out, io->keep, end, PGG_END_LOST, host, err);
-        io->keep = NULL;
-        return 0;
-    }
-    return POLLIN;
-
-done:
-    *end = PGG_END_RESULT;
-    *out = io->keep;
-    if (io->keep && status_is_error(io->keep_status))
-        pgg__link_error(err, PGG_ESERVER, conn, io->keep, host, NULL);
-    io->keep = NULL;
-    *rc = PGG_OK;
-    return 0;
+    return pgg__link_wait_under(wd, conn, deadline_ns, 0, false, host, out,
+                                end, err, &status);
 }
 
 int pgg__link_io_deadline(pgg_link_io *io, const char *host, PGresult **out,
@@ -640,29 +400,7 @@ int pgg__link_io_step(PGconn *conn, pgg_link_io *io, int revents,
                       const char *host, PGresult **out, pgg_attempt_end *end,
                       pgg_error *err, int *rc)
 {
-    return io_step(conn, io, revents, host, out, end, err, rc);
-}
-
-/* Inline: the blocking exec of every call is this loop. */
-#if defined(__GNUC__)
-__attribute__((always_inline))
-#endif
-static inline int collect(pgg_wd_slot *slot, const pgg_cancel *cancel,
-                          PGconn *conn, int64_t deadline_ns, int64_t now,
-                          bool sent, const char *host, PGresult **out,
-                          pgg_attempt_end *end, pgg_error *err)
-{
-    pgg_link_io io = {.keep = NULL, .flushed = false, .sent = sent};
-    int rc = PGG_OK, waits = 0, ev = 0, want;
-
-    /* *out is NULL already (the send's, or the callers' below). */
-    while ((want = io_step(conn, &io, ev, host, out, end, err, &rc)) != 0) {
-        ev = wait_next(slot, cancel, PQsocket(conn), (short)want, deadline_ns,
-                       &now, &waits);
-        if (ev == 0)
-            return pgg__link_io_deadline(&io, host, out, end, err);
-    }
-    return rc;
+    return pgg__link_io_advance(conn, io, revents, host, out, end, err, rc);
 }
 
 /* ----------------------------------------------------------- liveness */
@@ -1155,5 +893,5 @@ void pgg__canceller_free(pgg_canceller *c, int64_t max_wait_ns)
 
 int pgg__link_poll(int fd, short events, int64_t deadline_ns)
 {
-    return wait_socket(NULL, NULL, fd, events, deadline_ns);
+    return pgg__link_wait_socket(NULL, NULL, fd, events, deadline_ns);
 }

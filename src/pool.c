@@ -264,13 +264,15 @@ static void exec_registered(pgg_pool *pool, pgg_host *h, pgg_link *l,
                             pgg_attempt_end *end, pgg_error *err)
 {
     bool again = pgg__stmt_set_has(&l->stmts, q->stmt->index);
+    ExecStatusType status; /* exec_at asks it itself */
 
     if (again) {
-        /* Nothing to learn or check about positions: the plain exec, its
-         * first wait on the path's clock reading (now, as exec_at's). */
+        /* Nothing to learn or check about positions: the plain exec
+         * (inline, link.h), its first wait on the path's clock reading
+         * (now, as exec_at's). */
         if (!q->vis)
-            pgg__link_exec_at(pool->watchdog, l->conn, q, deadline, now,
-                              h->name, res, end, err);
+            pgg__link_exec_inline(pool->watchdog, l->conn, q, deadline, now,
+                                  h->name, res, end, err, &status);
         else
             pgg__vis_exec(pool, h, l, q, deadline, res, end, err);
         if (*end != PGG_END_RESULT || !pgg__link_statement_gone(*res))
@@ -411,6 +413,7 @@ void pgg__pool_settle_error(pgg_host *h, pgg_verdict v, bool ignored,
 
 /* A result that is no error (classify.c: always a success).  NULL (a lost
  * connection) reads as PGRES_FATAL_ERROR. */
+
 static inline bool ok_status(ExecStatusType s)
 {
     return s != PGRES_FATAL_ERROR && s != PGRES_BAD_RESPONSE &&
@@ -424,6 +427,7 @@ static inline pgg_verdict exec_done(pgg_pool *pool, pgg_host *h,
                                     pgg_link **lp, pgg_intent intent,
                                     const pgg_ticket *ticket, int role,
                                     int64_t started, PGresult *res,
+                                    ExecStatusType status,
                                     pgg_attempt_end end, bool over,
                                     int64_t *ended, pgg_error *err)
 {
@@ -432,7 +436,7 @@ static inline pgg_verdict exec_done(pgg_pool *pool, pgg_host *h,
     bool ended_by_server, dead;
 
     *ended = pgg__now_ns();
-    if (end == PGG_END_RESULT && ok_status(PQresultStatus(res))) {
+    if (end == PGG_END_RESULT && ok_status(status)) {
         /* The common case, as the classifier judges it: no lookup. */
         v = (pgg_verdict){PGG_CLASS_SUCCESS, false, false, PGG_OK};
         /* And with the host's role known and its report looked up
@@ -528,6 +532,7 @@ static inline pgg_verdict exec_at(pgg_pool *pool, pgg_host *h, pgg_link **lp,
     int role = atomic_load_explicit(&h->role, memory_order_relaxed);
     bool over;
     pgg_verdict v;
+    ExecStatusType status;
 
     /* The notice receiver notes a FATAL parsed behind the answer (a
      * terminated backend, idle once it answered): PQstatus stays OK, and
@@ -535,20 +540,24 @@ static inline pgg_verdict exec_at(pgg_pool *pool, pgg_host *h, pgg_link **lp,
     pgg__link_unprompted_arm();
     if (q->stmt) {
         exec_registered(pool, h, l, q, deadline, now, res, end, err);
+        status = PQresultStatus(*res); /* read for a result only */
     } else if (pgg__autoprep_wants(q) && pool->cfg->auto_prepare > 0) {
         pgg__autoprep_exec(pool, h, l, q, deadline, now, res, end, err);
+        status = PQresultStatus(*res); /* read for a result only */
     } else if (!q->vis) {
         /* Nothing to learn or check about positions: the plain exec,
-         * whose first wait takes our reading of the clock. */
-        pgg__link_exec_at(pool->watchdog, l->conn, q, deadline, now, h->name,
-                          res, end, err);
+         * whose first wait takes our reading of the clock, and which
+         * asked the result's status already. */
+        pgg__link_exec_inline(pool->watchdog, l->conn, q, deadline, now,
+                              h->name, res, end, err, &status);
     } else {
         pgg__vis_exec(pool, h, l, q, deadline, res, end, err);
+        status = PQresultStatus(*res); /* read for a result only */
     }
     /* Read, not cleared: every reader arms it first (link.h). */
     over = pgg__link_unprompted_seen;
-    v = exec_done(pool, h, lp, intent, ticket, role, started, *res, *end, over,
-                  ended, err);
+    v = exec_done(pool, h, lp, intent, ticket, role, started, *res, status,
+                  *end, over, ended, err);
     /* The answer stands; the session is never lent again (its give-back
      * discards it), its idle siblings went in exec_done. */
     if (over && *lp)
@@ -569,26 +578,28 @@ pgg_verdict pgg__pool_exec_on(pgg_pool *pool, pgg_host *h, pgg_link **lp,
                    end, ended, err);
 }
 
-bool pgg__pool_attempt(pgg_pool *pool, pgg_host *h, pgg_intent intent,
-                       const pgg_query *q, int64_t deadline, int64_t now,
-                       bool *rejected, pgg_error *err, pgg_attempt *a)
+pgg_attempt_made pgg__pool_attempt(pgg_pool *pool, pgg_host *h,
+                                   pgg_intent intent, const pgg_query *q,
+                                   int64_t deadline, int64_t now,
+                                   pgg_error *err, pgg_attempt *a)
 {
     int64_t started = now;
     pgg_ticket ticket;
     pgg_link *l;
+    bool rejected = false;
 
     a->res = NULL;
-    switch (take_at(pool, h, intent, deadline, &now, &l, &ticket, rejected,
+    switch (take_at(pool, h, intent, deadline, &now, &l, &ticket, &rejected,
                     err)) {
-    case PGG_TAKE_SKIPPED:
-        return false; /* *a is not read */
+    case PGG_TAKE_SKIPPED: /* *a is not read */
+        return rejected ? PGG_ATTEMPT_REFUSED : PGG_ATTEMPT_SKIPPED;
     case PGG_TAKE_FAILED:
         a->ended = 0;
         a->reused = false;
         a->lost = false;
         a->end = PGG_END_CONNECT_FAILED;
         a->v = pgg__classify_connect(&pool->cfg->classifier, err->sqlstate);
-        return true;
+        return PGG_ATTEMPT_MADE;
     case PGG_TAKE_OK:
         break;
     }
@@ -599,12 +610,12 @@ bool pgg__pool_attempt(pgg_pool *pool, pgg_host *h, pgg_intent intent,
     a->lost = !l || (a->v.cls != PGG_CLASS_SUCCESS &&
                      PQstatus(l->conn) != CONNECTION_OK);
     if (!l)
-        return true;
+        return PGG_ATTEMPT_MADE;
     if (l->ended) {
         /* Its answer came with the server's end of the session right
          * behind it: not lent again. */
         pgg__host_discard(h, l);
-        return true;
+        return PGG_ATTEMPT_MADE;
     }
     /* A pooled connection was reusable when it came back last, and only
      * the read-your-writes exec may change its modes (pipeline) during a
@@ -613,7 +624,7 @@ bool pgg__pool_attempt(pgg_pool *pool, pgg_host *h, pgg_intent intent,
         pgg__host_give_back(h, l, a->ended);
     else
         pgg__host_give_back_call(h, l, a->ended);
-    return true;
+    return PGG_ATTEMPT_MADE;
 }
 
 pgg_verdict pgg__pool_exec_done(pgg_pool *pool, pgg_host *h, pgg_link **lp,
@@ -623,6 +634,6 @@ pgg_verdict pgg__pool_exec_done(pgg_pool *pool, pgg_host *h, pgg_link **lp,
                                 pgg_error *err)
 {
     /* The loop reads the notice receiver's note itself (async.c). */
-    return exec_done(pool, h, lp, intent, ticket, role, started, res, end,
-                     false, ended, err);
+    return exec_done(pool, h, lp, intent, ticket, role, started, res,
+                     PQresultStatus(res), end, false, ended, err);
 }

@@ -73,17 +73,24 @@ pgg_verdict pgg__pool_exec_on(pgg_pool *pool, pgg_host *h, pgg_link **lp,
                               pgg_attempt_end *end, int64_t *ended,
                               pgg_error *err);
 
+/* What pgg__pool_attempt did. */
+typedef enum pgg_attempt_made {
+    PGG_ATTEMPT_SKIPPED, /* no attempt: wrong role, pool exhausted, ... */
+    PGG_ATTEMPT_MADE,    /* *a is the attempt (its verdict recorded) */
+    PGG_ATTEMPT_REFUSED  /* no attempt: the host's breaker refused it */
+} pgg_attempt_made;
+
 /*
  * One attempt of the blocking driver on a connection of its own: admit
  * (breaker), take (pgg__pool_take), exec (pgg__pool_exec_on), give back.
- * now: the path's latest clock reading, the attempt's start.  Returns false
- * when the host was skipped without an attempt (breaker refused, wrong
- * role, pool exhausted); otherwise *a is the attempt (its verdict
- * recorded).
+ * now: the path's latest clock reading, the attempt's start.  The
+ * breaker's refusal is a return, not a flag through a pointer: one
+ * argument fewer on the stack of every call.
  */
-bool pgg__pool_attempt(pgg_pool *pool, pgg_host *h, pgg_intent intent,
-                       const pgg_query *q, int64_t deadline, int64_t now,
-                       bool *rejected, pgg_error *err, pgg_attempt *a);
+pgg_attempt_made pgg__pool_attempt(pgg_pool *pool, pgg_host *h,
+                                   pgg_intent intent, const pgg_query *q,
+                                   int64_t deadline, int64_t now,
+                                   pgg_error *err, pgg_attempt *a);
 
 /*
  * The second half of pgg__pool_exec_on, for drivers that ran the query

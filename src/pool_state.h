@@ -200,7 +200,7 @@ static inline void pgg__pool_record_at(pgg_host *h, const pgg_ticket *ticket,
         o = PGG_OUTCOME_FAILURE;
         break;
     }
-    pgg__breaker_record(&h->breaker, *ticket, o, now - started_ns, now);
+    pgg__breaker_record_held(&h->breaker, ticket, o, now - started_ns, now);
 }
 
 /* The error for a call no host took: PGG_ENOPRIMARY, or PGG_EOPEN when
