@@ -419,7 +419,8 @@ static void expedite(pgg_health *hl, int64_t now, bool restart)
  * A probe answered in time changes nothing: a slow statement is the
  * caller's.  A call whose silence began before a probe's answer is not checked (the
  * host answered meanwhile), so a stream of slow statements sends at most
- * one probe per deadline.  Only while the breaker is closed.
+ * one probe per deadline.  Only while the breaker is closed (or
+ * metrics-only: counted as the trip it would be).
  *
  * With the probe (on the health thread's session when it has one) goes one
  * spare connect (spares_start): on a host that answers it joins the pool
@@ -455,6 +456,13 @@ static void verify_arm(pgg_health *hl, int i, int64_t now)
     p->silent_since = 0;
 }
 
+/* A breaker the silence rule applies to: closed, or metrics-only, where
+ * the opening it would make is counted (trips_suppressed). */
+static bool silence_checked(pgg_breaker_state st)
+{
+    return st == PGG_BREAKER_CLOSED || st == PGG_BREAKER_METRICS_ONLY;
+}
+
 static void verify_take(pgg_health *hl, int i, int64_t now)
 {
     pgg_host *h = &hl->pool->hosts[i];
@@ -465,7 +473,7 @@ static void verify_take(pgg_health *hl, int i, int64_t now)
         return;
     since = atomic_exchange(&h->silent_since_ns, 0);
     if (!since || since < p->answered_at || atomic_load(&hl->stopping) ||
-        pgg__breaker_state(&h->breaker) != PGG_BREAKER_CLOSED)
+        !silence_checked(pgg__breaker_state(&h->breaker)))
         return;
     if (!(h->on_connect && (h->on_connect->sql || h->on_connect->fn)))
         spares_start(hl, i, 1, now);
@@ -525,7 +533,7 @@ static bool probe_start(pgg_health *hl, int i, int64_t now)
         p->in_round = true;
         return false;
     }
-    if (p->silent_since && st == PGG_BREAKER_CLOSED)
+    if (p->silent_since && silence_checked(st))
         verify_arm(hl, i, now);
     p->silent_since = 0;
     /* A probe of ours is a call: half-open, one of the trial calls, so a

@@ -1990,3 +1990,35 @@ Test(recovery, a_host_answering_calls_is_not_silent_when_only_its_probe_is)
     PQfinish(admin);
     end_test(p, c);
 }
+
+/*
+ * breaker.mode=metrics-only: the breaker trips nothing, and counts each
+ * trip it would have made (trips_suppressed).  A hung primary found
+ * silent (a write's timeout, then its probe unanswered) is such a trip:
+ * counted, nothing refused.  Before, the health thread checked silence
+ * only for a closed breaker, so metrics-only never saw it.
+ */
+Test(recovery, a_hung_primary_in_metrics_only_mode_counts_the_trip_it_would_make)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgh_require_local(c, "a hang (SIGSTOP)");
+    setup_table(c);
+    pgg_pool *p = pool_for(c, SILENT_SETTINGS " breaker.mode=metrics-only");
+    pgg_breaker_stats bs;
+    writer w[2];
+
+    hold_sessions(p, PGG_WRITE, 2);
+    cr_assert_eq(pgh_node_hang(pgh_cluster_primary(c)), 0);
+    write_twice_at_once(p, "UPDATE pgg_rec_t SET v = v WHERE id = 1", w);
+    for (int i = 0; i < 2; i++)
+        cr_expect_eq(w[i].code, PGG_ETIMEDOUT, "write %d: %s", i, pgg_err_name(w[i].code));
+    cr_expect(pgg__health_await_round(p->health, pgg__now_ns() + 10 * PGG_NS_PER_SEC),
+              "no health round completed");
+    pgg__breaker_stats(&p->hosts[0].breaker, pgg__now_ns(), &bs);
+    cr_assert_eq(pgh_node_resume(pgh_cluster_primary(c)), 0);
+    cr_expect_eq(bs.state, PGG_BREAKER_METRICS_ONLY, "breaker %s",
+                 pgg_breaker_state_name(bs.state));
+    /* Two timeouts and one probe's: short of consecutive_failures (5). */
+    cr_expect_geq(bs.trips_suppressed, 1, "the silence was not counted as a trip");
+    end_test(p, c);
+}
