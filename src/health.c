@@ -55,6 +55,9 @@ typedef struct probe {
      * whether the host answers anything (verifying), or the next one
      * started will (silent_since: since when, kept across starts). */
     bool verifying;
+    /* The host's breaker's successes when verifying began: a call answered
+     * there since is an answer of the host too (verify_failed). */
+    uint64_t verify_successes;
     int64_t silent_since;
     int64_t answered_at; /* when a probe of the host was last answered */
     int64_t started, deadline;
@@ -411,11 +414,13 @@ static void expedite(pgg_health *hl, int64_t now, bool restart)
  * call nor the probe got an answer for a whole health_probe_timeout_ms
  * counted from the call's silence (the probe itself waiting at least
  * two fifths of it, 200 ms by default: a loaded server answering a probe
- * in 150 ms passes), the breaker opens (pgg__breaker_host_silent).  A probe
- * answered in time changes nothing: a slow statement is the caller's.  A
- * call whose silence began before a probe's answer is not checked (the
+ * in 150 ms passes), and no other call got an answer there meanwhile
+ * either (verify_failed), the breaker opens (pgg__breaker_host_silent).
+ * A probe answered in time changes nothing: a slow statement is the
+ * caller's.  A call whose silence began before a probe's answer is not checked (the
  * host answered meanwhile), so a stream of slow statements sends at most
- * one probe per deadline.  Only while the breaker is closed.
+ * one probe per deadline.  Only while the breaker is closed (or
+ * metrics-only: counted as the trip it would be).
  *
  * With the probe (on the health thread's session when it has one) goes one
  * spare connect (spares_start): on a host that answers it joins the pool
@@ -426,8 +431,17 @@ static void expedite(pgg_health *hl, int64_t now, bool restart)
  */
 static void spares_start(pgg_health *hl, int i, int want, int64_t now);
 
-static void verify_arm(pgg_health *hl, probe *p)
+static uint64_t breaker_successes(pgg_breaker *b, int64_t now)
 {
+    pgg_breaker_stats st;
+
+    pgg__breaker_stats(b, now, &st);
+    return st.successes;
+}
+
+static void verify_arm(pgg_health *hl, int i, int64_t now)
+{
+    probe *p = &hl->probes[i];
     int64_t by = p->silent_since + hl->probe_timeout;
     int64_t least = p->started + hl->probe_timeout * 2 / 5;
 
@@ -435,8 +449,18 @@ static void verify_arm(pgg_health *hl, probe *p)
         by = least;
     if (by < p->deadline)
         p->deadline = by;
+    if (!p->verifying)
+        p->verify_successes =
+            breaker_successes(&hl->pool->hosts[i].breaker, now);
     p->verifying = true;
     p->silent_since = 0;
+}
+
+/* A breaker the silence rule applies to: closed, or metrics-only, where
+ * the opening it would make is counted (trips_suppressed). */
+static bool silence_checked(pgg_breaker_state st)
+{
+    return st == PGG_BREAKER_CLOSED || st == PGG_BREAKER_METRICS_ONLY;
 }
 
 static void verify_take(pgg_health *hl, int i, int64_t now)
@@ -449,14 +473,14 @@ static void verify_take(pgg_health *hl, int i, int64_t now)
         return;
     since = atomic_exchange(&h->silent_since_ns, 0);
     if (!since || since < p->answered_at || atomic_load(&hl->stopping) ||
-        pgg__breaker_state(&h->breaker) != PGG_BREAKER_CLOSED)
+        !silence_checked(pgg__breaker_state(&h->breaker)))
         return;
     if (!(h->on_connect && (h->on_connect->sql || h->on_connect->fn)))
         spares_start(hl, i, 1, now);
     if (!p->silent_since || since < p->silent_since)
         p->silent_since = since;
     if (p->phase != PROBE_IDLE) {
-        verify_arm(hl, p);
+        verify_arm(hl, i, now);
         return;
     }
     soon = p->started + hl->incident_min;
@@ -466,11 +490,18 @@ static void verify_take(pgg_health *hl, int i, int64_t now)
         p->next = soon;
 }
 
-/* Host i's verifying probe reached its bound unanswered. */
+/* Host i's verifying probe reached its bound unanswered.  Silent only if
+ * no call got an answer there meanwhile either: a host that answers calls
+ * is slow to answer this probe (a loaded server, its postmaster slow to
+ * take a new session), not hung; its timeouts count as ever. */
 static void verify_failed(pgg_health *hl, int i, int64_t now)
 {
+    pgg_breaker *b = &hl->pool->hosts[i].breaker;
+
     hl->probes[i].verifying = false;
-    (void)pgg__breaker_host_silent(&hl->pool->hosts[i].breaker, now);
+    if (breaker_successes(b, now) != hl->probes[i].verify_successes)
+        return;
+    (void)pgg__breaker_host_silent(b, now);
 }
 
 /* Start host i's probe.  Returns false when none started (forced open). */
@@ -502,8 +533,8 @@ static bool probe_start(pgg_health *hl, int i, int64_t now)
         p->in_round = true;
         return false;
     }
-    if (p->silent_since && st == PGG_BREAKER_CLOSED)
-        verify_arm(hl, p);
+    if (p->silent_since && silence_checked(st))
+        verify_arm(hl, i, now);
     p->silent_since = 0;
     /* A probe of ours is a call: half-open, one of the trial calls, so a
      * breaker can close with no traffic at all; closed, a watch whose

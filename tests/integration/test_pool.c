@@ -1077,3 +1077,42 @@ Test(pool, a_session_that_lost_a_registered_statement_prepares_it_again)
     }
     end_test(p, c);
 }
+
+/* The backend serving a write on p (pool_max=1: the pool's one session). */
+static int write_backend(pgg_pool *p)
+{
+    pgg_call call = {.timeout_ms = 3000};
+    pgg_error e;
+    PGresult *r = pgg_exec(p, PGG_WRITE, "SELECT pg_catalog.pg_backend_pid()", &call, NULL, &e);
+    int pid;
+
+    cr_assert_not_null(r, "%s: %s", pgg_err_name(e.code), e.message);
+    pid = atoi(PQgetvalue(r, 0, 0));
+    PQclear(r);
+    return pid;
+}
+
+/*
+ * max_lifetime_ms: a session is lent again within its lifetime, and never
+ * past it (a new session serves instead); 0 sets no limit.  The lifetime
+ * is kept as an expiry set when the session is made (host.h,
+ * pgg__link_expiry): this fails if that expiry is wrong either way.
+ */
+Test(pool, a_session_is_lent_within_its_max_lifetime_and_never_past_it)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, "pool_max=1 max_lifetime_ms=1500 health_interval_ms=60000");
+    int first = write_backend(p);
+
+    cr_expect_eq(write_backend(p), first, "a session within its lifetime was not lent again");
+    sleep_ms(1700);
+    cr_expect_neq(write_backend(p), first, "a session past its lifetime was lent again");
+    assert_balanced(p);
+    pgg_pool_free(p);
+
+    p = pool_for(c, "pool_max=1 max_lifetime_ms=0 health_interval_ms=60000");
+    first = write_backend(p);
+    sleep_ms(600);
+    cr_expect_eq(write_backend(p), first, "with no lifetime limit the session was replaced");
+    end_test(p, c);
+}

@@ -8,6 +8,9 @@
  * call's final outcome.
  */
 #include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdlib.h>
 
 #include "pgg_config.h"
 #include "pool_util.h"
@@ -1890,5 +1893,132 @@ Test(recovery, a_slow_primary_that_answers_opens_no_breaker)
     cr_expect_eq(o.opened, 0, "the breaker opened (%s)", o.reason);
     pthread_mutex_unlock(&o.mu);
     pgg_pool_on_event(p, NULL, NULL);
+    end_test(p, c);
+}
+
+/* Reads on the pool until told to stop, counting the answered ones. */
+typedef struct reader {
+    pgg_pool *p;
+    atomic_bool stop;
+    atomic_int answered;
+} reader;
+
+static void *read_until_stopped(void *arg)
+{
+    reader *rd = arg;
+
+    while (!atomic_load(&rd->stop)) {
+        pgg_call call = {.timeout_ms = 3000};
+        pgg_error e;
+        PGresult *r = pgg_exec(rd->p, PGG_WRITE, "SELECT 1", &call, NULL, &e);
+
+        if (r)
+            atomic_fetch_add(&rd->answered, 1);
+        PQclear(r);
+    }
+    return NULL;
+}
+
+/*
+ * The health thread's own session is stopped (SIGSTOP of its backend
+ * alone): a statement longer than its deadline has the host probed, and
+ * that probe gets no answer, but every other call there is answered
+ * meanwhile.  The host is not silent: no breaker opens (a host that
+ * answers calls is slow to answer the probe, a loaded server, not hung).
+ * Before, the probe alone decided and the breaker opened (host-silent),
+ * refusing every caller of a host that answered them all.
+ */
+Test(recovery, a_host_answering_calls_is_not_silent_when_only_its_probe_is)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgh_require_local(c, "a stopped backend (SIGSTOP)");
+    setup_table(c);
+    pgg_pool *p = pool_for(c, SILENT_SETTINGS);
+    opened_by o = {.mu = PTHREAD_MUTEX_INITIALIZER};
+    reader rd = {.p = p};
+    pthread_t t;
+    pgg_host_stats h;
+    PGconn *admin;
+    PGresult *r;
+    int pid;
+
+    /* The health thread's session exists and ran its probe. */
+    cr_assert(pgg__health_await_round(p->health, pgg__now_ns() + 10 * PGG_NS_PER_SEC),
+              "no health round completed");
+    admin = PQconnectdb(pgh_node_conninfo(pgh_cluster_primary(c)));
+    cr_assert_eq(PQstatus(admin), CONNECTION_OK, "%s", PQerrorMessage(admin));
+    r = PQexec(admin, "SELECT pid FROM pg_catalog.pg_stat_activity "
+                      "WHERE query LIKE 'SELECT pg\\_catalog.pg\\_is\\_in\\_recovery(), CASE%' "
+                      "AND pid <> pg_catalog.pg_backend_pid()");
+    cr_assert_eq(PQresultStatus(r), PGRES_TUPLES_OK, "%s", PQerrorMessage(admin));
+    cr_assert_eq(PQntuples(r), 1, "%d health sessions found", PQntuples(r));
+    pid = atoi(PQgetvalue(r, 0, 0));
+    PQclear(r);
+    cr_assert_gt(pid, 0);
+
+    pgg_pool_on_event(p, on_open, &o);
+    cr_assert_eq(kill(pid, SIGSTOP), 0);
+    cr_assert_eq(pthread_create(&t, NULL, read_until_stopped, &rd), 0);
+    {
+        pgg_call call = {.timeout_ms = 300};
+        pgg_error e;
+        PGresult *slow = pgg_exec(p, PGG_WRITE, "SELECT pg_catalog.pg_sleep(1)", &call,
+                                  NULL, &e);
+        cr_expect_null(slow);
+        cr_expect_eq(e.code, PGG_ETIMEDOUT, "%s", pgg_err_name(e.code));
+        PQclear(slow);
+    }
+    /* The probe that timeout sent ends at its bound, unanswered. */
+    cr_expect(pgg__health_await_round(p->health, pgg__now_ns() + 10 * PGG_NS_PER_SEC),
+              "no health round completed");
+    cr_expect(pgg__health_await_round(p->health, pgg__now_ns() + 10 * PGG_NS_PER_SEC),
+              "no health round completed");
+    atomic_store(&rd.stop, true);
+    pthread_join(t, NULL);
+    kill(pid, SIGCONT);
+    h = host_stats(p, 0);
+    cr_expect_gt(atomic_load(&rd.answered), 0, "no call was answered");
+    cr_expect_geq(h.failures[PGG_CLASS_TIMEOUT], 1, "the call's timeout was not counted");
+    cr_expect(strstr(h.last_error, "health probe timed out"),
+              "the probe was answered: %s", h.last_error);
+    pthread_mutex_lock(&o.mu);
+    cr_expect_eq(o.opened, 0, "the breaker opened (%s)", o.reason);
+    pthread_mutex_unlock(&o.mu);
+    cr_expect_eq(h.state, PGG_BREAKER_CLOSED, "breaker %s",
+                 pgg_breaker_state_name(h.state));
+    pgg_pool_on_event(p, NULL, NULL);
+    PQfinish(admin);
+    end_test(p, c);
+}
+
+/*
+ * breaker.mode=metrics-only: the breaker trips nothing, and counts each
+ * trip it would have made (trips_suppressed).  A hung primary found
+ * silent (a write's timeout, then its probe unanswered) is such a trip:
+ * counted, nothing refused.  Before, the health thread checked silence
+ * only for a closed breaker, so metrics-only never saw it.
+ */
+Test(recovery, a_hung_primary_in_metrics_only_mode_counts_the_trip_it_would_make)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgh_require_local(c, "a hang (SIGSTOP)");
+    setup_table(c);
+    pgg_pool *p = pool_for(c, SILENT_SETTINGS " breaker.mode=metrics-only");
+    pgg_breaker_stats bs;
+    writer w[2];
+
+    hold_sessions(p, PGG_WRITE, 2);
+    cr_assert_eq(pgh_node_hang(pgh_cluster_primary(c)), 0);
+    write_twice_at_once(p, "UPDATE pgg_rec_t SET v = v WHERE id = 1", w);
+    for (int i = 0; i < 2; i++)
+        cr_expect_eq(w[i].code, PGG_ETIMEDOUT, "write %d: %s", i, pgg_err_name(w[i].code));
+    cr_expect(pgg__health_await_round(p->health, pgg__now_ns() + 10 * PGG_NS_PER_SEC),
+              "no health round completed");
+    pgg__breaker_stats(&p->hosts[0].breaker, pgg__now_ns(), &bs);
+    cr_assert_eq(pgh_node_resume(pgh_cluster_primary(c)), 0);
+    cr_expect_eq(bs.state, PGG_BREAKER_METRICS_ONLY, "breaker %s",
+                 pgg_breaker_state_name(bs.state));
+    /* Two timeouts and one probe's: short of consecutive_failures (5). */
+    cr_expect_geq(bs.trips_suppressed, 1, "the silence was not counted as a trip");
     end_test(p, c);
 }
