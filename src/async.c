@@ -212,15 +212,16 @@ struct pgg_async {
      * (host.h, n_kept), as a thread's parked one is.  Nobody else can
      * touch it: only this loop reads it, and closes it (its socket
      * forgotten first: tsan6's rule).  It goes back to the pool:
-     *   - when the context has no call in flight once a callback or an
-     *     event is done (a blocking call on the loop's own thread between
-     *     loop runs must find it), and on pgg_async_free;
+     *   - at once when a blocking borrower on the loop's own thread (a
+     *     pgg_exec between loop runs, which no loop turn can serve while
+     *     it waits) would wait: pgg__host_loop_give_back, and on
+     *     pgg_async_free;
      *   - within KEEP_CHECK_NS when another borrower waits for its host
      *     (a blocking thread, another loop's parked call: park_block), or
      *     the host closed;
      *   - after KEEP_IDLE_NS unused (fewer calls in flight than before),
      *     or past max_lifetime.
-     * It is never more than the calls in flight when it was kept.  If it
+     * No more are kept than calls were in flight at once lately (peak).  If it
      * becomes readable while kept, the server spoke unprompted (the FATAL
      * of pg_terminate_backend, the close, a NOTICE): the loop reads it at
      * once, and a session the server ended is closed, never lent again
@@ -229,6 +230,12 @@ struct pgg_async {
     pgg_async_sock *kept;
     int nkept;
     int64_t keep_check_at; /* the next look at the kept (INT64_MAX: none) */
+    /* The most calls in flight at once since the last look at the kept
+     * (kept_check): no more are kept than that. */
+    int peak;
+    /* While it keeps any (kept_on): in its thread's list (kept_here). */
+    bool kept_on;
+    pgg_async *kept_prev, *kept_next;
     pgg_async_sock *free_socks;
     /* Fired once for good: made the call's handle when it is cancelled,
      * so that the path's own cancel rules apply (call.c, pool.c). */
@@ -423,6 +430,49 @@ static void sock_close(pgg_async_call *k)
 static void unpark(pgg_async *ac, const pgg_host *h);
 static void flush_pipes(pgg_async *ac);
 
+/* The contexts of this thread that keep connections, linked by
+ * kept_next: a blocking borrower on this thread about to wait has them
+ * give everything back first (pgg__host_loop_give_back, set while the
+ * list is not empty). */
+static PGG_TLS pgg_async *kept_here;
+
+static void kept_give_back_all(pgg_async *ac);
+
+static void kept_thread_give_back(void)
+{
+    while (kept_here)
+        kept_give_back_all(kept_here); /* each leaves the list */
+}
+
+/* In the list from the first connection kept until a look finds none kept
+ * (kept_check) or all are given back: not on every take and keep. */
+static void kept_register(pgg_async *ac)
+{
+    ac->kept_on = true;
+    ac->kept_prev = NULL;
+    ac->kept_next = kept_here;
+    if (kept_here)
+        kept_here->kept_prev = ac;
+    kept_here = ac;
+    pgg__host_loop_give_back = kept_thread_give_back;
+}
+
+static void kept_unregister(pgg_async *ac)
+{
+    if (!ac->kept_on)
+        return;
+    ac->kept_on = false;
+    if (ac->kept_prev)
+        ac->kept_prev->kept_next = ac->kept_next;
+    else
+        kept_here = ac->kept_next;
+    if (ac->kept_next)
+        ac->kept_next->kept_prev = ac->kept_prev;
+    ac->kept_prev = ac->kept_next = NULL;
+    if (!kept_here)
+        pgg__host_loop_give_back = NULL;
+}
+
 /* Out of the kept list (pp: the link to s in it). */
 static void kept_unlink(pgg_async *ac, pgg_async_sock **pp)
 {
@@ -430,8 +480,8 @@ static void kept_unlink(pgg_async *ac, pgg_async_sock **pp)
 
     *pp = s->next;
     s->next = NULL;
-    ac->nkept--;
     pgg__host_kept(s->kh, -1);
+    ac->nkept--;
 }
 
 /* A kept connection goes back to its host's pool (closed there when it
@@ -450,11 +500,12 @@ static void kept_give_back(pgg_async *ac, pgg_async_sock **pp)
     pgg__host_give_back(h, l, at);
 }
 
-/* Every kept connection back to the pool (no call is in flight). */
+/* Every kept connection back to the pool. */
 static void kept_give_back_all(pgg_async *ac)
 {
     while (ac->kept)
         kept_give_back(ac, &ac->kept);
+    kept_unregister(ac);
 }
 
 /*
@@ -480,6 +531,9 @@ static void kept_check(pgg_async *ac, int64_t now)
         }
     }
     ac->keep_check_at = ac->kept ? now + KEEP_CHECK_NS : INT64_MAX;
+    if (!ac->kept)
+        kept_unregister(ac);
+    ac->peak = ac->pending;
     /* Once the list is walked: a woken call may take or keep some. */
     for (int i = 0; gave && ac->nparked > 0 && i < ac->pool->nhosts; i++)
         unpark(ac, &ac->pool->hosts[i]);
@@ -515,21 +569,11 @@ static void kept_read(pgg_async_sock *s)
     unpark(ac, h);
 }
 
-/* After a callback or an event: an empty pipe goes back to its host, and
- * with no call in flight, every kept connection (see struct pgg_async). */
-static void flush_spare_now(pgg_async *ac)
+/* After a callback or an event: an empty pipe goes back to its host. */
+static inline void flush_spare(pgg_async *ac)
 {
     if (ac->pipes)
         flush_pipes(ac);
-    if (ac->pending == 0)
-        kept_give_back_all(ac);
-}
-
-/* Inline: after every callback and event, and usually nothing to do. */
-static inline void flush_spare(pgg_async *ac)
-{
-    if (ac->pipes || (ac->kept && ac->pending == 0))
-        flush_spare_now(ac);
 }
 
 /* May k's connection be lent again after its query?  A pooled one was
@@ -545,14 +589,14 @@ static bool still_reusable(const pgg_async_call *k)
 
 /* k's query was answered on a session that stays usable: keep its
  * connection and socket (see struct pgg_async).  False when they do not
- * qualify (the caller gives them back): no more kept than calls in
- * flight, none while another borrower waits for the host. */
+ * qualify (the caller gives them back): no more kept than calls were in
+ * flight lately (peak), none while another borrower waits for the host. */
 static bool keep_spare(pgg_async_call *k)
 {
     pgg_async *ac = k->ac;
     pgg_async_sock *s = k->sock;
 
-    if (!s || s->on != POLLIN || ac->nkept >= ac->pending || k->l->ended ||
+    if (!s || s->on != POLLIN || ac->nkept >= ac->peak || k->l->ended ||
         pgg__host_wanted(k->h) || !still_reusable(k))
         return false;
     s->call = NULL;
@@ -565,6 +609,8 @@ static bool keep_spare(pgg_async_call *k)
     s->next = ac->kept;
     ac->kept = s;
     ac->nkept++;
+    if (!ac->kept_on)
+        kept_register(ac);
     pgg__host_kept(k->h, 1);
     if (ac->keep_check_at == INT64_MAX) {
         ac->keep_check_at = k->a.ended + KEEP_CHECK_NS;
@@ -575,19 +621,27 @@ static bool keep_spare(pgg_async_call *k)
     return true;
 }
 
-/* Take a kept connection of h for an attempt, the most recently used,
- * when the role check needs no report from the session (pgg__pool_taken
- * then passes it).  One past max_lifetime found on the way goes back. */
-static bool take_spare(pgg_async_call *k, pgg_host *h)
+/* k takes the kept s (out of the list: the caller unlinked it). */
+static inline void kept_take(pgg_async_call *k, pgg_async_sock *s)
+{
+    k->ac->nkept--;
+    pgg__host_kept(s->kh, -1);
+    k->l = s->kl;
+    k->sock = s;
+    s->kl = NULL;
+    s->kh = NULL;
+    s->call = k;
+}
+
+/* take_spare past its usual case: a kept connection of h behind others,
+ * or one past max_lifetime (given back: a parked call of this context
+ * looks again on its own timer). */
+static bool take_spare_slow(pgg_async_call *k, pgg_host *h)
 {
     pgg_async *ac = k->ac;
     pgg_async_sock **pp = &ac->kept;
     pgg_async_sock *s;
 
-    if (!*pp || (k->c.intent != PGG_READ &&
-                 atomic_load_explicit(&h->role, memory_order_relaxed) ==
-                     PGG_ROLE_UNKNOWN))
-        return false;
     for (;;) {
         while (*pp && (*pp)->kh != h)
             pp = &(*pp)->next;
@@ -595,15 +649,30 @@ static bool take_spare(pgg_async_call *k, pgg_host *h)
             return false;
         if (!pgg__link_too_old((*pp)->kl, k->c.now))
             break;
-        kept_give_back(ac, pp); /* a parked call looks on its own timer */
+        kept_give_back(ac, pp);
     }
     s = *pp;
-    kept_unlink(ac, pp);
-    k->l = s->kl;
-    k->sock = s;
-    s->kl = NULL;
-    s->kh = NULL;
-    s->call = k;
+    *pp = s->next;
+    kept_take(k, s);
+    return true;
+}
+
+/* Take a kept connection of h for an attempt, the most recently used,
+ * when the role check needs no report from the session (pgg__pool_taken
+ * then passes it).  Inline: the usual case is the list's head. */
+static inline bool take_spare(pgg_async_call *k, pgg_host *h)
+{
+    pgg_async *ac = k->ac;
+    pgg_async_sock *s = ac->kept;
+
+    if (!s || (k->c.intent != PGG_READ &&
+               atomic_load_explicit(&h->role, memory_order_relaxed) ==
+                   PGG_ROLE_UNKNOWN))
+        return false;
+    if (s->kh != h || pgg__link_too_old(s->kl, k->c.now))
+        return take_spare_slow(k, h);
+    ac->kept = s->next;
+    kept_take(k, s);
     return true;
 }
 
@@ -2153,7 +2222,8 @@ static int start(pgg_async *ac, pgg_intent intent, const pgg_query *q,
     if (ac->head)
         ac->head->prev = k;
     ac->head = k;
-    ac->pending++;
+    if (++ac->pending > ac->peak)
+        ac->peak = ac->pending;
     pgg__call_route(&k->c);
     drive(k);
     if (k->state == ST_DONE)
@@ -2265,7 +2335,8 @@ void pgg_async_free(pgg_async *ac)
         return;
     while (ac->head)
         pgg_async_cancel(ac->head);
-    flush_spare(ac); /* pending is 0: every kept connection goes back */
+    flush_spare(ac);
+    kept_give_back_all(ac);
     if (ac->attached) {
         ac->ev.schedule_timer(ac->ev.data, -1);
         if (ac->ev.cleanup)

@@ -323,6 +323,7 @@ static void release_slot(pgg_host *h, pgg_link *keep);
 #define PARK_CLOSED PGG_PARK_CLOSED
 
 PGG_TLS unsigned pgg__park_index_plus1;
+PGG_TLS void (*pgg__host_loop_give_back)(void);
 static atomic_uint park_next;
 
 unsigned pgg__park_assign(void)
@@ -682,6 +683,16 @@ static int borrow_locked(pgg_host *h, int64_t deadline_ns, int64_t now,
                 *why = hook_refused ? PGG_BORROW_HOOK : PGG_BORROW_CONNECT;
             }
             return rc;
+        }
+        if (pgg__host_loop_give_back) {
+            /* This thread's loop keeps connections idle: back to their
+             * pools (this one's wakes nobody: we hold no count yet), then
+             * look again. */
+            pthread_mutex_unlock(&h->mu);
+            pgg__host_loop_give_back();
+            pthread_mutex_lock(&h->mu);
+            fresh_now = false;
+            continue;
         }
         {
             struct timespec ts;

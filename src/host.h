@@ -280,6 +280,13 @@ static inline void pgg__host_want(pgg_host *h, int delta)
     atomic_fetch_add_explicit(&h->park_block, delta, memory_order_seq_cst);
 }
 
+/* Set by an event loop's context on its thread while it keeps idle
+ * connections (async.c): gives every one of them back.  A borrower about
+ * to wait calls it first (not under mu): a blocking call made on the
+ * loop's own thread, which no loop turn can serve while it waits, must
+ * not wait for what that loop keeps. */
+extern PGG_TLS void (*pgg__host_loop_give_back)(void);
+
 /* An event loop keeps one more (+1) or one fewer (-1) connection of h
  * idle (n_kept). */
 static inline void pgg__host_kept(pgg_host *h, int delta)
