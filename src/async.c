@@ -316,6 +316,11 @@ int pgg__async_parked(const pgg_async *ac)
     return ac->nparked;
 }
 
+int pgg__async_kept(const pgg_async *ac)
+{
+    return ac->nkept;
+}
+
 int pgg_async_sock_fd(const pgg_async_sock *s)
 {
     return s->fd;
