@@ -96,6 +96,7 @@ struct pgg_async_sock {
     pgg_link *kl;
     pgg_host *kh;
     int64_t kept_at;
+    int krole; /* its host's role then (pgg_role) */
     pgg_async_sock *next; /* on the free list, or the kept list */
 };
 
@@ -220,7 +221,8 @@ struct pgg_async {
      *     (a blocking thread, another loop's parked call: park_block), or
      *     the host closed;
      *   - after KEEP_IDLE_NS unused (fewer calls in flight than before),
-     *     or past max_lifetime.
+     *     past max_lifetime, when the host's role changed or its breaker
+     *     opened (the same look).
      * No more are kept than calls were in flight at once lately (peak).  If it
      * becomes readable while kept, the server spoke unprompted (the FATAL
      * of pg_terminate_backend, the close, a NOTICE): the loop reads it at
@@ -516,8 +518,9 @@ static void kept_give_back_all(pgg_async *ac)
 /*
  * The look at the kept connections, every KEEP_CHECK_NS while there are
  * any (the context's timer): back to the pool when another borrower waits
- * for their host or the host closed, when unused for KEEP_IDLE_NS, or
- * past max_lifetime.
+ * for their host or the host closed, when unused for KEEP_IDLE_NS, past
+ * max_lifetime, when their host's role changed since (a failover: the pool
+ * decides again what its sessions are good for) or its breaker opened.
  */
 static void kept_check(pgg_async *ac, int64_t now)
 {
@@ -528,7 +531,9 @@ static void kept_check(pgg_async *ac, int64_t now)
         pgg_async_sock *s = *pp;
 
         if (pgg__host_wanted(s->kh) || now - s->kept_at >= KEEP_IDLE_NS ||
-            pgg__link_too_old(s->kl, now)) {
+            pgg__link_too_old(s->kl, now) ||
+            atomic_load_explicit(&s->kh->role, memory_order_relaxed) != s->krole ||
+            pgg__breaker_state(&s->kh->breaker) == PGG_BREAKER_OPEN) {
             kept_give_back(ac, pp);
             gave = true;
         } else {
@@ -611,6 +616,7 @@ static bool keep_spare(pgg_async_call *k)
     s->kl = k->l;
     s->kh = k->h;
     s->kept_at = k->a.ended;
+    s->krole = atomic_load_explicit(&k->h->role, memory_order_relaxed);
     s->next = ac->kept;
     ac->kept = s;
     ac->nkept++;
