@@ -233,7 +233,8 @@ struct pgg_async {
     int nkept;
     int64_t keep_check_at; /* the next look at the kept (INT64_MAX: none) */
     /* The most calls in flight at once since the last look at the kept
-     * (kept_check): no more are kept than that. */
+     * (kept_check; from there on at least those in flight plus those
+     * kept): no more are kept than that. */
     int peak;
     /* While it keeps any (kept_on): in its thread's list (kept_here). */
     bool kept_on;
@@ -543,7 +544,9 @@ static void kept_check(pgg_async *ac, int64_t now)
     ac->keep_check_at = ac->kept ? now + KEEP_CHECK_NS : INT64_MAX;
     if (!ac->kept)
         kept_unregister(ac);
-    ac->peak = ac->pending;
+    /* What is in use or kept now: the kept shrink by idling out, not by
+     * a look that came between two calls' ends. */
+    ac->peak = ac->pending + ac->nkept;
     /* Once the list is walked: a woken call may take or keep some. */
     for (int i = 0; gave && ac->nparked > 0 && i < ac->pool->nhosts; i++)
         unpark(ac, &ac->pool->hosts[i]);
