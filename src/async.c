@@ -236,8 +236,10 @@ struct pgg_async {
      * (kept_check; from there on at least those in flight plus those
      * kept): no more are kept than that. */
     int peak;
-    /* While it keeps any (kept_on): in its thread's list (kept_here). */
+    /* While it keeps any (kept_on): in its thread's list (kept_here);
+     * kept_thread: that thread's token (pgg__thread_token). */
     bool kept_on;
+    const void *kept_thread;
     pgg_async *kept_prev, *kept_next;
     pgg_async_sock *free_socks;
     /* Fired once for good: made the call's handle when it is cancelled,
@@ -457,6 +459,7 @@ static void kept_thread_give_back(void)
 static void kept_register(pgg_async *ac)
 {
     ac->kept_on = true;
+    ac->kept_thread = &pgg__thread_token;
     ac->kept_prev = NULL;
     ac->kept_next = kept_here;
     if (kept_here)
@@ -470,6 +473,10 @@ static void kept_unregister(pgg_async *ac)
     if (!ac->kept_on)
         return;
     ac->kept_on = false;
+    /* Freed on another thread once the loop's has ended (tests do): that
+     * thread's list is gone with it, and this one's is not ac's. */
+    if (ac->kept_thread != &pgg__thread_token)
+        return;
     if (ac->kept_prev)
         ac->kept_prev->kept_next = ac->kept_next;
     else
