@@ -114,9 +114,10 @@ PGG_EXPORT void *pgg_async_ev_data(const pgg_async *ac);
 
 /*
  * Free the context: every call still in flight completes first, with
- * PGG_ECANCELED (its query dropped and cancelled on the server), then the
- * adapter's cleanup runs.  The pool outlives it.  Accepts NULL.  Not from
- * inside a callback.
+ * PGG_ECANCELED (its query dropped and cancelled on the server), the
+ * connections it keeps idle for its next calls go back to the pool, then
+ * the adapter's cleanup runs.  The pool outlives it.  Accepts NULL.  Not
+ * from inside a callback.
  */
 PGG_EXPORT void pgg_async_free(pgg_async *ac);
 
@@ -134,7 +135,12 @@ PGG_EXPORT void pgg_async_free(pgg_async *ac);
  * included.  On the loop: the bulkhead never waits (bulkhead.max_wait_ms
  * does not apply), a call finding every connection of its host busy
  * (pool_max) waits for one on the loop (woken by this context's give-backs,
- * and looking every millisecond for other threads'), an idle connection is checked for liveness without a round trip
+ * and looking every millisecond for other threads'), a connection a call
+ * of this context used stays with the context, watched, for its next calls
+ * (given back within 2 ms when another borrower waits for its host, at once
+ * when a blocking call on the loop's own thread would wait, after 100 ms
+ * unused, and on pgg_async_free; closed at once if its server ends the
+ * session meanwhile), an idle connection is checked for liveness without a round trip
  * (validate_after_idle_ms does not apply; a session found dead when used
  * is retried on a new connection, as for blocking calls), a read that
  * needs a WAL position goes to replicas known to have it and then to the

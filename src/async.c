@@ -74,15 +74,30 @@ enum {
 #define CALL_ROOM 512
 #define FREE_MAX 64
 
+/* Kept connections (struct pgg_async): how often the loop looks whether
+ * another borrower waits for one of their hosts, so the bound on that
+ * borrower's wait for a connection only this loop holds idle (the
+ * context's one timer, armed while it keeps any); and how long one may
+ * sit unused before it goes back to the pool. */
+#define KEEP_CHECK_NS (2 * PGG_NS_PER_MS)
+#define KEEP_IDLE_NS (100 * PGG_NS_PER_MS)
+
 typedef struct apipe apipe;
 
 struct pgg_async_sock {
+    pgg_async *ac;
     apipe *pipe; /* a pipe's socket (then call is NULL) */
     int fd; /* the loop's own descriptor of it (loop_fd, connect_fd) */
     int on; /* POLLIN / POLLOUT interests the adapter holds */
     void *data;
-    pgg_async_call *call; /* NULL: the context's spare, or free */
-    pgg_async_sock *next; /* on the free list */
+    pgg_async_call *call; /* NULL: a pipe's, a kept one, or free */
+    /* Kept (call and pipe NULL): its idle connection, that connection's
+     * host, and when its last call ended. */
+    pgg_link *kl;
+    pgg_host *kh;
+    int64_t kept_at;
+    int krole; /* its host's role then (pgg_role) */
+    pgg_async_sock *next; /* on the free list, or the kept list */
 };
 
 struct pgg_async_call {
@@ -188,17 +203,44 @@ struct pgg_async {
     pgg_async_call *free_calls; /* CALL_ROOM blocks, linked by next */
     int nfree;
     /*
-     * The connection of a query that just ended, with its socket still
-     * watched for reading: the next call of this context to the same host
-     * (the callback's own next call, usually) takes both, sparing the loop
-     * a delete and an add (two epoll_ctl per call) and the pool a give-back
-     * and a borrow.  Nobody else can touch the connection meanwhile: it is
-     * given back (its socket forgotten first) before the loop waits again.
+     * Kept connections: those of queries that ended, each with its socket
+     * still watched for reading, most recently used first.  The next call
+     * of this context to the same host takes one, sparing the loop a
+     * delete and an add (two epoll_ctl per call) and the pool a give-back
+     * and a borrow, whether it starts in a callback or on a later loop
+     * turn (a server's next request).  A kept connection is lent (counted
+     * busy under the host's mu, so pool_max holds) and reported idle
+     * (host.h, n_kept), as a thread's parked one is.  Nobody else can
+     * touch it: only this loop reads it, and closes it (its socket
+     * forgotten first: tsan6's rule).  It goes back to the pool:
+     *   - at once when a blocking borrower on the loop's own thread (a
+     *     pgg_exec between loop runs, which no loop turn can serve while
+     *     it waits) would wait: pgg__host_loop_give_back, and on
+     *     pgg_async_free;
+     *   - within KEEP_CHECK_NS when another borrower waits for its host
+     *     (a blocking thread, another loop's parked call: park_block), or
+     *     the host closed;
+     *   - after KEEP_IDLE_NS unused (fewer calls in flight than before),
+     *     past max_lifetime, when the host's role changed or its breaker
+     *     opened (the same look).
+     * No more are kept than calls were in flight at once lately (peak).  If it
+     * becomes readable while kept, the server spoke unprompted (the FATAL
+     * of pg_terminate_backend, the close, a NOTICE): the loop reads it at
+     * once, and a session the server ended is closed, never lent again
+     * (kept_read).
      */
-    pgg_async_sock *spare;
-    pgg_link *spare_link;
-    pgg_host *spare_host;
-    int64_t spare_ended;
+    pgg_async_sock *kept;
+    int nkept;
+    int64_t keep_check_at; /* the next look at the kept (INT64_MAX: none) */
+    /* The most calls in flight at once since the last look at the kept
+     * (kept_check; from there on at least those in flight plus those
+     * kept): no more are kept than that. */
+    int peak;
+    /* While it keeps any (kept_on): in its thread's list (kept_here);
+     * kept_thread: that thread's token (pgg__thread_token). */
+    bool kept_on;
+    const void *kept_thread;
+    pgg_async *kept_prev, *kept_next;
     pgg_async_sock *free_socks;
     /* Fired once for good: made the call's handle when it is cancelled,
      * so that the path's own cancel rules apply (call.c, pool.c). */
@@ -248,6 +290,7 @@ pgg_async *pgg_async_new(pgg_pool *pool, pgg_error *err)
     pgg_cancel_fire(ac->fired);
     ac->pool = pool;
     ac->timer_at = INT64_MAX;
+    ac->keep_check_at = INT64_MAX;
     return ac;
 }
 
@@ -276,6 +319,11 @@ int pgg_async_pending(const pgg_async *ac)
 int pgg__async_parked(const pgg_async *ac)
 {
     return ac->nparked;
+}
+
+int pgg__async_kept(const pgg_async *ac)
+{
+    return ac->nkept;
 }
 
 int pgg_async_sock_fd(const pgg_async_sock *s)
@@ -315,6 +363,8 @@ static void rearm(pgg_async *ac)
     for (pgg_async_call *k = ac->head; k; k = k->next)
         if (k->wait_until < at)
             at = k->wait_until;
+    if (ac->kept && ac->keep_check_at < at)
+        at = ac->keep_check_at;
     ac->timer_at = INT64_MAX;
     if (at < INT64_MAX)
         want_timer(ac, at);
@@ -373,6 +423,8 @@ static void sock_free(pgg_async *ac, pgg_async_sock *s)
     s->data = NULL;
     s->call = NULL;
     s->pipe = NULL;
+    s->kl = NULL;
+    s->kh = NULL;
     s->next = ac->free_socks;
     ac->free_socks = s;
 }
@@ -386,33 +438,162 @@ static void sock_close(pgg_async_call *k)
 }
 
 static void unpark(pgg_async *ac, const pgg_host *h);
-
-/* The spare was not taken: its socket forgotten, its connection given back
- * (and a call parked on its host woken) before the loop waits again. */
 static void flush_pipes(pgg_async *ac);
 
-static void flush_spare_now(pgg_async *ac)
-{
-    pgg_host *h = ac->spare_host;
+/* The contexts of this thread that keep connections, linked by
+ * kept_next: a blocking borrower on this thread about to wait has them
+ * give everything back first (pgg__host_loop_give_back, set while the
+ * list is not empty). */
+static PGG_TLS pgg_async *kept_here;
 
-    if (ac->pipes)
-        flush_pipes(ac);
-    if (!ac->spare_link)
+static void kept_give_back_all(pgg_async *ac);
+
+static void kept_thread_give_back(void)
+{
+    while (kept_here)
+        kept_give_back_all(kept_here); /* each leaves the list */
+}
+
+/* In the list from the first connection kept until a look finds none kept
+ * (kept_check) or all are given back: not on every take and keep. */
+static void kept_register(pgg_async *ac)
+{
+    ac->kept_on = true;
+    ac->kept_thread = &pgg__thread_token;
+    ac->kept_prev = NULL;
+    ac->kept_next = kept_here;
+    if (kept_here)
+        kept_here->kept_prev = ac;
+    kept_here = ac;
+    pgg__host_loop_give_back = kept_thread_give_back;
+}
+
+static void kept_unregister(pgg_async *ac)
+{
+    if (!ac->kept_on)
         return;
-    sock_free(ac, ac->spare);
-    pgg__host_give_back(h, ac->spare_link, ac->spare_ended);
-    ac->spare = NULL;
-    ac->spare_link = NULL;
-    ac->spare_host = NULL;
+    ac->kept_on = false;
+    /* Freed on another thread once the loop's has ended (tests do): that
+     * thread's list is gone with it, and this one's is not ac's. */
+    if (ac->kept_thread != &pgg__thread_token)
+        return;
+    if (ac->kept_prev)
+        ac->kept_prev->kept_next = ac->kept_next;
+    else
+        kept_here = ac->kept_next;
+    if (ac->kept_next)
+        ac->kept_next->kept_prev = ac->kept_prev;
+    ac->kept_prev = ac->kept_next = NULL;
+    if (!kept_here)
+        pgg__host_loop_give_back = NULL;
+}
+
+/* Out of the kept list (pp: the link to s in it). */
+static void kept_unlink(pgg_async *ac, pgg_async_sock **pp)
+{
+    pgg_async_sock *s = *pp;
+
+    *pp = s->next;
+    s->next = NULL;
+    pgg__host_kept(s->kh, -1);
+    ac->nkept--;
+}
+
+/* A kept connection goes back to its host's pool (closed there when it
+ * is not reusable or too old), its socket forgotten first.  No call of
+ * this context is woken here (the caller may be in the middle of one):
+ * one parked on that host finds it when it looks again (unpark). */
+static void kept_give_back(pgg_async *ac, pgg_async_sock **pp)
+{
+    pgg_async_sock *s = *pp;
+    pgg_host *h = s->kh;
+    pgg_link *l = s->kl;
+    int64_t at = s->kept_at;
+
+    kept_unlink(ac, pp);
+    sock_free(ac, s);
+    pgg__host_give_back(h, l, at);
+}
+
+/* Every kept connection back to the pool. */
+static void kept_give_back_all(pgg_async *ac)
+{
+    while (ac->kept)
+        kept_give_back(ac, &ac->kept);
+    kept_unregister(ac);
+}
+
+/*
+ * The look at the kept connections, every KEEP_CHECK_NS while there are
+ * any (the context's timer): back to the pool when another borrower waits
+ * for their host or the host closed, when unused for KEEP_IDLE_NS, past
+ * max_lifetime, when their host's role changed since (a failover: the pool
+ * decides again what its sessions are good for) or its breaker opened.
+ */
+static void kept_check(pgg_async *ac, int64_t now)
+{
+    pgg_async_sock **pp = &ac->kept;
+    bool gave = false;
+
+    while (*pp) {
+        pgg_async_sock *s = *pp;
+
+        if (pgg__host_wanted(s->kh) || now - s->kept_at >= KEEP_IDLE_NS ||
+            pgg__link_too_old(s->kl, now) ||
+            atomic_load_explicit(&s->kh->role, memory_order_relaxed) != s->krole ||
+            pgg__breaker_state(&s->kh->breaker) == PGG_BREAKER_OPEN) {
+            kept_give_back(ac, pp);
+            gave = true;
+        } else {
+            pp = &s->next;
+        }
+    }
+    ac->keep_check_at = ac->kept ? now + KEEP_CHECK_NS : INT64_MAX;
+    if (!ac->kept)
+        kept_unregister(ac);
+    /* What is in use or kept now: the kept shrink by idling out, not by
+     * a look that came between two calls' ends. */
+    ac->peak = ac->pending + ac->nkept;
+    /* Once the list is walked: a woken call may take or keep some. */
+    for (int i = 0; gave && ac->nparked > 0 && i < ac->pool->nhosts; i++)
+        unpark(ac, &ac->pool->hosts[i]);
+}
+
+/*
+ * A kept connection's socket became readable: its server spoke unprompted
+ * (pg_terminate_backend's FATAL, the close, a NOTICE or a parameter's new
+ * value).  Read now: the loop is level-triggered, and what is read is
+ * parsed here.  A session still open and idle stays kept; one the server
+ * ended is closed at once, never lent again, and its pooled idle siblings
+ * go too (pool.c's rule for a session that ended: pgg__pool_settle).  Kept
+ * siblings stay: this loop sees each one's own end as it comes.
+ */
+static void kept_read(pgg_async_sock *s)
+{
+    pgg_async *ac = s->ac;
+    pgg_async_sock **pp = &ac->kept;
+    pgg_host *h = s->kh;
+    pgg_link *l = s->kl;
+    int64_t now;
+
+    if (PQconsumeInput(l->conn) && pgg__link_held_ok(l->conn) &&
+        PQtransactionStatus(l->conn) == PQTRANS_IDLE)
+        return;
+    while (*pp != s)
+        pp = &(*pp)->next;
+    kept_unlink(ac, pp);
+    sock_free(ac, s);
+    pgg__host_discard(h, l);
+    now = pgg__now_ns();
+    pgg__pool_settle(ac->pool, h, NULL, PGG_CLASS_IGNORED, true, now, now);
     unpark(ac, h);
 }
 
-/* Inline: after every callback, and usually nothing to do (the callback's
- * own next call took the spare). */
+/* After a callback or an event: an empty pipe goes back to its host. */
 static inline void flush_spare(pgg_async *ac)
 {
-    if (ac->spare_link || ac->pipes)
-        flush_spare_now(ac);
+    if (ac->pipes)
+        flush_pipes(ac);
 }
 
 /* May k's connection be lent again after its query?  A pooled one was
@@ -427,46 +608,92 @@ static bool still_reusable(const pgg_async_call *k)
 }
 
 /* k's query was answered on a session that stays usable: keep its
- * connection and socket as the spare (see struct pgg_async).  False when
- * they do not qualify (the caller gives them back). */
+ * connection and socket (see struct pgg_async).  False when they do not
+ * qualify (the caller gives them back): no more kept than calls were in
+ * flight lately (peak), none while another borrower waits for the host. */
 static bool keep_spare(pgg_async_call *k)
 {
     pgg_async *ac = k->ac;
+    pgg_async_sock *s = k->sock;
 
-    /* One spare at a time: flushing one here would run other calls'
-     * steps in the middle of k's. */
-    if (ac->spare_link || !k->sock || k->sock->on != POLLIN ||
-        !still_reusable(k))
+    if (!s || s->on != POLLIN || ac->nkept >= ac->peak || k->l->ended ||
+        pgg__host_wanted(k->h) || !still_reusable(k))
         return false;
-    k->sock->call = NULL;
+    s->call = NULL;
     /* As a give-back would leave it: its startup report is no longer
      * current. */
     k->l->fresh = false;
-    ac->spare = k->sock;
-    ac->spare_link = k->l;
-    ac->spare_host = k->h;
-    ac->spare_ended = k->a.ended;
+    s->kl = k->l;
+    s->kh = k->h;
+    s->kept_at = k->a.ended;
+    s->krole = atomic_load_explicit(&k->h->role, memory_order_relaxed);
+    s->next = ac->kept;
+    ac->kept = s;
+    ac->nkept++;
+    if (!ac->kept_on)
+        kept_register(ac);
+    pgg__host_kept(k->h, 1);
+    if (ac->keep_check_at == INT64_MAX) {
+        ac->keep_check_at = k->a.ended + KEEP_CHECK_NS;
+        want_timer(ac, ac->keep_check_at);
+    }
     k->sock = NULL;
     k->l = NULL;
     return true;
 }
 
-/* Take the spare for an attempt on h, when it is h's and the role check
- * needs no report from the session (pgg__pool_taken then passes it). */
-static bool take_spare(pgg_async_call *k, pgg_host *h)
+/* k takes the kept s (out of the list: the caller unlinked it). */
+static inline void kept_take(pgg_async_call *k, pgg_async_sock *s)
+{
+    k->ac->nkept--;
+    pgg__host_kept(s->kh, -1);
+    k->l = s->kl;
+    k->sock = s;
+    s->kl = NULL;
+    s->kh = NULL;
+    s->call = k;
+}
+
+/* take_spare past its usual case: a kept connection of h behind others,
+ * or one past max_lifetime (given back: a parked call of this context
+ * looks again on its own timer). */
+static bool take_spare_slow(pgg_async_call *k, pgg_host *h)
 {
     pgg_async *ac = k->ac;
+    pgg_async_sock **pp = &ac->kept;
+    pgg_async_sock *s;
 
-    if (ac->spare_host != h ||
-        (k->c.intent != PGG_READ &&
-         atomic_load_explicit(&h->role, memory_order_relaxed) == PGG_ROLE_UNKNOWN))
+    for (;;) {
+        while (*pp && (*pp)->kh != h)
+            pp = &(*pp)->next;
+        if (!*pp)
+            return false;
+        if (!pgg__link_too_old((*pp)->kl, k->c.now))
+            break;
+        kept_give_back(ac, pp);
+    }
+    s = *pp;
+    *pp = s->next;
+    kept_take(k, s);
+    return true;
+}
+
+/* Take a kept connection of h for an attempt, the most recently used,
+ * when the role check needs no report from the session (pgg__pool_taken
+ * then passes it).  Inline: the usual case is the list's head. */
+static inline bool take_spare(pgg_async_call *k, pgg_host *h)
+{
+    pgg_async *ac = k->ac;
+    pgg_async_sock *s = ac->kept;
+
+    if (!s || (k->c.intent != PGG_READ &&
+               atomic_load_explicit(&h->role, memory_order_relaxed) ==
+                   PGG_ROLE_UNKNOWN))
         return false;
-    k->l = ac->spare_link;
-    k->sock = ac->spare;
-    k->sock->call = k;
-    ac->spare = NULL;
-    ac->spare_link = NULL;
-    ac->spare_host = NULL;
+    if (s->kh != h || pgg__link_too_old(s->kl, k->c.now))
+        return take_spare_slow(k, h);
+    ac->kept = s->next;
+    kept_take(k, s);
     return true;
 }
 
@@ -480,11 +707,14 @@ static pgg_async_sock *sock_new(pgg_async *ac, int fd)
         ac->free_socks = s->next;
     else if (!(s = malloc(sizeof *s)))
         return NULL;
+    s->ac = ac;
     s->fd = fd;
     s->on = 0;
     s->data = NULL;
     s->call = NULL;
     s->pipe = NULL;
+    s->kl = NULL;
+    s->kh = NULL;
     return s;
 }
 
@@ -1498,10 +1728,15 @@ static void look_again(pgg_async_call *k, int64_t now)
                       : k->attempt_deadline);
 }
 
+/* A parked call counts as a borrower waiting on its host (pgg__host_want):
+ * loops give back what they keep of it, threads stop parking theirs, so
+ * its looks find them. */
 static void park(pgg_async_call *k, int64_t now)
 {
-    if (k->state != ST_PARKED)
+    if (k->state != ST_PARKED) {
         k->ac->nparked++;
+        pgg__host_want(k->h, 1);
+    }
     k->state = ST_PARKED;
     look_again(k, now);
 }
@@ -1510,6 +1745,7 @@ static void park(pgg_async_call *k, int64_t now)
 static void unparked(pgg_async_call *k)
 {
     k->ac->nparked--;
+    pgg__host_want(k->h, -1);
     k->state = ST_IDLE;
 }
 
@@ -1581,6 +1817,12 @@ static void borrow(pgg_async_call *k)
     if (k->state == ST_PARKED) {
         now = pgg__now_ns();
         unparked(k); /* park() again below if still busy */
+        /* One this context kept meanwhile (kept_check gives them back
+         * while a call waits, this takes it first). */
+        if (now < k->attempt_deadline && take_spare(k, h)) {
+            taken(k);
+            return;
+        }
     }
     if (pgg__host_try_borrow(h, now, k->attempt_deadline, &k->l, &connect,
                              k->c.err) != PGG_OK) {
@@ -1720,8 +1962,11 @@ static void on_ready(pgg_async_sock *s, int revents)
         pipe_io(s->pipe, revents);
         return;
     }
-    if (!k)
-        return; /* the spare: nobody waits on it */
+    if (!k) {
+        if (s->kl)
+            kept_read(s);
+        return;
+    }
     switch (k->state) {
     case ST_CONNECT:
         connect_step(k, true);
@@ -1741,24 +1986,18 @@ static void on_ready(pgg_async_sock *s, int revents)
 
 void pgg_async_handle_read(pgg_async_sock *s)
 {
-    pgg_async *ac = s->call   ? s->call->ac
-                    : s->pipe ? s->pipe->ac
-                              : NULL;
+    pgg_async *ac = s->ac;
 
     on_ready(s, POLLIN);
-    if (ac)
-        flush_spare(ac);
+    flush_spare(ac);
 }
 
 void pgg_async_handle_write(pgg_async_sock *s)
 {
-    pgg_async *ac = s->call   ? s->call->ac
-                    : s->pipe ? s->pipe->ac
-                              : NULL;
+    pgg_async *ac = s->ac;
 
     on_ready(s, POLLOUT);
-    if (ac)
-        flush_spare(ac);
+    flush_spare(ac);
 }
 
 /* The wait of k ended without the socket (its deadline, or a cancel):
@@ -1847,6 +2086,8 @@ void pgg_async_handle_timer(pgg_async *ac)
             expire(k);
         settle(k);
     }
+    if (ac->kept && now >= ac->keep_check_at)
+        kept_check(ac, now);
     flush_spare(ac);
     rearm(ac);
 }
@@ -2002,7 +2243,8 @@ static int start(pgg_async *ac, pgg_intent intent, const pgg_query *q,
     if (ac->head)
         ac->head->prev = k;
     ac->head = k;
-    ac->pending++;
+    if (++ac->pending > ac->peak)
+        ac->peak = ac->pending;
     pgg__call_route(&k->c);
     drive(k);
     if (k->state == ST_DONE)
@@ -2115,6 +2357,7 @@ void pgg_async_free(pgg_async *ac)
     while (ac->head)
         pgg_async_cancel(ac->head);
     flush_spare(ac);
+    kept_give_back_all(ac);
     if (ac->attached) {
         ac->ev.schedule_timer(ac->ev.data, -1);
         if (ac->ev.cleanup)

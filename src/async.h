@@ -10,4 +10,7 @@
 /* Calls of ac waiting for a connection (ST_PARKED): 0 once none waits. */
 int pgg__async_parked(const pgg_async *ac);
 
+/* Connections ac keeps idle and watched for its next calls. */
+int pgg__async_kept(const pgg_async *ac);
+
 #endif

@@ -45,6 +45,7 @@ int pgg__host_init(pgg_host *h, int index, const char *name,
     for (int i = 0; i < PGG_PARK_SLOTS; i++)
         atomic_init(&h->park[i].link, NULL);
     atomic_init(&h->park_block, 0);
+    atomic_init(&h->n_kept, 0);
     rc = pgg__breaker_init(&h->breaker, breaker, pgg__clock_now(clock), err);
     if (rc != PGG_OK)
         return rc;
@@ -322,6 +323,7 @@ static void release_slot(pgg_host *h, pgg_link *keep);
 #define PARK_CLOSED PGG_PARK_CLOSED
 
 PGG_TLS unsigned pgg__park_index_plus1;
+PGG_TLS void (*pgg__host_loop_give_back)(void);
 static atomic_uint park_next;
 
 unsigned pgg__park_assign(void)
@@ -378,7 +380,8 @@ static void unpark_all_locked(pgg_host *h)
 
 int pgg__host_busy(pgg_host *h)
 {
-    int n = atomic_load_explicit(&h->n_busy, memory_order_relaxed) - parked_count(h);
+    int n = atomic_load_explicit(&h->n_busy, memory_order_relaxed) -
+            parked_count(h) - atomic_load_explicit(&h->n_kept, memory_order_relaxed);
 
     return n > 0 ? n : 0;
 }
@@ -680,6 +683,16 @@ static int borrow_locked(pgg_host *h, int64_t deadline_ns, int64_t now,
                 *why = hook_refused ? PGG_BORROW_HOOK : PGG_BORROW_CONNECT;
             }
             return rc;
+        }
+        if (pgg__host_loop_give_back) {
+            /* This thread's loop keeps connections idle: back to their
+             * pools (this one's wakes nobody: we hold no count yet), then
+             * look again. */
+            pthread_mutex_unlock(&h->mu);
+            pgg__host_loop_give_back();
+            pthread_mutex_lock(&h->mu);
+            fresh_now = false;
+            continue;
         }
         {
             struct timespec ts;
@@ -1027,7 +1040,9 @@ int pgg__host_warm(pgg_host *h, int64_t deadline_ns)
         int rc;
 
         pthread_mutex_lock(&h->mu);
-        if (h->closed || h->n_idle + parked_count(h) + h->n_connecting >= h->min_idle ||
+        if (h->closed ||
+            h->n_idle + parked_count(h) + h->n_kept + h->n_connecting >=
+                h->min_idle ||
             h->n_busy + h->n_connecting + h->n_idle >= h->max) {
             pthread_mutex_unlock(&h->mu);
             return opened;
@@ -1177,7 +1192,8 @@ void pgg__host_counts(pgg_host *h, pgg_host_counts *out)
     int parked;
 
     pthread_mutex_lock(&h->mu);
-    parked = parked_count(h);
+    /* Kept by event loops: idle, as parked ones (host.h, n_kept). */
+    parked = parked_count(h) + atomic_load_explicit(&h->n_kept, memory_order_relaxed);
     out->idle = h->n_idle + parked;
     out->busy = h->n_busy - parked;
     out->connecting = h->n_connecting;

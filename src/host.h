@@ -161,6 +161,11 @@ typedef struct pgg_host {
      * (the breaker's fast word comes next), not beside park_block, which
      * every borrow and give-back reads. */
     atomic_uint_fast64_t successes;
+    /* Connections event loops keep idle and watched for their next calls
+     * (async.c, "Kept connections"): lent, so counted in n_busy (pool_max
+     * holds), and reported idle by stats and the router, as parked ones
+     * are.  Written on the loop's calls, beside what they write anyway. */
+    _Atomic int n_kept;
 
     pgg_breaker breaker;
 
@@ -256,6 +261,37 @@ static inline bool pgg__host_park(pgg_host *h, pgg_link *l)
     return !atomic_compare_exchange_strong_explicit(&s->link, &mine, NULL,
                                                     memory_order_seq_cst,
                                                     memory_order_relaxed);
+}
+
+/* Borrowers wait for a connection of h (blocking ones, or event loops'
+ * calls parked on it: pgg__host_want), or h closed: a loop that keeps idle
+ * connections of h gives them back (async.c, "Kept connections"). */
+static inline bool pgg__host_wanted(const pgg_host *h)
+{
+    return atomic_load_explicit(&h->park_block, memory_order_relaxed) != 0;
+}
+
+/* An event loop's call begins (+1) or ends (-1) to wait for a connection
+ * of h: as a blocking borrower's wait, it stops parking and makes loops
+ * give back what they keep of h, since the loop's call cannot be woken
+ * by a give-back on another thread (it looks again on a timer). */
+static inline void pgg__host_want(pgg_host *h, int delta)
+{
+    atomic_fetch_add_explicit(&h->park_block, delta, memory_order_seq_cst);
+}
+
+/* Set by an event loop's context on its thread while it keeps idle
+ * connections (async.c): gives every one of them back.  A borrower about
+ * to wait calls it first (not under mu): a blocking call made on the
+ * loop's own thread, which no loop turn can serve while it waits, must
+ * not wait for what that loop keeps. */
+extern PGG_TLS void (*pgg__host_loop_give_back)(void);
+
+/* An event loop keeps one more (+1) or one fewer (-1) connection of h
+ * idle (n_kept). */
+static inline void pgg__host_kept(pgg_host *h, int delta)
+{
+    atomic_fetch_add_explicit(&h->n_kept, delta, memory_order_relaxed);
 }
 
 /* pgg_link.expires_ns of a connection made at now. */

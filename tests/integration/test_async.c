@@ -1766,3 +1766,207 @@ Test(async, on_connect_sql_runs_on_the_loop)
     event_base_free(base);
     end_test(p, c);
 }
+
+/* ------------------------------------------------- kept connections */
+
+/* One call on the loop, run to its end: its first cell in o->value. */
+static void one_call(struct event_base *base, pgg_async *ac, const char *sql, outcome *o)
+{
+    start_call(ac, PGG_WRITE, sql, 5000, 0, o);
+    run_until(base, o, 1, 10000);
+    cr_assert_eq(o->code, PGG_OK, "%s: %s %s", sql, pgg_err_name(o->code), o->message);
+}
+
+/*
+ * A connection the loop keeps idle whose session the server ends
+ * (pg_terminate_backend while nothing runs on it): the loop reads the
+ * FATAL as it comes and closes the session at once, so it is never lent
+ * again; the next call gets a new session at its first attempt.  Kept, it
+ * would be taken by the next call of the context, whose statement would
+ * fail on it (a second attempt).  A round whose steps took so long that
+ * the idle bound (100 ms) may have given the connection back to the pool
+ * first proves nothing and is run again (at least one must prove it).
+ */
+Test(async, a_kept_session_the_server_ends_is_closed_and_never_lent)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, "pool_max=1 pool_min_idle=0 breaker.mode=disabled");
+    struct event_base *base = event_base_new();
+    pgg_async *ac = async_for(p, base);
+    int proved = 0;
+
+    for (int round = 0; round < 10 && proved < 3; round++) {
+        outcome first, next;
+        char sql[128], gone[16];
+        double ended;
+        pgg_host_stats h;
+
+        one_call(base, ac, "SELECT pg_backend_pid()", &first);
+        ended = pgh_now_ms();
+        cr_assert_eq(pgg__async_kept(ac), 1, "round %d: the connection was not kept", round);
+        snprintf(sql, sizeof sql, "SELECT pg_terminate_backend(%s)", first.value);
+        cr_assert_eq(pgh_node_exec(pgh_cluster_primary(c), sql), 0);
+        /* Until the backend is gone: its FATAL and the close are sent. */
+        snprintf(sql, sizeof sql, "SELECT count(*) FROM pg_stat_activity WHERE pid = %s",
+                 first.value);
+        for (int i = 0; i < 200; i++) {
+            cr_assert_eq(pgh_node_query_value(pgh_cluster_primary(c), sql, gone, sizeof gone),
+                         0);
+            if (strcmp(gone, "0") == 0)
+                break;
+            sleep_ms(5);
+        }
+        if (pgh_now_ms() - ended > 80) {
+            /* The idle bound may act first: not this test's case. */
+            one_call(base, ac, "SELECT 1", &next);
+            continue;
+        }
+        /* The loop's turns: the FATAL is read. */
+        for (int i = 0; i < 5; i++)
+            loop_once(base, EVLOOP_NONBLOCK);
+        if (pgh_now_ms() - ended > 80) {
+            one_call(base, ac, "SELECT 1", &next);
+            continue;
+        }
+        cr_assert_eq(pgg__async_kept(ac), 0, "round %d: a terminated session is still kept",
+                     round);
+        h = host_stats(p, 0);
+        cr_expect_eq(h.conns_open, 0,
+                     "round %d: the terminated session went back to the pool (open %d)", round,
+                     h.conns_open);
+        one_call(base, ac, "SELECT pg_backend_pid()", &next);
+        cr_expect_eq(next.attempts, 1, "round %d: the next call needed %d attempts", round,
+                     next.attempts);
+        cr_expect_str_neq(next.value, first.value, "round %d: the same session", round);
+        proved++;
+    }
+    cr_expect_geq(proved, 1, "no round read the FATAL before the idle bound");
+    loop_guard_check("a kept session ended");
+    pgg_async_free(ac);
+    event_base_free(base);
+    end_test(p, c);
+}
+
+typedef struct blocking_call {
+    pgg_pool *p;
+    int code;
+    char message[512];
+    volatile int done;
+} blocking_call;
+
+static void *blocking_main(void *arg)
+{
+    blocking_call *b = arg;
+    pgg_call call = {.timeout_ms = 3000};
+    pgg_error e;
+    PGresult *r = pgg_exec(b->p, PGG_WRITE, "SELECT 1", &call, NULL, &e);
+
+    b->code = r ? PGG_OK : e.code;
+    snprintf(b->message, sizeof b->message, "%s", r ? "" : e.message);
+    PQclear(r);
+    __atomic_store_n(&b->done, 1, __ATOMIC_SEQ_CST);
+    return NULL;
+}
+
+/*
+ * pool_max=1 and the loop keeps the one connection, calling on it all the
+ * time: a blocking call on another thread gets it (the loop gives it back
+ * within its 2 ms look, as the call waits), and so does a blocking call on the loop's own
+ * thread between loop runs, which no loop turn can serve while it waits
+ * (given back before it waits).  Kept, each would wait until its 3 s
+ * deadline and fail.  Stats count the kept connection idle, not busy.
+ */
+Test(async, blocking_callers_get_the_connection_the_loop_keeps)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, "pool_max=1 pool_min_idle=0 breaker.mode=disabled");
+    struct event_base *base = event_base_new();
+    pgg_async *ac = async_for(p, base);
+
+    for (int round = 0; round < 3; round++) {
+        outcome o;
+        blocking_call b = {.p = p};
+        pthread_t th;
+        pgg_host_stats h;
+        pgg_call call = {.timeout_ms = 3000};
+        pgg_error e;
+        PGresult *r;
+
+        /* Another thread. */
+        one_call(base, ac, "SELECT 1", &o);
+        cr_assert_eq(pgg__async_kept(ac), 1, "round %d: the connection was not kept", round);
+        h = host_stats(p, 0);
+        cr_expect_eq(h.conns_idle, 1, "round %d: a kept connection is idle (%d)", round,
+                     h.conns_idle);
+        cr_expect_eq(h.conns_busy, 0, "round %d: a kept connection is not busy (%d)", round,
+                     h.conns_busy);
+        /* The loop keeps calling meanwhile, each call on a later turn (a
+         * server's shape): its kept connection never sits idle long
+         * enough for the idle bound to give it back. */
+        start_call(ac, PGG_WRITE, "SELECT 1", 5000, 0, &o);
+        cr_assert_eq(pthread_create(&th, NULL, blocking_main, &b), 0);
+        while (!__atomic_load_n(&b.done, __ATOMIC_SEQ_CST)) {
+            loop_once(base, EVLOOP_NONBLOCK);
+            if (o.done) {
+                cr_assert_eq(o.code, PGG_OK, "round %d: the loop's call: %s", round,
+                             o.message);
+                start_call(ac, PGG_WRITE, "SELECT 1", 5000, 0, &o);
+            }
+        }
+        pthread_join(th, NULL);
+        cr_expect_eq(b.code, PGG_OK, "round %d: the other thread's call: %s %s", round,
+                     pgg_err_name(b.code), b.message);
+        run_until(base, &o, 1, 10000);
+        cr_assert_eq(o.code, PGG_OK, "round %d: the loop's call: %s", round, o.message);
+
+        /* The loop's own thread, between loop runs. */
+        one_call(base, ac, "SELECT 1", &o);
+        cr_assert_eq(pgg__async_kept(ac), 1, "round %d: the connection was not kept", round);
+        r = pgg_exec(p, PGG_WRITE, "SELECT 1", &call, NULL, &e);
+        cr_expect_not_null(r, "round %d: the loop thread's call: %s %s", round,
+                           pgg_err_name(e.code), e.message);
+        PQclear(r);
+        cr_expect_eq(pgg__async_kept(ac), 0, "round %d: still kept", round);
+    }
+    loop_guard_check("blocking callers");
+    pgg_async_free(ac);
+    event_base_free(base);
+    end_test(p, c);
+}
+
+/*
+ * Several connections kept when the context is freed: every one goes back
+ * to the pool (counted idle, none busy), and nothing leaks (end_test's
+ * leak check, under ASan).
+ */
+Test(async, freeing_the_context_gives_back_what_it_keeps)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, "pool_max=3 pool_min_idle=0 breaker.mode=disabled");
+    struct event_base *base = event_base_new();
+    pgg_async *ac = async_for(p, base);
+    outcome o[3];
+    pgg_host_stats h;
+
+    for (int i = 0; i < 3; i++)
+        start_call(ac, PGG_WRITE, "SELECT pg_sleep(0.05)", 5000, 0, &o[i]);
+    run_until(base, o, 3, 10000);
+    for (int i = 0; i < 3; i++)
+        cr_assert_eq(o[i].code, PGG_OK, "call %d: %s", i, o[i].message);
+    cr_assert_eq(pgg__async_kept(ac), 3, "kept %d of 3", pgg__async_kept(ac));
+    h = host_stats(p, 0);
+    cr_expect_eq(h.conns_open, 3);
+    cr_expect_eq(h.conns_idle, 3, "kept ones are idle (%d)", h.conns_idle);
+    loop_guard_on();
+    pgg_async_free(ac);
+    loop_guard_off();
+    h = host_stats(p, 0);
+    cr_expect_eq(h.conns_busy, 0, "%d still busy after the free", h.conns_busy);
+    cr_expect_eq(h.conns_idle, h.conns_open);
+    /* Back in the pool itself, not just reported idle. */
+    cr_expect_eq(atomic_load(&p->hosts[0].n_kept), 0, "still counted kept");
+    cr_expect_eq(pgg__host_busy(&p->hosts[0]), 0, "still lent");
+    loop_guard_check("free with kept connections");
+    event_base_free(base);
+    end_test(p, c);
+}
