@@ -1074,7 +1074,7 @@ Test(async, recycled_call_records_carry_nothing_of_the_previous_call)
             /* No options at all; longer than the timeout of case 0,
              * within the default. */
             o[1] = (outcome){.started = pgh_now_ms()};
-            cr_assert_eq(pgg_async_exec(ac, PGG_READ, "SELECT 'plain' FROM pg_sleep(0.1)", NULL,
+            cr_assert_eq(pgg_async_exec(ac, PGG_READ_PRIMARY, "SELECT 'plain' FROM pg_sleep(0.1)", NULL,
                                         on_done, &o[1], NULL, &e),
                          PGG_OK, "%s", e.message);
             cr_assert_eq(pgg_async_pending(ac), 1);
