@@ -55,9 +55,9 @@ typedef struct probe {
      * whether the host answers anything (verifying), or the next one
      * started will (silent_since: since when, kept across starts). */
     bool verifying;
-    /* The host's breaker's successes when verifying began: a call answered
+    /* The host's answered calls when verifying began: a call answered
      * there since is an answer of the host too (verify_failed). */
-    uint64_t verify_successes;
+    uint64_t verify_answers;
     int64_t silent_since;
     int64_t answered_at; /* when a probe of the host was last answered */
     int64_t started, deadline;
@@ -431,15 +431,14 @@ static void expedite(pgg_health *hl, int64_t now, bool restart)
  */
 static void spares_start(pgg_health *hl, int i, int want, int64_t now);
 
-static uint64_t breaker_successes(pgg_breaker *b, int64_t now)
+/* Calls the host answered so far (successes and ignored outcomes: the
+ * host's own counters, whatever the breaker's mode). */
+static uint64_t host_answers(const pgg_host *h)
 {
-    pgg_breaker_stats st;
-
-    pgg__breaker_stats(b, now, &st);
-    return st.successes;
+    return atomic_load(&h->successes) + atomic_load(&h->ignored);
 }
 
-static void verify_arm(pgg_health *hl, int i, int64_t now)
+static void verify_arm(pgg_health *hl, int i)
 {
     probe *p = &hl->probes[i];
     int64_t by = p->silent_since + hl->probe_timeout;
@@ -450,8 +449,7 @@ static void verify_arm(pgg_health *hl, int i, int64_t now)
     if (by < p->deadline)
         p->deadline = by;
     if (!p->verifying)
-        p->verify_successes =
-            breaker_successes(&hl->pool->hosts[i].breaker, now);
+        p->verify_answers = host_answers(&hl->pool->hosts[i]);
     p->verifying = true;
     p->silent_since = 0;
 }
@@ -480,7 +478,7 @@ static void verify_take(pgg_health *hl, int i, int64_t now)
     if (!p->silent_since || since < p->silent_since)
         p->silent_since = since;
     if (p->phase != PROBE_IDLE) {
-        verify_arm(hl, i, now);
+        verify_arm(hl, i);
         return;
     }
     soon = p->started + hl->incident_min;
@@ -496,12 +494,12 @@ static void verify_take(pgg_health *hl, int i, int64_t now)
  * take a new session), not hung; its timeouts count as ever. */
 static void verify_failed(pgg_health *hl, int i, int64_t now)
 {
-    pgg_breaker *b = &hl->pool->hosts[i].breaker;
+    pgg_host *h = &hl->pool->hosts[i];
 
     hl->probes[i].verifying = false;
-    if (breaker_successes(b, now) != hl->probes[i].verify_successes)
+    if (host_answers(h) != hl->probes[i].verify_answers)
         return;
-    (void)pgg__breaker_host_silent(b, now);
+    (void)pgg__breaker_host_silent(&h->breaker, now);
 }
 
 /* Start host i's probe.  Returns false when none started (forced open). */
@@ -534,7 +532,7 @@ static bool probe_start(pgg_health *hl, int i, int64_t now)
         return false;
     }
     if (p->silent_since && silence_checked(st))
-        verify_arm(hl, i, now);
+        verify_arm(hl, i);
     p->silent_since = 0;
     /* A probe of ours is a call: half-open, one of the trial calls, so a
      * breaker can close with no traffic at all; closed, a watch whose

@@ -413,7 +413,6 @@ void pgg__pool_settle_error(pgg_host *h, pgg_verdict v, bool ignored,
 
 /* A result that is no error (classify.c: always a success).  NULL (a lost
  * connection) reads as PGRES_FATAL_ERROR. */
-
 static inline bool ok_status(ExecStatusType s)
 {
     return s != PGRES_FATAL_ERROR && s != PGRES_BAD_RESPONSE &&
