@@ -129,7 +129,7 @@ PGG_EXPORT void pgg_async_free(pgg_async *ac);
  * PGG_ESTATE (no adapter attached), PGG_ECANCELED (call->cancel fired
  * already), PGG_EBULKHEAD (the pool's bulkhead is full: refused at once,
  * never queued).  *handle (may be NULL) identifies
- * the call for pgg_async_cancel.
+ * the call for pgg_async_cancel; NULL when the call is refused.
  *
  * The deadline is call->timeout_ms (or call_timeout_ms) from now, bulkhead
  * included.  On the loop: the bulkhead never waits (bulkhead.max_wait_ms

@@ -2271,10 +2271,14 @@ int pgg_async_exec_params(pgg_async *ac, pgg_intent intent, const char *sql,
                           pgg_async_call **handle, pgg_error *err)
 {
     pgg_query q;
-    int rc = pgg__query_params(&q, "pgg_async_exec_params", sql, nparams,
-                               types, values, lengths, formats,
-                               call ? call->result_format : 0, err);
+    int rc;
 
+    /* Refused here, as by start(): no handle. */
+    if (handle)
+        *handle = NULL;
+    rc = pgg__query_params(&q, "pgg_async_exec_params", sql, nparams, types,
+                           values, lengths, formats,
+                           call ? call->result_format : 0, err);
     if (rc != PGG_OK)
         return rc;
     return start(ac, intent, &q, call, fn, userdata, handle, err);
@@ -2290,6 +2294,9 @@ int pgg_async_exec_prepared(pgg_async *ac, pgg_intent intent,
     pgg_query q;
     int rc;
 
+    /* Refused here, as by start(): no handle. */
+    if (handle)
+        *handle = NULL;
     if (!ac || !name || nparams < 0)
         return pgg__error_set(err, PGG_EINVAL, NULL, NULL,
                               "pgg_async_exec_prepared: NULL context or name");

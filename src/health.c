@@ -431,11 +431,14 @@ static void expedite(pgg_health *hl, int64_t now, bool restart)
  */
 static void spares_start(pgg_health *hl, int i, int want, int64_t now);
 
-/* Calls the host answered so far (successes and ignored outcomes: the
- * host's own counters, whatever the breaker's mode). */
+/* Calls the host answered so far (successes, and ignored outcomes that
+ * were answers: the host's own counters, whatever the breaker's mode).
+ * Not every ignored outcome: a call cancelled by its caller, or one that
+ * found no connection free (the usual case on a hung host with more
+ * callers than connections), heard nothing from the host. */
 static uint64_t host_answers(const pgg_host *h)
 {
-    return atomic_load(&h->successes) + atomic_load(&h->ignored);
+    return atomic_load(&h->successes) + atomic_load(&h->ignored_answers);
 }
 
 static void verify_arm(pgg_health *hl, int i)

@@ -177,6 +177,11 @@ typedef struct pgg_host {
     /* One counter per outcome (successes above): the total is their sum,
      * so a call pays one atomic add, not two. */
     atomic_uint_fast64_t ignored, rejections;
+    /* The ignored outcomes the host answered (a result, a refusal at
+     * startup), not those it never spoke in (a cancel, no connection free,
+     * nothing sent): with successes, what the silence rule counts as the
+     * host answering (health.c, verify_failed). */
+    atomic_uint_fast64_t ignored_answers;
     atomic_uint_fast64_t failures[PGG_CLASS__COUNT];
     atomic_uint_fast64_t connects, connect_failures;
 } pgg_host;

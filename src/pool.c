@@ -87,6 +87,9 @@ pgg_take pgg__pool_take_failed(pgg_pool *pool, pgg_host *h, pgg_ticket ticket,
     if (err && err->sqlstate[0])
         err->code = v.code;
     pgg__pool_record(pool, h, ticket, v.cls, start, now);
+    if (v.cls == PGG_CLASS_IGNORED) /* refused at startup: it answered */
+        atomic_fetch_add_explicit(&h->ignored_answers, 1,
+                                  memory_order_relaxed);
     if (pgg__host_failure(v.cls)) {
         pgg__host_note_error(h, err);
         if (err && err->code == PGG_ETIMEDOUT)
@@ -493,6 +496,11 @@ static inline pgg_verdict exec_done(pgg_pool *pool, pgg_host *h,
     dead = ended_by_server && !l->fresh && v.cls != PGG_CLASS_SUCCESS;
     settle(pool, h, ticket, dead ? PGG_CLASS_IGNORED : v.cls,
            ended_by_server, started, *ended);
+    /* An ignored outcome that is an answer of the host (health.c, the
+     * silence rule); not one it never spoke in (a cancel, a deadline). */
+    if (end == PGG_END_RESULT && (dead || v.cls == PGG_CLASS_IGNORED))
+        atomic_fetch_add_explicit(&h->ignored_answers, 1,
+                                  memory_order_relaxed);
     if (end == PGG_END_DEADLINE) {
         /* Fresh reads go elsewhere first for a while (or until this host
          * answers one), rather than into the same wait again; not after a

@@ -1137,6 +1137,30 @@ Test(async, bad_input_gets_clear_errors_and_no_callback)
                                          never, &calls, NULL, &e),
                  PGG_EINVAL);
     cr_expect_not_null(strstr(e.message, "nosuch"), "%s", e.message);
+    /* A refused call's handle is NULL, whichever check refused it (a
+     * handle left as it was may be passed to pgg_async_cancel later). */
+    {
+        pgg_async_call *hd = (pgg_async_call *)&calls;
+
+        cr_expect_eq(pgg_async_exec_params(ac, PGG_READ, "SELECT $1", -1, NULL, vals, NULL,
+                                           NULL, NULL, never, &calls, &hd, &e),
+                     PGG_EINVAL);
+        cr_expect_null(hd, "pgg_async_exec_params left the handle set");
+        hd = (pgg_async_call *)&calls;
+        cr_expect_eq(pgg_async_exec_prepared(ac, PGG_READ, "nosuch", 0, NULL, NULL, NULL, NULL,
+                                             never, &calls, &hd, &e),
+                     PGG_EINVAL);
+        cr_expect_null(hd, "pgg_async_exec_prepared (unknown name) left the handle set");
+        hd = (pgg_async_call *)&calls;
+        cr_expect_eq(pgg_async_exec_prepared(ac, PGG_READ, NULL, 0, NULL, NULL, NULL, NULL,
+                                             never, &calls, &hd, &e),
+                     PGG_EINVAL);
+        cr_expect_null(hd, "pgg_async_exec_prepared (NULL name) left the handle set");
+        hd = (pgg_async_call *)&calls;
+        cr_expect_eq(pgg_async_exec(ac, PGG_READ, NULL, NULL, never, &calls, &hd, &e),
+                     PGG_EINVAL);
+        cr_expect_null(hd, "pgg_async_exec left the handle set");
+    }
     /* A fired cancel handle: refused at once. */
     {
         pgg_cancel *h = pgg_cancel_new();

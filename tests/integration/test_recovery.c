@@ -2009,3 +2009,93 @@ Test(recovery, a_hung_primary_in_metrics_only_mode_counts_the_trip_it_would_make
     cr_expect_geq(bs.trips_suppressed, 1, "the silence was not counted as a trip");
     end_test(p, c);
 }
+
+/* A write under a 2 s deadline that its cancel handle ends. */
+typedef struct cancelled_writer {
+    pgg_pool *p;
+    pgg_cancel *cancel;
+    int code;
+} cancelled_writer;
+
+static void *write_cancelled(void *arg)
+{
+    cancelled_writer *w = arg;
+    pgg_call call = {.timeout_ms = 2000, .cancel = w->cancel};
+    pgg_error e;
+    PGresult *r = pgg_exec(w->p, PGG_WRITE, "UPDATE pgg_rec_t SET v = v WHERE id = 1",
+                           &call, NULL, &e);
+
+    w->code = r ? PGG_OK : e.code;
+    PQclear(r);
+    return NULL;
+}
+
+/*
+ * A hung primary (SIGSTOP): a write's timeout has it probed, and while the
+ * probe waits its bound (3 s here) other calls there end without any
+ * answer from the host: one its caller cancels (while it connects or
+ * waits for the connection), one that finds no connection free
+ * (pool_max 1).  Those outcomes are ignored ones, but not answers: the
+ * host stays silent, and the breaker opens (host-silent).
+ * Before, every ignored outcome counted as an answer of the host, so a
+ * cancel or an exhausted pool (the usual case on a hung host with more
+ * callers than connections) kept the breaker closed.
+ */
+Test(recovery, a_hung_primary_is_silent_though_calls_there_were_cancelled_or_found_no_connection)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgh_require_local(c, "a hang (SIGSTOP)");
+    setup_table(c);
+    /* No opening but the silence's (failures never reach the count). */
+    pgg_pool *p = pool_for(c, "breaker.consecutive_failures=100 breaker.min_calls=100 "
+                              "breaker.open_ms=60000 breaker.open_max_ms=60000 "
+                              "health_interval_ms=60000 health_probe_timeout_ms=3000 "
+                              "connect_timeout_ms=5000 pool_max=1");
+    opened_by o = {.mu = PTHREAD_MUTEX_INITIALIZER};
+    cancelled_writer cw = {.p = p, .cancel = pgg_cancel_new()};
+    pthread_t t;
+    pgg_host_stats before, h;
+
+    cr_assert_not_null(cw.cancel);
+    hold_sessions(p, PGG_WRITE, 1);
+    pgg_pool_on_event(p, on_open, &o);
+    cr_assert_eq(pgh_node_hang(pgh_cluster_primary(c)), 0);
+    {
+        pgg_call call = {.timeout_ms = 300};
+        pgg_error e;
+        PGresult *r = pgg_exec(p, PGG_WRITE, "UPDATE pgg_rec_t SET v = v WHERE id = 1",
+                               &call, NULL, &e);
+        cr_expect_null(r);
+        cr_expect_eq(e.code, PGG_ETIMEDOUT, "%s", pgg_err_name(e.code));
+        PQclear(r);
+    }
+    /* The probe that timeout sent is on its way (the health thread is
+     * woken at once); the ignored outcomes below come while it waits. */
+    sleep_ms(300);
+    before = host_stats(p, 0);
+    cr_assert_eq(pthread_create(&t, NULL, write_cancelled, &cw), 0);
+    sleep_ms(200);
+    {
+        pgg_call call = {.timeout_ms = 200};
+        pgg_error e;
+        PGresult *r = pgg_exec(p, PGG_WRITE, "UPDATE pgg_rec_t SET v = v WHERE id = 1",
+                               &call, NULL, &e);
+        cr_expect_null(r);
+        PQclear(r);
+    }
+    pgg_cancel_fire(cw.cancel);
+    pthread_join(t, NULL);
+    cr_expect_eq(cw.code, PGG_ECANCELED, "%s", pgg_err_name(cw.code));
+    h = host_stats(p, 0);
+    cr_expect_gt(h.ignored, before.ignored, "no ignored outcome during the probe");
+    cr_expect(wait_state(p, 0, PGG_BREAKER_OPEN, 8000), "breaker %s after the probe's bound",
+              pgg_breaker_state_name(host_stats(p, 0).state));
+    pthread_mutex_lock(&o.mu);
+    cr_expect_eq(o.opened, 1);
+    cr_expect_str_eq(o.reason, "host-silent");
+    pthread_mutex_unlock(&o.mu);
+    cr_assert_eq(pgh_node_resume(pgh_cluster_primary(c)), 0);
+    pgg_pool_on_event(p, NULL, NULL);
+    pgg_cancel_free(cw.cancel);
+    end_test(p, c);
+}
