@@ -193,8 +193,8 @@ static void note_lateness(pgg_watchdog *wd, int64_t now)
  * to wake (a kick lowers it to the arm's deadline): past it by
  * PGG_WATCHDOG_LATE_NS, the scheduler held it up, and waits carry their
  * own backstop for a while (watchdog.h).  Samples come at every timed
- * wake-up (about once per timeout period while calls come) and at every
- * expiry.
+ * wake-up (at least every PGG_WATCHDOG_PROBE_NS while calls come) and at
+ * every expiry.
  */
 static void *watchdog_main(void *arg)
 {
@@ -218,6 +218,12 @@ static void *watchdog_main(void *arg)
          * by that look. */
         if (target == PGG_TIME_NEVER && latest > seen && latest > now)
             target = latest;
+        /* While calls come, look at least every PGG_WATCHDOG_PROBE_NS: each
+         * look samples the watchdog's lateness (note_lateness), so that a
+         * machine that holds it up is found before a hung server's
+         * deadline depends on it. */
+        if (latest > seen && target > now + PGG_WATCHDOG_PROBE_NS)
+            target = now + PGG_WATCHDOG_PROBE_NS;
         seen = latest;
         for (;;) {
             if (target < floor)

@@ -5,7 +5,7 @@
  *   bench-calls --conninfo CI count  CLIENT QUERY N   (for callgrind/strace)
  *   bench-calls --conninfo CI interleave [--threads 1,8,32] [--rounds R]
  *               [--round-calls N] [--block B] [--settings 'k=v ...']
- *               [--pipelined 'k=v ...'] [--detail 1]
+ *               [--pipelined 'k=v ...'] [--detail 1] [--pin CPU]
  *
  * count: warms up, then makes N calls of one client (raw or guard) and one
  * query (exec: SELECT 1 by PQexec / pgg_exec; params: a one-parameter
@@ -38,6 +38,15 @@
  * the backends of the raw connections against every other client backend
  * (the pool's sessions, its health thread's included), per round.
  *
+ * --pin CPU puts every thread of the process and every client backend of
+ * the server (which must run here) on that one CPU, each round.  Unpinned,
+ * one thread's figures depend on where the scheduler puts the two
+ * backends: a client and its backend on different CPUs cost both of them
+ * up to 4x the CPU per call of a pair that shares one (measured
+ * 2026-12-01: rounds of 7.4 against 30 us for the client, 10.6 against 34
+ * for the server, whichever client had the far backend, for a whole run),
+ * and that, not pgguard, then decides the ratio.
+ *
  * --pipelined adds a third client, a second pool with pipeline=on (plus
  * the --pipe-settings), and runs the blocks aligned: every thread runs the
  * same client in a block (a barrier between blocks, the order of the three
@@ -59,6 +68,7 @@
 #include <time.h>
 
 #include <dirent.h>
+#include <sched.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -458,6 +468,35 @@ static void task_delta(const task_sample *a, const task_sample *b, int tid,
 
 /* --detail: per round, and the CPU no client's blocks used, by thread. */
 static bool detail;
+/* --pin CPU: this process's threads and the server's client backends on
+ * one CPU (-1: where the scheduler puts them). */
+static int pin_cpu = -1;
+
+/* Every thread of this process and every client backend the monitor sees
+ * (the raw ones, the pool's) onto pin_cpu; again each round, for
+ * connections opened since. */
+static void pin_all(PGconn *mon)
+{
+    cpu_set_t set;
+    srv_sample *all = calloc(1, sizeof *all);
+    task_sample *tasks = calloc(1, sizeof *tasks);
+
+    if (!all || !tasks)
+        die("out of memory");
+    CPU_ZERO(&set);
+    CPU_SET(pin_cpu, &set);
+    task_sample_take(tasks);
+    for (int i = 0; i < tasks->n; i++)
+        if (sched_setaffinity(tasks->tid[i], sizeof set, &set) != 0)
+            die("--pin: thread %d: %s", tasks->tid[i], strerror(errno));
+    srv_sample_take(mon, all);
+    for (int i = 0; i < all->n; i++)
+        if (sched_setaffinity(all->pid[i], sizeof set, &set) != 0)
+            die("--pin: backend %d: %s (the server must run on this machine)",
+                all->pid[i], strerror(errno));
+    free(all);
+    free(tasks);
+}
 
 static void interleave_level(const char *conninfo, const char *settings,
                              const char *pipe_settings, int q, int nthreads,
@@ -513,6 +552,8 @@ static void interleave_level(const char *conninfo, const char *settings,
     pthread_barrier_wait(&s.bar);
     pthread_barrier_wait(&s.bar);
     for (int r = 0; r < rounds; r++) {
+        if (pin_cpu >= 0)
+            pin_all(mon);
         if (srv)
             srv_sample_take(mon, &smp[0]);
         if (tsm)
@@ -736,6 +777,8 @@ int main(int argc, char **argv)
             pipe_settings = argv[i + 1];
         else if (strcmp(argv[i], "--detail") == 0)
             detail = atoi(argv[i + 1]) != 0;
+        else if (strcmp(argv[i], "--pin") == 0)
+            pin_cpu = atoi(argv[i + 1]);
         else
             die("unknown option %s", argv[i]);
     }
@@ -748,8 +791,9 @@ int main(int argc, char **argv)
                      atol(argv[i + 3]));
     if (i < argc && strcmp(argv[i], "interleave") == 0) {
         printf("in-process interleaved, blocks of %d calls, %ld calls per "
-               "client per thread per round, %d rounds; settings '%s'\n",
-               block, round_calls, rounds, settings);
+               "client per thread per round, %d rounds; settings '%s'%s\n",
+               block, round_calls, rounds, settings,
+               pin_cpu >= 0 ? "; every thread and backend on one CPU" : "");
         printf("%-9s %3s  %8s %8s  %5s %9s  %6s %6s  %5s %9s  %5s  %6s %6s  %5s %9s\n",
                "query", "thr", "raw/s", "pgg/s", "x raw", "range", "cpu", "cpu",
                "cpu x", "range", "load", "srv", "srv", "srv x", "range");
@@ -769,7 +813,7 @@ int main(int argc, char **argv)
             "raw|raw-alone|guard exec|params|prepared N\n"
             "       bench-calls [--conninfo CI] [--settings S] [--threads "
             "1,8,32] [--rounds R] [--round-calls N] [--block B] [--queries "
-            "exec,params,prepared] [--pipelined 'extra settings'] [--detail 1] "
+            "exec,params,prepared] [--pipelined 'extra settings'] [--detail 1] [--pin CPU] "
             "interleave\n");
     return 2;
 }
