@@ -339,12 +339,12 @@ static inline int pgg__link_backstop_ms(int64_t deadline_ns, int64_t now)
     return ms > INT32_MAX ? -1 : (int)ms;
 }
 
-/* The poll timeout of a wait under slot: none while its watchdog keeps
- * time, else the backstop.  now as for pgg__link_backstop_ms. */
-static inline int pgg__link_armed_timeout(const pgg_wd_slot *slot,
-                                          int64_t deadline_ns, int64_t now)
+/* The poll timeout of a wait under a watchdog: none while the watchdogs
+ * keep time, else the backstop.  now as for pgg__link_backstop_ms. */
+static inline int pgg__link_armed_timeout(int64_t deadline_ns, int64_t now)
 {
-    int64_t until = pgg__watchdog_backstop_until(slot);
+    int64_t until = pgg__watchdog_backstop_until();
+
 
     if (until == 0)
         return -1;
@@ -376,7 +376,7 @@ static inline int pgg__link_wait_armed(pgg_wd_slot *slot,
         r = 0;
     else
         do
-            r = poll(&p, 1, pgg__link_armed_timeout(slot, deadline_ns, now));
+            r = poll(&p, 1, pgg__link_armed_timeout(deadline_ns, now));
         while (r < 0 && errno == EINTR);
     if (pgg__watchdog_disarm(slot))
         return 0;

@@ -150,24 +150,35 @@ static int64_t scan(pgg_watchdog *wd, int64_t now, int64_t *latest)
     return earliest;
 }
 
-/* Woken (now) long past the time it meant to wake: waits carry their own
- * backstop from now on, for a while; once that has passed, no longer. */
+_Atomic int_fast64_t pgg__wd_backstop_until = PGG_TIME_NEVER;
+
+/* One wake-up's sample (now): woken long past the time it meant to wake,
+ * waits carry their own backstop for the hold from now on; a first look
+ * starts the proof; a proof that ran the hold without a late wake-up ends
+ * the backstop (by CAS: another watchdog's late sample meanwhile wins). */
 static void note_lateness(pgg_watchdog *wd, int64_t now)
 {
     int64_t meant = atomic_load(&wd->head.next_wake);
-    int64_t until = atomic_load_explicit(&wd->head.backstop_until,
-                                         memory_order_relaxed);
+    int_fast64_t until = atomic_load_explicit(&pgg__wd_backstop_until,
+                                              memory_order_relaxed);
 
     if (meant != PGG_TIME_NEVER && meant > 0 &&
         now - meant > PGG_WATCHDOG_LATE_NS) {
         atomic_fetch_add_explicit(&wd->late_wakes, 1, memory_order_relaxed);
-        atomic_store_explicit(&wd->head.backstop_until,
+        atomic_store_explicit(&pgg__wd_backstop_until,
                               now + PGG_WATCHDOG_BACKSTOP_HOLD_NS,
                               memory_order_relaxed);
+    } else if (until == PGG_TIME_NEVER) {
+        atomic_compare_exchange_strong(&pgg__wd_backstop_until, &until,
+                                       now + PGG_WATCHDOG_BACKSTOP_HOLD_NS);
     } else if (until != 0 && now >= until) {
-        atomic_store_explicit(&wd->head.backstop_until, 0,
-                              memory_order_relaxed);
+        atomic_compare_exchange_strong(&pgg__wd_backstop_until, &until, 0);
     }
+}
+
+void pgg__watchdog_set_backstop_until(int64_t until)
+{
+    atomic_store(&pgg__wd_backstop_until, until);
 }
 
 /*
@@ -282,7 +293,6 @@ pgg_watchdog *pgg__watchdog_new(int64_t tick_ns, pgg_error *err)
     wd->tick_ns = tick_ns;
     chunk_init(&wd->first, wd);
     atomic_init(&wd->head.next_wake, 0);
-    atomic_init(&wd->head.backstop_until, 0);
     atomic_init(&wd->late_wakes, 0);
     atomic_init(&wd->fired, 0);
     atomic_init(&wd->kicks, 0);

@@ -22,14 +22,16 @@
  * Waiters poll without a timeout while the watchdog keeps time: a poll
  * timeout arms and cancels a kernel timer on every wait (measured: +0.3 to
  * 0.4 us of a 6-9 us loopback round trip, 4-6 % of the client's CPU).
- * Once the watchdog finds itself woken late (the scheduler held it up past
- * PGG_WATCHDOG_LATE_NS), waits carry their own timeout again, a backstop
- * past the deadline, for PGG_WATCHDOG_BACKSTOP_HOLD_NS after the last late
- * wake: on a machine that delays the watchdog, a hung server's waiter ends
- * on its own wake-up, not on two (the watchdog's, then its own).  While
- * calls come it wakes at least every PGG_WATCHDOG_PROBE_NS to sample its
- * lateness; a late expiry in the first such interval of a stall is not
- * covered.
+ * Until the watchdogs have shown they keep time, waits carry their own
+ * timeout, a backstop past the deadline: on a machine that delays the
+ * watchdog, a hung server's waiter ends on its own wake-up, not on two
+ * (the watchdog's, then its own).  The state is the process's (the
+ * machine's scheduling, not a pool's): it starts on; a watchdog's first
+ * look starts the proof; PGG_WATCHDOG_BACKSTOP_HOLD_NS of wake-ups none
+ * of which came PGG_WATCHDOG_LATE_NS late turn it off; a late one turns
+ * it on again for as long.  While calls come a watchdog wakes at least
+ * every PGG_WATCHDOG_PROBE_NS to sample its lateness; a late expiry in the
+ * first such interval of a stall after a proven calm is not covered.
  *
  * Thread-safe.  The fast path (claim, arm, disarm, release) takes no lock
  * and makes no system call while the watchdog is ticking.
@@ -108,9 +110,12 @@ uint64_t pgg__watchdog_late_wakes(const pgg_watchdog *wd);
  * waits meanwhile. */
 void pgg__watchdog_hold(pgg_watchdog *wd, bool hold);
 
-/* Until when (CLOCK_MONOTONIC ns) waits under s's watchdog carry their own
- * backstop timeout: 0 while the watchdog has never been late. */
-static inline int64_t pgg__watchdog_backstop_until(const pgg_wd_slot *s);
+/* Until when (CLOCK_MONOTONIC ns) waits carry their own backstop timeout:
+ * 0 once the watchdogs have kept time for the hold, PGG_TIME_NEVER before
+ * any watchdog looked. */
+static inline int64_t pgg__watchdog_backstop_until(void);
+/* Tests: set that state (0: proven punctual; PGG_TIME_NEVER: unproven). */
+void pgg__watchdog_set_backstop_until(int64_t until);
 
 /* ------------------------------------------------- the inline fast path
  *
@@ -147,10 +152,11 @@ struct pgg_wd_slot {
 typedef struct pgg_wd_head {
     uint64_t id; /* unique per watchdog ever made: the threads' hint key */
     _Atomic int_fast64_t next_wake; /* when the watchdog looks next */
-    /* Waits carry a backstop timeout until then (0: never late so far);
-     * written by the watchdog when it wakes late, read by every wait. */
-    _Atomic int_fast64_t backstop_until;
 } pgg_wd_head;
+
+/* Waits carry a backstop timeout until then (watchdog.c, note_lateness):
+ * written by the watchdogs at most once per look, read by every wait. */
+extern _Atomic int_fast64_t pgg__wd_backstop_until;
 
 /* The slot this thread used last, and in which watchdog: it is nearly
  * always free again at the next call and on a line this thread owns. */
@@ -202,11 +208,9 @@ static inline void pgg__watchdog_arm(pgg_wd_slot *s, int fd,
         pgg__watchdog_kick(s, deadline_ns);
 }
 
-static inline int64_t pgg__watchdog_backstop_until(const pgg_wd_slot *s)
+static inline int64_t pgg__watchdog_backstop_until(void)
 {
-    return atomic_load_explicit(
-        &((const pgg_wd_head *)(const void *)s->wd)->backstop_until,
-        memory_order_relaxed);
+    return atomic_load_explicit(&pgg__wd_backstop_until, memory_order_relaxed);
 }
 
 static inline bool pgg__watchdog_disarm(pgg_wd_slot *s)

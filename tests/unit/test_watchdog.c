@@ -203,32 +203,45 @@ static void *wait_thread(void *arg)
     return NULL;
 }
 
-/* A waiter's poll carries no timeout (no kernel timer per wait, as
- * PQexec) while the watchdog has never been late; once it wakes past the
- * time it meant to (held up, here by its lock), waits carry their own
- * backstop again, so that a held-up watchdog does not hold a hung
- * server's caller up with it. */
+/* Waits carry their own backstop timeout until the watchdogs have shown
+ * they keep time (the process starts so); once proven, a waiter's poll
+ * carries none (no kernel timer per wait, as PQexec); once a watchdog
+ * wakes past the time it meant to (held up, here by its lock), waits
+ * carry their backstop again, so that a held-up watchdog does not hold a
+ * hung server's caller up with it. */
 Test(watchdog, a_late_watchdog_gives_the_waits_their_own_timeout_again)
 {
-    pgg_watchdog *wd = wd_new();
-    pgg_wd_slot *s = pgg__watchdog_claim(wd);
-    held_wait h = {.s = s};
+    pgg_watchdog *wd;
+    pgg_wd_slot *s;
+    held_wait h;
     int sv[2], rev = 0;
     int64_t now = pgg__now_ns();
     pthread_t t;
 
+    /* Before any watchdog looked: unproven, a backstop. */
+    cr_expect_eq(pgg__watchdog_backstop_until(), PGG_TIME_NEVER);
+    cr_expect_eq(pgg__link_armed_timeout(now + 100 * PGG_NS_PER_MS, now),
+                 100 + PGG_LINK_BACKSTOP_MS,
+                 "a wait before any proof polls without its backstop");
+    wd = wd_new();
+    s = pgg__watchdog_claim(wd);
+    h = (held_wait){.s = s};
     cr_assert_not_null(s);
     pair(sv);
     /* Its thread has taken its first look (it publishes when it wakes
-     * next, which an arm reads). */
+     * next, which an arm reads); then, as after a hold of punctual
+     * wake-ups, proven. */
     while (atomic_load(&((pgg_wd_head *)(void *)wd)->next_wake) == 0)
         usleep(1000);
+    cr_expect_neq(pgg__watchdog_backstop_until(), PGG_TIME_NEVER,
+                  "the first look did not start the proof");
+    pgg__watchdog_set_backstop_until(0);
     /* A window that ends in time: the watchdog looks, on time. */
     cr_assert_eq(send(sv[1], "a", 1, MSG_NOSIGNAL), 1);
     cr_expect(!wait_fired(s, sv[0], now + PGG_NS_PER_SEC, &rev));
     cr_expect_eq(pgg__watchdog_late_wakes(wd), 0);
-    cr_expect_eq(pgg__watchdog_backstop_until(s), 0);
-    cr_expect_eq(pgg__link_armed_timeout(s, now + 100 * PGG_NS_PER_MS, now), -1,
+    cr_expect_eq(pgg__watchdog_backstop_until(), 0);
+    cr_expect_eq(pgg__link_armed_timeout(now + 100 * PGG_NS_PER_MS, now), -1,
                  "a wait under a punctual watchdog polls with a timeout");
     {
         char c;
@@ -250,8 +263,8 @@ Test(watchdog, a_late_watchdog_gives_the_waits_their_own_timeout_again)
         usleep(1000);
     cr_expect_geq(pgg__watchdog_late_wakes(wd), 1);
     now = pgg__now_ns();
-    cr_expect_gt(pgg__watchdog_backstop_until(s), now);
-    cr_expect_eq(pgg__link_armed_timeout(s, now + 100 * PGG_NS_PER_MS, now),
+    cr_expect_gt(pgg__watchdog_backstop_until(), now);
+    cr_expect_eq(pgg__link_armed_timeout(now + 100 * PGG_NS_PER_MS, now),
                  100 + PGG_LINK_BACKSTOP_MS,
                  "a wait under a late watchdog has no backstop");
     pgg__watchdog_release(s);
