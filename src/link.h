@@ -309,11 +309,14 @@ int pgg__link_lost(PGconn *conn, PGresult **out, PGresult *keep,
 extern _Atomic uint64_t pgg__link_backstop_count;
 
 /*
- * A wait under the watchdog also carries its own timeout, this long past
- * the deadline: the watchdog ends it at the deadline, but it is one more
- * thread to be scheduled, and under load it was seen releasing a batch of
- * waits 30-40 ms late (the soak, load ~30, while a thread sleeping 1 ms was
- * at most 13 ms late).  The backstop bounds that by the waiter's own wake-up.
+ * A wait under the watchdog carries its own timeout, this long past the
+ * deadline, while the watchdog has lately been woken late (watchdog.h): it
+ * ends the wait at the deadline, but it is one more thread to be
+ * scheduled, and under load it was seen releasing a batch of waits 30-40
+ * ms late (the soak, load ~30, while a thread sleeping 1 ms was at most 13
+ * ms late).  The backstop bounds that by the waiter's own wake-up.  While
+ * the watchdog keeps time, waits poll without a timeout, as PQexec does:
+ * a timeout costs a kernel timer armed and cancelled on every wait.
  */
 #define PGG_LINK_BACKSTOP_MS 5
 
@@ -334,6 +337,20 @@ static inline int pgg__link_backstop_ms(int64_t deadline_ns, int64_t now)
     /* Unsigned: the division by a constant needs no sign fix-up. */
     ms = (uint64_t)left / PGG_NS_PER_MS + PGG_LINK_BACKSTOP_MS;
     return ms > INT32_MAX ? -1 : (int)ms;
+}
+
+/* The poll timeout of a wait under a watchdog: none while the watchdogs
+ * keep time, else the backstop.  now as for pgg__link_backstop_ms. */
+static inline int pgg__link_armed_timeout(int64_t deadline_ns, int64_t now)
+{
+    int64_t until = pgg__watchdog_backstop_until();
+
+
+    if (until == 0)
+        return -1;
+    if (!now)
+        now = pgg__now_ns();
+    return now < until ? pgg__link_backstop_ms(deadline_ns, now) : -1;
 }
 
 /* The wait under a watchdog slot: see above.  now is a clock reading
@@ -359,7 +376,7 @@ static inline int pgg__link_wait_armed(pgg_wd_slot *slot,
         r = 0;
     else
         do
-            r = poll(&p, 1, pgg__link_backstop_ms(deadline_ns, now));
+            r = poll(&p, 1, pgg__link_armed_timeout(deadline_ns, now));
         while (r < 0 && errno == EINTR);
     if (pgg__watchdog_disarm(slot))
         return 0;

@@ -77,6 +77,7 @@ struct pgg_watchdog {
     bool kick;                    /* an arm wants an earlier wake-up */
     atomic_uint_fast64_t fired;
     atomic_uint_fast64_t kicks; /* arms that had to wake the watchdog */
+    atomic_uint_fast64_t late_wakes;
     atomic_bool cancel_scan; /* a handle fired: look at windows that have one */
     pthread_t thread;
 };
@@ -149,6 +150,37 @@ static int64_t scan(pgg_watchdog *wd, int64_t now, int64_t *latest)
     return earliest;
 }
 
+_Atomic int_fast64_t pgg__wd_backstop_until = PGG_TIME_NEVER;
+
+/* One wake-up's sample (now): woken long past the time it meant to wake,
+ * waits carry their own backstop for the hold from now on; a first look
+ * starts the proof; a proof that ran the hold without a late wake-up ends
+ * the backstop (by CAS: another watchdog's late sample meanwhile wins). */
+static void note_lateness(pgg_watchdog *wd, int64_t now)
+{
+    int64_t meant = atomic_load(&wd->head.next_wake);
+    int_fast64_t until = atomic_load_explicit(&pgg__wd_backstop_until,
+                                              memory_order_relaxed);
+
+    if (meant != PGG_TIME_NEVER && meant > 0 &&
+        now - meant > PGG_WATCHDOG_LATE_NS) {
+        atomic_fetch_add_explicit(&wd->late_wakes, 1, memory_order_relaxed);
+        atomic_store_explicit(&pgg__wd_backstop_until,
+                              now + PGG_WATCHDOG_BACKSTOP_HOLD_NS,
+                              memory_order_relaxed);
+    } else if (until == PGG_TIME_NEVER) {
+        atomic_compare_exchange_strong(&pgg__wd_backstop_until, &until,
+                                       now + PGG_WATCHDOG_BACKSTOP_HOLD_NS);
+    } else if (until != 0 && now >= until) {
+        atomic_compare_exchange_strong(&pgg__wd_backstop_until, &until, 0);
+    }
+}
+
+void pgg__watchdog_set_backstop_until(int64_t until)
+{
+    atomic_store(&pgg__wd_backstop_until, until);
+}
+
 /*
  * Sleep until the earliest deadline (no sooner than a tick from now, which
  * bounds the watchdog's own CPU when deadlines crowd, and so the lateness);
@@ -167,6 +199,13 @@ static int64_t scan(pgg_watchdog *wd, int64_t now, int64_t *latest)
  * at the slots again; an arm publishes ARMED and then reads next_wake (all
  * sequentially consistent).  Either that look sees the window and its
  * deadline, or the arm sees the new next_wake and kicks when it is later.
+ *
+ * At each wake-up it compares the clock with next_wake, the time it meant
+ * to wake (a kick lowers it to the arm's deadline): past it by
+ * PGG_WATCHDOG_LATE_NS, the scheduler held it up, and waits carry their
+ * own backstop for a while (watchdog.h).  Samples come at every timed
+ * wake-up (at least every PGG_WATCHDOG_PROBE_NS while calls come) and at
+ * every expiry.
  */
 static void *watchdog_main(void *arg)
 {
@@ -181,6 +220,7 @@ static void *watchdog_main(void *arg)
         wd->kick = false;
         pthread_mutex_unlock(&wd->mu);
         now = pgg__now_ns();
+        note_lateness(wd, now);
         floor = now + wd->tick_ns;
         target = scan(wd, now, &latest);
         /* Nothing armed, but calls came since the last look: wake when the
@@ -189,6 +229,12 @@ static void *watchdog_main(void *arg)
          * by that look. */
         if (target == PGG_TIME_NEVER && latest > seen && latest > now)
             target = latest;
+        /* While calls come, look at least every PGG_WATCHDOG_PROBE_NS: each
+         * look samples the watchdog's lateness (note_lateness), so that a
+         * machine that holds it up is found before a hung server's
+         * deadline depends on it. */
+        if (latest > seen && target > now + PGG_WATCHDOG_PROBE_NS)
+            target = now + PGG_WATCHDOG_PROBE_NS;
         seen = latest;
         for (;;) {
             if (target < floor)
@@ -247,6 +293,7 @@ pgg_watchdog *pgg__watchdog_new(int64_t tick_ns, pgg_error *err)
     wd->tick_ns = tick_ns;
     chunk_init(&wd->first, wd);
     atomic_init(&wd->head.next_wake, 0);
+    atomic_init(&wd->late_wakes, 0);
     atomic_init(&wd->fired, 0);
     atomic_init(&wd->kicks, 0);
     atomic_init(&wd->cancel_scan, false);
@@ -368,4 +415,17 @@ uint64_t pgg__watchdog_fired(const pgg_watchdog *wd)
 uint64_t pgg__watchdog_kicks(const pgg_watchdog *wd)
 {
     return wd ? (uint64_t)atomic_load(&wd->kicks) : 0;
+}
+
+uint64_t pgg__watchdog_late_wakes(const pgg_watchdog *wd)
+{
+    return wd ? (uint64_t)atomic_load(&wd->late_wakes) : 0;
+}
+
+void pgg__watchdog_hold(pgg_watchdog *wd, bool hold)
+{
+    if (hold)
+        pthread_mutex_lock(&wd->mu);
+    else
+        pthread_mutex_unlock(&wd->mu);
 }

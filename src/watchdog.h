@@ -19,6 +19,20 @@
  * (at least a tick at a time), and without a timeout while nothing is
  * armed; an arm with an earlier deadline than its next wake-up wakes it.
  *
+ * Waiters poll without a timeout while the watchdog keeps time: a poll
+ * timeout arms and cancels a kernel timer on every wait (measured: +0.3 to
+ * 0.4 us of a 6-9 us loopback round trip, 4-6 % of the client's CPU).
+ * Until the watchdogs have shown they keep time, waits carry their own
+ * timeout, a backstop past the deadline: on a machine that delays the
+ * watchdog, a hung server's waiter ends on its own wake-up, not on two
+ * (the watchdog's, then its own).  The state is the process's (the
+ * machine's scheduling, not a pool's): it starts on; a watchdog's first
+ * look starts the proof; PGG_WATCHDOG_BACKSTOP_HOLD_NS of wake-ups none
+ * of which came PGG_WATCHDOG_LATE_NS late turn it off; a late one turns
+ * it on again for as long.  While calls come a watchdog wakes at least
+ * every PGG_WATCHDOG_PROBE_NS to sample its lateness; a late expiry in the
+ * first such interval of a stall after a proven calm is not covered.
+ *
  * Thread-safe.  The fast path (claim, arm, disarm, release) takes no lock
  * and makes no system call while the watchdog is ticking.
  */
@@ -39,6 +53,18 @@ typedef struct pgg_wd_slot pgg_wd_slot;
  * its deadline by more than this plus the scheduler's delay in waking the
  * watchdog (usually far less: it wakes at the deadline itself). */
 #define PGG_WATCHDOG_TICK_NS (1 * 1000000)
+
+/* Woken this much past the time it meant to wake, the watchdog counts as
+ * late, and waits carry their own backstop timeout for the hold after: the
+ * backstop's own margin past the deadline (PGG_LINK_BACKSTOP_MS), so the
+ * backstop is on only when it would have ended a wait sooner.  (Measured
+ * 2026-12-01 at load 25 on the 2-vCPU VM: of 100 timed waits of 100 ms,
+ * 11 woke more than 2 ms late, 4 more than 5 ms, the worst 13.7 ms.) */
+#define PGG_WATCHDOG_LATE_NS (5 * 1000000)
+#define PGG_WATCHDOG_BACKSTOP_HOLD_NS ((int64_t)10 * 1000000000)
+/* While calls come, the watchdog wakes at least this often, to sample its
+ * lateness (10 wake-ups per second, a few us of CPU each). */
+#define PGG_WATCHDOG_PROBE_NS (100 * 1000000)
 
 /* Starts the thread.  tick_ns > 0.  NULL with err set on failure. */
 pgg_watchdog *pgg__watchdog_new(int64_t tick_ns, pgg_error *err);
@@ -77,6 +103,19 @@ void pgg__watchdog_kick_cancel(pgg_watchdog *wd);
 uint64_t pgg__watchdog_fired(const pgg_watchdog *wd);
 /* Arms that had to wake the watchdog (a futex call on the caller's path). */
 uint64_t pgg__watchdog_kicks(const pgg_watchdog *wd);
+/* Times the watchdog woke late (PGG_WATCHDOG_LATE_NS past its target). */
+uint64_t pgg__watchdog_late_wakes(const pgg_watchdog *wd);
+/* Tests: take the watchdog's lock (hold) so that it cannot wake up, as a
+ * scheduler that holds it up; false lets it go.  An arm that must wake it
+ * waits meanwhile. */
+void pgg__watchdog_hold(pgg_watchdog *wd, bool hold);
+
+/* Until when (CLOCK_MONOTONIC ns) waits carry their own backstop timeout:
+ * 0 once the watchdogs have kept time for the hold, PGG_TIME_NEVER before
+ * any watchdog looked. */
+static inline int64_t pgg__watchdog_backstop_until(void);
+/* Tests: set that state (0: proven punctual; PGG_TIME_NEVER: unproven). */
+void pgg__watchdog_set_backstop_until(int64_t until);
 
 /* ------------------------------------------------- the inline fast path
  *
@@ -114,6 +153,10 @@ typedef struct pgg_wd_head {
     uint64_t id; /* unique per watchdog ever made: the threads' hint key */
     _Atomic int_fast64_t next_wake; /* when the watchdog looks next */
 } pgg_wd_head;
+
+/* Waits carry a backstop timeout until then (watchdog.c, note_lateness):
+ * written by the watchdogs at most once per look, read by every wait. */
+extern _Atomic int_fast64_t pgg__wd_backstop_until;
 
 /* The slot this thread used last, and in which watchdog: it is nearly
  * always free again at the next call and on a line this thread owns. */
@@ -163,6 +206,11 @@ static inline void pgg__watchdog_arm(pgg_wd_slot *s, int fd,
     atomic_store(&s->state, PGG_WD_ARMED);
     if (deadline_ns < atomic_load(&((pgg_wd_head *)(void *)s->wd)->next_wake))
         pgg__watchdog_kick(s, deadline_ns);
+}
+
+static inline int64_t pgg__watchdog_backstop_until(void)
+{
+    return atomic_load_explicit(&pgg__wd_backstop_until, memory_order_relaxed);
 }
 
 static inline bool pgg__watchdog_disarm(pgg_wd_slot *s)

@@ -5,7 +5,7 @@
  *   bench-calls --conninfo CI count  CLIENT QUERY N   (for callgrind/strace)
  *   bench-calls --conninfo CI interleave [--threads 1,8,32] [--rounds R]
  *               [--round-calls N] [--block B] [--settings 'k=v ...']
- *               [--pipelined 'k=v ...']
+ *               [--pipelined 'k=v ...'] [--detail 1] [--pin CPU]
  *
  * count: warms up, then makes N calls of one client (raw or guard) and one
  * query (exec: SELECT 1 by PQexec / pgg_exec; params: a one-parameter
@@ -24,20 +24,35 @@
  * same load, CPU state and server at the same moment.  The machine's CPU
  * flips between a fast and a slow state for seconds at a time: separate
  * runs compare nothing.  Per round it sums each client's wall time and
- * thread CPU time; the process CPU that no client thread used (the pool's
- * health and watchdog threads) is charged to pgguard.  It prints the
+ * thread CPU time; the CPU of every thread that is neither a client thread
+ * nor the main one (the pool's health and watchdog threads, its closer;
+ * from /proc/self/task/TID/schedstat) is charged to pgguard.  (Until
+ * 2026-12-01 it charged the process CPU outside the clients' blocks, which
+ * also counted the benchmark's own loop, clock readings and barriers:
+ * 0.1-0.15 us per call, 1-1.5 %, against pgguard.)  --detail 1 prints each
+ * round and that CPU by thread, with the times each thread was put on a
+ * CPU per second (its wake-ups).  It prints the
  * median and range of the per-round ratios raw/pgguard (calls/s) and
  * pgguard/raw (CPU per call).  When the server runs on this machine, it
  * also reads the server's CPU per call (from /proc/PID/schedstat, in ns):
  * the backends of the raw connections against every other client backend
  * (the pool's sessions, its health thread's included), per round.
  *
+ * --pin CPU puts every thread of the process and every client backend of
+ * the server (which must run here) on that one CPU, each round.  Unpinned,
+ * one thread's figures depend on where the scheduler puts the two
+ * backends: a client and its backend on different CPUs cost both of them
+ * up to 4x the CPU per call of a pair that shares one (measured
+ * 2026-12-01: rounds of 7.4 against 30 us for the client, 10.6 against 34
+ * for the server, whichever client had the far backend, for a whole run),
+ * and that, not pgguard, then decides the ratio.
+ *
  * --pipelined adds a third client, a second pool with pipeline=on (plus
  * the --pipe-settings), and runs the blocks aligned: every thread runs the
  * same client in a block (a barrier between blocks, the order of the three
  * rotating block by block and round by round), because pipelining shares
- * a connection between calls that run at the same moment.  The process
- * CPU no client thread used is split evenly between the two pools.
+ * a connection between calls that run at the same moment.  The pools'
+ * threads' CPU is split evenly between the two pools.
  *
  * Not a meson test: it reports, asserts nothing.
  */
@@ -51,6 +66,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+
+#include <dirent.h>
+#include <sched.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <libpq-fe.h>
 
@@ -242,6 +262,7 @@ typedef struct shared {
 typedef struct worker {
     shared *s;
     int id;
+    _Atomic int tid; /* the thread's id, to tell its CPU in /proc */
     PGconn *conn;
     pthread_t t;
 } worker;
@@ -270,6 +291,7 @@ static void *worker_main(void *arg)
     shared *s = w->s;
     unsigned seq = (unsigned)w->id * 37u;
 
+    w->tid = (int)syscall(SYS_gettid);
     for (int r = -1; r < s->rounds; r++) {
         acc scratch[C__N] = {{0}};
         acc *a = r < 0 ? scratch : s->per[w->id][r];
@@ -293,6 +315,8 @@ static void *worker_main(void *arg)
         }
         pthread_barrier_wait(&s->bar);
     }
+    /* Alive until the main thread has read the last round's CPU. */
+    pthread_barrier_wait(&s->bar);
     return NULL;
 }
 
@@ -383,10 +407,106 @@ static void summary(double *v, int n, double *med, double *lo, double *hi)
     *hi = v[n - 1];
 }
 
+/* ------------------------------------------- the process's own threads */
+
+#define MAX_TASKS 512
+
+/* Every thread of this process: its CPU so far and how many times it was
+ * put on a CPU (/proc/self/task/TID/schedstat: run ns, wait ns, slices). */
+typedef struct task_sample {
+    int n;
+    int tid[MAX_TASKS];
+    int64_t run_ns[MAX_TASKS], slices[MAX_TASKS];
+} task_sample;
+
+static void task_sample_take(task_sample *out)
+{
+    DIR *d = opendir("/proc/self/task");
+    struct dirent *e;
+
+    out->n = 0;
+    if (!d)
+        return;
+    while ((e = readdir(d)) && out->n < MAX_TASKS) {
+        char path[300];
+        long long run, wait, slices;
+        FILE *f;
+
+        if (e->d_name[0] == '.')
+            continue;
+        snprintf(path, sizeof path, "/proc/self/task/%s/schedstat", e->d_name);
+        if (!(f = fopen(path, "r")))
+            continue;
+        if (fscanf(f, "%lld %lld %lld", &run, &wait, &slices) == 3) {
+            out->tid[out->n] = atoi(e->d_name);
+            out->run_ns[out->n] = run;
+            out->slices[out->n++] = slices;
+        }
+        fclose(f);
+    }
+    closedir(d);
+}
+
+/* tid's run ns and slices between two samples (0 when in neither). */
+static void task_delta(const task_sample *a, const task_sample *b, int tid,
+                       int64_t *run_ns, int64_t *slices)
+{
+    int64_t r0 = 0, s0 = 0;
+
+    *run_ns = *slices = 0;
+    for (int i = 0; i < a->n; i++)
+        if (a->tid[i] == tid) {
+            r0 = a->run_ns[i];
+            s0 = a->slices[i];
+        }
+    for (int i = 0; i < b->n; i++)
+        if (b->tid[i] == tid) {
+            *run_ns = b->run_ns[i] - r0;
+            *slices = b->slices[i] - s0;
+        }
+}
+
+/* --detail: per round, and the CPU no client's blocks used, by thread. */
+static bool detail;
+/* --pin CPU: this process's threads and the server's client backends on
+ * one CPU (-1: where the scheduler puts them). */
+static int pin_cpu = -1;
+
+/* Every thread of this process and every client backend the monitor sees
+ * (the raw ones, the pool's) onto pin_cpu; again each round, for
+ * connections opened since. */
+static void pin_all(PGconn *mon)
+{
+    cpu_set_t set;
+    srv_sample *all = calloc(1, sizeof *all);
+    task_sample *tasks = calloc(1, sizeof *tasks);
+
+    if (!all || !tasks)
+        die("out of memory");
+    CPU_ZERO(&set);
+    CPU_SET(pin_cpu, &set);
+    task_sample_take(tasks);
+    for (int i = 0; i < tasks->n; i++)
+        if (sched_setaffinity(tasks->tid[i], sizeof set, &set) != 0)
+            die("--pin: thread %d: %s", tasks->tid[i], strerror(errno));
+    srv_sample_take(mon, all);
+    for (int i = 0; i < all->n; i++)
+        if (sched_setaffinity(all->pid[i], sizeof set, &set) != 0)
+            die("--pin: backend %d: %s (the server must run on this machine)",
+                all->pid[i], strerror(errno));
+    free(all);
+    free(tasks);
+}
+
 static void interleave_level(const char *conninfo, const char *settings,
                              const char *pipe_settings, int q, int nthreads,
                              int rounds, long round_calls, int block)
 {
+    task_sample *tsm = calloc(2, sizeof *tsm);
+    int64_t pool_cpu[MAX_ROUNDS] = {0};
+    int other_tid[16], nother = 0;
+    int64_t other_run[16] = {0}, other_slices[16] = {0}, main_run = 0,
+            workers_run = 0, wall_total = 0, wall0 = 0;
     shared s = {.conninfo = conninfo, .q = q, .nthreads = nthreads,
                 .rounds = rounds, .block = block, .round_calls = round_calls,
                 .nclients = pipe_settings ? C__N : 2};
@@ -432,13 +552,49 @@ static void interleave_level(const char *conninfo, const char *settings,
     pthread_barrier_wait(&s.bar);
     pthread_barrier_wait(&s.bar);
     for (int r = 0; r < rounds; r++) {
+        if (pin_cpu >= 0)
+            pin_all(mon);
         if (srv)
             srv_sample_take(mon, &smp[0]);
+        if (tsm)
+            task_sample_take(&tsm[0]);
         pthread_barrier_wait(&s.bar);
         proc[r] = clock_ns(CLOCK_PROCESS_CPUTIME_ID);
+        wall0 = clock_ns(CLOCK_MONOTONIC);
         pthread_barrier_wait(&s.bar);
         proc[r + 1] = clock_ns(CLOCK_PROCESS_CPUTIME_ID);
+        wall_total += clock_ns(CLOCK_MONOTONIC) - wall0;
         proc[r] = proc[r + 1] - proc[r];
+        if (tsm) {
+            task_sample_take(&tsm[1]);
+            for (int i = 0; i < tsm[1].n; i++) {
+                int tid = tsm[1].tid[i], k;
+                bool is_worker = false;
+                int64_t run, sl;
+
+                task_delta(&tsm[0], &tsm[1], tid, &run, &sl);
+                for (k = 0; k < nthreads; k++)
+                    is_worker |= ws[k].tid == tid;
+                if (is_worker) {
+                    workers_run += run;
+                    continue;
+                }
+                if (tid == (int)getpid()) {
+                    main_run += run;
+                    continue;
+                }
+                for (k = 0; k < nother && other_tid[k] != tid; k++)
+                    ;
+                if (k == nother) {
+                    if (nother == 16)
+                        continue;
+                    other_tid[nother++] = tid;
+                }
+                other_run[k] += run;
+                other_slices[k] += sl;
+                pool_cpu[r] += run;
+            }
+        }
         if (srv) {
             srv_sample_take(mon, &smp[1]);
             srv_delta(&smp[0], &smp[1], raw_pids, nthreads, &srv_raw[r], &srv_guard[r]);
@@ -447,6 +603,7 @@ static void interleave_level(const char *conninfo, const char *settings,
                 srv = false;
         }
     }
+    pthread_barrier_wait(&s.bar);
     PQfinish(mon);
     for (int i = 0; i < nthreads; i++) {
         pthread_join(ws[i].t, NULL);
@@ -467,9 +624,17 @@ static void interleave_level(const char *conninfo, const char *settings,
          * its wall time per thread. */
         rw = (double)t[0].wall / (double)t[0].calls;
         gw = (double)t[1].wall / (double)t[1].calls;
-        extra = (double)(proc[r] - t[0].cpu - t[1].cpu - t[2].cpu);
-        if (extra < 0)
-            extra = 0;
+        /* The pool's own threads (neither this main thread nor a client
+         * thread), from their schedstat; without /proc, the process CPU
+         * that no client's blocks used (which also counts the benchmark's
+         * own loop, clock readings and barriers). */
+        if (tsm) {
+            extra = (double)pool_cpu[r];
+        } else {
+            extra = (double)(proc[r] - t[0].cpu - t[1].cpu - t[2].cpu);
+            if (extra < 0)
+                extra = 0;
+        }
         if (s.nclients == C__N)
             extra /= 2; /* two pools' background threads */
         rc = (double)t[0].cpu / (double)t[0].calls;
@@ -486,6 +651,15 @@ static void interleave_level(const char *conninfo, const char *settings,
         }
         tput[r] = rw / gw;
         cpu[r] = gc / rc;
+        if (detail)
+            printf("  round %d: wall us/call raw %.1f pgg %.1f  cpu us/call "
+                   "raw %.1f pgg %.1f (of which the pool's threads %.3f; "
+                   "process CPU outside the blocks %.3f)  x %.3f\n",
+                   r, rw / 1e3, gw / 1e3, rc / 1e3, gc / 1e3,
+                   extra / (double)t[1].calls / 1e3,
+                   (double)(proc[r] - t[0].cpu - t[1].cpu - t[2].cpu) /
+                       (double)t[1].calls / 1e3,
+                   cpu[r]);
         raw_us += rw / 1e3 / rounds;
         guard_us += gw / 1e3 / rounds;
         raw_cpu += rc / 1e3 / rounds;
@@ -521,6 +695,25 @@ static void interleave_level(const char *conninfo, const char *settings,
     if (srv)
         printf("  %6.1f %6.1f  %5.3f %4.2f-%4.2f", srv_raw_us, srv_guard_us, smed, slo, shi);
     printf("%s\n", bad[0] || bad[1] ? "  ERRORS" : "");
+    if (tsm && detail) {
+        long calls = round_calls / block * block * nthreads * rounds;
+        int64_t blocks_cpu = 0;
+
+        for (int i = 0; i < nthreads; i++)
+            for (int r = 0; r < rounds; r++)
+                for (int k = 0; k < s.nclients; k++)
+                    blocks_cpu += s.per[i][r][k].cpu;
+        printf("  not in a client's blocks, ns per pgguard call: main %.0f, "
+               "client threads outside their blocks %.0f",
+               (double)main_run / (double)calls,
+               (double)(workers_run - blocks_cpu) / (double)calls);
+        for (int k = 0; k < nother; k++)
+            printf("; thread %d %.0f (%.0f on-CPU slices/s)", other_tid[k],
+                   (double)other_run[k] / (double)calls,
+                   (double)other_slices[k] * 1e9 / (double)wall_total);
+        printf("\n");
+    }
+    free(tsm);
     if (s.nclients == C__N)
         printf("%-9s %3s  %8s %8.0f  %5.3f %4.2f-%4.2f  %6s %6.1f  %5.3f "
                "%4.2f-%4.2f  (pipelined)\n",
@@ -582,6 +775,10 @@ int main(int argc, char **argv)
             queries = argv[i + 1];
         else if (strcmp(argv[i], "--pipelined") == 0)
             pipe_settings = argv[i + 1];
+        else if (strcmp(argv[i], "--detail") == 0)
+            detail = atoi(argv[i + 1]) != 0;
+        else if (strcmp(argv[i], "--pin") == 0)
+            pin_cpu = atoi(argv[i + 1]);
         else
             die("unknown option %s", argv[i]);
     }
@@ -594,8 +791,9 @@ int main(int argc, char **argv)
                      atol(argv[i + 3]));
     if (i < argc && strcmp(argv[i], "interleave") == 0) {
         printf("in-process interleaved, blocks of %d calls, %ld calls per "
-               "client per thread per round, %d rounds; settings '%s'\n",
-               block, round_calls, rounds, settings);
+               "client per thread per round, %d rounds; settings '%s'%s\n",
+               block, round_calls, rounds, settings,
+               pin_cpu >= 0 ? "; every thread and backend on one CPU" : "");
         printf("%-9s %3s  %8s %8s  %5s %9s  %6s %6s  %5s %9s  %5s  %6s %6s  %5s %9s\n",
                "query", "thr", "raw/s", "pgg/s", "x raw", "range", "cpu", "cpu",
                "cpu x", "range", "load", "srv", "srv", "srv x", "range");
@@ -615,7 +813,7 @@ int main(int argc, char **argv)
             "raw|raw-alone|guard exec|params|prepared N\n"
             "       bench-calls [--conninfo CI] [--settings S] [--threads "
             "1,8,32] [--rounds R] [--round-calls N] [--block B] [--queries "
-            "exec,params,prepared] [--pipelined 'extra settings'] "
+            "exec,params,prepared] [--pipelined 'extra settings'] [--detail 1] [--pin CPU] "
             "interleave\n");
     return 2;
 }

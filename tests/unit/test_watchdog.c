@@ -3,6 +3,8 @@
  * answers (a hung server, as the waiter sees it): a wait in poll(-1) ends
  * at the deadline, reported as the deadline; a window left in time is never
  * shut down later, not even when its fd number is reused at once.
+ * Waits poll without a timeout while the watchdog keeps time, and with
+ * their own backstop once it has woken late.
  * The race stress under ThreadSanitizer is tests/unit/stress_watchdog.c.
  */
 #include <criterion/criterion.h>
@@ -14,6 +16,7 @@
 #include <unistd.h>
 
 #include "clock.h"
+#include "link.h"
 #include "watchdog.h"
 #include "watchdog_race.h"
 
@@ -182,5 +185,90 @@ Test(watchdog, more_waiters_than_a_chunk_of_slots)
     }
     for (int i = 0; i < 200; i++)
         pgg__watchdog_release(s[i]);
+    pgg__watchdog_free(wd);
+}
+
+typedef struct held_wait {
+    pgg_wd_slot *s;
+    int fd, rev;
+    int64_t deadline;
+    bool fired;
+} held_wait;
+
+static void *wait_thread(void *arg)
+{
+    held_wait *h = arg;
+
+    h->fired = wait_fired(h->s, h->fd, h->deadline, &h->rev);
+    return NULL;
+}
+
+/* Waits carry their own backstop timeout until the watchdogs have shown
+ * they keep time (the process starts so); once proven, a waiter's poll
+ * carries none (no kernel timer per wait, as PQexec); once a watchdog
+ * wakes past the time it meant to (held up, here by its lock), waits
+ * carry their backstop again, so that a held-up watchdog does not hold a
+ * hung server's caller up with it. */
+Test(watchdog, a_late_watchdog_gives_the_waits_their_own_timeout_again)
+{
+    pgg_watchdog *wd;
+    pgg_wd_slot *s;
+    held_wait h;
+    int sv[2], rev = 0;
+    int64_t now = pgg__now_ns();
+    pthread_t t;
+
+    /* Before any watchdog looked: unproven, a backstop. */
+    cr_expect_eq(pgg__watchdog_backstop_until(), PGG_TIME_NEVER);
+    cr_expect_eq(pgg__link_armed_timeout(now + 100 * PGG_NS_PER_MS, now),
+                 100 + PGG_LINK_BACKSTOP_MS,
+                 "a wait before any proof polls without its backstop");
+    wd = wd_new();
+    s = pgg__watchdog_claim(wd);
+    h = (held_wait){.s = s};
+    cr_assert_not_null(s);
+    pair(sv);
+    /* Its thread has taken its first look (it publishes when it wakes
+     * next, which an arm reads); then, as after a hold of punctual
+     * wake-ups, proven. */
+    while (atomic_load(&((pgg_wd_head *)(void *)wd)->next_wake) == 0)
+        usleep(1000);
+    cr_expect_neq(pgg__watchdog_backstop_until(), PGG_TIME_NEVER,
+                  "the first look did not start the proof");
+    pgg__watchdog_set_backstop_until(0);
+    /* A window that ends in time: the watchdog looks, on time. */
+    cr_assert_eq(send(sv[1], "a", 1, MSG_NOSIGNAL), 1);
+    cr_expect(!wait_fired(s, sv[0], now + PGG_NS_PER_SEC, &rev));
+    cr_expect_eq(pgg__watchdog_late_wakes(wd), 0);
+    cr_expect_eq(pgg__watchdog_backstop_until(), 0);
+    cr_expect_eq(pgg__link_armed_timeout(now + 100 * PGG_NS_PER_MS, now), -1,
+                 "a wait under a punctual watchdog polls with a timeout");
+    {
+        char c;
+        cr_assert_eq(recv(sv[0], &c, 1, 0), 1);
+    }
+
+    /* The watchdog cannot wake while the deadline passes. */
+    h.fd = sv[0];
+    h.deadline = pgg__now_ns() + 2 * PGG_NS_PER_MS;
+    pgg__watchdog_hold(wd, true);
+    cr_assert_eq(pthread_create(&t, NULL, wait_thread, &h), 0);
+    usleep(30 * 1000);
+    pgg__watchdog_hold(wd, false);
+    pthread_join(t, NULL);
+    cr_expect(h.fired, "the watchdog did not end the wait (revents %#x)", h.rev);
+    /* It notes its lateness when it looks: the arm's kick that the hold
+     * kept waiting may wake it once more after the shutdown. */
+    for (int i = 0; i < 5000 && pgg__watchdog_late_wakes(wd) == 0; i++)
+        usleep(1000);
+    cr_expect_geq(pgg__watchdog_late_wakes(wd), 1);
+    now = pgg__now_ns();
+    cr_expect_gt(pgg__watchdog_backstop_until(), now);
+    cr_expect_eq(pgg__link_armed_timeout(now + 100 * PGG_NS_PER_MS, now),
+                 100 + PGG_LINK_BACKSTOP_MS,
+                 "a wait under a late watchdog has no backstop");
+    pgg__watchdog_release(s);
+    close(sv[0]);
+    close(sv[1]);
     pgg__watchdog_free(wd);
 }
