@@ -1304,6 +1304,40 @@ Test(recovery, a_call_takes_a_spare_on_its_way_rather_than_connect_behind_it)
     end_test(p, c);
 }
 
+/*
+ * A caller whose session was ended comes back within its period, often
+ * before the health thread has started the replacement it was promised
+ * (n_lost): its own connect is that replacement, not one more.  Both
+ * forked a backend on a server busy with every client's reconnects (5 of
+ * 6 such connects in the fault bench's trace).  Here one replacement is
+ * due, a call connects, and a health round later one session was opened
+ * in all, none on its way.
+ */
+Test(recovery, a_caller_s_own_connect_is_the_replacement_not_started_yet)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, "pool_min_idle=0");
+    pgg_host *h = &p->hosts[0];
+    spare_borrow b = {.h = h};
+    uint64_t before;
+    int spares;
+
+    pgg__host_trim(h, pgg__now_ns(), true);
+    before = host_stats(p, 0).connects;
+    atomic_store(&h->n_lost, 1);
+    borrow_once(&b);
+    cr_assert_eq(b.rc, PGG_OK);
+    pgg__host_give_back(h, b.l, pgg__now_ns());
+    cr_assert(pgg__health_await_round(p->health, pgg__now_ns() + 10 * PGG_NS_PER_SEC));
+    pthread_mutex_lock(&h->mu);
+    spares = h->n_spares;
+    pthread_mutex_unlock(&h->mu);
+    cr_expect_eq(host_stats(p, 0).connects - before + (uint64_t)spares, 1,
+                 "%llu connects and %d spares on their way for one session to replace",
+                 (unsigned long long)(host_stats(p, 0).connects - before), spares);
+    end_test(p, c);
+}
+
 typedef struct full_writer {
     pgg_pool *p;
     int writes, unavailable, other;
