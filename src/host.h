@@ -119,7 +119,10 @@ typedef struct pgg_host {
      * or elsewhere was found ended by its server), and a sibling kept
      * because nothing had arrived on it yet may have its server's FATAL by
      * now (backends exit when they next run, milliseconds apart).  A
-     * write sent on it would fail as sent. */
+     * write sent on it would fail as sent.  Not on the parked fast path
+     * (pgg__host_borrow): the look at the blip moved every parked session
+     * to the idle list (pgg__host_drop_dead), and one parked since was
+     * answered after the blip was seen. */
     _Atomic int64_t look_until_ns;
     /* A call got no answer here before its deadline (a statement, or a
      * connect the host's kernel took): since when the host has been silent
@@ -345,8 +348,7 @@ static inline int pgg__host_borrow(pgg_host *h, int64_t deadline_ns,
         (l = pgg__host_unpark_mine(h)) != NULL &&
         /* Used moments ago: no check is due (quick_ns, the shortest of
          * them), unless it is past its lifetime. */
-        now - l->last_used_ns < h->quick_ns && !pgg__link_too_old(l, now) &&
-        now >= atomic_load_explicit(&h->look_until_ns, memory_order_relaxed)) {
+        now - l->last_used_ns < h->quick_ns && !pgg__link_too_old(l, now)) {
         *out = l;
         return PGG_OK;
     }
