@@ -878,8 +878,11 @@ static void sweep(pgg_health *hl, int64_t now)
         return;
     for (int i = 0; i < pool->nhosts; i++) {
         pgg_host *h = &pool->hosts[i];
-        int lost = pgg__host_drop_dead(h, now, PGG_LOST_RECENT_NS);
+        int lost = pgg__host_drop_dead(h, now, PGG_LOST_RECENT_NS, INT64_MIN);
 
+        /* Its server may be ending sessions too, milliseconds apart: those
+         * kept here are looked at again when lent. */
+        pgg__host_look_until(h, now + PGG_LOST_RECENT_NS);
         if (lost > 0)
             atomic_fetch_add(&h->n_lost, lost);
     }

@@ -251,6 +251,8 @@ static int connect_new(pgg_host *h, int64_t deadline_ns, pgg_link **out,
 {
     int64_t now = pgg__now_ns();
     int64_t bound = now + h->connect_timeout_ns;
+    /* Its backend may exist from here on. */
+    int64_t born = now;
     PGconn *conn = NULL;
     pgg_link *l;
     bool host_fault;
@@ -282,6 +284,7 @@ static int connect_new(pgg_host *h, int64_t deadline_ns, pgg_link **out,
     l->conn = conn;
     l->expires_ns = pgg__link_expiry(h, now);
     l->last_used_ns = now;
+    l->born_ns = born;
     l->types_gen = 0;
     l->fresh = true;
     l->next = NULL;
@@ -501,6 +504,23 @@ static bool may_connect_locked(const pgg_host *h, int64_t now)
            h->n_spares <= h->n_waiting;
 }
 
+/*
+ * A connect of a caller's own is about to start: if the health thread has
+ * a replacement of an ended session still to start (n_lost), this connect
+ * is that replacement.  A caller whose write failed on an ended session
+ * comes back within its period, often before the health thread has run:
+ * its connect and the spare for the same session both forked a backend on
+ * a server already busy with every client's reconnects (5 of 6 such
+ * connects in the fault bench's trace).
+ */
+static void claim_lost(pgg_host *h)
+{
+    int lost = atomic_load_explicit(&h->n_lost, memory_order_relaxed);
+
+    while (lost > 0 && !atomic_compare_exchange_weak(&h->n_lost, &lost, lost - 1))
+        ;
+}
+
 /* Under mu: every connection busy (pool_max, or a full server while ours
  * are out) when the caller's wait ends: the error both borrows give. */
 static int busy_error_locked(const pgg_host *h, int64_t now, pgg_error *err)
@@ -517,10 +537,19 @@ static int busy_error_locked(const pgg_host *h, int64_t now, pgg_error *err)
                           h->max, h->name);
 }
 
+/* Idle too briefly to need a look before it is lent (and no blip under
+ * way, look_until_ns), or alive by what its server sent. */
+static bool alive_enough(pgg_host *h, pgg_link *l, int64_t now)
+{
+    return (now - l->last_used_ns < h->alive_check_ns &&
+            now >= atomic_load_explicit(&h->look_until_ns, memory_order_relaxed)) ||
+           pgg__link_alive(l->conn);
+}
+
 /* Alive, and validated when it sat idle long enough: may be lent. */
 static bool lendable(pgg_host *h, pgg_link *l, int64_t now, int64_t deadline_ns)
 {
-    return (now - l->last_used_ns < h->alive_check_ns || pgg__link_alive(l->conn)) &&
+    return alive_enough(h, l, now) &&
            (now - l->last_used_ns < h->validate_ns || validate(h, l, deadline_ns));
 }
 
@@ -659,6 +688,7 @@ static int borrow_locked(pgg_host *h, int64_t deadline_ns, int64_t now,
 
             pgg__error_reset(&cerr);
             h->n_connecting++;
+            claim_lost(h);
             pthread_mutex_unlock(&h->mu);
             close_list(doomed);
             doomed = NULL;
@@ -736,9 +766,7 @@ int pgg__host_try_borrow(pgg_host *h, int64_t now, int64_t deadline_ns,
      * thread's slot, see "Parking"): still counted busy, it is the
      * caller's as it is, or closed here when it is too old or dead. */
     while ((l = pgg__host_unpark_mine(h)) || (l = unpark_any(h))) {
-        if (!expired(h, l, now) &&
-            (now - l->last_used_ns < h->alive_check_ns ||
-             pgg__link_alive(l->conn))) {
+        if (!expired(h, l, now) && alive_enough(h, l, now)) {
             l->next = NULL;
             *out = l;
             return PGG_OK;
@@ -757,8 +785,7 @@ int pgg__host_try_borrow(pgg_host *h, int64_t now, int64_t deadline_ns,
         /* The liveness check reads only what is already there; a session
          * that died since is found dead when sent to, and the call tries
          * a new connection (the path's rule for a reused session). */
-        if (now - l->last_used_ns < h->alive_check_ns ||
-            pgg__link_alive(l->conn)) {
+        if (alive_enough(h, l, now)) {
             *out = l;
             return PGG_OK;
         }
@@ -780,6 +807,7 @@ int pgg__host_try_borrow(pgg_host *h, int64_t now, int64_t deadline_ns,
     }
     if (may_connect_locked(h, now)) {
         h->n_connecting++;
+        claim_lost(h);
         pthread_mutex_unlock(&h->mu);
         close_list(doomed);
         *connect = true;
@@ -806,6 +834,7 @@ int pgg__host_connected(pgg_host *h, PGconn *conn, pgg_link **out,
         l->conn = conn;
         l->expires_ns = pgg__link_expiry(h, now);
         l->last_used_ns = now;
+        l->born_ns = now;
         l->fresh = true;
     }
     pthread_mutex_lock(&h->mu);
@@ -912,6 +941,7 @@ bool pgg__host_adopt(pgg_host *h, PGconn *conn, int64_t now_ns, int max_idle)
     l->conn = conn;
     l->expires_ns = pgg__link_expiry(h, now_ns);
     l->last_used_ns = now_ns;
+    l->born_ns = now_ns;
     pthread_mutex_lock(&h->mu);
     if (h->closed || h->n_idle >= max_idle ||
         h->n_busy + h->n_connecting + h->n_idle >= h->max) {
@@ -930,15 +960,12 @@ bool pgg__host_adopt(pgg_host *h, PGconn *conn, int64_t now_ns, int max_idle)
     return true;
 }
 
-/* Close the idle connections past their age (all of them when `all`);
- * *recent: how many of those closed were used within recent_ns. */
-static int trim(pgg_host *h, int64_t now_ns, bool all, int64_t recent_ns,
-                int *recent)
+/* Close the idle connections past their age (all of them when `all`). */
+int pgg__host_trim(pgg_host *h, int64_t now_ns, bool all)
 {
     pgg_link *doomed = NULL, **pp;
     int n = 0;
 
-    *recent = 0;
     pthread_mutex_lock(&h->mu);
     unpark_all_locked(h);
     pp = &h->idle;
@@ -950,7 +977,6 @@ static int trim(pgg_host *h, int64_t now_ns, bool all, int64_t recent_ns,
             doomed = l;
             h->n_idle--;
             n++;
-            *recent += now_ns - l->last_used_ns < recent_ns;
         } else {
             pp = &l->next;
         }
@@ -962,22 +988,8 @@ static int trim(pgg_host *h, int64_t now_ns, bool all, int64_t recent_ns,
     return n;
 }
 
-int pgg__host_trim(pgg_host *h, int64_t now_ns, bool all)
-{
-    int recent;
-
-    return trim(h, now_ns, all, 0, &recent);
-}
-
-int pgg__host_drop_idle(pgg_host *h, int64_t now_ns, int64_t used_within_ns)
-{
-    int recent;
-
-    trim(h, now_ns, true, used_within_ns, &recent);
-    return recent;
-}
-
-int pgg__host_drop_dead(pgg_host *h, int64_t now_ns, int64_t used_within_ns)
+int pgg__host_drop_dead(pgg_host *h, int64_t now_ns, int64_t used_within_ns,
+                        int64_t born_before)
 {
     pgg_link *look, *keep = NULL, **tail = &keep, *dead = NULL;
     int n, kept = 0, recent = 0;
@@ -1000,7 +1012,7 @@ int pgg__host_drop_dead(pgg_host *h, int64_t now_ns, int64_t used_within_ns)
 
         look = l->next;
         l->next = NULL;
-        if (pgg__link_alive(l->conn)) {
+        if (l->born_ns >= born_before && pgg__link_alive(l->conn)) {
             *tail = l; /* in their order: most recently used first */
             tail = &l->next;
             kept++;

@@ -39,6 +39,10 @@ typedef struct pgg_link {
      * give-back (pgg__link_expiry). */
     int64_t expires_ns;
     int64_t last_used_ns;
+    /* When its connect started (an adopted spare: when it was adopted):
+     * a sibling ended by its server when this one did not exist yet says
+     * nothing of it (pgg__host_drop_dead). */
+    int64_t born_ns;
     unsigned types_gen; /* libpqtypes registrations applied; 0: none */
     /* Just connected for this borrow: what the server reported at startup
      * (in_hot_standby) is current.  An idle connection's report can be
@@ -110,6 +114,16 @@ typedef struct pgg_host {
     /* A call found a pooled session here ended by the server (settle):
      * the health thread looks at every host's idle sessions (sweep). */
     atomic_bool ended_seen;
+    /* Until then every idle session is looked at before it is lent,
+     * however recently it was used: a blip is under way (a session here
+     * or elsewhere was found ended by its server), and a sibling kept
+     * because nothing had arrived on it yet may have its server's FATAL by
+     * now (backends exit when they next run, milliseconds apart).  A
+     * write sent on it would fail as sent.  Not on the parked fast path
+     * (pgg__host_borrow): the look at the blip moved every parked session
+     * to the idle list (pgg__host_drop_dead), and one parked since was
+     * answered after the blip was seen. */
+    _Atomic int64_t look_until_ns;
     /* A call got no answer here before its deadline (a statement, or a
      * connect the host's kernel took): since when the host has been silent
      * as far as that call knows (0: nothing to check).  The health thread
@@ -430,17 +444,25 @@ bool pgg__host_adopt(pgg_host *h, PGconn *conn, int64_t now_ns, int max_idle);
  * them: their callers are about to come back for them. */
 #define PGG_LOST_RECENT_NS (1000 * PGG_NS_PER_MS)
 
+/* A blip is under way: every idle session of h is looked at before it is
+ * lent until then (look_until_ns). */
+static inline void pgg__host_look_until(pgg_host *h, int64_t until_ns)
+{
+    atomic_store_explicit(&h->look_until_ns, until_ns, memory_order_relaxed);
+}
+
 /* Close idle connections past idle_timeout or max_lifetime (all of them
  * when `all`).  Returns how many were closed. */
 int pgg__host_trim(pgg_host *h, int64_t now_ns, bool all);
-/* Close every idle connection (their server ended a sibling).  Returns
- * how many of them were used within used_within_ns before now_ns: the ones
- * their callers will want back soon. */
-int pgg__host_drop_idle(pgg_host *h, int64_t now_ns, int64_t used_within_ns);
-/* Close the idle connections found dead by what their server sent
- * meanwhile (a FATAL, the close; read without a round trip), the others
- * kept.  Returns how many of the dead were used within used_within_ns. */
-int pgg__host_drop_dead(pgg_host *h, int64_t now_ns, int64_t used_within_ns);
+/* Close the idle connections opened before born_before without a look
+ * (their server ended a sibling after that: a blip ends every session),
+ * and the others found dead by what their server sent meanwhile (a FATAL,
+ * the close; read without a round trip); the rest are kept.
+ * born_before INT64_MIN: look at all; INT64_MAX: close all.  Returns how
+ * many of those closed were used within used_within_ns before now_ns: the
+ * ones their callers will want back soon. */
+int pgg__host_drop_dead(pgg_host *h, int64_t now_ns, int64_t used_within_ns,
+                        int64_t born_before);
 /* Open connections until min_idle are idle, within deadline_ns. */
 int pgg__host_warm(pgg_host *h, int64_t deadline_ns);
 /*

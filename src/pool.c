@@ -377,21 +377,30 @@ __attribute__((always_inline))
 #endif
 static inline void settle(pgg_pool *pool, pgg_host *h,
                           const pgg_ticket *ticket, pgg_class rec,
-                          bool ended_by_server, int64_t started,
-                          int64_t ended)
+                          bool ended_by_server, int64_t alive_at, int own,
+                          int64_t started, int64_t ended)
 {
     if (ticket)
         pgg__pool_record_at(h, ticket, rec, started, ended);
     /* A pooled session that died on us rarely died alone (a restart, a
-     * failover, pg_terminate_backend of many): its idle siblings go now,
-     * before another call finds each of them dead the hard way, and the
-     * health thread replaces them before their callers come back (and
-     * looks at the other hosts' idle sessions). */
+     * failover, pg_terminate_backend of many): the server ended it after
+     * alive_at (its last use, or its connect), and ended with it every
+     * session there then.  Its idle siblings opened before alive_at go now,
+     * before another call finds each of them dead the hard way; younger
+     * ones only if their server says so already: a caller that reconnected
+     * after the blip keeps its new session (closing it made that caller
+     * wait for a replacement, 14 ms in the fault bench, while libpq's
+     * wrote).  The health thread replaces those closed, and `own` more
+     * (the ended session, when its caller does not take a new one at
+     * once), before their callers come back, and looks at the other
+     * hosts' idle sessions. */
     if (ended_by_server) {
-        int wanted = pgg__host_drop_idle(h, ended, PGG_LOST_RECENT_NS);
+        int wanted = pgg__host_drop_dead(h, ended, PGG_LOST_RECENT_NS,
+                                         alive_at) + own;
 
         if (wanted > 0)
             atomic_fetch_add(&h->n_lost, wanted);
+        pgg__host_look_until(h, ended + PGG_LOST_RECENT_NS);
         atomic_store(&h->ended_seen, true);
         pgg__pool_wake_health(pool);
     }
@@ -401,7 +410,8 @@ void pgg__pool_settle(pgg_pool *pool, pgg_host *h, const pgg_ticket *ticket,
                       pgg_class rec, bool ended_by_server, int64_t started,
                       int64_t ended)
 {
-    settle(pool, h, ticket, rec, ended_by_server, started, ended);
+    /* The ended session's last use unknown here: every idle sibling goes. */
+    settle(pool, h, ticket, rec, ended_by_server, INT64_MAX, 0, started, ended);
 }
 
 void pgg__pool_settle_error(pgg_host *h, pgg_verdict v, bool ignored,
@@ -447,7 +457,8 @@ static inline pgg_verdict exec_done(pgg_pool *pool, pgg_host *h,
         if (!over && role != PGG_ROLE_UNKNOWN &&
             *ended - atomic_load_explicit(&h->role_seen_ns,
                                           memory_order_relaxed) < ROLE_SEEN_NS) {
-            settle(pool, h, ticket, PGG_CLASS_SUCCESS, false, started, *ended);
+            settle(pool, h, ticket, PGG_CLASS_SUCCESS, false, 0, 0, started,
+                   *ended);
             return v;
         }
     } else {
@@ -494,8 +505,16 @@ static inline pgg_verdict exec_done(pgg_pool *pool, pgg_host *h,
      * connection to the same host, whose outcome the breaker does hear.
      * A new one that dies does speak for the host. */
     dead = ended_by_server && !l->fresh && v.cls != PGG_CLASS_SUCCESS;
+    /* The call tries a new session of this host itself only after a
+     * pooled one found dead with its statement provably not run (call.c,
+     * may_retry); a write that was sent is not retried, an answer stands:
+     * their callers come back for a session within a period, and find its
+     * replacement on its way (the fault bench's writers connected then,
+     * behind every other client's reconnects). */
     settle(pool, h, ticket, dead ? PGG_CLASS_IGNORED : v.cls,
-           ended_by_server, started, *ended);
+           ended_by_server, l->last_used_ns,
+           !(dead && (intent != PGG_WRITE || end == PGG_END_NOT_SENT)),
+           started, *ended);
     /* An ignored outcome that is an answer of the host (health.c, the
      * silence rule); not one it never spoke in (a cancel, a deadline). */
     if (end == PGG_END_RESULT && (dead || v.cls == PGG_CLASS_IGNORED))

@@ -32,9 +32,10 @@
  * Each fault: 1 s of steady load, the fault, then --seconds of observation
  * after the fault's end.  Reported per client: calls, slots skipped,
  * failed reads and writes, errors by code, p99 and max latency, calls that
- * returned later than deadline + 20 ms, the time from the fault's end (or
- * the promotion's completion) to the first successful read and write, the
- * time to recovery (the end of the last failed call after that point:
+ * returned later than deadline + 20 ms, the time from the fault's end (the
+ * promotion's completion; for terminate, the moment the last terminated
+ * backend exited, timed from /proc) to the first successful read and
+ * write, the time to recovery (the end of the last failed call after that point:
  * every later call succeeded), breaker openings (pgguard), and every
  * acknowledged write looked up on the final primary.  A verdict line says
  * whether pgguard did at least as well as libpq on slots lost and on the
@@ -54,7 +55,9 @@
  * its numbers depend on the machine's load, printed with each fault.
  * tests/bench/faults builds it and runs it.
  */
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <math.h>
 #include <poll.h>
@@ -156,7 +159,8 @@ typedef struct run {
     double t0;       /* absolute, pgh_now_ms() */
     double end_ms;   /* when threads stop calling (set, then stop), relative */
     double fault_ms; /* fault start, relative */
-    double ref_ms;   /* the fault's end (or the promotion's completion) */
+    double ref_ms;   /* the fault's end (the promotion's completion, the last
+                      * terminated backend's exit) */
     atomic_int breaker_opens;
     atomic_int roles_unknown; /* hosts shown role unknown */
     worker w[CL__N][THREADS];
@@ -691,16 +695,165 @@ static void fault_promote(run *r)
     r->final_primary = n;
 }
 
+/* ----------------------------------------------- backends' exit times */
+
+/* Whether the process behind a /proc/PID/stat descriptor has exited: it
+ * is gone, or a zombie its postmaster has not reaped yet (its socket is
+ * closed either way).  The servers are local (run_fault refuses external
+ * ones). */
+static bool stat_exited(int fd)
+{
+    char buf[256];
+    ssize_t got = pread(fd, buf, sizeof buf - 1, 0);
+    char *paren;
+
+    if (got <= 0)
+        return true;
+    buf[got] = '\0';
+    /* "pid (comm) S ...": the state follows the last parenthesis. */
+    paren = strrchr(buf, ')');
+    return !paren || paren[1] != ' ' || paren[2] == 'Z' || paren[2] == 'X';
+}
+
+static int stat_open(int pid)
+{
+    char path[64];
+
+    snprintf(path, sizeof path, "/proc/%d/stat", pid);
+    return open(path, O_RDONLY | O_CLOEXEC);
+}
+
+#define MAX_WATCH 512
+
+/*
+ * When each server process exited, to the millisecond: every child of the
+ * given postmasters at the start (the clients' backends among them), looked
+ * at every millisecond from a thread of its own, which keeps going until
+ * stopped.  pg_terminate_backend only signals a backend, which exits when
+ * it next runs: under load that is tens of milliseconds later, before or
+ * after the terminating call returns.
+ */
+typedef struct exit_watch {
+    pthread_t tid;
+    const run *r;
+    atomic_bool stop;
+    int n;
+    int pid[MAX_WATCH], fd[MAX_WATCH];
+    _Atomic double gone_ms[MAX_WATCH]; /* relative to t0; NAN while alive */
+} exit_watch;
+
+static void *exit_watch_main(void *arg)
+{
+    exit_watch *w = arg;
+
+    while (!atomic_load(&w->stop)) {
+        for (int k = 0; k < w->n; k++)
+            if (isnan(atomic_load(&w->gone_ms[k])) && stat_exited(w->fd[k]))
+                atomic_store(&w->gone_ms[k], rel_ms(w->r));
+        sleep_ms(1);
+    }
+    return NULL;
+}
+
+static void exit_watch_start(exit_watch *w, const run *r, const pid_t *parents, int nparents)
+{
+    DIR *d = opendir("/proc");
+    struct dirent *e;
+
+    w->r = r;
+    w->n = 0;
+    atomic_store(&w->stop, false);
+    if (!d)
+        die("/proc: %s", strerror(errno));
+    while ((e = readdir(d)) != NULL && w->n < MAX_WATCH) {
+        int pid = atoi(e->d_name), fd, ppid;
+        char buf[256], *paren;
+        ssize_t got;
+
+        if (pid <= 0 || (fd = stat_open(pid)) < 0)
+            continue;
+        got = pread(fd, buf, sizeof buf - 1, 0);
+        buf[got > 0 ? got : 0] = '\0';
+        paren = strrchr(buf, ')');
+        /* "pid (comm) S ppid ..." */
+        if (!paren || sscanf(paren + 2, "%*c %d", &ppid) != 1) {
+            close(fd);
+            continue;
+        }
+        bool child = false;
+        for (int i = 0; i < nparents; i++)
+            child |= parents[i] > 0 && ppid == parents[i];
+        if (!child) {
+            close(fd);
+            continue;
+        }
+        w->pid[w->n] = pid;
+        w->fd[w->n] = fd;
+        atomic_store(&w->gone_ms[w->n], NAN);
+        w->n++;
+    }
+    closedir(d);
+    if (pthread_create(&w->tid, NULL, exit_watch_main, w) != 0)
+        die("pthread_create failed");
+}
+
+/* When pid exited (relative to t0), waiting for it up to give_up; NAN if
+ * it did not.  A backend started after the watch began is looked at here. */
+static double exit_watch_wait(exit_watch *w, int pid, double give_up)
+{
+    int k, fd = -1;
+    double at = NAN;
+
+    for (k = 0; k < w->n && w->pid[k] != pid; k++)
+        ;
+    if (k == w->n)
+        fd = stat_open(pid);
+    while (rel_ms(w->r) < give_up) {
+        if (k < w->n)
+            at = atomic_load(&w->gone_ms[k]);
+        else if (fd < 0 || stat_exited(fd))
+            at = rel_ms(w->r);
+        if (!isnan(at))
+            break;
+        sleep_ms(0.5);
+    }
+    if (fd >= 0)
+        close(fd);
+    return at;
+}
+
+static void exit_watch_end(exit_watch *w)
+{
+    atomic_store(&w->stop, true);
+    pthread_join(w->tid, NULL);
+    for (int k = 0; k < w->n; k++)
+        close(w->fd[k]);
+}
+
+#define MAX_TERMINATED 256
+
 /* Every session at once: one connection per server made first, then the
  * three terminations sent back to back.  (pgh_node_terminate_backends
- * waits for each backend in turn, which spreads the blip over a second.) */
+ * waits for each backend in turn, which spreads the blip over a second.)
+ * The fault is over when the last terminated backend has exited: that is
+ * the reference for both clients, not the calls' return, which came up to
+ * 30 ms before it (a call then could still be served by a session the
+ * fault had not ended yet) or 30 ms after it (the recovery was then over
+ * before the reference, and the first success after it was just the next
+ * call). */
 static void fault_terminate(run *r)
 {
     int n = 1 + pgh_cluster_replica_count(r->cluster);
     PGconn *conn[9];
-    static const char sql[] = "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+    pid_t parents[9];
+    static const char sql[] = "SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity "
                               "WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()";
+    int pids[MAX_TERMINATED], npids = 0, never = 0;
+    double returned, first = INFINITY, last = -INFINITY;
+    exit_watch *watch = calloc(1, sizeof *watch);
 
+    if (!watch)
+        die("out of memory");
     for (int i = 0; i < n; i++) {
         pgh_node *node =
             i ? pgh_cluster_replica(r->cluster, i - 1) : pgh_cluster_primary(r->cluster);
@@ -710,7 +863,9 @@ static void fault_terminate(run *r)
         if (PQstatus(conn[i]) != CONNECTION_OK)
             die("terminate: cannot connect to %s: %s", pgh_node_name(node),
                 PQerrorMessage(conn[i]));
+        parents[i] = pgh_node_pid(node);
     }
+    exit_watch_start(watch, r, parents, n);
     r->fault_ms = rel_ms(r);
     for (int i = 0; i < n; i++)
         if (!PQsendQuery(conn[i], sql))
@@ -720,10 +875,34 @@ static void fault_terminate(run *r)
         while ((res = PQgetResult(conn[i])) != NULL) {
             if (PQresultStatus(res) != PGRES_TUPLES_OK)
                 die("terminate: %s", PQresultErrorMessage(res));
+            for (int k = 0; k < PQntuples(res) && npids < MAX_TERMINATED; k++)
+                if (strcmp(PQgetvalue(res, k, 1), "t") == 0)
+                    pids[npids++] = atoi(PQgetvalue(res, k, 0));
             PQclear(res);
         }
         PQfinish(conn[i]);
     }
+    returned = rel_ms(r);
+    for (int k = 0; k < npids; k++) {
+        double at = exit_watch_wait(watch, pids[k], returned + 5000);
+        if (isnan(at)) {
+            never++;
+            continue;
+        }
+        first = fmin(first, at);
+        last = fmax(last, at);
+    }
+    exit_watch_end(watch);
+    free(watch);
+    if (never)
+        note("terminate: %d of %d backends still there 5 s after the calls returned", never,
+             npids);
+    r->ref_ms = npids > never ? last : returned;
+    snprintf(r->fault_note, sizeof r->fault_note,
+             "%d backends terminated; after the fault's start the calls returned at %.0f ms, "
+             "the first backend exited at %.0f ms, the last at %.0f ms (the reference)%s",
+             npids, returned - r->fault_ms, first - r->fault_ms, last - r->fault_ms,
+             never ? "; some never exited" : "");
 }
 
 /* When a starting server first accepts a session.  pg_ctl start -w (and so
