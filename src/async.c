@@ -864,8 +864,9 @@ static void io(pgg_async_call *k, int revents)
     int want;
 
     pgg__link_unprompted_arm();
-    want = pgg__link_io_step(conn, &k->io, revents, k->h->name, &res, &end,
-                             k->c.err, &rc);
+    /* The step inlined (pgg__link_io_step's body): twice per call. */
+    want = pgg__link_io_advance(conn, &k->io, revents, k->h->name, &res,
+                                &end, k->c.err, &rc);
     if (pgg__link_unprompted())
         k->ended_behind = true;
     if (want) {
@@ -997,7 +998,19 @@ static void io(pgg_async_call *k, int revents)
  * the server has it all (pgg_link_io.sent). */
 static void io_sent(pgg_async_call *k)
 {
+    pgg_async_sock *s = k->sock;
+
     k->io = (pgg_link_io){.sent = true};
+    /* The usual case, io's first step without its detours: a kept
+     * connection, its socket watched for reading already, and the whole
+     * statement out at the first flush (nothing parsed: no unprompted
+     * error to look for).  Otherwise io's own step flushes again. */
+    if (s && s->on == POLLIN && k->state != ST_HOOK &&
+        PQflush(k->l->conn) == 0) {
+        k->io.flushed = true;
+        wait_until(k, k->attempt_deadline);
+        return;
+    }
     io(k, 0);
 }
 
@@ -1423,7 +1436,8 @@ static void exec_start(pgg_async_call *k)
         rc = send_prepare(k, &res, &end);
     } else {
         k->state = ST_QUERY;
-        rc = pgg__link_send(k->l->conn, q, k->h->name, &res, &end, k->c.err);
+        rc = pgg__link_send_checked(k->l->conn, q, k->h->name, &res, &end,
+                                    k->c.err);
     }
     if (rc != PGG_OK) {
         if (k->state == ST_PREPARE && end == PGG_END_LOST)
@@ -1904,9 +1918,11 @@ static void drive(pgg_async_call *k)
     int64_t dl;
 
     while (k->state == ST_IDLE) {
-        h = pgg__call_next(&k->c, &dl);
+        /* Served: next and again would each say so first (call.c); the
+         * usual end of a call asks neither. */
+        h = k->c.served ? NULL : pgg__call_next(&k->c, &dl);
         if (!h) {
-            if (pgg__call_again(&k->c))
+            if (!k->c.served && pgg__call_again(&k->c))
                 continue;
             k->res = pgg__call_finish(&k->c);
             k->state = ST_DONE;
