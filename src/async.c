@@ -502,13 +502,18 @@ static void kept_unlink(pgg_async *ac, pgg_async_sock **pp)
 /* A kept connection goes back to its host's pool (closed there when it
  * is not reusable or too old), its socket forgotten first.  No call of
  * this context is woken here (the caller may be in the middle of one):
- * one parked on that host finds it when it looks again (unpark). */
+ * one parked on that host finds it when it looks again (unpark).  The
+ * give-back judges its age at the time it is given (max_lifetime_ms:
+ * closed when it comes back this old): at its last use it was young, so
+ * one past its lifetime now is given at now, and closed there; a young
+ * one keeps its last use as its idle time. */
 static void kept_give_back(pgg_async *ac, pgg_async_sock **pp)
 {
     pgg_async_sock *s = *pp;
     pgg_host *h = s->kh;
     pgg_link *l = s->kl;
-    int64_t at = s->kept_at;
+    int64_t now = pgg__now_ns();
+    int64_t at = pgg__link_too_old(l, now) ? now : s->kept_at;
 
     kept_unlink(ac, pp);
     sock_free(ac, s);
@@ -523,12 +528,22 @@ static void kept_give_back_all(pgg_async *ac)
     kept_unregister(ac);
 }
 
+/* Open by its failures or held open by the operator (pgg_pool_force_open):
+ * either way no call is admitted on the host. */
+static bool breaker_open(const pgg_breaker *b)
+{
+    pgg_breaker_state st = pgg__breaker_state(b);
+
+    return st == PGG_BREAKER_OPEN || st == PGG_BREAKER_FORCED_OPEN;
+}
+
 /*
  * The look at the kept connections, every KEEP_CHECK_NS while there are
  * any (the context's timer): back to the pool when another borrower waits
  * for their host or the host closed, when unused for KEEP_IDLE_NS, past
- * max_lifetime, when their host's role changed since (a failover: the pool
- * decides again what its sessions are good for) or its breaker opened.
+ * max_lifetime (closed then), when their host's role changed since (a
+ * failover: the pool decides again what its sessions are good for) or its
+ * breaker opened (or was forced open).
  */
 static void kept_check(pgg_async *ac, int64_t now)
 {
@@ -541,7 +556,7 @@ static void kept_check(pgg_async *ac, int64_t now)
         if (pgg__host_wanted(s->kh) || now - s->kept_at >= KEEP_IDLE_NS ||
             pgg__link_too_old(s->kl, now) ||
             atomic_load_explicit(&s->kh->role, memory_order_relaxed) != s->krole ||
-            pgg__breaker_state(&s->kh->breaker) == PGG_BREAKER_OPEN) {
+            breaker_open(&s->kh->breaker)) {
             kept_give_back(ac, pp);
             gave = true;
         } else {
