@@ -26,7 +26,13 @@
  * functions described at pgg_async_ev.
  *
  * Threads: a pgg_async and its calls belong to the loop's thread; every
- * function here must be called on it (the pool itself stays shareable).
+ * function here must be called on it (the pool itself stays shareable),
+ * with one exception: pgg_async_free may run on another thread once the
+ * loop no longer runs the context (the loop's thread stopped dispatching
+ * it, or ended; the hand-over between the threads ordered, e.g. by a
+ * join or a mutex), even while the loop's thread goes on making blocking
+ * calls on the pool.  Freeing it on another thread while the loop may
+ * still dispatch its events is a use after free.
  *
  *   pgg_async *ac = pgg_async_new(pool, &err);
  *   pgg_async_libevent_attach(ac, base);
@@ -117,7 +123,10 @@ PGG_EXPORT void *pgg_async_ev_data(const pgg_async *ac);
  * PGG_ECANCELED (its query dropped and cancelled on the server), the
  * connections it keeps idle for its next calls go back to the pool, then
  * the adapter's cleanup runs.  The pool outlives it.  Accepts NULL.  Not
- * from inside a callback.
+ * from inside a callback.  On the loop's thread, or on another once the
+ * loop no longer runs the context (see Threads above): the callbacks of
+ * calls still in flight then run on the freeing thread, and the adapter's
+ * cleanup too.
  */
 PGG_EXPORT void pgg_async_free(pgg_async *ac);
 

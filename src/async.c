@@ -31,6 +31,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -236,8 +237,9 @@ struct pgg_async {
      * (kept_check; from there on at least those in flight plus those
      * kept): no more are kept than that. */
     int peak;
-    /* While it keeps any (kept_on): in its thread's list (kept_here);
-     * kept_thread: that thread's token (pgg__thread_token). */
+    /* While it keeps any (kept_on): in the list of such contexts
+     * (kept_all, under kept_mu: kept_on and the links too); kept_thread:
+     * its loop's thread's token (pgg__thread_token). */
     bool kept_on;
     const void *kept_thread;
     pgg_async *kept_prev, *kept_next;
@@ -440,51 +442,92 @@ static void sock_close(pgg_async_call *k)
 static void unpark(pgg_async *ac, const pgg_host *h);
 static void flush_pipes(pgg_async *ac);
 
-/* The contexts of this thread that keep connections, linked by
- * kept_next: a blocking borrower on this thread about to wait has them
- * give everything back first (pgg__host_loop_give_back, set while the
- * list is not empty). */
-static PGG_TLS pgg_async *kept_here;
+/*
+ * The contexts that keep connections, of every thread, linked by kept_next
+ * under kept_mu, each with its loop's thread (kept_thread): a blocking
+ * borrower about to wait has its own thread's contexts give everything
+ * back first (pgg__host_loop_give_back, set on a thread while it may have
+ * one in the list).  One list for all threads, not one per thread, so that
+ * a context freed on another thread (its loop stopped, its loop's thread
+ * still alive and calling: pgguard_async.h's rule) leaves that thread no
+ * pointer to it.  The lock is taken when a context enters or leaves the
+ * list (its first kept connection, a look that finds none kept, a free),
+ * and when a borrower would wait: never per call.
+ */
+static pthread_mutex_t kept_mu = PTHREAD_MUTEX_INITIALIZER;
+static pgg_async *kept_all;
 
-static void kept_give_back_all(pgg_async *ac);
+static void kept_give_back_each(pgg_async *ac);
 
+/* Out of the list, under kept_mu. */
+static void kept_unlist(pgg_async *ac)
+{
+    if (!ac->kept_on)
+        return;
+    ac->kept_on = false;
+    if (ac->kept_prev)
+        ac->kept_prev->kept_next = ac->kept_next;
+    else
+        kept_all = ac->kept_next;
+    if (ac->kept_next)
+        ac->kept_next->kept_prev = ac->kept_prev;
+    ac->kept_prev = ac->kept_next = NULL;
+}
+
+/* Has this thread a context in the list?  Under kept_mu. */
+static bool kept_mine(void)
+{
+    for (pgg_async *ac = kept_all; ac; ac = ac->kept_next)
+        if (ac->kept_thread == &pgg__thread_token)
+            return true;
+    return false;
+}
+
+/* pgg__host_loop_give_back: this thread's contexts give back what they
+ * keep, under kept_mu, so that a free on another thread waits for it. */
 static void kept_thread_give_back(void)
 {
-    while (kept_here)
-        kept_give_back_all(kept_here); /* each leaves the list */
+    pthread_mutex_lock(&kept_mu);
+    for (pgg_async *ac = kept_all; ac;) {
+        if (ac->kept_thread != &pgg__thread_token) {
+            ac = ac->kept_next;
+            continue;
+        }
+        kept_unlist(ac);
+        kept_give_back_each(ac);
+        ac = kept_all; /* the list changed */
+    }
+    pgg__host_loop_give_back = NULL;
+    pthread_mutex_unlock(&kept_mu);
 }
 
 /* In the list from the first connection kept until a look finds none kept
  * (kept_check) or all are given back: not on every take and keep. */
 static void kept_register(pgg_async *ac)
 {
+    pthread_mutex_lock(&kept_mu);
     ac->kept_on = true;
     ac->kept_thread = &pgg__thread_token;
     ac->kept_prev = NULL;
-    ac->kept_next = kept_here;
-    if (kept_here)
-        kept_here->kept_prev = ac;
-    kept_here = ac;
+    ac->kept_next = kept_all;
+    if (kept_all)
+        kept_all->kept_prev = ac;
+    kept_all = ac;
+    pthread_mutex_unlock(&kept_mu);
     pgg__host_loop_give_back = kept_thread_give_back;
 }
 
+/* Out of the list (any thread); this thread's hook goes when it has no
+ * context left there. */
 static void kept_unregister(pgg_async *ac)
 {
-    if (!ac->kept_on)
-        return;
-    ac->kept_on = false;
-    /* Freed on another thread once the loop's has ended (tests do): that
-     * thread's list is gone with it, and this one's is not ac's. */
-    if (ac->kept_thread != &pgg__thread_token)
-        return;
-    if (ac->kept_prev)
-        ac->kept_prev->kept_next = ac->kept_next;
-    else
-        kept_here = ac->kept_next;
-    if (ac->kept_next)
-        ac->kept_next->kept_prev = ac->kept_prev;
-    ac->kept_prev = ac->kept_next = NULL;
-    if (!kept_here)
+    bool mine;
+
+    pthread_mutex_lock(&kept_mu);
+    kept_unlist(ac);
+    mine = kept_mine();
+    pthread_mutex_unlock(&kept_mu);
+    if (!mine)
         pgg__host_loop_give_back = NULL;
 }
 
@@ -520,12 +563,20 @@ static void kept_give_back(pgg_async *ac, pgg_async_sock **pp)
     pgg__host_give_back(h, l, at);
 }
 
-/* Every kept connection back to the pool. */
-static void kept_give_back_all(pgg_async *ac)
+/* Every kept connection back to the pool (the context's list entry is
+ * the caller's). */
+static void kept_give_back_each(pgg_async *ac)
 {
     while (ac->kept)
         kept_give_back(ac, &ac->kept);
-    kept_unregister(ac);
+}
+
+/* Every kept connection back to the pool, and out of the list. */
+static void kept_give_back_all(pgg_async *ac)
+{
+    kept_give_back_each(ac);
+    if (ac->kept_on)
+        kept_unregister(ac);
 }
 
 /* Open by its failures or held open by the operator (pgg_pool_force_open):
@@ -564,7 +615,7 @@ static void kept_check(pgg_async *ac, int64_t now)
         }
     }
     ac->keep_check_at = ac->kept ? now + KEEP_CHECK_NS : INT64_MAX;
-    if (!ac->kept)
+    if (!ac->kept && ac->kept_on)
         kept_unregister(ac);
     /* What is in use or kept now: the kept shrink by idling out, not by
      * a look that came between two calls' ends. */
@@ -2385,6 +2436,10 @@ void pgg_async_free(pgg_async *ac)
 {
     if (!ac)
         return;
+    /* First out of the list of contexts that keep connections, waiting
+     * for a give-back its loop's thread may be making from a blocking call
+     * (kept_thread_give_back): from here on no other thread reaches ac. */
+    kept_unregister(ac);
     while (ac->head)
         pgg_async_cancel(ac->head);
     flush_spare(ac);

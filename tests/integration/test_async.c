@@ -2135,3 +2135,69 @@ Test(async, a_kept_connection_goes_back_past_max_lifetime)
     event_base_free(base);
     end_test(p, c);
 }
+
+static void *free_main(void *arg)
+{
+    pgg_async_free(arg);
+    return NULL;
+}
+
+static void *sleeper_main(void *arg)
+{
+    blocking_call *b = arg;
+    pgg_call call = {.timeout_ms = 5000};
+    pgg_error e;
+    PGresult *r = pgg_exec(b->p, PGG_WRITE, "SELECT pg_sleep(0.3)", &call, NULL, &e);
+
+    b->code = r ? PGG_OK : e.code;
+    snprintf(b->message, sizeof b->message, "%s", r ? "" : e.message);
+    PQclear(r);
+    __atomic_store_n(&b->done, 1, __ATOMIC_SEQ_CST);
+    return NULL;
+}
+
+/*
+ * A context freed on another thread once its loop stopped, while the
+ * loop's thread lives on and makes blocking calls (pgguard_async.h allows
+ * it): the free gives back what the context kept, and leaves the loop's
+ * thread no pointer to the freed context.  That thread's next blocking
+ * call that must wait for a connection (pool_max=1, the one connection
+ * busy on a third thread) asks its loops to give back what they keep
+ * first: it finds none, waits, and is served.  A stale pointer there was a
+ * use after free (ASan) and a give-back loop that never ended.
+ */
+Test(async, a_context_freed_on_another_thread_leaves_its_loop_thread_nothing_stale)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, "pool_max=1 pool_min_idle=0 breaker.mode=disabled");
+    struct event_base *base = event_base_new();
+    pgg_async *ac = async_for(p, base);
+    blocking_call sleeper = {.p = p};
+    pthread_t th;
+    outcome o;
+    pgg_host_stats h;
+    pgg_call call = {.timeout_ms = 5000};
+    pgg_error e;
+    PGresult *r;
+
+    one_call(base, ac, "SELECT 1", &o);
+    cr_assert_eq(pgg__async_kept(ac), 1, "the connection was not kept");
+    cr_assert_eq(pthread_create(&th, NULL, free_main, ac), 0);
+    pthread_join(th, NULL);
+    h = host_stats(p, 0);
+    cr_expect_eq(h.conns_busy, 0, "the freed context's connection is still lent");
+    cr_expect_eq(atomic_load(&p->hosts[0].n_kept), 0, "still counted kept");
+
+    /* The one connection busy elsewhere: this thread's call must wait. */
+    cr_assert_eq(pthread_create(&th, NULL, sleeper_main, &sleeper), 0);
+    for (int i = 0; i < 1000 && host_stats(p, 0).conns_busy == 0; i++)
+        sleep_ms(1);
+    cr_assert_eq(host_stats(p, 0).conns_busy, 1, "the other thread's call did not start");
+    r = pgg_exec(p, PGG_WRITE, "SELECT 1", &call, NULL, &e);
+    cr_expect_not_null(r, "this thread's call: %s %s", pgg_err_name(e.code), e.message);
+    PQclear(r);
+    pthread_join(th, NULL);
+    cr_expect_eq(sleeper.code, PGG_OK, "the other thread's call: %s", sleeper.message);
+    event_base_free(base);
+    end_test(p, c);
+}
