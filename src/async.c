@@ -102,6 +102,7 @@ struct pgg_async_sock {
 };
 
 struct pgg_async_call {
+    /* Zeroed by the start (call_new), up to h. */
     pgg_async *ac;
     pgg_async_call *prev, *next;
     int state;
@@ -114,26 +115,29 @@ struct pgg_async_call {
     pgg_async_fn fn;
     void *userdata;
     int64_t wait_until; /* the current wait's deadline (DONE: 0) */
-    /* The attempt under way. */
+    PGconn *conn; /* CONNECT */
+    PGresult *res;
+    PGresult *written; /* LSN: the write's answer, returned after */
+    pgg_async_sock *sock; /* the socket it waits on, or NULL */
+    /* CONNECT, HOOK: the loop's descriptor of conn's socket (0: none yet)
+     * and that socket's inode (connect_fd, set with it); the link's once
+     * connected. */
+    int conn_fd;
+    /* From here on, not zeroed per call: the attempt under way, each field
+     * set before it is read (h, l, a by attempt_start; ticket by admit;
+     * attempt_deadline by drive; role by exec_start or pipe_send; io when a
+     * statement is sent), then q, opts by the start, and info, err, c, cm
+     * by pgg__call_begin (2 kB). */
     pgg_host *h;
     pgg_link *l;
-    PGconn *conn; /* CONNECT */
     pgg_ticket ticket;
     int role;
     int64_t attempt_deadline;
-    PGresult *res;
-    PGresult *written; /* LSN: the write's answer, returned after */
     pgg_link_io io;
     pgg__attempt a;
-    pgg_async_sock *sock; /* the socket it waits on, or NULL */
-    /* CONNECT, HOOK: the loop's descriptor of conn's socket (0: none yet)
-     * and that socket's inode (connect_fd); the link's once connected. */
-    int conn_fd;
     ino_t conn_ino;
     pgg_async_call *pnext; /* PIPED: the next statement in flight */
     int64_t sent;          /* PIPED: when it was queued */
-    /* From here on, set by the start (q, opts when has_opts) or by
-     * pgg__call_begin (info, err, c, cm): not zeroed per call (2 kB). */
     pgg_query q;
     pgg_call opts;
     pgg_info info;
@@ -2228,7 +2232,7 @@ static pgg_async_call *call_new(pgg_async *ac, const pgg_query *q)
         if (!k)
             return NULL;
     }
-    memset(k, 0, offsetof(pgg_async_call, q));
+    memset(k, 0, offsetof(pgg_async_call, h));
     k->pooled = pooled;
     k->q = *q;
     p = (char *)(k + 1);
