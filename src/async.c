@@ -1488,8 +1488,10 @@ static void exec_start(pgg_async_call *k)
     /* A read whose position this host is not known to have is not sent
      * (the loop does not check it in the same round trip): a blocking call
      * would not use its answer either.  A write that wants its position
-     * asks for it after it committed (ST_LSN). */
-    if (!pgg__vis_plain(k->c.pool, k->h, q) && !k->cm.vr.want_lsn) {
+     * asks for it after it committed (ST_LSN).  A query without a
+     * visibility request is plain (pgg__vis_plain's first test). */
+    if (q->vis && !pgg__vis_plain(k->c.pool, k->h, q) &&
+        !k->cm.vr.want_lsn) {
         int64_t now = pgg__now_ns();
 
         k->cm.vr.unmet_seen = true;
