@@ -146,10 +146,11 @@ PGG_EXPORT void pgg_async_free(pgg_async *ac);
  * (pool_max) waits for one on the loop (woken by this context's give-backs,
  * and looking every millisecond for other threads'), a connection a call
  * of this context used stays with the context, watched, for its next calls
- * (given back within 2 ms when another borrower waits for its host, at once
+ * (given back within 2 ms when another borrower waits for its host, when
+ * the host's role changes or its breaker opens or is forced open, at once
  * when a blocking call on the loop's own thread would wait, after 100 ms
- * unused, and on pgg_async_free; closed at once if its server ends the
- * session meanwhile), an idle connection is checked for liveness without a round trip
+ * unused, past max_lifetime_ms (closed then), and on pgg_async_free;
+ * closed at once if its server ends the session meanwhile), an idle connection is checked for liveness without a round trip
  * (validate_after_idle_ms does not apply; a session found dead when used
  * is retried on a new connection, as for blocking calls), a read that
  * needs a WAL position goes to replicas known to have it and then to the
