@@ -26,7 +26,13 @@
  * functions described at pgg_async_ev.
  *
  * Threads: a pgg_async and its calls belong to the loop's thread; every
- * function here must be called on it (the pool itself stays shareable).
+ * function here must be called on it (the pool itself stays shareable),
+ * with one exception: pgg_async_free may run on another thread once the
+ * loop no longer runs the context (the loop's thread stopped dispatching
+ * it, or ended; the hand-over between the threads ordered, e.g. by a
+ * join or a mutex), even while the loop's thread goes on making blocking
+ * calls on the pool.  Freeing it on another thread while the loop may
+ * still dispatch its events is a use after free.
  *
  *   pgg_async *ac = pgg_async_new(pool, &err);
  *   pgg_async_libevent_attach(ac, base);
@@ -117,7 +123,10 @@ PGG_EXPORT void *pgg_async_ev_data(const pgg_async *ac);
  * PGG_ECANCELED (its query dropped and cancelled on the server), the
  * connections it keeps idle for its next calls go back to the pool, then
  * the adapter's cleanup runs.  The pool outlives it.  Accepts NULL.  Not
- * from inside a callback.
+ * from inside a callback.  On the loop's thread, or on another once the
+ * loop no longer runs the context (see Threads above): the callbacks of
+ * calls still in flight then run on the freeing thread, and the adapter's
+ * cleanup too.
  */
 PGG_EXPORT void pgg_async_free(pgg_async *ac);
 
@@ -137,10 +146,11 @@ PGG_EXPORT void pgg_async_free(pgg_async *ac);
  * (pool_max) waits for one on the loop (woken by this context's give-backs,
  * and looking every millisecond for other threads'), a connection a call
  * of this context used stays with the context, watched, for its next calls
- * (given back within 2 ms when another borrower waits for its host, at once
+ * (given back within 2 ms when another borrower waits for its host, when
+ * the host's role changes or its breaker opens or is forced open, at once
  * when a blocking call on the loop's own thread would wait, after 100 ms
- * unused, and on pgg_async_free; closed at once if its server ends the
- * session meanwhile), an idle connection is checked for liveness without a round trip
+ * unused, past max_lifetime_ms (closed then), and on pgg_async_free;
+ * closed at once if its server ends the session meanwhile), an idle connection is checked for liveness without a round trip
  * (validate_after_idle_ms does not apply; a session found dead when used
  * is retried on a new connection, as for blocking calls), a read that
  * needs a WAL position goes to replicas known to have it and then to the

@@ -31,6 +31,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -101,6 +102,7 @@ struct pgg_async_sock {
 };
 
 struct pgg_async_call {
+    /* Zeroed by the start (call_new), up to h. */
     pgg_async *ac;
     pgg_async_call *prev, *next;
     int state;
@@ -113,26 +115,29 @@ struct pgg_async_call {
     pgg_async_fn fn;
     void *userdata;
     int64_t wait_until; /* the current wait's deadline (DONE: 0) */
-    /* The attempt under way. */
+    PGconn *conn; /* CONNECT */
+    PGresult *res;
+    PGresult *written; /* LSN: the write's answer, returned after */
+    pgg_async_sock *sock; /* the socket it waits on, or NULL */
+    /* CONNECT, HOOK: the loop's descriptor of conn's socket (0: none yet)
+     * and that socket's inode (connect_fd, set with it); the link's once
+     * connected. */
+    int conn_fd;
+    /* From here on, not zeroed per call: the attempt under way, each field
+     * set before it is read (h, l, a by attempt_start; ticket by admit;
+     * attempt_deadline by drive; role by exec_start or pipe_send; io when a
+     * statement is sent), then q, opts by the start, and info, err, c, cm
+     * by pgg__call_begin (2 kB). */
     pgg_host *h;
     pgg_link *l;
-    PGconn *conn; /* CONNECT */
     pgg_ticket ticket;
     int role;
     int64_t attempt_deadline;
-    PGresult *res;
-    PGresult *written; /* LSN: the write's answer, returned after */
     pgg_link_io io;
     pgg__attempt a;
-    pgg_async_sock *sock; /* the socket it waits on, or NULL */
-    /* CONNECT, HOOK: the loop's descriptor of conn's socket (0: none yet)
-     * and that socket's inode (connect_fd); the link's once connected. */
-    int conn_fd;
     ino_t conn_ino;
     pgg_async_call *pnext; /* PIPED: the next statement in flight */
     int64_t sent;          /* PIPED: when it was queued */
-    /* From here on, set by the start (q, opts when has_opts) or by
-     * pgg__call_begin (info, err, c, cm): not zeroed per call (2 kB). */
     pgg_query q;
     pgg_call opts;
     pgg_info info;
@@ -236,8 +241,9 @@ struct pgg_async {
      * (kept_check; from there on at least those in flight plus those
      * kept): no more are kept than that. */
     int peak;
-    /* While it keeps any (kept_on): in its thread's list (kept_here);
-     * kept_thread: that thread's token (pgg__thread_token). */
+    /* While it keeps any (kept_on): in the list of such contexts
+     * (kept_all, under kept_mu: kept_on and the links too); kept_thread:
+     * its loop's thread's token (pgg__thread_token). */
     bool kept_on;
     const void *kept_thread;
     pgg_async *kept_prev, *kept_next;
@@ -440,51 +446,92 @@ static void sock_close(pgg_async_call *k)
 static void unpark(pgg_async *ac, const pgg_host *h);
 static void flush_pipes(pgg_async *ac);
 
-/* The contexts of this thread that keep connections, linked by
- * kept_next: a blocking borrower on this thread about to wait has them
- * give everything back first (pgg__host_loop_give_back, set while the
- * list is not empty). */
-static PGG_TLS pgg_async *kept_here;
+/*
+ * The contexts that keep connections, of every thread, linked by kept_next
+ * under kept_mu, each with its loop's thread (kept_thread): a blocking
+ * borrower about to wait has its own thread's contexts give everything
+ * back first (pgg__host_loop_give_back, set on a thread while it may have
+ * one in the list).  One list for all threads, not one per thread, so that
+ * a context freed on another thread (its loop stopped, its loop's thread
+ * still alive and calling: pgguard_async.h's rule) leaves that thread no
+ * pointer to it.  The lock is taken when a context enters or leaves the
+ * list (its first kept connection, a look that finds none kept, a free),
+ * and when a borrower would wait: never per call.
+ */
+static pthread_mutex_t kept_mu = PTHREAD_MUTEX_INITIALIZER;
+static pgg_async *kept_all;
 
-static void kept_give_back_all(pgg_async *ac);
+static void kept_give_back_each(pgg_async *ac);
 
+/* Out of the list, under kept_mu. */
+static void kept_unlist(pgg_async *ac)
+{
+    if (!ac->kept_on)
+        return;
+    ac->kept_on = false;
+    if (ac->kept_prev)
+        ac->kept_prev->kept_next = ac->kept_next;
+    else
+        kept_all = ac->kept_next;
+    if (ac->kept_next)
+        ac->kept_next->kept_prev = ac->kept_prev;
+    ac->kept_prev = ac->kept_next = NULL;
+}
+
+/* Has this thread a context in the list?  Under kept_mu. */
+static bool kept_mine(void)
+{
+    for (pgg_async *ac = kept_all; ac; ac = ac->kept_next)
+        if (ac->kept_thread == &pgg__thread_token)
+            return true;
+    return false;
+}
+
+/* pgg__host_loop_give_back: this thread's contexts give back what they
+ * keep, under kept_mu, so that a free on another thread waits for it. */
 static void kept_thread_give_back(void)
 {
-    while (kept_here)
-        kept_give_back_all(kept_here); /* each leaves the list */
+    pthread_mutex_lock(&kept_mu);
+    for (pgg_async *ac = kept_all; ac;) {
+        if (ac->kept_thread != &pgg__thread_token) {
+            ac = ac->kept_next;
+            continue;
+        }
+        kept_unlist(ac);
+        kept_give_back_each(ac);
+        ac = kept_all; /* the list changed */
+    }
+    pgg__host_loop_give_back = NULL;
+    pthread_mutex_unlock(&kept_mu);
 }
 
 /* In the list from the first connection kept until a look finds none kept
  * (kept_check) or all are given back: not on every take and keep. */
 static void kept_register(pgg_async *ac)
 {
+    pthread_mutex_lock(&kept_mu);
     ac->kept_on = true;
     ac->kept_thread = &pgg__thread_token;
     ac->kept_prev = NULL;
-    ac->kept_next = kept_here;
-    if (kept_here)
-        kept_here->kept_prev = ac;
-    kept_here = ac;
+    ac->kept_next = kept_all;
+    if (kept_all)
+        kept_all->kept_prev = ac;
+    kept_all = ac;
+    pthread_mutex_unlock(&kept_mu);
     pgg__host_loop_give_back = kept_thread_give_back;
 }
 
+/* Out of the list (any thread); this thread's hook goes when it has no
+ * context left there. */
 static void kept_unregister(pgg_async *ac)
 {
-    if (!ac->kept_on)
-        return;
-    ac->kept_on = false;
-    /* Freed on another thread once the loop's has ended (tests do): that
-     * thread's list is gone with it, and this one's is not ac's. */
-    if (ac->kept_thread != &pgg__thread_token)
-        return;
-    if (ac->kept_prev)
-        ac->kept_prev->kept_next = ac->kept_next;
-    else
-        kept_here = ac->kept_next;
-    if (ac->kept_next)
-        ac->kept_next->kept_prev = ac->kept_prev;
-    ac->kept_prev = ac->kept_next = NULL;
-    if (!kept_here)
+    bool mine;
+
+    pthread_mutex_lock(&kept_mu);
+    kept_unlist(ac);
+    mine = kept_mine();
+    pthread_mutex_unlock(&kept_mu);
+    if (!mine)
         pgg__host_loop_give_back = NULL;
 }
 
@@ -502,33 +549,56 @@ static void kept_unlink(pgg_async *ac, pgg_async_sock **pp)
 /* A kept connection goes back to its host's pool (closed there when it
  * is not reusable or too old), its socket forgotten first.  No call of
  * this context is woken here (the caller may be in the middle of one):
- * one parked on that host finds it when it looks again (unpark). */
+ * one parked on that host finds it when it looks again (unpark).  The
+ * give-back judges its age at the time it is given (max_lifetime_ms:
+ * closed when it comes back this old): at its last use it was young, so
+ * one past its lifetime now is given at now, and closed there; a young
+ * one keeps its last use as its idle time. */
 static void kept_give_back(pgg_async *ac, pgg_async_sock **pp)
 {
     pgg_async_sock *s = *pp;
     pgg_host *h = s->kh;
     pgg_link *l = s->kl;
-    int64_t at = s->kept_at;
+    int64_t now = pgg__now_ns();
+    int64_t at = pgg__link_too_old(l, now) ? now : s->kept_at;
 
     kept_unlink(ac, pp);
     sock_free(ac, s);
     pgg__host_give_back(h, l, at);
 }
 
-/* Every kept connection back to the pool. */
-static void kept_give_back_all(pgg_async *ac)
+/* Every kept connection back to the pool (the context's list entry is
+ * the caller's). */
+static void kept_give_back_each(pgg_async *ac)
 {
     while (ac->kept)
         kept_give_back(ac, &ac->kept);
-    kept_unregister(ac);
+}
+
+/* Every kept connection back to the pool, and out of the list. */
+static void kept_give_back_all(pgg_async *ac)
+{
+    kept_give_back_each(ac);
+    if (ac->kept_on)
+        kept_unregister(ac);
+}
+
+/* Open by its failures or held open by the operator (pgg_pool_force_open):
+ * either way no call is admitted on the host. */
+static bool breaker_open(const pgg_breaker *b)
+{
+    pgg_breaker_state st = pgg__breaker_state(b);
+
+    return st == PGG_BREAKER_OPEN || st == PGG_BREAKER_FORCED_OPEN;
 }
 
 /*
  * The look at the kept connections, every KEEP_CHECK_NS while there are
  * any (the context's timer): back to the pool when another borrower waits
  * for their host or the host closed, when unused for KEEP_IDLE_NS, past
- * max_lifetime, when their host's role changed since (a failover: the pool
- * decides again what its sessions are good for) or its breaker opened.
+ * max_lifetime (closed then), when their host's role changed since (a
+ * failover: the pool decides again what its sessions are good for) or its
+ * breaker opened (or was forced open).
  */
 static void kept_check(pgg_async *ac, int64_t now)
 {
@@ -541,7 +611,7 @@ static void kept_check(pgg_async *ac, int64_t now)
         if (pgg__host_wanted(s->kh) || now - s->kept_at >= KEEP_IDLE_NS ||
             pgg__link_too_old(s->kl, now) ||
             atomic_load_explicit(&s->kh->role, memory_order_relaxed) != s->krole ||
-            pgg__breaker_state(&s->kh->breaker) == PGG_BREAKER_OPEN) {
+            breaker_open(&s->kh->breaker)) {
             kept_give_back(ac, pp);
             gave = true;
         } else {
@@ -549,7 +619,7 @@ static void kept_check(pgg_async *ac, int64_t now)
         }
     }
     ac->keep_check_at = ac->kept ? now + KEEP_CHECK_NS : INT64_MAX;
-    if (!ac->kept)
+    if (!ac->kept && ac->kept_on)
         kept_unregister(ac);
     /* What is in use or kept now: the kept shrink by idling out, not by
      * a look that came between two calls' ends. */
@@ -864,8 +934,9 @@ static void io(pgg_async_call *k, int revents)
     int want;
 
     pgg__link_unprompted_arm();
-    want = pgg__link_io_step(conn, &k->io, revents, k->h->name, &res, &end,
-                             k->c.err, &rc);
+    /* The step inlined (pgg__link_io_step's body): twice per call. */
+    want = pgg__link_io_advance(conn, &k->io, revents, k->h->name, &res,
+                                &end, k->c.err, &rc);
     if (pgg__link_unprompted())
         k->ended_behind = true;
     if (want) {
@@ -997,7 +1068,19 @@ static void io(pgg_async_call *k, int revents)
  * the server has it all (pgg_link_io.sent). */
 static void io_sent(pgg_async_call *k)
 {
+    pgg_async_sock *s = k->sock;
+
     k->io = (pgg_link_io){.sent = true};
+    /* The usual case, io's first step without its detours: a kept
+     * connection, its socket watched for reading already, and the whole
+     * statement out at the first flush (nothing parsed: no unprompted
+     * error to look for).  Otherwise io's own step flushes again. */
+    if (s && s->on == POLLIN && k->state != ST_HOOK &&
+        PQflush(k->l->conn) == 0) {
+        k->io.flushed = true;
+        wait_until(k, k->attempt_deadline);
+        return;
+    }
     io(k, 0);
 }
 
@@ -1405,8 +1488,10 @@ static void exec_start(pgg_async_call *k)
     /* A read whose position this host is not known to have is not sent
      * (the loop does not check it in the same round trip): a blocking call
      * would not use its answer either.  A write that wants its position
-     * asks for it after it committed (ST_LSN). */
-    if (!pgg__vis_plain(k->c.pool, k->h, q) && !k->cm.vr.want_lsn) {
+     * asks for it after it committed (ST_LSN).  A query without a
+     * visibility request is plain (pgg__vis_plain's first test). */
+    if (q->vis && !pgg__vis_plain(k->c.pool, k->h, q) &&
+        !k->cm.vr.want_lsn) {
         int64_t now = pgg__now_ns();
 
         k->cm.vr.unmet_seen = true;
@@ -1423,7 +1508,8 @@ static void exec_start(pgg_async_call *k)
         rc = send_prepare(k, &res, &end);
     } else {
         k->state = ST_QUERY;
-        rc = pgg__link_send(k->l->conn, q, k->h->name, &res, &end, k->c.err);
+        rc = pgg__link_send_checked(k->l->conn, q, k->h->name, &res, &end,
+                                    k->c.err);
     }
     if (rc != PGG_OK) {
         if (k->state == ST_PREPARE && end == PGG_END_LOST)
@@ -1904,9 +1990,11 @@ static void drive(pgg_async_call *k)
     int64_t dl;
 
     while (k->state == ST_IDLE) {
-        h = pgg__call_next(&k->c, &dl);
+        /* Served: next and again would each say so first (call.c); the
+         * usual end of a call asks neither. */
+        h = k->c.served ? NULL : pgg__call_next(&k->c, &dl);
         if (!h) {
-            if (pgg__call_again(&k->c))
+            if (!k->c.served && pgg__call_again(&k->c))
                 continue;
             k->res = pgg__call_finish(&k->c);
             k->state = ST_DONE;
@@ -2146,7 +2234,7 @@ static pgg_async_call *call_new(pgg_async *ac, const pgg_query *q)
         if (!k)
             return NULL;
     }
-    memset(k, 0, offsetof(pgg_async_call, q));
+    memset(k, 0, offsetof(pgg_async_call, h));
     k->pooled = pooled;
     k->q = *q;
     p = (char *)(k + 1);
@@ -2361,6 +2449,10 @@ void pgg_async_free(pgg_async *ac)
 {
     if (!ac)
         return;
+    /* First out of the list of contexts that keep connections, waiting
+     * for a give-back its loop's thread may be making from a blocking call
+     * (kept_thread_give_back): from here on no other thread reaches ac. */
+    kept_unregister(ac);
     while (ac->head)
         pgg_async_cancel(ac->head);
     flush_spare(ac);

@@ -1994,3 +1994,234 @@ Test(async, freeing_the_context_gives_back_what_it_keeps)
     event_base_free(base);
     end_test(p, c);
 }
+
+/*
+ * Loop turns until the context keeps nothing, or until limit_ms after
+ * ended (a call's end: from then on the idle bound, 100 ms, may give the
+ * connection back on its own).  True when it kept nothing within limit_ms,
+ * which the idle bound cannot have caused: the 2 ms look gave it back.
+ */
+static bool kept_gone_by_look(struct event_base *base, pgg_async *ac, double ended,
+                              double limit_ms)
+{
+    while (pgg__async_kept(ac) > 0 && pgh_now_ms() - ended <= limit_ms)
+        loop_once(base, EVLOOP_ONCE); /* the context's timer: every 2 ms */
+    return pgg__async_kept(ac) == 0 && pgh_now_ms() - ended <= limit_ms;
+}
+
+/*
+ * A kept connection goes back to the pool at the loop's next look (2 ms)
+ * once its host's role changed (a failover: the pool decides again what
+ * its sessions serve), not when it has idled 100 ms.  The change is made as
+ * the health thread or a session's report makes it (pgg__pool_set_role),
+ * then undone.  A round whose steps took so long that the idle bound may
+ * have acted first proves nothing and is run again (at least one must
+ * prove it).
+ */
+Test(async, a_kept_connection_goes_back_when_its_hosts_role_changes)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, "pool_max=1 pool_min_idle=0 breaker.mode=disabled");
+    struct event_base *base = event_base_new();
+    pgg_async *ac = async_for(p, base);
+    int proved = 0;
+
+    for (int round = 0; round < 10 && proved < 3; round++) {
+        outcome o;
+        double ended;
+        bool gone;
+        pgg_host_stats h;
+
+        one_call(base, ac, "SELECT 1", &o);
+        ended = pgh_now_ms();
+        cr_assert_eq(pgg__async_kept(ac), 1, "round %d: the connection was not kept", round);
+        cr_assert_eq(host_stats(p, 0).role, PGG_ROLE_PRIMARY);
+        pgg__pool_set_role(p, &p->hosts[0], PGG_ROLE_STANDBY, "test: a failover");
+        gone = kept_gone_by_look(base, ac, ended, 80);
+        pgg__pool_set_role(p, &p->hosts[0], PGG_ROLE_PRIMARY, "test: back");
+        if (!gone)
+            continue; /* the idle bound may act first: not this test's case */
+        h = host_stats(p, 0);
+        cr_expect_eq(h.conns_busy, 0, "round %d: still lent (%d busy)", round, h.conns_busy);
+        cr_expect_eq(atomic_load(&p->hosts[0].n_kept), 0, "round %d: still counted kept",
+                     round);
+        proved++;
+    }
+    cr_expect_geq(proved, 1, "no round gave the connection back before the idle bound");
+    loop_guard_check("a kept connection after a role change");
+    pgg_async_free(ac);
+    event_base_free(base);
+    end_test(p, c);
+}
+
+/* Open h's breaker as the path does after failures: admitted calls
+ * recorded failed until it trips (breaker.consecutive_failures). */
+static void trip_breaker(pgg_host *h)
+{
+    for (int i = 0; i < 100 && pgg__breaker_state(&h->breaker) != PGG_BREAKER_OPEN; i++) {
+        pgg_ticket t;
+        int64_t now = pgg__now_ns();
+
+        if (pgg__breaker_allow(&h->breaker, now, &t))
+            pgg__breaker_record(&h->breaker, t, PGG_OUTCOME_FAILURE, 0, now);
+    }
+    cr_assert_eq(pgg__breaker_state(&h->breaker), PGG_BREAKER_OPEN, "the breaker did not trip");
+}
+
+/*
+ * The same when its host's breaker opens, by failures (even rounds) or by
+ * the operator (pgg_pool_force_open, odd rounds); closed again after each
+ * round: given back at the next look, not after 100 ms idle.
+ */
+Test(async, a_kept_connection_goes_back_when_its_hosts_breaker_opens)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    /* A preset breaker stays open while its host answers (the health
+     * thread's answer closes only pgguard's own: pgg__breaker_host_back):
+     * open until the round resets it. */
+    pgg_pool *p = pool_for(c, "pool_max=1 pool_min_idle=0 breaker.preset=gobreaker "
+                              "breaker.gobreaker.consecutive_failures=3");
+    struct event_base *base = event_base_new();
+    pgg_async *ac = async_for(p, base);
+    int proved[2] = {0, 0};
+
+    for (int round = 0; round < 20 && (proved[0] < 2 || proved[1] < 2); round++) {
+        outcome o;
+        double ended;
+        bool gone;
+        pgg_host_stats h;
+        int forced = round % 2;
+
+        one_call(base, ac, "SELECT 1", &o);
+        ended = pgh_now_ms();
+        cr_assert_eq(pgg__async_kept(ac), 1, "round %d: the connection was not kept", round);
+        if (forced)
+            cr_assert_eq(pgg_pool_force_open(p, 0), PGG_OK);
+        else
+            trip_breaker(&p->hosts[0]);
+        gone = kept_gone_by_look(base, ac, ended, 80);
+        cr_assert_eq(pgg_pool_reset_breaker(p, 0), PGG_OK);
+        if (!gone)
+            continue; /* the idle bound may act first: not this test's case */
+        h = host_stats(p, 0);
+        cr_expect_eq(h.conns_busy, 0, "round %d: still lent (%d busy)", round, h.conns_busy);
+        cr_expect_eq(atomic_load(&p->hosts[0].n_kept), 0, "round %d: still counted kept",
+                     round);
+        proved[forced]++;
+    }
+    cr_expect_geq(proved[0], 1, "no round gave the connection back before the idle bound "
+                                "once the breaker tripped");
+    cr_expect_geq(proved[1], 1, "no round gave the connection back before the idle bound "
+                                "once the breaker was forced open");
+    loop_guard_check("a kept connection after its breaker opened");
+    pgg_async_free(ac);
+    event_base_free(base);
+    end_test(p, c);
+}
+
+/*
+ * And past max_lifetime_ms (50 ms here, half the idle bound): given back
+ * at the first look past it, and closed there (too old for the pool), not
+ * kept until it has idled 100 ms.  Each round's call opens a new
+ * connection (the last one was closed).
+ */
+Test(async, a_kept_connection_goes_back_past_max_lifetime)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, "pool_max=1 pool_min_idle=0 breaker.mode=disabled "
+                              "max_lifetime_ms=50");
+    struct event_base *base = event_base_new();
+    pgg_async *ac = async_for(p, base);
+    int proved = 0;
+
+    for (int round = 0; round < 10 && proved < 3; round++) {
+        outcome o;
+        double ended;
+        pgg_host_stats h;
+
+        one_call(base, ac, "SELECT 1", &o);
+        ended = pgh_now_ms();
+        cr_assert_eq(pgg__async_kept(ac), 1, "round %d: the connection was not kept", round);
+        if (!kept_gone_by_look(base, ac, ended, 80)) {
+            kept_gone_by_look(base, ac, ended, 10000); /* the next round starts clean */
+            continue; /* the idle bound may act first: not this test's case */
+        }
+        h = host_stats(p, 0);
+        cr_expect_eq(h.conns_open, 0, "round %d: a connection past its lifetime is open (%d)",
+                     round, h.conns_open);
+        cr_expect_eq(atomic_load(&p->hosts[0].n_kept), 0, "round %d: still counted kept",
+                     round);
+        proved++;
+    }
+    cr_expect_geq(proved, 1, "no round gave the connection back before the idle bound");
+    loop_guard_check("a kept connection past its lifetime");
+    pgg_async_free(ac);
+    event_base_free(base);
+    end_test(p, c);
+}
+
+static void *free_main(void *arg)
+{
+    pgg_async_free(arg);
+    return NULL;
+}
+
+static void *sleeper_main(void *arg)
+{
+    blocking_call *b = arg;
+    pgg_call call = {.timeout_ms = 5000};
+    pgg_error e;
+    PGresult *r = pgg_exec(b->p, PGG_WRITE, "SELECT pg_sleep(0.3)", &call, NULL, &e);
+
+    b->code = r ? PGG_OK : e.code;
+    snprintf(b->message, sizeof b->message, "%s", r ? "" : e.message);
+    PQclear(r);
+    __atomic_store_n(&b->done, 1, __ATOMIC_SEQ_CST);
+    return NULL;
+}
+
+/*
+ * A context freed on another thread once its loop stopped, while the
+ * loop's thread lives on and makes blocking calls (pgguard_async.h allows
+ * it): the free gives back what the context kept, and leaves the loop's
+ * thread no pointer to the freed context.  That thread's next blocking
+ * call that must wait for a connection (pool_max=1, the one connection
+ * busy on a third thread) asks its loops to give back what they keep
+ * first: it finds none, waits, and is served.  A stale pointer there was a
+ * use after free (ASan) and a give-back loop that never ended.
+ */
+Test(async, a_context_freed_on_another_thread_leaves_its_loop_thread_nothing_stale)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, "pool_max=1 pool_min_idle=0 breaker.mode=disabled");
+    struct event_base *base = event_base_new();
+    pgg_async *ac = async_for(p, base);
+    blocking_call sleeper = {.p = p};
+    pthread_t th;
+    outcome o;
+    pgg_host_stats h;
+    pgg_call call = {.timeout_ms = 5000};
+    pgg_error e;
+    PGresult *r;
+
+    one_call(base, ac, "SELECT 1", &o);
+    cr_assert_eq(pgg__async_kept(ac), 1, "the connection was not kept");
+    cr_assert_eq(pthread_create(&th, NULL, free_main, ac), 0);
+    pthread_join(th, NULL);
+    h = host_stats(p, 0);
+    cr_expect_eq(h.conns_busy, 0, "the freed context's connection is still lent");
+    cr_expect_eq(atomic_load(&p->hosts[0].n_kept), 0, "still counted kept");
+
+    /* The one connection busy elsewhere: this thread's call must wait. */
+    cr_assert_eq(pthread_create(&th, NULL, sleeper_main, &sleeper), 0);
+    for (int i = 0; i < 1000 && host_stats(p, 0).conns_busy == 0; i++)
+        sleep_ms(1);
+    cr_assert_eq(host_stats(p, 0).conns_busy, 1, "the other thread's call did not start");
+    r = pgg_exec(p, PGG_WRITE, "SELECT 1", &call, NULL, &e);
+    cr_expect_not_null(r, "this thread's call: %s %s", pgg_err_name(e.code), e.message);
+    PQclear(r);
+    pthread_join(th, NULL);
+    cr_expect_eq(sleeper.code, PGG_OK, "the other thread's call: %s", sleeper.message);
+    event_base_free(base);
+    end_test(p, c);
+}
