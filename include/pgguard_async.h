@@ -131,6 +131,21 @@ PGG_EXPORT void *pgg_async_ev_data(const pgg_async *ac);
 PGG_EXPORT void pgg_async_free(pgg_async *ac);
 
 /*
+ * Give back to the pool, now, every connection the context keeps idle for
+ * its next calls (calls in flight keep theirs).  Kept connections go back
+ * by themselves only while the loop runs (its 2 ms look): call this before
+ * the loop stops running the context for a while (a server that turns its
+ * loop only on demand, UV_RUN_NOWAIT or EVLOOP_ONCE between other work),
+ * or blocking callers on other threads wait for them, up to their
+ * deadline, while they sit idle.  With no call in flight, the context then
+ * leaves the loop nothing to watch or time: a loop run until it has no
+ * events (uv_run UV_RUN_DEFAULT, event_base_dispatch) returns at once
+ * instead of after the 100 ms idle bound.  On the loop's thread; from a
+ * callback too.  Accepts NULL.
+ */
+PGG_EXPORT void pgg_async_give_back(pgg_async *ac);
+
+/*
  * Start a call; the arguments are those of pgg_exec, pgg_exec_params and
  * pgg_exec_prepared (pgguard.h), copied: the caller's buffers may go once
  * this returns.  PGG_OK: fn will be called once.  Any other return (err
@@ -146,11 +161,13 @@ PGG_EXPORT void pgg_async_free(pgg_async *ac);
  * (pool_max) waits for one on the loop (woken by this context's give-backs,
  * and looking every millisecond for other threads'), a connection a call
  * of this context used stays with the context, watched, for its next calls
- * (given back within 2 ms when another borrower waits for its host, when
- * the host's role changes or its breaker opens or is forced open, at once
- * when a blocking call on the loop's own thread would wait, after 100 ms
- * unused, past max_lifetime_ms (closed then), and on pgg_async_free;
- * closed at once if its server ends the session meanwhile), an idle connection is checked for liveness without a round trip
+ * (while the loop runs: given back within 2 ms when another borrower
+ * waits for its host, when the host's role changes or its breaker opens or
+ * is forced open, at once when a blocking call on the loop's own thread
+ * would wait, after 100 ms unused, past max_lifetime_ms (closed then); and
+ * on pgg_async_give_back and pgg_async_free; closed at once if its server
+ * ends the session meanwhile), an idle connection is checked for liveness
+ * without a round trip
  * (validate_after_idle_ms does not apply; a session found dead when used
  * is retried on a new connection, as for blocking calls), a read that
  * needs a WAL position goes to replicas known to have it and then to the

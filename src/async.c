@@ -2445,6 +2445,22 @@ int pgg_async_execf(pgg_async *ac, pgg_intent intent, const pgg_call *call,
 #endif
 }
 
+void pgg_async_give_back(pgg_async *ac)
+{
+    if (!ac)
+        return;
+    flush_spare(ac);
+    kept_give_back_all(ac);
+    ac->keep_check_at = INT64_MAX;
+    /* Nothing in flight: the timer goes too, so that the loop has nothing
+     * left of this context (a run until empty returns).  Else the next
+     * firing arms it again for the calls' own waits (rearm). */
+    if (!ac->head && ac->attached && ac->timer_at != INT64_MAX) {
+        ac->timer_at = INT64_MAX;
+        ac->ev.schedule_timer(ac->ev.data, -1);
+    }
+}
+
 void pgg_async_free(pgg_async *ac)
 {
     if (!ac)

@@ -1996,6 +1996,55 @@ Test(async, freeing_the_context_gives_back_what_it_keeps)
 }
 
 /*
+ * A loop that stops running (a server turning it on demand) keeps its
+ * connections until it runs again: pgg_async_give_back hands them to the
+ * pool at once.  Then a blocking caller on another thread gets the one
+ * connection (pool_max=1) while the loop is not running at all, and with
+ * nothing in flight the context leaves the loop no event (a run until
+ * empty returns at once, not after the idle bound).
+ */
+Test(async, give_back_hands_the_kept_connections_to_the_pool_at_once)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, "pool_max=1 pool_min_idle=0 breaker.mode=disabled");
+    struct event_base *base = event_base_new();
+    pgg_async *ac = async_for(p, base);
+    outcome o;
+    blocking_call b = {.p = p};
+    pthread_t th;
+    pgg_host_stats h;
+
+    pgg_async_give_back(NULL); /* accepted */
+    one_call(base, ac, "SELECT 1", &o);
+    cr_assert_eq(pgg__async_kept(ac), 1, "the connection was not kept");
+    cr_assert_gt(event_base_get_num_events(base, EVENT_BASE_COUNT_ADDED), 0,
+                 "a kept connection is watched");
+    loop_guard_on();
+    pgg_async_give_back(ac);
+    loop_guard_off();
+    cr_expect_eq(pgg__async_kept(ac), 0, "still kept");
+    cr_expect_eq(atomic_load(&p->hosts[0].n_kept), 0, "still counted kept");
+    cr_expect_eq(pgg__host_busy(&p->hosts[0]), 0, "still lent");
+    h = host_stats(p, 0);
+    cr_expect_eq(h.conns_idle, 1, "back in the pool idle (%d)", h.conns_idle);
+    cr_expect_eq(event_base_get_num_events(base, EVENT_BASE_COUNT_ADDED), 0,
+                 "the loop still has %d events of the context",
+                 event_base_get_num_events(base, EVENT_BASE_COUNT_ADDED));
+    /* The loop does not run from here on. */
+    cr_assert_eq(pthread_create(&th, NULL, blocking_main, &b), 0);
+    pthread_join(th, NULL);
+    cr_expect_eq(b.code, PGG_OK, "the other thread's call: %s %s", pgg_err_name(b.code),
+                 b.message);
+    /* The context goes on as before. */
+    one_call(base, ac, "SELECT 1", &o);
+    cr_expect_eq(pgg__async_kept(ac), 1, "kept again");
+    loop_guard_check("give back");
+    pgg_async_free(ac);
+    event_base_free(base);
+    end_test(p, c);
+}
+
+/*
  * Loop turns until the context keeps nothing, or until limit_ms after
  * ended (a call's end: from then on the idle bound, 100 ms, may give the
  * connection back on its own).  True when it kept nothing within limit_ms,
