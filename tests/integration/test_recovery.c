@@ -1627,9 +1627,11 @@ static pgg_lease *older_and_younger(pgg_pool *p, int *s_pid, int *n_pid)
     pgg_lease *s_lease, *n_lease;
     pgg_error e;
 
-    s_lease = pgg_acquire(p, PGG_READ, 5000, NULL, &e);
+    /* Writes: both on the primary, whose backends terminate_pid ends (in
+     * external mode the pool has the replicas too). */
+    s_lease = pgg_acquire(p, PGG_WRITE, 5000, NULL, &e);
     cr_assert_not_null(s_lease, "acquire: %s", e.message);
-    n_lease = pgg_acquire(p, PGG_READ, 5000, NULL, &e);
+    n_lease = pgg_acquire(p, PGG_WRITE, 5000, NULL, &e);
     cr_assert_not_null(n_lease, "acquire: %s", e.message);
     *s_pid = lease_pid(s_lease);
     *n_pid = lease_pid(n_lease);
@@ -1678,7 +1680,8 @@ Test(recovery, a_session_opened_after_the_ended_one_is_kept)
     pgg_info info;
     pgg_error e;
     PGresult *r;
-    r = pgg_exec(p, PGG_READ, "SELECT pg_backend_pid()", &call, &info, &e);
+
+    r = pgg_exec(p, PGG_WRITE, "SELECT pg_backend_pid()", &call, &info, &e);
     cr_assert_not_null(r, "the call after the blip failed: %s %s", pgg_err_name(e.code),
                        e.message);
     cr_expect_eq(atoi(PQgetvalue(r, 0, 0)), n_pid,
