@@ -2045,6 +2045,118 @@ Test(async, give_back_hands_the_kept_connections_to_the_pool_at_once)
 }
 
 /*
+ * A kept connection nobody else wants goes back to the pool after 100 ms
+ * unused (the idle bound), not sooner: the loop turns all along and its
+ * 2 ms looks find no other reason.  Its call started at `start`, so its
+ * last use came after it: the give-back cannot come before start + 100 ms
+ * whatever the machine's speed.
+ */
+Test(async, a_kept_connection_unused_for_the_idle_bound_goes_back)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, "pool_max=1 pool_min_idle=0 breaker.mode=disabled");
+    struct event_base *base = event_base_new();
+    pgg_async *ac = async_for(p, base);
+    outcome o;
+    double start = pgh_now_ms(), gone;
+    pgg_host_stats h;
+
+    one_call(base, ac, "SELECT 1", &o);
+    cr_assert_eq(pgg__async_kept(ac), 1, "the connection was not kept");
+    while (pgg__async_kept(ac) > 0 && pgh_now_ms() - start < 10000)
+        loop_once(base, EVLOOP_ONCE); /* the context's timer: every 2 ms */
+    gone = pgh_now_ms() - start;
+    cr_assert_eq(pgg__async_kept(ac), 0, "still kept %.0f ms after its call started", gone);
+    cr_expect_geq(gone, 100.0, "given back %.1f ms after its call started, before the idle bound",
+                  gone);
+    cr_expect_eq(atomic_load(&p->hosts[0].n_kept), 0, "still counted kept");
+    cr_expect_eq(pgg__host_busy(&p->hosts[0]), 0, "still lent");
+    h = host_stats(p, 0);
+    cr_expect_eq(h.conns_idle, 1, "back in the pool idle (%d)", h.conns_idle);
+    /* Nothing in flight and nothing kept: the loop has nothing left of it. */
+    cr_expect_eq(event_base_get_num_events(base, EVENT_BASE_COUNT_ADDED), 0,
+                 "the loop still has %d events of the context",
+                 event_base_get_num_events(base, EVENT_BASE_COUNT_ADDED));
+    loop_guard_check("idle bound");
+    pgg_async_free(ac);
+    event_base_free(base);
+    end_test(p, c);
+}
+
+/* Another loop on its own thread, one call (no Criterion assert here: not
+ * the test's thread). */
+typedef struct other_loop {
+    pgg_pool *p;
+    outcome o;
+    int rc;
+    volatile int finished; /* its loop done and freed: o and rc final */
+} other_loop;
+
+static void *other_loop_main(void *arg)
+{
+    other_loop *ol = arg;
+    struct event_base *base = event_base_new();
+    pgg_error e;
+    pgg_async *ac = base ? pgg_async_new(ol->p, &e) : NULL;
+    pgg_call call = {.timeout_ms = 3000};
+
+    ol->rc = PGG_ENOMEM;
+    if (ac && pgg_async_libevent_attach(ac, base) == PGG_OK) {
+        ol->o = (outcome){.started = pgh_now_ms()};
+        ol->rc = pgg_async_exec(ac, PGG_WRITE, "SELECT 2", &call, on_done, &ol->o, NULL, &e);
+    }
+    while (ol->rc == PGG_OK && !ol->o.done)
+        event_base_loop(base, EVLOOP_ONCE);
+    pgg_async_free(ac);
+    if (base)
+        event_base_free(base);
+    __atomic_store_n(&ol->finished, 1, __ATOMIC_SEQ_CST);
+    return NULL;
+}
+
+/*
+ * pool_max=1, this loop keeps the one connection and calls on it all the
+ * time (each call on a later turn, a server's shape: it never idles 100
+ * ms), while another loop's call, on another thread, waits for a
+ * connection of the host (parked on it): this loop's 2 ms look sees a
+ * borrower waiting and gives the connection back; the other loop's call is
+ * served within its deadline.  Kept, it would wait its 3 s and fail.
+ */
+Test(async, a_kept_connection_goes_back_to_another_loops_parked_call)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, "pool_max=1 pool_min_idle=0 breaker.mode=disabled");
+    struct event_base *base = event_base_new();
+    pgg_async *ac = async_for(p, base);
+    other_loop ol = {.p = p};
+    outcome o;
+    pthread_t th;
+
+    one_call(base, ac, "SELECT 1", &o);
+    cr_assert_eq(pgg__async_kept(ac), 1, "the connection was not kept");
+    start_call(ac, PGG_WRITE, "SELECT 1", 5000, 0, &o);
+    cr_assert_eq(pthread_create(&th, NULL, other_loop_main, &ol), 0);
+    while (!__atomic_load_n(&ol.finished, __ATOMIC_SEQ_CST)) {
+        loop_once(base, EVLOOP_NONBLOCK);
+        if (o.done) {
+            cr_assert_eq(o.code, PGG_OK, "this loop's call: %s", o.message);
+            start_call(ac, PGG_WRITE, "SELECT 1", 5000, 0, &o);
+        }
+    }
+    pthread_join(th, NULL);
+    cr_assert_eq(ol.rc, PGG_OK, "the other loop's call was refused (%s)", pgg_err_name(ol.rc));
+    cr_expect_eq(ol.o.code, PGG_OK, "the other loop's call: %s %s", pgg_err_name(ol.o.code),
+                 ol.o.message);
+    cr_expect_str_eq(ol.o.value, "2");
+    run_until(base, &o, 1, 10000);
+    cr_assert_eq(o.code, PGG_OK, "this loop's call: %s", o.message);
+    loop_guard_check("another loop's parked call");
+    pgg_async_free(ac);
+    event_base_free(base);
+    end_test(p, c);
+}
+
+/*
  * Loop turns until the context keeps nothing, or until limit_ms after
  * ended (a call's end: from then on the idle bound, 100 ms, may give the
  * connection back on its own).  True when it kept nothing within limit_ms,
