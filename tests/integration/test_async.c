@@ -1873,6 +1873,8 @@ Test(async, a_kept_session_the_server_ends_is_closed_and_never_lent)
 
 typedef struct blocking_call {
     pgg_pool *p;
+    const char *sql; /* NULL: SELECT 1 */
+    int timeout_ms;  /* 0: 3000 */
     int code;
     char message[512];
     volatile int done;
@@ -1881,9 +1883,9 @@ typedef struct blocking_call {
 static void *blocking_main(void *arg)
 {
     blocking_call *b = arg;
-    pgg_call call = {.timeout_ms = 3000};
+    pgg_call call = {.timeout_ms = b->timeout_ms ? b->timeout_ms : 3000};
     pgg_error e;
-    PGresult *r = pgg_exec(b->p, PGG_WRITE, "SELECT 1", &call, NULL, &e);
+    PGresult *r = pgg_exec(b->p, PGG_WRITE, b->sql ? b->sql : "SELECT 1", &call, NULL, &e);
 
     b->code = r ? PGG_OK : e.code;
     snprintf(b->message, sizeof b->message, "%s", r ? "" : e.message);
@@ -2327,20 +2329,6 @@ static void *free_main(void *arg)
     return NULL;
 }
 
-static void *sleeper_main(void *arg)
-{
-    blocking_call *b = arg;
-    pgg_call call = {.timeout_ms = 5000};
-    pgg_error e;
-    PGresult *r = pgg_exec(b->p, PGG_WRITE, "SELECT pg_sleep(0.3)", &call, NULL, &e);
-
-    b->code = r ? PGG_OK : e.code;
-    snprintf(b->message, sizeof b->message, "%s", r ? "" : e.message);
-    PQclear(r);
-    __atomic_store_n(&b->done, 1, __ATOMIC_SEQ_CST);
-    return NULL;
-}
-
 /*
  * A context freed on another thread once its loop stopped, while the
  * loop's thread lives on and makes blocking calls (pgguard_async.h allows
@@ -2357,7 +2345,7 @@ Test(async, a_context_freed_on_another_thread_leaves_its_loop_thread_nothing_sta
     pgg_pool *p = pool_for(c, "pool_max=1 pool_min_idle=0 breaker.mode=disabled");
     struct event_base *base = event_base_new();
     pgg_async *ac = async_for(p, base);
-    blocking_call sleeper = {.p = p};
+    blocking_call sleeper = {.p = p, .sql = "SELECT pg_sleep(0.3)", .timeout_ms = 5000};
     pthread_t th;
     outcome o;
     pgg_host_stats h;
@@ -2374,7 +2362,7 @@ Test(async, a_context_freed_on_another_thread_leaves_its_loop_thread_nothing_sta
     cr_expect_eq(atomic_load(&p->hosts[0].n_kept), 0, "still counted kept");
 
     /* The one connection busy elsewhere: this thread's call must wait. */
-    cr_assert_eq(pthread_create(&th, NULL, sleeper_main, &sleeper), 0);
+    cr_assert_eq(pthread_create(&th, NULL, blocking_main, &sleeper), 0);
     for (int i = 0; i < 1000 && host_stats(p, 0).conns_busy == 0; i++)
         sleep_ms(1);
     cr_assert_eq(host_stats(p, 0).conns_busy, 1, "the other thread's call did not start");
