@@ -53,7 +53,7 @@ static bool role_fits(pgg_pool *pool, pgg_host *h, const pgg_link *l,
  * all (health.c, "A call that got no answer"); since is when the host went
  * silent as far as this call knows.  The oldest mark not yet taken stands.
  */
-static void note_silent(pgg_pool *pool, pgg_host *h, int64_t since)
+void pgg__pool_note_silent(pgg_pool *pool, pgg_host *h, int64_t since)
 {
     int_fast64_t none = 0;
 
@@ -93,7 +93,7 @@ pgg_take pgg__pool_take_failed(pgg_pool *pool, pgg_host *h, pgg_ticket ticket,
     if (pgg__host_failure(v.cls)) {
         pgg__host_note_error(h, err);
         if (err && err->code == PGG_ETIMEDOUT)
-            note_silent(pool, h, start);
+            pgg__pool_note_silent(pool, h, start);
         else
             pgg__pool_wake_health(pool);
     }
@@ -529,7 +529,7 @@ static inline pgg_verdict exec_done(pgg_pool *pool, pgg_host *h,
                                   memory_order_relaxed);
             /* A new session's connect was answered: the silence began
              * after it, somewhere inside the attempt. */
-            note_silent(pool, h, l->fresh ? *ended : started);
+            pgg__pool_note_silent(pool, h, l->fresh ? *ended : started);
         }
         /* The session is in an unknown state: it never comes back. */
         pgg__host_abandon(h, l, pool->canceller);

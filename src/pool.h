@@ -124,6 +124,9 @@ void pgg__pool_settle(pgg_pool *pool, pgg_host *h, const pgg_ticket *ticket,
                       int64_t ended);
 void pgg__pool_settle_error(pgg_host *h, pgg_verdict v, bool ignored,
                             pgg_error *err);
+/* A call got no answer from h before its deadline, since then at the
+ * latest: the health thread checks whether h answers at all (pool.c). */
+void pgg__pool_note_silent(pgg_pool *pool, pgg_host *h, int64_t since);
 
 pgg_verdict pgg__pool_exec_done(pgg_pool *pool, pgg_host *h, pgg_link **lp,
                                 pgg_intent intent, const pgg_ticket *ticket,

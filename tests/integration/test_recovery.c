@@ -18,6 +18,7 @@
 /* White box: roles set by hand to line up a write with a standby, and the
  * health thread's rounds. */
 #include "health.h"
+#include "pipeline.h"
 #include "pool.h"
 
 static void setup_table(pgh_cluster *c)
@@ -2049,6 +2050,53 @@ Test(recovery, a_hung_primary_opens_its_breaker_on_one_deadline_of_silence)
     cr_expect(wait_state(p, 0, PGG_BREAKER_CLOSED, 5000), "breaker %s after the resume",
               pgg_breaker_state_name(host_stats(p, 0).state));
     pgg_pool_on_event(p, NULL, NULL);
+    end_test(p, c);
+}
+
+/*
+ * A hung primary (SIGSTOP) met by a pipelined statement (pipeline=on; a
+ * lease keeps a session busy, so the read shares a pipe instead of taking
+ * a connection of its own): its deadline is silence, as a statement's on
+ * a connection of its own is.  The health thread probes at once and, the
+ * probe unanswered within its bound, the breaker opens (host-silent).
+ * Before, a pipelined deadline only marked the host suspect: with the calm
+ * probe a minute away and one timeout of five, the breaker stayed closed
+ * and later calls were sent into the hung server.
+ */
+Test(recovery, a_hung_primary_met_by_a_pipelined_statement_is_silent)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgh_require_local(c, "a hang (SIGSTOP)");
+    pgg_pool *p = pool_for(c, "pipeline=on pipeline.connections=1 " SILENT_SETTINGS);
+    opened_by o = {.mu = PTHREAD_MUTEX_INITIALIZER};
+    pgg_call call = {.timeout_ms = 300};
+    pgg_info info = {0};
+    pgg_lease *hold;
+    pgg_error e;
+    PGresult *r;
+    uint64_t piped0;
+
+    hold_sessions(p, PGG_READ_PRIMARY, 2); /* the pipe's session is pooled */
+    hold = pgg_acquire(p, PGG_READ_PRIMARY, 2000, NULL, &e);
+    cr_assert_not_null(hold, "acquire: %s", e.message);
+    pgg_pool_on_event(p, on_open, &o);
+    piped0 = pgg__pipes_sent(p->pipes);
+    cr_assert_eq(pgh_node_hang(pgh_cluster_primary(c)), 0);
+    r = pgg_exec(p, PGG_READ_PRIMARY, "SELECT 1", &call, &info, &e);
+    cr_expect_null(r);
+    cr_expect_eq(e.code, PGG_ETIMEDOUT, "%s: %s", pgg_err_name(e.code), e.message);
+    cr_expect(info.sent, "the read was not sent");
+    PQclear(r);
+    cr_assert_gt(pgg__pipes_sent(p->pipes), piped0, "the read was not pipelined");
+    cr_expect(wait_state(p, 0, PGG_BREAKER_OPEN, 5000), "breaker %s after the probe's bound",
+              pgg_breaker_state_name(host_stats(p, 0).state));
+    pthread_mutex_lock(&o.mu);
+    cr_expect_eq(o.opened, 1);
+    cr_expect_str_eq(o.reason, "host-silent");
+    pthread_mutex_unlock(&o.mu);
+    cr_assert_eq(pgh_node_resume(pgh_cluster_primary(c)), 0);
+    pgg_pool_on_event(p, NULL, NULL);
+    pgg_release(hold);
     end_test(p, c);
 }
 
