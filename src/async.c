@@ -125,14 +125,15 @@ struct pgg_async_call {
     int conn_fd;
     /* From here on, not zeroed per call: the attempt under way, each field
      * set before it is read (h, l, a by attempt_start; ticket by admit;
-     * attempt_deadline by drive; role by exec_start or pipe_send; io when a
-     * statement is sent), then q, opts by the start, and info, err, c, cm
-     * by pgg__call_begin (2 kB). */
+     * attempt_deadline by drive; connect_at by borrow; role by exec_start
+     * or pipe_send; io when a statement is sent), then q, opts by the
+     * start, and info, err, c, cm by pgg__call_begin (2 kB). */
     pgg_host *h;
     pgg_link *l;
     pgg_ticket ticket;
     int role;
     int64_t attempt_deadline;
+    int64_t connect_at; /* CONNECT, HOOK: when its connect started */
     pgg_link_io io;
     pgg__attempt a;
     ino_t conn_ino;
@@ -1712,10 +1713,11 @@ static void connect_abort(pgg_async_call *k, int code, const char *msg)
     connect_failed(k);
 }
 
-/* A new connection's bound, its hook included (pgg__host_borrow's). */
+/* A new connection's bound, its hook included (pgg__host_borrow's):
+ * connect_timeout_ms from the connect's start. */
 static int64_t connect_bound(const pgg_async_call *k)
 {
-    int64_t bound = k->c.now + k->h->connect_timeout_ns;
+    int64_t bound = k->connect_at + k->h->connect_timeout_ns;
 
     return bound < k->attempt_deadline ? bound : k->attempt_deadline;
 }
@@ -1937,6 +1939,10 @@ static void borrow(pgg_async_call *k)
         taken(k);
         return;
     }
+    /* Its bound runs from here (connect_bound), not from the attempt's
+     * start: a call parked for a connection may have waited longer than
+     * connect_timeout_ms. */
+    k->connect_at = now;
     if (pgg__link_connect_start(h->keys, h->vals, h->name, &k->conn,
                                 k->c.err) != PGG_OK) {
         connect_failed(k);

@@ -2047,6 +2047,55 @@ Test(async, give_back_hands_the_kept_connections_to_the_pool_at_once)
 }
 
 /*
+ * A loop call that waited for a connection (pool_max=1, the one busy on a
+ * blocking thread) for longer than connect_timeout_ms, and then connects
+ * (the busy one was dropped at its call's deadline), has the whole
+ * connect_timeout_ms for that connect, as a blocking borrower has: its
+ * bound runs from the connect's start, not from the attempt's.  Before,
+ * the bound had passed when the connect started: given up at once
+ * ("connect: deadline exceeded"), and counted against a healthy host as a
+ * failed connect.
+ */
+Test(async, a_connect_after_a_wait_for_a_connection_has_its_whole_timeout)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, "pool_max=1 pool_min_idle=0 breaker.mode=disabled "
+                              "connect_timeout_ms=2000");
+    struct event_base *base = event_base_new();
+    pgg_async *ac = async_for(p, base);
+    blocking_call holder = {.p = p, .sql = "SELECT pg_sleep(10)", .timeout_ms = 2500};
+    pthread_t th;
+    outcome o;
+    pgg_host_stats before, h;
+
+    cr_assert_eq(pthread_create(&th, NULL, blocking_main, &holder), 0);
+    for (int i = 0; i < 5000 && host_stats(p, 0).conns_busy == 0; i++)
+        sleep_ms(1);
+    cr_assert_eq(host_stats(p, 0).conns_busy, 1, "the blocking call did not start");
+    before = host_stats(p, 0);
+    /* Parked until the blocking call's deadline drops the connection
+     * (2.5 s, past connect_timeout_ms), then a connect of its own. */
+    start_call(ac, PGG_WRITE, "SELECT 1", 10000, 0, &o);
+    run_until(base, &o, 1, 20000);
+    pthread_join(th, NULL);
+    cr_expect_eq(holder.code, PGG_ETIMEDOUT, "the blocking call: %s", pgg_err_name(holder.code));
+    cr_expect_eq(o.code, PGG_OK, "the loop call: %s (%s)", pgg_err_name(o.code), o.message);
+    h = host_stats(p, 0);
+    cr_expect_eq(h.connect_failures, before.connect_failures,
+                 "%llu connects to a healthy host counted failed",
+                 (unsigned long long)(h.connect_failures - before.connect_failures));
+    cr_expect_eq(h.failures[PGG_CLASS_TIMEOUT], before.failures[PGG_CLASS_TIMEOUT] + 1,
+                 "timeouts: %llu before, %llu after (the blocking call's one)",
+                 (unsigned long long)before.failures[PGG_CLASS_TIMEOUT],
+                 (unsigned long long)h.failures[PGG_CLASS_TIMEOUT]);
+    cr_expect_eq(o.attempts, 1, "the loop call took %d attempts", o.attempts);
+    loop_guard_check("a connect after a wait");
+    pgg_async_free(ac);
+    event_base_free(base);
+    end_test(p, c);
+}
+
+/*
  * A kept connection nobody else wants goes back to the pool after 100 ms
  * unused (the idle bound), not sooner: the loop turns all along and its
  * 2 ms looks find no other reason.  Its call started at `start`, so its
