@@ -92,10 +92,18 @@ pgg_take pgg__pool_take_failed(pgg_pool *pool, pgg_host *h, pgg_ticket ticket,
                                   memory_order_relaxed);
     if (pgg__host_failure(v.cls)) {
         pgg__host_note_error(h, err);
-        if (err && err->code == PGG_ETIMEDOUT)
-            pgg__pool_note_silent(pool, h, start);
-        else
+        if (err && err->code == PGG_ETIMEDOUT) {
+            /* Silent since the connect's start at the latest: it had
+             * connect_timeout_ms at most.  Not the attempt's start, which
+             * may come before a wait for a connection, and before answers
+             * the host gave meanwhile (the silence would be dropped as
+             * answered since). */
+            int64_t since = now - h->connect_timeout_ns;
+
+            pgg__pool_note_silent(pool, h, since > start ? since : start);
+        } else {
             pgg__pool_wake_health(pool);
+        }
     }
     return PGG_TAKE_FAILED;
 }
