@@ -636,8 +636,9 @@ static void kept_check(pgg_async *ac, int64_t now)
  * value).  Read now: the loop is level-triggered, and what is read is
  * parsed here.  A session still open and idle stays kept; one the server
  * ended is closed at once, never lent again, and its pooled idle siblings
- * go too (pool.c's rule for a session that ended: pgg__pool_settle).  Kept
- * siblings stay: this loop sees each one's own end as it comes.
+ * opened before its last answer go too, those opened since are looked at
+ * (pool.c's rule for a session that ended, settle).  Kept siblings stay:
+ * this loop sees each one's own end as it comes.
  */
 static void kept_read(pgg_async_sock *s)
 {
@@ -645,7 +646,7 @@ static void kept_read(pgg_async_sock *s)
     pgg_async_sock **pp = &ac->kept;
     pgg_host *h = s->kh;
     pgg_link *l = s->kl;
-    int64_t now;
+    int64_t alive_at = s->kept_at;
 
     if (PQconsumeInput(l->conn) && pgg__link_held_ok(l->conn) &&
         PQtransactionStatus(l->conn) == PQTRANS_IDLE)
@@ -655,8 +656,9 @@ static void kept_read(pgg_async_sock *s)
     kept_unlink(ac, pp);
     sock_free(ac, s);
     pgg__host_discard(h, l);
-    now = pgg__now_ns();
-    pgg__pool_settle(ac->pool, h, NULL, PGG_CLASS_IGNORED, true, now, now);
+    /* Alive at its last answer: the idle siblings opened since are looked
+     * at, not closed (pool.c, settle). */
+    pgg__pool_session_ended(ac->pool, h, alive_at, pgg__now_ns());
     unpark(ac, h);
 }
 

@@ -422,6 +422,12 @@ void pgg__pool_settle(pgg_pool *pool, pgg_host *h, const pgg_ticket *ticket,
     settle(pool, h, ticket, rec, ended_by_server, INT64_MAX, 0, started, ended);
 }
 
+void pgg__pool_session_ended(pgg_pool *pool, pgg_host *h, int64_t alive_at,
+                             int64_t now)
+{
+    settle(pool, h, NULL, PGG_CLASS_IGNORED, true, alive_at, 0, now, now);
+}
+
 void pgg__pool_settle_error(pgg_host *h, pgg_verdict v, bool ignored,
                             pgg_error *err)
 {
