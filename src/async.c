@@ -125,14 +125,15 @@ struct pgg_async_call {
     int conn_fd;
     /* From here on, not zeroed per call: the attempt under way, each field
      * set before it is read (h, l, a by attempt_start; ticket by admit;
-     * attempt_deadline by drive; role by exec_start or pipe_send; io when a
-     * statement is sent), then q, opts by the start, and info, err, c, cm
-     * by pgg__call_begin (2 kB). */
+     * attempt_deadline by drive; connect_at by borrow; role by exec_start
+     * or pipe_send; io when a statement is sent), then q, opts by the
+     * start, and info, err, c, cm by pgg__call_begin (2 kB). */
     pgg_host *h;
     pgg_link *l;
     pgg_ticket ticket;
     int role;
     int64_t attempt_deadline;
+    int64_t connect_at; /* CONNECT, HOOK: when its connect started */
     pgg_link_io io;
     pgg__attempt a;
     ino_t conn_ino;
@@ -635,8 +636,9 @@ static void kept_check(pgg_async *ac, int64_t now)
  * value).  Read now: the loop is level-triggered, and what is read is
  * parsed here.  A session still open and idle stays kept; one the server
  * ended is closed at once, never lent again, and its pooled idle siblings
- * go too (pool.c's rule for a session that ended: pgg__pool_settle).  Kept
- * siblings stay: this loop sees each one's own end as it comes.
+ * opened before its last answer go too, those opened since are looked at
+ * (pool.c's rule for a session that ended, settle).  Kept siblings stay:
+ * this loop sees each one's own end as it comes.
  */
 static void kept_read(pgg_async_sock *s)
 {
@@ -644,7 +646,7 @@ static void kept_read(pgg_async_sock *s)
     pgg_async_sock **pp = &ac->kept;
     pgg_host *h = s->kh;
     pgg_link *l = s->kl;
-    int64_t now;
+    int64_t alive_at = s->kept_at;
 
     if (PQconsumeInput(l->conn) && pgg__link_held_ok(l->conn) &&
         PQtransactionStatus(l->conn) == PQTRANS_IDLE)
@@ -654,8 +656,9 @@ static void kept_read(pgg_async_sock *s)
     kept_unlink(ac, pp);
     sock_free(ac, s);
     pgg__host_discard(h, l);
-    now = pgg__now_ns();
-    pgg__pool_settle(ac->pool, h, NULL, PGG_CLASS_IGNORED, true, now, now);
+    /* Alive at its last answer: the idle siblings opened since are looked
+     * at, not closed (pool.c, settle). */
+    pgg__pool_session_ended(ac->pool, h, alive_at, pgg__now_ns());
     unpark(ac, h);
 }
 
@@ -1712,10 +1715,11 @@ static void connect_abort(pgg_async_call *k, int code, const char *msg)
     connect_failed(k);
 }
 
-/* A new connection's bound, its hook included (pgg__host_borrow's). */
+/* A new connection's bound, its hook included (pgg__host_borrow's):
+ * connect_timeout_ms from the connect's start. */
 static int64_t connect_bound(const pgg_async_call *k)
 {
-    int64_t bound = k->c.now + k->h->connect_timeout_ns;
+    int64_t bound = k->connect_at + k->h->connect_timeout_ns;
 
     return bound < k->attempt_deadline ? bound : k->attempt_deadline;
 }
@@ -1937,6 +1941,10 @@ static void borrow(pgg_async_call *k)
         taken(k);
         return;
     }
+    /* Its bound runs from here (connect_bound), not from the attempt's
+     * start: a call parked for a connection may have waited longer than
+     * connect_timeout_ms. */
+    k->connect_at = now;
     if (pgg__link_connect_start(h->keys, h->vals, h->name, &k->conn,
                                 k->c.err) != PGG_OK) {
         connect_failed(k);

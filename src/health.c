@@ -403,7 +403,7 @@ static void expedite(pgg_health *hl, int64_t now, bool restart)
 }
 
 /*
- * A call that got no answer (pool.c's note_silent): its statement, or its
+ * A call that got no answer (pgg__pool_note_silent): its statement, or its
  * connect, reached the call's deadline on the host with nothing from it.
  * That alone proves nothing about the host (a lock wait, a statement
  * longer than its deadline): it is one failure, as ever, toward

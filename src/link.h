@@ -365,6 +365,7 @@ static inline int pgg__link_wait_armed(pgg_wd_slot *slot,
 {
     struct pollfd p;
     int r;
+    bool fired;
 
     p.fd = fd;
     p.events = events;
@@ -372,7 +373,8 @@ static inline int pgg__link_wait_armed(pgg_wd_slot *slot,
     pgg__watchdog_arm(slot, fd, deadline_ns);
     /* A fire the watchdog may have missed (watchdog.c): look after
      * arming, before sleeping. */
-    if (cancel && pgg__cancel_fired(cancel))
+    fired = cancel && pgg__cancel_fired(cancel);
+    if (fired)
         r = 0;
     else
         do
@@ -381,8 +383,10 @@ static inline int pgg__link_wait_armed(pgg_wd_slot *slot,
     if (pgg__watchdog_disarm(slot))
         return 0;
     if (r == 0) {
-        atomic_fetch_add_explicit(&pgg__link_backstop_count, 1,
-                                  memory_order_relaxed);
+        /* The poll's own timeout, not a cancel seen before it. */
+        if (!fired)
+            atomic_fetch_add_explicit(&pgg__link_backstop_count, 1,
+                                      memory_order_relaxed);
         return 0;
     }
     if (r > 0)

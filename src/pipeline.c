@@ -859,6 +859,11 @@ static void judge(pgg_pool *pool, pgg_host *h, pgg_intent intent,
         atomic_store_explicit(&h->suspect_until_ns,
                               a->ended + 1000 * PGG_NS_PER_MS,
                               memory_order_relaxed);
+        /* No answer: the host may be hung, as for a statement on a
+         * connection of its own (pool.c, exec_done); a host served only
+         * through pipes was never checked.  A new link's connect was
+         * answered: the silence began after it. */
+        pgg__pool_note_silent(pool, h, w->fresh ? a->ended : start);
         break;
     case PGG_END_EXPIRED:
         pgg__error_set(err, PGG_ETIMEDOUT, NULL, h->name,

@@ -53,7 +53,7 @@ static bool role_fits(pgg_pool *pool, pgg_host *h, const pgg_link *l,
  * all (health.c, "A call that got no answer"); since is when the host went
  * silent as far as this call knows.  The oldest mark not yet taken stands.
  */
-static void note_silent(pgg_pool *pool, pgg_host *h, int64_t since)
+void pgg__pool_note_silent(pgg_pool *pool, pgg_host *h, int64_t since)
 {
     int_fast64_t none = 0;
 
@@ -92,10 +92,18 @@ pgg_take pgg__pool_take_failed(pgg_pool *pool, pgg_host *h, pgg_ticket ticket,
                                   memory_order_relaxed);
     if (pgg__host_failure(v.cls)) {
         pgg__host_note_error(h, err);
-        if (err && err->code == PGG_ETIMEDOUT)
-            note_silent(pool, h, start);
-        else
+        if (err && err->code == PGG_ETIMEDOUT) {
+            /* Silent since the connect's start at the latest: it had
+             * connect_timeout_ms at most.  Not the attempt's start, which
+             * may come before a wait for a connection, and before answers
+             * the host gave meanwhile (the silence would be dropped as
+             * answered since). */
+            int64_t since = now - h->connect_timeout_ns;
+
+            pgg__pool_note_silent(pool, h, since > start ? since : start);
+        } else {
             pgg__pool_wake_health(pool);
+        }
     }
     return PGG_TAKE_FAILED;
 }
@@ -414,6 +422,12 @@ void pgg__pool_settle(pgg_pool *pool, pgg_host *h, const pgg_ticket *ticket,
     settle(pool, h, ticket, rec, ended_by_server, INT64_MAX, 0, started, ended);
 }
 
+void pgg__pool_session_ended(pgg_pool *pool, pgg_host *h, int64_t alive_at,
+                             int64_t now)
+{
+    settle(pool, h, NULL, PGG_CLASS_IGNORED, true, alive_at, 0, now, now);
+}
+
 void pgg__pool_settle_error(pgg_host *h, pgg_verdict v, bool ignored,
                             pgg_error *err)
 {
@@ -529,7 +543,7 @@ static inline pgg_verdict exec_done(pgg_pool *pool, pgg_host *h,
                                   memory_order_relaxed);
             /* A new session's connect was answered: the silence began
              * after it, somewhere inside the attempt. */
-            note_silent(pool, h, l->fresh ? *ended : started);
+            pgg__pool_note_silent(pool, h, l->fresh ? *ended : started);
         }
         /* The session is in an unknown state: it never comes back. */
         pgg__host_abandon(h, l, pool->canceller);

@@ -122,8 +122,16 @@ void pgg__pool_reprobe(pgg_pool *pool, pgg_host *h, const pgg_verdict *v);
 void pgg__pool_settle(pgg_pool *pool, pgg_host *h, const pgg_ticket *ticket,
                       pgg_class rec, bool ended_by_server, int64_t started,
                       int64_t ended);
+/* A session of h found ended by its server outside a call's attempt, alive
+ * at alive_at (its last answer): settle's rule for its idle siblings (those
+ * opened before alive_at closed, the others looked at). */
+void pgg__pool_session_ended(pgg_pool *pool, pgg_host *h, int64_t alive_at,
+                             int64_t now);
 void pgg__pool_settle_error(pgg_host *h, pgg_verdict v, bool ignored,
                             pgg_error *err);
+/* A call got no answer from h before its deadline, since then at the
+ * latest: the health thread checks whether h answers at all (pool.c). */
+void pgg__pool_note_silent(pgg_pool *pool, pgg_host *h, int64_t since);
 
 pgg_verdict pgg__pool_exec_done(pgg_pool *pool, pgg_host *h, pgg_link **lp,
                                 pgg_intent intent, const pgg_ticket *ticket,

@@ -30,8 +30,11 @@
  * look starts the proof; PGG_WATCHDOG_BACKSTOP_HOLD_NS of wake-ups none
  * of which came PGG_WATCHDOG_LATE_NS late turn it off; a late one turns
  * it on again for as long.  While calls come a watchdog wakes at least
- * every PGG_WATCHDOG_PROBE_NS to sample its lateness; a late expiry in the
- * first such interval of a stall after a proven calm is not covered.
+ * every PGG_WATCHDOG_PROBE_NS to sample its lateness.  A wait takes the
+ * state when it starts to poll: one that started before a stall was found
+ * (already waiting when it began, or in the first such interval of it)
+ * has no timeout to its end, whatever its deadline, and is ended by the
+ * watchdog alone, as late as the watchdog then is.
  *
  * Thread-safe.  The fast path (claim, arm, disarm, release) takes no lock
  * and makes no system call while the watchdog is ticking.

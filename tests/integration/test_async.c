@@ -1871,6 +1871,79 @@ Test(async, a_kept_session_the_server_ends_is_closed_and_never_lent)
     end_test(p, c);
 }
 
+/*
+ * blip9's rule on the loop: a kept session S that the server ends (its
+ * backend alone terminated, the FATAL read as it comes) closes without a
+ * look only the pool's idle sessions opened before S's last use; N, opened
+ * after it (by a blocking call on the same thread, given back idle), is
+ * alive and is kept: the next blocking call is served on it.  Before, the
+ * loop closed every idle session of the host with S.  A round whose steps
+ * took so long that the idle bound (100 ms) may have given S back to the
+ * pool first proves nothing and is run again (at least one must prove it).
+ */
+Test(async, a_kept_session_ended_spares_the_sessions_opened_after_its_last_use)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, "pool_max=4 pool_min_idle=0 breaker.mode=disabled "
+                              "alive_check_after_idle_ms=600000 "
+                              "validate_after_idle_ms=600000 idle_timeout_ms=600000");
+    struct event_base *base = event_base_new();
+    pgg_async *ac = async_for(p, base);
+    pgg_call call = {.timeout_ms = 5000};
+    int proved = 0;
+
+    for (int round = 0; round < 10 && proved < 2; round++) {
+        outcome first, next;
+        char sql[128], gone[16], n_pid[16];
+        double ended;
+        pgg_error e;
+        PGresult *r;
+
+        /* Nothing idle in the pool: S and N are new. */
+        pgg__host_trim(&p->hosts[0], pgg__now_ns(), true);
+        one_call(base, ac, "SELECT pg_backend_pid()", &first);
+        ended = pgh_now_ms();
+        cr_assert_eq(pgg__async_kept(ac), 1, "round %d: S was not kept", round);
+        r = pgg_exec(p, PGG_WRITE, "SELECT pg_backend_pid()", &call, NULL, &e);
+        cr_assert_not_null(r, "round %d: N: %s", round, e.message);
+        snprintf(n_pid, sizeof n_pid, "%s", PQgetvalue(r, 0, 0));
+        PQclear(r);
+        cr_assert_str_neq(n_pid, first.value, "round %d: N is S", round);
+        snprintf(sql, sizeof sql, "SELECT pg_terminate_backend(%s)", first.value);
+        cr_assert_eq(pgh_node_exec(pgh_cluster_primary(c), sql), 0);
+        snprintf(sql, sizeof sql, "SELECT count(*) FROM pg_stat_activity WHERE pid = %s",
+                 first.value);
+        for (int i = 0; i < 200; i++) {
+            cr_assert_eq(pgh_node_query_value(pgh_cluster_primary(c), sql, gone, sizeof gone),
+                         0);
+            if (strcmp(gone, "0") == 0)
+                break;
+            sleep_ms(5);
+        }
+        /* The loop's turns: S's FATAL is read (kept_read). */
+        for (int i = 0; i < 5; i++)
+            loop_once(base, EVLOOP_NONBLOCK);
+        if (pgh_now_ms() - ended > 80) {
+            /* The idle bound may have acted first: not this test's case. */
+            one_call(base, ac, "SELECT 1", &next);
+            continue;
+        }
+        cr_assert_eq(pgg__async_kept(ac), 0, "round %d: S is still kept", round);
+        r = pgg_exec(p, PGG_WRITE, "SELECT pg_backend_pid()", &call, NULL, &e);
+        cr_assert_not_null(r, "round %d: the call after S ended: %s", round, e.message);
+        cr_expect_str_eq(PQgetvalue(r, 0, 0), n_pid,
+                         "round %d: N, opened after S's last use and alive, was closed with S",
+                         round);
+        PQclear(r);
+        proved++;
+    }
+    cr_expect_geq(proved, 1, "no round read S's FATAL before the idle bound");
+    loop_guard_check("a kept session ended, a younger one idle");
+    pgg_async_free(ac);
+    event_base_free(base);
+    end_test(p, c);
+}
+
 typedef struct blocking_call {
     pgg_pool *p;
     const char *sql; /* NULL: SELECT 1 */
@@ -2041,6 +2114,55 @@ Test(async, give_back_hands_the_kept_connections_to_the_pool_at_once)
     one_call(base, ac, "SELECT 1", &o);
     cr_expect_eq(pgg__async_kept(ac), 1, "kept again");
     loop_guard_check("give back");
+    pgg_async_free(ac);
+    event_base_free(base);
+    end_test(p, c);
+}
+
+/*
+ * A loop call that waited for a connection (pool_max=1, the one busy on a
+ * blocking thread) for longer than connect_timeout_ms, and then connects
+ * (the busy one was dropped at its call's deadline), has the whole
+ * connect_timeout_ms for that connect, as a blocking borrower has: its
+ * bound runs from the connect's start, not from the attempt's.  Before,
+ * the bound had passed when the connect started: given up at once
+ * ("connect: deadline exceeded"), and counted against a healthy host as a
+ * failed connect.
+ */
+Test(async, a_connect_after_a_wait_for_a_connection_has_its_whole_timeout)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, "pool_max=1 pool_min_idle=0 breaker.mode=disabled "
+                              "connect_timeout_ms=2000");
+    struct event_base *base = event_base_new();
+    pgg_async *ac = async_for(p, base);
+    blocking_call holder = {.p = p, .sql = "SELECT pg_sleep(10)", .timeout_ms = 2500};
+    pthread_t th;
+    outcome o;
+    pgg_host_stats before, h;
+
+    cr_assert_eq(pthread_create(&th, NULL, blocking_main, &holder), 0);
+    for (int i = 0; i < 5000 && host_stats(p, 0).conns_busy == 0; i++)
+        sleep_ms(1);
+    cr_assert_eq(host_stats(p, 0).conns_busy, 1, "the blocking call did not start");
+    before = host_stats(p, 0);
+    /* Parked until the blocking call's deadline drops the connection
+     * (2.5 s, past connect_timeout_ms), then a connect of its own. */
+    start_call(ac, PGG_WRITE, "SELECT 1", 10000, 0, &o);
+    run_until(base, &o, 1, 20000);
+    pthread_join(th, NULL);
+    cr_expect_eq(holder.code, PGG_ETIMEDOUT, "the blocking call: %s", pgg_err_name(holder.code));
+    cr_expect_eq(o.code, PGG_OK, "the loop call: %s (%s)", pgg_err_name(o.code), o.message);
+    h = host_stats(p, 0);
+    cr_expect_eq(h.connect_failures, before.connect_failures,
+                 "%llu connects to a healthy host counted failed",
+                 (unsigned long long)(h.connect_failures - before.connect_failures));
+    cr_expect_eq(h.failures[PGG_CLASS_TIMEOUT], before.failures[PGG_CLASS_TIMEOUT] + 1,
+                 "timeouts: %llu before, %llu after (the blocking call's one)",
+                 (unsigned long long)before.failures[PGG_CLASS_TIMEOUT],
+                 (unsigned long long)h.failures[PGG_CLASS_TIMEOUT]);
+    cr_expect_eq(o.attempts, 1, "the loop call took %d attempts", o.attempts);
+    loop_guard_check("a connect after a wait");
     pgg_async_free(ac);
     event_base_free(base);
     end_test(p, c);

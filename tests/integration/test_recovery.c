@@ -18,6 +18,7 @@
 /* White box: roles set by hand to line up a write with a standby, and the
  * health thread's rounds. */
 #include "health.h"
+#include "pipeline.h"
 #include "pool.h"
 
 static void setup_table(pgh_cluster *c)
@@ -2048,6 +2049,133 @@ Test(recovery, a_hung_primary_opens_its_breaker_on_one_deadline_of_silence)
     /* The host's return closes it (its first outage of a streak). */
     cr_expect(wait_state(p, 0, PGG_BREAKER_CLOSED, 5000), "breaker %s after the resume",
               pgg_breaker_state_name(host_stats(p, 0).state));
+    pgg_pool_on_event(p, NULL, NULL);
+    end_test(p, c);
+}
+
+/*
+ * A hung primary (SIGSTOP) met by a pipelined statement (pipeline=on; a
+ * lease keeps a session busy, so the read shares a pipe instead of taking
+ * a connection of its own): its deadline is silence, as a statement's on
+ * a connection of its own is.  The health thread probes at once and, the
+ * probe unanswered within its bound, the breaker opens (host-silent).
+ * Before, a pipelined deadline only marked the host suspect: with the calm
+ * probe a minute away and one timeout of five, the breaker stayed closed
+ * and later calls were sent into the hung server.
+ */
+Test(recovery, a_hung_primary_met_by_a_pipelined_statement_is_silent)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgh_require_local(c, "a hang (SIGSTOP)");
+    pgg_pool *p = pool_for(c, "pipeline=on pipeline.connections=1 " SILENT_SETTINGS);
+    opened_by o = {.mu = PTHREAD_MUTEX_INITIALIZER};
+    pgg_call call = {.timeout_ms = 300};
+    pgg_info info = {0};
+    pgg_lease *hold;
+    pgg_error e;
+    PGresult *r;
+    uint64_t piped0;
+
+    hold_sessions(p, PGG_READ_PRIMARY, 2); /* the pipe's session is pooled */
+    hold = pgg_acquire(p, PGG_READ_PRIMARY, 2000, NULL, &e);
+    cr_assert_not_null(hold, "acquire: %s", e.message);
+    pgg_pool_on_event(p, on_open, &o);
+    piped0 = pgg__pipes_sent(p->pipes);
+    cr_assert_eq(pgh_node_hang(pgh_cluster_primary(c)), 0);
+    r = pgg_exec(p, PGG_READ_PRIMARY, "SELECT 1", &call, &info, &e);
+    cr_expect_null(r);
+    cr_expect_eq(e.code, PGG_ETIMEDOUT, "%s: %s", pgg_err_name(e.code), e.message);
+    cr_expect(info.sent, "the read was not sent");
+    PQclear(r);
+    cr_assert_gt(pgg__pipes_sent(p->pipes), piped0, "the read was not pipelined");
+    cr_expect(wait_state(p, 0, PGG_BREAKER_OPEN, 5000), "breaker %s after the probe's bound",
+              pgg_breaker_state_name(host_stats(p, 0).state));
+    pthread_mutex_lock(&o.mu);
+    cr_expect_eq(o.opened, 1);
+    cr_expect_str_eq(o.reason, "host-silent");
+    pthread_mutex_unlock(&o.mu);
+    cr_assert_eq(pgh_node_resume(pgh_cluster_primary(c)), 0);
+    pgg_pool_on_event(p, NULL, NULL);
+    pgg_release(hold);
+    end_test(p, c);
+}
+
+/* Borrowers waiting for a connection of host 0. */
+static int host_waiting(pgg_pool *p)
+{
+    pgg_host_counts n;
+
+    pgg__host_counts(&p->hosts[0], &n);
+    return n.waiting;
+}
+
+/* A read under a 3 s deadline, on its own thread. */
+typedef struct slot_waiter {
+    pgg_pool *p;
+    int code;
+    char message[512];
+} slot_waiter;
+
+static void *read_waiting(void *arg)
+{
+    slot_waiter *w = arg;
+    pgg_call call = {.timeout_ms = 3000};
+    pgg_error e;
+    PGresult *r = pgg_exec(w->p, PGG_READ_PRIMARY, "SELECT 1", &call, NULL, &e);
+
+    w->code = r ? PGG_OK : e.code;
+    snprintf(w->message, sizeof w->message, "%s", r ? "" : e.message);
+    PQclear(r);
+    return NULL;
+}
+
+/*
+ * A call waits for the pool's one connection (pool_max=1, held by a lease)
+ * while the health thread's probes are answered; the primary hangs
+ * (SIGSTOP), the lease's connection is dropped, and the call's own connect
+ * runs into the hang until connect_timeout_ms.  Its silence dates from the
+ * connect, not from the call's start: the host is probed and, silent
+ * within the probe's bound, its breaker opens (host-silent).  Before, the
+ * silence was dated from before the probes' answers, and the health thread
+ * dropped it as answered meanwhile: the breaker stayed closed.
+ */
+Test(recovery, a_connect_into_a_hang_after_a_wait_for_a_connection_is_silence)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgh_require_local(c, "a hang (SIGSTOP)");
+    pgg_pool *p = pool_for(c, "pool_max=1 pool_min_idle=0 connect_timeout_ms=500 "
+                              "breaker.consecutive_failures=100 breaker.min_calls=100 "
+                              "breaker.open_ms=60000 breaker.open_max_ms=60000 "
+                              "health_interval_ms=50 health_probe_timeout_ms=1000");
+    opened_by o = {.mu = PTHREAD_MUTEX_INITIALIZER};
+    slot_waiter w = {.p = p};
+    pgg_lease *hold;
+    pgg_error e;
+    pthread_t t;
+
+    hold = pgg_acquire(p, PGG_READ_PRIMARY, 2000, NULL, &e);
+    cr_assert_not_null(hold, "acquire: %s", e.message);
+    pgg_pool_on_event(p, on_open, &o);
+    cr_assert_eq(pthread_create(&t, NULL, read_waiting, &w), 0);
+    for (int i = 0; i < 2000 && host_waiting(p) == 0; i++)
+        sleep_ms(1);
+    cr_assert_eq(host_waiting(p), 1, "the call does not wait for the connection");
+    /* Probes answered while it waits (every 50 ms). */
+    sleep_ms(300);
+    cr_assert_eq(pgh_node_hang(pgh_cluster_primary(c)), 0);
+    /* The lease's connection left busy by raw use: dropped at release,
+     * without a round trip; the waiting call connects. */
+    cr_assert(PQsendQuery(pgg_lease_conn(hold), "SELECT 1"));
+    pgg_release(hold);
+    pthread_join(t, NULL);
+    cr_expect_eq(w.code, PGG_ETIMEDOUT, "the call: %s (%s)", pgg_err_name(w.code), w.message);
+    cr_expect(wait_state(p, 0, PGG_BREAKER_OPEN, 5000), "breaker %s after the probe's bound",
+              pgg_breaker_state_name(host_stats(p, 0).state));
+    pthread_mutex_lock(&o.mu);
+    cr_expect_eq(o.opened, 1);
+    cr_expect_str_eq(o.reason, "host-silent");
+    pthread_mutex_unlock(&o.mu);
+    cr_assert_eq(pgh_node_resume(pgh_cluster_primary(c)), 0);
     pgg_pool_on_event(p, NULL, NULL);
     end_test(p, c);
 }

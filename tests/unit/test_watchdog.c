@@ -272,3 +272,34 @@ Test(watchdog, a_late_watchdog_gives_the_waits_their_own_timeout_again)
     close(sv[1]);
     pgg__watchdog_free(wd);
 }
+
+/* A wait whose caller's cancel fired already ends at once, without a poll
+ * (pgg__link_wait_armed's look after arming): its own timeout did not end
+ * it, and pgg__link_backstops, the waits the backstop ended before the
+ * watchdog did, does not count it.  (The watchdog is not told of the
+ * cancel here, so that the window is still armed when the waiter leaves
+ * it.) */
+Test(watchdog, a_fired_cancel_is_not_counted_as_a_backstop)
+{
+    pgg_watchdog *wd = wd_new();
+    pgg_wd_slot *s = pgg__watchdog_claim(wd);
+    pgg_cancel *cancel = pgg_cancel_new();
+    uint64_t before = pgg__link_backstops();
+    int sv[2];
+
+    cr_assert_not_null(s);
+    cr_assert_not_null(cancel);
+    pair(sv);
+    pgg_cancel_fire(cancel);
+    cr_expect_eq(pgg__link_wait_armed(s, cancel, sv[0], POLLIN,
+                                      pgg__now_ns() + PGG_NS_PER_SEC, 0),
+                 0, "a wait whose cancel fired did not end at once");
+    cr_expect_eq(pgg__link_backstops(), before,
+                 "a fired cancel was counted as a backstop");
+    cr_expect(intact(sv[0], sv[1]), "the socket was shut down");
+    pgg__watchdog_release(s);
+    pgg_cancel_free(cancel);
+    close(sv[0]);
+    close(sv[1]);
+    pgg__watchdog_free(wd);
+}
