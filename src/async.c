@@ -1910,8 +1910,8 @@ static void borrow(pgg_async_call *k)
             return;
         }
     }
-    if (pgg__host_try_borrow(h, now, k->attempt_deadline, &k->l, &connect,
-                             k->c.err) != PGG_OK) {
+    if (pgg__host_try_borrow(h, k->c.now, now, k->attempt_deadline, &k->l,
+                             &connect, k->c.err) != PGG_OK) {
         int code = k->c.err->code;
 
         if (code != PGG_ECLOSED && code != PGG_EUNAVAILABLE &&

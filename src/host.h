@@ -144,9 +144,15 @@ typedef struct pgg_host {
      * no new connect before this, wait for ours instead (under mu). */
     int64_t full_until_ns;
     /* The server refused a session (53300, 57P03) with none of ours
-     * there: borrows fail at once, without a connect, until this; the
-     * refusal is repeated to them (under mu). */
-    int64_t refused_until_ns;
+     * there, and no connect has succeeded since (under mu).  One connect
+     * at a time asks it again (probing, started at probe_ns), for the
+     * calls that came after the last ask started; calls that came before
+     * an ask hear its refusal (host.c, "Refused"). */
+    bool refused, probing;
+    int64_t probe_ns;
+    /* When the connect refused last started (0: not known, news to no
+     * call but its own). */
+    int64_t refused_asked_ns;
     char refused_state[6];
     char refused_msg[200];
     int last_error_code;
@@ -377,12 +383,15 @@ static inline int pgg__host_borrow(pgg_host *h, int64_t deadline_ns,
  * without blocking).  PGG_OK with *connect: a connection slot is reserved
  * for a connect the caller makes without blocking; it ends with
  * pgg__host_connected or pgg__host_connect_failed.  PGG_ETIMEDOUT: every
- * connection is busy (pool_max, or a full server while ours are out), or
- * deadline_ns has passed: nothing is lent then; PGG_ECLOSED;
- * PGG_EUNAVAILABLE: the server refused a session moments ago.
+ * connection is busy (pool_max, a full server while ours are out, or a
+ * refusing server's probe in flight), or deadline_ns has passed: nothing
+ * is lent then; PGG_ECLOSED; PGG_EUNAVAILABLE: the server refused a
+ * session it was asked for after since, when the call came (host.c,
+ * "Refused").
  */
-int pgg__host_try_borrow(pgg_host *h, int64_t now, int64_t deadline_ns,
-                         pgg_link **out, bool *connect, pgg_error *err);
+int pgg__host_try_borrow(pgg_host *h, int64_t since, int64_t now,
+                         int64_t deadline_ns, pgg_link **out, bool *connect,
+                         pgg_error *err);
 /* The reserved connect succeeded: conn becomes a lent link (NULL and
  * PGG_ENOMEM: closed). */
 int pgg__host_connected(pgg_host *h, PGconn *conn, pgg_link **out,
