@@ -1314,13 +1314,19 @@ Test(async, a_full_server_is_waited_for_on_the_loop)
 
 /*
  * A server with no room and none of the pool's sessions there: calls on
- * the loop are refused at once with PGG_EUNAVAILABLE and the SQLSTATE, as
- * blocking calls are; the breaker stays closed; the server is asked again
- * only after host.c's pause (refused_until_ns), however many calls come:
- * of 12 calls made at once (the bulkhead takes 16), those beyond the
- * first connects are told the refusal without a connect of their own.
+ * the loop are refused with PGG_EUNAVAILABLE and the SQLSTATE, as
+ * blocking calls are; the breaker stays closed; the server is asked by one
+ * connect at a time, for the calls that came after the last ask started
+ * (host.c, "Refused").  Once a first call has been refused, of 12 calls
+ * made at once the first starts an ask as it is made (the loop's borrow
+ * runs in pgg_async_exec); the 11 others came after it started, so they
+ * wait for it and then one of them asks again for all of them: 2 connects
+ * in all, never 2 at once.  A call made
+ * after those refusals asks for itself: it is not told an older refusal
+ * (before, calls within 5 ms of a refusal were told it without a connect,
+ * and the first call after a slot freed found it up to a period late).
  */
-Test(async, a_full_server_with_none_of_ours_is_refused_at_once_and_spaced)
+Test(async, a_full_server_with_none_of_ours_is_asked_by_one_connect_at_a_time)
 {
     pgh_cluster *c = cluster_or_die(0);
     char ci[512];
@@ -1328,7 +1334,7 @@ Test(async, a_full_server_with_none_of_ours_is_refused_at_once_and_spaced)
     struct event_base *base = event_base_new();
     pgg_async *ac = async_for(p, base);
     PGconn *held[2];
-    int nheld = 0;
+    int nheld = 0, connecting_max = 0;
     outcome o[12];
     uint64_t before;
 
@@ -1340,20 +1346,46 @@ Test(async, a_full_server_with_none_of_ours_is_refused_at_once_and_spaced)
         held[nheld++] = h;
     }
     cr_assert_geq(nheld, 1, "no session left for another client");
+    /* Until a refusal, calls connect side by side as a pool grows: one
+     * first, to learn it. */
+    start_call(ac, PGG_WRITE, "SELECT 1", 1000, 0, &o[0]);
+    run_until(base, o, 1, 5000);
+    cr_expect_eq(o[0].code, PGG_EUNAVAILABLE, "%s %s", pgg_err_name(o[0].code), o[0].message);
     before = host_stats(p, 0).connects;
     for (int i = 0; i < 12; i++)
         start_call(ac, PGG_WRITE, "SELECT 1", 1000, 0, &o[i]);
-    run_until(base, o, 12, 10000);
+    for (double end = pgh_now_ms() + 10000; pgh_now_ms() < end;) {
+        int left = 0;
+
+        for (int i = 0; i < 12; i++)
+            left += o[i].done == 0;
+        if (!left)
+            break;
+        /* Sessions of ours: the connects on their way, none other here. */
+        if (host_stats(p, 0).conns_open > connecting_max)
+            connecting_max = host_stats(p, 0).conns_open;
+        loop_once(base, EVLOOP_ONCE);
+    }
+    run_until(base, o, 12, 1);
     for (int i = 0; i < 12; i++) {
         cr_expect_eq(o[i].code, PGG_EUNAVAILABLE, "call %d: %s %s", i, pgg_err_name(o[i].code),
                      o[i].message);
         cr_expect_str_eq(o[i].sqlstate, "53300", "call %d: %s", i, o[i].message);
     }
-    {
-        uint64_t n = host_stats(p, 0).connects - before;
-        cr_expect_lt(n, 12, "%llu connects for 12 calls refused within moments",
-                     (unsigned long long)n);
-    }
+    cr_expect_eq(host_stats(p, 0).connects - before, 2,
+                 "%llu connects for 12 calls made at once (one ask as the first was made, one "
+                 "for the 11 that came after it started)",
+                 (unsigned long long)(host_stats(p, 0).connects - before));
+    cr_expect_leq(connecting_max, 1, "%d connects at once to a server that refused",
+                  connecting_max);
+    /* Made after every refusal above: asks for itself. */
+    before = host_stats(p, 0).connects;
+    start_call(ac, PGG_WRITE, "SELECT 1", 1000, 0, &o[0]);
+    run_until(base, o, 1, 5000);
+    cr_expect_eq(o[0].code, PGG_EUNAVAILABLE, "%s %s", pgg_err_name(o[0].code), o[0].message);
+    cr_expect_eq(host_stats(p, 0).connects - before, 1,
+                 "a call made after the refusals was told an older one: %llu connects (%s)",
+                 (unsigned long long)(host_stats(p, 0).connects - before), o[0].message);
     expect_hosts_untouched(p);
     for (int i = 0; i < nheld; i++)
         PQfinish(held[i]);

@@ -1054,9 +1054,10 @@ static int sessions_of(pgh_node *n, const char *user)
  * connection limit, as max_connections taken by other clients) and none of
  * the pool's sessions there: the host is alive and answering.  Writes are
  * refused at once with PGG_EUNAVAILABLE and its SQLSTATE, the breaker stays
- * closed however many are refused, and the first write once a slot is free
- * lands (before, three refusals opened the breaker and the first write after
- * the slots freed up met PGG_EOPEN).
+ * closed however many are refused, each write asks the server itself (a
+ * write told an older refusal could miss a slot freed since), and the first
+ * write once a slot is free lands (before, three refusals opened the breaker
+ * and the first write after the slots freed up met PGG_EOPEN).
  */
 Test(recovery, a_full_primary_opens_no_breaker)
 {
@@ -1065,6 +1066,7 @@ Test(recovery, a_full_primary_opens_no_breaker)
     char ci[512];
     PGconn *held[3];
     int nheld = 0;
+    uint64_t before;
 
     cr_assert_eq(pgh_node_exec(n, "DROP ROLE IF EXISTS pgg_rec_cap;"
                                   "CREATE ROLE pgg_rec_cap LOGIN CONNECTION LIMIT 3;"),
@@ -1082,6 +1084,7 @@ Test(recovery, a_full_primary_opens_no_breaker)
         held[nheld++] = h;
     }
     cr_assert_geq(nheld, 1, "no session left for another client");
+    before = host_stats(p, 0).connects;
     for (int i = 0; i < 12; i++) {
         pgg_call call = {.timeout_ms = 1000};
         pgg_error e;
@@ -1093,6 +1096,10 @@ Test(recovery, a_full_primary_opens_no_breaker)
         cr_expect_str_eq(e.sqlstate, "53300", "%s", e.message);
         sleep_ms(2);
     }
+    /* Each came after the last ask had ended: each asked for itself
+     * (host.c, "Refused"), as a client connecting on every call does. */
+    cr_expect_eq(host_stats(p, 0).connects - before, 12, "%llu connects for 12 writes one after another",
+                 (unsigned long long)(host_stats(p, 0).connects - before));
     cr_expect_eq(host_stats(p, 0).state, PGG_BREAKER_CLOSED, "a full primary's breaker: %s",
                  pgg_breaker_state_name(host_stats(p, 0).state));
     expect_hosts_untouched(p);
@@ -1100,7 +1107,7 @@ Test(recovery, a_full_primary_opens_no_breaker)
         PQfinish(held[i]);
     for (int i = 0; i < 500 && sessions_of(n, "pgg_rec_cap") > 1; i++)
         sleep_ms(10);
-    sleep_ms(20); /* past the pause between two connects to a host that refused */
+    sleep_ms(20); /* a backend leaves pg_stat_activity before its slot */
     {
         pgg_call call = {.timeout_ms = 3000};
         pgg_error e;
@@ -1419,6 +1426,157 @@ Test(recovery, two_callers_on_a_full_primary_are_refused_not_timed_out)
     end_test(p, NULL);
     cr_assert_eq(pgh_node_exec(n, "DROP ROLE pgg_rec_cap2;"), 0);
     pgh_cluster_free(c);
+}
+
+typedef struct asker {
+    pgg_host *h;
+    int rc;
+    char sqlstate[6];
+    char message[sizeof(pgg_error){0}.message];
+    atomic_bool done;
+} asker;
+
+/* One borrow of a->h, given back at once if it got a session. */
+static void *ask_once(void *arg)
+{
+    asker *a = arg;
+    pgg_borrow_fail why;
+    pgg_error e = {0};
+    pgg_link *l = NULL;
+    int64_t now = pgg__now_ns();
+
+    a->rc = pgg__host_borrow(a->h, now + 30 * PGG_NS_PER_SEC, &now, &l, &why, &e);
+    if (l)
+        pgg__host_give_back(a->h, l, pgg__now_ns());
+    snprintf(a->sqlstate, sizeof a->sqlstate, "%s", e.sqlstate);
+    snprintf(a->message, sizeof a->message, "%s", e.message);
+    atomic_store(&a->done, true);
+    return NULL;
+}
+
+/* Under the host's lock: connects on their way, and borrowers waiting. */
+static void host_counts(pgg_host *h, int *connecting, int *waiting)
+{
+    pthread_mutex_lock(&h->mu);
+    *connecting = h->n_connecting;
+    *waiting = h->n_waiting;
+    pthread_mutex_unlock(&h->mu);
+}
+
+/*
+ * A server that refused a session (53300) with none of the pool's there is
+ * asked by one connect at a time (host.c, "Refused"): callers that come
+ * while an ask is on its way wait for it, and as it started before they
+ * came, one of them asks again for both when it is refused; they hear that
+ * refusal.  Here each ask takes a while (a proxy holds every chunk 250 ms):
+ * A asks; B and C come and wait; 2 connects in all, never 2 at once.
+ * Before, B and C connected beside A (the pause came only after a
+ * refusal); a server full of other clients' sessions forked a backend per
+ * caller.  White box: borrows of the host itself.
+ */
+Test(recovery, a_refusing_server_is_asked_by_one_connect_at_a_time)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgh_require_local(c, "a proxy between pgguard and a local primary");
+    pgh_node *n = pgh_cluster_primary(c);
+    char err[256], ci[512], direct[512];
+    pgh_proxy *px = pgh_proxy_start(pgh_node_host(n), pgh_node_port(n), err, sizeof err);
+    PGconn *held[2];
+    int nheld = 0, most = 0;
+    bool both_waited = false;
+    asker a[3];
+    pthread_t t[3];
+    uint64_t before;
+    pgg_host *h;
+
+    cr_assert_not_null(px, "%s", err);
+    cr_assert_eq(pgh_node_exec(n, "DROP ROLE IF EXISTS pgg_rec_asked;"
+                                  "CREATE ROLE pgg_rec_asked LOGIN CONNECTION LIMIT 2;"),
+                 0, "%s", pgh_node_error(n));
+    snprintf(ci, sizeof ci, "host=127.0.0.1 port=%d user=pgg_rec_asked dbname=postgres",
+             pgh_proxy_port(px));
+    snprintf(direct, sizeof direct, "host=%s port=%d user=pgg_rec_asked dbname=postgres",
+             pgh_node_host(n), pgh_node_port(n));
+    pgg_pool *p = pool_for_conninfo(ci, "pool_min_idle=0 connect_timeout_ms=20000 "
+                                        "health_probe_timeout_ms=20000");
+    cr_assert(wait_role(p, 0, PGG_ROLE_PRIMARY, 10000));
+    h = &p->hosts[0];
+    /* The health thread holds one session; another client the rest. */
+    while (nheld < 2) {
+        char why[256];
+        PGconn *hc = pgh_connect(direct, 5000, NULL, why, sizeof why);
+        if (!hc)
+            break;
+        held[nheld++] = hc;
+    }
+    cr_assert_geq(nheld, 1, "no session left for another client");
+    pgg__host_trim(h, pgg__now_ns(), true);
+    /* A first refusal: the pool learns the server is refusing. */
+    a[0] = (asker){.h = h};
+    ask_once(&a[0]);
+    cr_assert_str_eq(a[0].sqlstate, "53300", "%s %s", pgg_err_name(a[0].rc), a[0].message);
+    pgh_proxy_set_mode(px, PGH_PROXY_DELAY, 250);
+    before = atomic_load(&h->connects);
+    for (int i = 0; i < 3; i++)
+        a[i] = (asker){.h = h};
+    cr_assert_eq(pthread_create(&t[0], NULL, ask_once, &a[0]), 0);
+    for (int i = 0; i < 10000 && atomic_load(&h->connects) == before; i++)
+        sleep_ms(1);
+    cr_assert_eq(atomic_load(&h->connects) - before, 1, "A's ask did not start");
+    for (int i = 1; i < 3; i++)
+        cr_assert_eq(pthread_create(&t[i], NULL, ask_once, &a[i]), 0);
+    while (!atomic_load(&a[0].done) || !atomic_load(&a[1].done) || !atomic_load(&a[2].done)) {
+        int connecting, waiting;
+
+        host_counts(h, &connecting, &waiting);
+        if (connecting > most)
+            most = connecting;
+        /* B and C both waiting while A's ask is on its way. */
+        if (waiting == 2 && !atomic_load(&a[0].done))
+            both_waited = true;
+        sleep_ms(1);
+    }
+    for (int i = 0; i < 3; i++)
+        pthread_join(t[i], NULL);
+    pgh_proxy_set_mode(px, PGH_PROXY_PASS, 0);
+    /* Refused: by the server (PGG_ECONNECT at this level; the pool makes
+     * it PGG_EUNAVAILABLE), or told the refusal of an ask made after it
+     * came. */
+    for (int i = 0; i < 3; i++) {
+        cr_expect_neq(a[i].rc, PGG_OK, "caller %d got a session", i);
+        cr_expect_str_eq(a[i].sqlstate, "53300", "caller %d: %s %s", i, pgg_err_name(a[i].rc),
+                         a[i].message);
+    }
+    cr_expect_eq(most, 1, "%d connects at once to a server that refused", most);
+    if (both_waited)
+        cr_expect_eq(atomic_load(&h->connects) - before, 2,
+                     "%llu connects for A, then B and C who came while A's was on its way",
+                     (unsigned long long)(atomic_load(&h->connects) - before));
+    /* Slots free (a backend leaves pg_stat_activity before its slot):
+     * each caller asks, and one gets a session. */
+    for (int i = 0; i < nheld; i++)
+        PQfinish(held[i]);
+    for (int i = 0; i < 500; i++) {
+        uint64_t asked = atomic_load(&h->connects);
+
+        a[0] = (asker){.h = h};
+        ask_once(&a[0]);
+        cr_assert_eq(atomic_load(&h->connects) - asked, 1, "a caller did not ask: %s",
+                     a[0].message);
+        if (a[0].rc == PGG_OK || strcmp(a[0].sqlstate, "53300") != 0)
+            break;
+        sleep_ms(10);
+    }
+    cr_expect_eq(a[0].rc, PGG_OK, "no caller got a session once slots were free: %s",
+                 a[0].message);
+    end_test(p, NULL);
+    pgh_proxy_free(px);
+    cr_assert_eq(pgh_node_exec(n, "DROP ROLE pgg_rec_asked;"), 0);
+    pgh_cluster_free(c);
+    /* Only a machine that held B or C for A's whole ask (a second) gets
+     * here: the count above needs them both there. */
+    if (!both_waited)
+        cr_skip_test("B and C were never both waiting for A's ask");
 }
 
 /*
