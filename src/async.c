@@ -1674,7 +1674,8 @@ static void connect_failed_as(pgg_async_call *k, pgg_borrow_fail why)
     pgg_take t;
 
     connect_fd_close(k);
-    if (pgg__host_connect_failed(k->h, k->c.err, why == PGG_BORROW_CONNECT)) {
+    if (pgg__host_connect_failed(k->h, k->c.err, why == PGG_BORROW_CONNECT,
+                                 k->c.now)) {
         /* Full (53300) while ours work: wait for one of them, no error
          * and no record yet (pgg__host_borrow's rule). */
         pgg__error_reset(k->c.err);

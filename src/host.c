@@ -453,53 +453,59 @@ static int ours(const pgg_host *h)
  * Refused.  A server that refused a session (53300: max_connections or the
  * role's limit taken by other clients; 57P03: starting up or shutting
  * down) while none of ours is there has nothing of ours to wait for.  Until
- * a connect succeeds, one connect at a time asks it again (the probe):
- *   - a call that came before the last ask started hears its refusal
- *     (PGG_EUNAVAILABLE with its SQLSTATE), without a connect of its own;
- *   - a call that came after waits for the probe in flight, or starts the
- *     next one as soon as none is in flight, within its deadline.
- * So every refusal a call hears comes from an ask that started after the
- * call did, as with a client that connects on every call (libpq
- * multi-host), and the first call after a slot frees finds it; yet the
- * server forks at most one backend at a time for the pool, and no more
- * than one per call, however many threads call.  (A pause between asks,
- * 5 ms before, let a full server be asked about half as often as such a
- * client asks it: in the fault bench's max-connections fault the first
- * write after the slots freed came one call period after libpq's.)  A call
- * that waits for a probe waits about one refusal (a fork and a startup
- * packet, about a millisecond) longer than one that would have failed at
- * once; writes with no primary at all are refused by the router and not
- * touched by this.  Any other outcome of a connect ends it: a success, or
- * a failure that is not a capacity refusal (the host's own rules then).
+ * a connect succeeds, every connect is an ask of it, and a call:
+ *   - hears the refusal of an ask that started no earlier than
+ *     PGG_ASK_SHARED_NS before the call came (PGG_EUNAVAILABLE with its
+ *     SQLSTATE), without a connect of its own;
+ *   - waits for such an ask while it is on its way, within its deadline;
+ *   - else asks itself, at once.
+ * So what a call hears is as fresh as what a client that connects on every
+ * call (libpq multi-host) learns, to within PGG_ASK_SHARED_NS, and the
+ * first call after a slot frees finds it; yet a burst of calls shares one
+ * ask, and no call makes more than one, however many threads call (libpq
+ * asks once per call and host).  Before, the server was not asked again for 5 ms after a
+ * refusal: calls in that window were told an older refusal, the pool asked
+ * a full server half as often as libpq's two writers in the fault bench,
+ * and its first write after the slots freed came a call period late.  One
+ * ask at a time, tried too, cost more than it saved once the machine was
+ * loaded: a refused ask took 20-100 ms, and a call that waited for one that
+ * started before it came wrote up to 30 ms after libpq's, which asked at
+ * once (tests/bench/faults, max-connections, load 10).  Any other outcome
+ * ends this: a success, or a failure that is not a capacity refusal (the
+ * host's own rules then).  Until a first refusal nobody knows the server
+ * refuses: calls connect side by side, as a pool grows.
  */
 
 /*
  * Under mu, after a connect of ours failed (cerr: why; asked_ns: when it
- * started, 0 if not known): what the refusal means for the next borrows,
- * decided once for the blocking borrow and the loop's.  The server has no
- * room for another session (53300: its max_connections, or the role's
- * limit) but ours are working: the host is healthy and full; no new
- * connect for FULL_RETRY_NS, and true: the caller waits for one of ours to
- * come back, as at pool_max, rather than fail and count it against the
- * host.  Refused (53300, 57P03) with none of ours there: "Refused" above;
- * the caller hears it.  Anything else ends that state.
+ * started, or earlier): what the refusal means for the next borrows,
+ * decided once for the blocking borrow and the loop's.  Refused (53300,
+ * 57P03) with none of ours there, or while the other connects on their way
+ * are asks of a refusing server: "Refused" above; the caller hears it.  The
+ * server has no room for another session (53300: its max_connections, or
+ * the role's limit) but ours are working: the host is healthy and full; no
+ * new connect for FULL_RETRY_NS, and true: the caller waits for one of ours
+ * to come back, as at pool_max, rather than fail and count it against the
+ * host.  Anything else ends the refusing state.
  */
 static bool refusal_locked(pgg_host *h, const pgg_error *cerr, int64_t asked_ns)
 {
-    if (ours(h) > 0 && strcmp(cerr->sqlstate, "53300") == 0) {
-        h->full_until_ns = pgg__now_ns() + FULL_RETRY_NS;
-        return true;
-    }
-    if (ours(h) == 0 && pgg__capacity_refusal(cerr->sqlstate)) {
+    bool capacity = pgg__capacity_refusal(cerr->sqlstate);
+
+    if (capacity && (h->refused || ours(h) == 0)) {
+        if (!h->refused || asked_ns > h->refused_asked_ns)
+            h->refused_asked_ns = asked_ns;
         h->refused = true;
-        h->refused_asked_ns = asked_ns;
         pgg__strlcpy(h->refused_state, cerr->sqlstate, sizeof h->refused_state);
         pgg__strlcpy(h->refused_msg, cerr->message, sizeof h->refused_msg);
+    } else if (ours(h) > 0 && strcmp(cerr->sqlstate, "53300") == 0) {
+        h->full_until_ns = pgg__now_ns() + FULL_RETRY_NS;
+        return true;
     } else {
         h->refused = false;
     }
-    /* Borrowers waiting for the probe, or for the sibling connects that
-     * raced this one (may_connect_locked), hear the outcome now. */
+    /* Borrowers waiting for an ask, or for the sibling connects that raced
+     * this one (may_connect_locked), hear the outcome now. */
     if (h->n_waiting > 0)
         pthread_cond_broadcast(&h->cv);
     return false;
@@ -512,24 +518,17 @@ static void connected_locked(pgg_host *h)
     h->full_until_ns = 0;
     if (h->refused) {
         h->refused = false;
-        /* Waiters for the probe connect for themselves now. */
+        /* Waiters for an ask connect for themselves now. */
         if (h->n_waiting > 0)
             pthread_cond_broadcast(&h->cv);
     }
 }
 
-/* Under mu, with h->refused: whether the refusal answers a call that
- * came at since (the last ask started after it). */
-static bool refusal_answers(const pgg_host *h, int64_t since)
-{
-    return h->refused_asked_ns >= since;
-}
-
-/* The refusal told to a call that did not ask itself (refusal_answers). */
+/* The refusal told to a call that did not ask itself ("Refused"). */
 static int refusal_error_locked(const pgg_host *h, int64_t now, pgg_error *err)
 {
     return pgg__error_set(err, PGG_EUNAVAILABLE, h->refused_state, h->name,
-                          "%s (asked %.1f ms ago, after this call came)",
+                          "%s (asked %.1f ms ago, for this call too)",
                           h->refused_msg,
                           (double)(now - h->refused_asked_ns) /
                               (double)PGG_NS_PER_MS);
@@ -557,44 +556,32 @@ static bool may_connect_locked(const pgg_host *h, int64_t now)
 
 /* What a borrow that found nothing idle does next (both borrows). */
 typedef enum connect_verdict {
-    CONNECT_WAIT,    /* wait: busy, full, or a probe in flight */
-    CONNECT_NEW,     /* connect */
-    CONNECT_PROBE,   /* connect, as the refusing server's one probe */
-    CONNECT_REFUSED  /* fail with the refusal (refusal_answers) */
+    CONNECT_WAIT,    /* wait: busy, full, or an ask on its way */
+    CONNECT_NEW,     /* connect (an ask, when the server is refusing) */
+    CONNECT_REFUSED  /* fail with the refusal of a recent ask */
 } connect_verdict;
 
 /* Under mu, for a call that came at since ("Refused"). */
 static connect_verdict connect_verdict_locked(const pgg_host *h, int64_t since,
                                               int64_t now)
 {
-    if (h->refused)
-        return refusal_answers(h, since) ? CONNECT_REFUSED
-               : h->probing              ? CONNECT_WAIT
-                                         : CONNECT_PROBE;
+    if (h->refused) {
+        int64_t shared = since - PGG_ASK_SHARED_NS;
+
+        /* While refusing, every connect on its way is an ask. */
+        return h->refused_asked_ns >= shared                 ? CONNECT_REFUSED
+               : h->n_connecting > 0 && h->last_ask_ns >= shared ? CONNECT_WAIT
+                                                              : CONNECT_NEW;
+    }
     return may_connect_locked(h, now) ? CONNECT_NEW : CONNECT_WAIT;
 }
 
-/* Under mu: the connect v allows starts now. */
-static void connect_begin_locked(pgg_host *h, connect_verdict v, int64_t now)
+/* Under mu: a connect starts now. */
+static void connect_begin_locked(pgg_host *h, int64_t now)
 {
     h->n_connecting++;
-    if (v == CONNECT_PROBE) {
-        h->probing = true;
-        h->probe_ns = now;
-    }
-}
-
-/* Under mu: a connect of ours ended; when it began (0: not known, the
- * loop's), for refusal_locked.  Only the probe is in flight while the
- * server is refusing, so the probe it was when one was. */
-static int64_t connect_end_locked(pgg_host *h, int64_t began_ns)
-{
-    h->n_connecting--;
-    if (h->probing) {
-        h->probing = false;
-        return h->probe_ns;
-    }
-    return began_ns;
+    if (h->refused)
+        h->last_ask_ns = now;
 }
 
 /*
@@ -784,15 +771,15 @@ static int borrow_locked(pgg_host *h, int64_t deadline_ns, int64_t now,
             int64_t began;
 
             pgg__error_reset(&cerr);
-            connect_begin_locked(h, verdict, now);
+            connect_begin_locked(h, now);
             claim_lost(h);
+            began = now;
             pthread_mutex_unlock(&h->mu);
             close_list(doomed);
             doomed = NULL;
-            began = pgg__now_ns();
             rc = connect_new(h, deadline_ns, out, &hook_refused, &cerr);
             pthread_mutex_lock(&h->mu);
-            began = connect_end_locked(h, began);
+            h->n_connecting--;
             if (rc == PGG_OK)
                 connected_locked(h);
             else
@@ -905,7 +892,7 @@ int pgg__host_try_borrow(pgg_host *h, int64_t since, int64_t now,
         return rc;
     }
     if (verdict != CONNECT_WAIT) {
-        connect_begin_locked(h, verdict, now);
+        connect_begin_locked(h, now);
         claim_lost(h);
         pthread_mutex_unlock(&h->mu);
         close_list(doomed);
@@ -937,7 +924,7 @@ int pgg__host_connected(pgg_host *h, PGconn *conn, pgg_link **out,
         l->fresh = true;
     }
     pthread_mutex_lock(&h->mu);
-    connect_end_locked(h, 0);
+    h->n_connecting--;
     if (l)
         connected_locked(h);
     else if (h->n_waiting > 0)
@@ -952,14 +939,15 @@ int pgg__host_connected(pgg_host *h, PGconn *conn, pgg_link **out,
 }
 
 bool pgg__host_connect_failed(pgg_host *h, const pgg_error *err,
-                              bool host_fault)
+                              bool host_fault, int64_t since)
 {
     bool wait;
 
     if (host_fault)
         atomic_fetch_add(&h->connect_failures, 1);
     pthread_mutex_lock(&h->mu);
-    wait = refusal_locked(h, err, connect_end_locked(h, 0));
+    h->n_connecting--;
+    wait = refusal_locked(h, err, since);
     if (h->n_waiting > 0)
         pthread_cond_signal(&h->cv); /* the slot is free again */
     pthread_mutex_unlock(&h->mu);

@@ -144,14 +144,12 @@ typedef struct pgg_host {
      * no new connect before this, wait for ours instead (under mu). */
     int64_t full_until_ns;
     /* The server refused a session (53300, 57P03) with none of ours
-     * there, and no connect has succeeded since (under mu).  One connect
-     * at a time asks it again (probing, started at probe_ns), for the
-     * calls that came after the last ask started; calls that came before
-     * an ask hear its refusal (host.c, "Refused"). */
-    bool refused, probing;
-    int64_t probe_ns;
-    /* When the connect refused last started (0: not known, news to no
-     * call but its own). */
+     * there, and no connect has succeeded since (under mu).  Meanwhile
+     * every connect on its way is an ask of it (host.c, "Refused"):
+     * last_ask_ns, when the latest started; refused_asked_ns, when the
+     * latest refused one started. */
+    bool refused;
+    int64_t last_ask_ns;
     int64_t refused_asked_ns;
     char refused_state[6];
     char refused_msg[200];
@@ -377,17 +375,21 @@ static inline int pgg__host_borrow(pgg_host *h, int64_t deadline_ns,
     }
 }
 
+/* A call shares an ask of a refusing server that started at most this
+ * long before it came (host.c, "Refused"). */
+#define PGG_ASK_SHARED_NS (1 * PGG_NS_PER_MS)
+
 /*
  * For an event loop: never waits, never connects, never validates with a
  * round trip.  PGG_OK with *out: an idle connection (liveness checked
  * without blocking).  PGG_OK with *connect: a connection slot is reserved
  * for a connect the caller makes without blocking; it ends with
  * pgg__host_connected or pgg__host_connect_failed.  PGG_ETIMEDOUT: every
- * connection is busy (pool_max, a full server while ours are out, or a
- * refusing server's probe in flight), or deadline_ns has passed: nothing
+ * connection is busy (pool_max, a full server while ours are out, or an
+ * ask of a refusing server on its way), or deadline_ns has passed: nothing
  * is lent then; PGG_ECLOSED; PGG_EUNAVAILABLE: the server refused a
- * session it was asked for after since, when the call came (host.c,
- * "Refused").
+ * session it was asked for at most PGG_ASK_SHARED_NS before since, when
+ * the call came (host.c, "Refused").
  */
 int pgg__host_try_borrow(pgg_host *h, int64_t since, int64_t now,
                          int64_t deadline_ns, pgg_link **out, bool *connect,
@@ -398,12 +400,13 @@ int pgg__host_connected(pgg_host *h, PGconn *conn, pgg_link **out,
                         pgg_error *err);
 /* The reserved connect failed (err: why; host_fault: counted as a
  * failed connect, not when its on-connect hook refused a healthy
- * session).  True: the server is full
+ * session; since: the call's start, no later than the connect's).  True:
+ * the server is full
  * (53300) while sessions of ours are out: the caller waits for one of them
  * to come back (pgg__host_try_borrow again), as pgg__host_borrow does,
  * instead of failing the attempt. */
 bool pgg__host_connect_failed(pgg_host *h, const pgg_error *err,
-                              bool host_fault);
+                              bool host_fault, int64_t since);
 
 /* Back to the pool if reusable (idle, healthy, young enough), else closed. */
 void pgg__host_give_back(pgg_host *h, pgg_link *l, int64_t now_ns);
