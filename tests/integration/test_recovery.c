@@ -1481,10 +1481,10 @@ static void await_host_connects(pgg_host *h, uint64_t n)
  * ask's start waits for that ask and hears its refusal; a caller that came
  * later asks itself at once, beside the ask on its way.  Here each ask
  * takes a while (a proxy holds every chunk 250 ms).  A asks; B, who came
- * when A did, waits for A's ask; C comes 2 ms later and asks; D, who came
- * when C did, waits for C's.  2 connects, A's and C's, at once; B and D
- * are told the refusal (PGG_EUNAVAILABLE at this level), A and C hear it
- * from the server.  Before, nobody was asked for 5 ms after a refusal,
+ * when A did, and E, who came PGG_ASK_SHARED_NS / 2 later, wait for A's
+ * ask; C comes 2 ms later and asks; D, who came when C did, waits for C's.
+ * 2 connects, A's and C's, at once; B, D and E are told the refusal
+ * (PGG_EUNAVAILABLE at this level), A and C hear it from the server.  Before, nobody was asked for 5 ms after a refusal,
  * and calls in that window were told it.  White box: borrows of the host
  * itself, each telling when its call came.
  */
@@ -1497,10 +1497,11 @@ Test(recovery, a_refusing_server_is_asked_by_calls_that_came_after_the_last_ask)
     pgh_proxy *px = pgh_proxy_start(pgh_node_host(n), pgh_node_port(n), err, sizeof err);
     PGconn *held[2];
     int nheld = 0, most = 0;
-    asker a[4];
-    pthread_t t[4];
+    asker a[5];
+    pthread_t t[5];
     uint64_t before;
     pgg_host *h;
+    bool all_done = false;
 
     cr_assert_not_null(px, "%s", err);
     cr_assert_eq(pgh_node_exec(n, "DROP ROLE IF EXISTS pgg_rec_asked;"
@@ -1532,36 +1533,41 @@ Test(recovery, a_refusing_server_is_asked_by_calls_that_came_after_the_last_ask)
     pgh_proxy_set_mode(px, PGH_PROXY_DELAY, 250);
     sleep_ms(2); /* A comes after that ask's refusal stopped answering */
     before = atomic_load(&h->connects);
-    for (int i = 0; i < 4; i++)
+    for (int i = 0; i < 5; i++)
         a[i] = (asker){.h = h};
+    /* A's borrow starts its ask with the reading it was given. */
     a[0].since = a[1].since = pgg__now_ns();
+    a[4].since = a[0].since + PGG_ASK_SHARED_NS / 2;
     cr_assert_eq(pthread_create(&t[0], NULL, ask_once, &a[0]), 0);
     await_host_connects(h, before + 1);
     cr_assert_eq(pthread_create(&t[1], NULL, ask_once, &a[1]), 0);
+    cr_assert_eq(pthread_create(&t[4], NULL, ask_once, &a[4]), 0);
     sleep_ms(2); /* past PGG_ASK_SHARED_NS after A's ask started */
     a[2].since = a[3].since = pgg__now_ns();
     cr_assert_eq(pthread_create(&t[2], NULL, ask_once, &a[2]), 0);
     await_host_connects(h, before + 2);
     cr_assert_eq(pthread_create(&t[3], NULL, ask_once, &a[3]), 0);
-    while (!atomic_load(&a[0].done) || !atomic_load(&a[1].done) || !atomic_load(&a[2].done) ||
-           !atomic_load(&a[3].done)) {
+    while (!all_done) {
         int connecting = host_connecting(h);
 
         if (connecting > most)
             most = connecting;
+        all_done = true;
+        for (int i = 0; i < 5; i++)
+            all_done &= atomic_load(&a[i].done);
         sleep_ms(1);
     }
-    for (int i = 0; i < 4; i++)
+    for (int i = 0; i < 5; i++)
         pthread_join(t[i], NULL);
     pgh_proxy_set_mode(px, PGH_PROXY_PASS, 0);
-    for (int i = 0; i < 4; i++) {
+    for (int i = 0; i < 5; i++) {
         /* A and C asked (the server's refusal: PGG_ECONNECT at this level,
-         * the pool makes it PGG_EUNAVAILABLE); B and D were told. */
-        cr_expect_eq(a[i].rc, i % 2 ? PGG_EUNAVAILABLE : PGG_ECONNECT, "caller %c: %s %s",
-                     "ABCD"[i], pgg_err_name(a[i].rc), a[i].message);
-        cr_expect_str_eq(a[i].sqlstate, "53300", "caller %c: %s", "ABCD"[i], a[i].message);
+         * the pool makes it PGG_EUNAVAILABLE); B, D and E were told. */
+        cr_expect_eq(a[i].rc, i == 0 || i == 2 ? PGG_ECONNECT : PGG_EUNAVAILABLE,
+                     "caller %c: %s %s", "ABCDE"[i], pgg_err_name(a[i].rc), a[i].message);
+        cr_expect_str_eq(a[i].sqlstate, "53300", "caller %c: %s", "ABCDE"[i], a[i].message);
     }
-    cr_expect_eq(atomic_load(&h->connects) - before, 2, "%llu connects for A, B, C and D",
+    cr_expect_eq(atomic_load(&h->connects) - before, 2, "%llu connects for A, B, C, D and E",
                  (unsigned long long)(atomic_load(&h->connects) - before));
     cr_expect_leq(most, 2, "%d connects at once", most);
     /* Slots free (a backend leaves pg_stat_activity before its slot):
