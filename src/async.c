@@ -133,6 +133,7 @@ struct pgg_async_call {
     pgg_ticket ticket;
     int role;
     int64_t attempt_deadline;
+    int64_t asked; /* CONNECT: the reading its connect was reserved with */
     pgg_link_io io;
     pgg__attempt a;
     ino_t conn_ino;
@@ -1675,7 +1676,7 @@ static void connect_failed_as(pgg_async_call *k, pgg_borrow_fail why)
 
     connect_fd_close(k);
     if (pgg__host_connect_failed(k->h, k->c.err, why == PGG_BORROW_CONNECT,
-                                 k->c.now)) {
+                                 k->asked)) {
         /* Full (53300) while ours work: wait for one of them, no error
          * and no record yet (pgg__host_borrow's rule). */
         pgg__error_reset(k->c.err);
@@ -1938,6 +1939,7 @@ static void borrow(pgg_async_call *k)
         taken(k);
         return;
     }
+    k->asked = now;
     if (pgg__link_connect_start(h->keys, h->vals, h->name, &k->conn,
                                 k->c.err) != PGG_OK) {
         connect_failed(k);

@@ -454,31 +454,34 @@ static int ours(const pgg_host *h)
  * role's limit taken by other clients; 57P03: starting up or shutting
  * down) while none of ours is there has nothing of ours to wait for.  Until
  * a connect succeeds, every connect is an ask of it, and a call:
- *   - hears the refusal of an ask that started no earlier than
- *     PGG_ASK_SHARED_NS before the call came (PGG_EUNAVAILABLE with its
- *     SQLSTATE), without a connect of its own;
- *   - waits for such an ask while it is on its way, within its deadline;
+ *   - hears the refusal of an ask that started after it came (at the same
+ *     reading or later) without a connect of its own (PGG_EUNAVAILABLE with
+ *     its SQLSTATE);
+ *   - waits for such an ask while it is on its way, or for room under
+ *     pool_max, within its deadline;
  *   - else asks itself, at once.
- * So what a call hears is as fresh as what a client that connects on every
- * call (libpq multi-host) learns, to within PGG_ASK_SHARED_NS, and the
- * first call after a slot frees finds it; yet a burst of calls shares one
- * ask, and no call makes more than one, however many threads call (libpq
- * asks once per call and host).  Before, the server was not asked again for 5 ms after a
- * refusal: calls in that window were told an older refusal, the pool asked
- * a full server half as often as libpq's two writers in the fault bench,
- * and its first write after the slots freed came a call period late.  One
- * ask at a time, tried too, cost more than it saved once the machine was
- * loaded: a refused ask took 20-100 ms, and a call that waited for one that
- * started before it came wrote up to 30 ms after libpq's, which asked at
- * once (tests/bench/faults, max-connections, load 10).  Any other outcome
- * ends this: a success, or a failure that is not a capacity refusal (the
- * host's own rules then).  Until a first refusal nobody knows the server
- * refuses: calls connect side by side, as a pool grows.
+ * So no call hears an answer older than itself, as with a client that
+ * connects on every call (libpq multi-host): the first call after a slot
+ * frees finds it.  No call makes more than one ask (so the server forks no
+ * more backends than for such a client), and calls that came before an ask
+ * started share it (an event loop's parked calls).  Measured and left
+ * (tests/bench/faults, max-connections): a pause between asks (5 ms,
+ * before) told calls an older refusal, asked a full server half as often
+ * as libpq's two writers, and wrote first a call period after libpq after
+ * the slots freed; one ask at a time made a call wait for a slow ask that
+ * started before it came (at load 10 a refused ask took 20-100 ms: the
+ * first write up to 30 ms after libpq's); sharing asks that started up to
+ * 1 ms before a call came, at load 30, kept the two writers in step (both
+ * late, both calling at once, both told one refusal), so the pool asked
+ * half as often again.  Any other outcome ends this: a success, or a
+ * failure that is not a capacity refusal (the host's own rules then).
+ * Until a first refusal nobody knows the server refuses: calls connect
+ * side by side, as a pool grows.
  */
 
 /*
  * Under mu, after a connect of ours failed (cerr: why; asked_ns: when it
- * started, or earlier): what the refusal means for the next borrows,
+ * started): what the refusal means for the next borrows,
  * decided once for the blocking borrow and the loop's.  Refused (53300,
  * 57P03) with none of ours there, or while the other connects on their way
  * are asks of a refusing server: "Refused" above; the caller hears it.  The
@@ -528,7 +531,7 @@ static void connected_locked(pgg_host *h)
 static int refusal_error_locked(const pgg_host *h, int64_t now, pgg_error *err)
 {
     return pgg__error_set(err, PGG_EUNAVAILABLE, h->refused_state, h->name,
-                          "%s (asked %.1f ms ago, for this call too)",
+                          "%s (asked %.1f ms ago, after this call came)",
                           h->refused_msg,
                           (double)(now - h->refused_asked_ns) /
                               (double)PGG_NS_PER_MS);
@@ -558,7 +561,7 @@ static bool may_connect_locked(const pgg_host *h, int64_t now)
 typedef enum connect_verdict {
     CONNECT_WAIT,    /* wait: busy, full, or an ask on its way */
     CONNECT_NEW,     /* connect (an ask, when the server is refusing) */
-    CONNECT_REFUSED  /* fail with the refusal of a recent ask */
+    CONNECT_REFUSED  /* fail with the refusal of an ask made for it */
 } connect_verdict;
 
 /* Under mu, for a call that came at since ("Refused"). */
@@ -566,12 +569,13 @@ static connect_verdict connect_verdict_locked(const pgg_host *h, int64_t since,
                                               int64_t now)
 {
     if (h->refused) {
-        int64_t shared = since - PGG_ASK_SHARED_NS;
-
         /* While refusing, every connect on its way is an ask. */
-        return h->refused_asked_ns >= shared                 ? CONNECT_REFUSED
-               : h->n_connecting > 0 && h->last_ask_ns >= shared ? CONNECT_WAIT
-                                                              : CONNECT_NEW;
+        if (h->refused_asked_ns >= since)
+            return CONNECT_REFUSED;
+        return (h->n_connecting > 0 && h->last_ask_ns >= since) ||
+                       h->n_connecting >= h->max
+                   ? CONNECT_WAIT
+                   : CONNECT_NEW;
     }
     return may_connect_locked(h, now) ? CONNECT_NEW : CONNECT_WAIT;
 }
@@ -939,7 +943,7 @@ int pgg__host_connected(pgg_host *h, PGconn *conn, pgg_link **out,
 }
 
 bool pgg__host_connect_failed(pgg_host *h, const pgg_error *err,
-                              bool host_fault, int64_t since)
+                              bool host_fault, int64_t asked_ns)
 {
     bool wait;
 
@@ -947,7 +951,7 @@ bool pgg__host_connect_failed(pgg_host *h, const pgg_error *err,
         atomic_fetch_add(&h->connect_failures, 1);
     pthread_mutex_lock(&h->mu);
     h->n_connecting--;
-    wait = refusal_locked(h, err, since);
+    wait = refusal_locked(h, err, asked_ns);
     if (h->n_waiting > 0)
         pthread_cond_signal(&h->cv); /* the slot is free again */
     pthread_mutex_unlock(&h->mu);

@@ -375,10 +375,6 @@ static inline int pgg__host_borrow(pgg_host *h, int64_t deadline_ns,
     }
 }
 
-/* A call shares an ask of a refusing server that started at most this
- * long before it came (host.c, "Refused"). */
-#define PGG_ASK_SHARED_NS (1 * PGG_NS_PER_MS)
-
 /*
  * For an event loop: never waits, never connects, never validates with a
  * round trip.  PGG_OK with *out: an idle connection (liveness checked
@@ -386,10 +382,10 @@ static inline int pgg__host_borrow(pgg_host *h, int64_t deadline_ns,
  * for a connect the caller makes without blocking; it ends with
  * pgg__host_connected or pgg__host_connect_failed.  PGG_ETIMEDOUT: every
  * connection is busy (pool_max, a full server while ours are out, or an
- * ask of a refusing server on its way), or deadline_ns has passed: nothing
- * is lent then; PGG_ECLOSED; PGG_EUNAVAILABLE: the server refused a
- * session it was asked for at most PGG_ASK_SHARED_NS before since, when
- * the call came (host.c, "Refused").
+ * ask of a refusing server on its way that started after since, when the
+ * call came), or deadline_ns has passed: nothing is lent then;
+ * PGG_ECLOSED; PGG_EUNAVAILABLE: the server refused a session it was asked
+ * for after since (host.c, "Refused").
  */
 int pgg__host_try_borrow(pgg_host *h, int64_t since, int64_t now,
                          int64_t deadline_ns, pgg_link **out, bool *connect,
@@ -400,13 +396,13 @@ int pgg__host_connected(pgg_host *h, PGconn *conn, pgg_link **out,
                         pgg_error *err);
 /* The reserved connect failed (err: why; host_fault: counted as a
  * failed connect, not when its on-connect hook refused a healthy
- * session; since: the call's start, no later than the connect's).  True:
+ * session; asked_ns: the now it was reserved with).  True:
  * the server is full
  * (53300) while sessions of ours are out: the caller waits for one of them
  * to come back (pgg__host_try_borrow again), as pgg__host_borrow does,
  * instead of failing the attempt. */
 bool pgg__host_connect_failed(pgg_host *h, const pgg_error *err,
-                              bool host_fault, int64_t since);
+                              bool host_fault, int64_t asked_ns);
 
 /* Back to the pool if reusable (idle, healthy, young enough), else closed. */
 void pgg__host_give_back(pgg_host *h, pgg_link *l, int64_t now_ns);
