@@ -1369,7 +1369,7 @@ static void print_outages(const run *r)
                 }
             }
             if (isnan(a) || isnan(b)) {
-                printf(" %s-", t ? ", " : "");
+                printf("%s -", t ? "," : "");
                 continue;
             }
             double phase = (PERIOD_MS * t) / THREADS;
