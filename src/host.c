@@ -469,12 +469,13 @@ static int ours(const pgg_host *h)
  * before) told calls an older refusal, asked a full server half as often
  * as libpq's two writers, and wrote first a call period after libpq after
  * the slots freed; one ask at a time made a call wait for a slow ask that
- * started before it came (at load 10 a refused ask took 20-100 ms: the
- * first write up to 30 ms after libpq's); sharing asks that started up to
- * 1 ms before a call came, at load 30, kept the two writers in step (both
- * late, both calling at once, both told one refusal), so the pool asked
- * half as often again.  Any other outcome ends this: a success, or a
- * failure that is not a capacity refusal (the host's own rules then).
+ * started before it came (at load 10, where an ask took up to 113 ms, the
+ * first write came up to 31 ms after libpq's); sharing asks that started
+ * up to 1 ms before a call came, at load 30, kept the two writers in step
+ * (both late, both calling at once, both told one refusal): the pool asked
+ * 40-50 % less often than libpq again.  Any other outcome ends this: a
+ * success, or a failure that is not a capacity refusal (the host's own
+ * rules then).
  * Until a first refusal nobody knows the server refuses: calls connect
  * side by side, as a pool grows.
  */
