@@ -1144,8 +1144,8 @@ int pgg__host_warm(pgg_host *h, int64_t deadline_ns)
         int rc;
 
         pthread_mutex_lock(&h->mu);
-        /* A refusing server is asked by the calls' one probe ("Refused"),
-         * not also for sessions nobody waits for. */
+        /* A refusing server is asked by the calls ("Refused"), not also
+         * for sessions nobody waits for. */
         if (h->closed || h->refused ||
             h->n_idle + parked_count(h) + h->n_kept + h->n_connecting >=
                 h->min_idle ||
