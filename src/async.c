@@ -133,7 +133,8 @@ struct pgg_async_call {
     pgg_ticket ticket;
     int role;
     int64_t attempt_deadline;
-    int64_t connect_at; /* CONNECT, HOOK: when its connect started */
+    int64_t connect_at; /* CONNECT, HOOK: when its connect started (the
+                           reading it was reserved with: its ask's start) */
     pgg_link_io io;
     pgg__attempt a;
     ino_t conn_ino;
@@ -1677,7 +1678,8 @@ static void connect_failed_as(pgg_async_call *k, pgg_borrow_fail why)
     pgg_take t;
 
     connect_fd_close(k);
-    if (pgg__host_connect_failed(k->h, k->c.err, why == PGG_BORROW_CONNECT)) {
+    if (pgg__host_connect_failed(k->h, k->c.err, why == PGG_BORROW_CONNECT,
+                                 k->connect_at)) {
         /* Full (53300) while ours work: wait for one of them, no error
          * and no record yet (pgg__host_borrow's rule). */
         pgg__error_reset(k->c.err);
@@ -1914,8 +1916,8 @@ static void borrow(pgg_async_call *k)
             return;
         }
     }
-    if (pgg__host_try_borrow(h, now, k->attempt_deadline, &k->l, &connect,
-                             k->c.err) != PGG_OK) {
+    if (pgg__host_try_borrow(h, k->c.now, now, k->attempt_deadline, &k->l,
+                             &connect, k->c.err) != PGG_OK) {
         int code = k->c.err->code;
 
         if (code != PGG_ECLOSED && code != PGG_EUNAVAILABLE &&
@@ -1943,7 +1945,8 @@ static void borrow(pgg_async_call *k)
     }
     /* Its bound runs from here (connect_bound), not from the attempt's
      * start: a call parked for a connection may have waited longer than
-     * connect_timeout_ms. */
+     * connect_timeout_ms.  It is also the start of its ask of a refusing
+     * server (host.c). */
     k->connect_at = now;
     if (pgg__link_connect_start(h->keys, h->vals, h->name, &k->conn,
                                 k->c.err) != PGG_OK) {

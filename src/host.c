@@ -448,40 +448,94 @@ static int ours(const pgg_host *h)
 /* How long a host that refused a session as full (53300) gets no new
  * connect attempt while sessions of ours are out to come back. */
 #define FULL_RETRY_NS (100 * PGG_NS_PER_MS)
-/* How long a host that refused a session (53300, 57P03) with none of ours
- * there gets no new connect attempt.  Short: the first call after a slot
- * frees up must find it (libpq multi-host asks on every call), yet a full
- * server is asked at most 200 times a second by a pool, however many
- * threads call (each refused startup costs it a backend fork). */
-#define REFUSED_RETRY_NS (5 * PGG_NS_PER_MS)
 
 /*
- * Under mu, after a connect of ours failed (cerr: why): what the refusal
- * means for the next borrows, decided once for the blocking borrow and the
- * loop's.  The server has no room for another session (53300: its
- * max_connections, or the role's limit) but ours are working: the host is
- * healthy and full; no new connect for FULL_RETRY_NS, and true: the caller
- * waits for one of ours to come back, as at pool_max, rather than fail and
- * count it against the host.  Refused (53300, 57P03) with none of ours
- * there: nothing to wait for; the call hears it now, the next ones, for
- * REFUSED_RETRY_NS, without asking the server again.
+ * Refused.  A server that refused a session (53300: max_connections or the
+ * role's limit taken by other clients; 57P03: starting up or shutting
+ * down) while none of ours is there has nothing of ours to wait for.  Until
+ * a connect succeeds, every connect is an ask of it, and a call:
+ *   - hears the refusal of an ask that started after it came (at the same
+ *     reading or later) without a connect of its own (PGG_EUNAVAILABLE with
+ *     its SQLSTATE);
+ *   - waits for such an ask while it is on its way, or for room under
+ *     pool_max, within its deadline;
+ *   - else asks itself, at once.
+ * So no call hears an answer older than itself, as with a client that
+ * connects on every call (libpq multi-host): the first call after a slot
+ * frees finds it.  No call makes more than one ask (so the server forks no
+ * more backends than for such a client), and calls that came before an ask
+ * started share it (an event loop's parked calls).  Measured and left
+ * (tests/bench/faults, max-connections): a pause between asks (5 ms,
+ * before) told calls an older refusal, asked a full server half as often
+ * as libpq's two writers, and wrote first a call period after libpq after
+ * the slots freed; one ask at a time made a call wait for a slow ask that
+ * started before it came (at load 10, where an ask took up to 113 ms, the
+ * first write came up to 31 ms after libpq's); sharing asks that started
+ * up to 1 ms before a call came, at load 30, kept the two writers in step
+ * (both late, both calling at once, both told one refusal): the pool asked
+ * 40-50 % less often than libpq again.  Any other outcome ends this: a
+ * success, or a failure that is not a capacity refusal (the host's own
+ * rules then).
+ * Until a first refusal nobody knows the server refuses: calls connect
+ * side by side, as a pool grows.
  */
-static bool refusal_locked(pgg_host *h, const pgg_error *cerr)
+
+/*
+ * Under mu, after a connect of ours failed (cerr: why; asked_ns: when it
+ * started): what the refusal means for the next borrows,
+ * decided once for the blocking borrow and the loop's.  Refused (53300,
+ * 57P03) with none of ours there, or while the other connects on their way
+ * are asks of a refusing server: "Refused" above; the caller hears it.  The
+ * server has no room for another session (53300: its max_connections, or
+ * the role's limit) but ours are working: the host is healthy and full; no
+ * new connect for FULL_RETRY_NS, and true: the caller waits for one of ours
+ * to come back, as at pool_max, rather than fail and count it against the
+ * host.  Anything else ends the refusing state.
+ */
+static bool refusal_locked(pgg_host *h, const pgg_error *cerr, int64_t asked_ns)
 {
-    if (ours(h) > 0 && strcmp(cerr->sqlstate, "53300") == 0) {
-        h->full_until_ns = pgg__now_ns() + FULL_RETRY_NS;
-        return true;
-    }
-    if (ours(h) == 0 && pgg__capacity_refusal(cerr->sqlstate)) {
-        h->refused_until_ns = pgg__now_ns() + REFUSED_RETRY_NS;
+    bool capacity = pgg__capacity_refusal(cerr->sqlstate);
+
+    if (capacity && (h->refused || ours(h) == 0)) {
+        if (!h->refused || asked_ns > h->refused_asked_ns)
+            h->refused_asked_ns = asked_ns;
+        h->refused = true;
         pgg__strlcpy(h->refused_state, cerr->sqlstate, sizeof h->refused_state);
         pgg__strlcpy(h->refused_msg, cerr->message, sizeof h->refused_msg);
-        /* Borrowers waiting for the sibling connects that raced this one
-         * (may_connect_locked) hear the refusal now, not at full_until. */
+    } else if (ours(h) > 0 && strcmp(cerr->sqlstate, "53300") == 0) {
+        h->full_until_ns = pgg__now_ns() + FULL_RETRY_NS;
+        return true;
+    } else {
+        h->refused = false;
+    }
+    /* Borrowers waiting for an ask, or for the sibling connects that raced
+     * this one (may_connect_locked), hear the outcome now. */
+    if (h->n_waiting > 0)
+        pthread_cond_broadcast(&h->cv);
+    return false;
+}
+
+/* Under mu: a connect of ours succeeded; the server is not refusing. */
+static void connected_locked(pgg_host *h)
+{
+    h->n_busy++;
+    h->full_until_ns = 0;
+    if (h->refused) {
+        h->refused = false;
+        /* Waiters for an ask connect for themselves now. */
         if (h->n_waiting > 0)
             pthread_cond_broadcast(&h->cv);
     }
-    return false;
+}
+
+/* The refusal told to a call that did not ask itself ("Refused"). */
+static int refusal_error_locked(const pgg_host *h, int64_t now, pgg_error *err)
+{
+    return pgg__error_set(err, PGG_EUNAVAILABLE, h->refused_state, h->name,
+                          "%s (asked %.1f ms ago, after this call came)",
+                          h->refused_msg,
+                          (double)(now - h->refused_asked_ns) /
+                              (double)PGG_NS_PER_MS);
 }
 
 /*
@@ -489,7 +543,7 @@ static bool refusal_locked(pgg_host *h, const pgg_error *cerr)
  * not found full (refusal_locked) moments ago while sessions of ours, busy
  * or still connecting, are out: those are waited for first.  (A refusal
  * that raced sibling connects must not connect again while they run: the
- * last of them to be refused tells every waiter, refused_until_ns.)
+ * last of them to be refused tells every waiter.)
  */
 static bool may_connect_locked(const pgg_host *h, int64_t now)
 {
@@ -502,6 +556,37 @@ static bool may_connect_locked(const pgg_host *h, int64_t now)
     return h->n_busy + h->n_connecting + h->n_idle < h->max &&
            (now >= h->full_until_ns || ours(h) == 0) &&
            h->n_spares <= h->n_waiting;
+}
+
+/* What a borrow that found nothing idle does next (both borrows). */
+typedef enum connect_verdict {
+    CONNECT_WAIT,    /* wait: busy, full, or an ask on its way */
+    CONNECT_NEW,     /* connect (an ask, when the server is refusing) */
+    CONNECT_REFUSED  /* fail with the refusal of an ask made for it */
+} connect_verdict;
+
+/* Under mu, for a call that came at since ("Refused"). */
+static connect_verdict connect_verdict_locked(const pgg_host *h, int64_t since,
+                                              int64_t now)
+{
+    if (h->refused) {
+        /* While refusing, every connect on its way is an ask. */
+        if (h->refused_asked_ns >= since)
+            return CONNECT_REFUSED;
+        return (h->n_connecting > 0 && h->last_ask_ns >= since) ||
+                       h->n_connecting >= h->max
+                   ? CONNECT_WAIT
+                   : CONNECT_NEW;
+    }
+    return may_connect_locked(h, now) ? CONNECT_NEW : CONNECT_WAIT;
+}
+
+/* Under mu: a connect starts now. */
+static void connect_begin_locked(pgg_host *h, int64_t now)
+{
+    h->n_connecting++;
+    if (h->refused)
+        h->last_ask_ns = now;
 }
 
 /*
@@ -525,6 +610,11 @@ static void claim_lost(pgg_host *h)
  * are out) when the caller's wait ends: the error both borrows give. */
 static int busy_error_locked(const pgg_host *h, int64_t now, pgg_error *err)
 {
+    if (h->refused)
+        return pgg__error_set(err, PGG_ETIMEDOUT, NULL, h->name,
+                              "%s refused a session (%s); asked again, it "
+                              "had not answered by the deadline",
+                              h->name, h->refused_state);
     if (now < h->full_until_ns)
         return pgg__error_set(err, PGG_ETIMEDOUT, "53300", h->name,
                               "%s has no room for another session "
@@ -618,6 +708,8 @@ static int borrow_locked(pgg_host *h, int64_t deadline_ns, int64_t now,
 {
     pgg_link *doomed = NULL, *l;
     bool fresh_now = true; /* now is the caller's reading, still good */
+    const int64_t since = now; /* when the call came ("Refused") */
+    connect_verdict verdict;
     int rc;
 
     pthread_mutex_lock(&h->mu);
@@ -670,40 +762,35 @@ static int borrow_locked(pgg_host *h, int64_t deadline_ns, int64_t now,
             *why = PGG_BORROW_EXHAUSTED;
             return rc;
         }
-        if (now < h->refused_until_ns && ours(h) == 0) {
-            int64_t ago = now - (h->refused_until_ns - REFUSED_RETRY_NS);
-
+        verdict = connect_verdict_locked(h, since, now);
+        if (verdict == CONNECT_REFUSED) {
+            rc = refusal_error_locked(h, now, err);
             pthread_mutex_unlock(&h->mu);
             close_list(doomed);
             *why = PGG_BORROW_REFUSED;
-            return pgg__error_set(err, PGG_EUNAVAILABLE, h->refused_state,
-                                  h->name,
-                                  "%s (%.1f ms ago; not asked again yet)",
-                                  h->refused_msg,
-                                  (double)ago / (double)PGG_NS_PER_MS);
+            return rc;
         }
-        if (may_connect_locked(h, now)) {
+        if (verdict != CONNECT_WAIT) {
             pgg_error cerr;
             bool hook_refused = false;
+            int64_t began;
 
             pgg__error_reset(&cerr);
-            h->n_connecting++;
+            connect_begin_locked(h, now);
             claim_lost(h);
+            began = now;
             pthread_mutex_unlock(&h->mu);
             close_list(doomed);
             doomed = NULL;
             rc = connect_new(h, deadline_ns, out, &hook_refused, &cerr);
             pthread_mutex_lock(&h->mu);
             h->n_connecting--;
-            if (rc == PGG_OK) {
-                h->n_busy++;
-                h->full_until_ns = 0;
-                h->refused_until_ns = 0;
-            } else {
+            if (rc == PGG_OK)
+                connected_locked(h);
+            else
                 pthread_cond_signal(&h->cv); /* the slot is free again */
-            }
             /* Full while ours work: wait for one of ours (no error). */
-            if (rc != PGG_OK && refusal_locked(h, &cerr)) {
+            if (rc != PGG_OK && refusal_locked(h, &cerr, began)) {
                 fresh_now = false;
                 continue;
             }
@@ -746,10 +833,12 @@ static int borrow_locked(pgg_host *h, int64_t deadline_ns, int64_t now,
     }
 }
 
-int pgg__host_try_borrow(pgg_host *h, int64_t now, int64_t deadline_ns,
-                         pgg_link **out, bool *connect, pgg_error *err)
+int pgg__host_try_borrow(pgg_host *h, int64_t since, int64_t now,
+                         int64_t deadline_ns, pgg_link **out, bool *connect,
+                         pgg_error *err)
 {
     pgg_link *doomed = NULL, *l;
+    connect_verdict verdict;
 
     *out = NULL;
     *connect = false;
@@ -799,14 +888,16 @@ int pgg__host_try_borrow(pgg_host *h, int64_t now, int64_t deadline_ns,
         close_list(doomed);
         return pgg__error_set(err, PGG_ECLOSED, NULL, h->name, "pool closed");
     }
-    if (now < h->refused_until_ns && ours(h) == 0) {
+    verdict = connect_verdict_locked(h, since, now);
+    if (verdict == CONNECT_REFUSED) {
+        int rc = refusal_error_locked(h, now, err);
+
         pthread_mutex_unlock(&h->mu);
         close_list(doomed);
-        return pgg__error_set(err, PGG_EUNAVAILABLE, h->refused_state, h->name,
-                              "%s (not asked again yet)", h->refused_msg);
+        return rc;
     }
-    if (may_connect_locked(h, now)) {
-        h->n_connecting++;
+    if (verdict != CONNECT_WAIT) {
+        connect_begin_locked(h, now);
         claim_lost(h);
         pthread_mutex_unlock(&h->mu);
         close_list(doomed);
@@ -839,13 +930,10 @@ int pgg__host_connected(pgg_host *h, PGconn *conn, pgg_link **out,
     }
     pthread_mutex_lock(&h->mu);
     h->n_connecting--;
-    if (l) {
-        h->n_busy++;
-        h->full_until_ns = 0;
-        h->refused_until_ns = 0;
-    } else if (h->n_waiting > 0) {
+    if (l)
+        connected_locked(h);
+    else if (h->n_waiting > 0)
         pthread_cond_signal(&h->cv);
-    }
     pthread_mutex_unlock(&h->mu);
     if (!l) {
         PQfinish(conn);
@@ -856,7 +944,7 @@ int pgg__host_connected(pgg_host *h, PGconn *conn, pgg_link **out,
 }
 
 bool pgg__host_connect_failed(pgg_host *h, const pgg_error *err,
-                              bool host_fault)
+                              bool host_fault, int64_t asked_ns)
 {
     bool wait;
 
@@ -864,7 +952,7 @@ bool pgg__host_connect_failed(pgg_host *h, const pgg_error *err,
         atomic_fetch_add(&h->connect_failures, 1);
     pthread_mutex_lock(&h->mu);
     h->n_connecting--;
-    wait = refusal_locked(h, err);
+    wait = refusal_locked(h, err, asked_ns);
     if (h->n_waiting > 0)
         pthread_cond_signal(&h->cv); /* the slot is free again */
     pthread_mutex_unlock(&h->mu);
@@ -952,7 +1040,11 @@ bool pgg__host_adopt(pgg_host *h, PGconn *conn, int64_t now_ns, int max_idle)
     l->next = h->idle;
     h->idle = l;
     h->n_idle++;
-    h->refused_until_ns = 0;
+    if (h->refused) {
+        h->refused = false; /* the server took a session */
+        if (h->n_waiting > 0)
+            pthread_cond_broadcast(&h->cv);
+    }
     atomic_fetch_add(&h->connects, 1);
     if (h->n_waiting > 0)
         pthread_cond_signal(&h->cv);
@@ -1052,7 +1144,9 @@ int pgg__host_warm(pgg_host *h, int64_t deadline_ns)
         int rc;
 
         pthread_mutex_lock(&h->mu);
-        if (h->closed ||
+        /* A refusing server is asked by the calls ("Refused"), not also
+         * for sessions nobody waits for. */
+        if (h->closed || h->refused ||
             h->n_idle + parked_count(h) + h->n_kept + h->n_connecting >=
                 h->min_idle ||
             h->n_busy + h->n_connecting + h->n_idle >= h->max) {

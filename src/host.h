@@ -144,9 +144,13 @@ typedef struct pgg_host {
      * no new connect before this, wait for ours instead (under mu). */
     int64_t full_until_ns;
     /* The server refused a session (53300, 57P03) with none of ours
-     * there: borrows fail at once, without a connect, until this; the
-     * refusal is repeated to them (under mu). */
-    int64_t refused_until_ns;
+     * there, and no connect has succeeded since (under mu).  Meanwhile
+     * every connect on its way is an ask of it (host.c, "Refused"):
+     * last_ask_ns, when the latest started; refused_asked_ns, when the
+     * latest refused one started. */
+    bool refused;
+    int64_t last_ask_ns;
+    int64_t refused_asked_ns;
     char refused_state[6];
     char refused_msg[200];
     int last_error_code;
@@ -377,24 +381,28 @@ static inline int pgg__host_borrow(pgg_host *h, int64_t deadline_ns,
  * without blocking).  PGG_OK with *connect: a connection slot is reserved
  * for a connect the caller makes without blocking; it ends with
  * pgg__host_connected or pgg__host_connect_failed.  PGG_ETIMEDOUT: every
- * connection is busy (pool_max, or a full server while ours are out), or
- * deadline_ns has passed: nothing is lent then; PGG_ECLOSED;
- * PGG_EUNAVAILABLE: the server refused a session moments ago.
+ * connection is busy (pool_max, a full server while ours are out, or an
+ * ask of a refusing server on its way that started after since, when the
+ * call came), or deadline_ns has passed: nothing is lent then;
+ * PGG_ECLOSED; PGG_EUNAVAILABLE: the server refused a session it was asked
+ * for after since (host.c, "Refused").
  */
-int pgg__host_try_borrow(pgg_host *h, int64_t now, int64_t deadline_ns,
-                         pgg_link **out, bool *connect, pgg_error *err);
+int pgg__host_try_borrow(pgg_host *h, int64_t since, int64_t now,
+                         int64_t deadline_ns, pgg_link **out, bool *connect,
+                         pgg_error *err);
 /* The reserved connect succeeded: conn becomes a lent link (NULL and
  * PGG_ENOMEM: closed). */
 int pgg__host_connected(pgg_host *h, PGconn *conn, pgg_link **out,
                         pgg_error *err);
 /* The reserved connect failed (err: why; host_fault: counted as a
  * failed connect, not when its on-connect hook refused a healthy
- * session).  True: the server is full
+ * session; asked_ns: the now it was reserved with).  True:
+ * the server is full
  * (53300) while sessions of ours are out: the caller waits for one of them
  * to come back (pgg__host_try_borrow again), as pgg__host_borrow does,
  * instead of failing the attempt. */
 bool pgg__host_connect_failed(pgg_host *h, const pgg_error *err,
-                              bool host_fault);
+                              bool host_fault, int64_t asked_ns);
 
 /* Back to the pool if reusable (idle, healthy, young enough), else closed. */
 void pgg__host_give_back(pgg_host *h, pgg_link *l, int64_t now_ns);

@@ -1340,6 +1340,47 @@ static void print_goals(const fault *f, const summary *g)
     }
 }
 
+/* Where each writer's outage fell on its schedule, for a verdict decided
+ * by a slot or two: from the start of its first failed write after the
+ * fault to the start of its first success after its last failure (ms from
+ * the reference), the schedule's slots in that span, and the slots the
+ * thread lost (worker_main's count).  Both clients' thread i share their
+ * slots, so a client that loses every slot of the outage differs from the
+ * other only by where its span's ends fall. */
+static void print_outages(const run *r)
+{
+    printf("   write outage per writer (first failure .. first success after the last, ms from "
+           "the reference; slots in the span; slots lost):");
+    for (int cl = 0; cl < CL__N; cl++) {
+        printf("%s %s", cl ? ";" : "", client_name[cl]);
+        for (int t = 0; t < WRITERS; t++) {
+            const worker *w = &r->w[cl][t];
+            double a = NAN, b = NAN;
+            for (size_t i = 0; i < w->n; i++) {
+                const rec *c = &w->recs[i];
+                if (c->start_ms < r->fault_ms)
+                    continue;
+                if (!c->ok) {
+                    if (isnan(a))
+                        a = c->start_ms;
+                    b = NAN;
+                } else if (!isnan(a) && isnan(b)) {
+                    b = c->start_ms;
+                }
+            }
+            if (isnan(a) || isnan(b)) {
+                printf("%s -", t ? "," : "");
+                continue;
+            }
+            double phase = (PERIOD_MS * t) / THREADS;
+            long in = (long)ceil((b - phase) / PERIOD_MS) - (long)ceil((a - phase) / PERIOD_MS);
+            printf("%s %.1f..%.1f %ld %ld", t ? "," : "", a - r->ref_ms, b - r->ref_ms, in,
+                   w->lost);
+        }
+    }
+    printf("\n");
+}
+
 static void print_fault(const run *r, result *res)
 {
     char load[64];
@@ -1406,6 +1447,8 @@ static void print_fault(const run *r, result *res)
     }
     const summary *g = &res->s[CL_GUARD], *l = &res->s[CL_LIBPQ];
     print_goals(res->f, g);
+    if (g->failed_writes || l->failed_writes)
+        print_outages(r);
     long gf = g->lost_slots, lf = l->lost_slots;
     res->failed_ok = gf <= lf;
     /* Only a kind that failed (for either client) has a recovery to time:

@@ -1314,17 +1314,23 @@ Test(async, a_full_server_is_waited_for_on_the_loop)
 
 /*
  * A server with no room and none of the pool's sessions there: calls on
- * the loop are refused at once with PGG_EUNAVAILABLE and the SQLSTATE, as
- * blocking calls are; the breaker stays closed; the server is asked again
- * only after host.c's pause (refused_until_ns), however many calls come:
- * of 12 calls made at once (the bulkhead takes 16), those beyond the
- * first connects are told the refusal without a connect of their own.
+ * the loop are refused with PGG_EUNAVAILABLE and the SQLSTATE, as
+ * blocking calls are; the breaker stays closed; a call hears the refusal
+ * of an ask that started after it came, or asks itself (host.c,
+ * "Refused").  With pool_max=1 and a first refusal learnt, of 12 calls
+ * made at once the first asks as it is made (the loop's borrow runs in
+ * pgg_async_exec) and the 11 others, made after that ask started, park
+ * (no room); when it is refused, the first to look again asks for all of
+ * them (they came before its ask): 2 connects.  A call made after those
+ * refusals asks for itself: it is not told an older refusal (before,
+ * calls within 5 ms of a refusal were, and the first call after a slot
+ * freed found it up to a period late).
  */
-Test(async, a_full_server_with_none_of_ours_is_refused_at_once_and_spaced)
+Test(async, a_full_server_with_none_of_ours_is_asked_by_calls_that_came_after_the_last_ask)
 {
     pgh_cluster *c = cluster_or_die(0);
     char ci[512];
-    pgg_pool *p = pool_limited(c, "pgg_async_cap", 2, NULL, ci, sizeof ci);
+    pgg_pool *p = pool_limited(c, "pgg_async_cap", 2, "pool_max=1", ci, sizeof ci);
     struct event_base *base = event_base_new();
     pgg_async *ac = async_for(p, base);
     PGconn *held[2];
@@ -1340,6 +1346,11 @@ Test(async, a_full_server_with_none_of_ours_is_refused_at_once_and_spaced)
         held[nheld++] = h;
     }
     cr_assert_geq(nheld, 1, "no session left for another client");
+    /* Until a refusal, calls connect side by side as a pool grows: one
+     * first, to learn it. */
+    start_call(ac, PGG_WRITE, "SELECT 1", 1000, 0, &o[0]);
+    run_until(base, o, 1, 5000);
+    cr_expect_eq(o[0].code, PGG_EUNAVAILABLE, "%s %s", pgg_err_name(o[0].code), o[0].message);
     before = host_stats(p, 0).connects;
     for (int i = 0; i < 12; i++)
         start_call(ac, PGG_WRITE, "SELECT 1", 1000, 0, &o[i]);
@@ -1349,11 +1360,18 @@ Test(async, a_full_server_with_none_of_ours_is_refused_at_once_and_spaced)
                      o[i].message);
         cr_expect_str_eq(o[i].sqlstate, "53300", "call %d: %s", i, o[i].message);
     }
-    {
-        uint64_t n = host_stats(p, 0).connects - before;
-        cr_expect_lt(n, 12, "%llu connects for 12 calls refused within moments",
-                     (unsigned long long)n);
-    }
+    cr_expect_eq(host_stats(p, 0).connects - before, 2,
+                 "%llu connects for 12 calls made at once (one as the first was made, one for "
+                 "the 11 that came before it was refused)",
+                 (unsigned long long)(host_stats(p, 0).connects - before));
+    /* Made after every ask above started: asks for itself. */
+    before = host_stats(p, 0).connects;
+    start_call(ac, PGG_WRITE, "SELECT 1", 1000, 0, &o[0]);
+    run_until(base, o, 1, 5000);
+    cr_expect_eq(o[0].code, PGG_EUNAVAILABLE, "%s %s", pgg_err_name(o[0].code), o[0].message);
+    cr_expect_eq(host_stats(p, 0).connects - before, 1,
+                 "a call made after the refusals was told an older one: %llu connects (%s)",
+                 (unsigned long long)(host_stats(p, 0).connects - before), o[0].message);
     expect_hosts_untouched(p);
     for (int i = 0; i < nheld; i++)
         PQfinish(held[i]);

@@ -1055,9 +1055,10 @@ static int sessions_of(pgh_node *n, const char *user)
  * connection limit, as max_connections taken by other clients) and none of
  * the pool's sessions there: the host is alive and answering.  Writes are
  * refused at once with PGG_EUNAVAILABLE and its SQLSTATE, the breaker stays
- * closed however many are refused, and the first write once a slot is free
- * lands (before, three refusals opened the breaker and the first write after
- * the slots freed up met PGG_EOPEN).
+ * closed however many are refused, each write asks the server itself (a
+ * write told an older refusal could miss a slot freed since), and the first
+ * write once a slot is free lands (before, three refusals opened the breaker
+ * and the first write after the slots freed up met PGG_EOPEN).
  */
 Test(recovery, a_full_primary_opens_no_breaker)
 {
@@ -1066,6 +1067,7 @@ Test(recovery, a_full_primary_opens_no_breaker)
     char ci[512];
     PGconn *held[3];
     int nheld = 0;
+    uint64_t before;
 
     cr_assert_eq(pgh_node_exec(n, "DROP ROLE IF EXISTS pgg_rec_cap;"
                                   "CREATE ROLE pgg_rec_cap LOGIN CONNECTION LIMIT 3;"),
@@ -1083,6 +1085,7 @@ Test(recovery, a_full_primary_opens_no_breaker)
         held[nheld++] = h;
     }
     cr_assert_geq(nheld, 1, "no session left for another client");
+    before = host_stats(p, 0).connects;
     for (int i = 0; i < 12; i++) {
         pgg_call call = {.timeout_ms = 1000};
         pgg_error e;
@@ -1094,6 +1097,10 @@ Test(recovery, a_full_primary_opens_no_breaker)
         cr_expect_str_eq(e.sqlstate, "53300", "%s", e.message);
         sleep_ms(2);
     }
+    /* Each came after the last ask had ended: each asked for itself
+     * (host.c, "Refused"), as a client connecting on every call does. */
+    cr_expect_eq(host_stats(p, 0).connects - before, 12, "%llu connects for 12 writes one after another",
+                 (unsigned long long)(host_stats(p, 0).connects - before));
     cr_expect_eq(host_stats(p, 0).state, PGG_BREAKER_CLOSED, "a full primary's breaker: %s",
                  pgg_breaker_state_name(host_stats(p, 0).state));
     expect_hosts_untouched(p);
@@ -1101,7 +1108,7 @@ Test(recovery, a_full_primary_opens_no_breaker)
         PQfinish(held[i]);
     for (int i = 0; i < 500 && sessions_of(n, "pgg_rec_cap") > 1; i++)
         sleep_ms(10);
-    sleep_ms(20); /* past the pause between two connects to a host that refused */
+    sleep_ms(20); /* a backend leaves pg_stat_activity before its slot */
     {
         pgg_call call = {.timeout_ms = 3000};
         pgg_error e;
@@ -1419,6 +1426,168 @@ Test(recovery, two_callers_on_a_full_primary_are_refused_not_timed_out)
         PQfinish(held[i]);
     end_test(p, NULL);
     cr_assert_eq(pgh_node_exec(n, "DROP ROLE pgg_rec_cap2;"), 0);
+    pgh_cluster_free(c);
+}
+
+typedef struct asker {
+    pgg_host *h;
+    int64_t since; /* when the call came, as told to the host (0: now) */
+    int rc;
+    char sqlstate[6];
+    char message[sizeof(pgg_error){0}.message];
+    atomic_bool done;
+} asker;
+
+/* One borrow of a->h, given back at once if it got a session. */
+static void *ask_once(void *arg)
+{
+    asker *a = arg;
+    pgg_borrow_fail why;
+    pgg_error e = {0};
+    pgg_link *l = NULL;
+    int64_t now = a->since ? a->since : pgg__now_ns();
+
+    a->rc = pgg__host_borrow(a->h, pgg__now_ns() + 30 * PGG_NS_PER_SEC, &now, &l, &why, &e);
+    if (l)
+        pgg__host_give_back(a->h, l, pgg__now_ns());
+    snprintf(a->sqlstate, sizeof a->sqlstate, "%s", e.sqlstate);
+    snprintf(a->message, sizeof a->message, "%s", e.message);
+    atomic_store(&a->done, true);
+    return NULL;
+}
+
+/* Under the host's lock: connects on their way. */
+static int host_connecting(pgg_host *h)
+{
+    int n;
+
+    pthread_mutex_lock(&h->mu);
+    n = h->n_connecting;
+    pthread_mutex_unlock(&h->mu);
+    return n;
+}
+
+/* Until h has started its n-th connect (10 s at most): exactly n. */
+static void await_host_connects(pgg_host *h, uint64_t n)
+{
+    for (int i = 0; i < 10000 && atomic_load(&h->connects) < n; i++)
+        sleep_ms(1);
+    cr_assert_eq(atomic_load(&h->connects), n, "%llu connects, not %llu",
+                 (unsigned long long)atomic_load(&h->connects), (unsigned long long)n);
+}
+
+/*
+ * A server that refused a session (53300) with none of the pool's there
+ * (host.c, "Refused"): a caller that came before an ask started (at the
+ * same reading or earlier) waits for that ask and hears its refusal; a
+ * caller that came after the last ask started asks itself at once, beside
+ * the ask on its way.  Here each ask takes a while (a proxy holds every
+ * chunk 250 ms).  A asks; B, who came when A did, waits for A's ask; C,
+ * who came 1 ns after A's ask started, asks; D, who came when C did, waits
+ * for C's.  2 connects, A's and C's, at once; B and D are told the refusal
+ * (PGG_EUNAVAILABLE at this level), A and C hear it from the server.
+ * Before, nobody was asked for 5 ms after a refusal, and calls in that
+ * window were told it.  White box: borrows of the host itself, each
+ * telling when its call came.
+ */
+Test(recovery, a_refusing_server_is_asked_by_calls_that_came_after_the_last_ask)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgh_require_local(c, "a proxy between pgguard and a local primary");
+    pgh_node *n = pgh_cluster_primary(c);
+    char err[256], ci[512], direct[512];
+    pgh_proxy *px = pgh_proxy_start(pgh_node_host(n), pgh_node_port(n), err, sizeof err);
+    PGconn *held[2];
+    int nheld = 0, most = 0;
+    asker a[4];
+    pthread_t t[4];
+    uint64_t before;
+    pgg_host *h;
+    bool all_done = false;
+
+    cr_assert_not_null(px, "%s", err);
+    cr_assert_eq(pgh_node_exec(n, "DROP ROLE IF EXISTS pgg_rec_asked;"
+                                  "CREATE ROLE pgg_rec_asked LOGIN CONNECTION LIMIT 2;"),
+                 0, "%s", pgh_node_error(n));
+    snprintf(ci, sizeof ci, "host=127.0.0.1 port=%d user=pgg_rec_asked dbname=postgres",
+             pgh_proxy_port(px));
+    snprintf(direct, sizeof direct, "host=%s port=%d user=pgg_rec_asked dbname=postgres",
+             pgh_node_host(n), pgh_node_port(n));
+    /* Bounds above the proxy's delays (the health probe's session stays). */
+    pgg_pool *p = pool_for_conninfo(ci, "pool_min_idle=0 connect_timeout_ms=20000 "
+                                        "health_probe_timeout_ms=20000");
+    cr_assert(wait_role(p, 0, PGG_ROLE_PRIMARY, 10000));
+    h = &p->hosts[0];
+    /* The health thread holds one session; another client the rest. */
+    while (nheld < 2) {
+        char why[256];
+        PGconn *hc = pgh_connect(direct, 5000, NULL, why, sizeof why);
+        if (!hc)
+            break;
+        held[nheld++] = hc;
+    }
+    cr_assert_geq(nheld, 1, "no session left for another client");
+    pgg__host_trim(h, pgg__now_ns(), true);
+    /* A first refusal: the pool learns the server is refusing. */
+    a[0] = (asker){.h = h};
+    ask_once(&a[0]);
+    cr_assert_str_eq(a[0].sqlstate, "53300", "%s %s", pgg_err_name(a[0].rc), a[0].message);
+    pgh_proxy_set_mode(px, PGH_PROXY_DELAY, 250);
+    before = atomic_load(&h->connects);
+    for (int i = 0; i < 4; i++)
+        a[i] = (asker){.h = h};
+    /* A's borrow starts its ask with the reading it was given. */
+    a[0].since = a[1].since = pgg__now_ns();
+    a[2].since = a[3].since = a[0].since + 1;
+    cr_assert_eq(pthread_create(&t[0], NULL, ask_once, &a[0]), 0);
+    await_host_connects(h, before + 1);
+    cr_assert_eq(pthread_create(&t[1], NULL, ask_once, &a[1]), 0);
+    cr_assert_eq(pthread_create(&t[2], NULL, ask_once, &a[2]), 0);
+    await_host_connects(h, before + 2);
+    cr_assert_eq(pthread_create(&t[3], NULL, ask_once, &a[3]), 0);
+    while (!all_done) {
+        int connecting = host_connecting(h);
+
+        if (connecting > most)
+            most = connecting;
+        all_done = true;
+        for (int i = 0; i < 4; i++)
+            all_done &= atomic_load(&a[i].done);
+        sleep_ms(1);
+    }
+    for (int i = 0; i < 4; i++)
+        pthread_join(t[i], NULL);
+    pgh_proxy_set_mode(px, PGH_PROXY_PASS, 0);
+    for (int i = 0; i < 4; i++) {
+        /* A and C asked (the server's refusal: PGG_ECONNECT at this level,
+         * the pool makes it PGG_EUNAVAILABLE); B and D were told. */
+        cr_expect_eq(a[i].rc, i % 2 ? PGG_EUNAVAILABLE : PGG_ECONNECT, "caller %c: %s %s",
+                     "ABCD"[i], pgg_err_name(a[i].rc), a[i].message);
+        cr_expect_str_eq(a[i].sqlstate, "53300", "caller %c: %s", "ABCD"[i], a[i].message);
+    }
+    cr_expect_eq(atomic_load(&h->connects) - before, 2, "%llu connects for A, B, C and D",
+                 (unsigned long long)(atomic_load(&h->connects) - before));
+    cr_expect_leq(most, 2, "%d connects at once", most);
+    /* Slots free (a backend leaves pg_stat_activity before its slot):
+     * each caller asks, and one gets a session. */
+    for (int i = 0; i < nheld; i++)
+        PQfinish(held[i]);
+    for (int i = 0; i < 500; i++) {
+        uint64_t asked = atomic_load(&h->connects);
+
+        a[0] = (asker){.h = h};
+        ask_once(&a[0]);
+        cr_assert_eq(atomic_load(&h->connects) - asked, 1, "a caller did not ask: %s",
+                     a[0].message);
+        if (a[0].rc == PGG_OK || strcmp(a[0].sqlstate, "53300") != 0)
+            break;
+        sleep_ms(10);
+    }
+    cr_expect_eq(a[0].rc, PGG_OK, "no caller got a session once slots were free: %s",
+                 a[0].message);
+    end_test(p, NULL);
+    pgh_proxy_free(px);
+    cr_assert_eq(pgh_node_exec(n, "DROP ROLE pgg_rec_asked;"), 0);
     pgh_cluster_free(c);
 }
 
