@@ -47,7 +47,8 @@ static bool side_step(pgg_pool *pool, pgg_host *h, pgg_link *l, const pgg_query 
                       bool any_answer, int64_t deadline, PGresult **res,
                       pgg_attempt_end *end, pgg_error *err)
 {
-    pgg__link_exec_wd(pool->watchdog, l->conn, sq, deadline, h->name, res, end, err);
+    pgg__link_exec_mode(pool->watchdog, l->conn, sq, deadline, 0, &l->recv_mode,
+                        h->name, res, end, err);
     /* any_answer (DEALLOCATE): the server answered; a statement already
      * gone is as good as deallocated. */
     if (*end == PGG_END_RESULT &&
@@ -71,8 +72,8 @@ static int run_exec(pgg_pool *pool, pgg_host *h, pgg_link *l,
                     PGresult **res, pgg_attempt_end *end, pgg_error *err)
 {
     if (!q->vis)
-        return pgg__link_exec_at(pool->watchdog, l->conn, q, deadline, now,
-                                 h->name, res, end, err);
+        return pgg__link_exec_mode(pool->watchdog, l->conn, q, deadline, now,
+                                   &l->recv_mode, h->name, res, end, err);
     return pgg__vis_exec(pool, h, l, q, deadline, res, end, err);
 }
 

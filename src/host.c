@@ -280,6 +280,9 @@ static int connect_new(pgg_host *h, int64_t deadline_ns, pgg_link **out,
         PQfinish(conn);
         return pgg__error_set(err, PGG_ENOMEM, NULL, h->name, "out of memory");
     }
+    /* The hook read on it as it liked (link.h's recv wait). */
+    if (h->on_connect && (h->on_connect->sql || h->on_connect->fn))
+        l->recv_mode = PGG_RECV_NEVER;
     now = pgg__now_ns();
     l->conn = conn;
     l->expires_ns = pgg__link_expiry(h, now);

@@ -63,6 +63,9 @@ typedef struct pgg_link {
      * (pool.c exec_at): the answer stands, the session is never lent again
      * (the one-shot attempt and pgg__host_give_back discard it). */
     bool ended;
+    /* Its socket's mode for the wait in recv (link.h): one-shot calls
+     * pass it to the exec; every other use makes it PGG_RECV_NEVER. */
+    pgg_recv_mode recv_mode;
     struct pgg_link *next;
 } pgg_link;
 

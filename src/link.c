@@ -1,6 +1,7 @@
 #include "link.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <poll.h>
 #include <pthread.h>
@@ -8,6 +9,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
 #include <time.h>
 
 #include "cancel.h"
@@ -351,8 +354,19 @@ int pgg__link_exec_at(pgg_watchdog *wd, PGconn *conn, const pgg_query *q,
 {
     ExecStatusType status;
 
-    return pgg__link_exec_inline(wd, conn, q, deadline_ns, now, host, out, end,
-                                 err, &status);
+    return pgg__link_exec_inline(wd, conn, q, deadline_ns, now, NULL, host,
+                                 out, end, err, &status);
+}
+
+int pgg__link_exec_mode(pgg_watchdog *wd, PGconn *conn, const pgg_query *q,
+                        int64_t deadline_ns, int64_t now, pgg_recv_mode *mode,
+                        const char *host, PGresult **out, pgg_attempt_end *end,
+                        pgg_error *err)
+{
+    ExecStatusType status;
+
+    return pgg__link_exec_inline(wd, conn, q, deadline_ns, now, mode, host,
+                                 out, end, err, &status);
 }
 
 int pgg__link_exec_wd(pgg_watchdog *wd, PGconn *conn, const pgg_query *q,
@@ -369,8 +383,8 @@ int pgg__link_wait(PGconn *conn, int64_t deadline_ns, const char *host,
     ExecStatusType status;
 
     *out = NULL;
-    return pgg__link_wait_under(NULL, conn, deadline_ns, 0, false, host, out,
-                                end, err, &status);
+    return pgg__link_wait_under(NULL, conn, deadline_ns, 0, false, NULL, host,
+                                out, end, err, &status);
 }
 
 int pgg__link_wait_wd(pgg_watchdog *wd, PGconn *conn, int64_t deadline_ns,
@@ -380,8 +394,8 @@ int pgg__link_wait_wd(pgg_watchdog *wd, PGconn *conn, int64_t deadline_ns,
     ExecStatusType status;
 
     *out = NULL;
-    return pgg__link_wait_under(wd, conn, deadline_ns, 0, false, host, out,
-                                end, err, &status);
+    return pgg__link_wait_under(wd, conn, deadline_ns, 0, false, NULL, host,
+                                out, end, err, &status);
 }
 
 int pgg__link_io_deadline(pgg_link_io *io, const char *host, PGresult **out,
@@ -401,6 +415,87 @@ int pgg__link_io_step(PGconn *conn, pgg_link_io *io, int revents,
                       pgg_error *err, int *rc)
 {
     return pgg__link_io_advance(conn, io, revents, host, out, end, err, rc);
+}
+
+/* ------------------------------------------------ the wait in recv */
+
+_Atomic uint64_t pgg__link_slice_deadline_count;
+
+uint64_t pgg__link_slice_deadlines(void)
+{
+    return atomic_load(&pgg__link_slice_deadline_count);
+}
+
+bool pgg__link_recv_on(PGconn *conn, pgg_recv_mode *mode)
+{
+    int fd = PQsocket(conn), fl;
+
+    if (*mode == PGG_RECV_CLEAN) {
+        struct timeval tv = {.tv_sec = PGG_LINK_SLICE_MS / 1000,
+                             .tv_usec = PGG_LINK_SLICE_MS % 1000 * 1000};
+
+        /* SSL and GSS read through their own layers (SSL_read may want to
+         * write, and says "want read" for part of a record): not proven
+         * safe blocking, so they keep the poll. */
+        if (fd < 0 || PQsslInUse(conn) || PQgssEncInUse(conn) ||
+            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) != 0 ||
+            setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) != 0) {
+            *mode = PGG_RECV_NEVER;
+            return false;
+        }
+    }
+    fl = fcntl(fd, F_GETFL);
+    if (fl < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) != 0) {
+        *mode = PGG_RECV_NEVER;
+        return false;
+    }
+    *mode = PGG_RECV_ON;
+    return true;
+}
+
+void pgg__link_recv_off(PGconn *conn, pgg_recv_mode *mode, bool never)
+{
+    if (!mode)
+        return;
+    if (*mode == PGG_RECV_ON) {
+        int fd = PQsocket(conn), fl = fd < 0 ? -1 : fcntl(fd, F_GETFL);
+
+        /* A socket we cannot make non-blocking again is one libpq no
+         * longer has (closed): nothing more reads it. */
+        if (fl >= 0)
+            (void)fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+        *mode = never ? PGG_RECV_NEVER : PGG_RECV_PAUSED;
+    } else if (never) {
+        *mode = PGG_RECV_NEVER;
+    }
+}
+
+/* The bytes a query's messages take, roughly from above (lengths, types,
+ * formats and the fixed parts). */
+#define QUERY_SMALL_MAX PGG_LINK_QUERY_SMALL
+
+bool pgg__link_query_small_params(const pgg_query *q)
+{
+    size_t n = 64;
+
+    if (q->sql && !q->stmt_name)
+        n += strnlen(q->sql, QUERY_SMALL_MAX);
+    else if (q->sql && q->prepare)
+        n += strnlen(q->sql, QUERY_SMALL_MAX) + 4 * (size_t)q->nparams;
+    if (q->stmt_name)
+        n += strnlen(q->stmt_name, QUERY_SMALL_MAX);
+    for (int i = 0; i < q->nparams && n <= QUERY_SMALL_MAX && q->values &&
+                    !q->prepare;
+         i++) {
+        n += 10 + 4; /* its length word, a format, a type */
+        if (!q->values[i])
+            continue;
+        if (q->formats && q->formats[i] && q->lengths)
+            n += q->lengths[i] > 0 ? (size_t)q->lengths[i] : 0;
+        else
+            n += strnlen(q->values[i], QUERY_SMALL_MAX);
+    }
+    return n <= QUERY_SMALL_MAX;
 }
 
 /* ----------------------------------------------------------- liveness */

@@ -15,6 +15,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "cancel.h"
 #include "classify.h"
@@ -286,6 +287,92 @@ bool pgg__link_statement_gone(const PGresult *res);
 /* Socket waits that their own backstop timeout ended because the watchdog
  * had not yet (a late watchdog thread); for tests and diagnosis. */
 uint64_t pgg__link_backstops(void);
+
+/* ------------------------------------------------ the wait in recv
+ *
+ * A pooled connection that only ever served one-shot calls waits for its
+ * answer in libpq's own recv (issue 10): its socket is blocking, with
+ * SO_RCVTIMEO and SO_SNDTIMEO of one slice, so after the send
+ * PQconsumeInput sleeps in recv until the answer comes (send + recv: one
+ * syscall fewer than PQexec's send + poll + recv, and the slice is a
+ * timer-wheel timer, not poll's high-resolution one: tests/bench/bench-poll)
+ * or until the slice ends (recv fails with EAGAIN, which libpq takes for
+ * "nothing yet").  The clock is read only after an empty slice.  A slice
+ * starts only while more than a slice and its lateness are left before the
+ * deadline; the rest of the wait is the poll under the watchdog as before,
+ * so the deadline, the watchdog and its cancel stay as they were, and the
+ * watchdog never covers libpq's recv (libpq may close its socket there:
+ * the watchdog could then shut down a reused descriptor).
+ *
+ * Blocking is safe only while every libpq read on the socket either waits
+ * for us (a slice) or finds data that is there: libpq's pqReadData reads
+ * again without a poll once it holds more than 32 KB (its buffer must have
+ * grown past 40 KB for that), which would wait a whole slice for bytes
+ * that never come.  libpq's input buffer starts at 16 KB and grows only
+ * for a message that one read did not bring whole.  So the blocking mode
+ * lasts only while every answer came in one read: the first answer that
+ * needed a second read (or a query that did not all leave at once), and
+ * any use of the connection other than a one-shot call (a lease's raw
+ * PGconn, the event loop, pipelining, read-your-writes pipelines,
+ * libpqtypes' registrations), make it non-blocking for good
+ * (PGG_RECV_NEVER).  Waits with a cancel token poll (the token's fire
+ * shuts the socket down under the watchdog), and SSL or GSS connections
+ * never block (their reads are not libpq's plain recv).  Idle connections
+ * read only what poll shows (pgg__link_alive), which never blocks.
+ */
+typedef signed char pgg_recv_mode;
+enum {
+    /* Non-blocking, and never to block again. */
+    PGG_RECV_NEVER = -1,
+    /* Non-blocking, no timeouts set yet; every answer so far came in one
+     * read (a new connection: calloc's 0). */
+    PGG_RECV_CLEAN = 0,
+    /* Blocking, with the slice's timeouts. */
+    PGG_RECV_ON = 1,
+    /* Non-blocking since a call whose query may not leave in one send
+     * (pgg__link_query_small), until the next whose query does; timeouts
+     * set, every answer in one read. */
+    PGG_RECV_PAUSED = 2,
+};
+
+/* The slice, and how late its timer-wheel timer may end it (a jiffy of
+ * rounding and one of expiry at HZ=100; bench-poll measured 3-8 ms at
+ * HZ=250 under load 28). */
+#define PGG_LINK_SLICE_MS 20
+#define PGG_LINK_SLICE_LATE_MS 20
+#define PGG_LINK_SLICE_NS                                                     \
+    ((int64_t)(PGG_LINK_SLICE_MS + PGG_LINK_SLICE_LATE_MS) * PGG_NS_PER_MS)
+
+/* CLEAN or PAUSED -> ON (the socket blocking, the timeouts set once);
+ * false (and NEVER) for an SSL or GSS connection or a failed syscall. */
+bool pgg__link_recv_on(PGconn *conn, pgg_recv_mode *mode);
+/* ON -> non-blocking again: PAUSED, or NEVER when never; CLEAN -> NEVER
+ * when never.  A NULL mode does nothing. */
+void pgg__link_recv_off(PGconn *conn, pgg_recv_mode *mode, bool never);
+/* Does q leave in one send of at most 8000 bytes (libpq flushes its
+ * output only at 8192, and a send that small into the empty send buffer
+ * of an idle connection does not block)?  Inline for a plain SQL text. */
+bool pgg__link_query_small_params(const pgg_query *q);
+#define PGG_LINK_QUERY_SMALL 8000
+static inline bool pgg__link_query_small(const pgg_query *q)
+{
+    if (q->nparams == 0 && !q->stmt_name)
+        return strnlen(q->sql, PGG_LINK_QUERY_SMALL) <
+               PGG_LINK_QUERY_SMALL - 64;
+    return pgg__link_query_small_params(q);
+}
+
+/* Waits that ended at the deadline on the clock read after a slice (a
+ * slice the scheduler ended late), not in the poll: for tests, as
+ * pgg__link_backstops. */
+extern _Atomic uint64_t pgg__link_slice_deadline_count;
+uint64_t pgg__link_slice_deadlines(void);
+
+/* pgg__link_exec_at with the connection's recv mode (NULL: none, poll). */
+int pgg__link_exec_mode(pgg_watchdog *wd, PGconn *conn, const pgg_query *q,
+                        int64_t deadline_ns, int64_t now, pgg_recv_mode *mode,
+                        const char *host, PGresult **out, pgg_attempt_end *end,
+                        pgg_error *err);
 
 /* ------------------------------------------- the blocking exec, inline
  *
@@ -567,27 +654,62 @@ __attribute__((always_inline))
 static inline int pgg__link_collect(pgg_wd_slot *slot,
                                     const pgg_cancel *cancel, PGconn *conn,
                                     int64_t deadline_ns, int64_t now,
-                                    bool sent, const char *host,
-                                    PGresult **out, pgg_attempt_end *end,
-                                    pgg_error *err, ExecStatusType *status)
+                                    bool sent, pgg_recv_mode *mode,
+                                    const char *host, PGresult **out,
+                                    pgg_attempt_end *end, pgg_error *err,
+                                    ExecStatusType *status)
 {
     pgg_link_io io = {.keep = NULL, .flushed = false, .sent = sent};
     int rc = PGG_OK, waits = 0, ev = 0, want;
+    bool slice = false;
 
     /* *out is NULL already (the send's, or the callers' below). */
     while ((want = pgg__link_io_advance(conn, &io, ev, host, out, end, err,
                                         &rc)) != 0) {
+        if (mode && *mode != PGG_RECV_NEVER) {
+            /* The answer is not whole after a read that brought data (a
+             * slice that ended empty left errno EAGAIN: libpq's recv
+             * wrapper sets errno, 0 after data), or the query has not
+             * all left: libpq's buffer may grow from here (see above). */
+            if (want != POLLIN || (ev > 0 && !(slice && errno == EAGAIN)))
+                pgg__link_recv_off(conn, mode, true);
+            else if (!cancel && *mode != PGG_RECV_PAUSED) {
+                if (slice || !now)
+                    now = pgg__now_ns();
+                if (slice && now >= deadline_ns) {
+                    atomic_fetch_add_explicit(&pgg__link_slice_deadline_count,
+                                              1, memory_order_relaxed);
+                    goto deadline;
+                }
+                if (deadline_ns - now > PGG_LINK_SLICE_NS &&
+                    (*mode == PGG_RECV_ON || pgg__link_recv_on(conn, mode))) {
+                    /* The next advance's PQconsumeInput waits in recv. */
+                    slice = true;
+                    ev = POLLIN;
+                    errno = 0;
+                    continue;
+                }
+            }
+        }
+        if (slice) {
+            /* From slices to the poll: the clock decides first (as for a
+             * second wait). */
+            slice = false;
+            waits = 1;
+        }
         ev = pgg__link_wait_next(slot, cancel, PQsocket(conn), (short)want,
                                  deadline_ns, &now, &waits);
-        if (ev == 0) {
-            *status = PGRES_FATAL_ERROR;
-            return pgg__link_io_deadline(&io, host, out, end, err);
-        }
+        if (ev == 0)
+            goto deadline;
     }
     /* The result's status as io_advance asked it, for the caller's verdict
      * (keep_status stays that of the result handed out in *out). */
     *status = *out ? io.keep_status : PGRES_FATAL_ERROR;
     return rc;
+
+deadline:
+    *status = PGRES_FATAL_ERROR;
+    return pgg__link_io_deadline(&io, host, out, end, err);
 }
 
 /* sent: the query was sent just now, by us (see pgg_link_io.sent). */
@@ -596,9 +718,10 @@ __attribute__((always_inline))
 #endif
 static inline int pgg__link_wait_under(pgg_watchdog *wd, PGconn *conn,
                                        int64_t deadline_ns, int64_t now,
-                                       bool sent, const char *host,
-                                       PGresult **out, pgg_attempt_end *end,
-                                       pgg_error *err, ExecStatusType *status)
+                                       bool sent, pgg_recv_mode *mode,
+                                       const char *host, PGresult **out,
+                                       pgg_attempt_end *end, pgg_error *err,
+                                       ExecStatusType *status)
 {
     pgg_wd_slot *slot = wd ? pgg__watchdog_claim(wd) : NULL;
     pgg_cancel *cancel = slot ? pgg__cancel_cur : NULL;
@@ -606,8 +729,8 @@ static inline int pgg__link_wait_under(pgg_watchdog *wd, PGconn *conn,
 
     if (cancel)
         pgg__watchdog_set_cancel(slot, pgg__cancel_flag(cancel));
-    rc = pgg__link_collect(slot, cancel, conn, deadline_ns, now, sent, host,
-                           out, end, err, status);
+    rc = pgg__link_collect(slot, cancel, conn, deadline_ns, now, sent, mode,
+                           host, out, end, err, status);
     pgg__watchdog_release(slot);
     return rc;
 }
@@ -622,18 +745,32 @@ __attribute__((always_inline))
 static inline int pgg__link_exec_inline(pgg_watchdog *wd, PGconn *conn,
                                         const pgg_query *q,
                                         int64_t deadline_ns, int64_t now,
+                                        pgg_recv_mode *mode,
                                         const char *host, PGresult **out,
                                         pgg_attempt_end *end, pgg_error *err,
                                         ExecStatusType *status)
 {
-    int rc = pgg__link_send_checked(conn, q, host, out, end, err);
+    int rc;
+
+    /* A blocking send must not wait: a query that may not leave at once
+     * goes out non-blocking (and its wait polls); the next that does
+     * blocks again. */
+    if (mode && *mode > PGG_RECV_CLEAN) {
+        bool small = pgg__link_query_small(q);
+
+        if (*mode == PGG_RECV_ON && !small)
+            pgg__link_recv_off(conn, mode, false);
+        else if (*mode == PGG_RECV_PAUSED && small)
+            (void)pgg__link_recv_on(conn, mode);
+    }
+    rc = pgg__link_send_checked(conn, q, host, out, end, err);
 
     if (rc != PGG_OK) {
         *status = PGRES_FATAL_ERROR;
         return rc;
     }
-    return pgg__link_wait_under(wd, conn, deadline_ns, now, true, host, out,
-                                end, err, status);
+    return pgg__link_wait_under(wd, conn, deadline_ns, now, true, mode, host,
+                                out, end, err, status);
 }
 
 #endif

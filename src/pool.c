@@ -127,6 +127,9 @@ static inline pgg_take taken(pgg_pool *pool, pgg_host *h, pgg_intent intent,
 pgg_take pgg__pool_taken(pgg_pool *pool, pgg_host *h, pgg_intent intent,
                          pgg_link **l, pgg_ticket ticket, int64_t start)
 {
+    /* The event loop's: it reads without blocking (link.h's recv wait). */
+    if (*l)
+        pgg__link_recv_off((*l)->conn, &(*l)->recv_mode, true);
     return taken(pool, h, intent, l, &ticket, start);
 }
 
@@ -231,7 +234,14 @@ pgg_take pgg__pool_take(pgg_pool *pool, pgg_host *h, pgg_intent intent,
                         int64_t deadline, int64_t now, pgg_link **l,
                         pgg_ticket *ticket, bool *rejected, pgg_error *err)
 {
-    return take_at(pool, h, intent, deadline, &now, l, ticket, rejected, err);
+    pgg_take t = take_at(pool, h, intent, deadline, &now, l, ticket, rejected,
+                         err);
+
+    /* A lease's raw PGconn, pipelining, the sampler: they read without
+     * blocking (link.h's recv wait). */
+    if (*l)
+        pgg__link_recv_off((*l)->conn, &(*l)->recv_mode, true);
+    return t;
 }
 
 /*
@@ -249,7 +259,8 @@ static bool prepare_on(pgg_watchdog *wd, pgg_link *l, const pgg_stmt *stmt,
                     .stmt_name = stmt->name,
                     .prepare = true};
 
-    pgg__link_exec_wd(wd, l->conn, &pq, deadline, host, res, end, err);
+    pgg__link_exec_mode(wd, l->conn, &pq, deadline, 0, &l->recv_mode, host,
+                        res, end, err);
     if (*end != PGG_END_RESULT || PQresultStatus(*res) != PGRES_COMMAND_OK)
         return false;
     PQclear(*res);
@@ -283,7 +294,8 @@ static void exec_registered(pgg_pool *pool, pgg_host *h, pgg_link *l,
          * (now, as exec_at's). */
         if (!q->vis)
             pgg__link_exec_inline(pool->watchdog, l->conn, q, deadline, now,
-                                  h->name, res, end, err, &status);
+                                  &l->recv_mode, h->name, res, end, err,
+                                  &status);
         else
             pgg__vis_exec(pool, h, l, q, deadline, res, end, err);
         if (*end != PGG_END_RESULT || !pgg__link_statement_gone(*res))
@@ -589,7 +601,7 @@ static inline pgg_verdict exec_at(pgg_pool *pool, pgg_host *h, pgg_link **lp,
          * whose first wait takes our reading of the clock, and which
          * asked the result's status already. */
         pgg__link_exec_inline(pool->watchdog, l->conn, q, deadline, now,
-                              h->name, res, end, err, &status);
+                              &l->recv_mode, h->name, res, end, err, &status);
     } else {
         pgg__vis_exec(pool, h, l, q, deadline, res, end, err);
         status = PQresultStatus(*res); /* read for a result only */

@@ -191,6 +191,8 @@ int pgg__types_prepare(pgg_types *t, pgg_link *l, int64_t deadline_ns,
     pthread_mutex_unlock(&t->mu);
     if (rc)
         return PGG_OK; /* up to date: no lock taken again */
+    /* libpqtypes reads through libpq itself (link.h's recv wait). */
+    pgg__link_recv_off(l->conn, &l->recv_mode, true);
     for (;;) {
         rc = pgg__types_step(t, l, host, &sent, err);
         if (rc != PGG_OK || !sent)

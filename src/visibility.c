@@ -1335,11 +1335,13 @@ int pgg__vis_exec(pgg_pool *pool, pgg_host *h, pgg_link *l,
                   const pgg_query *q, int64_t deadline, PGresult **out,
                   pgg_attempt_end *end, pgg_error *err)
 {
-    if (q->vis && q->vis->is_sample)
+    if (!q->vis || (!q->vis->is_sample && pgg__vis_plain(pool, h, q)))
+        return pgg__link_exec_mode(pool->watchdog, l->conn, q, deadline, 0,
+                                   &l->recv_mode, h->name, out, end, err);
+    /* Pipelines read without blocking (link.h's recv wait). */
+    pgg__link_recv_off(l->conn, &l->recv_mode, true);
+    if (q->vis->is_sample)
         return exec_sample(l, q, deadline, h->name, out, end, err);
-    if (!q->vis || pgg__vis_plain(pool, h, q))
-        return pgg__link_exec_wd(pool->watchdog, l->conn, q, deadline,
-                                 h->name, out, end, err);
     if (q->vis->want_lsn)
         return exec_write(l, q, deadline, h->name, out, end, err);
     return exec_checked(pool, h, l, q, deadline, out, end, err);
