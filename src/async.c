@@ -666,6 +666,24 @@ static inline void flush_spare(pgg_async *ac)
         flush_pipes(ac);
 }
 
+/*
+ * Before the loop waits again (the end of an event's handling): empty
+ * pipes go back, and kept connections get their look (kept_check) armed
+ * if it is not.  Armed here, not when a connection is kept: a call started
+ * in the callback of the one before takes the connection back at once,
+ * and a look armed for that instant would find nothing kept and leave
+ * none armed (handle_timer) for those kept when such a stream stops.
+ */
+static inline void before_wait(pgg_async *ac)
+{
+    flush_spare(ac);
+    if (ac->kept && ac->keep_check_at == INT64_MAX) {
+        /* The head is the one kept last. */
+        ac->keep_check_at = ac->kept->kept_at + KEEP_CHECK_NS;
+        want_timer(ac, ac->keep_check_at);
+    }
+}
+
 /* May k's connection be lent again after its query?  A pooled one was
  * reusable when lent, and only a read-your-writes exec may change its
  * modes (pipeline) on the loop: then only its session's state is asked
@@ -703,10 +721,7 @@ static bool keep_spare(pgg_async_call *k)
     if (!ac->kept_on)
         kept_register(ac);
     pgg__host_kept(k->h, 1);
-    if (ac->keep_check_at == INT64_MAX) {
-        ac->keep_check_at = k->a.ended + KEEP_CHECK_NS;
-        want_timer(ac, ac->keep_check_at);
-    }
+    /* Its look is armed before the loop waits (before_wait). */
     k->sock = NULL;
     k->l = NULL;
     return true;
@@ -2077,7 +2092,7 @@ void pgg_async_handle_read(pgg_async_sock *s)
     pgg_async *ac = s->ac;
 
     on_ready(s, POLLIN);
-    flush_spare(ac);
+    before_wait(ac);
 }
 
 void pgg_async_handle_write(pgg_async_sock *s)
@@ -2085,7 +2100,7 @@ void pgg_async_handle_write(pgg_async_sock *s)
     pgg_async *ac = s->ac;
 
     on_ready(s, POLLOUT);
-    flush_spare(ac);
+    before_wait(ac);
 }
 
 /* The wait of k ended without the socket (its deadline, or a cancel):
@@ -2176,6 +2191,10 @@ void pgg_async_handle_timer(pgg_async *ac)
     }
     if (ac->kept && now >= ac->keep_check_at)
         kept_check(ac, now);
+    else if (!ac->kept)
+        ac->keep_check_at = INT64_MAX; /* armed by the next keep (before_wait) */
+    else if (ac->keep_check_at == INT64_MAX)
+        ac->keep_check_at = now + KEEP_CHECK_NS; /* kept by this firing's calls */
     flush_spare(ac);
     rearm(ac);
 }
@@ -2191,7 +2210,7 @@ void pgg_async_cancel(pgg_async_call *k)
     if (k->state != ST_DONE)
         expire(k);
     settle(k); /* ends it: the path sees the fired handle */
-    flush_spare(ac);
+    before_wait(ac);
 }
 
 /* --------------------------------------------------------------- start */
