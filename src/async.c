@@ -49,6 +49,19 @@
 #include "typed.h"
 #include "types.h"
 
+/*
+ * The small functions of a call's usual path, each called once per call
+ * by the one before it (on_ready, complete, finish; attempt_start, taken,
+ * io_sent), inlined into their callers: a function call costs ~14
+ * instructions of prologue and epilogue, and the loop driver's calls made
+ * ~190 of its ~700 per call (bench-async under callgrind).
+ */
+#if defined(__GNUC__)
+#define HOT static inline __attribute__((always_inline))
+#else
+#define HOT static inline
+#endif
+
 enum {
     ST_IDLE,
     ST_BACK,
@@ -837,7 +850,7 @@ static bool sock_want(pgg_async_call *k, int fd, int want, int64_t until)
 /* ------------------------------------------------------------ attempts */
 
 static void drive(pgg_async_call *k);
-static void io_sent(pgg_async_call *k);
+HOT void io_sent(pgg_async_call *k);
 static void exec_start(pgg_async_call *k);
 static int64_t connect_bound(const pgg_async_call *k);
 static int connect_fd(pgg_async_call *k);
@@ -1081,7 +1094,7 @@ static void io(pgg_async_call *k, int revents)
  * pgg__link_send: its first step pushes it out and waits for the socket
  * without parsing first, since no answer can be in libpq's buffer before
  * the server has it all (pgg_link_io.sent). */
-static void io_sent(pgg_async_call *k)
+HOT void io_sent(pgg_async_call *k)
 {
     pgg_async_sock *s = k->sock;
 
@@ -1621,7 +1634,7 @@ static void no_loop_fd(pgg_async_call *k)
     k->state = ST_IDLE;
 }
 
-static void taken(pgg_async_call *k)
+HOT void taken(pgg_async_call *k)
 {
     if (pgg__pool_taken(k->c.pool, k->h, k->c.intent, &k->l, k->ticket,
                         k->c.now) != PGG_TAKE_OK) {
@@ -1895,7 +1908,7 @@ static void admit(pgg_async_call *k)
 }
 
 /* Start an attempt on h. */
-static void attempt_start(pgg_async_call *k, pgg_host *h)
+HOT void attempt_start(pgg_async_call *k, pgg_host *h)
 {
     k->h = h;
     k->l = NULL;
@@ -1988,7 +2001,7 @@ static void unlink_call(pgg_async_call *k)
 }
 
 /* Run the callback and free the call. */
-static void complete(pgg_async_call *k)
+HOT void complete(pgg_async_call *k)
 {
     pgg_async *ac = k->ac;
     PGresult *res = k->res;
@@ -1998,6 +2011,14 @@ static void complete(pgg_async_call *k)
     call_free(ac, k);
 }
 
+/* The path is over for k: its outcome, its callback due. */
+HOT void finish(pgg_async_call *k)
+{
+    k->res = pgg__call_finish(&k->c);
+    k->state = ST_DONE;
+    k->wait_until = 0; /* complete() runs it, or the timer */
+}
+
 /* Advance k through the steps that need no wait, until it waits or ends. */
 static void drive(pgg_async_call *k)
 {
@@ -2005,15 +2026,12 @@ static void drive(pgg_async_call *k)
     int64_t dl;
 
     while (k->state == ST_IDLE) {
-        /* Served: next and again would each say so first (call.c); the
-         * usual end of a call asks neither. */
+        /* Served: next and again would each say so first (call.c). */
         h = k->c.served ? NULL : pgg__call_next(&k->c, &dl);
         if (!h) {
             if (!k->c.served && pgg__call_again(&k->c))
                 continue;
-            k->res = pgg__call_finish(&k->c);
-            k->state = ST_DONE;
-            k->wait_until = 0; /* complete() runs it, or the timer */
+            finish(k);
             return;
         }
         k->attempt_deadline = dl;
@@ -2028,16 +2046,15 @@ static void settle(pgg_async_call *k)
     const pgg_host *gave = k->unpark ? k->h : NULL;
 
     k->unpark = false;
-    drive(k);
+    /* The usual end of a call (served), without drive's loop. */
+    if (k->state == ST_IDLE && k->c.served)
+        finish(k);
+    else
+        drive(k);
     if (k->state == ST_DONE)
         complete(k);
     if (gave)
         unpark(ac, gave);
-}
-
-static void advance(pgg_async_call *k)
-{
-    settle(k);
 }
 
 /* A connection to h came back: the oldest call parked on h (the list's
@@ -2057,7 +2074,7 @@ static void unpark(pgg_async *ac, const pgg_host *h)
     settle(k);
 }
 
-static void on_ready(pgg_async_sock *s, int revents)
+HOT void on_ready(pgg_async_sock *s, int revents)
 {
     pgg_async_call *k = s->call;
 
@@ -2084,7 +2101,7 @@ static void on_ready(pgg_async_sock *s, int revents)
     default:
         return;
     }
-    advance(k);
+    settle(k);
 }
 
 void pgg_async_handle_read(pgg_async_sock *s)
