@@ -1223,10 +1223,13 @@ static pgg_pool *pool_limited(pgh_cluster *c, const char *user, int limit, const
     return p;
 }
 
-/* Four chains of eight reads: each callback starts its chain's next read. */
+/* A chain of reads: each callback starts its chain's next read, left more. */
 typedef struct chain {
     pgg_async *ac;
     int left, failed, code;
+    const char *sql; /* NULL: SELECT pg_sleep(0.03) */
+    int timeout_ms;  /* 0: 3000 */
+    int done;        /* callbacks run */
     char message[512];
 } chain;
 
@@ -1239,6 +1242,7 @@ static void on_chain(pgg_async *ac, PGresult *res, const pgg_info *info,
 
     (void)ac;
     (void)info;
+    ch->done++;
     if (!res) {
         ch->failed++;
         ch->code = err->code;
@@ -1250,7 +1254,7 @@ static void on_chain(pgg_async *ac, PGresult *res, const pgg_info *info,
 
 static void chain_next(chain *ch)
 {
-    pgg_call call = {.timeout_ms = 3000};
+    pgg_call call = {.timeout_ms = ch->timeout_ms ? ch->timeout_ms : 3000};
     pgg_error e;
     int rc;
 
@@ -1258,8 +1262,8 @@ static void chain_next(chain *ch)
         return;
     ch->left--;
     loop_guard_on();
-    rc = pgg_async_exec(ch->ac, PGG_READ, "SELECT pg_sleep(0.03)", &call, on_chain, ch, NULL,
-                        &e);
+    rc = pgg_async_exec(ch->ac, PGG_READ, ch->sql ? ch->sql : "SELECT pg_sleep(0.03)", &call,
+                        on_chain, ch, NULL, &e);
     loop_guard_off();
     cr_assert_eq(rc, PGG_OK, "%s", e.message);
 }
@@ -2293,6 +2297,58 @@ Test(async, a_kept_connection_goes_back_to_another_loops_parked_call)
     run_until(base, &o, 1, 10000);
     cr_assert_eq(o.code, PGG_OK, "this loop's call: %s", o.message);
     loop_guard_check("another loop's parked call");
+    pgg_async_free(ac);
+    event_base_free(base);
+    end_test(p, c);
+}
+
+/*
+ * A loop whose calls each start in the callback of the one before keeps
+ * its connection only from one call's end to the next one's start: its
+ * 2 ms looks at the kept connections, whenever they come, find none.
+ * When the stream stops, the connection stays kept, and the looks must go
+ * on: a blocking call on another thread waiting for the one connection
+ * (pool_max=1) gets it.  With the look armed only while one was kept at
+ * the previous look, the loop's timer would next fire at its calls' 30 s
+ * deadline, and the other thread's call would fail at its 3 s.
+ */
+Test(async, a_connection_kept_after_a_stream_of_chained_calls_still_goes_back)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, "pool_max=1 pool_min_idle=0 breaker.mode=disabled");
+    struct event_base *base = event_base_new();
+    pgg_async *ac = async_for(p, base);
+    const int many = 1000000;
+    chain ch = {.ac = ac, .left = many, .sql = "SELECT 1", .timeout_ms = 30000};
+    blocking_call b = {.p = p};
+    pthread_t th;
+    double start = pgh_now_ms(), first = 0;
+    int started;
+
+    chain_next(&ch);
+    /* Several looks' worth of chained calls after the first one's end (each
+     * look finds none kept). */
+    while (ch.failed == 0 && (first == 0 || pgh_now_ms() - first < 30) &&
+           pgh_now_ms() - start < 10000) {
+        loop_once(base, EVLOOP_ONCE);
+        if (ch.done > 0 && first == 0)
+            first = pgh_now_ms();
+    }
+    started = many - ch.left;
+    ch.left = 0; /* the stream stops */
+    while (ch.done < started && pgh_now_ms() - start < 20000)
+        loop_once(base, EVLOOP_ONCE);
+    cr_assert_eq(ch.failed, 0, "a chained call failed: %s", ch.message);
+    cr_assert_gt(ch.done, 1, "no stream of calls");
+    cr_assert_eq(pgg__async_kept(ac), 1, "the connection was not kept");
+    cr_assert_eq(pthread_create(&th, NULL, blocking_main, &b), 0);
+    while (!__atomic_load_n(&b.done, __ATOMIC_SEQ_CST))
+        loop_once(base, EVLOOP_NONBLOCK);
+    pthread_join(th, NULL);
+    cr_expect_eq(b.code, PGG_OK, "the other thread's call: %s %s", pgg_err_name(b.code),
+                 b.message);
+    cr_expect_eq(pgg__async_kept(ac), 0, "still kept");
+    loop_guard_check("a stream of chained calls");
     pgg_async_free(ac);
     event_base_free(base);
     end_test(p, c);
