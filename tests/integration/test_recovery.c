@@ -2116,6 +2116,23 @@ static void on_open(const pgg_event *ev, void *ud)
     pthread_mutex_unlock(&o->mu);
 }
 
+/* The breaker's event is told after its state changes, on the thread that
+ * changed it (which first closes the host's connections): a test that saw
+ * the state must wait for the event, up to ms. */
+static void wait_opened(opened_by *o, int ms)
+{
+    for (int i = 0; i < ms; i++) {
+        int n;
+
+        pthread_mutex_lock(&o->mu);
+        n = o->opened;
+        pthread_mutex_unlock(&o->mu);
+        if (n > 0)
+            return;
+        sleep_ms(1);
+    }
+}
+
 /* Two writers at once, each one statement under a 300 ms deadline. */
 typedef struct writer {
     pgg_pool *p;
@@ -2259,6 +2276,7 @@ Test(recovery, a_hung_primary_met_by_a_pipelined_statement_is_silent)
     cr_assert_gt(pgg__pipes_sent(p->pipes), piped0, "the read was not pipelined");
     cr_expect(wait_state(p, 0, PGG_BREAKER_OPEN, 5000), "breaker %s after the probe's bound",
               pgg_breaker_state_name(host_stats(p, 0).state));
+    wait_opened(&o, 5000);
     pthread_mutex_lock(&o.mu);
     cr_expect_eq(o.opened, 1);
     cr_expect_str_eq(o.reason, "host-silent");
@@ -2340,6 +2358,7 @@ Test(recovery, a_connect_into_a_hang_after_a_wait_for_a_connection_is_silence)
     cr_expect_eq(w.code, PGG_ETIMEDOUT, "the call: %s (%s)", pgg_err_name(w.code), w.message);
     cr_expect(wait_state(p, 0, PGG_BREAKER_OPEN, 5000), "breaker %s after the probe's bound",
               pgg_breaker_state_name(host_stats(p, 0).state));
+    wait_opened(&o, 5000);
     pthread_mutex_lock(&o.mu);
     cr_expect_eq(o.opened, 1);
     cr_expect_str_eq(o.reason, "host-silent");
@@ -2612,6 +2631,7 @@ Test(recovery, a_hung_primary_is_silent_though_calls_there_were_cancelled_or_fou
     cr_expect_gt(h.ignored, before.ignored, "no ignored outcome during the probe");
     cr_expect(wait_state(p, 0, PGG_BREAKER_OPEN, 8000), "breaker %s after the probe's bound",
               pgg_breaker_state_name(host_stats(p, 0).state));
+    wait_opened(&o, 5000);
     pthread_mutex_lock(&o.mu);
     cr_expect_eq(o.opened, 1);
     cr_expect_str_eq(o.reason, "host-silent");
