@@ -1229,6 +1229,8 @@ typedef struct chain {
     int left, failed, code;
     const char *sql; /* NULL: SELECT pg_sleep(0.03) */
     int timeout_ms;  /* 0: 3000 */
+    bool primary;    /* PGG_READ_PRIMARY (else PGG_READ: in external mode a
+                        replica may serve) */
     int done;        /* callbacks run */
     char message[512];
 } chain;
@@ -1262,7 +1264,7 @@ static void chain_next(chain *ch)
         return;
     ch->left--;
     loop_guard_on();
-    rc = pgg_async_exec(ch->ac, PGG_READ, ch->sql ? ch->sql : "SELECT pg_sleep(0.03)", &call,
+    rc = pgg_async_exec(ch->ac, ch->primary ? PGG_READ_PRIMARY : PGG_READ, ch->sql ? ch->sql : "SELECT pg_sleep(0.03)", &call,
                         on_chain, ch, NULL, &e);
     loop_guard_off();
     cr_assert_eq(rc, PGG_OK, "%s", e.message);
@@ -2319,7 +2321,10 @@ Test(async, a_connection_kept_after_a_stream_of_chained_calls_still_goes_back)
     struct event_base *base = event_base_new();
     pgg_async *ac = async_for(p, base);
     const int many = 1000000;
-    chain ch = {.ac = ac, .left = many, .sql = "SELECT 1", .timeout_ms = 30000};
+    /* On the primary, whose one connection the blocking call (a write)
+     * waits for: in external mode the cluster has replicas. */
+    chain ch = {.ac = ac, .left = many, .sql = "SELECT 1", .timeout_ms = 30000,
+                .primary = true};
     blocking_call b = {.p = p};
     pthread_t th;
     double start = pgh_now_ms(), first = 0;
