@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "async.h"
+#include "link_util.h"
 #include "pool.h"
 #include "pool_util.h"
 #include "pgguard/adapters/libevent.h"
@@ -2572,6 +2573,46 @@ Test(async, a_context_freed_on_another_thread_leaves_its_loop_thread_nothing_sta
     PQclear(r);
     pthread_join(th, NULL);
     cr_expect_eq(sleeper.code, PGG_OK, "the other thread's call: %s", sleeper.message);
+    event_base_free(base);
+    end_test(p, c);
+}
+
+/*
+ * One-shot calls leave their connection blocking (the wait in recv,
+ * link.h); the loop must never get it so: libpq's reads there would
+ * block the loop up to a slice.  pool_max=1: the loop's call runs on the
+ * very connection the blocking calls used, and once given back it is
+ * non-blocking for good.
+ */
+Test(async, a_connection_one_shot_calls_left_blocking_is_non_blocking_after_the_loop)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, "pool_max=1 pool_min_idle=0 breaker.mode=disabled "
+                              "read_your_writes=off");
+    struct event_base *base = event_base_new();
+    pgg_async *ac = async_for(p, base);
+    outcome o = {0};
+    pgg_link *l;
+
+    for (int i = 0; i < 3; i++)
+        cr_assert_eq(read_ok(p, PGG_WRITE, "SELECT 1", 0), 0);
+    l = only_link(p);
+    cr_assert_not_null(l);
+    cr_expect_eq(l->recv_mode, PGG_RECV_ON, "one-shot calls did not wait in recv");
+    cr_expect(socket_blocking(l->conn));
+
+    o.started = pgh_now_ms();
+    cr_assert_eq(pgg_async_exec(ac, PGG_WRITE, "SELECT 2", NULL, on_done, &o, NULL, NULL),
+                 PGG_OK);
+    run_until(base, &o, 1, 10000);
+    cr_assert_eq(o.code, PGG_OK, "the loop's call: %s", o.message);
+    pgg_async_give_back(ac);
+    l = only_link(p);
+    cr_assert_not_null(l, "the connection did not come back");
+    cr_expect_eq(l->recv_mode, PGG_RECV_NEVER, "the loop's connection may block again");
+    cr_expect_not(socket_blocking(l->conn), "a connection the loop used is blocking");
+    cr_assert_eq(read_ok(p, PGG_WRITE, "SELECT 1", 0), 0);
+    pgg_async_free(ac);
     event_base_free(base);
     end_test(p, c);
 }

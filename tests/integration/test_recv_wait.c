@@ -8,20 +8,8 @@
  * many slices still gets its answer, and a hung server still costs a call
  * its deadline plus the bound the watchdog's tests allow.
  */
-#include <fcntl.h>
-
-#include "host.h"
-#include "link.h"
-#include "pool.h"
+#include "link_util.h"
 #include "pool_util.h"
-
-static bool blocking(PGconn *conn)
-{
-    int fl = fcntl(PQsocket(conn), F_GETFL);
-
-    cr_assert_geq(fl, 0);
-    return !(fl & O_NONBLOCK);
-}
 
 static PGconn *connect_to(pgh_cluster *c)
 {
@@ -66,13 +54,13 @@ Test(recv_wait, a_one_shot_call_waits_in_recv_and_slow_and_large_answers_arrive)
     PGresult *r;
     int rc;
 
-    cr_expect_not(blocking(conn), "a new connection is non-blocking");
+    cr_expect_not(socket_blocking(conn), "a new connection is non-blocking");
     r = exec_mode(conn, "SELECT 1", 5000, &m, &rc, &e);
     cr_assert_eq(rc, PGG_OK, "%s", e.message);
     cr_expect_str_eq(PQgetvalue(r, 0, 0), "1");
     PQclear(r);
     cr_expect_eq(m, PGG_RECV_ON, "a small answer in one read: the blocking mode stays");
-    cr_expect(blocking(conn));
+    cr_expect(socket_blocking(conn));
 
     /* Many slices (20 ms each) without an answer: each ends empty, none
      * ends the blocking mode. */
@@ -81,7 +69,7 @@ Test(recv_wait, a_one_shot_call_waits_in_recv_and_slow_and_large_answers_arrive)
     cr_expect_str_eq(PQgetvalue(r, 0, 1), "slow");
     PQclear(r);
     cr_expect_eq(m, PGG_RECV_ON, "empty slices left the blocking mode");
-    cr_expect(blocking(conn));
+    cr_expect(socket_blocking(conn));
 
     /* A row of 200 kB: more than one read, and libpq's buffer grows. */
     r = exec_mode(conn, "SELECT repeat('x', 200000)", 5000, &m, &rc, &e);
@@ -89,7 +77,7 @@ Test(recv_wait, a_one_shot_call_waits_in_recv_and_slow_and_large_answers_arrive)
     cr_expect_eq(PQgetlength(r, 0, 0), 200000);
     PQclear(r);
     cr_expect_eq(m, PGG_RECV_NEVER, "an answer in several reads ended the blocking mode");
-    cr_expect_not(blocking(conn));
+    cr_expect_not(socket_blocking(conn));
 
     /* Never again blocking, and still correct. */
     r = exec_mode(conn, "SELECT 2", 5000, &m, &rc, &e);
@@ -97,7 +85,7 @@ Test(recv_wait, a_one_shot_call_waits_in_recv_and_slow_and_large_answers_arrive)
     cr_expect_str_eq(PQgetvalue(r, 0, 0), "2");
     PQclear(r);
     cr_expect_eq(m, PGG_RECV_NEVER);
-    cr_expect_not(blocking(conn));
+    cr_expect_not(socket_blocking(conn));
     PQfinish(conn);
 
     /* Many small rows over 32 kB on a connection in the blocking mode. */
@@ -112,7 +100,7 @@ Test(recv_wait, a_one_shot_call_waits_in_recv_and_slow_and_large_answers_arrive)
     cr_expect_str_eq(PQgetvalue(r, 19999, 1), "row 20000");
     PQclear(r);
     cr_expect_eq(m, PGG_RECV_NEVER);
-    cr_expect_not(blocking(conn));
+    cr_expect_not(socket_blocking(conn));
     PQfinish(conn);
 
     /* A query too large for one send goes out non-blocking, and the next
@@ -136,10 +124,10 @@ Test(recv_wait, a_one_shot_call_waits_in_recv_and_slow_and_large_answers_arrive)
     cr_expect_str_eq(PQgetvalue(r, 0, 0), "100000");
     PQclear(r);
     cr_expect_eq(m, PGG_RECV_PAUSED, "a large query left the socket blocking");
-    cr_expect_not(blocking(conn));
+    cr_expect_not(socket_blocking(conn));
     PQclear(exec_mode(conn, "SELECT 1", 5000, &m, &rc, &e));
     cr_expect_eq(m, PGG_RECV_ON);
-    cr_expect(blocking(conn));
+    cr_expect(socket_blocking(conn));
     PQfinish(conn);
     pgh_cluster_free(c);
     cr_expect_eq(pgh_leak_check(), 0, "memory leaked (report above)");
@@ -191,20 +179,6 @@ Test(recv_wait, a_hung_server_costs_a_call_its_deadline_plus_a_tick_at_most)
     end_test(p, c);
 }
 
-/* The one connection of a pool_max=1 host, idle (parked or listed). */
-static pgg_link *the_link(pgg_pool *p)
-{
-    pgg_host *h = &p->hosts[0];
-
-    for (int i = 0; i < PGG_PARK_SLOTS; i++) {
-        pgg_link *l = atomic_load(&h->park[i].link);
-
-        if (l)
-            return l;
-    }
-    return h->idle;
-}
-
 Test(recv_wait, a_connection_lent_to_a_lease_is_non_blocking_for_good)
 {
     pgh_cluster *c = cluster_or_die(0);
@@ -216,14 +190,14 @@ Test(recv_wait, a_connection_lent_to_a_lease_is_non_blocking_for_good)
 
     for (int i = 0; i < 3; i++)
         cr_assert_eq(read_ok(p, PGG_WRITE, "SELECT 1", 0), 0);
-    l = the_link(p);
+    l = only_link(p);
     cr_assert_not_null(l);
     cr_expect_eq(l->recv_mode, PGG_RECV_ON, "one-shot calls did not wait in recv");
-    cr_expect(blocking(l->conn));
+    cr_expect(socket_blocking(l->conn));
 
     lease = pgg_acquire(p, PGG_WRITE, 0, NULL, &e);
     cr_assert_not_null(lease, "%s", e.message);
-    cr_expect_not(blocking(pgg_lease_conn(lease)), "a lease's PGconn is blocking");
+    cr_expect_not(socket_blocking(pgg_lease_conn(lease)), "a lease's PGconn is blocking");
     /* The raw PGconn as a user drives it, non-blocking. */
     cr_assert(PQsendQuery(pgg_lease_conn(lease), "SELECT 7"));
     while ((r = PQgetResult(pgg_lease_conn(lease))) != NULL) {
@@ -234,9 +208,9 @@ Test(recv_wait, a_connection_lent_to_a_lease_is_non_blocking_for_good)
     pgg_release(lease);
 
     cr_assert_eq(read_ok(p, PGG_WRITE, "SELECT 1", 0), 0);
-    l = the_link(p);
+    l = only_link(p);
     cr_assert_not_null(l);
     cr_expect_eq(l->recv_mode, PGG_RECV_NEVER, "the lease's connection blocks again");
-    cr_expect_not(blocking(l->conn));
+    cr_expect_not(socket_blocking(l->conn));
     end_test(p, c);
 }
