@@ -10,6 +10,7 @@
 #include "host.h"
 #include "link.h"
 #include "pool.h"
+#include "pool_util.h"
 
 /* Is the connection's socket in blocking mode (the wait in recv, link.h)? */
 static inline bool socket_blocking(PGconn *conn)
@@ -33,6 +34,21 @@ static inline pgg_link *only_link(pgg_pool *p)
             return l;
     }
     return h->idle;
+}
+
+/* Three one-shot calls on a pool_max=1 pool: its one connection is left
+ * waiting in recv (blocking).  Returns it, idle. */
+static inline pgg_link *link_left_blocking(pgg_pool *p)
+{
+    pgg_link *l;
+
+    for (int i = 0; i < 3; i++)
+        cr_assert_eq(read_ok(p, PGG_WRITE, "SELECT 1", 0), 0);
+    l = only_link(p);
+    cr_assert_not_null(l);
+    cr_expect_eq(l->recv_mode, PGG_RECV_ON, "one-shot calls did not wait in recv");
+    cr_expect(socket_blocking(l->conn));
+    return l;
 }
 
 #endif

@@ -2594,12 +2594,7 @@ Test(async, a_connection_one_shot_calls_left_blocking_is_non_blocking_after_the_
     outcome o = {0};
     pgg_link *l;
 
-    for (int i = 0; i < 3; i++)
-        cr_assert_eq(read_ok(p, PGG_WRITE, "SELECT 1", 0), 0);
-    l = only_link(p);
-    cr_assert_not_null(l);
-    cr_expect_eq(l->recv_mode, PGG_RECV_ON, "one-shot calls did not wait in recv");
-    cr_expect(socket_blocking(l->conn));
+    link_left_blocking(p);
 
     o.started = pgh_now_ms();
     cr_assert_eq(pgg_async_exec(ac, PGG_WRITE, "SELECT 2", NULL, on_done, &o, NULL, NULL),

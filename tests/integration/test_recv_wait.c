@@ -188,12 +188,7 @@ Test(recv_wait, a_connection_lent_to_a_lease_is_non_blocking_for_good)
     pgg_link *l;
     PGresult *r;
 
-    for (int i = 0; i < 3; i++)
-        cr_assert_eq(read_ok(p, PGG_WRITE, "SELECT 1", 0), 0);
-    l = only_link(p);
-    cr_assert_not_null(l);
-    cr_expect_eq(l->recv_mode, PGG_RECV_ON, "one-shot calls did not wait in recv");
-    cr_expect(socket_blocking(l->conn));
+    link_left_blocking(p);
 
     lease = pgg_acquire(p, PGG_WRITE, 0, NULL, &e);
     cr_assert_not_null(lease, "%s", e.message);
