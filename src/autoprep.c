@@ -192,15 +192,21 @@ static void entry_remove(pgg_autoprep *ap, int i)
     ap->free_head = i;
 }
 
-static bool same_query(const entry *e, uint64_t hash, const char *sql, int nparams,
-                       const Oid *types)
+/* The same SQL text and parameter types (the hash, when known, first). */
+static bool same_text(const entry *e, const char *sql, int nparams, const Oid *types)
 {
-    if (e->hash != hash || e->nparams != nparams || e->has_types != (types != NULL))
+    if (e->nparams != nparams || e->has_types != (types != NULL))
         return false;
     if (types && nparams > 0 &&
         memcmp(e->types, types, (size_t)nparams * sizeof *types) != 0)
         return false;
     return strcmp(e->sql, sql) == 0;
+}
+
+static bool same_query(const entry *e, uint64_t hash, const char *sql, int nparams,
+                       const Oid *types)
+{
+    return e->hash == hash && same_text(e, sql, nparams, types);
 }
 
 /* A new tracked entry for q, or -1 (no memory). */
@@ -252,6 +258,15 @@ pgg_autoprep_step pgg__autoprep_lookup(pgg_autoprep *ap, const pgg_query *q,
     if (ap->off || !q->sql || q->stmt || q->stmt_name || q->prepare ||
         (q->nparams == 0 && !q->types))
         return PGG_AUTOPREP_PLAIN;
+    /* The prepared statement run last, run again (the common caller repeats
+     * one): told by its text alone, without measuring and hashing it, and
+     * already first in its list. */
+    i = ap->prepared.head;
+    if (i >= 0 && same_text(&ap->e[i], q->sql, q->nparams, q->types)) {
+        *name = ap->e[i].name;
+        ap->last = i;
+        return PGG_AUTOPREP_RUN;
+    }
     len = strlen(q->sql);
     hash = hash_query(q->sql, len, q->nparams, q->nparams > 0 ? q->types : NULL);
     for (i = ap->bucket[hash & ap->mask]; i >= 0; i = ap->e[i].chain)

@@ -1,7 +1,8 @@
 /*
  * A one-shot call under auto_prepare (autoprep_exec.h): through its
  * connection's statement cache (autoprep.c), plain, by name, or prepared
- * first.  Apart from the cache because it runs on the pool (its watchdog,
+ * first; the exec between the two halves is the attempt's own (pool.c),
+ * inline.  Apart from the cache because it runs on the pool (its watchdog,
  * its config, read-your-writes' exec) while the cache belongs to each
  * connection, below the host that frees it.
  */
@@ -65,53 +66,41 @@ static bool side_step(pgg_pool *pool, pgg_host *h, pgg_link *l, const pgg_query 
     return false;
 }
 
-/* The exec itself, as pgg__vis_exec runs it: without read-your-writes
- * needs (q->vis NULL) that is the plain exec, which takes now (0: none). */
-static int run_exec(pgg_pool *pool, pgg_host *h, pgg_link *l,
-                    const pgg_query *q, int64_t deadline, int64_t now,
-                    PGresult **res, pgg_attempt_end *end, pgg_error *err)
-{
-    if (!q->vis)
-        return pgg__link_exec_mode(pool->watchdog, l->conn, q, deadline, now,
-                                   &l->recv_mode, h->name, res, end, err);
-    return pgg__vis_exec(pool, h, l, q, deadline, res, end, err);
-}
-
-int pgg__autoprep_exec(pgg_pool *pool, pgg_host *h, pgg_link *l, const pgg_query *q,
-                       int64_t deadline, int64_t now, PGresult **res,
-                       pgg_attempt_end *end, pgg_error *err)
+const pgg_query *pgg__autoprep_begin(pgg_pool *pool, pgg_host *h, pgg_link *l,
+                                    const pgg_query *q, pgg_query *named,
+                                    int64_t deadline, int64_t *now,
+                                    bool *cached, PGresult **res,
+                                    pgg_attempt_end *end, pgg_error *err)
 {
     pgg_autoprep_step step;
     const char *name, *evict;
-    pgg_query run;
-    bool all_gone = false;
-    int rc;
 
+    *cached = false;
     /* In a transaction block (a lease's), a statement the server refuses
      * by name (26000, 0A000 after DDL) aborts the transaction, and running
      * it again plain would only fail with 25P02: there the call runs as
      * it is, as if auto_prepare were off. */
     if (PQtransactionStatus(l->conn) != PQTRANS_IDLE)
-        return pgg__vis_exec(pool, h, l, q, deadline, res, end, err);
+        return q;
     if (!l->autoprep)
         l->autoprep = pgg__autoprep_new(pool->cfg->auto_prepare);
     if (!l->autoprep)
-        return pgg__vis_exec(pool, h, l, q, deadline, res, end, err);
+        return q;
     step = pgg__autoprep_lookup(l->autoprep, q, pool->cfg->auto_prepare_after, &name,
                                 &evict);
     if (evict) {
         char sql[64];
         pgg_query dq = {.sql = sql};
 
-        now = 0; /* a round trip of ours before the exec */
+        *now = 0; /* a round trip of ours before the exec */
         snprintf(sql, sizeof sql, "DEALLOCATE %s", evict);
         if (!side_step(pool, h, l, &dq, true, deadline, res, end, err)) {
             pgg__autoprep_prepared(l->autoprep, false);
-            return err ? err->code : PGG_ESERVER;
+            return NULL;
         }
     }
     if (step == PGG_AUTOPREP_PLAIN)
-        return run_exec(pool, h, l, q, deadline, now, res, end, err);
+        return q;
     if (step == PGG_AUTOPREP_PREPARE) {
         pgg_query pq = {.sql = q->sql,
                         .nparams = q->nparams,
@@ -133,44 +122,50 @@ int pgg__autoprep_exec(pgg_pool *pool, pgg_host *h, pgg_link *l, const pgg_query
             *res = NULL;
             if (err)
                 pgg__error_reset(err);
-            return pgg__vis_exec(pool, h, l, q, deadline, res, end, err);
+            *now = 0;
+            return q;
         }
         if (!ok)
-            return err ? err->code : PGG_ESERVER;
-        if ((now = pgg__now_ns()) >= deadline) {
+            return NULL;
+        if ((*now = pgg__now_ns()) >= deadline) {
             *end = PGG_END_EXPIRED;
-            return pgg__error_set(err, PGG_ETIMEDOUT, NULL, h->name,
-                                  "deadline exceeded while preparing the "
-                                  "statement (auto_prepare); not sent");
+            pgg__error_set(err, PGG_ETIMEDOUT, NULL, h->name,
+                           "deadline exceeded while preparing the "
+                           "statement (auto_prepare); not sent");
+            return NULL;
         }
     }
-    run = *q;
-    run.stmt_name = name;
-    rc = run_exec(pool, h, l, &run, deadline, now, res, end, err);
-    if (step == PGG_AUTOPREP_RUN && *end == PGG_END_RESULT &&
-        run_again_plain(*res, &all_gone)) {
-        if (all_gone) {
-            pgg__autoprep_all_gone(l->autoprep);
-        } else {
-            /* Only this one: let it be prepared afresh later. */
-            char sql[64];
+    *cached = step == PGG_AUTOPREP_RUN;
+    *named = *q;
+    named->stmt_name = name;
+    return named;
+}
 
-            snprintf(sql, sizeof sql, "DEALLOCATE %s", name);
-            pgg__autoprep_forget_last(l->autoprep);
-            PQclear(*res);
-            *res = NULL;
-            {
-                pgg_query dq = {.sql = sql};
+void pgg__autoprep_failed(pgg_pool *pool, pgg_host *h, pgg_link *l,
+                          const pgg_query *q, const char *name, int64_t deadline,
+                          PGresult **res, pgg_attempt_end *end, pgg_error *err)
+{
+    bool all_gone = false;
 
-                if (!side_step(pool, h, l, &dq, true, deadline, res, end, err))
-                    return err ? err->code : PGG_ESERVER;
-            }
-        }
+    if (!run_again_plain(*res, &all_gone))
+        return;
+    if (all_gone) {
+        pgg__autoprep_all_gone(l->autoprep);
+    } else {
+        /* Only this one: let it be prepared afresh later. */
+        char sql[64];
+        pgg_query dq = {.sql = sql};
+
+        snprintf(sql, sizeof sql, "DEALLOCATE %s", name);
+        pgg__autoprep_forget_last(l->autoprep);
         PQclear(*res);
         *res = NULL;
-        if (err)
-            pgg__error_reset(err);
-        rc = pgg__vis_exec(pool, h, l, q, deadline, res, end, err);
+        if (!side_step(pool, h, l, &dq, true, deadline, res, end, err))
+            return;
     }
-    return rc;
+    PQclear(*res);
+    *res = NULL;
+    if (err)
+        pgg__error_reset(err);
+    pgg__vis_exec(pool, h, l, q, deadline, res, end, err);
 }

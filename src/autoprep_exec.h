@@ -5,6 +5,7 @@
 #ifndef PGG_AUTOPREP_EXEC_H
 #define PGG_AUTOPREP_EXEC_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include <libpq-fe.h>
@@ -17,21 +18,36 @@ struct pgg_host;
 struct pgg_link;
 
 /*
- * Run q on l as pgg__vis_exec() does, through l's cache (created on first
- * use): plain, by name, or prepared first.  The outcome in *res, *end and
- * *err is the call's, as if it had run plain: a statement the server
- * refuses to prepare (a syntax error) fails as it would have; a connection
- * lost while preparing or deallocating is PGG_END_NOT_SENT; time used up
- * by them is PGG_END_EXPIRED.  A statement found gone (26000), or whose
- * cached plan may not change its result type (0A000, after DDL), is
- * forgotten and the call runs plain at once: it never started.  now: the
- * path's clock reading, taken after anything that waited (0: none), for
- * the first wait's backstop of an exec sent before any round trip of
- * ours (as pgg__link_exec_at's).
+ * A call under auto_prepare on l, in two halves around its exec, which the
+ * attempt runs inline (pool.c).  The first consults l's cache (created on
+ * first use) and returns the query to run: q itself (plain), or *named,
+ * q by name (*cached: the cache said so; else prepared just now); or NULL
+ * when the call is over already, its outcome in *res, *end and *err as if
+ * it had run plain: a statement the server refuses to prepare (a syntax
+ * error) fails as it would have; a connection lost while preparing or
+ * deallocating is PGG_END_NOT_SENT; time used up by them is
+ * PGG_END_EXPIRED.  *now: the path's clock reading, taken after anything
+ * that waited (0: none), for the first wait's backstop of an exec sent
+ * before any round trip of ours (as pgg__link_exec_at's); updated, or 0,
+ * after a round trip of ours.
  */
-int pgg__autoprep_exec(struct pgg_pool *pool, struct pgg_host *h,
-                       struct pgg_link *l, const struct pgg_query *q,
-                       int64_t deadline, int64_t now, PGresult **res,
-                       pgg_attempt_end *end, pgg_error *err);
+const pgg_query *pgg__autoprep_begin(struct pgg_pool *pool, struct pgg_host *h,
+                                    struct pgg_link *l, const struct pgg_query *q,
+                                    struct pgg_query *named, int64_t deadline,
+                                    int64_t *now, bool *cached, PGresult **res,
+                                    pgg_attempt_end *end, pgg_error *err);
+
+/*
+ * The second half, only when a run by name the cache said (*cached) came
+ * back with an error (*end PGG_END_RESULT): a statement found gone
+ * (26000), or whose cached plan may not change its result type (0A000,
+ * after DDL), is forgotten (name: the one it ran by) and q runs plain at
+ * once, its outcome replacing *res, *end and *err: it never started.  Any
+ * other error stands.
+ */
+void pgg__autoprep_failed(struct pgg_pool *pool, struct pgg_host *h,
+                          struct pgg_link *l, const struct pgg_query *q,
+                          const char *name, int64_t deadline, PGresult **res,
+                          pgg_attempt_end *end, pgg_error *err);
 
 #endif

@@ -37,6 +37,8 @@ typedef struct pgg_query {
     /* A prepared statement: executed by name (PQsendQueryPrepared), or,
      * with prepare, prepared (PQsendPrepare of sql and types). */
     const struct pgg_stmt *stmt;
+    /* At most 63 bytes: a registered statement's name (pgg_pool_prepare
+     * refuses longer ones) or auto_prepare's (pgg__link_query_small). */
     const char *stmt_name;
     bool prepare;
     /* Read-your-writes needs of the call (visibility.h); NULL: none. */
@@ -351,7 +353,12 @@ bool pgg__link_recv_on(PGconn *conn, pgg_recv_mode *mode);
 void pgg__link_recv_off(PGconn *conn, pgg_recv_mode *mode, bool never);
 /* Does q leave in one send of at most 8000 bytes (libpq flushes its
  * output only at 8192, and a send that small into the empty send buffer
- * of an idle connection does not block)?  Inline for a plain SQL text. */
+ * of an idle connection does not block)?  Counted as the message's
+ * 64 bytes, its SQL text or statement name, and per parameter 14 bytes
+ * (its length word, a format, a type) and its value.  Inline for a plain
+ * SQL text, and for a statement run by name with text values (the calls
+ * of pgg_exec_prepared and auto_prepare's runs), whose name is at most 63
+ * bytes (pgg_query.stmt_name). */
 bool pgg__link_query_small_params(const pgg_query *q);
 #define PGG_LINK_QUERY_SMALL 8000
 static inline bool pgg__link_query_small(const pgg_query *q)
@@ -359,6 +366,15 @@ static inline bool pgg__link_query_small(const pgg_query *q)
     if (q->nparams == 0 && !q->stmt_name)
         return strnlen(q->sql, PGG_LINK_QUERY_SMALL) <
                PGG_LINK_QUERY_SMALL - 64;
+    if (q->stmt_name && !q->prepare && q->values && !q->formats) {
+        size_t n = 64 + 64;
+
+        for (int i = 0; i < q->nparams && n <= PGG_LINK_QUERY_SMALL; i++)
+            n += 14 + (q->values[i] ? strnlen(q->values[i],
+                                              PGG_LINK_QUERY_SMALL)
+                                    : 0);
+        return n <= PGG_LINK_QUERY_SMALL;
+    }
     return pgg__link_query_small_params(q);
 }
 

@@ -270,42 +270,17 @@ static bool prepare_on(pgg_watchdog *wd, pgg_link *l, const pgg_stmt *stmt,
 }
 
 /*
- * A registered statement on l: prepared there first if it is not yet.  A
- * session can lose what we prepared on it (DEALLOCATE ALL or DISCARD ALL
- * through a lease kept without reset, or a one-shot call): the server then
- * answers 26000 and runs nothing, so the statement is forgotten here,
- * prepared again and run once more within the deadline; otherwise every
- * later call on that connection would fail the same way.
+ * A registered statement on l, not prepared there yet: prepared first, then
+ * run.  (One prepared there runs as any call, inline in exec_at.)
  */
 #if defined(__GNUC__)
 __attribute__((noinline))
 #endif
 static void exec_registered(pgg_pool *pool, pgg_host *h, pgg_link *l,
                             const pgg_query *q, int64_t deadline,
-                            int64_t now, PGresult **res,
-                            pgg_attempt_end *end, pgg_error *err)
+                            PGresult **res, pgg_attempt_end *end,
+                            pgg_error *err)
 {
-    bool again = pgg__stmt_set_has(&l->stmts, q->stmt->index);
-    ExecStatusType status; /* exec_at asks it itself */
-
-    if (again) {
-        /* Nothing to learn or check about positions: the plain exec
-         * (inline, link.h), its first wait on the path's clock reading
-         * (now, as exec_at's). */
-        if (!q->vis)
-            pgg__link_exec_inline(pool->watchdog, l->conn, q, deadline, now,
-                                  &l->recv_mode, h->name, res, end, err,
-                                  &status);
-        else
-            pgg__vis_exec(pool, h, l, q, deadline, res, end, err);
-        if (*end != PGG_END_RESULT || !pgg__link_statement_gone(*res))
-            return;
-        pgg__stmt_set_del(&l->stmts, q->stmt->index);
-        PQclear(*res);
-        *res = NULL;
-        if (err)
-            pgg__error_reset(err);
-    }
     if (!prepare_on(pool->watchdog, l, q->stmt, deadline, h->name, res, end,
                     err)) {
         /* The prepare's own failure (a syntax error, a lost connection)
@@ -322,6 +297,32 @@ static void exec_registered(pgg_pool *pool, pgg_host *h, pgg_link *l,
     } else {
         pgg__vis_exec(pool, h, l, q, deadline, res, end, err);
     }
+}
+
+/*
+ * A session can lose what we prepared on it (DEALLOCATE ALL or DISCARD ALL
+ * through a lease kept without reset, or a one-shot call): the server then
+ * answers 26000 and runs nothing, so the statement is forgotten here,
+ * prepared again and run once more within the deadline; otherwise every
+ * later call on that connection would fail the same way.  Asked only of an
+ * error answer.
+ */
+#if defined(__GNUC__)
+__attribute__((noinline))
+#endif
+static void registered_failed(pgg_pool *pool, pgg_host *h, pgg_link *l,
+                              const pgg_query *q, int64_t deadline,
+                              PGresult **res, pgg_attempt_end *end,
+                              pgg_error *err)
+{
+    if (!pgg__link_statement_gone(*res))
+        return;
+    pgg__stmt_set_del(&l->stmts, q->stmt->index);
+    PQclear(*res);
+    *res = NULL;
+    if (err)
+        pgg__error_reset(err);
+    exec_registered(pool, h, l, q, deadline, res, end, err);
 }
 
 /* How often an answer's in_hot_standby is looked up per host. */
@@ -590,21 +591,43 @@ static inline pgg_verdict exec_at(pgg_pool *pool, pgg_host *h, pgg_link **lp,
      * terminated backend, idle once it answered): PQstatus stays OK, and
      * the next borrow may not look at the session before sending on it. */
     pgg__link_unprompted_arm();
-    if (q->stmt) {
-        exec_registered(pool, h, l, q, deadline, now, res, end, err);
+    if (q->stmt && !pgg__stmt_set_has(&l->stmts, q->stmt->index)) {
+        exec_registered(pool, h, l, q, deadline, res, end, err);
         status = PQresultStatus(*res); /* read for a result only */
-    } else if (pgg__autoprep_wants(q) && pool->cfg->auto_prepare > 0) {
-        pgg__autoprep_exec(pool, h, l, q, deadline, now, res, end, err);
-        status = PQresultStatus(*res); /* read for a result only */
-    } else if (!q->vis) {
-        /* Nothing to learn or check about positions: the plain exec,
-         * whose first wait takes our reading of the clock, and which
-         * asked the result's status already. */
-        pgg__link_exec_inline(pool->watchdog, l->conn, q, deadline, now,
-                              &l->recv_mode, h->name, res, end, err, &status);
     } else {
-        pgg__vis_exec(pool, h, l, q, deadline, res, end, err);
-        status = PQresultStatus(*res); /* read for a result only */
+        /* What runs: q, or q by the name auto_prepare gave it (named);
+         * NULL when auto_prepare's own round trips ended the call. */
+        const pgg_query *run = q;
+        pgg_query named;
+        bool cached = false;
+
+        if (!q->stmt && pgg__autoprep_wants(q) && pool->cfg->auto_prepare > 0)
+            run = pgg__autoprep_begin(pool, h, l, q, &named, deadline, &now,
+                                      &cached, res, end, err);
+        if (!run) {
+            status = PQresultStatus(*res); /* read for a result only */
+        } else if (!q->vis) {
+            /* Nothing to learn or check about positions: the plain exec,
+             * whose first wait takes our reading of the clock, and which
+             * asked the result's status already. */
+            pgg__link_exec_inline(pool->watchdog, l->conn, run, deadline,
+                                  now, &l->recv_mode, h->name, res, end, err,
+                                  &status);
+        } else {
+            pgg__vis_exec(pool, h, l, run, deadline, res, end, err);
+            status = PQresultStatus(*res); /* read for a result only */
+        }
+        /* A statement by name may be gone from the session: an error
+         * answer only (the status, as asked already, tells it). */
+        if (status == PGRES_FATAL_ERROR && *end == PGG_END_RESULT &&
+            (q->stmt || cached)) {
+            if (q->stmt)
+                registered_failed(pool, h, l, q, deadline, res, end, err);
+            else
+                pgg__autoprep_failed(pool, h, l, q, run->stmt_name, deadline,
+                                     res, end, err);
+            status = PQresultStatus(*res); /* read for a result only */
+        }
     }
     /* Read, not cleared: every reader arms it first (link.h). */
     over = pgg__link_unprompted_seen;

@@ -228,6 +228,9 @@ static inline int pgg__query_check(const pgg_query *q, const char *fn,
 {
     if (q->nparams == 0)
         return PGG_OK; /* nothing to check: the call of every pgg_exec */
+    /* Text values only (no formats): nothing but the count to check. */
+    if (q->nparams > 0 && q->nparams <= PGG_MAX_PARAMS && !q->formats)
+        return PGG_OK;
     return pgg__query_check_params(q, fn, err);
 }
 

@@ -133,6 +133,61 @@ Test(recv_wait, a_one_shot_call_waits_in_recv_and_slow_and_large_answers_arrive)
     cr_expect_eq(pgh_leak_check(), 0, "memory leaked (report above)");
 }
 
+/* A statement run by name with text values (pgg_exec_prepared's and
+ * auto_prepare's runs, whose size link.h counts inline): a value too large
+ * for one send goes out non-blocking, a small one waits in recv. */
+Test(recv_wait, a_statement_by_name_with_a_value_too_large_for_one_send_goes_out_non_blocking)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    PGconn *conn = connect_to(c);
+    pgg_recv_mode m = PGG_RECV_CLEAN;
+    pgg_query pq = {.sql = "SELECT length($1::text)", .nparams = 1, .stmt_name = "by_name",
+                    .prepare = true};
+    const char *small[1] = {"yy"}, *large[1];
+    pgg_query run = {.sql = pq.sql, .nparams = 1, .stmt_name = "by_name", .values = small};
+    size_t n = 100000;
+    char *big = malloc(n + 1);
+    pgg_attempt_end end;
+    pgg_error e;
+    PGresult *r = NULL;
+    int rc;
+
+    cr_assert_not_null(big);
+    memset(big, 'y', n);
+    big[n] = '\0';
+    large[0] = big;
+    rc = pgg__link_exec_mode(NULL, conn, &pq, pgg__now_ns() + 5 * PGG_NS_PER_SEC, 0, &m,
+                             "primary", &r, &end, &e);
+    cr_assert_eq(rc, PGG_OK, "%s", e.message);
+    PQclear(r);
+    rc = pgg__link_exec_mode(NULL, conn, &run, pgg__now_ns() + 5 * PGG_NS_PER_SEC, 0, &m,
+                             "primary", &r, &end, &e);
+    cr_assert_eq(rc, PGG_OK, "%s", e.message);
+    cr_expect_str_eq(PQgetvalue(r, 0, 0), "2");
+    PQclear(r);
+    cr_assert_eq(m, PGG_RECV_ON);
+    cr_expect(socket_blocking(conn));
+    run.values = large;
+    rc = pgg__link_exec_mode(NULL, conn, &run, pgg__now_ns() + 5 * PGG_NS_PER_SEC, 0, &m,
+                             "primary", &r, &end, &e);
+    cr_assert_eq(rc, PGG_OK, "%s", e.message);
+    cr_expect_str_eq(PQgetvalue(r, 0, 0), "100000");
+    PQclear(r);
+    cr_expect_eq(m, PGG_RECV_PAUSED, "a large value left the socket blocking");
+    cr_expect_not(socket_blocking(conn));
+    run.values = small;
+    rc = pgg__link_exec_mode(NULL, conn, &run, pgg__now_ns() + 5 * PGG_NS_PER_SEC, 0, &m,
+                             "primary", &r, &end, &e);
+    cr_assert_eq(rc, PGG_OK, "%s", e.message);
+    PQclear(r);
+    cr_expect_eq(m, PGG_RECV_ON);
+    cr_expect(socket_blocking(conn));
+    free(big);
+    PQfinish(conn);
+    pgh_cluster_free(c);
+    cr_expect_eq(pgh_leak_check(), 0, "memory leaked (report above)");
+}
+
 #define HUNG_TIMEOUT_MS 300
 #define HUNG_CALLS 3
 

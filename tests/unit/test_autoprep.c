@@ -97,6 +97,41 @@ UTest(autoprep, types_tell_statements_apart)
 }
 
 /*
+ * The statement run last is found again by its whole text and types, not
+ * its hash (lookup's shortcut for a caller that repeats one): a statement
+ * of the same length, beginning and end, or the same text with other
+ * types, right after it, is another.
+ */
+UTest(autoprep, the_statement_run_last_is_told_apart_by_its_whole_text)
+{
+    pgg_autoprep *ap = pgg__autoprep_new(4);
+    Oid int4[1] = {23};
+    pgg_query a = {.sql = "SELECT $1::int + 1 FROM pgg_items WHERE id > 0 AND true",
+                   .nparams = 1};
+    pgg_query b = {.sql = "SELECT $1::int + 2 FROM pgg_items WHERE id > 0 AND true",
+                   .nparams = 1};
+    pgg_query at = a;
+    char na[32], nb[32], nt[32], n[32], evict[32];
+
+    at.types = int4;
+    cr_assert_eq(use(ap, &a, 1, na, evict), PGG_AUTOPREP_PREPARE);
+    cr_assert_eq(use(ap, &a, 1, n, evict), PGG_AUTOPREP_RUN);
+    cr_assert_str_eq(n, na);
+    cr_assert_eq(use(ap, &b, 1, nb, evict), PGG_AUTOPREP_PREPARE);
+    cr_assert_str_neq(nb, na);
+    cr_assert_eq(use(ap, &b, 1, n, evict), PGG_AUTOPREP_RUN);
+    cr_assert_str_eq(n, nb);
+    cr_assert_eq(use(ap, &a, 1, n, evict), PGG_AUTOPREP_RUN);
+    cr_assert_str_eq(n, na);
+    cr_assert_eq(use(ap, &at, 1, nt, evict), PGG_AUTOPREP_PREPARE);
+    cr_assert_str_neq(nt, na);
+    cr_assert_str_neq(nt, nb);
+    cr_assert_eq(use(ap, &a, 1, n, evict), PGG_AUTOPREP_RUN);
+    cr_assert_str_eq(n, na);
+    pgg__autoprep_free(ap);
+}
+
+/*
  * At most `capacity` prepared: the next promotion pushes out the least
  * recently used one, named for deallocation.  One-off SQL never does.
  */
