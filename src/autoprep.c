@@ -242,6 +242,21 @@ static int entry_add(pgg_autoprep *ap, uint64_t hash, const pgg_query *q, size_t
     return i;
 }
 
+const char *pgg__autoprep_again(pgg_autoprep *ap, const pgg_query *q)
+{
+    int i = ap->prepared.head;
+
+    /* The prepared statement run last, run again (the common caller repeats
+     * one): told by its text alone, without measuring and hashing it, and
+     * already first in its list. */
+    if (ap->off || i < 0 || !q->sql ||
+        !same_text(&ap->e[i], q->sql, q->nparams, q->types))
+        return NULL;
+    ap->pending = -1;
+    ap->last = i;
+    return ap->e[i].name;
+}
+
 pgg_autoprep_step pgg__autoprep_lookup(pgg_autoprep *ap, const pgg_query *q,
                                        int after, const char **name,
                                        const char **evict)
@@ -258,15 +273,8 @@ pgg_autoprep_step pgg__autoprep_lookup(pgg_autoprep *ap, const pgg_query *q,
     if (ap->off || !q->sql || q->stmt || q->stmt_name || q->prepare ||
         (q->nparams == 0 && !q->types))
         return PGG_AUTOPREP_PLAIN;
-    /* The prepared statement run last, run again (the common caller repeats
-     * one): told by its text alone, without measuring and hashing it, and
-     * already first in its list. */
-    i = ap->prepared.head;
-    if (i >= 0 && same_text(&ap->e[i], q->sql, q->nparams, q->types)) {
-        *name = ap->e[i].name;
-        ap->last = i;
+    if ((*name = pgg__autoprep_again(ap, q)) != NULL)
         return PGG_AUTOPREP_RUN;
-    }
     len = strlen(q->sql);
     hash = hash_query(q->sql, len, q->nparams, q->nparams > 0 ? q->types : NULL);
     for (i = ap->bucket[hash & ap->mask]; i >= 0; i = ap->e[i].chain)

@@ -77,6 +77,12 @@ pgg_autoprep_step pgg__autoprep_lookup(pgg_autoprep *ap, const struct pgg_query 
                                        int after, const char **name,
                                        const char **evict);
 
+/* For a call that qualifies (pgg__autoprep_wants): when q is the
+ * prepared statement run last on this connection again (the same text and
+ * parameter types), its name, and the use counted as pgg__autoprep_lookup's
+ * RUN; else NULL, and nothing counted (ask pgg__autoprep_lookup). */
+const char *pgg__autoprep_again(pgg_autoprep *ap, const struct pgg_query *q);
+
 /* The PREPARE step's outcome: ok, the statement exists under *name; not
  * ok, it does not (the entry goes back to counting uses).  The eviction
  * named, if any, is done either way. */

@@ -86,6 +86,13 @@ const pgg_query *pgg__autoprep_begin(pgg_pool *pool, pgg_host *h, pgg_link *l,
         l->autoprep = pgg__autoprep_new(pool->cfg->auto_prepare);
     if (!l->autoprep)
         return q;
+    /* The common case first: the statement run last, again. */
+    if ((name = pgg__autoprep_again(l->autoprep, q)) != NULL) {
+        *cached = true;
+        *named = *q;
+        named->stmt_name = name;
+        return named;
+    }
     step = pgg__autoprep_lookup(l->autoprep, q, pool->cfg->auto_prepare_after, &name,
                                 &evict);
     if (evict) {

@@ -128,6 +128,16 @@ UTest(autoprep, the_statement_run_last_is_told_apart_by_its_whole_text)
     cr_assert_str_neq(nt, nb);
     cr_assert_eq(use(ap, &a, 1, n, evict), PGG_AUTOPREP_RUN);
     cr_assert_str_eq(n, na);
+    /* The shortcut alone (auto_prepare's exec asks it first): the one run
+     * last only, by its text and types; nothing once turned off. */
+    cr_assert_str_eq(pgg__autoprep_again(ap, &a), na);
+    cr_assert_null(pgg__autoprep_again(ap, &b));
+    cr_assert_null(pgg__autoprep_again(ap, &at));
+    cr_assert_eq(use(ap, &at, 1, n, evict), PGG_AUTOPREP_RUN);
+    cr_assert_str_eq(pgg__autoprep_again(ap, &at), nt);
+    cr_assert_null(pgg__autoprep_again(ap, &a));
+    pgg__autoprep_stop(ap);
+    cr_assert_null(pgg__autoprep_again(ap, &at));
     pgg__autoprep_free(ap);
 }
 
