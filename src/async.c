@@ -1745,6 +1745,30 @@ static void connect_abort(pgg_async_call *k, int code, const char *msg)
     connect_failed(k);
 }
 
+/* The attempt's deadline (or a cancel) ended k's connect before its own
+ * bound: the call's timeout, not the host's failure (PGG_BORROW_CUT); the
+ * connect goes on as a spare of the health thread, its session for the
+ * pool (host.c, "Handed connects"), or is closed when the host cannot
+ * take it.  Its socket is forgotten by the adapter first. */
+static void connect_cut(pgg_async_call *k)
+{
+    int events = k->sock ? k->sock->on : 0;
+    bool handed;
+
+    connect_fd_close(k);
+    handed = events && pgg__host_hand_connect(k->h, k->conn, events,
+                                              k->connect_at);
+    if (!handed)
+        PQfinish(k->conn);
+    k->conn = NULL;
+    pgg__error_set(k->c.err, PGG_ETIMEDOUT, NULL, k->h->name,
+                   "connect: the call's deadline came first; %s",
+                   handed ? "the connect goes on and its session joins the "
+                            "pool"
+                          : "connect given up");
+    connect_failed_as(k, PGG_BORROW_CUT);
+}
+
 /* A new connection's bound, its hook included (pgg__host_borrow's):
  * connect_timeout_ms from the connect's start. */
 static int64_t connect_bound(const pgg_async_call *k)
@@ -1762,7 +1786,8 @@ static void connected(pgg_async_call *k)
 
     sock_close(k);
     k->conn_fd = 0;
-    if (pgg__host_connected(k->h, k->conn, &k->l, k->c.err) != PGG_OK) {
+    if (pgg__host_connected(k->h, k->conn, k->connect_at, &k->l,
+                            k->c.err) != PGG_OK) {
         if (fd)
             close(fd);
         k->conn = NULL;
@@ -2140,7 +2165,10 @@ static void expire(pgg_async_call *k)
 
     switch (k->state) {
     case ST_CONNECT:
-        connect_abort(k, PGG_ETIMEDOUT, "connect: deadline exceeded");
+        if (pgg__now_ns() < k->connect_at + k->h->connect_timeout_ns)
+            connect_cut(k);
+        else
+            connect_abort(k, PGG_ETIMEDOUT, "connect: deadline exceeded");
         break;
     case ST_HOOK:
         /* Its SQL may still run: hook_over has it cancelled. */

@@ -2193,6 +2193,83 @@ Test(async, a_connect_after_a_wait_for_a_connection_has_its_whole_timeout)
     end_test(p, c);
 }
 
+/* No failure counted against host i since `before`, its breaker closed. */
+static void expect_no_host_failure(pgg_pool *p, int i, const pgg_host_stats *before,
+                                   const char *when)
+{
+    pgg_host_stats h = host_stats(p, i);
+
+    cr_expect_eq(h.state, PGG_BREAKER_CLOSED, "%s: breaker %s", when,
+                 pgg_breaker_state_name(h.state));
+    cr_expect_eq(h.connect_failures, before->connect_failures,
+                 "%s: %llu failed connects counted", when,
+                 (unsigned long long)(h.connect_failures - before->connect_failures));
+    for (int k = PGG_CLASS_CONNECTION; k < PGG_CLASS__COUNT; k++)
+        cr_expect_eq(h.failures[k], before->failures[k], "%s: %llu %s failures counted", when,
+                     (unsigned long long)(h.failures[k] - before->failures[k]),
+                     pgg_class_name((pgg_class)k));
+}
+
+/*
+ * recovery/a_connect_cut_by_its_calls_deadline_joins_the_pool on the loop:
+ * a server slow to take a session (a proxy holding every chunk 300 ms: a
+ * connect takes 600 ms at least) and a write whose deadline (200 ms) comes
+ * first.  The call times out; the host is not blamed (no failed connect,
+ * no failure, the breaker closed); the connect goes on (the health thread)
+ * and its session joins the pool, where the next loop call finds it
+ * without a connect of its own.  Before, the loop closed the connect at
+ * the deadline and counted it as the host's failed connect.
+ */
+Test(async, a_connect_cut_by_its_calls_deadline_joins_the_pool)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgh_node *n = pgh_cluster_primary(c);
+    char err[256];
+    pgh_proxy *px = pgh_proxy_start(pgh_node_host(n), pgh_node_port(n), err, sizeof err);
+    char *ci;
+    pgg_pool *p;
+    struct event_base *base = event_base_new();
+    pgg_async *ac;
+    pgg_host_stats before, h;
+    outcome o;
+    double end;
+
+    cr_assert_not_null(px, "%s", err);
+    ci = pgh_conninfo_at(pgh_node_conninfo(n), "127.0.0.1", pgh_proxy_port(px));
+    cr_assert_not_null(ci);
+    /* Bounds far above the proxy's delays: only the call's deadline cuts. */
+    p = pool_for_conninfo(ci, "pool_min_idle=0 connect_timeout_ms=20000 "
+                              "health_probe_timeout_ms=20000");
+    free(ci);
+    cr_assert(wait_role(p, 0, PGG_ROLE_PRIMARY, 10000));
+    ac = async_for(p, base);
+    pgg__host_trim(&p->hosts[0], pgg__now_ns(), true);
+    before = host_stats(p, 0);
+    pgh_proxy_set_mode(px, PGH_PROXY_DELAY, 300);
+    start_call(ac, PGG_WRITE, "SELECT 1", 200, 0, &o);
+    run_until(base, &o, 1, 10000);
+    cr_assert_eq(o.code, PGG_ETIMEDOUT, "the write: %s %s", pgg_err_name(o.code), o.message);
+    expect_no_host_failure(p, 0, &before, "after the cut connect");
+    pgh_proxy_set_mode(px, PGH_PROXY_PASS, 0);
+    end = pgh_now_ms() + 20000;
+    while ((h = host_stats(p, 0)).conns_idle < 1 && pgh_now_ms() < end)
+        sleep_ms(10);
+    cr_assert_eq(h.conns_idle, 1, "the cut connect's session never joined the pool");
+    cr_expect_eq(h.connects, before.connects + 1, "%llu connects for one cut call",
+                 (unsigned long long)(h.connects - before.connects));
+    start_call(ac, PGG_WRITE, "SELECT 1", 3000, 0, &o);
+    run_until(base, &o, 1, 10000);
+    cr_assert_eq(o.code, PGG_OK, "the next write: %s %s", pgg_err_name(o.code), o.message);
+    h = host_stats(p, 0);
+    cr_expect_eq(h.connects, before.connects + 1, "the next write connected for itself");
+    expect_no_host_failure(p, 0, &before, "after the next write");
+    loop_guard_check("a connect cut by its call's deadline");
+    pgg_async_free(ac);
+    event_base_free(base);
+    end_test(p, c);
+    pgh_proxy_free(px);
+}
+
 /*
  * A kept connection nobody else wants goes back to the pool after 100 ms
  * unused (the idle bound), not sooner: the loop turns all along and its

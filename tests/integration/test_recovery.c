@@ -1287,7 +1287,7 @@ Test(recovery, a_call_takes_a_spare_on_its_way_rather_than_connect_behind_it)
     cr_expect(!atomic_load(&b.done), "the call connected itself while a spare was on its way");
     spare = PQconnectdb(ci);
     cr_assert_eq(PQstatus(spare), CONNECTION_OK, "%s", PQerrorMessage(spare));
-    cr_assert(pgg__host_adopt(h, spare, pgg__now_ns(), 9));
+    cr_assert(pgg__host_adopt(h, spare, pgg__now_ns(), pgg__now_ns(), 9, false));
     pgg__host_spares(h, -1);
     pthread_join(t, NULL);
     cr_assert_eq(b.rc, PGG_OK);
@@ -1310,6 +1310,98 @@ Test(recovery, a_call_takes_a_spare_on_its_way_rather_than_connect_behind_it)
     pgg__host_give_back(h, own, pgg__now_ns());
     free(ci);
     end_test(p, c);
+}
+
+/* A write of "SELECT 1" within timeout_ms: its error code (PGG_OK when
+ * answered). */
+static int write_code(pgg_pool *p, int timeout_ms, pgg_error *e)
+{
+    pgg_call call = {.timeout_ms = timeout_ms};
+    PGresult *r = pgg_exec(p, PGG_WRITE, "SELECT 1", &call, NULL, e);
+    int code = r ? PGG_OK : e->code;
+
+    PQclear(r);
+    return code;
+}
+
+/* No failure counted against host i since `before`, its breaker closed. */
+static void expect_no_host_failure(pgg_pool *p, int i, const pgg_host_stats *before,
+                                   const char *when)
+{
+    pgg_host_stats h = host_stats(p, i);
+
+    cr_expect_eq(h.state, PGG_BREAKER_CLOSED, "%s: breaker %s", when,
+                 pgg_breaker_state_name(h.state));
+    cr_expect_eq(h.connect_failures, before->connect_failures,
+                 "%s: %llu failed connects counted", when,
+                 (unsigned long long)(h.connect_failures - before->connect_failures));
+    for (int k = PGG_CLASS_CONNECTION; k < PGG_CLASS__COUNT; k++)
+        cr_expect_eq(h.failures[k], before->failures[k], "%s: %llu %s failures counted", when,
+                     (unsigned long long)(h.failures[k] - before->failures[k]),
+                     pgg_class_name((pgg_class)k));
+}
+
+/*
+ * A server slow to take a session (a proxy holding every chunk 300 ms: a
+ * connect takes 600 ms at least) and a write whose deadline (200 ms) comes
+ * first.  The call times out, but that is the call's timeout, not the
+ * host's failure: no failed connect, no failure counted, the breaker
+ * closed; the connect goes on (the health thread) and its session joins
+ * the pool, where the next call finds it: no connect of its own (and the
+ * silence the cut call noted started no spare beside it).  Before, the
+ * connect was closed at the deadline and counted as the host's failed
+ * connect (two such opened the primary's breaker in the fault bench at
+ * load 30, while libpq's caller kept its 302 ms connect).  Then a connect
+ * cut the same way while the pool is freed: closed, nothing leaks.
+ */
+Test(recovery, a_connect_cut_by_its_calls_deadline_joins_the_pool)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgh_node *n = pgh_cluster_primary(c);
+    char err[256];
+    pgh_proxy *px = pgh_proxy_start(pgh_node_host(n), pgh_node_port(n), err, sizeof err);
+    char *ci;
+    pgg_pool *p;
+    pgg_host_stats before, h;
+    pgg_error e;
+    double end;
+    int code;
+
+    cr_assert_not_null(px, "%s", err);
+    ci = pgh_conninfo_at(pgh_node_conninfo(n), "127.0.0.1", pgh_proxy_port(px));
+    cr_assert_not_null(ci);
+    /* Bounds far above the proxy's delays: only the call's deadline cuts. */
+    p = pool_for_conninfo(ci, "pool_min_idle=0 connect_timeout_ms=20000 "
+                              "health_probe_timeout_ms=20000");
+    free(ci);
+    cr_assert(wait_role(p, 0, PGG_ROLE_PRIMARY, 10000));
+    pgg__host_trim(&p->hosts[0], pgg__now_ns(), true);
+    before = host_stats(p, 0);
+    pgh_proxy_set_mode(px, PGH_PROXY_DELAY, 300);
+    code = write_code(p, 200, &e);
+    cr_assert_eq(code, PGG_ETIMEDOUT, "the write: %s %s", pgg_err_name(code), e.message);
+    expect_no_host_failure(p, 0, &before, "after the cut connect");
+    /* Its session, once the server took it, is idle in the pool. */
+    pgh_proxy_set_mode(px, PGH_PROXY_PASS, 0);
+    end = pgh_now_ms() + 20000;
+    while ((h = host_stats(p, 0)).conns_idle < 1 && pgh_now_ms() < end)
+        sleep_ms(10);
+    cr_assert_eq(h.conns_idle, 1, "the cut connect's session never joined the pool");
+    cr_expect_eq(h.connects, before.connects + 1, "%llu connects for one cut call",
+                 (unsigned long long)(h.connects - before.connects));
+    code = write_code(p, 3000, &e);
+    cr_assert_eq(code, PGG_OK, "the next write: %s %s", pgg_err_name(code), e.message);
+    h = host_stats(p, 0);
+    cr_expect_eq(h.connects, before.connects + 1, "the next write connected for itself");
+    expect_no_host_failure(p, 0, &before, "after the next write");
+
+    /* Cut again, and the pool freed while that connect waits. */
+    pgg__host_trim(&p->hosts[0], pgg__now_ns(), true);
+    pgh_proxy_set_mode(px, PGH_PROXY_DELAY, 300);
+    code = write_code(p, 200, &e);
+    cr_expect_eq(code, PGG_ETIMEDOUT, "the second write: %s %s", pgg_err_name(code), e.message);
+    end_test(p, c);
+    pgh_proxy_free(px);
 }
 
 /*
