@@ -903,12 +903,13 @@ static void exec_over(pgg_async_call *k, PGresult *res, pgg_attempt_end end)
         /* Answered, then terminated: libpq read the FATAL with the answer
          * and PQstatus still says OK.  Not given back, where the next
          * borrow, within alive_check_after_idle_ms, would not look; its
-         * idle siblings go too (pool.c's rule for a session that ended). */
+         * idle siblings opened before the attempt go too, the younger ones
+         * are looked at (pool.c's rule for a session that ended: it
+         * answered a statement sent after k->c.now). */
         sock_close(k);
         pgg__host_discard(k->h, k->l);
         k->l = NULL;
-        pgg__pool_settle(k->c.pool, k->h, NULL, PGG_CLASS_IGNORED, true,
-                         k->a.ended, k->a.ended);
+        pgg__pool_session_ended(k->c.pool, k->h, k->c.now, k->a.ended);
         k->unpark = true;
     } else if (!k->l || k->a.lost || !keep_spare(k)) {
         /* The socket is forgotten before its connection can go. */
@@ -940,18 +941,17 @@ static int send_prepare(pgg_async_call *k, PGresult **res, pgg_attempt_end *end)
 
 /* k's connection turned out dead before k's statement was sent on it: the
  * server's FATAL already read (a session terminated behind its last
- * answer).  As borrow does with an idle one found dead: closed, its idle
- * siblings too (pool.c's rule for a session that ended), and k borrows
- * again within its attempt, taking the slot it gave back. */
-static void dead_before_send(pgg_async_call *k)
+ * answer, the last answered at alive_at or later).  As borrow does with an
+ * idle one found dead: closed, its idle siblings opened before alive_at too,
+ * the younger ones looked at (pool.c's rule for a session that ended), and
+ * k borrows again within its attempt, taking the slot it gave back. */
+static void dead_before_send(pgg_async_call *k, int64_t alive_at)
 {
-    int64_t now = pgg__now_ns();
-
     sock_close(k); /* forgotten before its connection can go */
     pgg__host_discard(k->h, k->l);
     k->l = NULL;
     k->ended_behind = false;
-    pgg__pool_settle(k->c.pool, k->h, NULL, PGG_CLASS_IGNORED, true, now, now);
+    pgg__pool_session_ended(k->c.pool, k->h, alive_at, pgg__now_ns());
     borrow(k);
 }
 
@@ -1050,8 +1050,9 @@ static void io(pgg_async_call *k, int revents)
         }
         PQclear(res);
         if (k->ended_behind) {
-            /* Prepared, then terminated: the statement was not sent. */
-            dead_before_send(k);
+            /* Prepared, then terminated: the statement was not sent.  The
+             * PREPARE, sent after the attempt began, was answered. */
+            dead_before_send(k, k->c.now);
             return;
         }
         pgg__stmt_set_add(&k->l->stmts, stmt->index);
@@ -1229,8 +1230,10 @@ static bool pipe_open(pgg_async_call *k)
     if (!k->l->fresh && !pgg__link_held_ok(k->l->conn)) {
         /* libpq already read the server's FATAL behind the session's last
          * answer (a spare, or one given back moments ago, which borrow
-         * does not poll). */
-        dead_before_send(k);
+         * does not poll).  Dated by its last use (a kept one's is older
+         * still): a session opened between that answer and its give-back
+         * goes too, a window of what one give-back takes. */
+        dead_before_send(k, k->l->last_used_ns);
         return true;
     }
     if (!PQenterPipelineMode(k->l->conn))
@@ -1491,13 +1494,14 @@ static void flush_pipes(pgg_async *ac)
             /* The server's FATAL, read behind the last answer (a
              * terminated backend): the next borrow, within
              * alive_check_after_idle_ms, would not look.  Its idle
-             * siblings rarely died alone (pool.c's rule for a session
-             * that ended). */
-            int64_t now = pgg__now_ns();
+             * siblings rarely died alone: those opened before the pipe
+             * took it go too, the younger ones are looked at (pool.c's
+             * rule for a session that ended; it answered statements sent
+             * after its last use). */
+            int64_t alive_at = l->last_used_ns;
 
             pgg__host_discard(p->h, l);
-            pgg__pool_settle(ac->pool, p->h, NULL, PGG_CLASS_IGNORED, true,
-                             now, now);
+            pgg__pool_session_ended(ac->pool, p->h, alive_at, pgg__now_ns());
         } else {
             pgg__host_give_back(p->h, l, p->ended);
         }

@@ -440,11 +440,10 @@ static inline void settle(pgg_pool *pool, pgg_host *h,
 }
 
 void pgg__pool_settle(pgg_pool *pool, pgg_host *h, const pgg_ticket *ticket,
-                      pgg_class rec, bool ended_by_server, int64_t started,
-                      int64_t ended)
+                      pgg_class rec, bool ended_by_server, int64_t alive_at,
+                      int64_t started, int64_t ended)
 {
-    /* The ended session's last use unknown here: every idle sibling goes. */
-    settle(pool, h, ticket, rec, ended_by_server, INT64_MAX, 0, started, ended);
+    settle(pool, h, ticket, rec, ended_by_server, alive_at, 0, started, ended);
 }
 
 void pgg__pool_session_ended(pgg_pool *pool, pgg_host *h, int64_t alive_at,

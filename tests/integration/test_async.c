@@ -1969,6 +1969,161 @@ Test(async, a_kept_session_ended_spares_the_sessions_opened_after_its_last_use)
     end_test(p, c);
 }
 
+/* The pid of the backend (not the asker's own) whose last statement holds
+ * marker, once its state is `state` ('active', 'idle'); "" after ms. */
+static void await_backend(pgh_cluster *c, const char *marker, const char *state, char *pid,
+                          size_t len, int ms)
+{
+    char sql[256];
+    double end = pgh_now_ms() + ms;
+
+    snprintf(sql, sizeof sql,
+             "SELECT coalesce(max(pid)::text, '') FROM pg_stat_activity WHERE state = '%s' "
+             "AND query LIKE '%%%s%%' AND pid <> pg_backend_pid()",
+             state, marker);
+    do {
+        cr_assert_eq(pgh_node_query_value(pgh_cluster_primary(c), sql, pid, len), 0);
+        if (pid[0])
+            return;
+        usleep(2000);
+    } while (pgh_now_ms() < end);
+}
+
+/* pg_terminate_backend(pid), and wait until it left pg_stat_activity. */
+static void terminate_backend(pgh_cluster *c, const char *pid)
+{
+    char sql[128], gone[16] = "";
+
+    snprintf(sql, sizeof sql, "SELECT pg_terminate_backend(%s)", pid);
+    cr_assert_eq(pgh_node_exec(pgh_cluster_primary(c), sql), 0);
+    snprintf(sql, sizeof sql, "SELECT count(*) FROM pg_stat_activity WHERE pid = %s", pid);
+    for (int i = 0; i < 1000 && strcmp(gone, "0") != 0; i++) {
+        cr_assert_eq(pgh_node_query_value(pgh_cluster_primary(c), sql, gone, sizeof gone), 0);
+        if (strcmp(gone, "0") != 0)
+            usleep(2000);
+    }
+    cr_assert_str_eq(gone, "0", "backend %s never left", pid);
+}
+
+/* A blocking call on this thread (the loop's, between its turns): the
+ * backend's pid that served it. */
+static void blocking_pid(pgg_pool *p, char *pid, size_t len)
+{
+    pgg_call call = {.timeout_ms = 5000};
+    pgg_error e;
+    PGresult *r = pgg_exec(p, PGG_WRITE, "SELECT pg_backend_pid()", &call, NULL, &e);
+
+    cr_assert_not_null(r, "%s %s", pgg_err_name(e.code), e.message);
+    snprintf(pid, len, "%s", PQgetvalue(r, 0, 0));
+    PQclear(r);
+}
+
+/*
+ * A session S the server ends right behind a loop call's answer (its FATAL
+ * read with the answer: exec_over's ended_behind) closes without a look
+ * only the pool's idle sessions opened before that call began; N, opened
+ * by a blocking call while S's statement ran and given back idle, is alive
+ * and kept: the next blocking call is served on it.  Before, every idle
+ * session of the host went with S (blip9's rule was applied on the
+ * blocking path and to the loop's kept sessions only).
+ */
+Test(async, a_session_ended_behind_a_loop_answer_spares_the_sessions_opened_since_the_call)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, "pool_max=4 pool_min_idle=0 breaker.mode=disabled "
+                              "alive_check_after_idle_ms=600000 "
+                              "validate_after_idle_ms=600000 idle_timeout_ms=600000");
+    struct event_base *base = event_base_new();
+    pgg_async *ac = async_for(p, base);
+    char s_pid[16] = "", n_pid[16], next_pid[16];
+    outcome o;
+    double end;
+
+    pgg__host_trim(&p->hosts[0], pgg__now_ns(), true);
+    start_call(ac, PGG_WRITE, "SELECT pg_sleep(0.3) /* pgg_ebehind */", 10000, 0, &o);
+    /* Turns until S's statement runs on the server. */
+    end = pgh_now_ms() + 10000;
+    while (!s_pid[0] && pgh_now_ms() < end) {
+        loop_once(base, EVLOOP_NONBLOCK);
+        await_backend(c, "pgg_ebehind", "active", s_pid, sizeof s_pid, 0);
+    }
+    cr_assert(s_pid[0], "S's statement never ran");
+    blocking_pid(p, n_pid, sizeof n_pid);
+    cr_assert_str_neq(n_pid, s_pid, "N is S");
+    /* S answered (the loop has not read it): its server ends it. */
+    s_pid[0] = '\0';
+    await_backend(c, "pgg_ebehind", "idle", s_pid, sizeof s_pid, 10000);
+    cr_assert(s_pid[0], "S's statement never ended");
+    terminate_backend(c, s_pid);
+    run_until(base, &o, 1, 10000);
+    cr_expect_eq(o.code, PGG_OK, "S's answer: %s %s", pgg_err_name(o.code), o.message);
+    cr_expect_eq(pgg__async_kept(ac), 0, "S was kept");
+    blocking_pid(p, next_pid, sizeof next_pid);
+    cr_expect_str_eq(next_pid, n_pid, "N, opened after S's call began and alive, was closed "
+                                      "with S");
+    loop_guard_check("a session ended behind a loop call's answer");
+    pgg_async_free(ac);
+    event_base_free(base);
+    end_test(p, c);
+}
+
+/*
+ * The same for a session the server ends right behind its answer to a
+ * PREPARE (dead_before_send: the statement is not sent on it, and the call
+ * borrows again): N, opened while the PREPARE was on its way, is kept, and
+ * the call's statement runs on it, with no connect of its own.  Before, N
+ * went with S and the call connected.
+ */
+Test(async, a_session_ended_behind_a_prepare_spares_the_sessions_opened_since_the_call)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, "pool_max=4 pool_min_idle=0 breaker.mode=disabled "
+                              "alive_check_after_idle_ms=600000 "
+                              "validate_after_idle_ms=600000 idle_timeout_ms=600000");
+    struct event_base *base = event_base_new();
+    pgg_async *ac = async_for(p, base);
+    const char *vals[] = {"7"};
+    char s_pid[16] = "", n_pid[16];
+    pgg_host_stats before;
+    outcome o;
+    pgg_error e;
+    int rc;
+
+    new_table(c, "async_eb_prep");
+    cr_assert_eq(pgg_pool_prepare(p, "async_eb_prep_ins",
+                                  "INSERT INTO async_eb_prep VALUES ($1) /* pgg_ebprep */", 1,
+                                  NULL, &e),
+                 PGG_OK, "%s", e.message);
+    pgg__host_trim(&p->hosts[0], pgg__now_ns(), true);
+    /* S: kept by the loop. */
+    one_call(base, ac, "SELECT 1", &o);
+    cr_assert_eq(pgg__async_kept(ac), 1, "S was not kept");
+    /* Its PREPARE is sent in the call, on S. */
+    o = (outcome){.started = pgh_now_ms()};
+    loop_guard_on();
+    rc = pgg_async_exec_prepared(ac, PGG_WRITE, "async_eb_prep_ins", 1, vals, NULL, NULL, NULL,
+                                 on_done, &o, NULL, &e);
+    loop_guard_off();
+    cr_assert_eq(rc, PGG_OK, "%s", e.message);
+    cr_assert_eq(pgg__async_kept(ac), 0, "the call did not take S");
+    blocking_pid(p, n_pid, sizeof n_pid);
+    await_backend(c, "pgg_ebprep", "idle", s_pid, sizeof s_pid, 10000);
+    cr_assert(s_pid[0], "the PREPARE was never answered");
+    cr_assert_str_neq(n_pid, s_pid, "N is S");
+    terminate_backend(c, s_pid);
+    before = host_stats(p, 0);
+    run_until(base, &o, 1, 10000);
+    cr_expect_eq(o.code, PGG_OK, "the write: %s %s", pgg_err_name(o.code), o.message);
+    cr_expect_eq(rows_with(c, "async_eb_prep", 7), 1, "the row is not there once");
+    cr_expect_eq(host_stats(p, 0).connects, before.connects,
+                 "the write connected: N, opened after its call began and alive, was closed "
+                 "with S");
+    loop_guard_check("a session ended behind a PREPARE's answer");
+    pgg_async_free(ac);
+    event_base_free(base);
+    end_test(p, c);
+}
+
 typedef struct blocking_call {
     pgg_pool *p;
     const char *sql; /* NULL: SELECT 1 */
