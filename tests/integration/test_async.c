@@ -2025,7 +2025,9 @@ static void blocking_pid(pgg_pool *p, char *pid, size_t len)
  * by a blocking call while S's statement ran and given back idle, is alive
  * and kept: the next blocking call is served on it.  Before, every idle
  * session of the host went with S (blip9's rule was applied on the
- * blocking path and to the loop's kept sessions only).
+ * blocking path and to the loop's kept sessions only).  A round whose
+ * FATAL came after the answer was read (S kept, then ended: kept_read's
+ * case) proves nothing and is run again; at least one must prove it.
  */
 Test(async, a_session_ended_behind_a_loop_answer_spares_the_sessions_opened_since_the_call)
 {
@@ -2035,32 +2037,43 @@ Test(async, a_session_ended_behind_a_loop_answer_spares_the_sessions_opened_sinc
                               "validate_after_idle_ms=600000 idle_timeout_ms=600000");
     struct event_base *base = event_base_new();
     pgg_async *ac = async_for(p, base);
-    char s_pid[16] = "", n_pid[16], next_pid[16];
-    outcome o;
-    double end;
+    int proved = 0;
 
-    pgg__host_trim(&p->hosts[0], pgg__now_ns(), true);
-    start_call(ac, PGG_WRITE, "SELECT pg_sleep(0.3) /* pgg_ebehind */", 10000, 0, &o);
-    /* Turns until S's statement runs on the server. */
-    end = pgh_now_ms() + 10000;
-    while (!s_pid[0] && pgh_now_ms() < end) {
-        loop_once(base, EVLOOP_NONBLOCK);
-        await_backend(c, "pgg_ebehind", "active", s_pid, sizeof s_pid, 0);
+    for (int round = 0; round < 10 && proved < 2; round++) {
+        char s_pid[16] = "", n_pid[16], next_pid[16];
+        outcome o;
+        double end;
+
+        pgg__host_trim(&p->hosts[0], pgg__now_ns(), true);
+        start_call(ac, PGG_WRITE, "SELECT pg_sleep(0.3) /* pgg_ebehind */", 10000, 0, &o);
+        /* Turns until S's statement runs on the server. */
+        end = pgh_now_ms() + 10000;
+        while (!s_pid[0] && pgh_now_ms() < end) {
+            loop_once(base, EVLOOP_NONBLOCK);
+            await_backend(c, "pgg_ebehind", "active", s_pid, sizeof s_pid, 0);
+        }
+        cr_assert(s_pid[0], "round %d: S's statement never ran", round);
+        blocking_pid(p, n_pid, sizeof n_pid);
+        cr_assert_str_neq(n_pid, s_pid, "round %d: N is S", round);
+        /* S answered (the loop has not read it): its server ends it. */
+        s_pid[0] = '\0';
+        await_backend(c, "pgg_ebehind", "idle", s_pid, sizeof s_pid, 10000);
+        cr_assert(s_pid[0], "round %d: S's statement never ended", round);
+        terminate_backend(c, s_pid);
+        run_until(base, &o, 1, 10000);
+        cr_expect_eq(o.code, PGG_OK, "round %d: S's answer: %s %s", round,
+                     pgg_err_name(o.code), o.message);
+        if (pgg__async_kept(ac) > 0) {
+            /* The FATAL came after the answer: not this test's case. */
+            pgg_async_give_back(ac);
+            continue;
+        }
+        blocking_pid(p, next_pid, sizeof next_pid);
+        cr_expect_str_eq(next_pid, n_pid, "round %d: N, opened after S's call began and alive, "
+                                          "was closed with S", round);
+        proved++;
     }
-    cr_assert(s_pid[0], "S's statement never ran");
-    blocking_pid(p, n_pid, sizeof n_pid);
-    cr_assert_str_neq(n_pid, s_pid, "N is S");
-    /* S answered (the loop has not read it): its server ends it. */
-    s_pid[0] = '\0';
-    await_backend(c, "pgg_ebehind", "idle", s_pid, sizeof s_pid, 10000);
-    cr_assert(s_pid[0], "S's statement never ended");
-    terminate_backend(c, s_pid);
-    run_until(base, &o, 1, 10000);
-    cr_expect_eq(o.code, PGG_OK, "S's answer: %s %s", pgg_err_name(o.code), o.message);
-    cr_expect_eq(pgg__async_kept(ac), 0, "S was kept");
-    blocking_pid(p, next_pid, sizeof next_pid);
-    cr_expect_str_eq(next_pid, n_pid, "N, opened after S's call began and alive, was closed "
-                                      "with S");
+    cr_expect_geq(proved, 1, "no round read S's FATAL with its answer");
     loop_guard_check("a session ended behind a loop call's answer");
     pgg_async_free(ac);
     event_base_free(base);
