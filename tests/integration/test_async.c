@@ -2081,6 +2081,67 @@ Test(async, a_session_ended_behind_a_loop_answer_spares_the_sessions_opened_sinc
 }
 
 /*
+ * pipeline=on: the loop's shared connection S, empty after its answer,
+ * goes back before the loop waits (flush_pipes) and is found ended there
+ * (its server's FATAL read behind the answer): it closes without a look
+ * only the idle sessions opened before the pipe took it; N, opened by a
+ * blocking call while S's statement ran, is kept and serves the next
+ * blocking call.  Before, every idle session went with S.  A round where
+ * the FATAL came too late for that look proves nothing and is run again.
+ */
+Test(async, an_ended_pipe_spares_the_sessions_opened_since_it_took_its_connection)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, "pipeline=on pool_max=4 pool_min_idle=0 breaker.mode=disabled "
+                              "alive_check_after_idle_ms=600000 "
+                              "validate_after_idle_ms=600000 idle_timeout_ms=600000");
+    struct event_base *base = event_base_new();
+    pgg_async *ac = async_for(p, base);
+    int proved = 0;
+
+    for (int round = 0; round < 10 && proved < 2; round++) {
+        char s_pid[16] = "", n_pid[16], next_pid[16];
+        pgg_host_stats before;
+        outcome o;
+        double end;
+
+        pgg__host_trim(&p->hosts[0], pgg__now_ns(), true);
+        start_call(ac, PGG_WRITE, "SELECT pg_sleep(0.3) /* pgg_ebpipe */", 10000, 0, &o);
+        end = pgh_now_ms() + 10000;
+        while (!s_pid[0] && pgh_now_ms() < end) {
+            loop_once(base, EVLOOP_NONBLOCK);
+            await_backend(c, "pgg_ebpipe", "active", s_pid, sizeof s_pid, 0);
+        }
+        cr_assert(s_pid[0], "round %d: S's statement never ran", round);
+        blocking_pid(p, n_pid, sizeof n_pid);
+        cr_assert_str_neq(n_pid, s_pid, "round %d: N is S", round);
+        s_pid[0] = '\0';
+        await_backend(c, "pgg_ebpipe", "idle", s_pid, sizeof s_pid, 10000);
+        cr_assert(s_pid[0], "round %d: S's statement never ended", round);
+        terminate_backend(c, s_pid);
+        before = host_stats(p, 0);
+        run_until(base, &o, 1, 10000);
+        cr_expect_eq(o.code, PGG_OK, "round %d: S's answer: %s %s", round,
+                     pgg_err_name(o.code), o.message);
+        if (host_stats(p, 0).conns_open == before.conns_open) {
+            /* S went back to the pool alive as far as anyone could tell
+             * (its FATAL came later): not this test's case. */
+            pgg_async_give_back(ac);
+            continue;
+        }
+        blocking_pid(p, next_pid, sizeof next_pid);
+        cr_expect_str_eq(next_pid, n_pid, "round %d: N, opened after S's pipe took it and "
+                                          "alive, was closed with S", round);
+        proved++;
+    }
+    cr_expect_geq(proved, 1, "no round found S ended when its pipe emptied");
+    loop_guard_check("an ended pipe");
+    pgg_async_free(ac);
+    event_base_free(base);
+    end_test(p, c);
+}
+
+/*
  * The same for a session the server ends right behind its answer to a
  * PREPARE (dead_before_send: the statement is not sent on it, and the call
  * borrows again): N, opened while the PREPARE was on its way, is kept, and
