@@ -2500,6 +2500,58 @@ Test(async, a_connect_cut_by_its_calls_deadline_joins_the_pool)
 }
 
 /*
+ * A loop connection is dated from its connect's start (pgg_link.born_ns),
+ * when its backend may already exist: a sibling the server ended after a
+ * moment in the middle of that connect (here t_mid, taken while a proxy
+ * holds the connect's first chunk 200 ms) says the server ended every
+ * session there then, this one's too, and it is closed without a look.
+ * Before, it was dated from the connect's end and kept as younger than the
+ * blip (a write sent on it could fail as sent).  White box: the host's
+ * rule for ended siblings (pgg__host_drop_dead) with that moment.
+ */
+Test(async, a_loop_connection_is_dated_from_its_connects_start)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgh_node *n = pgh_cluster_primary(c);
+    char err[256];
+    pgh_proxy *px = pgh_proxy_start(pgh_node_host(n), pgh_node_port(n), err, sizeof err);
+    char *ci;
+    pgg_pool *p;
+    struct event_base *base = event_base_new();
+    pgg_async *ac;
+    int64_t t_mid;
+    outcome o;
+
+    cr_assert_not_null(px, "%s", err);
+    ci = pgh_conninfo_at(pgh_node_conninfo(n), "127.0.0.1", pgh_proxy_port(px));
+    cr_assert_not_null(ci);
+    p = pool_for_conninfo(ci, "pool_min_idle=0 connect_timeout_ms=20000 "
+                              "health_probe_timeout_ms=20000 alive_check_after_idle_ms=600000 "
+                              "validate_after_idle_ms=600000 idle_timeout_ms=600000");
+    free(ci);
+    cr_assert(wait_role(p, 0, PGG_ROLE_PRIMARY, 10000));
+    ac = async_for(p, base);
+    pgg__host_trim(&p->hosts[0], pgg__now_ns(), true);
+    pgh_proxy_set_mode(px, PGH_PROXY_DELAY, 200);
+    start_call(ac, PGG_WRITE, "SELECT 1", 20000, 0, &o);
+    /* The connect started in the call; its first answer is 400 ms away. */
+    t_mid = pgg__now_ns();
+    run_until(base, &o, 1, 20000);
+    cr_assert_eq(o.code, PGG_OK, "%s %s", pgg_err_name(o.code), o.message);
+    pgh_proxy_set_mode(px, PGH_PROXY_PASS, 0);
+    pgg_async_give_back(ac);
+    cr_assert_eq(host_stats(p, 0).conns_idle, 1);
+    pgg__host_drop_dead(&p->hosts[0], pgg__now_ns(), 0, t_mid);
+    cr_expect_eq(host_stats(p, 0).conns_idle, 0,
+                 "a session whose connect was on its way at t_mid was kept as younger");
+    loop_guard_check("a loop connection's date");
+    pgg_async_free(ac);
+    event_base_free(base);
+    end_test(p, c);
+    pgh_proxy_free(px);
+}
+
+/*
  * A kept connection nobody else wants goes back to the pool after 100 ms
  * unused (the idle bound), not sooner: the loop turns all along and its
  * 2 ms looks find no other reason.  Its call started at `start`, so its

@@ -1405,6 +1405,55 @@ Test(recovery, a_connect_cut_by_its_calls_deadline_joins_the_pool)
 }
 
 /*
+ * A spare the health thread adopts is dated from its connect's start, when
+ * its backend may already exist (here a call's connect, cut at the call's
+ * 200 ms deadline and finished as a spare: a proxy holds each chunk
+ * 300 ms, so at t_mid, when the call has returned, it is still on its
+ * way).  A sibling the server ended after t_mid says the server ended
+ * every session there then: this one goes without a look.  Before, an
+ * adopted spare was dated from its adoption and kept as younger.  White
+ * box: the host's rule for ended siblings (pgg__host_drop_dead).
+ */
+Test(recovery, an_adopted_spare_is_dated_from_its_connects_start)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgh_node *n = pgh_cluster_primary(c);
+    char err[256];
+    pgh_proxy *px = pgh_proxy_start(pgh_node_host(n), pgh_node_port(n), err, sizeof err);
+    char *ci;
+    pgg_pool *p;
+    pgg_host_stats h;
+    pgg_error e;
+    int64_t t_mid;
+    double end;
+    int code;
+
+    cr_assert_not_null(px, "%s", err);
+    ci = pgh_conninfo_at(pgh_node_conninfo(n), "127.0.0.1", pgh_proxy_port(px));
+    cr_assert_not_null(ci);
+    p = pool_for_conninfo(ci, "pool_min_idle=0 connect_timeout_ms=20000 "
+                              "health_probe_timeout_ms=20000 alive_check_after_idle_ms=600000 "
+                              "validate_after_idle_ms=600000 idle_timeout_ms=600000");
+    free(ci);
+    cr_assert(wait_role(p, 0, PGG_ROLE_PRIMARY, 10000));
+    pgg__host_trim(&p->hosts[0], pgg__now_ns(), true);
+    pgh_proxy_set_mode(px, PGH_PROXY_DELAY, 300);
+    code = write_code(p, 200, &e);
+    cr_assert_eq(code, PGG_ETIMEDOUT, "the write: %s %s", pgg_err_name(code), e.message);
+    t_mid = pgg__now_ns();
+    pgh_proxy_set_mode(px, PGH_PROXY_PASS, 0);
+    end = pgh_now_ms() + 20000;
+    while ((h = host_stats(p, 0)).conns_idle < 1 && pgh_now_ms() < end)
+        sleep_ms(10);
+    cr_assert_eq(h.conns_idle, 1, "the cut connect's session never joined the pool");
+    pgg__host_drop_dead(&p->hosts[0], pgg__now_ns(), 0, t_mid);
+    cr_expect_eq(host_stats(p, 0).conns_idle, 0,
+                 "a spare whose connect was on its way at t_mid was kept as younger");
+    end_test(p, c);
+    pgh_proxy_free(px);
+}
+
+/*
  * A caller whose session was ended comes back within its period, often
  * before the health thread has started the replacement it was promised
  * (n_lost): its own connect is that replacement, not one more.  Both
