@@ -1405,6 +1405,59 @@ Test(recovery, a_connect_cut_by_its_calls_deadline_joins_the_pool)
 }
 
 /*
+ * A connect cut by its call's deadline (100 ms) into a host that never
+ * answers (a proxy that swallows everything) goes on as a spare; when its
+ * own connect_timeout_ms (500) runs out, that is the host's failed
+ * connect: counted then, once, and recorded against the breaker as a
+ * connection failure, not at the call's deadline.
+ */
+Test(recovery, a_cut_connect_that_runs_out_of_its_own_bound_is_the_hosts_failure)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgh_node *n = pgh_cluster_primary(c);
+    char err[256];
+    pgh_proxy *px = pgh_proxy_start(pgh_node_host(n), pgh_node_port(n), err, sizeof err);
+    char *ci;
+    pgg_pool *p;
+    pgg_host_stats before, h;
+    pgg_error e;
+    double end;
+    int code;
+
+    cr_assert_not_null(px, "%s", err);
+    ci = pgh_conninfo_at(pgh_node_conninfo(n), "127.0.0.1", pgh_proxy_port(px));
+    cr_assert_not_null(ci);
+    /* The breaker only counts (the probes into the black hole time out
+     * too, which are no failed connects). */
+    p = pool_for_conninfo(ci, "pool_min_idle=0 connect_timeout_ms=500 "
+                              "health_probe_timeout_ms=500 breaker.mode=metrics_only");
+    free(ci);
+    cr_assert(wait_role(p, 0, PGG_ROLE_PRIMARY, 10000));
+    pgg__host_trim(&p->hosts[0], pgg__now_ns(), true);
+    before = host_stats(p, 0);
+    pgh_proxy_set_mode(px, PGH_PROXY_BLACKHOLE, 0);
+    code = write_code(p, 100, &e);
+    cr_assert_eq(code, PGG_ETIMEDOUT, "the write: %s %s", pgg_err_name(code), e.message);
+    h = host_stats(p, 0);
+    cr_expect_eq(h.connect_failures, before.connect_failures,
+                 "the call's own deadline was counted as the host's failed connect");
+    end = pgh_now_ms() + 10000;
+    while ((h = host_stats(p, 0)).connect_failures == before.connect_failures &&
+           pgh_now_ms() < end)
+        sleep_ms(10);
+    cr_expect_eq(h.connect_failures, before.connect_failures + 1,
+                 "%llu failed connects counted once its own bound ran out",
+                 (unsigned long long)(h.connect_failures - before.connect_failures));
+    cr_expect_eq(h.failures[PGG_CLASS_CONNECTION], before.failures[PGG_CLASS_CONNECTION] + 1,
+                 "%llu connection failures recorded",
+                 (unsigned long long)(h.failures[PGG_CLASS_CONNECTION] -
+                                      before.failures[PGG_CLASS_CONNECTION]));
+    pgh_proxy_set_mode(px, PGH_PROXY_PASS, 0);
+    end_test(p, c);
+    pgh_proxy_free(px);
+}
+
+/*
  * A spare the health thread adopts is dated from its connect's start, when
  * its backend may already exist (here a call's connect, cut at the call's
  * 200 ms deadline and finished as a spare: a proxy holds each chunk
