@@ -1324,23 +1324,6 @@ static int write_code(pgg_pool *p, int timeout_ms, pgg_error *e)
     return code;
 }
 
-/* No failure counted against host i since `before`, its breaker closed. */
-static void expect_no_host_failure(pgg_pool *p, int i, const pgg_host_stats *before,
-                                   const char *when)
-{
-    pgg_host_stats h = host_stats(p, i);
-
-    cr_expect_eq(h.state, PGG_BREAKER_CLOSED, "%s: breaker %s", when,
-                 pgg_breaker_state_name(h.state));
-    cr_expect_eq(h.connect_failures, before->connect_failures,
-                 "%s: %llu failed connects counted", when,
-                 (unsigned long long)(h.connect_failures - before->connect_failures));
-    for (int k = PGG_CLASS_CONNECTION; k < PGG_CLASS__COUNT; k++)
-        cr_expect_eq(h.failures[k], before->failures[k], "%s: %llu %s failures counted", when,
-                     (unsigned long long)(h.failures[k] - before->failures[k]),
-                     pgg_class_name((pgg_class)k));
-}
-
 /*
  * A server slow to take a session (a proxy holding every chunk 300 ms: a
  * connect takes 600 ms at least) and a write whose deadline (200 ms) comes
@@ -1357,24 +1340,16 @@ static void expect_no_host_failure(pgg_pool *p, int i, const pgg_host_stats *bef
 Test(recovery, a_connect_cut_by_its_calls_deadline_joins_the_pool)
 {
     pgh_cluster *c = cluster_or_die(0);
-    pgh_node *n = pgh_cluster_primary(c);
-    char err[256];
-    pgh_proxy *px = pgh_proxy_start(pgh_node_host(n), pgh_node_port(n), err, sizeof err);
-    char *ci;
+    pgh_proxy *px;
     pgg_pool *p;
     pgg_host_stats before, h;
     pgg_error e;
     double end;
     int code;
 
-    cr_assert_not_null(px, "%s", err);
-    ci = pgh_conninfo_at(pgh_node_conninfo(n), "127.0.0.1", pgh_proxy_port(px));
-    cr_assert_not_null(ci);
     /* Bounds far above the proxy's delays: only the call's deadline cuts. */
-    p = pool_for_conninfo(ci, "pool_min_idle=0 connect_timeout_ms=20000 "
-                              "health_probe_timeout_ms=20000");
-    free(ci);
-    cr_assert(wait_role(p, 0, PGG_ROLE_PRIMARY, 10000));
+    p = pool_through_proxy(c, &px, "pool_min_idle=0 connect_timeout_ms=20000 "
+                                   "health_probe_timeout_ms=20000");
     pgg__host_trim(&p->hosts[0], pgg__now_ns(), true);
     before = host_stats(p, 0);
     pgh_proxy_set_mode(px, PGH_PROXY_DELAY, 300);
@@ -1414,25 +1389,17 @@ Test(recovery, a_connect_cut_by_its_calls_deadline_joins_the_pool)
 Test(recovery, a_cut_connect_that_runs_out_of_its_own_bound_is_the_hosts_failure)
 {
     pgh_cluster *c = cluster_or_die(0);
-    pgh_node *n = pgh_cluster_primary(c);
-    char err[256];
-    pgh_proxy *px = pgh_proxy_start(pgh_node_host(n), pgh_node_port(n), err, sizeof err);
-    char *ci;
+    pgh_proxy *px;
     pgg_pool *p;
     pgg_host_stats before, h;
     pgg_error e;
     double end;
     int code;
 
-    cr_assert_not_null(px, "%s", err);
-    ci = pgh_conninfo_at(pgh_node_conninfo(n), "127.0.0.1", pgh_proxy_port(px));
-    cr_assert_not_null(ci);
     /* The breaker only counts (the probes into the black hole time out
      * too, which are no failed connects). */
-    p = pool_for_conninfo(ci, "pool_min_idle=0 connect_timeout_ms=500 "
-                              "health_probe_timeout_ms=500 breaker.mode=metrics_only");
-    free(ci);
-    cr_assert(wait_role(p, 0, PGG_ROLE_PRIMARY, 10000));
+    p = pool_through_proxy(c, &px, "pool_min_idle=0 connect_timeout_ms=500 "
+                                   "health_probe_timeout_ms=500 breaker.mode=metrics_only");
     pgg__host_trim(&p->hosts[0], pgg__now_ns(), true);
     before = host_stats(p, 0);
     pgh_proxy_set_mode(px, PGH_PROXY_BLACKHOLE, 0);
@@ -1470,10 +1437,7 @@ Test(recovery, a_cut_connect_that_runs_out_of_its_own_bound_is_the_hosts_failure
 Test(recovery, an_adopted_spare_is_dated_from_its_connects_start)
 {
     pgh_cluster *c = cluster_or_die(0);
-    pgh_node *n = pgh_cluster_primary(c);
-    char err[256];
-    pgh_proxy *px = pgh_proxy_start(pgh_node_host(n), pgh_node_port(n), err, sizeof err);
-    char *ci;
+    pgh_proxy *px;
     pgg_pool *p;
     pgg_host_stats h;
     pgg_error e;
@@ -1481,14 +1445,9 @@ Test(recovery, an_adopted_spare_is_dated_from_its_connects_start)
     double end;
     int code;
 
-    cr_assert_not_null(px, "%s", err);
-    ci = pgh_conninfo_at(pgh_node_conninfo(n), "127.0.0.1", pgh_proxy_port(px));
-    cr_assert_not_null(ci);
-    p = pool_for_conninfo(ci, "pool_min_idle=0 connect_timeout_ms=20000 "
-                              "health_probe_timeout_ms=20000 alive_check_after_idle_ms=600000 "
-                              "validate_after_idle_ms=600000 idle_timeout_ms=600000");
-    free(ci);
-    cr_assert(wait_role(p, 0, PGG_ROLE_PRIMARY, 10000));
+    p = pool_through_proxy(c, &px, "pool_min_idle=0 connect_timeout_ms=20000 "
+                                   "health_probe_timeout_ms=20000 alive_check_after_idle_ms=600000 "
+                                   "validate_after_idle_ms=600000 idle_timeout_ms=600000");
     pgg__host_trim(&p->hosts[0], pgg__now_ns(), true);
     pgh_proxy_set_mode(px, PGH_PROXY_DELAY, 300);
     code = write_code(p, 200, &e);
