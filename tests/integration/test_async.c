@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "async.h"
+#include "health.h"
 #include "link_util.h"
 #include "pool.h"
 #include "pool_util.h"
@@ -2092,6 +2093,11 @@ static void ended_spares_the_younger(bool pipe)
             pgg_async_give_back(ac);
             continue;
         }
+        /* The health thread's look at every idle session (sweep, woken by
+         * the ended one) takes them out of the pool for a moment: a borrow
+         * then would connect.  A round later that look is over. */
+        cr_assert(pgg__health_await_round(p->health, pgg__now_ns() + 10 * PGG_NS_PER_SEC),
+                  "no health round completed");
         blocking_pid(p, next_pid, sizeof next_pid);
         cr_expect_str_eq(next_pid, n_pid, "round %d: N, opened after S%s and alive, was "
                                           "closed with S", round,
