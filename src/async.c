@@ -903,12 +903,13 @@ static void exec_over(pgg_async_call *k, PGresult *res, pgg_attempt_end end)
         /* Answered, then terminated: libpq read the FATAL with the answer
          * and PQstatus still says OK.  Not given back, where the next
          * borrow, within alive_check_after_idle_ms, would not look; its
-         * idle siblings go too (pool.c's rule for a session that ended). */
+         * idle siblings opened before the attempt go too, the younger ones
+         * are looked at (pool.c's rule for a session that ended: it
+         * answered a statement sent after k->c.now). */
         sock_close(k);
         pgg__host_discard(k->h, k->l);
         k->l = NULL;
-        pgg__pool_settle(k->c.pool, k->h, NULL, PGG_CLASS_IGNORED, true,
-                         k->a.ended, k->a.ended);
+        pgg__pool_session_ended(k->c.pool, k->h, k->c.now, k->a.ended);
         k->unpark = true;
     } else if (!k->l || k->a.lost || !keep_spare(k)) {
         /* The socket is forgotten before its connection can go. */
@@ -940,18 +941,17 @@ static int send_prepare(pgg_async_call *k, PGresult **res, pgg_attempt_end *end)
 
 /* k's connection turned out dead before k's statement was sent on it: the
  * server's FATAL already read (a session terminated behind its last
- * answer).  As borrow does with an idle one found dead: closed, its idle
- * siblings too (pool.c's rule for a session that ended), and k borrows
- * again within its attempt, taking the slot it gave back. */
-static void dead_before_send(pgg_async_call *k)
+ * answer, the last answered at alive_at or later).  As borrow does with an
+ * idle one found dead: closed, its idle siblings opened before alive_at too,
+ * the younger ones looked at (pool.c's rule for a session that ended), and
+ * k borrows again within its attempt, taking the slot it gave back. */
+static void dead_before_send(pgg_async_call *k, int64_t alive_at)
 {
-    int64_t now = pgg__now_ns();
-
     sock_close(k); /* forgotten before its connection can go */
     pgg__host_discard(k->h, k->l);
     k->l = NULL;
     k->ended_behind = false;
-    pgg__pool_settle(k->c.pool, k->h, NULL, PGG_CLASS_IGNORED, true, now, now);
+    pgg__pool_session_ended(k->c.pool, k->h, alive_at, pgg__now_ns());
     borrow(k);
 }
 
@@ -1050,8 +1050,9 @@ static void io(pgg_async_call *k, int revents)
         }
         PQclear(res);
         if (k->ended_behind) {
-            /* Prepared, then terminated: the statement was not sent. */
-            dead_before_send(k);
+            /* Prepared, then terminated: the statement was not sent.  The
+             * PREPARE, sent after the attempt began, was answered. */
+            dead_before_send(k, k->c.now);
             return;
         }
         pgg__stmt_set_add(&k->l->stmts, stmt->index);
@@ -1229,8 +1230,10 @@ static bool pipe_open(pgg_async_call *k)
     if (!k->l->fresh && !pgg__link_held_ok(k->l->conn)) {
         /* libpq already read the server's FATAL behind the session's last
          * answer (a spare, or one given back moments ago, which borrow
-         * does not poll). */
-        dead_before_send(k);
+         * does not poll).  Dated by its last use (a kept one's is older
+         * still): a session opened between that answer and its give-back
+         * goes too, a window of what one give-back takes. */
+        dead_before_send(k, k->l->last_used_ns);
         return true;
     }
     if (!PQenterPipelineMode(k->l->conn))
@@ -1491,13 +1494,14 @@ static void flush_pipes(pgg_async *ac)
             /* The server's FATAL, read behind the last answer (a
              * terminated backend): the next borrow, within
              * alive_check_after_idle_ms, would not look.  Its idle
-             * siblings rarely died alone (pool.c's rule for a session
-             * that ended). */
-            int64_t now = pgg__now_ns();
+             * siblings rarely died alone: those opened before the pipe
+             * took it go too, the younger ones are looked at (pool.c's
+             * rule for a session that ended; it answered statements sent
+             * after its last use). */
+            int64_t alive_at = l->last_used_ns;
 
             pgg__host_discard(p->h, l);
-            pgg__pool_settle(ac->pool, p->h, NULL, PGG_CLASS_IGNORED, true,
-                             now, now);
+            pgg__pool_session_ended(ac->pool, p->h, alive_at, pgg__now_ns());
         } else {
             pgg__host_give_back(p->h, l, p->ended);
         }
@@ -1745,6 +1749,30 @@ static void connect_abort(pgg_async_call *k, int code, const char *msg)
     connect_failed(k);
 }
 
+/* The attempt's deadline (or a cancel) ended k's connect before its own
+ * bound: the call's timeout, not the host's failure (PGG_BORROW_CUT); the
+ * connect goes on as a spare of the health thread, its session for the
+ * pool (host.c, "Handed connects"), or is closed when the host cannot
+ * take it.  Its socket is forgotten by the adapter first. */
+static void connect_cut(pgg_async_call *k)
+{
+    int events = k->sock ? k->sock->on : 0;
+    bool handed;
+
+    connect_fd_close(k);
+    handed = events && pgg__host_hand_connect(k->h, k->conn, events,
+                                              k->connect_at);
+    if (!handed)
+        PQfinish(k->conn);
+    k->conn = NULL;
+    pgg__error_set(k->c.err, PGG_ETIMEDOUT, NULL, k->h->name,
+                   "connect: the call's deadline came first; %s",
+                   handed ? "the connect goes on and its session joins the "
+                            "pool"
+                          : "connect given up");
+    connect_failed_as(k, PGG_BORROW_CUT);
+}
+
 /* A new connection's bound, its hook included (pgg__host_borrow's):
  * connect_timeout_ms from the connect's start. */
 static int64_t connect_bound(const pgg_async_call *k)
@@ -1762,7 +1790,8 @@ static void connected(pgg_async_call *k)
 
     sock_close(k);
     k->conn_fd = 0;
-    if (pgg__host_connected(k->h, k->conn, &k->l, k->c.err) != PGG_OK) {
+    if (pgg__host_connected(k->h, k->conn, k->connect_at, &k->l,
+                            k->c.err) != PGG_OK) {
         if (fd)
             close(fd);
         k->conn = NULL;
@@ -2140,7 +2169,10 @@ static void expire(pgg_async_call *k)
 
     switch (k->state) {
     case ST_CONNECT:
-        connect_abort(k, PGG_ETIMEDOUT, "connect: deadline exceeded");
+        if (pgg__now_ns() < k->connect_at + k->h->connect_timeout_ns)
+            connect_cut(k);
+        else
+            connect_abort(k, PGG_ETIMEDOUT, "connect: deadline exceeded");
         break;
     case ST_HOOK:
         /* Its SQL may still run: hook_over has it cancelled. */

@@ -103,7 +103,11 @@ typedef struct spare {
     PGconn *conn; /* NULL: none pending */
     PostgresPollingStatusType cst;
     int64_t started;
+    int64_t end;      /* given up then (spares_expire) */
     int64_t retry_at; /* no new one before this */
+    /* A caller's connect cut by its call (host.c, "Handed connects"): its
+     * failure, or its own bound running out, is the host's. */
+    bool handed;
 } spare;
 
 struct pgg_health {
@@ -250,7 +254,8 @@ static bool probe_donate(pgg_health *hl, int i, int64_t now)
     PGconn *c = hl->conns[i];
     pgg_role role = pgg__link_reported_role(c);
 
-    if (role == PGG_ROLE_UNKNOWN || !pgg__host_adopt(&hl->pool->hosts[i], c, now, 1))
+    if (role == PGG_ROLE_UNKNOWN ||
+        !pgg__host_adopt(&hl->pool->hosts[i], c, now, p->started, 1, false))
         return false;
     hl->conns[i] = NULL;
     p->phase = PROBE_IDLE;
@@ -503,6 +508,18 @@ static void verify_failed(pgg_health *hl, int i, int64_t now)
     if (host_answers(h) != hl->probes[i].verify_answers)
         return;
     (void)pgg__breaker_host_silent(&h->breaker, now);
+}
+
+/* Host i answered at now outside its probes (a spare's connect
+ * completed): a silence a call noted before that is answered (verify_take
+ * drops it), and a verification under way ends without opening. */
+static void answered(pgg_health *hl, int i, int64_t now)
+{
+    probe *p = &hl->probes[i];
+
+    if (p->answered_at < now)
+        p->answered_at = now;
+    p->verifying = false;
 }
 
 /* Start host i's probe.  Returns false when none started (forced open). */
@@ -822,7 +839,76 @@ static void spares_start(pgg_health *hl, int i, int want, int64_t now)
         sp->conn = c;
         sp->cst = PGRES_POLLING_WRITING;
         sp->started = now;
+        /* Given up after as long as a held probe: a connection dropped
+         * silently on the way would never complete. */
+        sp->end = now + HOLD_BOUNDS * hl->probe_timeout;
+        sp->handed = false;
     }
+}
+
+/*
+ * Connects callers handed on to host i (host.c, "Handed connects") become
+ * spares, each bounded by its own connect_timeout_ms.  Taken before the
+ * silence their callers noted (verify_take), whose one spare they are.
+ * With every slot taken, one is closed: at most SPARES connects of ours
+ * wait at a host that slow.
+ */
+static void spares_handed(pgg_health *hl, int i)
+{
+    pgg_host *h = &hl->pool->hosts[i];
+    spare *sps = &hl->spares[i * SPARES];
+    pgg_handed *c = pgg__host_take_handed(h);
+
+    while (c) {
+        pgg_handed *next = c->next;
+        int s = 0;
+
+        while (s < SPARES && sps[s].conn)
+            s++;
+        if (s == SPARES || atomic_load(&hl->stopping)) {
+            PQfinish(c->conn);
+            pgg__host_spares(h, -1);
+        } else {
+            sps[s].conn = c->conn;
+            sps[s].cst = c->events == POLLIN ? PGRES_POLLING_READING
+                                             : PGRES_POLLING_WRITING;
+            sps[s].started = c->started;
+            sps[s].end = c->started + h->connect_timeout_ns;
+            sps[s].retry_at = 0;
+            sps[s].handed = true;
+        }
+        free(c);
+        c = next;
+    }
+}
+
+/* Handed spare sp of host i ended without a session (err: why; timed_out:
+ * its own bound ran out): a connect that failed, the host's failure as a
+ * caller's would have been, unless the server refused it for a reason of
+ * its own (too many clients, starting: an answer, classify.h). */
+static void handed_failed(pgg_health *hl, int i, const spare *sp,
+                          bool timed_out, int64_t now)
+{
+    pgg_host *h = &hl->pool->hosts[i];
+    pgg_error e;
+    pgg_verdict v;
+    pgg_ticket t;
+
+    pgg__error_reset(&e);
+    if (timed_out)
+        pgg__error_set(&e, PGG_ETIMEDOUT, NULL, h->name,
+                       "connect: deadline exceeded (connect_timeout_ms, "
+                       "finished for a call that gave up)");
+    else
+        pgg__link_error(&e, PGG_ECONNECT, sp->conn, NULL, h->name, "connect");
+    v = pgg__classify_connect(&hl->pool->cfg->classifier,
+                              e.sqlstate[0] ? e.sqlstate : NULL);
+    if (!pgg__host_failure(v.cls))
+        return;
+    atomic_fetch_add(&h->connect_failures, 1);
+    pgg__host_note_error(h, &e);
+    if (pgg__breaker_allow(&h->breaker, now, &t))
+        pgg__pool_record(hl->pool, h, t, v.cls, sp->started, now);
 }
 
 /*
@@ -961,12 +1047,19 @@ static void spare_step(pgg_health *hl, int i, int k)
 
     sp->cst = PQconnectPoll(c);
     if (sp->cst == PGRES_POLLING_FAILED) {
-        spare_drop(h, sp, pgg__now_ns() + DEMAND_REFUSED_NS);
+        now = pgg__now_ns();
+        if (sp->handed)
+            handed_failed(hl, i, sp, false, now);
+        spare_drop(h, sp, now + DEMAND_REFUSED_NS);
         return;
     }
     if (sp->cst != PGRES_POLLING_OK)
         return;
     now = pgg__now_ns();
+    /* The host took a session: an answer, which a silence noted since
+     * the connect's start (a call cut while it waited) must not outlast
+     * (verify_take, verify_failed). */
+    answered(hl, i, now);
     if (PQsetnonblocking(c, 1) != 0) {
         spare_drop(h, sp, now);
         return;
@@ -975,7 +1068,8 @@ static void spare_step(pgg_health *hl, int i, int k)
     if (!pgg__breaker_host_back(&h->breaker, now))
         (void)pgg__breaker_host_answered(&h->breaker, now);
     role = pgg__link_reported_role(c);
-    if (role == PGG_ROLE_UNKNOWN || !pgg__host_adopt(h, c, now, SPARES + 1)) {
+    if (role == PGG_ROLE_UNKNOWN ||
+        !pgg__host_adopt(h, c, now, sp->started, SPARES + 1, sp->handed)) {
         spare_drop(h, sp, now);
         return;
     }
@@ -1009,20 +1103,22 @@ static void refusals_count(pgg_health *hl, int i, int64_t now)
     r->at = now;
 }
 
-/* A spare the server never took (a connection dropped silently on the
- * way) is given up after as long as a held probe. */
+/* A spare the server never took is given up at its end (a held probe's
+ * bounds; a handed one's own connect_timeout_ms). */
 static void spares_expire(pgg_health *hl, int i, int64_t now, int64_t *wait_until)
 {
     for (int s = 0; s < SPARES; s++) {
         spare *sp = &hl->spares[i * SPARES + s];
-        int64_t end = sp->started + HOLD_BOUNDS * hl->probe_timeout;
 
         if (!sp->conn)
             continue;
-        if (now >= end || atomic_load(&hl->stopping))
+        if (now >= sp->end || atomic_load(&hl->stopping)) {
+            if (sp->handed && now >= sp->end && !atomic_load(&hl->stopping))
+                handed_failed(hl, i, sp, true, now);
             spare_drop(&hl->pool->hosts[i], sp, now);
-        else if (end < *wait_until)
-            *wait_until = end;
+        } else if (sp->end < *wait_until) {
+            *wait_until = sp->end;
+        }
     }
 }
 
@@ -1057,8 +1153,10 @@ static void *health_main(void *arg)
             expedite(hl, now, atomic_exchange(&hl->restart_round, false));
         }
         hl->was_incident = now_incident;
-        for (int i = 0; i < pool->nhosts; i++)
+        for (int i = 0; i < pool->nhosts; i++) {
+            spares_handed(hl, i);
             verify_take(hl, i, now);
+        }
 
         for (int i = 0; i < pool->nhosts; i++) {
             probe *p = &hl->probes[i];

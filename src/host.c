@@ -57,6 +57,7 @@ int pgg__host_init(pgg_host *h, int index, const char *name,
     atomic_init(&h->n_lost, 0);
     atomic_init(&h->ended_seen, false);
     atomic_init(&h->silent_since_ns, 0);
+    atomic_init(&h->handed, NULL);
     return PGG_OK;
 }
 
@@ -88,6 +89,12 @@ void pgg__host_destroy(pgg_host *h)
         close_list(atomic_exchange(&h->park[i].link, NULL));
     close_list(h->idle);
     h->idle = NULL;
+    /* Handed on after the health thread stopped: never taken. */
+    for (pgg_handed *c = pgg__host_take_handed(h), *next; c; c = next) {
+        next = c->next;
+        PQfinish(c->conn);
+        free(c);
+    }
     pgg__breaker_destroy(&h->breaker);
     pthread_cond_destroy(&h->cv);
     pthread_cond_destroy(&h->back_cv);
@@ -246,24 +253,49 @@ int pgg__host_on_connect(pgg_host *h, PGconn *conn, int64_t deadline_ns,
     return pgg__host_hook_usable(h, conn, err);
 }
 
+/*
+ * A new connection within deadline_ns and connect_timeout_ms.  *cut: the
+ * deadline (or the caller's cancel) ended the connect before its own
+ * bound, the call's timeout and not the host's failure; the connect goes
+ * on as a spare when the host takes it ("Handed connects").
+ */
 static int connect_new(pgg_host *h, int64_t deadline_ns, pgg_link **out,
-                       bool *hook_refused, pgg_error *err)
+                       bool *hook_refused, bool *cut, pgg_error *err)
 {
     int64_t now = pgg__now_ns();
-    int64_t bound = now + h->connect_timeout_ns;
+    int64_t own = now + h->connect_timeout_ns;
+    int64_t bound = own;
     /* Its backend may exist from here on. */
     int64_t born = now;
     PGconn *conn = NULL;
     pgg_link *l;
     bool host_fault;
+    int pending = 0;
     int rc;
 
     *hook_refused = false;
+    *cut = false;
     if (bound > deadline_ns)
         bound = deadline_ns;
     atomic_fetch_add(&h->connects, 1);
-    rc = pgg__link_connect(h->keys, h->vals, bound, h->name, &conn, err);
+    rc = pgg__link_connect_until(h->keys, h->vals, bound, h->name, &conn,
+                                 &pending, err);
+    if (rc == PGG_ETIMEDOUT && (*cut = pgg__now_ns() < own)) {
+        bool handed = conn && pgg__host_hand_connect(h, conn, pending, born);
+
+        if (!handed)
+            PQfinish(conn);
+        if (err)
+            snprintf(err->message, sizeof err->message,
+                     "connect: the call's deadline came first; %s",
+                     handed ? "the connect goes on and its session joins the "
+                              "pool"
+                            : "connect given up");
+        return rc;
+    }
     if (rc != PGG_OK) {
+        /* Its own bound ran out (closed here), or it failed. */
+        PQfinish(conn);
         atomic_fetch_add(&h->connect_failures, 1);
         return rc;
     }
@@ -624,6 +656,12 @@ static int busy_error_locked(const pgg_host *h, int64_t now, pgg_error *err)
                               "(53300) and ours were busy until the "
                               "deadline",
                               h->name);
+    if (h->n_spares > 0 && h->n_busy + h->n_connecting + h->n_idle < h->max)
+        return pgg__error_set(err, PGG_ETIMEDOUT, NULL, h->name,
+                              "a connect to %s on its way (a spare, or one "
+                              "an earlier call's deadline cut) had not "
+                              "completed by the deadline",
+                              h->name);
     return pgg__error_set(err, PGG_ETIMEDOUT, NULL, h->name,
                           "all %d connections to %s busy until the "
                           "deadline (pool_max)",
@@ -775,7 +813,7 @@ static int borrow_locked(pgg_host *h, int64_t deadline_ns, int64_t now,
         }
         if (verdict != CONNECT_WAIT) {
             pgg_error cerr;
-            bool hook_refused = false;
+            bool hook_refused = false, cut = false;
             int64_t began;
 
             pgg__error_reset(&cerr);
@@ -785,7 +823,7 @@ static int borrow_locked(pgg_host *h, int64_t deadline_ns, int64_t now,
             pthread_mutex_unlock(&h->mu);
             close_list(doomed);
             doomed = NULL;
-            rc = connect_new(h, deadline_ns, out, &hook_refused, &cerr);
+            rc = connect_new(h, deadline_ns, out, &hook_refused, &cut, &cerr);
             pthread_mutex_lock(&h->mu);
             h->n_connecting--;
             if (rc == PGG_OK)
@@ -800,7 +838,9 @@ static int borrow_locked(pgg_host *h, int64_t deadline_ns, int64_t now,
             pthread_mutex_unlock(&h->mu);
             if (rc != PGG_OK) {
                 pgg__error_copy(err, &cerr);
-                *why = hook_refused ? PGG_BORROW_HOOK : PGG_BORROW_CONNECT;
+                *why = hook_refused ? PGG_BORROW_HOOK
+                       : cut        ? PGG_BORROW_CUT
+                                    : PGG_BORROW_CONNECT;
             }
             return rc;
         }
@@ -917,8 +957,8 @@ int pgg__host_try_borrow(pgg_host *h, int64_t since, int64_t now,
     }
 }
 
-int pgg__host_connected(pgg_host *h, PGconn *conn, pgg_link **out,
-                        pgg_error *err)
+int pgg__host_connected(pgg_host *h, PGconn *conn, int64_t born_ns,
+                        pgg_link **out, pgg_error *err)
 {
     pgg_link *l = calloc(1, sizeof *l);
     int64_t now = pgg__now_ns();
@@ -928,7 +968,8 @@ int pgg__host_connected(pgg_host *h, PGconn *conn, pgg_link **out,
         l->conn = conn;
         l->expires_ns = pgg__link_expiry(h, now);
         l->last_used_ns = now;
-        l->born_ns = now;
+        /* Its backend may exist from its connect's start on. */
+        l->born_ns = born_ns;
         l->fresh = true;
     }
     pthread_mutex_lock(&h->mu);
@@ -1020,7 +1061,8 @@ void pgg__host_abandon(pgg_host *h, pgg_link *l, pgg_canceller *c)
     release_slot(h, NULL);
 }
 
-bool pgg__host_adopt(pgg_host *h, PGconn *conn, int64_t now_ns, int max_idle)
+bool pgg__host_adopt(pgg_host *h, PGconn *conn, int64_t now_ns,
+                     int64_t born_ns, int max_idle, bool counted)
 {
     pgg_link *l;
 
@@ -1032,7 +1074,7 @@ bool pgg__host_adopt(pgg_host *h, PGconn *conn, int64_t now_ns, int max_idle)
     l->conn = conn;
     l->expires_ns = pgg__link_expiry(h, now_ns);
     l->last_used_ns = now_ns;
-    l->born_ns = now_ns;
+    l->born_ns = born_ns;
     pthread_mutex_lock(&h->mu);
     if (h->closed || h->n_idle >= max_idle ||
         h->n_busy + h->n_connecting + h->n_idle >= h->max) {
@@ -1048,11 +1090,64 @@ bool pgg__host_adopt(pgg_host *h, PGconn *conn, int64_t now_ns, int max_idle)
         if (h->n_waiting > 0)
             pthread_cond_broadcast(&h->cv);
     }
-    atomic_fetch_add(&h->connects, 1);
+    if (!counted)
+        atomic_fetch_add(&h->connects, 1);
     if (h->n_waiting > 0)
         pthread_cond_signal(&h->cv);
     pthread_mutex_unlock(&h->mu);
     return true;
+}
+
+/*
+ * Handed connects.  A call's connect ends at the call's deadline, and a
+ * server slow to take sessions (a loaded one, one whose slots just freed)
+ * may need longer than a call has: cut there, it was closed and counted as
+ * the host's failure, two such opened a breaker (the fault bench, at load
+ * 30: connects of 280-600 ms, 143 slots lost against libpq, whose caller's
+ * blocking connect of 302 ms completed and was kept for its next call).
+ * So a connect its caller gives up on before connect_timeout_ms goes on:
+ * the health thread drives it as a spare (health.c, spares_handed) until
+ * it completes, adopted as an idle session, or its own bound runs out or
+ * it fails, the host's failure then.  The caller's timeout is the call's
+ * (PGG_BORROW_CUT).  Nothing waits for it on the caller's side; a spare
+ * never taken is closed with the health thread or the host.
+ */
+bool pgg__host_hand_connect(pgg_host *h, PGconn *conn, int events,
+                            int64_t started_ns)
+{
+    pgg_handed *c;
+
+    if (h->on_connect && (h->on_connect->sql || h->on_connect->fn))
+        return false;
+    if (!(c = malloc(sizeof *c)))
+        return false;
+    c->conn = conn;
+    c->events = events;
+    c->started = started_ns;
+    pthread_mutex_lock(&h->mu);
+    if (h->closed) {
+        pthread_mutex_unlock(&h->mu);
+        free(c);
+        return false;
+    }
+    c->next = atomic_load_explicit(&h->handed, memory_order_relaxed);
+    atomic_store_explicit(&h->handed, c, memory_order_relaxed);
+    h->n_spares++;
+    pthread_mutex_unlock(&h->mu);
+    return true;
+}
+
+pgg_handed *pgg__host_take_handed(pgg_host *h)
+{
+    pgg_handed *c;
+
+    if (!atomic_load_explicit(&h->handed, memory_order_relaxed))
+        return NULL;
+    pthread_mutex_lock(&h->mu);
+    c = atomic_load_explicit(&h->handed, memory_order_relaxed);
+    atomic_store_explicit(&h->handed, NULL, memory_order_relaxed);
+    pthread_mutex_unlock(&h->mu);
+    return c;
 }
 
 /* Close the idle connections past their age (all of them when `all`). */
@@ -1159,9 +1254,9 @@ int pgg__host_warm(pgg_host *h, int64_t deadline_ns)
         h->n_connecting++;
         pthread_mutex_unlock(&h->mu);
 
-        bool hook_refused;
+        bool hook_refused, cut;
 
-        rc = connect_new(h, deadline_ns, &l, &hook_refused, NULL);
+        rc = connect_new(h, deadline_ns, &l, &hook_refused, &cut, NULL);
 
         pthread_mutex_lock(&h->mu);
         h->n_connecting--;

@@ -69,6 +69,17 @@ typedef struct pgg_link {
     struct pgg_link *next;
 } pgg_link;
 
+/* A connect its caller gave up on (the call's deadline or cancel) before
+ * its own bound, connect_timeout_ms from its start: it goes on as a spare
+ * of the health thread (host.c, "Handed connects").  Under the host's mu
+ * until the health thread takes it. */
+typedef struct pgg_handed {
+    PGconn *conn;
+    int events;      /* the poll events it waits for (POLLIN / POLLOUT) */
+    int64_t started; /* when its connect started */
+    struct pgg_handed *next;
+} pgg_handed;
+
 /* Parking slots per host; threads are spread over them round-robin. */
 #define PGG_PARK_SLOTS 16
 
@@ -139,6 +150,9 @@ typedef struct pgg_host {
      * (spares, health.c): a borrower waits for one of them rather than
      * queue its own connect behind them. */
     int n_spares;
+    /* Handed connects the health thread has not taken yet (newest first;
+     * written under mu, read without it as a hint; counted in n_spares). */
+    _Atomic(pgg_handed *) handed;
     /* Lent out (calls and leases running on it).  Written under mu; read
      * without it by the router, which wants the least busy host. */
     _Atomic int n_busy;
@@ -232,9 +246,14 @@ typedef enum pgg_borrow_fail {
     PGG_BORROW_CLOSED,
     PGG_BORROW_HOOK,        /* the on-connect hook refused a healthy session:
                                PGG_EONCONNECT, not the host's fault */
-    PGG_BORROW_REFUSED      /* the server refused a session (53300, 57P03)
+    PGG_BORROW_REFUSED,     /* the server refused a session (53300, 57P03)
                                moments ago: not asked again yet,
                                PGG_EUNAVAILABLE, not the host's fault */
+    PGG_BORROW_CUT          /* the call's deadline (or cancel) came before
+                               the connect's own bound: PGG_ETIMEDOUT, the
+                               call's timeout, not the host's; the connect
+                               goes on for the pool when it could be handed
+                               on (pgg__host_hand_connect) */
 } pgg_borrow_fail;
 
 /*
@@ -393,10 +412,10 @@ static inline int pgg__host_borrow(pgg_host *h, int64_t deadline_ns,
 int pgg__host_try_borrow(pgg_host *h, int64_t since, int64_t now,
                          int64_t deadline_ns, pgg_link **out, bool *connect,
                          pgg_error *err);
-/* The reserved connect succeeded: conn becomes a lent link (NULL and
- * PGG_ENOMEM: closed). */
-int pgg__host_connected(pgg_host *h, PGconn *conn, pgg_link **out,
-                        pgg_error *err);
+/* The reserved connect, started at born_ns, succeeded: conn becomes a
+ * lent link (NULL and PGG_ENOMEM: closed). */
+int pgg__host_connected(pgg_host *h, PGconn *conn, int64_t born_ns,
+                        pgg_link **out, pgg_error *err);
 /* The reserved connect failed (err: why; host_fault: counted as a
  * failed connect, not when its on-connect hook refused a healthy
  * session; asked_ns: the now it was reserved with).  True:
@@ -445,11 +464,29 @@ void pgg__host_abandon(pgg_host *h, pgg_link *l, pgg_canceller *c);
 
 /*
  * Take conn, connected with this host's parameters elsewhere (the health
- * thread), as an idle connection, when the host has fewer than max_idle
- * idle, room for it, and no on-connect hook (which has not run on it).
- * Returns whether it did; if not, conn stays the caller's.
+ * thread) from born_ns on, as an idle connection, when the host has fewer
+ * than max_idle idle, room for it, and no on-connect hook (which has not
+ * run on it).  counted: its connect is in `connects` already (a handed
+ * one).  Returns whether it did; if not, conn stays the caller's.
  */
-bool pgg__host_adopt(pgg_host *h, PGconn *conn, int64_t now_ns, int max_idle);
+bool pgg__host_adopt(pgg_host *h, PGconn *conn, int64_t now_ns,
+                     int64_t born_ns, int max_idle, bool counted);
+
+/*
+ * Handed connects (host.c): conn, a connect started at started_ns that its
+ * caller gave up on before connect_timeout_ms ran out, still waiting for
+ * events, goes on as a spare of the health thread (the caller wakes it),
+ * and its session joins the pool when it completes.  Counted in n_spares
+ * from now: a borrower waits for it rather than queue a connect behind it.
+ * False when the host cannot take it (closed, an on-connect hook that
+ * would not run on it, no memory): conn stays the caller's to close.
+ */
+bool pgg__host_hand_connect(pgg_host *h, PGconn *conn, int events,
+                            int64_t started_ns);
+/* The handed connects not taken yet, now the caller's (the health
+ * thread's; still counted in n_spares: pgg__host_spares(h, -1) for each
+ * that ends), or NULL. */
+pgg_handed *pgg__host_take_handed(pgg_host *h);
 
 /* Idle sessions used this recently are replaced when their server ends
  * them: their callers are about to come back for them. */

@@ -261,6 +261,14 @@ int pgg__link_connect(const char *const *keys, const char *const *vals,
                       int64_t deadline_ns, const char *host, PGconn **out,
                       pgg_error *err)
 {
+    return pgg__link_connect_until(keys, vals, deadline_ns, host, out, NULL,
+                                   err);
+}
+
+int pgg__link_connect_until(const char *const *keys, const char *const *vals,
+                            int64_t deadline_ns, const char *host,
+                            PGconn **out, int *pending, pgg_error *err)
+{
     PGconn *conn;
     int rc = pgg__link_connect_start(keys, vals, host, &conn, err);
     int events;
@@ -274,7 +282,12 @@ int pgg__link_connect(const char *const *keys, const char *const *vals,
                                       (short)events, deadline_ns);
 
         if (r == 0) {
-            PQfinish(conn);
+            if (pending) {
+                *pending = events;
+                *out = conn;
+            } else {
+                PQfinish(conn);
+            }
             return pgg__error_set(err, PGG_ETIMEDOUT, NULL, host,
                                   "connect: deadline exceeded");
         }

@@ -55,6 +55,13 @@ typedef struct pgg_query {
 int pgg__link_connect(const char *const *keys, const char *const *vals,
                       int64_t deadline_ns, const char *host, PGconn **out,
                       pgg_error *err);
+/* The same, but a connect still on its way at deadline_ns (or at the
+ * caller's cancel) is not closed when pending is not NULL: PGG_ETIMEDOUT
+ * with *out the connection and *pending the poll events it waits for
+ * (its caller may hand it on: host.c, "Handed connects"). */
+int pgg__link_connect_until(const char *const *keys, const char *const *vals,
+                            int64_t deadline_ns, const char *host,
+                            PGconn **out, int *pending, pgg_error *err);
 
 /*
  * The same without waiting, for an event loop: start (PGG_OK, *out the new

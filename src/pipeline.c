@@ -77,6 +77,7 @@ typedef struct pipe_req {
     enum req_why why;
     bool conn_ok;   /* the connection was usable after its answer */
     bool fresh;     /* nothing had been answered on the link before */
+    int64_t alive_at; /* the link was known alive then (pgg_pipe.alive_ns) */
     int reported;   /* pgg_role the server reported with the answer */
     char msg[200];  /* the connection's message, for BROKEN */
     struct pipe_req *next;
@@ -102,6 +103,11 @@ typedef struct pgg_pipe {
     unsigned types_gen;    /* libpqtypes generation of the link when taken
                               (0: not prepared for libpqtypes) */
     bool answered;         /* something was answered on this link */
+    /* When the link was last known alive: its last use before the pipe
+     * took it, then the sending of the latest statement it answered while
+     * staying open.  A session the server ended after that says so of
+     * its siblings opened before it only (pool.c, settle). */
+    int64_t alive_ns;
     pipe_req *pend, *pend_tail;
     int npend;
     int head, nseg;
@@ -381,6 +387,7 @@ static pgg_link *fail_all(wakes *wk, pgg_pipe *p, pipe_req *me, bool hung,
             pgg__strlcpy(w->msg, why, sizeof w->msg);
             w->conn_ok = false;
             w->fresh = !p->answered;
+            w->alive_at = p->alive_ns;
             if (last_words)
                 finish(wk, w, me, keep, PGG_END_RESULT, WHY_ANSWER);
             else if (hung && now >= s->deadline)
@@ -401,6 +408,7 @@ static pgg_link *fail_all(wakes *wk, pgg_pipe *p, pipe_req *me, bool hung,
         p->pend = w->next;
         w->conn_ok = false;
         w->fresh = !p->answered;
+        w->alive_at = p->alive_ns;
         pgg__strlcpy(w->msg, why, sizeof w->msg);
         finish(wk, w, me, NULL, PGG_END_NOT_SENT, WHY_BROKEN);
     }
@@ -544,12 +552,16 @@ static void deliver(wakes *wk, pgg_pipe *p, pipe_req *me, int ndone)
             if (w) {
                 w->conn_ok = conn_ok;
                 w->fresh = !p->answered;
+                w->alive_at = p->alive_ns;
                 w->reported = reported;
                 finish(wk, w, me, keep, PGG_END_RESULT, WHY_ANSWER);
             } else {
                 PQclear(keep);
             }
             p->answered = true;
+            /* It read this statement and answered; still open after. */
+            if (conn_ok)
+                p->alive_ns = s->sent_ns;
         }
         seg_pop(p);
     }
@@ -802,6 +814,7 @@ static pgg_take take_link(pgg_pool *pool, pgg_host *h, pgg_pipe *p,
                 ? l->types_gen
                 : 0;
         p->answered = !l->fresh;
+        p->alive_ns = l->last_used_ns;
         atomic_store_explicit(&p->has_link, true, memory_order_relaxed);
     }
     return t;
@@ -894,7 +907,8 @@ static void judge(pgg_pool *pool, pgg_host *h, pgg_intent intent,
     rec = ended_by_server && !w->fresh ? PGG_CLASS_IGNORED : v.cls;
     if (w->end == PGG_END_NOT_SENT)
         rec = PGG_CLASS_IGNORED; /* it never reached the host */
-    pgg__pool_settle(pool, h, &ticket, rec, ended_by_server, start, a->ended);
+    pgg__pool_settle(pool, h, &ticket, rec, ended_by_server, w->alive_at,
+                     start, a->ended);
     pgg__pool_settle_error(h, v, rec == PGG_CLASS_IGNORED, err);
     a->v = v;
 }
@@ -986,6 +1000,7 @@ pgg_pipe_did pgg__pipe_attempt(pgg_pool *pool, pgg_host *h, pgg_intent intent,
     w.want_sent = false;
     w.res = NULL;
     w.fresh = false;
+    w.alive_at = INT64_MAX; /* set with every outcome that can end it */
     w.conn_ok = false;
     w.reported = PGG_ROLE_UNKNOWN;
     w.msg[0] = '\0';

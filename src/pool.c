@@ -68,7 +68,20 @@ pgg_take pgg__pool_take_failed(pgg_pool *pool, pgg_host *h, pgg_ticket ticket,
     int64_t now = pgg__now_ns();
     pgg_verdict v;
 
-    if (why != PGG_BORROW_CONNECT) {
+    if (why == PGG_BORROW_CUT && !pgg__cancel_now()) {
+        /* The call's deadline came before the connect's own bound: the
+         * call's timeout, not the host's failure (its connect goes on for
+         * the pool: host.c, "Handed connects").  The host did not answer
+         * within it, though: the health thread checks whether it answers
+         * anything (since the connect's start at the latest, as below),
+         * and the connect, if it completes, is an answer (health.c). */
+        int64_t since = now - h->connect_timeout_ns;
+
+        pgg__pool_record(pool, h, ticket, PGG_CLASS_IGNORED, start, now);
+        pgg__pool_note_silent(pool, h, since > start ? since : start);
+        return PGG_TAKE_SKIPPED;
+    }
+    if (why != PGG_BORROW_CONNECT && why != PGG_BORROW_CUT) {
         pgg__pool_record(pool, h, ticket, PGG_CLASS_IGNORED, start, now);
         return PGG_TAKE_SKIPPED;
     }
@@ -428,11 +441,10 @@ static inline void settle(pgg_pool *pool, pgg_host *h,
 }
 
 void pgg__pool_settle(pgg_pool *pool, pgg_host *h, const pgg_ticket *ticket,
-                      pgg_class rec, bool ended_by_server, int64_t started,
-                      int64_t ended)
+                      pgg_class rec, bool ended_by_server, int64_t alive_at,
+                      int64_t started, int64_t ended)
 {
-    /* The ended session's last use unknown here: every idle sibling goes. */
-    settle(pool, h, ticket, rec, ended_by_server, INT64_MAX, 0, started, ended);
+    settle(pool, h, ticket, rec, ended_by_server, alive_at, 0, started, ended);
 }
 
 void pgg__pool_session_ended(pgg_pool *pool, pgg_host *h, int64_t alive_at,

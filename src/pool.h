@@ -111,7 +111,9 @@ pgg_attempt_made pgg__pool_attempt(pgg_pool *pool, pgg_host *h,
  *   and wakes the health round.
  * - pgg__pool_settle: the breaker's record (rec: PGG_CLASS_IGNORED for a
  *   pooled session found dead or a statement never sent) and, when the
- *   server ended a session, the host's idle siblings trimmed.
+ *   server ended a session (alive at alive_at: a time it answered after,
+ *   or its last use), the host's idle siblings opened before alive_at
+ *   closed and the others looked at.
  * - pgg__pool_settle_error: err's code from the verdict, and the host's
  *   last error unless the attempt was ignored.
  */
@@ -120,11 +122,11 @@ void pgg__pool_reported_role(pgg_pool *pool, pgg_host *h, int role,
                              pgg_role reported, pgg_verdict *v);
 void pgg__pool_reprobe(pgg_pool *pool, pgg_host *h, const pgg_verdict *v);
 void pgg__pool_settle(pgg_pool *pool, pgg_host *h, const pgg_ticket *ticket,
-                      pgg_class rec, bool ended_by_server, int64_t started,
-                      int64_t ended);
-/* A session of h found ended by its server outside a call's attempt, alive
- * at alive_at (its last answer): settle's rule for its idle siblings (those
- * opened before alive_at closed, the others looked at). */
+                      pgg_class rec, bool ended_by_server, int64_t alive_at,
+                      int64_t started, int64_t ended);
+/* A session of h found ended by its server, alive at alive_at (its last
+ * answer, or a time it answered after), with no record to make:
+ * pgg__pool_settle's rule for its idle siblings. */
 void pgg__pool_session_ended(pgg_pool *pool, pgg_host *h, int64_t alive_at,
                              int64_t now);
 void pgg__pool_settle_error(pgg_host *h, pgg_verdict v, bool ignored,

@@ -189,6 +189,44 @@ static inline void expect_hosts_untouched(pgg_pool *p)
     }
 }
 
+/* No failure counted against host i since `before`, its breaker closed. */
+static inline void expect_no_host_failure(pgg_pool *p, int i, const pgg_host_stats *before,
+                                   const char *when)
+{
+    pgg_host_stats h = host_stats(p, i);
+
+    cr_expect_eq(h.state, PGG_BREAKER_CLOSED, "%s: breaker %s", when,
+                 pgg_breaker_state_name(h.state));
+    cr_expect_eq(h.connect_failures, before->connect_failures,
+                 "%s: %llu failed connects counted", when,
+                 (unsigned long long)(h.connect_failures - before->connect_failures));
+    for (int k = PGG_CLASS_CONNECTION; k < PGG_CLASS__COUNT; k++)
+        cr_expect_eq(h.failures[k], before->failures[k], "%s: %llu %s failures counted", when,
+                     (unsigned long long)(h.failures[k] - before->failures[k]),
+                     pgg_class_name((pgg_class)k));
+}
+
+/*
+ * A proxy in front of c's primary (*px, for the test to set its modes and
+ * free) and a pool of that server alone through it, with the test settings
+ * plus extra, once its role is known.
+ */
+static inline pgg_pool *pool_through_proxy(pgh_cluster *c, pgh_proxy **px, const char *extra)
+{
+    pgh_node *n = pgh_cluster_primary(c);
+    char err[256], *ci;
+    pgg_pool *p;
+
+    *px = pgh_proxy_start(pgh_node_host(n), pgh_node_port(n), err, sizeof err);
+    cr_assert_not_null(*px, "%s", err);
+    ci = pgh_conninfo_at(pgh_node_conninfo(n), "127.0.0.1", pgh_proxy_port(*px));
+    cr_assert_not_null(ci);
+    p = pool_for_conninfo(ci, extra);
+    free(ci);
+    cr_assert(wait_role(p, 0, PGG_ROLE_PRIMARY, 10000), "the primary's role never learnt");
+    return p;
+}
+
 /* A read that must succeed; returns the host index that served it. */
 static inline int read_ok(pgg_pool *p, pgg_intent intent, const char *sql, int timeout_ms)
 {

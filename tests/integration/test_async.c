@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "async.h"
+#include "health.h"
 #include "link_util.h"
 #include "pool.h"
 #include "pool_util.h"
@@ -1969,6 +1970,224 @@ Test(async, a_kept_session_ended_spares_the_sessions_opened_after_its_last_use)
     end_test(p, c);
 }
 
+/* The pid of the backend (not the asker's own) whose last statement holds
+ * marker, once its state is `state` ('active', 'idle'); "" after ms. */
+static void await_backend(pgh_cluster *c, const char *marker, const char *state, char *pid,
+                          size_t len, int ms)
+{
+    char sql[256];
+    double end = pgh_now_ms() + ms;
+
+    snprintf(sql, sizeof sql,
+             "SELECT coalesce(max(pid)::text, '') FROM pg_stat_activity WHERE state = '%s' "
+             "AND query LIKE '%%%s%%' AND pid <> pg_backend_pid()",
+             state, marker);
+    do {
+        cr_assert_eq(pgh_node_query_value(pgh_cluster_primary(c), sql, pid, len), 0);
+        if (pid[0])
+            return;
+        usleep(2000);
+    } while (pgh_now_ms() < end);
+}
+
+/* pg_terminate_backend(pid), and wait until it left pg_stat_activity. */
+static void terminate_backend(pgh_cluster *c, const char *pid)
+{
+    char sql[128], gone[16] = "";
+
+    snprintf(sql, sizeof sql, "SELECT pg_terminate_backend(%s)", pid);
+    cr_assert_eq(pgh_node_exec(pgh_cluster_primary(c), sql), 0);
+    snprintf(sql, sizeof sql, "SELECT count(*) FROM pg_stat_activity WHERE pid = %s", pid);
+    for (int i = 0; i < 1000 && strcmp(gone, "0") != 0; i++) {
+        cr_assert_eq(pgh_node_query_value(pgh_cluster_primary(c), sql, gone, sizeof gone), 0);
+        if (strcmp(gone, "0") != 0)
+            usleep(2000);
+    }
+    cr_assert_str_eq(gone, "0", "backend %s never left", pid);
+}
+
+/* A blocking call on this thread (the loop's, between its turns): the
+ * backend's pid that served it. */
+static void blocking_pid(pgg_pool *p, char *pid, size_t len)
+{
+    pgg_call call = {.timeout_ms = 5000};
+    pgg_error e;
+    PGresult *r = pgg_exec(p, PGG_WRITE, "SELECT pg_backend_pid()", &call, NULL, &e);
+
+    cr_assert_not_null(r, "%s %s", pgg_err_name(e.code), e.message);
+    snprintf(pid, len, "%s", PQgetvalue(r, 0, 0));
+    PQclear(r);
+}
+
+/*
+ * A round of the two tests below: a loop call's statement (holding marker)
+ * runs on a session S; meanwhile a blocking call opens N (S is busy) and
+ * gives it back idle (its pid in n_pid); S answers, and its server ends it
+ * before the loop reads the answer; then the loop runs the call to its end
+ * (its answer stands).  Returns the host's open sessions before that end.
+ */
+static int end_behind_an_answer(pgh_cluster *c, pgg_pool *p, struct event_base *base,
+                                pgg_async *ac, const char *marker, int round, char *n_pid)
+{
+    char s_pid[16] = "", sql[96];
+    double end = pgh_now_ms() + 10000;
+    outcome o;
+    int open;
+
+    snprintf(sql, sizeof sql, "SELECT pg_sleep(0.3) /* %s */", marker);
+    start_call(ac, PGG_WRITE, sql, 10000, 0, &o);
+    /* Turns until S's statement runs on the server. */
+    while (!s_pid[0] && pgh_now_ms() < end) {
+        loop_once(base, EVLOOP_NONBLOCK);
+        await_backend(c, marker, "active", s_pid, sizeof s_pid, 0);
+    }
+    cr_assert(s_pid[0], "round %d: S's statement never ran", round);
+    blocking_pid(p, n_pid, 16);
+    cr_assert_str_neq(n_pid, s_pid, "round %d: N is S", round);
+    /* S answered (the loop has not read it): its server ends it. */
+    s_pid[0] = '\0';
+    await_backend(c, marker, "idle", s_pid, sizeof s_pid, 10000);
+    cr_assert(s_pid[0], "round %d: S's statement never ended", round);
+    terminate_backend(c, s_pid);
+    open = host_stats(p, 0).conns_open;
+    run_until(base, &o, 1, 10000);
+    cr_expect_eq(o.code, PGG_OK, "round %d: S's answer: %s %s", round, pgg_err_name(o.code),
+                 o.message);
+    return open;
+}
+
+/*
+ * A session S the server ends right behind a loop call's answer (its FATAL
+ * read with the answer: exec_over's ended_behind) closes without a look
+ * only the pool's idle sessions opened before that call began; N, opened
+ * by a blocking call while S's statement ran and given back idle, is alive
+ * and kept: the next blocking call is served on it.  Before, every idle
+ * session of the host went with S (blip9's rule was applied on the
+ * blocking path and to the loop's kept sessions only).  A round whose
+ * FATAL came after the answer was read (S kept, then ended: kept_read's
+ * case) proves nothing and is run again; at least one must prove it.
+ */
+static void ended_spares_the_younger(bool pipe)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, pipe ? "pipeline=on pool_max=4 pool_min_idle=0 "
+                                     "breaker.mode=disabled alive_check_after_idle_ms=600000 "
+                                     "validate_after_idle_ms=600000 idle_timeout_ms=600000"
+                                   : "pool_max=4 pool_min_idle=0 breaker.mode=disabled "
+                                     "alive_check_after_idle_ms=600000 "
+                                     "validate_after_idle_ms=600000 idle_timeout_ms=600000");
+    struct event_base *base = event_base_new();
+    pgg_async *ac = async_for(p, base);
+    int proved = 0;
+
+    for (int round = 0; round < 10 && proved < 2; round++) {
+        char n_pid[16], next_pid[16];
+        int open;
+
+        pgg__host_trim(&p->hosts[0], pgg__now_ns(), true);
+        open = end_behind_an_answer(c, p, base, ac, pipe ? "pgg_ebpipe" : "pgg_ebehind", round,
+                                    n_pid);
+        /* The FATAL came after the answer (S kept, or given back as alive
+         * as anyone could tell): kept_read's case, not this test's. */
+        if (pipe ? host_stats(p, 0).conns_open == open : pgg__async_kept(ac) > 0) {
+            pgg_async_give_back(ac);
+            continue;
+        }
+        /* The health thread's look at every idle session (sweep, woken by
+         * the ended one) takes them out of the pool for a moment: a borrow
+         * then would connect.  A round later that look is over. */
+        cr_assert(pgg__health_await_round(p->health, pgg__now_ns() + 10 * PGG_NS_PER_SEC),
+                  "no health round completed");
+        blocking_pid(p, next_pid, sizeof next_pid);
+        cr_expect_str_eq(next_pid, n_pid, "round %d: N, opened after S%s and alive, was "
+                                          "closed with S", round,
+                         pipe ? "'s pipe took it" : "'s call began");
+        proved++;
+    }
+    cr_expect_geq(proved, 1, "no round found S ended %s",
+                  pipe ? "when its pipe emptied" : "with its answer");
+    loop_guard_check("a session ended behind a loop answer");
+    pgg_async_free(ac);
+    event_base_free(base);
+    end_test(p, c);
+}
+
+Test(async, a_session_ended_behind_a_loop_answer_spares_the_sessions_opened_since_the_call)
+{
+    ended_spares_the_younger(false);
+}
+
+/*
+ * pipeline=on: the loop's shared connection S, empty after its answer,
+ * goes back before the loop waits (flush_pipes) and is found ended there
+ * (its server's FATAL read behind the answer): it closes without a look
+ * only the idle sessions opened before the pipe took it; N, opened by a
+ * blocking call while S's statement ran, is kept and serves the next
+ * blocking call.  Before, every idle session went with S.  A round where
+ * the FATAL came too late for that look proves nothing and is run again.
+ */
+Test(async, an_ended_pipe_spares_the_sessions_opened_since_it_took_its_connection)
+{
+    ended_spares_the_younger(true);
+}
+
+/*
+ * The same for a session the server ends right behind its answer to a
+ * PREPARE (dead_before_send: the statement is not sent on it, and the call
+ * borrows again): N, opened while the PREPARE was on its way, is kept, and
+ * the call's statement runs on it, with no connect of its own.  Before, N
+ * went with S and the call connected.
+ */
+Test(async, a_session_ended_behind_a_prepare_spares_the_sessions_opened_since_the_call)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, "pool_max=4 pool_min_idle=0 breaker.mode=disabled "
+                              "alive_check_after_idle_ms=600000 "
+                              "validate_after_idle_ms=600000 idle_timeout_ms=600000");
+    struct event_base *base = event_base_new();
+    pgg_async *ac = async_for(p, base);
+    const char *vals[] = {"7"};
+    char s_pid[16] = "", n_pid[16];
+    pgg_host_stats before;
+    outcome o;
+    pgg_error e;
+    int rc;
+
+    new_table(c, "async_eb_prep");
+    cr_assert_eq(pgg_pool_prepare(p, "async_eb_prep_ins",
+                                  "INSERT INTO async_eb_prep VALUES ($1) /* pgg_ebprep */", 1,
+                                  NULL, &e),
+                 PGG_OK, "%s", e.message);
+    pgg__host_trim(&p->hosts[0], pgg__now_ns(), true);
+    /* S: kept by the loop. */
+    one_call(base, ac, "SELECT 1", &o);
+    cr_assert_eq(pgg__async_kept(ac), 1, "S was not kept");
+    /* Its PREPARE is sent in the call, on S. */
+    o = (outcome){.started = pgh_now_ms()};
+    loop_guard_on();
+    rc = pgg_async_exec_prepared(ac, PGG_WRITE, "async_eb_prep_ins", 1, vals, NULL, NULL, NULL,
+                                 on_done, &o, NULL, &e);
+    loop_guard_off();
+    cr_assert_eq(rc, PGG_OK, "%s", e.message);
+    cr_assert_eq(pgg__async_kept(ac), 0, "the call did not take S");
+    blocking_pid(p, n_pid, sizeof n_pid);
+    await_backend(c, "pgg_ebprep", "idle", s_pid, sizeof s_pid, 10000);
+    cr_assert(s_pid[0], "the PREPARE was never answered");
+    cr_assert_str_neq(n_pid, s_pid, "N is S");
+    terminate_backend(c, s_pid);
+    before = host_stats(p, 0);
+    run_until(base, &o, 1, 10000);
+    cr_expect_eq(o.code, PGG_OK, "the write: %s %s", pgg_err_name(o.code), o.message);
+    cr_expect_eq(rows_with(c, "async_eb_prep", 7), 1, "the row is not there once");
+    cr_expect_eq(host_stats(p, 0).connects, before.connects,
+                 "the write connected: N, opened after its call began and alive, was closed "
+                 "with S");
+    loop_guard_check("a session ended behind a PREPARE's answer");
+    pgg_async_free(ac);
+    event_base_free(base);
+    end_test(p, c);
+}
+
 typedef struct blocking_call {
     pgg_pool *p;
     const char *sql; /* NULL: SELECT 1 */
@@ -2191,6 +2410,102 @@ Test(async, a_connect_after_a_wait_for_a_connection_has_its_whole_timeout)
     pgg_async_free(ac);
     event_base_free(base);
     end_test(p, c);
+}
+
+/*
+ * recovery/a_connect_cut_by_its_calls_deadline_joins_the_pool on the loop:
+ * a server slow to take a session (a proxy holding every chunk 300 ms: a
+ * connect takes 600 ms at least) and a write whose deadline (200 ms) comes
+ * first.  The call times out; the host is not blamed (no failed connect,
+ * no failure, the breaker closed); the connect goes on (the health thread)
+ * and its session joins the pool, where the next loop call finds it
+ * without a connect of its own.  Before, the loop closed the connect at
+ * the deadline and counted it as the host's failed connect.
+ */
+Test(async, a_connect_cut_by_its_calls_deadline_joins_the_pool)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgh_proxy *px;
+    pgg_pool *p;
+    struct event_base *base = event_base_new();
+    pgg_async *ac;
+    pgg_host_stats before, h;
+    outcome o;
+    double end;
+
+    /* Bounds far above the proxy's delays: only the call's deadline cuts. */
+    p = pool_through_proxy(c, &px, "pool_min_idle=0 connect_timeout_ms=20000 "
+                                   "health_probe_timeout_ms=20000");
+    ac = async_for(p, base);
+    pgg__host_trim(&p->hosts[0], pgg__now_ns(), true);
+    before = host_stats(p, 0);
+    pgh_proxy_set_mode(px, PGH_PROXY_DELAY, 300);
+    start_call(ac, PGG_WRITE, "SELECT 1", 200, 0, &o);
+    run_until(base, &o, 1, 10000);
+    cr_assert_eq(o.code, PGG_ETIMEDOUT, "the write: %s %s", pgg_err_name(o.code), o.message);
+    expect_no_host_failure(p, 0, &before, "after the cut connect");
+    pgh_proxy_set_mode(px, PGH_PROXY_PASS, 0);
+    end = pgh_now_ms() + 20000;
+    while ((h = host_stats(p, 0)).conns_idle < 1 && pgh_now_ms() < end)
+        sleep_ms(10);
+    cr_assert_eq(h.conns_idle, 1, "the cut connect's session never joined the pool");
+    cr_expect_eq(h.connects, before.connects + 1, "%llu connects for one cut call",
+                 (unsigned long long)(h.connects - before.connects));
+    start_call(ac, PGG_WRITE, "SELECT 1", 3000, 0, &o);
+    run_until(base, &o, 1, 10000);
+    cr_assert_eq(o.code, PGG_OK, "the next write: %s %s", pgg_err_name(o.code), o.message);
+    h = host_stats(p, 0);
+    cr_expect_eq(h.connects, before.connects + 1, "the next write connected for itself");
+    expect_no_host_failure(p, 0, &before, "after the next write");
+    loop_guard_check("a connect cut by its call's deadline");
+    pgg_async_free(ac);
+    event_base_free(base);
+    end_test(p, c);
+    pgh_proxy_free(px);
+}
+
+/*
+ * A loop connection is dated from its connect's start (pgg_link.born_ns),
+ * when its backend may already exist: a sibling the server ended after a
+ * moment in the middle of that connect (here t_mid, taken while a proxy
+ * holds the connect's first chunk 200 ms) says the server ended every
+ * session there then, this one's too, and it is closed without a look.
+ * Before, it was dated from the connect's end and kept as younger than the
+ * blip (a write sent on it could fail as sent).  White box: the host's
+ * rule for ended siblings (pgg__host_drop_dead) with that moment.
+ */
+Test(async, a_loop_connection_is_dated_from_its_connects_start)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgh_proxy *px;
+    pgg_pool *p;
+    struct event_base *base = event_base_new();
+    pgg_async *ac;
+    int64_t t_mid;
+    outcome o;
+
+    p = pool_through_proxy(c, &px, "pool_min_idle=0 connect_timeout_ms=20000 "
+                                   "health_probe_timeout_ms=20000 alive_check_after_idle_ms=600000 "
+                                   "validate_after_idle_ms=600000 idle_timeout_ms=600000");
+    ac = async_for(p, base);
+    pgg__host_trim(&p->hosts[0], pgg__now_ns(), true);
+    pgh_proxy_set_mode(px, PGH_PROXY_DELAY, 200);
+    start_call(ac, PGG_WRITE, "SELECT 1", 20000, 0, &o);
+    /* The connect started in the call; its first answer is 400 ms away. */
+    t_mid = pgg__now_ns();
+    run_until(base, &o, 1, 20000);
+    cr_assert_eq(o.code, PGG_OK, "%s %s", pgg_err_name(o.code), o.message);
+    pgh_proxy_set_mode(px, PGH_PROXY_PASS, 0);
+    pgg_async_give_back(ac);
+    cr_assert_eq(host_stats(p, 0).conns_idle, 1);
+    pgg__host_drop_dead(&p->hosts[0], pgg__now_ns(), 0, t_mid);
+    cr_expect_eq(host_stats(p, 0).conns_idle, 0,
+                 "a session whose connect was on its way at t_mid was kept as younger");
+    loop_guard_check("a loop connection's date");
+    pgg_async_free(ac);
+    event_base_free(base);
+    end_test(p, c);
+    pgh_proxy_free(px);
 }
 
 /*

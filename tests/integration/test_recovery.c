@@ -1287,7 +1287,7 @@ Test(recovery, a_call_takes_a_spare_on_its_way_rather_than_connect_behind_it)
     cr_expect(!atomic_load(&b.done), "the call connected itself while a spare was on its way");
     spare = PQconnectdb(ci);
     cr_assert_eq(PQstatus(spare), CONNECTION_OK, "%s", PQerrorMessage(spare));
-    cr_assert(pgg__host_adopt(h, spare, pgg__now_ns(), 9));
+    cr_assert(pgg__host_adopt(h, spare, pgg__now_ns(), pgg__now_ns(), 9, false));
     pgg__host_spares(h, -1);
     pthread_join(t, NULL);
     cr_assert_eq(b.rc, PGG_OK);
@@ -1310,6 +1310,159 @@ Test(recovery, a_call_takes_a_spare_on_its_way_rather_than_connect_behind_it)
     pgg__host_give_back(h, own, pgg__now_ns());
     free(ci);
     end_test(p, c);
+}
+
+/* A write of "SELECT 1" within timeout_ms: its error code (PGG_OK when
+ * answered). */
+static int write_code(pgg_pool *p, int timeout_ms, pgg_error *e)
+{
+    pgg_call call = {.timeout_ms = timeout_ms};
+    PGresult *r = pgg_exec(p, PGG_WRITE, "SELECT 1", &call, NULL, e);
+    int code = r ? PGG_OK : e->code;
+
+    PQclear(r);
+    return code;
+}
+
+/*
+ * A server slow to take a session (a proxy holding every chunk 300 ms: a
+ * connect takes 600 ms at least) and a write whose deadline (200 ms) comes
+ * first.  The call times out, but that is the call's timeout, not the
+ * host's failure: no failed connect, no failure counted, the breaker
+ * closed; the connect goes on (the health thread) and its session joins
+ * the pool, where the next call finds it: no connect of its own (and the
+ * silence the cut call noted started no spare beside it).  Before, the
+ * connect was closed at the deadline and counted as the host's failed
+ * connect (two such opened the primary's breaker in the fault bench at
+ * load 30, while libpq's caller kept its 302 ms connect).  Then a connect
+ * cut the same way while the pool is freed: closed, nothing leaks.
+ */
+Test(recovery, a_connect_cut_by_its_calls_deadline_joins_the_pool)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgh_proxy *px;
+    pgg_pool *p;
+    pgg_host_stats before, h;
+    pgg_error e;
+    double end;
+    int code;
+
+    /* Bounds far above the proxy's delays: only the call's deadline cuts. */
+    p = pool_through_proxy(c, &px, "pool_min_idle=0 connect_timeout_ms=20000 "
+                                   "health_probe_timeout_ms=20000");
+    pgg__host_trim(&p->hosts[0], pgg__now_ns(), true);
+    before = host_stats(p, 0);
+    pgh_proxy_set_mode(px, PGH_PROXY_DELAY, 300);
+    code = write_code(p, 200, &e);
+    cr_assert_eq(code, PGG_ETIMEDOUT, "the write: %s %s", pgg_err_name(code), e.message);
+    expect_no_host_failure(p, 0, &before, "after the cut connect");
+    /* Its session, once the server took it, is idle in the pool. */
+    pgh_proxy_set_mode(px, PGH_PROXY_PASS, 0);
+    end = pgh_now_ms() + 20000;
+    while ((h = host_stats(p, 0)).conns_idle < 1 && pgh_now_ms() < end)
+        sleep_ms(10);
+    cr_assert_eq(h.conns_idle, 1, "the cut connect's session never joined the pool");
+    cr_expect_eq(h.connects, before.connects + 1, "%llu connects for one cut call",
+                 (unsigned long long)(h.connects - before.connects));
+    code = write_code(p, 3000, &e);
+    cr_assert_eq(code, PGG_OK, "the next write: %s %s", pgg_err_name(code), e.message);
+    h = host_stats(p, 0);
+    cr_expect_eq(h.connects, before.connects + 1, "the next write connected for itself");
+    expect_no_host_failure(p, 0, &before, "after the next write");
+
+    /* Cut again, and the pool freed while that connect waits. */
+    pgg__host_trim(&p->hosts[0], pgg__now_ns(), true);
+    pgh_proxy_set_mode(px, PGH_PROXY_DELAY, 300);
+    code = write_code(p, 200, &e);
+    cr_expect_eq(code, PGG_ETIMEDOUT, "the second write: %s %s", pgg_err_name(code), e.message);
+    end_test(p, c);
+    pgh_proxy_free(px);
+}
+
+/*
+ * A connect cut by its call's deadline (100 ms) into a host that never
+ * answers (a proxy that swallows everything) goes on as a spare; when its
+ * own connect_timeout_ms (500) runs out, that is the host's failed
+ * connect: counted then, once, and recorded against the breaker as a
+ * connection failure, not at the call's deadline.
+ */
+Test(recovery, a_cut_connect_that_runs_out_of_its_own_bound_is_the_hosts_failure)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgh_proxy *px;
+    pgg_pool *p;
+    pgg_host_stats before, h;
+    pgg_error e;
+    double end;
+    int code;
+
+    /* The breaker only counts (the probes into the black hole time out
+     * too, which are no failed connects). */
+    p = pool_through_proxy(c, &px, "pool_min_idle=0 connect_timeout_ms=500 "
+                                   "health_probe_timeout_ms=500 breaker.mode=metrics_only");
+    pgg__host_trim(&p->hosts[0], pgg__now_ns(), true);
+    before = host_stats(p, 0);
+    pgh_proxy_set_mode(px, PGH_PROXY_BLACKHOLE, 0);
+    code = write_code(p, 100, &e);
+    cr_assert_eq(code, PGG_ETIMEDOUT, "the write: %s %s", pgg_err_name(code), e.message);
+    h = host_stats(p, 0);
+    cr_expect_eq(h.connect_failures, before.connect_failures,
+                 "the call's own deadline was counted as the host's failed connect");
+    end = pgh_now_ms() + 10000;
+    while ((h = host_stats(p, 0)).connect_failures == before.connect_failures &&
+           pgh_now_ms() < end)
+        sleep_ms(10);
+    cr_expect_eq(h.connect_failures, before.connect_failures + 1,
+                 "%llu failed connects counted once its own bound ran out",
+                 (unsigned long long)(h.connect_failures - before.connect_failures));
+    cr_expect_eq(h.failures[PGG_CLASS_CONNECTION], before.failures[PGG_CLASS_CONNECTION] + 1,
+                 "%llu connection failures recorded",
+                 (unsigned long long)(h.failures[PGG_CLASS_CONNECTION] -
+                                      before.failures[PGG_CLASS_CONNECTION]));
+    pgh_proxy_set_mode(px, PGH_PROXY_PASS, 0);
+    end_test(p, c);
+    pgh_proxy_free(px);
+}
+
+/*
+ * A spare the health thread adopts is dated from its connect's start, when
+ * its backend may already exist (here a call's connect, cut at the call's
+ * 200 ms deadline and finished as a spare: a proxy holds each chunk
+ * 300 ms, so at t_mid, when the call has returned, it is still on its
+ * way).  A sibling the server ended after t_mid says the server ended
+ * every session there then: this one goes without a look.  Before, an
+ * adopted spare was dated from its adoption and kept as younger.  White
+ * box: the host's rule for ended siblings (pgg__host_drop_dead).
+ */
+Test(recovery, an_adopted_spare_is_dated_from_its_connects_start)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgh_proxy *px;
+    pgg_pool *p;
+    pgg_host_stats h;
+    pgg_error e;
+    int64_t t_mid;
+    double end;
+    int code;
+
+    p = pool_through_proxy(c, &px, "pool_min_idle=0 connect_timeout_ms=20000 "
+                                   "health_probe_timeout_ms=20000 alive_check_after_idle_ms=600000 "
+                                   "validate_after_idle_ms=600000 idle_timeout_ms=600000");
+    pgg__host_trim(&p->hosts[0], pgg__now_ns(), true);
+    pgh_proxy_set_mode(px, PGH_PROXY_DELAY, 300);
+    code = write_code(p, 200, &e);
+    cr_assert_eq(code, PGG_ETIMEDOUT, "the write: %s %s", pgg_err_name(code), e.message);
+    t_mid = pgg__now_ns();
+    pgh_proxy_set_mode(px, PGH_PROXY_PASS, 0);
+    end = pgh_now_ms() + 20000;
+    while ((h = host_stats(p, 0)).conns_idle < 1 && pgh_now_ms() < end)
+        sleep_ms(10);
+    cr_assert_eq(h.conns_idle, 1, "the cut connect's session never joined the pool");
+    pgg__host_drop_dead(&p->hosts[0], pgg__now_ns(), 0, t_mid);
+    cr_expect_eq(host_stats(p, 0).conns_idle, 0,
+                 "a spare whose connect was on its way at t_mid was kept as younger");
+    end_test(p, c);
+    pgh_proxy_free(px);
 }
 
 /*
