@@ -52,7 +52,7 @@
 /*
  * The small functions of a call's usual path, each called once per call
  * by the one before it (on_ready, complete, finish; attempt_start, taken,
- * io_sent), inlined into their callers: a function call costs ~14
+ * io_sent; drive, attempt_done), inlined into their callers: a function call costs ~14
  * instructions of prologue and epilogue, and the loop driver's calls made
  * ~190 of its ~700 per call (bench-async under callgrind).
  */
