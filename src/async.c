@@ -52,7 +52,7 @@
 /*
  * The small functions of a call's usual path, each called once per call
  * by the one before it (on_ready, complete, finish; attempt_start, taken,
- * io_sent), inlined into their callers: a function call costs ~14
+ * io_sent; drive, attempt_done), inlined into their callers: a function call costs ~14
  * instructions of prologue and epilogue, and the loop driver's calls made
  * ~190 of its ~700 per call (bench-async under callgrind).
  */
@@ -853,7 +853,7 @@ static bool sock_want(pgg_async_call *k, int fd, int want, int64_t until)
 
 /* ------------------------------------------------------------ attempts */
 
-static void drive(pgg_async_call *k);
+HOT void drive(pgg_async_call *k);
 HOT void io_sent(pgg_async_call *k);
 static void exec_start(pgg_async_call *k);
 static int64_t connect_bound(const pgg_async_call *k);
@@ -867,12 +867,19 @@ static void borrow(pgg_async_call *k);
 static void park(pgg_async_call *k, int64_t now);
 static void settle(pgg_async_call *k);
 
-/* The attempt on k->h is over (its verdict in k->a): back to the path. */
-static void attempt_over(pgg_async_call *k)
+/* The attempt on k->h is over (its verdict in k->a): back to the path.
+ * Inline in exec_over, the end of every answered attempt; attempt_over
+ * for the others. */
+HOT void attempt_done(pgg_async_call *k)
 {
     sock_close(k);
     pgg__call_attempted(&k->c, k->h, &k->a);
     k->state = ST_IDLE;
+}
+
+static void attempt_over(pgg_async_call *k)
+{
+    attempt_done(k);
 }
 
 /* The query or prepare ended (res, end): classify and record as the
@@ -920,7 +927,7 @@ static void exec_over(pgg_async_call *k, PGresult *res, pgg_attempt_end end)
         }
     }
     k->l = NULL;
-    attempt_over(k);
+    attempt_done(k);
 }
 
 /* Send the PREPARE of k's registered statement on its connection
@@ -2059,8 +2066,9 @@ HOT void finish(pgg_async_call *k)
     k->wait_until = 0; /* complete() runs it, or the timer */
 }
 
-/* Advance k through the steps that need no wait, until it waits or ends. */
-static void drive(pgg_async_call *k)
+/* Advance k through the steps that need no wait, until it waits or ends.
+ * Inline in its two callers (start, settle). */
+HOT void drive(pgg_async_call *k)
 {
     pgg_host *h;
     int64_t dl;

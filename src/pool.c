@@ -33,10 +33,7 @@ static bool role_fits(pgg_pool *pool, pgg_host *h, const pgg_link *l,
 {
     pgg_role r;
 
-    if (!l->fresh &&
-        (intent == PGG_READ ||
-         atomic_load_explicit(&h->role, memory_order_relaxed) !=
-             PGG_ROLE_UNKNOWN))
+    if (pgg__pool_role_fits_known(h, l, intent))
         return true;
     r = pgg__link_reported_role(l->conn);
     if (r != PGG_ROLE_UNKNOWN)
@@ -137,12 +134,11 @@ static inline pgg_take taken(pgg_pool *pool, pgg_host *h, pgg_intent intent,
     return PGG_TAKE_OK;
 }
 
-pgg_take pgg__pool_taken(pgg_pool *pool, pgg_host *h, pgg_intent intent,
-                         pgg_link **l, pgg_ticket ticket, int64_t start)
+pgg_take pgg__pool_taken_check(pgg_pool *pool, pgg_host *h, pgg_intent intent,
+                               pgg_link **l, pgg_ticket ticket, int64_t start)
 {
     /* The event loop's: it reads without blocking (link.h's recv wait). */
-    if (*l)
-        pgg__link_recv_off((*l)->conn, &(*l)->recv_mode, true);
+    pgg__link_recv_off((*l)->conn, &(*l)->recv_mode, true);
     return taken(pool, h, intent, l, &ticket, start);
 }
 
@@ -338,8 +334,6 @@ static void registered_failed(pgg_pool *pool, pgg_host *h, pgg_link *l,
     exec_registered(pool, h, l, q, deadline, res, end, err);
 }
 
-/* How often an answer's in_hot_standby is looked up per host. */
-#define ROLE_SEEN_NS (5 * PGG_NS_PER_MS)
 /* How long a host whose attempt hit its deadline gets fresh reads last. */
 #define SUSPECT_NS (1000 * PGG_NS_PER_MS)
 
@@ -463,43 +457,26 @@ void pgg__pool_settle_error(pgg_host *h, pgg_verdict v, bool ignored,
         pgg__host_note_error(h, err);
 }
 
-/* A result that is no error (classify.c: always a success).  NULL (a lost
- * connection) reads as PGRES_FATAL_ERROR. */
-static inline bool ok_status(ExecStatusType s)
-{
-    return s != PGRES_FATAL_ERROR && s != PGRES_BAD_RESPONSE &&
-           s != PGRES_NONFATAL_ERROR;
-}
-
+/* exec_done past its usual case (pgg__pool_success_recorded said no):
+ * ended is the attempt's end. */
 #if defined(__GNUC__)
 __attribute__((always_inline))
 #endif
-static inline pgg_verdict exec_done(pgg_pool *pool, pgg_host *h,
-                                    pgg_link **lp, pgg_intent intent,
-                                    const pgg_ticket *ticket, int role,
-                                    int64_t started, PGresult *res,
-                                    ExecStatusType status,
-                                    pgg_attempt_end end, bool over,
-                                    int64_t *ended, pgg_error *err)
+static inline pgg_verdict exec_judged(pgg_pool *pool, pgg_host *h,
+                                      pgg_link **lp, pgg_intent intent,
+                                      const pgg_ticket *ticket, int role,
+                                      int64_t started, PGresult *res,
+                                      ExecStatusType status,
+                                      pgg_attempt_end end, bool over,
+                                      int64_t ended, pgg_error *err)
 {
     pgg_link *l = *lp;
     pgg_verdict v;
     bool ended_by_server, dead;
 
-    *ended = pgg__now_ns();
-    if (end == PGG_END_RESULT && ok_status(status)) {
+    if (end == PGG_END_RESULT && pgg__pool_status_ok(status)) {
         /* The common case, as the classifier judges it: no lookup. */
         v = (pgg_verdict){PGG_CLASS_SUCCESS, false, false, PGG_OK};
-        /* And with the host's role known and its report looked up
-         * lately, nothing below applies to a success (no cancel, no role
-         * to learn, no session ended, no error to note): its record only. */
-        if (!over && role != PGG_ROLE_UNKNOWN &&
-            *ended - atomic_load_explicit(&h->role_seen_ns,
-                                          memory_order_relaxed) < ROLE_SEEN_NS) {
-            settle(pool, h, ticket, PGG_CLASS_SUCCESS, false, 0, 0, started,
-                   *ended);
-            return v;
-        }
     } else {
         v = pgg__classify_result(&pool->cfg->classifier, end, res, intent,
                                  role == PGG_ROLE_STANDBY);
@@ -525,13 +502,14 @@ static inline pgg_verdict exec_done(pgg_pool *pool, pgg_host *h,
     /* What the server reports after a query is current, but looking it up
      * walks a list: do it when it decides something (a refused write),
      * teaches something (a host of unknown role), or at most once per host
-     * every ROLE_SEEN_NS otherwise, so that a promotion seen on any session
-     * re-routes writes at once, without waiting for a health probe. */
+     * every PGG__ROLE_SEEN_NS otherwise, so that a promotion seen on any
+     * session re-routes writes at once, without waiting for a health
+     * probe. */
     if (end == PGG_END_RESULT &&
         (v.cls == PGG_CLASS_WRONG_ROLE || role == PGG_ROLE_UNKNOWN ||
-         *ended - atomic_load_explicit(&h->role_seen_ns,
-                                       memory_order_relaxed) >= ROLE_SEEN_NS)) {
-        atomic_store_explicit(&h->role_seen_ns, *ended, memory_order_relaxed);
+         ended - atomic_load_explicit(&h->role_seen_ns,
+                                       memory_order_relaxed) >= PGG__ROLE_SEEN_NS)) {
+        atomic_store_explicit(&h->role_seen_ns, ended, memory_order_relaxed);
         pgg__pool_reported_role(pool, h, role,
                                 pgg__link_reported_role(l->conn), &v);
     }
@@ -553,7 +531,7 @@ static inline pgg_verdict exec_done(pgg_pool *pool, pgg_host *h,
     settle(pool, h, ticket, dead ? PGG_CLASS_IGNORED : v.cls,
            ended_by_server, l->last_used_ns,
            !(dead && (intent != PGG_WRITE || end == PGG_END_NOT_SENT)),
-           started, *ended);
+           started, ended);
     /* An ignored outcome that is an answer of the host (health.c, the
      * silence rule); not one it never spoke in (a cancel, a deadline). */
     if (end == PGG_END_RESULT && (dead || v.cls == PGG_CLASS_IGNORED))
@@ -564,11 +542,11 @@ static inline pgg_verdict exec_done(pgg_pool *pool, pgg_host *h,
          * answers one), rather than into the same wait again; not after a
          * cancel, which says nothing of the host. */
         if (v.code != PGG_ECANCELED) {
-            atomic_store_explicit(&h->suspect_until_ns, *ended + SUSPECT_NS,
+            atomic_store_explicit(&h->suspect_until_ns, ended + SUSPECT_NS,
                                   memory_order_relaxed);
             /* A new session's connect was answered: the silence began
              * after it, somewhere inside the attempt. */
-            pgg__pool_note_silent(pool, h, l->fresh ? *ended : started);
+            pgg__pool_note_silent(pool, h, l->fresh ? ended : started);
         }
         /* The session is in an unknown state: it never comes back. */
         pgg__host_abandon(h, l, pool->canceller);
@@ -579,6 +557,25 @@ static inline pgg_verdict exec_done(pgg_pool *pool, pgg_host *h,
     }
     pgg__pool_settle_error(h, v, dead, err);
     return v;
+}
+
+#if defined(__GNUC__)
+__attribute__((always_inline))
+#endif
+static inline pgg_verdict exec_done(pgg_pool *pool, pgg_host *h,
+                                    pgg_link **lp, pgg_intent intent,
+                                    const pgg_ticket *ticket, int role,
+                                    int64_t started, PGresult *res,
+                                    ExecStatusType status,
+                                    pgg_attempt_end end, bool over,
+                                    int64_t *ended, pgg_error *err)
+{
+    *ended = pgg__now_ns();
+    if (pgg__pool_success_recorded(h, ticket, role, started, status, end,
+                                   over, *ended))
+        return (pgg_verdict){PGG_CLASS_SUCCESS, false, false, PGG_OK};
+    return exec_judged(pool, h, lp, intent, ticket, role, started, res,
+                       status, end, over, *ended, err);
 }
 
 /* pgg__pool_exec_on, with now a clock reading taken after the connection
@@ -714,13 +711,13 @@ pgg_attempt_made pgg__pool_attempt(pgg_pool *pool, pgg_host *h,
     return PGG_ATTEMPT_MADE;
 }
 
-pgg_verdict pgg__pool_exec_done(pgg_pool *pool, pgg_host *h, pgg_link **lp,
-                                pgg_intent intent, const pgg_ticket *ticket,
-                                int role, int64_t started, PGresult *res,
-                                pgg_attempt_end end, int64_t *ended,
-                                pgg_error *err)
+pgg_verdict pgg__pool_exec_judge(pgg_pool *pool, pgg_host *h, pgg_link **lp,
+                                 pgg_intent intent, const pgg_ticket *ticket,
+                                 int role, int64_t started, PGresult *res,
+                                 ExecStatusType status, pgg_attempt_end end,
+                                 int64_t ended, pgg_error *err)
 {
     /* The loop reads the notice receiver's note itself (async.c). */
-    return exec_done(pool, h, lp, intent, ticket, role, started, res,
-                     PQresultStatus(res), end, false, ended, err);
+    return exec_judged(pool, h, lp, intent, ticket, role, started, res,
+                       status, end, false, ended, err);
 }

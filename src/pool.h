@@ -43,8 +43,38 @@ pgg_take pgg__pool_take(pgg_pool *pool, pgg_host *h, pgg_intent intent,
 pgg_take pgg__pool_take_failed(pgg_pool *pool, pgg_host *h, pgg_ticket ticket,
                                int64_t start, pgg_borrow_fail why,
                                pgg_error *err);
-pgg_take pgg__pool_taken(pgg_pool *pool, pgg_host *h, pgg_intent intent,
-                         pgg_link **l, pgg_ticket ticket, int64_t start);
+pgg_take pgg__pool_taken_check(pgg_pool *pool, pgg_host *h, pgg_intent intent,
+                               pgg_link **l, pgg_ticket ticket, int64_t start);
+
+/*
+ * The role check of pool.c (role_fits) when it needs no report from the
+ * session: a pooled connection (its report no newer than the host's role)
+ * for a read, or on a host whose role is known.
+ */
+static inline bool pgg__pool_role_fits_known(pgg_host *h, const pgg_link *l,
+                                             pgg_intent intent)
+{
+    return !l->fresh &&
+           (intent == PGG_READ ||
+            atomic_load_explicit(&h->role, memory_order_relaxed) !=
+                PGG_ROLE_UNKNOWN);
+}
+
+/*
+ * The loop's pgg__pool_taken_check, inline for its usual case: a
+ * connection the loop had already made non-blocking (recv_mode NEVER: a
+ * kept one, or one a loop used before) whose role needs no look: nothing
+ * to do (bench-async: ~45 instructions per call less than the call).
+ */
+static inline pgg_take pgg__pool_taken(pgg_pool *pool, pgg_host *h,
+                                       pgg_intent intent, pgg_link **l,
+                                       pgg_ticket ticket, int64_t start)
+{
+    if ((*l)->recv_mode == PGG_RECV_NEVER &&
+        pgg__pool_role_fits_known(h, *l, intent))
+        return PGG_TAKE_OK;
+    return pgg__pool_taken_check(pool, h, intent, l, ticket, start);
+}
 
 #if PGG_HAVE_LIBPQTYPES
 /* The last step of pgg__pool_take when typed calls are on (types_on), for
@@ -93,13 +123,6 @@ pgg_attempt_made pgg__pool_attempt(pgg_pool *pool, pgg_host *h,
                                    pgg_error *err, pgg_attempt *a);
 
 /*
- * The second half of pgg__pool_exec_on, for drivers that ran the query
- * themselves (an event loop): res and end are the attempt's (res stays the
- * caller's), role the host's role read before it was sent.  Classify,
- * learn the role, record the ticket, drop the link when its state is
- * unknown (*lp NULL), exactly as after a blocking exec.
- */
-/*
  * The judgement of an attempt's answer, one copy for every driver (a
  * connection of its own, a shared pipelined one, the event loop):
  * - pgg__verdict_callers: an error the server answered on a session that
@@ -135,10 +158,79 @@ void pgg__pool_settle_error(pgg_host *h, pgg_verdict v, bool ignored,
  * latest: the health thread checks whether h answers at all (pool.c). */
 void pgg__pool_note_silent(pgg_pool *pool, pgg_host *h, int64_t since);
 
-pgg_verdict pgg__pool_exec_done(pgg_pool *pool, pgg_host *h, pgg_link **lp,
-                                pgg_intent intent, const pgg_ticket *ticket,
-                                int role, int64_t started, PGresult *res,
-                                pgg_attempt_end end, int64_t *ended,
-                                pgg_error *err);
+/* How often an answer's in_hot_standby is looked up per host. */
+#define PGG__ROLE_SEEN_NS (5 * PGG_NS_PER_MS)
+
+/* A result that is no error (classify.c: always a success).  NULL (a lost
+ * connection) reads as PGRES_FATAL_ERROR. */
+static inline bool pgg__pool_status_ok(ExecStatusType s)
+{
+    return s != PGRES_FATAL_ERROR && s != PGRES_BAD_RESPONSE &&
+           s != PGRES_NONFATAL_ERROR;
+}
+
+/*
+ * The usual end of an attempt, for every driver: an answer that is no
+ * error, on a host whose role is known and whose sessions' report was
+ * looked up within PGG__ROLE_SEEN_NS, and no end of the session read
+ * behind it (over).  Nothing else of the judgement applies to it (no
+ * cancel, no role to learn, no session ended, no error to note): the
+ * ticket's record (when not NULL) at ended, and true.  False, nothing
+ * done: the whole judgement (pool.c's exec_judged).
+ */
+#if defined(__GNUC__)
+__attribute__((always_inline))
+#endif
+static inline bool pgg__pool_success_recorded(pgg_host *h,
+                                              const pgg_ticket *ticket,
+                                              int role, int64_t started,
+                                              ExecStatusType status,
+                                              pgg_attempt_end end, bool over,
+                                              int64_t ended)
+{
+    if (end != PGG_END_RESULT || !pgg__pool_status_ok(status) || over ||
+        role == PGG_ROLE_UNKNOWN ||
+        ended - atomic_load_explicit(&h->role_seen_ns, memory_order_relaxed) >=
+            PGG__ROLE_SEEN_NS)
+        return false;
+    if (ticket)
+        pgg__pool_record_at(h, ticket, PGG_CLASS_SUCCESS, started, ended);
+    return true;
+}
+
+/* pgg__pool_exec_done past pgg__pool_success_recorded: the whole
+ * judgement, the attempt's end read already (ended). */
+pgg_verdict pgg__pool_exec_judge(pgg_pool *pool, pgg_host *h, pgg_link **lp,
+                                 pgg_intent intent, const pgg_ticket *ticket,
+                                 int role, int64_t started, PGresult *res,
+                                 ExecStatusType status, pgg_attempt_end end,
+                                 int64_t ended, pgg_error *err);
+
+/*
+ * The second half of pgg__pool_exec_on, for drivers that ran the query
+ * themselves (an event loop): res and end are the attempt's (res stays the
+ * caller's), role the host's role read before it was sent.  Classify,
+ * learn the role, record the ticket, drop the link when its state is
+ * unknown (*lp NULL), exactly as after a blocking exec.  Inline for its
+ * usual case (pgg__pool_success_recorded): bench-async, ~35 instructions
+ * per call less than a call of ten arguments.
+ */
+static inline pgg_verdict pgg__pool_exec_done(pgg_pool *pool, pgg_host *h,
+                                              pgg_link **lp, pgg_intent intent,
+                                              const pgg_ticket *ticket,
+                                              int role, int64_t started,
+                                              PGresult *res,
+                                              pgg_attempt_end end,
+                                              int64_t *ended, pgg_error *err)
+{
+    ExecStatusType status = PQresultStatus(res);
+
+    *ended = pgg__now_ns();
+    if (pgg__pool_success_recorded(h, ticket, role, started, status, end,
+                                   false, *ended))
+        return (pgg_verdict){PGG_CLASS_SUCCESS, false, false, PGG_OK};
+    return pgg__pool_exec_judge(pool, h, lp, intent, ticket, role, started,
+                                res, status, end, *ended, err);
+}
 
 #endif

@@ -2509,6 +2509,99 @@ Test(async, a_loop_connection_is_dated_from_its_connects_start)
 }
 
 /*
+ * The loop reads the clock at each call's start, also for a call started
+ * in the callback of another (docs/DESIGN.md, "Clock readings on the
+ * loop"), never a reading taken before that callback ran (when the loop
+ * handed pgguard the event): such a reading is earlier than the call's
+ * start by the callback's time so far, so the call would get less than its
+ * timeout (a callback that ran longer than the timeout would even send a
+ * statement already past its deadline), and its elapsed time, latency
+ * sample and breaker record would hold the callback's time.  Here a
+ * callback runs 150 ms before it starts two calls: the one served reports
+ * an elapsed time within its start and its callback, the one cut at its
+ * 300 ms deadline ends no sooner than 300 ms after its start.  Orderings of
+ * clock readings, not timings: load only delays the callbacks.
+ */
+typedef struct timed_outcome {
+    outcome o;
+    double elapsed_ms; /* info->elapsed_us */
+} timed_outcome;
+
+typedef struct late_start {
+    pgg_async *ac;
+    double started; /* the test's reading right before the two calls */
+    timed_outcome served, cut;
+} late_start;
+
+static void on_timed(pgg_async *ac, PGresult *res, const pgg_info *info,
+                     const pgg_error *err, void *ud)
+{
+    timed_outcome *t = ud;
+
+    t->elapsed_ms = info->elapsed_us / 1000.0;
+    on_done(ac, res, info, err, &t->o);
+}
+
+static void on_spin_then_start(pgg_async *ac, PGresult *res, const pgg_info *info,
+                               const pgg_error *err, void *ud)
+{
+    late_start *ls = ud;
+    pgg_call served = {.timeout_ms = 30000}, cut = {.timeout_ms = 300};
+    double t0 = pgh_now_ms();
+    pgg_error e;
+
+    (void)info;
+    cr_assert_not_null(res, "the first call: %s", err->message);
+    PQclear(res);
+    while (pgh_now_ms() - t0 < 150)
+        ; /* a callback that runs long, on the CPU */
+    ls->started = pgh_now_ms();
+    ls->served.o.started = ls->cut.o.started = ls->started;
+    cr_assert_eq(pgg_async_exec(ac, PGG_READ_PRIMARY, "SELECT 1", &served, on_timed,
+                                &ls->served, NULL, &e),
+                 PGG_OK, "%s", e.message);
+    cr_assert_eq(pgg_async_exec(ac, PGG_READ_PRIMARY, "SELECT pg_sleep(5)", &cut, on_timed,
+                                &ls->cut, NULL, &e),
+                 PGG_OK, "%s", e.message);
+}
+
+Test(async, a_call_started_in_a_callback_that_ran_long_has_its_whole_timeout)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, "pool_max=4 breaker.mode=disabled");
+    struct event_base *base = event_base_new();
+    pgg_async *ac = async_for(p, base);
+    late_start ls = {.ac = ac};
+    pgg_call first = {.timeout_ms = 30000};
+    pgg_error e;
+    double end = pgh_now_ms() + 20000;
+
+    loop_guard_on();
+    cr_assert_eq(pgg_async_exec(ac, PGG_READ_PRIMARY, "SELECT 1", &first,
+                                on_spin_then_start, &ls, NULL, &e),
+                 PGG_OK, "%s", e.message);
+    loop_guard_off();
+    while ((ls.served.o.done == 0 || ls.cut.o.done == 0) && pgh_now_ms() < end)
+        loop_once(base, EVLOOP_ONCE);
+    cr_assert_eq(ls.served.o.done, 1, "the served call did not complete");
+    cr_assert_eq(ls.cut.o.done, 1, "the cut call did not complete");
+    cr_expect_eq(ls.served.o.code, PGG_OK, "%s", ls.served.o.message);
+    /* Its start is read after the callback's 150 ms, its end before its
+     * own callback. */
+    cr_expect_leq(ls.served.elapsed_ms, ls.served.o.ms,
+                  "elapsed %.3f ms, but its callback came %.3f ms after its start",
+                  ls.served.elapsed_ms, ls.served.o.ms);
+    cr_expect_eq(ls.cut.o.code, PGG_ETIMEDOUT, "%s: %s", pgg_err_name(ls.cut.o.code),
+                 ls.cut.o.message);
+    cr_expect_geq(ls.cut.o.ms, 300.0, "cut %.3f ms after its start (timeout 300 ms)",
+                  ls.cut.o.ms);
+    loop_guard_check("a call started in a callback that ran long");
+    pgg_async_free(ac);
+    event_base_free(base);
+    end_test(p, c);
+}
+
+/*
  * A kept connection nobody else wants goes back to the pool after 100 ms
  * unused (the idle bound), not sooner: the loop turns all along and its
  * 2 ms looks find no other reason.  Its call started at `start`, so its
