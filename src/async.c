@@ -1084,7 +1084,7 @@ static void io(pgg_async_call *k, int revents)
         end == PGG_END_RESULT && pgg__link_statement_gone(res)) {
         /* The session lost our statement (a DEALLOCATE ALL run on it):
          * nothing ran; forget it here, prepare it again and run it once
-         * more, as the blocking path does (pool.c, exec_registered). */
+         * more, as the blocking path does (pool.c, registered_failed). */
         k->reprepared = true;
         PQclear(res);
         res = NULL;
