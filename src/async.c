@@ -1178,17 +1178,21 @@ static void pipe_send(apipe *p, pgg_async_call *k)
                                    q->result_format);
     if (!sent) {
         /* Nothing of it left: the connection is broken for everyone, and
-         * k goes back to the path as a connection found dead. */
+         * k goes back to the path as a connection found dead, judged on
+         * that connection (exec_done reads it; a NOT_SENT end leaves it
+         * the pipe's), which pipe_end then drops with the others. */
+        pgg_link *l = p->l;
+
         pgg__error_set(k->c.err, PGG_ECONNECT, NULL, k->h->name, "send: %s",
                        PQerrorMessage(conn));
-        pipe_end(p, NULL);
         k->a.res = NULL;
         k->a.end = PGG_END_NOT_SENT;
-        k->a.v = pgg__pool_exec_done(k->c.pool, k->h, &(pgg_link *){NULL},
-                                     k->c.intent, &k->ticket, k->role,
-                                     k->c.now, NULL, PGG_END_NOT_SENT,
-                                     &k->a.ended, k->c.err);
+        k->a.v = pgg__pool_exec_done(k->c.pool, k->h, &l, k->c.intent,
+                                     &k->ticket, k->role, k->c.now, NULL,
+                                     PGG_END_NOT_SENT, &k->a.ended,
+                                     k->c.err);
         k->a.lost = true;
+        pipe_end(p, NULL);
         attempt_over(k);
         return;
     }

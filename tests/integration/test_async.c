@@ -13,6 +13,7 @@
 #include <event2/event.h>
 #include <inttypes.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "async.h"
@@ -480,6 +481,75 @@ Test(async, pipelined_calls_share_a_backend_and_an_error_aborts_no_neighbour)
     pgg_async_free(ac);
     loop_guard_off();
     loop_guard_check("pipelined calls");
+    event_base_free(base);
+    end_test(p, c);
+}
+
+/* The pipe's connection, its second statement still in flight, is lost
+ * under the loop in the first one's callback (the test reads libpq the
+ * end itself, as a read between two answers would: CONNECTION_BAD), and
+ * the callback starts a third call, which joins the pipe: libpq refuses to
+ * queue it.  That call is over as one found dead before its send (not
+ * sent, tried again on a new connection), the one in flight is lost.
+ * Before, pipe_send judged the refusal with no connection (a NULL link
+ * into pgg__pool_exec_done): the process crashed. */
+typedef struct lost_pipe {
+    PGconn *conn;
+    outcome first, next;
+    int rc;
+} lost_pipe;
+
+static void on_first_then_lose_the_pipe(pgg_async *ac, PGresult *res, const pgg_info *info,
+                                        const pgg_error *err, void *ud)
+{
+    lost_pipe *lp = ud;
+    pgg_call call = {.timeout_ms = 5000};
+    pgg_error e;
+
+    on_done(ac, res, info, err, &lp->first);
+    cr_assert_eq(shutdown(PQsocket(lp->conn), SHUT_RDWR), 0);
+    cr_expect_eq(PQconsumeInput(lp->conn), 0, "libpq did not read the end");
+    cr_expect_eq(PQstatus(lp->conn), CONNECTION_BAD);
+    lp->next = (outcome){.started = pgh_now_ms()};
+    lp->rc = pgg_async_exec(ac, PGG_READ_PRIMARY, "SELECT 3", &call, on_done, &lp->next, NULL,
+                            &e);
+}
+
+Test(async, a_statement_libpq_refuses_on_a_lost_pipe_is_not_sent)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, "pipeline=on pipeline.stall_ms=1000 pool_max=1 "
+                              "breaker.mode=disabled");
+    struct event_base *base = event_base_new();
+    pgg_async *ac = async_for(p, base);
+    lost_pipe lp = {0};
+    outcome o[2];
+    pgg_link *l;
+    pgg_call call = {.timeout_ms = 5000};
+
+    /* The pool's one connection, warm and idle: the first call below is
+     * lent it and opens the pipe, the second joins it. */
+    start_call(ac, PGG_READ_PRIMARY, "SELECT 1", 0, 0, &o[0]);
+    run_until(base, o, 1, 5000);
+    cr_assert_eq(o[0].code, PGG_OK, "%s", o[0].message);
+    pgg_async_give_back(ac);
+    l = only_link(p);
+    cr_assert_not_null(l);
+    lp.conn = l->conn;
+    lp.first.started = pgh_now_ms();
+    cr_assert_eq(pgg_async_exec(ac, PGG_READ_PRIMARY, "SELECT 1", &call,
+                                on_first_then_lose_the_pipe, &lp, NULL, NULL),
+                 PGG_OK);
+    start_call(ac, PGG_READ_PRIMARY, "SELECT 2 FROM pg_sleep(1)", 5000, 0, &o[1]);
+    run_until(base, &lp.first, 1, 10000);
+    cr_assert_eq(lp.first.code, PGG_OK, "%s", lp.first.message);
+    cr_assert_eq(lp.rc, PGG_OK);
+    run_until(base, &lp.next, 1, 10000);
+    run_until(base, &o[1], 1, 10000);
+    /* Refused, then served on a new connection. */
+    cr_expect_eq(lp.next.code, PGG_OK, "%s", lp.next.message);
+    cr_expect_geq(lp.next.attempts, 2, "the third call was not refused on the lost pipe");
+    pgg_async_free(ac);
     event_base_free(base);
     end_test(p, c);
 }
