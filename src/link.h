@@ -723,10 +723,12 @@ static inline int pgg__link_wait_under(pgg_watchdog *wd, PGconn *conn,
                                        ExecStatusType *status)
 {
     pgg_wd_slot *slot = wd ? pgg__watchdog_claim(wd) : NULL;
-    pgg_cancel *cancel = slot ? pgg__cancel_cur : NULL;
+    /* Without a slot too: a wait with a handle polls (no slice in recv,
+     * which would not see the fire; the slotless poll looks at it). */
+    pgg_cancel *cancel = pgg__cancel_cur;
     int rc;
 
-    if (cancel)
+    if (cancel && slot)
         pgg__watchdog_set_cancel(slot, pgg__cancel_flag(cancel));
     rc = pgg__link_collect(slot, cancel, conn, deadline_ns, now, sent, mode,
                            host, out, end, err, status);
