@@ -113,10 +113,9 @@ uint64_t pgg__watchdog_late_wakes(const pgg_watchdog *wd);
  * waits meanwhile. */
 void pgg__watchdog_hold(pgg_watchdog *wd, bool hold);
 
-/* When (CLOCK_MONOTONIC ns) a watchdog's look may end the backstop: 0
- * once one that came no earlier found the watchdogs kept time for the
- * hold (waits carry their backstop until then, past that time too),
- * PGG_TIME_NEVER before any watchdog looked. */
+/* From when (CLOCK_MONOTONIC ns) a watchdog's punctual look ends the
+ * backstop: 0 once one has (waits carry their backstop until then, also
+ * past that time), PGG_TIME_NEVER before any watchdog looked. */
 static inline int64_t pgg__watchdog_backstop_until(void);
 /* Tests: set that state (0: proven punctual; PGG_TIME_NEVER: unproven). */
 void pgg__watchdog_set_backstop_until(int64_t until);
