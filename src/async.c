@@ -258,9 +258,9 @@ struct pgg_async {
     int peak;
     /* While it keeps any (kept_on): in the list of such contexts
      * (kept_all, under kept_mu: kept_on and the links too); kept_thread:
-     * its loop's thread's token (pgg__thread_token). */
+     * its loop's thread's number (this_thread). */
     bool kept_on;
-    const void *kept_thread;
+    uint64_t kept_thread;
     pgg_async *kept_prev, *kept_next;
     pgg_async_sock *free_socks;
     /* Fired once for good: made the call's handle when it is cancelled,
@@ -476,6 +476,21 @@ static void flush_pipes(pgg_async *ac);
 static pthread_mutex_t kept_mu = PTHREAD_MUTEX_INITIALIZER;
 static pgg_async *kept_all;
 
+/* A number of this thread's own, never another thread's: not a
+ * thread-local's address (pgg__thread_token), which a new thread reuses
+ * when it gets a dead one's stack, while that thread's unfreed context
+ * may still be listed.  Taken when a context enters the list and when a
+ * borrower would wait: never per call. */
+static _Atomic uint64_t thread_count;
+static PGG_TLS uint64_t thread_number;
+
+static uint64_t this_thread(void)
+{
+    if (!thread_number)
+        thread_number = atomic_fetch_add(&thread_count, 1) + 1;
+    return thread_number;
+}
+
 static void kept_give_back_each(pgg_async *ac);
 
 /* Out of the list, under kept_mu. */
@@ -496,8 +511,10 @@ static void kept_unlist(pgg_async *ac)
 /* Has this thread a context in the list?  Under kept_mu. */
 static bool kept_mine(void)
 {
+    uint64_t me = this_thread();
+
     for (pgg_async *ac = kept_all; ac; ac = ac->kept_next)
-        if (ac->kept_thread == &pgg__thread_token)
+        if (ac->kept_thread == me)
             return true;
     return false;
 }
@@ -506,9 +523,11 @@ static bool kept_mine(void)
  * keep, under kept_mu, so that a free on another thread waits for it. */
 static void kept_thread_give_back(void)
 {
+    uint64_t me = this_thread();
+
     pthread_mutex_lock(&kept_mu);
     for (pgg_async *ac = kept_all; ac;) {
-        if (ac->kept_thread != &pgg__thread_token) {
+        if (ac->kept_thread != me) {
             ac = ac->kept_next;
             continue;
         }
@@ -526,7 +545,7 @@ static void kept_register(pgg_async *ac)
 {
     pthread_mutex_lock(&kept_mu);
     ac->kept_on = true;
-    ac->kept_thread = &pgg__thread_token;
+    ac->kept_thread = this_thread();
     ac->kept_prev = NULL;
     ac->kept_next = kept_all;
     if (kept_all)
@@ -1186,17 +1205,21 @@ static void pipe_send(apipe *p, pgg_async_call *k)
                                    q->result_format);
     if (!sent) {
         /* Nothing of it left: the connection is broken for everyone, and
-         * k goes back to the path as a connection found dead. */
+         * k goes back to the path as a connection found dead, judged on
+         * that connection (exec_done reads it; a NOT_SENT end leaves it
+         * the pipe's), which pipe_end then drops with the others. */
+        pgg_link *l = p->l;
+
         pgg__error_set(k->c.err, PGG_ECONNECT, NULL, k->h->name, "send: %s",
                        PQerrorMessage(conn));
-        pipe_end(p, NULL);
         k->a.res = NULL;
         k->a.end = PGG_END_NOT_SENT;
-        k->a.v = pgg__pool_exec_done(k->c.pool, k->h, &(pgg_link *){NULL},
-                                     k->c.intent, &k->ticket, k->role,
-                                     k->c.now, NULL, PGG_END_NOT_SENT,
-                                     &k->a.ended, k->c.err);
+        k->a.v = pgg__pool_exec_done(k->c.pool, k->h, &l, k->c.intent,
+                                     &k->ticket, k->role, k->c.now, NULL,
+                                     PGG_END_NOT_SENT, &k->a.ended,
+                                     k->c.err);
         k->a.lost = true;
+        pipe_end(p, NULL);
         attempt_over(k);
         return;
     }

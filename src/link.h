@@ -450,17 +450,16 @@ static inline int pgg__link_backstop_ms(int64_t deadline_ns, int64_t now)
 }
 
 /* The poll timeout of a wait under a watchdog: none while the watchdogs
- * keep time, else the backstop.  now as for pgg__link_backstop_ms. */
+ * keep time, else the backstop.  now as for pgg__link_backstop_ms.
+ * Until a watchdog's look ends it (until 0), not until the time it names:
+ * the hold is of punctual wake-ups, and a hold that ran out with no look
+ * since (an idle process, or a watchdog held up right then) proved
+ * nothing; the first look after it ends the backstop. */
 static inline int pgg__link_armed_timeout(int64_t deadline_ns, int64_t now)
 {
-    int64_t until = pgg__watchdog_backstop_until();
-
-
-    if (until == 0)
+    if (pgg__watchdog_backstop_until() == 0)
         return -1;
-    if (!now)
-        now = pgg__now_ns();
-    return now < until ? pgg__link_backstop_ms(deadline_ns, now) : -1;
+    return pgg__link_backstop_ms(deadline_ns, now);
 }
 
 /* The wait under a watchdog slot: see above.  now is a clock reading
@@ -747,10 +746,12 @@ static inline int pgg__link_wait_under(pgg_watchdog *wd, PGconn *conn,
                                        ExecStatusType *status)
 {
     pgg_wd_slot *slot = wd ? pgg__watchdog_claim(wd) : NULL;
-    pgg_cancel *cancel = slot ? pgg__cancel_cur : NULL;
+    /* Without a slot too: a wait with a handle polls (no slice in recv,
+     * which would not see the fire; the slotless poll looks at it). */
+    pgg_cancel *cancel = pgg__cancel_cur;
     int rc;
 
-    if (cancel)
+    if (cancel && slot)
         pgg__watchdog_set_cancel(slot, pgg__cancel_flag(cancel));
     rc = pgg__link_collect(slot, cancel, conn, deadline_ns, now, sent, mode,
                            host, out, end, err, status);

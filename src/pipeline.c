@@ -909,6 +909,12 @@ static void judge(pgg_pool *pool, pgg_host *h, pgg_intent intent,
         rec = PGG_CLASS_IGNORED; /* it never reached the host */
     pgg__pool_settle(pool, h, &ticket, rec, ended_by_server, w->alive_at,
                      start, a->ended);
+    /* An ignored outcome the host answered is an answer to the silence
+     * rule (health.c), as exec_done counts it for a statement on a
+     * connection of its own: a pipe's deadline marks the host silent. */
+    if (w->end == PGG_END_RESULT && rec == PGG_CLASS_IGNORED)
+        atomic_fetch_add_explicit(&h->ignored_answers, 1,
+                                  memory_order_relaxed);
     pgg__pool_settle_error(h, v, rec == PGG_CLASS_IGNORED, err);
     a->v = v;
 }

@@ -113,9 +113,9 @@ uint64_t pgg__watchdog_late_wakes(const pgg_watchdog *wd);
  * waits meanwhile. */
 void pgg__watchdog_hold(pgg_watchdog *wd, bool hold);
 
-/* Until when (CLOCK_MONOTONIC ns) waits carry their own backstop timeout:
- * 0 once the watchdogs have kept time for the hold, PGG_TIME_NEVER before
- * any watchdog looked. */
+/* From when (CLOCK_MONOTONIC ns) a watchdog's punctual look ends the
+ * backstop: 0 once one has (waits carry their backstop until then, also
+ * past that time), PGG_TIME_NEVER before any watchdog looked. */
 static inline int64_t pgg__watchdog_backstop_until(void);
 /* Tests: set that state (0: proven punctual; PGG_TIME_NEVER: unproven). */
 void pgg__watchdog_set_backstop_until(int64_t until);
@@ -157,8 +157,9 @@ typedef struct pgg_wd_head {
     _Atomic int_fast64_t next_wake; /* when the watchdog looks next */
 } pgg_wd_head;
 
-/* Waits carry a backstop timeout until then (watchdog.c, note_lateness):
- * written by the watchdogs at most once per look, read by every wait. */
+/* Waits carry a backstop timeout until a look at or after then sets it
+ * to 0 (watchdog.c, note_lateness): written by the watchdogs at most once
+ * per look, read by every wait. */
 extern _Atomic int_fast64_t pgg__wd_backstop_until;
 
 /* The slot this thread used last, and in which watchdog: it is nearly

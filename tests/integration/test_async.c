@@ -13,6 +13,7 @@
 #include <event2/event.h>
 #include <inttypes.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "async.h"
@@ -481,6 +482,75 @@ Test(async, pipelined_calls_share_a_backend_and_an_error_aborts_no_neighbour)
     pgg_async_free(ac);
     loop_guard_off();
     loop_guard_check("pipelined calls");
+    event_base_free(base);
+    end_test(p, c);
+}
+
+/* The pipe's connection, its second statement still in flight, is lost
+ * under the loop in the first one's callback (the test reads libpq the
+ * end itself, as a read between two answers would: CONNECTION_BAD), and
+ * the callback starts a third call, which joins the pipe: libpq refuses to
+ * queue it.  That call is over as one found dead before its send (not
+ * sent, tried again on a new connection), the one in flight is lost.
+ * Before, pipe_send judged the refusal with no connection (a NULL link
+ * into pgg__pool_exec_done): the process crashed. */
+typedef struct lost_pipe {
+    PGconn *conn;
+    outcome first, next;
+    int rc;
+} lost_pipe;
+
+static void on_first_then_lose_the_pipe(pgg_async *ac, PGresult *res, const pgg_info *info,
+                                        const pgg_error *err, void *ud)
+{
+    lost_pipe *lp = ud;
+    pgg_call call = {.timeout_ms = 5000};
+    pgg_error e;
+
+    on_done(ac, res, info, err, &lp->first);
+    cr_assert_eq(shutdown(PQsocket(lp->conn), SHUT_RDWR), 0);
+    cr_expect_eq(PQconsumeInput(lp->conn), 0, "libpq did not read the end");
+    cr_expect_eq(PQstatus(lp->conn), CONNECTION_BAD);
+    lp->next = (outcome){.started = pgh_now_ms()};
+    lp->rc = pgg_async_exec(ac, PGG_READ_PRIMARY, "SELECT 3", &call, on_done, &lp->next, NULL,
+                            &e);
+}
+
+Test(async, a_statement_libpq_refuses_on_a_lost_pipe_is_not_sent)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, "pipeline=on pipeline.stall_ms=1000 pool_max=1 "
+                              "breaker.mode=disabled");
+    struct event_base *base = event_base_new();
+    pgg_async *ac = async_for(p, base);
+    lost_pipe lp = {0};
+    outcome o[2];
+    pgg_link *l;
+    pgg_call call = {.timeout_ms = 5000};
+
+    /* The pool's one connection, warm and idle: the first call below is
+     * lent it and opens the pipe, the second joins it. */
+    start_call(ac, PGG_READ_PRIMARY, "SELECT 1", 0, 0, &o[0]);
+    run_until(base, o, 1, 5000);
+    cr_assert_eq(o[0].code, PGG_OK, "%s", o[0].message);
+    pgg_async_give_back(ac);
+    l = only_link(p);
+    cr_assert_not_null(l);
+    lp.conn = l->conn;
+    lp.first.started = pgh_now_ms();
+    cr_assert_eq(pgg_async_exec(ac, PGG_READ_PRIMARY, "SELECT 1", &call,
+                                on_first_then_lose_the_pipe, &lp, NULL, NULL),
+                 PGG_OK);
+    start_call(ac, PGG_READ_PRIMARY, "SELECT 2 FROM pg_sleep(1)", 5000, 0, &o[1]);
+    run_until(base, &lp.first, 1, 10000);
+    cr_assert_eq(lp.first.code, PGG_OK, "%s", lp.first.message);
+    cr_assert_eq(lp.rc, PGG_OK);
+    run_until(base, &lp.next, 1, 10000);
+    run_until(base, &o[1], 1, 10000);
+    /* Refused, then served on a new connection. */
+    cr_expect_eq(lp.next.code, PGG_OK, "%s", lp.next.message);
+    cr_expect_geq(lp.next.attempts, 2, "the third call was not refused on the lost pipe");
+    pgg_async_free(ac);
     event_base_free(base);
     end_test(p, c);
 }
@@ -2937,6 +3007,105 @@ static void *free_main(void *arg)
 {
     pgg_async_free(arg);
     return NULL;
+}
+
+/* One loop thread's run: a call whose connection its context keeps, then
+ * (give_back) a blocking call that must wait for a connection.  No
+ * asserts off the test's thread: the outcome is read after the join. */
+typedef struct loop_run {
+    pgg_pool *p;
+    bool blocking; /* the blocking call after the loop's */
+    const void *token; /* expect: the thread's token must be this */
+    const void *mine;  /* the thread's token (pgg__thread_token's address) */
+    struct event_base *base;
+    pgg_async *ac;
+    outcome o;
+    int kept, code;
+    char message[512];
+} loop_run;
+
+static void *loop_run_main(void *arg)
+{
+    loop_run *r = arg;
+    pgg_call call = {.timeout_ms = 5000};
+    pgg_error e;
+    PGresult *res;
+
+    r->mine = &pgg__thread_token;
+    if (r->token && r->mine != r->token)
+        return NULL;
+    r->base = event_base_new();
+    r->ac = r->base ? pgg_async_new(r->p, &e) : NULL;
+    if (!r->ac || pgg_async_libevent_attach(r->ac, r->base) != PGG_OK)
+        return NULL;
+    r->o = (outcome){.started = pgh_now_ms()};
+    if (pgg_async_exec(r->ac, PGG_WRITE, "SELECT 1", &call, on_done, &r->o, NULL, &e) !=
+        PGG_OK)
+        return NULL;
+    while (!r->o.done)
+        event_base_loop(r->base, EVLOOP_ONCE);
+    r->kept = pgg__async_kept(r->ac);
+    if (!r->blocking)
+        return NULL; /* the thread ends with its context unfreed */
+    res = pgg_exec(r->p, PGG_WRITE, "SELECT 1", &call, NULL, &e);
+    r->code = res ? PGG_OK : e.code;
+    snprintf(r->message, sizeof r->message, "%s", res ? "" : e.message);
+    PQclear(res);
+    pgg_async_free(r->ac);
+    r->ac = NULL;
+    event_base_free(r->base);
+    return NULL;
+}
+
+/*
+ * A loop thread ends with its context unfreed, keeping a connection
+ * (pgguard_async.h asks for the free; this is what is left when it does
+ * not come at once).  A new thread whose thread-locals reuse the dead
+ * one's addresses (glibc reuses a joined thread's stack) runs a loop of
+ * its own that keeps the pool's other connection (pool_max=2), then makes
+ * a blocking call that must wait: its own context gives back what it
+ * keeps, and it is served.  The dead thread's context is not its own: it
+ * is not touched (its adapter not called from a thread not its loop's),
+ * and keeps its connection until freed.  Before, the contexts were known
+ * by the thread-local's address: the new thread gave back the dead one's
+ * too, through that context's adapter.
+ */
+Test(async, a_thread_reusing_a_dead_loop_threads_address_gives_back_only_its_own)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, "pool_max=2 pool_min_idle=0 breaker.mode=disabled");
+    loop_run dead = {.p = p}, next = {.p = p, .blocking = true};
+    pthread_t th;
+    int tries;
+
+    cr_assert_eq(pthread_create(&th, NULL, loop_run_main, &dead), 0);
+    pthread_join(th, NULL);
+    cr_assert_not_null(dead.ac, "the first loop thread did not start its call");
+    cr_assert_eq(dead.o.code, PGG_OK, "%s", dead.o.message);
+    cr_assert_eq(dead.kept, 1, "the first loop's connection was not kept");
+    next.token = dead.mine;
+    for (tries = 0; tries < 20; tries++) {
+        cr_assert_eq(pthread_create(&th, NULL, loop_run_main, &next), 0);
+        pthread_join(th, NULL);
+        if (next.mine == dead.mine)
+            break;
+    }
+    if (next.mine != dead.mine) {
+        pgg_async_free(dead.ac);
+        event_base_free(dead.base);
+        end_test(p, c);
+        cr_skip_test("no new thread reused the dead thread's thread-locals");
+    }
+    cr_assert_eq(next.o.code, PGG_OK, "%s", next.o.message);
+    cr_assert_eq(next.kept, 1, "the second loop's connection was not kept");
+    cr_expect_eq(next.code, PGG_OK, "the blocking call: %s %s", pgg_err_name(next.code),
+                 next.message);
+    cr_expect_eq(pgg__async_kept(dead.ac), 1,
+                 "the dead thread's context was given back by the new thread");
+    pgg_async_free(dead.ac);
+    event_base_free(dead.base);
+    cr_expect_eq(host_stats(p, 0).conns_busy, 0);
+    end_test(p, c);
 }
 
 /*

@@ -219,6 +219,38 @@ Test(pipeline, an_error_in_one_statement_aborts_no_neighbour)
     end_test(p, c);
 }
 
+/* An ignored outcome the server answered through a pipe (40001 here) is
+ * the host's answer to the silence rule (host_answers, health.c), as on a
+ * connection of its own (pool.c, exec_done): counted in ignored_answers.
+ * Before, a pipe counted none, and a host answering only such outcomes
+ * through pipes within a probe's bound could be opened as silent. */
+Test(pipeline, an_ignored_answer_through_a_pipe_counts_as_the_hosts_answer)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, "pipeline=on pipeline.connections=1 pipeline.stall_ms=0 pool_max=10");
+    pgg_lease *hold = company(p);
+    call ser = {.p = p, .intent = PGG_READ_PRIMARY, .sql = "SELECT pipe_serial()"};
+    uint64_t sent0, answers0;
+
+    cr_assert_eq(pgh_node_exec(pgh_cluster_primary(c),
+                               "CREATE OR REPLACE FUNCTION pipe_serial() RETURNS int "
+                               "LANGUAGE plpgsql AS $$BEGIN RAISE EXCEPTION 'conflict' "
+                               "USING ERRCODE = '40001'; END$$"),
+                 0);
+    sent0 = pgg__pipes_sent(p->pipes);
+    answers0 = atomic_load(&p->hosts[0].ignored_answers);
+    start(&ser);
+    pthread_join(ser.t, NULL);
+    cr_assert_gt(pgg__pipes_sent(p->pipes), sent0, "the call was not pipelined");
+    cr_expect_eq(ser.e.code, PGG_ESERVER, "%s: %s", pgg_err_name(ser.e.code), ser.e.message);
+    cr_expect_str_eq(ser.e.sqlstate, "40001");
+    cr_expect_eq(atomic_load(&p->hosts[0].ignored_answers), answers0 + 1,
+                 "the pipe's ignored answer was not counted as the host's");
+    PQclear(ser.res);
+    pgg_release(hold);
+    end_test(p, c);
+}
+
 Test(pipeline, a_call_does_not_queue_behind_a_slow_statement)
 {
     pgh_cluster *c = cluster_or_die(0);

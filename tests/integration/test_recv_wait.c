@@ -8,6 +8,7 @@
  * many slices still gets its answer, and a hung server still costs a call
  * its deadline plus the bound the watchdog's tests allow.
  */
+#include "cancel.h"
 #include "link_util.h"
 #include "pool_util.h"
 
@@ -186,6 +187,35 @@ Test(recv_wait, a_statement_by_name_with_a_value_too_large_for_one_send_goes_out
     PQfinish(conn);
     pgh_cluster_free(c);
     cr_expect_eq(pgh_leak_check(), 0, "memory leaked (report above)");
+}
+
+/* A wait with a cancel handle polls (the fire must end it), also when it
+ * has no watchdog slot (none here; in a pool, a slot out of memory): a
+ * slice in recv would not see the fire.  The handle is fired before the
+ * call: the wait ends at once, and the connection's mode never turned to
+ * blocking.  Before, without a slot the handle was not looked at: the call
+ * waited in slices to 40 ms before its deadline (ON). */
+Test(recv_wait, a_wait_with_a_cancel_handle_polls_also_without_a_watchdog)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    PGconn *conn = connect_to(c);
+    pgg_recv_mode m = PGG_RECV_CLEAN;
+    pgg_cancel *h = pgg_cancel_new();
+    pgg_cancel *prev;
+    pgg_error e;
+    int rc;
+
+    cr_assert_not_null(h);
+    pgg_cancel_fire(h);
+    prev = pgg__cancel_enter(h, NULL);
+    PQclear(exec_mode(conn, "SELECT pg_sleep(5)", 3000, &m, &rc, &e));
+    pgg__cancel_leave(h, prev);
+    cr_expect_eq(rc, PGG_ETIMEDOUT, "%s: %s", pgg_err_name(rc), e.message);
+    cr_expect_eq(m, PGG_RECV_CLEAN, "a wait with a cancel handle waited in recv");
+    cr_expect_not(socket_blocking(conn));
+    PQfinish(conn);
+    pgg_cancel_free(h);
+    pgh_cluster_free(c);
 }
 
 #define HUNG_TIMEOUT_MS 300

@@ -303,3 +303,31 @@ Test(watchdog, a_fired_cancel_is_not_counted_as_a_backstop)
     close(sv[1]);
     pgg__watchdog_free(wd);
 }
+
+/* The backstop lasts until a watchdog's look ends it, not until the time
+ * the last late wake-up named: a hold that ran out with no look since (an
+ * idle process, or a watchdog held up right then) proved nothing, and a
+ * wait then still carries its own timeout.  The first punctual look after
+ * the hold ends it.  (Before, a wait compared the time itself: past the
+ * hold it polled without a timeout whether or not any watchdog had woken
+ * on time meanwhile.) */
+Test(watchdog, the_backstop_lasts_until_a_look_past_its_hold_ends_it)
+{
+    pgg_watchdog *wd;
+    int64_t now = pgg__now_ns();
+
+    /* A late wake-up's hold ran out just now; nothing looked since. */
+    pgg__watchdog_set_backstop_until(now - 1);
+    cr_expect_eq(pgg__link_armed_timeout(now + 100 * PGG_NS_PER_MS, now),
+                 100 + PGG_LINK_BACKSTOP_MS,
+                 "a wait past the hold, before any look, has no backstop");
+    /* A watchdog's first look, on time: the backstop ends. */
+    wd = wd_new();
+    while (atomic_load(&((pgg_wd_head *)(void *)wd)->next_wake) == 0)
+        usleep(1000);
+    cr_expect_eq(pgg__watchdog_backstop_until(), 0,
+                 "a punctual look past the hold did not end the backstop");
+    now = pgg__now_ns();
+    cr_expect_eq(pgg__link_armed_timeout(now + 100 * PGG_NS_PER_MS, now), -1);
+    pgg__watchdog_free(wd);
+}
