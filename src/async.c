@@ -2002,6 +2002,16 @@ static void borrow(pgg_async_call *k)
             taken(k);
             return;
         }
+    } else if (pgg__host_awaited_beyond(h, 0) && now < k->attempt_deadline) {
+        /* Others already wait for a connection of h (a blocking borrower,
+         * another loop's parked call): a call that comes now waits its
+         * turn, one look (PARK_POLL_NS), rather than take what is given
+         * back for them.  Else a loop whose calls follow each other takes
+         * its connection back every time, and a waiter that looks on a
+         * timer (a parked call) or is still waking up (a blocking one)
+         * may wait out its deadline. */
+        park(k, now);
+        return;
     }
     if (pgg__host_try_borrow(h, k->c.now, now, k->attempt_deadline, &k->l,
                              &connect, k->c.err) != PGG_OK) {
@@ -2129,17 +2139,25 @@ static void settle(pgg_async_call *k)
 }
 
 /* A connection to h came back: the oldest call parked on h (the list's
- * tail: calls are added at the head) looks again. */
+ * tail: calls are added at the head) looks again, unless borrowers other
+ * than this context's wait for h too (a blocking one, another loop's
+ * parked call): then what came back is theirs as much as ours, and our
+ * parked calls look on their timers (PARK_POLL_NS) as theirs do.  Taken
+ * at once every time, a loop that gives back and takes again would keep
+ * it from them until their deadlines. */
 static void unpark(pgg_async *ac, const pgg_host *h)
 {
     pgg_async_call *k = NULL;
+    int mine = 0;
 
     if (ac->nparked == 0)
         return;
     for (pgg_async_call *i = ac->head; i; i = i->next)
-        if (i->state == ST_PARKED && i->h == h)
+        if (i->state == ST_PARKED && i->h == h) {
             k = i;
-    if (!k)
+            mine++;
+        }
+    if (!k || pgg__host_awaited_beyond(h, mine))
         return;
     borrow(k);
     settle(k);

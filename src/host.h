@@ -320,6 +320,16 @@ static inline bool pgg__host_wanted(const pgg_host *h)
     return atomic_load_explicit(&h->park_block, memory_order_relaxed) != 0;
 }
 
+/* More than `mine` borrowers wait for a connection of h (as
+ * pgg__host_wanted, but not merely because h closed): others than the
+ * caller's own `mine`. */
+static inline bool pgg__host_awaited_beyond(const pgg_host *h, int mine)
+{
+    int n = atomic_load_explicit(&h->park_block, memory_order_relaxed);
+
+    return n > mine && n < PGG_PARK_CLOSED;
+}
+
 /* An event loop's call begins (+1) or ends (-1) to wait for a connection
  * of h: as a blocking borrower's wait, it stops parking and makes loops
  * give back what they keep of h, since the loop's call cannot be woken

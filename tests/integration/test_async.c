@@ -2784,6 +2784,54 @@ Test(async, a_kept_connection_goes_back_to_another_loops_parked_call)
 }
 
 /*
+ * The same with this loop's calls each started in the callback of the one
+ * before (pool_max=1): the connection goes back to the pool when a call
+ * ends, since another loop's call is parked on the host, and the call the
+ * callback starts must not take it back before that parked call's look:
+ * it waits its turn (one look, 1 ms).  Before, it took the connection
+ * back at once every time, and the other loop's call, which looks on a
+ * timer, waited out its 3 s and failed.
+ */
+Test(async, a_stream_of_chained_calls_lets_another_loops_parked_call_have_its_turn)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, "pool_max=1 pool_min_idle=0 breaker.mode=disabled");
+    struct event_base *base = event_base_new();
+    pgg_async *ac = async_for(p, base);
+    const int many = 1000000;
+    /* On the primary, where the other loop's call (a write) goes. */
+    chain ch = {.ac = ac, .left = many, .sql = "SELECT 1", .timeout_ms = 30000,
+                .primary = true};
+    other_loop ol = {.p = p};
+    pthread_t th;
+    double start = pgh_now_ms();
+    int started;
+
+    chain_next(&ch);
+    while (ch.done == 0 && pgh_now_ms() - start < 10000)
+        loop_once(base, EVLOOP_ONCE);
+    cr_assert_eq(ch.failed, 0, "a chained call failed: %s", ch.message);
+    cr_assert_eq(pthread_create(&th, NULL, other_loop_main, &ol), 0);
+    while (!__atomic_load_n(&ol.finished, __ATOMIC_SEQ_CST) && ch.failed == 0)
+        loop_once(base, EVLOOP_NONBLOCK);
+    started = many - ch.left;
+    ch.left = 0; /* the stream stops */
+    pthread_join(th, NULL);
+    cr_assert_eq(ol.rc, PGG_OK, "the other loop's call was refused (%s)", pgg_err_name(ol.rc));
+    cr_expect_eq(ol.o.code, PGG_OK, "the other loop's call: %s %s", pgg_err_name(ol.o.code),
+                 ol.o.message);
+    cr_expect_str_eq(ol.o.value, "2");
+    while (ch.done < started && pgh_now_ms() - start < 60000)
+        loop_once(base, EVLOOP_ONCE);
+    cr_assert_eq(ch.failed, 0, "a chained call failed: %s", ch.message);
+    cr_expect_gt(ch.done, 1, "no stream of calls");
+    loop_guard_check("a stream of chained calls and another loop's parked call");
+    pgg_async_free(ac);
+    event_base_free(base);
+    end_test(p, c);
+}
+
+/*
  * A loop whose calls each start in the callback of the one before keeps
  * its connection only from one call's end to the next one's start: its
  * 2 ms looks at the kept connections, whenever they come, find none.
