@@ -1075,13 +1075,22 @@ static void fault_max_connections(run *r)
     if (r->nheld == 0)
         die("max_connections: could not take one connection on the primary");
     double closed = rel_ms(r);
+    PGresult *res = PQexec(r->held[0], "SHOW max_connections");
+    int slots = PQresultStatus(res) == PGRES_TUPLES_OK ? atoi(PQgetvalue(res, 0, 0)) : 0;
+    PQclear(res);
+    if (slots <= 0 || slots > MAX_HOLD)
+        die("max_connections: %d slots on the primary (at most %d held)", slots, MAX_HOLD);
     set_hba(r->held[0], hba, "local all all trust\nhost all all all reject\n");
     long others = other_backends(r, true);
+    /* Until every slot is held (superuser_reserved_connections are ours
+     * too): with one left, whichever client reconnects into it first keeps
+     * writing through the fault, a coin toss between the clients rather than
+     * the fault.  Breaking off as soon as nothing more could be taken left
+     * 99 of 100 held when a terminated backend had not exited yet. */
     for (;;) {
-        int before = r->nheld;
         hold_free_slots(r, sock);
         others = other_backends(r, false);
-        if ((others == 0 && r->nheld == before) || rel_ms(r) > give_up)
+        if ((others == 0 && r->nheld >= slots) || rel_ms(r) > give_up)
             break;
         if (others > 0)
             other_backends(r, true);
@@ -1090,9 +1099,9 @@ static void fault_max_connections(run *r)
     }
     set_hba(r->held[0], hba, original);
     snprintf(r->fault_note, sizeof r->fault_note,
-             "held %d connections on the primary, %ld other client sessions left there; "
-             "TCP rejected by pg_hba.conf for %.0f ms meanwhile",
-             r->nheld, others, rel_ms(r) - closed);
+             "held %d of %d connection slots on the primary, %ld other client sessions "
+             "left there; TCP rejected by pg_hba.conf for %.0f ms meanwhile",
+             r->nheld, slots, others, rel_ms(r) - closed);
     note("max_connections: %s", r->fault_note);
     sleep_ms(3000);
     for (int i = 0; i < r->nheld; i++)
