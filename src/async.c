@@ -148,6 +148,7 @@ struct pgg_async_call {
     int64_t attempt_deadline;
     int64_t connect_at; /* CONNECT, HOOK: when its connect started (the
                            reading it was reserved with: its ask's start) */
+    int64_t parked_at;  /* when the attempt first parked (0: not yet) */
     pgg_link_io io;
     pgg__attempt a;
     ino_t conn_ino;
@@ -1912,6 +1913,8 @@ static void look_again(pgg_async_call *k, int64_t now)
  * its looks find them. */
 static void park(pgg_async_call *k, int64_t now)
 {
+    if (k->parked_at == 0)
+        k->parked_at = now;
     if (k->state != ST_PARKED) {
         k->ac->nparked++;
         pgg__host_want(k->h, 1);
@@ -1982,6 +1985,7 @@ HOT void attempt_start(pgg_async_call *k, pgg_host *h)
     k->a.reused = false;
     k->a.lost = false;
     k->ended_behind = false;
+    k->parked_at = 0;
     admit(k);
 }
 
@@ -2141,10 +2145,13 @@ static void settle(pgg_async_call *k)
 /* A connection to h came back: the oldest call parked on h (the list's
  * tail: calls are added at the head) looks again, unless borrowers other
  * than this context's wait for h too (a blocking one, another loop's
- * parked call): then what came back is theirs as much as ours, and our
- * parked calls look on their timers (PARK_POLL_NS) as theirs do.  Taken
- * at once every time, a loop that gives back and takes again would keep
- * it from them until their deadlines. */
+ * parked call) and that call parked less than a look (PARK_POLL_NS) ago:
+ * then what came back is theirs as much as ours, and it goes idle for
+ * whichever look comes first, theirs or ours.  Taken at once every time,
+ * a loop that gives back and parks a call it starts right then would keep
+ * it from them until their deadlines; left idle every time, a host whose
+ * connections all have loops' calls waiting would stand idle up to a look
+ * per hand-off. */
 static void unpark(pgg_async *ac, const pgg_host *h)
 {
     pgg_async_call *k = NULL;
@@ -2157,7 +2164,8 @@ static void unpark(pgg_async *ac, const pgg_host *h)
             k = i;
             mine++;
         }
-    if (!k || pgg__host_awaited_beyond(h, mine))
+    if (!k || (pgg__host_awaited_beyond(h, mine) &&
+               pgg__now_ns() - k->parked_at < PARK_POLL_NS))
         return;
     borrow(k);
     settle(k);
