@@ -74,6 +74,17 @@ static inline bool wait_role(pgg_pool *p, int i, pgg_role role, int timeout_ms)
     return false;
 }
 
+/* Poll until host i has at least n idle connections, or timeout_ms; its
+ * stats at the end. */
+static inline pgg_host_stats wait_idle(pgg_pool *p, int i, int n, int timeout_ms)
+{
+    double end = pgh_now_ms() + timeout_ms;
+    pgg_host_stats s;
+    while ((s = host_stats(p, i)).conns_idle < n && pgh_now_ms() < end)
+        sleep_ms(10);
+    return s;
+}
+
 static inline bool wait_state(pgg_pool *p, int i, pgg_breaker_state st, int timeout_ms)
 {
     double end = pgh_now_ms() + timeout_ms;

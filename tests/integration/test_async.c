@@ -2501,7 +2501,6 @@ Test(async, a_connect_cut_by_its_calls_deadline_joins_the_pool)
     pgg_async *ac;
     pgg_host_stats before, h;
     outcome o;
-    double end;
 
     /* Bounds far above the proxy's delays: only the call's deadline cuts. */
     p = pool_through_proxy(c, &px, "pool_min_idle=0 connect_timeout_ms=20000 "
@@ -2515,9 +2514,7 @@ Test(async, a_connect_cut_by_its_calls_deadline_joins_the_pool)
     cr_assert_eq(o.code, PGG_ETIMEDOUT, "the write: %s %s", pgg_err_name(o.code), o.message);
     expect_no_host_failure(p, 0, &before, "after the cut connect");
     pgh_proxy_set_mode(px, PGH_PROXY_PASS, 0);
-    end = pgh_now_ms() + 20000;
-    while ((h = host_stats(p, 0)).conns_idle < 1 && pgh_now_ms() < end)
-        sleep_ms(10);
+    h = wait_idle(p, 0, 1, 20000);
     cr_assert_eq(h.conns_idle, 1, "the cut connect's session never joined the pool");
     cr_expect_eq(h.connects, before.connects + 1, "%llu connects for one cut call",
                  (unsigned long long)(h.connects - before.connects));

@@ -1344,7 +1344,6 @@ Test(recovery, a_connect_cut_by_its_calls_deadline_joins_the_pool)
     pgg_pool *p;
     pgg_host_stats before, h;
     pgg_error e;
-    double end;
     int code;
 
     /* Bounds far above the proxy's delays: only the call's deadline cuts. */
@@ -1358,9 +1357,7 @@ Test(recovery, a_connect_cut_by_its_calls_deadline_joins_the_pool)
     expect_no_host_failure(p, 0, &before, "after the cut connect");
     /* Its session, once the server took it, is idle in the pool. */
     pgh_proxy_set_mode(px, PGH_PROXY_PASS, 0);
-    end = pgh_now_ms() + 20000;
-    while ((h = host_stats(p, 0)).conns_idle < 1 && pgh_now_ms() < end)
-        sleep_ms(10);
+    h = wait_idle(p, 0, 1, 20000);
     cr_assert_eq(h.conns_idle, 1, "the cut connect's session never joined the pool");
     cr_expect_eq(h.connects, before.connects + 1, "%llu connects for one cut call",
                  (unsigned long long)(h.connects - before.connects));
@@ -1442,7 +1439,6 @@ Test(recovery, an_adopted_spare_is_dated_from_its_connects_start)
     pgg_host_stats h;
     pgg_error e;
     int64_t t_mid;
-    double end;
     int code;
 
     p = pool_through_proxy(c, &px, "pool_min_idle=0 connect_timeout_ms=20000 "
@@ -1454,9 +1450,7 @@ Test(recovery, an_adopted_spare_is_dated_from_its_connects_start)
     cr_assert_eq(code, PGG_ETIMEDOUT, "the write: %s %s", pgg_err_name(code), e.message);
     t_mid = pgg__now_ns();
     pgh_proxy_set_mode(px, PGH_PROXY_PASS, 0);
-    end = pgh_now_ms() + 20000;
-    while ((h = host_stats(p, 0)).conns_idle < 1 && pgh_now_ms() < end)
-        sleep_ms(10);
+    h = wait_idle(p, 0, 1, 20000);
     cr_assert_eq(h.conns_idle, 1, "the cut connect's session never joined the pool");
     pgg__host_drop_dead(&p->hosts[0], pgg__now_ns(), 0, t_mid);
     cr_expect_eq(host_stats(p, 0).conns_idle, 0,

@@ -34,16 +34,23 @@ static PGconn *connect_to(pgh_cluster *c)
     return conn;
 }
 
+static PGresult *exec_query_mode(PGconn *conn, const pgg_query *q, int64_t timeout_ms,
+                                 pgg_recv_mode *m, int *rc, pgg_error *e)
+{
+    PGresult *r = NULL;
+    pgg_attempt_end end;
+
+    *rc = pgg__link_exec_mode(NULL, conn, q, pgg__now_ns() + timeout_ms * PGG_NS_PER_MS, 0, m,
+                              "primary", &r, &end, e);
+    return r;
+}
+
 static PGresult *exec_mode(PGconn *conn, const char *sql, int64_t timeout_ms, pgg_recv_mode *m,
                            int *rc, pgg_error *e)
 {
     pgg_query q = {.sql = sql};
-    PGresult *r = NULL;
-    pgg_attempt_end end;
 
-    *rc = pgg__link_exec_mode(NULL, conn, &q, pgg__now_ns() + timeout_ms * PGG_NS_PER_MS, 0, m,
-                              "primary", &r, &end, e);
-    return r;
+    return exec_query_mode(conn, &q, timeout_ms, m, rc, e);
 }
 
 Test(recv_wait, a_one_shot_call_waits_in_recv_and_slow_and_large_answers_arrive)
@@ -148,37 +155,32 @@ Test(recv_wait, a_statement_by_name_with_a_value_too_large_for_one_send_goes_out
     pgg_query run = {.sql = pq.sql, .nparams = 1, .stmt_name = "by_name", .values = small};
     size_t n = 100000;
     char *big = malloc(n + 1);
-    pgg_attempt_end end;
     pgg_error e;
-    PGresult *r = NULL;
+    PGresult *r;
     int rc;
 
     cr_assert_not_null(big);
     memset(big, 'y', n);
     big[n] = '\0';
     large[0] = big;
-    rc = pgg__link_exec_mode(NULL, conn, &pq, pgg__now_ns() + 5 * PGG_NS_PER_SEC, 0, &m,
-                             "primary", &r, &end, &e);
+    r = exec_query_mode(conn, &pq, 5000, &m, &rc, &e);
     cr_assert_eq(rc, PGG_OK, "%s", e.message);
     PQclear(r);
-    rc = pgg__link_exec_mode(NULL, conn, &run, pgg__now_ns() + 5 * PGG_NS_PER_SEC, 0, &m,
-                             "primary", &r, &end, &e);
+    r = exec_query_mode(conn, &run, 5000, &m, &rc, &e);
     cr_assert_eq(rc, PGG_OK, "%s", e.message);
     cr_expect_str_eq(PQgetvalue(r, 0, 0), "2");
     PQclear(r);
     cr_assert_eq(m, PGG_RECV_ON);
     cr_expect(socket_blocking(conn));
     run.values = large;
-    rc = pgg__link_exec_mode(NULL, conn, &run, pgg__now_ns() + 5 * PGG_NS_PER_SEC, 0, &m,
-                             "primary", &r, &end, &e);
+    r = exec_query_mode(conn, &run, 5000, &m, &rc, &e);
     cr_assert_eq(rc, PGG_OK, "%s", e.message);
     cr_expect_str_eq(PQgetvalue(r, 0, 0), "100000");
     PQclear(r);
     cr_expect_eq(m, PGG_RECV_PAUSED, "a large value left the socket blocking");
     cr_expect_not(socket_blocking(conn));
     run.values = small;
-    rc = pgg__link_exec_mode(NULL, conn, &run, pgg__now_ns() + 5 * PGG_NS_PER_SEC, 0, &m,
-                             "primary", &r, &end, &e);
+    r = exec_query_mode(conn, &run, 5000, &m, &rc, &e);
     cr_assert_eq(rc, PGG_OK, "%s", e.message);
     PQclear(r);
     cr_expect_eq(m, PGG_RECV_ON);
