@@ -28,7 +28,7 @@ struct pgg_link;
  * deallocating is PGG_END_NOT_SENT; time used up by them is
  * PGG_END_EXPIRED.  *now: the path's clock reading, taken after anything
  * that waited (0: none), for the first wait's backstop of an exec sent
- * before any round trip of ours (as pgg__link_exec_at's); updated, or 0,
+ * before any round trip of ours (as pgg__link_exec_mode's); updated, or 0,
  * after a round trip of ours.
  */
 const pgg_query *pgg__autoprep_begin(struct pgg_pool *pool, struct pgg_host *h,

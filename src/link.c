@@ -361,16 +361,6 @@ int pgg__link_send(PGconn *conn, const pgg_query *q, const char *host,
     return pgg__link_send_checked(conn, q, host, out, end, err);
 }
 
-int pgg__link_exec_at(pgg_watchdog *wd, PGconn *conn, const pgg_query *q,
-                      int64_t deadline_ns, int64_t now, const char *host,
-                      PGresult **out, pgg_attempt_end *end, pgg_error *err)
-{
-    ExecStatusType status;
-
-    return pgg__link_exec_inline(wd, conn, q, deadline_ns, now, NULL, host,
-                                 out, end, err, &status);
-}
-
 int pgg__link_exec_mode(pgg_watchdog *wd, PGconn *conn, const pgg_query *q,
                         int64_t deadline_ns, int64_t now, pgg_recv_mode *mode,
                         const char *host, PGresult **out, pgg_attempt_end *end,
@@ -386,8 +376,8 @@ int pgg__link_exec_wd(pgg_watchdog *wd, PGconn *conn, const pgg_query *q,
                       int64_t deadline_ns, const char *host, PGresult **out,
                       pgg_attempt_end *end, pgg_error *err)
 {
-    return pgg__link_exec_at(wd, conn, q, deadline_ns, 0, host, out, end,
-                             err);
+    return pgg__link_exec_mode(wd, conn, q, deadline_ns, 0, NULL, host, out,
+                               end, err);
 }
 
 int pgg__link_wait(PGconn *conn, int64_t deadline_ns, const char *host,

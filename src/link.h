@@ -134,14 +134,6 @@ int pgg__link_exec(PGconn *conn, const pgg_query *q, int64_t deadline_ns,
 int pgg__link_exec_wd(pgg_watchdog *wd, PGconn *conn, const pgg_query *q,
                       int64_t deadline_ns, const char *host, PGresult **out,
                       pgg_attempt_end *end, pgg_error *err);
-/* The same with now, a clock reading the caller took since its last wait
- * (0: none), which spares the first wait under the watchdog its own
- * reading for the backstop (a reading earlier than the true time only
- * makes the backstop later by as much; the watchdog still ends the wait at
- * the deadline). */
-int pgg__link_exec_at(pgg_watchdog *wd, PGconn *conn, const pgg_query *q,
-                      int64_t deadline_ns, int64_t now, const char *host,
-                      PGresult **out, pgg_attempt_end *end, pgg_error *err);
 
 /*
  * The second half of pgg__link_exec, for a query something else sent
@@ -391,7 +383,12 @@ static inline bool pgg__link_query_small(const pgg_query *q)
 extern _Atomic uint64_t pgg__link_slice_deadline_count;
 uint64_t pgg__link_slice_deadlines(void);
 
-/* pgg__link_exec_at with the connection's recv mode (NULL: none, poll). */
+
+/* pgg__link_exec_wd with now, a clock reading the caller took since its
+ * last wait (0: none), which spares the first wait under the watchdog its
+ * own reading for the backstop (a reading earlier than the true time only
+ * makes the backstop later by as much; the watchdog still ends the wait at
+ * the deadline), and the connection's recv mode (NULL: none, poll). */
 int pgg__link_exec_mode(pgg_watchdog *wd, PGconn *conn, const pgg_query *q,
                         int64_t deadline_ns, int64_t now, pgg_recv_mode *mode,
                         const char *host, PGresult **out, pgg_attempt_end *end,
@@ -399,7 +396,7 @@ int pgg__link_exec_mode(pgg_watchdog *wd, PGconn *conn, const pgg_query *q,
 
 /* ------------------------------------------- the blocking exec, inline
  *
- * pgg__link_exec_at and its waits, inline so that the attempt of every
+ * pgg__link_exec_mode and its waits, inline so that the attempt of every
  * blocking call (pool.c's exec_at) runs the exec without a call of nine
  * arguments and its prologue, and takes the result's status the exec
  * asked (tests/bench/callgrind).  link.c's exported execs and waits are
@@ -759,7 +756,7 @@ static inline int pgg__link_wait_under(pgg_watchdog *wd, PGconn *conn,
     return rc;
 }
 
-/* pgg__link_exec_at, and *status: PQresultStatus(*out) when *end is
+/* pgg__link_exec_mode, and *status: PQresultStatus(*out) when *end is
  * PGG_END_RESULT (PGRES_FATAL_ERROR for no result, as PQresultStatus of
  * NULL; the same for any other end): asked once already, and the
  * attempt's verdict needs it. */
