@@ -62,6 +62,14 @@
 #define HOT static inline
 #endif
 
+/* The rare branches of the usual path's functions, out of line: their
+ * arguments are set up only when taken. */
+#if defined(__GNUC__)
+#define COLD static __attribute__((noinline, cold))
+#else
+#define COLD static
+#endif
+
 enum {
     ST_IDLE,
     ST_BACK,
@@ -902,25 +910,41 @@ static void attempt_over(pgg_async_call *k)
     attempt_done(k);
 }
 
-/* The query or prepare ended (res, end): classify and record as the
- * blocking path does, give the connection back. */
-static void exec_over(pgg_async_call *k, PGresult *res, pgg_attempt_end end)
+/* The attempt's judgement past its usual case (pgg__pool_success_recorded
+ * said no), out of line: its eleven arguments are gathered here, not on
+ * the usual path.  A cancelled call's fired handle is current, as on a
+ * blocking call's thread: the attempt is then ignored and not retried
+ * (pool.c); the usual case does not read it. */
+COLD void exec_judge(pgg_async_call *k, PGresult *res, ExecStatusType status,
+                     pgg_attempt_end end)
 {
     pgg_cancel *prev = pgg__cancel_cur;
 
-    /* Only an answered query's connection survives exec_done for sure;
-     * the others may be closed in it. */
+    pgg__cancel_cur = k->c.cancel;
+    k->a.v = pgg__pool_exec_judge(k->c.pool, k->h, &k->l, k->c.intent,
+                                  &k->ticket, k->role, k->c.now, res, status,
+                                  end, k->a.ended, k->c.err);
+    pgg__cancel_cur = prev;
+}
+
+/* The query or prepare ended (res, its PQresultStatus, end): classify and
+ * record as the blocking path does (pgg__pool_exec_done's two halves),
+ * give the connection back. */
+static void exec_ended(pgg_async_call *k, PGresult *res, ExecStatusType status,
+                       pgg_attempt_end end)
+{
+    /* Only an answered query's connection survives the judgement for
+     * sure; the others may be closed in it. */
     if (end != PGG_END_RESULT)
         sock_close(k);
-    /* A cancelled call's fired handle is current, as on a blocking call's
-     * thread: the attempt is then ignored and not retried (pool.c). */
-    pgg__cancel_cur = k->c.cancel;
     k->a.res = res;
     k->a.end = end;
-    k->a.v = pgg__pool_exec_done(k->c.pool, k->h, &k->l, k->c.intent,
-                                 &k->ticket, k->role, k->c.now, res, end,
-                                 &k->a.ended, k->c.err);
-    pgg__cancel_cur = prev;
+    k->a.ended = pgg__now_ns();
+    if (pgg__pool_success_recorded(k->h, &k->ticket, k->role, k->c.now,
+                                   status, end, false, k->a.ended))
+        k->a.v = (pgg_verdict){PGG_CLASS_SUCCESS, false, false, PGG_OK};
+    else
+        exec_judge(k, res, status, end);
     /* Read only after a failure (pgg__call_attempted reads it then): a
      * success is served whatever it says, and the spare and the give-back
      * check the session themselves. */
@@ -948,6 +972,13 @@ static void exec_over(pgg_async_call *k, PGresult *res, pgg_attempt_end end)
     }
     k->l = NULL;
     attempt_done(k);
+}
+
+/* exec_ended, the status asked of res. */
+static inline void exec_over(pgg_async_call *k, PGresult *res,
+                             pgg_attempt_end end)
+{
+    exec_ended(k, res, PQresultStatus(res), end);
 }
 
 /* Send the PREPARE of k's registered statement on its connection
@@ -1119,7 +1150,11 @@ static void io(pgg_async_call *k, int revents)
         io_sent(k);
         return;
     }
-    exec_over(k, res, end);
+    /* The step asked an answer's status already (pgg_link_io). */
+    exec_ended(k, res,
+               end == PGG_END_RESULT && res ? k->io.keep_status
+                                            : PQresultStatus(res),
+               end);
 }
 
 /* k's statement (or prepare, or hook SQL) was sent just now by
