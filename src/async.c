@@ -809,8 +809,9 @@ static bool take_spare_slow(pgg_async_call *k, pgg_host *h)
 }
 
 /* Take a kept connection of h for an attempt, the most recently used,
- * when the role check needs no report from the session (pgg__pool_taken
- * then passes it).  Inline: the usual case is the list's head. */
+ * when the role check needs no report from the session
+ * (pgg__pool_taken_ready then passes it).  Inline: the usual case is the
+ * list's head. */
 static inline bool take_spare(pgg_async_call *k, pgg_host *h)
 {
     pgg_async *ac = k->ac;
@@ -1708,14 +1709,22 @@ static void no_loop_fd(pgg_async_call *k)
     k->state = ST_IDLE;
 }
 
+/* The take's check past its usual case (pgg__pool_taken_ready), out of
+ * line.  False: not an attempt (the link given back). */
+COLD bool taken_check(pgg_async_call *k)
+{
+    if (pgg__pool_taken_check(k->c.pool, k->h, k->c.intent, &k->l,
+                              &k->ticket, k->c.now) == PGG_TAKE_OK)
+        return true;
+    pgg__call_skipped(&k->c);
+    k->state = ST_IDLE;
+    return false;
+}
+
 HOT void taken(pgg_async_call *k)
 {
-    if (pgg__pool_taken(k->c.pool, k->h, k->c.intent, &k->l, k->ticket,
-                        k->c.now) != PGG_TAKE_OK) {
-        pgg__call_skipped(&k->c);
-        k->state = ST_IDLE;
+    if (!pgg__pool_taken_ready(k->h, k->l, k->c.intent) && !taken_check(k))
         return;
-    }
     /* Before anything is sent on it (no_loop_fd). */
     if (loop_fd(k->l) < 0) {
         no_loop_fd(k);

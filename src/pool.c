@@ -135,11 +135,12 @@ static inline pgg_take taken(pgg_pool *pool, pgg_host *h, pgg_intent intent,
 }
 
 pgg_take pgg__pool_taken_check(pgg_pool *pool, pgg_host *h, pgg_intent intent,
-                               pgg_link **l, pgg_ticket ticket, int64_t start)
+                               pgg_link **l, const pgg_ticket *ticket,
+                               int64_t start)
 {
     /* The event loop's: it reads without blocking (link.h's recv wait). */
     pgg__link_recv_off((*l)->conn, &(*l)->recv_mode, true);
-    return taken(pool, h, intent, l, &ticket, start);
+    return taken(pool, h, intent, l, ticket, start);
 }
 
 /* pgg__host_await_back's wake: host.c knows nothing of the health thread,

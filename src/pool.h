@@ -44,7 +44,8 @@ pgg_take pgg__pool_take_failed(pgg_pool *pool, pgg_host *h, pgg_ticket ticket,
                                int64_t start, pgg_borrow_fail why,
                                pgg_error *err);
 pgg_take pgg__pool_taken_check(pgg_pool *pool, pgg_host *h, pgg_intent intent,
-                               pgg_link **l, pgg_ticket ticket, int64_t start);
+                               pgg_link **l, const pgg_ticket *ticket,
+                               int64_t start);
 
 /*
  * The role check of pool.c (role_fits) when it needs no report from the
@@ -61,19 +62,17 @@ static inline bool pgg__pool_role_fits_known(pgg_host *h, const pgg_link *l,
 }
 
 /*
- * The loop's pgg__pool_taken_check, inline for its usual case: a
- * connection the loop had already made non-blocking (recv_mode NEVER: a
- * kept one, or one a loop used before) whose role needs no look: nothing
- * to do (bench-async: ~45 instructions per call less than the call).
+ * The usual case of the loop's take, inline: a connection the loop had
+ * already made non-blocking (recv_mode NEVER: a kept one, or one a loop
+ * used before) whose role needs no look: nothing to do (bench-async: ~45
+ * instructions per call less than pgg__pool_taken_check).  False:
+ * pgg__pool_taken_check decides.
  */
-static inline pgg_take pgg__pool_taken(pgg_pool *pool, pgg_host *h,
-                                       pgg_intent intent, pgg_link **l,
-                                       pgg_ticket ticket, int64_t start)
+static inline bool pgg__pool_taken_ready(pgg_host *h, const pgg_link *l,
+                                         pgg_intent intent)
 {
-    if ((*l)->recv_mode == PGG_RECV_NEVER &&
-        pgg__pool_role_fits_known(h, *l, intent))
-        return PGG_TAKE_OK;
-    return pgg__pool_taken_check(pool, h, intent, l, ticket, start);
+    return l->recv_mode == PGG_RECV_NEVER &&
+           pgg__pool_role_fits_known(h, l, intent);
 }
 
 #if PGG_HAVE_LIBPQTYPES
