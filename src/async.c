@@ -1201,7 +1201,7 @@ static bool pipeable(const pgg_async_call *k, const pgg_link *l)
     if (atomic_load_explicit(&k->c.pool->types_on, memory_order_relaxed))
         return false;
 #endif
-    return !k->cm.vr.want_lsn && pgg__pipe_query_ok(k->h, q);
+    return !(q->vis && k->cm.vr.want_lsn) && pgg__pipe_query_ok(k->h, q);
 }
 
 static void pipe_end(apipe *p, pgg_async_call *late);

@@ -12,22 +12,6 @@
 
 /* ----------------------------------------------------------- helpers */
 
-void pgg__info_reset(pgg_info *info)
-{
-    if (!info)
-        return;
-    info->host[0] = '\0';
-    info->host_index = -1;
-    info->attempts = 0;
-    info->sent = 0;
-    info->from_cache = 0;
-    info->cache_age_ms = 0;
-    pgg__error_reset(&info->cause);
-    info->elapsed_us = 0;
-    info->lsn = 0;
-    info->lsn_wait_us = 0;
-}
-
 void pgg__call_cancelled(pgg_error *err)
 {
     pgg__error_set(err, PGG_ECANCELED, NULL, NULL,
