@@ -2147,6 +2147,13 @@ HOT void finish(pgg_async_call *k)
     k->wait_until = 0; /* complete() runs it, or the timer */
 }
 
+/* finish, out of line where a call seldom ends: in drive (no host served
+ * it, or none was tried), whose usual end is a wait. */
+COLD void finish_out(pgg_async_call *k)
+{
+    finish(k);
+}
+
 /* Advance k through the steps that need no wait, until it waits or ends.
  * Inline in its two callers (start, settle). */
 HOT void drive(pgg_async_call *k)
@@ -2160,7 +2167,7 @@ HOT void drive(pgg_async_call *k)
         if (!h) {
             if (!k->c.served && pgg__call_again(&k->c))
                 continue;
-            finish(k);
+            finish_out(k);
             return;
         }
         k->attempt_deadline = dl;
@@ -2394,7 +2401,7 @@ static size_t values_size(int n, const char *const *values, const int *lengths,
 
 /* Copy q's SQL and parameters behind the call: the caller's buffers may
  * go once pgg_async_exec* returns. */
-static pgg_async_call *call_new(pgg_async *ac, const pgg_query *q)
+HOT pgg_async_call *call_new(pgg_async *ac, const pgg_query *q)
 {
     size_t n = (size_t)(q->nparams > 0 ? q->nparams : 0);
     size_t sql = strlen(q->sql) + 1;
@@ -2458,9 +2465,12 @@ static pgg_async_call *call_new(pgg_async *ac, const pgg_query *q)
     return k;
 }
 
-static int start(pgg_async *ac, pgg_intent intent, const pgg_query *q,
-                 const pgg_call *call, pgg_async_fn fn, void *userdata,
-                 pgg_async_call **handle, pgg_error *err)
+/* A call's start, inline in pgg_async_exec (the usual call: no
+ * parameters to copy, and no call of eight arguments); start_out for the
+ * others. */
+HOT int start(pgg_async *ac, pgg_intent intent, const pgg_query *q,
+              const pgg_call *call, pgg_async_fn fn, void *userdata,
+              pgg_async_call **handle, pgg_error *err)
 {
     pgg_async_call *k;
     pgg_error local;
@@ -2522,6 +2532,13 @@ static int start(pgg_async *ac, pgg_intent intent, const pgg_query *q,
     return PGG_OK;
 }
 
+static int start_out(pgg_async *ac, pgg_intent intent, const pgg_query *q,
+                     const pgg_call *call, pgg_async_fn fn, void *userdata,
+                     pgg_async_call **handle, pgg_error *err)
+{
+    return start(ac, intent, q, call, fn, userdata, handle, err);
+}
+
 int pgg_async_exec(pgg_async *ac, pgg_intent intent, const char *sql,
                    const pgg_call *call, pgg_async_fn fn, void *userdata,
                    pgg_async_call **handle, pgg_error *err)
@@ -2549,7 +2566,7 @@ int pgg_async_exec_params(pgg_async *ac, pgg_intent intent, const char *sql,
                            call ? call->result_format : 0, err);
     if (rc != PGG_OK)
         return rc;
-    return start(ac, intent, &q, call, fn, userdata, handle, err);
+    return start_out(ac, intent, &q, call, fn, userdata, handle, err);
 }
 
 int pgg_async_exec_prepared(pgg_async *ac, pgg_intent intent,
@@ -2573,7 +2590,7 @@ int pgg_async_exec_prepared(pgg_async *ac, pgg_intent intent,
                                   err);
     if (rc != PGG_OK)
         return rc;
-    return start(ac, intent, &q, call, fn, userdata, handle, err);
+    return start_out(ac, intent, &q, call, fn, userdata, handle, err);
 }
 
 int pgg_async_execf(pgg_async *ac, pgg_intent intent, const pgg_call *call,
@@ -2609,7 +2626,7 @@ int pgg_async_execf(pgg_async *ac, pgg_intent intent, const pgg_call *call,
                            .formats = tc.fmts,
                            .result_format = call ? call->result_format : 1};
 
-            rc = start(ac, intent, &q, call, fn, userdata, handle, err);
+            rc = start_out(ac, intent, &q, call, fn, userdata, handle, err);
         }
         pgg__typed_done(&tc);
         return rc;
