@@ -897,8 +897,8 @@ static void park(pgg_async_call *k, int64_t now);
 static void settle(pgg_async_call *k);
 
 /* The attempt on k->h is over (its verdict in k->a): back to the path.
- * Inline in exec_over, the end of every answered attempt; attempt_over
- * for the others. */
+ * Inline in the read handler's usual case (exec_end); attempt_over for
+ * the others. */
 HOT void attempt_done(pgg_async_call *k)
 {
     sock_close(k);
@@ -928,11 +928,27 @@ COLD void exec_judge(pgg_async_call *k, PGresult *res, ExecStatusType status,
     pgg__cancel_cur = prev;
 }
 
+/* Answered, then terminated: libpq read the FATAL with the answer and
+ * PQstatus still says OK.  Not given back, where the next borrow, within
+ * alive_check_after_idle_ms, would not look; its idle siblings opened
+ * before the attempt go too, the younger ones are looked at (pool.c's rule
+ * for a session that ended: it answered a statement sent after
+ * k->c.now). */
+COLD void ended_behind(pgg_async_call *k)
+{
+    sock_close(k);
+    pgg__host_discard(k->h, k->l);
+    k->l = NULL;
+    pgg__pool_session_ended(k->c.pool, k->h, k->c.now, k->a.ended);
+    k->unpark = true;
+}
+
 /* The query or prepare ended (res, its PQresultStatus, end): classify and
  * record as the blocking path does (pgg__pool_exec_done's two halves),
- * give the connection back. */
-static void exec_ended(pgg_async_call *k, PGresult *res, ExecStatusType status,
-                       pgg_attempt_end end)
+ * give the connection back.  Inline in the read handler's usual case;
+ * exec_ended for the others. */
+HOT void exec_end(pgg_async_call *k, PGresult *res, ExecStatusType status,
+                  pgg_attempt_end end, bool hot)
 {
     /* Only an answered query's connection survives the judgement for
      * sure; the others may be closed in it. */
@@ -952,17 +968,7 @@ static void exec_ended(pgg_async_call *k, PGresult *res, ExecStatusType status,
     k->a.lost = !k->l || (k->a.v.cls != PGG_CLASS_SUCCESS &&
                           PQstatus(k->l->conn) != CONNECTION_OK);
     if (k->l && k->ended_behind && PQstatus(k->l->conn) == CONNECTION_OK) {
-        /* Answered, then terminated: libpq read the FATAL with the answer
-         * and PQstatus still says OK.  Not given back, where the next
-         * borrow, within alive_check_after_idle_ms, would not look; its
-         * idle siblings opened before the attempt go too, the younger ones
-         * are looked at (pool.c's rule for a session that ended: it
-         * answered a statement sent after k->c.now). */
-        sock_close(k);
-        pgg__host_discard(k->h, k->l);
-        k->l = NULL;
-        pgg__pool_session_ended(k->c.pool, k->h, k->c.now, k->a.ended);
-        k->unpark = true;
+        ended_behind(k);
     } else if (!k->l || k->a.lost || !keep_spare(k)) {
         /* The socket is forgotten before its connection can go. */
         sock_close(k);
@@ -972,7 +978,19 @@ static void exec_ended(pgg_async_call *k, PGresult *res, ExecStatusType status,
         }
     }
     k->l = NULL;
-    attempt_done(k);
+    if (hot)
+        attempt_done(k);
+    else
+        attempt_over(k);
+}
+
+#if defined(__GNUC__)
+__attribute__((noinline))
+#endif
+static void exec_ended(pgg_async_call *k, PGresult *res, ExecStatusType status,
+                       pgg_attempt_end end)
+{
+    exec_end(k, res, status, end, false);
 }
 
 /* exec_ended, the status asked of res. */
@@ -1014,41 +1032,33 @@ static void dead_before_send(pgg_async_call *k, int64_t alive_at)
     borrow(k);
 }
 
-/* Advance the statement on the wire by what the socket showed. */
-static void io(pgg_async_call *k, int revents)
+/* io's step wants the socket again (want): watch it, or end the attempt
+ * when the loop cannot (no descriptor, no memory). */
+static void io_wait(pgg_async_call *k, int want)
 {
     PGresult *res = NULL;
     pgg_attempt_end end;
-    int rc;
-    /* The hook runs on the connection before it is a link. */
-    PGconn *conn = k->state == ST_HOOK ? k->conn : k->l->conn;
-    int want;
+    int fd = k->state == ST_HOOK ? connect_fd(k) : loop_fd(k->l);
+    bool fds;
 
-    pgg__link_unprompted_arm();
-    /* The step inlined (pgg__link_io_step's body): twice per call. */
-    want = pgg__link_io_advance(conn, &k->io, revents, k->h->name, &res,
-                                &end, k->c.err, &rc);
-    if (pgg__link_unprompted())
-        k->ended_behind = true;
-    if (want) {
-        int fd = k->state == ST_HOOK ? connect_fd(k) : loop_fd(k->l);
-
-        if (fd < 0 || !sock_want(k, fd, want,
-                                 k->state == ST_HOOK ? connect_bound(k)
-                                                     : k->attempt_deadline)) {
-            bool fds = out_of_fds();
-
-            pgg__link_io_deadline(&k->io, k->h->name, &res, &end, k->c.err);
-            pgg__error_set(k->c.err, fds ? PGG_ESYS : PGG_ENOMEM, NULL,
-                           k->h->name, "%s; connection dropped",
-                           fds ? "too many open files" : "out of memory");
-            if (k->state == ST_HOOK)
-                hook_over(k, res, end);
-            else
-                exec_over(k, res, end);
-        }
+    if (fd >= 0 && sock_want(k, fd, want,
+                             k->state == ST_HOOK ? connect_bound(k)
+                                                 : k->attempt_deadline))
         return;
-    }
+    fds = out_of_fds();
+    pgg__link_io_deadline(&k->io, k->h->name, &res, &end, k->c.err);
+    pgg__error_set(k->c.err, fds ? PGG_ESYS : PGG_ENOMEM, NULL, k->h->name,
+                   "%s; connection dropped",
+                   fds ? "too many open files" : "out of memory");
+    if (k->state == ST_HOOK)
+        hook_over(k, res, end);
+    else
+        exec_over(k, res, end);
+}
+
+/* io's step ended (res, end) in a state other than QUERY. */
+static void io_answered(pgg_async_call *k, PGresult *res, pgg_attempt_end end)
+{
     if (k->state == ST_HOOK) {
         hook_over(k, res, end);
         return;
@@ -1078,23 +1088,6 @@ static void io(pgg_async_call *k, int revents)
         k->written = NULL;
         pgg__error_reset(k->c.err);
         exec_over(k, res, PGG_END_RESULT);
-        return;
-    }
-    if (k->state == ST_QUERY && end == PGG_END_RESULT && k->c.q->vis &&
-        k->cm.vr.want_lsn && pgg__vis_write_learns(k->l->conn, res)) {
-        k->written = res;
-        k->state = ST_LSN;
-        res = NULL;
-        if (pgg__link_send(k->l->conn, pgg__vis_lsn_query(), k->h->name, &res,
-                           &end, k->c.err) != PGG_OK) {
-            PQclear(res);
-            res = k->written;
-            k->written = NULL;
-            pgg__error_reset(k->c.err);
-            exec_over(k, res, PGG_END_RESULT);
-            return;
-        }
-        io_sent(k);
         return;
     }
     if (k->state == ST_PREPARE) {
@@ -1132,30 +1125,99 @@ static void io(pgg_async_call *k, int revents)
         io_sent(k);
         return;
     }
-    if (k->state == ST_QUERY && k->c.q->stmt && !k->reprepared &&
-        end == PGG_END_RESULT && pgg__link_statement_gone(res)) {
-        /* The session lost our statement (a DEALLOCATE ALL run on it):
-         * nothing ran; forget it here, prepare it again and run it once
-         * more, as the blocking path does (pool.c, registered_failed). */
-        k->reprepared = true;
+    exec_over(k, res, end);
+}
+
+/* A committed write whose position the call wants (res its answer): ask
+ * for it in a second round trip (ST_LSN). */
+static void ask_lsn(pgg_async_call *k, PGresult *res)
+{
+    pgg_attempt_end end;
+
+    k->written = res;
+    k->state = ST_LSN;
+    res = NULL;
+    if (pgg__link_send(k->l->conn, pgg__vis_lsn_query(), k->h->name, &res,
+                       &end, k->c.err) != PGG_OK) {
         PQclear(res);
-        res = NULL;
+        res = k->written;
+        k->written = NULL;
         pgg__error_reset(k->c.err);
-        pgg__stmt_set_del(&k->l->stmts, k->c.q->stmt->index);
-        if (send_prepare(k, &res, &end) != PGG_OK) {
-            if (end == PGG_END_LOST)
-                end = PGG_END_NOT_SENT;
-            exec_over(k, res, end);
-            return;
-        }
-        io_sent(k);
+        exec_over(k, res, PGG_END_RESULT);
+        return;
+    }
+    io_sent(k);
+}
+
+/* The session lost our statement (a DEALLOCATE ALL run on it): nothing
+ * ran; forget it here, prepare it again and run it once more, as the
+ * blocking path does (pool.c, registered_failed). */
+static void reprepare(pgg_async_call *k, PGresult *res)
+{
+    pgg_attempt_end end;
+
+    k->reprepared = true;
+    PQclear(res);
+    res = NULL;
+    pgg__error_reset(k->c.err);
+    pgg__stmt_set_del(&k->l->stmts, k->c.q->stmt->index);
+    if (send_prepare(k, &res, &end) != PGG_OK) {
+        if (end == PGG_END_LOST)
+            end = PGG_END_NOT_SENT;
+        exec_over(k, res, end);
+        return;
+    }
+    io_sent(k);
+}
+
+/* Advance the statement on the wire by what the socket showed.  Inline in
+ * the read handler's usual case (hot: exec_end inline too); io for the
+ * other callers. */
+HOT void io_step(pgg_async_call *k, int revents, bool hot)
+{
+    PGresult *res = NULL;
+    pgg_attempt_end end;
+    int rc;
+    /* The hook runs on the connection before it is a link. */
+    PGconn *conn = k->state == ST_HOOK ? k->conn : k->l->conn;
+    int want;
+
+    pgg__link_unprompted_arm();
+    /* The step inlined (pgg__link_io_step's body): twice per call. */
+    want = pgg__link_io_advance(conn, &k->io, revents, k->h->name, &res,
+                                &end, k->c.err, &rc);
+    if (pgg__link_unprompted())
+        k->ended_behind = true;
+    if (want) {
+        io_wait(k, want);
+        return;
+    }
+    if (k->state != ST_QUERY) {
+        io_answered(k, res, end);
+        return;
+    }
+    if (end == PGG_END_RESULT && k->c.q->vis && k->cm.vr.want_lsn &&
+        pgg__vis_write_learns(k->l->conn, res)) {
+        ask_lsn(k, res);
+        return;
+    }
+    if (end == PGG_END_RESULT && k->c.q->stmt && !k->reprepared &&
+        pgg__link_statement_gone(res)) {
+        reprepare(k, res);
         return;
     }
     /* The step asked an answer's status already (pgg_link_io). */
-    exec_ended(k, res,
-               end == PGG_END_RESULT && res ? k->io.keep_status
-                                            : PQresultStatus(res),
-               end);
+    if (end != PGG_END_RESULT || !res)
+        exec_over(k, res, end);
+    else if (hot)
+        exec_end(k, res, k->io.keep_status, end, true);
+    else
+        exec_ended(k, res, k->io.keep_status, end);
+}
+
+static void io(pgg_async_call *k, int revents)
+{
+    io_step(k, revents, false);
 }
 
 /* k's statement (or prepare, or hook SQL) was sent just now by
@@ -2222,7 +2284,7 @@ static void unpark(pgg_async *ac, const pgg_host *h)
     settle(k);
 }
 
-HOT void on_ready(pgg_async_sock *s, int revents)
+static void on_ready(pgg_async_sock *s, int revents)
 {
     pgg_async_call *k = s->call;
 
@@ -2255,8 +2317,22 @@ HOT void on_ready(pgg_async_sock *s, int revents)
 void pgg_async_handle_read(pgg_async_sock *s)
 {
     pgg_async *ac = s->ac;
+    pgg_async_call *k = s->call;
 
-    on_ready(s, POLLIN);
+    if (k && k->state == ST_QUERY) {
+        /* The usual read, inline: a call's statement answered, then
+         * settle's usual case (served, nothing given back: the
+         * connection kept). */
+        io_step(k, POLLIN, true);
+        if (k->state == ST_IDLE && k->c.served && !k->unpark) {
+            finish(k);
+            complete(k);
+        } else {
+            settle(k);
+        }
+    } else {
+        on_ready(s, POLLIN);
+    }
     before_wait(ac);
 }
 
