@@ -744,7 +744,7 @@ static bool still_reusable(const pgg_async_call *k)
  * connection and socket (see struct pgg_async).  False when they do not
  * qualify (the caller gives them back): no more kept than calls were in
  * flight lately (peak), none while another borrower waits for the host. */
-static bool keep_spare(pgg_async_call *k)
+HOT bool keep_spare(pgg_async_call *k)
 {
     pgg_async *ac = k->ac;
     pgg_async_sock *s = k->sock;
@@ -882,7 +882,7 @@ static bool sock_want(pgg_async_call *k, int fd, int want, int64_t until)
 
 /* ------------------------------------------------------------ attempts */
 
-HOT void drive(pgg_async_call *k);
+HOT void drive(pgg_async_call *k, bool hot);
 HOT void io_sent(pgg_async_call *k);
 static void exec_start(pgg_async_call *k);
 static int64_t connect_bound(const pgg_async_call *k);
@@ -1336,7 +1336,7 @@ static void pipe_send(apipe *p, pgg_async_call *k)
 
 /* Join the pipe on k->h instead of borrowing or connecting, when there is
  * one with room and its oldest statement is not stalled. */
-static bool pipe_join(pgg_async_call *k)
+static bool pipe_join_on(pgg_async_call *k)
 {
     apipe *p = pipe_of(k->ac, k->h);
 
@@ -1348,9 +1348,15 @@ static bool pipe_join(pgg_async_call *k)
     return true;
 }
 
+/* pipe_join, inline for its usual answer: no pipes (pipeline=off). */
+static inline bool pipe_join(pgg_async_call *k)
+{
+    return k->ac->pipes && pipe_join_on(k);
+}
+
 /* k was lent its own connection (l): make it the pipe of its host when
  * there is none and k's statement may share it. */
-static bool pipe_open(pgg_async_call *k)
+static bool pipe_open_on(pgg_async_call *k)
 {
     apipe *p = pipe_of(k->ac, k->h);
 
@@ -1379,6 +1385,12 @@ static bool pipe_open(pgg_async_call *k)
     }
     pipe_send(p, k);
     return true;
+}
+
+/* pipe_open, inline for its usual answer: no pipes (pipeline=off). */
+static inline bool pipe_open(pgg_async_call *k)
+{
+    return k->ac->pipes && pipe_open_on(k);
 }
 
 static void pipe_pop(apipe *p)
@@ -1638,8 +1650,9 @@ static void flush_pipes(pgg_async *ac)
     }
 }
 
-/* A connection is taken: prepare if needed, then send. */
-static void exec_start(pgg_async_call *k)
+/* A connection is taken: prepare if needed, then send.  Inline in
+ * pgg_async_exec's first attempt; exec_start for the others. */
+HOT void exec_step(pgg_async_call *k)
 {
     PGresult *res = NULL;
     pgg_attempt_end end;
@@ -1683,6 +1696,11 @@ static void exec_start(pgg_async_call *k)
         return;
     }
     io_sent(k);
+}
+
+static void exec_start(pgg_async_call *k)
+{
+    exec_step(k);
 }
 
 /* A connection failed before its query was sent (err says why): the
@@ -1783,7 +1801,9 @@ COLD bool taken_check(pgg_async_call *k)
     return false;
 }
 
-HOT void taken(pgg_async_call *k)
+/* A connection of k->h is taken (k->l): check it, then send (hot: inline,
+ * exec_step). */
+HOT void taken_step(pgg_async_call *k, bool hot)
 {
     if (!pgg__pool_taken_ready(k->h, k->l, k->c.intent) && !taken_check(k))
         return;
@@ -1798,7 +1818,15 @@ HOT void taken(pgg_async_call *k)
         return;
     }
 #endif
-    exec_start(k);
+    if (hot)
+        exec_step(k);
+    else
+        exec_start(k);
+}
+
+HOT void taken(pgg_async_call *k)
+{
+    taken_step(k, false);
 }
 
 /* The connect's socket is no longer watched: forgotten by the adapter,
@@ -2042,7 +2070,7 @@ static void unparked(pgg_async_call *k)
  * pgg__host_await_back, pgg__host_coming_back here), looking again every
  * PARK_POLL_NS within the attempt's deadline, then asks the breaker once
  * more, as pgg__pool_take does after the wait. */
-static void admit(pgg_async_call *k)
+HOT void admit_step(pgg_async_call *k, bool hot)
 {
     pgg_host *h = k->h;
     bool allowed;
@@ -2075,14 +2103,19 @@ static void admit(pgg_async_call *k)
     if (pipe_join(k))
         return;
     if (take_spare(k, h)) {
-        taken(k);
+        taken_step(k, hot);
         return;
     }
     borrow(k);
 }
 
-/* Start an attempt on h. */
-HOT void attempt_start(pgg_async_call *k, pgg_host *h)
+static void admit(pgg_async_call *k)
+{
+    admit_step(k, false);
+}
+
+/* Start an attempt on h (hot: admit inline, admit_step). */
+HOT void attempt_start(pgg_async_call *k, pgg_host *h, bool hot)
 {
     k->h = h;
     k->l = NULL;
@@ -2092,7 +2125,10 @@ HOT void attempt_start(pgg_async_call *k, pgg_host *h)
     k->a.lost = false;
     k->ended_behind = false;
     k->parked_at = 0;
-    admit(k);
+    if (hot)
+        admit_step(k, true);
+    else
+        admit(k);
 }
 
 /* Admitted on k->h: a connection, a connect, or a wait for one. */
@@ -2218,7 +2254,7 @@ COLD void finish_out(pgg_async_call *k)
 
 /* Advance k through the steps that need no wait, until it waits or ends.
  * Inline in its two callers (start, settle). */
-HOT void drive(pgg_async_call *k)
+HOT void drive(pgg_async_call *k, bool hot)
 {
     pgg_host *h;
     int64_t dl;
@@ -2233,7 +2269,7 @@ HOT void drive(pgg_async_call *k)
             return;
         }
         k->attempt_deadline = dl;
-        attempt_start(k, h);
+        attempt_start(k, h, hot);
     }
 }
 
@@ -2248,7 +2284,7 @@ static void settle(pgg_async_call *k)
     if (k->state == ST_IDLE && k->c.served)
         finish(k);
     else
-        drive(k);
+        drive(k, false);
     if (k->state == ST_DONE)
         complete(k);
     if (gave)
@@ -2546,7 +2582,7 @@ HOT pgg_async_call *call_new(pgg_async *ac, const pgg_query *q)
  * others. */
 HOT int start(pgg_async *ac, pgg_intent intent, const pgg_query *q,
               const pgg_call *call, pgg_async_fn fn, void *userdata,
-              pgg_async_call **handle, pgg_error *err)
+              pgg_async_call **handle, pgg_error *err, bool hot)
 {
     pgg_async_call *k;
     pgg_error local;
@@ -2600,7 +2636,7 @@ HOT int start(pgg_async *ac, pgg_intent intent, const pgg_query *q,
     if (++ac->pending > ac->peak)
         ac->peak = ac->pending;
     pgg__call_route(&k->c);
-    drive(k);
+    drive(k, hot);
     if (k->state == ST_DONE)
         want_timer(ac, 0); /* it completes from the timer, never in here */
     if (handle)
@@ -2612,7 +2648,7 @@ static int start_out(pgg_async *ac, pgg_intent intent, const pgg_query *q,
                      const pgg_call *call, pgg_async_fn fn, void *userdata,
                      pgg_async_call **handle, pgg_error *err)
 {
-    return start(ac, intent, q, call, fn, userdata, handle, err);
+    return start(ac, intent, q, call, fn, userdata, handle, err, false);
 }
 
 int pgg_async_exec(pgg_async *ac, pgg_intent intent, const char *sql,
@@ -2621,7 +2657,7 @@ int pgg_async_exec(pgg_async *ac, pgg_intent intent, const char *sql,
 {
     pgg_query q = {.sql = sql, .result_format = call ? call->result_format : 0};
 
-    return start(ac, intent, &q, call, fn, userdata, handle, err);
+    return start(ac, intent, &q, call, fn, userdata, handle, err, true);
 }
 
 int pgg_async_exec_params(pgg_async *ac, pgg_intent intent, const char *sql,
