@@ -123,27 +123,31 @@ struct pgg_async_sock {
 };
 
 struct pgg_async_call {
-    /* Zeroed by the start (call_new), up to h. */
+    /* Set by the start (call_new, start) before they are read. */
     pgg_async *ac;
-    pgg_async_call *prev, *next;
+    pgg_async_call *next;
+    pgg_async_fn fn;
+    void *userdata;
+    /* Zeroed by the start (call_new), from prev up to h: no more than 64
+     * bytes, which the compiler zeroes with four wide stores (more, with a
+     * string instruction of twice the count). */
+    pgg_async_call *prev;
     int state;
+    /* CONNECT, HOOK: the loop's descriptor of conn's socket (0: none yet)
+     * and that socket's inode (connect_fd, set with it); the link's once
+     * connected. */
+    int conn_fd;
     bool has_opts;
     bool unpark; /* it gave a connection back: wake calls parked on its host */
     bool pooled; /* a CALL_ROOM block, back to the free list when done */
     bool reprepared; /* its registered statement was found gone once */
     bool ended_behind; /* the server's FATAL was read behind an answer of
                           this attempt's: its session is not reused */
-    pgg_async_fn fn;
-    void *userdata;
     int64_t wait_until; /* the current wait's deadline (DONE: 0) */
     PGconn *conn; /* CONNECT */
     PGresult *res;
     PGresult *written; /* LSN: the write's answer, returned after */
     pgg_async_sock *sock; /* the socket it waits on, or NULL */
-    /* CONNECT, HOOK: the loop's descriptor of conn's socket (0: none yet)
-     * and that socket's inode (connect_fd, set with it); the link's once
-     * connected. */
-    int conn_fd;
     /* From here on, not zeroed per call: the attempt under way, each field
      * set before it is read (h, l, a by attempt_start; ticket by admit;
      * attempt_deadline by drive; connect_at by borrow; role by exec_start
@@ -2533,7 +2537,11 @@ HOT pgg_async_call *call_new(pgg_async *ac, const pgg_query *q)
         if (!k)
             return NULL;
     }
-    memset(k, 0, offsetof(pgg_async_call, h));
+    _Static_assert(offsetof(pgg_async_call, h) -
+                           offsetof(pgg_async_call, prev) <= 64,
+                   "a call's zeroed fields fit four wide stores");
+    memset(&k->prev, 0,
+           offsetof(pgg_async_call, h) - offsetof(pgg_async_call, prev));
     k->pooled = pooled;
     k->q = *q;
     p = (char *)(k + 1);
