@@ -2532,6 +2532,58 @@ Test(async, a_connect_cut_by_its_calls_deadline_joins_the_pool)
 }
 
 /*
+ * recovery/a_connect_cut_by_its_callers_cancel_joins_the_pool on the loop:
+ * a call cancelled while its connect is on its way (a proxy holds every
+ * chunk 300 ms) hands the connect on; its session joins the pool, the
+ * host not blamed.  Before, the hand-off woke nobody when a cancel cut it
+ * (only a deadline's silence did): the connect waited undriven until the
+ * next health round (10 min here), and the loop's calls on the host parked
+ * behind it as a spare on its way.
+ */
+Test(async, a_connect_cut_by_its_callers_cancel_joins_the_pool)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgh_proxy *px;
+    pgg_pool *p;
+    struct event_base *base = event_base_new();
+    pgg_async *ac;
+    pgg_async_call *k;
+    pgg_host_stats before, h;
+    pgg_error e;
+    outcome o = {0};
+
+    p = pool_through_proxy(c, &px, "pool_min_idle=0 connect_timeout_ms=20000 "
+                                   "health_probe_timeout_ms=20000 health_interval_ms=600000");
+    ac = async_for(p, base);
+    pgg__host_trim(&p->hosts[0], pgg__now_ns(), true);
+    before = host_stats(p, 0);
+    pgh_proxy_set_mode(px, PGH_PROXY_DELAY, 300);
+    o.started = pgh_now_ms();
+    loop_guard_on();
+    cr_assert_eq(pgg_async_exec(ac, PGG_WRITE, "SELECT 1", NULL, on_done, &o, &k, &e),
+                 PGG_OK, "%s", e.message);
+    loop_guard_off();
+    /* Its connect started at once; its first answer is 300 ms away. */
+    cr_assert_eq(host_stats(p, 0).connects, before.connects + 1, "the call did not connect");
+    loop_once(base, EVLOOP_NONBLOCK);
+    loop_guard_on();
+    pgg_async_cancel(k);
+    loop_guard_off();
+    cr_assert_eq(o.done, 1);
+    cr_assert_eq(o.code, PGG_ECANCELED, "the write: %s %s", pgg_err_name(o.code), o.message);
+    expect_no_host_failure(p, 0, &before, "after the cancelled connect");
+    pgh_proxy_set_mode(px, PGH_PROXY_PASS, 0);
+    h = wait_idle(p, 0, 1, 20000);
+    cr_assert_eq(h.conns_idle, 1, "the cancelled connect's session never joined the pool");
+    expect_no_host_failure(p, 0, &before, "after its session joined");
+    loop_guard_check("a connect cut by its caller's cancel");
+    pgg_async_free(ac);
+    event_base_free(base);
+    end_test(p, c);
+    pgh_proxy_free(px);
+}
+
+/*
  * A loop connection is dated from its connect's start (pgg_link.born_ns),
  * when its backend may already exist: a sibling the server ended after a
  * moment in the middle of that connect (here t_mid, taken while a proxy
