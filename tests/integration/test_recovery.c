@@ -1524,6 +1524,52 @@ Test(recovery, a_connect_cut_by_its_callers_cancel_joins_the_pool)
 }
 
 /*
+ * A handed connect the server refuses at startup (here a database that
+ * does not exist: 3D000, the caller's configuration, not the host's
+ * failure) was answered by the host: it counts as an answer for the
+ * silence rule (ignored_answers), as a caller's own refused connect does
+ * (pgg__pool_take_failed).  Before, the health thread dropped it
+ * uncounted: a silence its cut caller had noted (say a full server slow to
+ * refuse with 53300) could open the breaker as host-silent though the
+ * host had answered.  White box: the connect handed on by hand, the host's
+ * counter.
+ */
+Test(recovery, a_handed_connect_the_server_refuses_is_the_hosts_answer)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, "pool_min_idle=0 health_interval_ms=600000");
+    pgg_host *h = &p->hosts[0];
+    pgg_host_stats before = host_stats(p, 0);
+    uint64_t answers = atomic_load(&h->ignored_answers);
+    char ci[1024];
+    PGconn *conn;
+    double end;
+    int spares;
+
+    snprintf(ci, sizeof ci, "%s dbname=pgg_no_such_database",
+             pgh_node_conninfo(pgh_cluster_primary(c)));
+    conn = PQconnectStart(ci);
+    cr_assert(conn && PQstatus(conn) != CONNECTION_BAD, "connect start: %s",
+              conn ? PQerrorMessage(conn) : "out of memory");
+    pgg__link_verbose_startup(conn); /* as every connect of ours (its SQLSTATE) */
+    cr_assert(pgg__host_hand_connect(h, conn, POLLOUT, pgg__now_ns()), "not handed on");
+    pgg__pool_wake_health(p);
+    end = pgh_now_ms() + 10000;
+    do {
+        sleep_ms(5);
+        pthread_mutex_lock(&h->mu);
+        spares = h->n_spares;
+        pthread_mutex_unlock(&h->mu);
+    } while (spares > 0 && pgh_now_ms() < end);
+    cr_assert_eq(spares, 0, "the health thread never ended the handed connect");
+    cr_expect_eq(atomic_load(&h->ignored_answers), answers + 1,
+                 "the server's refusal was not counted as its answer (%llu answers)",
+                 (unsigned long long)(atomic_load(&h->ignored_answers) - answers));
+    expect_no_host_failure(p, 0, &before, "after the refused handed connect");
+    end_test(p, c);
+}
+
+/*
  * A caller whose session was ended comes back within its period, often
  * before the health thread has started the replacement it was promised
  * (n_lost): its own connect is that replacement, not one more.  Both
