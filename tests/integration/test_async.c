@@ -2881,6 +2881,90 @@ Test(async, a_stream_of_chained_calls_lets_another_loops_parked_call_have_its_tu
 }
 
 /*
+ * pool_max=1; context A keeps two calls in flight on the host (each 3 ms;
+ * each one's callback starts the next), so that whenever its running call
+ * ends, its other call has been parked longer than a look (1 ms); context B (another loop: here on the same
+ * thread) starts one call on the host.  B's call must be served within
+ * its 3 s.  With e021165's rule alone every give-back went at once to A's
+ * own oldest parked call (it had waited a look already), so the connection
+ * was never idle when B's call looked, and B waited out its deadline
+ * (failed 1 of 1, 661 calls of A's served meanwhile); with those
+ * give-backs alternating with idle ones alone, A's looks still came first
+ * (failed 1 of 3).  Now every other one goes idle, and A's parked calls
+ * look a whole look later, after B's.
+ */
+Test(async, a_context_with_two_calls_in_flight_lets_another_contexts_call_have_its_turn)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, "pool_max=1 pool_min_idle=0 breaker.mode=disabled");
+    struct event_base *base = event_base_new();
+    pgg_async *a = async_for(p, base), *b = async_for(p, base);
+    const int many = 1000000;
+    chain c1 = {.ac = a, .left = many, .sql = "SELECT pg_sleep(0.003)", .timeout_ms = 30000,
+                .primary = true};
+    chain c2 = c1;
+    double start = pgh_now_ms();
+    outcome o;
+
+    chain_next(&c1);
+    chain_next(&c2);
+    while (c1.done + c2.done < 4 && pgh_now_ms() - start < 10000)
+        loop_once(base, EVLOOP_ONCE);
+    cr_assert_eq(c1.failed + c2.failed, 0, "a chained call failed: %s %s", c1.message, c2.message);
+    start_call(b, PGG_WRITE, "SELECT 2", 3000, 0, &o);
+    while (!o.done && c1.failed + c2.failed == 0 && pgh_now_ms() - start < 20000)
+        loop_once(base, EVLOOP_ONCE);
+    c1.left = c2.left = 0; /* the stream stops */
+    while (pgg_async_pending(a) > 0 && pgh_now_ms() - start < 60000)
+        loop_once(base, EVLOOP_ONCE);
+    cr_expect_eq(o.done, 1);
+    cr_expect_eq(o.code, PGG_OK, "the other context's call: %s %s (after %.0f ms; the stream "
+                 "served %d calls)", pgg_err_name(o.code), o.message, o.ms, c1.done + c2.done);
+    cr_expect_eq(c1.failed + c2.failed, 0, "a chained call failed: %s %s", c1.message, c2.message);
+    pgg_async_free(b);
+    pgg_async_free(a);
+    event_base_free(base);
+    end_test(p, c);
+}
+
+/*
+ * The same with the other context on a loop of its own thread (the
+ * other_loop of the tests above): its call must be served within its 3 s
+ * while this loop keeps two calls in flight.  Failed 2 of 3 before.
+ */
+Test(async, a_context_with_two_calls_in_flight_lets_another_loops_parked_call_have_its_turn)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, "pool_max=1 pool_min_idle=0 breaker.mode=disabled");
+    struct event_base *base = event_base_new();
+    pgg_async *a = async_for(p, base);
+    const int many = 1000000;
+    chain c1 = {.ac = a, .left = many, .sql = "SELECT pg_sleep(0.003)", .timeout_ms = 30000,
+                .primary = true};
+    chain c2 = c1;
+    other_loop ol = {.p = p};
+    pthread_t th;
+    double start = pgh_now_ms();
+
+    chain_next(&c1);
+    chain_next(&c2);
+    while (c1.done + c2.done < 4 && pgh_now_ms() - start < 10000)
+        loop_once(base, EVLOOP_ONCE);
+    cr_assert_eq(pthread_create(&th, NULL, other_loop_main, &ol), 0);
+    while (!__atomic_load_n(&ol.finished, __ATOMIC_SEQ_CST) && c1.failed + c2.failed == 0)
+        loop_once(base, EVLOOP_NONBLOCK);
+    c1.left = c2.left = 0;
+    pthread_join(th, NULL);
+    while (pgg_async_pending(a) > 0 && pgh_now_ms() - start < 60000)
+        loop_once(base, EVLOOP_ONCE);
+    cr_expect_eq(ol.o.code, PGG_OK, "the other loop's call: %s %s (after %.0f ms; stream %d)",
+                 pgg_err_name(ol.o.code), ol.o.message, ol.o.ms, c1.done + c2.done);
+    pgg_async_free(a);
+    event_base_free(base);
+    end_test(p, c);
+}
+
+/*
  * A loop whose calls each start in the callback of the one before keeps
  * its connection only from one call's end to the next one's start: its
  * 2 ms looks at the kept connections, whenever they come, find none.
