@@ -903,6 +903,11 @@ static void handed_failed(pgg_health *hl, int i, const spare *sp,
         pgg__link_error(&e, PGG_ECONNECT, sp->conn, NULL, h->name, "connect");
     v = pgg__classify_connect(&hl->pool->cfg->classifier,
                               e.sqlstate[0] ? e.sqlstate : NULL);
+    /* Refused at startup: the host answered (the silence rule), as
+     * pgg__pool_take_failed counts a caller's refused connect. */
+    if (v.cls == PGG_CLASS_IGNORED)
+        atomic_fetch_add_explicit(&h->ignored_answers, 1,
+                                  memory_order_relaxed);
     if (!pgg__host_failure(v.cls))
         return;
     atomic_fetch_add(&h->connect_failures, 1);

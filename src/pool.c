@@ -88,6 +88,12 @@ pgg_take pgg__pool_take_failed(pgg_pool *pool, pgg_host *h, pgg_ticket ticket,
         pgg__error_set(err, PGG_ECANCELED, NULL, h->name,
                        "call cancelled by the caller while connecting; "
                        "not sent");
+        /* A connect the cancel cut was handed on (host.c, "Handed
+         * connects"): the health thread drives it only once woken, and
+         * borrowers wait for it meanwhile.  No silence noted: a cancel
+         * says nothing of the host. */
+        if (why == PGG_BORROW_CUT)
+            pgg__pool_wake_health(pool);
         return PGG_TAKE_SKIPPED;
     }
     /* A refusal at startup carries its SQLSTATE: too many clients is the

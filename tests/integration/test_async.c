@@ -2532,6 +2532,58 @@ Test(async, a_connect_cut_by_its_calls_deadline_joins_the_pool)
 }
 
 /*
+ * recovery/a_connect_cut_by_its_callers_cancel_joins_the_pool on the loop:
+ * a call cancelled while its connect is on its way (a proxy holds every
+ * chunk 300 ms) hands the connect on; its session joins the pool, the
+ * host not blamed.  Before, the hand-off woke nobody when a cancel cut it
+ * (only a deadline's silence did): the connect waited undriven until the
+ * next health round (10 min here), and the loop's calls on the host parked
+ * behind it as a spare on its way.
+ */
+Test(async, a_connect_cut_by_its_callers_cancel_joins_the_pool)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgh_proxy *px;
+    pgg_pool *p;
+    struct event_base *base = event_base_new();
+    pgg_async *ac;
+    pgg_async_call *k;
+    pgg_host_stats before, h;
+    pgg_error e;
+    outcome o = {0};
+
+    p = pool_through_proxy(c, &px, "pool_min_idle=0 connect_timeout_ms=20000 "
+                                   "health_probe_timeout_ms=20000 health_interval_ms=600000");
+    ac = async_for(p, base);
+    pgg__host_trim(&p->hosts[0], pgg__now_ns(), true);
+    before = host_stats(p, 0);
+    pgh_proxy_set_mode(px, PGH_PROXY_DELAY, 300);
+    o.started = pgh_now_ms();
+    loop_guard_on();
+    cr_assert_eq(pgg_async_exec(ac, PGG_WRITE, "SELECT 1", NULL, on_done, &o, &k, &e),
+                 PGG_OK, "%s", e.message);
+    loop_guard_off();
+    /* Its connect started at once; its first answer is 300 ms away. */
+    cr_assert_eq(host_stats(p, 0).connects, before.connects + 1, "the call did not connect");
+    loop_once(base, EVLOOP_NONBLOCK);
+    loop_guard_on();
+    pgg_async_cancel(k);
+    loop_guard_off();
+    cr_assert_eq(o.done, 1);
+    cr_assert_eq(o.code, PGG_ECANCELED, "the write: %s %s", pgg_err_name(o.code), o.message);
+    expect_no_host_failure(p, 0, &before, "after the cancelled connect");
+    pgh_proxy_set_mode(px, PGH_PROXY_PASS, 0);
+    h = wait_idle(p, 0, 1, 20000);
+    cr_assert_eq(h.conns_idle, 1, "the cancelled connect's session never joined the pool");
+    expect_no_host_failure(p, 0, &before, "after its session joined");
+    loop_guard_check("a connect cut by its caller's cancel");
+    pgg_async_free(ac);
+    event_base_free(base);
+    end_test(p, c);
+    pgh_proxy_free(px);
+}
+
+/*
  * A loop connection is dated from its connect's start (pgg_link.born_ns),
  * when its backend may already exist: a sibling the server ended after a
  * moment in the middle of that connect (here t_mid, taken while a proxy
@@ -2824,6 +2876,90 @@ Test(async, a_stream_of_chained_calls_lets_another_loops_parked_call_have_its_tu
     cr_expect_gt(ch.done, 1, "no stream of calls");
     loop_guard_check("a stream of chained calls and another loop's parked call");
     pgg_async_free(ac);
+    event_base_free(base);
+    end_test(p, c);
+}
+
+/*
+ * pool_max=1; context A keeps two calls in flight on the host (each 3 ms;
+ * each one's callback starts the next), so that whenever its running call
+ * ends, its other call has been parked longer than a look (1 ms); context B (another loop: here on the same
+ * thread) starts one call on the host.  B's call must be served within
+ * its 3 s.  With e021165's rule alone every give-back went at once to A's
+ * own oldest parked call (it had waited a look already), so the connection
+ * was never idle when B's call looked, and B waited out its deadline
+ * (failed 1 of 1, 661 calls of A's served meanwhile); with those
+ * give-backs alternating with idle ones alone, A's looks still came first
+ * (failed 1 of 3).  Now every other one goes idle, and A's parked calls
+ * look a whole look later, after B's.
+ */
+Test(async, a_context_with_two_calls_in_flight_lets_another_contexts_call_have_its_turn)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, "pool_max=1 pool_min_idle=0 breaker.mode=disabled");
+    struct event_base *base = event_base_new();
+    pgg_async *a = async_for(p, base), *b = async_for(p, base);
+    const int many = 1000000;
+    chain c1 = {.ac = a, .left = many, .sql = "SELECT pg_sleep(0.003)", .timeout_ms = 30000,
+                .primary = true};
+    chain c2 = c1;
+    double start = pgh_now_ms();
+    outcome o;
+
+    chain_next(&c1);
+    chain_next(&c2);
+    while (c1.done + c2.done < 4 && pgh_now_ms() - start < 10000)
+        loop_once(base, EVLOOP_ONCE);
+    cr_assert_eq(c1.failed + c2.failed, 0, "a chained call failed: %s %s", c1.message, c2.message);
+    start_call(b, PGG_WRITE, "SELECT 2", 3000, 0, &o);
+    while (!o.done && c1.failed + c2.failed == 0 && pgh_now_ms() - start < 20000)
+        loop_once(base, EVLOOP_ONCE);
+    c1.left = c2.left = 0; /* the stream stops */
+    while (pgg_async_pending(a) > 0 && pgh_now_ms() - start < 60000)
+        loop_once(base, EVLOOP_ONCE);
+    cr_expect_eq(o.done, 1);
+    cr_expect_eq(o.code, PGG_OK, "the other context's call: %s %s (after %.0f ms; the stream "
+                 "served %d calls)", pgg_err_name(o.code), o.message, o.ms, c1.done + c2.done);
+    cr_expect_eq(c1.failed + c2.failed, 0, "a chained call failed: %s %s", c1.message, c2.message);
+    pgg_async_free(b);
+    pgg_async_free(a);
+    event_base_free(base);
+    end_test(p, c);
+}
+
+/*
+ * The same with the other context on a loop of its own thread (the
+ * other_loop of the tests above): its call must be served within its 3 s
+ * while this loop keeps two calls in flight.  Failed 2 of 3 before.
+ */
+Test(async, a_context_with_two_calls_in_flight_lets_another_loops_parked_call_have_its_turn)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, "pool_max=1 pool_min_idle=0 breaker.mode=disabled");
+    struct event_base *base = event_base_new();
+    pgg_async *a = async_for(p, base);
+    const int many = 1000000;
+    chain c1 = {.ac = a, .left = many, .sql = "SELECT pg_sleep(0.003)", .timeout_ms = 30000,
+                .primary = true};
+    chain c2 = c1;
+    other_loop ol = {.p = p};
+    pthread_t th;
+    double start = pgh_now_ms();
+
+    chain_next(&c1);
+    chain_next(&c2);
+    while (c1.done + c2.done < 4 && pgh_now_ms() - start < 10000)
+        loop_once(base, EVLOOP_ONCE);
+    cr_assert_eq(pthread_create(&th, NULL, other_loop_main, &ol), 0);
+    while (!__atomic_load_n(&ol.finished, __ATOMIC_SEQ_CST) && c1.failed + c2.failed == 0)
+        loop_once(base, EVLOOP_NONBLOCK);
+    c1.left = c2.left = 0;
+    pthread_join(th, NULL);
+    while (pgg_async_pending(a) > 0 && pgh_now_ms() - start < 60000)
+        loop_once(base, EVLOOP_ONCE);
+    cr_expect_eq(ol.o.code, PGG_OK, "the other loop's call: %s %s (after %.0f ms; stream %d)",
+                 pgg_err_name(ol.o.code), ol.o.message, ol.o.ms, c1.done + c2.done);
+    pgg_async_free(a);
     event_base_free(base);
     end_test(p, c);
 }

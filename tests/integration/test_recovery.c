@@ -1459,6 +1459,116 @@ Test(recovery, an_adopted_spare_is_dated_from_its_connects_start)
     pgh_proxy_free(px);
 }
 
+/* A "SELECT 1" write under a 20 s deadline that its cancel handle ends. */
+typedef struct cut_writer {
+    pgg_pool *p;
+    pgg_cancel *cancel;
+    int code;
+} cut_writer;
+
+static void *write_until_cancelled(void *arg)
+{
+    cut_writer *w = arg;
+    pgg_call call = {.timeout_ms = 20000, .cancel = w->cancel};
+    pgg_error e;
+    PGresult *r = pgg_exec(w->p, PGG_WRITE, "SELECT 1", &call, NULL, &e);
+
+    w->code = r ? PGG_OK : e.code;
+    PQclear(r);
+    return NULL;
+}
+
+/*
+ * A connect its caller cancels on the way (a proxy holds every chunk
+ * 300 ms) goes on as a spare, as one its call's deadline cuts does, and
+ * its session joins the pool; the cancel is not the host's failure.  The
+ * health thread drives it only once told: before, a cancel's hand-off
+ * woke nobody (only a deadline's silence did), so the connect waited
+ * undriven until the next health round (10 min here: never within the
+ * test), and meanwhile every borrower waited for it as a spare on its way.
+ */
+Test(recovery, a_connect_cut_by_its_callers_cancel_joins_the_pool)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgh_proxy *px;
+    pgg_pool *p;
+    pgg_host_stats before, h;
+    cut_writer w;
+    pthread_t t;
+    double end;
+
+    p = pool_through_proxy(c, &px, "pool_min_idle=0 connect_timeout_ms=20000 "
+                                   "health_probe_timeout_ms=20000 health_interval_ms=600000");
+    pgg__host_trim(&p->hosts[0], pgg__now_ns(), true);
+    before = host_stats(p, 0);
+    w = (cut_writer){.p = p, .cancel = pgg_cancel_new()};
+    cr_assert_not_null(w.cancel);
+    pgh_proxy_set_mode(px, PGH_PROXY_DELAY, 300);
+    cr_assert_eq(pthread_create(&t, NULL, write_until_cancelled, &w), 0);
+    /* Its connect started (counted before it begins); 600 ms at least. */
+    end = pgh_now_ms() + 10000;
+    while (host_stats(p, 0).connects == before.connects && pgh_now_ms() < end)
+        sleep_ms(1);
+    pgg_cancel_fire(w.cancel);
+    pthread_join(t, NULL);
+    cr_assert_eq(host_stats(p, 0).connects, before.connects + 1, "the write never connected");
+    cr_assert_eq(w.code, PGG_ECANCELED, "the write: %s", pgg_err_name(w.code));
+    expect_no_host_failure(p, 0, &before, "after the cancelled connect");
+    pgh_proxy_set_mode(px, PGH_PROXY_PASS, 0);
+    h = wait_idle(p, 0, 1, 20000);
+    cr_assert_eq(h.conns_idle, 1, "the cancelled connect's session never joined the pool");
+    expect_no_host_failure(p, 0, &before, "after its session joined");
+    pgg_cancel_free(w.cancel);
+    end_test(p, c);
+    pgh_proxy_free(px);
+}
+
+/*
+ * A handed connect the server refuses at startup (here a database that
+ * does not exist: 3D000, the caller's configuration, not the host's
+ * failure) was answered by the host: it counts as an answer for the
+ * silence rule (ignored_answers), as a caller's own refused connect does
+ * (pgg__pool_take_failed).  Before, the health thread dropped it
+ * uncounted: a silence its cut caller had noted (say a full server slow to
+ * refuse with 53300) could open the breaker as host-silent though the
+ * host had answered.  White box: the connect handed on by hand, the host's
+ * counter.
+ */
+Test(recovery, a_handed_connect_the_server_refuses_is_the_hosts_answer)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, "pool_min_idle=0 health_interval_ms=600000");
+    pgg_host *h = &p->hosts[0];
+    pgg_host_stats before = host_stats(p, 0);
+    uint64_t answers = atomic_load(&h->ignored_answers);
+    char ci[1024];
+    PGconn *conn;
+    double end;
+    int spares;
+
+    snprintf(ci, sizeof ci, "%s dbname=pgg_no_such_database",
+             pgh_node_conninfo(pgh_cluster_primary(c)));
+    conn = PQconnectStart(ci);
+    cr_assert(conn && PQstatus(conn) != CONNECTION_BAD, "connect start: %s",
+              conn ? PQerrorMessage(conn) : "out of memory");
+    pgg__link_verbose_startup(conn); /* as every connect of ours (its SQLSTATE) */
+    cr_assert(pgg__host_hand_connect(h, conn, POLLOUT, pgg__now_ns()), "not handed on");
+    pgg__pool_wake_health(p);
+    end = pgh_now_ms() + 10000;
+    do {
+        sleep_ms(5);
+        pthread_mutex_lock(&h->mu);
+        spares = h->n_spares;
+        pthread_mutex_unlock(&h->mu);
+    } while (spares > 0 && pgh_now_ms() < end);
+    cr_assert_eq(spares, 0, "the health thread never ended the handed connect");
+    cr_expect_eq(atomic_load(&h->ignored_answers), answers + 1,
+                 "the server's refusal was not counted as its answer (%llu answers)",
+                 (unsigned long long)(atomic_load(&h->ignored_answers) - answers));
+    expect_no_host_failure(p, 0, &before, "after the refused handed connect");
+    end_test(p, c);
+}
+
 /*
  * A caller whose session was ended comes back within its period, often
  * before the health thread has started the replacement it was promised
