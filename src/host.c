@@ -50,7 +50,6 @@ int pgg__host_init(pgg_host *h, int index, const char *name,
     if (rc != PGG_OK)
         return rc;
     pthread_mutex_init(&h->mu, NULL);
-    pgg__cond_init(&h->cv);
     pgg__cond_init(&h->back_cv);
     atomic_init(&h->starting, false);
     atomic_init(&h->n_back_waiting, 0);
@@ -96,7 +95,6 @@ void pgg__host_destroy(pgg_host *h)
         free(c);
     }
     pgg__breaker_destroy(&h->breaker);
-    pthread_cond_destroy(&h->cv);
     pthread_cond_destroy(&h->back_cv);
     pthread_mutex_destroy(&h->mu);
 }
@@ -398,9 +396,12 @@ static int parked_count(pgg_host *h)
     return n;
 }
 
-/* Under mu: every parked connection goes to the idle list. */
-static void unpark_all_locked(pgg_host *h)
+/* Under mu: every parked connection goes to the idle list; returns how
+ * many did. */
+static int unpark_all_locked(pgg_host *h)
 {
+    int n = 0;
+
     for (int i = 0; i < PGG_PARK_SLOTS; i++) {
         pgg_link *l;
 
@@ -413,7 +414,9 @@ static void unpark_all_locked(pgg_host *h)
         h->idle = l;
         h->n_idle++;
         h->n_busy--;
+        n++;
     }
+    return n;
 }
 
 int pgg__host_busy(pgg_host *h)
@@ -467,6 +470,135 @@ static pgg_link *take_idle_locked(pgg_host *h, int64_t now, pgg_link **doomed)
         return l;
     }
     return NULL;
+}
+
+/* ---------------------------------------------------- waiting in turn */
+
+/*
+ * Blocking borrowers that find nothing to take wait in a queue, oldest
+ * first, and only its head takes: an idle connection, another thread's
+ * parked one, or a connect under pool_max.  A borrower that comes while
+ * the queue is not empty queues behind it, whatever is idle.  Before, a
+ * give-back went to the idle list and woke a waiter, and the thread that
+ * gave it back, running already, took it again on its next call ahead of
+ * the waiter, which woke to find nothing: under saturation (more threads
+ * than pool_max) a waiter could wait out its deadline while newcomers
+ * were served (the event loop has its own rule: async.c, unpark).
+ *
+ * The connection stays on the idle list, not handed to the waiter: a head
+ * that leaves meanwhile (its deadline, its cancel, the pool closed) passes
+ * the wake on to the next head when something is there for it (an idle
+ * connection, room for a connect), and nothing is lent twice or lost.
+ * The head leaves the queue when it takes something (so the next can take
+ * what comes back while it validates or connects) and, if that fails (a
+ * dead session, a full server), comes back to its place (its ticket).
+ * Each waiter sleeps on a condition variable of its own: a give-back wakes
+ * the head alone, not every waiter.  While anyone queues, park_block counts
+ * it and nothing parks: every give-back comes here, under mu.
+ *
+ * Asks of a refusing server ("Refused") are not queued: each call asks
+ * when no ask that started after it came is on its way, as before.
+ * Blocking calls and the loop's: the loop's calls do not queue
+ * (pgg__host_try_borrow takes what is idle on its looks; its own rule
+ * makes a new loop call wait behind any waiter, pgg__host_awaited_beyond).
+ *
+ * The uncontended path does not come here (parking), and a borrow that
+ * finds the queue empty takes at once as before.
+ */
+typedef struct pgg_host_waiter pgg_host_waiter;
+
+struct pgg_host_waiter {
+    pthread_cond_t cv;
+    uint64_t ticket; /* its place: 0 until it first queues */
+    struct pgg_host_waiter *prev, *next;
+    bool queued, cv_ready;
+};
+
+/* Under mu: w may take (it is the head, or nobody queues). */
+static bool my_turn(const pgg_host *h, const pgg_host_waiter *w)
+{
+    return !h->wait_head || h->wait_head == w;
+}
+
+/* Under mu: wake the head, which takes what just came (or a slot). */
+static void wake_head(pgg_host *h)
+{
+    if (h->wait_head)
+        pthread_cond_signal(&h->wait_head->cv);
+}
+
+/* Under mu: every waiter looks again (the pool closed, a refusal). */
+static void wake_all(pgg_host *h)
+{
+    for (pgg_host_waiter *w = h->wait_head; w; w = w->next)
+        pthread_cond_signal(&w->cv);
+}
+
+/* Under mu: something the head could take (an idle connection, room for
+ * a connect); parked ones are swept to the idle list while anyone queues. */
+static bool worth_a_look(const pgg_host *h)
+{
+    return h->idle || h->n_busy + h->n_connecting + h->n_idle < h->max;
+}
+
+/*
+ * Under mu: w joins the queue at its place (a new ticket the first time;
+ * its old one when it comes back after a failed take).  Parking stops and
+ * what was parked goes to the idle list: the head takes it (see
+ * "Parking": a give-back that parks then sees park_block and backs out).
+ * False when w's condition variable cannot be made.
+ */
+static bool queue_join(pgg_host *h, pgg_host_waiter *w)
+{
+    pgg_host_waiter *after;
+
+    if (!w->cv_ready) {
+        if (pgg__cond_init(&w->cv) != 0)
+            return false;
+        w->cv_ready = true;
+    }
+    if (!w->ticket)
+        w->ticket = ++h->wait_tickets;
+    for (after = h->wait_tail; after && after->ticket > w->ticket; after = after->prev)
+        ;
+    w->prev = after;
+    w->next = after ? after->next : h->wait_head;
+    if (w->next)
+        w->next->prev = w;
+    else
+        h->wait_tail = w;
+    if (after)
+        after->next = w;
+    else
+        h->wait_head = w;
+    w->queued = true;
+    atomic_fetch_add_explicit(&h->park_block, 1, memory_order_seq_cst);
+    if (unpark_all_locked(h) > 0 && h->wait_head != w)
+        wake_head(h);
+    return true;
+}
+
+/* Under mu: w leaves the queue (it took something, or gives up); a head
+ * that leaves wakes the next when there is something for it. */
+static void queue_leave(pgg_host *h, pgg_host_waiter *w)
+{
+    bool was_head = h->wait_head == w;
+
+    if (!w->queued)
+        return;
+    if (w->prev)
+        w->prev->next = w->next;
+    else
+        h->wait_head = w->next;
+    if (w->next)
+        w->next->prev = w->prev;
+    else
+        h->wait_tail = w->prev;
+    w->prev = w->next = NULL;
+    w->queued = false;
+    atomic_fetch_sub_explicit(&h->park_block, 1, memory_order_relaxed);
+    if (was_head && worth_a_look(h))
+        wake_head(h);
 }
 
 /* Under mu: sessions of ours on the host, busy, idle or being opened.  A
@@ -545,8 +677,7 @@ static bool refusal_locked(pgg_host *h, const pgg_error *cerr, int64_t asked_ns)
     }
     /* Borrowers waiting for an ask, or for the sibling connects that raced
      * this one (may_connect_locked), hear the outcome now. */
-    if (h->n_waiting > 0)
-        pthread_cond_broadcast(&h->cv);
+    wake_all(h);
     return false;
 }
 
@@ -558,8 +689,7 @@ static void connected_locked(pgg_host *h)
     if (h->refused) {
         h->refused = false;
         /* Waiters for an ask connect for themselves now. */
-        if (h->n_waiting > 0)
-            pthread_cond_broadcast(&h->cv);
+        wake_all(h);
     }
 }
 
@@ -741,6 +871,36 @@ int pgg__host_borrow_slow(pgg_host *h, int64_t deadline_ns, int64_t *nowp,
     return rc;
 }
 
+/* borrow_locked's end, mu held: w out of the queue (waking the next when
+ * it was the head), mu released, the doomed closed, w's cv destroyed. */
+static int borrow_end(pgg_host *h, pgg_host_waiter *w, pgg_link *doomed, int rc)
+{
+    queue_leave(h, w);
+    pthread_mutex_unlock(&h->mu);
+    close_list(doomed);
+    if (w->cv_ready)
+        pthread_cond_destroy(&w->cv);
+    return rc;
+}
+
+/* borrow_end for a borrow that found nothing by its deadline (or its
+ * cancel), or could not wait at all. */
+static int borrow_exhausted(pgg_host *h, pgg_host_waiter *w, pgg_link *doomed,
+                            int64_t now, pgg_borrow_fail *why, pgg_error *err)
+{
+    *why = PGG_BORROW_EXHAUSTED;
+    /* Read under mu: a connect on another thread writes it. */
+    return borrow_end(h, w, doomed, busy_error_locked(h, now, err));
+}
+
+/* borrow_locked took l (or a connect slot), mu released: w's cv is done. */
+static void borrow_done(pgg_host_waiter *w)
+{
+    if (w->cv_ready)
+        pthread_cond_destroy(&w->cv);
+    w->cv_ready = false;
+}
+
 #if defined(__GNUC__)
 __attribute__((noinline))
 #endif
@@ -750,30 +910,37 @@ static int borrow_locked(pgg_host *h, int64_t deadline_ns, int64_t now,
     pgg_link *doomed = NULL, *l;
     bool fresh_now = true; /* now is the caller's reading, still good */
     const int64_t since = now; /* when the call came ("Refused") */
+    pgg_host_waiter w = {.ticket = 0};
     connect_verdict verdict;
+    bool turn;
     int rc;
 
     pthread_mutex_lock(&h->mu);
     for (;;) {
         if (h->closed) {
-            pthread_mutex_unlock(&h->mu);
-            close_list(doomed);
             *why = PGG_BORROW_CLOSED;
-            return pgg__error_set(err, PGG_ECLOSED, NULL, h->name,
-                                  "pool closed");
+            return borrow_end(h, &w, doomed,
+                              pgg__error_set(err, PGG_ECLOSED, NULL, h->name,
+                                             "pool closed"));
         }
         if (!fresh_now)
             now = pgg__now_ns();
         fresh_now = false;
+        /* Back in its place after a take that failed ("Waiting in turn"). */
+        if (w.ticket && !w.queued && !queue_join(h, &w))
+            return borrow_exhausted(h, &w, doomed, now, why, err);
+        turn = my_turn(h, &w);
         /* Nothing is lent once the deadline has passed (a waiter whose
          * timeout raced a give-back, a validation that used the time up):
          * a statement sent then would leave after its call gave up. */
-        while (now < deadline_ns &&
+        while (turn && now < deadline_ns &&
                (l = take_idle_locked(h, now, &doomed)) != NULL) {
+            queue_leave(h, &w);
             pthread_mutex_unlock(&h->mu);
             close_list(doomed);
             doomed = NULL;
             if (lendable(h, l, now, deadline_ns)) {
+                borrow_done(&w);
                 *out = l;
                 return PGG_OK;
             }
@@ -783,35 +950,29 @@ static int borrow_locked(pgg_host *h, int64_t deadline_ns, int64_t now,
             pthread_mutex_lock(&h->mu);
             h->n_busy--;
             now = pgg__now_ns();
+            if (w.ticket && !queue_join(h, &w))
+                return borrow_exhausted(h, &w, doomed, now, why, err);
+            turn = my_turn(h, &w);
         }
         /* Another thread's parked connection, rather than a new one. */
-        if (now < deadline_ns && (l = unpark_any(h)) != NULL) {
-            if (lend_unparked(h, l, now, deadline_ns, &doomed, out))
+        if (turn && now < deadline_ns && (l = unpark_any(h)) != NULL) {
+            queue_leave(h, &w);
+            if (lend_unparked(h, l, now, deadline_ns, &doomed, out)) {
+                borrow_done(&w);
                 return PGG_OK;
+            }
             continue;
         }
-        if (now >= deadline_ns || pgg__cancel_now()) {
-            /* A give-back may have signalled us as the deadline came: pass
-             * the wakeup on to a waiter that can still use it. */
-            if (h->n_waiting > 0 &&
-                (h->idle || h->n_busy + h->n_connecting + h->n_idle < h->max))
-                pthread_cond_signal(&h->cv);
-            /* Read under mu: a connect on another thread writes it. */
-            rc = busy_error_locked(h, now, err);
-            pthread_mutex_unlock(&h->mu);
-            close_list(doomed);
-            *why = PGG_BORROW_EXHAUSTED;
-            return rc;
-        }
+        if (now >= deadline_ns || pgg__cancel_now())
+            return borrow_exhausted(h, &w, doomed, now, why, err);
         verdict = connect_verdict_locked(h, since, now);
         if (verdict == CONNECT_REFUSED) {
-            rc = refusal_error_locked(h, now, err);
-            pthread_mutex_unlock(&h->mu);
-            close_list(doomed);
             *why = PGG_BORROW_REFUSED;
-            return rc;
+            return borrow_end(h, &w, doomed, refusal_error_locked(h, now, err));
         }
-        if (verdict != CONNECT_WAIT) {
+        /* A connect under pool_max is the head's; an ask of a refusing
+         * server is every call's own ("Waiting in turn"). */
+        if (verdict != CONNECT_WAIT && (turn || h->refused)) {
             pgg_error cerr;
             bool hook_refused = false, cut = false;
             int64_t began;
@@ -820,6 +981,7 @@ static int borrow_locked(pgg_host *h, int64_t deadline_ns, int64_t now,
             connect_begin_locked(h, now);
             claim_lost(h);
             began = now;
+            queue_leave(h, &w);
             pthread_mutex_unlock(&h->mu);
             close_list(doomed);
             doomed = NULL;
@@ -829,13 +991,14 @@ static int borrow_locked(pgg_host *h, int64_t deadline_ns, int64_t now,
             if (rc == PGG_OK)
                 connected_locked(h);
             else
-                pthread_cond_signal(&h->cv); /* the slot is free again */
+                wake_head(h); /* the slot is free again */
             /* Full while ours work: wait for one of ours (no error). */
             if (rc != PGG_OK && refusal_locked(h, &cerr, began)) {
                 fresh_now = false;
                 continue;
             }
             pthread_mutex_unlock(&h->mu);
+            borrow_done(&w);
             if (rc != PGG_OK) {
                 pgg__error_copy(err, &cerr);
                 *why = hook_refused ? PGG_BORROW_HOOK
@@ -846,32 +1009,31 @@ static int borrow_locked(pgg_host *h, int64_t deadline_ns, int64_t now,
         }
         if (pgg__host_loop_give_back) {
             /* This thread's loop keeps connections idle: back to their
-             * pools (this one's wakes nobody: we hold no count yet), then
-             * look again. */
+             * pools (this one's wakes the head, which may be us: we look
+             * again under mu before any wait), then look again. */
             pthread_mutex_unlock(&h->mu);
             pgg__host_loop_give_back();
             pthread_mutex_lock(&h->mu);
             fresh_now = false;
             continue;
         }
+        if (!w.queued) {
+            /* In line, then a last look: what was parked is idle now. */
+            if (!queue_join(h, &w))
+                return borrow_exhausted(h, &w, doomed, now, why, err);
+            fresh_now = true;
+            continue;
+        }
         {
-            struct timespec ts;
-
             /* Full server: look again when a connect may be let in. */
-            ts = pgg__ns_to_timespec(pgg__cancel_slice(
+            struct timespec ts = pgg__ns_to_timespec(pgg__cancel_slice(
                 now, now < h->full_until_ns && h->full_until_ns < deadline_ns
                          ? h->full_until_ns
                          : deadline_ns));
+
             h->n_waiting++;
-            /* Parking stops, then a last look (see "Parking"). */
-            atomic_fetch_add_explicit(&h->park_block, 1, memory_order_seq_cst);
-            l = unpark_any(h);
-            if (!l)
-                pthread_cond_timedwait(&h->cv, &h->mu, &ts);
-            atomic_fetch_sub_explicit(&h->park_block, 1, memory_order_relaxed);
+            pthread_cond_timedwait(&w.cv, &h->mu, &ts);
             h->n_waiting--;
-            if (l && lend_unparked(h, l, now, deadline_ns, &doomed, out))
-                return PGG_OK;
         }
     }
 }
@@ -976,8 +1138,8 @@ int pgg__host_connected(pgg_host *h, PGconn *conn, int64_t born_ns,
     h->n_connecting--;
     if (l)
         connected_locked(h);
-    else if (h->n_waiting > 0)
-        pthread_cond_signal(&h->cv);
+    else
+        wake_head(h);
     pthread_mutex_unlock(&h->mu);
     if (!l) {
         PQfinish(conn);
@@ -997,8 +1159,7 @@ bool pgg__host_connect_failed(pgg_host *h, const pgg_error *err,
     pthread_mutex_lock(&h->mu);
     h->n_connecting--;
     wait = refusal_locked(h, err, asked_ns);
-    if (h->n_waiting > 0)
-        pthread_cond_signal(&h->cv); /* the slot is free again */
+    wake_head(h); /* the slot is free again */
     pthread_mutex_unlock(&h->mu);
     return wait;
 }
@@ -1015,9 +1176,8 @@ static void release_slot(pgg_host *h, pgg_link *keep)
         h->n_idle++;
         keep = NULL;
     }
-    /* Only borrowers wait on cv, and they count themselves under mu. */
-    if (h->n_waiting > 0)
-        pthread_cond_signal(&h->cv);
+    /* The oldest waiter takes it ("Waiting in turn"). */
+    wake_head(h);
     pthread_mutex_unlock(&h->mu);
     if (keep) {
         PQfinish(keep->conn);
@@ -1087,13 +1247,11 @@ bool pgg__host_adopt(pgg_host *h, PGconn *conn, int64_t now_ns,
     h->n_idle++;
     if (h->refused) {
         h->refused = false; /* the server took a session */
-        if (h->n_waiting > 0)
-            pthread_cond_broadcast(&h->cv);
+        wake_all(h);
     }
     if (!counted)
         atomic_fetch_add(&h->connects, 1);
-    if (h->n_waiting > 0)
-        pthread_cond_signal(&h->cv);
+    wake_head(h);
     pthread_mutex_unlock(&h->mu);
     return true;
 }
@@ -1172,7 +1330,7 @@ int pgg__host_trim(pgg_host *h, int64_t now_ns, bool all)
         }
     }
     if (n)
-        pthread_cond_broadcast(&h->cv);
+        wake_all(h);
     pthread_mutex_unlock(&h->mu);
     close_list(doomed);
     return n;
@@ -1226,8 +1384,8 @@ int pgg__host_drop_dead(pgg_host *h, int64_t now_ns, int64_t used_within_ns,
         *end = keep;
         h->n_idle += kept;
     }
-    if (n && h->n_waiting > 0)
-        pthread_cond_broadcast(&h->cv);
+    if (n)
+        wake_all(h);
     pthread_mutex_unlock(&h->mu);
     close_list(dead);
     return recent;
@@ -1268,7 +1426,7 @@ int pgg__host_warm(pgg_host *h, int64_t deadline_ns)
             l = NULL;
             opened++;
         }
-        pthread_cond_signal(&h->cv);
+        wake_head(h);
         pthread_mutex_unlock(&h->mu);
         if (l) {
             PQfinish(l->conn);
@@ -1364,8 +1522,8 @@ void pgg__host_spares(pgg_host *h, int delta)
     h->n_spares += delta;
     /* One fewer to wait for: a waiter may connect itself now (an adopted
      * one has signalled already). */
-    if (delta < 0 && h->n_waiting > 0)
-        pthread_cond_signal(&h->cv);
+    if (delta < 0)
+        wake_head(h);
     pthread_mutex_unlock(&h->mu);
 }
 
@@ -1375,7 +1533,7 @@ void pgg__host_close(pgg_host *h)
     h->closed = true;
     /* Before trim empties the slots: nothing parks for good after. */
     atomic_fetch_add_explicit(&h->park_block, PARK_CLOSED, memory_order_seq_cst);
-    pthread_cond_broadcast(&h->cv);
+    wake_all(h);
     pthread_cond_broadcast(&h->back_cv);
     pthread_mutex_unlock(&h->mu);
     pgg__host_trim(h, 0, true);

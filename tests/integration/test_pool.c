@@ -6,6 +6,7 @@
  */
 #include <pthread.h>
 
+#include "pool.h"
 #include "pool_util.h"
 
 static void setup_table(pgh_cluster *c)
@@ -674,6 +675,99 @@ Test(pool, a_parked_connection_serves_other_threads)
         }
     }
     cr_expect_eq(host_stats(p, 0).connects, 1);
+    end_test(p, c);
+}
+
+/* The next value of the test's sequence, by a call that must succeed (no
+ * Criterion assert here: also run on other threads); -1 on failure. */
+static long next_value(pgg_pool *p, int timeout_ms)
+{
+    pgg_call call = {.timeout_ms = timeout_ms};
+    pgg_error e;
+    PGresult *r = pgg_exec(p, PGG_WRITE, "SELECT nextval('pgg_fair_seq')", &call, NULL, &e);
+    long v = r && PQresultStatus(r) == PGRES_TUPLES_OK ? atol(PQgetvalue(r, 0, 0)) : -1;
+
+    if (v < 0)
+        fprintf(stderr, "nextval: %s %s\n", pgg_err_name(e.code), e.message);
+    PQclear(r);
+    return v;
+}
+
+typedef struct fair_waiter {
+    pgg_pool *p;
+    long value; /* its place in the order of service */
+} fair_waiter;
+
+static void *fair_waiter_main(void *arg)
+{
+    fair_waiter *w = arg;
+
+    w->value = next_value(w->p, 30000);
+    return NULL;
+}
+
+/* Blocking borrowers waiting for host 0 (under its lock, as stats read). */
+static int host_waiting(pgg_pool *p)
+{
+    pgg_host_counts hc;
+
+    pgg__host_counts(&p->hosts[0], &hc);
+    return hc.waiting;
+}
+
+/*
+ * Blocking borrowers are served in the order they came: pool_max=1, a
+ * lease holds the one connection, a call on another thread waits for it
+ * (a long deadline), then the lease's thread gives the connection back and
+ * at once makes a stream of calls of its own.  The waiter must be served
+ * first: its nextval is below every one of the stream's.  Before, the
+ * give-back went to the idle list and woke the waiter, and the thread that
+ * gave it back, running already, took it again on its next call (and on
+ * every call after: the waiter woke to find nothing, under saturation
+ * until its deadline).  Several rounds: one that the waiter won before
+ * proved nothing.
+ */
+Test(pool, a_waiting_borrower_is_served_before_newcomers)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, "pool_max=1 pool_min_idle=0 breaker.mode=disabled "
+                              "health_interval_ms=60000");
+    const int rounds = 8, stream = 5;
+    int barged = 0;
+
+    cr_assert_eq(pgh_node_exec(pgh_cluster_primary(c),
+                               "DROP SEQUENCE IF EXISTS pgg_fair_seq;"
+                               "CREATE SEQUENCE pgg_fair_seq"),
+                 0, "%s", pgh_node_error(pgh_cluster_primary(c)));
+    for (int round = 0; round < rounds; round++) {
+        fair_waiter w = {.p = p, .value = -1};
+        long first = -1;
+        pgg_error e;
+        pgg_lease *lease = pgg_acquire(p, PGG_WRITE, 3000, NULL, &e);
+        pthread_t t;
+        double end = pgh_now_ms() + 10000;
+
+        cr_assert_not_null(lease, "round %d: acquire: %s", round, e.message);
+        cr_assert_eq(pthread_create(&t, NULL, fair_waiter_main, &w), 0);
+        while (host_waiting(p) == 0 && pgh_now_ms() < end)
+            sleep_ms(1);
+        cr_assert_eq(host_waiting(p), 1, "round %d: the call never waited", round);
+        pgg_release(lease);
+        for (int i = 0; i < stream; i++) {
+            long v = next_value(p, 30000);
+
+            cr_assert_gt(v, 0, "round %d: a newcomer's call failed", round);
+            if (i == 0)
+                first = v;
+        }
+        pthread_join(t, NULL);
+        cr_assert_gt(w.value, 0, "round %d: the waiter's call failed", round);
+        barged += first < w.value;
+        cr_expect_lt(w.value, first,
+                     "round %d: the waiter was served (%ld) after a newcomer (%ld)", round,
+                     w.value, first);
+    }
+    cr_expect_eq(barged, 0, "newcomers were served first in %d of %d rounds", barged, rounds);
     end_test(p, c);
 }
 
