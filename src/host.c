@@ -1418,6 +1418,11 @@ int pgg__host_warm(pgg_host *h, int64_t deadline_ns)
 
         pthread_mutex_lock(&h->mu);
         h->n_connecting--;
+        /* A success here has no refusing state to end (connected_locked
+         * ends it for the calls' connects): none when it started (above,
+         * under mu), and none can begin while it is on its way, since
+         * refusal_locked begins one only with no session of ours there and
+         * ours() counts this connect (review9's finding 3). */
         if (rc == PGG_OK && !h->closed) {
             l->fresh = false;
             l->next = h->idle;
