@@ -346,12 +346,13 @@ static void release_slot(pgg_host *h, pgg_link *keep);
  *     it connects or waits (no count changes: busy it was, busy it is);
  *   - trim (the health thread, a dead session's siblings) and close move
  *     parked connections to the idle list (n_busy--, n_idle++) first.
- * Lost wake-ups: a borrower that is about to wait adds one to park_block
- * and then looks at every slot; a give-back parks and then reads
- * park_block (both sequentially consistent).  So either the borrower sees
- * the parked connection, or the give-back sees the borrower, takes its
- * connection back out of the slot (unless someone already took it) and
- * gives it back under mu, which wakes the borrower.  Close adds
+ * Lost wake-ups: a borrower that is about to wait joins the queue
+ * ("Waiting in turn"), adds one to park_block for as long as it queues,
+ * and then moves what is parked to the idle list; a give-back parks and
+ * then reads park_block (both sequentially consistent).  So either the
+ * borrower sees the parked connection, or the give-back sees the borrower,
+ * takes its connection back out of the slot (unless someone already took
+ * it) and gives it back under mu, which wakes the queue's head.  Close adds
  * PARK_CLOSED to park_block before it empties the slots, so nothing parks
  * in a closed host for good.  The halves on the path of every call, take
  * back and park, are inline in host.h.
