@@ -477,34 +477,37 @@ static pgg_link *take_idle_locked(pgg_host *h, int64_t now, pgg_link **doomed)
 
 /*
  * Blocking borrowers that find nothing to take wait in a queue, oldest
- * first, and only its head takes: an idle connection, another thread's
- * parked one, or a connect under pool_max.  A borrower that comes while
- * the queue is not empty queues behind it, whatever is idle.  Before, a
+ * first, and take in its order: with n connections idle, the first n
+ * waiters take them; with room under pool_max for m more, the next m
+ * connect.  A borrower that comes while others queue counts them all
+ * ahead of it: it takes at once only what is left over for it (more idle
+ * than waiters), else it queues behind them, whatever is idle.  Before, a
  * give-back went to the idle list and woke a waiter, and the thread that
  * gave it back, running already, took it again on its next call ahead of
  * the waiter, which woke to find nothing: under saturation (more threads
  * than pool_max) a waiter could wait out its deadline while newcomers
  * were served (the event loop has its own rule: async.c, unpark).
  *
- * The connection stays on the idle list, not handed to the waiter: a head
- * that leaves meanwhile (its deadline, its cancel, the pool closed) passes
- * the wake on to the next head when something is there for it (an idle
- * connection, room for a connect), and nothing is lent twice or lost.
- * The head leaves the queue when it takes something (so the next can take
- * what comes back while it validates or connects) and, if that fails (a
- * dead session, a full server), comes back to its place (its ticket).
- * Each waiter sleeps on a condition variable of its own: a give-back wakes
- * the head alone, not every waiter.  While anyone queues, park_block counts
- * it and nothing parks: every give-back comes here, under mu.
+ * Every connection stays on the idle list, not handed to a waiter: a
+ * waiter that leaves without taking (its deadline, its cancel, the pool
+ * closed) moves those behind it up, and the one that becomes entitled
+ * is woken (wake_entitled); nothing is lost or lent twice.  A waiter
+ * leaves the queue when it takes something (those behind it keep their
+ * entitlement: one fewer ahead, one fewer idle) and, if that fails (a dead
+ * session, a full server), comes back to its place (its ticket).  Each
+ * waiter sleeps on a condition variable of its own: a give-back wakes the
+ * one it entitles, not every waiter; by position, not only the head, so a
+ * head slow to be scheduled holds up one connection, not all of them.
+ * While anyone queues, park_block counts it and nothing parks: every
+ * give-back comes here, under mu.
  *
  * Asks of a refusing server ("Refused") are not queued: each call asks
- * when no ask that started after it came is on its way, as before.
- * Blocking calls and the loop's: the loop's calls do not queue
- * (pgg__host_try_borrow takes what is idle on its looks; its own rule
- * makes a new loop call wait behind any waiter, pgg__host_awaited_beyond).
- *
- * The uncontended path does not come here (parking), and a borrow that
- * finds the queue empty takes at once as before.
+ * when no ask that started after it came is on its way, as before.  The
+ * loop's calls do not queue (pgg__host_try_borrow takes what is idle on
+ * their looks; their own rule makes a new loop call wait behind any
+ * waiter, pgg__host_awaited_beyond).  The uncontended path does not come
+ * here (parking), and a borrow that finds the queue empty takes at once
+ * as before.
  */
 typedef struct pgg_host_waiter pgg_host_waiter;
 
@@ -515,17 +518,35 @@ struct pgg_host_waiter {
     bool queued, cv_ready;
 };
 
-/* Under mu: w may take (it is the head, or nobody queues). */
-static bool my_turn(const pgg_host *h, const pgg_host_waiter *w)
+/* Under mu: connects pool_max still has room for. */
+static int room_locked(const pgg_host *h)
 {
-    return !h->wait_head || h->wait_head == w;
+    int n = h->max - (h->n_busy + h->n_connecting + h->n_idle);
+
+    return n > 0 ? n : 0;
 }
 
-/* Under mu: wake the head, which takes what just came (or a slot). */
-static void wake_head(pgg_host *h)
+/* Under mu: the waiters ahead of w (every one, when w does not queue). */
+static int ahead_of(const pgg_host *h, const pgg_host_waiter *w)
 {
-    if (h->wait_head)
-        pthread_cond_signal(&h->wait_head->cv);
+    int n = 0;
+
+    if (!w->queued)
+        return h->n_queued;
+    for (const pgg_host_waiter *i = h->wait_head; i != w; i = i->next)
+        n++;
+    return n;
+}
+
+/* Under mu: wake the waiters entitled to what is there (the first n_idle
+ * take the idle connections, the next ones connect in the room left);
+ * those woken already and not yet running are signalled for nothing. */
+static void wake_entitled(pgg_host *h)
+{
+    int n = h->n_idle + room_locked(h);
+
+    for (pgg_host_waiter *w = h->wait_head; w && n > 0; w = w->next, n--)
+        pthread_cond_signal(&w->cv);
 }
 
 /* Under mu: every waiter looks again (the pool closed, a refusal). */
@@ -535,19 +556,12 @@ static void wake_all(pgg_host *h)
         pthread_cond_signal(&w->cv);
 }
 
-/* Under mu: something the head could take (an idle connection, room for
- * a connect); parked ones are swept to the idle list while anyone queues. */
-static bool worth_a_look(const pgg_host *h)
-{
-    return h->idle || h->n_busy + h->n_connecting + h->n_idle < h->max;
-}
-
 /*
  * Under mu: w joins the queue at its place (a new ticket the first time;
  * its old one when it comes back after a failed take).  Parking stops and
- * what was parked goes to the idle list: the head takes it (see
- * "Parking": a give-back that parks then sees park_block and backs out).
- * False when w's condition variable cannot be made.
+ * what was parked goes to the idle list, for the waiters in their order
+ * (see "Parking": a give-back that parks then sees park_block and backs
+ * out).  False when w's condition variable cannot be made.
  */
 static bool queue_join(pgg_host *h, pgg_host_waiter *w)
 {
@@ -573,18 +587,17 @@ static bool queue_join(pgg_host *h, pgg_host_waiter *w)
     else
         h->wait_head = w;
     w->queued = true;
+    h->n_queued++;
     atomic_fetch_add_explicit(&h->park_block, 1, memory_order_seq_cst);
-    if (unpark_all_locked(h) > 0 && h->wait_head != w)
-        wake_head(h);
+    if (unpark_all_locked(h) > 0)
+        wake_entitled(h);
     return true;
 }
 
-/* Under mu: w leaves the queue (it took something, or gives up); a head
- * that leaves wakes the next when there is something for it. */
+/* Under mu: w leaves the queue (it took something, or gives up); those
+ * behind it move up, and one may be entitled now. */
 static void queue_leave(pgg_host *h, pgg_host_waiter *w)
 {
-    bool was_head = h->wait_head == w;
-
     if (!w->queued)
         return;
     if (w->prev)
@@ -597,9 +610,9 @@ static void queue_leave(pgg_host *h, pgg_host_waiter *w)
         h->wait_tail = w->prev;
     w->prev = w->next = NULL;
     w->queued = false;
+    h->n_queued--;
     atomic_fetch_sub_explicit(&h->park_block, 1, memory_order_relaxed);
-    if (was_head && worth_a_look(h))
-        wake_head(h);
+    wake_entitled(h);
 }
 
 /* Under mu: sessions of ours on the host, busy, idle or being opened.  A
@@ -913,8 +926,7 @@ static int borrow_locked(pgg_host *h, int64_t deadline_ns, int64_t now,
     const int64_t since = now; /* when the call came ("Refused") */
     pgg_host_waiter w = {.ticket = 0};
     connect_verdict verdict;
-    bool turn;
-    int rc;
+    int ahead, rc;
 
     pthread_mutex_lock(&h->mu);
     for (;;) {
@@ -930,11 +942,12 @@ static int borrow_locked(pgg_host *h, int64_t deadline_ns, int64_t now,
         /* Back in its place after a take that failed ("Waiting in turn"). */
         if (w.ticket && !w.queued && !queue_join(h, &w))
             return borrow_exhausted(h, &w, doomed, now, why, err);
-        turn = my_turn(h, &w);
+        ahead = ahead_of(h, &w);
         /* Nothing is lent once the deadline has passed (a waiter whose
          * timeout raced a give-back, a validation that used the time up):
-         * a statement sent then would leave after its call gave up. */
-        while (turn && now < deadline_ns &&
+         * a statement sent then would leave after its call gave up.  An
+         * idle connection is w's when those ahead have one each. */
+        while (ahead < h->n_idle && now < deadline_ns &&
                (l = take_idle_locked(h, now, &doomed)) != NULL) {
             queue_leave(h, &w);
             pthread_mutex_unlock(&h->mu);
@@ -953,10 +966,11 @@ static int borrow_locked(pgg_host *h, int64_t deadline_ns, int64_t now,
             now = pgg__now_ns();
             if (w.ticket && !queue_join(h, &w))
                 return borrow_exhausted(h, &w, doomed, now, why, err);
-            turn = my_turn(h, &w);
+            ahead = ahead_of(h, &w);
         }
-        /* Another thread's parked connection, rather than a new one. */
-        if (turn && now < deadline_ns && (l = unpark_any(h)) != NULL) {
+        /* Another thread's parked connection, rather than a new one (none
+         * is parked while anyone queues: queue_join). */
+        if (h->n_queued == 0 && now < deadline_ns && (l = unpark_any(h)) != NULL) {
             queue_leave(h, &w);
             if (lend_unparked(h, l, now, deadline_ns, &doomed, out)) {
                 borrow_done(&w);
@@ -971,9 +985,11 @@ static int borrow_locked(pgg_host *h, int64_t deadline_ns, int64_t now,
             *why = PGG_BORROW_REFUSED;
             return borrow_end(h, &w, doomed, refusal_error_locked(h, now, err));
         }
-        /* A connect under pool_max is the head's; an ask of a refusing
-         * server is every call's own ("Waiting in turn"). */
-        if (verdict != CONNECT_WAIT && (turn || h->refused)) {
+        /* A connect under pool_max is w's when those ahead have an idle
+         * connection or a connect each; an ask of a refusing server is
+         * every call's own ("Waiting in turn"). */
+        if (verdict != CONNECT_WAIT &&
+            (ahead < h->n_idle + room_locked(h) || h->refused)) {
             pgg_error cerr;
             bool hook_refused = false, cut = false;
             int64_t began;
@@ -992,7 +1008,7 @@ static int borrow_locked(pgg_host *h, int64_t deadline_ns, int64_t now,
             if (rc == PGG_OK)
                 connected_locked(h);
             else
-                wake_head(h); /* the slot is free again */
+                wake_entitled(h); /* the slot is free again */
             /* Full while ours work: wait for one of ours (no error). */
             if (rc != PGG_OK && refusal_locked(h, &cerr, began)) {
                 fresh_now = false;
@@ -1010,8 +1026,8 @@ static int borrow_locked(pgg_host *h, int64_t deadline_ns, int64_t now,
         }
         if (pgg__host_loop_give_back) {
             /* This thread's loop keeps connections idle: back to their
-             * pools (this one's wakes the head, which may be us: we look
-             * again under mu before any wait), then look again. */
+             * pools (this one's wakes the waiters it entitles, maybe us:
+             * we look again under mu before any wait), then look again. */
             pthread_mutex_unlock(&h->mu);
             pgg__host_loop_give_back();
             pthread_mutex_lock(&h->mu);
@@ -1019,7 +1035,8 @@ static int borrow_locked(pgg_host *h, int64_t deadline_ns, int64_t now,
             continue;
         }
         if (!w.queued) {
-            /* In line, then a last look: what was parked is idle now. */
+            /* In line, then a last look: what was parked is idle now, and
+             * ahead_of counts w's place. */
             if (!queue_join(h, &w))
                 return borrow_exhausted(h, &w, doomed, now, why, err);
             fresh_now = true;
@@ -1140,7 +1157,7 @@ int pgg__host_connected(pgg_host *h, PGconn *conn, int64_t born_ns,
     if (l)
         connected_locked(h);
     else
-        wake_head(h);
+        wake_entitled(h);
     pthread_mutex_unlock(&h->mu);
     if (!l) {
         PQfinish(conn);
@@ -1160,7 +1177,7 @@ bool pgg__host_connect_failed(pgg_host *h, const pgg_error *err,
     pthread_mutex_lock(&h->mu);
     h->n_connecting--;
     wait = refusal_locked(h, err, asked_ns);
-    wake_head(h); /* the slot is free again */
+    wake_entitled(h); /* the slot is free again */
     pthread_mutex_unlock(&h->mu);
     return wait;
 }
@@ -1177,8 +1194,8 @@ static void release_slot(pgg_host *h, pgg_link *keep)
         h->n_idle++;
         keep = NULL;
     }
-    /* The oldest waiter takes it ("Waiting in turn"). */
-    wake_head(h);
+    /* The waiter it entitles takes it ("Waiting in turn"). */
+    wake_entitled(h);
     pthread_mutex_unlock(&h->mu);
     if (keep) {
         PQfinish(keep->conn);
@@ -1252,7 +1269,7 @@ bool pgg__host_adopt(pgg_host *h, PGconn *conn, int64_t now_ns,
     }
     if (!counted)
         atomic_fetch_add(&h->connects, 1);
-    wake_head(h);
+    wake_entitled(h);
     pthread_mutex_unlock(&h->mu);
     return true;
 }
@@ -1432,7 +1449,7 @@ int pgg__host_warm(pgg_host *h, int64_t deadline_ns)
             l = NULL;
             opened++;
         }
-        wake_head(h);
+        wake_entitled(h);
         pthread_mutex_unlock(&h->mu);
         if (l) {
             PQfinish(l->conn);
@@ -1529,7 +1546,7 @@ void pgg__host_spares(pgg_host *h, int delta)
     /* One fewer to wait for: a waiter may connect itself now (an adopted
      * one has signalled already). */
     if (delta < 0)
-        wake_head(h);
+        wake_entitled(h);
     pthread_mutex_unlock(&h->mu);
 }
 

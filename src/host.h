@@ -114,10 +114,11 @@ typedef struct pgg_host {
 
     pthread_mutex_t mu;
     /* Blocking borrowers waiting for a connection, oldest first (host.c,
-     * "Waiting in turn"; under mu): only the oldest takes what comes back,
-     * each woken on its own condition variable.  wait_tickets: the last
-     * place given out. */
+     * "Waiting in turn"; under mu): they take in that order, each woken on
+     * its own condition variable.  n_queued: how many; wait_tickets: the
+     * last place given out. */
     struct pgg_host_waiter *wait_head, *wait_tail;
+    int n_queued;
     uint64_t wait_tickets;
     pthread_cond_t back_cv; /* `starting` ended (pgg__host_await_back) */
     /* The host's server is starting: its port refused connections, then
