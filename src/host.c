@@ -885,8 +885,9 @@ int pgg__host_borrow_slow(pgg_host *h, int64_t deadline_ns, int64_t *nowp,
     return rc;
 }
 
-/* borrow_locked's end, mu held: w out of the queue (waking the next when
- * it was the head), mu released, the doomed closed, w's cv destroyed. */
+/* borrow_locked's end, mu held: w out of the queue (waking the waiter
+ * that moves up into what w was entitled to), mu released, the doomed
+ * closed, w's cv destroyed. */
 static int borrow_end(pgg_host *h, pgg_host_waiter *w, pgg_link *doomed, int rc)
 {
     queue_leave(h, w);
