@@ -805,6 +805,71 @@ Test(pool, a_waiting_borrower_is_served_before_newcomers)
     cr_expect_eq(pgh_leak_check(), 0, "memory leaked (report above)");
 }
 
+typedef struct leaving_waiter {
+    pgg_pool *p;
+    int timeout_ms;
+    pgg_cancel *cancel; /* may be NULL */
+    int code;           /* how its call ended */
+} leaving_waiter;
+
+static void *leaving_waiter_main(void *arg)
+{
+    leaving_waiter *w = arg;
+    pgg_call call = {.timeout_ms = w->timeout_ms, .cancel = w->cancel};
+    pgg_error e;
+    PGresult *r = pgg_exec(w->p, PGG_WRITE, "SELECT 1", &call, NULL, &e);
+
+    w->code = r ? PGG_OK : e.code;
+    PQclear(r);
+    return NULL;
+}
+
+/*
+ * A waiter that gives up leaves the queue ("Waiting in turn"): pool_max=1,
+ * a lease holds the connection, three calls wait for it in this order: one
+ * the test cancels, one whose 200 ms deadline runs out, one with a long
+ * deadline.  Once the first two have ended, the lease goes back: the third
+ * is now first in line and must be served.  A waiter left in the queue
+ * when it ended would count ahead of it for good: the third would wait out
+ * its deadline.
+ */
+Test(pool, a_waiter_that_gives_up_leaves_its_place_to_the_next)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, "pool_max=1 pool_min_idle=0 breaker.mode=disabled "
+                              "health_interval_ms=60000");
+    pgg_cancel *cancel = pgg_cancel_new();
+    leaving_waiter w[3] = {{.p = p, .timeout_ms = 30000, .cancel = cancel},
+                           {.p = p, .timeout_ms = 200},
+                           {.p = p, .timeout_ms = 10000}};
+    pthread_t t[3];
+    pgg_error e;
+    pgg_lease *lease = pgg_acquire(p, PGG_WRITE, 3000, NULL, &e);
+    double end = pgh_now_ms() + 10000;
+
+    cr_assert_not_null(cancel);
+    cr_assert_not_null(lease, "acquire: %s", e.message);
+    for (int i = 0; i < 3; i++) {
+        cr_assert_eq(pthread_create(&t[i], NULL, leaving_waiter_main, &w[i]), 0);
+        while (host_waiting(p) < i + 1 && pgh_now_ms() < end)
+            sleep_ms(1);
+        cr_assert_eq(host_waiting(p), i + 1, "call %d never waited", i);
+    }
+    pgg_cancel_fire(cancel);
+    pthread_join(t[0], NULL);
+    pthread_join(t[1], NULL);
+    cr_expect_eq(w[0].code, PGG_ECANCELED, "the cancelled call: %s", pgg_err_name(w[0].code));
+    cr_expect_eq(w[1].code, PGG_ETIMEDOUT, "the short call: %s", pgg_err_name(w[1].code));
+    pgg_release(lease);
+    pthread_join(t[2], NULL);
+    cr_expect_eq(w[2].code, PGG_OK, "the last waiter: %s", pgg_err_name(w[2].code));
+    pthread_mutex_lock(&p->hosts[0].mu);
+    cr_expect_eq(p->hosts[0].n_queued, 0, "%d still queued", p->hosts[0].n_queued);
+    pthread_mutex_unlock(&p->hosts[0].mu);
+    pgg_cancel_free(cancel);
+    end_test(p, c);
+}
+
 /* ----------------------------------------------------- cancel and events */
 
 Test(pool, a_query_past_its_deadline_is_cancelled_on_the_server)
