@@ -16,6 +16,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "adapter_check.h"
 #include "async.h"
 #include "health.h"
 #include "link_util.h"
@@ -2875,6 +2876,90 @@ Test(async, a_stream_of_chained_calls_lets_another_loops_parked_call_have_its_tu
     cr_assert_eq(ch.failed, 0, "a chained call failed: %s", ch.message);
     cr_expect_gt(ch.done, 1, "no stream of calls");
     loop_guard_check("a stream of chained calls and another loop's parked call");
+    pgg_async_free(ac);
+    event_base_free(base);
+    end_test(p, c);
+}
+
+/* Advisory locks held by sessions, waited for by others, on the server
+ * (as text): the test's own session asks it. */
+static int advisory_waiters(PGconn *conn)
+{
+    PGresult *r = PQexec(conn, "SELECT count(*) FROM pg_locks "
+                               "WHERE locktype = 'advisory' AND NOT granted");
+    int n = PQresultStatus(r) == PGRES_TUPLES_OK ? atoi(PQgetvalue(r, 0, 0)) : -1;
+
+    PQclear(r);
+    return n;
+}
+
+/*
+ * The loop's hand-off rule's second half (e021165): a connection this
+ * context gives back goes at once to its own oldest call parked on the
+ * host when that call has waited a look (PARK_POLL_NS, 1 ms) already, even
+ * while borrowers outside the context wait too (else a host whose
+ * connections all have loops' calls waiting would stand idle up to a look
+ * per hand-off).  pool_max=1: the first call holds the one connection in a
+ * statement that waits for an advisory lock the test's session holds, the
+ * second parks behind it; a borrower outside the context is counted as
+ * waiting (pgg__host_want, as another loop's parked call counts itself),
+ * and none takes anything.  The parked call has waited 2 ms when the test
+ * lets the first statement end; the loop runs that answer with the
+ * context's timer held, so no look of the parked call's comes in the same
+ * turn: once the first call completes, the second must have the
+ * connection, not leave it idle for a later look.
+ */
+Test(async, a_give_back_goes_to_the_contexts_own_call_parked_a_look_ago)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, "pool_max=1 pool_min_idle=0 breaker.mode=disabled");
+    pgg_host *h = &p->hosts[0];
+    struct event_base *base = event_base_new();
+    static adapter_check chk;
+    pgg_error e;
+    pgg_async *ac = pgg_async_new(p, &e);
+    PGconn *holder = PQconnectdb(pgh_node_conninfo(pgh_cluster_primary(c)));
+    PGresult *r;
+    outcome first, second;
+    double end;
+
+    cr_assert_not_null(ac, "%s", e.message);
+    cr_assert_eq(adapter_check_attach(&chk, ac, base), PGG_OK);
+    cr_assert_eq(PQstatus(holder), CONNECTION_OK, "%s", PQerrorMessage(holder));
+    r = PQexec(holder, "SELECT pg_advisory_lock(4242)");
+    cr_assert_eq(PQresultStatus(r), PGRES_TUPLES_OK, "%s", PQerrorMessage(holder));
+    PQclear(r);
+    start_call(ac, PGG_WRITE, "SELECT pg_advisory_xact_lock(4242)", 20000, 0, &first);
+    end = pgh_now_ms() + 10000;
+    while (advisory_waiters(holder) < 1 && first.done == 0 && pgh_now_ms() < end)
+        loop_once(base, EVLOOP_NONBLOCK);
+    cr_assert_eq(first.done, 0, "the first call ended: %s", first.message);
+    cr_assert_eq(advisory_waiters(holder), 1, "the first call never waited for the lock");
+    start_call(ac, PGG_WRITE, "SELECT 2", 20000, 0, &second);
+    while (pgg__async_parked(ac) == 0 && second.done == 0 && pgh_now_ms() < end)
+        loop_once(base, EVLOOP_NONBLOCK);
+    cr_assert_eq(pgg__async_parked(ac), 1, "the second call never parked");
+    /* Someone outside the context waits for the host too. */
+    pgg__host_want(h, 1);
+    adapter_check_hold_timer(&chk, ac);
+    sleep_ms(2); /* the parked call has waited a look */
+    r = PQexec(holder, "SELECT pg_advisory_unlock(4242)");
+    cr_assert_eq(PQresultStatus(r), PGRES_TUPLES_OK, "%s", PQerrorMessage(holder));
+    PQclear(r);
+    while (first.done == 0)
+        loop_once(base, EVLOOP_ONCE); /* the first call's socket alone */
+    cr_expect_eq(first.code, PGG_OK, "the first call: %s", first.message);
+    cr_expect_eq(pgg__async_parked(ac), 0,
+                 "the connection given back went idle, not to the call parked a look ago");
+    cr_expect_eq(pgg__host_busy(h), 1, "the connection is not lent to the parked call");
+    pgg__host_want(h, -1);
+    adapter_check_release_timer(&chk, ac);
+    run_until(base, &second, 1, 10000);
+    cr_expect_eq(second.code, PGG_OK, "the parked call: %s", second.message);
+    cr_expect_str_eq(second.value, "2");
+    cr_expect_eq(chk.bad, 0, "%s", chk.first);
+    loop_guard_check("a give-back to the context's own parked call");
+    PQfinish(holder);
     pgg_async_free(ac);
     event_base_free(base);
     end_test(p, c);
