@@ -2089,6 +2089,30 @@ Test(recovery, a_failed_write_s_ended_session_is_replaced_before_its_caller_retu
     end_test(p, c);
 }
 
+/*
+ * The replica behind px (host 1) made to come back as a starting server:
+ * refused until its breaker opened (its pooled sessions reset, new
+ * connects refused), a probe or two refused by nobody listening, then px
+ * in mode (delay_ms) until the host is seen starting.
+ */
+static void open_until_starting(pgg_pool *p, pgh_proxy *px, pgh_proxy_mode mode, int delay_ms)
+{
+    pgh_proxy_set_mode(px, PGH_PROXY_REFUSE, 0);
+    pgh_proxy_set_mode(px, PGH_PROXY_RESET, 0); /* the pooled sessions too */
+    pgh_proxy_set_mode(px, PGH_PROXY_REFUSE, 0);
+    for (int i = 0; i < 50 && host_stats(p, 1).state != PGG_BREAKER_OPEN; i++) {
+        pgg_call call = {.timeout_ms = 1000};
+        PQclear(pgg_exec(p, PGG_READ, "SELECT 1", &call, NULL, NULL));
+        sleep_ms(5);
+    }
+    cr_assert_eq(host_stats(p, 1).state, PGG_BREAKER_OPEN);
+    sleep_ms(50); /* a probe or two refused by nobody listening */
+    pgh_proxy_set_mode(px, mode, delay_ms);
+    for (int i = 0; i < 1000 && !atomic_load(&p->hosts[1].starting); i++)
+        sleep_ms(5);
+    cr_assert(atomic_load(&p->hosts[1].starting), "the host was never seen starting");
+}
+
 typedef struct back_wait {
     pgg_host *h;
     atomic_bool done;
@@ -2127,20 +2151,7 @@ Test(recovery, reads_that_waited_for_a_starting_host_let_the_writes_go_first)
     back_wait b = {.h = h};
     pthread_t t;
 
-    pgh_proxy_set_mode(px, PGH_PROXY_REFUSE, 0);
-    pgh_proxy_set_mode(px, PGH_PROXY_RESET, 0);
-    pgh_proxy_set_mode(px, PGH_PROXY_REFUSE, 0);
-    for (int i = 0; i < 50 && host_stats(p, 1).state != PGG_BREAKER_OPEN; i++) {
-        pgg_call call = {.timeout_ms = 1000};
-        PQclear(pgg_exec(p, PGG_READ, "SELECT 1", &call, NULL, NULL));
-        sleep_ms(5);
-    }
-    cr_assert_eq(host_stats(p, 1).state, PGG_BREAKER_OPEN);
-    sleep_ms(50); /* a probe or two refused by nobody listening */
-    pgh_proxy_set_mode(px, PGH_PROXY_DELAY, 400);
-    for (int i = 0; i < 1000 && !atomic_load(&h->starting); i++)
-        sleep_ms(5);
-    cr_assert(atomic_load(&h->starting), "the host was never seen starting");
+    open_until_starting(p, px, PGH_PROXY_DELAY, 400);
 
     pthread_mutex_lock(&h->mu);
     h->n_back_writes++; /* a write waiting with the read */
@@ -2214,20 +2225,7 @@ Test(recovery, a_call_waiting_for_a_starting_server_outlasts_its_starting_up_ans
     pthread_t t;
     bool heard = false;
 
-    pgh_proxy_set_mode(px, PGH_PROXY_REFUSE, 0);
-    pgh_proxy_set_mode(px, PGH_PROXY_RESET, 0); /* the pooled sessions too */
-    pgh_proxy_set_mode(px, PGH_PROXY_REFUSE, 0);
-    for (int i = 0; i < 50 && host_stats(p, 1).state != PGG_BREAKER_OPEN; i++) {
-        pgg_call call = {.timeout_ms = 1000};
-        PQclear(pgg_exec(p, PGG_READ, "SELECT 1", &call, NULL, NULL));
-        sleep_ms(5);
-    }
-    cr_assert_eq(host_stats(p, 1).state, PGG_BREAKER_OPEN);
-    sleep_ms(50); /* a probe or two refused by nobody listening */
-    pgh_proxy_set_mode(px, PGH_PROXY_STARTING, 150);
-    for (int i = 0; i < 1000 && !atomic_load(&h->starting); i++)
-        sleep_ms(5);
-    cr_assert(atomic_load(&h->starting), "the host was never seen starting");
+    open_until_starting(p, px, PGH_PROXY_STARTING, 150);
 
     cr_assert_eq(pthread_create(&t, NULL, read_in_thread, &r), 0);
     for (int i = 0; i < 1000 && atomic_load(&h->n_back_waiting) == 0 && !atomic_load(&r.done);
@@ -2276,20 +2274,7 @@ Test(recovery, a_server_starting_up_longer_than_a_probe_bound_is_not_waited_for)
     pgg_host *h = &p->hosts[1];
     int seen = 0;
 
-    pgh_proxy_set_mode(px, PGH_PROXY_REFUSE, 0);
-    pgh_proxy_set_mode(px, PGH_PROXY_RESET, 0); /* the pooled sessions too */
-    pgh_proxy_set_mode(px, PGH_PROXY_REFUSE, 0);
-    for (int i = 0; i < 50 && host_stats(p, 1).state != PGG_BREAKER_OPEN; i++) {
-        pgg_call call = {.timeout_ms = 1000};
-        PQclear(pgg_exec(p, PGG_READ, "SELECT 1", &call, NULL, NULL));
-        sleep_ms(5);
-    }
-    cr_assert_eq(host_stats(p, 1).state, PGG_BREAKER_OPEN);
-    sleep_ms(50); /* a probe or two refused by nobody listening */
-    pgh_proxy_set_mode(px, PGH_PROXY_STARTING, 100);
-    for (int i = 0; i < 1000 && !atomic_load(&h->starting); i++)
-        sleep_ms(5);
-    cr_assert(atomic_load(&h->starting), "the host was never seen starting");
+    open_until_starting(p, px, PGH_PROXY_STARTING, 100);
     for (int i = 0; i < 2000 && atomic_load(&h->starting); i++)
         sleep_ms(5);
     cr_assert(!atomic_load(&h->starting), "the host stayed starting");
