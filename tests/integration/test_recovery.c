@@ -2295,6 +2295,91 @@ Test(recovery, a_server_starting_up_longer_than_a_probe_bound_is_not_waited_for)
     pgh_cluster_free(c);
 }
 
+/* Host i's breaker's openings in its current streak (white box). */
+static uint32_t reopens_of(pgg_pool *p, int i)
+{
+    pgg_breaker_stats s;
+
+    pgg__breaker_stats(&p->hosts[i].breaker, pgg__now_ns(), &s);
+    return s.reopens;
+}
+
+/* The first way host 1's breaker left OPEN (pgg_pool_on_event). */
+typedef struct left_open {
+    pthread_mutex_t mu;
+    int to;
+    char reason[32];
+} left_open;
+
+static void note_left_open(const pgg_event *ev, void *ud)
+{
+    left_open *l = ud;
+
+    pthread_mutex_lock(&l->mu);
+    if (ev->type == PGG_EVENT_BREAKER && ev->host_index == 1 && ev->from == PGG_BREAKER_OPEN &&
+        l->to < 0) {
+        l->to = ev->to;
+        snprintf(l->reason, sizeof l->reason, "%s", ev->reason ? ev->reason : "");
+    }
+    pthread_mutex_unlock(&l->mu);
+}
+
+/*
+ * A server down for longer than its breaker's open time (here 100 ms): the
+ * open time runs out, the trial (a probe refused by nobody listening)
+ * fails, the breaker opens again, maybe several times.  Still one outage:
+ * when the server takes a session again its breaker closes at once
+ * (host-back), as after a short one.  Before, the reopenings counted as a
+ * host that failed again after coming back, and its return only put it on
+ * trial (half-open, host-answered): calls were refused with PGG_EOPEN until
+ * trial probes passed (the fault bench's restart-all, when the stop took
+ * longer than open_ms under load).
+ */
+Test(recovery, a_server_down_longer_than_the_open_time_closes_its_breaker_when_back)
+{
+    pgh_cluster *c = cluster_or_die(1);
+    pgh_require_local(c, "a proxy between pgguard and a local replica");
+    pgh_proxy *px;
+    pgg_pool *p = pool_via_proxy(c, &px, "breaker.open_ms=100 breaker.open_max_ms=100 "
+                                         "read_policy=replica_only");
+    left_open l = {.mu = PTHREAD_MUTEX_INITIALIZER, .to = -1};
+    int left = -1;
+
+    pgh_proxy_set_mode(px, PGH_PROXY_REFUSE, 0);
+    pgh_proxy_set_mode(px, PGH_PROXY_RESET, 0); /* the pooled sessions too */
+    pgh_proxy_set_mode(px, PGH_PROXY_REFUSE, 0);
+    for (int i = 0; i < 50 && host_stats(p, 1).state != PGG_BREAKER_OPEN; i++) {
+        pgg_call call = {.timeout_ms = 1000};
+        PQclear(pgg_exec(p, PGG_READ, "SELECT 1", &call, NULL, NULL));
+        sleep_ms(5);
+    }
+    cr_assert_eq(host_stats(p, 1).state, PGG_BREAKER_OPEN);
+    /* Open times run out and their trials fail while nobody listens. */
+    for (int i = 0; i < 400 && reopens_of(p, 1) < 3; i++)
+        sleep_ms(5);
+    cr_assert_geq(reopens_of(p, 1), 3, "the breaker did not reopen");
+    for (int i = 0; i < 400 && host_stats(p, 1).state != PGG_BREAKER_OPEN; i++)
+        sleep_ms(1);
+    cr_assert_eq(host_stats(p, 1).state, PGG_BREAKER_OPEN);
+    pgg_pool_on_event(p, note_left_open, &l);
+    pgh_proxy_set_mode(px, PGH_PROXY_PASS, 0); /* the server is back */
+    for (int i = 0; i < 1000 && left < 0; i++) {
+        pthread_mutex_lock(&l.mu);
+        left = l.to;
+        pthread_mutex_unlock(&l.mu);
+        if (left < 0)
+            sleep_ms(5);
+    }
+    pgg_pool_on_event(p, NULL, NULL);
+    cr_assert_geq(left, 0, "the breaker never left OPEN");
+    cr_expect_eq(left, PGG_BREAKER_CLOSED,
+                 "the breaker of a server back from a long outage went %s (%s), not closed",
+                 pgg_breaker_state_name((pgg_breaker_state)left), l.reason);
+    end_test(p, NULL);
+    pgh_proxy_free(px);
+    pgh_cluster_free(c);
+}
+
 /* ------------------------------------------- a call that waited for a slot */
 
 /*
