@@ -269,6 +269,9 @@ struct pgg_async {
      * (kept_check; from there on at least those in flight plus those
      * kept): no more are kept than that. */
     int peak;
+    /* unpark gave the last connection it gave back while outsiders waited
+     * at once to its own parked call: the next goes idle. */
+    bool gave_own;
     /* While it keeps any (kept_on): in the list of such contexts
      * (kept_all, under kept_mu: kept_on and the links too); kept_thread:
      * its loop's thread's number (this_thread). */
@@ -2298,13 +2301,14 @@ static void settle(pgg_async_call *k)
 /* A connection to h came back: the oldest call parked on h (the list's
  * tail: calls are added at the head) looks again, unless borrowers other
  * than this context's wait for h too (a blocking one, another loop's
- * parked call) and that call parked less than a look (PARK_POLL_NS) ago:
- * then what came back is theirs as much as ours, and it goes idle for
- * whichever look comes first, theirs or ours.  Taken at once every time,
- * a loop that gives back and parks a call it starts right then would keep
- * it from them until their deadlines; left idle every time, a host whose
- * connections all have loops' calls waiting would stand idle up to a look
- * per hand-off. */
+ * parked call) and that call parked less than a look (PARK_POLL_NS) ago,
+ * or the last such give-back went to our own call: then what came back is
+ * theirs as much as ours, and it goes idle for their next look, ours
+ * coming a look later.  Taken at once every time, a loop that gives back
+ * and parks a call it starts right then, or always has one parked a while
+ * (two in flight), would keep it from them until their deadlines; left
+ * idle every time, a host whose connections all have loops' calls waiting
+ * would stand idle up to a look per hand-off. */
 static void unpark(pgg_async *ac, const pgg_host *h)
 {
     pgg_async_call *k = NULL;
@@ -2317,9 +2321,27 @@ static void unpark(pgg_async *ac, const pgg_host *h)
             k = i;
             mine++;
         }
-    if (!k || (pgg__host_awaited_beyond(h, mine) &&
-               pgg__now_ns() - k->parked_at < PARK_POLL_NS))
+    if (!k)
         return;
+    if (pgg__host_awaited_beyond(h, mine)) {
+        int64_t now = pgg__now_ns();
+
+        /* Outsiders wait: at once to our own call only if it has waited a
+         * look, and not twice in a row; otherwise it goes idle, and our
+         * parked calls look a whole look from now, after the outsiders'
+         * next look.  Else a context that always has a call parked that
+         * long (two calls in flight, statements over a look) took every
+         * give-back, or its looks came first, and the outsider waited out
+         * its deadline. */
+        if (ac->gave_own || now - k->parked_at < PARK_POLL_NS) {
+            ac->gave_own = false;
+            for (pgg_async_call *i = ac->head; i; i = i->next)
+                if (i->state == ST_PARKED && i->h == h)
+                    look_again(i, now);
+            return;
+        }
+        ac->gave_own = true;
+    }
     borrow(k);
     settle(k);
 }

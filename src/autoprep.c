@@ -8,47 +8,8 @@
 #include "error.h"
 #include "link.h"
 
-/*
- * Two LRU lists share one table of entries: SQL seen but not prepared yet
- * (`tracked`, at most capacity of them), and SQL prepared on the server
- * (`prepared`, at most capacity).  New SQL only ever pushes out tracked
- * entries, which costs nothing; a stream of one-off statements therefore
- * never makes a prepared one go.  Only a promotion (the after-th use) can
- * push out a prepared statement, which is then deallocated.
- */
-typedef struct entry {
-    uint64_t hash;
-    char *sql;
-    Oid *types;     /* nparams of them, when given */
-    bool has_types; /* types given (for none, "", the extended protocol) */
-    int nparams;
-    unsigned uses;
-    char name[24]; /* pgg_auto_<n>, made once: snprintf costs a call's worth */
-    bool prepared;
-    int prev, next; /* in its list, most recent first; -1 ends */
-    int chain;      /* next in its hash bucket, or in the free list */
-} entry;
-
-typedef struct lru {
-    int head, tail, n;
-} lru;
-
-struct pgg_autoprep {
-    int cap;
-    entry *e;     /* 2 * cap */
-    int *bucket;  /* mask + 1 heads, -1 empty */
-    unsigned mask;
-    int free_head;
-    lru tracked, prepared;
-    unsigned next_id;
-    /* Off for good on this connection: its statements come and go
-     * behind our back (a pooler in transaction mode, see autoprep.h). */
-    bool off;
-    int gone; /* times a statement of ours was found missing */
-    int pending; /* the entry a PREPARE step is about, -1 none */
-    int last;    /* the entry of the last RUN or PREPARE step, -1 none */
-    char evict[24];
-};
+typedef pgg_autoprep_entry entry;
+typedef pgg_autoprep_lru lru;
 
 /*
  * The SQL is hashed on every call, so only its length, its first and its
@@ -192,21 +153,10 @@ static void entry_remove(pgg_autoprep *ap, int i)
     ap->free_head = i;
 }
 
-/* The same SQL text and parameter types (the hash, when known, first). */
-static bool same_text(const entry *e, const char *sql, int nparams, const Oid *types)
-{
-    if (e->nparams != nparams || e->has_types != (types != NULL))
-        return false;
-    if (types && nparams > 0 &&
-        memcmp(e->types, types, (size_t)nparams * sizeof *types) != 0)
-        return false;
-    return strcmp(e->sql, sql) == 0;
-}
-
-static bool same_query(const entry *e, uint64_t hash, const char *sql, int nparams,
+static bool same_query(const pgg_autoprep_entry *e, uint64_t hash, const char *sql, int nparams,
                        const Oid *types)
 {
-    return e->hash == hash && same_text(e, sql, nparams, types);
+    return e->hash == hash && pgg__autoprep_same_text(e, sql, nparams, types);
 }
 
 /* A new tracked entry for q, or -1 (no memory). */
@@ -240,21 +190,6 @@ static int entry_add(pgg_autoprep *ap, uint64_t hash, const pgg_query *q, size_t
     ap->bucket[hash & ap->mask] = i;
     lru_push(ap, &ap->tracked, i);
     return i;
-}
-
-const char *pgg__autoprep_again(pgg_autoprep *ap, const pgg_query *q)
-{
-    int i = ap->prepared.head;
-
-    /* The prepared statement run last, run again (the common caller repeats
-     * one): told by its text alone, without measuring and hashing it, and
-     * already first in its list. */
-    if (ap->off || i < 0 || !q->sql ||
-        !same_text(&ap->e[i], q->sql, q->nparams, q->types))
-        return NULL;
-    ap->pending = -1;
-    ap->last = i;
-    return ap->e[i].name;
 }
 
 pgg_autoprep_step pgg__autoprep_lookup(pgg_autoprep *ap, const pgg_query *q,

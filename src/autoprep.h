@@ -38,6 +38,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <string.h>
 
 #include <libpq-fe.h>
 
@@ -77,11 +78,83 @@ pgg_autoprep_step pgg__autoprep_lookup(pgg_autoprep *ap, const struct pgg_query 
                                        int after, const char **name,
                                        const char **evict);
 
+/*
+ * The cache's layout, here so that the check of every call (below,
+ * pgg__autoprep_again) is inline in the attempt; only autoprep.c changes
+ * it.
+ *
+ * Two LRU lists share one table of entries: SQL seen but not prepared yet
+ * (`tracked`, at most capacity of them), and SQL prepared on the server
+ * (`prepared`, at most capacity).  New SQL only ever pushes out tracked
+ * entries, which costs nothing; a stream of one-off statements therefore
+ * never makes a prepared one go.  Only a promotion (the after-th use) can
+ * push out a prepared statement, which is then deallocated.
+ */
+typedef struct pgg_autoprep_entry {
+    uint64_t hash;
+    char *sql;
+    Oid *types;     /* nparams of them, when given */
+    bool has_types; /* types given (for none, "", the extended protocol) */
+    int nparams;
+    unsigned uses;
+    char name[24]; /* pgg_auto_<n>, made once: snprintf costs a call's worth */
+    bool prepared;
+    int prev, next; /* in its list, most recent first; -1 ends */
+    int chain;      /* next in its hash bucket, or in the free list */
+} pgg_autoprep_entry;
+
+typedef struct pgg_autoprep_lru {
+    int head, tail, n;
+} pgg_autoprep_lru;
+
+struct pgg_autoprep {
+    int cap;
+    pgg_autoprep_entry *e; /* 2 * cap */
+    int *bucket;           /* mask + 1 heads, -1 empty */
+    unsigned mask;
+    int free_head;
+    pgg_autoprep_lru tracked, prepared;
+    unsigned next_id;
+    /* Off for good on this connection: its statements come and go
+     * behind our back (a pooler in transaction mode, see above). */
+    bool off;
+    int gone;    /* times a statement of ours was found missing */
+    int pending; /* the entry a PREPARE step is about, -1 none */
+    int last;    /* the entry of the last RUN or PREPARE step, -1 none */
+    char evict[24];
+};
+
+/* The same SQL text and parameter types as e's, compared whole. */
+static inline bool pgg__autoprep_same_text(const pgg_autoprep_entry *e,
+                                           const char *sql, int nparams,
+                                           const Oid *types)
+{
+    if (e->nparams != nparams || e->has_types != (types != NULL))
+        return false;
+    if (types && nparams > 0 &&
+        memcmp(e->types, types, (size_t)nparams * sizeof *types) != 0)
+        return false;
+    return strcmp(e->sql, sql) == 0;
+}
+
 /* For a call that qualifies (pgg__autoprep_wants): when q is the
  * prepared statement run last on this connection again (the same text and
  * parameter types), its name, and the use counted as pgg__autoprep_lookup's
- * RUN; else NULL, and nothing counted (ask pgg__autoprep_lookup). */
-const char *pgg__autoprep_again(pgg_autoprep *ap, const struct pgg_query *q);
+ * RUN; else NULL, and nothing counted (ask pgg__autoprep_lookup).  The
+ * common caller repeats one statement: it is told by its text alone,
+ * without measuring and hashing it, and is already first in its list. */
+static inline const char *pgg__autoprep_again(pgg_autoprep *ap,
+                                              const struct pgg_query *q)
+{
+    int i = ap->prepared.head;
+
+    if (ap->off || i < 0 || !q->sql ||
+        !pgg__autoprep_same_text(&ap->e[i], q->sql, q->nparams, q->types))
+        return NULL;
+    ap->pending = -1;
+    ap->last = i;
+    return ap->e[i].name;
+}
 
 /* The PREPARE step's outcome: ok, the statement exists under *name; not
  * ok, it does not (the entry goes back to counting uses).  The eviction

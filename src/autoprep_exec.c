@@ -66,11 +66,12 @@ static bool side_step(pgg_pool *pool, pgg_host *h, pgg_link *l, const pgg_query 
     return false;
 }
 
-const pgg_query *pgg__autoprep_begin(pgg_pool *pool, pgg_host *h, pgg_link *l,
-                                    const pgg_query *q, pgg_query *named,
-                                    int64_t deadline, int64_t *now,
-                                    bool *cached, PGresult **res,
-                                    pgg_attempt_end *end, pgg_error *err)
+const pgg_query *pgg__autoprep_begin_slow(pgg_pool *pool, pgg_host *h,
+                                         pgg_link *l, const pgg_query *q,
+                                         pgg_query *named, int64_t deadline,
+                                         int64_t *now, bool *cached,
+                                         PGresult **res, pgg_attempt_end *end,
+                                         pgg_error *err)
 {
     pgg_autoprep_step step;
     const char *name, *evict;
@@ -86,13 +87,7 @@ const pgg_query *pgg__autoprep_begin(pgg_pool *pool, pgg_host *h, pgg_link *l,
         l->autoprep = pgg__autoprep_new(pool->cfg->auto_prepare);
     if (!l->autoprep)
         return q;
-    /* The common case first: the statement run last, again. */
-    if ((name = pgg__autoprep_again(l->autoprep, q)) != NULL) {
-        *cached = true;
-        *named = *q;
-        named->stmt_name = name;
-        return named;
-    }
+    /* The statement run last, again, is lookup's first question too. */
     step = pgg__autoprep_lookup(l->autoprep, q, pool->cfg->auto_prepare_after, &name,
                                 &evict);
     if (evict) {

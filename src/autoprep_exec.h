@@ -10,6 +10,7 @@
 
 #include <libpq-fe.h>
 
+#include "autoprep.h"
 #include "classify.h"
 #include "pool_state.h"
 
@@ -31,11 +32,42 @@ struct pgg_link;
  * before any round trip of ours (as pgg__link_exec_mode's); updated, or 0,
  * after a round trip of ours.
  */
-const pgg_query *pgg__autoprep_begin(struct pgg_pool *pool, struct pgg_host *h,
-                                    struct pgg_link *l, const struct pgg_query *q,
-                                    struct pgg_query *named, int64_t deadline,
-                                    int64_t *now, bool *cached, PGresult **res,
-                                    pgg_attempt_end *end, pgg_error *err);
+const pgg_query *pgg__autoprep_begin_slow(struct pgg_pool *pool,
+                                         struct pgg_host *h,
+                                         struct pgg_link *l,
+                                         const struct pgg_query *q,
+                                         struct pgg_query *named,
+                                         int64_t deadline, int64_t *now,
+                                         bool *cached, PGresult **res,
+                                         pgg_attempt_end *end, pgg_error *err);
+/* The common case inline (the statement run last on an idle session, run
+ * again: no round trip of ours); the rest in pgg__autoprep_begin_slow.
+ * one_shot: l was just taken for a one-shot call, so its session is idle
+ * outside a transaction block (a pooled session is lent only so,
+ * pgg__link_reusable at its give-back, and a new one too, whose on_connect
+ * hook may not leave a transaction open: pgg__host_hook_usable), and
+ * libpq need not be asked; a lease's statement asks. */
+static inline const pgg_query *
+pgg__autoprep_begin(struct pgg_pool *pool, struct pgg_host *h,
+                    struct pgg_link *l, const struct pgg_query *q,
+                    struct pgg_query *named, int64_t deadline, int64_t *now,
+                    bool one_shot, bool *cached, PGresult **res,
+                    pgg_attempt_end *end, pgg_error *err)
+{
+    const char *name;
+
+    /* In a transaction block the slow half runs the call as it is. */
+    if (l->autoprep &&
+        (one_shot || PQtransactionStatus(l->conn) == PQTRANS_IDLE) &&
+        (name = pgg__autoprep_again(l->autoprep, q)) != NULL) {
+        *cached = true;
+        *named = *q;
+        named->stmt_name = name;
+        return named;
+    }
+    return pgg__autoprep_begin_slow(pool, h, l, q, named, deadline, now,
+                                    cached, res, end, err);
+}
 
 /*
  * The second half, only when a run by name the cache said (*cached) came

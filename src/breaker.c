@@ -426,17 +426,23 @@ static double next_unit(pgg_breaker *b)
     return (double)(z >> 11) * 0x1.0p-53;
 }
 
-/* Openings still held against the host after its time closed. */
-static uint32_t decayed_reopens(const pgg_breaker *b, int64_t now)
+/* Of n openings, those still held against the host after its time
+ * closed. */
+static uint32_t decayed(const pgg_breaker *b, uint32_t n, int64_t now)
 {
     int64_t steps;
 
-    if (b->reopens == 0 || b->decay_ns == 0)
+    if (n == 0 || b->decay_ns == 0)
         return 0;
     steps = (now - b->closed_since) / b->decay_ns;
     if (steps <= 0)
-        return b->reopens;
-    return steps >= (int64_t)b->reopens ? 0 : b->reopens - (uint32_t)steps;
+        return n;
+    return steps >= (int64_t)n ? 0 : n - (uint32_t)steps;
+}
+
+static uint32_t decayed_reopens(const pgg_breaker *b, int64_t now)
+{
+    return decayed(b, b->reopens, now);
 }
 
 static int64_t open_duration(pgg_breaker *b, uint32_t k)
@@ -504,6 +510,12 @@ static void enter_state(pgg_breaker *b, pgg_breaker_state to,
          */
         b->open_until = pgg__time_add(now, b->open_len + (b->cfg.open_strict ? 1 : 0));
         b->reopens = k == UINT32_MAX ? k : k + 1;
+        /* A failed trial is a relapse only if the host had come back. */
+        if (from != PGG_BREAKER_HALF_OPEN || b->answered) {
+            k = from == PGG_BREAKER_CLOSED ? decayed(b, b->relapses, now) : b->relapses;
+            b->relapses = k == UINT32_MAX ? k : k + 1;
+        }
+        b->answered = false;
         break;
     case PGG_BREAKER_CLOSED:
         b->closed_since = now;
@@ -1206,6 +1218,7 @@ void pgg__breaker_reset(pgg_breaker *b, int64_t now)
 {
     lock_and_fold(b, now);
     b->reopens = 0;
+    b->relapses = 0;
     enter_state(b, PGG_BREAKER_CLOSED, PGG_BREAKER_REASON_RESET, now);
     unlock_and_dispatch(b);
 }
@@ -1215,6 +1228,8 @@ bool pgg__breaker_host_answered(pgg_breaker *b, int64_t now)
     bool moved = false;
 
     lock_and_fold(b, now);
+    if (b->state == PGG_BREAKER_OPEN || b->state == PGG_BREAKER_HALF_OPEN)
+        b->answered = true;
     /* Neither preset's library has active health checks to end it early. */
     if (b->state == PGG_BREAKER_OPEN && b->cfg.preset == PGG_BREAKER_PRESET_NONE) {
         enter_state(b, PGG_BREAKER_HALF_OPEN, PGG_BREAKER_REASON_HOST_ANSWERED,
@@ -1230,9 +1245,11 @@ bool pgg__breaker_host_back(pgg_breaker *b, int64_t now)
     bool moved = false;
 
     pthread_mutex_lock(&b->mu);
+    if (b->state == PGG_BREAKER_OPEN || b->state == PGG_BREAKER_HALF_OPEN)
+        b->answered = true;
     if ((b->state == PGG_BREAKER_OPEN || b->state == PGG_BREAKER_HALF_OPEN) &&
         b->cfg.preset == PGG_BREAKER_PRESET_NONE && b->cfg.answer_closes &&
-        b->reopens <= 1) {
+        b->relapses <= 1) {
         enter_state(b, PGG_BREAKER_CLOSED, PGG_BREAKER_REASON_HOST_BACK, now);
         moved = true;
     }

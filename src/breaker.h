@@ -376,6 +376,11 @@ typedef struct pgg_breaker {
     int64_t closed_since;
     int64_t interval_end; /* closed, fixed interval: roll over after this */
     uint32_t reopens;
+    /* Openings of the streak after the host came back (decayed as reopens):
+     * from closed, or from half-open once the host answered since it
+     * opened (`answered`).  pgg__breaker_host_back closes only the first. */
+    uint32_t relapses;
+    bool answered;
     uint64_t requests;
     uint64_t rng;
 
@@ -553,10 +558,15 @@ bool pgg__breaker_host_answered(pgg_breaker *b, int64_t now);
 
 /*
  * An active health check opened a session on the host while the breaker is
- * open or half-open, and this is the first opening of the host's unhealthy
- * streak (reopens <= 1): the outage is over, close now, so that calls flow
- * at once (a stopped, hung or restarted server is back the moment it takes
- * a session).  A host that failed again after coming back (reopens >= 2)
+ * open or half-open, and the host has not failed again since it first came
+ * back in its unhealthy streak: the outage is over, close now, so that
+ * calls flow at once (a stopped, hung or restarted server is back the
+ * moment it takes a session).  An open time that ran out while the host
+ * was still down, and the half-open trial that failed then, are the same
+ * outage, not a return (a restart longer than open_ms: before, its first
+ * session only put the breaker on trial, and calls were refused meanwhile).
+ * A host that failed again after coming back (an opening from closed, or a
+ * failed trial once the host had answered a health check: `relapses`)
  * answers health checks but not calls: it is left to half-open trials
  * (pgg__breaker_host_answered), which reopen it on one bad call.  Only for
  * pgguard's own breaker (no preset: neither library ends its open time

@@ -50,6 +50,10 @@ typedef struct probe {
     bool refused_closed, refused_by_server;
     bool prev_refused; /* the probe before it was refused by nobody
                           listening or as starting up (57P03) */
+    /* Since when the host has been found starting (mark_starting; 0: it
+     * is not), kept across probes: a server that says it is starting up
+     * stays so for a probe bound at most (probe_end). */
+    int64_t starting_since;
     bool replaced; /* that session died and a new one was started */
     /* A call got no answer from the host (verify_take): this probe decides
      * whether the host answers anything (verifying), or the next one
@@ -539,6 +543,7 @@ static bool probe_start(pgg_health *hl, int i, int64_t now)
     p->replay_at = keep.replay_at;
     p->silent_since = keep.silent_since;
     p->answered_at = keep.answered_at;
+    p->starting_since = keep.starting_since;
     /* Refused by nobody listening, or by a server starting up (57P03;
      * also said while shutting down, which the next refusal shows). */
     p->prev_refused = keep.refused_closed ||
@@ -680,6 +685,36 @@ reached:
 }
 
 /*
+ * Starting, and still so.  A server starting up takes connections on its
+ * port before it takes sessions, and says so to each one meanwhile
+ * (57P03, "the database system is starting up"): a fast restart for tens
+ * of ms, longer under load.  A probe that hears it while the host is
+ * found starting (mark_starting) leaves it starting: the calls waiting for
+ * the server keep waiting, within their deadlines, and are served when it
+ * takes sessions; the next probe asks at once.  Before, that answer ended
+ * their wait and they failed with PGG_EOPEN just before the server was up
+ * (tests/bench/faults, restart-all: the waiting call of every thread, in
+ * most rounds).  For a probe bound at most since the host was found
+ * starting: a server that says it is starting up longer is in a long
+ * recovery, and calls are refused at once again until it answers
+ * otherwise (as a connect held past its bound means a stuck server,
+ * probe_hold).
+ */
+static bool starting_too_long(const pgg_health *hl, const probe *p, int64_t now)
+{
+    return p->starting_since && now - p->starting_since >= hl->probe_timeout;
+}
+
+static bool still_starting(const pgg_health *hl, int i, int64_t now)
+{
+    const probe *p = &hl->probes[i];
+
+    return p->refused_by_server && strcmp(p->err.sqlstate, "57P03") == 0 &&
+           atomic_load(&hl->pool->hosts[i].starting) &&
+           !starting_too_long(hl, p, now) && !atomic_load(&hl->stopping);
+}
+
+/*
  * Host i's probe reached its deadline while connecting.  When the host's
  * breaker is open (the host is marked: nothing more to learn from a
  * timeout) and its kernel accepted the connection (the startup packet
@@ -707,6 +742,7 @@ static bool probe_hold(pgg_health *hl, int i, int64_t now)
         return false; /* no answer from its kernel: the network; start over */
     p->deadline = now + hl->probe_timeout;
     p->prev_refused = false; /* waiting that long: stuck, not starting */
+    p->starting_since = 0;
     pgg__host_set_starting(&hl->pool->hosts[i], false);
     p->in_round = true;
     count_round(hl);
@@ -720,6 +756,7 @@ static void probe_end(pgg_health *hl, int i, int64_t now)
     pgg_host *h = &pool->hosts[i];
     probe *p = &hl->probes[i];
     bool ok = p->cls == PGG_CLASS_SUCCESS && p->role != PGG_ROLE_UNKNOWN;
+    bool starting;
     pgg_breaker_state st;
 
     /* The health session itself died (terminated, a restart since): that
@@ -738,9 +775,15 @@ static void probe_end(pgg_health *hl, int i, int64_t now)
             return;
     }
     record_ticket(hl, h, p, now);
-    /* Answered (the breaker closed or on trial) or not: waiting calls
-     * learn which. */
-    pgg__host_set_starting(h, false);
+    starting = still_starting(hl, i, now);
+    if (!starting) {
+        /* Answered (the breaker closed or on trial) or not: waiting calls
+         * learn which.  Said "starting up" past the bound: not again
+         * until the server answers otherwise. */
+        if (ok || !p->refused_by_server || strcmp(p->err.sqlstate, "57P03") != 0)
+            p->starting_since = 0;
+        pgg__host_set_starting(h, false);
+    }
     if (ok) {
         probe_answered(hl, i, now);
     } else {
@@ -768,6 +811,10 @@ static void probe_end(pgg_health *hl, int i, int64_t now)
         /* Faster while reads wait for a replica to replay their position. */
         p->next = p->started + pgg__vis_health_interval(pool->vis, hl->interval);
     }
+    /* Still starting: the waiting calls' server is asked again at once
+     * (its answer costs it a backend fork, as a call's would). */
+    if (starting && p->next > p->started + DEMAND_REFUSED_NS)
+        p->next = p->started + DEMAND_REFUSED_NS;
     if (p->next < now)
         p->next = now;
     p->in_round = true;
@@ -903,6 +950,11 @@ static void handed_failed(pgg_health *hl, int i, const spare *sp,
         pgg__link_error(&e, PGG_ECONNECT, sp->conn, NULL, h->name, "connect");
     v = pgg__classify_connect(&hl->pool->cfg->classifier,
                               e.sqlstate[0] ? e.sqlstate : NULL);
+    /* Refused at startup: the host answered (the silence rule), as
+     * pgg__pool_take_failed counts a caller's refused connect. */
+    if (v.cls == PGG_CLASS_IGNORED)
+        atomic_fetch_add_explicit(&h->ignored_answers, 1,
+                                  memory_order_relaxed);
     if (!pgg__host_failure(v.cls))
         return;
     atomic_fetch_add(&h->connect_failures, 1);
@@ -1011,13 +1063,16 @@ static void spares_replace(pgg_health *hl, int i, int64_t now)
  * bound (probe_hold) means a stuck server instead: calls are refused at
  * once again.
  */
-static void mark_starting(pgg_health *hl, int i)
+static void mark_starting(pgg_health *hl, int i, int64_t now)
 {
     probe *p = &hl->probes[i];
     pgg_host *h = &hl->pool->hosts[i];
 
     if (p->phase == PROBE_CONNECTING && p->prev_refused && queued(hl->conns[i]) &&
-        pgg__breaker_state(&h->breaker) == PGG_BREAKER_OPEN) {
+        pgg__breaker_state(&h->breaker) == PGG_BREAKER_OPEN &&
+        !starting_too_long(hl, p, now)) {
+        if (!p->starting_since)
+            p->starting_since = now;
         pgg__host_set_starting(h, true);
         /* Waiting for it is for a read no other host can serve: fresh
          * reads try the others first (call.c, suspects_last), until the
@@ -1080,6 +1135,7 @@ static void spare_step(pgg_health *hl, int i, int k)
      * server go now, to this session, not when the probe ends; fresh
      * reads no longer go elsewhere first. */
     if (pgg__breaker_state(&h->breaker) != PGG_BREAKER_OPEN) {
+        hl->probes[i].starting_since = 0;
         pgg__host_set_starting(h, false);
         atomic_store_explicit(&h->suspect_until_ns, 0, memory_order_relaxed);
     }
@@ -1204,7 +1260,7 @@ static void *health_main(void *arg)
         sweep(hl, now);
         for (int i = 0; i < pool->nhosts; i++) {
             refusals_count(hl, i, now);
-            mark_starting(hl, i);
+            mark_starting(hl, i, now);
             spares_tend(hl, i, now);
             spares_replace(hl, i, now);
             spares_expire(hl, i, now, &wait_until);

@@ -50,7 +50,6 @@ int pgg__host_init(pgg_host *h, int index, const char *name,
     if (rc != PGG_OK)
         return rc;
     pthread_mutex_init(&h->mu, NULL);
-    pgg__cond_init(&h->cv);
     pgg__cond_init(&h->back_cv);
     atomic_init(&h->starting, false);
     atomic_init(&h->n_back_waiting, 0);
@@ -96,7 +95,6 @@ void pgg__host_destroy(pgg_host *h)
         free(c);
     }
     pgg__breaker_destroy(&h->breaker);
-    pthread_cond_destroy(&h->cv);
     pthread_cond_destroy(&h->back_cv);
     pthread_mutex_destroy(&h->mu);
 }
@@ -348,12 +346,13 @@ static void release_slot(pgg_host *h, pgg_link *keep);
  *     it connects or waits (no count changes: busy it was, busy it is);
  *   - trim (the health thread, a dead session's siblings) and close move
  *     parked connections to the idle list (n_busy--, n_idle++) first.
- * Lost wake-ups: a borrower that is about to wait adds one to park_block
- * and then looks at every slot; a give-back parks and then reads
- * park_block (both sequentially consistent).  So either the borrower sees
- * the parked connection, or the give-back sees the borrower, takes its
- * connection back out of the slot (unless someone already took it) and
- * gives it back under mu, which wakes the borrower.  Close adds
+ * Lost wake-ups: a borrower that is about to wait joins the queue
+ * ("Waiting in turn"), adds one to park_block for as long as it queues,
+ * and then moves what is parked to the idle list; a give-back parks and
+ * then reads park_block (both sequentially consistent).  So either the
+ * borrower sees the parked connection, or the give-back sees the borrower,
+ * takes its connection back out of the slot (unless someone already took
+ * it) and gives it back under mu, which wakes the queue's head.  Close adds
  * PARK_CLOSED to park_block before it empties the slots, so nothing parks
  * in a closed host for good.  The halves on the path of every call, take
  * back and park, are inline in host.h.
@@ -398,9 +397,12 @@ static int parked_count(pgg_host *h)
     return n;
 }
 
-/* Under mu: every parked connection goes to the idle list. */
-static void unpark_all_locked(pgg_host *h)
+/* Under mu: every parked connection goes to the idle list; returns how
+ * many did. */
+static int unpark_all_locked(pgg_host *h)
 {
+    int n = 0;
+
     for (int i = 0; i < PGG_PARK_SLOTS; i++) {
         pgg_link *l;
 
@@ -413,7 +415,9 @@ static void unpark_all_locked(pgg_host *h)
         h->idle = l;
         h->n_idle++;
         h->n_busy--;
+        n++;
     }
+    return n;
 }
 
 int pgg__host_busy(pgg_host *h)
@@ -467,6 +471,148 @@ static pgg_link *take_idle_locked(pgg_host *h, int64_t now, pgg_link **doomed)
         return l;
     }
     return NULL;
+}
+
+/* ---------------------------------------------------- waiting in turn */
+
+/*
+ * Blocking borrowers that find nothing to take wait in a queue, oldest
+ * first, and take in its order: with n connections idle, the first n
+ * waiters take them; with room under pool_max for m more, the next m
+ * connect.  A borrower that comes while others queue counts them all
+ * ahead of it: it takes at once only what is left over for it (more idle
+ * than waiters), else it queues behind them, whatever is idle.  Before, a
+ * give-back went to the idle list and woke a waiter, and the thread that
+ * gave it back, running already, took it again on its next call ahead of
+ * the waiter, which woke to find nothing: under saturation (more threads
+ * than pool_max) a waiter could wait out its deadline while newcomers
+ * were served (the event loop has its own rule: async.c, unpark).
+ *
+ * Every connection stays on the idle list, not handed to a waiter: a
+ * waiter that leaves without taking (its deadline, its cancel, the pool
+ * closed) moves those behind it up, and the one that becomes entitled
+ * is woken (wake_entitled); nothing is lost or lent twice.  A waiter
+ * leaves the queue when it takes something (those behind it keep their
+ * entitlement: one fewer ahead, one fewer idle) and, if that fails (a dead
+ * session, a full server), comes back to its place (its ticket).  Each
+ * waiter sleeps on a condition variable of its own: a give-back wakes the
+ * one it entitles, not every waiter; by position, not only the head, so a
+ * head slow to be scheduled holds up one connection, not all of them.
+ * While anyone queues, park_block counts it and nothing parks: every
+ * give-back comes here, under mu.
+ *
+ * Asks of a refusing server ("Refused") are not queued: each call asks
+ * when no ask that started after it came is on its way, as before.  The
+ * loop's calls do not queue (pgg__host_try_borrow takes what is idle on
+ * their looks; their own rule makes a new loop call wait behind any
+ * waiter, pgg__host_awaited_beyond).  The uncontended path does not come
+ * here (parking), and a borrow that finds the queue empty takes at once
+ * as before.
+ */
+typedef struct pgg_host_waiter pgg_host_waiter;
+
+struct pgg_host_waiter {
+    pthread_cond_t cv;
+    uint64_t ticket; /* its place: 0 until it first queues */
+    struct pgg_host_waiter *prev, *next;
+    bool queued, cv_ready;
+};
+
+/* Under mu: connects pool_max still has room for. */
+static int room_locked(const pgg_host *h)
+{
+    int n = h->max - (h->n_busy + h->n_connecting + h->n_idle);
+
+    return n > 0 ? n : 0;
+}
+
+/* Under mu: the waiters ahead of w (every one, when w does not queue). */
+static int ahead_of(const pgg_host *h, const pgg_host_waiter *w)
+{
+    int n = 0;
+
+    if (!w->queued)
+        return h->n_queued;
+    for (const pgg_host_waiter *i = h->wait_head; i != w; i = i->next)
+        n++;
+    return n;
+}
+
+/* Under mu: wake the waiters entitled to what is there (the first n_idle
+ * take the idle connections, the next ones connect in the room left);
+ * those woken already and not yet running are signalled for nothing. */
+static void wake_entitled(pgg_host *h)
+{
+    int n = h->n_idle + room_locked(h);
+
+    for (pgg_host_waiter *w = h->wait_head; w && n > 0; w = w->next, n--)
+        pthread_cond_signal(&w->cv);
+}
+
+/* Under mu: every waiter looks again (the pool closed, a refusal). */
+static void wake_all(pgg_host *h)
+{
+    for (pgg_host_waiter *w = h->wait_head; w; w = w->next)
+        pthread_cond_signal(&w->cv);
+}
+
+/*
+ * Under mu: w joins the queue at its place (a new ticket the first time;
+ * its old one when it comes back after a failed take).  Parking stops and
+ * what was parked goes to the idle list, for the waiters in their order
+ * (see "Parking": a give-back that parks then sees park_block and backs
+ * out).  False when w's condition variable cannot be made.
+ */
+static bool queue_join(pgg_host *h, pgg_host_waiter *w)
+{
+    pgg_host_waiter *after;
+
+    if (!w->cv_ready) {
+        if (pgg__cond_init(&w->cv) != 0)
+            return false;
+        w->cv_ready = true;
+    }
+    if (!w->ticket)
+        w->ticket = ++h->wait_tickets;
+    for (after = h->wait_tail; after && after->ticket > w->ticket; after = after->prev)
+        ;
+    w->prev = after;
+    w->next = after ? after->next : h->wait_head;
+    if (w->next)
+        w->next->prev = w;
+    else
+        h->wait_tail = w;
+    if (after)
+        after->next = w;
+    else
+        h->wait_head = w;
+    w->queued = true;
+    h->n_queued++;
+    atomic_fetch_add_explicit(&h->park_block, 1, memory_order_seq_cst);
+    if (unpark_all_locked(h) > 0)
+        wake_entitled(h);
+    return true;
+}
+
+/* Under mu: w leaves the queue (it took something, or gives up); those
+ * behind it move up, and one may be entitled now. */
+static void queue_leave(pgg_host *h, pgg_host_waiter *w)
+{
+    if (!w->queued)
+        return;
+    if (w->prev)
+        w->prev->next = w->next;
+    else
+        h->wait_head = w->next;
+    if (w->next)
+        w->next->prev = w->prev;
+    else
+        h->wait_tail = w->prev;
+    w->prev = w->next = NULL;
+    w->queued = false;
+    h->n_queued--;
+    atomic_fetch_sub_explicit(&h->park_block, 1, memory_order_relaxed);
+    wake_entitled(h);
 }
 
 /* Under mu: sessions of ours on the host, busy, idle or being opened.  A
@@ -545,8 +691,7 @@ static bool refusal_locked(pgg_host *h, const pgg_error *cerr, int64_t asked_ns)
     }
     /* Borrowers waiting for an ask, or for the sibling connects that raced
      * this one (may_connect_locked), hear the outcome now. */
-    if (h->n_waiting > 0)
-        pthread_cond_broadcast(&h->cv);
+    wake_all(h);
     return false;
 }
 
@@ -558,8 +703,7 @@ static void connected_locked(pgg_host *h)
     if (h->refused) {
         h->refused = false;
         /* Waiters for an ask connect for themselves now. */
-        if (h->n_waiting > 0)
-            pthread_cond_broadcast(&h->cv);
+        wake_all(h);
     }
 }
 
@@ -741,6 +885,37 @@ int pgg__host_borrow_slow(pgg_host *h, int64_t deadline_ns, int64_t *nowp,
     return rc;
 }
 
+/* borrow_locked's end, mu held: w out of the queue (waking the waiter
+ * that moves up into what w was entitled to), mu released, the doomed
+ * closed, w's cv destroyed. */
+static int borrow_end(pgg_host *h, pgg_host_waiter *w, pgg_link *doomed, int rc)
+{
+    queue_leave(h, w);
+    pthread_mutex_unlock(&h->mu);
+    close_list(doomed);
+    if (w->cv_ready)
+        pthread_cond_destroy(&w->cv);
+    return rc;
+}
+
+/* borrow_end for a borrow that found nothing by its deadline (or its
+ * cancel), or could not wait at all. */
+static int borrow_exhausted(pgg_host *h, pgg_host_waiter *w, pgg_link *doomed,
+                            int64_t now, pgg_borrow_fail *why, pgg_error *err)
+{
+    *why = PGG_BORROW_EXHAUSTED;
+    /* Read under mu: a connect on another thread writes it. */
+    return borrow_end(h, w, doomed, busy_error_locked(h, now, err));
+}
+
+/* borrow_locked took l (or a connect slot), mu released: w's cv is done. */
+static void borrow_done(pgg_host_waiter *w)
+{
+    if (w->cv_ready)
+        pthread_cond_destroy(&w->cv);
+    w->cv_ready = false;
+}
+
 #if defined(__GNUC__)
 __attribute__((noinline))
 #endif
@@ -750,30 +925,37 @@ static int borrow_locked(pgg_host *h, int64_t deadline_ns, int64_t now,
     pgg_link *doomed = NULL, *l;
     bool fresh_now = true; /* now is the caller's reading, still good */
     const int64_t since = now; /* when the call came ("Refused") */
+    pgg_host_waiter w = {.ticket = 0};
     connect_verdict verdict;
-    int rc;
+    int ahead, rc;
 
     pthread_mutex_lock(&h->mu);
     for (;;) {
         if (h->closed) {
-            pthread_mutex_unlock(&h->mu);
-            close_list(doomed);
             *why = PGG_BORROW_CLOSED;
-            return pgg__error_set(err, PGG_ECLOSED, NULL, h->name,
-                                  "pool closed");
+            return borrow_end(h, &w, doomed,
+                              pgg__error_set(err, PGG_ECLOSED, NULL, h->name,
+                                             "pool closed"));
         }
         if (!fresh_now)
             now = pgg__now_ns();
         fresh_now = false;
+        /* Back in its place after a take that failed ("Waiting in turn"). */
+        if (w.ticket && !w.queued && !queue_join(h, &w))
+            return borrow_exhausted(h, &w, doomed, now, why, err);
+        ahead = ahead_of(h, &w);
         /* Nothing is lent once the deadline has passed (a waiter whose
          * timeout raced a give-back, a validation that used the time up):
-         * a statement sent then would leave after its call gave up. */
-        while (now < deadline_ns &&
+         * a statement sent then would leave after its call gave up.  An
+         * idle connection is w's when those ahead have one each. */
+        while (ahead < h->n_idle && now < deadline_ns &&
                (l = take_idle_locked(h, now, &doomed)) != NULL) {
+            queue_leave(h, &w);
             pthread_mutex_unlock(&h->mu);
             close_list(doomed);
             doomed = NULL;
             if (lendable(h, l, now, deadline_ns)) {
+                borrow_done(&w);
                 *out = l;
                 return PGG_OK;
             }
@@ -783,35 +965,32 @@ static int borrow_locked(pgg_host *h, int64_t deadline_ns, int64_t now,
             pthread_mutex_lock(&h->mu);
             h->n_busy--;
             now = pgg__now_ns();
+            if (w.ticket && !queue_join(h, &w))
+                return borrow_exhausted(h, &w, doomed, now, why, err);
+            ahead = ahead_of(h, &w);
         }
-        /* Another thread's parked connection, rather than a new one. */
-        if (now < deadline_ns && (l = unpark_any(h)) != NULL) {
-            if (lend_unparked(h, l, now, deadline_ns, &doomed, out))
+        /* Another thread's parked connection, rather than a new one (none
+         * is parked while anyone queues: queue_join). */
+        if (h->n_queued == 0 && now < deadline_ns && (l = unpark_any(h)) != NULL) {
+            queue_leave(h, &w);
+            if (lend_unparked(h, l, now, deadline_ns, &doomed, out)) {
+                borrow_done(&w);
                 return PGG_OK;
+            }
             continue;
         }
-        if (now >= deadline_ns || pgg__cancel_now()) {
-            /* A give-back may have signalled us as the deadline came: pass
-             * the wakeup on to a waiter that can still use it. */
-            if (h->n_waiting > 0 &&
-                (h->idle || h->n_busy + h->n_connecting + h->n_idle < h->max))
-                pthread_cond_signal(&h->cv);
-            /* Read under mu: a connect on another thread writes it. */
-            rc = busy_error_locked(h, now, err);
-            pthread_mutex_unlock(&h->mu);
-            close_list(doomed);
-            *why = PGG_BORROW_EXHAUSTED;
-            return rc;
-        }
+        if (now >= deadline_ns || pgg__cancel_now())
+            return borrow_exhausted(h, &w, doomed, now, why, err);
         verdict = connect_verdict_locked(h, since, now);
         if (verdict == CONNECT_REFUSED) {
-            rc = refusal_error_locked(h, now, err);
-            pthread_mutex_unlock(&h->mu);
-            close_list(doomed);
             *why = PGG_BORROW_REFUSED;
-            return rc;
+            return borrow_end(h, &w, doomed, refusal_error_locked(h, now, err));
         }
-        if (verdict != CONNECT_WAIT) {
+        /* A connect under pool_max is w's when those ahead have an idle
+         * connection or a connect each; an ask of a refusing server is
+         * every call's own ("Waiting in turn"). */
+        if (verdict != CONNECT_WAIT &&
+            (ahead < h->n_idle + room_locked(h) || h->refused)) {
             pgg_error cerr;
             bool hook_refused = false, cut = false;
             int64_t began;
@@ -820,6 +999,7 @@ static int borrow_locked(pgg_host *h, int64_t deadline_ns, int64_t now,
             connect_begin_locked(h, now);
             claim_lost(h);
             began = now;
+            queue_leave(h, &w);
             pthread_mutex_unlock(&h->mu);
             close_list(doomed);
             doomed = NULL;
@@ -829,13 +1009,14 @@ static int borrow_locked(pgg_host *h, int64_t deadline_ns, int64_t now,
             if (rc == PGG_OK)
                 connected_locked(h);
             else
-                pthread_cond_signal(&h->cv); /* the slot is free again */
+                wake_entitled(h); /* the slot is free again */
             /* Full while ours work: wait for one of ours (no error). */
             if (rc != PGG_OK && refusal_locked(h, &cerr, began)) {
                 fresh_now = false;
                 continue;
             }
             pthread_mutex_unlock(&h->mu);
+            borrow_done(&w);
             if (rc != PGG_OK) {
                 pgg__error_copy(err, &cerr);
                 *why = hook_refused ? PGG_BORROW_HOOK
@@ -846,32 +1027,32 @@ static int borrow_locked(pgg_host *h, int64_t deadline_ns, int64_t now,
         }
         if (pgg__host_loop_give_back) {
             /* This thread's loop keeps connections idle: back to their
-             * pools (this one's wakes nobody: we hold no count yet), then
-             * look again. */
+             * pools (this one's wakes the waiters it entitles, maybe us:
+             * we look again under mu before any wait), then look again. */
             pthread_mutex_unlock(&h->mu);
             pgg__host_loop_give_back();
             pthread_mutex_lock(&h->mu);
             fresh_now = false;
             continue;
         }
+        if (!w.queued) {
+            /* In line, then a last look: what was parked is idle now, and
+             * ahead_of counts w's place. */
+            if (!queue_join(h, &w))
+                return borrow_exhausted(h, &w, doomed, now, why, err);
+            fresh_now = true;
+            continue;
+        }
         {
-            struct timespec ts;
-
             /* Full server: look again when a connect may be let in. */
-            ts = pgg__ns_to_timespec(pgg__cancel_slice(
+            struct timespec ts = pgg__ns_to_timespec(pgg__cancel_slice(
                 now, now < h->full_until_ns && h->full_until_ns < deadline_ns
                          ? h->full_until_ns
                          : deadline_ns));
+
             h->n_waiting++;
-            /* Parking stops, then a last look (see "Parking"). */
-            atomic_fetch_add_explicit(&h->park_block, 1, memory_order_seq_cst);
-            l = unpark_any(h);
-            if (!l)
-                pthread_cond_timedwait(&h->cv, &h->mu, &ts);
-            atomic_fetch_sub_explicit(&h->park_block, 1, memory_order_relaxed);
+            pthread_cond_timedwait(&w.cv, &h->mu, &ts);
             h->n_waiting--;
-            if (l && lend_unparked(h, l, now, deadline_ns, &doomed, out))
-                return PGG_OK;
         }
     }
 }
@@ -976,8 +1157,8 @@ int pgg__host_connected(pgg_host *h, PGconn *conn, int64_t born_ns,
     h->n_connecting--;
     if (l)
         connected_locked(h);
-    else if (h->n_waiting > 0)
-        pthread_cond_signal(&h->cv);
+    else
+        wake_entitled(h);
     pthread_mutex_unlock(&h->mu);
     if (!l) {
         PQfinish(conn);
@@ -997,8 +1178,7 @@ bool pgg__host_connect_failed(pgg_host *h, const pgg_error *err,
     pthread_mutex_lock(&h->mu);
     h->n_connecting--;
     wait = refusal_locked(h, err, asked_ns);
-    if (h->n_waiting > 0)
-        pthread_cond_signal(&h->cv); /* the slot is free again */
+    wake_entitled(h); /* the slot is free again */
     pthread_mutex_unlock(&h->mu);
     return wait;
 }
@@ -1015,9 +1195,8 @@ static void release_slot(pgg_host *h, pgg_link *keep)
         h->n_idle++;
         keep = NULL;
     }
-    /* Only borrowers wait on cv, and they count themselves under mu. */
-    if (h->n_waiting > 0)
-        pthread_cond_signal(&h->cv);
+    /* The waiter it entitles takes it ("Waiting in turn"). */
+    wake_entitled(h);
     pthread_mutex_unlock(&h->mu);
     if (keep) {
         PQfinish(keep->conn);
@@ -1087,13 +1266,11 @@ bool pgg__host_adopt(pgg_host *h, PGconn *conn, int64_t now_ns,
     h->n_idle++;
     if (h->refused) {
         h->refused = false; /* the server took a session */
-        if (h->n_waiting > 0)
-            pthread_cond_broadcast(&h->cv);
+        wake_all(h);
     }
     if (!counted)
         atomic_fetch_add(&h->connects, 1);
-    if (h->n_waiting > 0)
-        pthread_cond_signal(&h->cv);
+    wake_entitled(h);
     pthread_mutex_unlock(&h->mu);
     return true;
 }
@@ -1172,7 +1349,7 @@ int pgg__host_trim(pgg_host *h, int64_t now_ns, bool all)
         }
     }
     if (n)
-        pthread_cond_broadcast(&h->cv);
+        wake_all(h);
     pthread_mutex_unlock(&h->mu);
     close_list(doomed);
     return n;
@@ -1226,8 +1403,8 @@ int pgg__host_drop_dead(pgg_host *h, int64_t now_ns, int64_t used_within_ns,
         *end = keep;
         h->n_idle += kept;
     }
-    if (n && h->n_waiting > 0)
-        pthread_cond_broadcast(&h->cv);
+    if (n)
+        wake_all(h);
     pthread_mutex_unlock(&h->mu);
     close_list(dead);
     return recent;
@@ -1260,6 +1437,11 @@ int pgg__host_warm(pgg_host *h, int64_t deadline_ns)
 
         pthread_mutex_lock(&h->mu);
         h->n_connecting--;
+        /* A success here has no refusing state to end (connected_locked
+         * ends it for the calls' connects): none when it started (above,
+         * under mu), and none can begin while it is on its way, since
+         * refusal_locked begins one only with no session of ours there and
+         * ours() counts this connect (review9's finding 3). */
         if (rc == PGG_OK && !h->closed) {
             l->fresh = false;
             l->next = h->idle;
@@ -1268,7 +1450,7 @@ int pgg__host_warm(pgg_host *h, int64_t deadline_ns)
             l = NULL;
             opened++;
         }
-        pthread_cond_signal(&h->cv);
+        wake_entitled(h);
         pthread_mutex_unlock(&h->mu);
         if (l) {
             PQfinish(l->conn);
@@ -1364,8 +1546,8 @@ void pgg__host_spares(pgg_host *h, int delta)
     h->n_spares += delta;
     /* One fewer to wait for: a waiter may connect itself now (an adopted
      * one has signalled already). */
-    if (delta < 0 && h->n_waiting > 0)
-        pthread_cond_signal(&h->cv);
+    if (delta < 0)
+        wake_entitled(h);
     pthread_mutex_unlock(&h->mu);
 }
 
@@ -1375,7 +1557,7 @@ void pgg__host_close(pgg_host *h)
     h->closed = true;
     /* Before trim empties the slots: nothing parks for good after. */
     atomic_fetch_add_explicit(&h->park_block, PARK_CLOSED, memory_order_seq_cst);
-    pthread_cond_broadcast(&h->cv);
+    wake_all(h);
     pthread_cond_broadcast(&h->back_cv);
     pthread_mutex_unlock(&h->mu);
     pgg__host_trim(h, 0, true);

@@ -113,7 +113,13 @@ typedef struct pgg_host {
     pgg_canceller *const *canceller;
 
     pthread_mutex_t mu;
-    pthread_cond_t cv; /* a connection came back or a slot freed */
+    /* Blocking borrowers waiting for a connection, oldest first (host.c,
+     * "Waiting in turn"; under mu): they take in that order, each woken on
+     * its own condition variable.  n_queued: how many; wait_tickets: the
+     * last place given out. */
+    struct pgg_host_waiter *wait_head, *wait_tail;
+    int n_queued;
+    uint64_t wait_tickets;
     pthread_cond_t back_cv; /* `starting` ended (pgg__host_await_back) */
     /* The host's server is starting: its port refused connections, then
      * took the health probe's, which waits for the server to answer.
@@ -149,6 +155,8 @@ typedef struct pgg_host {
      * that got no answer"). */
     _Atomic int_fast64_t silent_since_ns;
     pgg_link *idle;    /* most recently used first */
+    /* n_waiting: blocking borrowers asleep in their wait (stats, and the
+     * one-borrower-per-spare rule). */
     int n_idle, n_connecting, n_waiting;
     /* Connects the health thread has on their way to the idle list
      * (spares, health.c): a borrower waits for one of them rather than

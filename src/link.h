@@ -775,7 +775,16 @@ static inline int pgg__link_exec_inline(pgg_watchdog *wd, PGconn *conn,
 
     /* A blocking send must not wait: a query that may not leave at once
      * goes out non-blocking (and its wait polls); the next that does
-     * blocks again. */
+     * blocks again.  A small one cannot find the send buffer full (which
+     * would cost up to a slice of SO_SNDTIMEO, then a slice of libpq's
+     * read, past the deadline: review9's finding 2): the link is ON only
+     * after an answer, which the server sends once it has read every
+     * byte we sent (and its ACK comes with it), and nothing else writes
+     * to the socket in between (cancels use their own connection); so the
+     * buffer is empty, and at most 8000 bytes fit in it (16 KB at least by
+     * default for TCP, tcp_wmem, far more for a Unix socket) and in the
+     * server's kernel's empty receive buffer, even when the server itself
+     * hangs. */
     if (mode && *mode > PGG_RECV_CLEAN) {
         bool small = pgg__link_query_small(q);
 

@@ -88,6 +88,12 @@ pgg_take pgg__pool_take_failed(pgg_pool *pool, pgg_host *h, pgg_ticket ticket,
         pgg__error_set(err, PGG_ECANCELED, NULL, h->name,
                        "call cancelled by the caller while connecting; "
                        "not sent");
+        /* A connect the cancel cut was handed on (host.c, "Handed
+         * connects"): the health thread drives it only once woken, and
+         * borrowers wait for it meanwhile.  No silence noted: a cancel
+         * says nothing of the host. */
+        if (why == PGG_BORROW_CUT)
+            pgg__pool_wake_health(pool);
         return PGG_TAKE_SKIPPED;
     }
     /* A refusal at startup carries its SQLSTATE: too many clients is the
@@ -580,14 +586,15 @@ static inline pgg_verdict exec_done(pgg_pool *pool, pgg_host *h,
 }
 
 /* pgg__pool_exec_on, with now a clock reading taken after the connection
- * was taken (take_at's), for the first wait's backstop (0: none). */
+ * was taken (take_at's), for the first wait's backstop (0: none), and one_shot
+ * for a one-shot call's attempt (pgg__autoprep_begin). */
 #if defined(__GNUC__)
 __attribute__((always_inline))
 #endif
 static inline pgg_verdict exec_at(pgg_pool *pool, pgg_host *h, pgg_link **lp,
                                   pgg_intent intent, const pgg_query *q,
                                   int64_t deadline, const pgg_ticket *ticket,
-                                  int64_t started, int64_t now,
+                                  int64_t started, int64_t now, bool one_shot,
                                   PGresult **res, pgg_attempt_end *end,
                                   int64_t *ended, pgg_error *err)
 {
@@ -613,7 +620,7 @@ static inline pgg_verdict exec_at(pgg_pool *pool, pgg_host *h, pgg_link **lp,
 
         if (!q->stmt && pgg__autoprep_wants(q) && pool->cfg->auto_prepare > 0)
             run = pgg__autoprep_begin(pool, h, l, q, &named, deadline, &now,
-                                      &cached, res, end, err);
+                                      one_shot, &cached, res, end, err);
         if (!run) {
             status = PQresultStatus(*res); /* read for a result only */
         } else if (!q->vis) {
@@ -659,8 +666,8 @@ pgg_verdict pgg__pool_exec_on(pgg_pool *pool, pgg_host *h, pgg_link **lp,
 {
     /* A session over behind its answer stays the caller's until its
      * give-back (a lease's next statement finds the end). */
-    return exec_at(pool, h, lp, intent, q, deadline, ticket, started, 0, res,
-                   end, ended, err);
+    return exec_at(pool, h, lp, intent, q, deadline, ticket, started, 0,
+                   false, res, end, ended, err);
 }
 
 pgg_attempt_made pgg__pool_attempt(pgg_pool *pool, pgg_host *h,
@@ -690,7 +697,7 @@ pgg_attempt_made pgg__pool_attempt(pgg_pool *pool, pgg_host *h,
     }
     a->reused = !l->fresh;
     a->v = exec_at(pool, h, &l, intent, q, deadline, &ticket, started, now,
-                   &a->res, &a->end, &a->ended, err);
+                   true, &a->res, &a->end, &a->ended, err);
     /* Read only after a failure: a success is served whatever it says. */
     a->lost = !l || (a->v.cls != PGG_CLASS_SUCCESS &&
                      PQstatus(l->conn) != CONNECTION_OK);

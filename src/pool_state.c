@@ -82,24 +82,10 @@ void pgg__pool_record(pgg_pool *pool, pgg_host *h, pgg_ticket ticket,
     pgg__pool_record_at(h, &ticket, cls, started_ns, now);
 }
 
-int pgg__query_params(pgg_query *q, const char *fn, const char *sql,
-                      int nparams, const Oid *types, const char *const *values,
-                      const int *lengths, const int *formats,
-                      int result_format, pgg_error *err)
+int pgg__query_params_refused(const char *fn, int nparams, pgg_error *err)
 {
-    if (nparams < 0 || (nparams > 0 && !values && !types))
-        return pgg__error_set(err, PGG_EINVAL, NULL, NULL,
-                              "%s: %d parameters but no values", fn, nparams);
-    *q = (pgg_query){.sql = sql,
-                     .nparams = nparams,
-                     /* Parameters force the extended protocol even when
-                      * there are none: types not NULL (link.c). */
-                     .types = nparams == 0 && !types ? (const Oid *)"" : types,
-                     .values = values,
-                     .lengths = lengths,
-                     .formats = formats,
-                     .result_format = result_format};
-    return PGG_OK;
+    return pgg__error_set(err, PGG_EINVAL, NULL, NULL,
+                          "%s: %d parameters but no values", fn, nparams);
 }
 
 int pgg__query_check_params(const pgg_query *q, const char *fn,

@@ -4,15 +4,14 @@
 #include <string.h>
 
 #include "error.h"
-#include "tls.h"
 
 struct pgg_stmt_table {
+    pgg_stmt_table_head head; /* first: prepared.h reads it */
     int n;
     unsigned mask;            /* buckets - 1, a power of two minus one */
     pgg_stmt **stmts;         /* by index */
     int *buckets;             /* open addressing: index + 1, 0 empty */
     pgg_stmt_table *next_retired;
-    uint64_t id;              /* unique per table ever made, from 1 */
 };
 
 static atomic_uint_fast64_t table_ids;
@@ -83,32 +82,17 @@ static const pgg_stmt *lookup(const pgg_stmt_table *t, const char *name)
     }
 }
 
-/*
- * This thread's last statement found, and in which table.  A table never
- * changes and no id is given twice, so when the pool's current table has
- * that id, the statement is that table's (alive while it is current): one
- * comparison of the name instead of hashing it and probing, for the
- * common caller that runs the same statement again.
- */
-static PGG_TLS struct {
-    uint64_t table_id; /* 0: none */
-    const pgg_stmt *stmt;
-} last_found;
+PGG_TLS pgg_prepared_last pgg__prepared_last;
 
-const pgg_stmt *pgg__prepared_find(pgg_prepared *p, const char *name)
+const pgg_stmt *pgg__prepared_find_slow(pgg_prepared *p, const char *name)
 {
     const pgg_stmt_table *t = atomic_load_explicit(&p->table,
                                                    memory_order_acquire);
-    const pgg_stmt *s;
+    const pgg_stmt *s = lookup(t, name);
 
-    if (!t)
-        return NULL;
-    if (last_found.table_id == t->id && strcmp(last_found.stmt->name, name) == 0)
-        return last_found.stmt;
-    s = lookup(t, name);
     if (s) {
-        last_found.table_id = t->id;
-        last_found.stmt = s;
+        pgg__prepared_last.table_id = t->head.id;
+        pgg__prepared_last.stmt = s;
     }
     return s;
 }
@@ -179,7 +163,7 @@ int pgg__prepared_add(pgg_prepared *p, const char *name, const char *sql,
     t->stmts[n] = s;
     t->n = n + 1;
     t->mask = nb - 1;
-    t->id = atomic_fetch_add_explicit(&table_ids, 1, memory_order_relaxed) + 1;
+    t->head.id = atomic_fetch_add_explicit(&table_ids, 1, memory_order_relaxed) + 1;
     for (int i = 0; i <= n; i++) {
         unsigned b = (unsigned)hash_name(t->stmts[i]->name) & t->mask;
         while (t->buckets[b])

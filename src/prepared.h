@@ -15,8 +15,10 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "pgguard.h"
+#include "tls.h"
 
 /* A statement: index is its bit in a connection's "prepared here" set. */
 typedef struct pgg_stmt {
@@ -53,8 +55,45 @@ void pgg__prepared_destroy(pgg_prepared *p);
 int pgg__prepared_add(pgg_prepared *p, const char *name, const char *sql,
                       int nparams, const Oid *types, pgg_error *err);
 
-/* The statement called name, or NULL.  Lock-free. */
-const pgg_stmt *pgg__prepared_find(pgg_prepared *p, const char *name);
+/* A table's first member (prepared.c): its id, unique per table ever
+ * made, from 1. */
+typedef struct pgg_stmt_table_head {
+    uint64_t id;
+} pgg_stmt_table_head;
+
+/*
+ * This thread's last statement found, and in which table.  A table never
+ * changes and no id is given twice, so when the pool's current table has
+ * that id, the statement is that table's (alive while it is current): one
+ * comparison of the name instead of hashing it and probing, for the
+ * common caller that runs the same statement again.  The name is compared
+ * whole: the caller's buffer may hold another name at the same address.
+ */
+typedef struct pgg_prepared_last {
+    uint64_t table_id; /* 0: none */
+    const pgg_stmt *stmt;
+} pgg_prepared_last;
+extern PGG_TLS pgg_prepared_last pgg__prepared_last;
+
+/* pgg__prepared_find past its common case (above). */
+const pgg_stmt *pgg__prepared_find_slow(pgg_prepared *p, const char *name);
+
+/* The statement called name, or NULL.  Lock-free; the common case inline
+ * (in every pgg_exec_prepared). */
+static inline const pgg_stmt *pgg__prepared_find(pgg_prepared *p,
+                                                 const char *name)
+{
+    const pgg_stmt_table *t = atomic_load_explicit(&p->table,
+                                                   memory_order_acquire);
+
+    if (!t)
+        return NULL;
+    if (pgg__prepared_last.table_id ==
+            ((const pgg_stmt_table_head *)(const void *)t)->id &&
+        strcmp(pgg__prepared_last.stmt->name, name) == 0)
+        return pgg__prepared_last.stmt;
+    return pgg__prepared_find_slow(p, name);
+}
 
 /* A connection's set of statements prepared on it. */
 typedef struct pgg_stmt_set {

@@ -14,6 +14,10 @@
  *   ... run the loop ...
  *   chk.bad == 0; else chk.first says the first breach
  *
+ * A test may also hold the context's timer back (adapter_check_hold_timer,
+ * adapter_check_release_timer) to run a socket's event with no timed look
+ * of pgguard's in the same turn.
+ *
  * One loop thread per adapter_check (the hooks run there); several
  * contexts on one loop may share one.  Header-only, for test binaries that
  * link libevent.
@@ -40,6 +44,9 @@ typedef struct adapter_check {
     int bad;
     char first[256];
     long hooks;
+    /* While set, no context's timer is armed (adapter_check_hold_timer):
+     * the loop runs its sockets' events alone, no timed look between. */
+    bool hold_timer;
 } adapter_check;
 
 /* One context's hooks: the adapter checked, and the shared record. */
@@ -124,7 +131,24 @@ static void adapter_check_close_sock(void *data, pgg_async_sock *s)
 
 static void adapter_check_schedule_timer(void *data, int64_t timeout_us)
 {
-    pgg_libevent_schedule_timer(((adapter_check_ctx *)data)->e, timeout_us);
+    adapter_check_ctx *x = (adapter_check_ctx *)data;
+
+    pgg_libevent_schedule_timer(x->e, x->chk->hold_timer ? -1 : timeout_us);
+}
+
+/* ac's timer disarmed, and every arming of it held back (hold_timer),
+ * until adapter_check_release_timer, which fires it at once: pgguard then
+ * looks at what is due and arms it again (an early firing is harmless). */
+static inline void adapter_check_hold_timer(adapter_check *chk, pgg_async *ac)
+{
+    chk->hold_timer = true;
+    pgg_libevent_schedule_timer(((adapter_check_ctx *)pgg_async_ev_data(ac))->e, -1);
+}
+
+static inline void adapter_check_release_timer(adapter_check *chk, pgg_async *ac)
+{
+    chk->hold_timer = false;
+    pgg_libevent_schedule_timer(((adapter_check_ctx *)pgg_async_ev_data(ac))->e, 0);
 }
 
 static void adapter_check_cleanup(void *data)

@@ -180,6 +180,11 @@ double pgh_now_ms(void);
  *   RESET      send RST on every existing connection and on each new one.
  *   REFUSE     stop listening (new connects get ECONNREFUSED; the port stays
  *              reserved); existing connections keep forwarding.
+ *   STARTING   answer each new connection as a server still in recovery
+ *              does: its startup packet (after "no" to an SSL or GSS
+ *              request) gets FATAL 57P03 "the database system is starting
+ *              up" delay_ms after it came, then the connection closes;
+ *              existing connections keep forwarding.
  */
 typedef struct pgh_proxy pgh_proxy;
 typedef enum {
@@ -187,12 +192,13 @@ typedef enum {
     PGH_PROXY_DELAY,
     PGH_PROXY_BLACKHOLE,
     PGH_PROXY_RESET,
-    PGH_PROXY_REFUSE
+    PGH_PROXY_REFUSE,
+    PGH_PROXY_STARTING
 } pgh_proxy_mode;
 
 pgh_proxy *pgh_proxy_start(const char *host, int port, char *errbuf, size_t errlen);
 int pgh_proxy_port(const pgh_proxy *p);
-/* delay_ms is read in DELAY mode only. */
+/* delay_ms is read in DELAY and STARTING modes only. */
 void pgh_proxy_set_mode(pgh_proxy *p, pgh_proxy_mode m, int delay_ms);
 /* Close every connection and stop the threads.  NULL is fine. */
 void pgh_proxy_free(pgh_proxy *p);

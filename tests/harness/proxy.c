@@ -2,7 +2,8 @@
  * TCP fault proxy: one acceptor thread, one thread per connection.
  *
  * The kernel here has no netem, so delay, blackhole, reset and refuse come
- * from this userspace proxy on 127.0.0.1.  Each connection thread polls both
+ * from this userspace proxy on 127.0.0.1 (and a server's "starting up",
+ * which a real one says only for a moment of its start).  Each connection thread polls both
  * sockets and a wake pipe; chunks read from one side wait in a FIFO until
  * their due time, then go to the other side.  A mode change bumps a
  * generation counter and wakes every connection; pgh_proxy_set_mode()
@@ -24,6 +25,7 @@
 #include <arpa/inet.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -55,6 +57,7 @@ struct pconn {
     int cfd, ufd;
     int wake[2];
     bool swallow_only; /* accepted during a blackhole: never forwards */
+    int starting_ms;   /* accepted in STARTING: answered 57P03 after it (-1: no) */
     bool finished;
     unsigned seen_gen;
 };
@@ -193,6 +196,84 @@ static int connect_upstream(const char *host, int port)
     return fd;
 }
 
+/* Acknowledge the proxy's mode changes (set_mode waits for every live
+ * connection); true when the proxy stops. */
+static bool saw_mode(struct pconn *pc)
+{
+    struct pgh_proxy *p = pc->p;
+    pthread_mutex_lock(&p->mu);
+    bool stopping = p->stopping;
+    if (pc->seen_gen != p->gen) {
+        pc->seen_gen = p->gen;
+        pthread_cond_broadcast(&p->cv);
+    }
+    pthread_mutex_unlock(&p->mu);
+    return stopping;
+}
+
+static uint32_t be32(const unsigned char *b)
+{
+    return (uint32_t)b[0] << 24 | (uint32_t)b[1] << 16 | (uint32_t)b[2] << 8 | b[3];
+}
+
+/* STARTING: what a server still in recovery answers a new connection.  "No"
+ * to an SSL or GSS encryption request at once; the startup packet, after
+ * pc->starting_ms, an ErrorResponse FATAL 57P03; then the connection
+ * closes, as the server's backend exits. */
+static void answer_starting(struct pconn *pc)
+{
+    static const char fatal[] = "SFATAL\0VFATAL\0C57P03\0"
+                                "Mthe database system is starting up\0";
+    unsigned char buf[1024];
+    size_t have = 0;
+    double due = -1;
+
+    set_nonblock(pc->cfd);
+    while (!saw_mode(pc)) {
+        double now = pgh_now_ms();
+        if (due >= 0 && now >= due) {
+            /* 'E', its length, the fields, the terminator */
+            unsigned char msg[1 + 4 + sizeof fatal];
+            uint32_t len = (uint32_t)(4 + sizeof fatal);
+            msg[0] = 'E';
+            msg[1] = (unsigned char)(len >> 24);
+            msg[2] = (unsigned char)(len >> 16);
+            msg[3] = (unsigned char)(len >> 8);
+            msg[4] = (unsigned char)len;
+            memcpy(msg + 5, fatal, sizeof fatal); /* its NUL ends the fields */
+            (void)send(pc->cfd, msg, sizeof msg, MSG_NOSIGNAL);
+            return;
+        }
+        struct pollfd fds[2] = {{.fd = pc->wake[0], .events = POLLIN},
+                                {.fd = pc->cfd, .events = POLLIN}};
+        int timeout = due < 0 ? -1 : (int)(due - now + 0.999);
+        if (poll(fds, 2, timeout) < 0 && errno != EINTR)
+            return;
+        if (fds[0].revents)
+            drain(pc->wake[0]);
+        if (!(fds[1].revents & (POLLIN | POLLHUP | POLLERR)))
+            continue;
+        ssize_t n = recv(pc->cfd, buf + have, sizeof buf - have, 0);
+        if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR))
+            return;
+        if (n < 0)
+            continue;
+        have += (size_t)n;
+        /* every whole packet: a length (itself included), then a code */
+        while (have >= 8 && be32(buf) >= 8 && be32(buf) <= have) {
+            uint32_t len = be32(buf), code = be32(buf + 4);
+            if (len == 8 && (code == 80877103 || code == 80877104))
+                (void)send(pc->cfd, "N", 1, MSG_NOSIGNAL);
+            else if (due < 0)
+                due = pgh_now_ms() + pc->starting_ms;
+            memmove(buf, buf + len, have - len);
+            have -= len;
+        }
+        if (have == sizeof buf)
+            return; /* not a startup */
+    }
+}
+
 static void *conn_main(void *arg)
 {
     struct pconn *pc = arg;
@@ -201,6 +282,16 @@ static void *conn_main(void *arg)
     bool c_eof = false, u_eof = false, u_shut = false, c_shut = false;
     bool reset = false;
 
+    if (pc->starting_ms >= 0) {
+        answer_starting(pc);
+        close(pc->cfd);
+        pc->cfd = -1;
+        pthread_mutex_lock(&p->mu);
+        pc->finished = true;
+        pthread_cond_broadcast(&p->cv);
+        pthread_mutex_unlock(&p->mu);
+        return NULL;
+    }
     if (!pc->swallow_only) {
         pc->ufd = connect_upstream(p->host, p->up_port);
         if (pc->ufd < 0)
@@ -444,6 +535,7 @@ static void *acceptor_main(void *arg)
         pthread_mutex_lock(&p->mu);
         pgh_proxy_mode mode = p->mode;
         unsigned gen = p->gen;
+        int starting_ms = mode == PGH_PROXY_STARTING ? p->delay_ms : -1;
         pthread_mutex_unlock(&p->mu);
         if (mode == PGH_PROXY_RESET || mode == PGH_PROXY_REFUSE) {
             /* REFUSE: accepted just before the listener went down */
@@ -460,6 +552,7 @@ static void *acceptor_main(void *arg)
         pc->cfd = cfd;
         pc->ufd = -1;
         pc->swallow_only = mode == PGH_PROXY_BLACKHOLE;
+        pc->starting_ms = starting_ms;
         pc->seen_gen = gen;
         pthread_mutex_lock(&p->mu);
         pc->next = p->conns;

@@ -16,6 +16,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "adapter_check.h"
 #include "async.h"
 #include "health.h"
 #include "link_util.h"
@@ -2532,6 +2533,58 @@ Test(async, a_connect_cut_by_its_calls_deadline_joins_the_pool)
 }
 
 /*
+ * recovery/a_connect_cut_by_its_callers_cancel_joins_the_pool on the loop:
+ * a call cancelled while its connect is on its way (a proxy holds every
+ * chunk 300 ms) hands the connect on; its session joins the pool, the
+ * host not blamed.  Before, the hand-off woke nobody when a cancel cut it
+ * (only a deadline's silence did): the connect waited undriven until the
+ * next health round (10 min here), and the loop's calls on the host parked
+ * behind it as a spare on its way.
+ */
+Test(async, a_connect_cut_by_its_callers_cancel_joins_the_pool)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgh_proxy *px;
+    pgg_pool *p;
+    struct event_base *base = event_base_new();
+    pgg_async *ac;
+    pgg_async_call *k;
+    pgg_host_stats before, h;
+    pgg_error e;
+    outcome o = {0};
+
+    p = pool_through_proxy(c, &px, "pool_min_idle=0 connect_timeout_ms=20000 "
+                                   "health_probe_timeout_ms=20000 health_interval_ms=600000");
+    ac = async_for(p, base);
+    pgg__host_trim(&p->hosts[0], pgg__now_ns(), true);
+    before = host_stats(p, 0);
+    pgh_proxy_set_mode(px, PGH_PROXY_DELAY, 300);
+    o.started = pgh_now_ms();
+    loop_guard_on();
+    cr_assert_eq(pgg_async_exec(ac, PGG_WRITE, "SELECT 1", NULL, on_done, &o, &k, &e),
+                 PGG_OK, "%s", e.message);
+    loop_guard_off();
+    /* Its connect started at once; its first answer is 300 ms away. */
+    cr_assert_eq(host_stats(p, 0).connects, before.connects + 1, "the call did not connect");
+    loop_once(base, EVLOOP_NONBLOCK);
+    loop_guard_on();
+    pgg_async_cancel(k);
+    loop_guard_off();
+    cr_assert_eq(o.done, 1);
+    cr_assert_eq(o.code, PGG_ECANCELED, "the write: %s %s", pgg_err_name(o.code), o.message);
+    expect_no_host_failure(p, 0, &before, "after the cancelled connect");
+    pgh_proxy_set_mode(px, PGH_PROXY_PASS, 0);
+    h = wait_idle(p, 0, 1, 20000);
+    cr_assert_eq(h.conns_idle, 1, "the cancelled connect's session never joined the pool");
+    expect_no_host_failure(p, 0, &before, "after its session joined");
+    loop_guard_check("a connect cut by its caller's cancel");
+    pgg_async_free(ac);
+    event_base_free(base);
+    end_test(p, c);
+    pgh_proxy_free(px);
+}
+
+/*
  * A loop connection is dated from its connect's start (pgg_link.born_ns),
  * when its backend may already exist: a sibling the server ended after a
  * moment in the middle of that connect (here t_mid, taken while a proxy
@@ -2824,6 +2877,174 @@ Test(async, a_stream_of_chained_calls_lets_another_loops_parked_call_have_its_tu
     cr_expect_gt(ch.done, 1, "no stream of calls");
     loop_guard_check("a stream of chained calls and another loop's parked call");
     pgg_async_free(ac);
+    event_base_free(base);
+    end_test(p, c);
+}
+
+/* Advisory locks held by sessions, waited for by others, on the server
+ * (as text): the test's own session asks it. */
+static int advisory_waiters(PGconn *conn)
+{
+    PGresult *r = PQexec(conn, "SELECT count(*) FROM pg_locks "
+                               "WHERE locktype = 'advisory' AND NOT granted");
+    int n = PQresultStatus(r) == PGRES_TUPLES_OK ? atoi(PQgetvalue(r, 0, 0)) : -1;
+
+    PQclear(r);
+    return n;
+}
+
+/*
+ * The loop's hand-off rule's second half (e021165): a connection this
+ * context gives back goes at once to its own oldest call parked on the
+ * host when that call has waited a look (PARK_POLL_NS, 1 ms) already, even
+ * while borrowers outside the context wait too (else a host whose
+ * connections all have loops' calls waiting would stand idle up to a look
+ * per hand-off).  pool_max=1: the first call holds the one connection in a
+ * statement that waits for an advisory lock the test's session holds, the
+ * second parks behind it; a borrower outside the context is counted as
+ * waiting (pgg__host_want, as another loop's parked call counts itself),
+ * and none takes anything.  The parked call has waited 2 ms when the test
+ * lets the first statement end; the loop runs that answer with the
+ * context's timer held, so no look of the parked call's comes in the same
+ * turn: once the first call completes, the second must have the
+ * connection, not leave it idle for a later look.
+ */
+Test(async, a_give_back_goes_to_the_contexts_own_call_parked_a_look_ago)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, "pool_max=1 pool_min_idle=0 breaker.mode=disabled");
+    pgg_host *h = &p->hosts[0];
+    struct event_base *base = event_base_new();
+    static adapter_check chk;
+    pgg_error e;
+    pgg_async *ac = pgg_async_new(p, &e);
+    PGconn *holder = PQconnectdb(pgh_node_conninfo(pgh_cluster_primary(c)));
+    PGresult *r;
+    outcome first, second;
+    double end;
+
+    cr_assert_not_null(ac, "%s", e.message);
+    cr_assert_eq(adapter_check_attach(&chk, ac, base), PGG_OK);
+    cr_assert_eq(PQstatus(holder), CONNECTION_OK, "%s", PQerrorMessage(holder));
+    r = PQexec(holder, "SELECT pg_advisory_lock(4242)");
+    cr_assert_eq(PQresultStatus(r), PGRES_TUPLES_OK, "%s", PQerrorMessage(holder));
+    PQclear(r);
+    start_call(ac, PGG_WRITE, "SELECT pg_advisory_xact_lock(4242)", 20000, 0, &first);
+    end = pgh_now_ms() + 10000;
+    while (advisory_waiters(holder) < 1 && first.done == 0 && pgh_now_ms() < end)
+        loop_once(base, EVLOOP_NONBLOCK);
+    cr_assert_eq(first.done, 0, "the first call ended: %s", first.message);
+    cr_assert_eq(advisory_waiters(holder), 1, "the first call never waited for the lock");
+    start_call(ac, PGG_WRITE, "SELECT 2", 20000, 0, &second);
+    while (pgg__async_parked(ac) == 0 && second.done == 0 && pgh_now_ms() < end)
+        loop_once(base, EVLOOP_NONBLOCK);
+    cr_assert_eq(pgg__async_parked(ac), 1, "the second call never parked");
+    /* Someone outside the context waits for the host too. */
+    pgg__host_want(h, 1);
+    adapter_check_hold_timer(&chk, ac);
+    sleep_ms(2); /* the parked call has waited a look */
+    r = PQexec(holder, "SELECT pg_advisory_unlock(4242)");
+    cr_assert_eq(PQresultStatus(r), PGRES_TUPLES_OK, "%s", PQerrorMessage(holder));
+    PQclear(r);
+    while (first.done == 0)
+        loop_once(base, EVLOOP_ONCE); /* the first call's socket alone */
+    cr_expect_eq(first.code, PGG_OK, "the first call: %s", first.message);
+    cr_expect_eq(pgg__async_parked(ac), 0,
+                 "the connection given back went idle, not to the call parked a look ago");
+    cr_expect_eq(pgg__host_busy(h), 1, "the connection is not lent to the parked call");
+    pgg__host_want(h, -1);
+    adapter_check_release_timer(&chk, ac);
+    run_until(base, &second, 1, 10000);
+    cr_expect_eq(second.code, PGG_OK, "the parked call: %s", second.message);
+    cr_expect_str_eq(second.value, "2");
+    cr_expect_eq(chk.bad, 0, "%s", chk.first);
+    loop_guard_check("a give-back to the context's own parked call");
+    PQfinish(holder);
+    pgg_async_free(ac);
+    event_base_free(base);
+    end_test(p, c);
+}
+
+/*
+ * pool_max=1; context A keeps two calls in flight on the host (each 3 ms;
+ * each one's callback starts the next), so that whenever its running call
+ * ends, its other call has been parked longer than a look (1 ms); context B (another loop: here on the same
+ * thread) starts one call on the host.  B's call must be served within
+ * its 3 s.  With e021165's rule alone every give-back went at once to A's
+ * own oldest parked call (it had waited a look already), so the connection
+ * was never idle when B's call looked, and B waited out its deadline
+ * (failed 1 of 1, 661 calls of A's served meanwhile); with those
+ * give-backs alternating with idle ones alone, A's looks still came first
+ * (failed 1 of 3).  Now every other one goes idle, and A's parked calls
+ * look a whole look later, after B's.
+ */
+Test(async, a_context_with_two_calls_in_flight_lets_another_contexts_call_have_its_turn)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, "pool_max=1 pool_min_idle=0 breaker.mode=disabled");
+    struct event_base *base = event_base_new();
+    pgg_async *a = async_for(p, base), *b = async_for(p, base);
+    const int many = 1000000;
+    chain c1 = {.ac = a, .left = many, .sql = "SELECT pg_sleep(0.003)", .timeout_ms = 30000,
+                .primary = true};
+    chain c2 = c1;
+    double start = pgh_now_ms();
+    outcome o;
+
+    chain_next(&c1);
+    chain_next(&c2);
+    while (c1.done + c2.done < 4 && pgh_now_ms() - start < 10000)
+        loop_once(base, EVLOOP_ONCE);
+    cr_assert_eq(c1.failed + c2.failed, 0, "a chained call failed: %s %s", c1.message, c2.message);
+    start_call(b, PGG_WRITE, "SELECT 2", 3000, 0, &o);
+    while (!o.done && c1.failed + c2.failed == 0 && pgh_now_ms() - start < 20000)
+        loop_once(base, EVLOOP_ONCE);
+    c1.left = c2.left = 0; /* the stream stops */
+    while (pgg_async_pending(a) > 0 && pgh_now_ms() - start < 60000)
+        loop_once(base, EVLOOP_ONCE);
+    cr_expect_eq(o.done, 1);
+    cr_expect_eq(o.code, PGG_OK, "the other context's call: %s %s (after %.0f ms; the stream "
+                 "served %d calls)", pgg_err_name(o.code), o.message, o.ms, c1.done + c2.done);
+    cr_expect_eq(c1.failed + c2.failed, 0, "a chained call failed: %s %s", c1.message, c2.message);
+    pgg_async_free(b);
+    pgg_async_free(a);
+    event_base_free(base);
+    end_test(p, c);
+}
+
+/*
+ * The same with the other context on a loop of its own thread (the
+ * other_loop of the tests above): its call must be served within its 3 s
+ * while this loop keeps two calls in flight.  Failed 2 of 3 before.
+ */
+Test(async, a_context_with_two_calls_in_flight_lets_another_loops_parked_call_have_its_turn)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, "pool_max=1 pool_min_idle=0 breaker.mode=disabled");
+    struct event_base *base = event_base_new();
+    pgg_async *a = async_for(p, base);
+    const int many = 1000000;
+    chain c1 = {.ac = a, .left = many, .sql = "SELECT pg_sleep(0.003)", .timeout_ms = 30000,
+                .primary = true};
+    chain c2 = c1;
+    other_loop ol = {.p = p};
+    pthread_t th;
+    double start = pgh_now_ms();
+
+    chain_next(&c1);
+    chain_next(&c2);
+    while (c1.done + c2.done < 4 && pgh_now_ms() - start < 10000)
+        loop_once(base, EVLOOP_ONCE);
+    cr_assert_eq(pthread_create(&th, NULL, other_loop_main, &ol), 0);
+    while (!__atomic_load_n(&ol.finished, __ATOMIC_SEQ_CST) && c1.failed + c2.failed == 0)
+        loop_once(base, EVLOOP_NONBLOCK);
+    c1.left = c2.left = 0;
+    pthread_join(th, NULL);
+    while (pgg_async_pending(a) > 0 && pgh_now_ms() - start < 60000)
+        loop_once(base, EVLOOP_ONCE);
+    cr_expect_eq(ol.o.code, PGG_OK, "the other loop's call: %s %s (after %.0f ms; stream %d)",
+                 pgg_err_name(ol.o.code), ol.o.message, ol.o.ms, c1.done + c2.done);
+    pgg_async_free(a);
     event_base_free(base);
     end_test(p, c);
 }

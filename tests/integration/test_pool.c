@@ -4,8 +4,10 @@
  * error codes, where calls ran and breaker states, and ends with the pool's
  * accounting balanced.
  */
+#include <limits.h>
 #include <pthread.h>
 
+#include "pool.h"
 #include "pool_util.h"
 
 static void setup_table(pgh_cluster *c)
@@ -674,6 +676,197 @@ Test(pool, a_parked_connection_serves_other_threads)
         }
     }
     cr_expect_eq(host_stats(p, 0).connects, 1);
+    end_test(p, c);
+}
+
+/* The next value of the test's sequence, by a call that must succeed (no
+ * Criterion assert here: also run on other threads); -1 on failure. */
+static long next_value(pgg_pool *p, int timeout_ms)
+{
+    pgg_call call = {.timeout_ms = timeout_ms};
+    pgg_error e;
+    PGresult *r = pgg_exec(p, PGG_WRITE, "SELECT nextval('pgg_fair_seq')", &call, NULL, &e);
+    long v = r && PQresultStatus(r) == PGRES_TUPLES_OK ? atol(PQgetvalue(r, 0, 0)) : -1;
+
+    if (v < 0)
+        fprintf(stderr, "nextval: %s %s\n", pgg_err_name(e.code), e.message);
+    PQclear(r);
+    return v;
+}
+
+typedef struct fair_waiter {
+    pgg_pool *p;
+    long value; /* its place in the order of service */
+} fair_waiter;
+
+static void *fair_waiter_main(void *arg)
+{
+    fair_waiter *w = arg;
+
+    w->value = next_value(w->p, 30000);
+    return NULL;
+}
+
+/* Blocking borrowers waiting for host 0 (under its lock, as stats read). */
+static int host_waiting(pgg_pool *p)
+{
+    pgg_host_counts hc;
+
+    pgg__host_counts(&p->hosts[0], &hc);
+    return hc.waiting;
+}
+
+/*
+ * Blocking borrowers are served in the order they came: pool_max=n (1, then
+ * 2), n leases hold every connection, n calls on other threads wait for one
+ * (long deadlines), then the leases' thread gives the connections back and
+ * at once makes a stream of calls of its own.  Before, a give-back went to
+ * the idle list and woke a waiter, and the thread that gave it back,
+ * running already, took it again on its next call (and on every call
+ * after: a waiter woke to find nothing, under saturation until its
+ * deadline).  Now each connection given back is the next waiter's, and the
+ * stream's first call waits until a waiter has been served and given its
+ * connection back: a waiter's nextval is below every one of the stream's.
+ * With one connection that is the one waiter's; with two, a waiter woken
+ * for its connection but not yet running keeps it, while the stream may be
+ * served on the other once it comes back (so only the first service is in
+ * order).  Several rounds: one that a waiter won before proved nothing.
+ */
+#define FAIR_MAX 2
+
+Test(pool, a_waiting_borrower_is_served_before_newcomers)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    const int rounds = 6, stream = 5;
+    int barged = 0;
+
+    cr_assert_eq(pgh_node_exec(pgh_cluster_primary(c),
+                               "DROP SEQUENCE IF EXISTS pgg_fair_seq;"
+                               "CREATE SEQUENCE pgg_fair_seq"),
+                 0, "%s", pgh_node_error(pgh_cluster_primary(c)));
+    for (int n = 1; n <= FAIR_MAX; n++) {
+        char settings[128];
+        pgg_pool *p;
+
+        snprintf(settings, sizeof settings,
+                 "pool_max=%d pool_min_idle=0 breaker.mode=disabled health_interval_ms=60000",
+                 n);
+        p = pool_for(c, settings);
+        for (int round = 0; round < rounds; round++) {
+            fair_waiter w[FAIR_MAX];
+            pgg_lease *lease[FAIR_MAX];
+            pthread_t t[FAIR_MAX];
+            long first = -1;
+            double end = pgh_now_ms() + 10000;
+            pgg_error e;
+
+            for (int i = 0; i < n; i++) {
+                lease[i] = pgg_acquire(p, PGG_WRITE, 3000, NULL, &e);
+                cr_assert_not_null(lease[i], "pool_max=%d round %d: acquire: %s", n, round,
+                                   e.message);
+            }
+            for (int i = 0; i < n; i++) {
+                w[i] = (fair_waiter){.p = p, .value = -1};
+                cr_assert_eq(pthread_create(&t[i], NULL, fair_waiter_main, &w[i]), 0);
+            }
+            while (host_waiting(p) < n && pgh_now_ms() < end)
+                sleep_ms(1);
+            cr_assert_eq(host_waiting(p), n, "pool_max=%d round %d: the calls never waited", n,
+                         round);
+            for (int i = 0; i < n; i++)
+                pgg_release(lease[i]);
+            for (int i = 0; i < stream; i++) {
+                long v = next_value(p, 30000);
+
+                cr_assert_gt(v, 0, "pool_max=%d round %d: a newcomer's call failed", n, round);
+                if (i == 0)
+                    first = v;
+            }
+            long served_first = LONG_MAX;
+
+            for (int i = 0; i < n; i++) {
+                pthread_join(t[i], NULL);
+                cr_assert_gt(w[i].value, 0, "pool_max=%d round %d: a waiter's call failed", n,
+                             round);
+                if (w[i].value < served_first)
+                    served_first = w[i].value;
+            }
+            barged += first < served_first;
+            cr_expect_lt(served_first, first,
+                         "pool_max=%d round %d: a newcomer was served (%ld) before every "
+                         "waiter (first %ld)",
+                         n, round, first, served_first);
+        }
+        assert_balanced(p);
+        pgg_pool_free(p);
+    }
+    cr_expect_eq(barged, 0, "a newcomer was served first in %d rounds", barged);
+    pgh_cluster_free(c);
+    cr_expect_eq(pgh_leak_check(), 0, "memory leaked (report above)");
+}
+
+typedef struct leaving_waiter {
+    pgg_pool *p;
+    int timeout_ms;
+    pgg_cancel *cancel; /* may be NULL */
+    int code;           /* how its call ended */
+} leaving_waiter;
+
+static void *leaving_waiter_main(void *arg)
+{
+    leaving_waiter *w = arg;
+    pgg_call call = {.timeout_ms = w->timeout_ms, .cancel = w->cancel};
+    pgg_error e;
+    PGresult *r = pgg_exec(w->p, PGG_WRITE, "SELECT 1", &call, NULL, &e);
+
+    w->code = r ? PGG_OK : e.code;
+    PQclear(r);
+    return NULL;
+}
+
+/*
+ * A waiter that gives up leaves the queue ("Waiting in turn"): pool_max=1,
+ * a lease holds the connection, three calls wait for it in this order: one
+ * the test cancels, one whose 200 ms deadline runs out, one with a long
+ * deadline.  Once the first two have ended, the lease goes back: the third
+ * is now first in line and must be served.  A waiter left in the queue
+ * when it ended would count ahead of it for good: the third would wait out
+ * its deadline.
+ */
+Test(pool, a_waiter_that_gives_up_leaves_its_place_to_the_next)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, "pool_max=1 pool_min_idle=0 breaker.mode=disabled "
+                              "health_interval_ms=60000");
+    pgg_cancel *cancel = pgg_cancel_new();
+    leaving_waiter w[3] = {{.p = p, .timeout_ms = 30000, .cancel = cancel},
+                           {.p = p, .timeout_ms = 200},
+                           {.p = p, .timeout_ms = 10000}};
+    pthread_t t[3];
+    pgg_error e;
+    pgg_lease *lease = pgg_acquire(p, PGG_WRITE, 3000, NULL, &e);
+    double end = pgh_now_ms() + 10000;
+
+    cr_assert_not_null(cancel);
+    cr_assert_not_null(lease, "acquire: %s", e.message);
+    for (int i = 0; i < 3; i++) {
+        cr_assert_eq(pthread_create(&t[i], NULL, leaving_waiter_main, &w[i]), 0);
+        while (host_waiting(p) < i + 1 && pgh_now_ms() < end)
+            sleep_ms(1);
+        cr_assert_eq(host_waiting(p), i + 1, "call %d never waited", i);
+    }
+    pgg_cancel_fire(cancel);
+    pthread_join(t[0], NULL);
+    pthread_join(t[1], NULL);
+    cr_expect_eq(w[0].code, PGG_ECANCELED, "the cancelled call: %s", pgg_err_name(w[0].code));
+    cr_expect_eq(w[1].code, PGG_ETIMEDOUT, "the short call: %s", pgg_err_name(w[1].code));
+    pgg_release(lease);
+    pthread_join(t[2], NULL);
+    cr_expect_eq(w[2].code, PGG_OK, "the last waiter: %s", pgg_err_name(w[2].code));
+    pthread_mutex_lock(&p->hosts[0].mu);
+    cr_expect_eq(p->hosts[0].n_queued, 0, "%d still queued", p->hosts[0].n_queued);
+    pthread_mutex_unlock(&p->hosts[0].mu);
+    pgg_cancel_free(cancel);
     end_test(p, c);
 }
 

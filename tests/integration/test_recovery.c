@@ -1459,6 +1459,116 @@ Test(recovery, an_adopted_spare_is_dated_from_its_connects_start)
     pgh_proxy_free(px);
 }
 
+/* A "SELECT 1" write under a 20 s deadline that its cancel handle ends. */
+typedef struct cut_writer {
+    pgg_pool *p;
+    pgg_cancel *cancel;
+    int code;
+} cut_writer;
+
+static void *write_until_cancelled(void *arg)
+{
+    cut_writer *w = arg;
+    pgg_call call = {.timeout_ms = 20000, .cancel = w->cancel};
+    pgg_error e;
+    PGresult *r = pgg_exec(w->p, PGG_WRITE, "SELECT 1", &call, NULL, &e);
+
+    w->code = r ? PGG_OK : e.code;
+    PQclear(r);
+    return NULL;
+}
+
+/*
+ * A connect its caller cancels on the way (a proxy holds every chunk
+ * 300 ms) goes on as a spare, as one its call's deadline cuts does, and
+ * its session joins the pool; the cancel is not the host's failure.  The
+ * health thread drives it only once told: before, a cancel's hand-off
+ * woke nobody (only a deadline's silence did), so the connect waited
+ * undriven until the next health round (10 min here: never within the
+ * test), and meanwhile every borrower waited for it as a spare on its way.
+ */
+Test(recovery, a_connect_cut_by_its_callers_cancel_joins_the_pool)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgh_proxy *px;
+    pgg_pool *p;
+    pgg_host_stats before, h;
+    cut_writer w;
+    pthread_t t;
+    double end;
+
+    p = pool_through_proxy(c, &px, "pool_min_idle=0 connect_timeout_ms=20000 "
+                                   "health_probe_timeout_ms=20000 health_interval_ms=600000");
+    pgg__host_trim(&p->hosts[0], pgg__now_ns(), true);
+    before = host_stats(p, 0);
+    w = (cut_writer){.p = p, .cancel = pgg_cancel_new()};
+    cr_assert_not_null(w.cancel);
+    pgh_proxy_set_mode(px, PGH_PROXY_DELAY, 300);
+    cr_assert_eq(pthread_create(&t, NULL, write_until_cancelled, &w), 0);
+    /* Its connect started (counted before it begins); 600 ms at least. */
+    end = pgh_now_ms() + 10000;
+    while (host_stats(p, 0).connects == before.connects && pgh_now_ms() < end)
+        sleep_ms(1);
+    pgg_cancel_fire(w.cancel);
+    pthread_join(t, NULL);
+    cr_assert_eq(host_stats(p, 0).connects, before.connects + 1, "the write never connected");
+    cr_assert_eq(w.code, PGG_ECANCELED, "the write: %s", pgg_err_name(w.code));
+    expect_no_host_failure(p, 0, &before, "after the cancelled connect");
+    pgh_proxy_set_mode(px, PGH_PROXY_PASS, 0);
+    h = wait_idle(p, 0, 1, 20000);
+    cr_assert_eq(h.conns_idle, 1, "the cancelled connect's session never joined the pool");
+    expect_no_host_failure(p, 0, &before, "after its session joined");
+    pgg_cancel_free(w.cancel);
+    end_test(p, c);
+    pgh_proxy_free(px);
+}
+
+/*
+ * A handed connect the server refuses at startup (here a database that
+ * does not exist: 3D000, the caller's configuration, not the host's
+ * failure) was answered by the host: it counts as an answer for the
+ * silence rule (ignored_answers), as a caller's own refused connect does
+ * (pgg__pool_take_failed).  Before, the health thread dropped it
+ * uncounted: a silence its cut caller had noted (say a full server slow to
+ * refuse with 53300) could open the breaker as host-silent though the
+ * host had answered.  White box: the connect handed on by hand, the host's
+ * counter.
+ */
+Test(recovery, a_handed_connect_the_server_refuses_is_the_hosts_answer)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, "pool_min_idle=0 health_interval_ms=600000");
+    pgg_host *h = &p->hosts[0];
+    pgg_host_stats before = host_stats(p, 0);
+    uint64_t answers = atomic_load(&h->ignored_answers);
+    char ci[1024];
+    PGconn *conn;
+    double end;
+    int spares;
+
+    snprintf(ci, sizeof ci, "%s dbname=pgg_no_such_database",
+             pgh_node_conninfo(pgh_cluster_primary(c)));
+    conn = PQconnectStart(ci);
+    cr_assert(conn && PQstatus(conn) != CONNECTION_BAD, "connect start: %s",
+              conn ? PQerrorMessage(conn) : "out of memory");
+    pgg__link_verbose_startup(conn); /* as every connect of ours (its SQLSTATE) */
+    cr_assert(pgg__host_hand_connect(h, conn, POLLOUT, pgg__now_ns()), "not handed on");
+    pgg__pool_wake_health(p);
+    end = pgh_now_ms() + 10000;
+    do {
+        sleep_ms(5);
+        pthread_mutex_lock(&h->mu);
+        spares = h->n_spares;
+        pthread_mutex_unlock(&h->mu);
+    } while (spares > 0 && pgh_now_ms() < end);
+    cr_assert_eq(spares, 0, "the health thread never ended the handed connect");
+    cr_expect_eq(atomic_load(&h->ignored_answers), answers + 1,
+                 "the server's refusal was not counted as its answer (%llu answers)",
+                 (unsigned long long)(atomic_load(&h->ignored_answers) - answers));
+    expect_no_host_failure(p, 0, &before, "after the refused handed connect");
+    end_test(p, c);
+}
+
 /*
  * A caller whose session was ended comes back within its period, often
  * before the health thread has started the replacement it was promised
@@ -2089,6 +2199,30 @@ Test(recovery, a_failed_write_s_ended_session_is_replaced_before_its_caller_retu
     end_test(p, c);
 }
 
+/*
+ * The replica behind px (host 1) made to come back as a starting server:
+ * refused until its breaker opened (its pooled sessions reset, new
+ * connects refused), a probe or two refused by nobody listening, then px
+ * in mode (delay_ms) until the host is seen starting.
+ */
+static void open_until_starting(pgg_pool *p, pgh_proxy *px, pgh_proxy_mode mode, int delay_ms)
+{
+    pgh_proxy_set_mode(px, PGH_PROXY_REFUSE, 0);
+    pgh_proxy_set_mode(px, PGH_PROXY_RESET, 0); /* the pooled sessions too */
+    pgh_proxy_set_mode(px, PGH_PROXY_REFUSE, 0);
+    for (int i = 0; i < 50 && host_stats(p, 1).state != PGG_BREAKER_OPEN; i++) {
+        pgg_call call = {.timeout_ms = 1000};
+        PQclear(pgg_exec(p, PGG_READ, "SELECT 1", &call, NULL, NULL));
+        sleep_ms(5);
+    }
+    cr_assert_eq(host_stats(p, 1).state, PGG_BREAKER_OPEN);
+    sleep_ms(50); /* a probe or two refused by nobody listening */
+    pgh_proxy_set_mode(px, mode, delay_ms);
+    for (int i = 0; i < 1000 && !atomic_load(&p->hosts[1].starting); i++)
+        sleep_ms(5);
+    cr_assert(atomic_load(&p->hosts[1].starting), "the host was never seen starting");
+}
+
 typedef struct back_wait {
     pgg_host *h;
     atomic_bool done;
@@ -2127,20 +2261,7 @@ Test(recovery, reads_that_waited_for_a_starting_host_let_the_writes_go_first)
     back_wait b = {.h = h};
     pthread_t t;
 
-    pgh_proxy_set_mode(px, PGH_PROXY_REFUSE, 0);
-    pgh_proxy_set_mode(px, PGH_PROXY_RESET, 0);
-    pgh_proxy_set_mode(px, PGH_PROXY_REFUSE, 0);
-    for (int i = 0; i < 50 && host_stats(p, 1).state != PGG_BREAKER_OPEN; i++) {
-        pgg_call call = {.timeout_ms = 1000};
-        PQclear(pgg_exec(p, PGG_READ, "SELECT 1", &call, NULL, NULL));
-        sleep_ms(5);
-    }
-    cr_assert_eq(host_stats(p, 1).state, PGG_BREAKER_OPEN);
-    sleep_ms(50); /* a probe or two refused by nobody listening */
-    pgh_proxy_set_mode(px, PGH_PROXY_DELAY, 400);
-    for (int i = 0; i < 1000 && !atomic_load(&h->starting); i++)
-        sleep_ms(5);
-    cr_assert(atomic_load(&h->starting), "the host was never seen starting");
+    open_until_starting(p, px, PGH_PROXY_DELAY, 400);
 
     pthread_mutex_lock(&h->mu);
     h->n_back_writes++; /* a write waiting with the read */
@@ -2165,6 +2286,205 @@ Test(recovery, reads_that_waited_for_a_starting_host_let_the_writes_go_first)
     pthread_mutex_unlock(&h->mu);
     pthread_join(t, NULL);
     cr_expect(b.back, "the read was not told the host is back");
+    end_test(p, NULL);
+    pgh_proxy_free(px);
+    pgh_cluster_free(c);
+}
+
+typedef struct read_call {
+    pgg_pool *p;
+    atomic_bool done;
+    bool served;
+    pgg_error err;
+} read_call;
+
+static void *read_in_thread(void *arg)
+{
+    read_call *r = arg;
+    pgg_call call = {.timeout_ms = 10000};
+    PGresult *res = pgg_exec(r->p, PGG_READ, "SELECT 1", &call, NULL, &r->err);
+
+    r->served = res != NULL;
+    PQclear(res);
+    atomic_store(&r->done, true);
+    return NULL;
+}
+
+/*
+ * A server starting up takes connections before it takes sessions, and
+ * says so to each meanwhile (57P03, "the database system is starting
+ * up"; here a proxy that refused connections, then answers each one so
+ * 150 ms after it came, until it passes them on).  A read waiting for the
+ * starting host (as in a_call_waits_for_a_server_that_is_starting) keeps
+ * waiting through those answers, within its deadline, and is served once
+ * the server takes sessions.  Before, the first probe to hear "starting
+ * up" ended the wait and the read failed with PGG_EOPEN (the fault bench's
+ * restart-all: the waiting call of every thread, tens of ms before the
+ * server was up).
+ */
+Test(recovery, a_call_waiting_for_a_starting_server_outlasts_its_starting_up_answers)
+{
+    pgh_cluster *c = cluster_or_die(1);
+    pgh_require_local(c, "a proxy between pgguard and a local replica");
+    pgh_proxy *px;
+    pgg_pool *p = pool_via_proxy(c, &px, "breaker.open_ms=60000 breaker.open_max_ms=60000 "
+                                         "health_probe_timeout_ms=4000 connect_timeout_ms=5000 "
+                                         "read_policy=replica_only");
+    pgg_host *h = &p->hosts[1];
+    read_call r = {.p = p};
+    pthread_t t;
+    bool heard = false;
+
+    open_until_starting(p, px, PGH_PROXY_STARTING, 150);
+
+    cr_assert_eq(pthread_create(&t, NULL, read_in_thread, &r), 0);
+    for (int i = 0; i < 1000 && atomic_load(&h->n_back_waiting) == 0 && !atomic_load(&r.done);
+         i++)
+        sleep_ms(1);
+    cr_assert(!atomic_load(&r.done), "the read did not wait for the starting host: %s %s",
+              pgg_err_name(r.err.code), r.err.message);
+    /* A probe hears "starting up" while the read waits. */
+    for (int i = 0; i < 1000 && !heard; i++) {
+        heard = strstr(host_stats(p, 1).last_error, "starting up") != NULL;
+        if (!heard)
+            sleep_ms(5);
+    }
+    cr_assert(heard, "no probe heard the server starting up: %s", host_stats(p, 1).last_error);
+    sleep_ms(100); /* room for a wait that this answer ended to return */
+    cr_expect(!atomic_load(&r.done), "the server's \"starting up\" ended the read's wait: %s %s",
+              pgg_err_name(r.err.code), r.err.message);
+    pgh_proxy_set_mode(px, PGH_PROXY_PASS, 0); /* the server takes sessions now */
+    pthread_join(t, NULL);
+    cr_expect(r.served, "the read that waited for the starting server failed: %s %s",
+              pgg_err_name(r.err.code), r.err.message);
+    end_test(p, NULL);
+    pgh_proxy_free(px);
+    pgh_cluster_free(c);
+}
+
+/*
+ * A server that says it is starting up for longer than a probe bound is in
+ * a long recovery (or stuck in its start): calls no longer wait for it
+ * (each would wait out its deadline) but are refused at once, as for a
+ * connect held past its bound, until the server answers otherwise.  Here
+ * the proxy answers "starting up" 100 ms after each connect for ever, with
+ * a probe bound of 300 ms: the host is found starting, then not, and stays
+ * so through the answers that follow.  Before, each probe that the server
+ * kept waiting marked the host starting again, for the length of that
+ * wait.
+ */
+Test(recovery, a_server_starting_up_longer_than_a_probe_bound_is_not_waited_for)
+{
+    pgh_cluster *c = cluster_or_die(1);
+    pgh_require_local(c, "a proxy between pgguard and a local replica");
+    pgh_proxy *px;
+    pgg_pool *p = pool_via_proxy(c, &px, "breaker.open_ms=60000 breaker.open_max_ms=60000 "
+                                         "health_probe_timeout_ms=300 connect_timeout_ms=5000 "
+                                         "read_policy=replica_only");
+    pgg_host *h = &p->hosts[1];
+    int seen = 0;
+
+    open_until_starting(p, px, PGH_PROXY_STARTING, 100);
+    for (int i = 0; i < 2000 && atomic_load(&h->starting); i++)
+        sleep_ms(5);
+    cr_assert(!atomic_load(&h->starting), "the host stayed starting");
+    /* Five answers of "starting up" more, about: the host is not found
+     * starting again. */
+    for (int i = 0; i < 100; i++) {
+        seen += atomic_load(&h->starting);
+        sleep_ms(5);
+    }
+    cr_expect_eq(seen, 0, "the host was found starting again (%d of 100 looks) though its "
+                          "server has said it is starting up for longer than a probe bound",
+                 seen);
+    cr_expect(strstr(host_stats(p, 1).last_error, "starting up") != NULL,
+              "the probes did not hear the server starting up: %s", host_stats(p, 1).last_error);
+    pgh_proxy_set_mode(px, PGH_PROXY_PASS, 0);
+    end_test(p, NULL);
+    pgh_proxy_free(px);
+    pgh_cluster_free(c);
+}
+
+/* Host i's breaker's openings in its current streak (white box). */
+static uint32_t reopens_of(pgg_pool *p, int i)
+{
+    pgg_breaker_stats s;
+
+    pgg__breaker_stats(&p->hosts[i].breaker, pgg__now_ns(), &s);
+    return s.reopens;
+}
+
+/* The first way host 1's breaker left OPEN (pgg_pool_on_event). */
+typedef struct left_open {
+    pthread_mutex_t mu;
+    int to;
+    char reason[32];
+} left_open;
+
+static void note_left_open(const pgg_event *ev, void *ud)
+{
+    left_open *l = ud;
+
+    pthread_mutex_lock(&l->mu);
+    if (ev->type == PGG_EVENT_BREAKER && ev->host_index == 1 && ev->from == PGG_BREAKER_OPEN &&
+        l->to < 0) {
+        l->to = ev->to;
+        snprintf(l->reason, sizeof l->reason, "%s", ev->reason ? ev->reason : "");
+    }
+    pthread_mutex_unlock(&l->mu);
+}
+
+/*
+ * A server down for longer than its breaker's open time (here 100 ms): the
+ * open time runs out, the trial (a probe refused by nobody listening)
+ * fails, the breaker opens again, maybe several times.  Still one outage:
+ * when the server takes a session again its breaker closes at once
+ * (host-back), as after a short one.  Before, the reopenings counted as a
+ * host that failed again after coming back, and its return only put it on
+ * trial (half-open, host-answered): calls were refused with PGG_EOPEN until
+ * trial probes passed (the fault bench's restart-all, when the stop took
+ * longer than open_ms under load).
+ */
+Test(recovery, a_server_down_longer_than_the_open_time_closes_its_breaker_when_back)
+{
+    pgh_cluster *c = cluster_or_die(1);
+    pgh_require_local(c, "a proxy between pgguard and a local replica");
+    pgh_proxy *px;
+    pgg_pool *p = pool_via_proxy(c, &px, "breaker.open_ms=100 breaker.open_max_ms=100 "
+                                         "read_policy=replica_only");
+    left_open l = {.mu = PTHREAD_MUTEX_INITIALIZER, .to = -1};
+    int left = -1;
+
+    pgh_proxy_set_mode(px, PGH_PROXY_REFUSE, 0);
+    pgh_proxy_set_mode(px, PGH_PROXY_RESET, 0); /* the pooled sessions too */
+    pgh_proxy_set_mode(px, PGH_PROXY_REFUSE, 0);
+    for (int i = 0; i < 50 && host_stats(p, 1).state != PGG_BREAKER_OPEN; i++) {
+        pgg_call call = {.timeout_ms = 1000};
+        PQclear(pgg_exec(p, PGG_READ, "SELECT 1", &call, NULL, NULL));
+        sleep_ms(5);
+    }
+    cr_assert_eq(host_stats(p, 1).state, PGG_BREAKER_OPEN);
+    /* Open times run out and their trials fail while nobody listens. */
+    for (int i = 0; i < 400 && reopens_of(p, 1) < 3; i++)
+        sleep_ms(5);
+    cr_assert_geq(reopens_of(p, 1), 3, "the breaker did not reopen");
+    for (int i = 0; i < 400 && host_stats(p, 1).state != PGG_BREAKER_OPEN; i++)
+        sleep_ms(1);
+    cr_assert_eq(host_stats(p, 1).state, PGG_BREAKER_OPEN);
+    pgg_pool_on_event(p, note_left_open, &l);
+    pgh_proxy_set_mode(px, PGH_PROXY_PASS, 0); /* the server is back */
+    for (int i = 0; i < 1000 && left < 0; i++) {
+        pthread_mutex_lock(&l.mu);
+        left = l.to;
+        pthread_mutex_unlock(&l.mu);
+        if (left < 0)
+            sleep_ms(5);
+    }
+    pgg_pool_on_event(p, NULL, NULL);
+    cr_assert_geq(left, 0, "the breaker never left OPEN");
+    cr_expect_eq(left, PGG_BREAKER_CLOSED,
+                 "the breaker of a server back from a long outage went %s (%s), not closed",
+                 pgg_breaker_state_name((pgg_breaker_state)left), l.reason);
     end_test(p, NULL);
     pgh_proxy_free(px);
     pgh_cluster_free(c);

@@ -1376,6 +1376,49 @@ UTest(breaker, host_answered_cuts_only_an_open_period_short)
 }
 
 /*
+ * An open time that runs out while the host is still down, and the trial
+ * that fails then (a restart longer than open_ms), are the same outage:
+ * the host's first session still closes the breaker at once.  Before, the
+ * failed trial counted as a second opening, and the returning host was
+ * only put on trial (tests/bench/faults, restart-all at load 28: 65 ms of
+ * refused calls while the server took sessions).  A trial that fails once
+ * the host has answered a health check is a relapse: trials from then on.
+ */
+UTest(breaker, an_outage_longer_than_the_open_time_is_still_a_first_opening)
+{
+    pgg_breaker_config c = cfg_plain();
+
+    c.consecutive_failures = 1;
+    c.open_ms = 1000;
+    c.open_max_ms = 60000;
+    c.half_open_probes = 1;
+    c.half_open_successes = 1;
+    start(&c);
+    trip();
+    for (int i = 0; i < 3; i++) {
+        to_half_open();
+        cr_assert(call(F), "the trial was refused");
+        cr_assert_eq(state(), PGG_BREAKER_OPEN);
+    }
+    cr_assert_eq(stats().reopens, 4);
+    cr_assert(pgg__breaker_host_back(&B, NOW), "the host's return after a long outage did "
+                                               "not close the breaker");
+    cr_assert_eq(state(), PGG_BREAKER_CLOSED);
+    stop();
+    /* The host answered, then its trial failed: a relapse. */
+    start(&c);
+    trip();
+    to_half_open();
+    cr_assert_not(pgg__breaker_host_answered(&B, NOW)); /* half-open already */
+    cr_assert(call(F));
+    cr_assert_eq(state(), PGG_BREAKER_OPEN);
+    cr_assert_not(pgg__breaker_host_back(&B, NOW), "closed after a relapse");
+    cr_assert(pgg__breaker_host_answered(&B, NOW));
+    cr_assert_eq(state(), PGG_BREAKER_HALF_OPEN);
+    stop();
+}
+
+/*
  * A host back from its first outage of a streak closes the breaker at
  * once; one that failed again after coming back is left to trial calls.
  */
