@@ -238,6 +238,28 @@ static inline pgg_pool *pool_through_proxy(pgh_cluster *c, pgh_proxy **px, const
     return p;
 }
 
+/* A "SELECT 1" write in a thread of its own
+ * (pthread_create(&t, NULL, write_in_thread, &w)): its deadline and cancel
+ * handle (may be NULL) as set; how it ended in code. */
+typedef struct thread_write {
+    pgg_pool *p;
+    int timeout_ms;
+    pgg_cancel *cancel;
+    int code;
+} thread_write;
+
+static inline void *write_in_thread(void *arg)
+{
+    thread_write *w = arg;
+    pgg_call call = {.timeout_ms = w->timeout_ms, .cancel = w->cancel};
+    pgg_error e;
+    PGresult *r = pgg_exec(w->p, PGG_WRITE, "SELECT 1", &call, NULL, &e);
+
+    w->code = r ? PGG_OK : e.code;
+    PQclear(r);
+    return NULL;
+}
+
 /* A read that must succeed; returns the host index that served it. */
 static inline int read_ok(pgg_pool *p, pgg_intent intent, const char *sql, int timeout_ms)
 {

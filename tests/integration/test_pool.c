@@ -805,25 +805,6 @@ Test(pool, a_waiting_borrower_is_served_before_newcomers)
     cr_expect_eq(pgh_leak_check(), 0, "memory leaked (report above)");
 }
 
-typedef struct leaving_waiter {
-    pgg_pool *p;
-    int timeout_ms;
-    pgg_cancel *cancel; /* may be NULL */
-    int code;           /* how its call ended */
-} leaving_waiter;
-
-static void *leaving_waiter_main(void *arg)
-{
-    leaving_waiter *w = arg;
-    pgg_call call = {.timeout_ms = w->timeout_ms, .cancel = w->cancel};
-    pgg_error e;
-    PGresult *r = pgg_exec(w->p, PGG_WRITE, "SELECT 1", &call, NULL, &e);
-
-    w->code = r ? PGG_OK : e.code;
-    PQclear(r);
-    return NULL;
-}
-
 /*
  * A waiter that gives up leaves the queue ("Waiting in turn"): pool_max=1,
  * a lease holds the connection, three calls wait for it in this order: one
@@ -839,7 +820,7 @@ Test(pool, a_waiter_that_gives_up_leaves_its_place_to_the_next)
     pgg_pool *p = pool_for(c, "pool_max=1 pool_min_idle=0 breaker.mode=disabled "
                               "health_interval_ms=60000");
     pgg_cancel *cancel = pgg_cancel_new();
-    leaving_waiter w[3] = {{.p = p, .timeout_ms = 30000, .cancel = cancel},
+    thread_write w[3] = {{.p = p, .timeout_ms = 30000, .cancel = cancel},
                            {.p = p, .timeout_ms = 200},
                            {.p = p, .timeout_ms = 10000}};
     pthread_t t[3];
@@ -850,7 +831,7 @@ Test(pool, a_waiter_that_gives_up_leaves_its_place_to_the_next)
     cr_assert_not_null(cancel);
     cr_assert_not_null(lease, "acquire: %s", e.message);
     for (int i = 0; i < 3; i++) {
-        cr_assert_eq(pthread_create(&t[i], NULL, leaving_waiter_main, &w[i]), 0);
+        cr_assert_eq(pthread_create(&t[i], NULL, write_in_thread, &w[i]), 0);
         while (host_waiting(p) < i + 1 && pgh_now_ms() < end)
             sleep_ms(1);
         cr_assert_eq(host_waiting(p), i + 1, "call %d never waited", i);

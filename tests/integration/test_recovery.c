@@ -1459,25 +1459,6 @@ Test(recovery, an_adopted_spare_is_dated_from_its_connects_start)
     pgh_proxy_free(px);
 }
 
-/* A "SELECT 1" write under a 20 s deadline that its cancel handle ends. */
-typedef struct cut_writer {
-    pgg_pool *p;
-    pgg_cancel *cancel;
-    int code;
-} cut_writer;
-
-static void *write_until_cancelled(void *arg)
-{
-    cut_writer *w = arg;
-    pgg_call call = {.timeout_ms = 20000, .cancel = w->cancel};
-    pgg_error e;
-    PGresult *r = pgg_exec(w->p, PGG_WRITE, "SELECT 1", &call, NULL, &e);
-
-    w->code = r ? PGG_OK : e.code;
-    PQclear(r);
-    return NULL;
-}
-
 /*
  * A connect its caller cancels on the way (a proxy holds every chunk
  * 300 ms) goes on as a spare, as one its call's deadline cuts does, and
@@ -1493,7 +1474,7 @@ Test(recovery, a_connect_cut_by_its_callers_cancel_joins_the_pool)
     pgh_proxy *px;
     pgg_pool *p;
     pgg_host_stats before, h;
-    cut_writer w;
+    thread_write w;
     pthread_t t;
     double end;
 
@@ -1501,10 +1482,10 @@ Test(recovery, a_connect_cut_by_its_callers_cancel_joins_the_pool)
                                    "health_probe_timeout_ms=20000 health_interval_ms=600000");
     pgg__host_trim(&p->hosts[0], pgg__now_ns(), true);
     before = host_stats(p, 0);
-    w = (cut_writer){.p = p, .cancel = pgg_cancel_new()};
+    w = (thread_write){.p = p, .timeout_ms = 20000, .cancel = pgg_cancel_new()};
     cr_assert_not_null(w.cancel);
     pgh_proxy_set_mode(px, PGH_PROXY_DELAY, 300);
-    cr_assert_eq(pthread_create(&t, NULL, write_until_cancelled, &w), 0);
+    cr_assert_eq(pthread_create(&t, NULL, write_in_thread, &w), 0);
     /* Its connect started (counted before it begins); 600 ms at least. */
     end = pgh_now_ms() + 10000;
     while (host_stats(p, 0).connects == before.connects && pgh_now_ms() < end)
