@@ -3,6 +3,7 @@
 #define PGG_TEST_POOL_UTIL_H
 
 #include <criterion/criterion.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -238,25 +239,31 @@ static inline pgg_pool *pool_through_proxy(pgh_cluster *c, pgh_proxy **px, const
     return p;
 }
 
-/* A "SELECT 1" write in a thread of its own
- * (pthread_create(&t, NULL, write_in_thread, &w)): its deadline and cancel
- * handle (may be NULL) as set; how it ended in code. */
-typedef struct thread_write {
+/* A "SELECT 1" call in a thread of its own
+ * (pthread_create(&t, NULL, exec_in_thread, &w)): its intent, deadline and
+ * cancel handle (may be NULL) as set; how it ended in code and message
+ * ("" when served), then done. */
+typedef struct thread_call {
     pgg_pool *p;
+    pgg_intent intent;
     int timeout_ms;
     pgg_cancel *cancel;
     int code;
-} thread_write;
+    char message[512];
+    atomic_bool done;
+} thread_call;
 
-static inline void *write_in_thread(void *arg)
+static inline void *exec_in_thread(void *arg)
 {
-    thread_write *w = arg;
+    thread_call *w = arg;
     pgg_call call = {.timeout_ms = w->timeout_ms, .cancel = w->cancel};
     pgg_error e;
-    PGresult *r = pgg_exec(w->p, PGG_WRITE, "SELECT 1", &call, NULL, &e);
+    PGresult *r = pgg_exec(w->p, w->intent, "SELECT 1", &call, NULL, &e);
 
     w->code = r ? PGG_OK : e.code;
+    snprintf(w->message, sizeof w->message, "%s", r ? "" : e.message);
     PQclear(r);
+    atomic_store(&w->done, true);
     return NULL;
 }
 

@@ -820,9 +820,9 @@ Test(pool, a_waiter_that_gives_up_leaves_its_place_to_the_next)
     pgg_pool *p = pool_for(c, "pool_max=1 pool_min_idle=0 breaker.mode=disabled "
                               "health_interval_ms=60000");
     pgg_cancel *cancel = pgg_cancel_new();
-    thread_write w[3] = {{.p = p, .timeout_ms = 30000, .cancel = cancel},
-                           {.p = p, .timeout_ms = 200},
-                           {.p = p, .timeout_ms = 10000}};
+    thread_call w[3] = {{.p = p, .intent = PGG_WRITE, .timeout_ms = 30000, .cancel = cancel},
+                          {.p = p, .intent = PGG_WRITE, .timeout_ms = 200},
+                          {.p = p, .intent = PGG_WRITE, .timeout_ms = 10000}};
     pthread_t t[3];
     pgg_error e;
     pgg_lease *lease = pgg_acquire(p, PGG_WRITE, 3000, NULL, &e);
@@ -831,7 +831,7 @@ Test(pool, a_waiter_that_gives_up_leaves_its_place_to_the_next)
     cr_assert_not_null(cancel);
     cr_assert_not_null(lease, "acquire: %s", e.message);
     for (int i = 0; i < 3; i++) {
-        cr_assert_eq(pthread_create(&t[i], NULL, write_in_thread, &w[i]), 0);
+        cr_assert_eq(pthread_create(&t[i], NULL, exec_in_thread, &w[i]), 0);
         while (host_waiting(p) < i + 1 && pgh_now_ms() < end)
             sleep_ms(1);
         cr_assert_eq(host_waiting(p), i + 1, "call %d never waited", i);

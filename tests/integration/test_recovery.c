@@ -1474,7 +1474,7 @@ Test(recovery, a_connect_cut_by_its_callers_cancel_joins_the_pool)
     pgh_proxy *px;
     pgg_pool *p;
     pgg_host_stats before, h;
-    thread_write w;
+    thread_call w;
     pthread_t t;
     double end;
 
@@ -1482,10 +1482,10 @@ Test(recovery, a_connect_cut_by_its_callers_cancel_joins_the_pool)
                                    "health_probe_timeout_ms=20000 health_interval_ms=600000");
     pgg__host_trim(&p->hosts[0], pgg__now_ns(), true);
     before = host_stats(p, 0);
-    w = (thread_write){.p = p, .timeout_ms = 20000, .cancel = pgg_cancel_new()};
+    w = (thread_call){.p = p, .intent = PGG_WRITE, .timeout_ms = 20000, .cancel = pgg_cancel_new()};
     cr_assert_not_null(w.cancel);
     pgh_proxy_set_mode(px, PGH_PROXY_DELAY, 300);
-    cr_assert_eq(pthread_create(&t, NULL, write_in_thread, &w), 0);
+    cr_assert_eq(pthread_create(&t, NULL, exec_in_thread, &w), 0);
     /* Its connect started (counted before it begins); 600 ms at least. */
     end = pgh_now_ms() + 10000;
     while (host_stats(p, 0).connects == before.connects && pgh_now_ms() < end)
@@ -2272,25 +2272,6 @@ Test(recovery, reads_that_waited_for_a_starting_host_let_the_writes_go_first)
     pgh_cluster_free(c);
 }
 
-typedef struct read_call {
-    pgg_pool *p;
-    atomic_bool done;
-    bool served;
-    pgg_error err;
-} read_call;
-
-static void *read_in_thread(void *arg)
-{
-    read_call *r = arg;
-    pgg_call call = {.timeout_ms = 10000};
-    PGresult *res = pgg_exec(r->p, PGG_READ, "SELECT 1", &call, NULL, &r->err);
-
-    r->served = res != NULL;
-    PQclear(res);
-    atomic_store(&r->done, true);
-    return NULL;
-}
-
 /*
  * A server starting up takes connections before it takes sessions, and
  * says so to each meanwhile (57P03, "the database system is starting
@@ -2312,18 +2293,18 @@ Test(recovery, a_call_waiting_for_a_starting_server_outlasts_its_starting_up_ans
                                          "health_probe_timeout_ms=4000 connect_timeout_ms=5000 "
                                          "read_policy=replica_only");
     pgg_host *h = &p->hosts[1];
-    read_call r = {.p = p};
+    thread_call r = {.p = p, .intent = PGG_READ, .timeout_ms = 10000};
     pthread_t t;
     bool heard = false;
 
     open_until_starting(p, px, PGH_PROXY_STARTING, 150);
 
-    cr_assert_eq(pthread_create(&t, NULL, read_in_thread, &r), 0);
+    cr_assert_eq(pthread_create(&t, NULL, exec_in_thread, &r), 0);
     for (int i = 0; i < 1000 && atomic_load(&h->n_back_waiting) == 0 && !atomic_load(&r.done);
          i++)
         sleep_ms(1);
     cr_assert(!atomic_load(&r.done), "the read did not wait for the starting host: %s %s",
-              pgg_err_name(r.err.code), r.err.message);
+              pgg_err_name(r.code), r.message);
     /* A probe hears "starting up" while the read waits. */
     for (int i = 0; i < 1000 && !heard; i++) {
         heard = strstr(host_stats(p, 1).last_error, "starting up") != NULL;
@@ -2333,11 +2314,11 @@ Test(recovery, a_call_waiting_for_a_starting_server_outlasts_its_starting_up_ans
     cr_assert(heard, "no probe heard the server starting up: %s", host_stats(p, 1).last_error);
     sleep_ms(100); /* room for a wait that this answer ended to return */
     cr_expect(!atomic_load(&r.done), "the server's \"starting up\" ended the read's wait: %s %s",
-              pgg_err_name(r.err.code), r.err.message);
+              pgg_err_name(r.code), r.message);
     pgh_proxy_set_mode(px, PGH_PROXY_PASS, 0); /* the server takes sessions now */
     pthread_join(t, NULL);
-    cr_expect(r.served, "the read that waited for the starting server failed: %s %s",
-              pgg_err_name(r.err.code), r.err.message);
+    cr_expect(r.code == PGG_OK, "the read that waited for the starting server failed: %s %s",
+              pgg_err_name(r.code), r.message);
     end_test(p, NULL);
     pgh_proxy_free(px);
     pgh_cluster_free(c);
@@ -2744,26 +2725,6 @@ static int host_waiting(pgg_pool *p)
     return n.waiting;
 }
 
-/* A read under a 3 s deadline, on its own thread. */
-typedef struct slot_waiter {
-    pgg_pool *p;
-    int code;
-    char message[512];
-} slot_waiter;
-
-static void *read_waiting(void *arg)
-{
-    slot_waiter *w = arg;
-    pgg_call call = {.timeout_ms = 3000};
-    pgg_error e;
-    PGresult *r = pgg_exec(w->p, PGG_READ_PRIMARY, "SELECT 1", &call, NULL, &e);
-
-    w->code = r ? PGG_OK : e.code;
-    snprintf(w->message, sizeof w->message, "%s", r ? "" : e.message);
-    PQclear(r);
-    return NULL;
-}
-
 /*
  * A call waits for the pool's one connection (pool_max=1, held by a lease)
  * while the health thread's probes are answered; the primary hangs
@@ -2783,7 +2744,7 @@ Test(recovery, a_connect_into_a_hang_after_a_wait_for_a_connection_is_silence)
                               "breaker.open_ms=60000 breaker.open_max_ms=60000 "
                               "health_interval_ms=50 health_probe_timeout_ms=1000");
     opened_by o = {.mu = PTHREAD_MUTEX_INITIALIZER};
-    slot_waiter w = {.p = p};
+    thread_call w = {.p = p, .intent = PGG_READ_PRIMARY, .timeout_ms = 3000};
     pgg_lease *hold;
     pgg_error e;
     pthread_t t;
@@ -2791,7 +2752,7 @@ Test(recovery, a_connect_into_a_hang_after_a_wait_for_a_connection_is_silence)
     hold = pgg_acquire(p, PGG_READ_PRIMARY, 2000, NULL, &e);
     cr_assert_not_null(hold, "acquire: %s", e.message);
     pgg_pool_on_event(p, on_open, &o);
-    cr_assert_eq(pthread_create(&t, NULL, read_waiting, &w), 0);
+    cr_assert_eq(pthread_create(&t, NULL, exec_in_thread, &w), 0);
     for (int i = 0; i < 2000 && host_waiting(p) == 0; i++)
         sleep_ms(1);
     cr_assert_eq(host_waiting(p), 1, "the call does not wait for the connection");
