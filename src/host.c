@@ -40,6 +40,7 @@ int pgg__host_init(pgg_host *h, int index, const char *name,
     atomic_init(&h->lag_bytes, -1);
     atomic_init(&h->n_busy, 0);
     atomic_init(&h->role_seen_ns, 0);
+    atomic_init(&h->seek_primary_until_ns, 0);
     atomic_init(&h->latency_ns, 0);
     atomic_init(&h->suspect_until_ns, 0);
     for (int i = 0; i < PGG_PARK_SLOTS; i++)

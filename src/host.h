@@ -200,8 +200,12 @@ typedef struct pgg_host {
      *   read attempt another host could take over (attempt_timeout_auto);
      * suspect_until_ns: an attempt here just hit its deadline, or its
      *   server is starting (health.c): fresh reads go to other hosts first
-     *   until then, or until it answers again. */
+     *   until then, or until it answers again;
+     * seek_primary_until_ns: a write found no primary lately
+     *   (pgg__pool_seek_primary): until then, or until one is found, every
+     *   answer's in_hot_standby is read, not one per few ms. */
     _Atomic int_fast64_t role_seen_ns;
+    _Atomic int_fast64_t seek_primary_until_ns;
     _Atomic int_fast64_t latency_ns;
     _Atomic int_fast64_t suspect_until_ns;
     /* Counted by every call that succeeds: next to what it writes anyway

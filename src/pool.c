@@ -511,12 +511,19 @@ static inline pgg_verdict exec_judged(pgg_pool *pool, pgg_host *h,
      * teaches something (a host of unknown role), or at most once per host
      * every PGG__ROLE_SEEN_NS otherwise, so that a promotion seen on any
      * session re-routes writes at once, without waiting for a health
-     * probe. */
+     * probe; every answer while writes find no primary (pool_state.c,
+     * seek_primary: the look is not marked done). */
     if (end == PGG_END_RESULT &&
         (v.cls == PGG_CLASS_WRONG_ROLE || role == PGG_ROLE_UNKNOWN ||
          ended - atomic_load_explicit(&h->role_seen_ns,
                                        memory_order_relaxed) >= PGG__ROLE_SEEN_NS)) {
-        atomic_store_explicit(&h->role_seen_ns, ended, memory_order_relaxed);
+        atomic_store_explicit(
+            &h->role_seen_ns,
+            ended < atomic_load_explicit(&h->seek_primary_until_ns,
+                                         memory_order_relaxed)
+                ? 0
+                : ended,
+            memory_order_relaxed);
         pgg__pool_reported_role(pool, h, role,
                                 pgg__link_reported_role(l->conn), &v);
     }

@@ -43,8 +43,13 @@ void pgg__pool_set_role(pgg_pool *pool, pgg_host *h, pgg_role role,
         return;
     if (!atomic_compare_exchange_strong(&h->role, &old, (int)role))
         return; /* someone else recorded a change first; theirs is as fresh */
-    if (role == PGG_ROLE_PRIMARY)
+    if (role == PGG_ROLE_PRIMARY) {
         atomic_store(&h->lag_bytes, 0);
+        /* Found: answers are looked at at the usual pace again. */
+        for (int i = 0; i < pool->nhosts; i++)
+            atomic_store_explicit(&pool->hosts[i].seek_primary_until_ns, 0,
+                                  memory_order_relaxed);
+    }
     ev.type = PGG_EVENT_ROLE;
     ev.host_index = h->index;
     ev.host = h->name;
@@ -108,10 +113,40 @@ int pgg__query_check_params(const pgg_query *q, const char *fn,
     return PGG_OK;
 }
 
+/* How long a write that found no primary has every answer looked at
+ * (each such write extends it; a primary found ends it). */
+#define SEEK_PRIMARY_NS (100 * PGG_NS_PER_MS)
+
+/*
+ * A write (or a read of the primary) found no primary to take it: the old
+ * one is down or demoted, and a standby may be being promoted.  A session
+ * on the promoted server says so with its next answer (in_hot_standby),
+ * which is read at most once per host every PGG__ROLE_SEEN_NS: between
+ * two looks the reads that keep flowing to it re-routed nothing, and a
+ * libpq multi-host client, which checks each server at connect, wrote up
+ * to that much sooner.  So, until a primary is found, every answer is
+ * looked at (pool.c), at the cost of a list walk per answer during the
+ * outage only.
+ */
+static void seek_primary(pgg_pool *pool)
+{
+    int64_t until = pgg__now_ns() + SEEK_PRIMARY_NS;
+
+    for (int i = 0; i < pool->nhosts; i++) {
+        pgg_host *h = &pool->hosts[i];
+
+        atomic_store_explicit(&h->seek_primary_until_ns, until,
+                              memory_order_relaxed);
+        atomic_store_explicit(&h->role_seen_ns, 0, memory_order_relaxed);
+    }
+}
+
 /* The error for "every candidate refused". */
 int pgg__pool_no_host_error(pgg_pool *pool, pgg_intent intent, int ncand,
                             pgg_error *err)
 {
+    if (intent != PGG_READ)
+        seek_primary(pool);
     if (ncand == 0 && intent != PGG_READ) {
         /* No primary known: the health thread looks now, not in a second. */
         pgg__pool_wake_health(pool);

@@ -489,6 +489,54 @@ Test(recovery, a_promotion_seen_in_an_answer_reroutes_writes)
     end_test(p, c);
 }
 
+/*
+ * Reads flow to a replica whose answers are looked at once per few ms; the
+ * primary goes, the replica is promoted.  A write that finds no primary has
+ * the next answer looked at, however recent the last look: the read right
+ * after it re-routes writes to the promoted server.  The last look is set
+ * in the future here, so that without that rule no answer would be looked
+ * at during the test (the throttle, made deterministic).
+ */
+Test(recovery, a_write_finding_no_primary_has_the_next_answer_looked_at)
+{
+    pgh_cluster *c = cluster_or_die(1);
+    pgh_require_local(c, "stop and promotion");
+    setup_table(c);
+    pgg_pool *p = pool_for(c, "health_interval_ms=60000 health_incident_min_ms=60000 "
+                              "health_incident_max_ms=60000");
+    pgg_host *replica = &p->hosts[1];
+    pgg_call call = {.timeout_ms = 1000};
+    pgg_info info;
+    pgg_error e;
+    PGresult *r;
+
+    cr_assert(reads_reach(p, 1, 20));
+    cr_assert_eq(pgh_node_stop(pgh_cluster_primary(c), PGH_STOP_IMMEDIATE), 0);
+    cr_assert_eq(pgg_pool_force_open(p, 0), 0);
+    cr_assert_eq(pgh_node_promote(pgh_cluster_replica(c, 0)), 0);
+    atomic_store(&replica->role_seen_ns, pgg__now_ns() + 3600 * PGG_NS_PER_MS * 1000);
+    /* The promoted server's answer, not looked at yet. */
+    cr_assert_eq(read_ok(p, PGG_READ, "SELECT 1", 1000), 1);
+    cr_assert_eq(host_stats(p, 1).role, PGG_ROLE_STANDBY);
+
+    r = pgg_exec(p, PGG_WRITE, "UPDATE pgg_rec_t SET v = 'sought' WHERE id = 4", &call, &info,
+                 &e);
+    cr_assert_null(r, "a write went through with no primary known");
+    cr_expect(e.code == PGG_EOPEN || e.code == PGG_ENOPRIMARY, "%s: %s", pgg_err_name(e.code),
+              e.message);
+    cr_assert_eq(read_ok(p, PGG_READ, "SELECT 1", 1000), 1);
+    cr_expect_eq(host_stats(p, 1).role, PGG_ROLE_PRIMARY,
+                 "the answer after a write found no primary was not looked at");
+
+    r = pgg_exec(p, PGG_WRITE, "UPDATE pgg_rec_t SET v = 'sought' WHERE id = 4", &call, &info,
+                 &e);
+    cr_expect_not_null(r, "the write failed: %s %s", pgg_err_name(e.code), e.message);
+    if (r)
+        cr_expect_eq(info.host_index, 1);
+    PQclear(r);
+    end_test(p, c);
+}
+
 /* ---------------------------------------------------------------- health */
 
 /*
