@@ -742,7 +742,11 @@ static bool probe_hold(pgg_health *hl, int i, int64_t now)
         return false; /* no answer from its kernel: the network; start over */
     p->deadline = now + hl->probe_timeout;
     p->prev_refused = false; /* waiting that long: stuck, not starting */
-    p->starting_since = 0;
+    /* starting_since stays: a "starting up" that comes after the hold is
+     * the same start, past its bound already, not a new one (mark_starting
+     * would otherwise mark the host again at every probe, each held in
+     * turn, for as long as the server is slower than the bound to say it
+     * is starting up). */
     pgg__host_set_starting(&hl->pool->hosts[i], false);
     p->in_round = true;
     count_round(hl);

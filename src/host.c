@@ -557,6 +557,17 @@ static void wake_all(pgg_host *h)
         pthread_cond_signal(&w->cv);
 }
 
+/* Under mu: a connection taken (counted busy) was closed instead of lent,
+ * having been looked at without mu: its room goes to the waiters it now
+ * entitles, who may have queued meanwhile.  The taker, when it is not in
+ * the queue itself, counts them all ahead of it and queues behind them:
+ * woken by nobody, both slept until their deadlines with the pool empty. */
+static void taken_closed_locked(pgg_host *h)
+{
+    h->n_busy--;
+    wake_entitled(h);
+}
+
 /*
  * Under mu: w joins the queue at its place (a new ticket the first time;
  * its old one when it comes back after a failed take).  Parking stops and
@@ -850,7 +861,7 @@ static bool lend_unparked(pgg_host *h, pgg_link *l, int64_t now,
     PQfinish(l->conn);
     link_free(l);
     pthread_mutex_lock(&h->mu);
-    h->n_busy--;
+    taken_closed_locked(h);
     return false;
 }
 
@@ -964,7 +975,7 @@ static int borrow_locked(pgg_host *h, int64_t deadline_ns, int64_t now,
             PQfinish(l->conn);
             link_free(l);
             pthread_mutex_lock(&h->mu);
-            h->n_busy--;
+            taken_closed_locked(h);
             now = pgg__now_ns();
             if (w.ticket && !queue_join(h, &w))
                 return borrow_exhausted(h, &w, doomed, now, why, err);
@@ -1088,7 +1099,7 @@ int pgg__host_try_borrow(pgg_host *h, int64_t since, int64_t now,
         PQfinish(l->conn);
         link_free(l);
         pthread_mutex_lock(&h->mu);
-        h->n_busy--;
+        taken_closed_locked(h);
         pthread_mutex_unlock(&h->mu);
     }
     pthread_mutex_lock(&h->mu);
@@ -1106,7 +1117,7 @@ int pgg__host_try_borrow(pgg_host *h, int64_t since, int64_t now,
         PQfinish(l->conn);
         link_free(l);
         pthread_mutex_lock(&h->mu);
-        h->n_busy--;
+        taken_closed_locked(h);
     }
     if (h->closed) {
         pthread_mutex_unlock(&h->mu);

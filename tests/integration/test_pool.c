@@ -851,6 +851,81 @@ Test(pool, a_waiter_that_gives_up_leaves_its_place_to_the_next)
     end_test(p, c);
 }
 
+/*
+ * A borrow that took the only connection and found it dead frees its room
+ * for the borrower that queued meanwhile.  pool_max=1, validate every lend,
+ * a proxy that delays each chunk by 500 ms: the first call takes the
+ * connection and validates it (a slow round trip); a second call queues;
+ * the session is terminated before the check reaches the server.  The
+ * check fails, the first call closes the session (room for one connect
+ * again) and, as another queues, queues behind it.  Before, nobody was
+ * woken: both slept until their deadlines with the pool empty ("all 1
+ * connections busy", PGG_ETIMEDOUT).  The connection is taken from its
+ * parking slot (idle_list false) or from the idle list, where the health
+ * thread's trim moves parked ones (true): two paths of host.c.
+ */
+static void dead_session_while_another_queues(bool idle_list)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgh_proxy *px;
+    pgg_pool *p = pool_through_proxy(c, &px,
+                                     idle_list
+                                         ? "pool_max=1 pool_min_idle=0 breaker.mode=disabled "
+                                           "health_interval_ms=50 validate_after_idle_ms=0 "
+                                           "connect_timeout_ms=20000"
+                                         : "pool_max=1 pool_min_idle=0 breaker.mode=disabled "
+                                           "health_interval_ms=60000 validate_after_idle_ms=0 "
+                                           "connect_timeout_ms=20000");
+    thread_call a = {.p = p, .intent = PGG_WRITE, .timeout_ms = 30000};
+    thread_call b = {.p = p, .intent = PGG_WRITE, .timeout_ms = 30000};
+    pgg_call call = {.timeout_ms = 10000};
+    pthread_t ta, tb;
+    pgg_error e;
+    char pid[16], sql[64], v[16];
+    PGresult *r = pgg_exec(p, PGG_WRITE, "SELECT pg_backend_pid()", &call, NULL, &e);
+    double end = pgh_now_ms() + 10000;
+    int idle = 0;
+
+    cr_assert_not_null(r, "%s", e.message);
+    snprintf(pid, sizeof pid, "%s", PQgetvalue(r, 0, 0));
+    PQclear(r);
+    while (idle_list && idle < 1 && pgh_now_ms() < end) {
+        sleep_ms(1);
+        pthread_mutex_lock(&p->hosts[0].mu);
+        idle = p->hosts[0].n_idle;
+        pthread_mutex_unlock(&p->hosts[0].mu);
+    }
+    cr_assert(!idle_list || idle == 1, "the connection never went to the idle list");
+    pgh_proxy_set_mode(px, PGH_PROXY_DELAY, 500);
+    cr_assert_eq(pthread_create(&ta, NULL, exec_in_thread, &a), 0);
+    while (host_stats(p, 0).conns_busy < 1 && pgh_now_ms() < end)
+        sleep_ms(1);
+    cr_assert_eq(host_stats(p, 0).conns_busy, 1, "the first call never took the connection");
+    cr_assert_eq(pthread_create(&tb, NULL, exec_in_thread, &b), 0);
+    while (host_waiting(p) < 1 && pgh_now_ms() < end)
+        sleep_ms(1);
+    cr_assert_eq(host_waiting(p), 1, "the second call never waited");
+    snprintf(sql, sizeof sql, "SELECT pg_terminate_backend(%s)", pid);
+    cr_assert_eq(pgh_node_query_value(pgh_cluster_primary(c), sql, v, sizeof v), 0);
+    pthread_join(ta, NULL);
+    pthread_join(tb, NULL);
+    cr_expect_eq(a.code, PGG_OK, "the call that found the session dead: %s %s",
+                 pgg_err_name(a.code), a.message);
+    cr_expect_eq(b.code, PGG_OK, "the waiter: %s %s", pgg_err_name(b.code), b.message);
+    end_test(p, c);
+    pgh_proxy_free(px);
+}
+
+Test(pool, a_dead_parked_session_found_while_another_queues_frees_its_room)
+{
+    dead_session_while_another_queues(false);
+}
+
+Test(pool, a_dead_idle_session_found_while_another_queues_frees_its_room)
+{
+    dead_session_while_another_queues(true);
+}
+
 /* ----------------------------------------------------- cancel and events */
 
 Test(pool, a_query_past_its_deadline_is_cancelled_on_the_server)

@@ -2415,6 +2415,49 @@ Test(recovery, a_server_starting_up_longer_than_a_probe_bound_is_not_waited_for)
     pgh_cluster_free(c);
 }
 
+/*
+ * The same long recovery, with a server slow to say so: each "starting up"
+ * comes 400 ms after its connect, past the probe bound (300 ms).  The
+ * first probe marks the host starting; held past its bound (probe_hold),
+ * it ends the waits; its answer, "starting up", comes later.  The host
+ * must not be found starting again until the server answers otherwise:
+ * it has been starting for longer than a probe bound.  Before, the hold
+ * forgot since when (starting_since), and every probe that followed marked
+ * the host starting again for its bound: calls waited out most of every
+ * cycle for a server that was not going to take them (found in this file's
+ * test above under valgrind, 56 of 100 looks).
+ */
+Test(recovery, a_server_slow_to_say_it_is_starting_up_is_not_waited_for_again)
+{
+    pgh_cluster *c = cluster_or_die(1);
+    pgh_require_local(c, "a proxy between pgguard and a local replica");
+    pgh_proxy *px;
+    pgg_pool *p = pool_via_proxy(c, &px, "breaker.open_ms=60000 breaker.open_max_ms=60000 "
+                                         "health_probe_timeout_ms=300 connect_timeout_ms=5000 "
+                                         "read_policy=replica_only");
+    pgg_host *h = &p->hosts[1];
+    int seen = 0;
+
+    open_until_starting(p, px, PGH_PROXY_STARTING, 400);
+    for (int i = 0; i < 2000 && atomic_load(&h->starting); i++)
+        sleep_ms(5);
+    cr_assert(!atomic_load(&h->starting), "the host stayed starting");
+    /* Three answers of "starting up" more, about. */
+    for (int i = 0; i < 150; i++) {
+        seen += atomic_load(&h->starting);
+        sleep_ms(10);
+    }
+    cr_expect_eq(seen, 0, "the host was found starting again (%d of 150 looks) though its "
+                          "server has said it is starting up for longer than a probe bound",
+                 seen);
+    cr_expect(strstr(host_stats(p, 1).last_error, "starting up") != NULL,
+              "the probes did not hear the server starting up: %s", host_stats(p, 1).last_error);
+    pgh_proxy_set_mode(px, PGH_PROXY_PASS, 0);
+    end_test(p, NULL);
+    pgh_proxy_free(px);
+    pgh_cluster_free(c);
+}
+
 /* Host i's breaker's openings in its current streak (white box). */
 static uint32_t reopens_of(pgg_pool *p, int i)
 {
