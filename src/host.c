@@ -407,7 +407,14 @@ static int unpark_all_locked(pgg_host *h)
     for (int i = 0; i < PGG_PARK_SLOTS; i++) {
         pgg_link *l;
 
-        if (!atomic_load_explicit(&h->park[i].link, memory_order_relaxed))
+        /* seq_cst: queue_join's fetch_add on park_block and this look at
+         * the slots pair with pgg__host_park's CAS of a slot and its look
+         * at park_block (store buffering: each side must see the other's
+         * write).  A relaxed load after a seq_cst RMW is not ordered by it
+         * on weak memory (ARM64), and both could miss: a connection left
+         * parked while a waiter sleeps to its deadline.  A plain load on
+         * x86-64 either way (review11). */
+        if (!atomic_load_explicit(&h->park[i].link, memory_order_seq_cst))
             continue;
         l = atomic_exchange_explicit(&h->park[i].link, NULL, memory_order_acquire);
         if (!l)
