@@ -18,7 +18,14 @@
  *     health round); a contended pthread_mutex_lock (the pool's short
  *     locks) is allowed;
  *   connect on a blocking socket;
- *   getaddrinfo of a name that is not a numeric address (DNS).
+ *   getaddrinfo of a name that is not a numeric address (DNS);
+ *   libpq's connect steps, PQconnectStart(Params) and PQconnectPoll: not
+ *     waits, but CPU the loop must not spend (conninfo parsing and the
+ *     pgpass and service files; GSSAPI's credential lookup, ~290k
+ *     instructions per connect with krb5 installed; TLS handshakes): the
+ *     health thread makes a loop call's new connections (host.c, "Asked
+ *     connects"), and the loop connects only when no ask can be made (no
+ *     descriptor or memory, which these tests do not cause).
  *
  * The loop's own wait (epoll_wait inside libevent) is not interposed.
  * What it cannot see: a system call made directly (syscall(2)) or from
@@ -39,6 +46,7 @@
 #define LOOP_GUARD 1
 
 #include <arpa/inet.h>
+#include <libpq-fe.h>
 #include <dlfcn.h>
 #include <fcntl.h>
 #include <netdb.h>
@@ -225,6 +233,36 @@ int getaddrinfo(const char *node, const char *service, const struct addrinfo *hi
     if (!next)
         *(void **)&next = loop_guard_next("getaddrinfo", NULL);
     return next(node, service, hints, res);
+}
+
+PGconn *PQconnectStartParams(const char *const *keys, const char *const *vals, int expand)
+{
+    static PGconn *(*next)(const char *const *, const char *const *, int);
+
+    loop_guard_hit("PQconnectStartParams (a connect started on the loop thread)", expand);
+    if (!next)
+        *(void **)&next = loop_guard_next("PQconnectStartParams", NULL);
+    return next(keys, vals, expand);
+}
+
+PGconn *PQconnectStart(const char *conninfo)
+{
+    static PGconn *(*next)(const char *);
+
+    loop_guard_hit("PQconnectStart (a connect started on the loop thread)", 0);
+    if (!next)
+        *(void **)&next = loop_guard_next("PQconnectStart", NULL);
+    return next(conninfo);
+}
+
+PostgresPollingStatusType PQconnectPoll(PGconn *conn)
+{
+    static PostgresPollingStatusType (*next)(PGconn *);
+
+    loop_guard_hit("PQconnectPoll (a connect step on the loop thread)", 0);
+    if (!next)
+        *(void **)&next = loop_guard_next("PQconnectPoll", NULL);
+    return next(conn);
 }
 
 /* No waiting call on the loop thread so far (where: for the message). */
