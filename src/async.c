@@ -2067,12 +2067,14 @@ static void connect_made(pgg_async_call *k)
 }
 
 /*
- * Asked connects (host.c): the health thread makes k's new connection,
- * so that the loop runs none of libpq's connect steps (conninfo, pgpass,
- * GSSAPI, TLS: up to 1.4 ms of the loop's CPU per connect before); k waits
- * in CONNECT on the ask's eventfd, within the same bound (connect_bound),
- * and settles the connect slot its borrow reserved as before.  False when
- * no ask can be made (no memory or descriptor): k connects on the loop.
+ * Asked connects (host.c): k's connect, started on the loop
+ * (PQconnectStartParams, whose immediate failure, a refused local port,
+ * the call hears in this callback), goes on on the health thread, which
+ * runs every PQconnectPoll step (GSSAPI's credential lookup, TLS: up to
+ * 1.4 ms of the loop's CPU in one callback before); k waits in CONNECT on
+ * the ask's eventfd, within the same bound (connect_bound), and settles
+ * the connect slot its borrow reserved as before.  False when no ask can
+ * be made (no memory or descriptor): k's connect stays on the loop.
  */
 static bool connect_ask(pgg_async_call *k)
 {
@@ -2080,6 +2082,7 @@ static bool connect_ask(pgg_async_call *k)
 
     if (!a)
         return false;
+    a->conn = k->conn;
     a->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (a->efd < 0) {
         free(a);
@@ -2100,7 +2103,7 @@ static bool connect_ask(pgg_async_call *k)
         return false;
     }
     k->ask = a;
-    k->state = ST_CONNECT;
+    k->conn = NULL; /* the health thread's until the ask ends */
     pgg__health_ask(k->c.pool->health);
     return true;
 }
@@ -2344,8 +2347,6 @@ static void borrow(pgg_async_call *k)
      * connect_timeout_ms.  It is also the start of its ask of a refusing
      * server (host.c). */
     k->connect_at = now;
-    if (connect_ask(k))
-        return;
     k->ask = NULL;
     if (pgg__link_connect_start(h->keys, h->vals, h->name, &k->conn,
                                 k->c.err) != PGG_OK) {
@@ -2353,7 +2354,8 @@ static void borrow(pgg_async_call *k)
         return;
     }
     k->state = ST_CONNECT;
-    connect_step(k, false);
+    if (!connect_ask(k))
+        connect_step(k, false);
 }
 
 /* ----------------------------------------------------------- the path */

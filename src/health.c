@@ -1212,24 +1212,19 @@ static void asked_failed(pgg_health *hl, int i, pgg_asked *a, int code,
     asked_end(hl, i, a, now);
 }
 
-/* The asks queued for host i start: PQconnectStartParams here, not on
- * the loop (host.c, "Asked connects"). */
+/* The asks queued for host i, their connects started by their loops
+ * (PQconnectStartParams): their PQconnectPoll steps are this thread's
+ * from now on (host.c, "Asked connects"). */
 static void asked_take(pgg_health *hl, int i, int64_t now)
 {
-    pgg_host *h = &hl->pool->hosts[i];
-    pgg_asked *a = pgg__host_take_asked(h);
+    pgg_asked *a = pgg__host_take_asked(&hl->pool->hosts[i]);
 
     while (a) {
         pgg_asked *next = a->next;
 
         if (atomic_load(&hl->stopping)) {
             asked_failed(hl, i, a, PGG_ECLOSED, "pool closed", now);
-        } else if (!(a->conn = PQconnectStartParams(h->keys, h->vals, 0))) {
-            asked_failed(hl, i, a, PGG_ENOMEM, "connect: out of memory", now);
-        } else if (PQstatus(a->conn) == CONNECTION_BAD) {
-            asked_failed(hl, i, a, PGG_ECONNECT, NULL, now);
         } else {
-            pgg__link_verbose_startup(a->conn);
             a->events = POLLOUT;
             a->host = i;
             a->next = hl->asked;

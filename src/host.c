@@ -1336,17 +1336,20 @@ pgg_handed *pgg__host_take_handed(pgg_host *h)
 }
 
 /*
- * Asked connects.  A new connection for an event loop's call is made by
- * the health thread, not on the loop: libpq's connect steps run conninfo
- * parsing and the pgpass and service files in PQconnectStartParams, and
- * GSSAPI's credential lookup (gssencmode=prefer with krb5 installed: ~290k
- * instructions per connect on this machine, 80 % of the connect) and TLS
- * handshakes in PQconnectPoll, up to 1.4 ms of the loop's CPU in one
- * callback under the fault bench.  The loop's borrow reserves the slot
- * (pgg__host_try_borrow) and settles it as before (pgg__host_connected,
- * pgg__host_connect_failed with the ask's start: every rule of "Refused"
- * is the loop's call's, unchanged); the health thread only runs libpq
- * (health.c, asked_*) and tells the loop through the ask's eventfd.
+ * Asked connects.  The steps of a new connection for an event loop's call
+ * run on the health thread, not on the loop: GSSAPI's credential lookup
+ * (gssencmode=prefer with krb5 installed: ~290k of a connect's ~360k
+ * instructions on this machine) and TLS handshakes happen in
+ * PQconnectPoll, up to 1.4 ms of the loop's CPU in one callback under the
+ * fault bench.  The loop starts the connect (PQconnectStartParams: ~50k
+ * instructions, conninfo and the pgpass file; a refused local port fails
+ * there at once, and the call hears it in the same callback, as before,
+ * not two thread hand-offs later) and hands it over.  The loop's borrow
+ * reserves the slot (pgg__host_try_borrow) and settles it as before
+ * (pgg__host_connected, pgg__host_connect_failed with the ask's start:
+ * every rule of "Refused" is the loop's call's, unchanged); the health
+ * thread only runs libpq (health.c, asked_*) and tells the loop through
+ * the ask's eventfd.
  */
 bool pgg__host_ask_connect(pgg_host *h, pgg_asked *a)
 {
