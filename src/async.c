@@ -163,8 +163,8 @@ struct pgg_async_call {
     int64_t connect_at; /* CONNECT, HOOK: when its connect started (the
                            reading it was reserved with: its ask's start) */
     int64_t parked_at;  /* when the attempt first parked (0: not yet) */
-    /* CONNECT: the connect the health thread makes for it (host.c, "Asked
-     * connects"; set by borrow), or NULL: made on the loop. */
+    /* CONNECT: its connect, whose steps the health thread makes (host.c,
+     * "Asked connects"; set by borrow), or NULL: stepped on the loop. */
     pgg_asked *ask;
     pgg_link_io io;
     pgg__attempt a;

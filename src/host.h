@@ -81,11 +81,11 @@ typedef struct pgg_handed {
 } pgg_handed;
 
 /*
- * A connect an event loop's call asked the health thread to make (host.c,
- * "Asked connects"): the loop never runs libpq's connect steps (conninfo
- * parsing, the pgpass and service files, GSSAPI and TLS negotiation).
- * Shared by the two threads: `state` says whose it is (ASK_*), `refs`
- * who still holds it (the last one closes efd and frees it).
+ * A connect an event loop's call started (PQconnectStartParams) and asked
+ * the health thread to finish (host.c, "Asked connects"): the loop runs
+ * none of its PQconnectPoll steps (GSSAPI and TLS negotiation).  Shared
+ * by the two threads: `state` says whose it is (ASK_*), `refs` who still
+ * holds it (the last one closes efd and frees it).
  */
 enum { PGG_ASK_PENDING, PGG_ASK_DONE, PGG_ASK_CUT, PGG_ASK_DROP };
 
@@ -540,11 +540,11 @@ bool pgg__host_hand_connect(pgg_host *h, PGconn *conn, int events,
 pgg_handed *pgg__host_take_handed(pgg_host *h);
 
 /*
- * Asked connects (host.c): a, PENDING with one reference for the caller
- * (an event loop's call, whose borrow reserved the connect slot) and one
- * for the health thread, is queued for the health thread (the caller
- * wakes it: pgg__health_ask).  False when the host is closed: a stays
- * the caller's.
+ * Asked connects (host.c): a, its conn started, PENDING with one
+ * reference for the caller (an event loop's call, whose borrow reserved
+ * the connect slot) and one for the health thread, is queued for the
+ * health thread (the caller wakes it: pgg__health_ask).  False when the
+ * host is closed: a stays the caller's.
  */
 bool pgg__host_ask_connect(pgg_host *h, pgg_asked *a);
 /* The asked connects not taken yet, now the health thread's, or NULL. */
