@@ -6,19 +6,23 @@
  * connect, exec, classification, records, retries on the next host, the
  * fallback cache), on the same pool: hosts, breakers, connections, cache and
  * metrics are shared with blocking callers on other threads.  Nothing a
- * pgg_async does blocks the loop: connects are non-blocking
- * (PQconnectStartParams + PQconnectPoll), queries are sent and read as the
- * loop reports the socket ready, every deadline is a loop timer, a full
- * bulkhead refuses at once, and a query abandoned at its deadline is
- * cancelled on the server from the pool's canceller thread.
+ * pgg_async does blocks the loop: a call's new connection is started on
+ * the loop (PQconnectStartParams, non-blocking) and made by the pool's
+ * health thread (every PQconnectPoll step there, GSSAPI and TLS included;
+ * the loop waits for it on an eventfd, within the call's deadline),
+ * queries are sent and read as the loop reports the socket ready, every
+ * deadline is a loop timer, a full bulkhead refuses at once, and a query
+ * abandoned at its deadline is cancelled on the server from the pool's
+ * canceller thread.
  *
  * DNS: libpq resolves a host name inside PQconnectStartParams, which
  * blocks.  Give the pool numeric addresses (hostaddr=, or host=127.0.0.1)
  * when it serves a loop, or resolve names off the loop and pass hostaddr.
  * GSSAPI: with libpq's default gssencmode=prefer, every connect asks the
  * GSSAPI library for credentials (it reads /etc/krb5.conf and the
- * credential cache: about 90% of a connect's client instructions here);
- * set gssencmode=disable in the pool's conninfo unless you use Kerberos.
+ * credential cache: about 80% of a connect's client instructions here),
+ * on the health thread; set gssencmode=disable in the pool's conninfo
+ * unless you use Kerberos.
  *
  * The loop is reached through a table of hooks (pgg_async_ev), filled by an
  * adapter: include <pgguard/adapters/libevent.h>, libev.h or libuv.h and

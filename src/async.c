@@ -37,6 +37,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -44,6 +45,7 @@
 #include "call.h"
 #include "cancel.h"
 #include "error.h"
+#include "health.h"
 #include "pipeline.h"
 #include "pool_api.h"
 #include "typed.h"
@@ -161,6 +163,9 @@ struct pgg_async_call {
     int64_t connect_at; /* CONNECT, HOOK: when its connect started (the
                            reading it was reserved with: its ask's start) */
     int64_t parked_at;  /* when the attempt first parked (0: not yet) */
+    /* CONNECT: its connect, whose steps the health thread makes (host.c,
+     * "Asked connects"; set by borrow), or NULL: stepped on the loop. */
+    pgg_asked *ask;
     pgg_link_io io;
     pgg__attempt a;
     ino_t conn_ino;
@@ -1876,11 +1881,10 @@ static int connect_fd(pgg_async_call *k)
 
 /* The connect failed (err says why): recorded and classified as a failed
  * borrow of the blocking path. */
+static void connect_lost(pgg_async_call *k, pgg_borrow_fail why);
+
 static void connect_failed_as(pgg_async_call *k, pgg_borrow_fail why)
 {
-    pgg_cancel *prev = pgg__cancel_cur;
-    pgg_take t;
-
     connect_fd_close(k);
     if (pgg__host_connect_failed(k->h, k->c.err, why == PGG_BORROW_CONNECT,
                                  k->connect_at)) {
@@ -1890,6 +1894,16 @@ static void connect_failed_as(pgg_async_call *k, pgg_borrow_fail why)
         park(k, pgg__now_ns());
         return;
     }
+    connect_lost(k, why);
+}
+
+/* k's connect ended without a connection (err says why; the slot settled):
+ * the failed borrow recorded and classified as on the blocking path. */
+static void connect_lost(pgg_async_call *k, pgg_borrow_fail why)
+{
+    pgg_cancel *prev = pgg__cancel_cur;
+    pgg_take t;
+
     pgg__cancel_cur = k->c.cancel;
     t = pgg__pool_take_failed(k->c.pool, k->h, k->ticket, k->c.now, why,
                               k->c.err);
@@ -1998,12 +2012,18 @@ static void hook_over(pgg_async_call *k, PGresult *res, pgg_attempt_end end)
     connect_failed_as(k, host_fault ? PGG_BORROW_CONNECT : PGG_BORROW_HOOK);
 }
 
+static void connect_made(pgg_async_call *k);
+static void connect_answered(pgg_async_call *k);
+
 static void connect_step(pgg_async_call *k, bool ready)
 {
-    int want = pgg__link_connect_step(&k->conn, ready, k->h->name, k->c.err);
-    bool callback;
-    const char *sql;
+    int want;
 
+    if (k->ask) {
+        connect_answered(k);
+        return;
+    }
+    want = pgg__link_connect_step(&k->conn, ready, k->h->name, k->c.err);
     if (want > 0) {
         int fd = connect_fd(k);
 
@@ -2020,7 +2040,15 @@ static void connect_step(pgg_async_call *k, bool ready)
         connect_failed(k);
         return;
     }
-    sql = pgg__host_hook_sql(k->h, &callback);
+    connect_made(k);
+}
+
+/* k->conn connected: its hook's SQL, if any, then lent to k. */
+static void connect_made(pgg_async_call *k)
+{
+    bool callback;
+    const char *sql = pgg__host_hook_sql(k->h, &callback);
+
     if (sql) {
         pgg_query q = {.sql = sql};
         PGresult *res = NULL;
@@ -2036,6 +2064,127 @@ static void connect_step(pgg_async_call *k, bool ready)
         return;
     }
     connected(k);
+}
+
+/*
+ * Asked connects (host.c): k's connect, started on the loop
+ * (PQconnectStartParams, whose immediate failure, a refused local port,
+ * the call hears in this callback), goes on on the health thread, which
+ * runs every PQconnectPoll step (GSSAPI's credential lookup, TLS: up to
+ * 1.4 ms of the loop's CPU in one callback before); k waits in CONNECT on
+ * the ask's eventfd, within the same bound (connect_bound), and settles
+ * the connect slot its borrow reserved as before.  False when no ask can
+ * be made (no memory or descriptor): k's connect stays on the loop.
+ */
+static bool connect_ask(pgg_async_call *k)
+{
+    pgg_asked *a = calloc(1, sizeof *a);
+
+    if (!a)
+        return false;
+    a->conn = k->conn;
+    a->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (a->efd < 0) {
+        free(a);
+        return false;
+    }
+    a->started = k->connect_at;
+    atomic_init(&a->state, PGG_ASK_PENDING);
+    atomic_init(&a->refs, 2);
+    if (!sock_want(k, a->efd, POLLIN, connect_bound(k))) {
+        close(a->efd);
+        free(a);
+        return false;
+    }
+    if (!pgg__host_ask_connect(k->h, a)) {
+        sock_close(k);
+        close(a->efd);
+        free(a);
+        return false;
+    }
+    k->ask = a;
+    k->conn = NULL; /* the health thread's until the ask ends */
+    pgg__health_ask(k->c.pool->health);
+    return true;
+}
+
+/* k's ask is DONE (its eventfd said so, or k's wait ended meanwhile):
+ * the connection is k's, or the connect failed (the health thread's err). */
+static void connect_take(pgg_async_call *k)
+{
+    pgg_asked *a = k->ask;
+
+    sock_close(k); /* forgotten before the eventfd can close */
+    k->ask = NULL;
+    k->conn = a->conn;
+    if (!k->conn)
+        pgg__error_copy(k->c.err, &a->err);
+    pgg__asked_unref(a);
+    if (k->conn)
+        connect_made(k);
+    else
+        connect_failed(k);
+}
+
+static void connect_answered(pgg_async_call *k)
+{
+    if (atomic_load_explicit(&k->ask->state, memory_order_acquire) ==
+        PGG_ASK_DONE)
+        connect_take(k);
+}
+
+/*
+ * k's wait for its ask ended first (expire): its attempt's deadline or a
+ * cancel before the connect's own bound (cut: the connect goes on as a
+ * handed spare, connect_cut's rule), or that bound (closed).  An ask the
+ * health thread ended meanwhile is taken as it ended, unless the deadline
+ * passed: then its session goes to the pool and k's attempt ends as cut.
+ */
+static void connect_ask_end(pgg_async_call *k, bool cut)
+{
+    pgg_asked *a = k->ask;
+    int pending = PGG_ASK_PENDING;
+    bool handed = cut && pgg__host_ask_handed(k->h);
+    pgg_link *l;
+
+    if (!atomic_compare_exchange_strong_explicit(
+            &a->state, &pending, handed ? PGG_ASK_CUT : PGG_ASK_DROP,
+            memory_order_acq_rel, memory_order_acquire)) {
+        /* DONE: the health thread ended it first. */
+        if (handed)
+            pgg__host_spares(k->h, -1);
+        if (!cut || !a->conn) {
+            connect_take(k);
+            return;
+        }
+        sock_close(k);
+        k->ask = NULL;
+        if (pgg__host_connected(k->h, a->conn, k->connect_at, &l, k->c.err) ==
+            PGG_OK)
+            pgg__host_give_back(k->h, l, pgg__now_ns());
+        pgg__asked_unref(a);
+        pgg__error_set(k->c.err, PGG_ETIMEDOUT, NULL, k->h->name,
+                       "connect: the call's deadline came first; the "
+                       "connection was made and joins the pool");
+        connect_lost(k, PGG_BORROW_CUT);
+        return;
+    }
+    sock_close(k);
+    k->ask = NULL;
+    pgg__asked_unref(a);
+    pgg__health_ask(k->c.pool->health); /* it lets go of the socket now */
+    if (cut) {
+        pgg__error_set(k->c.err, PGG_ETIMEDOUT, NULL, k->h->name,
+                       "connect: the call's deadline came first; %s",
+                       handed ? "the connect goes on and its session joins "
+                                "the pool"
+                              : "connect given up");
+        connect_failed_as(k, PGG_BORROW_CUT);
+    } else {
+        pgg__error_set(k->c.err, PGG_ETIMEDOUT, NULL, k->h->name,
+                       "connect: deadline exceeded");
+        connect_failed(k);
+    }
 }
 
 /* Wait for a connection of k->h (look_again: the next look, or the
@@ -2198,13 +2347,15 @@ static void borrow(pgg_async_call *k)
      * connect_timeout_ms.  It is also the start of its ask of a refusing
      * server (host.c). */
     k->connect_at = now;
+    k->ask = NULL;
     if (pgg__link_connect_start(h->keys, h->vals, h->name, &k->conn,
                                 k->c.err) != PGG_OK) {
         connect_failed(k);
         return;
     }
     k->state = ST_CONNECT;
-    connect_step(k, false);
+    if (!connect_ask(k))
+        connect_step(k, false);
 }
 
 /* ----------------------------------------------------------- the path */
@@ -2415,7 +2566,10 @@ static void expire(pgg_async_call *k)
 
     switch (k->state) {
     case ST_CONNECT:
-        if (pgg__now_ns() < k->connect_at + k->h->connect_timeout_ns)
+        if (k->ask)
+            connect_ask_end(k, pgg__now_ns() < k->connect_at +
+                                                   k->h->connect_timeout_ns);
+        else if (pgg__now_ns() < k->connect_at + k->h->connect_timeout_ns)
             connect_cut(k);
         else
             connect_abort(k, PGG_ETIMEDOUT, "connect: deadline exceeded");

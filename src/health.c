@@ -141,6 +141,12 @@ struct pgg_health {
     struct pollfd *pfds;
     int *pfd_host;
     int *pfd_spare; /* -1: the probe's socket; else the spare's index */
+    /* Asked connects being made for event loops' calls (host.c, "Asked
+     * connects"), each with its host's index: asked_host. */
+    pgg_asked *asked;
+    int nasked;
+    pgg_asked **pfd_asked; /* the ask whose socket it is, or NULL */
+    int pfd_cap;           /* room in pfds, pfd_host, pfd_spare, pfd_asked */
 };
 
 /* ------------------------------------------------------------- probing */
@@ -933,27 +939,19 @@ static void spares_handed(pgg_health *hl, int i)
     }
 }
 
-/* Handed spare sp of host i ended without a session (err: why; timed_out:
- * its own bound ran out): a connect that failed, the host's failure as a
+/* A handed connect of host i, started at `started`, ended without a
+ * session (e: why): a connect that failed, the host's failure as a
  * caller's would have been, unless the server refused it for a reason of
  * its own (too many clients, starting: an answer, classify.h). */
-static void handed_failed(pgg_health *hl, int i, const spare *sp,
-                          bool timed_out, int64_t now)
+static void handed_failed(pgg_health *hl, int i, int64_t started,
+                          const pgg_error *e, int64_t now)
 {
     pgg_host *h = &hl->pool->hosts[i];
-    pgg_error e;
     pgg_verdict v;
     pgg_ticket t;
 
-    pgg__error_reset(&e);
-    if (timed_out)
-        pgg__error_set(&e, PGG_ETIMEDOUT, NULL, h->name,
-                       "connect: deadline exceeded (connect_timeout_ms, "
-                       "finished for a call that gave up)");
-    else
-        pgg__link_error(&e, PGG_ECONNECT, sp->conn, NULL, h->name, "connect");
     v = pgg__classify_connect(&hl->pool->cfg->classifier,
-                              e.sqlstate[0] ? e.sqlstate : NULL);
+                              e->sqlstate[0] ? e->sqlstate : NULL);
     /* Refused at startup: the host answered (the silence rule), as
      * pgg__pool_take_failed counts a caller's refused connect. */
     if (v.cls == PGG_CLASS_IGNORED)
@@ -962,9 +960,27 @@ static void handed_failed(pgg_health *hl, int i, const spare *sp,
     if (!pgg__host_failure(v.cls))
         return;
     atomic_fetch_add(&h->connect_failures, 1);
-    pgg__host_note_error(h, &e);
+    pgg__host_note_error(h, e);
     if (pgg__breaker_allow(&h->breaker, now, &t))
-        pgg__pool_record(hl->pool, h, t, v.cls, sp->started, now);
+        pgg__pool_record(hl->pool, h, t, v.cls, started, now);
+}
+
+/* Handed spare sp of host i failed (libpq said why) or ran out its own
+ * bound (timed_out). */
+static void handed_spare_failed(pgg_health *hl, int i, const spare *sp,
+                                bool timed_out, int64_t now)
+{
+    pgg_error e;
+
+    pgg__error_reset(&e);
+    if (timed_out)
+        pgg__error_set(&e, PGG_ETIMEDOUT, NULL, hl->pool->hosts[i].name,
+                       "connect: deadline exceeded (connect_timeout_ms, "
+                       "finished for a call that gave up)");
+    else
+        pgg__link_error(&e, PGG_ECONNECT, sp->conn, NULL,
+                        hl->pool->hosts[i].name, "connect");
+    handed_failed(hl, i, sp->started, &e, now);
 }
 
 /*
@@ -1095,6 +1111,29 @@ static void spare_drop(pgg_host *h, spare *sp, int64_t retry_at)
     pgg__host_spares(h, -1);
 }
 
+/* Connect c of host i (started then) completed, set up as a pooled
+ * session (non-blocking, pgg__link_started): the host answered; into the
+ * idle list with its role.  False: not taken, c still the caller's. */
+static bool spare_adopt(pgg_health *hl, int i, PGconn *c, int64_t started,
+                        bool handed, int64_t now)
+{
+    pgg_host *h = &hl->pool->hosts[i];
+    pgg_role role;
+
+    /* The host took a session: an answer, which a silence noted since
+     * the connect's start (a call cut while it waited) must not outlast
+     * (verify_take, verify_failed). */
+    answered(hl, i, now);
+    if (!pgg__breaker_host_back(&h->breaker, now))
+        (void)pgg__breaker_host_answered(&h->breaker, now);
+    role = pgg__link_reported_role(c);
+    if (role == PGG_ROLE_UNKNOWN ||
+        !pgg__host_adopt(h, c, now, started, SPARES + 1, handed))
+        return false;
+    pgg__pool_set_role(hl->pool, h, role, "reported by the server");
+    return true;
+}
+
 /* Advance spare k (host i) on socket events. */
 static void spare_step(pgg_health *hl, int i, int k)
 {
@@ -1102,37 +1141,28 @@ static void spare_step(pgg_health *hl, int i, int k)
     pgg_host *h = &hl->pool->hosts[i];
     PGconn *c = sp->conn;
     int64_t now;
-    pgg_role role;
 
     sp->cst = PQconnectPoll(c);
     if (sp->cst == PGRES_POLLING_FAILED) {
         now = pgg__now_ns();
         if (sp->handed)
-            handed_failed(hl, i, sp, false, now);
+            handed_spare_failed(hl, i, sp, false, now);
         spare_drop(h, sp, now + DEMAND_REFUSED_NS);
         return;
     }
     if (sp->cst != PGRES_POLLING_OK)
         return;
     now = pgg__now_ns();
-    /* The host took a session: an answer, which a silence noted since
-     * the connect's start (a call cut while it waited) must not outlast
-     * (verify_take, verify_failed). */
-    answered(hl, i, now);
     if (PQsetnonblocking(c, 1) != 0) {
+        answered(hl, i, now);
         spare_drop(h, sp, now);
         return;
     }
     pgg__link_started(c);
-    if (!pgg__breaker_host_back(&h->breaker, now))
-        (void)pgg__breaker_host_answered(&h->breaker, now);
-    role = pgg__link_reported_role(c);
-    if (role == PGG_ROLE_UNKNOWN ||
-        !pgg__host_adopt(h, c, now, sp->started, SPARES + 1, sp->handed)) {
+    if (!spare_adopt(hl, i, c, sp->started, sp->handed, now)) {
         spare_drop(h, sp, now);
         return;
     }
-    pgg__pool_set_role(hl->pool, h, role, "reported by the server");
     sp->conn = NULL;
     pgg__host_spares(h, -1);
     /* The breaker let traffic in again: calls waiting for the starting
@@ -1143,6 +1173,184 @@ static void spare_step(pgg_health *hl, int i, int k)
         pgg__host_set_starting(h, false);
         atomic_store_explicit(&h->suspect_until_ns, 0, memory_order_relaxed);
     }
+}
+
+/* ------------------------------------------------------ asked connects */
+
+/* Ask a of host i ended here: the loop told (DONE), or, when its call
+ * gave it up meanwhile, disposed of as a handed connect (CUT: adopted, or
+ * the host's failure) or closed (DROP).  a->conn: the session, or NULL
+ * with a->err set.  The health thread's reference is dropped. */
+static void asked_end(pgg_health *hl, int i, pgg_asked *a, int64_t now)
+{
+    pgg_host *h = &hl->pool->hosts[i];
+
+    if (pgg__asked_done(a)) {
+        pgg__asked_unref(a);
+        return;
+    }
+    if (atomic_load_explicit(&a->state, memory_order_acquire) == PGG_ASK_CUT) {
+        if (a->conn && spare_adopt(hl, i, a->conn, a->started, true, now))
+            a->conn = NULL;
+        else if (!a->conn && !atomic_load(&hl->stopping))
+            handed_failed(hl, i, a->started, &a->err, now);
+        pgg__host_spares(h, -1);
+    }
+    PQfinish(a->conn);
+    a->conn = NULL;
+    pgg__asked_unref(a);
+}
+
+/* Ask a of host i failed: e's code and libpq's message (or msg). */
+static void asked_failed(pgg_health *hl, int i, pgg_asked *a, int code,
+                         const char *msg, int64_t now)
+{
+    const char *name = hl->pool->hosts[i].name;
+
+    if (msg)
+        pgg__error_set(&a->err, code, NULL, name, "%s", msg);
+    else
+        pgg__link_error(&a->err, code, a->conn, NULL, name, "connect");
+    PQfinish(a->conn);
+    a->conn = NULL;
+    asked_end(hl, i, a, now);
+}
+
+/* The asks queued for host i, their connects started by their loops
+ * (PQconnectStartParams): their PQconnectPoll steps are this thread's
+ * from now on (host.c, "Asked connects"). */
+static void asked_take(pgg_health *hl, int i, int64_t now)
+{
+    pgg_asked *a = pgg__host_take_asked(&hl->pool->hosts[i]);
+
+    while (a) {
+        pgg_asked *next = a->next;
+
+        if (atomic_load(&hl->stopping)) {
+            asked_failed(hl, i, a, PGG_ECLOSED, "pool closed", now);
+        } else {
+            a->events = POLLOUT;
+            a->host = i;
+            a->next = hl->asked;
+            hl->asked = a;
+            hl->nasked++;
+        }
+        a = next;
+    }
+}
+
+/* Ask a of host i given up by its call while it connects: a handed spare
+ * now (CUT), with a slot free, or closed. */
+static void asked_handed(pgg_health *hl, int i, pgg_asked *a)
+{
+    pgg_host *h = &hl->pool->hosts[i];
+    spare *sps = &hl->spares[i * SPARES];
+    int s = 0;
+
+    while (s < SPARES && sps[s].conn)
+        s++;
+    if (s == SPARES || atomic_load(&hl->stopping)) {
+        PQfinish(a->conn);
+        pgg__host_spares(h, -1);
+    } else {
+        sps[s].conn = a->conn;
+        sps[s].cst = a->events == POLLIN ? PGRES_POLLING_READING
+                                         : PGRES_POLLING_WRITING;
+        sps[s].started = a->started;
+        sps[s].end = a->started + h->connect_timeout_ns;
+        sps[s].retry_at = 0;
+        sps[s].handed = true;
+    }
+    a->conn = NULL;
+    pgg__asked_unref(a);
+}
+
+/* The asks on their way: those their calls gave up leave (handed on or
+ * closed); one past its own bound (connect_timeout_ms from its start: the
+ * loop's timer usually ends it first) fails.  *wait_until: the nearest
+ * bound. */
+static void asked_tend(pgg_health *hl, int64_t now, int64_t *wait_until)
+{
+    pgg_asked **pp = &hl->asked;
+
+    while (*pp) {
+        pgg_asked *a = *pp;
+        pgg_host *h = &hl->pool->hosts[a->host];
+        int st = atomic_load_explicit(&a->state, memory_order_acquire);
+        int64_t end = a->started + h->connect_timeout_ns;
+
+        if (st == PGG_ASK_PENDING && now < end &&
+            !atomic_load(&hl->stopping)) {
+            if (end < *wait_until)
+                *wait_until = end;
+            pp = &a->next;
+            continue;
+        }
+        *pp = a->next;
+        hl->nasked--;
+        if (st == PGG_ASK_CUT)
+            asked_handed(hl, a->host, a);
+        else if (st == PGG_ASK_DROP)
+            asked_end(hl, a->host, a, now);
+        else
+            asked_failed(hl, a->host, a,
+                         atomic_load(&hl->stopping) ? PGG_ECLOSED
+                                                    : PGG_ETIMEDOUT,
+                         atomic_load(&hl->stopping)
+                             ? "pool closed"
+                             : "connect: deadline exceeded",
+                         now);
+    }
+}
+
+/* Advance ask a on socket events (PQconnectPoll's CPU, here). */
+static void asked_step(pgg_health *hl, pgg_asked *a)
+{
+    PostgresPollingStatusType st = PQconnectPoll(a->conn);
+    pgg_asked **pp;
+
+    if (st == PGRES_POLLING_READING || st == PGRES_POLLING_WRITING) {
+        a->events = st == PGRES_POLLING_READING ? POLLIN : POLLOUT;
+        return;
+    }
+    for (pp = &hl->asked; *pp != a; pp = &(*pp)->next)
+        ;
+    *pp = a->next;
+    hl->nasked--;
+    if (st == PGRES_POLLING_OK && PQsetnonblocking(a->conn, 1) == 0) {
+        pgg__link_started(a->conn);
+        asked_end(hl, a->host, a, pgg__now_ns());
+        return;
+    }
+    asked_failed(hl, a->host, a, PGG_ECONNECT, NULL, pgg__now_ns());
+}
+
+/* Room in the poll arrays for n sockets and the eventfd. */
+static bool pfds_room(pgg_health *hl, int n)
+{
+    struct pollfd *p;
+    int *ph, *ps;
+    pgg_asked **pa;
+
+    if (n + 1 <= hl->pfd_cap)
+        return true;
+    n = n * 2 + 1;
+    p = realloc(hl->pfds, (size_t)n * sizeof *p);
+    if (p)
+        hl->pfds = p;
+    ph = realloc(hl->pfd_host, (size_t)n * sizeof *ph);
+    if (ph)
+        hl->pfd_host = ph;
+    ps = realloc(hl->pfd_spare, (size_t)n * sizeof *ps);
+    if (ps)
+        hl->pfd_spare = ps;
+    pa = realloc(hl->pfd_asked, (size_t)n * sizeof *pa);
+    if (pa)
+        hl->pfd_asked = pa;
+    if (!p || !ph || !ps || !pa)
+        return false;
+    hl->pfd_cap = n;
+    return true;
 }
 
 /* Host i's refusals over the last window of at least incident_min. */
@@ -1174,7 +1382,7 @@ static void spares_expire(pgg_health *hl, int i, int64_t now, int64_t *wait_unti
             continue;
         if (now >= sp->end || atomic_load(&hl->stopping)) {
             if (sp->handed && now >= sp->end && !atomic_load(&hl->stopping))
-                handed_failed(hl, i, sp, true, now);
+                handed_spare_failed(hl, i, sp, true, now);
             spare_drop(&hl->pool->hosts[i], sp, now);
         } else if (sp->end < *wait_until) {
             *wait_until = sp->end;
@@ -1215,8 +1423,14 @@ static void *health_main(void *arg)
         hl->was_incident = now_incident;
         for (int i = 0; i < pool->nhosts; i++) {
             spares_handed(hl, i);
-            verify_take(hl, i, now);
+            asked_take(hl, i, now);
         }
+        /* Asks their calls gave up become handed spares here, before the
+         * silence those calls noted is verified (verify_take: they are its
+         * spare). */
+        asked_tend(hl, now, &wait_until);
+        for (int i = 0; i < pool->nhosts; i++)
+            verify_take(hl, i, now);
 
         for (int i = 0; i < pool->nhosts; i++) {
             probe *p = &hl->probes[i];
@@ -1259,6 +1473,7 @@ static void *health_main(void *arg)
             hl->pfds[n].revents = 0;
             hl->pfd_host[n] = i;
             hl->pfd_spare[n] = -1;
+            hl->pfd_asked[n] = NULL;
             n++;
         }
         sweep(hl, now);
@@ -1279,8 +1494,20 @@ static void *health_main(void *arg)
                 hl->pfds[n].revents = 0;
                 hl->pfd_host[n] = i;
                 hl->pfd_spare[n] = i * SPARES + s;
+                hl->pfd_asked[n] = NULL;
                 n++;
             }
+        }
+        /* Without room (no memory), an ask is polled in a later round. */
+        (void)pfds_room(hl, n + hl->nasked);
+        for (pgg_asked *a = hl->asked; a && n + 1 < hl->pfd_cap; a = a->next) {
+            hl->pfds[n].fd = PQsocket(a->conn);
+            hl->pfds[n].events = (short)a->events;
+            hl->pfds[n].revents = 0;
+            hl->pfd_host[n] = a->host;
+            hl->pfd_spare[n] = -1;
+            hl->pfd_asked[n] = a;
+            n++;
         }
         hl->pfds[n].fd = hl->event_fd;
         hl->pfds[n].events = POLLIN;
@@ -1302,7 +1529,9 @@ static void *health_main(void *arg)
 
             if (!hl->pfds[k].revents)
                 continue;
-            if (hl->pfd_spare[k] >= 0)
+            if (hl->pfd_asked[k])
+                asked_step(hl, hl->pfd_asked[k]);
+            else if (hl->pfd_spare[k] >= 0)
                 spare_step(hl, i, hl->pfd_spare[k]);
             else if (probe_step(hl, i, hl->pfds[k].revents))
                 probe_end(hl, i, pgg__now_ns());
@@ -1314,6 +1543,15 @@ static void *health_main(void *arg)
 /* Release what start allocated; the thread is not running. */
 static void health_free(pgg_health *hl)
 {
+    /* Asks on their way or queued: their loops hear the pool closed. */
+    if (hl->pfd_asked) {
+        int64_t ignored = INT64_MAX;
+
+        atomic_store(&hl->stopping, true);
+        for (int i = 0; i < hl->pool->nhosts; i++)
+            asked_take(hl, i, 0);
+        asked_tend(hl, 0, &ignored);
+    }
     if (hl->conns)
         for (int i = 0; i < hl->pool->nhosts; i++)
             PQfinish(hl->conns[i]);
@@ -1328,6 +1566,7 @@ static void health_free(pgg_health *hl)
     free(hl->pfds);
     free(hl->pfd_host);
     free(hl->pfd_spare);
+    free(hl->pfd_asked);
     if (hl->event_fd >= 0)
         close(hl->event_fd);
     free(hl);
@@ -1350,12 +1589,14 @@ pgg_health *pgg__health_start(pgg_pool *pool, pgg_error *err)
         !(hl->spares = calloc(n * SPARES, sizeof *hl->spares)) ||
         !(hl->refused = calloc(n, sizeof *hl->refused)) ||
         !(hl->pfds = calloc(n * (1 + SPARES) + 1, sizeof *hl->pfds)) ||
-        !(hl->pfd_host = calloc(n * (1 + SPARES), sizeof *hl->pfd_host)) ||
-        !(hl->pfd_spare = calloc(n * (1 + SPARES), sizeof *hl->pfd_spare))) {
+        !(hl->pfd_host = calloc(n * (1 + SPARES) + 1, sizeof *hl->pfd_host)) ||
+        !(hl->pfd_spare = calloc(n * (1 + SPARES) + 1, sizeof *hl->pfd_spare)) ||
+        !(hl->pfd_asked = calloc(n * (1 + SPARES) + 1, sizeof *hl->pfd_asked))) {
         health_free(hl);
         pgg__error_set(err, PGG_ENOMEM, NULL, NULL, "out of memory");
         return NULL;
     }
+    hl->pfd_cap = (int)(n * (1 + SPARES) + 1);
     hl->event_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (hl->event_fd < 0) {
         health_free(hl);
@@ -1423,6 +1664,13 @@ void pgg__health_wake(pgg_health *hl)
         atomic_exchange(&hl->wake_pending, true))
         return;
     signal_event(hl);
+}
+
+void pgg__health_ask(pgg_health *hl)
+{
+    /* One write per ask or give-up: connects are rare next to calls. */
+    if (hl)
+        signal_event(hl);
 }
 
 bool pgg__health_await_round(pgg_health *hl, int64_t deadline_ns)

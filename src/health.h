@@ -48,6 +48,10 @@ void pgg__health_stop(pgg_health *hl);
  * session died): probe every host now at the fast cadence.  Lock-free and
  * cheap when already woken.  Accepts NULL. */
 void pgg__health_wake(pgg_health *hl);
+/* An event loop queued an asked connect (host.c, "Asked connects") or
+ * gave one up: the thread takes it now.  No probe is brought forward.
+ * Accepts NULL. */
+void pgg__health_ask(pgg_health *hl);
 /* Wake the thread and wait until a round that started after this call has
  * probed every host, or deadline_ns.  Returns whether it did. */
 bool pgg__health_await_round(pgg_health *hl, int64_t deadline_ns);

@@ -80,6 +80,32 @@ typedef struct pgg_handed {
     struct pgg_handed *next;
 } pgg_handed;
 
+/*
+ * A connect an event loop's call started (PQconnectStartParams) and asked
+ * the health thread to finish (host.c, "Asked connects"): the loop runs
+ * none of its PQconnectPoll steps (GSSAPI and TLS negotiation).  Shared
+ * by the two threads: `state` says whose it is (ASK_*), `refs` who still
+ * holds it (the last one closes efd and frees it).
+ */
+enum { PGG_ASK_PENDING, PGG_ASK_DONE, PGG_ASK_CUT, PGG_ASK_DROP };
+
+typedef struct pgg_asked {
+    /* PENDING: the health thread's, connecting.  DONE: the loop's, the
+     * connected session, or NULL with err telling why not. */
+    PGconn *conn;
+    pgg_error err;
+    int64_t started; /* the call's connect_at: its ask's start ("Refused") */
+    int events;      /* the health thread's: the poll events it waits for */
+    int host;        /* the health thread's: its host's index */
+    int efd;         /* an eventfd the loop watches: written on DONE */
+    /* PENDING until the health thread ends it (DONE) or the loop gives it
+     * up: CUT (its call's deadline or cancel: it goes on as a handed
+     * spare, n_spares counted) or DROP (closed). */
+    _Atomic int state;
+    _Atomic int refs;
+    struct pgg_asked *next;
+} pgg_asked;
+
 /* Parking slots per host; threads are spread over them round-robin. */
 #define PGG_PARK_SLOTS 16
 
@@ -165,6 +191,9 @@ typedef struct pgg_host {
     /* Handed connects the health thread has not taken yet (newest first;
      * written under mu, read without it as a hint; counted in n_spares). */
     _Atomic(pgg_handed *) handed;
+    /* Asked connects the health thread has not taken yet (newest first;
+     * written under mu, read without it as a hint). */
+    _Atomic(pgg_asked *) asked;
     /* Lent out (calls and leases running on it).  Written under mu; read
      * without it by the router, which wants the least busy host. */
     _Atomic int n_busy;
@@ -513,6 +542,28 @@ bool pgg__host_hand_connect(pgg_host *h, PGconn *conn, int events,
  * thread's; still counted in n_spares: pgg__host_spares(h, -1) for each
  * that ends), or NULL. */
 pgg_handed *pgg__host_take_handed(pgg_host *h);
+
+/*
+ * Asked connects (host.c): a, its conn started, PENDING with one
+ * reference for the caller (an event loop's call, whose borrow reserved
+ * the connect slot) and one for the health thread, is queued for the
+ * health thread (the caller wakes it: pgg__health_ask).  False when the
+ * host is closed: a stays the caller's.
+ */
+bool pgg__host_ask_connect(pgg_host *h, pgg_asked *a);
+/* The asked connects not taken yet, now the health thread's, or NULL. */
+pgg_asked *pgg__host_take_asked(pgg_host *h);
+/* A holder of a lets go of it: the last one closes its eventfd and
+ * frees it (its conn, if any, is no longer in it). */
+void pgg__asked_unref(pgg_asked *a);
+/* The health thread ended a (its conn and err set): DONE, and the loop
+ * told, unless the loop gave it up first (false: a is still the caller's
+ * to dispose of, by its state). */
+bool pgg__asked_done(pgg_asked *a);
+/* An asked connect whose call gave it up before its own bound may go on
+ * as a handed spare (pgg__host_hand_connect's rule): counted in n_spares
+ * when it may (true). */
+bool pgg__host_ask_handed(pgg_host *h);
 
 /* Idle sessions used this recently are replaced when their server ends
  * them: their callers are about to come back for them. */

@@ -18,7 +18,15 @@
  *     health round); a contended pthread_mutex_lock (the pool's short
  *     locks) is allowed;
  *   connect on a blocking socket;
- *   getaddrinfo of a name that is not a numeric address (DNS).
+ *   getaddrinfo of a name that is not a numeric address (DNS);
+ *   libpq's connect steps, PQconnectPoll: not a wait, but CPU the loop
+ *     must not spend (GSSAPI's credential lookup, ~290k instructions per
+ *     connect with krb5 installed; TLS handshakes): the loop starts a
+ *     connect (PQconnectStartParams, ~50k, whose own first step, the
+ *     socket and connect(2), is not counted) and the health thread runs
+ *     its steps (host.c, "Asked connects"); the loop steps it only when no ask
+ *     can be made (no descriptor or memory, which these tests do not
+ *     cause).
  *
  * The loop's own wait (epoll_wait inside libevent) is not interposed.
  * What it cannot see: a system call made directly (syscall(2)) or from
@@ -39,6 +47,7 @@
 #define LOOP_GUARD 1
 
 #include <arpa/inet.h>
+#include <libpq-fe.h>
 #include <dlfcn.h>
 #include <fcntl.h>
 #include <netdb.h>
@@ -225,6 +234,34 @@ int getaddrinfo(const char *node, const char *service, const struct addrinfo *hi
     if (!next)
         *(void **)&next = loop_guard_next("getaddrinfo", NULL);
     return next(node, service, hints, res);
+}
+
+/* PQconnectStartParams makes the connect's first step itself (its
+ * socket and connect(2)), through PQconnectPoll: not counted. */
+static _Thread_local int loop_guard_starting;
+
+PGconn *PQconnectStartParams(const char *const *keys, const char *const *vals, int expand)
+{
+    static PGconn *(*next)(const char *const *, const char *const *, int);
+    PGconn *conn;
+
+    if (!next)
+        *(void **)&next = loop_guard_next("PQconnectStartParams", NULL);
+    loop_guard_starting++;
+    conn = next(keys, vals, expand);
+    loop_guard_starting--;
+    return conn;
+}
+
+PostgresPollingStatusType PQconnectPoll(PGconn *conn)
+{
+    static PostgresPollingStatusType (*next)(PGconn *);
+
+    if (!loop_guard_starting)
+        loop_guard_hit("PQconnectPoll (a connect step on the loop thread)", 0);
+    if (!next)
+        *(void **)&next = loop_guard_next("PQconnectPoll", NULL);
+    return next(conn);
 }
 
 /* No waiting call on the loop thread so far (where: for the message). */
