@@ -670,7 +670,7 @@ done:
 #if defined(__GNUC__)
 __attribute__((always_inline))
 #endif
-static inline int pgg__link_collect(pgg_wd_slot *slot,
+static inline int pgg__link_collect(pgg_watchdog *wd, pgg_wd_slot **slot,
                                     const pgg_cancel *cancel, PGconn *conn,
                                     int64_t deadline_ns, int64_t now,
                                     bool sent, pgg_recv_mode *mode,
@@ -716,7 +716,13 @@ static inline int pgg__link_collect(pgg_wd_slot *slot,
             slice = false;
             waits = 1;
         }
-        ev = pgg__link_wait_next(slot, cancel, PQsocket(conn), (short)want,
+        if (wd) {
+            /* The first wait that polls: its watchdog slot now (see
+             * pgg__link_wait_under). */
+            *slot = pgg__watchdog_claim(wd);
+            wd = NULL;
+        }
+        ev = pgg__link_wait_next(*slot, cancel, PQsocket(conn), (short)want,
                                  deadline_ns, &now, &waits);
         if (ev == 0)
             goto deadline;
@@ -742,16 +748,24 @@ static inline int pgg__link_wait_under(pgg_watchdog *wd, PGconn *conn,
                                        pgg_attempt_end *end, pgg_error *err,
                                        ExecStatusType *status)
 {
-    pgg_wd_slot *slot = wd ? pgg__watchdog_claim(wd) : NULL;
     /* Without a slot too: a wait with a handle polls (no slice in recv,
-     * which would not see the fire; the slotless poll looks at it). */
+     * which would not see the fire; the slotless poll looks at it).  It
+     * takes its slot first, with the handle's flag.  A wait without one
+     * takes its slot at its first poll (pgg__link_collect): an answer
+     * that comes within the slices in recv, which the watchdog never
+     * covers, needs none; a claim and its release cost every call two
+     * atomic writes and, at 8 threads, a cache miss on the slot's line
+     * after the sleep in recv (issue 10: 13 % of the CPU samples in
+     * pgguard's own code, about 50 ns a call). */
     pgg_cancel *cancel = pgg__cancel_cur;
+    pgg_wd_slot *slot = wd && cancel ? pgg__watchdog_claim(wd) : NULL;
     int rc;
 
-    if (cancel && slot)
+    if (slot)
         pgg__watchdog_set_cancel(slot, pgg__cancel_flag(cancel));
-    rc = pgg__link_collect(slot, cancel, conn, deadline_ns, now, sent, mode,
-                           host, out, end, err, status);
+    rc = pgg__link_collect(cancel ? NULL : wd, &slot, cancel, conn,
+                           deadline_ns, now, sent, mode, host, out, end, err,
+                           status);
     pgg__watchdog_release(slot);
     return rc;
 }

@@ -6,6 +6,7 @@
  *   bench-calls --conninfo CI interleave [--threads 1,8,32] [--rounds R]
  *               [--round-calls N] [--block B] [--settings 'k=v ...']
  *               [--pipelined 'k=v ...'] [--detail 1] [--pin CPU]
+ *               [--only raw|guard]
  *
  * count: warms up, then makes N calls of one client (raw or guard) and one
  * query (exec: SELECT 1 by PQexec / pgg_exec; params: a one-parameter
@@ -54,6 +55,12 @@
  * a connection between calls that run at the same moment.  The pools'
  * threads' CPU is split evenly between the two pools.
  *
+ * --only raw|guard runs one client alone in every thread (the same calls
+ * per thread, no comparison): for counting that client's syscalls, context
+ * switches and lock waits per call under strace, perf or a preload, at 8
+ * and 32 threads.  It prints its calls/s, its CPU per call and the
+ * process's context switches per call.
+ *
  * Not a meson test: it reports, asserts nothing.
  */
 #include <errno.h>
@@ -69,6 +76,7 @@
 
 #include <dirent.h>
 #include <sched.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -285,6 +293,11 @@ static void run_block(worker *w, int client, unsigned *seq, acc *a)
     a->calls += s->block;
 }
 
+/* --only raw|guard: every thread runs that client alone (no comparison;
+ * for counting its syscalls, context switches and lock waits per call
+ * under strace or perf).  -1: both, interleaved. */
+static int only = -1;
+
 static void *worker_main(void *arg)
 {
     worker *w = arg;
@@ -306,6 +319,12 @@ static void *worker_main(void *arg)
                     pthread_barrier_wait(&s->block_bar);
                     run_block(w, client, &seq, &a[client]);
                 }
+                continue;
+            }
+            if (only >= 0) {
+                /* --only: the same calls per thread, one client. */
+                run_block(w, only, &seq, &a[only]);
+                run_block(w, only, &seq, &a[only]);
                 continue;
             }
             bool guard_first = ((b + w->id + r) & 1) != 0;
@@ -498,6 +517,34 @@ static void pin_all(PGconn *mon)
     free(tasks);
 }
 
+/* --only: one client's calls/s, CPU per call (with the pool's threads for
+ * pgguard) and the process's context switches per call. */
+static void only_report(const shared *s, int q, int nthreads,
+                        const int64_t *pool_cpu, const struct rusage *ru0,
+                        const struct rusage *ru1, int64_t wall_total)
+{
+    int64_t cpu = 0, calls = 0, extra = 0;
+    long bad = 0;
+
+    for (int i = 0; i < nthreads; i++)
+        for (int r = 0; r < s->rounds; r++) {
+            cpu += s->per[i][r][only].cpu;
+            calls += s->per[i][r][only].calls;
+            bad += s->per[i][r][only].bad;
+        }
+    for (int r = 0; r < s->rounds; r++)
+        extra += pool_cpu[r];
+    printf("%-9s %3d  %s only: %8.0f calls/s  cpu us/call %.2f (pool threads "
+           "%.3f)  voluntary switches/call %.3f  involuntary %.3f%s\n",
+           qname[q], nthreads, only == C_RAW ? "raw" : "pgguard",
+           (double)calls * 1e9 / (double)wall_total,
+           (double)(cpu + extra) / (double)calls / 1e3,
+           (double)extra / (double)calls / 1e3,
+           (double)(ru1->ru_nvcsw - ru0->ru_nvcsw) / (double)calls,
+           (double)(ru1->ru_nivcsw - ru0->ru_nivcsw) / (double)calls,
+           bad ? "  ERRORS" : "");
+}
+
 static void interleave_level(const char *conninfo, const char *settings,
                              const char *pipe_settings, int q, int nthreads,
                              int rounds, long round_calls, int block)
@@ -526,6 +573,7 @@ static void interleave_level(const char *conninfo, const char *settings,
     double med, lo, hi, cmed, clo, chi;
     char ls[64] = "?";
     FILE *lf;
+    struct rusage ru0, ru1;
 
     s.per = calloc((size_t)nthreads, sizeof *s.per);
     if (!ws || !s.per)
@@ -551,6 +599,7 @@ static void interleave_level(const char *conninfo, const char *settings,
     /* The warm-up round, unmeasured. */
     pthread_barrier_wait(&s.bar);
     pthread_barrier_wait(&s.bar);
+    getrusage(RUSAGE_SELF, &ru0);
     for (int r = 0; r < rounds; r++) {
         if (pin_cpu >= 0)
             pin_all(mon);
@@ -603,11 +652,16 @@ static void interleave_level(const char *conninfo, const char *settings,
                 srv = false;
         }
     }
+    getrusage(RUSAGE_SELF, &ru1);
     pthread_barrier_wait(&s.bar);
     PQfinish(mon);
     for (int i = 0; i < nthreads; i++) {
         pthread_join(ws[i].t, NULL);
         PQfinish(ws[i].conn);
+    }
+    if (only >= 0) {
+        only_report(&s, q, nthreads, pool_cpu, &ru0, &ru1, wall_total);
+        goto out;
     }
     for (int r = 0; r < rounds; r++) {
         acc t[C__N] = {{0}};
@@ -713,12 +767,13 @@ static void interleave_level(const char *conninfo, const char *settings,
                    (double)other_slices[k] * 1e9 / (double)wall_total);
         printf("\n");
     }
-    free(tsm);
     if (s.nclients == C__N)
         printf("%-9s %3s  %8s %8.0f  %5.3f %4.2f-%4.2f  %6s %6.1f  %5.3f "
                "%4.2f-%4.2f  (pipelined)\n",
                "", "", "", nthreads * 1e6 / pipe_us, pmed, plo, phi, "",
                pipe_cpu, pcmed, pclo, pchi);
+out:
+    free(tsm);
     fflush(stdout);
     pthread_barrier_destroy(&s.bar);
     pthread_barrier_destroy(&s.block_bar);
@@ -779,6 +834,14 @@ int main(int argc, char **argv)
             detail = atoi(argv[i + 1]) != 0;
         else if (strcmp(argv[i], "--pin") == 0)
             pin_cpu = atoi(argv[i + 1]);
+        else if (strcmp(argv[i], "--only") == 0) {
+            if (strcmp(argv[i + 1], "raw") == 0)
+                only = C_RAW;
+            else if (strcmp(argv[i + 1], "guard") == 0)
+                only = C_GUARD;
+            else
+                die("--only raw or guard");
+        }
         else
             die("unknown option %s", argv[i]);
     }
@@ -814,6 +877,6 @@ int main(int argc, char **argv)
             "       bench-calls [--conninfo CI] [--settings S] [--threads "
             "1,8,32] [--rounds R] [--round-calls N] [--block B] [--queries "
             "exec,params,prepared] [--pipelined 'extra settings'] [--detail 1] [--pin CPU] "
-            "interleave\n");
+            "[--only raw|guard] interleave\n");
     return 2;
 }
