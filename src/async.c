@@ -108,20 +108,23 @@ enum {
 
 typedef struct apipe apipe;
 
+/* What a call's read, keep and take touch first, in one 64-byte line
+ * (sock_new aligns it): a server's calls, each started on a later loop
+ * turn, take kept sockets whose lines the turn's other answers evicted. */
 struct pgg_async_sock {
-    pgg_async *ac;
-    apipe *pipe; /* a pipe's socket (then call is NULL) */
-    int fd; /* the loop's own descriptor of it (loop_fd, connect_fd) */
-    int on; /* POLLIN / POLLOUT interests the adapter holds */
-    void *data;
+    _Alignas(64) pgg_async *ac;
     pgg_async_call *call; /* NULL: a pipe's, a kept one, or free */
     /* Kept (call and pipe NULL): its idle connection, that connection's
      * host, and when its last call ended. */
     pgg_link *kl;
     pgg_host *kh;
     int64_t kept_at;
-    int krole; /* its host's role then (pgg_role) */
     pgg_async_sock *next; /* on the free list, or the kept list */
+    int fd; /* the loop's own descriptor of it (loop_fd, connect_fd) */
+    int on; /* POLLIN / POLLOUT interests the adapter holds */
+    int krole; /* its host's role then (pgg_role) */
+    apipe *pipe; /* a pipe's socket (then call is NULL) */
+    void *data;
 };
 
 struct pgg_async_call {
@@ -154,29 +157,41 @@ struct pgg_async_call {
      * set before it is read (h, l, a by attempt_start; ticket by admit;
      * attempt_deadline by drive; connect_at by borrow; role by exec_start
      * or pipe_send; io when a statement is sent), then q, opts by the
-     * start, and info, err, c, cm by pgg__call_begin (2 kB). */
+     * start, and info, err, c, cm by pgg__call_begin (4 kB).
+     *
+     * In the order a usual call touches them, the rest behind: 32 calls in
+     * flight rotate 32 records through the loop thread's L1 data cache
+     * (48 kB here), and a call started on a later loop turn (a server's
+     * next request) finds its recycled record's lines evicted by the turn's
+     * other answers.  The record is 64-byte aligned (call_new) so that the
+     * lines a call touches are the same every time: the head, the attempt,
+     * c, q and parked_at (0-447), err's code and message (448, 586), cm's
+     * rejected and cand (one line), info's host, counters with its cause's
+     * code, cause's message and times (info on a line of its own), the SQL
+     * copied behind: 16 lines.  bench-async under callgrind --cache-sim=yes,
+     * L1 data misses per call: 67 -> 59 --deferred, 47 -> 43 chained. */
     pgg_host *h;
     pgg_link *l;
     pgg_ticket ticket;
     int role;
     int64_t attempt_deadline;
-    int64_t connect_at; /* CONNECT, HOOK: when its connect started (the
-                           reading it was reserved with: its ask's start) */
-    int64_t parked_at;  /* when the attempt first parked (0: not yet) */
-    /* CONNECT: its connect, whose steps the health thread makes (host.c,
-     * "Asked connects"; set by borrow), or NULL: stepped on the loop. */
-    pgg_asked *ask;
     pgg_link_io io;
     pgg__attempt a;
+    pgg__call c;
+    pgg_query q;
+    int64_t parked_at; /* when the attempt first parked (0: not yet) */
+    pgg_error err;
+    pgg__call_mem cm;
+    _Alignas(64) pgg_info info;
+    pgg_call opts;
+    int64_t connect_at; /* CONNECT, HOOK: when its connect started (the
+                           reading it was reserved with: its ask's start) */
+    /* CONNECT: its connect, whose steps the health thread makes (host.c,
+     * "Asked connects"; set with connect_at), or NULL: stepped on the loop. */
+    pgg_asked *ask;
     ino_t conn_ino;
     pgg_async_call *pnext; /* PIPED: the next statement in flight */
     int64_t sent;          /* PIPED: when it was queued */
-    pgg_query q;
-    pgg_call opts;
-    pgg_info info;
-    pgg_error err;
-    pgg__call c;
-    pgg__call_mem cm;
     /* The copied SQL and parameters follow. */
 };
 
@@ -848,7 +863,7 @@ static pgg_async_sock *sock_new(pgg_async *ac, int fd)
 
     if (s)
         ac->free_socks = s->next;
-    else if (!(s = malloc(sizeof *s)))
+    else if (!(s = aligned_alloc(_Alignof(pgg_async_sock), sizeof *s)))
         return NULL;
     s->ac = ac;
     s->fd = fd;
@@ -2709,7 +2724,12 @@ HOT pgg_async_call *call_new(pgg_async *ac, const pgg_query *q)
         ac->free_calls = k->next;
         ac->nfree--;
     } else {
-        k = malloc(pooled ? sizeof(pgg_async_call) + CALL_ROOM : z);
+        /* Line-aligned (struct pgg_async_call); C11 wants a size that is
+         * a multiple of the alignment. */
+        size_t a = _Alignof(pgg_async_call);
+
+        k = aligned_alloc(a, pooled ? sizeof(pgg_async_call) + CALL_ROOM
+                                    : (z + a - 1) / a * a);
         if (!k)
             return NULL;
     }

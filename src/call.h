@@ -48,9 +48,9 @@ typedef pgg_attempt pgg__attempt;
  */
 typedef struct pgg__call_mem {
     bool rejected; /* some breaker refused us */
+    int cand[PGG_MAX_HOSTS]; /* beside rejected: both touched per call */
     pgg_vis_req vr;
     pgg_query qv;
-    int cand[PGG_MAX_HOSTS];
     pgg_error spare_err;
     pgg_error local_err; /* err when the caller passed none */
 } pgg__call_mem;
