@@ -2373,6 +2373,41 @@ Test(recovery, a_call_waiting_for_a_starting_server_outlasts_its_starting_up_ans
 }
 
 /*
+ * The proxy answers "starting up" answer_ms after each connect, for ever,
+ * with a probe bound of 300 ms: the host is found starting, then not, and
+ * must stay so for `looks` looks every look_ms.
+ */
+static void starting_longer_than_a_probe_bound(int answer_ms, int looks, int look_ms)
+{
+    pgh_cluster *c = cluster_or_die(1);
+    pgh_require_local(c, "a proxy between pgguard and a local replica");
+    pgh_proxy *px;
+    pgg_pool *p = pool_via_proxy(c, &px, "breaker.open_ms=60000 breaker.open_max_ms=60000 "
+                                         "health_probe_timeout_ms=300 connect_timeout_ms=5000 "
+                                         "read_policy=replica_only");
+    pgg_host *h = &p->hosts[1];
+    int seen = 0;
+
+    open_until_starting(p, px, PGH_PROXY_STARTING, answer_ms);
+    for (int i = 0; i < 2000 && atomic_load(&h->starting); i++)
+        sleep_ms(5);
+    cr_assert(!atomic_load(&h->starting), "the host stayed starting");
+    for (int i = 0; i < looks; i++) {
+        seen += atomic_load(&h->starting);
+        sleep_ms(look_ms);
+    }
+    cr_expect_eq(seen, 0, "the host was found starting again (%d of %d looks) though its "
+                          "server has said it is starting up for longer than a probe bound",
+                 seen, looks);
+    cr_expect(strstr(host_stats(p, 1).last_error, "starting up") != NULL,
+              "the probes did not hear the server starting up: %s", host_stats(p, 1).last_error);
+    pgh_proxy_set_mode(px, PGH_PROXY_PASS, 0);
+    end_test(p, NULL);
+    pgh_proxy_free(px);
+    pgh_cluster_free(c);
+}
+
+/*
  * A server that says it is starting up for longer than a probe bound is in
  * a long recovery (or stuck in its start): calls no longer wait for it
  * (each would wait out its deadline) but are refused at once, as for a
@@ -2385,34 +2420,8 @@ Test(recovery, a_call_waiting_for_a_starting_server_outlasts_its_starting_up_ans
  */
 Test(recovery, a_server_starting_up_longer_than_a_probe_bound_is_not_waited_for)
 {
-    pgh_cluster *c = cluster_or_die(1);
-    pgh_require_local(c, "a proxy between pgguard and a local replica");
-    pgh_proxy *px;
-    pgg_pool *p = pool_via_proxy(c, &px, "breaker.open_ms=60000 breaker.open_max_ms=60000 "
-                                         "health_probe_timeout_ms=300 connect_timeout_ms=5000 "
-                                         "read_policy=replica_only");
-    pgg_host *h = &p->hosts[1];
-    int seen = 0;
-
-    open_until_starting(p, px, PGH_PROXY_STARTING, 100);
-    for (int i = 0; i < 2000 && atomic_load(&h->starting); i++)
-        sleep_ms(5);
-    cr_assert(!atomic_load(&h->starting), "the host stayed starting");
-    /* Five answers of "starting up" more, about: the host is not found
-     * starting again. */
-    for (int i = 0; i < 100; i++) {
-        seen += atomic_load(&h->starting);
-        sleep_ms(5);
-    }
-    cr_expect_eq(seen, 0, "the host was found starting again (%d of 100 looks) though its "
-                          "server has said it is starting up for longer than a probe bound",
-                 seen);
-    cr_expect(strstr(host_stats(p, 1).last_error, "starting up") != NULL,
-              "the probes did not hear the server starting up: %s", host_stats(p, 1).last_error);
-    pgh_proxy_set_mode(px, PGH_PROXY_PASS, 0);
-    end_test(p, NULL);
-    pgh_proxy_free(px);
-    pgh_cluster_free(c);
+    /* Five answers of "starting up" more, about. */
+    starting_longer_than_a_probe_bound(100, 100, 5);
 }
 
 /*
@@ -2429,33 +2438,8 @@ Test(recovery, a_server_starting_up_longer_than_a_probe_bound_is_not_waited_for)
  */
 Test(recovery, a_server_slow_to_say_it_is_starting_up_is_not_waited_for_again)
 {
-    pgh_cluster *c = cluster_or_die(1);
-    pgh_require_local(c, "a proxy between pgguard and a local replica");
-    pgh_proxy *px;
-    pgg_pool *p = pool_via_proxy(c, &px, "breaker.open_ms=60000 breaker.open_max_ms=60000 "
-                                         "health_probe_timeout_ms=300 connect_timeout_ms=5000 "
-                                         "read_policy=replica_only");
-    pgg_host *h = &p->hosts[1];
-    int seen = 0;
-
-    open_until_starting(p, px, PGH_PROXY_STARTING, 400);
-    for (int i = 0; i < 2000 && atomic_load(&h->starting); i++)
-        sleep_ms(5);
-    cr_assert(!atomic_load(&h->starting), "the host stayed starting");
     /* Three answers of "starting up" more, about. */
-    for (int i = 0; i < 150; i++) {
-        seen += atomic_load(&h->starting);
-        sleep_ms(10);
-    }
-    cr_expect_eq(seen, 0, "the host was found starting again (%d of 150 looks) though its "
-                          "server has said it is starting up for longer than a probe bound",
-                 seen);
-    cr_expect(strstr(host_stats(p, 1).last_error, "starting up") != NULL,
-              "the probes did not hear the server starting up: %s", host_stats(p, 1).last_error);
-    pgh_proxy_set_mode(px, PGH_PROXY_PASS, 0);
-    end_test(p, NULL);
-    pgh_proxy_free(px);
-    pgh_cluster_free(c);
+    starting_longer_than_a_probe_bound(400, 150, 10);
 }
 
 /* Host i's breaker's openings in its current streak (white box). */
