@@ -70,7 +70,6 @@ typedef struct pgg__call {
     bool served;    /* an answer (success or the caller's error) is the outcome */
     bool final;     /* no further attempt: the outcome is err */
     bool vis;       /* the visibility module is on the path (begin, served) */
-    bool looked;    /* a write that found no primary asked the standbys */
     int64_t start, deadline;
     int64_t now;    /* the latest clock reading of the path */
     int ncand, i;   /* the candidates (m->cand), and the one to try next */
@@ -251,7 +250,7 @@ PGG__STEP bool pgg__call_begin(pgg__call *c, pgg__call_mem *m, pgg_pool *pool,
     c->opts = opts;
     c->cancel = cancel;
     m->rejected = false;
-    c->served = c->final = c->looked = false;
+    c->served = c->final = false;
     c->attempts = 0;
     c->res = c->spare = NULL;
     c->spare_host = NULL;
@@ -434,21 +433,6 @@ PGG__STEP bool pgg__call_again(pgg__call *c)
 {
     int n;
 
-    /* A write no host took (none primary, every breaker open, every
-     * connect failed; nothing sent): a standby may have been promoted
-     * since the pool last looked.  Asked once per call, within 1 ms
-     * (pool_state.c); blocking drivers only. */
-    if (!c->served && !c->final && !c->spare && c->intent != PGG_READ &&
-        !c->on_loop && !c->looked && !pgg__cancel_fired(c->cancel)) {
-        c->looked = true;
-        if (pgg__pool_look_for_primary(c->pool, c->deadline)) {
-            c->ncand = pgg__pool_candidates(c->pool, c->intent, c->m->cand);
-            c->now = pgg__now_ns();
-            c->i = 0;
-            c->again = -1;
-            return true;
-        }
-    }
     /* A read that needs a position: wait for a standby, then the primary. */
     if (c->served || c->final || c->spare || !c->q->vis || !c->m->vr.need)
         return false;

@@ -41,7 +41,6 @@ int pgg__host_init(pgg_host *h, int index, const char *name,
     atomic_init(&h->n_busy, 0);
     atomic_init(&h->role_seen_ns, 0);
     atomic_init(&h->seek_primary_until_ns, 0);
-    atomic_init(&h->asked_role_ns, 0);
     atomic_init(&h->latency_ns, 0);
     atomic_init(&h->suspect_until_ns, 0);
     for (int i = 0; i < PGG_PARK_SLOTS; i++)
@@ -1235,42 +1234,6 @@ static void release_slot(pgg_host *h, pgg_link *keep)
 void pgg__host_give_back_unparked(pgg_host *h, pgg_link *l)
 {
     release_slot(h, l);
-}
-
-pgg_role pgg__host_ask_role(pgg_host *h, int64_t now, int64_t deadline_ns)
-{
-    static const pgg_query empty = {.sql = ""};
-    pgg_link *doomed = NULL, *l;
-    pgg_role role = PGG_ROLE_UNKNOWN;
-    PGresult *res = NULL;
-    pgg_attempt_end end;
-    int rc;
-
-    /* A parked session first, as pgg__host_try_borrow: still counted busy,
-     * it is ours as it is. */
-    if ((l = unpark_any(h)) == NULL) {
-        pthread_mutex_lock(&h->mu);
-        if (!h->closed)
-            l = take_idle_locked(h, now, &doomed);
-        pthread_mutex_unlock(&h->mu);
-        close_list(doomed);
-        if (!l)
-            return PGG_ROLE_UNKNOWN;
-    }
-    l->next = NULL;
-    if (expired(h, l, now) || !pgg__link_alive(l->conn)) {
-        pgg__host_discard(h, l);
-        return PGG_ROLE_UNKNOWN;
-    }
-    rc = pgg__link_exec(l->conn, &empty, deadline_ns, h->name, &res, &end, NULL);
-    if (rc == PGG_OK && PQresultStatus(res) == PGRES_EMPTY_QUERY)
-        role = pgg__link_reported_role(l->conn);
-    PQclear(res);
-    if (role != PGG_ROLE_UNKNOWN)
-        pgg__host_give_back(h, l, pgg__now_ns());
-    else
-        pgg__host_discard(h, l);
-    return role;
 }
 
 void pgg__host_give_back(pgg_host *h, pgg_link *l, int64_t now)

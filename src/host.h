@@ -232,13 +232,9 @@ typedef struct pgg_host {
      *   until then, or until it answers again;
      * seek_primary_until_ns: a write found no primary lately
      *   (pgg__pool_seek_primary): until then, or until one is found, every
-     *   answer's in_hot_standby is read, not one per few ms;
-     * asked_role_ns: when a write that found no primary last asked an
-     *   idle session here what its server is (pgg__pool_look_for_primary;
-     *   INT64_MAX while one asks). */
+     *   answer's in_hot_standby is read, not one per few ms. */
     _Atomic int_fast64_t role_seen_ns;
     _Atomic int_fast64_t seek_primary_until_ns;
-    _Atomic int_fast64_t asked_role_ns;
     _Atomic int_fast64_t latency_ns;
     _Atomic int_fast64_t suspect_until_ns;
     /* Counted by every call that succeeds: next to what it writes anyway
@@ -484,16 +480,6 @@ int pgg__host_connected(pgg_host *h, PGconn *conn, int64_t born_ns,
  * instead of failing the attempt. */
 bool pgg__host_connect_failed(pgg_host *h, const pgg_error *err,
                               bool host_fault, int64_t asked_ns);
-
-/*
- * An idle session of h asked what its server is now, with an empty query
- * (whose answer carries in_hot_standby), by deadline_ns.  Never connects
- * and never waits for a session: with none idle, nothing is asked.
- * Returns the role the server reported with its answer; PGG_ROLE_UNKNOWN
- * when nothing was asked or no answer came (that session is closed: its
- * state is unknown).
- */
-pgg_role pgg__host_ask_role(pgg_host *h, int64_t now_ns, int64_t deadline_ns);
 
 /* Back to the pool if reusable (idle, healthy, young enough), else closed. */
 void pgg__host_give_back(pgg_host *h, pgg_link *l, int64_t now_ns);

@@ -141,63 +141,6 @@ static void seek_primary(pgg_pool *pool)
     }
 }
 
-/*
- * A write found no primary to take it: before it is refused, the standbys'
- * idle sessions are asked what their servers are now (an empty query: its
- * answer carries in_hot_standby).  A standby promoted since the pool last
- * looked says so, and the write goes there at once, as a libpq multi-host
- * client's next write does (it checks each server at connect).  Without
- * the ask, the pool learnt a promotion from the next read answered there
- * or the next health probe, a few ms later, and a write in between was
- * refused (the fault bench's promote: a slot lost, one round in two).
- *
- * Bounded: a refusal still comes within LOOK_NS (issue 9's goal: under
- * 1 ms), a host is asked by one write at a time and at most once per
- * LOOK_GAP_NS (a burst of writes during a long outage costs a standby one
- * empty query per LOOK_GAP_NS, not one per write), never on a host whose
- * breaker is open or whose last attempt hit its deadline, never with a
- * new connection.  The blocking driver only: on an event loop a call
- * never waits inside a step (call.h).
- */
-#define LOOK_NS (1 * PGG_NS_PER_MS)
-#define LOOK_GAP_NS (1 * PGG_NS_PER_MS)
-
-bool pgg__pool_look_for_primary(pgg_pool *pool, int64_t deadline)
-{
-    int64_t now = pgg__now_ns();
-    int64_t until = now + LOOK_NS < deadline ? now + LOOK_NS : deadline;
-
-    for (int i = 0; i < pool->nhosts && now < until; i++) {
-        pgg_host *h = &pool->hosts[i];
-        pgg_breaker_state st = pgg__breaker_state(&h->breaker);
-        int_fast64_t last = atomic_load_explicit(&h->asked_role_ns,
-                                                 memory_order_relaxed);
-        pgg_role got;
-
-        if (atomic_load(&h->role) != PGG_ROLE_STANDBY ||
-            st == PGG_BREAKER_OPEN || st == PGG_BREAKER_FORCED_OPEN ||
-            now < atomic_load_explicit(&h->suspect_until_ns,
-                                       memory_order_relaxed) ||
-            now - last < LOOK_GAP_NS || /* INT64_MAX: one asks now */
-            !atomic_compare_exchange_strong(&h->asked_role_ns, &last,
-                                            INT64_MAX))
-            continue;
-        got = pgg__host_ask_role(h, now, until);
-        now = pgg__now_ns();
-        atomic_store_explicit(&h->asked_role_ns, now, memory_order_relaxed);
-        if (got == PGG_ROLE_PRIMARY) {
-            pgg__pool_set_role(pool, h, PGG_ROLE_PRIMARY,
-                               "reported by the server to a write that "
-                               "found no primary");
-            /* Another host may still look primary: the health thread
-             * confirms every role now. */
-            pgg__pool_wake_health(pool);
-            return true;
-        }
-    }
-    return false;
-}
-
 /* The error for "every candidate refused". */
 int pgg__pool_no_host_error(pgg_pool *pool, pgg_intent intent, int ncand,
                             pgg_error *err)

@@ -203,11 +203,6 @@ static inline void pgg__pool_record_at(pgg_host *h, const pgg_ticket *ticket,
     pgg__breaker_record_held(&h->breaker, ticket, o, now - started_ns, now);
 }
 
-/* A write found no primary: the standbys' idle sessions are asked, within
- * 1 ms and the deadline, whether one was promoted; true when one was (its
- * role is primary now: route again).  Blocking callers only. */
-bool pgg__pool_look_for_primary(pgg_pool *pool, int64_t deadline);
-
 /* The error for a call no host took: PGG_ENOPRIMARY, or PGG_EOPEN when
  * ncand candidates all refused (ncand 0: none was eligible at all). */
 int pgg__pool_no_host_error(pgg_pool *pool, pgg_intent intent, int ncand,

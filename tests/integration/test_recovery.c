@@ -510,8 +510,6 @@ Test(recovery, a_write_finding_no_primary_has_the_next_answer_looked_at)
     pgg_error e;
     PGresult *r;
 
-    pgg_lease *held;
-
     cr_assert(reads_reach(p, 1, 20));
     cr_assert_eq(pgh_node_stop(pgh_cluster_primary(c), PGH_STOP_IMMEDIATE), 0);
     cr_assert_eq(pgg_pool_force_open(p, 0), 0);
@@ -521,16 +519,11 @@ Test(recovery, a_write_finding_no_primary_has_the_next_answer_looked_at)
     cr_assert_eq(read_ok(p, PGG_READ, "SELECT 1", 1000), 1);
     cr_assert_eq(host_stats(p, 1).role, PGG_ROLE_STANDBY);
 
-    /* The replica's session held: the write finds none idle to ask
-     * (a_write_finding_no_primary_asks_the_standbys). */
-    held = pgg_acquire(p, PGG_READ, 1000, NULL, &e);
-    cr_assert_not_null(held, "%s: %s", pgg_err_name(e.code), e.message);
     r = pgg_exec(p, PGG_WRITE, "UPDATE pgg_rec_t SET v = 'sought' WHERE id = 4", &call, &info,
                  &e);
     cr_assert_null(r, "a write went through with no primary known");
     cr_expect(e.code == PGG_EOPEN || e.code == PGG_ENOPRIMARY, "%s: %s", pgg_err_name(e.code),
               e.message);
-    pgg_release(held);
     cr_assert_eq(read_ok(p, PGG_READ, "SELECT 1", 1000), 1);
     cr_expect_eq(host_stats(p, 1).role, PGG_ROLE_PRIMARY,
                  "the answer after a write found no primary was not looked at");
@@ -541,89 +534,6 @@ Test(recovery, a_write_finding_no_primary_has_the_next_answer_looked_at)
     if (r)
         cr_expect_eq(info.host_index, 1);
     PQclear(r);
-    end_test(p, c);
-}
-
-/*
- * The same promotion with no read after it and no probe for a minute: the
- * first write finds no primary, asks the replica's idle session what its
- * server is now (an empty query, whose answer carries in_hot_standby=off)
- * and runs there, as a libpq multi-host client's write would (it checks
- * each server at connect).  Before, it was refused, and writes waited for
- * the next read answered there or the next probe.
- */
-Test(recovery, a_write_finding_no_primary_asks_the_standbys)
-{
-    pgh_cluster *c = cluster_or_die(1);
-    pgh_require_local(c, "stop and promotion");
-    setup_table(c);
-    pgg_pool *p = pool_for(c, "health_interval_ms=60000 health_incident_min_ms=60000 "
-                              "health_incident_max_ms=60000");
-    pgg_host *replica = &p->hosts[1];
-    pgg_call call = {.timeout_ms = 1000};
-    pgg_info info;
-    pgg_error e;
-    PGresult *r;
-    char v[64];
-
-    cr_assert(reads_reach(p, 1, 20));
-    cr_assert_eq(pgh_node_stop(pgh_cluster_primary(c), PGH_STOP_IMMEDIATE), 0);
-    cr_assert_eq(pgg_pool_force_open(p, 0), 0);
-    cr_assert_eq(pgh_node_promote(pgh_cluster_replica(c, 0)), 0);
-    /* No answer is looked at for an hour: only the ask can tell. */
-    atomic_store(&replica->role_seen_ns, pgg__now_ns() + 3600 * PGG_NS_PER_MS * 1000);
-    cr_assert_eq(host_stats(p, 1).role, PGG_ROLE_STANDBY);
-
-    r = pgg_exec(p, PGG_WRITE, "UPDATE pgg_rec_t SET v = 'asked' WHERE id = 4", &call, &info,
-                 &e);
-    cr_expect_not_null(r, "the write was refused: %s %s", pgg_err_name(e.code), e.message);
-    if (r) {
-        cr_expect_eq(info.host_index, 1);
-        cr_expect_eq(e.code, PGG_OK, "%s", pgg_err_name(e.code));
-    }
-    PQclear(r);
-    cr_expect_eq(host_stats(p, 1).role, PGG_ROLE_PRIMARY);
-    cr_assert_eq(pgh_node_query_value(pgh_cluster_replica(c, 0),
-                                      "SELECT v FROM pgg_rec_t WHERE id = 4", v, sizeof v),
-                 0);
-    cr_expect_str_eq(v, "asked");
-    end_test(p, c);
-}
-
-/*
- * A write that finds no primary while the standbys are still standbys is
- * refused as before, fast: the ask is one empty query per standby.
- */
-Test(recovery, a_write_finding_only_standbys_is_refused)
-{
-    pgh_cluster *c = cluster_or_die(1);
-    pgh_require_local(c, "a stop");
-    pgg_pool *p = pool_for(c, "health_interval_ms=60000 health_incident_min_ms=60000 "
-                              "health_incident_max_ms=60000");
-    pgg_call call = {.timeout_ms = 1000};
-    pgg_info info;
-    pgg_error e;
-    PGresult *r;
-    pgg_host_stats before, after;
-
-    cr_assert(reads_reach(p, 1, 20));
-    cr_assert_eq(pgh_node_stop(pgh_cluster_primary(c), PGH_STOP_IMMEDIATE), 0);
-    cr_assert_eq(pgg_pool_force_open(p, 0), 0);
-    before = host_stats(p, 1);
-    r = pgg_exec(p, PGG_WRITE, "SELECT 1", &call, &info, &e);
-    cr_expect_null(r, "a write went through with no primary");
-    PQclear(r);
-    cr_expect(e.code == PGG_EOPEN || e.code == PGG_ENOPRIMARY, "%s: %s", pgg_err_name(e.code),
-              e.message);
-    cr_expect_eq(info.attempts, 0, "the write was sent %d times", info.attempts);
-    cr_expect_neq(atomic_load(&p->hosts[1].asked_role_ns), 0, "the standby was not asked");
-    after = host_stats(p, 1);
-    cr_expect_eq(after.role, PGG_ROLE_STANDBY);
-    /* The asked session went back to the pool, idle. */
-    cr_expect_eq(after.conns_open, before.conns_open, "sessions on the replica %d, were %d",
-                 after.conns_open, before.conns_open);
-    cr_expect_eq(after.conns_idle, before.conns_idle, "idle on the replica %d, were %d",
-                 after.conns_idle, before.conns_idle);
     end_test(p, c);
 }
 
