@@ -2153,7 +2153,8 @@ static void connect_answered(pgg_async_call *k)
  * cancel before the connect's own bound (cut: the connect goes on as a
  * handed spare, connect_cut's rule), or that bound (closed).  An ask the
  * health thread ended meanwhile is taken as it ended, unless the deadline
- * passed: then its session goes to the pool and k's attempt ends as cut.
+ * passed: then its session goes to the pool (closed when a cut connect
+ * could not go on: pgg__host_ask_handed) and k's attempt ends as cut.
  */
 static void connect_ask_end(pgg_async_call *k, bool cut)
 {
@@ -2174,20 +2175,30 @@ static void connect_ask_end(pgg_async_call *k, bool cut)
         }
         sock_close(k);
         k->ask = NULL;
-        if (pgg__host_connected(k->h, a->conn, k->connect_at, &l, k->c.err) ==
-            PGG_OK)
-            pgg__host_give_back(k->h, l, pgg__now_ns());
-        pgg__asked_unref(a);
-        pgg__error_set(k->c.err, PGG_ETIMEDOUT, NULL, k->h->name,
-                       "connect: the call's deadline came first; the "
-                       "connection was made and joins the pool");
-        connect_lost(k, PGG_BORROW_CUT);
-        return;
+        if (handed) {
+            if (pgg__host_connected(k->h, a->conn, k->connect_at, &l,
+                                    k->c.err) == PGG_OK)
+                pgg__host_give_back(k->h, l, pgg__now_ns());
+            pgg__asked_unref(a);
+            pgg__error_set(k->c.err, PGG_ETIMEDOUT, NULL, k->h->name,
+                           "connect: the call's deadline came first; the "
+                           "connection was made and joins the pool");
+            connect_lost(k, PGG_BORROW_CUT);
+            return;
+        }
+        /* Not for the pool (pgg__host_ask_handed's rule): the host's
+         * on-connect hook, which the loop runs (connect_made), has not run
+         * on it, and the next caller would be lent a session without its
+         * settings; or the host is closed.  Closed, as a cut one not
+         * handed on. */
+        PQfinish(a->conn);
+        a->conn = NULL;
+    } else {
+        pgg__health_ask(k->c.pool->health); /* it lets go of the socket now */
     }
     sock_close(k);
     k->ask = NULL;
     pgg__asked_unref(a);
-    pgg__health_ask(k->c.pool->health); /* it lets go of the socket now */
     if (cut) {
         pgg__error_set(k->c.err, PGG_ETIMEDOUT, NULL, k->h->name,
                        "connect: the call's deadline came first; %s",

@@ -12,6 +12,7 @@
  */
 #include <event2/event.h>
 #include <inttypes.h>
+#include <poll.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -2589,6 +2590,86 @@ Test(async, a_connect_cut_by_its_callers_cancel_joins_the_pool)
     event_base_free(base);
     end_test(p, c);
     pgh_proxy_free(px);
+}
+
+/* The eventfd the adapter watches for a call's asked connect (host.c,
+ * "Asked connects"): the only one it holds.  -1: none. */
+static int held_eventfd(const adapter_check *chk)
+{
+    for (int fd = 0; fd < ADAPTER_CHECK_FDS; fd++) {
+        char path[64], target[64];
+        ssize_t n;
+
+        if (!chk->held[fd])
+            continue;
+        snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+        n = readlink(path, target, sizeof target - 1);
+        if (n < 0)
+            continue;
+        target[n] = '\0';
+        if (strcmp(target, "anon_inode:[eventfd]") == 0)
+            return fd;
+    }
+    return -1;
+}
+
+/*
+ * A loop call whose connect the health thread finished just before the
+ * call was cancelled (the ask DONE, its eventfd readable, the loop not yet
+ * turned): the new session has not run the pool's on-connect hook (the
+ * loop runs it, connect_made), so it must not join the pool, where the
+ * next caller would be lent a session without the hook's settings (a
+ * search_path, a role, a statement_timeout).  A connect cut before it
+ * completed is not handed on when the host has a hook, for that reason
+ * (pgg__host_ask_handed, pgg__host_hand_connect, pgg__host_adopt).
+ * Before, the cancel gave that session back to the pool: the next
+ * (blocking) call ran on it without the hook.  The cancel is made once
+ * the eventfd is readable: deterministic, no timing.
+ */
+Test(async, a_connect_made_for_a_call_cancelled_meanwhile_never_joins_the_pool_without_its_hook)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = hooked_pool(c, "SET application_name = 'pgg_async_hooked'",
+                              "pool_min_idle=0 connect_timeout_ms=20000");
+    struct event_base *base = event_base_new();
+    static adapter_check chk;
+    pgg_error e;
+    pgg_async *ac = pgg_async_new(p, &e);
+    pgg_async_call *k;
+    pgg_call call = {.timeout_ms = 20000};
+    struct pollfd pfd;
+    outcome o = {0};
+    PGresult *r;
+
+    cr_assert_not_null(ac, "%s", e.message);
+    cr_assert_eq(adapter_check_attach(&chk, ac, base), PGG_OK);
+    pgg__host_trim(&p->hosts[0], pgg__now_ns(), true);
+    cr_assert_eq(host_stats(p, 0).conns_idle, 0);
+    o.started = pgh_now_ms();
+    loop_guard_on();
+    cr_assert_eq(pgg_async_exec(ac, PGG_WRITE, "SELECT 1", &call, on_done, &o, &k, &e), PGG_OK,
+                 "%s", e.message);
+    loop_guard_off();
+    pfd.fd = held_eventfd(&chk);
+    cr_assert_geq(pfd.fd, 0, "the call's connect was not asked of the health thread");
+    pfd.events = POLLIN;
+    cr_assert_eq(poll(&pfd, 1, 20000), 1, "the health thread never ended the connect");
+    loop_guard_on();
+    pgg_async_cancel(k);
+    loop_guard_off();
+    cr_assert_eq(o.done, 1);
+    cr_expect_eq(o.code, PGG_ECANCELED, "%s %s", pgg_err_name(o.code), o.message);
+    /* Whatever session the pool lends now has run the hook. */
+    r = pgg_exec(p, PGG_WRITE, "SELECT current_setting('application_name')", &call, NULL, &e);
+    cr_assert_not_null(r, "%s", e.message);
+    cr_expect_str_eq(PQgetvalue(r, 0, 0), "pgg_async_hooked",
+                     "a session without the on-connect hook was lent");
+    PQclear(r);
+    cr_expect_eq(chk.bad, 0, "%s", chk.first);
+    loop_guard_check("a connect made for a call cancelled meanwhile");
+    pgg_async_free(ac);
+    event_base_free(base);
+    end_test(p, c);
 }
 
 /*
