@@ -2673,6 +2673,61 @@ Test(async, a_connect_made_for_a_call_cancelled_meanwhile_never_joins_the_pool_w
 }
 
 /*
+ * A loop call cancelled once its connect's own bound (connect_timeout_ms)
+ * has passed, the health thread having ended the connect meanwhile (the
+ * ask DONE, the loop not turned: a loop that ran late, or a context freed
+ * after its loop stopped): the cancel ends the call, at once, and nothing
+ * is sent.  Before, the cancel took the session as the connect's bound's
+ * timer would have (an ask ended meanwhile is taken as it ended) and sent
+ * the call's statement on it: the cancel returned with the call still in
+ * flight and its write on the wire, run by the server after its caller
+ * gave it up.  The cancel is made once the ask's eventfd is readable and
+ * the bound has passed: deterministic, no timing.
+ */
+Test(async, a_call_cancelled_after_its_connects_bound_sends_nothing)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, "pool_min_idle=0 connect_timeout_ms=300");
+    struct event_base *base = event_base_new();
+    static adapter_check chk;
+    pgg_error e;
+    pgg_async *ac = pgg_async_new(p, &e);
+    pgg_async_call *k;
+    pgg_call call = {.timeout_ms = 20000};
+    struct pollfd pfd;
+    outcome o = {0};
+
+    cr_assert_not_null(ac, "%s", e.message);
+    cr_assert_eq(adapter_check_attach(&chk, ac, base), PGG_OK);
+    pgg__host_trim(&p->hosts[0], pgg__now_ns(), true);
+    cr_assert_eq(host_stats(p, 0).conns_idle, 0);
+    o.started = pgh_now_ms();
+    loop_guard_on();
+    cr_assert_eq(pgg_async_exec(ac, PGG_WRITE, "SELECT 1", &call, on_done, &o, &k, &e), PGG_OK,
+                 "%s", e.message);
+    loop_guard_off();
+    pfd.fd = held_eventfd(&chk);
+    cr_assert_geq(pfd.fd, 0, "the call's connect was not asked of the health thread");
+    pfd.events = POLLIN;
+    cr_assert_eq(poll(&pfd, 1, 20000), 1, "the health thread never ended the connect");
+    /* Past the connect's own bound (300 ms from its start, before the
+     * call was started); the call's deadline is far. */
+    while (pgh_now_ms() - o.started < 400)
+        sleep_ms(20);
+    loop_guard_on();
+    pgg_async_cancel(k);
+    loop_guard_off();
+    cr_assert_eq(o.done, 1, "the cancel did not end the call");
+    cr_expect_eq(o.code, PGG_ECANCELED, "%s %s", pgg_err_name(o.code), o.message);
+    cr_expect_eq(o.sent, 0, "the cancelled call's statement was sent");
+    cr_expect_eq(chk.bad, 0, "%s", chk.first);
+    loop_guard_check("a call cancelled after its connect's bound");
+    pgg_async_free(ac);
+    event_base_free(base);
+    end_test(p, c);
+}
+
+/*
  * A loop connection is dated from its connect's start (pgg_link.born_ns),
  * when its backend may already exist: a sibling the server ended after a
  * moment in the middle of that connect (here t_mid, taken while a proxy
