@@ -1901,8 +1901,11 @@ static void connect_lost(pgg_async_call *k, pgg_borrow_fail why);
 static void connect_failed_as(pgg_async_call *k, pgg_borrow_fail why)
 {
     connect_fd_close(k);
+    /* A cancelled call waits for nothing: a cancel that finds its ask
+     * refused as full (connect_ask_done) ends the call, as any cancel. */
     if (pgg__host_connect_failed(k->h, k->c.err, why == PGG_BORROW_CONNECT,
-                                 k->connect_at)) {
+                                 k->connect_at) &&
+        !pgg__cancel_fired(k->c.cancel)) {
         /* Full (53300) while ours work: wait for one of them, no error
          * and no record yet (pgg__host_borrow's rule). */
         pgg__error_reset(k->c.err);

@@ -2728,6 +2728,67 @@ Test(async, a_call_cancelled_after_its_connects_bound_sends_nothing)
 }
 
 /*
+ * A loop call cancelled when the health thread has just heard the server
+ * refuse its connect as full (53300) while one of the pool's sessions
+ * works there (the ask DONE with that error, the loop not turned): the
+ * cancel ends the call.  Before, the cancel took the refusal as the
+ * eventfd's callback would have, and a full server with sessions of ours
+ * out means "wait for one of them" (pgg__host_connect_failed): the call
+ * was parked, and pgg_async_cancel returned with it still waiting, to
+ * borrow and send later.  The role's connection limit is 3: the health
+ * thread's session, a lease's, and one from outside.
+ */
+Test(async, a_call_cancelled_when_its_connect_was_refused_as_full_ends_at_the_cancel)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    char ci[512];
+    pgg_pool *p = pool_limited(c, "pgg_async_cancel_full", 3, "pool_min_idle=0", ci, sizeof ci);
+    struct event_base *base = event_base_new();
+    static adapter_check chk;
+    pgg_error e;
+    pgg_async *ac = pgg_async_new(p, &e);
+    pgg_lease *lease;
+    PGconn *outside;
+    pgg_async_call *k;
+    pgg_call call = {.timeout_ms = 20000};
+    struct pollfd pfd;
+    outcome o = {0};
+
+    cr_assert_not_null(ac, "%s", e.message);
+    cr_assert_eq(adapter_check_attach(&chk, ac, base), PGG_OK);
+    lease = pgg_acquire(p, PGG_WRITE, 10000, NULL, &e);
+    cr_assert_not_null(lease, "%s", e.message);
+    outside = PQconnectdb(ci);
+    cr_assert_eq(PQstatus(outside), CONNECTION_OK, "%s", PQerrorMessage(outside));
+    pgg__host_trim(&p->hosts[0], pgg__now_ns(), true);
+    cr_assert_eq(host_stats(p, 0).conns_idle, 0);
+    o.started = pgh_now_ms();
+    loop_guard_on();
+    cr_assert_eq(pgg_async_exec(ac, PGG_WRITE, "SELECT 1", &call, on_done, &o, &k, &e), PGG_OK,
+                 "%s", e.message);
+    loop_guard_off();
+    pfd.fd = held_eventfd(&chk);
+    cr_assert_geq(pfd.fd, 0, "the call's connect was not asked of the health thread");
+    pfd.events = POLLIN;
+    cr_assert_eq(poll(&pfd, 1, 20000), 1, "the health thread never ended the connect");
+    loop_guard_on();
+    pgg_async_cancel(k);
+    loop_guard_off();
+    cr_assert_eq(o.done, 1, "the cancel did not end the call (%d parked)", pgg__async_parked(ac));
+    cr_expect_eq(o.code, PGG_ECANCELED, "%s %s", pgg_err_name(o.code), o.message);
+    cr_expect_eq(o.sent, 0);
+    cr_expect_eq(chk.bad, 0, "%s", chk.first);
+    loop_guard_check("a call cancelled when its connect was refused as full");
+    pgg_release(lease);
+    PQfinish(outside);
+    pgg_async_free(ac);
+    event_base_free(base);
+    end_test(p, NULL);
+    cr_assert_eq(pgh_node_exec(pgh_cluster_primary(c), "DROP ROLE pgg_async_cancel_full;"), 0);
+    pgh_cluster_free(c);
+}
+
+/*
  * A loop connection is dated from its connect's start (pgg_link.born_ns),
  * when its backend may already exist: a sibling the server ended after a
  * moment in the middle of that connect (here t_mid, taken while a proxy
