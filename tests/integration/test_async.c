@@ -2788,6 +2788,84 @@ Test(async, a_call_cancelled_when_its_connect_was_refused_as_full_ends_at_the_ca
     pgh_cluster_free(c);
 }
 
+/* Host i's sessions, idle or on their way as spares (white box). */
+static int idle_and_spares(pgg_pool *p, int i)
+{
+    pgg_host *h = &p->hosts[i];
+    int n;
+
+    pthread_mutex_lock(&h->mu);
+    n = h->n_idle + h->n_spares;
+    pthread_mutex_unlock(&h->mu);
+    return n;
+}
+
+/*
+ * A loop call whose deadline passed just as the health thread made its
+ * connect (the ask DONE, the call's timer run before the eventfd's
+ * callback): the session joins the pool and the call times out, the host
+ * not blamed.  The connect's completion is the host's answer: the call's
+ * cut (a deadline before the connect's bound notes a silence since the
+ * call's start, for the health thread to verify: pool.c,
+ * pgg__pool_take_failed) must not have the host verified, which starts a
+ * spare connect and a probe on a shortened bound, and opens the breaker
+ * (host-silent) when that probe is slow.  Before, the health thread did
+ * not count an ask's completion as an answer (a cut connect handed on as
+ * a spare was: spare_adopt), and the verification started a spare
+ * connect: two sessions where one was made.  Deterministic: the timer is
+ * run by hand once the ask's eventfd is readable and the deadline passed;
+ * then a whole health round.
+ */
+Test(async, a_call_timed_out_as_its_connect_was_made_leaves_the_host_unverified)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, "pool_min_idle=0 connect_timeout_ms=20000 "
+                              "health_interval_ms=600000");
+    struct event_base *base = event_base_new();
+    static adapter_check chk;
+    pgg_error e;
+    pgg_async *ac = pgg_async_new(p, &e);
+    pgg_async_call *k;
+    pgg_call call = {.timeout_ms = 300};
+    pgg_host_stats before;
+    struct pollfd pfd;
+    outcome o = {0};
+
+    cr_assert_not_null(ac, "%s", e.message);
+    cr_assert_eq(adapter_check_attach(&chk, ac, base), PGG_OK);
+    pgg__host_trim(&p->hosts[0], pgg__now_ns(), true);
+    cr_assert_eq(idle_and_spares(p, 0), 0);
+    before = host_stats(p, 0);
+    o.started = pgh_now_ms();
+    loop_guard_on();
+    cr_assert_eq(pgg_async_exec(ac, PGG_WRITE, "SELECT 1", &call, on_done, &o, &k, &e), PGG_OK,
+                 "%s", e.message);
+    loop_guard_off();
+    pfd.fd = held_eventfd(&chk);
+    cr_assert_geq(pfd.fd, 0, "the call's connect was not asked of the health thread");
+    pfd.events = POLLIN;
+    cr_assert_eq(poll(&pfd, 1, 20000), 1, "the health thread never ended the connect");
+    while (pgh_now_ms() - o.started < 400)
+        sleep_ms(20);
+    loop_guard_on();
+    pgg_async_handle_timer(ac); /* the deadline's, before the eventfd's callback */
+    loop_guard_off();
+    cr_assert_eq(o.done, 1, "the call's deadline did not end it");
+    cr_expect_eq(o.code, PGG_ETIMEDOUT, "%s %s", pgg_err_name(o.code), o.message);
+    cr_assert(pgg__health_await_round(p->health, pgg__now_ns() + 10 * PGG_NS_PER_SEC),
+              "no health round");
+    cr_expect_eq(idle_and_spares(p, 0), 1,
+                 "%d sessions idle or on their way for one connect made (a spare started "
+                 "to verify a host that answered)",
+                 idle_and_spares(p, 0));
+    expect_no_host_failure(p, 0, &before, "after the call cut as its connect was made");
+    cr_expect_eq(chk.bad, 0, "%s", chk.first);
+    loop_guard_check("a call timed out as its connect was made");
+    pgg_async_free(ac);
+    event_base_free(base);
+    end_test(p, c);
+}
+
 /*
  * A loop connection is dated from its connect's start (pgg_link.born_ns),
  * when its backend may already exist: a sibling the server ended after a
