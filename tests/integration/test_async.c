@@ -2614,6 +2614,35 @@ static int held_eventfd(const adapter_check *chk)
 }
 
 /*
+ * A write on ac whose connect is asked of the health thread (no idle
+ * session: trimmed first), then a wait, the loop not turned, until the
+ * health thread ended that connect (the ask's eventfd readable): the call's
+ * timer or a cancel run now finds its ask DONE.
+ */
+static pgg_async_call *start_asked_until_ended(pgg_pool *p, pgg_async *ac,
+                                               const adapter_check *chk, int timeout_ms,
+                                               outcome *o)
+{
+    pgg_call call = {.timeout_ms = timeout_ms};
+    pgg_async_call *k;
+    struct pollfd pfd;
+    pgg_error e;
+
+    pgg__host_trim(&p->hosts[0], pgg__now_ns(), true);
+    cr_assert_eq(host_stats(p, 0).conns_idle, 0);
+    *o = (outcome){.started = pgh_now_ms()};
+    loop_guard_on();
+    cr_assert_eq(pgg_async_exec(ac, PGG_WRITE, "SELECT 1", &call, on_done, o, &k, &e), PGG_OK,
+                 "%s", e.message);
+    loop_guard_off();
+    pfd.fd = held_eventfd(chk);
+    cr_assert_geq(pfd.fd, 0, "the call's connect was not asked of the health thread");
+    pfd.events = POLLIN;
+    cr_assert_eq(poll(&pfd, 1, 20000), 1, "the health thread never ended the connect");
+    return k;
+}
+
+/*
  * A loop call whose connect the health thread finished just before the
  * call was cancelled (the ask DONE, its eventfd readable, the loop not yet
  * turned): the new session has not run the pool's on-connect hook (the
@@ -2637,23 +2666,12 @@ Test(async, a_connect_made_for_a_call_cancelled_meanwhile_never_joins_the_pool_w
     pgg_async *ac = pgg_async_new(p, &e);
     pgg_async_call *k;
     pgg_call call = {.timeout_ms = 20000};
-    struct pollfd pfd;
     outcome o = {0};
     PGresult *r;
 
     cr_assert_not_null(ac, "%s", e.message);
     cr_assert_eq(adapter_check_attach(&chk, ac, base), PGG_OK);
-    pgg__host_trim(&p->hosts[0], pgg__now_ns(), true);
-    cr_assert_eq(host_stats(p, 0).conns_idle, 0);
-    o.started = pgh_now_ms();
-    loop_guard_on();
-    cr_assert_eq(pgg_async_exec(ac, PGG_WRITE, "SELECT 1", &call, on_done, &o, &k, &e), PGG_OK,
-                 "%s", e.message);
-    loop_guard_off();
-    pfd.fd = held_eventfd(&chk);
-    cr_assert_geq(pfd.fd, 0, "the call's connect was not asked of the health thread");
-    pfd.events = POLLIN;
-    cr_assert_eq(poll(&pfd, 1, 20000), 1, "the health thread never ended the connect");
+    k = start_asked_until_ended(p, ac, &chk, call.timeout_ms, &o);
     loop_guard_on();
     pgg_async_cancel(k);
     loop_guard_off();
@@ -2694,22 +2712,11 @@ Test(async, a_call_cancelled_after_its_connects_bound_sends_nothing)
     pgg_async *ac = pgg_async_new(p, &e);
     pgg_async_call *k;
     pgg_call call = {.timeout_ms = 20000};
-    struct pollfd pfd;
     outcome o = {0};
 
     cr_assert_not_null(ac, "%s", e.message);
     cr_assert_eq(adapter_check_attach(&chk, ac, base), PGG_OK);
-    pgg__host_trim(&p->hosts[0], pgg__now_ns(), true);
-    cr_assert_eq(host_stats(p, 0).conns_idle, 0);
-    o.started = pgh_now_ms();
-    loop_guard_on();
-    cr_assert_eq(pgg_async_exec(ac, PGG_WRITE, "SELECT 1", &call, on_done, &o, &k, &e), PGG_OK,
-                 "%s", e.message);
-    loop_guard_off();
-    pfd.fd = held_eventfd(&chk);
-    cr_assert_geq(pfd.fd, 0, "the call's connect was not asked of the health thread");
-    pfd.events = POLLIN;
-    cr_assert_eq(poll(&pfd, 1, 20000), 1, "the health thread never ended the connect");
+    k = start_asked_until_ended(p, ac, &chk, call.timeout_ms, &o);
     /* Past the connect's own bound (300 ms from its start, before the
      * call was started); the call's deadline is far. */
     while (pgh_now_ms() - o.started < 400)
@@ -2751,7 +2758,6 @@ Test(async, a_call_cancelled_when_its_connect_was_refused_as_full_ends_at_the_ca
     PGconn *outside;
     pgg_async_call *k;
     pgg_call call = {.timeout_ms = 20000};
-    struct pollfd pfd;
     outcome o = {0};
 
     cr_assert_not_null(ac, "%s", e.message);
@@ -2760,17 +2766,7 @@ Test(async, a_call_cancelled_when_its_connect_was_refused_as_full_ends_at_the_ca
     cr_assert_not_null(lease, "%s", e.message);
     outside = PQconnectdb(ci);
     cr_assert_eq(PQstatus(outside), CONNECTION_OK, "%s", PQerrorMessage(outside));
-    pgg__host_trim(&p->hosts[0], pgg__now_ns(), true);
-    cr_assert_eq(host_stats(p, 0).conns_idle, 0);
-    o.started = pgh_now_ms();
-    loop_guard_on();
-    cr_assert_eq(pgg_async_exec(ac, PGG_WRITE, "SELECT 1", &call, on_done, &o, &k, &e), PGG_OK,
-                 "%s", e.message);
-    loop_guard_off();
-    pfd.fd = held_eventfd(&chk);
-    cr_assert_geq(pfd.fd, 0, "the call's connect was not asked of the health thread");
-    pfd.events = POLLIN;
-    cr_assert_eq(poll(&pfd, 1, 20000), 1, "the health thread never ended the connect");
+    k = start_asked_until_ended(p, ac, &chk, call.timeout_ms, &o);
     loop_guard_on();
     pgg_async_cancel(k);
     loop_guard_off();
@@ -2825,26 +2821,14 @@ Test(async, a_call_timed_out_as_its_connect_was_made_leaves_the_host_unverified)
     static adapter_check chk;
     pgg_error e;
     pgg_async *ac = pgg_async_new(p, &e);
-    pgg_async_call *k;
     pgg_call call = {.timeout_ms = 300};
     pgg_host_stats before;
-    struct pollfd pfd;
     outcome o = {0};
 
     cr_assert_not_null(ac, "%s", e.message);
     cr_assert_eq(adapter_check_attach(&chk, ac, base), PGG_OK);
-    pgg__host_trim(&p->hosts[0], pgg__now_ns(), true);
-    cr_assert_eq(idle_and_spares(p, 0), 0);
     before = host_stats(p, 0);
-    o.started = pgh_now_ms();
-    loop_guard_on();
-    cr_assert_eq(pgg_async_exec(ac, PGG_WRITE, "SELECT 1", &call, on_done, &o, &k, &e), PGG_OK,
-                 "%s", e.message);
-    loop_guard_off();
-    pfd.fd = held_eventfd(&chk);
-    cr_assert_geq(pfd.fd, 0, "the call's connect was not asked of the health thread");
-    pfd.events = POLLIN;
-    cr_assert_eq(poll(&pfd, 1, 20000), 1, "the health thread never ended the connect");
+    (void)start_asked_until_ended(p, ac, &chk, call.timeout_ms, &o);
     while (pgh_now_ms() - o.started < 400)
         sleep_ms(20);
     loop_guard_on();
