@@ -1901,8 +1901,11 @@ static void connect_lost(pgg_async_call *k, pgg_borrow_fail why);
 static void connect_failed_as(pgg_async_call *k, pgg_borrow_fail why)
 {
     connect_fd_close(k);
+    /* A cancelled call waits for nothing: a cancel that finds its ask
+     * refused as full (connect_ask_done) ends the call, as any cancel. */
     if (pgg__host_connect_failed(k->h, k->c.err, why == PGG_BORROW_CONNECT,
-                                 k->connect_at)) {
+                                 k->connect_at) &&
+        !pgg__cancel_fired(k->c.cancel)) {
         /* Full (53300) while ours work: wait for one of them, no error
          * and no record yet (pgg__host_borrow's rule). */
         pgg__error_reset(k->c.err);
@@ -2149,18 +2152,61 @@ static void connect_answered(pgg_async_call *k)
 }
 
 /*
+ * k's ask was ended by the health thread (DONE) before k's wait for it
+ * ended (connect_ask_end).  Taken as it ended when k may still send on it:
+ * its connect's own bound ran out (cut false), not its attempt's deadline,
+ * and no cancel.  Else nothing is sent (taken, the statement went out
+ * after its caller gave the call up, and a cancel returned with the call
+ * still in flight): the session joins the pool, as a cut connect's does,
+ * and k's attempt ends as cut.  Closed instead when the host has an
+ * on-connect hook, which the loop runs (connect_made) and which has not
+ * run on it: the next caller would be lent a session without its settings
+ * (pgg__host_ask_handed's rule for a cut connect).
+ */
+static void connect_ask_done(pgg_async_call *k, bool cut)
+{
+    pgg_asked *a = k->ask;
+    bool callback;
+    pgg_link *l;
+
+    if (!a->conn || (!cut && !pgg__cancel_fired(k->c.cancel) &&
+                     pgg__now_ns() < k->attempt_deadline)) {
+        connect_take(k);
+        return;
+    }
+    sock_close(k);
+    k->ask = NULL;
+    if (pgg__host_hook_sql(k->h, &callback) || callback) {
+        PQfinish(a->conn);
+        a->conn = NULL;
+        pgg__asked_unref(a);
+        pgg__error_set(k->c.err, PGG_ETIMEDOUT, NULL, k->h->name,
+                       "connect: the call's deadline came first; connect "
+                       "given up");
+        connect_failed_as(k, PGG_BORROW_CUT);
+        return;
+    }
+    if (pgg__host_connected(k->h, a->conn, k->connect_at, &l, k->c.err) ==
+        PGG_OK)
+        pgg__host_give_back(k->h, l, pgg__now_ns());
+    pgg__asked_unref(a);
+    pgg__error_set(k->c.err, PGG_ETIMEDOUT, NULL, k->h->name,
+                   "connect: the call's deadline came first; the "
+                   "connection was made and joins the pool");
+    connect_lost(k, PGG_BORROW_CUT);
+}
+
+/*
  * k's wait for its ask ended first (expire): its attempt's deadline or a
  * cancel before the connect's own bound (cut: the connect goes on as a
  * handed spare, connect_cut's rule), or that bound (closed).  An ask the
- * health thread ended meanwhile is taken as it ended, unless the deadline
- * passed: then its session goes to the pool and k's attempt ends as cut.
+ * health thread ended meanwhile: connect_ask_done.
  */
 static void connect_ask_end(pgg_async_call *k, bool cut)
 {
     pgg_asked *a = k->ask;
     int pending = PGG_ASK_PENDING;
     bool handed = cut && pgg__host_ask_handed(k->h);
-    pgg_link *l;
 
     if (!atomic_compare_exchange_strong_explicit(
             &a->state, &pending, handed ? PGG_ASK_CUT : PGG_ASK_DROP,
@@ -2168,20 +2214,7 @@ static void connect_ask_end(pgg_async_call *k, bool cut)
         /* DONE: the health thread ended it first. */
         if (handed)
             pgg__host_spares(k->h, -1);
-        if (!cut || !a->conn) {
-            connect_take(k);
-            return;
-        }
-        sock_close(k);
-        k->ask = NULL;
-        if (pgg__host_connected(k->h, a->conn, k->connect_at, &l, k->c.err) ==
-            PGG_OK)
-            pgg__host_give_back(k->h, l, pgg__now_ns());
-        pgg__asked_unref(a);
-        pgg__error_set(k->c.err, PGG_ETIMEDOUT, NULL, k->h->name,
-                       "connect: the call's deadline came first; the "
-                       "connection was made and joins the pool");
-        connect_lost(k, PGG_BORROW_CUT);
+        connect_ask_done(k, cut);
         return;
     }
     sock_close(k);

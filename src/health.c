@@ -1185,6 +1185,14 @@ static void asked_end(pgg_health *hl, int i, pgg_asked *a, int64_t now)
 {
     pgg_host *h = &hl->pool->hosts[i];
 
+    /* A session made is the host's answer, whoever takes it (as a spare's,
+     * spare_adopt): a call whose deadline came as it was made notes a
+     * silence since its start (async.c, connect_ask_done; pool.c,
+     * pgg__pool_take_failed), which must not have the host verified
+     * (verify_take): a spare started, a probe on a shortened bound, and
+     * the breaker opened (host-silent) when that probe is slow. */
+    if (a->conn)
+        answered(hl, i, now);
     if (pgg__asked_done(a)) {
         pgg__asked_unref(a);
         return;

@@ -12,6 +12,7 @@
  */
 #include <event2/event.h>
 #include <inttypes.h>
+#include <poll.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -2589,6 +2590,264 @@ Test(async, a_connect_cut_by_its_callers_cancel_joins_the_pool)
     event_base_free(base);
     end_test(p, c);
     pgh_proxy_free(px);
+}
+
+/* The eventfd the adapter watches for a call's asked connect (host.c,
+ * "Asked connects"): the only one it holds.  -1: none. */
+static int held_eventfd(const adapter_check *chk)
+{
+    for (int fd = 0; fd < ADAPTER_CHECK_FDS; fd++) {
+        char path[64], target[64];
+        ssize_t n;
+
+        if (!chk->held[fd])
+            continue;
+        snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+        n = readlink(path, target, sizeof target - 1);
+        if (n < 0)
+            continue;
+        target[n] = '\0';
+        if (strcmp(target, "anon_inode:[eventfd]") == 0)
+            return fd;
+    }
+    return -1;
+}
+
+/*
+ * A write on ac whose connect is asked of the health thread (no idle
+ * session: trimmed first), then a wait, the loop not turned, until the
+ * health thread ended that connect (the ask's eventfd readable): the call's
+ * timer or a cancel run now finds its ask DONE.
+ */
+static pgg_async_call *start_asked_until_ended(pgg_pool *p, pgg_async *ac,
+                                               const adapter_check *chk, int timeout_ms,
+                                               outcome *o)
+{
+    pgg_call call = {.timeout_ms = timeout_ms};
+    pgg_async_call *k;
+    struct pollfd pfd;
+    pgg_error e;
+
+    pgg__host_trim(&p->hosts[0], pgg__now_ns(), true);
+    cr_assert_eq(host_stats(p, 0).conns_idle, 0);
+    *o = (outcome){.started = pgh_now_ms()};
+    loop_guard_on();
+    cr_assert_eq(pgg_async_exec(ac, PGG_WRITE, "SELECT 1", &call, on_done, o, &k, &e), PGG_OK,
+                 "%s", e.message);
+    loop_guard_off();
+    pfd.fd = held_eventfd(chk);
+    cr_assert_geq(pfd.fd, 0, "the call's connect was not asked of the health thread");
+    pfd.events = POLLIN;
+    cr_assert_eq(poll(&pfd, 1, 20000), 1, "the health thread never ended the connect");
+    return k;
+}
+
+/*
+ * A loop call whose connect the health thread finished just before the
+ * call was cancelled (the ask DONE, its eventfd readable, the loop not yet
+ * turned): the new session has not run the pool's on-connect hook (the
+ * loop runs it, connect_made), so it must not join the pool, where the
+ * next caller would be lent a session without the hook's settings (a
+ * search_path, a role, a statement_timeout).  A connect cut before it
+ * completed is not handed on when the host has a hook, for that reason
+ * (pgg__host_ask_handed, pgg__host_hand_connect, pgg__host_adopt).
+ * Before, the cancel gave that session back to the pool: the next
+ * (blocking) call ran on it without the hook.  The cancel is made once
+ * the eventfd is readable: deterministic, no timing.
+ */
+Test(async, a_connect_made_for_a_call_cancelled_meanwhile_never_joins_the_pool_without_its_hook)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = hooked_pool(c, "SET application_name = 'pgg_async_hooked'",
+                              "pool_min_idle=0 connect_timeout_ms=20000");
+    struct event_base *base = event_base_new();
+    static adapter_check chk;
+    pgg_error e;
+    pgg_async *ac = pgg_async_new(p, &e);
+    pgg_async_call *k;
+    pgg_call call = {.timeout_ms = 20000};
+    outcome o = {0};
+    PGresult *r;
+
+    cr_assert_not_null(ac, "%s", e.message);
+    cr_assert_eq(adapter_check_attach(&chk, ac, base), PGG_OK);
+    k = start_asked_until_ended(p, ac, &chk, call.timeout_ms, &o);
+    loop_guard_on();
+    pgg_async_cancel(k);
+    loop_guard_off();
+    cr_assert_eq(o.done, 1);
+    cr_expect_eq(o.code, PGG_ECANCELED, "%s %s", pgg_err_name(o.code), o.message);
+    /* Whatever session the pool lends now has run the hook. */
+    r = pgg_exec(p, PGG_WRITE, "SELECT current_setting('application_name')", &call, NULL, &e);
+    cr_assert_not_null(r, "%s", e.message);
+    cr_expect_str_eq(PQgetvalue(r, 0, 0), "pgg_async_hooked",
+                     "a session without the on-connect hook was lent");
+    PQclear(r);
+    cr_expect_eq(chk.bad, 0, "%s", chk.first);
+    loop_guard_check("a connect made for a call cancelled meanwhile");
+    pgg_async_free(ac);
+    event_base_free(base);
+    end_test(p, c);
+}
+
+/*
+ * A loop call cancelled once its connect's own bound (connect_timeout_ms)
+ * has passed, the health thread having ended the connect meanwhile (the
+ * ask DONE, the loop not turned: a loop that ran late, or a context freed
+ * after its loop stopped): the cancel ends the call, at once, and nothing
+ * is sent.  Before, the cancel took the session as the connect's bound's
+ * timer would have (an ask ended meanwhile is taken as it ended) and sent
+ * the call's statement on it: the cancel returned with the call still in
+ * flight and its write on the wire, run by the server after its caller
+ * gave it up.  The cancel is made once the ask's eventfd is readable and
+ * the bound has passed: deterministic, no timing.
+ */
+Test(async, a_call_cancelled_after_its_connects_bound_sends_nothing)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, "pool_min_idle=0 connect_timeout_ms=300");
+    struct event_base *base = event_base_new();
+    static adapter_check chk;
+    pgg_error e;
+    pgg_async *ac = pgg_async_new(p, &e);
+    pgg_async_call *k;
+    pgg_call call = {.timeout_ms = 20000};
+    outcome o = {0};
+
+    cr_assert_not_null(ac, "%s", e.message);
+    cr_assert_eq(adapter_check_attach(&chk, ac, base), PGG_OK);
+    k = start_asked_until_ended(p, ac, &chk, call.timeout_ms, &o);
+    /* Past the connect's own bound (300 ms from its start, before the
+     * call was started); the call's deadline is far. */
+    while (pgh_now_ms() - o.started < 400)
+        sleep_ms(20);
+    loop_guard_on();
+    pgg_async_cancel(k);
+    loop_guard_off();
+    cr_assert_eq(o.done, 1, "the cancel did not end the call");
+    cr_expect_eq(o.code, PGG_ECANCELED, "%s %s", pgg_err_name(o.code), o.message);
+    cr_expect_eq(o.sent, 0, "the cancelled call's statement was sent");
+    cr_expect_eq(chk.bad, 0, "%s", chk.first);
+    loop_guard_check("a call cancelled after its connect's bound");
+    pgg_async_free(ac);
+    event_base_free(base);
+    end_test(p, c);
+}
+
+/*
+ * A loop call cancelled when the health thread has just heard the server
+ * refuse its connect as full (53300) while one of the pool's sessions
+ * works there (the ask DONE with that error, the loop not turned): the
+ * cancel ends the call.  Before, the cancel took the refusal as the
+ * eventfd's callback would have, and a full server with sessions of ours
+ * out means "wait for one of them" (pgg__host_connect_failed): the call
+ * was parked, and pgg_async_cancel returned with it still waiting, to
+ * borrow and send later.  The role's connection limit is 3: the health
+ * thread's session, a lease's, and one from outside.
+ */
+Test(async, a_call_cancelled_when_its_connect_was_refused_as_full_ends_at_the_cancel)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    char ci[512];
+    pgg_pool *p = pool_limited(c, "pgg_async_cancel_full", 3, "pool_min_idle=0", ci, sizeof ci);
+    struct event_base *base = event_base_new();
+    static adapter_check chk;
+    pgg_error e;
+    pgg_async *ac = pgg_async_new(p, &e);
+    pgg_lease *lease;
+    PGconn *outside;
+    pgg_async_call *k;
+    pgg_call call = {.timeout_ms = 20000};
+    outcome o = {0};
+
+    cr_assert_not_null(ac, "%s", e.message);
+    cr_assert_eq(adapter_check_attach(&chk, ac, base), PGG_OK);
+    lease = pgg_acquire(p, PGG_WRITE, 10000, NULL, &e);
+    cr_assert_not_null(lease, "%s", e.message);
+    outside = PQconnectdb(ci);
+    cr_assert_eq(PQstatus(outside), CONNECTION_OK, "%s", PQerrorMessage(outside));
+    k = start_asked_until_ended(p, ac, &chk, call.timeout_ms, &o);
+    loop_guard_on();
+    pgg_async_cancel(k);
+    loop_guard_off();
+    cr_assert_eq(o.done, 1, "the cancel did not end the call (%d parked)", pgg__async_parked(ac));
+    cr_expect_eq(o.code, PGG_ECANCELED, "%s %s", pgg_err_name(o.code), o.message);
+    cr_expect_eq(o.sent, 0);
+    cr_expect_eq(chk.bad, 0, "%s", chk.first);
+    loop_guard_check("a call cancelled when its connect was refused as full");
+    pgg_release(lease);
+    PQfinish(outside);
+    pgg_async_free(ac);
+    event_base_free(base);
+    end_test(p, NULL);
+    cr_assert_eq(pgh_node_exec(pgh_cluster_primary(c), "DROP ROLE pgg_async_cancel_full;"), 0);
+    pgh_cluster_free(c);
+}
+
+/* Host i's sessions, idle or on their way as spares (white box). */
+static int idle_and_spares(pgg_pool *p, int i)
+{
+    pgg_host *h = &p->hosts[i];
+    int n;
+
+    pthread_mutex_lock(&h->mu);
+    n = h->n_idle + h->n_spares;
+    pthread_mutex_unlock(&h->mu);
+    return n;
+}
+
+/*
+ * A loop call whose deadline passed just as the health thread made its
+ * connect (the ask DONE, the call's timer run before the eventfd's
+ * callback): the session joins the pool and the call times out, the host
+ * not blamed.  The connect's completion is the host's answer: the call's
+ * cut (a deadline before the connect's bound notes a silence since the
+ * call's start, for the health thread to verify: pool.c,
+ * pgg__pool_take_failed) must not have the host verified, which starts a
+ * spare connect and a probe on a shortened bound, and opens the breaker
+ * (host-silent) when that probe is slow.  Before, the health thread did
+ * not count an ask's completion as an answer (a cut connect handed on as
+ * a spare was: spare_adopt), and the verification started a spare
+ * connect: two sessions where one was made.  Deterministic: the timer is
+ * run by hand once the ask's eventfd is readable and the deadline passed;
+ * then a whole health round.
+ */
+Test(async, a_call_timed_out_as_its_connect_was_made_leaves_the_host_unverified)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, "pool_min_idle=0 connect_timeout_ms=20000 "
+                              "health_interval_ms=600000");
+    struct event_base *base = event_base_new();
+    static adapter_check chk;
+    pgg_error e;
+    pgg_async *ac = pgg_async_new(p, &e);
+    pgg_call call = {.timeout_ms = 300};
+    pgg_host_stats before;
+    outcome o = {0};
+
+    cr_assert_not_null(ac, "%s", e.message);
+    cr_assert_eq(adapter_check_attach(&chk, ac, base), PGG_OK);
+    before = host_stats(p, 0);
+    (void)start_asked_until_ended(p, ac, &chk, call.timeout_ms, &o);
+    while (pgh_now_ms() - o.started < 400)
+        sleep_ms(20);
+    loop_guard_on();
+    pgg_async_handle_timer(ac); /* the deadline's, before the eventfd's callback */
+    loop_guard_off();
+    cr_assert_eq(o.done, 1, "the call's deadline did not end it");
+    cr_expect_eq(o.code, PGG_ETIMEDOUT, "%s %s", pgg_err_name(o.code), o.message);
+    cr_assert(pgg__health_await_round(p->health, pgg__now_ns() + 10 * PGG_NS_PER_SEC),
+              "no health round");
+    cr_expect_eq(idle_and_spares(p, 0), 1,
+                 "%d sessions idle or on their way for one connect made (a spare started "
+                 "to verify a host that answered)",
+                 idle_and_spares(p, 0));
+    expect_no_host_failure(p, 0, &before, "after the call cut as its connect was made");
+    cr_expect_eq(chk.bad, 0, "%s", chk.first);
+    loop_guard_check("a call timed out as its connect was made");
+    pgg_async_free(ac);
+    event_base_free(base);
+    end_test(p, c);
 }
 
 /*

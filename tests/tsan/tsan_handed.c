@@ -7,7 +7,9 @@
  *
  * A proxy holds each chunk 30 ms, so a connect takes 60 ms at least: calls
  * with a 20 ms deadline cut theirs, calls with 10 s are served (on an
- * adopted spare or a connect of their own).  Besides TSan's verdict: every
+ * adopted spare or a connect of their own).  A loop call is also cancelled
+ * at a later moment each round, its connect still on its way on the health
+ * thread or ended by it already.  Besides TSan's verdict: every
  * long call served, no failed connect counted (every cut one completes
  * within its 5 s bound), no leak.
  */
@@ -19,6 +21,7 @@
 #include <string.h>
 
 #include "harness.h"
+#include "pool.h"
 #include "pgguard.h"
 #include "pgguard/adapters/libevent.h"
 #include "pgguard_async.h"
@@ -83,6 +86,26 @@ static int loop_call(struct event_base *base, pgg_async *ac, int timeout_ms)
     return code;
 }
 
+/* A loop call cancelled after ms with the loop not turning: its connect,
+ * asked of the health thread (host.c, "Asked connects"), is still on its
+ * way (handed on as a spare) or was ended by the health thread meanwhile
+ * (async.c, connect_ask_end: its session joins the pool). */
+static int loop_cancel(pgg_async *ac, int ms)
+{
+    pgg_call call = {.timeout_ms = 10000};
+    pgg_async_call *k;
+    int code = 1;
+    pgg_error e;
+
+    /* No idle session to take: the call connects (white box). */
+    pgg__host_trim(&pool->hosts[0], pgg__now_ns(), true);
+    if (pgg_async_exec(ac, PGG_WRITE, "SELECT 1", &call, on_done, &code, &k, &e) != PGG_OK)
+        return e.code;
+    tsan_sleep_ms(ms);
+    pgg_async_cancel(k);
+    return code;
+}
+
 static void *loop_main(void *arg)
 {
     struct event_base *base = event_base_new();
@@ -101,6 +124,9 @@ static void *loop_main(void *arg)
               pgg_err_name(code));
         code = loop_call(base, ac, 10000);
         CHECK(code == PGG_OK, "loop round %d: %s", round, pgg_err_name(code));
+        pgg_async_give_back(ac);
+        code = loop_cancel(ac, 20 * round);
+        CHECK(code != 1, "loop round %d: no callback at the cancel", round);
         /* What it keeps goes back: the next short call connects. */
         pgg_async_give_back(ac);
     }
