@@ -73,11 +73,11 @@ static bool side_step(pgg_pool *pool, pgg_host *h, pgg_link *l, const pgg_query 
  * round trip more than a plain client's, and that call comes when the
  * connections are new: after a fault, on a server still busy with every
  * client's reconnects, where a round trip waits for the backend to be
- * scheduled (tests/bench/faults, max-connections, 36 rounds: the call
- * after each writer's first success was longer than its libpq twin's in 20
- * of 31 pairs, 106 against 55 ms in all, up to 20 ms longer, which in
- * one lost round made the first write 32 ms against libpq's 11; the calls
- * after it were as long as libpq's).
+ * scheduled (tests/bench/faults, max-connections, 60 rounds: the call
+ * after each writer's first success was longer than its libpq twin's in 33
+ * of 47 pairs, 135 against 76 ms in all, up to 20 ms longer, which in one
+ * lost round made the first write 32 ms against libpq's 11; the calls
+ * after it were as long as libpq's; in one round trip, 18 of 32).
  * The statement runs only if the Parse succeeded (an error aborts the rest
  * of a pipeline up to its Sync): *prepared says so, and *res holds the
  * statement's answer, or the Parse's error (the statement never started).

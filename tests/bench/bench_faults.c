@@ -1114,13 +1114,13 @@ static void fault_max_connections(run *r)
     sleep_ms(3000);
     /* The fault ends when the first slot is let go: the reference for both
      * clients.  (Until 2026-12-02 it was the return of the last PQfinish,
-     * 2-97 ms later in three rounds, while the backends exited and the
-     * server forked the clients' asks; asks that got in had started up to
-     * 160 ms before it.  A client could be writing again well before it,
-     * and its "first write" was then the latency of its next call, not its
-     * recovery: in one round pgguard's writers wrote first, 14 and 12 ms
-     * before it, libpq's 8 and 3 ms before, and the verdict went to libpq
-     * on their next calls, 45 against 34 ms.) */
+     * 2-264 ms later (median 116, 47 rounds), while the backends exited
+     * and the server forked the clients' asks; asks that got in had
+     * started up to 160 ms before it.  A client could be writing again
+     * well before it, and its "first write" was then the latency of its
+     * next call, not its recovery: in one round pgguard's writers wrote
+     * first, 14 and 12 ms before it, libpq's 8 and 3 ms before, and the
+     * verdict went to libpq on their next calls, 45 against 34 ms.) */
     r->ref_ms = rel_ms(r);
     for (int i = 0; i < r->nheld; i++)
         PQfinish(r->held[i]);
