@@ -784,6 +784,9 @@ static inline int pgg__link_wait_under(pgg_watchdog *wd, PGconn *conn,
  * server's kernel's empty receive buffer, even when the server itself
  * hangs.
  */
+#if defined(__GNUC__)
+__attribute__((always_inline))
+#endif
 static inline void pgg__link_mode_for_send(PGconn *conn, const pgg_query *q,
                                            pgg_recv_mode *mode)
 {
