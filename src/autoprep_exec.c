@@ -73,11 +73,11 @@ static bool side_step(pgg_pool *pool, pgg_host *h, pgg_link *l, const pgg_query 
  * round trip more than a plain client's, and that call comes when the
  * connections are new: after a fault, on a server still busy with every
  * client's reconnects, where a round trip waits for the backend to be
- * scheduled (tests/bench/faults, max-connections, 60 rounds: the call
- * after each writer's first success was longer than its libpq twin's in 33
- * of 47 pairs, 135 against 76 ms in all, up to 20 ms longer, which in one
+ * scheduled (tests/bench/faults, max-connections, 72 rounds: the call
+ * after each writer's first success was longer than its libpq twin's in 42
+ * of 58 pairs, 196 against 134 ms in all, up to 20 ms longer, which in one
  * lost round made the first write 32 ms against libpq's 11; the calls
- * after it were as long as libpq's; in one round trip, 18 of 32).
+ * after it were as long as libpq's; in one round trip, 24 of 43).
  * The statement runs only if the Parse succeeded (an error aborts the rest
  * of a pipeline up to its Sync): *prepared says so, and *res holds the
  * statement's answer, or the Parse's error (the statement never started).
