@@ -5,8 +5,10 @@
  * N distinct parameterised one-shot calls (pgg_exec_params) it ran, least
  * recently used out first.  The auto_prepare_after-th time the same SQL
  * (with the same parameter types) runs on that connection, it is prepared
- * there (one extra round trip, PQsendPrepare) under a name of its own
- * ("pgg_auto_<n>"), and from then on executed by name (PQsendQueryPrepared):
+ * there under a name of its own ("pgg_auto_<n>"), in the round trip of that
+ * use (Parse, Bind and Execute under one Sync, in pipeline mode; under
+ * read-your-writes a PREPARE of its own first, one extra round trip), and
+ * from then on executed by name (PQsendQueryPrepared):
  * the server neither parses nor plans it again, and libpq sends less.
  * A prepared entry pushed out of the cache is deallocated on the server
  * first (DEALLOCATE, one round trip), so a connection never holds more

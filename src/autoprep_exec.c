@@ -66,6 +66,90 @@ static bool side_step(pgg_pool *pool, pgg_host *h, pgg_link *l, const pgg_query 
     return false;
 }
 
+/*
+ * The call's statement prepared under its name and run by it in one round
+ * trip: Parse, then Bind and Execute, under one Sync (pipeline mode).  A
+ * PREPARE of its own (side_step) cost each connection's second call one
+ * round trip more than a plain client's, and that call comes when the
+ * connections are new: after a fault, on a server still busy with every
+ * client's reconnects, where a round trip waits for the backend to be
+ * scheduled (tests/bench/faults, max-connections, 72 rounds: the call
+ * after each writer's first success was longer than its libpq twin's in 42
+ * of 58 pairs, 196 against 134 ms in all, up to 20 ms longer, which in one
+ * lost round made the first write 32 ms against libpq's 11; the calls
+ * after it were as long as libpq's; in one round trip, 24 of 43).
+ * The statement runs only if the Parse succeeded (an error aborts the rest
+ * of a pipeline up to its Sync): *prepared says so, and *res holds the
+ * statement's answer, or the Parse's error (the statement never started).
+ * The waits are the exec's (pgg__link_wait_under: the watchdog, the cancel
+ * token, the recv mode's rules), the answers all come at the Sync.  False,
+ * with nothing sent, when the connection cannot enter pipeline mode: the
+ * caller prepares in a round trip of its own.
+ */
+static bool prepare_and_run(pgg_pool *pool, pgg_host *h, pgg_link *l,
+                            const pgg_query *q, const pgg_query *pq,
+                            int64_t deadline, int64_t now, bool *prepared,
+                            PGresult **res, pgg_attempt_end *end, pgg_error *err)
+{
+    PGconn *conn = l->conn;
+    PGresult *ran = NULL, *sync = NULL;
+    ExecStatusType st;
+
+    *prepared = false;
+    *res = NULL;
+    if (PQpipelineStatus(conn) != PQ_PIPELINE_OFF || !PQenterPipelineMode(conn))
+        return false;
+    /* Sized as q plain (its SQL and values), which is the same messages
+     * but for the statement's name twice (pgg_auto_<n>): within the 192
+     * bytes between PGG_LINK_QUERY_SMALL and libpq's 8192. */
+    pgg__link_mode_for_send(conn, q, &l->recv_mode);
+    if (!PQsendPrepare(conn, pq->stmt_name, q->sql, q->nparams, pq->types) ||
+        !PQsendQueryPrepared(conn, pq->stmt_name, q->nparams, q->values, q->lengths,
+                             q->formats, q->result_format) ||
+        !PQpipelineSync(conn)) {
+        /* Nothing committed: an extended-protocol statement commits only
+         * at its Sync, and a dead connection rolls back what it ran.  A
+         * pipeline left open is not pooled again (pgg__link_reusable). */
+        (void)PQexitPipelineMode(conn);
+        pgg__link_lost(conn, res, NULL, end, PGG_END_NOT_SENT, h->name, err);
+        return true;
+    }
+    if (pgg__link_wait_under(pool->watchdog, conn, deadline, now, true, &l->recv_mode,
+                             h->name, res, end, err, &st) != PGG_OK)
+        return true; /* lost (the statement may have run) or the deadline */
+    *prepared = st == PGRES_COMMAND_OK;
+    /* The server closed with a FATAL (shutting down, terminated) for an
+     * answer: the statement never ran, and that is the call's outcome, as
+     * for a plain exec. */
+    if (!*prepared && PQstatus(conn) == CONNECTION_BAD)
+        return true;
+    /* The statement's answer (PGRES_PIPELINE_ABORTED after a failed
+     * Parse), then the Sync's, unless a FATAL closed the session with the
+     * statement's. */
+    if (pgg__link_wait_under(pool->watchdog, conn, deadline, 0, false, &l->recv_mode,
+                             h->name, &ran, end, err, &st) != PGG_OK ||
+        (PQstatus(conn) != CONNECTION_BAD &&
+         pgg__link_wait_under(pool->watchdog, conn, deadline, 0, false, &l->recv_mode,
+                              h->name, &sync, end, err, &st) != PGG_OK)) {
+        PQclear(*res);
+        *res = NULL;
+        PQclear(ran);
+        *prepared = false;
+        return true;
+    }
+    PQclear(sync);
+    /* Fails only with something still pending: then the connection is
+     * not pooled again (pgg__link_reusable). */
+    (void)PQexitPipelineMode(conn);
+    if (*prepared) {
+        PQclear(*res);
+        *res = ran;
+    } else {
+        PQclear(ran);
+    }
+    return true;
+}
+
 const pgg_query *pgg__autoprep_begin_slow(pgg_pool *pool, pgg_host *h,
                                          pgg_link *l, const pgg_query *q,
                                          pgg_query *named, int64_t deadline,
@@ -109,9 +193,17 @@ const pgg_query *pgg__autoprep_begin_slow(pgg_pool *pool, pgg_host *h,
                         .types = q->nparams > 0 ? q->types : NULL,
                         .stmt_name = name,
                         .prepare = true};
-        bool ok = side_step(pool, h, l, &pq, false, deadline, res, end, err);
-        const char *st = ok ? NULL : sqlstate_of(*res);
+        bool ok = false, ran;
+        const char *st;
 
+        /* In the statement's own round trip; read-your-writes runs its
+         * statement in a pipeline of its own (visibility.c), after a
+         * PREPARE. */
+        ran = !q->vis && prepare_and_run(pool, h, l, q, &pq, deadline, *now, &ok, res,
+                                         end, err);
+        if (!ran)
+            ok = side_step(pool, h, l, &pq, false, deadline, res, end, err);
+        st = ok || *end != PGG_END_RESULT ? NULL : sqlstate_of(*res);
         pgg__autoprep_prepared(l->autoprep, ok);
         if (st && strcmp(st, "42P05") == 0) {
             /* Our name exists already on this session: someone else's
@@ -127,7 +219,7 @@ const pgg_query *pgg__autoprep_begin_slow(pgg_pool *pool, pgg_host *h,
             *now = 0;
             return q;
         }
-        if (!ok)
+        if (!ok || ran)
             return NULL;
         if ((*now = pgg__now_ns()) >= deadline) {
             *end = PGG_END_EXPIRED;

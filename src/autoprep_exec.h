@@ -24,10 +24,11 @@ struct pgg_link;
  * first use) and returns the query to run: q itself (plain), or *named,
  * q by name (*cached: the cache said so; else prepared just now); or NULL
  * when the call is over already, its outcome in *res, *end and *err as if
- * it had run plain: a statement the server refuses to prepare (a syntax
- * error) fails as it would have; a connection lost while preparing or
- * deallocating is PGG_END_NOT_SENT; time used up by them is
- * PGG_END_EXPIRED.  *now: the path's clock reading, taken after anything
+ * it had run plain: the call that prepares its statement ran it in the
+ * same round trip (but under read-your-writes); a statement the server
+ * refuses to prepare (a syntax error) fails as it would have; a connection
+ * lost while deallocating (or preparing alone) is PGG_END_NOT_SENT; time
+ * used up by them is PGG_END_EXPIRED.  *now: the path's clock reading, taken after anything
  * that waited (0: none), for the first wait's backstop of an exec sent
  * before any round trip of ours (as pgg__link_exec_mode's); updated, or 0,
  * after a round trip of ours.

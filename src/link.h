@@ -770,6 +770,36 @@ static inline int pgg__link_wait_under(pgg_watchdog *wd, PGconn *conn,
     return rc;
 }
 
+/*
+ * Before a send of what q sizes: a blocking send must not wait.  A query
+ * that may not leave at once goes out non-blocking (and its wait polls);
+ * the next that does blocks again.  A small one cannot find the send
+ * buffer full (which would cost up to a slice of SO_SNDTIMEO, then a
+ * slice of libpq's read, past the deadline: review9's finding 2): the
+ * link is ON only after an answer, which the server sends once it has
+ * read every byte we sent (and its ACK comes with it), and nothing else
+ * writes to the socket in between (cancels use their own connection); so
+ * the buffer is empty, and at most 8000 bytes fit in it (16 KB at least by
+ * default for TCP, tcp_wmem, far more for a Unix socket) and in the
+ * server's kernel's empty receive buffer, even when the server itself
+ * hangs.
+ */
+#if defined(__GNUC__)
+__attribute__((always_inline))
+#endif
+static inline void pgg__link_mode_for_send(PGconn *conn, const pgg_query *q,
+                                           pgg_recv_mode *mode)
+{
+    if (mode && *mode > PGG_RECV_CLEAN) {
+        bool small = pgg__link_query_small(q);
+
+        if (*mode == PGG_RECV_ON && !small)
+            pgg__link_recv_off(conn, mode, false);
+        else if (*mode == PGG_RECV_PAUSED && small)
+            (void)pgg__link_recv_on(conn, mode);
+    }
+}
+
 /* pgg__link_exec_mode, and *status: PQresultStatus(*out) when *end is
  * PGG_END_RESULT (PGRES_FATAL_ERROR for no result, as PQresultStatus of
  * NULL; the same for any other end): asked once already, and the
@@ -787,26 +817,7 @@ static inline int pgg__link_exec_inline(pgg_watchdog *wd, PGconn *conn,
 {
     int rc;
 
-    /* A blocking send must not wait: a query that may not leave at once
-     * goes out non-blocking (and its wait polls); the next that does
-     * blocks again.  A small one cannot find the send buffer full (which
-     * would cost up to a slice of SO_SNDTIMEO, then a slice of libpq's
-     * read, past the deadline: review9's finding 2): the link is ON only
-     * after an answer, which the server sends once it has read every
-     * byte we sent (and its ACK comes with it), and nothing else writes
-     * to the socket in between (cancels use their own connection); so the
-     * buffer is empty, and at most 8000 bytes fit in it (16 KB at least by
-     * default for TCP, tcp_wmem, far more for a Unix socket) and in the
-     * server's kernel's empty receive buffer, even when the server itself
-     * hangs. */
-    if (mode && *mode > PGG_RECV_CLEAN) {
-        bool small = pgg__link_query_small(q);
-
-        if (*mode == PGG_RECV_ON && !small)
-            pgg__link_recv_off(conn, mode, false);
-        else if (*mode == PGG_RECV_PAUSED && small)
-            (void)pgg__link_recv_on(conn, mode);
-    }
+    pgg__link_mode_for_send(conn, q, mode);
     rc = pgg__link_send_checked(conn, q, host, out, end, err);
 
     if (rc != PGG_OK) {

@@ -204,3 +204,128 @@ Test(autoprep, a_transaction_on_a_lease_is_not_aborted_by_a_stale_statement)
     cr_expect_eq(lookup(p, sql, 5, "v5"), 3);
     end_test(p, c);
 }
+
+/* libpq's trace of the first connection the pool makes, into ud (a FILE). */
+static int trace_first(PGconn *conn, int timeout_ms, void *ud, char *errbuf, size_t errlen)
+{
+    static atomic_flag traced = ATOMIC_FLAG_INIT;
+
+    (void)timeout_ms;
+    (void)errbuf;
+    (void)errlen;
+    if (!atomic_flag_test_and_set(&traced)) {
+        PQtrace(conn, ud);
+        PQsetTraceFlags(conn, PQTRACE_SUPPRESS_TIMESTAMPS);
+    }
+    return 0;
+}
+
+/*
+ * The call that prepares its statement (the second use of its SQL on the
+ * connection) sends the statement with the PREPARE: nothing comes from the
+ * server between our Parse under the statement's name and its Execute.
+ * A PREPARE of its own cost that call a round trip more than a plain
+ * client's, on the connections that are new after a fault, when the
+ * server is busiest (tests/bench/faults, max-connections).  The write runs
+ * once per call, and the next calls run it by name.
+ */
+Test(autoprep, the_call_that_prepares_its_statement_sends_both_in_one_round_trip)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    FILE *trace = tmpfile();
+    pgg_config *cfg = pgg_config_new();
+    pgg_error e;
+    pgg_pool *p;
+    char line[1024], count[16];
+    int parse = 0, execute = 0, answers_between = 0, n = 0;
+
+    cr_assert_not_null(trace);
+    cr_assert_not_null(cfg);
+    cr_assert_eq(pgh_node_exec(pgh_cluster_primary(c),
+                               "CREATE TABLE pgg_ap_w (id int PRIMARY KEY)"),
+                 0);
+    cr_assert_eq(pgg_config_set_servers(cfg, pgh_node_conninfo(pgh_cluster_primary(c)), &e),
+                 PGG_OK, "%s", e.message);
+    cr_assert_eq(pgg_config_parse(cfg, TEST_SETTINGS " pool_max=1 pool_min_idle=0", &e),
+                 PGG_OK, "%s", e.message);
+    cr_assert_eq(pgg_config_on_connect(cfg, NULL, trace_first, trace, &e), PGG_OK, "%s",
+                 e.message);
+    p = pgg_pool_new(cfg, &e);
+    pgg_config_free(cfg);
+    cr_assert_not_null(p, "%s", e.message);
+    for (int i = 1; i <= 4; i++) {
+        char v[16];
+        const char *vals[1] = {v};
+        PGresult *r;
+
+        snprintf(v, sizeof v, "%d", i);
+        r = pgg_exec_params(p, PGG_WRITE, "INSERT INTO pgg_ap_w (id) VALUES ($1)", 1, NULL,
+                            vals, NULL, NULL, NULL, NULL, &e);
+        cr_assert_not_null(r, "call %d: %s %s", i, pgg_err_name(e.code), e.message);
+        cr_assert_eq(PQresultStatus(r), PGRES_COMMAND_OK, "call %d: %s", i,
+                     PQresultErrorMessage(r));
+        PQclear(r);
+    }
+    cr_assert_eq(pgh_node_query_value(pgh_cluster_primary(c), "SELECT count(*) FROM pgg_ap_w",
+                                      count, sizeof count),
+                 0);
+    cr_expect_str_eq(count, "4", "each write runs once");
+    end_test(p, c);
+
+    /* "F\t<len>\tParse\t \"pgg_auto_0\" ...", then Bind, Describe,
+     * Execute, Sync; the server's messages are "B\t...". */
+    rewind(trace);
+    while (fgets(line, sizeof line, trace)) {
+        n++;
+        if (!parse && strncmp(line, "F\t", 2) == 0 && strstr(line, "\tParse\t") &&
+            strstr(line, "\"pgg_auto_")) {
+            parse = n;
+        } else if (parse && !execute) {
+            if (strncmp(line, "B\t", 2) == 0)
+                answers_between++;
+            else if (strncmp(line, "F\t", 2) == 0 && strstr(line, "\tExecute\t"))
+                execute = n;
+        }
+    }
+    fclose(trace);
+    cr_assert(parse, "no Parse under an auto_prepare name in the trace (%d lines)", n);
+    cr_assert(execute, "no Execute after the Parse in the trace");
+    cr_expect_eq(answers_between, 0,
+                 "%d messages from the server between the Parse (line %d) and the "
+                 "statement's Execute (line %d): a round trip of its own",
+                 answers_between, parse, execute);
+}
+
+/* The PREPARE sent with its statement fails (the table went between the
+ * SQL's two uses): the call fails as it would have plain, the statement
+ * never ran, and the connection, out of the pipeline, serves the next
+ * calls. */
+Test(autoprep, a_statement_that_fails_to_prepare_fails_as_plain_and_the_connection_goes_on)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p;
+    pgg_error e;
+    PGresult *r;
+    const char *vals[1] = {"1"};
+    static const char sql[] = "SELECT id, v FROM pgg_ap_t WHERE id = $1";
+
+    make_table(c, "pgg_ap_t", "v", 10);
+    p = pool_for(c, "pool_max=1 lease_reset=false");
+    lookup(p, sql, 1, "v1");
+    cr_assert_eq(pgh_node_exec(pgh_cluster_primary(c), "DROP TABLE pgg_ap_t"), 0);
+    r = pgg_exec_params(p, PGG_WRITE, sql, 1, NULL, vals, NULL, NULL, NULL, NULL, &e);
+    cr_expect_eq(PQresultStatus(r), PGRES_FATAL_ERROR);
+    cr_expect_eq(e.code, PGG_ESERVER, "%s %s", pgg_err_name(e.code), e.message);
+    cr_expect_str_eq(e.sqlstate, "42P01", "%s", e.message);
+    PQclear(r);
+    make_table(c, "pgg_ap_t", "v", 10);
+    for (int i = 2; i <= 4; i++) {
+        char want[16];
+
+        snprintf(want, sizeof want, "v%d", i);
+        lookup(p, sql, i, want);
+    }
+    cr_expect_eq(auto_statements(p), 1);
+    cr_expect_eq(host_stats(p, 0).connects, 1, "the connection was not kept");
+    end_test(p, c);
+}
