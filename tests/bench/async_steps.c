@@ -15,6 +15,7 @@
 #endif
 #include "async_steps.h"
 
+#include <dlfcn.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
@@ -89,6 +90,7 @@ void *steps_leave(void);
 
 typedef struct step_ev {
     const char *name;
+    void *caller; /* the return address: who called it */
     int depth;
     int64_t cpu, wall;
 } step_ev;
@@ -148,6 +150,22 @@ static int64_t clk(clockid_t c)
 
     clock_gettime(c, &ts);
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* Also kept: a callback over PGG_BENCH_STEPS_WALL_US (default 10 ms) of
+ * wall time, whatever its CPU (a lock it waited for, or a preemption). */
+static int64_t wall_threshold_ns(void)
+{
+    static atomic_long thr = -1;
+    long t = atomic_load(&thr);
+
+    if (t < 0) {
+        const char *e = getenv("PGG_BENCH_STEPS_WALL_US");
+
+        t = (e && *e ? atol(e) : 10000) * 1000L;
+        atomic_store(&thr, t);
+    }
+    return t;
 }
 
 static int64_t threshold_ns(void)
@@ -216,7 +234,7 @@ void steps_enter(const char *name, void **ret)
     f->name = name;
     if (t->nlog < LOG) {
         f->log = t->nlog++;
-        t->log[f->log] = (step_ev){.name = name, .depth = t->sp - 1};
+        t->log[f->log] = (step_ev){.name = name, .caller = f->ret, .depth = t->sp - 1};
     } else {
         f->log = -1;
         t->lost++;
@@ -269,7 +287,7 @@ void steps_end(const char *kind, int64_t cpu_ns, int64_t wall_ns)
             spins[nspins++] = s;
         pthread_mutex_unlock(&spin_mu);
     }
-    if (cpu_ns < threshold_ns())
+    if (cpu_ns < threshold_ns() && wall_ns < wall_threshold_ns())
         return;
     getrusage(RUSAGE_THREAD, &ru);
     int cpu1 = sched_getcpu();
@@ -367,8 +385,9 @@ void steps_report(FILE *out, double t0_ms)
     }
     fprintf(out, "\n");
     pthread_mutex_lock(&slow_mu);
-    fprintf(out, "   steps: %d callbacks over %.0f us of CPU%s\n", nslow + slow_dropped,
-            threshold_ns() / 1e3, nslow ? ":" : "");
+    fprintf(out, "   steps: %d callbacks over %.0f us of CPU or %.0f ms of wall%s\n",
+            nslow + slow_dropped, threshold_ns() / 1e3, wall_threshold_ns() / 1e6,
+            nslow ? ":" : "");
     for (int i = 0; i < nslow; i++) {
         slow *o = &slows[i];
         int64_t top = 0;
@@ -405,8 +424,17 @@ void steps_report(FILE *out, double t0_ms)
                 }
                 continue;
             }
-            fprintf(out, "       %*s%s cpu %.0f us wall %.0f us\n", 2 * e->depth, "",
-                    e->name, e->cpu / 1e3, e->wall / 1e3);
+            fprintf(out, "       %*s%s cpu %.0f us wall %.0f us", 2 * e->depth, "", e->name,
+                    e->cpu / 1e3, e->wall / 1e3);
+            if (e->wall >= 1000000) {
+                /* Who waited that long: `addr2line -f -e BINARY OFFSET`. */
+                Dl_info di;
+
+                if (dladdr(e->caller, &di) && di.dli_fbase)
+                    fprintf(out, " (called from %s+0x%lx)", di.dli_fname,
+                            (unsigned long)((char *)e->caller - (char *)di.dli_fbase));
+            }
+            fprintf(out, "\n");
         }
         if (small)
             fprintf(out, "       + %d small top-level steps, %.0f us\n", small, small_cpu / 1e3);

@@ -6,8 +6,9 @@
  * source files) is wrapped at link time (-Wl,--wrap, against the static
  * library) by a trampoline that, inside a timed callback of a loop thread,
  * times it with the thread's CPU clock and the wall clock.  A callback
- * over the threshold (PGG_BENCH_STEPS_US, default 500 us of thread CPU)
- * keeps its tree of steps, the thread's page faults and context switches
+ * over the threshold (PGG_BENCH_STEPS_US, default 500 us of thread CPU, or
+ * PGG_BENCH_STEPS_WALL_US, default 10 ms of wall) keeps its tree of steps
+ * (a step that took 1 ms of wall or more with the address of its caller), the thread's page faults and context switches
  * across it, and the CPU time of a fixed spin run right after it (the
  * VM's speed then: the machine's vCPUs run up to ~6x slower for seconds).
  *
