@@ -281,8 +281,7 @@ void pgg__canceller_close(pgg_canceller *c, PGconn *conn, int fd);
 /* Cancels sent and dropped so far (for stats). */
 uint64_t pgg__canceller_sent(pgg_canceller *c);
 
-/* Connections the closer thread has closed, dropped or handed to it by
- * pgg__canceller_close (for tests). */
+/* Dropped connections the closer thread has closed (for tests). */
 uint64_t pgg__canceller_closed(pgg_canceller *c);
 
 /* Stop the workers, waiting at most max_wait_ns for them; a worker stuck in
