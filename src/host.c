@@ -71,7 +71,8 @@ static void link_free(pgg_link *l)
     free(l);
 }
 
-static void close_list(pgg_link *l)
+/* Closed here, at the pool's end (pgg__host_destroy: the closer is gone). */
+static void close_list_now(pgg_link *l)
 {
     while (l) {
         pgg_link *next = l->next;
@@ -81,13 +82,44 @@ static void close_list(pgg_link *l)
     }
 }
 
+static pgg_canceller *closer_of(const pgg_host *h)
+{
+    return h->canceller ? *h->canceller : NULL;
+}
+
+/*
+ * l's session dropped: closed by the pool's closer thread, with the loop's
+ * descriptor of its socket (link.h, pgg__canceller_close), not by the
+ * thread that drops it.  Each close is its socket's teardown, 20-90 us of
+ * kernel time, and the thread may be an event loop's: one session the
+ * server ended drops every idle sibling of it in one callback.  Its slot
+ * may be given back before the close is done: PQfinish never waited for
+ * the server to let the session go either.
+ */
+static void link_close(pgg_host *h, pgg_link *l)
+{
+    pgg__canceller_close(closer_of(h), l->conn, l->loop_fd);
+    l->conn = NULL;
+    l->loop_fd = 0;
+    link_free(l);
+}
+
+static void close_list(pgg_host *h, pgg_link *l)
+{
+    while (l) {
+        pgg_link *next = l->next;
+        link_close(h, l);
+        l = next;
+    }
+}
+
 void pgg__host_destroy(pgg_host *h)
 {
     if (!h)
         return;
     for (int i = 0; i < PGG_PARK_SLOTS; i++)
-        close_list(atomic_exchange(&h->park[i].link, NULL));
-    close_list(h->idle);
+        close_list_now(atomic_exchange(&h->park[i].link, NULL));
+    close_list_now(h->idle);
     h->idle = NULL;
     /* Asked after the health thread stopped: never made. */
     for (pgg_asked *a = pgg__host_take_asked(h), *next; a; a = next) {
@@ -200,9 +232,9 @@ int pgg__host_hook_usable(const pgg_host *h, PGconn *conn, pgg_error *err)
 void pgg__host_hook_failed(pgg_host *h, PGconn *conn, int rc)
 {
     if (rc == PGG_ETIMEDOUT) /* its SQL may still run: cancel it */
-        pgg__canceller_drop(h->canceller ? *h->canceller : NULL, h->index, conn);
+        pgg__canceller_drop(closer_of(h), h->index, conn);
     else
-        PQfinish(conn);
+        pgg__canceller_close(closer_of(h), conn, 0); /* link_close's reason */
 }
 
 int pgg__host_on_connect(pgg_host *h, PGconn *conn, int64_t deadline_ns,
@@ -866,15 +898,14 @@ static bool lend_unparked(pgg_host *h, pgg_link *l, int64_t now,
     bool old = expired(h, l, now);
 
     pthread_mutex_unlock(&h->mu);
-    close_list(*doomed);
+    close_list(h, *doomed);
     *doomed = NULL;
     l->next = NULL;
     if (!old && lendable(h, l, now, deadline_ns)) {
         *out = l;
         return true;
     }
-    PQfinish(l->conn);
-    link_free(l);
+    link_close(h, l);
     pthread_mutex_lock(&h->mu);
     taken_closed_locked(h);
     return false;
@@ -901,8 +932,7 @@ int pgg__host_borrow_slow(pgg_host *h, int64_t deadline_ns, int64_t *nowp,
             *nowp = pgg__now_ns(); /* a validation may have waited */
             return PGG_OK;
         }
-        PQfinish(l->conn);
-        link_free(l);
+        link_close(h, l);
         release_slot(h, NULL);
         now = pgg__now_ns();
     }
@@ -919,7 +949,7 @@ static int borrow_end(pgg_host *h, pgg_host_waiter *w, pgg_link *doomed, int rc)
 {
     queue_leave(h, w);
     pthread_mutex_unlock(&h->mu);
-    close_list(doomed);
+    close_list(h, doomed);
     if (w->cv_ready)
         pthread_cond_destroy(&w->cv);
     return rc;
@@ -979,7 +1009,7 @@ static int borrow_locked(pgg_host *h, int64_t deadline_ns, int64_t now,
                (l = take_idle_locked(h, now, &doomed)) != NULL) {
             queue_leave(h, &w);
             pthread_mutex_unlock(&h->mu);
-            close_list(doomed);
+            close_list(h, doomed);
             doomed = NULL;
             if (lendable(h, l, now, deadline_ns)) {
                 borrow_done(&w);
@@ -987,8 +1017,7 @@ static int borrow_locked(pgg_host *h, int64_t deadline_ns, int64_t now,
                 return PGG_OK;
             }
             /* Dead or failed validation: try the next idle one. */
-            PQfinish(l->conn);
-            link_free(l);
+            link_close(h, l);
             pthread_mutex_lock(&h->mu);
             taken_closed_locked(h);
             now = pgg__now_ns();
@@ -1028,7 +1057,7 @@ static int borrow_locked(pgg_host *h, int64_t deadline_ns, int64_t now,
             began = now;
             queue_leave(h, &w);
             pthread_mutex_unlock(&h->mu);
-            close_list(doomed);
+            close_list(h, doomed);
             doomed = NULL;
             rc = connect_new(h, deadline_ns, out, &hook_refused, &cut, &cerr);
             pthread_mutex_lock(&h->mu);
@@ -1111,8 +1140,7 @@ int pgg__host_try_borrow(pgg_host *h, int64_t since, int64_t now,
             *out = l;
             return PGG_OK;
         }
-        PQfinish(l->conn);
-        link_free(l);
+        link_close(h, l);
         pthread_mutex_lock(&h->mu);
         taken_closed_locked(h);
         pthread_mutex_unlock(&h->mu);
@@ -1120,7 +1148,7 @@ int pgg__host_try_borrow(pgg_host *h, int64_t since, int64_t now,
     pthread_mutex_lock(&h->mu);
     while (!h->closed && (l = take_idle_locked(h, now, &doomed)) != NULL) {
         pthread_mutex_unlock(&h->mu);
-        close_list(doomed);
+        close_list(h, doomed);
         doomed = NULL;
         /* The liveness check reads only what is already there; a session
          * that died since is found dead when sent to, and the call tries
@@ -1129,14 +1157,13 @@ int pgg__host_try_borrow(pgg_host *h, int64_t since, int64_t now,
             *out = l;
             return PGG_OK;
         }
-        PQfinish(l->conn);
-        link_free(l);
+        link_close(h, l);
         pthread_mutex_lock(&h->mu);
         taken_closed_locked(h);
     }
     if (h->closed) {
         pthread_mutex_unlock(&h->mu);
-        close_list(doomed);
+        close_list(h, doomed);
         return pgg__error_set(err, PGG_ECLOSED, NULL, h->name, "pool closed");
     }
     verdict = connect_verdict_locked(h, since, now);
@@ -1144,14 +1171,14 @@ int pgg__host_try_borrow(pgg_host *h, int64_t since, int64_t now,
         int rc = refusal_error_locked(h, now, err);
 
         pthread_mutex_unlock(&h->mu);
-        close_list(doomed);
+        close_list(h, doomed);
         return rc;
     }
     if (verdict != CONNECT_WAIT) {
         connect_begin_locked(h, now);
         claim_lost(h);
         pthread_mutex_unlock(&h->mu);
-        close_list(doomed);
+        close_list(h, doomed);
         *connect = true;
         atomic_fetch_add(&h->connects, 1);
         return PGG_OK;
@@ -1160,7 +1187,7 @@ int pgg__host_try_borrow(pgg_host *h, int64_t since, int64_t now,
         int rc = busy_error_locked(h, now, err);
 
         pthread_mutex_unlock(&h->mu);
-        close_list(doomed);
+        close_list(h, doomed);
         return rc;
     }
 }
@@ -1226,8 +1253,7 @@ static void release_slot(pgg_host *h, pgg_link *keep)
     wake_entitled(h);
     pthread_mutex_unlock(&h->mu);
     if (keep) {
-        PQfinish(keep->conn);
-        link_free(keep);
+        link_close(h, keep);
     }
 }
 
@@ -1250,10 +1276,8 @@ void pgg__host_discard(pgg_host *h, pgg_link *l)
 {
     if (!l)
         return;
-    /* Close before giving the slot back, so open never exceeds max. */
-    PQfinish(l->conn);
-    l->conn = NULL;
-    link_free(l);
+    /* Handed to the closer before the slot is given back (link_close). */
+    link_close(h, l);
     release_slot(h, NULL);
 }
 
@@ -1263,6 +1287,9 @@ void pgg__host_abandon(pgg_host *h, pgg_link *l, pgg_canceller *c)
         return;
     pgg__canceller_drop(c, h->index, l->conn);
     l->conn = NULL;
+    /* The loop's descriptor too: the last close is the socket's teardown. */
+    pgg__canceller_close(closer_of(h), NULL, l->loop_fd);
+    l->loop_fd = 0;
     link_free(l);
     release_slot(h, NULL);
 }
@@ -1459,7 +1486,7 @@ int pgg__host_trim(pgg_host *h, int64_t now_ns, bool all)
     if (n)
         wake_all(h);
     pthread_mutex_unlock(&h->mu);
-    close_list(doomed);
+    close_list(h, doomed);
     return n;
 }
 
@@ -1514,7 +1541,7 @@ int pgg__host_drop_dead(pgg_host *h, int64_t now_ns, int64_t used_within_ns,
     if (n)
         wake_all(h);
     pthread_mutex_unlock(&h->mu);
-    close_list(dead);
+    close_list(h, dead);
     return recent;
 }
 
@@ -1560,10 +1587,8 @@ int pgg__host_warm(pgg_host *h, int64_t deadline_ns)
         }
         wake_entitled(h);
         pthread_mutex_unlock(&h->mu);
-        if (l) {
-            PQfinish(l->conn);
-            link_free(l);
-        }
+        if (l)
+            link_close(h, l);
         if (rc != PGG_OK)
             return opened;
     }

@@ -134,8 +134,10 @@ typedef struct pgg_host {
     int64_t quick_ns;
     /* The pool's config copy's; run on each new connection.  NULL: none. */
     const struct pgg_on_connect *on_connect;
-    /* Where the pool keeps its canceller (NULL inside: cancels off): a hook
-     * that overran has its statement cancelled like a query's. */
+    /* Where the pool keeps its canceller (NULL inside only while the pool
+     * is made; cancels off when it has no slots): a hook that overran has
+     * its statement cancelled like a query's, and the sessions the host
+     * drops are closed by its closer thread (link_close). */
     pgg_canceller *const *canceller;
 
     pthread_mutex_t mu;

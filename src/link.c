@@ -5,6 +5,7 @@
 #include <inttypes.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,6 +13,7 @@
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "cancel.h"
 #include "clock.h"
@@ -690,10 +692,16 @@ typedef struct cancel_slot {
  * at its deadline leaves tens of MB of rows to free: measured 1-8 ms, 48 ms
  * at load 8), and it came after the caller's deadline.  PQfinish on a
  * nonblocking connection never waits on the network, so this thread never
- * sticks the way a cancel worker can.
+ * sticks the way a cancel worker can.  It also closes the sessions the
+ * pool drops (pgg__canceller_close): even an idle one costs its socket's
+ * teardown, 20-90 us of kernel time, and one callback of an event loop
+ * dropped every idle sibling of a session the server ended, 0.25-0.45 ms
+ * for five (issue 13, lag13).
  */
 typedef struct closing {
     PGconn *conn;
+    int fd; /* another descriptor of its socket (a loop's), > 0, or 0 */
+    bool dropped; /* pgg__canceller_drop's: counted (closed) */
     struct closing *next;
 } closing;
 
@@ -714,9 +722,29 @@ struct pgg_canceller {
     cancel_slot *slots[];
 };
 
+static void close_now(PGconn *conn, int fd)
+{
+    PQfinish(conn);
+    if (fd > 0)
+        close(fd);
+}
+
 static void *closer_main(void *arg)
 {
     closer *k = arg;
+
+    /* SCHED_BATCH: waking it (each hand-off) never preempts the thread that
+     * handed the close over, an event loop in the middle of a callback,
+     * which would then wait for the CPU behind whatever else is runnable;
+     * it still gets its fair share of the CPU, so closes are not starved.
+     * Not all systems have it: then it stays as it is. */
+#ifdef SCHED_BATCH
+    {
+        struct sched_param sp = {.sched_priority = 0};
+
+        (void)pthread_setschedparam(pthread_self(), SCHED_BATCH, &sp);
+    }
+#endif
 
     pthread_mutex_lock(&k->mu);
     for (;;) {
@@ -733,9 +761,10 @@ static void *closer_main(void *arg)
         while (batch) {
             closing *next = batch->next;
 
-            PQfinish(batch->conn);
+            if (batch->dropped)
+                atomic_fetch_add_explicit(&k->closed, 1, memory_order_relaxed);
+            close_now(batch->conn, batch->fd);
             free(batch);
-            atomic_fetch_add_explicit(&k->closed, 1, memory_order_relaxed);
             batch = next;
         }
         pthread_mutex_lock(&k->mu);
@@ -744,18 +773,20 @@ static void *closer_main(void *arg)
     return NULL;
 }
 
-/* PQfinish conn on the closer's thread; inline when that cannot be had
- * (no canceller, out of memory, no thread). */
-static void close_later(pgg_canceller *c, PGconn *conn)
+/* PQfinish conn and close fd on the closer's thread; inline when that
+ * cannot be had (no canceller, out of memory, no thread). */
+static void close_later(pgg_canceller *c, PGconn *conn, int fd, bool dropped)
 {
     closer *k = c ? &c->closer : NULL;
-    closing *n = k ? malloc(sizeof *n) : NULL;
+    closing *n = k && (conn || fd > 0) ? malloc(sizeof *n) : NULL;
 
     if (!n) {
-        PQfinish(conn);
+        close_now(conn, fd);
         return;
     }
     n->conn = conn;
+    n->fd = fd;
+    n->dropped = dropped;
     n->next = NULL;
     pthread_mutex_lock(&k->mu);
     if (!k->started && !k->stop) {
@@ -770,7 +801,7 @@ static void close_later(pgg_canceller *c, PGconn *conn)
     if (!k->started || k->stop) {
         pthread_mutex_unlock(&k->mu);
         free(n);
-        PQfinish(conn);
+        close_now(conn, fd);
         return;
     }
     *k->tail = n;
@@ -860,7 +891,7 @@ pgg_canceller *pgg__canceller_new(int nslots, int queue_max,
 {
     pgg_canceller *c;
 
-    if (nslots <= 0 || queue_max <= 0) {
+    if (nslots < 0 || queue_max <= 0) {
         pgg__error_set(err, PGG_EINVAL, NULL, NULL, "canceller: bad size");
         return NULL;
     }
@@ -903,10 +934,12 @@ void pgg__canceller_drop(pgg_canceller *c, int slot, PGconn *conn)
 
     if (!conn)
         return;
-    cn = c && PQstatus(conn) == CONNECTION_OK ? PQgetCancel(conn) : NULL;
+    cn = c && c->nslots > 0 && PQstatus(conn) == CONNECTION_OK
+             ? PQgetCancel(conn)
+             : NULL;
     /* Nonblocking mode: PQfinish's Terminate message cannot block; it is
      * still not free (see closer). */
-    close_later(c, conn);
+    close_later(c, conn, 0, true);
     if (!cn)
         return;
     if (!c || slot < 0 || slot >= c->nslots) {
@@ -944,6 +977,11 @@ void pgg__canceller_drop(pgg_canceller *c, int slot, PGconn *conn)
     s->count++;
     pthread_cond_signal(&s->cv);
     pthread_mutex_unlock(&s->mu);
+}
+
+void pgg__canceller_close(pgg_canceller *c, PGconn *conn, int fd)
+{
+    close_later(c, conn, fd, false);
 }
 
 uint64_t pgg__canceller_sent(pgg_canceller *c)

@@ -260,7 +260,7 @@ typedef struct pgg_canceller pgg_canceller;
  * most `queue_max` cancels and drops the rest (a hung host cannot pile up
  * threads or memory), and a cancel that waited in the queue longer than
  * max_age_ns (behind a PQcancel stuck on a stopped postmaster) is dropped
- * rather than sent. */
+ * rather than sent.  nslots 0: no cancels, the closer only. */
 pgg_canceller *pgg__canceller_new(int nslots, int queue_max,
                                   int64_t max_age_ns, pgg_error *err);
 
@@ -269,6 +269,14 @@ pgg_canceller *pgg__canceller_new(int nslots, int queue_max,
  * queue the cancel for the slot's worker.  Never blocks on the network.
  * conn may be NULL. */
 void pgg__canceller_drop(pgg_canceller *c, int slot, PGconn *conn);
+
+/* PQfinish conn (may be NULL) and close fd (> 0: another descriptor of
+ * its socket, a loop's) on the closer's thread, off the caller's: the pool
+ * drops sessions this way (host.c, link_close), so that an event loop's
+ * callback never pays their sockets' teardown.  Inline when the closer
+ * cannot be had (c NULL, no memory or thread, stopped).  Never blocks on
+ * the network. */
+void pgg__canceller_close(pgg_canceller *c, PGconn *conn, int fd);
 
 /* Cancels sent and dropped so far (for stats). */
 uint64_t pgg__canceller_sent(pgg_canceller *c);

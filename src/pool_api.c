@@ -206,13 +206,13 @@ pgg_pool *pgg_pool_new(const pgg_config *cfg, pgg_error *err)
                            pool->clock, err) != PGG_OK)
         goto fail;
     bulkhead_ready = true;
-    /* cancel_timeout_ms = 0: abandoned queries are not cancelled at all. */
-    if (cfg->cancel_timeout_ms > 0) {
-        pool->canceller = pgg__canceller_new(
-            pool->nhosts, 8, ms_to_ns(cfg->cancel_timeout_ms), err);
-        if (!pool->canceller)
-            goto fail;
-    }
+    /* cancel_timeout_ms = 0: abandoned queries are not cancelled at all;
+     * the closer still closes what the pool drops (link.h). */
+    pool->canceller =
+        pgg__canceller_new(cfg->cancel_timeout_ms > 0 ? pool->nhosts : 0, 8,
+                           ms_to_ns(cfg->cancel_timeout_ms), err);
+    if (!pool->canceller)
+        goto fail;
 #if PGG_HAVE_LIBPQTYPES
     pool->types = pgg__types_new(err);
     if (!pool->types)

@@ -18,6 +18,15 @@
  * Timing costs two clock_gettime per clock per callback (the thread CPU
  * clock is a system call): on only when asked (async_cpu_on), and never in
  * the rounds whose throughput is reported.
+ *
+ * Neither clock tells pgguard's work from the VM's: this machine's vCPUs
+ * stop for 0.3-40 ms now and then (the host runs something else; the
+ * guest's steal time does not show it), and the thread that was running
+ * is charged that time as its own CPU; its CPU clock also jumps at times
+ * (a callback of 20 us wall read 5 ms of CPU).  tests/bench/faults --steps
+ * lists what a long callback ran (async_steps.h); a system-wide
+ * `perf record -e cpu-clock` beside it shows the vCPU's stops as gaps in
+ * its samples (docs/MEASUREMENTS.md, issue 13).
  */
 #ifndef PGG_BENCH_ASYNC_CPU_H
 #define PGG_BENCH_ASYNC_CPU_H
@@ -29,6 +38,14 @@
 #include <time.h>
 
 #include "pgguard_async.h"
+#if PGG_BENCH_STEPS
+#include "async_steps.h"
+#define ASYNC_CPU_STEPS_BEGIN() steps_begin()
+#define ASYNC_CPU_STEPS_END(kind, cpu, wall) steps_end(kind, cpu, wall)
+#else
+#define ASYNC_CPU_STEPS_BEGIN() ((void)0)
+#define ASYNC_CPU_STEPS_END(kind, cpu, wall) ((void)0)
+#endif
 
 /* 1 us buckets up to 20 ms; longer ones in the last. */
 #define ASYNC_CPU_BUCKETS 20001
@@ -40,6 +57,13 @@ typedef struct async_cpu_hist {
 } async_cpu_hist;
 
 static async_cpu_hist async_cpu_thread, async_cpu_wall;
+/* The application's calls that start a call (pgg_async_exec_params), which
+ * a server makes on its loop too: timed apart (async_cpu_api_text). */
+static async_cpu_hist async_api_thread, async_api_wall;
+/* libpq's calls that read or write the socket in the reference client
+ * (bench-faults: PQsendQueryParams, PQconsumeInput), timed alike: what the
+ * same sends and reads cost a thread without pgguard, at the same moments. */
+static async_cpu_hist async_ref_thread, async_ref_wall;
 static atomic_bool async_cpu_enabled;
 
 static void async_cpu_on(bool on)
@@ -49,9 +73,10 @@ static void async_cpu_on(bool on)
 
 static void async_cpu_reset(void)
 {
-    async_cpu_hist *h[2] = {&async_cpu_thread, &async_cpu_wall};
+    async_cpu_hist *h[6] = {&async_cpu_thread, &async_cpu_wall, &async_api_thread,
+                            &async_api_wall,   &async_ref_thread, &async_ref_wall};
 
-    for (int k = 0; k < 2; k++) {
+    for (int k = 0; k < 6; k++) {
         for (int i = 0; i < ASYNC_CPU_BUCKETS; i++)
             atomic_store_explicit(&h[k]->n[i], 0, memory_order_relaxed);
         atomic_store(&h[k]->count, 0);
@@ -111,20 +136,45 @@ static void async_cpu_text(char *buf, size_t len)
              atomic_load(&async_cpu_wall.max_ns) / 1e6);
 }
 
-#define ASYNC_CPU_TIMED(call)                                                   \
+/* "calls N; CPU p50/p99/max ...; wall p50/p99/max ..." of cpu and wall. */
+static inline void async_cpu_calls_text(async_cpu_hist *cpu, async_cpu_hist *wall, char *buf,
+                                        size_t len)
+{
+    snprintf(buf, len,
+             "%llu calls; thread CPU per call p50 %.0f us, p99 %.0f us, max %.3f ms; "
+             "wall p50 %.0f us, p99 %.0f us, max %.3f ms",
+             (unsigned long long)atomic_load(&cpu->count), async_cpu_quantile(cpu, 0.5),
+             async_cpu_quantile(cpu, 0.99), atomic_load(&cpu->max_ns) / 1e6,
+             async_cpu_quantile(wall, 0.5), async_cpu_quantile(wall, 0.99),
+             atomic_load(&wall->max_ns) / 1e6);
+}
+
+/* call, timed into the histograms cpu and wall (kind: the step profiler's
+ * name for it, async_steps.h). */
+#define ASYNC_CPU_TIMED_INTO(cpu, wall, kind, call)                            \
     do {                                                                        \
-        int64_t c0, w0;                                                         \
+        int64_t c0, w0, c1, w1;                                                 \
         if (!atomic_load_explicit(&async_cpu_enabled, memory_order_relaxed)) { \
             call;                                                               \
             break;                                                              \
         }                                                                       \
         c0 = async_cpu_ns(CLOCK_THREAD_CPUTIME_ID);                             \
         w0 = async_cpu_ns(CLOCK_MONOTONIC);                                     \
+        ASYNC_CPU_STEPS_BEGIN();                                                \
         call;                                                                   \
-        async_cpu_add(&async_cpu_wall, async_cpu_ns(CLOCK_MONOTONIC) - w0);     \
-        async_cpu_add(&async_cpu_thread,                                        \
-                      async_cpu_ns(CLOCK_THREAD_CPUTIME_ID) - c0);              \
+        w1 = async_cpu_ns(CLOCK_MONOTONIC);                                     \
+        c1 = async_cpu_ns(CLOCK_THREAD_CPUTIME_ID);                             \
+        async_cpu_add(wall, w1 - w0);                                           \
+        async_cpu_add(cpu, c1 - c0);                                            \
+        ASYNC_CPU_STEPS_END(kind, c1 - c0, w1 - w0);                            \
     } while (0)
+
+#define ASYNC_CPU_TIMED(kind, call)                                             \
+    ASYNC_CPU_TIMED_INTO(&async_cpu_thread, &async_cpu_wall, kind, call)
+#define ASYNC_CPU_API_TIMED(kind, call)                                         \
+    ASYNC_CPU_TIMED_INTO(&async_api_thread, &async_api_wall, kind, call)
+#define ASYNC_CPU_REF_TIMED(kind, call)                                         \
+    ASYNC_CPU_TIMED_INTO(&async_ref_thread, &async_ref_wall, kind, call)
 
 void __real_pgg_async_handle_read(pgg_async_sock *s);
 void __real_pgg_async_handle_write(pgg_async_sock *s);
@@ -135,17 +185,17 @@ void __wrap_pgg_async_handle_timer(pgg_async *ac);
 
 void __wrap_pgg_async_handle_read(pgg_async_sock *s)
 {
-    ASYNC_CPU_TIMED(__real_pgg_async_handle_read(s));
+    ASYNC_CPU_TIMED("read", __real_pgg_async_handle_read(s));
 }
 
 void __wrap_pgg_async_handle_write(pgg_async_sock *s)
 {
-    ASYNC_CPU_TIMED(__real_pgg_async_handle_write(s));
+    ASYNC_CPU_TIMED("write", __real_pgg_async_handle_write(s));
 }
 
 void __wrap_pgg_async_handle_timer(pgg_async *ac)
 {
-    ASYNC_CPU_TIMED(__real_pgg_async_handle_timer(ac));
+    ASYNC_CPU_TIMED("timer", __real_pgg_async_handle_timer(ac));
 }
 
 #endif

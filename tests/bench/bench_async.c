@@ -50,7 +50,7 @@
 #if PGG_BENCH_CALLBACK_CPU
 #include "async_cpu.h"
 #else
-#define ASYNC_CPU_TIMED(call) call
+#define ASYNC_CPU_TIMED(kind, call) call
 #endif
 
 #define MAX_INFLIGHT 256
@@ -168,7 +168,7 @@ static void raw_on_read(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
-    ASYNC_CPU_TIMED(raw_read(arg));
+    ASYNC_CPU_TIMED("raw read", raw_read(arg));
 }
 
 static void raw_round(raw_conn *cs, int n, round_state *rs)

@@ -50,7 +50,11 @@
  * call in flight on it, the same schedule and accounting; each fault's block
  * then also reports the longest gap between ticks of a 1 ms timer on those
  * loops while a call was in flight (a loop blocked in a wait would show a
- * whole deadline).
+ * whole deadline), and (async_cpu.h) the thread CPU and wall time of each
+ * callback into pgguard, of each call started (pgg_async_exec_params, which
+ * a server calls on its loop too), and of the libpq client's own
+ * PQsendQueryParams and PQconsumeInput calls, the same sends and reads
+ * without pgguard.
  *
  * Not a meson test: it asserts nothing (exit 0 whatever the verdicts), and
  * its numbers depend on the machine's load, printed with each fault.
@@ -283,6 +287,14 @@ static void ack(worker *w, int seq)
     w->acked[w->nacked++] = seq;
 }
 
+/* The reference client's libpq calls on the socket, timed as the async
+ * client's callbacks (async_cpu.h) when those are. */
+#if PGG_BENCH_ASYNC && PGG_BENCH_CALLBACK_CPU
+#define REF_TIMED(kind, call) ASYNC_CPU_REF_TIMED(kind, call)
+#else
+#define REF_TIMED(kind, call) call
+#endif
+
 /* ------------------------------------------------------------- pgguard */
 
 /* --async: calls through pgguard_async.h; the loops' longest gap, in us. */
@@ -347,8 +359,17 @@ static PGresult *async_call(worker *w, pgg_intent intent, const char *sql, int n
     }
     w->last_tick = pgh_now_ms();
     w->in_call = true;
-    if (pgg_async_exec_params(w->ac, intent, sql, n, NULL, vals, NULL, NULL, call,
-                              on_async_done, &d, NULL, err) != PGG_OK) {
+    int rc;
+#if PGG_BENCH_CALLBACK_CPU
+    /* A server starts its calls on the loop too: timed as its callbacks. */
+    ASYNC_CPU_API_TIMED("exec", rc = pgg_async_exec_params(w->ac, intent, sql, n, NULL, vals,
+                                                           NULL, NULL, call, on_async_done,
+                                                           &d, NULL, err));
+#else
+    rc = pgg_async_exec_params(w->ac, intent, sql, n, NULL, vals, NULL, NULL, call,
+                               on_async_done, &d, NULL, err);
+#endif
+    if (rc != PGG_OK) {
         w->in_call = false;
         return NULL;
     }
@@ -526,8 +547,10 @@ static bool lq_call(worker *w, int seq, double start_abs, char *code, size_t cod
     }
     PGconn *conn = w->conn;
     int fd = PQsocket(conn);
-    if (!PQsendQueryParams(conn, w->write ? write_sql : read_sql, nvals, NULL, vals, NULL,
-                           NULL, 0)) {
+    int sent;
+    REF_TIMED("libpq send", sent = PQsendQueryParams(conn, w->write ? write_sql : read_sql,
+                                                     nvals, NULL, vals, NULL, NULL, 0));
+    if (!sent) {
         snprintf(code, codelen, "LOST");
         lq_drop(w);
         return false;
@@ -540,7 +563,9 @@ static bool lq_call(worker *w, int seq, double start_abs, char *code, size_t cod
             lq_drop(w);
             return false;
         }
-        if (!PQconsumeInput(conn))
+        int in;
+        REF_TIMED("libpq read", in = PQconsumeInput(conn));
+        if (!in)
             break;
     }
     if (fl < 0) {
@@ -559,7 +584,10 @@ static bool lq_call(worker *w, int seq, double start_abs, char *code, size_t cod
                 lq_drop(w);
                 return false;
             }
-            if (rc < 0 || !PQconsumeInput(conn)) {
+            int in = 0;
+            if (rc > 0)
+                REF_TIMED("libpq read", in = PQconsumeInput(conn));
+            if (!in) {
                 snprintf(code, codelen, "LOST");
                 lq_drop(w);
                 return false;
@@ -1435,7 +1463,14 @@ static void print_fault(const run *r, result *res)
 
             async_cpu_text(text, sizeof text);
             printf("   the loops' calls into pgguard: %s\n", text);
+            async_cpu_calls_text(&async_api_thread, &async_api_wall, text, sizeof text);
+            printf("   the calls started (pgg_async_exec_params): %s\n", text);
+            async_cpu_calls_text(&async_ref_thread, &async_ref_wall, text, sizeof text);
+            printf("   libpq's client, its PQsendQueryParams and PQconsumeInput: %s\n", text);
         }
+#endif
+#if PGG_BENCH_STEPS
+        steps_report(stdout, r->t0 + r->fault_ms);
 #endif
     }
     printf("   %-8s %6s %5s %9s %6s %6s %6s %6s %8s %8s %9s %10s %6s  %s\n", "client",
@@ -1607,6 +1642,9 @@ static void run_fault(const fault *f, double after_ms, FILE *csv, result *out)
     atomic_store(&async_worst_gap_us, 0);
 #if PGG_BENCH_CALLBACK_CPU
     async_cpu_reset();
+#if PGG_BENCH_STEPS
+    steps_reset();
+#endif
     async_cpu_on(use_async);
 #endif
     r->t0 = pgh_now_ms();
