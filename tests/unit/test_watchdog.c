@@ -248,6 +248,17 @@ Test(watchdog, a_late_watchdog_gives_the_waits_their_own_timeout_again)
         cr_assert_eq(recv(sv[0], &c, 1, 0), 1);
     }
 
+    /* The watchdog idle first (no look planned: its last window is long
+     * gone), so that only the waiter's kick wakes it: a timed look of its
+     * own that came due during the hold below would take the lock first
+     * when it ends, on time by its own plan, and fire the window without
+     * a late wake-up (seen under load in CI). */
+    for (int i = 0; i < 10000 && atomic_load(&((pgg_wd_head *)(void *)wd)->next_wake) !=
+                                     PGG_TIME_NEVER;
+         i++)
+        usleep(1000);
+    cr_assert_eq(atomic_load(&((pgg_wd_head *)(void *)wd)->next_wake), PGG_TIME_NEVER,
+                 "the watchdog still plans a look");
     /* The watchdog cannot wake while the deadline passes. */
     h.fd = sv[0];
     h.deadline = pgg__now_ns() + 2 * PGG_NS_PER_MS;
