@@ -2177,7 +2177,7 @@ static void connect_ask_done(pgg_async_call *k, bool cut)
     sock_close(k);
     k->ask = NULL;
     if (pgg__host_hook_sql(k->h, &callback) || callback) {
-        PQfinish(a->conn);
+        pgg__host_close_session(k->h, a->conn);
         a->conn = NULL;
         pgg__asked_unref(a);
         pgg__error_set(k->c.err, PGG_ETIMEDOUT, NULL, k->h->name,

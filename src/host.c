@@ -229,12 +229,17 @@ int pgg__host_hook_usable(const pgg_host *h, PGconn *conn, pgg_error *err)
     return PGG_OK;
 }
 
+void pgg__host_close_session(pgg_host *h, PGconn *conn)
+{
+    pgg__canceller_close(closer_of(h), conn, 0); /* link_close's reason */
+}
+
 void pgg__host_hook_failed(pgg_host *h, PGconn *conn, int rc)
 {
     if (rc == PGG_ETIMEDOUT) /* its SQL may still run: cancel it */
         pgg__canceller_drop(closer_of(h), h->index, conn);
     else
-        pgg__canceller_close(closer_of(h), conn, 0); /* link_close's reason */
+        pgg__host_close_session(h, conn);
 }
 
 int pgg__host_on_connect(pgg_host *h, PGconn *conn, int64_t deadline_ns,

@@ -616,6 +616,9 @@ int pgg__host_hook_sql_done(const pgg_host *h, PGresult *res,
                             pgg_error *err);
 int pgg__host_hook_usable(const pgg_host *h, PGconn *conn, pgg_error *err);
 void pgg__host_hook_failed(pgg_host *h, PGconn *conn, int rc);
+/* A session of h that joins nothing (no link): closed by the pool's closer
+ * thread, as the sessions the host drops (host.c, link_close). */
+void pgg__host_close_session(pgg_host *h, PGconn *conn);
 
 /*
  * The host's breaker refused a call.  While its server is starting
