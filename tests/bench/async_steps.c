@@ -30,7 +30,7 @@
 #error "the step profiler's trampolines are x86-64 assembly"
 #endif
 
-#define STUB(n)                                                           \
+#define TRAMPOLINE(n)                                                     \
     __asm__(".section .rodata\n"                                          \
             "steps_name_" #n ": .asciz \"" #n "\"\n"                      \
             ".text\n"                                                     \
@@ -79,7 +79,7 @@ extern char steps_after[];
 void steps_enter(const char *name, void **ret);
 void *steps_leave(void);
 
-#define STEP(n) STUB(n)
+#define STEP(n) TRAMPOLINE(n)
 #include "async_steps.def"
 #undef STEP
 
@@ -152,34 +152,34 @@ static int64_t clk(clockid_t c)
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-/* Also kept: a callback over PGG_BENCH_STEPS_WALL_US (default 10 ms) of
- * wall time, whatever its CPU (a lock it waited for, or a preemption). */
-static int64_t wall_threshold_ns(void)
+/* A bound in microseconds from the environment (def when unset), as ns,
+ * read once into *cache. */
+static int64_t env_us_ns(const char *var, long def, atomic_long *cache)
 {
-    static atomic_long thr = -1;
-    long t = atomic_load(&thr);
+    long t = atomic_load(cache);
 
     if (t < 0) {
-        const char *e = getenv("PGG_BENCH_STEPS_WALL_US");
+        const char *e = getenv(var);
 
-        t = (e && *e ? atol(e) : 10000) * 1000L;
-        atomic_store(&thr, t);
+        t = (e && *e ? atol(e) : def) * 1000L;
+        atomic_store(cache, t);
     }
     return t;
 }
 
+/* A callback over PGG_BENCH_STEPS_US (default 500 us) of CPU is kept; also
+ * one over PGG_BENCH_STEPS_WALL_US (default 10 ms) of wall time, whatever
+ * its CPU (a lock it waited for, or a preemption). */
+static atomic_long cpu_thr = -1, wall_thr = -1;
+
 static int64_t threshold_ns(void)
 {
-    static atomic_long thr = -1;
-    long t = atomic_load(&thr);
+    return env_us_ns("PGG_BENCH_STEPS_US", 500, &cpu_thr);
+}
 
-    if (t < 0) {
-        const char *e = getenv("PGG_BENCH_STEPS_US");
-
-        t = (e && *e ? atol(e) : 500) * 1000L;
-        atomic_store(&thr, t);
-    }
-    return t;
+static int64_t wall_threshold_ns(void)
+{
+    return env_us_ns("PGG_BENCH_STEPS_WALL_US", 10000, &wall_thr);
 }
 
 /* A fixed piece of user-mode work: ~20 us at the machine's full speed. */
