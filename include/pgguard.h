@@ -612,7 +612,14 @@ typedef struct pgg_host_stats {
                                      (a Retry-After); else 0 */
     int last_error_code;
     char last_error[256];
-    unsigned char reserved_[64];
+    /* A standby's replay position at its last health probe (0: unknown). */
+    uint64_t replay_lsn;
+    /* Held back from reads until it has replayed this far again (0: not
+     * held): it may have gone back behind what it had reported (its
+     * sessions ended, a probe failed: a restart?) or a probe found it
+     * there.  Reads go to other hosts meanwhile (PGG_EVENT_READS_HELD). */
+    uint64_t reads_held_until_lsn;
+    unsigned char reserved_[48];
 } pgg_host_stats;
 
 typedef struct pgg_stats {
@@ -669,7 +676,12 @@ typedef enum pgg_event_type {
      * the pool was freed: from is how long it has been held, in ms
      * (INT_MAX at most), to the lease_leak_ms setting; host is the lease's
      * server. */
-    PGG_EVENT_LEASE_LEAK = 2
+    PGG_EVENT_LEASE_LEAK = 2,
+    /* A standby held back from reads (to 1) or used again (to 0; from the
+     * other): it may have gone back behind the replay position it had
+     * reported (a restart), and takes no reads until it has replayed that
+     * far again (pgg_host_stats.reads_held_until_lsn); reason says why. */
+    PGG_EVENT_READS_HELD = 3
 } pgg_event_type;
 
 typedef struct pgg_event {

@@ -72,6 +72,13 @@ typedef struct probe {
      * across probes so that the primary's next probe can update its lag. */
     uint64_t replay_lsn;
     int64_t replay_at;
+    /* The highest replay position known of the host when the query was
+     * sent (answers included): what it had reported (hold.h). */
+    uint64_t seen;
+    /* The hold last told in an event (PGG_EVENT_READS_HELD), kept across
+     * probes, and the position it waited for. */
+    bool held_told;
+    uint64_t held_until;
     bool got;        /* a result arrived */
     pgg_role role;
     uint64_t lsn;
@@ -151,6 +158,59 @@ struct pgg_health {
 
 /* ------------------------------------------------------------- probing */
 
+/* Host i may have gone back behind the replay position it reported (a
+ * restart): held back from reads until a probe shows it there again
+ * (hold.h).  The event follows at the probe's end (held_tell). */
+static void hold(pgg_health *hl, int i, const char *why)
+{
+    pgg_host *h = &hl->pool->hosts[i];
+
+    (void)pgg__hold_set(&h->hold, atomic_load(&h->role) == PGG_ROLE_PRIMARY,
+                        why);
+}
+
+#define LSN_HI(x) (unsigned)((x) >> 32)
+#define LSN_LO(x) (unsigned)((x) & 0xffffffffu)
+
+/* Tell the listener when host i was held back from reads or used again
+ * since the last event, whoever held it (a probe, or a call that found its
+ * sessions ended). */
+static void held_tell(pgg_health *hl, int i)
+{
+    pgg_host *h = &hl->pool->hosts[i];
+    probe *p = &hl->probes[i];
+    bool on = pgg__hold_on(&h->hold);
+    uint64_t replay = atomic_load(&h->hold.replay);
+    char reason[256];
+    pgg_event ev = {0};
+
+    if (on == p->held_told)
+        return;
+    p->held_told = on;
+    if (on) {
+        const char *why = atomic_load(&h->hold.why);
+
+        p->held_until = atomic_load(&h->hold.until);
+        snprintf(reason, sizeof reason,
+                 "%s: no reads until it has replayed %X/%X (last seen at "
+                 "%X/%X)",
+                 why ? why : "it may have gone back", LSN_HI(p->held_until),
+                 LSN_LO(p->held_until), LSN_HI(replay), LSN_LO(replay));
+    } else {
+        snprintf(reason, sizeof reason,
+                 "replayed %X/%X, up to %X/%X it had reported: reads again",
+                 LSN_HI(replay), LSN_LO(replay), LSN_HI(p->held_until),
+                 LSN_LO(p->held_until));
+    }
+    ev.type = PGG_EVENT_READS_HELD;
+    ev.host_index = i;
+    ev.host = h->name;
+    ev.from = !on;
+    ev.to = on;
+    ev.reason = reason;
+    pgg__pool_emit(hl->pool, &ev);
+}
+
 static void probe_fail(pgg_health *hl, int i, pgg_class cls, const char *what)
 {
     probe *p = &hl->probes[i];
@@ -190,6 +250,7 @@ static void probe_send(pgg_health *hl, int i)
 {
     probe *p = &hl->probes[i];
 
+    p->seen = pgg__vis_replayed(hl->pool->vis, i);
     if (!PQsendQuery(hl->conns[i], probe_sql)) {
         probe_fail(hl, i, PGG_CLASS_CONNECTION, "health probe");
         return;
@@ -264,7 +325,10 @@ static bool probe_donate(pgg_health *hl, int i, int64_t now)
     PGconn *c = hl->conns[i];
     pgg_role role = pgg__link_reported_role(c);
 
+    /* A standby held back from reads (hold.h) takes no reads on it: the
+     * probe's query, which may release it, runs first. */
     if (role == PGG_ROLE_UNKNOWN ||
+        (role == PGG_ROLE_STANDBY && pgg__hold_on(&hl->pool->hosts[i].hold)) ||
         !pgg__host_adopt(&hl->pool->hosts[i], c, now, p->started, 1, false))
         return false;
     hl->conns[i] = NULL;
@@ -363,6 +427,9 @@ static bool incident(pgg_health *hl)
         pgg_breaker_state st = pgg__breaker_state(&h->breaker);
 
         if (st == PGG_BREAKER_OPEN || st == PGG_BREAKER_HALF_OPEN)
+            return true;
+        /* Held back from reads: its catching up is seen at the fast pace. */
+        if (pgg__hold_on(&h->hold))
             return true;
         if (atomic_load(&h->role) == PGG_ROLE_PRIMARY)
             primary = true;
@@ -547,6 +614,8 @@ static bool probe_start(pgg_health *hl, int i, int64_t now)
     p->in_round = keep.in_round;
     p->replay_lsn = keep.replay_lsn;
     p->replay_at = keep.replay_at;
+    p->held_told = keep.held_told;
+    p->held_until = keep.held_until;
     p->silent_since = keep.silent_since;
     p->answered_at = keep.answered_at;
     p->starting_since = keep.starting_since;
@@ -579,6 +648,7 @@ static bool probe_start(pgg_health *hl, int i, int64_t now)
     if (c && !pgg__link_alive(c)) {
         PQfinish(c);
         hl->conns[i] = c = NULL;
+        hold(hl, i, "its health session was ended by the server (a restart?)");
     }
     if (c) {
         p->on_old = true;
@@ -636,9 +706,9 @@ static void set_lag(pgg_health *hl, int i, int64_t now)
         now - hl->primary_lsn_at > 2 * hl->interval + hl->probe_timeout ||
         now - p->replay_at > 2 * hl->interval + hl->probe_timeout)
         return;
-    atomic_store(&h->lag_bytes, p->replay_lsn >= hl->primary_lsn
-                                    ? 0
-                                    : (int64_t)(hl->primary_lsn - p->replay_lsn));
+    pgg__hold_lag(&h->hold, p->replay_lsn >= hl->primary_lsn
+                                ? 0
+                                : (int64_t)(hl->primary_lsn - p->replay_lsn));
 }
 
 static void probe_answered(pgg_health *hl, int i, int64_t now)
@@ -667,12 +737,19 @@ static void probe_answered(pgg_health *hl, int i, int64_t now)
     /* Probes no longer run in lockstep: whichever of a standby and the
      * primary answers last measures the standby's lag, each against the
      * other's latest position. */
-    if (p->role == PGG_ROLE_STANDBY && p->have_lsn)
+    if (p->role == PGG_ROLE_STANDBY && p->have_lsn) {
+        /* Behind what it reported before (a restart): held back from
+         * reads; caught up: used again (hold.h). */
+        (void)pgg__hold_probed(&h->hold, p->lsn, p->seen, now);
         pgg__vis_note_replayed(pool->vis, i, p->lsn, true);
+    }
     if (p->role == PGG_ROLE_PRIMARY && p->have_lsn) {
         hl->primary_lsn = p->lsn;
         hl->primary_lsn_at = now;
         for (int k = 0; k < pool->nhosts; k++) {
+            if (k != i)
+                (void)pgg__hold_primary_at(&pool->hosts[k].hold, p->lsn,
+                                           p->started);
             if (atomic_load(&pool->hosts[k].role) == PGG_ROLE_STANDBY)
                 set_lag(hl, k, now);
         }
@@ -680,7 +757,7 @@ static void probe_answered(pgg_health *hl, int i, int64_t now)
         p->replay_lsn = p->have_lsn ? p->lsn : 0;
         p->replay_at = p->have_lsn ? now : 0;
         if (!p->have_lsn)
-            atomic_store(&h->lag_bytes, -1);
+            pgg__hold_lag(&h->hold, -1);
         else
             set_lag(hl, i, now);
     }
@@ -778,6 +855,7 @@ static void probe_end(pgg_health *hl, int i, int64_t now)
         PQfinish(hl->conns[i]);
         hl->conns[i] = NULL;
         p->replaced = true;
+        hold(hl, i, "its health session was ended by the server (a restart?)");
         p->got = false;
         pgg__error_reset(&p->err);
         probe_connect(hl, i);
@@ -804,7 +882,16 @@ static void probe_end(pgg_health *hl, int i, int64_t now)
          * it was it still is, as far as anyone can tell. */
         if (strcmp(p->err.sqlstate, "53300") != 0)
             pgg__pool_set_role(pool, h, PGG_ROLE_UNKNOWN, "unreachable");
+        /* Refused or lost, or starting up: it may come back behind what
+         * it reported.  Not a timeout (a slow or hung server keeps what it
+         * replayed; a restart after it ends its sessions, or shows in the
+         * next probe's answer), nor "too many clients" (running). */
+        if ((p->cls == PGG_CLASS_CONNECTION ||
+             p->cls == PGG_CLASS_UNAVAILABLE) &&
+            strcmp(p->err.sqlstate, "53300") != 0)
+            hold(hl, i, "unreachable or starting up (a restart?)");
     }
+    held_tell(hl, i);
     pgg__host_trim(h, now, false);
     st = pgg__breaker_state(&h->breaker);
     if (!ok || incident(hl)) {

@@ -37,7 +37,7 @@ int pgg__host_init(pgg_host *h, int index, const char *name,
     h->on_connect = limits->on_connect;
     h->canceller = limits->canceller;
     atomic_init(&h->role, PGG_ROLE_UNKNOWN);
-    atomic_init(&h->lag_bytes, -1);
+    pgg__hold_init(&h->hold);
     atomic_init(&h->n_busy, 0);
     atomic_init(&h->role_seen_ns, 0);
     atomic_init(&h->seek_primary_until_ns, 0);
@@ -1021,7 +1021,13 @@ static int borrow_locked(pgg_host *h, int64_t deadline_ns, int64_t now,
                 *out = l;
                 return PGG_OK;
             }
-            /* Dead or failed validation: try the next idle one. */
+            /* Dead or failed validation: try the next idle one.  Its server
+             * may have restarted and come back behind what it had replayed:
+             * no read on a new session there until a probe says (hold.h;
+             * pool.c's role_fits wakes the health thread). */
+            (void)pgg__hold_set(&h->hold,
+                                atomic_load(&h->role) == PGG_ROLE_PRIMARY,
+                                "an idle session was found ended (a restart?)");
             link_close(h, l);
             pthread_mutex_lock(&h->mu);
             taken_closed_locked(h);

@@ -24,6 +24,7 @@
 #include "breaker.h"
 #include "clock.h"
 #include "classify.h"
+#include "hold.h"
 #include "link.h"
 #include "pgguard.h"
 #include "prepared.h"
@@ -217,7 +218,9 @@ typedef struct pgg_host {
     char last_error[256];
 
     _Atomic int role;              /* pgg_role */
-    _Atomic int_fast64_t lag_bytes; /* -1: unknown */
+    /* Its lag behind the primary, the router's word (hold.lag), and
+     * whether it is held back from reads after going back (hold.h). */
+    pgg_hold hold;
     /* Read by every call, so kept off the line every call writes (the
      * signals and the count below, the breaker's fast word): padding, as
      * the pool's array of hosts is not aligned. */

@@ -140,6 +140,8 @@ static double r_open_remaining_s(const pgg_host_stats *h)
 #define FIELD(fn, expr)                                                        \
     static int64_t fn(const pgg_host_stats *h) { return (int64_t)(expr); }
 FIELD(f_lag, h->lag_bytes)
+FIELD(f_held, h->reads_held_until_lsn != 0)
+FIELD(f_replay, h->replay_lsn)
 FIELD(f_open, h->conns_open)
 FIELD(f_idle, h->conns_idle)
 FIELD(f_busy, h->conns_busy)
@@ -243,6 +245,13 @@ static void host_families(out *o, const pgg_host_stats *h, int n)
               "state", PGG_BREAKER_METRICS_ONLY + 1, state_name, cur_state);
     per_host(o, h, n, "pgguard_host_lag_bytes", "gauge",
              "Replay lag behind the primary in bytes; -1 when unknown.", f_lag);
+    per_host(o, h, n, "pgguard_host_replay_lsn", "gauge",
+             "A standby's replay position at its last health probe, as a "
+             "byte position; 0 when unknown.", f_replay);
+    per_host(o, h, n, "pgguard_host_reads_held", "gauge",
+             "1 while the host is held back from reads: it may have gone "
+             "back behind the replay position it had reported (a restart).",
+             f_held);
     per_host(o, h, n, "pgguard_host_connections_open", "gauge",
              "Connections open to the host.", f_open);
     per_host(o, h, n, "pgguard_host_connections_idle", "gauge",

@@ -38,6 +38,14 @@ static bool role_fits(pgg_pool *pool, pgg_host *h, const pgg_link *l,
     r = pgg__link_reported_role(l->conn);
     if (r != PGG_ROLE_UNKNOWN)
         pgg__pool_set_role(pool, h, r, "reported by the server");
+    if (intent == PGG_READ && pgg__hold_on(&h->hold)) {
+        /* A new session of a host held back from reads (hold.h), routed
+         * before the hold or after a sibling was found dead in this borrow:
+         * the server may have restarted behind what it served.  The health
+         * thread looks now. */
+        pgg__pool_wake_health(pool);
+        return false;
+    }
     return intent == PGG_READ || r != PGG_ROLE_STANDBY;
 }
 
@@ -177,6 +185,12 @@ static inline pgg_take take_at(pgg_pool *pool, pgg_host *h, pgg_intent intent,
                                           wake_health, pool)) {
         start = *now = pgg__now_ns();
         admitted = pgg__breaker_allow(&h->breaker, start, ticket);
+        /* Back, but held back from reads meanwhile (hold.h): the server
+         * may serve an older state than it did; the read goes elsewhere. */
+        if (admitted && intent == PGG_READ && pgg__hold_on(&h->hold)) {
+            pgg__pool_record(pool, h, *ticket, PGG_CLASS_IGNORED, start, start);
+            return PGG_TAKE_SKIPPED;
+        }
     }
     if (!admitted) {
         atomic_fetch_add(&h->rejections, 1);
@@ -433,6 +447,13 @@ static inline void settle(pgg_pool *pool, pgg_host *h,
         int wanted = pgg__host_drop_dead(h, ended, PGG_LOST_RECENT_NS,
                                          alive_at) + own;
 
+        /* A restart ends every session: the server may come back behind
+         * the replay position it reported; no reads there until a probe
+         * (woken below) shows it has replayed that far (hold.h). */
+        (void)pgg__hold_set(&h->hold,
+                            atomic_load_explicit(&h->role, memory_order_relaxed) ==
+                                PGG_ROLE_PRIMARY,
+                            "its sessions were ended by the server (a restart?)");
         if (wanted > 0)
             atomic_fetch_add(&h->n_lost, wanted);
         pgg__host_look_until(h, ended + PGG_LOST_RECENT_NS);

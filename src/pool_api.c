@@ -171,7 +171,8 @@ pgg_pool *pgg_pool_new(const pgg_config *cfg, pgg_error *err)
     pool->attempt_auto = cfg->attempt_timeout_auto;
     pool->call_timeout_ns = ms_to_ns(cfg->call_timeout_ms);
     pool->bulkhead_wait_ns = ms_to_ns(cfg->bulkhead_max_wait_ms);
-    pool->max_lag_bytes = cfg->max_replica_lag_bytes;
+    pool->max_lag_bytes = cfg->max_replica_lag_bytes ? cfg->max_replica_lag_bytes
+                                                     : PGG_LAG_NO_LIMIT;
 
     pool->hosts = calloc((size_t)pool->nhosts, sizeof *pool->hosts);
     pool->refs = calloc((size_t)pool->nhosts, sizeof *pool->refs);
@@ -472,7 +473,10 @@ int pgg_pool_host_stats(pgg_pool *pool, int index, pgg_host_stats *out)
     memset(out, 0, sizeof *out);
     pgg__strlcpy(out->host, h->name, sizeof out->host);
     out->role = (pgg_role)atomic_load(&h->role);
-    out->lag_bytes = atomic_load(&h->lag_bytes);
+    out->lag_bytes = atomic_load(&h->hold.lag_measured);
+    out->replay_lsn = atomic_load(&h->hold.replay);
+    out->reads_held_until_lsn =
+        pgg__hold_on(&h->hold) ? atomic_load(&h->hold.until) : 0;
     pgg__host_counts(h, &c);
     out->conns_open = c.open;
     out->conns_idle = c.idle;

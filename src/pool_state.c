@@ -43,8 +43,14 @@ void pgg__pool_set_role(pgg_pool *pool, pgg_host *h, pgg_role role,
         return;
     if (!atomic_compare_exchange_strong(&h->role, &old, (int)role))
         return; /* someone else recorded a change first; theirs is as fresh */
+    if (role == PGG_ROLE_UNKNOWN)
+        /* Its lag is not known either; a hold stays (hold.h): a read must
+         * not reach a standby that went back through its unknown role. */
+        pgg__hold_lag(&h->hold, -1);
     if (role == PGG_ROLE_PRIMARY) {
-        atomic_store(&h->lag_bytes, 0);
+        /* A primary has every record it wrote: never held. */
+        pgg__hold_lag(&h->hold, 0);
+        (void)pgg__hold_release(&h->hold);
         /* Found: answers are looked at at the usual pace again. */
         for (int i = 0; i < pool->nhosts; i++)
             atomic_store_explicit(&pool->hosts[i].seek_primary_until_ns, 0,

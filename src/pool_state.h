@@ -95,7 +95,9 @@ struct pgg_pool {
     bool attempt_auto;
     int64_t call_timeout_ns;
     int64_t bulkhead_wait_ns;
-    int64_t max_lag_bytes; /* 0: no limit */
+    /* max_replica_lag_bytes, or PGG_LAG_NO_LIMIT for 0: a held host's
+     * lag (PGG_LAG_HELD) is beyond it either way (hold.h). */
+    int64_t max_lag_bytes;
 
     atomic_bool closed;
     /* read_your_writes=off: a plain read (no min_lsn) needs nothing of the
@@ -124,12 +126,11 @@ static inline int pgg__pool_candidates(pgg_pool *pool, pgg_intent intent,
 /* The same for several hosts (pool_state.c). */
 int pgg__pool_candidates_of(pgg_pool *pool, pgg_intent intent, int *out);
 
-/* A standby within max lag, or lag not known yet. */
+/* A standby within max lag, or lag not known yet (-1), and not held back
+ * from reads (hold.h): one comparison. */
 static inline bool pgg__pool_lag_ok(const pgg_pool *pool, pgg_host *h)
 {
-    int64_t lag = atomic_load(&h->lag_bytes);
-
-    return pool->max_lag_bytes == 0 || lag < 0 || lag <= pool->max_lag_bytes;
+    return atomic_load(&h->hold.lag) <= pool->max_lag_bytes;
 }
 
 static inline int pgg__pool_candidates(pgg_pool *pool, pgg_intent intent,
@@ -144,7 +145,7 @@ static inline int pgg__pool_candidates(pgg_pool *pool, pgg_intent intent,
      * for one host), without a snapshot of what orders. */
     h = &pool->hosts[0];
     one.role = (pgg_role)atomic_load_explicit(&h->role, memory_order_relaxed);
-    one.lag_ok = one.role != PGG_ROLE_STANDBY || pgg__pool_lag_ok(pool, h);
+    one.lag_ok = one.role == PGG_ROLE_PRIMARY || pgg__pool_lag_ok(pool, h);
     if (pgg__route_group(intent, pool->read_policy, &one) < 0)
         return 0;
     out[0] = 0;

@@ -21,7 +21,8 @@ typedef enum pgg_read_policy {
 typedef struct pgg_route_host {
     pgg_role role;
     pgg_breaker_state state;
-    bool lag_ok; /* a standby within max lag (or lag not known yet) */
+    bool lag_ok; /* within max lag (or lag not known yet), and not held
+                    back from reads (hold.h) */
     int busy;    /* calls in flight on it */
 } pgg_route_host;
 
@@ -62,6 +63,10 @@ static inline int pgg__route_group(pgg_intent intent, pgg_read_policy policy,
     case PGG_ROLE_STANDBY:
         return h->lag_ok ? 0 : -1;
     case PGG_ROLE_UNKNOWN:
+        /* Its lag is unknown (-1) unless it is held: a standby that went
+         * back, whatever its role shows while it is unreachable. */
+        if (!h->lag_ok)
+            return -1;
         return policy == PGG_READ_ANY ? 0 : 1;
     case PGG_ROLE_PRIMARY:
         if (policy == PGG_READ_REPLICA_ONLY)

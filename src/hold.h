@@ -1,0 +1,100 @@
+/*
+ * Internal: monotonic reads across a standby's restart.
+ *
+ * A hot standby stopped without a restartpoint (an immediate stop, a
+ * crash) and started again takes sessions as soon as its replay reaches
+ * its minRecoveryPoint, which can be behind what it had replayed, and
+ * served, before: for a while it serves an older state than it did (a
+ * table created minutes ago missing, 42P01).  A reader that saw newer data
+ * there, or anywhere, would read back in time.
+ *
+ * So each host keeps the highest replay position it reported (pgg_hold.high:
+ * the health probes', and the answers of reads that checked it in their
+ * round trip, up to each probe), and a host that may have gone back (its
+ * sessions ended by the server, its probe's session dead, a probe failed,
+ * the host unreachable) or that a probe found behind that position is held
+ * back from reads (`until`: the position it must replay first) until a
+ * probe shows it replayed that far again.  Writes are not affected (a held
+ * host that turns out to be primary is released: a primary has every
+ * record it wrote).
+ *
+ * Zero cost on the path of a call: the hold is a value of the word the
+ * router reads already (`lag`, the replay lag behind the primary, -1
+ * unknown): PGG_LAG_HELD is above every max_replica_lag_bytes, and "no
+ * limit" is the largest lag short of it (pgg__pool_lag_ok: one
+ * comparison, where it made three).  The measured lag goes on in
+ * `lag_measured`, for stats.
+ *
+ * Who writes: the health thread (probes: hold, release, lag), calls on
+ * their cold paths (a session ended by its server, a dead idle session
+ * found at borrow: hold), role changes (promoted: release).  Atomics only.
+ */
+#ifndef PGG_HOLD_H
+#define PGG_HOLD_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+/* lag while the host is held back from reads. */
+#define PGG_LAG_HELD INT64_MAX
+/* The lag limit meaning "no limit" (max_replica_lag_bytes=0): every lag
+ * but PGG_LAG_HELD is within it. */
+#define PGG_LAG_NO_LIMIT (INT64_MAX - 1)
+
+typedef struct pgg_hold {
+    /* The router's word: the lag behind the primary in bytes, -1 unknown,
+     * PGG_LAG_HELD while held.  Read by every call (host.h keeps it on the
+     * line of the role). */
+    _Atomic int_fast64_t lag;
+    /* The lag as last measured (-1 unknown), held or not: stats. */
+    _Atomic int_fast64_t lag_measured;
+    /* The highest replay position the host reported (0: none yet), and
+     * when (the clock, ns): a primary's position probed later and below
+     * it means another history (a restore, a rebuilt cluster), not a
+     * standby behind itself. */
+    _Atomic uint64_t high;
+    _Atomic int_fast64_t high_at;
+    /* Held: the position it must have replayed before reads go there
+     * again (0: not held); and why, a static string. */
+    _Atomic uint64_t until;
+    _Atomic(const char *) why;
+    /* The replay position its last probe reported (0: none): stats. */
+    _Atomic uint64_t replay;
+} pgg_hold;
+
+void pgg__hold_init(pgg_hold *hd);
+
+/* Held back from reads?  One relaxed load. */
+static inline bool pgg__hold_on(const pgg_hold *hd)
+{
+    return atomic_load_explicit(&hd->lag, memory_order_relaxed) == PGG_LAG_HELD;
+}
+
+/*
+ * The host may have gone back (a restart may be under way): hold it until
+ * a probe shows it replayed `high`.  Nothing when it reported no replay
+ * position (never a standby seen: nothing to go back from) or is primary
+ * (is_primary).  Returns true when it was not held before.
+ */
+bool pgg__hold_set(pgg_hold *hd, bool is_primary, const char *why);
+
+/* Not held any more (caught up, or primary now).  Returns true when it was. */
+bool pgg__hold_release(pgg_hold *hd);
+
+/* The measured lag (-1 unknown): the router's word too, unless held. */
+void pgg__hold_lag(pgg_hold *hd, int64_t lag);
+
+/* What a standby's probe said: its replay position `replay`, with `seen`
+ * the highest position known of it before that probe was sent (answers
+ * included), at now.  Holds it when behind (returns -1 when newly held),
+ * releases it when caught up (+1), else 0. */
+int pgg__hold_probed(pgg_hold *hd, uint64_t replay, uint64_t seen,
+                     int64_t now);
+
+/* The primary's position `lsn`, probed at `at`: a high position learnt
+ * before it and beyond it is from another history (the cluster restored,
+ * rebuilt): forgotten, and a hold on it released (returns true then). */
+bool pgg__hold_primary_at(pgg_hold *hd, uint64_t lsn, int64_t at);
+
+#endif
