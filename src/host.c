@@ -880,9 +880,16 @@ static int busy_error_locked(const pgg_host *h, int64_t now, pgg_error *err)
  * way, look_until_ns), or alive by what its server sent. */
 static bool alive_enough(pgg_host *h, pgg_link *l, int64_t now)
 {
-    return (now - l->last_used_ns < h->alive_check_ns &&
-            now >= atomic_load_explicit(&h->look_until_ns, memory_order_relaxed)) ||
-           pgg__link_alive(l->conn);
+    if ((now - l->last_used_ns < h->alive_check_ns &&
+         now >= atomic_load_explicit(&h->look_until_ns, memory_order_relaxed)) ||
+        pgg__link_alive(l->conn))
+        return true;
+    /* Ended: its server may have restarted and come back behind what it
+     * had replayed.  No read on a new session there until a probe says
+     * (hold.h; pool.c's role_fits wakes the health thread). */
+    (void)pgg__hold_set(&h->hold, atomic_load(&h->role) == PGG_ROLE_PRIMARY,
+                        "an idle session was found ended (a restart?)");
+    return false;
 }
 
 /* Alive, and validated when it sat idle long enough: may be lent. */
@@ -1021,13 +1028,7 @@ static int borrow_locked(pgg_host *h, int64_t deadline_ns, int64_t now,
                 *out = l;
                 return PGG_OK;
             }
-            /* Dead or failed validation: try the next idle one.  Its server
-             * may have restarted and come back behind what it had replayed:
-             * no read on a new session there until a probe says (hold.h;
-             * pool.c's role_fits wakes the health thread). */
-            (void)pgg__hold_set(&h->hold,
-                                atomic_load(&h->role) == PGG_ROLE_PRIMARY,
-                                "an idle session was found ended (a restart?)");
+            /* Dead or failed validation: try the next idle one. */
             link_close(h, l);
             pthread_mutex_lock(&h->mu);
             taken_closed_locked(h);
