@@ -405,10 +405,7 @@ PGG__STEP void pgg__call_attempted(pgg__call *c, pgg_host *h, pgg__attempt *a)
      * siblings are gone now (exec_on), so try the same host once more on a
      * new connection before moving on. */
     if (a->reused && a->lost && a->end != PGG_END_DEADLINE &&
-        c->again != c->i &&
-        /* Not a read on a host now held back from reads: a restarted
-         * server may serve an older state (hold.h). */
-        !(c->intent == PGG_READ && pgg__hold_on(&h->hold))) {
+        c->again != c->i) {
         c->again = c->i;
         return;
     }

@@ -159,14 +159,24 @@ struct pgg_health {
 /* ------------------------------------------------------------- probing */
 
 /* Host i may have gone back behind the replay position it reported (a
- * restart): held back from reads until a probe shows it there again
- * (hold.h).  The event follows at the probe's end (held_tell). */
+ * restart): suspect until a probe (or a read's check) shows it there
+ * (hold.h). */
 static void hold(pgg_health *hl, int i, const char *why)
 {
     pgg_host *h = &hl->pool->hosts[i];
 
-    (void)pgg__hold_set(&h->hold, atomic_load(&h->role) == PGG_ROLE_PRIMARY,
-                        why);
+    pgg__hold_suspect(&h->hold, atomic_load(&h->role) == PGG_ROLE_PRIMARY,
+                      why);
+}
+
+/* A new session on h reports a standby whose replay position is to be
+ * checked before reads (hold.h): its breaker stays as it is until the
+ * probe's answer checks it (probe_answered), so that calls waiting for the
+ * host (pgg__host_await_back) find it checked. */
+static bool unchecked_standby(pgg_host *h, PGconn *c)
+{
+    return (pgg__hold_suspected(&h->hold) || pgg__hold_on(&h->hold)) &&
+           pgg__link_reported_role(c) == PGG_ROLE_STANDBY;
 }
 
 #define LSN_HI(x) (unsigned)((x) >> 32)
@@ -325,10 +335,7 @@ static bool probe_donate(pgg_health *hl, int i, int64_t now)
     PGconn *c = hl->conns[i];
     pgg_role role = pgg__link_reported_role(c);
 
-    /* A standby held back from reads (hold.h) takes no reads on it: the
-     * probe's query, which may release it, runs first. */
     if (role == PGG_ROLE_UNKNOWN ||
-        (role == PGG_ROLE_STANDBY && pgg__hold_on(&hl->pool->hosts[i].hold)) ||
         !pgg__host_adopt(&hl->pool->hosts[i], c, now, p->started, 1, false))
         return false;
     hl->conns[i] = NULL;
@@ -361,17 +368,30 @@ static bool probe_step(pgg_health *hl, int i, short revents)
             }
             pgg_breaker *b = &hl->pool->hosts[i].breaker;
             pgg_breaker_state was = pgg__breaker_state(b);
+            bool check;
             int64_t now = pgg__now_ns();
 
             pgg__link_started(c);
+            check = unchecked_standby(&hl->pool->hosts[i], c);
+            if (check && now - p->started > hl->probe_timeout) {
+                /* A connect slower than the probe's bound (held, a slow
+                 * server): its query would not be answered within the
+                 * bound either.  Back as any host, held from reads until
+                 * a probe gets its replay position (hold.h). */
+                (void)pgg__hold_set(&hl->pool->hosts[i].hold, false,
+                                    "reached again, its replay position not "
+                                    "checked yet (a slow server)");
+                check = false;
+            }
             /* A connection accepted is the host answering: an open breaker
              * closes, the first time the host comes back in a streak, or
              * else lets trial calls through now, while the probe's query
-             * runs. */
-            if (!pgg__breaker_host_back(b, now))
+             * runs.  Not a standby to check (hold.h): its answer does, and
+             * its session stays the probe's, for that query. */
+            if (!check && !pgg__breaker_host_back(b, now))
                 (void)pgg__breaker_host_answered(b, now);
             if ((was == PGG_BREAKER_OPEN || was == PGG_BREAKER_HALF_OPEN) &&
-                probe_donate(hl, i, now))
+                !check && probe_donate(hl, i, now))
                 return true;
             probe_send(hl, i);
             return p->phase == PROBE_IDLE;
@@ -428,8 +448,9 @@ static bool incident(pgg_health *hl)
 
         if (st == PGG_BREAKER_OPEN || st == PGG_BREAKER_HALF_OPEN)
             return true;
-        /* Held back from reads: its catching up is seen at the fast pace. */
-        if (pgg__hold_on(&h->hold))
+        /* Held back from reads, or to be checked: its catching up is seen
+         * at the fast pace. */
+        if (pgg__hold_on(&h->hold) || pgg__hold_suspected(&h->hold))
             return true;
         if (atomic_load(&h->role) == PGG_ROLE_PRIMARY)
             primary = true;
@@ -864,6 +885,11 @@ static void probe_end(pgg_health *hl, int i, int64_t now)
     }
     record_ticket(hl, h, p, now);
     starting = still_starting(hl, i, now);
+    /* Answered first: a standby whose replay position was to be checked
+     * (hold.h) has its breaker closed by this answer, not by its connect,
+     * and the calls waiting for it must find it so. */
+    if (ok)
+        probe_answered(hl, i, now);
     if (!starting) {
         /* Answered (the breaker closed or on trial) or not: waiting calls
          * learn which.  Said "starting up" past the bound: not again
@@ -872,9 +898,7 @@ static void probe_end(pgg_health *hl, int i, int64_t now)
             p->starting_since = 0;
         pgg__host_set_starting(h, false);
     }
-    if (ok) {
-        probe_answered(hl, i, now);
-    } else {
+    if (!ok) {
         pgg__host_note_error(h, &p->err);
         /* A host we cannot reach has no role we can vouch for: a dead
          * old primary must not go on looking like a second primary.  One
@@ -1211,7 +1235,8 @@ static bool spare_adopt(pgg_health *hl, int i, PGconn *c, int64_t started,
      * the connect's start (a call cut while it waited) must not outlast
      * (verify_take, verify_failed). */
     answered(hl, i, now);
-    if (!pgg__breaker_host_back(&h->breaker, now))
+    /* Not a standby to check (hold.h): the probe's answer closes it. */
+    if (!unchecked_standby(h, c) && !pgg__breaker_host_back(&h->breaker, now))
         (void)pgg__breaker_host_answered(&h->breaker, now);
     role = pgg__link_reported_role(c);
     if (role == PGG_ROLE_UNKNOWN ||

@@ -61,6 +61,13 @@ typedef struct pgg_hold {
     _Atomic(const char *) why;
     /* The replay position its last probe reported (0: none): stats. */
     _Atomic uint64_t replay;
+    /* A sign that it may have gone back (its sessions ended, its probe's
+     * session died, unreachable): nothing changes for the router, which
+     * keeps trying it as ever while it is down; but once it is reached
+     * again, no read runs on a new session there before its replay
+     * position is checked (by that read in one round trip, or by the
+     * health probe first).  Cleared by a check that finds it there. */
+    atomic_bool suspect;
 } pgg_hold;
 
 void pgg__hold_init(pgg_hold *hd);
@@ -71,11 +78,21 @@ static inline bool pgg__hold_on(const pgg_hold *hd)
     return atomic_load_explicit(&hd->lag, memory_order_relaxed) == PGG_LAG_HELD;
 }
 
+/* A sign that the host may have gone back (hold.suspect); nothing when it
+ * reported no replay position or is primary. */
+void pgg__hold_suspect(pgg_hold *hd, bool is_primary, const char *why);
+
+static inline bool pgg__hold_suspected(const pgg_hold *hd)
+{
+    return atomic_load_explicit(&hd->suspect, memory_order_relaxed);
+}
+
 /*
- * The host may have gone back (a restart may be under way): hold it until
- * a probe shows it replayed `high`.  Nothing when it reported no replay
- * position (never a standby seen: nothing to go back from) or is primary
- * (is_primary).  Returns true when it was not held before.
+ * Held back from reads until a probe shows it replayed `high` (a new
+ * session of a suspect host that could not be checked).  Nothing when it
+ * reported no replay position (never a standby seen: nothing to go back
+ * from) or is primary (is_primary).  Returns true when it was not held
+ * before.
  */
 bool pgg__hold_set(pgg_hold *hd, bool is_primary, const char *why);
 
@@ -85,10 +102,11 @@ bool pgg__hold_release(pgg_hold *hd);
 /* The measured lag (-1 unknown): the router's word too, unless held. */
 void pgg__hold_lag(pgg_hold *hd, int64_t lag);
 
-/* What a standby's probe said: its replay position `replay`, with `seen`
- * the highest position known of it before that probe was sent (answers
- * included), at now.  Holds it when behind (returns -1 when newly held),
- * releases it when caught up (+1), else 0. */
+/* What a standby's probe (or a read's check of a new session) said: its
+ * replay position `replay`, with `seen` the highest position known of it
+ * before that probe was sent (answers included), at now.  Holds it when
+ * behind (returns -1 when newly held); there, no longer suspect, and
+ * released when held (+1), else 0. */
 int pgg__hold_probed(pgg_hold *hd, uint64_t replay, uint64_t seen,
                      int64_t now);
 

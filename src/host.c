@@ -885,10 +885,10 @@ static bool alive_enough(pgg_host *h, pgg_link *l, int64_t now)
         pgg__link_alive(l->conn))
         return true;
     /* Ended: its server may have restarted and come back behind what it
-     * had replayed.  No read on a new session there until a probe says
-     * (hold.h; pool.c's role_fits wakes the health thread). */
-    (void)pgg__hold_set(&h->hold, atomic_load(&h->role) == PGG_ROLE_PRIMARY,
-                        "an idle session was found ended (a restart?)");
+     * had replayed.  No read on a new session there before its replay
+     * position is checked (hold.h; pool.c's role_fits). */
+    pgg__hold_suspect(&h->hold, atomic_load(&h->role) == PGG_ROLE_PRIMARY,
+                      "an idle session was found ended (a restart?)");
     return false;
 }
 
@@ -1320,6 +1320,10 @@ bool pgg__host_adopt(pgg_host *h, PGconn *conn, int64_t now_ns,
     l->expires_ns = pgg__link_expiry(h, now_ns);
     l->last_used_ns = now_ns;
     l->born_ns = born_ns;
+    /* Its server may have gone back behind what it reported (hold.h): its
+     * first read checks the replay position first, as a new session's
+     * does (pool.c, role_fits); its startup report is as current. */
+    l->fresh = pgg__hold_suspected(&h->hold);
     pthread_mutex_lock(&h->mu);
     if (h->closed || h->n_idle >= max_idle ||
         h->n_busy + h->n_connecting + h->n_idle >= h->max) {
@@ -1631,7 +1635,10 @@ bool pgg__host_await_back(pgg_host *h, int64_t deadline_ns, bool write,
 {
     bool back, counted = false;
 
-    if (!atomic_load_explicit(&h->starting, memory_order_relaxed))
+    /* A read waits for no host held back from reads (hold.h): a server
+     * coming back may serve an older state than it did. */
+    if (!atomic_load_explicit(&h->starting, memory_order_relaxed) ||
+        (!write && pgg__hold_on(&h->hold)))
         return false;
     pthread_mutex_lock(&h->mu);
     h->n_back_writes += write;
@@ -1652,7 +1659,8 @@ bool pgg__host_await_back(pgg_host *h, int64_t deadline_ns, bool write,
         pthread_cond_timedwait(&h->back_cv, &h->mu, &ts);
         atomic_fetch_sub(&h->n_back_waiting, 1);
     }
-    back = !h->closed && pgg__breaker_state(&h->breaker) != PGG_BREAKER_OPEN;
+    back = !h->closed && pgg__breaker_state(&h->breaker) != PGG_BREAKER_OPEN &&
+           (write || !pgg__hold_on(&h->hold));
     if (write) {
         if (--h->n_back_writes == 0)
             pthread_cond_broadcast(&h->back_cv);

@@ -28,8 +28,46 @@
  * answers) decides, and a write that reaches a standby anyway comes back
  * as 25006 and is retried on the new primary.
  */
+/*
+ * A read's new session on a standby that may have gone back behind the
+ * replay position it reported (hold.h: suspect), or is held for it: on
+ * the blocking path (deadline not 0) its replay position is asked on this
+ * session in one round trip, which clears the suspicion (or holds the
+ * host: it went back); on an event loop, which must not wait, the host is
+ * held until the health probe, woken now, checks it.  Returns whether
+ * the read may run on it.
+ */
+#if defined(__GNUC__)
+__attribute__((noinline))
+#endif
+static bool replay_checked(pgg_pool *pool, pgg_host *h, const pgg_link *l,
+                           int64_t deadline)
+{
+    static const pgg_query q = {
+        .sql = "SELECT pg_catalog.pg_last_wal_replay_lsn()"};
+    PGresult *res = NULL;
+    pgg_attempt_end end;
+    uint64_t lsn = 0;
+
+    if (deadline && !pgg__hold_on(&h->hold) &&
+        pgg__link_exec(l->conn, &q, deadline, h->name, &res, &end, NULL) == PGG_OK &&
+        PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1 &&
+        !PQgetisnull(res, 0, 0))
+        (void)pgg__lsn_parse(PQgetvalue(res, 0, 0), &lsn);
+    PQclear(res);
+    if (lsn) {
+        (void)pgg__hold_probed(&h->hold, lsn, 0, pgg__now_ns());
+        if (!pgg__hold_on(&h->hold))
+            return true;
+    } else {
+        (void)pgg__hold_set(&h->hold, false, "a new session could not be checked");
+    }
+    pgg__pool_wake_health(pool);
+    return false;
+}
+
 static bool role_fits(pgg_pool *pool, pgg_host *h, const pgg_link *l,
-                      pgg_intent intent)
+                      pgg_intent intent, int64_t deadline)
 {
     pgg_role r;
 
@@ -38,16 +76,13 @@ static bool role_fits(pgg_pool *pool, pgg_host *h, const pgg_link *l,
     r = pgg__link_reported_role(l->conn);
     if (r != PGG_ROLE_UNKNOWN)
         pgg__pool_set_role(pool, h, r, "reported by the server");
-    if (intent == PGG_READ && pgg__hold_on(&h->hold)) {
-        /* A new session of a host held back from reads (hold.h), routed
-         * before the hold or after a sibling was found dead in this borrow:
-         * the server may have restarted behind what it served.  The health
-         * thread looks now. */
-        pgg__pool_wake_health(pool);
-        return false;
-    }
+    if (intent == PGG_READ && r != PGG_ROLE_PRIMARY &&
+        (pgg__hold_on(&h->hold) || pgg__hold_suspected(&h->hold)))
+        return replay_checked(pool, h, l, deadline);
     return intent == PGG_READ || r != PGG_ROLE_STANDBY;
 }
+
+
 
 
 /*
@@ -135,9 +170,9 @@ pgg_take pgg__pool_take_failed(pgg_pool *pool, pgg_host *h, pgg_ticket ticket,
 /* ticket by address: copied only on the way out (a refusal). */
 static inline pgg_take taken(pgg_pool *pool, pgg_host *h, pgg_intent intent,
                              pgg_link **l, const pgg_ticket *ticket,
-                             int64_t start)
+                             int64_t start, int64_t deadline)
 {
-    if (!role_fits(pool, h, *l, intent)) {
+    if (!role_fits(pool, h, *l, intent, deadline)) {
         int64_t now = pgg__now_ns();
 
         pgg__host_give_back(h, *l, now);
@@ -154,7 +189,8 @@ pgg_take pgg__pool_taken_check(pgg_pool *pool, pgg_host *h, pgg_intent intent,
 {
     /* The event loop's: it reads without blocking (link.h's recv wait). */
     pgg__link_recv_off((*l)->conn, &(*l)->recv_mode, true);
-    return taken(pool, h, intent, l, ticket, start);
+    /* No deadline: nothing that waits on the loop (pool.c, replay_checked). */
+    return taken(pool, h, intent, l, ticket, start, 0);
 }
 
 /* pgg__host_await_back's wake: host.c knows nothing of the health thread,
@@ -185,12 +221,6 @@ static inline pgg_take take_at(pgg_pool *pool, pgg_host *h, pgg_intent intent,
                                           wake_health, pool)) {
         start = *now = pgg__now_ns();
         admitted = pgg__breaker_allow(&h->breaker, start, ticket);
-        /* Back, but held back from reads meanwhile (hold.h): the server
-         * may serve an older state than it did; the read goes elsewhere. */
-        if (admitted && intent == PGG_READ && pgg__hold_on(&h->hold)) {
-            pgg__pool_record(pool, h, *ticket, PGG_CLASS_IGNORED, start, start);
-            return PGG_TAKE_SKIPPED;
-        }
     }
     if (!admitted) {
         atomic_fetch_add(&h->rejections, 1);
@@ -199,7 +229,7 @@ static inline pgg_take take_at(pgg_pool *pool, pgg_host *h, pgg_intent intent,
     }
     if (pgg__host_borrow(h, deadline, now, l, &why, err) != PGG_OK)
         return pgg__pool_take_failed(pool, h, *ticket, start, why, err);
-    if (taken(pool, h, intent, l, ticket, start) != PGG_TAKE_OK)
+    if (taken(pool, h, intent, l, ticket, start, deadline) != PGG_TAKE_OK)
         return PGG_TAKE_SKIPPED;
 #if PGG_HAVE_LIBPQTYPES
     if (atomic_load_explicit(&pool->types_on, memory_order_relaxed)) {
@@ -421,6 +451,31 @@ void pgg__pool_reprobe(pgg_pool *pool, pgg_host *h, const pgg_verdict *v)
     }
 }
 
+/* settle's part for a session its server ended: out of line, off the path
+ * of every call, which inlines settle (tests/bench/callgrind). */
+#if defined(__GNUC__)
+__attribute__((noinline))
+#endif
+static void server_ended_session(pgg_pool *pool, pgg_host *h, int64_t alive_at,
+                          int own, int64_t ended)
+{
+    int wanted = pgg__host_drop_dead(h, ended, PGG_LOST_RECENT_NS,
+                                     alive_at) + own;
+
+    /* A restart ends every session: the server may come back behind the
+     * replay position it reported; no reads there until a probe (woken
+     * below) shows it has replayed that far (hold.h). */
+    pgg__hold_suspect(&h->hold,
+                      atomic_load_explicit(&h->role, memory_order_relaxed) ==
+                          PGG_ROLE_PRIMARY,
+                      "its sessions were ended by the server (a restart?)");
+    if (wanted > 0)
+        atomic_fetch_add(&h->n_lost, wanted);
+    pgg__host_look_until(h, ended + PGG_LOST_RECENT_NS);
+    atomic_store(&h->ended_seen, true);
+    pgg__pool_wake_health(pool);
+}
+
 #if defined(__GNUC__)
 __attribute__((always_inline))
 #endif
@@ -443,23 +498,8 @@ static inline void settle(pgg_pool *pool, pgg_host *h,
      * (the ended session, when its caller does not take a new one at
      * once), before their callers come back, and looks at the other
      * hosts' idle sessions. */
-    if (ended_by_server) {
-        int wanted = pgg__host_drop_dead(h, ended, PGG_LOST_RECENT_NS,
-                                         alive_at) + own;
-
-        /* A restart ends every session: the server may come back behind
-         * the replay position it reported; no reads there until a probe
-         * (woken below) shows it has replayed that far (hold.h). */
-        (void)pgg__hold_set(&h->hold,
-                            atomic_load_explicit(&h->role, memory_order_relaxed) ==
-                                PGG_ROLE_PRIMARY,
-                            "its sessions were ended by the server (a restart?)");
-        if (wanted > 0)
-            atomic_fetch_add(&h->n_lost, wanted);
-        pgg__host_look_until(h, ended + PGG_LOST_RECENT_NS);
-        atomic_store(&h->ended_seen, true);
-        pgg__pool_wake_health(pool);
-    }
+    if (ended_by_server)
+        server_ended_session(pool, h, alive_at, own, ended);
 }
 
 void pgg__pool_settle(pgg_pool *pool, pgg_host *h, const pgg_ticket *ticket,
