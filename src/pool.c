@@ -76,8 +76,15 @@ static bool role_fits(pgg_pool *pool, pgg_host *h, const pgg_link *l,
     r = pgg__link_reported_role(l->conn);
     if (r != PGG_ROLE_UNKNOWN)
         pgg__pool_set_role(pool, h, r, "reported by the server");
+    /* A standby that may have gone back (hold.h): suspect, held, or a
+     * session of it ended by its server within the last second (settle's
+     * look_until_ns; the health thread, woken then, marks it suspect when
+     * its own session died too). */
     if (intent == PGG_READ && r != PGG_ROLE_PRIMARY &&
-        (pgg__hold_on(&h->hold) || pgg__hold_suspected(&h->hold)))
+        (pgg__hold_on(&h->hold) || pgg__hold_suspected(&h->hold) ||
+         (atomic_load(&h->hold.high) &&
+          pgg__now_ns() < atomic_load_explicit(&h->look_until_ns,
+                                               memory_order_relaxed))))
         return replay_checked(pool, h, l, deadline);
     return intent == PGG_READ || r != PGG_ROLE_STANDBY;
 }
@@ -451,31 +458,6 @@ void pgg__pool_reprobe(pgg_pool *pool, pgg_host *h, const pgg_verdict *v)
     }
 }
 
-/* settle's part for a session its server ended: out of line, off the path
- * of every call, which inlines settle (tests/bench/callgrind). */
-#if defined(__GNUC__)
-__attribute__((noinline))
-#endif
-static void server_ended_session(pgg_pool *pool, pgg_host *h, int64_t alive_at,
-                          int own, int64_t ended)
-{
-    int wanted = pgg__host_drop_dead(h, ended, PGG_LOST_RECENT_NS,
-                                     alive_at) + own;
-
-    /* A restart ends every session: the server may come back behind the
-     * replay position it reported; no reads there until a probe (woken
-     * below) shows it has replayed that far (hold.h). */
-    pgg__hold_suspect(&h->hold,
-                      atomic_load_explicit(&h->role, memory_order_relaxed) ==
-                          PGG_ROLE_PRIMARY,
-                      "its sessions were ended by the server (a restart?)");
-    if (wanted > 0)
-        atomic_fetch_add(&h->n_lost, wanted);
-    pgg__host_look_until(h, ended + PGG_LOST_RECENT_NS);
-    atomic_store(&h->ended_seen, true);
-    pgg__pool_wake_health(pool);
-}
-
 #if defined(__GNUC__)
 __attribute__((always_inline))
 #endif
@@ -498,8 +480,16 @@ static inline void settle(pgg_pool *pool, pgg_host *h,
      * (the ended session, when its caller does not take a new one at
      * once), before their callers come back, and looks at the other
      * hosts' idle sessions. */
-    if (ended_by_server)
-        server_ended_session(pool, h, alive_at, own, ended);
+    if (ended_by_server) {
+        int wanted = pgg__host_drop_dead(h, ended, PGG_LOST_RECENT_NS,
+                                         alive_at) + own;
+
+        if (wanted > 0)
+            atomic_fetch_add(&h->n_lost, wanted);
+        pgg__host_look_until(h, ended + PGG_LOST_RECENT_NS);
+        atomic_store(&h->ended_seen, true);
+        pgg__pool_wake_health(pool);
+    }
 }
 
 void pgg__pool_settle(pgg_pool *pool, pgg_host *h, const pgg_ticket *ticket,
