@@ -94,3 +94,29 @@ Test(hold, a_primary_below_the_position_later_is_another_history)
     cr_assert_eq(atomic_load(&hd.high), 0);
     cr_assert_not(pgg__hold_set(&hd, false, "x"), "nothing reported in this history yet");
 }
+
+Test(hold, a_suspect_host_is_not_held_until_a_check_finds_it_behind)
+{
+    pgg_hold hd;
+
+    pgg__hold_init(&hd);
+    pgg__hold_suspect(&hd, false, "x");
+    cr_assert_not(pgg__hold_suspected(&hd), "nothing reported yet: nothing to go back from");
+    cr_assert_eq(pgg__hold_probed(&hd, 100, 0, 1), 0);
+    pgg__hold_suspect(&hd, true, "x");
+    cr_assert_not(pgg__hold_suspected(&hd), "a primary");
+    pgg__hold_suspect(&hd, false, "sessions ended");
+    cr_assert(pgg__hold_suspected(&hd));
+    cr_assert_not(pgg__hold_on(&hd), "suspect: the router still sees it");
+    cr_assert(lag_ok(&hd, PGG_LAG_NO_LIMIT));
+    /* Checked and there: no longer suspect. */
+    cr_assert_eq(pgg__hold_probed(&hd, 100, 0, 2), 0);
+    cr_assert_not(pgg__hold_suspected(&hd));
+    /* Checked and behind: held, no longer merely suspect. */
+    pgg__hold_suspect(&hd, false, "sessions ended");
+    cr_assert_eq(pgg__hold_probed(&hd, 60, 0, 3), -1);
+    cr_assert(pgg__hold_on(&hd));
+    cr_assert_eq(pgg__hold_probed(&hd, 100, 0, 4), 1);
+    cr_assert_not(pgg__hold_suspected(&hd));
+    cr_assert_not(pgg__hold_on(&hd));
+}

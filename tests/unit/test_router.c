@@ -62,22 +62,21 @@ Test(router, lagging_replica_gets_no_reads)
 Test(router, a_held_host_of_unknown_role_gets_no_reads_but_writes)
 {
     /* A standby held back from reads (hold.h: lag_ok false) stays so while
-     * its role shows unknown (unreachable); a write may still learn its
-     * role by connecting. */
-    pgg_route_host h[] = {H(PRIMARY, CLOSED, true, 0), H(UNKNOWN, CLOSED, false, 0),
-                          H(STANDBY, CLOSED, true, 9)};
-    int out[3];
-    int n = route(PGG_READ, PGG_READ_ANY, h, 3, out);
-    cr_assert_eq(n, 2);
-    cr_assert(out[0] != 1 && out[1] != 1);
-    cr_assert_eq(route(PGG_READ, PGG_READ_REPLICA, h, 3, out), 2);
-    cr_assert_eq(out[0], 2);
-    cr_assert_eq(out[1], 0);
-    cr_assert_eq(route(PGG_WRITE, PGG_READ_REPLICA, h, 3, out), 2);
-    cr_assert_eq(out[0], 0);
-    cr_assert_eq(out[1], 1);
-    /* One host: the same rule. */
-    cr_assert_eq(route(PGG_READ, PGG_READ_REPLICA, &h[1], 1, out), 0);
+     * its role shows unknown (unreachable), under every read policy; a
+     * write may still learn its role by connecting. */
+    pgg_route_host h[] = {H(PRIMARY, CLOSED, true, 0), H(UNKNOWN, CLOSED, false, 0)};
+    const pgg_read_policy policies[] = {PGG_READ_REPLICA, PGG_READ_REPLICA_ONLY, PGG_READ_ANY};
+    int out[2];
+
+    for (size_t k = 0; k < sizeof policies / sizeof policies[0]; k++) {
+        int n = route(PGG_READ, policies[k], h, 2, out);
+        for (int j = 0; j < n; j++)
+            cr_assert_neq(out[j], 1, "policy %d read the held host", (int)policies[k]);
+        cr_assert_eq(route(PGG_READ, policies[k], &h[1], 1, out), 0, "one host, policy %d",
+                     (int)policies[k]);
+    }
+    cr_assert_eq(route(PGG_WRITE, PGG_READ_REPLICA, h, 2, out), 2);
+    cr_assert_eq(out[1], 1, "a write may connect to learn its role");
 }
 
 Test(router, open_breakers_go_last_half_open_before_them)
