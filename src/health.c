@@ -44,6 +44,9 @@ typedef struct probe {
     probe_ticket ticketed;
     pgg_ticket ticket;
     bool on_old;   /* running on the session kept from an earlier probe */
+    /* Its connect reached a standby to check (hold.h): the breaker waits
+     * for the query's answer (unchecked_standby). */
+    bool checking;
     bool donated;  /* its new session went to the pool: no query ran */
     /* It ended refused at connect: by nobody listening (no SQLSTATE), or
      * by the server (53300, 57P03). */
@@ -388,6 +391,7 @@ static bool probe_step(pgg_health *hl, int i, short revents)
              * else lets trial calls through now, while the probe's query
              * runs.  Not a standby to check (hold.h): its answer does, and
              * its session stays the probe's, for that query. */
+            p->checking = check;
             if (!check && !pgg__breaker_host_back(b, now))
                 (void)pgg__breaker_host_answered(b, now);
             if ((was == PGG_BREAKER_OPEN || was == PGG_BREAKER_HALF_OPEN) &&
@@ -885,10 +889,10 @@ static void probe_end(pgg_health *hl, int i, int64_t now)
     }
     record_ticket(hl, h, p, now);
     starting = still_starting(hl, i, now);
-    /* Answered first: a standby whose replay position was to be checked
-     * (hold.h) has its breaker closed by this answer, not by its connect,
-     * and the calls waiting for it must find it so. */
-    if (ok)
+    /* A standby whose replay position was to be checked (hold.h) has its
+     * breaker closed by this answer, not by its connect, and the calls
+     * waiting for it must find it so: answered first. */
+    if (ok && p->checking)
         probe_answered(hl, i, now);
     if (!starting) {
         /* Answered (the breaker closed or on trial) or not: waiting calls
@@ -898,7 +902,9 @@ static void probe_end(pgg_health *hl, int i, int64_t now)
             p->starting_since = 0;
         pgg__host_set_starting(h, false);
     }
-    if (!ok) {
+    if (ok && !p->checking) {
+        probe_answered(hl, i, now);
+    } else if (!ok) {
         pgg__host_note_error(h, &p->err);
         /* A host we cannot reach has no role we can vouch for: a dead
          * old primary must not go on looking like a second primary.  One
