@@ -10,13 +10,15 @@
  *
  * So each host keeps the highest replay position it reported (pgg_hold.high:
  * the health probes', and the answers of reads that checked it in their
- * round trip, up to each probe), and a host that may have gone back (its
- * sessions ended by the server, its probe's session dead, a probe failed,
- * the host unreachable) or that a probe found behind that position is held
- * back from reads (`until`: the position it must replay first) until a
- * probe shows it replayed that far again.  Writes are not affected (a held
- * host that turns out to be primary is released: a primary has every
- * record it wrote).
+ * round trip, up to each probe).  A sign that it may have gone back (its
+ * sessions ended, its probe's session dead, a probe failed, the host
+ * unreachable) makes it suspect: nothing changes while it is down, but
+ * once it is reached again no read runs on a new session there before its
+ * replay position is checked (pool.c, role_fits; health.c, the probe).  A
+ * check below `high` holds it back from reads (`until`: the position it
+ * must replay first) until a probe shows it replayed that far again.
+ * Writes are not affected (a held host that turns out to be primary is
+ * released: a primary has every record it wrote).
  *
  * Zero cost on the path of a call: the hold is a value of the word the
  * router reads already (`lag`, the replay lag behind the primary, -1
@@ -25,9 +27,10 @@
  * comparison, where it made three).  The measured lag goes on in
  * `lag_measured`, for stats.
  *
- * Who writes: the health thread (probes: hold, release, lag), calls on
- * their cold paths (a session ended by its server, a dead idle session
- * found at borrow: hold), role changes (promoted: release).  Atomics only.
+ * Who writes: the health thread (probes: suspect, hold, release, lag),
+ * calls on their cold paths (a dead idle session found at borrow: suspect;
+ * a new session's check: hold or clear), role changes (promoted: release).
+ * Atomics only.
  */
 #ifndef PGG_HOLD_H
 #define PGG_HOLD_H

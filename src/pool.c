@@ -18,17 +18,6 @@
 /* ------------------------------------------------------------ one call */
 
 /*
- * Check the role of a connection before a write or a primary read is sent
- * on it: the server told us (in_hot_standby), no round trip needed.
- * Returns false when the host turned out to be a standby.  A new
- * connection's report is current.  A pooled one's is as old as its last
- * answer, which is no older than what the host's role says when that role
- * is unknown (an unreachable probe, a lost health session): then the
- * session's report decides.  Otherwise the host's role (probes, recent
- * answers) decides, and a write that reaches a standby anyway comes back
- * as 25006 and is retried on the new primary.
- */
-/*
  * A read's new session on a standby that may have gone back behind the
  * replay position it reported (hold.h: suspect), or is held for it: on
  * the blocking path (deadline not 0) its replay position is asked on this
@@ -70,6 +59,17 @@ static bool replay_checked(pgg_pool *pool, pgg_host *h, const pgg_link *l,
     return false;
 }
 
+/*
+ * Check the role of a connection before a write or a primary read is sent
+ * on it: the server told us (in_hot_standby), no round trip needed.
+ * Returns false when the host turned out to be a standby.  A new
+ * connection's report is current.  A pooled one's is as old as its last
+ * answer, which is no older than what the host's role says when that role
+ * is unknown (an unreachable probe, a lost health session): then the
+ * session's report decides.  Otherwise the host's role (probes, recent
+ * answers) decides, and a write that reaches a standby anyway comes back
+ * as 25006 and is retried on the new primary.
+ */
 static bool role_fits(pgg_pool *pool, pgg_host *h, const pgg_link *l,
                       pgg_intent intent, int64_t deadline)
 {
@@ -92,8 +92,6 @@ static bool role_fits(pgg_pool *pool, pgg_host *h, const pgg_link *l,
         return replay_checked(pool, h, l, deadline);
     return intent == PGG_READ || r != PGG_ROLE_STANDBY;
 }
-
-
 
 
 /*
