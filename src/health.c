@@ -164,12 +164,12 @@ struct pgg_health {
 /* Host i may have gone back behind the replay position it reported (a
  * restart): suspect until a probe (or a read's check) shows it there
  * (hold.h). */
-static void hold(pgg_health *hl, int i, const char *why)
+static void hold(pgg_health *hl, int i, int how, const char *why)
 {
     pgg_host *h = &hl->pool->hosts[i];
 
     pgg__hold_suspect(&h->hold, atomic_load(&h->role) == PGG_ROLE_PRIMARY,
-                      why);
+                      how, why);
 }
 
 /* A new session on h reports a standby whose replay position is to be
@@ -673,7 +673,8 @@ static bool probe_start(pgg_health *hl, int i, int64_t now)
     if (c && !pgg__link_alive(c)) {
         PQfinish(c);
         hl->conns[i] = c = NULL;
-        hold(hl, i, "its health session was ended by the server (a restart?)");
+        hold(hl, i, PGG_SUSPECT_ENDED,
+             "its health session was ended by the server (a restart?)");
     }
     if (c) {
         p->on_old = true;
@@ -880,7 +881,8 @@ static void probe_end(pgg_health *hl, int i, int64_t now)
         PQfinish(hl->conns[i]);
         hl->conns[i] = NULL;
         p->replaced = true;
-        hold(hl, i, "its health session was ended by the server (a restart?)");
+        hold(hl, i, PGG_SUSPECT_ENDED,
+             "its health session was ended by the server (a restart?)");
         p->got = false;
         pgg__error_reset(&p->err);
         probe_connect(hl, i);
@@ -919,7 +921,7 @@ static void probe_end(pgg_health *hl, int i, int64_t now)
         if ((p->cls == PGG_CLASS_CONNECTION ||
              p->cls == PGG_CLASS_UNAVAILABLE) &&
             strcmp(p->err.sqlstate, "53300") != 0)
-            hold(hl, i, "unreachable or starting up (a restart?)");
+            hold(hl, i, PGG_SUSPECT_DOWN, "unreachable or starting up (a restart?)");
     }
     held_tell(hl, i);
     pgg__host_trim(h, now, false);

@@ -15,17 +15,17 @@ void pgg__hold_init(pgg_hold *hd)
     atomic_init(&hd->until, 0);
     atomic_init(&hd->why, NULL);
     atomic_init(&hd->replay, 0);
-    atomic_init(&hd->suspect, false);
+    atomic_init(&hd->suspect, 0);
 }
 
-void pgg__hold_suspect(pgg_hold *hd, bool is_primary, const char *why)
+void pgg__hold_suspect(pgg_hold *hd, bool is_primary, int how, const char *why)
 {
     if (!atomic_load(&hd->high) || is_primary ||
-        atomic_load_explicit(&hd->suspect, memory_order_relaxed))
+        atomic_load_explicit(&hd->suspect, memory_order_relaxed) >= how)
         return;
     if (!atomic_load(&hd->until))
         atomic_store(&hd->why, why);
-    atomic_store(&hd->suspect, true);
+    atomic_store(&hd->suspect, how);
 }
 
 bool pgg__hold_set(pgg_hold *hd, bool is_primary, const char *why)
@@ -46,7 +46,7 @@ bool pgg__hold_release(pgg_hold *hd)
 {
     int_fast64_t held = PGG_LAG_HELD;
 
-    atomic_store(&hd->suspect, false);
+    atomic_store(&hd->suspect, 0);
     atomic_store(&hd->until, 0);
     return atomic_compare_exchange_strong(&hd->lag, &held,
                                           atomic_load(&hd->lag_measured));
@@ -91,7 +91,7 @@ int pgg__hold_probed(pgg_hold *hd, uint64_t replay, uint64_t seen, int64_t now)
     }
     atomic_store(&hd->high, replay);
     atomic_store(&hd->high_at, now);
-    atomic_store(&hd->suspect, false);
+    atomic_store(&hd->suspect, 0);
     until = atomic_load(&hd->until);
     if (!until && !pgg__hold_on(hd))
         return 0;
@@ -110,6 +110,6 @@ bool pgg__hold_primary_at(pgg_hold *hd, uint64_t lsn, int64_t at)
         return false;
     /* Another history: what this host reported says nothing now. */
     atomic_store(&hd->high, 0);
-    atomic_store(&hd->suspect, false);
+    atomic_store(&hd->suspect, 0);
     return pgg__hold_release(hd);
 }

@@ -69,8 +69,12 @@ typedef struct pgg_hold {
      * keeps trying it as ever while it is down; but once it is reached
      * again, no read runs on a new session there before its replay
      * position is checked (by that read in one round trip, or by the
-     * health probe first).  Cleared by a check that finds it there. */
-    atomic_bool suspect;
+     * health probe first).  Cleared by a check that finds it there.
+     * PGG_SUSPECT_DOWN: it was seen down (unreachable, starting up), not
+     * only its sessions ended (a pg_terminate_backend blip looks the
+     * same as a restart from those): an event loop, which cannot check a
+     * session itself, holds only such a host (pool.c, replay_checked). */
+    _Atomic int suspect;
 } pgg_hold;
 
 void pgg__hold_init(pgg_hold *hd);
@@ -81,11 +85,15 @@ static inline bool pgg__hold_on(const pgg_hold *hd)
     return atomic_load_explicit(&hd->lag, memory_order_relaxed) == PGG_LAG_HELD;
 }
 
-/* A sign that the host may have gone back (hold.suspect); nothing when it
- * reported no replay position or is primary. */
-void pgg__hold_suspect(pgg_hold *hd, bool is_primary, const char *why);
+enum { PGG_SUSPECT_ENDED = 1, PGG_SUSPECT_DOWN = 2 };
 
-static inline bool pgg__hold_suspected(const pgg_hold *hd)
+/* A sign that the host may have gone back (hold.suspect, how: one of the
+ * above; the stronger stays); nothing when it reported no replay position
+ * or is primary. */
+void pgg__hold_suspect(pgg_hold *hd, bool is_primary, int how, const char *why);
+
+/* 0: not suspect, else PGG_SUSPECT_*. */
+static inline int pgg__hold_suspected(const pgg_hold *hd)
 {
     return atomic_load_explicit(&hd->suspect, memory_order_relaxed);
 }

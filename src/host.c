@@ -888,6 +888,7 @@ static bool alive_enough(pgg_host *h, pgg_link *l, int64_t now)
      * had replayed.  No read on a new session there before its replay
      * position is checked (hold.h; pool.c's role_fits). */
     pgg__hold_suspect(&h->hold, atomic_load(&h->role) == PGG_ROLE_PRIMARY,
+                      PGG_SUSPECT_ENDED,
                       "an idle session was found ended (a restart?)");
     return false;
 }

@@ -22,11 +22,13 @@
  * replay position it reported (hold.h: suspect), or is held for it: on
  * the blocking path (deadline not 0) its replay position is asked on this
  * session in one round trip, which clears the suspicion (or holds the
- * host: it went back); on an event loop, which must not wait, a suspect
- * host is held until the health probe, woken now, checks it (a session
- * ended there lately, with no other sign, lets the read run: every blip
- * would refuse the loop's reads on new sessions otherwise).  Returns
- * whether the read may run on it.
+ * host: it went back); on an event loop, which must not wait, a host seen
+ * down (PGG_SUSPECT_DOWN) is held until the health probe, woken now,
+ * checks it, and sessions ended with no other sign let the read run (a
+ * pg_terminate_backend blip looks the same: holding then sent the loop's
+ * reads to the primary and delayed the first write after the blip,
+ * tests/bench/faults --async --fault terminate).  Returns whether the read
+ * may run on it.
  */
 #if defined(__GNUC__)
 __attribute__((noinline))
@@ -40,8 +42,11 @@ static bool replay_checked(pgg_pool *pool, pgg_host *h, const pgg_link *l,
     pgg_attempt_end end;
     uint64_t lsn = 0;
 
-    if (!deadline && !pgg__hold_on(&h->hold) && !pgg__hold_suspected(&h->hold))
+    if (!deadline && !pgg__hold_on(&h->hold) &&
+        pgg__hold_suspected(&h->hold) < PGG_SUSPECT_DOWN) {
+        pgg__pool_wake_health(pool);
         return true;
+    }
     if (deadline && !pgg__hold_on(&h->hold) &&
         pgg__link_exec(l->conn, &q, deadline, h->name, &res, &end, NULL) == PGG_OK &&
         PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1 &&

@@ -100,20 +100,23 @@ Test(hold, a_suspect_host_is_not_held_until_a_check_finds_it_behind)
     pgg_hold hd;
 
     pgg__hold_init(&hd);
-    pgg__hold_suspect(&hd, false, "x");
+    pgg__hold_suspect(&hd, false, PGG_SUSPECT_ENDED, "x");
     cr_assert_not(pgg__hold_suspected(&hd), "nothing reported yet: nothing to go back from");
     cr_assert_eq(pgg__hold_probed(&hd, 100, 0, 1), 0);
-    pgg__hold_suspect(&hd, true, "x");
+    pgg__hold_suspect(&hd, true, PGG_SUSPECT_DOWN, "x");
     cr_assert_not(pgg__hold_suspected(&hd), "a primary");
-    pgg__hold_suspect(&hd, false, "sessions ended");
-    cr_assert(pgg__hold_suspected(&hd));
+    pgg__hold_suspect(&hd, false, PGG_SUSPECT_ENDED, "sessions ended");
+    cr_assert_eq(pgg__hold_suspected(&hd), PGG_SUSPECT_ENDED);
+    pgg__hold_suspect(&hd, false, PGG_SUSPECT_DOWN, "unreachable");
+    pgg__hold_suspect(&hd, false, PGG_SUSPECT_ENDED, "sessions ended");
+    cr_assert_eq(pgg__hold_suspected(&hd), PGG_SUSPECT_DOWN, "the stronger sign stays");
     cr_assert_not(pgg__hold_on(&hd), "suspect: the router still sees it");
     cr_assert(lag_ok(&hd, PGG_LAG_NO_LIMIT));
     /* Checked and there: no longer suspect. */
     cr_assert_eq(pgg__hold_probed(&hd, 100, 0, 2), 0);
     cr_assert_not(pgg__hold_suspected(&hd));
     /* Checked and behind: held, no longer merely suspect. */
-    pgg__hold_suspect(&hd, false, "sessions ended");
+    pgg__hold_suspect(&hd, false, PGG_SUSPECT_ENDED, "sessions ended");
     cr_assert_eq(pgg__hold_probed(&hd, 60, 0, 3), -1);
     cr_assert(pgg__hold_on(&hd));
     cr_assert_eq(pgg__hold_probed(&hd, 100, 0, 4), 1);
