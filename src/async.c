@@ -9,6 +9,10 @@
  *   BACK     refused by the breaker of a host whose server is starting:
  *            waits for it within the attempt's deadline (the blocking
  *            path waits in pgg__host_await_back)
+ *   ROUND    a write refused as read-only (25006) with no primary known
+ *            now: waits for the health round the refusal asked for, within
+ *            the deadline, then routes again (the blocking path waits in
+ *            pgg__health_await_round)
  *   PARKED   admitted on a host whose connections are all busy: waits for
  *            one (the blocking path waits on the host's condition variable)
  *   CONNECT  a new connection being made (PQconnectPoll)
@@ -75,6 +79,7 @@
 enum {
     ST_IDLE,
     ST_BACK,
+    ST_ROUND,
     ST_PARKED,
     ST_CONNECT,
     ST_HOOK,
@@ -190,6 +195,7 @@ struct pgg_async_call {
      * "Asked connects"; set with connect_at), or NULL: stepped on the loop. */
     pgg_asked *ask;
     ino_t conn_ino;
+    unsigned long round_want; /* ROUND: the health round it waits for */
     pgg_async_call *pnext; /* PIPED: the next statement in flight */
     int64_t sent;          /* PIPED: when it was queued */
     /* The copied SQL and parameters follow. */
@@ -2458,6 +2464,28 @@ COLD void finish_out(pgg_async_call *k)
     finish(k);
 }
 
+/* A write refused as read-only found no primary (round_wait): it waits
+ * for the health round the refusal asked for, looking every
+ * PARK_POLL_NS (the health thread cannot wake a loop) within the call's
+ * deadline; then, done or not, it routes again (pgg__call_rerouted). */
+COLD void round_look(pgg_async_call *k, bool first)
+{
+    int64_t now = pgg__now_ns();
+
+    if (first)
+        k->round_want = pgg__health_ask_round(k->c.pool->health);
+    if (now < k->c.deadline &&
+        !pgg__health_round_done(k->c.pool->health, k->round_want)) {
+        k->state = ST_ROUND;
+        wait_until(k, now + PARK_POLL_NS < k->c.deadline
+                          ? now + PARK_POLL_NS
+                          : k->c.deadline);
+        return;
+    }
+    k->state = ST_IDLE;
+    pgg__call_rerouted(&k->c);
+}
+
 /* Advance k through the steps that need no wait, until it waits or ends.
  * Inline in its two callers (start, settle). */
 HOT void drive(pgg_async_call *k, bool hot)
@@ -2469,6 +2497,10 @@ HOT void drive(pgg_async_call *k, bool hot)
         /* Served: next and again would each say so first (call.c). */
         h = k->c.served ? NULL : pgg__call_next(&k->c, &dl);
         if (!h) {
+            if (k->c.round_wait && !k->c.served && !k->c.final) {
+                round_look(k, true);
+                continue;
+            }
             if (!k->c.served && pgg__call_again(&k->c))
                 continue;
             finish_out(k);
@@ -2662,6 +2694,12 @@ static void expire(pgg_async_call *k)
         k->cm.rejected = true;
         pgg__call_skipped(&k->c);
         break;
+    case ST_ROUND:
+        /* A cancel: the path sees the fired handle (pgg__call_next, or
+         * finish with no candidate). */
+        k->state = ST_IDLE;
+        pgg__call_rerouted(&k->c);
+        break;
     case ST_PARKED:
         /* A cancel: the wait for a connection ends as the blocking one
          * does (not the host's failure). */
@@ -2693,6 +2731,8 @@ void pgg_async_handle_timer(pgg_async *ac)
             borrow(k); /* looks again; fails past the attempt's deadline */
         else if (k->state == ST_BACK)
             admit(k); /* looks again; refused past the attempt's deadline */
+        else if (k->state == ST_ROUND)
+            round_look(k, false); /* routes again once done or past the deadline */
         else if (k->state != ST_DONE)
             expire(k);
         settle(k);

@@ -1681,13 +1681,12 @@ void pgg__health_ask(pgg_health *hl)
         signal_event(hl);
 }
 
-bool pgg__health_await_round(pgg_health *hl, int64_t deadline_ns)
+unsigned long pgg__health_ask_round(pgg_health *hl)
 {
     unsigned long want;
-    bool done;
 
     if (!hl)
-        return false;
+        return 0;
     pthread_mutex_lock(&hl->mu);
     /* The round starts over (expedite): the next one counted is made of
      * probes that ended after this call. */
@@ -1696,6 +1695,29 @@ bool pgg__health_await_round(pgg_health *hl, int64_t deadline_ns)
     atomic_store(&hl->restart_round, true);
     atomic_store(&hl->wake_pending, true);
     signal_event(hl);
+    return want;
+}
+
+bool pgg__health_round_done(pgg_health *hl, unsigned long want)
+{
+    bool done;
+
+    if (!hl)
+        return true;
+    pthread_mutex_lock(&hl->mu);
+    done = hl->rounds >= want || atomic_load(&hl->stopping);
+    pthread_mutex_unlock(&hl->mu);
+    return done;
+}
+
+bool pgg__health_await_round(pgg_health *hl, int64_t deadline_ns)
+{
+    unsigned long want;
+    bool done;
+
+    if (!hl)
+        return false;
+    want = pgg__health_ask_round(hl);
     pthread_mutex_lock(&hl->mu);
     for (;;) {
         int64_t now = pgg__now_ns();

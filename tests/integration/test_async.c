@@ -3720,3 +3720,72 @@ Test(async, a_connection_one_shot_calls_left_blocking_is_non_blocking_after_the_
     event_base_free(base);
     end_test(p, c);
 }
+
+/*
+ * A write answered 25006 by a host the pool took for the primary, with no
+ * other primary known: the write provably did not apply, and runs on the
+ * primary the health round (woken by the refusal) finds, within its
+ * deadline, as a blocking call does
+ * (recovery/a_write_refused_as_read_only_runs_on_the_primary).  Before,
+ * the loop routed again on what it knew at once (no primary) and failed
+ * the write with PGG_EWRONGROLE (a switchover: the old primary a standby
+ * now, the new one still taken for a standby).
+ */
+Test(async, a_write_refused_as_read_only_runs_on_the_primary_the_round_finds)
+{
+    pgh_cluster *c = cluster_or_die(1);
+    /* Calm probes never come during the test; a woken one does. */
+    pgg_pool *p = pool_for(c, "health_interval_ms=600000");
+    struct event_base *base = event_base_new();
+    pgg_async *ac = async_for(p, base);
+    outcome o;
+    char v[64];
+
+    make_table(c, "async_wrong_role", "v", 3);
+    cr_assert(reads_reach(p, 1, 20)); /* a pooled session on the replica */
+    pgg__pool_set_role(p, &p->hosts[1], PGG_ROLE_PRIMARY, "test");
+    pgg__pool_set_role(p, &p->hosts[0], PGG_ROLE_STANDBY, "test");
+    start_call(ac, PGG_WRITE, "UPDATE async_wrong_role SET v = 'moved' WHERE id = 3", 3000, 0,
+               &o);
+    run_until(base, &o, 1, 5000);
+    cr_expect_eq(o.code, PGG_OK, "the write failed: %s %s", pgg_err_name(o.code), o.message);
+    cr_expect_eq(o.host_index, 0, "served by host %d", o.host_index);
+    cr_expect_eq(o.attempts, 2);
+    cr_expect_eq(host_stats(p, 0).role, PGG_ROLE_PRIMARY);
+    cr_expect_eq(host_stats(p, 1).role, PGG_ROLE_STANDBY);
+    cr_assert_eq(pgh_node_query_value(pgh_cluster_primary(c),
+                                      "SELECT v FROM async_wrong_role WHERE id = 3", v, sizeof v),
+                 0);
+    cr_expect_str_eq(v, "moved");
+
+    /* The same wait ended by a cancel: the call ends at the cancel. */
+    cr_assert(reads_reach(p, 1, 20));
+    pgg__pool_set_role(p, &p->hosts[1], PGG_ROLE_PRIMARY, "test");
+    pgg__pool_set_role(p, &p->hosts[0], PGG_ROLE_STANDBY, "test");
+    {
+        pgg_call call = {.timeout_ms = 3000};
+        pgg_async_call *hd = NULL;
+        pgg_error e;
+
+        o = (outcome){.started = pgh_now_ms()};
+        loop_guard_on();
+        cr_assert_eq(pgg_async_exec(ac, PGG_WRITE,
+                                    "UPDATE async_wrong_role SET v = 'again' WHERE id = 2",
+                                    &call, on_done, &o, &hd, &e),
+                     PGG_OK, "%s", e.message);
+        /* Turn the loop until the 25006 came back (the call then waits
+         * for the round), or the call ended. */
+        while (!o.done && host_stats(p, 1).role != PGG_ROLE_STANDBY)
+            event_base_loop(base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
+        if (!o.done)
+            pgg_async_cancel(hd);
+        loop_guard_off();
+        cr_expect_eq(o.done, 1);
+        cr_expect(o.code == PGG_ECANCELED || o.code == PGG_OK, "%s %s", pgg_err_name(o.code),
+                  o.message);
+    }
+    loop_guard_check("wrong role");
+    pgg_async_free(ac);
+    event_base_free(base);
+    end_test(p, c);
+}
