@@ -124,7 +124,8 @@ PGG_EXPORT void *pgg_async_ev_data(const pgg_async *ac);
 
 /*
  * Free the context: every call still in flight completes first, with
- * PGG_ECANCELED (its query dropped and cancelled on the server), the
+ * PGG_ECANCELED (its query dropped and cancelled on the server; a call
+ * its callback starts then is refused with PGG_ECLOSED), the
  * connections it keeps idle for its next calls go back to the pool, then
  * the adapter's cleanup runs.  The pool outlives it.  Accepts NULL.  Not
  * from inside a callback.  On the loop's thread, or on another once the

@@ -253,6 +253,11 @@ struct pgg_async {
     int64_t stall_ns;
     pgg_async_ev ev;
     bool attached;
+    /* Attached and not being freed: a call may start (start's one test).
+     * Off from the first step of pgg_async_free: a callback that starts
+     * its next call (a worker's loop) would otherwise keep the free's
+     * "complete every call in flight" going for ever. */
+    bool accepting;
     pgg_async_call *head;
     int pending;
     /* Calls in ST_PARKED: a give-back looks for one to wake only when
@@ -366,6 +371,7 @@ int pgg_async_attach(pgg_async *ac, const pgg_async_ev *ev)
         return PGG_ESTATE;
     ac->ev = *ev;
     ac->attached = true;
+    ac->accepting = true;
     return PGG_OK;
 }
 
@@ -2854,6 +2860,16 @@ HOT pgg_async_call *call_new(pgg_async *ac, const pgg_query *q)
     return k;
 }
 
+/* Not accepting calls: which of the two reasons. */
+COLD int start_refused(const pgg_async *ac, pgg_error *err)
+{
+    if (!ac->attached)
+        return pgg__error_set(err, PGG_ESTATE, NULL, NULL,
+                              "pgg_async_exec: no loop adapter attached");
+    return pgg__error_set(err, PGG_ECLOSED, NULL, NULL,
+                          "pgg_async_exec: the context is being freed");
+}
+
 /* A call's start, inline in pgg_async_exec (the usual call: no
  * parameters to copy, and no call of eight arguments); start_out for the
  * others. */
@@ -2871,9 +2887,8 @@ HOT int start(pgg_async *ac, pgg_intent intent, const pgg_query *q,
     if (!ac || !fn || !q->sql)
         return pgg__error_set(err, PGG_EINVAL, NULL, NULL,
                               "pgg_async_exec: NULL context, callback or SQL");
-    if (!ac->attached)
-        return pgg__error_set(err, PGG_ESTATE, NULL, NULL,
-                              "pgg_async_exec: no loop adapter attached");
+    if (!ac->accepting)
+        return start_refused(ac, err);
     if (pgg__query_check(q, "pgg_async_exec", err) != PGG_OK)
         return err->code;
     k = call_new(ac, q);
@@ -3055,6 +3070,7 @@ void pgg_async_free(pgg_async *ac)
      * for a give-back its loop's thread may be making from a blocking call
      * (kept_thread_give_back): from here on no other thread reaches ac. */
     kept_unregister(ac);
+    ac->accepting = false;
     while (ac->head)
         pgg_async_cancel(ac->head);
     flush_spare(ac);

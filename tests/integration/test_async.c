@@ -3789,3 +3789,71 @@ Test(async, a_write_refused_as_read_only_runs_on_the_primary_the_round_finds)
     event_base_free(base);
     end_test(p, c);
 }
+
+/* A server's worker: each completion starts the next call (the callback
+ * may start calls), up to `cap` in all (the test's own bound). */
+typedef struct relay {
+    int done, cap, started, refused, refused_code, canceled;
+    char refused_message[512];
+} relay;
+
+static void on_relay(pgg_async *ac, PGresult *res, const pgg_info *info, const pgg_error *err,
+                     void *ud)
+{
+    relay *r = ud;
+    pgg_call call = {.timeout_ms = 5000};
+    pgg_error e;
+
+    (void)info;
+    PQclear(res);
+    r->done++;
+    r->canceled += err->code == PGG_ECANCELED;
+    if (r->started >= r->cap)
+        return;
+    if (pgg_async_exec(ac, PGG_READ, "SELECT pg_sleep(1)", &call, on_relay, r, NULL, &e) ==
+        PGG_OK) {
+        r->started++;
+    } else {
+        r->refused++;
+        r->refused_code = e.code;
+        snprintf(r->refused_message, sizeof r->refused_message, "%s", e.message);
+    }
+}
+
+/*
+ * pgg_async_free ends every call in flight with PGG_ECANCELED; a callback
+ * that starts the next call (a worker's loop, allowed in a callback) must
+ * not keep the context alive: a call started on a context being freed is
+ * refused (PGG_ECLOSED, no callback), as hiredis refuses commands once its
+ * context is freeing.  Before, each such call was accepted, then cancelled
+ * by the free's next turn, whose callback started another: the free never
+ * returned (here: 50 calls, the test's bound).
+ */
+Test(async, a_callback_starting_calls_does_not_keep_a_freed_context_alive)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, NULL);
+    struct event_base *base = event_base_new();
+    pgg_async *ac = async_for(p, base);
+    pgg_call call = {.timeout_ms = 5000};
+    relay r = {.cap = 50};
+    pgg_error e;
+
+    loop_guard_on();
+    cr_assert_eq(pgg_async_exec(ac, PGG_READ, "SELECT pg_sleep(1)", &call, on_relay, &r, NULL,
+                                &e),
+                 PGG_OK, "%s", e.message);
+    r.started = 1;
+    pgg_async_free(ac);
+    loop_guard_off();
+    cr_expect_eq(r.done, 1, "%d callbacks ran inside pgg_async_free (%d calls started)", r.done,
+                 r.started);
+    cr_expect_eq(r.canceled, r.done);
+    cr_expect_eq(r.started, 1, "%d calls were started on the context being freed", r.started - 1);
+    cr_expect_eq(r.refused, 1);
+    cr_expect_eq(r.refused_code, PGG_ECLOSED, "%s %s", pgg_err_name(r.refused_code),
+                 r.refused_message);
+    loop_guard_check("free with a relay");
+    event_base_free(base);
+    end_test(p, c);
+}
