@@ -328,15 +328,18 @@ typedef struct blip_arg {
     const char *sql;
     int failed;
     int code;
+    int host_index; /* the host that served it (-1: none) */
 } blip_arg;
 
 static void *slow_call(void *arg)
 {
     blip_arg *a = arg;
     pgg_call call = {.timeout_ms = 5000};
+    pgg_info info;
     pgg_error e;
-    PGresult *r = pgg_exec(a->p, a->intent, a->sql, &call, NULL, &e);
+    PGresult *r = pgg_exec(a->p, a->intent, a->sql, &call, &info, &e);
 
+    a->host_index = info.host_index;
     if (!r) {
         a->failed = 1;
         a->code = e.code;
@@ -349,18 +352,25 @@ static void *slow_call(void *arg)
  * Eight reads in flight on the replicas when every backend is terminated:
  * each gets 57P01 on a pooled session.  That is one blip, not eight
  * failures: no breaker opens (before, three in a row opened it), and each
- * read runs again on a new connection and succeeds.
+ * read runs again on a new connection of its replica and succeeds.  The
+ * adaptive attempt bound is off: with it (200 ms at least) each 0.6 s read
+ * was cut at 200 ms, before the blip, as a timeout of its replica; both
+ * breakers opened on those timeouts (and closed again, host-back, before
+ * the test looked at their final state), the reads were served by the
+ * primary, and no read met the blip at all.
  */
 Test(recovery, one_blip_opens_no_breaker)
 {
     pgh_cluster *c = cluster_or_die(2);
     pgh_require_replicas(c, 2);
-    pgg_pool *p = pool_for(c, NULL);
+    pgg_pool *p = pool_for(c, "attempt_timeout_auto=false");
+    seen s = {.mu = PTHREAD_MUTEX_INITIALIZER};
     pthread_t t[8];
     blip_arg a[8];
     int failed = 0;
 
     hold_sessions(p, PGG_READ, 8);
+    pgg_pool_on_event(p, on_event, &s);
     for (int i = 0; i < 8; i++) {
         a[i] = (blip_arg){.p = p, .intent = PGG_READ, .sql = "SELECT pg_sleep(0.6)"};
         cr_assert_eq(pthread_create(&t[i], NULL, slow_call, &a[i]), 0);
@@ -374,8 +384,11 @@ Test(recovery, one_blip_opens_no_breaker)
             failed++;
             fprintf(stderr, "read %d failed: %s\n", i, pgg_err_name(a[i].code));
         }
+        cr_expect_neq(a[i].host_index, 0, "read %d left its replica for the primary", i);
     }
+    pgg_pool_on_event(p, NULL, NULL);
     cr_expect_eq(failed, 0, "%d of 8 reads in flight failed", failed);
+    cr_expect_eq(s.opened, 0, "%d breakers opened on one blip", s.opened);
     for (int i = 0; i < pgg_pool_host_count(p); i++) {
         pgg_host_stats h = host_stats(p, i);
         cr_expect_eq(h.state, PGG_BREAKER_CLOSED, "%s: breaker %s after one blip", h.host,
