@@ -3857,3 +3857,65 @@ Test(async, a_callback_starting_calls_does_not_keep_a_freed_context_alive)
     event_base_free(base);
     end_test(p, c);
 }
+
+/* Breaker openings, as the pool announced them (any thread). */
+static void count_openings(const pgg_event *ev, void *ud)
+{
+    if (ev->type == PGG_EVENT_BREAKER && ev->to == PGG_BREAKER_OPEN)
+        atomic_fetch_add((atomic_int *)ud, 1);
+}
+
+/*
+ * Issue 9's blip on the loop (recovery/one_blip_opens_no_breaker): eight
+ * loop reads running on pooled sessions of both replicas (BLIP_READ) when
+ * every backend there is terminated.  Each 57P01 is one blip, not a
+ * failure of its replica: no breaker opens, and each read runs again on a
+ * new connection of its replica and succeeds.  (The adaptive attempt bound
+ * is off: the reads run until the blip.)
+ */
+Test(async, one_blip_opens_no_breaker_on_the_loop)
+{
+    pgh_cluster *c = cluster_or_die(2);
+    pgh_require_replicas(c, 2);
+    pgg_pool *p = pool_for(c, "attempt_timeout_auto=false");
+    struct event_base *base = event_base_new();
+    pgg_async *ac = async_for(p, base);
+    atomic_int opened = 0;
+    pgg_lease *l[8];
+    outcome o[8];
+    pgg_error e;
+
+    blip_sleep(c, 60);
+    /* Eight idle pooled sessions: four on each replica. */
+    for (int i = 0; i < 8; i++) {
+        l[i] = pgg_acquire(p, PGG_READ, 2000, NULL, &e);
+        cr_assert_not_null(l[i], "acquire: %s", e.message);
+    }
+    for (int i = 0; i < 8; i++)
+        pgg_release(l[i]);
+    pgg_pool_on_event(p, count_openings, &opened);
+    for (int i = 0; i < 8; i++)
+        start_call(ac, PGG_READ, BLIP_READ, 30000, 0, &o[i]);
+    /* The loop turns (without a wait of pgguard's) until all eight run. */
+    while (blip_running(pgh_cluster_replica(c, 0)) + blip_running(pgh_cluster_replica(c, 1)) < 8)
+        loop_once(base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
+    blip_sleep(c, 1);
+    cr_assert_eq(pgh_node_terminate_backends(pgh_cluster_replica(c, 0)), 0);
+    cr_assert_eq(pgh_node_terminate_backends(pgh_cluster_replica(c, 1)), 0);
+    run_until(base, o, 8, 30000);
+    pgg_pool_on_event(p, NULL, NULL);
+    for (int i = 0; i < 8; i++) {
+        cr_expect_eq(o[i].code, PGG_OK, "read %d: %s %s", i, pgg_err_name(o[i].code),
+                     o[i].message);
+        cr_expect_neq(o[i].host_index, 0, "read %d left its replica for the primary", i);
+        cr_expect_eq(o[i].attempts, 2, "read %d: %d attempts", i, o[i].attempts);
+    }
+    cr_expect_eq(atomic_load(&opened), 0, "%d breakers opened on one blip",
+                 atomic_load(&opened));
+    for (int i = 0; i < pgg_pool_host_count(p); i++)
+        cr_expect_eq(host_stats(p, i).state, PGG_BREAKER_CLOSED);
+    loop_guard_check("one blip");
+    pgg_async_free(ac);
+    event_base_free(base);
+    end_test(p, c);
+}
