@@ -16,8 +16,10 @@
  * canceller thread.
  *
  * DNS: libpq resolves a host name inside PQconnectStartParams, which
- * blocks.  Give the pool numeric addresses (hostaddr=, or host=127.0.0.1)
- * when it serves a loop, or resolve names off the loop and pass hostaddr.
+ * blocks: for a host reached by name (no hostaddr=), the loop hands the
+ * whole connect, its start included, to the health thread.  Numeric
+ * addresses (hostaddr=, or host=127.0.0.1) spare that hand-off: the loop
+ * starts their connects itself and hears a refused local port at once.
  * GSSAPI: with libpq's default gssencmode=prefer, every connect asks the
  * GSSAPI library for credentials (it reads /etc/krb5.conf and the
  * credential cache: about 80% of a connect's client instructions here),

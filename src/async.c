@@ -2408,6 +2408,15 @@ static void borrow(pgg_async_call *k)
      * server (host.c). */
     k->connect_at = now;
     k->ask = NULL;
+    /* A name to look up (getaddrinfo blocks): the whole connect on the
+     * health thread, PQconnectStartParams too (health.c, asked_take);
+     * the loop starts it only when no ask can be made. */
+    if (h->lookup) {
+        k->state = ST_CONNECT;
+        if (connect_ask(k))
+            return;
+        k->state = ST_IDLE;
+    }
     if (pgg__link_connect_start(h->keys, h->vals, h->name, &k->conn,
                                 k->c.err) != PGG_OK) {
         connect_failed(k);

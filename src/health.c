@@ -1226,16 +1226,22 @@ static void asked_failed(pgg_health *hl, int i, pgg_asked *a, int code,
 
 /* The asks queued for host i, their connects started by their loops
  * (PQconnectStartParams): their PQconnectPoll steps are this thread's
- * from now on (host.c, "Asked connects"). */
+ * from now on (host.c, "Asked connects").  A host whose connect looks a
+ * name up (pgg_host.lookup) has its connect started here too: the lookup
+ * blocks, and not the loop. */
 static void asked_take(pgg_health *hl, int i, int64_t now)
 {
-    pgg_asked *a = pgg__host_take_asked(&hl->pool->hosts[i]);
+    pgg_host *h = &hl->pool->hosts[i];
+    pgg_asked *a = pgg__host_take_asked(h);
 
     while (a) {
         pgg_asked *next = a->next;
 
         if (atomic_load(&hl->stopping)) {
             asked_failed(hl, i, a, PGG_ECLOSED, "pool closed", now);
+        } else if (!a->conn && pgg__link_connect_start(h->keys, h->vals, h->name,
+                                                       &a->conn, &a->err) != PGG_OK) {
+            asked_end(hl, i, a, now); /* a->err says why */
         } else {
             a->events = POLLOUT;
             a->host = i;

@@ -3919,3 +3919,41 @@ Test(async, one_blip_opens_no_breaker_on_the_loop)
     event_base_free(base);
     end_test(p, c);
 }
+
+/*
+ * A pool configured with a host name (host=localhost, no hostaddr): libpq
+ * looks the name up (getaddrinfo, which blocks on a resolver) inside
+ * PQconnectStartParams, and the loop's calls that need a new connection
+ * must not make that call on the loop: the whole connect goes to the
+ * health thread (the loop guard counts any getaddrinfo of a name on the
+ * loop's thread).  Before, the loop started every connect itself and
+ * looked the name up there.
+ */
+Test(async, a_host_name_is_looked_up_off_the_loop)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgh_node *n = pgh_cluster_primary(c);
+    char *ci = pgh_conninfo_at(pgh_node_conninfo(n), "localhost", pgh_node_port(n));
+    pgg_pool *p;
+    struct event_base *base = event_base_new();
+    pgg_async *ac;
+    outcome o[3];
+
+    cr_assert_not_null(ci);
+    p = pool_for_conninfo(ci, "pool_min_idle=0");
+    free(ci);
+    cr_assert(wait_role(p, 0, PGG_ROLE_PRIMARY, 10000), "the primary's role never learnt");
+    ac = async_for(p, base);
+    /* Three at once: at least two new connections, made for the loop. */
+    for (int i = 0; i < 3; i++)
+        start_call(ac, PGG_WRITE, "SELECT pg_sleep(0.05)", 5000, 0, &o[i]);
+    run_until(base, o, 3, 10000);
+    for (int i = 0; i < 3; i++)
+        cr_expect_eq(o[i].code, PGG_OK, "call %d: %s %s", i, pgg_err_name(o[i].code),
+                     o[i].message);
+    cr_expect_geq(host_stats(p, 0).conns_open, 2);
+    loop_guard_check("a host name");
+    pgg_async_free(ac);
+    event_base_free(base);
+    end_test(p, c);
+}
