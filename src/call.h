@@ -69,12 +69,13 @@ typedef struct pgg__call {
     bool on_loop;
     bool served;    /* an answer (success or the caller's error) is the outcome */
     bool final;     /* no further attempt: the outcome is err */
-    bool vis;       /* the visibility module is on the path (begin, served) */
     /* On a loop: a write refused as read-only (25006) found no primary to
      * run on; the driver waits for the health round the refusal asked
      * for, within the deadline, then routes again (pgg__call_rerouted),
-     * as the blocking path waits in pgg__call_attempted. */
+     * as the blocking path waits in pgg__call_attempted.  Beside served
+     * and final: begin clears the three in one store. */
     bool round_wait;
+    bool vis;       /* the visibility module is on the path (begin, served) */
     int64_t start, deadline;
     int64_t now;    /* the latest clock reading of the path */
     int ncand, i;   /* the candidates (m->cand), and the one to try next */
