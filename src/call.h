@@ -73,7 +73,7 @@ typedef struct pgg__call {
      * run on; the driver waits for the health round the refusal asked
      * for, within the deadline, then routes again (pgg__call_rerouted),
      * as the blocking path waits in pgg__call_attempted.  Beside served
-     * and final: begin clears the three in one store. */
+     * and final, which begin clears with it (adjacent stores merge). */
     bool round_wait;
     bool vis;       /* the visibility module is on the path (begin, served) */
     int64_t start, deadline;
