@@ -9,6 +9,10 @@
  *   BACK     refused by the breaker of a host whose server is starting:
  *            waits for it within the attempt's deadline (the blocking
  *            path waits in pgg__host_await_back)
+ *   ROUND    a write refused as read-only (25006) with no primary known
+ *            now: waits for the health round the refusal asked for, within
+ *            the deadline, then routes again (the blocking path waits in
+ *            pgg__health_await_round)
  *   PARKED   admitted on a host whose connections are all busy: waits for
  *            one (the blocking path waits on the host's condition variable)
  *   CONNECT  a new connection being made (PQconnectPoll)
@@ -75,6 +79,7 @@
 enum {
     ST_IDLE,
     ST_BACK,
+    ST_ROUND,
     ST_PARKED,
     ST_CONNECT,
     ST_HOOK,
@@ -190,6 +195,7 @@ struct pgg_async_call {
      * "Asked connects"; set with connect_at), or NULL: stepped on the loop. */
     pgg_asked *ask;
     ino_t conn_ino;
+    unsigned long round_want; /* ROUND: the health round it waits for */
     pgg_async_call *pnext; /* PIPED: the next statement in flight */
     int64_t sent;          /* PIPED: when it was queued */
     /* The copied SQL and parameters follow. */
@@ -247,6 +253,11 @@ struct pgg_async {
     int64_t stall_ns;
     pgg_async_ev ev;
     bool attached;
+    /* Attached and not being freed: a call may start (start's one test).
+     * Off from the first step of pgg_async_free: a callback that starts
+     * its next call (a worker's loop) would otherwise keep the free's
+     * "complete every call in flight" going for ever. */
+    bool accepting;
     pgg_async_call *head;
     int pending;
     /* Calls in ST_PARKED: a give-back looks for one to wake only when
@@ -360,6 +371,7 @@ int pgg_async_attach(pgg_async *ac, const pgg_async_ev *ev)
         return PGG_ESTATE;
     ac->ev = *ev;
     ac->attached = true;
+    ac->accepting = true;
     return PGG_OK;
 }
 
@@ -2396,6 +2408,15 @@ static void borrow(pgg_async_call *k)
      * server (host.c). */
     k->connect_at = now;
     k->ask = NULL;
+    /* A name to look up (getaddrinfo blocks): the whole connect on the
+     * health thread, PQconnectStartParams too (health.c, asked_take);
+     * the loop starts it only when no ask can be made. */
+    if (h->lookup) {
+        k->state = ST_CONNECT;
+        if (connect_ask(k))
+            return;
+        k->state = ST_IDLE;
+    }
     if (pgg__link_connect_start(h->keys, h->vals, h->name, &k->conn,
                                 k->c.err) != PGG_OK) {
         connect_failed(k);
@@ -2458,6 +2479,28 @@ COLD void finish_out(pgg_async_call *k)
     finish(k);
 }
 
+/* A write refused as read-only found no primary (round_wait): it waits
+ * for the health round the refusal asked for, looking every
+ * PARK_POLL_NS (the health thread cannot wake a loop) within the call's
+ * deadline; then, done or not, it routes again (pgg__call_rerouted). */
+COLD void round_look(pgg_async_call *k, bool first)
+{
+    int64_t now = pgg__now_ns();
+
+    if (first)
+        k->round_want = pgg__health_ask_round(k->c.pool->health);
+    if (now < k->c.deadline &&
+        !pgg__health_round_done(k->c.pool->health, k->round_want)) {
+        k->state = ST_ROUND;
+        wait_until(k, now + PARK_POLL_NS < k->c.deadline
+                          ? now + PARK_POLL_NS
+                          : k->c.deadline);
+        return;
+    }
+    k->state = ST_IDLE;
+    pgg__call_rerouted(&k->c);
+}
+
 /* Advance k through the steps that need no wait, until it waits or ends.
  * Inline in its two callers (start, settle). */
 HOT void drive(pgg_async_call *k, bool hot)
@@ -2469,6 +2512,10 @@ HOT void drive(pgg_async_call *k, bool hot)
         /* Served: next and again would each say so first (call.c). */
         h = k->c.served ? NULL : pgg__call_next(&k->c, &dl);
         if (!h) {
+            if (k->c.round_wait && !k->c.served && !k->c.final) {
+                round_look(k, true);
+                continue;
+            }
             if (!k->c.served && pgg__call_again(&k->c))
                 continue;
             finish_out(k);
@@ -2662,6 +2709,12 @@ static void expire(pgg_async_call *k)
         k->cm.rejected = true;
         pgg__call_skipped(&k->c);
         break;
+    case ST_ROUND:
+        /* A cancel: the path sees the fired handle (pgg__call_next, or
+         * finish with no candidate). */
+        k->state = ST_IDLE;
+        pgg__call_rerouted(&k->c);
+        break;
     case ST_PARKED:
         /* A cancel: the wait for a connection ends as the blocking one
          * does (not the host's failure). */
@@ -2693,6 +2746,8 @@ void pgg_async_handle_timer(pgg_async *ac)
             borrow(k); /* looks again; fails past the attempt's deadline */
         else if (k->state == ST_BACK)
             admit(k); /* looks again; refused past the attempt's deadline */
+        else if (k->state == ST_ROUND)
+            round_look(k, false); /* routes again once done or past the deadline */
         else if (k->state != ST_DONE)
             expire(k);
         settle(k);
@@ -2814,6 +2869,16 @@ HOT pgg_async_call *call_new(pgg_async *ac, const pgg_query *q)
     return k;
 }
 
+/* Not accepting calls: which of the two reasons. */
+COLD int start_refused(const pgg_async *ac, pgg_error *err)
+{
+    if (!ac->attached)
+        return pgg__error_set(err, PGG_ESTATE, NULL, NULL,
+                              "pgg_async_exec: no loop adapter attached");
+    return pgg__error_set(err, PGG_ECLOSED, NULL, NULL,
+                          "pgg_async_exec: the context is being freed");
+}
+
 /* A call's start, inline in pgg_async_exec (the usual call: no
  * parameters to copy, and no call of eight arguments); start_out for the
  * others. */
@@ -2831,9 +2896,8 @@ HOT int start(pgg_async *ac, pgg_intent intent, const pgg_query *q,
     if (!ac || !fn || !q->sql)
         return pgg__error_set(err, PGG_EINVAL, NULL, NULL,
                               "pgg_async_exec: NULL context, callback or SQL");
-    if (!ac->attached)
-        return pgg__error_set(err, PGG_ESTATE, NULL, NULL,
-                              "pgg_async_exec: no loop adapter attached");
+    if (!ac->accepting)
+        return start_refused(ac, err);
     if (pgg__query_check(q, "pgg_async_exec", err) != PGG_OK)
         return err->code;
     k = call_new(ac, q);
@@ -3015,6 +3079,7 @@ void pgg_async_free(pgg_async *ac)
      * for a give-back its loop's thread may be making from a blocking call
      * (kept_thread_give_back): from here on no other thread reaches ac. */
     kept_unregister(ac);
+    ac->accepting = false;
     while (ac->head)
         pgg_async_cancel(ac->head);
     flush_spare(ac);

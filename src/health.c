@@ -1226,16 +1226,22 @@ static void asked_failed(pgg_health *hl, int i, pgg_asked *a, int code,
 
 /* The asks queued for host i, their connects started by their loops
  * (PQconnectStartParams): their PQconnectPoll steps are this thread's
- * from now on (host.c, "Asked connects"). */
+ * from now on (host.c, "Asked connects").  A host whose connect looks a
+ * name up (pgg_host.lookup) has its connect started here too: the lookup
+ * blocks, and not the loop. */
 static void asked_take(pgg_health *hl, int i, int64_t now)
 {
-    pgg_asked *a = pgg__host_take_asked(&hl->pool->hosts[i]);
+    pgg_host *h = &hl->pool->hosts[i];
+    pgg_asked *a = pgg__host_take_asked(h);
 
     while (a) {
         pgg_asked *next = a->next;
 
         if (atomic_load(&hl->stopping)) {
             asked_failed(hl, i, a, PGG_ECLOSED, "pool closed", now);
+        } else if (!a->conn && pgg__link_connect_start(h->keys, h->vals, h->name,
+                                                       &a->conn, &a->err) != PGG_OK) {
+            asked_end(hl, i, a, now); /* a->err says why */
         } else {
             a->events = POLLOUT;
             a->host = i;
@@ -1681,13 +1687,12 @@ void pgg__health_ask(pgg_health *hl)
         signal_event(hl);
 }
 
-bool pgg__health_await_round(pgg_health *hl, int64_t deadline_ns)
+unsigned long pgg__health_ask_round(pgg_health *hl)
 {
     unsigned long want;
-    bool done;
 
     if (!hl)
-        return false;
+        return 0;
     pthread_mutex_lock(&hl->mu);
     /* The round starts over (expedite): the next one counted is made of
      * probes that ended after this call. */
@@ -1696,6 +1701,29 @@ bool pgg__health_await_round(pgg_health *hl, int64_t deadline_ns)
     atomic_store(&hl->restart_round, true);
     atomic_store(&hl->wake_pending, true);
     signal_event(hl);
+    return want;
+}
+
+bool pgg__health_round_done(pgg_health *hl, unsigned long want)
+{
+    bool done;
+
+    if (!hl)
+        return true;
+    pthread_mutex_lock(&hl->mu);
+    done = hl->rounds >= want || atomic_load(&hl->stopping);
+    pthread_mutex_unlock(&hl->mu);
+    return done;
+}
+
+bool pgg__health_await_round(pgg_health *hl, int64_t deadline_ns)
+{
+    unsigned long want;
+    bool done;
+
+    if (!hl)
+        return false;
+    want = pgg__health_ask_round(hl);
     pthread_mutex_lock(&hl->mu);
     for (;;) {
         int64_t now = pgg__now_ns();

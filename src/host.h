@@ -121,6 +121,9 @@ typedef struct pgg_host {
     char name[128];
     const char *const *keys; /* owned by the pool's config copy */
     const char *const *vals;
+    /* Its connect looks a name up (pgg_host_spec.lookup): an event loop's
+     * call hands the whole connect to the health thread (async.c). */
+    bool lookup;
 
     int max;
     int min_idle;

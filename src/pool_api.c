@@ -197,6 +197,7 @@ pgg_pool *pgg_pool_new(const pgg_config *cfg, pgg_error *err)
                            (const char *const *)spec->vals, &limits,
                            &cfg->breaker, pool->clock, err) != PGG_OK)
             goto fail;
+        pool->hosts[i].lookup = spec->lookup;
         pool->refs[i].pool = pool;
         pool->refs[i].index = i;
         pgg__breaker_listen(&pool->hosts[i].breaker, breaker_changed,

@@ -23,6 +23,7 @@
 #include "link_util.h"
 #include "pool.h"
 #include "pool_util.h"
+#include "role_util.h"
 #include "pgguard/adapters/libevent.h"
 #include "test_async_guard.h"
 
@@ -1645,6 +1646,234 @@ static void *fault_main(void *arg)
             snprintf(f->failed, sizeof f->failed, "%s failed", step[i].what);
     atomic_store(&f->done, true);
     return NULL;
+}
+
+/*
+ * A write answered 25006 by a host the pool took for the primary, with no
+ * other primary known: the write provably did not apply, and runs on the
+ * primary the health round (woken by the refusal) finds, within its
+ * deadline, as a blocking call does
+ * (recovery/a_write_refused_as_read_only_runs_on_the_primary).  Before,
+ * the loop routed again on what it knew at once (no primary) and failed
+ * the write with PGG_EWRONGROLE (a switchover: the old primary a standby
+ * now, the new one still taken for a standby).
+ */
+Test(async, a_write_refused_as_read_only_runs_on_the_primary_the_round_finds)
+{
+    outcome o;
+    pgh_cluster *c = cluster_or_die(1);
+
+    make_table(c, "async_wrong_role", "v", 3);
+    /* Calm probes never come during the test; a woken one does. */
+    pgg_pool *p = pool_for(c, "health_interval_ms=600000");
+    struct event_base *base = event_base_new();
+    pgg_async *ac = async_for(p, base);
+
+    roles_swapped(p);
+    start_call(ac, PGG_WRITE, "UPDATE async_wrong_role SET v = 'moved' WHERE id = 3", 3000, 0,
+               &o);
+    run_until(base, &o, 1, 5000);
+    cr_expect_eq(o.code, PGG_OK, "the write failed: %s %s", pgg_err_name(o.code), o.message);
+    cr_expect_eq(o.attempts, 2);
+    expect_written_on_the_primary(c, p, o.host_index,
+                                  "SELECT v FROM async_wrong_role WHERE id = 3", "moved");
+
+    /* The same wait ended by a cancel: the call ends at the cancel. */
+    roles_swapped(p);
+    {
+        pgg_call call = {.timeout_ms = 3000};
+        pgg_async_call *hd = NULL;
+        pgg_error e;
+
+        o = (outcome){.started = pgh_now_ms()};
+        loop_guard_on();
+        cr_assert_eq(pgg_async_exec(ac, PGG_WRITE,
+                                    "UPDATE async_wrong_role SET v = 'again' WHERE id = 2",
+                                    &call, on_done, &o, &hd, &e),
+                     PGG_OK, "%s", e.message);
+        /* Turn the loop until the 25006 came back (the call then waits
+         * for the round), or the call ended. */
+        while (!o.done && host_stats(p, 1).role != PGG_ROLE_STANDBY)
+            event_base_loop(base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
+        if (!o.done)
+            pgg_async_cancel(hd);
+        loop_guard_off();
+        cr_expect_eq(o.done, 1);
+        cr_expect(o.code == PGG_ECANCELED || o.code == PGG_OK, "%s %s", pgg_err_name(o.code),
+                  o.message);
+    }
+    loop_guard_check("wrong role");
+    pgg_async_free(ac);
+    event_base_free(base);
+    end_test(p, c);
+}
+
+/* A server's worker: each completion starts the next call (the callback
+ * may start calls), up to `cap` in all (the test's own bound). */
+typedef struct relay {
+    int done, cap, started, refused, refused_code, canceled;
+    char refused_message[512];
+} relay;
+
+static void on_relay(pgg_async *ac, PGresult *res, const pgg_info *info, const pgg_error *err,
+                     void *ud)
+{
+    relay *r = ud;
+    pgg_call call = {.timeout_ms = 5000};
+    pgg_error e;
+
+    (void)info;
+    PQclear(res);
+    r->done++;
+    r->canceled += err->code == PGG_ECANCELED;
+    if (r->started >= r->cap)
+        return;
+    if (pgg_async_exec(ac, PGG_READ, "SELECT pg_sleep(1)", &call, on_relay, r, NULL, &e) ==
+        PGG_OK) {
+        r->started++;
+    } else {
+        r->refused++;
+        r->refused_code = e.code;
+        snprintf(r->refused_message, sizeof r->refused_message, "%s", e.message);
+    }
+}
+
+/*
+ * pgg_async_free ends every call in flight with PGG_ECANCELED; a callback
+ * that starts the next call (a worker's loop, allowed in a callback) must
+ * not keep the context alive: a call started on a context being freed is
+ * refused (PGG_ECLOSED, no callback), as hiredis refuses commands once its
+ * context is freeing.  Before, each such call was accepted, then cancelled
+ * by the free's next turn, whose callback started another: the free never
+ * returned (here: 50 calls, the test's bound).
+ */
+Test(async, a_callback_starting_calls_does_not_keep_a_freed_context_alive)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, NULL);
+    struct event_base *base = event_base_new();
+    pgg_async *ac = async_for(p, base);
+    pgg_call call = {.timeout_ms = 5000};
+    relay r = {.cap = 50};
+    pgg_error e;
+
+    loop_guard_on();
+    cr_assert_eq(pgg_async_exec(ac, PGG_READ, "SELECT pg_sleep(1)", &call, on_relay, &r, NULL,
+                                &e),
+                 PGG_OK, "%s", e.message);
+    r.started = 1;
+    pgg_async_free(ac);
+    loop_guard_off();
+    cr_expect_eq(r.done, 1, "%d callbacks ran inside pgg_async_free (%d calls started)", r.done,
+                 r.started);
+    cr_expect_eq(r.canceled, r.done);
+    cr_expect_eq(r.started, 1, "%d calls were started on the context being freed", r.started - 1);
+    cr_expect_eq(r.refused, 1);
+    cr_expect_eq(r.refused_code, PGG_ECLOSED, "%s %s", pgg_err_name(r.refused_code),
+                 r.refused_message);
+    loop_guard_check("free with a relay");
+    event_base_free(base);
+    end_test(p, c);
+}
+
+/* Breaker openings, as the pool announced them (any thread). */
+static void count_openings(const pgg_event *ev, void *ud)
+{
+    if (ev->type == PGG_EVENT_BREAKER && ev->to == PGG_BREAKER_OPEN)
+        atomic_fetch_add((atomic_int *)ud, 1);
+}
+
+/*
+ * Issue 9's blip on the loop (recovery/one_blip_opens_no_breaker): eight
+ * loop reads running on pooled sessions of both replicas (BLIP_READ) when
+ * every backend there is terminated.  Each 57P01 is one blip, not a
+ * failure of its replica: no breaker opens, and each read runs again on a
+ * new connection of its replica and succeeds.  (The adaptive attempt bound
+ * is off: the reads run until the blip.)
+ */
+Test(async, one_blip_opens_no_breaker_on_the_loop)
+{
+    pgh_cluster *c = cluster_or_die(2);
+    pgh_require_replicas(c, 2);
+    pgg_pool *p = pool_for(c, "attempt_timeout_auto=false");
+    struct event_base *base = event_base_new();
+    pgg_async *ac = async_for(p, base);
+    atomic_int opened = 0;
+    pgg_lease *l[8];
+    outcome o[8];
+    pgg_error e;
+
+    blip_sleep(c, 60);
+    /* Eight idle pooled sessions: four on each replica. */
+    for (int i = 0; i < 8; i++) {
+        l[i] = pgg_acquire(p, PGG_READ, 2000, NULL, &e);
+        cr_assert_not_null(l[i], "acquire: %s", e.message);
+    }
+    for (int i = 0; i < 8; i++)
+        pgg_release(l[i]);
+    pgg_pool_on_event(p, count_openings, &opened);
+    for (int i = 0; i < 8; i++)
+        start_call(ac, PGG_READ, BLIP_READ, 30000, 0, &o[i]);
+    /* The loop turns (without a wait of pgguard's) until all eight run. */
+    while (blip_running(pgh_cluster_replica(c, 0)) + blip_running(pgh_cluster_replica(c, 1)) < 8)
+        loop_once(base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
+    blip_sleep(c, 1);
+    cr_assert_eq(pgh_node_terminate_backends(pgh_cluster_replica(c, 0)), 0);
+    cr_assert_eq(pgh_node_terminate_backends(pgh_cluster_replica(c, 1)), 0);
+    run_until(base, o, 8, 30000);
+    pgg_pool_on_event(p, NULL, NULL);
+    for (int i = 0; i < 8; i++) {
+        cr_expect_eq(o[i].code, PGG_OK, "read %d: %s %s", i, pgg_err_name(o[i].code),
+                     o[i].message);
+        cr_expect_neq(o[i].host_index, 0, "read %d left its replica for the primary", i);
+        cr_expect_eq(o[i].attempts, 2, "read %d: %d attempts", i, o[i].attempts);
+    }
+    cr_expect_eq(atomic_load(&opened), 0, "%d breakers opened on one blip",
+                 atomic_load(&opened));
+    for (int i = 0; i < pgg_pool_host_count(p); i++)
+        cr_expect_eq(host_stats(p, i).state, PGG_BREAKER_CLOSED);
+    loop_guard_check("one blip");
+    pgg_async_free(ac);
+    event_base_free(base);
+    end_test(p, c);
+}
+
+/*
+ * A pool configured with a host name (host=localhost, no hostaddr): libpq
+ * looks the name up (getaddrinfo, which blocks on a resolver) inside
+ * PQconnectStartParams, and the loop's calls that need a new connection
+ * must not make that call on the loop: the whole connect goes to the
+ * health thread (the loop guard counts any getaddrinfo of a name on the
+ * loop's thread).  Before, the loop started every connect itself and
+ * looked the name up there.
+ */
+Test(async, a_host_name_is_looked_up_off_the_loop)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgh_node *n = pgh_cluster_primary(c);
+    char *ci = pgh_conninfo_at(pgh_node_conninfo(n), "localhost", pgh_node_port(n));
+    pgg_pool *p;
+    struct event_base *base = event_base_new();
+    pgg_async *ac;
+    outcome o[3];
+
+    cr_assert_not_null(ci);
+    p = pool_for_conninfo(ci, "pool_min_idle=0");
+    free(ci);
+    cr_assert(wait_role(p, 0, PGG_ROLE_PRIMARY, 10000), "the primary's role never learnt");
+    ac = async_for(p, base);
+    /* Three at once: at least two new connections, made for the loop. */
+    for (int i = 0; i < 3; i++)
+        start_call(ac, PGG_WRITE, "SELECT pg_sleep(0.05)", 5000, 0, &o[i]);
+    run_until(base, o, 3, 10000);
+    for (int i = 0; i < 3; i++)
+        cr_expect_eq(o[i].code, PGG_OK, "call %d: %s %s", i, pgg_err_name(o[i].code),
+                     o[i].message);
+    cr_expect_geq(host_stats(p, 0).conns_open, 2);
+    loop_guard_check("a host name");
+    pgg_async_free(ac);
+    event_base_free(base);
+    end_test(p, c);
 }
 
 /*
