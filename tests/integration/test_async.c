@@ -3720,3 +3720,170 @@ Test(async, a_connection_one_shot_calls_left_blocking_is_non_blocking_after_the_
     event_base_free(base);
     end_test(p, c);
 }
+
+/* ------------------------------------------ a give-back's loop hooks */
+
+/* The libevent adapter, with its del_read held once when armed: user code
+ * of a loop's adapter that waits (another loop's hook, a lock of the
+ * user's), called from inside a give-back. */
+typedef struct hook_hold {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int armed, entered, released, timed_out;
+} hook_hold;
+
+static hook_hold held_hook = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0, 0};
+
+static void held_del_read(void *data, pgg_async_sock *s)
+{
+    hook_hold *hh = &held_hook;
+
+    pthread_mutex_lock(&hh->mu);
+    if (hh->armed) {
+        /* Released by the test once the other loop's call completed; the
+         * bound only ends a test whose other loop never could. */
+        struct timespec ts;
+
+        hh->armed = 0;
+        hh->entered = 1;
+        pthread_cond_broadcast(&hh->cv);
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_sec += 30;
+        while (!hh->released)
+            if (pthread_cond_timedwait(&hh->cv, &hh->mu, &ts) != 0) {
+                hh->timed_out = 1;
+                break;
+            }
+    }
+    pthread_mutex_unlock(&hh->mu);
+    pgg_libevent_del_read(data, s);
+}
+
+static int held_attach(pgg_async *ac, struct event_base *base)
+{
+    pgg_async_ev ev;
+    pgg_libevent *le = calloc(1, sizeof *le);
+
+    if (!le)
+        return PGG_ENOMEM;
+    le->base = base;
+    le->ac = ac;
+    le->timer = evtimer_new(base, pgg_libevent_on_timer, le);
+    ev.data = le;
+    ev.add_read = pgg_libevent_add_read;
+    ev.del_read = held_del_read;
+    ev.add_write = pgg_libevent_add_write;
+    ev.del_write = pgg_libevent_del_write;
+    ev.close_sock = pgg_libevent_close_sock;
+    ev.schedule_timer = pgg_libevent_schedule_timer;
+    ev.cleanup = pgg_libevent_cleanup;
+    return le->timer ? pgg_async_attach(ac, &ev) : PGG_ENOMEM;
+}
+
+/* A loop on its own thread that keeps its connection, then makes a
+ * blocking call there that must wait for a connection: its give-back
+ * (pgg__host_loop_give_back) runs the held hook. */
+typedef struct held_loop {
+    pgg_pool *p;
+    outcome o;
+    int kept, code;
+    char message[512];
+    volatile int finished;
+} held_loop;
+
+static void *held_loop_main(void *arg)
+{
+    held_loop *hl = arg;
+    struct event_base *base = event_base_new();
+    pgg_error e;
+    pgg_async *ac = base ? pgg_async_new(hl->p, &e) : NULL;
+    pgg_call call = {.timeout_ms = 30000};
+    PGresult *r;
+
+    hl->code = PGG_ENOMEM;
+    if (ac && held_attach(ac, base) == PGG_OK &&
+        pgg_async_exec(ac, PGG_WRITE, "SELECT 1", &call, on_done, &hl->o, NULL, &e) == PGG_OK) {
+        while (!hl->o.done)
+            event_base_loop(base, EVLOOP_ONCE);
+        hl->kept = pgg__async_kept(ac);
+        if (hl->o.code == PGG_OK && hl->kept == 1) {
+            pthread_mutex_lock(&held_hook.mu);
+            held_hook.armed = 1;
+            pthread_mutex_unlock(&held_hook.mu);
+            r = pgg_exec(hl->p, PGG_WRITE, "SELECT 1", &call, NULL, &e);
+            hl->code = r ? PGG_OK : e.code;
+            snprintf(hl->message, sizeof hl->message, "%s", r ? "" : e.message);
+            PQclear(r);
+        }
+    }
+    pgg_async_free(ac);
+    if (base)
+        event_base_free(base);
+    pthread_mutex_lock(&held_hook.mu);
+    hl->finished = 1;
+    pthread_cond_broadcast(&held_hook.cv);
+    pthread_mutex_unlock(&held_hook.mu);
+    return NULL;
+}
+
+/*
+ * Loop A (its own thread) keeps its connection, then makes a blocking
+ * call that must wait (pool_max=2, the other connection leased): A gives
+ * back what it keeps first, and A's adapter hook (del_read) waits, as
+ * user code may.  Meanwhile this loop, B, gets the leased connection back
+ * and its call completes and keeps the connection (B's first keep: the
+ * process-wide list of keeping contexts).  It must complete while A's
+ * hook still waits: before, A held that list's lock across its whole
+ * give-back (hooks, host locks), and B's call stopped in
+ * pthread_mutex_lock until A's hook returned.
+ */
+Test(async, a_loops_call_completes_while_another_loops_give_back_hook_waits)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, "pool_max=2 pool_min_idle=0 breaker.mode=disabled");
+    struct event_base *base = event_base_new();
+    pgg_async *ac = async_for(p, base);
+    pgg_call lcall = {.timeout_ms = 5000};
+    pgg_error e;
+    pgg_lease *lease = pgg_acquire_call(p, PGG_WRITE, &lcall, NULL, &e);
+    held_loop hl = {.p = p};
+    pthread_t th;
+    outcome o;
+    int entered, timed_out;
+
+    cr_assert_not_null(lease, "pgg_acquire: %s", e.message);
+    cr_assert_eq(pthread_create(&th, NULL, held_loop_main, &hl), 0);
+    pthread_mutex_lock(&held_hook.mu);
+    while (!held_hook.entered && !hl.finished)
+        pthread_cond_wait(&held_hook.cv, &held_hook.mu);
+    entered = held_hook.entered;
+    pthread_mutex_unlock(&held_hook.mu);
+    if (!entered) {
+        pthread_join(th, NULL);
+        pgg_release(lease);
+        cr_assert_fail("loop A's give-back never ran its hook: A's call %s %s, kept %d; "
+                       "its blocking call %s %s",
+                       pgg_err_name(hl.o.code), hl.o.message, hl.kept,
+                       pgg_err_name(hl.code), hl.message);
+    }
+    /* A waits in its hook, inside its give-back: B's call. */
+    pgg_release(lease);
+    start_call(ac, PGG_WRITE, "SELECT 1", 5000, 0, &o);
+    while (!o.done)
+        loop_once(base, EVLOOP_ONCE);
+    pthread_mutex_lock(&held_hook.mu);
+    timed_out = held_hook.timed_out;
+    held_hook.released = 1;
+    pthread_cond_broadcast(&held_hook.cv);
+    pthread_mutex_unlock(&held_hook.mu);
+    pthread_join(th, NULL);
+    cr_expect_not(timed_out, "B's call completed only once A's give-back hook returned");
+    cr_expect_eq(o.code, PGG_OK, "B's call: %s %s", pgg_err_name(o.code), o.message);
+    cr_expect_eq(pgg__async_kept(ac), 1, "B did not keep its connection");
+    cr_expect_eq(hl.code, PGG_OK, "A's blocking call: %s %s", pgg_err_name(hl.code),
+                 hl.message);
+    loop_guard_check("another loop's give-back hook");
+    pgg_async_free(ac);
+    event_base_free(base);
+    end_test(p, c);
+}
