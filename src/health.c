@@ -10,6 +10,7 @@
 
 #include "cancel.h"
 #include "error.h"
+#include "events.h"
 #include "lease.h"
 #include "pool_state.h"
 #include "visibility.h"
@@ -1410,6 +1411,10 @@ static void *health_main(void *arg)
 {
     pgg_health *hl = arg;
     pgg_pool *pool = hl->pool;
+
+    /* A listener (user code) never runs here: it would stall the loops'
+     * connects, which this thread steps (events.h). */
+    pgg__events_hand_over_here();
 
     while (!atomic_load(&hl->stopping)) {
         int64_t now = pgg__now_ns();

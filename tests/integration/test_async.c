@@ -3721,41 +3721,93 @@ Test(async, a_connection_one_shot_calls_left_blocking_is_non_blocking_after_the_
     end_test(p, c);
 }
 
-/* ------------------------------------------ a give-back's loop hooks */
+/* ------------------------------------------ user code that waits */
 
-/* The libevent adapter, with its del_read held once when armed: user code
- * of a loop's adapter that waits (another loop's hook, a lock of the
- * user's), called from inside a give-back. */
-typedef struct hook_hold {
+/* A place where user code called by pgguard waits (a loop adapter's hook,
+ * a listener: a log sink, a lock of the user's), once armed, until the
+ * test releases it; the bound only ends a test whose other side never
+ * could go on. */
+typedef struct hold {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     int armed, entered, released, timed_out;
-} hook_hold;
+    volatile int gone; /* the holding side ended without entering */
+} hold;
 
-static hook_hold held_hook = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0, 0};
+#define HOLD_INIT {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0, 0, 0}
 
-static void held_del_read(void *data, pgg_async_sock *s)
+static void hold_arm(hold *h)
 {
-    hook_hold *hh = &held_hook;
+    pthread_mutex_lock(&h->mu);
+    h->armed = 1;
+    pthread_mutex_unlock(&h->mu);
+}
 
-    pthread_mutex_lock(&hh->mu);
-    if (hh->armed) {
-        /* Released by the test once the other loop's call completed; the
-         * bound only ends a test whose other loop never could. */
+/* Called by the user code: waits there when armed (once). */
+static void hold_here(hold *h)
+{
+    pthread_mutex_lock(&h->mu);
+    if (h->armed) {
         struct timespec ts;
 
-        hh->armed = 0;
-        hh->entered = 1;
-        pthread_cond_broadcast(&hh->cv);
+        h->armed = 0;
+        h->entered = 1;
+        pthread_cond_broadcast(&h->cv);
         clock_gettime(CLOCK_REALTIME, &ts);
         ts.tv_sec += 30;
-        while (!hh->released)
-            if (pthread_cond_timedwait(&hh->cv, &hh->mu, &ts) != 0) {
-                hh->timed_out = 1;
+        while (!h->released)
+            if (pthread_cond_timedwait(&h->cv, &h->mu, &ts) != 0) {
+                h->timed_out = 1;
                 break;
             }
     }
-    pthread_mutex_unlock(&hh->mu);
+    pthread_mutex_unlock(&h->mu);
+}
+
+/* The holding side ended (it may never have entered). */
+static void hold_gone(hold *h)
+{
+    pthread_mutex_lock(&h->mu);
+    h->gone = 1;
+    pthread_cond_broadcast(&h->cv);
+    pthread_mutex_unlock(&h->mu);
+}
+
+/* Until the user code waits in hold_here (1), or its side ended (0). */
+static int hold_entered(hold *h)
+{
+    int entered;
+
+    pthread_mutex_lock(&h->mu);
+    while (!h->entered && !h->gone)
+        pthread_cond_wait(&h->cv, &h->mu);
+    entered = h->entered;
+    pthread_mutex_unlock(&h->mu);
+    return entered;
+}
+
+/* Let it go on; 1 if it had stopped waiting at its bound already. */
+static int hold_release(hold *h)
+{
+    int timed_out;
+
+    pthread_mutex_lock(&h->mu);
+    timed_out = h->timed_out;
+    h->released = 1;
+    pthread_cond_broadcast(&h->cv);
+    pthread_mutex_unlock(&h->mu);
+    return timed_out;
+}
+
+/* ------------------------------------------ a give-back's loop hooks */
+
+/* The libevent adapter, with its del_read held once when armed: called
+ * from inside a give-back. */
+static hold held_hook = HOLD_INIT;
+
+static void held_del_read(void *data, pgg_async_sock *s)
+{
+    hold_here(&held_hook);
     pgg_libevent_del_read(data, s);
 }
 
@@ -3788,7 +3840,6 @@ typedef struct held_loop {
     outcome o;
     int kept, code;
     char message[512];
-    volatile int finished;
 } held_loop;
 
 static void *held_loop_main(void *arg)
@@ -3807,9 +3858,7 @@ static void *held_loop_main(void *arg)
             event_base_loop(base, EVLOOP_ONCE);
         hl->kept = pgg__async_kept(ac);
         if (hl->o.code == PGG_OK && hl->kept == 1) {
-            pthread_mutex_lock(&held_hook.mu);
-            held_hook.armed = 1;
-            pthread_mutex_unlock(&held_hook.mu);
+            hold_arm(&held_hook);
             r = pgg_exec(hl->p, PGG_WRITE, "SELECT 1", &call, NULL, &e);
             hl->code = r ? PGG_OK : e.code;
             snprintf(hl->message, sizeof hl->message, "%s", r ? "" : e.message);
@@ -3819,10 +3868,7 @@ static void *held_loop_main(void *arg)
     pgg_async_free(ac);
     if (base)
         event_base_free(base);
-    pthread_mutex_lock(&held_hook.mu);
-    hl->finished = 1;
-    pthread_cond_broadcast(&held_hook.cv);
-    pthread_mutex_unlock(&held_hook.mu);
+    hold_gone(&held_hook);
     return NULL;
 }
 
@@ -3849,16 +3895,11 @@ Test(async, a_loops_call_completes_while_another_loops_give_back_hook_waits)
     held_loop hl = {.p = p};
     pthread_t th;
     outcome o;
-    int entered, timed_out;
+    int timed_out;
 
     cr_assert_not_null(lease, "pgg_acquire: %s", e.message);
     cr_assert_eq(pthread_create(&th, NULL, held_loop_main, &hl), 0);
-    pthread_mutex_lock(&held_hook.mu);
-    while (!held_hook.entered && !hl.finished)
-        pthread_cond_wait(&held_hook.cv, &held_hook.mu);
-    entered = held_hook.entered;
-    pthread_mutex_unlock(&held_hook.mu);
-    if (!entered) {
+    if (!hold_entered(&held_hook)) {
         pthread_join(th, NULL);
         pgg_release(lease);
         cr_assert_fail("loop A's give-back never ran its hook: A's call %s %s, kept %d; "
@@ -3871,11 +3912,7 @@ Test(async, a_loops_call_completes_while_another_loops_give_back_hook_waits)
     start_call(ac, PGG_WRITE, "SELECT 1", 5000, 0, &o);
     while (!o.done)
         loop_once(base, EVLOOP_ONCE);
-    pthread_mutex_lock(&held_hook.mu);
-    timed_out = held_hook.timed_out;
-    held_hook.released = 1;
-    pthread_cond_broadcast(&held_hook.cv);
-    pthread_mutex_unlock(&held_hook.mu);
+    timed_out = hold_release(&held_hook);
     pthread_join(th, NULL);
     cr_expect_not(timed_out, "B's call completed only once A's give-back hook returned");
     cr_expect_eq(o.code, PGG_OK, "B's call: %s %s", pgg_err_name(o.code), o.message);
@@ -3883,6 +3920,65 @@ Test(async, a_loops_call_completes_while_another_loops_give_back_hook_waits)
     cr_expect_eq(hl.code, PGG_OK, "A's blocking call: %s %s", pgg_err_name(hl.code),
                  hl.message);
     loop_guard_check("another loop's give-back hook");
+    pgg_async_free(ac);
+    event_base_free(base);
+    end_test(p, c);
+}
+
+/* ------------------------------------------ a listener that waits */
+
+/* pgg_pool_on_event's listener, held once when armed and called off the
+ * test's thread on a host's return to primary. */
+typedef struct held_events {
+    hold h;
+    pthread_t test_thread;
+} held_events;
+
+static void held_listener(const pgg_event *ev, void *ud)
+{
+    held_events *he = ud;
+
+    if (ev->type == PGG_EVENT_ROLE && ev->to == PGG_ROLE_PRIMARY &&
+        !pthread_equal(pthread_self(), he->test_thread))
+        hold_here(&he->h);
+}
+
+/*
+ * The health thread finds the primary again (its role was unknown) and
+ * the pool's listener, user code, waits.  Meanwhile a loop's call needs a
+ * new connection, whose connect steps the health thread runs (host.c,
+ * "Asked connects"): it must complete while the listener still waits.
+ * Before, the listener ran on the health thread, and the call waited for
+ * it (here until its deadline).
+ */
+Test(async, a_loops_new_connection_is_made_while_the_event_listener_waits)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, "pool_max=2 pool_min_idle=0 breaker.mode=disabled");
+    struct event_base *base = event_base_new();
+    pgg_async *ac = async_for(p, base);
+    held_events he = {HOLD_INIT, pthread_self()};
+    outcome o;
+    int timed_out;
+
+    cr_assert_eq(host_stats(p, 0).conns_open, 0, "the pool opened a connection already");
+    pgg_pool_on_event(p, held_listener, &he);
+    hold_arm(&he.h);
+    /* Unknown here (this thread: not held), primary again by the health
+     * thread's probe, which the wake asks for now. */
+    pgg__pool_set_role(p, &p->hosts[0], PGG_ROLE_UNKNOWN, "test");
+    pgg__pool_wake_health(p);
+    cr_assert(hold_entered(&he.h), "the listener was not held");
+    /* The listener waits: the loop's call, on a new connection. */
+    start_call(ac, PGG_WRITE, "SELECT 1", 20000, 0, &o);
+    while (!o.done)
+        loop_once(base, EVLOOP_ONCE);
+    timed_out = hold_release(&he.h);
+    cr_expect_eq(o.code, PGG_OK, "the loop's call, while the listener waited: %s %s",
+                 pgg_err_name(o.code), o.message);
+    cr_expect_not(timed_out, "the loop's call ended only once the listener returned");
+    cr_expect_eq(o.attempts, 1, "%d attempts", o.attempts);
+    loop_guard_check("a listener that waits");
     pgg_async_free(ac);
     event_base_free(base);
     end_test(p, c);
