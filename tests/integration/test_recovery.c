@@ -2750,8 +2750,8 @@ Test(recovery, a_hung_primary_opens_its_breaker_on_one_deadline_of_silence)
     h = host_stats(p, 0);
     cr_expect_eq(h.state, PGG_BREAKER_OPEN, "breaker %s after the round",
                  pgg_breaker_state_name(h.state));
+    events_delivered(p); /* not under o.mu: the listener takes it */
     pthread_mutex_lock(&o.mu);
-    events_delivered(p);
     cr_expect_eq(o.opened, 1);
     cr_expect_str_eq(o.reason, "host-silent");
     pthread_mutex_unlock(&o.mu);
@@ -2817,8 +2817,8 @@ Test(recovery, a_hung_primary_met_by_a_pipelined_statement_is_silent)
     cr_expect(wait_state(p, 0, PGG_BREAKER_OPEN, 5000), "breaker %s after the probe's bound",
               pgg_breaker_state_name(host_stats(p, 0).state));
     wait_opened(&o, 5000);
+    events_delivered(p); /* not under o.mu: the listener takes it */
     pthread_mutex_lock(&o.mu);
-    events_delivered(p);
     cr_expect_eq(o.opened, 1);
     cr_expect_str_eq(o.reason, "host-silent");
     pthread_mutex_unlock(&o.mu);
@@ -2880,8 +2880,8 @@ Test(recovery, a_connect_into_a_hang_after_a_wait_for_a_connection_is_silence)
     cr_expect(wait_state(p, 0, PGG_BREAKER_OPEN, 5000), "breaker %s after the probe's bound",
               pgg_breaker_state_name(host_stats(p, 0).state));
     wait_opened(&o, 5000);
+    events_delivered(p); /* not under o.mu: the listener takes it */
     pthread_mutex_lock(&o.mu);
-    events_delivered(p);
     cr_expect_eq(o.opened, 1);
     cr_expect_str_eq(o.reason, "host-silent");
     pthread_mutex_unlock(&o.mu);
@@ -3154,8 +3154,8 @@ Test(recovery, a_hung_primary_is_silent_though_calls_there_were_cancelled_or_fou
     cr_expect(wait_state(p, 0, PGG_BREAKER_OPEN, 8000), "breaker %s after the probe's bound",
               pgg_breaker_state_name(host_stats(p, 0).state));
     wait_opened(&o, 5000);
+    events_delivered(p); /* not under o.mu: the listener takes it */
     pthread_mutex_lock(&o.mu);
-    events_delivered(p);
     cr_expect_eq(o.opened, 1);
     cr_expect_str_eq(o.reason, "host-silent");
     pthread_mutex_unlock(&o.mu);
