@@ -3983,3 +3983,74 @@ Test(async, a_loops_new_connection_is_made_while_the_event_listener_waits)
     event_base_free(base);
     end_test(p, c);
 }
+
+/* ------------------------------------------ a warm-up on a slow host */
+
+/* Host i's connects on their way that are not a call's: the warm-up's
+ * (a blocking one counts in n_connecting, a spare in n_spares). */
+static int warming(pgg_pool *p, int i)
+{
+    pgg_host *h = &p->hosts[i];
+    int n;
+
+    pthread_mutex_lock(&h->mu);
+    n = h->n_connecting + h->n_spares;
+    pthread_mutex_unlock(&h->mu);
+    return n;
+}
+
+/*
+ * pool_min_idle=1: the health thread warms each host it reached.  The
+ * replica is slow to take sessions (a proxy holding each chunk 400 ms: a
+ * connect takes seconds) and its idle session is gone, so its next probe
+ * warms it again; meanwhile a loop's call to the primary needs a new
+ * connection, whose connect steps the health thread runs (host.c, "Asked
+ * connects").  It must complete while the replica's warm-up connect is
+ * still on its way.  Before, the warm-up was a blocking connect on the
+ * health thread, and the loop's call waited for it to end.
+ */
+Test(async, a_loops_new_connection_is_made_while_the_pool_warms_a_slow_host)
+{
+    pgh_cluster *c = cluster_or_die(1);
+    pgh_require_local(c, "a proxy between pgguard and a local replica");
+    pgh_node *replica = pgh_cluster_replica(c, 0);
+    char err[256], ci[512];
+    pgh_proxy *px = pgh_proxy_start(pgh_node_host(replica), pgh_node_port(replica), err,
+                                    sizeof err);
+    cr_assert_not_null(px, "%s", err);
+    snprintf(ci, sizeof ci, "host=127.0.0.1,127.0.0.1 port=%d,%d user=postgres dbname=postgres",
+             pgh_node_port(pgh_cluster_primary(c)), pgh_proxy_port(px));
+    /* Bounds above the slow proxy's connect (a few seconds). */
+    pgg_pool *p = pool_for_conninfo(ci, "pool_min_idle=1 pool_max=2 breaker.mode=disabled "
+                                        "health_probe_timeout_ms=8000 connect_timeout_ms=10000");
+    struct event_base *base = event_base_new();
+    pgg_async *ac = async_for(p, base);
+    outcome o;
+    int pending = 0;
+
+    cr_assert(wait_role(p, 0, PGG_ROLE_PRIMARY, 10000));
+    cr_assert(wait_role(p, 1, PGG_ROLE_STANDBY, 10000));
+    cr_assert_geq(wait_idle(p, 0, 1, 10000).conns_idle, 1, "the primary was not warmed");
+    cr_assert_geq(wait_idle(p, 1, 1, 10000).conns_idle, 1, "the replica was not warmed");
+    pgh_proxy_set_mode(px, PGH_PROXY_DELAY, 400);
+    pgg__host_trim(&p->hosts[1], 0, true);
+    for (int i = 0; i < 20000 && !warming(p, 1); i++)
+        sleep_ms(1);
+    cr_assert_gt(warming(p, 1), 0, "the replica's warm-up never started");
+    /* The primary's idle session gone: the loop's call connects (an ask). */
+    pgg__host_trim(&p->hosts[0], 0, true);
+    start_call(ac, PGG_WRITE, "SELECT 1", 20000, 0, &o);
+    while (!o.done)
+        loop_once(base, EVLOOP_ONCE);
+    pending = warming(p, 1);
+    pgh_proxy_set_mode(px, PGH_PROXY_PASS, 0);
+    cr_expect_eq(o.code, PGG_OK, "the loop's call: %s %s", pgg_err_name(o.code), o.message);
+    cr_expect_gt(pending, 0,
+                 "the loop's call completed only once the replica's warm-up connect ended "
+                 "(%.0f ms)", o.ms);
+    loop_guard_check("a warm-up on a slow host");
+    pgg_async_free(ac);
+    event_base_free(base);
+    end_test(p, c);
+    pgh_proxy_free(px);
+}
