@@ -2784,16 +2784,23 @@ Test(async, a_call_cancelled_when_its_connect_was_refused_as_full_ends_at_the_ca
     pgh_cluster_free(c);
 }
 
-/* Host i's sessions, idle or on their way as spares (white box). */
-static int idle_and_spares(pgg_pool *p, int i)
+/* Host i's spares on their way, plus its idle sessions (idle) or its
+ * connects on their way (connecting), read under its lock (white box). */
+static int host_spares_and(pgg_pool *p, int i, bool idle, bool connecting)
 {
     pgg_host *h = &p->hosts[i];
     int n;
 
     pthread_mutex_lock(&h->mu);
-    n = h->n_idle + h->n_spares;
+    n = h->n_spares + (idle ? h->n_idle : 0) + (connecting ? h->n_connecting : 0);
     pthread_mutex_unlock(&h->mu);
     return n;
+}
+
+/* Host i's sessions, idle or on their way as spares. */
+static int idle_and_spares(pgg_pool *p, int i)
+{
+    return host_spares_and(p, i, true, false);
 }
 
 /*
@@ -3838,8 +3845,8 @@ static int held_attach(pgg_async *ac, struct event_base *base)
 typedef struct held_loop {
     pgg_pool *p;
     outcome o;
-    int kept, code;
-    char message[512];
+    int kept;
+    blocking_call b; /* its blocking call, made once its connection is kept */
 } held_loop;
 
 static void *held_loop_main(void *arg)
@@ -3849,9 +3856,8 @@ static void *held_loop_main(void *arg)
     pgg_error e;
     pgg_async *ac = base ? pgg_async_new(hl->p, &e) : NULL;
     pgg_call call = {.timeout_ms = 30000};
-    PGresult *r;
 
-    hl->code = PGG_ENOMEM;
+    hl->b = (blocking_call){.p = hl->p, .timeout_ms = 30000, .code = PGG_ENOMEM};
     if (ac && held_attach(ac, base) == PGG_OK &&
         pgg_async_exec(ac, PGG_WRITE, "SELECT 1", &call, on_done, &hl->o, NULL, &e) == PGG_OK) {
         while (!hl->o.done)
@@ -3859,10 +3865,7 @@ static void *held_loop_main(void *arg)
         hl->kept = pgg__async_kept(ac);
         if (hl->o.code == PGG_OK && hl->kept == 1) {
             hold_arm(&held_hook);
-            r = pgg_exec(hl->p, PGG_WRITE, "SELECT 1", &call, NULL, &e);
-            hl->code = r ? PGG_OK : e.code;
-            snprintf(hl->message, sizeof hl->message, "%s", r ? "" : e.message);
-            PQclear(r);
+            blocking_main(&hl->b);
         }
     }
     pgg_async_free(ac);
@@ -3905,7 +3908,7 @@ Test(async, a_loops_call_completes_while_another_loops_give_back_hook_waits)
         cr_assert_fail("loop A's give-back never ran its hook: A's call %s %s, kept %d; "
                        "its blocking call %s %s",
                        pgg_err_name(hl.o.code), hl.o.message, hl.kept,
-                       pgg_err_name(hl.code), hl.message);
+                       pgg_err_name(hl.b.code), hl.b.message);
     }
     /* A waits in its hook, inside its give-back: B's call. */
     pgg_release(lease);
@@ -3917,8 +3920,8 @@ Test(async, a_loops_call_completes_while_another_loops_give_back_hook_waits)
     cr_expect_not(timed_out, "B's call completed only once A's give-back hook returned");
     cr_expect_eq(o.code, PGG_OK, "B's call: %s %s", pgg_err_name(o.code), o.message);
     cr_expect_eq(pgg__async_kept(ac), 1, "B did not keep its connection");
-    cr_expect_eq(hl.code, PGG_OK, "A's blocking call: %s %s", pgg_err_name(hl.code),
-                 hl.message);
+    cr_expect_eq(hl.b.code, PGG_OK, "A's blocking call: %s %s", pgg_err_name(hl.b.code),
+                 hl.b.message);
     loop_guard_check("another loop's give-back hook");
     pgg_async_free(ac);
     event_base_free(base);
@@ -3990,13 +3993,7 @@ Test(async, a_loops_new_connection_is_made_while_the_event_listener_waits)
  * (a blocking one counts in n_connecting, a spare in n_spares). */
 static int warming(pgg_pool *p, int i)
 {
-    pgg_host *h = &p->hosts[i];
-    int n;
-
-    pthread_mutex_lock(&h->mu);
-    n = h->n_connecting + h->n_spares;
-    pthread_mutex_unlock(&h->mu);
-    return n;
+    return host_spares_and(p, i, false, true);
 }
 
 /*
@@ -4014,15 +4011,15 @@ Test(async, a_loops_new_connection_is_made_while_the_pool_warms_a_slow_host)
     pgh_cluster *c = cluster_or_die(1);
     pgh_require_local(c, "a proxy between pgguard and a local replica");
     pgh_node *replica = pgh_cluster_replica(c, 0);
-    char err[256], ci[512];
+    char err[256];
     pgh_proxy *px = pgh_proxy_start(pgh_node_host(replica), pgh_node_port(replica), err,
                                     sizeof err);
     cr_assert_not_null(px, "%s", err);
-    snprintf(ci, sizeof ci, "host=127.0.0.1,127.0.0.1 port=%d,%d user=postgres dbname=postgres",
-             pgh_node_port(pgh_cluster_primary(c)), pgh_proxy_port(px));
+    char *ci = conninfo_via_proxy(c, px);
     /* Bounds above the slow proxy's connect (a few seconds). */
     pgg_pool *p = pool_for_conninfo(ci, "pool_min_idle=1 pool_max=2 breaker.mode=disabled "
                                         "health_probe_timeout_ms=8000 connect_timeout_ms=10000");
+    free(ci);
     struct event_base *base = event_base_new();
     pgg_async *ac = async_for(p, base);
     outcome o;
