@@ -309,6 +309,12 @@ struct pgg_async {
     bool kept_on;
     uint64_t kept_thread;
     pgg_async *kept_prev, *kept_next;
+    /* Its loop's thread is giving back what it keeps, out of the list and
+     * with kept_mu released (kept_thread_give_back; under kept_mu):
+     * kept_unregister on another thread waits for the end (kept_cv);
+     * kept_back_next: the other contexts of that give-back. */
+    bool kept_busy;
+    pgg_async *kept_back_next;
     pgg_async_sock *free_socks;
     /* Fired once for good: made the call's handle when it is cancelled,
      * so that the path's own cancel rules apply (call.c, pool.c). */
@@ -519,9 +525,16 @@ static void flush_pipes(pgg_async *ac);
  * still alive and calling: pgguard_async.h's rule) leaves that thread no
  * pointer to it.  The lock is taken when a context enters or leaves the
  * list (its first kept connection, a look that finds none kept, a free),
- * and when a borrower would wait: never per call.
+ * and when a borrower would wait: never per call.  It is never held across
+ * a give-back: that calls the loop's hooks (user code for another loop's
+ * adapter) and every host's lock, and every loop of the process takes
+ * kept_mu on its calls' paths (a first kept connection): a hook that
+ * waited there stalled every other loop (loop14).  A context out of the
+ * list being given back is marked kept_busy instead, which only a free on
+ * another thread waits for (kept_cv).
  */
 static pthread_mutex_t kept_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t kept_cv = PTHREAD_COND_INITIALIZER;
 static pgg_async *kept_all;
 
 /* A number of this thread's own, never another thread's: not a
@@ -568,22 +581,36 @@ static bool kept_mine(void)
 }
 
 /* pgg__host_loop_give_back: this thread's contexts give back what they
- * keep, under kept_mu, so that a free on another thread waits for it. */
+ * keep: taken out of the list under kept_mu, given back without it (a
+ * free on another thread waits for kept_busy to end). */
 static void kept_thread_give_back(void)
 {
     uint64_t me = this_thread();
+    pgg_async *mine = NULL;
 
     pthread_mutex_lock(&kept_mu);
-    for (pgg_async *ac = kept_all; ac;) {
-        if (ac->kept_thread != me) {
-            ac = ac->kept_next;
+    for (pgg_async *ac = kept_all, *next; ac; ac = next) {
+        next = ac->kept_next;
+        if (ac->kept_thread != me)
             continue;
-        }
         kept_unlist(ac);
-        kept_give_back_each(ac);
-        ac = kept_all; /* the list changed */
+        ac->kept_busy = true;
+        ac->kept_back_next = mine;
+        mine = ac;
     }
     pgg__host_loop_give_back = NULL;
+    pthread_mutex_unlock(&kept_mu);
+    if (!mine)
+        return;
+    for (pgg_async *ac = mine; ac; ac = ac->kept_back_next)
+        kept_give_back_each(ac);
+    pthread_mutex_lock(&kept_mu);
+    for (pgg_async *ac = mine, *next; ac; ac = next) {
+        next = ac->kept_back_next;
+        ac->kept_back_next = NULL;
+        ac->kept_busy = false;
+    }
+    pthread_cond_broadcast(&kept_cv);
     pthread_mutex_unlock(&kept_mu);
 }
 
@@ -610,6 +637,10 @@ static void kept_unregister(pgg_async *ac)
     bool mine;
 
     pthread_mutex_lock(&kept_mu);
+    /* Being given back by its loop's thread (never this one: a thread
+     * does not free a context from inside its own give-back). */
+    while (ac->kept_busy && ac->kept_thread != this_thread())
+        pthread_cond_wait(&kept_cv, &kept_mu);
     kept_unlist(ac);
     mine = kept_mine();
     pthread_mutex_unlock(&kept_mu);

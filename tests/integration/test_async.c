@@ -3013,16 +3013,23 @@ Test(async, a_call_cancelled_when_its_connect_was_refused_as_full_ends_at_the_ca
     pgh_cluster_free(c);
 }
 
-/* Host i's sessions, idle or on their way as spares (white box). */
-static int idle_and_spares(pgg_pool *p, int i)
+/* Host i's spares on their way, plus its idle sessions (idle) or its
+ * connects on their way (connecting), read under its lock (white box). */
+static int host_spares_and(pgg_pool *p, int i, bool idle, bool connecting)
 {
     pgg_host *h = &p->hosts[i];
     int n;
 
     pthread_mutex_lock(&h->mu);
-    n = h->n_idle + h->n_spares;
+    n = h->n_spares + (idle ? h->n_idle : 0) + (connecting ? h->n_connecting : 0);
     pthread_mutex_unlock(&h->mu);
     return n;
+}
+
+/* Host i's sessions, idle or on their way as spares. */
+static int idle_and_spares(pgg_pool *p, int i)
+{
+    return host_spares_and(p, i, true, false);
 }
 
 /*
@@ -3948,4 +3955,328 @@ Test(async, a_connection_one_shot_calls_left_blocking_is_non_blocking_after_the_
     pgg_async_free(ac);
     event_base_free(base);
     end_test(p, c);
+}
+
+/* ------------------------------------------ user code that waits */
+
+/* A place where user code called by pgguard waits (a loop adapter's hook,
+ * a listener: a log sink, a lock of the user's), once armed, until the
+ * test releases it; the bound only ends a test whose other side never
+ * could go on. */
+typedef struct hold {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int armed, entered, released, timed_out;
+    volatile int gone; /* the holding side ended without entering */
+} hold;
+
+#define HOLD_INIT {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0, 0, 0}
+
+static void hold_arm(hold *h)
+{
+    pthread_mutex_lock(&h->mu);
+    h->armed = 1;
+    pthread_mutex_unlock(&h->mu);
+}
+
+/* Called by the user code: waits there when armed (once). */
+static void hold_here(hold *h)
+{
+    pthread_mutex_lock(&h->mu);
+    if (h->armed) {
+        struct timespec ts;
+
+        h->armed = 0;
+        h->entered = 1;
+        pthread_cond_broadcast(&h->cv);
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_sec += 30;
+        while (!h->released)
+            if (pthread_cond_timedwait(&h->cv, &h->mu, &ts) != 0) {
+                h->timed_out = 1;
+                break;
+            }
+    }
+    pthread_mutex_unlock(&h->mu);
+}
+
+/* The holding side ended (it may never have entered). */
+static void hold_gone(hold *h)
+{
+    pthread_mutex_lock(&h->mu);
+    h->gone = 1;
+    pthread_cond_broadcast(&h->cv);
+    pthread_mutex_unlock(&h->mu);
+}
+
+/* Until the user code waits in hold_here (1), or its side ended (0). */
+static int hold_entered(hold *h)
+{
+    int entered;
+
+    pthread_mutex_lock(&h->mu);
+    while (!h->entered && !h->gone)
+        pthread_cond_wait(&h->cv, &h->mu);
+    entered = h->entered;
+    pthread_mutex_unlock(&h->mu);
+    return entered;
+}
+
+/* Let it go on; 1 if it had stopped waiting at its bound already. */
+static int hold_release(hold *h)
+{
+    int timed_out;
+
+    pthread_mutex_lock(&h->mu);
+    timed_out = h->timed_out;
+    h->released = 1;
+    pthread_cond_broadcast(&h->cv);
+    pthread_mutex_unlock(&h->mu);
+    return timed_out;
+}
+
+/* ------------------------------------------ a give-back's loop hooks */
+
+/* The libevent adapter, with its del_read held once when armed: called
+ * from inside a give-back. */
+static hold held_hook = HOLD_INIT;
+
+static void held_del_read(void *data, pgg_async_sock *s)
+{
+    hold_here(&held_hook);
+    pgg_libevent_del_read(data, s);
+}
+
+static int held_attach(pgg_async *ac, struct event_base *base)
+{
+    pgg_async_ev ev;
+    pgg_libevent *le = calloc(1, sizeof *le);
+
+    if (!le)
+        return PGG_ENOMEM;
+    le->base = base;
+    le->ac = ac;
+    le->timer = evtimer_new(base, pgg_libevent_on_timer, le);
+    ev.data = le;
+    ev.add_read = pgg_libevent_add_read;
+    ev.del_read = held_del_read;
+    ev.add_write = pgg_libevent_add_write;
+    ev.del_write = pgg_libevent_del_write;
+    ev.close_sock = pgg_libevent_close_sock;
+    ev.schedule_timer = pgg_libevent_schedule_timer;
+    ev.cleanup = pgg_libevent_cleanup;
+    return le->timer ? pgg_async_attach(ac, &ev) : PGG_ENOMEM;
+}
+
+/* A loop on its own thread that keeps its connection, then makes a
+ * blocking call there that must wait for a connection: its give-back
+ * (pgg__host_loop_give_back) runs the held hook. */
+typedef struct held_loop {
+    pgg_pool *p;
+    outcome o;
+    int kept;
+    blocking_call b; /* its blocking call, made once its connection is kept */
+} held_loop;
+
+static void *held_loop_main(void *arg)
+{
+    held_loop *hl = arg;
+    struct event_base *base = event_base_new();
+    pgg_error e;
+    pgg_async *ac = base ? pgg_async_new(hl->p, &e) : NULL;
+    pgg_call call = {.timeout_ms = 30000};
+
+    hl->b = (blocking_call){.p = hl->p, .timeout_ms = 30000, .code = PGG_ENOMEM};
+    if (ac && held_attach(ac, base) == PGG_OK &&
+        pgg_async_exec(ac, PGG_WRITE, "SELECT 1", &call, on_done, &hl->o, NULL, &e) == PGG_OK) {
+        while (!hl->o.done)
+            event_base_loop(base, EVLOOP_ONCE);
+        hl->kept = pgg__async_kept(ac);
+        if (hl->o.code == PGG_OK && hl->kept == 1) {
+            hold_arm(&held_hook);
+            blocking_main(&hl->b);
+        }
+    }
+    pgg_async_free(ac);
+    if (base)
+        event_base_free(base);
+    hold_gone(&held_hook);
+    return NULL;
+}
+
+/*
+ * Loop A (its own thread) keeps its connection, then makes a blocking
+ * call that must wait (pool_max=2, the other connection leased): A gives
+ * back what it keeps first, and A's adapter hook (del_read) waits, as
+ * user code may.  Meanwhile this loop, B, gets the leased connection back
+ * and its call completes and keeps the connection (B's first keep: the
+ * process-wide list of keeping contexts).  It must complete while A's
+ * hook still waits: before, A held that list's lock across its whole
+ * give-back (hooks, host locks), and B's call stopped in
+ * pthread_mutex_lock until A's hook returned.
+ */
+Test(async, a_loops_call_completes_while_another_loops_give_back_hook_waits)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, "pool_max=2 pool_min_idle=0 breaker.mode=disabled");
+    struct event_base *base = event_base_new();
+    pgg_async *ac = async_for(p, base);
+    pgg_call lcall = {.timeout_ms = 5000};
+    pgg_error e;
+    pgg_lease *lease = pgg_acquire_call(p, PGG_WRITE, &lcall, NULL, &e);
+    held_loop hl = {.p = p};
+    pthread_t th;
+    outcome o;
+    int timed_out;
+
+    cr_assert_not_null(lease, "pgg_acquire: %s", e.message);
+    cr_assert_eq(pthread_create(&th, NULL, held_loop_main, &hl), 0);
+    if (!hold_entered(&held_hook)) {
+        pthread_join(th, NULL);
+        pgg_release(lease);
+        cr_assert_fail("loop A's give-back never ran its hook: A's call %s %s, kept %d; "
+                       "its blocking call %s %s",
+                       pgg_err_name(hl.o.code), hl.o.message, hl.kept,
+                       pgg_err_name(hl.b.code), hl.b.message);
+    }
+    /* A waits in its hook, inside its give-back: B's call. */
+    pgg_release(lease);
+    start_call(ac, PGG_WRITE, "SELECT 1", 5000, 0, &o);
+    while (!o.done)
+        loop_once(base, EVLOOP_ONCE);
+    timed_out = hold_release(&held_hook);
+    pthread_join(th, NULL);
+    cr_expect_not(timed_out, "B's call completed only once A's give-back hook returned");
+    cr_expect_eq(o.code, PGG_OK, "B's call: %s %s", pgg_err_name(o.code), o.message);
+    cr_expect_eq(pgg__async_kept(ac), 1, "B did not keep its connection");
+    cr_expect_eq(hl.b.code, PGG_OK, "A's blocking call: %s %s", pgg_err_name(hl.b.code),
+                 hl.b.message);
+    loop_guard_check("another loop's give-back hook");
+    pgg_async_free(ac);
+    event_base_free(base);
+    end_test(p, c);
+}
+
+/* ------------------------------------------ a listener that waits */
+
+/* pgg_pool_on_event's listener, held once when armed and called off the
+ * test's thread on a host's return to primary. */
+typedef struct held_events {
+    hold h;
+    pthread_t test_thread;
+} held_events;
+
+static void held_listener(const pgg_event *ev, void *ud)
+{
+    held_events *he = ud;
+
+    if (ev->type == PGG_EVENT_ROLE && ev->to == PGG_ROLE_PRIMARY &&
+        !pthread_equal(pthread_self(), he->test_thread))
+        hold_here(&he->h);
+}
+
+/*
+ * The health thread finds the primary again (its role was unknown) and
+ * the pool's listener, user code, waits.  Meanwhile a loop's call needs a
+ * new connection, whose connect steps the health thread runs (host.c,
+ * "Asked connects"): it must complete while the listener still waits.
+ * Before, the listener ran on the health thread, and the call waited for
+ * it (here until its deadline).
+ */
+Test(async, a_loops_new_connection_is_made_while_the_event_listener_waits)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, "pool_max=2 pool_min_idle=0 breaker.mode=disabled");
+    struct event_base *base = event_base_new();
+    pgg_async *ac = async_for(p, base);
+    held_events he = {HOLD_INIT, pthread_self()};
+    outcome o;
+    int timed_out;
+
+    cr_assert_eq(host_stats(p, 0).conns_open, 0, "the pool opened a connection already");
+    pgg_pool_on_event(p, held_listener, &he);
+    hold_arm(&he.h);
+    /* Unknown here (this thread: not held), primary again by the health
+     * thread's probe, which the wake asks for now. */
+    pgg__pool_set_role(p, &p->hosts[0], PGG_ROLE_UNKNOWN, "test");
+    pgg__pool_wake_health(p);
+    cr_assert(hold_entered(&he.h), "the listener was not held");
+    /* The listener waits: the loop's call, on a new connection. */
+    start_call(ac, PGG_WRITE, "SELECT 1", 20000, 0, &o);
+    while (!o.done)
+        loop_once(base, EVLOOP_ONCE);
+    timed_out = hold_release(&he.h);
+    cr_expect_eq(o.code, PGG_OK, "the loop's call, while the listener waited: %s %s",
+                 pgg_err_name(o.code), o.message);
+    cr_expect_not(timed_out, "the loop's call ended only once the listener returned");
+    cr_expect_eq(o.attempts, 1, "%d attempts", o.attempts);
+    loop_guard_check("a listener that waits");
+    pgg_async_free(ac);
+    event_base_free(base);
+    end_test(p, c);
+}
+
+/* ------------------------------------------ a warm-up on a slow host */
+
+/* Host i's connects on their way that are not a call's: the warm-up's
+ * (a blocking one counts in n_connecting, a spare in n_spares). */
+static int warming(pgg_pool *p, int i)
+{
+    return host_spares_and(p, i, false, true);
+}
+
+/*
+ * pool_min_idle=1: the health thread warms each host it reached.  The
+ * replica is slow to take sessions (a proxy holding each chunk 400 ms: a
+ * connect takes seconds) and its idle session is gone, so its next probe
+ * warms it again; meanwhile a loop's call to the primary needs a new
+ * connection, whose connect steps the health thread runs (host.c, "Asked
+ * connects").  It must complete while the replica's warm-up connect is
+ * still on its way.  Before, the warm-up was a blocking connect on the
+ * health thread, and the loop's call waited for it to end.
+ */
+Test(async, a_loops_new_connection_is_made_while_the_pool_warms_a_slow_host)
+{
+    pgh_cluster *c = cluster_or_die(1);
+    pgh_require_local(c, "a proxy between pgguard and a local replica");
+    pgh_node *replica = pgh_cluster_replica(c, 0);
+    char err[256];
+    pgh_proxy *px = pgh_proxy_start(pgh_node_host(replica), pgh_node_port(replica), err,
+                                    sizeof err);
+    cr_assert_not_null(px, "%s", err);
+    char *ci = conninfo_via_proxy(c, px);
+    /* Bounds above the slow proxy's connect (a few seconds). */
+    pgg_pool *p = pool_for_conninfo(ci, "pool_min_idle=1 pool_max=2 breaker.mode=disabled "
+                                        "health_probe_timeout_ms=8000 connect_timeout_ms=10000");
+    free(ci);
+    struct event_base *base = event_base_new();
+    pgg_async *ac = async_for(p, base);
+    outcome o;
+    int pending = 0;
+
+    cr_assert(wait_role(p, 0, PGG_ROLE_PRIMARY, 10000));
+    cr_assert(wait_role(p, 1, PGG_ROLE_STANDBY, 10000));
+    cr_assert_geq(wait_idle(p, 0, 1, 10000).conns_idle, 1, "the primary was not warmed");
+    cr_assert_geq(wait_idle(p, 1, 1, 10000).conns_idle, 1, "the replica was not warmed");
+    pgh_proxy_set_mode(px, PGH_PROXY_DELAY, 400);
+    pgg__host_trim(&p->hosts[1], 0, true);
+    for (int i = 0; i < 20000 && !warming(p, 1); i++)
+        sleep_ms(1);
+    cr_assert_gt(warming(p, 1), 0, "the replica's warm-up never started");
+    /* The primary's idle session gone: the loop's call connects (an ask). */
+    pgg__host_trim(&p->hosts[0], 0, true);
+    start_call(ac, PGG_WRITE, "SELECT 1", 20000, 0, &o);
+    while (!o.done)
+        loop_once(base, EVLOOP_ONCE);
+    pending = warming(p, 1);
+    pgh_proxy_set_mode(px, PGH_PROXY_PASS, 0);
+    cr_expect_eq(o.code, PGG_OK, "the loop's call: %s %s", pgg_err_name(o.code), o.message);
+    cr_expect_gt(pending, 0,
+                 "the loop's call completed only once the replica's warm-up connect ended "
+                 "(%.0f ms)", o.ms);
+    loop_guard_check("a warm-up on a slow host");
+    pgg_async_free(ac);
+    event_base_free(base);
+    end_test(p, c);
+    pgh_proxy_free(px);
 }

@@ -27,6 +27,14 @@ static void setup_table(pgh_cluster *c)
     make_table(c, "pgg_rec_t", "v", 10);
 }
 
+/* The health thread's events are delivered by the events thread (events.h):
+ * what a test reads of them before it replaces the listener waits for
+ * those raised so far. */
+static void events_delivered(pgg_pool *p)
+{
+    pgg__events_flush(p->events);
+}
+
 /* Role and breaker changes, as the pool announced them. */
 typedef struct seen {
     pthread_mutex_t mu;
@@ -1222,6 +1230,7 @@ Test(recovery, a_host_back_from_its_first_outage_closes_its_breaker_at_once)
     pgg_pool_on_event(p, on_event, &s);
     cr_assert(outage(p, n), "no first outage and return (breaker %s)",
               pgg_breaker_state_name(host_stats(p, 0).state));
+    events_delivered(p);
     pthread_mutex_lock(&s.mu);
     cr_expect_eq(s.open_closed, 1, "open -> closed %d times", s.open_closed);
     cr_expect_eq(s.half_opened, 0, "half-open %d times", s.half_opened);
@@ -2756,6 +2765,7 @@ Test(recovery, a_hung_primary_opens_its_breaker_on_one_deadline_of_silence)
     h = host_stats(p, 0);
     cr_expect_eq(h.state, PGG_BREAKER_OPEN, "breaker %s after the round",
                  pgg_breaker_state_name(h.state));
+    events_delivered(p); /* not under o.mu: the listener takes it */
     pthread_mutex_lock(&o.mu);
     cr_expect_eq(o.opened, 1);
     cr_expect_str_eq(o.reason, "host-silent");
@@ -2822,6 +2832,7 @@ Test(recovery, a_hung_primary_met_by_a_pipelined_statement_is_silent)
     cr_expect(wait_state(p, 0, PGG_BREAKER_OPEN, 5000), "breaker %s after the probe's bound",
               pgg_breaker_state_name(host_stats(p, 0).state));
     wait_opened(&o, 5000);
+    events_delivered(p); /* not under o.mu: the listener takes it */
     pthread_mutex_lock(&o.mu);
     cr_expect_eq(o.opened, 1);
     cr_expect_str_eq(o.reason, "host-silent");
@@ -2884,6 +2895,7 @@ Test(recovery, a_connect_into_a_hang_after_a_wait_for_a_connection_is_silence)
     cr_expect(wait_state(p, 0, PGG_BREAKER_OPEN, 5000), "breaker %s after the probe's bound",
               pgg_breaker_state_name(host_stats(p, 0).state));
     wait_opened(&o, 5000);
+    events_delivered(p); /* not under o.mu: the listener takes it */
     pthread_mutex_lock(&o.mu);
     cr_expect_eq(o.opened, 1);
     cr_expect_str_eq(o.reason, "host-silent");
@@ -3157,6 +3169,7 @@ Test(recovery, a_hung_primary_is_silent_though_calls_there_were_cancelled_or_fou
     cr_expect(wait_state(p, 0, PGG_BREAKER_OPEN, 8000), "breaker %s after the probe's bound",
               pgg_breaker_state_name(host_stats(p, 0).state));
     wait_opened(&o, 5000);
+    events_delivered(p); /* not under o.mu: the listener takes it */
     pthread_mutex_lock(&o.mu);
     cr_expect_eq(o.opened, 1);
     cr_expect_str_eq(o.reason, "host-silent");
