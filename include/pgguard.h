@@ -699,11 +699,18 @@ typedef void (*pgg_event_fn)(const pgg_event *ev, void *userdata);
 
 /*
  * Call fn on every breaker state change and role change, outside any lock
- * of the pool, on whichever thread caused it (a caller's or the health
- * thread).  fn may call into the pool.  Replaces the previous listener;
- * NULL removes it.  A call of the previous listener already under way when
- * this returns may still finish afterwards: keep its userdata alive until
- * pgg_pool_free(), after which no listener runs.
+ * of the pool: on the caller's thread that caused it, or, for what the
+ * health thread finds, on the pool's events thread (the health thread
+ * makes event loops' connections: a listener that waits must not hold
+ * them up), one event at a time, in order; a caller's event raised while
+ * that thread has events to deliver goes behind them, on that thread.  fn
+ * may call into the pool.  Replaces the previous listener; NULL removes
+ * it.  Before this returns, the events thread's events raised before it
+ * have been delivered (to the previous listener), unless it is called
+ * from a listener on that thread.  A call of the previous listener on
+ * another thread already under way when this returns may still finish
+ * afterwards: keep its userdata alive until pgg_pool_free(), after which
+ * no listener runs.
  */
 PGG_EXPORT void pgg_pool_on_event(pgg_pool *pool, pgg_event_fn fn,
                                   void *userdata);

@@ -16,8 +16,10 @@
  * canceller thread.
  *
  * DNS: libpq resolves a host name inside PQconnectStartParams, which
- * blocks.  Give the pool numeric addresses (hostaddr=, or host=127.0.0.1)
- * when it serves a loop, or resolve names off the loop and pass hostaddr.
+ * blocks: for a host reached by name (no hostaddr=), the loop hands the
+ * whole connect, its start included, to the health thread.  Numeric
+ * addresses (hostaddr=, or host=127.0.0.1) spare that hand-off: the loop
+ * starts their connects itself and hears a refused local port at once.
  * GSSAPI: with libpq's default gssencmode=prefer, every connect asks the
  * GSSAPI library for credentials (it reads /etc/krb5.conf and the
  * credential cache: about 80% of a connect's client instructions here),
@@ -124,7 +126,8 @@ PGG_EXPORT void *pgg_async_ev_data(const pgg_async *ac);
 
 /*
  * Free the context: every call still in flight completes first, with
- * PGG_ECANCELED (its query dropped and cancelled on the server), the
+ * PGG_ECANCELED (its query dropped and cancelled on the server; a call
+ * its callback starts then is refused with PGG_ECLOSED), the
  * connections it keeps idle for its next calls go back to the pool, then
  * the adapter's cleanup runs.  The pool outlives it.  Accepts NULL.  Not
  * from inside a callback.  On the loop's thread, or on another once the

@@ -9,6 +9,10 @@
  *   BACK     refused by the breaker of a host whose server is starting:
  *            waits for it within the attempt's deadline (the blocking
  *            path waits in pgg__host_await_back)
+ *   ROUND    a write refused as read-only (25006) with no primary known
+ *            now: waits for the health round the refusal asked for, within
+ *            the deadline, then routes again (the blocking path waits in
+ *            pgg__health_await_round)
  *   PARKED   admitted on a host whose connections are all busy: waits for
  *            one (the blocking path waits on the host's condition variable)
  *   CONNECT  a new connection being made (PQconnectPoll)
@@ -75,6 +79,7 @@
 enum {
     ST_IDLE,
     ST_BACK,
+    ST_ROUND,
     ST_PARKED,
     ST_CONNECT,
     ST_HOOK,
@@ -190,6 +195,7 @@ struct pgg_async_call {
      * "Asked connects"; set with connect_at), or NULL: stepped on the loop. */
     pgg_asked *ask;
     ino_t conn_ino;
+    unsigned long round_want; /* ROUND: the health round it waits for */
     pgg_async_call *pnext; /* PIPED: the next statement in flight */
     int64_t sent;          /* PIPED: when it was queued */
     /* The copied SQL and parameters follow. */
@@ -247,6 +253,11 @@ struct pgg_async {
     int64_t stall_ns;
     pgg_async_ev ev;
     bool attached;
+    /* Attached and not being freed: a call may start (start's one test).
+     * Off from the first step of pgg_async_free: a callback that starts
+     * its next call (a worker's loop) would otherwise keep the free's
+     * "complete every call in flight" going for ever. */
+    bool accepting;
     pgg_async_call *head;
     int pending;
     /* Calls in ST_PARKED: a give-back looks for one to wake only when
@@ -298,6 +309,12 @@ struct pgg_async {
     bool kept_on;
     uint64_t kept_thread;
     pgg_async *kept_prev, *kept_next;
+    /* Its loop's thread is giving back what it keeps, out of the list and
+     * with kept_mu released (kept_thread_give_back; under kept_mu):
+     * kept_unregister on another thread waits for the end (kept_cv);
+     * kept_back_next: the other contexts of that give-back. */
+    bool kept_busy;
+    pgg_async *kept_back_next;
     pgg_async_sock *free_socks;
     /* Fired once for good: made the call's handle when it is cancelled,
      * so that the path's own cancel rules apply (call.c, pool.c). */
@@ -360,6 +377,7 @@ int pgg_async_attach(pgg_async *ac, const pgg_async_ev *ev)
         return PGG_ESTATE;
     ac->ev = *ev;
     ac->attached = true;
+    ac->accepting = true;
     return PGG_OK;
 }
 
@@ -507,9 +525,16 @@ static void flush_pipes(pgg_async *ac);
  * still alive and calling: pgguard_async.h's rule) leaves that thread no
  * pointer to it.  The lock is taken when a context enters or leaves the
  * list (its first kept connection, a look that finds none kept, a free),
- * and when a borrower would wait: never per call.
+ * and when a borrower would wait: never per call.  It is never held across
+ * a give-back: that calls the loop's hooks (user code for another loop's
+ * adapter) and every host's lock, and every loop of the process takes
+ * kept_mu on its calls' paths (a first kept connection): a hook that
+ * waited there stalled every other loop (loop14).  A context out of the
+ * list being given back is marked kept_busy instead, which only a free on
+ * another thread waits for (kept_cv).
  */
 static pthread_mutex_t kept_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t kept_cv = PTHREAD_COND_INITIALIZER;
 static pgg_async *kept_all;
 
 /* A number of this thread's own, never another thread's: not a
@@ -556,22 +581,36 @@ static bool kept_mine(void)
 }
 
 /* pgg__host_loop_give_back: this thread's contexts give back what they
- * keep, under kept_mu, so that a free on another thread waits for it. */
+ * keep: taken out of the list under kept_mu, given back without it (a
+ * free on another thread waits for kept_busy to end). */
 static void kept_thread_give_back(void)
 {
     uint64_t me = this_thread();
+    pgg_async *mine = NULL;
 
     pthread_mutex_lock(&kept_mu);
-    for (pgg_async *ac = kept_all; ac;) {
-        if (ac->kept_thread != me) {
-            ac = ac->kept_next;
+    for (pgg_async *ac = kept_all, *next; ac; ac = next) {
+        next = ac->kept_next;
+        if (ac->kept_thread != me)
             continue;
-        }
         kept_unlist(ac);
-        kept_give_back_each(ac);
-        ac = kept_all; /* the list changed */
+        ac->kept_busy = true;
+        ac->kept_back_next = mine;
+        mine = ac;
     }
     pgg__host_loop_give_back = NULL;
+    pthread_mutex_unlock(&kept_mu);
+    if (!mine)
+        return;
+    for (pgg_async *ac = mine; ac; ac = ac->kept_back_next)
+        kept_give_back_each(ac);
+    pthread_mutex_lock(&kept_mu);
+    for (pgg_async *ac = mine, *next; ac; ac = next) {
+        next = ac->kept_back_next;
+        ac->kept_back_next = NULL;
+        ac->kept_busy = false;
+    }
+    pthread_cond_broadcast(&kept_cv);
     pthread_mutex_unlock(&kept_mu);
 }
 
@@ -598,6 +637,10 @@ static void kept_unregister(pgg_async *ac)
     bool mine;
 
     pthread_mutex_lock(&kept_mu);
+    /* Being given back by its loop's thread (never this one: a thread
+     * does not free a context from inside its own give-back). */
+    while (ac->kept_busy && ac->kept_thread != this_thread())
+        pthread_cond_wait(&kept_cv, &kept_mu);
     kept_unlist(ac);
     mine = kept_mine();
     pthread_mutex_unlock(&kept_mu);
@@ -2396,6 +2439,15 @@ static void borrow(pgg_async_call *k)
      * server (host.c). */
     k->connect_at = now;
     k->ask = NULL;
+    /* A name to look up (getaddrinfo blocks): the whole connect on the
+     * health thread, PQconnectStartParams too (health.c, asked_take);
+     * the loop starts it only when no ask can be made. */
+    if (h->lookup) {
+        k->state = ST_CONNECT;
+        if (connect_ask(k))
+            return;
+        k->state = ST_IDLE;
+    }
     if (pgg__link_connect_start(h->keys, h->vals, h->name, &k->conn,
                                 k->c.err) != PGG_OK) {
         connect_failed(k);
@@ -2458,6 +2510,28 @@ COLD void finish_out(pgg_async_call *k)
     finish(k);
 }
 
+/* A write refused as read-only found no primary (round_wait): it waits
+ * for the health round the refusal asked for, looking every
+ * PARK_POLL_NS (the health thread cannot wake a loop) within the call's
+ * deadline; then, done or not, it routes again (pgg__call_rerouted). */
+COLD void round_look(pgg_async_call *k, bool first)
+{
+    int64_t now = pgg__now_ns();
+
+    if (first)
+        k->round_want = pgg__health_ask_round(k->c.pool->health);
+    if (now < k->c.deadline &&
+        !pgg__health_round_done(k->c.pool->health, k->round_want)) {
+        k->state = ST_ROUND;
+        wait_until(k, now + PARK_POLL_NS < k->c.deadline
+                          ? now + PARK_POLL_NS
+                          : k->c.deadline);
+        return;
+    }
+    k->state = ST_IDLE;
+    pgg__call_rerouted(&k->c);
+}
+
 /* Advance k through the steps that need no wait, until it waits or ends.
  * Inline in its two callers (start, settle). */
 HOT void drive(pgg_async_call *k, bool hot)
@@ -2469,6 +2543,10 @@ HOT void drive(pgg_async_call *k, bool hot)
         /* Served: next and again would each say so first (call.c). */
         h = k->c.served ? NULL : pgg__call_next(&k->c, &dl);
         if (!h) {
+            if (k->c.round_wait && !k->c.served && !k->c.final) {
+                round_look(k, true);
+                continue;
+            }
             if (!k->c.served && pgg__call_again(&k->c))
                 continue;
             finish_out(k);
@@ -2662,6 +2740,12 @@ static void expire(pgg_async_call *k)
         k->cm.rejected = true;
         pgg__call_skipped(&k->c);
         break;
+    case ST_ROUND:
+        /* A cancel: the path sees the fired handle (pgg__call_next, or
+         * finish with no candidate). */
+        k->state = ST_IDLE;
+        pgg__call_rerouted(&k->c);
+        break;
     case ST_PARKED:
         /* A cancel: the wait for a connection ends as the blocking one
          * does (not the host's failure). */
@@ -2693,6 +2777,8 @@ void pgg_async_handle_timer(pgg_async *ac)
             borrow(k); /* looks again; fails past the attempt's deadline */
         else if (k->state == ST_BACK)
             admit(k); /* looks again; refused past the attempt's deadline */
+        else if (k->state == ST_ROUND)
+            round_look(k, false); /* routes again once done or past the deadline */
         else if (k->state != ST_DONE)
             expire(k);
         settle(k);
@@ -2814,6 +2900,16 @@ HOT pgg_async_call *call_new(pgg_async *ac, const pgg_query *q)
     return k;
 }
 
+/* Not accepting calls: which of the two reasons. */
+COLD int start_refused(const pgg_async *ac, pgg_error *err)
+{
+    if (!ac->attached)
+        return pgg__error_set(err, PGG_ESTATE, NULL, NULL,
+                              "pgg_async_exec: no loop adapter attached");
+    return pgg__error_set(err, PGG_ECLOSED, NULL, NULL,
+                          "pgg_async_exec: the context is being freed");
+}
+
 /* A call's start, inline in pgg_async_exec (the usual call: no
  * parameters to copy, and no call of eight arguments); start_out for the
  * others. */
@@ -2831,9 +2927,8 @@ HOT int start(pgg_async *ac, pgg_intent intent, const pgg_query *q,
     if (!ac || !fn || !q->sql)
         return pgg__error_set(err, PGG_EINVAL, NULL, NULL,
                               "pgg_async_exec: NULL context, callback or SQL");
-    if (!ac->attached)
-        return pgg__error_set(err, PGG_ESTATE, NULL, NULL,
-                              "pgg_async_exec: no loop adapter attached");
+    if (!ac->accepting)
+        return start_refused(ac, err);
     if (pgg__query_check(q, "pgg_async_exec", err) != PGG_OK)
         return err->code;
     k = call_new(ac, q);
@@ -3015,6 +3110,7 @@ void pgg_async_free(pgg_async *ac)
      * for a give-back its loop's thread may be making from a blocking call
      * (kept_thread_give_back): from here on no other thread reaches ac. */
     kept_unregister(ac);
+    ac->accepting = false;
     while (ac->head)
         pgg_async_cancel(ac->head);
     flush_spare(ac);

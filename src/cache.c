@@ -133,6 +133,11 @@ struct pgg_cache {
     int64_t max_age_ns;
     entry **buckets;
     size_t nbuckets; /* power of two */
+    /* While the table grows: the previous one, half the size, whose
+     * buckets from moved on are still to be moved (see grow). */
+    entry **old;
+    size_t nold, moved;
+    size_t most_moved; /* the most entries moved in one step (tests) */
     size_t entries;
     int64_t bytes;
     entry *head, *tail;
@@ -184,15 +189,27 @@ void pgg__cache_free(pgg_cache *c)
         entry_unref(e);
     }
     free(c->buckets);
+    free(c->old);
     pthread_mutex_destroy(&c->mu);
     free(c);
 }
 
+/* The slot holding the key, or the empty one at the end of its chain in
+ * the table it goes to (the new one, while the table grows). */
 static entry **find_slot(pgg_cache *c, const unsigned char *key, size_t len,
                          uint64_t hash)
 {
-    entry **pp = &c->buckets[hash & (c->nbuckets - 1)];
+    entry **pp;
 
+    if (c->old && (hash & (c->nold - 1)) >= c->moved) {
+        for (pp = &c->old[hash & (c->nold - 1)]; *pp; pp = &(*pp)->chain) {
+            entry *e = *pp;
+            if (e->hash == hash && e->key_len == len &&
+                memcmp(e->key, key, len) == 0)
+                return pp;
+        }
+    }
+    pp = &c->buckets[hash & (c->nbuckets - 1)];
     for (; *pp; pp = &(*pp)->chain) {
         entry *e = *pp;
         if (e->hash == hash && e->key_len == len &&
@@ -240,31 +257,68 @@ static void unlink_entry(pgg_cache *c, entry *e)
     c->bytes -= (int64_t)e->bytes;
 }
 
-/* Double the table when chains grow long (mu held).  Failure to grow is
- * harmless: chains just get longer. */
-static void maybe_grow(pgg_cache *c)
-{
-    size_t n = c->nbuckets * 2;
-    entry **nb;
+/* Buckets of the old table moved per store or lookup while the table
+ * grows: a few entries per step, so that no caller holds mu for all of
+ * them. */
+#define GROW_STEP 8
 
-    if (c->entries <= c->nbuckets * 2)
-        return;
-    nb = calloc(n, sizeof *nb);
-    if (!nb)
-        return;
-    for (size_t i = 0; i < c->nbuckets; i++) {
-        entry *e = c->buckets[i];
+/*
+ * Growth (mu held).  Doubling the table once moved every entry under mu:
+ * at the default 64 MB of small results, ~100k entries and a fresh MB of
+ * buckets, milliseconds in which every cacheable read of every thread,
+ * an event loop's included, waited for the lock (loop14).  The table now
+ * grows step by step: the new one is allocated (calloc's fresh pages are
+ * touched as buckets move in), the old one is kept, and each store or
+ * lookup moves GROW_STEP of its buckets; a key is looked for in the old
+ * table while its bucket has not moved.  Failure to grow is harmless:
+ * chains just get longer.
+ */
+static void grow_step(pgg_cache *c)
+{
+    size_t n = 0, end;
+
+    if (!c->old) {
+        entry **nb;
+
+        if (c->entries <= c->nbuckets * 2 || !(nb = calloc(c->nbuckets * 2, sizeof *nb)))
+            return;
+        c->old = c->buckets;
+        c->nold = c->nbuckets;
+        c->moved = 0;
+        c->buckets = nb;
+        c->nbuckets *= 2;
+    }
+    end = c->moved + GROW_STEP < c->nold ? c->moved + GROW_STEP : c->nold;
+    for (; c->moved < end; c->moved++) {
+        entry *e = c->old[c->moved];
+
+        c->old[c->moved] = NULL;
         while (e) {
             entry *next = e->chain;
-            size_t b = e->hash & (n - 1);
-            e->chain = nb[b];
-            nb[b] = e;
+            size_t b = e->hash & (c->nbuckets - 1);
+
+            e->chain = c->buckets[b];
+            c->buckets[b] = e;
             e = next;
+            n++;
         }
     }
-    free(c->buckets);
-    c->buckets = nb;
-    c->nbuckets = n;
+    if (n > c->most_moved)
+        c->most_moved = n;
+    if (c->moved == c->nold) {
+        free(c->old);
+        c->old = NULL;
+    }
+}
+
+size_t pgg__cache_most_moved(pgg_cache *c)
+{
+    size_t n;
+
+    pthread_mutex_lock(&c->mu);
+    n = c->most_moved;
+    pthread_mutex_unlock(&c->mu);
+    return n;
 }
 
 void pgg__cache_store(pgg_cache *c, const pgg_cache_key *k, const PGresult *res,
@@ -326,7 +380,7 @@ void pgg__cache_store_at(pgg_cache *c, const pgg_cache_key *k,
         doomed = victim;
         c->evictions++;
     }
-    maybe_grow(c);
+    grow_step(c);
     pthread_mutex_unlock(&c->mu);
 
     while (doomed) {
@@ -357,6 +411,8 @@ PGresult *pgg__cache_lookup_at(pgg_cache *c, const pgg_cache_key *k,
     if (max_age_ns <= 0 || max_age_ns > c->max_age_ns)
         max_age_ns = c->max_age_ns;
     pthread_mutex_lock(&c->mu);
+    if (c->old)
+        grow_step(c);
     e = *find_slot(c, k->bytes, k->len, k->hash);
     if (e) {
         age = now_ns - e->stored_ns;

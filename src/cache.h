@@ -79,5 +79,8 @@ void pgg__cache_note_fallback(pgg_cache *c);
 
 /* Fill the cache_* fields of *out.  Accepts a NULL cache (all zero). */
 void pgg__cache_stats(pgg_cache *c, pgg_stats *out);
+/* The most entries one store or lookup moved to a grown table (tests: it
+ * stays a few, whatever the cache holds). */
+size_t pgg__cache_most_moved(pgg_cache *c);
 
 #endif

@@ -69,6 +69,12 @@ typedef struct pgg__call {
     bool on_loop;
     bool served;    /* an answer (success or the caller's error) is the outcome */
     bool final;     /* no further attempt: the outcome is err */
+    /* On a loop: a write refused as read-only (25006) found no primary to
+     * run on; the driver waits for the health round the refusal asked
+     * for, within the deadline, then routes again (pgg__call_rerouted),
+     * as the blocking path waits in pgg__call_attempted.  Beside served
+     * and final, which begin clears with it (adjacent stores merge). */
+    bool round_wait;
     bool vis;       /* the visibility module is on the path (begin, served) */
     int64_t start, deadline;
     int64_t now;    /* the latest clock reading of the path */
@@ -250,7 +256,7 @@ PGG__STEP bool pgg__call_begin(pgg__call *c, pgg__call_mem *m, pgg_pool *pool,
     c->opts = opts;
     c->cancel = cancel;
     m->rejected = false;
-    c->served = c->final = false;
+    c->served = c->final = c->round_wait = false;
     c->attempts = 0;
     c->res = c->spare = NULL;
     c->spare_host = NULL;
@@ -412,11 +418,13 @@ PGG__STEP void pgg__call_attempted(pgg__call *c, pgg_host *h, pgg__attempt *a)
     if (a->v.cls == PGG_CLASS_WRONG_ROLE && c->reroutes++ < 2) {
         /* The write did not apply and this host is a standby now: route
          * again on what the pool knows, or, knowing no primary, on what the
-         * health thread (woken by the 25006) finds within the deadline (on
-         * a loop, on what it knows now). */
+         * health thread (woken by the 25006) finds within the deadline (a
+         * loop's driver waits for that round on its timer: round_wait). */
         c->ncand = pgg__pool_candidates(pool, c->intent, c->m->cand);
-        if (c->ncand == 0 && !c->on_loop &&
-            pgg__health_await_round(pool->health, c->deadline))
+        if (c->ncand == 0 && c->on_loop)
+            c->round_wait = true;
+        else if (c->ncand == 0 &&
+                 pgg__health_await_round(pool->health, c->deadline))
             c->ncand = pgg__pool_candidates(pool, c->intent, c->m->cand);
         c->i = 0;
         c->again = -1;
@@ -424,6 +432,17 @@ PGG__STEP void pgg__call_attempted(pgg__call *c, pgg_host *h, pgg__attempt *a)
         return;
     }
     c->i++;
+}
+
+/* The loop's wait for the round (round_wait) is over, done or not (its
+ * deadline, a cancel): the candidates the pool knows now. */
+PGG__STEP void pgg__call_rerouted(pgg__call *c)
+{
+    c->round_wait = false;
+    c->ncand = pgg__pool_candidates(c->pool, c->intent, c->m->cand);
+    c->i = 0;
+    c->again = -1;
+    c->now = pgg__now_ns();
 }
 
 /* Nothing served this pass: another pass (a read waiting for a replica to

@@ -1,5 +1,6 @@
 #include "conninfo.h"
 
+#include <arpa/inet.h>
 #include <ctype.h>
 #include <stdio.h>
 #include <stdint.h>
@@ -410,6 +411,14 @@ static bool is_unix_path(const char *h)
     return h[0] == '/' || h[0] == '@';
 }
 
+/* An IPv4 or IPv6 address, which libpq connects to without a lookup. */
+static bool is_numeric_host(const char *h)
+{
+    unsigned char addr[sizeof(struct in6_addr)];
+
+    return inet_pton(AF_INET, h, addr) == 1 || inet_pton(AF_INET6, h, addr) == 1;
+}
+
 static bool default_is_socket(void)
 {
     static const char dir[] = DEFAULT_PGSOCKET_DIR;
@@ -649,6 +658,11 @@ static int build_spec(const PQconninfoOption *opts, const slot_lists *l,
     h->unix_socket = !(hostaddr && hostaddr[0]) &&
                      (host && host[0] ? is_unix_path(host)
                                       : !l->service && default_is_socket());
+    /* Without a host, libpq's default is the socket directory, or
+     * "localhost" when built without one; a service file may name any. */
+    h->lookup = !(hostaddr && hostaddr[0]) &&
+                (host && host[0] ? !is_unix_path(host) && !is_numeric_host(host)
+                                 : l->service || !default_is_socket());
     rc = PGG_OK;
 out:
     if (rc == PGG_ENOMEM)
@@ -733,6 +747,7 @@ int pgg__host_specs_copy(const pgg_host_spec *src, int n, pgg_host_spec **out)
         pgg_host_spec *d = &dst[i];
 
         d->unix_socket = s->unix_socket;
+        d->lookup = s->lookup;
         d->name = strdup(s->name);
         if (!d->name || !spec_alloc(d, s->nparams))
             goto oom;

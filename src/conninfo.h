@@ -27,6 +27,10 @@ typedef struct pgg_host_spec {
     const char **vals;
     int nparams;       /* entries before the terminating NULL */
     bool unix_socket;  /* reached through a socket directory */
+    /* libpq looks a name up to connect (getaddrinfo, inside
+     * PQconnectStartParams: it blocks): a host name without hostaddr, or
+     * a service file's host; not a numeric address or a socket. */
+    bool lookup;
 } pgg_host_spec;
 
 /*

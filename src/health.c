@@ -10,6 +10,7 @@
 
 #include "cancel.h"
 #include "error.h"
+#include "events.h"
 #include "lease.h"
 #include "pool_state.h"
 #include "visibility.h"
@@ -536,7 +537,8 @@ static void expedite(pgg_health *hl, int64_t now, bool restart)
  * server takes it the breaker closes (spare_step, pgg__breaker_host_back)
  * and the session serves the first call let through.
  */
-static void spares_start(pgg_health *hl, int i, int want, int64_t now);
+static void spares_start(pgg_health *hl, int i, int want, bool warming, int64_t now);
+static void warm(pgg_health *hl, int i, int64_t now);
 
 /* Calls the host answered so far (successes, and ignored outcomes that
  * were answers: the host's own counters, whatever the breaker's mode).
@@ -584,7 +586,7 @@ static void verify_take(pgg_health *hl, int i, int64_t now)
         !silence_checked(pgg__breaker_state(&h->breaker)))
         return;
     if (!(h->on_connect && (h->on_connect->sql || h->on_connect->fn)))
-        spares_start(hl, i, 1, now);
+        spares_start(hl, i, 1, false, now);
     if (!p->silent_since || since < p->silent_since)
         p->silent_since = since;
     if (p->phase != PROBE_IDLE) {
@@ -953,7 +955,7 @@ static void probe_end(pgg_health *hl, int i, int64_t now)
     if (ok && h->min_idle > 0 && st != PGG_BREAKER_OPEN &&
         st != PGG_BREAKER_FORCED_OPEN && st != PGG_BREAKER_HALF_OPEN &&
         !atomic_load(&hl->stopping))
-        pgg__host_warm(h, pgg__now_ns() + hl->probe_timeout);
+        warm(hl, i, now);
     count_round(hl);
 }
 
@@ -982,12 +984,39 @@ static int spares_taken(const pgg_health *hl, int i, int64_t now)
 }
 
 /*
- * Spare connects of host i on their way, up to `want` of them (at most
- * SPARES and pool_max - 1).  A slot whose connect was refused moments ago
- * counts as taken until its retry time: a refusing server is not asked
- * again at once from another slot.
+ * Warm-up to pool_min_idle, after a probe that reached host i.  As spare
+ * connects, stepped by this thread's poll with everything else and
+ * adopted as they complete: a blocking connect here (pgg__host_warm) held
+ * up every other thing this thread does for as long as it took (up to
+ * health_probe_timeout_ms each), among them the connects event loops'
+ * calls wait for (host.c, "Asked connects": loop14).  A host with an
+ * on-connect hook still warms blocking: its hook runs on each new session,
+ * which a spare's adoption cannot (pgg__host_adopt); event loops use such
+ * a pool only with an SQL-only hook (left: that warm-up still holds this
+ * thread up).
  */
-static void spares_start(pgg_health *hl, int i, int want, int64_t now)
+static void warm(pgg_health *hl, int i, int64_t now)
+{
+    pgg_host *h = &hl->pool->hosts[i];
+    int want;
+
+    if (h->on_connect && (h->on_connect->sql || h->on_connect->fn)) {
+        pgg__host_warm(h, pgg__now_ns() + hl->probe_timeout);
+        return;
+    }
+    want = pgg__host_warm_wanted(h);
+    if (want > 0)
+        spares_start(hl, i, spares_taken(hl, i, now) + want, true, now);
+}
+
+/*
+ * Spare connects of host i on their way, up to `want` of them (at most
+ * SPARES and pool_max - 1; pool_max for a warm-up to pool_min_idle, which
+ * pgg__host_warm_wanted bounds by the room left).  A slot whose connect
+ * was refused moments ago counts as taken until its retry time: a
+ * refusing server is not asked again at once from another slot.
+ */
+static void spares_start(pgg_health *hl, int i, int want, bool warming, int64_t now)
 {
     pgg_host *h = &hl->pool->hosts[i];
     spare *sps = &hl->spares[i * SPARES];
@@ -995,8 +1024,8 @@ static void spares_start(pgg_health *hl, int i, int want, int64_t now)
 
     if (want > SPARES)
         want = SPARES;
-    if (want > h->max - 1)
-        want = h->max - 1;
+    if (want > h->max - !warming)
+        want = h->max - !warming;
     for (int s = 0; s < SPARES && taken < want; s++) {
         spare *sp = &sps[s];
         PGconn *c;
@@ -1130,7 +1159,7 @@ static void spares_tend(pgg_health *hl, int i, int64_t now)
         want = refused;
     if (want < SPARES_MIN)
         want = SPARES_MIN;
-    spares_start(hl, i, want, now);
+    spares_start(hl, i, want, false, now);
 }
 
 /*
@@ -1190,7 +1219,7 @@ static void spares_replace(pgg_health *hl, int i, int64_t now)
         st == PGG_BREAKER_HALF_OPEN || atomic_load(&hl->stopping) ||
         (h->on_connect && (h->on_connect->sql || h->on_connect->fn)))
         return;
-    spares_start(hl, i, spares_taken(hl, i, now) + lost, now);
+    spares_start(hl, i, spares_taken(hl, i, now) + lost, false, now);
 }
 
 /*
@@ -1248,7 +1277,8 @@ static bool spare_adopt(pgg_health *hl, int i, PGconn *c, int64_t started,
         (void)pgg__breaker_host_answered(&h->breaker, now);
     role = pgg__link_reported_role(c);
     if (role == PGG_ROLE_UNKNOWN ||
-        !pgg__host_adopt(h, c, now, started, SPARES + 1, handed))
+        !pgg__host_adopt(h, c, now, started,
+                         h->min_idle > SPARES + 1 ? h->min_idle : SPARES + 1, handed))
         return false;
     pgg__pool_set_role(hl->pool, h, role, "reported by the server");
     return true;
@@ -1346,16 +1376,22 @@ static void asked_failed(pgg_health *hl, int i, pgg_asked *a, int code,
 
 /* The asks queued for host i, their connects started by their loops
  * (PQconnectStartParams): their PQconnectPoll steps are this thread's
- * from now on (host.c, "Asked connects"). */
+ * from now on (host.c, "Asked connects").  A host whose connect looks a
+ * name up (pgg_host.lookup) has its connect started here too: the lookup
+ * blocks, and not the loop. */
 static void asked_take(pgg_health *hl, int i, int64_t now)
 {
-    pgg_asked *a = pgg__host_take_asked(&hl->pool->hosts[i]);
+    pgg_host *h = &hl->pool->hosts[i];
+    pgg_asked *a = pgg__host_take_asked(h);
 
     while (a) {
         pgg_asked *next = a->next;
 
         if (atomic_load(&hl->stopping)) {
             asked_failed(hl, i, a, PGG_ECLOSED, "pool closed", now);
+        } else if (!a->conn && pgg__link_connect_start(h->keys, h->vals, h->name,
+                                                       &a->conn, &a->err) != PGG_OK) {
+            asked_end(hl, i, a, now); /* a->err says why */
         } else {
             a->events = POLLOUT;
             a->host = i;
@@ -1530,6 +1566,10 @@ static void *health_main(void *arg)
 {
     pgg_health *hl = arg;
     pgg_pool *pool = hl->pool;
+
+    /* A listener (user code) never runs here: it would stall the loops'
+     * connects, which this thread steps (events.h). */
+    pgg__events_hand_over_here();
 
     while (!atomic_load(&hl->stopping)) {
         int64_t now = pgg__now_ns();
@@ -1801,13 +1841,12 @@ void pgg__health_ask(pgg_health *hl)
         signal_event(hl);
 }
 
-bool pgg__health_await_round(pgg_health *hl, int64_t deadline_ns)
+unsigned long pgg__health_ask_round(pgg_health *hl)
 {
     unsigned long want;
-    bool done;
 
     if (!hl)
-        return false;
+        return 0;
     pthread_mutex_lock(&hl->mu);
     /* The round starts over (expedite): the next one counted is made of
      * probes that ended after this call. */
@@ -1816,6 +1855,29 @@ bool pgg__health_await_round(pgg_health *hl, int64_t deadline_ns)
     atomic_store(&hl->restart_round, true);
     atomic_store(&hl->wake_pending, true);
     signal_event(hl);
+    return want;
+}
+
+bool pgg__health_round_done(pgg_health *hl, unsigned long want)
+{
+    bool done;
+
+    if (!hl)
+        return true;
+    pthread_mutex_lock(&hl->mu);
+    done = hl->rounds >= want || atomic_load(&hl->stopping);
+    pthread_mutex_unlock(&hl->mu);
+    return done;
+}
+
+bool pgg__health_await_round(pgg_health *hl, int64_t deadline_ns)
+{
+    unsigned long want;
+    bool done;
+
+    if (!hl)
+        return false;
+    want = pgg__health_ask_round(hl);
     pthread_mutex_lock(&hl->mu);
     for (;;) {
         int64_t now = pgg__now_ns();

@@ -55,6 +55,13 @@ void pgg__health_ask(pgg_health *hl);
 /* Wake the thread and wait until a round that started after this call has
  * probed every host, or deadline_ns.  Returns whether it did. */
 bool pgg__health_await_round(pgg_health *hl, int64_t deadline_ns);
+/* The same without the wait, for an event loop: wake the thread for a
+ * round that starts after this call and return the count of rounds that
+ * says it ended (pgg__health_round_done); 0 without a health thread. */
+unsigned long pgg__health_ask_round(pgg_health *hl);
+/* Has the round pgg__health_ask_round returned want for ended (or the
+ * thread stopped: none will)?  True without a health thread. */
+bool pgg__health_round_done(pgg_health *hl, unsigned long want);
 /* Rounds completed so far: a round ends when every host has finished a
  * probe since the last one ended (tests wait on this instead of sleeping). */
 unsigned long pgg__health_rounds(pgg_health *hl);

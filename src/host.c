@@ -1611,6 +1611,22 @@ int pgg__host_warm(pgg_host *h, int64_t deadline_ns)
     }
 }
 
+int pgg__host_warm_wanted(pgg_host *h)
+{
+    int want;
+
+    pthread_mutex_lock(&h->mu);
+    /* As pgg__host_warm counts, with the spares on their way. */
+    want = h->closed || h->refused
+               ? 0
+               : h->min_idle - (h->n_idle + parked_count(h) + h->n_kept +
+                                h->n_connecting + h->n_spares);
+    if (want > h->max - (h->n_busy + h->n_connecting + h->n_idle + h->n_spares))
+        want = h->max - (h->n_busy + h->n_connecting + h->n_idle + h->n_spares);
+    pthread_mutex_unlock(&h->mu);
+    return want > 0 ? want : 0;
+}
+
 /* Under mu: a call its breaker refused may still wait for the host (the
  * one rule of pgg__host_await_back and pgg__host_coming_back). */
 static bool coming_back_locked(pgg_host *h)

@@ -122,6 +122,9 @@ typedef struct pgg_host {
     char name[128];
     const char *const *keys; /* owned by the pool's config copy */
     const char *const *vals;
+    /* Its connect looks a name up (pgg_host_spec.lookup): an event loop's
+     * call hands the whole connect to the health thread (async.c). */
+    bool lookup;
 
     int max;
     int min_idle;
@@ -595,6 +598,10 @@ int pgg__host_drop_dead(pgg_host *h, int64_t now_ns, int64_t used_within_ns,
                         int64_t born_before);
 /* Open connections until min_idle are idle, within deadline_ns. */
 int pgg__host_warm(pgg_host *h, int64_t deadline_ns);
+/* How many more connections a warm-up to min_idle wants now (spares and
+ * connects on their way count as had), within pool_max: 0 while the
+ * host is closed or refusing. */
+int pgg__host_warm_wanted(pgg_host *h);
 /*
  * Run the on-connect hook (pgg_config_on_connect) on conn within
  * deadline_ns: after a new connection's connect, and after a lease's

@@ -104,6 +104,10 @@ static void pool_destroy(pgg_pool *pool, int hosts_ready, bool bulkhead_ready)
     atomic_store(&pool->closed, true);
     pgg__health_stop(pool->health);
     pool->health = NULL; /* late breaker events wake nothing */
+    /* The health thread's last events delivered; later ones are delivered
+     * where raised (the listener's userdata lives until the end). */
+    pgg__events_free(pool->events);
+    pool->events = NULL;
     pgg__leases_orphan(pool);
     for (int i = 0; i < hosts_ready; i++)
         pgg__host_close(&pool->hosts[i]);
@@ -153,6 +157,9 @@ pgg_pool *pgg_pool_new(const pgg_config *cfg, pgg_error *err)
         return NULL;
     }
     pthread_mutex_init(&pool->ev_mu, NULL);
+    /* NULL (out of memory): the health thread's events are delivered
+     * where raised, as before (events.h). */
+    pool->events = pgg__events_new(pgg__pool_deliver_event, pool);
     pgg__leases_init(pool);
     pgg__prepared_init(&pool->prepared);
     pool->cfg = pgg__config_copy(cfg, err);
@@ -198,6 +205,7 @@ pgg_pool *pgg_pool_new(const pgg_config *cfg, pgg_error *err)
                            (const char *const *)spec->vals, &limits,
                            &cfg->breaker, pool->clock, err) != PGG_OK)
             goto fail;
+        pool->hosts[i].lookup = spec->lookup;
         pool->refs[i].pool = pool;
         pool->refs[i].index = i;
         pgg__breaker_listen(&pool->hosts[i].breaker, breaker_changed,

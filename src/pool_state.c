@@ -10,8 +10,9 @@
 #include "error.h"
 #include "tls.h"
 
-void pgg__pool_emit(pgg_pool *pool, const pgg_event *ev)
+void pgg__pool_deliver_event(void *arg, const pgg_event *ev)
 {
+    pgg_pool *pool = arg;
     pgg_event_fn fn;
     void *ud;
 
@@ -23,10 +24,25 @@ void pgg__pool_emit(pgg_pool *pool, const pgg_event *ev)
         fn(ev, ud);
 }
 
+void pgg__pool_emit(pgg_pool *pool, const pgg_event *ev)
+{
+    bool listened;
+
+    pthread_mutex_lock(&pool->ev_mu);
+    listened = pool->ev_fn != NULL;
+    pthread_mutex_unlock(&pool->ev_mu);
+    /* The health thread's go to the events thread (events.h). */
+    if (listened && !pgg__events_queue(pool->events, ev))
+        pgg__pool_deliver_event(pool, ev);
+}
+
 void pgg_pool_on_event(pgg_pool *pool, pgg_event_fn fn, void *userdata)
 {
     if (!pool)
         return;
+    /* The health thread's events raised before this call go to the
+     * listener they were raised under, as when it delivered them. */
+    pgg__events_flush(pool->events);
     pthread_mutex_lock(&pool->ev_mu);
     pool->ev_fn = fn;
     pool->ev_ud = userdata;

@@ -23,6 +23,7 @@
 #include "cache.h"
 #include "classify.h"
 #include "clock.h"
+#include "events.h"
 #include "host.h"
 #include "link.h"
 #include "options.h"
@@ -107,6 +108,8 @@ struct pgg_pool {
     pthread_mutex_t ev_mu;
     pgg_event_fn ev_fn;
     void *ev_ud;
+    /* Delivers the health thread's events (events.h); NULL: inline. */
+    pgg_events *events;
 
     atomic_uint_fast64_t calls_failed;
 
@@ -117,8 +120,11 @@ struct pgg_pool {
 void pgg__pool_set_role(pgg_pool *pool, pgg_host *h, pgg_role role,
                         const char *reason);
 
-/* Deliver an event to the listener, outside every lock. */
+/* Deliver an event to the listener, outside every lock: now, on this
+ * thread, or on the events thread for the health thread's (events.h). */
 void pgg__pool_emit(pgg_pool *pool, const pgg_event *ev);
+/* The listener's call, now (the events thread's deliver function). */
+void pgg__pool_deliver_event(void *arg, const pgg_event *ev);
 
 /* The router's view of every host, now. */
 static inline int pgg__pool_candidates(pgg_pool *pool, pgg_intent intent,

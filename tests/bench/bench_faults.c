@@ -50,11 +50,14 @@
  * call in flight on it, the same schedule and accounting; each fault's block
  * then also reports the longest gap between ticks of a 1 ms timer on those
  * loops while a call was in flight (a loop blocked in a wait would show a
- * whole deadline), and (async_cpu.h) the thread CPU and wall time of each
- * callback into pgguard, of each call started (pgg_async_exec_params, which
- * a server calls on its loop too), and of the libpq client's own
+ * whole deadline) and where that gap went (the loop thread waiting for a
+ * CPU, running, asleep), and (async_cpu.h) the thread CPU and wall time of
+ * each callback into pgguard, of each call started (pgg_async_exec_params,
+ * which a server calls on its loop too), and of the libpq client's own
  * PQsendQueryParams and PQconsumeInput calls, the same sends and reads
- * without pgguard.
+ * without pgguard; for each kind, how many slept inside (a voluntary
+ * context switch: a lock's wait, a blocking system call) and for how long,
+ * and how many waited for a CPU inside (preempted: the machine's load).
  *
  * Not a meson test: it asserts nothing (exit 0 whatever the verdicts), and
  * its numbers depend on the machine's load, printed with each fault.
@@ -153,6 +156,11 @@ typedef struct worker {
     struct event *tick;
     double last_tick;
     bool in_call;
+#if PGG_BENCH_CALLBACK_CPU
+    /* the thread's CPU clock and wait for a CPU at last_tick */
+    int64_t last_tick_cpu_ns;
+    async_sched last_tick_sched;
+#endif
 #endif
 } worker;
 
@@ -300,6 +308,15 @@ static void ack(worker *w, int seq)
 /* --async: calls through pgguard_async.h; the loops' longest gap, in us. */
 static bool use_async;
 static atomic_long async_worst_gap_us;
+#if PGG_BENCH_CALLBACK_CPU
+/* Where the longest gap went: the loop thread waiting for a CPU, running
+ * (the callbacks, the loop's own work; a VM stop is charged here too), and
+ * the rest, the thread asleep (in the loop's wait for its next event, which
+ * is at most the 1 ms the timer asks for unless something else kept it).
+ * Set with the gap under worst_gap_mu. */
+static pthread_mutex_t worst_gap_mu = PTHREAD_MUTEX_INITIALIZER;
+static int64_t worst_gap_delay_ns, worst_gap_cpu_ns;
+#endif
 
 #if PGG_BENCH_ASYNC
 typedef struct async_done {
@@ -328,14 +345,39 @@ static void on_async_tick(evutil_socket_t fd, short what, void *arg)
 
     (void)fd;
     (void)what;
+#if PGG_BENCH_CALLBACK_CPU
+    int64_t cpu = 0;
+    async_sched sched = {0};
+
+    if (w->in_call) {
+        async_sched_read(&sched);
+        cpu = async_cpu_ns(CLOCK_THREAD_CPUTIME_ID);
+    }
+#endif
     if (w->in_call && w->last_tick > 0) {
         long gap = (long)((now - w->last_tick) * 1000);
         long worst = atomic_load(&async_worst_gap_us);
 
+#if PGG_BENCH_CALLBACK_CPU
+        if (gap > worst) {
+            pthread_mutex_lock(&worst_gap_mu);
+            if (gap > atomic_load(&async_worst_gap_us)) {
+                atomic_store(&async_worst_gap_us, gap);
+                worst_gap_delay_ns = sched.run_delay_ns - w->last_tick_sched.run_delay_ns;
+                worst_gap_cpu_ns = cpu - w->last_tick_cpu_ns;
+            }
+            pthread_mutex_unlock(&worst_gap_mu);
+        }
+#else
         while (gap > worst && !atomic_compare_exchange_weak(&async_worst_gap_us, &worst, gap))
             ;
+#endif
     }
     w->last_tick = now;
+#if PGG_BENCH_CALLBACK_CPU
+    w->last_tick_sched = sched;
+    w->last_tick_cpu_ns = cpu;
+#endif
 }
 
 /* One call through the thread's loop: start it, run the loop until its
@@ -358,6 +400,10 @@ static PGresult *async_call(worker *w, pgg_intent intent, const char *sql, int n
         event_add(w->tick, &ms1);
     }
     w->last_tick = pgh_now_ms();
+#if PGG_BENCH_CALLBACK_CPU
+    async_sched_read(&w->last_tick_sched);
+    w->last_tick_cpu_ns = async_cpu_ns(CLOCK_THREAD_CPUTIME_ID);
+#endif
     w->in_call = true;
     int rc;
 #if PGG_BENCH_CALLBACK_CPU
@@ -1454,20 +1500,32 @@ static void print_fault(const run *r, result *res)
     if (r->fault_note[0])
         printf("   the fault: %s\n", r->fault_note);
     if (use_async) {
+#if PGG_BENCH_CALLBACK_CPU
+        {
+            long gap_us = atomic_load(&async_worst_gap_us);
+            double delay = worst_gap_delay_ns / 1e6, cpu = worst_gap_cpu_ns / 1e6;
+            double asleep = gap_us / 1000.0 - delay - cpu;
+            char text[512], sl[256];
+
+            printf("   pgguard through pgguard_async.h, a libevent loop per thread: longest gap "
+                   "between 1 ms ticks during a call %.1f ms (the loop thread waiting for a "
+                   "CPU %.1f ms, running %.1f ms, asleep %.1f ms)\n",
+                   gap_us / 1000.0, delay, cpu, asleep > 0 ? asleep : 0.0);
+            async_cpu_text(text, sizeof text);
+            async_sleep_text(&async_cpu_sleep, sl, sizeof sl);
+            printf("   the loops' calls into pgguard: %s; %s\n", text, sl);
+            async_cpu_calls_text(&async_api_thread, &async_api_wall, text, sizeof text);
+            async_sleep_text(&async_api_sleep, sl, sizeof sl);
+            printf("   the calls started (pgg_async_exec_params): %s; %s\n", text, sl);
+            async_cpu_calls_text(&async_ref_thread, &async_ref_wall, text, sizeof text);
+            async_sleep_text(&async_ref_sleep, sl, sizeof sl);
+            printf("   libpq's client, its PQsendQueryParams and PQconsumeInput: %s; %s\n", text,
+                   sl);
+        }
+#else
         printf("   pgguard through pgguard_async.h, a libevent loop per thread: longest gap "
                "between 1 ms ticks during a call %.1f ms\n",
                atomic_load(&async_worst_gap_us) / 1000.0);
-#if PGG_BENCH_CALLBACK_CPU
-        {
-            char text[512];
-
-            async_cpu_text(text, sizeof text);
-            printf("   the loops' calls into pgguard: %s\n", text);
-            async_cpu_calls_text(&async_api_thread, &async_api_wall, text, sizeof text);
-            printf("   the calls started (pgg_async_exec_params): %s\n", text);
-            async_cpu_calls_text(&async_ref_thread, &async_ref_wall, text, sizeof text);
-            printf("   libpq's client, its PQsendQueryParams and PQconsumeInput: %s\n", text);
-        }
 #endif
 #if PGG_BENCH_STEPS
         steps_report(stdout, r->t0 + r->fault_ms);
@@ -1641,6 +1699,7 @@ static void run_fault(const fault *f, double after_ms, FILE *csv, result *out)
     loadavg_text(out->load, sizeof out->load);
     atomic_store(&async_worst_gap_us, 0);
 #if PGG_BENCH_CALLBACK_CPU
+    worst_gap_delay_ns = worst_gap_cpu_ns = 0;
     async_cpu_reset();
 #if PGG_BENCH_STEPS
     steps_reset();

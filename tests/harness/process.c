@@ -7,6 +7,7 @@
 #include <pthread.h>
 #include <pwd.h>
 #include <signal.h>
+#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -186,8 +187,7 @@ int pgh__spawn(const char *const argv[], bool as_server, pgh__proc *p, char *err
     p->pid = -1;
     p->out_fd = -1;
     bool via_runuser = as_server && env.root;
-    /* Build everything before fork: the child of a threaded process may only
-     * call async-signal-safe functions until exec. */
+    /* Everything is built before the spawn. */
     const char *full[40];
     size_t k = 0;
     if (via_runuser) {
@@ -217,29 +217,51 @@ int pgh__spawn(const char *const argv[], bool as_server, pgh__proc *p, char *err
         close(pfd[1]);
         return -1;
     }
-    pid_t pid = fork();
-    if (pid < 0) {
-        pgh__fmt(err, errlen, "fork: %s", strerror(errno));
+    /* posix_spawn, not fork: glibc's runs the child on the parent's memory
+     * until exec (CLONE_VM|CLONE_VFORK), where fork copies every page
+     * table of this process under its memory map's write lock and leaves
+     * each page copy-on-write.  A fault bench injects its faults (pg_ctl)
+     * from the process whose clients it times: each fork stalled every
+     * page fault of every client thread meanwhile, 1-18 ms, then made the
+     * first write to each page fault again (measured with bench-faults
+     * --async, 2026-12-02: the loops' callbacks slept only around the
+     * harness's forks, in both clients). */
+    posix_spawn_file_actions_t fa;
+    posix_spawnattr_t at;
+    sigset_t none, dfl;
+    pid_t pid = -1;
+    int rc = posix_spawn_file_actions_init(&fa);
+    if (rc == 0) {
+        rc = posix_spawnattr_init(&at);
+        if (rc != 0)
+            posix_spawn_file_actions_destroy(&fa);
+    }
+    if (rc == 0) {
+        sigemptyset(&none);
+        sigemptyset(&dfl);
+        sigaddset(&dfl, SIGPIPE);
+        if ((rc = posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF |
+                                                    POSIX_SPAWN_SETPGROUP)) == 0 &&
+            (rc = posix_spawnattr_setsigmask(&at, &none)) == 0 &&
+            (rc = posix_spawnattr_setsigdefault(&at, &dfl)) == 0 &&
+            (rc = posix_spawnattr_setpgroup(&at, 0)) == 0 &&
+            (rc = posix_spawn_file_actions_adddup2(&fa, devnull, 0)) == 0 &&
+            (rc = posix_spawn_file_actions_adddup2(&fa, pfd[1], 1)) == 0 &&
+            (rc = posix_spawn_file_actions_adddup2(&fa, pfd[1], 2)) == 0 &&
+            /* Servers started by pg_ctl must not inherit the reaper's pipe
+             * or a test's sockets. */
+            (rc = posix_spawn_file_actions_addclosefrom_np(&fa, 3)) == 0 &&
+            (rc = posix_spawn_file_actions_addchdir_np(&fa, "/")) == 0)
+            rc = posix_spawn(&pid, full[0], &fa, &at, (char *const *)full, environ);
+        posix_spawnattr_destroy(&at);
+        posix_spawn_file_actions_destroy(&fa);
+    }
+    if (rc != 0) {
+        pgh__fmt(err, errlen, "spawn %s: %s", full[0], strerror(rc));
         close(pfd[0]);
         close(pfd[1]);
         close(devnull);
         return -1;
-    }
-    if (pid == 0) {
-        sigset_t none;
-        sigemptyset(&none);
-        sigprocmask(SIG_SETMASK, &none, NULL);
-        signal(SIGPIPE, SIG_DFL);
-        setpgid(0, 0);
-        if (dup2(devnull, 0) < 0 || dup2(pfd[1], 1) < 0 || dup2(pfd[1], 2) < 0)
-            _exit(126);
-        /* Servers started by pg_ctl must not inherit the reaper's pipe or a
-         * test's sockets. */
-        closefrom(3);
-        if (chdir("/") != 0)
-            _exit(126);
-        execv(full[0], (char *const *)full);
-        _exit(127);
     }
     close(devnull);
     close(pfd[1]);

@@ -292,4 +292,41 @@ static inline bool reads_reach(pgg_pool *p, int index, int tries)
     return false;
 }
 
+/*
+ * Issue 9's blip, made deterministic: BLIP_READ sleeps as long as the
+ * table pgg_blip_flag says.  Reads sent while it says a minute sleep until
+ * the blip ends them (blip_running tells when they all run); it says a
+ * second before the blip (blip_sleep, replayed), so that their runs after
+ * it end soon, but not before every 57P01 of the blip has been judged
+ * (a run after it ending at once would put a success between them).
+ */
+#define BLIP_READ "SELECT pg_sleep((SELECT s FROM pgg_blip_flag))"
+
+static inline void blip_sleep(pgh_cluster *c, int seconds)
+{
+    pgh_node *p = pgh_cluster_primary(c);
+    char sql[256];
+
+    snprintf(sql, sizeof sql,
+             "CREATE TABLE IF NOT EXISTS pgg_blip_flag (s int);"
+             "DELETE FROM pgg_blip_flag; INSERT INTO pgg_blip_flag VALUES (%d);",
+             seconds);
+    cr_assert_eq(pgh_node_exec(p, sql), 0, "%s", pgh_node_error(p));
+    for (int i = 0; i < pgh_cluster_replica_count(c); i++)
+        cr_assert_eq(pgh_node_wait_replay(pgh_cluster_replica(c, i), p, 10000), 0);
+}
+
+/* BLIP_READs running on node n now. */
+static inline int blip_running(pgh_node *n)
+{
+    char v[32];
+
+    cr_assert_eq(pgh_node_query_value(n,
+                                      "SELECT count(*) FROM pg_stat_activity WHERE state = "
+                                      "'active' AND query = '" BLIP_READ "'",
+                                      v, sizeof v),
+                 0, "%s", pgh_node_error(n));
+    return atoi(v);
+}
+
 #endif

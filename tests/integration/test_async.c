@@ -23,6 +23,7 @@
 #include "link_util.h"
 #include "pool.h"
 #include "pool_util.h"
+#include "role_util.h"
 #include "pgguard/adapters/libevent.h"
 #include "test_async_guard.h"
 
@@ -1648,6 +1649,234 @@ static void *fault_main(void *arg)
 }
 
 /*
+ * A write answered 25006 by a host the pool took for the primary, with no
+ * other primary known: the write provably did not apply, and runs on the
+ * primary the health round (woken by the refusal) finds, within its
+ * deadline, as a blocking call does
+ * (recovery/a_write_refused_as_read_only_runs_on_the_primary).  Before,
+ * the loop routed again on what it knew at once (no primary) and failed
+ * the write with PGG_EWRONGROLE (a switchover: the old primary a standby
+ * now, the new one still taken for a standby).
+ */
+Test(async, a_write_refused_as_read_only_runs_on_the_primary_the_round_finds)
+{
+    outcome o;
+    pgh_cluster *c = cluster_or_die(1);
+
+    make_table(c, "async_wrong_role", "v", 3);
+    /* Calm probes never come during the test; a woken one does. */
+    pgg_pool *p = pool_for(c, "health_interval_ms=600000");
+    struct event_base *base = event_base_new();
+    pgg_async *ac = async_for(p, base);
+
+    roles_swapped(p);
+    start_call(ac, PGG_WRITE, "UPDATE async_wrong_role SET v = 'moved' WHERE id = 3", 3000, 0,
+               &o);
+    run_until(base, &o, 1, 5000);
+    cr_expect_eq(o.code, PGG_OK, "the write failed: %s %s", pgg_err_name(o.code), o.message);
+    cr_expect_eq(o.attempts, 2);
+    expect_written_on_the_primary(c, p, o.host_index,
+                                  "SELECT v FROM async_wrong_role WHERE id = 3", "moved");
+
+    /* The same wait ended by a cancel: the call ends at the cancel. */
+    roles_swapped(p);
+    {
+        pgg_call call = {.timeout_ms = 3000};
+        pgg_async_call *hd = NULL;
+        pgg_error e;
+
+        o = (outcome){.started = pgh_now_ms()};
+        loop_guard_on();
+        cr_assert_eq(pgg_async_exec(ac, PGG_WRITE,
+                                    "UPDATE async_wrong_role SET v = 'again' WHERE id = 2",
+                                    &call, on_done, &o, &hd, &e),
+                     PGG_OK, "%s", e.message);
+        /* Turn the loop until the 25006 came back (the call then waits
+         * for the round), or the call ended. */
+        while (!o.done && host_stats(p, 1).role != PGG_ROLE_STANDBY)
+            event_base_loop(base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
+        if (!o.done)
+            pgg_async_cancel(hd);
+        loop_guard_off();
+        cr_expect_eq(o.done, 1);
+        cr_expect(o.code == PGG_ECANCELED || o.code == PGG_OK, "%s %s", pgg_err_name(o.code),
+                  o.message);
+    }
+    loop_guard_check("wrong role");
+    pgg_async_free(ac);
+    event_base_free(base);
+    end_test(p, c);
+}
+
+/* A server's worker: each completion starts the next call (the callback
+ * may start calls), up to `cap` in all (the test's own bound). */
+typedef struct relay {
+    int done, cap, started, refused, refused_code, canceled;
+    char refused_message[512];
+} relay;
+
+static void on_relay(pgg_async *ac, PGresult *res, const pgg_info *info, const pgg_error *err,
+                     void *ud)
+{
+    relay *r = ud;
+    pgg_call call = {.timeout_ms = 5000};
+    pgg_error e;
+
+    (void)info;
+    PQclear(res);
+    r->done++;
+    r->canceled += err->code == PGG_ECANCELED;
+    if (r->started >= r->cap)
+        return;
+    if (pgg_async_exec(ac, PGG_READ, "SELECT pg_sleep(1)", &call, on_relay, r, NULL, &e) ==
+        PGG_OK) {
+        r->started++;
+    } else {
+        r->refused++;
+        r->refused_code = e.code;
+        snprintf(r->refused_message, sizeof r->refused_message, "%s", e.message);
+    }
+}
+
+/*
+ * pgg_async_free ends every call in flight with PGG_ECANCELED; a callback
+ * that starts the next call (a worker's loop, allowed in a callback) must
+ * not keep the context alive: a call started on a context being freed is
+ * refused (PGG_ECLOSED, no callback), as hiredis refuses commands once its
+ * context is freeing.  Before, each such call was accepted, then cancelled
+ * by the free's next turn, whose callback started another: the free never
+ * returned (here: 50 calls, the test's bound).
+ */
+Test(async, a_callback_starting_calls_does_not_keep_a_freed_context_alive)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, NULL);
+    struct event_base *base = event_base_new();
+    pgg_async *ac = async_for(p, base);
+    pgg_call call = {.timeout_ms = 5000};
+    relay r = {.cap = 50};
+    pgg_error e;
+
+    loop_guard_on();
+    cr_assert_eq(pgg_async_exec(ac, PGG_READ, "SELECT pg_sleep(1)", &call, on_relay, &r, NULL,
+                                &e),
+                 PGG_OK, "%s", e.message);
+    r.started = 1;
+    pgg_async_free(ac);
+    loop_guard_off();
+    cr_expect_eq(r.done, 1, "%d callbacks ran inside pgg_async_free (%d calls started)", r.done,
+                 r.started);
+    cr_expect_eq(r.canceled, r.done);
+    cr_expect_eq(r.started, 1, "%d calls were started on the context being freed", r.started - 1);
+    cr_expect_eq(r.refused, 1);
+    cr_expect_eq(r.refused_code, PGG_ECLOSED, "%s %s", pgg_err_name(r.refused_code),
+                 r.refused_message);
+    loop_guard_check("free with a relay");
+    event_base_free(base);
+    end_test(p, c);
+}
+
+/* Breaker openings, as the pool announced them (any thread). */
+static void count_openings(const pgg_event *ev, void *ud)
+{
+    if (ev->type == PGG_EVENT_BREAKER && ev->to == PGG_BREAKER_OPEN)
+        atomic_fetch_add((atomic_int *)ud, 1);
+}
+
+/*
+ * Issue 9's blip on the loop (recovery/one_blip_opens_no_breaker): eight
+ * loop reads running on pooled sessions of both replicas (BLIP_READ) when
+ * every backend there is terminated.  Each 57P01 is one blip, not a
+ * failure of its replica: no breaker opens, and each read runs again on a
+ * new connection of its replica and succeeds.  (The adaptive attempt bound
+ * is off: the reads run until the blip.)
+ */
+Test(async, one_blip_opens_no_breaker_on_the_loop)
+{
+    pgh_cluster *c = cluster_or_die(2);
+    pgh_require_replicas(c, 2);
+    pgg_pool *p = pool_for(c, "attempt_timeout_auto=false");
+    struct event_base *base = event_base_new();
+    pgg_async *ac = async_for(p, base);
+    atomic_int opened = 0;
+    pgg_lease *l[8];
+    outcome o[8];
+    pgg_error e;
+
+    blip_sleep(c, 60);
+    /* Eight idle pooled sessions: four on each replica. */
+    for (int i = 0; i < 8; i++) {
+        l[i] = pgg_acquire(p, PGG_READ, 2000, NULL, &e);
+        cr_assert_not_null(l[i], "acquire: %s", e.message);
+    }
+    for (int i = 0; i < 8; i++)
+        pgg_release(l[i]);
+    pgg_pool_on_event(p, count_openings, &opened);
+    for (int i = 0; i < 8; i++)
+        start_call(ac, PGG_READ, BLIP_READ, 30000, 0, &o[i]);
+    /* The loop turns (without a wait of pgguard's) until all eight run. */
+    while (blip_running(pgh_cluster_replica(c, 0)) + blip_running(pgh_cluster_replica(c, 1)) < 8)
+        loop_once(base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
+    blip_sleep(c, 1);
+    cr_assert_eq(pgh_node_terminate_backends(pgh_cluster_replica(c, 0)), 0);
+    cr_assert_eq(pgh_node_terminate_backends(pgh_cluster_replica(c, 1)), 0);
+    run_until(base, o, 8, 30000);
+    pgg_pool_on_event(p, NULL, NULL);
+    for (int i = 0; i < 8; i++) {
+        cr_expect_eq(o[i].code, PGG_OK, "read %d: %s %s", i, pgg_err_name(o[i].code),
+                     o[i].message);
+        cr_expect_neq(o[i].host_index, 0, "read %d left its replica for the primary", i);
+        cr_expect_eq(o[i].attempts, 2, "read %d: %d attempts", i, o[i].attempts);
+    }
+    cr_expect_eq(atomic_load(&opened), 0, "%d breakers opened on one blip",
+                 atomic_load(&opened));
+    for (int i = 0; i < pgg_pool_host_count(p); i++)
+        cr_expect_eq(host_stats(p, i).state, PGG_BREAKER_CLOSED);
+    loop_guard_check("one blip");
+    pgg_async_free(ac);
+    event_base_free(base);
+    end_test(p, c);
+}
+
+/*
+ * A pool configured with a host name (host=localhost, no hostaddr): libpq
+ * looks the name up (getaddrinfo, which blocks on a resolver) inside
+ * PQconnectStartParams, and the loop's calls that need a new connection
+ * must not make that call on the loop: the whole connect goes to the
+ * health thread (the loop guard counts any getaddrinfo of a name on the
+ * loop's thread).  Before, the loop started every connect itself and
+ * looked the name up there.
+ */
+Test(async, a_host_name_is_looked_up_off_the_loop)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgh_node *n = pgh_cluster_primary(c);
+    char *ci = pgh_conninfo_at(pgh_node_conninfo(n), "localhost", pgh_node_port(n));
+    pgg_pool *p;
+    struct event_base *base = event_base_new();
+    pgg_async *ac;
+    outcome o[3];
+
+    cr_assert_not_null(ci);
+    p = pool_for_conninfo(ci, "pool_min_idle=0");
+    free(ci);
+    cr_assert(wait_role(p, 0, PGG_ROLE_PRIMARY, 10000), "the primary's role never learnt");
+    ac = async_for(p, base);
+    /* Three at once: at least two new connections, made for the loop. */
+    for (int i = 0; i < 3; i++)
+        start_call(ac, PGG_WRITE, "SELECT pg_sleep(0.05)", 5000, 0, &o[i]);
+    run_until(base, o, 3, 10000);
+    for (int i = 0; i < 3; i++)
+        cr_expect_eq(o[i].code, PGG_OK, "call %d: %s %s", i, pgg_err_name(o[i].code),
+                     o[i].message);
+    cr_expect_geq(host_stats(p, 0).conns_open, 2);
+    loop_guard_check("a host name");
+    pgg_async_free(ac);
+    event_base_free(base);
+    end_test(p, c);
+}
+
+/*
  * The loop under issue 9's faults never makes a call that can wait (the
  * loop guard: no poll or select with a timeout, no sleep, no condition
  * variable, no blocking connect, no DNS), whatever the servers do: six
@@ -2784,16 +3013,23 @@ Test(async, a_call_cancelled_when_its_connect_was_refused_as_full_ends_at_the_ca
     pgh_cluster_free(c);
 }
 
-/* Host i's sessions, idle or on their way as spares (white box). */
-static int idle_and_spares(pgg_pool *p, int i)
+/* Host i's spares on their way, plus its idle sessions (idle) or its
+ * connects on their way (connecting), read under its lock (white box). */
+static int host_spares_and(pgg_pool *p, int i, bool idle, bool connecting)
 {
     pgg_host *h = &p->hosts[i];
     int n;
 
     pthread_mutex_lock(&h->mu);
-    n = h->n_idle + h->n_spares;
+    n = h->n_spares + (idle ? h->n_idle : 0) + (connecting ? h->n_connecting : 0);
     pthread_mutex_unlock(&h->mu);
     return n;
+}
+
+/* Host i's sessions, idle or on their way as spares. */
+static int idle_and_spares(pgg_pool *p, int i)
+{
+    return host_spares_and(p, i, true, false);
 }
 
 /*
@@ -3719,4 +3955,328 @@ Test(async, a_connection_one_shot_calls_left_blocking_is_non_blocking_after_the_
     pgg_async_free(ac);
     event_base_free(base);
     end_test(p, c);
+}
+
+/* ------------------------------------------ user code that waits */
+
+/* A place where user code called by pgguard waits (a loop adapter's hook,
+ * a listener: a log sink, a lock of the user's), once armed, until the
+ * test releases it; the bound only ends a test whose other side never
+ * could go on. */
+typedef struct hold {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int armed, entered, released, timed_out;
+    volatile int gone; /* the holding side ended without entering */
+} hold;
+
+#define HOLD_INIT {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0, 0, 0}
+
+static void hold_arm(hold *h)
+{
+    pthread_mutex_lock(&h->mu);
+    h->armed = 1;
+    pthread_mutex_unlock(&h->mu);
+}
+
+/* Called by the user code: waits there when armed (once). */
+static void hold_here(hold *h)
+{
+    pthread_mutex_lock(&h->mu);
+    if (h->armed) {
+        struct timespec ts;
+
+        h->armed = 0;
+        h->entered = 1;
+        pthread_cond_broadcast(&h->cv);
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_sec += 30;
+        while (!h->released)
+            if (pthread_cond_timedwait(&h->cv, &h->mu, &ts) != 0) {
+                h->timed_out = 1;
+                break;
+            }
+    }
+    pthread_mutex_unlock(&h->mu);
+}
+
+/* The holding side ended (it may never have entered). */
+static void hold_gone(hold *h)
+{
+    pthread_mutex_lock(&h->mu);
+    h->gone = 1;
+    pthread_cond_broadcast(&h->cv);
+    pthread_mutex_unlock(&h->mu);
+}
+
+/* Until the user code waits in hold_here (1), or its side ended (0). */
+static int hold_entered(hold *h)
+{
+    int entered;
+
+    pthread_mutex_lock(&h->mu);
+    while (!h->entered && !h->gone)
+        pthread_cond_wait(&h->cv, &h->mu);
+    entered = h->entered;
+    pthread_mutex_unlock(&h->mu);
+    return entered;
+}
+
+/* Let it go on; 1 if it had stopped waiting at its bound already. */
+static int hold_release(hold *h)
+{
+    int timed_out;
+
+    pthread_mutex_lock(&h->mu);
+    timed_out = h->timed_out;
+    h->released = 1;
+    pthread_cond_broadcast(&h->cv);
+    pthread_mutex_unlock(&h->mu);
+    return timed_out;
+}
+
+/* ------------------------------------------ a give-back's loop hooks */
+
+/* The libevent adapter, with its del_read held once when armed: called
+ * from inside a give-back. */
+static hold held_hook = HOLD_INIT;
+
+static void held_del_read(void *data, pgg_async_sock *s)
+{
+    hold_here(&held_hook);
+    pgg_libevent_del_read(data, s);
+}
+
+static int held_attach(pgg_async *ac, struct event_base *base)
+{
+    pgg_async_ev ev;
+    pgg_libevent *le = calloc(1, sizeof *le);
+
+    if (!le)
+        return PGG_ENOMEM;
+    le->base = base;
+    le->ac = ac;
+    le->timer = evtimer_new(base, pgg_libevent_on_timer, le);
+    ev.data = le;
+    ev.add_read = pgg_libevent_add_read;
+    ev.del_read = held_del_read;
+    ev.add_write = pgg_libevent_add_write;
+    ev.del_write = pgg_libevent_del_write;
+    ev.close_sock = pgg_libevent_close_sock;
+    ev.schedule_timer = pgg_libevent_schedule_timer;
+    ev.cleanup = pgg_libevent_cleanup;
+    return le->timer ? pgg_async_attach(ac, &ev) : PGG_ENOMEM;
+}
+
+/* A loop on its own thread that keeps its connection, then makes a
+ * blocking call there that must wait for a connection: its give-back
+ * (pgg__host_loop_give_back) runs the held hook. */
+typedef struct held_loop {
+    pgg_pool *p;
+    outcome o;
+    int kept;
+    blocking_call b; /* its blocking call, made once its connection is kept */
+} held_loop;
+
+static void *held_loop_main(void *arg)
+{
+    held_loop *hl = arg;
+    struct event_base *base = event_base_new();
+    pgg_error e;
+    pgg_async *ac = base ? pgg_async_new(hl->p, &e) : NULL;
+    pgg_call call = {.timeout_ms = 30000};
+
+    hl->b = (blocking_call){.p = hl->p, .timeout_ms = 30000, .code = PGG_ENOMEM};
+    if (ac && held_attach(ac, base) == PGG_OK &&
+        pgg_async_exec(ac, PGG_WRITE, "SELECT 1", &call, on_done, &hl->o, NULL, &e) == PGG_OK) {
+        while (!hl->o.done)
+            event_base_loop(base, EVLOOP_ONCE);
+        hl->kept = pgg__async_kept(ac);
+        if (hl->o.code == PGG_OK && hl->kept == 1) {
+            hold_arm(&held_hook);
+            blocking_main(&hl->b);
+        }
+    }
+    pgg_async_free(ac);
+    if (base)
+        event_base_free(base);
+    hold_gone(&held_hook);
+    return NULL;
+}
+
+/*
+ * Loop A (its own thread) keeps its connection, then makes a blocking
+ * call that must wait (pool_max=2, the other connection leased): A gives
+ * back what it keeps first, and A's adapter hook (del_read) waits, as
+ * user code may.  Meanwhile this loop, B, gets the leased connection back
+ * and its call completes and keeps the connection (B's first keep: the
+ * process-wide list of keeping contexts).  It must complete while A's
+ * hook still waits: before, A held that list's lock across its whole
+ * give-back (hooks, host locks), and B's call stopped in
+ * pthread_mutex_lock until A's hook returned.
+ */
+Test(async, a_loops_call_completes_while_another_loops_give_back_hook_waits)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, "pool_max=2 pool_min_idle=0 breaker.mode=disabled");
+    struct event_base *base = event_base_new();
+    pgg_async *ac = async_for(p, base);
+    pgg_call lcall = {.timeout_ms = 5000};
+    pgg_error e;
+    pgg_lease *lease = pgg_acquire_call(p, PGG_WRITE, &lcall, NULL, &e);
+    held_loop hl = {.p = p};
+    pthread_t th;
+    outcome o;
+    int timed_out;
+
+    cr_assert_not_null(lease, "pgg_acquire: %s", e.message);
+    cr_assert_eq(pthread_create(&th, NULL, held_loop_main, &hl), 0);
+    if (!hold_entered(&held_hook)) {
+        pthread_join(th, NULL);
+        pgg_release(lease);
+        cr_assert_fail("loop A's give-back never ran its hook: A's call %s %s, kept %d; "
+                       "its blocking call %s %s",
+                       pgg_err_name(hl.o.code), hl.o.message, hl.kept,
+                       pgg_err_name(hl.b.code), hl.b.message);
+    }
+    /* A waits in its hook, inside its give-back: B's call. */
+    pgg_release(lease);
+    start_call(ac, PGG_WRITE, "SELECT 1", 5000, 0, &o);
+    while (!o.done)
+        loop_once(base, EVLOOP_ONCE);
+    timed_out = hold_release(&held_hook);
+    pthread_join(th, NULL);
+    cr_expect_not(timed_out, "B's call completed only once A's give-back hook returned");
+    cr_expect_eq(o.code, PGG_OK, "B's call: %s %s", pgg_err_name(o.code), o.message);
+    cr_expect_eq(pgg__async_kept(ac), 1, "B did not keep its connection");
+    cr_expect_eq(hl.b.code, PGG_OK, "A's blocking call: %s %s", pgg_err_name(hl.b.code),
+                 hl.b.message);
+    loop_guard_check("another loop's give-back hook");
+    pgg_async_free(ac);
+    event_base_free(base);
+    end_test(p, c);
+}
+
+/* ------------------------------------------ a listener that waits */
+
+/* pgg_pool_on_event's listener, held once when armed and called off the
+ * test's thread on a host's return to primary. */
+typedef struct held_events {
+    hold h;
+    pthread_t test_thread;
+} held_events;
+
+static void held_listener(const pgg_event *ev, void *ud)
+{
+    held_events *he = ud;
+
+    if (ev->type == PGG_EVENT_ROLE && ev->to == PGG_ROLE_PRIMARY &&
+        !pthread_equal(pthread_self(), he->test_thread))
+        hold_here(&he->h);
+}
+
+/*
+ * The health thread finds the primary again (its role was unknown) and
+ * the pool's listener, user code, waits.  Meanwhile a loop's call needs a
+ * new connection, whose connect steps the health thread runs (host.c,
+ * "Asked connects"): it must complete while the listener still waits.
+ * Before, the listener ran on the health thread, and the call waited for
+ * it (here until its deadline).
+ */
+Test(async, a_loops_new_connection_is_made_while_the_event_listener_waits)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, "pool_max=2 pool_min_idle=0 breaker.mode=disabled");
+    struct event_base *base = event_base_new();
+    pgg_async *ac = async_for(p, base);
+    held_events he = {HOLD_INIT, pthread_self()};
+    outcome o;
+    int timed_out;
+
+    cr_assert_eq(host_stats(p, 0).conns_open, 0, "the pool opened a connection already");
+    pgg_pool_on_event(p, held_listener, &he);
+    hold_arm(&he.h);
+    /* Unknown here (this thread: not held), primary again by the health
+     * thread's probe, which the wake asks for now. */
+    pgg__pool_set_role(p, &p->hosts[0], PGG_ROLE_UNKNOWN, "test");
+    pgg__pool_wake_health(p);
+    cr_assert(hold_entered(&he.h), "the listener was not held");
+    /* The listener waits: the loop's call, on a new connection. */
+    start_call(ac, PGG_WRITE, "SELECT 1", 20000, 0, &o);
+    while (!o.done)
+        loop_once(base, EVLOOP_ONCE);
+    timed_out = hold_release(&he.h);
+    cr_expect_eq(o.code, PGG_OK, "the loop's call, while the listener waited: %s %s",
+                 pgg_err_name(o.code), o.message);
+    cr_expect_not(timed_out, "the loop's call ended only once the listener returned");
+    cr_expect_eq(o.attempts, 1, "%d attempts", o.attempts);
+    loop_guard_check("a listener that waits");
+    pgg_async_free(ac);
+    event_base_free(base);
+    end_test(p, c);
+}
+
+/* ------------------------------------------ a warm-up on a slow host */
+
+/* Host i's connects on their way that are not a call's: the warm-up's
+ * (a blocking one counts in n_connecting, a spare in n_spares). */
+static int warming(pgg_pool *p, int i)
+{
+    return host_spares_and(p, i, false, true);
+}
+
+/*
+ * pool_min_idle=1: the health thread warms each host it reached.  The
+ * replica is slow to take sessions (a proxy holding each chunk 400 ms: a
+ * connect takes seconds) and its idle session is gone, so its next probe
+ * warms it again; meanwhile a loop's call to the primary needs a new
+ * connection, whose connect steps the health thread runs (host.c, "Asked
+ * connects").  It must complete while the replica's warm-up connect is
+ * still on its way.  Before, the warm-up was a blocking connect on the
+ * health thread, and the loop's call waited for it to end.
+ */
+Test(async, a_loops_new_connection_is_made_while_the_pool_warms_a_slow_host)
+{
+    pgh_cluster *c = cluster_or_die(1);
+    pgh_require_local(c, "a proxy between pgguard and a local replica");
+    pgh_node *replica = pgh_cluster_replica(c, 0);
+    char err[256];
+    pgh_proxy *px = pgh_proxy_start(pgh_node_host(replica), pgh_node_port(replica), err,
+                                    sizeof err);
+    cr_assert_not_null(px, "%s", err);
+    char *ci = conninfo_via_proxy(c, px);
+    /* Bounds above the slow proxy's connect (a few seconds). */
+    pgg_pool *p = pool_for_conninfo(ci, "pool_min_idle=1 pool_max=2 breaker.mode=disabled "
+                                        "health_probe_timeout_ms=8000 connect_timeout_ms=10000");
+    free(ci);
+    struct event_base *base = event_base_new();
+    pgg_async *ac = async_for(p, base);
+    outcome o;
+    int pending = 0;
+
+    cr_assert(wait_role(p, 0, PGG_ROLE_PRIMARY, 10000));
+    cr_assert(wait_role(p, 1, PGG_ROLE_STANDBY, 10000));
+    cr_assert_geq(wait_idle(p, 0, 1, 10000).conns_idle, 1, "the primary was not warmed");
+    cr_assert_geq(wait_idle(p, 1, 1, 10000).conns_idle, 1, "the replica was not warmed");
+    pgh_proxy_set_mode(px, PGH_PROXY_DELAY, 400);
+    pgg__host_trim(&p->hosts[1], 0, true);
+    for (int i = 0; i < 20000 && !warming(p, 1); i++)
+        sleep_ms(1);
+    cr_assert_gt(warming(p, 1), 0, "the replica's warm-up never started");
+    /* The primary's idle session gone: the loop's call connects (an ask). */
+    pgg__host_trim(&p->hosts[0], 0, true);
+    start_call(ac, PGG_WRITE, "SELECT 1", 20000, 0, &o);
+    while (!o.done)
+        loop_once(base, EVLOOP_ONCE);
+    pending = warming(p, 1);
+    pgh_proxy_set_mode(px, PGH_PROXY_PASS, 0);
+    cr_expect_eq(o.code, PGG_OK, "the loop's call: %s %s", pgg_err_name(o.code), o.message);
+    cr_expect_gt(pending, 0,
+                 "the loop's call completed only once the replica's warm-up connect ended "
+                 "(%.0f ms)", o.ms);
+    loop_guard_check("a warm-up on a slow host");
+    pgg_async_free(ac);
+    event_base_free(base);
+    end_test(p, c);
+    pgh_proxy_free(px);
 }

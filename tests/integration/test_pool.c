@@ -1003,14 +1003,17 @@ Test(pool, events_report_breaker_and_role_changes)
     cr_assert_eq(pgh_node_stop(pgh_cluster_primary(c), PGH_STOP_IMMEDIATE), 0);
     for (int i = 0; i < 5; i++)
         PQclear(pgg_exec(p, PGG_WRITE, "SELECT 1", NULL, NULL, &e));
+    pgg__events_flush(p->events); /* the health thread's: events.h */
     cr_expect(saw(&log, PGG_EVENT_BREAKER, 0, PGG_BREAKER_CLOSED, PGG_BREAKER_OPEN),
               "no closed -> open event for the stopped primary");
     cr_assert_eq(pgh_node_promote(pgh_cluster_replica(c, 0)), 0);
     cr_expect(wait_role(p, 1, PGG_ROLE_PRIMARY, 10000));
+    pgg__events_flush(p->events); /* the health thread's: events.h */
     cr_expect(saw(&log, PGG_EVENT_ROLE, 1, PGG_ROLE_STANDBY, PGG_ROLE_PRIMARY),
               "no standby -> primary event for the promoted replica");
     /* Forced open by the operator, then reset. */
     cr_expect_eq(pgg_pool_force_open(p, 1), PGG_OK);
+    pgg__events_flush(p->events); /* the health thread's: events.h */
     cr_expect(saw(&log, PGG_EVENT_BREAKER, 1, -1, PGG_BREAKER_FORCED_OPEN));
     PGresult *r = pgg_exec(p, PGG_WRITE, "SELECT 1", NULL, NULL, &e);
     cr_expect_null(r, "a forced-open primary took a write");

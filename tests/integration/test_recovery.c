@@ -14,6 +14,7 @@
 
 #include "pgg_config.h"
 #include "pool_util.h"
+#include "role_util.h"
 
 /* White box: roles set by hand to line up a write with a standby, and the
  * health thread's rounds. */
@@ -24,6 +25,14 @@
 static void setup_table(pgh_cluster *c)
 {
     make_table(c, "pgg_rec_t", "v", 10);
+}
+
+/* The health thread's events are delivered by the events thread (events.h):
+ * what a test reads of them before it replaces the listener waits for
+ * those raised so far. */
+static void events_delivered(pgg_pool *p)
+{
+    pgg__events_flush(p->events);
 }
 
 /* Role and breaker changes, as the pool announced them. */
@@ -321,22 +330,29 @@ Test(recovery, a_lease_session_ended_behind_its_answer_is_not_pooled_at_release)
 }
 #endif
 
-/* One long call on a thread: sql (a pg_sleep) under a 5 s deadline. */
+/* One long call on a thread: sql (a pg_sleep) under its deadline (0: 5 s;
+ * BLIP_READ's first run ends at the blip). */
 typedef struct blip_arg {
     pgg_pool *p;
     pgg_intent intent;
     const char *sql;
     int failed;
     int code;
+    int host_index; /* the host that served it (-1: none) */
+    int attempts;
+    int timeout_ms;
 } blip_arg;
 
 static void *slow_call(void *arg)
 {
     blip_arg *a = arg;
-    pgg_call call = {.timeout_ms = 5000};
+    pgg_call call = {.timeout_ms = a->timeout_ms ? a->timeout_ms : 5000};
+    pgg_info info;
     pgg_error e;
-    PGresult *r = pgg_exec(a->p, a->intent, a->sql, &call, NULL, &e);
+    PGresult *r = pgg_exec(a->p, a->intent, a->sql, &call, &info, &e);
 
+    a->host_index = info.host_index;
+    a->attempts = info.attempts;
     if (!r) {
         a->failed = 1;
         a->code = e.code;
@@ -349,23 +365,34 @@ static void *slow_call(void *arg)
  * Eight reads in flight on the replicas when every backend is terminated:
  * each gets 57P01 on a pooled session.  That is one blip, not eight
  * failures: no breaker opens (before, three in a row opened it), and each
- * read runs again on a new connection and succeeds.
+ * read runs again on a new connection of its replica and succeeds.  Every
+ * read is running when the blip comes (BLIP_READ), and the adaptive
+ * attempt bound is off: with it (200 ms at least) each read, then a 0.6 s
+ * sleep, was cut at 200 ms, before the blip 250 ms in, as a timeout of its
+ * replica; both breakers opened on those timeouts and closed again
+ * (host-back) before the test looked at their final state, the reads were
+ * served by the primary, and none met the blip.
  */
 Test(recovery, one_blip_opens_no_breaker)
 {
     pgh_cluster *c = cluster_or_die(2);
     pgh_require_replicas(c, 2);
-    pgg_pool *p = pool_for(c, NULL);
+    pgg_pool *p = pool_for(c, "attempt_timeout_auto=false");
+    seen s = {.mu = PTHREAD_MUTEX_INITIALIZER};
     pthread_t t[8];
     blip_arg a[8];
     int failed = 0;
 
+    blip_sleep(c, 60);
     hold_sessions(p, PGG_READ, 8);
+    pgg_pool_on_event(p, on_event, &s);
     for (int i = 0; i < 8; i++) {
-        a[i] = (blip_arg){.p = p, .intent = PGG_READ, .sql = "SELECT pg_sleep(0.6)"};
+        a[i] = (blip_arg){.p = p, .intent = PGG_READ, .sql = BLIP_READ, .timeout_ms = 30000};
         cr_assert_eq(pthread_create(&t[i], NULL, slow_call, &a[i]), 0);
     }
-    sleep_ms(250);
+    while (blip_running(pgh_cluster_replica(c, 0)) + blip_running(pgh_cluster_replica(c, 1)) < 8)
+        sleep_ms(10);
+    blip_sleep(c, 1);
     cr_assert_eq(pgh_node_terminate_backends(pgh_cluster_replica(c, 0)), 0);
     cr_assert_eq(pgh_node_terminate_backends(pgh_cluster_replica(c, 1)), 0);
     for (int i = 0; i < 8; i++) {
@@ -374,8 +401,12 @@ Test(recovery, one_blip_opens_no_breaker)
             failed++;
             fprintf(stderr, "read %d failed: %s\n", i, pgg_err_name(a[i].code));
         }
+        cr_expect_neq(a[i].host_index, 0, "read %d left its replica for the primary", i);
+        cr_expect_eq(a[i].attempts, 2, "read %d: %d attempts", i, a[i].attempts);
     }
+    pgg_pool_on_event(p, NULL, NULL);
     cr_expect_eq(failed, 0, "%d of 8 reads in flight failed", failed);
+    cr_expect_eq(s.opened, 0, "%d breakers opened on one blip", s.opened);
     for (int i = 0; i < pgg_pool_host_count(p); i++) {
         pgg_host_stats h = host_stats(p, i);
         cr_expect_eq(h.state, PGG_BREAKER_CLOSED, "%s: breaker %s after one blip", h.host,
@@ -430,23 +461,15 @@ Test(recovery, a_write_refused_as_read_only_runs_on_the_primary)
     pgg_call call = {.timeout_ms = 3000};
     pgg_info info;
     pgg_error e;
-    char v[64];
 
-    cr_assert(reads_reach(p, 1, 20)); /* a pooled session on the replica */
-    pgg__pool_set_role(p, &p->hosts[1], PGG_ROLE_PRIMARY, "test");
-    pgg__pool_set_role(p, &p->hosts[0], PGG_ROLE_STANDBY, "test");
+    roles_swapped(p);
     PGresult *r = pgg_exec(p, PGG_WRITE, "UPDATE pgg_rec_t SET v = 'moved' WHERE id = 3", &call,
                            &info, &e);
     cr_expect_not_null(r, "the write failed: %s %s", pgg_err_name(e.code), e.message);
-    cr_expect_eq(info.host_index, 0, "served by host %d", info.host_index);
     cr_expect_eq(e.code, PGG_OK, "%s", pgg_err_name(e.code));
     PQclear(r);
-    cr_expect_eq(host_stats(p, 0).role, PGG_ROLE_PRIMARY);
-    cr_expect_eq(host_stats(p, 1).role, PGG_ROLE_STANDBY);
-    cr_assert_eq(pgh_node_query_value(pgh_cluster_primary(c),
-                                      "SELECT v FROM pgg_rec_t WHERE id = 3", v, sizeof v),
-                 0);
-    cr_expect_str_eq(v, "moved");
+    expect_written_on_the_primary(c, p, info.host_index, "SELECT v FROM pgg_rec_t WHERE id = 3",
+                                  "moved");
     end_test(p, c);
 }
 
@@ -1207,6 +1230,7 @@ Test(recovery, a_host_back_from_its_first_outage_closes_its_breaker_at_once)
     pgg_pool_on_event(p, on_event, &s);
     cr_assert(outage(p, n), "no first outage and return (breaker %s)",
               pgg_breaker_state_name(host_stats(p, 0).state));
+    events_delivered(p);
     pthread_mutex_lock(&s.mu);
     cr_expect_eq(s.open_closed, 1, "open -> closed %d times", s.open_closed);
     cr_expect_eq(s.half_opened, 0, "half-open %d times", s.half_opened);
@@ -2741,6 +2765,7 @@ Test(recovery, a_hung_primary_opens_its_breaker_on_one_deadline_of_silence)
     h = host_stats(p, 0);
     cr_expect_eq(h.state, PGG_BREAKER_OPEN, "breaker %s after the round",
                  pgg_breaker_state_name(h.state));
+    events_delivered(p); /* not under o.mu: the listener takes it */
     pthread_mutex_lock(&o.mu);
     cr_expect_eq(o.opened, 1);
     cr_expect_str_eq(o.reason, "host-silent");
@@ -2807,6 +2832,7 @@ Test(recovery, a_hung_primary_met_by_a_pipelined_statement_is_silent)
     cr_expect(wait_state(p, 0, PGG_BREAKER_OPEN, 5000), "breaker %s after the probe's bound",
               pgg_breaker_state_name(host_stats(p, 0).state));
     wait_opened(&o, 5000);
+    events_delivered(p); /* not under o.mu: the listener takes it */
     pthread_mutex_lock(&o.mu);
     cr_expect_eq(o.opened, 1);
     cr_expect_str_eq(o.reason, "host-silent");
@@ -2869,6 +2895,7 @@ Test(recovery, a_connect_into_a_hang_after_a_wait_for_a_connection_is_silence)
     cr_expect(wait_state(p, 0, PGG_BREAKER_OPEN, 5000), "breaker %s after the probe's bound",
               pgg_breaker_state_name(host_stats(p, 0).state));
     wait_opened(&o, 5000);
+    events_delivered(p); /* not under o.mu: the listener takes it */
     pthread_mutex_lock(&o.mu);
     cr_expect_eq(o.opened, 1);
     cr_expect_str_eq(o.reason, "host-silent");
@@ -3142,6 +3169,7 @@ Test(recovery, a_hung_primary_is_silent_though_calls_there_were_cancelled_or_fou
     cr_expect(wait_state(p, 0, PGG_BREAKER_OPEN, 8000), "breaker %s after the probe's bound",
               pgg_breaker_state_name(host_stats(p, 0).state));
     wait_opened(&o, 5000);
+    events_delivered(p); /* not under o.mu: the listener takes it */
     pthread_mutex_lock(&o.mu);
     cr_expect_eq(o.opened, 1);
     cr_expect_str_eq(o.reason, "host-silent");

@@ -303,3 +303,49 @@ Test(cache, a_position_older_than_asked_is_a_miss)
     pgg__cache_key_done(&k);
     pgg__cache_free(c);
 }
+
+/*
+ * A cache of many entries grows its table a few buckets per store or
+ * lookup, not all at once under its lock (where every cacheable read of
+ * every thread, an event loop's too, waited for a whole rehash: ~16k
+ * entries moved at once here, ~100k at the default 64 MB), and finds
+ * every entry throughout: in the old table before its bucket moved, in
+ * the new one after, replaced entries once.
+ */
+Test(cache, the_table_grows_a_few_entries_at_a_time_and_finds_every_entry)
+{
+    enum { N = 20000 };
+    pgg_cache *c = pgg__cache_new(INT64_C(1) << 40, 1000 * MS, NULL);
+    pgg_stats s = {0};
+    char sql[32];
+    int missing = 0;
+
+    for (int i = 0; i < N; i++) {
+        snprintf(sql, sizeof sql, "q%d", i);
+        store(c, sql, "v", 1);
+        /* Every tenth stored again: one copy, found in either table. */
+        if (i % 10 == 0) {
+            snprintf(sql, sizeof sql, "q%d", i / 2);
+            store(c, sql, "w", 1);
+        }
+        /* Looked up while a growth is under way. */
+        snprintf(sql, sizeof sql, "q%d", i / 3);
+        PGresult *r = lookup(c, sql, 2, 0);
+        missing += r == NULL;
+        PQclear(r);
+    }
+    cr_expect_eq(missing, 0, "%d lookups missed a stored entry", missing);
+    for (int i = 0; i < N; i++) {
+        snprintf(sql, sizeof sql, "q%d", i);
+        PGresult *r = lookup(c, sql, 2, 0);
+        missing += r == NULL;
+        PQclear(r);
+    }
+    cr_expect_eq(missing, 0, "%d of %d entries not found", missing, N);
+    pgg__cache_stats(c, &s);
+    cr_expect_eq(s.cache_entries, N);
+    cr_expect_leq(pgg__cache_most_moved(c), 64,
+                  "one store or lookup moved %zu entries to the grown table",
+                  pgg__cache_most_moved(c));
+    pgg__cache_free(c);
+}

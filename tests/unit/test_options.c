@@ -1147,6 +1147,46 @@ OPT_TEST(unix_socket_directories)
     pgg_config_free(cfg);
 }
 
+/* Which hosts' connects look a name up (getaddrinfo blocks: an event
+ * loop hands their whole connect to the health thread). */
+OPT_TEST(hosts_reached_by_name_are_marked_for_a_lookup)
+{
+    pgg_config *cfg = new_cfg();
+    pgg_error err;
+
+    cr_assert_eq(servers(cfg, "host=127.0.0.1,::1,localhost,/tmp,@abs,db.example port=5432",
+                         &err),
+                 PGG_OK, "%s", err.message);
+    cr_assert_eq(cfg->nhosts, 6);
+    cr_assert_not(cfg->hosts[0].lookup);
+    cr_assert_not(cfg->hosts[1].lookup);
+    cr_assert(cfg->hosts[2].lookup);
+    cr_assert_not(cfg->hosts[3].lookup);
+    cr_assert_not(cfg->hosts[4].lookup);
+    cr_assert(cfg->hosts[5].lookup);
+    /* hostaddr spares the lookup; an empty element of it does not. */
+    cr_assert_eq(servers(cfg, "host=a,b hostaddr=10.0.0.1, port=5432", &err), PGG_OK);
+    cr_assert_not(cfg->hosts[0].lookup);
+    cr_assert(cfg->hosts[1].lookup);
+    /* No host: the socket directory; a service file may name any host. */
+    cr_assert_eq(servers(cfg, "dbname=x", &err), PGG_OK);
+    cr_assert(cfg->hosts[0].lookup == !cfg->hosts[0].unix_socket);
+    cr_assert_eq(servers(cfg, "service=nosuch", &err), PGG_OK, "%s", err.message);
+    cr_assert(cfg->hosts[0].lookup);
+    /* Copies keep it. */
+    {
+        pgg_config *copy;
+
+        cr_assert_eq(servers(cfg, "host=db.example,10.0.0.3", &err), PGG_OK);
+        copy = pgg__config_copy(cfg, &err);
+        cr_assert_not_null(copy);
+        cr_assert(copy->hosts[0].lookup);
+        cr_assert_not(copy->hosts[1].lookup);
+        pgg_config_free(copy);
+    }
+    pgg_config_free(cfg);
+}
+
 OPT_TEST(environment_lists_split_too)
 {
     pgg_config *cfg = new_cfg();
