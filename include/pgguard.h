@@ -680,7 +680,8 @@ typedef enum pgg_event_type {
     /* A standby held back from reads (to 1) or used again (to 0; from the
      * other): it may have gone back behind the replay position it had
      * reported (a restart), and takes no reads until it has replayed that
-     * far again (pgg_host_stats.reads_held_until_lsn); reason says why. */
+     * far again (pgg_host_stats.reads_held_until_lsn, replay_lsn); reason
+     * says why. */
     PGG_EVENT_READS_HELD = 3
 } pgg_event_type;
 

@@ -80,9 +80,8 @@ typedef struct probe {
      * sent (answers included): what it had reported (hold.h). */
     uint64_t seen;
     /* The hold last told in an event (PGG_EVENT_READS_HELD), kept across
-     * probes, and the position it waited for. */
+     * probes. */
     bool held_told;
-    uint64_t held_until;
     bool got;        /* a result arrived */
     pgg_role role;
     uint64_t lsn;
@@ -183,45 +182,29 @@ static bool unchecked_standby(pgg_host *h, PGconn *c)
            pgg__link_reported_role(c) == PGG_ROLE_STANDBY;
 }
 
-#define LSN_HI(x) (unsigned)((x) >> 32)
-#define LSN_LO(x) (unsigned)((x) & 0xffffffffu)
-
 /* Tell the listener when host i was held back from reads or used again
- * since the last event, whoever held it (a probe, or a call that found its
- * sessions ended). */
+ * since the last event, whoever held it (a probe, or a read's check of a
+ * new session).  The reason is a static string (an event may be delivered
+ * later, on another thread); the positions are in the host's stats
+ * (reads_held_until_lsn, replay_lsn). */
 static void held_tell(pgg_health *hl, int i)
 {
     pgg_host *h = &hl->pool->hosts[i];
     probe *p = &hl->probes[i];
     bool on = pgg__hold_on(&h->hold);
-    uint64_t replay = atomic_load(&h->hold.replay);
-    char reason[256];
     pgg_event ev = {0};
 
     if (on == p->held_told)
         return;
     p->held_told = on;
-    if (on) {
-        const char *why = atomic_load(&h->hold.why);
-
-        p->held_until = atomic_load(&h->hold.until);
-        snprintf(reason, sizeof reason,
-                 "%s: no reads until it has replayed %X/%X (last seen at "
-                 "%X/%X)",
-                 why ? why : "it may have gone back", LSN_HI(p->held_until),
-                 LSN_LO(p->held_until), LSN_HI(replay), LSN_LO(replay));
-    } else {
-        snprintf(reason, sizeof reason,
-                 "replayed %X/%X, up to %X/%X it had reported: reads again",
-                 LSN_HI(replay), LSN_LO(replay), LSN_HI(p->held_until),
-                 LSN_LO(p->held_until));
-    }
     ev.type = PGG_EVENT_READS_HELD;
     ev.host_index = i;
     ev.host = h->name;
     ev.from = !on;
     ev.to = on;
-    ev.reason = reason;
+    ev.reason = on ? atomic_load(&h->hold.why) : "replayed what it had reported again";
+    if (!ev.reason)
+        ev.reason = "it may have gone back behind what it had reported";
     pgg__pool_emit(hl->pool, &ev);
 }
 
@@ -642,7 +625,6 @@ static bool probe_start(pgg_health *hl, int i, int64_t now)
     p->replay_lsn = keep.replay_lsn;
     p->replay_at = keep.replay_at;
     p->held_told = keep.held_told;
-    p->held_until = keep.held_until;
     p->silent_since = keep.silent_since;
     p->answered_at = keep.answered_at;
     p->starting_since = keep.starting_since;
