@@ -11,6 +11,7 @@
 #include "pool_util.h"
 
 /* White box: the LSN parser of the health probe, its rounds. */
+#include "events.h"
 #include "health.h"
 #include "link.h"
 #include "pool.h"
@@ -155,6 +156,7 @@ static void back_behind(bool calls_find_it)
     cr_assert_geq(hs.reads_held_until_lsn, reported, "held until %X/%X",
                   (unsigned)(hs.reads_held_until_lsn >> 32), (unsigned)hs.reads_held_until_lsn);
     cr_assert_lt(hs.replay_lsn, reported);
+    pgg__events_flush(p->events); /* the health thread's: events.h */
     pthread_mutex_lock(&seen.mu);
     cr_assert_eq(seen.held, 1, "PGG_EVENT_READS_HELD (to 1) events: %d", seen.held);
     cr_assert_eq(seen.released, 0);
@@ -172,6 +174,7 @@ static void back_behind(bool calls_find_it)
     for (int i = 0; i < 200 && !on_r0; i++)
         on_r0 = read_table(p) == 1;
     cr_assert(on_r0, "no read went to replica 0 after it caught up");
+    pgg__events_flush(p->events); /* the health thread's: events.h */
     pthread_mutex_lock(&seen.mu);
     cr_assert_eq(seen.released, 1, "PGG_EVENT_READS_HELD (to 0) events: %d", seen.released);
     fprintf(stderr, "released: %s\n", seen.reason);
