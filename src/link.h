@@ -278,6 +278,11 @@ void pgg__canceller_drop(pgg_canceller *c, int slot, PGconn *conn);
  * the network. */
 void pgg__canceller_close(pgg_canceller *c, PGconn *conn, int fd);
 
+/* For tests: when set, the closer thread runs it each time it wakes, before
+ * it takes what was handed over. */
+typedef void (*pgg__closer_hook)(void);
+extern _Atomic(pgg__closer_hook) pgg__closer_woke_hook;
+
 /* Cancels sent and dropped so far (for stats). */
 uint64_t pgg__canceller_sent(pgg_canceller *c);
 
