@@ -210,14 +210,13 @@ static void async_cpu_reset(void)
 
 static void async_cpu_add(async_cpu_hist *h, int64_t ns)
 {
-    int64_t b = ns / 1000, m = atomic_load_explicit(&h->max_ns, memory_order_relaxed);
+    int64_t b = ns / 1000;
 
     if (b >= ASYNC_CPU_BUCKETS)
         b = ASYNC_CPU_BUCKETS - 1;
     atomic_fetch_add_explicit(&h->n[b], 1, memory_order_relaxed);
     atomic_fetch_add_explicit(&h->count, 1, memory_order_relaxed);
-    while (ns > m && !atomic_compare_exchange_weak(&h->max_ns, &m, ns))
-        ;
+    async_max_store(&h->max_ns, ns);
 }
 
 /* The q-quantile (0..1), in us: the upper edge of its bucket. */
