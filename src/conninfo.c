@@ -1,6 +1,8 @@
 #include "conninfo.h"
 
 #include <arpa/inet.h>
+#include <netdb.h>
+#include <sys/socket.h>
 #include <ctype.h>
 #include <stdio.h>
 #include <stdint.h>
@@ -729,6 +731,80 @@ fail:
     }
     pgg__host_specs_free(specs, lists.n);
     PQconninfoFree(opts);
+    return rc;
+}
+
+/* The socket directory a check connects to: a path under a file, where
+ * nothing can listen, so the connect fails at once on this host. */
+#define CHECK_SOCKET_DIR "/dev/null/pgguard-option-check"
+
+static int check_hostaddr(const char *addr, int index, pgg_error *err)
+{
+    struct addrinfo hints = {.ai_flags = AI_NUMERICHOST,
+                             .ai_socktype = SOCK_STREAM};
+    struct addrinfo *res = NULL;
+
+    if (!addr || !addr[0])
+        return PGG_OK;
+    /* libpq's own parse of hostaddr: no lookup, only a numeric address. */
+    if (getaddrinfo(addr, NULL, &hints, &res) == 0) {
+        freeaddrinfo(res);
+        return PGG_OK;
+    }
+    return pgg__error_set(err, PGG_ECONFIG, NULL, NULL,
+                          "servers: hostaddr of host %d is not a numeric "
+                          "IP address (libpq never looks hostaddr up; give "
+                          "a name as host)",
+                          index + 1);
+}
+
+int pgg__host_spec_check(const pgg_host_spec *h, int index, pgg_error *err)
+{
+    const char **keys = calloc((size_t)h->nparams + 2, sizeof *keys);
+    const char **vals = calloc((size_t)h->nparams + 2, sizeof *vals);
+    const char *hostaddr = NULL;
+    PGconn *conn = NULL;
+    int n = 0, rc = PGG_OK;
+
+    if (!keys || !vals)
+        goto out;
+    for (int i = 0; i < h->nparams; i++) {
+        if (strcmp(h->keys[i], "hostaddr") == 0) {
+            hostaddr = h->vals[i];
+        } else if (strcmp(h->keys[i], "host") != 0) {
+            keys[n] = h->keys[i];
+            vals[n++] = h->vals[i];
+        }
+    }
+    rc = check_hostaddr(hostaddr, index, err);
+    if (rc != PGG_OK)
+        goto out;
+    keys[n] = "host";
+    vals[n] = CHECK_SOCKET_DIR;
+    conn = PQconnectStartParams(keys, vals, 0);
+    if (!conn)
+        goto out;
+    /* Failing on the check's path means every option before it passed. */
+    if (PQstatus(conn) == CONNECTION_BAD &&
+        !strstr(PQerrorMessage(conn), CHECK_SOCKET_DIR)) {
+        const char *msg = PQerrorMessage(conn);
+        int len = (int)strcspn(msg, "\n");
+
+        rc = pgg__error_set(err, PGG_ECONFIG, NULL, NULL,
+                            "servers: host %d (%s): %.*s", index + 1, h->name,
+                            len, msg);
+        for (int i = 0; err && i < h->nparams; i++) {
+            if (is_secret_keyword(h->keys[i]))
+                scrub(err->message, sizeof err->message, h->vals[i]);
+        }
+    }
+out:
+    PQfinish(conn);
+    free(keys);
+    free(vals);
+    if (rc == PGG_OK && (!keys || !vals || !conn))
+        rc = pgg__error_set(err, PGG_ENOMEM, NULL, NULL,
+                            "servers: out of memory");
     return rc;
 }
 

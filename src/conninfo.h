@@ -49,6 +49,22 @@ typedef struct pgg_host_spec {
 int pgg__conninfo_split(const char *conninfo, pgg_host_spec **out, int *n,
                         pgg_error *err);
 
+/*
+ * Whether libpq accepts host spec h (the index-th, from 0) as a connect's
+ * options, asked without a network round trip: PQconnectStartParams with
+ * the host replaced by a socket path no server can listen on (under
+ * /dev/null), so that libpq judges every other option (sslmode, gssencmode,
+ * channel_binding, ssl_*_protocol_version, a service that is not defined,
+ * ...) as it would at each connect, then fails on that path; and hostaddr
+ * parsed as libpq parses it (a numeric address).  An option libpq rejects
+ * would fail every connect to the host as a connection failure and open
+ * its breaker on a configuration error: PGG_ECONFIG here instead, with
+ * libpq's message (it names the option), never a password.  A service
+ * file's hostaddr is not replaced (libpq reads it at connect): such a
+ * check sends one connect attempt and does not wait for it.
+ */
+int pgg__host_spec_check(const pgg_host_spec *h, int index, pgg_error *err);
+
 /* Free n specs and the array.  Accepts NULL. */
 void pgg__host_specs_free(pgg_host_spec *specs, int n);
 

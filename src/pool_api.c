@@ -151,6 +151,12 @@ pgg_pool *pgg_pool_new(const pgg_config *cfg, pgg_error *err)
     }
     if (pgg__config_validate(cfg, err) != PGG_OK)
         return NULL;
+    /* Here, not when the servers are set: libpq reads its environment and
+     * service file at each connect, and the pool's are the ones it meets. */
+    for (int i = 0; i < cfg->nhosts; i++) {
+        if (pgg__host_spec_check(&cfg->hosts[i], i, err) != PGG_OK)
+            return NULL;
+    }
     pool = calloc(1, sizeof *pool);
     if (!pool) {
         pgg__error_set(err, PGG_ENOMEM, NULL, NULL, "out of memory");

@@ -553,6 +553,66 @@ Test(pool, bad_input_gets_clear_errors)
     cr_expect_eq(pgh_leak_check(), 0, "memory leaked (report above)");
 }
 
+/*
+ * An option libpq rejects at every connect (a bad sslmode, a hostaddr that
+ * is no address, a service that is not defined) is the caller's
+ * configuration: refused when the pool is made, PGG_ECONFIG, the message
+ * naming the option and never the password.  Before, the pool was made and
+ * each connect failed as a connection failure of the host: its breaker
+ * opened on a configuration error.
+ */
+Test(pool, options_libpq_rejects_are_refused_when_the_pool_is_made)
+{
+    static const struct {
+        const char *conninfo, *names;
+    } cases[] = {
+        {"host=127.0.0.1 port=1 password=hunter2pw sslmode=bogus", "sslmode"},
+        {"hostaddr=not-an-ip port=1 password=hunter2pw", "hostaddr"},
+        {"host=a,b hostaddr=127.0.0.1,not-an-ip port=1 password=hunter2pw", "host 2"},
+        {"host=127.0.0.1 port=1 password=hunter2pw gssencmode=bogus", "gssencmode"},
+        {"host=127.0.0.1 port=1 password=hunter2pw channel_binding=bogus", "channel_binding"},
+        {"host=127.0.0.1 port=1 password=hunter2pw ssl_min_protocol_version=TLSv9",
+         "ssl_min_protocol_version"},
+        {"host=127.0.0.1 port=1 password=hunter2pw service=pgg_no_such_service", "service"},
+        /* A password that is also the bad value: the value is scrubbed. */
+        {"host=127.0.0.1 port=1 password=hunter2pw sslmode=hunter2pw", "sslmode"},
+    };
+
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        pgg_error e;
+        pgg_config *cfg = pgg_config_new();
+
+        cr_assert_eq(pgg_config_set_servers(cfg, cases[k].conninfo, &e), PGG_OK, "%s",
+                     e.message);
+        pgg_pool *p = pgg_pool_new(cfg, &e);
+        cr_expect_null(p, "case %zu: a pool made with an option libpq rejects", k);
+        if (p) {
+            pgg_pool_free(p);
+        } else {
+            cr_expect_eq(e.code, PGG_ECONFIG, "case %zu: %s %s", k, pgg_err_name(e.code),
+                         e.message);
+            cr_expect_not_null(strstr(e.message, cases[k].names), "case %zu: %s", k,
+                               e.message);
+            cr_expect_null(strstr(e.message, "hunter2pw"), "password in: %s", e.message);
+            cr_expect_null(strchr(e.message, '\n'), "%s", e.message);
+        }
+        pgg_config_free(cfg);
+    }
+    /* The check sends nothing: a host nothing listens on still makes a pool. */
+    pgg_error e;
+    pgg_config *cfg = pgg_config_new();
+    cr_assert_eq(pgg_config_set_servers(cfg,
+                                        "host=127.0.0.1 hostaddr=127.0.0.1 port=1 "
+                                        "sslmode=disable gssencmode=disable",
+                                        &e),
+                 PGG_OK);
+    pgg_pool *p = pgg_pool_new(cfg, &e);
+    cr_expect_not_null(p, "%s", e.message);
+    pgg_pool_free(p);
+    pgg_config_free(cfg);
+    cr_expect_eq(pgh_leak_check(), 0, "memory leaked (report above)");
+}
+
 Test(pool, unreachable_hosts_fail_within_the_deadline_without_a_password_leak)
 {
     /* Nothing listens on port 1: connects are refused at once. */
