@@ -17,14 +17,23 @@
 
 /* ------------------------------------------------------------ one call */
 
+/* For tests: run on the blocking path just before a new session's check
+ * of its replay position (a test promotes the standby there). */
+_Atomic(pgg__pool_hook) pgg__replay_check_hook;
+
 /*
  * A read's new session on a standby that may have gone back behind the
  * replay position it reported (hold.h: suspect), or is held for it: on
- * the blocking path (deadline not 0) its replay position is asked on this
- * session in one round trip, which clears the suspicion (or holds the
- * host: it went back); on an event loop, which must not wait, a host seen
- * down (PGG_SUSPECT_DOWN) is held until the health probe, woken now,
- * checks it, and sessions ended with no other sign let the read run (a
+ * the blocking path (deadline not 0) the health probe's query (role and
+ * position, link.c) is asked on this session in one round trip, which
+ * clears the suspicion (or holds the host: it went back); a server that
+ * answers as primary was promoted since the session said standby: the
+ * pool learns it now (before, only at the next probe), and a primary has
+ * every record it wrote: not held, the read runs (a hold set on a host
+ * already known as primary is lifted by no probe: pool_state.c lifts
+ * holds on a change of role).  On an event loop, which must not wait, a
+ * host seen down (PGG_SUSPECT_DOWN) is held until the health probe, woken
+ * now, checks it, and sessions ended with no other sign let the read run (a
  * pg_terminate_backend blip looks the same: holding then sent the loop's
  * reads to the primary and delayed the first write after the blip,
  * tests/bench/faults --async --fault terminate).  Returns whether the read
@@ -36,10 +45,7 @@ __attribute__((noinline))
 static bool replay_checked(pgg_pool *pool, pgg_host *h, const pgg_link *l,
                            int64_t deadline)
 {
-    static const pgg_query q = {
-        .sql = "SELECT pg_catalog.pg_last_wal_replay_lsn()"};
-    PGresult *res = NULL;
-    pgg_attempt_end end;
+    pgg_role role = PGG_ROLE_UNKNOWN;
     uint64_t lsn = 0;
 
     if (!deadline && !pgg__hold_on(&h->hold) &&
@@ -47,13 +53,19 @@ static bool replay_checked(pgg_pool *pool, pgg_host *h, const pgg_link *l,
         pgg__pool_wake_health(pool);
         return true;
     }
-    if (deadline && !pgg__hold_on(&h->hold) &&
-        pgg__link_exec(l->conn, &q, deadline, h->name, &res, &end, NULL) == PGG_OK &&
-        PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1 &&
-        !PQgetisnull(res, 0, 0))
-        (void)pgg__lsn_parse(PQgetvalue(res, 0, 0), &lsn);
-    PQclear(res);
-    if (lsn) {
+    if (deadline && !pgg__hold_on(&h->hold)) {
+        pgg__pool_hook hook = atomic_load(&pgg__replay_check_hook);
+
+        if (hook)
+            hook();
+        (void)pgg__link_probe(l->conn, deadline, h->name, &role, &lsn, NULL);
+    }
+    if (role == PGG_ROLE_PRIMARY) {
+        pgg__pool_set_role(pool, h, PGG_ROLE_PRIMARY, "reported by the server");
+        (void)pgg__hold_release(&h->hold); /* also when known as primary */
+        return true;
+    }
+    if (role == PGG_ROLE_STANDBY && lsn) {
         (void)pgg__hold_probed(&h->hold, lsn, 0, pgg__now_ns());
         if (!pgg__hold_on(&h->hold))
             return true;

@@ -52,6 +52,11 @@ pgg_take pgg__pool_taken_check(pgg_pool *pool, pgg_host *h, pgg_intent intent,
  * session: a pooled connection (its report no newer than the host's role)
  * for a read, or on a host whose role is known.
  */
+/* For tests (pool.c, replay_checked): run on the blocking path before a
+ * read's new session checks its replay position. */
+typedef void (*pgg__pool_hook)(void);
+extern _Atomic(pgg__pool_hook) pgg__replay_check_hook;
+
 static inline bool pgg__pool_role_fits_known(pgg_host *h, const pgg_link *l,
                                              pgg_intent intent)
 {

@@ -193,3 +193,62 @@ Test(monotonic, a_replica_probed_back_behind_itself_takes_no_read_until_it_caugh
 {
     back_behind(false);
 }
+
+/* The replica the hook below promotes, and whether it ran. */
+static pgh_node *promote_in_check;
+static atomic_int promoted_in_check;
+
+static void promote_now(void)
+{
+    atomic_store(&pgg__replay_check_hook, NULL);
+    cr_assert_eq(pgh_node_promote(promote_in_check), 0);
+    atomic_store(&promoted_in_check, 1);
+}
+
+/*
+ * A read's new session on a suspect standby checks it with the health
+ * probe's query (role and position): a server promoted between the
+ * session's start (it said standby) and that check answers as primary.
+ * The pool learns the promotion from that answer, and the read runs
+ * there, not held, though the server's replay position is behind what it
+ * reported as a standby.  Before, the check asked the replay position
+ * only: behind, the host was held, the read went elsewhere, and the hold
+ * lasted until a probe saw the new role.
+ */
+Test(monotonic, a_new_sessions_check_learns_a_promotion)
+{
+    pgh_cluster *c = cluster_or_die(1);
+    pgh_require_local(c, "promotion");
+    pgh_require_replicas(c, 1);
+    pgg_pool *p = pool_for(c, "health_interval_ms=60000");
+    pgg_call call = {.timeout_ms = 10000};
+    pgg_info info;
+    pgg_error e;
+
+    cr_assert(pgg__health_await_round(p->health, pgg__now_ns() + 10 * PGG_NS_PER_SEC));
+    cr_assert_gt(host_stats(p, 1).replay_lsn, 0, "no replay position reported yet");
+    cr_assert_eq(host_stats(p, 1).conns_open, 0, "sessions on the replica");
+    cr_assert_eq(host_stats(p, 1).role, PGG_ROLE_STANDBY);
+    /* It came back behind what it reported (white box: as if it had
+     * reported a position far ahead, then restarted), and a sign of it
+     * (as its sessions ending gives); then it is promoted before it
+     * caught up.  A primary has every record it wrote (hold.h): the read
+     * runs there. */
+    atomic_store(&p->hosts[1].hold.high, host_stats(p, 1).replay_lsn + (UINT64_C(1) << 40));
+    atomic_store(&p->hosts[1].hold.high_at, pgg__now_ns());
+    pgg__hold_suspect(&p->hosts[1].hold, false, PGG_SUSPECT_ENDED, "test: sessions ended");
+    promote_in_check = pgh_cluster_replica(c, 0);
+    atomic_store(&pgg__replay_check_hook, promote_now);
+
+    PGresult *r = pgg_exec(p, PGG_READ, "SELECT pg_catalog.pg_is_in_recovery()", &call, &info, &e);
+    atomic_store(&pgg__replay_check_hook, NULL);
+    cr_assert(atomic_load(&promoted_in_check), "the read made no new session's check");
+    cr_assert_not_null(r, "%s %s", pgg_err_name(e.code), e.message);
+    cr_assert_eq(info.host_index, 1, "served by host %d", info.host_index);
+    cr_assert_str_eq(PQgetvalue(r, 0, 0), "f");
+    PQclear(r);
+    pgg_host_stats hs = host_stats(p, 1);
+    cr_assert_eq(hs.role, PGG_ROLE_PRIMARY, "the check's answer did not tell the promotion");
+    cr_assert_eq(hs.reads_held_until_lsn, 0, "a primary held from reads");
+    end_test(p, c);
+}
