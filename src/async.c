@@ -244,6 +244,9 @@ struct apipe {
     PGresult *res;  /* first's result */
     int64_t ended;  /* when the last answer came */
     int over;       /* OVER_*: nothing joins; the close is awaited */
+    /* Pipes opened on this host so far: a turn of pipe_io tells the pipe
+     * it found broken from one its callbacks opened since. */
+    unsigned opened;
     char why[160];  /* over: the server's message */
 };
 
@@ -1446,6 +1449,7 @@ static bool pipe_open_on(pgg_async_call *k)
     p->l = k->l;
     p->got = false;
     p->over = OVER_NO;
+    p->opened++;
     k->l = NULL;
     if (k->sock) { /* the spare's: its interest is POLLIN already */
         p->sock = k->sock;
@@ -1621,6 +1625,10 @@ static void pipe_io(apipe *p, int revents)
 {
     PGconn *conn = p->l->conn;
     bool broken = false;
+    /* Which pipe broken is about: the answers below run callbacks, which
+     * may end this pipe and open another (a cancel of a piped sibling,
+     * then a new call); a failed read before them is not the new one's. */
+    unsigned broken_pipe = p->opened;
 
     if (revents & POLLOUT) {
         int f = PQflush(conn);
@@ -1657,6 +1665,7 @@ static void pipe_io(apipe *p, int revents)
                 break; /* nothing parsed for it yet */
             PQclear(r);
             broken = true; /* a Sync before any result: out of step */
+            broken_pipe = p->opened;
             break;
         }
         if (r && PQresultStatus(r) == PGRES_PIPELINE_SYNC) {
@@ -1674,13 +1683,15 @@ static void pipe_io(apipe *p, int revents)
         if (!r)
             break; /* nothing more parsed yet */
         broken = true;
+        broken_pipe = p->opened;
         break;
     }
     /* Empty, a broken pipe is discarded when flushed (flush_pipes).  One
      * whose server sent its FATAL waits for the close (the session's end,
      * seen by libpq) unless broken already. */
     if (p->l && p->first &&
-        (broken || PQstatus(p->l->conn) != CONNECTION_OK))
+        ((broken && broken_pipe == p->opened) ||
+         PQstatus(p->l->conn) != CONNECTION_OK))
         pipe_end(p, NULL);
 }
 

@@ -13,13 +13,19 @@
  * This binary interposes getaddrinfo (pgguard is linked in statically and
  * libpq resolves the symbol through the executable first): the name
  * TWO_ADDRESSES resolves to 127.0.0.2, where no server listens (refused
- * after the connect started: libpq then moves on), then 127.0.0.1.
+ * after the connect started: libpq then moves on), then 127.0.0.1.  And
+ * PQconsumeInput: armed, the next call on the armed thread reads what the
+ * server sent and then reports a failure, once (libpq can read answers
+ * into its buffer, inside a PQflush, before its next read fails: a pipe's
+ * turn then has answers to hand out on a connection that is lost).
  */
 #include <arpa/inet.h>
 #include <dlfcn.h>
 #include <event2/event.h>
 #include <errno.h>
 #include <netdb.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -61,6 +67,26 @@ int getaddrinfo(const char *node, const char *service, const struct addrinfo *hi
     tail->ai_next = second;
     *res = first;
     return 0;
+}
+
+static atomic_int consume_fail_armed;
+static pthread_t consume_fail_thread;
+
+int PQconsumeInput(PGconn *conn)
+{
+    static int (*next)(PGconn *);
+    int rc;
+
+    if (!next) {
+        *(void **)&next = dlsym(RTLD_NEXT, "PQconsumeInput");
+        if (!next)
+            abort();
+    }
+    rc = next(conn);
+    if (rc && pthread_equal(pthread_self(), consume_fail_thread) &&
+        atomic_exchange(&consume_fail_armed, 0))
+        return 0;
+    return rc;
 }
 
 typedef struct outcome {
@@ -331,5 +357,87 @@ Test(async_fd, no_descriptor_for_the_loop_sends_nothing_and_blames_no_host)
     expect_contract_kept(&chk);
     event_base_free(base);
     cr_assert_eq(pgh_node_exec(n, "DROP TABLE pgg_async_fd_sent"), 0, "%s", pgh_node_error(n));
+    end_test(p, c);
+}
+
+/* Two reads on a pipe; the first one's callback cancels the second (the
+ * pipe ends, its connection dropped) and starts a write, which opens a new
+ * pipe on the pool's other idle connection. */
+typedef struct replaced_pipe {
+    pgg_async_call *second;
+    outcome first, next;
+    int attempts;
+} replaced_pipe;
+
+static void on_next(pgg_async *ac, PGresult *res, const pgg_info *info, const pgg_error *err,
+                    void *ud)
+{
+    replaced_pipe *rp = ud;
+
+    rp->attempts = info->attempts;
+    on_done(ac, res, info, err, &rp->next);
+}
+
+static void on_first_replace_the_pipe(pgg_async *ac, PGresult *res, const pgg_info *info,
+                                      const pgg_error *err, void *ud)
+{
+    replaced_pipe *rp = ud;
+    pgg_call call = {.timeout_ms = 5000};
+    pgg_error e;
+
+    on_done(ac, res, info, err, &rp->first);
+    pgg_async_cancel(rp->second);
+    cr_assert_eq(pgg_async_exec(ac, PGG_WRITE, "SELECT 3", &call, on_next, rp, NULL, &e), PGG_OK,
+                 "%s", e.message);
+}
+
+/*
+ * A pipe's turn whose read failed (the connection lost) still hands out
+ * the answers libpq had read; their callbacks may end that pipe and open a
+ * new one on another connection (a cancel of the piped sibling, a new
+ * call).  The turn's end must not take the new pipe for the lost one:
+ * before, it ended it, and the new call, a write, failed as "connection
+ * lost" (sent, outcome unknown) on a healthy connection.
+ */
+Test(async_fd, a_pipe_opened_by_callbacks_is_not_ended_for_the_lost_one)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, "pipeline=on pipeline.stall_ms=1000 pool_max=2 pool_min_idle=2 "
+                              "breaker.mode=disabled");
+    struct event_base *base = event_base_new();
+    static adapter_check chk;
+    pgg_async *ac = checked_async(p, base, &chk);
+    replaced_pipe rp = {0};
+    outcome second;
+    pgg_call call = {.timeout_ms = 5000};
+    pgg_error e;
+
+    /* Two idle connections, warmed by the pool. */
+    for (double end = pgh_now_ms() + 10000;
+         host_stats(p, 0).conns_idle < 2 && pgh_now_ms() < end;)
+        usleep(10000);
+    cr_assert_eq(host_stats(p, 0).conns_idle, 2, "the pool did not warm two sessions");
+    cr_assert_eq(pgg_async_exec(ac, PGG_READ_PRIMARY, "SELECT 1", &call,
+                                on_first_replace_the_pipe, &rp, NULL, &e),
+                 PGG_OK, "%s", e.message);
+    second = (outcome){0};
+    cr_assert_eq(pgg_async_exec(ac, PGG_READ_PRIMARY, "SELECT 2 FROM pg_sleep(0.2)", &call,
+                                on_done, &second, &rp.second, &e),
+                 PGG_OK, "%s", e.message);
+    cr_assert_eq(host_stats(p, 0).conns_idle, 1, "the two reads do not share one session");
+    consume_fail_thread = pthread_self();
+    atomic_store(&consume_fail_armed, 1);
+    run_until(base, &rp.first, 1, 10000);
+    cr_assert_eq(atomic_load(&consume_fail_armed), 0, "no read failed on the loop");
+    cr_assert_eq(rp.first.code, PGG_OK, "%s", rp.first.message);
+    run_until(base, &second, 1, 10000);
+    cr_expect_eq(second.code, PGG_ECANCELED, "%s %s", pgg_err_name(second.code), second.message);
+    run_until(base, &rp.next, 1, 10000);
+    cr_expect_eq(rp.next.code, PGG_OK, "the new pipe's write: %s %s", pgg_err_name(rp.next.code),
+                 rp.next.message);
+    cr_expect_eq(rp.attempts, 1, "the new pipe's write took %d attempts", rp.attempts);
+    pgg_async_free(ac);
+    expect_contract_kept(&chk);
+    event_base_free(base);
     end_test(p, c);
 }
