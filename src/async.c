@@ -267,6 +267,9 @@ struct pgg_async {
      * there is one, instead of walking every call in flight each time. */
     int nparked;
     int64_t timer_at; /* INT64_MAX: disarmed */
+    /* pgg_async_handle_timer's clock while it runs (0 otherwise): a call
+     * its callbacks start that ends at once is due after it. */
+    int64_t timer_now;
     pgg_async_call *free_calls; /* CALL_ROOM blocks, linked by next */
     int nfree;
     /*
@@ -2775,6 +2778,7 @@ void pgg_async_handle_timer(pgg_async *ac)
     int64_t now = pgg__now_ns();
 
     ac->timer_at = INT64_MAX; /* it fired */
+    ac->timer_now = now;
     /* Callbacks may start and cancel calls: look again from the head
      * after each one. */
     for (;;) {
@@ -2794,6 +2798,7 @@ void pgg_async_handle_timer(pgg_async *ac)
             expire(k);
         settle(k);
     }
+    ac->timer_now = 0;
     if (ac->kept && now >= ac->keep_check_at)
         kept_check(ac, now);
     else if (!ac->kept)
@@ -2980,8 +2985,13 @@ HOT int start(pgg_async *ac, pgg_intent intent, const pgg_query *q,
         ac->peak = ac->pending;
     pgg__call_route(&k->c);
     drive(k, hot);
+    /* It completes from the timer, never in here.  Started by a callback
+     * the timer's handler runs: on the timer's next firing, so that a
+     * callback starting its next call at once (a worker retrying while a
+     * breaker is open) does not keep that handler, and the loop, going
+     * (it looks again from the head after each callback). */
     if (k->state == ST_DONE)
-        want_timer(ac, 0); /* it completes from the timer, never in here */
+        wait_until(k, ac->timer_now ? ac->timer_now + 1 : 0);
     if (handle)
         *handle = k;
     return PGG_OK;

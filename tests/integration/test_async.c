@@ -4280,3 +4280,68 @@ Test(async, a_loops_new_connection_is_made_while_the_pool_warms_a_slow_host)
     end_test(p, c);
     pgh_proxy_free(px);
 }
+
+/* A worker that starts its next call from each callback, up to cap (the
+ * test's bound); how many callbacks ran. */
+typedef struct restarter {
+    int done, cap, first_code;
+} restarter;
+
+static void on_restart(pgg_async *ac, PGresult *res, const pgg_info *info, const pgg_error *err,
+                       void *ud)
+{
+    restarter *r = ud;
+    pgg_call call = {.timeout_ms = 5000};
+
+    (void)info;
+    PQclear(res);
+    if (!r->done++)
+        r->first_code = err->code;
+    if (r->done < r->cap)
+        cr_assert_eq(pgg_async_exec(ac, PGG_WRITE, "SELECT 1", &call, on_restart, r, NULL,
+                                    NULL),
+                     PGG_OK);
+}
+
+/*
+ * A call that ends at its start (here its host's breaker is open)
+ * completes from the loop's timer, never inside the function that started
+ * it.  A callback that starts its next call at once (a worker's loop,
+ * retrying) must not keep that timer's handler running: each such call
+ * completes on a later turn of the loop, so that the loop's other events
+ * run between them.  Before, the handler looked again from the head after
+ * each callback and found the new call due: the whole chain ran inside
+ * one turn (here 1000 calls, the test's bound; for as long as the breaker
+ * stayed open, without it).
+ */
+Test(async, calls_that_end_at_their_start_complete_on_later_turns)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, NULL);
+    struct event_base *base = event_base_new();
+    pgg_async *ac = async_for(p, base);
+    pgg_call call = {.timeout_ms = 5000};
+    restarter r = {.cap = 1000};
+    int turns = 0;
+
+    cr_assert_eq(pgg_pool_force_open(p, 0), PGG_OK);
+    loop_guard_on();
+    cr_assert_eq(pgg_async_exec(ac, PGG_WRITE, "SELECT 1", &call, on_restart, &r, NULL, NULL),
+                 PGG_OK);
+    loop_guard_off();
+    cr_assert_eq(r.done, 0, "a callback ran inside pgg_async_exec");
+    while (r.done < r.cap && turns < 2 * r.cap) {
+        int before = r.done;
+
+        loop_once(base, EVLOOP_ONCE);
+        turns++;
+        cr_assert_leq(r.done - before, 1, "%d callbacks of calls started one by one ran in one "
+                      "turn of the loop", r.done - before);
+    }
+    cr_expect_eq(r.first_code, PGG_EOPEN, "%s", pgg_err_name(r.first_code));
+    cr_expect_eq(r.done, r.cap);
+    loop_guard_check("a chain of calls ended at their start");
+    pgg_async_free(ac);
+    event_base_free(base);
+    end_test(p, c);
+}
