@@ -59,9 +59,10 @@ int pgg__conninfo_split(const char *conninfo, pgg_host_spec **out, int *n,
  * parsed as libpq parses it (a numeric address).  An option libpq rejects
  * would fail every connect to the host as a connection failure and open
  * its breaker on a configuration error: PGG_ECONFIG here instead, with
- * libpq's message (it names the option), never a password.  A service
- * file's hostaddr is not replaced (libpq reads it at connect): such a
- * check sends one connect attempt and does not wait for it.
+ * libpq's message (it names the option), never a password.  A hostaddr
+ * libpq reads at connect (a service file's, or PGHOSTADDR with a service)
+ * cannot be replaced: then the check starts one connect and closes it at
+ * once, without waiting for it.
  */
 int pgg__host_spec_check(const pgg_host_spec *h, int index, pgg_error *err);
 
