@@ -286,7 +286,11 @@ PGG_EXPORT const char *pgg_role_name(pgg_role role);
  * Start a pool over cfg's servers: it copies cfg (free it when you like),
  * starts the health thread and, with pool_min_idle > 0, warms connections
  * in the background (pgg_pool_new never waits on a server).
- * Errors: PGG_ECONFIG (no servers, bad settings), PGG_ENOMEM, PGG_ESYS.
+ * Errors: PGG_ECONFIG (no servers, bad settings, or a connection option
+ * libpq would refuse at every connect: sslmode=bogus, a hostaddr that is
+ * no numeric address, a service that is not defined; asked of libpq
+ * without a network round trip, its message naming the option),
+ * PGG_ENOMEM, PGG_ESYS.
  */
 PGG_EXPORT pgg_pool *pgg_pool_new(const pgg_config *cfg, pgg_error *err);
 
