@@ -5,8 +5,12 @@
  *   pgg_async *ac = pgg_async_new(pool, &err);
  *   pgg_async_libuv_attach(ac, uv_default_loop());
  *
- * One uv_poll_t per socket a call waits on and one uv_timer_t per context
- * (millisecond resolution: a deadline may fire up to 1 ms late).  libuv
+ * One uv_poll_t per socket a call waits on, and per context one uv_timer_t
+ * (millisecond resolution: a deadline may fire up to 1 ms late) and, for
+ * what is due at once, a uv_check_t with a uv_idle_t (libuv runs a timer
+ * restarted with no delay from its own callback again at once, in the
+ * same turn: a chain of calls each started by the previous one's callback
+ * and ended at its start would then run whole inside one turn).  libuv
  * closes handles asynchronously: after pgg_async_free, let the loop run
  * once more (uv_run(loop, UV_RUN_NOWAIT)) so that their memory is freed.
  * uv.h needs the POSIX declarations: under -std=c11, define
@@ -24,6 +28,11 @@
 typedef struct pgg_libuv {
     uv_loop_t *loop;
     uv_timer_t timer;
+    /* Due at once: run after the turn's I/O (check), the turn's poll not
+     * waiting meanwhile (an active idle handle). */
+    uv_check_t check;
+    uv_idle_t idle;
+    int handles; /* not closed yet: the last close frees this */
     pgg_async *ac;
 } pgg_libuv;
 
@@ -114,24 +123,60 @@ static void pgg_libuv_on_timer(uv_timer_t *t)
     pgg_async_handle_timer(((pgg_libuv *)t->data)->ac);
 }
 
+static void pgg_libuv_on_idle(uv_idle_t *i)
+{
+    (void)i; /* only keeps the turn's poll from waiting */
+}
+
+static void pgg_libuv_on_check(uv_check_t *c)
+{
+    pgg_libuv *u = (pgg_libuv *)c->data;
+
+    uv_check_stop(&u->check);
+    uv_idle_stop(&u->idle);
+    pgg_async_handle_timer(u->ac);
+}
+
 static void pgg_libuv_schedule_timer(void *data, int64_t timeout_us)
 {
     pgg_libuv *u = (pgg_libuv *)data;
 
-    if (timeout_us < 0) {
+    if (timeout_us != 0) {
+        uv_check_stop(&u->check);
+        uv_idle_stop(&u->idle);
+    }
+    if (timeout_us <= 0)
         uv_timer_stop(&u->timer);
+    if (timeout_us < 0)
+        return;
+    if (timeout_us == 0) {
+        uv_idle_start(&u->idle, pgg_libuv_on_idle);
+        uv_check_start(&u->check, pgg_libuv_on_check);
         return;
     }
     uv_timer_start(&u->timer, pgg_libuv_on_timer,
                    (uint64_t)((timeout_us + 999) / 1000), 0);
 }
 
+static void pgg_libuv_closed(uv_handle_t *handle)
+{
+    pgg_libuv *u = (pgg_libuv *)handle->data;
+
+    if (--u->handles == 0)
+        free(u);
+}
+
 static void pgg_libuv_cleanup(void *data)
 {
     pgg_libuv *u = (pgg_libuv *)data;
 
+    u->handles = 3;
     u->timer.data = u;
-    uv_close((uv_handle_t *)&u->timer, pgg_libuv_free_handle);
+    u->check.data = u;
+    u->idle.data = u;
+    uv_close((uv_handle_t *)&u->timer, pgg_libuv_closed);
+    uv_close((uv_handle_t *)&u->check, pgg_libuv_closed);
+    uv_close((uv_handle_t *)&u->idle, pgg_libuv_closed);
 }
 
 /* Attach ac to loop.  PGG_OK, PGG_ENOMEM, or pgg_async_attach's error. */
@@ -149,7 +194,22 @@ static inline int pgg_async_libuv_attach(pgg_async *ac, uv_loop_t *loop)
         free(u);
         return PGG_ENOMEM;
     }
+    /* Without the others (libuv's own init never fails today): the ones
+     * made are closed, u freed by the last close. */
+    u->handles = 1;
+    if (uv_check_init(loop, &u->check) == 0)
+        u->handles++;
+    if (u->handles == 2 && uv_idle_init(loop, &u->idle) == 0)
+        u->handles++;
     u->timer.data = u;
+    u->check.data = u;
+    u->idle.data = u;
+    if (u->handles < 3) {
+        uv_close((uv_handle_t *)&u->timer, pgg_libuv_closed);
+        if (u->handles == 2)
+            uv_close((uv_handle_t *)&u->check, pgg_libuv_closed);
+        return PGG_ENOMEM;
+    }
     ev.data = u;
     ev.add_read = pgg_libuv_add_read;
     ev.del_read = pgg_libuv_del_read;
