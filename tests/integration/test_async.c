@@ -24,6 +24,7 @@
 #include "pool.h"
 #include "pool_util.h"
 #include "role_util.h"
+#include "chain_util.h"
 #include "pgguard/adapters/libevent.h"
 #include "test_async_guard.h"
 
@@ -4281,26 +4282,10 @@ Test(async, a_loops_new_connection_is_made_while_the_pool_warms_a_slow_host)
     pgh_proxy_free(px);
 }
 
-/* A worker that starts its next call from each callback, up to cap (the
- * test's bound); how many callbacks ran. */
-typedef struct restarter {
-    int done, cap, first_code;
-} restarter;
-
-static void on_restart(pgg_async *ac, PGresult *res, const pgg_info *info, const pgg_error *err,
-                       void *ud)
+/* One turn of the loop, for chain_util.h. */
+static void event_turn(void *base)
 {
-    restarter *r = ud;
-    pgg_call call = {.timeout_ms = 5000};
-
-    (void)info;
-    PQclear(res);
-    if (!r->done++)
-        r->first_code = err->code;
-    if (r->done < r->cap)
-        cr_assert_eq(pgg_async_exec(ac, PGG_WRITE, "SELECT 1", &call, on_restart, r, NULL,
-                                    NULL),
-                     PGG_OK);
+    event_base_loop(base, EVLOOP_ONCE);
 }
 
 /*
@@ -4320,26 +4305,10 @@ Test(async, calls_that_end_at_their_start_complete_on_later_turns)
     pgg_pool *p = pool_for(c, NULL);
     struct event_base *base = event_base_new();
     pgg_async *ac = async_for(p, base);
-    pgg_call call = {.timeout_ms = 5000};
-    restarter r = {.cap = 1000};
-    int turns = 0;
 
-    cr_assert_eq(pgg_pool_force_open(p, 0), PGG_OK);
     loop_guard_on();
-    cr_assert_eq(pgg_async_exec(ac, PGG_WRITE, "SELECT 1", &call, on_restart, &r, NULL, NULL),
-                 PGG_OK);
+    chain_one_per_turn(p, ac, event_turn, base, "libevent", 1000);
     loop_guard_off();
-    cr_assert_eq(r.done, 0, "a callback ran inside pgg_async_exec");
-    while (r.done < r.cap && turns < 2 * r.cap) {
-        int before = r.done;
-
-        loop_once(base, EVLOOP_ONCE);
-        turns++;
-        cr_assert_leq(r.done - before, 1, "%d callbacks of calls started one by one ran in one "
-                      "turn of the loop", r.done - before);
-    }
-    cr_expect_eq(r.first_code, PGG_EOPEN, "%s", pgg_err_name(r.first_code));
-    cr_expect_eq(r.done, r.cap);
     loop_guard_check("a chain of calls ended at their start");
     pgg_async_free(ac);
     event_base_free(base);

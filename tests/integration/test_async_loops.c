@@ -10,6 +10,7 @@
 
 #include "pool.h"
 #include "pool_util.h"
+#include "chain_util.h"
 #include "pgguard/adapters/libev.h"
 #include "pgguard/adapters/libuv.h"
 
@@ -166,58 +167,8 @@ Test(async_loops, libev)
     end_test(p, c);
 }
 
-/* A worker that starts its next call from each callback, up to cap (the
- * test's bound). */
-typedef struct restarter {
-    int done, cap, first_code;
-} restarter;
-
-static void on_restart(pgg_async *ac, PGresult *res, const pgg_info *info, const pgg_error *err,
-                       void *ud)
-{
-    restarter *r = ud;
-    pgg_call call = {.timeout_ms = 5000};
-
-    (void)info;
-    PQclear(res);
-    if (!r->done++)
-        r->first_code = err->code;
-    if (r->done < r->cap)
-        cr_assert_eq(pgg_async_exec(ac, PGG_WRITE, "SELECT 1", &call, on_restart, r, NULL,
-                                    NULL),
-                     PGG_OK);
-}
-
-/*
- * As async/calls_that_end_at_their_start_complete_on_later_turns on each
- * adapter: calls that end at their start (the host's breaker is open),
- * each started by the previous one's callback, complete one per turn of
- * the loop, whatever the loop does with a timer restarted from its own
- * callback with no delay.
- */
-static void chain_one_per_turn(pgg_pool *p, pgg_async *ac, turn_fn turn, void *loop,
-                               const char *name)
-{
-    pgg_call call = {.timeout_ms = 5000};
-    restarter r = {.cap = 200};
-    int turns = 0;
-
-    cr_assert_eq(pgg_pool_force_open(p, 0), PGG_OK);
-    cr_assert_eq(pgg_async_exec(ac, PGG_WRITE, "SELECT 1", &call, on_restart, &r, NULL, NULL),
-                 PGG_OK);
-    while (r.done < r.cap && turns < 2 * r.cap) {
-        int before = r.done;
-
-        turn(loop);
-        turns++;
-        cr_assert_leq(r.done - before, 1, "%s: %d callbacks of calls started one by one ran in "
-                      "one turn of the loop", name, r.done - before);
-    }
-    cr_expect_eq(r.first_code, PGG_EOPEN, "%s", pgg_err_name(r.first_code));
-    cr_expect_eq(r.done, r.cap);
-    cr_assert_eq(pgg_pool_reset_breaker(p, 0), PGG_OK);
-}
-
+/* As async/calls_that_end_at_their_start_complete_on_later_turns on
+ * each adapter (chain_util.h). */
 Test(async_loops, libuv_runs_a_chain_of_calls_ended_at_their_start_one_per_turn)
 {
     pgh_cluster *c = cluster_or_die(0);
@@ -230,7 +181,7 @@ Test(async_loops, libuv_runs_a_chain_of_calls_ended_at_their_start_one_per_turn)
     ac = pgg_async_new(p, &e);
     cr_assert_not_null(ac, "%s", e.message);
     cr_assert_eq(pgg_async_libuv_attach(ac, &loop), PGG_OK);
-    chain_one_per_turn(p, ac, uv_turn, &loop, "libuv");
+    chain_one_per_turn(p, ac, uv_turn, &loop, "libuv", 200);
     pgg_async_free(ac);
     uv_run(&loop, UV_RUN_NOWAIT); /* the handles' close callbacks */
     cr_expect_eq(uv_loop_close(&loop), 0, "libuv handles left open");
@@ -249,7 +200,7 @@ Test(async_loops, libev_runs_a_chain_of_calls_ended_at_their_start_one_per_turn)
     ac = pgg_async_new(p, &e);
     cr_assert_not_null(ac, "%s", e.message);
     cr_assert_eq(pgg_async_libev_attach(ac, loop), PGG_OK);
-    chain_one_per_turn(p, ac, ev_turn, loop, "libev");
+    chain_one_per_turn(p, ac, ev_turn, loop, "libev", 200);
     pgg_async_free(ac);
     ev_loop_destroy(loop);
     end_test(p, c);
