@@ -123,11 +123,12 @@ static void uv_turn(void *loop)
     uv_run(loop, UV_RUN_ONCE);
 }
 
-Test(async_loops, libuv)
+typedef void (*body_fn)(pgh_cluster *c, pgg_pool *p, pgg_async *ac, turn_fn turn, void *loop,
+                        const char *name);
+
+/* body on a context of p attached to a libuv loop of its own. */
+static void on_libuv(pgh_cluster *c, pgg_pool *p, body_fn body)
 {
-    pgh_cluster *c = cluster_or_die(1);
-    pgh_require_local(c, "a hang (SIGSTOP)");
-    pgg_pool *p = pool_for(c, "breaker.mode=disabled");
     uv_loop_t loop;
     pgg_error e;
     pgg_async *ac;
@@ -136,11 +137,10 @@ Test(async_loops, libuv)
     ac = pgg_async_new(p, &e);
     cr_assert_not_null(ac, "%s", e.message);
     cr_assert_eq(pgg_async_libuv_attach(ac, &loop), PGG_OK);
-    scenario(c, p, ac, uv_turn, &loop, "libuv");
+    body(c, p, ac, uv_turn, &loop, "libuv");
     pgg_async_free(ac);
     uv_run(&loop, UV_RUN_NOWAIT); /* the handles' close callbacks */
     cr_expect_eq(uv_loop_close(&loop), 0, "libuv handles left open");
-    end_test(p, c);
 }
 
 static void ev_turn(void *loop)
@@ -148,11 +148,9 @@ static void ev_turn(void *loop)
     ev_run(loop, EVRUN_ONCE);
 }
 
-Test(async_loops, libev)
+/* The same on a libev loop. */
+static void on_libev(pgh_cluster *c, pgg_pool *p, body_fn body)
 {
-    pgh_cluster *c = cluster_or_die(1);
-    pgh_require_local(c, "a hang (SIGSTOP)");
-    pgg_pool *p = pool_for(c, "breaker.mode=disabled");
     struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
     pgg_error e;
     pgg_async *ac;
@@ -161,30 +159,46 @@ Test(async_loops, libev)
     ac = pgg_async_new(p, &e);
     cr_assert_not_null(ac, "%s", e.message);
     cr_assert_eq(pgg_async_libev_attach(ac, loop), PGG_OK);
-    scenario(c, p, ac, ev_turn, loop, "libev");
+    body(c, p, ac, ev_turn, loop, "libev");
     pgg_async_free(ac);
     ev_loop_destroy(loop);
+}
+
+Test(async_loops, libuv)
+{
+    pgh_cluster *c = cluster_or_die(1);
+    pgh_require_local(c, "a hang (SIGSTOP)");
+    pgg_pool *p = pool_for(c, "breaker.mode=disabled");
+
+    on_libuv(c, p, scenario);
+    end_test(p, c);
+}
+
+Test(async_loops, libev)
+{
+    pgh_cluster *c = cluster_or_die(1);
+    pgh_require_local(c, "a hang (SIGSTOP)");
+    pgg_pool *p = pool_for(c, "breaker.mode=disabled");
+
+    on_libev(c, p, scenario);
     end_test(p, c);
 }
 
 /* As async/calls_that_end_at_their_start_complete_on_later_turns on
  * each adapter (chain_util.h). */
+static void chain(pgh_cluster *c, pgg_pool *p, pgg_async *ac, turn_fn turn, void *loop,
+                  const char *name)
+{
+    (void)c;
+    chain_one_per_turn(p, ac, turn, loop, name, 200);
+}
+
 Test(async_loops, libuv_runs_a_chain_of_calls_ended_at_their_start_one_per_turn)
 {
     pgh_cluster *c = cluster_or_die(0);
     pgg_pool *p = pool_for(c, NULL);
-    uv_loop_t loop;
-    pgg_error e;
-    pgg_async *ac;
 
-    cr_assert_eq(uv_loop_init(&loop), 0);
-    ac = pgg_async_new(p, &e);
-    cr_assert_not_null(ac, "%s", e.message);
-    cr_assert_eq(pgg_async_libuv_attach(ac, &loop), PGG_OK);
-    chain_one_per_turn(p, ac, uv_turn, &loop, "libuv", 200);
-    pgg_async_free(ac);
-    uv_run(&loop, UV_RUN_NOWAIT); /* the handles' close callbacks */
-    cr_expect_eq(uv_loop_close(&loop), 0, "libuv handles left open");
+    on_libuv(c, p, chain);
     end_test(p, c);
 }
 
@@ -192,16 +206,7 @@ Test(async_loops, libev_runs_a_chain_of_calls_ended_at_their_start_one_per_turn)
 {
     pgh_cluster *c = cluster_or_die(0);
     pgg_pool *p = pool_for(c, NULL);
-    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
-    pgg_error e;
-    pgg_async *ac;
 
-    cr_assert_not_null(loop);
-    ac = pgg_async_new(p, &e);
-    cr_assert_not_null(ac, "%s", e.message);
-    cr_assert_eq(pgg_async_libev_attach(ac, loop), PGG_OK);
-    chain_one_per_turn(p, ac, ev_turn, loop, "libev", 200);
-    pgg_async_free(ac);
-    ev_loop_destroy(loop);
+    on_libev(c, p, chain);
     end_test(p, c);
 }
