@@ -1777,6 +1777,39 @@ Test(async, a_callback_starting_calls_does_not_keep_a_freed_context_alive)
     end_test(p, c);
 }
 
+/* One turn of the loop, for chain_util.h. */
+static void event_turn(void *base)
+{
+    event_base_loop(base, EVLOOP_ONCE);
+}
+
+/*
+ * A call that ends at its start (here its host's breaker is open)
+ * completes from the loop's timer, never inside the function that started
+ * it.  A callback that starts its next call at once (a worker's loop,
+ * retrying) must not keep that timer's handler running: each such call
+ * completes on a later turn of the loop, so that the loop's other events
+ * run between them.  Before, the handler looked again from the head after
+ * each callback and found the new call due: the whole chain ran inside
+ * one turn (here 1000 calls, the test's bound; for as long as the breaker
+ * stayed open, without it).
+ */
+Test(async, calls_that_end_at_their_start_complete_on_later_turns)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, NULL);
+    struct event_base *base = event_base_new();
+    pgg_async *ac = async_for(p, base);
+
+    loop_guard_on();
+    chain_one_per_turn(p, ac, event_turn, base, "libevent", 1000);
+    loop_guard_off();
+    loop_guard_check("a chain of calls ended at their start");
+    pgg_async_free(ac);
+    event_base_free(base);
+    end_test(p, c);
+}
+
 /* Breaker openings, as the pool announced them (any thread). */
 static void count_openings(const pgg_event *ev, void *ud)
 {
@@ -4280,37 +4313,4 @@ Test(async, a_loops_new_connection_is_made_while_the_pool_warms_a_slow_host)
     event_base_free(base);
     end_test(p, c);
     pgh_proxy_free(px);
-}
-
-/* One turn of the loop, for chain_util.h. */
-static void event_turn(void *base)
-{
-    event_base_loop(base, EVLOOP_ONCE);
-}
-
-/*
- * A call that ends at its start (here its host's breaker is open)
- * completes from the loop's timer, never inside the function that started
- * it.  A callback that starts its next call at once (a worker's loop,
- * retrying) must not keep that timer's handler running: each such call
- * completes on a later turn of the loop, so that the loop's other events
- * run between them.  Before, the handler looked again from the head after
- * each callback and found the new call due: the whole chain ran inside
- * one turn (here 1000 calls, the test's bound; for as long as the breaker
- * stayed open, without it).
- */
-Test(async, calls_that_end_at_their_start_complete_on_later_turns)
-{
-    pgh_cluster *c = cluster_or_die(0);
-    pgg_pool *p = pool_for(c, NULL);
-    struct event_base *base = event_base_new();
-    pgg_async *ac = async_for(p, base);
-
-    loop_guard_on();
-    chain_one_per_turn(p, ac, event_turn, base, "libevent", 1000);
-    loop_guard_off();
-    loop_guard_check("a chain of calls ended at their start");
-    pgg_async_free(ac);
-    event_base_free(base);
-    end_test(p, c);
 }
