@@ -50,15 +50,19 @@ static const char probe_sql[] = "SELECT " PROBE_COLUMNS;
  * of CPU per wake, 2 % of a CPU per standby watched, and no other work;
  * only while writes are refused for want of a primary
  * (seek_primary_until_ns, 100 ms after the last), on standbys whose
- * breaker is closed.  A hung standby answers no watch either: its probe's
- * bound, as ever, which is at least four times the watch's.
+ * breaker is closed.  The watch's bound is at most a quarter of the
+ * probe's own (a hung standby answers no watch either, and the probe's
+ * bound marks it, as ever), and at most half the session's
+ * statement_timeout (a server or role setting), which would cancel it
+ * (57014): a failed probe, the standby shown of unknown role.
  */
 #define WATCH_SQL_FMT                                                          \
-    "SELECT %s FROM (WITH RECURSIVE w(n) AS (SELECT 1 UNION ALL SELECT n + 1 " \
-    "FROM w WHERE pg_catalog.pg_is_in_recovery() AND "                         \
-    "pg_catalog.clock_timestamp() < pg_catalog.statement_timestamp() + "       \
-    "interval '%lld ms' AND pg_catalog.pg_sleep(0.0009) IS NOT NULL) "         \
-    "SELECT count(*) FROM w) AS waited"
+    "SELECT %s FROM (WITH RECURSIVE w(n, u) AS (SELECT 1, "                    \
+    "pg_catalog.statement_timestamp() + LEAST(interval '%lld ms', "            \
+    "NULLIF(pg_catalog.current_setting('statement_timeout'), '0')::interval "  \
+    "/ 2) UNION ALL SELECT n + 1, u FROM w WHERE "                             \
+    "pg_catalog.pg_is_in_recovery() AND pg_catalog.clock_timestamp() < u AND " \
+    "pg_catalog.pg_sleep(0.0009) IS NOT NULL) SELECT count(*) FROM w) AS waited"
 
 typedef enum probe_phase {
     PROBE_IDLE = 0, /* waiting for its next start */

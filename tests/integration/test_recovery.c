@@ -1141,6 +1141,79 @@ Test(recovery, a_promotion_is_learnt_from_the_watch_while_writes_find_no_primary
 }
 
 /*
+ * The same watch on servers whose sessions have a statement_timeout (a
+ * role or server setting; 200 ms here) shorter than the watch's own bound
+ * (500 ms here: health_incident_min_ms 1 s, a quarter of the probe bound
+ * of 2 s): the watch waits half of it at most (100 ms: as much again left
+ * for a loaded server to answer), so it is never cancelled (57014), which
+ * would be a failed probe and show the standby of unknown role.  Writes
+ * are refused for want of a primary through three health rounds, each
+ * with a watch of the standby.  Fails when the watch ignores
+ * statement_timeout.
+ */
+typedef struct unknown_log {
+    pthread_mutex_t mu;
+    int unknown; /* host 1 shown role unknown */
+} unknown_log;
+
+static void on_unknown(const pgg_event *ev, void *ud)
+{
+    unknown_log *l = ud;
+
+    if (ev->type == PGG_EVENT_ROLE && ev->host_index == 1 && ev->to == PGG_ROLE_UNKNOWN) {
+        pthread_mutex_lock(&l->mu);
+        l->unknown++;
+        pthread_mutex_unlock(&l->mu);
+    }
+}
+
+Test(recovery, the_promotion_watch_stays_within_the_sessions_statement_timeout)
+{
+    pgh_cluster *c = cluster_or_die(1);
+    pgh_require_local(c, "stop");
+    setup_table(c);
+    char *servers = pgh_cluster_conninfo(c);
+    char ci[2048];
+    static unknown_log log = {PTHREAD_MUTEX_INITIALIZER, 0};
+    pgg_error e;
+    PGresult *r;
+
+    cr_assert_not_null(servers);
+    snprintf(ci, sizeof ci, "%s options='-c statement_timeout=200'", servers);
+    free(servers);
+    pgg_pool *p = pool_for_conninfo(ci, "health_incident_min_ms=1000 health_incident_max_ms=1000 "
+                                        "health_probe_timeout_ms=2000 connect_timeout_ms=2000");
+    cr_assert(wait_role(p, 0, PGG_ROLE_PRIMARY, 10000));
+    cr_assert(wait_role(p, 1, PGG_ROLE_STANDBY, 10000));
+    pgg_pool_on_event(p, on_unknown, &log);
+    cr_assert_eq(pgh_node_stop(pgh_cluster_primary(c), PGH_STOP_IMMEDIATE), 0);
+    for (int i = 0; i < 100; i++) {
+        r = pgg_exec(p, PGG_WRITE, "UPDATE pgg_rec_t SET v = v WHERE id = 8", NULL, NULL, &e);
+        cr_assert_null(r, "a write succeeded with no primary");
+        if (e.code == PGG_ENOPRIMARY || e.code == PGG_EOPEN)
+            break;
+    }
+    cr_assert(e.code == PGG_ENOPRIMARY || e.code == PGG_EOPEN, "%s: %s",
+              pgg_err_name(e.code), e.message);
+    /* Three rounds from now: each ends with a probe of the standby, a watch
+     * while the writes go on being refused. */
+    unsigned long want = pgg__health_rounds(p->health) + 3;
+    double t0 = pgh_now_ms();
+    while (pgg__health_rounds(p->health) < want && pgh_now_ms() - t0 < 20000) {
+        r = pgg_exec(p, PGG_WRITE, "UPDATE pgg_rec_t SET v = v WHERE id = 8", NULL, NULL, &e);
+        cr_assert_null(r, "a write succeeded with no primary");
+        sleep_ms(2);
+    }
+    cr_assert_geq(pgg__health_rounds(p->health), want, "the health rounds stalled");
+    pgg__events_flush(p->events);
+    pthread_mutex_lock(&log.mu);
+    cr_expect_eq(log.unknown, 0, "the standby was shown of unknown role %d times", log.unknown);
+    pthread_mutex_unlock(&log.mu);
+    cr_expect_eq(host_stats(p, 1).role, PGG_ROLE_STANDBY);
+    end_test(p, c);
+}
+
+/*
  * The primary restarted under writes, with the default half-open rule
  * (three good trial calls close): its breaker, open during the outage,
  * closes at the incident cadence once the server accepts, long before the
