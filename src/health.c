@@ -31,13 +31,13 @@ static const char probe_sql[] = "SELECT " PROBE_COLUMNS;
 
 /*
  * The promotion watch: a standby's probe while writes find no primary
- * (watching).  The old primary is down or demoted, and a standby may be
+ * (watch_wanted).  The old primary is down or demoted, and a standby may be
  * being promoted: a libpq multi-host client connecting on every call
  * meets the promoted server with a connect in flight across the flip and
  * writes at once, while probes of an answering standby came only every
  * health_incident_min_ms (20 ms), and reads' reports of in_hot_standby
- * only as they happen (tests/bench/faults, promote: pgguard learnt it
- * 5-10 ms after the flip, its writes refused meanwhile).  So the server
+ * only as they happen (tests/bench/faults, promote: pgguard learnt it up
+ * to 10 ms after the flip, its writes refused meanwhile).  So the server
  * waits for its own promotion instead: the query looks at
  * pg_is_in_recovery() about every millisecond (pg_sleep(0.0009): its
  * latch wait is whole milliseconds, and a wake a little before the end
@@ -506,7 +506,9 @@ static bool incident(pgg_health *hl)
 
 /* Host i's next probe is a promotion watch (WATCH_SQL_FMT): writes found
  * no primary lately, and the host is a standby that answers (its breaker
- * closed: a watch's wait is no trial call's latency). */
+ * closed: a watch's wait is no trial call's latency) and whose reads wait
+ * for no probe (hold.h: the answer that checks its replay position comes
+ * at once, not after a watch). */
 static bool watch_wanted(pgg_health *hl, int i, int64_t now)
 {
     pgg_host *h = &hl->pool->hosts[i];
@@ -515,7 +517,8 @@ static bool watch_wanted(pgg_health *hl, int i, int64_t now)
            now < atomic_load_explicit(&h->seek_primary_until_ns,
                                       memory_order_relaxed) &&
            atomic_load(&h->role) == PGG_ROLE_STANDBY &&
-           pgg__breaker_state(&h->breaker) == PGG_BREAKER_CLOSED;
+           pgg__breaker_state(&h->breaker) == PGG_BREAKER_CLOSED &&
+           !pgg__hold_on(&h->hold) && !pgg__hold_suspected(&h->hold);
 }
 
 /* A watch waits on the server: the next one starts as soon as one
