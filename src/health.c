@@ -15,16 +15,54 @@
 #include "pool_state.h"
 #include "visibility.h"
 
-static const char probe_sql[] =
-    "SELECT pg_catalog.pg_is_in_recovery(), CASE WHEN "
-    "pg_catalog.pg_is_in_recovery() THEN pg_catalog.pg_last_wal_replay_lsn() "
-    "ELSE pg_catalog.pg_current_wal_lsn() END, "
-    /* The WAL layout, for read your writes (visibility.h): a 64-bit
-     * server's page size and segment size. */
-    "CASE WHEN pg_catalog.version() LIKE '%64-bit' THEN "
-    "pg_catalog.current_setting('wal_block_size') || ' ' || "
-    "pg_catalog.pg_size_bytes(pg_catalog.current_setting('wal_segment_size')) "
-    "END";
+/* The probe's answer: role, position, and the WAL layout for read your
+ * writes (visibility.h: a 64-bit server's page size and segment size).
+ * The promotion watch below answers the same columns. */
+#define PROBE_COLUMNS                                                          \
+    "pg_catalog.pg_is_in_recovery(), CASE WHEN "                               \
+    "pg_catalog.pg_is_in_recovery() THEN pg_catalog.pg_last_wal_replay_lsn() " \
+    "ELSE pg_catalog.pg_current_wal_lsn() END, "                               \
+    "CASE WHEN pg_catalog.version() LIKE '%64-bit' THEN "                      \
+    "pg_catalog.current_setting('wal_block_size') || ' ' || "                  \
+    "pg_catalog.pg_size_bytes(pg_catalog.current_setting('wal_segment_size')) " \
+    "END"
+
+static const char probe_sql[] = "SELECT " PROBE_COLUMNS;
+
+/*
+ * The promotion watch: a standby's probe while writes find no primary
+ * (watch_wanted).  The old primary is down or demoted, and a standby may be
+ * being promoted: a libpq multi-host client connecting on every call
+ * meets the promoted server with a connect in flight across the flip and
+ * writes at once, while probes of an answering standby came only every
+ * health_incident_min_ms (20 ms), and reads' reports of in_hot_standby
+ * only as they happen (tests/bench/faults, promote: pgguard learnt it up
+ * to 10 ms after the flip, its writes refused meanwhile).  So the server
+ * waits for its own promotion instead: the query looks at
+ * pg_is_in_recovery() about every millisecond (pg_sleep(0.0009): its
+ * latch wait is whole milliseconds, and a wake a little before the end
+ * would sleep a second one) for at most the watch's bound, then answers
+ * the probe's columns, taken after the wait (a subquery with an aggregate
+ * is run to its end before the outer row is formed).  Promoted: the
+ * answer comes within about a millisecond and says primary; still a
+ * standby: the answer comes at the bound and the next watch starts at
+ * once.  Server cost, measured (PostgreSQL 15, this machine): about 20 us
+ * of CPU per wake, 2 % of a CPU per standby watched, and no other work;
+ * only while writes are refused for want of a primary
+ * (seek_primary_until_ns, 100 ms after the last), on standbys whose
+ * breaker is closed.  The watch's bound is at most a quarter of the
+ * probe's own (a hung standby answers no watch either, and the probe's
+ * bound marks it, as ever), and at most half the session's
+ * statement_timeout (a server or role setting), which would cancel it
+ * (57014): a failed probe, the standby shown of unknown role.
+ */
+#define WATCH_SQL_FMT                                                          \
+    "SELECT %s FROM (WITH RECURSIVE w(n, u) AS (SELECT 1, "                    \
+    "pg_catalog.statement_timestamp() + LEAST(interval '%lld ms', "            \
+    "NULLIF(pg_catalog.current_setting('statement_timeout'), '0')::interval "  \
+    "/ 2) UNION ALL SELECT n + 1, u FROM w WHERE "                             \
+    "pg_catalog.pg_is_in_recovery() AND pg_catalog.clock_timestamp() < u AND " \
+    "pg_catalog.pg_sleep(0.0009) IS NOT NULL) SELECT count(*) FROM w) AS waited"
 
 typedef enum probe_phase {
     PROBE_IDLE = 0, /* waiting for its next start */
@@ -49,6 +87,7 @@ typedef struct probe {
      * for the query's answer (unchecked_standby). */
     bool checking;
     bool donated;  /* its new session went to the pool: no query ran */
+    bool watching; /* a promotion watch (WATCH_SQL_FMT) */
     /* It ended refused at connect: by nobody listening (no SQLSTATE), or
      * by the server (53300, 57P03). */
     bool refused_closed, refused_by_server;
@@ -140,6 +179,10 @@ struct pgg_health {
     bool was_incident;
     bool had_primary; /* some host was primary once */
     int64_t interval, probe_timeout, incident_min, incident_max;
+    /* The promotion watch's query, its bound written in (NULL: no memory
+     * for it; plain probes then). */
+    char *watch_sql;
+    atomic_bool watch_off; /* pgg__health_watch_promotions */
     /* The primary's WAL position at its last probe, for replica lag. */
     uint64_t primary_lsn;
     int64_t primary_lsn_at; /* 0: none yet */
@@ -248,7 +291,7 @@ static void probe_send(pgg_health *hl, int i)
     probe *p = &hl->probes[i];
 
     p->seen = pgg__vis_replayed(hl->pool->vis, i);
-    if (!PQsendQuery(hl->conns[i], probe_sql)) {
+    if (!PQsendQuery(hl->conns[i], p->watching ? hl->watch_sql : probe_sql)) {
         probe_fail(hl, i, PGG_CLASS_CONNECTION, "health probe");
         return;
     }
@@ -461,11 +504,35 @@ static bool incident(pgg_health *hl)
 #define DEMAND_CLOSED_NS (2 * PGG_NS_PER_MS)
 #define DEMAND_REFUSED_NS (5 * PGG_NS_PER_MS)
 
-static int64_t demand_gap(const pgg_health *hl, const probe *p)
+/* Host i's next probe is a promotion watch (WATCH_SQL_FMT): writes found
+ * no primary lately, and the host is a standby that answers (its breaker
+ * closed: a watch's wait is no trial call's latency) and whose reads wait
+ * for no probe (hold.h: the answer that checks its replay position comes
+ * at once, not after a watch). */
+static bool watch_wanted(pgg_health *hl, int i, int64_t now)
 {
-    int64_t gap = p->refused_closed      ? DEMAND_CLOSED_NS
-                  : p->refused_by_server ? DEMAND_REFUSED_NS
-                                         : hl->incident_min;
+    pgg_host *h = &hl->pool->hosts[i];
+
+    return hl->watch_sql && !atomic_load_explicit(&hl->watch_off, memory_order_relaxed) &&
+           now < atomic_load_explicit(&h->seek_primary_until_ns,
+                                      memory_order_relaxed) &&
+           atomic_load(&h->role) == PGG_ROLE_STANDBY &&
+           pgg__breaker_state(&h->breaker) == PGG_BREAKER_CLOSED &&
+           !pgg__hold_on(&h->hold) && !pgg__hold_suspected(&h->hold);
+}
+
+/* A watch waits on the server: the next one starts as soon as one
+ * answers, but not more than once per this (a server answering at once,
+ * whatever the reason, is not asked in a loop). */
+#define WATCH_GAP_NS PGG_NS_PER_MS
+
+static int64_t demand_gap(pgg_health *hl, int i, int64_t now)
+{
+    const probe *p = &hl->probes[i];
+    int64_t gap = watch_wanted(hl, i, now) ? WATCH_GAP_NS
+                  : p->refused_closed      ? DEMAND_CLOSED_NS
+                  : p->refused_by_server   ? DEMAND_REFUSED_NS
+                                           : hl->incident_min;
 
     return gap < hl->incident_min ? gap : hl->incident_min;
 }
@@ -479,7 +546,7 @@ static void expedite(pgg_health *hl, int64_t now, bool restart)
 {
     for (int i = 0; i < hl->pool->nhosts; i++) {
         probe *p = &hl->probes[i];
-        int64_t soon = p->started + demand_gap(hl, p);
+        int64_t soon = p->started + demand_gap(hl, i, now);
 
         if (restart)
             p->in_round = false;
@@ -634,6 +701,7 @@ static bool probe_start(pgg_health *hl, int i, int64_t now)
                       (keep.refused_by_server && strcmp(keep.err.sqlstate, "57P03") == 0);
     p->started = now;
     p->deadline = now + hl->probe_timeout;
+    p->watching = watch_wanted(hl, i, now);
     /* Forced open means the operator wants the host left alone. */
     if (st == PGG_BREAKER_FORCED_OPEN) {
         p->next = now + hl->interval;
@@ -928,6 +996,10 @@ static void probe_end(pgg_health *hl, int i, int64_t now)
      * (its answer costs it a backend fork, as a call's would). */
     if (starting && p->next > p->started + DEMAND_REFUSED_NS)
         p->next = p->started + DEMAND_REFUSED_NS;
+    /* A standby while writes find no primary: watched again at once (the
+     * watch waits on the server; WATCH_SQL_FMT). */
+    if (ok && watch_wanted(hl, i, now) && p->next > p->started + WATCH_GAP_NS)
+        p->next = p->started + WATCH_GAP_NS;
     if (p->next < now)
         p->next = now;
     p->in_round = true;
@@ -1717,6 +1789,7 @@ static void health_free(pgg_health *hl)
     free(hl->pfd_host);
     free(hl->pfd_spare);
     free(hl->pfd_asked);
+    free(hl->watch_sql);
     if (hl->event_fd >= 0)
         close(hl->event_fd);
     free(hl);
@@ -1764,9 +1837,23 @@ pgg_health *pgg__health_start(pgg_pool *pool, pgg_error *err)
             : cfg->connect_timeout_ms);
     hl->incident_min = pgg__ms_to_ns(cfg->health_incident_min_ms);
     hl->incident_max = pgg__ms_to_ns(cfg->health_incident_max_ms);
+    {
+        /* The watch's bound: the incident cadence it stands in for, and
+         * well inside the probe's own bound. */
+        long long ms = cfg->health_incident_min_ms;
+        long long most = (long long)(hl->probe_timeout / PGG_NS_PER_MS / 4);
+
+        if (ms > most)
+            ms = most;
+        if (ms < 1)
+            ms = 1;
+        if (asprintf(&hl->watch_sql, WATCH_SQL_FMT, PROBE_COLUMNS, ms) < 0)
+            hl->watch_sql = NULL;
+    }
     atomic_init(&hl->stopping, false);
     atomic_init(&hl->wake_pending, false);
     atomic_init(&hl->restart_round, false);
+    atomic_init(&hl->watch_off, false);
     pthread_mutex_init(&hl->mu, NULL);
     pgg__cond_init(&hl->cv);
     if (pthread_create(&hl->thread, NULL, health_main, hl) != 0) {
@@ -1887,4 +1974,9 @@ unsigned long pgg__health_rounds(pgg_health *hl)
     n = hl->rounds;
     pthread_mutex_unlock(&hl->mu);
     return n;
+}
+
+void pgg__health_watch_promotions(pgg_health *hl, bool on)
+{
+    atomic_store(&hl->watch_off, !on);
 }

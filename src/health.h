@@ -66,4 +66,9 @@ bool pgg__health_round_done(pgg_health *hl, unsigned long want);
  * probe since the last one ended (tests wait on this instead of sleeping). */
 unsigned long pgg__health_rounds(pgg_health *hl);
 
+/* The promotion watch (health.c): on by default.  White-box tests of the
+ * other ways a promotion is learnt (a read's answer) turn it off, so that
+ * the watch cannot learn it first. */
+void pgg__health_watch_promotions(pgg_health *hl, bool on);
+
 #endif

@@ -101,7 +101,13 @@
 /* ------------------------------------------------------------ constants */
 
 enum { CL_GUARD, CL_LIBPQ, CL__N };
-static const char *const client_name[CL__N] = {"pgguard", "libpq"};
+static const char *client_name[CL__N] = {"pgguard", "libpq"};
+/* --control: a second libpq multi-host client ("libpq-twin") takes
+ * pgguard's place, judged by the same verdict code, so that the table shows
+ * how often the verdict's resolution alone calls a client WORSE than its
+ * own twin (the same code on the same schedule: any loss is the race of
+ * which of two equal asks meets the server first). */
+static bool control;
 
 #define THREADS 8
 #define WRITERS 2
@@ -680,7 +686,7 @@ static void *worker_main(void *arg)
         code[0] = '\0';
         seq++;
         int host = -1;
-        if (w->client == CL_GUARD)
+        if (w->client == CL_GUARD && !control)
             ok = guard_call(w, seq, code, sizeof code, &host);
         else
             ok = lq_call(w, seq, r->t0 + start, code, sizeof code);
@@ -1545,7 +1551,7 @@ static void print_fault(const run *r, result *res)
         else
             fmt_ms(rc, sizeof rc, s->recovered);
         codes_text(r, s, codes, sizeof codes);
-        if (cl == CL_GUARD)
+        if (cl == CL_GUARD && !control)
             snprintf(opens, sizeof opens, "%d", s->breaker_opens);
         else
             snprintf(opens, sizeof opens, "-");
@@ -1570,7 +1576,8 @@ static void print_fault(const run *r, result *res)
                    s->acked - s->present);
     }
     const summary *g = &res->s[CL_GUARD], *l = &res->s[CL_LIBPQ];
-    print_goals(res->f, g);
+    if (!control)
+        print_goals(res->f, g);
     if (g->failed_writes || l->failed_writes)
         print_outages(r);
     long gf = g->lost_slots, lf = l->lost_slots;
@@ -1663,15 +1670,17 @@ static void run_fault(const fault *f, double after_ms, FILE *csv, result *out)
     char *servers = pgh_cluster_conninfo(r->cluster);
     if (!servers)
         die("out of memory");
-    pgg_error err;
-    pgg_config *cfg = pgg_config_new();
-    if (!cfg || pgg_config_set_servers(cfg, servers, &err) != 0)
-        die("pgguard config: %s", cfg ? err.message : "out of memory");
-    r->pool = pgg_pool_new(cfg, &err);
-    pgg_config_free(cfg);
-    if (!r->pool)
-        die("pgguard pool: %s", err.message);
-    pgg_pool_on_event(r->pool, on_event, r);
+    if (!control) {
+        pgg_error err;
+        pgg_config *cfg = pgg_config_new();
+        if (!cfg || pgg_config_set_servers(cfg, servers, &err) != 0)
+            die("pgguard config: %s", cfg ? err.message : "out of memory");
+        r->pool = pgg_pool_new(cfg, &err);
+        pgg_config_free(cfg);
+        if (!r->pool)
+            die("pgguard pool: %s", err.message);
+        pgg_pool_on_event(r->pool, on_event, r);
+    }
 
     /* libpq: the primary first, then the replicas, alternated per reader */
     int pp = pgh_node_port(p);
@@ -1685,7 +1694,7 @@ static void run_fault(const fault *f, double after_ms, FILE *csv, result *out)
             w->client = cl;
             w->thread = t;
             w->write = t < WRITERS;
-            if (cl != CL_LIBPQ)
+            if (cl != CL_LIBPQ && !control)
                 continue;
             bool swap = !w->write && t % 2;
             w->conninfo = xasprintf(
@@ -1741,7 +1750,8 @@ static void run_fault(const fault *f, double after_ms, FILE *csv, result *out)
     if (csv)
         write_csv(csv, r, out);
 
-    pgg_pool_free(r->pool);
+    if (r->pool)
+        pgg_pool_free(r->pool);
     pgh_cluster_free(r->cluster);
     for (int cl = 0; cl < CL__N; cl++)
         for (int t = 0; t < THREADS; t++) {
@@ -1887,7 +1897,7 @@ static void usage(FILE *to)
 {
     fprintf(to,
             "usage: bench-faults [--fault NAME[,NAME...]] [--seconds S] [--rounds N]\n"
-            "                    [--csv FILE] [--list] [--async]\n"
+            "                    [--csv FILE] [--list] [--async] [--control]\n"
             "  --fault    run these faults only (default: all, in the order of --list)\n"
             "  --seconds  observation after each fault's end (default 4, 1 to 60)\n"
             "  --rounds   run every fault this many times, round by round (default 1)\n"
@@ -1897,7 +1907,10 @@ static void usage(FILE *to)
             "             role events, timed, as # lines\n"
             "  --list     print the faults and exit\n"
             "  --async    pgguard's calls through pgguard_async.h, a libevent loop per\n"
-            "             thread (a build with libevent)\n");
+            "             thread (a build with libevent)\n"
+            "  --control  a second libpq multi-host client in pgguard's place (same\n"
+            "             threads, schedule and verdict): how often a client loses\n"
+            "             against its own twin, the verdict's resolution\n");
 }
 
 static void on_alarm(int sig)
@@ -1919,6 +1932,7 @@ int main(int argc, char **argv)
         {"csv", required_argument, NULL, 'c'},
         {"list", no_argument, NULL, 'l'},
         {"async", no_argument, NULL, 'a'},
+        {"control", no_argument, NULL, 'C'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -1930,8 +1944,12 @@ int main(int argc, char **argv)
     int c;
 
     memset(want, 0, sizeof want);
-    while ((c = getopt_long(argc, argv, "f:s:r:c:lha", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "f:s:r:c:lhaC", longopts, NULL)) != -1) {
         switch (c) {
+        case 'C':
+            control = true;
+            client_name[CL_GUARD] = "libpq-twin";
+            break;
         case 'a':
 #if PGG_BENCH_ASYNC
             use_async = true;
@@ -1990,6 +2008,8 @@ int main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
+    if (control && use_async)
+        die("--control replaces pgguard's client: not with --async");
     if (!any)
         for (size_t i = 0; i < NFAULTS; i++)
             want[i] = true;
@@ -2010,6 +2030,9 @@ int main(int argc, char **argv)
            "a call every %.0f ms each, %d ms deadline, pgguard defaults; %d faults; load "
            "average %s (a shared machine)\n",
            pgg_version(), PQlibVersion(), THREADS, WRITERS, PERIOD_MS, DEADLINE_MS, n, load);
+    if (control)
+        printf("--control: a second libpq multi-host client, libpq-twin, in pgguard's place; "
+               "the verdict (WORSE / not worse) is the twin's against libpq\n");
     fflush(stdout);
 
     FILE *csv = NULL;

@@ -487,6 +487,10 @@ Test(recovery, a_promotion_seen_in_an_answer_reroutes_writes)
                               "health_incident_max_ms=60000");
     bool wrote = false;
 
+    /* The answers' path alone: the health thread's promotion watch would
+     * learn it too. */
+    pgg__health_watch_promotions(p->health, false);
+
     /* A pooled session on the replica: a new one would report the new
      * role at startup; an idle one learns it only from its next answer. */
     cr_assert(reads_reach(p, 1, 20));
@@ -533,6 +537,9 @@ Test(recovery, a_write_finding_no_primary_has_the_next_answer_looked_at)
     pgg_error e;
     PGresult *r;
 
+    /* The answers' path alone: the health thread's promotion watch would
+     * learn it too. */
+    pgg__health_watch_promotions(p->health, false);
     cr_assert(reads_reach(p, 1, 20));
     cr_assert_eq(pgh_node_stop(pgh_cluster_primary(c), PGH_STOP_IMMEDIATE), 0);
     cr_assert_eq(pgg_pool_force_open(p, 0), 0);
@@ -1050,6 +1057,159 @@ Test(recovery, writes_find_the_promoted_server_at_the_incident_cadence)
                     "%.2f ms); first write %.1f ms after the promotion\n",
             refused, times[0], over_1ms, worst_refusal, first);
     cr_expect_geq(first, 0, "no write within 4 s of the promotion (calm interval 5 s)");
+    end_test(p, c);
+}
+
+/*
+ * The primary stopped, writes refused for want of one, then a replica
+ * promoted, with no reads and every probe cadence a minute (calm and
+ * incident alike): nothing but the health thread's promotion watch
+ * (health.c, WATCH_SQL_FMT) can tell the pool of the promotion before a
+ * minute.  The writes go on being refused until the pool learns it, and
+ * then land on the promoted server, which a health probe reported primary.
+ * Fails without the watch: no probe of the standby for a minute, every
+ * write refused until the loop gives up.
+ */
+typedef struct role_log {
+    pthread_mutex_t mu;
+    int to_primary; /* events for host 1 becoming primary */
+    char reason[64];
+} role_log;
+
+static void on_role(const pgg_event *ev, void *ud)
+{
+    role_log *l = ud;
+
+    if (ev->type != PGG_EVENT_ROLE || ev->host_index != 1 || ev->to != PGG_ROLE_PRIMARY)
+        return;
+    pthread_mutex_lock(&l->mu);
+    if (!l->to_primary++)
+        snprintf(l->reason, sizeof l->reason, "%s", ev->reason ? ev->reason : "");
+    pthread_mutex_unlock(&l->mu);
+}
+
+Test(recovery, a_promotion_is_learnt_from_the_watch_while_writes_find_no_primary)
+{
+    pgh_cluster *c = cluster_or_die(1);
+    pgh_require_local(c, "stop and promotion");
+    setup_table(c);
+    pgg_pool *p = pool_for(c, "health_interval_ms=60000 health_incident_min_ms=60000 "
+                              "health_incident_max_ms=60000");
+    static role_log log = {PTHREAD_MUTEX_INITIALIZER, 0, ""};
+    pgg_error e;
+    PGresult *r = NULL;
+    pgg_info info;
+    int refused = 0;
+
+    pgg_pool_on_event(p, on_role, &log);
+    read_ok(p, PGG_WRITE, "SELECT 1", 0);
+    cr_assert_eq(pgh_node_stop(pgh_cluster_primary(c), PGH_STOP_IMMEDIATE), 0);
+    /* Until the pool finds no primary at all (the stopped one's breaker
+     * open): from then on writes are refused at once. */
+    for (int i = 0; i < 100; i++) {
+        r = pgg_exec(p, PGG_WRITE, "UPDATE pgg_rec_t SET v = v WHERE id = 7", NULL, NULL, &e);
+        cr_assert_null(r, "a write succeeded with no primary");
+        if (e.code == PGG_ENOPRIMARY || e.code == PGG_EOPEN)
+            break;
+    }
+    cr_assert(e.code == PGG_ENOPRIMARY || e.code == PGG_EOPEN, "%s: %s",
+              pgg_err_name(e.code), e.message);
+    cr_assert_eq(pgh_node_promote(pgh_cluster_replica(c, 0)), 0);
+    /* A write every 2 ms, as an application would keep trying: each one
+     * refused keeps the pool seeking a primary.  Bounded by 10 s, well
+     * before the minute after which any probe could have run. */
+    double t0 = pgh_now_ms();
+    while (pgh_now_ms() - t0 < 10000) {
+        r = pgg_exec(p, PGG_WRITE, "UPDATE pgg_rec_t SET v = 'watched' WHERE id = 7", NULL,
+                     &info, &e);
+        if (r)
+            break;
+        refused++;
+        sleep_ms(2);
+    }
+    cr_assert_not_null(r, "no write landed: the promotion was never learnt (%s: %s)",
+                       pgg_err_name(e.code), e.message);
+    PQclear(r);
+    cr_expect_eq(info.host_index, 1);
+    pgg__events_flush(p->events);
+    pthread_mutex_lock(&log.mu);
+    cr_expect_eq(log.to_primary, 1);
+    cr_expect_str_eq(log.reason, "health probe", "learnt from: %s", log.reason);
+    pthread_mutex_unlock(&log.mu);
+    fprintf(stderr, "%d writes refused after pg_ctl promote returned\n", refused);
+    end_test(p, c);
+}
+
+/*
+ * The same watch on servers whose sessions have a statement_timeout (a
+ * role or server setting; 200 ms here) shorter than the watch's own bound
+ * (500 ms here: health_incident_min_ms 1 s, a quarter of the probe bound
+ * of 2 s): the watch waits half of it at most (100 ms: as much again left
+ * for a loaded server to answer), so it is never cancelled (57014), which
+ * would be a failed probe and show the standby of unknown role.  Writes
+ * are refused for want of a primary through three health rounds, each
+ * with a watch of the standby.  Fails when the watch ignores
+ * statement_timeout.
+ */
+typedef struct unknown_log {
+    pthread_mutex_t mu;
+    int unknown; /* host 1 shown role unknown */
+} unknown_log;
+
+static void on_unknown(const pgg_event *ev, void *ud)
+{
+    unknown_log *l = ud;
+
+    if (ev->type == PGG_EVENT_ROLE && ev->host_index == 1 && ev->to == PGG_ROLE_UNKNOWN) {
+        pthread_mutex_lock(&l->mu);
+        l->unknown++;
+        pthread_mutex_unlock(&l->mu);
+    }
+}
+
+Test(recovery, the_promotion_watch_stays_within_the_sessions_statement_timeout)
+{
+    pgh_cluster *c = cluster_or_die(1);
+    pgh_require_local(c, "stop");
+    setup_table(c);
+    char *servers = pgh_cluster_conninfo(c);
+    char ci[2048];
+    static unknown_log log = {PTHREAD_MUTEX_INITIALIZER, 0};
+    pgg_error e;
+    PGresult *r;
+
+    cr_assert_not_null(servers);
+    snprintf(ci, sizeof ci, "%s options='-c statement_timeout=200'", servers);
+    free(servers);
+    pgg_pool *p = pool_for_conninfo(ci, "health_incident_min_ms=1000 health_incident_max_ms=1000 "
+                                        "health_probe_timeout_ms=2000 connect_timeout_ms=2000");
+    cr_assert(wait_role(p, 0, PGG_ROLE_PRIMARY, 10000));
+    cr_assert(wait_role(p, 1, PGG_ROLE_STANDBY, 10000));
+    pgg_pool_on_event(p, on_unknown, &log);
+    cr_assert_eq(pgh_node_stop(pgh_cluster_primary(c), PGH_STOP_IMMEDIATE), 0);
+    for (int i = 0; i < 100; i++) {
+        r = pgg_exec(p, PGG_WRITE, "UPDATE pgg_rec_t SET v = v WHERE id = 8", NULL, NULL, &e);
+        cr_assert_null(r, "a write succeeded with no primary");
+        if (e.code == PGG_ENOPRIMARY || e.code == PGG_EOPEN)
+            break;
+    }
+    cr_assert(e.code == PGG_ENOPRIMARY || e.code == PGG_EOPEN, "%s: %s",
+              pgg_err_name(e.code), e.message);
+    /* Three rounds from now: each ends with a probe of the standby, a watch
+     * while the writes go on being refused. */
+    unsigned long want = pgg__health_rounds(p->health) + 3;
+    double t0 = pgh_now_ms();
+    while (pgg__health_rounds(p->health) < want && pgh_now_ms() - t0 < 20000) {
+        r = pgg_exec(p, PGG_WRITE, "UPDATE pgg_rec_t SET v = v WHERE id = 8", NULL, NULL, &e);
+        cr_assert_null(r, "a write succeeded with no primary");
+        sleep_ms(2);
+    }
+    cr_assert_geq(pgg__health_rounds(p->health), want, "the health rounds stalled");
+    pgg__events_flush(p->events);
+    pthread_mutex_lock(&log.mu);
+    cr_expect_eq(log.unknown, 0, "the standby was shown of unknown role %d times", log.unknown);
+    pthread_mutex_unlock(&log.mu);
+    cr_expect_eq(host_stats(p, 1).role, PGG_ROLE_STANDBY);
     end_test(p, c);
 }
 
