@@ -282,6 +282,9 @@ void pgg__canceller_close(pgg_canceller *c, PGconn *conn, int fd);
  * it takes what was handed over. */
 typedef void (*pgg__closer_hook)(void);
 extern _Atomic(pgg__closer_hook) pgg__closer_woke_hook;
+/* For tests: when set, a cancel worker runs it each time it wakes, before
+ * it takes what was queued. */
+extern _Atomic(pgg__closer_hook) pgg__cancel_worker_woke_hook;
 
 /* Cancels sent and dropped so far (for stats). */
 uint64_t pgg__canceller_sent(pgg_canceller *c);
