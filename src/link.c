@@ -694,7 +694,6 @@ typedef struct cancel_slot {
     sem_t wake;         /* one post per cancel queued, and one to stop */
     atomic_bool started, stop;
     atomic_int refs;
-    pthread_mutex_t start_mu; /* the worker's start (once) */
     /* The worker and the canceller's end only (never a caller): */
     pthread_mutex_t mu;
     pthread_cond_t cv; /* done */
@@ -732,7 +731,6 @@ typedef struct closer {
     _Atomic(closing *) head;
     sem_t wake; /* one post per hand-off, and one to stop */
     atomic_bool started, stop;
-    pthread_mutex_t start_mu; /* the thread's start only (once) */
     pthread_t thread;
     atomic_uint_fast64_t closed;
 } closer;
@@ -817,21 +815,6 @@ static void close_later(pgg_canceller *c, PGconn *conn, int fd, bool dropped)
     n->conn = conn;
     n->fd = fd;
     n->dropped = dropped;
-    /* The thread starts at the first hand-off (a pool that never drops a
-     * session has none); only that one takes start_mu. */
-    if (!atomic_load_explicit(&k->started, memory_order_acquire)) {
-        pthread_mutex_lock(&k->start_mu);
-        if (!atomic_load(&k->started) && !atomic_load(&k->stop)) {
-            pthread_attr_t attr;
-
-            pthread_attr_init(&attr);
-            pthread_attr_setstacksize(&attr, 256 * 1024);
-            if (pthread_create(&k->thread, &attr, closer_main, k) == 0)
-                atomic_store_explicit(&k->started, true, memory_order_release);
-            pthread_attr_destroy(&attr);
-        }
-        pthread_mutex_unlock(&k->start_mu);
-    }
     if (!atomic_load(&k->started) || atomic_load(&k->stop)) {
         free(n);
         close_now(conn, fd);
@@ -844,20 +827,32 @@ static void close_later(pgg_canceller *c, PGconn *conn, int fd, bool dropped)
     sem_post(&k->wake);
 }
 
+/* The closer starts with the canceller (the pool), never at a hand-off:
+ * a thread's start (a clone, its stack mapped under the memory map's lock)
+ * is no work for an event loop's callback, and it took a lock there.
+ * Without a thread, closes are made inline, as before. */
+static void closer_start(closer *k)
+{
+    pthread_attr_t attr;
+
+    pthread_attr_init(&attr);
+    pthread_attr_setstacksize(&attr, 256 * 1024);
+    if (pthread_create(&k->thread, &attr, closer_main, k) == 0)
+        atomic_store(&k->started, true);
+    pthread_attr_destroy(&attr);
+}
+
 /* Close what is queued and stop the closer (it never waits on the
  * network, so this is quick).  No hand-off comes after: the pool's end. */
 static void closer_stop(closer *k)
 {
-    pthread_mutex_lock(&k->start_mu);
     atomic_store(&k->stop, true);
-    pthread_mutex_unlock(&k->start_mu);
     if (atomic_load(&k->started)) {
         sem_post(&k->wake);
         pthread_join(k->thread, NULL);
     }
     close_batch(k, atomic_exchange(&k->head, NULL));
     sem_destroy(&k->wake);
-    pthread_mutex_destroy(&k->start_mu);
 }
 
 static void free_cancels(queued_cancel *q)
@@ -879,7 +874,6 @@ static void slot_unref(cancel_slot *s)
     sem_destroy(&s->wake);
     pthread_cond_destroy(&s->cv);
     pthread_mutex_destroy(&s->mu);
-    pthread_mutex_destroy(&s->start_mu);
     free(s);
 }
 
@@ -946,30 +940,23 @@ static void *cancel_worker(void *arg)
     return NULL;
 }
 
-/* The slot's worker, at its first cancel (a pool that never abandons a
- * query has none); only that one takes start_mu. */
-static bool slot_start(cancel_slot *s)
+/* Each slot's worker starts with the canceller (the pool), never at a
+ * drop: see closer_start.  Without one, that host's cancels are dropped. */
+static void slot_start(cancel_slot *s)
 {
-    if (atomic_load_explicit(&s->started, memory_order_acquire))
-        return true;
-    pthread_mutex_lock(&s->start_mu);
-    if (!atomic_load(&s->started) && !atomic_load(&s->stop)) {
-        pthread_t t;
-        pthread_attr_t attr;
+    pthread_t t;
+    pthread_attr_t attr;
 
-        pthread_attr_init(&attr);
-        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-        /* PQcancel needs little stack. */
-        pthread_attr_setstacksize(&attr, 256 * 1024);
-        atomic_fetch_add(&s->refs, 1);
-        if (pthread_create(&t, &attr, cancel_worker, s) == 0)
-            atomic_store_explicit(&s->started, true, memory_order_release);
-        else
-            atomic_fetch_sub(&s->refs, 1);
-        pthread_attr_destroy(&attr);
-    }
-    pthread_mutex_unlock(&s->start_mu);
-    return atomic_load(&s->started);
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    /* PQcancel needs little stack. */
+    pthread_attr_setstacksize(&attr, 256 * 1024);
+    atomic_fetch_add(&s->refs, 1);
+    if (pthread_create(&t, &attr, cancel_worker, s) == 0)
+        atomic_store(&s->started, true);
+    else
+        atomic_fetch_sub(&s->refs, 1);
+    pthread_attr_destroy(&attr);
 }
 
 pgg_canceller *pgg__canceller_new(int nslots, int queue_max,
@@ -993,7 +980,6 @@ pgg_canceller *pgg__canceller_new(int nslots, int queue_max,
     sem_init(&c->closer.wake, 0, 0);
     atomic_init(&c->closer.started, false);
     atomic_init(&c->closer.stop, false);
-    pthread_mutex_init(&c->closer.start_mu, NULL);
     atomic_init(&c->closer.closed, 0);
     for (int i = 0; i < nslots; i++) {
         cancel_slot *s = calloc(1, sizeof *s);
@@ -1009,14 +995,15 @@ pgg_canceller *pgg__canceller_new(int nslots, int queue_max,
         atomic_init(&s->started, false);
         atomic_init(&s->stop, false);
         atomic_init(&s->refs, 1);
-        pthread_mutex_init(&s->start_mu, NULL);
         pthread_mutex_init(&s->mu, NULL);
         pgg__cond_init(&s->cv);
         s->cap = queue_max;
         s->max_age_ns = max_age_ns;
         s->sent = &c->sent;
         c->slots[i] = s;
+        slot_start(s);
     }
+    closer_start(&c->closer);
     return c;
 }
 
@@ -1047,7 +1034,7 @@ void pgg__canceller_drop(pgg_canceller *c, int slot, PGconn *conn)
         PQfreeCancel(cn);
         return;
     }
-    if (!slot_start(s) || !(n = malloc(sizeof *n))) {
+    if (!atomic_load(&s->started) || !(n = malloc(sizeof *n))) {
         atomic_fetch_sub(&s->count, 1);
         PQfreeCancel(cn);
         return;
@@ -1087,10 +1074,7 @@ void pgg__canceller_free(pgg_canceller *c, int64_t max_wait_ns)
 
         if (!s)
             continue;
-        /* The start lock orders the stop after a start under way. */
-        pthread_mutex_lock(&s->start_mu);
         atomic_store(&s->stop, true);
-        pthread_mutex_unlock(&s->start_mu);
         sem_post(&s->wake);
         pthread_mutex_lock(&s->mu);
         /* Give queued cancels their chance, within the bound. */

@@ -256,7 +256,9 @@ int pgg__link_error(pgg_error *err, int code, PGconn *conn,
 
 typedef struct pgg_canceller pgg_canceller;
 
-/* One worker per slot (host), started on first use; each slot queues at
+/* One worker per slot (host), started here with the closer thread (no
+ * call ever starts a thread: an event loop's callback drops sessions and
+ * queues cancels); each slot queues at
  * most `queue_max` cancels and drops the rest (a hung host cannot pile up
  * threads or memory), and a cancel that waited in the queue longer than
  * max_age_ns (behind a PQcancel stuck on a stopped postmaster) is dropped

@@ -228,7 +228,7 @@ Test(canceller, queueing_a_cancel_never_waits_for_the_slots_worker)
     for (int i = 0; i < DROPS; i++)
         d.conns[i] = fake_session(&f);
     atomic_store(&pgg__cancel_worker_woke_hook, hold_worker);
-    /* The first drop starts and wakes the worker, which stops in the hook. */
+    /* The first drop wakes the worker, which stops in the hook. */
     pgg__canceller_drop(d.c, 0, first);
     cr_assert(wait_until(is_held), "the cancel worker never woke");
     cr_assert_eq(pthread_create(&t, NULL, drop_all, &d), 0);

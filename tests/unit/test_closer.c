@@ -86,7 +86,7 @@ Test(closer, a_hand_off_never_waits_for_the_closer_thread)
         h.fds[i] = open("/dev/null", O_RDONLY | O_CLOEXEC);
         cr_assert_geq(h.fds[i], 0);
     }
-    /* The first hand-off starts and wakes the closer, which stops in the hook. */
+    /* The first hand-off wakes the closer, which stops in the hook. */
     pgg__canceller_close(c, NULL, first);
     cr_assert(wait_for(&held), "the closer thread never woke");
     cr_assert_eq(pthread_create(&t, NULL, hand_over, &h), 0);
