@@ -7,6 +7,9 @@
  * made every loop queueing an event sleep, as the closer's lock did),
  * queues more events from another thread, and requires them all to be
  * queued while it is held; then every event is delivered, in order.
+ * And raising an event never waits for a thread reading the listener (the
+ * events thread delivering, the health thread raising one): the listener
+ * is read without the lock they took.
  */
 #include <criterion/criterion.h>
 
@@ -16,6 +19,7 @@
 #include <time.h>
 
 #include "events.h"
+#include "pool_state.h"
 
 #define CALLERS 64
 
@@ -135,4 +139,85 @@ Test(events, a_callers_event_with_none_pending_is_delivered_on_its_thread)
     cr_assert_not_null(q);
     cr_expect(!pgg__events_queue(q, &ev), "queued with nothing pending");
     pgg__events_free(q);
+}
+
+/* ------------------------------------------------ the listener's reading */
+
+static atomic_int heard_from_caller;
+static bool reader_held, reader_release, raised;
+
+static void hold_reader(void)
+{
+    pthread_mutex_lock(&mu);
+    if (!reader_release) {
+        reader_held = true;
+        pthread_cond_broadcast(&cv);
+        while (!reader_release)
+            pthread_cond_wait(&cv, &mu);
+    }
+    pthread_mutex_unlock(&mu);
+}
+
+static void listener(const pgg_event *ev, void *ud)
+{
+    (void)ud;
+    if (ev->host_index == 77)
+        atomic_fetch_add(&heard_from_caller, 1);
+}
+
+/* The events thread's part: it reads the listener and is held there. */
+static void *reader(void *arg)
+{
+    pgg_event ev = {.type = PGG_EVENT_BREAKER, .host_index = 66};
+
+    pgg__pool_deliver_event(arg, &ev);
+    return NULL;
+}
+
+/* A loop's callback raising its breaker's event (nothing queued: it is
+ * delivered on this thread). */
+static void *raiser(void *arg)
+{
+    pgg_event ev = {.type = PGG_EVENT_BREAKER, .host_index = 77};
+
+    pgg__pool_emit(arg, &ev);
+    pthread_mutex_lock(&mu);
+    raised = true;
+    pthread_cond_broadcast(&cv);
+    pthread_mutex_unlock(&mu);
+    return NULL;
+}
+
+Test(events, raising_an_event_never_waits_for_a_thread_reading_the_listener)
+{
+    pgg_config *cfg = pgg_config_new();
+    pgg_error e;
+    pgg_pool *p;
+    pthread_t r, t;
+
+    cr_assert_not_null(cfg);
+    /* Nothing listens on port 1; the health thread's rounds are far apart. */
+    cr_assert_eq(pgg_config_set_servers(cfg, "host=127.0.0.1 port=1 user=u dbname=x", &e),
+                 PGG_OK, "%s", e.message);
+    cr_assert_eq(pgg_config_parse(cfg, "health_interval_ms=60000", &e), PGG_OK, "%s", e.message);
+    p = pgg_pool_new(cfg, &e);
+    pgg_config_free(cfg);
+    cr_assert_not_null(p, "%s", e.message);
+    pgg_pool_on_event(p, listener, NULL);
+    atomic_store(&pgg__pool_listener_read_hook, hold_reader);
+    cr_assert_eq(pthread_create(&r, NULL, reader, p), 0);
+    cr_assert(wait_for(&reader_held), "the reader never read the listener");
+    /* Only the held reader meets the hook from here on. */
+    atomic_store(&pgg__pool_listener_read_hook, NULL);
+    cr_assert_eq(pthread_create(&t, NULL, raiser, p), 0);
+    bool done = wait_for(&raised);
+    pthread_mutex_lock(&mu);
+    reader_release = true;
+    pthread_cond_broadcast(&cv);
+    pthread_mutex_unlock(&mu);
+    pthread_join(r, NULL);
+    pthread_join(t, NULL);
+    cr_expect(done, "raising an event waited for a thread reading the listener");
+    cr_expect_eq(atomic_load(&heard_from_caller), 1, "the raised event was not delivered");
+    pgg_pool_free(p);
 }
