@@ -27,11 +27,10 @@
 #include <unistd.h>
 
 #include "link.h"
+#include "thread_hold.h"
 
 #define DROPS 16
 
-static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t cv = PTHREAD_COND_INITIALIZER;
 static bool held, release, handed;
 static int cancels_received;
 
@@ -95,10 +94,10 @@ static void *fake_main(void *arg)
         }
         code = ntohl(*(uint32_t *)body);
         if (code == 80877102) { /* CancelRequest */
-            pthread_mutex_lock(&mu);
+            pthread_mutex_lock(&hold_mu);
             cancels_received++;
-            pthread_cond_broadcast(&cv);
-            pthread_mutex_unlock(&mu);
+            pthread_cond_broadcast(&hold_cv);
+            pthread_mutex_unlock(&hold_mu);
             close(fd);
         } else if (code == 196608 && f->nsessions < (int)(sizeof f->sessions / sizeof f->sessions[0])) {
             answer_startup(fd, f->nsessions);
@@ -154,14 +153,7 @@ static PGconn *fake_session(const fake *f)
 
 static void hold_worker(void)
 {
-    pthread_mutex_lock(&mu);
-    if (!release) {
-        held = true;
-        pthread_cond_broadcast(&cv);
-        while (!release)
-            pthread_cond_wait(&cv, &mu);
-    }
-    pthread_mutex_unlock(&mu);
+    hold_until(&held, &release);
 }
 
 typedef struct drops {
@@ -175,41 +167,13 @@ static void *drop_all(void *arg)
 
     for (int i = 0; i < DROPS; i++)
         pgg__canceller_drop(d->c, 0, d->conns[i]);
-    pthread_mutex_lock(&mu);
-    handed = true;
-    pthread_cond_broadcast(&cv);
-    pthread_mutex_unlock(&mu);
+    hold_set(&handed);
     return NULL;
 }
 
-/* Wait until pred holds under mu, at most 30 s (a hang detector, not a timing). */
-static bool wait_until(bool (*pred)(void))
+static bool all_received(void *arg)
 {
-    struct timespec until;
-
-    clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_sec += 30;
-    pthread_mutex_lock(&mu);
-    while (!pred())
-        if (pthread_cond_timedwait(&cv, &mu, &until) == ETIMEDOUT)
-            break;
-    bool ok = pred();
-    pthread_mutex_unlock(&mu);
-    return ok;
-}
-
-static bool is_held(void)
-{
-    return held;
-}
-
-static bool is_handed(void)
-{
-    return handed;
-}
-
-static bool all_received(void)
-{
+    (void)arg;
     return cancels_received == 1 + DROPS;
 }
 
@@ -230,16 +194,13 @@ Test(canceller, queueing_a_cancel_never_waits_for_the_slots_worker)
     atomic_store(&pgg__cancel_worker_woke_hook, hold_worker);
     /* The first drop wakes the worker, which stops in the hook. */
     pgg__canceller_drop(d.c, 0, first);
-    cr_assert(wait_until(is_held), "the cancel worker never woke");
+    cr_assert(hold_wait_flag(&held), "the cancel worker never woke");
     cr_assert_eq(pthread_create(&t, NULL, drop_all, &d), 0);
-    bool done = wait_until(is_handed);
-    pthread_mutex_lock(&mu);
-    release = true;
-    pthread_cond_broadcast(&cv);
-    pthread_mutex_unlock(&mu);
+    bool done = hold_wait_flag(&handed);
+    hold_set(&release);
     pthread_join(t, NULL);
     cr_expect(done, "the drops waited for the cancel worker held as it woke");
-    cr_expect(wait_until(all_received), "the fake server received %d cancels of %d",
+    cr_expect(hold_wait(all_received, NULL), "the fake server received %d cancels of %d",
               cancels_received, 1 + DROPS);
     pgg__canceller_free(d.c, 10LL * 1000000000);
     atomic_store(&pgg__cancel_worker_woke_hook, NULL);

@@ -13,42 +13,32 @@
  */
 #include <criterion/criterion.h>
 
-#include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
-#include <time.h>
 
 #include "events.h"
 #include "pool_state.h"
+#include "thread_hold.h"
 
 #define CALLERS 64
 
-static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t cv = PTHREAD_COND_INITIALIZER;
 static bool held, release, handed, queued_first;
 static int delivered[1 + CALLERS], ndelivered;
 static int callers_queued;
 
 static void hold_events_thread(void)
 {
-    pthread_mutex_lock(&mu);
-    if (!release) {
-        held = true;
-        pthread_cond_broadcast(&cv);
-        while (!release)
-            pthread_cond_wait(&cv, &mu);
-    }
-    pthread_mutex_unlock(&mu);
+    hold_until(&held, &release);
 }
 
 static void record(void *arg, const pgg_event *ev)
 {
     (void)arg;
-    pthread_mutex_lock(&mu);
+    pthread_mutex_lock(&hold_mu);
     if (ndelivered < 1 + CALLERS)
         delivered[ndelivered] = ev->host_index;
     ndelivered++;
-    pthread_mutex_unlock(&mu);
+    pthread_mutex_unlock(&hold_mu);
 }
 
 /* The health thread's part: it hands its events over. */
@@ -58,9 +48,9 @@ static void *health_like(void *arg)
 
     pgg__events_hand_over_here();
     bool ok = pgg__events_queue(arg, &ev);
-    pthread_mutex_lock(&mu);
+    pthread_mutex_lock(&hold_mu);
     queued_first = ok;
-    pthread_mutex_unlock(&mu);
+    pthread_mutex_unlock(&hold_mu);
     return NULL;
 }
 
@@ -74,28 +64,11 @@ static void *caller(void *arg)
 
         n += pgg__events_queue(arg, &ev);
     }
-    pthread_mutex_lock(&mu);
+    pthread_mutex_lock(&hold_mu);
     callers_queued = n;
-    handed = true;
-    pthread_cond_broadcast(&cv);
-    pthread_mutex_unlock(&mu);
+    pthread_mutex_unlock(&hold_mu);
+    hold_set(&handed);
     return NULL;
-}
-
-/* Wait for *flag under mu, at most 30 s (a hang detector, not a timing). */
-static bool wait_for(bool *flag)
-{
-    struct timespec until;
-
-    clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_sec += 30;
-    pthread_mutex_lock(&mu);
-    while (!*flag)
-        if (pthread_cond_timedwait(&cv, &mu, &until) == ETIMEDOUT)
-            break;
-    bool ok = *flag;
-    pthread_mutex_unlock(&mu);
-    return ok;
 }
 
 Test(events, queueing_never_waits_for_the_events_thread_and_keeps_the_order)
@@ -110,22 +83,19 @@ Test(events, queueing_never_waits_for_the_events_thread_and_keeps_the_order)
     cr_assert_eq(pthread_create(&h, NULL, health_like, q), 0);
     pthread_join(h, NULL);
     cr_assert(queued_first, "the health thread's event was not queued");
-    cr_assert(wait_for(&held), "the events thread never woke");
+    cr_assert(hold_wait_flag(&held), "the events thread never woke");
     cr_assert_eq(pthread_create(&t, NULL, caller, q), 0);
-    bool done = wait_for(&handed);
-    pthread_mutex_lock(&mu);
-    release = true;
-    pthread_cond_broadcast(&cv);
-    pthread_mutex_unlock(&mu);
+    bool done = hold_wait_flag(&handed);
+    hold_set(&release);
     pthread_join(t, NULL);
     cr_expect(done, "the callers' events waited for the events thread held as it woke");
     cr_expect_eq(callers_queued, CALLERS, "a caller's event behind a pending one was not queued");
     pgg__events_flush(q);
-    pthread_mutex_lock(&mu);
+    pthread_mutex_lock(&hold_mu);
     cr_expect_eq(ndelivered, 1 + CALLERS, "delivered %d of %d", ndelivered, 1 + CALLERS);
     for (int i = 0; i < ndelivered && i < 1 + CALLERS; i++)
         cr_expect_eq(delivered[i], i, "event %d delivered at position %d", delivered[i], i);
-    pthread_mutex_unlock(&mu);
+    pthread_mutex_unlock(&hold_mu);
     pgg__events_free(q);
     atomic_store(&pgg__events_woke_hook, NULL);
 }
@@ -148,14 +118,7 @@ static bool reader_held, reader_release, raised;
 
 static void hold_reader(void)
 {
-    pthread_mutex_lock(&mu);
-    if (!reader_release) {
-        reader_held = true;
-        pthread_cond_broadcast(&cv);
-        while (!reader_release)
-            pthread_cond_wait(&cv, &mu);
-    }
-    pthread_mutex_unlock(&mu);
+    hold_until(&reader_held, &reader_release);
 }
 
 static void listener(const pgg_event *ev, void *ud)
@@ -181,10 +144,7 @@ static void *raiser(void *arg)
     pgg_event ev = {.type = PGG_EVENT_BREAKER, .host_index = 77};
 
     pgg__pool_emit(arg, &ev);
-    pthread_mutex_lock(&mu);
-    raised = true;
-    pthread_cond_broadcast(&cv);
-    pthread_mutex_unlock(&mu);
+    hold_set(&raised);
     return NULL;
 }
 
@@ -206,15 +166,12 @@ Test(events, raising_an_event_never_waits_for_a_thread_reading_the_listener)
     pgg_pool_on_event(p, listener, NULL);
     atomic_store(&pgg__pool_listener_read_hook, hold_reader);
     cr_assert_eq(pthread_create(&r, NULL, reader, p), 0);
-    cr_assert(wait_for(&reader_held), "the reader never read the listener");
+    cr_assert(hold_wait_flag(&reader_held), "the reader never read the listener");
     /* Only the held reader meets the hook from here on. */
     atomic_store(&pgg__pool_listener_read_hook, NULL);
     cr_assert_eq(pthread_create(&t, NULL, raiser, p), 0);
-    bool done = wait_for(&raised);
-    pthread_mutex_lock(&mu);
-    reader_release = true;
-    pthread_cond_broadcast(&cv);
-    pthread_mutex_unlock(&mu);
+    bool done = hold_wait_flag(&raised);
+    hold_set(&reader_release);
     pthread_join(r, NULL);
     pthread_join(t, NULL);
     cr_expect(done, "raising an event waited for a thread reading the listener");
