@@ -715,7 +715,8 @@ typedef void (*pgg_event_fn)(const pgg_event *ev, void *userdata);
  * from a listener on that thread.  A call of the previous listener on
  * another thread already under way when this returns may still finish
  * afterwards: keep its userdata alive until pgg_pool_free(), after which
- * no listener runs.
+ * no listener runs.  The pool keeps a few bytes for each distinct fn and
+ * userdata set until pgg_pool_free(); out of memory, no listener is set.
  */
 PGG_EXPORT void pgg_pool_on_event(pgg_pool *pool, pgg_event_fn fn,
                                   void *userdata);

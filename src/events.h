@@ -41,4 +41,10 @@ bool pgg__events_queue(pgg_events *q, const pgg_event *ev);
  * events thread itself (a listener) it returns at once. */
 void pgg__events_flush(pgg_events *q);
 
+/* For tests: when set, the events thread runs it each time it wakes, before
+ * it takes what was queued (a test holds the thread there to show that
+ * queueing never waits for it). */
+typedef void (*pgg__events_hook)(void);
+extern _Atomic(pgg__events_hook) pgg__events_woke_hook;
+
 #endif

@@ -161,6 +161,9 @@ typedef struct spare {
     /* A caller's connect cut by its call (host.c, "Handed connects"): its
      * failure, or its own bound running out, is the host's. */
     bool handed;
+    /* Connected; the on-connect hook's SQL sent, its answer awaited (a
+     * warm-up's spare on a host whose hook is SQL only: spare_hook). */
+    bool hooking;
 } spare;
 
 struct pgg_health {
@@ -366,7 +369,7 @@ static bool probe_donate(pgg_health *hl, int i, int64_t now)
     pgg_role role = pgg__link_reported_role(c);
 
     if (role == PGG_ROLE_UNKNOWN ||
-        !pgg__host_adopt(&hl->pool->hosts[i], c, now, p->started, 1, false))
+        !pgg__host_adopt(&hl->pool->hosts[i], c, now, p->started, 1, false, false))
         return false;
     hl->conns[i] = NULL;
     p->phase = PROBE_IDLE;
@@ -1043,18 +1046,18 @@ static int spares_taken(const pgg_health *hl, int i, int64_t now)
  * adopted as they complete: a blocking connect here (pgg__host_warm) held
  * up every other thing this thread does for as long as it took (up to
  * health_probe_timeout_ms each), among them the connects event loops'
- * calls wait for (host.c, "Asked connects": loop14).  A host with an
- * on-connect hook still warms blocking: its hook runs on each new session,
- * which a spare's adoption cannot (pgg__host_adopt); event loops use such
- * a pool only with an SQL-only hook (left: that warm-up still holds this
- * thread up).
+ * calls wait for (host.c, "Asked connects": loop14).  A host whose
+ * on-connect hook is SQL only runs it on each spare before adoption
+ * (spare_hook, non-blocking).  One with a hook callback still warms
+ * blocking: the callback gets a connection it may use as it likes (event
+ * loops cannot use such a pool: async.c refuses it).
  */
 static void warm(pgg_health *hl, int i, int64_t now)
 {
     pgg_host *h = &hl->pool->hosts[i];
     int want;
 
-    if (h->on_connect && (h->on_connect->sql || h->on_connect->fn)) {
+    if (h->on_connect && h->on_connect->fn) {
         pgg__host_warm(h, pgg__now_ns() + hl->probe_timeout);
         return;
     }
@@ -1102,6 +1105,7 @@ static void spares_start(pgg_health *hl, int i, int want, bool warming, int64_t 
          * silently on the way would never complete. */
         sp->end = now + HOLD_BOUNDS * hl->probe_timeout;
         sp->handed = false;
+        sp->hooking = false;
     }
 }
 
@@ -1307,7 +1311,12 @@ static void mark_starting(pgg_health *hl, int i, int64_t now)
 
 static void spare_drop(pgg_host *h, spare *sp, int64_t retry_at)
 {
-    PQfinish(sp->conn);
+    /* Its hook's statement may still run: cancelled from a worker. */
+    if (sp->hooking)
+        pgg__host_hook_failed(h, sp->conn, PGG_ETIMEDOUT);
+    else
+        PQfinish(sp->conn);
+    sp->hooking = false;
     sp->conn = NULL;
     sp->retry_at = retry_at;
     pgg__host_spares(h, -1);
@@ -1317,7 +1326,7 @@ static void spare_drop(pgg_host *h, spare *sp, int64_t retry_at)
  * session (non-blocking, pgg__link_started): the host answered; into the
  * idle list with its role.  False: not taken, c still the caller's. */
 static bool spare_adopt(pgg_health *hl, int i, PGconn *c, int64_t started,
-                        bool handed, int64_t now)
+                        bool handed, bool hooked, int64_t now)
 {
     pgg_host *h = &hl->pool->hosts[i];
     pgg_role role;
@@ -1332,10 +1341,92 @@ static bool spare_adopt(pgg_health *hl, int i, PGconn *c, int64_t started,
     role = pgg__link_reported_role(c);
     if (role == PGG_ROLE_UNKNOWN ||
         !pgg__host_adopt(h, c, now, started,
-                         h->min_idle > SPARES + 1 ? h->min_idle : SPARES + 1, handed))
+                         h->min_idle > SPARES + 1 ? h->min_idle : SPARES + 1, handed,
+                         hooked))
         return false;
     pgg__pool_set_role(hl->pool, h, role, "reported by the server");
     return true;
+}
+
+/* Spare sp of host i went into the pool. */
+static void spare_adopted(pgg_health *hl, int i, spare *sp)
+{
+    pgg_host *h = &hl->pool->hosts[i];
+
+    sp->conn = NULL;
+    pgg__host_spares(h, -1);
+    /* The breaker let traffic in again: calls waiting for the starting
+     * server go now, to this session, not when the probe ends; fresh
+     * reads no longer go elsewhere first. */
+    if (pgg__breaker_state(&h->breaker) != PGG_BREAKER_OPEN) {
+        hl->probes[i].starting_since = 0;
+        pgg__host_set_starting(h, false);
+        atomic_store_explicit(&h->suspect_until_ns, 0, memory_order_relaxed);
+    }
+}
+
+/*
+ * The on-connect hook's SQL on a warm-up's spare (a hook with a callback
+ * warms blocking: warm), sent and answered without waiting, as the loop
+ * runs it (async.c): a blocking hook here held up every event loop's
+ * connects, which this thread steps.  Returns whether the spare is still
+ * on its way; false: adopted or dropped.
+ */
+static bool spare_hook(pgg_health *hl, int i, spare *sp, int64_t now)
+{
+    pgg_host *h = &hl->pool->hosts[i];
+    PGconn *c = sp->conn;
+    int flushed;
+
+    if (!sp->hooking) {
+        bool other;
+        const char *sql = pgg__host_hook_sql(h, &other);
+
+        if (!sql || other || !PQsendQuery(c, sql)) {
+            spare_drop(h, sp, now + DEMAND_REFUSED_NS);
+            return false;
+        }
+        sp->hooking = true;
+    } else if (!PQconsumeInput(c)) {
+        spare_drop(h, sp, now + DEMAND_REFUSED_NS);
+        return false;
+    }
+    flushed = PQflush(c);
+    if (flushed < 0) {
+        spare_drop(h, sp, now + DEMAND_REFUSED_NS);
+        return false;
+    }
+    sp->cst = flushed ? PGRES_POLLING_WRITING : PGRES_POLLING_READING;
+    while (!PQisBusy(c)) {
+        PGresult *res = PQgetResult(c);
+        bool host_fault;
+        int rc;
+
+        if (!res)
+            break;
+        rc = pgg__host_hook_sql_done(h, res, PGG_END_RESULT, &host_fault, NULL);
+        PQclear(res);
+        if (rc != PGG_OK) {
+            /* Refused by a healthy server or not: this session is not
+             * lent; the next warm-up tries again later. */
+            sp->hooking = false;
+            pgg__host_hook_failed(h, c, rc);
+            sp->conn = NULL;
+            sp->retry_at = now + DEMAND_REFUSED_NS;
+            pgg__host_spares(h, -1);
+            return false;
+        }
+    }
+    if (PQisBusy(c) || flushed)
+        return true;
+    sp->hooking = false;
+    if (pgg__host_hook_usable(h, c, NULL) != PGG_OK ||
+        !spare_adopt(hl, i, c, sp->started, sp->handed, true, now)) {
+        spare_drop(h, sp, now);
+        return false;
+    }
+    spare_adopted(hl, i, sp);
+    return false;
 }
 
 /* Advance spare k (host i) on socket events. */
@@ -1346,6 +1437,10 @@ static void spare_step(pgg_health *hl, int i, int k)
     PGconn *c = sp->conn;
     int64_t now;
 
+    if (sp->hooking) {
+        (void)spare_hook(hl, i, sp, pgg__now_ns());
+        return;
+    }
     sp->cst = PQconnectPoll(c);
     if (sp->cst == PGRES_POLLING_FAILED) {
         now = pgg__now_ns();
@@ -1363,20 +1458,15 @@ static void spare_step(pgg_health *hl, int i, int k)
         return;
     }
     pgg__link_started(c);
-    if (!spare_adopt(hl, i, c, sp->started, sp->handed, now)) {
+    if (h->on_connect && h->on_connect->sql) {
+        (void)spare_hook(hl, i, sp, now);
+        return;
+    }
+    if (!spare_adopt(hl, i, c, sp->started, sp->handed, false, now)) {
         spare_drop(h, sp, now);
         return;
     }
-    sp->conn = NULL;
-    pgg__host_spares(h, -1);
-    /* The breaker let traffic in again: calls waiting for the starting
-     * server go now, to this session, not when the probe ends; fresh
-     * reads no longer go elsewhere first. */
-    if (pgg__breaker_state(&h->breaker) != PGG_BREAKER_OPEN) {
-        hl->probes[i].starting_since = 0;
-        pgg__host_set_starting(h, false);
-        atomic_store_explicit(&h->suspect_until_ns, 0, memory_order_relaxed);
-    }
+    spare_adopted(hl, i, sp);
 }
 
 /* ------------------------------------------------------ asked connects */
@@ -1402,7 +1492,7 @@ static void asked_end(pgg_health *hl, int i, pgg_asked *a, int64_t now)
         return;
     }
     if (atomic_load_explicit(&a->state, memory_order_acquire) == PGG_ASK_CUT) {
-        if (a->conn && spare_adopt(hl, i, a->conn, a->started, true, now))
+        if (a->conn && spare_adopt(hl, i, a->conn, a->started, true, false, now))
             a->conn = NULL;
         else if (!a->conn && !atomic_load(&hl->stopping))
             handed_failed(hl, i, a->started, &a->err, now);

@@ -1308,11 +1308,12 @@ void pgg__host_abandon(pgg_host *h, pgg_link *l, pgg_canceller *c)
 }
 
 bool pgg__host_adopt(pgg_host *h, PGconn *conn, int64_t now_ns,
-                     int64_t born_ns, int max_idle, bool counted)
+                     int64_t born_ns, int max_idle, bool counted, bool hooked)
 {
     pgg_link *l;
 
-    if (h->on_connect && (h->on_connect->sql || h->on_connect->fn))
+    if (h->on_connect && (h->on_connect->sql || h->on_connect->fn) &&
+        !(hooked && !h->on_connect->fn))
         return false;
     l = calloc(1, sizeof *l);
     if (!l)

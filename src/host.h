@@ -528,12 +528,13 @@ void pgg__host_abandon(pgg_host *h, pgg_link *l, pgg_canceller *c);
 /*
  * Take conn, connected with this host's parameters elsewhere (the health
  * thread) from born_ns on, as an idle connection, when the host has fewer
- * than max_idle idle, room for it, and no on-connect hook (which has not
- * run on it).  counted: its connect is in `connects` already (a handed
+ * than max_idle idle, room for it, and no on-connect hook, unless hooked:
+ * the hook ran on conn (its SQL only: pgg__host_hook_sql, and the hook has
+ * no callback).  counted: its connect is in `connects` already (a handed
  * one).  Returns whether it did; if not, conn stays the caller's.
  */
 bool pgg__host_adopt(pgg_host *h, PGconn *conn, int64_t now_ns,
-                     int64_t born_ns, int max_idle, bool counted);
+                     int64_t born_ns, int max_idle, bool counted, bool hooked);
 
 /*
  * Handed connects (host.c): conn, a connect started at started_ns that its

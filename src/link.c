@@ -672,18 +672,32 @@ int pgg__link_probe(PGconn *conn, int64_t deadline_ns, const char *host,
  * One worker per slot.  A slot is reference-counted between the canceller
  * and its worker, so that a worker stuck in PQcancel against a stopped
  * postmaster can outlive the pool and clean up after itself.
+ *
+ * Queueing a cancel takes no lock, as the closer's hand-off (below): an
+ * event loop's callback queues one when a call's deadline drops its
+ * session, and a lock the worker also took (it took the old queue's as it
+ * woke) made that loop wait whenever the worker was preempted holding it.
+ * The queue is a list pushed with one compare-and-swap and taken whole by
+ * the worker; `count` (pushed, not yet being sent) bounds it.
  */
+typedef struct queued_cancel {
+    PGcancel *cancel;
+    int64_t queued_ns;
+    struct queued_cancel *next;
+} queued_cancel;
+
 typedef struct cancel_slot {
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    struct queued_cancel {
-        PGcancel *cancel;
-        int64_t queued_ns;
-    } *queue;
-    int head, count, cap;
+    _Atomic(queued_cancel *) head; /* newest first */
+    atomic_int count;
+    int cap;
     int64_t max_age_ns; /* a cancel older than this is dropped, not sent */
-    bool started, stop, busy, done;
-    int refs;
+    sem_t wake;         /* one post per cancel queued, and one to stop */
+    atomic_bool started, stop;
+    atomic_int refs;
+    /* The worker and the canceller's end only (never a caller): */
+    pthread_mutex_t mu;
+    pthread_cond_t cv; /* done */
+    bool done;
     atomic_uint_fast64_t *sent; /* points into the canceller; NULL once detached */
 } cancel_slot;
 
@@ -717,7 +731,6 @@ typedef struct closer {
     _Atomic(closing *) head;
     sem_t wake; /* one post per hand-off, and one to stop */
     atomic_bool started, stop;
-    pthread_mutex_t start_mu; /* the thread's start only (once) */
     pthread_t thread;
     atomic_uint_fast64_t closed;
 } closer;
@@ -802,21 +815,6 @@ static void close_later(pgg_canceller *c, PGconn *conn, int fd, bool dropped)
     n->conn = conn;
     n->fd = fd;
     n->dropped = dropped;
-    /* The thread starts at the first hand-off (a pool that never drops a
-     * session has none); only that one takes start_mu. */
-    if (!atomic_load_explicit(&k->started, memory_order_acquire)) {
-        pthread_mutex_lock(&k->start_mu);
-        if (!atomic_load(&k->started) && !atomic_load(&k->stop)) {
-            pthread_attr_t attr;
-
-            pthread_attr_init(&attr);
-            pthread_attr_setstacksize(&attr, 256 * 1024);
-            if (pthread_create(&k->thread, &attr, closer_main, k) == 0)
-                atomic_store_explicit(&k->started, true, memory_order_release);
-            pthread_attr_destroy(&attr);
-        }
-        pthread_mutex_unlock(&k->start_mu);
-    }
     if (!atomic_load(&k->started) || atomic_load(&k->stop)) {
         free(n);
         close_now(conn, fd);
@@ -829,79 +827,136 @@ static void close_later(pgg_canceller *c, PGconn *conn, int fd, bool dropped)
     sem_post(&k->wake);
 }
 
+/* The closer starts with the canceller (the pool), never at a hand-off:
+ * a thread's start (a clone, its stack mapped under the memory map's lock)
+ * is no work for an event loop's callback, and it took a lock there.
+ * Without a thread, closes are made inline, as before. */
+static void closer_start(closer *k)
+{
+    pthread_attr_t attr;
+
+    pthread_attr_init(&attr);
+    pthread_attr_setstacksize(&attr, 256 * 1024);
+    if (pthread_create(&k->thread, &attr, closer_main, k) == 0)
+        atomic_store(&k->started, true);
+    pthread_attr_destroy(&attr);
+}
+
 /* Close what is queued and stop the closer (it never waits on the
  * network, so this is quick).  No hand-off comes after: the pool's end. */
 static void closer_stop(closer *k)
 {
-    pthread_mutex_lock(&k->start_mu);
     atomic_store(&k->stop, true);
-    pthread_mutex_unlock(&k->start_mu);
     if (atomic_load(&k->started)) {
         sem_post(&k->wake);
         pthread_join(k->thread, NULL);
     }
     close_batch(k, atomic_exchange(&k->head, NULL));
     sem_destroy(&k->wake);
-    pthread_mutex_destroy(&k->start_mu);
+}
+
+static void free_cancels(queued_cancel *q)
+{
+    while (q) {
+        queued_cancel *next = q->next;
+
+        PQfreeCancel(q->cancel);
+        free(q);
+        q = next;
+    }
 }
 
 static void slot_unref(cancel_slot *s)
 {
-    bool last;
-
-    pthread_mutex_lock(&s->mu);
-    last = --s->refs == 0;
-    pthread_mutex_unlock(&s->mu);
-    if (!last)
+    if (atomic_fetch_sub(&s->refs, 1) != 1)
         return;
-    for (int i = 0; i < s->count; i++)
-        PQfreeCancel(s->queue[(s->head + i) % s->cap].cancel);
-    free(s->queue);
+    free_cancels(atomic_exchange(&s->head, NULL));
+    sem_destroy(&s->wake);
     pthread_cond_destroy(&s->cv);
     pthread_mutex_destroy(&s->mu);
     free(s);
 }
+
+/* For tests: run by a cancel worker each time it wakes, before it takes
+ * what was queued (a test holds it there to show that queueing a cancel
+ * never waits for it). */
+_Atomic(pgg__closer_hook) pgg__cancel_worker_woke_hook;
 
 static void *cancel_worker(void *arg)
 {
     cancel_slot *s = arg;
     char errbuf[256];
 
-    pthread_mutex_lock(&s->mu);
     for (;;) {
-        PGcancel *cn;
-        bool fresh;
+        pgg__closer_hook hook;
+        queued_cancel *got, *fifo = NULL;
 
-        while (s->count == 0 && !s->stop)
-            pthread_cond_wait(&s->cv, &s->mu);
-        /* On stop, what is queued still goes out: each cancel ends a query
-         * that would otherwise run on with nobody waiting for it. */
-        if (s->count == 0)
+        while (sem_wait(&s->wake) != 0 && errno == EINTR)
+            ;
+        hook = atomic_load(&pgg__cancel_worker_woke_hook);
+        if (hook)
+            hook();
+        /* Oldest first.  On stop, what is queued still goes out: each
+         * cancel ends a query that would otherwise run on with nobody
+         * waiting for it. */
+        got = atomic_exchange(&s->head, NULL);
+        while (got) {
+            queued_cancel *next = got->next;
+
+            got->next = fifo;
+            fifo = got;
+            got = next;
+        }
+        while (fifo) {
+            queued_cancel *next = fifo->next;
+            /* Queued behind a PQcancel stuck on a stopped postmaster for
+             * longer than the bound: its query has had all that time to
+             * end alone. */
+            bool fresh = pgg__now_ns() - fifo->queued_ns <= s->max_age_ns;
+
+            atomic_fetch_sub(&s->count, 1);
+            /* May block for as long as the server is stopped; only this
+             * slot's worker waits. */
+            if (fresh)
+                (void)PQcancel(fifo->cancel, errbuf, (int)sizeof errbuf);
+            PQfreeCancel(fifo->cancel);
+            free(fifo);
+            fifo = next;
+            if (fresh) {
+                pthread_mutex_lock(&s->mu);
+                if (s->sent)
+                    atomic_fetch_add(s->sent, 1);
+                pthread_mutex_unlock(&s->mu);
+            }
+        }
+        if (atomic_load(&s->stop) && atomic_load(&s->head) == NULL)
             break;
-        cn = s->queue[s->head].cancel;
-        /* Queued behind a PQcancel stuck on a stopped postmaster for longer
-         * than the bound: its query has had all that time to end alone. */
-        fresh = pgg__now_ns() - s->queue[s->head].queued_ns <= s->max_age_ns;
-        s->head = (s->head + 1) % s->cap;
-        s->count--;
-        s->busy = true;
-        pthread_mutex_unlock(&s->mu);
-        /* May block for as long as the server is stopped; only this
-         * slot's worker waits. */
-        if (fresh)
-            (void)PQcancel(cn, errbuf, (int)sizeof errbuf);
-        PQfreeCancel(cn);
-        pthread_mutex_lock(&s->mu);
-        s->busy = false;
-        if (s->sent && fresh)
-            atomic_fetch_add(s->sent, 1);
-        pthread_cond_broadcast(&s->cv);
     }
+    pthread_mutex_lock(&s->mu);
     s->done = true;
     pthread_cond_broadcast(&s->cv);
     pthread_mutex_unlock(&s->mu);
     slot_unref(s);
     return NULL;
+}
+
+/* Each slot's worker starts with the canceller (the pool), never at a
+ * drop: see closer_start.  Without one, that host's cancels are dropped. */
+static void slot_start(cancel_slot *s)
+{
+    pthread_t t;
+    pthread_attr_t attr;
+
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    /* PQcancel needs little stack. */
+    pthread_attr_setstacksize(&attr, 256 * 1024);
+    atomic_fetch_add(&s->refs, 1);
+    if (pthread_create(&t, &attr, cancel_worker, s) == 0)
+        atomic_store(&s->started, true);
+    else
+        atomic_fetch_sub(&s->refs, 1);
+    pthread_attr_destroy(&attr);
 }
 
 pgg_canceller *pgg__canceller_new(int nslots, int queue_max,
@@ -925,25 +980,30 @@ pgg_canceller *pgg__canceller_new(int nslots, int queue_max,
     sem_init(&c->closer.wake, 0, 0);
     atomic_init(&c->closer.started, false);
     atomic_init(&c->closer.stop, false);
-    pthread_mutex_init(&c->closer.start_mu, NULL);
     atomic_init(&c->closer.closed, 0);
     for (int i = 0; i < nslots; i++) {
         cancel_slot *s = calloc(1, sizeof *s);
-        if (!s || !(s->queue = calloc((size_t)queue_max, sizeof *s->queue))) {
+        if (!s || sem_init(&s->wake, 0, 0) != 0) {
             free(s);
             pgg__canceller_free(c, 0);
             pgg__error_set(err, PGG_ENOMEM, NULL, NULL,
                            "canceller: out of memory");
             return NULL;
         }
+        atomic_init(&s->head, NULL);
+        atomic_init(&s->count, 0);
+        atomic_init(&s->started, false);
+        atomic_init(&s->stop, false);
+        atomic_init(&s->refs, 1);
         pthread_mutex_init(&s->mu, NULL);
         pgg__cond_init(&s->cv);
         s->cap = queue_max;
         s->max_age_ns = max_age_ns;
-        s->refs = 1;
         s->sent = &c->sent;
         c->slots[i] = s;
+        slot_start(s);
     }
+    closer_start(&c->closer);
     return c;
 }
 
@@ -951,6 +1011,7 @@ void pgg__canceller_drop(pgg_canceller *c, int slot, PGconn *conn)
 {
     PGcancel *cn;
     cancel_slot *s;
+    queued_cancel *n;
 
     if (!conn)
         return;
@@ -967,36 +1028,24 @@ void pgg__canceller_drop(pgg_canceller *c, int slot, PGconn *conn)
         return;
     }
     s = c->slots[slot];
-    pthread_mutex_lock(&s->mu);
-    if (s->stop || s->count == s->cap) {
-        pthread_mutex_unlock(&s->mu);
-        PQfreeCancel(cn); /* the worker is stuck on this host: drop it */
+    /* A full queue: the worker is stuck on this host; drop it. */
+    if (atomic_load(&s->stop) || atomic_fetch_add(&s->count, 1) >= s->cap) {
+        atomic_fetch_sub(&s->count, 1);
+        PQfreeCancel(cn);
         return;
     }
-    if (!s->started) {
-        pthread_t t;
-        pthread_attr_t attr;
-
-        pthread_attr_init(&attr);
-        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-        /* PQcancel needs little stack. */
-        pthread_attr_setstacksize(&attr, 256 * 1024);
-        s->refs++;
-        if (pthread_create(&t, &attr, cancel_worker, s) != 0) {
-            s->refs--;
-            pthread_attr_destroy(&attr);
-            pthread_mutex_unlock(&s->mu);
-            PQfreeCancel(cn);
-            return;
-        }
-        pthread_attr_destroy(&attr);
-        s->started = true;
+    if (!atomic_load(&s->started) || !(n = malloc(sizeof *n))) {
+        atomic_fetch_sub(&s->count, 1);
+        PQfreeCancel(cn);
+        return;
     }
-    s->queue[(s->head + s->count) % s->cap].cancel = cn;
-    s->queue[(s->head + s->count) % s->cap].queued_ns = pgg__now_ns();
-    s->count++;
-    pthread_cond_signal(&s->cv);
-    pthread_mutex_unlock(&s->mu);
+    n->cancel = cn;
+    n->queued_ns = pgg__now_ns();
+    n->next = atomic_load_explicit(&s->head, memory_order_relaxed);
+    while (!atomic_compare_exchange_weak_explicit(&s->head, &n->next, n, memory_order_release,
+                                                  memory_order_relaxed))
+        ;
+    sem_post(&s->wake);
 }
 
 void pgg__canceller_close(pgg_canceller *c, PGconn *conn, int fd)
@@ -1025,11 +1074,11 @@ void pgg__canceller_free(pgg_canceller *c, int64_t max_wait_ns)
 
         if (!s)
             continue;
+        atomic_store(&s->stop, true);
+        sem_post(&s->wake);
         pthread_mutex_lock(&s->mu);
-        s->stop = true;
-        pthread_cond_broadcast(&s->cv);
         /* Give queued cancels their chance, within the bound. */
-        while (s->started && !s->done) {
+        while (atomic_load(&s->started) && !s->done) {
             struct timespec ts;
 
             if (pgg__now_ns() >= deadline)

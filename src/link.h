@@ -256,7 +256,9 @@ int pgg__link_error(pgg_error *err, int code, PGconn *conn,
 
 typedef struct pgg_canceller pgg_canceller;
 
-/* One worker per slot (host), started on first use; each slot queues at
+/* One worker per slot (host), started here with the closer thread (no
+ * call ever starts a thread: an event loop's callback drops sessions and
+ * queues cancels); each slot queues at
  * most `queue_max` cancels and drops the rest (a hung host cannot pile up
  * threads or memory), and a cancel that waited in the queue longer than
  * max_age_ns (behind a PQcancel stuck on a stopped postmaster) is dropped
@@ -282,6 +284,9 @@ void pgg__canceller_close(pgg_canceller *c, PGconn *conn, int fd);
  * it takes what was handed over. */
 typedef void (*pgg__closer_hook)(void);
 extern _Atomic(pgg__closer_hook) pgg__closer_woke_hook;
+/* For tests: when set, a cancel worker runs it each time it wakes, before
+ * it takes what was queued. */
+extern _Atomic(pgg__closer_hook) pgg__cancel_worker_woke_hook;
 
 /* Cancels sent and dropped so far (for stats). */
 uint64_t pgg__canceller_sent(pgg_canceller *c);

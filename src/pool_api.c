@@ -133,6 +133,7 @@ static void pool_destroy(pgg_pool *pool, int hosts_ready, bool bulkhead_ready)
     free(pool->refs);
     pgg_config_free(pool->cfg);
     pgg__prepared_destroy(&pool->prepared);
+    pgg__pool_listeners_free(pool);
     pthread_mutex_destroy(&pool->ev_mu);
     pgg__leases_destroy(pool);
     free(pool);

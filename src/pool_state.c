@@ -5,48 +5,71 @@
  */
 #include "pool_state.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 #include "error.h"
 #include "tls.h"
 
+_Atomic(pgg__pool_hook) pgg__pool_listener_read_hook;
+
 void pgg__pool_deliver_event(void *arg, const pgg_event *ev)
 {
     pgg_pool *pool = arg;
-    pgg_event_fn fn;
-    void *ud;
+    pgg_listener *l = atomic_load_explicit(&pool->listener, memory_order_acquire);
+    pgg__pool_hook hook = atomic_load_explicit(&pgg__pool_listener_read_hook,
+                                               memory_order_relaxed);
 
-    pthread_mutex_lock(&pool->ev_mu);
-    fn = pool->ev_fn;
-    ud = pool->ev_ud;
-    pthread_mutex_unlock(&pool->ev_mu);
-    if (fn)
-        fn(ev, ud);
+    if (hook)
+        hook();
+    if (l)
+        l->fn(ev, l->ud);
 }
 
 void pgg__pool_emit(pgg_pool *pool, const pgg_event *ev)
 {
-    bool listened;
-
-    pthread_mutex_lock(&pool->ev_mu);
-    listened = pool->ev_fn != NULL;
-    pthread_mutex_unlock(&pool->ev_mu);
     /* The health thread's go to the events thread (events.h). */
-    if (listened && !pgg__events_queue(pool->events, ev))
+    if (atomic_load_explicit(&pool->listener, memory_order_relaxed) &&
+        !pgg__events_queue(pool->events, ev))
         pgg__pool_deliver_event(pool, ev);
 }
 
 void pgg_pool_on_event(pgg_pool *pool, pgg_event_fn fn, void *userdata)
 {
+    pgg_listener *l = NULL;
+
     if (!pool)
         return;
     /* The health thread's events raised before this call go to the
      * listener they were raised under, as when it delivered them. */
     pgg__events_flush(pool->events);
     pthread_mutex_lock(&pool->ev_mu);
-    pool->ev_fn = fn;
-    pool->ev_ud = userdata;
+    if (fn) {
+        /* A record is never changed nor freed while the pool lives (a
+         * reader may hold it): one per distinct pair, reused. */
+        for (l = pool->listeners; l && (l->fn != fn || l->ud != userdata); l = l->next)
+            ;
+        if (!l && (l = malloc(sizeof *l))) {
+            l->fn = fn;
+            l->ud = userdata;
+            l->next = pool->listeners;
+            pool->listeners = l;
+        }
+        /* Out of memory: no listener rather than the previous one. */
+    }
+    atomic_store_explicit(&pool->listener, l, memory_order_release);
     pthread_mutex_unlock(&pool->ev_mu);
+}
+
+void pgg__pool_listeners_free(pgg_pool *pool)
+{
+    while (pool->listeners) {
+        pgg_listener *next = pool->listeners->next;
+
+        free(pool->listeners);
+        pool->listeners = next;
+    }
+    atomic_store(&pool->listener, NULL);
 }
 
 void pgg__pool_set_role(pgg_pool *pool, pgg_host *h, pgg_role role,

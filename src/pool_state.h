@@ -37,6 +37,13 @@ typedef struct pgg_vis pgg_vis;
 typedef struct pgg_pipes pgg_pipes;
 typedef struct pgg_types pgg_types;
 
+/* A listener set with pgg_pool_on_event (struct pgg_pool, listener). */
+typedef struct pgg_listener {
+    pgg_event_fn fn;
+    void *ud;
+    struct pgg_listener *next; /* every record of the pool */
+} pgg_listener;
+
 /* The health thread's wake-up as the modules below it call it (a failure
  * seen, a role changed): a pointer the pool sets when the thread starts,
  * so that they need not know health.c, which depends on them. */
@@ -105,9 +112,15 @@ struct pgg_pool {
      * visibility module, not even its begin (call.c). */
     bool ryw_off;
 
+    /* The listener (pgg_pool_on_event), a record published atomically: an
+     * event loop's call raising an event takes no lock that the health and
+     * events threads take too (a lock there made the loop wait whenever
+     * one of them was preempted holding it).  Every record set stays until
+     * the pool's end, one per distinct listener and userdata (ev_mu: the
+     * setters only). */
     pthread_mutex_t ev_mu;
-    pgg_event_fn ev_fn;
-    void *ev_ud;
+    _Atomic(pgg_listener *) listener;
+    pgg_listener *listeners;
     /* Delivers the health thread's events (events.h); NULL: inline. */
     pgg_events *events;
 
@@ -125,6 +138,12 @@ void pgg__pool_set_role(pgg_pool *pool, pgg_host *h, pgg_role role,
 void pgg__pool_emit(pgg_pool *pool, const pgg_event *ev);
 /* The listener's call, now (the events thread's deliver function). */
 void pgg__pool_deliver_event(void *arg, const pgg_event *ev);
+/* For tests: when set, run by pgg__pool_deliver_event with the listener
+ * read, before it calls it (where it used to hold ev_mu). */
+typedef void (*pgg__pool_hook)(void);
+extern _Atomic(pgg__pool_hook) pgg__pool_listener_read_hook;
+/* Free every listener record (the pool's end). */
+void pgg__pool_listeners_free(pgg_pool *pool);
 
 /* The router's view of every host, now. */
 static inline int pgg__pool_candidates(pgg_pool *pool, pgg_intent intent,

@@ -2071,9 +2071,9 @@ Test(async, typed_calls_on_the_loop)
 
 /* ------------------------------------------------- the on-connect hook */
 
-static pgg_pool *hooked_pool(pgh_cluster *c, const char *sql, const char *extra)
+/* A pool on conninfo ci whose on-connect hook is sql alone. */
+static pgg_pool *hooked_pool_on(const char *ci, const char *sql, const char *extra)
 {
-    char *ci = pgh_cluster_conninfo(c);
     pgg_config *cfg = pgg_config_new();
     pgg_pool *p;
     pgg_error e;
@@ -2086,8 +2086,16 @@ static pgg_pool *hooked_pool(pgh_cluster *c, const char *sql, const char *extra)
     p = pgg_pool_new(cfg, &e);
     cr_assert_not_null(p, "%s", e.message);
     pgg_config_free(cfg);
-    free(ci);
     cr_assert(wait_role(p, 0, PGG_ROLE_PRIMARY, 10000));
+    return p;
+}
+
+static pgg_pool *hooked_pool(pgh_cluster *c, const char *sql, const char *extra)
+{
+    char *ci = pgh_cluster_conninfo(c);
+    pgg_pool *p = hooked_pool_on(ci, sql, extra);
+
+    free(ci);
     return p;
 }
 
@@ -4267,9 +4275,12 @@ static int warming(pgg_pool *p, int i)
  * connection, whose connect steps the health thread runs (host.c, "Asked
  * connects").  It must complete while the replica's warm-up connect is
  * still on its way.  Before, the warm-up was a blocking connect on the
- * health thread, and the loop's call waited for it to end.
+ * health thread, and the loop's call waited for it to end; with an
+ * on-connect hook (SQL only, which event loops may use), until round 14
+ * too.  hook_sql: the pool's hook, or NULL; with one, the sessions the
+ * warm-up made ran it (their application_name on the replica).
  */
-Test(async, a_loops_new_connection_is_made_while_the_pool_warms_a_slow_host)
+static void warm_a_slow_host(const char *hook_sql)
 {
     pgh_cluster *c = cluster_or_die(1);
     pgh_require_local(c, "a proxy between pgguard and a local replica");
@@ -4280,8 +4291,9 @@ Test(async, a_loops_new_connection_is_made_while_the_pool_warms_a_slow_host)
     cr_assert_not_null(px, "%s", err);
     char *ci = conninfo_via_proxy(c, px);
     /* Bounds above the slow proxy's connect (a few seconds). */
-    pgg_pool *p = pool_for_conninfo(ci, "pool_min_idle=1 pool_max=2 breaker.mode=disabled "
-                                        "health_probe_timeout_ms=8000 connect_timeout_ms=10000");
+    const char *opts = "pool_min_idle=1 pool_max=2 breaker.mode=disabled "
+                       "health_probe_timeout_ms=8000 connect_timeout_ms=10000";
+    pgg_pool *p = hook_sql ? hooked_pool_on(ci, hook_sql, opts) : pool_for_conninfo(ci, opts);
     free(ci);
     struct event_base *base = event_base_new();
     pgg_async *ac = async_for(p, base);
@@ -4309,8 +4321,29 @@ Test(async, a_loops_new_connection_is_made_while_the_pool_warms_a_slow_host)
                  "the loop's call completed only once the replica's warm-up connect ended "
                  "(%.0f ms)", o.ms);
     loop_guard_check("a warm-up on a slow host");
+    if (hook_sql) {
+        char v[32] = "";
+
+        cr_expect_geq(wait_idle(p, 1, 1, 20000).conns_idle, 1, "the replica was not warmed again");
+        cr_expect_eq(pgh_node_query_value(replica,
+                                          "SELECT count(*) FROM pg_stat_activity "
+                                          "WHERE application_name = 'pgg_warm_hooked'",
+                                          v, sizeof v),
+                     0);
+        cr_expect_geq(atoi(v), 1, "no session on the replica ran the hook (%s)", v);
+    }
     pgg_async_free(ac);
     event_base_free(base);
     end_test(p, c);
     pgh_proxy_free(px);
+}
+
+Test(async, a_loops_new_connection_is_made_while_the_pool_warms_a_slow_host)
+{
+    warm_a_slow_host(NULL);
+}
+
+Test(async, a_loops_new_connection_is_made_while_a_pool_with_an_sql_hook_warms_a_slow_host)
+{
+    warm_a_slow_host("SET application_name = 'pgg_warm_hooked'");
 }

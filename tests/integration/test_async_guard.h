@@ -26,6 +26,11 @@
  *     link_close); the loop closes only a connect of its own that it
  *     steps itself (no ask could be made, which these tests do not
  *     cause);
+ *   pthread_create: not a wait, but a clone and a stack's mapping under
+ *     the memory map's lock, which the pool's threads (closer, cancel
+ *     workers) took at their first use, under their start lock, possibly
+ *     on the loop: they start with the pool now, the events thread on the
+ *     health thread;
  *   libpq's connect steps, PQconnectPoll: not a wait, but CPU the loop
  *     must not spend (GSSAPI's credential lookup, ~290k instructions per
  *     connect with krb5 installed; TLS handshakes): the loop starts a
@@ -280,6 +285,16 @@ void PQfinish(PGconn *conn)
     if (!next)
         *(void **)&next = loop_guard_next("PQfinish", NULL);
     next(conn);
+}
+
+int pthread_create(pthread_t *t, const pthread_attr_t *attr, void *(*fn)(void *), void *arg)
+{
+    static int (*next)(pthread_t *, const pthread_attr_t *, void *(*)(void *), void *);
+
+    loop_guard_hit("pthread_create (a thread started on the loop thread)", 0);
+    if (!next)
+        *(void **)&next = loop_guard_next("pthread_create", NULL);
+    return next(t, attr, fn, arg);
 }
 
 /* No waiting call on the loop thread so far (where: for the message). */

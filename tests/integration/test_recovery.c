@@ -1519,7 +1519,7 @@ Test(recovery, a_call_takes_a_spare_on_its_way_rather_than_connect_behind_it)
     cr_expect(!atomic_load(&b.done), "the call connected itself while a spare was on its way");
     spare = PQconnectdb(ci);
     cr_assert_eq(PQstatus(spare), CONNECTION_OK, "%s", PQerrorMessage(spare));
-    cr_assert(pgg__host_adopt(h, spare, pgg__now_ns(), pgg__now_ns(), 9, false));
+    cr_assert(pgg__host_adopt(h, spare, pgg__now_ns(), pgg__now_ns(), 9, false, false));
     pgg__host_spares(h, -1);
     pthread_join(t, NULL);
     cr_assert_eq(b.rc, PGG_OK);

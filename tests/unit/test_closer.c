@@ -13,27 +13,18 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdatomic.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "link.h"
+#include "thread_hold.h"
 
 #define HANDOFFS 64
 
-static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t cv = PTHREAD_COND_INITIALIZER;
 static bool held, release, handed;
 
 static void hold_closer(void)
 {
-    pthread_mutex_lock(&mu);
-    if (!release) {
-        held = true;
-        pthread_cond_broadcast(&cv);
-        while (!release)
-            pthread_cond_wait(&cv, &mu);
-    }
-    pthread_mutex_unlock(&mu);
+    hold_until(&held, &release);
 }
 
 typedef struct handoff {
@@ -47,27 +38,8 @@ static void *hand_over(void *arg)
 
     for (int i = 0; i < HANDOFFS; i++)
         pgg__canceller_close(h->c, NULL, h->fds[i]);
-    pthread_mutex_lock(&mu);
-    handed = true;
-    pthread_cond_broadcast(&cv);
-    pthread_mutex_unlock(&mu);
+    hold_set(&handed);
     return NULL;
-}
-
-/* Wait for *flag under mu, at most 30 s (a hang detector, not a timing). */
-static bool wait_for(bool *flag)
-{
-    struct timespec until;
-
-    clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_sec += 30;
-    pthread_mutex_lock(&mu);
-    while (!*flag)
-        if (pthread_cond_timedwait(&cv, &mu, &until) == ETIMEDOUT)
-            break;
-    bool ok = *flag;
-    pthread_mutex_unlock(&mu);
-    return ok;
 }
 
 Test(closer, a_hand_off_never_waits_for_the_closer_thread)
@@ -86,15 +58,12 @@ Test(closer, a_hand_off_never_waits_for_the_closer_thread)
         h.fds[i] = open("/dev/null", O_RDONLY | O_CLOEXEC);
         cr_assert_geq(h.fds[i], 0);
     }
-    /* The first hand-off starts and wakes the closer, which stops in the hook. */
+    /* The first hand-off wakes the closer, which stops in the hook. */
     pgg__canceller_close(c, NULL, first);
-    cr_assert(wait_for(&held), "the closer thread never woke");
+    cr_assert(hold_wait_flag(&held), "the closer thread never woke");
     cr_assert_eq(pthread_create(&t, NULL, hand_over, &h), 0);
-    bool done = wait_for(&handed);
-    pthread_mutex_lock(&mu);
-    release = true;
-    pthread_cond_broadcast(&cv);
-    pthread_mutex_unlock(&mu);
+    bool done = hold_wait_flag(&handed);
+    hold_set(&release);
     pthread_join(t, NULL);
     cr_expect(done, "the hand-offs waited for the closer thread held as it woke");
     pgg__canceller_free(c, 0);
