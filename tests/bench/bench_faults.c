@@ -1858,8 +1858,8 @@ static void print_ranges(const result *res, int n, int rounds)
     printf("\nRanges over %d rounds:\n\n| fault | client | failed reads | failed writes | "
            "slots lost | p99 ms | max ms | > deadline+20 ms | 1st read ms | 1st write ms | "
            "recovered ms | "
-           "writes lost | pgguard not worse |\n",
-           rounds);
+           "writes lost | %s not worse |\n",
+           rounds, client_name[CL_GUARD]);
     printf("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
     for (size_t f = 0; f < NFAULTS; f++)
         for (int cl = 0; cl < CL__N; cl++) {
