@@ -88,6 +88,10 @@ typedef struct probe {
     bool checking;
     bool donated;  /* its new session went to the pool: no query ran */
     bool watching; /* a promotion watch (WATCH_SQL_FMT) */
+    /* The server refused a watch of this outage (pg_sleep not granted,
+     * ...): plain probes until writes find a primary (kept across
+     * probes; watch_wanted). */
+    bool watch_refused;
     /* It ended refused at connect: by nobody listening (no SQLSTATE), or
      * by the server (53300, 57P03). */
     bool refused_closed, refused_by_server;
@@ -516,9 +520,12 @@ static bool watch_wanted(pgg_health *hl, int i, int64_t now)
 {
     pgg_host *h = &hl->pool->hosts[i];
 
+    if (now >= atomic_load_explicit(&h->seek_primary_until_ns, memory_order_relaxed)) {
+        hl->probes[i].watch_refused = false; /* the next outage asks again */
+        return false;
+    }
     return hl->watch_sql && !atomic_load_explicit(&hl->watch_off, memory_order_relaxed) &&
-           now < atomic_load_explicit(&h->seek_primary_until_ns,
-                                      memory_order_relaxed) &&
+           !hl->probes[i].watch_refused &&
            atomic_load(&h->role) == PGG_ROLE_STANDBY &&
            pgg__breaker_state(&h->breaker) == PGG_BREAKER_CLOSED &&
            !pgg__hold_on(&h->hold) && !pgg__hold_suspected(&h->hold);
@@ -698,6 +705,7 @@ static bool probe_start(pgg_health *hl, int i, int64_t now)
     p->silent_since = keep.silent_since;
     p->answered_at = keep.answered_at;
     p->starting_since = keep.starting_since;
+    p->watch_refused = keep.watch_refused;
     /* Refused by nobody listening, or by a server starting up (57P03;
      * also said while shutting down, which the next refusal shows). */
     p->prev_refused = keep.refused_closed ||
@@ -941,6 +949,23 @@ static void probe_end(pgg_health *hl, int i, int64_t now)
         p->got = false;
         pgg__error_reset(&p->err);
         probe_connect(hl, i);
+        if (p->phase != PROBE_IDLE)
+            return;
+    }
+    /* The server answered the promotion watch with an error of its own
+     * (pg_sleep not granted to the role, a recovery conflict, ...): that
+     * says nothing of the host, whose role the probe's plain query asks
+     * now, on the same session, within this probe's bound.  Taken for the
+     * probe's answer, the standby was shown of unknown role and, as such,
+     * sent writes, then watched and refused again: once per cadence for
+     * as long as writes found no primary. */
+    if (!ok && p->watching && p->got && hl->conns[i] && !pgg__host_failure(p->cls) &&
+        now < p->deadline && !atomic_load(&hl->stopping)) {
+        p->watching = false;
+        p->watch_refused = true;
+        p->got = false;
+        pgg__error_reset(&p->err);
+        probe_send(hl, i);
         if (p->phase != PROBE_IDLE)
             return;
     }
