@@ -92,6 +92,10 @@ typedef struct probe {
      * ...): plain probes until writes find a primary (kept across
      * probes; watch_wanted). */
     bool watch_refused;
+    /* The on-connect hook's SQL failed (or hung) on the last warm-up
+     * spare: one spare at a time until one passes (kept across probes;
+     * warm). */
+    bool hook_refused;
     /* It ended refused at connect: by nobody listening (no SQLSTATE), or
      * by the server (53300, 57P03). */
     bool refused_closed, refused_by_server;
@@ -706,6 +710,7 @@ static bool probe_start(pgg_health *hl, int i, int64_t now)
     p->answered_at = keep.answered_at;
     p->starting_since = keep.starting_since;
     p->watch_refused = keep.watch_refused;
+    p->hook_refused = keep.hook_refused;
     /* Refused by nobody listening, or by a server starting up (57P03;
      * also said while shutting down, which the next refusal shows). */
     p->prev_refused = keep.refused_closed ||
@@ -1087,6 +1092,16 @@ static void warm(pgg_health *hl, int i, int64_t now)
         return;
     }
     want = pgg__host_warm_wanted(h);
+    /* A hook that failed on the last spare fails on each (its SQL, the
+     * role's rights): started pool_min_idle at a time, up to SPARES
+     * sessions forked and refused at every probe, every incident_min_ms
+     * while any host is in an incident, where the blocking warm-up
+     * stopped at its first failure.  One at a time until one passes. */
+    if (want > 0 && hl->probes[i].hook_refused) {
+        if (spares_taken(hl, i, now) > 0)
+            return;
+        want = 1;
+    }
     if (want > 0)
         spares_start(hl, i, spares_taken(hl, i, now) + want, true, now);
 }
@@ -1433,7 +1448,8 @@ static bool spare_hook(pgg_health *hl, int i, spare *sp, int64_t now)
         PQclear(res);
         if (rc != PGG_OK) {
             /* Refused by a healthy server or not: this session is not
-             * lent; the next warm-up tries again later. */
+             * lent; the next warm-up tries again later, with one spare. */
+            hl->probes[i].hook_refused = true;
             sp->hooking = false;
             pgg__host_hook_failed(h, c, rc);
             sp->conn = NULL;
@@ -1445,8 +1461,13 @@ static bool spare_hook(pgg_health *hl, int i, spare *sp, int64_t now)
     if (PQisBusy(c) || flushed)
         return true;
     sp->hooking = false;
-    if (pgg__host_hook_usable(h, c, NULL) != PGG_OK ||
-        !spare_adopt(hl, i, c, sp->started, sp->handed, true, now)) {
+    if (pgg__host_hook_usable(h, c, NULL) != PGG_OK) {
+        hl->probes[i].hook_refused = true;
+        spare_drop(h, sp, now);
+        return false;
+    }
+    hl->probes[i].hook_refused = false;
+    if (!spare_adopt(hl, i, c, sp->started, sp->handed, true, now)) {
         spare_drop(h, sp, now);
         return false;
     }
@@ -1716,6 +1737,8 @@ static void spares_expire(pgg_health *hl, int i, int64_t now, int64_t *wait_unti
         if (now >= sp->end || atomic_load(&hl->stopping)) {
             if (sp->handed && now >= sp->end && !atomic_load(&hl->stopping))
                 handed_spare_failed(hl, i, sp, true, now);
+            if (sp->hooking) /* its hook hung */
+                hl->probes[i].hook_refused = true;
             spare_drop(&hl->pool->hosts[i], sp, now);
         } else if (sp->end < *wait_until) {
             *wait_until = sp->end;
