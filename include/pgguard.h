@@ -289,7 +289,8 @@ PGG_EXPORT const char *pgg_role_name(pgg_role role);
  * Errors: PGG_ECONFIG (no servers, bad settings, or a connection option
  * libpq would refuse at every connect: sslmode=bogus, a hostaddr that is
  * no numeric address, a service that is not defined; asked of libpq
- * without a network round trip, its message naming the option),
+ * without a network round trip, its message naming the option, and the
+ * variable of the environment that set it, if one did),
  * PGG_ENOMEM, PGG_ESYS.
  */
 PGG_EXPORT pgg_pool *pgg_pool_new(const pgg_config *cfg, pgg_error *err);

@@ -737,6 +737,21 @@ fail:
 /* The socket directory a check connects to: a path under a file, where
  * nothing can listen, so the connect fails at once on this host. */
 #define CHECK_SOCKET_DIR "/dev/null/pgguard-option-check"
+/*
+ * The check's host list, hostaddr and port, all three given, so that libpq
+ * takes none of them from the environment (PGHOSTADDR, PGPORT) or a
+ * service file, which may hold lists (hostaddr=a,b or port=1,2 for
+ * host=x,y: valid at each connect): against the check's own host they
+ * failed as "could not match" (the pool refused as misconfigured), and a
+ * hostaddr read there made the check start a TCP connect to it.  Two
+ * socket paths: a hostaddr of one empty
+ * element would be "", which libpq takes as not given; "," is two empty
+ * elements, which send each connect to its host, the path.  The port is
+ * only in the path's name.
+ */
+#define CHECK_HOSTS CHECK_SOCKET_DIR "," CHECK_SOCKET_DIR
+#define CHECK_HOSTADDRS ","
+#define CHECK_PORT "5432"
 
 static int check_hostaddr(const char *addr, int index, pgg_error *err)
 {
@@ -758,11 +773,58 @@ static int check_hostaddr(const char *addr, int index, pgg_error *err)
                           index + 1);
 }
 
+/* Whether msg names word as a word ("port", not the one in "support"). */
+static bool names_word(const char *msg, size_t len, const char *word)
+{
+    size_t wlen = strlen(word);
+
+    for (const char *hit = msg; (hit = strstr(hit, word)) && (size_t)(hit - msg) + wlen <= len;
+         hit++) {
+        char before = hit > msg ? hit[-1] : ' ';
+        char after = hit[wlen];
+
+        if (!isalnum((unsigned char)before) && before != '_' &&
+            !isalnum((unsigned char)after) && after != '_')
+            return true;
+    }
+    return false;
+}
+
+/*
+ * The variable of the environment that set an option libpq's message
+ * (msg, len bytes) names and the spec does not give (PGSSLMODE for
+ * "invalid sslmode value"), or NULL: the caller's conninfo does not show
+ * the value refused, and without this the message points nowhere.  Only
+ * names of variables set, never their values (PGPASSWORD's).
+ */
+static const char *env_source(const pgg_host_spec *h, const char *msg, size_t len,
+                              char *out, size_t outlen)
+{
+    PQconninfoOption *defs = PQconndefaults();
+    const char *found = NULL;
+
+    for (PQconninfoOption *o = defs; o && o->keyword && !found; o++) {
+        bool given = false;
+
+        if (!o->envvar || !getenv(o->envvar) || !getenv(o->envvar)[0] ||
+            !names_word(msg, len, o->keyword))
+            continue;
+        for (int i = 0; i < h->nparams && !given; i++)
+            given = strcmp(h->keys[i], o->keyword) == 0;
+        if (!given) {
+            snprintf(out, outlen, "%s", o->envvar);
+            found = out;
+        }
+    }
+    PQconninfoFree(defs);
+    return found;
+}
+
 int pgg__host_spec_check(const pgg_host_spec *h, int index, pgg_error *err)
 {
-    const char **keys = calloc((size_t)h->nparams + 2, sizeof *keys);
-    const char **vals = calloc((size_t)h->nparams + 2, sizeof *vals);
-    const char *hostaddr = NULL;
+    const char **keys = calloc((size_t)h->nparams + 4, sizeof *keys);
+    const char **vals = calloc((size_t)h->nparams + 4, sizeof *vals);
+    const char *hostaddr = NULL, *port = NULL;
     PGconn *conn = NULL;
     int n = 0, rc = PGG_OK;
 
@@ -771,6 +833,8 @@ int pgg__host_spec_check(const pgg_host_spec *h, int index, pgg_error *err)
     for (int i = 0; i < h->nparams; i++) {
         if (strcmp(h->keys[i], "hostaddr") == 0) {
             hostaddr = h->vals[i];
+        } else if (strcmp(h->keys[i], "port") == 0) {
+            port = h->vals[i]; /* one, checked when split */
         } else if (strcmp(h->keys[i], "host") != 0) {
             keys[n] = h->keys[i];
             vals[n++] = h->vals[i];
@@ -780,7 +844,11 @@ int pgg__host_spec_check(const pgg_host_spec *h, int index, pgg_error *err)
     if (rc != PGG_OK)
         goto out;
     keys[n] = "host";
-    vals[n] = CHECK_SOCKET_DIR;
+    vals[n++] = CHECK_HOSTS;
+    keys[n] = "hostaddr";
+    vals[n++] = CHECK_HOSTADDRS;
+    keys[n] = "port";
+    vals[n] = port && port[0] ? port : CHECK_PORT;
     conn = PQconnectStartParams(keys, vals, 0);
     if (!conn)
         goto out;
@@ -789,10 +857,13 @@ int pgg__host_spec_check(const pgg_host_spec *h, int index, pgg_error *err)
         !strstr(PQerrorMessage(conn), CHECK_SOCKET_DIR)) {
         const char *msg = PQerrorMessage(conn);
         int len = (int)strcspn(msg, "\n");
+        char var[64];
+        const char *from = env_source(h, msg, (size_t)len, var, sizeof var);
 
         rc = pgg__error_set(err, PGG_ECONFIG, NULL, NULL,
-                            "servers: host %d (%s): %.*s", index + 1, h->name,
-                            len, msg);
+                            "servers: host %d (%s): %.*s%s%s%s", index + 1, h->name,
+                            len, msg, from ? " (" : "", from ? from : "",
+                            from ? " is set in the environment)" : "");
         for (int i = 0; err && i < h->nparams; i++) {
             if (is_secret_keyword(h->keys[i]))
                 scrub(err->message, sizeof err->message, h->vals[i]);

@@ -59,10 +59,10 @@ int pgg__conninfo_split(const char *conninfo, pgg_host_spec **out, int *n,
  * parsed as libpq parses it (a numeric address).  An option libpq rejects
  * would fail every connect to the host as a connection failure and open
  * its breaker on a configuration error: PGG_ECONFIG here instead, with
- * libpq's message (it names the option), never a password.  A hostaddr
- * libpq reads at connect (a service file's, or PGHOSTADDR with a service)
- * cannot be replaced: then the check starts one connect and closes it at
- * once, without waiting for it.
+ * libpq's message (it names the option), never a password.  Host,
+ * hostaddr and port are the check's own (conninfo.c, CHECK_HOSTS): a
+ * list of them in the environment or a service file is not judged against
+ * the check's host, and nothing is sent, whatever PGHOSTADDR says.
  */
 int pgg__host_spec_check(const pgg_host_spec *h, int index, pgg_error *err);
 

@@ -88,6 +88,14 @@ typedef struct probe {
     bool checking;
     bool donated;  /* its new session went to the pool: no query ran */
     bool watching; /* a promotion watch (WATCH_SQL_FMT) */
+    /* The server refused a watch of this outage (pg_sleep not granted,
+     * ...): plain probes until writes find a primary (kept across
+     * probes; watch_wanted). */
+    bool watch_refused;
+    /* The on-connect hook's SQL failed (or hung) on the last warm-up
+     * spare: one spare at a time until one passes (kept across probes;
+     * warm). */
+    bool hook_refused;
     /* It ended refused at connect: by nobody listening (no SQLSTATE), or
      * by the server (53300, 57P03). */
     bool refused_closed, refused_by_server;
@@ -516,9 +524,12 @@ static bool watch_wanted(pgg_health *hl, int i, int64_t now)
 {
     pgg_host *h = &hl->pool->hosts[i];
 
+    if (now >= atomic_load_explicit(&h->seek_primary_until_ns, memory_order_relaxed)) {
+        hl->probes[i].watch_refused = false; /* the next outage asks again */
+        return false;
+    }
     return hl->watch_sql && !atomic_load_explicit(&hl->watch_off, memory_order_relaxed) &&
-           now < atomic_load_explicit(&h->seek_primary_until_ns,
-                                      memory_order_relaxed) &&
+           !hl->probes[i].watch_refused &&
            atomic_load(&h->role) == PGG_ROLE_STANDBY &&
            pgg__breaker_state(&h->breaker) == PGG_BREAKER_CLOSED &&
            !pgg__hold_on(&h->hold) && !pgg__hold_suspected(&h->hold);
@@ -698,6 +709,8 @@ static bool probe_start(pgg_health *hl, int i, int64_t now)
     p->silent_since = keep.silent_since;
     p->answered_at = keep.answered_at;
     p->starting_since = keep.starting_since;
+    p->watch_refused = keep.watch_refused;
+    p->hook_refused = keep.hook_refused;
     /* Refused by nobody listening, or by a server starting up (57P03;
      * also said while shutting down, which the next refusal shows). */
     p->prev_refused = keep.refused_closed ||
@@ -944,6 +957,23 @@ static void probe_end(pgg_health *hl, int i, int64_t now)
         if (p->phase != PROBE_IDLE)
             return;
     }
+    /* The server answered the promotion watch with an error of its own
+     * (pg_sleep not granted to the role, a recovery conflict, ...): that
+     * says nothing of the host, whose role the probe's plain query asks
+     * now, on the same session, within this probe's bound.  Taken for the
+     * probe's answer, the standby was shown of unknown role and, as such,
+     * sent writes, then watched and refused again: once per cadence for
+     * as long as writes found no primary. */
+    if (!ok && p->watching && p->got && hl->conns[i] && !pgg__host_failure(p->cls) &&
+        now < p->deadline && !atomic_load(&hl->stopping)) {
+        p->watching = false;
+        p->watch_refused = true;
+        p->got = false;
+        pgg__error_reset(&p->err);
+        probe_send(hl, i);
+        if (p->phase != PROBE_IDLE)
+            return;
+    }
     record_ticket(hl, h, p, now);
     starting = still_starting(hl, i, now);
     /* A standby whose replay position was to be checked (hold.h) has its
@@ -1062,6 +1092,16 @@ static void warm(pgg_health *hl, int i, int64_t now)
         return;
     }
     want = pgg__host_warm_wanted(h);
+    /* A hook that failed on the last spare fails on each (its SQL, the
+     * role's rights): started pool_min_idle at a time, up to SPARES
+     * sessions forked and refused at every probe, every incident_min_ms
+     * while any host is in an incident, where the blocking warm-up
+     * stopped at its first failure.  One at a time until one passes. */
+    if (want > 0 && hl->probes[i].hook_refused) {
+        if (spares_taken(hl, i, now) > 0)
+            return;
+        want = 1;
+    }
     if (want > 0)
         spares_start(hl, i, spares_taken(hl, i, now) + want, true, now);
 }
@@ -1408,7 +1448,8 @@ static bool spare_hook(pgg_health *hl, int i, spare *sp, int64_t now)
         PQclear(res);
         if (rc != PGG_OK) {
             /* Refused by a healthy server or not: this session is not
-             * lent; the next warm-up tries again later. */
+             * lent; the next warm-up tries again later, with one spare. */
+            hl->probes[i].hook_refused = true;
             sp->hooking = false;
             pgg__host_hook_failed(h, c, rc);
             sp->conn = NULL;
@@ -1420,8 +1461,13 @@ static bool spare_hook(pgg_health *hl, int i, spare *sp, int64_t now)
     if (PQisBusy(c) || flushed)
         return true;
     sp->hooking = false;
-    if (pgg__host_hook_usable(h, c, NULL) != PGG_OK ||
-        !spare_adopt(hl, i, c, sp->started, sp->handed, true, now)) {
+    if (pgg__host_hook_usable(h, c, NULL) != PGG_OK) {
+        hl->probes[i].hook_refused = true;
+        spare_drop(h, sp, now);
+        return false;
+    }
+    hl->probes[i].hook_refused = false;
+    if (!spare_adopt(hl, i, c, sp->started, sp->handed, true, now)) {
         spare_drop(h, sp, now);
         return false;
     }
@@ -1691,6 +1737,8 @@ static void spares_expire(pgg_health *hl, int i, int64_t now, int64_t *wait_unti
         if (now >= sp->end || atomic_load(&hl->stopping)) {
             if (sp->handed && now >= sp->end && !atomic_load(&hl->stopping))
                 handed_spare_failed(hl, i, sp, true, now);
+            if (sp->hooking) /* its hook hung */
+                hl->probes[i].hook_refused = true;
             spare_drop(&hl->pool->hosts[i], sp, now);
         } else if (sp->end < *wait_until) {
             *wait_until = sp->end;

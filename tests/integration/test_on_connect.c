@@ -9,6 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "health.h"
+#include "pool.h"
 #include "pool_util.h"
 
 /* A pool over one primary with a hook. */
@@ -102,6 +104,53 @@ Test(on_connect, failing_sql_is_refused_clearly_and_not_blamed_on_the_host)
     cr_expect_eq(h.conns_open, 0, "a refused connection was pooled");
     cr_expect_str_eq(pgg_strerror(PGG_EONCONNECT), "the on-connect hook refused the connection");
     cr_expect_str_eq(pgg_err_name(PGG_EONCONNECT), "PGG_EONCONNECT");
+    end_test(p, c);
+}
+
+/*
+ * A pool warming to pool_min_idle (4) over a hook whose SQL fails on every
+ * session (here after counting itself in a sequence, which the error does
+ * not roll back), probed every 50 ms: the warm-up (health.c, warm) starts
+ * one spare at a time once a hook has failed, at most one per probe, as
+ * the blocking warm-up stopped at its first failure.  Fails when each
+ * probe starts pool_min_idle spares, each a backend forked and refused:
+ * about four hook runs per health round.
+ */
+Test(on_connect, a_failing_hook_warms_one_spare_at_a_time)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgh_node *prim = pgh_cluster_primary(c);
+    cr_assert_eq(pgh_node_exec(prim, "CREATE SEQUENCE pgg_hook_runs"), 0);
+    pgg_pool *p = hooked_pool(c, "SELECT 1 / (pg_catalog.nextval('pgg_hook_runs') * 0)", NULL,
+                              NULL, "pool_min_idle=4 pool_max=8 health_interval_ms=50");
+    char v[32];
+    long runs0 = 0, runs1;
+
+    /* The first hook run: the warm-up is under way. */
+    for (int i = 0; i < 1000 && runs0 == 0; i++) {
+        cr_assert_eq(pgh_node_query_value(prim,
+                                          "SELECT CASE WHEN is_called THEN last_value "
+                                          "ELSE 0 END FROM pgg_hook_runs",
+                                          v, sizeof v),
+                     0);
+        runs0 = atol(v);
+        if (runs0 == 0)
+            sleep_ms(10);
+    }
+    cr_assert_gt(runs0, 0, "the warm-up never ran the hook");
+    unsigned long r0 = pgg__health_rounds(p->health);
+    for (int i = 0; i < 2000 && pgg__health_rounds(p->health) < r0 + 10; i++)
+        sleep_ms(10);
+    unsigned long rounds = pgg__health_rounds(p->health) - r0;
+    cr_assert_geq(rounds, 10, "the health rounds stalled");
+    cr_assert_eq(pgh_node_query_value(prim, "SELECT last_value FROM pgg_hook_runs", v, sizeof v),
+                 0);
+    runs1 = atol(v);
+    /* One spare per round, and those on their way when counting began
+     * and ended. */
+    cr_expect_leq(runs1 - runs0, (long)rounds + 2, "%ld hook runs in %lu health rounds",
+                  runs1 - runs0, rounds);
+    cr_expect_eq(host_stats(p, 0).conns_open, 0, "a refused session was pooled");
     end_test(p, c);
 }
 

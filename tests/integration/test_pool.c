@@ -6,6 +6,9 @@
  */
 #include <limits.h>
 #include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
 
 #include "pool.h"
 #include "pool_util.h"
@@ -610,6 +613,97 @@ Test(pool, options_libpq_rejects_are_refused_when_the_pool_is_made)
     cr_expect_not_null(p, "%s", e.message);
     pgg_pool_free(p);
     pgg_config_free(cfg);
+    cr_expect_eq(pgh_leak_check(), 0, "memory leaked (report above)");
+}
+
+/*
+ * Lists libpq reads at each connect from the environment or a service
+ * file, valid there (PGHOSTADDR with one address per host of the list;
+ * a service's host=a,b with port=1,2 or hostaddr=a,b), and a single
+ * hostaddr there: none is a configuration error, and the pool is made.
+ * Before (the check's one socket path as the host), libpq read them
+ * anyway and judged them against it: "could not match 1 host names to 2
+ * hostaddr values", "could not match 2 port numbers to 1 hosts":
+ * PGG_ECONFIG for pools whose every connect libpq accepts (cases 0, 2, 3;
+ * 1 and 4 passed, the check starting a TCP connect to the address).
+ */
+Test(pool, lists_libpq_reads_from_the_environment_or_a_service_make_a_pool)
+{
+    static const struct {
+        const char *env_hostaddr, *service, *conninfo;
+    } cases[] = {
+        {"127.0.0.1,127.0.0.1", NULL, "host=a,b port=1"},
+        {"127.0.0.1", NULL, "host=localhost port=1"},
+        {NULL, "host=127.0.0.1,127.0.0.1\nport=1,2\n", "service=pggsvc"},
+        {NULL, "hostaddr=127.0.0.1,127.0.0.1\nport=1\n", "service=pggsvc"},
+        {NULL, "hostaddr=127.0.0.1\nport=1\n", "service=pggsvc"},
+    };
+    char path[] = "/tmp/pgg-service-XXXXXX";
+    int fd = mkstemp(path);
+
+    cr_assert_geq(fd, 0);
+    close(fd);
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        pgg_error e;
+        pgg_config *cfg = pgg_config_new();
+
+        unsetenv("PGHOSTADDR");
+        unsetenv("PGSERVICEFILE");
+        unsetenv("PGSERVICE");
+        if (cases[k].env_hostaddr)
+            setenv("PGHOSTADDR", cases[k].env_hostaddr, 1);
+        if (cases[k].service) {
+            FILE *f = fopen(path, "w");
+
+            cr_assert_not_null(f);
+            fprintf(f, "[pggsvc]\n%s", cases[k].service);
+            fclose(f);
+            setenv("PGSERVICEFILE", path, 1);
+        }
+        cr_assert_eq(pgg_config_set_servers(cfg, cases[k].conninfo, &e), PGG_OK, "case %zu: %s",
+                     k, e.message);
+        pgg_pool *p = pgg_pool_new(cfg, &e);
+        cr_expect_not_null(p, "case %zu: %s %s", k, pgg_err_name(e.code), e.message);
+        pgg_pool_free(p);
+        pgg_config_free(cfg);
+    }
+    /* The check still judges every other option read there. */
+    FILE *f = fopen(path, "w");
+    cr_assert_not_null(f);
+    fprintf(f, "[pggsvc]\nhost=127.0.0.1,127.0.0.1\nport=1,2\nsslmode=bogus\n");
+    fclose(f);
+    unsetenv("PGHOSTADDR");
+    setenv("PGSERVICEFILE", path, 1);
+    pgg_error e;
+    pgg_config *cfg = pgg_config_new();
+    cr_assert_eq(pgg_config_set_servers(cfg, "service=pggsvc", &e), PGG_OK, "%s", e.message);
+    pgg_pool *p = pgg_pool_new(cfg, &e);
+    cr_expect_null(p, "a pool made with the service's sslmode=bogus");
+    if (p)
+        pgg_pool_free(p);
+    else
+        cr_expect_not_null(strstr(e.message, "sslmode"), "%s", e.message);
+    pgg_config_free(cfg);
+    unsetenv("PGSERVICEFILE");
+    unlink(path);
+    /* A value from the environment is refused naming its variable: the
+     * conninfo does not show it. */
+    setenv("PGSSLMODE", "bogus", 1);
+    cfg = pgg_config_new();
+    cr_assert_eq(pgg_config_set_servers(cfg, "host=127.0.0.1 port=1", &e), PGG_OK, "%s",
+                 e.message);
+    p = pgg_pool_new(cfg, &e);
+    cr_expect_null(p, "a pool made with PGSSLMODE=bogus");
+    if (p) {
+        pgg_pool_free(p);
+    } else {
+        cr_expect_eq(e.code, PGG_ECONFIG, "%s", pgg_err_name(e.code));
+        cr_expect_not_null(strstr(e.message, "sslmode"), "%s", e.message);
+        cr_expect_not_null(strstr(e.message, "PGSSLMODE"), "the variable not named: %s",
+                           e.message);
+    }
+    pgg_config_free(cfg);
+    unsetenv("PGSSLMODE");
     cr_expect_eq(pgh_leak_check(), 0, "memory leaked (report above)");
 }
 

@@ -1214,6 +1214,66 @@ Test(recovery, the_promotion_watch_stays_within_the_sessions_statement_timeout)
 }
 
 /*
+ * The same watch on servers that refuse it: the pool's role may not run
+ * pg_sleep (EXECUTE revoked from PUBLIC, as hardened servers do), so the
+ * server answers the watch with an error (42501) while it answers the
+ * probe's plain query.  That says nothing of the standby: it stays a
+ * standby through three health rounds of writes refused for want of a
+ * primary, never shown of unknown role (which would also send it writes).
+ * Fails when a refused watch is taken for the probe's answer: the standby
+ * shown of unknown role at each watch.
+ */
+Test(recovery, a_standby_that_refuses_the_promotion_watch_keeps_its_role)
+{
+    pgh_cluster *c = cluster_or_die(1);
+    pgh_require_local(c, "roles and stop");
+    setup_table(c);
+    pgh_node *prim = pgh_cluster_primary(c);
+    cr_assert_eq(pgh_node_exec(prim, "CREATE ROLE pgg_nosleep LOGIN"), 0);
+    cr_assert_eq(pgh_node_exec(prim, "REVOKE EXECUTE ON FUNCTION "
+                                     "pg_catalog.pg_sleep(double precision) FROM PUBLIC"),
+                 0);
+    cr_assert_eq(pgh_node_wait_replay(pgh_cluster_replica(c, 0), prim, 10000), 0);
+    char *servers = pgh_cluster_conninfo(c);
+    char ci[2048];
+    static unknown_log log = {PTHREAD_MUTEX_INITIALIZER, 0};
+    pgg_error e;
+    PGresult *r;
+
+    cr_assert_not_null(servers);
+    snprintf(ci, sizeof ci, "%s user=pgg_nosleep", servers);
+    free(servers);
+    pgg_pool *p = pool_for_conninfo(ci, "health_incident_min_ms=1000 health_incident_max_ms=1000 "
+                                        "health_probe_timeout_ms=2000 connect_timeout_ms=2000");
+    cr_assert(wait_role(p, 0, PGG_ROLE_PRIMARY, 10000));
+    cr_assert(wait_role(p, 1, PGG_ROLE_STANDBY, 10000));
+    pgg_pool_on_event(p, on_unknown, &log);
+    cr_assert_eq(pgh_node_stop(prim, PGH_STOP_IMMEDIATE), 0);
+    for (int i = 0; i < 100; i++) {
+        r = pgg_exec(p, PGG_WRITE, "SELECT 1", NULL, NULL, &e);
+        cr_assert_null(r, "a write succeeded with no primary");
+        if (e.code == PGG_ENOPRIMARY || e.code == PGG_EOPEN)
+            break;
+    }
+    cr_assert(e.code == PGG_ENOPRIMARY || e.code == PGG_EOPEN, "%s: %s",
+              pgg_err_name(e.code), e.message);
+    unsigned long want = pgg__health_rounds(p->health) + 3;
+    double t0 = pgh_now_ms();
+    while (pgg__health_rounds(p->health) < want && pgh_now_ms() - t0 < 20000) {
+        r = pgg_exec(p, PGG_WRITE, "SELECT 1", NULL, NULL, &e);
+        PQclear(r);
+        sleep_ms(2);
+    }
+    cr_assert_geq(pgg__health_rounds(p->health), want, "the health rounds stalled");
+    pgg__events_flush(p->events);
+    pthread_mutex_lock(&log.mu);
+    cr_expect_eq(log.unknown, 0, "the standby was shown of unknown role %d times", log.unknown);
+    pthread_mutex_unlock(&log.mu);
+    cr_expect_eq(host_stats(p, 1).role, PGG_ROLE_STANDBY);
+    end_test(p, c);
+}
+
+/*
  * The primary restarted under writes, with the default half-open rule
  * (three good trial calls close): its breaker, open during the outage,
  * closes at the incident cadence once the server accepts, long before the
