@@ -1167,6 +1167,47 @@ static void on_unknown(const pgg_event *ev, void *ud)
     }
 }
 
+/*
+ * The primary stopped, writes sent until one is refused for want of a
+ * primary, then on through three health rounds (each ends with a probe of
+ * the standby, a watch while writes are refused): the standby must never
+ * be shown of unknown role and must end a standby.  Every write is
+ * asserted refused when refused_after says so (after the first refusal).
+ */
+static void standby_kept_while_writes_refused(pgg_pool *p, pgh_cluster *c, unknown_log *log,
+                                              const char *sql, bool refused_after)
+{
+    pgg_error e;
+    PGresult *r;
+
+    pgg_pool_on_event(p, on_unknown, log);
+    cr_assert_eq(pgh_node_stop(pgh_cluster_primary(c), PGH_STOP_IMMEDIATE), 0);
+    for (int i = 0; i < 100; i++) {
+        r = pgg_exec(p, PGG_WRITE, sql, NULL, NULL, &e);
+        cr_assert_null(r, "a write succeeded with no primary");
+        if (e.code == PGG_ENOPRIMARY || e.code == PGG_EOPEN)
+            break;
+    }
+    cr_assert(e.code == PGG_ENOPRIMARY || e.code == PGG_EOPEN, "%s: %s",
+              pgg_err_name(e.code), e.message);
+    unsigned long want = pgg__health_rounds(p->health) + 3;
+    double t0 = pgh_now_ms();
+    while (pgg__health_rounds(p->health) < want && pgh_now_ms() - t0 < 20000) {
+        r = pgg_exec(p, PGG_WRITE, sql, NULL, NULL, &e);
+        if (refused_after)
+            cr_assert_null(r, "a write succeeded with no primary");
+        PQclear(r);
+        sleep_ms(2);
+    }
+    cr_assert_geq(pgg__health_rounds(p->health), want, "the health rounds stalled");
+    pgg__events_flush(p->events);
+    pthread_mutex_lock(&log->mu);
+    cr_expect_eq(log->unknown, 0, "the standby was shown of unknown role %d times",
+                 log->unknown);
+    pthread_mutex_unlock(&log->mu);
+    cr_expect_eq(host_stats(p, 1).role, PGG_ROLE_STANDBY);
+}
+
 Test(recovery, the_promotion_watch_stays_within_the_sessions_statement_timeout)
 {
     pgh_cluster *c = cluster_or_die(1);
@@ -1175,8 +1216,6 @@ Test(recovery, the_promotion_watch_stays_within_the_sessions_statement_timeout)
     char *servers = pgh_cluster_conninfo(c);
     char ci[2048];
     static unknown_log log = {PTHREAD_MUTEX_INITIALIZER, 0};
-    pgg_error e;
-    PGresult *r;
 
     cr_assert_not_null(servers);
     snprintf(ci, sizeof ci, "%s options='-c statement_timeout=200'", servers);
@@ -1185,31 +1224,8 @@ Test(recovery, the_promotion_watch_stays_within_the_sessions_statement_timeout)
                                         "health_probe_timeout_ms=2000 connect_timeout_ms=2000");
     cr_assert(wait_role(p, 0, PGG_ROLE_PRIMARY, 10000));
     cr_assert(wait_role(p, 1, PGG_ROLE_STANDBY, 10000));
-    pgg_pool_on_event(p, on_unknown, &log);
-    cr_assert_eq(pgh_node_stop(pgh_cluster_primary(c), PGH_STOP_IMMEDIATE), 0);
-    for (int i = 0; i < 100; i++) {
-        r = pgg_exec(p, PGG_WRITE, "UPDATE pgg_rec_t SET v = v WHERE id = 8", NULL, NULL, &e);
-        cr_assert_null(r, "a write succeeded with no primary");
-        if (e.code == PGG_ENOPRIMARY || e.code == PGG_EOPEN)
-            break;
-    }
-    cr_assert(e.code == PGG_ENOPRIMARY || e.code == PGG_EOPEN, "%s: %s",
-              pgg_err_name(e.code), e.message);
-    /* Three rounds from now: each ends with a probe of the standby, a watch
-     * while the writes go on being refused. */
-    unsigned long want = pgg__health_rounds(p->health) + 3;
-    double t0 = pgh_now_ms();
-    while (pgg__health_rounds(p->health) < want && pgh_now_ms() - t0 < 20000) {
-        r = pgg_exec(p, PGG_WRITE, "UPDATE pgg_rec_t SET v = v WHERE id = 8", NULL, NULL, &e);
-        cr_assert_null(r, "a write succeeded with no primary");
-        sleep_ms(2);
-    }
-    cr_assert_geq(pgg__health_rounds(p->health), want, "the health rounds stalled");
-    pgg__events_flush(p->events);
-    pthread_mutex_lock(&log.mu);
-    cr_expect_eq(log.unknown, 0, "the standby was shown of unknown role %d times", log.unknown);
-    pthread_mutex_unlock(&log.mu);
-    cr_expect_eq(host_stats(p, 1).role, PGG_ROLE_STANDBY);
+    standby_kept_while_writes_refused(p, c, &log, "UPDATE pgg_rec_t SET v = v WHERE id = 8",
+                                      true);
     end_test(p, c);
 }
 
@@ -1237,8 +1253,6 @@ Test(recovery, a_standby_that_refuses_the_promotion_watch_keeps_its_role)
     char *servers = pgh_cluster_conninfo(c);
     char ci[2048];
     static unknown_log log = {PTHREAD_MUTEX_INITIALIZER, 0};
-    pgg_error e;
-    PGresult *r;
 
     cr_assert_not_null(servers);
     snprintf(ci, sizeof ci, "%s user=pgg_nosleep", servers);
@@ -1247,29 +1261,7 @@ Test(recovery, a_standby_that_refuses_the_promotion_watch_keeps_its_role)
                                         "health_probe_timeout_ms=2000 connect_timeout_ms=2000");
     cr_assert(wait_role(p, 0, PGG_ROLE_PRIMARY, 10000));
     cr_assert(wait_role(p, 1, PGG_ROLE_STANDBY, 10000));
-    pgg_pool_on_event(p, on_unknown, &log);
-    cr_assert_eq(pgh_node_stop(prim, PGH_STOP_IMMEDIATE), 0);
-    for (int i = 0; i < 100; i++) {
-        r = pgg_exec(p, PGG_WRITE, "SELECT 1", NULL, NULL, &e);
-        cr_assert_null(r, "a write succeeded with no primary");
-        if (e.code == PGG_ENOPRIMARY || e.code == PGG_EOPEN)
-            break;
-    }
-    cr_assert(e.code == PGG_ENOPRIMARY || e.code == PGG_EOPEN, "%s: %s",
-              pgg_err_name(e.code), e.message);
-    unsigned long want = pgg__health_rounds(p->health) + 3;
-    double t0 = pgh_now_ms();
-    while (pgg__health_rounds(p->health) < want && pgh_now_ms() - t0 < 20000) {
-        r = pgg_exec(p, PGG_WRITE, "SELECT 1", NULL, NULL, &e);
-        PQclear(r);
-        sleep_ms(2);
-    }
-    cr_assert_geq(pgg__health_rounds(p->health), want, "the health rounds stalled");
-    pgg__events_flush(p->events);
-    pthread_mutex_lock(&log.mu);
-    cr_expect_eq(log.unknown, 0, "the standby was shown of unknown role %d times", log.unknown);
-    pthread_mutex_unlock(&log.mu);
-    cr_expect_eq(host_stats(p, 1).role, PGG_ROLE_STANDBY);
+    standby_kept_while_writes_refused(p, c, &log, "SELECT 1", false);
     end_test(p, c);
 }
 
