@@ -302,6 +302,16 @@ static void probe_send(pgg_health *hl, int i)
     probe *p = &hl->probes[i];
 
     p->seen = pgg__vis_replayed(hl->pool->vis, i);
+    /* A watch only on a session that had answered before this probe: on
+     * one this probe opened (its first, or the replacement of one the
+     * server ended), what is left of the probe's bound may be less than
+     * the watch's wait plus a round trip (a slow connect: a busy server,
+     * a slow path), and the watch would end as a timeout, a healthy
+     * standby shown of unknown role in the outage it watches for.  The
+     * plain query answers first; the watch follows at once (WATCH_GAP_NS)
+     * on the session it opened. */
+    if (!p->on_old)
+        p->watching = false;
     if (!PQsendQuery(hl->conns[i], p->watching ? hl->watch_sql : probe_sql)) {
         probe_fail(hl, i, PGG_CLASS_CONNECTION, "health probe");
         return;

@@ -1230,6 +1230,99 @@ Test(recovery, the_promotion_watch_stays_within_the_sessions_statement_timeout)
 }
 
 /*
+ * A watch is sent only on a session that answered before this probe.  The
+ * standby is reached through a proxy; while writes are refused for want of
+ * a primary, its probe session, running a watch, is ended by the server
+ * and the proxy then holds every chunk 650 ms each way: the probe replaces
+ * its session within its bound (4 s), which takes two of them (1.3 s for
+ * the server's FATAL and the new startup's round trip, sslmode and
+ * gssencmode off).  The replacement's plain query answers within the
+ * bound (another 1.3 s); a watch there (1.3 s and its 1 s wait) would end
+ * past it, as a timeout: the standby shown of unknown role in the very
+ * outage it is watched in.  Fails when the replacement is watched.
+ */
+typedef struct refused_writer {
+    pgg_pool *p;
+    atomic_bool stop;
+} refused_writer;
+
+static void *write_until_stopped(void *arg)
+{
+    refused_writer *w = arg;
+
+    while (!atomic_load(&w->stop)) {
+        pgg_call call = {.timeout_ms = 500};
+
+        PQclear(pgg_exec(w->p, PGG_WRITE, "SELECT 1", &call, NULL, NULL));
+        sleep_ms(2);
+    }
+    return NULL;
+}
+
+Test(recovery, a_probe_that_replaced_its_session_does_not_watch_on_the_new_one)
+{
+    pgh_cluster *c = cluster_or_die(1);
+    pgh_require_local(c, "stop, and a proxy before a local replica");
+    pgh_node *replica = pgh_cluster_replica(c, 0);
+    static unknown_log log = {PTHREAD_MUTEX_INITIALIZER, 0};
+    refused_writer w = {0};
+    char err[256], ci[512], pid[32] = "";
+    pthread_t t;
+    pgh_proxy *px = pgh_proxy_start(pgh_node_host(replica), pgh_node_port(replica), err,
+                                    sizeof err);
+
+    cr_assert_not_null(px, "%s", err);
+    snprintf(ci, sizeof ci,
+             "host=127.0.0.1,127.0.0.1 port=%d,%d user=postgres dbname=postgres "
+             "sslmode=disable gssencmode=disable",
+             pgh_node_port(pgh_cluster_primary(c)), pgh_proxy_port(px));
+    pgg_pool *p = pool_for_conninfo(ci, "health_incident_min_ms=1000 health_incident_max_ms=1000 "
+                                        "health_probe_timeout_ms=4000 connect_timeout_ms=4000");
+    cr_assert(wait_role(p, 0, PGG_ROLE_PRIMARY, 10000));
+    cr_assert(wait_role(p, 1, PGG_ROLE_STANDBY, 10000));
+    cr_assert_eq(pgh_node_stop(pgh_cluster_primary(c), PGH_STOP_IMMEDIATE), 0);
+    w.p = p;
+    cr_assert_eq(pthread_create(&t, NULL, write_until_stopped, &w), 0);
+    /* The standby's probe session in a watch (it waits up to 1 s there). */
+    for (int i = 0; i < 2000 && !pid[0]; i++) {
+        if (pgh_node_query_value(replica,
+                                 "SELECT pid FROM pg_stat_activity WHERE state = 'active' "
+                                 "AND query LIKE '%WITH RECURSIVE w(n, u)%' "
+                                 "AND pid <> pg_backend_pid()",
+                                 pid, sizeof pid) != 0)
+            pid[0] = '\0';
+        if (!pid[0])
+            sleep_ms(5);
+    }
+    cr_assert(pid[0], "no promotion watch seen on the standby in 10 s");
+    pgh_proxy_set_mode(px, PGH_PROXY_DELAY, 650);
+    pgg_pool_on_event(p, on_unknown, &log);
+    {
+        char sql[128], ok[16];
+
+        snprintf(sql, sizeof sql, "SELECT pg_terminate_backend(%s)", pid);
+        cr_assert_eq(pgh_node_query_value(replica, sql, ok, sizeof ok), 0);
+    }
+    /* The probe's bound (4 s from its start) and a margin. */
+    sleep_ms(6000);
+    atomic_store(&w.stop, true);
+    pthread_join(t, NULL);
+    pgg__events_flush(p->events);
+    pgg_pool_on_event(p, NULL, NULL);
+    pthread_mutex_lock(&log.mu);
+    cr_expect_eq(log.unknown, 0,
+                 "the standby was shown of unknown role %d times (a watch on the probe's "
+                 "new session ran past the probe's bound)",
+                 log.unknown);
+    pthread_mutex_unlock(&log.mu);
+    cr_expect_eq(host_stats(p, 1).role, PGG_ROLE_STANDBY);
+    pgh_proxy_set_mode(px, PGH_PROXY_PASS, 0);
+    end_test(p, NULL);
+    pgh_proxy_free(px);
+    pgh_cluster_free(c);
+}
+
+/*
  * The same watch on servers that refuse it: the pool's role may not run
  * pg_sleep (EXECUTE revoked from PUBLIC, as hardened servers do), so the
  * server answers the watch with an error (42501) while it answers the
