@@ -168,6 +168,14 @@ int pgg__link_error(pgg_error *err, int code, PGconn *conn,
                    what ? ": " : "", msg);
     if (!res && !err->sqlstate[0] && startup_sqlstate(err->message, err->sqlstate))
         drop_location(err->message);
+    /* The server asked for a password and the client had none (no
+     * password key, no passfile entry): libpq ends the startup itself,
+     * with no SQLSTATE.  It is the caller's configuration, the same on
+     * every attempt, as a password the server refuses (28P01): told as
+     * that, so that it is classified as that (PGG_ECONFIG, nothing against
+     * the host) and not as a connection failure that opens the breaker. */
+    if (!res && !err->sqlstate[0] && conn && PQconnectionNeedsPassword(conn))
+        memcpy(err->sqlstate, "28P01", 6);
     one_line(err->message);
     return code;
 }

@@ -35,6 +35,52 @@ static inline pgh_cluster *cluster_or_die(int replicas)
 }
 
 /*
+ * Make n (local) ask role for a password (created with one, pg_hba.conf's
+ * first line scram-sha-256 for it over TCP) and write into ci a conninfo
+ * for role that gives none (passfile=/dev/null: no ~/.pgpass either);
+ * returns once libpq is asked for a password there (the reload is
+ * asynchronous).
+ */
+static inline void ask_password_of(pgh_node *n, const char *role, char *ci, size_t cilen)
+{
+    char path[1024], sql[256], *old;
+    FILE *f;
+    long len;
+
+    snprintf(sql, sizeof sql, "DROP ROLE IF EXISTS %s; CREATE ROLE %s LOGIN PASSWORD 'pgg-x'",
+             role, role);
+    cr_assert_eq(pgh_node_exec(n, sql), 0, "%s", pgh_node_error(n));
+    snprintf(path, sizeof path, "%s/pg_hba.conf", pgh_node_datadir(n));
+    f = fopen(path, "r");
+    cr_assert_not_null(f, "%s", path);
+    fseek(f, 0, SEEK_END);
+    len = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    old = (char *)calloc(1, (size_t)len + 1);
+    cr_assert_eq(fread(old, 1, (size_t)len, f), (size_t)len);
+    fclose(f);
+    f = fopen(path, "w"); /* in place: the file keeps its owner */
+    cr_assert_not_null(f, "%s", path);
+    fprintf(f, "host all %s 127.0.0.1/32 scram-sha-256\n%s", role, old);
+    fclose(f);
+    free(old);
+    cr_assert_eq(pgh_node_exec(n, "SELECT pg_reload_conf()"), 0, "%s", pgh_node_error(n));
+    snprintf(ci, cilen, "host=127.0.0.1 port=%d user=%s dbname=postgres passfile=/dev/null",
+             pgh_node_port(n), role);
+    for (int i = 0;; i++) {
+        PGconn *c = PQconnectdb(ci);
+        int asked = PQconnectionNeedsPassword(c);
+
+        PQfinish(c);
+        if (asked)
+            return;
+        cr_assert(i < 500, "the server never asked %s for a password", role);
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+}
+
+/*
  * "primary, replica 0 through px" as one multi-host conninfo, with the
  * primary's other settings (user, password, dbname): the fault proxy works
  * in front of any server, external ones included.  malloc'd.

@@ -234,6 +234,38 @@ Test(async_fd, lost_queries_and_a_refused_connect_leave_the_adapter_open_descrip
     end_test(p, c);
 }
 
+/* A server that asks for a password none was given for: on the loop as for
+ * blocking calls (recovery's test), PGG_ECONFIG with 28P01 every time, the
+ * breaker closed, no connection failure counted. */
+Test(async_fd, a_password_the_server_asks_for_and_none_was_given_is_the_callers)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgh_require_local(c, "pg_hba.conf of a local server");
+    struct event_base *base = event_base_new();
+    static adapter_check chk;
+    char ci[512];
+    outcome o[6] = {0};
+
+    ask_password_of(pgh_cluster_primary(c), "pgg_pw", ci, sizeof ci);
+    pgg_pool *p = pool_for_conninfo(ci, NULL);
+    pgg_async *ac = checked_async(p, base, &chk);
+    for (int i = 0; i < 6; i++) {
+        start_call(ac, i % 2 ? PGG_READ : PGG_WRITE, "SELECT 1", 1000, &o[i]);
+        run_until(base, o + i, 1, 5000);
+        cr_expect_eq(o[i].code, PGG_ECONFIG, "call %d: %s %s", i, pgg_err_name(o[i].code),
+                     o[i].message);
+        cr_expect_not_null(strstr(o[i].message, "password"), "%s", o[i].message);
+    }
+    pgg_host_stats h = host_stats(p, 0);
+    cr_expect_eq(h.state, PGG_BREAKER_CLOSED, "the missing password opened the breaker (%s)",
+                 pgg_breaker_state_name(h.state));
+    cr_expect_eq(h.failures[PGG_CLASS_CONNECTION], 0);
+    pgg_async_free(ac);
+    expect_contract_kept(&chk);
+    event_base_free(base);
+    end_test(p, c);
+}
+
 /* A connect whose first address refuses: libpq closes that socket and
  * opens the next address's, most often under the same number, inside one
  * PQconnectPoll.  The loop follows it to the new socket (by inode, not by

@@ -715,6 +715,41 @@ Test(recovery, startup_refusals_keep_their_sqlstate)
     cr_expect_eq(pgh_leak_check(), 0, "memory leaked (report above)");
 }
 
+/*
+ * A server that asks for a password none was given for (pg_hba.conf says
+ * scram-sha-256 for the role; no password key, passfile /dev/null): libpq
+ * ends the startup itself, "no password supplied", with no SQLSTATE.  The
+ * caller's configuration, as a refused password: PGG_ECONFIG with 28P01,
+ * the breaker closed, no connection failure counted, however often it is
+ * tried (the loop's calls: async_fd's test).  Before, every attempt was a
+ * connection failure and the breaker opened (PGG_EOPEN hid the cause).
+ */
+Test(recovery, a_password_the_server_asks_for_and_none_was_given_is_the_callers)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgh_require_local(c, "pg_hba.conf of a local server");
+    char ci[512];
+
+    ask_password_of(pgh_cluster_primary(c), "pgg_pw", ci, sizeof ci);
+    pgg_pool *p = pool_for_conninfo(ci, NULL);
+    for (int i = 0; i < 8; i++) {
+        pgg_call call = {.timeout_ms = 1000};
+        pgg_error e;
+        PGresult *r = pgg_exec(p, i % 2 ? PGG_READ : PGG_WRITE, "SELECT 1", &call, NULL, &e);
+
+        cr_expect_null(r);
+        PQclear(r);
+        cr_expect_eq(e.code, PGG_ECONFIG, "call %d: %s %s", i, pgg_err_name(e.code), e.message);
+        cr_expect_str_eq(e.sqlstate, "28P01", "%s", e.message);
+        cr_expect_not_null(strstr(e.message, "password"), "%s", e.message);
+    }
+    pgg_host_stats h = host_stats(p, 0);
+    cr_expect_eq(h.state, PGG_BREAKER_CLOSED, "the missing password opened the breaker (%s)",
+                 pgg_breaker_state_name(h.state));
+    cr_expect_eq(h.failures[PGG_CLASS_CONNECTION], 0);
+    end_test(p, c);
+}
+
 /* ------------------------------------------------------ the caller's errors */
 
 /*
