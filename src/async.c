@@ -543,6 +543,11 @@ static pthread_mutex_t kept_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t kept_cv = PTHREAD_COND_INITIALIZER;
 static pgg_async *kept_all;
 
+pthread_mutex_t *pgg__async_kept_mutex(void)
+{
+    return &kept_mu;
+}
+
 /* A number of this thread's own, never another thread's: not a
  * thread-local's address (pgg__thread_token), which a new thread reuses
  * when it gets a dead one's stack, while that thread's unfreed context

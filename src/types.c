@@ -268,3 +268,8 @@ PGparam *pgg__types_template(pgg_types *t)
 }
 
 #endif /* PGG_HAVE_LIBPQTYPES */
+
+pthread_mutex_t *pgg__types_mutex(pgg_types *t)
+{
+    return &t->mu;
+}

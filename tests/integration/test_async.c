@@ -129,6 +129,7 @@ static pgg_async *async_for(pgg_pool *p, struct event_base *base)
 
     cr_assert_not_null(ac, "pgg_async_new: %s", e.message);
     cr_assert_eq(pgg_async_libevent_attach(ac, base), PGG_OK);
+    loop_guard_watch_pool(p);
     return ac;
 }
 
@@ -1185,6 +1186,7 @@ Test(async, bad_input_gets_clear_errors_and_no_callback)
     cr_expect_null(pgg_async_new(NULL, &e));
     cr_expect_eq(e.code, PGG_EINVAL);
     ac = pgg_async_new(p, &e);
+    loop_guard_watch_pool(p);
     cr_assert_not_null(ac);
     /* No adapter yet. */
     cr_expect_eq(pgg_async_exec(ac, PGG_READ, "SELECT 1", NULL, never, &calls, NULL, &e),
@@ -2940,6 +2942,7 @@ Test(async, a_connect_made_for_a_call_cancelled_meanwhile_never_joins_the_pool_w
     outcome o = {0};
     PGresult *r;
 
+    loop_guard_watch_pool(p);
     cr_assert_not_null(ac, "%s", e.message);
     cr_assert_eq(adapter_check_attach(&chk, ac, base), PGG_OK);
     k = start_asked_until_ended(p, ac, &chk, call.timeout_ms, &o);
@@ -2985,6 +2988,7 @@ Test(async, a_call_cancelled_after_its_connects_bound_sends_nothing)
     pgg_call call = {.timeout_ms = 20000};
     outcome o = {0};
 
+    loop_guard_watch_pool(p);
     cr_assert_not_null(ac, "%s", e.message);
     cr_assert_eq(adapter_check_attach(&chk, ac, base), PGG_OK);
     k = start_asked_until_ended(p, ac, &chk, call.timeout_ms, &o);
@@ -3031,6 +3035,7 @@ Test(async, a_call_cancelled_when_its_connect_was_refused_as_full_ends_at_the_ca
     pgg_call call = {.timeout_ms = 20000};
     outcome o = {0};
 
+    loop_guard_watch_pool(p);
     cr_assert_not_null(ac, "%s", e.message);
     cr_assert_eq(adapter_check_attach(&chk, ac, base), PGG_OK);
     lease = pgg_acquire(p, PGG_WRITE, 10000, NULL, &e);
@@ -3103,6 +3108,7 @@ Test(async, a_call_timed_out_as_its_connect_was_made_leaves_the_host_unverified)
     pgg_host_stats before;
     outcome o = {0};
 
+    loop_guard_watch_pool(p);
     cr_assert_not_null(ac, "%s", e.message);
     cr_assert_eq(adapter_check_attach(&chk, ac, base), PGG_OK);
     before = host_stats(p, 0);
@@ -3467,6 +3473,7 @@ Test(async, a_give_back_goes_to_the_contexts_own_call_parked_a_look_ago)
     outcome first, second;
     double end;
 
+    loop_guard_watch_pool(p);
     cr_assert_not_null(ac, "%s", e.message);
     cr_assert_eq(adapter_check_attach(&chk, ac, base), PGG_OK);
     cr_assert_eq(PQstatus(holder), CONNECTION_OK, "%s", PQerrorMessage(holder));
