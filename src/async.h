@@ -18,5 +18,8 @@ int pgg__async_kept(const pgg_async *ac);
 /* For tests: the lock of the process-wide list of contexts that keep
  * connections (the loop guard's count, a test holding it). */
 pthread_mutex_t *pgg__async_kept_mutex(void);
+/* Entries in that list (those of contexts freed while the lock was busy,
+ * not yet freed, included). */
+int pgg__async_kept_listed(void);
 
 #endif
