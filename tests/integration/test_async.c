@@ -1661,6 +1661,19 @@ static void *fault_main(void *arg)
  * the write with PGG_EWRONGROLE (a switchover: the old primary a standby
  * now, the new one still taken for a standby).
  */
+/* The test's own look at a host's role between turns of the loop it
+ * watches: outside the guard's window (stats on a loop are realistic, a
+ * poll of them for the test's progress is not the loop's work). */
+static pgg_role role_unwatched(pgg_pool *p, int i)
+{
+    pgg_role role;
+
+    loop_guard_off();
+    role = host_stats(p, i).role;
+    loop_guard_on();
+    return role;
+}
+
 Test(async, a_write_refused_as_read_only_runs_on_the_primary_the_round_finds)
 {
     outcome o;
@@ -1696,7 +1709,7 @@ Test(async, a_write_refused_as_read_only_runs_on_the_primary_the_round_finds)
                      PGG_OK, "%s", e.message);
         /* Turn the loop until the 25006 came back (the call then waits
          * for the round), or the call ended. */
-        while (!o.done && host_stats(p, 1).role != PGG_ROLE_STANDBY)
+        while (!o.done && role_unwatched(p, 1) != PGG_ROLE_STANDBY)
             event_base_loop(base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
         if (!o.done)
             pgg_async_cancel(hd);
@@ -4354,3 +4367,162 @@ Test(async, a_loops_new_connection_is_made_while_a_pool_with_an_sql_hook_warms_a
 {
     warm_a_slow_host("SET application_name = 'pgg_warm_hooked'");
 }
+
+/* ------------------------------------------ the list of keeping contexts */
+
+/* Another thread (another loop entering or leaving the list, a blocking
+ * borrower's give-back walking it, a free on another thread) holds the
+ * process-wide lock of the contexts that keep connections, preempted
+ * there, until the test lets it go. */
+static hold held_kept = HOLD_INIT;
+
+static void *kept_holder_main(void *arg)
+{
+    (void)arg;
+    pthread_mutex_lock(pgg__async_kept_mutex());
+    hold_here(&held_kept);
+    pthread_mutex_unlock(pgg__async_kept_mutex());
+    hold_gone(&held_kept);
+    return NULL;
+}
+
+/*
+ * While another thread holds that lock, the loop keeps a connection (its
+ * context enters the list), its look finds none kept after the idle bound
+ * (the context would leave it), it keeps one again and frees the context:
+ * all of it without waiting for the lock (a push, and tries: a context
+ * that could not leave stays listed, a freed one's entry is left gone).
+ * The holder is let go only after; a loop that waited for it would sit
+ * there until the hold's bound.  Once the lock is free, the next context
+ * to leave the list frees the gone entry.
+ */
+Test(async, the_loop_never_waits_for_the_list_of_contexts_that_keep_connections)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, "pool_max=1 pool_min_idle=0 breaker.mode=disabled");
+    struct event_base *base = event_base_new();
+    pgg_async *ac = async_for(p, base);
+    outcome o;
+    double start;
+    pthread_t th;
+
+    hold_arm(&held_kept);
+    cr_assert_eq(pthread_create(&th, NULL, kept_holder_main, NULL), 0);
+    cr_assert(hold_entered(&held_kept), "the holder never took the lock");
+
+    one_call(base, ac, "SELECT 1", &o);
+    cr_expect_eq(pgg__async_kept(ac), 1, "the connection was not kept");
+    start = pgh_now_ms();
+    while (pgg__async_kept(ac) > 0 && pgh_now_ms() - start < 10000)
+        loop_once(base, EVLOOP_ONCE); /* the idle bound's look */
+    cr_expect_eq(pgg__async_kept(ac), 0, "not given back at the idle bound");
+    one_call(base, ac, "SELECT 2", &o);
+    cr_expect_eq(pgg__async_kept(ac), 1, "the connection was not kept again");
+    loop_guard_on();
+    pgg_async_free(ac);
+    loop_guard_off();
+
+    cr_expect_eq(hold_release(&held_kept), 0,
+                 "the loop waited for the lock another thread held (the hold timed out)");
+    pthread_join(th, NULL);
+#if LOOP_GUARD
+    cr_expect_eq(loop_guard_lock_hits[LG_KEPT], 0,
+                 "the loop thread locked the keepers' list %d time(s)",
+                 loop_guard_lock_hits[LG_KEPT]);
+#endif
+    /* The freed context's entry, left gone; freed by the next context to
+     * leave the list with the lock free. */
+    cr_expect_eq(pgg__async_kept_listed(), 1);
+    ac = async_for(p, base);
+    one_call(base, ac, "SELECT 3", &o);
+    cr_expect_eq(pgg__async_kept_listed(), 2);
+    loop_guard_on();
+    pgg_async_free(ac);
+    loop_guard_off();
+    cr_expect_eq(pgg__async_kept_listed(), 0, "a gone entry was not freed");
+    loop_guard_check("the keepers' list held");
+    event_base_free(base);
+    end_test(p, c);
+}
+
+#if PGG_HAVE_LIBPQTYPES
+/* Another thread registers types (pgg_pool_register_types), preempted
+ * inside the registrations' lock, until the test lets it go. */
+static hold held_types = HOLD_INIT;
+
+static void *types_holder_main(void *arg)
+{
+    pthread_mutex_t *mu = pgg__types_mutex(arg);
+
+    pthread_mutex_lock(mu);
+    hold_here(&held_types);
+    pthread_mutex_unlock(mu);
+    hold_gone(&held_types);
+    return NULL;
+}
+
+/*
+ * Typed calls on connections the loop opens, which get the pool's
+ * registrations on the loop (a step per registration, its answer, the
+ * template refreshed and copied), while another thread holds the
+ * registrations' lock: none of it waits for that lock (a loop that did
+ * would sit there until the hold's bound).
+ */
+Test(async, typed_calls_on_the_loop_never_wait_for_the_registrations_lock)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, NULL);
+    struct event_base *base = event_base_new();
+    pgg_async *ac = async_for(p, base);
+    typed_outcome o[3] = {{0}};
+    PGregisterType pt[] = {{"async_pt", NULL, NULL}};
+    pgg_error e;
+    pthread_t th;
+    double end;
+    int left;
+
+    cr_assert_eq(pgh_node_exec(pgh_cluster_primary(c),
+                               "SET client_min_messages = warning;"
+                               "DROP TYPE IF EXISTS async_pt;"
+                               "CREATE TYPE async_pt AS (x int4, y text);"),
+                 0);
+    cr_assert_eq(pgg_pool_register_types(p, PQT_COMPOSITE, pt, 1, &e), PGG_OK, "%s", e.message);
+    hold_arm(&held_types);
+    cr_assert_eq(pthread_create(&th, NULL, types_holder_main, p->types), 0);
+    cr_assert(hold_entered(&held_types), "the holder never took the lock");
+    loop_guard_on();
+    for (int i = 0; i < 3; i++)
+        cr_assert_eq(pgg_async_execf(ac, PGG_READ_PRIMARY, NULL, on_typed, &o[i], NULL, &e,
+                                     "SELECT %int4 + 1, ROW(%int4, %text)::async_pt",
+                                     40 + i, i, "v"),
+                     PGG_OK, "%s", e.message);
+    loop_guard_off();
+    end = pgh_now_ms() + 10000;
+    do {
+        left = 0;
+        for (int i = 0; i < 3; i++)
+            left += o[i].done == 0;
+        if (left)
+            loop_once(base, EVLOOP_ONCE);
+    } while (left && pgh_now_ms() < end);
+    cr_expect_eq(hold_release(&held_types), 0,
+                 "the loop waited for the lock another thread held (the hold timed out)");
+    pthread_join(th, NULL);
+    for (int i = 0; i < 3; i++) {
+        cr_expect_eq(o[i].code, PGG_OK, "call %d: %s", i, o[i].message);
+        cr_expect_eq(o[i].x, i);
+    }
+    cr_expect_geq(host_stats(p, 0).conns_open, 2, "the calls did not need new connections");
+#if LOOP_GUARD
+    cr_expect_eq(loop_guard_lock_hits[LG_TYPES], 0,
+                 "the loop thread locked the registrations %d time(s)",
+                 loop_guard_lock_hits[LG_TYPES]);
+#endif
+    loop_guard_on();
+    pgg_async_free(ac);
+    loop_guard_off();
+    loop_guard_check("typed calls, the registrations' lock held");
+    event_base_free(base);
+    end_test(p, c);
+}
+#endif
