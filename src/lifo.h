@@ -33,13 +33,16 @@ typedef struct pgg_lifo {
 } pgg_lifo;
 
 /* Push n; true when the list was empty (a consumer that sleeps while it is
- * may need waking). */
+ * may need waking).  Once pushed, n is the consumer's (it may be taken,
+ * relinked and freed at once): the head it replaced is kept apart. */
 static inline bool pgg__lifo_push(pgg_lifo *l, pgg_lifo_node *n)
 {
-    n->next = atomic_load(&l->head);
-    while (!atomic_compare_exchange_weak(&l->head, &n->next, n))
-        ;
-    return n->next == NULL;
+    pgg_lifo_node *head = atomic_load(&l->head);
+
+    do
+        n->next = head;
+    while (!atomic_compare_exchange_weak(&l->head, &head, n));
+    return head == NULL;
 }
 
 /* Push n only onto a list that is not empty, in the same step (false, n
@@ -48,11 +51,13 @@ static inline bool pgg__lifo_push(pgg_lifo *l, pgg_lifo_node *n)
  * not empty. */
 static inline bool pgg__lifo_push_nonempty(pgg_lifo *l, pgg_lifo_node *n)
 {
-    n->next = atomic_load(&l->head);
+    pgg_lifo_node *head = atomic_load(&l->head);
+
     do {
-        if (!n->next)
+        if (!head)
             return false;
-    } while (!atomic_compare_exchange_weak(&l->head, &n->next, n));
+        n->next = head;
+    } while (!atomic_compare_exchange_weak(&l->head, &head, n));
     return true;
 }
 

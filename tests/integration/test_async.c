@@ -4368,23 +4368,48 @@ Test(async, a_loops_new_connection_is_made_while_a_pool_with_an_sql_hook_warms_a
     warm_a_slow_host("SET application_name = 'pgg_warm_hooked'");
 }
 
-/* ------------------------------------------ the list of keeping contexts */
+/* ------------------------------------------ a shared lock held */
 
-/* Another thread (another loop entering or leaving the list, a blocking
- * borrower's give-back walking it, a free on another thread) holds the
- * process-wide lock of the contexts that keep connections, preempted
- * there, until the test lets it go. */
-static hold held_kept = HOLD_INIT;
+/* Another thread holds one of pgguard's locks, preempted inside it, until
+ * the test lets it go (the hold's bound ends it if the loop waits). */
+typedef struct held_lock {
+    pthread_mutex_t *mu;
+    hold h;
+    pthread_t th;
+} held_lock;
 
-static void *kept_holder_main(void *arg)
+static void *lock_holder_main(void *arg)
 {
-    (void)arg;
-    pthread_mutex_lock(pgg__async_kept_mutex());
-    hold_here(&held_kept);
-    pthread_mutex_unlock(pgg__async_kept_mutex());
-    hold_gone(&held_kept);
+    held_lock *hl = arg;
+
+    pthread_mutex_lock(hl->mu);
+    hold_here(&hl->h);
+    pthread_mutex_unlock(hl->mu);
+    hold_gone(&hl->h);
     return NULL;
 }
+
+/* Returns once the other thread holds hl->mu. */
+static void lock_hold(held_lock *hl)
+{
+    hold_arm(&hl->h);
+    cr_assert_eq(pthread_create(&hl->th, NULL, lock_holder_main, hl), 0);
+    cr_assert(hold_entered(&hl->h), "the holder never took the lock");
+}
+
+/* Lets it go; expects that nothing waited for it until its bound. */
+static void lock_release(held_lock *hl)
+{
+    cr_expect_eq(hold_release(&hl->h), 0,
+                 "the loop waited for the lock another thread held (the hold timed out)");
+    pthread_join(hl->th, NULL);
+}
+
+/* ------------------------------------------ the list of keeping contexts */
+
+/* Another loop entering or leaving the list, a blocking borrower's
+ * give-back walking it, a free on another thread. */
+static held_lock held_kept = {.h = HOLD_INIT};
 
 /*
  * While another thread holds that lock, the loop keeps a connection (its
@@ -4404,11 +4429,9 @@ Test(async, the_loop_never_waits_for_the_list_of_contexts_that_keep_connections)
     pgg_async *ac = async_for(p, base);
     outcome o;
     double start;
-    pthread_t th;
 
-    hold_arm(&held_kept);
-    cr_assert_eq(pthread_create(&th, NULL, kept_holder_main, NULL), 0);
-    cr_assert(hold_entered(&held_kept), "the holder never took the lock");
+    held_kept.mu = pgg__async_kept_mutex();
+    lock_hold(&held_kept);
 
     one_call(base, ac, "SELECT 1", &o);
     cr_expect_eq(pgg__async_kept(ac), 1, "the connection was not kept");
@@ -4422,9 +4445,7 @@ Test(async, the_loop_never_waits_for_the_list_of_contexts_that_keep_connections)
     pgg_async_free(ac);
     loop_guard_off();
 
-    cr_expect_eq(hold_release(&held_kept), 0,
-                 "the loop waited for the lock another thread held (the hold timed out)");
-    pthread_join(th, NULL);
+    lock_release(&held_kept);
 #if LOOP_GUARD
     cr_expect_eq(loop_guard_lock_hits[LG_KEPT], 0,
                  "the loop thread locked the keepers' list %d time(s)",
@@ -4446,20 +4467,8 @@ Test(async, the_loop_never_waits_for_the_list_of_contexts_that_keep_connections)
 }
 
 #if PGG_HAVE_LIBPQTYPES
-/* Another thread registers types (pgg_pool_register_types), preempted
- * inside the registrations' lock, until the test lets it go. */
-static hold held_types = HOLD_INIT;
-
-static void *types_holder_main(void *arg)
-{
-    pthread_mutex_t *mu = pgg__types_mutex(arg);
-
-    pthread_mutex_lock(mu);
-    hold_here(&held_types);
-    pthread_mutex_unlock(mu);
-    hold_gone(&held_types);
-    return NULL;
-}
+/* Another thread registering types (pgg_pool_register_types). */
+static held_lock held_types = {.h = HOLD_INIT};
 
 /*
  * Typed calls on connections the loop opens, which get the pool's
@@ -4477,7 +4486,6 @@ Test(async, typed_calls_on_the_loop_never_wait_for_the_registrations_lock)
     typed_outcome o[3] = {{0}};
     PGregisterType pt[] = {{"async_pt", NULL, NULL}};
     pgg_error e;
-    pthread_t th;
     double end;
     int left;
 
@@ -4487,9 +4495,8 @@ Test(async, typed_calls_on_the_loop_never_wait_for_the_registrations_lock)
                                "CREATE TYPE async_pt AS (x int4, y text);"),
                  0);
     cr_assert_eq(pgg_pool_register_types(p, PQT_COMPOSITE, pt, 1, &e), PGG_OK, "%s", e.message);
-    hold_arm(&held_types);
-    cr_assert_eq(pthread_create(&th, NULL, types_holder_main, p->types), 0);
-    cr_assert(hold_entered(&held_types), "the holder never took the lock");
+    held_types.mu = pgg__types_mutex(p->types);
+    lock_hold(&held_types);
     loop_guard_on();
     for (int i = 0; i < 3; i++)
         cr_assert_eq(pgg_async_execf(ac, PGG_READ_PRIMARY, NULL, on_typed, &o[i], NULL, &e,
@@ -4505,9 +4512,7 @@ Test(async, typed_calls_on_the_loop_never_wait_for_the_registrations_lock)
         if (left)
             loop_once(base, EVLOOP_ONCE);
     } while (left && pgh_now_ms() < end);
-    cr_expect_eq(hold_release(&held_types), 0,
-                 "the loop waited for the lock another thread held (the hold timed out)");
-    pthread_join(th, NULL);
+    lock_release(&held_types);
     for (int i = 0; i < 3; i++) {
         cr_expect_eq(o[i].code, PGG_OK, "call %d: %s", i, o[i].message);
         cr_expect_eq(o[i].x, i);
