@@ -24,9 +24,11 @@
 #include "pool.h"
 #include "pool_util.h"
 #include "role_util.h"
-#include "chain_util.h"
 #include "pgguard/adapters/libevent.h"
 #include "test_async_guard.h"
+#define CHAIN_SETUP_BEGIN() loop_guard_off()
+#define CHAIN_SETUP_END() loop_guard_on()
+#include "chain_util.h"
 
 typedef struct outcome {
     int done;
