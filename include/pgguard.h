@@ -647,11 +647,15 @@ typedef struct pgg_stats {
     unsigned char reserved_[8];   /* 64 bytes in all with the seven above */
 } pgg_stats;
 
-/* Pool-wide counters. */
+/* Pool-wide counters.  Thread-safe: takes the bulkhead's, the cache's and
+ * the lease registry's short locks, which the pool's other threads take
+ * too (never held across I/O; on an event loop's thread, a holder
+ * preempted inside one holds the loop up for a scheduler slice). */
 PGG_EXPORT int pgg_pool_stats(pgg_pool *pool, pgg_stats *out);
 /* The number of hosts, in conninfo order. */
 PGG_EXPORT int pgg_pool_host_count(const pgg_pool *pool);
-/* One host's snapshot; PGG_EINVAL for a bad index. */
+/* One host's snapshot; PGG_EINVAL for a bad index.  Thread-safe: takes
+ * the host's and its breaker's short locks, as pgg_pool_stats its own. */
 PGG_EXPORT int pgg_pool_host_stats(pgg_pool *pool, int index,
                                    pgg_host_stats *out);
 

@@ -13,7 +13,9 @@
  * queries are sent and read as the loop reports the socket ready, every
  * deadline is a loop timer, a full bulkhead refuses at once, and a query
  * abandoned at its deadline is cancelled on the server from the pool's
- * canceller thread.
+ * canceller thread.  Stats read on the loop (pgg_pool_stats,
+ * pgg_pool_host_stats, pgg_pool_metrics: a /metrics handler) take the
+ * pool's short locks, shared with its other threads (pgguard.h).
  *
  * DNS: libpq resolves a host name inside PQconnectStartParams, which
  * blocks: for a host reached by name (no hostaddr=), the loop hands the

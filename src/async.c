@@ -309,12 +309,11 @@ struct pgg_async {
     /* unpark gave the last connection it gave back while outsiders waited
      * at once to its own parked call: the next goes idle. */
     bool gave_own;
-    /* While it keeps any (kept_on): in the list of such contexts
-     * (kept_all, under kept_mu: kept_on and the links too); kept_thread:
-     * its loop's thread's number (this_thread). */
+    /* While it keeps any (kept_on): its entry (kept_entry) in the list of
+     * such contexts (kept_all; kept_on is the context's thread's, or
+     * kept_mu's when that thread gives back). */
     bool kept_on;
-    uint64_t kept_thread;
-    pgg_async *kept_prev, *kept_next;
+    struct kept_entry *kept_entry;
     /* Its loop's thread is giving back what it keeps, out of the list and
      * with kept_mu released (kept_thread_give_back; under kept_mu):
      * kept_unregister on another thread waits for the end (kept_cv);
@@ -328,6 +327,8 @@ struct pgg_async {
 };
 
 /* ------------------------------------------------------------ context */
+
+static struct kept_entry *kept_entry_new(pgg_async *ac);
 
 pgg_async *pgg_async_new(pgg_pool *pool, pgg_error *err)
 {
@@ -350,8 +351,10 @@ pgg_async *pgg_async_new(pgg_pool *pool, pgg_error *err)
         }
     }
     ac = calloc(1, sizeof *ac);
-    if (ac)
+    if (ac) {
         ac->fired = pgg_cancel_new();
+        ac->kept_entry = kept_entry_new(ac);
+    }
     if (ac && ac->fired && pool->cfg->pipeline && pool->nhosts > 0) {
         ac->pipes = calloc((size_t)pool->nhosts, sizeof *ac->pipes);
         for (int i = 0; ac->pipes && i < pool->nhosts; i++) {
@@ -360,9 +363,12 @@ pgg_async *pgg_async_new(pgg_pool *pool, pgg_error *err)
         }
         ac->stall_ns = pool->cfg->pipeline_stall_ms * PGG_NS_PER_MS;
     }
-    if (!ac || !ac->fired || (pool->cfg->pipeline && !ac->pipes)) {
-        if (ac)
+    if (!ac || !ac->fired || !ac->kept_entry || (pool->cfg->pipeline && !ac->pipes)) {
+        if (ac) {
             pgg_cancel_free(ac->fired);
+            free(ac->kept_entry);
+            free(ac->pipes);
+        }
         free(ac);
         pgg__error_set(err, PGG_ENOMEM, NULL, NULL, "out of memory");
         return NULL;
@@ -522,26 +528,42 @@ static void unpark(pgg_async *ac, const pgg_host *h);
 static void flush_pipes(pgg_async *ac);
 
 /*
- * The contexts that keep connections, of every thread, linked by kept_next
- * under kept_mu, each with its loop's thread (kept_thread): a blocking
- * borrower about to wait has its own thread's contexts give everything
- * back first (pgg__host_loop_give_back, set on a thread while it may have
- * one in the list).  One list for all threads, not one per thread, so that
- * a context freed on another thread (its loop stopped, its loop's thread
- * still alive and calling: pgguard_async.h's rule) leaves that thread no
- * pointer to it.  The lock is taken when a context enters or leaves the
- * list (its first kept connection, a look that finds none kept, a free),
- * and when a borrower would wait: never per call.  It is never held across
- * a give-back: that calls the loop's hooks (user code for another loop's
- * adapter) and every host's lock, and every loop of the process takes
- * kept_mu on its calls' paths (a first kept connection): a hook that
- * waited there stalled every other loop (loop14).  A context out of the
- * list being given back is marked kept_busy instead, which only a free on
- * another thread waits for (kept_cv).
+ * The contexts that keep connections, of every thread, each an entry with
+ * its loop's thread (kept_entry.thread): a blocking borrower about to wait
+ * has its own thread's contexts give everything back first
+ * (pgg__host_loop_give_back, set on a thread while it may have one in the
+ * list).  One list for all threads, not one per thread, so that a context
+ * freed on another thread (its loop stopped, its loop's thread still alive
+ * and calling: pgguard_async.h's rule) leaves that thread no pointer to it.
+ *
+ * A loop's thread never waits for kept_mu, which every thread of the
+ * process with a loop or a blocking borrower takes: a holder preempted
+ * inside it made the loop sleep for a scheduler slice (the closer's lock
+ * did, round 13).  An entry enters the list with a compare-and-swap push
+ * (a context's first kept connection); everything else, its walks and the
+ * unlinking of entries, is under kept_mu, which the loop only tries: a
+ * look that finds none kept and could not take it leaves the entry listed
+ * (a walk gives back nothing of it; the next look, give-back or free
+ * takes it out), and a context freed on its loop's thread while the lock
+ * is busy leaves its entry listed and marked gone (ac NULL), unlinked and
+ * freed by the next holder (kept_sweep).  Hence entries apart from their
+ * contexts.  A borrower's give-back and a free on another thread wait for
+ * the lock: they are blocking calls.
+ *
+ * The lock is never held across a give-back: that calls the loop's hooks
+ * (user code for another loop's adapter) and every host's lock (loop14).
+ * A context out of the list being given back is marked kept_busy instead,
+ * which only a free on another thread waits for (kept_cv).
  */
+typedef struct kept_entry {
+    struct kept_entry *next; /* under kept_mu, or before its push */
+    _Atomic(pgg_async *) ac; /* NULL: gone (its context freed) */
+    uint64_t thread;         /* its loop's thread (this_thread); 0: never listed */
+} kept_entry;
+
 static pthread_mutex_t kept_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t kept_cv = PTHREAD_COND_INITIALIZER;
-static pgg_async *kept_all;
+static _Atomic(kept_entry *) kept_all;
 
 /* A number of this thread's own, never another thread's: not a
  * thread-local's address (pgg__thread_token), which a new thread reuses
@@ -560,19 +582,41 @@ static uint64_t this_thread(void)
 
 static void kept_give_back_each(pgg_async *ac);
 
-/* Out of the list, under kept_mu. */
+/* e out of the list, under kept_mu.  Only pushes race with it, and only
+ * on the head. */
+static void kept_remove(kept_entry *e)
+{
+    kept_entry *p = e;
+
+    if (atomic_compare_exchange_strong(&kept_all, &p, e->next))
+        return;
+    /* Behind the head (p, reloaded by the exchange). */
+    while (p->next != e)
+        p = p->next;
+    p->next = e->next;
+}
+
+/* The entries of contexts freed while the lock was busy, unlinked and
+ * freed; under kept_mu. */
+static void kept_sweep(void)
+{
+    for (kept_entry *e = atomic_load(&kept_all), *next; e; e = next) {
+        next = e->next;
+        if (!atomic_load_explicit(&e->ac, memory_order_acquire)) {
+            kept_remove(e);
+            free(e);
+        }
+    }
+}
+
+/* Out of the list, under kept_mu (ac's thread's, or ac no longer used
+ * by it). */
 static void kept_unlist(pgg_async *ac)
 {
     if (!ac->kept_on)
         return;
     ac->kept_on = false;
-    if (ac->kept_prev)
-        ac->kept_prev->kept_next = ac->kept_next;
-    else
-        kept_all = ac->kept_next;
-    if (ac->kept_next)
-        ac->kept_next->kept_prev = ac->kept_prev;
-    ac->kept_prev = ac->kept_next = NULL;
+    kept_remove(ac->kept_entry);
 }
 
 /* Has this thread a context in the list?  Under kept_mu. */
@@ -580,8 +624,8 @@ static bool kept_mine(void)
 {
     uint64_t me = this_thread();
 
-    for (pgg_async *ac = kept_all; ac; ac = ac->kept_next)
-        if (ac->kept_thread == me)
+    for (kept_entry *e = atomic_load(&kept_all); e; e = e->next)
+        if (e->thread == me && atomic_load_explicit(&e->ac, memory_order_relaxed))
             return true;
     return false;
 }
@@ -595,9 +639,12 @@ static void kept_thread_give_back(void)
     pgg_async *mine = NULL;
 
     pthread_mutex_lock(&kept_mu);
-    for (pgg_async *ac = kept_all, *next; ac; ac = next) {
-        next = ac->kept_next;
-        if (ac->kept_thread != me)
+    kept_sweep();
+    for (kept_entry *e = atomic_load(&kept_all), *next; e; e = next) {
+        pgg_async *ac = atomic_load_explicit(&e->ac, memory_order_relaxed);
+
+        next = e->next;
+        if (e->thread != me)
             continue;
         kept_unlist(ac);
         ac->kept_busy = true;
@@ -621,37 +668,87 @@ static void kept_thread_give_back(void)
 }
 
 /* In the list from the first connection kept until a look finds none kept
- * (kept_check) or all are given back: not on every take and keep. */
+ * (kept_check) or all are given back: not on every take and keep.  A
+ * push: the loop's thread waits for no other. */
 static void kept_register(pgg_async *ac)
 {
-    pthread_mutex_lock(&kept_mu);
+    kept_entry *e = ac->kept_entry;
+
     ac->kept_on = true;
-    ac->kept_thread = this_thread();
-    ac->kept_prev = NULL;
-    ac->kept_next = kept_all;
-    if (kept_all)
-        kept_all->kept_prev = ac;
-    kept_all = ac;
-    pthread_mutex_unlock(&kept_mu);
+    e->thread = this_thread();
+    e->next = atomic_load_explicit(&kept_all, memory_order_relaxed);
+    while (!atomic_compare_exchange_weak_explicit(&kept_all, &e->next, e,
+                                                  memory_order_release,
+                                                  memory_order_relaxed))
+        ;
     pgg__host_loop_give_back = kept_thread_give_back;
 }
 
-/* Out of the list (any thread); this thread's hook goes when it has no
- * context left there. */
-static void kept_unregister(pgg_async *ac)
+/* Out of the list; this thread's hook goes when it has no context left
+ * there.  On the context's own thread, only when the lock is free (false:
+ * still listed); on another, after a give-back its loop's thread is
+ * making (a blocking call there). */
+static bool kept_unregister(pgg_async *ac)
 {
+    kept_entry *e = ac->kept_entry;
     bool mine;
 
-    pthread_mutex_lock(&kept_mu);
-    /* Being given back by its loop's thread (never this one: a thread
-     * does not free a context from inside its own give-back). */
-    while (ac->kept_busy && ac->kept_thread != this_thread())
-        pthread_cond_wait(&kept_cv, &kept_mu);
+    if (!e->thread)
+        return true; /* never listed */
+    if (e->thread == this_thread()) {
+        /* Never busy here: a thread does not free a context from inside
+         * its own give-back. */
+        if (!ac->kept_on)
+            return true;
+        if (pthread_mutex_trylock(&kept_mu) != 0)
+            return false;
+    } else {
+        pthread_mutex_lock(&kept_mu);
+        while (ac->kept_busy)
+            pthread_cond_wait(&kept_cv, &kept_mu);
+    }
     kept_unlist(ac);
+    kept_sweep();
     mine = kept_mine();
     pthread_mutex_unlock(&kept_mu);
     if (!mine)
         pgg__host_loop_give_back = NULL;
+    return true;
+}
+
+static kept_entry *kept_entry_new(pgg_async *ac)
+{
+    kept_entry *e = calloc(1, sizeof *e);
+
+    if (e)
+        atomic_init(&e->ac, ac);
+    return e;
+}
+
+/* The free's end: the entry goes, or stays listed and gone for the next
+ * holder of kept_mu to free (kept_unregister could not take it out). */
+static void kept_entry_free(pgg_async *ac)
+{
+    if (ac->kept_on)
+        atomic_store_explicit(&ac->kept_entry->ac, NULL, memory_order_release);
+    else
+        free(ac->kept_entry);
+}
+
+pthread_mutex_t *pgg__async_kept_mutex(void)
+{
+    return &kept_mu;
+}
+
+int pgg__async_kept_listed(void)
+{
+    int n = 0;
+
+    pthread_mutex_lock(&kept_mu);
+    for (kept_entry *e = atomic_load(&kept_all); e; e = e->next)
+        n++;
+    pthread_mutex_unlock(&kept_mu);
+    return n;
 }
 
 /* Out of the kept list (pp: the link to s in it). */
@@ -699,7 +796,7 @@ static void kept_give_back_all(pgg_async *ac)
 {
     kept_give_back_each(ac);
     if (ac->kept_on)
-        kept_unregister(ac);
+        (void)kept_unregister(ac);
 }
 
 /* Open by its failures or held open by the operator (pgg_pool_force_open):
@@ -738,8 +835,10 @@ static void kept_check(pgg_async *ac, int64_t now)
         }
     }
     ac->keep_check_at = ac->kept ? now + KEEP_CHECK_NS : INT64_MAX;
+    /* Left listed when kept_mu is busy: the next look, give-back or free
+     * tries again. */
     if (!ac->kept && ac->kept_on)
-        kept_unregister(ac);
+        (void)kept_unregister(ac);
     /* What is in use or kept now: the kept shrink by idling out, not by
      * a look that came between two calls' ends. */
     ac->peak = ac->pending + ac->nkept;
@@ -3129,8 +3228,11 @@ void pgg_async_free(pgg_async *ac)
         return;
     /* First out of the list of contexts that keep connections, waiting
      * for a give-back its loop's thread may be making from a blocking call
-     * (kept_thread_give_back): from here on no other thread reaches ac. */
-    kept_unregister(ac);
+     * (kept_thread_give_back): from here on no other thread reaches ac.  On
+     * the loop's thread it may stay listed: no other thread reaches ac
+     * there (a walk of another thread's looks at its own), and its entry
+     * is left gone at the end (kept_entry_free). */
+    (void)kept_unregister(ac);
     ac->accepting = false;
     while (ac->head)
         pgg_async_cancel(ac->head);
@@ -3155,5 +3257,6 @@ void pgg_async_free(pgg_async *ac)
     }
     pgg_cancel_free(ac->fired);
     free(ac->pipes);
+    kept_entry_free(ac);
     free(ac);
 }

@@ -5,6 +5,8 @@
 #ifndef PGG_ASYNC_H
 #define PGG_ASYNC_H
 
+#include <pthread.h>
+
 #include "pgguard_async.h"
 
 /* Calls of ac waiting for a connection (ST_PARKED): 0 once none waits. */
@@ -12,5 +14,12 @@ int pgg__async_parked(const pgg_async *ac);
 
 /* Connections ac keeps idle and watched for its next calls. */
 int pgg__async_kept(const pgg_async *ac);
+
+/* For tests: the lock of the process-wide list of contexts that keep
+ * connections (the loop guard's count, a test holding it). */
+pthread_mutex_t *pgg__async_kept_mutex(void);
+/* Entries in that list (those of contexts freed while the lock was busy,
+ * not yet freed, included). */
+int pgg__async_kept_listed(void);
 
 #endif

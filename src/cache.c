@@ -471,3 +471,8 @@ void pgg__cache_stats(pgg_cache *c, pgg_stats *out)
     out->cache_entries = c->entries;
     pthread_mutex_unlock(&c->mu);
 }
+
+pthread_mutex_t *pgg__cache_mutex(pgg_cache *c)
+{
+    return &c->mu;
+}

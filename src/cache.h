@@ -16,6 +16,7 @@
 #ifndef PGG_CACHE_H
 #define PGG_CACHE_H
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -48,6 +49,8 @@ pgg_cache *pgg__cache_new(int64_t max_bytes, int64_t max_age_ns,
                           pgg_error *err);
 /* Accepts NULL.  Results handed out earlier stay valid (they are copies). */
 void pgg__cache_free(pgg_cache *c);
+/* For tests (the loop guard): the table's lock. */
+pthread_mutex_t *pgg__cache_mutex(pgg_cache *c);
 
 /* Store a copy of res (a PGRES_TUPLES_OK result) under k, replacing any
  * older entry.  A result larger than the whole cap is not stored. */

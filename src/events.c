@@ -25,18 +25,21 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 
+#include "lifo.h"
 #include "tls.h"
 
 typedef struct queued {
+    pgg_lifo_node node; /* first: the queue (lifo.h) */
     pgg_event ev;
-    struct queued *next;
 } queued;
 
-static queued in_hand_mark;
+/* Left in the queue by the thread while it delivers what it took: the
+ * queue is not idle then (a caller's event may go behind). */
+static pgg_lifo_node in_hand_mark;
 #define IN_HAND (&in_hand_mark)
 
 struct pgg_events {
-    _Atomic(queued *) in;
+    pgg_lifo in;
     sem_t wake; /* one post per event queued, and one to stop */
     atomic_bool started, stop;
     pthread_mutex_t start_mu; /* the thread's start (the health thread) and stop */
@@ -61,7 +64,7 @@ pgg_events *pgg__events_new(pgg_events_deliver_fn deliver, void *arg)
         free(q);
         return NULL;
     }
-    atomic_init(&q->in, NULL);
+    atomic_init(&q->in.head, NULL);
     atomic_init(&q->started, false);
     atomic_init(&q->stop, false);
     pthread_mutex_init(&q->start_mu, NULL);
@@ -73,23 +76,16 @@ pgg_events *pgg__events_new(pgg_events_deliver_fn deliver, void *arg)
 }
 
 /* Deliver a taken list (newest first, down to NULL or IN_HAND) oldest first. */
-static void deliver_taken(pgg_events *q, queued *got)
+static void deliver_taken(pgg_events *q, pgg_lifo_node *got)
 {
-    queued *fifo = NULL;
+    pgg_lifo_node *fifo = pgg__lifo_oldest_first(got, IN_HAND);
 
-    while (got && got != IN_HAND) {
-        queued *next = got->next;
-
-        got->next = fifo;
-        fifo = got;
-        got = next;
-    }
     while (fifo) {
-        queued *next = fifo->next;
+        queued *e = (queued *)fifo;
 
-        q->deliver(q->arg, &fifo->ev);
-        free(fifo);
-        fifo = next;
+        fifo = fifo->next;
+        q->deliver(q->arg, &e->ev);
+        free(e);
     }
 }
 
@@ -105,19 +101,16 @@ static void *events_main(void *arg)
         hook = atomic_load(&pgg__events_woke_hook);
         if (hook)
             hook();
-        if (atomic_load(&q->in) != NULL) {
-            queued *expect;
-
-            do {
-                deliver_taken(q, atomic_exchange(&q->in, IN_HAND));
-                expect = IN_HAND;
-            } while (!atomic_compare_exchange_strong(&q->in, &expect, NULL));
+        if (!pgg__lifo_empty(&q->in)) {
+            do
+                deliver_taken(q, pgg__lifo_take(&q->in, IN_HAND));
+            while (!pgg__lifo_unmark(&q->in, IN_HAND));
             pthread_mutex_lock(&q->idle_mu);
             pthread_cond_broadcast(&q->idle_cv);
             pthread_mutex_unlock(&q->idle_mu);
         }
         /* Stop once what was queued is delivered. */
-        if (atomic_load(&q->stop) && atomic_load(&q->in) == NULL)
+        if (atomic_load(&q->stop) && pgg__lifo_empty(&q->in))
             break;
     }
     return NULL;
@@ -148,20 +141,19 @@ bool pgg__events_queue(pgg_events *q, const pgg_event *ev)
 
     if (!q || atomic_load(&q->stop))
         return false;
-    if (!hand_over && atomic_load(&q->in) == NULL)
+    if (!hand_over && pgg__lifo_empty(&q->in))
         return false;
     if ((hand_over && !start(q)) || !(n = malloc(sizeof *n)))
         return false;
     n->ev = *ev;
-    n->next = atomic_load(&q->in);
-    do {
+    if (hand_over) {
+        (void)pgg__lifo_push(&q->in, &n->node);
+    } else if (!pgg__lifo_push_nonempty(&q->in, &n->node)) {
         /* Another thread's event goes behind those queued, or after the
          * one being delivered: never before an event raised ahead of it. */
-        if (!hand_over && !n->next) {
-            free(n);
-            return false;
-        }
-    } while (!atomic_compare_exchange_weak(&q->in, &n->next, n));
+        free(n);
+        return false;
+    }
     sem_post(&q->wake);
     return true;
 }
@@ -174,7 +166,7 @@ void pgg__events_flush(pgg_events *q)
     if (pthread_equal(pthread_self(), q->thread))
         return;
     pthread_mutex_lock(&q->idle_mu);
-    while (atomic_load(&q->in) != NULL)
+    while (!pgg__lifo_empty(&q->in))
         pthread_cond_wait(&q->idle_cv, &q->idle_mu);
     pthread_mutex_unlock(&q->idle_mu);
 }
@@ -195,7 +187,7 @@ void pgg__events_free(pgg_events *q)
         sem_post(&q->wake);
         pthread_join(q->thread, NULL);
     }
-    deliver_taken(q, atomic_exchange(&q->in, NULL));
+    deliver_taken(q, pgg__lifo_take(&q->in, NULL));
     pthread_cond_destroy(&q->idle_cv);
     pthread_mutex_destroy(&q->idle_mu);
     pthread_mutex_destroy(&q->start_mu);

@@ -2128,3 +2128,8 @@ void pgg__health_watch_promotions(pgg_health *hl, bool on)
 {
     atomic_store(&hl->watch_off, !on);
 }
+
+pthread_mutex_t *pgg__health_mutex(pgg_health *hl)
+{
+    return &hl->mu;
+}

@@ -32,6 +32,7 @@
 #ifndef PGG_HEALTH_H
 #define PGG_HEALTH_H
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -70,5 +71,9 @@ unsigned long pgg__health_rounds(pgg_health *hl);
  * other ways a promotion is learnt (a read's answer) turn it off, so that
  * the watch cannot learn it first. */
 void pgg__health_watch_promotions(pgg_health *hl, bool on);
+
+/* For tests (the loop guard): the lock of rounds, which the health thread
+ * and every waiter for a round take. */
+pthread_mutex_t *pgg__health_mutex(pgg_health *hl);
 
 #endif

@@ -19,6 +19,7 @@
 #include "cancel.h"
 #include "clock.h"
 #include "error.h"
+#include "lifo.h"
 
 /* ------------------------------------------------------------- waiting */
 
@@ -689,13 +690,13 @@ int pgg__link_probe(PGconn *conn, int64_t deadline_ns, const char *host,
  * the worker; `count` (pushed, not yet being sent) bounds it.
  */
 typedef struct queued_cancel {
+    pgg_lifo_node node; /* first: the slot's list (lifo.h) */
     PGcancel *cancel;
     int64_t queued_ns;
-    struct queued_cancel *next;
 } queued_cancel;
 
 typedef struct cancel_slot {
-    _Atomic(queued_cancel *) head; /* newest first */
+    pgg_lifo list; /* newest first */
     atomic_int count;
     int cap;
     int64_t max_age_ns; /* a cancel older than this is dropped, not sent */
@@ -722,10 +723,10 @@ typedef struct cancel_slot {
  * for five (issue 13, lag13).
  */
 typedef struct closing {
+    pgg_lifo_node node; /* first: the closer's list (lifo.h) */
     PGconn *conn;
     int fd; /* another descriptor of its socket (a loop's), > 0, or 0 */
     bool dropped; /* pgg__canceller_drop's: counted (closed) */
-    struct closing *next;
 } closing;
 
 typedef struct closer {
@@ -736,7 +737,7 @@ typedef struct closer {
      * over slept until it ran again: 3.9 and 5.7 ms in two reads' callbacks
      * under restart-all (bench-faults --async --steps, 2026-12-02 04:37
      * UTC, 14 ms in another run). */
-    _Atomic(closing *) head;
+    pgg_lifo list;
     sem_t wake; /* one post per hand-off, and one to stop */
     atomic_bool started, stop;
     pthread_t thread;
@@ -759,16 +760,17 @@ static void close_now(PGconn *conn, int fd)
 }
 
 /* Close a taken list (newest first: the order of closes does not matter). */
-static void close_batch(closer *k, closing *batch)
+static void close_batch(closer *k, pgg_lifo_node *taken)
 {
-    while (batch) {
-        closing *next = batch->next;
+    while (taken) {
+        closing *batch = (closing *)taken;
+        pgg_lifo_node *next = taken->next;
 
         if (batch->dropped)
             atomic_fetch_add_explicit(&k->closed, 1, memory_order_relaxed);
         close_now(batch->conn, batch->fd);
         free(batch);
-        batch = next;
+        taken = next;
     }
 }
 
@@ -802,7 +804,7 @@ static void *closer_main(void *arg)
         hook = atomic_load(&pgg__closer_woke_hook);
         if (hook)
             hook();
-        close_batch(k, atomic_exchange(&k->head, NULL));
+        close_batch(k, pgg__lifo_take(&k->list, NULL));
         if (atomic_load(&k->stop))
             break;
     }
@@ -828,10 +830,7 @@ static void close_later(pgg_canceller *c, PGconn *conn, int fd, bool dropped)
         close_now(conn, fd);
         return;
     }
-    n->next = atomic_load_explicit(&k->head, memory_order_relaxed);
-    while (!atomic_compare_exchange_weak_explicit(&k->head, &n->next, n, memory_order_release,
-                                                  memory_order_relaxed))
-        ;
+    (void)pgg__lifo_push(&k->list, &n->node);
     sem_post(&k->wake);
 }
 
@@ -859,18 +858,18 @@ static void closer_stop(closer *k)
         sem_post(&k->wake);
         pthread_join(k->thread, NULL);
     }
-    close_batch(k, atomic_exchange(&k->head, NULL));
+    close_batch(k, pgg__lifo_take(&k->list, NULL));
     sem_destroy(&k->wake);
 }
 
-static void free_cancels(queued_cancel *q)
+static void free_cancels(pgg_lifo_node *taken)
 {
-    while (q) {
-        queued_cancel *next = q->next;
+    while (taken) {
+        queued_cancel *q = (queued_cancel *)taken;
 
+        taken = taken->next;
         PQfreeCancel(q->cancel);
         free(q);
-        q = next;
     }
 }
 
@@ -878,7 +877,7 @@ static void slot_unref(cancel_slot *s)
 {
     if (atomic_fetch_sub(&s->refs, 1) != 1)
         return;
-    free_cancels(atomic_exchange(&s->head, NULL));
+    free_cancels(pgg__lifo_take(&s->list, NULL));
     sem_destroy(&s->wake);
     pthread_cond_destroy(&s->cv);
     pthread_mutex_destroy(&s->mu);
@@ -897,7 +896,7 @@ static void *cancel_worker(void *arg)
 
     for (;;) {
         pgg__closer_hook hook;
-        queued_cancel *got, *fifo = NULL;
+        pgg_lifo_node *fifo;
 
         while (sem_wait(&s->wake) != 0 && errno == EINTR)
             ;
@@ -907,29 +906,22 @@ static void *cancel_worker(void *arg)
         /* Oldest first.  On stop, what is queued still goes out: each
          * cancel ends a query that would otherwise run on with nobody
          * waiting for it. */
-        got = atomic_exchange(&s->head, NULL);
-        while (got) {
-            queued_cancel *next = got->next;
-
-            got->next = fifo;
-            fifo = got;
-            got = next;
-        }
+        fifo = pgg__lifo_oldest_first(pgg__lifo_take(&s->list, NULL), NULL);
         while (fifo) {
-            queued_cancel *next = fifo->next;
+            queued_cancel *q = (queued_cancel *)fifo;
             /* Queued behind a PQcancel stuck on a stopped postmaster for
              * longer than the bound: its query has had all that time to
              * end alone. */
-            bool fresh = pgg__now_ns() - fifo->queued_ns <= s->max_age_ns;
+            bool fresh = pgg__now_ns() - q->queued_ns <= s->max_age_ns;
 
+            fifo = fifo->next;
             atomic_fetch_sub(&s->count, 1);
             /* May block for as long as the server is stopped; only this
              * slot's worker waits. */
             if (fresh)
-                (void)PQcancel(fifo->cancel, errbuf, (int)sizeof errbuf);
-            PQfreeCancel(fifo->cancel);
-            free(fifo);
-            fifo = next;
+                (void)PQcancel(q->cancel, errbuf, (int)sizeof errbuf);
+            PQfreeCancel(q->cancel);
+            free(q);
             if (fresh) {
                 pthread_mutex_lock(&s->mu);
                 if (s->sent)
@@ -937,7 +929,7 @@ static void *cancel_worker(void *arg)
                 pthread_mutex_unlock(&s->mu);
             }
         }
-        if (atomic_load(&s->stop) && atomic_load(&s->head) == NULL)
+        if (atomic_load(&s->stop) && pgg__lifo_empty(&s->list))
             break;
     }
     pthread_mutex_lock(&s->mu);
@@ -984,7 +976,7 @@ pgg_canceller *pgg__canceller_new(int nslots, int queue_max,
     c->nslots = nslots;
     c->queue_max = queue_max;
     atomic_init(&c->sent, 0);
-    atomic_init(&c->closer.head, NULL);
+    atomic_init(&c->closer.list.head, NULL);
     sem_init(&c->closer.wake, 0, 0);
     atomic_init(&c->closer.started, false);
     atomic_init(&c->closer.stop, false);
@@ -998,7 +990,7 @@ pgg_canceller *pgg__canceller_new(int nslots, int queue_max,
                            "canceller: out of memory");
             return NULL;
         }
-        atomic_init(&s->head, NULL);
+        atomic_init(&s->list.head, NULL);
         atomic_init(&s->count, 0);
         atomic_init(&s->started, false);
         atomic_init(&s->stop, false);
@@ -1049,10 +1041,7 @@ void pgg__canceller_drop(pgg_canceller *c, int slot, PGconn *conn)
     }
     n->cancel = cn;
     n->queued_ns = pgg__now_ns();
-    n->next = atomic_load_explicit(&s->head, memory_order_relaxed);
-    while (!atomic_compare_exchange_weak_explicit(&s->head, &n->next, n, memory_order_release,
-                                                  memory_order_relaxed))
-        ;
+    (void)pgg__lifo_push(&s->list, &n->node);
     sem_post(&s->wake);
 }
 

@@ -1075,3 +1075,13 @@ done:
     judge(pool, h, intent, &w, ticket, start, a, err);
     return PGG_PIPE_ATTEMPTED;
 }
+
+int pgg__pipes_count(const pgg_pipes *ps)
+{
+    return ps->n;
+}
+
+pthread_mutex_t *pgg__pipes_mutex(pgg_pipes *ps, int i)
+{
+    return &ps->pipe[i].mu;
+}

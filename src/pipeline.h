@@ -35,6 +35,7 @@
 #ifndef PGG_PIPELINE_H
 #define PGG_PIPELINE_H
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -54,6 +55,9 @@ pgg_pipes *pgg__pipes_new(int nhosts, int per_host, int64_t stall_ns,
                           pgg_error *err);
 /* Every call has returned, so no link is held any more.  Accepts NULL. */
 void pgg__pipes_free(pgg_pipes *ps);
+/* For tests (the loop guard): how many pipes, and pipe i's lock. */
+int pgg__pipes_count(const pgg_pipes *ps);
+pthread_mutex_t *pgg__pipes_mutex(pgg_pipes *ps, int i);
 
 /* What pgg__pipe_attempt did. */
 typedef enum pgg_pipe_did {

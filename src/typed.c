@@ -11,7 +11,6 @@
  */
 #include "typed.h"
 
-#include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -120,22 +119,22 @@ typedef struct {
     pqt_value *vals;
 } pqt_param_head;
 
-static bool layout_checked, layout_good;
-static pthread_mutex_t layout_mu = PTHREAD_MUTEX_INITIALIZER;
+/* The check's verdict, once made: 0 not yet, else 1 + good.  No lock:
+ * typed calls run on event loops' threads too, and the check is pure (a
+ * copy of the caller's sample), so threads that race to make it first
+ * find the same and store the same. */
+static _Atomic int layout_verdict;
 
 static bool layout_ok(PGparam *sample)
 {
     PGparam *p;
     const pqt_param_head *h;
     static const char want4[4] = {0x01, 0x02, 0x03, 0x04};
+    int verdict = atomic_load_explicit(&layout_verdict, memory_order_relaxed);
     bool ok;
 
-    pthread_mutex_lock(&layout_mu);
-    if (layout_checked) {
-        ok = layout_good;
-        pthread_mutex_unlock(&layout_mu);
-        return ok;
-    }
+    if (verdict)
+        return verdict == 2;
     p = PQparamDup(sample);
     PQparamReset(p);
     ok = p && PQputf(p, "%int4 %text", (PGint4)0x01020304, "pgg") &&
@@ -147,9 +146,7 @@ static bool layout_ok(PGparam *sample)
          h->vals[1].datal == 3 && h->vals[1].oid == 25 &&
          memcmp(h->vals[1].data, "pgg", 3) == 0;
     PQparamClear(p);
-    layout_checked = true;
-    layout_good = ok;
-    pthread_mutex_unlock(&layout_mu);
+    atomic_store_explicit(&layout_verdict, ok ? 2 : 1, memory_order_relaxed);
     return ok;
 }
 

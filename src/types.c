@@ -21,15 +21,36 @@ typedef struct registration {
     PGregisterType *types; /* typname strings owned here */
 } registration;
 
+/*
+ * Connections are prepared on event loops' threads too (pgg__types_step,
+ * pgg__types_registered, pgg__types_template), which must never wait for a
+ * lock another thread holds: what they read is published whole with one
+ * atomic store and never changed after, as prepared.c's table.  A new
+ * registration publishes a new table (a copy plus itself), a newer
+ * template replaces the older; the ones replaced stay until the pool's end
+ * (a reader may still hold them), a few per registration, and
+ * registrations are rare.
+ */
+typedef struct reg_table {
+    int n;
+    struct reg_table *older;
+    registration regs[]; /* each's types are the newest table's to free */
+} reg_table;
+
+/* The handlers and format info of a connection prepared up to gen. */
+typedef struct tmpl_rec {
+    PGparam *param;
+    unsigned gen;
+    struct tmpl_rec *older;
+} tmpl_rec;
+
 struct pgg_types {
-    pthread_mutex_t mu;
-    registration *regs;
-    int nregs;
-    /* 1 + number of registrations: 1 means "initialised".  Written under
-     * mu; read without it by pgg__types_gen. */
+    pthread_mutex_t mu;          /* registrations only (writers) */
+    _Atomic(reg_table *) table;  /* NULL: none yet */
+    /* 1 + number of registrations: 1 means "initialised".  Stored after
+     * its table, under mu; read without it. */
     _Atomic unsigned gen;
-    PGparam *tmpl;     /* handlers and format info of a prepared connection */
-    unsigned tmpl_gen; /* the gen it was taken at */
+    _Atomic(tmpl_rec *) tmpl;    /* the newest; NULL: none yet */
 };
 
 unsigned pgg__types_gen(pgg_types *t)
@@ -59,14 +80,67 @@ static void free_registration(registration *r)
 
 void pgg__types_free(pgg_types *t)
 {
+    reg_table *tb;
+    tmpl_rec *tr;
+
     if (!t)
         return;
-    for (int i = 0; i < t->nregs; i++)
-        free_registration(&t->regs[i]);
-    free(t->regs);
-    PQparamClear(t->tmpl);
+    tb = atomic_load(&t->table);
+    for (int i = 0; tb && i < tb->n; i++)
+        free_registration(&tb->regs[i]);
+    while (tb) {
+        reg_table *older = tb->older;
+
+        free(tb);
+        tb = older;
+    }
+    for (tr = atomic_load(&t->tmpl); tr;) {
+        tmpl_rec *older = tr->older;
+
+        PQparamClear(tr->param);
+        free(tr);
+        tr = older;
+    }
     pthread_mutex_destroy(&t->mu);
     free(t);
+}
+
+/* Registration i (< gen - 1 of a gen read before). */
+static registration registration_at(pgg_types *t, unsigned i)
+{
+    return atomic_load_explicit(&t->table, memory_order_acquire)->regs[i];
+}
+
+/* param, from a connection prepared up to gen, becomes the template unless
+ * one as new is there (then it is cleared). */
+static void publish_template(pgg_types *t, PGparam *param, unsigned gen)
+{
+    tmpl_rec *rec = malloc(sizeof *rec);
+    tmpl_rec *cur = atomic_load_explicit(&t->tmpl, memory_order_acquire);
+
+    if (!rec) {
+        PQparamClear(param);
+        return;
+    }
+    rec->param = param;
+    rec->gen = gen;
+    do {
+        if (cur && cur->gen >= gen) {
+            PQparamClear(param);
+            free(rec);
+            return;
+        }
+        rec->older = cur;
+    } while (!atomic_compare_exchange_weak_explicit(&t->tmpl, &cur, rec, memory_order_release,
+                                                    memory_order_acquire));
+}
+
+/* Is the template taken at gen? */
+static bool template_at(pgg_types *t, unsigned gen)
+{
+    tmpl_rec *cur = atomic_load_explicit(&t->tmpl, memory_order_acquire);
+
+    return cur && cur->gen == gen;
 }
 
 /* Send one registration and collect its answer within the deadline:
@@ -113,7 +187,6 @@ int pgg__types_step(pgg_types *t, pgg_link *l, const char *host, bool *sent,
 {
     registration r;
     unsigned gen;
-    bool need_tmpl;
     PGparam *fresh;
 
     *sent = false;
@@ -124,15 +197,10 @@ int pgg__types_step(pgg_types *t, pgg_link *l, const char *host, bool *sent,
         l->types_gen = 1;
     }
     for (;;) {
-        pthread_mutex_lock(&t->mu);
-        gen = t->gen;
-        need_tmpl = !t->tmpl || t->tmpl_gen != gen;
-        if (l->types_gen >= gen) {
-            pthread_mutex_unlock(&t->mu);
+        gen = atomic_load_explicit(&t->gen, memory_order_acquire);
+        if (l->types_gen >= gen)
             break;
-        }
-        r = t->regs[l->types_gen - 1]; /* its types outlive the pool's */
-        pthread_mutex_unlock(&t->mu);
+        r = registration_at(t, l->types_gen - 1);
         if (r.which == PQT_SUBCLASS) {
             /* Local: no round trip. */
             if (!PQregisterTypes(l->conn, r.which, r.types, r.count, 0))
@@ -149,28 +217,16 @@ int pgg__types_step(pgg_types *t, pgg_link *l, const char *host, bool *sent,
         *sent = true;
         return PGG_OK;
     }
-    if (need_tmpl && (fresh = PQparamCreate(l->conn)) != NULL) {
-        pthread_mutex_lock(&t->mu);
-        if (gen == t->gen && (!t->tmpl || t->tmpl_gen != gen)) {
-            PGparam *old = t->tmpl;
-            t->tmpl = fresh;
-            t->tmpl_gen = gen;
-            fresh = old;
-        }
-        pthread_mutex_unlock(&t->mu);
-        PQparamClear(fresh);
-    }
+    if (!template_at(t, gen) && (fresh = PQparamCreate(l->conn)) != NULL)
+        publish_template(t, fresh, gen);
     return PGG_OK;
 }
 
 int pgg__types_registered(pgg_types *t, pgg_link *l, PGresult *res,
                           const char *host, pgg_error *err)
 {
-    registration r;
+    registration r = registration_at(t, l->types_gen - 1);
 
-    pthread_mutex_lock(&t->mu);
-    r = t->regs[l->types_gen - 1];
-    pthread_mutex_unlock(&t->mu);
     if (!PQregisterResult(l->conn, r.which, r.types, r.count, res))
         return pgg__error_set(err, PGG_ETYPES, NULL, host,
                               "register types: %s", PQgeterror());
@@ -186,11 +242,8 @@ int pgg__types_prepare(pgg_types *t, pgg_link *l, int64_t deadline_ns,
     bool sent;
     int rc;
 
-    pthread_mutex_lock(&t->mu);
-    rc = l->types_gen == t->gen && t->tmpl && t->tmpl_gen == t->gen;
-    pthread_mutex_unlock(&t->mu);
-    if (rc)
-        return PGG_OK; /* up to date: no lock taken again */
+    if (l->types_gen == pgg__types_gen(t) && template_at(t, l->types_gen))
+        return PGG_OK; /* up to date */
     /* libpqtypes reads through libpq itself (link.h's recv wait). */
     pgg__link_recv_off(l->conn, &l->recv_mode, true);
     for (;;) {
@@ -214,7 +267,8 @@ int pgg__types_add(pgg_types *t, int which, const PGregisterType *types,
                    const char *host, pgg_error *err)
 {
     registration r;
-    registration *grown;
+    reg_table *old, *grown;
+    unsigned gen;
     int rc;
 
     r.which = which;
@@ -240,31 +294,39 @@ int pgg__types_add(pgg_types *t, int which, const PGregisterType *types,
     }
 
     pthread_mutex_lock(&t->mu);
-    grown = realloc(t->regs, (size_t)(t->nregs + 1) * sizeof *grown);
+    old = atomic_load_explicit(&t->table, memory_order_relaxed);
+    grown = malloc(sizeof *grown + (size_t)((old ? old->n : 0) + 1) * sizeof grown->regs[0]);
     if (!grown) {
         pthread_mutex_unlock(&t->mu);
         free_registration(&r);
         return pgg__error_set(err, PGG_ENOMEM, NULL, NULL, "out of memory");
     }
-    t->regs = grown;
-    t->regs[t->nregs++] = r;
+    grown->n = old ? old->n : 0;
+    if (old)
+        memcpy(grown->regs, old->regs, (size_t)old->n * sizeof grown->regs[0]);
+    grown->regs[grown->n++] = r;
+    grown->older = old;
+    atomic_store_explicit(&t->table, grown, memory_order_release);
+    gen = atomic_load_explicit(&t->gen, memory_order_relaxed);
     /* That connection has everything up to this one: no second copy. */
-    if (link->types_gen == t->gen)
-        link->types_gen = t->gen + 1;
-    t->gen++;
+    if (link->types_gen == gen)
+        link->types_gen = gen + 1;
+    atomic_store_explicit(&t->gen, gen + 1, memory_order_release);
     pthread_mutex_unlock(&t->mu);
     return PGG_OK;
 }
 
+/* PQparamDup only reads the template. */
 PGparam *pgg__types_template(pgg_types *t)
 {
-    PGparam *p = NULL;
+    tmpl_rec *cur = atomic_load_explicit(&t->tmpl, memory_order_acquire);
 
-    pthread_mutex_lock(&t->mu);
-    if (t->tmpl)
-        p = PQparamDup(t->tmpl);
-    pthread_mutex_unlock(&t->mu);
-    return p;
+    return cur ? PQparamDup(cur->param) : NULL;
+}
+
+pthread_mutex_t *pgg__types_mutex(pgg_types *t)
+{
+    return &t->mu;
 }
 
 #endif /* PGG_HAVE_LIBPQTYPES */

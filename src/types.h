@@ -11,6 +11,7 @@
 #ifndef PGG_TYPES_H
 #define PGG_TYPES_H
 
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -30,6 +31,8 @@ typedef struct pgg_types pgg_types;
 pgg_types *pgg__types_new(pgg_error *err);
 /* Accepts NULL. */
 void pgg__types_free(pgg_types *t);
+/* For tests (the loop guard): the registrations' lock. */
+pthread_mutex_t *pgg__types_mutex(pgg_types *t);
 
 /*
  * Bring l's connection up to date (PQinitTypes, then registrations newer
@@ -82,6 +85,12 @@ static inline unsigned pgg__types_gen(pgg_types *t)
 static inline void pgg__types_free(pgg_types *t)
 {
     (void)t;
+}
+
+static inline pthread_mutex_t *pgg__types_mutex(pgg_types *t)
+{
+    (void)t;
+    return NULL;
 }
 
 #endif

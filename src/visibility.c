@@ -1375,3 +1375,8 @@ int pgg_lsn_parse(const char *text, uint64_t *out)
     *out = v;
     return PGG_OK;
 }
+
+pthread_mutex_t *pgg__vis_mutex(pgg_vis *v, bool sample)
+{
+    return sample ? &v->smu : &v->mu;
+}

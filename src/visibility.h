@@ -31,6 +31,7 @@
 #ifndef PGG_VISIBILITY_H
 #define PGG_VISIBILITY_H
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -79,6 +80,9 @@ pgg_vis *pgg__vis_new(int nhosts, int mode, int64_t max_wait_ms,
                       int64_t poll_ms, pgg_error *err);
 /* No waiter may remain.  Accepts NULL. */
 void pgg__vis_free(pgg_vis *v);
+/* For tests (the loop guard): the waiting readers' lock (sample false)
+ * and the sample's (true). */
+pthread_mutex_t *pgg__vis_mutex(pgg_vis *v, bool sample);
 
 /*
  * Fill *r for one call.  Returns true when the call needs this module on

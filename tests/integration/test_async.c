@@ -24,9 +24,11 @@
 #include "pool.h"
 #include "pool_util.h"
 #include "role_util.h"
-#include "chain_util.h"
 #include "pgguard/adapters/libevent.h"
 #include "test_async_guard.h"
+#define CHAIN_SETUP_BEGIN() loop_guard_off()
+#define CHAIN_SETUP_END() loop_guard_on()
+#include "chain_util.h"
 
 typedef struct outcome {
     int done;
@@ -129,6 +131,7 @@ static pgg_async *async_for(pgg_pool *p, struct event_base *base)
 
     cr_assert_not_null(ac, "pgg_async_new: %s", e.message);
     cr_assert_eq(pgg_async_libevent_attach(ac, base), PGG_OK);
+    loop_guard_watch_pool(p);
     return ac;
 }
 
@@ -1185,6 +1188,7 @@ Test(async, bad_input_gets_clear_errors_and_no_callback)
     cr_expect_null(pgg_async_new(NULL, &e));
     cr_expect_eq(e.code, PGG_EINVAL);
     ac = pgg_async_new(p, &e);
+    loop_guard_watch_pool(p);
     cr_assert_not_null(ac);
     /* No adapter yet. */
     cr_expect_eq(pgg_async_exec(ac, PGG_READ, "SELECT 1", NULL, never, &calls, NULL, &e),
@@ -1659,6 +1663,19 @@ static void *fault_main(void *arg)
  * the write with PGG_EWRONGROLE (a switchover: the old primary a standby
  * now, the new one still taken for a standby).
  */
+/* The test's own look at a host's role between turns of the loop it
+ * watches: outside the guard's window (stats on a loop are realistic, a
+ * poll of them for the test's progress is not the loop's work). */
+static pgg_role role_unwatched(pgg_pool *p, int i)
+{
+    pgg_role role;
+
+    loop_guard_off();
+    role = host_stats(p, i).role;
+    loop_guard_on();
+    return role;
+}
+
 Test(async, a_write_refused_as_read_only_runs_on_the_primary_the_round_finds)
 {
     outcome o;
@@ -1694,7 +1711,7 @@ Test(async, a_write_refused_as_read_only_runs_on_the_primary_the_round_finds)
                      PGG_OK, "%s", e.message);
         /* Turn the loop until the 25006 came back (the call then waits
          * for the round), or the call ended. */
-        while (!o.done && host_stats(p, 1).role != PGG_ROLE_STANDBY)
+        while (!o.done && role_unwatched(p, 1) != PGG_ROLE_STANDBY)
             event_base_loop(base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
         if (!o.done)
             pgg_async_cancel(hd);
@@ -2940,6 +2957,7 @@ Test(async, a_connect_made_for_a_call_cancelled_meanwhile_never_joins_the_pool_w
     outcome o = {0};
     PGresult *r;
 
+    loop_guard_watch_pool(p);
     cr_assert_not_null(ac, "%s", e.message);
     cr_assert_eq(adapter_check_attach(&chk, ac, base), PGG_OK);
     k = start_asked_until_ended(p, ac, &chk, call.timeout_ms, &o);
@@ -2985,6 +3003,7 @@ Test(async, a_call_cancelled_after_its_connects_bound_sends_nothing)
     pgg_call call = {.timeout_ms = 20000};
     outcome o = {0};
 
+    loop_guard_watch_pool(p);
     cr_assert_not_null(ac, "%s", e.message);
     cr_assert_eq(adapter_check_attach(&chk, ac, base), PGG_OK);
     k = start_asked_until_ended(p, ac, &chk, call.timeout_ms, &o);
@@ -3031,6 +3050,7 @@ Test(async, a_call_cancelled_when_its_connect_was_refused_as_full_ends_at_the_ca
     pgg_call call = {.timeout_ms = 20000};
     outcome o = {0};
 
+    loop_guard_watch_pool(p);
     cr_assert_not_null(ac, "%s", e.message);
     cr_assert_eq(adapter_check_attach(&chk, ac, base), PGG_OK);
     lease = pgg_acquire(p, PGG_WRITE, 10000, NULL, &e);
@@ -3103,6 +3123,7 @@ Test(async, a_call_timed_out_as_its_connect_was_made_leaves_the_host_unverified)
     pgg_host_stats before;
     outcome o = {0};
 
+    loop_guard_watch_pool(p);
     cr_assert_not_null(ac, "%s", e.message);
     cr_assert_eq(adapter_check_attach(&chk, ac, base), PGG_OK);
     before = host_stats(p, 0);
@@ -3467,6 +3488,7 @@ Test(async, a_give_back_goes_to_the_contexts_own_call_parked_a_look_ago)
     outcome first, second;
     double end;
 
+    loop_guard_watch_pool(p);
     cr_assert_not_null(ac, "%s", e.message);
     cr_assert_eq(adapter_check_attach(&chk, ac, base), PGG_OK);
     cr_assert_eq(PQstatus(holder), CONNECTION_OK, "%s", PQerrorMessage(holder));
@@ -4347,3 +4369,167 @@ Test(async, a_loops_new_connection_is_made_while_a_pool_with_an_sql_hook_warms_a
 {
     warm_a_slow_host("SET application_name = 'pgg_warm_hooked'");
 }
+
+/* ------------------------------------------ a shared lock held */
+
+/* Another thread holds one of pgguard's locks, preempted inside it, until
+ * the test lets it go (the hold's bound ends it if the loop waits). */
+typedef struct held_lock {
+    pthread_mutex_t *mu;
+    hold h;
+    pthread_t th;
+} held_lock;
+
+static void *lock_holder_main(void *arg)
+{
+    held_lock *hl = arg;
+
+    pthread_mutex_lock(hl->mu);
+    hold_here(&hl->h);
+    pthread_mutex_unlock(hl->mu);
+    hold_gone(&hl->h);
+    return NULL;
+}
+
+/* Returns once the other thread holds hl->mu. */
+static void lock_hold(held_lock *hl)
+{
+    hold_arm(&hl->h);
+    cr_assert_eq(pthread_create(&hl->th, NULL, lock_holder_main, hl), 0);
+    cr_assert(hold_entered(&hl->h), "the holder never took the lock");
+}
+
+/* Lets it go; expects that nothing waited for it until its bound. */
+static void lock_release(held_lock *hl)
+{
+    cr_expect_eq(hold_release(&hl->h), 0,
+                 "the loop waited for the lock another thread held (the hold timed out)");
+    pthread_join(hl->th, NULL);
+}
+
+/* ------------------------------------------ the list of keeping contexts */
+
+/* Another loop entering or leaving the list, a blocking borrower's
+ * give-back walking it, a free on another thread. */
+static held_lock held_kept = {.h = HOLD_INIT};
+
+/*
+ * While another thread holds that lock, the loop keeps a connection (its
+ * context enters the list), its look finds none kept after the idle bound
+ * (the context would leave it), it keeps one again and frees the context:
+ * all of it without waiting for the lock (a push, and tries: a context
+ * that could not leave stays listed, a freed one's entry is left gone).
+ * The holder is let go only after; a loop that waited for it would sit
+ * there until the hold's bound.  Once the lock is free, the next context
+ * to leave the list frees the gone entry.
+ */
+Test(async, the_loop_never_waits_for_the_list_of_contexts_that_keep_connections)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, "pool_max=1 pool_min_idle=0 breaker.mode=disabled");
+    struct event_base *base = event_base_new();
+    pgg_async *ac = async_for(p, base);
+    outcome o;
+    double start;
+
+    held_kept.mu = pgg__async_kept_mutex();
+    lock_hold(&held_kept);
+
+    one_call(base, ac, "SELECT 1", &o);
+    cr_expect_eq(pgg__async_kept(ac), 1, "the connection was not kept");
+    start = pgh_now_ms();
+    while (pgg__async_kept(ac) > 0 && pgh_now_ms() - start < 10000)
+        loop_once(base, EVLOOP_ONCE); /* the idle bound's look */
+    cr_expect_eq(pgg__async_kept(ac), 0, "not given back at the idle bound");
+    one_call(base, ac, "SELECT 2", &o);
+    cr_expect_eq(pgg__async_kept(ac), 1, "the connection was not kept again");
+    loop_guard_on();
+    pgg_async_free(ac);
+    loop_guard_off();
+
+    lock_release(&held_kept);
+#if LOOP_GUARD
+    cr_expect_eq(loop_guard_lock_hits[LG_KEPT], 0,
+                 "the loop thread locked the keepers' list %d time(s)",
+                 loop_guard_lock_hits[LG_KEPT]);
+#endif
+    /* The freed context's entry, left gone; freed by the next context to
+     * leave the list with the lock free. */
+    cr_expect_eq(pgg__async_kept_listed(), 1);
+    ac = async_for(p, base);
+    one_call(base, ac, "SELECT 3", &o);
+    cr_expect_eq(pgg__async_kept_listed(), 2);
+    loop_guard_on();
+    pgg_async_free(ac);
+    loop_guard_off();
+    cr_expect_eq(pgg__async_kept_listed(), 0, "a gone entry was not freed");
+    loop_guard_check("the keepers' list held");
+    event_base_free(base);
+    end_test(p, c);
+}
+
+#if PGG_HAVE_LIBPQTYPES
+/* Another thread registering types (pgg_pool_register_types). */
+static held_lock held_types = {.h = HOLD_INIT};
+
+/*
+ * Typed calls on connections the loop opens, which get the pool's
+ * registrations on the loop (a step per registration, its answer, the
+ * template refreshed and copied), while another thread holds the
+ * registrations' lock: none of it waits for that lock (a loop that did
+ * would sit there until the hold's bound).
+ */
+Test(async, typed_calls_on_the_loop_never_wait_for_the_registrations_lock)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, NULL);
+    struct event_base *base = event_base_new();
+    pgg_async *ac = async_for(p, base);
+    typed_outcome o[3] = {{0}};
+    PGregisterType pt[] = {{"async_pt", NULL, NULL}};
+    pgg_error e;
+    double end;
+    int left;
+
+    cr_assert_eq(pgh_node_exec(pgh_cluster_primary(c),
+                               "SET client_min_messages = warning;"
+                               "DROP TYPE IF EXISTS async_pt;"
+                               "CREATE TYPE async_pt AS (x int4, y text);"),
+                 0);
+    cr_assert_eq(pgg_pool_register_types(p, PQT_COMPOSITE, pt, 1, &e), PGG_OK, "%s", e.message);
+    held_types.mu = pgg__types_mutex(p->types);
+    lock_hold(&held_types);
+    loop_guard_on();
+    for (int i = 0; i < 3; i++)
+        cr_assert_eq(pgg_async_execf(ac, PGG_READ_PRIMARY, NULL, on_typed, &o[i], NULL, &e,
+                                     "SELECT %int4 + 1, ROW(%int4, %text)::async_pt",
+                                     40 + i, i, "v"),
+                     PGG_OK, "%s", e.message);
+    loop_guard_off();
+    end = pgh_now_ms() + 10000;
+    do {
+        left = 0;
+        for (int i = 0; i < 3; i++)
+            left += o[i].done == 0;
+        if (left)
+            loop_once(base, EVLOOP_ONCE);
+    } while (left && pgh_now_ms() < end);
+    lock_release(&held_types);
+    for (int i = 0; i < 3; i++) {
+        cr_expect_eq(o[i].code, PGG_OK, "call %d: %s", i, o[i].message);
+        cr_expect_eq(o[i].x, i);
+    }
+    cr_expect_geq(host_stats(p, 0).conns_open, 2, "the calls did not need new connections");
+#if LOOP_GUARD
+    cr_expect_eq(loop_guard_lock_hits[LG_TYPES], 0,
+                 "the loop thread locked the registrations %d time(s)",
+                 loop_guard_lock_hits[LG_TYPES]);
+#endif
+    loop_guard_on();
+    pgg_async_free(ac);
+    loop_guard_off();
+    loop_guard_check("typed calls, the registrations' lock held");
+    event_base_free(base);
+    end_test(p, c);
+}
+#endif

@@ -15,8 +15,7 @@
  *   nanosleep, clock_nanosleep, usleep, sleep;
  *   pthread_cond_wait, pthread_cond_timedwait, pthread_cond_clockwait
  *     (pool waits: a connection slot, the bulkhead, a host coming back, a
- *     health round); a contended pthread_mutex_lock (the pool's short
- *     locks) is allowed;
+ *     health round);
  *   connect on a blocking socket;
  *   getaddrinfo of a name that is not a numeric address (DNS);
  *   PQfinish of a session: not a wait, but its socket's teardown, 20-90 us
@@ -40,6 +39,37 @@
  *     can be made (no descriptor or memory, which these tests do not
  *     cause).
  *
+ * A second count, its own assertion (loop_guard_check_shared, run by
+ * loop_guard_check): every pthread_mutex_lock the loop thread makes on a
+ * lock that another thread may hold (a shared lock), named by the lock's
+ * address (loop_guard_watch_pool registers a pool's, the test calls it for
+ * each pool it gives a loop context): each host's mu and its breaker's,
+ * the health thread's rounds lock, the process-wide list of contexts that
+ * keep connections (async.c, kept_mu), the type registrations', the
+ * cache's, each blocking pipe's, the bulkhead's, the prepared
+ * statements', the listener setting's, the lease registry's and the two
+ * of read your writes.  Short as those sections are, a holder preempted
+ * inside one makes the loop sleep for a scheduler slice (the closer's lock
+ * did, round 13: 3.9-5.7 ms): on the loop such a lock may only be tried
+ * (pthread_mutex_trylock is not counted).  Whether the lock was free at
+ * that moment does not matter: the count is of the calls that could wait.
+ * Any other pthread_mutex_lock the loop thread makes in the window is
+ * listed as unnamed (reported, never failed: libevent's and libpq's own).
+ *
+ * Public read APIs that take shared locks, when a loop calls them (a
+ * /metrics handler on the loop is realistic): pgg_pool_host_stats and
+ * pgg_pool_metrics take each host's mu and its breaker's; pgg_pool_stats
+ * the bulkhead's, the cache's and the lease registry's (see pgguard.h).
+ * Tests that read stats on the loop only to check their own progress do
+ * it outside the window (loop_guard_off / loop_guard_on around it).
+ *
+ * LOOP_GUARD_SHARED_LOCKS_FAIL: 0 (today), the shared-lock count is
+ * printed (stderr, "loop_guard: test: where: lock locked n time(s) from
+ * site", for each site whose count grew since loop_guard_check last ran)
+ * and fails nothing; 1, loop_guard_check_shared fails the test with each
+ * kind's count and first site.  Set it here, or -DLOOP_GUARD_SHARED_LOCKS_FAIL=1
+ * in the test's c_args, once no loop path locks a shared lock.
+ *
  * The loop's own wait (epoll_wait inside libevent) is not interposed.
  * What it cannot see: a system call made directly (syscall(2)) or from
  * inside the C library without its public symbol, and CPU time spent
@@ -54,6 +84,9 @@
 #include <criterion/criterion.h>
 #include <stdbool.h>
 #include <stdio.h>
+#include <string.h>
+
+#include "pgguard.h"
 
 #if defined(__GLIBC__) && defined(__x86_64__) && defined(_GNU_SOURCE)
 #define LOOP_GUARD 1
@@ -70,6 +103,13 @@
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "async.h"
+#include "health.h"
+#include "pipeline.h"
+#include "pool.h"
+#include "types.h"
+#include "visibility.h"
 
 static _Thread_local int loop_guard_watching; /* nesting depth */
 static atomic_int loop_guard_hits;
@@ -91,6 +131,210 @@ static void loop_guard_hit(const char *what, long arg)
         return;
     if (atomic_fetch_add(&loop_guard_hits, 1) == 0)
         snprintf(loop_guard_first, sizeof loop_guard_first, "%s (%ld)", what, arg);
+}
+
+/* ------------------------------------------------------- shared locks */
+
+#ifndef LOOP_GUARD_SHARED_LOCKS_FAIL
+#define LOOP_GUARD_SHARED_LOCKS_FAIL 0
+#endif
+
+enum {
+    LG_HOST,
+    LG_BREAKER,
+    LG_HEALTH,
+    LG_KEPT,
+    LG_TYPES,
+    LG_CACHE,
+    LG_PIPE,
+    LG_BULKHEAD,
+    LG_PREPARED,
+    LG_LISTENER,
+    LG_LEASES,
+    LG_VIS,
+    LG_OTHER, /* not a named shared lock: reported, never failed */
+    LG_KINDS
+};
+
+static const char *const loop_guard_kind[LG_KINDS] = {
+    "pgg_host.mu",        "pgg_breaker.mu",     "pgg_health.mu",
+    "kept_mu (async.c)",  "pgg_types.mu",       "pgg_cache.mu",
+    "pgg_pipe.mu",        "pgg_bulkhead.mu",    "pgg_prepared.mu",
+    "pgg_pool.ev_mu",     "pgg_lease_registry.mu", "pgg_vis.mu/smu",
+    "an unnamed lock",
+};
+
+#define LOOP_GUARD_LOCKS 1024
+#define LOOP_GUARD_SITES 64
+
+static struct {
+    const void *addr;
+    int kind;
+} loop_guard_locks[LOOP_GUARD_LOCKS];
+static atomic_int loop_guard_nlocks;
+static atomic_flag loop_guard_locks_busy = ATOMIC_FLAG_INIT;
+
+/* Each distinct (kind, caller) the loop thread locked from, in order. */
+static struct {
+    int kind;
+    void *site;
+    int n;
+} loop_guard_sites[LOOP_GUARD_SITES];
+static int loop_guard_nsites;
+static int loop_guard_site_reported[LOOP_GUARD_SITES];
+static int loop_guard_lock_hits[LG_KINDS];
+
+static void loop_guard_add_lock(const void *addr, int kind)
+{
+    int n;
+
+    if (!addr)
+        return;
+    while (atomic_flag_test_and_set(&loop_guard_locks_busy))
+        ;
+    n = atomic_load(&loop_guard_nlocks);
+    if (n < LOOP_GUARD_LOCKS) {
+        loop_guard_locks[n].addr = addr;
+        loop_guard_locks[n].kind = kind;
+        atomic_store(&loop_guard_nlocks, n + 1);
+    }
+    atomic_flag_clear(&loop_guard_locks_busy);
+}
+
+/* Name every lock of p that a thread other than a loop's may hold
+ * (several pools, and the same pool again, are fine). */
+static void loop_guard_watch_pool(pgg_pool *p)
+{
+    loop_guard_add_lock(pgg__async_kept_mutex(), LG_KEPT);
+    for (int i = 0; i < p->nhosts; i++) {
+        loop_guard_add_lock(&p->hosts[i].mu, LG_HOST);
+        loop_guard_add_lock(&p->hosts[i].breaker.mu, LG_BREAKER);
+    }
+    if (p->health)
+        loop_guard_add_lock(pgg__health_mutex(p->health), LG_HEALTH);
+    if (p->types)
+        loop_guard_add_lock(pgg__types_mutex(p->types), LG_TYPES);
+    if (p->cache)
+        loop_guard_add_lock(pgg__cache_mutex(p->cache), LG_CACHE);
+    for (int i = 0; p->pipes && i < pgg__pipes_count(p->pipes); i++)
+        loop_guard_add_lock(pgg__pipes_mutex(p->pipes, i), LG_PIPE);
+    loop_guard_add_lock(&p->bulkhead.mu, LG_BULKHEAD);
+    loop_guard_add_lock(&p->prepared.mu, LG_PREPARED);
+    loop_guard_add_lock(&p->ev_mu, LG_LISTENER);
+    loop_guard_add_lock(&p->leases.mu, LG_LEASES);
+    if (p->vis) {
+        loop_guard_add_lock(pgg__vis_mutex(p->vis, false), LG_VIS);
+        loop_guard_add_lock(pgg__vis_mutex(p->vis, true), LG_VIS);
+    }
+}
+
+/* The loop thread locks mu (called from site), watched. */
+static void loop_guard_lock_hit(const void *mu, void *site)
+{
+    int n = atomic_load(&loop_guard_nlocks);
+    int kind = LG_OTHER;
+    int i;
+
+    for (i = 0; i < n; i++)
+        if (loop_guard_locks[i].addr == mu) {
+            kind = loop_guard_locks[i].kind;
+            break;
+        }
+    loop_guard_lock_hits[kind]++;
+    for (i = 0; i < loop_guard_nsites; i++)
+        if (loop_guard_sites[i].kind == kind && loop_guard_sites[i].site == site)
+            break;
+    if (i == loop_guard_nsites && i < LOOP_GUARD_SITES) {
+        loop_guard_sites[i].kind = kind;
+        loop_guard_sites[i].site = site;
+        loop_guard_nsites++;
+    }
+    if (i < LOOP_GUARD_SITES)
+        loop_guard_sites[i].n++;
+}
+
+/* A caller's address as function (file:line), inlined frames joined by
+ * " in ", through addr2line; the module and offset if that fails. */
+static void loop_guard_site_name(void *site, char *out, size_t len)
+{
+    Dl_info info;
+    char cmd[512], line[256], exe[256] = "";
+    size_t used = 0;
+    uintptr_t off;
+    FILE *f;
+
+    if (!dladdr(site, &info) || !info.dli_fname) {
+        snprintf(out, len, "%p", site);
+        return;
+    }
+    /* The return address is the instruction after the call. */
+    off = (uintptr_t)site - (uintptr_t)info.dli_fbase - 1;
+    snprintf(out, len, "%s+0x%lx", info.dli_fname, (unsigned long)off);
+    /* The executable's own name is criterion's worker's (argv[0]). */
+    if (!strchr(info.dli_fname, '/')) {
+        ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+
+        exe[n > 0 ? n : 0] = 0;
+    }
+    snprintf(cmd, sizeof cmd, "addr2line -f -i -s -e '%s' 0x%lx 2>/dev/null",
+             strchr(info.dli_fname, '/') ? info.dli_fname : exe, (unsigned long)off);
+    f = popen(cmd, "r");
+    if (!f)
+        return;
+    for (int k = 0; fgets(line, sizeof line, f); k++) {
+        line[strcspn(line, "\n")] = 0;
+        if (k % 2 == 0 && line[0] == '?')
+            break;
+        if (k == 0)
+            used = 0;
+        used += (size_t)snprintf(out + used, used < len ? len - used : 0,
+                                 k % 2 ? " (%s)" : k ? " in %s" : "%s", line);
+        if (used >= len)
+            break;
+    }
+    pclose(f);
+}
+
+/* The sites the loop thread locked a lock from since the last report,
+ * each with its count so far (the last line of a site is its total), to
+ * stderr. */
+static void loop_guard_report_shared(const char *where)
+{
+    char name[384];
+
+    for (int i = 0; i < loop_guard_nsites; i++) {
+        if (loop_guard_site_reported[i] == loop_guard_sites[i].n)
+            continue;
+        loop_guard_site_reported[i] = loop_guard_sites[i].n;
+        loop_guard_site_name(loop_guard_sites[i].site, name, sizeof name);
+        fprintf(stderr, "loop_guard: %s: %s: %s locked %d time(s) from %s\n",
+                criterion_current_test ? criterion_current_test->name : "?", where,
+                loop_guard_kind[loop_guard_sites[i].kind], loop_guard_sites[i].n, name);
+    }
+}
+
+/* No shared lock locked (waited for, possibly) on the loop thread so far;
+ * with LOOP_GUARD_SHARED_LOCKS_FAIL 0, only reported. */
+static void loop_guard_check_shared(const char *where)
+{
+    char name[384];
+
+    loop_guard_report_shared(where);
+    if (!LOOP_GUARD_SHARED_LOCKS_FAIL)
+        return;
+    for (int k = 0; k < LG_OTHER; k++) {
+        int first = 0;
+
+        if (!loop_guard_lock_hits[k])
+            continue;
+        while (loop_guard_sites[first].kind != k)
+            first++;
+        loop_guard_site_name(loop_guard_sites[first].site, name, sizeof name);
+        cr_expect_eq(loop_guard_lock_hits[k], 0,
+                     "%s: the loop thread locked %s, which other threads hold too, "
+                     "%d time(s) inside pgguard; the first from %s",
+                     where, loop_guard_kind[k], loop_guard_lock_hits[k], name);
+    }
 }
 
 static void *loop_guard_next(const char *name, const char *version)
@@ -297,7 +541,22 @@ int pthread_create(pthread_t *t, const pthread_attr_t *attr, void *(*fn)(void *)
     return next(t, attr, fn, arg);
 }
 
-/* No waiting call on the loop thread so far (where: for the message). */
+/* Every pthread_mutex_lock the loop thread makes in the window: named
+ * when the lock is a shared one (loop_guard_check_shared). */
+int pthread_mutex_lock(pthread_mutex_t *mu)
+{
+    static int (*next)(pthread_mutex_t *);
+
+    if (loop_guard_watching > 0)
+        loop_guard_lock_hit(mu, __builtin_return_address(0));
+    if (!next)
+        *(void **)&next = loop_guard_next("pthread_mutex_lock", NULL);
+    return next(mu);
+}
+
+/* No waiting call on the loop thread so far (where: for the message), and
+ * no shared lock locked there (its own assertion, or only reported:
+ * LOOP_GUARD_SHARED_LOCKS_FAIL). */
 static void loop_guard_check(const char *where)
 {
     int n = atomic_load(&loop_guard_hits);
@@ -306,12 +565,21 @@ static void loop_guard_check(const char *where)
                  "%s: the loop thread made %d waiting or forbidden call(s) inside pgguard; "
                  "the first: %s",
                  where, n, loop_guard_first);
+    loop_guard_check_shared(where);
 }
 
 #else
 #define LOOP_GUARD 0
 static void loop_guard_on(void) {}
 static void loop_guard_off(void) {}
+static void loop_guard_watch_pool(pgg_pool *p)
+{
+    (void)p;
+}
+static void loop_guard_check_shared(const char *where)
+{
+    (void)where;
+}
 static void loop_guard_check(const char *where)
 {
     (void)where;
