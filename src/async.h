@@ -13,4 +13,8 @@ int pgg__async_parked(const pgg_async *ac);
 /* Connections ac keeps idle and watched for its next calls. */
 int pgg__async_kept(const pgg_async *ac);
 
+/* Calls of ac that found a host's lock busy and look again (ST_RELOOK:
+ * a borrow; ST_SETTLE: a failed connect's bookkeeping; host.c, "Owed"). */
+int pgg__async_relooking(const pgg_async *ac);
+
 #endif
