@@ -4576,3 +4576,73 @@ Test(async, a_loops_connects_end_while_another_thread_holds_the_hosts_lock)
     end_test(p, c);
     pgh_proxy_free(px);
 }
+
+/* Blocking borrowers of host i asleep in their wait (under its mu, off
+ * the loop). */
+static int host_sleepers(pgg_pool *p, int i)
+{
+    int n;
+
+    pthread_mutex_lock(&p->hosts[i].mu);
+    n = p->hosts[i].n_waiting;
+    pthread_mutex_unlock(&p->hosts[i].mu);
+    return n;
+}
+
+/*
+ * pool_max=1, the loop keeps the connection, and a blocking caller on
+ * another thread waits for it (asleep on its condition variable, no
+ * cancel handle: nothing wakes it but a give-back or its deadline).  The
+ * loop's look at what it keeps gives the connection back while another
+ * thread holds the host's lock: the release is owed (host.c, "Owed").
+ * Once the lock is let go, the loop itself settles it (its timer) and
+ * wakes the caller, which is served: a give-back left for "whoever takes
+ * the lock next" would leave it asleep until its deadline.
+ */
+Test(async, a_blocking_caller_gets_what_the_loop_gave_back_while_the_lock_was_held)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, "pool_max=1 pool_min_idle=0 breaker.mode=disabled "
+                              "health_interval_ms=600000");
+    struct event_base *base = event_base_new();
+    pgg_async *ac = async_for(p, base);
+    pgg_host *h = &p->hosts[0];
+    blocking_call b = {.p = p, .sql = "SELECT 3", .timeout_ms = 15000};
+    pthread_t bt, th;
+    held_mu hm;
+    outcome o;
+    int timed_out;
+    double end;
+
+    start_call(ac, PGG_WRITE, "SELECT 1", 5000, 0, &o);
+    run_until(base, &o, 1, 10000);
+    cr_assert_eq(o.code, PGG_OK, "%s", o.message);
+    cr_assert_eq(pgg__async_kept(ac), 1, "the loop does not keep its connection");
+    cr_assert_eq(pthread_create(&bt, NULL, blocking_main, &b), 0);
+    end = pgh_now_ms() + 10000;
+    while (host_sleepers(p, 0) < 1 && pgh_now_ms() < end)
+        sleep_ms(1);
+    cr_assert_eq(host_sleepers(p, 0), 1, "the blocking caller does not wait");
+
+    hold_host_mu(p, 0, &hm, &th);
+    /* The loop's look at what it keeps (every 2 ms) gives it back. */
+    while (pgg__async_kept(ac) > 0 && !hm.h.timed_out)
+        loop_once(base, EVLOOP_ONCE);
+    cr_expect(atomic_load(&h->owed), "the give-back was not owed");
+    timed_out = hold_release(&hm.h);
+    pthread_join(th, NULL);
+    cr_assert_not(timed_out, "the loop waited for the host's lock as it gave back");
+    /* Only the loop can settle it: the caller sleeps, nobody else borrows. */
+    end = pgh_now_ms() + 20000;
+    while (!__atomic_load_n(&b.done, __ATOMIC_SEQ_CST) && pgh_now_ms() < end) {
+        loop_once(base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
+        sleep_ms(1);
+    }
+    pthread_join(bt, NULL);
+    cr_expect_eq(b.code, PGG_OK, "the blocking caller: %s %s", pgg_err_name(b.code), b.message);
+    cr_expect_not(atomic_load(&h->owed), "still owed");
+    loop_guard_check("a give-back owed while the lock was held");
+    pgg_async_free(ac);
+    event_base_free(base);
+    end_test(p, c);
+}
