@@ -1111,6 +1111,20 @@ COLD void ended_behind(pgg_async_call *k)
     loop_leave(prev);
 }
 
+/* k's connection, not kept, goes back (on the loop's tie: loop_enter).
+ * Out of line: the read handler's usual case keeps it, and pays nothing
+ * for the tie. */
+#if defined(__GNUC__)
+__attribute__((noinline))
+#endif
+static void give_back_ended(pgg_async_call *k)
+{
+    pgg_host_loop *prev = loop_enter(k->ac);
+
+    pgg__host_give_back(k->h, k->l, k->a.ended);
+    loop_leave(prev);
+}
+
 /* The query or prepare ended (res, its PQresultStatus, end): classify and
  * record as the blocking path does (pgg__pool_exec_done's two halves),
  * give the connection back.  Inline in the read handler's usual case;
@@ -1141,10 +1155,7 @@ HOT void exec_end(pgg_async_call *k, PGresult *res, ExecStatusType status,
         /* The socket is forgotten before its connection can go. */
         sock_close(k);
         if (k->l) {
-            pgg_host_loop *prev = loop_enter(k->ac);
-
-            pgg__host_give_back(k->h, k->l, k->a.ended);
-            loop_leave(prev);
+            give_back_ended(k);
             k->unpark = true; /* after this call's own next step (settle) */
         }
     }
@@ -2820,6 +2831,30 @@ static void on_ready(pgg_async_sock *s, int revents)
     settle(k);
 }
 
+/* settle and on_ready on the loop's tie (loop_enter), out of line: the
+ * read handler's usual case pays nothing for it. */
+#if defined(__GNUC__)
+__attribute__((noinline))
+#endif
+static void settle_on_loop(pgg_async_call *k)
+{
+    pgg_host_loop *prev = loop_enter(k->ac);
+
+    settle(k);
+    loop_leave(prev);
+}
+
+#if defined(__GNUC__)
+__attribute__((noinline))
+#endif
+static void ready_on_loop(pgg_async_sock *s, int revents)
+{
+    pgg_host_loop *prev = loop_enter(s->ac);
+
+    on_ready(s, revents);
+    loop_leave(prev);
+}
+
 void pgg_async_handle_read(pgg_async_sock *s)
 {
     pgg_async *ac = s->ac;
@@ -2834,16 +2869,10 @@ void pgg_async_handle_read(pgg_async_sock *s)
             finish(k);
             complete(k);
         } else {
-            pgg_host_loop *prev = loop_enter(ac);
-
-            settle(k);
-            loop_leave(prev);
+            settle_on_loop(k);
         }
     } else {
-        pgg_host_loop *prev = loop_enter(ac);
-
-        on_ready(s, POLLIN);
-        loop_leave(prev);
+        ready_on_loop(s, POLLIN);
     }
     before_wait(ac);
 }
@@ -2851,11 +2880,9 @@ void pgg_async_handle_read(pgg_async_sock *s)
 void pgg_async_handle_write(pgg_async_sock *s)
 {
     pgg_async *ac = s->ac;
-    pgg_host_loop *prev = loop_enter(ac);
 
-    on_ready(s, POLLOUT);
+    ready_on_loop(s, POLLOUT);
     before_wait(ac);
-    loop_leave(prev);
 }
 
 /* The wait of k ended without the socket (its deadline, or a cancel):
