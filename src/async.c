@@ -492,9 +492,10 @@ static void wait_until(pgg_async_call *k, int64_t at)
 /*
  * On its loop's thread the context never waits for a host's mu (host.c,
  * "Owed"): its host operations run with pgg__host_loop set to it, saved
- * and restored (a callback may run another context's calls, or a
- * blocking call, which waits as ever), and what could not take mu is owed
- * to the host and settled here on the timer.  Set at the entry points
+ * and restored (a callback may run another context's calls; a blocking
+ * call made in a callback still waits for its own borrow, and what it
+ * owes, a give-back that found mu busy, is settled here too), and what
+ * could not take mu is owed to the host and settled here on the timer.  Set at the entry points
  * whose paths are not the usual call's (the timer, writes, cancels, a
  * read that is not a query's answer, give-back and free) and around each
  * host operation of the usual paths (a borrow, a give-back that is no
