@@ -15,6 +15,11 @@
  *            pgg__health_await_round)
  *   PARKED   admitted on a host whose connections are all busy: waits for
  *            one (the blocking path waits on the host's condition variable)
+ *   RELOOK   its borrow found the host's lock busy (host.c, "Owed"): looks
+ *            again on the timer, as PARKED, but counts as no waiter
+ *   SETTLE   its connect failed and the host's lock was busy: the failure's
+ *            bookkeeping (host.c, "Refused") is tried again on the timer,
+ *            its error and connection slot kept
  *   CONNECT  a new connection being made (PQconnectPoll)
  *   HOOK     the pool's on-connect SQL running on it (pgg_config_on_connect
  *            with SQL only: a callback may block, and is refused)
@@ -81,6 +86,8 @@ enum {
     ST_BACK,
     ST_ROUND,
     ST_PARKED,
+    ST_RELOOK,
+    ST_SETTLE,
     ST_CONNECT,
     ST_HOOK,
     ST_TYPES,
@@ -198,6 +205,7 @@ struct pgg_async_call {
     unsigned long round_want; /* ROUND: the health round it waits for */
     pgg_async_call *pnext; /* PIPED: the next statement in flight */
     int64_t sent;          /* PIPED: when it was queued */
+    int settle_why;        /* SETTLE: how its connect failed (pgg_borrow_fail) */
     /* The copied SQL and parameters follow. */
 };
 
@@ -321,6 +329,12 @@ struct pgg_async {
     bool kept_busy;
     pgg_async *kept_back_next;
     pgg_async_sock *free_socks;
+    /* Its host operations' tie to the host (host.h, pgg__host_loop): on
+     * its loop's thread a host's mu is only tried, and what could not take
+     * it is owed; owed_at: when its timer settles what is owed next
+     * (owed_settle; INT64_MAX: nothing owed). */
+    pgg_host_loop hl;
+    int64_t owed_at;
     /* Fired once for good: made the call's handle when it is cancelled,
      * so that the path's own cancel rules apply (call.c, pool.c). */
     pgg_cancel *fired;
@@ -329,6 +343,7 @@ struct pgg_async {
 /* ------------------------------------------------------------ context */
 
 static struct kept_entry *kept_entry_new(pgg_async *ac);
+static void loop_owe(pgg_host_loop *self);
 
 pgg_async *pgg_async_new(pgg_pool *pool, pgg_error *err)
 {
@@ -377,6 +392,8 @@ pgg_async *pgg_async_new(pgg_pool *pool, pgg_error *err)
     ac->pool = pool;
     ac->timer_at = INT64_MAX;
     ac->keep_check_at = INT64_MAX;
+    ac->hl.owe = loop_owe;
+    ac->owed_at = INT64_MAX;
     return ac;
 }
 
@@ -411,6 +428,15 @@ int pgg__async_parked(const pgg_async *ac)
 int pgg__async_kept(const pgg_async *ac)
 {
     return ac->nkept;
+}
+
+int pgg__async_relooking(const pgg_async *ac)
+{
+    int n = 0;
+
+    for (const pgg_async_call *k = ac->head; k; k = k->next)
+        n += k->state == ST_RELOOK || k->state == ST_SETTLE;
+    return n;
 }
 
 int pgg_async_sock_fd(const pgg_async_sock *s)
@@ -452,6 +478,8 @@ static void rearm(pgg_async *ac)
             at = k->wait_until;
     if (ac->kept && ac->keep_check_at < at)
         at = ac->keep_check_at;
+    if (ac->owed_at < at)
+        at = ac->owed_at;
     ac->timer_at = INT64_MAX;
     if (at < INT64_MAX)
         want_timer(ac, at);
@@ -462,6 +490,58 @@ static void wait_until(pgg_async_call *k, int64_t at)
 {
     k->wait_until = at;
     want_timer(k->ac, at);
+}
+
+/* ------------------------------------------------------ the host's lock */
+
+/*
+ * On its loop's thread the context never waits for a host's mu (host.c,
+ * "Owed"): its host operations run with pgg__host_loop set to it, saved
+ * and restored (a callback may run another context's calls; a blocking
+ * call made in a callback still waits for its own borrow, and what it
+ * owes, a give-back that found mu busy, is settled here too), and what
+ * could not take mu is owed to the host and settled here on the timer.  Set at the entry points
+ * whose paths are not the usual call's (the timer, writes, cancels, a
+ * read that is not a query's answer, give-back and free) and around each
+ * host operation of the usual paths (a borrow, a give-back that is no
+ * keep, a judgement past a success): a call served on a kept connection
+ * pays nothing for it.
+ */
+static inline pgg_host_loop *loop_enter(pgg_async *ac)
+{
+    pgg_host_loop *prev = pgg__host_loop;
+
+    pgg__host_loop = &ac->hl;
+    return prev;
+}
+
+static inline void loop_leave(pgg_host_loop *prev)
+{
+    pgg__host_loop = prev;
+}
+
+/* A host operation owed something (pgg_host_loop.owe): settled on the
+ * timer, a look from now. */
+static void loop_owe(pgg_host_loop *self)
+{
+    pgg_async *ac = (pgg_async *)((char *)self - offsetof(pgg_async, hl));
+
+    if (ac->owed_at != INT64_MAX)
+        return;
+    ac->owed_at = pgg__now_ns() + PARK_POLL_NS;
+    want_timer(ac, ac->owed_at);
+}
+
+/* Every host's owed records applied (tried, or waited for: wait, the
+ * free); looked at again a look later while any is left.  Another
+ * context's are settled too: a record is the host's, not the context's. */
+static void owed_settle(pgg_async *ac, int64_t now, bool wait)
+{
+    bool left = false;
+
+    for (int i = 0; i < ac->pool->nhosts; i++)
+        left |= !pgg__host_settle_owed(&ac->pool->hosts[i], wait);
+    ac->owed_at = left ? now + PARK_POLL_NS : INT64_MAX;
 }
 
 /* --------------------------------------------------------------- sockets */
@@ -975,7 +1055,12 @@ static bool take_spare_slow(pgg_async_call *k, pgg_host *h)
             return false;
         if (!pgg__link_too_old((*pp)->kl, k->c.now))
             break;
-        kept_give_back(ac, pp);
+        {
+            pgg_host_loop *prev = loop_enter(ac);
+
+            kept_give_back(ac, pp);
+            loop_leave(prev);
+        }
     }
     s = *pp;
     *pp = s->next;
@@ -1069,6 +1154,7 @@ static void types_failed(pgg_async_call *k);
 #endif
 static void borrow(pgg_async_call *k);
 static void park(pgg_async_call *k, int64_t now);
+static void look_again(pgg_async_call *k, int64_t now);
 static void settle(pgg_async_call *k);
 
 /* The attempt on k->h is over (its verdict in k->a): back to the path.
@@ -1096,11 +1182,14 @@ COLD void exec_judge(pgg_async_call *k, PGresult *res, ExecStatusType status,
 {
     pgg_cancel *prev = pgg__cancel_cur;
 
+    pgg_host_loop *loop = loop_enter(k->ac);
+
     pgg__cancel_cur = k->c.cancel;
     k->a.v = pgg__pool_exec_judge(k->c.pool, k->h, &k->l, k->c.intent,
                                   &k->ticket, k->role, k->c.now, res, status,
                                   end, k->a.ended, k->c.err);
     pgg__cancel_cur = prev;
+    loop_leave(loop);
 }
 
 /* Answered, then terminated: libpq read the FATAL with the answer and
@@ -1111,11 +1200,28 @@ COLD void exec_judge(pgg_async_call *k, PGresult *res, ExecStatusType status,
  * k->c.now). */
 COLD void ended_behind(pgg_async_call *k)
 {
+    pgg_host_loop *prev = loop_enter(k->ac);
+
     sock_close(k);
     pgg__host_discard(k->h, k->l);
     k->l = NULL;
     pgg__pool_session_ended(k->c.pool, k->h, k->c.now, k->a.ended);
     k->unpark = true;
+    loop_leave(prev);
+}
+
+/* k's connection, not kept, goes back (on the loop's tie: loop_enter).
+ * Out of line: the read handler's usual case keeps it, and pays nothing
+ * for the tie. */
+#if defined(__GNUC__)
+__attribute__((noinline))
+#endif
+static void give_back_ended(pgg_async_call *k)
+{
+    pgg_host_loop *prev = loop_enter(k->ac);
+
+    pgg__host_give_back(k->h, k->l, k->a.ended);
+    loop_leave(prev);
 }
 
 /* The query or prepare ended (res, its PQresultStatus, end): classify and
@@ -1148,7 +1254,7 @@ HOT void exec_end(pgg_async_call *k, PGresult *res, ExecStatusType status,
         /* The socket is forgotten before its connection can go. */
         sock_close(k);
         if (k->l) {
-            pgg__host_give_back(k->h, k->l, k->a.ended);
+            give_back_ended(k);
             k->unpark = true; /* after this call's own next step (settle) */
         }
     }
@@ -1199,12 +1305,15 @@ static int send_prepare(pgg_async_call *k, PGresult **res, pgg_attempt_end *end)
  * k borrows again within its attempt, taking the slot it gave back. */
 static void dead_before_send(pgg_async_call *k, int64_t alive_at)
 {
+    pgg_host_loop *prev = loop_enter(k->ac);
+
     sock_close(k); /* forgotten before its connection can go */
     pgg__host_discard(k->h, k->l);
     k->l = NULL;
     k->ended_behind = false;
     pgg__pool_session_ended(k->c.pool, k->h, alive_at, pgg__now_ns());
     borrow(k);
+    loop_leave(prev);
 }
 
 /* io's step wants the socket again (want): watch it, or end the attempt
@@ -1616,7 +1725,19 @@ static void pipe_answered(apipe *p, PGresult *res)
  * were never read by the server: not sent.  The others go on from the
  * timer (due now), not inside this call's step.
  */
+static void pipe_end_on(apipe *p, pgg_async_call *late);
+
+/* Its host operations as the loop's (loop_enter): a pipe ends from a
+ * call's start too (pipe_send). */
 static void pipe_end(apipe *p, pgg_async_call *late)
+{
+    pgg_host_loop *prev = loop_enter(p->ac);
+
+    pipe_end_on(p, late);
+    loop_leave(prev);
+}
+
+static void pipe_end_on(apipe *p, pgg_async_call *late)
 {
     pgg_async *ac = p->ac;
     pgg_host *h = p->h;
@@ -1803,9 +1924,11 @@ static void flush_pipes(pgg_async *ac)
     for (int i = 0; ac->pipes && i < ac->pool->nhosts; i++) {
         apipe *p = &ac->pipes[i];
         pgg_link *l = p->l;
+        pgg_host_loop *prev;
 
         if (!l || p->first)
             continue;
+        prev = loop_enter(ac);
         p->l = NULL;
         if (p->sock) {
             sock_free(ac, p->sock);
@@ -1830,6 +1953,7 @@ static void flush_pipes(pgg_async *ac)
             pgg__host_give_back(p->h, l, p->ended);
         }
         unpark(ac, p->h);
+        loop_leave(prev);
     }
 }
 
@@ -1855,9 +1979,12 @@ HOT void exec_step(pgg_async_call *k)
         !k->cm.vr.want_lsn) {
         int64_t now = pgg__now_ns();
 
+        pgg_host_loop *prev = loop_enter(k->ac);
+
         k->cm.vr.unmet_seen = true;
         sock_close(k); /* a spare's, taken with the connection */
         pgg__host_give_back(k->h, k->l, now);
+        loop_leave(prev);
         k->l = NULL;
         pgg__pool_record(k->c.pool, k->h, k->ticket, PGG_CLASS_IGNORED,
                          k->c.now, now);
@@ -1959,9 +2086,11 @@ static void no_loop_fd(pgg_async_call *k)
 {
     int e = errno;
     int64_t now = pgg__now_ns();
+    pgg_host_loop *prev = loop_enter(k->ac);
 
     sock_close(k);
     pgg__host_give_back(k->h, k->l, now);
+    loop_leave(prev);
     k->l = NULL;
     pgg__pool_record(k->c.pool, k->h, k->ticket, PGG_CLASS_IGNORED, k->c.now,
                      now);
@@ -2056,16 +2185,29 @@ static void connect_lost(pgg_async_call *k, pgg_borrow_fail why);
 
 static void connect_failed_as(pgg_async_call *k, pgg_borrow_fail why)
 {
+    int64_t now = pgg__now_ns();
+    bool fired = pgg__cancel_fired(k->c.cancel);
+    int r;
+
     connect_fd_close(k);
+    /* The host's lock busy: tried again on the next look, unless the call
+     * cannot look again (a cancel, its deadline: its slot owed then). */
+    r = pgg__host_connect_failed(k->h, k->c.err, why == PGG_BORROW_CONNECT,
+                                 k->connect_at,
+                                 !fired && now < k->attempt_deadline);
+    if (r == PGG_CONNECT_LATER) {
+        k->state = ST_SETTLE;
+        k->settle_why = why;
+        look_again(k, now);
+        return;
+    }
     /* A cancelled call waits for nothing: a cancel that finds its ask
      * refused as full (connect_ask_done) ends the call, as any cancel. */
-    if (pgg__host_connect_failed(k->h, k->c.err, why == PGG_BORROW_CONNECT,
-                                 k->connect_at) &&
-        !pgg__cancel_fired(k->c.cancel)) {
+    if (r == PGG_CONNECT_WAIT && !fired) {
         /* Full (53300) while ours work: wait for one of them, no error
          * and no record yet (pgg__host_borrow's rule). */
         pgg__error_reset(k->c.err);
-        park(k, pgg__now_ns());
+        park(k, now);
         return;
     }
     connect_lost(k, why);
@@ -2491,15 +2633,29 @@ HOT void attempt_start(pgg_async_call *k, pgg_host *h, bool hot)
         admit(k);
 }
 
-/* Admitted on k->h: a connection, a connect, or a wait for one. */
+static void borrow_on(pgg_async_call *k);
+
+/* Admitted on k->h: a connection, a connect, or a wait for one; the
+ * host's lock only tried (loop_enter). */
 static void borrow(pgg_async_call *k)
+{
+    pgg_host_loop *prev = loop_enter(k->ac);
+
+    borrow_on(k);
+    loop_leave(prev);
+}
+
+static void borrow_on(pgg_async_call *k)
 {
     pgg_pool *pool = k->c.pool;
     pgg_host *h = k->h;
     int64_t now = k->c.now;
-    bool connect;
+    bool connect, lock_busy;
 
-    if (k->state == ST_PARKED) {
+    if (k->state == ST_RELOOK) {
+        now = pgg__now_ns();
+        k->state = ST_IDLE;
+    } else if (k->state == ST_PARKED) {
         now = pgg__now_ns();
         unparked(k); /* park() again below if still busy */
         /* One this context kept meanwhile (kept_check gives them back
@@ -2520,9 +2676,17 @@ static void borrow(pgg_async_call *k)
         return;
     }
     if (pgg__host_try_borrow(h, k->c.now, now, k->attempt_deadline, &k->l,
-                             &connect, k->c.err) != PGG_OK) {
+                             &connect, &lock_busy, k->c.err) != PGG_OK) {
         int code = k->c.err->code;
 
+        if (lock_busy && now < k->attempt_deadline) {
+            /* The host's lock was busy: look again, as a parked call, but
+             * waiting for no connection (host.c, "Owed"). */
+            pgg__error_reset(k->c.err);
+            k->state = ST_RELOOK;
+            look_again(k, now);
+            return;
+        }
         if (code != PGG_ECLOSED && code != PGG_EUNAVAILABLE &&
             now < k->attempt_deadline) {
             /* Busy until one comes back: park (no error for now). */
@@ -2766,6 +2930,30 @@ static void on_ready(pgg_async_sock *s, int revents)
     settle(k);
 }
 
+/* settle and on_ready on the loop's tie (loop_enter), out of line: the
+ * read handler's usual case pays nothing for it. */
+#if defined(__GNUC__)
+__attribute__((noinline))
+#endif
+static void settle_on_loop(pgg_async_call *k)
+{
+    pgg_host_loop *prev = loop_enter(k->ac);
+
+    settle(k);
+    loop_leave(prev);
+}
+
+#if defined(__GNUC__)
+__attribute__((noinline))
+#endif
+static void ready_on_loop(pgg_async_sock *s, int revents)
+{
+    pgg_host_loop *prev = loop_enter(s->ac);
+
+    on_ready(s, revents);
+    loop_leave(prev);
+}
+
 void pgg_async_handle_read(pgg_async_sock *s)
 {
     pgg_async *ac = s->ac;
@@ -2780,10 +2968,10 @@ void pgg_async_handle_read(pgg_async_sock *s)
             finish(k);
             complete(k);
         } else {
-            settle(k);
+            settle_on_loop(k);
         }
     } else {
-        on_ready(s, POLLIN);
+        ready_on_loop(s, POLLIN);
     }
     before_wait(ac);
 }
@@ -2792,7 +2980,7 @@ void pgg_async_handle_write(pgg_async_sock *s)
 {
     pgg_async *ac = s->ac;
 
-    on_ready(s, POLLOUT);
+    ready_on_loop(s, POLLOUT);
     before_wait(ac);
 }
 
@@ -2860,12 +3048,19 @@ static void expire(pgg_async_call *k)
         pgg__call_rerouted(&k->c);
         break;
     case ST_PARKED:
+    case ST_RELOOK:
         /* A cancel: the wait for a connection ends as the blocking one
          * does (not the host's failure). */
-        unparked(k);
+        if (k->state == ST_PARKED)
+            unparked(k);
+        k->state = ST_IDLE;
         pgg__pool_take_failed(k->c.pool, k->h, k->ticket, k->c.now,
                               PGG_BORROW_EXHAUSTED, k->c.err);
         pgg__call_skipped(&k->c);
+        break;
+    case ST_SETTLE:
+        /* A cancel: its slot owed, the call ends (connect_failed_as). */
+        connect_failed_as(k, (pgg_borrow_fail)k->settle_why);
         break;
     default:
         break;
@@ -2875,9 +3070,13 @@ static void expire(pgg_async_call *k)
 void pgg_async_handle_timer(pgg_async *ac)
 {
     int64_t now = pgg__now_ns();
+    pgg_host_loop *prev = loop_enter(ac);
 
     ac->timer_at = INT64_MAX; /* it fired */
     ac->timer_now = now;
+    /* What is owed first: the calls' looks may find what it gives back. */
+    if (now >= ac->owed_at)
+        owed_settle(ac, now, false);
     /* Callbacks may start and cancel calls: look again from the head
      * after each one. */
     for (;;) {
@@ -2887,8 +3086,10 @@ void pgg_async_handle_timer(pgg_async *ac)
             k = k->next;
         if (!k)
             break;
-        if (k->state == ST_PARKED)
+        if (k->state == ST_PARKED || k->state == ST_RELOOK)
             borrow(k); /* looks again; fails past the attempt's deadline */
+        else if (k->state == ST_SETTLE)
+            connect_failed_as(k, (pgg_borrow_fail)k->settle_why);
         else if (k->state == ST_BACK)
             admit(k); /* looks again; refused past the attempt's deadline */
         else if (k->state == ST_ROUND)
@@ -2906,20 +3107,24 @@ void pgg_async_handle_timer(pgg_async *ac)
         ac->keep_check_at = now + KEEP_CHECK_NS; /* kept by this firing's calls */
     flush_spare(ac);
     rearm(ac);
+    loop_leave(prev);
 }
 
 void pgg_async_cancel(pgg_async_call *k)
 {
     pgg_async *ac;
+    pgg_host_loop *prev;
 
     if (!k)
         return;
     ac = k->ac;
+    prev = loop_enter(ac);
     k->c.cancel = ac->fired;
     if (k->state != ST_DONE)
         expire(k);
     settle(k); /* ends it: the path sees the fired handle */
     before_wait(ac);
+    loop_leave(prev);
 }
 
 /* --------------------------------------------------------------- start */
@@ -3208,15 +3413,21 @@ int pgg_async_execf(pgg_async *ac, pgg_intent intent, const pgg_call *call,
 
 void pgg_async_give_back(pgg_async *ac)
 {
+    pgg_host_loop *prev;
+
     if (!ac)
         return;
+    prev = loop_enter(ac);
     flush_spare(ac);
     kept_give_back_all(ac);
+    loop_leave(prev);
     ac->keep_check_at = INT64_MAX;
-    /* Nothing in flight: the timer goes too, so that the loop has nothing
-     * left of this context (a run until empty returns).  Else the next
-     * firing arms it again for the calls' own waits (rearm). */
-    if (!ac->head && ac->attached && ac->timer_at != INT64_MAX) {
+    /* Nothing in flight and nothing owed (owed_settle is on the timer):
+     * the timer goes too, so that the loop has nothing left of this
+     * context (a run until empty returns).  Else the next firing arms it
+     * again for the calls' own waits (rearm). */
+    if (!ac->head && ac->owed_at == INT64_MAX && ac->attached &&
+        ac->timer_at != INT64_MAX) {
         ac->timer_at = INT64_MAX;
         ac->ev.schedule_timer(ac->ev.data, -1);
     }
@@ -3224,6 +3435,8 @@ void pgg_async_give_back(pgg_async *ac)
 
 void pgg_async_free(pgg_async *ac)
 {
+    pgg_host_loop *prev;
+
     if (!ac)
         return;
     /* First out of the list of contexts that keep connections, waiting
@@ -3234,10 +3447,16 @@ void pgg_async_free(pgg_async *ac)
      * is left gone at the end (kept_entry_free). */
     (void)kept_unregister(ac);
     ac->accepting = false;
+    prev = loop_enter(ac);
     while (ac->head)
         pgg_async_cancel(ac->head);
     flush_spare(ac);
     kept_give_back_all(ac);
+    loop_leave(prev);
+    /* What its loop owes, settled now (the one wait on a host's lock a
+     * loop makes, at its context's end): no give-back is left behind. */
+    if (ac->owed_at != INT64_MAX)
+        owed_settle(ac, pgg__now_ns(), true);
     if (ac->attached) {
         ac->ev.schedule_timer(ac->ev.data, -1);
         if (ac->ev.cleanup)

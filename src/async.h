@@ -21,5 +21,8 @@ pthread_mutex_t *pgg__async_kept_mutex(void);
 /* Entries in that list (those of contexts freed while the lock was busy,
  * not yet freed, included). */
 int pgg__async_kept_listed(void);
+/* Calls of ac that found a host's lock busy and look again (ST_RELOOK:
+ * a borrow; ST_SETTLE: a failed connect's bookkeeping; host.c, "Owed"). */
+int pgg__async_relooking(const pgg_async *ac);
 
 #endif

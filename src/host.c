@@ -58,6 +58,14 @@ int pgg__host_init(pgg_host *h, int index, const char *name,
     atomic_init(&h->ended_seen, false);
     atomic_init(&h->silent_since_ns, 0);
     atomic_init(&h->handed, NULL);
+    atomic_init(&h->asked, NULL);
+    atomic_init(&h->closed, false);
+    atomic_init(&h->owed_links, NULL);
+    atomic_init(&h->owed_slots, 0);
+    atomic_init(&h->owed_connects, 0);
+    atomic_init(&h->owed_failed, 0);
+    atomic_init(&h->owed_spares, 0);
+    atomic_init(&h->owed, false);
     return PGG_OK;
 }
 
@@ -121,6 +129,10 @@ void pgg__host_destroy(pgg_host *h)
         close_list_now(atomic_exchange(&h->park[i].link, NULL));
     close_list_now(h->idle);
     h->idle = NULL;
+    /* Given back by a loop that could not take mu, never settled: every
+     * context settles what it owes before it is freed, so only a pool
+     * freed under a live context's feet leaves any. */
+    close_list_now(atomic_exchange(&h->owed_links, NULL));
     /* Asked after the health thread stopped: never made. */
     for (pgg_asked *a = pgg__host_take_asked(h), *next; a; a = next) {
         next = a->next;
@@ -372,6 +384,109 @@ static int connect_new(pgg_host *h, int64_t deadline_ns, pgg_link **out,
 }
 
 static void release_slot(pgg_host *h, pgg_link *keep);
+
+/* --------------------------------------------------------------- owed */
+
+/*
+ * Owed.  An event loop's thread never waits for mu: the other threads
+ * that take it (the health thread, blocking callers, other loops) hold it
+ * briefly, but one preempted inside it (2 shared vCPUs, busy servers)
+ * made the loop sleep a scheduler slice, as the closer's lock did in round
+ * 13 (3.9-5.7 ms).  On a loop's thread (pgg__host_loop set by async.c
+ * around its host operations) mu is tried LOOP_TRIES times, and when it
+ * stays busy:
+ *   - a borrow (pgg__host_try_borrow) takes nothing and says so
+ *     (*lock_busy): the call looks again on its timer, as a parked call
+ *     does, without counting as a waiter (nothing is short but the lock);
+ *   - a slot's release (a give-back that could not park, a discard, a
+ *     dead idle or parked connection met by the loop's borrow), a connect
+ *     made (the call is lent its link at once: n_busy counted now, with
+ *     an atomic add, so busy + connecting over-counts it until settled,
+ *     never under-counts), a spare ended, or a failed connect whose call
+ *     cannot look again (a cancel, a free) are owed: pushed onto the
+ *     host's owed records without mu (a compare-and-swap push, atomic
+ *     counts), `owed` set, and the context told (pgg_host_loop.owe), which
+ *     settles every host's records on its timer (pgg__host_settle_owed,
+ *     tried too) until none is left, and with a wait when it is freed;
+ *   - a failed connect whose call can look again is retried by the call
+ *     on its timer (pgg__host_connect_failed: PGG_CONNECT_LATER), its
+ *     error and its connection slot kept by the call: the refusal rules
+ *     ("Refused") need mu, and say whether the call waits;
+ *   - an idle connection's look after a session ended (drop_dead) or
+ *     the breaker's trim of an opened host is left to the health thread's
+ *     sweep (ended_seen), which looks at every idle session: those born
+ *     before the ended one are not closed without a look then, and an
+ *     opened host keeps its live ones;
+ *   - an ask of a handed spare is refused (the connect is dropped, not
+ *     handed on), and the last error's text for stats is not noted.
+ * Whoever takes mu to wait or to look (a blocking borrower before and
+ * after each wait, the health thread's trim and sweep, close) applies the
+ * records too, so a blocking borrower on the loop's own thread, which no
+ * loop turn serves while it waits, does not wait for what its loop owes.
+ * A record only ever frees or gives back: pool_max holds throughout (what
+ * is owed is still counted busy, connecting or on its way), and no link
+ * is lent while it is owed.
+ */
+#define LOOP_TRIES 3
+
+PGG_TLS pgg_host_loop *pgg__host_loop;
+
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+/* mu tried LOOP_TRIES times (false: busy, not taken). */
+static bool host_trylock(pgg_host *h)
+{
+    for (int i = 0; i < LOOP_TRIES; i++) {
+        if (i)
+            cpu_relax();
+        if (pthread_mutex_trylock(&h->mu) == 0)
+            return true;
+    }
+    return false;
+}
+
+/* mu taken: waited for, except on an event loop's thread, where it is
+ * only tried (false: busy, not taken). */
+static bool host_lock(pgg_host *h)
+{
+    if (!pgg__host_loop) {
+        pthread_mutex_lock(&h->mu);
+        return true;
+    }
+    return host_trylock(h);
+}
+
+/* A record was pushed: whoever applies them next finds it, and the loop
+ * that owes it settles it (its timer) if nobody did. */
+static void owe(pgg_host *h)
+{
+    atomic_store_explicit(&h->owed, true, memory_order_seq_cst);
+    if (pgg__host_loop)
+        pgg__host_loop->owe(pgg__host_loop);
+}
+
+static void owe_link(pgg_host *h, pgg_link *l)
+{
+    pgg_link *head = atomic_load_explicit(&h->owed_links, memory_order_relaxed);
+
+    do
+        l->next = head;
+    while (!atomic_compare_exchange_weak_explicit(&h->owed_links, &head, l,
+                                                  memory_order_release,
+                                                  memory_order_relaxed));
+    owe(h);
+}
+
+static void owe_count(pgg_host *h, _Atomic int *count)
+{
+    atomic_fetch_add_explicit(count, 1, memory_order_relaxed);
+    owe(h);
+}
 
 /* ------------------------------------------------------------ parking */
 
@@ -759,16 +874,77 @@ static bool refusal_locked(pgg_host *h, const pgg_error *cerr, int64_t asked_ns)
     return false;
 }
 
-/* Under mu: a connect of ours succeeded; the server is not refusing. */
-static void connected_locked(pgg_host *h)
+/* Under mu: a connect of ours succeeded, its link counted busy already;
+ * the server is not refusing. */
+static void connect_counted_locked(pgg_host *h)
 {
-    h->n_busy++;
     h->full_until_ns = 0;
     if (h->refused) {
         h->refused = false;
         /* Waiters for an ask connect for themselves now. */
         wake_all(h);
     }
+}
+
+/* Under mu: a connect of ours succeeded; the server is not refusing. */
+static void connected_locked(pgg_host *h)
+{
+    h->n_busy++;
+    connect_counted_locked(h);
+}
+
+/* Under mu: what event loops owe ("Owed") applied; the links given back
+ * to a closed host go to *doomed, for the caller to close once mu is
+ * released. */
+static void owed_apply_locked(pgg_host *h, pgg_link **doomed)
+{
+    pgg_link *l;
+    int n;
+
+    if (!atomic_load_explicit(&h->owed, memory_order_relaxed) ||
+        !atomic_exchange_explicit(&h->owed, false, memory_order_seq_cst))
+        return;
+    l = atomic_exchange_explicit(&h->owed_links, NULL, memory_order_acquire);
+    while (l) {
+        pgg_link *next = l->next;
+
+        h->n_busy--;
+        if (h->closed) {
+            l->next = *doomed;
+            *doomed = l;
+        } else {
+            l->next = h->idle;
+            h->idle = l;
+            h->n_idle++;
+        }
+        l = next;
+    }
+    h->n_busy -= atomic_exchange_explicit(&h->owed_slots, 0, memory_order_relaxed);
+    h->n_connecting -= atomic_exchange_explicit(&h->owed_failed, 0,
+                                                memory_order_relaxed);
+    n = atomic_exchange_explicit(&h->owed_connects, 0, memory_order_relaxed);
+    h->n_connecting -= n;
+    if (n > 0)
+        connect_counted_locked(h);
+    h->n_spares -= atomic_exchange_explicit(&h->owed_spares, 0, memory_order_relaxed);
+    /* What is free again goes to the waiters it entitles. */
+    wake_entitled(h);
+}
+
+bool pgg__host_settle_owed(pgg_host *h, bool wait)
+{
+    pgg_link *doomed = NULL;
+
+    if (!atomic_load_explicit(&h->owed, memory_order_relaxed))
+        return true;
+    if (wait)
+        pthread_mutex_lock(&h->mu);
+    else if (!host_trylock(h))
+        return false;
+    owed_apply_locked(h, &doomed);
+    pthread_mutex_unlock(&h->mu);
+    close_list(h, doomed);
+    return !atomic_load_explicit(&h->owed, memory_order_relaxed);
 }
 
 /* The refusal told to a call that did not ask itself ("Refused"). */
@@ -1001,6 +1177,9 @@ static int borrow_locked(pgg_host *h, int64_t deadline_ns, int64_t now,
 
     pthread_mutex_lock(&h->mu);
     for (;;) {
+        /* What loops owe first: a borrower on a loop's own thread waits
+         * for nothing its loop owes, and none waits for a loop's timer. */
+        owed_apply_locked(h, &doomed);
         if (h->closed) {
             *why = PGG_BORROW_CLOSED;
             return borrow_end(h, &w, doomed,
@@ -1126,20 +1305,37 @@ static int borrow_locked(pgg_host *h, int64_t deadline_ns, int64_t now,
     }
 }
 
+/* A connection the loop took (counted busy) was closed instead of lent:
+ * its slot given back under mu, or owed when mu is busy ("Owed"). */
+static void taken_closed(pgg_host *h)
+{
+    if (!host_lock(h)) {
+        owe_count(h, &h->owed_slots);
+        return;
+    }
+    taken_closed_locked(h);
+    pthread_mutex_unlock(&h->mu);
+}
+
 int pgg__host_try_borrow(pgg_host *h, int64_t since, int64_t now,
                          int64_t deadline_ns, pgg_link **out, bool *connect,
-                         pgg_error *err)
+                         bool *lock_busy, pgg_error *err)
 {
     pgg_link *doomed = NULL, *l;
     connect_verdict verdict;
 
     *out = NULL;
     *connect = false;
+    *lock_busy = false;
     if (now >= deadline_ns) {
         /* Nothing is lent past the deadline (as pgg__host_borrow). */
         int rc;
 
-        pthread_mutex_lock(&h->mu);
+        if (!host_lock(h))
+            return pgg__error_set(err, PGG_ETIMEDOUT, NULL, h->name,
+                                  "no connection to %s free by the "
+                                  "deadline",
+                                  h->name);
         rc = busy_error_locked(h, now, err);
         pthread_mutex_unlock(&h->mu);
         return rc;
@@ -1154,11 +1350,11 @@ int pgg__host_try_borrow(pgg_host *h, int64_t since, int64_t now,
             return PGG_OK;
         }
         link_close(h, l);
-        pthread_mutex_lock(&h->mu);
-        taken_closed_locked(h);
-        pthread_mutex_unlock(&h->mu);
+        taken_closed(h);
     }
-    pthread_mutex_lock(&h->mu);
+    if (!host_lock(h))
+        goto busy;
+    owed_apply_locked(h, &doomed);
     while (!h->closed && (l = take_idle_locked(h, now, &doomed)) != NULL) {
         pthread_mutex_unlock(&h->mu);
         close_list(h, doomed);
@@ -1171,7 +1367,10 @@ int pgg__host_try_borrow(pgg_host *h, int64_t since, int64_t now,
             return PGG_OK;
         }
         link_close(h, l);
-        pthread_mutex_lock(&h->mu);
+        if (!host_lock(h)) {
+            owe_count(h, &h->owed_slots);
+            goto busy;
+        }
         taken_closed_locked(h);
     }
     if (h->closed) {
@@ -1203,6 +1402,11 @@ int pgg__host_try_borrow(pgg_host *h, int64_t since, int64_t now,
         close_list(h, doomed);
         return rc;
     }
+busy:
+    /* mu busy ("Owed"): nothing taken; the call looks again. */
+    *lock_busy = true;
+    return pgg__error_set(err, PGG_ETIMEDOUT, NULL, h->name,
+                          "the lock of %s was busy", h->name);
 }
 
 int pgg__host_connected(pgg_host *h, PGconn *conn, int64_t born_ns,
@@ -1220,13 +1424,20 @@ int pgg__host_connected(pgg_host *h, PGconn *conn, int64_t born_ns,
         l->born_ns = born_ns;
         l->fresh = true;
     }
-    pthread_mutex_lock(&h->mu);
-    h->n_connecting--;
-    if (l)
-        connected_locked(h);
-    else
-        wake_entitled(h);
-    pthread_mutex_unlock(&h->mu);
+    if (!host_lock(h)) {
+        /* Owed: counted busy now (over-counted with its connect until
+         * settled), lent at once. */
+        if (l)
+            atomic_fetch_add(&h->n_busy, 1);
+        owe_count(h, l ? &h->owed_connects : &h->owed_failed);
+    } else {
+        h->n_connecting--;
+        if (l)
+            connected_locked(h);
+        else
+            wake_entitled(h);
+        pthread_mutex_unlock(&h->mu);
+    }
     if (!l) {
         PQfinish(conn);
         return pgg__error_set(err, PGG_ENOMEM, NULL, h->name, "out of memory");
@@ -1235,26 +1446,42 @@ int pgg__host_connected(pgg_host *h, PGconn *conn, int64_t born_ns,
     return PGG_OK;
 }
 
-bool pgg__host_connect_failed(pgg_host *h, const pgg_error *err,
-                              bool host_fault, int64_t asked_ns)
+int pgg__host_connect_failed(pgg_host *h, const pgg_error *err,
+                             bool host_fault, int64_t asked_ns, bool later)
 {
     bool wait;
 
+    if (!host_lock(h)) {
+        if (later)
+            return PGG_CONNECT_LATER;
+        /* Owed: its slot only; what the failure says of the server
+         * ("Refused") is not learnt from it. */
+        if (host_fault)
+            atomic_fetch_add(&h->connect_failures, 1);
+        owe_count(h, &h->owed_failed);
+        return PGG_CONNECT_LOST;
+    }
     if (host_fault)
         atomic_fetch_add(&h->connect_failures, 1);
-    pthread_mutex_lock(&h->mu);
     h->n_connecting--;
     wait = refusal_locked(h, err, asked_ns);
     wake_entitled(h); /* the slot is free again */
     pthread_mutex_unlock(&h->mu);
-    return wait;
+    return wait ? PGG_CONNECT_WAIT : PGG_CONNECT_LOST;
 }
 
 static void release_slot(pgg_host *h, pgg_link *keep)
 {
     if (keep)
         keep->fresh = false;
-    pthread_mutex_lock(&h->mu);
+    if (!host_lock(h)) {
+        /* Owed: still counted busy, lent to nobody until settled. */
+        if (keep)
+            owe_link(h, keep);
+        else
+            owe_count(h, &h->owed_slots);
+        return;
+    }
     h->n_busy--;
     if (keep && !h->closed) {
         keep->next = h->idle;
@@ -1373,7 +1600,11 @@ bool pgg__host_hand_connect(pgg_host *h, PGconn *conn, int events,
     c->conn = conn;
     c->events = events;
     c->started = started_ns;
-    pthread_mutex_lock(&h->mu);
+    /* On a loop's thread with mu busy: not handed ("Owed"). */
+    if (!host_lock(h)) {
+        free(c);
+        return false;
+    }
     if (h->closed) {
         pthread_mutex_unlock(&h->mu);
         free(c);
@@ -1415,30 +1646,34 @@ pgg_handed *pgg__host_take_handed(pgg_host *h)
  * thread only runs libpq (health.c, asked_*) and tells the loop through
  * the ask's eventfd.
  */
+/*
+ * The queue takes no lock (an event loop pushes): a compare-and-swap push
+ * onto a list the health thread takes whole, as the closer's (link.c).
+ * An ask pushed as the host closes is not lost: the health thread takes
+ * and ends it while it runs (its connect fails or is closed with the
+ * pool), and pgg__host_destroy, after it stopped, ends what is left
+ * (PGG_ECLOSED); the loop's call hears either as any ask's end.
+ */
 bool pgg__host_ask_connect(pgg_host *h, pgg_asked *a)
 {
-    pthread_mutex_lock(&h->mu);
-    if (h->closed) {
-        pthread_mutex_unlock(&h->mu);
+    pgg_asked *head;
+
+    if (atomic_load(&h->closed))
         return false;
-    }
-    a->next = atomic_load_explicit(&h->asked, memory_order_relaxed);
-    atomic_store_explicit(&h->asked, a, memory_order_relaxed);
-    pthread_mutex_unlock(&h->mu);
+    head = atomic_load_explicit(&h->asked, memory_order_relaxed);
+    do
+        a->next = head;
+    while (!atomic_compare_exchange_weak_explicit(&h->asked, &head, a,
+                                                  memory_order_release,
+                                                  memory_order_relaxed));
     return true;
 }
 
 pgg_asked *pgg__host_take_asked(pgg_host *h)
 {
-    pgg_asked *a;
-
     if (!atomic_load_explicit(&h->asked, memory_order_relaxed))
         return NULL;
-    pthread_mutex_lock(&h->mu);
-    a = atomic_load_explicit(&h->asked, memory_order_relaxed);
-    atomic_store_explicit(&h->asked, NULL, memory_order_relaxed);
-    pthread_mutex_unlock(&h->mu);
-    return a;
+    return atomic_exchange_explicit(&h->asked, NULL, memory_order_acquire);
 }
 
 void pgg__asked_unref(pgg_asked *a)
@@ -1472,7 +1707,9 @@ bool pgg__host_ask_handed(pgg_host *h)
 
     if (h->on_connect && (h->on_connect->sql || h->on_connect->fn))
         return false;
-    pthread_mutex_lock(&h->mu);
+    /* On a loop's thread with mu busy: dropped, not handed ("Owed"). */
+    if (!host_lock(h))
+        return false;
     ok = !h->closed;
     if (ok)
         h->n_spares++;
@@ -1486,7 +1723,13 @@ int pgg__host_trim(pgg_host *h, int64_t now_ns, bool all)
     pgg_link *doomed = NULL, **pp;
     int n = 0;
 
-    pthread_mutex_lock(&h->mu);
+    if (!host_lock(h)) {
+        /* A loop's breaker opened the host, mu busy ("Owed"): the health
+         * thread's sweep looks at every idle session instead. */
+        atomic_store(&h->ended_seen, true);
+        return 0;
+    }
+    owed_apply_locked(h, &doomed);
     unpark_all_locked(h);
     pp = &h->idle;
     while (*pp) {
@@ -1514,9 +1757,17 @@ int pgg__host_drop_dead(pgg_host *h, int64_t now_ns, int64_t used_within_ns,
     pgg_link *look, *keep = NULL, **tail = &keep, *dead = NULL;
     int n, kept = 0, recent = 0;
 
-    pthread_mutex_lock(&h->mu);
+    if (!host_lock(h)) {
+        /* On a loop's thread, mu busy ("Owed"): the health thread's sweep
+         * looks at every idle session (a look, not a close, for those
+         * born before born_before) and counts those it closes. */
+        atomic_store(&h->ended_seen, true);
+        return 0;
+    }
+    owed_apply_locked(h, &dead);
     if (h->closed) {
         pthread_mutex_unlock(&h->mu);
+        close_list(h, dead);
         return 0;
     }
     unpark_all_locked(h);
@@ -1542,7 +1793,19 @@ int pgg__host_drop_dead(pgg_host *h, int64_t now_ns, int64_t used_within_ns,
             recent += now_ns - l->last_used_ns < used_within_ns;
         }
     }
-    pthread_mutex_lock(&h->mu);
+    if (!host_lock(h)) {
+        /* Owed: the live ones given back, the slots of the dead. */
+        while (keep) {
+            pgg_link *l = keep;
+
+            keep = l->next;
+            owe_link(h, l);
+        }
+        for (pgg_link *l = dead; l; l = l->next)
+            owe_count(h, &h->owed_slots);
+        close_list(h, dead);
+        return recent;
+    }
     h->n_busy -= n;
     if (h->closed) {
         *tail = dead;
@@ -1628,24 +1891,21 @@ int pgg__host_warm_wanted(pgg_host *h)
     return want > 0 ? want : 0;
 }
 
-/* Under mu: a call its breaker refused may still wait for the host (the
- * one rule of pgg__host_await_back and pgg__host_coming_back). */
+/* Under mu for a waiter (or not: pgg__host_coming_back): a call its
+ * breaker refused may still wait for the host (the one rule of
+ * pgg__host_await_back and pgg__host_coming_back). */
 static bool coming_back_locked(pgg_host *h)
 {
     return atomic_load(&h->starting) && !h->closed &&
            pgg__breaker_state(&h->breaker) == PGG_BREAKER_OPEN;
 }
 
+/* The same rule without mu: its three words are atomics, and the loop's
+ * call looks again every PARK_POLL_NS (async.c), where a blocking waiter
+ * needs mu for its condition variable. */
 bool pgg__host_coming_back(pgg_host *h)
 {
-    bool r;
-
-    if (!atomic_load_explicit(&h->starting, memory_order_relaxed))
-        return false;
-    pthread_mutex_lock(&h->mu);
-    r = coming_back_locked(h);
-    pthread_mutex_unlock(&h->mu);
-    return r;
+    return coming_back_locked(h);
 }
 
 bool pgg__host_await_back(pgg_host *h, int64_t deadline_ns, bool write,
@@ -1713,7 +1973,14 @@ void pgg__host_set_starting(pgg_host *h, bool on)
 
 void pgg__host_spares(pgg_host *h, int delta)
 {
-    pthread_mutex_lock(&h->mu);
+    if (delta > 0)
+        pthread_mutex_lock(&h->mu);
+    else if (!host_lock(h)) {
+        /* A loop's, mu busy ("Owed"): one fewer to wait for, later. */
+        for (; delta < 0; delta++)
+            owe_count(h, &h->owed_spares);
+        return;
+    }
     h->n_spares += delta;
     /* One fewer to wait for: a waiter may connect itself now (an adopted
      * one has signalled already). */
@@ -1724,13 +1991,17 @@ void pgg__host_spares(pgg_host *h, int delta)
 
 void pgg__host_close(pgg_host *h)
 {
+    pgg_link *doomed = NULL;
+
     pthread_mutex_lock(&h->mu);
-    h->closed = true;
+    owed_apply_locked(h, &doomed);
+    atomic_store(&h->closed, true);
     /* Before trim empties the slots: nothing parks for good after. */
     atomic_fetch_add_explicit(&h->park_block, PARK_CLOSED, memory_order_seq_cst);
     wake_all(h);
     pthread_cond_broadcast(&h->back_cv);
     pthread_mutex_unlock(&h->mu);
+    close_list(h, doomed);
     pgg__host_trim(h, 0, true);
 }
 
@@ -1738,7 +2009,10 @@ void pgg__host_note_error(pgg_host *h, const pgg_error *err)
 {
     if (!err)
         return;
-    pthread_mutex_lock(&h->mu);
+    /* On a loop's thread with mu busy: not noted (stats text only; the
+     * failure is counted, and the next one is noted). */
+    if (!host_lock(h))
+        return;
     h->last_error_code = err->code;
     pgg__strlcpy(h->last_error, err->message, sizeof h->last_error);
     pthread_mutex_unlock(&h->mu);

@@ -203,7 +203,19 @@ typedef struct pgg_host {
     /* Lent out (calls and leases running on it).  Written under mu; read
      * without it by the router, which wants the least busy host. */
     _Atomic int n_busy;
-    bool closed;
+    /* Written under mu; read without it where a hint will do (an event
+     * loop's pgg__host_coming_back, pgg__host_ask_connect). */
+    atomic_bool closed;
+    /* What event loops could not settle under mu without waiting for it
+     * (host.c, "Owed"): links given back (to the idle list, n_busy--, a
+     * compare-and-swap push by next), the slots of links closed (n_busy--),
+     * connects made (n_connecting-- then n_busy++), connects failed
+     * (n_connecting--), and spares ended (n_spares--).  `owed` says some
+     * may be there: set after each push, taken by whoever applies them
+     * (owed_apply_locked, under mu). */
+    _Atomic(pgg_link *) owed_links;
+    _Atomic int owed_slots, owed_connects, owed_failed, owed_spares;
+    atomic_bool owed;
     /* The server refused a session as full (53300) while ours were busy:
      * no new connect before this, wait for ours instead (under mu). */
     int64_t full_until_ns;
@@ -395,6 +407,29 @@ static inline void pgg__host_want(pgg_host *h, int delta)
  * not wait for what that loop keeps. */
 extern PGG_TLS void (*pgg__host_loop_give_back)(void);
 
+/*
+ * An event loop's context, making host operations on its loop's thread
+ * (host.c, "Owed"): there mu is only tried, a few times, never waited
+ * for, and what cannot take it is owed to the host and settled later.
+ * async.c sets pgg__host_loop around each such operation (never on the
+ * path of a call served on a kept connection, which takes no lock) and
+ * restores it after; NULL (any other thread, a blocking call on the
+ * loop's thread): mu is waited for as ever.  owe(self) is called when
+ * something was owed: the context settles every host's owed records on
+ * its timer (pgg__host_settle_owed) until none is left, so nothing owed
+ * waits for whoever takes mu next.
+ */
+typedef struct pgg_host_loop {
+    void (*owe)(struct pgg_host_loop *self);
+} pgg_host_loop;
+
+extern PGG_TLS pgg_host_loop *pgg__host_loop;
+
+/* Apply what event loops owe to h (host.c, "Owed"), under mu: waited
+ * for when wait, else only tried.  True when nothing is left owed (as
+ * far as this call saw). */
+bool pgg__host_settle_owed(pgg_host *h, bool wait);
+
 /* An event loop keeps one more (+1) or one fewer (-1) connection of h
  * idle (n_kept). */
 static inline void pgg__host_kept(pgg_host *h, int delta)
@@ -470,24 +505,32 @@ static inline int pgg__host_borrow(pgg_host *h, int64_t deadline_ns,
  * ask of a refusing server on its way that started after since, when the
  * call came), or deadline_ns has passed: nothing is lent then;
  * PGG_ECLOSED; PGG_EUNAVAILABLE: the server refused a session it was asked
- * for after since (host.c, "Refused").
+ * for after since (host.c, "Refused").  On a loop's thread (pgg__host_loop)
+ * mu is only tried: PGG_ETIMEDOUT with *lock_busy when it stayed busy
+ * (host.c, "Owed"): nothing taken, look again.
  */
 int pgg__host_try_borrow(pgg_host *h, int64_t since, int64_t now,
                          int64_t deadline_ns, pgg_link **out, bool *connect,
-                         pgg_error *err);
+                         bool *lock_busy, pgg_error *err);
 /* The reserved connect, started at born_ns, succeeded: conn becomes a
- * lent link (NULL and PGG_ENOMEM: closed). */
+ * lent link (NULL and PGG_ENOMEM: closed).  On a loop's thread with mu
+ * busy, its bookkeeping is owed (host.c, "Owed") and the link lent all
+ * the same. */
 int pgg__host_connected(pgg_host *h, PGconn *conn, int64_t born_ns,
                         pgg_link **out, pgg_error *err);
 /* The reserved connect failed (err: why; host_fault: counted as a
  * failed connect, not when its on-connect hook refused a healthy
- * session; asked_ns: the now it was reserved with).  True:
- * the server is full
- * (53300) while sessions of ours are out: the caller waits for one of them
- * to come back (pgg__host_try_borrow again), as pgg__host_borrow does,
- * instead of failing the attempt. */
-bool pgg__host_connect_failed(pgg_host *h, const pgg_error *err,
-                              bool host_fault, int64_t asked_ns);
+ * session; asked_ns: the now it was reserved with).  PGG_CONNECT_WAIT:
+ * the server is full (53300) while sessions of ours are out: the caller
+ * waits for one of them to come back (pgg__host_try_borrow again), as
+ * pgg__host_borrow does, instead of failing the attempt.
+ * PGG_CONNECT_LATER (only with later, on a loop's thread, host.c "Owed"):
+ * mu was busy and nothing was done: the caller keeps its error and calls
+ * again on its next look.  Without later, the slot is owed then and the
+ * refusal not learnt from (PGG_CONNECT_LOST). */
+enum { PGG_CONNECT_LOST, PGG_CONNECT_WAIT, PGG_CONNECT_LATER };
+int pgg__host_connect_failed(pgg_host *h, const pgg_error *err,
+                             bool host_fault, int64_t asked_ns, bool later);
 
 /* Back to the pool if reusable (idle, healthy, young enough), else closed. */
 void pgg__host_give_back(pgg_host *h, pgg_link *l, int64_t now_ns);

@@ -4533,3 +4533,282 @@ Test(async, typed_calls_on_the_loop_never_wait_for_the_registrations_lock)
     end_test(p, c);
 }
 #endif
+
+/* ------------------------------------------ a host's lock held elsewhere */
+
+/* Another thread (a health thread, a blocking caller, another loop)
+ * preempted inside host i's mu (lock_hold): held until the test lets it go
+ * (or the hold's own bound, which a loop that waited for it makes the test
+ * see). */
+static void hold_host_mu(pgg_pool *p, int i, held_lock *hm)
+{
+    *hm = (held_lock){.mu = &p->hosts[i].mu, .h = HOLD_INIT};
+    lock_hold(hm);
+}
+
+/* Ticks of a 1 ms loop timer: the loop turning (counted, not timed). */
+static void on_count(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    ++*(int *)arg;
+}
+
+/*
+ * Another thread holds the host's lock (host.c, "Owed") while the loop
+ * gives back what it keeps (one parks, the other's release needs the
+ * lock), runs a call whose session its server ends (a discard, the look at
+ * its idle siblings, the error noted) and a call that needs a connection
+ * none is free for (its borrow needs the lock).  The loop must go on: the
+ * first call completes, a loop timer keeps ticking, with what could not
+ * take the lock owed; once the lock is let go, the loop's own timer
+ * settles what was owed, the waiting call is served, and every count is
+ * back (none busy, every open one idle).  Before, the loop stopped in
+ * pthread_mutex_lock at the first give-back until the holder let go (here
+ * its 30 s bound).
+ */
+Test(async, the_loop_goes_on_while_another_thread_holds_the_hosts_lock)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, "pool_max=3 pool_min_idle=0 breaker.mode=disabled");
+    struct event_base *base = event_base_new();
+    pgg_async *ac = async_for(p, base);
+    pgg_host *h = &p->hosts[0];
+    struct timeval tv = {0, 1000};
+    int ticks = 0;
+    struct event *tick = event_new(base, -1, EV_PERSIST, on_count, &ticks);
+    outcome two[2], ended, waiting;
+    held_lock hm;
+    pgg_host_stats s;
+    int timed_out, kept;
+    double end;
+
+    cr_assert_not_null(tick);
+    start_call(ac, PGG_WRITE, "SELECT pg_sleep(0.05)", 5000, 0, &two[0]);
+    start_call(ac, PGG_WRITE, "SELECT pg_sleep(0.05)", 5000, 0, &two[1]);
+    run_until(base, two, 2, 10000);
+    cr_assert_eq(two[0].code, PGG_OK, "%s", two[0].message);
+    cr_assert_eq(two[1].code, PGG_OK, "%s", two[1].message);
+    cr_assert_eq(pgg__async_kept(ac), 2, "the loop keeps %d connections", pgg__async_kept(ac));
+
+    hold_host_mu(p, 0, &hm);
+    /* Both go back: one parks in this thread's slot, the other's release
+     * needs the lock. */
+    loop_guard_on();
+    pgg_async_give_back(ac);
+    loop_guard_off();
+    kept = pgg__async_kept(ac);
+    /* The parked one, whose server ends it under the call (a discard). */
+    start_call(ac, PGG_WRITE, "SELECT pg_terminate_backend(pg_backend_pid())", 5000, 0,
+               &ended);
+    /* None free: its borrow needs the lock. */
+    start_call(ac, PGG_WRITE, "SELECT 7", 20000, 0, &waiting);
+    event_add(tick, &tv);
+    while ((!ended.done || ticks < 20) && !hm.h.timed_out)
+        loop_once(base, EVLOOP_ONCE);
+    cr_expect(atomic_load(&h->owed), "nothing was owed while the lock was held");
+    cr_expect_eq(waiting.done, 0, "a call was served while the lock was held: %s %s",
+                 pgg_err_name(waiting.code), waiting.message);
+    cr_expect_eq(pgg__async_relooking(ac), 1, "the waiting call does not look again");
+    timed_out = hold_release(&hm.h);
+    pthread_join(hm.th, NULL);
+    cr_assert_not(timed_out, "the loop waited for the host's lock (until its holder's bound)");
+    cr_expect_eq(kept, 0, "the loop still keeps %d", kept);
+    cr_expect_eq(ended.done, 1);
+    cr_expect_neq(ended.code, PGG_OK, "the ended session's call succeeded");
+
+    run_until(base, &waiting, 1, 20000);
+    cr_expect_eq(waiting.code, PGG_OK, "the waiting call: %s %s", pgg_err_name(waiting.code),
+                 waiting.message);
+    cr_expect_str_eq(waiting.value, "7");
+    /* The loop's timer settles what was owed (no other thread borrows). */
+    end = pgh_now_ms() + 10000;
+    while (atomic_load(&h->owed) && pgh_now_ms() < end)
+        loop_once(base, EVLOOP_ONCE);
+    cr_expect_not(atomic_load(&h->owed), "the loop never settled what it owed");
+    event_free(tick);
+    loop_guard_on();
+    pgg_async_give_back(ac);
+    loop_guard_off();
+    s = host_stats(p, 0);
+    cr_expect_eq(s.conns_busy, 0, "%d still busy", s.conns_busy);
+    cr_expect_eq(s.conns_idle, s.conns_open, "idle %d, open %d", s.conns_idle, s.conns_open);
+    cr_expect_leq(s.conns_open, 3, "%d open (pool_max 3)", s.conns_open);
+    loop_guard_check("a host's lock held by another thread");
+    pgg_async_free(ac);
+    event_base_free(base);
+    end_test(p, c);
+}
+
+/* Run the loop until nothing is owed to host i (the loop's own timer
+ * settles it), within 10 s. */
+static void settle_owed(struct event_base *base, pgg_pool *p, int i)
+{
+    double end = pgh_now_ms() + 10000;
+
+    while (atomic_load(&p->hosts[i].owed) && pgh_now_ms() < end)
+        loop_once(base, EVLOOP_ONCE);
+    cr_expect_not(atomic_load(&p->hosts[i].owed), "the loop never settled what it owed");
+}
+
+/*
+ * A loop's new connections end while another thread holds the host's
+ * lock (host.c, "Owed"), their connects slow (a proxy holding each chunk
+ * 200 ms) and on their way when it is taken.  One is made: its call is
+ * lent it and served at once, the connect's bookkeeping owed and settled
+ * by the loop's timer once the lock is free.  One fails (the proxy resets
+ * it): its bookkeeping (the refusal rules) needs the lock, so the call
+ * looks again on its timer, the loop turning meanwhile, and ends with the
+ * failure once the lock is let go.  Every count is back after.  Before,
+ * the loop stopped in pthread_mutex_lock at each connect's end until the
+ * holder let go (here its 30 s bound).
+ */
+Test(async, a_loops_connects_end_while_another_thread_holds_the_hosts_lock)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgh_require_local(c, "a proxy between pgguard and a local server");
+    pgh_node *prim = pgh_cluster_primary(c);
+    char err[256];
+    pgh_proxy *px = pgh_proxy_start(pgh_node_host(prim), pgh_node_port(prim), err, sizeof err);
+    cr_assert_not_null(px, "%s", err);
+    /* The one host, through the proxy. */
+    char *ci = pgh_conninfo_at(pgh_node_conninfo(prim), "127.0.0.1", pgh_proxy_port(px));
+    cr_assert_not_null(ci);
+    pgg_pool *p = pool_for_conninfo(ci, "pool_max=2 pool_min_idle=0 breaker.mode=disabled "
+                                        "health_interval_ms=600000 connect_timeout_ms=15000");
+    free(ci);
+    struct event_base *base = event_base_new();
+    pgg_async *ac = async_for(p, base);
+    pgg_host *h = &p->hosts[0];
+    outcome made, failed;
+    held_lock hm;
+    pgg_host_stats s;
+    int timed_out, relooked;
+    bool owed;
+
+    cr_assert(wait_role(p, 0, PGG_ROLE_PRIMARY, 10000));
+    pgh_proxy_set_mode(px, PGH_PROXY_DELAY, 200);
+
+    /* Made while the lock is held. */
+    start_call(ac, PGG_WRITE, "SELECT 1", 20000, 0, &made);
+    hold_host_mu(p, 0, &hm);
+    while (!made.done && !hm.h.timed_out)
+        loop_once(base, EVLOOP_ONCE);
+    owed = atomic_load(&h->owed);
+    timed_out = hold_release(&hm.h);
+    pthread_join(hm.th, NULL);
+    cr_assert_not(timed_out, "the loop waited for the host's lock as its connect was made");
+    cr_expect_eq(made.code, PGG_OK, "the call whose connect was made: %s %s",
+                 pgg_err_name(made.code), made.message);
+    cr_expect(owed, "the connect's bookkeeping was not owed");
+    settle_owed(base, p, 0);
+
+    /* Failed while the lock is held: a new connect again. */
+    loop_guard_on();
+    pgg_async_give_back(ac);
+    loop_guard_off();
+    pgg__host_trim(h, 0, true);
+    start_call(ac, PGG_WRITE, "SELECT 2", 20000, 0, &failed);
+    hold_host_mu(p, 0, &hm);
+    pgh_proxy_set_mode(px, PGH_PROXY_RESET, 0);
+    while (!pgg__async_relooking(ac) && !failed.done && !hm.h.timed_out)
+        loop_once(base, EVLOOP_ONCE);
+    relooked = pgg__async_relooking(ac);
+    /* It looks again on its timer while the lock is held. */
+    for (int i = 0; i < 5 && !hm.h.timed_out; i++)
+        loop_once(base, EVLOOP_ONCE);
+    cr_expect_eq(failed.done, 0, "the failed connect's call ended while the lock was held");
+    timed_out = hold_release(&hm.h);
+    pthread_join(hm.th, NULL);
+    cr_assert_not(timed_out, "the loop waited for the host's lock as its connect failed");
+    cr_expect_eq(relooked, 1, "the failed connect's call did not look again (done %d: %s %s)",
+                 failed.done, pgg_err_name(failed.code), failed.message);
+    run_until(base, &failed, 1, 30000);
+    cr_expect_neq(failed.code, PGG_OK, "the call served through a reset proxy (%.0f ms; made %.0f ms)", failed.ms, made.ms);
+    pgh_proxy_set_mode(px, PGH_PROXY_PASS, 0);
+    settle_owed(base, p, 0);
+    loop_guard_on();
+    pgg_async_give_back(ac);
+    loop_guard_off();
+    s = host_stats(p, 0);
+    cr_expect_eq(s.conns_busy, 0, "%d still busy", s.conns_busy);
+    cr_expect_eq(s.conns_idle, s.conns_open, "idle %d, open %d", s.conns_idle, s.conns_open);
+    pthread_mutex_lock(&h->mu);
+    cr_expect_eq(h->n_connecting, 0, "%d still connecting", h->n_connecting);
+    pthread_mutex_unlock(&h->mu);
+    loop_guard_check("a host's lock held as connects end");
+    pgg_async_free(ac);
+    event_base_free(base);
+    end_test(p, c);
+    pgh_proxy_free(px);
+}
+
+/* Blocking borrowers of host i asleep in their wait (under its mu, off
+ * the loop). */
+static int host_sleepers(pgg_pool *p, int i)
+{
+    int n;
+
+    pthread_mutex_lock(&p->hosts[i].mu);
+    n = p->hosts[i].n_waiting;
+    pthread_mutex_unlock(&p->hosts[i].mu);
+    return n;
+}
+
+/*
+ * pool_max=1, the loop keeps the connection, and a blocking caller on
+ * another thread waits for it (asleep on its condition variable, no
+ * cancel handle: nothing wakes it but a give-back or its deadline).  The
+ * loop's look at what it keeps gives the connection back while another
+ * thread holds the host's lock: the release is owed (host.c, "Owed").
+ * Once the lock is let go, the loop itself settles it (its timer) and
+ * wakes the caller, which is served: a give-back left for "whoever takes
+ * the lock next" would leave it asleep until its deadline.
+ */
+Test(async, a_blocking_caller_gets_what_the_loop_gave_back_while_the_lock_was_held)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, "pool_max=1 pool_min_idle=0 breaker.mode=disabled "
+                              "health_interval_ms=600000");
+    struct event_base *base = event_base_new();
+    pgg_async *ac = async_for(p, base);
+    pgg_host *h = &p->hosts[0];
+    blocking_call b = {.p = p, .sql = "SELECT 3", .timeout_ms = 15000};
+    pthread_t bt;
+    held_lock hm;
+    outcome o;
+    int timed_out;
+    double end;
+
+    start_call(ac, PGG_WRITE, "SELECT 1", 5000, 0, &o);
+    run_until(base, &o, 1, 10000);
+    cr_assert_eq(o.code, PGG_OK, "%s", o.message);
+    cr_assert_eq(pgg__async_kept(ac), 1, "the loop does not keep its connection");
+    cr_assert_eq(pthread_create(&bt, NULL, blocking_main, &b), 0);
+    end = pgh_now_ms() + 10000;
+    while (host_sleepers(p, 0) < 1 && pgh_now_ms() < end)
+        sleep_ms(1);
+    cr_assert_eq(host_sleepers(p, 0), 1, "the blocking caller does not wait");
+
+    hold_host_mu(p, 0, &hm);
+    /* The loop's look at what it keeps (every 2 ms) gives it back. */
+    while (pgg__async_kept(ac) > 0 && !hm.h.timed_out)
+        loop_once(base, EVLOOP_ONCE);
+    cr_expect(atomic_load(&h->owed), "the give-back was not owed");
+    timed_out = hold_release(&hm.h);
+    pthread_join(hm.th, NULL);
+    cr_assert_not(timed_out, "the loop waited for the host's lock as it gave back");
+    /* Only the loop can settle it: the caller sleeps, nobody else borrows. */
+    end = pgh_now_ms() + 20000;
+    while (!__atomic_load_n(&b.done, __ATOMIC_SEQ_CST) && pgh_now_ms() < end) {
+        loop_once(base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
+        sleep_ms(1);
+    }
+    pthread_join(bt, NULL);
+    cr_expect_eq(b.code, PGG_OK, "the blocking caller: %s %s", pgg_err_name(b.code), b.message);
+    cr_expect_not(atomic_load(&h->owed), "still owed");
+    loop_guard_check("a give-back owed while the lock was held");
+    pgg_async_free(ac);
+    event_base_free(base);
+    end_test(p, c);
+}
