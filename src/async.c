@@ -8,7 +8,9 @@
  *   IDLE     between attempts: the path picks the next host (call.c)
  *   BACK     refused by the breaker of a host whose server is starting:
  *            waits for it within the attempt's deadline (the blocking
- *            path waits in pgg__host_await_back)
+ *            path waits in pgg__host_await_back); or its breaker's answer
+ *            needed the lock another thread held: asks again shortly
+ *            (the blocking path waits for the lock)
  *   ROUND    a write refused as read-only (25006) with no primary known
  *            now: waits for the health round the refusal asked for, within
  *            the deadline, then routes again (the blocking path waits in
@@ -2330,11 +2332,16 @@ static void unparked(pgg_async_call *k)
  * refuses waits while the host's server is starting (the rule of
  * pgg__host_await_back, pgg__host_coming_back here), looking again every
  * PARK_POLL_NS within the attempt's deadline, then asks the breaker once
- * more, as pgg__pool_take does after the wait. */
+ * more, as pgg__pool_take does after the wait.  The loop never waits for
+ * the breaker's lock (pgg__breaker_try_allow): when its answer needs the
+ * lock and another thread holds it (half-open's permits, the end of the
+ * open time), the call looks again the same way (ST_BACK) rather than be
+ * refused by a lock race; one still busy at its attempt's deadline is
+ * refused then, as a breaker that never answered yes. */
 HOT void admit_step(pgg_async_call *k, bool hot)
 {
     pgg_host *h = k->h;
-    bool allowed;
+    int allowed;
 
     if (k->state == ST_BACK) {
         int64_t now = pgg__now_ns();
@@ -2345,17 +2352,22 @@ HOT void admit_step(pgg_async_call *k, bool hot)
         }
         k->state = ST_IDLE;
         k->c.now = now;
-        allowed = pgg__breaker_allow(&h->breaker, now, &k->ticket);
+        allowed = pgg__breaker_try_allow(&h->breaker, now, &k->ticket);
+        if (allowed == PGG_BREAKER_BUSY && now < k->attempt_deadline) {
+            k->state = ST_BACK;
+            look_again(k, now);
+            return;
+        }
     } else {
-        allowed = pgg__breaker_allow(&h->breaker, k->c.now, &k->ticket);
-        if (!allowed && k->c.now < k->attempt_deadline &&
-            pgg__host_coming_back(h)) {
+        allowed = pgg__breaker_try_allow(&h->breaker, k->c.now, &k->ticket);
+        if (allowed != PGG_BREAKER_ADMITTED && k->c.now < k->attempt_deadline &&
+            (allowed == PGG_BREAKER_BUSY || pgg__host_coming_back(h))) {
             k->state = ST_BACK;
             look_again(k, k->c.now);
             return;
         }
     }
-    if (!allowed) {
+    if (allowed != PGG_BREAKER_ADMITTED) {
         atomic_fetch_add(&h->rejections, 1);
         k->cm.rejected = true;
         pgg__call_skipped(&k->c);
