@@ -709,6 +709,9 @@ static void record_half_open(pgg_breaker *b, uint32_t flags,
 #define FAST_OK PGG_BREAKER_FAST_OK
 #define FAST_P_MAX PGG_BREAKER_FAST_P_MAX
 
+/* A note is waiting: the word may not be reopened (close_fast). */
+#define FAST_POISON (UINT64_C(1) << 63)
+
 static uint64_t fast_word(uint64_t generation, bool ok)
 {
     return (generation << 32) | (ok ? FAST_OK : 0);
@@ -735,11 +738,12 @@ static bool fast_safe(const pgg_breaker *b)
 /* Under the lock: apply what calls did without it, and close that path. */
 static void fold(pgg_breaker *b, int64_t now)
 {
-    uint64_t w = atomic_exchange_explicit(&b->fast, fast_word(b->generation, false),
-                                          memory_order_acq_rel);
+    uint64_t closed = fast_word(b->generation, false) & ~FAST_POISON;
+    uint64_t w = atomic_exchange_explicit(&b->fast, closed, memory_order_acq_rel);
     uint32_t admits = (uint32_t)((w & FAST_A_MASK) >> 16);
     uint32_t done = (uint32_t)(w & FAST_P_MASK);
 
+    b->fast_closed = closed;
     if (admits == 0 && done == 0)
         return;
     /* The word carried the OK bit only in this generation: whatever it
@@ -764,14 +768,28 @@ static void lock_and_fold(pgg_breaker *b, int64_t now)
 
 /* Under the lock, last: open the fast path again if it is safe.  Only
  * after a fold() in the same section: the word is open meanwhile, and
- * storing it again would drop what calls added to it. */
+ * storing it again would drop what calls added to it.  It reopens only the
+ * word its fold closed: a note pushed since then marked the word
+ * (push_note), and is applied first. */
 static void fast_publish(pgg_breaker *b)
 {
-    /* Release: a reader of the new generation (try_allow's noted
-     * admission) then reads the state published with it, or a later one. */
-    atomic_store_explicit(&b->pub_generation, b->generation, memory_order_release);
-    atomic_store_explicit(&b->fast, fast_word(b->generation, fast_safe(b)),
-                          memory_order_release);
+    uint64_t expect;
+
+    for (;;) {
+        /* Release: a reader of the new generation (try_allow's noted
+         * admission) then reads the state published with it, or a later
+         * one. */
+        atomic_store_explicit(&b->pub_generation, b->generation,
+                              memory_order_release);
+        expect = b->fast_closed;
+        if (atomic_compare_exchange_strong_explicit(
+                &b->fast, &expect, fast_word(b->generation, fast_safe(b)),
+                memory_order_release, memory_order_relaxed))
+            return;
+        /* A count window's successes take no time: any instant will do. */
+        fold(b, b->since);
+        drain_notes(b);
+    }
 }
 
 /* ------------------------------------------------------------------ notes */
@@ -810,6 +828,29 @@ _Static_assert(PGG_BREAKER_NOTES == 64, "notes_free has one bit per note");
 static void record_locked(pgg_breaker *b, pgg_ticket ticket,
                           pgg_outcome outcome, bool slow, int64_t now);
 
+/*
+ * After a push: close the fast path until the note is applied.  A result
+ * this thread records next on it would be counted at the next fold, before
+ * the note (fold() comes first in a section), and order matters (a
+ * success ends a run of failures).  The mark (FAST_POISON, never in a
+ * folded word) also fails the holder's fast_publish(), which then applies
+ * the note before it reopens the path: a holder that folded before the
+ * mark drains it (release here, acquire in fold: the push is seen).
+ */
+static void close_fast(pgg_breaker *b)
+{
+    uint64_t w = atomic_load_explicit(&b->fast, memory_order_relaxed);
+    uint64_t nw;
+
+    do {
+        nw = (w & ~FAST_OK) | FAST_POISON;
+        if (nw == w)
+            return;
+    } while (!atomic_compare_exchange_weak_explicit(&b->fast, &w, nw,
+                                                    memory_order_seq_cst,
+                                                    memory_order_relaxed));
+}
+
 /* Claim a free note and push it; false when none is free. */
 static bool push_note(pgg_breaker *b, uint8_t kind, const pgg_ticket *ticket,
                       pgg_outcome outcome, bool slow, int64_t now)
@@ -837,6 +878,7 @@ static bool push_note(pgg_breaker *b, uint8_t kind, const pgg_ticket *ticket,
     while (!atomic_compare_exchange_weak_explicit(&b->notes_head, &head, i + 1,
                                                   memory_order_seq_cst,
                                                   memory_order_relaxed));
+    close_fast(b);
     return true;
 }
 

@@ -396,6 +396,8 @@ typedef struct pgg_breaker {
     _Atomic uint32_t notes_head;
     _Atomic bool orphaned;
     pgg_breaker_note notes[PGG_BREAKER_NOTES];
+    /* Under the lock: the closed word the last fold() left in `fast`. */
+    uint64_t fast_closed;
 
     pthread_mutex_t mu;
     pgg_breaker_config cfg;
