@@ -1017,12 +1017,19 @@ static void deliver(pgg_breaker *b)
     }
 }
 
+_Atomic(pgg__breaker_hook) pgg__breaker_unlock_hook;
+
 /* End a section begun with lock_and_fold: the notes pushed meanwhile, the
  * fast path reopened, unlock, then deliver whatever it queued. */
 static void unlock_and_dispatch(pgg_breaker *b)
 {
+    pgg__breaker_hook hook;
+
     drain_notes(b);
     fast_publish(b);
+    hook = atomic_load_explicit(&pgg__breaker_unlock_hook, memory_order_relaxed);
+    if (hook)
+        hook(b);
     if (claim_delivery(b))
         deliver(b);
     else

@@ -592,6 +592,12 @@ static inline void pgg__breaker_record(pgg_breaker *b, pgg_ticket ticket,
     pgg__breaker_record_held(b, &ticket, outcome, duration_ns, now);
 }
 
+/* For tests: when set, a section ending in unlock_and_dispatch runs it
+ * under the lock, after applying the notes and just before it unlocks (the
+ * moment a note pushed now is the unlocker's recheck's to apply). */
+typedef void (*pgg__breaker_hook)(pgg_breaker *b);
+extern _Atomic(pgg__breaker_hook) pgg__breaker_unlock_hook;
+
 /*
  * Apply the time-driven transitions due at now (open -> half-open,
  * half-open timeout, interval roll-over) without any call, and return the

@@ -352,6 +352,60 @@ Test(breaker_notes, a_noted_admissions_success_follows_its_admission, .timeout =
     pgg__breaker_destroy(&HB);
 }
 
+/*
+ * The other half of the handshake: a note pushed after the holder's last
+ * drain, just before it unlocks (the unlock hook parks it there), is not
+ * left behind: the holder's recheck after unlocking applies it, with
+ * nothing else taking the lock.
+ */
+static pthread_t hook_thread;
+static _Thread_local bool parks_at_unlock;
+
+static void parking_unlock_hook(pgg_breaker *b)
+{
+    (void)b;
+    if (!parks_at_unlock)
+        return;
+    atomic_store(&pgg__breaker_unlock_hook, NULL);
+    pthread_mutex_lock(&gate.mu);
+    gate.inside = true;
+    pthread_cond_broadcast(&gate.cv);
+    while (!gate.go)
+        pthread_cond_wait(&gate.cv, &gate.mu);
+    pthread_mutex_unlock(&gate.mu);
+}
+
+static void *holder_ticks(void *arg)
+{
+    (void)arg;
+    parks_at_unlock = true;
+    pgg__breaker_tick(&HB, T0);
+    return NULL;
+}
+
+Test(breaker_notes, a_note_pushed_as_the_holder_unlocks_is_applied_by_its_recheck,
+     .timeout = 30)
+{
+    pgg_breaker_config c = cfg_notes();
+    pgg_ticket t;
+    pgg_breaker_stats s;
+
+    init(&HB, &c, &HLOG);
+    cr_assert(pgg__breaker_allow(&HB, T0, &t));
+    atomic_store(&pgg__breaker_unlock_hook, parking_unlock_hook);
+    cr_assert_eq(pthread_create(&hook_thread, NULL, holder_ticks, NULL), 0);
+    gate_wait_inside();
+    pgg__breaker_record(&HB, t, F, 0, T0 + MS(1));
+    cr_assert(pending(&HB), "recorded in place while another thread held the lock");
+    gate_open();
+    cr_assert_eq(pthread_join(hook_thread, NULL), 0);
+    cr_assert(!pending(&HB), "the note was left behind after the holder unlocked");
+    pgg__breaker_stats(&HB, T0 + MS(1), &s);
+    cr_assert_eq(s.failures, 1);
+    cr_assert_eq(s.noted, 1);
+    pgg__breaker_destroy(&HB);
+}
+
 /* ------------------------------------------------------------ try_allow */
 
 UTest(breaker_notes, try_allow_says_busy_where_the_answer_needs_the_lock)
