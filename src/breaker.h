@@ -46,7 +46,9 @@
  * Listeners hear every transition with from, to and the reason.  They run
  * with no lock held, one at a time and in transition order, on the thread
  * that made the transition (or on a thread already delivering events, which
- * delivers the newcomers before returning).  A listener may call any
+ * delivers the newcomers before returning, or on the thread that held the
+ * lock when the deliverer could not take it back: delivery never waits for
+ * the lock).  A listener may call any
  * function of this breaker, including ones that cause transitions: those are
  * queued and delivered after it returns.  The trip predicate, by contrast,
  * runs under the breaker's lock and must not call into the breaker.
