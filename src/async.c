@@ -2328,6 +2328,29 @@ static void unparked(pgg_async_call *k)
     k->state = ST_IDLE;
 }
 
+/* The rest of admission, out of line: the breaker's half that is not its
+ * closed fast path, and what a refusal or a busy lock does.  True:
+ * admitted.  back: a refused call may wait for the host's server to start
+ * (not when it has just looked). */
+COLD bool admit_slow(pgg_async_call *k, int64_t now, bool back)
+{
+    pgg_host *h = k->h;
+    int allowed = pgg__breaker_try_allow_slow(&h->breaker, now, &k->ticket);
+
+    if (allowed == PGG_BREAKER_ADMITTED)
+        return true;
+    if (now < k->attempt_deadline &&
+        (allowed == PGG_BREAKER_BUSY || (back && pgg__host_coming_back(h)))) {
+        k->state = ST_BACK;
+        look_again(k, now);
+        return false;
+    }
+    atomic_fetch_add(&h->rejections, 1);
+    k->cm.rejected = true;
+    pgg__call_skipped(&k->c);
+    return false;
+}
+
 /* Admission on k->h, then a connection or a connect.  A call the breaker
  * refuses waits while the host's server is starting (the rule of
  * pgg__host_await_back, pgg__host_coming_back here), looking again every
@@ -2341,7 +2364,6 @@ static void unparked(pgg_async_call *k)
 HOT void admit_step(pgg_async_call *k, bool hot)
 {
     pgg_host *h = k->h;
-    int allowed;
 
     if (k->state == ST_BACK) {
         int64_t now = pgg__now_ns();
@@ -2352,25 +2374,11 @@ HOT void admit_step(pgg_async_call *k, bool hot)
         }
         k->state = ST_IDLE;
         k->c.now = now;
-        allowed = pgg__breaker_try_allow(&h->breaker, now, &k->ticket);
-        if (allowed == PGG_BREAKER_BUSY && now < k->attempt_deadline) {
-            k->state = ST_BACK;
-            look_again(k, now);
+        if (!pgg__breaker_allow_fast(&h->breaker, &k->ticket) &&
+            !admit_slow(k, now, false))
             return;
-        }
-    } else {
-        allowed = pgg__breaker_try_allow(&h->breaker, k->c.now, &k->ticket);
-        if (allowed != PGG_BREAKER_ADMITTED && k->c.now < k->attempt_deadline &&
-            (allowed == PGG_BREAKER_BUSY || pgg__host_coming_back(h))) {
-            k->state = ST_BACK;
-            look_again(k, k->c.now);
-            return;
-        }
-    }
-    if (allowed != PGG_BREAKER_ADMITTED) {
-        atomic_fetch_add(&h->rejections, 1);
-        k->cm.rejected = true;
-        pgg__call_skipped(&k->c);
+    } else if (!pgg__breaker_allow_fast(&h->breaker, &k->ticket) &&
+               !admit_slow(k, k->c.now, true)) {
         return;
     }
     if (pipe_join(k))
