@@ -833,9 +833,11 @@ static void record_locked(pgg_breaker *b, pgg_ticket ticket,
  * this thread records next on it would be counted at the next fold, before
  * the note (fold() comes first in a section), and order matters (a
  * success ends a run of failures).  The mark (FAST_POISON, never in a
- * folded word) also fails the holder's fast_publish(), which then applies
- * the note before it reopens the path: a holder that folded before the
- * mark drains it (release here, acquire in fold: the push is seen).
+ * folded word) also fails the fast_publish() of a holder that folded
+ * before it, which then folds again and applies the note before it
+ * reopens the path; a fold after the mark sees the push (release here,
+ * acquire in fold), so its section's drain applies the note; a publish
+ * before the mark is closed by it, and the note is the recheck's.
  */
 static void close_fast(pgg_breaker *b)
 {
