@@ -8,7 +8,9 @@
  *   IDLE     between attempts: the path picks the next host (call.c)
  *   BACK     refused by the breaker of a host whose server is starting:
  *            waits for it within the attempt's deadline (the blocking
- *            path waits in pgg__host_await_back)
+ *            path waits in pgg__host_await_back); or its breaker's answer
+ *            needed the lock another thread held: asks again shortly
+ *            (the blocking path waits for the lock)
  *   ROUND    a write refused as read-only (25006) with no primary known
  *            now: waits for the health round the refusal asked for, within
  *            the deadline, then routes again (the blocking path waits in
@@ -2567,15 +2569,42 @@ static void unparked(pgg_async_call *k)
     k->state = ST_IDLE;
 }
 
+/* The rest of admission, out of line: the breaker's half that is not its
+ * closed fast path, and what a refusal or a busy lock does.  True:
+ * admitted.  back: a refused call may wait for the host's server to start
+ * (not when it has just looked). */
+COLD bool admit_slow(pgg_async_call *k, int64_t now, bool back)
+{
+    pgg_host *h = k->h;
+    int allowed = pgg__breaker_try_allow_slow(&h->breaker, now, &k->ticket);
+
+    if (allowed == PGG_BREAKER_ADMITTED)
+        return true;
+    if (now < k->attempt_deadline &&
+        (allowed == PGG_BREAKER_BUSY || (back && pgg__host_coming_back(h)))) {
+        k->state = ST_BACK;
+        look_again(k, now);
+        return false;
+    }
+    atomic_fetch_add(&h->rejections, 1);
+    k->cm.rejected = true;
+    pgg__call_skipped(&k->c);
+    return false;
+}
+
 /* Admission on k->h, then a connection or a connect.  A call the breaker
  * refuses waits while the host's server is starting (the rule of
  * pgg__host_await_back, pgg__host_coming_back here), looking again every
  * PARK_POLL_NS within the attempt's deadline, then asks the breaker once
- * more, as pgg__pool_take does after the wait. */
+ * more, as pgg__pool_take does after the wait.  The loop never waits for
+ * the breaker's lock (pgg__breaker_try_allow): when its answer needs the
+ * lock and another thread holds it (half-open's permits, the end of the
+ * open time), the call looks again the same way (ST_BACK) rather than be
+ * refused by a lock race; one still busy at its attempt's deadline is
+ * refused then, as a breaker that never answered yes. */
 HOT void admit_step(pgg_async_call *k, bool hot)
 {
     pgg_host *h = k->h;
-    bool allowed;
 
     if (k->state == ST_BACK) {
         int64_t now = pgg__now_ns();
@@ -2586,20 +2615,11 @@ HOT void admit_step(pgg_async_call *k, bool hot)
         }
         k->state = ST_IDLE;
         k->c.now = now;
-        allowed = pgg__breaker_allow(&h->breaker, now, &k->ticket);
-    } else {
-        allowed = pgg__breaker_allow(&h->breaker, k->c.now, &k->ticket);
-        if (!allowed && k->c.now < k->attempt_deadline &&
-            pgg__host_coming_back(h)) {
-            k->state = ST_BACK;
-            look_again(k, k->c.now);
+        if (!pgg__breaker_allow_fast(&h->breaker, &k->ticket) &&
+            !admit_slow(k, now, false))
             return;
-        }
-    }
-    if (!allowed) {
-        atomic_fetch_add(&h->rejections, 1);
-        k->cm.rejected = true;
-        pgg__call_skipped(&k->c);
+    } else if (!pgg__breaker_allow_fast(&h->breaker, &k->ticket) &&
+               !admit_slow(k, k->c.now, true)) {
         return;
     }
     if (pipe_join(k))

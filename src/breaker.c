@@ -709,6 +709,9 @@ static void record_half_open(pgg_breaker *b, uint32_t flags,
 #define FAST_OK PGG_BREAKER_FAST_OK
 #define FAST_P_MAX PGG_BREAKER_FAST_P_MAX
 
+/* A note is waiting: the word may not be reopened (close_fast). */
+#define FAST_POISON (UINT64_C(1) << 63)
+
 static uint64_t fast_word(uint64_t generation, bool ok)
 {
     return (generation << 32) | (ok ? FAST_OK : 0);
@@ -735,11 +738,12 @@ static bool fast_safe(const pgg_breaker *b)
 /* Under the lock: apply what calls did without it, and close that path. */
 static void fold(pgg_breaker *b, int64_t now)
 {
-    uint64_t w = atomic_exchange_explicit(&b->fast, fast_word(b->generation, false),
-                                          memory_order_acq_rel);
+    uint64_t closed = fast_word(b->generation, false) & ~FAST_POISON;
+    uint64_t w = atomic_exchange_explicit(&b->fast, closed, memory_order_acq_rel);
     uint32_t admits = (uint32_t)((w & FAST_A_MASK) >> 16);
     uint32_t done = (uint32_t)(w & FAST_P_MASK);
 
+    b->fast_closed = closed;
     if (admits == 0 && done == 0)
         return;
     /* The word carried the OK bit only in this generation: whatever it
@@ -751,29 +755,235 @@ static void fold(pgg_breaker *b, int64_t now)
     pgg__window_record_successes(&b->window, b->window.serial, done, now);
 }
 
+static bool drain_notes(pgg_breaker *b);
+
+/* Take the lock (waiting) and start a section: the fast path's counts and
+ * then the queued notes, in that order, before the caller's own work. */
 static void lock_and_fold(pgg_breaker *b, int64_t now)
 {
     pthread_mutex_lock(&b->mu);
     fold(b, now);
+    drain_notes(b);
 }
 
-/* Under the lock, last: open the fast path again if it is safe. */
+/* Under the lock, last: open the fast path again if it is safe.  Only
+ * after a fold() in the same section: the word is open meanwhile, and
+ * storing it again would drop what calls added to it.  It reopens only the
+ * word its fold closed: a note pushed since then marked the word
+ * (push_note), and is applied first. */
 static void fast_publish(pgg_breaker *b)
 {
-    atomic_store_explicit(&b->pub_generation, b->generation, memory_order_relaxed);
-    atomic_store_explicit(&b->fast, fast_word(b->generation, fast_safe(b)),
-                          memory_order_release);
+    uint64_t expect;
+
+    for (;;) {
+        /* Release: a reader of the new generation (try_allow's noted
+         * admission) then reads the state published with it, or a later
+         * one. */
+        atomic_store_explicit(&b->pub_generation, b->generation,
+                              memory_order_release);
+        expect = b->fast_closed;
+        if (atomic_compare_exchange_strong_explicit(
+                &b->fast, &expect, fast_word(b->generation, fast_safe(b)),
+                memory_order_release, memory_order_relaxed))
+            return;
+        /* A count window's successes take no time: any instant will do. */
+        fold(b, b->since);
+        drain_notes(b);
+    }
+}
+
+/* ------------------------------------------------------------------ notes */
+
+/*
+ * An event loop's thread must never wait for another thread (issue 13),
+ * and the lock's holder may be preempted inside it (the health thread, a
+ * blocking caller, another loop).  So a result (and, in the closed state,
+ * an admission: see pgg__breaker_try_allow_slow) that finds the lock busy
+ * is not waited for: it is written into a free note and pushed on a
+ * lock-free stack, and whoever holds the lock applies it before its own
+ * work (lock_and_fold) and again just before it unlocks
+ * (unlock_and_dispatch), exactly as the locked path would have at the
+ * caller's time: the same generation check (stale or late), the same
+ * half-open permit given back, the same trip rules.  The notes pushed by
+ * one thread are applied in its order (the stack is taken whole and
+ * reversed), and before anything that thread does under the lock later
+ * (every section drains first).
+ *
+ * Nothing is stranded: a pusher pushes and then tries the lock once more;
+ * an unlocker unlocks and then, after a full fence, looks at the stack
+ * (recheck).  Of the two orders one always sees the other: either the
+ * pusher gets the lock (and applies it itself), or the unlocker sees the
+ * note (and takes the lock to apply it, if it can; if it cannot, the new
+ * holder does the same when it unlocks).  A listener's deliverer hands
+ * delivery over the same way (orphaned).
+ *
+ * Notes are a fixed array: no allocation after init.  When all are taken
+ * (PGG_BREAKER_NOTES results pushed behind one holder), a result waits
+ * for the lock as before (notes_full counts it) and an admission says
+ * BUSY.
+ */
+enum { NOTE_RECORD = 1, NOTE_ADMIT = 2 };
+_Static_assert(PGG_BREAKER_NOTES == 64, "notes_free has one bit per note");
+
+static void record_locked(pgg_breaker *b, pgg_ticket ticket,
+                          pgg_outcome outcome, bool slow, int64_t now);
+
+/*
+ * After a push: close the fast path until the note is applied.  A result
+ * this thread records next on it would be counted at the next fold, before
+ * the note (fold() comes first in a section), and order matters (a
+ * success ends a run of failures).  The mark (FAST_POISON, never in a
+ * folded word) also fails the fast_publish() of a holder that folded
+ * before it, which then folds again and applies the note before it
+ * reopens the path; a fold after the mark sees the push (release here,
+ * acquire in fold), so its section's drain applies the note; a publish
+ * before the mark is closed by it, and the note is the recheck's.
+ */
+static void close_fast(pgg_breaker *b)
+{
+    uint64_t w = atomic_load_explicit(&b->fast, memory_order_relaxed);
+    uint64_t nw;
+
+    do {
+        nw = (w & ~FAST_OK) | FAST_POISON;
+        if (nw == w)
+            return;
+    } while (!atomic_compare_exchange_weak_explicit(&b->fast, &w, nw,
+                                                    memory_order_seq_cst,
+                                                    memory_order_relaxed));
+}
+
+/* Claim a free note and push it; false when none is free. */
+static bool push_note(pgg_breaker *b, uint8_t kind, const pgg_ticket *ticket,
+                      pgg_outcome outcome, bool slow, int64_t now)
+{
+    uint64_t f = atomic_load_explicit(&b->notes_free, memory_order_relaxed);
+    uint32_t i, head;
+    pgg_breaker_note *n;
+
+    do {
+        if (f == 0)
+            return false;
+        i = (uint32_t)__builtin_ctzll(f);
+    } while (!atomic_compare_exchange_weak_explicit(
+        &b->notes_free, &f, f & ~(UINT64_C(1) << i), memory_order_acquire,
+        memory_order_relaxed));
+    n = &b->notes[i];
+    n->ticket = *ticket;
+    n->now = now;
+    n->kind = kind;
+    n->outcome = (uint8_t)outcome;
+    n->slow = slow;
+    head = atomic_load_explicit(&b->notes_head, memory_order_relaxed);
+    do
+        n->next = head;
+    while (!atomic_compare_exchange_weak_explicit(&b->notes_head, &head, i + 1,
+                                                  memory_order_seq_cst,
+                                                  memory_order_relaxed));
+    close_fast(b);
+    return true;
+}
+
+/* A queued admission, counted as allow_locked would have counted it in its
+ * generation (as the fast path's are: no mark, the window's serial).  One
+ * whose generation ended before it was applied counts in the totals only:
+ * it was admitted before that transition, which reset the window. */
+static void apply_admission(pgg_breaker *b, const pgg_ticket *t)
+{
+    b->admitted++;
+    if (t->generation == b->generation &&
+        (b->state == PGG_BREAKER_CLOSED || b->state == PGG_BREAKER_METRICS_ONLY)) {
+        pgg__window_admit_n(&b->window, 1);
+        b->requests++;
+    }
+}
+
+/* Under the lock: apply every pushed note, oldest first.  True when it
+ * applied any (it folded the fast path's word first: the caller must
+ * fast_publish() before unlocking). */
+static bool drain_notes(pgg_breaker *b)
+{
+    uint32_t top, prev = 0, next, i;
+    pgg_breaker_note n;
+
+    if (atomic_load_explicit(&b->notes_head, memory_order_relaxed) == 0)
+        return false;
+    top = atomic_exchange_explicit(&b->notes_head, 0, memory_order_acquire);
+    if (top == 0)
+        return false;
+    /* Reverse the stack: notes are applied in the order pushed. */
+    while (top != 0) {
+        next = b->notes[top - 1].next;
+        b->notes[top - 1].next = prev;
+        prev = top;
+        top = next;
+    }
+    fold(b, b->notes[prev - 1].now);
+    while (prev != 0) {
+        i = prev - 1;
+        n = b->notes[i];
+        prev = n.next;
+        atomic_fetch_or_explicit(&b->notes_free, UINT64_C(1) << i,
+                                 memory_order_release);
+        b->noted++;
+        if (n.kind == NOTE_ADMIT)
+            apply_admission(b, &n.ticket);
+        else
+            record_locked(b, n.ticket, (pgg_outcome)n.outcome, n.slow, n.now);
+    }
+    return true;
 }
 
 /* --------------------------------------------------------------- events */
 
 /*
- * Deliver queued events with the lock released.  One thread delivers at a
- * time, so listeners never run concurrently and see events in order; events
- * queued meanwhile (by other threads, or by a listener calling back in) are
- * delivered by that same thread before it stops.
+ * Listener events are delivered with the lock released, by one thread at a
+ * time (`dispatching`, under the lock), so listeners never run
+ * concurrently and see events in order; events queued meanwhile (by other
+ * threads, or by a listener calling back in) are delivered by that same
+ * thread before it stops.  The deliverer takes the lock back after each
+ * event only by trying: when another thread holds it, delivery is handed
+ * to that holder (`orphaned`, the notes' protocol), so an event loop that
+ * delivers never waits either.  Listeners then run on the holder's thread.
  */
-static void dispatch(pgg_breaker *b)
+
+static void recheck(pgg_breaker *b);
+
+/* Under the lock: may this thread deliver now?  Takes over an orphaned
+ * delivery (dispatching stays set: it is ours), or starts one. */
+static bool claim_delivery(pgg_breaker *b)
+{
+    if (atomic_load_explicit(&b->orphaned, memory_order_relaxed) &&
+        atomic_exchange(&b->orphaned, false))
+        return true;
+    if (b->ev_count == 0 || b->dispatching)
+        return false;
+    b->dispatching = true;
+    return true;
+}
+
+/* After a listener: the lock again, or false once delivery is handed to
+ * its holder. */
+static bool relock_delivering(pgg_breaker *b)
+{
+    if (pthread_mutex_trylock(&b->mu) == 0)
+        return true;
+    atomic_store(&b->orphaned, true);
+    if (pthread_mutex_trylock(&b->mu) != 0)
+        return false; /* the holder sees it, in claim_delivery or recheck */
+    if (atomic_exchange(&b->orphaned, false))
+        return true; /* nobody took it: still ours */
+    /* Taken over between the two tries (the caller rechecks: we held
+     * the lock meanwhile). */
+    pthread_mutex_unlock(&b->mu);
+    return false;
+}
+
+/* Under the lock, owning delivery: deliver every queued event; returns
+ * with the lock released, and the caller calls recheck().  (The recheck
+ * before each listener cannot start another delivery: this one owns it,
+ * and only its owner hands it over.) */
+static void deliver(pgg_breaker *b)
 {
     pgg_breaker_event ev;
     struct {
@@ -782,13 +992,14 @@ static void dispatch(pgg_breaker *b)
     } ls[PGG_BREAKER_MAX_LISTENERS];
     int i, n;
 
-    pthread_mutex_lock(&b->mu);
-    if (b->dispatching) {
-        pthread_mutex_unlock(&b->mu);
-        return;
-    }
-    b->dispatching = true;
-    while (b->ev_count > 0) {
+    for (;;) {
+        if (drain_notes(b))
+            fast_publish(b);
+        if (b->ev_count == 0) {
+            b->dispatching = false;
+            pthread_mutex_unlock(&b->mu);
+            return;
+        }
         ev = b->events[b->ev_head];
         b->ev_head = (b->ev_head + 1) % PGG_BREAKER_EVENT_QUEUE;
         b->ev_count--;
@@ -800,23 +1011,55 @@ static void dispatch(pgg_breaker *b)
             }
         }
         pthread_mutex_unlock(&b->mu);
+        recheck(b);
         for (i = 0; i < n; i++)
             ls[i].fn(ls[i].ud, ev.from, ev.to, ev.reason);
-        pthread_mutex_lock(&b->mu);
+        if (!relock_delivering(b))
+            return;
     }
-    b->dispatching = false;
-    pthread_mutex_unlock(&b->mu);
 }
 
-/* Unlock, then deliver whatever the critical section queued. */
+_Atomic(pgg__breaker_hook) pgg__breaker_unlock_hook;
+
+/* End a section begun with lock_and_fold: the notes pushed meanwhile, the
+ * fast path reopened, unlock, then deliver whatever it queued. */
 static void unlock_and_dispatch(pgg_breaker *b)
 {
-    bool deliver = b->ev_count > 0 && !b->dispatching;
+    pgg__breaker_hook hook;
 
+    drain_notes(b);
     fast_publish(b);
-    pthread_mutex_unlock(&b->mu);
-    if (deliver)
-        dispatch(b);
+    hook = atomic_load_explicit(&pgg__breaker_unlock_hook, memory_order_relaxed);
+    if (hook)
+        hook(b);
+    if (claim_delivery(b))
+        deliver(b);
+    else
+        pthread_mutex_unlock(&b->mu);
+    recheck(b);
+}
+
+/*
+ * Just unlocked (or pushed a note): apply the notes pushed while the lock
+ * was held, and take over a delivery handed over, if the lock can be had
+ * without waiting; if not, its holder does the same when it unlocks.
+ */
+static void recheck(pgg_breaker *b)
+{
+    for (;;) {
+        atomic_thread_fence(memory_order_seq_cst);
+        if (atomic_load_explicit(&b->notes_head, memory_order_relaxed) == 0 &&
+            !atomic_load_explicit(&b->orphaned, memory_order_relaxed))
+            return;
+        if (pthread_mutex_trylock(&b->mu) != 0)
+            return;
+        if (drain_notes(b))
+            fast_publish(b);
+        if (claim_delivery(b))
+            deliver(b);
+        else
+            pthread_mutex_unlock(&b->mu);
+    }
 }
 
 /* ------------------------------------------------------------ lifecycle */
@@ -889,6 +1132,9 @@ int pgg__breaker_init(pgg_breaker *b, const pgg_breaker_config *cfg,
     atomic_init(&b->pub_state, (uint32_t)b->state);
     atomic_init(&b->pub_generation, b->generation);
     atomic_init(&b->fast, fast_word(b->generation, fast_safe(b)));
+    atomic_init(&b->notes_free, ~UINT64_C(0));
+    atomic_init(&b->notes_head, 0);
+    atomic_init(&b->orphaned, false);
     return PGG_OK;
 }
 
@@ -952,7 +1198,6 @@ static bool allow_locked(pgg_breaker *b, int64_t now, pgg_ticket *ticket)
 {
     bool ok;
 
-    lock_and_fold(b, now);
     apply_time(b, now, true);
     ticket->flags = 0;
     ticket->mark = 0;
@@ -991,11 +1236,11 @@ static bool allow_locked(pgg_breaker *b, int64_t now, pgg_ticket *ticket)
     return ok;
 }
 
-bool pgg__breaker_allow_slow(pgg_breaker *b, int64_t now, pgg_ticket *ticket)
+/* The answers that need no lock: refusal while open (before its time) or
+ * forced-open, admission while disabled.  -1: the lock is needed. */
+static int allow_unlocked(pgg_breaker *b, uint32_t st, int64_t now,
+                          pgg_ticket *ticket)
 {
-    uint32_t st = atomic_load_explicit(&b->pub_state, memory_order_acquire);
-
-    /* Lock-free answers for the states that need no bookkeeping. */
     if ((st == PGG_BREAKER_OPEN &&
          now < atomic_load_explicit(&b->pub_open_until, memory_order_relaxed)) ||
         st == PGG_BREAKER_FORCED_OPEN) {
@@ -1004,27 +1249,100 @@ bool pgg__breaker_allow_slow(pgg_breaker *b, int64_t now, pgg_ticket *ticket)
         ticket->mark = 0;
         ticket->state = (pgg_breaker_state)st;
         ticket->flags = 0;
-        return false;
+        return 0;
     }
     if (st == PGG_BREAKER_DISABLED) {
         ticket->generation = 0;
         ticket->mark = 0;
         ticket->state = PGG_BREAKER_DISABLED;
         ticket->flags = PGG_TICKET_UNTRACKED;
-        return true;
+        return 1;
     }
+    return -1;
+}
+
+bool pgg__breaker_allow_slow(pgg_breaker *b, int64_t now, pgg_ticket *ticket)
+{
+    uint32_t st = atomic_load_explicit(&b->pub_state, memory_order_acquire);
+    int r = allow_unlocked(b, st, now, ticket);
+
+    if (r >= 0)
+        return r;
+    lock_and_fold(b, now);
     return allow_locked(b, now, ticket);
 }
 
-void pgg__breaker_record_slow(pgg_breaker *b, const pgg_ticket *held,
+/*
+ * The event loop's admission (breaker.h).  With the lock busy, a closed
+ * (or metrics-only) breaker admits as its fast path does: the ticket
+ * carries the published generation and no mark, and the admission is a
+ * note the holder counts (apply_admission).  That needs the admission to
+ * change nothing but counts: no interval to roll over at now (the ticket's
+ * generation would be the ended one) and a window that does not bucket by
+ * admission (the mark is the bucket at now).  Every other state that
+ * needs the lock has a decision to make under it (a half-open permit, the
+ * end of the open time): BUSY, and the caller asks again shortly rather
+ * than take a refusal from a lock race.
+ */
+int pgg__breaker_try_allow_slow(pgg_breaker *b, int64_t now, pgg_ticket *ticket)
+{
+    uint64_t g = atomic_load_explicit(&b->pub_generation, memory_order_acquire);
+    uint32_t st = atomic_load_explicit(&b->pub_state, memory_order_acquire);
+    int r = allow_unlocked(b, st, now, ticket);
+
+    if (r >= 0)
+        return r;
+    if (pthread_mutex_trylock(&b->mu) == 0) {
+        fold(b, now);
+        drain_notes(b);
+        return allow_locked(b, now, ticket) ? PGG_BREAKER_ADMITTED
+                                            : PGG_BREAKER_REFUSED;
+    }
+    if ((st != PGG_BREAKER_CLOSED && st != PGG_BREAKER_METRICS_ONLY) ||
+        b->interval_ns != 0 || b->window.by_admission)
+        return PGG_BREAKER_BUSY;
+    /* g was read before st: a state published with a later generation
+     * than g is never paired with g (fast_publish stores the generation
+     * after the state, with release), so g's state was closed, or g is
+     * stale by the time the note is applied. */
+    ticket->generation = g;
+    ticket->mark = 0;
+    ticket->state = (pgg_breaker_state)st;
+    ticket->flags = PGG_TICKET_NOTED;
+    if (!push_note(b, NOTE_ADMIT, ticket, PGG_OUTCOME_IGNORED, false, now))
+        return PGG_BREAKER_BUSY;
+    recheck(b);
+    return PGG_BREAKER_ADMITTED;
+}
+
+void pgg__breaker_record_slow(pgg_breaker *b, const pgg_ticket *ticket,
                               pgg_outcome outcome, bool slow, int64_t now)
 {
-    pgg_ticket ticket = *held;
+    if (pthread_mutex_trylock(&b->mu) == 0) {
+        fold(b, now);
+        drain_notes(b);
+    } else if (push_note(b, NOTE_RECORD, ticket, outcome, slow, now)) {
+        /* The other half of the handshake (see "Notes"). */
+        recheck(b);
+        return;
+    } else {
+        lock_and_fold(b, now);
+        b->notes_full++;
+    }
+    record_locked(b, *ticket, outcome, slow, now);
+    unlock_and_dispatch(b);
+}
 
-    lock_and_fold(b, now);
+/* A result, under the lock: pgg__breaker_record's work, at the caller's
+ * now (its own call, or a note's). */
+static void record_locked(pgg_breaker *b, pgg_ticket ticket,
+                          pgg_outcome outcome, bool slow, int64_t now)
+{
     apply_time(b, now, false);
-    /* A fast admission's mark: this generation's window (see fold()). */
-    if ((ticket.flags & PGG_TICKET_FAST) && ticket.generation == b->generation)
+    /* A fast or noted admission's mark: this generation's window (see
+     * fold()). */
+    if ((ticket.flags & (PGG_TICKET_FAST | PGG_TICKET_NOTED)) &&
+        ticket.generation == b->generation)
         ticket.mark = b->window.serial;
     if (ticket.generation != b->generation) {
         /*
@@ -1038,7 +1356,7 @@ void pgg__breaker_record_slow(pgg_breaker *b, const pgg_ticket *held,
         if (!b->cfg.late_results_count || b->state == PGG_BREAKER_FORCED_OPEN ||
             b->state == PGG_BREAKER_DISABLED) {
             b->stale++;
-            goto out;
+            return;
         }
         ticket.flags &= ~PGG_TICKET_PERMIT;
     }
@@ -1059,8 +1377,6 @@ void pgg__breaker_record_slow(pgg_breaker *b, const pgg_ticket *held,
     case PGG_BREAKER_DISABLED:
         break;
     }
-out:
-    unlock_and_dispatch(b);
 }
 
 static int64_t next_due(const pgg_breaker *b)
@@ -1149,6 +1465,8 @@ void pgg__breaker_stats(pgg_breaker *b, int64_t now, pgg_breaker_stats *out)
     out->transitions = b->transitions;
     out->trips_suppressed = b->trips_suppressed;
     out->events_dropped = b->events_dropped;
+    out->noted = b->noted;
+    out->notes_full = b->notes_full;
     unlock_and_dispatch(b);
 }
 
@@ -1170,6 +1488,7 @@ int pgg__breaker_listen(pgg_breaker *b, pgg_breaker_listener fn, void *ud)
         }
     }
     pthread_mutex_unlock(&b->mu);
+    recheck(b); /* notes pushed meanwhile */
     return rc;
 }
 
@@ -1186,6 +1505,7 @@ void pgg__breaker_unlisten(pgg_breaker *b, pgg_breaker_listener fn, void *ud)
         }
     }
     pthread_mutex_unlock(&b->mu);
+    recheck(b);
 }
 
 /* --------------------------------------------------------------- control */
@@ -1244,7 +1564,8 @@ bool pgg__breaker_host_back(pgg_breaker *b, int64_t now)
 {
     bool moved = false;
 
-    pthread_mutex_lock(&b->mu);
+    /* Folded as every section that ends with fast_publish() must be. */
+    lock_and_fold(b, now);
     if (b->state == PGG_BREAKER_OPEN || b->state == PGG_BREAKER_HALF_OPEN)
         b->answered = true;
     if ((b->state == PGG_BREAKER_OPEN || b->state == PGG_BREAKER_HALF_OPEN) &&

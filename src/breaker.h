@@ -46,7 +46,9 @@
  * Listeners hear every transition with from, to and the reason.  They run
  * with no lock held, one at a time and in transition order, on the thread
  * that made the transition (or on a thread already delivering events, which
- * delivers the newcomers before returning).  A listener may call any
+ * delivers the newcomers before returning, or on the thread that held the
+ * lock when the deliverer could not take it back: delivery never waits for
+ * the lock).  A listener may call any
  * function of this breaker, including ones that cause transitions: those are
  * queued and delivered after it returns.  The trip predicate, by contrast,
  * runs under the breaker's lock and must not call into the breaker.
@@ -57,7 +59,12 @@
  * could trip them, admissions and results of successes that were not slow
  * take no lock either: they are counted in one atomic word and folded into
  * the window, in the same order, by the next locked operation (breaker.c,
- * "The closed fast path").  Everything else takes one short mutex.
+ * "The closed fast path").  Everything else takes one short mutex, but a
+ * result never waits for it: when it is busy the result is queued (a
+ * note) and applied by the holder before it unlocks (breaker.c, "Notes"),
+ * and pgg__breaker_try_allow, the event loop's admission, never waits
+ * either.  Listeners are delivered by whichever thread holds the lock
+ * when the deliverer cannot take it back.
  */
 #ifndef PGG_BREAKER_H
 #define PGG_BREAKER_H
@@ -294,9 +301,27 @@ typedef struct pgg_ticket {
 #define PGG_TICKET_PERMIT 0x1u    /* holds one half-open probe permit */
 #define PGG_TICKET_UNTRACKED 0x2u /* admitted while disabled: record is a no-op */
 #define PGG_TICKET_FAST 0x4u      /* admitted by the closed fast path (no mark) */
+#define PGG_TICKET_NOTED 0x8u     /* admitted while the lock was busy, its
+                                     admission queued (no mark; its result
+                                     never takes the fast path, which could
+                                     count it before its admission) */
 
 #define PGG_BREAKER_MAX_LISTENERS 4
 #define PGG_BREAKER_EVENT_QUEUE 32
+/* Results and admissions that may wait queued for the lock's holder at
+ * once (one bit each of a 64-bit word). */
+#define PGG_BREAKER_NOTES 64
+
+/* A result or an admission made while the lock was busy (breaker.c,
+ * "Notes"): written by its caller, applied by the lock's holder. */
+typedef struct pgg_breaker_note {
+    pgg_ticket ticket;
+    int64_t now;       /* the caller's time, as the locked path gets it */
+    uint32_t next;     /* the note pushed before it: index + 1, 0 none */
+    uint8_t kind;      /* breaker.c's NOTE_* */
+    uint8_t outcome;   /* pgg_outcome */
+    bool slow;
+} pgg_breaker_note;
 
 typedef struct pgg_breaker_event {
     pgg_breaker_state from;
@@ -343,6 +368,10 @@ typedef struct pgg_breaker_stats {
     uint64_t transitions;
     uint64_t trips_suppressed; /* metrics-only: times it would have tripped */
     uint64_t events_dropped;   /* listener queue overflowed (oldest dropped) */
+    uint64_t noted;       /* results and admissions made while the lock was
+                             busy, applied by its holder (breaker.c, "Notes") */
+    uint64_t notes_full;  /* results that found every note taken and waited
+                             for the lock */
 } pgg_breaker_stats;
 
 typedef struct pgg_breaker {
@@ -361,6 +390,16 @@ typedef struct pgg_breaker {
     /* Refusals without the lock, counted per thread stripe: one shared
      * counter cost every refusing thread a contended add. */
     pgg_counter rejected_fast;
+
+    /* Notes (breaker.c): the free ones (bit i: notes[i]), the pushed ones
+     * (a stack: index + 1 of the newest, 0 none), and a delivery of
+     * listener events its deliverer handed to the lock's holder. */
+    _Atomic uint64_t notes_free;
+    _Atomic uint32_t notes_head;
+    _Atomic bool orphaned;
+    pgg_breaker_note notes[PGG_BREAKER_NOTES];
+    /* Under the lock: the closed word the last fold() left in `fast`. */
+    uint64_t fast_closed;
 
     pthread_mutex_t mu;
     pgg_breaker_config cfg;
@@ -389,7 +428,7 @@ typedef struct pgg_breaker {
     uint32_t probe_good, probe_bad;
 
     uint64_t admitted, successes, failures, ignored, stale, transitions,
-        trips_suppressed, events_dropped, rejected_locked;
+        trips_suppressed, events_dropped, rejected_locked, noted, notes_full;
 
     struct {
         pgg_breaker_listener fn;
@@ -425,9 +464,32 @@ static inline bool pgg__breaker_allow(pgg_breaker *b, int64_t now,
                                       pgg_ticket *ticket);
 
 /*
+ * allow() for a thread that must not wait for another (an event loop's):
+ * PGG_BREAKER_ADMITTED and PGG_BREAKER_REFUSED mean what allow()'s true
+ * and false do; PGG_BREAKER_BUSY (nothing to record) means the answer
+ * needs the lock and another thread holds it: look again shortly (the
+ * answer must not depend on a lock race).  Never waits.  A closed (or
+ * metrics-only) breaker without an interval and whose window does not
+ * bucket by admission admits even then: its admission is queued and
+ * counted by the holder, as the fast path's are (breaker.c, "Notes");
+ * half-open (permits), open past its time (the move to half-open),
+ * closed with an interval (the roll-over) or bucketing by admission (the
+ * bucket) answer BUSY.
+ */
+enum {
+    PGG_BREAKER_REFUSED = 0,
+    PGG_BREAKER_ADMITTED = 1,
+    PGG_BREAKER_BUSY = -1
+};
+static inline int pgg__breaker_try_allow(pgg_breaker *b, int64_t now,
+                                         pgg_ticket *ticket);
+
+/*
  * Report how an admitted call went.  duration_ns decides whether it was
  * slow; now is when it finished.  Results from an ended generation are
- * counted as stale and change nothing else.
+ * counted as stale and change nothing else.  Never waits for the lock
+ * while a note is free: a busy lock's holder applies it, with this now,
+ * before it unlocks.
  */
 static inline void pgg__breaker_record(pgg_breaker *b, pgg_ticket ticket,
                                        pgg_outcome outcome,
@@ -450,29 +512,49 @@ static inline void pgg__breaker_record(pgg_breaker *b, pgg_ticket ticket,
 
 /* The rest of allow and record, under the lock (breaker.c). */
 bool pgg__breaker_allow_slow(pgg_breaker *b, int64_t now, pgg_ticket *ticket);
+int pgg__breaker_try_allow_slow(pgg_breaker *b, int64_t now, pgg_ticket *ticket);
 void pgg__breaker_record_slow(pgg_breaker *b, const pgg_ticket *ticket,
                               pgg_outcome outcome, bool slow, int64_t now);
 
-static inline bool pgg__breaker_allow(pgg_breaker *b, int64_t now,
-                                      pgg_ticket *ticket)
+/* The closed fast path's admission; false: ask the slow half. */
+#if defined(__GNUC__)
+__attribute__((always_inline))
+#endif
+static inline bool pgg__breaker_allow_fast(pgg_breaker *b, pgg_ticket *ticket)
 {
     uint64_t w = atomic_load_explicit(&b->fast, memory_order_acquire);
     uint64_t g;
 
     if (!(w & PGG_BREAKER_FAST_OK) ||
         (w & PGG_BREAKER_FAST_A_MASK) == PGG_BREAKER_FAST_A_MASK)
-        return pgg__breaker_allow_slow(b, now, ticket);
+        return false;
     g = atomic_load_explicit(&b->pub_generation, memory_order_relaxed);
     if ((uint32_t)g != (uint32_t)(w >> 32) ||
         !atomic_compare_exchange_strong_explicit(
             &b->fast, &w, w + PGG_BREAKER_FAST_A_ONE, memory_order_relaxed,
             memory_order_relaxed))
-        return pgg__breaker_allow_slow(b, now, ticket);
+        return false;
     ticket->generation = g;
     ticket->mark = 0;
     ticket->state = PGG_BREAKER_CLOSED;
     ticket->flags = PGG_TICKET_FAST;
     return true;
+}
+
+static inline bool pgg__breaker_allow(pgg_breaker *b, int64_t now,
+                                      pgg_ticket *ticket)
+{
+    if (pgg__breaker_allow_fast(b, ticket))
+        return true;
+    return pgg__breaker_allow_slow(b, now, ticket);
+}
+
+static inline int pgg__breaker_try_allow(pgg_breaker *b, int64_t now,
+                                         pgg_ticket *ticket)
+{
+    if (pgg__breaker_allow_fast(b, ticket))
+        return PGG_BREAKER_ADMITTED;
+    return pgg__breaker_try_allow_slow(b, now, ticket);
 }
 
 /* pgg__breaker_record with the ticket by address (the pool's path of
@@ -490,7 +572,7 @@ static inline void pgg__breaker_record_held(pgg_breaker *b,
         return;
     slow = outcome != PGG_OUTCOME_IGNORED && duration_ns > b->slow_ns;
     if (outcome == PGG_OUTCOME_SUCCESS && !slow &&
-        !(ticket->flags & PGG_TICKET_PERMIT)) {
+        !(ticket->flags & (PGG_TICKET_PERMIT | PGG_TICKET_NOTED))) {
         w = atomic_load_explicit(&b->fast, memory_order_acquire);
         if ((w & PGG_BREAKER_FAST_OK) &&
             (w & PGG_BREAKER_FAST_P_MASK) < PGG_BREAKER_FAST_P_MAX &&
@@ -511,6 +593,12 @@ static inline void pgg__breaker_record(pgg_breaker *b, pgg_ticket ticket,
 {
     pgg__breaker_record_held(b, &ticket, outcome, duration_ns, now);
 }
+
+/* For tests: when set, a section ending in unlock_and_dispatch runs it
+ * under the lock, after applying the notes and just before it unlocks (the
+ * moment a note pushed now is the unlocker's recheck's to apply). */
+typedef void (*pgg__breaker_hook)(pgg_breaker *b);
+extern _Atomic(pgg__breaker_hook) pgg__breaker_unlock_hook;
 
 /*
  * Apply the time-driven transitions due at now (open -> half-open,

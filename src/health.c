@@ -177,11 +177,15 @@ typedef struct spare {
 struct pgg_health {
     pgg_pool *pool;
     pthread_t thread;
-    /* mu and cv guard rounds only: waiters (tests, a write that met a
-     * standby) sleep on them; the thread itself waits on event_fd. */
+    /* mu and cv are for waiters on rounds only (tests, a write that met a
+     * standby, blocking): they sleep on them; the thread itself waits on
+     * event_fd.  rounds is written under mu (a waiter cannot miss the
+     * broadcast) but atomic, so that an event loop reads it, and asks for
+     * a round, without the lock (pgg__health_ask_round,
+     * pgg__health_round_done). */
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    unsigned long rounds;
+    _Atomic unsigned long rounds;
     /* Readable when woken or stopping: one poll covers probes and both. */
     int event_fd;
     atomic_bool stopping;
@@ -774,7 +778,7 @@ static void count_round(pgg_health *hl)
     for (int i = 0; i < pool->nhosts; i++)
         hl->probes[i].in_round = false;
     pthread_mutex_lock(&hl->mu);
-    hl->rounds++;
+    atomic_fetch_add(&hl->rounds, 1);
     pthread_cond_broadcast(&hl->cv);
     pthread_mutex_unlock(&hl->mu);
 }
@@ -2064,11 +2068,9 @@ unsigned long pgg__health_ask_round(pgg_health *hl)
 
     if (!hl)
         return 0;
-    pthread_mutex_lock(&hl->mu);
     /* The round starts over (expedite): the next one counted is made of
-     * probes that ended after this call. */
-    want = hl->rounds + 1;
-    pthread_mutex_unlock(&hl->mu);
+     * probes that ended after this call.  No lock: an event loop asks. */
+    want = atomic_load(&hl->rounds) + 1;
     atomic_store(&hl->restart_round, true);
     atomic_store(&hl->wake_pending, true);
     signal_event(hl);
@@ -2077,14 +2079,10 @@ unsigned long pgg__health_ask_round(pgg_health *hl)
 
 bool pgg__health_round_done(pgg_health *hl, unsigned long want)
 {
-    bool done;
-
     if (!hl)
         return true;
-    pthread_mutex_lock(&hl->mu);
-    done = hl->rounds >= want || atomic_load(&hl->stopping);
-    pthread_mutex_unlock(&hl->mu);
-    return done;
+    /* No lock: an event loop looks (async.c's round_look). */
+    return atomic_load(&hl->rounds) >= want || atomic_load(&hl->stopping);
 }
 
 bool pgg__health_await_round(pgg_health *hl, int64_t deadline_ns)
@@ -2100,14 +2098,14 @@ bool pgg__health_await_round(pgg_health *hl, int64_t deadline_ns)
         int64_t now = pgg__now_ns();
         struct timespec ts;
 
-        if (hl->rounds >= want || atomic_load(&hl->stopping) ||
+        if (atomic_load(&hl->rounds) >= want || atomic_load(&hl->stopping) ||
             now >= deadline_ns || pgg__cancel_now())
             break;
         /* Sliced while the caller's call has a cancel handle. */
         ts = pgg__ns_to_timespec(pgg__cancel_slice(now, deadline_ns));
         pthread_cond_timedwait(&hl->cv, &hl->mu, &ts);
     }
-    done = hl->rounds >= want;
+    done = atomic_load(&hl->rounds) >= want;
     pthread_mutex_unlock(&hl->mu);
     return done;
 }
@@ -2118,9 +2116,7 @@ unsigned long pgg__health_rounds(pgg_health *hl)
 
     if (!hl)
         return 0;
-    pthread_mutex_lock(&hl->mu);
-    n = hl->rounds;
-    pthread_mutex_unlock(&hl->mu);
+    n = atomic_load(&hl->rounds);
     return n;
 }
 

@@ -4812,3 +4812,65 @@ Test(async, a_blocking_caller_gets_what_the_loop_gave_back_while_the_lock_was_he
     event_base_free(base);
     end_test(p, c);
 }
+
+/*
+ * The loop never waits for a breaker's lock (breaker.c, "Notes";
+ * pgg__breaker_try_allow).  The test's thread, which runs the loop, holds
+ * the host's breaker lock itself: a loop that waited for it would never
+ * return.  (A gobreaker breaker: the health thread's answers leave it
+ * where the test puts it, and its closed state takes the lock for every
+ * call.)
+ *   - Half-open, the permit is the lock's to give: the call is neither
+ *     refused nor run while the lock is held, but looks again on the
+ *     loop's timer (ST_BACK), and is admitted as the probe once it is
+ *     free (its success closes the breaker).
+ *   - Closed: the call is admitted at once (its admission noted), runs and
+ *     completes while the lock is still held (its result noted too); the
+ *     lock's next holder counts both.
+ */
+Test(async, a_call_never_waits_for_its_hosts_breaker_lock)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, "breaker.preset=gobreaker breaker.gobreaker.max_requests=1 "
+                              "breaker.gobreaker.timeout_ms=600000");
+    struct event_base *base = event_base_new();
+    pgg_async *ac = async_for(p, base);
+    pgg_breaker *b = &p->hosts[0].breaker;
+    pgg_breaker_stats before, after;
+    outcome o[2];
+    double end;
+
+    cr_assert_eq(pgg__breaker_transition(b, PGG_BREAKER_HALF_OPEN, pgg__now_ns()), PGG_OK);
+    cr_assert_eq(pthread_mutex_lock(&b->mu), 0);
+    start_call(ac, PGG_WRITE, "SELECT 'probe'", 5000, 0, &o[0]);
+    /* Twenty looks, at least, on the 1 ms timer. */
+    end = pgh_now_ms() + 20;
+    while (pgh_now_ms() < end && !o[0].done)
+        loop_once(base, EVLOOP_ONCE);
+    cr_expect_eq(o[0].done, 0, "the call ended while its breaker's lock was held: %s",
+                 o[0].message);
+    cr_assert_eq(pthread_mutex_unlock(&b->mu), 0);
+    run_until(base, o, 1, 5000);
+    cr_expect_eq(o[0].code, PGG_OK, "%s", o[0].message);
+    cr_expect_str_eq(o[0].value, "probe");
+    cr_expect_eq(pgg__breaker_state(b), PGG_BREAKER_CLOSED, "the probe's success did not close it");
+
+    pgg__breaker_stats(b, pgg__now_ns(), &before);
+    cr_assert_eq(pthread_mutex_lock(&b->mu), 0);
+    start_call(ac, PGG_WRITE, "SELECT 'closed'", 5000, 0, &o[1]);
+    end = pgh_now_ms() + 5000;
+    while (pgh_now_ms() < end && !o[1].done)
+        loop_once(base, EVLOOP_ONCE);
+    cr_expect_eq(o[1].done, 1, "a closed breaker's call did not complete while its lock was held");
+    cr_assert_eq(pthread_mutex_unlock(&b->mu), 0);
+    cr_expect_eq(o[1].code, PGG_OK, "%s", o[1].message);
+    cr_expect_str_eq(o[1].value, "closed");
+    pgg__breaker_stats(b, pgg__now_ns(), &after);
+    cr_expect_eq(after.admitted, before.admitted + 1);
+    cr_expect_eq(after.successes, before.successes + 1);
+    cr_expect_geq(after.noted, before.noted + 2, "the admission and the result were not noted");
+    loop_guard_check("a breaker's lock held by another");
+    pgg_async_free(ac);
+    event_base_free(base);
+    end_test(p, c);
+}
