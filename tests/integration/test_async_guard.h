@@ -63,12 +63,12 @@
  * Tests that read stats on the loop only to check their own progress do
  * it outside the window (loop_guard_off / loop_guard_on around it).
  *
- * LOOP_GUARD_SHARED_LOCKS_FAIL: 0 (today), the shared-lock count is
- * printed (stderr, "loop_guard: test: where: lock locked n time(s) from
- * site", for each site whose count grew since loop_guard_check last ran)
- * and fails nothing; 1, loop_guard_check_shared fails the test with each
- * kind's count and first site.  Set it here, or -DLOOP_GUARD_SHARED_LOCKS_FAIL=1
- * in the test's c_args, once no loop path locks a shared lock.
+ * LOOP_GUARD_SHARED_LOCKS_FAIL: 1 (since round 15, when no loop path
+ * locked a shared lock any more), loop_guard_check_shared fails the test
+ * with each kind's count and first site; 0, the count is only printed
+ * (stderr, "loop_guard: test: where: lock locked n time(s) from site",
+ * for each site whose count grew since loop_guard_check last ran), for
+ * finding where a change makes the loop lock one.
  *
  * The loop's own wait (epoll_wait inside libevent) is not interposed.
  * What it cannot see: a system call made directly (syscall(2)) or from
@@ -136,7 +136,7 @@ static void loop_guard_hit(const char *what, long arg)
 /* ------------------------------------------------------- shared locks */
 
 #ifndef LOOP_GUARD_SHARED_LOCKS_FAIL
-#define LOOP_GUARD_SHARED_LOCKS_FAIL 0
+#define LOOP_GUARD_SHARED_LOCKS_FAIL 1
 #endif
 
 enum {
