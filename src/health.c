@@ -1784,8 +1784,17 @@ static void *health_main(void *arg)
         struct timespec ts;
         int n = 0, r;
 
-        for (int i = 0; i < pool->nhosts; i++)
+        for (int i = 0; i < pool->nhosts; i++) {
             pgg__breaker_tick(&pool->hosts[i].breaker, now);
+            /* What event loops owe a host (host.c, "Owed"), applied here
+             * too: the loop that owes it tells this thread
+             * (pgg__health_ask), which may wait for mu, so that nothing
+             * owed waits for that loop to turn again (a loop run only on
+             * demand stops after its last callback or pgg_async_give_back,
+             * while a blocking borrower sleeps on the host).  One load
+             * when nothing is owed. */
+            (void)pgg__host_settle_owed(&pool->hosts[i], true);
+        }
         pgg__leases_check(pool, now);
         now_incident = incident(hl);
         if (atomic_exchange(&hl->wake_pending, false)) {
