@@ -4892,7 +4892,7 @@ Test(async, a_breaker_opened_by_a_queued_result_on_a_loops_admission_never_waits
 {
     pgh_cluster *c = cluster_or_die(0);
     pgg_pool *p = pool_for(c, "breaker.consecutive_failures=1 breaker.failure_rate=0 "
-                              "breaker.slow_call_rate=0 breaker.open_ms=600000 "
+                              "breaker.slow_call_rate=0 breaker.open_ms=600000 breaker.open_max_ms=600000 "
                               "health_interval_ms=600000");
     struct event_base *base = event_base_new();
     pgg_async *ac = async_for(p, base);
