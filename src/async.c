@@ -537,15 +537,15 @@ static void loop_owe(pgg_host_loop *self)
 }
 
 /* The host had nothing owed before (pgg_host_loop.owed_first): the health
- * thread settles it too, told now (one write per host's batch, not per
- * record).  The loop may not turn again soon (run on demand: EVLOOP_ONCE
+ * thread settles it too, told now (one write until it begins its turn,
+ * however many records).  The loop may not turn again soon (run on demand: EVLOOP_ONCE
  * until a callback, pgg_async_give_back before it stops), and a blocking
  * borrower asleep on the host is woken only by whoever applies it. */
 static void loop_owed_first(pgg_host_loop *self)
 {
     pgg_async *ac = (pgg_async *)((char *)self - offsetof(pgg_async, hl));
 
-    pgg__health_ask(ac->pool->health);
+    pgg__health_settle_owed(ac->pool->health);
 }
 
 /* Every host's owed records applied (tried, or waited for: wait, the

@@ -40,7 +40,7 @@ static atomic_int made, discarded, owes, laters, relooks;
 /* The health thread's part: tells (owed_first), and settles made. */
 static sem_t told;
 static atomic_int tells, settled;
-static atomic_bool health_stop;
+static atomic_bool health_stop, asked;
 
 /* The loop thread's tie (pgg_host_loop): a flag that it owes. */
 typedef struct loop_tie {
@@ -54,9 +54,13 @@ static void tie_owe(pgg_host_loop *self)
     atomic_fetch_add(&owes, 1);
 }
 
+/* As pgg__health_settle_owed: one wake-up until the thread begins its
+ * turn. */
 static void tie_owed_first(pgg_host_loop *self)
 {
     (void)self;
+    if (atomic_load_explicit(&asked, memory_order_relaxed) || atomic_exchange(&asked, true))
+        return;
     atomic_fetch_add(&tells, 1);
     sem_post(&told);
 }
@@ -70,6 +74,7 @@ static void *health_main(void *arg)
             ;
         if (atomic_load(&health_stop))
             break;
+        atomic_exchange(&asked, false);
         pgg__host_settle_owed(&H, true);
         atomic_fetch_add(&settled, 1);
     }
