@@ -616,7 +616,9 @@ typedef struct pgg_host_stats {
     int64_t open_remaining_ms;    /* open: until probes are let through
                                      (a Retry-After); else 0 */
     int last_error_code;
-    char last_error[256];
+    char last_error[256];         /* may miss an error met on an event loop
+                                     while another thread held the host's
+                                     lock (counted all the same) */
     /* A standby's replay position at its last health probe (0: unknown). */
     uint64_t replay_lsn;
     /* Held back from reads until it has replayed this far again (0: not
@@ -713,7 +715,12 @@ typedef void (*pgg_event_fn)(const pgg_event *ev, void *userdata);
  * health thread finds, on the pool's events thread (the health thread
  * makes event loops' connections: a listener that waits must not hold
  * them up), one event at a time, in order; a caller's event raised while
- * that thread has events to deliver goes behind them, on that thread.  fn
+ * that thread has events to deliver goes behind them, on that thread.  A
+ * breaker's change may also come on another caller's thread, an event
+ * loop's included: a call's result that finds another thread inside the
+ * host's breaker is queued, and that thread applies it and delivers what
+ * it causes; a thread delivering hands what is left to such a thread
+ * rather than wait for it.  fn
  * may call into the pool.  Replaces the previous listener; NULL removes
  * it.  Before this returns, the events thread's events raised before it
  * have been delivered (to the previous listener), unless it is called

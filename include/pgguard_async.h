@@ -184,7 +184,12 @@ PGG_EXPORT void pgg_async_give_back(pgg_async *ac);
  * (read_your_writes=pool, PGG_CALL_WANT_LSN) asks for it in a second round
  * trip once it committed, and a write refused by a demoted primary is
  * rerouted on what the pool knows without awaiting a health round.
- * call->cancel, when set, is looked at between attempts.
+ * call->cancel, when set, is looked at between attempts.  The loop never
+ * waits for a lock another thread holds: a call whose borrow finds its
+ * host's lock held looks again every millisecond, and one whose breaker
+ * must decide under its lock (a half-open probe's permit, the end of the
+ * open time) while another thread holds it does too, within its
+ * attempt's deadline, refused then if it never got an answer.
  */
 PGG_EXPORT int pgg_async_exec(pgg_async *ac, pgg_intent intent,
                               const char *sql, const pgg_call *call,

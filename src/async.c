@@ -346,6 +346,7 @@ struct pgg_async {
 
 static struct kept_entry *kept_entry_new(pgg_async *ac);
 static void loop_owe(pgg_host_loop *self);
+static void loop_owed_first(pgg_host_loop *self);
 
 pgg_async *pgg_async_new(pgg_pool *pool, pgg_error *err)
 {
@@ -395,6 +396,7 @@ pgg_async *pgg_async_new(pgg_pool *pool, pgg_error *err)
     ac->timer_at = INT64_MAX;
     ac->keep_check_at = INT64_MAX;
     ac->hl.owe = loop_owe;
+    ac->hl.owed_first = loop_owed_first;
     ac->owed_at = INT64_MAX;
     return ac;
 }
@@ -532,6 +534,18 @@ static void loop_owe(pgg_host_loop *self)
         return;
     ac->owed_at = pgg__now_ns() + PARK_POLL_NS;
     want_timer(ac, ac->owed_at);
+}
+
+/* The host had nothing owed before (pgg_host_loop.owed_first): the health
+ * thread settles it too, told now (one write until it begins its turn,
+ * however many records).  The loop may not turn again soon (run on demand: EVLOOP_ONCE
+ * until a callback, pgg_async_give_back before it stops), and a blocking
+ * borrower asleep on the host is woken only by whoever applies it. */
+static void loop_owed_first(pgg_host_loop *self)
+{
+    pgg_async *ac = (pgg_async *)((char *)self - offsetof(pgg_async, hl));
+
+    pgg__health_settle_owed(ac->pool->health);
 }
 
 /* Every host's owed records applied (tried, or waited for: wait, the

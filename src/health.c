@@ -190,6 +190,9 @@ struct pgg_health {
     int event_fd;
     atomic_bool stopping;
     atomic_bool wake_pending;
+    /* An event loop owes a host something (pgg__health_settle_owed): one
+     * write per settling this thread has not begun yet. */
+    atomic_bool settle_asked;
     atomic_bool restart_round; /* set with wake_pending by await_round */
     bool was_incident;
     bool had_primary; /* some host was primary once */
@@ -1784,8 +1787,20 @@ static void *health_main(void *arg)
         struct timespec ts;
         int n = 0, r;
 
-        for (int i = 0; i < pool->nhosts; i++)
+        /* What event loops owe a host (host.c, "Owed"), applied here
+         * too: the loop that owes it tells this thread
+         * (pgg__health_settle_owed), which may wait for mu, so that
+         * nothing owed waits for that loop to turn again (a loop run only
+         * on demand stops after its last callback or pgg_async_give_back,
+         * while a blocking borrower sleeps on the host).  The ask is taken
+         * before the hosts are looked at: a record whose ask found it
+         * still set is seen by the looks that follow.  One load per host
+         * when nothing is owed. */
+        atomic_exchange(&hl->settle_asked, false);
+        for (int i = 0; i < pool->nhosts; i++) {
             pgg__breaker_tick(&pool->hosts[i].breaker, now);
+            (void)pgg__host_settle_owed(&pool->hosts[i], true);
+        }
         pgg__leases_check(pool, now);
         now_incident = incident(hl);
         if (atomic_exchange(&hl->wake_pending, false)) {
@@ -2004,6 +2019,7 @@ pgg_health *pgg__health_start(pgg_pool *pool, pgg_error *err)
     }
     atomic_init(&hl->stopping, false);
     atomic_init(&hl->wake_pending, false);
+    atomic_init(&hl->settle_asked, false);
     atomic_init(&hl->restart_round, false);
     atomic_init(&hl->watch_off, false);
     pthread_mutex_init(&hl->mu, NULL);
@@ -2051,6 +2067,14 @@ void pgg__health_wake(pgg_health *hl)
      * per wakeup the thread has not taken yet, no lock. */
     if (atomic_load_explicit(&hl->wake_pending, memory_order_relaxed) ||
         atomic_exchange(&hl->wake_pending, true))
+        return;
+    signal_event(hl);
+}
+
+void pgg__health_settle_owed(pgg_health *hl)
+{
+    if (!hl || atomic_load_explicit(&hl->settle_asked, memory_order_relaxed) ||
+        atomic_exchange(&hl->settle_asked, true))
         return;
     signal_event(hl);
 }

@@ -53,6 +53,11 @@ void pgg__health_wake(pgg_health *hl);
  * gave one up: the thread takes it now.  No probe is brought forward.
  * Accepts NULL. */
 void pgg__health_ask(pgg_health *hl);
+/* An event loop owes a host something it could not settle without
+ * waiting for the host's lock (host.c, "Owed"): the thread settles every
+ * host's owed records on its next turn.  One wake-up until it has begun
+ * that turn, however many ask.  Never waits.  Accepts NULL. */
+void pgg__health_settle_owed(pgg_health *hl);
 /* Wake the thread and wait until a round that started after this call has
  * probed every host, or deadline_ns.  Returns whether it did. */
 bool pgg__health_await_round(pgg_health *hl, int64_t deadline_ns);

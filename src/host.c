@@ -408,6 +408,10 @@ static void release_slot(pgg_host *h, pgg_link *keep);
  *     counts), `owed` set, and the context told (pgg_host_loop.owe), which
  *     settles every host's records on its timer (pgg__host_settle_owed,
  *     tried too) until none is left, and with a wait when it is freed;
+ *     the first record since the last application also tells the health
+ *     thread (owed_first), which settles with a wait on its next turn: a
+ *     loop run on demand may not turn again soon, and a blocking borrower
+ *     asleep on the host is woken only by whoever applies the records;
  *   - a failed connect whose call can look again is retried by the call
  *     on its timer (pgg__host_connect_failed: PGG_CONNECT_LATER), its
  *     error and its connection slot kept by the call: the refusal rules
@@ -465,9 +469,16 @@ static bool host_lock(pgg_host *h)
  * that owes it settles it (its timer) if nobody did. */
 static void owe(pgg_host *h)
 {
-    atomic_store_explicit(&h->owed, true, memory_order_seq_cst);
-    if (pgg__host_loop)
+    /* The first since the last application: an applier that takes owed
+     * after this exchange applies every record pushed before it, and a
+     * record pushed after it finds owed false again and tells anew. */
+    bool first = !atomic_exchange_explicit(&h->owed, true, memory_order_seq_cst);
+
+    if (pgg__host_loop) {
         pgg__host_loop->owe(pgg__host_loop);
+        if (first && pgg__host_loop->owed_first)
+            pgg__host_loop->owed_first(pgg__host_loop);
+    }
 }
 
 static void owe_link(pgg_host *h, pgg_link *l)
@@ -1717,11 +1728,13 @@ bool pgg__host_ask_handed(pgg_host *h)
     return ok;
 }
 
+static int trim_locked(pgg_host *h, int64_t now_ns, bool all, pgg_link **out);
+
 /* Close the idle connections past their age (all of them when `all`). */
 int pgg__host_trim(pgg_host *h, int64_t now_ns, bool all)
 {
-    pgg_link *doomed = NULL, **pp;
-    int n = 0;
+    pgg_link *doomed = NULL;
+    int n;
 
     if (!host_lock(h)) {
         /* A loop's breaker opened the host, mu busy ("Owed"): the health
@@ -1729,6 +1742,37 @@ int pgg__host_trim(pgg_host *h, int64_t now_ns, bool all)
         atomic_store(&h->ended_seen, true);
         return 0;
     }
+    n = trim_locked(h, now_ns, all, &doomed);
+    pthread_mutex_unlock(&h->mu);
+    close_list(h, doomed);
+    return n;
+}
+
+bool pgg__host_trim_opened(pgg_host *h)
+{
+    pgg_link *doomed = NULL;
+
+    /* Run by whichever thread delivers the breaker's events: an event
+     * loop's too, outside any host operation of its own (pgg__host_loop
+     * unset: a call's admission, a result's record that applied another
+     * thread's queued result or took over a delivery; breaker.h). */
+    if (!host_trylock(h)) {
+        atomic_store(&h->ended_seen, true);
+        return false;
+    }
+    (void)trim_locked(h, 0, true, &doomed);
+    pthread_mutex_unlock(&h->mu);
+    close_list(h, doomed);
+    return true;
+}
+
+/* Under mu: pgg__host_trim's work; what goes is added to *out, for the
+ * caller to close once mu is released. */
+static int trim_locked(pgg_host *h, int64_t now_ns, bool all, pgg_link **out)
+{
+    pgg_link *doomed = *out, **pp;
+    int n = 0;
+
     owed_apply_locked(h, &doomed);
     unpark_all_locked(h);
     pp = &h->idle;
@@ -1746,8 +1790,7 @@ int pgg__host_trim(pgg_host *h, int64_t now_ns, bool all)
     }
     if (n)
         wake_all(h);
-    pthread_mutex_unlock(&h->mu);
-    close_list(h, doomed);
+    *out = doomed;
     return n;
 }
 

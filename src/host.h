@@ -417,10 +417,14 @@ extern PGG_TLS void (*pgg__host_loop_give_back)(void);
  * loop's thread): mu is waited for as ever.  owe(self) is called when
  * something was owed: the context settles every host's owed records on
  * its timer (pgg__host_settle_owed) until none is left, so nothing owed
- * waits for whoever takes mu next.
+ * waits for whoever takes mu next.  owed_first(self) (may be NULL) is
+ * called besides when the host had nothing owed before: the context tells
+ * a thread that may wait for mu (the health thread), which settles it
+ * even if the loop does not turn again soon.
  */
 typedef struct pgg_host_loop {
     void (*owe)(struct pgg_host_loop *self);
+    void (*owed_first)(struct pgg_host_loop *self);
 } pgg_host_loop;
 
 extern PGG_TLS pgg_host_loop *pgg__host_loop;
@@ -631,6 +635,12 @@ static inline void pgg__host_look_until(pgg_host *h, int64_t until_ns)
 /* Close idle connections past idle_timeout or max_lifetime (all of them
  * when `all`).  Returns how many were closed. */
 int pgg__host_trim(pgg_host *h, int64_t now_ns, bool all);
+/* Its breaker opened: close every idle connection, if mu is free; false
+ * when it was busy (the health thread's sweep looks at them: ended_seen
+ * is set, and the caller wakes that thread).  Never waits: the breaker's
+ * listener runs on whichever thread delivers its events, an event loop's
+ * included (breaker.h). */
+bool pgg__host_trim_opened(pgg_host *h);
 /* Close the idle connections opened before born_before without a look
  * (their server ended a sibling after that: a blip ends every session),
  * and the others found dead by what their server sent meanwhile (a FATAL,

@@ -69,9 +69,13 @@ static void breaker_changed(void *ud, pgg_breaker_state from,
     pgg_event ev = {0};
 
     /* A host that just failed enough to open probably holds dead
-     * connections; the next borrow would only rediscover that. */
-    if (to == PGG_BREAKER_OPEN || to == PGG_BREAKER_FORCED_OPEN)
-        pgg__host_trim(h, 0, true);
+     * connections; the next borrow would only rediscover that.  Never
+     * waited for: this runs on whichever thread delivers the breaker's
+     * events (an event loop's too, which must not wait for the host's
+     * lock); when it is busy, the health thread's sweep looks at them. */
+    if ((to == PGG_BREAKER_OPEN || to == PGG_BREAKER_FORCED_OPEN) &&
+        !pgg__host_trim_opened(h) && to == PGG_BREAKER_FORCED_OPEN)
+        pgg__health_ask(ref->pool->health);
     /* An incident: the health thread probes fast until the host answers. */
     if (to == PGG_BREAKER_OPEN)
         pgg__health_wake(ref->pool->health);

@@ -4814,6 +4814,122 @@ Test(async, a_blocking_caller_gets_what_the_loop_gave_back_while_the_lock_was_he
 }
 
 /*
+ * pgg_async_give_back is what a loop run on demand calls before it stops
+ * turning (pgguard_async.h): a blocking caller on another thread must get
+ * the connection then, not at its deadline.  pool_max=1, the loop keeps
+ * the connection, the caller sleeps on its condition variable (no cancel
+ * handle), and the give-back finds the host's lock held by another thread:
+ * the release is owed (host.c, "Owed").  The lock is let go and the loop
+ * never turns again.  Review17: the loop's timer was the only one to
+ * settle it (the health thread's next trim, 10 minutes away here), and
+ * the caller slept until its deadline (PGG_ETIMEDOUT after 15 s); the
+ * health thread, told by the first owed record, settles it now.
+ */
+Test(async, a_blocking_caller_gets_what_a_stopped_loop_gave_back_while_the_lock_was_held)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, "pool_max=1 pool_min_idle=0 breaker.mode=disabled "
+                              "health_interval_ms=600000");
+    struct event_base *base = event_base_new();
+    pgg_async *ac = async_for(p, base);
+    pgg_host *h = &p->hosts[0];
+    blocking_call b = {.p = p, .sql = "SELECT 3", .timeout_ms = 15000};
+    pthread_t bt;
+    held_lock hm;
+    outcome o;
+    int timed_out;
+    double end;
+
+    start_call(ac, PGG_WRITE, "SELECT 1", 5000, 0, &o);
+    run_until(base, &o, 1, 10000);
+    cr_assert_eq(o.code, PGG_OK, "%s", o.message);
+    cr_assert_eq(pgg__async_kept(ac), 1, "the loop does not keep its connection");
+    cr_assert_eq(pthread_create(&bt, NULL, blocking_main, &b), 0);
+    end = pgh_now_ms() + 10000;
+    while (host_sleepers(p, 0) < 1 && pgh_now_ms() < end)
+        sleep_ms(1);
+    cr_assert_eq(host_sleepers(p, 0), 1, "the blocking caller does not wait");
+
+    hold_host_mu(p, 0, &hm);
+    loop_guard_on();
+    pgg_async_give_back(ac);
+    loop_guard_off();
+    cr_expect_eq(pgg__async_kept(ac), 0, "the loop still keeps its connection");
+    cr_expect(atomic_load(&h->owed), "the give-back was not owed");
+    timed_out = hold_release(&hm.h);
+    pthread_join(hm.th, NULL);
+    cr_assert_not(timed_out, "the loop waited for the host's lock as it gave back");
+    /* The loop stopped: it never turns again in this test. */
+    end = pgh_now_ms() + 20000;
+    while (!__atomic_load_n(&b.done, __ATOMIC_SEQ_CST) && pgh_now_ms() < end)
+        sleep_ms(1);
+    pthread_join(bt, NULL);
+    cr_expect_eq(b.code, PGG_OK, "the blocking caller: %s %s", pgg_err_name(b.code), b.message);
+    cr_expect_not(atomic_load(&h->owed), "still owed");
+    loop_guard_check("a give-back owed as the loop stopped");
+    pgg_async_free(ac);
+    event_base_free(base);
+    end_test(p, c);
+}
+
+/*
+ * The breaker's listener (pool_api.c: the trim of an opened host, which
+ * takes the host's lock) runs on whichever thread delivers its events:
+ * with notes (breaker.c, "Notes"), on a section that applied another
+ * thread's queued result, such as a loop's admission, outside any host
+ * operation of the loop (pgg__host_loop unset: the call is started from
+ * the test's body, as from any event of the application's).  Here a
+ * failure recorded while another thread held the breaker's lock is queued
+ * and left for the next holder (that holder let go without looking: the
+ * window between a holder's unlock and its recheck, held open); another
+ * thread holds the host's lock; the loop's next call takes the breaker's
+ * lock, applies the failure, which opens the breaker, and delivers.
+ * Review17: the loop waited in pthread_mutex_lock for the host's lock
+ * (until the hold's 30 s bound); the listener's trim now only tries it,
+ * and leaves the idle sessions to the health thread's sweep.
+ */
+Test(async, a_breaker_opened_by_a_queued_result_on_a_loops_admission_never_waits_for_the_hosts_lock)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, "breaker.consecutive_failures=1 breaker.failure_rate=0 "
+                              "breaker.slow_call_rate=0 breaker.open_ms=600000 breaker.open_max_ms=600000 "
+                              "health_interval_ms=600000");
+    struct event_base *base = event_base_new();
+    pgg_async *ac = async_for(p, base);
+    pgg_breaker *b = &p->hosts[0].breaker;
+    held_lock bm = {.mu = &b->mu, .h = HOLD_INIT}, hm;
+    pgg_ticket t;
+    outcome o;
+    int timed_out;
+
+    cr_assert(wait_role(p, 0, PGG_ROLE_PRIMARY, 10000));
+    cr_assert_eq(pgg__breaker_state(b), PGG_BREAKER_CLOSED);
+    cr_assert(pgg__breaker_allow(b, pgg__now_ns(), &t));
+    /* A blocking caller's failure, the breaker's lock held elsewhere:
+     * queued.  Its holder lets go without applying it. */
+    lock_hold(&bm);
+    pgg__breaker_record(b, t, PGG_OUTCOME_FAILURE, 0, pgg__now_ns());
+    lock_release(&bm);
+    cr_assert_neq(atomic_load(&b->notes_head), 0u, "the failure was not queued");
+    cr_assert_eq(pgg__breaker_state(b), PGG_BREAKER_CLOSED, "applied already");
+
+    hold_host_mu(p, 0, &hm);
+    start_call(ac, PGG_WRITE, "SELECT 1", 5000, 0, &o);
+    timed_out = hold_release(&hm.h);
+    pthread_join(hm.th, NULL);
+    cr_assert_not(timed_out, "the loop waited for the host's lock (until its holder's bound)");
+    cr_expect_eq(atomic_load(&b->notes_head), 0u, "the queued failure was not applied");
+    run_until(base, &o, 1, 10000);
+    /* Refused in the section that applied the failure (the health thread,
+     * woken by the opening, may close it again since). */
+    cr_expect_neq(o.code, PGG_OK, "the call was let in by the breaker its admission opened");
+    loop_guard_check("a breaker opened by a queued result on the loop");
+    pgg_async_free(ac);
+    event_base_free(base);
+    end_test(p, c);
+}
+
+/*
  * The loop never waits for a breaker's lock (breaker.c, "Notes";
  * pgg__breaker_try_allow).  The test's thread, which runs the loop, holds
  * the host's breaker lock itself: a loop that waited for it would never
