@@ -38,6 +38,7 @@ typedef struct tally {
     uint64_t ok, refused, full, timeout, other, owed, settled_late;
 } tally;
 
+/* Inside a while: long enough for blocking callers to queue behind. */
 static void in_and_out(void)
 {
     int n = atomic_fetch_add(&inside, 1) + 1;
@@ -45,7 +46,8 @@ static void in_and_out(void)
 
     while (n > m && !atomic_compare_exchange_weak(&max_inside, &m, n))
         ;
-    sched_yield();
+    for (int i = 0; i < 3; i++)
+        sched_yield();
     atomic_fetch_sub(&inside, 1);
 }
 
@@ -69,6 +71,7 @@ static void *loop_main(void *arg)
             break;
         case PGG_EBULKHEAD:
             t->refused++;
+            sched_yield(); /* the loop's next turn */
             break;
         default:
             t->other++;
@@ -94,6 +97,10 @@ static void *blocking_main(void *arg)
             t->ok++;
             in_and_out();
             pgg__bulkhead_leave(&BH);
+            /* Room for the loops: they hold slots the next call queues
+             * behind. */
+            for (int j = 0; j < 8; j++)
+                sched_yield();
             break;
         case PGG_EBULKHEAD:
             t->full++;
@@ -117,8 +124,8 @@ static void *holder_main(void *arg)
         pgg_bulkhead_counts c;
 
         pthread_mutex_lock(&BH.mu);
-        sched_yield();
-        sched_yield();
+        for (int i = 0; i < 4; i++)
+            sched_yield();
         pthread_mutex_unlock(&BH.mu);
         pgg__bulkhead_counts(&BH, &c);
         sched_yield();
@@ -178,6 +185,7 @@ int main(void)
     CHECK(c.timed_out == timeout, "timed out %llu, threads saw %llu",
           (unsigned long long)c.timed_out, (unsigned long long)timeout);
     CHECK(owed > 0, "no loop's leave met the lock busy: nothing proved");
+    CHECK(refused > 0, "no loop's enter was refused");
     CHECK(c.waited > 0, "no blocking caller queued: the slow path was never taken");
     pgg__bulkhead_destroy(&BH);
     return tsan_exit("tsan_bulkhead_loops");
