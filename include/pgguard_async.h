@@ -161,12 +161,18 @@ PGG_EXPORT void pgg_async_give_back(pgg_async *ac);
  * filled, fn never called): PGG_EINVAL, PGG_ECLOSED, PGG_ENOMEM,
  * PGG_ESTATE (no adapter attached), PGG_ECANCELED (call->cancel fired
  * already), PGG_EBULKHEAD (the pool's bulkhead is full: refused at once,
- * never queued).  *handle (may be NULL) identifies
+ * never queued; also while blocking callers queue on it and another
+ * thread is inside its lock, handing slots on: the loop never waits for
+ * that lock).  *handle (may be NULL) identifies
  * the call for pgg_async_cancel; NULL when the call is refused.
  *
  * The deadline is call->timeout_ms (or call_timeout_ms) from now, bulkhead
  * included.  On the loop: the bulkhead never waits (bulkhead.max_wait_ms
- * does not apply), a call finding every connection of its host busy
+ * does not apply), a cacheable read's answer is stored without waiting
+ * for the cache's lock (queued for its holder when busy), and a failed
+ * cacheable read whose fallback finds that lock busy looks again every
+ * millisecond until it is free (its callback comes then, served by the
+ * same rules as a blocking call, which would have waited for the lock), a call finding every connection of its host busy
  * (pool_max) waits for one on the loop (woken by this context's give-backs,
  * and looking every millisecond for other threads'), a connection a call
  * of this context used stays with the context, watched, for its next calls

@@ -34,6 +34,9 @@
  *   PIPED    pipeline=on: its statement queued, with its own Sync, on the
  *            context's connection to its host in pipeline mode (struct
  *            apipe), behind other calls' statements
+ *   CACHE    over without an answer, its fallback wanted from the cache,
+ *            whose lock was busy (cache.c, "Loops"): finishes again on the
+ *            timer, until the lock is free
  *   DONE     finished, its callback due from the timer (a call never
  *            completes inside the function that started it)
  */
@@ -97,6 +100,7 @@ enum {
     ST_QUERY,
     ST_LSN,
     ST_PIPED,
+    ST_CACHE,
     ST_DONE
 };
 
@@ -347,6 +351,7 @@ struct pgg_async {
 static struct kept_entry *kept_entry_new(pgg_async *ac);
 static void loop_owe(pgg_host_loop *self);
 static void loop_owed_first(pgg_host_loop *self);
+static void cache_later(pgg_host_loop *self, void *call_mem);
 
 pgg_async *pgg_async_new(pgg_pool *pool, pgg_error *err)
 {
@@ -397,6 +402,7 @@ pgg_async *pgg_async_new(pgg_pool *pool, pgg_error *err)
     ac->keep_check_at = INT64_MAX;
     ac->hl.owe = loop_owe;
     ac->hl.owed_first = loop_owed_first;
+    ac->hl.cache_later = cache_later;
     ac->owed_at = INT64_MAX;
     return ac;
 }
@@ -440,6 +446,15 @@ int pgg__async_relooking(const pgg_async *ac)
 
     for (const pgg_async_call *k = ac->head; k; k = k->next)
         n += k->state == ST_RELOOK || k->state == ST_SETTLE;
+    return n;
+}
+
+int pgg__async_cache_waits(const pgg_async *ac)
+{
+    int n = 0;
+
+    for (const pgg_async_call *k = ac->head; k; k = k->next)
+        n += k->state == ST_CACHE;
     return n;
 }
 
@@ -550,10 +565,12 @@ static void loop_owed_first(pgg_host_loop *self)
 
 /* Every host's owed records applied (tried, or waited for: wait, the
  * free); looked at again a look later while any is left.  Another
- * context's are settled too: a record is the host's, not the context's. */
+ * context's are settled too: a record is the host's, not the context's.
+ * So are the bulkhead's owed leaves (a call's end that found its lock
+ * busy, pgg__call_leave_slow). */
 static void owed_settle(pgg_async *ac, int64_t now, bool wait)
 {
-    bool left = false;
+    bool left = !pgg__bulkhead_settle_owed(&ac->pool->bulkhead, wait);
 
     for (int i = 0; i < ac->pool->nhosts; i++)
         left |= !pgg__host_settle_owed(&ac->pool->hosts[i], wait);
@@ -2806,12 +2823,26 @@ HOT void complete(pgg_async_call *k)
     call_free(ac, k);
 }
 
-/* The path is over for k: its outcome, its callback due. */
+/* The path is over for k: its outcome, its callback due.  The state
+ * first: a fallback the cache's lock kept from the call sets it back
+ * from inside (cache_later). */
 HOT void finish(pgg_async_call *k)
 {
-    k->res = pgg__call_finish(&k->c);
     k->state = ST_DONE;
     k->wait_until = 0; /* complete() runs it, or the timer */
+    k->res = pgg__call_finish(&k->c);
+}
+
+/* pgg_host_loop.cache_later: the call finishes again a look later
+ * (ST_CACHE, the timer's expire), its bulkhead slot still held. */
+static void cache_later(pgg_host_loop *self, void *call_mem)
+{
+    pgg_async_call *k =
+        (pgg_async_call *)((char *)call_mem - offsetof(pgg_async_call, cm));
+
+    (void)self;
+    k->state = ST_CACHE;
+    wait_until(k, pgg__now_ns() + PARK_POLL_NS);
 }
 
 /* finish, out of line where a call seldom ends: in drive (no host served
@@ -3096,6 +3127,11 @@ static void expire(pgg_async_call *k)
         /* A cancel: its slot owed, the call ends (connect_failed_as). */
         connect_failed_as(k, (pgg_borrow_fail)k->settle_why);
         break;
+    case ST_CACHE:
+        /* Its look for the cache's lock (cache_later), or a cancel, which
+         * the path sees first (no fallback then). */
+        finish(k);
+        break;
     default:
         break;
     }
@@ -3295,7 +3331,7 @@ HOT int start(pgg_async *ac, pgg_intent intent, const pgg_query *q,
         k->opts = *call;
         k->has_opts = true;
     }
-    k->c.on_loop = true;
+    k->c.loop = &ac->hl;
     if (!pgg__call_begin(&k->c, &k->cm, ac->pool, intent, &k->q,
                          k->has_opts ? &k->opts : NULL, &k->info, &k->err,
                          call ? call->cancel : NULL)) {
@@ -3309,8 +3345,9 @@ HOT int start(pgg_async *ac, pgg_intent intent, const pgg_query *q,
         pgg__call_cancelled(err);
         return PGG_ECANCELED;
     }
-    /* The loop never waits for a slot: refused at once. */
-    if (pgg__pool_enter(ac->pool, &k->c.now, k->c.start, k->c.err) != PGG_OK) {
+    /* The loop never waits for a slot, nor for the bulkhead's lock:
+     * refused at once (bulkhead.c, "Loops"). */
+    if (pgg__pool_enter_loop(ac->pool, k->c.err) != PGG_OK) {
         *err = k->err;
         call_free(ac, k);
         return err->code;

@@ -24,5 +24,8 @@ int pgg__async_kept_listed(void);
 /* Calls of ac that found a host's lock busy and look again (ST_RELOOK:
  * a borrow; ST_SETTLE: a failed connect's bookkeeping; host.c, "Owed"). */
 int pgg__async_relooking(const pgg_async *ac);
+/* Calls of ac over without an answer whose fallback found the cache's
+ * lock busy and look again (ST_CACHE; cache.c, "Loops"). */
+int pgg__async_cache_waits(const pgg_async *ac);
 
 #endif

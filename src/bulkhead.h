@@ -22,6 +22,14 @@
  * swap each on one cache line, no lock; once someone waits (or after
  * close), both go through the mutex so that freed slots go to waiters in
  * order.  No allocation after init (a waiter lives on its own stack).
+ *
+ * An event loop's thread never waits for the mutex (the _loop variants;
+ * bulkhead.c, "Loops"): its enter only tries it and refuses when it stays
+ * busy (a loop never queues), and its leave, when the mutex stays busy,
+ * is owed: counted in `owed` (the slot still held, so capacity holds and
+ * nobody barges), applied in FIFO order by whoever holds the mutex next
+ * before it unlocks, and settled by the loop itself
+ * (pgg__bulkhead_settle_owed) if nobody did.
  */
 #ifndef PGG_BULKHEAD_H
 #define PGG_BULKHEAD_H
@@ -51,6 +59,13 @@ typedef struct pgg_bulkhead {
     pgg_clock_watch watch;
     int waiting;
     bool closed;
+    /* Leaves of event loops that found mu busy: their slots, still
+     * counted in state, handed on by the next holder (bulkhead.c,
+     * "Loops"). */
+    atomic_int owed;
+    /* Loop enters refused because mu stayed busy (rejected_full counts
+     * them too, in counts()). */
+    atomic_uint_fast64_t rejected_busy;
     pgg_bulkhead_waiter *head; /* oldest waiter */
     pgg_bulkhead_waiter *tail;
     uint64_t rejected_full, timed_out, waited;
@@ -127,20 +142,62 @@ static inline int pgg__bulkhead_enter(pgg_bulkhead *bh, int64_t deadline,
     return pgg__bulkhead_enter_slow(bh, deadline, now);
 }
 
-static inline void pgg__bulkhead_leave(pgg_bulkhead *bh)
+/* The lock-free half of a leave: true if done (nobody waits); false: go
+ * the slow way. */
+static inline bool pgg__bulkhead_leave_fast(pgg_bulkhead *bh)
 {
     uint64_t s = atomic_load_explicit(&bh->state, memory_order_relaxed);
 
     while (!(s & PGG_BULKHEAD_SLOW)) {
         if (PGG_BULKHEAD_HOLDERS(s) == 0)
-            return;
+            return true;
         if (atomic_compare_exchange_weak_explicit(&bh->state, &s, s - 1,
                                                   memory_order_release,
                                                   memory_order_relaxed))
-            return;
+            return true;
     }
-    pgg__bulkhead_leave_slow(bh);
+    return false;
 }
+
+static inline void pgg__bulkhead_leave(pgg_bulkhead *bh)
+{
+    if (!pgg__bulkhead_leave_fast(bh))
+        pgg__bulkhead_leave_slow(bh);
+}
+
+/*
+ * On an event loop's thread (bulkhead.c, "Loops"): never waits, never
+ * queues.  Enter: PGG_OK (a slot: leave it with pgg__bulkhead_leave_loop),
+ * PGG_EBULKHEAD (full, someone waits, or the mutex stayed busy while
+ * slots are being handed over), PGG_ECLOSED.
+ */
+int pgg__bulkhead_enter_loop_slow(pgg_bulkhead *bh);
+static inline int pgg__bulkhead_enter_loop(pgg_bulkhead *bh)
+{
+    if (pgg__bulkhead_try_enter(bh))
+        return PGG_OK;
+    return pgg__bulkhead_enter_loop_slow(bh);
+}
+
+/* Leave: true when done; false when the slot is owed (the mutex stayed
+ * busy): the loop calls pgg__bulkhead_settle_owed later until it says
+ * none is left.  The lock-free half is pgg__bulkhead_leave's. */
+bool pgg__bulkhead_leave_loop_slow(pgg_bulkhead *bh);
+static inline bool pgg__bulkhead_leave_loop(pgg_bulkhead *bh)
+{
+    return pgg__bulkhead_leave_fast(bh) || pgg__bulkhead_leave_loop_slow(bh);
+}
+
+/* The owed leaves handed on, under mu: waited for when wait (a context's
+ * free), else only tried.  True when none is left owed. */
+bool pgg__bulkhead_settle_owed(pgg_bulkhead *bh, bool wait);
+
+/* For tests: leaves owed now. */
+int pgg__bulkhead_owed(pgg_bulkhead *bh);
+
+/* For tests: called by every holder of mu just before it applies what is
+ * owed and unlocks (a test's stand-in for a holder preempted there). */
+extern void (*pgg__bulkhead_unlock_hook)(pgg_bulkhead *bh);
 
 /*
  * Change the capacity (>= 0) at run time.  Growing admits waiters at once,

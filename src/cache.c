@@ -6,6 +6,8 @@
 #include <string.h>
 
 #include "error.h"
+#include "lifo.h"
+#include "trylock.h"
 
 /* ------------------------------------------------------------------ keys */
 
@@ -115,6 +117,7 @@ void pgg__cache_key_done(pgg_cache_key *k)
 /* ----------------------------------------------------------------- cache */
 
 typedef struct entry {
+    pgg_lifo_node node;       /* first: a store queued (pending) */
     struct entry *chain;      /* hash bucket */
     struct entry *prev, *next; /* LRU: head is most recent */
     PGresult *res;
@@ -141,7 +144,12 @@ struct pgg_cache {
     size_t entries;
     int64_t bytes;
     entry *head, *tail;
-    uint64_t hits, misses, stores, evictions, fallbacks;
+    uint64_t hits, misses, stores, evictions;
+    /* Stores of event loops that found mu busy, newest first: applied by
+     * the holder (see "Loops"). */
+    pgg_lifo pending;
+    atomic_uint_fast64_t fallbacks;
+    atomic_uint_fast64_t queued, later; /* see "Loops" (tests, stats) */
 };
 
 static const int copy_flags =
@@ -187,6 +195,10 @@ void pgg__cache_free(pgg_cache *c)
     for (e = c->head; e; e = next) {
         next = e->next;
         entry_unref(e);
+    }
+    for (pgg_lifo_node *n = pgg__lifo_take(&c->pending, NULL), *nn; n; n = nn) {
+        nn = n->next;
+        entry_unref((entry *)n);
     }
     free(c->buckets);
     free(c->old);
@@ -311,13 +323,17 @@ static void grow_step(pgg_cache *c)
     }
 }
 
+static void cache_lock(pgg_cache *c, entry **doomed);
+static void cache_unlock(pgg_cache *c, entry **doomed);
+
 size_t pgg__cache_most_moved(pgg_cache *c)
 {
+    entry *doomed = NULL;
     size_t n;
 
-    pthread_mutex_lock(&c->mu);
+    cache_lock(c, &doomed);
     n = c->most_moved;
-    pthread_mutex_unlock(&c->mu);
+    cache_unlock(c, &doomed);
     return n;
 }
 
@@ -327,22 +343,140 @@ void pgg__cache_store(pgg_cache *c, const pgg_cache_key *k, const PGresult *res,
     pgg__cache_store_at(c, k, res, now_ns, 0);
 }
 
-void pgg__cache_store_at(pgg_cache *c, const pgg_cache_key *k,
-                         const PGresult *res, int64_t now_ns, uint64_t lsn)
+/*
+ * Loops.  An event loop's thread never waits for mu (docs/DESIGN.md,
+ * "Locks"): every thread's cacheable reads share it, and a holder
+ * preempted inside its short section would make the loop sleep for a
+ * scheduler slice.  On a loop (the _loop variants) mu is only tried
+ * (trylock.h); when it stays busy:
+ *
+ *   - a store is queued: the entry, built and copied outside mu as
+ *     always, is pushed (a compare-and-swap, lifo.h) on `pending`, and mu
+ *     tried once more.  Every holder applies what is queued, oldest
+ *     first, when it takes mu (so a lookup sees every store queued before
+ *     it) and again before it unlocks; after unlocking it fences and
+ *     looks at `pending` again, and the pusher tries mu after its push,
+ *     so one of the two applies it (a Dekker pair, as the breaker's
+ *     notes: breaker.c, "Notes").  A store is never skipped: a fallback
+ *     served later depends on it.
+ *   - a lookup answers "busy" (PGG_CACHE_BUSY): the call that wanted a
+ *     fallback looks again on its loop's timer until mu is free (async.c,
+ *     ST_CACHE), and is then served exactly as a blocking call that waited
+ *     for mu would be.  A fallback is served always or never by the rules
+ *     (age, position), not "usually": a miss for want of the lock would
+ *     fail a call the cache could answer, at the very moment no host can.
+ *     The call is held past its deadline by the holder's section only, as
+ *     a blocking caller waiting for mu would be.
+ *
+ * Blocking callers still wait for mu, and apply what is queued.
+ */
+
+/* A queued store, applied (mu held); doomed: what it replaced or
+ * evicted, unreffed after unlocking. */
+static void store_locked(pgg_cache *c, entry *e, entry **doomed)
 {
-    entry *e, *old, *doomed = NULL;
+    entry *old;
     entry **pp;
+
+    pp = find_slot(c, e->key, e->key_len, e->hash);
+    old = *pp;
+    if (old) {
+        unlink_entry(c, old);
+        old->chain = *doomed;
+        *doomed = old;
+        pp = find_slot(c, e->key, e->key_len, e->hash);
+    }
+    e->chain = *pp;
+    *pp = e;
+    lru_push_front(c, e);
+    c->entries++;
+    c->bytes += (int64_t)e->bytes;
+    c->stores++;
+    while (c->bytes > c->max_bytes && c->tail && c->tail != e) {
+        entry *victim = c->tail;
+        unlink_entry(c, victim);
+        victim->chain = *doomed;
+        *doomed = victim;
+        c->evictions++;
+    }
+    grow_step(c);
+}
+
+/* The stores loops queued, oldest first (mu held). */
+static void drain_pending(pgg_cache *c, entry **doomed)
+{
+    pgg_lifo_node *n, *older = NULL, *next;
+
+    if (pgg__lifo_empty(&c->pending))
+        return;
+    /* Newest first as taken: turned to oldest first, so that of two
+     * stores of one key the later stays. */
+    for (n = pgg__lifo_take(&c->pending, NULL); n; n = next) {
+        next = n->next;
+        n->next = older;
+        older = n;
+    }
+    for (n = older; n; n = next) {
+        next = n->next;
+        store_locked(c, (entry *)n, doomed);
+    }
+}
+
+static void cache_lock(pgg_cache *c, entry **doomed)
+{
+    pthread_mutex_lock(&c->mu);
+    drain_pending(c, doomed);
+}
+
+static bool cache_trylock(pgg_cache *c, entry **doomed)
+{
+    if (!pgg__trylock_few(&c->mu))
+        return false;
+    drain_pending(c, doomed);
+    return true;
+}
+
+/* Unlock, with what is queued applied first; a store queued as the lock
+ * was released is applied here or by its pusher's try (see "Loops").
+ * Then what was replaced or evicted is let go, outside mu. */
+void (*pgg__cache_unlock_hook)(pgg_cache *c);
+
+static void cache_unlock(pgg_cache *c, entry **doomed)
+{
+    if (pgg__cache_unlock_hook)
+        pgg__cache_unlock_hook(c);
+    for (;;) {
+        drain_pending(c, doomed);
+        pthread_mutex_unlock(&c->mu);
+        atomic_thread_fence(memory_order_seq_cst);
+        if (pgg__lifo_empty(&c->pending) ||
+            pthread_mutex_trylock(&c->mu) != 0)
+            break;
+    }
+    while (*doomed) {
+        entry *next = (*doomed)->chain;
+
+        entry_unref(*doomed);
+        *doomed = next;
+    }
+}
+
+/* The entry for a store, built outside mu (NULL: nothing to store). */
+static entry *entry_new(pgg_cache *c, const pgg_cache_key *k,
+                        const PGresult *res, int64_t now_ns, uint64_t lsn)
+{
+    entry *e;
     PGresult *copy;
 
     if (!c || !res)
-        return;
+        return NULL;
     copy = PQcopyResult(res, copy_flags);
     if (!copy)
-        return;
+        return NULL;
     e = malloc(sizeof *e + k->len);
     if (!e) {
         PQclear(copy);
-        return;
+        return NULL;
     }
     memset(e, 0, sizeof *e);
     e->res = copy;
@@ -355,39 +489,41 @@ void pgg__cache_store_at(pgg_cache *c, const pgg_cache_key *k,
     atomic_init(&e->refs, 1);
     if ((int64_t)e->bytes > c->max_bytes) {
         entry_unref(e);
+        return NULL;
+    }
+    return e;
+}
+
+void pgg__cache_store_at(pgg_cache *c, const pgg_cache_key *k,
+                         const PGresult *res, int64_t now_ns, uint64_t lsn)
+{
+    entry *e = entry_new(c, k, res, now_ns, lsn), *doomed = NULL;
+
+    if (!e)
+        return;
+    cache_lock(c, &doomed);
+    store_locked(c, e, &doomed);
+    cache_unlock(c, &doomed);
+}
+
+void pgg__cache_store_loop(pgg_cache *c, const pgg_cache_key *k,
+                           const PGresult *res, int64_t now_ns, uint64_t lsn)
+{
+    entry *e = entry_new(c, k, res, now_ns, lsn), *doomed = NULL;
+
+    if (!e)
+        return;
+    if (cache_trylock(c, &doomed)) {
+        store_locked(c, e, &doomed);
+        cache_unlock(c, &doomed);
         return;
     }
-
-    pthread_mutex_lock(&c->mu);
-    pp = find_slot(c, k->bytes, k->len, k->hash);
-    old = *pp;
-    if (old) {
-        unlink_entry(c, old);
-        old->chain = doomed;
-        doomed = old;
-        pp = find_slot(c, k->bytes, k->len, k->hash);
-    }
-    e->chain = *pp;
-    *pp = e;
-    lru_push_front(c, e);
-    c->entries++;
-    c->bytes += (int64_t)e->bytes;
-    c->stores++;
-    while (c->bytes > c->max_bytes && c->tail && c->tail != e) {
-        entry *victim = c->tail;
-        unlink_entry(c, victim);
-        victim->chain = doomed;
-        doomed = victim;
-        c->evictions++;
-    }
-    grow_step(c);
-    pthread_mutex_unlock(&c->mu);
-
-    while (doomed) {
-        entry *next = doomed->chain;
-        entry_unref(doomed);
-        doomed = next;
-    }
+    /* Queued: the holder applies it (see "Loops"); one more try covers a
+     * holder that looked before the push. */
+    pgg__lifo_push(&c->pending, &e->node);
+    atomic_fetch_add_explicit(&c->queued, 1, memory_order_relaxed);
+    if (pthread_mutex_trylock(&c->mu) == 0)
+        cache_unlock(c, &doomed);
 }
 
 PGresult *pgg__cache_lookup(pgg_cache *c, const pgg_cache_key *k, int64_t now_ns,
@@ -396,35 +532,29 @@ PGresult *pgg__cache_lookup(pgg_cache *c, const pgg_cache_key *k, int64_t now_ns
     return pgg__cache_lookup_at(c, k, now_ns, max_age_ns, 0, age_ns, NULL);
 }
 
-PGresult *pgg__cache_lookup_at(pgg_cache *c, const pgg_cache_key *k,
-                               int64_t now_ns, int64_t max_age_ns,
-                               uint64_t min_lsn, int64_t *age_ns,
-                               uint64_t *lsn)
+/* The entry for k, with a reader's reference, or NULL (mu held). */
+static entry *lookup_locked(pgg_cache *c, const pgg_cache_key *k,
+                            int64_t now_ns, int64_t max_age_ns,
+                            uint64_t min_lsn, int64_t *age, entry **doomed)
 {
-    entry *e, *doomed = NULL;
-    PGresult *copy;
-    int64_t age = 0;
-    uint64_t at = 0;
+    entry *e;
 
-    if (!c)
-        return NULL;
     if (max_age_ns <= 0 || max_age_ns > c->max_age_ns)
         max_age_ns = c->max_age_ns;
-    pthread_mutex_lock(&c->mu);
     if (c->old)
         grow_step(c);
     e = *find_slot(c, k->bytes, k->len, k->hash);
     if (e) {
-        age = now_ns - e->stored_ns;
-        if (age > c->max_age_ns) {
+        *age = now_ns - e->stored_ns;
+        if (*age > c->max_age_ns) {
             /* Never served again: make room now. */
             unlink_entry(c, e);
-            doomed = e;
+            e->chain = *doomed;
+            *doomed = e;
             e = NULL;
-        } else if (age > max_age_ns || e->lsn < min_lsn) {
+        } else if (*age > max_age_ns || e->lsn < min_lsn) {
             e = NULL; /* too old for this caller, maybe not for another */
         } else {
-            at = e->lsn;
             lru_unlink(c, e);
             lru_push_front(c, e);
             atomic_fetch_add(&e->refs, 1);
@@ -434,42 +564,97 @@ PGresult *pgg__cache_lookup_at(pgg_cache *c, const pgg_cache_key *k,
         c->hits++;
     else
         c->misses++;
-    pthread_mutex_unlock(&c->mu);
-    if (doomed)
-        entry_unref(doomed);
+    return e;
+}
+
+/* The caller's copy of a found entry, outside mu. */
+static PGresult *copy_out(entry *e, int64_t age, int64_t *age_ns,
+                          uint64_t *lsn)
+{
+    PGresult *copy;
+
     if (!e)
         return NULL;
     copy = PQcopyResult(e->res, copy_flags);
-    entry_unref(e);
     if (copy && age_ns)
         *age_ns = age;
     if (copy && lsn)
-        *lsn = at;
+        *lsn = e->lsn;
+    entry_unref(e);
     return copy;
+}
+
+PGresult *pgg__cache_lookup_at(pgg_cache *c, const pgg_cache_key *k,
+                               int64_t now_ns, int64_t max_age_ns,
+                               uint64_t min_lsn, int64_t *age_ns,
+                               uint64_t *lsn)
+{
+    entry *e, *doomed = NULL;
+    int64_t age = 0;
+
+    if (!c)
+        return NULL;
+    cache_lock(c, &doomed);
+    e = lookup_locked(c, k, now_ns, max_age_ns, min_lsn, &age, &doomed);
+    cache_unlock(c, &doomed);
+    return copy_out(e, age, age_ns, lsn);
+}
+
+int pgg__cache_lookup_loop(pgg_cache *c, const pgg_cache_key *k,
+                           int64_t now_ns, int64_t max_age_ns,
+                           uint64_t min_lsn, int64_t *age_ns, uint64_t *lsn,
+                           PGresult **out)
+{
+    entry *e, *doomed = NULL;
+    int64_t age = 0;
+
+    *out = NULL;
+    if (!c)
+        return PGG_CACHE_MISS;
+    if (!cache_trylock(c, &doomed)) {
+        atomic_fetch_add_explicit(&c->later, 1, memory_order_relaxed);
+        return PGG_CACHE_BUSY;
+    }
+    e = lookup_locked(c, k, now_ns, max_age_ns, min_lsn, &age, &doomed);
+    cache_unlock(c, &doomed);
+    *out = copy_out(e, age, age_ns, lsn);
+    return *out ? PGG_CACHE_HIT : PGG_CACHE_MISS;
 }
 
 void pgg__cache_note_fallback(pgg_cache *c)
 {
     if (!c)
         return;
-    pthread_mutex_lock(&c->mu);
-    c->fallbacks++;
-    pthread_mutex_unlock(&c->mu);
+    atomic_fetch_add_explicit(&c->fallbacks, 1, memory_order_relaxed);
 }
 
 void pgg__cache_stats(pgg_cache *c, pgg_stats *out)
 {
+    entry *doomed = NULL;
+
     if (!c)
         return;
-    pthread_mutex_lock(&c->mu);
+    cache_lock(c, &doomed);
     out->cache_hits = c->hits;
     out->cache_misses = c->misses;
     out->cache_stores = c->stores;
     out->cache_evictions = c->evictions;
-    out->cache_fallbacks = c->fallbacks;
+    out->cache_fallbacks =
+        atomic_load_explicit(&c->fallbacks, memory_order_relaxed);
     out->cache_bytes = (uint64_t)c->bytes;
     out->cache_entries = c->entries;
-    pthread_mutex_unlock(&c->mu);
+    cache_unlock(c, &doomed);
+}
+
+void pgg__cache_loop_counts(pgg_cache *c, uint64_t *queued, uint64_t *later)
+{
+    *queued = atomic_load(&c->queued);
+    *later = atomic_load(&c->later);
+}
+
+bool pgg__cache_pending_empty(pgg_cache *c)
+{
+    return pgg__lifo_empty(&c->pending);
 }
 
 pthread_mutex_t *pgg__cache_mutex(pgg_cache *c)

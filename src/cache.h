@@ -11,7 +11,9 @@
  *
  * Thread-safe.  One short mutex guards the table and the LRU list; copying
  * a result in or out, the expensive part, happens outside it on a
- * reference-counted entry.
+ * reference-counted entry.  An event loop's thread never waits for it
+ * (the _loop variants; cache.c, "Loops"): a store that finds it busy is
+ * queued for its holder, a lookup answers PGG_CACHE_BUSY.
  */
 #ifndef PGG_CACHE_H
 #define PGG_CACHE_H
@@ -76,6 +78,32 @@ PGresult *pgg__cache_lookup_at(pgg_cache *c, const pgg_cache_key *k,
                                int64_t now_ns, int64_t max_age_ns,
                                uint64_t min_lsn, int64_t *age_ns,
                                uint64_t *lsn);
+
+/* On an event loop's thread: the same, never waiting for the lock (a
+ * store that finds it busy is queued and applied by its holder before it
+ * unlocks; cache.c, "Loops"). */
+void pgg__cache_store_loop(pgg_cache *c, const pgg_cache_key *k,
+                           const PGresult *res, int64_t now_ns, uint64_t lsn);
+
+enum { PGG_CACHE_MISS, PGG_CACHE_HIT, PGG_CACHE_BUSY };
+
+/* On an event loop's thread: pgg__cache_lookup_at's answer in *out
+ * (PGG_CACHE_HIT, or PGG_CACHE_MISS with *out NULL), or PGG_CACHE_BUSY:
+ * the lock stayed busy, nothing looked at; ask again later (the loop's
+ * call looks again on its timer). */
+int pgg__cache_lookup_loop(pgg_cache *c, const pgg_cache_key *k,
+                           int64_t now_ns, int64_t max_age_ns,
+                           uint64_t min_lsn, int64_t *age_ns, uint64_t *lsn,
+                           PGresult **out);
+
+/* For tests: stores loops queued, lookups they were told to make again
+ * (both since the cache's start). */
+void pgg__cache_loop_counts(pgg_cache *c, uint64_t *queued, uint64_t *later);
+/* For tests: no store is left queued. */
+bool pgg__cache_pending_empty(pgg_cache *c);
+/* For tests: called by every holder of the lock just before it applies
+ * what is queued and unlocks (a stand-in for a holder preempted there). */
+extern void (*pgg__cache_unlock_hook)(pgg_cache *c);
 
 /* Count a stale answer actually served (a lookup hit used as fallback). */
 void pgg__cache_note_fallback(pgg_cache *c);

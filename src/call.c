@@ -28,11 +28,13 @@ static bool host_reason(int code)
 }
 
 /* A cacheable read's answer remembered, or a stale one for a failure
- * (call.h). */
+ * (call.h).  On a loop (loop) the cache's lock is never waited for: a
+ * store is queued if it is busy, a lookup answers PGG__CALL_LATER
+ * (cache.c, "Loops"). */
 PGresult *pgg__call_cache_step(pgg_pool *pool, const pgg_query *q,
                                const pgg_call *call, const pgg_vis_req *vr,
                                bool served, PGresult *res, pgg_info *info,
-                               pgg_error *err)
+                               pgg_error *err, const pgg_host_loop *loop)
 {
     pgg_cache_key key;
     PGresult *stale;
@@ -50,13 +52,23 @@ PGresult *pgg__call_cache_step(pgg_pool *pool, const pgg_query *q,
     now = pgg__now_ns();
     if (served) {
         /* With the position the data is known to include (0: unknown). */
-        pgg__cache_store_at(pool->cache, &key, res, now, vr->lsn);
+        if (loop)
+            pgg__cache_store_loop(pool->cache, &key, res, now, vr->lsn);
+        else
+            pgg__cache_store_at(pool->cache, &key, res, now, vr->lsn);
         pgg__cache_key_done(&key);
         return res;
     }
-    stale = pgg__cache_lookup_at(pool->cache, &key, now,
-                                 pgg__ms_to_ns(call->max_stale_ms), need,
-                                 &age, &lsn);
+    if (!loop) {
+        stale = pgg__cache_lookup_at(pool->cache, &key, now,
+                                     pgg__ms_to_ns(call->max_stale_ms), need,
+                                     &age, &lsn);
+    } else if (pgg__cache_lookup_loop(pool->cache, &key, now,
+                                      pgg__ms_to_ns(call->max_stale_ms), need,
+                                      &age, &lsn, &stale) == PGG_CACHE_BUSY) {
+        pgg__cache_key_done(&key);
+        return PGG__CALL_LATER;
+    }
     pgg__cache_key_done(&key);
     if (!stale)
         return NULL;
@@ -69,6 +81,21 @@ PGresult *pgg__call_cache_step(pgg_pool *pool, const pgg_query *q,
     }
     pgg_error_clear(err);
     return stale;
+}
+
+/* The slot given back the slow way (call.h). */
+void pgg__call_leave_slow(pgg_pool *pool, pgg_host_loop *loop)
+{
+    if (!loop)
+        pgg__bulkhead_leave_slow(&pool->bulkhead);
+    else if (!pgg__bulkhead_leave_loop_slow(&pool->bulkhead)) {
+        /* Settled on the loop's timer (owed_settle), and by the health
+         * thread (owed_first): a loop run on demand may not turn again
+         * while a blocking caller sleeps in the bulkhead's queue. */
+        loop->owe(loop);
+        if (loop->owed_first)
+            loop->owed_first(loop);
+    }
 }
 
 /* Suspect hosts last, stable (call.h). */
@@ -139,7 +166,7 @@ PGresult *pgg__call_run(pgg_pool *pool, pgg_intent intent, const pgg_query *q,
     pgg_host *h;
     int64_t dl, entered;
 
-    c.on_loop = false;
+    c.loop = NULL;
     if (!pgg__call_begin(&c, &m, pool, intent, q, opts, info, err, cancel))
         return NULL;
     /* Through a local: c's address must go nowhere. */

@@ -64,9 +64,13 @@ typedef struct pgg__call {
     pgg_error *err;       /* never NULL once begun */
     pgg_cancel *cancel;   /* NULL: none */
     pgg__call_mem *m;     /* the driver's, given to begin */
-    /* On an event loop: the path never waits inside a step (no health
-     * round awaited on a reroute, no read-your-writes wait). */
-    bool on_loop;
+    /* On an event loop, its context's tie (host.h; NULL: the blocking
+     * driver): the path never waits inside a step (no health round
+     * awaited on a reroute, no read-your-writes wait; the bulkhead's and
+     * the cache's locks only tried: a slot it could not give back owed
+     * and settled on the loop's timer, loop->owe; a store queued; a
+     * fallback looked up again on the timer, loop->cache_later). */
+    pgg_host_loop *loop;
     bool served;    /* an answer (success or the caller's error) is the outcome */
     bool final;     /* no further attempt: the outcome is err */
     /* On a loop: a write refused as read-only (25006) found no primary to
@@ -119,7 +123,16 @@ void pgg__call_cancelled(pgg_error *err);
 PGresult *pgg__call_cache_step(pgg_pool *pool, const pgg_query *q,
                                const pgg_call *call, const pgg_vis_req *vr,
                                bool served, PGresult *res, pgg_info *info,
-                               pgg_error *err);
+                               pgg_error *err, const pgg_host_loop *loop);
+
+/* pgg__call_cache_step's answer on a loop whose lookup found the cache's
+ * lock busy: finish again later (never a result to read). */
+#define PGG__CALL_LATER ((PGresult *)(uintptr_t)1)
+
+/* The bulkhead's slot given back the slow way (someone waits): on a loop
+ * (loop) without waiting for its lock, owed if busy (bulkhead.c,
+ * "Loops"). */
+void pgg__call_leave_slow(pgg_pool *pool, pgg_host_loop *loop);
 
 /* Hosts whose last attempt hit its deadline, or whose server is starting,
  * go last (stable), so a fresh read is not sent into the same wait (nor
@@ -235,7 +248,7 @@ PGG__STEP bool pgg__call_begin(pgg__call *c, pgg__call_mem *m, pgg_pool *pool,
     pgg__info_reset(info);
     /* The loop's start checked the pool, the SQL and the query already,
      * naming its own function. */
-    if (!c->on_loop && (!pool || !q->sql)) {
+    if (!c->loop && (!pool || !q->sql)) {
         pgg__error_set(err, PGG_EINVAL, NULL, NULL,
                        "pgg_exec: NULL pool or SQL");
         return false;
@@ -245,7 +258,7 @@ PGG__STEP bool pgg__call_begin(pgg__call *c, pgg__call_mem *m, pgg_pool *pool,
                        "pgg_exec: unknown intent %d", (int)intent);
         return false;
     }
-    if (!c->on_loop && pgg__query_check(q, "pgg_exec", err) != PGG_OK)
+    if (!c->loop && pgg__query_check(q, "pgg_exec", err) != PGG_OK)
         return false;
     if (atomic_load(&pool->closed)) {
         pgg__error_set(err, PGG_ECLOSED, NULL, NULL, "pool closed");
@@ -274,7 +287,7 @@ PGG__STEP bool pgg__call_begin(pgg__call *c, pgg__call_mem *m, pgg_pool *pool,
         /* The loop cannot wait for a replica: the candidates are the
          * second pass's at once (replicas known to have the position,
          * then the primary). */
-        if (c->on_loop)
+        if (c->loop)
             m->vr.waited = true;
     }
     c->start = c->now = pgg__now_ns();
@@ -302,14 +315,14 @@ PGG__STEP void pgg__call_route(pgg__call *c)
     if (c->intent == PGG_READ && c->ncand > 1) /* else nothing to reorder */
         pgg__call_suspects_last(pool, m->cand, c->ncand, c->now);
     if (c->q->vis && m->vr.sample) {
-        if (c->on_loop)
+        if (c->loop)
             pgg__vis_sample_known(pool, &m->vr);
         else
             c->now = pgg__vis_sample(pool, &m->vr, c->deadline,
                                      pgg__sample_primary, c->err);
     }
     if (c->q->vis && m->vr.need)
-        c->ncand = pgg__vis_order(pool, &m->vr, !c->on_loop, m->cand,
+        c->ncand = pgg__vis_order(pool, &m->vr, !c->loop, m->cand,
                                   c->ncand);
     c->i = 0;
     c->again = -1;
@@ -421,7 +434,7 @@ PGG__STEP void pgg__call_attempted(pgg__call *c, pgg_host *h, pgg__attempt *a)
          * health thread (woken by the 25006) finds within the deadline (a
          * loop's driver waits for that round on its timer: round_wait). */
         c->ncand = pgg__pool_candidates(pool, c->intent, c->m->cand);
-        if (c->ncand == 0 && c->on_loop)
+        if (c->ncand == 0 && c->loop)
             c->round_wait = true;
         else if (c->ncand == 0 &&
                  pgg__health_await_round(pool->health, c->deadline))
@@ -456,7 +469,7 @@ PGG__STEP bool pgg__call_again(pgg__call *c)
     if (c->served || c->final || c->spare || !c->q->vis || !c->m->vr.need)
         return false;
     n = pgg__vis_retry(c->pool, &c->m->vr, c->deadline, c->intent,
-                       !c->on_loop, c->m->cand, c->err);
+                       !c->loop, c->m->cand, c->err);
     if (n <= 0)
         return false;
     c->ncand = n;
@@ -514,10 +527,21 @@ PGG__STEP PGresult *pgg__call_finish(pgg__call *c)
             info->lsn_wait_us = vr->wait_ns / 1000;
     }
     if (pool->cache && call && (call->flags & PGG_CALL_CACHEABLE) &&
-        c->intent != PGG_WRITE)
-        res = pgg__call_cache_step(pool, c->q, call, vr, served, res, info, err);
+        c->intent != PGG_WRITE) {
+        res = pgg__call_cache_step(pool, c->q, call, vr, served, res, info,
+                                   err, c->loop);
+        /* On a loop, a fallback the cache's lock kept from it: the call
+         * finishes again, from the top, on the loop's timer (what runs
+         * above twice sets the same again: the no-host error, the
+         * position's wait; the bulkhead slot is still held). */
+        if (c->loop && res == PGG__CALL_LATER) {
+            c->loop->cache_later(c->loop, c->m);
+            return NULL;
+        }
+    }
 
-    pgg__bulkhead_leave(&pool->bulkhead);
+    if (!pgg__bulkhead_leave_fast(&pool->bulkhead))
+        pgg__call_leave_slow(pool, c->loop);
     if (!res)
         atomic_fetch_add(&pool->calls_failed, 1);
     if (info) {

@@ -1801,6 +1801,10 @@ static void *health_main(void *arg)
             pgg__breaker_tick(&pool->hosts[i].breaker, now);
             (void)pgg__host_settle_owed(&pool->hosts[i], true);
         }
+        /* And the bulkhead's slots a loop's leave owes (bulkhead.c,
+         * "Loops"), for the same reason: a blocking caller asleep in its
+         * queue is woken only by whoever applies them. */
+        (void)pgg__bulkhead_settle_owed(&pool->bulkhead, true);
         pgg__leases_check(pool, now);
         now_incident = incident(hl);
         if (atomic_exchange(&hl->wake_pending, false)) {

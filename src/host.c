@@ -9,6 +9,7 @@
 #include "clock.h"
 #include "error.h"
 #include "tls.h"
+#include "trylock.h"
 #include "options.h"
 
 int pgg__host_init(pgg_host *h, int index, const char *name,
@@ -393,8 +394,8 @@ static void release_slot(pgg_host *h, pgg_link *keep);
  * briefly, but one preempted inside it (2 shared vCPUs, busy servers)
  * made the loop sleep a scheduler slice, as the closer's lock did in round
  * 13 (3.9-5.7 ms).  On a loop's thread (pgg__host_loop set by async.c
- * around its host operations) mu is tried LOOP_TRIES times, and when it
- * stays busy:
+ * around its host operations) mu is tried PGG_TRYLOCK_TRIES times
+ * (trylock.h), and when it stays busy:
  *   - a borrow (pgg__host_try_borrow) takes nothing and says so
  *     (*lock_busy): the call looks again on its timer, as a parked call
  *     does, without counting as a waiter (nothing is short but the lock);
@@ -431,27 +432,12 @@ static void release_slot(pgg_host *h, pgg_link *keep);
  * is owed is still counted busy, connecting or on its way), and no link
  * is lent while it is owed.
  */
-#define LOOP_TRIES 3
-
 PGG_TLS pgg_host_loop *pgg__host_loop;
 
-static inline void cpu_relax(void)
-{
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#endif
-}
-
-/* mu tried LOOP_TRIES times (false: busy, not taken). */
+/* mu tried a few times (false: busy, not taken; trylock.h). */
 static bool host_trylock(pgg_host *h)
 {
-    for (int i = 0; i < LOOP_TRIES; i++) {
-        if (i)
-            cpu_relax();
-        if (pthread_mutex_trylock(&h->mu) == 0)
-            return true;
-    }
-    return false;
+    return pgg__trylock_few(&h->mu);
 }
 
 /* mu taken: waited for, except on an event loop's thread, where it is

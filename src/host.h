@@ -420,11 +420,18 @@ extern PGG_TLS void (*pgg__host_loop_give_back)(void);
  * waits for whoever takes mu next.  owed_first(self) (may be NULL) is
  * called besides when the host had nothing owed before: the context tells
  * a thread that may wait for mu (the health thread), which settles it
- * even if the loop does not turn again soon.
+ * even if the loop does not turn again soon.  The call path uses the same
+ * tie for the pool's bulkhead (pgg__call.loop): a slot whose give-back
+ * found the bulkhead's lock busy is owed, and settled on the same timer
+ * (pgg__bulkhead_settle_owed).
  */
 typedef struct pgg_host_loop {
     void (*owe)(struct pgg_host_loop *self);
     void (*owed_first)(struct pgg_host_loop *self);
+    /* The call path's (call.h, pgg__call_finish): the call whose memory
+     * part is call_mem wanted a fallback from the cache and found its lock
+     * busy: it finishes again on the loop's timer (cache.c, "Loops"). */
+    void (*cache_later)(struct pgg_host_loop *self, void *call_mem);
 } pgg_host_loop;
 
 extern PGG_TLS pgg_host_loop *pgg__host_loop;

@@ -214,6 +214,15 @@ int pgg__pool_no_host_error(pgg_pool *pool, pgg_intent intent, int ncand,
                           ncand);
 }
 
+/* A call refused by the bulkhead: counted failed. */
+static int bulkhead_refused(pgg_pool *pool, pgg_error *err)
+{
+    atomic_fetch_add(&pool->calls_failed, 1);
+    return pgg__error_set(err, PGG_EBULKHEAD, NULL, NULL,
+                          "bulkhead full: %d calls in flight",
+                          pgg__bulkhead_capacity(&pool->bulkhead));
+}
+
 int pgg__pool_enter_slow(pgg_pool *pool, int64_t *now, int64_t deadline,
                          pgg_error *err)
 {
@@ -225,8 +234,14 @@ int pgg__pool_enter_slow(pgg_pool *pool, int64_t *now, int64_t deadline,
         *now = pgg__now_ns();
         return PGG_OK;
     }
-    atomic_fetch_add(&pool->calls_failed, 1);
-    return pgg__error_set(err, PGG_EBULKHEAD, NULL, NULL,
-                          "bulkhead full: %d calls in flight",
-                          pgg__bulkhead_capacity(&pool->bulkhead));
+    return bulkhead_refused(pool, err);
+}
+
+int pgg__pool_enter_loop_slow(pgg_pool *pool, pgg_error *err)
+{
+    int rc = pgg__bulkhead_enter_loop_slow(&pool->bulkhead);
+
+    if (rc == PGG_OK)
+        return PGG_OK;
+    return bulkhead_refused(pool, err);
 }

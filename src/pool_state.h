@@ -296,6 +296,16 @@ static inline int pgg__pool_enter(pgg_pool *pool, int64_t *now,
     return pgg__pool_enter_slow(pool, now, deadline, err);
 }
 
+/* The same on an event loop's thread: never waits for a slot nor for the
+ * bulkhead's lock (bulkhead.c, "Loops"); refused at once. */
+int pgg__pool_enter_loop_slow(pgg_pool *pool, pgg_error *err);
+static inline int pgg__pool_enter_loop(pgg_pool *pool, pgg_error *err)
+{
+    if (pgg__bulkhead_try_enter(&pool->bulkhead))
+        return PGG_OK;
+    return pgg__pool_enter_loop_slow(pool, err);
+}
+
 /* The call's timeout (call->timeout_ms or the default) in ns. */
 static inline int64_t pgg__pool_timeout_ns(const pgg_pool *pool,
                                            int timeout_ms)

@@ -37,6 +37,7 @@ typedef struct outcome {
     uint64_t lsn;
     int attempts;
     int sent;
+    int from_cache;
     double ms; /* from start to callback */
     double started;
     char sqlstate[6];
@@ -55,6 +56,7 @@ static void on_done(pgg_async *ac, PGresult *res, const pgg_info *info,
     o->host_index = info->host_index;
     o->attempts = info->attempts;
     o->sent = info->sent;
+    o->from_cache = info->from_cache;
     o->lsn = info->lsn;
     o->ms = pgh_now_ms() - o->started;
     memcpy(o->sqlstate, err->sqlstate, sizeof o->sqlstate);
@@ -4987,6 +4989,224 @@ Test(async, a_call_never_waits_for_its_hosts_breaker_lock)
     cr_expect_geq(after.noted, before.noted + 2, "the admission and the result were not noted");
     loop_guard_check("a breaker's lock held by another");
     pgg_async_free(ac);
+    event_base_free(base);
+    end_test(p, c);
+}
+
+/* ------------------------------------------ the bulkhead's lock held */
+
+/* A blocking caller queued on the bulkhead (bulkhead.c, "Loops"). */
+typedef struct queued_caller {
+    pthread_t th;
+    pgg_pool *p;
+    atomic_int done;
+    int code;
+    char value[64];
+} queued_caller;
+
+static void *queued_caller_main(void *arg)
+{
+    queued_caller *q = arg;
+    pgg_call call = {.timeout_ms = 20000};
+    pgg_error e;
+    PGresult *r = pgg_exec(q->p, PGG_WRITE, "SELECT 'blocking'", &call, NULL, &e);
+
+    q->code = e.code;
+    if (r && PQntuples(r) == 1)
+        snprintf(q->value, sizeof q->value, "%s", PQgetvalue(r, 0, 0));
+    PQclear(r);
+    atomic_store(&q->done, 1);
+    return NULL;
+}
+
+static int bulkhead_waiting(pgg_pool *p)
+{
+    pgg_bulkhead_counts bc;
+
+    pgg__bulkhead_counts(&p->bulkhead, &bc);
+    return bc.waiting;
+}
+
+/*
+ * A pool shared by blocking callers, which queue on its bulkhead, and a
+ * loop, which may not: while a blocking caller waits (every enter and
+ * leave then goes through the bulkhead's lock) and another thread holds
+ * that lock, the loop's next call is refused at once, and its running
+ * call completes, its slot owed rather than handed on under the lock.
+ * Once the lock is free, the loop's own timer hands the slot to the
+ * waiter (the holder here applies nothing as it leaves, as a waiter asleep
+ * in pthread_cond_wait does not).  Before, the loop locked the bulkhead's
+ * mutex for both and sat there until the hold's bound.
+ */
+Test(async, a_loop_never_waits_for_the_bulkheads_lock_while_blocking_callers_queue)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, "pool_max=2 bulkhead.max_concurrent=1 "
+                              "bulkhead.max_wait_ms=20000 breaker.mode=disabled");
+    struct event_base *base = event_base_new();
+    pgg_async *ac = async_for(p, base);
+    held_lock hb = {.mu = &p->bulkhead.mu, .h = HOLD_INIT};
+    queued_caller q = {.p = p};
+    outcome o[1];
+    pgg_error e;
+    double end;
+    int rc;
+
+    /* The loop's call holds the one slot (it ends only on the loop's
+     * turns, none yet); a blocking caller queues behind it. */
+    start_call(ac, PGG_WRITE, "SELECT 'loop'", 10000, 0, &o[0]);
+    cr_assert_eq(pthread_create(&q.th, NULL, queued_caller_main, &q), 0);
+    end = pgh_now_ms() + 10000;
+    while (bulkhead_waiting(p) != 1 && pgh_now_ms() < end)
+        sleep_ms(1);
+    cr_assert_eq(bulkhead_waiting(p), 1, "the blocking caller never queued");
+    lock_hold(&hb);
+
+    /* Someone waits: refused at once (a loop never queues). */
+    loop_guard_on();
+    rc = pgg_async_exec(ac, PGG_WRITE, "SELECT 'refused'", NULL, on_done, NULL, NULL, &e);
+    loop_guard_off();
+    cr_expect_eq(rc, PGG_EBULKHEAD, "%s %s", pgg_err_name(rc), e.message);
+    /* The running call completes; its slot is owed, not handed on. */
+    run_until(base, o, 1, 10000);
+    cr_expect_eq(o[0].code, PGG_OK, "%s", o[0].message);
+    cr_expect_str_eq(o[0].value, "loop");
+    cr_expect_eq(pgg__bulkhead_owed(&p->bulkhead), 1, "the slot was not owed");
+    for (int i = 0; i < 10; i++)
+        loop_once(base, EVLOOP_ONCE | EVLOOP_NONBLOCK); /* its looks: still busy */
+    cr_expect_eq(atomic_load(&q.done), 0, "the waiter got a slot nobody could hand on");
+
+    lock_release(&hb);
+    /* The loop's timer hands it on, nobody else. */
+    end = pgh_now_ms() + 10000;
+    while (!atomic_load(&q.done) && pgh_now_ms() < end)
+        loop_once(base, EVLOOP_ONCE);
+    pthread_join(q.th, NULL);
+    cr_expect_eq(q.code, PGG_OK, "the waiter: %s", pgg_err_name(q.code));
+    cr_expect_str_eq(q.value, "blocking");
+    cr_expect_eq(pgg__bulkhead_owed(&p->bulkhead), 0);
+#if LOOP_GUARD
+    cr_expect_eq(loop_guard_lock_hits[LG_BULKHEAD], 0,
+                 "the loop thread locked the bulkhead %d time(s)",
+                 loop_guard_lock_hits[LG_BULKHEAD]);
+#endif
+    loop_guard_check("the bulkhead's lock held");
+    loop_guard_on();
+    pgg_async_free(ac);
+    loop_guard_off();
+    event_base_free(base);
+    end_test(p, c);
+}
+
+/*
+ * The same owed slot, and the loop then stops turning (a loop run on
+ * demand, after its last callback): the health thread, told by the owed
+ * leave, hands the slot on once the lock is free.  Before, only the loop's
+ * timer or the lock's next holder applied it: the blocking caller slept in
+ * the queue to its bulkhead.max_wait_ms (20 s).
+ */
+Test(async, a_blocking_caller_gets_the_bulkhead_slot_a_stopped_loop_owed)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, "pool_max=2 bulkhead.max_concurrent=1 "
+                              "bulkhead.max_wait_ms=20000 breaker.mode=disabled");
+    struct event_base *base = event_base_new();
+    pgg_async *ac = async_for(p, base);
+    held_lock hb = {.mu = &p->bulkhead.mu, .h = HOLD_INIT};
+    queued_caller q = {.p = p};
+    outcome o[1];
+    double end;
+
+    start_call(ac, PGG_WRITE, "SELECT 'loop'", 10000, 0, &o[0]);
+    cr_assert_eq(pthread_create(&q.th, NULL, queued_caller_main, &q), 0);
+    end = pgh_now_ms() + 10000;
+    while (bulkhead_waiting(p) != 1 && pgh_now_ms() < end)
+        sleep_ms(1);
+    cr_assert_eq(bulkhead_waiting(p), 1, "the blocking caller never queued");
+    lock_hold(&hb);
+    run_until(base, o, 1, 10000);
+    cr_expect_eq(o[0].code, PGG_OK, "%s", o[0].message);
+    cr_assert_eq(pgg__bulkhead_owed(&p->bulkhead), 1, "the slot was not owed");
+    lock_release(&hb);
+    /* The loop does not turn again until the waiter is served. */
+    end = pgh_now_ms() + 10000;
+    while (!atomic_load(&q.done) && pgh_now_ms() < end)
+        sleep_ms(5);
+    cr_expect(atomic_load(&q.done), "the waiter was not handed the owed slot in 10 s");
+    pthread_join(q.th, NULL);
+    cr_expect_eq(q.code, PGG_OK, "the waiter: %s", pgg_err_name(q.code));
+    cr_expect_eq(pgg__bulkhead_owed(&p->bulkhead), 0);
+    loop_guard_check("a stopped loop's owed slot");
+    pgg_async_free(ac);
+    event_base_free(base);
+    end_test(p, c);
+}
+
+/* ------------------------------------------ the cache's lock held */
+
+/*
+ * Cacheable reads on the loop while another thread holds the fallback
+ * cache's lock (any thread's cacheable read, preempted inside it): the
+ * loop's read is answered at once, its copy queued for the lock's next
+ * holder (cache.c, "Loops"); then, every host refused (its breaker forced
+ * open), the read's fallback cannot be looked up while the lock is held:
+ * the call waits on the loop's timer (ST_CACHE) without the loop waiting,
+ * and once the lock is free it is served the stale answer, exactly as a
+ * blocking call would be (the queued copy applied first by that very
+ * lookup).  Before, the loop locked the cache's mutex for both and sat
+ * there until the hold's bound.
+ */
+Test(async, cacheable_reads_and_fallbacks_on_the_loop_never_wait_for_the_caches_lock)
+{
+    pgh_cluster *c = cluster_or_die(0);
+    pgg_pool *p = pool_for(c, "cache.enabled=true cache.max_age_ms=60000");
+    struct event_base *base = event_base_new();
+    pgg_async *ac = async_for(p, base);
+    held_lock hc = {.mu = pgg__cache_mutex(p->cache), .h = HOLD_INIT};
+    outcome o[2];
+    uint64_t queued, later;
+    pgg_stats s;
+    int turns = 0;
+
+    lock_hold(&hc);
+    start_call(ac, PGG_READ, "SELECT 'cached'", 5000, PGG_CALL_CACHEABLE, &o[0]);
+    run_until(base, o, 1, 10000);
+    cr_expect_eq(o[0].code, PGG_OK, "%s", o[0].message);
+    cr_expect_str_eq(o[0].value, "cached");
+    cr_expect_eq(o[0].from_cache, 0);
+    pgg__cache_loop_counts(p->cache, &queued, &later);
+    cr_expect_eq(queued, 1, "the store was not queued");
+
+    cr_assert_eq(pgg_pool_force_open(p, 0), PGG_OK);
+    start_call(ac, PGG_READ, "SELECT 'cached'", 2000, PGG_CALL_CACHEABLE, &o[1]);
+    while (pgg__async_cache_waits(ac) == 0 && !o[1].done && turns++ < 5000)
+        loop_once(base, EVLOOP_ONCE);
+    cr_expect_eq(pgg__async_cache_waits(ac), 1, "the fallback did not wait for the lock");
+    for (int i = 0; i < 10; i++)
+        loop_once(base, EVLOOP_ONCE); /* its looks, 1 ms apart: still busy */
+    cr_expect_eq(o[1].done, 0, "the call ended while its fallback could not be looked up");
+    pgg__cache_loop_counts(p->cache, &queued, &later);
+    cr_expect_geq(later, 2, "the lookup was not made again on the timer");
+    lock_release(&hc);
+
+    run_until(base, o + 1, 1, 10000);
+    cr_expect_eq(o[1].code, PGG_OK, "no fallback: %s %s", pgg_err_name(o[1].code),
+                 o[1].message);
+    cr_expect_eq(o[1].from_cache, 1, "not served from the cache");
+    cr_expect_str_eq(o[1].value, "cached");
+    pgg_pool_stats(p, &s);
+    cr_expect_eq(s.cache_stores, 1);
+    cr_expect_eq(s.cache_fallbacks, 1);
+#if LOOP_GUARD
+    cr_expect_eq(loop_guard_lock_hits[LG_CACHE], 0,
+                 "the loop thread locked the cache %d time(s)",
+                 loop_guard_lock_hits[LG_CACHE]);
+#endif
+    loop_guard_check("the cache's lock held");
+    cr_assert_eq(pgg_pool_reset_breaker(p, 0), PGG_OK);
+    loop_guard_on();
+    pgg_async_free(ac);
+    loop_guard_off();
     event_base_free(base);
     end_test(p, c);
 }

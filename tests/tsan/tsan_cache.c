@@ -2,12 +2,21 @@
  * ThreadSanitizer driver: eight threads storing into and reading from one
  * fallback cache whose byte cap holds only part of the keys, so entries are
  * replaced and evicted while other threads copy them out; a ninth reads
- * the stats.  Besides TSan's verdict: every hit is the answer stored under
- * its own key (never another key's, never a freed one), and the counters
- * agree with what the threads did.
+ * the stats.  Half the threads are event loops (cache.c, "Loops"): their
+ * stores never wait for the lock (queued for its holder when it is busy)
+ * and their lookups answer "busy" instead of waiting (asked again, as a
+ * loop's timer would), while the stats reader's sections are lengthened
+ * inside (the unlock hook yields there, a holder preempted as it leaves).
+ * Besides TSan's verdict: every hit is the answer stored under its own key
+ * (never another key's, never a freed one), the counters agree with what
+ * the threads did (every queued store applied once, none lost), and no
+ * store is left queued once every thread is done, before anything takes
+ * the lock again.
  */
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -26,7 +35,8 @@ static atomic_int done;
 typedef struct tally {
     pthread_t th;
     uint64_t seed;
-    uint64_t stores, hits, misses, wrong;
+    bool loop; /* the _loop variants, which never wait for the lock */
+    uint64_t stores, hits, misses, wrong, busy;
 } tally;
 
 /* A one-column, one-row text result holding `value`. */
@@ -71,11 +81,25 @@ static void *worker(void *arg)
             /* padding makes entries big enough for the cap to bite */
             snprintf(value, sizeof value, "k%d:%llu:%032d", key, (unsigned long long)i, 0);
             res = make_result(value);
-            pgg__cache_store(C, &k, res, now);
+            if (t->loop)
+                pgg__cache_store_loop(C, &k, res, now, 0);
+            else
+                pgg__cache_store(C, &k, res, now);
             PQclear(res);
             t->stores++;
         } else {
-            PGresult *res = pgg__cache_lookup(C, &k, now, INT64_C(60) * PGG_NS_PER_SEC, &age);
+            PGresult *res;
+
+            if (!t->loop) {
+                res = pgg__cache_lookup(C, &k, now, INT64_C(60) * PGG_NS_PER_SEC, &age);
+            } else {
+                /* Busy: asked again, as the loop's call does on its timer. */
+                while (pgg__cache_lookup_loop(C, &k, now, INT64_C(60) * PGG_NS_PER_SEC, 0,
+                                              &age, NULL, &res) == PGG_CACHE_BUSY) {
+                    t->busy++;
+                    sched_yield();
+                }
+            }
 
             if (!res) {
                 t->misses++;
@@ -92,6 +116,20 @@ static void *worker(void *arg)
     return NULL;
 }
 
+/* The stats reader's sections end late (a holder preempted as it
+ * leaves): loops meet the lock busy.  The hook is set before any thread
+ * starts; only the reader's slow rounds yield in it. */
+static _Thread_local bool slow_here;
+
+static void slow_unlock(pgg_cache *c)
+{
+    (void)c;
+    if (!slow_here)
+        return;
+    sched_yield();
+    sched_yield();
+}
+
 static void *scraper(void *arg)
 {
     (void)arg;
@@ -102,6 +140,10 @@ static void *scraper(void *arg)
         pgg__cache_stats(C, &s);
         pgg__cache_note_fallback(C);
         tsan_sleep_ms(1);
+        slow_here = true;
+        for (int i = 0; i < 50; i++)
+            pgg__cache_stats(C, &s);
+        slow_here = false;
     }
     return NULL;
 }
@@ -111,7 +153,7 @@ int main(void)
     tally t[THREADS];
     pthread_t sc;
     pgg_stats s;
-    uint64_t stores = 0, hits = 0, misses = 0, wrong = 0;
+    uint64_t stores = 0, hits = 0, misses = 0, wrong = 0, busy = 0, queued, later;
 
     /* entries take about 3.4 KB: about 19 of the 64 keys fit */
     C = pgg__cache_new(64 * 1024, INT64_C(60) * PGG_NS_PER_SEC, NULL);
@@ -119,10 +161,12 @@ int main(void)
         fprintf(stderr, "cache new failed\n");
         return 1;
     }
+    pgg__cache_unlock_hook = slow_unlock;
     pthread_create(&sc, NULL, scraper, NULL);
     for (int i = 0; i < THREADS; i++) {
         memset(&t[i], 0, sizeof t[i]);
         t[i].seed = 0x9E3779B97F4A7C15u * (uint64_t)(i + 3);
+        t[i].loop = i % 2 == 1;
         pthread_create(&t[i].th, NULL, worker, &t[i]);
     }
     for (int i = 0; i < THREADS; i++) {
@@ -131,9 +175,18 @@ int main(void)
         hits += t[i].hits;
         misses += t[i].misses;
         wrong += t[i].wrong;
+        busy += t[i].busy;
     }
     atomic_store(&done, 1);
     pthread_join(sc, NULL);
+    /* Before anything takes the lock again: every queued store was
+     * applied by a holder or by its pusher's second try. */
+    CHECK(pgg__cache_pending_empty(C), "a store was left queued");
+    pgg__cache_loop_counts(C, &queued, &later);
+    printf("loops: %llu stores queued, %llu lookups asked again\n",
+           (unsigned long long)queued, (unsigned long long)later);
+    CHECK(later == busy, "cache counted %llu busy lookups, loops saw %llu",
+          (unsigned long long)later, (unsigned long long)busy);
     memset(&s, 0, sizeof s);
     pgg__cache_stats(C, &s);
     printf("%llu stores, %llu hits, %llu misses; cache: %llu stores %llu hits %llu misses "
@@ -151,6 +204,7 @@ int main(void)
     CHECK(s.cache_stores == stores, "cache counted %llu stores, threads made %llu",
           (unsigned long long)s.cache_stores, (unsigned long long)stores);
     CHECK(s.cache_evictions > 0, "nothing was evicted: the cap never bit");
+    CHECK(queued > 0 && later > 0, "the loops never met the lock busy: nothing proved");
     CHECK(hits > 0 && misses > 0, "the workload did not mix hits and misses");
     CHECK(s.cache_bytes <= 64 * 1024, "%llu bytes over the cap", (unsigned long long)s.cache_bytes);
     pgg__cache_free(C);

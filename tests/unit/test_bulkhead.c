@@ -325,3 +325,94 @@ UTest(bulkhead, real_clock_wait_is_bounded_by_its_deadline)
     pgg__bulkhead_leave(bh);
     pgg__bulkhead_free(bh);
 }
+
+/* ------------------------------------------------- an event loop's thread
+ * (bulkhead.c, "Loops").  The test thread holds mu itself where another
+ * thread would be preempted inside it: a trylock by the owner of a
+ * (non-recursive) mutex fails as it would for anyone else, so the loop
+ * variants meet a busy lock without a second thread, and a variant that
+ * waited for it would deadlock the test rather than pass. */
+
+UTest(bulkhead, a_loops_enter_and_leave_never_wait_for_the_lock)
+{
+    entrant w;
+    uint64_t s;
+
+    start(1);
+    cr_assert_eq(pgg__bulkhead_enter_loop(&BH), PGG_OK, "a free slot, lock-free");
+    spawn(&w, 1, PGG_TIME_NEVER);
+    await_waiting(1);
+    s = atomic_load(&BH.state);
+    cr_assert(s & PGG_BULKHEAD_SLOW, "a waiter makes every enter and leave slow");
+
+    pthread_mutex_lock(&BH.mu);
+    /* Someone waits: a loop may not queue, nor wait for the lock. */
+    cr_assert_eq(pgg__bulkhead_enter_loop(&BH), PGG_EBULKHEAD);
+    /* Its leave is owed: the slot stays held, nobody takes it. */
+    cr_assert_not(pgg__bulkhead_leave_loop(&BH), "the leave was not owed");
+    cr_assert_eq(pgg__bulkhead_owed(&BH), 1);
+    cr_assert_eq(PGG_BULKHEAD_HOLDERS(atomic_load(&BH.state)), 1);
+    /* Released as a holder preempted there would be, with nothing applied
+     * (a waiter asleep releases mu inside pthread_cond_wait, after its
+     * last look at what is owed). */
+    pthread_mutex_unlock(&BH.mu);
+    unit_sleep_ms(20);
+    cr_assert_eq(atomic_load(&w.done), 0, "the owed slot was handed on by nobody");
+    /* The loop settles it itself (its timer): the waiter gets the slot. */
+    cr_assert(pgg__bulkhead_settle_owed(&BH, false), "something is still owed");
+    await_done(&w);
+    cr_assert_eq(w.rc, PGG_OK);
+    cr_assert_eq(pgg__bulkhead_owed(&BH), 0);
+    cr_assert_eq(counts().in_use, 1, "the owed slot went to the waiter, not away");
+    cr_assert_eq(counts().rejected_full, 1, "the loop's refusal is counted");
+    atomic_store(&w.release, 1);
+    pthread_join(w.th, NULL);
+    cr_assert_eq(counts().in_use, 0);
+    cr_assert_eq(atomic_load(&BH.state) & PGG_BULKHEAD_SLOW, 0,
+                 "the fast path is open again once nobody waits");
+    stop();
+}
+
+/* Owed by the hook: a loop's leave made while the test thread is inside
+ * a real section (counts()), just before it unlocks. */
+static void leave_as_a_loop(pgg_bulkhead *bh)
+{
+    pgg__bulkhead_unlock_hook = NULL;
+    cr_assert_not(pgg__bulkhead_leave_loop(bh), "the leave was not owed");
+    cr_assert_eq(pgg__bulkhead_owed(bh), 1);
+}
+
+UTest(bulkhead, the_holder_hands_an_owed_slot_to_the_oldest_waiter_before_it_unlocks)
+{
+    entrant w[2];
+
+    start(1);
+    atomic_store(&order_next, 0);
+    cr_assert_eq(pgg__bulkhead_enter_loop(&BH), PGG_OK);
+    for (int i = 0; i < 2; i++) {
+        spawn(&w[i], i, PGG_TIME_NEVER);
+        await_waiting(i + 1);
+    }
+    pgg__bulkhead_unlock_hook = leave_as_a_loop;
+    (void)counts(); /* a section: the hook owes the loop's leave inside it */
+    cr_assert_null(pgg__bulkhead_unlock_hook, "the hook did not run");
+    /* Applied by that holder as it left: nobody settled anything. */
+    cr_assert_eq(pgg__bulkhead_owed(&BH), 0);
+    await_done(&w[0]);
+    cr_assert_eq(w[0].rc, PGG_OK);
+    unit_sleep_ms(20);
+    cr_assert_eq(atomic_load(&w[1].done), 0, "the younger waiter got it too");
+    cr_assert_eq(counts().in_use, 1);
+    /* No barging past the FIFO: a loop is refused while w[1] waits. */
+    cr_assert_eq(pgg__bulkhead_enter_loop(&BH), PGG_EBULKHEAD);
+    atomic_store(&w[0].release, 1);
+    await_done(&w[1]);
+    cr_assert_eq(w[1].rc, PGG_OK);
+    atomic_store(&w[1].release, 1);
+    for (int i = 0; i < 2; i++)
+        pthread_join(w[i].th, NULL);
+    cr_assert_eq(order[0], 0);
+    cr_assert_eq(order[1], 1);
+    cr_assert_eq(counts().in_use, 0);
+    stop();
+}

@@ -1,6 +1,7 @@
 /* The fallback cache without a server: keys, LRU order, the byte cap and
  * the age limits, on results built with libpq's own constructors. */
 #include <criterion/criterion.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -347,5 +348,112 @@ Test(cache, the_table_grows_a_few_entries_at_a_time_and_finds_every_entry)
     cr_expect_leq(pgg__cache_most_moved(c), 64,
                   "one store or lookup moved %zu entries to the grown table",
                   pgg__cache_most_moved(c));
+    pgg__cache_free(c);
+}
+
+/* ------------------------------------------------- an event loop's thread
+ * (cache.c, "Loops").  The test thread holds the lock itself where another
+ * thread would be preempted inside it: a trylock by the owner of a
+ * (non-recursive) mutex fails as it would for anyone else, and a loop
+ * variant that waited for it would deadlock the test rather than pass. */
+
+static pgg_cache *loop_cache;
+static pgg_cache_key loop_key;
+
+/* A loop's store made while the test thread is inside a real section
+ * (the stats), just before it unlocks. */
+static void store_as_a_loop(pgg_cache *c)
+{
+    PGresult *r = make_result("queued-in-a-section");
+
+    pgg__cache_unlock_hook = NULL;
+    pgg__cache_store_loop(c, &loop_key, r, 2, 0);
+    PQclear(r);
+    cr_expect_not(pgg__cache_pending_empty(c), "the store was not queued");
+}
+
+Test(cache, a_loops_store_and_lookup_never_wait_for_the_lock)
+{
+    pgg_cache *c = pgg__cache_new(1 << 20, 1000 * MS, NULL);
+    pgg_cache_key k;
+    PGresult *r = make_result("v1"), *out = NULL;
+    uint64_t queued, later, lsn = 0;
+    int64_t age = 0;
+    pgg_stats s = {0};
+
+    key_for(&k, "u", "q", 0, NULL);
+    pthread_mutex_lock(pgg__cache_mutex(c));
+    /* Queued, never skipped, never waited for. */
+    pgg__cache_store_loop(c, &k, r, 1, 7);
+    PQclear(r);
+    cr_expect_not(pgg__cache_pending_empty(c));
+    /* A lookup says busy: nothing looked at, no miss counted. */
+    cr_expect_eq(pgg__cache_lookup_loop(c, &k, 2, 0, 0, &age, &lsn, &out), PGG_CACHE_BUSY);
+    cr_expect_null(out);
+    pgg__cache_loop_counts(c, &queued, &later);
+    cr_expect_eq(queued, 1);
+    cr_expect_eq(later, 1);
+    pthread_mutex_unlock(pgg__cache_mutex(c));
+
+    /* The next holder (this lookup) applies the queued store first. */
+    cr_expect_eq(pgg__cache_lookup_loop(c, &k, 3, 0, 7, &age, &lsn, &out), PGG_CACHE_HIT);
+    cr_assert_not_null(out);
+    cr_expect_str_eq(PQgetvalue(out, 0, 0), "v1");
+    cr_expect_eq(age, 2);
+    cr_expect_eq(lsn, 7);
+    PQclear(out);
+    cr_expect(pgg__cache_pending_empty(c));
+    cr_expect_eq(pgg__cache_lookup_loop(c, &k, 3, 0, 8, &age, &lsn, &out), PGG_CACHE_MISS,
+                 "a position older than asked is a miss on a loop too");
+    pgg__cache_stats(c, &s);
+    cr_expect_eq(s.cache_stores, 1);
+    cr_expect_eq(s.cache_hits, 1);
+    cr_expect_eq(s.cache_misses, 1);
+    pgg__cache_key_done(&k);
+    pgg__cache_free(c);
+}
+
+Test(cache, a_store_queued_in_a_holders_section_is_applied_before_it_unlocks)
+{
+    pgg_stats s = {0};
+    PGresult *r;
+
+    loop_cache = pgg__cache_new(1 << 20, 1000 * MS, NULL);
+    key_for(&loop_key, "u", "q", 0, NULL);
+    pgg__cache_unlock_hook = store_as_a_loop;
+    pgg__cache_stats(loop_cache, &s); /* a section: the hook stores inside it */
+    cr_expect_null(pgg__cache_unlock_hook, "the hook did not run");
+    /* Applied by that holder as it left, before anything else locked. */
+    cr_expect(pgg__cache_pending_empty(loop_cache), "the holder left the store queued");
+    r = lookup(loop_cache, "q", 3, 0);
+    cr_assert_not_null(r);
+    cr_expect_str_eq(PQgetvalue(r, 0, 0), "queued-in-a-section");
+    PQclear(r);
+    pgg__cache_key_done(&loop_key);
+    pgg__cache_free(loop_cache);
+}
+
+/* Two stores of one key queued: the later one stays (applied oldest
+ * first). */
+Test(cache, queued_stores_keep_their_order)
+{
+    pgg_cache *c = pgg__cache_new(1 << 20, 1000 * MS, NULL);
+    pgg_cache_key k;
+    PGresult *r;
+
+    key_for(&k, "u", "q", 0, NULL);
+    pthread_mutex_lock(pgg__cache_mutex(c));
+    r = make_result("older");
+    pgg__cache_store_loop(c, &k, r, 1, 0);
+    PQclear(r);
+    r = make_result("newer");
+    pgg__cache_store_loop(c, &k, r, 2, 0);
+    PQclear(r);
+    pthread_mutex_unlock(pgg__cache_mutex(c));
+    r = lookup(c, "q", 3, 0);
+    cr_assert_not_null(r);
+    cr_expect_str_eq(PQgetvalue(r, 0, 0), "newer");
+    PQclear(r);
+    pgg__cache_key_done(&k);
     pgg__cache_free(c);
 }
